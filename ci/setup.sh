@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs every dependency soth-mitm needs on Debian 12, idempotently: does nothing
+# when everything is already present. Run as root (or with sudo available).
+#
+#   bash ci/setup.sh            # libraries, tools, test clients, wolfSSL (AES-NI build)
+#
+# wolfSSL is built from Debian's own source package (see docs/dependencies.md) into
+# $SOTH_DEPS_DIR (default: ~/.cache/soth-mitm/deps), outside the source tree.
+set -euo pipefail
+
+SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
+WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
+# Bump when the configure line changes so cached builds are redone.
+WOLFSSL_STAMP="wolfssl-5.5.4-cfg3"
+
+SUDO=
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+
+PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
+    liburing-dev libnghttp2-dev libxxhash-dev libcriterion-dev node-llhttp libjansson-dev
+    autoconf automake libtool dpkg-dev
+    curl nghttp2-client wrk openssl python3 python3-h2 python3-websockets python3-grpcio
+    iproute2 nftables procps psmisc)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+wolfssl_ok() {
+    [ -f "$WOLFSSL_PREFIX/.stamp" ] && [ "$(cat "$WOLFSSL_PREFIX/.stamp")" = "$WOLFSSL_STAMP" ] &&
+        [ -f "$WOLFSSL_PREFIX/lib/libwolfssl.a" ]
+}
+
+if ! wolfssl_ok; then
+    echo "setup: building wolfSSL from Debian's source package into $WOLFSSL_PREFIX"
+    # deb-src entry for the mirror already configured.
+    if ! apt-get indextargets --format '$(CREATED_BY)' 2>/dev/null | grep -q Sources; then
+        uri=$(grep -h '^URIs:' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1 | awk '{print $2}')
+        uri=${uri:-http://deb.debian.org/debian}
+        printf 'Types: deb-src\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$uri" | $SUDO tee /etc/apt/sources.list.d/soth-mitm-src.sources >/dev/null
+        $SUDO apt-get update -q
+    fi
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    (cd "$work" && apt-get source -q wolfssl >/dev/null)
+    src=$(find "$work" -maxdepth 1 -type d -name 'wolfssl-*' | head -1)
+    cd "$src"
+    ./autogen.sh >/dev/null 2>&1 || autoreconf -fi >/dev/null
+    # The configure line is documented in docs/dependencies.md; keep both in step.
+    ./configure --prefix="$WOLFSSL_PREFIX" \
+        --enable-static --disable-shared --disable-examples --disable-crypttests \
+        --enable-tls13 --enable-sni --enable-alpn --enable-certgen --enable-keygen \
+        --enable-certext --enable-opensslextra --enable-session-ticket \
+        --enable-aesni --enable-intelasm --enable-sp=yes,asm --enable-sp-asm \
+        --enable-ecc --enable-curve25519 --enable-ed25519 --enable-secure-renegotiation \
+        --enable-supportedcurves --enable-harden --enable-ip-alt-name --enable-altcertchains \
+        CFLAGS="-O2 -DWOLFSSL_ALT_NAMES -DHAVE_EX_DATA" >/dev/null
+    make -j"$(nproc)" >/dev/null
+    rm -rf "$WOLFSSL_PREFIX"
+    make install >/dev/null
+    echo "$WOLFSSL_STAMP" >"$WOLFSSL_PREFIX/.stamp"
+    cd /
+fi
+echo "setup: all dependencies present (wolfSSL in $WOLFSSL_PREFIX)"

@@ -1,0 +1,76 @@
+/*
+ * soth_base: what every module needs and nothing more: errors, logging, time,
+ * byte spans and a few macros. Leaves (tls, proto, policy, observe) and core link it.
+ */
+#ifndef SOTH_BASE_H
+#define SOTH_BASE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define SOTH_VERSION_STRING "0.1.0"
+
+#define SOTH_LIKELY(x)   __builtin_expect(!!(x), 1)
+#define SOTH_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SOTH_FALLTHROUGH __attribute__((fallthrough))
+#define SOTH_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SOTH_CACHELINE   64
+
+/** Abort with file:line when an invariant is broken (haproxy BUG_ON). Never for peer input. */
+#define SOTH_BUG_ON(cond)                                                                          \
+    do {                                                                                           \
+        if (SOTH_UNLIKELY(cond))                                                                   \
+            soth_bug(__FILE__, __LINE__, #cond);                                                   \
+    } while (0)
+_Noreturn void soth_bug(const char *file, int line, const char *what);
+
+/** A borrowed byte span: never NUL-terminated on the data path. */
+struct soth_iov {
+    const char *base;
+    size_t len;
+};
+#define SOTH_IOV_LIT(s) ((struct soth_iov){(s), sizeof(s) - 1})
+#define SOTH_IOV_NULL   ((struct soth_iov){NULL, 0})
+static inline struct soth_iov soth_iov(const void *p, size_t len)
+{
+    return (struct soth_iov){(const char *)p, len};
+}
+
+/* ---- errors: syscall-like functions return >= 0 or -errno; project codes from -1000 down. */
+enum soth_err {
+    SOTH_E_INCOMPLETE = -1000, /* parser needs more bytes */
+    SOTH_E_MALFORMED = -1001,  /* peer input is not valid */
+    SOTH_E_TOO_LARGE = -1002,  /* input over a configured bound */
+    SOTH_E_NOMEM = -1003,      /* pool or arena exhausted */
+    SOTH_E_CONFIG = -1004,     /* invalid configuration */
+    SOTH_E_STATE = -1005,      /* operation not valid in this state */
+    SOTH_E_TLS = -1006,        /* TLS library failure */
+    SOTH_E_CLOSED = -1007,     /* peer or flow already closed */
+};
+/** Text for a -errno or a soth_err code. Never NULL. */
+const char *soth_strerror(int err);
+
+/* ---- logging: for operators, never the product (events are). */
+enum soth_log_level { SOTH_LOG_ERROR = 0, SOTH_LOG_WARN, SOTH_LOG_INFO, SOTH_LOG_DEBUG };
+/** Set once at start-up before threads start; read-only afterwards. */
+extern int soth_log_level;
+void soth_log_write(int lvl, int worker, uint64_t flow_id, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/** Arguments are evaluated only when the level is enabled. worker < 0 / flow 0 = none. */
+#define SOTH_LOG(lvl, worker, flow, ...)                                                           \
+    do {                                                                                           \
+        if (SOTH_UNLIKELY((lvl) <= soth_log_level))                                                \
+            soth_log_write((lvl), (worker), (flow), __VA_ARGS__);                                  \
+    } while (0)
+
+/* ---- time */
+/** Wall clock, ns since the Unix epoch (event ts_ns). */
+uint64_t soth_now_ns(void);
+/** Monotonic clock in ns (durations, timeouts). */
+uint64_t soth_mono_ns(void);
+
+#endif

@@ -1,0 +1,1 @@
+#include "soth/base.h"

@@ -1,0 +1,5 @@
+#include "soth/base.h"
+int main(void)
+{
+    return 0;
+}

@@ -1,0 +1,248 @@
+/*
+ * soth_observe: the event stream (SPEC "Events", "The binary event ring") and metrics.
+ *
+ * Producer side (a worker): each worker owns one SPSC ring. Emitting an event builds a compact
+ * binary record directly in that ring (no malloc), stamps flow_id/seq/ts and the flow's
+ * context, and stays invisible to the consumer until soth_ev_flush() publishes the batch with
+ * a release store. A full ring drops the event and counts it: the flow's seq still advances
+ * and stream_closed reports events_dropped. Room for stream_closed is always reserved.
+ *
+ * Consumer side: one telemetry thread drains all rings, assigns gseq, writes the mmap'ed ring
+ * file (docs/event-ring.md) and the sinks. soth-mitm-tail reads the file.
+ *
+ * Threading: soth_ev_* functions on one producer are called only by its worker thread.
+ */
+#ifndef SOTH_OBSERVE_H
+#define SOTH_OBSERVE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "soth/base.h"
+#include "soth/config.h"
+
+/* ---- SPEC vocabularies: each enum maps 1:1 onto SPEC strings (name tables in observe). */
+enum soth_ev_type {
+    SOTH_EV_CONNECT_RECEIVED = 0,
+    SOTH_EV_CONNECT_PARSE_FAILED,
+    SOTH_EV_CONNECT_DECISION,
+    SOTH_EV_TLS_HANDSHAKE_STARTED,
+    SOTH_EV_TLS_HANDSHAKE_SUCCEEDED,
+    SOTH_EV_TLS_HANDSHAKE_FAILED,
+    SOTH_EV_TLS_LEARNING_AUDIT,
+    SOTH_EV_REQUEST_HEADERS,
+    SOTH_EV_REQUEST_BODY_CHUNK,
+    SOTH_EV_REQUEST_TRAILERS,
+    SOTH_EV_RESPONSE_HEADERS,
+    SOTH_EV_RESPONSE_BODY_CHUNK,
+    SOTH_EV_RESPONSE_TRAILERS,
+    SOTH_EV_EXCHANGE_COMPLETED,
+    SOTH_EV_WS_MESSAGE,
+    SOTH_EV_WS_TURN_STARTED,
+    SOTH_EV_WS_TURN_COMPLETED,
+    SOTH_EV_SSE_EVENT,
+    SOTH_EV_GRPC_MESSAGE,
+    SOTH_EV_PAYLOAD_PARSED,
+    SOTH_EV_STREAM_CLOSED,
+    SOTH_EV_TYPE_COUNT
+};
+extern const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT];
+/** Type from its SPEC name, or -1. */
+int soth_ev_type_from_name(const char *name, size_t len);
+
+enum soth_protocol {
+    SOTH_PROTO_TCP = 0, SOTH_PROTO_TLS, SOTH_PROTO_HTTP1, SOTH_PROTO_HTTP2, SOTH_PROTO_WEBSOCKET,
+    SOTH_PROTO_SSE, SOTH_PROTO_GRPC, SOTH_PROTO_HTTP3, SOTH_PROTO_COUNT
+};
+extern const char *const soth_protocol_names[SOTH_PROTO_COUNT];
+
+enum soth_close_reason {
+    SOTH_CLOSE_BLOCKED = 0, SOTH_CLOSE_PARSE_FAILED, SOTH_CLOSE_UPSTREAM_CONNECT_FAILED,
+    SOTH_CLOSE_TLS_FAILED, SOTH_CLOSE_CLIENT_EOF, SOTH_CLOSE_RELAY_EOF, SOTH_CLOSE_RELAY_ERROR,
+    SOTH_CLOSE_IDLE_TIMEOUT, SOTH_CLOSE_SHUTDOWN, SOTH_CLOSE_COUNT
+};
+extern const char *const soth_close_reason_names[SOTH_CLOSE_COUNT];
+
+enum soth_decision_reason {
+    SOTH_REASON_IGNORE_HOSTS = 0, SOTH_REASON_POLICY_RULE, SOTH_REASON_TLS_LEARNING,
+    SOTH_REASON_DEFAULT, SOTH_REASON_HTTP3_PASSTHROUGH, SOTH_REASON_COUNT
+};
+extern const char *const soth_decision_reason_names[SOTH_REASON_COUNT];
+
+enum soth_side { SOTH_SIDE_CLIENT = 0, SOTH_SIDE_UPSTREAM, SOTH_SIDE_COUNT };
+extern const char *const soth_side_names[SOTH_SIDE_COUNT];
+
+enum soth_tls_failure {
+    SOTH_TLSF_UNKNOWN_CA = 0, SOTH_TLSF_CERT_VALIDATION, SOTH_TLSF_HANDSHAKE, SOTH_TLSF_TIMEOUT,
+    SOTH_TLSF_EOF, SOTH_TLSF_RESET, SOTH_TLSF_OTHER, SOTH_TLSF_COUNT
+};
+extern const char *const soth_tls_failure_names[SOTH_TLSF_COUNT];
+
+enum soth_tls_provider { SOTH_TLSP_NATIVE = 0, SOTH_TLSP_MITMPROXY, SOTH_TLSP_HUDSUCKER, SOTH_TLSP_COUNT };
+extern const char *const soth_tls_provider_names[SOTH_TLSP_COUNT];
+
+enum soth_outcome {
+    SOTH_OUTCOME_COMPLETE = 0, SOTH_OUTCOME_CLIENT_ABORTED, SOTH_OUTCOME_UPSTREAM_ABORTED,
+    SOTH_OUTCOME_RESET, SOTH_OUTCOME_TIMEOUT, SOTH_OUTCOME_COUNT
+};
+extern const char *const soth_outcome_names[SOTH_OUTCOME_COUNT];
+
+enum soth_direction { SOTH_DIR_CLIENT_TO_SERVER = 0, SOTH_DIR_SERVER_TO_CLIENT, SOTH_DIR_COUNT };
+extern const char *const soth_direction_names[SOTH_DIR_COUNT];
+
+enum soth_flush_reason {
+    SOTH_FLUSH_DIRECTION_CHANGE = 0, SOTH_FLUSH_CLOSE, SOTH_FLUSH_ERROR, SOTH_FLUSH_IDLE,
+    SOTH_FLUSH_COUNT
+};
+extern const char *const soth_flush_reason_names[SOTH_FLUSH_COUNT];
+
+/** One header field, borrowed. */
+struct soth_header {
+    struct soth_iov name, value;
+};
+
+struct soth_observe;     /* the subsystem: rings, telemetry thread, ring file, sinks, metrics */
+struct soth_ev_producer; /* one worker's end of its SPSC ring */
+
+#define SOTH_EV_HOST_MAX 255
+#define SOTH_EV_ADDR_MAX 64
+
+/**
+ * Per-flow event context, embedded in the caller's flow struct (no allocation). Every event
+ * of the flow carries these fields. Set with soth_ev_flow_init, then update host/port/protocol
+ * as they become known.
+ */
+struct soth_ev_flow {
+    struct soth_ev_producer *prod;
+    uint64_t flow_id;
+    uint64_t start_mono_ns;  /* for stream_closed duration_ns */
+    uint32_t seq;            /* seq of the next event */
+    uint32_t dropped;        /* events of this flow dropped so far */
+    uint16_t worker;
+    uint16_t server_port;
+    uint8_t protocol;        /* enum soth_protocol */
+    uint8_t client_addr_len;
+    uint8_t server_host_len;
+    bool closed;             /* stream_closed emitted: nothing may follow */
+    char client_addr[SOTH_EV_ADDR_MAX]; /* "ip:port" or "[v6]:port" */
+    char server_host[SOTH_EV_HOST_MAX];
+};
+
+/* ---- lifecycle (main thread) */
+
+/**
+ * Create the subsystem for n_workers producers: maps the ring file (cfg events.ring_path or the
+ * default), opens sinks, binds metrics.listen if set. Returns NULL with one line in err.
+ */
+struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_workers,
+                                      char *err, size_t err_len);
+/** Start the telemetry (and metrics) thread. 0 or -errno. */
+int soth_observe_start(struct soth_observe *obs);
+/** Drain every queued event to the ring file and sinks, stop threads. Call after workers stop. */
+void soth_observe_stop(struct soth_observe *obs);
+void soth_observe_free(struct soth_observe *obs);
+/** The ring file path in use. */
+const char *soth_observe_ring_path(const struct soth_observe *obs);
+struct soth_ev_producer *soth_observe_producer(struct soth_observe *obs, unsigned worker);
+
+/* ---- producer API (worker thread only) */
+
+/** Initialise a flow context; client may be NULL. Does not emit anything. */
+void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, uint64_t flow_id,
+                       unsigned worker, const struct sockaddr *client, socklen_t client_len);
+void soth_ev_flow_set_server(struct soth_ev_flow *f, struct soth_iov host, uint16_t port);
+static inline void soth_ev_flow_set_protocol(struct soth_ev_flow *f, enum soth_protocol p)
+{
+    f->protocol = (uint8_t)p;
+}
+
+void soth_ev_connect_received(struct soth_ev_flow *f, struct soth_iov method, struct soth_iov target);
+void soth_ev_connect_parse_failed(struct soth_ev_flow *f, struct soth_iov reason_code,
+                                  struct soth_iov detail);
+/** rule: the matching rule's text, or SOTH_IOV_NULL (field omitted). */
+void soth_ev_connect_decision(struct soth_ev_flow *f, enum soth_action decision,
+                              enum soth_decision_reason reason, struct soth_iov rule);
+void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_side side, struct soth_iov sni);
+void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_side side,
+                                     struct soth_iov tls_version, struct soth_iov cipher,
+                                     struct soth_iov alpn);
+void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_side side,
+                                  enum soth_tls_failure reason, struct soth_iov source,
+                                  enum soth_tls_provider provider, struct soth_iov detail,
+                                  uint32_t host_failure_count, uint32_t global_failure_count);
+void soth_ev_tls_learning_audit(struct soth_ev_flow *f, bool applied, struct soth_iov reason,
+                                struct soth_iov host, enum soth_tls_provider signal_provider);
+/** http_version: "1.0", "1.1" or "2". Headers are copied into the record in wire order. */
+void soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id, struct soth_iov method,
+                             struct soth_iov scheme, struct soth_iov authority,
+                             struct soth_iov path, struct soth_iov http_version,
+                             const struct soth_header *hdrs, size_t n_hdrs);
+void soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
+                              struct soth_iov http_version, const struct soth_header *hdrs,
+                              size_t n_hdrs);
+/** Trailers: dir CLIENT_TO_SERVER = request_trailers, SERVER_TO_CLIENT = response_trailers. */
+void soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+                      const struct soth_header *hdrs, size_t n_hdrs);
+/**
+ * A body chunk: offset/len count message-body bytes (de-chunked); data holds the captured
+ * bytes (already bounded by the caller to body_capture_bytes per message; data.len may be
+ * less than len), truncated says capture stopped.
+ */
+void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+                        uint64_t offset, uint64_t len, struct soth_iov data, bool truncated);
+void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
+                                enum soth_outcome outcome, uint64_t request_bytes,
+                                uint64_t response_bytes);
+void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+                        unsigned opcode, uint64_t len, struct soth_iov data, bool truncated);
+void soth_ev_ws_turn_started(struct soth_ev_flow *f, uint32_t stream_id, uint64_t turn_id,
+                             enum soth_direction initiator);
+struct soth_ws_turn_stats {
+    uint64_t turn_id;
+    enum soth_direction initiator;
+    uint64_t client_frames, server_frames, client_bytes, server_bytes;
+    uint64_t started_ns, ended_ns;
+    enum soth_flush_reason flush_reason;
+};
+void soth_ev_ws_turn_completed(struct soth_ev_flow *f, uint32_t stream_id,
+                               const struct soth_ws_turn_stats *st);
+/** retry < 0: field is null. */
+void soth_ev_sse_event(struct soth_ev_flow *f, uint32_t stream_id, struct soth_iov event,
+                       struct soth_iov id, int64_t retry, struct soth_iov data);
+void soth_ev_grpc_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+                          bool compressed, uint32_t length, struct soth_iov data, bool truncated);
+/** decoders: comma-free names in order applied. value_json is JSON text; or error set. */
+void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+                            const struct soth_iov *decoders, size_t n_decoders, bool sanitized,
+                            struct soth_iov format, struct soth_iov value_json,
+                            struct soth_iov error);
+/** The flow's last event; never dropped. Marks f closed. */
+void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason,
+                           uint64_t bytes_client_to_server, uint64_t bytes_server_to_client);
+
+/** Publish the events built since the last flush (one release store; wakes an idle consumer). */
+void soth_ev_flush(struct soth_ev_producer *prod);
+
+/* ---- metrics: per-worker counters, single writer, summed at scrape time. */
+struct soth_metrics {
+    _Atomic uint64_t connections_total;
+    _Atomic int64_t active_connections;
+    _Atomic uint64_t bytes_client_to_server, bytes_server_to_client;
+    _Atomic uint64_t requests[SOTH_PROTO_COUNT];
+    _Atomic uint64_t tls_failures[SOTH_SIDE_COUNT][SOTH_TLSF_COUNT];
+    _Atomic uint64_t leaf_cache_hits, leaf_cache_misses;
+    _Atomic uint64_t events_dropped;
+} __attribute__((aligned(SOTH_CACHELINE)));
+
+/** The worker's counters (owned by obs). */
+struct soth_metrics *soth_observe_metrics(struct soth_observe *obs, unsigned worker);
+
+/** Single-writer add: a relaxed load+store, no locked instruction. */
+#define SOTH_METRIC_ADD(field, n)                                                                  \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n),    \
+                          memory_order_relaxed)
+
+#endif
