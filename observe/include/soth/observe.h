@@ -99,10 +99,7 @@ enum soth_flush_reason {
 };
 extern const char *const soth_flush_reason_names[SOTH_FLUSH_COUNT];
 
-/** One header field, borrowed. */
-struct soth_header {
-    struct soth_iov name, value;
-};
+/* struct soth_header (one borrowed field) is in soth/base.h. */
 
 struct soth_observe;     /* the subsystem: rings, telemetry thread, ring file, sinks, metrics */
 struct soth_ev_producer; /* one worker's end of its SPSC ring */

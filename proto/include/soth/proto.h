@@ -50,9 +50,7 @@ struct soth_proxy_head {
     size_t line_len;         /* request line incl. its line end */
     size_t head_len;         /* whole head incl. the final blank line */
     size_t n_headers;
-    struct soth_header {
-        struct soth_iov name, value;
-    } headers[SOTH_HEAD_MAX_HEADERS];
+    struct soth_header headers[SOTH_HEAD_MAX_HEADERS]; /* soth/base.h */
 };
 
 /**

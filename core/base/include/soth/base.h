@@ -40,6 +40,11 @@ static inline struct soth_iov soth_iov(const void *p, size_t len)
     return (struct soth_iov){(const char *)p, len};
 }
 
+/** One header field, borrowed (shared by the parsers and the event producer API). */
+struct soth_header {
+    struct soth_iov name, value;
+};
+
 /* ---- errors: syscall-like functions return >= 0 or -errno; project codes from -1000 down. */
 enum soth_err {
     SOTH_E_INCOMPLETE = -1000, /* parser needs more bytes */
