@@ -1,5 +1,6 @@
-#include "soth/base.h"
-int main(void)
+#include "soth/core.h"
+
+int main(int argc, char **argv)
 {
-    return 0;
+    return soth_cli_main(argc, argv);
 }

@@ -14,11 +14,11 @@
 
 #define SOTH_VERSION_STRING "0.1.0"
 
-#define SOTH_LIKELY(x)   __builtin_expect(!!(x), 1)
-#define SOTH_UNLIKELY(x) __builtin_expect(!!(x), 0)
-#define SOTH_FALLTHROUGH __attribute__((fallthrough))
+#define SOTH_LIKELY(x)    __builtin_expect(!!(x), 1)
+#define SOTH_UNLIKELY(x)  __builtin_expect(!!(x), 0)
+#define SOTH_FALLTHROUGH  __attribute__((fallthrough))
 #define SOTH_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define SOTH_CACHELINE   64
+#define SOTH_CACHELINE    64
 
 /** Abort with file:line when an invariant is broken (haproxy BUG_ON). Never for peer input. */
 #define SOTH_BUG_ON(cond)                                                                          \

@@ -1,0 +1,219 @@
+/* The soth-mitm program: command line, config, signals (SPEC "soth-mitm command line"). */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "soth/base.h"
+#include "soth/config.h"
+#include "soth/core.h"
+
+static const char usage[] =
+    "usage: soth-mitm [--config FILE] [--listen HOST:PORT] [--mode MODE] [--workers N]\n"
+    "                 [--ca-dir DIR] [--event-ring PATH] [--metrics HOST:PORT]\n"
+    "       soth-mitm --check-config FILE\n"
+    "       soth-mitm --version | --help\n"
+    "\n"
+    "A TLS-intercepting HTTP proxy: per-core io_uring workers, structured event stream.\n"
+    "\n"
+    "  --config FILE        JSON config (docs/config.md); flags override it\n"
+    "  --listen HOST:PORT   listen address [127.0.0.1:8080]\n"
+    "  --mode MODE          regular | transparent | reverse:SCHEME://HOST:PORT [regular]\n"
+    "  --workers N          worker threads, one per core; 0 = one per online CPU [0]\n"
+    "  --ca-dir DIR         where the CA lives [$XDG_DATA_HOME/soth-mitm]\n"
+    "  --event-ring PATH    binary event ring file [$XDG_RUNTIME_DIR/soth-mitm/events.ring]\n"
+    "  --metrics HOST:PORT  serve GET /metrics (Prometheus text)\n"
+    "  --check-config FILE  validate FILE, print the effective config as JSON, exit 0 or 2\n"
+    "  --log-level LEVEL    error | warn | info | debug [info]\n"
+    "  --version            print the version\n"
+    "  --help               this text\n"
+    "\n"
+    "Read events with: soth-mitm-tail PATH\n";
+
+enum {
+    OPT_CONFIG = 256,
+    OPT_LISTEN,
+    OPT_MODE,
+    OPT_WORKERS,
+    OPT_CA_DIR,
+    OPT_EVENT_RING,
+    OPT_METRICS,
+    OPT_CHECK,
+    OPT_VERSION,
+    OPT_HELP,
+    OPT_LOG_LEVEL
+};
+
+static int bad_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "soth-mitm: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (see soth-mitm --help)\n");
+    return 2;
+}
+
+static int parse_workers(const char *s, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < 0 || v > 1024)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int run(struct soth_config *cfg)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    /* Blocked before any thread starts, so every thread inherits the mask. */
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512];
+    struct soth_engine *e = soth_engine_start(cfg, err, sizeof(err));
+    if (e == NULL) {
+        fprintf(stderr, "soth-mitm: %s\n", err);
+        return 1;
+    }
+    const char *h = cfg->listen.host;
+    bool v6 = strchr(h, ':') != NULL;
+    fprintf(stderr, "soth-mitm: listening on %s%s%s:%u (mode %s, %u workers, events %s)\n",
+            v6 ? "[" : "", h, v6 ? "]" : "", cfg->listen.port, cfg->mode_text,
+            soth_engine_workers(e), soth_engine_ring_path(e));
+    fflush(stderr);
+
+    for (;;) {
+        int sig = sigwaitinfo(&set, NULL);
+        if (sig == -1) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (sig == SIGHUP) {
+            const char *path = getenv("SOTH_MITM_CONFIG_PATH");
+            SOTH_LOG(SOTH_LOG_INFO, -1, 0, "SIGHUP: reloading policy from %s",
+                     path ? path : "(defaults)");
+            struct soth_config *ncfg = NULL;
+            if (soth_config_load(path, NULL, &ncfg, err, sizeof(err)) < 0) {
+                SOTH_LOG(SOTH_LOG_ERROR, -1, 0, "reload failed, keeping the old policy: %s", err);
+                continue;
+            }
+            soth_engine_reload(e, ncfg);
+            continue;
+        }
+        if (sig == SIGUSR1) {
+            SOTH_LOG(SOTH_LOG_INFO, -1, 0, "SIGUSR1: flushing leaf certificate caches");
+            soth_engine_flush_leaves(e);
+            continue;
+        }
+        SOTH_LOG(SOTH_LOG_INFO, -1, 0, "%s: draining (up to %u ms)",
+                 sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg->timeouts.drain_ms);
+        break;
+    }
+    soth_engine_stop(e);
+    return 0;
+}
+
+int soth_cli_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, OPT_CONFIG},
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"mode", required_argument, NULL, OPT_MODE},
+        {"workers", required_argument, NULL, OPT_WORKERS},
+        {"ca-dir", required_argument, NULL, OPT_CA_DIR},
+        {"event-ring", required_argument, NULL, OPT_EVENT_RING},
+        {"metrics", required_argument, NULL, OPT_METRICS},
+        {"check-config", required_argument, NULL, OPT_CHECK},
+        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    struct soth_cli_overrides cli = {.workers = -1};
+    const char *config_path = NULL, *check_path = NULL;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_CONFIG:
+            config_path = optarg;
+            break;
+        case OPT_LISTEN:
+            cli.listen = optarg;
+            break;
+        case OPT_MODE:
+            cli.mode = optarg;
+            break;
+        case OPT_WORKERS:
+            if (parse_workers(optarg, &cli.workers) < 0)
+                return bad_usage("--workers: expected an integer 0..1024, got \"%s\"", optarg);
+            break;
+        case OPT_CA_DIR:
+            cli.ca_dir = optarg;
+            break;
+        case OPT_EVENT_RING:
+            cli.event_ring = optarg;
+            break;
+        case OPT_METRICS:
+            cli.metrics = optarg;
+            break;
+        case OPT_CHECK:
+            check_path = optarg;
+            break;
+        case OPT_LOG_LEVEL: {
+            static const char *const names[] = {"error", "warn", "info", "debug"};
+            int lvl = -1;
+            for (int i = 0; i < 4; i++)
+                if (strcmp(optarg, names[i]) == 0)
+                    lvl = i;
+            if (lvl < 0)
+                return bad_usage("--log-level: expected error|warn|info|debug, got \"%s\"", optarg);
+            soth_log_level = lvl;
+            break;
+        }
+        case OPT_VERSION:
+            printf("soth-mitm %s\n", SOTH_VERSION_STRING);
+            return 0;
+        case OPT_HELP:
+            fputs(usage, stdout);
+            return 0;
+        default:
+            return bad_usage("unknown or incomplete option \"%s\"", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return bad_usage("unexpected argument \"%s\"", argv[optind]);
+
+    char err[512];
+    struct soth_config *cfg = NULL;
+    if (check_path != NULL) {
+        if (soth_config_load(check_path, &cli, &cfg, err, sizeof(err)) < 0) {
+            fprintf(stderr, "%s\n", err);
+            return 2;
+        }
+        char *json = soth_config_to_json(cfg);
+        if (json)
+            printf("%s\n", json);
+        free(json);
+        soth_config_unref(cfg);
+        return 0;
+    }
+    if (soth_config_load(config_path, &cli, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    /* SIGHUP re-reads the same file. */
+    if (config_path)
+        setenv("SOTH_MITM_CONFIG_PATH", config_path, 1);
+    int rc = run(cfg);
+    soth_config_unref(cfg);
+    return rc;
+}

@@ -1,0 +1,238 @@
+/* Private to core/: worker, flow and connection structures. */
+#ifndef SOTH_CORE_INT_H
+#define SOTH_CORE_INT_H
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "soth/base.h"
+#include "soth/config.h"
+#include "soth/core.h"
+#include "soth/observe.h"
+#include "soth/policy.h"
+#include "soth/proto.h"
+
+/* ---- sizes (per worker unless noted) */
+#define SOTH_BUF_SIZE    16384u /* one provided recv buffer and one owned chunk */
+#define SOTH_BUF_COUNT   2048u  /* provided buffers in the worker's ring (power of 2) */
+#define SOTH_BGID        0
+#define SOTH_MAX_FLOWS   (1u << 16)    /* flow slots (address space reserved, touched lazily) */
+#define SOTH_MAX_CHUNKS  8192u         /* owned 16 KiB chunks: 128 MiB worst case */
+#define SOTH_OUTQ_MAX    32u           /* queued segments toward one socket */
+#define SOTH_OUTQ_PAUSE  12u           /* pause the source's recv at this many segments... */
+#define SOTH_HIGH_WM     (256u * 1024) /* ...or this many unsent bytes */
+#define SOTH_LOW_WM      (64u * 1024)  /* resume the source below this */
+#define SOTH_SEND_IOV    8u            /* segments per sendmsg */
+#define SOTH_HEAD_MAX    SOTH_BUF_SIZE /* a split proxy head is gathered into one chunk */
+#define SOTH_LINGER_MS   1000u         /* after our own error answer: wait for the peer's FIN */
+#define SOTH_ANSWER_MS   5000u         /* bound on sending our own answer */
+#define SOTH_TICK_MS     8u
+#define SOTH_WHEEL_SLOTS 1024u
+
+/* ---- CQE user_data: op (8) | side (1) | slot (23) | gen (32). Stale CQEs fail the gen check. */
+enum soth_op {
+    OP_NONE = 0,
+    OP_ACCEPT,
+    OP_RECV,
+    OP_SEND,
+    OP_CONNECT,
+    OP_SHUTDOWN,
+    OP_CLOSE,  /* untracked */
+    OP_CANCEL, /* untracked */
+    OP_EVENTFD,
+    OP_COUNT
+};
+
+static inline uint64_t ud_pack(enum soth_op op, unsigned side, uint32_t slot, uint32_t gen)
+{
+    return (uint64_t)op << 56 | (uint64_t)(side & 1) << 55 | (uint64_t)(slot & 0x7fffff) << 32 |
+           gen;
+}
+static inline enum soth_op ud_op(uint64_t ud)
+{
+    return (enum soth_op)(ud >> 56);
+}
+static inline unsigned ud_side(uint64_t ud)
+{
+    return (unsigned)(ud >> 55) & 1;
+}
+static inline uint32_t ud_slot(uint64_t ud)
+{
+    return (uint32_t)(ud >> 32) & 0x7fffff;
+}
+static inline uint32_t ud_gen(uint64_t ud)
+{
+    return (uint32_t)ud;
+}
+
+#define SEG_STATIC (-2) /* base points to static memory */
+#define SEG_CHUNK  (-1) /* base is an owned chunk, freed when sent */
+
+/** Bytes queued toward a socket: a provided buffer (bid >= 0), an owned chunk or static text. */
+struct seg {
+    char *base;
+    uint32_t off, len; /* unsent bytes are base[off .. off+len) */
+    int32_t bid;
+};
+
+enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
+
+struct conn {
+    int fd;             /* -1 = none */
+    bool connected;     /* usable for send */
+    bool recv_armed;    /* a multishot recv is in flight */
+    bool recv_paused;   /* cancelled for backpressure */
+    bool recv_wait_buf; /* stopped on -ENOBUFS, on the worker's waiter list */
+    bool send_inflight;
+    bool eof_in;       /* the peer sent FIN */
+    bool shut_pending; /* send our FIN once the queue drains */
+    bool shut_done;
+    uint32_t q_head, q_count;
+    uint64_t q_bytes; /* unsent bytes queued toward this socket */
+    struct seg q[SOTH_OUTQ_MAX];
+    uint32_t iov_segs; /* segments covered by the in-flight sendmsg */
+    struct msghdr msg;
+    struct iovec iov[SOTH_SEND_IOV];
+};
+
+enum flow_state {
+    FS_HEAD = 0,   /* regular mode: reading the proxy request head */
+    FS_RESOLVING,  /* waiting for the resolver thread */
+    FS_CONNECTING, /* upstream connect in flight */
+    FS_RELAY,      /* bytes both ways */
+    FS_ANSWER,     /* sending our own answer (403/400/502...), then linger */
+    FS_LINGER,     /* our FIN sent: discard input until the peer's FIN or a timer */
+    FS_CLOSING,    /* stream_closed emitted; waiting for in-flight ops */
+    FS_COUNT
+};
+
+struct flow {
+    uint32_t slot, gen;
+    uint8_t state;   /* enum flow_state */
+    uint8_t action;  /* enum soth_action decided */
+    bool is_connect; /* regular mode CONNECT (answer 200 on connect) */
+    bool on_wait_list;
+    uint8_t first_eof;     /* side that sent FIN first, 0xff = none */
+    uint8_t answer_reason; /* enum soth_close_reason once the answer is sent */
+    uint16_t pending;      /* in-flight tracked SQEs */
+    struct conn c[2];
+    struct soth_ev_flow ev;
+    uint64_t bytes[2];    /* [0] client->server, [1] server->client */
+    uint64_t deadline_ms; /* timer wheel deadline (monotonic ms), 0 = none */
+    uint64_t last_active_ms;
+    struct flow *tnext, **tpprev;
+    struct flow *wnext; /* waiter list for provided buffers / free list */
+    char *head;         /* split proxy head gathered here (owned chunk) */
+    uint32_t head_len;
+    uint16_t upstream_port;
+    struct sockaddr_storage upstream_addr;
+    socklen_t upstream_addr_len;
+};
+
+struct soth_spsc; /* core/spsc.c: fixed-size slots, one producer, one consumer */
+
+struct resolve_req {
+    uint32_t slot, gen;
+    uint16_t port;
+    uint16_t host_len;
+    char host[256];
+};
+struct resolve_resp {
+    uint32_t slot, gen;
+    int err; /* 0 or -errno / EAI mapped to -EHOSTUNREACH */
+    socklen_t addr_len;
+    struct sockaddr_storage addr;
+};
+
+struct dns_cache_ent {
+    uint64_t hash;
+    uint64_t expires_ms;
+    socklen_t addr_len;
+    struct sockaddr_storage addr;
+};
+#define SOTH_DNS_CACHE 256u
+
+struct worker {
+    unsigned idx;
+    int cpu;
+    struct soth_engine *eng;
+    pthread_t thr;
+    struct io_uring ring;
+    int listen_fd;
+    bool accept_armed;
+    int efd;
+    uint64_t efd_val;
+
+    struct io_uring_buf_ring *br;
+    char *bufs;
+    unsigned br_added; /* buffers added since the last advance */
+
+    struct flow *flows;
+    uint32_t flows_hw; /* slots ever used */
+    struct flow *free_flows;
+    uint32_t n_flows; /* live (not freed) */
+    struct flow *buf_waiters;
+
+    char *free_chunks; /* singly linked through the first pointer of each chunk */
+    uint32_t n_chunks;
+
+    struct flow *wheel[SOTH_WHEEL_SLOTS];
+    uint64_t wheel_tick;
+    uint32_t n_timers;
+
+    struct soth_config *cfg;
+    struct soth_policy *policy;
+    struct soth_head_limits head_limits;
+    struct soth_ev_producer *prod;
+    struct soth_metrics *m;
+    uint64_t flow_counter;
+
+    bool stopping;
+    uint64_t stop_deadline_ms;
+
+    struct soth_spsc *rq, *rs; /* resolver requests / responses */
+    struct dns_cache_ent dns[SOTH_DNS_CACHE];
+
+    /* control from the main thread; read when the eventfd fires */
+    _Atomic int ctl_stop;
+    _Atomic int ctl_flush;
+    _Atomic(struct soth_config *) ctl_cfg;
+
+    int setup_err;
+    char setup_msg[256];
+};
+
+struct soth_engine {
+    struct soth_config *cfg;
+    struct soth_observe *obs;
+    unsigned n_workers;
+    struct worker *workers;
+    pthread_mutex_t start_mu; /* start-up only */
+    pthread_cond_t start_cv;
+    unsigned n_ready;
+    pthread_t resolver;
+    int resolver_efd;
+    _Atomic int resolver_stop;
+};
+
+/* worker.c */
+void *soth_worker_main(void *arg);
+void soth_worker_wake(struct worker *w);
+
+/* resolver.c */
+int soth_resolver_start(struct soth_engine *e);
+void soth_resolver_stop(struct soth_engine *e);
+/** Worker side: queue a lookup; 0 or -EAGAIN when the queue is full. */
+int soth_resolver_submit(struct worker *w, const struct resolve_req *req);
+
+/* spsc.c */
+struct soth_spsc *soth_spsc_new(size_t slot_size, uint32_t n_slots);
+void soth_spsc_free(struct soth_spsc *q);
+bool soth_spsc_push(struct soth_spsc *q, const void *item);
+bool soth_spsc_pop(struct soth_spsc *q, void *item);
+
+#endif

@@ -1,0 +1,245 @@
+/*
+ * The process: listening sockets (one SO_REUSEPORT socket per worker, bound here so errors
+ * are reported before anything starts), worker threads pinned one per CPU, the resolver
+ * thread, the observe subsystem, and the control paths (reload, flush, stop) that reach
+ * workers through their eventfd.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core_int.h"
+
+static int listen_socket(const struct sockaddr_storage *addr, socklen_t len, char *err,
+                         size_t err_len)
+{
+    int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd == -1) {
+        snprintf(err, err_len, "socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1) {
+        snprintf(err, err_len, "setsockopt(SO_REUSEPORT): %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (bind(fd, (const struct sockaddr *)addr, len) == -1) {
+        snprintf(err, err_len, "bind: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, 4096) == -1) {
+        snprintf(err, err_len, "listen: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/** CPUs this process may run on, in order; workers are pinned round-robin over them. */
+static int allowed_cpus(int *cpus, int cap)
+{
+    cpu_set_t set;
+    int n = 0;
+    if (sched_getaffinity(0, sizeof(set), &set) == -1)
+        return 0;
+    for (int c = 0; c < CPU_SETSIZE && n < cap; c++)
+        if (CPU_ISSET(c, &set))
+            cpus[n++] = c;
+    return n;
+}
+
+struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t err_len)
+{
+    struct soth_engine *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        snprintf(err, err_len, "out of memory");
+        return NULL;
+    }
+    e->cfg = soth_config_ref(cfg);
+    int cpus[1024];
+    int n_cpus = allowed_cpus(cpus, 1024);
+    unsigned n = cfg->workers;
+    if (n == 0)
+        n = n_cpus > 0 ? (unsigned)n_cpus : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n == 0)
+        n = 1;
+    e->n_workers = n;
+    pthread_mutex_init(&e->start_mu, NULL);
+    pthread_cond_init(&e->start_cv, NULL);
+
+    if (cfg->listen.addr_len == 0) {
+        snprintf(err, err_len, "listen: %s is not a numeric address", cfg->listen.host);
+        goto fail_engine;
+    }
+    e->obs = soth_observe_new(cfg, n, err, err_len);
+    if (e->obs == NULL)
+        goto fail_engine;
+
+    e->workers = calloc(n, sizeof(struct worker));
+    if (e->workers == NULL) {
+        snprintf(err, err_len, "out of memory");
+        goto fail_obs;
+    }
+    struct sockaddr_storage addr = cfg->listen.addr;
+    socklen_t alen = cfg->listen.addr_len;
+    for (unsigned i = 0; i < n; i++) {
+        struct worker *w = &e->workers[i];
+        w->idx = i;
+        w->cpu = n_cpus > 0 ? cpus[i % (unsigned)n_cpus] : -1;
+        w->eng = e;
+        w->listen_fd = -1;
+        w->efd = -1;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct worker *w = &e->workers[i];
+        w->listen_fd = listen_socket(&addr, alen, err, err_len);
+        if (w->listen_fd < 0)
+            goto fail_sockets;
+        if (i == 0) {
+            /* Port 0: every worker joins the port the first socket got. */
+            socklen_t l = sizeof(addr);
+            getsockname(w->listen_fd, (struct sockaddr *)&addr, &l);
+        }
+        w->cfg = soth_config_ref(cfg);
+        w->policy = soth_policy_new(cfg, err, err_len);
+        if (w->policy == NULL)
+            goto fail_sockets;
+        w->prod = soth_observe_producer(e->obs, i);
+        w->m = soth_observe_metrics(e->obs, i);
+        w->rq = soth_spsc_new(sizeof(struct resolve_req), 256);
+        w->rs = soth_spsc_new(sizeof(struct resolve_resp), 256);
+        if (w->rq == NULL || w->rs == NULL) {
+            snprintf(err, err_len, "out of memory");
+            goto fail_sockets;
+        }
+    }
+    if (cfg->listen.addr.ss_family == AF_INET)
+        cfg->listen.port = ntohs(((struct sockaddr_in *)&addr)->sin_port);
+    else
+        cfg->listen.port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
+
+    int rc = soth_observe_start(e->obs);
+    if (rc < 0) {
+        snprintf(err, err_len, "telemetry thread: %s", soth_strerror(rc));
+        goto fail_sockets;
+    }
+    rc = soth_resolver_start(e);
+    if (rc < 0) {
+        snprintf(err, err_len, "resolver thread: %s", soth_strerror(rc));
+        goto fail_observe_started;
+    }
+    unsigned started = 0;
+    for (; started < n; started++) {
+        rc = pthread_create(&e->workers[started].thr, NULL, soth_worker_main, &e->workers[started]);
+        if (rc != 0) {
+            snprintf(err, err_len, "worker thread: %s", strerror(rc));
+            break;
+        }
+    }
+    pthread_mutex_lock(&e->start_mu);
+    while (e->n_ready < started)
+        pthread_cond_wait(&e->start_cv, &e->start_mu);
+    pthread_mutex_unlock(&e->start_mu);
+    bool failed = started < n;
+    for (unsigned i = 0; i < started; i++) {
+        if (e->workers[i].setup_err < 0 && !failed) {
+            snprintf(err, err_len, "worker %u: %s", i, e->workers[i].setup_msg);
+            failed = true;
+        }
+    }
+    if (failed) {
+        for (unsigned i = 0; i < started; i++) {
+            atomic_store(&e->workers[i].ctl_stop, 1);
+            if (e->workers[i].setup_err == 0)
+                soth_worker_wake(&e->workers[i]);
+        }
+        for (unsigned i = 0; i < started; i++)
+            pthread_join(e->workers[i].thr, NULL);
+        soth_resolver_stop(e);
+        goto fail_observe_started;
+    }
+    return e;
+
+fail_observe_started:
+    soth_observe_stop(e->obs);
+fail_sockets:
+    for (unsigned i = 0; i < n; i++) {
+        struct worker *w = &e->workers[i];
+        if (w->listen_fd >= 0)
+            close(w->listen_fd);
+        soth_policy_free(w->policy);
+        soth_spsc_free(w->rq);
+        soth_spsc_free(w->rs);
+        if (w->cfg)
+            soth_config_unref(w->cfg);
+    }
+    free(e->workers);
+fail_obs:
+    soth_observe_free(e->obs);
+fail_engine:
+    soth_config_unref(e->cfg);
+    free(e);
+    return NULL;
+}
+
+unsigned soth_engine_workers(const struct soth_engine *e)
+{
+    return e->n_workers;
+}
+
+const char *soth_engine_ring_path(const struct soth_engine *e)
+{
+    return soth_observe_ring_path(e->obs);
+}
+
+void soth_engine_reload(struct soth_engine *e, struct soth_config *cfg)
+{
+    for (unsigned i = 0; i < e->n_workers; i++) {
+        struct soth_config *old = atomic_exchange(&e->workers[i].ctl_cfg, soth_config_ref(cfg));
+        if (old)
+            soth_config_unref(old);
+        soth_worker_wake(&e->workers[i]);
+    }
+    soth_config_unref(cfg);
+}
+
+void soth_engine_flush_leaves(struct soth_engine *e)
+{
+    for (unsigned i = 0; i < e->n_workers; i++) {
+        atomic_store(&e->workers[i].ctl_flush, 1);
+        soth_worker_wake(&e->workers[i]);
+    }
+}
+
+void soth_engine_stop(struct soth_engine *e)
+{
+    for (unsigned i = 0; i < e->n_workers; i++) {
+        atomic_store(&e->workers[i].ctl_stop, 1);
+        soth_worker_wake(&e->workers[i]);
+    }
+    for (unsigned i = 0; i < e->n_workers; i++)
+        pthread_join(e->workers[i].thr, NULL);
+    soth_resolver_stop(e);
+    soth_observe_stop(e->obs);
+    for (unsigned i = 0; i < e->n_workers; i++) {
+        struct worker *w = &e->workers[i];
+        struct soth_config *pending = atomic_exchange(&w->ctl_cfg, NULL);
+        if (pending)
+            soth_config_unref(pending);
+        soth_spsc_free(w->rq);
+        soth_spsc_free(w->rs);
+        soth_config_unref(w->cfg);
+    }
+    free(e->workers);
+    soth_observe_free(e->obs);
+    soth_config_unref(e->cfg);
+    pthread_mutex_destroy(&e->start_mu);
+    pthread_cond_destroy(&e->start_cv);
+    free(e);
+}

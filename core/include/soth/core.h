@@ -1,0 +1,35 @@
+/*
+ * soth_core: the engine. Per-core workers, each a pinned thread running its own io_uring loop
+ * (accept, recv, send, connect, close, timeouts) and owning its flows and buffers. It drives the
+ * leaves: policy (decisions), proto (parsers), tls (interception) and observe (events).
+ */
+#ifndef SOTH_CORE_H
+#define SOTH_CORE_H
+
+#include "soth/config.h"
+
+struct soth_engine;
+
+/**
+ * Start workers for cfg (takes a reference). Returns NULL with one line in err. When it returns,
+ * every listener is bound and accepting.
+ */
+struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t err_len);
+/** Number of workers running. */
+unsigned soth_engine_workers(const struct soth_engine *e);
+/** The event ring path in use. */
+const char *soth_engine_ring_path(const struct soth_engine *e);
+/** Ask every worker to reload policy from cfg (takes a reference). Safe from the main thread. */
+void soth_engine_reload(struct soth_engine *e, struct soth_config *cfg);
+/** Ask every worker to drop its leaf-certificate cache at its next safe point (SIGUSR1). */
+void soth_engine_flush_leaves(struct soth_engine *e);
+/**
+ * Graceful stop: stop accepting, let flows finish within timeouts.drain_ms, close the rest with
+ * reason "shutdown", join workers, flush events. Then frees e.
+ */
+void soth_engine_stop(struct soth_engine *e);
+
+/** The soth-mitm program (SPEC "soth-mitm command line"). Returns the exit status. */
+int soth_cli_main(int argc, char **argv);
+
+#endif

@@ -1,1 +1,0 @@
-#include "soth/base.h"

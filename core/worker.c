@@ -1,0 +1,1503 @@
+/*
+ * One worker: a pinned thread with its own io_uring, listening socket (SO_REUSEPORT, multishot
+ * accept), provided-buffer ring (multishot recv), flow table, owned chunks and timer wheel.
+ * Nothing here is shared with other workers on the data path.
+ *
+ * Data path of a relayed byte: a multishot recv lands it in a provided buffer; the buffer is
+ * queued, as is, toward the other socket (struct seg with its buffer id) and sent with
+ * sendmsg; the buffer returns to the ring when the send completes. No copy.
+ *
+ * Backpressure: when the queue toward a socket holds more than SOTH_HIGH_WM bytes or
+ * SOTH_OUTQ_PAUSE segments, the multishot recv of the source is cancelled (it cannot be
+ * paused) and re-armed once the queue drains below SOTH_LOW_WM.
+ *
+ * Lifetime: every tracked SQE counts in flow->pending; a flow is freed only when it is closing
+ * and pending is zero, so no CQE can reach a reused slot (the generation in user_data catches
+ * the untracked ones).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netfilter_ipv4.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "core_int.h"
+
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
+static const char *const flow_state_names[FS_COUNT] = {
+    "head", "resolving", "connecting", "relay", "answer", "linger", "closing",
+};
+
+static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason);
+static void conn_try_send(struct worker *w, struct flow *f, unsigned side);
+static void conn_arm_recv(struct worker *w, struct flow *f, unsigned side);
+static void flow_start_upstream(struct worker *w, struct flow *f);
+
+/* ------------------------------------------------------------------------------------------
+ * small helpers
+ * ------------------------------------------------------------------------------------------ */
+
+static uint64_t now_ms(void)
+{
+    return soth_mono_ns() / 1000000u;
+}
+
+static struct io_uring_sqe *get_sqe(struct worker *w)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    if (SOTH_UNLIKELY(sqe == NULL)) {
+        /* SQ full: flush what we have and try again; the CQ is large enough (CQSIZE). */
+        io_uring_submit(&w->ring);
+        sqe = io_uring_get_sqe(&w->ring);
+    }
+    SOTH_BUG_ON(sqe == NULL);
+    return sqe;
+}
+
+static void flow_set_state(struct flow *f, enum flow_state st)
+{
+    SOTH_BUG_ON(f->state == FS_CLOSING);
+    SOTH_LOG(SOTH_LOG_DEBUG, f->ev.worker, f->ev.flow_id, "state %s -> %s",
+             flow_state_names[f->state], flow_state_names[st]);
+    f->state = (uint8_t)st;
+}
+
+/* ---- owned chunks: SOTH_BUF_SIZE bytes each, pooled per worker, never returned to libc. */
+
+static char *chunk_get(struct worker *w)
+{
+    char *c = w->free_chunks;
+    if (c != NULL) {
+        memcpy(&w->free_chunks, c, sizeof(char *));
+        return c;
+    }
+    if (w->n_chunks >= SOTH_MAX_CHUNKS)
+        return NULL;
+    c = malloc(SOTH_BUF_SIZE);
+    if (c != NULL)
+        w->n_chunks++;
+    return c;
+}
+
+static void chunk_put(struct worker *w, char *c)
+{
+    memcpy(c, &w->free_chunks, sizeof(char *));
+    w->free_chunks = c;
+}
+
+/* ---- provided buffers */
+
+static char *buf_addr(struct worker *w, unsigned bid)
+{
+    return w->bufs + (size_t)bid * SOTH_BUF_SIZE;
+}
+
+static void buf_put(struct worker *w, unsigned bid)
+{
+    io_uring_buf_ring_add(w->br, buf_addr(w, bid), SOTH_BUF_SIZE, (unsigned short)bid,
+                          io_uring_buf_ring_mask(SOTH_BUF_COUNT), (int)w->br_added);
+    w->br_added++;
+}
+
+/** Publish returned buffers (one release store per loop turn) and wake recvs that ran dry. */
+static void buf_publish(struct worker *w)
+{
+    if (w->br_added == 0)
+        return;
+    io_uring_buf_ring_advance(w->br, (int)w->br_added);
+    w->br_added = 0;
+    while (w->buf_waiters != NULL) {
+        struct flow *f = w->buf_waiters;
+        w->buf_waiters = f->wnext;
+        f->on_wait_list = false;
+        for (unsigned s = 0; s < 2; s++) {
+            if (f->c[s].recv_wait_buf) {
+                f->c[s].recv_wait_buf = false;
+                conn_arm_recv(w, f, s);
+            }
+        }
+    }
+}
+
+static void seg_release(struct worker *w, struct seg *s)
+{
+    if (s->bid >= 0)
+        buf_put(w, (unsigned)s->bid);
+    else if (s->bid == SEG_CHUNK)
+        chunk_put(w, s->base);
+}
+
+/* ---- timer wheel: one deadline per flow, checked lazily (idle deadlines move on activity). */
+
+static void timer_unlink(struct worker *w, struct flow *f)
+{
+    if (f->tpprev == NULL)
+        return;
+    *f->tpprev = f->tnext;
+    if (f->tnext)
+        f->tnext->tpprev = f->tpprev;
+    f->tnext = NULL;
+    f->tpprev = NULL;
+    w->n_timers--;
+}
+
+static void timer_set(struct worker *w, struct flow *f, uint64_t deadline_ms)
+{
+    timer_unlink(w, f);
+    f->deadline_ms = deadline_ms;
+    uint64_t tick = deadline_ms / SOTH_TICK_MS;
+    if (tick < w->wheel_tick)
+        tick = w->wheel_tick;
+    struct flow **head = &w->wheel[tick & (SOTH_WHEEL_SLOTS - 1)];
+    f->tnext = *head;
+    if (*head)
+        (*head)->tpprev = &f->tnext;
+    *head = f;
+    f->tpprev = head;
+    w->n_timers++;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * flows
+ * ------------------------------------------------------------------------------------------ */
+
+static void conn_init(struct conn *c)
+{
+    memset(c, 0, offsetof(struct conn, q));
+    c->fd = -1;
+}
+
+static struct flow *flow_alloc(struct worker *w)
+{
+    struct flow *f = w->free_flows;
+    if (f != NULL) {
+        w->free_flows = f->wnext;
+    } else {
+        if (w->flows_hw >= SOTH_MAX_FLOWS)
+            return NULL;
+        f = &w->flows[w->flows_hw];
+        f->slot = w->flows_hw++;
+        f->gen = 0;
+    }
+    f->gen++;
+    f->state = FS_HEAD;
+    f->action = SOTH_ACTION_TUNNEL;
+    f->is_connect = false;
+    f->on_wait_list = false;
+    f->first_eof = 0xff;
+    f->answer_reason = SOTH_CLOSE_CLIENT_EOF;
+    f->pending = 0;
+    conn_init(&f->c[0]);
+    conn_init(&f->c[1]);
+    f->bytes[0] = f->bytes[1] = 0;
+    f->deadline_ms = 0;
+    f->last_active_ms = now_ms();
+    f->tnext = NULL;
+    f->tpprev = NULL;
+    f->wnext = NULL;
+    f->head = NULL;
+    f->head_len = 0;
+    f->upstream_port = 0;
+    f->upstream_addr_len = 0;
+    w->n_flows++;
+    return f;
+}
+
+/** Live slots have an odd generation: alloc and free each advance it by one. */
+static bool flow_is_live(const struct flow *f)
+{
+    return f->gen & 1;
+}
+
+static void flow_free(struct worker *w, struct flow *f)
+{
+    for (unsigned s = 0; s < 2; s++) {
+        struct conn *c = &f->c[s];
+        while (c->q_count > 0) {
+            seg_release(w, &c->q[c->q_head]);
+            c->q_head = (c->q_head + 1) % SOTH_OUTQ_MAX;
+            c->q_count--;
+        }
+        if (c->fd >= 0) {
+            struct io_uring_sqe *sqe = get_sqe(w);
+            io_uring_prep_close(sqe, c->fd);
+            io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, s, f->slot, f->gen));
+            c->fd = -1;
+        }
+    }
+    if (f->head != NULL) {
+        chunk_put(w, f->head);
+        f->head = NULL;
+    }
+    if (f->on_wait_list) {
+        for (struct flow **pp = &w->buf_waiters; *pp; pp = &(*pp)->wnext) {
+            if (*pp == f) {
+                *pp = f->wnext;
+                break;
+            }
+        }
+        f->on_wait_list = false;
+    }
+    timer_unlink(w, f);
+    f->gen++; /* any late CQE for the old generation is now stale */
+    f->wnext = w->free_flows;
+    w->free_flows = f;
+    w->n_flows--;
+}
+
+/** After any CQE of a flow: free it once it is closing and nothing is in flight. */
+static void flow_maybe_free(struct worker *w, struct flow *f)
+{
+    if (f->state == FS_CLOSING && f->pending == 0)
+        flow_free(w, f);
+}
+
+static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason)
+{
+    if (f->state == FS_CLOSING)
+        return;
+    soth_ev_stream_closed(&f->ev, reason, f->bytes[0], f->bytes[1]);
+    SOTH_METRIC_ADD(w->m->active_connections, -1);
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "closed: %s",
+             soth_close_reason_names[reason]);
+    flow_set_state(f, FS_CLOSING);
+    timer_unlink(w, f);
+    /* Cancel whatever is still in flight; the flow is freed when the last CQE arrives. */
+    for (unsigned s = 0; s < 2; s++) {
+        struct conn *c = &f->c[s];
+        if (c->fd >= 0 && (c->recv_armed || c->send_inflight || f->pending > 0)) {
+            struct io_uring_sqe *sqe = get_sqe(w);
+            io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+            io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, s, f->slot, f->gen));
+        }
+    }
+    flow_maybe_free(w, f);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * sending
+ * ------------------------------------------------------------------------------------------ */
+
+/** Queue bytes toward side's socket. Returns false when the queue is full (caller closes). */
+static bool conn_queue(struct conn *c, char *base, uint32_t off, uint32_t len, int32_t bid)
+{
+    if (c->q_count >= SOTH_OUTQ_MAX)
+        return false;
+    struct seg *s = &c->q[(c->q_head + c->q_count) % SOTH_OUTQ_MAX];
+    s->base = base;
+    s->off = off;
+    s->len = len;
+    s->bid = bid;
+    c->q_count++;
+    c->q_bytes += len;
+    return true;
+}
+
+/** Copy bytes into owned chunks queued toward side (our own answers, rewritten heads). */
+static bool conn_queue_copy(struct worker *w, struct conn *c, const char *p, size_t len)
+{
+    while (len > 0) {
+        struct seg *last = c->q_count ? &c->q[(c->q_head + c->q_count - 1) % SOTH_OUTQ_MAX] : NULL;
+        /* Append to the last owned chunk when it has room and is not being sent. */
+        if (last && last->bid == SEG_CHUNK && !c->send_inflight &&
+            last->off + last->len < SOTH_BUF_SIZE) {
+            size_t room = SOTH_BUF_SIZE - last->off - last->len;
+            size_t n = len < room ? len : room;
+            memcpy(last->base + last->off + last->len, p, n);
+            last->len += (uint32_t)n;
+            c->q_bytes += n;
+            p += n;
+            len -= n;
+            continue;
+        }
+        char *ch = chunk_get(w);
+        if (ch == NULL)
+            return false;
+        size_t n = len < SOTH_BUF_SIZE ? len : SOTH_BUF_SIZE;
+        memcpy(ch, p, n);
+        if (!conn_queue(c, ch, 0, (uint32_t)n, SEG_CHUNK)) {
+            chunk_put(w, ch);
+            return false;
+        }
+        p += n;
+        len -= n;
+    }
+    return true;
+}
+
+static void conn_submit_shutdown(struct worker *w, struct flow *f, unsigned side)
+{
+    struct conn *c = &f->c[side];
+    c->shut_pending = false;
+    c->shut_done = true;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_SHUTDOWN, side, f->slot, f->gen));
+    f->pending++;
+}
+
+static void conn_try_send(struct worker *w, struct flow *f, unsigned side)
+{
+    struct conn *c = &f->c[side];
+    if (c->send_inflight || !c->connected || f->state == FS_CLOSING)
+        return;
+    if (c->q_count == 0) {
+        if (c->shut_pending)
+            conn_submit_shutdown(w, f, side);
+        return;
+    }
+    unsigned n = c->q_count < SOTH_SEND_IOV ? c->q_count : SOTH_SEND_IOV;
+    for (unsigned i = 0; i < n; i++) {
+        struct seg *s = &c->q[(c->q_head + i) % SOTH_OUTQ_MAX];
+        c->iov[i].iov_base = s->base + s->off;
+        c->iov[i].iov_len = s->len;
+    }
+    memset(&c->msg, 0, sizeof(c->msg));
+    c->msg.msg_iov = c->iov;
+    c->msg.msg_iovlen = n;
+    c->iov_segs = n;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, side, f->slot, f->gen));
+    c->send_inflight = true;
+    f->pending++;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * receiving
+ * ------------------------------------------------------------------------------------------ */
+
+static void conn_arm_recv(struct worker *w, struct flow *f, unsigned side)
+{
+    struct conn *c = &f->c[side];
+    if (c->recv_armed || c->eof_in || c->recv_paused || c->recv_wait_buf || c->fd < 0 ||
+        f->state == FS_CLOSING)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = SOTH_BGID;
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, side, f->slot, f->gen));
+    c->recv_armed = true;
+    f->pending++;
+}
+
+/** Stop reading from side (backpressure): cancel its multishot recv. */
+static void conn_pause_recv(struct worker *w, struct flow *f, unsigned side)
+{
+    struct conn *c = &f->c[side];
+    if (c->recv_paused)
+        return;
+    c->recv_paused = true;
+    if (!c->recv_armed)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_cancel64(sqe, ud_pack(OP_RECV, side, f->slot, f->gen), 0);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, side, f->slot, f->gen));
+}
+
+static void conn_resume_recv(struct worker *w, struct flow *f, unsigned side)
+{
+    struct conn *c = &f->c[side];
+    if (!c->recv_paused)
+        return;
+    c->recv_paused = false;
+    conn_arm_recv(w, f, side);
+}
+
+static bool over_high(const struct conn *c)
+{
+    return c->q_bytes >= SOTH_HIGH_WM || c->q_count >= SOTH_OUTQ_PAUSE;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * our own answers
+ * ------------------------------------------------------------------------------------------ */
+
+/**
+ * Send an HTTP answer to the client and close gracefully afterwards (send, FIN, wait for the
+ * peer's FIN or SOTH_LINGER_MS), then stream_closed with reason.
+ */
+static void flow_answer(struct worker *w, struct flow *f, unsigned status, const char *phrase,
+                        const char *body, size_t body_len, enum soth_close_reason reason)
+{
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     status, phrase, body_len);
+    struct conn *c = &f->c[SIDE_CLIENT];
+    f->answer_reason = (uint8_t)reason;
+    flow_set_state(f, FS_ANSWER);
+    if (!conn_queue_copy(w, c, head, (size_t)n) || !conn_queue_copy(w, c, body, body_len)) {
+        flow_close(w, f, reason);
+        return;
+    }
+    c->shut_pending = true;
+    timer_set(w, f, now_ms() + SOTH_ANSWER_MS);
+    conn_try_send(w, f, SIDE_CLIENT);
+}
+
+static void flow_answer_text(struct worker *w, struct flow *f, unsigned status, const char *phrase,
+                             enum soth_close_reason reason, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static void flow_answer_text(struct worker *w, struct flow *f, unsigned status, const char *phrase,
+                             enum soth_close_reason reason, const char *fmt, ...)
+{
+    char body[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(body, sizeof(body), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof(body))
+        n = sizeof(body) - 1;
+    flow_answer(w, f, status, phrase, body, (size_t)n, reason);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * upstream: resolve, connect
+ * ------------------------------------------------------------------------------------------ */
+
+static uint64_t name_hash(struct soth_iov host)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a, lowercased */
+    for (size_t i = 0; i < host.len; i++) {
+        unsigned char ch = (unsigned char)host.base[i];
+        if (ch >= 'A' && ch <= 'Z')
+            ch = (unsigned char)(ch + 32);
+        h = (h ^ ch) * 1099511628211ull;
+    }
+    return h;
+}
+
+static bool iov_eq_nocase(struct soth_iov a, const char *b)
+{
+    size_t n = strlen(b);
+    if (a.len != n)
+        return false;
+    return strncasecmp(a.base, b, n) == 0;
+}
+
+static bool addr_from_text(const char *text, size_t len, uint16_t port, struct sockaddr_storage *ss,
+                           socklen_t *sl)
+{
+    char tmp[64];
+    if (len == 0 || len >= sizeof(tmp))
+        return false;
+    memcpy(tmp, text, len);
+    tmp[len] = '\0';
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+    memset(ss, 0, sizeof(*ss));
+    if (inet_pton(AF_INET, tmp, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(port);
+        *sl = sizeof(*s4);
+        return true;
+    }
+    if (inet_pton(AF_INET6, tmp, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        *sl = sizeof(*s6);
+        return true;
+    }
+    return false;
+}
+
+static void set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+/** Resolve without blocking: overrides, literals, the worker's cache. */
+static bool resolve_fast(struct worker *w, struct soth_iov host, uint16_t port,
+                         struct sockaddr_storage *ss, socklen_t *sl)
+{
+    const struct soth_config *cfg = w->cfg;
+    for (size_t i = 0; i < cfg->n_resolve; i++) {
+        if (iov_eq_nocase(host, cfg->resolve[i].name))
+            return addr_from_text(cfg->resolve[i].addr, strlen(cfg->resolve[i].addr), port, ss, sl);
+    }
+    if (addr_from_text(host.base, host.len, port, ss, sl))
+        return true;
+    if (iov_eq_nocase(host, "localhost"))
+        return addr_from_text("127.0.0.1", 9, port, ss, sl);
+    uint64_t h = name_hash(host);
+    struct dns_cache_ent *e = &w->dns[h & (SOTH_DNS_CACHE - 1)];
+    if (e->hash == h && e->expires_ms > now_ms()) {
+        memcpy(ss, &e->addr, e->addr_len);
+        *sl = e->addr_len;
+        set_port(ss, port);
+        return true;
+    }
+    return false;
+}
+
+static void flow_connect_failed(struct worker *w, struct flow *f, int err, bool timeout)
+{
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "upstream %.*s:%u: %s",
+             (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
+             timeout ? "connect timeout" : soth_strerror(err));
+    /* Bytes the client sent ahead for the upstream are dropped with the flow. */
+    struct conn *u = &f->c[SIDE_UPSTREAM];
+    while (u->q_count > 0) {
+        seg_release(w, &u->q[u->q_head]);
+        u->q_head = (u->q_head + 1) % SOTH_OUTQ_MAX;
+        u->q_count--;
+    }
+    u->q_bytes = 0;
+    if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
+        flow_close(w, f, SOTH_CLOSE_UPSTREAM_CONNECT_FAILED);
+        return;
+    }
+    if (timeout)
+        flow_answer_text(w, f, 504, "Gateway Timeout", SOTH_CLOSE_UPSTREAM_CONNECT_FAILED,
+                         "soth-mitm: upstream %.*s:%u did not answer within %u ms\n",
+                         (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
+                         w->cfg->timeouts.connect_ms);
+    else
+        flow_answer_text(w, f, 502, "Bad Gateway", SOTH_CLOSE_UPSTREAM_CONNECT_FAILED,
+                         "soth-mitm: cannot connect to upstream %.*s:%u: %s\n",
+                         (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
+                         soth_strerror(err));
+}
+
+static void flow_connect(struct worker *w, struct flow *f)
+{
+    struct conn *u = &f->c[SIDE_UPSTREAM];
+    int fd = socket(f->upstream_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        flow_connect_failed(w, f, -errno, false);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    u->fd = fd;
+    flow_set_state(f, FS_CONNECTING);
+    timer_set(w, f, now_ms() + w->cfg->timeouts.connect_ms);
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&f->upstream_addr, f->upstream_addr_len);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SIDE_UPSTREAM, f->slot, f->gen));
+    f->pending++;
+}
+
+static void flow_start_upstream(struct worker *w, struct flow *f)
+{
+    struct soth_iov host = soth_iov(f->ev.server_host, f->ev.server_host_len);
+    if (resolve_fast(w, host, f->upstream_port, &f->upstream_addr, &f->upstream_addr_len)) {
+        flow_connect(w, f);
+        return;
+    }
+    struct resolve_req rq;
+    rq.slot = f->slot;
+    rq.gen = f->gen;
+    rq.port = f->upstream_port;
+    rq.host_len = (uint16_t)host.len;
+    memcpy(rq.host, host.base, host.len);
+    if (soth_resolver_submit(w, &rq) < 0) {
+        flow_connect_failed(w, f, -EAGAIN, false);
+        return;
+    }
+    flow_set_state(f, FS_RESOLVING);
+    timer_set(w, f, now_ms() + w->cfg->timeouts.connect_ms);
+}
+
+static void on_resolved(struct worker *w, const struct resolve_resp *rs)
+{
+    if (rs->slot >= w->flows_hw)
+        return;
+    struct flow *f = &w->flows[rs->slot];
+    if (f->gen != rs->gen || f->state != FS_RESOLVING)
+        return;
+    if (rs->err < 0) {
+        flow_connect_failed(w, f, rs->err, false);
+        return;
+    }
+    struct soth_iov host = soth_iov(f->ev.server_host, f->ev.server_host_len);
+    uint64_t h = name_hash(host);
+    struct dns_cache_ent *e = &w->dns[h & (SOTH_DNS_CACHE - 1)];
+    e->hash = h;
+    e->expires_ms = now_ms() + 60000; /* getaddrinfo gives no TTL: keep a minute */
+    memcpy(&e->addr, &rs->addr, rs->addr_len);
+    e->addr_len = rs->addr_len;
+    memcpy(&f->upstream_addr, &rs->addr, rs->addr_len);
+    f->upstream_addr_len = rs->addr_len;
+    flow_connect(w, f);
+}
+
+static void on_connect(struct worker *w, struct flow *f, int res)
+{
+    if (f->state != FS_CONNECTING)
+        return;
+    if (res < 0) {
+        struct conn *u = &f->c[SIDE_UPSTREAM];
+        struct io_uring_sqe *sqe = get_sqe(w);
+        io_uring_prep_close(sqe, u->fd);
+        io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, SIDE_UPSTREAM, f->slot, f->gen));
+        u->fd = -1;
+        flow_connect_failed(w, f, res, false);
+        return;
+    }
+    struct conn *u = &f->c[SIDE_UPSTREAM];
+    u->connected = true;
+    flow_set_state(f, FS_RELAY);
+    timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
+    if (f->is_connect) {
+        static char established[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
+        /* The client queue is empty here: nothing from the upstream has been read yet. */
+        conn_queue(&f->c[SIDE_CLIENT], established, 0, sizeof(established) - 1, SEG_STATIC);
+        conn_try_send(w, f, SIDE_CLIENT);
+    }
+    conn_arm_recv(w, f, SIDE_UPSTREAM);
+    conn_arm_recv(w, f, SIDE_CLIENT);
+    conn_try_send(w, f, SIDE_UPSTREAM);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * decisions and the proxy request head (regular mode)
+ * ------------------------------------------------------------------------------------------ */
+
+static bool learning_never(void *ctx, struct soth_iov host, uint16_t port)
+{
+    return false;
+}
+
+/** Apply the policy to the flow's target; emits connect_decision. Returns the action. */
+static enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *rule)
+{
+    struct soth_learning_view lv = {.is_pinned = learning_never, .ctx = NULL};
+    struct soth_policy_decision d = soth_policy_decide(
+        w->policy, soth_iov(f->ev.server_host, f->ev.server_host_len), f->ev.server_port, &lv);
+    soth_ev_connect_decision(&f->ev, d.action, (enum soth_decision_reason)d.reason, d.rule);
+    f->action = (uint8_t)d.action;
+    *rule = d.rule;
+    if (d.action == SOTH_ACTION_INTERCEPT) {
+        /* TLS interception is issue 5; until it lands an intercept decision relays bytes. */
+        SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id,
+                 "intercept not available yet: relaying %.*s:%u as a tunnel",
+                 (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port);
+    }
+    return d.action;
+}
+
+static void flow_block(struct worker *w, struct flow *f, struct soth_iov rule)
+{
+    if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
+        flow_close(w, f, SOTH_CLOSE_BLOCKED);
+        return;
+    }
+    if (rule.len > 0)
+        flow_answer_text(w, f, 403, "Forbidden", SOTH_CLOSE_BLOCKED,
+                         "soth-mitm: %.*s:%u is blocked by policy rule \"%.*s\"\n",
+                         (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
+                         (int)rule.len, rule.base);
+    else
+        flow_answer_text(w, f, 403, "Forbidden", SOTH_CLOSE_BLOCKED,
+                         "soth-mitm: %.*s:%u is blocked by the default policy\n",
+                         (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port);
+}
+
+static bool header_is(const struct soth_header *h, const char *name)
+{
+    return iov_eq_nocase(h->name, name);
+}
+
+/**
+ * A complete head sits in buf[0..head_len); extra bytes after it (already from the client,
+ * for the upstream) are handed over by the caller.
+ */
+static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_proxy_head *h)
+{
+    soth_ev_flow_set_server(&f->ev, h->host, h->port);
+    soth_ev_connect_received(&f->ev, h->method, h->target);
+    f->upstream_port = h->port;
+    f->is_connect = h->is_connect;
+    if (!h->is_connect)
+        soth_ev_flow_set_protocol(&f->ev, SOTH_PROTO_HTTP1);
+    struct soth_iov rule;
+    enum soth_action a = flow_decide(w, f, &rule);
+    if (a == SOTH_ACTION_BLOCK) {
+        flow_block(w, f, rule);
+        return false;
+    }
+    if (!h->is_connect) {
+        /*
+         * Absolute-form plain HTTP: the upstream gets origin-form, without the hop-by-hop
+         * Proxy-* fields. Later requests on the connection are relayed as sent (the HTTP/1.1
+         * issue adds per-request parsing).
+         */
+        struct conn *u = &f->c[SIDE_UPSTREAM];
+        bool ok =
+            conn_queue_copy(w, u, h->method.base, h->method.len) && conn_queue_copy(w, u, " ", 1) &&
+            conn_queue_copy(w, u, h->path.base, h->path.len) && conn_queue_copy(w, u, " ", 1) &&
+            conn_queue_copy(w, u, h->version.base, h->version.len) &&
+            conn_queue_copy(w, u, "\r\n", 2);
+        bool have_host = false;
+        for (size_t i = 0; ok && i < h->n_headers; i++) {
+            const struct soth_header *hd = &h->headers[i];
+            if (header_is(hd, "proxy-connection") || header_is(hd, "proxy-authorization"))
+                continue;
+            if (header_is(hd, "host"))
+                have_host = true;
+            ok = conn_queue_copy(w, u, hd->name.base, hd->name.len) &&
+                 conn_queue_copy(w, u, ": ", 2) &&
+                 conn_queue_copy(w, u, hd->value.base, hd->value.len) &&
+                 conn_queue_copy(w, u, "\r\n", 2);
+        }
+        if (ok && !have_host) {
+            char hostline[300];
+            int n = snprintf(hostline, sizeof(hostline), "Host: %.*s\r\n", (int)h->host.len,
+                             h->host.base);
+            ok = conn_queue_copy(w, u, hostline, (size_t)n);
+        }
+        ok = ok && conn_queue_copy(w, u, "\r\n", 2);
+        if (!ok) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return false;
+        }
+    }
+    flow_start_upstream(w, f);
+    return f->state != FS_CLOSING;
+}
+
+static void flow_head_failed(struct worker *w, struct flow *f, ssize_t rc, const char *code,
+                             const char *detail)
+{
+    if (code == NULL)
+        code = "malformed";
+    if (detail == NULL)
+        detail = "malformed request head";
+    soth_ev_connect_parse_failed(&f->ev, soth_iov(code, strlen(code)),
+                                 soth_iov(detail, strlen(detail)));
+    if (rc == SOTH_E_TOO_LARGE && strcmp(code, "line_too_long") != 0)
+        flow_answer_text(w, f, 431, "Request Header Fields Too Large", SOTH_CLOSE_PARSE_FAILED,
+                         "soth-mitm: request head too large (%s)\n", detail);
+    else
+        flow_answer_text(w, f, 400, "Bad Request", SOTH_CLOSE_PARSE_FAILED,
+                         "soth-mitm: bad request: %s (%s)\n", detail, code);
+}
+
+/** Client bytes while in FS_HEAD. Takes ownership of provided buffer bid. */
+static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint32_t len)
+{
+    char *data = buf_addr(w, bid);
+    struct soth_proxy_head h;
+    const char *code = NULL, *detail = NULL;
+    ssize_t rc;
+
+    if (f->head == NULL) {
+        /* Usual case: the whole head in one buffer, parsed where it lies. */
+        rc =
+            soth_proxy_head_parse(data, len, SOTH_HEAD_STRICT, &w->head_limits, &h, &code, &detail);
+        if (rc == SOTH_E_INCOMPLETE) {
+            f->head = chunk_get(w);
+            if (f->head == NULL) {
+                buf_put(w, bid);
+                flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+                return;
+            }
+            memcpy(f->head, data, len);
+            f->head_len = len;
+            buf_put(w, bid);
+            return;
+        }
+        if (rc < 0) {
+            buf_put(w, bid);
+            flow_head_failed(w, f, rc, code, detail);
+            return;
+        }
+        if (!flow_on_head(w, f, &h) || (size_t)rc == len) {
+            buf_put(w, bid);
+            return;
+        }
+        /* Bytes after the head (an early ClientHello, a body) wait for the upstream as is. */
+        conn_queue(&f->c[SIDE_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc, (int32_t)bid);
+        return;
+    }
+
+    /* A head split over reads is gathered in one chunk, bounded by SOTH_HEAD_MAX. */
+    uint32_t room = SOTH_HEAD_MAX - f->head_len;
+    uint32_t n = len < room ? len : room;
+    memcpy(f->head + f->head_len, data, n);
+    f->head_len += n;
+    rc = soth_proxy_head_parse(f->head, f->head_len, SOTH_HEAD_STRICT, &w->head_limits, &h, &code,
+                               &detail);
+    if (rc == SOTH_E_INCOMPLETE && f->head_len >= SOTH_HEAD_MAX) {
+        rc = SOTH_E_TOO_LARGE;
+        code = "head_too_large";
+        detail = "request head exceeds the proxy's limit";
+    }
+    if (rc == SOTH_E_INCOMPLETE) {
+        buf_put(w, bid);
+        return;
+    }
+    if (rc < 0) {
+        buf_put(w, bid);
+        flow_head_failed(w, f, rc, code, detail);
+    } else if (flow_on_head(w, f, &h)) {
+        if ((uint32_t)rc < f->head_len)
+            conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head + rc, f->head_len - (uint32_t)rc);
+        if (n < len)
+            conn_queue(&f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
+        else
+            buf_put(w, bid);
+    } else {
+        buf_put(w, bid);
+    }
+    chunk_put(w, f->head);
+    f->head = NULL;
+    f->head_len = 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * CQE handlers
+ * ------------------------------------------------------------------------------------------ */
+
+static void format_addr(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+        snprintf(out, cap, "%s", ip);
+    } else {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+        snprintf(out, cap, "%s", ip);
+    }
+}
+
+static void flow_begin_direct(struct worker *w, struct flow *f, const char *host, size_t host_len,
+                              uint16_t port)
+{
+    /* Reverse and transparent modes: the target is known at accept (SPEC invariant 2). */
+    char target[320];
+    int n;
+    if (memchr(host, ':', host_len))
+        n = snprintf(target, sizeof(target), "[%.*s]:%u", (int)host_len, host, port);
+    else
+        n = snprintf(target, sizeof(target), "%.*s:%u", (int)host_len, host, port);
+    soth_ev_flow_set_server(&f->ev, soth_iov(host, host_len), port);
+    soth_ev_connect_received(&f->ev, SOTH_IOV_NULL, soth_iov(target, (size_t)n));
+    f->upstream_port = port;
+    struct soth_iov rule;
+    if (flow_decide(w, f, &rule) == SOTH_ACTION_BLOCK) {
+        flow_block(w, f, rule);
+        return;
+    }
+    /* Read the client right away: bytes queue for the upstream under backpressure. */
+    flow_start_upstream(w, f);
+    if (f->state != FS_CLOSING)
+        conn_arm_recv(w, f, SIDE_CLIENT);
+}
+
+static void arm_accept(struct worker *w)
+{
+    if (w->accept_armed || w->stopping)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_ACCEPT, 0, 0, 0));
+    w->accept_armed = true;
+}
+
+static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        w->accept_armed = false;
+        if (cqe->res < 0 && cqe->res != -ECANCELED)
+            SOTH_LOG(SOTH_LOG_WARN, (int)w->idx, 0, "accept: %s", soth_strerror(cqe->res));
+        arm_accept(w);
+    }
+    if (cqe->res < 0)
+        return;
+    int fd = cqe->res;
+    if (w->stopping) {
+        close(fd);
+        return;
+    }
+    struct flow *f = flow_alloc(w);
+    if (f == NULL) {
+        SOTH_LOG(SOTH_LOG_WARN, (int)w->idx, 0, "flow table full: refusing a connection");
+        close(fd);
+        return;
+    }
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof(peer);
+    if (getpeername(fd, (struct sockaddr *)&peer, &plen) == -1)
+        plen = 0;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    f->c[SIDE_CLIENT].fd = fd;
+    f->c[SIDE_CLIENT].connected = true;
+    uint64_t flow_id = ((uint64_t)(w->idx + 1) << 48) | ++w->flow_counter;
+    soth_ev_flow_init(&f->ev, w->prod, flow_id, w->idx, plen ? (struct sockaddr *)&peer : NULL,
+                      plen);
+    SOTH_METRIC_ADD(w->m->connections_total, 1);
+    SOTH_METRIC_ADD(w->m->active_connections, 1);
+
+    const struct soth_config *cfg = w->cfg;
+    switch (cfg->mode) {
+    case SOTH_MODE_REGULAR:
+        flow_set_state(f, FS_HEAD);
+        timer_set(w, f, now_ms() + cfg->timeouts.request_header_ms);
+        conn_arm_recv(w, f, SIDE_CLIENT);
+        break;
+    case SOTH_MODE_REVERSE:
+        flow_begin_direct(w, f, cfg->reverse_host, strlen(cfg->reverse_host), cfg->reverse_port);
+        break;
+    case SOTH_MODE_TRANSPARENT: {
+        struct sockaddr_storage dst;
+        socklen_t dlen = sizeof(dst);
+        int rc = peer.ss_family == AF_INET6
+                     ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &dst, &dlen)
+                     : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &dlen);
+        if (rc == -1) {
+            SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, flow_id, "SO_ORIGINAL_DST: %s", strerror(errno));
+            soth_ev_connect_parse_failed(&f->ev, SOTH_IOV_LIT("no_original_dst"),
+                                         SOTH_IOV_LIT("connection was not redirected"));
+            flow_close(w, f, SOTH_CLOSE_PARSE_FAILED);
+            break;
+        }
+        char host[INET6_ADDRSTRLEN + 1];
+        format_addr(&dst, host, sizeof(host));
+        uint16_t port = ntohs(dst.ss_family == AF_INET ? ((struct sockaddr_in *)&dst)->sin_port
+                                                       : ((struct sockaddr_in6 *)&dst)->sin6_port);
+        flow_begin_direct(w, f, host, strlen(host), port);
+        break;
+    }
+    default:
+        SOTH_BUG_ON(1);
+    }
+    flow_maybe_free(w, f);
+}
+
+/** Both directions finished (FIN seen both ways and our FINs sent): close normally. */
+static void flow_check_done(struct worker *w, struct flow *f)
+{
+    if (f->state != FS_RELAY)
+        return;
+    struct conn *c = &f->c[SIDE_CLIENT], *u = &f->c[SIDE_UPSTREAM];
+    /* pending == 0: no send or shutdown in flight, so both FINs have left. */
+    if (c->eof_in && u->eof_in && c->q_count == 0 && u->q_count == 0 && !c->shut_pending &&
+        !u->shut_pending && f->pending == 0)
+        flow_close(w, f,
+                   f->first_eof == SIDE_UPSTREAM ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF);
+}
+
+static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsigned bid,
+                         uint32_t len)
+{
+    f->bytes[side] += len;
+    if (side == SIDE_CLIENT)
+        SOTH_METRIC_ADD(w->m->bytes_client_to_server, len);
+    else
+        SOTH_METRIC_ADD(w->m->bytes_server_to_client, len);
+    f->last_active_ms = now_ms();
+    switch (f->state) {
+    case FS_HEAD:
+        flow_head_input(w, f, bid, len);
+        return;
+    case FS_RESOLVING:
+    case FS_CONNECTING:
+    case FS_RELAY: {
+        unsigned other = side ^ 1;
+        struct conn *o = &f->c[other];
+        if (!conn_queue(o, buf_addr(w, bid), 0, len, (int32_t)bid)) {
+            buf_put(w, bid);
+            SOTH_LOG(SOTH_LOG_WARN, (int)w->idx, f->ev.flow_id, "send queue overflow");
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
+        }
+        if (over_high(o))
+            conn_pause_recv(w, f, side);
+        conn_try_send(w, f, other);
+        return;
+    }
+    default:
+        /* Answering or lingering: the client's further bytes are discarded. */
+        buf_put(w, bid);
+        return;
+    }
+}
+
+static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
+{
+    struct conn *c = &f->c[side];
+    c->eof_in = true;
+    if (f->first_eof == 0xff)
+        f->first_eof = (uint8_t)side;
+    switch (f->state) {
+    case FS_HEAD:
+        flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
+        return;
+    case FS_RESOLVING:
+    case FS_CONNECTING:
+        if (side == SIDE_CLIENT) {
+            /* Half-close before the upstream is up: forward the FIN once connected. */
+            f->c[SIDE_UPSTREAM].shut_pending = true;
+        }
+        return;
+    case FS_RELAY: {
+        struct conn *o = &f->c[side ^ 1];
+        if (!o->shut_done) {
+            o->shut_pending = true;
+            conn_try_send(w, f, side ^ 1);
+        }
+        flow_check_done(w, f);
+        return;
+    }
+    case FS_LINGER:
+        flow_close(w, f, (enum soth_close_reason)f->answer_reason);
+        return;
+    default:
+        return;
+    }
+}
+
+static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_uring_cqe *cqe)
+{
+    struct conn *c = &f->c[side];
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    if (!more) {
+        c->recv_armed = false;
+        f->pending--;
+    }
+    if (cqe->res > 0) {
+        SOTH_BUG_ON(!(cqe->flags & IORING_CQE_F_BUFFER));
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        if (f->state == FS_CLOSING)
+            buf_put(w, bid);
+        else
+            on_recv_data(w, f, side, bid, (uint32_t)cqe->res);
+    } else if (cqe->res == 0) {
+        if (f->state != FS_CLOSING)
+            on_recv_eof(w, f, side);
+    } else if (cqe->res == -ENOBUFS) {
+        c->recv_wait_buf = true;
+        if (!f->on_wait_list) {
+            f->on_wait_list = true;
+            f->wnext = w->buf_waiters;
+            w->buf_waiters = f;
+        }
+    } else if (cqe->res != -ECANCELED && f->state != FS_CLOSING) {
+        SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "recv %s: %s",
+                 side ? "upstream" : "client", soth_strerror(cqe->res));
+        if (f->state == FS_HEAD)
+            flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
+        else
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+    }
+    /* A multishot recv that ended on its own (buffer pressure, kernel limits) is re-armed. */
+    if (!more && f->state != FS_CLOSING)
+        conn_arm_recv(w, f, side);
+}
+
+static void on_send(struct worker *w, struct flow *f, unsigned side, int res)
+{
+    struct conn *c = &f->c[side];
+    c->send_inflight = false;
+    f->pending--;
+    if (f->state == FS_CLOSING)
+        return;
+    if (res < 0) {
+        SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "send %s: %s",
+                 side ? "upstream" : "client", soth_strerror(res));
+        flow_close(w, f,
+                   f->state == FS_ANSWER ? (enum soth_close_reason)f->answer_reason
+                                         : SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    uint64_t left = (uint64_t)res;
+    while (left > 0 && c->q_count > 0) {
+        struct seg *s = &c->q[c->q_head];
+        if (left < s->len) {
+            s->off += (uint32_t)left;
+            s->len -= (uint32_t)left;
+            c->q_bytes -= left;
+            left = 0;
+            break;
+        }
+        left -= s->len;
+        c->q_bytes -= s->len;
+        seg_release(w, s);
+        c->q_head = (c->q_head + 1) % SOTH_OUTQ_MAX;
+        c->q_count--;
+    }
+    f->last_active_ms = now_ms();
+    /* The source of these bytes may read again. */
+    struct conn *src = &f->c[side ^ 1];
+    if (src->recv_paused && c->q_bytes <= SOTH_LOW_WM && c->q_count < SOTH_OUTQ_PAUSE / 2)
+        conn_resume_recv(w, f, side ^ 1);
+    if (c->q_count > 0) {
+        conn_try_send(w, f, side);
+        return;
+    }
+    if (c->shut_pending) {
+        conn_submit_shutdown(w, f, side);
+        return;
+    }
+    flow_check_done(w, f);
+}
+
+static void on_shutdown(struct worker *w, struct flow *f, unsigned side, int res)
+{
+    f->pending--;
+    if (f->state == FS_CLOSING)
+        return;
+    if (f->state == FS_ANSWER) {
+        /* Our answer is out and our FIN sent: wait for the client's FIN, bounded. */
+        flow_set_state(f, FS_LINGER);
+        if (f->c[SIDE_CLIENT].eof_in) {
+            flow_close(w, f, (enum soth_close_reason)f->answer_reason);
+            return;
+        }
+        timer_set(w, f, now_ms() + SOTH_LINGER_MS);
+        conn_arm_recv(w, f, SIDE_CLIENT);
+        return;
+    }
+    flow_check_done(w, f);
+}
+
+static void on_timeout(struct worker *w, struct flow *f)
+{
+    uint64_t now = now_ms();
+    switch (f->state) {
+    case FS_HEAD:
+        soth_ev_connect_parse_failed(&f->ev, SOTH_IOV_LIT("request_header_timeout"),
+                                     SOTH_IOV_LIT("request head did not arrive in time"));
+        flow_answer_text(w, f, 408, "Request Timeout", SOTH_CLOSE_IDLE_TIMEOUT,
+                         "soth-mitm: request head not received within %u ms\n",
+                         w->cfg->timeouts.request_header_ms);
+        return;
+    case FS_RESOLVING:
+    case FS_CONNECTING:
+        if (f->state == FS_CONNECTING) {
+            /* Cancel the connect; its CQE (-ECANCELED) then finds the flow past CONNECTING. */
+            struct io_uring_sqe *sqe = get_sqe(w);
+            io_uring_prep_cancel64(sqe, ud_pack(OP_CONNECT, SIDE_UPSTREAM, f->slot, f->gen), 0);
+            io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, SIDE_UPSTREAM, f->slot, f->gen));
+        }
+        flow_connect_failed(w, f, -ETIMEDOUT, true);
+        return;
+    case FS_RELAY:
+        if (f->last_active_ms + w->cfg->timeouts.idle_ms > now) {
+            timer_set(w, f, f->last_active_ms + w->cfg->timeouts.idle_ms);
+            return;
+        }
+        flow_close(w, f, SOTH_CLOSE_IDLE_TIMEOUT);
+        return;
+    case FS_ANSWER:
+    case FS_LINGER:
+        flow_close(w, f, (enum soth_close_reason)f->answer_reason);
+        return;
+    default:
+        return;
+    }
+}
+
+static void timers_run(struct worker *w)
+{
+    uint64_t now = now_ms();
+    uint64_t last = now / SOTH_TICK_MS;
+    while (w->wheel_tick <= last) {
+        struct flow **slot = &w->wheel[w->wheel_tick & (SOTH_WHEEL_SLOTS - 1)];
+        struct flow *f = *slot;
+        while (f != NULL) {
+            struct flow *next = f->tnext;
+            if (f->deadline_ms <= now) {
+                timer_unlink(w, f);
+                on_timeout(w, f);
+                flow_maybe_free(w, f);
+            }
+            f = next;
+        }
+        w->wheel_tick++;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * control: shutdown, reload, resolver answers
+ * ------------------------------------------------------------------------------------------ */
+
+void soth_worker_wake(struct worker *w)
+{
+    uint64_t one = 1;
+    ssize_t n = write(w->efd, &one, sizeof(one));
+    (void)n;
+}
+
+static void arm_eventfd(struct worker *w)
+{
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_read(sqe, w->efd, &w->efd_val, sizeof(w->efd_val), 0);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_EVENTFD, 0, 0, 0));
+}
+
+static void worker_begin_stop(struct worker *w)
+{
+    if (w->stopping)
+        return;
+    w->stopping = true;
+    w->stop_deadline_ms = now_ms() + w->cfg->timeouts.drain_ms;
+    if (w->accept_armed) {
+        struct io_uring_sqe *sqe = get_sqe(w);
+        io_uring_prep_cancel64(sqe, ud_pack(OP_ACCEPT, 0, 0, 0), 0);
+        io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, 0, 0, 0));
+    }
+    /* Connections still waiting for a first request have nothing in flight: close them now. */
+    for (uint32_t i = 0; i < w->flows_hw; i++) {
+        struct flow *f = &w->flows[i];
+        if (flow_is_live(f) && f->state == FS_HEAD && f->head == NULL)
+            flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
+    }
+}
+
+static void on_eventfd(struct worker *w)
+{
+    struct resolve_resp rs;
+    while (soth_spsc_pop(w->rs, &rs))
+        on_resolved(w, &rs);
+    struct soth_config *ncfg = atomic_exchange(&w->ctl_cfg, NULL);
+    if (ncfg != NULL) {
+        char err[256];
+        struct soth_policy *np = soth_policy_new(ncfg, err, sizeof(err));
+        if (np == NULL) {
+            SOTH_LOG(SOTH_LOG_ERROR, (int)w->idx, 0, "reload: %s", err);
+            soth_config_unref(ncfg);
+        } else {
+            /* Flows keep their decisions; new CONNECTs see the new policy. */
+            soth_policy_free(w->policy);
+            w->policy = np;
+            soth_config_unref(w->cfg);
+            w->cfg = ncfg;
+        }
+    }
+    if (atomic_exchange(&w->ctl_flush, 0)) {
+        /* Leaf cache lives in the TLS module (issue 5): nothing cached yet. */
+    }
+    if (atomic_load(&w->ctl_stop))
+        worker_begin_stop(w);
+    arm_eventfd(w);
+}
+
+static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
+{
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    enum soth_op op = ud_op(ud);
+    switch (op) {
+    case OP_ACCEPT:
+        on_accept(w, cqe);
+        return;
+    case OP_EVENTFD:
+        on_eventfd(w);
+        return;
+    case OP_CLOSE:
+    case OP_CANCEL:
+        return;
+    default:
+        break;
+    }
+    uint32_t slot = ud_slot(ud);
+    SOTH_BUG_ON(slot >= w->flows_hw);
+    struct flow *f = &w->flows[slot];
+    unsigned side = ud_side(ud);
+    if (f->gen != ud_gen(ud)) {
+        /* Cannot happen for tracked ops (freed only at pending == 0); keep buffers safe. */
+        if (cqe->flags & IORING_CQE_F_BUFFER)
+            buf_put(w, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        return;
+    }
+    switch (op) {
+    case OP_RECV:
+        on_recv(w, f, side, cqe);
+        break;
+    case OP_SEND:
+        on_send(w, f, side, cqe->res);
+        break;
+    case OP_CONNECT:
+        f->pending--;
+        on_connect(w, f, cqe->res);
+        break;
+    case OP_SHUTDOWN:
+        on_shutdown(w, f, side, cqe->res);
+        break;
+    default:
+        SOTH_BUG_ON(1);
+    }
+    flow_maybe_free(w, f);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * set-up and the loop
+ * ------------------------------------------------------------------------------------------ */
+
+static int ring_setup(struct worker *w)
+{
+    struct io_uring_params p;
+    const unsigned flag_sets[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int rc = -EINVAL;
+    for (size_t i = 0; i < SOTH_ARRAY_LEN(flag_sets); i++) {
+        memset(&p, 0, sizeof(p));
+        p.flags = flag_sets[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+        p.cq_entries = 16384;
+        rc = io_uring_queue_init_params(2048, &w->ring, &p);
+        if (rc == 0) {
+            SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, 0, "io_uring flags 0x%x", p.flags);
+            break;
+        }
+    }
+    if (rc < 0)
+        return rc;
+
+    size_t ring_bytes = SOTH_BUF_COUNT * sizeof(struct io_uring_buf);
+    void *br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (br == MAP_FAILED)
+        return -errno;
+    w->br = br;
+    io_uring_buf_ring_init(w->br);
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (unsigned long)br, .ring_entries = SOTH_BUF_COUNT, .bgid = SOTH_BGID};
+    rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
+    if (rc < 0)
+        return rc;
+    w->bufs = mmap(NULL, (size_t)SOTH_BUF_COUNT * SOTH_BUF_SIZE, PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (w->bufs == MAP_FAILED)
+        return -errno;
+    for (unsigned i = 0; i < SOTH_BUF_COUNT; i++)
+        buf_put(w, i);
+    io_uring_buf_ring_advance(w->br, (int)w->br_added);
+    w->br_added = 0;
+
+    /* The flow table reserves address space; pages are touched only as slots are used. */
+    w->flows = mmap(NULL, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow), PROT_READ | PROT_WRITE,
+                    MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
+    if (w->flows == MAP_FAILED)
+        return -errno;
+    w->efd = eventfd(0, EFD_CLOEXEC);
+    if (w->efd == -1)
+        return -errno;
+    return 0;
+}
+
+static void pin_cpu(struct worker *w)
+{
+    if (w->cpu < 0)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(w->cpu, &set);
+    if (sched_setaffinity(0, sizeof(set), &set) == -1)
+        SOTH_LOG(SOTH_LOG_WARN, (int)w->idx, 0, "sched_setaffinity(cpu %d): %s", w->cpu,
+                 strerror(errno));
+}
+
+static void worker_teardown(struct worker *w)
+{
+    io_uring_queue_exit(&w->ring);
+    if (w->flows && w->flows != MAP_FAILED)
+        munmap(w->flows, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow));
+    if (w->bufs && w->bufs != MAP_FAILED)
+        munmap(w->bufs, (size_t)SOTH_BUF_COUNT * SOTH_BUF_SIZE);
+    if (w->br)
+        munmap(w->br, SOTH_BUF_COUNT * sizeof(struct io_uring_buf));
+    while (w->free_chunks != NULL) {
+        char *c = w->free_chunks;
+        memcpy(&w->free_chunks, c, sizeof(char *));
+        free(c);
+    }
+    if (w->efd >= 0)
+        close(w->efd);
+    if (w->listen_fd >= 0)
+        close(w->listen_fd);
+    w->listen_fd = -1;
+    soth_policy_free(w->policy);
+    w->policy = NULL;
+}
+
+static void signal_ready(struct worker *w, int err)
+{
+    struct soth_engine *e = w->eng;
+    pthread_mutex_lock(&e->start_mu);
+    w->setup_err = err;
+    e->n_ready++;
+    pthread_cond_broadcast(&e->start_cv);
+    pthread_mutex_unlock(&e->start_mu);
+}
+
+void *soth_worker_main(void *arg)
+{
+    struct worker *w = arg;
+    pin_cpu(w);
+    w->efd = -1;
+    int rc = ring_setup(w);
+    if (rc < 0) {
+        snprintf(w->setup_msg, sizeof(w->setup_msg), "io_uring set-up: %s", soth_strerror(rc));
+        signal_ready(w, rc);
+        worker_teardown(w);
+        return NULL;
+    }
+    w->head_limits.max_line = 8192;
+    w->head_limits.max_head = SOTH_HEAD_MAX;
+    w->wheel_tick = now_ms() / SOTH_TICK_MS;
+    arm_accept(w);
+    arm_eventfd(w);
+    io_uring_submit(&w->ring);
+    signal_ready(w, 0);
+
+    for (;;) {
+        buf_publish(w);
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000};
+        bool timed = w->n_timers > 0 || w->stopping;
+        rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, timed ? &ts : NULL, NULL);
+        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+            SOTH_LOG(SOTH_LOG_ERROR, (int)w->idx, 0, "io_uring_submit_and_wait: %s",
+                     soth_strerror(rc));
+            break;
+        }
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&w->ring, head, cqe)
+        {
+            handle_cqe(w, cqe);
+            n++;
+        }
+        io_uring_cq_advance(&w->ring, n);
+        timers_run(w);
+        soth_ev_flush(w->prod);
+        if (w->stopping) {
+            if (now_ms() >= w->stop_deadline_ms) {
+                for (uint32_t i = 0; i < w->flows_hw; i++) {
+                    struct flow *f = &w->flows[i];
+                    if (flow_is_live(f) && f->state != FS_CLOSING)
+                        flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
+                }
+            }
+            if (w->n_flows == 0)
+                break;
+        }
+    }
+    soth_ev_flush(w->prod);
+    /* Let the last closes reach the kernel. */
+    io_uring_submit(&w->ring);
+    worker_teardown(w);
+    return NULL;
+}
