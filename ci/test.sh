@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The whole test suite (README Quick start, command 2; .ci/run runs exactly this):
+# dependencies, format check, Release build + tests, ASan+UBSan build + tests,
+# TSan build + the concurrent tests, fuzz targets for a bounded time.
+#
+#   SOTH_FUZZ_SECONDS=N   seconds per fuzz target (default 30; 0 skips running them)
+#   SOTH_SKIP_TSAN=1      skip the ThreadSanitizer lane
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bash ci/setup.sh
+
+jobs=$(nproc)
+step() { printf '\n==== %s\n' "$*"; }
+
+step "format check (clang-format)"
+files=$(git ls-files '*.c' '*.h' | grep -v '^fuzz/corpus/' || true)
+if [ -n "$files" ]; then
+    bad=$(clang-format --dry-run --Werror $files 2>&1 | grep -o '^[^:]*\.[ch]' | sort -u || true)
+    if [ -n "$bad" ]; then
+        echo "not clang-format clean:"; echo "$bad"; exit 1
+    fi
+fi
+
+step "Release build"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$jobs"
+step "Release tests"
+(cd build && ctest --output-on-failure -j1)
+
+step "ASan+UBSan build"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSOTH_SANITIZE=ON -DSOTH_BENCH=OFF >/dev/null
+cmake --build build-asan -j"$jobs"
+step "ASan+UBSan tests"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --output-on-failure -j1)
+
+if [ "${SOTH_SKIP_TSAN:-0}" != 1 ]; then
+    step "TSan build (concurrent code)"
+    cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DSOTH_TSAN=ON -DSOTH_BENCH=OFF >/dev/null
+    cmake --build build-tsan -j"$jobs"
+    step "TSan tests (label tsan)"
+    (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -L tsan -j1)
+fi
+
+fuzz_seconds=${SOTH_FUZZ_SECONDS:-30}
+if [ "$fuzz_seconds" != 0 ] && ls fuzz/*.cmake >/dev/null 2>&1; then
+    step "fuzz targets (${fuzz_seconds}s each, clang, ASan+UBSan)"
+    cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DSOTH_FUZZ=ON \
+        -DSOTH_TESTS=OFF -DSOTH_BENCH=OFF >/dev/null
+    cmake --build build-fuzz -j"$jobs"
+    for f in fuzz/*.cmake; do
+        t=$(basename "$f" .cmake)
+        corpus=$(mktemp -d)
+        [ -d "fuzz/corpus/$t" ] && cp -r "fuzz/corpus/$t/." "$corpus/"
+        dict=()
+        [ -f "fuzz/$t.dict" ] && dict=("-dict=fuzz/$t.dict")
+        echo "fuzz_$t"
+        "build-fuzz/fuzz/fuzz_$t" "${dict[@]}" -max_total_time="$fuzz_seconds" -timeout=10 \
+            -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -n 3
+        rm -rf "$corpus"
+    done
+fi
+step "all tests passed"

@@ -1,0 +1,197 @@
+"""Shared harness for integration tests: runs the real soth-mitm binary on loopback, real
+origins, and reads the event ring through the real soth-mitm-tail.
+
+Environment: SOTH_BUILD_DIR (default: <repo>/build) holds soth-mitm and soth-mitm-tail.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+from eventcheck import check_events
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("SOTH_BUILD_DIR", os.path.join(REPO, "build"))
+PROXY_BIN = os.path.join(BUILD, "soth-mitm")
+TAIL_BIN = os.path.join(BUILD, "soth-mitm-tail")
+
+READY_RE = re.compile(
+    r"soth-mitm: listening on (\S+):(\d+) \(mode (\S+), (\d+) workers, events (\S+)\)")
+
+
+class Proxy:
+    """A running soth-mitm. Use as a context manager; stop() returns the exit status."""
+
+    def __init__(self, mode="regular", workers=1, config=None, extra_args=(), env=None):
+        self.tmp = tempfile.mkdtemp(prefix="soth-it-")
+        self.ring = os.path.join(self.tmp, "events.ring")
+        args = [PROXY_BIN, "--listen", "127.0.0.1:0", "--mode", mode, "--workers",
+                str(workers), "--event-ring", self.ring, "--ca-dir",
+                os.path.join(self.tmp, "ca")]
+        if config is not None:
+            cfg_path = os.path.join(self.tmp, "config.json")
+            with open(cfg_path, "w") as f:
+                json.dump(config, f)
+            args += ["--config", cfg_path]
+        args += list(extra_args)
+        penv = dict(os.environ)
+        penv.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        if env:
+            penv.update(env)
+        self.stderr_path = os.path.join(self.tmp, "stderr.log")
+        self._stderr = open(self.stderr_path, "w+")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                                     env=penv)
+        deadline = time.time() + 20
+        self.port = None
+        while time.time() < deadline:
+            with open(self.stderr_path) as f:
+                m = READY_RE.search(f.read())
+            if m:
+                self.port = int(m.group(2))
+                self.workers = int(m.group(4))
+                self.ring_path = m.group(5)
+                break
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        if self.port is None:
+            self.proc.kill()
+            raise RuntimeError("proxy did not start: " + self.stderr())
+
+    def stderr(self):
+        with open(self.stderr_path) as f:
+            return f.read()
+
+    def addr(self):
+        return ("127.0.0.1", self.port)
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("proxy did not exit after signal: " + self.stderr())
+        return self.proc.returncode
+
+    def events(self, settle=0.3):
+        """Every event in the ring, parsed (after letting the telemetry thread catch up)."""
+        time.sleep(settle)
+        out = subprocess.run([TAIL_BIN, "--from-start", "--once", self.ring],
+                             capture_output=True, timeout=30)
+        assert out.returncode == 0, out.stderr.decode(errors="replace")
+        return [json.loads(line) for line in out.stdout.decode().splitlines() if line.strip()]
+
+    def checked_events(self, settle=0.3):
+        evs = self.events(settle)
+        check_events(evs)
+        return evs
+
+    def fd_count(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            rc = self.stop()
+        finally:
+            self._stderr.close()
+        if exc[0] is None:
+            err = self.stderr()
+            assert rc == 0, f"proxy exit status {rc}: {err}"
+            assert "ERROR: AddressSanitizer" not in err, err
+            assert "ERROR: LeakSanitizer" not in err, err
+            assert "runtime error:" not in err, err
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+
+class EchoServer:
+    """Threaded TCP echo origin on loopback; counts accepted connections."""
+
+    def __init__(self, half_close=True):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.accepts = 0
+        self._lock = threading.Lock()
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.accepts += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _serve(c):
+        try:
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                c.sendall(d)
+            c.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+def connect_tunnel(proxy, host, port, timeout=10):
+    """Open a CONNECT tunnel; returns (socket, status line, leftover bytes)."""
+    s = socket.create_connection(proxy.addr(), timeout=timeout)
+    s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    head = read_head(s)
+    return s, head
+
+
+def read_head(s):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(4096)
+        if not d:
+            break
+        buf += d
+    return buf
+
+
+def read_all(s):
+    out = []
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        out.append(d)
+    return b"".join(out)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p

@@ -1,0 +1,400 @@
+"""Core engine through the real binary: CONNECT tunnels, block, parse failures, plain HTTP,
+reverse mode, upstream failures, drain on SIGTERM."""
+import concurrent.futures
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+from harness import (EchoServer, Proxy, by_flow, connect_tunnel, free_port, read_all,
+                     read_head)
+
+
+class HTTPOrigin:
+    """A tiny HTTP/1.1 origin (python http.server) answering GET with a known body."""
+
+    def __init__(self):
+        body = b"hello from origin\n" * 100
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Path", self.path)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                data = self.rfile.read(n)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.body = body
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        self.t = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.t.start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+class TunnelTests(unittest.TestCase):
+    def setUp(self):
+        self.echo = EchoServer()
+
+    def tearDown(self):
+        self.echo.close()
+
+    def test_tunnel_roundtrip_and_events(self):
+        with Proxy() as p:
+            s, head = connect_tunnel(p, "127.0.0.1", self.echo.port)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            payload = os.urandom(300000)
+            t = threading.Thread(target=s.sendall, args=(payload,))
+            t.start()
+            got = b""
+            while len(got) < len(payload):
+                d = s.recv(65536)
+                self.assertTrue(d, "tunnel closed early")
+                got += d
+            t.join()
+            self.assertEqual(got, payload)
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_all(s), b"")
+            s.close()
+            evs = p.checked_events(settle=0.5)
+        flows = by_flow(evs)
+        self.assertEqual(len(flows), 1)
+        (fl,) = flows.values()
+        self.assertEqual([e["type"] for e in fl],
+                         ["connect_received", "connect_decision", "stream_closed"])
+        self.assertEqual(fl[0]["method"], "CONNECT")
+        self.assertEqual(fl[0]["target"], f"127.0.0.1:{self.echo.port}")
+        self.assertEqual(fl[0]["server_port"], self.echo.port)
+        self.assertEqual(fl[2]["reason_code"], "client_eof")
+        self.assertEqual(fl[2]["bytes_client_to_server"], len(payload) + len(
+            f"CONNECT 127.0.0.1:{self.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:{self.echo.port}\r\n\r\n"))
+        self.assertEqual(fl[2]["bytes_server_to_client"], len(payload))
+
+    def test_500_parallel_short_tunnels(self):
+        with Proxy(workers=2) as p:
+            base_fds = p.fd_count()
+
+            def one(i):
+                s, head = connect_tunnel(p, "127.0.0.1", self.echo.port)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                msg = os.urandom(1000 + i)
+                s.sendall(msg)
+                s.shutdown(socket.SHUT_WR)
+                got = read_all(s)
+                s.close()
+                return got == msg
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=100) as ex:
+                results = list(ex.map(one, range(500)))
+            self.assertEqual(results.count(True), 500)
+            deadline = time.time() + 10
+            while p.fd_count() > base_fds and time.time() < deadline:
+                time.sleep(0.05)
+            self.assertLessEqual(p.fd_count(), base_fds, "leaked file descriptors")
+            evs = p.checked_events(settle=0.5)
+        closed = [e for e in evs if e["type"] == "stream_closed"]
+        self.assertEqual(len(closed), 500)
+        self.assertTrue(all(e["reason_code"] == "client_eof" for e in closed))
+        self.assertEqual(len({e["flow_id"] for e in closed}), 500)
+
+    def test_upstream_closes_first_is_relay_eof(self):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+
+        def serve():
+            c, _ = srv.accept()
+            c.sendall(b"bye")
+            c.shutdown(socket.SHUT_WR)
+            c.recv(10)
+            c.close()
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with Proxy() as p:
+            s, head = connect_tunnel(p, "127.0.0.1", port)
+            self.assertEqual(read_all(s), b"bye")
+            s.close()
+            t.join()
+            evs = p.checked_events(settle=0.5)
+        srv.close()
+        self.assertEqual(evs[-1]["type"], "stream_closed")
+        self.assertEqual(evs[-1]["reason_code"], "relay_eof")
+
+    def test_upstream_refused_gives_502(self):
+        port = free_port()
+        with Proxy() as p:
+            s, head = connect_tunnel(p, "127.0.0.1", port)
+            self.assertTrue(head.startswith(b"HTTP/1.1 502 Bad Gateway"), head)
+            s.close()
+            evs = p.checked_events()
+        self.assertEqual(evs[-1]["reason_code"], "upstream_connect_failed")
+
+    def test_unresolvable_name_gives_502(self):
+        with Proxy() as p:
+            s, head = connect_tunnel(p, "no-such-host.invalid", 443)
+            self.assertTrue(head.startswith(b"HTTP/1.1 502"), head)
+            s.close()
+            evs = p.checked_events()
+        self.assertEqual(evs[-1]["reason_code"], "upstream_connect_failed")
+
+    def test_resolve_override(self):
+        cfg = {"resolve": {"origin.test": "127.0.0.1"}, "policy": {"default": "tunnel"}}
+        with Proxy(config=cfg) as p:
+            s, head = connect_tunnel(p, "origin.test", self.echo.port)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            s.sendall(b"ping")
+            self.assertEqual(s.recv(4), b"ping")
+            s.close()
+            evs = p.checked_events()
+        self.assertEqual(evs[0]["server_host"], "origin.test")
+        dec = [e for e in evs if e["type"] == "connect_decision"][0]
+        self.assertEqual(dec["decision"], "tunnel")
+        self.assertEqual(dec["reason"], "default")
+
+
+class PolicyTests(unittest.TestCase):
+    def test_block_opens_no_upstream_socket(self):
+        echo = EchoServer()
+        cfg = {"resolve": {"ads.example": "127.0.0.1"},
+               "policy": {"default": "tunnel",
+                          "rules": [{"host": "ads.example", "action": "block"}]}}
+        with Proxy(config=cfg) as p:
+            s, head = connect_tunnel(p, "ads.example", echo.port)
+            self.assertTrue(head.startswith(b"HTTP/1.1 403 Forbidden"), head)
+            body = read_all(s)
+            self.assertIn(b"ads.example", body)
+            s.close()
+            evs = p.checked_events()
+        time.sleep(0.1)
+        self.assertEqual(echo.accepts, 0)
+        echo.close()
+        dec = [e for e in evs if e["type"] == "connect_decision"][0]
+        self.assertEqual(dec["decision"], "block")
+        self.assertEqual(dec["reason"], "policy_rule")
+        self.assertEqual(dec["rule"], "ads.example")
+        self.assertEqual(evs[-1]["reason_code"], "blocked")
+
+    def test_ignore_hosts_tunnels(self):
+        echo = EchoServer()
+        cfg = {"ignore_hosts": [r"^127\.0\.0\.1:"], "policy": {"default": "block"}}
+        with Proxy(config=cfg) as p:
+            s, head = connect_tunnel(p, "127.0.0.1", echo.port)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            s.sendall(b"x")
+            self.assertEqual(s.recv(1), b"x")
+            s.close()
+            evs = p.checked_events()
+        echo.close()
+        dec = [e for e in evs if e["type"] == "connect_decision"][0]
+        self.assertEqual((dec["decision"], dec["reason"]), ("tunnel", "ignore_hosts"))
+
+
+class BadInputTests(unittest.TestCase):
+    BAD = [
+        b"CONNECT example.com HTTP/1.1\r\n\r\n",
+        b"CONNECT example.com:0 HTTP/1.1\r\n\r\n",
+        b"CONNECT example.com:65536 HTTP/1.1\r\n\r\n",
+        b"CONNECT [::1:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT exa\x01mple.com:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\n\n",
+        b"GARBAGE\r\n\r\n",
+    ]
+
+    def test_malformed_connect_gets_400_and_next_client_is_served(self):
+        echo = EchoServer()
+        with Proxy() as p:
+            for bad in self.BAD:
+                s = socket.create_connection(p.addr(), timeout=5)
+                s.sendall(bad)
+                resp = read_all(s)
+                s.close()
+                self.assertTrue(resp.startswith(b"HTTP/1.1 400 Bad Request"), (bad, resp))
+            s, head = connect_tunnel(p, "127.0.0.1", echo.port)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"))
+            s.close()
+            evs = p.checked_events()
+        echo.close()
+        fails = [e for e in evs if e["type"] == "connect_parse_failed"]
+        self.assertEqual(len(fails), len(self.BAD))
+        closed = [e for e in evs if e["type"] == "stream_closed"]
+        self.assertEqual(sum(1 for e in closed if e["reason_code"] == "parse_failed"),
+                         len(self.BAD))
+        codes = [e["reason_code"] for e in fails]
+        self.assertEqual(codes[0], "missing_port")
+        self.assertEqual(codes[1], "invalid_port")
+        self.assertEqual(codes[2], "invalid_port")
+
+    def test_oversized_head_gets_431(self):
+        with Proxy() as p:
+            s = socket.create_connection(p.addr(), timeout=5)
+            s.sendall(b"CONNECT example.com:443 HTTP/1.1\r\n")
+            try:
+                for _ in range(100):
+                    s.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+            except OSError:
+                pass
+            resp = read_head(s)
+            s.close()
+            self.assertTrue(resp.startswith(b"HTTP/1.1 431"), resp)
+            p.checked_events()
+
+    def test_split_head_across_reads(self):
+        echo = EchoServer()
+        with Proxy() as p:
+            s = socket.create_connection(p.addr(), timeout=5)
+            line = f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            for i in range(len(line)):
+                s.sendall(line[i:i + 1])
+                time.sleep(0.001)
+            head = read_head(s)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            s.sendall(b"abc")
+            self.assertEqual(s.recv(3), b"abc")
+            s.close()
+            p.checked_events()
+        echo.close()
+
+    def test_slow_head_times_out(self):
+        cfg = {"timeouts": {"request_header_ms": 300}}
+        with Proxy(config=cfg) as p:
+            s = socket.create_connection(p.addr(), timeout=5)
+            s.sendall(b"CONNECT exa")
+            t0 = time.time()
+            resp = read_all(s)
+            self.assertLess(time.time() - t0, 3)
+            self.assertTrue(resp.startswith(b"HTTP/1.1 408"), resp)
+            s.close()
+            evs = p.checked_events()
+        self.assertEqual(evs[-1]["reason_code"], "idle_timeout")
+
+
+class PlainHTTPTests(unittest.TestCase):
+    def test_absolute_form_with_curl(self):
+        o = HTTPOrigin()
+        with Proxy() as p:
+            out = subprocess.run(["curl", "-sS", "-x", f"http://127.0.0.1:{p.port}",
+                                  f"http://127.0.0.1:{o.port}/some/path?q=1"],
+                                 capture_output=True, timeout=20)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(out.stdout, o.body)
+            evs = p.checked_events()
+        o.close()
+        rec = [e for e in evs if e["type"] == "connect_received"][0]
+        self.assertEqual(rec["method"], "GET")
+        self.assertEqual(rec["target"], f"http://127.0.0.1:{o.port}/some/path?q=1")
+
+    def test_curl_proxytunnel(self):
+        # curl -p: plain HTTP through a CONNECT tunnel.
+        o = HTTPOrigin()
+        with Proxy(config={"policy": {"default": "tunnel"}}) as p:
+            out = subprocess.run(["curl", "-sS", "-p", "-x", f"http://127.0.0.1:{p.port}",
+                                  f"http://127.0.0.1:{o.port}/x"],
+                                 capture_output=True, timeout=20)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(out.stdout, o.body)
+            p.checked_events()
+        o.close()
+
+
+class ReverseTests(unittest.TestCase):
+    def test_reverse_http_with_curl_keepalive(self):
+        o = HTTPOrigin()
+        with Proxy(mode=f"reverse:http://127.0.0.1:{o.port}") as p:
+            url = f"http://127.0.0.1:{p.port}/a"
+            out = subprocess.run(["curl", "-sS", url, url], capture_output=True, timeout=20)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(out.stdout, o.body * 2)
+            evs = p.checked_events()
+        o.close()
+        self.assertEqual(evs[0]["type"], "connect_received")
+        self.assertEqual(evs[0]["server_port"], o.port)
+
+    def test_reverse_upstream_down_gives_502(self):
+        port = free_port()
+        with Proxy(mode=f"reverse:http://127.0.0.1:{port}") as p:
+            out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                  f"http://127.0.0.1:{p.port}/"], capture_output=True,
+                                 timeout=20)
+            self.assertEqual(out.stdout, b"502")
+            p.checked_events()
+
+
+class LifecycleTests(unittest.TestCase):
+    def test_sigterm_drains_inflight_tunnel(self):
+        echo = EchoServer()
+        p = Proxy(config={"timeouts": {"drain_ms": 3000}})
+        try:
+            s, head = connect_tunnel(p, "127.0.0.1", echo.port)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"))
+            p.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            # The in-flight tunnel still works during the drain...
+            s.sendall(b"still here")
+            self.assertEqual(s.recv(10), b"still here")
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_all(s), b"")
+            s.close()
+            rc = p.proc.wait(10)
+            self.assertEqual(rc, 0, p.stderr())
+            evs = p.checked_events(settle=0)
+            self.assertEqual(evs[-1]["type"], "stream_closed")
+        finally:
+            p.__exit__(None, None, None)
+            echo.close()
+
+    def test_sigterm_closes_idle_tunnel_after_drain(self):
+        echo = EchoServer()
+        p = Proxy(config={"timeouts": {"drain_ms": 300}})
+        try:
+            s, head = connect_tunnel(p, "127.0.0.1", echo.port)
+            t0 = time.time()
+            p.proc.send_signal(signal.SIGTERM)
+            rc = p.proc.wait(10)
+            self.assertEqual(rc, 0)
+            self.assertLess(time.time() - t0, 5)
+            self.assertEqual(read_all(s), b"")
+            s.close()
+            evs = p.checked_events(settle=0)
+            self.assertEqual(evs[-1]["reason_code"], "shutdown")
+        finally:
+            p.__exit__(None, None, None)
+            echo.close()
+
+    def test_idle_timeout(self):
+        echo = EchoServer()
+        with Proxy(config={"timeouts": {"idle_ms": 300}}) as p:
+            s, head = connect_tunnel(p, "127.0.0.1", echo.port)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"))
+            t0 = time.time()
+            self.assertEqual(read_all(s), b"")
+            self.assertLess(time.time() - t0, 3)
+            s.close()
+            evs = p.checked_events()
+        echo.close()
+        self.assertEqual(evs[-1]["reason_code"], "idle_timeout")
+
+
+if __name__ == "__main__":
+    unittest.main()
