@@ -68,4 +68,16 @@ ssize_t soth_proxy_head_parse(const char *buf, size_t len, enum soth_head_mode m
                               const struct soth_head_limits *limits, struct soth_proxy_head *out,
                               const char **reason_code, const char **detail);
 
+/* ======================================================================================
+ * HTTP/1.1 (issue 6): section owned by the HTTP/1.1 engineer.
+ * ====================================================================================== */
+
+/* ---- end of HTTP/1.1 section ---- */
+
+/* ======================================================================================
+ * HTTP/2 (issue 7): section owned by the HTTP/2 engineer.
+ * ====================================================================================== */
+
+/* ---- end of HTTP/2 section ---- */
+
 #endif
