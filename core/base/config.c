@@ -1,11 +1,984 @@
-/* Placeholder: replaced by the config loader (issue 2). */
+/*
+ * Config loading (SPEC "Config file"): embedded defaults < JSON file < command line.
+ * Validation names the key path of the first problem: "config: <key.path>: <what>".
+ */
 #include "soth/config.h"
-#include "soth/base.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netdb.h>
+#include <regex.h>
+#include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "soth/base.h"
+
+const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent"};
+const char *const soth_action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
+const char *const soth_sink_type_names[SOTH_SINK_COUNT] = {"jsonl", "uds"};
+
+/* ---- errors */
+
+struct cerr {
+    char *buf;
+    size_t len;
+};
+
+static int fail(struct cerr *e, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(struct cerr *e, const char *path, const char *fmt, ...)
+{
+    int n = snprintf(e->buf, e->len, "config: %s: ", path);
+    if (n < 0 || (size_t)n >= e->len)
+        return SOTH_E_CONFIG;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->buf + n, e->len - (size_t)n, fmt, ap);
+    va_end(ap);
+    return SOTH_E_CONFIG;
+}
+
+static const char *json_type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "object";
+    case JSON_ARRAY:
+        return "array";
+    case JSON_STRING:
+        return "string";
+    case JSON_INTEGER:
+        return "integer";
+    case JSON_REAL:
+        return "number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "boolean";
+    case JSON_NULL:
+        return "null";
+    }
+    return "value";
+}
+
+/** A short rendering of a JSON value for error messages. */
+static void json_brief(const json_t *v, char *out, size_t cap)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (s == NULL) {
+        snprintf(out, cap, "?");
+        return;
+    }
+    if (strlen(s) > 40)
+        snprintf(out, cap, "%.37s...", s);
+    else
+        snprintf(out, cap, "%s", s);
+    free(s);
+}
+
+/* ---- small helpers */
+
+static void path_join(char *out, size_t cap, const char *parent, const char *key)
+{
+    if (parent[0])
+        snprintf(out, cap, "%s.%s", parent, key);
+    else
+        snprintf(out, cap, "%s", key);
+}
+
+static int get_uint(struct cerr *e, const char *path, const json_t *v, long long min, long long max,
+                    uint32_t *out)
+{
+    char b[64];
+    if (!json_is_integer(v)) {
+        json_brief(v, b, sizeof(b));
+        return fail(e, path, "expected integer >= %lld, got %s", min, b);
+    }
+    json_int_t x = json_integer_value(v);
+    if (x < min)
+        return fail(e, path, "expected integer >= %lld, got %lld", min, (long long)x);
+    if (x > max)
+        return fail(e, path, "expected integer <= %lld, got %lld", max, (long long)x);
+    *out = (uint32_t)x;
+    return 0;
+}
+
+static int get_bool(struct cerr *e, const char *path, const json_t *v, bool *out)
+{
+    if (!json_is_boolean(v))
+        return fail(e, path, "expected boolean, got %s", json_type_name(v));
+    *out = json_is_true(v);
+    return 0;
+}
+
+/** A string or null (null keeps *out NULL). Replaces *out. */
+static int get_str_or_null(struct cerr *e, const char *path, const json_t *v, char **out)
+{
+    if (json_is_null(v)) {
+        free(*out);
+        *out = NULL;
+        return 0;
+    }
+    if (!json_is_string(v))
+        return fail(e, path, "expected string or null, got %s", json_type_name(v));
+    if (json_string_length(v) == 0)
+        return fail(e, path, "expected a non-empty string");
+    free(*out);
+    *out = strdup(json_string_value(v));
+    return 0;
+}
+
+static int check_keys(struct cerr *e, const char *parent, const json_t *obj,
+                      const char *const *keys)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)obj, k, v)
+    {
+        bool known = false;
+        for (size_t i = 0; keys[i]; i++)
+            if (strcmp(k, keys[i]) == 0)
+                known = true;
+        if (!known) {
+            char p[256];
+            path_join(p, sizeof(p), parent, k);
+            return fail(e, p, "unknown key");
+        }
+    }
+    return 0;
+}
+
+static int expect_object(struct cerr *e, const char *path, const json_t *v)
+{
+    if (!json_is_object(v))
+        return fail(e, path, "expected object, got %s", json_type_name(v));
+    return 0;
+}
+
+/* ---- host:port */
+
+int soth_hostport_parse(const char *text, struct soth_hostport *hp, char *err, size_t err_len)
+{
+    memset(hp, 0, sizeof(*hp));
+    const char *colon;
+    const char *host;
+    size_t host_len;
+    if (text[0] == '[') {
+        const char *rb = strchr(text, ']');
+        if (rb == NULL || rb[1] != ':') {
+            snprintf(err, err_len, "expected [IPV6]:PORT, got \"%s\"", text);
+            return SOTH_E_CONFIG;
+        }
+        host = text + 1;
+        host_len = (size_t)(rb - host);
+        colon = rb + 1;
+    } else {
+        colon = strrchr(text, ':');
+        if (colon == NULL || memchr(text, ':', (size_t)(colon - text)) != NULL) {
+            snprintf(err, err_len, "expected HOST:PORT, got \"%s\"", text);
+            return SOTH_E_CONFIG;
+        }
+        host = text;
+        host_len = (size_t)(colon - text);
+    }
+    if (host_len == 0 || host_len > 253) {
+        snprintf(err, err_len, "expected HOST:PORT, got \"%s\"", text);
+        return SOTH_E_CONFIG;
+    }
+    const char *ps = colon + 1;
+    char *end;
+    errno = 0;
+    long port = strtol(ps, &end, 10);
+    if (*ps == '\0' || *end != '\0' || errno != 0 || port < 0 || port > 65535 ||
+        (ps[0] == '0' && ps[1] != '\0')) {
+        snprintf(err, err_len, "port must be an integer 0..65535, got \"%s\"", ps);
+        return SOTH_E_CONFIG;
+    }
+    for (size_t i = 0; i < host_len; i++) {
+        unsigned char c = (unsigned char)host[i];
+        if (c <= ' ' || c >= 0x7f || c == '/' || c == '[' || c == ']' || c == '@') {
+            snprintf(err, err_len, "invalid host in \"%s\"", text);
+            return SOTH_E_CONFIG;
+        }
+    }
+    hp->host = strndup(host, host_len);
+    hp->port = (uint16_t)port;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&hp->addr;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&hp->addr;
+    if (inet_pton(AF_INET, hp->host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(hp->port);
+        hp->addr_len = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, hp->host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(hp->port);
+        hp->addr_len = sizeof(*s6);
+    } else if (text[0] == '[') {
+        snprintf(err, err_len, "invalid IPv6 address in \"%s\"", text);
+        free(hp->host);
+        hp->host = NULL;
+        return SOTH_E_CONFIG;
+    }
+    return 0;
+}
+
+void soth_hostport_dispose(struct soth_hostport *hp)
+{
+    free(hp->host);
+    hp->host = NULL;
+}
+
+/* ---- globs: "*" only as a whole label, labels of [A-Za-z0-9-_], optional ":port". */
+
+static int glob_check(const char *glob, char *why, size_t why_len, char **host_out, int *port_out)
+{
+    const char *colon = strrchr(glob, ':');
+    size_t host_len = colon ? (size_t)(colon - glob) : strlen(glob);
+    *port_out = -1;
+    if (colon) {
+        char *end;
+        errno = 0;
+        long p = strtol(colon + 1, &end, 10);
+        if (colon[1] == '\0' || *end != '\0' || errno || p < 1 || p > 65535) {
+            snprintf(why, why_len, "port must be 1..65535 in \"%s\"", glob);
+            return -1;
+        }
+        *port_out = (int)p;
+    }
+    if (host_len == 0) {
+        snprintf(why, why_len, "empty host glob");
+        return -1;
+    }
+    size_t label = 0;
+    bool star = false;
+    for (size_t i = 0; i <= host_len; i++) {
+        char c = i < host_len ? glob[i] : '.';
+        if (c == '.') {
+            if (label == 0 && !(i == host_len && i > 0 && glob[i - 1] == '.')) {
+                snprintf(why, why_len, "empty label in \"%s\"", glob);
+                return -1;
+            }
+            if (star && label != 1) {
+                snprintf(why, why_len, "'*' must be a whole label in \"%s\"", glob);
+                return -1;
+            }
+            label = 0;
+            star = false;
+            continue;
+        }
+        if (c == '*')
+            star = true;
+        else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   c == '-' || c == '_')) {
+            snprintf(why, why_len, "invalid character '%c' in \"%s\"", c, glob);
+            return -1;
+        }
+        label++;
+    }
+    *host_out = strndup(glob, host_len);
+    return 0;
+}
+
+/* ---- defaults */
+
+static char *env_dir(const char *var, const char *fallback_rel)
+{
+    const char *v = getenv(var);
+    char buf[4096];
+    if (v && v[0] == '/') {
+        snprintf(buf, sizeof(buf), "%s/soth-mitm", v);
+        return strdup(buf);
+    }
+    if (fallback_rel == NULL)
+        return NULL;
+    const char *home = getenv("HOME");
+    snprintf(buf, sizeof(buf), "%s/%s", home && home[0] ? home : "/root", fallback_rel);
+    return strdup(buf);
+}
+
+char *soth_config_default_ca_dir(void)
+{
+    return env_dir("XDG_DATA_HOME", ".local/share/soth-mitm");
+}
+
+char *soth_config_default_ring_path(void)
+{
+    char buf[4096];
+    const char *v = getenv("XDG_RUNTIME_DIR");
+    if (v && v[0] == '/')
+        snprintf(buf, sizeof(buf), "%s/soth-mitm/events.ring", v);
+    else
+        snprintf(buf, sizeof(buf), "/tmp/soth-mitm-%u/events.ring", (unsigned)getuid());
+    return strdup(buf);
+}
+
+static struct soth_config *config_defaults(void)
+{
+    struct soth_config *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    atomic_init(&c->refs, 1);
+    c->listen_text = strdup("127.0.0.1:8080");
+    c->mode = SOTH_MODE_REGULAR;
+    c->mode_text = strdup("regular");
+    c->workers = 0;
+    c->policy_default = SOTH_ACTION_INTERCEPT;
+    c->http2_enabled = true;
+    c->http2_max_header_list_size = 65536;
+    c->http3_passthrough = true;
+    c->tls.leaf_cache_size = 4096;
+    c->tls.leaf_validity_days = 30;
+    c->tls.ca_rotate_after_days = 0;
+    c->tls.upstream_verify = true;
+    c->tls.learning.enabled = true;
+    c->tls.learning.failure_threshold = 3;
+    c->tls.learning.window_s = 300;
+    c->events.ring_size_mb = 64;
+    c->events.body_capture_bytes = 4096;
+    c->timeouts.connect_ms = 10000;
+    c->timeouts.tls_handshake_ms = 10000;
+    c->timeouts.request_header_ms = 10000;
+    c->timeouts.idle_ms = 120000;
+    c->timeouts.drain_ms = 5000;
+    return c;
+}
+
+static void config_free(struct soth_config *c)
+{
+    if (c == NULL)
+        return;
+    soth_hostport_dispose(&c->listen);
+    free(c->listen_text);
+    free(c->mode_text);
+    free(c->reverse_host);
+    for (size_t i = 0; i < c->n_ignore_hosts; i++)
+        free(c->ignore_hosts[i]);
+    free(c->ignore_hosts);
+    for (size_t i = 0; i < c->n_rules; i++) {
+        free(c->rules[i].host);
+        free(c->rules[i].text);
+    }
+    free(c->rules);
+    free(c->tls.ca_dir);
+    free(c->tls.ca_cert);
+    free(c->tls.ca_key);
+    free(c->tls.upstream_ca_file);
+    free(c->events.ring_path);
+    for (size_t i = 0; i < c->events.n_sinks; i++)
+        free(c->events.sinks[i].path);
+    free(c->events.sinks);
+    free(c->metrics.listen_text);
+    soth_hostport_dispose(&c->metrics.listen);
+    for (size_t i = 0; i < c->n_resolve; i++) {
+        free(c->resolve[i].name);
+        free(c->resolve[i].addr);
+    }
+    free(c->resolve);
+    free(c);
+}
+
+struct soth_config *soth_config_ref(struct soth_config *cfg)
+{
+    atomic_fetch_add_explicit(&cfg->refs, 1, memory_order_relaxed);
+    return cfg;
+}
+
+void soth_config_unref(struct soth_config *cfg)
+{
+    if (cfg && atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) == 1)
+        config_free(cfg);
+}
+
+/* ---- sections */
+
+static int set_listen(struct cerr *e, struct soth_config *c, const char *path, const char *text)
+{
+    char why[200];
+    struct soth_hostport hp;
+    if (soth_hostport_parse(text, &hp, why, sizeof(why)) < 0)
+        return fail(e, path, "%s", why);
+    if (hp.addr_len == 0) {
+        soth_hostport_dispose(&hp);
+        return fail(e, path, "expected a numeric IPv4 or [IPv6] address, got \"%s\"", text);
+    }
+    soth_hostport_dispose(&c->listen);
+    c->listen = hp;
+    free(c->listen_text);
+    c->listen_text = strdup(text);
+    return 0;
+}
+
+static int set_metrics(struct cerr *e, struct soth_config *c, const char *path, const char *text)
+{
+    soth_hostport_dispose(&c->metrics.listen);
+    free(c->metrics.listen_text);
+    c->metrics.listen_text = NULL;
+    if (text == NULL)
+        return 0;
+    char why[200];
+    struct soth_hostport hp;
+    if (soth_hostport_parse(text, &hp, why, sizeof(why)) < 0)
+        return fail(e, path, "%s", why);
+    if (hp.addr_len == 0) {
+        soth_hostport_dispose(&hp);
+        return fail(e, path, "expected a numeric IPv4 or [IPv6] address, got \"%s\"", text);
+    }
+    c->metrics.listen = hp;
+    c->metrics.listen_text = strdup(text);
+    return 0;
+}
+
+static int set_mode(struct cerr *e, struct soth_config *c, const char *path, const char *text)
+{
+    free(c->reverse_host);
+    c->reverse_host = NULL;
+    c->reverse_tls = false;
+    c->reverse_port = 0;
+    if (strcmp(text, "regular") == 0) {
+        c->mode = SOTH_MODE_REGULAR;
+    } else if (strcmp(text, "transparent") == 0) {
+        c->mode = SOTH_MODE_TRANSPARENT;
+    } else if (strncmp(text, "reverse:", 8) == 0) {
+        const char *url = text + 8;
+        bool tls;
+        if (strncmp(url, "https://", 8) == 0) {
+            tls = true;
+            url += 8;
+        } else if (strncmp(url, "http://", 7) == 0) {
+            tls = false;
+            url += 7;
+        } else {
+            return fail(e, path,
+                        "expected reverse:http://HOST[:PORT] or reverse:https://HOST[:PORT], "
+                        "got \"%s\"",
+                        text);
+        }
+        size_t ulen = strcspn(url, "/");
+        if (url[ulen] == '/' && url[ulen + 1] != '\0')
+            return fail(e, path, "reverse upstream takes no path, got \"%s\"", text);
+        char auth[300];
+        if (ulen == 0 || ulen >= sizeof(auth) - 8)
+            return fail(e, path, "missing upstream host in \"%s\"", text);
+        memcpy(auth, url, ulen);
+        auth[ulen] = '\0';
+        /* Default port when none is given (an IPv6 literal must be bracketed). */
+        bool has_port = auth[0] == '[' ? strstr(auth, "]:") != NULL : strchr(auth, ':') != NULL;
+        if (!has_port)
+            snprintf(auth + ulen, sizeof(auth) - ulen, ":%u", tls ? 443u : 80u);
+        char why[200];
+        struct soth_hostport hp;
+        if (soth_hostport_parse(auth, &hp, why, sizeof(why)) < 0)
+            return fail(e, path, "%s", why);
+        if (hp.port == 0) {
+            soth_hostport_dispose(&hp);
+            return fail(e, path, "upstream port must be 1..65535 in \"%s\"", text);
+        }
+        c->mode = SOTH_MODE_REVERSE;
+        c->reverse_tls = tls;
+        c->reverse_host = hp.host;
+        c->reverse_port = hp.port;
+    } else {
+        return fail(e, path,
+                    "expected regular, transparent or reverse:SCHEME://HOST:PORT, got \"%s\"",
+                    text);
+    }
+    free(c->mode_text);
+    c->mode_text = strdup(text);
+    return 0;
+}
+
+static int parse_action(struct cerr *e, const char *path, const json_t *v, enum soth_action *out)
+{
+    if (json_is_string(v)) {
+        for (int i = 0; i < SOTH_ACTION_COUNT; i++) {
+            if (strcmp(json_string_value(v), soth_action_names[i]) == 0) {
+                *out = (enum soth_action)i;
+                return 0;
+            }
+        }
+    }
+    char b[64];
+    json_brief(v, b, sizeof(b));
+    return fail(e, path, "expected \"intercept\", \"tunnel\" or \"block\", got %s", b);
+}
+
+static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
+{
+    static const char *const keys[] = {"default", "rules", NULL};
+    static const char *const rule_keys[] = {"host", "action", NULL};
+    int rc;
+    if ((rc = expect_object(e, "policy", pol)) || (rc = check_keys(e, "policy", pol, keys)))
+        return rc;
+    json_t *v = json_object_get(pol, "default");
+    if (v && (rc = parse_action(e, "policy.default", v, &c->policy_default)))
+        return rc;
+    json_t *rules = json_object_get(pol, "rules");
+    if (rules == NULL)
+        return 0;
+    if (!json_is_array(rules))
+        return fail(e, "policy.rules", "expected array, got %s", json_type_name(rules));
+    size_t n = json_array_size(rules);
+    c->rules = calloc(n ? n : 1, sizeof(*c->rules));
+    for (size_t i = 0; i < n; i++) {
+        char p[64], pk[80];
+        snprintf(p, sizeof(p), "policy.rules[%zu]", i);
+        json_t *r = json_array_get(rules, i);
+        if ((rc = expect_object(e, p, r)) || (rc = check_keys(e, p, r, rule_keys)))
+            return rc;
+        json_t *h = json_object_get(r, "host");
+        snprintf(pk, sizeof(pk), "%s.host", p);
+        if (h == NULL)
+            return fail(e, pk, "missing");
+        if (!json_is_string(h))
+            return fail(e, pk, "expected string, got %s", json_type_name(h));
+        struct soth_rule *rule = &c->rules[c->n_rules];
+        char why[200];
+        if (glob_check(json_string_value(h), why, sizeof(why), &rule->host, &rule->port) < 0)
+            return fail(e, pk, "invalid host glob: %s", why);
+        rule->text = strdup(json_string_value(h));
+        c->n_rules++;
+        json_t *a = json_object_get(r, "action");
+        snprintf(pk, sizeof(pk), "%s.action", p);
+        if (a == NULL)
+            return fail(e, pk, "missing");
+        if ((rc = parse_action(e, pk, a, &rule->action)))
+            return rc;
+    }
+    return 0;
+}
+
+static int load_tls(struct cerr *e, struct soth_config *c, const json_t *t)
+{
+    static const char *const keys[] = {"ca_dir",
+                                       "ca_cert",
+                                       "ca_key",
+                                       "leaf_cache_size",
+                                       "leaf_validity_days",
+                                       "ca_rotate_after_days",
+                                       "upstream_verify",
+                                       "upstream_ca_file",
+                                       "learning",
+                                       NULL};
+    static const char *const lkeys[] = {"enabled", "failure_threshold", "window_s", NULL};
+    int rc;
+    if ((rc = expect_object(e, "tls", t)) || (rc = check_keys(e, "tls", t, keys)))
+        return rc;
+    json_t *v;
+    if ((v = json_object_get(t, "ca_dir")) &&
+        (rc = get_str_or_null(e, "tls.ca_dir", v, &c->tls.ca_dir)))
+        return rc;
+    if ((v = json_object_get(t, "ca_cert")) &&
+        (rc = get_str_or_null(e, "tls.ca_cert", v, &c->tls.ca_cert)))
+        return rc;
+    if ((v = json_object_get(t, "ca_key")) &&
+        (rc = get_str_or_null(e, "tls.ca_key", v, &c->tls.ca_key)))
+        return rc;
+    if ((v = json_object_get(t, "leaf_cache_size")) &&
+        (rc = get_uint(e, "tls.leaf_cache_size", v, 0, 1000000, &c->tls.leaf_cache_size)))
+        return rc;
+    if ((v = json_object_get(t, "leaf_validity_days")) &&
+        (rc = get_uint(e, "tls.leaf_validity_days", v, 1, 825, &c->tls.leaf_validity_days)))
+        return rc;
+    if ((v = json_object_get(t, "ca_rotate_after_days")) &&
+        (rc = get_uint(e, "tls.ca_rotate_after_days", v, 0, 36500, &c->tls.ca_rotate_after_days)))
+        return rc;
+    if ((v = json_object_get(t, "upstream_verify")) &&
+        (rc = get_bool(e, "tls.upstream_verify", v, &c->tls.upstream_verify)))
+        return rc;
+    if ((v = json_object_get(t, "upstream_ca_file")) &&
+        (rc = get_str_or_null(e, "tls.upstream_ca_file", v, &c->tls.upstream_ca_file)))
+        return rc;
+    json_t *l = json_object_get(t, "learning");
+    if (l) {
+        if ((rc = expect_object(e, "tls.learning", l)) ||
+            (rc = check_keys(e, "tls.learning", l, lkeys)))
+            return rc;
+        if ((v = json_object_get(l, "enabled")) &&
+            (rc = get_bool(e, "tls.learning.enabled", v, &c->tls.learning.enabled)))
+            return rc;
+        if ((v = json_object_get(l, "failure_threshold")) &&
+            (rc = get_uint(e, "tls.learning.failure_threshold", v, 1, 1000000,
+                           &c->tls.learning.failure_threshold)))
+            return rc;
+        if ((v = json_object_get(l, "window_s")) &&
+            (rc =
+                 get_uint(e, "tls.learning.window_s", v, 1, 86400 * 30, &c->tls.learning.window_s)))
+            return rc;
+    }
+    return 0;
+}
+
+static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
+{
+    static const char *const keys[] = {"ring_path", "ring_size_mb", "body_capture_bytes", "sinks",
+                                       NULL};
+    static const char *const skeys[] = {"type", "path", NULL};
+    int rc;
+    if ((rc = expect_object(e, "events", ev)) || (rc = check_keys(e, "events", ev, keys)))
+        return rc;
+    json_t *v;
+    if ((v = json_object_get(ev, "ring_path")) &&
+        (rc = get_str_or_null(e, "events.ring_path", v, &c->events.ring_path)))
+        return rc;
+    if ((v = json_object_get(ev, "ring_size_mb")) &&
+        (rc = get_uint(e, "events.ring_size_mb", v, 1, 65536, &c->events.ring_size_mb)))
+        return rc;
+    if ((v = json_object_get(ev, "body_capture_bytes")) &&
+        (rc = get_uint(e, "events.body_capture_bytes", v, 0, 16 * 1024 * 1024,
+                       &c->events.body_capture_bytes)))
+        return rc;
+    json_t *sinks = json_object_get(ev, "sinks");
+    if (sinks == NULL)
+        return 0;
+    if (!json_is_array(sinks))
+        return fail(e, "events.sinks", "expected array, got %s", json_type_name(sinks));
+    size_t n = json_array_size(sinks);
+    c->events.sinks = calloc(n ? n : 1, sizeof(*c->events.sinks));
+    for (size_t i = 0; i < n; i++) {
+        char p[64], pk[80];
+        snprintf(p, sizeof(p), "events.sinks[%zu]", i);
+        json_t *s = json_array_get(sinks, i);
+        if ((rc = expect_object(e, p, s)) || (rc = check_keys(e, p, s, skeys)))
+            return rc;
+        struct soth_sink_cfg *sk = &c->events.sinks[c->events.n_sinks];
+        json_t *t = json_object_get(s, "type");
+        snprintf(pk, sizeof(pk), "%s.type", p);
+        if (t == NULL)
+            return fail(e, pk, "missing");
+        bool ok = false;
+        for (int k = 0; k < SOTH_SINK_COUNT && json_is_string(t); k++) {
+            if (strcmp(json_string_value(t), soth_sink_type_names[k]) == 0) {
+                sk->type = (enum soth_sink_type)k;
+                ok = true;
+            }
+        }
+        if (!ok) {
+            char b[64];
+            json_brief(t, b, sizeof(b));
+            return fail(e, pk, "expected \"jsonl\" or \"uds\", got %s", b);
+        }
+        json_t *pa = json_object_get(s, "path");
+        snprintf(pk, sizeof(pk), "%s.path", p);
+        if (pa == NULL)
+            return fail(e, pk, "missing");
+        if (!json_is_string(pa) || json_string_length(pa) == 0)
+            return fail(e, pk, "expected a non-empty string, got %s", json_type_name(pa));
+        if (sk->type == SOTH_SINK_UDS && json_string_length(pa) >= 108)
+            return fail(e, pk, "Unix socket path longer than 107 bytes");
+        sk->path = strdup(json_string_value(pa));
+        c->events.n_sinks++;
+    }
+    return 0;
+}
+
+static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
+{
+    static const char *const keys[] = {"connect_ms", "tls_handshake_ms", "request_header_ms",
+                                       "idle_ms",    "drain_ms",         NULL};
+    uint32_t *fields[] = {&c->timeouts.connect_ms, &c->timeouts.tls_handshake_ms,
+                          &c->timeouts.request_header_ms, &c->timeouts.idle_ms,
+                          &c->timeouts.drain_ms};
+    int rc;
+    if ((rc = expect_object(e, "timeouts", t)) || (rc = check_keys(e, "timeouts", t, keys)))
+        return rc;
+    for (size_t i = 0; keys[i]; i++) {
+        json_t *v = json_object_get(t, keys[i]);
+        char p[64];
+        snprintf(p, sizeof(p), "timeouts.%s", keys[i]);
+        /* drain_ms may be 0 (close at once); the others must allow some time. */
+        long long min = strcmp(keys[i], "drain_ms") == 0 ? 0 : 1;
+        if (v && (rc = get_uint(e, p, v, min, 86400000, fields[i])))
+            return rc;
+    }
+    return 0;
+}
+
+static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
+{
+    static const char *const keys[] = {"listen",
+                                       "mode",
+                                       "workers",
+                                       "ignore_hosts",
+                                       "policy",
+                                       "http2_enabled",
+                                       "http2_max_header_list_size",
+                                       "http3_passthrough",
+                                       "tls",
+                                       "events",
+                                       "timeouts",
+                                       "metrics",
+                                       "resolve",
+                                       NULL};
+    int rc;
+    if (!json_is_object(root))
+        return fail(e, "(top level)", "expected object, got %s", json_type_name(root));
+    if ((rc = check_keys(e, "", root, keys)))
+        return rc;
+    json_t *v;
+    if ((v = json_object_get(root, "listen"))) {
+        if (!json_is_string(v))
+            return fail(e, "listen", "expected string \"HOST:PORT\", got %s", json_type_name(v));
+        if ((rc = set_listen(e, c, "listen", json_string_value(v))))
+            return rc;
+    }
+    if ((v = json_object_get(root, "mode"))) {
+        if (!json_is_string(v))
+            return fail(e, "mode", "expected string, got %s", json_type_name(v));
+        if ((rc = set_mode(e, c, "mode", json_string_value(v))))
+            return rc;
+    }
+    if ((v = json_object_get(root, "workers")) &&
+        (rc = get_uint(e, "workers", v, 0, 1024, &c->workers)))
+        return rc;
+    if ((v = json_object_get(root, "ignore_hosts"))) {
+        if (!json_is_array(v))
+            return fail(e, "ignore_hosts", "expected array, got %s", json_type_name(v));
+        size_t n = json_array_size(v);
+        c->ignore_hosts = calloc(n ? n : 1, sizeof(char *));
+        for (size_t i = 0; i < n; i++) {
+            char p[64];
+            snprintf(p, sizeof(p), "ignore_hosts[%zu]", i);
+            json_t *s = json_array_get(v, i);
+            if (!json_is_string(s))
+                return fail(e, p, "expected string, got %s", json_type_name(s));
+            regex_t re;
+            int rrc = regcomp(&re, json_string_value(s), REG_EXTENDED | REG_NOSUB | REG_ICASE);
+            if (rrc != 0) {
+                char why[128];
+                regerror(rrc, &re, why, sizeof(why));
+                return fail(e, p, "invalid regular expression: %s", why);
+            }
+            regfree(&re);
+            c->ignore_hosts[c->n_ignore_hosts++] = strdup(json_string_value(s));
+        }
+    }
+    if ((v = json_object_get(root, "policy")) && (rc = load_policy(e, c, v)))
+        return rc;
+    if ((v = json_object_get(root, "http2_enabled")) &&
+        (rc = get_bool(e, "http2_enabled", v, &c->http2_enabled)))
+        return rc;
+    if ((v = json_object_get(root, "http2_max_header_list_size")) &&
+        (rc = get_uint(e, "http2_max_header_list_size", v, 1024, 16 * 1024 * 1024,
+                       &c->http2_max_header_list_size)))
+        return rc;
+    if ((v = json_object_get(root, "http3_passthrough")) &&
+        (rc = get_bool(e, "http3_passthrough", v, &c->http3_passthrough)))
+        return rc;
+    if ((v = json_object_get(root, "tls")) && (rc = load_tls(e, c, v)))
+        return rc;
+    if ((v = json_object_get(root, "events")) && (rc = load_events(e, c, v)))
+        return rc;
+    if ((v = json_object_get(root, "timeouts")) && (rc = load_timeouts(e, c, v)))
+        return rc;
+    if ((v = json_object_get(root, "metrics"))) {
+        static const char *const mkeys[] = {"listen", NULL};
+        if ((rc = expect_object(e, "metrics", v)) || (rc = check_keys(e, "metrics", v, mkeys)))
+            return rc;
+        json_t *l = json_object_get(v, "listen");
+        if (l && !json_is_null(l)) {
+            if (!json_is_string(l))
+                return fail(e, "metrics.listen", "expected string \"HOST:PORT\" or null, got %s",
+                            json_type_name(l));
+            if ((rc = set_metrics(e, c, "metrics.listen", json_string_value(l))))
+                return rc;
+        } else if (l) {
+            set_metrics(e, c, "metrics.listen", NULL);
+        }
+    }
+    if ((v = json_object_get(root, "resolve"))) {
+        if (!json_is_object(v))
+            return fail(e, "resolve", "expected object, got %s", json_type_name(v));
+        size_t n = json_object_size(v);
+        c->resolve = calloc(n ? n : 1, sizeof(*c->resolve));
+        const char *k;
+        json_t *a;
+        json_object_foreach(v, k, a)
+        {
+            char p[300];
+            snprintf(p, sizeof(p), "resolve.%s", k);
+            unsigned char tmp[16];
+            if (!json_is_string(a) || (inet_pton(AF_INET, json_string_value(a), tmp) != 1 &&
+                                       inet_pton(AF_INET6, json_string_value(a), tmp) != 1)) {
+                char b[64];
+                json_brief(a, b, sizeof(b));
+                return fail(e, p, "expected a numeric IPv4 or IPv6 address, got %s", b);
+            }
+            if (k[0] == '\0' || strlen(k) > 253)
+                return fail(e, "resolve", "invalid host name \"%s\"", k);
+            c->resolve[c->n_resolve].name = strdup(k);
+            c->resolve[c->n_resolve].addr = strdup(json_string_value(a));
+            c->n_resolve++;
+        }
+    }
+    return 0;
+}
+
+static int apply_cli(struct cerr *e, struct soth_config *c, const struct soth_cli_overrides *cli)
+{
+    int rc;
+    if (cli->listen && (rc = set_listen(e, c, "--listen", cli->listen)))
+        return rc;
+    if (cli->mode && (rc = set_mode(e, c, "--mode", cli->mode)))
+        return rc;
+    if (cli->workers >= 0) {
+        if (cli->workers > 1024)
+            return fail(e, "--workers", "expected integer <= 1024, got %d", cli->workers);
+        c->workers = (unsigned)cli->workers;
+    }
+    if (cli->ca_dir) {
+        free(c->tls.ca_dir);
+        c->tls.ca_dir = strdup(cli->ca_dir);
+    }
+    if (cli->event_ring) {
+        free(c->events.ring_path);
+        c->events.ring_path = strdup(cli->event_ring);
+    }
+    if (cli->metrics && (rc = set_metrics(e, c, "--metrics", cli->metrics)))
+        return rc;
+    return 0;
+}
+
+static int finish(struct cerr *e, struct soth_config *c)
+{
+    if ((c->tls.ca_cert == NULL) != (c->tls.ca_key == NULL))
+        return fail(e, c->tls.ca_cert ? "tls.ca_key" : "tls.ca_cert",
+                    "tls.ca_cert and tls.ca_key must be given together");
+    return 0;
+}
+
+static int load_common(json_t *root, const struct soth_cli_overrides *cli, struct soth_config **out,
+                       struct cerr *e)
+{
+    struct soth_config *c = config_defaults();
+    if (c == NULL)
+        return fail(e, "(config)", "out of memory");
+    char why[128];
+    if (soth_hostport_parse(c->listen_text, &c->listen, why, sizeof(why)) < 0)
+        SOTH_BUG_ON(1);
+    int rc = 0;
+    if (root)
+        rc = load_json(e, c, root);
+    if (rc == 0 && cli)
+        rc = apply_cli(e, c, cli);
+    if (rc == 0)
+        rc = finish(e, c);
+    if (rc < 0) {
+        config_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
 
 int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
                      struct soth_config **out, char *err, size_t err_len)
 {
-    snprintf(err, err_len, "config: not implemented");
-    return SOTH_E_CONFIG;
+    struct cerr e = {err, err_len};
+    json_t *root = NULL;
+    if (path != NULL) {
+        json_error_t je;
+        root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+        if (root == NULL) {
+            if (je.line <= 0)
+                return fail(&e, path, "%s", je.text);
+            return fail(&e, path, "line %d, column %d: %s", je.line, je.column, je.text);
+        }
+    }
+    int rc = load_common(root, cli, out, &e);
+    json_decref(root);
+    return rc;
+}
+
+int soth_config_load_text(const char *text, size_t len, struct soth_config **out, char *err,
+                          size_t err_len)
+{
+    struct cerr e = {err, err_len};
+    json_error_t je;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (root == NULL)
+        return fail(&e, "(text)", "line %d, column %d: %s", je.line, je.column, je.text);
+    int rc = load_common(root, NULL, out, &e);
+    json_decref(root);
+    return rc;
+}
+
+/* ---- effective config as JSON */
+
+static json_t *str_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+char *soth_config_to_json(const struct soth_config *c)
+{
+    json_t *r = json_object();
+    json_object_set_new(r, "listen", json_string(c->listen_text));
+    json_object_set_new(r, "mode", json_string(c->mode_text));
+    json_object_set_new(r, "workers", json_integer(c->workers));
+    json_t *ih = json_array();
+    for (size_t i = 0; i < c->n_ignore_hosts; i++)
+        json_array_append_new(ih, json_string(c->ignore_hosts[i]));
+    json_object_set_new(r, "ignore_hosts", ih);
+    json_t *pol = json_object();
+    json_object_set_new(pol, "default", json_string(soth_action_names[c->policy_default]));
+    json_t *rules = json_array();
+    for (size_t i = 0; i < c->n_rules; i++) {
+        json_t *rule = json_object();
+        json_object_set_new(rule, "host", json_string(c->rules[i].text));
+        json_object_set_new(rule, "action", json_string(soth_action_names[c->rules[i].action]));
+        json_array_append_new(rules, rule);
+    }
+    json_object_set_new(pol, "rules", rules);
+    json_object_set_new(r, "policy", pol);
+    json_object_set_new(r, "http2_enabled", json_boolean(c->http2_enabled));
+    json_object_set_new(r, "http2_max_header_list_size",
+                        json_integer(c->http2_max_header_list_size));
+    json_object_set_new(r, "http3_passthrough", json_boolean(c->http3_passthrough));
+    json_t *tls = json_object();
+    json_object_set_new(tls, "ca_dir", str_or_null(c->tls.ca_dir));
+    json_object_set_new(tls, "ca_cert", str_or_null(c->tls.ca_cert));
+    json_object_set_new(tls, "ca_key", str_or_null(c->tls.ca_key));
+    json_object_set_new(tls, "leaf_cache_size", json_integer(c->tls.leaf_cache_size));
+    json_object_set_new(tls, "leaf_validity_days", json_integer(c->tls.leaf_validity_days));
+    json_object_set_new(tls, "ca_rotate_after_days", json_integer(c->tls.ca_rotate_after_days));
+    json_object_set_new(tls, "upstream_verify", json_boolean(c->tls.upstream_verify));
+    json_object_set_new(tls, "upstream_ca_file", str_or_null(c->tls.upstream_ca_file));
+    json_t *learn = json_object();
+    json_object_set_new(learn, "enabled", json_boolean(c->tls.learning.enabled));
+    json_object_set_new(learn, "failure_threshold",
+                        json_integer(c->tls.learning.failure_threshold));
+    json_object_set_new(learn, "window_s", json_integer(c->tls.learning.window_s));
+    json_object_set_new(tls, "learning", learn);
+    json_object_set_new(r, "tls", tls);
+    json_t *ev = json_object();
+    json_object_set_new(ev, "ring_path", str_or_null(c->events.ring_path));
+    json_object_set_new(ev, "ring_size_mb", json_integer(c->events.ring_size_mb));
+    json_object_set_new(ev, "body_capture_bytes", json_integer(c->events.body_capture_bytes));
+    json_t *sinks = json_array();
+    for (size_t i = 0; i < c->events.n_sinks; i++) {
+        json_t *s = json_object();
+        json_object_set_new(s, "type", json_string(soth_sink_type_names[c->events.sinks[i].type]));
+        json_object_set_new(s, "path", json_string(c->events.sinks[i].path));
+        json_array_append_new(sinks, s);
+    }
+    json_object_set_new(ev, "sinks", sinks);
+    json_object_set_new(r, "events", ev);
+    json_t *to = json_object();
+    json_object_set_new(to, "connect_ms", json_integer(c->timeouts.connect_ms));
+    json_object_set_new(to, "tls_handshake_ms", json_integer(c->timeouts.tls_handshake_ms));
+    json_object_set_new(to, "request_header_ms", json_integer(c->timeouts.request_header_ms));
+    json_object_set_new(to, "idle_ms", json_integer(c->timeouts.idle_ms));
+    json_object_set_new(to, "drain_ms", json_integer(c->timeouts.drain_ms));
+    json_object_set_new(r, "timeouts", to);
+    json_t *m = json_object();
+    json_object_set_new(m, "listen", str_or_null(c->metrics.listen_text));
+    json_object_set_new(r, "metrics", m);
+    json_t *res = json_object();
+    for (size_t i = 0; i < c->n_resolve; i++)
+        json_object_set_new(res, c->resolve[i].name, json_string(c->resolve[i].addr));
+    json_object_set_new(r, "resolve", res);
+    char *s = json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(r);
+    return s;
 }

@@ -14,7 +14,12 @@
 #include <sys/socket.h>
 
 enum soth_mode { SOTH_MODE_REGULAR = 0, SOTH_MODE_REVERSE, SOTH_MODE_TRANSPARENT, SOTH_MODE_COUNT };
-enum soth_action { SOTH_ACTION_INTERCEPT = 0, SOTH_ACTION_TUNNEL, SOTH_ACTION_BLOCK, SOTH_ACTION_COUNT };
+enum soth_action {
+    SOTH_ACTION_INTERCEPT = 0,
+    SOTH_ACTION_TUNNEL,
+    SOTH_ACTION_BLOCK,
+    SOTH_ACTION_COUNT
+};
 enum soth_sink_type { SOTH_SINK_JSONL = 0, SOTH_SINK_UDS, SOTH_SINK_COUNT };
 
 extern const char *const soth_mode_names[SOTH_MODE_COUNT];     /* "regular", ... */
@@ -30,10 +35,10 @@ struct soth_hostport {
 };
 
 struct soth_rule {
-    char *host;      /* glob text as given, e.g. "*.bank.example" (without the port) */
-    int port;        /* -1 = any port */
+    char *host; /* glob text as given, e.g. "*.bank.example" (without the port) */
+    int port;   /* -1 = any port */
     enum soth_action action;
-    char *text;      /* the rule as written in the config ("ads.example:443"), for events */
+    char *text; /* the rule as written in the config ("ads.example:443"), for events */
 };
 
 struct soth_sink_cfg {
@@ -50,17 +55,17 @@ struct soth_config {
     atomic_uint refs;
 
     struct soth_hostport listen;
-    char *listen_text;            /* as written: "127.0.0.1:8080" */
+    char *listen_text; /* as written: "127.0.0.1:8080" */
     enum soth_mode mode;
-    char *mode_text;              /* as written: "reverse:https://origin.test:443" */
+    char *mode_text; /* as written: "reverse:https://origin.test:443" */
     /* reverse mode only */
-    bool reverse_tls;             /* scheme https */
+    bool reverse_tls; /* scheme https */
     char *reverse_host;
     uint16_t reverse_port;
 
-    unsigned workers;             /* as configured; 0 = one per online CPU */
+    unsigned workers; /* as configured; 0 = one per online CPU */
 
-    char **ignore_hosts;          /* POSIX ERE sources, validated with regcomp at load */
+    char **ignore_hosts; /* POSIX ERE sources, validated with regcomp at load */
     size_t n_ignore_hosts;
     enum soth_action policy_default;
     struct soth_rule *rules;
@@ -71,7 +76,7 @@ struct soth_config {
     bool http3_passthrough;
 
     struct {
-        char *ca_dir;             /* NULL = default ($XDG_DATA_HOME/soth-mitm, ~/.local/share/soth-mitm) */
+        char *ca_dir; /* NULL = default ($XDG_DATA_HOME/soth-mitm, ~/.local/share/soth-mitm) */
         char *ca_cert, *ca_key;   /* both or neither */
         uint32_t leaf_cache_size; /* 0 disables the cache */
         uint32_t leaf_validity_days;
@@ -86,7 +91,7 @@ struct soth_config {
     } tls;
 
     struct {
-        char *ring_path;          /* NULL = default ($XDG_RUNTIME_DIR/soth-mitm/events.ring, ...) */
+        char *ring_path; /* NULL = default ($XDG_RUNTIME_DIR/soth-mitm/events.ring, ...) */
         uint32_t ring_size_mb;
         uint32_t body_capture_bytes;
         struct soth_sink_cfg *sinks;
@@ -98,7 +103,7 @@ struct soth_config {
     } timeouts;
 
     struct {
-        char *listen_text;        /* NULL = no metrics endpoint */
+        char *listen_text; /* NULL = no metrics endpoint */
         struct soth_hostport listen;
     } metrics;
 
@@ -124,6 +129,10 @@ struct soth_cli_overrides {
  */
 int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
                      struct soth_config **out, char *err, size_t err_len);
+
+/** As soth_config_load, from JSON text in memory, without overrides (tests, fuzzing). */
+int soth_config_load_text(const char *text, size_t len, struct soth_config **out, char *err,
+                          size_t err_len);
 
 /** The effective config as pretty JSON text (malloc'ed, caller frees); every SPEC key present. */
 char *soth_config_to_json(const struct soth_config *cfg);
