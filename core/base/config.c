@@ -259,8 +259,8 @@ static int glob_check(const char *glob, char *why, size_t why_len, char **host_o
                 snprintf(why, why_len, "empty label in \"%s\"", glob);
                 return -1;
             }
-            if (star && label != 1) {
-                snprintf(why, why_len, "'*' must be a whole label in \"%s\"", glob);
+            if (star && (label != 1 || i != 1)) {
+                snprintf(why, why_len, "'*' must be the whole leftmost label in \"%s\"", glob);
                 return -1;
             }
             label = 0;
