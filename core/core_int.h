@@ -107,6 +107,7 @@ enum flow_state {
     FS_ANSWER,     /* sending our own answer (403/400/502...), then linger */
     FS_LINGER,     /* our FIN sent: discard input until the peer's FIN or a timer */
     FS_CLOSING,    /* stream_closed emitted; waiting for in-flight ops */
+    FS_FREE,       /* slot on the free list */
     FS_COUNT
 };
 

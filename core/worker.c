@@ -33,7 +33,7 @@
 #endif
 
 static const char *const flow_state_names[FS_COUNT] = {
-    "head", "resolving", "connecting", "relay", "answer", "linger", "closing",
+    "head", "resolving", "connecting", "relay", "answer", "linger", "closing", "free",
 };
 
 static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason);
@@ -247,6 +247,7 @@ static void flow_free(struct worker *w, struct flow *f)
         f->on_wait_list = false;
     }
     timer_unlink(w, f);
+    f->state = FS_FREE;
     f->gen++; /* any late CQE for the old generation is now stale */
     f->wnext = w->free_flows;
     w->free_flows = f;
@@ -1213,6 +1214,11 @@ static void timers_run(struct worker *w)
 {
     uint64_t now = now_ms();
     uint64_t last = now / SOTH_TICK_MS;
+    if (w->n_timers == 0) {
+        /* Nothing armed: no need to walk the ticks that passed while the loop slept. */
+        w->wheel_tick = last + 1;
+        return;
+    }
     while (w->wheel_tick <= last) {
         struct flow **slot = &w->wheel[w->wheel_tick & (SOTH_WHEEL_SLOTS - 1)];
         struct flow *f = *slot;
@@ -1258,6 +1264,11 @@ static void worker_begin_stop(struct worker *w)
         io_uring_prep_cancel64(sqe, ud_pack(OP_ACCEPT, 0, 0, 0), 0);
         io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, 0, 0, 0));
     }
+    /* Leave the SO_REUSEPORT group now, so new clients are refused instead of queued. */
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_close(sqe, w->listen_fd);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, 0, 0, 0));
+    w->listen_fd = -1;
     /* Connections still waiting for a first request have nothing in flight: close them now. */
     for (uint32_t i = 0; i < w->flows_hw; i++) {
         struct flow *f = &w->flows[i];

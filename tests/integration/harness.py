@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from eventcheck import check_events
+from eventcheck import by_flow, check_events  # noqa: F401 (re-exported for tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("SOTH_BUILD_DIR", os.path.join(REPO, "build"))

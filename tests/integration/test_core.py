@@ -182,9 +182,9 @@ class PolicyTests(unittest.TestCase):
                           "rules": [{"host": "ads.example", "action": "block"}]}}
         with Proxy(config=cfg) as p:
             s, head = connect_tunnel(p, "ads.example", echo.port)
-            self.assertTrue(head.startswith(b"HTTP/1.1 403 Forbidden"), head)
-            body = read_all(s)
-            self.assertIn(b"ads.example", body)
+            resp = head + read_all(s)
+            self.assertTrue(resp.startswith(b"HTTP/1.1 403 Forbidden"), resp)
+            self.assertIn(b'rule "ads.example"', resp.split(b"\r\n\r\n", 1)[1])
             s.close()
             evs = p.checked_events()
         time.sleep(0.1)
@@ -353,6 +353,9 @@ class LifecycleTests(unittest.TestCase):
             # The in-flight tunnel still works during the drain...
             s.sendall(b"still here")
             self.assertEqual(s.recv(10), b"still here")
+            # ...while new clients are refused.
+            with self.assertRaises(ConnectionRefusedError):
+                socket.create_connection(p.addr(), timeout=2)
             s.shutdown(socket.SHUT_WR)
             self.assertEqual(read_all(s), b"")
             s.close()

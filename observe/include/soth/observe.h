@@ -54,21 +54,39 @@ extern const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT];
 int soth_ev_type_from_name(const char *name, size_t len);
 
 enum soth_protocol {
-    SOTH_PROTO_TCP = 0, SOTH_PROTO_TLS, SOTH_PROTO_HTTP1, SOTH_PROTO_HTTP2, SOTH_PROTO_WEBSOCKET,
-    SOTH_PROTO_SSE, SOTH_PROTO_GRPC, SOTH_PROTO_HTTP3, SOTH_PROTO_COUNT
+    SOTH_PROTO_TCP = 0,
+    SOTH_PROTO_TLS,
+    SOTH_PROTO_HTTP1,
+    SOTH_PROTO_HTTP2,
+    SOTH_PROTO_WEBSOCKET,
+    SOTH_PROTO_SSE,
+    SOTH_PROTO_GRPC,
+    SOTH_PROTO_HTTP3,
+    SOTH_PROTO_COUNT
 };
 extern const char *const soth_protocol_names[SOTH_PROTO_COUNT];
 
 enum soth_close_reason {
-    SOTH_CLOSE_BLOCKED = 0, SOTH_CLOSE_PARSE_FAILED, SOTH_CLOSE_UPSTREAM_CONNECT_FAILED,
-    SOTH_CLOSE_TLS_FAILED, SOTH_CLOSE_CLIENT_EOF, SOTH_CLOSE_RELAY_EOF, SOTH_CLOSE_RELAY_ERROR,
-    SOTH_CLOSE_IDLE_TIMEOUT, SOTH_CLOSE_SHUTDOWN, SOTH_CLOSE_COUNT
+    SOTH_CLOSE_BLOCKED = 0,
+    SOTH_CLOSE_PARSE_FAILED,
+    SOTH_CLOSE_UPSTREAM_CONNECT_FAILED,
+    SOTH_CLOSE_TLS_FAILED,
+    SOTH_CLOSE_CLIENT_EOF,
+    SOTH_CLOSE_RELAY_EOF,
+    SOTH_CLOSE_RELAY_ERROR,
+    SOTH_CLOSE_IDLE_TIMEOUT,
+    SOTH_CLOSE_SHUTDOWN,
+    SOTH_CLOSE_COUNT
 };
 extern const char *const soth_close_reason_names[SOTH_CLOSE_COUNT];
 
 enum soth_decision_reason {
-    SOTH_REASON_IGNORE_HOSTS = 0, SOTH_REASON_POLICY_RULE, SOTH_REASON_TLS_LEARNING,
-    SOTH_REASON_DEFAULT, SOTH_REASON_HTTP3_PASSTHROUGH, SOTH_REASON_COUNT
+    SOTH_REASON_IGNORE_HOSTS = 0,
+    SOTH_REASON_POLICY_RULE,
+    SOTH_REASON_TLS_LEARNING,
+    SOTH_REASON_DEFAULT,
+    SOTH_REASON_HTTP3_PASSTHROUGH,
+    SOTH_REASON_COUNT
 };
 extern const char *const soth_decision_reason_names[SOTH_REASON_COUNT];
 
@@ -76,17 +94,32 @@ enum soth_side { SOTH_SIDE_CLIENT = 0, SOTH_SIDE_UPSTREAM, SOTH_SIDE_COUNT };
 extern const char *const soth_side_names[SOTH_SIDE_COUNT];
 
 enum soth_tls_failure {
-    SOTH_TLSF_UNKNOWN_CA = 0, SOTH_TLSF_CERT_VALIDATION, SOTH_TLSF_HANDSHAKE, SOTH_TLSF_TIMEOUT,
-    SOTH_TLSF_EOF, SOTH_TLSF_RESET, SOTH_TLSF_OTHER, SOTH_TLSF_COUNT
+    SOTH_TLSF_UNKNOWN_CA = 0,
+    SOTH_TLSF_CERT_VALIDATION,
+    SOTH_TLSF_HANDSHAKE,
+    SOTH_TLSF_TIMEOUT,
+    SOTH_TLSF_EOF,
+    SOTH_TLSF_RESET,
+    SOTH_TLSF_OTHER,
+    SOTH_TLSF_COUNT
 };
 extern const char *const soth_tls_failure_names[SOTH_TLSF_COUNT];
 
-enum soth_tls_provider { SOTH_TLSP_NATIVE = 0, SOTH_TLSP_MITMPROXY, SOTH_TLSP_HUDSUCKER, SOTH_TLSP_COUNT };
+enum soth_tls_provider {
+    SOTH_TLSP_NATIVE = 0,
+    SOTH_TLSP_MITMPROXY,
+    SOTH_TLSP_HUDSUCKER,
+    SOTH_TLSP_COUNT
+};
 extern const char *const soth_tls_provider_names[SOTH_TLSP_COUNT];
 
 enum soth_outcome {
-    SOTH_OUTCOME_COMPLETE = 0, SOTH_OUTCOME_CLIENT_ABORTED, SOTH_OUTCOME_UPSTREAM_ABORTED,
-    SOTH_OUTCOME_RESET, SOTH_OUTCOME_TIMEOUT, SOTH_OUTCOME_COUNT
+    SOTH_OUTCOME_COMPLETE = 0,
+    SOTH_OUTCOME_CLIENT_ABORTED,
+    SOTH_OUTCOME_UPSTREAM_ABORTED,
+    SOTH_OUTCOME_RESET,
+    SOTH_OUTCOME_TIMEOUT,
+    SOTH_OUTCOME_COUNT
 };
 extern const char *const soth_outcome_names[SOTH_OUTCOME_COUNT];
 
@@ -94,7 +127,10 @@ enum soth_direction { SOTH_DIR_CLIENT_TO_SERVER = 0, SOTH_DIR_SERVER_TO_CLIENT, 
 extern const char *const soth_direction_names[SOTH_DIR_COUNT];
 
 enum soth_flush_reason {
-    SOTH_FLUSH_DIRECTION_CHANGE = 0, SOTH_FLUSH_CLOSE, SOTH_FLUSH_ERROR, SOTH_FLUSH_IDLE,
+    SOTH_FLUSH_DIRECTION_CHANGE = 0,
+    SOTH_FLUSH_CLOSE,
+    SOTH_FLUSH_ERROR,
+    SOTH_FLUSH_IDLE,
     SOTH_FLUSH_COUNT
 };
 extern const char *const soth_flush_reason_names[SOTH_FLUSH_COUNT];
@@ -115,15 +151,15 @@ struct soth_ev_producer; /* one worker's end of its SPSC ring */
 struct soth_ev_flow {
     struct soth_ev_producer *prod;
     uint64_t flow_id;
-    uint64_t start_mono_ns;  /* for stream_closed duration_ns */
-    uint32_t seq;            /* seq of the next event */
-    uint32_t dropped;        /* events of this flow dropped so far */
+    uint64_t start_mono_ns; /* for stream_closed duration_ns */
+    uint32_t seq;           /* seq of the next event */
+    uint32_t dropped;       /* events of this flow dropped so far */
     uint16_t worker;
     uint16_t server_port;
-    uint8_t protocol;        /* enum soth_protocol */
+    uint8_t protocol; /* enum soth_protocol */
     uint8_t client_addr_len;
     uint8_t server_host_len;
-    bool closed;             /* stream_closed emitted: nothing may follow */
+    bool closed;                        /* stream_closed emitted: nothing may follow */
     char client_addr[SOTH_EV_ADDR_MAX]; /* "ip:port" or "[v6]:port" */
     char server_host[SOTH_EV_HOST_MAX];
 };
@@ -134,8 +170,8 @@ struct soth_ev_flow {
  * Create the subsystem for n_workers producers: maps the ring file (cfg events.ring_path or the
  * default), opens sinks, binds metrics.listen if set. Returns NULL with one line in err.
  */
-struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_workers,
-                                      char *err, size_t err_len);
+struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_workers, char *err,
+                                      size_t err_len);
 /** Start the telemetry (and metrics) thread. 0 or -errno. */
 int soth_observe_start(struct soth_observe *obs);
 /** Drain every queued event to the ring file and sinks, stop threads. Call after workers stop. */
@@ -156,13 +192,15 @@ static inline void soth_ev_flow_set_protocol(struct soth_ev_flow *f, enum soth_p
     f->protocol = (uint8_t)p;
 }
 
-void soth_ev_connect_received(struct soth_ev_flow *f, struct soth_iov method, struct soth_iov target);
+void soth_ev_connect_received(struct soth_ev_flow *f, struct soth_iov method,
+                              struct soth_iov target);
 void soth_ev_connect_parse_failed(struct soth_ev_flow *f, struct soth_iov reason_code,
                                   struct soth_iov detail);
 /** rule: the matching rule's text, or SOTH_IOV_NULL (field omitted). */
 void soth_ev_connect_decision(struct soth_ev_flow *f, enum soth_action decision,
                               enum soth_decision_reason reason, struct soth_iov rule);
-void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_side side, struct soth_iov sni);
+void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_side side,
+                                   struct soth_iov sni);
 void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_side side,
                                      struct soth_iov tls_version, struct soth_iov cipher,
                                      struct soth_iov alpn);
@@ -222,6 +260,31 @@ void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason
 
 /** Publish the events built since the last flush (one release store; wakes an idle consumer). */
 void soth_ev_flush(struct soth_ev_producer *prod);
+
+/* ---- reading the ring file (soth-mitm-tail, tests, fuzzing; any process) */
+
+struct soth_ring_reader;
+/** Which events a reader prints: type_mask bit (1 << type), 0 = all; flow filter. */
+struct soth_ring_filter {
+    uint64_t type_mask;
+    bool has_flow;
+    uint64_t flow_id;
+};
+/** Map a ring file read-only. NULL with one line in err. */
+struct soth_ring_reader *soth_ring_reader_open(const char *path, char *err, size_t err_len);
+/** A reader over a ring image in memory (buf must outlive the reader). */
+struct soth_ring_reader *soth_ring_reader_from_memory(const void *buf, size_t len, char *err,
+                                                      size_t err_len);
+void soth_ring_reader_free(struct soth_ring_reader *r);
+/** Start at the oldest record still held (from_start) or at the writer's position. */
+void soth_ring_reader_seek(struct soth_ring_reader *r, bool from_start);
+/**
+ * Emit every record written since the last call as one JSON line each (SPEC event JSON, '\n'
+ * terminated); a lap is reported as {"type":"ring_overrun","lost":N} before the next record.
+ * Returns the number of lines emitted.
+ */
+size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_filter *flt,
+                             void (*emit)(void *ctx, const char *line, size_t len), void *ctx);
 
 /* ---- metrics: per-worker counters, single writer, summed at scrape time. */
 struct soth_metrics {

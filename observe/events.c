@@ -1,0 +1,853 @@
+/*
+ * The event vocabulary, the record schema, the producer side (emitters writing records into the
+ * worker's SPSC ring) and the JSON encoding shared by soth-mitm-tail and the sinks.
+ */
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+
+#include "observe_int.h"
+
+const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT] = {
+    "connect_received",      "connect_parse_failed",    "connect_decision",
+    "tls_handshake_started", "tls_handshake_succeeded", "tls_handshake_failed",
+    "tls_learning_audit",    "request_headers",         "request_body_chunk",
+    "request_trailers",      "response_headers",        "response_body_chunk",
+    "response_trailers",     "exchange_completed",      "ws_message",
+    "ws_turn_started",       "ws_turn_completed",       "sse_event",
+    "grpc_message",          "payload_parsed",          "stream_closed",
+};
+const char *const soth_protocol_names[SOTH_PROTO_COUNT] = {"tcp",       "tls", "http1", "http2",
+                                                           "websocket", "sse", "grpc",  "http3"};
+const char *const soth_close_reason_names[SOTH_CLOSE_COUNT] = {
+    "blocked",     "parse_failed", "upstream_connect_failed",
+    "tls_failed",  "client_eof",   "relay_eof",
+    "relay_error", "idle_timeout", "shutdown"};
+const char *const soth_decision_reason_names[SOTH_REASON_COUNT] = {
+    "ignore_hosts", "policy_rule", "tls_learning", "default", "http3_passthrough"};
+const char *const soth_side_names[SOTH_SIDE_COUNT] = {"client", "upstream"};
+const char *const soth_tls_failure_names[SOTH_TLSF_COUNT] = {
+    "unknown_ca", "cert_validation", "handshake", "timeout", "eof", "reset", "other"};
+const char *const soth_tls_provider_names[SOTH_TLSP_COUNT] = {"native", "mitmproxy", "hudsucker"};
+const char *const soth_outcome_names[SOTH_OUTCOME_COUNT] = {"complete", "client_aborted",
+                                                            "upstream_aborted", "reset", "timeout"};
+const char *const soth_direction_names[SOTH_DIR_COUNT] = {"client_to_server", "server_to_client"};
+const char *const soth_flush_reason_names[SOTH_FLUSH_COUNT] = {"direction_change", "close", "error",
+                                                               "idle"};
+static const char *const action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
+static const char *const audit_names[2] = {"ignored", "applied"};
+
+#define E(names, n) FK_ENUM, names, n
+#define U(name)                                                                                    \
+    {                                                                                              \
+        name, FK_U64, NULL, 0                                                                      \
+    }
+#define S(name)                                                                                    \
+    {                                                                                              \
+        name, FK_STR, NULL, 0                                                                      \
+    }
+#define OS(name)                                                                                   \
+    {                                                                                              \
+        name, FK_OPTSTR, NULL, 0                                                                   \
+    }
+#define B(name)                                                                                    \
+    {                                                                                              \
+        name, FK_BOOL, NULL, 0                                                                     \
+    }
+#define STREAM U("stream_id")
+#define DIR                                                                                        \
+    {                                                                                              \
+        "direction", E(soth_direction_names, SOTH_DIR_COUNT)                                       \
+    }
+#define HDRS                                                                                       \
+    {                                                                                              \
+        "headers", FK_HDRS, NULL, 0                                                                \
+    }
+#define BODY U("offset"), U("len"), {"data_b64", FK_B64, NULL, 0}, B("truncated")
+
+const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
+    [SOTH_EV_CONNECT_RECEIVED] = {{OS("method"), S("target")}, 2},
+    [SOTH_EV_CONNECT_PARSE_FAILED] = {{S("reason_code"), S("detail")}, 2},
+    [SOTH_EV_CONNECT_DECISION] = {{{"decision", E(action_names, SOTH_ACTION_COUNT)},
+                                   {"reason", E(soth_decision_reason_names, SOTH_REASON_COUNT)},
+                                   {"rule", FK_OMITSTR, NULL, 0}},
+                                  3},
+    [SOTH_EV_TLS_HANDSHAKE_STARTED] = {{{"side", E(soth_side_names, SOTH_SIDE_COUNT)}, OS("sni")},
+                                       2},
+    [SOTH_EV_TLS_HANDSHAKE_SUCCEEDED] =
+        {{{"side", E(soth_side_names, SOTH_SIDE_COUNT)}, S("tls_version"), S("cipher"), OS("alpn")},
+         4},
+    [SOTH_EV_TLS_HANDSHAKE_FAILED] =
+        {{{"side", E(soth_side_names, SOTH_SIDE_COUNT)},
+          {"tls_failure_reason", E(soth_tls_failure_names, SOTH_TLSF_COUNT)},
+          S("tls_failure_source"),
+          {"tls_ops_provider", E(soth_tls_provider_names, SOTH_TLSP_COUNT)},
+          S("detail"),
+          U("host_failure_count"),
+          U("global_failure_count")},
+         7},
+    [SOTH_EV_TLS_LEARNING_AUDIT] = {{{"decision", E(audit_names, 2)},
+                                     S("reason"),
+                                     S("host"),
+                                     {"signal_provider",
+                                      E(soth_tls_provider_names, SOTH_TLSP_COUNT)}},
+                                    4},
+    [SOTH_EV_REQUEST_HEADERS] = {{STREAM, S("method"), OS("scheme"), OS("authority"), S("path"),
+                                  S("http_version"), HDRS},
+                                 7},
+    [SOTH_EV_REQUEST_BODY_CHUNK] = {{STREAM, BODY}, 5},
+    [SOTH_EV_REQUEST_TRAILERS] = {{STREAM, HDRS}, 2},
+    [SOTH_EV_RESPONSE_HEADERS] = {{STREAM, U("status"), S("http_version"), HDRS}, 4},
+    [SOTH_EV_RESPONSE_BODY_CHUNK] = {{STREAM, BODY}, 5},
+    [SOTH_EV_RESPONSE_TRAILERS] = {{STREAM, HDRS}, 2},
+    [SOTH_EV_EXCHANGE_COMPLETED] = {{STREAM,
+                                     {"outcome", E(soth_outcome_names, SOTH_OUTCOME_COUNT)},
+                                     U("request_bytes"),
+                                     U("response_bytes")},
+                                    4},
+    [SOTH_EV_WS_MESSAGE] =
+        {{STREAM, DIR, U("opcode"), U("len"), {"data_b64", FK_B64, NULL, 0}, B("truncated")}, 6},
+    [SOTH_EV_WS_TURN_STARTED] =
+        {{STREAM, U("turn_id"), {"initiator", E(soth_direction_names, SOTH_DIR_COUNT)}}, 3},
+    [SOTH_EV_WS_TURN_COMPLETED] = {{STREAM,
+                                    U("turn_id"),
+                                    {"initiator", E(soth_direction_names, SOTH_DIR_COUNT)},
+                                    U("client_frames"),
+                                    U("server_frames"),
+                                    U("client_bytes"),
+                                    U("server_bytes"),
+                                    U("started_ns"),
+                                    U("ended_ns"),
+                                    {"flush_reason", E(soth_flush_reason_names, SOTH_FLUSH_COUNT)}},
+                                   10},
+    [SOTH_EV_SSE_EVENT] = {{STREAM, OS("event"), OS("id"), {"retry", FK_I64N, NULL, 0}, S("data")},
+                           5},
+    [SOTH_EV_GRPC_MESSAGE] =
+        {{STREAM, DIR, B("compressed"), U("length"), {"data_b64", FK_B64, NULL, 0}, B("truncated")},
+         6},
+    [SOTH_EV_PAYLOAD_PARSED] = {{STREAM,
+                                 DIR,
+                                 {"decoders", FK_STRLIST, NULL, 0},
+                                 B("sanitized"),
+                                 OS("format"),
+                                 {"value", FK_JSON, NULL, 0},
+                                 {"error", FK_OMITSTR, NULL, 0}},
+                                7},
+    [SOTH_EV_STREAM_CLOSED] = {{{"reason_code", E(soth_close_reason_names, SOTH_CLOSE_COUNT)},
+                                U("bytes_client_to_server"),
+                                U("bytes_server_to_client"),
+                                U("duration_ns"),
+                                U("events_dropped")},
+                               5},
+};
+
+int soth_ev_type_from_name(const char *name, size_t len)
+{
+    for (int i = 0; i < SOTH_EV_TYPE_COUNT; i++)
+        if (strlen(soth_ev_type_names[i]) == len && memcmp(soth_ev_type_names[i], name, len) == 0)
+            return i;
+    return -1;
+}
+
+/* ==========================================================================================
+ * producer side
+ * ========================================================================================== */
+
+/** One argument of an emitter, in schema order. */
+struct ev_val {
+    uint64_t u;
+    struct soth_iov s;              /* strings; base NULL = null */
+    const struct soth_header *hdrs; /* FK_HDRS */
+    const struct soth_iov *list;    /* FK_STRLIST */
+    size_t n;
+};
+
+#define STREAM_CLOSED_RESERVE 4096u /* bytes only stream_closed may use */
+
+static size_t field_size(const struct field_def *fd, const struct ev_val *v)
+{
+    switch (fd->kind) {
+    case FK_STR:
+    case FK_OPTSTR:
+    case FK_OMITSTR:
+    case FK_B64:
+    case FK_JSON:
+        return 4 + v->s.len;
+    case FK_HDRS: {
+        size_t n = 4;
+        for (size_t i = 0; i < v->n; i++)
+            n += 8 + v->hdrs[i].name.len + v->hdrs[i].value.len;
+        return n;
+    }
+    case FK_STRLIST: {
+        size_t n = 4;
+        for (size_t i = 0; i < v->n; i++)
+            n += 4 + v->list[i].len;
+        return n;
+    }
+    default:
+        return 8;
+    }
+}
+
+static char *put_u32(char *p, uint32_t x)
+{
+    memcpy(p, &x, 4);
+    return p + 4;
+}
+
+static char *put_bytes(char *p, struct soth_iov s, bool nullable)
+{
+    if (s.base == NULL && nullable)
+        return put_u32(p, NULL_LEN);
+    p = put_u32(p, (uint32_t)s.len);
+    if (s.len)
+        memcpy(p, s.base, s.len);
+    return p + s.len;
+}
+
+static void emit(struct soth_ev_flow *f, enum soth_ev_type t, const struct ev_val *vals)
+{
+    struct soth_ev_producer *pr = f->prod;
+    uint32_t seq = f->seq++;
+    if (pr == NULL || f->closed)
+        return;
+    const struct type_def *td = &soth_ev_schema[t];
+    size_t len = sizeof(struct ev_rec) + f->client_addr_len + f->server_host_len;
+    for (unsigned i = 0; i < td->n; i++)
+        len += field_size(&td->f[i], &vals[i]);
+    len = (len + REC_ALIGN - 1) & ~(size_t)(REC_ALIGN - 1);
+
+    /* Room: records are contiguous; a record that would wrap is preceded by padding. */
+    uint64_t off = pr->tail & pr->mask;
+    size_t pad = off + len > pr->cap ? (size_t)(pr->cap - off) : 0;
+    uint64_t limit = t == SOTH_EV_STREAM_CLOSED ? pr->cap : pr->cap - STREAM_CLOSED_RESERVE;
+    if (len > REC_MAX || pr->tail + pad + len - pr->head_cache > limit) {
+        pr->head_cache = atomic_load_explicit(&pr->head, memory_order_acquire);
+        if (len > REC_MAX || pr->tail + pad + len - pr->head_cache > limit) {
+            f->dropped++;
+            SOTH_METRIC_ADD(pr->m->events_dropped, 1);
+            return;
+        }
+    }
+    if (pad) {
+        struct ev_rec *pr_rec = (struct ev_rec *)(pr->data + off);
+        pr_rec->len = (uint32_t)pad;
+        pr_rec->type = REC_PAD;
+        pr->tail += pad;
+        off = 0;
+    }
+    struct ev_rec *r = (struct ev_rec *)(pr->data + off);
+    r->len = (uint32_t)len;
+    r->type = (uint16_t)t;
+    r->worker = f->worker;
+    r->gseq = 0;
+    r->pos = 0;
+    r->flow_id = f->flow_id;
+    r->ts_ns = soth_now_ns();
+    r->seq = seq;
+    r->server_port = f->server_port;
+    r->protocol = f->protocol;
+    r->client_addr_len = f->client_addr_len;
+    r->server_host_len = f->server_host_len;
+    memset(r->pad, 0, sizeof(r->pad));
+    char *p = (char *)(r + 1);
+    memcpy(p, f->client_addr, f->client_addr_len);
+    p += f->client_addr_len;
+    memcpy(p, f->server_host, f->server_host_len);
+    p += f->server_host_len;
+    for (unsigned i = 0; i < td->n; i++) {
+        const struct ev_val *v = &vals[i];
+        switch (td->f[i].kind) {
+        case FK_STR:
+        case FK_B64:
+            p = put_bytes(p, v->s, false);
+            break;
+        case FK_OPTSTR:
+        case FK_OMITSTR:
+        case FK_JSON:
+            p = put_bytes(p, v->s, true);
+            break;
+        case FK_HDRS:
+            p = put_u32(p, (uint32_t)v->n);
+            for (size_t k = 0; k < v->n; k++) {
+                p = put_bytes(p, v->hdrs[k].name, false);
+                p = put_bytes(p, v->hdrs[k].value, false);
+            }
+            break;
+        case FK_STRLIST:
+            p = put_u32(p, (uint32_t)v->n);
+            for (size_t k = 0; k < v->n; k++)
+                p = put_bytes(p, v->list[k], false);
+            break;
+        default:
+            memcpy(p, &v->u, 8);
+            p += 8;
+            break;
+        }
+    }
+    memset(p, 0, (size_t)((char *)r + len - p));
+    pr->tail += len;
+    if (t == SOTH_EV_STREAM_CLOSED)
+        f->closed = true;
+}
+
+void soth_ev_flush(struct soth_ev_producer *pr)
+{
+    if (pr == NULL)
+        return;
+    if (atomic_load_explicit(&pr->pub_tail, memory_order_relaxed) == pr->tail)
+        return;
+    atomic_store_explicit(&pr->pub_tail, pr->tail, memory_order_release);
+    /* Dekker with the consumer's "sleeping" announcement: store tail, then load sleeping. */
+    atomic_thread_fence(memory_order_seq_cst);
+    struct soth_observe *obs = pr->obs;
+    if (atomic_load_explicit(&obs->sleeping, memory_order_relaxed) &&
+        atomic_exchange_explicit(&obs->sleeping, 0, memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t n = write(obs->efd, &one, sizeof(one));
+        (void)n;
+    }
+}
+
+void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, uint64_t flow_id,
+                       unsigned worker, const struct sockaddr *client, socklen_t client_len)
+{
+    f->prod = prod;
+    f->flow_id = flow_id;
+    f->start_mono_ns = soth_mono_ns();
+    f->seq = 0;
+    f->dropped = 0;
+    f->worker = (uint16_t)worker;
+    f->server_port = 0;
+    f->protocol = SOTH_PROTO_TCP;
+    f->client_addr_len = 0;
+    f->server_host_len = 0;
+    f->closed = false;
+    if (client == NULL || client_len == 0)
+        return;
+    char ip[INET6_ADDRSTRLEN];
+    int n = 0;
+    if (client->sa_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)client;
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+        n = snprintf(f->client_addr, sizeof(f->client_addr), "%s:%u", ip, ntohs(s->sin_port));
+    } else if (client->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)client;
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+        n = snprintf(f->client_addr, sizeof(f->client_addr), "[%s]:%u", ip, ntohs(s->sin6_port));
+    }
+    if (n > 0 && (size_t)n < sizeof(f->client_addr))
+        f->client_addr_len = (uint8_t)n;
+}
+
+void soth_ev_flow_set_server(struct soth_ev_flow *f, struct soth_iov host, uint16_t port)
+{
+    size_t n = host.len < SOTH_EV_HOST_MAX ? host.len : SOTH_EV_HOST_MAX;
+    memcpy(f->server_host, host.base, n);
+    f->server_host_len = (uint8_t)n;
+    f->server_port = port;
+}
+
+#define VU(x)                                                                                      \
+    {                                                                                              \
+        .u = (uint64_t)(x)                                                                         \
+    }
+#define VS(x)                                                                                      \
+    {                                                                                              \
+        .s = (x)                                                                                   \
+    }
+#define VH(h, cnt)                                                                                 \
+    {                                                                                              \
+        .hdrs = (h), .n = (cnt)                                                                    \
+    }
+
+void soth_ev_connect_received(struct soth_ev_flow *f, struct soth_iov method,
+                              struct soth_iov target)
+{
+    struct ev_val v[] = {VS(method), VS(target)};
+    emit(f, SOTH_EV_CONNECT_RECEIVED, v);
+}
+
+void soth_ev_connect_parse_failed(struct soth_ev_flow *f, struct soth_iov reason_code,
+                                  struct soth_iov detail)
+{
+    struct ev_val v[] = {VS(reason_code), VS(detail)};
+    emit(f, SOTH_EV_CONNECT_PARSE_FAILED, v);
+}
+
+void soth_ev_connect_decision(struct soth_ev_flow *f, enum soth_action decision,
+                              enum soth_decision_reason reason, struct soth_iov rule)
+{
+    struct ev_val v[] = {VU(decision), VU(reason), VS(rule)};
+    emit(f, SOTH_EV_CONNECT_DECISION, v);
+}
+
+void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_side side, struct soth_iov sni)
+{
+    struct ev_val v[] = {VU(side), VS(sni)};
+    emit(f, SOTH_EV_TLS_HANDSHAKE_STARTED, v);
+}
+
+void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_side side,
+                                     struct soth_iov tls_version, struct soth_iov cipher,
+                                     struct soth_iov alpn)
+{
+    struct ev_val v[] = {VU(side), VS(tls_version), VS(cipher), VS(alpn)};
+    emit(f, SOTH_EV_TLS_HANDSHAKE_SUCCEEDED, v);
+}
+
+void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_side side,
+                                  enum soth_tls_failure reason, struct soth_iov source,
+                                  enum soth_tls_provider provider, struct soth_iov detail,
+                                  uint32_t host_failure_count, uint32_t global_failure_count)
+{
+    struct ev_val v[] = {VU(side),
+                         VU(reason),
+                         VS(source),
+                         VU(provider),
+                         VS(detail),
+                         VU(host_failure_count),
+                         VU(global_failure_count)};
+    emit(f, SOTH_EV_TLS_HANDSHAKE_FAILED, v);
+}
+
+void soth_ev_tls_learning_audit(struct soth_ev_flow *f, bool applied, struct soth_iov reason,
+                                struct soth_iov host, enum soth_tls_provider signal_provider)
+{
+    struct ev_val v[] = {VU(applied), VS(reason), VS(host), VU(signal_provider)};
+    emit(f, SOTH_EV_TLS_LEARNING_AUDIT, v);
+}
+
+void soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id, struct soth_iov method,
+                             struct soth_iov scheme, struct soth_iov authority,
+                             struct soth_iov path, struct soth_iov http_version,
+                             const struct soth_header *hdrs, size_t n_hdrs)
+{
+    struct ev_val v[] = {VU(stream_id), VS(method),       VS(scheme),      VS(authority),
+                         VS(path),      VS(http_version), VH(hdrs, n_hdrs)};
+    emit(f, SOTH_EV_REQUEST_HEADERS, v);
+}
+
+void soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
+                              struct soth_iov http_version, const struct soth_header *hdrs,
+                              size_t n_hdrs)
+{
+    struct ev_val v[] = {VU(stream_id), VU(status), VS(http_version), VH(hdrs, n_hdrs)};
+    emit(f, SOTH_EV_RESPONSE_HEADERS, v);
+}
+
+void soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+                      const struct soth_header *hdrs, size_t n_hdrs)
+{
+    struct ev_val v[] = {VU(stream_id), VH(hdrs, n_hdrs)};
+    emit(f, dir == SOTH_DIR_CLIENT_TO_SERVER ? SOTH_EV_REQUEST_TRAILERS : SOTH_EV_RESPONSE_TRAILERS,
+         v);
+}
+
+void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+                        uint64_t offset, uint64_t len, struct soth_iov data, bool truncated)
+{
+    struct ev_val v[] = {VU(stream_id), VU(offset), VU(len), VS(data), VU(truncated)};
+    emit(f,
+         dir == SOTH_DIR_CLIENT_TO_SERVER ? SOTH_EV_REQUEST_BODY_CHUNK
+                                          : SOTH_EV_RESPONSE_BODY_CHUNK,
+         v);
+}
+
+void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
+                                enum soth_outcome outcome, uint64_t request_bytes,
+                                uint64_t response_bytes)
+{
+    struct ev_val v[] = {VU(stream_id), VU(outcome), VU(request_bytes), VU(response_bytes)};
+    emit(f, SOTH_EV_EXCHANGE_COMPLETED, v);
+}
+
+void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+                        unsigned opcode, uint64_t len, struct soth_iov data, bool truncated)
+{
+    struct ev_val v[] = {VU(stream_id), VU(dir), VU(opcode), VU(len), VS(data), VU(truncated)};
+    emit(f, SOTH_EV_WS_MESSAGE, v);
+}
+
+void soth_ev_ws_turn_started(struct soth_ev_flow *f, uint32_t stream_id, uint64_t turn_id,
+                             enum soth_direction initiator)
+{
+    struct ev_val v[] = {VU(stream_id), VU(turn_id), VU(initiator)};
+    emit(f, SOTH_EV_WS_TURN_STARTED, v);
+}
+
+void soth_ev_ws_turn_completed(struct soth_ev_flow *f, uint32_t stream_id,
+                               const struct soth_ws_turn_stats *st)
+{
+    struct ev_val v[] = {VU(stream_id),         VU(st->turn_id),       VU(st->initiator),
+                         VU(st->client_frames), VU(st->server_frames), VU(st->client_bytes),
+                         VU(st->server_bytes),  VU(st->started_ns),    VU(st->ended_ns),
+                         VU(st->flush_reason)};
+    emit(f, SOTH_EV_WS_TURN_COMPLETED, v);
+}
+
+void soth_ev_sse_event(struct soth_ev_flow *f, uint32_t stream_id, struct soth_iov event,
+                       struct soth_iov id, int64_t retry, struct soth_iov data)
+{
+    struct ev_val v[] = {VU(stream_id), VS(event), VS(id), VU(retry), VS(data)};
+    emit(f, SOTH_EV_SSE_EVENT, v);
+}
+
+void soth_ev_grpc_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+                          bool compressed, uint32_t length, struct soth_iov data, bool truncated)
+{
+    struct ev_val v[] = {VU(stream_id), VU(dir),  VU(compressed),
+                         VU(length),    VS(data), VU(truncated)};
+    emit(f, SOTH_EV_GRPC_MESSAGE, v);
+}
+
+void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+                            const struct soth_iov *decoders, size_t n_decoders, bool sanitized,
+                            struct soth_iov format, struct soth_iov value_json,
+                            struct soth_iov error)
+{
+    struct ev_val v[] = {VU(stream_id), VU(dir),    {.list = decoders, .n = n_decoders},
+                         VU(sanitized), VS(format), VS(value_json),
+                         VS(error)};
+    emit(f, SOTH_EV_PAYLOAD_PARSED, v);
+}
+
+void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason,
+                           uint64_t bytes_client_to_server, uint64_t bytes_server_to_client)
+{
+    /* events_dropped counts what this flow lost before its last event. */
+    struct ev_val v[] = {VU(reason), VU(bytes_client_to_server), VU(bytes_server_to_client),
+                         VU(soth_mono_ns() - f->start_mono_ns), VU(f->dropped)};
+    emit(f, SOTH_EV_STREAM_CLOSED, v);
+}
+
+/* ==========================================================================================
+ * JSON encoding
+ * ========================================================================================== */
+
+void jbuf_put(struct jbuf *b, const void *p, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        SOTH_BUG_ON(np == NULL);
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+}
+
+void jbuf_free(struct jbuf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+static void jput(struct jbuf *b, const char *s)
+{
+    jbuf_put(b, s, strlen(s));
+}
+
+static void jput_u64(struct jbuf *b, uint64_t x)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)x);
+    jbuf_put(b, tmp, (size_t)n);
+}
+
+/** Length of the valid UTF-8 sequence at p (1..4), or 0 when the bytes are not valid UTF-8. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t len;
+    uint32_t cp;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+/*
+ * A JSON string for arbitrary bytes, losslessly: valid UTF-8 is kept, every byte that is not
+ * part of valid UTF-8 becomes the lone surrogate U+DC80+byte ("\udcXX"), which valid UTF-8 can
+ * never produce (Python reads it back with errors="surrogateescape"). docs/events.md.
+ */
+static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    jbuf_put(b, "\"", 1);
+    size_t i = 0;
+    while (i < n) {
+        size_t run = i;
+        while (run < n && p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' && p[run] != '\\')
+            run++;
+        if (run > i) {
+            jbuf_put(b, p + i, run - i);
+            i = run;
+            continue;
+        }
+        unsigned char c = p[i];
+        if (c >= 0x80) {
+            size_t l = utf8_len(p + i, n - i);
+            if (l > 0) {
+                jbuf_put(b, p + i, l);
+                i += l;
+                continue;
+            }
+            char esc[6] = {'\\', 'u', 'd', 'c', hex[c >> 4], hex[c & 15]};
+            jbuf_put(b, esc, 6);
+            i++;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            jput(b, "\\\"");
+            break;
+        case '\\':
+            jput(b, "\\\\");
+            break;
+        case '\n':
+            jput(b, "\\n");
+            break;
+        case '\r':
+            jput(b, "\\r");
+            break;
+        case '\t':
+            jput(b, "\\t");
+            break;
+        default: {
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            jbuf_put(b, esc, 6);
+        }
+        }
+        i++;
+    }
+    jbuf_put(b, "\"", 1);
+}
+
+static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    jbuf_put(b, "\"", 1);
+    size_t i = 0;
+    char out[4];
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        out[0] = tab[v >> 18];
+        out[1] = tab[(v >> 12) & 63];
+        out[2] = tab[(v >> 6) & 63];
+        out[3] = tab[v & 63];
+        jbuf_put(b, out, 4);
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        out[0] = tab[v >> 18];
+        out[1] = tab[(v >> 12) & 63];
+        out[2] = out[3] = '=';
+        jbuf_put(b, out, 4);
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
+        out[0] = tab[v >> 18];
+        out[1] = tab[(v >> 12) & 63];
+        out[2] = tab[(v >> 6) & 63];
+        out[3] = '=';
+        jbuf_put(b, out, 4);
+    }
+    jbuf_put(b, "\"", 1);
+}
+
+struct cur {
+    const unsigned char *p, *end;
+};
+
+static bool take(struct cur *c, size_t n, const unsigned char **out)
+{
+    if ((size_t)(c->end - c->p) < n)
+        return false;
+    *out = c->p;
+    c->p += n;
+    return true;
+}
+
+static bool take_u32(struct cur *c, uint32_t *x)
+{
+    const unsigned char *p;
+    if (!take(c, 4, &p))
+        return false;
+    memcpy(x, p, 4);
+    return true;
+}
+
+static bool take_u64(struct cur *c, uint64_t *x)
+{
+    const unsigned char *p;
+    if (!take(c, 8, &p))
+        return false;
+    memcpy(x, p, 8);
+    return true;
+}
+
+static void jkey(struct jbuf *b, const char *k)
+{
+    jbuf_put(b, ",\"", 2);
+    jput(b, k);
+    jbuf_put(b, "\":", 2);
+}
+
+int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
+{
+    size_t start = out->len;
+    if (avail < sizeof(*r) || r->len < sizeof(*r) || r->len > avail ||
+        r->type >= SOTH_EV_TYPE_COUNT)
+        return -1;
+    struct cur c = {(const unsigned char *)(r + 1), (const unsigned char *)r + r->len};
+    const unsigned char *addr, *host;
+    if (!take(&c, r->client_addr_len, &addr) || !take(&c, r->server_host_len, &host))
+        return -1;
+    jput(out, "{\"v\":1,\"type\":\"");
+    jput(out, soth_ev_type_names[r->type]);
+    jput(out, "\",\"gseq\":");
+    jput_u64(out, r->gseq);
+    jput(out, ",\"flow_id\":");
+    jput_u64(out, r->flow_id);
+    jput(out, ",\"seq\":");
+    jput_u64(out, r->seq);
+    jput(out, ",\"ts_ns\":");
+    jput_u64(out, r->ts_ns);
+    jput(out, ",\"worker\":");
+    jput_u64(out, r->worker);
+    jput(out, ",\"client_addr\":");
+    jput_str(out, addr, r->client_addr_len);
+    jput(out, ",\"server_host\":");
+    jput_str(out, host, r->server_host_len);
+    jput(out, ",\"server_port\":");
+    jput_u64(out, r->server_port);
+    jput(out, ",\"protocol\":\"");
+    jput(out, r->protocol < SOTH_PROTO_COUNT ? soth_protocol_names[r->protocol] : "tcp");
+    jput(out, "\"");
+    const struct type_def *td = &soth_ev_schema[r->type];
+    for (unsigned i = 0; i < td->n; i++) {
+        const struct field_def *fd = &td->f[i];
+        uint64_t u;
+        uint32_t n;
+        const unsigned char *p;
+        switch (fd->kind) {
+        case FK_U64:
+            if (!take_u64(&c, &u))
+                goto bad;
+            jkey(out, fd->name);
+            jput_u64(out, u);
+            break;
+        case FK_I64N:
+            if (!take_u64(&c, &u))
+                goto bad;
+            jkey(out, fd->name);
+            if ((int64_t)u < 0)
+                jput(out, "null");
+            else
+                jput_u64(out, u);
+            break;
+        case FK_BOOL:
+            if (!take_u64(&c, &u))
+                goto bad;
+            jkey(out, fd->name);
+            jput(out, u ? "true" : "false");
+            break;
+        case FK_ENUM:
+            if (!take_u64(&c, &u) || u >= fd->n_names)
+                goto bad;
+            jkey(out, fd->name);
+            jbuf_put(out, "\"", 1);
+            jput(out, fd->names[u]);
+            jbuf_put(out, "\"", 1);
+            break;
+        case FK_STR:
+        case FK_B64:
+        case FK_OPTSTR:
+        case FK_OMITSTR:
+        case FK_JSON:
+            if (!take_u32(&c, &n))
+                goto bad;
+            if (n == NULL_LEN) {
+                if (fd->kind == FK_STR || fd->kind == FK_B64)
+                    goto bad;
+                if (fd->kind == FK_OPTSTR) {
+                    jkey(out, fd->name);
+                    jput(out, "null");
+                }
+                break;
+            }
+            if (!take(&c, n, &p))
+                goto bad;
+            jkey(out, fd->name);
+            if (fd->kind == FK_B64)
+                jput_b64(out, p, n);
+            else if (fd->kind == FK_JSON)
+                jbuf_put(out, p, n); /* produced by our own JSON encoders */
+            else
+                jput_str(out, p, n);
+            break;
+        case FK_HDRS:
+        case FK_STRLIST: {
+            uint32_t cnt;
+            if (!take_u32(&c, &cnt) || cnt > r->len)
+                goto bad;
+            jkey(out, fd->name);
+            jbuf_put(out, "[", 1);
+            for (uint32_t k = 0; k < cnt; k++) {
+                if (k)
+                    jbuf_put(out, ",", 1);
+                if (fd->kind == FK_HDRS)
+                    jbuf_put(out, "[", 1);
+                unsigned parts = fd->kind == FK_HDRS ? 2 : 1;
+                for (unsigned q = 0; q < parts; q++) {
+                    if (!take_u32(&c, &n) || !take(&c, n, &p))
+                        goto bad;
+                    if (q)
+                        jbuf_put(out, ",", 1);
+                    jput_str(out, p, n);
+                }
+                if (fd->kind == FK_HDRS)
+                    jbuf_put(out, "]", 1);
+            }
+            jbuf_put(out, "]", 1);
+            break;
+        }
+        default:
+            goto bad;
+        }
+    }
+    jput(out, "}\n");
+    return 0;
+bad:
+    out->len = start;
+    return -1;
+}

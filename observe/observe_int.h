@@ -1,0 +1,143 @@
+/* Private to observe/: record layout, schema, rings, ring file. See docs/event-ring.md. */
+#ifndef SOTH_OBSERVE_INT_H
+#define SOTH_OBSERVE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "soth/observe.h"
+
+/*
+ * One event record, the same bytes in a worker's SPSC ring, in the ring file and in what the
+ * reader decodes. Followed by client_addr, server_host and the type's fields (schema below),
+ * padded to a multiple of 8.
+ */
+struct ev_rec {
+    uint32_t len;  /* whole record in bytes, multiple of 8 */
+    uint16_t type; /* enum soth_ev_type, or REC_PAD */
+    uint16_t worker;
+    uint64_t gseq; /* set by the telemetry thread */
+    uint64_t pos;  /* ring file: the record's own position (lap detection) */
+    uint64_t flow_id;
+    uint64_t ts_ns;
+    uint32_t seq;
+    uint16_t server_port;
+    uint8_t protocol;
+    uint8_t client_addr_len;
+    uint8_t server_host_len;
+    uint8_t pad[7];
+};
+_Static_assert(sizeof(struct ev_rec) == 56, "record header is part of the file format");
+
+#define REC_PAD   0xffff
+#define REC_ALIGN 8u
+#define REC_MAX   (1u << 20) /* no single record is larger (capped captures keep far below) */
+
+/* Field kinds of the compact encoding. */
+enum fk {
+    FK_U64 = 0, /* 8 bytes */
+    FK_I64N,    /* 8 bytes signed; negative = JSON null */
+    FK_BOOL,    /* 8 bytes */
+    FK_ENUM,    /* 8 bytes index into names */
+    FK_STR,     /* u32 len + bytes: JSON string */
+    FK_OPTSTR,  /* u32 len (0xffffffff = null) + bytes */
+    FK_OMITSTR, /* as OPTSTR, but a null is left out of the JSON object */
+    FK_B64,     /* u32 len + bytes: JSON base64 string */
+    FK_JSON,    /* u32 len (0xffffffff = absent: left out) + JSON text, copied verbatim */
+    FK_HDRS,    /* u32 count, then per field u32 len + name, u32 len + value */
+    FK_STRLIST, /* u32 count, then u32 len + bytes each */
+};
+
+#define NULL_LEN 0xffffffffu
+
+struct field_def {
+    const char *name;
+    uint8_t kind;
+    const char *const *names; /* FK_ENUM */
+    uint32_t n_names;
+};
+
+#define EV_MAX_FIELDS 12
+struct type_def {
+    struct field_def f[EV_MAX_FIELDS];
+    unsigned n;
+};
+extern const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT];
+
+/* A growable output buffer for JSON (tail and sinks; never on a worker). */
+struct jbuf {
+    char *p;
+    size_t len, cap;
+};
+void jbuf_put(struct jbuf *b, const void *p, size_t n);
+void jbuf_free(struct jbuf *b);
+
+/**
+ * Append one record as a JSON line (with '\n'). Returns 0, or -1 when the record is malformed
+ * (bounds are checked: records may come from a file someone else wrote).
+ */
+int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out);
+
+/* ---- the per-worker SPSC ring */
+struct soth_ev_producer {
+    /* producer (worker) side */
+    _Alignas(SOTH_CACHELINE) uint64_t tail; /* next write position (private) */
+    uint64_t head_cache;                    /* last seen consumer position */
+    uint64_t cap, mask;
+    char *data;
+    struct soth_observe *obs;
+    struct soth_metrics *m;
+    unsigned worker;
+    /* published positions */
+    _Alignas(SOTH_CACHELINE) _Atomic uint64_t pub_tail; /* written by the producer */
+    _Alignas(SOTH_CACHELINE) _Atomic uint64_t head;     /* written by the consumer */
+};
+
+/* ---- the ring file */
+#define RING_MAGIC    0x474e495248544f53ull /* "SOTHRING" little-endian */
+#define RING_VERSION  1u
+#define RING_HDR_SIZE 4096u
+
+struct ring_hdr {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t hdr_size;
+    uint64_t capacity;          /* data area bytes (power of two) */
+    _Atomic uint64_t write_pos; /* end of the last complete record (monotonic bytes) */
+    _Atomic uint64_t oldest;    /* start of the oldest record not being overwritten */
+    _Atomic uint64_t last_gseq; /* gseq of the last complete record */
+    uint64_t start_ns;          /* when the writer created the file */
+};
+
+/* ---- the subsystem */
+struct sink;
+
+struct soth_observe {
+    unsigned n_workers;
+    struct soth_ev_producer *prods;
+    struct soth_metrics *metrics;
+
+    char *ring_path;
+    int ring_fd;
+    struct ring_hdr *hdr;
+    char *ring_data;
+    uint64_t ring_cap;
+    uint64_t gseq;
+
+    struct sink *sinks;
+    size_t n_sinks;
+    _Atomic uint64_t sink_dropped;
+    struct jbuf line;
+
+    int efd;
+    _Atomic int sleeping;
+    _Atomic int stop;
+    bool started;
+    pthread_t thr;
+
+    int metrics_fd;
+    pthread_t metrics_thr;
+    bool metrics_started;
+};
+
+#endif

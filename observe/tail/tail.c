@@ -1,0 +1,121 @@
+/* soth-mitm-tail: print the binary event ring as JSON lines (SPEC "The binary event ring"). */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "soth/observe.h"
+
+static const char usage[] =
+    "usage: soth-mitm-tail [--from-start] [--once] [--type T[,T...]] [--flow ID] PATH\n"
+    "Prints each event of the soth-mitm event ring at PATH as one JSON line, following new\n"
+    "events until interrupted.\n"
+    "  --from-start   first print what the ring still holds\n"
+    "  --once         exit after printing what is there now\n"
+    "  --type T,...   only these event types\n"
+    "  --flow ID      only this flow_id\n";
+
+static volatile sig_atomic_t stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop = 1;
+}
+
+static void emit_line(void *ctx, const char *line, size_t len)
+{
+    (void)ctx;
+    fwrite(line, 1, len, stdout);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"from-start", no_argument, NULL, 's'}, {"once", no_argument, NULL, 'o'},
+        {"type", required_argument, NULL, 't'}, {"flow", required_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
+    };
+    struct soth_ring_filter flt = {0};
+    bool from_start = false, once = false;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            from_start = true;
+            break;
+        case 'o':
+            once = true;
+            break;
+        case 't': {
+            const char *p = optarg;
+            while (*p) {
+                size_t n = strcspn(p, ",");
+                int t = soth_ev_type_from_name(p, n);
+                if (t < 0) {
+                    fprintf(stderr, "soth-mitm-tail: --type: unknown event type \"%.*s\"\n", (int)n,
+                            p);
+                    return 2;
+                }
+                flt.type_mask |= 1ull << t;
+                p += n;
+                if (*p == ',')
+                    p++;
+            }
+            break;
+        }
+        case 'f': {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end) {
+                fprintf(stderr,
+                        "soth-mitm-tail: --flow: expected an unsigned integer, got \"%s\"\n",
+                        optarg);
+                return 2;
+            }
+            flt.has_flow = true;
+            flt.flow_id = v;
+            break;
+        }
+        case 'h':
+            fputs(usage, stdout);
+            return 0;
+        default:
+            fprintf(stderr, "soth-mitm-tail: unknown or incomplete option \"%s\"\n%s",
+                    argv[optind - 1], usage);
+            return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    char err[512];
+    struct soth_ring_reader *r = soth_ring_reader_open(argv[optind], err, sizeof(err));
+    if (r == NULL) {
+        fprintf(stderr, "soth-mitm-tail: %s\n", err);
+        return 1;
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGPIPE, SIG_DFL);
+    soth_ring_reader_seek(r, from_start);
+    while (!stop) {
+        size_t n = soth_ring_reader_poll(r, &flt, emit_line, NULL);
+        if (n > 0)
+            fflush(stdout);
+        if (once)
+            break;
+        if (n == 0) {
+            struct timespec ts = {0, 2 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    fflush(stdout);
+    soth_ring_reader_free(r);
+    return 0;
+}
