@@ -595,19 +595,35 @@ static size_t utf8_len(const unsigned char *p, size_t n)
     return len;
 }
 
+static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n);
+
 /*
- * A JSON string for arbitrary bytes, losslessly: valid UTF-8 is kept, every byte that is not
- * part of valid UTF-8 becomes the lone surrogate U+DC80+byte ("\udcXX"), which valid UTF-8 can
- * never produce (Python reads it back with errors="surrogateescape"). docs/events.md.
+ * A JSON value for arbitrary bytes, losslessly and as strictly valid JSON: bytes that are valid
+ * UTF-8 become a JSON string; anything else becomes {"b64":"<base64 of the raw bytes>"}, so a
+ * consumer never gets a silently altered header name or value. docs/events.md.
  */
 static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n;) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t l = utf8_len(p + i, n - i);
+        if (l == 0) {
+            jbuf_put(b, "{\"b64\":", 7);
+            jput_b64(b, p, n);
+            jbuf_put(b, "}", 1);
+            return;
+        }
+        i += l;
+    }
     jbuf_put(b, "\"", 1);
     size_t i = 0;
     while (i < n) {
         size_t run = i;
-        while (run < n && p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' && p[run] != '\\')
+        while (run < n && p[run] >= 0x20 && p[run] != 0x7f && p[run] != '"' && p[run] != '\\')
             run++;
         if (run > i) {
             jbuf_put(b, p + i, run - i);
@@ -615,18 +631,6 @@ static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
             continue;
         }
         unsigned char c = p[i];
-        if (c >= 0x80) {
-            size_t l = utf8_len(p + i, n - i);
-            if (l > 0) {
-                jbuf_put(b, p + i, l);
-                i += l;
-                continue;
-            }
-            char esc[6] = {'\\', 'u', 'd', 'c', hex[c >> 4], hex[c & 15]};
-            jbuf_put(b, esc, 6);
-            i++;
-            continue;
-        }
         switch (c) {
         case '"':
             jput(b, "\\\"");

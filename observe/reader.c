@@ -111,10 +111,33 @@ void soth_ring_reader_free(struct soth_ring_reader *r)
 
 void soth_ring_reader_seek(struct soth_ring_reader *r, bool from_start)
 {
-    r->pos = from_start ? atomic_load_explicit(&r->hdr->oldest, memory_order_acquire)
-                        : atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
-    r->last_gseq = from_start ? 0 : atomic_load_explicit(&r->hdr->last_gseq, memory_order_acquire);
     r->lapped = false;
+    if (!from_start) {
+        /* last_gseq first: records published after it are all ahead of write_pos's record. */
+        r->last_gseq = atomic_load_explicit(&r->hdr->last_gseq, memory_order_acquire);
+        r->pos = atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
+        return;
+    }
+    /* From the oldest record held: what was overwritten before we came is not a lap of ours. */
+    r->pos = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
+    r->last_gseq = 0;
+    uint64_t wp = atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
+    for (uint64_t p = r->pos; p < wp;) {
+        uint64_t off = p & (r->cap - 1);
+        uint32_t len;
+        uint16_t type;
+        memcpy(&len, r->data + off, 4);
+        memcpy(&type, r->data + off + 4, 2);
+        if (len < REC_ALIGN || len % REC_ALIGN || off + len > r->cap)
+            break;
+        if (type != REC_PAD && len >= sizeof(struct ev_rec)) {
+            uint64_t g;
+            memcpy(&g, r->data + off + offsetof(struct ev_rec, gseq), 8);
+            r->last_gseq = g ? g - 1 : 0;
+            break;
+        }
+        p += len;
+    }
 }
 
 static bool wanted(const struct soth_ring_filter *flt, const struct ev_rec *rec)
@@ -167,9 +190,8 @@ size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_
         if (type == REC_PAD)
             continue;
         struct ev_rec *rec = (struct ev_rec *)r->rec;
-        if (r->lapped || (r->last_gseq && rec->gseq > r->last_gseq + 1)) {
-            uint64_t lost =
-                r->last_gseq && rec->gseq > r->last_gseq ? rec->gseq - r->last_gseq - 1 : 0;
+        if (r->lapped || rec->gseq > r->last_gseq + 1) {
+            uint64_t lost = rec->gseq > r->last_gseq ? rec->gseq - r->last_gseq - 1 : 0;
             char line[96];
             int ln = snprintf(line, sizeof(line), "{\"type\":\"ring_overrun\",\"lost\":%llu}\n",
                               (unsigned long long)lost);
