@@ -122,8 +122,10 @@ void soth_ring_reader_seek(struct soth_ring_reader *r, bool from_start)
     r->pos = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
     r->last_gseq = 0;
     uint64_t wp = atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
-    for (uint64_t p = r->pos; p < wp;) {
+    for (uint64_t p = r->pos; p < wp && wp - p <= r->cap;) {
         uint64_t off = p & (r->cap - 1);
+        if (off % REC_ALIGN != 0 || off + REC_ALIGN > r->cap)
+            break;
         uint32_t len;
         uint16_t type;
         memcpy(&len, r->data + off, 4);
@@ -158,16 +160,23 @@ size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_
     uint64_t wp = atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
     while (r->pos < wp) {
         uint64_t oldest = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
+        if (oldest > wp || wp - oldest > r->cap) {
+            /* The writer never publishes this: a corrupted file. Bound the work and stop. */
+            r->pos = wp;
+            break;
+        }
         if (r->pos < oldest) {
             r->pos = oldest;
             r->lapped = true;
             continue;
         }
         uint64_t off = r->pos & (r->cap - 1);
-        uint32_t len;
-        uint16_t type;
-        memcpy(&len, r->data + off, 4);
-        memcpy(&type, r->data + off + 4, 2);
+        uint32_t len = 0;
+        uint16_t type = 0;
+        if (off % REC_ALIGN == 0 && off + REC_ALIGN <= r->cap) {
+            memcpy(&len, r->data + off, 4);
+            memcpy(&type, r->data + off + 4, 2);
+        }
         bool sane = len >= REC_ALIGN && len % REC_ALIGN == 0 && off + len <= r->cap &&
                     (type == REC_PAD || (len >= sizeof(struct ev_rec) && len <= REC_MAX));
         if (sane && type != REC_PAD)

@@ -1,0 +1,1 @@
+soth_add_fuzz(config LIBS soth_base)

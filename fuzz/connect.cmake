@@ -1,0 +1,1 @@
+soth_add_fuzz(connect LIBS soth_proto)

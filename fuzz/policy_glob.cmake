@@ -1,0 +1,1 @@
+soth_add_fuzz(policy_glob LIBS soth_policy)
