@@ -1,8 +1,13 @@
 /*
- * The proxy request head (RFC 9112 request line + fields) for regular mode: CONNECT in
- * authority-form and absolute-form requests. Stateless over a growing buffer: the caller keeps
- * the bytes and calls again after SOTH_E_INCOMPLETE; the scan is linear and bounded by the
- * limits, so re-parsing a head that arrives in pieces costs little.
+ * The proxy request head (RFC 9112 request line + field lines) for regular mode: CONNECT in
+ * authority-form and absolute-form requests.
+ *
+ * Stateless over a growing buffer: the caller keeps the bytes and calls again after
+ * SOTH_E_INCOMPLETE. The scan runs strictly left to right and every decision looks only at
+ * bytes before the current position, limits included. So a prefix of the input either gives
+ * SOTH_E_INCOMPLETE or exactly the result of the whole input: the answer never depends on how
+ * the bytes were split over reads (tests and the fuzzer check this), and an error is reported
+ * at the first byte that makes the head invalid.
  */
 #include <arpa/inet.h>
 #include <string.h>
@@ -13,138 +18,241 @@
 #define DEFAULT_MAX_LINE 8192
 #define DEFAULT_MAX_HEAD 65536
 
-struct perr {
-    const char **code, **detail;
+/* Byte classes, one table lookup per byte on the scanning loops. */
+#define C_TCHAR 0x01 /* RFC 9110 5.6.2 token character */
+#define C_HOST  0x02 /* reg-name characters we accept: ALPHA DIGIT - . _ */
+#define C_CTL   0x04 /* 0x00-0x1f and 0x7f (HTAB, CR and LF included) */
+#define C_URI   0x08 /* RFC 3986 characters allowed in a request-target */
+#define C_FVAL  0x10 /* field-value byte: VCHAR, obs-text, SP, HTAB */
+
+#define IS_ALNUM(c)                                                                                \
+    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || ((c) >= '0' && (c) <= '9'))
+#define IS_HOST(c) (IS_ALNUM(c) || (c) == '-' || (c) == '.' || (c) == '_')
+#define IS_TCHAR(c)                                                                                \
+    (IS_HOST(c) || (c) == '!' || (c) == '#' || (c) == '$' || (c) == '%' || (c) == '&' ||           \
+     (c) == '\'' || (c) == '*' || (c) == '+' || (c) == '^' || (c) == '`' || (c) == '|' ||          \
+     (c) == '~')
+/* unreserved, gen-delims, sub-delims and '%' (RFC 3986 2.1-2.3) */
+#define IS_URI(c)                                                                                  \
+    (IS_HOST(c) || (c) == '~' || (c) == ':' || (c) == '/' || (c) == '?' || (c) == '#' ||           \
+     (c) == '[' || (c) == ']' || (c) == '@' || (c) == '!' || (c) == '$' || (c) == '&' ||           \
+     (c) == '\'' || (c) == '(' || (c) == ')' || (c) == '*' || (c) == '+' || (c) == ',' ||          \
+     (c) == ';' || (c) == '=' || (c) == '%')
+#define IS_CTL(c)  ((c) < 0x20 || (c) == 0x7f)
+#define IS_FVAL(c) (((c) > 0x20 && (c) != 0x7f) || (c) == ' ' || (c) == '\t')
+#define K(c)                                                                                       \
+    ((IS_TCHAR(c) ? C_TCHAR : 0) | (IS_HOST(c) ? C_HOST : 0) | (IS_CTL(c) ? C_CTL : 0) |           \
+     (IS_URI(c) ? C_URI : 0) | (IS_FVAL(c) ? C_FVAL : 0))
+#define K4(b)  K(b), K((b) + 1), K((b) + 2), K((b) + 3)
+#define K16(b) K4(b), K4((b) + 4), K4((b) + 8), K4((b) + 12)
+#define K64(b) K16(b), K16((b) + 16), K16((b) + 32), K16((b) + 48)
+
+static const unsigned char byte_class[256] = {K64(0), K64(64), K64(128), K64(192)};
+
+static inline bool has(unsigned char c, unsigned char k)
+{
+    return (byte_class[c] & k) != 0;
+}
+
+struct scan {
+    const char *buf;
+    size_t len;
+    enum soth_head_mode mode;
+    size_t max_line, max_head, max_headers;
+    const char *code, *detail;
 };
 
-static ssize_t bad(struct perr *e, ssize_t rc, const char *code, const char *detail)
+static ssize_t fail(struct scan *s, ssize_t rc, const char *code, const char *detail)
 {
-    *e->code = code;
-    *e->detail = detail;
+    s->code = code;
+    s->detail = detail;
     return rc;
 }
 
-/* RFC 9110 tchar */
-static bool is_tchar(unsigned char c)
+/*
+ * Byte i of the request line: >= 0 the byte, else an error or SOTH_E_INCOMPLETE. The head
+ * limit is checked before availability (a head that needs byte max_head is too large whether
+ * that byte came or not); the line limit after, since a line end at max_line is fine.
+ */
+static int line_byte(struct scan *s, size_t i)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    if (i >= s->max_head)
+        return (int)fail(s, SOTH_E_TOO_LARGE, "head_too_large", "request head too large");
+    if (i >= s->len)
+        return SOTH_E_INCOMPLETE;
+    unsigned char c = (unsigned char)s->buf[i];
+    if (i >= s->max_line && c != '\r' && c != '\n')
+        return (int)fail(s, SOTH_E_TOO_LARGE, "line_too_long", "request line too long");
+    return c;
 }
 
-static bool is_host_char(unsigned char c)
+/* Byte i of a field line or the final blank line. */
+static int head_byte(struct scan *s, size_t i)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_';
+    if (i >= s->max_head)
+        return (int)fail(s, SOTH_E_TOO_LARGE, "head_too_large", "request head too large");
+    if (i >= s->len)
+        return SOTH_E_INCOMPLETE;
+    return (unsigned char)s->buf[i];
 }
 
-static bool is_ctl(unsigned char c)
+static bool is_ws(int c)
 {
-    return c < 0x20 || c == 0x7f;
+    return c == ' ' || c == '\t';
+}
+
+/* A separator between request-line tokens: SP; lenient also takes HTAB. */
+static bool is_sep(const struct scan *s, int c)
+{
+    return c == ' ' || (s->mode == SOTH_HEAD_LENIENT && c == '\t');
 }
 
 /**
- * Find the end of the line starting at off. Returns the index of '\n' or -1 when not there
- * yet. *content_end is where the line's content stops (before CR LF or LF).
+ * Line end at i (c = byte i, CR or LF). Returns the index after the LF, or an error /
+ * SOTH_E_INCOMPLETE. A CR must be followed by LF (a bare CR is never a line end: RFC 9112 2.2,
+ * and llhttp 8.1 gets it wrong); a bare LF is accepted only in lenient mode.
  */
-static ssize_t line_end(const char *buf, size_t len, size_t off, size_t limit, size_t *content_end)
+static ssize_t line_end(struct scan *s, size_t i, int c, bool request_line)
 {
-    size_t stop = len < off + limit ? len : off + limit;
-    const char *nl = memchr(buf + off, '\n', stop - off);
-    if (nl == NULL)
-        return -1;
-    size_t i = (size_t)(nl - buf);
-    *content_end = (i > off && buf[i - 1] == '\r') ? i - 1 : i;
-    return (ssize_t)i;
+    if (c == '\n') {
+        if (s->mode == SOTH_HEAD_STRICT)
+            return fail(s, SOTH_E_MALFORMED, "bare_lf", "line ends must be CRLF");
+        return (ssize_t)i + 1;
+    }
+    int n = request_line ? line_byte(s, i + 1) : head_byte(s, i + 1);
+    if (n < 0)
+        return n;
+    if (n != '\n')
+        return fail(s, SOTH_E_MALFORMED, "control_bytes", "CR not followed by LF");
+    return (ssize_t)i + 2;
 }
 
-/** Parse "host:port" or "[v6]:port" (port required when need_port). */
-static ssize_t parse_authority(struct perr *e, const char *a, size_t n, bool need_port,
+/* ---- request-target ---------------------------------------------------------------------- */
+
+/** Numeric last label ("1", "0x7f"): inet_aton would read such a name as an IPv4 address. */
+static bool last_label_numeric(const char *h, size_t n)
+{
+    size_t s = n;
+    while (s > 0 && h[s - 1] != '.')
+        s--;
+    if (s == n)
+        return false;
+    if (n - s > 2 && h[s] == '0' && (h[s + 1] == 'x' || h[s + 1] == 'X')) {
+        for (size_t i = s + 2; i < n; i++)
+            if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f') ||
+                  (h[i] >= 'A' && h[i] <= 'F')))
+                return false;
+        return true;
+    }
+    for (size_t i = s; i < n; i++)
+        if (h[i] < '0' || h[i] > '9')
+            return false;
+    return true;
+}
+
+static ssize_t check_reg_name(struct scan *s, const char *h, size_t n)
+{
+    if (n == 0)
+        return fail(s, SOTH_E_MALFORMED, "bad_target", "empty host");
+    if (n > SOTH_HEAD_MAX_HOST)
+        return fail(s, SOTH_E_MALFORMED, "bad_target", "host longer than 255 bytes");
+    for (size_t i = 0; i < n; i++) {
+        if (!has((unsigned char)h[i], C_HOST))
+            return fail(s, SOTH_E_MALFORMED, "bad_target", "invalid character in host");
+        /* Empty labels: only one trailing dot (an absolute name) is allowed. */
+        if (h[i] == '.' && (i == 0 || h[i - 1] == '.'))
+            return fail(s, SOTH_E_MALFORMED, "bad_target", "empty label in host");
+    }
+    size_t core = h[n - 1] == '.' ? n - 1 : n;
+    if (last_label_numeric(h, core)) {
+        /* Only dotted-quad IPv4: "127.1", "0x7f.1" or "2130706433" would reach an address
+         * the policy never saw as text (inet_aton shorthand, which getaddrinfo accepts). */
+        char tmp[INET_ADDRSTRLEN];
+        struct in_addr a4;
+        if (n >= sizeof(tmp))
+            return fail(s, SOTH_E_MALFORMED, "bad_target", "numeric host is not an IPv4 address");
+        memcpy(tmp, h, n);
+        tmp[n] = '\0';
+        if (inet_pton(AF_INET, tmp, &a4) != 1)
+            return fail(s, SOTH_E_MALFORMED, "bad_target", "numeric host is not an IPv4 address");
+    }
+    return 0;
+}
+
+/** Parse "host[:port]" or "[v6][:port]"; a missing port is an error when need_port. */
+static ssize_t parse_authority(struct scan *s, const char *a, size_t n, bool need_port,
                                uint16_t default_port, struct soth_proxy_head *out)
 {
-    const char *host;
-    size_t host_len;
-    const char *rest;
-    size_t rest_len;
-    out->host_is_ipv6 = false;
+    const char *host, *rest;
+    size_t host_len, rest_len;
     if (n > 0 && a[0] == '[') {
         const char *rb = memchr(a, ']', n);
         if (rb == NULL)
-            return bad(e, SOTH_E_MALFORMED, "bad_brackets", "unterminated '[' in the authority");
+            return fail(s, SOTH_E_MALFORMED, "bad_brackets", "unterminated '[' in the authority");
         host = a + 1;
         host_len = (size_t)(rb - host);
         rest = rb + 1;
         rest_len = n - (size_t)(rest - a);
         if (rest_len > 0 && rest[0] != ':')
-            return bad(e, SOTH_E_MALFORMED, "bad_brackets", "unexpected bytes after ']'");
-        char tmp[INET6_ADDRSTRLEN + 1];
+            return fail(s, SOTH_E_MALFORMED, "bad_brackets", "unexpected bytes after ']'");
+        char tmp[INET6_ADDRSTRLEN];
         unsigned char bin[16];
         if (host_len == 0 || host_len >= sizeof(tmp))
-            return bad(e, SOTH_E_MALFORMED, "bad_brackets", "not an IPv6 address in brackets");
+            return fail(s, SOTH_E_MALFORMED, "bad_brackets", "not an IPv6 address in brackets");
         memcpy(tmp, host, host_len);
         tmp[host_len] = '\0';
         if (inet_pton(AF_INET6, tmp, bin) != 1)
-            return bad(e, SOTH_E_MALFORMED, "bad_brackets", "not an IPv6 address in brackets");
+            return fail(s, SOTH_E_MALFORMED, "bad_brackets", "not an IPv6 address in brackets");
         out->host_is_ipv6 = true;
     } else {
         const char *colon = NULL;
         for (size_t i = 0; i < n; i++) {
+            if (a[i] == '[' || a[i] == ']')
+                return fail(s, SOTH_E_MALFORMED, "bad_brackets", "bracket inside the host");
             if (a[i] == ':') {
                 if (colon != NULL)
-                    return bad(e, SOTH_E_MALFORMED, "bad_brackets",
-                               "IPv6 address without brackets");
+                    return fail(s, SOTH_E_MALFORMED, "bad_brackets",
+                                "an IPv6 address needs brackets");
                 colon = a + i;
-            } else if (a[i] == ']') {
-                return bad(e, SOTH_E_MALFORMED, "bad_brackets", "']' without '['");
             }
         }
         host = a;
-        host_len = colon ? (size_t)(colon - a) : n;
-        rest = colon ? colon : a + n;
+        host_len = colon != NULL ? (size_t)(colon - a) : n;
+        rest = a + host_len;
         rest_len = n - host_len;
-        if (host_len == 0)
-            return bad(e, SOTH_E_MALFORMED, "bad_target", "empty host");
-        if (host_len > 253)
-            return bad(e, SOTH_E_MALFORMED, "bad_target", "host name longer than 253 bytes");
-        for (size_t i = 0; i < host_len; i++)
-            if (!is_host_char((unsigned char)host[i]))
-                return bad(e, SOTH_E_MALFORMED, "bad_target", "invalid character in host");
+        ssize_t rc = check_reg_name(s, host, host_len);
+        if (rc < 0)
+            return rc;
     }
     out->host = soth_iov(host, host_len);
-    if (rest_len == 0) {
+    if (rest_len <= 1) {
+        /* No port, or an empty one after ':' (RFC 3986 6.2.3: the default port). */
         if (need_port)
-            return bad(e, SOTH_E_MALFORMED, "missing_port", "CONNECT target needs host:port");
+            return fail(s, SOTH_E_MALFORMED, "missing_port", "CONNECT target needs host:port");
         out->port = default_port;
         return 0;
     }
-    /* rest = ":digits" */
-    if (rest_len == 1)
-        return bad(e, SOTH_E_MALFORMED, "missing_port", "empty port");
     uint32_t port = 0;
     for (size_t i = 1; i < rest_len; i++) {
         char c = rest[i];
         if (c < '0' || c > '9' || i > 5)
-            return bad(e, SOTH_E_MALFORMED, "invalid_port", "port must be 1..65535");
+            return fail(s, SOTH_E_MALFORMED, "invalid_port", "port must be 1..65535");
         port = port * 10 + (uint32_t)(c - '0');
     }
     if (port == 0 || port > 65535)
-        return bad(e, SOTH_E_MALFORMED, "invalid_port", "port must be 1..65535");
+        return fail(s, SOTH_E_MALFORMED, "invalid_port", "port must be 1..65535");
     out->port = (uint16_t)port;
     return 0;
 }
 
-static ssize_t parse_target(struct perr *e, struct soth_proxy_head *out)
+static ssize_t parse_target(struct scan *s, struct soth_proxy_head *out)
 {
     const char *t = out->target.base;
     size_t n = out->target.len;
-    for (size_t i = 0; i < n; i++)
-        if (is_ctl((unsigned char)t[i]) || t[i] == ' ' || (unsigned char)t[i] >= 0x80)
-            return bad(e, SOTH_E_MALFORMED, "control_bytes", "control or non-ASCII byte in target");
-    out->scheme = SOTH_IOV_NULL;
-    out->path = SOTH_IOV_NULL;
     if (out->is_connect)
-        return parse_authority(e, t, n, true, 0, out);
-    /* absolute-form: scheme "://" authority [path-abempty] ["?" query] */
+        return parse_authority(s, t, n, true, 0, out);
+
+    /* absolute-form (RFC 9112 3.2.2): scheme "://" authority path-abempty ["?" query] */
     uint16_t dport;
     size_t skip;
     if (n >= 7 && strncasecmp(t, "http://", 7) == 0) {
@@ -154,8 +262,8 @@ static ssize_t parse_target(struct perr *e, struct soth_proxy_head *out)
         dport = 443;
         skip = 8;
     } else {
-        return bad(e, SOTH_E_MALFORMED, "bad_target",
-                   "a proxy request needs an absolute URI (http://host/path) or CONNECT");
+        return fail(s, SOTH_E_MALFORMED, "bad_target",
+                    "a proxy request needs CONNECT or an absolute URI (http://host/path)");
     }
     out->scheme = soth_iov(t, skip - 3);
     const char *a = t + skip;
@@ -163,168 +271,226 @@ static ssize_t parse_target(struct perr *e, struct soth_proxy_head *out)
     while (alen < n - skip && a[alen] != '/' && a[alen] != '?' && a[alen] != '#')
         alen++;
     if (memchr(a, '@', alen) != NULL)
-        return bad(e, SOTH_E_MALFORMED, "bad_target", "userinfo in a proxy request URI");
-    ssize_t rc = parse_authority(e, a, alen, false, dport, out);
+        return fail(s, SOTH_E_MALFORMED, "bad_target", "userinfo in a proxy request URI");
+    ssize_t rc = parse_authority(s, a, alen, false, dport, out);
     if (rc < 0)
         return rc;
     const char *p = a + alen;
     size_t plen = n - skip - alen;
+    const char *hash = memchr(p, '#', plen);
+    if (hash != NULL) {
+        /* absolute-URI has no fragment; clients are not supposed to send one. */
+        if (s->mode == SOTH_HEAD_STRICT)
+            return fail(s, SOTH_E_MALFORMED, "bad_target", "fragment in the request target");
+        plen = (size_t)(hash - p);
+    }
     if (plen == 0) {
         out->path = SOTH_IOV_LIT("/");
     } else if (p[0] != '/') {
-        return bad(e, SOTH_E_MALFORMED, "bad_target", "URI path must start with '/'");
+        /* "http://h?q": origin-form would need a '/' we cannot insert into the caller's
+         * bytes, and no client sends this. */
+        return fail(s, SOTH_E_MALFORMED, "bad_target", "URI path must start with '/'");
     } else {
-        /* The fragment is not sent to servers (RFC 9110 4.2.4). */
-        const char *hash = memchr(p, '#', plen);
-        out->path = soth_iov(p, hash ? (size_t)(hash - p) : plen);
+        out->path = soth_iov(p, plen);
     }
     return 0;
 }
 
-static ssize_t parse_request_line(struct perr *e, const char *l, size_t n, enum soth_head_mode mode,
-                                  struct soth_proxy_head *out)
+/* ---- request line ------------------------------------------------------------------------ */
+
+/** Returns line_len or an error / SOTH_E_INCOMPLETE. */
+static ssize_t scan_request_line(struct scan *s, struct soth_proxy_head *out)
 {
     size_t i = 0;
-    if (mode == SOTH_HEAD_LENIENT)
-        while (i < n && (l[i] == ' ' || l[i] == '\t'))
+    int c;
+    bool lenient = s->mode == SOTH_HEAD_LENIENT;
+
+    if (lenient)
+        while ((c = line_byte(s, i)) >= 0 && is_ws(c))
             i++;
+
+    /* method = token */
     size_t ms = i;
-    while (i < n && is_tchar((unsigned char)l[i]))
+    while ((c = line_byte(s, i)) >= 0 && has((unsigned char)c, C_TCHAR))
         i++;
-    if (i == ms || i >= n || l[i] != ' ') {
-        if (i < n && is_ctl((unsigned char)l[i]) && l[i] != '\t')
-            return bad(e, SOTH_E_MALFORMED, "control_bytes", "control byte in the method");
-        return bad(e, SOTH_E_MALFORMED, "bad_method", "the request line must start with a method");
+    if (c < 0)
+        return c;
+    if (i == ms || !is_sep(s, c)) {
+        if (c == 0x16 && i == ms)
+            return fail(s, SOTH_E_MALFORMED, "control_bytes",
+                        "a TLS handshake; this port speaks plain HTTP proxy requests");
+        if (c == '\r' || c == '\n' || (i > ms && c == '\t'))
+            return fail(s, SOTH_E_MALFORMED, "bad_request_line",
+                        "the request line must be METHOD SP TARGET SP VERSION");
+        if (has((unsigned char)c, C_CTL))
+            return fail(s, SOTH_E_MALFORMED, "control_bytes", "control byte in the method");
+        if (i == ms && c == ' ')
+            return fail(s, SOTH_E_MALFORMED, "bad_request_line", "space before the method");
+        return fail(s, SOTH_E_MALFORMED, "bad_method", "the method must be a token");
     }
-    out->method = soth_iov(l + ms, i - ms);
-    i++;
-    if (mode == SOTH_HEAD_LENIENT)
-        while (i < n && (l[i] == ' ' || l[i] == '\t'))
-            i++;
-    size_t ts = i;
-    while (i < n && l[i] != ' ' && !(mode == SOTH_HEAD_LENIENT && l[i] == '\t'))
-        i++;
-    if (i == ts || i >= n)
-        return bad(e, SOTH_E_MALFORMED, "bad_request_line",
-                   "the request line must be METHOD TARGET VERSION");
-    out->target = soth_iov(l + ts, i - ts);
-    i++;
-    if (mode == SOTH_HEAD_LENIENT)
-        while (i < n && (l[i] == ' ' || l[i] == '\t'))
-            i++;
-    size_t vs = i;
-    size_t ve = n;
-    if (mode == SOTH_HEAD_LENIENT)
-        while (ve > vs && (l[ve - 1] == ' ' || l[ve - 1] == '\t'))
-            ve--;
-    out->version = soth_iov(l + vs, ve - vs);
-    if (out->version.len != 8 || (memcmp(out->version.base, "HTTP/1.1", 8) != 0 &&
-                                  memcmp(out->version.base, "HTTP/1.0", 8) != 0)) {
-        for (size_t k = vs; k < ve; k++)
-            if (is_ctl((unsigned char)l[k]))
-                return bad(e, SOTH_E_MALFORMED, "control_bytes", "control byte in the version");
-        return bad(e, SOTH_E_MALFORMED, "bad_version", "version must be HTTP/1.1 or HTTP/1.0");
-    }
+    out->method = soth_iov(s->buf + ms, i - ms);
     out->is_connect = out->method.len == 7 && memcmp(out->method.base, "CONNECT", 7) == 0;
-    return parse_target(e, out);
+    i++;
+    if (lenient)
+        while ((c = line_byte(s, i)) >= 0 && is_ws(c))
+            i++;
+
+    /* request-target: validated character by character, then as a whole at its end */
+    size_t ts = i;
+    for (;; i++) {
+        c = line_byte(s, i);
+        if (c < 0)
+            return c;
+        if (is_sep(s, c))
+            break;
+        if (c == '\r' || c == '\n')
+            return fail(s, SOTH_E_MALFORMED, "bad_request_line",
+                        "the request line must be METHOD SP TARGET SP VERSION");
+        if (has((unsigned char)c, C_CTL))
+            return fail(s, SOTH_E_MALFORMED, "control_bytes", "control byte in the target");
+        if (!(lenient ? c < 0x7f : has((unsigned char)c, C_URI)))
+            return fail(s, SOTH_E_MALFORMED, "bad_target", "invalid character in the target");
+    }
+    if (i == ts)
+        return fail(s, SOTH_E_MALFORMED, "bad_request_line",
+                    "the request line must be METHOD SP TARGET SP VERSION");
+    out->target = soth_iov(s->buf + ts, i - ts);
+    ssize_t rc = parse_target(s, out);
+    if (rc < 0)
+        return rc;
+    i++;
+    if (lenient)
+        while ((c = line_byte(s, i)) >= 0 && is_ws(c))
+            i++;
+
+    /* HTTP-version, exactly HTTP/1.0 or HTTP/1.1 (HTTP-name is case-sensitive) */
+    static const char ver[] = "HTTP/1.";
+    size_t vs = i;
+    for (size_t k = 0; k < 8; k++, i++) {
+        c = line_byte(s, i);
+        if (c < 0)
+            return c;
+        bool ok = k < 7 ? c == ver[k] : (c == '0' || c == '1');
+        if (!ok) {
+            if (has((unsigned char)c, C_CTL) && c != '\r' && c != '\n')
+                return fail(s, SOTH_E_MALFORMED, "control_bytes", "control byte in the version");
+            if (k == 0 && (c == ' ' || c == '\r' || c == '\n'))
+                return fail(s, SOTH_E_MALFORMED, "bad_request_line",
+                            "the request line must be METHOD SP TARGET SP VERSION");
+            return fail(s, SOTH_E_MALFORMED, "bad_version", "version must be HTTP/1.1 or HTTP/1.0");
+        }
+    }
+    out->version = soth_iov(s->buf + vs, 8);
+    if (lenient)
+        while ((c = line_byte(s, i)) >= 0 && is_ws(c))
+            i++;
+    c = line_byte(s, i);
+    if (c < 0)
+        return c;
+    if (c != '\r' && c != '\n') {
+        if (c == ' ' || c == '\t')
+            return fail(s, SOTH_E_MALFORMED, "bad_request_line", "bytes after the version");
+        if (has((unsigned char)c, C_CTL))
+            return fail(s, SOTH_E_MALFORMED, "control_bytes", "control byte in the version");
+        return fail(s, SOTH_E_MALFORMED, "bad_version", "version must be HTTP/1.1 or HTTP/1.0");
+    }
+    return line_end(s, i, c, true);
 }
 
-static ssize_t parse_field(struct perr *e, const char *l, size_t n, struct soth_header *h)
+/* ---- field lines ------------------------------------------------------------------------- */
+
+/**
+ * One field line or the blank line at off. Returns the offset after its line end; *blank
+ * tells which it was. The field goes into *h.
+ */
+static ssize_t scan_field_line(struct scan *s, size_t off, struct soth_header *h, bool *blank,
+                               bool full)
 {
-    size_t i = 0;
-    while (i < n && is_tchar((unsigned char)l[i]))
-        i++;
-    if (i == 0 || i >= n || l[i] != ':') {
-        if (i < n && is_ctl((unsigned char)l[i]) && l[i] != '\t')
-            return bad(e, SOTH_E_MALFORMED, "control_bytes", "control byte in a field name");
-        return bad(e, SOTH_E_MALFORMED, "bad_header", "a field line must be NAME: VALUE");
+    size_t i = off;
+    int c = head_byte(s, i);
+    if (c < 0)
+        return c;
+    if (c == '\r' || c == '\n') {
+        *blank = true;
+        return line_end(s, i, c, false);
     }
-    h->name = soth_iov(l, i);
-    i++;
-    while (i < n && (l[i] == ' ' || l[i] == '\t'))
+    *blank = false;
+    if (is_ws(c))
+        /* RFC 9112 5.2: obs-fold in a request is rejected or rewritten; we never rewrite the
+         * caller's bytes, so both modes reject it. */
+        return fail(s, SOTH_E_MALFORMED, "obs_fold", "obsolete line folding is not accepted");
+    if (full)
+        return fail(s, SOTH_E_TOO_LARGE, "too_many_headers", "too many header fields");
+
+    /* field-name = token, then ':' at once (RFC 9112 5.1: no whitespace before the colon) */
+    while ((c = head_byte(s, i)) >= 0 && has((unsigned char)c, C_TCHAR))
         i++;
-    size_t vs = i, ve = n;
-    while (ve > vs && (l[ve - 1] == ' ' || l[ve - 1] == '\t'))
-        ve--;
-    for (size_t k = vs; k < ve; k++)
-        if (is_ctl((unsigned char)l[k]) && l[k] != '\t')
-            return bad(e, SOTH_E_MALFORMED, "control_bytes", "control byte in a field value");
-    h->value = soth_iov(l + vs, ve - vs);
-    return 0;
+    if (c < 0)
+        return c;
+    if (c != ':' || i == off) {
+        if (has((unsigned char)c, C_CTL) && c != '\r' && c != '\n' && c != '\t')
+            return fail(s, SOTH_E_MALFORMED, "control_bytes", "control byte in a field name");
+        return fail(s, SOTH_E_MALFORMED, "bad_header", "a field line must be NAME: VALUE");
+    }
+    h->name = soth_iov(s->buf + off, i - off);
+    i++;
+    while ((c = head_byte(s, i)) >= 0 && is_ws(c))
+        i++;
+    size_t vs = i, ve = i;
+    for (;; i++) {
+        c = head_byte(s, i);
+        if (c < 0)
+            return c;
+        if (c == '\r' || c == '\n')
+            break;
+        if (!has((unsigned char)c, C_FVAL))
+            return fail(s, SOTH_E_MALFORMED, "control_bytes", "control byte in a field value");
+        if (!is_ws(c))
+            ve = i + 1;
+    }
+    h->value = soth_iov(s->buf + vs, ve - vs);
+    return line_end(s, i, c, false);
 }
 
 ssize_t soth_proxy_head_parse(const char *buf, size_t len, enum soth_head_mode mode,
                               const struct soth_head_limits *limits, struct soth_proxy_head *out,
                               const char **reason_code, const char **detail)
 {
-    static const char *dummy_code, *dummy_detail;
-    struct perr e = {reason_code ? reason_code : &dummy_code, detail ? detail : &dummy_detail};
-    size_t max_line = limits && limits->max_line ? limits->max_line : DEFAULT_MAX_LINE;
-    size_t max_head = limits && limits->max_head ? limits->max_head : DEFAULT_MAX_HEAD;
-    size_t max_headers =
-        limits && limits->max_headers ? limits->max_headers : SOTH_HEAD_MAX_HEADERS;
-    if (max_headers > SOTH_HEAD_MAX_HEADERS)
-        max_headers = SOTH_HEAD_MAX_HEADERS;
+    struct scan s = {
+        .buf = buf,
+        .len = len,
+        .mode = mode == SOTH_HEAD_LENIENT ? SOTH_HEAD_LENIENT : SOTH_HEAD_STRICT,
+        .max_line = limits != NULL && limits->max_line ? limits->max_line : DEFAULT_MAX_LINE,
+        .max_head = limits != NULL && limits->max_head ? limits->max_head : DEFAULT_MAX_HEAD,
+        .max_headers =
+            limits != NULL && limits->max_headers ? limits->max_headers : SOTH_HEAD_MAX_HEADERS,
+    };
+    if (s.max_headers > SOTH_HEAD_MAX_HEADERS)
+        s.max_headers = SOTH_HEAD_MAX_HEADERS;
     memset(out, 0, offsetof(struct soth_proxy_head, headers));
 
-    size_t cend;
-    ssize_t nl = line_end(buf, len, 0, max_line + 2, &cend);
-    if (nl < 0) {
-        if (len >= max_line + 2)
-            return bad(&e, SOTH_E_TOO_LARGE, "line_too_long", "request line too long");
-        /* Fail early on bytes that can never start a request line. */
-        for (size_t i = 0; i < len; i++) {
-            unsigned char c = (unsigned char)buf[i];
-            if (c == '\r' && i + 1 < len)
-                return bad(&e, SOTH_E_MALFORMED, "control_bytes", "bare CR in the request line");
-            if (is_ctl(c) && c != '\r' && c != '\t')
-                return bad(&e, SOTH_E_MALFORMED, "control_bytes", "control byte in the request");
+    ssize_t rc = scan_request_line(&s, out);
+    if (rc >= 0) {
+        out->line_len = (size_t)rc;
+        size_t off = out->line_len;
+        for (;;) {
+            bool blank = false;
+            bool full = out->n_headers >= s.max_headers;
+            struct soth_header *h = full ? NULL : &out->headers[out->n_headers];
+            rc = scan_field_line(&s, off, h, &blank, full);
+            if (rc < 0)
+                break;
+            off = (size_t)rc;
+            if (blank) {
+                out->head_len = off;
+                break;
+            }
+            out->n_headers++;
         }
-        return SOTH_E_INCOMPLETE;
     }
-    if (cend == (size_t)nl && mode == SOTH_HEAD_STRICT)
-        return bad(&e, SOTH_E_MALFORMED, "bare_lf", "line ends must be CRLF");
-    if (cend > max_line)
-        return bad(&e, SOTH_E_TOO_LARGE, "line_too_long", "request line too long");
-    for (size_t i = 0; i < cend; i++)
-        if (buf[i] == '\r')
-            return bad(&e, SOTH_E_MALFORMED, "control_bytes", "bare CR in the request line");
-    ssize_t rc = parse_request_line(&e, buf, cend, mode, out);
-    if (rc < 0)
-        return rc;
-    out->line_len = (size_t)nl + 1;
-
-    size_t off = out->line_len;
-    for (;;) {
-        if (off >= max_head)
-            return bad(&e, SOTH_E_TOO_LARGE, "head_too_large", "request head too large");
-        nl = line_end(buf, len, off, max_head - off, &cend);
-        if (nl < 0) {
-            if (len >= max_head)
-                return bad(&e, SOTH_E_TOO_LARGE, "head_too_large", "request head too large");
-            return SOTH_E_INCOMPLETE;
-        }
-        if (cend == (size_t)nl && mode == SOTH_HEAD_STRICT)
-            return bad(&e, SOTH_E_MALFORMED, "bare_lf", "line ends must be CRLF");
-        for (size_t i = off; i < cend; i++)
-            if (buf[i] == '\r')
-                return bad(&e, SOTH_E_MALFORMED, "control_bytes", "bare CR in a field line");
-        if (cend == off) {
-            off = (size_t)nl + 1;
-            break;
-        }
-        if (buf[off] == ' ' || buf[off] == '\t')
-            return bad(&e, SOTH_E_MALFORMED, "obs_fold", "obsolete line folding is not accepted");
-        if (out->n_headers >= max_headers)
-            return bad(&e, SOTH_E_TOO_LARGE, "too_many_headers", "too many header fields");
-        rc = parse_field(&e, buf + off, cend - off, &out->headers[out->n_headers]);
-        if (rc < 0)
-            return rc;
-        out->n_headers++;
-        off = (size_t)nl + 1;
-    }
-    if (off > max_head)
-        return bad(&e, SOTH_E_TOO_LARGE, "head_too_large", "request head too large");
-    out->head_len = off;
-    return (ssize_t)off;
+    if (reason_code != NULL)
+        *reason_code = rc >= 0 || rc == SOTH_E_INCOMPLETE ? NULL : s.code;
+    if (detail != NULL)
+        *detail = rc >= 0 || rc == SOTH_E_INCOMPLETE ? NULL : s.detail;
+    return rc;
 }
