@@ -14,13 +14,14 @@ jobs=$(nproc)
 step() { printf '\n==== %s\n' "$*"; }
 
 step "format check (clang-format)"
-files=$(git ls-files '*.c' '*.h' | grep -v '^fuzz/corpus/' || true)
-if [ -n "$files" ]; then
-    bad=$(clang-format --dry-run --Werror $files 2>&1 | grep -o '^[^:]*\.[ch]' | sort -u || true)
-    if [ -n "$bad" ]; then
-        echo "not clang-format clean:"; echo "$bad"; exit 1
+bad=0
+for f in $(git ls-files '*.c' '*.h' | grep -v '^fuzz/corpus/'); do
+    if ! clang-format --dry-run --Werror "$f" >/dev/null 2>&1; then
+        echo "not clang-format clean: $f (run clang-format -i $f)"
+        bad=1
     fi
-fi
+done
+[ "$bad" = 0 ]
 
 step "Release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null

@@ -31,8 +31,8 @@ struct soth_learning_view {
 /** Reason values are enum soth_decision_reason from soth/observe.h, kept as int here. */
 struct soth_policy_decision {
     enum soth_action action;
-    int reason;               /* SOTH_REASON_* (observe.h numbering) */
-    struct soth_iov rule;     /* the matching rule's text, or {NULL,0} */
+    int reason;           /* SOTH_REASON_* (observe.h numbering) */
+    struct soth_iov rule; /* the matching rule's text, or {NULL,0} */
 };
 
 /**
