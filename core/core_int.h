@@ -20,9 +20,9 @@
 #define SOTH_BUF_SIZE    16384u /* one provided recv buffer and one owned chunk */
 #define SOTH_BUF_COUNT   2048u  /* provided buffers in the worker's ring (power of 2) */
 #define SOTH_BGID        0
-#define SOTH_MAX_FLOWS   (1u << 16)    /* flow slots (address space reserved, touched lazily) */
-#define SOTH_MAX_CHUNKS  8192u         /* owned 16 KiB chunks: 128 MiB worst case */
-#define SOTH_OUTQ_MAX    32u           /* queued segments toward one socket */
+#define SOTH_MAX_FLOWS   (1u << 16) /* flow slots (address space reserved, touched lazily) */
+#define SOTH_MAX_CHUNKS  8192u      /* owned 16 KiB chunks: 128 MiB worst case */
+#define SOTH_SEGS        (SOTH_BUF_COUNT + SOTH_MAX_CHUNKS + 1024u) /* + static answers */
 #define SOTH_OUTQ_PAUSE  12u           /* pause the source's recv at this many segments... */
 #define SOTH_HIGH_WM     (256u * 1024) /* ...or this many unsent bytes */
 #define SOTH_LOW_WM      (64u * 1024)  /* resume the source below this */
@@ -77,6 +77,7 @@ struct seg {
     char *base;
     uint32_t off, len; /* unsent bytes are base[off .. off+len) */
     int32_t bid;
+    struct seg *next;
 };
 
 enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
@@ -91,9 +92,9 @@ struct conn {
     bool eof_in;       /* the peer sent FIN */
     bool shut_pending; /* send our FIN once the queue drains */
     bool shut_done;
-    uint32_t q_head, q_count;
-    uint64_t q_bytes; /* unsent bytes queued toward this socket */
-    struct seg q[SOTH_OUTQ_MAX];
+    struct seg *q_first, *q_last; /* queued toward this socket, from the worker pool */
+    uint32_t q_count;
+    uint64_t q_bytes;  /* unsent bytes queued toward this socket */
     uint32_t iov_segs; /* segments covered by the in-flight sendmsg */
     struct msghdr msg;
     struct iovec iov[SOTH_SEND_IOV];
@@ -178,7 +179,8 @@ struct worker {
     uint32_t n_flows; /* live (not freed) */
     struct flow *buf_waiters;
 
-    char *free_chunks; /* singly linked through the first pointer of each chunk */
+    struct seg *seg_pool, *free_segs; /* one per buffer and chunk that can be queued */
+    char *free_chunks;                /* singly linked through the first pointer of each chunk */
     uint32_t n_chunks;
 
     struct flow *wheel[SOTH_WHEEL_SLOTS];

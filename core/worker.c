@@ -135,6 +135,26 @@ static void seg_release(struct worker *w, struct seg *s)
         chunk_put(w, s->base);
 }
 
+/** Drop the first queued segment of c (sent, or discarded), returning what it holds. */
+static void conn_q_pop(struct worker *w, struct conn *c)
+{
+    struct seg *s = c->q_first;
+    c->q_first = s->next;
+    if (c->q_first == NULL)
+        c->q_last = NULL;
+    c->q_count--;
+    c->q_bytes -= s->len;
+    seg_release(w, s);
+    s->next = w->free_segs;
+    w->free_segs = s;
+}
+
+static void conn_q_clear(struct worker *w, struct conn *c)
+{
+    while (c->q_first != NULL)
+        conn_q_pop(w, c);
+}
+
 /* ---- timer wheel: one deadline per flow, checked lazily (idle deadlines move on activity). */
 
 static void timer_unlink(struct worker *w, struct flow *f)
@@ -171,7 +191,7 @@ static void timer_set(struct worker *w, struct flow *f, uint64_t deadline_ms)
 
 static void conn_init(struct conn *c)
 {
-    memset(c, 0, offsetof(struct conn, q));
+    memset(c, 0, offsetof(struct conn, msg));
     c->fd = -1;
 }
 
@@ -221,11 +241,7 @@ static void flow_free(struct worker *w, struct flow *f)
 {
     for (unsigned s = 0; s < 2; s++) {
         struct conn *c = &f->c[s];
-        while (c->q_count > 0) {
-            seg_release(w, &c->q[c->q_head]);
-            c->q_head = (c->q_head + 1) % SOTH_OUTQ_MAX;
-            c->q_count--;
-        }
+        conn_q_clear(w, c);
         if (c->fd >= 0) {
             struct io_uring_sqe *sqe = get_sqe(w);
             io_uring_prep_close(sqe, c->fd);
@@ -287,16 +303,30 @@ static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason 
  * sending
  * ------------------------------------------------------------------------------------------ */
 
-/** Queue bytes toward side's socket. Returns false when the queue is full (caller closes). */
-static bool conn_queue(struct conn *c, char *base, uint32_t off, uint32_t len, int32_t bid)
+/*
+ * Queue bytes toward a socket. Segments come from a worker pool with one entry per provided
+ * buffer and owned chunk (plus static answers), so a queue never overflows: how much a
+ * connection holds is bounded by backpressure and, at worst, by the worker's buffers.
+ */
+static bool conn_queue(struct worker *w, struct conn *c, char *base, uint32_t off, uint32_t len,
+                       int32_t bid)
 {
-    if (c->q_count >= SOTH_OUTQ_MAX)
+    struct seg *s = w->free_segs;
+    /* Buffers and chunks each have their segment; only static answers can run out. */
+    SOTH_BUG_ON(s == NULL && bid != SEG_STATIC);
+    if (s == NULL)
         return false;
-    struct seg *s = &c->q[(c->q_head + c->q_count) % SOTH_OUTQ_MAX];
+    w->free_segs = s->next;
     s->base = base;
     s->off = off;
     s->len = len;
     s->bid = bid;
+    s->next = NULL;
+    if (c->q_last)
+        c->q_last->next = s;
+    else
+        c->q_first = s;
+    c->q_last = s;
     c->q_count++;
     c->q_bytes += len;
     return true;
@@ -306,7 +336,7 @@ static bool conn_queue(struct conn *c, char *base, uint32_t off, uint32_t len, i
 static bool conn_queue_copy(struct worker *w, struct conn *c, const char *p, size_t len)
 {
     while (len > 0) {
-        struct seg *last = c->q_count ? &c->q[(c->q_head + c->q_count - 1) % SOTH_OUTQ_MAX] : NULL;
+        struct seg *last = c->q_last;
         /* Append to the last owned chunk when it has room and is not being sent. */
         if (last && last->bid == SEG_CHUNK && !c->send_inflight &&
             last->off + last->len < SOTH_BUF_SIZE) {
@@ -324,10 +354,7 @@ static bool conn_queue_copy(struct worker *w, struct conn *c, const char *p, siz
             return false;
         size_t n = len < SOTH_BUF_SIZE ? len : SOTH_BUF_SIZE;
         memcpy(ch, p, n);
-        if (!conn_queue(c, ch, 0, (uint32_t)n, SEG_CHUNK)) {
-            chunk_put(w, ch);
-            return false;
-        }
+        conn_queue(w, c, ch, 0, (uint32_t)n, SEG_CHUNK);
         p += n;
         len -= n;
     }
@@ -355,11 +382,10 @@ static void conn_try_send(struct worker *w, struct flow *f, unsigned side)
             conn_submit_shutdown(w, f, side);
         return;
     }
-    unsigned n = c->q_count < SOTH_SEND_IOV ? c->q_count : SOTH_SEND_IOV;
-    for (unsigned i = 0; i < n; i++) {
-        struct seg *s = &c->q[(c->q_head + i) % SOTH_OUTQ_MAX];
-        c->iov[i].iov_base = s->base + s->off;
-        c->iov[i].iov_len = s->len;
+    unsigned n = 0;
+    for (struct seg *s = c->q_first; s != NULL && n < SOTH_SEND_IOV; s = s->next, n++) {
+        c->iov[n].iov_base = s->base + s->off;
+        c->iov[n].iov_len = s->len;
     }
     memset(&c->msg, 0, sizeof(c->msg));
     c->msg.msg_iov = c->iov;
@@ -553,13 +579,7 @@ static void flow_connect_failed(struct worker *w, struct flow *f, int err, bool 
              (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
              timeout ? "connect timeout" : soth_strerror(err));
     /* Bytes the client sent ahead for the upstream are dropped with the flow. */
-    struct conn *u = &f->c[SIDE_UPSTREAM];
-    while (u->q_count > 0) {
-        seg_release(w, &u->q[u->q_head]);
-        u->q_head = (u->q_head + 1) % SOTH_OUTQ_MAX;
-        u->q_count--;
-    }
-    u->q_bytes = 0;
+    conn_q_clear(w, &f->c[SIDE_UPSTREAM]);
     if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
         flow_close(w, f, SOTH_CLOSE_UPSTREAM_CONNECT_FAILED);
         return;
@@ -659,7 +679,11 @@ static void on_connect(struct worker *w, struct flow *f, int res)
     if (f->is_connect) {
         static char established[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
         /* The client queue is empty here: nothing from the upstream has been read yet. */
-        conn_queue(&f->c[SIDE_CLIENT], established, 0, sizeof(established) - 1, SEG_STATIC);
+        if (!conn_queue(w, &f->c[SIDE_CLIENT], established, 0, sizeof(established) - 1,
+                        SEG_STATIC)) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
+        }
         conn_try_send(w, f, SIDE_CLIENT);
     }
     conn_arm_recv(w, f, SIDE_UPSTREAM);
@@ -825,7 +849,7 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
             return;
         }
         /* Bytes after the head (an early ClientHello, a body) wait for the upstream as is. */
-        conn_queue(&f->c[SIDE_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc, (int32_t)bid);
+        conn_queue(w, &f->c[SIDE_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc, (int32_t)bid);
         return;
     }
 
@@ -852,7 +876,7 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
         if ((uint32_t)rc < f->head_len)
             conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head + rc, f->head_len - (uint32_t)rc);
         if (n < len)
-            conn_queue(&f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
+            conn_queue(w, &f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
         else
             buf_put(w, bid);
     } else {
@@ -1017,12 +1041,7 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
     case FS_RELAY: {
         unsigned other = side ^ 1;
         struct conn *o = &f->c[other];
-        if (!conn_queue(o, buf_addr(w, bid), 0, len, (int32_t)bid)) {
-            buf_put(w, bid);
-            SOTH_LOG(SOTH_LOG_WARN, (int)w->idx, f->ev.flow_id, "send queue overflow");
-            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-            return;
-        }
+        conn_queue(w, o, buf_addr(w, bid), 0, len, (int32_t)bid);
         if (over_high(o))
             conn_pause_recv(w, f, side);
         conn_try_send(w, f, other);
@@ -1099,6 +1118,9 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
                  side ? "upstream" : "client", soth_strerror(cqe->res));
         if (f->state == FS_HEAD)
             flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
+        else if (f->state == FS_ANSWER || f->state == FS_LINGER)
+            /* The client went away while we answered: the answer's reason still holds. */
+            flow_close(w, f, (enum soth_close_reason)f->answer_reason);
         else
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
     }
@@ -1123,20 +1145,16 @@ static void on_send(struct worker *w, struct flow *f, unsigned side, int res)
         return;
     }
     uint64_t left = (uint64_t)res;
-    while (left > 0 && c->q_count > 0) {
-        struct seg *s = &c->q[c->q_head];
+    while (left > 0 && c->q_first != NULL) {
+        struct seg *s = c->q_first;
         if (left < s->len) {
             s->off += (uint32_t)left;
             s->len -= (uint32_t)left;
             c->q_bytes -= left;
-            left = 0;
             break;
         }
         left -= s->len;
-        c->q_bytes -= s->len;
-        seg_release(w, s);
-        c->q_head = (c->q_head + 1) % SOTH_OUTQ_MAX;
-        c->q_count--;
+        conn_q_pop(w, c);
     }
     f->last_active_ms = now_ms();
     /* The source of these bytes may read again. */
@@ -1403,6 +1421,13 @@ static int ring_setup(struct worker *w)
                     MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
     if (w->flows == MAP_FAILED)
         return -errno;
+    w->seg_pool = calloc(SOTH_SEGS, sizeof(struct seg));
+    if (w->seg_pool == NULL)
+        return -ENOMEM;
+    for (unsigned i = 0; i < SOTH_SEGS; i++) {
+        w->seg_pool[i].next = w->free_segs;
+        w->free_segs = &w->seg_pool[i];
+    }
     w->efd = eventfd(0, EFD_CLOEXEC);
     if (w->efd == -1)
         return -errno;
@@ -1430,6 +1455,8 @@ static void worker_teardown(struct worker *w)
         munmap(w->bufs, (size_t)SOTH_BUF_COUNT * SOTH_BUF_SIZE);
     if (w->br)
         munmap(w->br, SOTH_BUF_COUNT * sizeof(struct io_uring_buf));
+    free(w->seg_pool);
+    w->seg_pool = NULL;
     while (w->free_chunks != NULL) {
         char *c = w->free_chunks;
         memcpy(&w->free_chunks, c, sizeof(char *));

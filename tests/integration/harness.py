@@ -170,9 +170,10 @@ def connect_tunnel(proxy, host, port, timeout=10):
 
 
 def read_head(s):
+    """Read exactly up to the blank line, leaving what follows (tunnel bytes) in the socket."""
     buf = b""
-    while b"\r\n\r\n" not in buf:
-        d = s.recv(4096)
+    while not buf.endswith(b"\r\n\r\n"):
+        d = s.recv(1)
         if not d:
             break
         buf += d
