@@ -784,8 +784,14 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
         }
         if (ok && !have_host) {
             char hostline[300];
-            int n = snprintf(hostline, sizeof(hostline), "Host: %.*s\r\n", (int)h->host.len,
-                             h->host.base);
+            /* RFC 9112 3.2: Host is the target URI's authority (brackets for IPv6). */
+            bool dflt = h->port == (h->scheme.len == 5 ? 443 : 80);
+            char port[8] = "";
+            if (!dflt)
+                snprintf(port, sizeof(port), ":%u", h->port);
+            int n = snprintf(hostline, sizeof(hostline), "Host: %s%.*s%s%s\r\n",
+                             h->host_is_ipv6 ? "[" : "", (int)h->host.len, h->host.base,
+                             h->host_is_ipv6 ? "]" : "", port);
             ok = conn_queue_copy(w, u, hostline, (size_t)n);
         }
         ok = ok && conn_queue_copy(w, u, "\r\n", 2);
