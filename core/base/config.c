@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netdb.h>
+#include <pwd.h>
 #include <regex.h>
 #include <stdarg.h>
 #include <string.h>
@@ -24,19 +25,40 @@ const char *const soth_sink_type_names[SOTH_SINK_COUNT] = {"jsonl", "uds"};
 struct cerr {
     char *buf;
     size_t len;
+    bool oom; /* a copy failed; reported once the section returns (see sdup) */
 };
 
 static int fail(struct cerr *e, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int fail(struct cerr *e, const char *path, const char *fmt, ...)
 {
-    int n = snprintf(e->buf, e->len, "config: %s: ", path);
-    if (n < 0 || (size_t)n >= e->len)
+    char raw[1024];
+    int n = snprintf(raw, sizeof(raw), "config: %s: ", path);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n < sizeof(raw)) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(raw + n, sizeof(raw) - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    /* The message is one line on stderr whatever the keys and values contain: control bytes
+     * (a newline in a key, say) are escaped. */
+    if (e->len == 0)
         return SOTH_E_CONFIG;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->buf + n, e->len - (size_t)n, fmt, ap);
-    va_end(ap);
+    size_t o = 0;
+    for (const unsigned char *r = (const unsigned char *)raw; *r; r++) {
+        char esc[5];
+        size_t k = 1;
+        esc[0] = (char)*r;
+        if (*r < 0x20 || *r == 0x7f)
+            k = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", *r);
+        if (o + k >= e->len)
+            break;
+        memcpy(e->buf + o, esc, k);
+        o += k;
+    }
+    e->buf[o] = '\0';
     return SOTH_E_CONFIG;
 }
 
@@ -78,6 +100,24 @@ static void json_brief(const json_t *v, char *out, size_t cap)
 }
 
 /* ---- small helpers */
+
+/** strdup that remembers a failure in e; load_common turns it into "out of memory". */
+static char *sdup(struct cerr *e, const char *s)
+{
+    char *d = strdup(s);
+    if (d == NULL)
+        e->oom = true;
+    return d;
+}
+
+/** calloc(n, size) for an array of n >= 0 items (never NULL for n == 0 unless OOM). */
+static void *array_new(struct cerr *e, size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (p == NULL)
+        e->oom = true;
+    return p;
+}
 
 static void path_join(char *out, size_t cap, const char *parent, const char *key)
 {
@@ -123,9 +163,9 @@ static int get_str_or_null(struct cerr *e, const char *path, const json_t *v, ch
     if (!json_is_string(v))
         return fail(e, path, "expected string or null, got %s", json_type_name(v));
     if (json_string_length(v) == 0)
-        return fail(e, path, "expected a non-empty string");
+        return fail(e, path, "expected a non-empty string, got \"\"");
     free(*out);
-    *out = strdup(json_string_value(v));
+    *out = sdup(e, json_string_value(v));
     return 0;
 }
 
@@ -158,13 +198,28 @@ static int expect_object(struct cerr *e, const char *path, const json_t *v)
 
 /* ---- host:port */
 
+/** A decimal port 0..65535 without sign, spaces or leading zeros; -1 if not one. */
+static long parse_port(const char *s, size_t len)
+{
+    if (len == 0 || len > 5 || (s[0] == '0' && len > 1))
+        return -1;
+    long v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v <= 65535 ? v : -1;
+}
+
 int soth_hostport_parse(const char *text, struct soth_hostport *hp, char *err, size_t err_len)
 {
     memset(hp, 0, sizeof(*hp));
     const char *colon;
     const char *host;
     size_t host_len;
-    if (text[0] == '[') {
+    bool bracketed = text[0] == '[';
+    if (bracketed) {
         const char *rb = strchr(text, ']');
         if (rb == NULL || rb[1] != ':') {
             snprintf(err, err_len, "expected [IPV6]:PORT, got \"%s\"", text);
@@ -175,51 +230,58 @@ int soth_hostport_parse(const char *text, struct soth_hostport *hp, char *err, s
         colon = rb + 1;
     } else {
         colon = strrchr(text, ':');
-        if (colon == NULL || memchr(text, ':', (size_t)(colon - text)) != NULL) {
-            snprintf(err, err_len, "expected HOST:PORT, got \"%s\"", text);
+        if (colon != NULL && memchr(text, ':', (size_t)(colon - text)) != NULL) {
+            snprintf(err, err_len,
+                     "an IPv6 address needs brackets: expected [IPV6]:PORT, got \"%s\"", text);
             return SOTH_E_CONFIG;
         }
         host = text;
-        host_len = (size_t)(colon - text);
+        host_len = colon ? (size_t)(colon - text) : 0;
     }
-    if (host_len == 0 || host_len > 253) {
+    if (colon == NULL || host_len == 0) {
         snprintf(err, err_len, "expected HOST:PORT, got \"%s\"", text);
         return SOTH_E_CONFIG;
     }
-    const char *ps = colon + 1;
-    char *end;
-    errno = 0;
-    long port = strtol(ps, &end, 10);
-    if (*ps == '\0' || *end != '\0' || errno != 0 || port < 0 || port > 65535 ||
-        (ps[0] == '0' && ps[1] != '\0')) {
-        snprintf(err, err_len, "port must be an integer 0..65535, got \"%s\"", ps);
+    if (host_len > 253) {
+        snprintf(err, err_len, "host longer than 253 bytes");
+        return SOTH_E_CONFIG;
+    }
+    long port = parse_port(colon + 1, strlen(colon + 1));
+    if (port < 0) {
+        snprintf(err, err_len, "port must be an integer 0..65535, got \"%s\"", colon + 1);
         return SOTH_E_CONFIG;
     }
     for (size_t i = 0; i < host_len; i++) {
         unsigned char c = (unsigned char)host[i];
-        if (c <= ' ' || c >= 0x7f || c == '/' || c == '[' || c == ']' || c == '@') {
+        if (c <= ' ' || c >= 0x7f || c == '/' || c == '[' || c == ']' || c == '@' || c == '%') {
             snprintf(err, err_len, "invalid host in \"%s\"", text);
             return SOTH_E_CONFIG;
         }
     }
-    hp->host = strndup(host, host_len);
-    hp->port = (uint16_t)port;
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&hp->addr;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&hp->addr;
-    if (inet_pton(AF_INET, hp->host, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(hp->port);
-        hp->addr_len = sizeof(*s4);
-    } else if (inet_pton(AF_INET6, hp->host, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(hp->port);
-        hp->addr_len = sizeof(*s6);
-    } else if (text[0] == '[') {
-        snprintf(err, err_len, "invalid IPv6 address in \"%s\"", text);
-        free(hp->host);
-        hp->host = NULL;
+    char *h = strndup(host, host_len);
+    if (h == NULL) {
+        snprintf(err, err_len, "out of memory");
         return SOTH_E_CONFIG;
     }
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&hp->addr;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&hp->addr;
+    if (bracketed) {
+        if (inet_pton(AF_INET6, h, &s6->sin6_addr) != 1) {
+            snprintf(err, err_len, "invalid IPv6 address in \"%s\"", text);
+            free(h);
+            memset(hp, 0, sizeof(*hp));
+            return SOTH_E_CONFIG;
+        }
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        hp->addr_len = sizeof(*s6);
+    } else if (inet_pton(AF_INET, h, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        hp->addr_len = sizeof(*s4);
+    }
+    hp->host = h;
+    hp->port = (uint16_t)port;
     return 0;
 }
 
@@ -227,101 +289,193 @@ void soth_hostport_dispose(struct soth_hostport *hp)
 {
     free(hp->host);
     hp->host = NULL;
+    hp->addr_len = 0;
 }
 
-/* ---- globs: "*" only as a whole label, labels of [A-Za-z0-9-_], optional ":port". */
+/*
+ * ---- rule globs (policy.rules[].host), as soth_policy_glob_match reads them: labels of
+ * [A-Za-z0-9-_] or a label that is exactly "*" (one or more whole labels, anywhere), one
+ * optional trailing dot, or a bracketed IPv6 literal; then an optional ":PORT" 1..65535.
+ */
 
 static int glob_check(const char *glob, char *why, size_t why_len, char **host_out, int *port_out)
 {
-    const char *colon = strrchr(glob, ':');
-    size_t host_len = colon ? (size_t)(colon - glob) : strlen(glob);
+    size_t len = strlen(glob);
+    const char *host = glob;
+    size_t host_len;
+    const char *port = NULL;
     *port_out = -1;
-    if (colon) {
-        char *end;
-        errno = 0;
-        long p = strtol(colon + 1, &end, 10);
-        if (colon[1] == '\0' || *end != '\0' || errno || p < 1 || p > 65535) {
+    *host_out = NULL;
+    if (glob[0] == '[') {
+        const char *rb = strchr(glob, ']');
+        if (rb == NULL || (rb[1] != '\0' && rb[1] != ':')) {
+            snprintf(why, why_len, "expected [IPV6] or [IPV6]:PORT in \"%s\"", glob);
+            return -1;
+        }
+        host = glob + 1;
+        host_len = (size_t)(rb - host);
+        port = rb[1] == ':' ? rb + 2 : NULL;
+        char v6[INET6_ADDRSTRLEN];
+        struct in6_addr a6;
+        bool ok = host_len > 0 && host_len < sizeof(v6);
+        if (ok) {
+            memcpy(v6, host, host_len);
+            v6[host_len] = '\0';
+            ok = inet_pton(AF_INET6, v6, &a6) == 1;
+        }
+        if (!ok) {
+            snprintf(why, why_len, "invalid IPv6 address in \"%s\"", glob);
+            return -1;
+        }
+    } else {
+        const char *colon = strrchr(glob, ':');
+        host_len = colon ? (size_t)(colon - glob) : len;
+        port = colon ? colon + 1 : NULL;
+        if (host_len == 0) {
+            snprintf(why, why_len, "empty host in \"%s\"", glob);
+            return -1;
+        }
+        if (host_len > 253) {
+            snprintf(why, why_len, "host longer than 253 bytes");
+            return -1;
+        }
+        size_t label = 0;  /* bytes in the current label */
+        bool star = false; /* the current label contains '*' */
+        for (size_t i = 0; i <= host_len; i++) {
+            char c = i < host_len ? glob[i] : '.';
+            if (c == '.') {
+                /* One trailing dot is the root label: "example.com." */
+                bool trailing = i == host_len && i > 1 && glob[i - 1] == '.' && glob[i - 2] != '.';
+                if (label == 0 && !trailing) {
+                    snprintf(why, why_len, "empty label in \"%s\"", glob);
+                    return -1;
+                }
+                if (star && label != 1) {
+                    snprintf(why, why_len, "'*' must be a whole label in \"%s\"", glob);
+                    return -1;
+                }
+                if (label > 63) {
+                    snprintf(why, why_len, "label longer than 63 bytes in \"%s\"", glob);
+                    return -1;
+                }
+                label = 0;
+                star = false;
+                continue;
+            }
+            if (c == '*') {
+                star = true;
+            } else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                         (c >= '0' && c <= '9') || c == '-' || c == '_')) {
+                if ((unsigned char)c < 0x20 || (unsigned char)c >= 0x7f)
+                    snprintf(why, why_len, "invalid byte 0x%02x in \"%s\"", (unsigned char)c, glob);
+                else
+                    snprintf(why, why_len, "invalid character '%c' in \"%s\"", c, glob);
+                return -1;
+            }
+            label++;
+        }
+    }
+    if (port) {
+        long p = parse_port(port, strlen(port));
+        if (p < 1) {
             snprintf(why, why_len, "port must be 1..65535 in \"%s\"", glob);
             return -1;
         }
         *port_out = (int)p;
     }
-    if (host_len == 0) {
-        snprintf(why, why_len, "empty host glob");
+    *host_out = strndup(host, host_len);
+    if (*host_out == NULL) {
+        snprintf(why, why_len, "out of memory");
         return -1;
     }
-    size_t label = 0;
-    bool star = false;
-    for (size_t i = 0; i <= host_len; i++) {
-        char c = i < host_len ? glob[i] : '.';
-        if (c == '.') {
-            if (label == 0 && !(i == host_len && i > 0 && glob[i - 1] == '.')) {
-                snprintf(why, why_len, "empty label in \"%s\"", glob);
-                return -1;
-            }
-            if (star && (label != 1 || i != 1)) {
-                snprintf(why, why_len, "'*' must be the whole leftmost label in \"%s\"", glob);
-                return -1;
-            }
-            label = 0;
-            star = false;
-            continue;
-        }
-        if (c == '*')
-            star = true;
-        else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                   c == '-' || c == '_')) {
-            snprintf(why, why_len, "invalid character '%c' in \"%s\"", c, glob);
-            return -1;
-        }
-        label++;
-    }
-    *host_out = strndup(glob, host_len);
     return 0;
+}
+
+/** A DNS name as `resolve` keys it: labels of [A-Za-z0-9-_], one optional trailing dot. */
+static bool host_name_ok(const char *name, char *why, size_t why_len)
+{
+    char *host = NULL;
+    int port;
+    /* The glob grammar without '*' and ':' is exactly that. */
+    if (strpbrk(name, "*:[") != NULL) {
+        snprintf(why, why_len, "expected a DNS name, got \"%s\"", name);
+        return false;
+    }
+    if (glob_check(name, why, why_len, &host, &port) < 0)
+        return false;
+    free(host);
+    return true;
 }
 
 /* ---- defaults */
 
-static char *env_dir(const char *var, const char *fallback_rel)
+static void config_free(struct soth_config *c);
+
+/** malloc'ed a + b + c. */
+static char *cat3(const char *a, const char *b, const char *c)
+{
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+    char *s = malloc(la + lb + lc + 1);
+    if (s == NULL)
+        return NULL;
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb);
+    memcpy(s + la + lb, c, lc + 1);
+    return s;
+}
+
+/** An XDG base directory variable, used only when absolute (XDG Base Directory spec). */
+static const char *xdg_dir(const char *var)
 {
     const char *v = getenv(var);
-    char buf[4096];
-    if (v && v[0] == '/') {
-        snprintf(buf, sizeof(buf), "%s/soth-mitm", v);
-        return strdup(buf);
-    }
-    if (fallback_rel == NULL)
-        return NULL;
-    const char *home = getenv("HOME");
-    snprintf(buf, sizeof(buf), "%s/%s", home && home[0] ? home : "/root", fallback_rel);
-    return strdup(buf);
+    return v && v[0] == '/' ? v : NULL;
 }
 
 char *soth_config_default_ca_dir(void)
 {
-    return env_dir("XDG_DATA_HOME", ".local/share/soth-mitm");
+    const char *d = xdg_dir("XDG_DATA_HOME");
+    if (d)
+        return cat3(d, "/soth-mitm", "");
+    const char *home = getenv("HOME");
+    char pwbuf[1024];
+    if (home == NULL || home[0] == '\0') {
+        /* No HOME (a service manager, say): the user database knows it. */
+        struct passwd pw, *res = NULL;
+        if (getpwuid_r(getuid(), &pw, pwbuf, sizeof(pwbuf), &res) == 0 && res && res->pw_dir)
+            home = res->pw_dir;
+        else
+            home = "/";
+    }
+    bool slash = home[strlen(home) - 1] == '/';
+    return cat3(home, slash ? "" : "/", ".local/share/soth-mitm");
 }
 
 char *soth_config_default_ring_path(void)
 {
-    char buf[4096];
-    const char *v = getenv("XDG_RUNTIME_DIR");
-    if (v && v[0] == '/')
-        snprintf(buf, sizeof(buf), "%s/soth-mitm/events.ring", v);
-    else
-        snprintf(buf, sizeof(buf), "/tmp/soth-mitm-%u/events.ring", (unsigned)getuid());
-    return strdup(buf);
+    const char *d = xdg_dir("XDG_RUNTIME_DIR");
+    if (d)
+        return cat3(d, "/soth-mitm/events.ring", "");
+    char uid[32];
+    snprintf(uid, sizeof(uid), "%u", (unsigned)getuid());
+    return cat3("/tmp/soth-mitm-", uid, "/events.ring");
 }
 
+/** The embedded defaults (SPEC "Config file"). NULL when out of memory. */
 static struct soth_config *config_defaults(void)
 {
     struct soth_config *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
     atomic_init(&c->refs, 1);
+    char why[64];
     c->listen_text = strdup("127.0.0.1:8080");
-    c->mode = SOTH_MODE_REGULAR;
     c->mode_text = strdup("regular");
+    if (c->listen_text == NULL || c->mode_text == NULL ||
+        soth_hostport_parse(c->listen_text, &c->listen, why, sizeof(why)) < 0) {
+        config_free(c);
+        return NULL;
+    }
+    c->mode = SOTH_MODE_REGULAR;
     c->workers = 0;
     c->policy_default = SOTH_ACTION_INTERCEPT;
     c->http2_enabled = true;
@@ -390,6 +544,34 @@ void soth_config_unref(struct soth_config *cfg)
         config_free(cfg);
 }
 
+/* ---- SIGHUP publication slot (rules in config.h) */
+
+void soth_config_slot_init(struct soth_config_slot *slot)
+{
+    atomic_init(&slot->pending, NULL);
+}
+
+void soth_config_slot_publish(struct soth_config_slot *slot, struct soth_config *cfg)
+{
+    /* acq_rel: release makes the snapshot's contents visible to the taker; acquire pairs
+     * with the previous publisher so an untaken snapshot is complete before we free it. */
+    struct soth_config *old = atomic_exchange_explicit(&slot->pending, cfg, memory_order_acq_rel);
+    soth_config_unref(old);
+}
+
+struct soth_config *soth_config_slot_take(struct soth_config_slot *slot)
+{
+    /* A plain load first keeps the common "nothing new" case a read of a shared line. */
+    if (atomic_load_explicit(&slot->pending, memory_order_relaxed) == NULL)
+        return NULL;
+    return atomic_exchange_explicit(&slot->pending, NULL, memory_order_acq_rel);
+}
+
+void soth_config_slot_dispose(struct soth_config_slot *slot)
+{
+    soth_config_unref(atomic_exchange_explicit(&slot->pending, NULL, memory_order_acq_rel));
+}
+
 /* ---- sections */
 
 static int set_listen(struct cerr *e, struct soth_config *c, const char *path, const char *text)
@@ -405,7 +587,7 @@ static int set_listen(struct cerr *e, struct soth_config *c, const char *path, c
     soth_hostport_dispose(&c->listen);
     c->listen = hp;
     free(c->listen_text);
-    c->listen_text = strdup(text);
+    c->listen_text = sdup(e, text);
     return 0;
 }
 
@@ -425,7 +607,7 @@ static int set_metrics(struct cerr *e, struct soth_config *c, const char *path, 
         return fail(e, path, "expected a numeric IPv4 or [IPv6] address, got \"%s\"", text);
     }
     c->metrics.listen = hp;
-    c->metrics.listen_text = strdup(text);
+    c->metrics.listen_text = sdup(e, text);
     return 0;
 }
 
@@ -484,7 +666,7 @@ static int set_mode(struct cerr *e, struct soth_config *c, const char *path, con
                     text);
     }
     free(c->mode_text);
-    c->mode_text = strdup(text);
+    c->mode_text = sdup(e, text);
     return 0;
 }
 
@@ -519,7 +701,9 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
     if (!json_is_array(rules))
         return fail(e, "policy.rules", "expected array, got %s", json_type_name(rules));
     size_t n = json_array_size(rules);
-    c->rules = calloc(n ? n : 1, sizeof(*c->rules));
+    c->rules = array_new(e, n, sizeof(*c->rules));
+    if (c->rules == NULL)
+        return fail(e, "policy.rules", "out of memory");
     for (size_t i = 0; i < n; i++) {
         char p[64], pk[80];
         snprintf(p, sizeof(p), "policy.rules[%zu]", i);
@@ -529,19 +713,19 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
         json_t *h = json_object_get(r, "host");
         snprintf(pk, sizeof(pk), "%s.host", p);
         if (h == NULL)
-            return fail(e, pk, "missing");
+            return fail(e, pk, "missing required key");
         if (!json_is_string(h))
             return fail(e, pk, "expected string, got %s", json_type_name(h));
         struct soth_rule *rule = &c->rules[c->n_rules];
         char why[200];
         if (glob_check(json_string_value(h), why, sizeof(why), &rule->host, &rule->port) < 0)
             return fail(e, pk, "invalid host glob: %s", why);
-        rule->text = strdup(json_string_value(h));
+        rule->text = sdup(e, json_string_value(h));
         c->n_rules++;
         json_t *a = json_object_get(r, "action");
         snprintf(pk, sizeof(pk), "%s.action", p);
         if (a == NULL)
-            return fail(e, pk, "missing");
+            return fail(e, pk, "missing required key");
         if ((rc = parse_action(e, pk, a, &rule->action)))
             return rc;
     }
@@ -634,7 +818,9 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
     if (!json_is_array(sinks))
         return fail(e, "events.sinks", "expected array, got %s", json_type_name(sinks));
     size_t n = json_array_size(sinks);
-    c->events.sinks = calloc(n ? n : 1, sizeof(*c->events.sinks));
+    c->events.sinks = array_new(e, n, sizeof(*c->events.sinks));
+    if (c->events.sinks == NULL)
+        return fail(e, "events.sinks", "out of memory");
     for (size_t i = 0; i < n; i++) {
         char p[64], pk[80];
         snprintf(p, sizeof(p), "events.sinks[%zu]", i);
@@ -645,7 +831,7 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
         json_t *t = json_object_get(s, "type");
         snprintf(pk, sizeof(pk), "%s.type", p);
         if (t == NULL)
-            return fail(e, pk, "missing");
+            return fail(e, pk, "missing required key");
         bool ok = false;
         for (int k = 0; k < SOTH_SINK_COUNT && json_is_string(t); k++) {
             if (strcmp(json_string_value(t), soth_sink_type_names[k]) == 0) {
@@ -661,12 +847,15 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
         json_t *pa = json_object_get(s, "path");
         snprintf(pk, sizeof(pk), "%s.path", p);
         if (pa == NULL)
-            return fail(e, pk, "missing");
-        if (!json_is_string(pa) || json_string_length(pa) == 0)
-            return fail(e, pk, "expected a non-empty string, got %s", json_type_name(pa));
+            return fail(e, pk, "missing required key");
+        if (!json_is_string(pa) || json_string_length(pa) == 0) {
+            char b[64];
+            json_brief(pa, b, sizeof(b));
+            return fail(e, pk, "expected a non-empty string, got %s", b);
+        }
         if (sk->type == SOTH_SINK_UDS && json_string_length(pa) >= 108)
             return fail(e, pk, "Unix socket path longer than 107 bytes");
-        sk->path = strdup(json_string_value(pa));
+        sk->path = sdup(e, json_string_value(pa));
         c->events.n_sinks++;
     }
     return 0;
@@ -729,13 +918,15 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
             return rc;
     }
     if ((v = json_object_get(root, "workers")) &&
-        (rc = get_uint(e, "workers", v, 0, 1024, &c->workers)))
+        (rc = get_uint(e, "workers", v, 0, SOTH_CONFIG_MAX_WORKERS, &c->workers)))
         return rc;
     if ((v = json_object_get(root, "ignore_hosts"))) {
         if (!json_is_array(v))
             return fail(e, "ignore_hosts", "expected array, got %s", json_type_name(v));
         size_t n = json_array_size(v);
-        c->ignore_hosts = calloc(n ? n : 1, sizeof(char *));
+        c->ignore_hosts = array_new(e, n, sizeof(char *));
+        if (c->ignore_hosts == NULL)
+            return fail(e, "ignore_hosts", "out of memory");
         for (size_t i = 0; i < n; i++) {
             char p[64];
             snprintf(p, sizeof(p), "ignore_hosts[%zu]", i);
@@ -750,7 +941,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                 return fail(e, p, "invalid regular expression: %s", why);
             }
             regfree(&re);
-            c->ignore_hosts[c->n_ignore_hosts++] = strdup(json_string_value(s));
+            c->ignore_hosts[c->n_ignore_hosts++] = sdup(e, json_string_value(s));
         }
     }
     if ((v = json_object_get(root, "policy")) && (rc = load_policy(e, c, v)))
@@ -790,7 +981,9 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
         if (!json_is_object(v))
             return fail(e, "resolve", "expected object, got %s", json_type_name(v));
         size_t n = json_object_size(v);
-        c->resolve = calloc(n ? n : 1, sizeof(*c->resolve));
+        c->resolve = array_new(e, n, sizeof(*c->resolve));
+        if (c->resolve == NULL)
+            return fail(e, "resolve", "out of memory");
         const char *k;
         json_t *a;
         json_object_foreach(v, k, a)
@@ -804,37 +997,58 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                 json_brief(a, b, sizeof(b));
                 return fail(e, p, "expected a numeric IPv4 or IPv6 address, got %s", b);
             }
-            if (k[0] == '\0' || strlen(k) > 253)
-                return fail(e, "resolve", "invalid host name \"%s\"", k);
-            c->resolve[c->n_resolve].name = strdup(k);
-            c->resolve[c->n_resolve].addr = strdup(json_string_value(a));
+            char why[160];
+            if (!host_name_ok(k, why, sizeof(why)))
+                return fail(e, p, "invalid host name: %s", why);
+            c->resolve[c->n_resolve].name = sdup(e, k);
+            c->resolve[c->n_resolve].addr = sdup(e, json_string_value(a));
             c->n_resolve++;
         }
     }
     return 0;
 }
 
+/** A command-line string value: non-empty UTF-8 (the effective config is JSON). */
+static int check_cli_text(struct cerr *e, const char *flag, const char *v)
+{
+    if (v[0] == '\0')
+        return fail(e, flag, "expected a non-empty value");
+    json_t *t = json_string(v);
+    if (t == NULL)
+        return fail(e, flag, "expected UTF-8 text");
+    json_decref(t);
+    return 0;
+}
+
 static int apply_cli(struct cerr *e, struct soth_config *c, const struct soth_cli_overrides *cli)
 {
     int rc;
-    if (cli->listen && (rc = set_listen(e, c, "--listen", cli->listen)))
+    if (cli->listen && ((rc = check_cli_text(e, "--listen", cli->listen)) ||
+                        (rc = set_listen(e, c, "--listen", cli->listen))))
         return rc;
-    if (cli->mode && (rc = set_mode(e, c, "--mode", cli->mode)))
+    if (cli->mode && ((rc = check_cli_text(e, "--mode", cli->mode)) ||
+                      (rc = set_mode(e, c, "--mode", cli->mode))))
         return rc;
     if (cli->workers >= 0) {
-        if (cli->workers > 1024)
-            return fail(e, "--workers", "expected integer <= 1024, got %d", cli->workers);
+        if (cli->workers > SOTH_CONFIG_MAX_WORKERS)
+            return fail(e, "--workers", "expected integer <= %d, got %d", SOTH_CONFIG_MAX_WORKERS,
+                        cli->workers);
         c->workers = (unsigned)cli->workers;
     }
     if (cli->ca_dir) {
+        if ((rc = check_cli_text(e, "--ca-dir", cli->ca_dir)))
+            return rc;
         free(c->tls.ca_dir);
-        c->tls.ca_dir = strdup(cli->ca_dir);
+        c->tls.ca_dir = sdup(e, cli->ca_dir);
     }
     if (cli->event_ring) {
+        if ((rc = check_cli_text(e, "--event-ring", cli->event_ring)))
+            return rc;
         free(c->events.ring_path);
-        c->events.ring_path = strdup(cli->event_ring);
+        c->events.ring_path = sdup(e, cli->event_ring);
     }
-    if (cli->metrics && (rc = set_metrics(e, c, "--metrics", cli->metrics)))
+    if (cli->metrics && ((rc = check_cli_text(e, "--metrics", cli->metrics)) ||
+                         (rc = set_metrics(e, c, "--metrics", cli->metrics))))
         return rc;
     return 0;
 }
@@ -850,12 +1064,10 @@ static int finish(struct cerr *e, struct soth_config *c)
 static int load_common(json_t *root, const struct soth_cli_overrides *cli, struct soth_config **out,
                        struct cerr *e)
 {
+    *out = NULL;
     struct soth_config *c = config_defaults();
     if (c == NULL)
         return fail(e, "(config)", "out of memory");
-    char why[128];
-    if (soth_hostport_parse(c->listen_text, &c->listen, why, sizeof(why)) < 0)
-        SOTH_BUG_ON(1);
     int rc = 0;
     if (root)
         rc = load_json(e, c, root);
@@ -863,6 +1075,9 @@ static int load_common(json_t *root, const struct soth_cli_overrides *cli, struc
         rc = apply_cli(e, c, cli);
     if (rc == 0)
         rc = finish(e, c);
+    /* A failed copy leaves a NULL behind; whatever else went wrong, that is the cause. */
+    if (e->oom)
+        rc = fail(e, "(config)", "out of memory");
     if (rc < 0) {
         config_free(c);
         return rc;
@@ -874,8 +1089,9 @@ static int load_common(json_t *root, const struct soth_cli_overrides *cli, struc
 int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
                      struct soth_config **out, char *err, size_t err_len)
 {
-    struct cerr e = {err, err_len};
+    struct cerr e = {err, err_len, false};
     json_t *root = NULL;
+    *out = NULL;
     if (path != NULL) {
         json_error_t je;
         root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
@@ -893,8 +1109,9 @@ int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
 int soth_config_load_text(const char *text, size_t len, struct soth_config **out, char *err,
                           size_t err_len)
 {
-    struct cerr e = {err, err_len};
+    struct cerr e = {err, err_len, false};
     json_error_t je;
+    *out = NULL;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL)
         return fail(&e, "(text)", "line %d, column %d: %s", je.line, je.column, je.text);

@@ -1,8 +1,8 @@
 /*
  * The effective configuration (SPEC "Config file"), loaded once into an immutable,
  * reference-counted snapshot. Workers read it without locks; SIGHUP builds a new snapshot
- * and publishes it (see struct soth_config_slot); a worker switches at its next safe
- * point and drops its reference to the old one.
+ * and publishes it to each worker (see struct soth_config_slot); a worker switches at its
+ * next safe point and drops its reference to the old one. docs/config.md lists every key.
  */
 #ifndef SOTH_CONFIG_H
 #define SOTH_CONFIG_H
@@ -55,7 +55,7 @@ struct soth_config {
     atomic_uint refs;
 
     struct soth_hostport listen;
-    char *listen_text; /* as written: "127.0.0.1:8080" */
+    char *listen_text; /* as written: "127.0.0.1:8080"; port 0 = kernel picks */
     enum soth_mode mode;
     char *mode_text; /* as written: "reverse:https://origin.test:443" */
     /* reverse mode only */
@@ -111,7 +111,10 @@ struct soth_config {
     size_t n_resolve;
 };
 
-/** Command-line overrides; NULL / 0 fields mean "not given". */
+/** Upper bound of `workers` / --workers (0 = one per online CPU). */
+#define SOTH_CONFIG_MAX_WORKERS 1024
+
+/** Command-line overrides; NULL fields (and workers -1) mean "not given". */
 struct soth_cli_overrides {
     const char *listen;
     const char *mode;
@@ -130,24 +133,86 @@ struct soth_cli_overrides {
 int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
                      struct soth_config **out, char *err, size_t err_len);
 
-/** As soth_config_load, from JSON text in memory, without overrides (tests, fuzzing). */
+/**
+ * As soth_config_load, from JSON text in memory (need not be NUL-terminated), without
+ * overrides (tests, fuzzing; touches no file). JSON syntax errors read
+ * "config: (text): line L, column C: <jansson message>".
+ */
 int soth_config_load_text(const char *text, size_t len, struct soth_config **out, char *err,
                           size_t err_len);
 
-/** The effective config as pretty JSON text (malloc'ed, caller frees); every SPEC key present. */
+/**
+ * The effective config as pretty JSON text (malloc'ed, caller frees; NULL when out of
+ * memory): every SPEC key in SPEC order, null where unset. tls.ca_dir and events.ring_path
+ * are printed as configured (null = the default path below). The text loads back to the
+ * same config.
+ */
 char *soth_config_to_json(const struct soth_config *cfg);
 
-/** Default paths, resolved from the environment (malloc'ed strings). */
+/**
+ * Default paths, resolved from the environment at each call (malloc'ed strings, caller
+ * frees; NULL when out of memory). CA dir: $XDG_DATA_HOME/soth-mitm, else
+ * $HOME/.local/share/soth-mitm. Ring: $XDG_RUNTIME_DIR/soth-mitm/events.ring, else
+ * /tmp/soth-mitm-$UID/events.ring. An XDG variable that is not an absolute path is ignored
+ * (XDG Base Directory spec).
+ */
 char *soth_config_default_ca_dir(void);
 char *soth_config_default_ring_path(void);
 
-/** Reference counting for SIGHUP snapshots. */
+/**
+ * Reference counting. A snapshot is immutable once loaded; every holder (the main thread,
+ * each worker, anything that must outlive a reload) owns one reference. ref returns cfg with
+ * one more reference (atomic, any thread). unref drops one (NULL is a no-op); the last unref
+ * frees the snapshot and everything it points to, on whichever thread makes it.
+ */
 struct soth_config *soth_config_ref(struct soth_config *cfg);
 void soth_config_unref(struct soth_config *cfg);
 
 /**
- * Parse "HOST:PORT", "[v6]:PORT" into hp (strings malloc'ed). Returns 0 or SOTH_E_CONFIG with
- * a reason in err.
+ * SIGHUP publication slot: a one-entry, lock-free mailbox holding the newest snapshot a
+ * consumer has not yet taken. Give each worker its own slot (the ctl_cfg idea of core/).
+ *
+ * Rule: whoever moves a pointer out of the slot owns the reference that came with it. Both
+ * sides only ever atomically exchange the pointer, so no snapshot is read after its last
+ * unref and none leaks:
+ *  - the reloader builds a new snapshot, then for each worker slot calls
+ *    soth_config_slot_publish(slot, soth_config_ref(cfg)), wakes the worker, and finally
+ *    drops its own reference with soth_config_unref(cfg);
+ *  - a worker keeps one reference to the snapshot it runs on (w->cfg). At a safe point (the
+ *    top of its loop, never in the middle of a callback that holds pointers into w->cfg)
+ *    it calls soth_config_slot_take(); on non-NULL it builds what it derives from the config
+ *    (policy), swaps w->cfg, and unrefs the old one. Flows that keep pointers into a
+ *    snapshot past the safe point take their own reference;
+ *  - the old snapshot is freed by its last unref (the last worker to switch, or the main
+ *    thread), never by the publisher while a worker may still read it.
+ * Two reloads before a worker looks: the second publish unrefs the untaken first one, so
+ * the worker only ever sees the newest. Exchanges are acq_rel: everything written while
+ * building the snapshot is visible to the thread that takes it.
+ */
+struct soth_config_slot {
+    _Atomic(struct soth_config *) pending; /* newest untaken snapshot, owns a ref; or NULL */
+};
+
+/** Empty slot. */
+void soth_config_slot_init(struct soth_config_slot *slot);
+
+/** Put cfg in the slot, taking over the caller's reference (cfg may be NULL to clear). An
+ *  untaken snapshot already there is unreferenced. Any thread; lock-free. */
+void soth_config_slot_publish(struct soth_config_slot *slot, struct soth_config *cfg);
+
+/** Take the pending snapshot out of the slot: returns it with the reference it carried
+ *  (the caller must unref it eventually), or NULL when nothing new was published. */
+struct soth_config *soth_config_slot_take(struct soth_config_slot *slot);
+
+/** Drop whatever is still pending (shutdown). The slot may be reused after init. */
+void soth_config_slot_dispose(struct soth_config_slot *slot);
+
+/**
+ * Parse "HOST:PORT" or "[IPV6]:PORT" (port 0..65535, decimal, no leading zero) into hp.
+ * HOST is a name or an IPv4 literal; a bracketed host must be an IPv6 literal. Numeric hosts
+ * fill hp->addr/addr_len (port included); names leave addr_len 0. On success hp->host is
+ * malloc'ed (release with soth_hostport_dispose). Returns 0, or SOTH_E_CONFIG with a reason
+ * (without the "config: key:" prefix) in err and hp zeroed (dispose is then a no-op).
  */
 int soth_hostport_parse(const char *text, struct soth_hostport *hp, char *err, size_t err_len);
 void soth_hostport_dispose(struct soth_hostport *hp);
