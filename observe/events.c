@@ -164,7 +164,21 @@ struct ev_val {
     size_t n;
 };
 
-#define STREAM_CLOSED_RESERVE 4096u /* bytes only stream_closed may use */
+/*
+ * stream_closed is never dropped (SPEC invariant 1, docs/events.md "Overload"): other events may
+ * not use the last (open_flows + 1) * SC_REC_MAX bytes of the ring, which is room for the
+ * stream_closed of every flow still open plus one wrap padding. The reserve is capped at half
+ * the ring so that a caller that leaks flows (init without stream_closed) cannot starve the rest.
+ */
+#define SC_REC_MAX                                                                                 \
+    ((sizeof(struct ev_rec) + SOTH_EV_ADDR_MAX + SOTH_EV_HOST_MAX + 5 * 8 + REC_ALIGN - 1) &       \
+     ~(size_t)(REC_ALIGN - 1))
+
+static uint64_t closed_reserve(const struct soth_ev_producer *pr)
+{
+    uint64_t r = (pr->open_flows + 1) * (uint64_t)SC_REC_MAX;
+    return r < pr->cap / 2 ? r : pr->cap / 2;
+}
 
 static size_t field_size(const struct field_def *fd, const struct ev_val *v)
 {
@@ -223,8 +237,8 @@ static void emit(struct soth_ev_flow *f, enum soth_ev_type t, const struct ev_va
     /* Room: records are contiguous; a record that would wrap is preceded by padding. */
     uint64_t off = pr->tail & pr->mask;
     size_t pad = off + len > pr->cap ? (size_t)(pr->cap - off) : 0;
-    uint64_t limit = t == SOTH_EV_STREAM_CLOSED ? pr->cap : pr->cap - STREAM_CLOSED_RESERVE;
-    if (len > REC_MAX || pr->tail + pad + len - pr->head_cache > limit) {
+    uint64_t limit = t == SOTH_EV_STREAM_CLOSED ? pr->cap : pr->cap - closed_reserve(pr);
+    if (SOTH_UNLIKELY(len > REC_MAX || pr->tail + pad + len - pr->head_cache > limit)) {
         pr->head_cache = atomic_load_explicit(&pr->head, memory_order_acquire);
         if (len > REC_MAX || pr->tail + pad + len - pr->head_cache > limit) {
             f->dropped++;
@@ -326,6 +340,8 @@ void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, ui
     f->client_addr_len = 0;
     f->server_host_len = 0;
     f->closed = false;
+    if (prod != NULL)
+        prod->open_flows++; /* until its stream_closed: see closed_reserve() */
     if (client == NULL || client_len == 0)
         return;
     char ip[INET6_ADDRSTRLEN];
@@ -363,6 +379,19 @@ void soth_ev_flow_set_server(struct soth_ev_flow *f, struct soth_iov host, uint1
     {                                                                                              \
         .hdrs = (h), .n = (cnt)                                                                    \
     }
+
+/*
+ * Captured bytes never exceed events.body_capture_bytes in one record, whatever the caller
+ * passes (the caller bounds the per-message total; this is the per-record safety net).
+ */
+static struct soth_iov capture(const struct soth_ev_flow *f, struct soth_iov data, bool *truncated)
+{
+    if (f->prod != NULL && data.len > f->prod->body_cap) {
+        data.len = f->prod->body_cap;
+        *truncated = true;
+    }
+    return data;
+}
 
 void soth_ev_connect_received(struct soth_ev_flow *f, struct soth_iov method,
                               struct soth_iov target)
@@ -450,6 +479,7 @@ void soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t 
 void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
                         uint64_t offset, uint64_t len, struct soth_iov data, bool truncated)
 {
+    data = capture(f, data, &truncated);
     struct ev_val v[] = {VU(stream_id), VU(offset), VU(len), VS(data), VU(truncated)};
     emit(f,
          dir == SOTH_DIR_CLIENT_TO_SERVER ? SOTH_EV_REQUEST_BODY_CHUNK
@@ -468,6 +498,7 @@ void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
 void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
                         unsigned opcode, uint64_t len, struct soth_iov data, bool truncated)
 {
+    data = capture(f, data, &truncated);
     struct ev_val v[] = {VU(stream_id), VU(dir), VU(opcode), VU(len), VS(data), VU(truncated)};
     emit(f, SOTH_EV_WS_MESSAGE, v);
 }
@@ -499,6 +530,7 @@ void soth_ev_sse_event(struct soth_ev_flow *f, uint32_t stream_id, struct soth_i
 void soth_ev_grpc_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
                           bool compressed, uint32_t length, struct soth_iov data, bool truncated)
 {
+    data = capture(f, data, &truncated);
     struct ev_val v[] = {VU(stream_id), VU(dir),  VU(compressed),
                          VU(length),    VS(data), VU(truncated)};
     emit(f, SOTH_EV_GRPC_MESSAGE, v);
@@ -518,6 +550,8 @@ void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum sot
 void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason,
                            uint64_t bytes_client_to_server, uint64_t bytes_server_to_client)
 {
+    if (f->prod != NULL && !f->closed && f->prod->open_flows > 0)
+        f->prod->open_flows--;
     /* events_dropped counts what this flow lost before its last event. */
     struct ev_val v[] = {VU(reason), VU(bytes_client_to_server), VU(bytes_server_to_client),
                          VU(soth_mono_ns() - f->start_mono_ns), VU(f->dropped)};
@@ -557,9 +591,13 @@ static void jput(struct jbuf *b, const char *s)
 
 static void jput_u64(struct jbuf *b, uint64_t x)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)x);
-    jbuf_put(b, tmp, (size_t)n);
+    char tmp[20];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + x % 10);
+        x /= 10;
+    } while (x != 0);
+    jbuf_put(b, tmp + i, sizeof(tmp) - i);
 }
 
 /** Length of the valid UTF-8 sequence at p (1..4), or 0 when the bytes are not valid UTF-8. */

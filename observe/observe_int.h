@@ -29,6 +29,8 @@ struct ev_rec {
 };
 _Static_assert(sizeof(struct ev_rec) == 56, "record header is part of the file format");
 
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the ring file is little-endian");
+
 #define REC_PAD   0xffff
 #define REC_ALIGN 8u
 #define REC_MAX   (1u << 20) /* no single record is larger (capped captures keep far below) */
@@ -88,6 +90,8 @@ struct soth_ev_producer {
     struct soth_observe *obs;
     struct soth_metrics *m;
     unsigned worker;
+    uint32_t body_cap;   /* events.body_capture_bytes */
+    uint64_t open_flows; /* flows initialised and not yet closed (stream_closed reserve) */
     /* published positions */
     _Alignas(SOTH_CACHELINE) _Atomic uint64_t pub_tail; /* written by the producer */
     _Alignas(SOTH_CACHELINE) _Atomic uint64_t head;     /* written by the consumer */
@@ -136,6 +140,7 @@ struct soth_observe {
     pthread_t thr;
 
     int metrics_fd;
+    _Atomic int metrics_stop;
     pthread_t metrics_thr;
     bool metrics_started;
 };

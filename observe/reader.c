@@ -30,6 +30,10 @@ static int reader_init(struct soth_ring_reader *r, const void *base, size_t len,
                        size_t err_len)
 {
     const struct ring_hdr *h = base;
+    if ((uintptr_t)base % REC_ALIGN != 0) {
+        snprintf(err, err_len, "event ring image is not 8-byte aligned");
+        return -1;
+    }
     if (len < RING_HDR_SIZE || h->magic != RING_MAGIC) {
         snprintf(err, err_len, "not a soth-mitm event ring (bad magic)");
         return -1;
@@ -109,13 +113,35 @@ void soth_ring_reader_free(struct soth_ring_reader *r)
     free(r);
 }
 
+/** First 8 bytes of the record at data offset off: len (low 32 bits) and type. */
+static void rec_peek(const struct soth_ring_reader *r, uint64_t off, uint32_t *len, uint16_t *type)
+{
+    uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(r->data + off), __ATOMIC_RELAXED);
+    *len = (uint32_t)w;
+    *type = (uint16_t)(w >> 32);
+}
+
+/* The writer stores record bytes as 8-byte relaxed atomics (telemetry.c ring_copy_in). */
+static void rec_copy_out(char *dst, const char *src, size_t len)
+{
+    const uint64_t *s = (const uint64_t *)(const void *)src;
+    for (size_t i = 0; i < len / 8; i++) {
+        uint64_t w = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
+        memcpy(dst + 8 * i, &w, 8);
+    }
+}
+
 void soth_ring_reader_seek(struct soth_ring_reader *r, bool from_start)
 {
     r->lapped = false;
     if (!from_start) {
-        /* last_gseq first: records published after it are all ahead of write_pos's record. */
-        r->last_gseq = atomic_load_explicit(&r->hdr->last_gseq, memory_order_acquire);
+        /*
+         * write_pos first: the writer stores last_gseq before write_pos, so the gseq loaded next
+         * is at least that of the record ending at pos, and the first record read is never
+         * mistaken for a gap.
+         */
         r->pos = atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
+        r->last_gseq = atomic_load_explicit(&r->hdr->last_gseq, memory_order_acquire);
         return;
     }
     /* From the oldest record held: what was overwritten before we came is not a lap of ours. */
@@ -128,13 +154,12 @@ void soth_ring_reader_seek(struct soth_ring_reader *r, bool from_start)
             break;
         uint32_t len;
         uint16_t type;
-        memcpy(&len, r->data + off, 4);
-        memcpy(&type, r->data + off + 4, 2);
+        rec_peek(r, off, &len, &type);
         if (len < REC_ALIGN || len % REC_ALIGN || off + len > r->cap)
             break;
         if (type != REC_PAD && len >= sizeof(struct ev_rec)) {
-            uint64_t g;
-            memcpy(&g, r->data + off + offsetof(struct ev_rec, gseq), 8);
+            uint64_t g = __atomic_load_n((const uint64_t *)(const void *)(r->data + off + 8),
+                                         __ATOMIC_RELAXED);
             r->last_gseq = g ? g - 1 : 0;
             break;
         }
@@ -158,13 +183,21 @@ size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_
 {
     size_t n_out = 0;
     uint64_t wp = atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
+    bool reloaded = false;
     while (r->pos < wp) {
         uint64_t oldest = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
+        if (oldest > wp && !reloaded) {
+            /* Our wp is stale: the writer went on (and past us) while we were printing. */
+            wp = atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
+            reloaded = true;
+            continue;
+        }
         if (oldest > wp || wp - oldest > r->cap) {
             /* The writer never publishes this: a corrupted file. Bound the work and stop. */
             r->pos = wp;
             break;
         }
+        reloaded = false;
         if (r->pos < oldest) {
             r->pos = oldest;
             r->lapped = true;
@@ -173,17 +206,15 @@ size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_
         uint64_t off = r->pos & (r->cap - 1);
         uint32_t len = 0;
         uint16_t type = 0;
-        if (off % REC_ALIGN == 0 && off + REC_ALIGN <= r->cap) {
-            memcpy(&len, r->data + off, 4);
-            memcpy(&type, r->data + off + 4, 2);
-        }
+        if (off % REC_ALIGN == 0 && off + REC_ALIGN <= r->cap)
+            rec_peek(r, off, &len, &type);
         bool sane = len >= REC_ALIGN && len % REC_ALIGN == 0 && off + len <= r->cap &&
                     (type == REC_PAD || (len >= sizeof(struct ev_rec) && len <= REC_MAX));
         if (sane && type != REC_PAD)
-            memcpy(r->rec, r->data + off, len);
-        /* The copy is only good if the writer had not begun to overwrite it. */
+            rec_copy_out(r->rec, r->data + off, len);
+        /* The copy is only good if the writer had not begun to overwrite it (seqlock). */
         atomic_thread_fence(memory_order_acquire);
-        oldest = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
+        oldest = atomic_load_explicit(&r->hdr->oldest, memory_order_relaxed);
         if (r->pos < oldest) {
             r->pos = oldest;
             r->lapped = true;
@@ -208,9 +239,10 @@ size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_
             n_out++;
             r->lapped = false;
         }
-        r->last_gseq = rec->gseq;
-        if (!wanted(flt, rec))
-            continue;
+        if (rec->gseq > r->last_gseq)
+            r->last_gseq = rec->gseq;
+        if (rec->type >= SOTH_EV_TYPE_COUNT || !wanted(flt, rec))
+            continue; /* an unknown type comes only from a corrupted file */
         r->line.len = 0;
         if (soth_ev_rec_to_json(rec, len, &r->line) == 0) {
             emit(ctx, r->line.p, r->line.len);

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <string.h>
@@ -17,10 +18,12 @@
 
 #include "observe_int.h"
 
-#define PROD_RING_BYTES (4u << 20) /* per worker */
-#define SINK_BUF_MAX    (1u << 20) /* per sink client: beyond this, lines are dropped */
+#define PROD_RING_BYTES (8u << 20) /* per worker */
+#define SINK_BUF_MAX    (1u << 20) /* per uds client: beyond this, lines are dropped */
+#define JSONL_BUF_BYTES (4u << 20) /* per jsonl sink (power of two): beyond, lines are dropped */
 #define MAX_UDS_CLIENTS 64
 #define DRAIN_BATCH     4096
+#define IDLE_POLL_MS    100 /* bounds the cost of a lost wake-up; wakes are normally immediate */
 
 struct sink_client {
     int fd;
@@ -28,10 +31,29 @@ struct sink_client {
     size_t off; /* bytes of buf already written */
 };
 
+/*
+ * A jsonl sink: the telemetry thread appends whole lines to a byte ring (SPSC); the sink's own
+ * thread writes them to the file, so a slow disk never stalls the telemetry thread. A full ring
+ * drops the line (soth_sink_dropped_total).
+ */
+struct jsonl_ring {
+    char *data;
+    uint64_t cap;
+    _Alignas(SOTH_CACHELINE) _Atomic uint64_t tail; /* written by the telemetry thread */
+    _Alignas(SOTH_CACHELINE) _Atomic uint64_t head; /* written by the sink thread */
+    _Atomic int sleeping;                           /* sink thread waits on efd */
+    _Atomic int stop;
+    _Atomic uint64_t *dropped; /* the subsystem's sink_dropped */
+    int efd;
+    pthread_t thr;
+    bool started;
+};
+
 struct sink {
     enum soth_sink_type type;
     char *path;
     int fd; /* jsonl: the file; uds: the listening socket */
+    struct jsonl_ring *jr;
     struct sink_client clients[MAX_UDS_CLIENTS];
     unsigned n_clients;
 };
@@ -70,7 +92,7 @@ static int parent_dir(const char *path, mode_t mode)
 
 static int ring_file_open(struct soth_observe *o, uint32_t size_mb, char *err, size_t err_len)
 {
-    uint64_t cap = 1;
+    uint64_t cap = 1u << 20;
     while (cap < (uint64_t)size_mb << 20)
         cap <<= 1;
     int rc = parent_dir(o->ring_path, 0700);
@@ -88,13 +110,19 @@ static int ring_file_open(struct soth_observe *o, uint32_t size_mb, char *err, s
         return -1;
     }
     size_t total = RING_HDR_SIZE + cap;
-    if (ftruncate(fd, (off_t)total) == -1) {
-        snprintf(err, err_len, "event ring %s: ftruncate: %s", o->ring_path, strerror(errno));
+    /* Allocate the blocks now: a full disk must fail here, not SIGBUS the telemetry thread. */
+    rc = posix_fallocate(fd, 0, (off_t)total);
+    if (rc == EOPNOTSUPP || rc == EINVAL)
+        rc = ftruncate(fd, (off_t)total) == -1 ? errno : 0;
+    if (rc != 0) {
+        snprintf(err, err_len, "event ring %s: allocating %zu bytes: %s", o->ring_path, total,
+                 strerror(rc));
         close(fd);
         unlink(tmp);
         return -1;
     }
-    void *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    /* MAP_POPULATE: no page faults in the telemetry thread's hot loop. */
+    void *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (m == MAP_FAILED) {
         snprintf(err, err_len, "event ring %s: mmap: %s", o->ring_path, strerror(errno));
         close(fd);
@@ -124,23 +152,125 @@ static int ring_file_open(struct soth_observe *o, uint32_t size_mb, char *err, s
     return 0;
 }
 
-static int sink_open(struct sink *s, const struct soth_sink_cfg *cfg, char *err, size_t err_len)
+/* ==========================================================================================
+ * jsonl sink thread
+ * ========================================================================================== */
+
+static void *jsonl_main(void *arg)
+{
+    struct sink *s = arg;
+    struct jsonl_ring *jr = s->jr;
+    for (;;) {
+        uint64_t head = atomic_load_explicit(&jr->head, memory_order_relaxed);
+        uint64_t tail = atomic_load_explicit(&jr->tail, memory_order_acquire);
+        if (head != tail) {
+            uint64_t off = head & (jr->cap - 1);
+            size_t n = (size_t)(tail - head);
+            if (off + n > jr->cap)
+                n = (size_t)(jr->cap - off);
+            ssize_t w = write(s->fd, jr->data + off, n);
+            if (w > 0)
+                head += (uint64_t)w;
+            else if (w == -1 && errno == EINTR)
+                continue;
+            else {
+                head += n; /* a broken file (EIO, ENOSPC): these bytes are lost, and counted */
+                atomic_fetch_add_explicit(jr->dropped, 1, memory_order_relaxed);
+            }
+            atomic_store_explicit(&jr->head, head, memory_order_release);
+            continue;
+        }
+        if (atomic_load_explicit(&jr->stop, memory_order_acquire)) {
+            /* stop is set after the last line was queued: one more look, then done. */
+            if (atomic_load_explicit(&jr->tail, memory_order_acquire) == head)
+                break;
+            continue;
+        }
+        atomic_store_explicit(&jr->sleeping, 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&jr->tail, memory_order_relaxed) == head &&
+            !atomic_load_explicit(&jr->stop, memory_order_relaxed)) {
+            struct pollfd pfd = {.fd = jr->efd, .events = POLLIN};
+            poll(&pfd, 1, IDLE_POLL_MS);
+            uint64_t v;
+            ssize_t r = read(jr->efd, &v, sizeof(v));
+            (void)r;
+        }
+        atomic_store_explicit(&jr->sleeping, 0, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+static void jsonl_wake(struct jsonl_ring *jr)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&jr->sleeping, memory_order_relaxed) &&
+        atomic_exchange_explicit(&jr->sleeping, 0, memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t n = write(jr->efd, &one, sizeof(one));
+        (void)n;
+    }
+}
+
+/** Queue one line (telemetry thread). false when the ring has no room for all of it. */
+static bool jsonl_put(struct jsonl_ring *jr, const char *line, size_t len)
+{
+    uint64_t tail = atomic_load_explicit(&jr->tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&jr->head, memory_order_acquire);
+    if (tail + len - head > jr->cap)
+        return false;
+    uint64_t off = tail & (jr->cap - 1);
+    size_t first = off + len > jr->cap ? (size_t)(jr->cap - off) : len;
+    memcpy(jr->data + off, line, first);
+    memcpy(jr->data, line + first, len - first);
+    atomic_store_explicit(&jr->tail, tail + len, memory_order_release);
+    return true;
+}
+
+/* ==========================================================================================
+ * sinks: set-up
+ * ========================================================================================== */
+
+static int sink_open(struct soth_observe *o, struct sink *s, const struct soth_sink_cfg *cfg,
+                     char *err, size_t err_len)
 {
     s->type = cfg->type;
     s->path = strdup(cfg->path);
     s->fd = -1;
+    if (s->path == NULL) {
+        snprintf(err, err_len, "out of memory");
+        return -1;
+    }
     parent_dir(cfg->path, 0755);
     if (cfg->type == SOTH_SINK_JSONL) {
-        s->fd = open(cfg->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644);
+        s->fd = open(cfg->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         if (s->fd == -1) {
             snprintf(err, err_len, "events.sinks: jsonl %s: %s", cfg->path, strerror(errno));
             return -1;
         }
+        s->jr = aligned_alloc(SOTH_CACHELINE, sizeof(*s->jr));
+        if (s->jr == NULL) {
+            snprintf(err, err_len, "out of memory");
+            return -1;
+        }
+        memset(s->jr, 0, sizeof(*s->jr));
+        s->jr->cap = JSONL_BUF_BYTES;
+        s->jr->dropped = &o->sink_dropped;
+        s->jr->data = malloc(JSONL_BUF_BYTES);
+        s->jr->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (s->jr->data == NULL || s->jr->efd == -1) {
+            snprintf(err, err_len, "events.sinks: jsonl %s: out of resources", cfg->path);
+            return -1;
+        }
         return 0;
     }
-    s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof(a.sun_path), "%s", cfg->path);
+    if (strlen(cfg->path) >= sizeof(a.sun_path)) {
+        snprintf(err, err_len, "events.sinks: uds %s: path too long for a Unix socket", cfg->path);
+        return -1;
+    }
+    memcpy(a.sun_path, cfg->path, strlen(cfg->path) + 1);
+    s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     unlink(cfg->path);
     if (s->fd == -1 || bind(s->fd, (struct sockaddr *)&a, sizeof(a)) == -1 ||
         listen(s->fd, 64) == -1) {
@@ -148,6 +278,39 @@ static int sink_open(struct sink *s, const struct soth_sink_cfg *cfg, char *err,
         return -1;
     }
     return 0;
+}
+
+static int metrics_listen(const struct soth_config *cfg, char *err, size_t err_len)
+{
+    const struct soth_hostport *hp = &cfg->metrics.listen;
+    struct sockaddr_storage ss = hp->addr;
+    socklen_t sl = hp->addr_len;
+    if (sl == 0) {
+        /* A name ("localhost"): resolved once here, at start-up (never on a worker). */
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
+        struct addrinfo *ai = NULL;
+        char port[8];
+        snprintf(port, sizeof(port), "%u", hp->port);
+        int rc = getaddrinfo(hp->host, port, &hints, &ai);
+        if (rc != 0 || ai == NULL) {
+            snprintf(err, err_len, "metrics.listen %s: %s", cfg->metrics.listen_text,
+                     rc ? gai_strerror(rc) : "no address");
+            return -1;
+        }
+        memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+        sl = ai->ai_addrlen;
+        freeaddrinfo(ai);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd == -1 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
+        bind(fd, (const struct sockaddr *)&ss, sl) == -1 || listen(fd, 64) == -1) {
+        snprintf(err, err_len, "metrics.listen %s: %s", cfg->metrics.listen_text, strerror(errno));
+        if (fd != -1)
+            close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_workers, char *err,
@@ -164,14 +327,15 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
     o->n_workers = n_workers;
     o->ring_path =
         cfg->events.ring_path ? strdup(cfg->events.ring_path) : soth_config_default_ring_path();
-    o->prods = aligned_alloc(SOTH_CACHELINE, sizeof(*o->prods) * (n_workers ? n_workers : 1));
-    o->metrics = aligned_alloc(SOTH_CACHELINE, sizeof(*o->metrics) * (n_workers ? n_workers : 1));
-    if (o->prods == NULL || o->metrics == NULL)
+    size_t n_alloc = n_workers ? n_workers : 1;
+    o->prods = aligned_alloc(SOTH_CACHELINE, sizeof(*o->prods) * n_alloc);
+    o->metrics = aligned_alloc(SOTH_CACHELINE, sizeof(*o->metrics) * n_alloc);
+    if (o->ring_path == NULL || o->prods == NULL || o->metrics == NULL)
         goto oom;
-    memset(o->metrics, 0, sizeof(*o->metrics) * n_workers);
+    memset(o->prods, 0, sizeof(*o->prods) * n_alloc);
+    memset(o->metrics, 0, sizeof(*o->metrics) * n_alloc);
     for (unsigned i = 0; i < n_workers; i++) {
         struct soth_ev_producer *p = &o->prods[i];
-        memset(p, 0, sizeof(*p));
         p->cap = PROD_RING_BYTES;
         p->mask = p->cap - 1;
         p->data = mmap(NULL, p->cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -182,6 +346,7 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
         p->obs = o;
         p->m = &o->metrics[i];
         p->worker = i;
+        p->body_cap = cfg->events.body_capture_bytes;
     }
     o->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (o->efd == -1)
@@ -193,23 +358,13 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
         goto oom;
     for (size_t i = 0; i < cfg->events.n_sinks; i++) {
         o->n_sinks++;
-        if (sink_open(&o->sinks[i], &cfg->events.sinks[i], err, err_len) < 0)
+        if (sink_open(o, &o->sinks[i], &cfg->events.sinks[i], err, err_len) < 0)
             goto fail;
     }
     if (cfg->metrics.listen_text != NULL) {
-        const struct soth_hostport *hp = &cfg->metrics.listen;
-        int fd = socket(hp->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (fd == -1 || bind(fd, (const struct sockaddr *)&hp->addr, hp->addr_len) == -1 ||
-            listen(fd, 64) == -1) {
-            snprintf(err, err_len, "metrics.listen %s: %s", cfg->metrics.listen_text,
-                     strerror(errno));
-            if (fd != -1)
-                close(fd);
+        o->metrics_fd = metrics_listen(cfg, err, err_len);
+        if (o->metrics_fd < 0)
             goto fail;
-        }
-        o->metrics_fd = fd;
     }
     return o;
 oom:
@@ -234,52 +389,79 @@ struct soth_metrics *soth_observe_metrics(struct soth_observe *obs, unsigned wor
     return &obs->metrics[worker];
 }
 
+uint64_t soth_observe_sink_dropped(struct soth_observe *obs)
+{
+    return atomic_load_explicit(&obs->sink_dropped, memory_order_relaxed);
+}
+
 /* ==========================================================================================
  * the ring file writer
  * ========================================================================================== */
 
-/** Append one record (gseq already set). Advances `oldest` past what it is about to overwrite. */
+/*
+ * Record bytes go into the shared mapping as 8-byte relaxed atomic stores (and readers copy them
+ * out with relaxed atomic loads): the writer and a reader may touch the same bytes at once, and
+ * this keeps that race well-defined (seqlock pattern; docs/event-ring.md). On x86-64 and arm64
+ * these are plain moves.
+ */
+static void ring_copy_in(char *dst, const char *src, size_t len)
+{
+    uint64_t *d = (uint64_t *)(void *)dst;
+    for (size_t i = 0; i < len / 8; i++) {
+        uint64_t w;
+        memcpy(&w, src + 8 * i, 8);
+        __atomic_store_n(&d[i], w, __ATOMIC_RELAXED);
+    }
+}
+
+/** Advance `oldest` past every record that the bytes up to `end` will overwrite. */
+static void ring_make_room(struct soth_observe *o, uint64_t end)
+{
+    uint64_t oldest = atomic_load_explicit(&o->hdr->oldest, memory_order_relaxed);
+    if (oldest + o->ring_cap >= end)
+        return;
+    while (oldest + o->ring_cap < end) {
+        const uint64_t *old =
+            (const uint64_t *)(void *)(o->ring_data + (oldest & (o->ring_cap - 1)));
+        uint32_t len = (uint32_t)__atomic_load_n(old, __ATOMIC_RELAXED); /* len: low 4 bytes */
+        oldest += len;
+    }
+    atomic_store_explicit(&o->hdr->oldest, oldest, memory_order_relaxed);
+    /* `oldest` is visible before any byte below it changes: a reader that copied a record and
+     * then still sees `oldest` at or below it knows the copy is whole. */
+    atomic_thread_fence(memory_order_release);
+}
+
+/** Append one record (gseq already set). */
 static void ring_write(struct soth_observe *o, struct ev_rec *r)
 {
     uint64_t w = atomic_load_explicit(&o->hdr->write_pos, memory_order_relaxed);
     uint64_t off = w & (o->ring_cap - 1);
     if (off + r->len > o->ring_cap) {
         /* Pad to the end so every record is contiguous in the mapping. */
+        uint64_t pad_len = o->ring_cap - off;
+        ring_make_room(o, w + pad_len);
         struct ev_rec pad;
         memset(&pad, 0, sizeof(pad));
-        pad.len = (uint32_t)(o->ring_cap - off);
+        pad.len = (uint32_t)pad_len;
         pad.type = REC_PAD;
         pad.pos = w;
-        uint64_t oldest = atomic_load_explicit(&o->hdr->oldest, memory_order_relaxed);
-        while (oldest + o->ring_cap < w + pad.len) {
-            const struct ev_rec *old =
-                (const struct ev_rec *)(o->ring_data + (oldest & (o->ring_cap - 1)));
-            oldest += old->len;
-        }
-        atomic_store_explicit(&o->hdr->oldest, oldest, memory_order_release);
-        memcpy(o->ring_data + off, &pad, pad.len < sizeof(pad) ? pad.len : sizeof(pad));
-        w += pad.len;
+        ring_copy_in(o->ring_data + off, (const char *)&pad,
+                     pad_len < sizeof(pad) ? pad_len : sizeof(pad));
+        w += pad_len;
         atomic_store_explicit(&o->hdr->write_pos, w, memory_order_release);
         off = 0;
     }
     uint64_t end = w + r->len;
-    uint64_t oldest = atomic_load_explicit(&o->hdr->oldest, memory_order_relaxed);
-    while (oldest + o->ring_cap < end) {
-        const struct ev_rec *old =
-            (const struct ev_rec *)(o->ring_data + (oldest & (o->ring_cap - 1)));
-        oldest += old->len;
-    }
-    /* Published before the bytes change: a reader that copied from below it knows. */
-    atomic_store_explicit(&o->hdr->oldest, oldest, memory_order_release);
-    atomic_thread_fence(memory_order_release);
+    ring_make_room(o, end);
     r->pos = w;
-    memcpy(o->ring_data + off, r, r->len);
+    ring_copy_in(o->ring_data + off, (const char *)r, r->len);
     atomic_store_explicit(&o->hdr->last_gseq, r->gseq, memory_order_relaxed);
     atomic_store_explicit(&o->hdr->write_pos, end, memory_order_release);
 }
 
 /* ==========================================================================================
- * sinks
+ * sinks: the telemetry thread's side
  * ========================================================================================== */
 
 static void client_close(struct sink *s, unsigned i)
@@ -314,8 +496,17 @@ static void client_flush(struct sink *s, unsigned i)
             c->off += (size_t)n;
             continue;
         }
-        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* Keep the pending bytes at the front so the buffer stays bounded. */
+            if (c->off > c->buf.len / 2) {
+                memmove(c->buf.p, c->buf.p + c->off, c->buf.len - c->off);
+                c->buf.len -= c->off;
+                c->off = 0;
+            }
             return;
+        }
         client_close(s, i);
         return;
     }
@@ -323,12 +514,20 @@ static void client_flush(struct sink *s, unsigned i)
     c->off = 0;
 }
 
+/** Does any sink want JSON lines right now? (Encoding is skipped otherwise.) */
+static bool sinks_want_lines(const struct soth_observe *o)
+{
+    for (size_t k = 0; k < o->n_sinks; k++)
+        if (o->sinks[k].type == SOTH_SINK_JSONL || o->sinks[k].n_clients > 0)
+            return true;
+    return false;
+}
+
 /** Queue one JSON line for a sink; a consumer that fell behind loses lines (counted). */
 static void sink_put(struct soth_observe *o, struct sink *s, const char *line, size_t len)
 {
     if (s->type == SOTH_SINK_JSONL) {
-        ssize_t n = write(s->fd, line, len);
-        if (n != (ssize_t)len)
+        if (!jsonl_put(s->jr, line, len))
             atomic_fetch_add_explicit(&o->sink_dropped, 1, memory_order_relaxed);
         return;
     }
@@ -342,12 +541,17 @@ static void sink_put(struct soth_observe *o, struct sink *s, const char *line, s
     }
 }
 
+/** After a batch: hand the lines to their consumers (never blocks). */
 static void sinks_flush(struct soth_observe *o)
 {
     for (size_t k = 0; k < o->n_sinks; k++) {
         struct sink *s = &o->sinks[k];
-        if (s->type != SOTH_SINK_UDS)
+        if (s->type == SOTH_SINK_JSONL) {
+            if (atomic_load_explicit(&s->jr->tail, memory_order_relaxed) !=
+                atomic_load_explicit(&s->jr->head, memory_order_relaxed))
+                jsonl_wake(s->jr);
             continue;
+        }
         sink_accept(s);
         for (unsigned i = s->n_clients; i-- > 0;)
             client_flush(s, i);
@@ -362,6 +566,7 @@ static void sinks_flush(struct soth_observe *o)
 static size_t drain(struct soth_observe *o, size_t budget)
 {
     size_t total = 0;
+    bool lines = o->n_sinks > 0 && sinks_want_lines(o);
     for (unsigned i = 0; i < o->n_workers; i++) {
         struct soth_ev_producer *p = &o->prods[i];
         uint64_t head = atomic_load_explicit(&p->head, memory_order_relaxed);
@@ -373,7 +578,7 @@ static size_t drain(struct soth_observe *o, size_t budget)
             if (r->type != REC_PAD) {
                 r->gseq = ++o->gseq;
                 ring_write(o, r);
-                if (o->n_sinks > 0) {
+                if (lines) {
                     o->line.len = 0;
                     if (soth_ev_rec_to_json(r, len, &o->line) == 0)
                         for (size_t k = 0; k < o->n_sinks; k++)
@@ -383,6 +588,7 @@ static size_t drain(struct soth_observe *o, size_t budget)
             }
             head += len;
         }
+        /* Release: the producer may reuse the bytes only after we are done reading them. */
         atomic_store_explicit(&p->head, head, memory_order_release);
         total += n;
     }
@@ -400,6 +606,26 @@ static bool rings_empty(struct soth_observe *o)
     return true;
 }
 
+static void telemetry_sleep(struct soth_observe *o)
+{
+    struct pollfd pfd[1 + 4 * (1 + MAX_UDS_CLIENTS)];
+    nfds_t np = 0;
+    pfd[np++] = (struct pollfd){.fd = o->efd, .events = POLLIN};
+    for (size_t k = 0; k < o->n_sinks && k < 4; k++) {
+        struct sink *s = &o->sinks[k];
+        if (s->type != SOTH_SINK_UDS)
+            continue;
+        pfd[np++] = (struct pollfd){.fd = s->fd, .events = POLLIN};
+        for (unsigned i = 0; i < s->n_clients; i++)
+            if (s->clients[i].off < s->clients[i].buf.len)
+                pfd[np++] = (struct pollfd){.fd = s->clients[i].fd, .events = POLLOUT};
+    }
+    poll(pfd, np, IDLE_POLL_MS);
+    uint64_t v;
+    ssize_t r = read(o->efd, &v, sizeof(v));
+    (void)r;
+}
+
 static void *telemetry_main(void *arg)
 {
     struct soth_observe *o = arg;
@@ -409,7 +635,7 @@ static void *telemetry_main(void *arg)
             sinks_flush(o);
         if (n > 0)
             continue;
-        if (atomic_load(&o->stop)) {
+        if (atomic_load_explicit(&o->stop, memory_order_acquire)) {
             if (rings_empty(o))
                 break;
             continue;
@@ -417,21 +643,8 @@ static void *telemetry_main(void *arg)
         /* Announce sleep, then look once more (Dekker with soth_ev_flush). */
         atomic_store_explicit(&o->sleeping, 1, memory_order_relaxed);
         atomic_thread_fence(memory_order_seq_cst);
-        if (!rings_empty(o)) {
-            atomic_store_explicit(&o->sleeping, 0, memory_order_relaxed);
-            continue;
-        }
-        struct pollfd pfd[1 + 8];
-        nfds_t np = 0;
-        pfd[np++] = (struct pollfd){.fd = o->efd, .events = POLLIN};
-        for (size_t k = 0; k < o->n_sinks && np < 9; k++)
-            if (o->sinks[k].type == SOTH_SINK_UDS)
-                pfd[np++] = (struct pollfd){.fd = o->sinks[k].fd, .events = POLLIN};
-        /* The timeout bounds the cost of a missed wake-up; wakes are normally immediate. */
-        poll(pfd, np, 100);
-        uint64_t v;
-        ssize_t r = read(o->efd, &v, sizeof(v));
-        (void)r;
+        if (rings_empty(o) && !atomic_load_explicit(&o->stop, memory_order_relaxed))
+            telemetry_sleep(o);
         atomic_store_explicit(&o->sleeping, 0, memory_order_relaxed);
     }
     if (o->n_sinks)
@@ -450,6 +663,13 @@ static void metric_line(struct jbuf *b, const char *name, const char *labels, ui
     jbuf_put(b, line, (size_t)n);
 }
 
+static void metric_type(struct jbuf *b, const char *name, const char *type, const char *help)
+{
+    char line[320];
+    int n = snprintf(line, sizeof(line), "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    jbuf_put(b, line, (size_t)n);
+}
+
 #define SUM(field)                                                                                 \
     ({                                                                                             \
         uint64_t s_ = 0;                                                                           \
@@ -460,22 +680,26 @@ static void metric_line(struct jbuf *b, const char *name, const char *labels, ui
 
 static void render_metrics(struct soth_observe *o, struct jbuf *b)
 {
-    jbuf_put(b, "# TYPE soth_connections_total counter\n", 38);
+    metric_type(b, "soth_connections_total", "counter", "Client connections accepted.");
     metric_line(b, "soth_connections_total", "", SUM(connections_total));
-    jbuf_put(b, "# TYPE soth_active_connections gauge\n", 37);
-    metric_line(b, "soth_active_connections", "", SUM(active_connections));
-    jbuf_put(b, "# TYPE soth_bytes_total counter\n", 32);
+    metric_type(b, "soth_active_connections", "gauge", "Client connections open now.");
+    int64_t active = 0;
+    for (unsigned w = 0; w < o->n_workers; w++)
+        active += atomic_load_explicit(&o->metrics[w].active_connections, memory_order_relaxed);
+    metric_line(b, "soth_active_connections", "", active > 0 ? (uint64_t)active : 0);
+    metric_type(b, "soth_bytes_total", "counter", "Bytes relayed, by direction.");
     metric_line(b, "soth_bytes_total", "{direction=\"client_to_server\"}",
                 SUM(bytes_client_to_server));
     metric_line(b, "soth_bytes_total", "{direction=\"server_to_client\"}",
                 SUM(bytes_server_to_client));
-    jbuf_put(b, "# TYPE soth_requests_total counter\n", 35);
+    metric_type(b, "soth_requests_total", "counter", "Requests, by protocol.");
     for (int p = 0; p < SOTH_PROTO_COUNT; p++) {
         char l[64];
         snprintf(l, sizeof(l), "{protocol=\"%s\"}", soth_protocol_names[p]);
         metric_line(b, "soth_requests_total", l, SUM(requests[p]));
     }
-    jbuf_put(b, "# TYPE soth_tls_handshake_failures_total counter\n", 49);
+    metric_type(b, "soth_tls_handshake_failures_total", "counter",
+                "TLS handshake failures, by side and reason.");
     for (int s = 0; s < SOTH_SIDE_COUNT; s++) {
         for (int r = 0; r < SOTH_TLSF_COUNT; r++) {
             char l[96];
@@ -484,66 +708,80 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
             metric_line(b, "soth_tls_handshake_failures_total", l, SUM(tls_failures[s][r]));
         }
     }
-    jbuf_put(b, "# TYPE soth_leaf_cache_hits_total counter\n", 42);
+    metric_type(b, "soth_leaf_cache_hits_total", "counter", "Leaf certificate cache hits.");
     metric_line(b, "soth_leaf_cache_hits_total", "", SUM(leaf_cache_hits));
-    jbuf_put(b, "# TYPE soth_leaf_cache_misses_total counter\n", 44);
+    metric_type(b, "soth_leaf_cache_misses_total", "counter", "Leaf certificate cache misses.");
     metric_line(b, "soth_leaf_cache_misses_total", "", SUM(leaf_cache_misses));
-    jbuf_put(b, "# TYPE soth_events_dropped_total counter\n", 41);
+    metric_type(b, "soth_events_dropped_total", "counter",
+                "Events dropped by workers on a full event ring.");
     metric_line(b, "soth_events_dropped_total", "", SUM(events_dropped));
-    jbuf_put(b, "# TYPE soth_sink_dropped_total counter\n", 39);
+    metric_type(b, "soth_events_written_total", "counter",
+                "Events written to the event ring file (the last gseq).");
+    metric_line(b, "soth_events_written_total", "",
+                atomic_load_explicit(&o->hdr->last_gseq, memory_order_relaxed));
+    metric_type(b, "soth_sink_dropped_total", "counter",
+                "Event lines dropped by sinks whose consumer fell behind.");
     metric_line(b, "soth_sink_dropped_total", "", atomic_load(&o->sink_dropped));
 }
 
+static void metrics_serve(struct soth_observe *o, int c, struct jbuf *body, struct jbuf *resp)
+{
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    char req[2048];
+    size_t got = 0;
+    while (got < sizeof(req) - 1) {
+        ssize_t n = recv(c, req + got, sizeof(req) - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        req[got] = '\0';
+        if (strstr(req, "\r\n\r\n") || strstr(req, "\n\n"))
+            break;
+    }
+    req[got] = '\0';
+    body->len = resp->len = 0;
+    char head[256];
+    int hn;
+    bool get = strncmp(req, "GET /metrics", 12) == 0 && (req[12] == ' ' || req[12] == '?');
+    if (get) {
+        render_metrics(o, body);
+        hn = snprintf(head, sizeof(head),
+                      "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                      body->len);
+    } else {
+        jbuf_put(body, "not found\n", 10);
+        hn = snprintf(head, sizeof(head),
+                      "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                      body->len);
+    }
+    jbuf_put(resp, head, (size_t)hn);
+    jbuf_put(resp, body->p, body->len);
+    size_t off = 0;
+    while (off < resp->len) {
+        ssize_t n = send(c, resp->p + off, resp->len - off, MSG_NOSIGNAL);
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+}
+
+/* One scrape at a time on a thread of its own: blocking sockets with timeouts are fine here. */
 static void *metrics_main(void *arg)
 {
     struct soth_observe *o = arg;
     struct jbuf body = {0}, resp = {0};
-    while (!atomic_load(&o->stop)) {
+    while (!atomic_load(&o->metrics_stop)) {
         struct pollfd pfd = {.fd = o->metrics_fd, .events = POLLIN};
-        if (poll(&pfd, 1, 100) <= 0)
+        if (poll(&pfd, 1, IDLE_POLL_MS) <= 0)
             continue;
         int c = accept4(o->metrics_fd, NULL, NULL, SOCK_CLOEXEC);
         if (c == -1)
             continue;
-        struct timeval tv = {.tv_sec = 2};
-        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        char req[2048];
-        size_t got = 0;
-        while (got < sizeof(req) - 1) {
-            ssize_t n = recv(c, req + got, sizeof(req) - 1 - got, 0);
-            if (n <= 0)
-                break;
-            got += (size_t)n;
-            req[got] = '\0';
-            if (strstr(req, "\r\n\r\n"))
-                break;
-        }
-        req[got] = '\0';
-        body.len = resp.len = 0;
-        char head[256];
-        int hn;
-        if (strncmp(req, "GET /metrics ", 13) == 0) {
-            render_metrics(o, &body);
-            hn = snprintf(head, sizeof(head),
-                          "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                          "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                          body.len);
-        } else {
-            jbuf_put(&body, "not found\n", 10);
-            hn = snprintf(head, sizeof(head),
-                          "HTTP/1.1 404 Not Found\r\nContent-Length: %zu\r\n"
-                          "Connection: close\r\n\r\n",
-                          body.len);
-        }
-        jbuf_put(&resp, head, (size_t)hn);
-        jbuf_put(&resp, body.p, body.len);
-        size_t off = 0;
-        while (off < resp.len) {
-            ssize_t n = send(c, resp.p + off, resp.len - off, MSG_NOSIGNAL);
-            if (n <= 0)
-                break;
-            off += (size_t)n;
-        }
+        metrics_serve(o, c, &body, &resp);
         close(c);
     }
     jbuf_free(&body);
@@ -557,33 +795,70 @@ static void *metrics_main(void *arg)
 
 int soth_observe_start(struct soth_observe *o)
 {
-    int rc = pthread_create(&o->thr, NULL, telemetry_main, o);
+    int rc;
+    for (size_t k = 0; k < o->n_sinks; k++) {
+        struct sink *s = &o->sinks[k];
+        if (s->type != SOTH_SINK_JSONL || s->jr->started)
+            continue;
+        rc = pthread_create(&s->jr->thr, NULL, jsonl_main, s);
+        if (rc != 0)
+            goto fail;
+        s->jr->started = true;
+    }
+    rc = pthread_create(&o->thr, NULL, telemetry_main, o);
     if (rc != 0)
-        return -rc;
+        goto fail;
     o->started = true;
     if (o->metrics_fd >= 0) {
         rc = pthread_create(&o->metrics_thr, NULL, metrics_main, o);
         if (rc != 0)
-            return -rc;
+            goto fail;
         o->metrics_started = true;
     }
     return 0;
+fail:
+    soth_observe_stop(o);
+    return -rc;
+}
+
+static void sinks_stop(struct soth_observe *o)
+{
+    for (size_t k = 0; k < o->n_sinks; k++) {
+        struct jsonl_ring *jr = o->sinks[k].jr;
+        if (jr == NULL || !jr->started)
+            continue;
+        atomic_store_explicit(&jr->stop, 1, memory_order_release);
+        uint64_t one = 1;
+        ssize_t n = write(jr->efd, &one, sizeof(one));
+        (void)n;
+        pthread_join(jr->thr, NULL);
+        jr->started = false;
+    }
 }
 
 void soth_observe_stop(struct soth_observe *o)
 {
-    if (o == NULL || !o->started)
+    if (o == NULL)
         return;
-    atomic_store(&o->stop, 1);
-    uint64_t one = 1;
-    ssize_t n = write(o->efd, &one, sizeof(one));
-    (void)n;
-    pthread_join(o->thr, NULL);
-    o->started = false;
+    if (o->started) {
+        /* Workers have stopped (contract): publish what they built but did not flush. */
+        for (unsigned i = 0; i < o->n_workers; i++)
+            atomic_store_explicit(&o->prods[i].pub_tail, o->prods[i].tail, memory_order_release);
+        atomic_store_explicit(&o->stop, 1, memory_order_release);
+        uint64_t one = 1;
+        ssize_t n = write(o->efd, &one, sizeof(one));
+        (void)n;
+        pthread_join(o->thr, NULL);
+        o->started = false;
+    }
+    sinks_stop(o); /* after the telemetry thread queued its last line */
     if (o->metrics_started) {
+        atomic_store(&o->metrics_stop, 1);
         pthread_join(o->metrics_thr, NULL);
         o->metrics_started = false;
     }
+    if (o->hdr != NULL)
+        msync(o->hdr, RING_HDR_SIZE + o->ring_cap, MS_ASYNC);
 }
 
 void soth_observe_free(struct soth_observe *o)
@@ -608,8 +883,14 @@ void soth_observe_free(struct soth_observe *o)
             client_close(s, s->n_clients - 1);
         if (s->fd >= 0)
             close(s->fd);
-        if (s->type == SOTH_SINK_UDS && s->path)
+        if (s->type == SOTH_SINK_UDS && s->path && s->fd >= 0)
             unlink(s->path);
+        if (s->jr != NULL) {
+            free(s->jr->data);
+            if (s->jr->efd >= 0)
+                close(s->jr->efd);
+            free(s->jr);
+        }
         free(s->path);
     }
     free(o->sinks);

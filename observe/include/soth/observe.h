@@ -299,6 +299,8 @@ struct soth_metrics {
 
 /** The worker's counters (owned by obs). */
 struct soth_metrics *soth_observe_metrics(struct soth_observe *obs, unsigned worker);
+/** Event lines the sinks dropped because a consumer fell behind (any thread). */
+uint64_t soth_observe_sink_dropped(struct soth_observe *obs);
 
 /** Single-writer add: a relaxed load+store, no locked instruction. */
 #define SOTH_METRIC_ADD(field, n)                                                                  \
