@@ -5,12 +5,12 @@
 #include "soth/config.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <jansson.h>
-#include <netdb.h>
 #include <pwd.h>
 #include <regex.h>
 #include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -1008,15 +1008,42 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
     return 0;
 }
 
+/** Well-formed UTF-8 (RFC 3629: no overlong forms, surrogates or code points > U+10FFFF). */
+static bool utf8_ok(const unsigned char *s)
+{
+    while (*s) {
+        unsigned c = *s++;
+        size_t n;
+        unsigned cp, min;
+        if (c < 0x80)
+            continue;
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 1, cp = c & 0x1f, min = 0x80;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2, cp = c & 0x0f, min = 0x800;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return false;
+        }
+        for (size_t i = 0; i < n; i++, s++) {
+            if ((*s & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (*s & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+    }
+    return true;
+}
+
 /** A command-line string value: non-empty UTF-8 (the effective config is JSON). */
 static int check_cli_text(struct cerr *e, const char *flag, const char *v)
 {
     if (v[0] == '\0')
         return fail(e, flag, "expected a non-empty value");
-    json_t *t = json_string(v);
-    if (t == NULL)
+    if (!utf8_ok((const unsigned char *)v))
         return fail(e, flag, "expected UTF-8 text");
-    json_decref(t);
     return 0;
 }
 
@@ -1086,6 +1113,17 @@ static int load_common(json_t *root, const struct soth_cli_overrides *cli, struc
     return 0;
 }
 
+/** jansson's complaint about the text named `what` (a path, or "(text)"). */
+static int json_fail(struct cerr *e, const char *what, const json_error_t *je)
+{
+    /* jansson leaves the text empty when its very first allocation fails. */
+    if (json_error_code(je) == json_error_out_of_memory || je->text[0] == '\0')
+        return fail(e, what, "out of memory");
+    if (je->line <= 0) /* cannot open or read: the message says so */
+        return fail(e, what, "%s", je->text);
+    return fail(e, what, "line %d, column %d: %s", je->line, je->column, je->text);
+}
+
 int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
                      struct soth_config **out, char *err, size_t err_len)
 {
@@ -1095,11 +1133,8 @@ int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
     if (path != NULL) {
         json_error_t je;
         root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-        if (root == NULL) {
-            if (je.line <= 0)
-                return fail(&e, path, "%s", je.text);
-            return fail(&e, path, "line %d, column %d: %s", je.line, je.column, je.text);
-        }
+        if (root == NULL)
+            return json_fail(&e, path, &je);
     }
     int rc = load_common(root, cli, out, &e);
     json_decref(root);
@@ -1114,13 +1149,27 @@ int soth_config_load_text(const char *text, size_t len, struct soth_config **out
     *out = NULL;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL)
-        return fail(&e, "(text)", "line %d, column %d: %s", je.line, je.column, je.text);
+        return json_fail(&e, "(text)", &je);
     int rc = load_common(root, NULL, out, &e);
     json_decref(root);
     return rc;
 }
 
 /* ---- effective config as JSON */
+
+/* Every insertion is checked: out of memory must give NULL, never a JSON text missing a key.
+ * Both take over v (jansson frees it on failure, NULL included). */
+static void put(bool *ok, json_t *obj, const char *key, json_t *v)
+{
+    if (json_object_set_new(obj, key, v) != 0)
+        *ok = false;
+}
+
+static void push(bool *ok, json_t *arr, json_t *v)
+{
+    if (json_array_append_new(arr, v) != 0)
+        *ok = false;
+}
 
 static json_t *str_or_null(const char *s)
 {
@@ -1129,73 +1178,72 @@ static json_t *str_or_null(const char *s)
 
 char *soth_config_to_json(const struct soth_config *c)
 {
+    bool ok = true;
     json_t *r = json_object();
-    json_object_set_new(r, "listen", json_string(c->listen_text));
-    json_object_set_new(r, "mode", json_string(c->mode_text));
-    json_object_set_new(r, "workers", json_integer(c->workers));
+    put(&ok, r, "listen", json_string(c->listen_text));
+    put(&ok, r, "mode", json_string(c->mode_text));
+    put(&ok, r, "workers", json_integer(c->workers));
     json_t *ih = json_array();
     for (size_t i = 0; i < c->n_ignore_hosts; i++)
-        json_array_append_new(ih, json_string(c->ignore_hosts[i]));
-    json_object_set_new(r, "ignore_hosts", ih);
+        push(&ok, ih, json_string(c->ignore_hosts[i]));
+    put(&ok, r, "ignore_hosts", ih);
     json_t *pol = json_object();
-    json_object_set_new(pol, "default", json_string(soth_action_names[c->policy_default]));
+    put(&ok, pol, "default", json_string(soth_action_names[c->policy_default]));
     json_t *rules = json_array();
     for (size_t i = 0; i < c->n_rules; i++) {
         json_t *rule = json_object();
-        json_object_set_new(rule, "host", json_string(c->rules[i].text));
-        json_object_set_new(rule, "action", json_string(soth_action_names[c->rules[i].action]));
-        json_array_append_new(rules, rule);
+        put(&ok, rule, "host", json_string(c->rules[i].text));
+        put(&ok, rule, "action", json_string(soth_action_names[c->rules[i].action]));
+        push(&ok, rules, rule);
     }
-    json_object_set_new(pol, "rules", rules);
-    json_object_set_new(r, "policy", pol);
-    json_object_set_new(r, "http2_enabled", json_boolean(c->http2_enabled));
-    json_object_set_new(r, "http2_max_header_list_size",
-                        json_integer(c->http2_max_header_list_size));
-    json_object_set_new(r, "http3_passthrough", json_boolean(c->http3_passthrough));
+    put(&ok, pol, "rules", rules);
+    put(&ok, r, "policy", pol);
+    put(&ok, r, "http2_enabled", json_boolean(c->http2_enabled));
+    put(&ok, r, "http2_max_header_list_size", json_integer(c->http2_max_header_list_size));
+    put(&ok, r, "http3_passthrough", json_boolean(c->http3_passthrough));
     json_t *tls = json_object();
-    json_object_set_new(tls, "ca_dir", str_or_null(c->tls.ca_dir));
-    json_object_set_new(tls, "ca_cert", str_or_null(c->tls.ca_cert));
-    json_object_set_new(tls, "ca_key", str_or_null(c->tls.ca_key));
-    json_object_set_new(tls, "leaf_cache_size", json_integer(c->tls.leaf_cache_size));
-    json_object_set_new(tls, "leaf_validity_days", json_integer(c->tls.leaf_validity_days));
-    json_object_set_new(tls, "ca_rotate_after_days", json_integer(c->tls.ca_rotate_after_days));
-    json_object_set_new(tls, "upstream_verify", json_boolean(c->tls.upstream_verify));
-    json_object_set_new(tls, "upstream_ca_file", str_or_null(c->tls.upstream_ca_file));
+    put(&ok, tls, "ca_dir", str_or_null(c->tls.ca_dir));
+    put(&ok, tls, "ca_cert", str_or_null(c->tls.ca_cert));
+    put(&ok, tls, "ca_key", str_or_null(c->tls.ca_key));
+    put(&ok, tls, "leaf_cache_size", json_integer(c->tls.leaf_cache_size));
+    put(&ok, tls, "leaf_validity_days", json_integer(c->tls.leaf_validity_days));
+    put(&ok, tls, "ca_rotate_after_days", json_integer(c->tls.ca_rotate_after_days));
+    put(&ok, tls, "upstream_verify", json_boolean(c->tls.upstream_verify));
+    put(&ok, tls, "upstream_ca_file", str_or_null(c->tls.upstream_ca_file));
     json_t *learn = json_object();
-    json_object_set_new(learn, "enabled", json_boolean(c->tls.learning.enabled));
-    json_object_set_new(learn, "failure_threshold",
-                        json_integer(c->tls.learning.failure_threshold));
-    json_object_set_new(learn, "window_s", json_integer(c->tls.learning.window_s));
-    json_object_set_new(tls, "learning", learn);
-    json_object_set_new(r, "tls", tls);
+    put(&ok, learn, "enabled", json_boolean(c->tls.learning.enabled));
+    put(&ok, learn, "failure_threshold", json_integer(c->tls.learning.failure_threshold));
+    put(&ok, learn, "window_s", json_integer(c->tls.learning.window_s));
+    put(&ok, tls, "learning", learn);
+    put(&ok, r, "tls", tls);
     json_t *ev = json_object();
-    json_object_set_new(ev, "ring_path", str_or_null(c->events.ring_path));
-    json_object_set_new(ev, "ring_size_mb", json_integer(c->events.ring_size_mb));
-    json_object_set_new(ev, "body_capture_bytes", json_integer(c->events.body_capture_bytes));
+    put(&ok, ev, "ring_path", str_or_null(c->events.ring_path));
+    put(&ok, ev, "ring_size_mb", json_integer(c->events.ring_size_mb));
+    put(&ok, ev, "body_capture_bytes", json_integer(c->events.body_capture_bytes));
     json_t *sinks = json_array();
     for (size_t i = 0; i < c->events.n_sinks; i++) {
         json_t *s = json_object();
-        json_object_set_new(s, "type", json_string(soth_sink_type_names[c->events.sinks[i].type]));
-        json_object_set_new(s, "path", json_string(c->events.sinks[i].path));
-        json_array_append_new(sinks, s);
+        put(&ok, s, "type", json_string(soth_sink_type_names[c->events.sinks[i].type]));
+        put(&ok, s, "path", json_string(c->events.sinks[i].path));
+        push(&ok, sinks, s);
     }
-    json_object_set_new(ev, "sinks", sinks);
-    json_object_set_new(r, "events", ev);
+    put(&ok, ev, "sinks", sinks);
+    put(&ok, r, "events", ev);
     json_t *to = json_object();
-    json_object_set_new(to, "connect_ms", json_integer(c->timeouts.connect_ms));
-    json_object_set_new(to, "tls_handshake_ms", json_integer(c->timeouts.tls_handshake_ms));
-    json_object_set_new(to, "request_header_ms", json_integer(c->timeouts.request_header_ms));
-    json_object_set_new(to, "idle_ms", json_integer(c->timeouts.idle_ms));
-    json_object_set_new(to, "drain_ms", json_integer(c->timeouts.drain_ms));
-    json_object_set_new(r, "timeouts", to);
+    put(&ok, to, "connect_ms", json_integer(c->timeouts.connect_ms));
+    put(&ok, to, "tls_handshake_ms", json_integer(c->timeouts.tls_handshake_ms));
+    put(&ok, to, "request_header_ms", json_integer(c->timeouts.request_header_ms));
+    put(&ok, to, "idle_ms", json_integer(c->timeouts.idle_ms));
+    put(&ok, to, "drain_ms", json_integer(c->timeouts.drain_ms));
+    put(&ok, r, "timeouts", to);
     json_t *m = json_object();
-    json_object_set_new(m, "listen", str_or_null(c->metrics.listen_text));
-    json_object_set_new(r, "metrics", m);
+    put(&ok, m, "listen", str_or_null(c->metrics.listen_text));
+    put(&ok, r, "metrics", m);
     json_t *res = json_object();
     for (size_t i = 0; i < c->n_resolve; i++)
-        json_object_set_new(res, c->resolve[i].name, json_string(c->resolve[i].addr));
-    json_object_set_new(r, "resolve", res);
-    char *s = json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        put(&ok, res, c->resolve[i].name, json_string(c->resolve[i].addr));
+    put(&ok, r, "resolve", res);
+    char *s = ok ? json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(r);
     return s;
 }

@@ -717,6 +717,17 @@ Test(config, file_overrides_defaults_and_flags_override_file)
     json_decref(want);
     soth_config_unref(c);
 
+    /* non-ASCII paths are fine as long as they are UTF-8 */
+    struct soth_cli_overrides utf8 = {.workers = -1,
+                                      .ca_dir = "/\xc3\xa9t\xc3\xa9/\xf0\x9f\x94\x91"};
+    cr_assert_eq(soth_config_load(NULL, &utf8, &c, err, sizeof(err)), 0, "%s", err);
+    got = effective_of(c);
+    want = defaults_with("{\"tls\":{\"ca_dir\":\"/\\u00e9t\\u00e9/\\ud83d\\udd11\"}}");
+    expect_json_eq(got, want, "UTF-8 flag");
+    json_decref(got);
+    json_decref(want);
+    soth_config_unref(c);
+
     /* NULL overrides == none given */
     cr_assert_eq(soth_config_load(path, NULL, &c, err, sizeof(err)), 0, "%s", err);
     cr_expect_eq(c->workers, 3);
@@ -764,6 +775,11 @@ static const struct bad_flag bad_flags[] = {
     {{.metrics = "nope", .workers = -1}, "config: --metrics: expected HOST:PORT, got \"nope\""},
     {{.metrics = "[::1]:x", .workers = -1},
      "config: --metrics: port must be an integer 0..65535, got \"x\""},
+    {{.mode = "reverse:http://\xc0\xaf", .workers = -1}, "config: --mode: expected UTF-8 text"},
+    {{.event_ring = "/r\xed\xa0\x80", .workers = -1}, "config: --event-ring: expected UTF-8 text"},
+    {{.event_ring = "/r\xf4\x90\x80\x80", .workers = -1},
+     "config: --event-ring: expected UTF-8 text"},
+    {{.event_ring = "/r\xe2\x82", .workers = -1}, "config: --event-ring: expected UTF-8 text"},
     {{.listen = "127.0.0.1:1\n2", .workers = -1},
      "config: --listen: port must be an integer 0..65535, got \"1\\x0a2\""},
 };
