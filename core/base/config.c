@@ -407,6 +407,172 @@ static bool host_name_ok(const char *name, char *why, size_t why_len)
     return true;
 }
 
+/*
+ * ---- ignore_hosts regexes: guard regcomp against blow-up.
+ * glibc's regcomp expands every repetition by copying its operand ("a{1,100}" is 100 copies
+ * of "a", "x+" is "xx*"), while parsing, so "(a{1,99}){1,99}..." or "a++++...+" exhausts
+ * memory before any error is found (the config fuzzer hit it). Estimate the expanded size
+ * the same way and refuse patterns over REGEX_MAX_NODES. Adjacent repetition operators
+ * ("a**", "a+?") are refused too: POSIX leaves them undefined, and "+?" or "*?" is a PCRE
+ * habit (lazy match) that means something else here. The syntax proper is regcomp's.
+ */
+
+#define REGEX_MAX_NODES 10000
+#define REGEX_MAX_DEPTH 64
+
+/** Past a bracket expression starting at p ('['), or NULL if it is not terminated. */
+static const char *skip_bracket(const char *p)
+{
+    const char *q = p + 1;
+    if (*q == '^')
+        q++;
+    if (*q == ']') /* a leading ']' is literal */
+        q++;
+    while (*q && *q != ']') {
+        if (*q == '[' && (q[1] == ':' || q[1] == '=' || q[1] == '.')) {
+            char close[3] = {q[1], ']', '\0'};
+            const char *end = strstr(q + 2, close);
+            if (end == NULL)
+                return NULL;
+            q = end + 2;
+        } else {
+            q++;
+        }
+    }
+    return *q == ']' ? q + 1 : NULL;
+}
+
+/** Decimal digits at *q (capped, glibc refuses counts over RE_DUP_MAX anyway). */
+static unsigned long read_count(const char **q, bool *any)
+{
+    unsigned long v = 0;
+    *any = false;
+    while (**q >= '0' && **q <= '9') {
+        if (v < 100000)
+            v = v * 10 + (unsigned long)(**q - '0');
+        (*q)++;
+        *any = true;
+    }
+    return v;
+}
+
+/** An interval "{m}", "{m,}", "{m,n}" or "{,n}" at p: its length (0 if not one) and how many
+ *  copies of its operand it makes. */
+static size_t parse_interval(const char *p, unsigned long *copies)
+{
+    const char *q = p + 1;
+    bool has_m, has_n = false, comma = false;
+    unsigned long m = read_count(&q, &has_m), n = 0;
+    if (*q == ',') { /* glibc reads "{,n}" as "{0,n}" */
+        comma = true;
+        q++;
+        n = read_count(&q, &has_n);
+    }
+    if (*q != '}' || (!has_m && !has_n))
+        return 0;
+    unsigned long k = !comma ? m : has_n ? (n > m ? n : m) : m + 1;
+    *copies = k ? k : 1;
+    return (size_t)(q + 1 - p);
+}
+
+static int regex_guard(const char *re, char *why, size_t why_len)
+{
+    unsigned long saved[REGEX_MAX_DEPTH]; /* size of each enclosing group so far */
+    unsigned long outer = 0;              /* sum of saved[] */
+    unsigned long size = 0;               /* the current group so far */
+    unsigned long last = 0;               /* the last atom, what a repetition copies */
+    size_t depth = 0;
+    bool repeated = false; /* the previous token was a repetition operator */
+    const char *p = re;
+    while (*p) {
+        unsigned long copies = 0;
+        size_t len = 0;
+        if (*p == '*' || *p == '+' || *p == '?') {
+            copies = 2;
+            len = 1;
+        } else if (*p == '{') {
+            len = parse_interval(p, &copies);
+        }
+        if (len > 0) {
+            if (repeated) {
+                snprintf(why, why_len,
+                         "invalid regular expression: adjacent repetition operators at offset %zu "
+                         "(undefined in POSIX ERE)",
+                         (size_t)(p - re));
+                return -1;
+            }
+            repeated = true;
+            if (copies > REGEX_MAX_NODES + 1UL)
+                copies = REGEX_MAX_NODES + 1UL;
+            size += last * (copies - 1);
+            last *= copies;
+            p += len;
+        } else {
+            repeated = false;
+            switch (*p) {
+            case '\\':
+                p += p[1] ? 2 : 1;
+                size++;
+                last = 1;
+                break;
+            case '[': {
+                const char *end = skip_bracket(p);
+                if (end == NULL)
+                    return 0; /* regcomp says what is unterminated */
+                p = end;
+                size++;
+                last = 1;
+                break;
+            }
+            case '(':
+                if (depth == REGEX_MAX_DEPTH) {
+                    snprintf(why, why_len,
+                             "invalid regular expression: groups nested deeper than %d",
+                             REGEX_MAX_DEPTH);
+                    return -1;
+                }
+                saved[depth++] = size;
+                outer += size;
+                size = 0;
+                last = 0;
+                p++;
+                break;
+            case ')':
+                if (depth > 0) {
+                    unsigned long group = size + 1;
+                    depth--;
+                    outer -= saved[depth];
+                    size = saved[depth] + group;
+                    last = group;
+                } else {
+                    size++;
+                    last = 1;
+                }
+                p++;
+                break;
+            case '|':
+                size++;
+                last = 0;
+                p++;
+                break;
+            default:
+                size++;
+                last = 1;
+                p++;
+                break;
+            }
+        }
+        if (outer + size > REGEX_MAX_NODES) {
+            snprintf(why, why_len,
+                     "invalid regular expression: too large once repetitions are expanded "
+                     "(over %d nodes)",
+                     REGEX_MAX_NODES);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* ---- defaults */
 
 static void config_free(struct soth_config *c);
@@ -933,10 +1099,12 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
             json_t *s = json_array_get(v, i);
             if (!json_is_string(s))
                 return fail(e, p, "expected string, got %s", json_type_name(s));
+            char why[160];
+            if (regex_guard(json_string_value(s), why, sizeof(why)) < 0)
+                return fail(e, p, "%s", why);
             regex_t re;
             int rrc = regcomp(&re, json_string_value(s), REG_EXTENDED | REG_NOSUB | REG_ICASE);
             if (rrc != 0) {
-                char why[128];
                 regerror(rrc, &re, why, sizeof(why));
                 return fail(e, p, "invalid regular expression: %s", why);
             }

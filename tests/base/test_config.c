@@ -262,6 +262,30 @@ static const struct bad_case bad_cases[] = {
      "config: ignore_hosts[2]: invalid regular expression: Invalid content of \\{\\}"},
     {"{\"ignore_hosts\": [\"[z-a]\"]}",
      "config: ignore_hosts[0]: invalid regular expression: Invalid range end"},
+    {"{\"ignore_hosts\": [\"a*?\"]}",
+     "config: ignore_hosts[0]: invalid regular expression: adjacent repetition operators at "
+     "offset 2 (undefined in POSIX ERE)"},
+    {"{\"ignore_hosts\": [\"a{2}{3}\"]}",
+     "config: ignore_hosts[0]: invalid regular expression: adjacent repetition operators at "
+     "offset 4 (undefined in POSIX ERE)"},
+    /* fuzz finding: glibc regcomp copies repeated operands while parsing; these exhaust
+     * memory (or take ages) inside regcomp unless refused before it runs */
+    {"{\"ignore_hosts\": [\"^(a|b)up+++++++++++++++++++++++++++++++++++++stre+\"]}",
+     "config: ignore_hosts[0]: invalid regular expression: adjacent repetition operators at "
+     "offset 9 (undefined in POSIX ERE)"},
+    {"{\"ignore_hosts\": [\"((a{1,99}){1,99}){1,99}\"]}",
+     "config: ignore_hosts[0]: invalid regular expression: too large once repetitions are "
+     "expanded (over 10000 nodes)"},
+    {"{\"ignore_hosts\": [\"(a{,9999}){,9999}\"]}",
+     "config: ignore_hosts[0]: invalid regular expression: too large once repetitions are "
+     "expanded (over 10000 nodes)"},
+    {"{\"ignore_hosts\": [\"(((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((("
+     "(a))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))\"]}",
+     "config: ignore_hosts[0]: invalid regular expression: groups nested deeper than 64"},
+    {"{\"ignore_hosts\": [\"x{\"]}",
+     "config: ignore_hosts[0]: invalid regular expression: Unmatched \\{"},
+    {"{\"ignore_hosts\": [\"a\\\\\"]}",
+     "config: ignore_hosts[0]: invalid regular expression: Trailing backslash"},
     {"{\"ignore_hosts\": \"x\"}", "config: ignore_hosts: expected array, got string"},
     {"{\"ignore_hosts\": [1]}", "config: ignore_hosts[0]: expected string, got integer"},
 
@@ -510,6 +534,11 @@ static const struct good_case good_cases[] = {
     {"{\"mode\": \"reverse:https://origin.test/\"}", NULL},
     {"{\"workers\": 1024}", NULL},
     {"{\"ignore_hosts\": [\"^.*\\\\.apple\\\\.com:443$\", \"^10\\\\.\", \"\"]}", NULL},
+    {"{\"ignore_hosts\": [\"(a{1,99}){1,99}\", \"a{,3}b{2,}c{3}\", \"[]a]+x\", "
+     "\"[[:alpha:]]{2,3}\","
+     " \"((((a))))*\", \"(a|b)*c?\", \"(((a+)+)+)+x\", \"a\\\\{1,2}+\", \"[x*+]+\", "
+     "\"([[.-.]]|[=e=])+\"]}",
+     NULL},
     {"{\"policy\": {\"default\": \"block\", \"rules\": []}}", NULL},
     {"{\"policy\": {\"rules\": [{\"host\": \"*\", \"action\": \"tunnel\"},"
      "{\"host\": \"*:443\", \"action\": \"intercept\"},"
