@@ -1,0 +1,549 @@
+/*
+ * TLS connections over memory I/O. wolfSSL never sees a socket: its receive callback reads
+ * the ciphertext the engine fed (borrowed bytes first-hand, their remainder from a small
+ * per-conn copy), its send callback appends to a chunk queue the engine drains.
+ */
+#include "tls_int.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+#define IN_MAX          (1u << 20)  /* unread ciphertext a conn will hold */
+#define OWN_KEEP        (64u << 10) /* larger input copies are freed when the conn is recycled */
+#define MAX_FREE_CONNS  1024
+#define MAX_FREE_CHUNKS 256
+
+/* RFC 8446 4.1.3: the ServerHello random that marks a HelloRetryRequest. */
+static const uint8_t HRR_RANDOM[32] = {
+    0xCF, 0x21, 0xAD, 0x74, 0xE5, 0x9A, 0x61, 0x11, 0xBE, 0x1D, 0x8C, 0x02, 0x1E, 0x65, 0xB8, 0x91,
+    0xC2, 0xA2, 0x11, 0x16, 0x7A, 0xBB, 0x8C, 0x5E, 0x07, 0x9E, 0x09, 0xE2, 0xC8, 0xA8, 0x33, 0x9C};
+
+/* ---- wolfSSL I/O callbacks */
+
+int tls_on_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx);
+int tls_on_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+    struct soth_tls_conn *c = ctx;
+    size_t want = sz > 0 ? (size_t)sz : 0, got = 0;
+
+    (void)ssl;
+    if (c->own_len > c->own_off) {
+        size_t take = c->own_len - c->own_off;
+        if (take > want)
+            take = want;
+        memcpy(buf, c->own + c->own_off, take);
+        c->own_off += take;
+        got = take;
+        if (c->own_off == c->own_len)
+            c->own_off = c->own_len = 0;
+    }
+    if (got < want && c->bor_len > 0) {
+        size_t take = c->bor_len;
+        if (take > want - got)
+            take = want - got;
+        memcpy(buf + got, c->bor, take);
+        c->bor += take;
+        c->bor_len -= take;
+        got += take;
+    }
+    if (got == 0)
+        return WOLFSSL_CBIO_ERR_WANT_READ;
+    c->got_any = true;
+    return (int)got;
+}
+
+static struct out_chunk *chunk_get(struct soth_tls_ctx *t)
+{
+    struct out_chunk *k = t->free_chunks;
+    if (k != NULL) {
+        t->free_chunks = k->next;
+        t->n_free_chunks--;
+    } else {
+        k = malloc(sizeof(*k));
+        if (k == NULL)
+            return NULL;
+    }
+    k->next = NULL;
+    k->off = k->len = 0;
+    return k;
+}
+
+static void chunk_put(struct soth_tls_ctx *t, struct out_chunk *k)
+{
+    if (t->n_free_chunks >= MAX_FREE_CHUNKS) {
+        free(k);
+        return;
+    }
+    k->next = t->free_chunks;
+    t->free_chunks = k;
+    t->n_free_chunks++;
+}
+
+/* Server side, during the handshake: did this output carry a real ServerHello (not HRR)? */
+static void note_server_hello(struct soth_tls_conn *c, const uint8_t *p, size_t n)
+{
+    /* wolfSSL hands whole records to the send callback (we always accept everything). */
+    while (n >= 5) {
+        size_t rlen = ((size_t)p[3] << 8) | p[4];
+        if (p[0] == 22 && rlen >= 4 + 2 + 32 && n >= 5 + 4 + 2 + 32 && p[5] == 2 &&
+            memcmp(p + 5 + 4 + 2, HRR_RANDOM, 32) != 0) {
+            c->sent_server_hello = true;
+            return;
+        }
+        if (n < 5 + rlen)
+            return;
+        p += 5 + rlen;
+        n -= 5 + rlen;
+    }
+}
+
+int tls_on_send(WOLFSSL *ssl, char *buf, int sz, void *ctx);
+int tls_on_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+    struct soth_tls_conn *c = ctx;
+    const uint8_t *p = (const uint8_t *)buf;
+    size_t n = sz > 0 ? (size_t)sz : 0;
+
+    (void)ssl;
+    if (c->side == SOTH_TLS_SIDE_CLIENT && !c->sent_server_hello && c->state != CONN_ESTABLISHED)
+        note_server_hello(c, p, n);
+    c->sent_any = true;
+    while (n > 0) {
+        struct out_chunk *k = c->out_tail;
+        if (k == NULL || k->len == OUT_CHUNK_CAP) {
+            struct out_chunk *nk = chunk_get(c->t);
+            if (nk == NULL)
+                return WOLFSSL_CBIO_ERR_GENERAL;
+            if (k == NULL)
+                c->out_head = nk;
+            else
+                k->next = nk;
+            c->out_tail = k = nk;
+        }
+        size_t room = OUT_CHUNK_CAP - k->len;
+        size_t take = n < room ? n : room;
+        memcpy(k->data + k->len, p, take);
+        k->len += (uint32_t)take;
+        c->out_pending += take;
+        p += take;
+        n -= take;
+    }
+    return sz;
+}
+
+/* ---- life cycle */
+
+static struct soth_tls_conn *conn_alloc(struct soth_tls_ctx *t, enum soth_tls_side side)
+{
+    struct soth_tls_conn *c = t->free_conns;
+    uint8_t *own = NULL;
+    size_t own_cap = 0;
+    if (c != NULL) {
+        t->free_conns = c->next_free;
+        t->n_free_conns--;
+        own = c->own;
+        own_cap = c->own_cap;
+    } else {
+        c = malloc(sizeof(*c));
+        if (c == NULL)
+            return NULL;
+    }
+    memset(c, 0, sizeof(*c));
+    c->t = t;
+    c->side = side;
+    c->state = CONN_NEW;
+    c->own = own;
+    c->own_cap = own_cap;
+    return c;
+}
+
+void soth_tls_conn_free(struct soth_tls_conn *c)
+{
+    if (c == NULL)
+        return;
+    struct soth_tls_ctx *t = c->t;
+    if (c->ssl != NULL)
+        wolfSSL_free(c->ssl);
+    c->ssl = NULL;
+    while (c->out_head != NULL) {
+        struct out_chunk *k = c->out_head;
+        c->out_head = k->next;
+        chunk_put(t, k);
+    }
+    if (c->own_cap > OWN_KEEP) {
+        free(c->own);
+        c->own = NULL;
+        c->own_cap = 0;
+    }
+    if (t->n_free_conns >= MAX_FREE_CONNS) {
+        free(c->own);
+        free(c);
+        return;
+    }
+    c->next_free = t->free_conns;
+    t->free_conns = c;
+    t->n_free_conns++;
+}
+
+int soth_tls_conn_new_server(struct soth_tls_ctx *t, struct soth_iov name, struct soth_iov alpn,
+                             struct soth_tls_conn **out)
+{
+    struct soth_tls_leaf leaf;
+    int rc = soth_tls_leaf_get(t, name, &leaf);
+    if (rc < 0)
+        return rc;
+    if (alpn.len > 255 || (alpn.len > 0 && memchr(alpn.base, ',', alpn.len) != NULL))
+        return SOTH_E_MALFORMED; /* wolfSSL_UseALPN takes a comma-separated list */
+
+    struct soth_tls_conn *c = conn_alloc(t, SOTH_TLS_SIDE_CLIENT);
+    if (c == NULL)
+        return SOTH_E_NOMEM;
+    size_t n;
+    tls_name_normalise(name, c->host, &n);
+    c->ssl = wolfSSL_new(t->server_ctx);
+    if (c->ssl == NULL) {
+        rc = SOTH_E_NOMEM;
+        goto fail;
+    }
+    wolfSSL_SetIOReadCtx(c->ssl, c);
+    wolfSSL_SetIOWriteCtx(c->ssl, c);
+    rc = SOTH_E_TLS;
+    /* The key is the worker's leaf key, already on the server ctx; only the cert differs. */
+    if (wolfSSL_use_certificate_buffer(c->ssl, (const unsigned char *)leaf.der.base,
+                                       (long)leaf.der.len,
+                                       WOLFSSL_FILETYPE_ASN1) != WOLFSSL_SUCCESS)
+        goto fail;
+    if (alpn.len > 0) {
+        char one[256];
+        memcpy(one, alpn.base, alpn.len);
+        one[alpn.len] = '\0';
+        /* Mirror the upstream's choice if the client offered it; otherwise no ALPN at all. */
+        if (wolfSSL_UseALPN(c->ssl, one, (unsigned)alpn.len, WOLFSSL_ALPN_CONTINUE_ON_MISMATCH) !=
+            WOLFSSL_SUCCESS)
+            goto fail;
+    }
+    *out = c;
+    return 0;
+fail:
+    soth_tls_conn_free(c);
+    return rc;
+}
+
+static bool alpn_allowed(const struct soth_tls_ctx *t, struct soth_iov p)
+{
+    if (p.len == 0 || p.len > 255 || memchr(p.base, ',', p.len) != NULL)
+        return false;
+    if (!t->http2_enabled) {
+        /* grpc-exp is HTTP/2 on the wire (FIELD-NOTES: grpcio). */
+        if ((p.len == 2 && memcmp(p.base, "h2", 2) == 0) ||
+            (p.len == 8 && memcmp(p.base, "grpc-exp", 8) == 0))
+            return false;
+    }
+    return true;
+}
+
+/* wolfSSL's textual form of an IP SAN (asn.c GenerateDNSEntryIPString), which it compares. */
+static void ip_text_wolf(const uint8_t *ip, int len, char *out, size_t cap)
+{
+    if (len == 4) {
+        snprintf(out, cap, "%u.%u.%u.%u", ip[0], ip[1], ip[2], ip[3]);
+        return;
+    }
+    size_t off = 0;
+    for (int i = 0; i < 8 && off < cap; i++)
+        off += (size_t)snprintf(out + off, cap - off, "%02X%02X%s", ip[2 * i], ip[2 * i + 1],
+                                i < 7 ? ":" : "");
+}
+
+int soth_tls_conn_new_client(struct soth_tls_ctx *t, struct soth_iov host,
+                             const struct soth_iov *alpn, size_t n_alpn, struct soth_tls_conn **out)
+{
+    struct soth_tls_conn *c = conn_alloc(t, SOTH_TLS_SIDE_UPSTREAM);
+    size_t n;
+    uint8_t ip[16];
+    int rc = SOTH_E_MALFORMED;
+
+    if (c == NULL)
+        return SOTH_E_NOMEM;
+    if (tls_name_normalise(host, c->host, &n) < 0)
+        goto fail;
+    int ip_len = tls_name_ip(c->host, n, ip);
+    if (ip_len == 0 && !tls_name_is_dns(c->host, n, false))
+        goto fail;
+    c->ssl = wolfSSL_new(t->client_ctx);
+    if (c->ssl == NULL) {
+        rc = SOTH_E_NOMEM;
+        goto fail;
+    }
+    wolfSSL_SetIOReadCtx(c->ssl, c);
+    wolfSSL_SetIOWriteCtx(c->ssl, c);
+    rc = SOTH_E_TLS;
+    if (ip_len == 0) {
+        if (wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, c->host, (unsigned short)n) !=
+            WOLFSSL_SUCCESS)
+            goto fail;
+        if (t->upstream_verify && wolfSSL_check_domain_name(c->ssl, c->host) != WOLFSSL_SUCCESS)
+            goto fail;
+    } else if (t->upstream_verify) {
+        /* RFC 6066 3: no SNI for literals; the certificate must carry the iPAddress SAN. */
+        char txt[64];
+        ip_text_wolf(ip, ip_len, txt, sizeof(txt));
+        if (wolfSSL_X509_VERIFY_PARAM_set1_ip_asc(wolfSSL_get0_param(c->ssl), txt) !=
+            WOLFSSL_SUCCESS)
+            goto fail;
+    }
+    if (n_alpn > 0) {
+        char list[1024];
+        size_t off = 0;
+        for (size_t i = 0; i < n_alpn; i++) {
+            if (!alpn_allowed(t, alpn[i]) || off + alpn[i].len + 1 >= sizeof(list))
+                continue;
+            if (off > 0)
+                list[off++] = ',';
+            memcpy(list + off, alpn[i].base, alpn[i].len);
+            off += alpn[i].len;
+        }
+        list[off] = '\0';
+        if (off > 0 && wolfSSL_UseALPN(c->ssl, list, (unsigned)off,
+                                       WOLFSSL_ALPN_CONTINUE_ON_MISMATCH) != WOLFSSL_SUCCESS)
+            goto fail;
+    }
+    *out = c;
+    return 0;
+fail:
+    soth_tls_conn_free(c);
+    return rc;
+}
+
+/* ---- input */
+
+size_t soth_tls_conn_in_pending(const struct soth_tls_conn *c)
+{
+    return (c->own_len - c->own_off) + c->bor_len;
+}
+
+int soth_tls_conn_feed_done(struct soth_tls_conn *c)
+{
+    if (c->bor_len == 0) {
+        c->bor = NULL;
+        return 0;
+    }
+    size_t have = c->own_len - c->own_off;
+    if (have + c->bor_len > IN_MAX)
+        return SOTH_E_TOO_LARGE;
+    if (c->own_off > 0) {
+        memmove(c->own, c->own + c->own_off, have);
+        c->own_off = 0;
+        c->own_len = have;
+    }
+    if (c->own_len + c->bor_len > c->own_cap) {
+        size_t cap = c->own_cap ? c->own_cap : 4096;
+        while (cap < c->own_len + c->bor_len)
+            cap *= 2;
+        uint8_t *p = realloc(c->own, cap);
+        if (p == NULL)
+            return SOTH_E_NOMEM;
+        c->own = p;
+        c->own_cap = cap;
+    }
+    memcpy(c->own + c->own_len, c->bor, c->bor_len);
+    c->own_len += c->bor_len;
+    c->bor = NULL;
+    c->bor_len = 0;
+    return 0;
+}
+
+int soth_tls_conn_feed(struct soth_tls_conn *c, const void *data, size_t len)
+{
+    int rc = soth_tls_conn_feed_done(c);
+    if (rc < 0)
+        return rc;
+    if (soth_tls_conn_in_pending(c) + len > IN_MAX)
+        return SOTH_E_TOO_LARGE;
+    c->bor = data;
+    c->bor_len = len;
+    return 0;
+}
+
+/* ---- handshake and records */
+
+static int conn_fail(struct soth_tls_conn *c, int err, int where)
+{
+    c->state = CONN_FAILED;
+    c->fail_ret = err != 0 ? err : FATAL_ERROR;
+    c->fail_where = where;
+    return SOTH_E_TLS;
+}
+
+int soth_tls_conn_handshake(struct soth_tls_conn *c)
+{
+    switch (c->state) {
+    case CONN_ESTABLISHED:
+        return 0;
+    case CONN_FAILED:
+        return SOTH_E_TLS;
+    case CONN_CLOSED:
+        return SOTH_E_STATE;
+    case CONN_NEW:
+        c->state = CONN_HANDSHAKING;
+        SOTH_FALLTHROUGH;
+    case CONN_HANDSHAKING:
+        break;
+    }
+    int r = c->side == SOTH_TLS_SIDE_CLIENT ? wolfSSL_accept(c->ssl) : wolfSSL_connect(c->ssl);
+    if (r == WOLFSSL_SUCCESS) {
+        c->state = CONN_ESTABLISHED;
+        return 0;
+    }
+    int e = wolfSSL_get_error(c->ssl, r);
+    if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+        return SOTH_E_INCOMPLETE;
+    return conn_fail(c, e, 1);
+}
+
+bool soth_tls_conn_is_established(const struct soth_tls_conn *c)
+{
+    return c->state == CONN_ESTABLISHED;
+}
+
+ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap)
+{
+    if (c->state != CONN_ESTABLISHED)
+        return c->state == CONN_FAILED ? SOTH_E_TLS : SOTH_E_STATE;
+    if (c->saw_eof)
+        return 0;
+    if (cap == 0)
+        return SOTH_E_INCOMPLETE;
+    if (cap > INT_MAX)
+        cap = INT_MAX;
+    int r = wolfSSL_read(c->ssl, buf, (int)cap);
+    if (r > 0)
+        return r;
+    int e = wolfSSL_get_error(c->ssl, r);
+    if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+        return SOTH_E_INCOMPLETE;
+    if (e == WOLFSSL_ERROR_ZERO_RETURN) {
+        c->saw_eof = true;
+        return 0;
+    }
+    return conn_fail(c, e, 2);
+}
+
+ssize_t soth_tls_conn_write(struct soth_tls_conn *c, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    size_t off = 0;
+
+    if (c->state != CONN_ESTABLISHED)
+        return c->state == CONN_FAILED ? SOTH_E_TLS : SOTH_E_STATE;
+    while (off < len) {
+        size_t n = len - off;
+        if (n > (1u << 30))
+            n = 1u << 30;
+        int r = wolfSSL_write(c->ssl, p + off, (int)n);
+        if (r <= 0)
+            return conn_fail(c, wolfSSL_get_error(c->ssl, r), 3);
+        off += (size_t)r;
+    }
+    return (ssize_t)len;
+}
+
+int soth_tls_conn_shutdown(struct soth_tls_conn *c)
+{
+    if (c->state != CONN_ESTABLISHED)
+        return c->state == CONN_CLOSED ? 0 : SOTH_E_STATE;
+    int r = wolfSSL_shutdown(c->ssl);
+    c->state = CONN_CLOSED;
+    if (r == WOLFSSL_SUCCESS || r == WOLFSSL_SHUTDOWN_NOT_DONE)
+        return 0;
+    return SOTH_E_TLS;
+}
+
+/* ---- output */
+
+size_t soth_tls_conn_out(const struct soth_tls_conn *c, struct soth_iov *iov)
+{
+    const struct out_chunk *k = c->out_head;
+    if (k == NULL) {
+        *iov = SOTH_IOV_NULL;
+        return 0;
+    }
+    *iov = soth_iov(k->data + k->off, k->len - k->off);
+    return iov->len;
+}
+
+size_t soth_tls_conn_out_iovs(const struct soth_tls_conn *c, struct soth_iov *iov, size_t max)
+{
+    size_t n = 0;
+    for (const struct out_chunk *k = c->out_head; k != NULL && n < max; k = k->next) {
+        if (k->len > k->off)
+            iov[n++] = soth_iov(k->data + k->off, k->len - k->off);
+    }
+    return n;
+}
+
+void soth_tls_conn_out_consume(struct soth_tls_conn *c, size_t n)
+{
+    SOTH_BUG_ON(n > c->out_pending);
+    c->out_pending -= n;
+    while (n > 0) {
+        struct out_chunk *k = c->out_head;
+        size_t have = k->len - k->off;
+        size_t take = n < have ? n : have;
+        k->off += (uint32_t)take;
+        n -= take;
+        if (k->off == k->len) {
+            /* Fully sent: recycle (an in-flight send is done with it by contract). */
+            c->out_head = k->next;
+            if (c->out_head == NULL)
+                c->out_tail = NULL;
+            chunk_put(c->t, k);
+        }
+    }
+}
+
+size_t soth_tls_conn_out_pending(const struct soth_tls_conn *c)
+{
+    return c->out_pending;
+}
+
+/* ---- facts */
+
+struct soth_iov soth_tls_conn_version(const struct soth_tls_conn *c)
+{
+    if (c->ssl == NULL || c->state == CONN_NEW)
+        return SOTH_IOV_NULL;
+    const char *v = wolfSSL_get_version(c->ssl);
+    return v != NULL ? soth_iov(v, strlen(v)) : SOTH_IOV_NULL;
+}
+
+struct soth_iov soth_tls_conn_cipher(const struct soth_tls_conn *c)
+{
+    if (c->ssl == NULL || c->state != CONN_ESTABLISHED)
+        return SOTH_IOV_NULL;
+    int s = wolfSSL_get_current_cipher_suite(c->ssl);
+    const char *n = wolfSSL_get_cipher_name_iana_from_suite((uint8_t)(s >> 8), (uint8_t)s);
+    return n != NULL ? soth_iov(n, strlen(n)) : SOTH_IOV_NULL;
+}
+
+struct soth_iov soth_tls_conn_alpn(const struct soth_tls_conn *c)
+{
+    char *name = NULL;
+    unsigned short len = 0;
+    if (c->ssl == NULL || c->state != CONN_ESTABLISHED)
+        return SOTH_IOV_NULL;
+    if (wolfSSL_ALPN_GetProtocol(c->ssl, &name, &len) != WOLFSSL_SUCCESS || name == NULL)
+        return SOTH_IOV_NULL;
+    return soth_iov(name, len);
+}
+
+bool soth_tls_conn_resumed(const struct soth_tls_conn *c)
+{
+    return c->ssl != NULL && wolfSSL_session_reused(c->ssl) == 1;
+}
+
+enum soth_tls_side soth_tls_conn_side(const struct soth_tls_conn *c)
+{
+    return c->side;
+}

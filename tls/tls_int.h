@@ -1,0 +1,158 @@
+/*
+ * Private to the tls module sources: struct bodies and helpers. wolfSSL headers are included here,
+ * never in soth/tls.h. wolfssl/options.h must come before every other wolfSSL header.
+ */
+#ifndef SOTH_TLS_INT_H
+#define SOTH_TLS_INT_H
+
+#include <wolfssl/options.h>
+
+#include <wolfssl/error-ssl.h>
+#include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/aes.h>
+#include <wolfssl/wolfcrypt/asn_public.h>
+#include <wolfssl/wolfcrypt/ecc.h>
+#include <wolfssl/wolfcrypt/error-crypt.h>
+#include <wolfssl/wolfcrypt/random.h>
+#include <wolfssl/wolfcrypt/rsa.h>
+
+#include "soth/tls.h"
+
+/* ---- process-wide (set once by soth_tls_global_init, read-only afterwards) */
+struct tls_ticket_key {
+    uint8_t name[WOLFSSL_TICKET_NAME_SZ];
+    uint8_t key[32]; /* AES-256-GCM */
+};
+const struct tls_ticket_key *tls_ticket_key(void);
+
+/* ---- CA */
+struct soth_tls_ca {
+    char *cert_path;
+    uint8_t *cert_der;
+    size_t cert_der_len;
+    uint8_t *key_der; /* traditional (SEC1 / PKCS#1) private key DER */
+    size_t key_der_len;
+    int key_type;   /* ECC_TYPE or RSA_TYPE (wolfCrypt enum CertType) */
+    int sig_type;   /* CTC_SHA256wECDSA or CTC_SHA256wRSA */
+    size_t sig_max; /* largest signature the key makes, bytes */
+    int64_t not_before;
+};
+
+/* ---- leaf cache (per worker, no locks) */
+#define LEAF_NAME_MAX 256
+struct leaf_entry {
+    uint64_t hash;
+    uint32_t hnext;      /* next entry in the hash bucket, LEAF_NIL = end */
+    uint32_t prev, next; /* LRU list: head = most recently used */
+    uint16_t der_len;
+    uint8_t name_len;
+    bool used;
+    char name[LEAF_NAME_MAX];
+    uint8_t *der; /* der_cap bytes in the cache's slab */
+};
+#define LEAF_NIL UINT32_MAX
+
+struct leaf_cache {
+    struct leaf_entry *e; /* capacity entries */
+    uint32_t *buckets;    /* nbuckets heads (power of two) */
+    uint32_t nbuckets, capacity, count;
+    uint32_t lru_head, lru_tail, free_head; /* free list through hnext */
+    size_t der_cap;
+    uint8_t *slab;
+    uint64_t hits, misses, evictions;
+};
+
+/* ---- output queue: chunks never move once written (in-flight sends point into them) */
+#define OUT_CHUNK_CAP (16384 + 1024)
+struct out_chunk {
+    struct out_chunk *next;
+    uint32_t off, len; /* consumed, filled */
+    uint8_t data[OUT_CHUNK_CAP];
+};
+
+struct soth_tls_ctx {
+    const struct soth_tls_ca *ca;
+    uint32_t leaf_validity_days;
+    bool http2_enabled, upstream_verify;
+    WC_RNG rng;
+    bool rng_ok;
+
+    /* The worker's one leaf key: every leaf this worker mints carries it (docs/tls.md). */
+    ecc_key leaf_key;
+    bool leaf_key_ok;
+    uint8_t leaf_key_der[160];
+    size_t leaf_key_der_len;
+
+    /* The worker's own decoded copy of the CA key (wolfCrypt key objects are not shared). */
+    ecc_key ca_ecc;
+    RsaKey ca_rsa;
+    bool ca_key_ok;
+
+    Cert *tmpl; /* issuer, AKI, EKU, key usage, signature type: set once */
+    Cert *work; /* the cert being built (Cert is ~25 KB: heap, not stack) */
+
+    WOLFSSL_CTX *server_ctx, *client_ctx;
+    Aes ticket_aes;
+    bool ticket_aes_ok;
+
+    struct leaf_cache cache;
+    uint8_t *scratch_der; /* the one leaf when the cache is disabled */
+    uint16_t scratch_len;
+
+    struct soth_tls_conn *free_conns;
+    uint32_t n_free_conns;
+    struct out_chunk *free_chunks;
+    uint32_t n_free_chunks;
+};
+
+enum conn_state {
+    CONN_NEW = 0,
+    CONN_HANDSHAKING,
+    CONN_ESTABLISHED,
+    CONN_FAILED,
+    CONN_CLOSED,
+};
+
+struct soth_tls_conn {
+    struct soth_tls_ctx *t;
+    WOLFSSL *ssl;
+    enum soth_tls_side side;
+    enum conn_state state;
+
+    /* input: borrowed bytes first consumed in place, their remainder copied to own */
+    const uint8_t *bor;
+    size_t bor_len;
+    uint8_t *own;
+    size_t own_off, own_len, own_cap;
+
+    /* output */
+    struct out_chunk *out_head, *out_tail;
+    size_t out_pending;
+
+    /* handshake facts for the classifier */
+    bool sent_server_hello; /* server: a ServerHello (not an HRR) left us */
+    bool sent_any;
+    bool got_any;   /* the peer sent at least one byte */
+    bool saw_eof;   /* a read returned close_notify */
+    int fail_ret;   /* wolfSSL_get_error() of the failing call, 0 = none */
+    int fail_where; /* 1 handshake, 2 read, 3 write */
+
+    char host[LEAF_NAME_MAX]; /* upstream: verified name; server: leaf name */
+    struct soth_tls_conn *next_free;
+};
+
+/* helpers shared between files */
+/** Normalise name (lower case, IPv6 brackets dropped) into out (LEAF_NAME_MAX). */
+int tls_name_normalise(struct soth_iov name, char *out, size_t *out_len);
+/** 4 (IPv4), 16 (IPv6) with the address in ip, or 0 when name is not an IP literal. */
+int tls_name_ip(const char *name, size_t len, uint8_t ip[16]);
+/** A DNS name (optionally "*." wildcard) we are willing to mint or send as SNI. */
+bool tls_name_is_dns(const char *name, size_t len, bool allow_wildcard);
+
+int tls_cache_init(struct leaf_cache *c, uint32_t capacity, size_t der_cap);
+void tls_cache_dispose(struct leaf_cache *c);
+
+/** wolfSSL error code name (e.g. "ASN_NO_SIGNER_E"), never NULL. */
+const char *tls_wolf_err_name(int err);
+
+#endif
