@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -17,6 +18,8 @@
 
 /* ---- helpers */
 
+static unsigned refs_of(struct soth_config *c);
+
 /** Writes text to a fresh temporary file named from the mkstemp template in path. */
 static void write_tmp(char *path, const char *text)
 {
@@ -25,6 +28,15 @@ static void write_tmp(char *path, const char *text)
     size_t len = strlen(text);
     cr_assert_eq(write(fd, text, len), (ssize_t)len);
     close(fd);
+}
+
+/** Replaces the contents of an existing file (as an operator editing before SIGHUP). */
+static void rewrite(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    cr_assert_eq(fputs(text, f) >= 0, 1);
+    fclose(f);
 }
 
 static json_t *parse_json(const char *text)
@@ -855,6 +867,77 @@ Test(config, file_errors)
     cr_expect_eq(soth_config_load("/tmp", NULL, &c, err, sizeof(err)), SOTH_E_CONFIG);
     cr_expect(strncmp(err, "config: /tmp: ", 14) == 0, "%s", err);
     cr_expect_null(c);
+}
+
+/* ---- SIGHUP reload: policy from the file, startup-only settings from the running snapshot */
+
+Test(config, reload_takes_policy_and_keeps_startup_settings)
+{
+    char path[] = "/tmp/soth-cfg-XXXXXX";
+    write_tmp(path, "{\"listen\":\"127.0.0.1:0\",\"workers\":2,\"ignore_hosts\":[\"^a:\"],"
+                    "\"policy\":{\"default\":\"intercept\"},\"timeouts\":{\"idle_ms\":1000},"
+                    "\"events\":{\"ring_size_mb\":8}}");
+    struct soth_cli_overrides cli = {.mode = "reverse:https://origin.test:9443", .workers = -1};
+    char err[256];
+    struct soth_config *cur = NULL, *next = NULL;
+    cr_assert_eq(soth_config_load(path, &cli, &cur, err, sizeof(err)), 0, "%s", err);
+    cur->listen.port = 41234; /* what the engine records after bind() on port 0 */
+
+    /* only reloadable keys change: no restart needed */
+    rewrite(path, "{\"listen\":\"127.0.0.1:0\",\"workers\":2,\"ignore_hosts\":[\"^b:\"],"
+                  "\"policy\":{\"default\":\"block\",\"rules\":[{\"host\":\"*.x\","
+                  "\"action\":\"tunnel\"}]},\"timeouts\":{\"idle_ms\":2000},"
+                  "\"resolve\":{\"o.test\":\"::1\"},\"events\":{\"ring_size_mb\":8}}");
+    bool restart = true;
+    cr_assert_eq(soth_config_reload(cur, path, &cli, &next, &restart, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_expect_not(restart);
+    json_t *got = effective_of(next);
+    json_t *want = defaults_with(
+        "{\"listen\":\"127.0.0.1:0\",\"workers\":2,\"mode\":\"reverse:https://origin.test:9443\","
+        "\"ignore_hosts\":[\"^b:\"],\"policy\":{\"default\":\"block\",\"rules\":[{\"host\":\"*.x\","
+        "\"action\":\"tunnel\"}]},\"timeouts\":{\"idle_ms\":2000},"
+        "\"resolve\":{\"o.test\":\"::1\"},\"events\":{\"ring_size_mb\":8}}");
+    expect_json_eq(got, want, "policy-only reload");
+    json_decref(got);
+    json_decref(want);
+    cr_expect_eq(next->listen.port, 41234);
+    cr_expect_eq(next->mode, SOTH_MODE_REVERSE);
+    cr_expect_eq(next->reverse_port, 9443);
+    cr_expect_eq(next->n_rules, 1);
+    soth_config_unref(next);
+
+    /* startup-only keys change too: kept from cur, and reported */
+    rewrite(path, "{\"listen\":\"127.0.0.1:9\",\"workers\":5,\"mode\":\"transparent\","
+                  "\"tls\":{\"leaf_cache_size\":1},\"policy\":{\"default\":\"tunnel\"}}");
+    struct soth_cli_overrides no_flags = {.workers = -1};
+    cr_assert_eq(soth_config_reload(cur, path, &no_flags, &next, &restart, err, sizeof(err)), 0,
+                 "%s", err);
+    cr_expect(restart);
+    cr_expect_eq(next->policy_default, SOTH_ACTION_TUNNEL);
+    cr_expect_eq(next->n_ignore_hosts, 0);
+    cr_expect_eq(next->timeouts.idle_ms, 120000);
+    cr_expect_str_eq(next->listen_text, "127.0.0.1:0");
+    cr_expect_eq(next->listen.port, 41234);
+    cr_expect_eq(next->workers, 2);
+    cr_expect_eq(next->mode, SOTH_MODE_REVERSE);
+    cr_expect_str_eq(next->reverse_host, "origin.test");
+    cr_expect_eq(next->tls.leaf_cache_size, 4096);
+    cr_expect_eq(next->events.ring_size_mb, 8);
+    soth_config_unref(next);
+
+    /* an invalid file is an error, as at startup; cur is untouched */
+    rewrite(path, "{\"policy\":{\"default\":\"drop\"}}");
+    next = cur;
+    cr_expect_eq(soth_config_reload(cur, path, &cli, &next, NULL, err, sizeof(err)), SOTH_E_CONFIG);
+    cr_expect_str_eq(err,
+                     "config: policy.default: expected \"intercept\", \"tunnel\" or \"block\", "
+                     "got \"drop\"");
+    cr_expect_null(next);
+    cr_expect_eq(refs_of(cur), 1);
+    cr_expect_eq(cur->n_ignore_hosts, 1);
+    soth_config_unref(cur);
+    unlink(path);
 }
 
 /* ---- host:port */

@@ -212,3 +212,52 @@ Test(config_oom, default_paths)
     cr_expect_null(d);
     cr_expect_null(r);
 }
+
+Test(config_oom, reload_fails_cleanly_at_every_allocation)
+{
+    char err[512];
+    struct soth_config *cur = NULL;
+    cr_assert_eq(soth_config_load_text(full, strlen(full), &cur, err, sizeof(err)), 0, "%s", err);
+    char path[] = "/tmp/soth-cfg-oom-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    const char *text = "{\"listen\":\"127.0.0.1:1\",\"ignore_hosts\":[\"^x:\"],"
+                       "\"policy\":{\"rules\":[{\"host\":\"*.y\",\"action\":\"block\"}]}}";
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    struct soth_config *next = NULL;
+    bool restart = false;
+    cr_assert_eq(soth_config_reload(cur, path, NULL, &next, &restart, err, sizeof(err)), 0);
+    char *want = soth_config_to_json(next);
+    soth_config_unref(next);
+    cr_expect(restart);
+    for (int pass = 0; pass < 2; pass++) {
+        json_fails = pass == 1;
+        for (long n = 0;; n++) {
+            cr_assert_lt(n, 100000);
+            failures = 0;
+            budget = n;
+            next = cur; /* must come back NULL on failure */
+            int rc = soth_config_reload(cur, path, NULL, &next, &restart, err, sizeof(err));
+            budget = -1;
+            if (rc != 0) {
+                cr_assert_eq(rc, SOTH_E_CONFIG);
+                cr_assert_null(next);
+                cr_assert(strncmp(err, "config: ", 8) == 0, "%s", err);
+                if (!json_fails)
+                    cr_assert(strstr(err, ": out of memory") != NULL, "budget %ld: %s", n, err);
+                continue;
+            }
+            cr_assert_eq(failures, 0, "budget %ld", n);
+            char *js = soth_config_to_json(next);
+            cr_assert_str_eq(js, want);
+            free(js);
+            soth_config_unref(next);
+            break;
+        }
+    }
+    json_fails = false;
+    free(want);
+    soth_config_unref(cur);
+    unlink(path);
+}
