@@ -258,6 +258,117 @@ static int ca_load(struct soth_tls_ca *ca, const char *cert_path, const char *ke
     return 0;
 }
 
+/* ---- a minimal DER walker for the one edit below */
+static bool der_tlv(const uint8_t *p, size_t n, size_t *hdr, size_t *len)
+{
+    if (n < 2)
+        return false;
+    if (p[1] < 0x80) {
+        *hdr = 2;
+        *len = p[1];
+    } else {
+        size_t k = p[1] & 0x7f;
+        if (k == 0 || k > 3 || n < 2 + k)
+            return false;
+        *len = 0;
+        for (size_t i = 0; i < k; i++)
+            *len = (*len << 8) | p[2 + i];
+        *hdr = 2 + k;
+    }
+    return *hdr + *len <= n;
+}
+
+static size_t der_hdr(uint8_t tag, size_t len, uint8_t *out)
+{
+    out[0] = tag;
+    if (len < 0x80) {
+        out[1] = (uint8_t)len;
+        return 2;
+    }
+    if (len < 0x100) {
+        out[1] = 0x81;
+        out[2] = (uint8_t)len;
+        return 3;
+    }
+    out[1] = 0x82;
+    out[2] = (uint8_t)(len >> 8);
+    out[3] = (uint8_t)len;
+    return 4;
+}
+
+/*
+ * RFC 5280 4.2.1.9: a CA's basicConstraints MUST be critical, and strict verifiers (OpenSSL
+ * -x509_strict, Python >= 3.13 default contexts) refuse a CA without it. wolfSSL 5.5.4 always
+ * writes it non-critical, so the unsigned TBSCertificate is re-encoded with the flag added.
+ * Returns the new TBS length or -1.
+ */
+static int tbs_make_bc_critical(uint8_t *tbs, size_t tbs_len, size_t cap)
+{
+    static const uint8_t bc_oid[] = {0x06, 0x03, 0x55, 0x1d, 0x13};
+    uint8_t out[2048], exts[1024];
+    size_t hdr, len, off, ext_off = 0, exts_len = 0;
+
+    if (!der_tlv(tbs, tbs_len, &hdr, &len) || tbs[0] != 0x30)
+        return -1;
+    const uint8_t *c = tbs + hdr;
+    size_t clen = len;
+    /* the extensions [3] are the last element of the TBS */
+    for (off = 0; off < clen; off += hdr + len) {
+        if (!der_tlv(c + off, clen - off, &hdr, &len))
+            return -1;
+        if (c[off] == 0xa3) {
+            ext_off = off;
+            break;
+        }
+    }
+    if (off >= clen || off + hdr + len != clen)
+        return -1;
+    const uint8_t *a3 = c + ext_off + hdr;
+    size_t a3_len = len;
+    if (!der_tlv(a3, a3_len, &hdr, &len) || a3[0] != 0x30)
+        return -1;
+    const uint8_t *seq = a3 + hdr;
+    size_t seq_len = len;
+    for (off = 0; off < seq_len; off += hdr + len) {
+        if (!der_tlv(seq + off, seq_len - off, &hdr, &len))
+            return -1;
+        const uint8_t *e = seq + off + hdr;
+        if (len > 5 && memcmp(e, bc_oid, 5) == 0 && e[5] == 0x04) {
+            size_t h = der_hdr(0x30, len + 3, exts + exts_len);
+            memcpy(exts + exts_len + h, e, 5);
+            memcpy(exts + exts_len + h + 5, "\x01\x01\xff", 3);
+            memcpy(exts + exts_len + h + 8, e + 5, len - 5);
+            exts_len += h + len + 3;
+        } else {
+            memcpy(exts + exts_len, seq + off, hdr + len);
+            exts_len += hdr + len;
+        }
+        if (exts_len + 16 > sizeof(exts))
+            return -1;
+    }
+    /* rebuild bottom-up: SEQ(exts) in [3] after the unchanged prefix, in the TBS SEQ */
+    uint8_t seq_hdr[4], a3_hdr[4], tbs_hdr[4];
+    size_t sh = der_hdr(0x30, exts_len, seq_hdr);
+    size_t ah = der_hdr(0xa3, sh + exts_len, a3_hdr);
+    size_t body = ext_off + ah + sh + exts_len;
+    size_t th = der_hdr(0x30, body, tbs_hdr);
+    if (th + body > sizeof(out) || th + body > cap)
+        return -1;
+    size_t o = 0;
+    memcpy(out + o, tbs_hdr, th);
+    o += th;
+    memcpy(out + o, c, ext_off);
+    o += ext_off;
+    memcpy(out + o, a3_hdr, ah);
+    o += ah;
+    memcpy(out + o, seq_hdr, sh);
+    o += sh;
+    memcpy(out + o, exts, exts_len);
+    o += exts_len;
+    memcpy(tbs, out, o);
+    return (int)o;
+}
+
 /* Generate a CA into dirfd (key first, then cert: a cert never exists without its key). */
 static int ca_generate(int dirfd, int64_t now, char *err, size_t err_len)
 {
@@ -301,7 +412,9 @@ static int ca_generate(int dirfd, int64_t now, char *err, size_t err_len)
         goto out_cert;
     int n = wc_MakeCert_ex(c, der, sizeof(der), ECC_TYPE, &key, &rng);
     if (n > 0)
-        n = wc_SignCert_ex(c->bodySz, c->sigType, der, sizeof(der), ECC_TYPE, &key, &rng);
+        n = tbs_make_bc_critical(der, (size_t)n, sizeof(der));
+    if (n > 0)
+        n = wc_SignCert_ex(n, c->sigType, der, sizeof(der), ECC_TYPE, &key, &rng);
     if (n <= 0)
         goto out_cert;
     int cert_len = n;

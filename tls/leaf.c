@@ -56,6 +56,11 @@ ssize_t soth_tls_leaf_mint(struct soth_tls_ctx *t, struct soth_iov name, uint8_t
     if (n < sizeof(c->subject.commonName)) {
         memcpy(c->subject.commonName, nm, n + 1);
         c->subject.commonNameEnc = CTC_UTF8;
+        c->altNamesCrit = 0;
+    } else {
+        /* RFC 5280 4.2.1.6: with an empty subject the SAN extension is critical. */
+        c->subject.commonName[0] = '\0';
+        c->altNamesCrit = 1;
     }
     int alt = build_alt_names(c->altNames, sizeof(c->altNames), nm, n, ip, ip_len);
     if (alt < 0)
