@@ -61,10 +61,15 @@ static unsigned long long field(const char *line, const char *key)
     return strtoull(p + strlen(key), NULL, 10);
 }
 
-static void on_line(void *ctx, const char *line, size_t len)
+static void on_line(void *ctx, const char *text, size_t len)
 {
     struct tally *t = ctx;
-    CHECK(len > 0 && line[len - 1] == '\n', "line without newline");
+    CHECK(len > 0 && text[len - 1] == '\n', "line without newline");
+    /* The reader's line is not NUL-terminated: copy it for the string functions below. */
+    static char line[4096];
+    CHECK(len < sizeof(line), "line of %zu bytes", len);
+    memcpy(line, text, len);
+    line[len] = '\0';
     CHECK(strstr(line, "ring_overrun") == NULL, "the ring file was lapped");
     unsigned w = (unsigned)field(line, "\"worker\":");
     long long seq = (long long)field(line, "\"seq\":");
