@@ -166,7 +166,7 @@ static void host_drop(struct soth_tls_learning *l, struct host *h)
 
 int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, uint16_t port,
                              enum soth_tls_side side, enum soth_tls_fail reason,
-                             enum soth_tls_provider provider, uint64_t now_ns,
+                             enum soth_tls_signal_provider provider, uint64_t now_ns,
                              struct soth_tls_learning_result *res)
 {
     char nm[LEAF_NAME_MAX];

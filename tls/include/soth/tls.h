@@ -347,7 +347,7 @@ enum soth_tls_fail soth_tls_conn_classify_transport(const struct soth_tls_conn *
 /* ---- learning (pinning bypass) */
 
 /** tls_ops_provider, in the order of observe.h's enum soth_tls_provider. */
-enum soth_tls_provider {
+enum soth_tls_signal_provider {
     SOTH_TLS_PROVIDER_NATIVE = 0,
     SOTH_TLS_PROVIDER_MITMPROXY,
     SOTH_TLS_PROVIDER_HUDSUCKER,
@@ -389,7 +389,7 @@ void soth_tls_learning_free(struct soth_tls_learning *l);
  */
 int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, uint16_t port,
                              enum soth_tls_side side, enum soth_tls_fail reason,
-                             enum soth_tls_provider provider, uint64_t now_ns,
+                             enum soth_tls_signal_provider provider, uint64_t now_ns,
                              struct soth_tls_learning_result *result);
 
 /** Is host:port pinned at now_ns (writer-side view)? */
