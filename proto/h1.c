@@ -878,6 +878,11 @@ static int cb_headers_complete(llhttp_t *p)
     int ret = 0;
     struct xchg *x;
 
+    if (m->version.len != 8) {
+        /* llhttp takes "GET /x\r\n" as HTTP/0.9; we do not forward that. */
+        proto_err(d, "bad_version", "request without an HTTP version");
+        return -1;
+    }
     if (d->side == SOTH_H1_UPSTREAM && status_line_end(d) < 0)
         return -1;
     if (PUT_LIT(d, "\r\n") < 0)

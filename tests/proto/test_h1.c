@@ -883,6 +883,7 @@ Test(h1, smuggling_shapes_rejected)
         {"duplicate host", C, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "duplicate_host",
          0},
         {"http/2.0", C, "GET / HTTP/2.0\r\nHost: h\r\n\r\n", 400, "bad_version", 0},
+        {"http/0.9", C, "GET http://e.test/x\r\n\r\n", 400, "bad_version", 0},
         {"unknown method", C, "BREW / HTTP/1.1\r\nHost: h\r\n\r\n", 400, "bad_method", 0},
         {"space in target", C, "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n", 400, "bad_start_line", 0},
         {"forbidden trailer", C,
