@@ -636,6 +636,180 @@ static size_t utf8_len(const unsigned char *p, size_t n)
 static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n);
 
 /*
+ * A strict RFC 8259 syntax check for the JSON text a producer hands over (payload_parsed
+ * `value`): the event stream stays valid JSON even if a decoder misbehaves, and records read
+ * from a file someone else wrote cannot inject anything. Depth-bounded recursive descent.
+ */
+struct jscan {
+    const unsigned char *p, *end;
+};
+
+#define JSON_MAX_DEPTH 64
+
+static void js_ws(struct jscan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+static bool js_lit(struct jscan *s, const char *lit, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, lit, n) != 0)
+        return false;
+    s->p += n;
+    return true;
+}
+
+static bool js_digits(struct jscan *s)
+{
+    const unsigned char *start = s->p;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+        s->p++;
+    return s->p > start;
+}
+
+static bool js_number(struct jscan *s)
+{
+    if (s->p < s->end && *s->p == '-')
+        s->p++;
+    if (s->p < s->end && *s->p == '0')
+        s->p++;
+    else if (!js_digits(s))
+        return false;
+    if (s->p < s->end && *s->p == '.') {
+        s->p++;
+        if (!js_digits(s))
+            return false;
+    }
+    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+        s->p++;
+        if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+            s->p++;
+        if (!js_digits(s))
+            return false;
+    }
+    return true;
+}
+
+static size_t utf8_len(const unsigned char *p, size_t n);
+
+static bool js_string(struct jscan *s)
+{
+    s->p++; /* opening quote */
+    while (s->p < s->end) {
+        unsigned char c = *s->p;
+        if (c == '"') {
+            s->p++;
+            return true;
+        }
+        if (c < 0x20)
+            return false;
+        if (c == '\\') {
+            if (s->end - s->p < 2)
+                return false;
+            unsigned char e = s->p[1];
+            s->p += 2;
+            if (e == 'u') {
+                if (s->end - s->p < 4)
+                    return false;
+                for (int i = 0; i < 4; i++)
+                    if (!((s->p[i] >= '0' && s->p[i] <= '9') ||
+                          (s->p[i] >= 'a' && s->p[i] <= 'f') || (s->p[i] >= 'A' && s->p[i] <= 'F')))
+                        return false;
+                s->p += 4;
+            } else if (strchr("\"\\/bfnrt", e) == NULL || e == '\0') {
+                return false;
+            }
+            continue;
+        }
+        size_t l = utf8_len(s->p, (size_t)(s->end - s->p));
+        if (l == 0)
+            return false;
+        s->p += l;
+    }
+    return false;
+}
+
+static bool js_value(struct jscan *s, unsigned depth)
+{
+    js_ws(s);
+    if (s->p >= s->end || depth > JSON_MAX_DEPTH)
+        return false;
+    switch (*s->p) {
+    case '"':
+        return js_string(s);
+    case 't':
+        return js_lit(s, "true", 4);
+    case 'f':
+        return js_lit(s, "false", 5);
+    case 'n':
+        return js_lit(s, "null", 4);
+    case '[':
+    case '{': {
+        bool obj = *s->p == '{';
+        char close = obj ? '}' : ']';
+        s->p++;
+        js_ws(s);
+        if (s->p < s->end && *s->p == close) {
+            s->p++;
+            return true;
+        }
+        for (;;) {
+            if (obj) {
+                js_ws(s);
+                if (s->p >= s->end || *s->p != '"' || !js_string(s))
+                    return false;
+                js_ws(s);
+                if (s->p >= s->end || *s->p != ':')
+                    return false;
+                s->p++;
+            }
+            if (!js_value(s, depth + 1))
+                return false;
+            js_ws(s);
+            if (s->p >= s->end)
+                return false;
+            if (*s->p == ',') {
+                s->p++;
+                continue;
+            }
+            if (*s->p != close)
+                return false;
+            s->p++;
+            return true;
+        }
+    }
+    default:
+        return js_number(s);
+    }
+}
+
+/** Is p[0..n) exactly one JSON value (surrounding whitespace allowed)? */
+static bool json_valid(const unsigned char *p, size_t n)
+{
+    struct jscan s = {p, p + n};
+    if (!js_value(&s, 0))
+        return false;
+    js_ws(&s);
+    return s.p == s.end;
+}
+
+/** Copy valid JSON text; whitespace newlines become spaces (one event per line). */
+static void jput_json(struct jbuf *b, const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t run = i;
+        while (run < n && p[run] != '\n' && p[run] != '\r')
+            run++;
+        jbuf_put(b, p + i, run - i);
+        if (run < n)
+            jbuf_put(b, " ", 1);
+        i = run + 1;
+    }
+}
+
+/*
  * A JSON value for arbitrary bytes, losslessly and as strictly valid JSON: bytes that are valid
  * UTF-8 become a JSON string; anything else becomes {"b64":"<base64 of the raw bytes>"}, so a
  * consumer never gets a silently altered header name or value. docs/events.md.
@@ -850,12 +1024,21 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
             if (!take(&c, n, &p))
                 goto bad;
             jkey(out, fd->name);
-            if (fd->kind == FK_B64)
+            if (fd->kind == FK_B64) {
                 jput_b64(out, p, n);
-            else if (fd->kind == FK_JSON)
-                jbuf_put(out, p, n); /* produced by our own JSON encoders */
-            else
+            } else if (fd->kind == FK_JSON) {
+                if (json_valid(p, n)) {
+                    jput_json(out, p, n);
+                } else {
+                    /* A producer bug: keep the bytes, unambiguously (docs/events.md). */
+                    jput(out, "null,\"");
+                    jput(out, fd->name);
+                    jput(out, "_invalid_b64\":");
+                    jput_b64(out, p, n);
+                }
+            } else {
                 jput_str(out, p, n);
+            }
             break;
         case FK_HDRS:
         case FK_STRLIST: {

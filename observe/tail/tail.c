@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -16,6 +17,9 @@ static const char usage[] =
     "  --once         exit after printing what is there now\n"
     "  --type T,...   only these event types\n"
     "  --flow ID      only this flow_id\n";
+
+#define POLL_MS         2   /* follow: how often the writer position is looked at when idle */
+#define REOPEN_CHECK_MS 500 /* follow: how often PATH is checked for a new ring file */
 
 static volatile sig_atomic_t stop;
 
@@ -52,7 +56,7 @@ int main(int argc, char **argv)
             break;
         case 't': {
             const char *p = optarg;
-            while (*p) {
+            for (;;) {
                 size_t n = strcspn(p, ",");
                 int t = soth_ev_type_from_name(p, n);
                 if (t < 0) {
@@ -62,8 +66,9 @@ int main(int argc, char **argv)
                 }
                 flt.type_mask |= 1ull << t;
                 p += n;
-                if (*p == ',')
-                    p++;
+                if (*p != ',')
+                    break;
+                p++;
             }
             break;
         }
@@ -71,7 +76,7 @@ int main(int argc, char **argv)
             char *end;
             errno = 0;
             unsigned long long v = strtoull(optarg, &end, 10);
-            if (errno || end == optarg || *end) {
+            if (errno || end == optarg || *end || optarg[0] == '-' || optarg[0] == '+') {
                 fprintf(stderr,
                         "soth-mitm-tail: --flow: expected an unsigned integer, got \"%s\"\n",
                         optarg);
@@ -94,26 +99,50 @@ int main(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
+    const char *path = argv[optind];
     char err[512];
-    struct soth_ring_reader *r = soth_ring_reader_open(argv[optind], err, sizeof(err));
+    struct stat st0;
+    bool have_id = stat(path, &st0) == 0;
+    struct soth_ring_reader *r = soth_ring_reader_open(path, err, sizeof(err));
     if (r == NULL) {
         fprintf(stderr, "soth-mitm-tail: %s\n", err);
         return 1;
     }
+    static char outbuf[1 << 16];
+    setvbuf(stdout, outbuf, _IOFBF, sizeof(outbuf));
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_DFL);
     soth_ring_reader_seek(r, from_start);
+    unsigned idle = 0;
     while (!stop) {
         size_t n = soth_ring_reader_poll(r, &flt, emit_line, NULL);
         if (n > 0)
             fflush(stdout);
         if (once)
             break;
-        if (n == 0) {
-            struct timespec ts = {0, 2 * 1000000};
-            nanosleep(&ts, NULL);
+        if (n > 0) {
+            idle = 0;
+            continue;
         }
+        struct timespec ts = {0, POLL_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        /* A restarted proxy renames a new ring over PATH: follow it, as tail -F does. */
+        if (++idle % (REOPEN_CHECK_MS / POLL_MS) != 0)
+            continue;
+        struct stat st;
+        if (stat(path, &st) != 0 || (have_id && st.st_ino == st0.st_ino && st.st_dev == st0.st_dev))
+            continue;
+        struct soth_ring_reader *nr = soth_ring_reader_open(path, err, sizeof(err));
+        if (nr == NULL)
+            continue;
+        if (soth_ring_reader_poll(r, &flt, emit_line, NULL) > 0)
+            fflush(stdout);
+        soth_ring_reader_free(r);
+        r = nr;
+        st0 = st;
+        have_id = true;
+        soth_ring_reader_seek(r, true);
     }
     fflush(stdout);
     soth_ring_reader_free(r);
