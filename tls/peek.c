@@ -231,8 +231,8 @@ ssize_t soth_tls_peek_client_hello(const void *buf, size_t len, struct soth_tls_
             hs_need = mlen + 4;
             if (off == 0 && rlen >= hs_need) {
                 /* The usual case: the whole hello in the first record, parsed in place. */
-                if (avail < hs_need)
-                    return SOTH_E_INCOMPLETE;
+                if (avail < rlen)
+                    return SOTH_E_INCOMPLETE; /* the whole record: the engine replays it */
                 msg = frag;
                 hs_have = hs_need;
                 off += REC_HDR + rlen;

@@ -1,0 +1,1 @@
+soth_add_fuzz(clienthello LIBS soth_tls)
