@@ -8,12 +8,20 @@
  *    same callback trace and the same bytes out.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "soth/proto.h"
 
 #define MAX_IDS 4096
+
+/* abort() with the line of the broken check */
+#define FAIL()                                                                                     \
+    do {                                                                                           \
+        fprintf(stderr, "fuzz_h1: check at line %d failed\n", __LINE__);                           \
+        abort();                                                                                   \
+    } while (0)
 
 struct fz {
     uint64_t trace, out[2]; /* FNV-1a hashes */
@@ -49,7 +57,7 @@ static void tag(struct fz *f, const char *what, int dir, uint32_t id)
 static void head_add(struct fz *f, int to, const void *p, size_t n)
 {
     if (f->head_len[to] + n > sizeof(f->head[to]))
-        abort();
+        FAIL();
     memcpy(f->head[to] + f->head_len[to], p, n);
     f->head_len[to] += n;
 }
@@ -58,10 +66,10 @@ static int f_out(void *ctx, int to, const char *p, size_t n)
 {
     struct fz *f = ctx;
     if ((to != 0 && to != 1) || n == 0)
-        abort();
+        FAIL();
     if (f->head_len[to] > 0) {
         if (n != f->head_len[to] || memcmp(p, f->head[to], n) != 0)
-            abort(); /* forwarded head differs from what on_head reported */
+            FAIL(); /* forwarded head differs from what on_head reported */
         f->head_len[to] = 0;
     }
     f->out[to] = fnv(f->out[to], p, n);
@@ -71,7 +79,7 @@ static int f_out(void *ctx, int to, const char *p, size_t n)
 static void check_id(struct fz *f, uint32_t id)
 {
     if (id == 0 || id >= MAX_IDS || f->ended[id])
-        abort(); /* callback for an unknown or finished stream */
+        FAIL(); /* callback for an unknown or finished stream */
 }
 
 static int f_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head *h)
@@ -80,12 +88,12 @@ static int f_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head *h)
     int to = !dir;
     if (dir == 0) {
         if (id != f->last_req_id + 1)
-            abort();
+            FAIL();
         f->last_req_id = id;
     }
     check_id(f, id);
     if (f->head_len[to] != 0)
-        abort();
+        FAIL();
     if (dir == 0) {
         head_add(f, to, h->method.base, h->method.len);
         head_add(f, to, " ", 1);
@@ -117,7 +125,7 @@ static void f_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
     struct fz *f = ctx;
     check_id(f, id);
     if (n == 0)
-        abort();
+        FAIL();
     f->body[dir][id] += n;
     if (f->body_dir != dir || f->body_id != id) {
         tag(f, "B", dir, id);
@@ -159,7 +167,7 @@ static void f_exchange(void *ctx, const struct soth_h1_exchange *x)
     check_id(f, x->stream_id);
     if (!x->upgraded && (x->request_bytes != f->body[0][x->stream_id] ||
                          x->response_bytes != f->body[1][x->stream_id]))
-        abort(); /* counters disagree with the body callbacks */
+        FAIL(); /* counters disagree with the body callbacks */
     f->ended[x->stream_id] = 1;
     tag(f, soth_h1_outcome_name(x->outcome), 0, x->stream_id);
 }
@@ -169,7 +177,7 @@ static void f_error(void *ctx, int dir, uint32_t id, unsigned status, const char
 {
     struct fz *f = ctx;
     if (code == NULL || detail == NULL || (status != 400 && status != 431 && status != 502))
-        abort();
+        FAIL();
     tag(f, code, dir, id);
 }
 
@@ -192,7 +200,7 @@ static struct soth_h1 *mk(struct fz *f)
     };
     struct soth_h1 *h = soth_h1_new(&lim, &cbs);
     if (h == NULL)
-        abort();
+        FAIL();
     return h;
 }
 
@@ -215,9 +223,9 @@ static bool feed_side(struct soth_h1 *h, int side, const uint8_t *d, size_t n, s
     if (rc < 0)
         return false;
     if ((size_t)rc > end - *pos)
-        abort();
+        FAIL();
     if ((size_t)rc < end - *pos && !soth_h1_is_blocked(h, side))
-        abort();
+        FAIL();
     *pos += (size_t)rc;
     return true;
 }
@@ -272,7 +280,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     soth_h1_abort(h, SOTH_H1_RESET);
     if (soth_h1_in_flight(h) != 0)
-        abort();
+        FAIL();
     soth_h1_free(h);
 
     /* 2. The client stream alone: whole vs random pieces. */
@@ -292,11 +300,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break; /* blocked: the whole feed stopped at the same byte */
     }
     if ((ra < 0) != (rb < 0) || (ra < 0 && ra != rb))
-        abort();
+        FAIL();
     if (ra >= 0 && (size_t)ra != bp)
-        abort();
+        FAIL();
     if (fa.trace != fb.trace || fa.out[0] != fb.out[0] || fa.out[1] != fb.out[1])
-        abort();
+        FAIL();
     soth_h1_free(a);
     soth_h1_free(b);
     return 0;

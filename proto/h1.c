@@ -80,6 +80,7 @@ struct msg {
     bool no_body;
     bool until_close;
     struct soth_iov method, target, version, reason, host, upgrade_proto;
+    struct soth_header cur; /* the field being parsed, stored once its value completes */
     uint32_t id;
     size_t ext_bytes; /* chunk-extension bytes on the current chunk line */
 };
@@ -191,6 +192,7 @@ static int cb_body(llhttp_t *p, const char *at, size_t n);
 static int cb_chunk_header(llhttp_t *p);
 static int cb_chunk_complete(llhttp_t *p);
 static int cb_chunk_ext(llhttp_t *p, const char *at, size_t n);
+static int cb_chunk_ext_complete(llhttp_t *p);
 static int cb_message_complete(llhttp_t *p);
 
 static const llhttp_settings_t settings = {
@@ -214,6 +216,8 @@ static const llhttp_settings_t settings = {
     .on_header_value_complete = cb_header_value_complete,
     .on_chunk_header = cb_chunk_header,
     .on_chunk_complete = cb_chunk_complete,
+    .on_chunk_extension_name_complete = cb_chunk_ext_complete,
+    .on_chunk_extension_value_complete = cb_chunk_ext_complete,
 };
 
 struct soth_h1 *soth_h1_init(void *mem, const struct soth_h1_limits *limits,
@@ -662,16 +666,17 @@ static int cb_version_complete(llhttp_t *p)
     return 0;
 }
 
-/* Response: write the status code (known once its digits were parsed) before the reason. */
+/*
+ * Response: write the status code (known once its digits were parsed) before the reason.
+ * Checks that can fail run only in *_complete callbacks: llhttp calls span callbacks (on_status,
+ * on_header_field, ...) wherever a read ends, so an error raised there would come before or
+ * after an llhttp error in the same span depending on the split.
+ */
 static int status_prefix(struct dir *d)
 {
     if (d->m.status_written)
         return 0;
-    unsigned st = d->p.status_code;
-    if (st < 100 || st > 999) {
-        proto_err(d, "bad_status", "status code outside 100..999");
-        return -1;
-    }
+    unsigned st = d->p.status_code % 1000;
     char num[4] = {(char)('0' + st / 100), (char)('0' + st / 10 % 10), (char)('0' + st % 10), ' '};
     if (put(d, num, sizeof(num)) < 0)
         return -1;
@@ -684,6 +689,10 @@ static int status_line_end(struct dir *d)
 {
     if (d->m.line_done)
         return 0;
+    if (d->p.status_code < 100 || d->p.status_code > 999) {
+        proto_err(d, "bad_status", "status code outside 100..999");
+        return -1;
+    }
     if (status_prefix(d) < 0 || PUT_LIT(d, "\r\n") < 0)
         return -1;
     d->m.line_done = true;
@@ -708,23 +717,21 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t n)
 {
     struct dir *d = dir_of(p);
     if (d->m.fstate != 1) {
-        if (d->side == SOTH_H1_UPSTREAM && d->state == DS_HEAD && status_line_end(d) < 0)
-            return HPE_USER;
-        if (d->m.n_fields == d->h->lim.max_fields) {
-            size_err(d, "too_many_headers", "more header fields than the limit");
-            return HPE_USER;
-        }
-        d->fields[d->m.n_fields].name = soth_iov(d->buf + d->used, 0);
+        d->m.cur.name = soth_iov(d->buf + d->used, 0);
         d->m.fstate = 1;
     }
-    d->fields[d->m.n_fields].name.len += n;
+    d->m.cur.name.len += n;
     return put(d, at, n) < 0 ? HPE_USER : 0;
 }
 
 static int cb_header_field_complete(llhttp_t *p)
 {
     struct dir *d = dir_of(p);
-    struct soth_iov name = d->fields[d->m.n_fields].name;
+    struct soth_iov name = d->m.cur.name;
+    if (d->m.n_fields == d->h->lim.max_fields) {
+        size_err(d, "too_many_headers", "more header fields than the limit");
+        return -1;
+    }
     for (size_t i = 0; i < name.len; i++) {
         if (!is_tchar((unsigned char)name.base[i])) {
             proto_err(d, "bad_header_name", "header name is not a token");
@@ -775,7 +782,7 @@ static int cb_header_field_complete(llhttp_t *p)
     }
     if (PUT_LIT(d, ": ") < 0)
         return -1;
-    d->fields[d->m.n_fields].value = soth_iov(d->buf + d->used, 0);
+    d->m.cur.value = soth_iov(d->buf + d->used, 0);
     d->m.fstate = 2;
     return 0;
 }
@@ -783,7 +790,7 @@ static int cb_header_field_complete(llhttp_t *p)
 static int cb_header_value(llhttp_t *p, const char *at, size_t n)
 {
     struct dir *d = dir_of(p);
-    d->fields[d->m.n_fields].value.len += n;
+    d->m.cur.value.len += n;
     return put(d, at, n) < 0 ? HPE_USER : 0;
 }
 
@@ -791,6 +798,7 @@ static int cb_header_value_complete(llhttp_t *p)
 {
     struct dir *d = dir_of(p);
     struct soth_header *f = &d->fields[d->m.n_fields];
+    *f = d->m.cur;
     /* llhttp skips leading OWS but keeps trailing OWS (RFC 9112 5.1: not part of the value). */
     while (f->value.len > 0 &&
            (f->value.base[f->value.len - 1] == ' ' || f->value.base[f->value.len - 1] == '\t')) {
@@ -1053,11 +1061,17 @@ static int cb_chunk_complete(llhttp_t *p)
 
 static int cb_chunk_ext(llhttp_t *p, const char *at, size_t n)
 {
+    dir_of(p)->m.ext_bytes += n;
+    return 0;
+}
+
+/* Checked when a name or value ends (not in the span callback: see status_prefix). */
+static int cb_chunk_ext_complete(llhttp_t *p)
+{
     struct dir *d = dir_of(p);
-    d->m.ext_bytes += n;
     if (d->m.ext_bytes > MAX_CHUNK_EXT) {
         proto_err(d, "chunk_extension_too_long", "chunk extensions over 4096 bytes");
-        return HPE_USER;
+        return -1;
     }
     return 0;
 }
@@ -1217,6 +1231,7 @@ ssize_t soth_h1_feed(struct soth_h1 *h, int from_side, const char *data, size_t 
             if (from_side == SOTH_H1_CLIENT && h->qlen >= h->lim.max_pipeline)
                 return (ssize_t)pos;
             if (from_side == SOTH_H1_UPSTREAM && q_awaiting(h) == NULL) {
+                msg_begin(d); /* forget the previous response's id */
                 proto_err(d, "unsolicited_response", "response bytes without a pending request");
                 return fail(h);
             }

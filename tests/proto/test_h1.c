@@ -928,6 +928,27 @@ Test(h1, oversized_heads)
                             0};
     expect_rejected(&many, &lim);
 
+    /* Fuzz regression: the field over the limit has a bad name. llhttp reports the bad byte
+     * before the name ends; the count is checked only when a name ends, so every split gives
+     * llhttp's error (it used to give too_many_headers when the name's first byte ended a read). */
+    struct bad_case many_bad = {
+        "many fields, bad last name",
+        C,
+        "GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\nD@: 4\r\n\r\n",
+        400,
+        "bad_header",
+        0};
+    expect_rejected(&many_bad, &lim);
+
+    /* Chunk extensions are dropped but bounded (4096 bytes per chunk line). */
+    static char ext[4300];
+    int m = snprintf(
+        ext, sizeof(ext),
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;a=%04100d\r\n", 0);
+    cr_assert(m > 0 && (size_t)m < sizeof(ext));
+    struct bad_case longext = {"chunk extension", C, ext, 400, "chunk_extension_too_long", 56};
+    expect_rejected(&longext, NULL);
+
     char bigr[400];
     n = snprintf(bigr, sizeof(bigr), "HTTP/1.1 200 OK\r\nX-Big: %0250d\r\n\r\n", 7);
     cr_assert(n > 0 && (size_t)n < sizeof(bigr));
@@ -1029,6 +1050,19 @@ Test(h1, unsolicited_response)
     struct result r;
     RUN(&r, FEED(U, "HTTP/1.1 200 OK\r\n\r\n"));
     TRACE_IS(&r, "E1 0 502 unsolicited_response\nR -1001\ndone=1 inflight=0 held=0/0\n");
+    result_free(&r);
+
+    /* A second response to one request. */
+    RUN(&r, FEED(C, "GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+        FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"));
+    TRACE_IS(&r, "H0 1 GET / HTTP/1.1 {Host: h} a=h p=/ ka nb\n"
+                 "C0 1\n"
+                 "H1 1 200 OK HTTP/1.1 {Content-Length: 0} ka cl=0 nb\n"
+                 "C1 1\n"
+                 "X 1 complete 0 0\n"
+                 "E1 0 502 unsolicited_response\n"
+                 "R -1001\n"
+                 "done=1 inflight=0 held=0/0\n");
     result_free(&r);
 }
 
