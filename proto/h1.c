@@ -81,6 +81,7 @@ struct msg {
     bool until_close;
     struct soth_iov method, target, version, reason, host, upgrade_proto;
     struct soth_header cur; /* the field being parsed, stored once its value completes */
+    int cur_kind;           /* FK_* of cur */
     uint32_t id;
     size_t ext_bytes; /* chunk-extension bytes on the current chunk line */
 };
@@ -481,37 +482,45 @@ static bool is_ctl(unsigned char c)
     return (c < 0x20 && c != '\t') || c == 0x7f;
 }
 
+/* Bytes allowed inside a line without a second look: VCHAR, SP, HTAB, obs-text. */
+static bool is_plain(unsigned char c)
+{
+    return (c >= 0x20 && c != 0x7f) || c == '\t';
+}
+
 /*
  * Scan [p, p+n) of a head or trailer section. Sets *used to the bytes llhttp may see: up to and
- * including the final LF (SCAN_END), up to but excluding the first bad byte (SCAN_ERR, error
- * recorded in h->err only after llhttp ran on the bytes before it: see feed_section), or all of
- * them (SCAN_MORE).
+ * including the final LF (SCAN_END), up to but excluding the first bad byte (SCAN_ERR: the
+ * caller records the error only after llhttp ran on the bytes before it, see feed_section), or
+ * all of them (SCAN_MORE).
  */
 static enum scan_result scan_head(struct dir *d, const char *p, size_t n, size_t *used,
                                   const char **code, const char **detail, bool *too_large)
 {
+    const unsigned char *u = (const unsigned char *)p;
+    size_t room = d->h->lim.max_head - d->raw; /* raw never exceeds max_head */
+    size_t lim = n < room ? n : room;
+    enum scan_result r = SCAN_MORE;
     size_t i;
     *too_large = false;
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (d->raw >= d->h->lim.max_head) {
-            *code = d->state == DS_TRAILERS ? "trailers_too_large" : "head_too_large";
-            *detail = "header section over the size limit";
-            *too_large = true;
-            goto bad;
+    for (i = 0; i < lim; i++) {
+        if (d->sc == SC_LINE) {
+            while (i < lim && u[i] != '\r' && is_plain(u[i]))
+                i++;
+            if (i == lim)
+                break;
         }
-        d->raw++;
+        unsigned char c = u[i];
         switch (d->sc) {
         case SC_START:
-            if (c == '\r') {
+            if (c == '\r')
                 d->sc = SC_START_CR;
-                break;
-            }
-            if (c == '\n')
+            else if (c == '\n')
                 goto bare_lf;
-            if (is_ctl(c))
+            else if (is_ctl(c))
                 goto ctl;
-            d->sc = SC_LINE;
+            else
+                d->sc = SC_LINE;
             break;
         case SC_START_CR:
             if (c != '\n')
@@ -519,13 +528,11 @@ static enum scan_result scan_head(struct dir *d, const char *p, size_t n, size_t
             d->sc = SC_START;
             break;
         case SC_LINE:
-            if (c == '\r') {
+            if (c == '\r')
                 d->sc = SC_CR;
-                break;
-            }
-            if (c == '\n')
+            else if (c == '\n')
                 goto bare_lf;
-            if (is_ctl(c))
+            else
                 goto ctl;
             break;
         case SC_CR:
@@ -536,30 +543,35 @@ static enum scan_result scan_head(struct dir *d, const char *p, size_t n, size_t
         case SC_BOL:
             if (c == '\r') {
                 d->sc = SC_BOL_CR;
-                break;
-            }
-            if (c == ' ' || c == '\t') {
+            } else if (c == ' ' || c == '\t') {
                 *code = "obs_fold";
                 *detail = "field line starts with whitespace (obs-fold)";
                 goto bad;
-            }
-            if (c == '\n')
+            } else if (c == '\n') {
                 goto bare_lf;
-            if (is_ctl(c))
+            } else if (is_ctl(c)) {
                 goto ctl;
-            d->sc = SC_LINE;
+            } else {
+                d->sc = SC_LINE;
+            }
             break;
         case SC_BOL_CR:
             if (c != '\n')
                 goto bare_cr;
-            *used = i + 1;
-            return SCAN_END;
+            i++;
+            r = SCAN_END;
+            goto out;
         default:
             SOTH_BUG_ON(1);
         }
     }
-    *used = n;
-    return SCAN_MORE;
+    if (i == room && i < n) {
+        *code = d->state == DS_TRAILERS ? "trailers_too_large" : "head_too_large";
+        *detail = "header section over the size limit";
+        *too_large = true;
+        r = SCAN_ERR;
+    }
+    goto out;
 bare_cr:
     *code = "bare_cr";
     *detail = "CR not followed by LF in the header section";
@@ -572,8 +584,11 @@ ctl:
     *code = "control_bytes";
     *detail = "control byte in the header section";
 bad:
+    r = SCAN_ERR;
+out:
+    d->raw += i;
     *used = i;
-    return SCAN_ERR;
+    return r;
 }
 
 /* ---- llhttp callbacks */
@@ -589,11 +604,32 @@ static bool iov_ieq(struct soth_iov v, const char *s)
     return v.len == n && strncasecmp(v.base, s, n) == 0;
 }
 
+/* Fields the engine acts on, classified once per field. */
+enum { FK_OTHER = 0, FK_CL, FK_TE, FK_HOST, FK_EXPECT, FK_UPGRADE };
+
+static int field_kind(struct soth_iov n)
+{
+    switch (n.len) {
+    case 4:
+        return iov_ieq(n, "host") ? FK_HOST : FK_OTHER;
+    case 6:
+        return iov_ieq(n, "expect") ? FK_EXPECT : FK_OTHER;
+    case 7:
+        return iov_ieq(n, "upgrade") ? FK_UPGRADE : FK_OTHER;
+    case 14:
+        return iov_ieq(n, "content-length") ? FK_CL : FK_OTHER;
+    case 17:
+        return iov_ieq(n, "transfer-encoding") ? FK_TE : FK_OTHER;
+    default:
+        return FK_OTHER;
+    }
+}
+
 static bool is_tchar(unsigned char c)
 {
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-')
         return true;
-    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    return c != '\0' && strchr("!#$%&'*+.^_`|~", c) != NULL;
 }
 
 static int cb_message_begin(llhttp_t *p)
@@ -744,10 +780,12 @@ static int cb_header_field_complete(llhttp_t *p)
     }
     /* Framing headers: decided here, before llhttp acts on the value, so the code does not
      * depend on which of llhttp's checks would fire first (RFC 9112 6.1, 6.3). */
-    bool is_cl = iov_ieq(name, "content-length");
-    bool is_te = iov_ieq(name, "transfer-encoding");
+    int kind = field_kind(name);
+    bool is_cl = kind == FK_CL;
+    bool is_te = kind == FK_TE;
+    d->m.cur_kind = kind;
     if (d->state == DS_TRAILERS) {
-        if (is_cl || is_te || iov_ieq(name, "host")) {
+        if (is_cl || is_te || kind == FK_HOST) {
             proto_err(d, "forbidden_trailer", "framing or routing field in a trailer section");
             return -1;
         }
@@ -773,7 +811,7 @@ static int cb_header_field_complete(llhttp_t *p)
             return -1;
         }
         d->m.seen_te = true;
-    } else if (d->side == SOTH_H1_CLIENT && iov_ieq(name, "host")) {
+    } else if (d->side == SOTH_H1_CLIENT && kind == FK_HOST) {
         if (d->m.seen_host) {
             proto_err(d, "duplicate_host", "more than one Host field");
             return -1;
@@ -811,20 +849,27 @@ static int cb_header_value_complete(llhttp_t *p)
     d->m.fstate = 0;
     if (d->state == DS_TRAILERS)
         return 0;
-    if (iov_ieq(f->name, "transfer-encoding")) {
+    switch (d->m.cur_kind) {
+    case FK_TE:
         /* Only a lone "chunked" is accepted: any other coding list (gzip, chunked; chunked,
          * chunked; identity) is a smuggling shape or an encoding we would report undecoded. */
         if (!iov_ieq(f->value, "chunked")) {
             proto_err(d, "bad_transfer_encoding", "Transfer-Encoding other than chunked");
             return -1;
         }
-    } else if (iov_ieq(f->name, "host")) {
+        break;
+    case FK_HOST:
         d->m.host = f->value;
-    } else if (iov_ieq(f->name, "expect")) {
+        break;
+    case FK_EXPECT:
         if (iov_ieq(f->value, "100-continue"))
             d->m.expect_continue = true;
-    } else if (iov_ieq(f->name, "upgrade")) {
+        break;
+    case FK_UPGRADE:
         d->m.upgrade_proto = f->value;
+        break;
+    default:
+        break;
     }
     return 0;
 }
