@@ -65,7 +65,7 @@ static int parse_workers(const char *s, int *out)
     return 0;
 }
 
-static int run(struct soth_config *cfg)
+static int run(struct soth_config *cfg, const struct soth_cli_overrides *cli)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -108,10 +108,15 @@ static int run(struct soth_config *cfg)
             SOTH_LOG(SOTH_LOG_INFO, -1, 0, "SIGHUP: reloading policy from %s",
                      path ? path : "(defaults)");
             struct soth_config *ncfg = NULL;
-            if (soth_config_load(path, NULL, &ncfg, err, sizeof(err)) < 0) {
+            bool restart = false;
+            /* Same file, same command-line flags: only the reloadable keys may change. */
+            if (soth_config_reload(cfg, path, cli, &ncfg, &restart, err, sizeof(err)) < 0) {
                 SOTH_LOG(SOTH_LOG_ERROR, -1, 0, "reload failed, keeping the old policy: %s", err);
                 continue;
             }
+            if (restart)
+                SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+                         "reload: some changed keys take effect only after a restart");
             soth_engine_reload(e, ncfg);
             continue;
         }
@@ -220,7 +225,7 @@ int soth_cli_main(int argc, char **argv)
     /* SIGHUP re-reads the same file. */
     if (config_path)
         setenv("SOTH_MITM_CONFIG_PATH", config_path, 1);
-    int rc = run(cfg);
+    int rc = run(cfg, &cli);
     soth_config_unref(cfg);
     return rc;
 }

@@ -15,6 +15,7 @@
 #include "soth/observe.h"
 #include "soth/policy.h"
 #include "soth/proto.h"
+#include "soth/tls.h"
 
 /* ---- sizes (per worker unless noted) */
 #define SOTH_BUF_SIZE    16384u /* one provided recv buffer and one owned chunk */
@@ -104,7 +105,10 @@ enum flow_state {
     FS_HEAD = 0,   /* regular mode: reading the proxy request head */
     FS_RESOLVING,  /* waiting for the resolver thread */
     FS_CONNECTING, /* upstream connect in flight */
-    FS_RELAY,      /* bytes both ways */
+    FS_HELLO,      /* intercept: upstream connected, 200 sent, reading the ClientHello */
+    FS_TLS_UP,     /* intercept: handshaking with the upstream */
+    FS_TLS_DOWN,   /* intercept: handshaking with the client (our leaf) */
+    FS_RELAY,      /* bytes both ways (plaintext through tls[] when intercepting) */
     FS_ANSWER,     /* sending our own answer (403/400/502...), then linger */
     FS_LINGER,     /* our FIN sent: discard input until the peer's FIN or a timer */
     FS_CLOSING,    /* stream_closed emitted; waiting for in-flight ops */
@@ -128,7 +132,8 @@ struct flow {
     uint64_t last_active_ms;
     struct flow *tnext, **tpprev;
     struct flow *wnext; /* waiter list for provided buffers / free list */
-    char *head;         /* split proxy head gathered here (owned chunk) */
+    char *head;         /* split proxy head, then the ClientHello, gathered here (owned chunk) */
+    struct soth_tls_conn *tls[2]; /* intercept: [0] faces the client, [1] the upstream */
     uint32_t head_len;
     uint16_t upstream_port;
     struct sockaddr_storage upstream_addr;
@@ -189,6 +194,7 @@ struct worker {
 
     struct soth_config *cfg;
     struct soth_policy *policy;
+    struct soth_tls_ctx *tls;
     struct soth_head_limits head_limits;
     struct soth_ev_producer *prod;
     struct soth_metrics *m;
@@ -217,6 +223,7 @@ struct soth_engine {
     pthread_mutex_t start_mu; /* start-up only */
     pthread_cond_t start_cv;
     unsigned n_ready;
+    struct soth_tls_ca *ca;
     pthread_t resolver;
     int resolver_efd;
     _Atomic int resolver_stop;

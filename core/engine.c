@@ -77,6 +77,20 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
         snprintf(err, err_len, "listen: %s is not a numeric address", cfg->listen.host);
         goto fail_engine;
     }
+    /* TLS: the CA once per process (file I/O at start-up only), a context per worker. */
+    if (soth_tls_global_init() < 0) {
+        snprintf(err, err_len, "TLS library initialisation failed");
+        goto fail_engine;
+    }
+    char *ca_dir = cfg->tls.ca_dir ? strdup(cfg->tls.ca_dir) : soth_config_default_ca_dir();
+    struct soth_tls_ca_params cap = {.ca_dir = ca_dir,
+                                     .ca_cert = cfg->tls.ca_cert,
+                                     .ca_key = cfg->tls.ca_key,
+                                     .rotate_after_days = cfg->tls.ca_rotate_after_days};
+    int crc = soth_tls_ca_load_or_create(&cap, &e->ca, NULL, err, err_len);
+    free(ca_dir);
+    if (crc < 0)
+        goto fail_engine;
     e->obs = soth_observe_new(cfg, n, err, err_len);
     if (e->obs == NULL)
         goto fail_engine;
@@ -109,6 +123,14 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
         w->cfg = soth_config_ref(cfg);
         w->policy = soth_policy_new(cfg, err, err_len);
         if (w->policy == NULL)
+            goto fail_sockets;
+        struct soth_tls_ctx_params tp = {.ca = e->ca,
+                                         .leaf_validity_days = cfg->tls.leaf_validity_days,
+                                         .leaf_cache_size = cfg->tls.leaf_cache_size,
+                                         .upstream_verify = cfg->tls.upstream_verify,
+                                         .upstream_ca_file = cfg->tls.upstream_ca_file,
+                                         .http2_enabled = cfg->http2_enabled};
+        if (soth_tls_ctx_new(&tp, &w->tls, err, err_len) < 0)
             goto fail_sockets;
         w->prod = soth_observe_producer(e->obs, i);
         w->m = soth_observe_metrics(e->obs, i);
@@ -174,6 +196,7 @@ fail_sockets:
         if (w->listen_fd >= 0)
             close(w->listen_fd);
         soth_policy_free(w->policy);
+        soth_tls_ctx_free(w->tls);
         soth_spsc_free(w->rq);
         soth_spsc_free(w->rs);
         if (w->cfg)
@@ -183,6 +206,7 @@ fail_sockets:
 fail_obs:
     soth_observe_free(e->obs);
 fail_engine:
+    soth_tls_ca_free(e->ca);
     soth_config_unref(e->cfg);
     free(e);
     return NULL;
@@ -238,6 +262,7 @@ void soth_engine_stop(struct soth_engine *e)
     }
     free(e->workers);
     soth_observe_free(e->obs);
+    soth_tls_ca_free(e->ca);
     soth_config_unref(e->cfg);
     pthread_mutex_destroy(&e->start_mu);
     pthread_cond_destroy(&e->start_cv);

@@ -33,7 +33,8 @@
 #endif
 
 static const char *const flow_state_names[FS_COUNT] = {
-    "head", "resolving", "connecting", "relay", "answer", "linger", "closing", "free",
+    "head",  "resolving", "connecting", "hello",   "tls_up", "tls_down",
+    "relay", "answer",    "linger",     "closing", "free",
 };
 
 static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason);
@@ -225,6 +226,7 @@ static struct flow *flow_alloc(struct worker *w)
     f->wnext = NULL;
     f->head = NULL;
     f->head_len = 0;
+    f->tls[0] = f->tls[1] = NULL;
     f->upstream_port = 0;
     f->upstream_addr_len = 0;
     w->n_flows++;
@@ -252,6 +254,12 @@ static void flow_free(struct worker *w, struct flow *f)
     if (f->head != NULL) {
         chunk_put(w, f->head);
         f->head = NULL;
+    }
+    for (unsigned i = 0; i < 2; i++) {
+        if (f->tls[i] != NULL) {
+            soth_tls_conn_free(f->tls[i]);
+            f->tls[i] = NULL;
+        }
     }
     if (f->on_wait_list) {
         for (struct flow **pp = &w->buf_waiters; *pp; pp = &(*pp)->wnext) {
@@ -659,6 +667,276 @@ static void on_resolved(struct worker *w, const struct resolve_resp *rs)
     flow_connect(w, f);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * TLS interception (regular-mode CONNECT with an intercept decision)
+ *
+ * Sequence: upstream TCP connect, "200 Connection Established", the client's ClientHello
+ * gathered in f->head and peeked (SNI, ALPN), handshake with the upstream offering the client's
+ * ALPN, then the client handshake with our leaf for the name and the ALPN the upstream chose
+ * (mirroring), then plaintext relay: decrypt from one leg, encrypt into the other.
+ * ------------------------------------------------------------------------------------------ */
+
+static bool flow_intercepting(const struct worker *w, const struct flow *f)
+{
+    return f->is_connect && f->action == SOTH_ACTION_INTERCEPT && w->tls != NULL;
+}
+
+/** Move queued ciphertext of tls[side] into the socket's send queue. */
+static bool tls_flush(struct worker *w, struct flow *f, unsigned side)
+{
+    struct soth_tls_conn *t = f->tls[side];
+    struct soth_iov iov;
+    size_t n;
+    while (t != NULL && (n = soth_tls_conn_out(t, &iov)) > 0) {
+        if (!conn_queue_copy(w, &f->c[side], iov.base, n))
+            return false;
+        soth_tls_conn_out_consume(t, n);
+    }
+    conn_try_send(w, f, side);
+    return true;
+}
+
+static void tls_failed(struct worker *w, struct flow *f, unsigned side, int transport)
+{
+    struct soth_tls_conn *t = f->tls[side];
+    enum soth_tls_fail reason = SOTH_TLS_FAIL_OTHER;
+    char detail[256] = "";
+    if (side == SIDE_CLIENT && t == NULL)
+        soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
+    if (t == NULL && transport >= 0) {
+        static const enum soth_tls_fail direct[] = {SOTH_TLS_FAIL_EOF, SOTH_TLS_FAIL_RESET,
+                                                    SOTH_TLS_FAIL_TIMEOUT};
+        reason = direct[transport];
+        snprintf(detail, sizeof(detail), "%s before the handshake started",
+                 soth_tls_fail_names[reason]);
+    } else if (t != NULL && transport >= 0)
+        reason = soth_tls_conn_classify_transport(t, (enum soth_tls_transport)transport, detail,
+                                                  sizeof(detail));
+    else if (t == NULL || soth_tls_conn_failure(t, &reason, detail, sizeof(detail)) < 0)
+        snprintf(detail, sizeof(detail), "TLS failure");
+    soth_ev_tls_handshake_failed(&f->ev, side ? SOTH_SIDE_UPSTREAM : SOTH_SIDE_CLIENT,
+                                 (enum soth_tls_failure)reason,
+                                 transport >= 0 ? SOTH_IOV_LIT("transport") : SOTH_IOV_LIT("tls"),
+                                 SOTH_TLSP_NATIVE, soth_iov(detail, strlen(detail)), 0, 0);
+    SOTH_METRIC_ADD(w->m->tls_failures[side][reason], 1);
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "TLS %s: %s: %s",
+             side ? "upstream" : "client", soth_tls_fail_names[reason], detail);
+    flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
+}
+
+static void tls_succeeded(struct flow *f, unsigned side)
+{
+    struct soth_tls_conn *t = f->tls[side];
+    soth_ev_tls_handshake_succeeded(&f->ev, side ? SOTH_SIDE_UPSTREAM : SOTH_SIDE_CLIENT,
+                                    soth_tls_conn_version(t), soth_tls_conn_cipher(t),
+                                    soth_tls_conn_alpn(t));
+}
+
+/** Decrypt what tls[from] holds and re-encrypt it into tls[from ^ 1]. */
+static bool tls_pump(struct worker *w, struct flow *f, unsigned from)
+{
+    unsigned to = from ^ 1;
+    char buf[SOTH_BUF_SIZE];
+    for (;;) {
+        ssize_t n = soth_tls_conn_read(f->tls[from], buf, sizeof(buf));
+        if (n == SOTH_E_INCOMPLETE)
+            break;
+        if (n == 0) {
+            /* close_notify: pass the close on like a FIN. */
+            soth_tls_conn_shutdown(f->tls[to]);
+            f->c[to].shut_pending = true;
+            break;
+        }
+        if (n < 0) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return false;
+        }
+        if (soth_tls_conn_write(f->tls[to], buf, (size_t)n) < 0) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return false;
+        }
+    }
+    if (!tls_flush(w, f, to) || !tls_flush(w, f, from)) {
+        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return false;
+    }
+    return true;
+}
+
+/** Client side handshake done: relay from now on. */
+static void tls_client_ready(struct worker *w, struct flow *f)
+{
+    tls_succeeded(f, SIDE_CLIENT);
+    flow_set_state(f, FS_RELAY);
+    timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
+    /* Application data may already sit behind either handshake. */
+    if (tls_pump(w, f, SIDE_CLIENT))
+        tls_pump(w, f, SIDE_UPSTREAM);
+}
+
+/** Upstream handshake done: answer the client with our leaf and the upstream's ALPN. */
+static void tls_upstream_ready(struct worker *w, struct flow *f)
+{
+    tls_succeeded(f, SIDE_UPSTREAM);
+    struct soth_iov name = soth_iov(f->ev.server_host, f->ev.server_host_len);
+    struct soth_tls_conn *c = NULL;
+    struct soth_tls_leaf_cache_stats st;
+    soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, name);
+    int rc = soth_tls_conn_new_server(w->tls, name, soth_tls_conn_alpn(f->tls[SIDE_UPSTREAM]), &c);
+    soth_tls_leaf_cache_stats(w->tls, &st);
+    atomic_store_explicit(&w->m->leaf_cache_hits, st.hits, memory_order_relaxed);
+    atomic_store_explicit(&w->m->leaf_cache_misses, st.misses, memory_order_relaxed);
+    if (rc < 0) {
+        tls_failed(w, f, SIDE_CLIENT, -1);
+        return;
+    }
+    f->tls[SIDE_CLIENT] = c;
+    flow_set_state(f, FS_TLS_DOWN);
+    /* Replay the ClientHello (and whatever followed it) into our server half. */
+    soth_tls_conn_feed(c, f->head, f->head_len);
+    rc = soth_tls_conn_handshake(c);
+    soth_tls_conn_feed_done(c);
+    chunk_put(w, f->head);
+    f->head = NULL;
+    f->head_len = 0;
+    if (!tls_flush(w, f, SIDE_CLIENT)) {
+        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    if (rc == 0)
+        tls_client_ready(w, f);
+    else if (rc != SOTH_E_INCOMPLETE)
+        tls_failed(w, f, SIDE_CLIENT, -1);
+}
+
+/** FS_HELLO: enough of the ClientHello? Then start the upstream handshake. */
+static void tls_try_hello(struct worker *w, struct flow *f)
+{
+    if (f->head == NULL || f->state != FS_HELLO)
+        return;
+    struct soth_tls_client_hello ch;
+    memset(&ch, 0, sizeof(ch));
+    ssize_t rc = soth_tls_peek_client_hello(f->head, f->head_len, &ch);
+    if (rc == SOTH_E_INCOMPLETE && f->head_len < SOTH_BUF_SIZE)
+        return;
+    if (rc == SOTH_TLS_E_NOT_TLS) {
+        /* Not TLS: nothing to intercept at this layer; relay what the client sent as is. */
+        SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "not TLS: relaying as a tunnel");
+        f->action = SOTH_ACTION_TUNNEL;
+        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
+        chunk_put(w, f->head);
+        f->head = NULL;
+        f->head_len = 0;
+        flow_set_state(f, FS_RELAY);
+        timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
+        conn_arm_recv(w, f, SIDE_UPSTREAM);
+        conn_try_send(w, f, SIDE_UPSTREAM);
+        return;
+    }
+    if (rc < 0) {
+        soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
+        soth_ev_tls_handshake_failed(&f->ev, SOTH_SIDE_CLIENT, SOTH_TLSF_HANDSHAKE,
+                                     SOTH_IOV_LIT("clienthello"), SOTH_TLSP_NATIVE,
+                                     SOTH_IOV_LIT("malformed or oversized ClientHello"), 0, 0);
+        SOTH_METRIC_ADD(w->m->tls_failures[SOTH_SIDE_CLIENT][SOTH_TLSF_HANDSHAKE], 1);
+        flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
+        return;
+    }
+    soth_ev_flow_set_protocol(&f->ev, SOTH_PROTO_TLS);
+    /* The name for SNI and our leaf: the client's SNI, else the CONNECT host. */
+    if (ch.has_sni && ch.sni.len > 0)
+        soth_ev_flow_set_server(&f->ev, ch.sni, f->ev.server_port);
+    struct soth_iov name = soth_iov(f->ev.server_host, f->ev.server_host_len);
+    soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_UPSTREAM, name);
+    struct soth_tls_conn *u = NULL;
+    if (soth_tls_conn_new_client(w->tls, name, ch.alpn, ch.n_alpn, &u) < 0) {
+        tls_failed(w, f, SIDE_UPSTREAM, -1);
+        return;
+    }
+    f->tls[SIDE_UPSTREAM] = u;
+    flow_set_state(f, FS_TLS_UP);
+    timer_set(w, f, now_ms() + w->cfg->timeouts.tls_handshake_ms);
+    int hrc = soth_tls_conn_handshake(u);
+    if (hrc < 0 && hrc != SOTH_E_INCOMPLETE) {
+        tls_failed(w, f, SIDE_UPSTREAM, -1);
+        return;
+    }
+    if (!tls_flush(w, f, SIDE_UPSTREAM)) {
+        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    conn_arm_recv(w, f, SIDE_UPSTREAM);
+}
+
+/** Client bytes before the client handshake starts: gathered as the ClientHello. */
+static void tls_hello_bytes(struct worker *w, struct flow *f, const char *p, uint32_t len)
+{
+    if (f->head == NULL) {
+        f->head = chunk_get(w);
+        f->head_len = 0;
+        if (f->head == NULL) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
+        }
+    }
+    uint32_t room = SOTH_BUF_SIZE - f->head_len;
+    if (len > room) {
+        soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
+        soth_ev_tls_handshake_failed(&f->ev, SOTH_SIDE_CLIENT, SOTH_TLSF_HANDSHAKE,
+                                     SOTH_IOV_LIT("clienthello"), SOTH_TLSP_NATIVE,
+                                     SOTH_IOV_LIT("client sent more than a ClientHello"), 0, 0);
+        flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
+        return;
+    }
+    memcpy(f->head + f->head_len, p, len);
+    f->head_len += len;
+    tls_try_hello(w, f);
+}
+
+/** Ciphertext from side while intercepting (handshakes or relay). Takes the buffer. */
+static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned bid, uint32_t len)
+{
+    char *data = buf_addr(w, bid);
+    if (f->state == FS_HELLO || (side == SIDE_CLIENT && f->tls[SIDE_CLIENT] == NULL)) {
+        if (side == SIDE_CLIENT)
+            tls_hello_bytes(w, f, data, len);
+        /* An upstream that speaks before the ClientHello is not a TLS server: drop it. */
+        buf_put(w, bid);
+        return;
+    }
+    struct soth_tls_conn *t = f->tls[side];
+    if (soth_tls_conn_feed(t, data, len) < 0) {
+        buf_put(w, bid);
+        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    if (f->state == FS_TLS_UP || f->state == FS_TLS_DOWN) {
+        int rc = soth_tls_conn_is_established(t) ? 0 : soth_tls_conn_handshake(t);
+        soth_tls_conn_feed_done(t);
+        buf_put(w, bid);
+        if (!tls_flush(w, f, side)) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
+        }
+        if (rc == SOTH_E_INCOMPLETE)
+            return;
+        if (rc < 0) {
+            tls_failed(w, f, side, -1);
+            return;
+        }
+        if (side == SIDE_UPSTREAM && f->state == FS_TLS_UP)
+            tls_upstream_ready(w, f);
+        else if (side == SIDE_CLIENT && f->state == FS_TLS_DOWN)
+            tls_client_ready(w, f);
+        return;
+    }
+    bool ok = tls_pump(w, f, side);
+    soth_tls_conn_feed_done(t);
+    buf_put(w, bid);
+    if (ok && over_high(&f->c[side ^ 1]))
+        conn_pause_recv(w, f, side);
+}
+
 static void on_connect(struct worker *w, struct flow *f, int res)
 {
     if (f->state != FS_CONNECTING)
@@ -674,8 +952,11 @@ static void on_connect(struct worker *w, struct flow *f, int res)
     }
     struct conn *u = &f->c[SIDE_UPSTREAM];
     u->connected = true;
-    flow_set_state(f, FS_RELAY);
-    timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
+    bool intercept = flow_intercepting(w, f);
+    flow_set_state(f, intercept ? FS_HELLO : FS_RELAY);
+    timer_set(w, f,
+              now_ms() +
+                  (intercept ? w->cfg->timeouts.tls_handshake_ms : w->cfg->timeouts.idle_ms));
     if (f->is_connect) {
         static char established[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
         /* The client queue is empty here: nothing from the upstream has been read yet. */
@@ -685,6 +966,12 @@ static void on_connect(struct worker *w, struct flow *f, int res)
             return;
         }
         conn_try_send(w, f, SIDE_CLIENT);
+    }
+    if (intercept) {
+        /* The ClientHello may have come with the CONNECT: see whether it is complete. */
+        conn_arm_recv(w, f, SIDE_CLIENT);
+        tls_try_hello(w, f);
+        return;
     }
     conn_arm_recv(w, f, SIDE_UPSTREAM);
     conn_arm_recv(w, f, SIDE_CLIENT);
@@ -855,6 +1142,11 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
             return;
         }
         /* Bytes after the head (an early ClientHello, a body) wait for the upstream as is. */
+        if (flow_intercepting(w, f)) {
+            tls_hello_bytes(w, f, data + rc, len - (uint32_t)rc);
+            buf_put(w, bid);
+            return;
+        }
         conn_queue(w, &f->c[SIDE_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc, (int32_t)bid);
         return;
     }
@@ -879,12 +1171,26 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
         buf_put(w, bid);
         flow_head_failed(w, f, rc, code, detail);
     } else if (flow_on_head(w, f, &h)) {
-        if ((uint32_t)rc < f->head_len)
-            conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head + rc, f->head_len - (uint32_t)rc);
-        if (n < len)
-            conn_queue(w, &f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
-        else
+        char *proxy_head = f->head;
+        uint32_t proxy_len = f->head_len;
+        f->head = NULL;
+        f->head_len = 0;
+        if (flow_intercepting(w, f)) {
+            if ((uint32_t)rc < proxy_len)
+                tls_hello_bytes(w, f, proxy_head + rc, proxy_len - (uint32_t)rc);
+            if (n < len && f->state != FS_CLOSING)
+                tls_hello_bytes(w, f, data + n, len - n);
             buf_put(w, bid);
+        } else {
+            if ((uint32_t)rc < proxy_len)
+                conn_queue_copy(w, &f->c[SIDE_UPSTREAM], proxy_head + rc, proxy_len - (uint32_t)rc);
+            if (n < len)
+                conn_queue(w, &f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
+            else
+                buf_put(w, bid);
+        }
+        chunk_put(w, proxy_head);
+        return;
     } else {
         buf_put(w, bid);
     }
@@ -1042,9 +1348,25 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
     case FS_HEAD:
         flow_head_input(w, f, bid, len);
         return;
+    case FS_HELLO:
+    case FS_TLS_UP:
+    case FS_TLS_DOWN:
+        tls_input(w, f, side, bid, len);
+        return;
     case FS_RESOLVING:
     case FS_CONNECTING:
+        if (flow_intercepting(w, f)) {
+            /* The ClientHello may arrive before the upstream is up: keep it for the peek. */
+            tls_hello_bytes(w, f, buf_addr(w, bid), len);
+            buf_put(w, bid);
+            return;
+        }
+        SOTH_FALLTHROUGH;
     case FS_RELAY: {
+        if (f->tls[side] != NULL) {
+            tls_input(w, f, side, bid, len);
+            return;
+        }
         unsigned other = side ^ 1;
         struct conn *o = &f->c[other];
         conn_queue(w, o, buf_addr(w, bid), 0, len, (int32_t)bid);
@@ -1070,6 +1392,21 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
     case FS_HEAD:
         flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
         return;
+    case FS_HELLO:
+        flow_close(w, f, side == SIDE_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF);
+        return;
+    case FS_TLS_UP:
+        if (side == SIDE_UPSTREAM)
+            tls_failed(w, f, SIDE_UPSTREAM, SOTH_TLS_TRANSPORT_EOF);
+        else
+            flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
+        return;
+    case FS_TLS_DOWN:
+        if (side == SIDE_CLIENT)
+            tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_EOF);
+        else
+            flow_close(w, f, SOTH_CLOSE_RELAY_EOF);
+        return;
     case FS_RESOLVING:
     case FS_CONNECTING:
         if (side == SIDE_CLIENT) {
@@ -1079,6 +1416,11 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
         return;
     case FS_RELAY: {
         struct conn *o = &f->c[side ^ 1];
+        if (f->tls[side ^ 1] != NULL && !o->shut_done && !o->shut_pending) {
+            /* A FIN without close_notify: close the other leg cleanly all the same. */
+            soth_tls_conn_shutdown(f->tls[side ^ 1]);
+            tls_flush(w, f, side ^ 1);
+        }
         if (!o->shut_done) {
             o->shut_pending = true;
             conn_try_send(w, f, side ^ 1);
@@ -1124,6 +1466,9 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
                  side ? "upstream" : "client", soth_strerror(cqe->res));
         if (f->state == FS_HEAD)
             flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
+        else if ((f->state == FS_TLS_UP && side == SIDE_UPSTREAM) ||
+                 (f->state == FS_TLS_DOWN && side == SIDE_CLIENT))
+            tls_failed(w, f, side, SOTH_TLS_TRANSPORT_RESET);
         else if (f->state == FS_ANSWER || f->state == FS_LINGER)
             /* The client went away while we answered: the answer's reason still holds. */
             flow_close(w, f, (enum soth_close_reason)f->answer_reason);
@@ -1217,6 +1562,15 @@ static void on_timeout(struct worker *w, struct flow *f)
             io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, SIDE_UPSTREAM, f->slot, f->gen));
         }
         flow_connect_failed(w, f, -ETIMEDOUT, true);
+        return;
+    case FS_HELLO:
+        tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
+        return;
+    case FS_TLS_UP:
+        tls_failed(w, f, SIDE_UPSTREAM, SOTH_TLS_TRANSPORT_TIMEOUT);
+        return;
+    case FS_TLS_DOWN:
+        tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
         return;
     case FS_RELAY:
         if (f->last_active_ms + w->cfg->timeouts.idle_ms > now) {
@@ -1321,9 +1675,8 @@ static void on_eventfd(struct worker *w)
             w->cfg = ncfg;
         }
     }
-    if (atomic_exchange(&w->ctl_flush, 0)) {
-        /* Leaf cache lives in the TLS module (issue 5): nothing cached yet. */
-    }
+    if (atomic_exchange(&w->ctl_flush, 0) && w->tls != NULL)
+        soth_tls_leaf_cache_flush(w->tls);
     if (atomic_load(&w->ctl_stop))
         worker_begin_stop(w);
     arm_eventfd(w);
@@ -1475,6 +1828,8 @@ static void worker_teardown(struct worker *w)
     w->listen_fd = -1;
     soth_policy_free(w->policy);
     w->policy = NULL;
+    soth_tls_ctx_free(w->tls);
+    w->tls = NULL;
 }
 
 static void signal_ready(struct worker *w, int err)

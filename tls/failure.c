@@ -149,8 +149,12 @@ static bool received_fatal_alert(const struct soth_tls_conn *c, int *code)
         return false;
     memset(&h, 0, sizeof(h));
     wolfSSL_get_alert_history(c->ssl, &h);
-    if (h.last_rx.code < 0)
-        return false;
+    if (h.last_rx.code < 0) {
+        if (c->clear_alert < 0)
+            return false;
+        *code = c->clear_alert; /* a cleartext alert wolfSSL could not parse (conn.c) */
+        return true;
+    }
     /* close_notify is a warning-level alert but still ends a handshake. */
     if (h.last_rx.level != 2 && h.last_rx.code != 0)
         return false;
@@ -176,6 +180,8 @@ int soth_tls_conn_failure(const struct soth_tls_conn *c, enum soth_tls_fail *rea
 
     if (c->side == SOTH_TLS_SIDE_UPSTREAM && classify_verify_error(e, &r)) {
         long v = c->ssl != NULL ? wolfSSL_get_verify_result(c->ssl) : 0;
+        if (v != 0 && strncmp(wolfSSL_X509_verify_cert_error_string(v), "unknown", 7) == 0)
+            v = 0;
         snprintf(detail, detail_len, "upstream certificate rejected: %s (%d)%s%s",
                  tls_wolf_err_name(e), e, v != 0 ? ", " : "",
                  v != 0 ? wolfSSL_X509_verify_cert_error_string(v) : "");
@@ -183,6 +189,19 @@ int soth_tls_conn_failure(const struct soth_tls_conn *c, enum soth_tls_fail *rea
         r = classify_alert(c->side, alert);
         snprintf(detail, detail_len, "alert %d %s received from the %s", alert, alert_name(alert),
                  c->side == SOTH_TLS_SIDE_CLIENT ? "client" : "upstream");
+    } else if (c->side == SOTH_TLS_SIDE_CLIENT && e == PARSE_ERROR && c->sent_server_hello &&
+               c->state != CONN_ESTABLISHED) {
+        /*
+         * A TLS 1.3 client that rejects our certificate answers our flight with an encrypted
+         * alert (unknown_ca from curl/OpenSSL 3.0) that wolfSSL 5.5.4 fails to parse at this
+         * point of the server handshake (-306, seen in tests/integration/test_tls.py): the same
+         * rejection as the alert-less hang-up below.
+         */
+        r = SOTH_TLS_FAIL_UNKNOWN_CA;
+        snprintf(detail, detail_len,
+                 "client answered our certificate with a record wolfSSL could not parse "
+                 "(wolfSSL %d %s): TLS 1.3 alert",
+                 e, tls_wolf_err_name(e));
     } else {
         r = classify_error(e);
         char buf[WOLFSSL_MAX_ERROR_SZ];

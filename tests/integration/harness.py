@@ -34,6 +34,10 @@ class Proxy:
         args = [PROXY_BIN, "--listen", "127.0.0.1:0", "--mode", mode, "--workers",
                 str(workers), "--event-ring", self.ring, "--ca-dir",
                 os.path.join(self.tmp, "ca")]
+        # Tests of the byte relay use plain TCP origins: unless a test sets a policy, tunnel.
+        # (Interception tests set {"policy": {"default": "intercept"}}.)
+        config = dict(config or {})
+        config.setdefault("policy", {"default": "tunnel"})
         if config is not None:
             cfg_path = os.path.join(self.tmp, "config.json")
             with open(cfg_path, "w") as f:

@@ -1,0 +1,181 @@
+"""TLS interception through the real binary: curl and python clients that trust the proxy's CA
+reach a TLS origin through CONNECT, with the handshake events in order."""
+import http.server
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import threading
+import unittest
+
+from harness import Proxy, by_flow
+
+PY = "/usr/bin/python3"
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+class TLSOrigin:
+    """An HTTPS origin (python http.server + ssl) for origin.test with its own test CA."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="soth-origin-")
+        d = self.dir
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=origin test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign", cwd=d)
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "o.key", "-out", "o.csr", "-subj", "/CN=origin.test", cwd=d)
+        with open(os.path.join(d, "ext.cnf"), "w") as f:
+            f.write("subjectAltName=DNS:origin.test\nbasicConstraints=CA:FALSE\n"
+                    "extendedKeyUsage=serverAuth\n")
+        openssl("x509", "-req", "-in", "o.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "o.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+        self.ca = os.path.join(d, "ca.pem")
+        body = b"hello over intercepted TLS\n" * 50
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.body = body
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(d, "o.pem"), os.path.join(d, "o.key"))
+        self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class InterceptTests(unittest.TestCase):
+    def setUp(self):
+        self.origin = TLSOrigin()
+
+    def tearDown(self):
+        self.origin.close()
+
+    def config(self, **tls):
+        t = {"upstream_ca_file": self.origin.ca}
+        t.update(tls)
+        return {"policy": {"default": "intercept"}, "resolve": {"origin.test": "127.0.0.1"},
+                "tls": t}
+
+    def test_curl_through_intercept_with_trusted_ca(self):
+        with Proxy(config=self.config()) as p:
+            ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+            url = f"https://origin.test:{self.origin.port}/x"
+            out = subprocess.run(["curl", "-sS", "--cacert", ca, "-x",
+                                  f"http://127.0.0.1:{p.port}", url, url],
+                                 capture_output=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(out.stdout, self.origin.body * 2)
+            evs = p.checked_events()
+        fl = list(by_flow(evs).values())[0]
+        types = [e["type"] for e in fl]
+        self.assertEqual(types, ["connect_received", "connect_decision", "tls_handshake_started",
+                                 "tls_handshake_succeeded", "tls_handshake_started",
+                                 "tls_handshake_succeeded", "stream_closed"])
+        self.assertEqual(fl[1]["decision"], "intercept")
+        self.assertEqual([fl[2]["side"], fl[3]["side"], fl[4]["side"], fl[5]["side"]],
+                         ["upstream", "upstream", "client", "client"])
+        self.assertEqual(fl[2]["sni"], "origin.test")
+        self.assertTrue(fl[5]["tls_version"].startswith("TLSv1."))
+        self.assertEqual(fl[5]["protocol"], "tls")
+
+    def test_python_post_1mib_byte_exact_with_ca_checked(self):
+        with Proxy(config=self.config()) as p:
+            ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+            script = f"""
+import http.client, os, ssl, sys
+ctx = ssl.create_default_context(cafile={ca!r})
+c = http.client.HTTPSConnection("127.0.0.1", {p.port}, context=ctx, timeout=30)
+c.set_tunnel("origin.test", {self.origin.port})
+data = os.urandom(1 << 20)
+c.request("POST", "/echo", body=data, headers={{"Content-Type": "application/octet-stream"}})
+r = c.getresponse()
+body = r.read()
+sys.exit(0 if r.status == 200 and body == data else 1)
+"""
+            out = subprocess.run([PY, "-c", script], capture_output=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            p.checked_events()
+
+    def test_client_without_our_ca_is_classified_unknown_ca(self):
+        with Proxy(config=self.config()) as p:
+            out = subprocess.run(["curl", "-sS", "-x", f"http://127.0.0.1:{p.port}",
+                                  f"https://origin.test:{self.origin.port}/"],
+                                 capture_output=True, timeout=30)
+            self.assertNotEqual(out.returncode, 0)
+            evs = p.checked_events()
+        failed = [e for e in evs if e["type"] == "tls_handshake_failed"]
+        self.assertEqual(len(failed), 1, evs)
+        self.assertEqual(failed[0]["side"], "client")
+        self.assertEqual(failed[0]["tls_failure_reason"], "unknown_ca", failed[0])
+        self.assertEqual(failed[0]["tls_ops_provider"], "native")
+        self.assertEqual(evs[-1]["reason_code"], "tls_failed")
+
+    def test_untrusted_upstream_fails_upstream_side(self):
+        cfg = self.config()
+        del cfg["tls"]["upstream_ca_file"]
+        with Proxy(config=cfg) as p:
+            ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+            out = subprocess.run(["curl", "-sS", "--cacert", ca, "-x",
+                                  f"http://127.0.0.1:{p.port}",
+                                  f"https://origin.test:{self.origin.port}/"],
+                                 capture_output=True, timeout=30)
+            self.assertNotEqual(out.returncode, 0)
+            evs = p.checked_events()
+        failed = [e for e in evs if e["type"] == "tls_handshake_failed"]
+        self.assertEqual(len(failed), 1, evs)
+        self.assertEqual(failed[0]["side"], "upstream")
+        self.assertEqual(failed[0]["tls_failure_reason"], "unknown_ca")
+        self.assertEqual(evs[-1]["reason_code"], "tls_failed")
+
+    def test_leaf_for_the_sni_verifies_with_openssl(self):
+        with Proxy(config=self.config()) as p:
+            ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+            script = f"""
+import socket, ssl, sys
+s = socket.create_connection(("127.0.0.1", {p.port}), timeout=10)
+s.sendall(b"CONNECT origin.test:{self.origin.port} HTTP/1.1\\r\\n\\r\\n")
+buf = b""
+while not buf.endswith(b"\\r\\n\\r\\n"):
+    buf += s.recv(1)
+assert buf.startswith(b"HTTP/1.1 200"), buf
+ctx = ssl.create_default_context(cafile={ca!r})
+t = ctx.wrap_socket(s, server_hostname="origin.test")
+cert = t.getpeercert()
+san = [v for k, v in cert["subjectAltName"] if k == "DNS"]
+sys.exit(0 if san == ["origin.test"] else 3)
+"""
+            out = subprocess.run([PY, "-c", script], capture_output=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            p.checked_events()
+
+
+if __name__ == "__main__":
+    unittest.main()
