@@ -940,6 +940,16 @@ Test(h1, oversized_heads)
         0};
     expect_rejected(&many_bad, &lim);
 
+    /* The trailer section has its own size and count bounds. */
+    static char tr[400];
+    int t = snprintf(tr, sizeof(tr),
+                     "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: "
+                     "%0260d\r\n\r\n",
+                     0);
+    cr_assert(t > 0 && (size_t)t < sizeof(tr));
+    struct bad_case trail = {"big trailers", C, tr, 431, "trailers_too_large", 56};
+    expect_rejected(&trail, &lim);
+
     /* Chunk extensions are dropped but bounded (4096 bytes per chunk line). */
     static char ext[4300];
     int m = snprintf(
