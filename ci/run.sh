@@ -11,6 +11,8 @@ cat >&2 <<'TXT'
 
 Point a client at it, e.g.:
     curl -x http://127.0.0.1:8080 http://example.com/
+    curl --cacert "${XDG_DATA_HOME:-$HOME/.local/share}/soth-mitm/soth-mitm-ca.pem" \
+         -x http://127.0.0.1:8080 https://example.com/      (intercepted)
 Watch its events (PATH is the "events" path in the listening line below):
     build/soth-mitm-tail PATH
 Stop it with Ctrl-C (drains in-flight connections, exit 0).
