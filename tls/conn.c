@@ -21,6 +21,33 @@ static const uint8_t HRR_RANDOM[32] = {
 
 /* ---- wolfSSL I/O callbacks */
 
+/* Follow record boundaries of the input during the handshake; note cleartext alerts. */
+static void track_records(struct soth_tls_conn *c, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        if (c->rec_left == 0) {
+            c->rec_hdr[c->rec_hdr_len++] = *p++;
+            n--;
+            if (c->rec_hdr_len == 5) {
+                c->rec_left = (uint16_t)((c->rec_hdr[3] << 8) | c->rec_hdr[4]);
+                c->rec_hdr_len = 0;
+                c->rec_alert_len = 0;
+            }
+            continue;
+        }
+        size_t take = n < c->rec_left ? n : c->rec_left;
+        if (c->rec_hdr[0] == 21) { /* alert: level, description */
+            for (size_t i = 0; i < take && c->rec_alert_len < 2; i++)
+                c->rec_alert[c->rec_alert_len++] = p[i];
+            if (c->rec_alert_len == 2 && c->rec_left == 2 && c->rec_alert[0] == 2)
+                c->clear_alert = c->rec_alert[1];
+        }
+        c->rec_left = (uint16_t)(c->rec_left - take);
+        p += take;
+        n -= take;
+    }
+}
+
 int tls_on_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx);
 int tls_on_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx)
 {
@@ -50,6 +77,8 @@ int tls_on_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx)
     if (got == 0)
         return WOLFSSL_CBIO_ERR_WANT_READ;
     c->got_any = true;
+    if (c->state != CONN_ESTABLISHED)
+        track_records(c, (const uint8_t *)buf, got);
     return (int)got;
 }
 
@@ -155,6 +184,7 @@ static struct soth_tls_conn *conn_alloc(struct soth_tls_ctx *t, enum soth_tls_si
     c->state = CONN_NEW;
     c->own = own;
     c->own_cap = own_cap;
+    c->clear_alert = -1;
     return c;
 }
 
@@ -368,8 +398,26 @@ int soth_tls_conn_feed(struct soth_tls_conn *c, const void *data, size_t len)
 
 /* ---- handshake and records */
 
+/* Copy up to n unconsumed input bytes (copied remainder first, then borrowed). */
+static size_t peek_input(const struct soth_tls_conn *c, uint8_t *out, size_t n)
+{
+    size_t got = 0;
+    for (size_t i = c->own_off; i < c->own_len && got < n; i++)
+        out[got++] = c->own[i];
+    for (size_t i = 0; i < c->bor_len && got < n; i++)
+        out[got++] = c->bor[i];
+    return got;
+}
+
 static int conn_fail(struct soth_tls_conn *c, int err, int where)
 {
+    /* wolfSSL stops at the header of a cleartext alert it cannot take: read its body here. */
+    if (c->clear_alert < 0 && c->rec_hdr[0] == 21 && c->rec_left == 2 && c->rec_hdr_len == 0 &&
+        c->rec_alert_len == 0) {
+        uint8_t a[2];
+        if (peek_input(c, a, 2) == 2 && a[0] == 2)
+            c->clear_alert = a[1];
+    }
     c->state = CONN_FAILED;
     c->fail_ret = err != 0 ? err : FATAL_ERROR;
     c->fail_where = where;

@@ -132,10 +132,18 @@ struct soth_tls_conn {
     /* handshake facts for the classifier */
     bool sent_server_hello; /* server: a ServerHello (not an HRR) left us */
     bool sent_any;
-    bool got_any;   /* the peer sent at least one byte */
-    bool saw_eof;   /* a read returned close_notify */
-    int fail_ret;   /* wolfSSL_get_error() of the failing call, 0 = none */
-    int fail_where; /* 1 handshake, 2 read, 3 write */
+    bool got_any; /* the peer sent at least one byte */
+    bool saw_eof; /* a read returned close_notify */
+    int fail_ret; /* wolfSSL_get_error() of the failing call, 0 = none */
+    /* Record tracker over the input during the handshake: TLS 1.3 peers send alerts in the
+     * clear when they fail before their handshake keys, which wolfSSL cannot parse then. */
+    uint8_t rec_hdr[5];
+    uint8_t rec_hdr_len;
+    uint16_t rec_left; /* body bytes of the current record still to come */
+    uint8_t rec_alert[2];
+    uint8_t rec_alert_len;
+    int clear_alert; /* description of a fatal cleartext alert received, -1 = none */
+    int fail_where;  /* 1 handshake, 2 read, 3 write */
 
     char host[LEAF_NAME_MAX]; /* upstream: verified name; server: leaf name */
     struct soth_tls_conn *next_free;
