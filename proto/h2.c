@@ -1,0 +1,1552 @@
+/*
+ * The HTTP/2 relay (issue 7): an nghttp2 server session toward the client, an nghttp2 client
+ * session toward the upstream, both driven only through nghttp2_session_mem_recv/mem_send.
+ *
+ * Streams: every client stream gets a slot (struct h2s) that is the stream user data on both
+ * sessions and the source of both data providers. Request/response heads are collected per
+ * leg (a header block is contiguous on its connection, RFC 9113 4.3, so one collector per
+ * leg suffices), checked against max_header_list_size (nghttp2 1.52 does not enforce it on
+ * receive), then submitted on the other leg (nghttp2 copies them).
+ *
+ * Flow control (nghttpx's pattern): both sessions run with no_auto_window_update. DATA is
+ * copied into the slot's chunk list; the other leg's data provider hands it out with
+ * NGHTTP2_DATA_FLAG_NO_COPY, and send_data_callback copies it into that leg's output chunk and
+ * only then calls nghttp2_session_consume on the receiving leg. So the receiving leg's
+ * windows reopen exactly as fast as the other leg drains, and the bytes held per direction
+ * never exceed the connection window we advertise on the receiving leg. docs/http2.md has
+ * the whole bound and the outcome table.
+ */
+#include <string.h>
+
+#include <nghttp2/nghttp2.h>
+
+#include "soth/proto.h"
+
+#define OUT_CAP     16384 /* one TLS record of plaintext */
+#define FRAME_HD    9
+#define CHUNK_BYTES 4096
+#define CHUNK_DATA  (CHUNK_BYTES - 2 * sizeof(void *))
+
+#define DEF_MAX_HEADER_LIST   65536
+#define DEF_MAX_STREAMS       100
+#define DEF_INITIAL_WINDOW    65535
+#define DEF_CONN_WINDOW       (1u << 20)
+#define DEF_MAX_SETTINGS      32
+#define DEF_MAX_CONTINUATIONS 8
+#define DEF_RST_BURST         1000
+#define DEF_RST_RATE          33
+#define H2_MAX_WINDOW         ((1u << 31) - 1)
+#define H2_DEFAULT_WINDOW     65535u /* RFC 9113 6.9.2: in force until SETTINGS are acked */
+#define HEADER_FIELD_OVERHEAD 32     /* RFC 9113 6.5.2 */
+
+/* ---- body buffers: per-stream lists of fixed chunks from a per-relay free list */
+
+struct chunk {
+    struct chunk *next;
+    uint32_t rd, wr; /* read and write offsets in data[] */
+    char data[CHUNK_DATA];
+};
+
+struct cbuf {
+    struct chunk *head, *tail;
+    size_t len; /* bytes held */
+};
+
+/* ---- header blocks */
+
+struct hfield {
+    uint32_t noff, nlen, voff, vlen; /* into hblock.bytes */
+    uint8_t flags;                   /* NGHTTP2_NV_FLAG_NO_INDEX kept */
+};
+
+struct hblock {
+    char *bytes;
+    size_t len, cap;
+    struct hfield *f;
+    size_t n, fcap;
+    nghttp2_nv *nv; /* built at the end of the block */
+    size_t nvcap;
+    struct soth_header *hdr; /* regular fields, for the callbacks */
+    size_t hdrcap;
+    size_t list_size; /* RFC 9113 size: name + value + 32 per field */
+    bool over;        /* list_size went over max_header_list_size */
+};
+
+/* A finished block: views into the hblock arrays. */
+struct hview {
+    nghttp2_nv *nv;
+    size_t n;
+    struct soth_header *hdr;
+    size_t nh;
+    struct soth_iov method, scheme, authority, path, protocol, status;
+};
+
+/* Trailers held until the body before them has been forwarded (nghttp2_submit_trailer must
+ * follow the last DATA). One allocation: the nv array then the bytes. */
+struct trailers {
+    size_t n;
+    nghttp2_nv nv[];
+};
+
+/* ---- streams */
+
+#define S_C_OPEN         0x00001u  /* the client-leg stream is alive in the server session */
+#define S_U_OPEN         0x00002u  /* the upstream stream is submitted and not closed */
+#define S_U_ABANDONED    0x00004u  /* we reset the upstream stream: nothing more is reported */
+#define S_REQ_EOF        0x00008u  /* END_STREAM received from the client */
+#define S_RESP_EOF       0x00010u  /* END_STREAM received from the upstream */
+#define S_RESP_HEAD      0x00020u  /* a final head (relayed or ours) was submitted to the client */
+#define S_RESP_DONE      0x00040u  /* the response END_STREAM reached the client's output */
+#define S_FINAL_RECV     0x00080u  /* a final (non-1xx) response head came from the upstream */
+#define S_C_RST_RECV     0x00100u  /* the client sent RST_STREAM */
+#define S_U_RST_RECV     0x00200u  /* the upstream sent RST_STREAM */
+#define S_C_RST_OURS     0x00400u  /* we submitted RST_STREAM toward the client */
+#define S_U_RST_OURS     0x00800u  /* we submitted RST_STREAM toward the upstream */
+#define S_REQ_DISCARD    0x01000u  /* request data is dropped (and consumed) on arrival */
+#define S_RESP_DISCARD   0x02000u  /* response data is dropped (and consumed) on arrival */
+#define S_RST_AFTER_RESP 0x04000u  /* RST_STREAM(NO_ERROR) the client once the response ended */
+#define S_OUTCOME        0x08000u  /* outcome decided (the first cause wins) */
+#define S_REPORTED       0x10000u  /* on_stream_end fired */
+#define S_REFUSED        0x20000u  /* answered by the relay (431): never forwarded */
+#define S_U_REF          0x40000u  /* the upstream session may still use this slot */
+#define S_RESP_HEAD_OUT  0x80000u  /* the final head left toward the client */
+#define S_RST_PENDING    0x100000u /* RST_STREAM toward the client waits for the head */
+
+struct h2s {
+    struct h2s *next, *prev; /* active list in creation (= client stream id) order */
+    int32_t cid, uid;        /* client-leg and upstream-leg stream ids (uid 0: none) */
+    uint32_t f;              /* S_* */
+    struct cbuf buf[2];      /* by enum soth_h2_dir */
+    struct trailers *trl[2]; /* pending trailers, by dir */
+    uint64_t bytes[2];       /* body bytes reported, by dir */
+    enum soth_h2_outcome outcome;
+    uint32_t error_code;
+    const char *detail;
+    uint32_t c_rst_code, u_rst_code; /* codes of RST_STREAM received */
+    uint32_t rst_pending;            /* code for S_RST_PENDING */
+};
+
+/* ---- legs */
+
+enum leg_state {
+    LEG_LIVE = 0, /* reading and writing */
+    LEG_FAILING,  /* fatal error: no more reading, the terminating GOAWAY still goes out */
+    LEG_DEAD,     /* no I/O at all (transport gone, or terminating GOAWAY flushed) */
+    LEG_STATE_COUNT,
+};
+
+struct leg {
+    struct soth_h2_relay *r;
+    nghttp2_session *s;
+    enum soth_h2_side side;
+    enum leg_state st;
+    uint32_t goaway_ours; /* graceful GOAWAYs we submitted and not yet seen sent */
+    bool goaway_sent;     /* we submitted a graceful GOAWAY on this leg */
+    bool term_sent;       /* the terminating GOAWAY was just serialized: emit, then DEAD */
+    struct hblock hb;
+    size_t out_len;
+    char out[OUT_CAP]; /* coalesced output for cbs.out */
+};
+
+struct soth_h2_relay {
+    struct soth_h2_cbs cbs;
+    struct soth_h2_settings set; /* defaults resolved */
+    struct soth_h2_mem umem;
+    nghttp2_mem nmem;
+    struct h2s *head, *tail; /* active slots */
+    struct h2s *free_slots;
+    uint32_t slot_cap, n_slot_alloc;
+    struct chunk *free_chunks;
+    size_t n_chunks, max_chunks;
+    struct soth_h2_stats st;
+    bool refuse_new;    /* upstream GOAWAY/gone, client GOAWAY, shutdown */
+    bool connect_proto; /* SETTINGS_ENABLE_CONNECT_PROTOCOL sent to the client */
+    bool nomem;         /* an allocation failed inside a callback */
+    int out_err;        /* first error returned by cbs.out */
+    struct leg leg[2];
+};
+
+static const char *const outcome_names[SOTH_H2_OUTCOME_COUNT] = {
+    [SOTH_H2_COMPLETE] = "complete",
+    [SOTH_H2_CLIENT_ABORTED] = "client_aborted",
+    [SOTH_H2_UPSTREAM_ABORTED] = "upstream_aborted",
+    [SOTH_H2_RESET] = "reset",
+};
+
+const char *soth_h2_outcome_name(enum soth_h2_outcome o)
+{
+    if ((unsigned)o >= SOTH_H2_OUTCOME_COUNT)
+        return "?";
+    return outcome_names[o];
+}
+
+/* ---- allocation */
+
+static void *libc_malloc(size_t n, void *ctx)
+{
+    (void)ctx;
+    return malloc(n);
+}
+static void libc_free(void *p, void *ctx)
+{
+    (void)ctx;
+    free(p);
+}
+static void *libc_calloc(size_t a, size_t b, void *ctx)
+{
+    (void)ctx;
+    return calloc(a, b);
+}
+static void *libc_realloc(void *p, size_t n, void *ctx)
+{
+    (void)ctx;
+    return realloc(p, n);
+}
+
+static const struct soth_h2_mem libc_mem = {NULL, libc_malloc, libc_free, libc_calloc,
+                                            libc_realloc};
+
+static void *ralloc(struct soth_h2_relay *r, size_t n)
+{
+    return r->umem.malloc_fn(n, r->umem.ctx);
+}
+
+static void rfree(struct soth_h2_relay *r, void *p)
+{
+    if (p != NULL)
+        r->umem.free_fn(p, r->umem.ctx);
+}
+
+/* Grow *p (elements of `elem` bytes) to hold `need`, doubling; never above `max` elements. */
+static int grow(struct soth_h2_relay *r, void **p, size_t *cap, size_t need, size_t elem,
+                size_t max)
+{
+    if (need <= *cap)
+        return 0;
+    if (need > max)
+        return SOTH_E_TOO_LARGE;
+    size_t n = *cap < 16 ? 16 : *cap * 2;
+    if (n < need)
+        n = need;
+    if (n > max)
+        n = max;
+    void *q = r->umem.realloc_fn(*p, n * elem, r->umem.ctx);
+    if (q == NULL)
+        return SOTH_E_NOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* ---- chunk buffers */
+
+static struct chunk *chunk_get(struct soth_h2_relay *r)
+{
+    struct chunk *c = r->free_chunks;
+    if (c != NULL) {
+        r->free_chunks = c->next;
+    } else {
+        /* Flow control keeps the live count under max_chunks; reaching it means a peer
+         * got past nghttp2's window checks, which we treat as an error on that stream. */
+        if (r->n_chunks >= r->max_chunks)
+            return NULL;
+        c = ralloc(r, sizeof(*c));
+        if (c == NULL)
+            return NULL;
+        r->n_chunks++;
+        r->st.chunk_bytes += sizeof(*c);
+    }
+    c->next = NULL;
+    c->rd = c->wr = 0;
+    return c;
+}
+
+static void chunk_put(struct soth_h2_relay *r, struct chunk *c)
+{
+    c->next = r->free_chunks;
+    r->free_chunks = c;
+}
+
+static int cbuf_append(struct soth_h2_relay *r, struct cbuf *b, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        struct chunk *t = b->tail;
+        if (t == NULL || t->wr == CHUNK_DATA) {
+            struct chunk *c = chunk_get(r);
+            if (c == NULL)
+                return SOTH_E_NOMEM;
+            if (t == NULL)
+                b->head = c;
+            else
+                t->next = c;
+            b->tail = t = c;
+        }
+        size_t k = CHUNK_DATA - t->wr;
+        if (k > n)
+            k = n;
+        memcpy(t->data + t->wr, p, k);
+        t->wr += (uint32_t)k;
+        b->len += k;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Copy n (<= b->len) bytes out of b into dst, releasing emptied chunks. */
+static void cbuf_pop(struct soth_h2_relay *r, struct cbuf *b, char *dst, size_t n)
+{
+    SOTH_BUG_ON(n > b->len);
+    while (n > 0) {
+        struct chunk *h = b->head;
+        size_t k = h->wr - h->rd;
+        if (k > n)
+            k = n;
+        memcpy(dst, h->data + h->rd, k);
+        h->rd += (uint32_t)k;
+        b->len -= k;
+        dst += k;
+        n -= k;
+        if (h->rd == h->wr && (h->wr == CHUNK_DATA || b->len == 0)) {
+            b->head = h->next;
+            if (b->head == NULL)
+                b->tail = NULL;
+            chunk_put(r, h);
+        }
+    }
+}
+
+/* Release everything; returns the bytes dropped. */
+static size_t cbuf_drop(struct soth_h2_relay *r, struct cbuf *b)
+{
+    size_t n = b->len;
+    while (b->head != NULL) {
+        struct chunk *h = b->head;
+        b->head = h->next;
+        chunk_put(r, h);
+    }
+    b->tail = NULL;
+    b->len = 0;
+    return n;
+}
+
+/* ---- header blocks */
+
+static void hb_reset(struct hblock *hb)
+{
+    hb->len = 0;
+    hb->n = 0;
+    hb->list_size = 0;
+    hb->over = false;
+}
+
+static void hb_free(struct soth_h2_relay *r, struct hblock *hb)
+{
+    rfree(r, hb->bytes);
+    rfree(r, hb->f);
+    rfree(r, hb->nv);
+    rfree(r, hb->hdr);
+    memset(hb, 0, sizeof(*hb));
+}
+
+static int hb_add(struct soth_h2_relay *r, struct hblock *hb, const uint8_t *name, size_t nlen,
+                  const uint8_t *value, size_t vlen, uint8_t flags)
+{
+    size_t limit = r->set.max_header_list_size;
+    hb->list_size += nlen + vlen + HEADER_FIELD_OVERHEAD;
+    if (hb->over)
+        return 0;
+    if (hb->list_size > limit) {
+        /* Keep decoding (the HPACK state must stay in sync) but store nothing more. */
+        hb->over = true;
+        return 0;
+    }
+    /* list_size <= limit bounds both arrays: bytes <= limit, fields <= limit / 32. */
+    int rc = grow(r, (void **)&hb->bytes, &hb->cap, hb->len + nlen + vlen, 1, limit);
+    if (rc == 0)
+        rc = grow(r, (void **)&hb->f, &hb->fcap, hb->n + 1, sizeof(*hb->f),
+                  limit / HEADER_FIELD_OVERHEAD + 1);
+    if (rc < 0)
+        return rc;
+    struct hfield *f = &hb->f[hb->n++];
+    f->noff = (uint32_t)hb->len;
+    f->nlen = (uint32_t)nlen;
+    memcpy(hb->bytes + hb->len, name, nlen);
+    hb->len += nlen;
+    f->voff = (uint32_t)hb->len;
+    f->vlen = (uint32_t)vlen;
+    memcpy(hb->bytes + hb->len, value, vlen);
+    hb->len += vlen;
+    f->flags = flags & NGHTTP2_NV_FLAG_NO_INDEX;
+    return 0;
+}
+
+static bool iov_eq(const char *p, size_t n, const char *lit)
+{
+    size_t l = strlen(lit);
+    return n == l && memcmp(p, lit, l) == 0;
+}
+
+/* Connection-specific fields (RFC 9113 8.2.2). nghttp2's messaging checks already refuse
+ * them on receive; filtering again keeps the relay safe if that ever changes. */
+static bool conn_specific(const char *n, size_t nl, const char *v, size_t vl)
+{
+    switch (nl) {
+    case 2:
+        return iov_eq(n, nl, "te") && !iov_eq(v, vl, "trailers");
+    case 7:
+        return iov_eq(n, nl, "upgrade");
+    case 10:
+        return iov_eq(n, nl, "connection") || iov_eq(n, nl, "keep-alive");
+    case 16:
+        return iov_eq(n, nl, "proxy-connection");
+    case 17:
+        return iov_eq(n, nl, "transfer-encoding");
+    default:
+        return false;
+    }
+}
+
+/* Build the nv array (pseudo-headers first, as received) and the regular-field view. */
+static int hb_finish(struct soth_h2_relay *r, struct hblock *hb, struct hview *v)
+{
+    memset(v, 0, sizeof(*v));
+    size_t max = r->set.max_header_list_size / HEADER_FIELD_OVERHEAD + 1;
+    int rc = grow(r, (void **)&hb->nv, &hb->nvcap, hb->n, sizeof(*hb->nv), max);
+    if (rc == 0)
+        rc = grow(r, (void **)&hb->hdr, &hb->hdrcap, hb->n, sizeof(*hb->hdr), max);
+    if (rc < 0)
+        return rc;
+    v->nv = hb->nv;
+    v->hdr = hb->hdr;
+    for (size_t i = 0; i < hb->n; i++) {
+        const struct hfield *f = &hb->f[i];
+        const char *n = hb->bytes + f->noff, *val = hb->bytes + f->voff;
+        struct soth_iov iv = soth_iov(val, f->vlen);
+        if (f->nlen > 0 && n[0] == ':') {
+            if (iov_eq(n, f->nlen, ":method"))
+                v->method = iv;
+            else if (iov_eq(n, f->nlen, ":scheme"))
+                v->scheme = iv;
+            else if (iov_eq(n, f->nlen, ":authority"))
+                v->authority = iv;
+            else if (iov_eq(n, f->nlen, ":path"))
+                v->path = iv;
+            else if (iov_eq(n, f->nlen, ":protocol"))
+                v->protocol = iv;
+            else if (iov_eq(n, f->nlen, ":status"))
+                v->status = iv;
+        } else {
+            if (conn_specific(n, f->nlen, val, f->vlen))
+                continue;
+            v->hdr[v->nh++] = (struct soth_header){soth_iov(n, f->nlen), iv};
+        }
+        v->nv[v->n++] = (nghttp2_nv){(uint8_t *)n, (uint8_t *)val, f->nlen, f->vlen, f->flags};
+    }
+    return 0;
+}
+
+static struct trailers *trailers_copy(struct soth_h2_relay *r, const struct hview *v)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < v->n; i++)
+        bytes += v->nv[i].namelen + v->nv[i].valuelen;
+    struct trailers *t = ralloc(r, sizeof(*t) + v->n * sizeof(nghttp2_nv) + bytes);
+    if (t == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)(t->nv + v->n);
+    t->n = v->n;
+    for (size_t i = 0; i < v->n; i++) {
+        const nghttp2_nv *s = &v->nv[i];
+        t->nv[i] = (nghttp2_nv){p, p + s->namelen, s->namelen, s->valuelen, s->flags};
+        memcpy(p, s->name, s->namelen);
+        memcpy(p + s->namelen, s->value, s->valuelen);
+        p += s->namelen + s->valuelen;
+    }
+    return t;
+}
+
+/* ---- slots */
+
+static struct h2s *slot_new(struct soth_h2_relay *r)
+{
+    if (r->st.streams >= r->slot_cap)
+        return NULL;
+    struct h2s *s = r->free_slots;
+    if (s != NULL) {
+        r->free_slots = s->next;
+    } else {
+        s = ralloc(r, sizeof(*s));
+        if (s == NULL)
+            return NULL;
+        r->n_slot_alloc++;
+    }
+    memset(s, 0, sizeof(*s));
+    s->prev = r->tail;
+    if (r->tail != NULL)
+        r->tail->next = s;
+    else
+        r->head = s;
+    r->tail = s;
+    r->st.streams++;
+    if (r->st.streams > r->st.streams_peak)
+        r->st.streams_peak = r->st.streams;
+    return s;
+}
+
+static void slot_free(struct soth_h2_relay *r, struct h2s *s)
+{
+    r->st.buffered[SOTH_H2_REQUEST] -= cbuf_drop(r, &s->buf[SOTH_H2_REQUEST]);
+    r->st.buffered[SOTH_H2_RESPONSE] -= cbuf_drop(r, &s->buf[SOTH_H2_RESPONSE]);
+    rfree(r, s->trl[0]);
+    rfree(r, s->trl[1]);
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        r->head = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    else
+        r->tail = s->prev;
+    s->next = r->free_slots;
+    r->free_slots = s;
+    r->st.streams--;
+}
+
+static struct h2s *slot_by_uid(struct soth_h2_relay *r, int32_t uid)
+{
+    for (struct h2s *s = r->head; s != NULL; s = s->next)
+        if (s->uid == uid && (s->f & S_U_REF))
+            return s;
+    return NULL;
+}
+
+static void set_outcome(struct h2s *s, enum soth_h2_outcome o, uint32_t code, const char *detail)
+{
+    if (s->f & S_OUTCOME)
+        return;
+    s->f |= S_OUTCOME;
+    s->outcome = o;
+    s->error_code = o == SOTH_H2_COMPLETE ? 0 : code;
+    s->detail = detail;
+}
+
+/* Report the end once nothing more can be reported for the stream (client leg closed, and
+ * the upstream stream closed or abandoned); free the slot once neither session uses it. */
+static void maybe_end(struct soth_h2_relay *r, struct h2s *s)
+{
+    if (!(s->f & S_REPORTED) && !(s->f & S_C_OPEN) &&
+        (!(s->f & S_U_OPEN) || (s->f & S_U_ABANDONED))) {
+        s->f |= S_REPORTED;
+        set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR, "relay_error");
+        if (r->cbs.on_stream_end != NULL) {
+            struct soth_h2_stream_end e = {
+                .outcome = s->outcome,
+                .request_bytes = s->bytes[SOTH_H2_REQUEST],
+                .response_bytes = s->bytes[SOTH_H2_RESPONSE],
+                .error_code = s->error_code,
+                .detail = s->detail,
+            };
+            r->cbs.on_stream_end(r->cbs.ctx, s->cid, &e);
+        }
+    }
+    if ((s->f & S_REPORTED) && !(s->f & (S_C_OPEN | S_U_REF)))
+        slot_free(r, s);
+}
+
+/* ---- flow control helpers */
+
+static bool leg_alive(const struct leg *l)
+{
+    return l->st != LEG_DEAD;
+}
+
+/* Give bytes we will never forward back to the receiving leg's windows. */
+static void consume(struct soth_h2_relay *r, enum soth_h2_side side, int32_t sid, size_t n)
+{
+    struct leg *l = &r->leg[side];
+    if (n == 0 || l->st != LEG_LIVE || sid <= 0)
+        return;
+    if (nghttp2_session_consume(l->s, sid, n) != 0)
+        r->nomem = true; /* only NOMEM is possible here: the leg fails at the next feed */
+}
+
+/* Drop the request body held for s: nothing of it will be forwarded any more. */
+static void drop_request(struct soth_h2_relay *r, struct h2s *s)
+{
+    size_t n = cbuf_drop(r, &s->buf[SOTH_H2_REQUEST]);
+    r->st.buffered[SOTH_H2_REQUEST] -= n;
+    consume(r, SOTH_H2_CLIENT, s->cid, n);
+    rfree(r, s->trl[SOTH_H2_REQUEST]);
+    s->trl[SOTH_H2_REQUEST] = NULL;
+    s->f |= S_REQ_DISCARD;
+}
+
+static void drop_response(struct soth_h2_relay *r, struct h2s *s)
+{
+    size_t n = cbuf_drop(r, &s->buf[SOTH_H2_RESPONSE]);
+    r->st.buffered[SOTH_H2_RESPONSE] -= n;
+    if (s->uid > 0)
+        consume(r, SOTH_H2_UPSTREAM, s->uid, n);
+    rfree(r, s->trl[SOTH_H2_RESPONSE]);
+    s->trl[SOTH_H2_RESPONSE] = NULL;
+    s->f |= S_RESP_DISCARD;
+}
+
+/* Error codes that describe one hop (framing, flow control, HPACK) say nothing about the
+ * stream to the other leg: they become INTERNAL_ERROR. Application-level codes pass. */
+static uint32_t map_code(uint32_t code)
+{
+    switch (code) {
+    case NGHTTP2_NO_ERROR:
+    case NGHTTP2_INTERNAL_ERROR:
+    case NGHTTP2_REFUSED_STREAM:
+    case NGHTTP2_CANCEL:
+    case NGHTTP2_CONNECT_ERROR:
+    case NGHTTP2_ENHANCE_YOUR_CALM:
+    case NGHTTP2_INADEQUATE_SECURITY:
+    case NGHTTP2_HTTP_1_1_REQUIRED:
+        return code;
+    default:
+        return NGHTTP2_INTERNAL_ERROR;
+    }
+}
+
+static void rst_client(struct soth_h2_relay *r, struct h2s *s, uint32_t code)
+{
+    if (!(s->f & S_C_OPEN) || (s->f & S_C_RST_OURS))
+        return;
+    s->f |= S_C_RST_OURS;
+    drop_response(r, s);
+    if ((s->f & S_RESP_HEAD) && !(s->f & S_RESP_HEAD_OUT)) {
+        /* nghttp2 drops a queued HEADERS once RST_STREAM is submitted for its stream: let
+         * the relayed head out first, then reset (on_frame_send). */
+        s->f |= S_RST_PENDING;
+        s->rst_pending = code;
+        return;
+    }
+    if (r->leg[SOTH_H2_CLIENT].st == LEG_LIVE &&
+        nghttp2_submit_rst_stream(r->leg[SOTH_H2_CLIENT].s, NGHTTP2_FLAG_NONE, s->cid, code) != 0)
+        r->nomem = true;
+}
+
+/* Abandon the upstream stream: RST_STREAM it, drop both bodies, report nothing more from it. */
+static void rst_upstream(struct soth_h2_relay *r, struct h2s *s, uint32_t code)
+{
+    if (!(s->f & S_U_OPEN) || (s->f & S_U_ABANDONED))
+        return;
+    s->f |= S_U_ABANDONED | S_U_RST_OURS;
+    drop_request(r, s);
+    drop_response(r, s);
+    if (r->leg[SOTH_H2_UPSTREAM].st == LEG_LIVE &&
+        nghttp2_submit_rst_stream(r->leg[SOTH_H2_UPSTREAM].s, NGHTTP2_FLAG_NONE, s->uid, code) != 0)
+        r->nomem = true;
+}
+
+static const nghttp2_nv nv_431[] = {
+    {(uint8_t *)":status", (uint8_t *)"431", 7, 3, NGHTTP2_NV_FLAG_NONE},
+    {(uint8_t *)"content-length", (uint8_t *)"0", 14, 1, NGHTTP2_NV_FLAG_NONE},
+};
+static const nghttp2_nv nv_502[] = {
+    {(uint8_t *)":status", (uint8_t *)"502", 7, 3, NGHTTP2_NV_FLAG_NONE},
+    {(uint8_t *)"content-length", (uint8_t *)"0", 14, 1, NGHTTP2_NV_FLAG_NONE},
+};
+
+/* Answer the client ourselves (431/502, no body), or reset when a head already went out. */
+static void answer_client(struct soth_h2_relay *r, struct h2s *s, const nghttp2_nv *nv, size_t n,
+                          uint32_t rst_code)
+{
+    if (!(s->f & S_C_OPEN) || (s->f & S_C_RST_OURS))
+        return;
+    drop_response(r, s);
+    if (s->f & S_RESP_HEAD) {
+        rst_client(r, s, rst_code);
+        return;
+    }
+    s->f |= S_RESP_HEAD;
+    if (!(s->f & S_REQ_EOF))
+        s->f |= S_RST_AFTER_RESP; /* RFC 9113 8.1: stop the request body with NO_ERROR */
+    if (r->leg[SOTH_H2_CLIENT].st == LEG_LIVE &&
+        nghttp2_submit_response(r->leg[SOTH_H2_CLIENT].s, s->cid, nv, n, NULL) != 0)
+        rst_client(r, s, rst_code);
+}
+
+static void goaway_graceful(struct soth_h2_relay *r, enum soth_h2_side side, uint32_t code)
+{
+    struct leg *l = &r->leg[side];
+    if (l->st != LEG_LIVE || l->goaway_sent)
+        return;
+    l->goaway_sent = true;
+    /* Toward the client: the streams it opened so far may finish. Toward the upstream: we
+     * accept no pushes, so the last peer-initiated stream is 0. */
+    int32_t last = side == SOTH_H2_CLIENT ? nghttp2_session_get_last_proc_stream_id(l->s) : 0;
+    if (nghttp2_submit_goaway(l->s, NGHTTP2_FLAG_NONE, last, code, NULL, 0) == 0)
+        l->goaway_ours++;
+    else
+        r->nomem = true;
+}
+
+/* ---- stream closure on each leg */
+
+static void client_stream_closed(struct soth_h2_relay *r, struct h2s *s, uint32_t code)
+{
+    if (!(s->f & S_C_OPEN))
+        return;
+    s->f &= ~S_C_OPEN;
+    drop_response(r, s);
+    if (s->f & S_C_RST_RECV)
+        set_outcome(s, SOTH_H2_CLIENT_ABORTED, s->c_rst_code, "client_rst_stream");
+    else
+        set_outcome(s, SOTH_H2_RESET, code, "client_stream_error");
+    /* A complete exchange whose request body is still being forwarded keeps its upstream
+     * stream; anything else abandons it. */
+    if (!((s->f & S_RESP_DONE) && (s->f & S_REQ_EOF))) {
+        uint32_t up = (s->f & S_C_RST_RECV) ? map_code(s->c_rst_code) : NGHTTP2_CANCEL;
+        rst_upstream(r, s, up);
+    }
+    maybe_end(r, s);
+}
+
+static void upstream_stream_closed(struct soth_h2_relay *r, struct h2s *s, uint32_t code)
+{
+    if (!(s->f & S_U_OPEN))
+        return;
+    s->f &= ~(S_U_OPEN | S_U_REF);
+    drop_request(r, s);
+    if (s->f & S_U_ABANDONED) {
+        maybe_end(r, s);
+        return;
+    }
+    bool rst = (s->f & S_U_RST_RECV) != 0;
+    uint32_t rcode = rst ? s->u_rst_code : code;
+    if ((s->f & S_RESP_EOF) && rcode == NGHTTP2_NO_ERROR) {
+        /* The whole response arrived: deliver the rest; stop a request body still coming. */
+        if ((s->f & S_C_OPEN) && !(s->f & S_REQ_EOF)) {
+            s->f |= S_RST_AFTER_RESP;
+            if (s->f & S_RESP_DONE)
+                rst_client(r, s, NGHTTP2_NO_ERROR);
+        }
+    } else if (rst) {
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, rcode, "upstream_rst_stream");
+        rst_client(r, s, map_code(rcode));
+    } else if (code == NGHTTP2_REFUSED_STREAM) {
+        /* Not processed by the upstream (GOAWAY): the client may retry elsewhere. */
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, code, "upstream_refused");
+        rst_client(r, s, NGHTTP2_REFUSED_STREAM);
+    } else {
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, code, "upstream_stream_error");
+        answer_client(r, s, nv_502, SOTH_ARRAY_LEN(nv_502), NGHTTP2_INTERNAL_ERROR);
+    }
+    maybe_end(r, s);
+}
+
+/* A leg is gone (transport closed, or its terminating GOAWAY flushed). */
+static void leg_down(struct soth_h2_relay *r, enum soth_h2_side side, enum soth_h2_outcome o,
+                     const char *detail)
+{
+    struct leg *l = &r->leg[side];
+    if (l->st == LEG_DEAD)
+        return;
+    l->st = LEG_DEAD;
+    l->out_len = 0;
+    if (side == SOTH_H2_UPSTREAM)
+        r->refuse_new = true;
+    for (struct h2s *s = r->head, *next; s != NULL; s = next) {
+        next = s->next;
+        if (side == SOTH_H2_CLIENT) {
+            if (!(s->f & S_C_OPEN))
+                continue;
+            s->f &= ~S_C_OPEN;
+            drop_response(r, s);
+            set_outcome(s, o, 0, detail);
+            rst_upstream(r, s, NGHTTP2_CANCEL);
+        } else {
+            if (!(s->f & S_U_OPEN))
+                continue;
+            s->f &= ~(S_U_OPEN | S_U_REF);
+            drop_request(r, s);
+            if (!(s->f & S_U_ABANDONED)) {
+                if (s->f & S_RESP_EOF) {
+                    if ((s->f & S_C_OPEN) && !(s->f & S_REQ_EOF)) {
+                        s->f |= S_RST_AFTER_RESP;
+                        if (s->f & S_RESP_DONE)
+                            rst_client(r, s, NGHTTP2_NO_ERROR);
+                    }
+                } else {
+                    set_outcome(s, o, 0, detail);
+                    answer_client(r, s, nv_502, SOTH_ARRAY_LEN(nv_502), NGHTTP2_INTERNAL_ERROR);
+                }
+            }
+        }
+        maybe_end(r, s);
+    }
+    if (side == SOTH_H2_CLIENT)
+        goaway_graceful(r, SOTH_H2_UPSTREAM, NGHTTP2_NO_ERROR);
+    else
+        goaway_graceful(r, SOTH_H2_CLIENT, NGHTTP2_NO_ERROR);
+}
+
+/* nghttp2 reported a fatal error on this leg: queue the terminating GOAWAY. */
+static void leg_terminate(struct soth_h2_relay *r, enum soth_h2_side side, uint32_t code)
+{
+    struct leg *l = &r->leg[side];
+    if (l->st != LEG_LIVE)
+        return;
+    if (nghttp2_session_terminate_session(l->s, code) != 0) {
+        leg_down(r, side, side == SOTH_H2_CLIENT ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
+                 "relay_error");
+        return;
+    }
+    l->st = LEG_FAILING;
+}
+
+/* ---- nghttp2 callbacks */
+
+static struct h2s *stream_of(struct leg *l, int32_t sid)
+{
+    return nghttp2_session_get_stream_user_data(l->s, sid);
+}
+
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
+{
+    struct leg *l = ud;
+    struct soth_h2_relay *r = l->r;
+    (void)session;
+    hb_reset(&l->hb);
+    if (l->side != SOTH_H2_CLIENT || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct h2s *s = NULL;
+    if (!r->refuse_new && r->leg[SOTH_H2_UPSTREAM].st == LEG_LIVE)
+        s = slot_new(r);
+    if (s == NULL) {
+        /* Not processed at all: the client may retry (RFC 9113 8.7). */
+        r->st.streams_refused++;
+        if (nghttp2_submit_rst_stream(l->s, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                      NGHTTP2_REFUSED_STREAM) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        return 0;
+    }
+    s->cid = frame->hd.stream_id;
+    s->f = S_C_OPEN;
+    r->st.streams_total++;
+    if (nghttp2_session_set_stream_user_data(l->s, s->cid, s) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return 0;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
+{
+    struct leg *l = ud;
+    (void)session;
+    if (stream_of(l, frame->hd.stream_id) == NULL)
+        return 0;
+    int rc = hb_add(l->r, &l->hb, name, namelen, value, valuelen, flags);
+    if (rc < 0) {
+        /* Out of memory for this block: nghttp2 resets the stream (INTERNAL_ERROR). */
+        l->hb.over = true;
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t length,
+                         uint32_t *data_flags, nghttp2_data_source *source, void *ud);
+
+static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_frame *frame)
+{
+    struct leg *l = &r->leg[SOTH_H2_CLIENT];
+    bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    struct hview v;
+    if (l->hb.over) {
+        /* SPEC: request headers over the limit get 431; the connection carries on. */
+        s->f |= S_REFUSED;
+        drop_request(r, s);
+        set_outcome(s, SOTH_H2_RESET, 0, "request_headers_too_large");
+        answer_client(r, s, nv_431, SOTH_ARRAY_LEN(nv_431), NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (hb_finish(r, &l->hb, &v) < 0) {
+        s->f |= S_REFUSED;
+        drop_request(r, s);
+        set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR, "relay_nomem");
+        rst_client(r, s, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (r->cbs.on_request_head != NULL) {
+        struct soth_h2_request req = {
+            .method = v.method,
+            .scheme = v.scheme,
+            .authority = v.authority,
+            .path = v.path,
+            .protocol = v.protocol,
+            .headers = v.hdr,
+            .n_headers = v.nh,
+            .end_stream = end,
+        };
+        r->cbs.on_request_head(r->cbs.ctx, s->cid, &req);
+    }
+    nghttp2_data_provider prov = {.source.ptr = s, .read_callback = read_body};
+    int32_t uid =
+        nghttp2_submit_request(r->leg[SOTH_H2_UPSTREAM].s, NULL, v.nv, v.n, end ? NULL : &prov, s);
+    if (uid < 0) {
+        s->f |= S_REFUSED;
+        drop_request(r, s);
+        set_outcome(s, SOTH_H2_RESET, NGHTTP2_REFUSED_STREAM, "upstream_submit_failed");
+        rst_client(r, s, NGHTTP2_REFUSED_STREAM);
+        return;
+    }
+    s->uid = uid;
+    s->f |= S_U_OPEN | S_U_REF;
+}
+
+static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_frame *frame)
+{
+    struct leg *l = &r->leg[SOTH_H2_UPSTREAM];
+    bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    struct hview v;
+    if ((s->f & (S_U_ABANDONED | S_RESP_DISCARD)) || !(s->f & S_C_OPEN))
+        return;
+    if (l->hb.over || hb_finish(r, &l->hb, &v) < 0) {
+        /* 502-class: the client gets a 502, the upstream stream is reset. */
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, 0,
+                    l->hb.over ? "response_headers_too_large" : "relay_nomem");
+        rst_upstream(r, s, NGHTTP2_INTERNAL_ERROR);
+        answer_client(r, s, nv_502, SOTH_ARRAY_LEN(nv_502), NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    int status = 0;
+    for (size_t i = 0; i < v.status.len; i++)
+        status = status * 10 + (v.status.base[i] - '0'); /* nghttp2 checked: 3 digits */
+    struct leg *c = &r->leg[SOTH_H2_CLIENT];
+    if (status >= 100 && status < 200) {
+        /* Interim response (100-continue, 103): relayed as is, not reported. */
+        if (nghttp2_submit_headers(c->s, NGHTTP2_FLAG_NONE, s->cid, NULL, v.nv, v.n, NULL) < 0)
+            r->nomem = true;
+        return;
+    }
+    s->f |= S_FINAL_RECV;
+    if (r->cbs.on_response_head != NULL) {
+        struct soth_h2_response resp = {
+            .status = status,
+            .headers = v.hdr,
+            .n_headers = v.nh,
+            .end_stream = end,
+        };
+        r->cbs.on_response_head(r->cbs.ctx, s->cid, &resp);
+    }
+    nghttp2_data_provider prov = {.source.ptr = s, .read_callback = read_body};
+    if (nghttp2_submit_response(c->s, s->cid, v.nv, v.n, end ? NULL : &prov) != 0) {
+        set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR, "relay_nomem");
+        rst_upstream(r, s, NGHTTP2_CANCEL);
+        rst_client(r, s, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    s->f |= S_RESP_HEAD;
+}
+
+static void trailers_in(struct soth_h2_relay *r, struct h2s *s, enum soth_h2_dir dir)
+{
+    struct leg *l = &r->leg[dir == SOTH_H2_REQUEST ? SOTH_H2_CLIENT : SOTH_H2_UPSTREAM];
+    uint32_t discard = dir == SOTH_H2_REQUEST ? S_REQ_DISCARD : S_RESP_DISCARD;
+    if (s->f & discard)
+        return;
+    struct hview v;
+    struct trailers *t = NULL;
+    if (!l->hb.over && hb_finish(r, &l->hb, &v) == 0)
+        t = trailers_copy(r, &v);
+    if (t == NULL) {
+        if (dir == SOTH_H2_REQUEST)
+            set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR,
+                        l->hb.over ? "request_trailers_too_large" : "relay_nomem");
+        else
+            set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_INTERNAL_ERROR,
+                        l->hb.over ? "response_trailers_too_large" : "relay_nomem");
+        rst_upstream(r, s, NGHTTP2_CANCEL);
+        rst_client(r, s, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    rfree(r, s->trl[dir]);
+    s->trl[dir] = t;
+    if (r->cbs.on_trailers != NULL)
+        r->cbs.on_trailers(r->cbs.ctx, dir, s->cid, v.hdr, v.nh);
+}
+
+/* Wake the other leg's data provider for s (no-op if it is not deferred). */
+static void wake(struct soth_h2_relay *r, struct h2s *s, enum soth_h2_dir dir)
+{
+    if (dir == SOTH_H2_REQUEST) {
+        if ((s->f & S_U_OPEN) && !(s->f & S_U_ABANDONED) && r->leg[SOTH_H2_UPSTREAM].st == LEG_LIVE)
+            nghttp2_session_resume_data(r->leg[SOTH_H2_UPSTREAM].s, s->uid);
+    } else {
+        if ((s->f & S_C_OPEN) && r->leg[SOTH_H2_CLIENT].st == LEG_LIVE)
+            nghttp2_session_resume_data(r->leg[SOTH_H2_CLIENT].s, s->cid);
+    }
+}
+
+static void upstream_settings(struct soth_h2_relay *r)
+{
+    struct leg *c = &r->leg[SOTH_H2_CLIENT];
+    if (r->connect_proto || c->st != LEG_LIVE)
+        return;
+    if (nghttp2_session_get_remote_settings(r->leg[SOTH_H2_UPSTREAM].s,
+                                            NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) != 1)
+        return;
+    /* RFC 8441: offer extended CONNECT to the client only when the origin supports it. */
+    nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1};
+    if (nghttp2_submit_settings(c->s, NGHTTP2_FLAG_NONE, &iv, 1) == 0)
+        r->connect_proto = true;
+    else
+        r->nomem = true;
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
+{
+    struct leg *l = ud;
+    struct soth_h2_relay *r = l->r;
+    bool client = l->side == SOTH_H2_CLIENT;
+    struct h2s *s = frame->hd.stream_id > 0 ? stream_of(l, frame->hd.stream_id) : NULL;
+    (void)session;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        if (s == NULL)
+            return 0;
+        if (client) {
+            if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+                request_head(r, s, frame);
+            else
+                trailers_in(r, s, SOTH_H2_REQUEST);
+        } else {
+            if (!(s->f & S_FINAL_RECV))
+                response_head(r, s, frame);
+            else
+                trailers_in(r, s, SOTH_H2_RESPONSE);
+        }
+        SOTH_FALLTHROUGH;
+    case NGHTTP2_DATA:
+        if (s == NULL || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+            return 0;
+        if (client) {
+            s->f |= S_REQ_EOF;
+            wake(r, s, SOTH_H2_REQUEST);
+        } else {
+            s->f |= S_RESP_EOF;
+            wake(r, s, SOTH_H2_RESPONSE);
+        }
+        return 0;
+    case NGHTTP2_RST_STREAM:
+        if (s == NULL)
+            return 0;
+        if (client) {
+            s->f |= S_C_RST_RECV;
+            s->c_rst_code = frame->rst_stream.error_code;
+        } else {
+            s->f |= S_U_RST_RECV;
+            s->u_rst_code = frame->rst_stream.error_code;
+        }
+        return 0;
+    case NGHTTP2_GOAWAY:
+        r->refuse_new = true;
+        if (client) {
+            goaway_graceful(r, SOTH_H2_UPSTREAM, map_code(frame->goaway.error_code));
+        } else {
+            /* Streams above last_stream_id are closed by nghttp2 with REFUSED_STREAM and
+             * reset toward the client one by one; the others may finish. */
+            goaway_graceful(r, SOTH_H2_CLIENT, NGHTTP2_NO_ERROR);
+        }
+        return 0;
+    case NGHTTP2_SETTINGS:
+        if (!client && !(frame->hd.flags & NGHTTP2_FLAG_ACK))
+            upstream_settings(r);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    struct leg *l = ud;
+    struct soth_h2_relay *r = l->r;
+    enum soth_h2_dir dir = l->side == SOTH_H2_CLIENT ? SOTH_H2_REQUEST : SOTH_H2_RESPONSE;
+    struct h2s *s = stream_of(l, sid);
+    (void)flags;
+    bool forward =
+        s != NULL && (dir == SOTH_H2_REQUEST
+                          ? (s->f & (S_REQ_DISCARD | S_U_ABANDONED)) == 0 && (s->f & S_U_OPEN)
+                          : (s->f & (S_RESP_DISCARD | S_U_ABANDONED)) == 0 && (s->f & S_C_OPEN));
+    if (!forward) {
+        /* Nobody will read it: give the window back at once. */
+        if (nghttp2_session_consume(session, sid, len) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        return 0;
+    }
+    if (cbuf_append(r, &s->buf[dir], data, len) < 0) {
+        if (nghttp2_session_consume(session, sid, len) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        if (dir == SOTH_H2_REQUEST)
+            set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR, "relay_buffer_exhausted");
+        else
+            set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_INTERNAL_ERROR,
+                        "relay_buffer_exhausted");
+        rst_upstream(r, s, NGHTTP2_CANCEL);
+        rst_client(r, s, NGHTTP2_INTERNAL_ERROR);
+        return 0;
+    }
+    r->st.buffered[dir] += len;
+    if (r->st.buffered[dir] > r->st.buffered_peak[dir])
+        r->st.buffered_peak[dir] = r->st.buffered[dir];
+    s->bytes[dir] += len;
+    if (r->cbs.on_data != NULL)
+        r->cbs.on_data(r->cbs.ctx, dir, s->cid, (const char *)data, len);
+    wake(r, s, dir);
+    return 0;
+}
+
+/* Data provider of both legs: source.ptr is the slot; the direction follows the session. */
+static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t length,
+                         uint32_t *data_flags, nghttp2_data_source *source, void *ud)
+{
+    struct leg *l = ud;
+    struct h2s *s = source->ptr;
+    enum soth_h2_dir dir = l->side == SOTH_H2_UPSTREAM ? SOTH_H2_REQUEST : SOTH_H2_RESPONSE;
+    uint32_t eof = dir == SOTH_H2_REQUEST ? S_REQ_EOF : S_RESP_EOF;
+    struct cbuf *b = &s->buf[dir];
+    (void)buf;
+    /* A DATA frame plus its header must fit one output chunk. */
+    size_t n = b->len;
+    if (n > length)
+        n = length;
+    if (n > OUT_CAP - FRAME_HD)
+        n = OUT_CAP - FRAME_HD;
+    if (n > 0)
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (n == b->len && (s->f & eof)) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        struct trailers *t = s->trl[dir];
+        if (t != NULL) {
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            int rc = nghttp2_submit_trailer(session, sid, t->nv, t->n);
+            rfree(l->r, t);
+            s->trl[dir] = NULL;
+            if (rc != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        return (ssize_t)n;
+    }
+    if (n == 0)
+        return NGHTTP2_ERR_DEFERRED;
+    return (ssize_t)n;
+}
+
+static int out_emit(struct soth_h2_relay *r, struct leg *l)
+{
+    if (l->out_len == 0)
+        return 0;
+    size_t n = l->out_len;
+    l->out_len = 0;
+    if (l->st == LEG_DEAD || r->out_err < 0)
+        return r->out_err;
+    int rc = r->cbs.out(r->cbs.ctx, l->side, l->out, n);
+    if (rc < 0)
+        r->out_err = rc;
+    return rc < 0 ? rc : 0;
+}
+
+static int out_append(struct soth_h2_relay *r, struct leg *l, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        if (l->out_len == OUT_CAP) {
+            int rc = out_emit(r, l);
+            if (rc < 0)
+                return rc;
+        }
+        size_t k = OUT_CAP - l->out_len;
+        if (k > n)
+            k = n;
+        memcpy(l->out + l->out_len, p, k);
+        l->out_len += k;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* NO_COPY DATA: frame header and payload go straight from the slot into the output chunk;
+ * only now are the bytes handed on, so only now does the receiving leg get its window back. */
+static int send_data(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd,
+                     size_t length, nghttp2_data_source *source, void *ud)
+{
+    struct leg *l = ud;
+    struct soth_h2_relay *r = l->r;
+    struct h2s *s = source->ptr;
+    enum soth_h2_dir dir = l->side == SOTH_H2_UPSTREAM ? SOTH_H2_REQUEST : SOTH_H2_RESPONSE;
+    (void)session;
+    SOTH_BUG_ON(frame->data.padlen != 0); /* we never pad */
+    if (l->out_len + FRAME_HD + length > OUT_CAP && out_emit(r, l) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    memcpy(l->out + l->out_len, framehd, FRAME_HD);
+    l->out_len += FRAME_HD;
+    cbuf_pop(r, &s->buf[dir], l->out + l->out_len, length);
+    l->out_len += length;
+    r->st.buffered[dir] -= length;
+    if (dir == SOTH_H2_REQUEST)
+        consume(r, SOTH_H2_CLIENT, s->cid, length);
+    else
+        consume(r, SOTH_H2_UPSTREAM, s->uid, length);
+    return 0;
+}
+
+/* A 1xx head we relayed (":status" comes first in what we submit). */
+static bool is_interim(const nghttp2_frame *frame)
+{
+    const nghttp2_headers *h = &frame->headers;
+    return h->nvlen > 0 && h->nva[0].namelen == 7 && h->nva[0].valuelen == 3 &&
+           memcmp(h->nva[0].name, ":status", 7) == 0 && h->nva[0].value[0] == '1';
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
+{
+    struct leg *l = ud;
+    struct soth_h2_relay *r = l->r;
+    (void)session;
+    if (frame->hd.type == NGHTTP2_GOAWAY) {
+        if (frame->goaway.error_code == NGHTTP2_NO_ERROR && l->goaway_ours > 0) {
+            l->goaway_ours--;
+            return 0;
+        }
+        /* The terminating GOAWAY (nghttp2's answer to a connection error, or ours after a
+         * fatal feed): pump emits its bytes, then the leg is finished. */
+        l->term_sent = true;
+        return 0;
+    }
+    if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+        l->side != SOTH_H2_CLIENT)
+        return 0;
+    struct h2s *s = stream_of(l, frame->hd.stream_id);
+    if (s == NULL)
+        return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS && (s->f & S_RESP_HEAD) && !(s->f & S_RESP_HEAD_OUT) &&
+        !is_interim(frame)) {
+        s->f |= S_RESP_HEAD_OUT;
+        if (s->f & S_RST_PENDING) {
+            s->f &= ~S_RST_PENDING;
+            if (nghttp2_submit_rst_stream(l->s, NGHTTP2_FLAG_NONE, s->cid, s->rst_pending) != 0)
+                r->nomem = true;
+            return 0;
+        }
+    }
+    if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    s->f |= S_RESP_DONE;
+    set_outcome(s, SOTH_H2_COMPLETE, 0, "complete");
+    if ((s->f & S_RST_AFTER_RESP) && !(s->f & S_REQ_EOF))
+        rst_client(r, s, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame, int lib_error,
+                             void *ud)
+{
+    struct leg *l = ud;
+    (void)session;
+    (void)lib_error;
+    /* A queued request that never left (GOAWAY received, or cancelled by our RST_STREAM):
+     * nghttp2 never opened the stream, so on_stream_close will not come. */
+    if (l->side != SOTH_H2_UPSTREAM || frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct h2s *s = stream_of(l, frame->hd.stream_id);
+    if (s == NULL)
+        s = slot_by_uid(l->r, frame->hd.stream_id);
+    if (s != NULL)
+        upstream_stream_closed(l->r, s, NGHTTP2_REFUSED_STREAM);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t code, void *ud)
+{
+    struct leg *l = ud;
+    struct h2s *s = stream_of(l, sid);
+    (void)session;
+    if (s == NULL)
+        return 0;
+    if (l->side == SOTH_H2_CLIENT)
+        client_stream_closed(l->r, s, code);
+    else
+        upstream_stream_closed(l->r, s, code);
+    return 0;
+}
+
+/* ---- public API */
+
+static int leg_init(struct soth_h2_relay *r, enum soth_h2_side side)
+{
+    struct leg *l = &r->leg[side];
+    l->r = r;
+    l->side = side;
+    l->st = LEG_LIVE;
+    const struct soth_h2_settings *set = &r->set;
+
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0)
+        return SOTH_E_NOMEM;
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
+
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cb);
+        return SOTH_E_NOMEM;
+    }
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_no_closed_streams(opt, 1);
+    nghttp2_option_set_max_settings(opt, set->max_settings);
+    nghttp2_option_set_max_continuations(opt, set->max_continuations);
+    nghttp2_option_set_max_outbound_ack(opt, 1000);
+    /* A header list at our limit must also fit when we send it on the other leg. */
+    nghttp2_option_set_max_send_header_block_length(opt, set->max_header_list_size + 65536);
+    if (side == SOTH_H2_CLIENT) {
+        nghttp2_option_set_stream_reset_rate_limit(opt, set->rst_burst, set->rst_rate);
+    } else {
+        /* Before the origin's SETTINGS arrive, open no more streams than RFC 9113 5.1.2
+         * suggests every server allows. */
+        nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
+    }
+    int rc = side == SOTH_H2_CLIENT ? nghttp2_session_server_new3(&l->s, cb, l, opt, &r->nmem)
+                                    : nghttp2_session_client_new3(&l->s, cb, l, opt, &r->nmem);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    if (rc != 0)
+        return SOTH_E_NOMEM;
+
+    nghttp2_settings_entry iv[5];
+    size_t n = 0;
+    iv[n++] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, set->max_header_list_size};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, set->initial_window};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1};
+    if (side == SOTH_H2_CLIENT) {
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
+                                           set->max_concurrent_streams};
+    } else {
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 0};
+    }
+    if (nghttp2_submit_settings(l->s, NGHTTP2_FLAG_NONE, iv, n) != 0)
+        return SOTH_E_NOMEM;
+    if (set->connection_window > H2_DEFAULT_WINDOW &&
+        nghttp2_session_set_local_window_size(l->s, NGHTTP2_FLAG_NONE, 0,
+                                              (int32_t)set->connection_window) != 0)
+        return SOTH_E_NOMEM;
+    return 0;
+}
+
+static uint32_t or_default(uint32_t v, uint32_t d)
+{
+    return v != 0 ? v : d;
+}
+
+struct soth_h2_relay *soth_h2_relay_new(const struct soth_h2_cbs *cbs,
+                                        const struct soth_h2_settings *s)
+{
+    static const struct soth_h2_settings zero;
+    if (cbs == NULL || cbs->out == NULL)
+        return NULL;
+    if (s == NULL)
+        s = &zero;
+    const struct soth_h2_mem *m = s->mem != NULL ? s->mem : &libc_mem;
+    struct soth_h2_relay *r = m->malloc_fn(sizeof(*r), m->ctx);
+    if (r == NULL)
+        return NULL;
+    memset(r, 0, sizeof(*r));
+    r->cbs = *cbs;
+    r->umem = *m;
+    r->nmem = (nghttp2_mem){m->ctx, m->malloc_fn, m->free_fn, m->calloc_fn, m->realloc_fn};
+    r->set = *s;
+    r->set.mem = NULL;
+    r->set.max_header_list_size = or_default(s->max_header_list_size, DEF_MAX_HEADER_LIST);
+    r->set.max_concurrent_streams = or_default(s->max_concurrent_streams, DEF_MAX_STREAMS);
+    r->set.initial_window = or_default(s->initial_window, DEF_INITIAL_WINDOW);
+    r->set.connection_window = or_default(s->connection_window, DEF_CONN_WINDOW);
+    r->set.max_settings = or_default(s->max_settings, DEF_MAX_SETTINGS);
+    r->set.max_continuations = or_default(s->max_continuations, DEF_MAX_CONTINUATIONS);
+    r->set.rst_burst = or_default(s->rst_burst, DEF_RST_BURST);
+    r->set.rst_rate = or_default(s->rst_rate, DEF_RST_RATE);
+    if (r->set.initial_window > H2_MAX_WINDOW)
+        r->set.initial_window = H2_MAX_WINDOW;
+    if (r->set.connection_window > H2_MAX_WINDOW)
+        r->set.connection_window = H2_MAX_WINDOW;
+    if (r->set.max_header_list_size > (1u << 24))
+        r->set.max_header_list_size = 1u << 24;
+
+    /* Slots outlive their client stream while an upstream RST_STREAM or a queued request
+     * is pending: allow twice the concurrency, then refuse. */
+    uint32_t mcs = r->set.max_concurrent_streams;
+    r->slot_cap = mcs > (1u << 20) ? (1u << 21) : mcs * 2 + 16;
+    /* Bytes held per direction never exceed the receiving leg's connection window (before
+     * our WINDOW_UPDATE lands the RFC default of 65535 applies, hence the max). */
+    size_t bound =
+        r->set.connection_window > H2_DEFAULT_WINDOW ? r->set.connection_window : H2_DEFAULT_WINDOW;
+    r->st.buffer_bound[SOTH_H2_REQUEST] = bound;
+    r->st.buffer_bound[SOTH_H2_RESPONSE] = bound;
+    /* Each stream holding data wastes at most two partial chunks (head and tail). */
+    r->max_chunks = 2 * (bound / CHUNK_DATA + 1) + 2 * (size_t)r->slot_cap;
+
+    if (leg_init(r, SOTH_H2_CLIENT) < 0 || leg_init(r, SOTH_H2_UPSTREAM) < 0) {
+        soth_h2_relay_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void soth_h2_relay_free(struct soth_h2_relay *r)
+{
+    if (r == NULL)
+        return;
+    for (int i = 0; i < 2; i++) {
+        /* nghttp2_session_del fires no callbacks. */
+        if (r->leg[i].s != NULL)
+            nghttp2_session_del(r->leg[i].s);
+        hb_free(r, &r->leg[i].hb);
+    }
+    while (r->head != NULL)
+        slot_free(r, r->head);
+    while (r->free_slots != NULL) {
+        struct h2s *s = r->free_slots;
+        r->free_slots = s->next;
+        rfree(r, s);
+    }
+    while (r->free_chunks != NULL) {
+        struct chunk *c = r->free_chunks;
+        r->free_chunks = c->next;
+        rfree(r, c);
+    }
+    struct soth_h2_mem m = r->umem;
+    m.free_fn(r, m.ctx);
+}
+
+ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_h2_side from, const char *data,
+                           size_t len)
+{
+    struct leg *l = &r->leg[from];
+    if (l->st != LEG_LIVE)
+        return SOTH_E_CLOSED;
+    ssize_t n = nghttp2_session_mem_recv(l->s, (const uint8_t *)data, len);
+    if (n < 0 || r->nomem) {
+        bool nomem = n == NGHTTP2_ERR_NOMEM || n == NGHTTP2_ERR_CALLBACK_FAILURE || r->nomem;
+        r->nomem = false;
+        uint32_t code = NGHTTP2_INTERNAL_ERROR;
+        if (n == NGHTTP2_ERR_BAD_CLIENT_MAGIC)
+            code = NGHTTP2_PROTOCOL_ERROR;
+        else if (n == NGHTTP2_ERR_FLOODED)
+            code = NGHTTP2_ENHANCE_YOUR_CALM;
+        leg_terminate(r, from, code);
+        return nomem ? SOTH_E_NOMEM : SOTH_E_MALFORMED;
+    }
+    return n;
+}
+
+/* Pull everything nghttp2 has for this leg into the output chunk. */
+static int pump(struct soth_h2_relay *r, struct leg *l, bool *progress)
+{
+    for (;;) {
+        if (l->st == LEG_DEAD)
+            return 0;
+        const uint8_t *p;
+        ssize_t n = nghttp2_session_mem_send(l->s, &p);
+        if (n < 0) {
+            /* Fatal inside nghttp2 (NOMEM) or our output failed: the leg cannot go on. */
+            int rc = r->out_err < 0 ? r->out_err : SOTH_E_NOMEM;
+            leg_down(r, l->side,
+                     l->side == SOTH_H2_CLIENT ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
+                     "relay_error");
+            return rc;
+        }
+        if (n == 0)
+            return 0;
+        *progress = true;
+        int rc = out_append(r, l, p, (size_t)n);
+        if (rc < 0)
+            return rc;
+        if (l->term_sent) {
+            rc = out_emit(r, l);
+            if (l->side == SOTH_H2_CLIENT)
+                leg_down(r, SOTH_H2_CLIENT, SOTH_H2_RESET, "client_protocol_error");
+            else
+                leg_down(r, SOTH_H2_UPSTREAM, SOTH_H2_UPSTREAM_ABORTED, "upstream_protocol_error");
+            return rc;
+        }
+    }
+}
+
+int soth_h2_relay_flush(struct soth_h2_relay *r)
+{
+    int rc = 0;
+    if (r->out_err < 0)
+        return r->out_err; /* bytes were lost: the transports must be closed */
+    /* Sending on one leg consumes on the other (WINDOW_UPDATE to send there), which may in
+     * turn release DATA the first leg can send: a few rounds settle it. */
+    for (int round = 0; round < 8; round++) {
+        bool progress = false;
+        for (int i = 0; i < 2 && rc == 0; i++)
+            rc = pump(r, &r->leg[i], &progress);
+        if (r->nomem) {
+            r->nomem = false;
+            leg_terminate(r, SOTH_H2_CLIENT, NGHTTP2_INTERNAL_ERROR);
+            leg_terminate(r, SOTH_H2_UPSTREAM, NGHTTP2_INTERNAL_ERROR);
+            progress = true;
+            if (rc == 0)
+                rc = SOTH_E_NOMEM;
+        }
+        if (!progress)
+            break;
+    }
+    for (int i = 0; i < 2; i++) {
+        int e = out_emit(r, &r->leg[i]);
+        if (rc == 0)
+            rc = e;
+    }
+    return rc;
+}
+
+bool soth_h2_relay_want_read(const struct soth_h2_relay *r, enum soth_h2_side side)
+{
+    const struct leg *l = &r->leg[side];
+    return l->st == LEG_LIVE && nghttp2_session_want_read(l->s);
+}
+
+bool soth_h2_relay_want_write(const struct soth_h2_relay *r, enum soth_h2_side side)
+{
+    const struct leg *l = &r->leg[side];
+    return leg_alive(l) && (l->out_len > 0 || nghttp2_session_want_write(l->s));
+}
+
+void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_h2_side side, bool reset)
+{
+    if (side == SOTH_H2_CLIENT)
+        leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_H2_CLIENT_ABORTED,
+                 reset ? "client_reset" : "client_eof");
+    else
+        leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
+                 reset ? "upstream_reset" : "upstream_eof");
+}
+
+void soth_h2_relay_shutdown(struct soth_h2_relay *r)
+{
+    r->refuse_new = true;
+    goaway_graceful(r, SOTH_H2_CLIENT, NGHTTP2_NO_ERROR);
+    goaway_graceful(r, SOTH_H2_UPSTREAM, NGHTTP2_NO_ERROR);
+}
+
+void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out)
+{
+    *out = r->st;
+}

@@ -1,0 +1,1816 @@
+/*
+ * The HTTP/2 relay (proto/h2.c), in memory with real nghttp2 peers: an nghttp2 client
+ * session plays the user agent (UA), an nghttp2 server session plays the origin, and the
+ * harness pumps bytes UA -> relay -> origin and back until nothing moves. Feeds can be split
+ * at any cumulative offset of either stream, or cut to pieces of N bytes.
+ */
+#include <criterion/criterion.h>
+#include <dlfcn.h>
+#include <nghttp2/nghttp2.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "soth/proto.h"
+
+#define MAXX 1100 /* exchanges per test */
+
+/* ---- growable bytes */
+
+struct bytes {
+    char *p;
+    size_t len, cap;
+};
+
+static void b_add(struct bytes *b, const void *p, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t c = b->cap ? b->cap : 256;
+        while (c < b->len + n)
+            c *= 2;
+        b->p = realloc(b->p, c);
+        cr_assert_not_null(b->p);
+        b->cap = c;
+    }
+    if (n > 0)
+        memcpy(b->p + b->len, p, n);
+    b->len += n;
+}
+
+static void b_printf(struct bytes *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void b_printf(struct bytes *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    cr_assert(n >= 0);
+    char *tmp = malloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(tmp, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b_add(b, tmp, (size_t)n);
+    free(tmp);
+}
+
+static void b_free(struct bytes *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+}
+
+static bool b_eq(const struct bytes *a, const struct bytes *b)
+{
+    return a->len == b->len && (a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
+}
+
+/* Deterministic body bytes for exchange `seed`. */
+static void fill_pattern(struct bytes *b, unsigned seed, size_t n)
+{
+    b->len = 0;
+    for (size_t j = 0; j < n; j++) {
+        char c = (char)((seed * 131u + j * 7u + (j >> 8)) & 0xff);
+        b_add(b, &c, 1);
+    }
+}
+
+/* ---- counting allocator (also fail-after-N) */
+
+struct counting {
+    size_t cur, peak;
+    long fail_after; /* < 0: never */
+    long calls;
+};
+
+struct hdr_pad {
+    size_t n;
+    size_t pad; /* keep 16-byte alignment */
+};
+
+/* Whether the allocation comes from the relay itself rather than from inside libnghttp2:
+ * nghttp2 1.52 double-frees in some of its own out-of-memory paths (an item attached to a
+ * stream, then freed by nghttp2_submit_data), so failures are injected into ours only. */
+static bool from_relay(const void *ret)
+{
+    Dl_info info;
+    if (dladdr(ret, &info) == 0 || info.dli_fname == NULL)
+        return true;
+    return strstr(info.dli_fname, "libnghttp2") == NULL;
+}
+
+static void *c_alloc(size_t n, void *ctx, const void *ret)
+{
+    struct counting *c = ctx;
+    if (c->fail_after >= 0 && from_relay(ret) && c->calls++ >= c->fail_after)
+        return NULL;
+    struct hdr_pad *h = malloc(sizeof(*h) + n);
+    if (h == NULL)
+        return NULL;
+    h->n = n;
+    c->cur += n;
+    if (c->cur > c->peak)
+        c->peak = c->cur;
+    return h + 1;
+}
+
+static void *c_malloc(size_t n, void *ctx)
+{
+    return c_alloc(n, ctx, __builtin_return_address(0));
+}
+
+static void c_free(void *p, void *ctx)
+{
+    struct counting *c = ctx;
+    if (p == NULL)
+        return;
+    struct hdr_pad *h = (struct hdr_pad *)p - 1;
+    c->cur -= h->n;
+    free(h);
+}
+
+static void *c_calloc(size_t a, size_t b, void *ctx)
+{
+    void *p = c_alloc(a * b, ctx, __builtin_return_address(0));
+    if (p != NULL)
+        memset(p, 0, a * b);
+    return p;
+}
+
+static void *c_realloc(void *p, size_t n, void *ctx)
+{
+    const void *ret = __builtin_return_address(0);
+    if (p == NULL)
+        return c_alloc(n, ctx, ret);
+    struct hdr_pad *h = (struct hdr_pad *)p - 1;
+    void *q = c_alloc(n, ctx, ret);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, p, h->n < n ? h->n : n);
+    c_free(p, ctx);
+    return q;
+}
+
+/* ---- exchanges as the UA and the origin see them */
+
+struct xchg {
+    /* what the UA sends */
+    const char *method, *path, *authority, *protocol;
+    struct bytes req_body;
+    size_t req_off;
+    bool req_trailers;
+    bool no_body; /* END_STREAM on HEADERS */
+    const nghttp2_nv *extra;
+    size_t n_extra;
+    /* what the UA got */
+    int32_t sid;
+    int status, n_interim;
+    struct bytes resp_hdrs, resp_body, resp_trailers;
+    bool final_seen, closed, rst_recv;
+    uint32_t close_code, rst_code;
+    size_t to_consume; /* UA with manual windows */
+};
+
+struct ostream { /* the origin's view of one stream */
+    struct ostream *next;
+    int32_t sid;
+    char path[256], method[32], protocol[32];
+    struct bytes req_hdrs, req_body, req_trailers;
+    bool req_eof, closed, rst_recv, responded;
+    uint32_t rst_code, close_code;
+    size_t rd;      /* echo / generator offset */
+    size_t gen_len; /* /get?n= */
+    bool echo, trailers;
+    uint32_t rst_after_head; /* +1 */
+    size_t to_consume;       /* origin with manual windows */
+};
+
+/* Relay callback records, by client stream id. */
+struct rec {
+    int state; /* 0 none, 1 head, 2 ended */
+    bool resp_head;
+    struct bytes head, data[2], trailers[2], resp;
+    struct soth_h2_stream_end end;
+    char detail[64];
+    int n_end;
+};
+
+struct harness {
+    struct soth_h2_relay *r;
+    struct soth_h2_settings set;
+    struct counting mem;
+    struct soth_h2_mem memhook;
+    nghttp2_session *ua, *origin;
+    struct bytes to_ua, to_origin;
+    struct xchg x[MAXX];
+    size_t nx;
+    struct ostream *os;
+    struct rec *recs; /* indexed by cid / 2 */
+    size_t nrecs;
+    /* knobs */
+    size_t split_at[2]; /* cumulative offset to split feeds from each side (SIZE_MAX none) */
+    size_t fed[2];
+    size_t piece;                /* 0: whole */
+    size_t ua_rate, origin_rate; /* bytes consumed per round with manual windows, 0 auto */
+    uint32_t ua_window, origin_window, origin_max_streams;
+    bool origin_connect_proto;
+    int out_fail;       /* return this from out when != 0 */
+    ssize_t feed_rc[2]; /* last negative feed result */
+    /* UA connection-level observations */
+    bool ua_goaway;
+    uint32_t ua_goaway_code;
+    int32_t ua_goaway_last;
+    bool origin_goaway;
+    uint32_t origin_goaway_code;
+    size_t max_buffered[2];
+    long rounds;
+};
+
+static struct harness *H;
+
+static struct rec *rec_of(int32_t cid)
+{
+    size_t i = (size_t)cid / 2;
+    cr_assert(cid > 0 && (cid & 1));
+    if (i >= H->nrecs) {
+        size_t n = i + 64;
+        H->recs = realloc(H->recs, n * sizeof(*H->recs));
+        memset(H->recs + H->nrecs, 0, (n - H->nrecs) * sizeof(*H->recs));
+        H->nrecs = n;
+    }
+    return &H->recs[i];
+}
+
+/* ---- relay callbacks: record, and check the per-stream order promised in proto.h */
+
+static int cb_out(void *ctx, enum soth_h2_side to, const char *p, size_t n)
+{
+    struct harness *h = ctx;
+    cr_assert(n > 0 && n <= 16384, "out chunk of %zu bytes", n);
+    if (h->out_fail)
+        return h->out_fail;
+    b_add(to == SOTH_H2_CLIENT ? &h->to_ua : &h->to_origin, p, n);
+    return 0;
+}
+
+static void add_headers(struct bytes *b, const struct soth_header *hd, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        b_printf(b, "%.*s: %.*s\n", (int)hd[i].name.len, hd[i].name.base, (int)hd[i].value.len,
+                 hd[i].value.base);
+}
+
+static void cb_req(void *ctx, int32_t sid, const struct soth_h2_request *q)
+{
+    (void)ctx;
+    struct rec *r = rec_of(sid);
+    cr_assert_eq(r->state, 0, "request head twice on %d", sid);
+    r->state = 1;
+    b_printf(&r->head, "%.*s %.*s://%.*s%.*s proto=%.*s end=%d\n", (int)q->method.len,
+             q->method.base, (int)q->scheme.len, q->scheme.base, (int)q->authority.len,
+             q->authority.base, (int)q->path.len, q->path.base, (int)q->protocol.len,
+             q->protocol.base, q->end_stream);
+    add_headers(&r->head, q->headers, q->n_headers);
+}
+
+static void cb_resp(void *ctx, int32_t sid, const struct soth_h2_response *s)
+{
+    (void)ctx;
+    struct rec *r = rec_of(sid);
+    cr_assert_eq(r->state, 1, "response head on %d in state %d", sid, r->state);
+    cr_assert(!r->resp_head);
+    r->resp_head = true;
+    b_printf(&r->resp, "%d end=%d\n", s->status, s->end_stream);
+    add_headers(&r->resp, s->headers, s->n_headers);
+}
+
+static void cb_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p, size_t n)
+{
+    (void)ctx;
+    struct rec *r = rec_of(sid);
+    cr_assert_eq(r->state, 1, "data on %d in state %d", sid, r->state);
+    if (dir == SOTH_H2_RESPONSE)
+        cr_assert(r->resp_head, "response data before the response head on %d", sid);
+    cr_assert_gt(n, 0);
+    b_add(&r->data[dir], p, n);
+}
+
+static void cb_trailers(void *ctx, enum soth_h2_dir dir, int32_t sid, const struct soth_header *hd,
+                        size_t n)
+{
+    (void)ctx;
+    struct rec *r = rec_of(sid);
+    cr_assert_eq(r->state, 1);
+    if (dir == SOTH_H2_RESPONSE)
+        cr_assert(r->resp_head);
+    add_headers(&r->trailers[dir], hd, n);
+}
+
+static void cb_end(void *ctx, int32_t sid, const struct soth_h2_stream_end *e)
+{
+    (void)ctx;
+    struct rec *r = rec_of(sid);
+    cr_assert_neq(r->state, 2, "stream_end twice on %d", sid);
+    r->state = 2;
+    r->n_end++;
+    r->end = *e;
+    cr_assert_not_null(e->detail);
+    snprintf(r->detail, sizeof(r->detail), "%s", e->detail);
+    r->end.detail = r->detail;
+    cr_assert_eq(e->request_bytes, r->data[SOTH_H2_REQUEST].len, "request bytes on %d", sid);
+    cr_assert_eq(e->response_bytes, r->data[SOTH_H2_RESPONSE].len, "response bytes on %d", sid);
+    if (e->outcome == SOTH_H2_COMPLETE)
+        cr_assert_eq(e->error_code, 0);
+}
+
+/* ---- the UA */
+
+static ssize_t ua_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len, uint32_t *flags,
+                       nghttp2_data_source *src, void *ud)
+{
+    (void)ud;
+    struct xchg *x = src->ptr;
+    size_t n = x->req_body.len - x->req_off;
+    if (n > len)
+        n = len;
+    if (n > 0)
+        memcpy(buf, x->req_body.p + x->req_off, n);
+    x->req_off += n;
+    if (x->req_off == x->req_body.len) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (x->req_trailers) {
+            static const nghttp2_nv t[] = {
+                {(uint8_t *)"x-req-trailer", (uint8_t *)"abc", 13, 3, 0},
+                {(uint8_t *)"x-req-trailer-2", (uint8_t *)"def", 15, 3, 0},
+            };
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            cr_assert_eq(nghttp2_submit_trailer(s, sid, t, 2), 0);
+        }
+    }
+    return (ssize_t)n;
+}
+
+static int ua_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                     const uint8_t *value, size_t vl, uint8_t flags, void *ud)
+{
+    (void)flags;
+    (void)ud;
+    struct xchg *x = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (x == NULL)
+        return 0;
+    if (nl == 7 && memcmp(name, ":status", 7) == 0) {
+        x->status = atoi((const char *)value); /* NUL-terminated by nghttp2 */
+        return 0;
+    }
+    struct bytes *b = x->final_seen ? &x->resp_trailers : &x->resp_hdrs;
+    b_printf(b, "%.*s: %.*s\n", (int)nl, name, (int)vl, value);
+    return 0;
+}
+
+static int ua_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct harness *h = ud;
+    struct xchg *x =
+        f->hd.stream_id ? nghttp2_session_get_stream_user_data(s, f->hd.stream_id) : NULL;
+    switch (f->hd.type) {
+    case NGHTTP2_HEADERS:
+        if (x != NULL && !x->final_seen) {
+            if (x->status >= 100 && x->status < 200) {
+                x->n_interim++;
+                x->resp_hdrs.len = 0;
+            } else {
+                x->final_seen = true;
+            }
+        }
+        break;
+    case NGHTTP2_RST_STREAM:
+        if (x != NULL) {
+            x->rst_recv = true;
+            x->rst_code = f->rst_stream.error_code;
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        h->ua_goaway = true;
+        h->ua_goaway_code = f->goaway.error_code;
+        h->ua_goaway_last = f->goaway.last_stream_id;
+        break;
+    }
+    return 0;
+}
+
+static int ua_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t *d, size_t n,
+                   void *ud)
+{
+    (void)flags;
+    (void)ud;
+    struct xchg *x = nghttp2_session_get_stream_user_data(s, sid);
+    cr_assert_not_null(x);
+    b_add(&x->resp_body, d, n);
+    x->to_consume += n;
+    return 0;
+}
+
+static int ua_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
+{
+    (void)ud;
+    struct xchg *x = nghttp2_session_get_stream_user_data(s, sid);
+    if (x != NULL) {
+        x->closed = true;
+        x->close_code = code;
+    }
+    return 0;
+}
+
+static void ua_new(struct harness *h)
+{
+    nghttp2_session_callbacks *cb;
+    nghttp2_option *opt;
+    cr_assert_eq(nghttp2_session_callbacks_new(&cb), 0);
+    nghttp2_session_callbacks_set_on_header_callback(cb, ua_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, ua_frame);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, ua_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, ua_close);
+    cr_assert_eq(nghttp2_option_new(&opt), 0);
+    nghttp2_option_set_max_send_header_block_length(opt, 1 << 20);
+    if (h->ua_rate)
+        nghttp2_option_set_no_auto_window_update(opt, 1);
+    cr_assert_eq(nghttp2_session_client_new2(&h->ua, cb, h, opt), 0);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, h->ua_window ? h->ua_window : 65535},
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+    };
+    cr_assert_eq(nghttp2_submit_settings(h->ua, 0, iv, 2), 0);
+}
+
+/* Queue one request on the UA; returns its exchange. */
+static struct xchg *ua_submit(struct harness *h, const char *method, const char *path,
+                              size_t body_len)
+{
+    cr_assert_lt(h->nx, MAXX);
+    struct xchg *x = &h->x[h->nx];
+    memset(x, 0, sizeof(*x));
+    x->method = method;
+    x->path = path;
+    x->authority = "origin.test";
+    if (body_len > 0)
+        fill_pattern(&x->req_body, (unsigned)h->nx + 1, body_len);
+    x->no_body = body_len == 0 && strcmp(method, "GET") == 0;
+    h->nx++;
+    return x;
+}
+
+static int32_t ua_send(struct harness *h, struct xchg *x)
+{
+    nghttp2_nv nv[40];
+    size_t n = 0;
+#define NV(n_, v_) ((nghttp2_nv){(uint8_t *)(n_), (uint8_t *)(v_), strlen(n_), strlen(v_), 0})
+    nv[n++] = NV(":method", x->method);
+    nv[n++] = NV(":scheme", "https");
+    nv[n++] = NV(":authority", x->authority);
+    if (x->protocol != NULL)
+        nv[n++] = NV(":protocol", x->protocol);
+    nv[n++] = NV(":path", x->path);
+    nv[n++] = NV("user-agent", "soth-test/1");
+    nv[n++] = NV("x-a", "1");
+    nv[n++] = NV("cookie", "a=b");
+    nv[n++] = NV("x-b", "2");
+    if (x->req_trailers)
+        nv[n++] = NV("te", "trailers");
+    for (size_t i = 0; i < x->n_extra; i++)
+        nv[n++] = x->extra[i];
+#undef NV
+    nghttp2_data_provider prov = {.source.ptr = x, .read_callback = ua_read};
+    x->sid = nghttp2_submit_request(h->ua, NULL, nv, n, x->no_body ? NULL : &prov, x);
+    cr_assert_gt(x->sid, 0);
+    return x->sid;
+}
+
+/* ---- the origin */
+
+static struct ostream *os_find_path(struct harness *h, const char *path)
+{
+    for (struct ostream *o = h->os; o != NULL; o = o->next)
+        if (strcmp(o->path, path) == 0)
+            return o;
+    return NULL;
+}
+
+static ssize_t origin_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len,
+                           uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    (void)ud;
+    struct ostream *o = src->ptr;
+    size_t n;
+    if (o->echo) {
+        n = o->req_body.len - o->rd;
+        if (n > len)
+            n = len;
+        if (n > 0)
+            memcpy(buf, o->req_body.p + o->rd, n);
+        o->rd += n;
+        if (n == 0 && !o->req_eof)
+            return NGHTTP2_ERR_DEFERRED;
+        if (o->req_eof && o->rd == o->req_body.len) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            if (o->trailers) {
+                static const nghttp2_nv t[] = {
+                    {(uint8_t *)"x-resp-trailer", (uint8_t *)"xyz", 14, 3, 0},
+                    {(uint8_t *)"grpc-status", (uint8_t *)"0", 11, 1, 0},
+                };
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                cr_assert_eq(nghttp2_submit_trailer(s, sid, t, 2), 0);
+            }
+        }
+        return (ssize_t)n;
+    }
+    n = o->gen_len - o->rd;
+    if (n > len)
+        n = len;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (uint8_t)(((o->rd + i) * 7u + ((o->rd + i) >> 8)) & 0xff);
+    o->rd += n;
+    if (o->rd == o->gen_len)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}
+
+static void expected_gen(struct bytes *b, size_t n)
+{
+    b->len = 0;
+    for (size_t j = 0; j < n; j++) {
+        char c = (char)((j * 7u + (j >> 8)) & 0xff);
+        b_add(b, &c, 1);
+    }
+}
+
+static int origin_begin(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct harness *h = ud;
+    if (f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct ostream *o = calloc(1, sizeof(*o));
+    o->sid = f->hd.stream_id;
+    o->next = h->os;
+    h->os = o;
+    nghttp2_session_set_stream_user_data(s, o->sid, o);
+    return 0;
+}
+
+static int origin_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nl,
+                         const uint8_t *value, size_t vl, uint8_t flags, void *ud)
+{
+    (void)flags;
+    (void)ud;
+    struct ostream *o = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (o == NULL)
+        return 0;
+    if (f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        b_printf(&o->req_trailers, "%.*s: %.*s\n", (int)nl, name, (int)vl, value);
+        return 0;
+    }
+    if (nl == 5 && memcmp(name, ":path", 5) == 0)
+        snprintf(o->path, sizeof(o->path), "%.*s", (int)vl, value);
+    else if (nl == 7 && memcmp(name, ":method", 7) == 0)
+        snprintf(o->method, sizeof(o->method), "%.*s", (int)vl, value);
+    else if (nl == 9 && memcmp(name, ":protocol", 9) == 0)
+        snprintf(o->protocol, sizeof(o->protocol), "%.*s", (int)vl, value);
+    b_printf(&o->req_hdrs, "%.*s: %.*s\n", (int)nl, name, (int)vl, value);
+    return 0;
+}
+
+static void origin_respond(struct harness *h, nghttp2_session *s, struct ostream *o)
+{
+    nghttp2_nv nv[64];
+    size_t n = 0;
+#define NV(n_, v_) ((nghttp2_nv){(uint8_t *)(n_), (uint8_t *)(v_), strlen(n_), strlen(v_), 0})
+    nv[n++] = NV(":status", "200");
+    nv[n++] = NV("content-type", "application/octet-stream");
+    nv[n++] = NV("x-origin", "yes");
+    nghttp2_data_provider prov = {.source.ptr = o, .read_callback = origin_read};
+    const char *p = o->path;
+    o->responded = true;
+    if (strncmp(p, "/echo", 5) == 0 || strncmp(p, "/trailers", 9) == 0) {
+        o->echo = true;
+        o->trailers = p[1] == 't';
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
+    } else if (strncmp(p, "/get?n=", 7) == 0) {
+        o->gen_len = strtoul(p + 7, NULL, 10);
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, o->gen_len ? &prov : NULL), 0);
+    } else if (strncmp(p, "/rst?code=", 10) == 0) {
+        cr_assert_eq(nghttp2_submit_rst_stream(s, 0, o->sid, (uint32_t)atoi(p + 10)), 0);
+    } else if (strncmp(p, "/rst-after-head?code=", 21) == 0) {
+        o->echo = true; /* deferred forever: no body */
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
+        o->rst_after_head = (uint32_t)atoi(p + 21) + 1; /* once the head is out */
+    } else if (strcmp(p, "/big-resp-headers") == 0 || strcmp(p, "/big-resp-trailers") == 0) {
+        static char big[4001];
+        memset(big, 'v', 4000);
+        static char names[24][16];
+        bool trailers = p[10] == 't';
+        size_t base = n;
+        for (int i = 0; i < 20; i++) {
+            snprintf(names[i], sizeof(names[i]), "x-big-%02d", i);
+            nv[n++] = NV(names[i], big);
+        }
+        if (!trailers) {
+            cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, NULL), 0);
+        } else {
+            o->gen_len = 10;
+            cr_assert_eq(nghttp2_submit_headers(s, 0, o->sid, NULL, nv, base, NULL), 0);
+            cr_assert_eq(nghttp2_submit_headers(s, NGHTTP2_FLAG_END_STREAM, o->sid, NULL, nv + base,
+                                                n - base, NULL),
+                         0);
+        }
+    } else if (strcmp(p, "/goaway") == 0) {
+        cr_assert_eq(nghttp2_submit_goaway(s, 0, o->sid, NGHTTP2_NO_ERROR, NULL, 0), 0);
+        o->gen_len = 2;
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
+    } else if (strcmp(p, "/interim") == 0) {
+        nghttp2_nv i1[] = {NV(":status", "103"), NV("link", "</a.css>; rel=preload")};
+        cr_assert_eq(nghttp2_submit_headers(s, 0, o->sid, NULL, i1, 2, NULL), 0);
+        o->gen_len = 3;
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
+    } else if (strcmp(p, "/slow") == 0) {
+        o->responded = false; /* never answers */
+    } else {
+        nv[0] = NV(":status", "404");
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, 1, NULL), 0);
+    }
+#undef NV
+}
+
+static int origin_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct harness *h = ud;
+    struct ostream *o =
+        f->hd.stream_id ? nghttp2_session_get_stream_user_data(s, f->hd.stream_id) : NULL;
+    switch (f->hd.type) {
+    case NGHTTP2_HEADERS:
+        if (o != NULL && f->headers.cat == NGHTTP2_HCAT_REQUEST)
+            origin_respond(h, s, o);
+        SOTH_FALLTHROUGH;
+    case NGHTTP2_DATA:
+        if (o != NULL && (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            o->req_eof = true;
+            if (o->echo)
+                nghttp2_session_resume_data(s, o->sid);
+        }
+        break;
+    case NGHTTP2_RST_STREAM:
+        /* also for streams the origin already closed: find it by id */
+        for (o = h->os; o != NULL; o = o->next)
+            if (o->sid == f->hd.stream_id) {
+                o->rst_recv = true;
+                o->rst_code = f->rst_stream.error_code;
+            }
+        break;
+    case NGHTTP2_GOAWAY:
+        h->origin_goaway = true;
+        h->origin_goaway_code = f->goaway.error_code;
+        break;
+    }
+    return 0;
+}
+
+static int origin_sent(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    (void)ud;
+    struct ostream *o = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (o != NULL && f->hd.type == NGHTTP2_HEADERS && o->rst_after_head) {
+        cr_assert_eq(nghttp2_submit_rst_stream(s, 0, o->sid, o->rst_after_head - 1), 0);
+        o->rst_after_head = 0;
+    }
+    return 0;
+}
+
+static int origin_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t *d, size_t n,
+                       void *ud)
+{
+    (void)flags;
+    (void)ud;
+    struct ostream *o = nghttp2_session_get_stream_user_data(s, sid);
+    cr_assert_not_null(o);
+    b_add(&o->req_body, d, n);
+    o->to_consume += n;
+    if (o->echo)
+        nghttp2_session_resume_data(s, sid);
+    return 0;
+}
+
+static int origin_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
+{
+    (void)ud;
+    struct ostream *o = nghttp2_session_get_stream_user_data(s, sid);
+    if (o != NULL) {
+        o->closed = true;
+        o->close_code = code;
+    }
+    return 0;
+}
+
+static void origin_new(struct harness *h)
+{
+    nghttp2_session_callbacks *cb;
+    nghttp2_option *opt;
+    cr_assert_eq(nghttp2_session_callbacks_new(&cb), 0);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, origin_begin);
+    nghttp2_session_callbacks_set_on_header_callback(cb, origin_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, origin_frame);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, origin_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, origin_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, origin_sent);
+    cr_assert_eq(nghttp2_option_new(&opt), 0);
+    nghttp2_option_set_max_send_header_block_length(opt, 1 << 20);
+    if (h->origin_rate)
+        nghttp2_option_set_no_auto_window_update(opt, 1);
+    cr_assert_eq(nghttp2_session_server_new2(&h->origin, cb, h, opt), 0);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry iv[3];
+    size_t n = 0;
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE,
+                                       h->origin_window ? h->origin_window : 65535};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
+                                       h->origin_max_streams ? h->origin_max_streams : 1000};
+    if (h->origin_connect_proto)
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1};
+    cr_assert_eq(nghttp2_submit_settings(h->origin, 0, iv, n), 0);
+}
+
+/* ---- harness life cycle and pump */
+
+static void h_init(struct harness *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->split_at[0] = h->split_at[1] = SIZE_MAX;
+    h->mem.fail_after = -1;
+    h->memhook = (struct soth_h2_mem){&h->mem, c_malloc, c_free, c_calloc, c_realloc};
+    H = h;
+}
+
+static const struct soth_h2_cbs CBS = {
+    .out = cb_out,
+    .on_request_head = cb_req,
+    .on_response_head = cb_resp,
+    .on_data = cb_data,
+    .on_trailers = cb_trailers,
+    .on_stream_end = cb_end,
+};
+
+static void pump(struct harness *h);
+
+static void h_start(struct harness *h)
+{
+    struct soth_h2_cbs cbs = CBS;
+    cbs.ctx = h;
+    h->set.mem = &h->memhook;
+    h->r = soth_h2_relay_new(&cbs, &h->set);
+    cr_assert_not_null(h->r);
+    ua_new(h);
+    origin_new(h);
+    pump(h); /* prefaces and SETTINGS: the UA learns the relay's stream limit first */
+}
+
+static void h_free(struct harness *h)
+{
+    soth_h2_relay_free(h->r);
+    cr_assert_eq(h->mem.cur, 0, "relay leaked %zu bytes", h->mem.cur);
+    nghttp2_session_del(h->ua);
+    nghttp2_session_del(h->origin);
+    b_free(&h->to_ua);
+    b_free(&h->to_origin);
+    for (size_t i = 0; i < h->nx; i++) {
+        b_free(&h->x[i].req_body);
+        b_free(&h->x[i].resp_hdrs);
+        b_free(&h->x[i].resp_body);
+        b_free(&h->x[i].resp_trailers);
+    }
+    while (h->os != NULL) {
+        struct ostream *o = h->os;
+        h->os = o->next;
+        b_free(&o->req_hdrs);
+        b_free(&o->req_body);
+        b_free(&o->req_trailers);
+        free(o);
+    }
+    for (size_t i = 0; i < h->nrecs; i++) {
+        struct rec *r = &h->recs[i];
+        b_free(&r->head);
+        b_free(&r->resp);
+        for (int d = 0; d < 2; d++) {
+            b_free(&r->data[d]);
+            b_free(&r->trailers[d]);
+        }
+    }
+    free(h->recs);
+}
+
+static void feed(struct harness *h, enum soth_h2_side side, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        size_t k = n;
+        if (h->piece && k > h->piece)
+            k = h->piece;
+        size_t at = h->split_at[side];
+        if (h->fed[side] < at && h->fed[side] + k > at)
+            k = at - h->fed[side];
+        ssize_t rc = soth_h2_relay_feed(h->r, side, (const char *)p, k);
+        if (rc < 0) {
+            h->feed_rc[side] = rc;
+            return; /* the rest is dropped, as a caller closing the transport would */
+        }
+        cr_assert_eq(rc, (ssize_t)k);
+        h->fed[side] += k;
+        p += k;
+        n -= k;
+    }
+}
+
+static void consume_some(nghttp2_session *s, size_t rate, bool ua)
+{
+    size_t budget = rate;
+    if (ua) {
+        for (size_t i = 0; i < H->nx && budget > 0; i++) {
+            struct xchg *x = &H->x[i];
+            size_t k = x->to_consume < budget ? x->to_consume : budget;
+            if (k == 0)
+                continue;
+            cr_assert_eq(nghttp2_session_consume(s, x->sid, k), 0);
+            x->to_consume -= k;
+            budget -= k;
+        }
+    } else {
+        for (struct ostream *o = H->os; o != NULL && budget > 0; o = o->next) {
+            size_t k = o->to_consume < budget ? o->to_consume : budget;
+            if (k == 0)
+                continue;
+            cr_assert_eq(nghttp2_session_consume(s, o->sid, k), 0);
+            o->to_consume -= k;
+            budget -= k;
+        }
+    }
+}
+
+static bool pending_consume(struct harness *h)
+{
+    for (size_t i = 0; h->ua_rate && i < h->nx; i++)
+        if (h->x[i].to_consume > 0)
+            return true;
+    for (struct ostream *o = h->os; h->origin_rate && o != NULL; o = o->next)
+        if (o->to_consume > 0)
+            return true;
+    return false;
+}
+
+static bool pump_once(struct harness *h)
+{
+    bool progress = false;
+    const uint8_t *p;
+    ssize_t n;
+    if (h->ua_rate)
+        consume_some(h->ua, h->ua_rate, true);
+    if (h->origin_rate)
+        consume_some(h->origin, h->origin_rate, false);
+    while ((n = nghttp2_session_mem_send(h->ua, &p)) > 0) {
+        feed(h, SOTH_H2_CLIENT, p, (size_t)n);
+        progress = true;
+    }
+    cr_assert_geq(n, 0);
+    while ((n = nghttp2_session_mem_send(h->origin, &p)) > 0) {
+        feed(h, SOTH_H2_UPSTREAM, p, (size_t)n);
+        progress = true;
+    }
+    cr_assert_geq(n, 0);
+    int rc = soth_h2_relay_flush(h->r);
+    if (h->out_fail == 0)
+        cr_assert_eq(rc, 0, "flush: %d", rc);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    for (int d = 0; d < 2; d++) {
+        cr_assert_leq(st.buffered[d], st.buffer_bound[d]);
+        if (st.buffered[d] > h->max_buffered[d])
+            h->max_buffered[d] = st.buffered[d];
+    }
+    if (h->to_ua.len > 0) {
+        n = nghttp2_session_mem_recv(h->ua, (const uint8_t *)h->to_ua.p, h->to_ua.len);
+        cr_assert_eq(n, (ssize_t)h->to_ua.len, "UA rejected relay output: %zd", n);
+        h->to_ua.len = 0;
+        progress = true;
+    }
+    if (h->to_origin.len > 0) {
+        n = nghttp2_session_mem_recv(h->origin, (const uint8_t *)h->to_origin.p, h->to_origin.len);
+        cr_assert_eq(n, (ssize_t)h->to_origin.len, "origin rejected relay output: %zd", n);
+        h->to_origin.len = 0;
+        progress = true;
+    }
+    if (h->ua_rate || h->origin_rate) {
+        /* Windows opened by consume_some show up as output only on the next round. */
+        progress = progress || nghttp2_session_want_write(h->ua) ||
+                   nghttp2_session_want_write(h->origin) || pending_consume(h);
+    }
+    h->rounds++;
+    return progress;
+}
+
+static void pump(struct harness *h)
+{
+    for (int i = 0; i < 200000; i++)
+        if (!pump_once(h))
+            return;
+    cr_assert_fail("pump did not settle");
+}
+
+/* A GET with no body; returns its exchange. */
+static struct xchg *ua_get(struct harness *h, const char *path)
+{
+    struct xchg *x = ua_submit(h, "GET", path, 0);
+    ua_send(h, x);
+    return x;
+}
+
+static struct xchg *ua_post(struct harness *h, const char *path, size_t len)
+{
+    struct xchg *x = ua_submit(h, "POST", path, len);
+    ua_send(h, x);
+    return x;
+}
+
+static void assert_complete_echo(struct harness *h, struct xchg *x)
+{
+    cr_assert_eq(x->status, 200, "stream %d status %d", x->sid, x->status);
+    cr_assert(x->closed);
+    cr_assert_eq(x->close_code, 0);
+    cr_assert(b_eq(&x->resp_body, &x->req_body), "stream %d: %zu bytes back for %zu", x->sid,
+              x->resp_body.len, x->req_body.len);
+    struct rec *r = rec_of(x->sid);
+    cr_assert_eq(r->n_end, 1);
+    cr_assert_eq(r->end.outcome, SOTH_H2_COMPLETE, "stream %d: %s (%s)", x->sid,
+                 soth_h2_outcome_name(r->end.outcome), r->end.detail);
+    cr_assert_eq(r->end.request_bytes, x->req_body.len);
+    cr_assert_eq(r->end.response_bytes, x->req_body.len);
+    cr_assert(b_eq(&r->data[SOTH_H2_REQUEST], &x->req_body));
+    cr_assert(b_eq(&r->data[SOTH_H2_RESPONSE], &x->req_body));
+    (void)h;
+}
+
+static bool has_line(const struct bytes *b, const char *line)
+{
+    size_t l = strlen(line);
+    for (size_t i = 0; i + l <= b->len; i++)
+        if ((i == 0 || b->p[i - 1] == '\n') && memcmp(b->p + i, line, l) == 0 &&
+            (i + l == b->len || b->p[i + l] == '\n'))
+            return true;
+    return false;
+}
+
+static struct harness HS; /* large: static, one per forked test */
+
+/* ====================================================================================== */
+
+Test(h2_relay, outcome_names)
+{
+    cr_assert_str_eq(soth_h2_outcome_name(SOTH_H2_COMPLETE), "complete");
+    cr_assert_str_eq(soth_h2_outcome_name(SOTH_H2_CLIENT_ABORTED), "client_aborted");
+    cr_assert_str_eq(soth_h2_outcome_name(SOTH_H2_UPSTREAM_ABORTED), "upstream_aborted");
+    cr_assert_str_eq(soth_h2_outcome_name(SOTH_H2_RESET), "reset");
+    cr_assert_str_eq(soth_h2_outcome_name(SOTH_H2_OUTCOME_COUNT), "?");
+}
+
+Test(h2_relay, new_requires_out)
+{
+    struct soth_h2_cbs cbs = {0};
+    cr_assert_null(soth_h2_relay_new(&cbs, NULL));
+    cr_assert_null(soth_h2_relay_new(NULL, NULL));
+    cbs.out = cb_out;
+    struct soth_h2_relay *r = soth_h2_relay_new(&cbs, NULL);
+    cr_assert_not_null(r);
+    cr_assert(soth_h2_relay_want_write(r, SOTH_H2_CLIENT), "server preface pending");
+    cr_assert(soth_h2_relay_want_write(r, SOTH_H2_UPSTREAM), "client preface pending");
+    soth_h2_relay_free(r);
+    soth_h2_relay_free(NULL);
+}
+
+Test(h2_relay, one_get)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *x = ua_get(h, "/get?n=5");
+    pump(h);
+    cr_assert_eq(x->status, 200);
+    struct bytes want = {0};
+    expected_gen(&want, 5);
+    cr_assert(b_eq(&x->resp_body, &want));
+    cr_assert(has_line(&x->resp_hdrs, "x-origin: yes"));
+    cr_assert(x->closed && x->close_code == 0);
+
+    /* The origin got the request: pseudo-headers first, regular fields in order. */
+    struct ostream *o = os_find_path(h, "/get?n=5");
+    cr_assert_not_null(o);
+    const char *want_hdrs =
+        ":method: GET\n:scheme: https\n:authority: origin.test\n"
+        ":path: /get?n=5\nuser-agent: soth-test/1\nx-a: 1\ncookie: a=b\nx-b: 2\n";
+    cr_assert_eq(o->req_hdrs.len, strlen(want_hdrs));
+    cr_assert(memcmp(o->req_hdrs.p, want_hdrs, o->req_hdrs.len) == 0, "%.*s", (int)o->req_hdrs.len,
+              o->req_hdrs.p);
+
+    struct rec *r = rec_of(x->sid);
+    const char *want_head = "GET https://origin.test/get?n=5 proto= end=1\n"
+                            "user-agent: soth-test/1\nx-a: 1\ncookie: a=b\nx-b: 2\n";
+    cr_assert(r->head.len == strlen(want_head) && memcmp(r->head.p, want_head, r->head.len) == 0,
+              "%.*s", (int)r->head.len, r->head.p);
+    cr_assert(has_line(&r->resp, "200 end=0"));
+    cr_assert(has_line(&r->resp, "x-origin: yes"));
+    cr_assert_eq(r->end.outcome, SOTH_H2_COMPLETE);
+    cr_assert_eq(r->end.request_bytes, 0);
+    cr_assert_eq(r->end.response_bytes, 5);
+    cr_assert_str_eq(r->end.detail, "complete");
+
+    /* Idle: nothing to write, still reading; stream slots are all back. */
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_UPSTREAM));
+    cr_assert(soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.streams, 0);
+    cr_assert_eq(st.streams_total, 1);
+    cr_assert_eq(st.buffered[0] + st.buffered[1], 0);
+    b_free(&want);
+    h_free(h);
+}
+
+Test(h2_relay, post_body_both_ways_byte_exact)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_post(h, "/echo", 100000);
+    struct xchg *b = ua_post(h, "/echo", 1);
+    struct xchg *c = ua_submit(h, "POST", "/echo", 0); /* empty body, END_STREAM on DATA */
+    ua_send(h, c);
+    pump(h);
+    assert_complete_echo(h, a);
+    assert_complete_echo(h, b);
+    assert_complete_echo(h, c);
+    cr_assert(has_line(&rec_of(a->sid)->head, "POST https://origin.test/echo proto= end=0"));
+    h_free(h);
+}
+
+Test(h2_relay, hundred_concurrent_streams_distinct_bodies)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    for (int i = 0; i < 100; i++)
+        ua_post(h, "/echo", 1000 + (size_t)i * 517);
+    pump(h);
+    for (size_t i = 0; i < h->nx; i++)
+        assert_complete_echo(h, &h->x[i]);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.streams_total, 100);
+    cr_assert_eq(st.streams, 0);
+    cr_assert_geq(st.streams_peak, 50, "streams ran concurrently (peak %u)", st.streams_peak);
+    h_free(h);
+}
+
+Test(h2_relay, thousand_streams_byte_accounting)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->origin_max_streams = 64; /* the upstream leg queues beyond this */
+    h_start(h);
+    uint64_t want = 0;
+    for (int i = 0; i < 1000; i++) {
+        struct xchg *x = ua_post(h, "/echo", (size_t)(i * 37) % 3000);
+        want += x->req_body.len;
+    }
+    pump(h);
+    uint64_t req = 0, resp = 0;
+    size_t complete = 0;
+    for (size_t i = 0; i < h->nx; i++) {
+        assert_complete_echo(h, &h->x[i]);
+        struct rec *r = rec_of(h->x[i].sid);
+        req += r->end.request_bytes;
+        resp += r->end.response_bytes;
+        complete += r->end.outcome == SOTH_H2_COMPLETE;
+    }
+    cr_assert_eq(complete, 1000);
+    cr_assert_eq(req, want);
+    cr_assert_eq(resp, want);
+    size_t ends = 0;
+    for (size_t i = 0; i < h->nrecs; i++)
+        ends += (size_t)h->recs[i].n_end;
+    cr_assert_eq(ends, 1000);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.streams_total, 1000);
+    cr_assert_leq(st.streams_peak, 100 * 2 + 16);
+    h_free(h);
+}
+
+/* 8 MiB each way through small peer windows and slow readers: the relay holds at most its
+ * advertised connection window per direction, whatever the body size. */
+Test(h2_relay, large_bodies_bounded_buffering, .timeout = 300)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->set.connection_window = 256 * 1024;
+    h->set.initial_window = 65535;
+    h->ua_window = 16384;
+    h->origin_window = 16384;
+    h->ua_rate = 48 * 1024;
+    h->origin_rate = 48 * 1024;
+    h_start(h);
+    struct xchg *x = ua_post(h, "/echo", 8u << 20);
+    struct xchg *y = ua_get(h, "/get?n=8388608");
+    pump(h);
+    assert_complete_echo(h, x);
+    struct bytes want = {0};
+    expected_gen(&want, 8u << 20);
+    cr_assert(b_eq(&y->resp_body, &want));
+    b_free(&want);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    for (int d = 0; d < 2; d++) {
+        cr_assert_eq(st.buffer_bound[d], 256 * 1024);
+        cr_assert_leq(st.buffered_peak[d], st.buffer_bound[d]);
+        cr_assert_gt(st.buffered_peak[d], 16384, "dir %d never buffered (%zu)", d,
+                     st.buffered_peak[d]);
+    }
+    if (getenv("SOTH_H2_VERBOSE"))
+        fprintf(stderr, "peak buffered %zu/%zu, relay memory peak %zu, chunks %zu, rounds %ld\n",
+                st.buffered_peak[0], st.buffered_peak[1], h->mem.peak, st.chunk_bytes, h->rounds);
+    /* Whole relay (nghttp2 included): far below the 16 MiB that crossed it. */
+    cr_assert_lt(h->mem.peak, 1536 * 1024, "relay peak memory %zu", h->mem.peak);
+    cr_assert_leq(st.chunk_bytes, 2 * 256 * 1024 + 64 * 4096);
+    h_free(h);
+}
+
+Test(h2_relay, trailers_both_ways)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *x = ua_submit(h, "POST", "/trailers", 3000);
+    x->req_trailers = true;
+    ua_send(h, x);
+    struct xchg *e = ua_submit(h, "POST", "/trailers", 0); /* trailers right after the head */
+    e->req_trailers = true;
+    ua_send(h, e);
+    pump(h);
+    for (int i = 0; i < 2; i++) {
+        struct xchg *t = i ? e : x;
+        cr_assert_eq(t->status, 200);
+        cr_assert(b_eq(&t->resp_body, &t->req_body));
+        cr_assert(has_line(&t->resp_trailers, "x-resp-trailer: xyz"), "%.*s",
+                  (int)t->resp_trailers.len, t->resp_trailers.p);
+        cr_assert(has_line(&t->resp_trailers, "grpc-status: 0"));
+        struct rec *r = rec_of(t->sid);
+        cr_assert_eq(r->end.outcome, SOTH_H2_COMPLETE);
+        cr_assert(has_line(&r->trailers[SOTH_H2_REQUEST], "x-req-trailer: abc"));
+        cr_assert(has_line(&r->trailers[SOTH_H2_REQUEST], "x-req-trailer-2: def"));
+        cr_assert(has_line(&r->trailers[SOTH_H2_RESPONSE], "x-resp-trailer: xyz"));
+        cr_assert(has_line(&r->head, "te: trailers"));
+    }
+    int seen = 0;
+    for (struct ostream *o = h->os; o != NULL; o = o->next) {
+        cr_assert(has_line(&o->req_trailers, "x-req-trailer: abc"));
+        cr_assert(has_line(&o->req_trailers, "x-req-trailer-2: def"));
+        seen++;
+    }
+    cr_assert_eq(seen, 2);
+    h_free(h);
+}
+
+Test(h2_relay, rst_from_client_propagates_code)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_get(h, "/slow");
+    struct xchg *b = ua_submit(h, "POST", "/slow", 0);
+    b->extra = NULL;
+    ua_send(h, b);
+    struct xchg *c = ua_get(h, "/slow");
+    pump(h);
+    cr_assert_eq(nghttp2_submit_rst_stream(h->ua, 0, a->sid, NGHTTP2_CANCEL), 0);
+    cr_assert_eq(nghttp2_submit_rst_stream(h->ua, 0, b->sid, NGHTTP2_ENHANCE_YOUR_CALM), 0);
+    cr_assert_eq(nghttp2_submit_rst_stream(h->ua, 0, c->sid, NGHTTP2_FLOW_CONTROL_ERROR), 0);
+    pump(h);
+    struct {
+        struct xchg *x;
+        uint32_t sent, want;
+    } t[] = {
+        {a, NGHTTP2_CANCEL, NGHTTP2_CANCEL},
+        {b, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_ENHANCE_YOUR_CALM},
+        {c, NGHTTP2_FLOW_CONTROL_ERROR, NGHTTP2_INTERNAL_ERROR}, /* hop-only code */
+    };
+    int found = 0;
+    for (size_t i = 0; i < 3; i++) {
+        struct rec *r = rec_of(t[i].x->sid);
+        cr_assert_eq(r->n_end, 1);
+        cr_assert_eq(r->end.outcome, SOTH_H2_CLIENT_ABORTED);
+        cr_assert_eq(r->end.error_code, t[i].sent);
+        cr_assert_str_eq(r->end.detail, "client_rst_stream");
+    }
+    for (struct ostream *o = h->os; o != NULL; o = o->next) {
+        cr_assert(o->rst_recv);
+        for (size_t i = 0; i < 3; i++)
+            if ((int32_t)o->sid == (int32_t)(2 * i + 1)) { /* upstream ids follow client order */
+                cr_assert_eq(o->rst_code, t[i].want, "upstream stream %d got %u", o->sid,
+                             o->rst_code);
+                found++;
+            }
+    }
+    cr_assert_eq(found, 3);
+    /* The connection goes on. */
+    struct xchg *d = ua_get(h, "/get?n=7");
+    pump(h);
+    cr_assert_eq(d->status, 200);
+    cr_assert_eq(d->resp_body.len, 7);
+    h_free(h);
+}
+
+Test(h2_relay, rst_from_origin_propagates_code)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_get(h, "/rst?code=7");                     /* REFUSED_STREAM */
+    struct xchg *b = ua_get(h, "/rst?code=8");                     /* CANCEL */
+    struct xchg *c = ua_get(h, "/rst?code=1");                     /* PROTOCOL_ERROR: hop-only */
+    struct xchg *d = ua_post(h, "/rst-after-head?code=2", 100000); /* after the head */
+    pump(h);
+    struct {
+        struct xchg *x;
+        uint32_t code, ua;
+    } t[] = {{a, 7, 7}, {b, 8, 8}, {c, 1, NGHTTP2_INTERNAL_ERROR}, {d, 2, 2}};
+    for (size_t i = 0; i < 4; i++) {
+        struct xchg *x = t[i].x;
+        cr_assert(x->rst_recv, "stream %d", x->sid);
+        cr_assert_eq(x->rst_code, t[i].ua, "stream %d: %u", x->sid, x->rst_code);
+        struct rec *r = rec_of(x->sid);
+        cr_assert_eq(r->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
+        cr_assert_eq(r->end.error_code, t[i].code);
+        cr_assert_str_eq(r->end.detail, "upstream_rst_stream");
+    }
+    cr_assert_eq(d->status, 200, "the head before the reset was relayed (%d)", d->status);
+    cr_assert(rec_of(d->sid)->resp_head);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.buffered[0] + st.buffered[1], 0);
+    cr_assert_eq(st.streams, 0);
+    struct xchg *e = ua_get(h, "/get?n=3");
+    pump(h);
+    cr_assert_eq(e->status, 200);
+    h_free(h);
+}
+
+Test(h2_relay, goaway_from_origin)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    pump(h); /* settle SETTINGS first */
+    struct xchg *a = ua_get(h, "/get?n=10");
+    struct xchg *b = ua_get(h, "/goaway");
+    struct xchg *c = ua_get(h, "/slow");
+    pump(h);
+    cr_assert_eq(a->status, 200);
+    cr_assert_eq(a->resp_body.len, 10);
+    cr_assert_eq(b->status, 200);
+    cr_assert_eq(b->resp_body.len, 2);
+    cr_assert(c->rst_recv && c->rst_code == NGHTTP2_REFUSED_STREAM, "c: rst %d code %u",
+              c->rst_recv, c->rst_code);
+    struct rec *rc = rec_of(c->sid);
+    cr_assert_eq(rc->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
+    cr_assert_str_eq(rc->end.detail, "upstream_refused");
+    cr_assert(h->ua_goaway);
+    cr_assert_eq(h->ua_goaway_code, NGHTTP2_NO_ERROR);
+    cr_assert_eq(rec_of(a->sid)->end.outcome, SOTH_H2_COMPLETE);
+    cr_assert_eq(rec_of(b->sid)->end.outcome, SOTH_H2_COMPLETE);
+    /* Everything drained: the client leg is finished. */
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    h_free(h);
+}
+
+Test(h2_relay, goaway_from_client_reaches_origin)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_get(h, "/get?n=4");
+    pump(h);
+    cr_assert_eq(nghttp2_submit_goaway(h->ua, 0, 0, NGHTTP2_NO_ERROR, NULL, 0), 0);
+    pump(h);
+    cr_assert(h->origin_goaway);
+    cr_assert_eq(h->origin_goaway_code, NGHTTP2_NO_ERROR);
+    cr_assert_eq(a->status, 200);
+    h_free(h);
+}
+
+static nghttp2_nv big_fields[12];
+static char big_names[12][32];
+static char big_value[8001];
+
+static void make_big_fields(size_t n)
+{
+    memset(big_value, 'q', 8000);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(big_names[i], sizeof(big_names[i]), "x-huge-%02zu", i);
+        big_fields[i] = (nghttp2_nv){(uint8_t *)big_names[i], (uint8_t *)big_value,
+                                     strlen(big_names[i]), 8000, NGHTTP2_NV_FLAG_NO_INDEX};
+    }
+}
+
+Test(h2_relay, oversized_request_headers_get_431)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    make_big_fields(9); /* 9 * (8010 + 32) > 65536 */
+    struct xchg *a = ua_submit(h, "GET", "/get?n=1", 0);
+    a->extra = big_fields;
+    a->n_extra = 9;
+    ua_send(h, a);
+    struct xchg *b = ua_submit(h, "POST", "/echo", 50000); /* with a body still coming */
+    b->extra = big_fields;
+    b->n_extra = 9;
+    ua_send(h, b);
+    pump(h);
+    for (int i = 0; i < 2; i++) {
+        struct xchg *x = i ? b : a;
+        cr_assert_eq(x->status, 431, "stream %d status %d", x->sid, x->status);
+        cr_assert(x->closed);
+        struct rec *r = rec_of(x->sid);
+        cr_assert_eq(r->state, 2);
+        cr_assert_eq(r->head.len, 0, "no request_head for a refused block");
+        cr_assert_eq(r->end.outcome, SOTH_H2_RESET);
+        cr_assert_str_eq(r->end.detail, "request_headers_too_large");
+    }
+    cr_assert_null(h->os, "nothing reached the origin");
+    /* Just under the limit passes, and the connection survives. */
+    make_big_fields(8);
+    struct xchg *c = ua_submit(h, "GET", "/get?n=2", 0);
+    c->extra = big_fields;
+    c->n_extra = 7;
+    ua_send(h, c);
+    pump(h);
+    cr_assert_eq(c->status, 200);
+    cr_assert_eq(rec_of(c->sid)->end.outcome, SOTH_H2_COMPLETE);
+    struct ostream *o = os_find_path(h, "/get?n=2");
+    cr_assert_not_null(o);
+    cr_assert_gt(o->req_hdrs.len, 7 * 8000);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.buffered[0] + st.buffered[1], 0, "the refused body was not kept");
+    h_free(h);
+}
+
+Test(h2_relay, oversized_response_headers_get_502)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_get(h, "/big-resp-headers");
+    pump(h);
+    cr_assert_eq(a->status, 502);
+    struct rec *r = rec_of(a->sid);
+    cr_assert(!r->resp_head, "the oversized head is not reported");
+    cr_assert_eq(r->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
+    cr_assert_str_eq(r->end.detail, "response_headers_too_large");
+    struct ostream *o = os_find_path(h, "/big-resp-headers");
+    cr_assert(o->rst_recv);
+    cr_assert_eq(o->rst_code, NGHTTP2_INTERNAL_ERROR);
+    struct xchg *b = ua_get(h, "/big-resp-trailers");
+    struct xchg *c = ua_get(h, "/get?n=9");
+    pump(h);
+    cr_assert(b->rst_recv);
+    cr_assert_eq(b->rst_code, NGHTTP2_INTERNAL_ERROR);
+    cr_assert_eq(rec_of(b->sid)->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
+    cr_assert_str_eq(rec_of(b->sid)->end.detail, "response_trailers_too_large");
+    cr_assert_eq(c->status, 200);
+    cr_assert_eq(c->resp_body.len, 9);
+    h_free(h);
+}
+
+/* Walk the frames in buf; return the error code of the first GOAWAY, or -1. */
+static long find_goaway(const struct bytes *b)
+{
+    size_t i = 0;
+    while (i + 9 <= b->len) {
+        const uint8_t *p = (const uint8_t *)b->p + i;
+        size_t len = ((size_t)p[0] << 16) | ((size_t)p[1] << 8) | p[2];
+        if (i + 9 + len > b->len)
+            break;
+        if (p[3] == NGHTTP2_GOAWAY && len >= 8)
+            return (long)(((uint32_t)p[13] << 24) | ((uint32_t)p[14] << 16) |
+                          ((uint32_t)p[15] << 8) | p[16]);
+        i += 9 + len;
+    }
+    return -1;
+}
+
+Test(h2_relay, bad_preface_goaway)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    struct soth_h2_cbs cbs = CBS;
+    cbs.ctx = h;
+    h->r = soth_h2_relay_new(&cbs, NULL);
+    const char *junk = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, junk, strlen(junk)), SOTH_E_MALFORMED);
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+    cr_assert(soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    cr_assert_eq(soth_h2_relay_flush(h->r), 0);
+    cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_PROTOCOL_ERROR);
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, junk, 3), SOTH_E_CLOSED);
+    soth_h2_relay_free(h->r);
+    b_free(&h->to_ua);
+    b_free(&h->to_origin);
+}
+
+Test(h2_relay, garbage_after_preface_goaway)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_get(h, "/slow");
+    pump(h);
+    /* A DATA frame on stream 0 is a connection error (RFC 9113 6.1). */
+    static const uint8_t bad[] = {0, 0, 4, NGHTTP2_DATA, 0, 0, 0, 0, 0, 'a', 'b', 'c', 'd'};
+    ssize_t rc = soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)bad, sizeof(bad));
+    cr_assert(rc == (ssize_t)sizeof(bad) || rc < 0);
+    cr_assert_eq(soth_h2_relay_flush(h->r), 0);
+    cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_PROTOCOL_ERROR);
+    cr_assert(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)bad, 9) < 0);
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    struct rec *r = rec_of(a->sid);
+    cr_assert_eq(r->n_end, 1);
+    cr_assert_eq(r->end.outcome, SOTH_H2_RESET);
+    cr_assert_str_eq(r->end.detail, "client_protocol_error");
+    /* The origin is told: its stream is cancelled and the leg goes away. */
+    h->to_ua.len = 0;
+    const uint8_t *p;
+    ssize_t n;
+    while ((n = nghttp2_session_mem_send(h->origin, &p)) > 0)
+        soth_h2_relay_feed(h->r, SOTH_H2_UPSTREAM, (const char *)p, (size_t)n);
+    cr_assert_eq(
+        nghttp2_session_mem_recv(h->origin, (const uint8_t *)h->to_origin.p, h->to_origin.len),
+        (ssize_t)h->to_origin.len);
+    struct ostream *o = os_find_path(h, "/slow");
+    cr_assert(o->rst_recv);
+    cr_assert_eq(o->rst_code, NGHTTP2_CANCEL);
+    cr_assert(h->origin_goaway);
+    h_free(h);
+}
+
+Test(h2_relay, client_eof_and_reset_outcomes)
+{
+    for (int reset = 0; reset < 2; reset++) {
+        struct harness *h = &HS;
+        h_init(h);
+        h_start(h);
+        struct xchg *done = ua_get(h, "/get?n=1");
+        struct xchg *a = ua_get(h, "/slow");
+        struct xchg *b = ua_post(h, "/slow", 10);
+        pump(h);
+        soth_h2_relay_eof(h->r, SOTH_H2_CLIENT, reset);
+        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+        cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+        enum soth_h2_outcome want = reset ? SOTH_H2_RESET : SOTH_H2_CLIENT_ABORTED;
+        for (int i = 0; i < 2; i++) {
+            struct rec *r = rec_of((i ? b : a)->sid);
+            cr_assert_eq(r->n_end, 1, "reported at once");
+            cr_assert_eq(r->end.outcome, want);
+            cr_assert_str_eq(r->end.detail, reset ? "client_reset" : "client_eof");
+        }
+        cr_assert_eq(rec_of(done->sid)->end.outcome, SOTH_H2_COMPLETE);
+        cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, "x", 1), SOTH_E_CLOSED);
+        h->to_ua.len = 0;
+        /* Only the origin is left: it sees the cancels and a GOAWAY. */
+        for (int i = 0; i < 50; i++) {
+            const uint8_t *p;
+            ssize_t n;
+            while ((n = nghttp2_session_mem_send(h->origin, &p)) > 0)
+                soth_h2_relay_feed(h->r, SOTH_H2_UPSTREAM, (const char *)p, (size_t)n);
+            soth_h2_relay_flush(h->r);
+            if (h->to_origin.len == 0)
+                break;
+            nghttp2_session_mem_recv(h->origin, (const uint8_t *)h->to_origin.p, h->to_origin.len);
+            h->to_origin.len = 0;
+        }
+        cr_assert(h->origin_goaway);
+        for (struct ostream *o = h->os; o != NULL; o = o->next)
+            if (strcmp(o->path, "/slow") == 0)
+                cr_assert(o->rst_recv && o->rst_code == NGHTTP2_CANCEL);
+        struct soth_h2_stats st;
+        soth_h2_relay_stats(h->r, &st);
+        cr_assert_eq(st.streams, 0, "slots freed once the upstream resets went out");
+        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_UPSTREAM));
+        h_free(h);
+    }
+}
+
+Test(h2_relay, upstream_eof_outcomes)
+{
+    for (int reset = 0; reset < 2; reset++) {
+        struct harness *h = &HS;
+        h_init(h);
+        h_start(h);
+        struct xchg *a = ua_get(h, "/slow");
+        struct xchg *b = ua_post(h, "/rst-after-head?code=0", 0); /* head only, then NO_ERROR */
+        (void)b;
+        pump(h);
+        soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, reset);
+        /* New streams are refused from now on. */
+        struct xchg *c = ua_get(h, "/get?n=1");
+        for (int i = 0; i < 100 && pump_once(h); i++)
+            ;
+        cr_assert_eq(a->status, 502);
+        struct rec *r = rec_of(a->sid);
+        cr_assert_eq(r->end.outcome, reset ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED);
+        cr_assert_str_eq(r->end.detail, reset ? "upstream_reset" : "upstream_eof");
+        cr_assert(h->ua_goaway);
+        cr_assert_eq(h->ua_goaway_code, NGHTTP2_NO_ERROR);
+        cr_assert(c->closed && c->status == 0, "c refused");
+        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+        cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+        h_free(h);
+    }
+}
+
+/* A response received in full is still delivered after the upstream went away. */
+Test(h2_relay, upstream_eof_keeps_complete_response)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->ua_window = 1000;
+    h->ua_rate = 1; /* the UA reads almost nothing: the response waits in the relay */
+    h_start(h);
+    struct xchg *a = ua_get(h, "/get?n=30000");
+    for (int i = 0; i < 50; i++)
+        pump_once(h);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_gt(st.buffered[SOTH_H2_RESPONSE], 20000, "held %zu", st.buffered[1]);
+    soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, false);
+    h->ua_rate = 1 << 20;
+    pump(h);
+    cr_assert_eq(a->status, 200);
+    cr_assert_eq(a->resp_body.len, 30000);
+    cr_assert_eq(rec_of(a->sid)->end.outcome, SOTH_H2_COMPLETE);
+    h_free(h);
+}
+
+Test(h2_relay, interim_response_relayed)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_get(h, "/interim");
+    pump(h);
+    cr_assert_eq(a->n_interim, 1);
+    cr_assert_eq(a->status, 200);
+    cr_assert_eq(a->resp_body.len, 3);
+    struct rec *r = rec_of(a->sid);
+    cr_assert(has_line(&r->resp, "200 end=0"), "only the final head is reported");
+    h_free(h);
+}
+
+Test(h2_relay, extended_connect_only_when_origin_offers)
+{
+    for (int offer = 0; offer < 2; offer++) {
+        struct harness *h = &HS;
+        h_init(h);
+        h->origin_connect_proto = offer;
+        h_start(h);
+        pump(h);
+        cr_assert_eq(
+            nghttp2_session_get_remote_settings(h->ua, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL),
+            (uint32_t)offer);
+        if (offer) {
+            struct xchg *x = ua_submit(h, "CONNECT", "/chat", 0);
+            x->protocol = "websocket";
+            x->req_body.len = 0;
+            ua_send(h, x);
+            pump(h);
+            struct ostream *o = os_find_path(h, "/chat");
+            cr_assert_not_null(o);
+            cr_assert_str_eq(o->protocol, "websocket");
+            cr_assert_str_eq(o->method, "CONNECT");
+            cr_assert(has_line(&rec_of(x->sid)->head,
+                               "CONNECT https://origin.test/chat proto=websocket end=0"));
+        }
+        h_free(h);
+    }
+}
+
+Test(h2_relay, rapid_reset_is_bounded)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->set.rst_burst = 20;
+    h->set.rst_rate = 1;
+    h->set.max_concurrent_streams = 10;
+    h_start(h);
+    pump(h);
+    for (int i = 0; i < 60 && !h->ua_goaway; i++) {
+        struct xchg *x = ua_get(h, "/slow");
+        pump_once(h); /* HEADERS out first, else nghttp2 just drops the queued request */
+        cr_assert_eq(nghttp2_submit_rst_stream(h->ua, 0, x->sid, NGHTTP2_CANCEL), 0);
+        pump_once(h);
+        struct soth_h2_stats st;
+        soth_h2_relay_stats(h->r, &st);
+        cr_assert_leq(st.streams, 10 * 2 + 16);
+    }
+    cr_assert(h->ua_goaway, "the RST_STREAM rate limit ended the connection");
+    cr_assert_eq(h->ua_goaway_code, NGHTTP2_INTERNAL_ERROR); /* nghttp2's rate limiter */
+    h_free(h);
+}
+
+Test(h2_relay, out_error_is_returned)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    cr_assert_eq(nghttp2_submit_ping(h->ua, 0, NULL), 0);
+    const uint8_t *p;
+    ssize_t n;
+    while ((n = nghttp2_session_mem_send(h->ua, &p)) > 0)
+        cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)p, (size_t)n), n);
+    cr_assert(soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT), "PING ACK pending");
+    h->out_fail = -32; /* -EPIPE */
+    cr_assert_eq(soth_h2_relay_flush(h->r), -32);
+    cr_assert_eq(soth_h2_relay_flush(h->r), -32, "sticky");
+    h_free(h);
+}
+
+Test(h2_relay, shutdown_drains)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_post(h, "/echo", 5000);
+    pump_once(h);
+    soth_h2_relay_shutdown(h->r);
+    pump(h);
+    assert_complete_echo(h, a);
+    cr_assert(h->ua_goaway);
+    cr_assert(h->origin_goaway);
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+    h_free(h);
+}
+
+/* ---- split feeds: a small exchange gives identical results at every split offset */
+
+static void digest(struct harness *h, struct bytes *d)
+{
+    for (size_t i = 0; i < h->nx; i++) {
+        struct xchg *x = &h->x[i];
+        b_printf(d, "ua %d status %d closed %d/%u rst %d/%u\n", x->sid, x->status, x->closed,
+                 x->close_code, x->rst_recv, x->rst_code);
+        b_add(d, x->resp_hdrs.p, x->resp_hdrs.len);
+        b_add(d, x->resp_body.p, x->resp_body.len);
+        b_add(d, x->resp_trailers.p, x->resp_trailers.len);
+        struct rec *r = rec_of(x->sid);
+        b_printf(d, "\nrec %d %s %s %llu %llu %u\n", r->state, soth_h2_outcome_name(r->end.outcome),
+                 r->detail, (unsigned long long)r->end.request_bytes,
+                 (unsigned long long)r->end.response_bytes, r->end.error_code);
+        b_add(d, r->head.p, r->head.len);
+        b_add(d, r->resp.p, r->resp.len);
+        for (int k = 0; k < 2; k++) {
+            b_add(d, r->data[k].p, r->data[k].len);
+            b_add(d, r->trailers[k].p, r->trailers[k].len);
+        }
+    }
+    /* the origin's view, in stream order */
+    for (int32_t sid = 1; sid < 64; sid += 2)
+        for (struct ostream *o = h->os; o != NULL; o = o->next)
+            if (o->sid == sid) {
+                b_printf(d, "origin %d eof %d rst %d/%u\n", sid, o->req_eof, o->rst_recv,
+                         o->rst_code);
+                b_add(d, o->req_hdrs.p, o->req_hdrs.len);
+                b_add(d, o->req_body.p, o->req_body.len);
+                b_add(d, o->req_trailers.p, o->req_trailers.len);
+            }
+}
+
+static void small_exchange(struct harness *h)
+{
+    ua_get(h, "/get?n=40");
+    struct xchg *p = ua_submit(h, "POST", "/trailers", 300);
+    p->req_trailers = true;
+    ua_send(h, p);
+    ua_get(h, "/rst?code=8");
+    ua_get(h, "/interim");
+}
+
+/* Run the exchange with feeds from `side` split at `at` (SIZE_MAX: none); returns the
+ * total bytes that side fed. */
+static size_t run_split(struct harness *h, int side, size_t at, size_t piece, struct bytes *d)
+{
+    h_init(h);
+    h->split_at[side] = at;
+    h->piece = piece;
+    h_start(h);
+    small_exchange(h);
+    pump(h);
+    size_t fed = h->fed[side];
+    digest(h, d);
+    h_free(h);
+    return fed;
+}
+
+Test(h2_relay, split_feeds_at_every_offset, .timeout = 300)
+{
+    struct harness *h = &HS;
+    for (int side = 0; side < 2; side++) {
+        struct bytes ref = {0};
+        size_t total = run_split(h, side, SIZE_MAX, 0, &ref);
+        cr_assert_gt(total, 100);
+        cr_assert_gt(ref.len, 100);
+        for (size_t at = 0; at <= total; at++) {
+            struct bytes d = {0};
+            run_split(h, side, at, 0, &d);
+            cr_assert(b_eq(&d, &ref), "side %d split at %zu of %zu differs", side, at, total);
+            b_free(&d);
+        }
+        struct bytes d = {0};
+        run_split(h, side, SIZE_MAX, 1, &d); /* byte by byte, both sides */
+        cr_assert(b_eq(&d, &ref), "byte-by-byte differs");
+        b_free(&d);
+        b_free(&ref);
+    }
+}
+
+/* Allocation failure at every point of a small exchange: no crash, no leak; the relay
+ * either works or fails cleanly. */
+Test(h2_relay, fail_after_n_allocations, .timeout = 300)
+{
+    struct harness *h = &HS;
+    long last_calls = 0, n;
+    for (n = 0; n < 400; n++) {
+        h_init(h);
+        h->mem.fail_after = n;
+        struct soth_h2_cbs cbs = CBS;
+        cbs.ctx = h;
+        h->set.mem = &h->memhook;
+        h->r = soth_h2_relay_new(&cbs, &h->set);
+        if (h->r == NULL) {
+            cr_assert_eq(h->mem.cur, 0);
+            continue;
+        }
+        ua_new(h);
+        origin_new(h);
+        ua_get(h, "/get?n=100");
+        ua_post(h, "/trailers", 5000);
+        h->x[1].req_trailers = true;
+        for (int i = 0; i < 200; i++) {
+            const uint8_t *p;
+            ssize_t k;
+            bool progress = false;
+            while ((k = nghttp2_session_mem_send(h->ua, &p)) > 0) {
+                soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)p, (size_t)k);
+                progress = true;
+            }
+            while ((k = nghttp2_session_mem_send(h->origin, &p)) > 0) {
+                soth_h2_relay_feed(h->r, SOTH_H2_UPSTREAM, (const char *)p, (size_t)k);
+                progress = true;
+            }
+            soth_h2_relay_flush(h->r);
+            if (h->to_ua.len) {
+                if (nghttp2_session_mem_recv(h->ua, (const uint8_t *)h->to_ua.p, h->to_ua.len) < 0)
+                    break;
+                h->to_ua.len = 0;
+                progress = true;
+            }
+            if (h->to_origin.len) {
+                if (nghttp2_session_mem_recv(h->origin, (const uint8_t *)h->to_origin.p,
+                                             h->to_origin.len) < 0)
+                    break;
+                h->to_origin.len = 0;
+                progress = true;
+            }
+            if (!progress)
+                break;
+        }
+        soth_h2_relay_eof(h->r, SOTH_H2_CLIENT, true);
+        soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, true);
+        /* every accepted stream got exactly one end */
+        for (size_t i = 0; i < h->nrecs; i++)
+            if (h->recs[i].state != 0)
+                cr_assert_eq(h->recs[i].state, 2);
+        last_calls = h->mem.calls;
+        h_free(h);
+        if (last_calls <= n)
+            break; /* the whole exchange ran without reaching the failure point */
+    }
+    cr_assert_leq(last_calls, 400, "exchange needs more than 400 allocations (%ld)", last_calls);
+    cr_assert_geq(n, 8, "failure injected at %ld points only", n);
+}
