@@ -314,11 +314,14 @@ void soth_ev_flush(struct soth_ev_producer *pr)
         return;
     if (atomic_load_explicit(&pr->pub_tail, memory_order_relaxed) == pr->tail)
         return;
-    atomic_store_explicit(&pr->pub_tail, pr->tail, memory_order_release);
-    /* Dekker with the consumer's "sleeping" announcement: store tail, then load sleeping. */
-    atomic_thread_fence(memory_order_seq_cst);
+    /*
+     * Dekker with the consumer's "sleeping" announcement (telemetry_main): store tail, then load
+     * sleeping, both seq_cst, so one of the two sides always sees the other. On x86-64 the
+     * store is one xchg per batch; the load is a plain move.
+     */
+    atomic_store_explicit(&pr->pub_tail, pr->tail, memory_order_seq_cst);
     struct soth_observe *obs = pr->obs;
-    if (atomic_load_explicit(&obs->sleeping, memory_order_relaxed) &&
+    if (atomic_load_explicit(&obs->sleeping, memory_order_seq_cst) &&
         atomic_exchange_explicit(&obs->sleeping, 0, memory_order_relaxed)) {
         uint64_t one = 1;
         ssize_t n = write(obs->efd, &one, sizeof(one));
@@ -814,90 +817,119 @@ static void jput_json(struct jbuf *b, const unsigned char *p, size_t n)
  * UTF-8 become a JSON string; anything else becomes {"b64":"<base64 of the raw bytes>"}, so a
  * consumer never gets a silently altered header name or value. docs/events.md.
  */
+/** Ensure room for n more bytes; returns where they go (caller advances b->len). */
+static char *jbuf_room(struct jbuf *b, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        SOTH_BUG_ON(np == NULL);
+        b->p = np;
+        b->cap = cap;
+    }
+    return b->p + b->len;
+}
+
+/* 0: copied as is; 1: needs an escape; 2: non-ASCII (UTF-8 check). */
+static const unsigned char jclass[256] = {
+    [0x00 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1, [0x7f] = 1, [0x80 ... 0xff] = 2,
+};
+
 static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < n;) {
-        if (p[i] < 0x80) {
-            i++;
-            continue;
+    bool ascii = true;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] >= 0x80) {
+            ascii = false;
+            break;
         }
-        size_t l = utf8_len(p + i, n - i);
-        if (l == 0) {
-            jbuf_put(b, "{\"b64\":", 7);
-            jput_b64(b, p, n);
-            jbuf_put(b, "}", 1);
-            return;
-        }
-        i += l;
     }
-    jbuf_put(b, "\"", 1);
-    size_t i = 0;
-    while (i < n) {
-        size_t run = i;
-        while (run < n && p[run] >= 0x20 && p[run] != 0x7f && p[run] != '"' && p[run] != '\\')
-            run++;
-        if (run > i) {
-            jbuf_put(b, p + i, run - i);
-            i = run;
+    if (!ascii) {
+        for (size_t i = 0; i < n;) {
+            if (p[i] < 0x80) {
+                i++;
+                continue;
+            }
+            size_t l = utf8_len(p + i, n - i);
+            if (l == 0) {
+                jbuf_put(b, "{\"b64\":", 7);
+                jput_b64(b, p, n);
+                jbuf_put(b, "}", 1);
+                return;
+            }
+            i += l;
+        }
+    }
+    char *o = jbuf_room(b, 6 * n + 2); /* worst case: every byte as \u00XX */
+    char *start = o;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (jclass[c] != 1) {
+            *o++ = (char)c;
             continue;
         }
-        unsigned char c = p[i];
+        *o++ = '\\';
         switch (c) {
         case '"':
-            jput(b, "\\\"");
+            *o++ = '"';
             break;
         case '\\':
-            jput(b, "\\\\");
+            *o++ = '\\';
             break;
         case '\n':
-            jput(b, "\\n");
+            *o++ = 'n';
             break;
         case '\r':
-            jput(b, "\\r");
+            *o++ = 'r';
             break;
         case '\t':
-            jput(b, "\\t");
+            *o++ = 't';
             break;
-        default: {
-            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            jbuf_put(b, esc, 6);
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
         }
-        }
-        i++;
     }
-    jbuf_put(b, "\"", 1);
+    *o++ = '"';
+    b->len += (size_t)(o - start);
 }
 
 static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n)
 {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    jbuf_put(b, "\"", 1);
+    char *o = jbuf_room(b, (n + 2) / 3 * 4 + 2);
+    char *start = o;
+    *o++ = '"';
     size_t i = 0;
-    char out[4];
     for (; i + 3 <= n; i += 3) {
         uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
-        out[0] = tab[v >> 18];
-        out[1] = tab[(v >> 12) & 63];
-        out[2] = tab[(v >> 6) & 63];
-        out[3] = tab[v & 63];
-        jbuf_put(b, out, 4);
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = tab[(v >> 6) & 63];
+        *o++ = tab[v & 63];
     }
     if (n - i == 1) {
         uint32_t v = (uint32_t)p[i] << 16;
-        out[0] = tab[v >> 18];
-        out[1] = tab[(v >> 12) & 63];
-        out[2] = out[3] = '=';
-        jbuf_put(b, out, 4);
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = '=';
+        *o++ = '=';
     } else if (n - i == 2) {
         uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
-        out[0] = tab[v >> 18];
-        out[1] = tab[(v >> 12) & 63];
-        out[2] = tab[(v >> 6) & 63];
-        out[3] = '=';
-        jbuf_put(b, out, 4);
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = tab[(v >> 6) & 63];
+        *o++ = '=';
     }
-    jbuf_put(b, "\"", 1);
+    *o++ = '"';
+    b->len += (size_t)(o - start);
 }
 
 struct cur {

@@ -98,9 +98,10 @@ struct soth_ev_producer {
 };
 
 /* ---- the ring file */
-#define RING_MAGIC    0x474e495248544f53ull /* "SOTHRING" little-endian */
-#define RING_VERSION  1u
-#define RING_HDR_SIZE 4096u
+#define RING_MAGIC       0x474e495248544f53ull /* "SOTHRING" little-endian */
+#define RING_VERSION     1u
+#define RING_HDR_SIZE    4096u
+#define RING_CHUNK_SHIFT 16 /* 64 KiB: granularity at which the writer gives up old records */
 
 struct ring_hdr {
     uint64_t magic;
@@ -127,6 +128,11 @@ struct soth_observe {
     char *ring_data;
     uint64_t ring_cap;
     uint64_t gseq;
+    /* writer-private state of the ring file (published in the header once per batch) */
+    uint64_t wpos, oldest, last_gseq;
+    uint64_t next_mark;    /* next chunk boundary that no record start has reached yet */
+    uint64_t *chunk_first; /* per chunk: first record start at or after its boundary */
+    uint64_t n_chunks;
 
     struct sink *sinks;
     size_t n_sinks;

@@ -116,17 +116,18 @@ void soth_ring_reader_free(struct soth_ring_reader *r)
 /** First 8 bytes of the record at data offset off: len (low 32 bits) and type. */
 static void rec_peek(const struct soth_ring_reader *r, uint64_t off, uint32_t *len, uint16_t *type)
 {
-    uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(r->data + off), __ATOMIC_RELAXED);
+    uint64_t w = __atomic_load_n((const uint64_t *)(const void *)(r->data + off), __ATOMIC_ACQUIRE);
     *len = (uint32_t)w;
     *type = (uint16_t)(w >> 32);
 }
 
-/* The writer stores record bytes as 8-byte relaxed atomics (telemetry.c ring_copy_in). */
+/* The writer stores record bytes as 8-byte release stores (telemetry.c ring_copy_in); acquire
+ * loads here order the `oldest` check after the copy (seqlock; docs/event-ring.md). */
 static void rec_copy_out(char *dst, const char *src, size_t len)
 {
     const uint64_t *s = (const uint64_t *)(const void *)src;
     for (size_t i = 0; i < len / 8; i++) {
-        uint64_t w = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
+        uint64_t w = __atomic_load_n(&s[i], __ATOMIC_ACQUIRE);
         memcpy(dst + 8 * i, &w, 8);
     }
 }
@@ -213,8 +214,7 @@ size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_
         if (sane && type != REC_PAD)
             rec_copy_out(r->rec, r->data + off, len);
         /* The copy is only good if the writer had not begun to overwrite it (seqlock). */
-        atomic_thread_fence(memory_order_acquire);
-        oldest = atomic_load_explicit(&r->hdr->oldest, memory_order_relaxed);
+        oldest = atomic_load_explicit(&r->hdr->oldest, memory_order_acquire);
         if (r->pos < oldest) {
             r->pos = oldest;
             r->lapped = true;

@@ -129,6 +129,15 @@ static int ring_file_open(struct soth_observe *o, uint32_t size_mb, char *err, s
         unlink(tmp);
         return -1;
     }
+    o->n_chunks = cap >> RING_CHUNK_SHIFT;
+    o->chunk_first = calloc(o->n_chunks, sizeof(*o->chunk_first));
+    if (o->chunk_first == NULL) {
+        snprintf(err, err_len, "out of memory");
+        munmap(m, total);
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
     o->hdr = m;
     o->ring_data = (char *)m + RING_HDR_SIZE;
     o->ring_cap = cap;
@@ -140,8 +149,8 @@ static int ring_file_open(struct soth_observe *o, uint32_t size_mb, char *err, s
     atomic_store(&o->hdr->oldest, 0);
     atomic_store(&o->hdr->last_gseq, 0);
     o->hdr->start_ns = soth_now_ns();
-    atomic_thread_fence(memory_order_release);
-    o->hdr->magic = RING_MAGIC; /* last: a reader never sees a half-initialised header */
+    /* last: a reader never sees a half-initialised header */
+    __atomic_store_n(&o->hdr->magic, RING_MAGIC, __ATOMIC_RELEASE);
     if (rename(tmp, o->ring_path) == -1) {
         snprintf(err, err_len, "event ring %s: rename: %s", o->ring_path, strerror(errno));
         munmap(m, total);
@@ -159,6 +168,7 @@ static int ring_file_open(struct soth_observe *o, uint32_t size_mb, char *err, s
 static void *jsonl_main(void *arg)
 {
     struct sink *s = arg;
+    pthread_setname_np(pthread_self(), "soth-jsonl");
     struct jsonl_ring *jr = s->jr;
     for (;;) {
         uint64_t head = atomic_load_explicit(&jr->head, memory_order_relaxed);
@@ -186,9 +196,9 @@ static void *jsonl_main(void *arg)
                 break;
             continue;
         }
-        atomic_store_explicit(&jr->sleeping, 1, memory_order_relaxed);
-        atomic_thread_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&jr->tail, memory_order_relaxed) == head &&
+        /* Dekker with jsonl_wake: store sleeping, then load tail (seq_cst both). */
+        atomic_store_explicit(&jr->sleeping, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&jr->tail, memory_order_seq_cst) == head &&
             !atomic_load_explicit(&jr->stop, memory_order_relaxed)) {
             struct pollfd pfd = {.fd = jr->efd, .events = POLLIN};
             poll(&pfd, 1, IDLE_POLL_MS);
@@ -203,8 +213,10 @@ static void *jsonl_main(void *arg)
 
 static void jsonl_wake(struct jsonl_ring *jr)
 {
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&jr->sleeping, memory_order_relaxed) &&
+    /* A seq_cst read-modify-write of tail, then load sleeping: the other half of the Dekker
+     * pair in jsonl_main (lines were stored with release stores, once per line). */
+    atomic_fetch_add_explicit(&jr->tail, 0, memory_order_seq_cst);
+    if (atomic_load_explicit(&jr->sleeping, memory_order_seq_cst) &&
         atomic_exchange_explicit(&jr->sleeping, 0, memory_order_relaxed)) {
         uint64_t one = 1;
         ssize_t n = write(jr->efd, &one, sizeof(one));
@@ -399,48 +411,97 @@ uint64_t soth_observe_sink_dropped(struct soth_observe *obs)
  * ========================================================================================== */
 
 /*
- * Record bytes go into the shared mapping as 8-byte relaxed atomic stores (and readers copy them
- * out with relaxed atomic loads): the writer and a reader may touch the same bytes at once, and
- * this keeps that race well-defined (seqlock pattern; docs/event-ring.md). On x86-64 and arm64
- * these are plain moves.
+ * Record bytes go into the shared mapping as 8-byte stores that a concurrent reader may observe
+ * half-way (seqlock; docs/event-ring.md). The writer moves `oldest` past a record *before* it
+ * overwrites any of its bytes, and a reader checks `oldest` *after* copying, so a torn copy is
+ * always detected:
+ *  - x86-64: non-temporal stores (no read-for-ownership of cold file lines: the file is far
+ *    bigger than the caches), with an sfence after the `oldest` store and one before each
+ *    write_pos publication (x86 orders normal stores, not streaming ones);
+ *  - elsewhere, and under ThreadSanitizer: C11-style release stores (readers load with acquire),
+ *    which order the earlier `oldest` store before any byte a reader can see.
  */
+#if defined(__SANITIZE_THREAD__)
+#define RING_NT 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RING_NT 0
+#endif
+#endif
+#ifndef RING_NT
+#if defined(__x86_64__)
+#define RING_NT 1
+#else
+#define RING_NT 0
+#endif
+#endif
+#if RING_NT
+#include <immintrin.h>
+#endif
+
 static void ring_copy_in(char *dst, const char *src, size_t len)
 {
+#if RING_NT
+    long long *d = (long long *)(void *)dst;
+    for (size_t i = 0; i < len / 8; i++) {
+        long long w;
+        memcpy(&w, src + 8 * i, 8);
+        _mm_stream_si64(&d[i], w);
+    }
+#else
     uint64_t *d = (uint64_t *)(void *)dst;
     for (size_t i = 0; i < len / 8; i++) {
         uint64_t w;
         memcpy(&w, src + 8 * i, 8);
-        __atomic_store_n(&d[i], w, __ATOMIC_RELAXED);
+        __atomic_store_n(&d[i], w, __ATOMIC_RELEASE);
+    }
+#endif
+}
+
+/** Order every store made so far before the stores that follow (streaming stores included). */
+static void ring_store_fence(void)
+{
+#if RING_NT
+    _mm_sfence();
+#endif
+}
+
+/*
+ * Record starts are indexed per chunk (chunk_first[k] = the first record start at or after the
+ * k-th chunk boundary), so advancing `oldest` never reads the old bytes back from the file.
+ * `oldest` moves a chunk beyond what is strictly needed, so its store and fence happen once per
+ * chunk, not once per record.
+ */
+static void ring_mark(struct soth_observe *o, uint64_t w)
+{
+    while (o->next_mark <= w) {
+        o->chunk_first[(o->next_mark >> RING_CHUNK_SHIFT) & (o->n_chunks - 1)] = w;
+        o->next_mark += 1ull << RING_CHUNK_SHIFT;
     }
 }
 
-/** Advance `oldest` past every record that the bytes up to `end` will overwrite. */
-static void ring_make_room(struct soth_observe *o, uint64_t end)
+/** Before writing [w, end): move `oldest` past every record those bytes overwrite. */
+static void ring_make_room(struct soth_observe *o, uint64_t w, uint64_t end)
 {
-    uint64_t oldest = atomic_load_explicit(&o->hdr->oldest, memory_order_relaxed);
-    if (oldest + o->ring_cap >= end)
+    if (end <= o->ring_cap || o->oldest >= end - o->ring_cap)
         return;
-    while (oldest + o->ring_cap < end) {
-        const uint64_t *old =
-            (const uint64_t *)(void *)(o->ring_data + (oldest & (o->ring_cap - 1)));
-        uint32_t len = (uint32_t)__atomic_load_n(old, __ATOMIC_RELAXED); /* len: low 4 bytes */
-        oldest += len;
-    }
-    atomic_store_explicit(&o->hdr->oldest, oldest, memory_order_relaxed);
-    /* `oldest` is visible before any byte below it changes: a reader that copied a record and
-     * then still sees `oldest` at or below it knows the copy is whole. */
-    atomic_thread_fence(memory_order_release);
+    uint64_t chunk = 1ull << RING_CHUNK_SHIFT;
+    uint64_t b = (end - o->ring_cap + chunk + chunk - 1) & ~(chunk - 1);
+    o->oldest = b > w ? w : o->chunk_first[(b >> RING_CHUNK_SHIFT) & (o->n_chunks - 1)];
+    atomic_store_explicit(&o->hdr->oldest, o->oldest, memory_order_relaxed);
+    ring_store_fence(); /* `oldest` is visible before any of the bytes it gives up change */
 }
 
-/** Append one record (gseq already set). */
-static void ring_write(struct soth_observe *o, struct ev_rec *r)
+/** Append one record, stamped with gseq and its position (the producer's copy is untouched). */
+static void ring_write(struct soth_observe *o, const struct ev_rec *r, uint64_t gseq)
 {
-    uint64_t w = atomic_load_explicit(&o->hdr->write_pos, memory_order_relaxed);
+    uint64_t w = o->wpos;
     uint64_t off = w & (o->ring_cap - 1);
     if (off + r->len > o->ring_cap) {
         /* Pad to the end so every record is contiguous in the mapping. */
         uint64_t pad_len = o->ring_cap - off;
-        ring_make_room(o, w + pad_len);
+        ring_mark(o, w);
+        ring_make_room(o, w, w + pad_len);
         struct ev_rec pad;
         memset(&pad, 0, sizeof(pad));
         pad.len = (uint32_t)pad_len;
@@ -449,15 +510,30 @@ static void ring_write(struct soth_observe *o, struct ev_rec *r)
         ring_copy_in(o->ring_data + off, (const char *)&pad,
                      pad_len < sizeof(pad) ? pad_len : sizeof(pad));
         w += pad_len;
-        atomic_store_explicit(&o->hdr->write_pos, w, memory_order_release);
         off = 0;
     }
     uint64_t end = w + r->len;
-    ring_make_room(o, end);
-    r->pos = w;
-    ring_copy_in(o->ring_data + off, (const char *)r, r->len);
-    atomic_store_explicit(&o->hdr->last_gseq, r->gseq, memory_order_relaxed);
-    atomic_store_explicit(&o->hdr->write_pos, end, memory_order_release);
+    ring_mark(o, w);
+    ring_make_room(o, w, end);
+    /* The first 24 bytes (len, type, worker, gseq, pos) from a stamped copy, then the rest. */
+    struct ev_rec h;
+    memcpy(&h, r, 24);
+    h.gseq = gseq;
+    h.pos = w;
+    ring_copy_in(o->ring_data + off, (const char *)&h, 24);
+    ring_copy_in(o->ring_data + off + 24, (const char *)r + 24, r->len - 24);
+    o->wpos = end;
+    o->last_gseq = gseq;
+}
+
+/** Make what ring_write wrote visible to readers (once per batch: one fence, two stores). */
+static void ring_publish(struct soth_observe *o)
+{
+    if (atomic_load_explicit(&o->hdr->write_pos, memory_order_relaxed) == o->wpos)
+        return;
+    ring_store_fence();
+    atomic_store_explicit(&o->hdr->last_gseq, o->last_gseq, memory_order_relaxed);
+    atomic_store_explicit(&o->hdr->write_pos, o->wpos, memory_order_release);
 }
 
 /* ==========================================================================================
@@ -576,9 +652,9 @@ static size_t drain(struct soth_observe *o, size_t budget)
             struct ev_rec *r = (struct ev_rec *)(p->data + (head & p->mask));
             uint32_t len = r->len;
             if (r->type != REC_PAD) {
-                r->gseq = ++o->gseq;
-                ring_write(o, r);
+                ring_write(o, r, ++o->gseq);
                 if (lines) {
+                    r->gseq = o->gseq; /* the JSON encoder reads it from the record */
                     o->line.len = 0;
                     if (soth_ev_rec_to_json(r, len, &o->line) == 0)
                         for (size_t k = 0; k < o->n_sinks; k++)
@@ -591,6 +667,7 @@ static size_t drain(struct soth_observe *o, size_t budget)
         /* Release: the producer may reuse the bytes only after we are done reading them. */
         atomic_store_explicit(&p->head, head, memory_order_release);
         total += n;
+        ring_publish(o);
     }
     return total;
 }
@@ -600,7 +677,7 @@ static bool rings_empty(struct soth_observe *o)
     for (unsigned i = 0; i < o->n_workers; i++) {
         struct soth_ev_producer *p = &o->prods[i];
         if (atomic_load_explicit(&p->head, memory_order_relaxed) !=
-            atomic_load_explicit(&p->pub_tail, memory_order_acquire))
+            atomic_load_explicit(&p->pub_tail, memory_order_seq_cst))
             return false;
     }
     return true;
@@ -629,6 +706,7 @@ static void telemetry_sleep(struct soth_observe *o)
 static void *telemetry_main(void *arg)
 {
     struct soth_observe *o = arg;
+    pthread_setname_np(pthread_self(), "soth-telemetry");
     for (;;) {
         size_t n = drain(o, DRAIN_BATCH);
         if (o->n_sinks)
@@ -640,9 +718,8 @@ static void *telemetry_main(void *arg)
                 break;
             continue;
         }
-        /* Announce sleep, then look once more (Dekker with soth_ev_flush). */
-        atomic_store_explicit(&o->sleeping, 1, memory_order_relaxed);
-        atomic_thread_fence(memory_order_seq_cst);
+        /* Announce sleep, then look once more (Dekker with soth_ev_flush: seq_cst both). */
+        atomic_store_explicit(&o->sleeping, 1, memory_order_seq_cst);
         if (rings_empty(o) && !atomic_load_explicit(&o->stop, memory_order_relaxed))
             telemetry_sleep(o);
         atomic_store_explicit(&o->sleeping, 0, memory_order_relaxed);
@@ -773,6 +850,7 @@ static void metrics_serve(struct soth_observe *o, int c, struct jbuf *body, stru
 static void *metrics_main(void *arg)
 {
     struct soth_observe *o = arg;
+    pthread_setname_np(pthread_self(), "soth-metrics");
     struct jbuf body = {0}, resp = {0};
     while (!atomic_load(&o->metrics_stop)) {
         struct pollfd pfd = {.fd = o->metrics_fd, .events = POLLIN};
@@ -899,6 +977,7 @@ void soth_observe_free(struct soth_observe *o)
     if (o->metrics_fd >= 0)
         close(o->metrics_fd);
     jbuf_free(&o->line);
+    free(o->chunk_first);
     free(o->ring_path);
     free(o);
 }

@@ -1,0 +1,384 @@
+/*
+ * bench_observe: throughput of the event path, stage by stage.
+ *   1. producer -> SPSC ring: one worker building events in its ring (the consumer is played by
+ *      the bench: it just frees the ring between timed batches);
+ *   2. producer -> telemetry thread -> ring file: end to end, the producer paced so that it does
+ *      not drop (the telemetry thread is the bottleneck being measured);
+ *   3. ring file -> JSON lines: the reader soth-mitm-tail uses, writing to /dev/null;
+ *   --stress: N producers x M events through the telemetry thread, verified (million scale).
+ * Two event shapes: "small" (connect_decision, ~130 bytes) and "headers" (request_headers with
+ * 8 fields, ~450 bytes). Output: one line per measurement.
+ */
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+
+#include "observe_int.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/** CPU time of a thread (immune to the other jobs sharing this machine's cores). */
+static double thread_cpu_s(pthread_t t)
+{
+    clockid_t cid;
+    struct timespec ts;
+    if (pthread_getcpuclockid(t, &cid) != 0 || clock_gettime(cid, &ts) != 0)
+        return 0;
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static struct soth_iov S(const char *s) {
+    return soth_iov(s, strlen(s));
+}
+
+static const struct soth_header hdrs[] = {
+    {{"host", 4}, {"api.example.com", 15}},
+    {{"user-agent", 10}, {"curl/7.88.1", 11}},
+    {{"accept", 6}, {"application/json", 16}},
+    {{"accept-encoding", 15}, {"gzip, deflate, br", 17}},
+    {{"authorization", 13},
+     {"Bearer eyJhbGciOiJIUzI1NiJ9.e30.ZRrHA1JJJW8opsbCGfG_HACGpVUMN_a9IV7pAx_Zmeo", 73}},
+    {{"content-type", 12}, {"application/json", 16}},
+    {{"x-request-id", 12}, {"9f1c0b9e-3f4a-4c7e-8d7e-1b2c3d4e5f60", 36}},
+    {{"content-length", 14}, {"42", 2}},
+};
+
+enum shape { SMALL, HEADERS };
+
+static void emit_one(struct soth_ev_flow *f, enum shape sh, unsigned i)
+{
+    if (sh == SMALL)
+        soth_ev_connect_decision(f, SOTH_ACTION_INTERCEPT, SOTH_REASON_POLICY_RULE,
+                                 S("*.example.com"));
+    else
+        soth_ev_request_headers(f, i, S("POST"), S("https"), S("api.example.com"),
+                                S("/v1/items?page=2"), S("2"), hdrs, 8);
+}
+
+static void flow_setup(struct soth_ev_flow *f, struct soth_ev_producer *p, uint64_t id, unsigned w)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(51234)};
+    sin.sin_addr.s_addr = htonl(0x7f000001);
+    soth_ev_flow_init(f, p, id, w, (struct sockaddr *)&sin, sizeof(sin));
+    soth_ev_flow_set_server(f, S("api.example.com"), 443);
+}
+
+static struct soth_config *make_cfg(const char *path, uint32_t mb)
+{
+    struct soth_config *c = calloc(1, sizeof(*c));
+    atomic_init(&c->refs, 1);
+    c->events.ring_path = strdup(path);
+    c->events.ring_size_mb = mb;
+    c->events.body_capture_bytes = 4096;
+    return c;
+}
+
+static void free_cfg(struct soth_config *c)
+{
+    free(c->events.ring_path);
+    free(c);
+}
+
+static const char *shape_name(enum shape sh)
+{
+    return sh == SMALL ? "small" : "headers";
+}
+
+/* ---- 1. into the SPSC ring ---- */
+static void bench_producer(const char *path, enum shape sh, unsigned long total)
+{
+    struct soth_config *cfg = make_cfg(path, 1);
+    char err[256];
+    struct soth_observe *o = soth_observe_new(cfg, 1, err, sizeof(err));
+    if (o == NULL) {
+        fprintf(stderr, "%s\n", err);
+        exit(1);
+    }
+    struct soth_ev_producer *p = soth_observe_producer(o, 0);
+    struct soth_ev_flow f;
+    flow_setup(&f, p, 1, 0);
+    const unsigned batch = 8192;
+    double busy = 0, cpu = 0;
+    unsigned long done = 0;
+    while (done < total) {
+        double c0 = thread_cpu_s(pthread_self());
+        double t0 = now_s();
+        for (unsigned i = 0; i < batch; i++) {
+            emit_one(&f, sh, i);
+            if ((i & 31) == 31)
+                soth_ev_flush(p);
+        }
+        soth_ev_flush(p);
+        busy += now_s() - t0;
+        cpu += thread_cpu_s(pthread_self()) - c0;
+        done += batch;
+        /* Play the consumer: everything published is taken at once (not timed). */
+        atomic_store_explicit(&p->head, atomic_load(&p->pub_tail), memory_order_release);
+    }
+    uint64_t dropped = atomic_load(&p->m->events_dropped);
+    printf("spsc_ring      %-7s %6.2f M events/s wall, %6.2f M events/CPU-s (%5.1f ns CPU/event)"
+           "  [1 producer, %lu events, %llu dropped, flush every 32]\n",
+           shape_name(sh), (double)done / busy / 1e6, (double)done / cpu / 1e6,
+           cpu * 1e9 / (double)done, done, (unsigned long long)dropped);
+    soth_observe_free(o);
+    free_cfg(cfg);
+}
+
+/* ---- 2. through the telemetry thread ---- */
+static double bench_telemetry(const char *path, enum shape sh, unsigned long total, uint32_t mb)
+{
+    struct soth_config *cfg = make_cfg(path, mb);
+    char err[256];
+    struct soth_observe *o = soth_observe_new(cfg, 1, err, sizeof(err));
+    if (o == NULL) {
+        fprintf(stderr, "%s\n", err);
+        exit(1);
+    }
+    if (soth_observe_start(o) != 0)
+        exit(1);
+    struct soth_ev_producer *p = soth_observe_producer(o, 0);
+    struct soth_ev_flow f;
+    flow_setup(&f, p, 1, 0);
+    double tc0 = thread_cpu_s(o->thr), pc0 = thread_cpu_s(pthread_self());
+    double t0 = now_s();
+    for (unsigned long i = 0; i < total; i++) {
+        emit_one(&f, sh, (unsigned)i);
+        if ((i & 31) == 31) {
+            soth_ev_flush(p);
+            /* Pace: never more than half the ring outstanding (measure the consumer). */
+            while (p->tail - atomic_load_explicit(&p->head, memory_order_acquire) > p->cap / 2)
+                __builtin_ia32_pause();
+        }
+    }
+    soth_ev_flush(p);
+    while (atomic_load_explicit(&o->hdr->last_gseq, memory_order_acquire) +
+               atomic_load(&p->m->events_dropped) <
+           total)
+        usleep(50);
+    double dt = now_s() - t0;
+    double tcpu = thread_cpu_s(o->thr) - tc0, pcpu = thread_cpu_s(pthread_self()) - pc0;
+    uint64_t dropped = atomic_load(&p->m->events_dropped);
+    printf("telemetry      %-7s %6.2f M events/s wall, %6.2f M events/CPU-s (%5.1f ns CPU/event)"
+           "  [telemetry thread CPU; producer used %.0f%% of a core; %u MiB ring file, %lu "
+           "events, %llu dropped]\n",
+           shape_name(sh), (double)total / dt / 1e6, (double)total / tcpu / 1e6,
+           tcpu * 1e9 / (double)total, 100 * pcpu / dt, mb, total, (unsigned long long)dropped);
+    soth_observe_stop(o);
+    soth_observe_free(o);
+    free_cfg(cfg);
+    return dt;
+}
+
+/* ---- 3. JSON lines out of the file ---- */
+struct sink_ctx {
+    FILE *out;
+    unsigned long lines;
+    unsigned long bytes;
+};
+
+static void to_null(void *ctx, const char *line, size_t len)
+{
+    struct sink_ctx *s = ctx;
+    fwrite(line, 1, len, s->out);
+    s->lines++;
+    s->bytes += len;
+}
+
+static void bench_reader(const char *path, enum shape sh)
+{
+    char err[256];
+    struct soth_ring_reader *r = soth_ring_reader_open(path, err, sizeof(err));
+    if (r == NULL) {
+        fprintf(stderr, "%s\n", err);
+        exit(1);
+    }
+    struct sink_ctx s = {.out = fopen("/dev/null", "w")};
+    static char buf[1 << 16];
+    setvbuf(s.out, buf, _IOFBF, sizeof(buf));
+    soth_ring_reader_seek(r, true);
+    double c0 = thread_cpu_s(pthread_self());
+    double t0 = now_s();
+    soth_ring_reader_poll(r, NULL, to_null, &s);
+    fflush(s.out);
+    double dt = now_s() - t0, cpu = thread_cpu_s(pthread_self()) - c0;
+    printf("tail_json      %-7s %6.2f M lines/s  wall, %6.2f M lines/CPU-s  (%5.1f ns CPU/line)"
+           "   [%lu lines, %.0f MB of JSON to /dev/null]\n",
+           shape_name(sh), (double)s.lines / dt / 1e6, (double)s.lines / cpu / 1e6,
+           cpu * 1e9 / (double)s.lines, s.lines, (double)s.bytes / 1e6);
+    fclose(s.out);
+    soth_ring_reader_free(r);
+}
+
+/* ---- --stress: N producers x M events, verified ---- */
+struct stress_arg {
+    struct soth_observe *o;
+    unsigned idx;
+    unsigned long events;
+};
+
+static void *stress_producer(void *arg)
+{
+    struct stress_arg *a = arg;
+    struct soth_ev_producer *p = soth_observe_producer(a->o, a->idx);
+    struct soth_ev_flow f;
+    flow_setup(&f, p, (uint64_t)a->idx + 1, a->idx);
+    for (unsigned long i = 0; i < a->events; i++) {
+        emit_one(&f, SMALL, (unsigned)i);
+        if ((i & 63) == 63)
+            soth_ev_flush(p);
+    }
+    soth_ev_stream_closed(&f, SOTH_CLOSE_SHUTDOWN, 0, 0);
+    soth_ev_flush(p);
+    return NULL;
+}
+
+struct verify {
+    unsigned n;
+    uint64_t last_gseq, total, closed, bad;
+    int64_t next_seq[64], seen[64];
+};
+
+static uint64_t num_after(const char *line, size_t len, const char *key)
+{
+    size_t kl = strlen(key);
+    for (size_t i = 0; i + kl < len; i++)
+        if (memcmp(line + i, key, kl) == 0)
+            return strtoull(line + i + kl, NULL, 10);
+    return UINT64_MAX;
+}
+
+static void verify_line(void *ctx, const char *line, size_t len)
+{
+    struct verify *v = ctx;
+    uint64_t g = num_after(line, len, "\"gseq\":");
+    uint64_t w = num_after(line, len, "\"worker\":");
+    uint64_t seq = num_after(line, len, "\"seq\":");
+    if (g != v->last_gseq + 1 || w >= v->n || (int64_t)seq < v->next_seq[w]) {
+        v->bad++;
+        return;
+    }
+    v->last_gseq = g;
+    v->next_seq[w] = (int64_t)seq + 1;
+    if (len > 40 && memmem(line, len, "\"type\":\"stream_closed\"", 22) != NULL) {
+        v->closed++;
+        if ((int64_t)num_after(line, len, "\"events_dropped\":") != (int64_t)seq - v->seen[w])
+            v->bad++;
+    }
+    v->seen[w]++;
+    v->total++;
+}
+
+static int bench_stress(const char *path, unsigned n, unsigned long m)
+{
+    struct soth_config *cfg = make_cfg(path, 1024);
+    char err[256];
+    struct soth_observe *o = soth_observe_new(cfg, n, err, sizeof(err));
+    if (o == NULL) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    soth_observe_start(o);
+    pthread_t t[64];
+    struct stress_arg a[64];
+    double t0 = now_s();
+    for (unsigned i = 0; i < n; i++) {
+        a[i] = (struct stress_arg){o, i, m};
+        pthread_create(&t[i], NULL, stress_producer, &a[i]);
+    }
+    for (unsigned i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+    soth_observe_stop(o);
+    double dt = now_s() - t0;
+    uint64_t dropped = 0;
+    for (unsigned i = 0; i < n; i++)
+        dropped += atomic_load(&soth_observe_metrics(o, i)->events_dropped);
+    struct soth_ring_reader *r = soth_ring_reader_open(path, err, sizeof(err));
+    static struct verify v;
+    v.n = n;
+    soth_ring_reader_seek(r, true);
+    soth_ring_reader_poll(r, NULL, verify_line, &v);
+    soth_ring_reader_free(r);
+    soth_observe_free(o);
+    free_cfg(cfg);
+    bool ok = v.bad == 0 && v.closed == n && v.total + dropped == (uint64_t)n * (m + 1);
+    printf("stress         %u producers x %lu events: %.2f s, %llu through, %llu dropped and "
+           "counted, order/gaps/stream_closed %s\n",
+           n, m, dt, (unsigned long long)v.total, (unsigned long long)dropped,
+           ok ? "verified" : "FAILED");
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned long events = 5000000;
+    unsigned stress_n = 0;
+    unsigned long stress_m = 1000000;
+    const char *dir = "/tmp";
+    const char *stage = "all"; /* spsc, telemetry, tail (needs telemetry) or all */
+    static const struct option opts[] = {{"events", required_argument, NULL, 'e'},
+                                         {"stress", required_argument, NULL, 's'},
+                                         {"stress-events", required_argument, NULL, 'm'},
+                                         {"dir", required_argument, NULL, 'd'},
+                                         {"stage", required_argument, NULL, 'g'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'e':
+            events = strtoul(optarg, NULL, 10);
+            break;
+        case 's':
+            stress_n = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case 'm':
+            stress_m = strtoul(optarg, NULL, 10);
+            break;
+        case 'd':
+            dir = optarg;
+            break;
+        case 'g':
+            stage = optarg;
+            break;
+        default:
+            fprintf(stderr,
+                    "usage: bench_observe [--events N] [--dir DIR] [--stage spsc|telemetry|all] "
+                    "[--stress N [--stress-events M]]\n");
+            return c == 'h' ? 0 : 2;
+        }
+    }
+    char path[512];
+    snprintf(path, sizeof(path), "%s/bench-observe-%d.ring", dir, (int)getpid());
+    if (stress_n > 0) {
+        if (stress_n > 64)
+            stress_n = 64;
+        int rc = bench_stress(path, stress_n, stress_m);
+        unlink(path);
+        return rc;
+    }
+    for (enum shape sh = SMALL; sh <= HEADERS; sh++) {
+        if (strcmp(stage, "all") == 0 || strcmp(stage, "spsc") == 0)
+            bench_producer(path, sh, events);
+        if (strcmp(stage, "spsc") == 0)
+            continue;
+        /* The file holds everything for stage 3: 2M small (~130 B) or 1M headers (~480 B). */
+        unsigned long n = sh == SMALL ? events * 2 / 5 : events / 5;
+        bench_telemetry(path, sh, n, 512);
+        if (strcmp(stage, "telemetry") != 0)
+            bench_reader(path, sh);
+        unlink(path);
+    }
+    return 0;
+}
