@@ -1,1 +1,1 @@
-soth_add_fuzz(ring_reader LIBS soth_observe)
+soth_add_fuzz(ring_reader LIBS soth_observe PkgConfig::JANSSON)
