@@ -143,6 +143,7 @@ struct leg {
     uint32_t goaway_ours; /* graceful GOAWAYs we submitted and not yet seen sent */
     bool goaway_sent;     /* we submitted a graceful GOAWAY on this leg */
     bool term_sent;       /* the terminating GOAWAY was just serialized: emit, then DEAD */
+    bool held;            /* soth_h2_relay_hold: flush leaves this leg's output alone */
     struct hblock hb;
     size_t out_len;
     char out[OUT_CAP]; /* coalesced output for cbs.out */
@@ -754,11 +755,13 @@ static void leg_down(struct soth_h2_relay *r, enum soth_h2_side side, enum soth_
     for (struct h2s *s = r->head, *next; s != NULL; s = next) {
         next = s->next;
         if (side == SOTH_H2_CLIENT) {
-            if (!(s->f & S_C_OPEN))
-                continue;
-            s->f &= ~S_C_OPEN;
-            drop_response(r, s);
-            set_outcome(s, o, 0, detail);
+            /* Nobody is left to answer: cancel every upstream stream, including complete
+             * exchanges still forwarding a request body. */
+            if (s->f & S_C_OPEN) {
+                s->f &= ~S_C_OPEN;
+                drop_response(r, s);
+                set_outcome(s, o, 0, detail);
+            }
             rst_upstream(r, s, NGHTTP2_CANCEL);
         } else {
             if (!(s->f & S_U_OPEN))
@@ -864,6 +867,15 @@ static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_f
         drop_request(r, s);
         set_outcome(s, SOTH_H2_RESET, 0, "request_headers_too_large");
         answer_client(r, s, nv_431, SOTH_ARRAY_LEN(nv_431), NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (r->refuse_new || r->leg[SOTH_H2_UPSTREAM].st != LEG_LIVE) {
+        /* The upstream went away (or announced GOAWAY) while this head was arriving:
+         * nothing was forwarded, so the client may retry (RFC 9113 8.7). */
+        s->f |= S_REFUSED;
+        drop_request(r, s);
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_REFUSED_STREAM, "upstream_gone");
+        rst_client(r, s, NGHTTP2_REFUSED_STREAM);
         return;
     }
     if (hb_finish(r, &l->hb, &v) < 0) {
@@ -1112,8 +1124,11 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     struct h2s *s = source->ptr;
     enum soth_h2_dir dir = l->side == SOTH_H2_UPSTREAM ? SOTH_H2_REQUEST : SOTH_H2_RESPONSE;
     uint32_t eof = dir == SOTH_H2_REQUEST ? S_REQ_EOF : S_RESP_EOF;
+    uint32_t discard = dir == SOTH_H2_REQUEST ? S_REQ_DISCARD : S_RESP_DISCARD;
     struct cbuf *b = &s->buf[dir];
     (void)buf;
+    if (s->f & discard)
+        return NGHTTP2_ERR_DEFERRED; /* a reset is on its way: never fake an END_STREAM */
     /* A DATA frame plus its header must fit one output chunk. */
     size_t n = b->len;
     if (n > length)
@@ -1497,7 +1512,8 @@ int soth_h2_relay_flush(struct soth_h2_relay *r)
     for (int round = 0; round < 8; round++) {
         bool progress = false;
         for (int i = 0; i < 2 && rc == 0; i++)
-            rc = pump(r, &r->leg[i], &progress);
+            if (!r->leg[i].held)
+                rc = pump(r, &r->leg[i], &progress);
         if (r->nomem) {
             r->nomem = false;
             leg_terminate(r, SOTH_H2_CLIENT, NGHTTP2_INTERNAL_ERROR);
@@ -1510,11 +1526,16 @@ int soth_h2_relay_flush(struct soth_h2_relay *r)
             break;
     }
     for (int i = 0; i < 2; i++) {
-        int e = out_emit(r, &r->leg[i]);
+        int e = r->leg[i].held ? 0 : out_emit(r, &r->leg[i]);
         if (rc == 0)
             rc = e;
     }
     return rc;
+}
+
+void soth_h2_relay_hold(struct soth_h2_relay *r, enum soth_h2_side side, bool hold)
+{
+    r->leg[side].held = hold;
 }
 
 bool soth_h2_relay_want_read(const struct soth_h2_relay *r, enum soth_h2_side side)

@@ -223,6 +223,10 @@ struct harness {
     uint32_t origin_goaway_code;
     size_t max_buffered[2];
     long rounds;
+    /* fuzz seeds: with SOTH_H2_CORPUS_DIR set, tests that name themselves write what the
+     * relay was fed in fuzz/fuzz_h2.c's record format */
+    const char *corpus_name;
+    struct bytes transcript;
 };
 
 static struct harness *H;
@@ -772,8 +776,24 @@ static void h_start(struct harness *h)
     pump(h); /* prefaces and SETTINGS: the UA learns the relay's stream limit first */
 }
 
+static void write_corpus(struct harness *h)
+{
+    const char *dir = getenv("SOTH_H2_CORPUS_DIR");
+    if (dir == NULL || h->corpus_name == NULL)
+        return;
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, h->corpus_name);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s", path);
+    fputc(0, f); /* flags: no prepended blobs */
+    fwrite(h->transcript.p, 1, h->transcript.len, f);
+    fclose(f);
+}
+
 static void h_free(struct harness *h)
 {
+    write_corpus(h);
+    b_free(&h->transcript);
     soth_h2_relay_free(h->r);
     cr_assert_eq(h->mem.cur, 0, "relay leaked %zu bytes", h->mem.cur);
     nghttp2_session_del(h->ua);
@@ -821,6 +841,17 @@ static void feed(struct harness *h, enum soth_h2_side side, const uint8_t *p, si
             return; /* the rest is dropped, as a caller closing the transport would */
         }
         cr_assert_eq(rc, (ssize_t)k);
+        if (h->corpus_name != NULL) {
+            uint8_t rec[3] = {(uint8_t)side, (uint8_t)(k >> 8), (uint8_t)k};
+            for (size_t off = 0; off < k;) {
+                size_t m = k - off > 65535 ? 65535 : k - off;
+                rec[1] = (uint8_t)(m >> 8);
+                rec[2] = (uint8_t)m;
+                b_add(&h->transcript, rec, 3);
+                b_add(&h->transcript, p + off, m);
+                off += m;
+            }
+        }
         h->fed[side] += k;
         p += k;
         n -= k;
@@ -995,6 +1026,7 @@ Test(h2_relay, one_get)
 {
     struct harness *h = &HS;
     h_init(h);
+    h->corpus_name = "get";
     h_start(h);
     struct xchg *x = ua_get(h, "/get?n=5");
     pump(h);
@@ -1152,6 +1184,7 @@ Test(h2_relay, trailers_both_ways)
 {
     struct harness *h = &HS;
     h_init(h);
+    h->corpus_name = "trailers";
     h_start(h);
     struct xchg *x = ua_submit(h, "POST", "/trailers", 3000);
     x->req_trailers = true;
@@ -1188,6 +1221,7 @@ Test(h2_relay, rst_from_client_propagates_code)
 {
     struct harness *h = &HS;
     h_init(h);
+    h->corpus_name = "rst-client";
     h_start(h);
     struct xchg *a = ua_get(h, "/slow");
     struct xchg *b = ua_submit(h, "POST", "/slow", 0);
@@ -1272,6 +1306,7 @@ Test(h2_relay, goaway_from_origin)
 {
     struct harness *h = &HS;
     h_init(h);
+    h->corpus_name = "goaway-origin";
     h_start(h);
     pump(h); /* settle SETTINGS first */
     struct xchg *a = ua_get(h, "/get?n=10");
@@ -1572,6 +1607,7 @@ Test(h2_relay, interim_response_relayed)
 {
     struct harness *h = &HS;
     h_init(h);
+    h->corpus_name = "interim";
     h_start(h);
     struct xchg *a = ua_get(h, "/interim");
     pump(h);
@@ -1813,4 +1849,98 @@ Test(h2_relay, fail_after_n_allocations, .timeout = 300)
     }
     cr_assert_leq(last_calls, 400, "exchange needs more than 400 allocations (%ld)", last_calls);
     cr_assert_geq(n, 8, "failure injected at %ld points only", n);
+}
+
+/* Holding a leg stops its output; the origin is then stopped by flow control alone, with
+ * the relay holding no more than its window. */
+Test(h2_relay, hold_applies_backpressure)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->set.connection_window = 128 * 1024;
+    h_start(h);
+    struct xchg *a = ua_get(h, "/get?n=1048576");
+    pump_once(h); /* the request goes out */
+    soth_h2_relay_hold(h->r, SOTH_H2_CLIENT, true);
+    pump(h); /* settles: nothing more reaches the UA */
+    struct ostream *o = os_find_path(h, "/get?n=1048576");
+    cr_assert_not_null(o);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_leq(st.buffered[SOTH_H2_RESPONSE], 65535, "one stream window at most");
+    cr_assert_gt(st.buffered[SOTH_H2_RESPONSE], 60000);
+    cr_assert_lt(o->rd, 300 * 1024, "the origin stalled at %zu", o->rd);
+    cr_assert(soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    soth_h2_relay_hold(h->r, SOTH_H2_CLIENT, false);
+    pump(h);
+    cr_assert_eq(a->resp_body.len, 1048576);
+    cr_assert_eq(rec_of(a->sid)->end.outcome, SOTH_H2_COMPLETE);
+    h_free(h);
+}
+
+/* A mix of small exchanges on one connection (also the richest fuzz seed). */
+Test(h2_relay, small_mix)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->corpus_name = "mix";
+    h_start(h);
+    for (int i = 0; i < 6; i++)
+        ua_post(h, "/echo", 50 + (size_t)i * 40);
+    struct xchg *t = ua_submit(h, "POST", "/trailers", 120);
+    t->req_trailers = true;
+    ua_send(h, t);
+    ua_get(h, "/rst?code=8");
+    ua_get(h, "/interim");
+    ua_get(h, "/get?n=1000");
+    ua_get(h, "/nothing-here");
+    pump(h);
+    for (int i = 0; i < 6; i++)
+        assert_complete_echo(h, &h->x[i]);
+    cr_assert_eq(h->x[7].rst_code, NGHTTP2_CANCEL);
+    cr_assert_eq(h->x[9].resp_body.len, 1000);
+    cr_assert_eq(h->x[10].status, 404);
+    cr_assert_eq(rec_of(h->x[10].sid)->end.outcome, SOTH_H2_COMPLETE);
+    h_free(h);
+}
+
+/* Fuzz finding: the upstream leg closed while a request head was still arriving
+ * (HEADERS without END_HEADERS); the head was then submitted to the dead session and its
+ * slot never freed. Now the stream is refused and nothing is left after both EOFs. */
+Test(h2_relay, upstream_gone_during_header_block)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    make_big_fields(3); /* 24 KB: HEADERS + CONTINUATION */
+    struct xchg *a = ua_submit(h, "GET", "/get?n=1", 0);
+    a->extra = big_fields;
+    a->n_extra = 3;
+    ua_send(h, a);
+    struct bytes all = {0};
+    const uint8_t *p;
+    ssize_t n;
+    while ((n = nghttp2_session_mem_send(h->ua, &p)) > 0)
+        b_add(&all, p, (size_t)n);
+    cr_assert_gt(all.len, 9 + 16384);
+    size_t first = 9 + 16384;
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, all.p, first), (ssize_t)first);
+    soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, false);
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, all.p + first, all.len - first),
+                 (ssize_t)(all.len - first));
+    b_free(&all);
+    h->to_origin.len = 0;
+    for (int i = 0; i < 20 && pump_once(h); i++)
+        h->to_origin.len = 0;
+    cr_assert(a->closed);
+    cr_assert(a->rst_recv);
+    cr_assert_eq(a->rst_code, NGHTTP2_REFUSED_STREAM);
+    struct rec *r = rec_of(a->sid);
+    cr_assert_eq(r->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
+    cr_assert_str_eq(r->end.detail, "upstream_gone");
+    soth_h2_relay_eof(h->r, SOTH_H2_CLIENT, false);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.streams, 0);
+    h_free(h);
 }

@@ -471,6 +471,14 @@ ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_h2_side from, cons
  */
 int soth_h2_relay_flush(struct soth_h2_relay *r);
 
+/**
+ * Backpressure: while `hold` is true, flush produces nothing toward `side` (call it when the
+ * transport's send queue is above its high watermark, release below the low one). Body bytes
+ * for that side then stay in the relay's bounded buffers and, since windows reopen only as
+ * bytes are forwarded, the sender on the other leg stops at its flow-control window.
+ */
+void soth_h2_relay_hold(struct soth_h2_relay *r, enum soth_h2_side side, bool hold);
+
 /** Whether the leg wants more input / has output pending (call flush). When both are false
  *  for a leg its transport can be closed; when both are false for the client leg the relay
  *  is finished. */
