@@ -174,7 +174,10 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
                                       size_t err_len);
 /** Start the telemetry (and metrics) thread. 0 or -errno. */
 int soth_observe_start(struct soth_observe *obs);
-/** Drain every queued event to the ring file and sinks, stop threads. Call after workers stop. */
+/**
+ * Drain every queued event to the ring file and sinks, stop threads. Call after workers stop:
+ * events a worker built but did not flush are published and written too.
+ */
 void soth_observe_stop(struct soth_observe *obs);
 void soth_observe_free(struct soth_observe *obs);
 /** The ring file path in use. */
@@ -183,7 +186,11 @@ struct soth_ev_producer *soth_observe_producer(struct soth_observe *obs, unsigne
 
 /* ---- producer API (worker thread only) */
 
-/** Initialise a flow context; client may be NULL. Does not emit anything. */
+/**
+ * Initialise a flow context; client may be NULL. Does not emit anything. The flow counts as open
+ * (room for its stream_closed is reserved in the ring) until soth_ev_stream_closed: every
+ * initialised flow must end with exactly one (SPEC invariant 2).
+ */
 void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, uint64_t flow_id,
                        unsigned worker, const struct sockaddr *client, socklen_t client_len);
 void soth_ev_flow_set_server(struct soth_ev_flow *f, struct soth_iov host, uint16_t port);
