@@ -85,6 +85,7 @@ struct hview {
  * follow the last DATA). One allocation: the nv array then the bytes. */
 struct trailers {
     size_t n;
+    size_t size; /* allocation size, counted in soth_h2_relay.trailer_bytes */
     nghttp2_nv nv[];
 };
 
@@ -159,6 +160,7 @@ struct soth_h2_relay {
     uint32_t slot_cap, n_slot_alloc;
     struct chunk *free_chunks;
     size_t n_chunks, max_chunks;
+    size_t trailer_bytes, trailer_budget; /* trailers held for streams, and their cap */
     struct soth_h2_stats st;
     bool refuse_new;    /* upstream GOAWAY/gone, client GOAWAY, shutdown */
     bool connect_proto; /* SETTINGS_ENABLE_CONNECT_PROTOCOL sent to the client */
@@ -452,11 +454,18 @@ static struct trailers *trailers_copy(struct soth_h2_relay *r, const struct hvie
     size_t bytes = 0;
     for (size_t i = 0; i < v->n; i++)
         bytes += v->nv[i].namelen + v->nv[i].valuelen;
-    struct trailers *t = ralloc(r, sizeof(*t) + v->n * sizeof(nghttp2_nv) + bytes);
+    size_t size = sizeof(struct trailers) + v->n * sizeof(nghttp2_nv) + bytes;
+    /* Trailers wait for the body before them; HPACK lets a peer send many large ones for
+     * a few bytes, so what all streams hold together is capped. */
+    if (r->trailer_bytes + size > r->trailer_budget)
+        return NULL;
+    struct trailers *t = ralloc(r, size);
     if (t == NULL)
         return NULL;
+    r->trailer_bytes += size;
     uint8_t *p = (uint8_t *)(t->nv + v->n);
     t->n = v->n;
+    t->size = size;
     for (size_t i = 0; i < v->n; i++) {
         const nghttp2_nv *s = &v->nv[i];
         t->nv[i] = (nghttp2_nv){p, p + s->namelen, s->namelen, s->valuelen, s->flags};
@@ -465,6 +474,15 @@ static struct trailers *trailers_copy(struct soth_h2_relay *r, const struct hvie
         p += s->namelen + s->valuelen;
     }
     return t;
+}
+
+static void trailers_free(struct soth_h2_relay *r, struct trailers **tp)
+{
+    if (*tp == NULL)
+        return;
+    r->trailer_bytes -= (*tp)->size;
+    rfree(r, *tp);
+    *tp = NULL;
 }
 
 /* ---- slots */
@@ -499,8 +517,8 @@ static void slot_free(struct soth_h2_relay *r, struct h2s *s)
 {
     r->st.buffered[SOTH_H2_REQUEST] -= cbuf_drop(r, &s->buf[SOTH_H2_REQUEST]);
     r->st.buffered[SOTH_H2_RESPONSE] -= cbuf_drop(r, &s->buf[SOTH_H2_RESPONSE]);
-    rfree(r, s->trl[0]);
-    rfree(r, s->trl[1]);
+    trailers_free(r, &s->trl[0]);
+    trailers_free(r, &s->trl[1]);
     if (s->prev != NULL)
         s->prev->next = s->next;
     else
@@ -578,8 +596,7 @@ static void drop_request(struct soth_h2_relay *r, struct h2s *s)
     size_t n = cbuf_drop(r, &s->buf[SOTH_H2_REQUEST]);
     r->st.buffered[SOTH_H2_REQUEST] -= n;
     consume(r, SOTH_H2_CLIENT, s->cid, n);
-    rfree(r, s->trl[SOTH_H2_REQUEST]);
-    s->trl[SOTH_H2_REQUEST] = NULL;
+    trailers_free(r, &s->trl[SOTH_H2_REQUEST]);
     s->f |= S_REQ_DISCARD;
 }
 
@@ -589,8 +606,7 @@ static void drop_response(struct soth_h2_relay *r, struct h2s *s)
     r->st.buffered[SOTH_H2_RESPONSE] -= n;
     if (s->uid > 0)
         consume(r, SOTH_H2_UPSTREAM, s->uid, n);
-    rfree(r, s->trl[SOTH_H2_RESPONSE]);
-    s->trl[SOTH_H2_RESPONSE] = NULL;
+    trailers_free(r, &s->trl[SOTH_H2_RESPONSE]);
     s->f |= S_RESP_DISCARD;
 }
 
@@ -968,17 +984,17 @@ static void trailers_in(struct soth_h2_relay *r, struct h2s *s, enum soth_h2_dir
     if (!l->hb.over && hb_finish(r, &l->hb, &v) == 0)
         t = trailers_copy(r, &v);
     if (t == NULL) {
+        /* over the list limit, over the trailer budget, or out of memory */
         if (dir == SOTH_H2_REQUEST)
-            set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR,
-                        l->hb.over ? "request_trailers_too_large" : "relay_nomem");
+            set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR, "request_trailers_too_large");
         else
             set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_INTERNAL_ERROR,
-                        l->hb.over ? "response_trailers_too_large" : "relay_nomem");
+                        "response_trailers_too_large");
         rst_upstream(r, s, NGHTTP2_CANCEL);
         rst_client(r, s, NGHTTP2_INTERNAL_ERROR);
         return;
     }
-    rfree(r, s->trl[dir]);
+    trailers_free(r, &s->trl[dir]);
     s->trl[dir] = t;
     if (r->cbs.on_trailers != NULL)
         r->cbs.on_trailers(r->cbs.ctx, dir, s->cid, v.hdr, v.nh);
@@ -1143,8 +1159,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
         if (t != NULL) {
             *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
             int rc = nghttp2_submit_trailer(session, sid, t->nv, t->n);
-            rfree(l->r, t);
-            s->trl[dir] = NULL;
+            trailers_free(l->r, &s->trl[dir]);
             if (rc != 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
@@ -1412,6 +1427,7 @@ struct soth_h2_relay *soth_h2_relay_new(const struct soth_h2_cbs *cbs,
         r->set.connection_window > H2_DEFAULT_WINDOW ? r->set.connection_window : H2_DEFAULT_WINDOW;
     r->st.buffer_bound[SOTH_H2_REQUEST] = bound;
     r->st.buffer_bound[SOTH_H2_RESPONSE] = bound;
+    r->trailer_budget = 4 * (size_t)r->set.max_header_list_size;
     /* Each stream holding data wastes at most two partial chunks (head and tail). */
     r->max_chunks = 2 * (bound / CHUNK_DATA + 1) + 2 * (size_t)r->slot_cap;
 

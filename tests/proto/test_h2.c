@@ -161,6 +161,8 @@ struct xchg {
     bool no_body; /* END_STREAM on HEADERS */
     const nghttp2_nv *extra;
     size_t n_extra;
+    const nghttp2_nv *trl; /* request trailers instead of the default two */
+    size_t n_trl;
     /* what the UA got */
     int32_t sid;
     int status, n_interim;
@@ -347,7 +349,10 @@ static ssize_t ua_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len
                 {(uint8_t *)"x-req-trailer-2", (uint8_t *)"def", 15, 3, 0},
             };
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            cr_assert_eq(nghttp2_submit_trailer(s, sid, t, 2), 0);
+            if (x->trl != NULL)
+                cr_assert_eq(nghttp2_submit_trailer(s, sid, x->trl, x->n_trl), 0);
+            else
+                cr_assert_eq(nghttp2_submit_trailer(s, sid, t, 2), 0);
         }
     }
     return (ssize_t)n;
@@ -1028,6 +1033,8 @@ Test(h2_relay, one_get)
     h_init(h);
     h->corpus_name = "get";
     h_start(h);
+    if (getenv("SOTH_H2_VERBOSE"))
+        fprintf(stderr, "idle relay after the SETTINGS exchange: %zu bytes\n", h->mem.cur);
     struct xchg *x = ua_get(h, "/get?n=5");
     pump(h);
     cr_assert_eq(x->status, 200);
@@ -1943,4 +1950,107 @@ Test(h2_relay, upstream_gone_during_header_block)
     soth_h2_relay_stats(h->r, &st);
     cr_assert_eq(st.streams, 0);
     h_free(h);
+}
+
+/* Trailers wait in the relay until the body before them is forwarded; together they are
+ * capped (4 x max_header_list_size), so HPACK-cheap large trailers cannot pile up. */
+Test(h2_relay, held_trailers_are_capped)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->origin_window = 1000;
+    h->origin_rate = 1; /* the origin barely reads: bodies and trailers wait in the relay */
+    h_start(h);
+    make_big_fields(7); /* about 56 KB of trailers per stream */
+    for (int i = 0; i < 5; i++) {
+        struct xchg *x = ua_submit(h, "POST", "/trailers", 5000);
+        x->req_trailers = true;
+        x->trl = big_fields;
+        x->n_trl = 7;
+        ua_send(h, x);
+    }
+    for (int i = 0; i < 200; i++)
+        pump_once(h);
+    int refused = 0;
+    for (size_t i = 0; i < h->nx; i++) {
+        struct rec *r = rec_of(h->x[i].sid);
+        if (r->state == 2) {
+            cr_assert_str_eq(r->detail, "request_trailers_too_large");
+            cr_assert(h->x[i].rst_recv);
+            refused++;
+        }
+    }
+    cr_assert_eq(refused, 1, "%d streams refused", refused);
+    h->origin_rate = 1 << 20;
+    pump(h);
+    int complete = 0;
+    for (size_t i = 0; i < h->nx; i++)
+        if (rec_of(h->x[i].sid)->end.outcome == SOTH_H2_COMPLETE) {
+            complete++;
+            cr_assert(b_eq(&h->x[i].resp_body, &h->x[i].req_body));
+        }
+    cr_assert_eq(complete, 4);
+    int with_trailers = 0;
+    for (struct ostream *o = h->os; o != NULL; o = o->next)
+        with_trailers += o->req_trailers.len > 7 * 8000;
+    cr_assert_eq(with_trailers, 4);
+    h_free(h);
+}
+
+/* PING flood: nghttp2 refuses to queue more than 1000 ACKs; the feed fails and the client
+ * gets GOAWAY(ENHANCE_YOUR_CALM). */
+Test(h2_relay, ping_flood_ends_connection)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct bytes pings = {0};
+    for (int i = 0; i < 1100; i++) {
+        uint8_t f[17] = {0, 0, 8, NGHTTP2_PING, 0, 0, 0, 0, 0, (uint8_t)i};
+        b_add(&pings, f, sizeof(f));
+    }
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, pings.p, pings.len), SOTH_E_MALFORMED);
+    b_free(&pings);
+    cr_assert_eq(soth_h2_relay_flush(h->r), 0);
+    cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    h->to_ua.len = 0;
+    h->to_origin.len = 0;
+    h_free(h);
+}
+
+/* A single 70 KB field: when HPACK shrinks it under 64 KiB on the wire (Huffman), our list
+ * accounting answers 431; when its encoded string is over 64 KiB, nghttp2's HPACK decoder
+ * fails the connection (COMPRESSION_ERROR) before we see it. */
+Test(h2_relay, single_huge_field)
+{
+    for (int raw = 0; raw < 2; raw++) {
+        struct harness *h = &HS;
+        h_init(h);
+        h_start(h);
+        static char v[70001];
+        memset(v, raw ? '~' : 'z', 70000); /* '~' is 13 bits in Huffman: sent raw */
+        static nghttp2_nv f = {(uint8_t *)"x-one", (uint8_t *)v, 5, 70000, 0};
+        struct xchg *a = ua_submit(h, "GET", "/get?n=1", 0);
+        a->extra = &f;
+        a->n_extra = 1;
+        ua_send(h, a);
+        const uint8_t *p;
+        ssize_t n;
+        while ((n = nghttp2_session_mem_send(h->ua, &p)) > 0)
+            soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)p, (size_t)n);
+        cr_assert_eq(soth_h2_relay_flush(h->r), 0);
+        if (raw) {
+            cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_COMPRESSION_ERROR);
+            cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+            h->to_ua.len = 0;
+        } else {
+            pump(h);
+            cr_assert_eq(a->status, 431);
+            cr_assert_null(h->os);
+        }
+        h->to_origin.len = 0;
+        h_free(h);
+    }
 }
