@@ -1428,8 +1428,9 @@ struct soth_h2_relay *soth_h2_relay_new(const struct soth_h2_cbs *cbs,
     r->st.buffer_bound[SOTH_H2_REQUEST] = bound;
     r->st.buffer_bound[SOTH_H2_RESPONSE] = bound;
     r->trailer_budget = 4 * (size_t)r->set.max_header_list_size;
-    /* Each stream holding data wastes at most two partial chunks (head and tail). */
-    r->max_chunks = 2 * (bound / CHUNK_DATA + 1) + 2 * (size_t)r->slot_cap;
+    /* A list holding b bytes spans at most b / CHUNK_DATA + 2 chunks (partial head and
+     * tail); each slot has two lists. */
+    r->max_chunks = 2 * (bound / CHUNK_DATA) + 4 * (size_t)r->slot_cap + 2;
 
     if (leg_init(r, SOTH_H2_CLIENT) < 0 || leg_init(r, SOTH_H2_UPSTREAM) < 0) {
         soth_h2_relay_free(r);

@@ -366,7 +366,7 @@ struct soth_h2_request {
 
 /** A final response head as received from the upstream. Valid only during the callback. */
 struct soth_h2_response {
-    int status;                        /* 200..599 (1xx heads are relayed, not reported) */
+    int status;                        /* 200..999 (1xx heads are relayed, not reported) */
     const struct soth_header *headers; /* regular fields, wire order */
     size_t n_headers;
     bool end_stream; /* the response has no body */
