@@ -1076,7 +1076,10 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_GOAWAY:
         r->refuse_new = true;
         if (client) {
-            goaway_graceful(r, SOTH_H2_UPSTREAM, map_code(frame->goaway.error_code));
+            /* An error code here is about the client hop; the upstream only learns that no
+             * more requests come. (Ours are always NO_ERROR, which on_frame_send relies on
+             * to tell them from nghttp2's terminating GOAWAYs.) */
+            goaway_graceful(r, SOTH_H2_UPSTREAM, NGHTTP2_NO_ERROR);
         } else {
             /* Streams above last_stream_id are closed by nghttp2 with REFUSED_STREAM and
              * reset toward the client one by one; the others may finish. */
