@@ -1352,7 +1352,7 @@ Test(h2_relay, goaway_from_client_reaches_origin)
         pump(h);
         cr_assert(h->origin_goaway);
         cr_assert_eq(h->origin_goaway_code, NGHTTP2_NO_ERROR, "the client's code stays on its hop");
-        assert_complete_echo(h, a);             /* in flight: finishes */
+        assert_complete_echo(h, a); /* in flight: finishes */
         cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_UPSTREAM), "upstream leg finished");
         h_free(h);
     }
