@@ -155,6 +155,22 @@ sys.exit(0 if r.status == 200 and body == data else 1)
         self.assertEqual(failed[0]["tls_failure_reason"], "unknown_ca")
         self.assertEqual(evs[-1]["reason_code"], "tls_failed")
 
+    def test_tunnelled_host_never_reaches_the_mitm_path(self):
+        cfg = self.config()
+        cfg["policy"]["rules"] = [{"host": "origin.test", "action": "tunnel"}]
+        with Proxy(config=cfg) as p:
+            # The client trusts only the origin's CA: it must see the origin's own certificate.
+            out = subprocess.run(["curl", "-sS", "--cacert", self.origin.ca, "-x",
+                                  f"http://127.0.0.1:{p.port}",
+                                  f"https://origin.test:{self.origin.port}/"],
+                                 capture_output=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(out.stdout, self.origin.body)
+            evs = p.checked_events()
+        self.assertEqual([e["type"] for e in evs],
+                         ["connect_received", "connect_decision", "stream_closed"])
+        self.assertEqual((evs[1]["decision"], evs[1]["reason"]), ("tunnel", "policy_rule"))
+
     def test_leaf_for_the_sni_verifies_with_openssl(self):
         with Proxy(config=self.config()) as p:
             ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
