@@ -809,6 +809,16 @@ static void tls_upstream_ready(struct worker *w, struct flow *f)
         tls_failed(w, f, SIDE_CLIENT, -1);
 }
 
+/** The client's first TLS bytes cannot be a ClientHello we can intercept: fail the flow. */
+static void hello_failed(struct worker *w, struct flow *f, struct soth_iov detail)
+{
+    soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
+    soth_ev_tls_handshake_failed(&f->ev, SOTH_SIDE_CLIENT, SOTH_TLSF_HANDSHAKE,
+                                 SOTH_IOV_LIT("clienthello"), SOTH_TLSP_NATIVE, detail, 0, 0);
+    SOTH_METRIC_ADD(w->m->tls_failures[SOTH_SIDE_CLIENT][SOTH_TLSF_HANDSHAKE], 1);
+    flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
+}
+
 /** FS_HELLO: enough of the ClientHello? Then start the upstream handshake. */
 static void tls_try_hello(struct worker *w, struct flow *f)
 {
@@ -834,12 +844,7 @@ static void tls_try_hello(struct worker *w, struct flow *f)
         return;
     }
     if (rc < 0) {
-        soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
-        soth_ev_tls_handshake_failed(&f->ev, SOTH_SIDE_CLIENT, SOTH_TLSF_HANDSHAKE,
-                                     SOTH_IOV_LIT("clienthello"), SOTH_TLSP_NATIVE,
-                                     SOTH_IOV_LIT("malformed or oversized ClientHello"), 0, 0);
-        SOTH_METRIC_ADD(w->m->tls_failures[SOTH_SIDE_CLIENT][SOTH_TLSF_HANDSHAKE], 1);
-        flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
+        hello_failed(w, f, SOTH_IOV_LIT("malformed or oversized ClientHello"));
         return;
     }
     soth_ev_flow_set_protocol(&f->ev, SOTH_PROTO_TLS);
@@ -881,11 +886,7 @@ static void tls_hello_bytes(struct worker *w, struct flow *f, const char *p, uin
     }
     uint32_t room = SOTH_BUF_SIZE - f->head_len;
     if (len > room) {
-        soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
-        soth_ev_tls_handshake_failed(&f->ev, SOTH_SIDE_CLIENT, SOTH_TLSF_HANDSHAKE,
-                                     SOTH_IOV_LIT("clienthello"), SOTH_TLSP_NATIVE,
-                                     SOTH_IOV_LIT("client sent more than a ClientHello"), 0, 0);
-        flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
+        hello_failed(w, f, SOTH_IOV_LIT("client sent more than a ClientHello"));
         return;
     }
     memcpy(f->head + f->head_len, p, len);
