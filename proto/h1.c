@@ -1037,6 +1037,10 @@ static int cb_headers_complete(llhttp_t *p)
             set_err(h, d->side, 0, NULL, NULL, rc);
             return -1;
         }
+        if (rc == SOTH_H1_HEAD_SENT) {
+            d->state = DS_BODY;
+            return ret;
+        }
     }
     if (emit(h, !d->side, d->buf, d->used) < 0)
         return -1;

@@ -203,6 +203,9 @@ struct soth_h1_head {
     bool expect_continue;  /* request: Expect: 100-continue */
 };
 
+/** on_head's answer: the head went out through `out` already; do not forward the engine's. */
+#define SOTH_H1_HEAD_SENT 1
+
 /** An exchange that ended. */
 struct soth_h1_exchange {
     uint32_t stream_id;
@@ -225,8 +228,10 @@ struct soth_h1_cbs {
     /** Bytes to send to `to_side`. Return 0, or a negative error: the engine then stops (dead)
      *  and the feed returns that error. */
     int (*out)(void *ctx, int to_side, const char *p, size_t n);
-    /** A complete head (before it is forwarded). Return 0 to forward it; a negative value
-     *  stops the engine (dead) and makes the feed return it: nothing of the message is sent. */
+    /** A complete head (before it is forwarded). Return 0 to forward it, SOTH_H1_HEAD_SENT
+     *  when the callback already sent its own serialisation of the head through `out` (a
+     *  proxy rewriting an absolute-form target), or a negative value to stop the engine
+     *  (dead) and make the feed return it: nothing of the message is sent. */
     int (*on_head)(void *ctx, int dir, uint32_t stream_id, const struct soth_h1_head *h);
     /** Message body bytes after de-chunking, in order; any split. */
     void (*on_body)(void *ctx, int dir, uint32_t stream_id, const char *p, size_t n);

@@ -1,0 +1,531 @@
+/*
+ * The HTTP layer of a flow (core/app.h): dispatch, and the HTTP/1.1 kind on top of the
+ * llhttp exchange engine (proto/h1.c). The engine re-serialises heads and passes bodies
+ * through; this file turns its callbacks into the flow's events, bounds body capture, answers
+ * protocol errors (400/431/502) and keeps what a blocked direction cannot take yet.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "soth/proto.h"
+
+#define APP_STASH_MAX  (1u << 20) /* bytes kept for a blocked direction before giving up */
+#define APP_MAX_FIELDS 130
+
+struct stash {
+    char *p;
+    size_t len, cap;
+};
+
+/* Capture state of the message in progress in one direction. */
+struct msg_cap {
+    uint32_t id;
+    uint64_t off;      /* body bytes seen */
+    uint64_t captured; /* body bytes put into events */
+};
+
+struct app_h1 {
+    struct app_hdr hdr;
+    struct app_env env;
+    struct soth_h1 *h;
+    uint64_t cap; /* events.body_capture_bytes */
+    struct msg_cap msg[2];
+    struct stash st[2];
+    bool eof_seen[2];
+    bool resp_open;    /* a final response head went to the client, its body not complete */
+    bool dead;         /* engine failed or finished */
+    bool answered;     /* we sent our own error answer */
+    bool close_client; /* the last request asked to close */
+    uint8_t err_dir;   /* side whose bytes broke the protocol */
+    unsigned err_status;
+    const char *err_code, *err_detail;
+    enum soth_close_reason reason;
+    uint16_t authority_len; /* regular-mode plain HTTP: the connection's upstream */
+    char authority[256];
+    _Alignas(max_align_t) unsigned char engine[];
+};
+
+static bool iov_eq_ci(struct soth_iov a, const char *b)
+{
+    size_t n = strlen(b);
+    if (a.len != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = a.base[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + 32);
+        if (c != b[i])
+            return false;
+    }
+    return true;
+}
+
+static bool iov_same_ci(struct soth_iov a, const char *b, size_t n)
+{
+    if (a.len != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char x = a.base[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (char)(x + 32);
+        if (y >= 'A' && y <= 'Z')
+            y = (char)(y + 32);
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+/* ---- engine callbacks */
+
+static int h1_out(void *ctx, int to_side, const char *p, size_t n)
+{
+    struct app_h1 *a = ctx;
+    return a->env.send(a->env.ctx, (unsigned)to_side, p, n);
+}
+
+static struct soth_iov h1_version(const struct soth_h1_head *hd)
+{
+    return hd->http_minor == 0 ? SOTH_IOV_LIT("1.0") : SOTH_IOV_LIT("1.1");
+}
+
+/*
+ * Regular-mode plain HTTP: the upstream gets origin-form, Host from the target, and no
+ * Proxy-* fields (RFC 9112 3.2.2); the event reports exactly what is sent.
+ */
+static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
+{
+    struct soth_header f[APP_MAX_FIELDS];
+    size_t n = 0;
+    bool host_done = false;
+    struct soth_iov auth = hd->authority;
+    if (a->authority_len == 0 && auth.len > 0 && auth.len < sizeof(a->authority)) {
+        memcpy(a->authority, auth.base, auth.len);
+        a->authority_len = (uint16_t)auth.len;
+    } else if (!iov_same_ci(auth, a->authority, a->authority_len)) {
+        /* One upstream per client connection: the client retries on a fresh one. */
+        return SOTH_E_STATE;
+    }
+    for (size_t i = 0; i < hd->n_headers && n < APP_MAX_FIELDS - 1; i++) {
+        const struct soth_header *h = &hd->headers[i];
+        if (iov_eq_ci(h->name, "proxy-connection") || iov_eq_ci(h->name, "proxy-authorization"))
+            continue;
+        f[n] = *h;
+        if (iov_eq_ci(h->name, "host") && hd->scheme.len > 0) {
+            if (host_done)
+                continue;
+            f[n].value = auth;
+            host_done = true;
+        }
+        n++;
+    }
+    if (!host_done && hd->scheme.len > 0)
+        f[n++] = (struct soth_header){.name = SOTH_IOV_LIT("Host"), .value = auth};
+    struct soth_iov path = hd->scheme.len > 0 ? hd->path : hd->target;
+    soth_ev_request_headers(a->env.ev, id, hd->method,
+                            hd->scheme.len ? hd->scheme : SOTH_IOV_LIT("http"), auth, path,
+                            h1_version(hd), f, n);
+
+    char buf[8192];
+    size_t used = 0;
+#define APPEND(p_, n_)                                                                             \
+    do {                                                                                           \
+        size_t n__ = (n_);                                                                         \
+        if (used + n__ > sizeof(buf)) {                                                            \
+            int rc__ = a->env.send(a->env.ctx, APP_UPSTREAM, buf, used);                           \
+            if (rc__ < 0)                                                                          \
+                return rc__;                                                                       \
+            used = 0;                                                                              \
+            if (n__ > sizeof(buf)) {                                                               \
+                rc__ = a->env.send(a->env.ctx, APP_UPSTREAM, (p_), n__);                           \
+                if (rc__ < 0)                                                                      \
+                    return rc__;                                                                   \
+                break;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
+        memcpy(buf + used, (p_), n__);                                                             \
+        used += n__;                                                                               \
+    } while (0)
+    APPEND(hd->method.base, hd->method.len);
+    APPEND(" ", 1);
+    APPEND(path.base, path.len);
+    APPEND(" ", 1);
+    APPEND(hd->version.base, hd->version.len);
+    APPEND("\r\n", 2);
+    for (size_t i = 0; i < n; i++) {
+        APPEND(f[i].name.base, f[i].name.len);
+        APPEND(": ", 2);
+        APPEND(f[i].value.base, f[i].value.len);
+        APPEND("\r\n", 2);
+    }
+    APPEND("\r\n", 2);
+#undef APPEND
+    int rc = a->env.send(a->env.ctx, APP_UPSTREAM, buf, used);
+    return rc < 0 ? rc : SOTH_H1_HEAD_SENT;
+}
+
+static int h1_on_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head *hd)
+{
+    struct app_h1 *a = ctx;
+    if (dir == SOTH_H1_CLIENT) {
+        a->msg[0] = (struct msg_cap){.id = id};
+        a->close_client = !hd->keep_alive;
+        if (a->env.m != NULL)
+            SOTH_METRIC_ADD(a->env.m->requests[SOTH_PROTO_HTTP1], 1);
+        if (a->env.origin_form)
+            return h1_send_origin_form(a, id, hd);
+        struct soth_iov scheme = hd->scheme;
+        if (scheme.len == 0 && hd->method.len != 7)
+            scheme = a->env.client_tls ? SOTH_IOV_LIT("https") : SOTH_IOV_LIT("http");
+        soth_ev_request_headers(a->env.ev, id, hd->method, scheme, hd->authority, hd->path,
+                                h1_version(hd), hd->headers, hd->n_headers);
+        return 0;
+    }
+    if (hd->interim)
+        return 0; /* 1xx: forwarded, not an exchange's response */
+    a->msg[1] = (struct msg_cap){.id = id};
+    a->resp_open = !hd->no_body;
+    soth_ev_response_headers(a->env.ev, id, hd->status, h1_version(hd), hd->headers, hd->n_headers);
+    return 0;
+}
+
+static void h1_on_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
+{
+    struct app_h1 *a = ctx;
+    struct msg_cap *m = &a->msg[dir];
+    uint64_t room = a->cap > m->captured ? a->cap - m->captured : 0;
+    size_t take = n < room ? n : (size_t)room;
+    soth_ev_body_chunk(a->env.ev, dir ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER, id,
+                       m->off, n, soth_iov(p, take), take < n);
+    m->off += n;
+    m->captured += take;
+}
+
+static void h1_on_trailers(void *ctx, int dir, uint32_t id, const struct soth_header *t, size_t n)
+{
+    struct app_h1 *a = ctx;
+    soth_ev_trailers(a->env.ev, dir ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER, id, t,
+                     n);
+}
+
+static void h1_on_complete(void *ctx, int dir, uint32_t id)
+{
+    struct app_h1 *a = ctx;
+    (void)id;
+    if (dir == SOTH_H1_UPSTREAM)
+        a->resp_open = false;
+}
+
+static void h1_on_upgrade(void *ctx, uint32_t id, struct soth_iov protocol)
+{
+    struct app_h1 *a = ctx;
+    (void)id;
+    if (iov_eq_ci(protocol, "websocket"))
+        soth_ev_flow_set_protocol(a->env.ev, SOTH_PROTO_WEBSOCKET);
+    a->resp_open = false;
+}
+
+static void h1_on_exchange(void *ctx, const struct soth_h1_exchange *x)
+{
+    struct app_h1 *a = ctx;
+    soth_ev_exchange_completed(a->env.ev, x->stream_id, (enum soth_outcome)x->outcome,
+                               x->request_bytes, x->response_bytes);
+}
+
+static void h1_on_error(void *ctx, int dir, uint32_t id, unsigned status, const char *code,
+                        const char *detail)
+{
+    struct app_h1 *a = ctx;
+    (void)id;
+    a->err_dir = (uint8_t)dir;
+    a->err_status = status;
+    a->err_code = code;
+    a->err_detail = detail;
+}
+
+/* ---- the layer */
+
+static const char *status_phrase(unsigned st)
+{
+    switch (st) {
+    case 400:
+        return "Bad Request";
+    case 431:
+        return "Request Header Fields Too Large";
+    default:
+        return "Bad Gateway";
+    }
+}
+
+/* The engine failed (rc): answer the client when nothing of a response is on its way, end
+ * the exchanges in flight, and report the error so the worker closes after flushing. */
+static int h1_fail(struct app_h1 *a, int rc)
+{
+    if (a->dead)
+        return rc;
+    a->dead = true;
+    bool client_fault = a->err_status != 0 && a->err_dir == SOTH_H1_CLIENT;
+    if (a->err_status != 0 && !a->resp_open && !a->answered) {
+        char body[256], head[256];
+        int bn;
+        if (client_fault)
+            bn = snprintf(body, sizeof(body), "soth-mitm: bad request: %s (%s)\n",
+                          a->err_detail ? a->err_detail : "malformed",
+                          a->err_code ? a->err_code : "malformed");
+        else
+            bn =
+                snprintf(body, sizeof(body), "soth-mitm: bad response from the upstream: %s (%s)\n",
+                         a->err_detail ? a->err_detail : "malformed",
+                         a->err_code ? a->err_code : "malformed");
+        int hn = snprintf(head, sizeof(head),
+                          "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                          "Connection: close\r\n\r\n",
+                          a->err_status, status_phrase(a->err_status), bn);
+        a->answered = true;
+        if (a->env.send(a->env.ctx, APP_CLIENT, head, (size_t)hn) == 0)
+            a->env.send(a->env.ctx, APP_CLIENT, body, (size_t)bn);
+    }
+    soth_h1_abort(a->h, client_fault    ? SOTH_H1_CLIENT_ABORTED
+                        : a->err_status ? SOTH_H1_UPSTREAM_ABORTED
+                                        : SOTH_H1_RESET);
+    if (a->err_status != 0)
+        a->reason = client_fault ? SOTH_CLOSE_PARSE_FAILED : SOTH_CLOSE_RELAY_ERROR;
+    else
+        a->reason = SOTH_CLOSE_RELAY_ERROR;
+    return a->answered ? APP_DONE : rc;
+}
+
+static int stash_put(struct stash *s, const char *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (s->len + n > APP_STASH_MAX)
+        return SOTH_E_TOO_LARGE;
+    if (s->len + n > s->cap) {
+        size_t cap = s->cap ? s->cap : 16384;
+        while (cap < s->len + n)
+            cap *= 2;
+        char *np = realloc(s->p, cap);
+        if (np == NULL)
+            return SOTH_E_NOMEM;
+        s->p = np;
+        s->cap = cap;
+    }
+    memcpy(s->p + s->len, p, n);
+    s->len += n;
+    return 0;
+}
+
+static int h1_status(struct app_h1 *a)
+{
+    if (a->dead)
+        return APP_DONE;
+    if (soth_h1_is_done(a->h)) {
+        a->dead = true;
+        return APP_DONE;
+    }
+    return APP_AGAIN;
+}
+
+/* Feed bytes of `side`; keeps what the engine does not take. */
+static int h1_feed(struct app_h1 *a, unsigned side, const char *p, size_t n)
+{
+    ssize_t rc = soth_h1_feed(a->h, (int)side, p, n);
+    if (rc < 0)
+        return h1_fail(a, (int)rc);
+    if ((size_t)rc < n) {
+        int e = stash_put(&a->st[side], p + rc, n - (size_t)rc);
+        if (e < 0)
+            return h1_fail(a, e);
+    }
+    return 0;
+}
+
+/* Retry what `side` had stashed (the other direction may have unblocked it). */
+static int h1_retry(struct app_h1 *a, unsigned side)
+{
+    struct stash *s = &a->st[side];
+    while (s->len > 0 && !a->dead) {
+        ssize_t rc = soth_h1_feed(a->h, (int)side, s->p, s->len);
+        if (rc < 0)
+            return h1_fail(a, (int)rc);
+        if (rc == 0)
+            break;
+        memmove(s->p, s->p + rc, s->len - (size_t)rc);
+        s->len -= (size_t)rc;
+    }
+    return 0;
+}
+
+static int h1_input(struct app_h1 *a, unsigned side, const char *p, size_t n)
+{
+    if (a->dead)
+        return APP_DONE;
+    int rc;
+    if (a->st[side].len > 0) {
+        rc = stash_put(&a->st[side], p, n);
+        if (rc < 0)
+            return h1_fail(a, rc);
+        rc = h1_retry(a, side);
+    } else {
+        rc = h1_feed(a, side, p, n);
+    }
+    if (rc < 0 || rc == APP_DONE)
+        return rc;
+    /* This side's bytes (a response completing, a request arriving) may unblock the other. */
+    if (!a->dead && a->st[side ^ 1].len > 0) {
+        rc = h1_retry(a, side ^ 1);
+        if (rc < 0 || rc == APP_DONE)
+            return rc;
+    }
+    if (soth_h1_is_done(a->h) && !a->dead) {
+        a->dead = true;
+        a->reason = a->eof_seen[APP_CLIENT] || a->close_client ? SOTH_CLOSE_CLIENT_EOF
+                                                               : SOTH_CLOSE_RELAY_EOF;
+        return APP_DONE;
+    }
+    return h1_status(a);
+}
+
+static int h1_eof(struct app_h1 *a, unsigned side, bool reset)
+{
+    if (a->dead)
+        return APP_DONE;
+    a->eof_seen[side] = true;
+    if (reset) {
+        soth_h1_abort(a->h, SOTH_H1_RESET);
+        a->dead = true;
+        a->reason = SOTH_CLOSE_RELAY_ERROR;
+        return APP_DONE;
+    }
+    if (a->st[side].len > 0) {
+        /* The peer finished while its bytes wait behind a blocked exchange: keep them until
+         * the engine can take them; the EOF is handled then (bounded by the idle timer). */
+        soth_h1_abort(a->h, side == APP_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
+        a->dead = true;
+        a->reason = side == APP_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
+        return APP_DONE;
+    }
+    bool upgraded = soth_h1_is_upgraded(a->h);
+    int rc = soth_h1_eof(a->h, (int)side);
+    if (rc == SOTH_H1_DONE || rc < 0 || soth_h1_is_done(a->h)) {
+        a->dead = true;
+        a->reason = side == APP_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
+        if (upgraded && a->eof_seen[side ^ 1])
+            a->reason = side == APP_CLIENT ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF;
+        return APP_DONE;
+    }
+    return upgraded ? APP_HALF_CLOSE : APP_AGAIN;
+}
+
+static struct app *h1_new(const struct app_env *env)
+{
+    size_t esz = soth_h1_size(NULL);
+    struct app_h1 *a = calloc(1, sizeof(*a) + esz);
+    if (a == NULL)
+        return NULL;
+    a->hdr.kind = APP_H1;
+    a->env = *env;
+    a->cap = env->cfg != NULL ? env->cfg->events.body_capture_bytes : 0;
+    a->reason = SOTH_CLOSE_RELAY_EOF;
+    struct soth_h1_cbs cbs = {
+        .ctx = a,
+        .out = h1_out,
+        .on_head = h1_on_head,
+        .on_body = h1_on_body,
+        .on_trailers = h1_on_trailers,
+        .on_complete = h1_on_complete,
+        .on_upgrade = h1_on_upgrade,
+        .on_exchange = h1_on_exchange,
+        .on_error = h1_on_error,
+    };
+    a->h = soth_h1_init(a->engine, NULL, &cbs);
+    soth_ev_flow_set_protocol(env->ev, SOTH_PROTO_HTTP1);
+    return (struct app *)a;
+}
+
+static void h1_free(struct app_h1 *a)
+{
+    soth_h1_dispose(a->h);
+    free(a->st[0].p);
+    free(a->st[1].p);
+    free(a);
+}
+
+/* ---- dispatch */
+
+#define KIND(a) (((const struct app_hdr *)(const void *)(a))->kind)
+#define H1(a)   ((struct app_h1 *)(void *)(a))
+
+struct app *app_new(enum app_kind kind, const struct app_env *env)
+{
+    return kind == APP_H2 ? app_h2_new(env) : h1_new(env);
+}
+
+void app_free(struct app *a)
+{
+    if (a == NULL)
+        return;
+    if (KIND(a) == APP_H2)
+        app_h2_free(a);
+    else
+        h1_free(H1(a));
+}
+
+int app_input(struct app *a, unsigned side, const char *p, size_t n)
+{
+    return KIND(a) == APP_H2 ? app_h2_input(a, side, p, n) : h1_input(H1(a), side, p, n);
+}
+
+int app_eof(struct app *a, unsigned side, bool reset)
+{
+    return KIND(a) == APP_H2 ? app_h2_eof(a, side, reset) : h1_eof(H1(a), side, reset);
+}
+
+void app_abort(struct app *a, enum soth_outcome outcome)
+{
+    if (KIND(a) == APP_H2) {
+        app_h2_abort(a, outcome);
+        return;
+    }
+    struct app_h1 *h = H1(a);
+    soth_h1_abort(h->h, (enum soth_h1_outcome)outcome);
+    h->dead = true;
+}
+
+int app_hold(struct app *a, unsigned side, bool hold)
+{
+    return KIND(a) == APP_H2 ? app_h2_hold(a, side, hold) : APP_AGAIN;
+}
+
+bool app_read_paused(const struct app *a, unsigned side)
+{
+    return KIND(a) == APP_H1 && ((const struct app_h1 *)(const void *)a)->st[side].len > 0;
+}
+
+bool app_want_write(const struct app *a, unsigned side)
+{
+    return KIND(a) == APP_H2 ? app_h2_want_write(a, side) : false;
+}
+
+int app_shutdown(struct app *a)
+{
+    if (KIND(a) == APP_H2)
+        return app_h2_shutdown(a);
+    struct app_h1 *h = H1(a);
+    if (soth_h1_in_flight(h->h) == 0) {
+        soth_h1_abort(h->h, SOTH_H1_COMPLETE);
+        h->dead = true;
+        h->reason = SOTH_CLOSE_SHUTDOWN;
+        return APP_DONE;
+    }
+    return APP_AGAIN;
+}
+
+enum soth_close_reason app_close_reason(const struct app *a)
+{
+    return KIND(a) == APP_H2 ? app_h2_close_reason(a)
+                             : ((const struct app_h1 *)(const void *)a)->reason;
+}

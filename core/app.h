@@ -1,0 +1,105 @@
+/*
+ * Private to core/: the HTTP layer of one flow. The worker hands it the plaintext each leg
+ * sent (decrypted when intercepting) and it hands back, through env->send, the plaintext to
+ * deliver to each leg, emitting the flow's HTTP events on the way. Two kinds: HTTP/1.1
+ * (proto/h1.c, core/app.c) and HTTP/2 (proto/h2.c, core/app_h2.c). Knows nothing about
+ * sockets, io_uring or TLS, so tests and fuzz targets drive it directly.
+ */
+#ifndef SOTH_CORE_APP_H
+#define SOTH_CORE_APP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "soth/base.h"
+#include "soth/config.h"
+#include "soth/observe.h"
+
+enum app_kind { APP_H1 = 0, APP_H2 };
+
+/* Legs, as in the worker: 0 faces the client, 1 the upstream. */
+enum { APP_CLIENT = 0, APP_UPSTREAM = 1 };
+
+struct app_env {
+    const struct soth_config *cfg; /* body_capture_bytes, http2_*, limits */
+    struct soth_ev_flow *ev;       /* the flow's events */
+    struct soth_metrics *m;        /* requests{protocol}; may be NULL */
+    bool client_tls;               /* the client leg is TLS: requests have scheme "https" */
+    bool origin_form;              /* regular-mode plain HTTP: absolute-form targets go to the
+                                      upstream in origin-form, without Proxy-* fields */
+    void *ctx;
+    /** Plaintext toward `side`. Returns 0 or a negative error (the layer then fails). */
+    int (*send)(void *ctx, unsigned side, const char *p, size_t n);
+};
+
+/* What app_input / app_eof / app_hold return besides a negative error. */
+#define APP_AGAIN 0 /* go on */
+#define APP_DONE                                                                                   \
+    1 /* the layer is finished: deliver what was sent, then close the flow with                    \
+         app_close_reason() */
+#define APP_HALF_CLOSE                                                                             \
+    2 /* app_eof only: pass the FIN on to the other leg (byte relay after an                       \
+         upgrade) and keep reading that leg */
+/* A negative return (SOTH_E_*): the flow must close now with app_close_reason(); whatever the
+ * layer already sent (an error answer) should still be flushed first when possible. */
+
+struct app;
+
+/** One per flow; env is copied. NULL on allocation failure. */
+struct app *app_new(enum app_kind kind, const struct app_env *env);
+/** Frees the layer; fires no events (call app_abort first if exchanges may be in flight). */
+void app_free(struct app *a);
+
+/**
+ * Plaintext received from `side`. The layer consumes everything: what it cannot process yet
+ * (HTTP/1.1 pipelining beyond its bound, bytes behind an upgrade request) it keeps in a
+ * bounded stash and app_read_paused(side) turns true until the other leg moves it on.
+ */
+int app_input(struct app *a, unsigned side, const char *p, size_t n);
+
+/** `side` sent EOF (reset false) or reset the transport (reset true). */
+int app_eof(struct app *a, unsigned side, bool reset);
+
+/**
+ * The flow closes for a reason the layer did not see (timeout, shutdown, relay error):
+ * end every exchange in flight with `outcome`. Idempotent.
+ */
+void app_abort(struct app *a, enum soth_outcome outcome);
+
+/**
+ * Backpressure from the worker: the send queue toward `side` went over its high watermark
+ * (hold true) or back under the low one (hold false). HTTP/2 stops producing output for that
+ * side (flow control then stops the sender); HTTP/1.1 ignores it (the worker pauses the
+ * source leg's reads instead). Returns like app_input.
+ */
+int app_hold(struct app *a, unsigned side, bool hold);
+
+/** True while reads from `side` must stay paused (stash not empty). */
+bool app_read_paused(const struct app *a, unsigned side);
+
+/** Whether the layer has output it could not produce yet for `side` (HTTP/2 held data). */
+bool app_want_write(const struct app *a, unsigned side);
+
+/** Graceful drain (SIGTERM): HTTP/2 sends GOAWAY; HTTP/1.1 closes after the current exchange. */
+int app_shutdown(struct app *a);
+
+/** Close reason for the flow once app_input/app_eof returned APP_DONE or an error. */
+enum soth_close_reason app_close_reason(const struct app *a);
+
+/* ---- kind-specific entry points (app.c dispatches) */
+struct app *app_h2_new(const struct app_env *env);
+void app_h2_free(struct app *a);
+int app_h2_input(struct app *a, unsigned side, const char *p, size_t n);
+int app_h2_eof(struct app *a, unsigned side, bool reset);
+void app_h2_abort(struct app *a, enum soth_outcome outcome);
+int app_h2_hold(struct app *a, unsigned side, bool hold);
+bool app_h2_want_write(const struct app *a, unsigned side);
+int app_h2_shutdown(struct app *a);
+enum soth_close_reason app_h2_close_reason(const struct app *a);
+
+/** Every struct app starts with this header so app.c can dispatch. */
+struct app_hdr {
+    enum app_kind kind;
+};
+
+#endif
