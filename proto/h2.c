@@ -144,6 +144,8 @@ struct leg {
     uint32_t goaway_ours; /* graceful GOAWAYs we submitted and not yet seen sent */
     bool goaway_sent;     /* we submitted a graceful GOAWAY on this leg */
     bool term_sent;       /* the terminating GOAWAY was just serialized: emit, then DEAD */
+    bool failed;          /* the leg ended on a connection error (terminating GOAWAY) */
+    bool goaway_recv;     /* the peer sent GOAWAY */
     bool held;            /* soth_h2_relay_hold: flush leaves this leg's output alone */
     struct hblock hb;
     size_t out_len;
@@ -811,6 +813,7 @@ static void leg_terminate(struct soth_h2_relay *r, enum soth_h2_side side, uint3
     struct leg *l = &r->leg[side];
     if (l->st != LEG_LIVE)
         return;
+    l->failed = true;
     if (nghttp2_session_terminate_session(l->s, code) != 0) {
         leg_down(r, side, side == SOTH_H2_CLIENT ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
                  "relay_error");
@@ -1075,6 +1078,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         return 0;
     case NGHTTP2_GOAWAY:
         r->refuse_new = true;
+        l->goaway_recv = true;
         if (client) {
             /* An error code here is about the client hop; the upstream only learns that no
              * more requests come. (Ours are always NO_ERROR, which on_frame_send relies on
@@ -1252,6 +1256,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         /* The terminating GOAWAY (nghttp2's answer to a connection error, or ours after a
          * fatal feed): pump emits its bytes, then the leg is finished. */
         l->term_sent = true;
+        l->failed = true;
         return 0;
     }
     if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
@@ -1500,6 +1505,7 @@ static int pump(struct soth_h2_relay *r, struct leg *l, bool *progress)
         if (n < 0) {
             /* Fatal inside nghttp2 (NOMEM) or our output failed: the leg cannot go on. */
             int rc = r->out_err < 0 ? r->out_err : SOTH_E_NOMEM;
+            l->failed = true;
             leg_down(r, l->side,
                      l->side == SOTH_H2_CLIENT ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
                      "relay_error");
@@ -1568,6 +1574,16 @@ bool soth_h2_relay_want_write(const struct soth_h2_relay *r, enum soth_h2_side s
 {
     const struct leg *l = &r->leg[side];
     return leg_alive(l) && (l->out_len > 0 || nghttp2_session_want_write(l->s));
+}
+
+bool soth_h2_relay_failed(const struct soth_h2_relay *r, enum soth_h2_side side)
+{
+    return r->leg[side].failed;
+}
+
+bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_h2_side side)
+{
+    return r->leg[side].goaway_recv;
 }
 
 void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_h2_side side, bool reset)

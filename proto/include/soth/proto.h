@@ -490,6 +490,12 @@ void soth_h2_relay_hold(struct soth_h2_relay *r, enum soth_h2_side side, bool ho
 bool soth_h2_relay_want_read(const struct soth_h2_relay *r, enum soth_h2_side side);
 bool soth_h2_relay_want_write(const struct soth_h2_relay *r, enum soth_h2_side side);
 
+/** Whether the leg ended (or is ending) on a connection error: nghttp2's terminating GOAWAY
+ *  for a protocol error or flood, a fatal feed, or an internal failure. Sticky. */
+bool soth_h2_relay_failed(const struct soth_h2_relay *r, enum soth_h2_side side);
+/** Whether the peer on `side` sent GOAWAY (any code). Sticky. */
+bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_h2_side side);
+
 /**
  * The transport of `side` closed: orderly EOF (reset false) or reset/broken pipe (reset
  * true). Open streams end with the deterministic outcomes of docs/http2.md; the other leg
