@@ -17,6 +17,8 @@
 #include "soth/proto.h"
 #include "soth/tls.h"
 
+#include "app.h"
+
 /* ---- sizes (per worker unless noted) */
 #define SOTH_BUF_SIZE    16384u /* one provided recv buffer and one owned chunk */
 #define SOTH_BUF_COUNT   2048u  /* provided buffers in the worker's ring (power of 2) */
@@ -134,6 +136,14 @@ struct flow {
     struct flow *wnext; /* waiter list for provided buffers / free list */
     char *head;         /* split proxy head, then the ClientHello, gathered here (owned chunk) */
     struct soth_tls_conn *tls[2]; /* intercept: [0] faces the client, [1] the upstream */
+    struct worker *w;             /* owner (for the HTTP layer's callbacks) */
+    struct app *app;              /* HTTP layer once both legs are up (core/app.h), or NULL */
+    bool is_reverse;              /* reverse mode: the client may speak TLS or plain HTTP */
+    bool client_plain;            /* intercepting, but the client leg is plain HTTP */
+    bool app_done;                /* the HTTP layer finished: flushing, FINs, then close */
+    bool app_held[2];             /* app_hold(side, true) in force */
+    uint8_t leaf_name_len;        /* reverse mode: the name our leaf is for (client SNI) */
+    char leaf_name[SOTH_TLS_MAX_NAME_LEN + 1];
     uint32_t head_len;
     uint16_t upstream_port;
     struct sockaddr_storage upstream_addr;

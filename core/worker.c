@@ -227,6 +227,13 @@ static struct flow *flow_alloc(struct worker *w)
     f->head = NULL;
     f->head_len = 0;
     f->tls[0] = f->tls[1] = NULL;
+    f->w = w;
+    f->app = NULL;
+    f->is_reverse = false;
+    f->client_plain = false;
+    f->app_done = false;
+    f->app_held[0] = f->app_held[1] = false;
+    f->leaf_name_len = 0;
     f->upstream_port = 0;
     f->upstream_addr_len = 0;
     w->n_flows++;
@@ -261,6 +268,10 @@ static void flow_free(struct worker *w, struct flow *f)
             f->tls[i] = NULL;
         }
     }
+    if (f->app != NULL) {
+        app_free(f->app);
+        f->app = NULL;
+    }
     if (f->on_wait_list) {
         for (struct flow **pp = &w->buf_waiters; *pp; pp = &(*pp)->wnext) {
             if (*pp == f) {
@@ -285,10 +296,26 @@ static void flow_maybe_free(struct worker *w, struct flow *f)
         flow_free(w, f);
 }
 
+static enum soth_outcome outcome_of(enum soth_close_reason r)
+{
+    switch (r) {
+    case SOTH_CLOSE_IDLE_TIMEOUT:
+        return SOTH_OUTCOME_TIMEOUT;
+    case SOTH_CLOSE_CLIENT_EOF:
+        return SOTH_OUTCOME_CLIENT_ABORTED;
+    case SOTH_CLOSE_RELAY_EOF:
+        return SOTH_OUTCOME_UPSTREAM_ABORTED;
+    default:
+        return SOTH_OUTCOME_RESET;
+    }
+}
+
 static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason)
 {
     if (f->state == FS_CLOSING)
         return;
+    if (f->app != NULL)
+        app_abort(f->app, outcome_of(reason)); /* exchanges in flight end before the flow */
     soth_ev_stream_closed(&f->ev, reason, f->bytes[0], f->bytes[1]);
     SOTH_METRIC_ADD(w->m->active_connections, -1);
     SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "closed: %s",
@@ -678,7 +705,17 @@ static void on_resolved(struct worker *w, const struct resolve_resp *rs)
 
 static bool flow_intercepting(const struct worker *w, const struct flow *f)
 {
-    return f->is_connect && f->action == SOTH_ACTION_INTERCEPT && w->tls != NULL;
+    return (f->is_connect || f->is_reverse) && f->action == SOTH_ACTION_INTERCEPT && w->tls != NULL;
+}
+
+static void flow_relay_start(struct worker *w, struct flow *f);
+static void app_after(struct worker *w, struct flow *f, unsigned from, int rc);
+static void flow_check_done(struct worker *w, struct flow *f);
+
+static bool alpn_is(struct soth_iov a, const char *s)
+{
+    size_t n = strlen(s);
+    return a.len == n && memcmp(a.base, s, n) == 0;
 }
 
 /** Move queued ciphertext of tls[side] into the socket's send queue. */
@@ -732,9 +769,43 @@ static void tls_succeeded(struct flow *f, unsigned side)
                                     soth_tls_conn_alpn(t));
 }
 
+/** Decrypt what tls[from] holds and hand it to the HTTP layer. False once the flow ended. */
+static bool tls_pump_app(struct worker *w, struct flow *f, unsigned from)
+{
+    char buf[SOTH_BUF_SIZE];
+    int rc = APP_AGAIN;
+    while (rc == APP_AGAIN) {
+        ssize_t n = soth_tls_conn_read(f->tls[from], buf, sizeof(buf));
+        if (n == SOTH_E_INCOMPLETE)
+            break;
+        if (n < 0) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return false;
+        }
+        if (n == 0) {
+            /* close_notify: the leg's EOF for the HTTP layer. */
+            f->c[from].eof_in = true;
+            if (f->first_eof == 0xff)
+                f->first_eof = (uint8_t)from;
+            rc = app_eof(f->app, from, false);
+            if (rc == APP_HALF_CLOSE) {
+                soth_tls_conn_shutdown(f->tls[from ^ 1]);
+                f->c[from ^ 1].shut_pending = true;
+                rc = APP_AGAIN;
+            }
+            break;
+        }
+        rc = app_input(f->app, from, buf, (size_t)n);
+    }
+    app_after(w, f, from, rc);
+    return f->state == FS_RELAY && !f->app_done;
+}
+
 /** Decrypt what tls[from] holds and re-encrypt it into tls[from ^ 1]. */
 static bool tls_pump(struct worker *w, struct flow *f, unsigned from)
 {
+    if (f->app != NULL)
+        return tls_pump_app(w, f, from);
     unsigned to = from ^ 1;
     char buf[SOTH_BUF_SIZE];
     for (;;) {
@@ -763,26 +834,196 @@ static bool tls_pump(struct worker *w, struct flow *f, unsigned from)
     return true;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * the HTTP layer (core/app.h): plaintext in from either leg, plaintext out through leg_send
+ * ------------------------------------------------------------------------------------------ */
+
+/** app_env.send: plaintext toward side, encrypted when that leg speaks TLS. */
+static int leg_send(void *ctx, unsigned side, const char *p, size_t n)
+{
+    struct flow *f = ctx;
+    if (f->tls[side] != NULL)
+        return soth_tls_conn_write(f->tls[side], p, n) < 0 ? SOTH_E_TLS : 0;
+    return conn_queue_copy(f->w, &f->c[side], p, n) ? 0 : SOTH_E_NOMEM;
+}
+
+static bool leg_flush(struct worker *w, struct flow *f, unsigned side)
+{
+    if (f->tls[side] != NULL)
+        return tls_flush(w, f, side);
+    conn_try_send(w, f, side);
+    return true;
+}
+
+/** The HTTP layer finished: send what is queued, close_notify and FIN both legs, then close
+ *  once the client's FIN arrives (bounded by SOTH_ANSWER_MS). */
+static void app_finish(struct worker *w, struct flow *f)
+{
+    f->app_done = true;
+    for (unsigned s = 0; s < 2; s++) {
+        struct conn *c = &f->c[s];
+        if (f->tls[s] != NULL && !c->shut_done)
+            soth_tls_conn_shutdown(f->tls[s]);
+        if (!leg_flush(w, f, s)) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
+        }
+        if (c->connected && !c->shut_done && !c->shut_pending) {
+            c->shut_pending = true;
+            conn_try_send(w, f, s);
+        }
+    }
+    /* Reads go on (and are discarded) so the peers' FINs are seen. */
+    conn_resume_recv(w, f, SIDE_CLIENT);
+    conn_resume_recv(w, f, SIDE_UPSTREAM);
+    timer_set(w, f, now_ms() + SOTH_ANSWER_MS);
+    flow_check_done(w, f);
+}
+
+/**
+ * After the HTTP layer ran on bytes from `from` (rc as app_input returned): flush both legs,
+ * end the flow when the layer is done, and apply backpressure.
+ */
+static void app_after(struct worker *w, struct flow *f, unsigned from, int rc)
+{
+    if (f->state != FS_RELAY || f->app_done)
+        return;
+    if (!leg_flush(w, f, SIDE_CLIENT) || !leg_flush(w, f, SIDE_UPSTREAM)) {
+        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    if (rc == APP_DONE) {
+        app_finish(w, f);
+        return;
+    }
+    if (rc < 0) {
+        SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "HTTP layer: %s", soth_strerror(rc));
+        flow_close(w, f, app_close_reason(f->app));
+        return;
+    }
+    for (unsigned s = 0; s < 2; s++) {
+        struct conn *out = &f->c[s];
+        if (f->app != NULL && app_read_paused(f->app, s)) {
+            conn_pause_recv(w, f, s);
+        } else if (f->c[s].recv_paused && !over_high(&f->c[s ^ 1])) {
+            conn_resume_recv(w, f, s);
+        }
+        /* HTTP/2 holds output for a congested leg; flow control then stops its sender. */
+        if (!f->app_held[s] && over_high(out)) {
+            f->app_held[s] = true;
+            rc = app_hold(f->app, s, true);
+            if (rc != APP_AGAIN) {
+                app_after(w, f, from, rc);
+                return;
+            }
+        }
+    }
+    (void)from;
+}
+
+/** Bytes from a plain (not TLS) leg for the HTTP layer. Takes the buffer. */
+static void app_plain_input(struct worker *w, struct flow *f, unsigned side, const char *p,
+                            uint32_t len)
+{
+    int rc = app_input(f->app, side, p, len);
+    app_after(w, f, side, rc);
+    if (f->state == FS_RELAY && !f->app_done && over_high(&f->c[side ^ 1]) &&
+        !f->app_held[side ^ 1])
+        conn_pause_recv(w, f, side);
+}
+
+/** Both legs are up (handshakes done where TLS is spoken): start the HTTP layer and relay. */
+static void flow_relay_start(struct worker *w, struct flow *f)
+{
+    flow_set_state(f, FS_RELAY);
+    timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
+    if (f->action == SOTH_ACTION_INTERCEPT && f->app == NULL) {
+        struct soth_iov alpn =
+            f->tls[SIDE_CLIENT] != NULL ? soth_tls_conn_alpn(f->tls[SIDE_CLIENT]) : SOTH_IOV_NULL;
+        bool h2 = alpn_is(alpn, "h2");
+        if (h2 || alpn.len == 0 || alpn_is(alpn, "http/1.1") || alpn_is(alpn, "http/1.0")) {
+            struct app_env env = {
+                .cfg = w->cfg,
+                .ev = &f->ev,
+                .m = w->m,
+                .client_tls = f->tls[SIDE_CLIENT] != NULL,
+                .ctx = f,
+                .send = leg_send,
+            };
+            f->app = app_new(h2 ? APP_H2 : APP_H1, &env);
+            if (f->app == NULL && !h2) {
+                flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+                return;
+            }
+            /* Without an HTTP/2 layer (not built), h2 is relayed as TLS-wrapped bytes. */
+        }
+    }
+    conn_arm_recv(w, f, SIDE_CLIENT);
+    conn_arm_recv(w, f, SIDE_UPSTREAM);
+    if (f->app != NULL && f->head != NULL) {
+        /* Reverse mode: the plain client's first bytes, read while looking for a ClientHello. */
+        char *head = f->head;
+        uint32_t n = f->head_len;
+        f->head = NULL;
+        f->head_len = 0;
+        int rc = app_input(f->app, SIDE_CLIENT, head, n);
+        chunk_put(w, head);
+        app_after(w, f, SIDE_CLIENT, rc);
+    } else if (f->head != NULL) {
+        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
+        chunk_put(w, f->head);
+        f->head = NULL;
+        f->head_len = 0;
+    }
+    if (f->state != FS_RELAY || f->app_done)
+        return;
+    if (f->app != NULL && f->tls[SIDE_CLIENT] == NULL && f->tls[SIDE_UPSTREAM] == NULL) {
+        app_after(w, f, SIDE_CLIENT, APP_AGAIN);
+        return;
+    }
+    /* Application data may already sit behind either handshake (an HTTP/2 layer also has its
+     * prefaces to send). */
+    if (f->app != NULL)
+        app_after(w, f, SIDE_CLIENT, APP_AGAIN);
+    if (f->tls[SIDE_CLIENT] != NULL && !tls_pump(w, f, SIDE_CLIENT))
+        return;
+    if (f->tls[SIDE_UPSTREAM] != NULL)
+        tls_pump(w, f, SIDE_UPSTREAM);
+    else
+        conn_try_send(w, f, SIDE_UPSTREAM);
+}
+
 /** Client side handshake done: relay from now on. */
 static void tls_client_ready(struct worker *w, struct flow *f)
 {
     tls_succeeded(f, SIDE_CLIENT);
-    flow_set_state(f, FS_RELAY);
-    timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
-    /* Application data may already sit behind either handshake. */
-    if (tls_pump(w, f, SIDE_CLIENT))
-        tls_pump(w, f, SIDE_UPSTREAM);
+    flow_relay_start(w, f);
 }
+
+static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov alpn);
 
 /** Upstream handshake done: answer the client with our leaf and the upstream's ALPN. */
 static void tls_upstream_ready(struct worker *w, struct flow *f)
 {
     tls_succeeded(f, SIDE_UPSTREAM);
-    struct soth_iov name = soth_iov(f->ev.server_host, f->ev.server_host_len);
+    if (f->client_plain) {
+        /* Reverse mode, plain client: nothing to answer with a leaf. */
+        flow_relay_start(w, f);
+        return;
+    }
+    tls_client_start(w, f, soth_tls_conn_alpn(f->tls[SIDE_UPSTREAM]));
+}
+
+/** Start our server half toward the client: a leaf for the name, `alpn` selected. */
+static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov alpn)
+{
+    struct soth_iov name = f->leaf_name_len > 0
+                               ? soth_iov(f->leaf_name, f->leaf_name_len)
+                               : soth_iov(f->ev.server_host, f->ev.server_host_len);
     struct soth_tls_conn *c = NULL;
     struct soth_tls_leaf_cache_stats st;
     soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, name);
-    int rc = soth_tls_conn_new_server(w->tls, name, soth_tls_conn_alpn(f->tls[SIDE_UPSTREAM]), &c);
+    int rc = soth_tls_conn_new_server(w->tls, name, alpn, &c);
     soth_tls_leaf_cache_stats(w->tls, &st);
     atomic_store_explicit(&w->m->leaf_cache_hits, st.hits, memory_order_relaxed);
     atomic_store_explicit(&w->m->leaf_cache_misses, st.misses, memory_order_relaxed);
@@ -819,6 +1060,31 @@ static void hello_failed(struct worker *w, struct flow *f, struct soth_iov detai
     flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
 }
 
+/** Start our client half toward the upstream (SNI name, ALPN offer), FS_TLS_UP. */
+static void tls_upstream_start(struct worker *w, struct flow *f, struct soth_iov name,
+                               const struct soth_iov *alpn, size_t n_alpn)
+{
+    soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_UPSTREAM, name);
+    struct soth_tls_conn *u = NULL;
+    if (soth_tls_conn_new_client(w->tls, name, alpn, n_alpn, &u) < 0) {
+        tls_failed(w, f, SIDE_UPSTREAM, -1);
+        return;
+    }
+    f->tls[SIDE_UPSTREAM] = u;
+    flow_set_state(f, FS_TLS_UP);
+    timer_set(w, f, now_ms() + w->cfg->timeouts.tls_handshake_ms);
+    int hrc = soth_tls_conn_handshake(u);
+    if (hrc < 0 && hrc != SOTH_E_INCOMPLETE) {
+        tls_failed(w, f, SIDE_UPSTREAM, -1);
+        return;
+    }
+    if (!tls_flush(w, f, SIDE_UPSTREAM)) {
+        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    conn_arm_recv(w, f, SIDE_UPSTREAM);
+}
+
 /** FS_HELLO: enough of the ClientHello? Then start the upstream handshake. */
 static void tls_try_hello(struct worker *w, struct flow *f)
 {
@@ -829,6 +1095,17 @@ static void tls_try_hello(struct worker *w, struct flow *f)
     ssize_t rc = soth_tls_peek_client_hello(f->head, f->head_len, &ch);
     if (rc == SOTH_E_INCOMPLETE && f->head_len < SOTH_BUF_SIZE)
         return;
+    if (rc == SOTH_TLS_E_NOT_TLS && f->is_reverse) {
+        /* Reverse mode, plain HTTP from the client: parse it; TLS toward an https origin. */
+        f->client_plain = true;
+        if (w->cfg->reverse_tls) {
+            static const struct soth_iov h1[] = {SOTH_IOV_LIT("http/1.1")};
+            tls_upstream_start(w, f, soth_iov(f->ev.server_host, f->ev.server_host_len), h1, 1);
+        } else {
+            flow_relay_start(w, f);
+        }
+        return;
+    }
     if (rc == SOTH_TLS_E_NOT_TLS) {
         /* Not TLS: nothing to intercept at this layer; relay what the client sent as is. */
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "not TLS: relaying as a tunnel");
@@ -848,29 +1125,43 @@ static void tls_try_hello(struct worker *w, struct flow *f)
         return;
     }
     soth_ev_flow_set_protocol(&f->ev, SOTH_PROTO_TLS);
-    /* The name for SNI and our leaf: the client's SNI, else the CONNECT host. */
-    if (ch.has_sni && ch.sni.len > 0)
+    /*
+     * The ALPN offer toward the upstream: the client's list without what we cannot relay as
+     * negotiated ("h2" only with http2_enabled; gRPC's "grpc-exp" is HTTP/2 on the wire, so
+     * the client gets "h2" when the upstream picks it).
+     */
+    struct soth_iov alpn[SOTH_TLS_MAX_ALPN];
+    size_t n_alpn = 0;
+    bool offers_h1 = false;
+    for (size_t i = 0; i < ch.n_alpn; i++) {
+        if (alpn_is(ch.alpn[i], "grpc-exp") ||
+            (alpn_is(ch.alpn[i], "h2") && !w->cfg->http2_enabled))
+            continue;
+        if (alpn_is(ch.alpn[i], "http/1.1"))
+            offers_h1 = true;
+        alpn[n_alpn++] = ch.alpn[i];
+    }
+    if (ch.has_alpn && n_alpn == 0) {
+        /* Nothing left (an h2-only client with HTTP/2 off): offer HTTP/1.1. */
+        alpn[n_alpn++] = SOTH_IOV_LIT("http/1.1");
+    }
+    if (f->is_reverse) {
+        /* Our leaf is for the name the client asked for; the origin is the configured one. */
+        struct soth_iov leaf = ch.has_sni && ch.sni.len > 0
+                                   ? ch.sni
+                                   : soth_iov(f->ev.server_host, f->ev.server_host_len);
+        memcpy(f->leaf_name, leaf.base, leaf.len);
+        f->leaf_name_len = (uint8_t)leaf.len;
+        if (!w->cfg->reverse_tls) {
+            /* Plain HTTP origin: we terminate TLS and speak HTTP/1.1 to it. */
+            tls_client_start(w, f, offers_h1 ? SOTH_IOV_LIT("http/1.1") : SOTH_IOV_NULL);
+            return;
+        }
+    } else if (ch.has_sni && ch.sni.len > 0) {
+        /* The name for SNI and our leaf: the client's SNI, else the CONNECT host. */
         soth_ev_flow_set_server(&f->ev, ch.sni, f->ev.server_port);
-    struct soth_iov name = soth_iov(f->ev.server_host, f->ev.server_host_len);
-    soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_UPSTREAM, name);
-    struct soth_tls_conn *u = NULL;
-    if (soth_tls_conn_new_client(w->tls, name, ch.alpn, ch.n_alpn, &u) < 0) {
-        tls_failed(w, f, SIDE_UPSTREAM, -1);
-        return;
     }
-    f->tls[SIDE_UPSTREAM] = u;
-    flow_set_state(f, FS_TLS_UP);
-    timer_set(w, f, now_ms() + w->cfg->timeouts.tls_handshake_ms);
-    int hrc = soth_tls_conn_handshake(u);
-    if (hrc < 0 && hrc != SOTH_E_INCOMPLETE) {
-        tls_failed(w, f, SIDE_UPSTREAM, -1);
-        return;
-    }
-    if (!tls_flush(w, f, SIDE_UPSTREAM)) {
-        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-        return;
-    }
-    conn_arm_recv(w, f, SIDE_UPSTREAM);
+    tls_upstream_start(w, f, soth_iov(f->ev.server_host, f->ev.server_host_len), alpn, n_alpn);
 }
 
 /** Client bytes before the client handshake starts: gathered as the ClientHello. */
@@ -1046,11 +1337,26 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
         flow_block(w, f, rule);
         return false;
     }
-    if (!h->is_connect) {
+    if (!h->is_connect && a == SOTH_ACTION_INTERCEPT) {
+        /* Absolute-form plain HTTP, parsed: the HTTP layer takes the whole head (the caller
+         * feeds it) and sends the upstream origin-form. */
+        struct app_env env = {
+            .cfg = w->cfg,
+            .ev = &f->ev,
+            .m = w->m,
+            .origin_form = true,
+            .ctx = f,
+            .send = leg_send,
+        };
+        f->app = app_new(APP_H1, &env);
+        if (f->app == NULL) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return false;
+        }
+    } else if (!h->is_connect) {
         /*
-         * Absolute-form plain HTTP: the upstream gets origin-form, without the hop-by-hop
-         * Proxy-* fields. Later requests on the connection are relayed as sent (the HTTP/1.1
-         * issue adds per-request parsing).
+         * Absolute-form plain HTTP, tunnelled: the upstream gets origin-form, without the
+         * hop-by-hop Proxy-* fields; later requests on the connection are relayed as sent.
          */
         struct conn *u = &f->c[SIDE_UPSTREAM];
         bool ok =
@@ -1090,6 +1396,25 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
     }
     flow_start_upstream(w, f);
     return f->state != FS_CLOSING;
+}
+
+/**
+ * Regular-mode plain HTTP before the upstream is up: the HTTP layer takes the client's bytes
+ * (queued for the upstream until it connects). The flow is in FS_RESOLVING/FS_CONNECTING, so
+ * the layer's end is handled like in relay.
+ */
+static void app_plain_head(struct worker *w, struct flow *f, const char *p, uint32_t len)
+{
+    int rc = app_input(f->app, SIDE_CLIENT, p, len);
+    if (rc == APP_AGAIN) {
+        conn_try_send(w, f, SIDE_CLIENT);
+        if (app_read_paused(f->app, SIDE_CLIENT))
+            conn_pause_recv(w, f, SIDE_CLIENT);
+        return;
+    }
+    /* An error answer (400/431) before any upstream byte matters: answer and close. */
+    flow_set_state(f, FS_RELAY);
+    app_after(w, f, SIDE_CLIENT, rc);
 }
 
 static void flow_head_failed(struct worker *w, struct flow *f, ssize_t rc, const char *code,
@@ -1138,7 +1463,17 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
             flow_head_failed(w, f, rc, code, detail);
             return;
         }
-        if (!flow_on_head(w, f, &h) || (size_t)rc == len) {
+        if (!flow_on_head(w, f, &h)) {
+            buf_put(w, bid);
+            return;
+        }
+        if (f->app != NULL) {
+            /* Plain HTTP through the HTTP layer: the head and whatever followed it. */
+            app_plain_head(w, f, data, len);
+            buf_put(w, bid);
+            return;
+        }
+        if ((size_t)rc == len) {
             buf_put(w, bid);
             return;
         }
@@ -1176,7 +1511,12 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
         uint32_t proxy_len = f->head_len;
         f->head = NULL;
         f->head_len = 0;
-        if (flow_intercepting(w, f)) {
+        if (f->app != NULL) {
+            app_plain_head(w, f, proxy_head, proxy_len);
+            if (n < len && f->state != FS_CLOSING && !f->app_done)
+                app_plain_head(w, f, data + n, len - n);
+            buf_put(w, bid);
+        } else if (flow_intercepting(w, f)) {
             if ((uint32_t)rc < proxy_len)
                 tls_hello_bytes(w, f, proxy_head + rc, proxy_len - (uint32_t)rc);
             if (n < len && f->state != FS_CLOSING)
@@ -1231,6 +1571,7 @@ static void flow_begin_direct(struct worker *w, struct flow *f, const char *host
     soth_ev_flow_set_server(&f->ev, soth_iov(host, host_len), port);
     soth_ev_connect_received(&f->ev, SOTH_IOV_NULL, soth_iov(target, (size_t)n));
     f->upstream_port = port;
+    f->is_reverse = w->cfg->mode == SOTH_MODE_REVERSE;
     struct soth_iov rule;
     if (flow_decide(w, f, &rule) == SOTH_ACTION_BLOCK) {
         flow_block(w, f, rule);
@@ -1329,6 +1670,14 @@ static void flow_check_done(struct worker *w, struct flow *f)
     if (f->state != FS_RELAY)
         return;
     struct conn *c = &f->c[SIDE_CLIENT], *u = &f->c[SIDE_UPSTREAM];
+    if (f->app_done) {
+        /* Everything delivered and our FINs out: close once the client's FIN came too. */
+        if (c->q_count == 0 && !c->send_inflight && !c->shut_pending && c->eof_in &&
+            (u->q_count == 0 || !u->connected) && !u->send_inflight &&
+            (!u->shut_pending || !u->connected))
+            flow_close(w, f, app_close_reason(f->app));
+        return;
+    }
     /* pending == 0: no send or shutdown in flight, so both FINs have left. */
     if (c->eof_in && u->eof_in && c->q_count == 0 && u->q_count == 0 && !c->shut_pending &&
         !u->shut_pending && f->pending == 0)
@@ -1362,10 +1711,24 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
             buf_put(w, bid);
             return;
         }
+        if (f->app != NULL) {
+            app_plain_head(w, f, buf_addr(w, bid), len);
+            buf_put(w, bid);
+            return;
+        }
         SOTH_FALLTHROUGH;
     case FS_RELAY: {
+        if (f->app_done) {
+            buf_put(w, bid); /* after the HTTP layer finished: only FINs matter */
+            return;
+        }
         if (f->tls[side] != NULL) {
             tls_input(w, f, side, bid, len);
+            return;
+        }
+        if (f->app != NULL) {
+            app_plain_input(w, f, side, buf_addr(w, bid), len);
+            buf_put(w, bid);
             return;
         }
         unsigned other = side ^ 1;
@@ -1417,6 +1780,17 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
         return;
     case FS_RELAY: {
         struct conn *o = &f->c[side ^ 1];
+        if (f->app_done) {
+            flow_check_done(w, f);
+            return;
+        }
+        if (f->app != NULL) {
+            int rc = app_eof(f->app, side, false);
+            if (rc != APP_HALF_CLOSE) {
+                app_after(w, f, side, rc);
+                return;
+            }
+        }
         if (f->tls[side ^ 1] != NULL && !o->shut_done && !o->shut_pending) {
             /* A FIN without close_notify: close the other leg cleanly all the same. */
             soth_tls_conn_shutdown(f->tls[side ^ 1]);
@@ -1511,7 +1885,14 @@ static void on_send(struct worker *w, struct flow *f, unsigned side, int res)
     f->last_active_ms = now_ms();
     /* The source of these bytes may read again. */
     struct conn *src = &f->c[side ^ 1];
-    if (src->recv_paused && c->q_bytes <= SOTH_LOW_WM && c->q_count < SOTH_OUTQ_PAUSE / 2)
+    bool low = c->q_bytes <= SOTH_LOW_WM && c->q_count < SOTH_OUTQ_PAUSE / 2;
+    if (low && f->app != NULL && f->app_held[side] && !f->app_done && f->state == FS_RELAY) {
+        f->app_held[side] = false;
+        app_after(w, f, side, app_hold(f->app, side, false));
+        if (f->state != FS_RELAY)
+            return;
+    }
+    if (src->recv_paused && low && (f->app == NULL || !app_read_paused(f->app, side ^ 1)))
         conn_resume_recv(w, f, side ^ 1);
     if (c->q_count > 0) {
         conn_try_send(w, f, side);
@@ -1546,6 +1927,10 @@ static void on_shutdown(struct worker *w, struct flow *f, unsigned side, int res
 static void on_timeout(struct worker *w, struct flow *f)
 {
     uint64_t now = now_ms();
+    if (f->app_done && f->state == FS_RELAY) {
+        flow_close(w, f, app_close_reason(f->app));
+        return;
+    }
     switch (f->state) {
     case FS_HEAD:
         soth_ev_connect_parse_failed(&f->ev, SOTH_IOV_LIT("request_header_timeout"),
@@ -1653,6 +2038,8 @@ static void worker_begin_stop(struct worker *w)
         struct flow *f = &w->flows[i];
         if (flow_is_live(f) && f->state == FS_HEAD && f->head == NULL)
             flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
+        else if (flow_is_live(f) && f->state == FS_RELAY && f->app != NULL && !f->app_done)
+            app_after(w, f, SIDE_CLIENT, app_shutdown(f->app)); /* idle keep-alive: close */
     }
 }
 

@@ -96,15 +96,24 @@ class InterceptTests(unittest.TestCase):
             evs = p.checked_events()
         fl = list(by_flow(evs).values())[0]
         types = [e["type"] for e in fl]
+        # Both handshakes, then the two requests parsed as HTTP/1.1 exchanges on one flow.
         self.assertEqual(types, ["connect_received", "connect_decision", "tls_handshake_started",
                                  "tls_handshake_succeeded", "tls_handshake_started",
-                                 "tls_handshake_succeeded", "stream_closed"])
+                                 "tls_handshake_succeeded"] +
+                         ["request_headers", "response_headers", "response_body_chunk",
+                          "exchange_completed"] * 2 + ["stream_closed"])
         self.assertEqual(fl[1]["decision"], "intercept")
         self.assertEqual([fl[2]["side"], fl[3]["side"], fl[4]["side"], fl[5]["side"]],
                          ["upstream", "upstream", "client", "client"])
         self.assertEqual(fl[2]["sni"], "origin.test")
         self.assertTrue(fl[5]["tls_version"].startswith("TLSv1."))
         self.assertEqual(fl[5]["protocol"], "tls")
+        self.assertEqual([fl[6]["stream_id"], fl[10]["stream_id"]], [1, 2])
+        self.assertEqual((fl[6]["method"], fl[6]["scheme"], fl[6]["authority"], fl[6]["path"]),
+                         ("GET", "https", f"origin.test:{self.origin.port}", "/x"))
+        self.assertEqual(fl[7]["status"], 200)
+        self.assertEqual(fl[9]["outcome"], "complete")
+        self.assertEqual(fl[6]["protocol"], "http1")
 
     def test_python_post_1mib_byte_exact_with_ca_checked(self):
         with Proxy(config=self.config()) as p:
