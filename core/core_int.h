@@ -142,7 +142,9 @@ struct flow {
     bool client_plain;            /* intercepting, but the client leg is plain HTTP */
     bool app_done;                /* the HTTP layer finished: flushing, FINs, then close */
     bool app_held[2];             /* app_hold(side, true) in force */
-    uint8_t leaf_name_len;        /* reverse mode: the name our leaf is for (client SNI) */
+    char *answer;                 /* our 502 after an upstream TLS failure (owned chunk) */
+    uint32_t answer_len;
+    uint8_t leaf_name_len; /* reverse mode: the name our leaf is for (client SNI) */
     char leaf_name[SOTH_TLS_MAX_NAME_LEN + 1];
     uint32_t head_len;
     uint16_t upstream_port;

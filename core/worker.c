@@ -234,6 +234,8 @@ static struct flow *flow_alloc(struct worker *w)
     f->app_done = false;
     f->app_held[0] = f->app_held[1] = false;
     f->leaf_name_len = 0;
+    f->answer = NULL;
+    f->answer_len = 0;
     f->upstream_port = 0;
     f->upstream_addr_len = 0;
     w->n_flows++;
@@ -261,6 +263,10 @@ static void flow_free(struct worker *w, struct flow *f)
     if (f->head != NULL) {
         chunk_put(w, f->head);
         f->head = NULL;
+    }
+    if (f->answer != NULL) {
+        chunk_put(w, f->answer);
+        f->answer = NULL;
     }
     for (unsigned i = 0; i < 2; i++) {
         if (f->tls[i] != NULL) {
@@ -499,7 +505,25 @@ static void flow_answer(struct worker *w, struct flow *f, unsigned status, const
     struct conn *c = &f->c[SIDE_CLIENT];
     f->answer_reason = (uint8_t)reason;
     flow_set_state(f, FS_ANSWER);
-    if (!conn_queue_copy(w, c, head, (size_t)n) || !conn_queue_copy(w, c, body, body_len)) {
+    struct soth_tls_conn *t = f->tls[SIDE_CLIENT];
+    if (t != NULL) {
+        /* Inside the client's TLS session (an upstream TLS failure): then close_notify. */
+        if (soth_tls_conn_write(t, head, (size_t)n) < 0 ||
+            soth_tls_conn_write(t, body, body_len) < 0) {
+            flow_close(w, f, reason);
+            return;
+        }
+        soth_tls_conn_shutdown(t);
+        struct soth_iov iov;
+        size_t k;
+        while ((k = soth_tls_conn_out(t, &iov)) > 0) {
+            if (!conn_queue_copy(w, c, iov.base, k)) {
+                flow_close(w, f, reason);
+                return;
+            }
+            soth_tls_conn_out_consume(t, k);
+        }
+    } else if (!conn_queue_copy(w, c, head, (size_t)n) || !conn_queue_copy(w, c, body, body_len)) {
         flow_close(w, f, reason);
         return;
     }
@@ -733,6 +757,46 @@ static bool tls_flush(struct worker *w, struct flow *f, unsigned side)
     return true;
 }
 
+static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov alpn);
+
+/**
+ * After a failed handshake: an upstream failure still gives the client a TLS session with our
+ * leaf (or, for a plain client, an answer right away) and then 502 naming the reason (SPEC);
+ * anything else closes the flow.
+ */
+static void tls_failed_end(struct worker *w, struct flow *f, unsigned side,
+                           enum soth_tls_fail reason, const char *detail)
+{
+    bool can_answer = side == SIDE_UPSTREAM && f->tls[SIDE_CLIENT] == NULL && f->answer == NULL &&
+                      (f->client_plain || f->head != NULL) && !f->c[SIDE_CLIENT].eof_in;
+    char *a = can_answer ? chunk_get(w) : NULL;
+    if (a == NULL) {
+        flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
+        return;
+    }
+    int n = snprintf(a, SOTH_BUF_SIZE, "soth-mitm: TLS with the upstream %.*s:%u failed: %s: %s\n",
+                     (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
+                     soth_tls_fail_names[reason], detail);
+    f->answer = a;
+    f->answer_len = (uint32_t)n;
+    /* The upstream is done with: stop reading it (its bytes and FIN are ignored from now). */
+    conn_pause_recv(w, f, SIDE_UPSTREAM);
+    soth_tls_conn_free(f->tls[SIDE_UPSTREAM]);
+    f->tls[SIDE_UPSTREAM] = NULL;
+    if (f->client_plain) {
+        flow_answer(w, f, 502, "Bad Gateway", f->answer, f->answer_len, SOTH_CLOSE_TLS_FAILED);
+        return;
+    }
+    /* HTTP/1.1 when the client offers it, so the answer is one it can read. */
+    struct soth_tls_client_hello ch;
+    memset(&ch, 0, sizeof(ch));
+    bool h1 = false;
+    if (soth_tls_peek_client_hello(f->head, f->head_len, &ch) >= 0)
+        for (size_t i = 0; i < ch.n_alpn; i++)
+            h1 = h1 || alpn_is(ch.alpn[i], "http/1.1");
+    tls_client_start(w, f, h1 ? SOTH_IOV_LIT("http/1.1") : SOTH_IOV_NULL);
+}
+
 static void tls_failed(struct worker *w, struct flow *f, unsigned side, int transport)
 {
     struct soth_tls_conn *t = f->tls[side];
@@ -758,7 +822,7 @@ static void tls_failed(struct worker *w, struct flow *f, unsigned side, int tran
     SOTH_METRIC_ADD(w->m->tls_failures[side][reason], 1);
     SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "TLS %s: %s: %s",
              side ? "upstream" : "client", soth_tls_fail_names[reason], detail);
-    flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
+    tls_failed_end(w, f, side, reason, detail);
 }
 
 static void tls_succeeded(struct flow *f, unsigned side)
@@ -997,10 +1061,13 @@ static void flow_relay_start(struct worker *w, struct flow *f)
 static void tls_client_ready(struct worker *w, struct flow *f)
 {
     tls_succeeded(f, SIDE_CLIENT);
+    if (f->answer != NULL) {
+        /* The upstream handshake failed: our 502 goes out inside the client's session. */
+        flow_answer(w, f, 502, "Bad Gateway", f->answer, f->answer_len, SOTH_CLOSE_TLS_FAILED);
+        return;
+    }
     flow_relay_start(w, f);
 }
-
-static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov alpn);
 
 /** Upstream handshake done: answer the client with our leaf and the upstream's ALPN. */
 static void tls_upstream_ready(struct worker *w, struct flow *f)
@@ -1688,6 +1755,10 @@ static void flow_check_done(struct worker *w, struct flow *f)
 static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsigned bid,
                          uint32_t len)
 {
+    if (side == SIDE_UPSTREAM && f->answer != NULL) {
+        buf_put(w, bid); /* the upstream failed its handshake: we answer the client ourselves */
+        return;
+    }
     f->bytes[side] += len;
     if (side == SIDE_CLIENT)
         SOTH_METRIC_ADD(w->m->bytes_client_to_server, len);
@@ -1750,6 +1821,8 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
 {
     struct conn *c = &f->c[side];
     c->eof_in = true;
+    if (side == SIDE_UPSTREAM && f->answer != NULL)
+        return;
     if (f->first_eof == 0xff)
         f->first_eof = (uint8_t)side;
     switch (f->state) {
@@ -1836,6 +1909,8 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
             f->wnext = w->buf_waiters;
             w->buf_waiters = f;
         }
+    } else if (side == SIDE_UPSTREAM && f->answer != NULL) {
+        /* ignored: the upstream already failed its handshake */
     } else if (cqe->res != -ECANCELED && f->state != FS_CLOSING) {
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "recv %s: %s",
                  side ? "upstream" : "client", soth_strerror(cqe->res));

@@ -152,16 +152,22 @@ sys.exit(0 if r.status == 200 and body == data else 1)
         del cfg["tls"]["upstream_ca_file"]
         with Proxy(config=cfg) as p:
             ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+            # SPEC: the client still gets a TLS session with our leaf, then 502 saying why.
             out = subprocess.run(["curl", "-sS", "--cacert", ca, "-x",
-                                  f"http://127.0.0.1:{p.port}",
+                                  f"http://127.0.0.1:{p.port}", "-w", "%{http_code}",
                                   f"https://origin.test:{self.origin.port}/"],
                                  capture_output=True, timeout=30)
-            self.assertNotEqual(out.returncode, 0)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertTrue(out.stdout.endswith(b"502"), out.stdout)
+            self.assertIn(b"TLS with the upstream origin.test", out.stdout)
+            self.assertIn(b"unknown_ca", out.stdout)
             evs = p.checked_events()
         failed = [e for e in evs if e["type"] == "tls_handshake_failed"]
         self.assertEqual(len(failed), 1, evs)
         self.assertEqual(failed[0]["side"], "upstream")
         self.assertEqual(failed[0]["tls_failure_reason"], "unknown_ca")
+        ok = [e for e in evs if e["type"] == "tls_handshake_succeeded"]
+        self.assertEqual([e["side"] for e in ok], ["client"])
         self.assertEqual(evs[-1]["reason_code"], "tls_failed")
 
     def test_tunnelled_host_never_reaches_the_mitm_path(self):
