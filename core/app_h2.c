@@ -184,10 +184,12 @@ static void on_stream_end(void *ctx, int32_t sid, const struct soth_h2_stream_en
 {
     struct app_h2 *h = ctx;
     struct h2_stream *e = stream_find(h, sid);
-    if (e != NULL)
-        stream_del(h, e);
     /* Without an entry the stream was refused before its head was reported (431, malformed
-     * head): it still ends with one exchange_completed, so the refusal is visible. */
+     * head): no request_headers, so no exchange either (SPEC invariant 4: request_headers
+     * is a stream's first event), as for an HTTP/1.1 head refused with 431. */
+    if (e == NULL)
+        return;
+    stream_del(h, e);
     enum soth_outcome o = outcome_of(end->outcome);
     if (h->aborting && o != SOTH_OUTCOME_COMPLETE)
         o = h->abort_outcome;

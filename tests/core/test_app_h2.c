@@ -845,12 +845,10 @@ Test(app_h2, oversized_heads_both_ways_connection_survives)
     cr_assert_eq(c->status, 200);
     cr_assert_eq(c->resp_body.len, 7);
     cr_assert(!t->done);
-    /* the refused request: no request_headers, one exchange_completed (reset) */
+    /* the refused request left no events: it never had a head worth reporting */
     struct sview v;
     stream_view(t, a->sid, &v);
-    cr_assert_eq(v.n_req, 0);
-    cr_assert_eq(v.n_done, 1);
-    cr_assert_str_eq(ev_str(v.done, "outcome"), "reset");
+    cr_assert_eq(v.n_req + v.n_done + v.n_resp, 0);
     sview_free(&v);
     check_exchange(t, b, "upstream_aborted", 4096);
     check_exchange(t, c, "complete", 4096);
