@@ -514,4 +514,16 @@ void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *ou
 
 /* ---- end of HTTP/2 section ---- */
 
+/* ======================================================================================
+ * WebSocket and SSE (issue 9): section owned by the streaming-protocols engineer (A).
+ * ====================================================================================== */
+
+/* ---- end of WebSocket and SSE section ---- */
+
+/* ======================================================================================
+ * gRPC, layered decoders, payload parsing (issue 9): section owned by engineer (B).
+ * ====================================================================================== */
+
+/* ---- end of gRPC and decoders section ---- */
+
 #endif
