@@ -139,6 +139,7 @@ struct flow {
     struct worker *w;             /* owner (for the HTTP layer's callbacks) */
     struct app *app;              /* HTTP layer once both legs are up (core/app.h), or NULL */
     bool is_reverse;              /* reverse mode: the client may speak TLS or plain HTTP */
+    bool is_transparent;          /* transparent mode: likewise; TLS names come from the SNI */
     bool client_plain;            /* intercepting, but the client leg is plain HTTP */
     bool app_done;                /* the HTTP layer finished: flushing, FINs, then close */
     bool app_held[2];             /* app_hold(side, true) in force */
@@ -225,6 +226,13 @@ struct worker {
 
     int setup_err;
     char setup_msg[256];
+
+    /* TLS learning (core/learn.c): the slot is written by the telemetry thread, the rest is
+     * the worker's own */
+    struct soth_tls_learning_slot learn_slot;
+    struct soth_tls_learning_snapshot *learn_view; /* current snapshot (owned ref) or NULL */
+    bool learn_on;                                 /* tls.learning.enabled, read at start */
+    uint8_t learn_provider; /* enum soth_tls_provider of own failures (native; test hook) */
 };
 
 struct soth_engine {
@@ -239,6 +247,7 @@ struct soth_engine {
     pthread_t resolver;
     int resolver_efd;
     _Atomic int resolver_stop;
+    struct soth_learn *learn; /* core/learn.c */
 };
 
 /* worker.c */

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "core_int.h"
+#include "learn.h"
 
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
@@ -230,6 +231,7 @@ static struct flow *flow_alloc(struct worker *w)
     f->w = w;
     f->app = NULL;
     f->is_reverse = false;
+    f->is_transparent = false;
     f->client_plain = false;
     f->app_done = false;
     f->app_held[0] = f->app_held[1] = false;
@@ -729,7 +731,8 @@ static void on_resolved(struct worker *w, const struct resolve_resp *rs)
 
 static bool flow_intercepting(const struct worker *w, const struct flow *f)
 {
-    return (f->is_connect || f->is_reverse) && f->action == SOTH_ACTION_INTERCEPT && w->tls != NULL;
+    return (f->is_connect || f->is_reverse || f->is_transparent) &&
+           f->action == SOTH_ACTION_INTERCEPT && w->tls != NULL;
 }
 
 static void flow_relay_start(struct worker *w, struct flow *f);
@@ -815,10 +818,11 @@ static void tls_failed(struct worker *w, struct flow *f, unsigned side, int tran
                                                   sizeof(detail));
     else if (t == NULL || soth_tls_conn_failure(t, &reason, detail, sizeof(detail)) < 0)
         snprintf(detail, sizeof(detail), "TLS failure");
-    soth_ev_tls_handshake_failed(&f->ev, side ? SOTH_SIDE_UPSTREAM : SOTH_SIDE_CLIENT,
-                                 (enum soth_tls_failure)reason,
-                                 transport >= 0 ? SOTH_IOV_LIT("transport") : SOTH_IOV_LIT("tls"),
-                                 SOTH_TLSP_NATIVE, soth_iov(detail, strlen(detail)), 0, 0);
+    /* A learning signal too: the telemetry thread counts it and fills in the event's counts. */
+    soth_learn_flow_signal(w, &f->ev, side ? SOTH_SIDE_UPSTREAM : SOTH_SIDE_CLIENT,
+                           (enum soth_tls_failure)reason, soth_learn_native_provider(w),
+                           transport >= 0 ? SOTH_IOV_LIT("transport") : SOTH_IOV_LIT("tls"),
+                           soth_iov(detail, strlen(detail)));
     SOTH_METRIC_ADD(w->m->tls_failures[side][reason], 1);
     SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "TLS %s: %s: %s",
              side ? "upstream" : "client", soth_tls_fail_names[reason], detail);
@@ -1121,8 +1125,8 @@ static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov a
 static void hello_failed(struct worker *w, struct flow *f, struct soth_iov detail)
 {
     soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
-    soth_ev_tls_handshake_failed(&f->ev, SOTH_SIDE_CLIENT, SOTH_TLSF_HANDSHAKE,
-                                 SOTH_IOV_LIT("clienthello"), SOTH_TLSP_NATIVE, detail, 0, 0);
+    soth_learn_flow_signal(w, &f->ev, SOTH_SIDE_CLIENT, SOTH_TLSF_HANDSHAKE,
+                           soth_learn_native_provider(w), SOTH_IOV_LIT("clienthello"), detail);
     SOTH_METRIC_ADD(w->m->tls_failures[SOTH_SIDE_CLIENT][SOTH_TLSF_HANDSHAKE], 1);
     flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
 }
@@ -1152,6 +1156,18 @@ static void tls_upstream_start(struct worker *w, struct flow *f, struct soth_iov
     conn_arm_recv(w, f, SIDE_UPSTREAM);
 }
 
+/** Transparent mode: does a plain client start with an HTTP request line ("TOKEN ")? */
+static bool looks_like_http(const char *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n && i < 20; i++) {
+        if (p[i] == ' ')
+            return i > 0;
+        if (p[i] < 'A' || p[i] > 'Z')
+            return false;
+    }
+    return false;
+}
+
 /** FS_HELLO: enough of the ClientHello? Then start the upstream handshake. */
 static void tls_try_hello(struct worker *w, struct flow *f)
 {
@@ -1162,10 +1178,12 @@ static void tls_try_hello(struct worker *w, struct flow *f)
     ssize_t rc = soth_tls_peek_client_hello(f->head, f->head_len, &ch);
     if (rc == SOTH_E_INCOMPLETE && f->head_len < SOTH_BUF_SIZE)
         return;
-    if (rc == SOTH_TLS_E_NOT_TLS && f->is_reverse) {
-        /* Reverse mode, plain HTTP from the client: parse it; TLS toward an https origin. */
+    if (rc == SOTH_TLS_E_NOT_TLS &&
+        (f->is_reverse || (f->is_transparent && looks_like_http(f->head, f->head_len)))) {
+        /* Reverse or transparent mode, plain HTTP from the client: parse it; TLS toward an
+         * https reverse origin. */
         f->client_plain = true;
-        if (w->cfg->reverse_tls) {
+        if (f->is_reverse && w->cfg->reverse_tls) {
             static const struct soth_iov h1[] = {SOTH_IOV_LIT("http/1.1")};
             tls_upstream_start(w, f, soth_iov(f->ev.server_host, f->ev.server_host_len), h1, 1);
         } else {
@@ -1346,21 +1364,40 @@ static bool learning_never(void *ctx, struct soth_iov host, uint16_t port)
     return false;
 }
 
+/** TLS learning changed this flow's decision to tunnel: say so in the flow. */
+static void learning_applied(struct worker *w, struct flow *f)
+{
+    struct soth_iov host = soth_iov(f->ev.server_host, f->ev.server_host_len);
+    struct soth_tls_learning_pin pin = {.provider = SOTH_TLS_PROVIDER_NATIVE};
+    uint64_t now = soth_mono_ns();
+    /* is_pinned said yes a moment ago; a pin ending in between leaves the defaults. */
+    soth_tls_learning_lookup(w->learn_view, host, f->ev.server_port, now, &pin);
+    char why[160];
+    int n = snprintf(why, sizeof(why),
+                     "failure_threshold_reached: %u client-side unknown_ca/cert_validation "
+                     "failures within the window; tunnelled for %llu ms more",
+                     pin.failures,
+                     (unsigned long long)(pin.until_ns > now ? (pin.until_ns - now) / 1000000 : 0));
+    soth_ev_tls_learning_audit(&f->ev, true, soth_iov(why, (size_t)n), host,
+                               (enum soth_tls_provider)pin.provider);
+}
+
 /** Apply the policy to the flow's target; emits connect_decision. Returns the action. */
 static enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *rule)
 {
     struct soth_learning_view lv = {.is_pinned = learning_never, .ctx = NULL};
+    if (w->learn_on) {
+        /* Takes a snapshot the aggregator published since the last decision, if any. */
+        lv.is_pinned = soth_tls_learning_is_pinned;
+        lv.ctx = soth_learn_view(w);
+    }
     struct soth_policy_decision d = soth_policy_decide(
         w->policy, soth_iov(f->ev.server_host, f->ev.server_host_len), f->ev.server_port, &lv);
     soth_ev_connect_decision(&f->ev, d.action, (enum soth_decision_reason)d.reason, d.rule);
     f->action = (uint8_t)d.action;
     *rule = d.rule;
-    if (d.action == SOTH_ACTION_INTERCEPT) {
-        /* TLS interception is issue 5; until it lands an intercept decision relays bytes. */
-        SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id,
-                 "intercept not available yet: relaying %.*s:%u as a tunnel",
-                 (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port);
-    }
+    if (d.reason == SOTH_REASON_TLS_LEARNING)
+        learning_applied(w, f);
     return d.action;
 }
 
@@ -1639,6 +1676,7 @@ static void flow_begin_direct(struct worker *w, struct flow *f, const char *host
     soth_ev_connect_received(&f->ev, SOTH_IOV_NULL, soth_iov(target, (size_t)n));
     f->upstream_port = port;
     f->is_reverse = w->cfg->mode == SOTH_MODE_REVERSE;
+    f->is_transparent = w->cfg->mode == SOTH_MODE_TRANSPARENT;
     struct soth_iov rule;
     if (flow_decide(w, f, &rule) == SOTH_ACTION_BLOCK) {
         flow_block(w, f, rule);

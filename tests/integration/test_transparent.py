@@ -3,11 +3,14 @@ rule sending the client's connections to the proxy, SO_ORIGINAL_DST recovering t
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import unittest
 
 from harness import EchoServer, Proxy, read_all
+from test_core import HTTPOrigin
+from test_tls import TLSOrigin
 
 INNER = os.environ.get("SOTH_TRANSPARENT_INNER") == "1"
 CLIENT_SRC = "127.0.0.3"  # only the client's connections are redirected (not the proxy's own)
@@ -48,6 +51,65 @@ table ip soth_test {{
         self.assertEqual(rec["client_addr"].split(":")[0], CLIENT_SRC)
         self.assertEqual(evs[-1]["type"], "stream_closed")
         self.assertEqual(evs[-1]["bytes_client_to_server"], len(payload))
+
+    def redirect(self, port, proxy_port):
+        nft(f"""
+table ip soth_test {{
+    chain output {{
+        type nat hook output priority -100; policy accept;
+        ip saddr {CLIENT_SRC} tcp dport {port} redirect to :{proxy_port}
+    }}
+}}
+""")
+
+    def tearDown(self):
+        subprocess.run(["nft", "delete", "table", "ip", "soth_test"], capture_output=True)
+
+    def test_intercepted_plain_http_is_parsed(self):
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        o = HTTPOrigin()
+        with Proxy(mode="transparent", config={"policy": {"default": "intercept"}}) as p:
+            self.redirect(o.port, p.port)
+            s = socket.socket()
+            s.bind((CLIENT_SRC, 0))
+            s.settimeout(10)
+            s.connect(("127.0.0.1", o.port))
+            s.sendall(b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            resp = read_all(s)
+            s.close()
+            evs = p.checked_events()
+        o.close()
+        self.assertTrue(resp.startswith(b"HTTP/1.1 200"), resp[:100])
+        self.assertTrue(resp.endswith(o.body))
+        req = [e for e in evs if e["type"] == "request_headers"]
+        self.assertEqual(len(req), 1, evs)
+        self.assertEqual((req[0]["method"], req[0]["path"], req[0]["scheme"]), ("GET", "/t", "http"))
+        done = [e for e in evs if e["type"] == "exchange_completed"]
+        self.assertEqual(done[0]["outcome"], "complete")
+
+    def test_intercepted_tls_uses_the_sni(self):
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        o = TLSOrigin()
+        cfg = {"policy": {"default": "intercept"}, "tls": {"upstream_ca_file": o.ca}}
+        with Proxy(mode="transparent", config=cfg) as p:
+            self.redirect(o.port, p.port)
+            ctx = ssl.create_default_context(cafile=os.path.join(p.tmp, "ca", "soth-mitm-ca.pem"))
+            raw = socket.socket()
+            raw.bind((CLIENT_SRC, 0))
+            raw.settimeout(10)
+            raw.connect(("127.0.0.1", o.port))
+            s = ctx.wrap_socket(raw, server_hostname="origin.test")
+            s.sendall(b"GET /s HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+            resp = read_all(s)
+            s.close()
+            evs = p.checked_events()
+        o.close()
+        self.assertTrue(resp.startswith(b"HTTP/1.1 200"), resp[:100])
+        self.assertTrue(resp.endswith(o.body))
+        started = [e for e in evs if e["type"] == "tls_handshake_started"]
+        self.assertEqual([e["sni"] for e in started], ["origin.test", "origin.test"])
+        req = [e for e in evs if e["type"] == "request_headers"]
+        self.assertEqual((req[0]["scheme"], req[0]["authority"]), ("https", "origin.test"))
 
     def test_not_redirected_connection_is_refused_cleanly(self):
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
