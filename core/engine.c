@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "core_int.h"
+#include "learn.h"
 
 static int listen_socket(const struct sockaddr_storage *addr, socklen_t len, char *err,
                          size_t err_len)
@@ -146,11 +147,16 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
     else
         cfg->listen.port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
 
+    /* TLS learning: the aggregator hooks into the telemetry thread, so before it starts. */
+    if (soth_learn_init(e, err, err_len) < 0)
+        goto fail_sockets;
     int rc = soth_observe_start(e->obs);
     if (rc < 0) {
         snprintf(err, err_len, "telemetry thread: %s", soth_strerror(rc));
         goto fail_sockets;
     }
+    if (soth_learn_inject_env(e, err, err_len) < 0)
+        goto fail_observe_started;
     rc = soth_resolver_start(e);
     if (rc < 0) {
         snprintf(err, err_len, "resolver thread: %s", soth_strerror(rc));
@@ -191,6 +197,7 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
 fail_observe_started:
     soth_observe_stop(e->obs);
 fail_sockets:
+    soth_learn_dispose(e); /* the telemetry thread (its only other user) has stopped */
     for (unsigned i = 0; i < n; i++) {
         struct worker *w = &e->workers[i];
         if (w->listen_fd >= 0)
@@ -251,6 +258,7 @@ void soth_engine_stop(struct soth_engine *e)
         pthread_join(e->workers[i].thr, NULL);
     soth_resolver_stop(e);
     soth_observe_stop(e->obs);
+    soth_learn_dispose(e); /* after the workers and the telemetry thread (the aggregator) */
     for (unsigned i = 0; i < e->n_workers; i++) {
         struct worker *w = &e->workers[i];
         struct soth_config *pending = atomic_exchange(&w->ctl_cfg, NULL);

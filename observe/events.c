@@ -1108,3 +1108,36 @@ bad:
     out->len = start;
     return -1;
 }
+
+/* ==========================================================================================
+ * the telemetry thread's view of tls_handshake_failed (learning, core/learn.c)
+ * ========================================================================================== */
+
+int soth_ev_rec_tls_failed(struct ev_rec *r, size_t avail, struct soth_ev_tls_failure *out,
+                           unsigned char **counts)
+{
+    if (avail < sizeof(*r) || r->len < sizeof(*r) || r->len > avail ||
+        r->type != SOTH_EV_TLS_HANDSHAKE_FAILED)
+        return -1;
+    struct cur c = {(const unsigned char *)(r + 1), (const unsigned char *)r + r->len};
+    const unsigned char *host, *p;
+    uint64_t side, reason, provider;
+    uint32_t n;
+    /* Schema order: side, tls_failure_reason, tls_failure_source, tls_ops_provider, detail,
+     * host_failure_count, global_failure_count. */
+    if (!take(&c, r->client_addr_len, &p) || !take(&c, r->server_host_len, &host) ||
+        !take_u64(&c, &side) || !take_u64(&c, &reason) || !take_u32(&c, &n) || !take(&c, n, &p) ||
+        !take_u64(&c, &provider) || !take_u32(&c, &n) || !take(&c, n, &p) || !take(&c, 16, &p))
+        return -1;
+    if (side >= SOTH_SIDE_COUNT || reason >= SOTH_TLSF_COUNT || provider >= SOTH_TLSP_COUNT)
+        return -1;
+    out->flow_id = r->flow_id;
+    out->worker = r->worker;
+    out->host = soth_iov((const char *)host, r->server_host_len);
+    out->port = r->server_port;
+    out->side = (enum soth_side)side;
+    out->reason = (enum soth_tls_failure)reason;
+    out->provider = (enum soth_tls_provider)provider;
+    *counts = (unsigned char *)p; /* the record is the caller's: the two u64 counts live here */
+    return 0;
+}

@@ -80,6 +80,15 @@ void jbuf_free(struct jbuf *b);
  */
 int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out);
 
+/**
+ * Decode a tls_handshake_failed record for the telemetry hook (bounds checked like
+ * soth_ev_rec_to_json); *counts points at its host_failure_count and global_failure_count
+ * (two unaligned little-endian u64) so the consumer can fill them in before writing the record.
+ * Returns 0, or -1 for another type or a malformed record. out->host points into r.
+ */
+int soth_ev_rec_tls_failed(struct ev_rec *r, size_t avail, struct soth_ev_tls_failure *out,
+                           unsigned char **counts);
+
 /* ---- the per-worker SPSC ring */
 struct soth_ev_producer {
     /* producer (worker) side */
@@ -138,6 +147,8 @@ struct soth_observe {
     size_t n_sinks;
     _Atomic uint64_t sink_dropped;
     struct jbuf line;
+
+    struct soth_observe_hooks hooks; /* set before start; run on the telemetry thread */
 
     int efd;
     _Atomic int sleeping;

@@ -638,6 +638,20 @@ static void sinks_flush(struct soth_observe *o)
  * the telemetry thread
  * ========================================================================================== */
 
+/** A learning signal: the hook counts it and the record carries the counts it returns. */
+static void tls_failed_hook(struct soth_observe *o, struct ev_rec *r)
+{
+    struct soth_ev_tls_failure ev;
+    unsigned char *counts;
+    if (soth_ev_rec_tls_failed(r, r->len, &ev, &counts) < 0)
+        return;
+    uint32_t host = 0, global = 0;
+    o->hooks.on_tls_failed(o->hooks.ctx, &ev, &host, &global);
+    uint64_t h = host, g = global;
+    memcpy(counts, &h, 8);
+    memcpy(counts + 8, &g, 8);
+}
+
 /** Drain up to `budget` records from every ring. Returns how many were taken. */
 static size_t drain(struct soth_observe *o, size_t budget)
 {
@@ -652,6 +666,8 @@ static size_t drain(struct soth_observe *o, size_t budget)
             struct ev_rec *r = (struct ev_rec *)(p->data + (head & p->mask));
             uint32_t len = r->len;
             if (r->type != REC_PAD) {
+                if (r->type == SOTH_EV_TLS_HANDSHAKE_FAILED && o->hooks.on_tls_failed != NULL)
+                    tls_failed_hook(o, r);
                 ring_write(o, r, ++o->gseq);
                 if (lines) {
                     r->gseq = o->gseq; /* the JSON encoder reads it from the record */
@@ -711,6 +727,8 @@ static void *telemetry_main(void *arg)
         size_t n = drain(o, DRAIN_BATCH);
         if (o->n_sinks)
             sinks_flush(o);
+        if (o->hooks.on_tick != NULL)
+            o->hooks.on_tick(o->hooks.ctx);
         if (n > 0)
             continue;
         if (atomic_load_explicit(&o->stop, memory_order_acquire)) {
@@ -870,6 +888,18 @@ static void *metrics_main(void *arg)
 /* ==========================================================================================
  * lifecycle
  * ========================================================================================== */
+
+void soth_observe_set_hooks(struct soth_observe *o, const struct soth_observe_hooks *h)
+{
+    o->hooks = *h;
+}
+
+void soth_observe_wake(struct soth_observe *o)
+{
+    uint64_t one = 1;
+    ssize_t n = write(o->efd, &one, sizeof(one));
+    (void)n;
+}
 
 int soth_observe_start(struct soth_observe *o)
 {

@@ -28,6 +28,8 @@ struct host {
     uint64_t hash;
     uint64_t pinned_until_ns; /* 0 = not pinned */
     struct roll all, pin;     /* every failure; client-side unknown_ca/cert_validation */
+    uint32_t pin_failures;    /* pin-counting failures in the window when the pin was applied */
+    uint8_t pin_provider;     /* enum soth_tls_signal_provider of the signal that applied it */
     uint16_t port;
     uint8_t name_len;
     char name[LEAF_NAME_MAX];
@@ -45,6 +47,8 @@ struct soth_tls_learning {
 struct pin {
     uint64_t hash;
     uint64_t until_ns;
+    uint32_t failures;
+    uint8_t provider;
     uint16_t port;
     uint8_t name_len;
     char name[LEAF_NAME_MAX];
@@ -164,6 +168,11 @@ static void host_drop(struct soth_tls_learning *l, struct host *h)
     free(h);
 }
 
+bool soth_tls_learning_provider_is_authoritative(enum soth_tls_signal_provider provider)
+{
+    return provider == SOTH_TLS_PROVIDER_NATIVE || provider == SOTH_TLS_PROVIDER_MITMPROXY;
+}
+
 int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, uint16_t port,
                              enum soth_tls_side side, enum soth_tls_fail reason,
                              enum soth_tls_signal_provider provider, uint64_t now_ns,
@@ -179,7 +188,7 @@ int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, 
     uint64_t hash = host_hash(nm, n, port);
     struct host *h = host_find(l, nm, n, port, hash);
 
-    if (provider != SOTH_TLS_PROVIDER_NATIVE && provider != SOTH_TLS_PROVIDER_MITMPROXY) {
+    if (!soth_tls_learning_provider_is_authoritative(provider)) {
         /* Only authoritative providers change learning state (issue 5). */
         res->ignored = true;
         res->host_failure_count = h != NULL ? roll_sum(&h->all, epoch) : 0;
@@ -213,9 +222,11 @@ int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, 
                                                        reason == SOTH_TLS_FAIL_CERT_VALIDATION);
     if (pin_signal) {
         roll_add(&h->pin, epoch);
-        if (l->p.enabled && h->pinned_until_ns == 0 &&
-            roll_sum(&h->pin, epoch) >= l->p.failure_threshold) {
+        uint32_t pin_count = roll_sum(&h->pin, epoch);
+        if (l->p.enabled && h->pinned_until_ns == 0 && pin_count >= l->p.failure_threshold) {
             h->pinned_until_ns = now_ns + (uint64_t)l->p.window_s * 1000000000ull;
+            h->pin_failures = pin_count;
+            h->pin_provider = (uint8_t)provider;
             /* Start the next learning round from zero once the pin expires. */
             memset(&h->pin, 0, sizeof(h->pin));
             res->applied = true;
@@ -263,6 +274,8 @@ struct soth_tls_learning_snapshot *soth_tls_learning_snapshot_new(struct soth_tl
         struct pin *p = &s->pins[s->n++];
         p->hash = h->hash;
         p->until_ns = h->pinned_until_ns;
+        p->failures = h->pin_failures;
+        p->provider = h->pin_provider;
         p->port = h->port;
         p->name_len = h->name_len;
         memcpy(p->name, h->name, h->name_len);
@@ -285,9 +298,9 @@ void soth_tls_learning_snapshot_unref(struct soth_tls_learning_snapshot *s)
         free(s);
 }
 
-bool soth_tls_learning_is_pinned(void *ctx, struct soth_iov host, uint16_t port)
+bool soth_tls_learning_lookup(const struct soth_tls_learning_snapshot *s, struct soth_iov host,
+                              uint16_t port, uint64_t now_ns, struct soth_tls_learning_pin *out)
 {
-    const struct soth_tls_learning_snapshot *s = ctx;
     char nm[LEAF_NAME_MAX];
     size_t n;
 
@@ -304,10 +317,32 @@ bool soth_tls_learning_is_pinned(void *ctx, struct soth_iov host, uint16_t port)
     }
     for (size_t i = lo; i < s->n && s->pins[i].hash == hash; i++) {
         const struct pin *p = &s->pins[i];
-        if (p->port == port && p->name_len == n && memcmp(p->name, nm, n) == 0)
-            return p->until_ns > soth_mono_ns();
+        if (p->port != port || p->name_len != n || memcmp(p->name, nm, n) != 0)
+            continue;
+        if (p->until_ns <= now_ns)
+            return false;
+        if (out != NULL) {
+            out->until_ns = p->until_ns;
+            out->failures = p->failures;
+            out->provider = (enum soth_tls_signal_provider)p->provider;
+        }
+        return true;
     }
     return false;
+}
+
+uint32_t soth_tls_learning_snapshot_pins(const struct soth_tls_learning_snapshot *s)
+{
+    return s != NULL ? s->n : 0;
+}
+
+bool soth_tls_learning_is_pinned(void *ctx, struct soth_iov host, uint16_t port)
+{
+    const struct soth_tls_learning_snapshot *s = ctx;
+    /* The clock is read only when something is pinned (the common snapshot is empty). */
+    if (s == NULL || s->n == 0)
+        return false;
+    return soth_tls_learning_lookup(s, host, port, soth_mono_ns(), NULL);
 }
 
 /* ---- per-worker mailbox */

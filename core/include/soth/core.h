@@ -7,6 +7,7 @@
 #define SOTH_CORE_H
 
 #include "soth/config.h"
+#include "soth/observe.h"
 
 struct soth_engine;
 
@@ -23,6 +24,23 @@ const char *soth_engine_ring_path(const struct soth_engine *e);
 void soth_engine_reload(struct soth_engine *e, struct soth_config *cfg);
 /** Ask every worker to drop its leaf-certificate cache at its next safe point (SIGUSR1). */
 void soth_engine_flush_leaves(struct soth_engine *e);
+/** soth_engine_tls_signal results (negative values are -errno). */
+enum { SOTH_TLS_SIGNAL_QUEUED = 0, SOTH_TLS_SIGNAL_IGNORED = 1 };
+
+/**
+ * Report a TLS handshake failure seen by a TLS ops provider outside the engine's own flows
+ * (the mitmproxy bridge; tests through SOTH_TEST_TLS_SIGNALS, docs/tls.md). Any thread except
+ * a worker; never blocks on a worker. A signal from an authoritative provider (native,
+ * mitmproxy) is queued for the learning aggregator (telemetry thread), which counts it for the
+ * host and globally and may pin host:port to tunnel; returns SOTH_TLS_SIGNAL_QUEUED. Any other
+ * provider changes nothing: SOTH_TLS_SIGNAL_IGNORED (logged; the tls_learning_audit "ignored"
+ * event exists only for signals that belong to a flow, soth_learn_flow_signal in core).
+ * -EINVAL for an empty or over-long host or an out-of-range enum, -EAGAIN when 256 signals are
+ * already waiting for the aggregator.
+ */
+int soth_engine_tls_signal(struct soth_engine *e, struct soth_iov host, uint16_t port,
+                           enum soth_side side, enum soth_tls_failure reason,
+                           enum soth_tls_provider provider);
 /**
  * Graceful stop: stop accepting, let flows finish within timeouts.drain_ms, close the rest with
  * reason "shutdown", join workers, flush events. Then frees e.

@@ -184,6 +184,38 @@ void soth_observe_free(struct soth_observe *obs);
 const char *soth_observe_ring_path(const struct soth_observe *obs);
 struct soth_ev_producer *soth_observe_producer(struct soth_observe *obs, unsigned worker);
 
+/* ---- telemetry hooks (how core's learning aggregator sees the event stream) */
+
+/** A tls_handshake_failed event as the telemetry thread reads it (a learning signal). */
+struct soth_ev_tls_failure {
+    uint64_t flow_id;
+    unsigned worker;
+    struct soth_iov host; /* the flow's server_host (SNI when the client sent one); borrowed */
+    uint16_t port;
+    enum soth_side side;
+    enum soth_tls_failure reason;
+    enum soth_tls_provider provider;
+};
+
+/**
+ * Callbacks run on the telemetry thread (never on a worker). on_tls_failed sees every
+ * tls_handshake_failed record in gseq order before it is written to the ring file and sinks;
+ * the counts it stores replace the record's host_failure_count / global_failure_count (which
+ * workers emit as 0). on_tick runs once per telemetry loop iteration: after each drained batch
+ * and at least every 100 ms while idle, or sooner after soth_observe_wake(). Any member may be
+ * NULL.
+ */
+struct soth_observe_hooks {
+    void (*on_tls_failed)(void *ctx, const struct soth_ev_tls_failure *ev,
+                          uint32_t *host_failure_count, uint32_t *global_failure_count);
+    void (*on_tick)(void *ctx);
+    void *ctx;
+};
+/** Install hooks (main thread, before soth_observe_start). */
+void soth_observe_set_hooks(struct soth_observe *obs, const struct soth_observe_hooks *h);
+/** Wake the telemetry thread so on_tick runs soon (any thread; a write on an eventfd). */
+void soth_observe_wake(struct soth_observe *obs);
+
 /* ---- producer API (worker thread only) */
 
 /**

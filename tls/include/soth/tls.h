@@ -376,6 +376,9 @@ struct soth_tls_learning_result {
     uint32_t global_failure_count; /* failures of all hosts within the window */
 };
 
+/** Only native and mitmproxy signals may change learning state (issue 5 guardrail). */
+bool soth_tls_learning_provider_is_authoritative(enum soth_tls_signal_provider provider);
+
 int soth_tls_learning_new(const struct soth_tls_learning_params *p, struct soth_tls_learning **out);
 /** Frees the writer state; snapshots live on until their last reference goes. */
 void soth_tls_learning_free(struct soth_tls_learning *l);
@@ -416,6 +419,22 @@ void soth_tls_learning_snapshot_unref(struct soth_tls_learning_snapshot *s);
  * no newer snapshot arrived.
  */
 bool soth_tls_learning_is_pinned(void *ctx, struct soth_iov host, uint16_t port);
+
+/** One pin as a snapshot holds it (for tls_learning_audit). */
+struct soth_tls_learning_pin {
+    uint64_t until_ns;                      /* monotonic expiry */
+    uint32_t failures;                      /* pin-counting failures in the window at pin time */
+    enum soth_tls_signal_provider provider; /* the signal that applied the pin */
+};
+
+/**
+ * Is host:port pinned in snapshot s at now_ns (monotonic)? When it is and out is not NULL,
+ * fills out. Lock-free and allocation-free (worker side). s NULL = nothing pinned.
+ */
+bool soth_tls_learning_lookup(const struct soth_tls_learning_snapshot *s, struct soth_iov host,
+                              uint16_t port, uint64_t now_ns, struct soth_tls_learning_pin *out);
+/** Pins held by s (expired ones included until the next snapshot); 0 for NULL. */
+uint32_t soth_tls_learning_snapshot_pins(const struct soth_tls_learning_snapshot *s);
 
 /**
  * A one-entry lock-free mailbox per worker (as soth_config_slot): the writer publishes a new
