@@ -316,7 +316,7 @@ static void check_magic(struct app_h2 *h, const char *p, size_t n)
     size_t k = H2_MAGIC_LEN - h->magic_off;
     if (k > n)
         k = n;
-    if (memcmp(p, H2_MAGIC + h->magic_off, k) != 0)
+    if (memcmp(p, &H2_MAGIC[h->magic_off], k) != 0)
         h->bad_preface = true;
     h->magic_off += k;
 }

@@ -144,6 +144,8 @@ struct flow {
     bool app_done;                /* the HTTP layer finished: flushing, FINs, then close */
     bool app_held[2];             /* app_hold(side, true) in force */
     char *answer;                 /* our 502 after an upstream TLS failure (owned chunk) */
+    char *pre;                    /* a plain client's bytes beyond `head` before its relay starts */
+    uint32_t pre_len, pre_cap;
     uint32_t answer_len;
     uint8_t leaf_name_len; /* reverse mode: the name our leaf is for (client SNI) */
     char leaf_name[SOTH_TLS_MAX_NAME_LEN + 1];

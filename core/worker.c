@@ -21,6 +21,7 @@
 #include <linux/netfilter_ipv4.h>
 #include <netinet/tcp.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -238,6 +239,8 @@ static struct flow *flow_alloc(struct worker *w)
     f->leaf_name_len = 0;
     f->answer = NULL;
     f->answer_len = 0;
+    f->pre = NULL;
+    f->pre_len = f->pre_cap = 0;
     f->upstream_port = 0;
     f->upstream_addr_len = 0;
     w->n_flows++;
@@ -248,6 +251,36 @@ static struct flow *flow_alloc(struct worker *w)
 static bool flow_is_live(const struct flow *f)
 {
     return f->gen & 1;
+}
+
+#define SOTH_PRE_MAX (4u << 20) /* a plain client's bytes kept while its upstream comes up */
+
+static bool pre_put(struct flow *f, const char *p, uint32_t n)
+{
+    if (n == 0)
+        return true;
+    if (f->pre_len + n > SOTH_PRE_MAX)
+        return false;
+    if (f->pre_len + n > f->pre_cap) {
+        uint32_t cap = f->pre_cap ? f->pre_cap : 65536;
+        while (cap < f->pre_len + n)
+            cap *= 2;
+        char *np = realloc(f->pre, cap);
+        if (np == NULL)
+            return false;
+        f->pre = np;
+        f->pre_cap = cap;
+    }
+    memcpy(f->pre + f->pre_len, p, n);
+    f->pre_len += n;
+    return true;
+}
+
+static void pre_free(struct flow *f)
+{
+    free(f->pre);
+    f->pre = NULL;
+    f->pre_len = f->pre_cap = 0;
 }
 
 static void flow_free(struct worker *w, struct flow *f)
@@ -270,6 +303,7 @@ static void flow_free(struct worker *w, struct flow *f)
         chunk_put(w, f->answer);
         f->answer = NULL;
     }
+    pre_free(f);
     for (unsigned i = 0; i < 2; i++) {
         if (f->tls[i] != NULL) {
             soth_tls_conn_free(f->tls[i]);
@@ -1036,9 +1070,15 @@ static void flow_relay_start(struct worker *w, struct flow *f)
         f->head_len = 0;
         int rc = app_input(f->app, SIDE_CLIENT, head, n);
         chunk_put(w, head);
-        app_after(w, f, SIDE_CLIENT, rc);
+        if (rc == APP_AGAIN && f->pre_len > 0)
+            rc = app_input(f->app, SIDE_CLIENT, f->pre, f->pre_len);
+        pre_free(f);
+        app_after(w, f, SIDE_CLIENT, rc); /* resumes client reads paused by pre_put */
     } else if (f->head != NULL) {
         conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
+        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
+        pre_free(f);
+        conn_resume_recv(w, f, SIDE_CLIENT);
         chunk_put(w, f->head);
         f->head = NULL;
         f->head_len = 0;
@@ -1196,6 +1236,9 @@ static void tls_try_hello(struct worker *w, struct flow *f)
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "not TLS: relaying as a tunnel");
         f->action = SOTH_ACTION_TUNNEL;
         conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
+        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
+        pre_free(f);
+        conn_resume_recv(w, f, SIDE_CLIENT);
         chunk_put(w, f->head);
         f->head = NULL;
         f->head_len = 0;
@@ -1261,8 +1304,23 @@ static void tls_hello_bytes(struct worker *w, struct flow *f, const char *p, uin
         }
     }
     uint32_t room = SOTH_BUF_SIZE - f->head_len;
-    if (len > room) {
-        hello_failed(w, f, SOTH_IOV_LIT("client sent more than a ClientHello"));
+    if (len > room || f->pre_len > 0) {
+        uint8_t first = f->head_len > 0 ? (uint8_t)f->head[0] : (uint8_t)p[0];
+        if (first == 0x16) {
+            hello_failed(w, f, SOTH_IOV_LIT("client sent more than a ClientHello"));
+            return;
+        }
+        /* Not TLS (a plain client's big first write before the upstream is up): keep the
+         * rest aside, bounded, and stop reading until the relay starts. */
+        uint32_t n = f->pre_len > 0 ? 0 : room;
+        memcpy(f->head + f->head_len, p, n);
+        f->head_len += n;
+        if (!pre_put(f, p + n, len - n)) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
+        }
+        conn_pause_recv(w, f, SIDE_CLIENT);
+        tls_try_hello(w, f);
         return;
     }
     memcpy(f->head + f->head_len, p, len);
@@ -1960,7 +2018,18 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
         else if (f->state == FS_ANSWER || f->state == FS_LINGER)
             /* The client went away while we answered: the answer's reason still holds. */
             flow_close(w, f, (enum soth_close_reason)f->answer_reason);
-        else
+        else if (f->state == FS_RELAY && f->app != NULL && side == SIDE_CLIENT &&
+                 cqe->res == -ECONNRESET) {
+            /*
+             * Clients routinely close with bytes unread (TLS session tickets, a response they
+             * stopped reading), which resets the connection: for the HTTP layer that is the
+             * client going away, and the exchanges end as for its EOF.
+             */
+            c->eof_in = true;
+            if (!f->app_done)
+                app_eof(f->app, SIDE_CLIENT, false);
+            flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
+        } else
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
     }
     /* A multishot recv that ended on its own (buffer pressure, kernel limits) is re-armed. */
