@@ -211,3 +211,46 @@ Test(tls_learning, snapshot_is_immutable_and_reaches_a_worker)
     soth_tls_learning_snapshot_unref(s);
     soth_tls_learning_free(l);
 }
+
+Test(tls_learning, authoritative_providers)
+{
+    cr_assert(soth_tls_learning_provider_is_authoritative(SOTH_TLS_PROVIDER_NATIVE));
+    cr_assert(soth_tls_learning_provider_is_authoritative(SOTH_TLS_PROVIDER_MITMPROXY));
+    cr_assert_not(soth_tls_learning_provider_is_authoritative(SOTH_TLS_PROVIDER_HUDSUCKER));
+    cr_assert_not(soth_tls_learning_provider_is_authoritative(SOTH_TLS_PROVIDER_COUNT));
+}
+
+Test(tls_learning, lookup_gives_the_pin_for_the_audit)
+{
+    uint64_t t0 = 50 * S;
+    struct soth_tls_learning *l = mk(2, 10);
+    rec(l, "a.example", SOTH_TLS_SIDE_CLIENT, SOTH_TLS_FAIL_UNKNOWN_CA, SOTH_TLS_PROVIDER_NATIVE,
+        t0);
+    struct soth_tls_learning_result r =
+        rec(l, "a.example", SOTH_TLS_SIDE_CLIENT, SOTH_TLS_FAIL_CERT_VALIDATION,
+            SOTH_TLS_PROVIDER_MITMPROXY, t0 + S);
+    cr_assert(r.applied);
+    /* another host, pinned too: snapshots hold several pins, sorted by hash */
+    for (int i = 0; i < 2; i++)
+        rec(l, "b.example", SOTH_TLS_SIDE_CLIENT, SOTH_TLS_FAIL_UNKNOWN_CA,
+            SOTH_TLS_PROVIDER_NATIVE, t0 + 2 * S);
+    struct soth_tls_learning_snapshot *s = soth_tls_learning_snapshot_new(l, t0 + 2 * S);
+    cr_assert_eq(soth_tls_learning_snapshot_pins(s), 2);
+    cr_assert_eq(soth_tls_learning_snapshot_pins(NULL), 0);
+
+    struct soth_tls_learning_pin pin;
+    memset(&pin, 0xa5, sizeof(pin));
+    cr_assert(soth_tls_learning_lookup(s, SOTH_IOV_LIT("A.EXAMPLE"), 443, t0 + 3 * S, &pin));
+    cr_assert_eq(pin.provider, SOTH_TLS_PROVIDER_MITMPROXY, "the signal that applied the pin");
+    cr_assert_eq(pin.failures, 2);
+    cr_assert_eq(pin.until_ns, t0 + S + 10 * S);
+    cr_assert(soth_tls_learning_lookup(s, SOTH_IOV_LIT("b.example"), 443, t0 + 3 * S, NULL));
+    cr_assert_not(soth_tls_learning_lookup(s, SOTH_IOV_LIT("a.example"), 444, t0 + 3 * S, &pin));
+    cr_assert_not(soth_tls_learning_lookup(s, SOTH_IOV_LIT("c.example"), 443, t0 + 3 * S, &pin));
+    /* the snapshot is immutable, but its pins end on time */
+    cr_assert_not(soth_tls_learning_lookup(s, SOTH_IOV_LIT("a.example"), 443, t0 + 11 * S, &pin));
+    cr_assert(soth_tls_learning_lookup(s, SOTH_IOV_LIT("b.example"), 443, t0 + 11 * S, NULL));
+    cr_assert_not(soth_tls_learning_lookup(NULL, SOTH_IOV_LIT("a.example"), 443, t0, NULL));
+    soth_tls_learning_snapshot_unref(s);
+    soth_tls_learning_free(l);
+}
