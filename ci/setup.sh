@@ -20,7 +20,8 @@ PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
     liburing-dev libnghttp2-dev libxxhash-dev libcriterion-dev node-llhttp libjansson-dev
     autoconf automake libtool dpkg-dev
     curl nghttp2-client wrk openssl python3 python3-h2 python3-websockets python3-grpcio
-    iproute2 nftables procps psmisc)
+    iproute2 nftables procps psmisc
+    zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev python3-brotli python3-zstandard python3-msgpack)
 
 missing=()
 for p in "${PKGS[@]}"; do

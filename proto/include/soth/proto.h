@@ -759,6 +759,243 @@ uint64_t soth_sse_truncated(const struct soth_sse *s);
  * gRPC, layered decoders, payload parsing (issue 9): section owned by engineer (B).
  * ====================================================================================== */
 
+/*
+ * Two pieces, both pure (no events, no I/O): the gRPC envelope parser (incremental, one per
+ * stream direction) and the layered decoder chain that turns one captured message into a
+ * payload_parsed result. Design notes: docs/streaming.md ("gRPC", "Layered decoders").
+ */
+
+/* ---- gRPC length-prefixed messages (gRPC over HTTP/2, PROTOCOL-HTTP2.md) ------------------
+ * Each message is a 5-byte envelope, Compressed-Flag (0 or 1) and a 32-bit big-endian
+ * Message-Length, then that many bytes. The parser takes DATA bytes of one direction of one
+ * stream in pieces of any size; the messages, their captured prefixes and the errors do not
+ * depend on how the bytes were split. It keeps at most `capture` bytes of each message (its
+ * prefix), in a buffer that grows on demand up to that bound (so at most log2(capture)
+ * allocations per stream direction, none per chunk), and never the rest.
+ */
+
+struct soth_grpc; /* opaque: one direction of one stream */
+
+/** Why a direction's envelope stream is malformed (sticky: the parser stops there). */
+enum soth_grpc_error {
+    SOTH_GRPC_OK = 0,
+    SOTH_GRPC_BAD_FLAG,  /* "bad_flag": Compressed-Flag byte other than 0 or 1 */
+    SOTH_GRPC_TOO_LARGE, /* "length_over_limit": Message-Length above max_message */
+    SOTH_GRPC_TRUNCATED, /* "truncated": the stream ended inside an envelope or message */
+    SOTH_GRPC_ERROR_COUNT
+};
+/** Stable snake_case name of an error ("bad_flag", ...); "ok" for SOTH_GRPC_OK. */
+const char *soth_grpc_error_name(enum soth_grpc_error e);
+
+/** Limits; zero fields take the defaults in brackets. */
+struct soth_grpc_limits {
+    uint32_t max_message; /* Message-Length accepted [4 MiB, grpc's default receive limit] */
+    uint32_t capture;     /* bytes of each message kept [4096] */
+};
+
+/** One message (complete, or cut short at stream end). Valid until the next feed/finish. */
+struct soth_grpc_msg {
+    uint64_t index;       /* messages of this direction before this one */
+    bool compressed;      /* Compressed-Flag 1 */
+    uint32_t length;      /* Message-Length as declared */
+    struct soth_iov data; /* the message's first min(length, capture) bytes (fewer when cut
+                             short); points into the parser */
+    bool truncated;       /* data.len < length */
+};
+
+/** malloc a parser (the capture buffer comes later, on demand). NULL on failure. */
+struct soth_grpc *soth_grpc_new(const struct soth_grpc_limits *limits);
+/** NULL is fine. */
+void soth_grpc_free(struct soth_grpc *g);
+
+/**
+ * Feed DATA bytes. Consumes bytes up to and including the end of the next complete message
+ * and returns how many: when that count ends a message, *msg is filled and *got set (a
+ * zero-length message completes with its envelope). Call again with the rest; every call
+ * with len > 0 consumes at least one byte or returns an error, so a loop over the input is
+ * bounded by its length plus the number of messages. Returns:
+ *   >= 0               bytes consumed (all of len when no message completed)
+ *   SOTH_E_MALFORMED   bad flag byte (soth_grpc_error() says which)
+ *   SOTH_E_TOO_LARGE   Message-Length over max_message
+ *   SOTH_E_STATE       the parser already failed or finished
+ * After an error the parser consumes nothing more; the relay of the bytes is not its business.
+ * When the capture buffer cannot grow, the message keeps the bytes that fit (truncated).
+ */
+ssize_t soth_grpc_feed(struct soth_grpc *g, const char *data, size_t len, struct soth_grpc_msg *msg,
+                       bool *got);
+
+/**
+ * The direction ended (END_STREAM, or the stream went away). Returns 0 when it ended on a
+ * message boundary; SOTH_E_MALFORMED with error SOTH_GRPC_TRUNCATED when it ended inside an
+ * envelope (then *got tells whether the 5-byte header had arrived, and if so *msg describes
+ * the partial message: length as declared, the bytes that came, truncated); the previous
+ * error when the parser had failed already. Later feeds return SOTH_E_STATE.
+ */
+int soth_grpc_finish(struct soth_grpc *g, struct soth_grpc_msg *msg, bool *got);
+
+/** The sticky error (SOTH_GRPC_OK while fine). */
+enum soth_grpc_error soth_grpc_error(const struct soth_grpc *g);
+/** Complete messages parsed so far. */
+uint64_t soth_grpc_messages(const struct soth_grpc *g);
+
+/* ---- payload formats and content types ---------------------------------------------------- */
+
+enum soth_payload_format {
+    SOTH_FMT_UNKNOWN = 0, /* not declared: the decoder sniffs conservatively */
+    SOTH_FMT_JSON,
+    SOTH_FMT_MSGPACK,
+    SOTH_FMT_PROTO,   /* protobuf (application/grpc, +proto): needs a schema; sniffed only */
+    SOTH_FMT_NONE,    /* declared as something else: nothing to parse */
+    SOTH_FMT_COUNT
+};
+/** "json", "msgpack", "proto", ...: the SPEC payload_parsed `format` words for JSON/msgpack. */
+const char *soth_payload_format_name(enum soth_payload_format f);
+
+/**
+ * gRPC content type? "application/grpc" alone or followed by "+subtype" or ";params"
+ * (case-insensitive, surrounding OWS ignored). On true, *fmt (may be NULL) is the payload
+ * format the subtype declares: none or "proto" -> PROTO, "json" -> JSON, "msgpack" ->
+ * MSGPACK, others UNKNOWN.
+ */
+bool soth_grpc_content_type(struct soth_iov content_type, enum soth_payload_format *fmt);
+
+/**
+ * Payload format an HTTP Content-Type declares: application/json, text/json, any
+ * "+json" suffix, application/x-json, application/problem+json -> JSON; application/msgpack,
+ * application/x-msgpack, application/vnd.msgpack -> MSGPACK; text/javascript,
+ * application/javascript and application/x-javascript -> UNKNOWN (a JSON body behind an
+ * anti-hijack prefix is common there: the decoder sniffs); anything else or absent -> NONE.
+ */
+enum soth_payload_format soth_payload_format_of(struct soth_iov content_type);
+
+/* ---- codings: Content-Encoding (RFC 9110 8.4) and grpc-encoding ----------------------- */
+
+enum soth_coding {
+    SOTH_CODING_IDENTITY = 0,
+    SOTH_CODING_GZIP,    /* RFC 1952 ("x-gzip" too) */
+    SOTH_CODING_DEFLATE, /* RFC 1950 zlib stream (raw RFC 1951 deflate accepted as well) */
+    SOTH_CODING_BR,      /* RFC 7932 */
+    SOTH_CODING_ZSTD,    /* RFC 8878 */
+    SOTH_CODING_UNKNOWN, /* anything else (compress, snappy, ...): cannot be undone */
+    SOTH_CODING_COUNT
+};
+/** "identity", "gzip", "deflate", "br", "zstd", "unknown". */
+const char *soth_coding_name(enum soth_coding c);
+
+#define SOTH_DECODE_MAX_CODINGS 4
+
+/**
+ * Parse a Content-Encoding (or grpc-encoding) value: comma-separated codings in the order
+ * the sender applied them, "identity" dropped. Fills out[] (up to `max`) and returns the
+ * count, or SOTH_E_TOO_LARGE for more than `max` codings. Names are case-insensitive.
+ */
+int soth_coding_parse(struct soth_iov value, enum soth_coding *out, size_t max);
+
+/* ---- the layered decoder chain ------------------------------------------------------------
+ * A registry of decoders run over one message in a fixed order of stages:
+ *   1. content decoding   HTTP Content-Encoding, undone last-applied first: gzip, deflate, br,
+ *                         zstd (zlib, brotli, zstd streaming APIs with bounded output)
+ *   2. protocol framing   grpc / sse / ws: done by the caller, which hands over one message
+ *   3. message decoding   a coding inside the framing: grpc-encoding of a compressed gRPC
+ *                         message, permessage-deflate of a WebSocket message
+ *   4. anti-hijack        strips the )]}' )]}', for(;;); while(1); &&&START&&& {}&& and
+ *                         Prototype.js "-secure-" comment prefixes before JSON; sets
+ *                         `sanitized`; not listed as a decoder
+ *   5. payload parse      json (jansson) or msgpack (msgpack-c), into JSON text
+ * The result lists the decoders applied in that order (e.g. ["gzip","grpc","msgpack"],
+ * ["grpc","gzip","json"]). A stage that fails is listed and ends the chain with an `error`
+ * "<decoder>: <reason>" (the relay never depends on it); a payload cut short by the capture
+ * bound ends with the error "truncated". Memory: a decoder object holds scratch buffers
+ * that grow on demand up to the limits and are reused for every message.
+ */
+
+enum soth_framing {
+    SOTH_FRAMING_NONE = 0,
+    SOTH_FRAMING_GRPC, /* "grpc" */
+    SOTH_FRAMING_SSE,  /* "sse" */
+    SOTH_FRAMING_WS,   /* "ws" */
+    SOTH_FRAMING_COUNT
+};
+
+/** Limits; zero fields take the defaults in brackets. */
+struct soth_decode_limits {
+    uint32_t max_output;   /* bytes one decoding stage may produce; past it the output is cut
+                              and the payload treated as truncated [262144] */
+    uint32_t max_ratio;    /* decompression bomb: output above max(64 KiB, ratio x input) of
+                              one stage is an error "<coding>: bomb" [100] */
+    uint32_t max_depth;    /* nesting of arrays/maps (JSON and msgpack) [20, at most 30] */
+    uint32_t max_elements; /* msgpack items (keys, values, elements) in one payload [16384] */
+    uint32_t max_str;      /* bytes of one msgpack str/bin/ext [65536] */
+    uint32_t max_value;    /* bytes of the `value` JSON text: longer values are capped by
+                              dropping the items (and cutting the string) that no longer fit,
+                              the text staying valid JSON [16384, at least 64] */
+};
+
+/** One message to decode. */
+struct soth_decode_req {
+    const char *data; /* the message as captured (before content decoding) */
+    size_t len;
+    bool truncated; /* data is only a prefix of the message (capture bound, or cut short) */
+    enum soth_coding codings[SOTH_DECODE_MAX_CODINGS]; /* stage 1, in the order applied */
+    size_t n_codings;
+    enum soth_framing framing;        /* stage 2 (already removed by the caller) */
+    enum soth_coding message_coding;  /* stage 3; IDENTITY for none */
+    enum soth_payload_format format;  /* declared; UNKNOWN or PROTO: sniff (a JSON text that
+                                         starts with { or [, a msgpack map with string keys
+                                         using every byte), skipped when neither fits */
+    bool sanitize;                    /* run the anti-hijack stage before JSON */
+};
+
+#define SOTH_DECODE_MAX_DECODERS (SOTH_DECODE_MAX_CODINGS + 3)
+
+/** What a run found; iovs point into the decoder (valid until its next run) or static text. */
+struct soth_decode_result {
+    bool report;    /* false: nothing to report (no payload format detected, nothing failed) */
+    struct soth_iov decoders[SOTH_DECODE_MAX_DECODERS]; /* names, in the order applied */
+    size_t n_decoders;
+    bool sanitized;                  /* an anti-hijack prefix was stripped */
+    enum soth_payload_format format; /* JSON or MSGPACK once the payload stage ran, else
+                                        UNKNOWN */
+    struct soth_iov value;           /* the payload as JSON text; base NULL when error */
+    struct soth_iov error;           /* "<decoder>: <reason>" or "truncated"; base NULL when
+                                        fine */
+};
+
+struct soth_decoder; /* opaque scratch space; one per flow or per worker */
+
+/** malloc a decoder (no scratch yet). `limits` may be NULL. NULL on failure. */
+struct soth_decoder *soth_decoder_new(const struct soth_decode_limits *limits);
+/** NULL is fine. */
+void soth_decoder_free(struct soth_decoder *d);
+
+/**
+ * Run the chain over one message. Always fills *res (never fails as a call: failures are
+ * res->error). Returns 0, or SOTH_E_NOMEM when scratch space could not be had (res then
+ * reports the error "nomem").
+ */
+int soth_decode_run(struct soth_decoder *d, const struct soth_decode_req *req,
+                    struct soth_decode_result *res);
+
+/**
+ * The anti-hijack stage alone: the offset of the JSON text after a known prefix in p[0..n)
+ * (leading whitespace and a UTF-8 BOM skipped, then the prefix, then whitespace), or 0 when
+ * there is none. *tail_len (may be NULL) gets the length of a matching suffix to drop
+ * (&&&END&&&, or the comment end of the "-secure-" wrapper), else 0.
+ */
+size_t soth_antihijack_strip(const char *p, size_t n, size_t *tail_len);
+
+/**
+ * Convert one msgpack object in p[0..n) to JSON text in out[0..cap) within the limits (only
+ * max_depth, max_elements, max_str and max_value are used). Returns the JSON length, or
+ * SOTH_E_INCOMPLETE (input ends inside the object), SOTH_E_MALFORMED (not msgpack, e.g.
+ * the reserved byte 0xc1, or bytes left after the object), SOTH_E_TOO_LARGE (a limit).
+ * `why` (may be NULL) gets a static reason. Bounded by the input: a container header cannot
+ * claim more items than bytes remain, so nothing is allocated beyond ~24 bytes per input
+ * byte. Used by the chain; public for the fuzz target and tests.
+ */
+ssize_t soth_msgpack_to_json(const char *p, size_t n, const struct soth_decode_limits *limits,
+                             char *out, size_t cap, const char **why);
+
 /* ---- end of gRPC and decoders section ---- */
 
 #endif
