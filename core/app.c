@@ -44,6 +44,7 @@ struct app_h1 {
     enum soth_close_reason reason;
     uint16_t authority_len; /* regular-mode plain HTTP: the connection's upstream */
     char authority[256];
+    struct app_stream *obs; /* WebSocket/SSE parsers (issue 9), NULL until one is detected */
     _Alignas(max_align_t) unsigned char engine[];
 };
 
@@ -78,11 +79,208 @@ static bool iov_same_ci(struct soth_iov a, const char *b, size_t n)
     return true;
 }
 
+/* ---- WebSocket and SSE observation (issue 9)
+ *
+ * The parsers only read what the engine relays: WebSocket frames of both directions after a
+ * 101 (seen in h1_out), and the de-chunked body of a text/event-stream response (h1_on_body).
+ * Their state is allocated once per flow, when the protocol is first detected, and reused.
+ * Design notes: docs/streaming.md.
+ */
+
+#define APP_WS_TURN_IDLE_NS (30ull * 1000000000ull) /* a turn silent this long ends (idle) */
+
+struct app_stream {
+    struct app_h1 *a;
+    uint32_t ws_id;  /* the exchange that switched to WebSocket, 0: none */
+    uint32_t sse_id; /* the exchange whose response is an event stream, 0: none */
+    bool ws_live;    /* the 101 went out: relayed bytes are frames */
+    struct soth_ws_turns turns;
+    struct soth_ws *ws[2]; /* by the side the frames come from */
+    void *ws_mem;
+    struct soth_sse *sse;
+    void *sse_mem;
+};
+
+static struct app_stream *stream_get(struct app_h1 *a)
+{
+    if (a->obs == NULL) {
+        a->obs = calloc(1, sizeof(*a->obs));
+        if (a->obs != NULL)
+            a->obs->a = a;
+    }
+    return a->obs;
+}
+
+static void stream_on_ws_message(void *ctx, const struct soth_ws_msg *m)
+{
+    struct app_stream *s = ctx;
+    soth_ws_turns_message(&s->turns, m, soth_now_ns());
+    soth_ev_ws_message(s->a->env.ev, s->ws_id,
+                       m->dir == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT
+                                                : SOTH_DIR_CLIENT_TO_SERVER,
+                       m->opcode, m->len, m->data, m->truncated);
+}
+
+static void stream_on_turn_start(void *ctx, const struct soth_ws_turn *t)
+{
+    struct app_stream *s = ctx;
+    soth_ev_ws_turn_started(s->a->env.ev, s->ws_id, t->id,
+                            t->initiator == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT
+                                                           : SOTH_DIR_CLIENT_TO_SERVER);
+}
+
+static void stream_on_turn_end(void *ctx, const struct soth_ws_turn *t)
+{
+    struct app_stream *s = ctx;
+    static const enum soth_flush_reason why[SOTH_WS_FLUSH_COUNT] = {
+        [SOTH_WS_FLUSH_DIRECTION_CHANGE] = SOTH_FLUSH_DIRECTION_CHANGE,
+        [SOTH_WS_FLUSH_CLOSE] = SOTH_FLUSH_CLOSE,
+        [SOTH_WS_FLUSH_ERROR] = SOTH_FLUSH_ERROR,
+        [SOTH_WS_FLUSH_IDLE] = SOTH_FLUSH_IDLE,
+    };
+    struct soth_ws_turn_stats st = {
+        .turn_id = t->id,
+        .initiator =
+            t->initiator == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER,
+        .client_frames = t->frames[SOTH_WS_CLIENT],
+        .server_frames = t->frames[SOTH_WS_SERVER],
+        .client_bytes = t->bytes[SOTH_WS_CLIENT],
+        .server_bytes = t->bytes[SOTH_WS_SERVER],
+        .started_ns = t->started_ns,
+        .ended_ns = t->ended_ns,
+        .flush_reason = why[t->reason],
+    };
+    soth_ev_ws_turn_completed(s->a->env.ev, s->ws_id, &st);
+}
+
+static void stream_on_sse_event(void *ctx, const struct soth_sse_event *e)
+{
+    struct app_stream *s = ctx;
+    /* WHATWG: an empty event type buffer dispatches a "message" event. */
+    struct soth_iov type = e->event.len > 0 ? e->event : SOTH_IOV_LIT("message");
+    soth_ev_sse_event(s->a->env.ev, s->sse_id, type, e->id.len > 0 ? e->id : SOTH_IOV_NULL,
+                      e->retry, e->data);
+}
+
+static struct soth_iov header_value(const struct soth_h1_head *hd, const char *name)
+{
+    for (size_t i = 0; i < hd->n_headers; i++)
+        if (iov_eq_ci(hd->headers[i].name, name))
+            return hd->headers[i].value;
+    return SOTH_IOV_NULL;
+}
+
+static bool iov_has_ci(struct soth_iov v, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= v.len; i++)
+        if (iov_same_ci(soth_iov(v.base + i, n), needle, n))
+            return true;
+    return false;
+}
+
+/* A final response head was reported: a 101 to WebSocket or an event stream starts here. */
+static void stream_on_response_head(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
+{
+    if (hd->status == 101 && hd->upgrade) {
+        if (!iov_eq_ci(header_value(hd, "upgrade"), "websocket"))
+            return;
+        struct app_stream *s = stream_get(a);
+        if (s == NULL || s->ws_mem != NULL)
+            return; /* out of memory (observation only: the relay goes on) */
+        struct soth_ws_limits lim = {.capture = (uint32_t)a->cap};
+        size_t sz = (soth_ws_size(&lim) + 15) & ~(size_t)15;
+        s->ws_mem = malloc(2 * sz);
+        if (s->ws_mem == NULL)
+            return;
+        /* RFC 7692: the extension is in effect when the 101 accepts it. */
+        bool deflate =
+            iov_has_ci(header_value(hd, "sec-websocket-extensions"), "permessage-deflate");
+        struct soth_ws_cbs cbs = {.ctx = s, .on_message = stream_on_ws_message};
+        s->ws[0] = soth_ws_init(s->ws_mem, SOTH_WS_CLIENT, deflate, &lim, &cbs);
+        s->ws[1] = soth_ws_init((char *)s->ws_mem + sz, SOTH_WS_SERVER, deflate, &lim, &cbs);
+        struct soth_ws_turn_cbs tcbs = {
+            .ctx = s, .on_start = stream_on_turn_start, .on_end = stream_on_turn_end};
+        soth_ws_turns_init(&s->turns, APP_WS_TURN_IDLE_NS, &tcbs);
+        s->ws_id = id;
+        return;
+    }
+    struct soth_iov ct = header_value(hd, "content-type");
+    const char *es = "text/event-stream";
+    size_t esn = strlen(es);
+    if (hd->no_body || ct.len < esn || !iov_same_ci(soth_iov(ct.base, esn), es, esn))
+        return;
+    if (ct.len > esn && ct.base[esn] != ';' && ct.base[esn] != ' ' && ct.base[esn] != '\t')
+        return;
+    /* A compressed stream is not parsed here (the bytes on the wire are not the events). */
+    struct soth_iov ce = header_value(hd, "content-encoding");
+    if (ce.base != NULL && ce.len > 0 && !iov_eq_ci(ce, "identity"))
+        return;
+    struct app_stream *s = stream_get(a);
+    if (s == NULL)
+        return;
+    if (s->sse_mem == NULL) {
+        s->sse_mem = malloc(soth_sse_size(NULL));
+        if (s->sse_mem == NULL)
+            return;
+    }
+    struct soth_sse_cbs cbs = {.ctx = s, .on_event = stream_on_sse_event};
+    s->sse = soth_sse_init(s->sse_mem, NULL, &cbs);
+    s->sse_id = id;
+    soth_ev_flow_set_protocol(a->env.ev, SOTH_PROTO_SSE);
+}
+
+/* Relayed bytes after the 101, from side `from`. */
+static void stream_ws_relay(struct app_h1 *a, int from, const char *p, size_t n)
+{
+    struct app_stream *s = a->obs;
+    if (soth_ws_feed(s->ws[from], p, n) < 0 && !s->turns.closed) {
+        SOTH_LOG(SOTH_LOG_DEBUG, (int)a->env.ev->worker, a->env.ev->flow_id, "websocket %s: %s",
+                 from ? "server" : "client", soth_ws_error_name(soth_ws_error(s->ws[from])));
+        soth_ws_turns_end(&s->turns, SOTH_WS_FLUSH_ERROR, soth_now_ns());
+    }
+}
+
+static void stream_on_body(struct app_h1 *a, uint32_t id, const char *p, size_t n)
+{
+    if (a->obs != NULL && a->obs->sse != NULL && a->obs->sse_id == id)
+        soth_sse_feed(a->obs->sse, p, n);
+}
+
+/* The stream's message or exchange ended: flush what must not stay open. */
+static void stream_end(struct app_h1 *a, uint32_t id)
+{
+    struct app_stream *s = a->obs;
+    if (s == NULL)
+        return;
+    if (s->sse != NULL && s->sse_id == id) {
+        soth_sse_finish(s->sse); /* WHATWG: an unfinished event is discarded */
+        s->sse = NULL;
+        s->sse_id = 0;
+    }
+    if (s->ws_mem != NULL && s->ws_id == id && s->ws_live) {
+        soth_ws_turns_end(&s->turns, SOTH_WS_FLUSH_CLOSE, soth_now_ns());
+        s->ws_live = false;
+    }
+}
+
+static void stream_free(struct app_h1 *a)
+{
+    if (a->obs == NULL)
+        return;
+    free(a->obs->ws_mem);
+    free(a->obs->sse_mem);
+    free(a->obs);
+    a->obs = NULL;
+}
+
 /* ---- engine callbacks */
 
 static int h1_out(void *ctx, int to_side, const char *p, size_t n)
 {
     struct app_h1 *a = ctx;
+    if (a->obs != NULL && a->obs->ws_live)
+        stream_ws_relay(a, !to_side, p, n);
     return a->env.send(a->env.ctx, (unsigned)to_side, p, n);
 }
 
@@ -188,6 +386,7 @@ static int h1_on_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head
     a->msg[1] = (struct msg_cap){.id = id};
     a->resp_open = !hd->no_body;
     soth_ev_response_headers(a->env.ev, id, hd->status, h1_version(hd), hd->headers, hd->n_headers);
+    stream_on_response_head(a, id, hd);
     return 0;
 }
 
@@ -201,6 +400,8 @@ static void h1_on_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
                        m->off, n, soth_iov(p, take), take < n);
     m->off += n;
     m->captured += take;
+    if (dir == SOTH_H1_UPSTREAM)
+        stream_on_body(a, id, p, n);
 }
 
 static void h1_on_trailers(void *ctx, int dir, uint32_t id, const struct soth_header *t, size_t n)
@@ -213,23 +414,26 @@ static void h1_on_trailers(void *ctx, int dir, uint32_t id, const struct soth_he
 static void h1_on_complete(void *ctx, int dir, uint32_t id)
 {
     struct app_h1 *a = ctx;
-    (void)id;
-    if (dir == SOTH_H1_UPSTREAM)
+    if (dir == SOTH_H1_UPSTREAM) {
         a->resp_open = false;
+        stream_end(a, id);
+    }
 }
 
 static void h1_on_upgrade(void *ctx, uint32_t id, struct soth_iov protocol)
 {
     struct app_h1 *a = ctx;
-    (void)id;
     if (iov_eq_ci(protocol, "websocket"))
         soth_ev_flow_set_protocol(a->env.ev, SOTH_PROTO_WEBSOCKET);
+    if (a->obs != NULL && a->obs->ws_mem != NULL && a->obs->ws_id == id)
+        a->obs->ws_live = true;
     a->resp_open = false;
 }
 
 static void h1_on_exchange(void *ctx, const struct soth_h1_exchange *x)
 {
     struct app_h1 *a = ctx;
+    stream_end(a, x->stream_id);
     soth_ev_exchange_completed(a->env.ev, x->stream_id, (enum soth_outcome)x->outcome,
                                x->request_bytes, x->response_bytes);
 }
@@ -449,6 +653,7 @@ static struct app *h1_new(const struct app_env *env)
 static void h1_free(struct app_h1 *a)
 {
     soth_h1_dispose(a->h);
+    stream_free(a);
     free(a->st[0].p);
     free(a->st[1].p);
     free(a);
