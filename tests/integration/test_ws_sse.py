@@ -1,0 +1,485 @@
+"""WebSocket and SSE through the real binary (issue 9) with real clients and origins.
+
+WebSocket: the `websockets` library (Debian python3-websockets) on both ends, through
+  reverse   --mode reverse:http://127.0.0.1:PORT (plain)
+  intercept regular mode, CONNECT + TLS interception (the client trusts the proxy CA, the
+            proxy trusts the origin's test CA through tls.upstream_ca_file)
+Messages (text, binary, 1 MiB, fragmented) must come back byte-exact; every message must
+appear as one ws_message with the captured prefix, and turns must group client-initiated and
+server-initiated exchanges as docs/streaming.md says.
+
+SSE: a raw origin streams text/event-stream and waits until the client has seen event 1
+before it sends event 2 (the proxy must not buffer); the events must appear as sse_event.
+"""
+import asyncio
+import base64
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import unittest
+
+import websockets
+
+from eventcheck import by_stream
+from harness import Proxy, by_flow, read_head
+from test_http1 import make_origin_ca
+
+CAP = 4096
+TIMEOUT = 20
+
+
+# ---------------------------------------------------------------- WebSocket origin
+
+class WSOrigin:
+    """websockets server in its own thread/loop. Paths:
+      /echo   every message back as it came (text stays text, binary binary)
+      /push   server-initiated: sends push-1, waits for an answer, sends push-2, waits for an
+              answer, then waits for the client's close
+    """
+
+    def __init__(self, tls_dir=None):
+        self.ctx = None
+        if tls_dir:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(os.path.join(tls_dir, "o.pem"),
+                                     os.path.join(tls_dir, "o.key"))
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(10):
+            raise RuntimeError("websocket origin did not start")
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+
+        async def start():
+            self.server = await websockets.serve(self._handler, "127.0.0.1", 0, ssl=self.ctx,
+                                                 max_size=None, ping_interval=None)
+            self.port = self.server.sockets[0].getsockname()[1]
+            self.ready.set()
+
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+
+    async def _handler(self, ws, path=None):
+        path = path or ws.path
+        try:
+            if path == "/echo":
+                async for m in ws:
+                    await ws.send(m)
+            elif path == "/push":
+                await ws.send("push-1")
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+                await ws.send("push-2")
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+                await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+        except (websockets.ConnectionClosed, asyncio.TimeoutError):
+            pass
+
+    def close(self):
+        async def stop():
+            self.server.close()
+            await self.server.wait_closed()
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+# ---------------------------------------------------------------- SSE origin
+
+SSE_EVENT_1 = b": welcome\n\nevent: greeting\nid: 1\ndata: first\n\n"
+# Event 2 with CRLF line ends, retry, multi-line data; event 3 with a CR ending one piece and
+# its LF starting the next; then an unfinished event the stream's end discards.
+SSE_REST = [b"retry: 2500\r\ndata: line one\r\ndata: line two\r\nid: 2\r\n\r\n",
+            b"data: third\r", b"\n\r\n", b"data: never dispatched\n"]
+SSE_EXPECTED = [
+    {"event": "greeting", "id": "1", "retry": None, "data": "first"},
+    {"event": "message", "id": "2", "retry": 2500, "data": "line one\nline two"},
+    {"event": "message", "id": "2", "retry": None, "data": "third"},
+]
+
+
+class SSEOrigin:
+    """Raw HTTP/1.1 origin: GET /sse/chunked or /sse/close (body until close). Sends event 1,
+    waits (up to TIMEOUT) for the test to set `seen1`, then the rest. Records whether it had
+    to give up waiting and when it sent event 2."""
+
+    def __init__(self, tls_dir=None):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.ctx = None
+        if tls_dir:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(os.path.join(tls_dir, "o.pem"),
+                                     os.path.join(tls_dir, "o.key"))
+        self.seen1 = threading.Event()
+        self.waited_out = None
+        self.sent2_ns = None
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, raw):
+        raw.settimeout(TIMEOUT)
+        s = raw
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True) if self.ctx else raw
+            head = read_head(s)
+            path = head.split(b" ")[1].decode()
+            chunked = path.endswith("/chunked")
+            hdr = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n" \
+                  b"Cache-Control: no-cache\r\n"
+            hdr += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else \
+                b"Connection: close\r\n\r\n"
+
+            def piece(b):
+                return b"%x\r\n%s\r\n" % (len(b), b) if chunked else b
+
+            s.sendall(hdr + piece(SSE_EVENT_1))
+            self.waited_out = not self.seen1.wait(TIMEOUT)
+            self.sent2_ns = time.time_ns()
+            for b in SSE_REST:
+                s.sendall(piece(b))
+                time.sleep(0.05)
+            if chunked:
+                s.sendall(b"0\r\n\r\n")
+                time.sleep(0.2)
+        except OSError:
+            pass
+        finally:
+            s.close()
+            raw.close()
+
+    def close(self):
+        self.sock.close()
+
+
+class Dechunk:
+    """Incremental chunked-body decoder for the test client."""
+
+    def __init__(self):
+        self.buf = b""
+        self.out = b""
+        self.done = False
+
+    def feed(self, b):
+        self.buf += b
+        while not self.done:
+            i = self.buf.find(b"\r\n")
+            if i < 0:
+                return
+            n = int(self.buf[:i].split(b";")[0], 16)
+            if n == 0:
+                self.done = True
+                return
+            if len(self.buf) < i + 2 + n + 2:
+                return
+            self.out += self.buf[i + 2:i + 2 + n]
+            self.buf = self.buf[i + 2 + n + 2:]
+
+
+# ---------------------------------------------------------------- helpers
+
+def ws_events(evs):
+    """{flow_id: [ws/sse events]} of flows with streaming events."""
+    out = {}
+    for fid, fl in by_flow(evs).items():
+        st = [e for e in fl if e["type"].startswith("ws_") or e["type"] == "sse_event"]
+        if st:
+            out[fid] = (fl, st)
+    return out
+
+
+def payload_of(m):
+    return m.encode() if isinstance(m, str) else bytes(m)
+
+
+class Base(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="soth-ws-")
+        make_origin_ca(cls.dir)
+        cls.origin_ca = os.path.join(cls.dir, "ca.pem")
+        cls.ws_plain = WSOrigin()
+        cls.ws_tls = WSOrigin(tls_dir=cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ws_plain.close()
+        cls.ws_tls.close()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def proxy(self, leg, plain_port):
+        cfg = {"resolve": {"origin.test": "127.0.0.1"}, "policy": {"default": "intercept"},
+               "tls": {"upstream_ca_file": self.origin_ca}}
+        if leg == "reverse":
+            return Proxy(mode=f"reverse:http://127.0.0.1:{plain_port}", config=cfg)
+        return Proxy(config=cfg)
+
+    def proxy_ca(self, p):
+        return os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+
+    def open_tunnel(self, p, port):
+        s = socket.create_connection(p.addr(), timeout=TIMEOUT)
+        s.sendall(f"CONNECT origin.test:{port} HTTP/1.1\r\nHost: origin.test:{port}\r\n\r\n"
+                  .encode())
+        head = read_head(s)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        s.setblocking(False)
+        return s
+
+    def ws_connect(self, p, leg, path, **kw):
+        """websockets.connect(...) through proxy p on this leg."""
+        kw.setdefault("max_size", None)
+        kw.setdefault("ping_interval", None)
+        if leg == "reverse":
+            return websockets.connect(f"ws://127.0.0.1:{p.port}{path}", open_timeout=TIMEOUT,
+                                      **kw)
+        ctx = ssl.create_default_context(cafile=self.proxy_ca(p))
+        port = self.ws_tls.port
+        return websockets.connect(f"wss://origin.test:{port}{path}", ssl=ctx,
+                                  sock=self.open_tunnel(p, port), server_hostname="origin.test",
+                                  open_timeout=TIMEOUT, **kw)
+
+    def flow_events(self, p):
+        """Wait for the flow's stream_closed, then its (flow events, streaming events)."""
+        deadline = time.time() + TIMEOUT
+        while True:
+            evs = p.checked_events(settle=0.1, require_closed=False)
+            flows = ws_events(evs)
+            done = [v for v in flows.values() if v[0][-1]["type"] == "stream_closed"]
+            if len(flows) == 1 and done:
+                return done[0]
+            self.assertLess(time.time(), deadline, f"no closed streaming flow: {evs}")
+            time.sleep(0.1)
+
+    def assert_message(self, ev, direction, opcode, payload):
+        self.assertEqual((ev["type"], ev["direction"], ev["opcode"], ev["len"]),
+                         ("ws_message", direction, opcode, len(payload)), ev)
+        self.assertEqual(base64.b64decode(ev["data_b64"]), payload[:CAP])
+        self.assertEqual(ev["truncated"], len(payload) > CAP)
+
+    def assert_turn(self, started, completed, turn_id, initiator, frames, nbytes, reason):
+        self.assertEqual((started["type"], started["turn_id"], started["initiator"]),
+                         ("ws_turn_started", turn_id, initiator), started)
+        self.assertEqual(completed["type"], "ws_turn_completed", completed)
+        self.assertEqual((completed["turn_id"], completed["initiator"],
+                          completed["client_frames"], completed["server_frames"],
+                          completed["client_bytes"], completed["server_bytes"],
+                          completed["flush_reason"]),
+                         (turn_id, initiator, frames[0], frames[1], nbytes[0], nbytes[1],
+                          reason), completed)
+        self.assertLessEqual(completed["started_ns"], completed["ended_ns"])
+
+
+# ---------------------------------------------------------------- WebSocket tests
+
+class WebSocketTests(Base):
+    MESSAGES = ["hello", b"\x00\x01\x02binary\xff", os.urandom(1 << 20), "é" * 3000]
+
+    def run_echo(self, leg):
+        origin_port = self.ws_plain.port
+        with self.proxy(leg, origin_port) as p:
+            got = []
+            frag = ["frag-one ", "frag-two ", "frag-three"]
+
+            async def client():
+                async with self.ws_connect(p, leg, "/echo", compression=None) as ws:
+                    for m in self.MESSAGES:
+                        await ws.send(m)
+                        got.append(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                    await ws.send(frag)  # one message in three frames
+                    got.append(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+            asyncio.run(asyncio.wait_for(client(), 60))
+            for sent, back in zip(self.MESSAGES + ["".join(frag)], got):
+                self.assertEqual(type(sent), type(back))
+                self.assertEqual(sent, back, "echo not byte-exact")
+
+            fl, st = self.flow_events(p)
+            self.assertEqual(fl[-1]["protocol"], "websocket")
+            sid = [e for e in fl if e["type"] == "response_headers"][0]["stream_id"]
+            self.assertTrue(all(e["stream_id"] == sid for e in st))
+            msgs = [e for e in st if e["type"] == "ws_message"]
+            turns = [e for e in st if e["type"] != "ws_message"]
+            sent = self.MESSAGES + ["".join(frag)]
+            # each message and its echo; then the client's close and the origin's answer
+            for i, m in enumerate(sent):
+                op = 1 if isinstance(m, str) else 2
+                self.assert_message(msgs[2 * i], "client_to_server", op, payload_of(m))
+                self.assert_message(msgs[2 * i + 1], "server_to_client", op, payload_of(m))
+            closes = msgs[2 * len(sent):]
+            self.assertEqual([(e["direction"], e["opcode"]) for e in closes],
+                             [("client_to_server", 8), ("server_to_client", 8)])
+            self.assertEqual(base64.b64decode(closes[0]["data_b64"])[:2], b"\x03\xe8")
+            # one turn per exchange: started before the request message, completed by the
+            # next request (direction change) and, for the last one, by the close frame
+            n = len(sent)
+            self.assertEqual(len(turns), 2 * n)
+            for i, m in enumerate(sent):
+                b = len(payload_of(m))
+                # the last one is the fragmented message: websockets sends each piece as a
+                # frame and ends with an empty FIN continuation (4 frames); then the close
+                last = i == n - 1
+                frames = len(frag) + 1 + 1 if last else 1
+                nbytes = b + closes[0]["len"] if last else b
+                self.assert_turn(turns[2 * i], turns[2 * i + 1], i + 1, "client_to_server",
+                                 (frames, 1), (nbytes, b),
+                                 "close" if last else "direction_change")
+            # order: started, request message, answer, completed
+            order = [e["type"] for e in st]
+            self.assertEqual(order[:4], ["ws_turn_started", "ws_message", "ws_message",
+                                         "ws_turn_completed"])
+
+    def test_echo_reverse(self):
+        self.run_echo("reverse")
+
+    def test_echo_intercept_tls(self):
+        self.run_echo("intercept")
+
+    def test_server_initiated_turns(self):
+        for leg in ("reverse", "intercept"):
+            with self.subTest(leg=leg), self.proxy(leg, self.ws_plain.port) as p:
+                async def client():
+                    async with self.ws_connect(p, leg, "/push", compression=None) as ws:
+                        self.assertEqual(await asyncio.wait_for(ws.recv(), TIMEOUT), "push-1")
+                        await ws.send("ack-1")
+                        self.assertEqual(await asyncio.wait_for(ws.recv(), TIMEOUT), "push-2")
+                        await ws.send("ack-22")
+
+                asyncio.run(asyncio.wait_for(client(), 60))
+                fl, st = self.flow_events(p)
+                turns = [e for e in st if e["type"] != "ws_message"]
+                self.assertEqual(len(turns), 4, st)
+                self.assert_turn(turns[0], turns[1], 1, "server_to_client", (1, 1), (5, 6),
+                                 "direction_change")
+                self.assert_turn(turns[2], turns[3], 2, "server_to_client", (2, 1), (6 + 2, 6),
+                                 "close")
+                self.assertEqual(turns[1]["ended_ns"], turns[3]["started_ns"])
+
+    def test_permessage_deflate_flagged_and_relayed(self):
+        # Default client: offers permessage-deflate, the origin accepts; compressed frames
+        # (RSV1) are parsed, reported with their compressed length, and relayed untouched.
+        with self.proxy("reverse", self.ws_plain.port) as p:
+            text = "compress me " * 500
+
+            async def client():
+                async with self.ws_connect(p, "reverse", "/echo") as ws:
+                    self.assertIn("permessage-deflate",
+                                  ws.response_headers.get("Sec-WebSocket-Extensions", ""))
+                    await ws.send(text)
+                    return await asyncio.wait_for(ws.recv(), TIMEOUT)
+
+            self.assertEqual(asyncio.run(asyncio.wait_for(client(), 60)), text)
+            fl, st = self.flow_events(p)
+            msgs = [e for e in st if e["type"] == "ws_message"]
+            self.assertEqual([(m["direction"], m["opcode"]) for m in msgs[:2]],
+                             [("client_to_server", 1), ("server_to_client", 1)])
+            self.assertLess(msgs[0]["len"], len(text))  # compressed on the wire
+            self.assertFalse(any(e.get("flush_reason") == "error" for e in st), st)
+
+    def test_abrupt_close_flushes_turn(self):
+        # The client drops the TCP connection without a close frame: the open turn is still
+        # completed (flush_reason close) before the exchange ends.
+        with self.proxy("reverse", self.ws_plain.port) as p:
+            async def client():
+                ws = await self.ws_connect(p, "reverse", "/echo", compression=None)
+                await ws.send("bye")
+                self.assertEqual(await asyncio.wait_for(ws.recv(), TIMEOUT), "bye")
+                ws.transport.abort()
+
+            asyncio.run(asyncio.wait_for(client(), 60))
+            fl, st = self.flow_events(p)
+            turns = [e for e in st if e["type"] != "ws_message"]
+            self.assertEqual(len(turns), 2, st)
+            self.assert_turn(turns[0], turns[1], 1, "client_to_server", (1, 1), (3, 3), "close")
+            types = [e["type"] for e in fl]
+            self.assertLess(types.index("ws_turn_completed"), types.index("exchange_completed"))
+
+
+# ---------------------------------------------------------------- SSE tests
+
+class SSETests(Base):
+    def run_sse(self, leg, path):
+        origin = SSEOrigin(tls_dir=self.dir if leg == "intercept" else None)
+        try:
+            with self.proxy(leg, origin.port) as p:
+                s = socket.create_connection(p.addr(), timeout=TIMEOUT)
+                host = "127.0.0.1"
+                if leg == "intercept":
+                    s.sendall(f"CONNECT origin.test:{origin.port} HTTP/1.1\r\n"
+                              f"Host: origin.test:{origin.port}\r\n\r\n".encode())
+                    self.assertTrue(read_head(s).startswith(b"HTTP/1.1 200"))
+                    ctx = ssl.create_default_context(cafile=self.proxy_ca(p))
+                    s = ctx.wrap_socket(s, server_hostname="origin.test")
+                    host = f"origin.test:{origin.port}"
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream"
+                          "\r\n\r\n".encode())
+                head = read_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+                chunked = b"chunked" in head.lower()
+                dec = Dechunk()
+                body = b""
+                deadline = time.time() + TIMEOUT
+                while b"data: first\n\n" not in body:
+                    self.assertLess(time.time(), deadline, "event 1 did not arrive")
+                    d = s.recv(65536)
+                    self.assertTrue(d, "EOF before event 1")
+                    if chunked:
+                        dec.feed(d)
+                        body = dec.out
+                    else:
+                        body += d
+                seen1_ns = time.time_ns()
+                origin.seen1.set()  # only now does the origin send event 2
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    if chunked:
+                        dec.feed(d)
+                        body = dec.out
+                        if dec.done:
+                            break
+                    else:
+                        body += d
+                s.close()
+                self.assertFalse(origin.waited_out, "origin gave up waiting: event 1 held back")
+                self.assertEqual(body, SSE_EVENT_1 + b"".join(SSE_REST))
+                fl, st = self.flow_events(p)
+                self.assertEqual([{k: e[k] for k in ("event", "id", "retry", "data")}
+                                  for e in st], SSE_EXPECTED)
+                self.assertEqual(fl[-1]["protocol"], "sse")
+                # event 1 was reported before the origin sent event 2: no buffering anywhere
+                self.assertLess(st[0]["ts_ns"], origin.sent2_ns)
+                self.assertLess(st[0]["ts_ns"], seen1_ns)
+                self.assertGreater(st[1]["ts_ns"], origin.sent2_ns)
+        finally:
+            origin.close()
+
+    def test_sse_chunked_reverse(self):
+        self.run_sse("reverse", "/sse/chunked")
+
+    def test_sse_until_close_intercept_tls(self):
+        self.run_sse("intercept", "/sse/close")
+
+    def test_sse_chunked_intercept_tls(self):
+        self.run_sse("intercept", "/sse/chunked")
+
+
+if __name__ == "__main__":
+    unittest.main()
