@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "app.h"
+#include "app_payload.h"
 #include "soth/proto.h"
 
 #define APP_STASH_MAX  (1u << 20) /* bytes kept for a blocked direction before giving up */
@@ -44,6 +45,7 @@ struct app_h1 {
     enum soth_close_reason reason;
     uint16_t authority_len; /* regular-mode plain HTTP: the connection's upstream */
     char authority[256];
+    struct app_payload *pl; /* payload decoding (core/app_payload.c), NULL until needed */
     struct app_stream *obs; /* WebSocket/SSE parsers (issue 9), NULL until one is detected */
     _Alignas(max_align_t) unsigned char engine[];
 };
@@ -370,6 +372,7 @@ static int h1_on_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head
     if (dir == SOTH_H1_CLIENT) {
         a->msg[0] = (struct msg_cap){.id = id};
         a->close_client = !hd->keep_alive;
+        app_pl_h1_head(&a->pl, &a->env, dir, hd->headers, hd->n_headers, false);
         if (a->env.m != NULL)
             SOTH_METRIC_ADD(a->env.m->requests[SOTH_PROTO_HTTP1], 1);
         if (a->env.origin_form)
@@ -385,6 +388,7 @@ static int h1_on_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head
         return 0; /* 1xx: forwarded, not an exchange's response */
     a->msg[1] = (struct msg_cap){.id = id};
     a->resp_open = !hd->no_body;
+    app_pl_h1_head(&a->pl, &a->env, dir, hd->headers, hd->n_headers, hd->no_body);
     soth_ev_response_headers(a->env.ev, id, hd->status, h1_version(hd), hd->headers, hd->n_headers);
     stream_on_response_head(a, id, hd);
     return 0;
@@ -400,6 +404,7 @@ static void h1_on_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
                        m->off, n, soth_iov(p, take), take < n);
     m->off += n;
     m->captured += take;
+    app_pl_h1_body(a->pl, dir, p, n);
     if (dir == SOTH_H1_UPSTREAM)
         stream_on_body(a, id, p, n);
 }
@@ -414,6 +419,7 @@ static void h1_on_trailers(void *ctx, int dir, uint32_t id, const struct soth_he
 static void h1_on_complete(void *ctx, int dir, uint32_t id)
 {
     struct app_h1 *a = ctx;
+    app_pl_h1_complete(a->pl, &a->env, dir, id);
     if (dir == SOTH_H1_UPSTREAM) {
         a->resp_open = false;
         stream_end(a, id);
@@ -653,6 +659,7 @@ static struct app *h1_new(const struct app_env *env)
 static void h1_free(struct app_h1 *a)
 {
     soth_h1_dispose(a->h);
+    app_pl_free(a->pl);
     stream_free(a);
     free(a->st[0].p);
     free(a->st[1].p);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "app.h"
+#include "app_payload.h"
 #include "soth/proto.h"
 
 #define H2_MAX_STREAMS 100 /* SETTINGS_MAX_CONCURRENT_STREAMS toward the client */
@@ -34,6 +35,8 @@ _Static_assert((H2_TABLE_CAP & (H2_TABLE_CAP - 1)) == 0, "stream table not a pow
 struct h2_stream {
     int32_t sid;     /* client stream id; 0 = free entry */
     uint64_t off[2]; /* body bytes reported so far, by enum soth_h2_dir */
+    /* gRPC and payload state, or NULL (core/app_payload.c) */
+    struct app_pl_stream *pl;
 };
 
 struct app_h2 {
@@ -52,6 +55,7 @@ struct app_h2 {
     bool done;          /* APP_DONE returned: the relay is finished */
     uint32_t n_streams; /* entries in use in st[] */
     struct h2_stream st[H2_TABLE_CAP];
+    struct app_payload *pl; /* payload decoding of the flow, NULL until needed */
 };
 
 static struct app_h2 *h2_of(struct app *a)
@@ -125,7 +129,8 @@ static int on_out(void *ctx, enum soth_h2_side to, const char *p, size_t n)
 static void on_request_head(void *ctx, int32_t sid, const struct soth_h2_request *q)
 {
     struct app_h2 *h = ctx;
-    stream_add(h, sid);
+    struct h2_stream *ne = stream_add(h, sid);
+    app_pl_h2_request(&h->pl, &ne->pl, &h->env, q); /* grpc: protocol set before the head */
     if (h->env.m != NULL)
         SOTH_METRIC_ADD(h->env.m->requests[SOTH_PROTO_HTTP2], 1);
     soth_ev_request_headers(h->env.ev, (uint32_t)sid, q->method, q->scheme, q->authority, q->path,
@@ -137,6 +142,9 @@ static void on_response_head(void *ctx, int32_t sid, const struct soth_h2_respon
     struct app_h2 *h = ctx;
     soth_ev_response_headers(h->env.ev, (uint32_t)sid, (unsigned)s->status, SOTH_IOV_LIT("2"),
                              s->headers, s->n_headers);
+    struct h2_stream *e = stream_find(h, sid);
+    if (e != NULL)
+        app_pl_h2_response(&h->pl, &e->pl, &h->env, s);
 }
 
 static enum soth_direction dir_of(enum soth_h2_dir d)
@@ -156,6 +164,7 @@ static void on_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p,
         take = h->capture - off < n ? (size_t)(h->capture - off) : n;
     soth_ev_body_chunk(h->env.ev, dir_of(dir), (uint32_t)sid, off, n, soth_iov(p, take), take < n);
     e->off[dir] = off + n;
+    app_pl_h2_data(h->pl, e->pl, &h->env, (int)dir, (uint32_t)sid, p, n);
 }
 
 static void on_trailers(void *ctx, enum soth_h2_dir dir, int32_t sid, const struct soth_header *hd,
@@ -189,10 +198,12 @@ static void on_stream_end(void *ctx, int32_t sid, const struct soth_h2_stream_en
      * is a stream's first event), as for an HTTP/1.1 head refused with 431. */
     if (e == NULL)
         return;
+    struct app_pl_stream *pl = e->pl;
     stream_del(h, e);
     enum soth_outcome o = outcome_of(end->outcome);
     if (h->aborting && o != SOTH_OUTCOME_COMPLETE)
         o = h->abort_outcome;
+    app_pl_h2_end(h->pl, pl, &h->env, (uint32_t)sid, o == SOTH_OUTCOME_COMPLETE);
     soth_ev_exchange_completed(h->env.ev, (uint32_t)sid, o, end->request_bytes,
                                end->response_bytes);
 }
@@ -306,6 +317,10 @@ void app_h2_free(struct app *a)
         return;
     struct app_h2 *h = h2_of(a);
     soth_h2_relay_free(h->r);
+    for (size_t i = 0; i < H2_TABLE_CAP; i++)
+        if (h->st[i].sid != 0)
+            app_pl_stream_free(h->st[i].pl);
+    app_pl_free(h->pl);
     free(h);
 }
 
