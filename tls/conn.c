@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <xxhash.h>
 
 #define IN_MAX          (1u << 20)  /* unread ciphertext a conn will hold */
 #define OWN_KEEP        (64u << 10) /* larger input copies are freed when the conn is recycled */
@@ -193,6 +194,27 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
     if (c == NULL)
         return;
     struct soth_tls_ctx *t = c->t;
+    if (c->ssl != NULL && c->side == SOTH_TLS_SIDE_UPSTREAM &&
+        (c->state == CONN_ESTABLISHED || c->state == CONN_CLOSED)) {
+        /* Keep the session (with the TLS 1.3 ticket read by now) for the next connection. */
+        WOLFSSL_SESSION *s = wolfSSL_get1_session(c->ssl);
+        if (s != NULL) {
+            size_t i = c->host_key & (TLS_UP_SESSIONS - 1);
+            if (t->up_sess[i].s != NULL)
+                wolfSSL_SESSION_free(t->up_sess[i].s);
+            t->up_sess[i].key = c->host_key;
+            t->up_sess[i].s = s;
+        }
+    }
+    if (c->ssl != NULL && c->side == SOTH_TLS_SIDE_UPSTREAM && c->state == CONN_FAILED) {
+        /* A failed handshake may be the resumption itself (an origin that changed versions or
+         * keys): never offer that session again. */
+        size_t i = c->host_key & (TLS_UP_SESSIONS - 1);
+        if (t->up_sess[i].s != NULL && t->up_sess[i].key == c->host_key) {
+            wolfSSL_SESSION_free(t->up_sess[i].s);
+            t->up_sess[i].s = NULL;
+        }
+    }
     if (c->ssl != NULL)
         wolfSSL_free(c->ssl);
     c->ssl = NULL;
@@ -309,6 +331,17 @@ int soth_tls_conn_new_client(struct soth_tls_ctx *t, struct soth_iov host,
     wolfSSL_SetIOReadCtx(c->ssl, c);
     wolfSSL_SetIOWriteCtx(c->ssl, c);
     rc = SOTH_E_TLS;
+    /* TLS 1.2 origins resume through tickets only when the client asks for them. */
+    wolfSSL_UseSessionTicket(c->ssl);
+    c->host_key = XXH3_64bits(c->host, n);
+    size_t si = c->host_key & (TLS_UP_SESSIONS - 1);
+    if (t->up_sess[si].s != NULL && t->up_sess[si].key == c->host_key) {
+        /* Resume (TLS 1.3 ticket or 1.2 session): the name was verified when it was made. */
+        if (wolfSSL_set_session(c->ssl, t->up_sess[si].s) != WOLFSSL_SUCCESS) {
+            wolfSSL_SESSION_free(t->up_sess[si].s);
+            t->up_sess[si].s = NULL;
+        }
+    }
     if (ip_len == 0) {
         if (wolfSSL_UseSNI(c->ssl, WOLFSSL_SNI_HOST_NAME, c->host, (unsigned short)n) !=
             WOLFSSL_SUCCESS)

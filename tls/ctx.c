@@ -256,6 +256,9 @@ void soth_tls_ctx_free(struct soth_tls_ctx *t)
 {
     if (t == NULL)
         return;
+    for (size_t i = 0; i < TLS_UP_SESSIONS; i++)
+        if (t->up_sess[i].s != NULL)
+            wolfSSL_SESSION_free(t->up_sess[i].s);
     while (t->free_conns != NULL) {
         struct soth_tls_conn *c = t->free_conns;
         t->free_conns = c->next_free;

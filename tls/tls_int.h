@@ -70,6 +70,8 @@ struct out_chunk {
     uint8_t data[OUT_CHUNK_CAP];
 };
 
+#define TLS_UP_SESSIONS 256 /* power of 2 */
+
 struct soth_tls_ctx {
     const struct soth_tls_ca *ca;
     uint32_t leaf_validity_days;
@@ -98,6 +100,13 @@ struct soth_tls_ctx {
     struct leaf_cache cache;
     uint8_t *scratch_der; /* the one leaf when the cache is disabled */
     uint16_t scratch_len;
+
+    /* Upstream sessions to resume, direct-mapped by the hash of the verified name (one per
+     * slot; a collision replaces). Only sessions of handshakes that succeeded are kept. */
+    struct {
+        uint64_t key;
+        WOLFSSL_SESSION *s;
+    } up_sess[TLS_UP_SESSIONS];
 
     struct soth_tls_conn *free_conns;
     uint32_t n_free_conns;
@@ -146,6 +155,7 @@ struct soth_tls_conn {
     int fail_where;  /* 1 handshake, 2 read, 3 write */
 
     char host[LEAF_NAME_MAX]; /* upstream: verified name; server: leaf name */
+    uint64_t host_key;        /* upstream: hash of host (session cache key) */
     struct soth_tls_conn *next_free;
 };
 
