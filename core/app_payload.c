@@ -268,7 +268,7 @@ void app_pl_h2_request(struct app_payload **pl, struct app_pl_stream **st,
     if (soth_grpc_content_type(field(q->headers, q->n_headers, "content-type"), &f)) {
         soth_ev_flow_set_protocol(env->ev, SOTH_PROTO_GRPC);
         struct app_pl_stream *s = stream_pl(st);
-        if (s == NULL)
+        if (s == NULL || flow_pl(pl) == NULL)
             return;
         s->grpc = true;
         s->grpc_fmt = f;
