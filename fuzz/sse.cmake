@@ -1,0 +1,1 @@
+soth_add_fuzz(sse LIBS soth_proto)

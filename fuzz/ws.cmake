@@ -1,0 +1,1 @@
+soth_add_fuzz(ws LIBS soth_proto)
