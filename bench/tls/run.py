@@ -152,7 +152,7 @@ def wait_port(port, proc, what):
 class Mitm:
     """soth-mitm, regular mode, intercept, 1 worker on `cpu`, trusting the origin's CA."""
 
-    def __init__(self, build, tmp, origin, cpu="1", extra_cfg=None):
+    def __init__(self, build, tmp, origin, cpu="1", extra_cfg=None, env=None):
         self.tmp = tmp
         self.metrics_port = free_port()
         cfg = {"policy": {"default": "intercept"}, "resolve": {"bench.test": "127.0.0.1"},
@@ -167,7 +167,8 @@ class Mitm:
         self.proc = subprocess.Popen(
             ["taskset", "-c", cpu, os.path.join(build, "soth-mitm"), "--listen", "127.0.0.1:0",
              "--workers", "1", "--config", path, "--event-ring", os.path.join(tmp, "ev.ring"),
-             "--ca-dir", os.path.join(tmp, "ca")], stderr=self.errlog)
+             "--ca-dir", os.path.join(tmp, "ca")], stderr=self.errlog,
+            env=dict(os.environ, **(env or {})))
         self.port = None
         for _ in range(400):
             self.errlog.seek(0)
