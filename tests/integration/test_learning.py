@@ -102,8 +102,6 @@ class LearningTests(unittest.TestCase):
             self.assertEqual((a["decision"], a["host"], a["signal_provider"]),
                              ("applied", "origin.test", "native"))
             self.assertIn("failure_threshold_reached", a["reason"])
-        self.assertEqual({fl[0]["worker"] for fl in flows[THRESHOLD:THRESHOLD + 4]} <= {0, 1},
-                         True)
         # After the window: intercepted again, and the old failures left the rolling counts.
         last = flows[-1]
         dec = of_type(last, "connect_decision")[0]
