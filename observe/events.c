@@ -321,8 +321,13 @@ void soth_ev_flush(struct soth_ev_producer *pr)
      */
     atomic_store_explicit(&pr->pub_tail, pr->tail, memory_order_seq_cst);
     struct soth_observe *obs = pr->obs;
-    if (atomic_load_explicit(&obs->sleeping, memory_order_seq_cst) &&
-        atomic_exchange_explicit(&obs->sleeping, 0, memory_order_relaxed)) {
+    /* A lingering consumer (see telemetry_main) polls every millisecond; a ring filling up
+     * faster than that wakes it too (head_cache is stale-low, so this errs towards waking). */
+    bool filling = pr->tail - pr->head_cache > pr->cap / 4;
+    if ((atomic_load_explicit(&obs->sleeping, memory_order_seq_cst) &&
+         atomic_exchange_explicit(&obs->sleeping, 0, memory_order_relaxed)) ||
+        (filling && (pr->head_cache = atomic_load_explicit(&pr->head, memory_order_acquire),
+                     pr->tail - pr->head_cache > pr->cap / 4))) {
         uint64_t one = 1;
         ssize_t n = write(obs->efd, &one, sizeof(one));
         (void)n;

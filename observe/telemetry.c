@@ -10,7 +10,6 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -746,12 +745,17 @@ static void *telemetry_main(void *arg)
          * Linger before announcing sleep: under steady traffic a batch comes every few hundred
          * microseconds, and a consumer that slept after each one would make every worker flush
          * pay an eventfd write (a syscall and a wake-up) on the data path. Polling at 1 ms for
-         * LINGER_ROUNDS costs this thread little and bounds the added event latency to 1 ms.
+         * LINGER_ROUNDS costs this thread little and bounds the added event latency to 1 ms; a
+         * producer whose ring is over a quarter full still writes the eventfd (soth_ev_flush).
          */
         if (idle < LINGER_ROUNDS) {
             idle++;
-            struct timespec ts = {.tv_sec = 0, .tv_nsec = 1000000};
-            nanosleep(&ts, NULL);
+            struct pollfd pfd = {.fd = o->efd, .events = POLLIN};
+            if (poll(&pfd, 1, 1) > 0) {
+                uint64_t v;
+                ssize_t r = read(o->efd, &v, sizeof(v));
+                (void)r;
+            }
             continue;
         }
         /* Announce sleep, then look once more (Dekker with soth_ev_flush: seq_cst both). */
