@@ -19,7 +19,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
     liburing-dev libnghttp2-dev libxxhash-dev libcriterion-dev node-llhttp libjansson-dev
     autoconf automake libtool dpkg-dev
-    curl nghttp2-client wrk openssl python3 python3-h2 python3-websockets python3-grpcio
+    curl nghttp2-client wrk nginx-light openssl python3 python3-h2 python3-websockets python3-grpcio
     iproute2 nftables procps psmisc
     zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev python3-brotli python3-zstandard python3-msgpack)
 

@@ -5,6 +5,7 @@
 #
 #   SOTH_FUZZ_SECONDS=N   seconds per fuzz target (default 30; 0 skips running them)
 #   SOTH_SKIP_TSAN=1      skip the ThreadSanitizer lane
+#   SOTH_SKIP_PERF_GATE=1 skip the perf gate (bench/peers/run.py --gate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -61,5 +62,12 @@ if [ "$fuzz_seconds" != 0 ] && ls fuzz/*.cmake >/dev/null 2>&1; then
             -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -n 3
         rm -rf "$corpus"
     done
+fi
+# ---- perf gate (issue 8; owned by bench/peers): soth-mitm reverse vs direct and vs nginx, h1
+# and h2 small over TLS, 5 interleaved repetitions of 3 s; fails on a clear regression judged as
+# a ratio to nginx measured in the same run (docs/performance.md, "Against peers").
+if [ "${SOTH_SKIP_PERF_GATE:-0}" != 1 ]; then
+    step "perf gate (bench/peers/run.py --gate)"
+    /usr/bin/python3 bench/peers/run.py --gate --build build --no-build
 fi
 step "all tests passed"

@@ -1133,6 +1133,8 @@ def main():
             order = names[rep % len(names):] + names[:rep % len(names)]
             for t in order:
                 tg = targets[t]
+                if (tg.mode == "tunnel") != wl.startswith("tunnel") and t != "direct":
+                    continue
                 if tg.error:
                     errs[t] = tg.error
                     continue
@@ -1161,6 +1163,8 @@ def main():
         results["idle"] = {}
         for t in names:
             tg = targets[t]
+            if tg.mode == "tunnel":
+                continue
             if tg.error or not tg.alive():
                 results["idle"][t] = (None, tg.error or "target died earlier")
                 continue
@@ -1268,8 +1272,103 @@ def setup(a, d, full):
     return ctx, targets
 
 
+GATE_CPU_X_NGINX = 1.5  # fail when soth-mitm's best CPU us/req > 1.5x nginx's median
+GATE_RPS_X_NGINX = 0.4  # fail when soth-mitm's best req/s < 0.4x nginx's median
+
+
 def gate(a):
-    raise SystemExit("gate: not yet")
+    """The CI perf gate: soth-mitm reverse vs direct and vs nginx, h1 small keep-alive (wrk) and
+    h2 small (h2load), a few seconds per point, repeated and interleaved. Judged by ratios to
+    nginx measured in the same run, with wide margins: soth-mitm's best repetition against
+    nginx's median. Fails on errors too."""
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    atexit.register(kill_all)
+    if a.reps == 3 and not a.quick:
+        a.reps = 5
+    if a.seconds == 4:
+        a.seconds = 3
+    if not a.no_build:
+        build(a)
+    if not os.path.exists(os.path.join(a.build, "soth-mitm")):
+        log(f"perf gate: {a.build}/soth-mitm missing")
+        return 1
+    for tool in (NGINX, "wrk", "h2load"):
+        if not shutil.which(tool):
+            log(f"perf gate: {tool} missing (ci/setup.sh installs nginx-light, wrk, nghttp2-client)")
+            return 1
+    d = tempfile.mkdtemp(prefix="soth-gate-")
+    atexit.register(shutil.rmtree, d, True)
+    a.targets = "soth-mitm rev,nginx"
+    ctx, targets = setup(a, d, full=False)
+    names = ["direct", "soth-mitm rev", "nginx"]
+    for t in names:
+        if targets[t].error:
+            log(f"perf gate: {t}: {targets[t].error}")
+            return 1
+    workloads = [("h1-small", "wrk -t1 -c50 keep-alive, 100-byte body", wl_wrk(50, "/small")),
+                 ("h2-small", "h2load -t1 -c50 -m10, 100-byte body", wl_h2load(50, 10, "/small"))]
+    raw, results = {}, {}
+    for wl, _, fn in workloads:
+        raw[wl] = {t: [] for t in names}
+        errs = {}
+        for rep in range(a.reps):
+            order = names[rep % len(names):] + names[:rep % len(names)]
+            for t in order:
+                r, err = fn(a, ctx, targets[t])
+                if r is None:
+                    errs[t] = err
+                else:
+                    raw[wl][t].append(r)
+                if r is None:
+                    log(f"  {wl} {t}: {err}")
+                else:
+                    log(f"  {wl} {t}: {r['rps']:.0f} req/s, {r.get('cpu_us') or 0:.1f} CPU us/req")
+        results[wl] = {t: (median_result(raw[wl][t]), None) if raw[wl][t] else (None, errs.get(t))
+                       for t in names}
+    kill_all()
+    load = os.getloadavg()[0]
+    title = (f"Perf gate ({a.reps} interleaved repetitions of {int(a.seconds)} s; proxy on CPU "
+             f"{PROXY_CPU}, 1 worker; load and origin on CPU {LOAD_CPU}; load average {load:.1f})")
+    text = render(title, [(w, dsc) for w, dsc, _ in workloads], names, results, [], None)
+    print(text)
+    failures = []
+    verdict = ["", "| check | soth-mitm (best rep) | nginx (median) | ratio | limit | result |",
+               "| --- | --- | --- | --- | --- | --- |"]
+    for wl, _, _ in workloads:
+        s_runs, n_runs = raw[wl]["soth-mitm rev"], raw[wl]["nginx"]
+        if not s_runs:
+            failures.append(f"{wl}: soth-mitm did not run: {results[wl]['soth-mitm rev'][1]}")
+            continue
+        if not n_runs:
+            failures.append(f"{wl}: nginx did not run: {results[wl]['nginx'][1]}")
+            continue
+        errors = sum(r["errors"] for r in s_runs)
+        if errors:
+            failures.append(f"{wl}: soth-mitm had {errors} errors")
+        s_cpu = min(r["cpu_us"] for r in s_runs if r.get("cpu_us"))
+        n_cpu = statistics.median(r["cpu_us"] for r in n_runs if r.get("cpu_us"))
+        s_rps = max(r["rps"] for r in s_runs)
+        n_rps = statistics.median(r["rps"] for r in n_runs)
+        for what, sv, nv, lim, bad in (
+                ("CPU us/req", s_cpu, n_cpu, GATE_CPU_X_NGINX, s_cpu > GATE_CPU_X_NGINX * n_cpu),
+                ("req/s", s_rps, n_rps, GATE_RPS_X_NGINX, s_rps < GATE_RPS_X_NGINX * n_rps)):
+            op = "<=" if what.startswith("CPU") else ">="
+            verdict.append(f"| {wl} {what} | {sv:,.1f} | {nv:,.1f} | {sv / nv:.2f} | {op} {lim} |"
+                           f" {'FAIL' if bad else 'ok'} |")
+            if bad:
+                failures.append(f"{wl}: soth-mitm {what} {sv:,.1f} vs nginx {nv:,.1f} "
+                                f"(ratio {sv / nv:.2f}, limit {op} {lim})")
+    print("\n".join(verdict))
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n" + "\n".join(verdict) + "\n")
+    if failures:
+        print("\nperf gate: FAIL\n- " + "\n- ".join(failures))
+        return 1
+    print("\nperf gate: passed")
+    return 0
 
 
 if __name__ == "__main__":
