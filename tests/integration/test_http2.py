@@ -1,0 +1,665 @@
+"""HTTP/2 interception through the real binary (issue 7): curl --http2, nghttp and python h2
+clients through the proxy to a python h2 TLS origin; concurrency, byte accounting, header-list
+limits on both legs, RST_STREAM/GOAWAY propagation, a raw-frame conformance lane, and
+http2_enabled false. Every test's events go through the shared checker (harness)."""
+import base64
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+import hpack
+from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
+                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
+
+from h2_origin import H2Client, H2Origin, body_for
+from harness import Proxy, by_flow
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# RFC 9113 error codes
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 5, 6, 7, 8
+COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 9, 11
+
+
+def proxy_ca(p):
+    return os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+
+
+def flows_with(evs, typ):
+    return [fl for fl in by_flow(evs).values() if any(e["type"] == typ for e in fl)]
+
+
+def exchanges(evs):
+    """stream_id -> {type: [events]} for every HTTP/2 stream (all flows merged: one flow)."""
+    out = {}
+    for e in evs:
+        if "stream_id" in e and e.get("protocol") == "http2":
+            out.setdefault((e["flow_id"], e["stream_id"]), {}).setdefault(e["type"], []).append(e)
+    return out
+
+
+def captured(chunks):
+    return b"".join(base64.b64decode(c["data_b64"]) for c in chunks)
+
+
+class H2Base(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = H2Origin()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.origin.close()
+
+    def config(self, **extra):
+        cfg = {"policy": {"default": "intercept"}, "resolve": {"origin.test": "127.0.0.1"},
+               "tls": {"upstream_ca_file": self.origin.ca}}
+        cfg.update(extra)
+        return cfg
+
+    def client(self, p, **kw):
+        return H2Client(p.addr(), proxy_ca(p), "origin.test", self.origin.port, **kw)
+
+    def url(self, path):
+        return f"https://origin.test:{self.origin.port}{path}"
+
+
+class CurlTests(H2Base):
+    def test_curl_http2_get_and_post_one_connection(self):
+        with Proxy(config=self.config()) as p, tempfile.TemporaryDirectory() as d:
+            up = os.path.join(d, "up.bin")
+            data = body_for(7, 300000)
+            with open(up, "wb") as f:
+                f.write(data)
+            out = subprocess.run(
+                ["curl", "-sS", "--http2", "--cacert", proxy_ca(p), "-x",
+                 f"http://127.0.0.1:{p.port}", "-w", "%{http_version}\\n",
+                 "-o", os.path.join(d, "a"), self.url("/gen/1/5000"), "--next", "--http2",
+                 "--cacert", proxy_ca(p), "-x", f"http://127.0.0.1:{p.port}",
+                 "-w", "%{http_version}\\n", "--data-binary", "@" + up,
+                 "-o", os.path.join(d, "b"), self.url("/echo")],
+                capture_output=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(out.stdout, b"2\n2\n")
+            with open(os.path.join(d, "a"), "rb") as f:
+                self.assertEqual(f.read(), body_for(1, 5000))
+            with open(os.path.join(d, "b"), "rb") as f:
+                self.assertEqual(f.read(), data)
+            evs = p.checked_events()
+        fls = flows_with(evs, "request_headers")
+        self.assertEqual(len(fls), 1, "one connection, two streams")
+        fl = fls[0]
+        alpn = [e["alpn"] for e in fl if e["type"] == "tls_handshake_succeeded"]
+        self.assertEqual(alpn, ["h2", "h2"])
+        reqs = [e for e in fl if e["type"] == "request_headers"]
+        self.assertEqual([(r["method"], r["path"], r["http_version"], r["scheme"], r["stream_id"])
+                          for r in reqs],
+                         [("GET", "/gen/1/5000", "2", "https", 1), ("POST", "/echo", "2", "https",
+                                                                   3)])
+        self.assertEqual(reqs[0]["authority"], f"origin.test:{self.origin.port}")
+        self.assertTrue(all(e["protocol"] == "http2" for e in fl if e["type"] in
+                            ("request_headers", "exchange_completed", "stream_closed")))
+        done = [e for e in fl if e["type"] == "exchange_completed"]
+        self.assertEqual([(d["outcome"], d["request_bytes"], d["response_bytes"]) for d in done],
+                         [("complete", 0, 5000), ("complete", 300000, 300000)])
+        self.assertEqual(fl[-1]["reason_code"], "client_eof")
+
+    def test_curl_parallel_100_streams_distinct_bodies(self):
+        n = 100
+        with Proxy(config=self.config()) as p, tempfile.TemporaryDirectory() as d:
+            args = ["curl", "-sS", "--parallel", "--parallel-max", "100"]
+            for i in range(n):
+                with open(os.path.join(d, f"in{i}"), "wb") as f:
+                    f.write(body_for(1000 + i, 1 + i * 677 % 40000))
+                if i:
+                    args.append("--next")
+                args += ["--http2", "--cacert", proxy_ca(p), "-x", f"http://127.0.0.1:{p.port}",
+                         "--data-binary", "@" + os.path.join(d, f"in{i}"), "-o",
+                         os.path.join(d, f"out{i}"), self.url(f"/echo?i={i}")]
+            out = subprocess.run(args, capture_output=True, timeout=120)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            for i in range(n):
+                with open(os.path.join(d, f"out{i}"), "rb") as f:
+                    self.assertEqual(f.read(), body_for(1000 + i, 1 + i * 677 % 40000), i)
+            evs = p.checked_events()
+        ex = exchanges(evs)
+        self.assertEqual(len(ex), n)
+        self.assertTrue(all(x["exchange_completed"][0]["outcome"] == "complete"
+                            for x in ex.values()))
+
+
+class PythonClientTests(H2Base):
+    def test_100_concurrent_streams_distinct_bodies_byte_exact(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            self.assertEqual(c.alpn, "h2")
+            bodies = {}
+            for i in range(100):
+                body = body_for(i, 1 + i * 997 % 70000)
+                bodies[c.request("POST", f"/echo?i={i}", body)] = body
+            c.run_until(lambda: all(c.done(s) for s in bodies), timeout=60)
+            for sid, body in bodies.items():
+                self.assertEqual(c.r[sid]["status"], 200)
+                self.assertEqual(bytes(c.r[sid]["body"]), body, sid)
+            c.close()
+            evs = p.checked_events()
+        ex = exchanges(evs)
+        self.assertEqual(len(ex), 100)
+        for (_, sid), x in ex.items():
+            body = bodies[sid]
+            done = x["exchange_completed"][0]
+            self.assertEqual((done["outcome"], done["request_bytes"], done["response_bytes"]),
+                             ("complete", len(body), len(body)))
+            self.assertEqual(captured(x.get("request_body_chunk", [])), body[:4096])
+            self.assertEqual(captured(x.get("response_body_chunk", [])), body[:4096])
+            self.assertEqual(x["request_headers"][0]["path"], f"/echo?i={list(bodies).index(sid)}")
+
+    def test_1000_streams_one_connection_byte_accounting(self):
+        n = 1000
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            want = {}
+            started = 0
+            while started < n or not all(c.done(s) for s in want):
+                while started < n and c.c.open_outbound_streams < 90:
+                    i = started
+                    if i % 2:
+                        sid = c.request("POST", "/echo", body_for(i, i * 31 % 3000))
+                        want[sid] = (i * 31 % 3000, i * 31 % 3000)
+                    else:
+                        sid = c.request("GET", f"/gen/{i}/{i * 17 % 5000}")
+                        want[sid] = (0, i * 17 % 5000)
+                    started += 1
+                c.run_until(lambda: (started < n and c.c.open_outbound_streams < 60) or
+                            all(c.done(s) for s in want), timeout=60)
+            got_req = got_resp = 0
+            for sid, (rq, rs) in want.items():
+                self.assertEqual(c.r[sid]["status"], 200)
+                self.assertEqual(len(c.r[sid]["body"]), rs)
+                got_resp += rs
+                got_req += rq
+            c.close()
+            evs = p.checked_events()
+        fls = flows_with(evs, "request_headers")
+        self.assertEqual(len(fls), 1)
+        done = [e for e in fls[0] if e["type"] == "exchange_completed"]
+        self.assertEqual(len(done), n)
+        self.assertTrue(all(d["outcome"] == "complete" for d in done))
+        self.assertEqual(sum(d["request_bytes"] for d in done), got_req)
+        self.assertEqual(sum(d["response_bytes"] for d in done), got_resp)
+        closed = fls[0][-1]
+        self.assertEqual(closed["type"], "stream_closed")
+        # The connection's bytes include framing and TLS: at least the bodies.
+        self.assertGreater(closed["bytes_client_to_server"], got_req)
+        self.assertGreater(closed["bytes_server_to_client"], got_resp)
+
+    def test_trailers_both_ways(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            sid = c.request("POST", "/echo?trailers=1", b"x" * 5000,
+                            trailers=[(b"x-req-sum", b"5000")])
+            c.run_until(lambda: c.done(sid))
+            self.assertEqual(bytes(c.r[sid]["body"]), b"x" * 5000)
+            self.assertEqual(c.r[sid]["trailers"], [(b"x-sum", b"5000")])
+            c.close()
+            evs = p.checked_events()
+        x = list(exchanges(evs).values())[0]
+        self.assertEqual(x["request_trailers"][0]["headers"], [["x-req-sum", "5000"]])
+        self.assertEqual(x["response_trailers"][0]["headers"], [["x-sum", "5000"]])
+
+    def test_request_header_order_reaches_origin(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            names = [f"x-h{i:02d}" for i in range(20)]
+            sid = c.request("GET", "/hdrs", headers=[(n, "v") for n in reversed(names)])
+            c.run_until(lambda: c.done(sid))
+            self.assertEqual(bytes(c.r[sid]["body"]).decode().split(),
+                             list(reversed(names)))
+            c.close()
+            evs = p.checked_events()
+        req = list(exchanges(evs).values())[0]["request_headers"][0]
+        self.assertEqual([h[0] for h in req["headers"]], list(reversed(names)))
+
+
+class LimitTests(H2Base):
+    def big_headers(self, total):
+        return [(f"x-big-{i}", "a" * 8000) for i in range(total // 8000)]
+
+    def test_oversized_request_head_431_connection_survives(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            bad = c.request("GET", "/gen/1/10", headers=self.big_headers(80000))
+            c.run_until(lambda: c.done(bad))
+            self.assertEqual(c.r[bad]["status"], 431)
+            ok = c.request("GET", "/gen/2/10")
+            c.run_until(lambda: c.done(ok))
+            self.assertEqual(bytes(c.r[ok]["body"]), body_for(2, 10))
+            c.close()
+            evs = p.checked_events()
+        # The refused head never reached the origin.
+        paths = [e["path"] for e in self.origin.log() if e["ev"] == "head"]
+        self.assertNotIn(None, paths)
+        ex = exchanges(evs)
+        self.assertEqual(len(ex), 1, "the refused head leaves no exchange")
+
+    def test_configured_limit_on_both_legs(self):
+        with Proxy(config=self.config(http2_max_header_list_size=16384)) as p:
+            c = self.client(p)
+            fits = c.request("GET", "/gen/3/10", headers=self.big_headers(8000))
+            over = c.request("GET", "/gen/4/10", headers=self.big_headers(24000))
+            resp_fits = c.request("GET", "/big/8000")
+            resp_over = c.request("GET", "/big/32000")
+            c.run_until(lambda: all(c.done(s) for s in (fits, over, resp_fits, resp_over)))
+            self.assertEqual(c.r[fits]["status"], 200)
+            self.assertEqual(c.r[over]["status"], 431)
+            self.assertEqual(c.r[resp_fits]["status"], 200)
+            self.assertEqual(bytes(c.r[resp_fits]["body"]), b"after a big head")
+            self.assertEqual(c.r[resp_over]["status"], 502)
+            ok = c.request("GET", "/gen/5/100")
+            c.run_until(lambda: c.done(ok))
+            self.assertEqual(c.r[ok]["status"], 200)
+            c.close()
+            evs = p.checked_events()
+        outcomes = {x["request_headers"][0]["path"]: x["exchange_completed"][0]["outcome"]
+                    for x in exchanges(evs).values()}
+        self.assertEqual(outcomes, {"/gen/3/10": "complete", "/big/8000": "complete",
+                                    "/big/32000": "upstream_aborted", "/gen/5/100": "complete"})
+
+    def test_oversized_response_head_502_connection_survives(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            bad = c.request("GET", "/big/100000")
+            c.run_until(lambda: c.done(bad))
+            self.assertEqual(c.r[bad]["status"], 502)
+            ok = c.request("GET", "/gen/6/1000")
+            c.run_until(lambda: c.done(ok))
+            self.assertEqual(bytes(c.r[ok]["body"]), body_for(6, 1000))
+            c.close()
+            p.checked_events()
+
+
+class PropagationTests(H2Base):
+    def test_rst_stream_both_ways(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            up = c.request("GET", "/rst/11")
+            slow = c.request("GET", "/slow")
+            c.run_until(lambda: c.done(up) and c.r[slow]["status"] == 200)
+            self.assertEqual(c.r[up]["reset"], ENHANCE_YOUR_CALM)
+            c.reset(slow, CANCEL)
+            hits = self.origin.wait_log(lambda e: e["ev"] == "reset" and e["path"] == "/slow")
+            self.assertTrue(hits, "origin saw the client's reset")
+            self.assertEqual(hits[-1]["code"], CANCEL)
+            # An error code that only describes one hop becomes INTERNAL_ERROR.
+            proto = c.request("GET", "/rst/1")
+            c.run_until(lambda: c.done(proto))
+            self.assertEqual(c.r[proto]["reset"], INTERNAL_ERROR)
+            ok = c.request("GET", "/gen/7/10")
+            c.run_until(lambda: c.done(ok))
+            self.assertEqual(c.r[ok]["status"], 200)
+            c.close()
+            evs = p.checked_events()
+        outcomes = {x["request_headers"][0]["path"]: x["exchange_completed"][0]["outcome"]
+                    for x in exchanges(evs).values()}
+        self.assertEqual(outcomes, {"/rst/11": "upstream_aborted", "/slow": "client_aborted",
+                                    "/rst/1": "upstream_aborted", "/gen/7/10": "complete"})
+
+    def test_goaway_from_origin(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            sid = c.request("GET", "/goaway")
+            c.run_until(lambda: c.done(sid) and c.goaway is not None)
+            self.assertEqual(bytes(c.r[sid]["body"]), b"bye")
+            self.assertEqual(c.goaway[0], NO_ERROR)
+            # New streams are refused (or the connection is gone).
+            try:
+                late = c.request("GET", "/gen/8/10")
+                c.run_until(lambda: c.done(late) or c.closed, timeout=10)
+                if not c.closed:
+                    self.assertEqual(c.r[late]["reset"], REFUSED_STREAM)
+            except Exception:
+                pass
+            c.run_until(lambda: c.closed, timeout=10)
+            evs = p.checked_events()
+        fl = flows_with(evs, "request_headers")[0]
+        self.assertEqual(fl[-1]["type"], "stream_closed")
+        self.assertEqual(fl[-1]["reason_code"], "relay_eof")
+
+    def test_goaway_from_client_reaches_origin(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            sid = c.request("GET", "/gen/9/100")
+            c.run_until(lambda: c.done(sid))
+            n_before = len([e for e in self.origin.log() if e["ev"] == "goaway"])
+            c.c.close_connection(error_code=ENHANCE_YOUR_CALM)
+            c.flush()
+            hits = self.origin.wait_log(lambda e: e["ev"] == "goaway")
+            self.assertGreater(len(hits), n_before)
+            self.assertEqual(hits[-1]["code"], NO_ERROR, "the client's code stays on its hop")
+            c.run_until(lambda: c.closed, timeout=10)
+            evs = p.checked_events()
+        fl = flows_with(evs, "request_headers")[0]
+        self.assertEqual(fl[-1]["reason_code"], "client_eof")
+
+    def test_sigterm_drains_in_flight_stream(self):
+        p = Proxy(config=self.config())
+        try:
+            c = self.client(p)
+            sid = c.request("POST", "/echo", body_for(10, 200000))
+            c.run_until(lambda: c.r[sid]["status"] == 200 or c.done(sid))
+            p.proc.send_signal(15)
+            c.run_until(lambda: c.done(sid) and c.goaway is not None, timeout=20)
+            self.assertEqual(bytes(c.r[sid]["body"]), body_for(10, 200000))
+            self.assertEqual(c.goaway[0], NO_ERROR)
+            c.close()
+            self.assertEqual(p.proc.wait(20), 0)
+        finally:
+            p.__exit__(None, None, None)
+
+
+# ---- conformance lane: raw frames through the proxy
+
+
+class RawH2:
+    """TLS (ALPN h2) through the proxy's CONNECT, then raw frames."""
+
+    def __init__(self, p, port, preface=True):
+        self.raw = socket.create_connection(p.addr(), timeout=10)
+        self.raw.sendall(f"CONNECT origin.test:{port} HTTP/1.1\r\n\r\n".encode())
+        buf = b""
+        while not buf.endswith(b"\r\n\r\n"):
+            buf += self.raw.recv(1)
+        assert buf.startswith(b"HTTP/1.1 200"), buf
+        ctx = ssl.create_default_context(cafile=proxy_ca(p))
+        ctx.set_alpn_protocols(["h2"])
+        self.s = ctx.wrap_socket(self.raw, server_hostname="origin.test")
+        assert self.s.selected_alpn_protocol() == "h2"
+        self.enc = hpack.Encoder()
+        self.buf = b""
+        if preface:
+            self.s.sendall(PREFACE + SettingsFrame(0).serialize())
+
+    def send(self, *frames):
+        self.s.sendall(b"".join(f if isinstance(f, bytes) else f.serialize() for f in frames))
+
+    def headers(self, sid, path="/gen/1/10", end_stream=True, end_headers=True):
+        f = HeadersFrame(sid)
+        f.data = self.enc.encode([(":method", "GET"), (":scheme", "https"),
+                                  (":authority", "origin.test"), (":path", path)])
+        if end_stream:
+            f.flags.add("END_STREAM")
+        if end_headers:
+            f.flags.add("END_HEADERS")
+        return f
+
+    def frames(self, until, timeout=10):
+        """Read frames until until(frame) is true or the connection closes; returns them."""
+        out = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            while len(self.buf) >= 9:
+                f, n = Frame.parse_frame_header(memoryview(self.buf[:9]))
+                if len(self.buf) < 9 + n:
+                    break
+                f.parse_body(memoryview(self.buf[9:9 + n]))
+                self.buf = self.buf[9 + n:]
+                out.append(f)
+                if until(f):
+                    return out
+            try:
+                self.s.settimeout(max(0.05, deadline - time.time()))
+                d = self.s.recv(65536)
+            except (socket.timeout, ssl.SSLError, OSError):
+                d = b""
+                if time.time() < deadline and not isinstance(d, bytes):
+                    continue
+            if not d:
+                out.append(None)  # closed
+                return out
+            self.buf += d
+        raise TimeoutError([type(f).__name__ for f in out])
+
+    def goaway(self, timeout=10):
+        fs = self.frames(lambda f: isinstance(f, GoAwayFrame), timeout)
+        g = [f for f in fs if isinstance(f, GoAwayFrame)]
+        return g[-1] if g else None
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def raw_frame(ftype, flags, sid, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
+        struct.pack(">I", sid) + payload
+
+
+class ConformanceTests(H2Base):
+    def assert_still_serving(self, p):
+        c = self.client(p)
+        sid = c.request("GET", "/gen/11/100")
+        c.run_until(lambda: c.done(sid))
+        self.assertEqual(bytes(c.r[sid]["body"]), body_for(11, 100))
+        c.close()
+
+    def conn_error(self, p, frames, code, reason="relay_error", served=None):
+        r = RawH2(p, self.origin.port)
+        if served is not None:
+            r.send(r.headers(1, served))
+            r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+        r.send(*frames)
+        g = r.goaway()
+        self.assertIsNotNone(g, "GOAWAY expected")
+        self.assertEqual(g.error_code, code)
+        r.frames(lambda f: False)  # then the proxy closes the connection
+        r.close()
+        self.assert_still_serving(p)
+        return g
+
+    def test_bad_preface(self):
+        with Proxy(config=self.config()) as p:
+            r = RawH2(p, self.origin.port, preface=False)
+            r.send(b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+            g = r.goaway()
+            self.assertEqual(g.error_code, PROTOCOL_ERROR)
+            self.assertIsNone(r.frames(lambda f: False)[-1], "then the proxy closes")
+            r.close()
+            self.assert_still_serving(p)
+            evs = p.checked_events()
+        reasons = [e["reason_code"] for e in evs if e["type"] == "stream_closed"]
+        self.assertIn("parse_failed", reasons)
+
+    def test_data_on_idle_half_closed_and_closed_streams(self):
+        with Proxy(config=self.config()) as p:
+            d = DataFrame(3)
+            d.data = b"x"
+            self.conn_error(p, [d], PROTOCOL_ERROR)  # idle stream (RFC 9113 5.1)
+            r = RawH2(p, self.origin.port)
+            # half-closed (remote): the request ended, the response is still coming
+            r.send(r.headers(1, "/slow"))
+            r.frames(lambda f: isinstance(f, HeadersFrame))
+            d = DataFrame(1)
+            d.data = b"x"
+            r.send(d)
+            # a stream error by the RFC; nghttp2 makes it a connection error (allowed, 5.4.1)
+            g = r.goaway()
+            self.assertEqual(g.error_code, STREAM_CLOSED)
+            r.close()
+            r = RawH2(p, self.origin.port)
+            # closed (both END_STREAMs seen): nghttp2 keeps no closed streams and ignores
+            # the frame (RFC 9113 5.1 lets an endpoint that forgot the stream ignore it);
+            # the connection goes on
+            r.send(r.headers(3, "/gen/14/10"))
+            r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+            d = DataFrame(3)
+            d.data = b"x"
+            r.send(d, r.headers(5, "/gen/15/10"))
+            fs = r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+            self.assertEqual((fs[-1].stream_id, fs[-1].data), (5, body_for(15, 10)))
+            self.assertFalse([f for f in fs if isinstance(f, GoAwayFrame)])
+            r.close()
+            self.assert_still_serving(p)
+            p.checked_events()
+
+    def test_even_stream_id_and_stream_zero_data(self):
+        with Proxy(config=self.config()) as p:
+            r = RawH2(p, self.origin.port)
+            self.conn_error(p, [r.headers(2)], PROTOCOL_ERROR)
+            r.close()
+            d = DataFrame(1)
+            d.data = b"x"
+            self.conn_error(p, [raw_frame(0, 0, 0, b"x")], PROTOCOL_ERROR)
+            p.checked_events()
+
+    def test_window_overflow(self):
+        with Proxy(config=self.config()) as p:
+            self.conn_error(p, [WindowUpdateFrame(0, window_increment=(1 << 31) - 1)],
+                            FLOW_CONTROL_ERROR)
+            # on a stream: a stream error, the connection goes on
+            r = RawH2(p, self.origin.port)
+            r.send(r.headers(1, "/slow"))
+            r.frames(lambda f: isinstance(f, HeadersFrame))
+            r.send(WindowUpdateFrame(1, window_increment=(1 << 31) - 1))
+            fs = r.frames(lambda f: isinstance(f, RstStreamFrame))
+            self.assertEqual(fs[-1].error_code, FLOW_CONTROL_ERROR)
+            r.send(r.headers(3, "/gen/12/10"))
+            fs = r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+            self.assertEqual(fs[-1].data, body_for(12, 10))
+            r.close()
+            # increment 0 on the connection
+            self.conn_error(p, [raw_frame(8, 0, 0, struct.pack(">I", 0))], PROTOCOL_ERROR)
+            p.checked_events()
+
+    def test_oversized_frames(self):
+        with Proxy(config=self.config()) as p:
+            # a DATA frame over SETTINGS_MAX_FRAME_SIZE (16384) on an open stream
+            r = RawH2(p, self.origin.port)
+            r.send(r.headers(1, "/echo", end_stream=False))
+            r.send(raw_frame(0, 0, 1, b"y" * 16385))
+            g = r.goaway()
+            self.assertEqual(g.error_code, FRAME_SIZE_ERROR)
+            r.close()
+            # an oversized HEADERS frame
+            self.conn_error(p, [raw_frame(1, 0x4 | 0x1, 1, b"\x00" * 20000)], FRAME_SIZE_ERROR)
+            # a SETTINGS frame whose length is not a multiple of 6
+            self.conn_error(p, [raw_frame(4, 0, 0, b"\x00" * 7)], FRAME_SIZE_ERROR)
+            self.assert_still_serving(p)
+            p.checked_events()
+
+    def test_continuation_handling(self):
+        with Proxy(config=self.config()) as p:
+            # a head split over HEADERS + 2 CONTINUATIONs is served
+            r = RawH2(p, self.origin.port)
+            block = r.enc.encode([(":method", "GET"), (":scheme", "https"),
+                                  (":authority", "origin.test"), (":path", "/gen/13/10"),
+                                  ("x-pad", "p" * 100)])
+            h = HeadersFrame(1)
+            h.data = block[:10]
+            h.flags.add("END_STREAM")
+            c1 = ContinuationFrame(1)
+            c1.data = block[10:40]
+            c2 = ContinuationFrame(1)
+            c2.data = block[40:]
+            c2.flags.add("END_HEADERS")
+            r.send(h, c1, c2)
+            fs = r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+            self.assertEqual(fs[-1].data, body_for(13, 10))
+            # another frame in the middle of a header block is a connection error
+            h = r.headers(3, end_headers=False)
+            d = DataFrame(3)
+            d.data = b"z"
+            r.send(h, d)
+            g = r.goaway()
+            self.assertEqual(g.error_code, PROTOCOL_ERROR)
+            r.close()
+            # CONTINUATION without a HEADERS before it
+            c = ContinuationFrame(1)
+            c.data = b"\x82"
+            c.flags.add("END_HEADERS")
+            self.conn_error(p, [c], PROTOCOL_ERROR)
+            # a CONTINUATION flood (more than the relay's 8 per block) ends the connection
+            r = RawH2(p, self.origin.port)
+            h = r.headers(1, end_headers=False)
+            conts = []
+            for _ in range(40):
+                c = ContinuationFrame(1)
+                c.data = b""
+                conts.append(c)
+            r.send(h, *conts)
+            fs = r.frames(lambda f: isinstance(f, GoAwayFrame))
+            self.assertTrue(isinstance(fs[-1], GoAwayFrame) or fs[-1] is None, fs)
+            r.close()
+            self.assert_still_serving(p)
+            p.checked_events()
+
+    def test_bad_settings_values(self):
+        with Proxy(config=self.config()) as p:
+            self.conn_error(p, [raw_frame(4, 0, 0, struct.pack(">HI", 2, 2))], PROTOCOL_ERROR)
+            self.conn_error(p, [raw_frame(4, 0, 0, struct.pack(">HI", 4, 1 << 31))],
+                            FLOW_CONTROL_ERROR)
+            self.conn_error(p, [raw_frame(4, 0, 0, struct.pack(">HI", 5, 100))], PROTOCOL_ERROR)
+            p.checked_events()
+
+    def test_rst_stream_on_idle_stream(self):
+        with Proxy(config=self.config()) as p:
+            self.conn_error(p, [RstStreamFrame(5, error_code=CANCEL)], PROTOCOL_ERROR)
+            p.checked_events()
+
+
+class ReverseAndConfigTests(H2Base):
+    def test_nghttp_reverse_mode_100_streams(self):
+        cfg = self.config(events={"body_capture_bytes": 65536})
+        mode = f"reverse:https://origin.test:{self.origin.port}"
+        sizes = {i: 1 + i * 613 % 60000 for i in range(100)}
+        with Proxy(mode=mode, config=cfg) as p:
+            urls = [f"https://127.0.0.1:{p.port}/gen/{500 + i}/{n}" for i, n in sizes.items()]
+            out = subprocess.run(["nghttp", "-s", "--max-concurrent-streams=100"] + urls,
+                                 capture_output=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            expect = b"".join(body_for(500 + i, n) for i, n in sizes.items())
+            # nghttp writes every stream's data as it arrives: the same bytes, interleaved
+            body = out.stdout[:len(expect)]
+            self.assertEqual(sorted(body), sorted(expect))
+            evs = p.checked_events()
+        ex = exchanges(evs)
+        self.assertEqual(len(ex), 100)
+        self.assertEqual(len(flows_with(evs, "request_headers")), 1)
+        for x in ex.values():
+            path = x["request_headers"][0]["path"]
+            _, _, seed, n = path.split("/")
+            # what the proxy relayed, byte-exact per stream (captured in full here)
+            self.assertEqual(captured(x["response_body_chunk"]), body_for(int(seed), int(n)))
+            self.assertEqual(x["exchange_completed"][0]["outcome"], "complete")
+
+    def test_http2_disabled_offers_http11_only(self):
+        import test_tls
+        origin = test_tls.TLSOrigin()
+        try:
+            cfg = {"policy": {"default": "intercept"}, "resolve": {"origin.test": "127.0.0.1"},
+                   "tls": {"upstream_ca_file": origin.ca}, "http2_enabled": False}
+            with Proxy(config=cfg) as p:
+                out = subprocess.run(
+                    ["curl", "-sS", "--http2", "--cacert", proxy_ca(p), "-x",
+                     f"http://127.0.0.1:{p.port}", "-w", "%{http_version}",
+                     "-o", "/dev/null", f"https://origin.test:{origin.port}/"],
+                    capture_output=True, timeout=30)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(out.stdout, b"1.1")
+                evs = p.checked_events()
+        finally:
+            origin.close()
+        alpn = [e["alpn"] for e in evs if e["type"] == "tls_handshake_succeeded"]
+        self.assertEqual(alpn, ["http/1.1", "http/1.1"])
+        self.assertTrue(any(e["type"] == "request_headers" and e["http_version"] == "1.1"
+                            for e in evs))
+
+
+if __name__ == "__main__":
+    unittest.main()
