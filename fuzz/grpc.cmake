@@ -1,0 +1,1 @@
+soth_add_fuzz(grpc LIBS soth_proto)

@@ -1,0 +1,1 @@
+soth_add_fuzz(msgpack LIBS soth_proto)
