@@ -6,9 +6,9 @@ on CPU 0), sampling the proxy's memory and descriptors every --every handshakes.
     /usr/bin/python3 bench/tls/soak.py [--build build] [--handshakes 100000] [--every 10000]
                                         [--names 6000] [--threads 16] [--max-seconds 900]
 
-Each connection: CONNECT, TLS handshake with a leaf for h<i>.bench.test (i cycling through
---names names: more than the default leaf cache of 4096, so the cache keeps minting, evicting
-and hitting), one GET, close. The event ring is kept small (8 MiB) so that its file pages are
+Each connection: CONNECT, TLS handshake with a leaf for h<i>.bench.test (i drawn by a hash of
+the connection number from --names names: more than the default leaf cache of 4096, so the
+cache keeps minting, evicting and hitting), one GET, close. The event ring is kept small (8 MiB) so that its file pages are
 all resident after the warm-up and do not read as growth.
 
 Reports VmRSS (and RssAnon) after the first sample (the warm-up) and at the end, the maximum,
@@ -107,7 +107,7 @@ def main():
         fails.append(f"proxy exit status {rc}: {err[-2000:]}")
     text = "\n".join([
         f"TLS soak: {done} intercepted handshakes in {secs:.0f} s ({done / secs:.0f}/s),"
-        f" {errors} failed; {a.names} names cycling through a leaf cache of 4096"
+        f" {errors} failed; names drawn at random from {a.names}, leaf cache of 4096"
         f" (leaf cache hits {hits:.0f}, misses {misses:.0f}); 1 worker"
         + ("; ASan build: RSS reported, not bounded (quarantine), leaks checked by LeakSanitizer"
            " at exit" if asan else ""),

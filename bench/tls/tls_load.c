@@ -10,7 +10,8 @@
  *       "GET PATH" answered with a Content-Length body, close_notify, close. Runs until
  *       SECONDS pass or COUNT connections were made. NAME may hold one "%u": it is replaced by
  *       a connection counter starting at FIRST, so that every connection names a new host
- *       (with -M, that counter modulo MODULO: names repeat, a cache smaller than MODULO churns).
+ *       (with -M, one of MODULO names drawn by a hash of that counter: names repeat in random
+ *       order, so a cache smaller than MODULO both hits and evicts).
  *   tls_load get -c HOST:PORT [-x ORIGIN_HOST:PORT] -n NAME -a CAFILE -u PATH
  *       one connection downloading PATH; reports bytes and MB/s (1 MB = 10^6 bytes).
  *
@@ -26,6 +27,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,14 +146,28 @@ static long long read_response(SSL *ssl, char *buf, size_t cap)
     return have == want ? have : -1;
 }
 
+/* splitmix64's finaliser: a well-spread permutation of the counter. */
+static uint64_t mix(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static unsigned long name_index(unsigned long id)
+{
+    if (o.modulo == 0)
+        return (unsigned long)o.first + id;
+    return (unsigned long)(mix((uint64_t)o.first + id) % o.modulo);
+}
+
 /* One connection; returns body bytes received or -1. */
 static long long one_conn(unsigned long id, char *buf, size_t cap)
 {
     char name[256];
     const char *pct = strstr(o.name, "%u");
     if (pct)
-        snprintf(name, sizeof(name), "%.*s%lu%s", (int)(pct - o.name), o.name,
-                 o.modulo ? ((unsigned long)o.first + id) % o.modulo : (unsigned long)o.first + id,
+        snprintf(name, sizeof(name), "%.*s%lu%s", (int)(pct - o.name), o.name, name_index(id),
                  pct + 2);
     else
         snprintf(name, sizeof(name), "%s", o.name);

@@ -1,9 +1,9 @@
 """TLS interception soak, CI-sized: about 3,000 intercepted full handshakes (CONNECT, TLS with a
 client that trusts the proxy CA, one GET, close) through the real binary; the proxy's RSS stays
-flat after a warm-up and no descriptor leaks. Host names cycle through more names than the leaf
-cache holds, so minting, eviction and cache hits all run. In an ASan build the RSS bound is not
-checked (the allocator's quarantine grows by design); leaks are then LeakSanitizer's job at the
-proxy's exit (SIGTERM, exit 0 and a clean stderr: harness.Proxy.__exit__).
+flat after a warm-up and no descriptor leaks. Host names are drawn at random from more names than
+the leaf cache holds, so minting, eviction and cache hits all run. In an ASan build the RSS
+bound is not checked (the allocator's quarantine grows by design); leaks are then LeakSanitizer's
+job at the proxy's exit (SIGTERM, exit 0 and a clean stderr: harness.Proxy.__exit__).
 
 The 100,000-handshake version is bench/tls/soak.py."""
 import os
@@ -16,8 +16,9 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
-from harness import BUILD, Proxy
+from harness import BUILD, Proxy, free_port
 
 NAMES = 48  # host names n0..n47.soak.test
 CACHE = 16  # leaf_cache_size: smaller than NAMES
@@ -107,6 +108,23 @@ class Origin:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def name_index(i):
+    """Names in random order (a hash of i): with a cache smaller than NAMES, cyclic order would
+    make an LRU miss every time; random order gives hits, misses and evictions."""
+    m = (1 << 64) - 1
+    x = ((i ^ (i >> 30)) * 0xbf58476d1ce4e5b9) & m  # splitmix64's finaliser
+    x = ((x ^ (x >> 27)) * 0x94d049bb133111eb) & m
+    return (x ^ (x >> 31)) % NAMES
+
+
+def metric(port, name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
 def one_handshake(proxy_port, origin_port, name, ctx):
     s = socket.create_connection(("127.0.0.1", proxy_port), timeout=20)
     try:
@@ -176,7 +194,7 @@ class TLSSoakTests(unittest.TestCase):
         self.origin.close()
 
     def run_batch(self, p, ctx, start, count):
-        """`count` handshakes from THREADS threads; names n<(start+i) % NAMES>.soak.test."""
+        """`count` handshakes from THREADS threads, numbered from `start`."""
         lock = threading.Lock()
         nxt = [start]
         errors = []
@@ -189,7 +207,7 @@ class TLSSoakTests(unittest.TestCase):
                         return
                     nxt[0] += 1
                 try:
-                    one_handshake(p.port, self.origin.port, f"n{i % NAMES}.soak.test", ctx)
+                    one_handshake(p.port, self.origin.port, f"n{name_index(i)}.soak.test", ctx)
                 except (OSError, ssl.SSLError) as e:
                     with lock:
                         errors.append(f"handshake {i}: {e!r}")
@@ -212,11 +230,13 @@ class TLSSoakTests(unittest.TestCase):
 
     def test_rss_flat_and_no_fd_leak_over_3000_intercepted_handshakes(self):
         asan = asan_build()
+        mport = free_port()
         cfg = {"policy": {"default": "intercept"},
                "resolve": {f"n{i}.soak.test": "127.0.0.1" for i in range(NAMES)},
                "tls": {"upstream_ca_file": self.origin.ca, "leaf_cache_size": CACHE},
                # Small ring: its file pages are all resident after the warm-up.
-               "events": {"ring_size_mb": 1}}
+               "events": {"ring_size_mb": 1},
+               "metrics": {"listen": f"127.0.0.1:{mport}"}}
         t0 = time.time()
         with Proxy(config=cfg) as p:
             ctx = ssl.create_default_context(cafile=os.path.join(p.tmp, "ca",
@@ -238,6 +258,11 @@ class TLSSoakTests(unittest.TestCase):
                   f" (after {t_fill:.1f} s filling the event ring)"
                   f"{' (ASan build: RSS not bounded)' if asan else ''}; fds before {fd0};"
                   " (handshakes, VmRSS KiB, fds): " + ", ".join(map(str, samples)))
+            hits = metric(mport, "soth_leaf_cache_hits_total")
+            misses = metric(mport, "soth_leaf_cache_misses_total")
+            print(f"leaf cache: {hits:.0f} hits, {misses:.0f} misses")
+            self.assertGreater(hits, 0)
+            self.assertGreater(misses, NAMES)  # evicted names were minted again
             for n, _, fds in samples:
                 self.assertEqual(fds, fd0, f"descriptors after {n} handshakes: {samples}")
             if not asan:
