@@ -70,7 +70,7 @@ LOAD_CPU = "0"
 PROXY_CPU = "1"
 SMALL_BODY = b"soth-mitm peer benchmark: a small response body of exactly one hundred bytes.".ljust(99, b".") + b"\n"
 assert len(SMALL_BODY) == 100
-WARMUP = 1  # h2load --warm-up-time (s): upstream pools fill before the measurement
+WARMUP = 2  # h2load --warm-up-time (s): upstream pools fill before the measurement
 SLOW_RATE = 16384  # bytes/s per /slow stream at the origin
 PEERS = ("nginx", "haproxy", "mitmdump rev", "mitmdump reg", "mitmdump tunnel")
 
@@ -101,6 +101,20 @@ def kill_all():
                 pass
             p.wait()
     PROCS.clear()
+
+
+def stop_proc(p):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        except ProcessLookupError:
+            pass
+    if p in PROCS:
+        PROCS.remove(p)
 
 
 def on_signal(signum, frame):
@@ -155,6 +169,22 @@ def rss_kib(pids):
         try:
             with open(f"/proc/{pid}/statm") as f:
                 t += int(f.read().split()[1]) * PAGE_KIB
+        except OSError:
+            pass
+    return t
+
+
+def anon_kib(pids):
+    """RssAnon summed over pids: heap and stacks, not file pages (soth-mitm's event ring file
+    is mapped shared and counts in VmRSS as its pages are written, up to its size)."""
+    t = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        t += int(line.split()[1])
+                        break
         except OSError:
             pass
     return t
@@ -309,6 +339,7 @@ class Target:
         self.name, self.kind, self.port, self.proc, self.mode = name, kind, port, proc, mode
         self.pids = []
         self.error = None
+        self.factory = None  # starts a fresh instance (the idle workload measures one)
 
     def refresh_pids(self):
         if self.proc is not None:
@@ -432,6 +463,8 @@ def parse_wrk(out):
     if not m:
         return None, "wrk: " + one_line(out.stderr or txt)
     r["requests"] = int(m.group(1))
+    if r["requests"] == 0:
+        return None, "no request completed (" + one_line(txt) + ")"
     m = re.search(r"Requests/sec:\s+([\d.]+)", txt)
     r["rps"] = float(m.group(1)) if m else 0.0
     m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", txt)
@@ -457,6 +490,8 @@ def parse_h2load(out, logpath, wall):
     if not m:
         return None, "h2load: " + one_line(out.stderr or txt)
     total, started, done, ok, failed, errored, tmo = map(int, m.groups())
+    if ok == 0:
+        return None, f"no request completed ({started} started, {errored} errored, {tmo} timeout)"
     r = {"requests": ok, "errors": failed + tmo}
     m = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s, ([\d.]+)(\w+)/s", txt)
     if m:
@@ -503,6 +538,8 @@ def parse_hey(out, wall):
             "Error distribution:", 1)[1], re.M))
     r["requests"] = ok
     r["errors"] = bad + errs
+    if ok == 0:
+        return None, "no request completed"
     m = re.search(r"Size/request:\s+(\d+) bytes", txt)
     r["mbps"] = r["rps"] * int(m.group(1)) / 1e6 if m else 0.0
     for pct, key in (("50", "p50"), ("99", "p99")):
@@ -823,7 +860,7 @@ def wl_idle(a, ctx, target):
     if target.kind == "soth" and target.mode.startswith("reverse") or \
             target.kind == "mitmdump" and target.mode != "regular":
         return None, "see the regular-mode row"
-    base = rss_kib(target.pids)
+    base = anon_kib(target.pids)
     cpu0 = cpu_seconds(target.pids)
     t0 = time.time()
     loop = asyncio.new_event_loop()
@@ -835,6 +872,7 @@ def wl_idle(a, ctx, target):
             err = f"time limit: {len(held)} connections in {a.idle_seconds:g}s"
         loop.run_until_complete(asyncio.sleep(1.0))
         rss = rss_kib(target.pids)
+        anon = anon_kib(target.pids)
         cpu = cpu_seconds(target.pids) - cpu0
         alive = target.alive()
         for w in held:
@@ -850,7 +888,7 @@ def wl_idle(a, ctx, target):
     r = {"requests": len(held), "rps": len(held) / setup, "mbps": None, "p50": None,
          "p99": None, "errors": n - len(held), "cpu_pct": 100 * cpu / setup,
          "cpu_us": cpu / len(held) * 1e6, "rss_mib": rss / 1024,
-         "kib_per_conn": (rss - base) / len(held)}
+         "kib_per_conn": (anon - base) / len(held)}
     if err:
         r["error_detail"] = err
     return r, None
@@ -947,7 +985,7 @@ def fmt(v, digits=0):
 
 
 def ratio(v, ref):
-    if v is None or not ref:
+    if v is None or not ref or v <= 0:
         return "—"
     return f"{v / ref:.2f}"
 
@@ -1099,6 +1137,11 @@ def main():
     load0 = os.getloadavg()
 
     ctx, targets = setup(a, d, full=True)
+    # Warm every reverse target once (leaf minted, upstream pools filled), untimed.
+    for t in targets.values():
+        if t.port and not t.error and t.mode not in ("regular", "tunnel"):
+            run_load(["h2load", "-t1", "-c", "50", "-m", "10", "-D", "2", "-T", "10",
+                      f"https://127.0.0.1:{t.port}/small"], 60)
     workloads = [
         ("h1-small", "wrk -t1 -c50 keep-alive, 100-byte body", wl_wrk(50, "/small")),
         ("h1-1m", "wrk -t1 -c8 keep-alive, 1 MiB body", wl_wrk(8, "/1m")),
@@ -1168,7 +1211,19 @@ def main():
             if tg.error or not tg.alive():
                 results["idle"][t] = (None, tg.error or "target died earlier")
                 continue
-            r, err = wl_idle(a, ctx, tg)
+            # A fresh instance: RSS growth is not hidden by memory an earlier point freed.
+            fresh = tg.factory() if tg.factory and tg.mode != "tunnel" and tg.kind != "direct" \
+                and not (tg.kind == "soth" and tg.mode.startswith("reverse")) else None
+            if fresh is not None and fresh.error:
+                r, err = None, fresh.error
+            else:
+                time.sleep(0.5)
+                if fresh is not None:
+                    fresh.refresh_pids()
+                    fresh.mode = tg.mode
+                r, err = wl_idle(a, ctx, fresh or tg)
+            if fresh is not None and fresh.proc is not None:
+                stop_proc(fresh.proc)
             log(f"  {t}: {r and r.get('kib_per_conn')} KiB/conn {err or ''}")
             if r is None and err in ("see the regular-mode row", "n/a"):
                 continue
@@ -1178,7 +1233,7 @@ def main():
                        f"{a.idle_conns_mitm} (CONNECT for regular mode, TLS, one request, then "
                        "held; set up 64 at a time by one asyncio client on CPU 0); req/s = "
                        "connections set up per second, CPU us per connection set-up, KiB/conn ="
-                       " RSS growth / connections held"))
+                       " growth of anonymous RSS (RssAnon: heap, not the event ring file) / connections held"))
     instr = None
     if not a.no_callgrind and (not a.workloads or "instructions" in a.workloads.split(",")):
         log("== instructions (callgrind)")
@@ -1242,18 +1297,26 @@ def setup(a, d, full):
     if on("soth-mitm rev"):
         targets["soth-mitm rev"] = start_soth(a, d, "soth-mitm rev",
                                               f"reverse:https://127.0.0.1:{origin_port}")
+        targets["soth-mitm rev"].factory = lambda: start_soth(
+            a, d, "soth-mitm rev-fresh", f"reverse:https://127.0.0.1:{origin_port}")
     if full and on("soth-mitm reg"):
         targets["soth-mitm reg"] = start_soth(a, d, "soth-mitm reg", "regular")
+        targets["soth-mitm reg"].factory = lambda: start_soth(a, d, "soth-mitm reg-fresh",
+                                                              "regular")
     if on("nginx"):
         targets["nginx"] = start_nginx_proxy(d, origin_port)
+        targets["nginx"].factory = lambda: start_nginx_proxy(d, origin_port)
     if full and on("haproxy"):
         targets["haproxy"] = start_haproxy(d, origin_port)
+        targets["haproxy"].factory = lambda: start_haproxy(d, origin_port)
     if full and on("mitmdump rev"):
         targets["mitmdump rev"] = start_mitmdump(d, "mitmdump rev",
                                                  f"reverse:https://127.0.0.1:{origin_port}",
                                                  origin_port)
     if full and on("mitmdump reg"):
         targets["mitmdump reg"] = start_mitmdump(d, "mitmdump reg", "regular", origin_port)
+        targets["mitmdump reg"].factory = lambda: start_mitmdump(d, "mitmdump reg-fresh",
+                                                                 "regular", origin_port)
     if full and "tunnel_bench" in ctx and on("soth-mitm tunnel"):
         t = start_soth(a, d, "soth-mitm tunnel", "regular",
                        {"policy": {"default": "tunnel"}})
