@@ -43,6 +43,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
+def sched_ns(pid):
+    """(ns on a CPU, ns runnable but waiting for one) summed over the process's threads."""
+    run_ns = wait_ns = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                r, w, _ = f.read().split()
+        except (OSError, ValueError):
+            continue
+        run_ns += int(r)
+        wait_ns += int(w)
+    return run_ns, wait_ns
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -262,6 +276,7 @@ def main():
             m1 = mitm.metric("soth_leaf_cache_misses_total")
             return v, c1 - c0, m1 - m0
 
+        sched0 = sched_ns(mitm.proc.pid)
         for rep in range(a.reps):
             v, oc, _ = point(hs + ["-n", "bench.test"] + direct, origin.proc.pid)
             res["d_hs"].append(v["per_s"])
@@ -298,6 +313,7 @@ def main():
             res["m_tp"].append(v["MB/s"])
             print(f"rep {rep + 1}/{a.reps}: " +
                   ", ".join(f"{k} {res[k][-1]:.3g}" for k in keys), file=sys.stderr)
+        sched1 = sched_ns(mitm.proc.pid)
     finally:
         rc, err = mitm.stop()
         origin.close()
@@ -334,6 +350,15 @@ def main():
         f" {mint_us:.0f} us of proxy CPU per handshake"
         + (f" (about {1e6 / mint_us / 1000:.0f}k leaves/s per core)." if mint_us > 0 else ".")
         + (f" Failed connections: {errors:.0f}." if errors else ""),
+        "",
+        f"CPU cost as capacity of one proxy core (steadier than the rates on a shared machine):"
+        f" {1e6 / m['w_cpu']:.0f} intercepted handshakes/s warm, {1e6 / m['c_cpu']:.0f}/s cold,"
+        f" {(1 << 30) / m['m_cpu_gib'] / 1e6:.0f} MB/s relayed (decrypt + re-encrypt); nginx,"
+        f" terminating one side: {1e6 / m['d_hs_ocpu']:.0f} handshakes/s,"
+        f" {(1 << 30) / m['d_ocpu_gib'] / 1e6:.0f} MB/s (encrypt only). Over the run soth-mitm"
+        f" ran {(sched1[0] - sched0[0]) / 1e9:.1f} s and waited {(sched1[1] - sched0[1]) / 1e9:.1f}"
+        f" s for its CPU while runnable (other load on the machine; with no other load the wait"
+        f" is near 0 and the rates above are the machine's).",
     ]
     text = "\n".join(lines)
     print(text)
