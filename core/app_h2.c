@@ -37,6 +37,7 @@ struct h2_stream {
     uint64_t off[2]; /* body bytes reported so far, by enum soth_h2_dir */
     /* gRPC and payload state, or NULL (core/app_payload.c) */
     struct app_pl_stream *pl;
+    struct h2_sse_slot *sse; /* its text/event-stream parser (issue 9), or NULL */
 };
 
 struct app_h2 {
@@ -56,6 +57,7 @@ struct app_h2 {
     uint32_t n_streams; /* entries in use in st[] */
     struct h2_stream st[H2_TABLE_CAP];
     struct app_payload *pl; /* payload decoding of the flow, NULL until needed */
+    struct h2_sse *sse;     /* SSE parsers (issue 9), NULL until an event stream */
 };
 
 static struct app_h2 *h2_of(struct app *a)
@@ -117,6 +119,104 @@ static void stream_del(struct app_h2 *h, struct h2_stream *e)
     h->n_streams--;
 }
 
+/* ---- SSE observation (issue 9): text/event-stream responses parsed from their DATA as it
+ * arrives (docs/streaming.md). At most H2_SSE_SLOTS event streams of a connection are parsed
+ * at once; each slot's parser is allocated on first use and kept for the flow. */
+
+#define H2_SSE_SLOTS 4
+
+struct h2_sse_slot {
+    struct app_h2 *h;
+    int32_t sid; /* stream being parsed, 0 = free */
+    struct soth_sse *p;
+    void *mem;
+};
+
+struct h2_sse {
+    struct h2_sse_slot slot[H2_SSE_SLOTS];
+};
+
+static void sse_on_event(void *ctx, const struct soth_sse_event *e)
+{
+    struct h2_sse_slot *s = ctx;
+    /* WHATWG: an empty event type buffer dispatches a "message" event. */
+    struct soth_iov type = e->event.len > 0 ? e->event : SOTH_IOV_LIT("message");
+    soth_ev_sse_event(s->h->env.ev, (uint32_t)s->sid, type, e->id.len > 0 ? e->id : SOTH_IOV_NULL,
+                      e->retry, e->data);
+}
+
+static bool sse_iov_prefix_ci(struct soth_iov v, const char *lit)
+{
+    size_t n = strlen(lit);
+    if (v.len < n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = v.base[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + 32);
+        if (c != lit[i])
+            return false;
+    }
+    return true;
+}
+
+/* A response head: start parsing it when it is an uncompressed event stream. */
+static struct h2_sse_slot *sse_start(struct app_h2 *h, int32_t sid,
+                                     const struct soth_h2_response *s)
+{
+    bool es = false;
+    for (size_t i = 0; i < s->n_headers; i++) {
+        struct soth_iov n = s->headers[i].name, v = s->headers[i].value;
+        if (n.len == 12 && sse_iov_prefix_ci(n, "content-type") &&
+            sse_iov_prefix_ci(v, "text/event-stream") &&
+            (v.len == 17 || v.base[17] == ';' || v.base[17] == ' ' || v.base[17] == '\t'))
+            es = true;
+        if (n.len == 16 && sse_iov_prefix_ci(n, "content-encoding") &&
+            !(v.len == 8 && sse_iov_prefix_ci(v, "identity")))
+            return NULL; /* compressed: the DATA bytes are not the events */
+    }
+    if (!es || s->end_stream)
+        return NULL;
+    if (h->sse == NULL)
+        h->sse = calloc(1, sizeof(*h->sse));
+    if (h->sse == NULL)
+        return NULL;
+    struct h2_sse_slot *slot = NULL;
+    for (size_t i = 0; i < H2_SSE_SLOTS && slot == NULL; i++)
+        if (h->sse->slot[i].sid == 0)
+            slot = &h->sse->slot[i];
+    if (slot == NULL)
+        return NULL;
+    if (slot->mem == NULL)
+        slot->mem = malloc(soth_sse_size(NULL));
+    if (slot->mem == NULL)
+        return NULL;
+    struct soth_sse_cbs cbs = {.ctx = slot, .on_event = sse_on_event};
+    slot->h = h;
+    slot->p = soth_sse_init(slot->mem, NULL, &cbs);
+    slot->sid = sid;
+    soth_ev_flow_set_protocol(h->env.ev, SOTH_PROTO_SSE);
+    return slot;
+}
+
+/* The stream ended: an unfinished event is discarded (WHATWG), the slot freed. */
+static void sse_end(struct h2_sse_slot *slot)
+{
+    if (slot == NULL)
+        return;
+    soth_sse_finish(slot->p);
+    slot->sid = 0;
+}
+
+static void sse_free(struct h2_sse *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < H2_SSE_SLOTS; i++)
+        free(s->slot[i].mem);
+    free(s);
+}
+
 /* ---- relay callbacks -> events */
 
 static int on_out(void *ctx, enum soth_h2_side to, const char *p, size_t n)
@@ -145,6 +245,8 @@ static void on_response_head(void *ctx, int32_t sid, const struct soth_h2_respon
     struct h2_stream *e = stream_find(h, sid);
     if (e != NULL)
         app_pl_h2_response(&h->pl, &e->pl, &h->env, s);
+    if (e != NULL)
+        e->sse = sse_start(h, sid, s);
 }
 
 static enum soth_direction dir_of(enum soth_h2_dir d)
@@ -165,6 +267,8 @@ static void on_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p,
     soth_ev_body_chunk(h->env.ev, dir_of(dir), (uint32_t)sid, off, n, soth_iov(p, take), take < n);
     e->off[dir] = off + n;
     app_pl_h2_data(h->pl, e->pl, &h->env, (int)dir, (uint32_t)sid, p, n);
+    if (e->sse != NULL && dir == SOTH_H2_RESPONSE)
+        soth_sse_feed(e->sse->p, p, n);
 }
 
 static void on_trailers(void *ctx, enum soth_h2_dir dir, int32_t sid, const struct soth_header *hd,
@@ -199,6 +303,7 @@ static void on_stream_end(void *ctx, int32_t sid, const struct soth_h2_stream_en
     if (e == NULL)
         return;
     struct app_pl_stream *pl = e->pl;
+    sse_end(e->sse);
     stream_del(h, e);
     enum soth_outcome o = outcome_of(end->outcome);
     if (h->aborting && o != SOTH_OUTCOME_COMPLETE)
@@ -321,6 +426,7 @@ void app_h2_free(struct app *a)
         if (h->st[i].sid != 0)
             app_pl_stream_free(h->st[i].pl);
     app_pl_free(h->pl);
+    sse_free(h->sse);
     free(h);
 }
 

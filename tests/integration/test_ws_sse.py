@@ -14,9 +14,11 @@ before it sends event 2 (the proxy must not buffer); the events must appear as s
 import asyncio
 import base64
 import os
+import select
 import shutil
 import socket
 import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -159,6 +161,74 @@ class SSEOrigin:
                 s.sendall(b"0\r\n\r\n")
                 time.sleep(0.2)
         except OSError:
+            pass
+        finally:
+            s.close()
+            raw.close()
+
+    def close(self):
+        self.sock.close()
+
+
+class H2SSEOrigin:
+    """TLS origin speaking only h2 (python h2): every request gets a text/event-stream
+    response: event 1, then (once the test set `seen1`, or after TIMEOUT) the rest."""
+
+    def __init__(self, tls_dir):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(os.path.join(tls_dir, "o.pem"), os.path.join(tls_dir, "o.key"))
+        self.ctx.set_alpn_protocols(["h2"])
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.seen1 = threading.Event()
+        self.waited_out = None
+        self.sent2_ns = None
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, raw):
+        import h2.config
+        import h2.connection
+        import h2.events
+        raw.settimeout(TIMEOUT)
+        s = raw
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            conn.initiate_connection()
+            s.sendall(conn.data_to_send())
+            deadline = time.time() + 2 * TIMEOUT
+            while time.time() < deadline:
+                d = s.recv(65536)
+                if not d:
+                    return
+                for ev in conn.receive_data(d):
+                    if not isinstance(ev, h2.events.RequestReceived):
+                        continue
+                    sid = ev.stream_id
+                    conn.send_headers(sid, [(":status", "200"),
+                                            ("content-type", "text/event-stream")])
+                    conn.send_data(sid, SSE_EVENT_1)
+                    s.sendall(conn.data_to_send())
+                    self.waited_out = not self.seen1.wait(TIMEOUT)
+                    self.sent2_ns = time.time_ns()
+                    for b in SSE_REST:
+                        conn.send_data(sid, b)
+                        s.sendall(conn.data_to_send())
+                        time.sleep(0.05)
+                    conn.end_stream(sid)
+                s.sendall(conn.data_to_send())
+        except (OSError, ValueError):
             pass
         finally:
             s.close()
@@ -460,14 +530,54 @@ class SSETests(Base):
                 s.close()
                 self.assertFalse(origin.waited_out, "origin gave up waiting: event 1 held back")
                 self.assertEqual(body, SSE_EVENT_1 + b"".join(SSE_REST))
-                fl, st = self.flow_events(p)
-                self.assertEqual([{k: e[k] for k in ("event", "id", "retry", "data")}
-                                  for e in st], SSE_EXPECTED)
-                self.assertEqual(fl[-1]["protocol"], "sse")
-                # event 1 was reported before the origin sent event 2: no buffering anywhere
-                self.assertLess(st[0]["ts_ns"], origin.sent2_ns)
-                self.assertLess(st[0]["ts_ns"], seen1_ns)
-                self.assertGreater(st[1]["ts_ns"], origin.sent2_ns)
+                self.check_sse_events(p, origin, seen1_ns, "1.1")
+        finally:
+            origin.close()
+
+    def check_sse_events(self, p, origin, seen1_ns, version):
+        fl, st = self.flow_events(p)
+        self.assertEqual([{k: e[k] for k in ("event", "id", "retry", "data")} for e in st],
+                         SSE_EXPECTED)
+        self.assertEqual(fl[-1]["protocol"], "sse")
+        heads = [e for e in fl if e["type"] == "response_headers"]
+        self.assertEqual(heads[0]["http_version"], version)
+        self.assertTrue(all(e["stream_id"] == heads[0]["stream_id"] for e in st))
+        # event 1 was reported before the origin sent event 2: no buffering anywhere
+        self.assertLess(st[0]["ts_ns"], origin.sent2_ns)
+        self.assertLess(st[0]["ts_ns"], seen1_ns)
+        self.assertGreater(st[1]["ts_ns"], origin.sent2_ns)
+
+    def test_sse_http2_curl_intercept(self):
+        # curl --http2 -N through the intercepting proxy to an h2-only origin: the event
+        # stream is parsed from the response DATA frames as they arrive.
+        origin = H2SSEOrigin(self.dir)
+        try:
+            with self.proxy("intercept", 0) as p:
+                cmd = ["curl", "-sS", "-N", "--http2", "--cacert", self.proxy_ca(p), "-x",
+                       f"http://127.0.0.1:{p.port}", "-w", "\\n%{http_version}",
+                       f"https://origin.test:{origin.port}/events"]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                try:
+                    out = b""
+                    deadline = time.time() + TIMEOUT
+                    while b"data: first\n\n" not in out:
+                        self.assertLess(time.time(), deadline, f"event 1 did not arrive: {out}")
+                        r, _, _ = select.select([proc.stdout], [], [], 0.2)
+                        if r:
+                            d = os.read(proc.stdout.fileno(), 65536)
+                            self.assertTrue(d, "EOF before event 1")
+                            out += d
+                    seen1_ns = time.time_ns()
+                    origin.seen1.set()
+                    rest, err = proc.communicate(timeout=TIMEOUT)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                self.assertEqual(proc.returncode, 0, err)
+                self.assertFalse(origin.waited_out, "origin gave up waiting: event 1 held back")
+                self.assertEqual(out + rest, SSE_EVENT_1 + b"".join(SSE_REST) + b"\n2")
+                self.check_sse_events(p, origin, seen1_ns, "2")
         finally:
             origin.close()
 
