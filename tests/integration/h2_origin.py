@@ -192,6 +192,8 @@ class _Conn:
         self.c.initiate_connection()
         self.c.increment_flow_control_window(1 << 24)
         out = bytearray(self.c.data_to_send())
+        inbuf = bytearray()
+        preface = False
         self.sock.setblocking(False)
         try:
             while True:
@@ -213,14 +215,30 @@ class _Conn:
                     continue
                 if not data:
                     break
+                inbuf += data
                 try:
-                    events = self.c.receive_data(data)
+                    events = []
+                    if not preface:
+                        if len(inbuf) < 24:
+                            continue
+                        events += self.c.receive_data(bytes(inbuf[:24]))
+                        del inbuf[:24]
+                        preface = True
+                    # One frame at a time: a graceful GOAWAY (see event()) is handled before
+                    # the frames behind it.
+                    while len(inbuf) >= 9:
+                        n = 9 + int.from_bytes(inbuf[:3], "big")
+                        if len(inbuf) < n:
+                            break
+                        frame = bytes(inbuf[:n])
+                        del inbuf[:n]
+                        for ev in self.c.receive_data(frame):
+                            events.append(ev)
+                            self.event(ev)
                 except h2.exceptions.ProtocolError as e:
                     self.note(ev="protocol_error", what=str(e))
                     out += self.c.data_to_send()
                     break
-                for ev in events:
-                    self.event(ev)
                 self.pump_out()
                 out += self.c.data_to_send()
                 if self.goaway_after is not None and self.st[self.goaway_after].get("done"):
@@ -270,6 +288,10 @@ class _Conn:
             self.note(ev="reset", sid=ev.stream_id, path=s.get("path"), code=int(ev.error_code))
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.note(ev="goaway", code=int(ev.error_code), last=ev.last_stream_id)
+            if ev.error_code == 0:
+                # Streams in flight may finish after a graceful GOAWAY (RFC 9113 6.8); python
+                # h2 would refuse every later frame: keep its state machine open.
+                c.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
 
 
 def serve(cert, key, log_path):
@@ -335,6 +357,7 @@ class H2Client:
         self.alpn = self.sock.selected_alpn_protocol()
         self.sock.setblocking(False)
         self.out = bytearray()
+        self.inbuf = bytearray()
         self.host = host
         cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.c = h2.connection.H2Connection(cfg)
@@ -438,8 +461,16 @@ class H2Client:
             if not data:
                 self.closed = True
                 continue
-            for ev in self.c.receive_data(data):
-                self.event(ev)
+            # One frame at a time, so that a graceful GOAWAY (see event()) is handled before
+            # the frames behind it.
+            self.inbuf += data
+            while len(self.inbuf) >= 9:
+                n = 9 + int.from_bytes(self.inbuf[:3], "big")
+                if len(self.inbuf) < n:
+                    break
+                frame, self.inbuf = bytes(self.inbuf[:n]), self.inbuf[n:]
+                for ev in self.c.receive_data(frame):
+                    self.event(ev)
             self.flush()
         return True
 
@@ -464,6 +495,11 @@ class H2Client:
             self.pending.pop(ev.stream_id, None)
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = (int(ev.error_code), ev.last_stream_id)
+            if ev.error_code == 0:
+                # A graceful GOAWAY lets the streams up to last_stream_id finish (RFC 9113
+                # 6.8), but python h2 closes its state machine on any GOAWAY and refuses the
+                # frames that follow: keep it open to read them.
+                self.c.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
 
     def close(self):
         try:

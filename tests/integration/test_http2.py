@@ -4,11 +4,13 @@ limits on both legs, RST_STREAM/GOAWAY propagation, a raw-frame conformance lane
 http2_enabled false. Every test's events go through the shared checker (harness)."""
 import base64
 import os
+import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -16,7 +18,7 @@ import hpack
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
                               RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
-from h2_origin import H2Client, H2Origin, body_for
+from h2_origin import H2Client, H2Origin, body_for, make_origin_pki
 from harness import Proxy, by_flow
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -325,6 +327,7 @@ class PropagationTests(H2Base):
             except Exception:
                 pass
             c.run_until(lambda: c.closed, timeout=10)
+            c.close()
             evs = p.checked_events()
         fl = flows_with(evs, "request_headers")[0]
         self.assertEqual(fl[-1]["type"], "stream_closed")
@@ -342,6 +345,7 @@ class PropagationTests(H2Base):
             self.assertGreater(len(hits), n_before)
             self.assertEqual(hits[-1]["code"], NO_ERROR, "the client's code stays on its hop")
             c.run_until(lambda: c.closed, timeout=10)
+            c.close()
             evs = p.checked_events()
         fl = flows_with(evs, "request_headers")[0]
         self.assertEqual(fl[-1]["reason_code"], "client_eof")
@@ -356,10 +360,15 @@ class PropagationTests(H2Base):
             c.run_until(lambda: c.done(sid) and c.goaway is not None, timeout=20)
             self.assertEqual(bytes(c.r[sid]["body"]), body_for(10, 200000))
             self.assertEqual(c.goaway[0], NO_ERROR)
+            c.run_until(lambda: c.closed, timeout=10)  # the proxy closes once drained
             c.close()
             self.assertEqual(p.proc.wait(20), 0)
+            evs = p.checked_events(settle=0)
         finally:
             p.__exit__(None, None, None)
+        fl = flows_with(evs, "request_headers")[0]
+        self.assertEqual(fl[-2]["outcome"], "complete")
+        self.assertEqual(fl[-1]["reason_code"], "shutdown")
 
 
 # ---- conformance lane: raw frames through the proxy
@@ -639,22 +648,49 @@ class ReverseAndConfigTests(H2Base):
             self.assertEqual(x["exchange_completed"][0]["outcome"], "complete")
 
     def test_http2_disabled_offers_http11_only(self):
-        import test_tls
-        origin = test_tls.TLSOrigin()
+        # An origin that would pick h2 when offered, and says what it negotiated.
+        d = tempfile.mkdtemp(prefix="soth-alpn-")
+        ca, cert, key = make_origin_pki(d)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(4)
+        seen = []
+
+        def serve():
+            try:
+                raw, _ = ls.accept()
+                s = ctx.wrap_socket(raw, server_side=True)
+                seen.append(s.selected_alpn_protocol())
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    buf += s.recv(4096)
+                body = b"negotiated " + str(seen[0]).encode()
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                s.close()
+            except OSError:
+                pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
         try:
             cfg = {"policy": {"default": "intercept"}, "resolve": {"origin.test": "127.0.0.1"},
-                   "tls": {"upstream_ca_file": origin.ca}, "http2_enabled": False}
+                   "tls": {"upstream_ca_file": ca}, "http2_enabled": False}
             with Proxy(config=cfg) as p:
                 out = subprocess.run(
                     ["curl", "-sS", "--http2", "--cacert", proxy_ca(p), "-x",
-                     f"http://127.0.0.1:{p.port}", "-w", "%{http_version}",
-                     "-o", "/dev/null", f"https://origin.test:{origin.port}/"],
+                     f"http://127.0.0.1:{p.port}", "-w", " %{http_version}",
+                     f"https://origin.test:{ls.getsockname()[1]}/"],
                     capture_output=True, timeout=30)
                 self.assertEqual(out.returncode, 0, out.stderr)
-                self.assertEqual(out.stdout, b"1.1")
+                self.assertEqual(out.stdout, b"negotiated http/1.1 1.1")
                 evs = p.checked_events()
         finally:
-            origin.close()
+            ls.close()
+            shutil.rmtree(d, ignore_errors=True)
+        self.assertEqual(seen, ["http/1.1"], "the proxy offered the origin no h2")
         alpn = [e["alpn"] for e in evs if e["type"] == "tls_handshake_succeeded"]
         self.assertEqual(alpn, ["http/1.1", "http/1.1"])
         self.assertTrue(any(e["type"] == "request_headers" and e["http_version"] == "1.1"
