@@ -26,11 +26,11 @@ struct app_payload {
 
 struct app_pl_stream {
     bool grpc;
-    enum soth_payload_format grpc_fmt; /* declared by the request's content-type */
-    struct soth_grpc *g[2];            /* by enum soth_h2_dir; NULL: not parsed */
-    enum soth_coding genc[2];          /* grpc-encoding */
-    bool failed[2];                    /* framing error reported */
-    struct pl_msg msg[2];              /* plain HTTP/2 bodies */
+    enum soth_payload_format grpc_fmt[2]; /* declared by each direction's content-type */
+    struct soth_grpc *g[2];               /* by enum soth_h2_dir; NULL: not parsed */
+    enum soth_coding genc[2];             /* grpc-encoding */
+    bool failed[2];                       /* framing error reported */
+    struct pl_msg msg[2];                 /* plain HTTP/2 bodies */
 };
 
 static bool name_is(struct soth_iov n, const char *lit)
@@ -271,7 +271,7 @@ void app_pl_h2_request(struct app_payload **pl, struct app_pl_stream **st,
         if (s == NULL || flow_pl(pl) == NULL)
             return;
         s->grpc = true;
-        s->grpc_fmt = f;
+        s->grpc_fmt[SOTH_H2_REQUEST] = f;
         s->genc[SOTH_H2_REQUEST] = grpc_encoding(q->headers, q->n_headers);
         if (!q->end_stream)
             s->g[SOTH_H2_REQUEST] = grpc_parser();
@@ -293,7 +293,9 @@ void app_pl_h2_response(struct app_payload **pl, struct app_pl_stream **st,
     if (*st != NULL && (*st)->grpc) {
         /* The response is parsed as envelopes only when it says it is gRPC too (a proxy or
          * server answering with an HTML error page is not). */
-        if (soth_grpc_content_type(field(s->headers, s->n_headers, "content-type"), NULL)) {
+        enum soth_payload_format f;
+        if (soth_grpc_content_type(field(s->headers, s->n_headers, "content-type"), &f)) {
+            (*st)->grpc_fmt[SOTH_H2_RESPONSE] = f;
             (*st)->genc[SOTH_H2_RESPONSE] = grpc_encoding(s->headers, s->n_headers);
             (*st)->g[SOTH_H2_RESPONSE] = grpc_parser();
         }
@@ -349,7 +351,7 @@ static void grpc_message(struct app_payload *pl, struct app_pl_stream *st,
         .truncated = m->truncated,
         .framing = SOTH_FRAMING_GRPC,
         .message_coding = m->compressed ? st->genc[dir] : SOTH_CODING_IDENTITY,
-        .format = st->grpc_fmt,
+        .format = st->grpc_fmt[dir],
     };
     struct soth_decode_result r;
     soth_decode_run(d, &req, &r);

@@ -18,6 +18,8 @@ import http.server
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -27,6 +29,10 @@ from concurrent import futures
 
 import brotli
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import msgpack
 import zstandard
 
@@ -405,6 +411,157 @@ class Http1PayloadTests(unittest.TestCase):
         pp2 = [e for e in streams[2] if e["type"] == "payload_parsed"]
         self.assertEqual([e.get("error") for e in pp2], ["truncated", "truncated"])
         self.assertEqual(pp2[0]["format"], "json")
+
+
+# ---------------------------------------------------------------- HTTP/2 origin (python h2)
+
+def grpc_env(flag, m, declared=None):
+    n = len(m) if declared is None else declared
+    return bytes([flag]) + n.to_bytes(4, "big") + m
+
+
+H2_JSON = gzip.compress(b")]}'\n" + DOC_TEXT)
+H2_PATHS = {
+    # path: (response headers, body, trailers)
+    "/json": ([("content-type", "application/json"), ("content-encoding", "gzip")], H2_JSON,
+              None),
+    "/grpc-json": ([("content-type", "application/grpc+json")],
+                   grpc_env(0, b'{"a":1}') + grpc_env(0, b'[true]'), [("grpc-status", "0")]),
+    "/grpc-bad-flag": ([("content-type", "application/grpc")],
+                       grpc_env(0, b"\x0a\x01x") + grpc_env(7, b"zz"), [("grpc-status", "0")]),
+    "/grpc-truncated": ([("content-type", "application/grpc+json")],
+                        grpc_env(0, b'{"cut":', declared=100), [("grpc-status", "0")]),
+}
+
+
+class H2PayloadOrigin:
+    """A TLS origin speaking only h2 (python h2), answering H2_PATHS."""
+
+    def __init__(self, cert, key):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.ctx.set_alpn_protocols(["h2"])
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, raw):
+        s = raw
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            conn.initiate_connection()
+            s.sendall(conn.data_to_send())
+            paths = {}
+            for _ in range(10000):  # bounded
+                data = s.recv(65536)
+                if not data:
+                    break
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        paths[ev.stream_id] = dict(ev.headers)[b":path"].decode()
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        hdrs, body, trailers = H2_PATHS[paths[ev.stream_id]]
+                        conn.send_headers(ev.stream_id, [(":status", "200")] + hdrs)
+                        conn.send_data(ev.stream_id, body, end_stream=trailers is None)
+                        if trailers:
+                            conn.send_headers(ev.stream_id, trailers, end_stream=True)
+                s.sendall(conn.data_to_send())
+        except (OSError, ssl.SSLError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            s.close()
+
+    def close(self):
+        self.sock.close()
+
+
+class Http2PayloadTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="soth-h2pl-")
+        cls.ca, cert, key = make_pki(cls.dir)
+        cls.origin = H2PayloadOrigin(cert, key)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.origin.close()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_h2_json_and_grpc_framing_errors(self):
+        """curl over HTTP/2 through interception: a gzip JSON body with an anti-hijack prefix,
+        application/grpc+json messages, a bad flag byte and a message cut short at stream end
+        (payload_parsed errors), every body byte-exact."""
+        with Proxy(config={"policy": {"default": "intercept"},
+                           "resolve": {"origin.test": "127.0.0.1"},
+                           "tls": {"upstream_ca_file": self.ca}}) as p:
+            ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+            base = f"https://origin.test:{self.origin.port}"
+            outs = {}
+            for path in H2_PATHS:
+                out = os.path.join(p.tmp, path.strip("/"))
+                args = ["curl", "-sS", "--http2", "--cacert", ca, "-x",
+                        f"http://127.0.0.1:{p.port}", "-o", out, base + path]
+                if path.startswith("/grpc"):
+                    args[1:1] = ["-H", "content-type: application/grpc+json", "-H", "te: trailers",
+                                 "--data-binary", "@-"]
+                r = subprocess.run(args, input=grpc_env(0, b'{"q":1}'), capture_output=True,
+                                   timeout=30)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                with open(out, "rb") as f:
+                    outs[path] = f.read()
+            evs = wait_closed(p, n_flows=len(H2_PATHS))
+        for path, (_, body, _) in H2_PATHS.items():
+            self.assertEqual(outs[path], body, path)
+        got = {}
+        for fl in by_flow(evs).values():
+            for sid, s in by_stream(fl).items():
+                got[s[0]["path"]] = s
+        e = [x for x in got["/json"] if x["type"] == "payload_parsed"]
+        self.assertEqual(len(e), 1)
+        self.assertEqual((e[0]["decoders"], e[0]["sanitized"], e[0]["format"]),
+                         (["gzip", "json"], True, "json"))
+        self.assertEqual(e[0]["value"], json.loads(DOC_TEXT))
+        self.assertEqual(e[0]["protocol"], "http2")
+
+        s = got["/grpc-json"]
+        self.assertTrue(all(x["protocol"] == "grpc" for x in s))
+        gm = [x for x in s if x["type"] == "grpc_message"]
+        self.assertEqual([(x["direction"], x["length"]) for x in gm],
+                         [("client_to_server", 7), ("server_to_client", 7),
+                          ("server_to_client", 6)])
+        pp = [x for x in s if x["type"] == "payload_parsed"]
+        self.assertEqual([x["value"] for x in pp], [{"q": 1}, {"a": 1}, [True]])
+        self.assertTrue(all(x["decoders"] == ["grpc", "json"] for x in pp))
+
+        s = got["/grpc-bad-flag"]
+        gm = [x for x in s if x["type"] == "grpc_message" and x["direction"] == "server_to_client"]
+        self.assertEqual(len(gm), 1)  # the proto message before the bad envelope
+        pp = [x for x in s if x["type"] == "payload_parsed" and
+              x["direction"] == "server_to_client"]
+        self.assertEqual([(x["decoders"], x.get("error")) for x in pp],
+                         [(["grpc"], "grpc: bad_flag")])
+        self.assertEqual(s[-1]["type"], "exchange_completed")
+
+        s = got["/grpc-truncated"]
+        gm = [x for x in s if x["type"] == "grpc_message" and x["direction"] == "server_to_client"]
+        self.assertEqual([(x["length"], x["truncated"], base64.b64decode(x["data_b64"]))
+                          for x in gm], [(100, True, b'{"cut":')])
+        pp = [x for x in s if x["type"] == "payload_parsed" and
+              x["direction"] == "server_to_client"]
+        self.assertEqual([x.get("error") for x in pp], ["grpc: truncated"])
 
 
 if __name__ == "__main__":
