@@ -177,6 +177,7 @@ def read_response(c, method="GET"):
 class Origin:
     """Threaded HTTP/1.1 origin with keep-alive. Routes:
       GET|HEAD /size/N      200, the first N bytes of BLOB, Content-Length
+      GET /stream/N         200, N bytes (the first MiB of BLOB repeated), Content-Length
       GET /chunked/N        200, the first N bytes of BLOB in chunks, trailer X-Body-Sha256
       POST|PUT /echo        200, the request body back (Content-Length); X-Req-Sha256 and
                             X-Req-Trailers report what arrived
@@ -268,6 +269,15 @@ class Origin:
             n = int(parts[1])
             self._send(c, 200, extra + [("Content-Length", str(n))],
                        b"" if method == "HEAD" else BLOB[:n])
+        elif parts[0] == "stream":
+            n = int(parts[1])
+            c.sendall(self._headline(200, extra + [("Content-Length", str(n))]))
+            block = BLOB[:1 << 20]
+            left = n
+            while left > 0:
+                k = min(left, len(block))
+                c.sendall(block[:k])
+                left -= k
         elif parts[0] == "chunked":
             n = int(parts[1])
             data = BLOB[:n]
@@ -922,6 +932,70 @@ class RawTests(H1Base):
             _, streams = self.one_flow(evs)
             self.assert_capture(streams[1], "request", data, cap=10)
             self.assert_capture(streams[1], "response", data, cap=10)
+
+    def test_slow_reader_streams_with_bounded_memory(self):
+        """64 MiB response to a client that stops reading: the proxy holds back (its RSS stays
+        far below the body) and every byte arrives intact once the client reads again."""
+        total = 64 << 20
+        block = BLOB[:1 << 20]
+
+        def rss_kb(pid):
+            with open(f"/proc/{pid}/status") as f:
+                return int([x for x in f if x.startswith("VmRSS")][0].split()[1])
+
+        with self.proxy("intercept") as p:
+            base_kb = rss_kb(p.proc.pid)
+            c = self.connect(p, "intercept")
+            c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            c.sendall(self.req("intercept", "GET", f"/stream/{total}"))
+            time.sleep(1.5)  # read nothing: the proxy must stop reading the upstream
+            grown_kb = rss_kb(p.proc.pid) - base_kb
+            head = c.read_until(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            got, pending = 0, b""
+            while got < total:
+                if not c.buf and not c.fill():
+                    break
+                d, c.buf = c.buf, b""
+                pending += d
+                got += len(d)
+                while len(pending) >= len(block):
+                    self.assertEqual(pending[:len(block)], block)
+                    pending = pending[len(block):]
+            self.assertEqual(got, total)
+            self.assertEqual(pending, block[:len(pending)])
+            c.close()
+            evs = p.checked_events()
+            _, streams = self.one_flow(evs)
+            ex = self.completed(streams[1])
+            self.assertEqual((ex["outcome"], ex["response_bytes"]), ("complete", total))
+            captured, n = body_of(streams[1], "response")
+            self.assertEqual((captured, n), (block[:CAP], total))
+        self.assertLess(grown_kb, 40 * 1024, f"proxy RSS grew {grown_kb} KiB while stalled")
+
+    def test_slow_request_head_times_out(self):
+        # timeouts.request_header_ms bounds the arrival of a whole request head, however slowly
+        # its bytes trickle in (SPEC), here for a request inside a reverse-mode flow.
+        with self.proxy("reverse", timeouts={"request_header_ms": 500}) as p:
+            c = self.connect(p, "reverse")
+            t0 = time.time()
+            answer = b""
+            try:
+                for ch in b"GET /size/1 HTTP/1.1\r\nHost: h\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa":
+                    c.sendall(bytes([ch]))
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            sent = time.time() - t0
+            answer = c.read_to_eof()
+            c.close()
+            took = time.time() - t0
+            self.assertTrue(answer.startswith(b"HTTP/1.1 408"),
+                            f"{answer!r} after {took:.1f} s (head trickled for {sent:.1f} s)")
+            self.assertLess(took, 5)
+            evs = p.checked_events()
+            self.assertEqual(self.http_flows(evs), {})
+            self.assertEqual(evs[-1]["reason_code"], "idle_timeout")
 
     def test_many_keepalive_exchanges_ids(self):
         with self.proxy("intercept") as p:
