@@ -198,6 +198,17 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
         (c->state == CONN_ESTABLISHED || c->state == CONN_CLOSED)) {
         /* Keep the session (with the TLS 1.3 ticket read by now) for the next connection. */
         WOLFSSL_SESSION *s = wolfSSL_get1_session(c->ssl);
+        /*
+         * Only TLS 1.2 sessions the origin can resume. TLS 1.3 tickets are not kept: resuming
+         * them with wolfSSL 5.5.4 against OpenSSL 3 origins intermittently fails the
+         * handshake (alert 47 illegal_parameter, about 1 in 10 connections here), which would
+         * cost a client a 502; nginx as Debian ships it negotiates TLS 1.2 by default.
+         */
+        if (s != NULL &&
+            (wolfSSL_version(c->ssl) != TLS1_2_VERSION || wolfSSL_SESSION_is_resumable(s) != 1)) {
+            wolfSSL_SESSION_free(s);
+            s = NULL;
+        }
         if (s != NULL) {
             size_t i = c->host_key & (TLS_UP_SESSIONS - 1);
             if (t->up_sess[i].s != NULL)

@@ -21,8 +21,9 @@ def openssl(*args, cwd):
 class TLSOrigin:
     """An HTTPS origin (python http.server + ssl) for origin.test with its own test CA."""
 
-    def __init__(self):
+    def __init__(self, max_tls12=False):
         self.dir = tempfile.mkdtemp(prefix="soth-origin-")
+        self.reused = []  # per request: whether the TLS session was resumed
         d = self.dir
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                 "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=origin test CA",
@@ -37,11 +38,13 @@ class TLSOrigin:
                 "-CAcreateserial", "-out", "o.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
         self.ca = os.path.join(d, "ca.pem")
         body = b"hello over intercepted TLS\n" * 50
+        reused = self.reused
 
         class H(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):
+                reused.append(self.connection.session_reused)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -61,6 +64,8 @@ class TLSOrigin:
         self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(os.path.join(d, "o.pem"), os.path.join(d, "o.key"))
+        if max_tls12:
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
         self.port = self.srv.server_address[1]
         threading.Thread(target=self.srv.serve_forever, daemon=True).start()
@@ -146,6 +151,29 @@ sys.exit(0 if r.status == 200 and body == data else 1)
         self.assertEqual(failed[0]["tls_failure_reason"], "unknown_ca", failed[0])
         self.assertEqual(failed[0]["tls_ops_provider"], "native")
         self.assertEqual(evs[-1]["reason_code"], "tls_failed")
+
+    def test_upstream_tls12_sessions_are_resumed(self):
+        o = TLSOrigin(max_tls12=True)
+        try:
+            cfg = self.config()
+            cfg["tls"]["upstream_ca_file"] = o.ca
+            with Proxy(config=cfg, workers=1) as p:
+                ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+                for _ in range(4):
+                    out = subprocess.run(["curl", "-sS", "--cacert", ca, "-x",
+                                          f"http://127.0.0.1:{p.port}",
+                                          f"https://origin.test:{o.port}/r"],
+                                         capture_output=True, timeout=30)
+                    self.assertEqual(out.returncode, 0, out.stderr)
+                    self.assertEqual(out.stdout, o.body)
+                evs = p.checked_events()
+            # The first upstream handshake is full; the worker resumes it for the next ones.
+            self.assertEqual(o.reused, [False, True, True, True])
+            up = [e for e in evs if e["type"] == "tls_handshake_succeeded" and
+                  e["side"] == "upstream"]
+            self.assertEqual([e["tls_version"] for e in up], ["TLSv1.2"] * 4)
+        finally:
+            o.close()
 
     def test_untrusted_upstream_fails_upstream_side(self):
         cfg = self.config()
