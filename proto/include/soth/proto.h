@@ -844,8 +844,8 @@ enum soth_payload_format {
     SOTH_FMT_UNKNOWN = 0, /* not declared: the decoder sniffs conservatively */
     SOTH_FMT_JSON,
     SOTH_FMT_MSGPACK,
-    SOTH_FMT_PROTO,   /* protobuf (application/grpc, +proto): needs a schema; sniffed only */
-    SOTH_FMT_NONE,    /* declared as something else: nothing to parse */
+    SOTH_FMT_PROTO, /* protobuf (application/grpc, +proto): needs a schema; sniffed only */
+    SOTH_FMT_NONE,  /* declared as something else: nothing to parse */
     SOTH_FMT_COUNT
 };
 /** "json", "msgpack", "proto", ...: the SPEC payload_parsed `format` words for JSON/msgpack. */
@@ -938,19 +938,19 @@ struct soth_decode_req {
     bool truncated; /* data is only a prefix of the message (capture bound, or cut short) */
     enum soth_coding codings[SOTH_DECODE_MAX_CODINGS]; /* stage 1, in the order applied */
     size_t n_codings;
-    enum soth_framing framing;        /* stage 2 (already removed by the caller) */
-    enum soth_coding message_coding;  /* stage 3; IDENTITY for none */
-    enum soth_payload_format format;  /* declared; UNKNOWN or PROTO: sniff (a JSON text that
-                                         starts with { or [, a msgpack map with string keys
-                                         using every byte), skipped when neither fits */
-    bool sanitize;                    /* run the anti-hijack stage before JSON */
+    enum soth_framing framing;       /* stage 2 (already removed by the caller) */
+    enum soth_coding message_coding; /* stage 3; IDENTITY for none */
+    enum soth_payload_format format; /* declared; UNKNOWN or PROTO: sniff (a JSON text that
+                                        starts with { or [, a msgpack map with string keys
+                                        using every byte), skipped when neither fits */
+    bool sanitize;                   /* run the anti-hijack stage before JSON */
 };
 
 #define SOTH_DECODE_MAX_DECODERS (SOTH_DECODE_MAX_CODINGS + 3)
 
 /** What a run found; iovs point into the decoder (valid until its next run) or static text. */
 struct soth_decode_result {
-    bool report;    /* false: nothing to report (no payload format detected, nothing failed) */
+    bool report; /* false: nothing to report (no payload format detected, nothing failed) */
     struct soth_iov decoders[SOTH_DECODE_MAX_DECODERS]; /* names, in the order applied */
     size_t n_decoders;
     bool sanitized;                  /* an anti-hijack prefix was stripped */
