@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the peer benchmark (bench/peers/run.py) needs on Debian 12, idempotently:
-# the build dependencies (ci/setup.sh), the peers (nginx-light, haproxy, mitmproxy) and the
+# the build dependencies (ci/setup.sh), the peers (nginx-light, haproxy, squid-openssl,
+# mitmproxy) and the
 # load tools (wrk, h2load from nghttp2-client, hey), valgrind for instruction counts, and perf
 # for profiles. Debian packages only. Run as root (or with sudo available).
 #
@@ -11,7 +12,7 @@ bash ci/setup.sh
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-PKGS=(nginx-light haproxy mitmproxy wrk nghttp2-client hey valgrind linux-perf openssl
+PKGS=(nginx-light haproxy squid-openssl mitmproxy wrk nghttp2-client hey valgrind linux-perf openssl
     python3 procps util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -26,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian packages start system services; the benchmark runs its own instances on
 # loopback ports of its choosing and does not need them.
-for svc in nginx haproxy; do
+for svc in nginx haproxy squid; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
         $SUDO systemctl stop "$svc" || true
     fi

@@ -15,6 +15,7 @@ generators, origin and this script on CPU 0):
   soth-mitm reg     soth-mitm --workers 1 (regular: CONNECT + intercept)
   nginx             nginx (1 worker) terminating TLS, re-encrypting to the origin (keep-alive pool)
   haproxy           haproxy (1 thread), the same
+  squid bump        squid-openssl 5.7, ssl_bump bump all (regular: CONNECT + intercept)
   mitmdump rev      mitmproxy 8.1 --mode reverse:https://... (connection_strategy=lazy: h2 too)
   mitmdump reg      mitmproxy 8.1 regular mode (CONNECT + intercept)
 
@@ -72,7 +73,8 @@ SMALL_BODY = b"soth-mitm peer benchmark: a small response body of exactly one hu
 assert len(SMALL_BODY) == 100
 WARMUP = 2  # h2load --warm-up-time (s): upstream pools fill before the measurement
 SLOW_RATE = 16384  # bytes/s per /slow stream at the origin
-PEERS = ("nginx", "haproxy", "mitmdump rev", "mitmdump reg", "mitmdump tunnel")
+PEERS = ("nginx", "haproxy", "squid bump", "mitmdump rev", "mitmdump reg", "mitmdump tunnel")
+SQUID = "/usr/sbin/squid"
 
 PROCS = []  # every process we started: killed at exit
 
@@ -408,6 +410,49 @@ def start_haproxy(d, origin_port):
     return t
 
 
+def start_squid(d, origin_port):
+    """squid-openssl 5.7, `ssl_bump bump all` (client-first: the leaf is minted from the CONNECT
+    host by security_file_certgen, signed by the bench CA), one worker, no cache."""
+    port = free_port()
+    sq = f"{d}/squid"
+    if not os.path.isdir(f"{sq}/ssl_db"):
+        os.makedirs(sq, exist_ok=True)
+        sh(["/usr/lib/squid/security_file_certgen", "-c", "-s", f"{sq}/ssl_db", "-M", "16MB"])
+        sh(["chown", "-R", "proxy:proxy", sq])
+        os.chmod(d, 0o711)  # squid's workers run as user proxy
+    with open(f"{sq}/squid.conf", "w") as f:
+        f.write(f"""
+http_port 127.0.0.1:{port} ssl-bump tls-cert={d}/ca.pem tls-key={d}/ca.key generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
+sslcrtd_program /usr/lib/squid/security_file_certgen -s {sq}/ssl_db -M 16MB
+sslcrtd_children 4 startup=1 idle=1
+ssl_bump bump all
+tls_outgoing_options cafile={d}/ca.pem
+# the origin certificate names 127.0.0.1 as an IP SAN, which squid 5.7 does not match
+acl dm ssl_error SQUID_X509_V_ERR_DOMAIN_MISMATCH
+sslproxy_cert_error allow dm
+http_access allow all
+cache deny all
+access_log none
+cache_log {sq}/cache.log
+pid_filename {sq}/squid-{port}.pid
+coredump_dir {sq}
+cache_effective_user proxy
+shutdown_lifetime 1 seconds
+max_filedescriptors 16384
+pconn_timeout 600 seconds
+client_persistent_connections on
+server_persistent_connections on
+""")
+    p = spawn([SQUID, "-N", "-f", f"{sq}/squid.conf"], PROXY_CPU, f"{d}/squid.out")
+    t = Target("squid bump", "squid", port, p, "regular")
+    if not wait_port(port, timeout=20, proc=p):
+        p.log.seek(0)
+        t.error = "did not start: " + one_line(p.log.read())
+    time.sleep(0.5)
+    t.refresh_pids()
+    return t
+
+
 def start_mitmdump(d, name, mode, origin_port, extra=()):
     port = free_port()
     # stream_large_bodies: stream bodies over 512 KiB instead of holding them (the /slow
@@ -656,8 +701,11 @@ def wl_hey(conns, keepalive=True):
         if target.kind in ("nginx", "haproxy") or target.mode not in ("regular", None):
             return None, "no CONNECT interception (reverse proxy)"
         url = f"https://127.0.0.1:{ctx['origin_port']}/small"
-        # -host: hey puts Host (with the port) into the SNI; soth-mitm refuses "127.0.0.1:PORT"
-        argv = ["hey", "-c", str(conns), "-z", f"{int(a.seconds)}s", "-t", "10", "-host", "origin.test"]
+        argv = ["hey", "-c", str(conns), "-z", f"{int(a.seconds)}s", "-t", "10"]
+        if target.kind in ("soth", "direct"):
+            # hey puts Host (with the port) into the SNI, and soth-mitm refuses the ClientHello
+            # of "127.0.0.1:PORT"; squid, though, forwards to the Host it reads: keep its port.
+            argv += ["-host", "origin.test"]
         if target.kind != "direct":
             argv += ["-x", f"http://127.0.0.1:{target.port}"]
         if not keepalive:
@@ -840,7 +888,7 @@ async def idle_open(n, port, origin, regular, deadline, conc=64):
                     await asyncio.wait_for(w.start_tls(tls, server_hostname="origin.test"), 10)
                 else:
                     await asyncio.wait_for(w.start_tls(tls, server_hostname="origin.test"), 10)
-                w.write(b"GET /small HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+                w.write(f"GET /small HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode())
                 await asyncio.wait_for(r.readuntil(SMALL_BODY), 10)
                 held.append(w)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
@@ -1229,7 +1277,7 @@ def main():
                 continue
             results["idle"][t] = (median_result([r]), None) if r else (None, err)
         all_wl.append(("idle", f"idle intercepted connections held open: soth-mitm "
-                       f"{a.idle_conns}, nginx and haproxy {a.idle_conns_peers}, mitmdump "
+                       f"{a.idle_conns}, nginx, haproxy and squid {a.idle_conns_peers}, mitmdump "
                        f"{a.idle_conns_mitm} (CONNECT for regular mode, TLS, one request, then "
                        "held; set up 64 at a time by one asyncio client on CPU 0); req/s = "
                        "connections set up per second, CPU us per connection set-up, KiB/conn ="
@@ -1254,6 +1302,10 @@ def main():
         "soth-mitm does; nginx keeps an upstream keep-alive pool of 256, haproxy "
         "`http-reuse always`; mitmdump reverse runs with `connection_strategy=lazy` (its only "
         "way to speak h2 to the client).",
+        "- squid-openssl 5.7 runs `ssl_bump bump all` (leaves from security_file_certgen, "
+        "signed by the bench CA, RSA-2048), no cache, one worker; hey reaches it (and mitmdump) "
+        "with its default Host/SNI `127.0.0.1:PORT`, soth-mitm with `-host origin.test` "
+        "(soth-mitm refuses an SNI that carries a port; /tmp/bench-bugs.md).",
         "- CPU is utime+stime of the proxy's whole process tree (/proc) over the point, divided "
         "by the requests the load tool completed; RSS is VmRSS summed over the tree, sampled "
         "every 50 ms.",
@@ -1309,6 +1361,9 @@ def setup(a, d, full):
     if full and on("haproxy"):
         targets["haproxy"] = start_haproxy(d, origin_port)
         targets["haproxy"].factory = lambda: start_haproxy(d, origin_port)
+    if full and on("squid bump") and os.path.exists(SQUID):
+        targets["squid bump"] = start_squid(d, origin_port)
+        targets["squid bump"].factory = lambda: start_squid(d, origin_port)
     if full and on("mitmdump rev"):
         targets["mitmdump rev"] = start_mitmdump(d, "mitmdump rev",
                                                  f"reverse:https://127.0.0.1:{origin_port}",
