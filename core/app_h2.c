@@ -38,6 +38,8 @@ struct h2_stream {
     /* gRPC and payload state, or NULL (core/app_payload.c) */
     struct app_pl_stream *pl;
     struct h2_sse_slot *sse; /* its text/event-stream parser (issue 9), or NULL */
+    bool ws_connect;         /* extended CONNECT for websocket (RFC 8441) */
+    struct h2_ws_slot *ws;   /* its WebSocket frame parsers (issue 9), or NULL */
 };
 
 struct app_h2 {
@@ -58,6 +60,7 @@ struct app_h2 {
     struct h2_stream st[H2_TABLE_CAP];
     struct app_payload *pl; /* payload decoding of the flow, NULL until needed */
     struct h2_sse *sse;     /* SSE parsers (issue 9), NULL until an event stream */
+    struct h2_ws *ws;       /* WebSocket parsers (issue 9), NULL until an RFC 8441 stream */
 };
 
 static struct app_h2 *h2_of(struct app *a)
@@ -217,6 +220,136 @@ static void sse_free(struct h2_sse *s)
     free(s);
 }
 
+/* ---- WebSocket over HTTP/2 (RFC 8441) observation (issue 9): after a 2xx to an extended
+ * CONNECT with :protocol websocket, the stream's DATA in each direction is WebSocket frames
+ * (docs/streaming.md). At most H2_WS_SLOTS such streams of a connection are parsed at once;
+ * each slot (two frame parsers and the turn aggregator) is allocated on first use. */
+
+#define H2_WS_SLOTS        4
+#define H2_WS_TURN_IDLE_NS (30ull * 1000000000ull)
+
+struct h2_ws_slot {
+    struct app_h2 *h;
+    int32_t sid; /* stream being parsed, 0 = free */
+    struct soth_ws_turns turns;
+    struct soth_ws *p[2]; /* by enum soth_h2_dir: request = client frames */
+    void *mem;
+};
+
+struct h2_ws {
+    struct h2_ws_slot slot[H2_WS_SLOTS];
+};
+
+_Static_assert((int)SOTH_WS_FLUSH_DIRECTION_CHANGE == (int)SOTH_FLUSH_DIRECTION_CHANGE &&
+                   (int)SOTH_WS_FLUSH_CLOSE == (int)SOTH_FLUSH_CLOSE &&
+                   (int)SOTH_WS_FLUSH_ERROR == (int)SOTH_FLUSH_ERROR &&
+                   (int)SOTH_WS_FLUSH_IDLE == (int)SOTH_FLUSH_IDLE,
+               "flush reasons differ between proto.h and observe.h");
+
+static enum soth_direction ws_dir(enum soth_ws_dir d)
+{
+    return d == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER;
+}
+
+static void ws_on_message(void *ctx, const struct soth_ws_msg *m)
+{
+    struct h2_ws_slot *s = ctx;
+    soth_ws_turns_message(&s->turns, m, soth_now_ns());
+    soth_ev_ws_message(s->h->env.ev, (uint32_t)s->sid, ws_dir(m->dir), m->opcode, m->len, m->data,
+                       m->truncated);
+}
+
+static void ws_on_turn_start(void *ctx, const struct soth_ws_turn *t)
+{
+    struct h2_ws_slot *s = ctx;
+    soth_ev_ws_turn_started(s->h->env.ev, (uint32_t)s->sid, t->id, ws_dir(t->initiator));
+}
+
+static void ws_on_turn_end(void *ctx, const struct soth_ws_turn *t)
+{
+    struct h2_ws_slot *s = ctx;
+    struct soth_ws_turn_stats st = {
+        .turn_id = t->id,
+        .initiator = ws_dir(t->initiator),
+        .client_frames = t->frames[SOTH_WS_CLIENT],
+        .server_frames = t->frames[SOTH_WS_SERVER],
+        .client_bytes = t->bytes[SOTH_WS_CLIENT],
+        .server_bytes = t->bytes[SOTH_WS_SERVER],
+        .started_ns = t->started_ns,
+        .ended_ns = t->ended_ns,
+        /* same order as enum soth_flush_reason (proto.h) */
+        .flush_reason = (enum soth_flush_reason)t->reason,
+    };
+    soth_ev_ws_turn_completed(s->h->env.ev, (uint32_t)s->sid, &st);
+}
+
+/* A 2xx to an extended CONNECT for websocket: start parsing the stream's DATA. */
+static struct h2_ws_slot *ws_start(struct app_h2 *h, int32_t sid, const struct soth_h2_response *s)
+{
+    if (s->status < 200 || s->status > 299 || s->end_stream)
+        return NULL;
+    bool deflate = false;
+    for (size_t i = 0; i < s->n_headers; i++) {
+        struct soth_iov n = s->headers[i].name, v = s->headers[i].value;
+        if (n.len == 24 && sse_iov_prefix_ci(n, "sec-websocket-extensions"))
+            for (size_t k = 0; k + 18 <= v.len; k++)
+                if (sse_iov_prefix_ci(soth_iov(v.base + k, v.len - k), "permessage-deflate"))
+                    deflate = true;
+    }
+    if (h->ws == NULL)
+        h->ws = calloc(1, sizeof(*h->ws));
+    if (h->ws == NULL)
+        return NULL;
+    struct h2_ws_slot *slot = NULL;
+    for (size_t i = 0; i < H2_WS_SLOTS && slot == NULL; i++)
+        if (h->ws->slot[i].sid == 0)
+            slot = &h->ws->slot[i];
+    if (slot == NULL)
+        return NULL;
+    struct soth_ws_limits lim = {.capture = (uint32_t)h->capture};
+    size_t sz = (soth_ws_size(&lim) + 15) & ~(size_t)15;
+    if (slot->mem == NULL)
+        slot->mem = malloc(2 * sz);
+    if (slot->mem == NULL)
+        return NULL;
+    struct soth_ws_cbs cbs = {.ctx = slot, .on_message = ws_on_message};
+    slot->h = h;
+    slot->sid = sid;
+    slot->p[SOTH_H2_REQUEST] = soth_ws_init(slot->mem, SOTH_WS_CLIENT, deflate, &lim, &cbs);
+    slot->p[SOTH_H2_RESPONSE] =
+        soth_ws_init((char *)slot->mem + sz, SOTH_WS_SERVER, deflate, &lim, &cbs);
+    struct soth_ws_turn_cbs tcbs = {
+        .ctx = slot, .on_start = ws_on_turn_start, .on_end = ws_on_turn_end};
+    soth_ws_turns_init(&slot->turns, H2_WS_TURN_IDLE_NS, &tcbs);
+    soth_ev_flow_set_protocol(h->env.ev, SOTH_PROTO_WEBSOCKET);
+    return slot;
+}
+
+static void ws_data(struct h2_ws_slot *slot, enum soth_h2_dir dir, const char *p, size_t n)
+{
+    /* A broken stream is only observed no more: the relay goes on untouched. */
+    if (soth_ws_feed(slot->p[dir], p, n) < 0 && !slot->turns.closed)
+        soth_ws_turns_end(&slot->turns, SOTH_WS_FLUSH_ERROR, soth_now_ns());
+}
+
+/* The stream ended: no turn stays open; the slot is freed. */
+static void ws_end(struct h2_ws_slot *slot)
+{
+    if (slot == NULL)
+        return;
+    soth_ws_turns_end(&slot->turns, SOTH_WS_FLUSH_CLOSE, soth_now_ns());
+    slot->sid = 0;
+}
+
+static void ws_free(struct h2_ws *w)
+{
+    if (w == NULL)
+        return;
+    for (size_t i = 0; i < H2_WS_SLOTS; i++)
+        free(w->slot[i].mem);
+    free(w);
+}
+
 /* ---- relay callbacks -> events */
 
 static int on_out(void *ctx, enum soth_h2_side to, const char *p, size_t n)
@@ -230,6 +363,8 @@ static void on_request_head(void *ctx, int32_t sid, const struct soth_h2_request
 {
     struct app_h2 *h = ctx;
     struct h2_stream *ne = stream_add(h, sid);
+    ne->ws_connect = q->method.len == 7 && memcmp(q->method.base, "CONNECT", 7) == 0 &&
+                     q->protocol.len == 9 && sse_iov_prefix_ci(q->protocol, "websocket");
     app_pl_h2_request(&h->pl, &ne->pl, &h->env, q); /* grpc: protocol set before the head */
     if (h->env.m != NULL)
         SOTH_METRIC_ADD(h->env.m->requests[SOTH_PROTO_HTTP2], 1);
@@ -247,6 +382,8 @@ static void on_response_head(void *ctx, int32_t sid, const struct soth_h2_respon
         app_pl_h2_response(&h->pl, &e->pl, &h->env, s);
     if (e != NULL)
         e->sse = sse_start(h, sid, s);
+    if (e != NULL && e->ws_connect)
+        e->ws = ws_start(h, sid, s);
 }
 
 static enum soth_direction dir_of(enum soth_h2_dir d)
@@ -269,6 +406,8 @@ static void on_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p,
     app_pl_h2_data(h->pl, e->pl, &h->env, (int)dir, (uint32_t)sid, p, n);
     if (e->sse != NULL && dir == SOTH_H2_RESPONSE)
         soth_sse_feed(e->sse->p, p, n);
+    if (e->ws != NULL)
+        ws_data(e->ws, dir, p, n);
 }
 
 static void on_trailers(void *ctx, enum soth_h2_dir dir, int32_t sid, const struct soth_header *hd,
@@ -304,6 +443,7 @@ static void on_stream_end(void *ctx, int32_t sid, const struct soth_h2_stream_en
         return;
     struct app_pl_stream *pl = e->pl;
     sse_end(e->sse);
+    ws_end(e->ws);
     stream_del(h, e);
     enum soth_outcome o = outcome_of(end->outcome);
     if (h->aborting && o != SOTH_OUTCOME_COMPLETE)
@@ -427,6 +567,7 @@ void app_h2_free(struct app *a)
             app_pl_stream_free(h->st[i].pl);
     app_pl_free(h->pl);
     sse_free(h->sse);
+    ws_free(h->ws);
     free(h);
 }
 

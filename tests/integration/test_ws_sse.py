@@ -481,6 +481,203 @@ class WebSocketTests(Base):
             self.assertLess(types.index("ws_turn_completed"), types.index("exchange_completed"))
 
 
+# ---------------------------------------------------------------- WebSocket over HTTP/2
+
+def ws_frame(b0, payload, mask):
+    """One WebSocket frame (RFC 6455 5.2); masked with a random key when mask."""
+    n = len(payload)
+    m = 0x80 if mask else 0
+    if n < 126:
+        h = bytes([b0, m | n])
+    elif n < 65536:
+        h = bytes([b0, m | 126]) + n.to_bytes(2, "big")
+    else:
+        h = bytes([b0, m | 127]) + n.to_bytes(8, "big")
+    if not mask:
+        return h + payload
+    key = os.urandom(4)
+    return h + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+
+
+def ws_take(buf):
+    """(b0, payload, rest) of the first whole frame in buf, or None."""
+    if len(buf) < 2:
+        return None
+    n, pos = buf[1] & 0x7F, 2
+    if n == 126:
+        n, pos = int.from_bytes(buf[2:4], "big"), 4
+    elif n == 127:
+        n, pos = int.from_bytes(buf[2:10], "big"), 10
+    key = None
+    if buf[1] & 0x80:
+        key, pos = buf[pos:pos + 4], pos + 4
+    if len(buf) < pos + n:
+        return None
+    p = buf[pos:pos + n]
+    if key:
+        p = bytes(c ^ key[i % 4] for i, c in enumerate(p))
+    return buf[0], p, buf[pos + n:]
+
+
+class H2WSOrigin:
+    """h2-only TLS origin accepting RFC 8441 extended CONNECT for websocket; echoes each
+    frame of the stream back unmasked and ends the stream after echoing a close."""
+
+    def __init__(self, tls_dir):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(os.path.join(tls_dir, "o.pem"), os.path.join(tls_dir, "o.key"))
+        self.ctx.set_alpn_protocols(["h2"])
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.requests = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, raw):
+        import h2.config
+        import h2.connection
+        import h2.events
+        import h2.settings
+        raw.settimeout(TIMEOUT)
+        s = raw
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            conn.initiate_connection()
+            conn.update_settings({h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
+            s.sendall(conn.data_to_send())
+            bufs = {}
+            deadline = time.time() + 2 * TIMEOUT
+            while time.time() < deadline:
+                d = s.recv(65536)
+                if not d:
+                    return
+                for ev in conn.receive_data(d):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        self.requests.append(dict(ev.headers))
+                        conn.send_headers(ev.stream_id, [(":status", "200")])
+                        bufs[ev.stream_id] = b""
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        buf = bufs[ev.stream_id] + ev.data
+                        while True:
+                            f = ws_take(buf)
+                            if f is None:
+                                break
+                            b0, payload, buf = f
+                            conn.send_data(ev.stream_id, ws_frame(b0, payload, False),
+                                           end_stream=b0 & 0x0F == 8)
+                        bufs[ev.stream_id] = buf
+                s.sendall(conn.data_to_send())
+        except (OSError, ValueError):
+            pass
+        finally:
+            s.close()
+            raw.close()
+
+    def close(self):
+        self.sock.close()
+
+
+class WebSocketH2Tests(Base):
+    def test_rfc8441_websocket_over_h2_intercept(self):
+        import h2.config
+        import h2.connection
+        import h2.events
+        import h2.settings
+        origin = H2WSOrigin(self.dir)
+        try:
+            with self.proxy("intercept", 0) as p:
+                raw = socket.create_connection(p.addr(), timeout=TIMEOUT)
+                raw.sendall(f"CONNECT origin.test:{origin.port} HTTP/1.1\r\n"
+                            f"Host: origin.test:{origin.port}\r\n\r\n".encode())
+                self.assertTrue(read_head(raw).startswith(b"HTTP/1.1 200"))
+                ctx = ssl.create_default_context(cafile=self.proxy_ca(p))
+                ctx.set_alpn_protocols(["h2"])
+                s = ctx.wrap_socket(raw, server_hostname="origin.test")
+                self.assertEqual(s.selected_alpn_protocol(), "h2")
+                conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+                conn.initiate_connection()
+                s.sendall(conn.data_to_send())
+                deadline = time.time() + TIMEOUT
+                state = {"connect_ok": False, "status": None, "buf": b"", "ended": False}
+
+                def pump(until):
+                    while not until():
+                        self.assertLess(time.time(), deadline, state)
+                        d = s.recv(65536)
+                        self.assertTrue(d, "proxy closed the connection")
+                        for ev in conn.receive_data(d):
+                            if isinstance(ev, h2.events.RemoteSettingsChanged):
+                                c = ev.changed_settings.get(
+                                    h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
+                                if c is not None and c.new_value == 1:
+                                    state["connect_ok"] = True
+                            elif isinstance(ev, h2.events.ResponseReceived):
+                                state["status"] = dict(ev.headers)[b":status"]
+                            elif isinstance(ev, h2.events.DataReceived):
+                                conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                               ev.stream_id)
+                                state["buf"] += ev.data
+                            elif isinstance(ev, h2.events.StreamEnded):
+                                state["ended"] = True
+                        s.sendall(conn.data_to_send())
+
+                pump(lambda: state["connect_ok"])  # offered once the origin offered it
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                        (":scheme", "https"), (":path", "/chat"),
+                                        (":authority", f"origin.test:{origin.port}"),
+                                        ("sec-websocket-version", "13")])
+                s.sendall(conn.data_to_send())
+                pump(lambda: state["status"] is not None)
+                self.assertEqual(state["status"], b"200")
+
+                def exchange(b0, payload):
+                    conn.send_data(sid, ws_frame(b0, payload, True))
+                    s.sendall(conn.data_to_send())
+                    pump(lambda: ws_take(state["buf"]) is not None)
+                    got0, got, state["buf"] = ws_take(state["buf"])
+                    self.assertEqual((got0, got), (b0, payload), "echo not byte-exact")
+
+                binary = os.urandom(5000)
+                exchange(0x81, b"hello")
+                exchange(0x82, binary)
+                exchange(0x88, b"\x03\xe8")
+                pump(lambda: state["ended"])
+                conn.end_stream(sid)
+                s.sendall(conn.data_to_send())
+                time.sleep(0.2)
+                s.close()
+                self.assertEqual(origin.requests[0][b":protocol"], b"websocket")
+
+                fl, st = self.flow_events(p)
+                self.assertEqual(fl[-1]["protocol"], "websocket")
+                self.assertTrue(all(e["stream_id"] == sid for e in st))
+                msgs = [e for e in st if e["type"] == "ws_message"]
+                for i, (op, pl) in enumerate([(1, b"hello"), (2, binary), (8, b"\x03\xe8")]):
+                    self.assert_message(msgs[2 * i], "client_to_server", op, pl)
+                    self.assert_message(msgs[2 * i + 1], "server_to_client", op, pl)
+                turns = [e for e in st if e["type"] != "ws_message"]
+                self.assertEqual(len(turns), 4, st)
+                self.assert_turn(turns[0], turns[1], 1, "client_to_server", (1, 1), (5, 5),
+                                 "direction_change")
+                self.assert_turn(turns[2], turns[3], 2, "client_to_server", (2, 1),
+                                 (len(binary) + 2, len(binary)), "close")
+        finally:
+            origin.close()
+
+
 # ---------------------------------------------------------------- SSE tests
 
 class SSETests(Base):
