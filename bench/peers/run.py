@@ -1062,6 +1062,54 @@ def median_result(runs):
     return out
 
 
+def goals_table(results):
+    """soth-mitm against the issue-8 goals, from this run's medians."""
+    def get(wl, t, k):
+        r = results.get(wl, {}).get(t)
+        return r[0].get(k) if r and r[0] else None
+
+    rows = []
+
+    def ratio_row(goal, wl, t, k, ref_t, limit, higher_better=False):
+        v, ref = get(wl, t, k), get(wl, ref_t, k)
+        if v is None or not ref:
+            rows.append(f"| {goal} | — | — | not measured |")
+            return
+        x = v / ref
+        ok = x >= limit if higher_better else x <= limit
+        rows.append(f"| {goal} | {v:,.1f} vs {ref:,.1f} | {x:.2f} (goal {'>=' if higher_better else '<='}"
+                    f" {limit}) | {'met' if ok else 'MISSED'} |")
+
+    ratio_row("h1 small: CPU us/req <= 0.5x nginx", "h1-small", "soth-mitm rev", "cpu_us", "nginx", 0.5)
+    ratio_row("h2 small: CPU us/req <= 0.5x nginx", "h2-small", "soth-mitm rev", "cpu_us", "nginx", 0.5)
+    ratio_row("1 MiB: CPU us/req <= 0.5x nginx", "h1-1m", "soth-mitm rev", "cpu_us", "nginx", 0.5)
+    ratio_row("churn: CPU us/conn <= nginx", "churn", "soth-mitm rev", "cpu_us", "nginx", 1.0)
+    ratio_row("CONNECT + intercept: CPU us/req <= 0.3x squid", "connect", "soth-mitm reg", "cpu_us",
+              "squid bump", 0.3)
+    ratio_row("h1 small: req/s >= 1.3x nginx", "h1-small", "soth-mitm rev", "rps", "nginx", 1.3, True)
+    ratio_row("h2 small: req/s >= 1.3x nginx", "h2-small", "soth-mitm rev", "rps", "nginx", 1.3, True)
+    ratio_row("h1 small: p99 <= nginx's", "h1-small", "soth-mitm rev", "p99", "nginx", 1.0)
+    ratio_row("h2 small: p99 <= nginx's", "h2-small", "soth-mitm rev", "p99", "nginx", 1.0)
+    kib = get("idle", "soth-mitm reg", "kib_per_conn")
+    held = get("idle", "soth-mitm reg", "requests")
+    if kib is None:
+        rows.append("| idle: <= 16 KiB per intercepted connection | — | — | not measured |")
+    else:
+        rows.append(f"| idle: <= 16 KiB per intercepted connection | {kib:,.1f} KiB at {held:,.0f}"
+                    f" connections | — | {'met' if kib <= 16 else 'MISSED'} |")
+    errs = [(wl, t, r[0]["errors"]) for wl, res in results.items() for t, r in res.items()
+            if t.startswith("soth") and r[0] and r[0].get("errors")]
+    fails = [(wl, t, e) for wl, res in results.items() for t, (r, e) in res.items()
+             if t.startswith("soth") and r is None and not e.startswith(("regular mode", "no CONNECT",
+                                                                         "see the"))]
+    bad = [f"{wl}/{t}: {e} errors" for wl, t, e in errs] + [f"{wl}/{t}: {one_line(e)}"
+                                                            for wl, t, e in fails]
+    rows.append(f"| no workload with errors | {'; '.join(bad) if bad else 'none'} | — |"
+                f" {'MISSED' if bad else 'met'} |")
+    return ["### soth-mitm against the goals of issue 8", "",
+            "| goal | soth-mitm vs reference | ratio | |", "| --- | --- | --- | --- |"] + rows + [""]
+
+
 def render(title, workloads, targets, results, notes, instr):
     lines = [title, ""]
     lines.append("Each cell: the median over repetitions, then `×d` its ratio to direct and `×p` "
@@ -1312,6 +1360,7 @@ def main():
         "- `—` marks a point the target cannot run, with the reason; errors are never dropped.",
     ]
     text = render(title, all_wl, names, results, notes, instr)
+    text += "\n\n" + "\n".join(goals_table(results))
     print(text)
     if a.out:
         with open(a.out, "w") as f:
