@@ -121,6 +121,9 @@ static void stream_on_ws_message(void *ctx, const struct soth_ws_msg *m)
                        m->dir == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT
                                                 : SOTH_DIR_CLIENT_TO_SERVER,
                        m->opcode, m->len, m->data, m->truncated);
+    if ((m->opcode == SOTH_WS_OP_TEXT || m->opcode == SOTH_WS_OP_BINARY) && !m->compressed)
+        app_pl_framed(&s->a->pl, &s->a->env, s->ws_id, m->dir == SOTH_WS_SERVER, SOTH_FRAMING_WS,
+                      m->data, m->truncated);
 }
 
 static void stream_on_turn_start(void *ctx, const struct soth_ws_turn *t)
@@ -162,6 +165,7 @@ static void stream_on_sse_event(void *ctx, const struct soth_sse_event *e)
     struct soth_iov type = e->event.len > 0 ? e->event : SOTH_IOV_LIT("message");
     soth_ev_sse_event(s->a->env.ev, s->sse_id, type, e->id.len > 0 ? e->id : SOTH_IOV_NULL,
                       e->retry, e->data);
+    app_pl_framed(&s->a->pl, &s->a->env, s->sse_id, 1, SOTH_FRAMING_SSE, e->data, e->truncated);
 }
 
 static struct soth_iov header_value(const struct soth_h1_head *hd, const char *name)

@@ -146,6 +146,8 @@ static void sse_on_event(void *ctx, const struct soth_sse_event *e)
     struct soth_iov type = e->event.len > 0 ? e->event : SOTH_IOV_LIT("message");
     soth_ev_sse_event(s->h->env.ev, (uint32_t)s->sid, type, e->id.len > 0 ? e->id : SOTH_IOV_NULL,
                       e->retry, e->data);
+    app_pl_framed(&s->h->pl, &s->h->env, (uint32_t)s->sid, 1, SOTH_FRAMING_SSE, e->data,
+                  e->truncated);
 }
 
 static bool sse_iov_prefix_ci(struct soth_iov v, const char *lit)
@@ -257,6 +259,9 @@ static void ws_on_message(void *ctx, const struct soth_ws_msg *m)
     soth_ws_turns_message(&s->turns, m, soth_now_ns());
     soth_ev_ws_message(s->h->env.ev, (uint32_t)s->sid, ws_dir(m->dir), m->opcode, m->len, m->data,
                        m->truncated);
+    if ((m->opcode == SOTH_WS_OP_TEXT || m->opcode == SOTH_WS_OP_BINARY) && !m->compressed)
+        app_pl_framed(&s->h->pl, &s->h->env, (uint32_t)s->sid, m->dir == SOTH_WS_SERVER,
+                      SOTH_FRAMING_WS, m->data, m->truncated);
 }
 
 static void ws_on_turn_start(void *ctx, const struct soth_ws_turn *t)

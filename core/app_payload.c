@@ -228,6 +228,42 @@ void app_pl_h1_complete(struct app_payload *pl, const struct app_env *env, int d
         msg_finish(pl, &pl->msg[dir & 1], env, dir & 1, stream_id, true);
 }
 
+/* ---- framed protocols */
+
+/* Cheap look before any state is set up: JSON text or a msgpack map might follow. */
+static bool maybe_payload(struct soth_iov d)
+{
+    size_t i = 0;
+    while (i < d.len &&
+           (d.base[i] == ' ' || d.base[i] == '\t' || d.base[i] == '\r' || d.base[i] == '\n'))
+        i++;
+    if (i == d.len)
+        return false;
+    unsigned char c = (unsigned char)d.base[i];
+    return c == '{' || c == '[' || (i == 0 && ((c & 0xf0) == 0x80 || c == 0xde || c == 0xdf));
+}
+
+void app_pl_framed(struct app_payload **pl, const struct app_env *env, uint32_t stream_id, int dir,
+                   enum soth_framing framing, struct soth_iov data, bool truncated)
+{
+    if (!capture_on(env) || !maybe_payload(data))
+        return;
+    struct app_payload *p = flow_pl(pl);
+    struct soth_decoder *d = p != NULL ? decoder(p) : NULL;
+    if (d == NULL)
+        return;
+    struct soth_decode_req req = {
+        .data = data.base,
+        .len = data.len,
+        .truncated = truncated,
+        .framing = framing,
+        .format = SOTH_FMT_UNKNOWN,
+    };
+    struct soth_decode_result r;
+    soth_decode_run(d, &req, &r);
+    emit(env, stream_id, dir & 1, &r);
+}
+
 /* ---- HTTP/2 and gRPC */
 
 void app_pl_stream_free(struct app_pl_stream *st)

@@ -47,6 +47,17 @@ void app_pl_h1_body(struct app_payload *pl, int dir, const char *p, size_t n);
 void app_pl_h1_complete(struct app_payload *pl, const struct app_env *env, int dir,
                         uint32_t stream_id);
 
+/* ---- framed protocols (SSE events, WebSocket messages): dir 0 client to server, 1 back */
+
+/**
+ * One message of a framing the caller parsed (SSE event data, an uncompressed WebSocket text
+ * or binary message): payload_parsed when it sniffs as JSON (starts with { or [ and parses)
+ * or as a msgpack map with string keys; nothing otherwise. `data` is the captured prefix,
+ * `truncated` when the message was longer.
+ */
+void app_pl_framed(struct app_payload **pl, const struct app_env *env, uint32_t stream_id, int dir,
+                   enum soth_framing framing, struct soth_iov data, bool truncated);
+
 /* ---- HTTP/2 (dir: enum soth_h2_dir) */
 
 /** Before request_headers is emitted: a gRPC stream sets the flow's protocol to grpc. May

@@ -11,6 +11,7 @@
   gzip, br and zstd Content-Encoding, msgpack, and malformed msgpack: payload_parsed with the
   decoders in order and sanitized, while the client still gets every body byte-exact.
 """
+import asyncio
 import base64
 import gzip
 import http.client
@@ -34,6 +35,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import msgpack
+import websockets
 import zstandard
 
 from harness import Proxy, by_flow
@@ -276,6 +278,8 @@ BODIES = {
     "/bad-msgpack": ("application/x-msgpack", None, BAD_MSGPACK),
     "/plain": ("application/json", None, b"while(1);" + DOC_TEXT),
     "/html": ("text/html", None, b"<p>not parsed</p>"),
+    "/sse": ("text/event-stream", None,
+             b'data: {"delta": "hi", "n": 1}\n\nevent: x\ndata: plain text\n\ndata: [DONE]\n\n'),
 }
 
 
@@ -385,6 +389,9 @@ class Http1PayloadTests(unittest.TestCase):
         self.assertEqual(e["error"], "msgpack: reserved byte 0xc1")
         self.assertNotIn("value", e)
         self.assertEqual(res["/html"], [])
+        # SSE: the JSON event's data is parsed (framing sse); text and [DONE] say nothing.
+        self.assertEqual([(e["decoders"], e["value"]) for e in res["/sse"]],
+                         [(["sse", "json"], {"delta": "hi", "n": 1})])
 
     def test_request_body_and_truncated(self):
         """A JSON request body is parsed too; a body over the decode capture (64 KiB) is
@@ -562,6 +569,70 @@ class Http2PayloadTests(unittest.TestCase):
         pp = [x for x in s if x["type"] == "payload_parsed" and
               x["direction"] == "server_to_client"]
         self.assertEqual([x.get("error") for x in pp], ["grpc: truncated"])
+
+
+# ---------------------------------------------------------------- WebSocket messages
+
+class WebSocketPayloadTests(unittest.TestCase):
+    def test_ws_json_and_msgpack_messages(self):
+        """Reverse mode over plain HTTP, a websockets echo origin: JSON text messages and a
+        msgpack binary message get payload_parsed (framing ws) in both directions; plain
+        text gets nothing."""
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        box = {}
+
+        async def echo(ws, path=None):
+            try:
+                async for m in ws:
+                    await ws.send(m)
+            except websockets.ConnectionClosed:
+                pass
+
+        def run():
+            asyncio.set_event_loop(loop)
+
+            async def start():
+                box["srv"] = await websockets.serve(echo, "127.0.0.1", 0, ping_interval=None)
+                box["port"] = box["srv"].sockets[0].getsockname()[1]
+                ready.set()
+            loop.run_until_complete(start())
+            loop.run_forever()
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        self.assertTrue(ready.wait(10))
+        packed = msgpack.packb({"op": "sub", "ch": [1, 2]})
+        try:
+            with Proxy(mode=f"reverse:http://127.0.0.1:{box['port']}",
+                       config={"policy": {"default": "intercept"}}) as p:
+                async def client():
+                    async with websockets.connect(f"ws://127.0.0.1:{p.port}/", compression=None,
+                                                  ping_interval=None, open_timeout=10) as ws:
+                        got = []
+                        for m in ('{"type":"hello","id":1}', "just text", packed):
+                            await ws.send(m)
+                            got.append(await asyncio.wait_for(ws.recv(), 10))
+                        return got
+                got = asyncio.run(client())
+                self.assertEqual(got, ['{"type":"hello","id":1}', "just text", packed])
+                evs = wait_closed(p)
+        finally:
+            async def stop():
+                box["srv"].close()
+                await box["srv"].wait_closed()
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+            t.join(10)
+        fl = list(by_flow(evs).values())[0]
+        pp = [e for e in fl if e["type"] == "payload_parsed"]
+        self.assertEqual([(e["direction"], e["decoders"], e["format"], e["value"]) for e in pp],
+                         [("client_to_server", ["ws", "json"], "json", {"type": "hello", "id": 1}),
+                          ("server_to_client", ["ws", "json"], "json", {"type": "hello", "id": 1}),
+                          ("client_to_server", ["ws", "msgpack"], "msgpack",
+                           {"op": "sub", "ch": [1, 2]}),
+                          ("server_to_client", ["ws", "msgpack"], "msgpack",
+                           {"op": "sub", "ch": [1, 2]})])
 
 
 if __name__ == "__main__":
