@@ -35,11 +35,14 @@ struct app_h1 {
     struct msg_cap msg[2];
     struct stash st[2];
     bool eof_seen[2];
-    bool resp_open;    /* a final response head went to the client, its body not complete */
-    bool dead;         /* engine failed or finished */
-    bool answered;     /* we sent our own error answer */
-    bool close_client; /* the last request asked to close */
-    uint8_t err_dir;   /* side whose bytes broke the protocol */
+    bool resp_open;         /* a final response head went to the client, its body not complete */
+    bool dead;              /* engine failed or finished */
+    bool answered;          /* we sent our own error answer */
+    bool close_client;      /* the last request asked to close */
+    bool other_host;        /* regular-mode plain HTTP: a request for another upstream arrived */
+    bool awaiting_head;     /* the client's next bytes start a request head */
+    uint64_t head_since_ms; /* when the pending request head's first byte came, 0 = none */
+    uint8_t err_dir;        /* side whose bytes broke the protocol */
     unsigned err_status;
     const char *err_code, *err_detail;
     enum soth_close_reason reason;
@@ -309,7 +312,10 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
         memcpy(a->authority, auth.base, auth.len);
         a->authority_len = (uint16_t)auth.len;
     } else if (!iov_same_ci(auth, a->authority, a->authority_len)) {
-        /* One upstream per client connection: the client retries on a fresh one. */
+        /* One upstream per client connection: close it cleanly without an answer; clients
+         * retry a request that got nothing on a reused connection on a fresh one (curl -x
+         * does, RFC 9112 9.3.1), which then reaches the other upstream. */
+        a->other_host = true;
         return SOTH_E_STATE;
     }
     for (size_t i = 0; i < hd->n_headers && n < APP_MAX_FIELDS - 1; i++) {
@@ -374,6 +380,8 @@ static int h1_on_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head
 {
     struct app_h1 *a = ctx;
     if (dir == SOTH_H1_CLIENT) {
+        a->awaiting_head = false;
+        a->head_since_ms = 0;
         a->msg[0] = (struct msg_cap){.id = id};
         a->close_client = !hd->keep_alive;
         app_pl_h1_head(&a->pl, &a->env, dir, hd->headers, hd->n_headers, false);
@@ -427,6 +435,8 @@ static void h1_on_complete(void *ctx, int dir, uint32_t id)
     if (dir == SOTH_H1_UPSTREAM) {
         a->resp_open = false;
         stream_end(a, id);
+    } else {
+        a->awaiting_head = true;
     }
 }
 
@@ -504,6 +514,10 @@ static int h1_fail(struct app_h1 *a, int rc)
     soth_h1_abort(a->h, client_fault    ? SOTH_H1_CLIENT_ABORTED
                         : a->err_status ? SOTH_H1_UPSTREAM_ABORTED
                                         : SOTH_H1_RESET);
+    if (a->other_host) {
+        a->reason = SOTH_CLOSE_RELAY_EOF; /* this connection's upstream relay is over */
+        return APP_DONE;
+    }
     if (a->err_status != 0)
         a->reason = client_fault ? SOTH_CLOSE_PARSE_FAILED : SOTH_CLOSE_RELAY_ERROR;
     else
@@ -577,6 +591,9 @@ static int h1_input(struct app_h1 *a, unsigned side, const char *p, size_t n)
 {
     if (a->dead)
         return APP_DONE;
+    if (side == APP_CLIENT && a->awaiting_head && a->head_since_ms == 0 && n > 0 &&
+        !soth_h1_is_upgraded(a->h))
+        a->head_since_ms = soth_mono_ns() / 1000000; /* cleared when the head completes */
     int rc;
     if (a->st[side].len > 0) {
         rc = stash_put(&a->st[side], p, n);
@@ -609,9 +626,14 @@ static int h1_eof(struct app_h1 *a, unsigned side, bool reset)
         return APP_DONE;
     a->eof_seen[side] = true;
     if (reset) {
-        soth_h1_abort(a->h, SOTH_H1_RESET);
+        /* The transport is gone. A client that reset went away: its EOF ends what it can
+         * (an upgraded relay whose upstream closed already is complete), the rest is
+         * client_aborted. An upstream that reset aborted its exchanges. */
+        if (side == APP_CLIENT && a->st[side].len == 0)
+            soth_h1_eof(a->h, (int)side);
+        soth_h1_abort(a->h, side == APP_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
         a->dead = true;
-        a->reason = SOTH_CLOSE_RELAY_ERROR;
+        a->reason = side == APP_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_ERROR;
         return APP_DONE;
     }
     if (a->st[side].len > 0) {
@@ -634,6 +656,29 @@ static int h1_eof(struct app_h1 *a, unsigned side, bool reset)
     return upgraded ? APP_HALF_CLOSE : APP_AGAIN;
 }
 
+/* The request head the client is sending took too long: 408 when nothing of a response is
+ * on its way (then the exchanges in flight end as timed out). */
+static int h1_head_timeout(struct app_h1 *a)
+{
+    if (a->dead)
+        return APP_DONE;
+    if (!a->resp_open && soth_h1_in_flight(a->h) == 0) {
+        static const char body[] = "soth-mitm: request head not received in time\n";
+        char head[160];
+        int hn = snprintf(head, sizeof(head),
+                          "HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
+                          "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                          sizeof(body) - 1);
+        if (a->env.send(a->env.ctx, APP_CLIENT, head, (size_t)hn) == 0)
+            a->env.send(a->env.ctx, APP_CLIENT, body, sizeof(body) - 1);
+        a->answered = true;
+    }
+    soth_h1_abort(a->h, SOTH_H1_TIMEOUT);
+    a->dead = true;
+    a->reason = SOTH_CLOSE_IDLE_TIMEOUT;
+    return APP_DONE;
+}
+
 static struct app *h1_new(const struct app_env *env)
 {
     size_t esz = soth_h1_size(NULL);
@@ -644,6 +689,7 @@ static struct app *h1_new(const struct app_env *env)
     a->env = *env;
     a->cap = env->cfg != NULL ? env->cfg->events.body_capture_bytes : 0;
     a->reason = SOTH_CLOSE_RELAY_EOF;
+    a->awaiting_head = true;
     struct soth_h1_cbs cbs = {
         .ctx = a,
         .out = h1_out,
@@ -714,6 +760,24 @@ void app_abort(struct app *a, enum soth_outcome outcome)
 int app_hold(struct app *a, unsigned side, bool hold)
 {
     return KIND(a) == APP_H2 ? app_h2_hold(a, side, hold) : APP_AGAIN;
+}
+
+uint64_t app_head_deadline(const struct app *a, uint32_t request_header_ms)
+{
+    if (KIND(a) != APP_H1)
+        return 0;
+    const struct app_h1 *h = (const struct app_h1 *)(const void *)a;
+    return h->dead || h->head_since_ms == 0 ? 0 : h->head_since_ms + request_header_ms;
+}
+
+int app_head_timeout(struct app *a)
+{
+    return KIND(a) == APP_H1 ? h1_head_timeout(H1(a)) : APP_AGAIN;
+}
+
+bool app_is_h2(const struct app *a)
+{
+    return KIND(a) == APP_H2;
 }
 
 bool app_read_paused(const struct app *a, unsigned side)

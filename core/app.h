@@ -74,6 +74,18 @@ void app_abort(struct app *a, enum soth_outcome outcome);
  */
 int app_hold(struct app *a, unsigned side, bool hold);
 
+/**
+ * HTTP/1.1: the monotonic ms by which the request head the client started must be complete
+ * (its first byte's arrival + request_header_ms), or 0 when no head is pending.
+ */
+uint64_t app_head_deadline(const struct app *a, uint32_t request_header_ms);
+/** That deadline passed: answer 408 when nothing else is on its way to the client, end the
+ *  exchanges in flight as timed out. Returns APP_DONE (close reason idle_timeout). */
+int app_head_timeout(struct app *a);
+
+/** HTTP/2 (holds output per leg; never pause its reads) rather than HTTP/1.1. */
+bool app_is_h2(const struct app *a);
+
 /** True while reads from `side` must stay paused (stash not empty). */
 bool app_read_paused(const struct app *a, unsigned side);
 

@@ -1003,6 +1003,10 @@ static void app_after(struct worker *w, struct flow *f, unsigned from, int rc)
         flow_close(w, f, app_close_reason(f->app));
         return;
     }
+    /* A request head in progress must complete within request_header_ms (SPEC). */
+    uint64_t hd = app_head_deadline(f->app, w->cfg->timeouts.request_header_ms);
+    if (hd != 0 && (f->deadline_ms == 0 || hd < f->deadline_ms))
+        timer_set(w, f, hd);
     for (unsigned s = 0; s < 2; s++) {
         struct conn *out = &f->c[s];
         if (f->app != NULL && app_read_paused(f->app, s)) {
@@ -1011,7 +1015,7 @@ static void app_after(struct worker *w, struct flow *f, unsigned from, int rc)
             conn_resume_recv(w, f, s);
         }
         /* HTTP/2 holds output for a congested leg; flow control then stops its sender. */
-        if (!f->app_held[s] && over_high(out)) {
+        if (!f->app_held[s] && over_high(out) && app_is_h2(f->app)) {
             f->app_held[s] = true;
             rc = app_hold(f->app, s, true);
             if (rc != APP_AGAIN) {
@@ -1029,8 +1033,7 @@ static void app_plain_input(struct worker *w, struct flow *f, unsigned side, con
 {
     int rc = app_input(f->app, side, p, len);
     app_after(w, f, side, rc);
-    if (f->state == FS_RELAY && !f->app_done && over_high(&f->c[side ^ 1]) &&
-        !f->app_held[side ^ 1])
+    if (f->state == FS_RELAY && !f->app_done && over_high(&f->c[side ^ 1]) && !app_is_h2(f->app))
         conn_pause_recv(w, f, side);
 }
 
@@ -1368,7 +1371,8 @@ static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned 
     bool ok = tls_pump(w, f, side);
     soth_tls_conn_feed_done(t);
     buf_put(w, bid);
-    if (ok && over_high(&f->c[side ^ 1]))
+    /* HTTP/2 holds output per leg instead: pausing would stall every stream's frames. */
+    if (ok && over_high(&f->c[side ^ 1]) && (f->app == NULL || !app_is_h2(f->app)))
         conn_pause_recv(w, f, side);
 }
 
@@ -2018,17 +2022,16 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
         else if (f->state == FS_ANSWER || f->state == FS_LINGER)
             /* The client went away while we answered: the answer's reason still holds. */
             flow_close(w, f, (enum soth_close_reason)f->answer_reason);
-        else if (f->state == FS_RELAY && f->app != NULL && side == SIDE_CLIENT &&
-                 cqe->res == -ECONNRESET) {
+        else if (f->state == FS_RELAY && f->app != NULL) {
             /*
-             * Clients routinely close with bytes unread (TLS session tickets, a response they
-             * stopped reading), which resets the connection: for the HTTP layer that is the
-             * client going away, and the exchanges end as for its EOF.
+             * A reset leg (clients routinely close with bytes unread, e.g. TLS session
+             * tickets): the HTTP layer ends its exchanges (a client's as its going away, an
+             * upstream's as aborted) and names the close reason.
              */
             c->eof_in = true;
             if (!f->app_done)
-                app_eof(f->app, SIDE_CLIENT, false);
-            flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
+                app_eof(f->app, side, true);
+            flow_close(w, f, app_close_reason(f->app));
         } else
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
     }
@@ -2047,6 +2050,13 @@ static void on_send(struct worker *w, struct flow *f, unsigned side, int res)
     if (res < 0) {
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "send %s: %s",
                  side ? "upstream" : "client", soth_strerror(res));
+        if (f->state == FS_RELAY && f->app != NULL) {
+            /* The leg is gone (reset, broken pipe): the HTTP layer ends its exchanges. */
+            if (!f->app_done)
+                app_eof(f->app, side, true);
+            flow_close(w, f, app_close_reason(f->app));
+            return;
+        }
         flow_close(w, f,
                    f->state == FS_ANSWER ? (enum soth_close_reason)f->answer_reason
                                          : SOTH_CLOSE_RELAY_ERROR);
@@ -2103,6 +2113,8 @@ static void on_shutdown(struct worker *w, struct flow *f, unsigned side, int res
         conn_arm_recv(w, f, SIDE_CLIENT);
         return;
     }
+    if (f->app_done && side == SIDE_CLIENT && f->state == FS_RELAY)
+        timer_set(w, f, now_ms() + SOTH_LINGER_MS); /* all sent: wait for the FIN, briefly */
     flow_check_done(w, f);
 }
 
@@ -2140,13 +2152,21 @@ static void on_timeout(struct worker *w, struct flow *f)
     case FS_TLS_DOWN:
         tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
         return;
-    case FS_RELAY:
-        if (f->last_active_ms + w->cfg->timeouts.idle_ms > now) {
-            timer_set(w, f, f->last_active_ms + w->cfg->timeouts.idle_ms);
+    case FS_RELAY: {
+        uint64_t hd =
+            f->app != NULL ? app_head_deadline(f->app, w->cfg->timeouts.request_header_ms) : 0;
+        if (hd != 0 && hd <= now) {
+            app_after(w, f, SIDE_CLIENT, app_head_timeout(f->app)); /* 408 */
+            return;
+        }
+        uint64_t idle = f->last_active_ms + w->cfg->timeouts.idle_ms;
+        if (idle > now) {
+            timer_set(w, f, hd != 0 && hd < idle ? hd : idle);
             return;
         }
         flow_close(w, f, SOTH_CLOSE_IDLE_TIMEOUT);
         return;
+    }
     case FS_ANSWER:
     case FS_LINGER:
         flow_close(w, f, (enum soth_close_reason)f->answer_reason);

@@ -1034,6 +1034,9 @@ static int cb_headers_complete(llhttp_t *p)
     if (h->cbs.on_head != NULL) {
         int rc = h->cbs.on_head(h->cbs.ctx, d->side, m->id, &hd);
         if (rc < 0) {
+            /* A request refused by on_head was never reported: it is no exchange. */
+            if (d->side == SOTH_H1_CLIENT)
+                h->qlen--;
             set_err(h, d->side, 0, NULL, NULL, rc);
             return -1;
         }

@@ -231,7 +231,8 @@ struct soth_h1_cbs {
     /** A complete head (before it is forwarded). Return 0 to forward it, SOTH_H1_HEAD_SENT
      *  when the callback already sent its own serialisation of the head through `out` (a
      *  proxy rewriting an absolute-form target), or a negative value to stop the engine
-     *  (dead) and make the feed return it: nothing of the message is sent. */
+     *  (dead) and make the feed return it: nothing of the message is sent, and a refused
+     *  request is no exchange (no on_exchange for it). */
     int (*on_head)(void *ctx, int dir, uint32_t stream_id, const struct soth_h1_head *h);
     /** Message body bytes after de-chunking, in order; any split. */
     void (*on_body)(void *ctx, int dir, uint32_t stream_id, const char *p, size_t n);
