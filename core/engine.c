@@ -190,6 +190,9 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
         for (unsigned i = 0; i < started; i++)
             pthread_join(e->workers[i].thr, NULL);
         soth_resolver_stop(e);
+        for (unsigned i = 0; i < started; i++)
+            if (e->workers[i].efd >= 0)
+                close(e->workers[i].efd);
         goto fail_observe_started;
     }
     return e;
@@ -257,6 +260,11 @@ void soth_engine_stop(struct soth_engine *e)
     for (unsigned i = 0; i < e->n_workers; i++)
         pthread_join(e->workers[i].thr, NULL);
     soth_resolver_stop(e);
+    for (unsigned i = 0; i < e->n_workers; i++) {
+        if (e->workers[i].efd >= 0)
+            close(e->workers[i].efd); /* every writer (main, resolver) is done */
+        e->workers[i].efd = -1;
+    }
     soth_observe_stop(e->obs);
     soth_learn_dispose(e); /* after the workers and the telemetry thread (the aggregator) */
     for (unsigned i = 0; i < e->n_workers; i++) {

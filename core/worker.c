@@ -2411,8 +2411,8 @@ static void worker_teardown(struct worker *w)
         memcpy(&w->free_chunks, c, sizeof(char *));
         free(c);
     }
-    if (w->efd >= 0)
-        close(w->efd);
+    /* w->efd stays open: other threads may still write to it (soth_worker_wake); the engine
+     * closes it after joining every thread. */
     if (w->listen_fd >= 0)
         close(w->listen_fd);
     w->listen_fd = -1;
