@@ -1331,6 +1331,10 @@ Test(h2_relay, goaway_from_origin)
     cr_assert_str_eq(rc->end.detail, "upstream_refused");
     cr_assert(h->ua_goaway);
     cr_assert_eq(h->ua_goaway_code, NGHTTP2_NO_ERROR);
+    cr_assert(soth_h2_relay_goaway_received(h->r, SOTH_H2_UPSTREAM));
+    cr_assert(!soth_h2_relay_goaway_received(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_UPSTREAM), "a graceful GOAWAY is no failure");
+    cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
     cr_assert_eq(rec_of(a->sid)->end.outcome, SOTH_H2_COMPLETE);
     cr_assert_eq(rec_of(b->sid)->end.outcome, SOTH_H2_COMPLETE);
     /* Everything drained: the client leg is finished. */
@@ -1352,6 +1356,8 @@ Test(h2_relay, goaway_from_client_reaches_origin)
         pump(h);
         cr_assert(h->origin_goaway);
         cr_assert_eq(h->origin_goaway_code, NGHTTP2_NO_ERROR, "the client's code stays on its hop");
+        cr_assert(soth_h2_relay_goaway_received(h->r, SOTH_H2_CLIENT));
+        cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
         assert_complete_echo(h, a); /* in flight: finishes */
         cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_UPSTREAM), "upstream leg finished");
         h_free(h);
@@ -1468,7 +1474,10 @@ Test(h2_relay, bad_preface_goaway)
     cbs.ctx = h;
     h->r = soth_h2_relay_new(&cbs, NULL);
     const char *junk = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
     cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, junk, strlen(junk)), SOTH_E_MALFORMED);
+    cr_assert(soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_UPSTREAM));
     cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
     cr_assert(soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
     cr_assert_eq(soth_h2_relay_flush(h->r), 0);
@@ -1493,6 +1502,9 @@ Test(h2_relay, garbage_after_preface_goaway)
     cr_assert(rc == (ssize_t)sizeof(bad) || rc < 0);
     cr_assert_eq(soth_h2_relay_flush(h->r), 0);
     cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_PROTOCOL_ERROR);
+    /* nghttp2 answered the connection error itself: the leg counts as failed */
+    cr_assert(soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_goaway_received(h->r, SOTH_H2_CLIENT));
     cr_assert(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)bad, 9) < 0);
     cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
     cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
