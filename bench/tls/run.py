@@ -249,7 +249,8 @@ def main():
     a = ap.parse_args()
     for exe in ("soth-mitm", "bench/tls/tls_load"):
         if not os.path.exists(os.path.join(a.build, exe)):
-            sys.exit(f"{a.build}/{exe} missing: build with -DSOTH_BENCH=ON")
+            sys.exit(f"{a.build}/{exe} missing: build with -DSOTH_BENCH=ON (tls_load needs"
+                     " libssl-dev)")
     tmp = tempfile.mkdtemp(prefix="soth-tlsbench-")
     origin = Origin(tmp, a.bytes)
     mitm = Mitm(a.build, tmp, origin)

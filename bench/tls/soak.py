@@ -53,6 +53,9 @@ def main():
             asan = "SOTH_SANITIZE:BOOL=ON" in f.read()
     except OSError:
         asan = False
+    for d, exe in ((a.build, "soth-mitm"), (a.load_build or a.build, "bench/tls/tls_load")):
+        if not os.path.exists(os.path.join(d, exe)):
+            sys.exit(f"{d}/{exe} missing: build with -DSOTH_BENCH=ON (tls_load needs libssl-dev)")
     tmp = tempfile.mkdtemp(prefix="soth-tlssoak-")
     origin = run.Origin(tmp, 0)
     mitm = run.Mitm(a.build, tmp, origin, extra_cfg={"events": {"ring_size_mb": 8}},
