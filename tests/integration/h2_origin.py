@@ -370,6 +370,8 @@ class H2Client:
         self.sock.sendall(self.c.data_to_send())
         self.r = {}  # sid -> dict(status, headers, body, trailers, ended, reset)
         self.pending = {}  # sid -> [body, off, trailers]
+        self.hold = set()  # streams whose received data is not acknowledged (see release())
+        self.held = {}
         self.goaway = None
         self.closed = False
 
@@ -428,6 +430,14 @@ class H2Client:
                 return
             del self.out[:n]
 
+    def release(self, sid):
+        """Acknowledge what a held stream received and stop holding it."""
+        self.hold.discard(sid)
+        n = self.held.pop(sid, 0)
+        if n and not self.done(sid):
+            self.c.acknowledge_received_data(n, sid)
+        self.flush()
+
     def reset(self, sid, code):
         self.c.reset_stream(sid, code)
         self.pending.pop(sid, None)
@@ -484,7 +494,12 @@ class H2Client:
             r = self.r.get(ev.stream_id)
             if r is not None:
                 r["body"] += ev.data
-            self.c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if ev.stream_id in self.hold:
+                # the application "does not read" this stream: its window stays shut
+                self.held[ev.stream_id] = self.held.get(ev.stream_id, 0) + \
+                    ev.flow_controlled_length
+            else:
+                self.c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.TrailersReceived):
             self.r[ev.stream_id]["trailers"] = list(ev.headers)
         elif isinstance(ev, h2.events.StreamEnded):

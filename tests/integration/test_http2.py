@@ -350,6 +350,47 @@ class PropagationTests(H2Base):
         fl = flows_with(evs, "request_headers")[0]
         self.assertEqual(fl[-1]["reason_code"], "client_eof")
 
+    def test_slow_stream_does_not_block_others(self):
+        # One stream's reader stops (its window stays shut): the relay buffers at most that
+        # stream's window and the other streams of the connection go on (no head-of-line
+        # blocking inside the proxy); then the stalled stream completes byte-exact.
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            big = 8 << 20
+            stalled = c.request("GET", f"/gen/20/{big}")
+            c.hold.add(stalled)
+            c.run_until(lambda: len(c.r[stalled]["body"]) > 0)
+            others = [c.request("GET", f"/gen/{21 + i}/300000") for i in range(5)]
+            c.run_until(lambda: all(c.done(s) for s in others), timeout=60)
+            for i, s in enumerate(others):
+                self.assertEqual(bytes(c.r[s]["body"]), body_for(21 + i, 300000))
+            got = len(c.r[stalled]["body"])
+            self.assertLess(got, big)
+            self.assertLessEqual(got, (1 << 20), "no more than the client's stream window")
+            c.release(stalled)
+            c.run_until(lambda: c.done(stalled), timeout=120)
+            self.assertEqual(bytes(c.r[stalled]["body"]), body_for(20, big))
+            c.close()
+            evs = p.checked_events()
+        done = {x["request_headers"][0]["path"]: x["exchange_completed"][0]
+                for x in exchanges(evs).values()}
+        self.assertEqual(done[f"/gen/20/{big}"]["response_bytes"], big)
+
+    def test_idle_timeout_ends_streams_with_timeout(self):
+        cfg = self.config(timeouts={"idle_ms": 800})
+        with Proxy(config=cfg) as p:
+            c = self.client(p)
+            ok = c.request("GET", "/gen/30/10")
+            slow = c.request("GET", "/slow")
+            c.run_until(lambda: c.done(ok) and c.r[slow]["status"] == 200)
+            c.run_until(lambda: c.closed, timeout=20)
+            c.close()
+            evs = p.checked_events()
+        fl = flows_with(evs, "request_headers")[0]
+        outcomes = {e["stream_id"]: e["outcome"] for e in fl if e["type"] == "exchange_completed"}
+        self.assertEqual(outcomes, {ok: "complete", slow: "timeout"})
+        self.assertEqual(fl[-1]["reason_code"], "idle_timeout")
+
     def test_sigterm_drains_in_flight_stream(self):
         p = Proxy(config=self.config())
         try:
