@@ -39,6 +39,7 @@
 #define DEC_MIN_VALUE        64u
 #define DEC_BOMB_FLOOR       (64u << 10) /* outputs below this are never called bombs */
 #define DEC_ZSTD_WINDOW_LOG  23
+#define DEC_KEEP_SCRATCH     (64u << 10) /* stage buffers kept between runs */
 #define DEC_STEP             (16u << 10) /* output granted per decompression call */
 
 struct dbuf {
@@ -1137,8 +1138,25 @@ static bool looks_json(const char *p, size_t n)
     return i < n && (p[i] == '{' || p[i] == '[');
 }
 
+static int decode_run(struct soth_decoder *d, const struct soth_decode_req *req,
+                      struct soth_decode_result *res);
+
 int soth_decode_run(struct soth_decoder *d, const struct soth_decode_req *req,
                     struct soth_decode_result *res)
+{
+    int rc = decode_run(d, req, res);
+    /* The result never points into the stage buffers: give large ones back, so a flow that
+     * once decoded a big body does not keep max_output twice for its lifetime. */
+    for (int i = 0; i < 2; i++)
+        if (d->stage[i].cap > DEC_KEEP_SCRATCH) {
+            free(d->stage[i].p);
+            d->stage[i] = (struct dbuf){0};
+        }
+    return rc;
+}
+
+static int decode_run(struct soth_decoder *d, const struct soth_decode_req *req,
+                      struct soth_decode_result *res)
 {
     memset(res, 0, sizeof(*res));
     res->format = SOTH_FMT_UNKNOWN;
