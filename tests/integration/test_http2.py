@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 import hpack
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
@@ -199,6 +200,22 @@ class PythonClientTests(H2Base):
         # The connection's bytes include framing and TLS: at least the bodies.
         self.assertGreater(closed["bytes_client_to_server"], got_req)
         self.assertGreater(closed["bytes_server_to_client"], got_resp)
+
+    def test_requests_counted_in_metrics(self):
+        from harness import free_port
+        mport = free_port()
+        with Proxy(config=self.config(metrics={"listen": f"127.0.0.1:{mport}"})) as p:
+            c = self.client(p)
+            sids = [c.request("GET", f"/gen/{40 + i}/10") for i in range(7)]
+            c.run_until(lambda: all(c.done(s) for s in sids))
+            c.close()
+            time.sleep(0.3)
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            p.checked_events()
+        line = [ln for ln in text.splitlines()
+                if ln.startswith('soth_requests_total{protocol="http2"}')]
+        self.assertEqual(line, ['soth_requests_total{protocol="http2"} 7'], text)
 
     def test_trailers_both_ways(self):
         with Proxy(config=self.config()) as p:
