@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the peer benchmark (bench/peers/run.py) needs on Debian 12, idempotently:
 # the build dependencies (ci/setup.sh), the peers (nginx-light, haproxy, squid-openssl,
-# mitmproxy) and the
-# load tools (wrk, h2load from nghttp2-client, hey), valgrind for instruction counts, and perf
-# for profiles. Debian packages only. Run as root (or with sudo available).
+# mitmproxy), the load tools (wrk, h2load from nghttp2-client, hey), valgrind for instruction
+# counts, and perf for profiles. Debian packages only. Run as root (or with sudo available).
 #
 #   bash bench/setup.sh
 set -euo pipefail

@@ -916,8 +916,10 @@ def wl_idle(a, ctx, target):
         held, err = loop.run_until_complete(idle_open(
             n, target.port, ctx["origin_port"], target.mode == "regular", t0 + a.idle_seconds))
         setup = time.time() - t0
+        short = None
         if len(held) < n and not err:
-            err = f"time limit: {len(held)} connections in {a.idle_seconds:g}s"
+            # the harness's own limit (set-up is bound by CPU 0), not the target's failure
+            short = f"time limit: {len(held)} of {n} set up in {a.idle_seconds:g} s"
         loop.run_until_complete(asyncio.sleep(1.0))
         rss = rss_kib(target.pids)
         anon = anon_kib(target.pids)
@@ -934,11 +936,11 @@ def wl_idle(a, ctx, target):
     if not held:
         return None, err or "no connection held"
     r = {"requests": len(held), "rps": len(held) / setup, "mbps": None, "p50": None,
-         "p99": None, "errors": n - len(held), "cpu_pct": 100 * cpu / setup,
+         "p99": None, "errors": 0 if short else n - len(held), "cpu_pct": 100 * cpu / setup,
          "cpu_us": cpu / len(held) * 1e6, "rss_mib": rss / 1024,
          "kib_per_conn": (anon - base) / len(held)}
-    if err:
-        r["error_detail"] = err
+    if err or short:
+        r["error_detail"] = err or short
     return r, None
 
 
@@ -1153,7 +1155,7 @@ def render(title, workloads, targets, results, notes, instr):
                         c += " (" + " ".join(parts) + ")"
                 cells.append(c)
             e = str(r["errors"])
-            if r["errors"] and r.get("error_detail"):
+            if r.get("error_detail"):
                 e += f" ({one_line(r['error_detail'])})"
             row = cells[:len(FIGS)] + [e] + cells[len(FIGS):]
             lines.append(f"| {t} | " + " | ".join(row) + " |")
@@ -1195,7 +1197,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build-bench"))
     ap.add_argument("--no-build", action="store_true", help="use --build as it is")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--quick", action="store_true",
                     help="1 repetition of 2 s, 1000 idle connections, fewer callgrind requests")
     ap.add_argument("--gate", action="store_true", help="CI perf gate (see docs/performance.md)")
@@ -1205,7 +1207,7 @@ def main():
     ap.add_argument("--idle-conns-peers", type=int, default=2000,
                     help="idle connections for nginx and haproxy (set-up time is CPU 0's)")
     ap.add_argument("--idle-conns-mitm", type=int, default=500)
-    ap.add_argument("--idle-seconds", type=float, default=150, help="time limit per target")
+    ap.add_argument("--idle-seconds", type=float, default=240, help="time limit per target")
     ap.add_argument("--tunnel-mib", type=int, default=512)
     ap.add_argument("--callgrind-requests", type=int, default=2000)
     ap.add_argument("--no-callgrind", action="store_true")
@@ -1454,8 +1456,6 @@ def gate(a):
     atexit.register(kill_all)
     if a.reps == 3 and not a.quick:
         a.reps = 5
-    if a.seconds == 4:
-        a.seconds = 3
     if not a.no_build:
         build(a)
     if not os.path.exists(os.path.join(a.build, "soth-mitm")):
