@@ -81,13 +81,15 @@ static void on_msg(void *ctx, const struct soth_ws_msg *m)
     default:
         FAIL();
     }
-    struct rec r = {.len = m->len,
-                    .opcode = m->opcode,
-                    .close_code = m->close_code,
-                    .frames = m->frames,
-                    .truncated = m->truncated,
-                    .compressed = m->compressed,
-                    .data_hash = fnv(0, m->data.base, m->data.len)};
+    struct rec r;
+    memset(&r, 0, sizeof(r)); /* padding is hashed too: no stack garbage in it */
+    r.len = m->len;
+    r.opcode = m->opcode;
+    r.close_code = m->close_code;
+    r.frames = m->frames;
+    r.truncated = m->truncated;
+    r.compressed = m->compressed;
+    r.data_hash = fnv(0, m->data.base, m->data.len);
     f->hash = fnv(f->hash, &r, sizeof(r));
     if (f->recs != NULL && f->n < MAX_MSGS)
         f->recs[f->n] = r;
