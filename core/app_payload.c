@@ -119,7 +119,7 @@ static bool msg_begin(struct pl_msg *m, const struct soth_header *h, size_t n)
 
 static void msg_body(struct pl_msg *m, const char *p, size_t n)
 {
-    if (!m->active)
+    if (!m->active || n == 0)
         return;
     m->total += n;
     if (m->len >= APP_PL_CAPTURE)

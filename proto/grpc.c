@@ -166,8 +166,10 @@ ssize_t soth_grpc_feed(struct soth_grpc *g, const char *data, size_t len, struct
                 size_t c = room > g->kept ? room - g->kept : 0;
                 if (c > k)
                     c = k;
-                memcpy(g->buf + g->kept, data + i, c);
-                g->kept += (uint32_t)c;
+                if (c > 0) {
+                    memcpy(g->buf + g->kept, data + i, c);
+                    g->kept += (uint32_t)c;
+                }
             }
             g->left -= (uint32_t)k;
             i += k;
