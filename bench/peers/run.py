@@ -1114,8 +1114,9 @@ def goals_table(results):
 
 def render(title, workloads, targets, results, notes, instr):
     lines = [title, ""]
+    peers = ", ".join(dict.fromkeys(t.split()[0] for t in targets if t in PEERS))
     lines.append("Each cell: the median over repetitions, then `×d` its ratio to direct and `×p` "
-                 "its ratio to the best peer (nginx, haproxy, mitmdump; best = highest req/s "
+                 f"its ratio to the best peer ({peers}; best = highest req/s "
                  "and MB/s, lowest latency, CPU and RSS). Errors are summed over repetitions.")
     lines.append("")
     for wl, desc in workloads:
