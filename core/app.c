@@ -93,6 +93,8 @@ static bool iov_same_ci(struct soth_iov a, const char *b, size_t n)
  */
 
 #define APP_WS_TURN_IDLE_NS (30ull * 1000000000ull) /* a turn silent this long ends (idle) */
+/* Capture per message and direction, at most (the ring's records are at most 1 MiB). */
+#define APP_WS_CAPTURE_MAX (256u << 10)
 
 struct app_stream {
     struct app_h1 *a;
@@ -197,7 +199,8 @@ static void stream_on_response_head(struct app_h1 *a, uint32_t id, const struct 
         struct app_stream *s = stream_get(a);
         if (s == NULL || s->ws_mem != NULL)
             return; /* out of memory (observation only: the relay goes on) */
-        struct soth_ws_limits lim = {.capture = (uint32_t)a->cap};
+        struct soth_ws_limits lim = {
+            .capture = (uint32_t)(a->cap < APP_WS_CAPTURE_MAX ? a->cap : APP_WS_CAPTURE_MAX)};
         size_t sz = (soth_ws_size(&lim) + 15) & ~(size_t)15;
         s->ws_mem = malloc(2 * sz);
         if (s->ws_mem == NULL)

@@ -229,6 +229,7 @@ static void sse_free(struct h2_sse *s)
 
 #define H2_WS_SLOTS        4
 #define H2_WS_TURN_IDLE_NS (30ull * 1000000000ull)
+#define H2_WS_CAPTURE_MAX  (256u << 10) /* capture per message and direction, at most */
 
 struct h2_ws_slot {
     struct app_h2 *h;
@@ -311,7 +312,8 @@ static struct h2_ws_slot *ws_start(struct app_h2 *h, int32_t sid, const struct s
             slot = &h->ws->slot[i];
     if (slot == NULL)
         return NULL;
-    struct soth_ws_limits lim = {.capture = (uint32_t)h->capture};
+    struct soth_ws_limits lim = {
+        .capture = (uint32_t)(h->capture < H2_WS_CAPTURE_MAX ? h->capture : H2_WS_CAPTURE_MAX)};
     size_t sz = (soth_ws_size(&lim) + 15) & ~(size_t)15;
     if (slot->mem == NULL)
         slot->mem = malloc(2 * sz);
