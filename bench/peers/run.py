@@ -378,7 +378,9 @@ def start_soth(a, d, name, mode, extra_cfg=None):
         time.sleep(0.05)
     if t.port is None:
         p.log.seek(0)
-        t.error = "did not start: " + one_line(p.log.read())
+        st = p.poll()
+        t.error = (f"did not start (exit status {st}): " if st is not None else
+                   "did not start: ") + one_line(p.log.read())
     t.refresh_pids()
     return t
 
