@@ -1219,9 +1219,13 @@ def main():
     ap.add_argument("--out", help="write the markdown table here too")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     a = ap.parse_args()
-    if a.quick:
-        a.reps, a.seconds, a.idle_conns, a.idle_conns_peers, a.idle_conns_mitm = 1, 2, 1000, 500, 200
-        a.tunnel_mib, a.callgrind_requests = 128, 500
+    if a.quick:  # smaller defaults; flags given explicitly still win
+        quick = {"reps": 1, "seconds": 2, "idle_conns": 1000, "idle_conns_peers": 500,
+                 "idle_conns_mitm": 200, "tunnel_mib": 128, "callgrind_requests": 500}
+        given = {x.split("=")[0] for x in sys.argv[1:] if x.startswith("--")}
+        for k, v in quick.items():
+            if "--" + k.replace("_", "-") not in given:
+                setattr(a, k, v)
     a.build = os.path.abspath(a.build)
 
     if a.gate:
