@@ -705,6 +705,22 @@ class ReverseAndConfigTests(H2Base):
             self.assertEqual(captured(x["response_body_chunk"]), body_for(int(seed), int(n)))
             self.assertEqual(x["exchange_completed"][0]["outcome"], "complete")
 
+    def test_h2load_reverse_mode(self):
+        mode = f"reverse:https://origin.test:{self.origin.port}"
+        with Proxy(mode=mode, config=self.config()) as p:
+            out = subprocess.run(["h2load", "-n", "1000", "-c", "4", "-m", "10",
+                                  f"https://127.0.0.1:{p.port}/gen/50/2000"],
+                                 capture_output=True, text=True, timeout=120)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            self.assertIn("1000 succeeded, 0 failed, 0 errored", out.stdout)
+            self.assertIn("status codes: 1000 2xx", out.stdout)
+            evs = p.checked_events()
+        done = [e for e in evs if e["type"] == "exchange_completed"]
+        self.assertEqual(len(done), 1000)
+        self.assertTrue(all(d["outcome"] == "complete" and d["response_bytes"] == 2000
+                            for d in done))
+        self.assertEqual(len(flows_with(evs, "request_headers")), 4)
+
     def test_http2_disabled_offers_http11_only(self):
         # An origin that would pick h2 when offered, and says what it negotiated.
         d = tempfile.mkdtemp(prefix="soth-alpn-")
