@@ -16,8 +16,10 @@ to its event ring, TLS again to nginx (verified against the bench CA). wrk does 
 certificates.
 
 Prints a markdown table with medians: requests/s, MB/s of response bodies (requests/s x body
-size, 10^6 bytes), both as a ratio to direct, and soth-mitm's CPU time (utime+stime of the
-process over the point) per request; plus the proxy's soth_events_dropped_total.
+size, 10^6 bytes), both as a ratio to direct, wrk's median latency, and soth-mitm's CPU time
+(utime+stime of the process over the point) per request; plus the proxy's
+soth_events_dropped_total and the load average during the run (the rates mean little on a busy
+machine: compare CPU per request).
 """
 import argparse
 import json
@@ -197,9 +199,10 @@ class Mitm:
 
 
 def wrk(port, path, seconds, conns):
-    """(requests, requests/s, non-2xx + socket errors) of one wrk run on CPU 0."""
+    """(requests, requests/s, non-2xx + socket errors, median latency in us, output) of one wrk
+    run on CPU 0."""
     out = subprocess.run(["taskset", "-c", "0", WRK, "-t", "1", "-c", str(conns), "-d",
-                          f"{seconds:g}s", "--timeout", "10s",
+                          f"{seconds:g}s", "--timeout", "10s", "--latency",
                           f"https://127.0.0.1:{port}/{path}"],
                          capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
@@ -216,7 +219,9 @@ def wrk(port, path, seconds, conns):
     e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", txt)
     if e:
         errors += sum(int(x) for x in e.groups())
-    return int(m.group(1)), float(rps.group(1)), errors, txt
+    lat = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", txt, re.M)
+    p50 = float(lat.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[lat.group(2)] if lat else 0.0
+    return int(m.group(1)), float(rps.group(1)), errors, p50, txt
 
 
 def main():
@@ -233,21 +238,23 @@ def main():
     tmp = tempfile.mkdtemp(prefix="soth-httpbench-")
     origin = Origin(tmp)
     mitm = Mitm(a.build, tmp, origin)
-    res = {(t, name): {"rps": [], "cpu_us": [], "err": 0}
+    res = {(t, name): {"rps": [], "cpu_us": [], "p50": [], "err": 0}
            for t in ("direct", "soth-mitm") for name, _ in SIZES}
     try:
         for name, _ in SIZES:  # warm-up: leaf minted, connections and caches warm
             wrk(mitm.port, name, 1, a.connections)
         for rep in range(a.reps):
             for name, _ in SIZES:
-                n, rps, err, _ = wrk(origin.port, name, a.seconds, a.connections)
+                n, rps, err, p50, _ = wrk(origin.port, name, a.seconds, a.connections)
                 res[("direct", name)]["rps"].append(rps)
+                res[("direct", name)]["p50"].append(p50)
                 res[("direct", name)]["err"] += err
                 c0 = cpu_seconds(mitm.proc.pid)
-                n, rps, err, txt = wrk(mitm.port, name, a.seconds, a.connections)
+                n, rps, err, p50, txt = wrk(mitm.port, name, a.seconds, a.connections)
                 cpu = cpu_seconds(mitm.proc.pid) - c0
                 r = res[("soth-mitm", name)]
                 r["rps"].append(rps)
+                r["p50"].append(p50)
                 r["cpu_us"].append(cpu / max(1, n) * 1e6)
                 r["err"] += err
                 print(f"rep {rep + 1} {name}: direct {res[('direct', name)]['rps'][-1]:.0f} "
@@ -266,21 +273,23 @@ def main():
         f"({a.reps} interleaved repetitions, medians; soth-mitm reverse:https, 1 worker on CPU 1;"
         " wrk and nginx on CPU 0)",
         "",
-        "| response | target | req/s | x direct | body MB/s | x direct | proxy CPU us/req |"
-        " errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| response | target | req/s | x direct | body MB/s | x direct | p50 latency ms |"
+        " proxy CPU us/req | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, size in SIZES:
         d = md(res[("direct", name)]["rps"])
         s = md(res[("soth-mitm", name)]["rps"])
         label = "100 B" if size == 100 else "1 MiB"
-        lines.append(f"| {label} | direct | {d:.0f} | 1.00 | {d * size / 1e6:.1f} | 1.00 | - |"
+        lines.append(f"| {label} | direct | {d:.0f} | 1.00 | {d * size / 1e6:.1f} | 1.00 |"
+                     f" {md(res[('direct', name)]['p50']) / 1e3:.2f} | - |"
                      f" {res[('direct', name)]['err']} |")
         lines.append(f"| {label} | soth-mitm | {s:.0f} | {s / d:.2f} | {s * size / 1e6:.1f} |"
-                     f" {s / d:.2f} | {md(res[('soth-mitm', name)]['cpu_us']):.1f} |"
+                     f" {s / d:.2f} | {md(res[('soth-mitm', name)]['p50']) / 1e3:.2f} |"
+                     f" {md(res[('soth-mitm', name)]['cpu_us']):.1f} |"
                      f" {res[('soth-mitm', name)]['err']} |")
     lines += ["", f"soth-mitm: soth_requests_total {requests:.0f}, soth_events_dropped_total "
-              f"{dropped:.0f}"]
+              f"{dropped:.0f}; load average at the end {os.getloadavg()[0]:.1f}"]
     text = "\n".join(lines)
     print(text)
     if a.out:
