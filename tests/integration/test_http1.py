@@ -977,6 +977,41 @@ class RawTests(H1Base):
             self.assertEqual((captured, n), (block[:CAP], total))
         self.assertLess(grown_kb, 40 * 1024, f"proxy RSS grew {grown_kb} KiB while stalled")
 
+    def test_concurrent_large_downloads(self):
+        """16 keep-alive connections, each downloading 3 x 2 MiB at the same time through one
+        worker: every byte arrives, in bounded time, and every exchange is reported."""
+        import concurrent.futures
+        n, size = 16, 2 << 20
+        for leg in ("rtls", "intercept"):
+            with self.subTest(leg=leg), self.proxy(leg) as p:
+                def one(i):
+                    c = self.connect(p, leg)
+                    try:
+                        for _ in range(3):
+                            c.sendall(self.req(leg, "GET", f"/size/{size}"))
+                            r = read_response(c)
+                            if r["status"] != 200 or sha(r["body"]) != sha(BLOB[:size]):
+                                return False
+                        return True
+                    finally:
+                        c.close()
+
+                t0 = time.time()
+                with concurrent.futures.ThreadPoolExecutor(max_workers=n) as ex:
+                    ok = list(ex.map(one, range(n)))
+                took = time.time() - t0
+                self.assertEqual(ok, [True] * n)
+                self.assertLess(took, 60, f"{n} x 3 x 2 MiB took {took:.1f} s")
+                evs = p.checked_events()
+                flows = self.http_flows(evs)
+                self.assertEqual(len(flows), n)
+                for streams in flows.values():
+                    self.assertEqual(list(streams), [1, 2, 3])
+                    for s in streams.values():
+                        ex_ = self.completed(s)
+                        self.assertEqual((ex_["outcome"], ex_["response_bytes"]),
+                                         ("complete", size))
+
     def test_slow_request_head_times_out(self):
         # timeouts.request_header_ms bounds the arrival of a whole request head, however slowly
         # its bytes trickle in (SPEC), here for a request inside a reverse-mode flow.
