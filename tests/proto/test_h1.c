@@ -1105,9 +1105,9 @@ Test(h1, on_head_veto_and_out_failure)
     };
     struct run_opts o = {.head_rc = -13};
     struct result r;
-    run_all(st, 1, &o, &r);
+    run_all(st, 1, &o, &r); /* a refused request is no exchange: nothing in flight */
     TRACE_IS(&r,
-             "H0 1 GET / HTTP/1.1 {Host: h} a=h p=/ ka nb\nR -13\ndone=1 inflight=1 held=0/0\n");
+             "H0 1 GET / HTTP/1.1 {Host: h} a=h p=/ ka nb\nR -13\ndone=1 inflight=0 held=0/0\n");
     cr_assert_eq(r.out[U].len, 0);
     result_free(&r);
 
