@@ -2179,7 +2179,12 @@ static void on_timeout(struct worker *w, struct flow *f)
 static void timers_run(struct worker *w)
 {
     uint64_t now = now_ms();
-    uint64_t last = now / SOTH_TICK_MS;
+    /*
+     * Walk only ticks that have fully elapsed: a timer due later in the current tick would be
+     * found not due yet, and the walk would move past its slot for a whole revolution of the
+     * wheel (8 s). Timers fire up to one tick late instead.
+     */
+    uint64_t last = now / SOTH_TICK_MS - 1;
     if (w->n_timers == 0) {
         /* Nothing armed: no need to walk the ticks that passed while the loop slept. */
         w->wheel_tick = last + 1;
