@@ -719,7 +719,8 @@ static void telemetry_sleep(struct soth_observe *o)
     (void)r;
 }
 
-#define LINGER_ROUNDS 100 /* 1 ms polls before the consumer sleeps on its eventfd */
+#define LINGER_MS     5   /* poll period while lingering */
+#define LINGER_ROUNDS 200 /* polls (1 s) before the consumer sleeps on its eventfd */
 
 static void *telemetry_main(void *arg)
 {
@@ -744,14 +745,16 @@ static void *telemetry_main(void *arg)
         /*
          * Linger before announcing sleep: under steady traffic a batch comes every few hundred
          * microseconds, and a consumer that slept after each one would make every worker flush
-         * pay an eventfd write (a syscall and a wake-up) on the data path. Polling at 1 ms for
-         * LINGER_ROUNDS costs this thread little and bounds the added event latency to 1 ms; a
-         * producer whose ring is over a quarter full still writes the eventfd (soth_ev_flush).
+         * pay an eventfd write (a syscall and a wake-up) on the data path. Polling every
+         * LINGER_MS for LINGER_ROUNDS costs this thread ~200 wake-ups/s (a 1 ms period cost a
+         * fifth of the proxy's CPU in the peer benchmark) and bounds the added event latency to
+         * LINGER_MS; a producer whose ring is over a quarter full still writes the eventfd
+         * (soth_ev_flush), so a burst is drained at once.
          */
         if (idle < LINGER_ROUNDS) {
             idle++;
             struct pollfd pfd = {.fd = o->efd, .events = POLLIN};
-            if (poll(&pfd, 1, 1) > 0) {
+            if (poll(&pfd, 1, LINGER_MS) > 0) {
                 uint64_t v;
                 ssize_t r = read(o->efd, &v, sizeof(v));
                 (void)r;
