@@ -81,9 +81,6 @@ static int run(struct soth_config *cfg, const struct soth_cli_overrides *cli)
     struct soth_tls_caps caps;
     soth_tls_self_check(&caps, err, sizeof(err));
     SOTH_LOG(caps.aesni_built && caps.aesni_cpu ? SOTH_LOG_INFO : SOTH_LOG_WARN, -1, 0, "%s", err);
-    /* Issue 5 wires TLS interception into the workers; until then say what intercept does. */
-    SOTH_LOG(SOTH_LOG_INFO, -1, 0,
-             "TLS interception is not wired yet: \"intercept\" decisions relay bytes as tunnels");
     struct soth_engine *e = soth_engine_start(cfg, err, sizeof(err));
     if (e == NULL) {
         fprintf(stderr, "soth-mitm: %s\n", err);
