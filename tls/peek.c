@@ -68,6 +68,7 @@ static int parse_sni(struct rd e, struct soth_tls_client_hello *h)
     if (!rd_u16(&e, &list_len) || list_len != e.n || list_len == 0)
         return SOTH_E_MALFORMED;
     list = e;
+    bool seen = false;
     while (list.n > 0) {
         uint8_t type;
         uint16_t len;
@@ -76,10 +77,16 @@ static int parse_sni(struct rd e, struct soth_tls_client_hello *h)
             return SOTH_E_MALFORMED;
         if (type != 0)
             continue; /* unknown name types are skipped (RFC 6066 3) */
-        if (h->has_sni)
-            return SOTH_E_MALFORMED; /* one host_name only */
+        if (seen || name.n == 0)
+            return SOTH_E_MALFORMED; /* one host_name only, never empty */
+        seen = true;
+        /*
+         * A name that is not a DNS name ("127.0.0.1:8443" from clients that send the Host
+         * header, an IP literal RFC 6066 forbids) is ignored like an absent SNI: the leaf is
+         * for the CONNECT host, as mitmproxy and squid do.
+         */
         if (!tls_name_is_dns((const char *)name.p, name.n, false))
-            return SOTH_E_MALFORMED;
+            continue;
         h->has_sni = true;
         h->sni = soth_iov(name.p, name.n);
     }

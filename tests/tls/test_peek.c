@@ -266,9 +266,12 @@ Test(tls_peek, minimal_and_valid_builds)
 Test(tls_peek, malformed)
 {
     struct soth_tls_client_hello h;
-    /* SNI: bad characters, empty name, two host_names, list length lies */
-    cr_assert_eq(peek_blob(build(EXT(0, 0, 0, 8, 0, 6, 0, 0, 3, 'a', ' ', 'b'), true, 0), &h),
-                 SOTH_E_MALFORMED);
+    /* SNI: a name that is no DNS name is ignored (no SNI), not a failure */
+    cr_assert_gt(peek_blob(build(EXT(0, 0, 0, 8, 0, 6, 0, 0, 3, 'a', ' ', 'b'), true, 0), &h), 0);
+    cr_assert_not(h.has_sni);
+    cr_assert_gt(peek_blob(build(EXT(0, 0, 0, 8, 0, 6, 0, 0, 3, 'a', ':', '1'), true, 0), &h), 0);
+    cr_assert_not(h.has_sni);
+    /* SNI: empty name, two host_names, list length lies */
     cr_assert_eq(peek_blob(build(EXT(0, 0, 0, 5, 0, 3, 0, 0, 0), true, 0), &h), SOTH_E_MALFORMED);
     cr_assert_eq(peek_blob(build(EXT(0, 0, 0, 10, 0, 8, 0, 0, 1, 'a', 0, 0, 1, 'b'), true, 0), &h),
                  SOTH_E_MALFORMED);
