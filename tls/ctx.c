@@ -76,6 +76,29 @@ static int on_ticket(WOLFSSL *ssl, unsigned char key_name[WOLFSSL_TICKET_NAME_SZ
     return WOLFSSL_TICKET_RET_OK;
 }
 
+/*
+ * wolfSSL (built with WOLFSSL_ALWAYS_VERIFY_CB) calls this for every upstream certificate.
+ * preverify predates its host-name and IP checks, whose verdict is in the store's error, so
+ * both decide; a rejected certificate's subject and issuer are kept for the failure detail.
+ */
+static int on_verify(int preverify, WOLFSSL_X509_STORE_CTX *store)
+{
+    if (preverify && wolfSSL_X509_STORE_CTX_get_error(store) == 0)
+        return 1;
+    WOLFSSL *ssl = wolfSSL_X509_STORE_CTX_get_ex_data(store, 0);
+    struct soth_tls_conn *c = ssl != NULL ? wolfSSL_GetIOReadCtx(ssl) : NULL;
+    WOLFSSL_X509 *x = wolfSSL_X509_STORE_CTX_get_current_cert(store);
+    if (c != NULL && x != NULL && c->rejected[0] == '\0') {
+        char sub[96], iss[96];
+        if (wolfSSL_X509_NAME_oneline(wolfSSL_X509_get_subject_name(x), sub, sizeof(sub)) == NULL)
+            sub[0] = '\0';
+        if (wolfSSL_X509_NAME_oneline(wolfSSL_X509_get_issuer_name(x), iss, sizeof(iss)) == NULL)
+            iss[0] = '\0';
+        snprintf(c->rejected, sizeof(c->rejected), "\"%s\" issued by \"%s\"", sub, iss);
+    }
+    return 0;
+}
+
 static int ctx_common(WOLFSSL_CTX *ctx, bool client)
 {
     int groups[] = {WOLFSSL_ECC_X25519, WOLFSSL_ECC_SECP256R1};
@@ -238,7 +261,7 @@ int soth_tls_ctx_new(const struct soth_tls_ctx_params *p, struct soth_tls_ctx **
                       sys);
             goto fail;
         }
-        wolfSSL_CTX_set_verify(t->client_ctx, WOLFSSL_VERIFY_PEER, NULL);
+        wolfSSL_CTX_set_verify(t->client_ctx, WOLFSSL_VERIFY_PEER, on_verify);
     } else {
         wolfSSL_CTX_set_verify(t->client_ctx, WOLFSSL_VERIFY_NONE, NULL);
     }

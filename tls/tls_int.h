@@ -153,6 +153,8 @@ struct soth_tls_conn {
     uint8_t rec_alert_len;
     int clear_alert; /* description of a fatal cleartext alert received, -1 = none */
     int fail_where;  /* 1 handshake, 2 read, 3 write */
+    /* upstream: the certificate verification rejected, as "subject" issued by "issuer" */
+    char rejected[192];
 
     char host[LEAF_NAME_MAX]; /* upstream: verified name; server: leaf name */
     uint64_t host_key;        /* upstream: hash of host (session cache key) */

@@ -129,6 +129,17 @@ class Proxy:
         return False
 
 
+def close_listener(sock):
+    """Stop a listening socket for good. close() alone leaves a thread blocked in accept()
+    holding the socket open: it stays in LISTEN and accepts one more connection, served by a
+    closed test fixture (a stale origin answering for a newer one)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes accept() with EINVAL and leaves LISTEN
+    except OSError:
+        pass
+    sock.close()
+
+
 class EchoServer:
     """Threaded TCP echo origin on loopback; counts accepted connections."""
 
@@ -170,7 +181,7 @@ class EchoServer:
 
     def close(self):
         self._stop = True
-        self.sock.close()
+        close_listener(self.sock)
 
 
 def connect_tunnel(proxy, host, port, timeout=10):

@@ -492,7 +492,7 @@ class H2PayloadOrigin:
             s.close()
 
     def close(self):
-        self.sock.close()
+        close_listener(self.sock)
 
 
 class Http2PayloadTests(unittest.TestCase):

@@ -25,7 +25,7 @@ import time
 import unittest
 
 from eventcheck import body_of, by_stream
-from harness import Proxy, by_flow, read_head
+from harness import Proxy, by_flow, close_listener, read_head
 
 CAP = 4096  # events.body_capture_bytes (SPEC default)
 BLOB = os.urandom(3 << 20)  # bodies served by the origin are prefixes of this
@@ -39,10 +39,11 @@ def openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_origin_ca(d):
-    """A test CA and a leaf for origin.test / 127.0.0.1 in directory d."""
+def make_origin_ca(d, name="h1 origin test CA"):
+    """A test CA (named name: each fixture its own, so a failure names whose certificate it
+    saw) and a leaf for origin.test / 127.0.0.1 in directory d."""
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=h1 origin test CA",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", f"/CN={name}",
             "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign", cwd=d)
     openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -190,6 +191,8 @@ class Origin:
     recorded in self.log as a dict (method, target, headers, body, trailers).
     """
 
+    strays = []  # (our port, local address) of connections accepted for another listener
+
     def __init__(self, tls_dir=None):
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -215,11 +218,13 @@ class Origin:
                 return
             with self.lock:
                 self.accepts += 1
+                if c.getsockname()[1] != self.port:
+                    Origin.strays.append((self.port, c.getsockname()))
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def close(self):
         self.stop = True
-        self.sock.close()
+        close_listener(self.sock)
 
     def _serve(self, raw):
         raw.settimeout(20)
@@ -356,7 +361,7 @@ class H1Base(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="soth-h1-")
-        make_origin_ca(cls.dir)
+        make_origin_ca(cls.dir, f"h1 origin test CA {cls.__name__} {os.getpid()}")
         cls.origin_ca = os.path.join(cls.dir, "ca.pem")
         cls.plain = Origin()
         cls.tls = Origin(tls_dir=cls.dir)
@@ -370,6 +375,9 @@ class H1Base(unittest.TestCase):
     def setUp(self):
         self.plain.log.clear()
         self.tls.log.clear()
+
+    def tearDown(self):
+        self.assertEqual(Origin.strays, [], "an origin accepted a connection meant for another")
 
     # -- proxies for each leg
     def proxy(self, leg, **cfg_extra):
@@ -855,14 +863,19 @@ class RawTests(H1Base):
                 c = self.connect(p, leg)
                 pieces = [os.urandom(3000), os.urandom(2000), b"x"]
                 data = b"".join(pieces)
-                c.sendall(self.req(leg, "POST", "/echo-chunked", chunked=pieces,
+                xid = f"trailers-{leg}-{os.getpid()}"
+                c.sendall(self.req(leg, "POST", "/echo-chunked", headers=[("X-Id", xid)],
+                                   chunked=pieces,
                                    trailers=[("X-Check", "abc"), ("X-Sum", sha(data))]))
                 r = read_response(c)
                 c.close()
                 self.assertEqual(r["body"], data)
                 self.assertEqual(r["trailers"], [("X-Echo-X-Check", "abc"),
                                                  ("X-Echo-X-Sum", sha(data))])
-                got = self.origin_of(leg).log[-1]
+                log = self.origin_of(leg).log
+                mine = [x for x in log if hget(x["headers"], "x-id") == xid]
+                self.assertEqual(len(mine), 1, f"the origin saw this request once: {log}")
+                got = mine[0]
                 self.assertEqual(got["trailers"], [("X-Check", "abc"), ("X-Sum", sha(data))])
                 evs = p.checked_events()
                 _, streams = self.one_flow(evs)

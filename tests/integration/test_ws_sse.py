@@ -167,7 +167,7 @@ class SSEOrigin:
             raw.close()
 
     def close(self):
-        self.sock.close()
+        close_listener(self.sock)
 
 
 class H2SSEOrigin:
@@ -235,7 +235,7 @@ class H2SSEOrigin:
             raw.close()
 
     def close(self):
-        self.sock.close()
+        close_listener(self.sock)
 
 
 class Dechunk:
@@ -586,7 +586,7 @@ class H2WSOrigin:
             raw.close()
 
     def close(self):
-        self.sock.close()
+        close_listener(self.sock)
 
 
 class WebSocketH2Tests(Base):

@@ -307,8 +307,11 @@ Test(tls_conn, ip_literal_upstream_verified_against_ip_san)
                  0);
     cr_assert_eq(tu_handshake(cli, srv), SOTH_E_TLS);
     enum soth_tls_fail why;
-    cr_assert_eq(soth_tls_conn_failure(cli, &why, NULL, 0), 0);
+    char detail[512];
+    cr_assert_eq(soth_tls_conn_failure(cli, &why, detail, sizeof(detail)), 0);
     cr_assert_eq(why, SOTH_TLS_FAIL_CERT_VALIDATION);
+    /* the detail names the certificate that was rejected */
+    cr_assert(strstr(detail, "\"/CN=127.0.0.1\" issued by \"") != NULL, "%s", detail);
     soth_tls_conn_free(cli);
     soth_tls_conn_free(srv);
 }
