@@ -53,37 +53,6 @@ struct app_h1 {
     _Alignas(max_align_t) unsigned char engine[];
 };
 
-static bool iov_eq_ci(struct soth_iov a, const char *b)
-{
-    size_t n = strlen(b);
-    if (a.len != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = a.base[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c + 32);
-        if (c != b[i])
-            return false;
-    }
-    return true;
-}
-
-static bool iov_same_ci(struct soth_iov a, const char *b, size_t n)
-{
-    if (a.len != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char x = a.base[i], y = b[i];
-        if (x >= 'A' && x <= 'Z')
-            x = (char)(x + 32);
-        if (y >= 'A' && y <= 'Z')
-            y = (char)(y + 32);
-        if (x != y)
-            return false;
-    }
-    return true;
-}
-
 /* ---- WebSocket and SSE observation (issue 9)
  *
  * The parsers only read what the engine relays: WebSocket frames of both directions after a
@@ -176,7 +145,7 @@ static void stream_on_sse_event(void *ctx, const struct soth_sse_event *e)
 static struct soth_iov header_value(const struct soth_h1_head *hd, const char *name)
 {
     for (size_t i = 0; i < hd->n_headers; i++)
-        if (iov_eq_ci(hd->headers[i].name, name))
+        if (soth_iov_is_ci(hd->headers[i].name, name))
             return hd->headers[i].value;
     return SOTH_IOV_NULL;
 }
@@ -185,7 +154,7 @@ static bool iov_has_ci(struct soth_iov v, const char *needle)
 {
     size_t n = strlen(needle);
     for (size_t i = 0; i + n <= v.len; i++)
-        if (iov_same_ci(soth_iov(v.base + i, n), needle, n))
+        if (soth_iov_eq_ci(soth_iov(v.base + i, n), needle, n))
             return true;
     return false;
 }
@@ -194,7 +163,7 @@ static bool iov_has_ci(struct soth_iov v, const char *needle)
 static void stream_on_response_head(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
 {
     if (hd->status == 101 && hd->upgrade) {
-        if (!iov_eq_ci(header_value(hd, "upgrade"), "websocket"))
+        if (!soth_iov_is_ci(header_value(hd, "upgrade"), "websocket"))
             return;
         struct app_stream *s = stream_get(a);
         if (s == NULL || s->ws_mem != NULL)
@@ -220,13 +189,13 @@ static void stream_on_response_head(struct app_h1 *a, uint32_t id, const struct 
     struct soth_iov ct = header_value(hd, "content-type");
     const char *es = "text/event-stream";
     size_t esn = strlen(es);
-    if (hd->no_body || ct.len < esn || !iov_same_ci(soth_iov(ct.base, esn), es, esn))
+    if (hd->no_body || ct.len < esn || !soth_iov_eq_ci(soth_iov(ct.base, esn), es, esn))
         return;
     if (ct.len > esn && ct.base[esn] != ';' && ct.base[esn] != ' ' && ct.base[esn] != '\t')
         return;
     /* A compressed stream is not parsed here (the bytes on the wire are not the events). */
     struct soth_iov ce = header_value(hd, "content-encoding");
-    if (ce.base != NULL && ce.len > 0 && !iov_eq_ci(ce, "identity"))
+    if (ce.base != NULL && ce.len > 0 && !soth_iov_is_ci(ce, "identity"))
         return;
     struct app_stream *s = stream_get(a);
     if (s == NULL)
@@ -314,7 +283,7 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     if (a->authority_len == 0 && auth.len > 0 && auth.len < sizeof(a->authority)) {
         memcpy(a->authority, auth.base, auth.len);
         a->authority_len = (uint16_t)auth.len;
-    } else if (!iov_same_ci(auth, a->authority, a->authority_len)) {
+    } else if (!soth_iov_eq_ci(auth, a->authority, a->authority_len)) {
         /* One upstream per client connection: close it cleanly without an answer; clients
          * retry a request that got nothing on a reused connection on a fresh one (curl -x
          * does, RFC 9112 9.3.1), which then reaches the other upstream. */
@@ -323,10 +292,11 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     }
     for (size_t i = 0; i < hd->n_headers && n < APP_MAX_FIELDS - 1; i++) {
         const struct soth_header *h = &hd->headers[i];
-        if (iov_eq_ci(h->name, "proxy-connection") || iov_eq_ci(h->name, "proxy-authorization"))
+        if (soth_iov_is_ci(h->name, "proxy-connection") ||
+            soth_iov_is_ci(h->name, "proxy-authorization"))
             continue;
         f[n] = *h;
-        if (iov_eq_ci(h->name, "host") && hd->scheme.len > 0) {
+        if (soth_iov_is_ci(h->name, "host") && hd->scheme.len > 0) {
             if (host_done)
                 continue;
             f[n].value = auth;
@@ -446,7 +416,7 @@ static void h1_on_complete(void *ctx, int dir, uint32_t id)
 static void h1_on_upgrade(void *ctx, uint32_t id, struct soth_iov protocol)
 {
     struct app_h1 *a = ctx;
-    if (iov_eq_ci(protocol, "websocket"))
+    if (soth_iov_is_ci(protocol, "websocket"))
         soth_ev_flow_set_protocol(a->env.ev, SOTH_PROTO_WEBSOCKET);
     if (a->obs != NULL && a->obs->ws_mem != NULL && a->obs->ws_id == id)
         a->obs->ws_live = true;

@@ -602,14 +602,6 @@ static uint64_t name_hash(struct soth_iov host)
     return h;
 }
 
-static bool iov_eq_nocase(struct soth_iov a, const char *b)
-{
-    size_t n = strlen(b);
-    if (a.len != n)
-        return false;
-    return strncasecmp(a.base, b, n) == 0;
-}
-
 static bool addr_from_text(const char *text, size_t len, uint16_t port, struct sockaddr_storage *ss,
                            socklen_t *sl)
 {
@@ -650,12 +642,12 @@ static bool resolve_fast(struct worker *w, struct soth_iov host, uint16_t port,
 {
     const struct soth_config *cfg = w->cfg;
     for (size_t i = 0; i < cfg->n_resolve; i++) {
-        if (iov_eq_nocase(host, cfg->resolve[i].name))
+        if (soth_iov_is_ci(host, cfg->resolve[i].name))
             return addr_from_text(cfg->resolve[i].addr, strlen(cfg->resolve[i].addr), port, ss, sl);
     }
     if (addr_from_text(host.base, host.len, port, ss, sl))
         return true;
-    if (iov_eq_nocase(host, "localhost"))
+    if (soth_iov_is_ci(host, "localhost"))
         return addr_from_text("127.0.0.1", 9, port, ss, sl);
     uint64_t h = name_hash(host);
     struct dns_cache_ent *e = &w->dns[h & (SOTH_DNS_CACHE - 1)];
@@ -1482,7 +1474,7 @@ static void flow_block(struct worker *w, struct flow *f, struct soth_iov rule)
 
 static bool header_is(const struct soth_header *h, const char *name)
 {
-    return iov_eq_nocase(h->name, name);
+    return soth_iov_is_ci(h->name, name);
 }
 
 /**

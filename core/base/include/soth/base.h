@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define SOTH_VERSION_STRING "0.1.0"
 
@@ -38,6 +39,29 @@ struct soth_iov {
 static inline struct soth_iov soth_iov(const void *p, size_t len)
 {
     return (struct soth_iov){(const char *)p, len};
+}
+
+/** a equals the n bytes at b, ASCII letters compared without case (header names, hosts). */
+static inline bool soth_iov_eq_ci(struct soth_iov a, const char *b, size_t n)
+{
+    if (a.len != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a.base[i], y = (unsigned char)b[i];
+        if (x >= 'A' && x <= 'Z')
+            x |= 0x20;
+        if (y >= 'A' && y <= 'Z')
+            y |= 0x20;
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+/** a equals the C string lit, ASCII letters compared without case. */
+static inline bool soth_iov_is_ci(struct soth_iov a, const char *lit)
+{
+    return soth_iov_eq_ci(a, lit, strlen(lit));
 }
 
 /** One header field, borrowed (shared by the parsers and the event producer API). */
