@@ -38,7 +38,7 @@ import msgpack
 import websockets
 import zstandard
 
-from harness import Proxy, by_flow
+from harness import Proxy, by_flow, close_listener
 from eventcheck import by_stream
 
 
