@@ -150,21 +150,6 @@ static void sse_on_event(void *ctx, const struct soth_sse_event *e)
                   e->truncated);
 }
 
-static bool sse_iov_prefix_ci(struct soth_iov v, const char *lit)
-{
-    size_t n = strlen(lit);
-    if (v.len < n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = v.base[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c + 32);
-        if (c != lit[i])
-            return false;
-    }
-    return true;
-}
-
 /* A response head: start parsing it when it is an uncompressed event stream. */
 static struct h2_sse_slot *sse_start(struct app_h2 *h, int32_t sid,
                                      const struct soth_h2_response *s)
@@ -172,12 +157,12 @@ static struct h2_sse_slot *sse_start(struct app_h2 *h, int32_t sid,
     bool es = false;
     for (size_t i = 0; i < s->n_headers; i++) {
         struct soth_iov n = s->headers[i].name, v = s->headers[i].value;
-        if (n.len == 12 && sse_iov_prefix_ci(n, "content-type") &&
-            sse_iov_prefix_ci(v, "text/event-stream") &&
+        if (n.len == 12 && soth_iov_starts_ci(n, "content-type") &&
+            soth_iov_starts_ci(v, "text/event-stream") &&
             (v.len == 17 || v.base[17] == ';' || v.base[17] == ' ' || v.base[17] == '\t'))
             es = true;
-        if (n.len == 16 && sse_iov_prefix_ci(n, "content-encoding") &&
-            !(v.len == 8 && sse_iov_prefix_ci(v, "identity")))
+        if (n.len == 16 && soth_iov_starts_ci(n, "content-encoding") &&
+            !(v.len == 8 && soth_iov_starts_ci(v, "identity")))
             return NULL; /* compressed: the DATA bytes are not the events */
     }
     if (!es || s->end_stream)
@@ -297,9 +282,9 @@ static struct h2_ws_slot *ws_start(struct app_h2 *h, int32_t sid, const struct s
     bool deflate = false;
     for (size_t i = 0; i < s->n_headers; i++) {
         struct soth_iov n = s->headers[i].name, v = s->headers[i].value;
-        if (n.len == 24 && sse_iov_prefix_ci(n, "sec-websocket-extensions"))
+        if (n.len == 24 && soth_iov_starts_ci(n, "sec-websocket-extensions"))
             for (size_t k = 0; k + 18 <= v.len; k++)
-                if (sse_iov_prefix_ci(soth_iov(v.base + k, v.len - k), "permessage-deflate"))
+                if (soth_iov_starts_ci(soth_iov(v.base + k, v.len - k), "permessage-deflate"))
                     deflate = true;
     }
     if (h->ws == NULL)
@@ -371,7 +356,7 @@ static void on_request_head(void *ctx, int32_t sid, const struct soth_h2_request
     struct app_h2 *h = ctx;
     struct h2_stream *ne = stream_add(h, sid);
     ne->ws_connect = q->method.len == 7 && memcmp(q->method.base, "CONNECT", 7) == 0 &&
-                     q->protocol.len == 9 && sse_iov_prefix_ci(q->protocol, "websocket");
+                     q->protocol.len == 9 && soth_iov_starts_ci(q->protocol, "websocket");
     app_pl_h2_request(&h->pl, &ne->pl, &h->env, q); /* grpc: protocol set before the head */
     if (h->env.m != NULL)
         SOTH_METRIC_ADD(h->env.m->requests[SOTH_PROTO_HTTP2], 1);

@@ -85,22 +85,6 @@ static const char *const framing_names[SOTH_FRAMING_COUNT] = {
     [SOTH_FRAMING_WS] = "ws",
 };
 
-static char lower(char c)
-{
-    return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
-}
-
-static bool eq_ci(const char *p, size_t n, const char *lit)
-{
-    size_t m = strlen(lit);
-    if (n != m)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (lower(p[i]) != lit[i])
-            return false;
-    return true;
-}
-
 int soth_coding_parse(struct soth_iov value, enum soth_coding *out, size_t max)
 {
     size_t n = 0, i = 0;
@@ -116,15 +100,16 @@ int soth_coding_parse(struct soth_iov value, enum soth_coding *out, size_t max)
         const char *t = value.base + a;
         size_t tl = b - a;
         enum soth_coding c;
-        if (tl == 0 || eq_ci(t, tl, "identity"))
+        if (tl == 0 || soth_iov_is_ci(soth_iov(t, tl), "identity"))
             c = SOTH_CODING_IDENTITY;
-        else if (eq_ci(t, tl, "gzip") || eq_ci(t, tl, "x-gzip"))
+        else if (soth_iov_is_ci(soth_iov(t, tl), "gzip") ||
+                 soth_iov_is_ci(soth_iov(t, tl), "x-gzip"))
             c = SOTH_CODING_GZIP;
-        else if (eq_ci(t, tl, "deflate"))
+        else if (soth_iov_is_ci(soth_iov(t, tl), "deflate"))
             c = SOTH_CODING_DEFLATE;
-        else if (eq_ci(t, tl, "br"))
+        else if (soth_iov_is_ci(soth_iov(t, tl), "br"))
             c = SOTH_CODING_BR;
-        else if (eq_ci(t, tl, "zstd"))
+        else if (soth_iov_is_ci(soth_iov(t, tl), "zstd"))
             c = SOTH_CODING_ZSTD;
         else
             c = SOTH_CODING_UNKNOWN;

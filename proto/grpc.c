@@ -218,27 +218,6 @@ int soth_grpc_finish(struct soth_grpc *g, struct soth_grpc_msg *msg, bool *got)
 
 /* ---- content types */
 
-static char lower(char c)
-{
-    return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
-}
-
-static bool prefix_ci(struct soth_iov v, const char *lit, size_t n)
-{
-    if (v.len < n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (lower(v.base[i]) != lit[i])
-            return false;
-    return true;
-}
-
-static bool eq_ci(struct soth_iov v, const char *lit)
-{
-    size_t n = strlen(lit);
-    return v.len == n && prefix_ci(v, lit, n);
-}
-
 static struct soth_iov trim(struct soth_iov v)
 {
     while (v.len > 0 && (v.base[0] == ' ' || v.base[0] == '\t')) {
@@ -265,7 +244,7 @@ bool soth_grpc_content_type(struct soth_iov content_type, enum soth_payload_form
 {
     static const char base[] = "application/grpc";
     struct soth_iov t = media_type(content_type);
-    if (!prefix_ci(t, base, sizeof(base) - 1))
+    if (!soth_iov_prefix_ci(t, base, sizeof(base) - 1))
         return false;
     struct soth_iov sub = {t.base + sizeof(base) - 1, t.len - (sizeof(base) - 1)};
     enum soth_payload_format f;
@@ -276,11 +255,11 @@ bool soth_grpc_content_type(struct soth_iov content_type, enum soth_payload_form
     } else {
         sub.base++;
         sub.len--;
-        if (eq_ci(sub, "proto"))
+        if (soth_iov_is_ci(sub, "proto"))
             f = SOTH_FMT_PROTO;
-        else if (eq_ci(sub, "json"))
+        else if (soth_iov_is_ci(sub, "json"))
             f = SOTH_FMT_JSON;
-        else if (eq_ci(sub, "msgpack"))
+        else if (soth_iov_is_ci(sub, "msgpack"))
             f = SOTH_FMT_MSGPACK;
         else
             f = SOTH_FMT_UNKNOWN;
@@ -295,15 +274,16 @@ enum soth_payload_format soth_payload_format_of(struct soth_iov content_type)
     struct soth_iov t = media_type(content_type);
     if (t.len == 0)
         return SOTH_FMT_NONE;
-    if (eq_ci(t, "application/json") || eq_ci(t, "text/json") || eq_ci(t, "application/x-json"))
+    if (soth_iov_is_ci(t, "application/json") || soth_iov_is_ci(t, "text/json") ||
+        soth_iov_is_ci(t, "application/x-json"))
         return SOTH_FMT_JSON;
-    if (t.len > 5 && prefix_ci((struct soth_iov){t.base + t.len - 5, 5}, "+json", 5))
+    if (t.len > 5 && soth_iov_prefix_ci((struct soth_iov){t.base + t.len - 5, 5}, "+json", 5))
         return SOTH_FMT_JSON;
-    if (eq_ci(t, "application/msgpack") || eq_ci(t, "application/x-msgpack") ||
-        eq_ci(t, "application/vnd.msgpack"))
+    if (soth_iov_is_ci(t, "application/msgpack") || soth_iov_is_ci(t, "application/x-msgpack") ||
+        soth_iov_is_ci(t, "application/vnd.msgpack"))
         return SOTH_FMT_MSGPACK;
-    if (eq_ci(t, "text/javascript") || eq_ci(t, "application/javascript") ||
-        eq_ci(t, "application/x-javascript"))
+    if (soth_iov_is_ci(t, "text/javascript") || soth_iov_is_ci(t, "application/javascript") ||
+        soth_iov_is_ci(t, "application/x-javascript"))
         return SOTH_FMT_UNKNOWN;
     return SOTH_FMT_NONE;
 }

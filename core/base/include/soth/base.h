@@ -41,10 +41,10 @@ static inline struct soth_iov soth_iov(const void *p, size_t len)
     return (struct soth_iov){(const char *)p, len};
 }
 
-/** a equals the n bytes at b, ASCII letters compared without case (header names, hosts). */
-static inline bool soth_iov_eq_ci(struct soth_iov a, const char *b, size_t n)
+/** a starts with the n bytes at b, ASCII letters compared without case. */
+static inline bool soth_iov_prefix_ci(struct soth_iov a, const char *b, size_t n)
 {
-    if (a.len != n)
+    if (a.len < n)
         return false;
     for (size_t i = 0; i < n; i++) {
         unsigned char x = (unsigned char)a.base[i], y = (unsigned char)b[i];
@@ -58,10 +58,22 @@ static inline bool soth_iov_eq_ci(struct soth_iov a, const char *b, size_t n)
     return true;
 }
 
+/** a equals the n bytes at b, ASCII letters compared without case (header names, hosts). */
+static inline bool soth_iov_eq_ci(struct soth_iov a, const char *b, size_t n)
+{
+    return a.len == n && soth_iov_prefix_ci(a, b, n);
+}
+
 /** a equals the C string lit, ASCII letters compared without case. */
 static inline bool soth_iov_is_ci(struct soth_iov a, const char *lit)
 {
     return soth_iov_eq_ci(a, lit, strlen(lit));
+}
+
+/** a starts with the C string lit, ASCII letters compared without case. */
+static inline bool soth_iov_starts_ci(struct soth_iov a, const char *lit)
+{
+    return soth_iov_prefix_ci(a, lit, strlen(lit));
 }
 
 /** One header field, borrowed (shared by the parsers and the event producer API). */
