@@ -192,6 +192,9 @@ struct worker {
     struct io_uring_buf_ring *br;
     char *bufs;
     unsigned br_added; /* buffers added since the last advance */
+    /* 1 while a provided buffer is ours (between its recv and buf_put): a buffer returned
+     * twice would let the kernel write into bytes still in use, so that is a bug stop. */
+    uint8_t bid_ours[SOTH_BUF_COUNT];
 
     struct flow *flows;
     uint32_t flows_hw; /* slots ever used */

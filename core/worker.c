@@ -75,24 +75,35 @@ static void flow_set_state(struct flow *f, enum flow_state st)
 
 /* ---- owned chunks: SOTH_BUF_SIZE bytes each, pooled per worker, never returned to libc. */
 
+/* A free chunk carries this tag after its link, so a chunk returned twice stops loudly instead
+ * of being handed to two owners. */
+static const uint64_t CHUNK_FREE_TAG = 0x9e3779b97f4a7c15ull;
+
 static char *chunk_get(struct worker *w)
 {
     char *c = w->free_chunks;
     if (c != NULL) {
         memcpy(&w->free_chunks, c, sizeof(char *));
+        memset(c + sizeof(char *), 0, sizeof(CHUNK_FREE_TAG));
         return c;
     }
     if (w->n_chunks >= SOTH_MAX_CHUNKS)
         return NULL;
     c = malloc(SOTH_BUF_SIZE);
-    if (c != NULL)
+    if (c != NULL) {
         w->n_chunks++;
+        memset(c + sizeof(char *), 0, sizeof(CHUNK_FREE_TAG));
+    }
     return c;
 }
 
 static void chunk_put(struct worker *w, char *c)
 {
+    uint64_t tag;
+    memcpy(&tag, c + sizeof(char *), sizeof(tag));
+    SOTH_BUG_ON(tag == CHUNK_FREE_TAG);
     memcpy(c, &w->free_chunks, sizeof(char *));
+    memcpy(c + sizeof(char *), &CHUNK_FREE_TAG, sizeof(tag));
     w->free_chunks = c;
 }
 
@@ -103,8 +114,18 @@ static char *buf_addr(struct worker *w, unsigned bid)
     return w->bufs + (size_t)bid * SOTH_BUF_SIZE;
 }
 
+/** A recv completed into provided buffer bid: it is ours until buf_put. */
+static unsigned buf_take(struct worker *w, unsigned bid)
+{
+    SOTH_BUG_ON(bid >= SOTH_BUF_COUNT || w->bid_ours[bid]);
+    w->bid_ours[bid] = 1;
+    return bid;
+}
+
 static void buf_put(struct worker *w, unsigned bid)
 {
+    SOTH_BUG_ON(bid >= SOTH_BUF_COUNT || !w->bid_ours[bid]);
+    w->bid_ours[bid] = 0;
     io_uring_buf_ring_add(w->br, buf_addr(w, bid), SOTH_BUF_SIZE, (unsigned short)bid,
                           io_uring_buf_ring_mask(SOTH_BUF_COUNT), (int)w->br_added);
     w->br_added++;
@@ -1986,7 +2007,7 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
     }
     if (cqe->res > 0) {
         SOTH_BUG_ON(!(cqe->flags & IORING_CQE_F_BUFFER));
-        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        unsigned bid = buf_take(w, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
         if (f->state == FS_CLOSING)
             buf_put(w, bid);
         else
@@ -2293,7 +2314,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
     if (f->gen != ud_gen(ud)) {
         /* Cannot happen for tracked ops (freed only at pending == 0); keep buffers safe. */
         if (cqe->flags & IORING_CQE_F_BUFFER)
-            buf_put(w, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+            buf_put(w, buf_take(w, cqe->flags >> IORING_CQE_BUFFER_SHIFT));
         return;
     }
     switch (op) {
@@ -2358,7 +2379,7 @@ static int ring_setup(struct worker *w)
     if (w->bufs == MAP_FAILED)
         return -errno;
     for (unsigned i = 0; i < SOTH_BUF_COUNT; i++)
-        buf_put(w, i);
+        buf_put(w, buf_take(w, i));
     io_uring_buf_ring_advance(w->br, (int)w->br_added);
     w->br_added = 0;
 
