@@ -1381,7 +1381,13 @@ static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned 
             tls_client_ready(w, f);
         return;
     }
+    uint32_t gen = f->gen;
     bool ok = tls_pump(w, f, side);
+    if (f->gen != gen) {
+        /* The pump ended the flow and, nothing being in flight, freed it and t with it. */
+        buf_put(w, bid);
+        return;
+    }
     soth_tls_conn_feed_done(t);
     buf_put(w, bid);
     /* HTTP/2 holds output per leg instead: pausing would stall every stream's frames. */
