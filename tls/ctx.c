@@ -89,7 +89,7 @@ static int on_verify(int preverify, WOLFSSL_X509_STORE_CTX *store)
     struct soth_tls_conn *c = ssl != NULL ? wolfSSL_GetIOReadCtx(ssl) : NULL;
     WOLFSSL_X509 *x = wolfSSL_X509_STORE_CTX_get_current_cert(store);
     if (c != NULL && x != NULL && c->rejected[0] == '\0') {
-        char sub[96], iss[96];
+        char sub[88], iss[88]; /* both fit c->rejected with the quotes */
         if (wolfSSL_X509_NAME_oneline(wolfSSL_X509_get_subject_name(x), sub, sizeof(sub)) == NULL)
             sub[0] = '\0';
         if (wolfSSL_X509_NAME_oneline(wolfSSL_X509_get_issuer_name(x), iss, sizeof(iss)) == NULL)
