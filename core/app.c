@@ -652,9 +652,55 @@ static int h1_head_timeout(struct app_h1 *a)
     return APP_DONE;
 }
 
+/*
+ * Section buffers (a head or trailer section being re-serialised, ~68 KiB with the default
+ * limits) are lent to the engines of a thread from its own free list while a section is built,
+ * so an idle connection holds none and no request mallocs once the list is warm. Kept: as many
+ * as were ever in use at once, up to H1_SECTIONS_KEEP.
+ */
+#define H1_SECTIONS_KEEP 64
+
+static _Thread_local struct {
+    void *free; /* linked through each buffer's first pointer */
+    unsigned n;
+} h1_sections;
+
+static void *h1_sec_get(void *ctx)
+{
+    (void)ctx;
+    void *m = h1_sections.free;
+    if (m == NULL)
+        return malloc(soth_h1_section_size(NULL));
+    memcpy(&h1_sections.free, m, sizeof(void *));
+    h1_sections.n--;
+    return m;
+}
+
+static void h1_sec_put(void *ctx, void *m)
+{
+    (void)ctx;
+    if (h1_sections.n >= H1_SECTIONS_KEEP) {
+        free(m);
+        return;
+    }
+    memcpy(m, &h1_sections.free, sizeof(void *));
+    h1_sections.free = m;
+    h1_sections.n++;
+}
+
+void app_thread_done(void)
+{
+    while (h1_sections.free != NULL) {
+        void *m = h1_sections.free;
+        memcpy(&h1_sections.free, m, sizeof(void *));
+        free(m);
+    }
+    h1_sections.n = 0;
+}
+
 static struct app *h1_new(const struct app_env *env)
 {
-    size_t esz = soth_h1_size(NULL);
+    size_t esz = soth_h1_core_size(NULL);
     struct app_h1 *a = calloc(1, sizeof(*a) + esz);
     if (a == NULL)
         return NULL;
@@ -673,6 +719,8 @@ static struct app *h1_new(const struct app_env *env)
         .on_upgrade = h1_on_upgrade,
         .on_exchange = h1_on_exchange,
         .on_error = h1_on_error,
+        .sec_get = h1_sec_get,
+        .sec_put = h1_sec_put,
     };
     a->h = soth_h1_init(a->engine, NULL, &cbs);
     soth_ev_flow_set_protocol(env->ev, SOTH_PROTO_HTTP1);

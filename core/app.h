@@ -49,6 +49,8 @@ struct app;
 struct app *app_new(enum app_kind kind, const struct app_env *env);
 /** Frees the layer; fires no events (call app_abort first if exchanges may be in flight). */
 void app_free(struct app *a);
+/** Free the calling thread's pool of HTTP/1.1 section buffers (a worker, as it exits). */
+void app_thread_done(void);
 
 /**
  * Plaintext received from `side`. The layer consumes everything: what it cannot process yet

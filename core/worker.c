@@ -2512,5 +2512,6 @@ void *soth_worker_main(void *arg)
     /* Let the last closes reach the kernel. */
     io_uring_submit(&w->ring);
     worker_teardown(w);
+    app_thread_done();
     return NULL;
 }

@@ -80,6 +80,7 @@ struct msg {
     bool no_body;
     bool until_close;
     struct soth_iov method, target, version, reason, host, upgrade_proto;
+    char upgrade_copy[64];  /* upgrade_proto outlives the head's section buffer */
     struct soth_header cur; /* the field being parsed, stored once its value completes */
     int cur_kind;           /* FK_* of cur */
     uint32_t id;
@@ -120,6 +121,7 @@ struct soth_h1 {
     bool done;     /* finished normally: feeds dropped */
     bool closing;  /* a message closed the connection: no new request starts */
     bool upgraded; /* byte relay */
+    bool lend;     /* section buffers are lent by cbs.sec_get while a section is built */
     bool eof[2];   /* per side */
     struct h1_err err;
 };
@@ -167,12 +169,36 @@ static size_t buf_cap(const struct soth_h1_limits *l)
     return l->max_head + l->max_fields + 16;
 }
 
+static size_t core_size(const struct soth_h1_limits *l)
+{
+    return align16(sizeof(struct soth_h1)) + align16((l->max_pipeline + 1) * sizeof(struct xchg));
+}
+
+/* A section buffer: the field table, then the re-serialised bytes. */
+static size_t section_size(const struct soth_h1_limits *l)
+{
+    return align16(l->max_fields * sizeof(struct soth_header)) + align16(buf_cap(l));
+}
+
 size_t soth_h1_size(const struct soth_h1_limits *limits)
 {
     struct soth_h1_limits l;
     limits_fill(&l, limits);
-    return align16(sizeof(struct soth_h1)) + align16((l.max_pipeline + 1) * sizeof(struct xchg)) +
-           2 * align16(l.max_fields * sizeof(struct soth_header)) + 2 * align16(buf_cap(&l));
+    return core_size(&l) + 2 * section_size(&l);
+}
+
+size_t soth_h1_core_size(const struct soth_h1_limits *limits)
+{
+    struct soth_h1_limits l;
+    limits_fill(&l, limits);
+    return core_size(&l);
+}
+
+size_t soth_h1_section_size(const struct soth_h1_limits *limits)
+{
+    struct soth_h1_limits l;
+    limits_fill(&l, limits);
+    return section_size(&l);
 }
 
 static int cb_message_begin(llhttp_t *p);
@@ -221,6 +247,37 @@ static const llhttp_settings_t settings = {
     .on_chunk_extension_value_complete = cb_chunk_ext_complete,
 };
 
+static void sec_carve(struct dir *d, char *p, const struct soth_h1_limits *l)
+{
+    d->fields = (struct soth_header *)(void *)p;
+    d->buf = p + align16(l->max_fields * sizeof(struct soth_header));
+    d->cap = buf_cap(l);
+}
+
+/* A section is being built: make sure d has its buffer (lent ones are taken here). */
+static bool sec_take(struct dir *d)
+{
+    if (d->buf != NULL)
+        return true;
+    struct soth_h1 *h = d->h;
+    char *p = h->cbs.sec_get(h->cbs.ctx);
+    if (p == NULL)
+        return false;
+    sec_carve(d, p, &h->lim);
+    return true;
+}
+
+/* The section is forwarded (or abandoned): a lent buffer goes back. */
+static void sec_drop(struct dir *d)
+{
+    if (!d->h->lend || d->buf == NULL)
+        return;
+    d->h->cbs.sec_put(d->h->cbs.ctx, d->fields);
+    d->buf = NULL;
+    d->fields = NULL;
+    d->cap = 0;
+}
+
 struct soth_h1 *soth_h1_init(void *mem, const struct soth_h1_limits *limits,
                              const struct soth_h1_cbs *cbs)
 {
@@ -233,16 +290,13 @@ struct soth_h1 *soth_h1_init(void *mem, const struct soth_h1_limits *limits,
     h->q = (struct xchg *)(void *)p;
     h->qcap = h->lim.max_pipeline + 1;
     p += align16(h->qcap * sizeof(struct xchg));
+    h->lend = cbs->sec_get != NULL && cbs->sec_put != NULL;
     for (int s = 0; s < 2; s++) {
         struct dir *d = &h->d[s];
-        d->fields = (struct soth_header *)(void *)p;
-        p += align16(h->lim.max_fields * sizeof(struct soth_header));
-    }
-    for (int s = 0; s < 2; s++) {
-        struct dir *d = &h->d[s];
-        d->buf = p;
-        d->cap = buf_cap(&h->lim);
-        p += align16(d->cap);
+        if (!h->lend) {
+            sec_carve(d, p, &h->lim);
+            p += section_size(&h->lim);
+        }
         d->h = h;
         d->side = s;
         d->state = DS_IDLE;
@@ -255,7 +309,8 @@ struct soth_h1 *soth_h1_init(void *mem, const struct soth_h1_limits *limits,
 
 void soth_h1_dispose(struct soth_h1 *h)
 {
-    (void)h;
+    sec_drop(&h->d[0]);
+    sec_drop(&h->d[1]);
 }
 
 struct soth_h1 *soth_h1_new(const struct soth_h1_limits *limits, const struct soth_h1_cbs *cbs)
@@ -464,6 +519,10 @@ static int emit(struct soth_h1 *h, int to_side, const char *p, size_t n)
 /* Append to the re-serialised head; never overflows before the raw limit (see buf_cap). */
 static int put(struct dir *d, const char *p, size_t n)
 {
+    if (!sec_take(d)) {
+        set_err(d->h, d->side, 0, NULL, NULL, SOTH_E_NOMEM);
+        return -1;
+    }
     if (n > d->cap - d->used) {
         size_err(d, "head_too_large", "header section over the size limit");
         return -1;
@@ -923,7 +982,7 @@ static void resolve_upgrade_wait(struct soth_h1 *h, struct xchg *x)
     c->state = h->closing ? DS_DISCARD : DS_IDLE;
 }
 
-static int cb_headers_complete(llhttp_t *p)
+static int headers_complete(llhttp_t *p)
 {
     struct dir *d = dir_of(p);
     struct soth_h1 *h = d->h;
@@ -1051,6 +1110,22 @@ static int cb_headers_complete(llhttp_t *p)
     return ret;
 }
 
+/* The head is reported and forwarded (or refused): its section buffer goes back. What of it
+ * is needed later (the Upgrade protocol, read when the message completes) is copied first. */
+static int cb_headers_complete(llhttp_t *p)
+{
+    struct dir *d = dir_of(p);
+    int ret = headers_complete(p);
+    struct soth_iov *up = &d->m.upgrade_proto;
+    if (up->len > 0 && up->base != d->m.upgrade_copy) {
+        size_t n = up->len < sizeof(d->m.upgrade_copy) ? up->len : sizeof(d->m.upgrade_copy);
+        memcpy(d->m.upgrade_copy, up->base, n);
+        *up = soth_iov(d->m.upgrade_copy, n);
+    }
+    sec_drop(d);
+    return ret;
+}
+
 static void count_body(struct dir *d, size_t n)
 {
     struct xchg *x = d->side == SOTH_H1_CLIENT ? q_newest(d->h) : q_awaiting(d->h);
@@ -1140,7 +1215,9 @@ static int cb_message_complete(llhttp_t *p)
             return -1;
         if (m->n_fields > 0 && h->cbs.on_trailers != NULL)
             h->cbs.on_trailers(h->cbs.ctx, d->side, m->id, d->fields, m->n_fields);
-        if (emit(h, !d->side, d->buf, d->used) < 0)
+        int rc = emit(h, !d->side, d->buf, d->used);
+        sec_drop(d);
+        if (rc < 0)
             return -1;
     }
     if (d->side == SOTH_H1_CLIENT) {
@@ -1226,6 +1303,10 @@ static ssize_t feed_section(struct dir *d, const char *p, size_t n)
     bool too_large;
     size_t seg;
     enum dir_state before = d->state;
+    if (!sec_take(d)) { /* the parser's callbacks point into the section from the start */
+        set_err(d->h, d->side, 0, NULL, NULL, SOTH_E_NOMEM);
+        return -1;
+    }
     enum scan_result sr = scan_head(d, p, n, &seg, &code, &detail, &too_large);
     ssize_t c = run(d, p, seg);
     if (c < 0)

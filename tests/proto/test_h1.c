@@ -67,6 +67,8 @@ static void str_free(struct str *s)
 
 /* ---- recorder: the callbacks of one run */
 struct rec {
+    int lent;        /* section buffers out (lending runs): at most one per direction */
+    size_t sec_size; /* soth_h1_section_size of the run's limits */
     struct str trace;
     struct str out[2];
     struct str expect_head[2]; /* by to_side: head bytes on_head promised, not yet seen */
@@ -305,12 +307,28 @@ static void try_feed(struct soth_h1 *h, struct rec *r, struct held *hd, int side
     b->len -= (size_t)n;
 }
 
+/* Lending runs: plain malloc/free, so ASan sees any use of a section after it went back. */
+static void *lend_get(void *ctx)
+{
+    struct rec *r = ctx;
+    r->lent++;
+    cr_assert_leq(r->lent, 2, "more than one section buffer per direction");
+    return malloc(r->sec_size);
+}
+
+static void lend_put(void *ctx, void *mem)
+{
+    struct rec *r = ctx;
+    r->lent--;
+    free(mem);
+}
+
 /*
  * Run the script; step `split_step` (or every feed when split_step < 0 and bytewise) is fed in
  * pieces: one byte at a time (bytewise) or cut at `split_at`.
  */
 static void run_once(const struct step *st, size_t n_st, const struct run_opts *o, int split_step,
-                     size_t split_at, bool bytewise, struct result *res)
+                     size_t split_at, bool bytewise, bool lend, struct result *res)
 {
     struct rec r = {.body_dir = -1, .fail_out_after = -1, .head_rc = o->head_rc};
     if (o->fail_out_after > 0)
@@ -326,7 +344,16 @@ static void run_once(const struct step *st, size_t n_st, const struct run_opts *
         .on_exchange = rec_exchange,
         .on_error = rec_error,
     };
-    struct soth_h1 *h = soth_h1_new(&o->lim, &cbs);
+    struct soth_h1 *h;
+    if (lend) {
+        /* Section buffers lent only while a head or trailer section is built. */
+        cbs.sec_get = lend_get;
+        cbs.sec_put = lend_put;
+        r.sec_size = soth_h1_section_size(&o->lim);
+        h = soth_h1_init(malloc(soth_h1_core_size(&o->lim)), &o->lim, &cbs);
+    } else {
+        h = soth_h1_new(&o->lim, &cbs);
+    }
     cr_assert_not_null(h);
     struct held hd = {0};
     bool dead = false;
@@ -377,6 +404,7 @@ static void run_once(const struct step *st, size_t n_st, const struct run_opts *
     cr_assert_eq(r.expect_head[0].len, 0, "a reported head was never forwarded");
     cr_assert_eq(r.expect_head[1].len, 0, "a reported head was never forwarded");
     soth_h1_free(h);
+    cr_assert_eq(r.lent, 0, "a section buffer was not given back");
     res->trace = r.trace;
     res->out[0] = r.out[0];
     res->out[1] = r.out[1];
@@ -410,16 +438,19 @@ static void run_all(const struct step *st, size_t n_st, const struct run_opts *o
 {
     struct result r;
     char how[64];
-    run_once(st, n_st, o, -1, 0, false, ref);
-    run_once(st, n_st, o, -1, 0, true, &r);
+    run_once(st, n_st, o, -1, 0, false, false, ref);
+    run_once(st, n_st, o, -1, 0, true, false, &r);
     same_result(ref, &r, "byte by byte");
+    result_free(&r);
+    run_once(st, n_st, o, -1, 0, true, true, &r);
+    same_result(ref, &r, "byte by byte, sections lent");
     result_free(&r);
     for (size_t i = 0; i < n_st; i++) {
         if (st[i].kind != S_FEED)
             continue;
         for (size_t k = 1; k < st[i].len; k++) {
-            run_once(st, n_st, o, (int)i, k, false, &r);
-            snprintf(how, sizeof(how), "step %zu split at %zu", i, k);
+            run_once(st, n_st, o, (int)i, k, false, (k & 1) != 0, &r);
+            snprintf(how, sizeof(how), "step %zu split at %zu%s", i, k, (k & 1) ? ", lent" : "");
             same_result(ref, &r, how);
             result_free(&r);
         }
@@ -1115,7 +1146,7 @@ Test(h1, on_head_veto_and_out_failure)
         FEED(C, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"),
     };
     struct run_opts o2 = {.fail_out_after = 1};
-    run_once(st2, 1, &o2, -1, 0, false, &r);
+    run_once(st2, 1, &o2, -1, 0, false, false, &r);
     cr_assert(strstr(r.trace.p, "R -32\n") != NULL, "%s", r.trace.p);
     result_free(&r);
 }

@@ -254,10 +254,22 @@ struct soth_h1_cbs {
      *  unsolicited response 0). The engine is dead afterwards. */
     void (*on_error)(void *ctx, int dir, uint32_t stream_id, unsigned status, const char *code,
                      const char *detail);
+    /**
+     * Optional: lend the engine a section buffer (soth_h1_section_size bytes, aligned for any
+     * type) while it re-serialises a head or trailer section, and take it back once that
+     * section is forwarded, so an idle connection holds none. NULL from sec_get fails the feed
+     * with SOTH_E_NOMEM. Without these the two section buffers live inside the engine memory.
+     */
+    void *(*sec_get)(void *ctx);
+    void (*sec_put)(void *ctx, void *mem);
 };
 
-/** Bytes needed for an engine with these limits (NULL: defaults). */
+/** Bytes needed for an engine with these limits (NULL: defaults), section buffers inside. */
 size_t soth_h1_size(const struct soth_h1_limits *limits);
+/** Bytes needed for an engine whose cbs lend section buffers (sec_get / sec_put). */
+size_t soth_h1_core_size(const struct soth_h1_limits *limits);
+/** Bytes of one lent section buffer. */
+size_t soth_h1_section_size(const struct soth_h1_limits *limits);
 
 /**
  * Initialise an engine in caller-owned memory of soth_h1_size(limits) bytes, suitably aligned
@@ -266,7 +278,7 @@ size_t soth_h1_size(const struct soth_h1_limits *limits);
  */
 struct soth_h1 *soth_h1_init(void *mem, const struct soth_h1_limits *limits,
                              const struct soth_h1_cbs *cbs);
-/** Release what init set up (nothing is allocated today); the memory may then be reused. */
+/** Release what init set up (a lent section buffer goes back); the memory may then be reused. */
 void soth_h1_dispose(struct soth_h1 *h);
 /** malloc + init (once per connection). NULL on allocation failure. */
 struct soth_h1 *soth_h1_new(const struct soth_h1_limits *limits, const struct soth_h1_cbs *cbs);
