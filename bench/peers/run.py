@@ -1364,7 +1364,7 @@ def main():
         "- squid-openssl 5.7 runs `ssl_bump bump all` (leaves from security_file_certgen, "
         "signed by the bench CA, RSA-2048), no cache, one worker; hey reaches it (and mitmdump) "
         "with its default Host/SNI `127.0.0.1:PORT`, soth-mitm with `-host origin.test` "
-        "(soth-mitm refuses an SNI that carries a port; /tmp/bench-bugs.md).",
+        "(the name on the origin's certificate; an SNI carrying a port would be ignored for the CONNECT host).",
         "- CPU is utime+stime of the proxy's whole process tree (/proc) over the point, divided "
         "by the requests the load tool completed; RSS is VmRSS summed over the tree, sampled "
         "every 50 ms.",
