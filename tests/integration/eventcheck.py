@@ -27,6 +27,9 @@ AssertionError) at the first violation of:
            response_bytes equal the message lengths seen in the chunks (not for 101 / CONNECT
            relays, whose relayed bytes are counted but not reported as chunks); no response
            body to HEAD, 1xx, 204 or 304;
+  tls      per flow and side (client, upstream), a handshake is tls_handshake_started then
+           exactly one of tls_handshake_succeeded / tls_handshake_failed, before the flow's
+           stream_closed; never a second started, never an end without its start (issue 5);
   6        stream_id is a positive integer; on an HTTP/1.x connection the exchanges are
            numbered 1, 2, 3, ... in request order; HTTP/2 (http_version "2") ids are any
            positive ids, never reused; one connection never mixes HTTP/1.x and HTTP/2.
@@ -300,7 +303,8 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
             fl = flows[ev["flow_id"]] = {
                 "next_seq": None, "closed": False, "decided": False, "decision": None,
                 "streams": {}, "first": None, "gap": 0, "partial": False, "relaxed": False,
-                "h2": None, "last_h1_id": 0, "started": False, "method": None}
+                "h2": None, "last_h1_id": 0, "started": False, "method": None,
+                "tls": {}}
         if fl["closed"]:
             _fail("event after stream_closed (invariant 2)", ev)
         t = ev["type"]
@@ -339,6 +343,18 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
             if fl["decision"] == "block" or (fl["decision"] == "tunnel" and (
                     t in TLS_EVENTS or fl["method"] == "CONNECT")):
                 _fail(f"{t} in a flow with a {fl['decision']} decision", ev)
+        # TLS handshakes: started, then exactly one end, per side.
+        if t in TLS_EVENTS and not fl["relaxed"]:
+            side, hs = ev["side"], fl["tls"].get(ev["side"])
+            if t == "tls_handshake_started":
+                if hs is not None:
+                    _fail(f"second tls_handshake_started on side {side}", ev)
+                fl["tls"][side] = "started"
+            elif hs != "started":
+                _fail(f"{t} on side {side} " +
+                      ("without tls_handshake_started" if hs is None else "after its end"), ev)
+            else:
+                fl["tls"][side] = "ended"
         # Invariants 4, 5, 6, per stream.
         if t in STREAM_EVENTS and not fl["relaxed"]:
             _check_stream_event(fl, ev, cap)
@@ -351,6 +367,9 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
                 _fail(f"events_dropped {ev['events_dropped']} != seq gaps {fl['gap']} "
                       "(invariant 1)", ev)
             if not fl["relaxed"]:
+                for side, hs in fl["tls"].items():
+                    if hs == "started":
+                        _fail(f"TLS handshake on side {side} started but never ended", ev)
                 for sid, st in fl["streams"].items():
                     if not st["done"]:
                         _fail(f"stream {sid} has no exchange_completed before stream_closed "

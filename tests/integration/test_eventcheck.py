@@ -252,6 +252,10 @@ class BadSequences(unittest.TestCase):
         "test_h1_ids_skip": "HTTP/1 stream_id 3, expected 2",
         "test_h1_ids_repeat": "request_headers after exchange_completed on stream 1",
         "test_h1_and_h2_mixed": "HTTP/1.x and HTTP/2 exchanges on one connection",
+        "test_tls_end_without_start": "tls_handshake_succeeded on side upstream without",
+        "test_tls_started_never_ends": "side upstream started but never ended",
+        "test_tls_two_ends": "tls_handshake_failed on side upstream after its end",
+        "test_tls_second_start": "second tls_handshake_started on side upstream",
     }
 
     def bad(self, fn, why, **kw):
@@ -345,6 +349,25 @@ class BadSequences(unittest.TestCase):
 
     def test_tls_after_tunnel(self):
         self.bad(lambda e: e[1].update(decision="tunnel"), "TLS events in a tunnelled flow")
+
+    # -- TLS handshakes: started, then exactly one end, per side
+    def test_tls_end_without_start(self):
+        self.bad(lambda e: e.pop(2), "succeeded without started")
+
+    def test_tls_started_never_ends(self):
+        self.bad(lambda e: e.pop(3), "started, then the flow closed")
+
+    def test_tls_two_ends(self):
+        def fn(e):
+            f = dict(e[3])
+            f.update(type="tls_handshake_failed", tls_failure_reason="eof",
+                     tls_failure_source="upstream", tls_ops_provider="native", detail="x",
+                     host_failure_count=1, global_failure_count=1)
+            e.insert(4, f)
+        self.bad(fn, "succeeded and failed")
+
+    def test_tls_second_start(self):
+        self.bad(lambda e: e.insert(4, dict(e[2])), "a second handshake on one side")
 
     def test_http_in_tunnelled_connect(self):
         def fn(e):

@@ -3,13 +3,17 @@ reach a TLS origin through CONNECT, with the handshake events in order."""
 import http.server
 import os
 import shutil
+import signal
+import socket
 import ssl
 import subprocess
 import tempfile
 import threading
+import time
 import unittest
 
-from harness import Proxy, by_flow
+from harness import Proxy, by_flow, free_port
+from test_observe import scrape
 
 PY = "/usr/bin/python3"
 
@@ -233,6 +237,61 @@ sys.exit(0 if san == ["origin.test"] else 3)
 """
             out = subprocess.run([PY, "-c", script], capture_output=True, timeout=30)
             self.assertEqual(out.returncode, 0, out.stderr)
+            p.checked_events()
+
+    def leaf_der(self, p, ctx):
+        """One intercepted connection: the DER of the leaf the proxy presented, after a GET."""
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        s.sendall(f"CONNECT origin.test:{self.origin.port} HTTP/1.1\r\n\r\n".encode())
+        buf = b""
+        while not buf.endswith(b"\r\n\r\n"):
+            c = s.recv(1)
+            self.assertTrue(c, buf)
+            buf += c
+        self.assertTrue(buf.startswith(b"HTTP/1.1 200"), buf)
+        t = ctx.wrap_socket(s, server_hostname="origin.test")
+        der = t.getpeercert(binary_form=True)
+        t.sendall(b"GET / HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+        got = b""
+        while True:
+            c = t.recv(65536)
+            if not c:
+                break
+            got += c
+        t.close()
+        self.assertTrue(got.startswith(b"HTTP/1.1 200") and got.endswith(self.origin.body), got)
+        return der
+
+    def test_sigusr1_flushes_every_workers_leaf_cache(self):
+        """Each worker mints its leaf once and serves it from its cache (random serials tell
+        leaves apart); after SIGUSR1 no worker presents a leaf from before."""
+        mport = free_port()
+        cfg = self.config()
+        cfg["metrics"] = {"listen": f"127.0.0.1:{mport}"}
+        with Proxy(config=cfg, workers=2) as p:
+            ctx = ssl.create_default_context(cafile=os.path.join(p.tmp, "ca", "soth-mitm-ca.pem"))
+            before = []
+            # Connections land on the workers by the kernel's hash of the client port: go on
+            # until both have answered (2^-39 odds of 40 all landing on one).
+            while len(set(before)) < 2 and len(before) < 40:
+                before.append(self.leaf_der(p, ctx))
+            self.assertEqual(len(set(before)), 2, "one leaf per worker, then cache hits")
+            m = scrape(mport)
+            self.assertEqual(m["soth_leaf_cache_misses_total"], 2)
+            self.assertEqual(m["soth_leaf_cache_hits_total"], len(before) - 2)
+            p.proc.send_signal(signal.SIGUSR1)
+            deadline = time.time() + 10
+            while "SIGUSR1: flushing leaf certificate caches" not in p.stderr():
+                self.assertLess(time.time(), deadline, p.stderr())
+                time.sleep(0.02)
+            after = []
+            while len(set(after)) < 2 and len(after) < 40:
+                after.append(self.leaf_der(p, ctx))
+            self.assertEqual(set(before) & set(after), set(), "a worker kept a flushed leaf")
+            self.assertEqual(len(set(after)), 2)
+            m2 = scrape(mport)
+            self.assertEqual(m2["soth_leaf_cache_misses_total"], 4)
+            self.assertEqual(m2["soth_leaf_cache_hits_total"], len(before) + len(after) - 4)
             p.checked_events()
 
 
