@@ -4,6 +4,8 @@
   with a test CA the proxy trusts through tls.upstream_ca_file. Paths:
     /echo                 200, the request body back (trailers too with /echo?trailers=1)
     /gen/SEED/N           200, N deterministic bytes (body_for(SEED, N))
+    /pair/K/N             200, N deterministic bytes each 2K or 2K+1 (pair_body(K, N), K < 128):
+                          bodies of different K interleaved in one output can be told apart
     /hdrs                 200, the request's regular header names in order, one a line
     /big/N                200 with N bytes of response header fields (16 KiB each)
     /rst/CODE             RST_STREAM(CODE) as soon as the request head arrives
@@ -43,6 +45,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def body_for(seed, n):
     return random.Random(seed).randbytes(n)
+
+
+def pair_body(k, n):
+    """N bytes over the two values 2K and 2K+1 (K < 128), in a deterministic random order."""
+    return bytes(2 * k + (x & 1) for x in random.Random(k).randbytes(n))
 
 
 def openssl(*args, cwd):
@@ -144,6 +151,9 @@ class _Conn:
         elif path.startswith("/gen/"):
             _, _, seed, n = path.split("/")
             out = body_for(int(seed), int(n))
+        elif path.startswith("/pair/"):
+            _, _, k, n = path.split("/")
+            out = pair_body(int(k), int(n))
         elif path == "/hdrs":
             out = b"".join(n + b"\n" for n, _ in s["headers"] if not n.startswith(b":"))
         elif path.startswith("/big/"):
