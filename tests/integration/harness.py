@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -102,6 +103,19 @@ class Proxy:
                      body_capture_bytes=self.body_capture_bytes)
         return evs
 
+    def diagnostics(self, n=40):
+        """What to print when a test through this proxy fails: the tail of its log and of its
+        event ring (a failure in CI is often all there is to go on)."""
+        out = ["---- soth-mitm stderr (last 20 lines)"] + self.stderr().splitlines()[-20:]
+        try:
+            r = subprocess.run([TAIL_BIN, "--from-start", "--once", self.ring],
+                               capture_output=True, timeout=30)
+            out += [f"---- soth-mitm events (last {n})"]
+            out += r.stdout.decode(errors="replace").splitlines()[-n:]
+        except (OSError, subprocess.SubprocessError) as e:
+            out.append(f"(events unavailable: {e})")
+        return "\n".join(out)
+
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
@@ -114,6 +128,8 @@ class Proxy:
         finally:
             self._stderr.close()
         try:
+            if exc[0] is not None and issubclass(exc[0], Exception):
+                print(self.diagnostics(), file=sys.stderr)
             if exc[0] is None:
                 err = self.stderr()
                 assert rc == 0, f"proxy exit status {rc}: {err}"

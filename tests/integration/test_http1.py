@@ -687,7 +687,8 @@ class RawTests(H1Base):
         body = b""
         if hget(hdrs, "content-length"):
             body = c.read_n(int(hget(hdrs, "content-length")))
-        self.assertTrue(head.startswith(b"HTTP/1.1 %d " % code), head + body)
+        if not head.startswith(b"HTTP/1.1 %d " % code):
+            self.fail(f"{head + body!r}\n{p.diagnostics()}")
         self.assertEqual(c.read_to_eof(), b"", "the proxy must close after the error answer")
         c.close()
 
