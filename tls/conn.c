@@ -14,6 +14,8 @@
 #define OWN_KEEP        (64u << 10) /* larger input copies are freed when the conn is recycled */
 #define MAX_FREE_CONNS  1024
 #define MAX_FREE_CHUNKS 256
+#define OWN_SMALL       4096u /* the usual remainder buffer: lent from the ctx while in use */
+#define MAX_FREE_OWN    1024
 
 /* RFC 8446 4.1.3: the ServerHello random that marks a HelloRetryRequest. */
 static const uint8_t HRR_RANDOM[32] = {
@@ -162,6 +164,56 @@ int tls_on_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
     return sz;
 }
 
+/* ---- input remainder buffers */
+
+/*
+ * A conn holds a copy of ciphertext it could not consume yet (a partial record) only between
+ * feeds; most of the time, and always while idle, it holds none. The small buffers go back to
+ * a per-ctx free list once empty, so an idle conn keeps no input memory and a warm worker
+ * mallocs none. Larger ones (bulk transfers) stay with their conn until it is recycled.
+ */
+static uint8_t *own_get(struct soth_tls_ctx *t)
+{
+    void *m = t->free_own;
+    if (m == NULL)
+        return malloc(OWN_SMALL);
+    memcpy(&t->free_own, m, sizeof(void *));
+    t->n_free_own--;
+    return m;
+}
+
+static void own_put(struct soth_tls_ctx *t, uint8_t *m)
+{
+    if (t->n_free_own >= MAX_FREE_OWN) {
+        free(m);
+        return;
+    }
+    memcpy(m, &t->free_own, sizeof(void *));
+    t->free_own = m;
+    t->n_free_own++;
+}
+
+/* The conn's remainder buffer is empty: a small one goes back to the ctx. */
+static void own_release_if_empty(struct soth_tls_conn *c)
+{
+    if (c->own == NULL || c->own_len != c->own_off || c->own_cap != OWN_SMALL)
+        return;
+    own_put(c->t, c->own);
+    c->own = NULL;
+    c->own_cap = 0;
+    c->own_off = c->own_len = 0;
+}
+
+void tls_own_pool_free(struct soth_tls_ctx *t)
+{
+    while (t->free_own != NULL) {
+        void *m = t->free_own;
+        memcpy(&t->free_own, m, sizeof(void *));
+        free(m);
+    }
+    t->n_free_own = 0;
+}
+
 /* ---- life cycle */
 
 static struct soth_tls_conn *conn_alloc(struct soth_tls_ctx *t, enum soth_tls_side side)
@@ -236,6 +288,10 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
     }
     if (c->own_cap > OWN_KEEP) {
         free(c->own);
+        c->own = NULL;
+        c->own_cap = 0;
+    } else if (c->own_cap == OWN_SMALL) {
+        own_put(t, c->own);
         c->own = NULL;
         c->own_cap = 0;
     }
@@ -401,6 +457,7 @@ int soth_tls_conn_feed_done(struct soth_tls_conn *c)
 {
     if (c->bor_len == 0) {
         c->bor = NULL;
+        own_release_if_empty(c);
         return 0;
     }
     size_t have = c->own_len - c->own_off;
@@ -411,8 +468,14 @@ int soth_tls_conn_feed_done(struct soth_tls_conn *c)
         c->own_off = 0;
         c->own_len = have;
     }
+    if (c->own == NULL && c->bor_len <= OWN_SMALL) {
+        c->own = own_get(c->t);
+        if (c->own == NULL)
+            return SOTH_E_NOMEM;
+        c->own_cap = OWN_SMALL;
+    }
     if (c->own_len + c->bor_len > c->own_cap) {
-        size_t cap = c->own_cap ? c->own_cap : 4096;
+        size_t cap = c->own_cap ? c->own_cap : OWN_SMALL;
         while (cap < c->own_len + c->bor_len)
             cap *= 2;
         uint8_t *p = realloc(c->own, cap);

@@ -288,6 +288,7 @@ void soth_tls_ctx_free(struct soth_tls_ctx *t)
         free(c->own);
         free(c);
     }
+    tls_own_pool_free(t);
     while (t->free_chunks != NULL) {
         struct out_chunk *k = t->free_chunks;
         t->free_chunks = k->next;
