@@ -656,46 +656,25 @@ static int h1_head_timeout(struct app_h1 *a)
  * Section buffers (a head or trailer section being re-serialised, ~68 KiB with the default
  * limits) are lent to the engines of a thread from its own free list while a section is built,
  * so an idle connection holds none and no request mallocs once the list is warm. Kept: as many
- * as were ever in use at once, up to H1_SECTIONS_KEEP.
+ * as were ever in use at once, up to 64.
  */
-#define H1_SECTIONS_KEEP 64
-
-static _Thread_local struct {
-    void *free; /* linked through each buffer's first pointer */
-    unsigned n;
-} h1_sections;
+static _Thread_local struct soth_buf_pool h1_sections = {.keep = 64};
 
 static void *h1_sec_get(void *ctx)
 {
     (void)ctx;
-    void *m = h1_sections.free;
-    if (m == NULL)
-        return malloc(soth_h1_section_size(NULL));
-    memcpy(&h1_sections.free, m, sizeof(void *));
-    h1_sections.n--;
-    return m;
+    return soth_buf_pool_get(&h1_sections, soth_h1_section_size(NULL));
 }
 
 static void h1_sec_put(void *ctx, void *m)
 {
     (void)ctx;
-    if (h1_sections.n >= H1_SECTIONS_KEEP) {
-        free(m);
-        return;
-    }
-    memcpy(m, &h1_sections.free, sizeof(void *));
-    h1_sections.free = m;
-    h1_sections.n++;
+    soth_buf_pool_put(&h1_sections, m);
 }
 
 void app_thread_done(void)
 {
-    while (h1_sections.free != NULL) {
-        void *m = h1_sections.free;
-        memcpy(&h1_sections.free, m, sizeof(void *));
-        free(m);
-    }
-    h1_sections.n = 0;
+    soth_buf_pool_drain(&h1_sections);
 }
 
 static struct app *h1_new(const struct app_env *env)

@@ -15,7 +15,6 @@
 #define MAX_FREE_CONNS  1024
 #define MAX_FREE_CHUNKS 256
 #define OWN_SMALL       4096u /* the usual remainder buffer: lent from the ctx while in use */
-#define MAX_FREE_OWN    1024
 
 /* RFC 8446 4.1.3: the ServerHello random that marks a HelloRetryRequest. */
 static const uint8_t HRR_RANDOM[32] = {
@@ -172,46 +171,15 @@ int tls_on_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
  * a per-ctx free list once empty, so an idle conn keeps no input memory and a warm worker
  * mallocs none. Larger ones (bulk transfers) stay with their conn until it is recycled.
  */
-static uint8_t *own_get(struct soth_tls_ctx *t)
-{
-    void *m = t->free_own;
-    if (m == NULL)
-        return malloc(OWN_SMALL);
-    memcpy(&t->free_own, m, sizeof(void *));
-    t->n_free_own--;
-    return m;
-}
-
-static void own_put(struct soth_tls_ctx *t, uint8_t *m)
-{
-    if (t->n_free_own >= MAX_FREE_OWN) {
-        free(m);
-        return;
-    }
-    memcpy(m, &t->free_own, sizeof(void *));
-    t->free_own = m;
-    t->n_free_own++;
-}
-
 /* The conn's remainder buffer is empty: a small one goes back to the ctx. */
 static void own_release_if_empty(struct soth_tls_conn *c)
 {
     if (c->own == NULL || c->own_len != c->own_off || c->own_cap != OWN_SMALL)
         return;
-    own_put(c->t, c->own);
+    soth_buf_pool_put(&c->t->free_own, c->own);
     c->own = NULL;
     c->own_cap = 0;
     c->own_off = c->own_len = 0;
-}
-
-void tls_own_pool_free(struct soth_tls_ctx *t)
-{
-    while (t->free_own != NULL) {
-        void *m = t->free_own;
-        memcpy(&t->free_own, m, sizeof(void *));
-        free(m);
-    }
-    t->n_free_own = 0;
 }
 
 /* ---- life cycle */
@@ -291,7 +259,7 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
         c->own = NULL;
         c->own_cap = 0;
     } else if (c->own_cap == OWN_SMALL) {
-        own_put(t, c->own);
+        soth_buf_pool_put(&t->free_own, c->own);
         c->own = NULL;
         c->own_cap = 0;
     }
@@ -469,7 +437,7 @@ int soth_tls_conn_feed_done(struct soth_tls_conn *c)
         c->own_len = have;
     }
     if (c->own == NULL && c->bor_len <= OWN_SMALL) {
-        c->own = own_get(c->t);
+        c->own = soth_buf_pool_get(&c->t->free_own, OWN_SMALL);
         if (c->own == NULL)
             return SOTH_E_NOMEM;
         c->own_cap = OWN_SMALL;

@@ -147,6 +147,7 @@ int soth_tls_ctx_new(const struct soth_tls_ctx_params *p, struct soth_tls_ctx **
 
     if (t == NULL)
         return fail(err, err_len, SOTH_E_NOMEM, "tls: out of memory");
+    t->free_own.keep = 1024; /* idle input-remainder buffers kept (4 MiB) */
     if (p->ca == NULL || p->leaf_validity_days == 0) {
         free(t);
         return fail(err, err_len, SOTH_E_CONFIG, "tls: no CA or leaf_validity_days 0");
@@ -288,7 +289,7 @@ void soth_tls_ctx_free(struct soth_tls_ctx *t)
         free(c->own);
         free(c);
     }
-    tls_own_pool_free(t);
+    soth_buf_pool_drain(&t->free_own);
     while (t->free_chunks != NULL) {
         struct out_chunk *k = t->free_chunks;
         t->free_chunks = k->next;

@@ -112,10 +112,9 @@ struct soth_tls_ctx {
     uint32_t n_free_conns;
     struct out_chunk *free_chunks;
     uint32_t n_free_chunks;
-    /* Small input-remainder buffers (OWN_SMALL bytes), lent to a conn only while it holds
-     * unread ciphertext; linked through their first pointer. */
-    void *free_own;
-    uint32_t n_free_own;
+    /* Small input-remainder buffers (OWN_SMALL bytes, conn.c), lent to a conn only while it
+     * holds unread ciphertext. */
+    struct soth_buf_pool free_own;
 };
 
 enum conn_state {
@@ -175,8 +174,6 @@ bool tls_name_is_dns(const char *name, size_t len, bool allow_wildcard);
 
 int tls_cache_init(struct leaf_cache *c, uint32_t capacity, size_t der_cap);
 void tls_cache_dispose(struct leaf_cache *c);
-/* Free the ctx's pool of input-remainder buffers (ctx teardown). */
-void tls_own_pool_free(struct soth_tls_ctx *t);
 
 /** wolfSSL error code name (e.g. "ASN_NO_SIGNER_E"), never NULL. */
 const char *tls_wolf_err_name(int err);

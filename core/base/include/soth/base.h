@@ -81,6 +81,48 @@ struct soth_header {
     struct soth_iov name, value;
 };
 
+/*
+ * A bounded free list of equally sized malloc'd buffers (at least a pointer each), linked
+ * through each buffer's first pointer, for buffers lent only while in use: get pops one or
+ * mallocs `size` bytes; put keeps up to `keep` and frees the rest; drain frees all. One owner
+ * thread (a worker); no locks.
+ */
+struct soth_buf_pool {
+    void *head;
+    uint32_t n, keep;
+};
+
+static inline void *soth_buf_pool_get(struct soth_buf_pool *p, size_t size)
+{
+    void *m = p->head;
+    if (m == NULL)
+        return malloc(size);
+    memcpy(&p->head, m, sizeof(void *));
+    p->n--;
+    return m;
+}
+
+static inline void soth_buf_pool_put(struct soth_buf_pool *p, void *m)
+{
+    if (p->n >= p->keep) {
+        free(m);
+        return;
+    }
+    memcpy(m, &p->head, sizeof(void *));
+    p->head = m;
+    p->n++;
+}
+
+static inline void soth_buf_pool_drain(struct soth_buf_pool *p)
+{
+    while (p->head != NULL) {
+        void *m = p->head;
+        memcpy(&p->head, m, sizeof(void *));
+        free(m);
+    }
+    p->n = 0;
+}
+
 /* ---- errors: syscall-like functions return >= 0 or -errno; project codes from -1000 down. */
 enum soth_err {
     SOTH_E_INCOMPLETE = -1000, /* parser needs more bytes */
