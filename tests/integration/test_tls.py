@@ -4,7 +4,6 @@ import http.server
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -12,7 +11,7 @@ import threading
 import time
 import unittest
 
-from harness import Proxy, by_flow, free_port
+from harness import Proxy, by_flow, connect_tunnel, free_port, read_all
 from test_observe import scrape
 
 PY = "/usr/bin/python3"
@@ -241,23 +240,12 @@ sys.exit(0 if san == ["origin.test"] else 3)
 
     def leaf_der(self, p, ctx):
         """One intercepted connection: the DER of the leaf the proxy presented, after a GET."""
-        s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
-        s.sendall(f"CONNECT origin.test:{self.origin.port} HTTP/1.1\r\n\r\n".encode())
-        buf = b""
-        while not buf.endswith(b"\r\n\r\n"):
-            c = s.recv(1)
-            self.assertTrue(c, buf)
-            buf += c
-        self.assertTrue(buf.startswith(b"HTTP/1.1 200"), buf)
+        s, head = connect_tunnel(p, "origin.test", self.origin.port)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
         t = ctx.wrap_socket(s, server_hostname="origin.test")
         der = t.getpeercert(binary_form=True)
         t.sendall(b"GET / HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
-        got = b""
-        while True:
-            c = t.recv(65536)
-            if not c:
-                break
-            got += c
+        got = read_all(t)
         t.close()
         self.assertTrue(got.startswith(b"HTTP/1.1 200") and got.endswith(self.origin.body), got)
         return der
