@@ -63,7 +63,7 @@ if [ "$fuzz_seconds" != 0 ] && ls fuzz/*.cmake >/dev/null 2>&1; then
         rm -rf "$corpus"
     done
 fi
-# ---- perf gate (issue 8; owned by bench/peers): soth-mitm reverse vs direct and vs nginx, h1
+# ---- perf gate (owned by bench/peers): soth-mitm reverse vs direct and vs nginx, h1
 # and h2 small over TLS, 5 interleaved repetitions of 3 s; fails on a clear regression judged as
 # a ratio to nginx measured in the same run (docs/performance.md, "Against peers").
 if [ "${SOTH_SKIP_PERF_GATE:-0}" != 1 ]; then

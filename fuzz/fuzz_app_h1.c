@@ -14,11 +14,11 @@
  *
  * Checks, beyond "no crash, leak or UB": the event calls app.c makes (intercepted with the
  * linker's --wrap, then passed on to the real producer, whose ring a telemetry thread drains)
- * obey SPEC invariants 4-6: request ids 1, 2, 3, ...; request_headers first on a stream;
- * response_headers once, after it; body chunks contiguous from 0, after their head, never after
- * their trailers; captured bytes = min(len, what is left of body_capture_bytes), truncated
- * exactly when something was not captured; exchange_completed once, last, with byte counts
- * equal to the chunk totals (not after a 101 or a CONNECT: relayed bytes are counted but not
+ * obey the ordering invariants 4-6 of docs/events.md: request ids 1, 2, 3, ...; request_headers
+ * first on a stream; response_headers once, after it; body chunks contiguous from 0, after their
+ * head, never after their trailers; captured bytes = min(len, what is left of body_capture_bytes),
+ * truncated exactly when something was not captured; exchange_completed once, last, with byte
+ * counts equal to the chunk totals (not after a 101 or a CONNECT: relayed bytes are counted but not
  * reported as chunks); no response body to HEAD/204/304; after app_abort every stream that
  * started has completed; no event of the flow after that.
  */

@@ -165,7 +165,7 @@ struct ev_val {
 };
 
 /*
- * stream_closed is never dropped (SPEC invariant 1, docs/events.md "Overload"): other events may
+ * stream_closed is never dropped (docs/events.md, ordering invariant 1 and "Overload"): others may
  * not use the last (open_flows + 1) * SC_REC_MAX bytes of the ring, which is room for the
  * stream_closed of every flow still open plus one wrap padding. The reserve is capped at half
  * the ring so that a caller that leaks flows (init without stream_closed) cannot starve the rest.

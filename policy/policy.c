@@ -189,8 +189,8 @@ bool soth_policy_glob_match(struct soth_iov g, struct soth_iov h)
 
 /*
  * "host:port" for ignore_hosts, IPv6 literals in brackets ("[::1]:443", as a URL authority
- * and as SPEC's client_addr), one trailing dot dropped. Returns the length, or 0 when the
- * host does not fit (it then matches no ignore_hosts entry).
+ * and as the events' client_addr, docs/events.md), one trailing dot dropped. Returns the length, or
+ * 0 when the host does not fit (it then matches no ignore_hosts entry).
  */
 static size_t host_port_text(char *buf, size_t cap, struct soth_iov host, uint16_t port)
 {

@@ -1,5 +1,5 @@
 /*
- * The layered decoder chain (issue 9, checklist P2-09 .. P2-11): content decoding ->
+ * The layered decoder chain (docs/streaming.md, "Layered decoders"): content decoding ->
  * framing (the caller's) -> message decoding -> anti-hijack -> payload parse, over one
  * captured message. See proto.h for the contract and docs/streaming.md for the design.
  *

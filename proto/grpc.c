@@ -1,5 +1,5 @@
 /*
- * gRPC length-prefixed message parser (issue 9, checklist P2-08): one direction of one
+ * gRPC length-prefixed message parser (docs/streaming.md, "gRPC"): one direction of one
  * stream. The wire format (grpc PROTOCOL-HTTP2.md, "Length-Prefixed-Message"):
  *
  *   Compressed-Flag (1 byte, 0 or 1) Message-Length (4 bytes, big endian) Message

@@ -1,5 +1,5 @@
 /*
- * HTTP/1.1 exchange engine (issue 6): llhttp on both directions of one connection, heads and
+ * HTTP/1.1 exchange engine (docs/http1.md): llhttp on both directions of one connection, heads and
  * trailers re-serialised from what llhttp reported, bodies passed through, chunk framing
  * re-emitted. Design and rejection list: docs/http1.md.
  *

@@ -1,5 +1,5 @@
 /*
- * The HTTP/2 relay (issue 7): an nghttp2 server session toward the client, an nghttp2 client
+ * The HTTP/2 relay (docs/http2.md): an nghttp2 server session toward the client, an nghttp2 client
  * session toward the upstream, both driven only through nghttp2_session_mem_recv/mem_send.
  *
  * Streams: every client stream gets a slot (struct h2s) that is the stream user data on both
@@ -881,7 +881,7 @@ static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_f
     bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     struct hview v;
     if (l->hb.over) {
-        /* SPEC: request headers over the limit get 431; the connection carries on. */
+        /* docs/answers.md: request headers over the limit get 431; the connection carries on. */
         s->f |= S_REFUSED;
         drop_request(r, s);
         set_outcome(s, SOTH_H2_RESET, 0, "request_headers_too_large");

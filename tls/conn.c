@@ -322,7 +322,7 @@ static bool alpn_allowed(const struct soth_tls_ctx *t, struct soth_iov p)
     if (p.len == 0 || p.len > 255 || memchr(p.base, ',', p.len) != NULL)
         return false;
     if (!t->http2_enabled) {
-        /* grpc-exp is HTTP/2 on the wire (FIELD-NOTES: grpcio). */
+        /* grpc-exp is HTTP/2 on the wire (grpcio clients offer it, docs/streaming.md). */
         if ((p.len == 2 && memcmp(p.base, "h2", 2) == 0) ||
             (p.len == 8 && memcmp(p.base, "grpc-exp", 8) == 0))
             return false;

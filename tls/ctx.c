@@ -1,6 +1,6 @@
 /*
  * The per-worker TLS context: wolfSSL server/client contexts configured explicitly (never
- * trust a build's defaults: FIELD-NOTES), the leaf key, the CA key copy and the leaf cache.
+ * trust a build's defaults, docs/tls.md), the leaf key, the CA key copy and the leaf cache.
  */
 #include "tls_int.h"
 

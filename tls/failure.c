@@ -1,7 +1,7 @@
 /*
- * The failure taxonomy (SPEC tls_failure_reason): wolfSSL errors, the peer's alerts and what
- * we had sent, mapped onto unknown_ca / cert_validation / handshake / timeout / eof / reset /
- * other. docs/tls.md has the table.
+ * The failure taxonomy (tls_failure_reason of docs/events.md): wolfSSL errors, the peer's alerts
+ * and what we had sent, mapped onto unknown_ca / cert_validation / handshake / timeout / eof /
+ * reset / other. docs/tls.md has the table.
  */
 #include "tls_int.h"
 

@@ -189,7 +189,7 @@ int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, 
     struct host *h = host_find(l, nm, n, port, hash);
 
     if (!soth_tls_learning_provider_is_authoritative(provider)) {
-        /* Only authoritative providers change learning state (issue 5). */
+        /* Only authoritative providers change learning state (docs/tls.md, "The rule"). */
         res->ignored = true;
         res->host_failure_count = h != NULL ? roll_sum(&h->all, epoch) : 0;
         res->global_failure_count = roll_sum(&l->global, epoch);

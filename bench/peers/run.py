@@ -1067,7 +1067,7 @@ def median_result(runs):
 
 
 def goals_table(results):
-    """soth-mitm against the issue-8 goals, from this run's medians."""
+    """soth-mitm against its performance goals (docs/performance.md), from this run's medians."""
     def get(wl, t, k):
         r = results.get(wl, {}).get(t)
         return r[0].get(k) if r and r[0] else None
@@ -1110,7 +1110,7 @@ def goals_table(results):
                                                             for wl, t, e in fails]
     rows.append(f"| no workload with errors | {'; '.join(bad) if bad else 'none'} | — |"
                 f" {'MISSED' if bad else 'met'} |")
-    return ["### soth-mitm against the goals of issue 8", "",
+    return ["### soth-mitm against its performance goals", "",
             "| goal | soth-mitm vs reference | ratio | |", "| --- | --- | --- | --- |"] + rows + [""]
 
 

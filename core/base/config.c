@@ -1,5 +1,5 @@
 /*
- * Config loading (SPEC "Config file"): embedded defaults < JSON file < command line.
+ * Config loading (docs/config.md): embedded defaults < JSON file < command line.
  * Validation names the key path of the first problem: "config: <key.path>: <what>".
  */
 #include "soth/config.h"
@@ -626,7 +626,7 @@ char *soth_config_default_ring_path(void)
     return cat3("/tmp/soth-mitm-", uid, "/events.ring");
 }
 
-/** The embedded defaults (SPEC "Config file"). NULL when out of memory. */
+/** The embedded defaults (docs/config.md). NULL when out of memory. */
 static struct soth_config *config_defaults(void)
 {
     struct soth_config *c = calloc(1, sizeof(*c));

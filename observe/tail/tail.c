@@ -1,4 +1,4 @@
-/* soth-mitm-tail: print the binary event ring as JSON lines (SPEC "The binary event ring"). */
+/* soth-mitm-tail: print the binary event ring as JSON lines (docs/cli.md, docs/event-ring.md). */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>

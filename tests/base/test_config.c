@@ -75,7 +75,7 @@ static void expect_json_eq(json_t *got, json_t *want, const char *what)
     free(w);
 }
 
-/* The SPEC defaults, as --check-config prints them for an empty file. */
+/* The embedded defaults (docs/config.md), as --check-config prints them for an empty file. */
 static const char *const defaults_json =
     "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"ignore_hosts\":[],"
     "\"policy\":{\"default\":\"intercept\",\"rules\":[]},\"http2_enabled\":true,"
@@ -482,7 +482,7 @@ Test(config, effective_json_has_spec_key_order)
     cr_assert_eq(soth_config_load_text("{}", 2, &c, err, sizeof(err)), 0);
     char *js = soth_config_to_json(c);
     soth_config_unref(c);
-    /* Keys in the order SPEC lists them, each once. */
+    /* Keys in the order of docs/config.md's table, each once. */
     static const char *const order[] = {"\"listen\"",
                                         "\"mode\"",
                                         "\"workers\"",

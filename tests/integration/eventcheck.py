@@ -1,10 +1,11 @@
-"""The one shared checker of SPEC's event ordering invariants, run on every test's events.
+"""The one shared checker of the event ordering invariants of docs/events.md, run on every test's
+events.
 
 check_events(events) walks the events in ring order and raises EventOrderError (an
 AssertionError) at the first violation of:
 
   schema   every event has the common fields, v == 1, a known type and protocol, the type's
-           own fields with values from the SPEC vocabularies;
+           own fields with values from the vocabularies of docs/events.md;
   1        per flow, seq 0, 1, 2, ... in gseq order; a gap only where events were dropped,
            and the flow's stream_closed events_dropped equals the gaps;
   2        a flow starts with connect_received or connect_parse_failed (and never has a second
@@ -29,7 +30,7 @@ AssertionError) at the first violation of:
            body to HEAD, 1xx, 204 or 304;
   tls      per flow and side (client, upstream), a handshake is tls_handshake_started then
            exactly one of tls_handshake_succeeded / tls_handshake_failed, before the flow's
-           stream_closed; never a second started, never an end without its start (issue 5);
+           stream_closed; never a second started, never an end without its start (docs/events.md);
   6        stream_id is a positive integer; on an HTTP/1.x connection the exchanges are
            numbered 1, 2, 3, ... in request order; HTTP/2 (http_version "2") ids are any
            positive ids, never reused; one connection never mixes HTTP/1.x and HTTP/2.
@@ -53,7 +54,7 @@ STREAMING_EVENTS = {"ws_message", "ws_turn_started", "ws_turn_completed", "sse_e
 STREAM_EVENTS = HEAD_BODY_EVENTS | STREAMING_EVENTS
 HTTP_EVENTS = STREAM_EVENTS
 TLS_HTTP = TLS_EVENTS | HTTP_EVENTS
-DEFAULT_BODY_CAPTURE = 4096  # SPEC events.body_capture_bytes default
+DEFAULT_BODY_CAPTURE = 4096  # events.body_capture_bytes default (docs/config.md)
 
 SIDES = {"client", "upstream"}
 DIRECTIONS = {"client_to_server", "server_to_client"}
@@ -282,7 +283,7 @@ def _check_stream_event(fl, ev, cap):
 
 
 def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CAPTURE):
-    """Assert the SPEC event invariants (module docstring) over events in ring order.
+    """Assert the event invariants of docs/events.md (module docstring) over events in ring order.
 
     require_closed: every flow must have ended with stream_closed (the proxy stopped, or the
     test waited for its connections to close). body_capture_bytes: the proxy's

@@ -1,4 +1,4 @@
-"""The soth-mitm command line as SPEC gives it."""
+"""The soth-mitm command line as docs/cli.md gives it."""
 import json
 import os
 import re

@@ -1,4 +1,4 @@
-"""gRPC and payload decoding through the real binary (issue 9).
+"""gRPC and payload decoding through the real binary (docs/streaming.md).
 
 - gRPC (python grpcio, generic handlers, no protoc) through regular-mode interception: the
   client reaches the proxy with grpc's own HTTP CONNECT support (grpc.http_proxy) and trusts

@@ -1,4 +1,4 @@
-"""HTTP/1.1 interception through the real binary (issue 6): curl and raw-socket clients, a
+"""HTTP/1.1 interception through the real binary (docs/http1.md): curl and raw-socket clients, a
 python origin on loopback (plain and TLS), and the exact events each exchange produces.
 
 Paths through the proxy ("legs"):
@@ -27,7 +27,7 @@ import unittest
 from eventcheck import body_of, by_stream
 from harness import Proxy, by_flow, close_listener, read_head
 
-CAP = 4096  # events.body_capture_bytes (SPEC default)
+CAP = 4096  # events.body_capture_bytes (default, docs/config.md)
 BLOB = os.urandom(3 << 20)  # bodies served by the origin are prefixes of this
 
 
@@ -1028,7 +1028,7 @@ class RawTests(H1Base):
 
     def test_slow_request_head_times_out(self):
         # timeouts.request_header_ms bounds the arrival of a whole request head, however slowly
-        # its bytes trickle in (SPEC), here for a request inside a reverse-mode flow.
+        # its bytes trickle in (docs/config.md), here for a request inside a reverse-mode flow.
         with self.proxy("reverse", timeouts={"request_header_ms": 500}) as p:
             c = self.connect(p, "reverse")
             t0 = time.time()

@@ -1,4 +1,4 @@
-"""HTTP/2 interception through the real binary (issue 7): curl --http2, nghttp and python h2
+"""HTTP/2 interception through the real binary (docs/http2.md): curl --http2, nghttp and python h2
 clients through the proxy to a python h2 TLS origin; concurrency, byte accounting, header-list
 limits on both legs, RST_STREAM/GOAWAY propagation, a raw-frame conformance lane, and
 http2_enabled false. Every test's events go through the shared checker (harness)."""

@@ -190,7 +190,7 @@ class LearningTests(unittest.TestCase):
         self.assertEqual([e for e in evs if e["type"] == "tls_learning_audit"], [])
         decisions = [e["reason"] for e in evs if e["type"] == "connect_decision"]
         self.assertEqual(decisions, ["default"] * (THRESHOLD + 2))
-        # Failure counts are diagnostics (issue 5 "Failure taxonomy"): kept when learning is off.
+        # Failure counts are diagnostics (docs/tls.md, "The rule"): kept when learning is off.
         failed = [e for e in evs if e["type"] == "tls_handshake_failed"]
         self.assertEqual([e["host_failure_count"] for e in failed], list(range(1, THRESHOLD + 3)))
 

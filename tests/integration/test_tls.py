@@ -183,7 +183,7 @@ sys.exit(0 if r.status == 200 and body == data else 1)
         del cfg["tls"]["upstream_ca_file"]
         with Proxy(config=cfg) as p:
             ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
-            # SPEC: the client still gets a TLS session with our leaf, then 502 saying why.
+            # docs/answers.md: the client gets a TLS session with our leaf, then 502 saying why.
             out = subprocess.run(["curl", "-sS", "--cacert", ca, "-x",
                                   f"http://127.0.0.1:{p.port}", "-w", "%{http_code}",
                                   f"https://origin.test:{self.origin.port}/"],

@@ -1,4 +1,4 @@
-"""WebSocket and SSE through the real binary (issue 9) with real clients and origins.
+"""WebSocket and SSE through the real binary (docs/streaming.md) with real clients and origins.
 
 WebSocket: the `websockets` library (Debian python3-websockets) on both ends, through
   reverse   --mode reverse:http://127.0.0.1:PORT (plain)

@@ -1,6 +1,7 @@
 /*
- * Golden JSON for every SPEC event type (exact lines, field names and order), through the real
- * path: producer -> SPSC ring -> telemetry thread -> ring file -> reader. Hostile bytes included.
+ * Golden JSON for every event type of docs/events.md (exact lines, field names and order), through
+ * the real path: producer -> SPSC ring -> telemetry thread -> ring file -> reader. Hostile bytes
+ * included.
  */
 #include "obs_test.h"
 

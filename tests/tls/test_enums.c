@@ -1,4 +1,4 @@
-/* tls.h mirrors observe.h's SPEC enums without including it: the values must match. */
+/* tls.h mirrors observe.h's event enums without including it: the values must match. */
 #include "soth/observe.h"
 #include "soth/tls.h"
 

@@ -1,5 +1,5 @@
 /*
- * The failure taxonomy against real peers (issue 5 fixture corpus): python ssl, curl and
+ * The failure taxonomy (docs/tls.md) against real peers: python ssl, curl and
  * openssl s_client as clients of our server conns; python ssl servers (certificates from
  * python cryptography) as origins of our client conns; raw sockets for EOF, reset and stall.
  * Prints the confusion table and requires >= 95% in the expected class.

@@ -47,7 +47,7 @@ int soth_engine_tls_signal(struct soth_engine *e, struct soth_iov host, uint16_t
  */
 void soth_engine_stop(struct soth_engine *e);
 
-/** The soth-mitm program (SPEC "soth-mitm command line"). Returns the exit status. */
+/** The soth-mitm program (docs/cli.md). Returns the exit status. */
 int soth_cli_main(int argc, char **argv);
 
 #endif

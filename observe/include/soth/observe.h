@@ -1,5 +1,6 @@
 /*
- * soth_observe: the event stream (SPEC "Events", "The binary event ring") and metrics.
+ * soth_observe: the event stream (docs/events.md, docs/event-ring.md) and metrics
+ * (docs/metrics.md).
  *
  * Producer side (a worker): each worker owns one SPSC ring. Emitting an event builds a compact
  * binary record directly in that ring (no malloc), stamps flow_id/seq/ts and the flow's
@@ -24,7 +25,7 @@
 #include "soth/base.h"
 #include "soth/config.h"
 
-/* ---- SPEC vocabularies: each enum maps 1:1 onto SPEC strings (name tables in observe). */
+/* ---- Vocabularies: each enum maps 1:1 onto docs/events.md strings (tables in observe). */
 enum soth_ev_type {
     SOTH_EV_CONNECT_RECEIVED = 0,
     SOTH_EV_CONNECT_PARSE_FAILED,
@@ -50,7 +51,7 @@ enum soth_ev_type {
     SOTH_EV_TYPE_COUNT
 };
 extern const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT];
-/** Type from its SPEC name, or -1. */
+/** Type from its name (docs/events.md), or -1. */
 int soth_ev_type_from_name(const char *name, size_t len);
 
 enum soth_protocol {
@@ -221,7 +222,7 @@ void soth_observe_wake(struct soth_observe *obs);
 /**
  * Initialise a flow context; client may be NULL. Does not emit anything. The flow counts as open
  * (room for its stream_closed is reserved in the ring) until soth_ev_stream_closed: every
- * initialised flow must end with exactly one (SPEC invariant 2).
+ * initialised flow must end with exactly one (docs/events.md, ordering invariant 2).
  */
 void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, uint64_t flow_id,
                        unsigned worker, const struct sockaddr *client, socklen_t client_len);
@@ -318,8 +319,8 @@ void soth_ring_reader_free(struct soth_ring_reader *r);
 /** Start at the oldest record still held (from_start) or at the writer's position. */
 void soth_ring_reader_seek(struct soth_ring_reader *r, bool from_start);
 /**
- * Emit every record written since the last call as one JSON line each (SPEC event JSON, '\n'
- * terminated); a lap is reported as {"type":"ring_overrun","lost":N} before the next record.
+ * Emit every record written since the last call as one JSON line each (docs/events.md,
+ * '\n' terminated); a lap is reported as {"type":"ring_overrun","lost":N} before the next record.
  * Returns the number of lines emitted.
  */
 size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_filter *flt,

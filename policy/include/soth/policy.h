@@ -1,5 +1,5 @@
 /*
- * soth_policy: the CONNECT decision (SPEC "Config file": ignore_hosts, policy.rules,
+ * soth_policy: the CONNECT decision (docs/config.md: ignore_hosts, policy.rules,
  * policy.default, tls learning). Decisions are pure functions of (host, port, compiled
  * policy, learning view). One compiled policy per worker (POSIX regexec is not free of
  * internal locking, so workers never share a regex_t); SIGHUP compiles a new one.

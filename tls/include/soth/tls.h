@@ -1,5 +1,5 @@
 /*
- * soth_tls: TLS interception on wolfSSL (issue 5). wolfSSL types never appear here.
+ * soth_tls: TLS interception on wolfSSL (docs/tls.md). wolfSSL types never appear here.
  *
  * Pieces, in the order the engine uses them (docs/tls.md has the whole sequence):
  *  - soth_tls_global_init(): once per process, before any worker starts (wolfSSL, the shared
@@ -13,7 +13,7 @@
  *  - struct soth_tls_conn: one TLS connection over memory I/O: the engine feeds received
  *    ciphertext, drives the handshake, reads/writes plaintext and sends what soth_tls_conn_out()
  *    exposes. It never touches a socket.
- *  - soth_tls_conn_failure(): the SPEC failure taxonomy for a failed handshake.
+ *  - soth_tls_conn_failure(): the failure taxonomy for a failed handshake (docs/tls.md).
  *  - struct soth_tls_learning: per-host failure counts and pinning (bypass) state, published
  *    to workers as immutable snapshots.
  *
@@ -201,7 +201,7 @@ ssize_t soth_tls_leaf_mint(struct soth_tls_ctx *t, struct soth_iov name, uint8_t
 int soth_tls_leaf_get(struct soth_tls_ctx *t, struct soth_iov name, struct soth_tls_leaf *out);
 
 struct soth_tls_leaf_cache_stats {
-    uint64_t hits, misses; /* monotonic since ctx creation (SPEC soth_leaf_cache_*_total) */
+    uint64_t hits, misses; /* monotonic since ctx creation (metrics: docs/metrics.md) */
     uint64_t evictions;
     uint32_t entries, capacity;
 };
@@ -215,8 +215,8 @@ void soth_tls_leaf_cache_flush(struct soth_tls_ctx *t);
 /* ---- one TLS connection over memory I/O */
 
 enum soth_tls_side {
-    SOTH_TLS_SIDE_CLIENT = 0, /* faces the client: we are the TLS server (SPEC side "client") */
-    SOTH_TLS_SIDE_UPSTREAM,   /* faces the origin: we are the TLS client (SPEC "upstream") */
+    SOTH_TLS_SIDE_CLIENT = 0, /* faces the client: we are the TLS server (event side "client") */
+    SOTH_TLS_SIDE_UPSTREAM,   /* faces the origin: we are the TLS client (event side "upstream") */
 };
 
 struct soth_tls_conn;
@@ -305,7 +305,7 @@ enum soth_tls_side soth_tls_conn_side(const struct soth_tls_conn *c);
 
 /* ---- failure taxonomy */
 
-/** SPEC tls_failure_reason, in the order of observe.h's enum soth_tls_failure. */
+/** tls_failure_reason (docs/events.md), in the order of observe.h's enum soth_tls_failure. */
 enum soth_tls_fail {
     SOTH_TLS_FAIL_UNKNOWN_CA = 0,
     SOTH_TLS_FAIL_CERT_VALIDATION,
@@ -376,7 +376,7 @@ struct soth_tls_learning_result {
     uint32_t global_failure_count; /* failures of all hosts within the window */
 };
 
-/** Only native and mitmproxy signals may change learning state (issue 5 guardrail). */
+/** Only native and mitmproxy signals may change learning state (docs/tls.md, "The rule"). */
 bool soth_tls_learning_provider_is_authoritative(enum soth_tls_signal_provider provider);
 
 int soth_tls_learning_new(const struct soth_tls_learning_params *p, struct soth_tls_learning **out);

@@ -1,5 +1,5 @@
 /*
- * The effective configuration (SPEC "Config file"), loaded once into an immutable,
+ * The effective configuration (docs/config.md), loaded once into an immutable,
  * reference-counted snapshot. Workers read it without locks; SIGHUP builds a new snapshot
  * and publishes it to each worker (see struct soth_config_slot); a worker switches at its
  * next safe point and drops its reference to the old one. docs/config.md lists every key.
@@ -158,9 +158,9 @@ int soth_config_reload(const struct soth_config *cur, const char *path,
 
 /**
  * The effective config as pretty JSON text (malloc'ed, caller frees; NULL when out of
- * memory): every SPEC key in SPEC order, null where unset. tls.ca_dir and events.ring_path
- * are printed as configured (null = the default path below). The text loads back to the
- * same config.
+ * memory): every key of docs/config.md in its order, null where unset. tls.ca_dir and
+ * events.ring_path are printed as configured (null = the default path below). The text loads back
+ * to the same config.
  */
 char *soth_config_to_json(const struct soth_config *cfg);
 
