@@ -10,7 +10,10 @@
 
 #include "app.h"
 #include "app_payload.h"
-#include "soth/proto.h"
+#include "soth/proto/h1.h"
+#include "soth/proto/ws.h"
+#include "soth/proto/sse.h"
+#include "soth/proto/decode.h"
 
 #define APP_STASH_MAX  (1u << 20) /* bytes kept for a blocked direction before giving up */
 #define APP_MAX_FIELDS 130

@@ -22,7 +22,10 @@
 
 #include "app.h"
 #include "app_payload.h"
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
+#include "soth/proto/ws.h"
+#include "soth/proto/sse.h"
+#include "soth/proto/decode.h"
 
 #define H2_MAX_STREAMS 100 /* SETTINGS_MAX_CONCURRENT_STREAMS toward the client */
 #define H2_TABLE_CAP   256 /* > 2 x H2_MAX_STREAMS + 16 relay slots; a power of two */

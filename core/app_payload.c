@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "app_payload.h"
+#include "soth/proto/h2.h"
+#include "soth/proto/grpc.h"
+#include "soth/proto/decode.h"
 
 /* One message direction's body capture and how to decode it. */
 struct pl_msg {

@@ -25,7 +25,8 @@
 #include <stdint.h>
 
 #include "app.h"
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
+#include "soth/proto/decode.h"
 
 #define APP_PL_CAPTURE      (64u << 10) /* body bytes kept for decoding (per message) */
 #define APP_PL_GRPC_MAX_MSG (64u << 20) /* gRPC Message-Length above this: length_over_limit */

@@ -14,7 +14,7 @@
 #include "soth/core.h"
 #include "soth/observe.h"
 #include "soth/policy.h"
-#include "soth/proto.h"
+#include "soth/proto/connect.h"
 #include "soth/tls.h"
 
 #include "app.h"

@@ -29,6 +29,7 @@
 
 #include "core_int.h"
 #include "learn.h"
+#include "soth/proto/connect.h"
 
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80

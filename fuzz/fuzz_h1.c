@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h1.h"
 
 #define MAX_IDS 4096
 

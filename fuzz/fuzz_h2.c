@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

@@ -17,7 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h1.h"
 
 #define DEF_MAX_HEAD     65536
 #define MIN_MAX_HEAD     256

@@ -20,7 +20,7 @@
 
 #include <nghttp2/nghttp2.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
 
 #define OUT_CAP     16384 /* one TLS record of plaintext */
 #define FRAME_HD    9

@@ -1,11 +1,11 @@
 /*
- * WebSocket frame parser (RFC 6455 5) and turn aggregator: see proto.h and docs/streaming.md.
- * The parser reads the relayed bytes once and keeps only the frame header in progress, the
- * capture of the message in progress and a control payload (<= 125 bytes).
+ * WebSocket frame parser (RFC 6455 5) and turn aggregator: see soth/proto/ws.h and
+ * docs/streaming.md. The parser reads the relayed bytes once and keeps only the frame header in
+ * progress, the capture of the message in progress and a control payload (<= 125 bytes).
  */
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/ws.h"
 
 #define WS_DEFAULT_MAX_MESSAGE (64ull << 20)
 #define WS_DEFAULT_CAPTURE     4096u

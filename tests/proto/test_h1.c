@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h1.h"
 
 #define C SOTH_H1_CLIENT
 #define U SOTH_H1_UPSTREAM

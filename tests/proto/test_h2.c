@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
 
 #define MAXX 1100 /* exchanges per test */
 
@@ -246,7 +246,7 @@ static struct rec *rec_of(int32_t cid)
     return &H->recs[i];
 }
 
-/* ---- relay callbacks: record, and check the per-stream order promised in proto.h */
+/* ---- relay callbacks: record, and check the per-stream order promised in soth/proto/h2.h */
 
 static int cb_out(void *ctx, enum soth_h2_side to, const char *p, size_t n)
 {

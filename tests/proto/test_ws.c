@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/ws.h"
 
 #define CLIENT SOTH_WS_CLIENT
 #define SERVER SOTH_WS_SERVER
