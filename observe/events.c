@@ -608,39 +608,6 @@ static void jput_u64(struct jbuf *b, uint64_t x)
     jbuf_put(b, tmp + i, sizeof(tmp) - i);
 }
 
-/** Length of the valid UTF-8 sequence at p (1..4), or 0 when the bytes are not valid UTF-8. */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-    unsigned char c = p[0];
-    if (c < 0x80)
-        return 1;
-    size_t len;
-    uint32_t cp;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
 static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n);
 
 /*
@@ -699,8 +666,6 @@ static bool js_number(struct jscan *s)
     return true;
 }
 
-static size_t utf8_len(const unsigned char *p, size_t n);
-
 static bool js_string(struct jscan *s)
 {
     s->p++; /* opening quote */
@@ -730,7 +695,11 @@ static bool js_string(struct jscan *s)
             }
             continue;
         }
-        size_t l = utf8_len(s->p, (size_t)(s->end - s->p));
+        if (c < 0x80) {
+            s->p++;
+            continue;
+        }
+        size_t l = soth_utf8_seq_len(s->p, (size_t)(s->end - s->p));
         if (l == 0)
             return false;
         s->p += l;
@@ -845,28 +814,11 @@ static const unsigned char jclass[256] = {
 static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    bool ascii = true;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] >= 0x80) {
-            ascii = false;
-            break;
-        }
-    }
-    if (!ascii) {
-        for (size_t i = 0; i < n;) {
-            if (p[i] < 0x80) {
-                i++;
-                continue;
-            }
-            size_t l = utf8_len(p + i, n - i);
-            if (l == 0) {
-                jbuf_put(b, "{\"b64\":", 7);
-                jput_b64(b, p, n);
-                jbuf_put(b, "}", 1);
-                return;
-            }
-            i += l;
-        }
+    if (!soth_utf8_valid(p, n)) {
+        jbuf_put(b, "{\"b64\":", 7);
+        jput_b64(b, p, n);
+        jbuf_put(b, "}", 1);
+        return;
     }
     char *o = jbuf_room(b, 6 * n + 2); /* worst case: every byte as \u00XX */
     char *start = o;

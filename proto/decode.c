@@ -543,40 +543,8 @@ static void jw_raw(struct jw *w, const char *s, size_t n)
     w->len += n;
 }
 
-/* Bytes of s as a JSON string body: escapes, invalid UTF-8 as \ufffd. Writes when `out`. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
-/* Escaped form of one input unit at s: returns the input length consumed and fills esc. */
+/* Escaped form of one input unit at s as part of a JSON string body (invalid UTF-8 becomes
+ * \ufffd): returns the input length consumed and fills esc. */
 static size_t esc_unit(const unsigned char *s, size_t n, char esc[8], size_t *esc_len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -600,7 +568,7 @@ static size_t esc_unit(const unsigned char *s, size_t n, char esc[8], size_t *es
         }
         return 1;
     }
-    size_t l = utf8_seq(s, n);
+    size_t l = soth_utf8_seq_len(s, n);
     if (l == 0) {
         memcpy(esc, "\\ufffd", 6);
         *esc_len = 6;

@@ -123,6 +123,17 @@ static inline void soth_buf_pool_drain(struct soth_buf_pool *p)
     p->n = 0;
 }
 
+/* ---- UTF-8 (RFC 3629 3): the one validator shared by event JSON and the payload decoders. */
+/**
+ * Length (1..4) of the well-formed UTF-8 sequence that starts p[0..n), or 0 when it is not
+ * one: n == 0, a continuation or never-valid lead byte (0x80..0xc1, 0xf5..0xff), a sequence
+ * cut short by n or by a byte that is not a continuation, an overlong form, a surrogate
+ * (U+D800..U+DFFF) or a code point above U+10FFFF. ASCII is 1.
+ */
+size_t soth_utf8_seq_len(const void *p, size_t n);
+/** True when p[0..n) is well-formed UTF-8 from end to end (true for n == 0). */
+bool soth_utf8_valid(const void *p, size_t n);
+
 /* ---- errors: syscall-like functions return >= 0 or -errno; project codes from -1000 down. */
 enum soth_err {
     SOTH_E_INCOMPLETE = -1000, /* parser needs more bytes */
