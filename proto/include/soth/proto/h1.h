@@ -230,4 +230,44 @@ bool soth_h1_is_upgraded(const struct soth_h1 *h);
 /** Exchanges started (request head seen) and not yet reported. */
 size_t soth_h1_in_flight(const struct soth_h1 *h);
 
+/* ---- origin-form serializer (proto/h1_write.c) ------------------------------------------- */
+
+/**
+ * A request head to forward to the origin in origin-form, and the target URI it was sent for
+ * (absolute-form "http://host:port/path" to the proxy). Every iov is borrowed.
+ */
+struct soth_h1_origin_req {
+    struct soth_iov method;            /* "GET", ... */
+    struct soth_iov path;              /* origin-form path and query; empty writes "/" */
+    struct soth_iov version;           /* "HTTP/1.1" or "HTTP/1.0" */
+    const struct soth_header *headers; /* as received, wire order */
+    size_t n_headers;
+    struct soth_iov scheme; /* of the target: "http" or "https" (any case) */
+    struct soth_iov host;   /* of the target: reg-name, IPv4 or IPv6 (no brackets) */
+    bool host_is_ipv6;      /* host goes in brackets */
+    uint16_t port;          /* of the target; 0 means the scheme's default */
+};
+
+/**
+ * Serialise req as an origin-form request head ("METHOD path VERSION", field lines "Name:
+ * value", blank line) into buf[0..cap), as a proxy forwards a request it received in
+ * absolute-form (RFC 9112 3.2.2, docs/http1.md "In the proxy"):
+ *  - Host is the target's authority, whatever Host the client sent: the host (in brackets
+ *    when IPv6), then ":port" only when port is neither 0 nor the default of the scheme (80
+ *    for http, 443 for https; other schemes always get their port). It replaces the first
+ *    received Host in place; later Host fields are dropped; without one it is the first
+ *    field (RFC 9112 3.2);
+ *  - Proxy-Connection and Proxy-Authorization are dropped (hop-by-hop, meant for the proxy);
+ *  - every other field is written unchanged, in order.
+ * `fields` (may be NULL) receives the fields as written, each pointing into buf, with room
+ * for n_headers + 1 entries, and *n_fields (n_fields may be NULL) their count: what an event
+ * about this head should show. Allocates nothing; on failure buf holds nothing usable.
+ * Returns the length of the head, SOTH_E_TOO_LARGE when it does not fit in cap, or
+ * SOTH_E_MALFORMED when a piece could not be written safely: empty method, version or host,
+ * a control byte, space or DEL in method, path, version, host or a field name, a ':' in a
+ * field name, or CR, LF or NUL in a field value (the parsers never produce these).
+ */
+ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *buf, size_t cap,
+                                  struct soth_header *fields, size_t *n_fields);
+
 #endif
