@@ -59,7 +59,7 @@ void app_pl_h1_complete(struct app_payload *pl, const struct app_env *env, int d
 void app_pl_framed(struct app_payload **pl, const struct app_env *env, uint32_t stream_id, int dir,
                    enum soth_framing framing, struct soth_iov data, bool truncated);
 
-/* ---- HTTP/2 (dir: enum soth_h2_dir) */
+/* ---- HTTP/2 (dir: enum soth_leg) */
 
 /** Before request_headers is emitted: a gRPC stream sets the flow's protocol to grpc. May
  *  set *st (freed by app_pl_h2_end or app_pl_stream_free). */

@@ -83,8 +83,6 @@ struct seg {
     struct seg *next;
 };
 
-enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
-
 struct conn {
     int fd;             /* -1 = none */
     bool connected;     /* usable for send */

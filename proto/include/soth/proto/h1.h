@@ -21,9 +21,10 @@
  * bodies passed through as they arrive (never buffered). What the other side receives is
  * exactly what the callbacks reported. Design notes: docs/http1.md.
  *
- * Sides and directions: SOTH_H1_CLIENT (0) and SOTH_H1_UPSTREAM (1). `from_side` of a feed and
- * `dir` of a callback name the side the message came from (0: request, 1: response); `to_side`
- * of `out` names the side the bytes go to.
+ * Legs (enum soth_leg, soth/base.h): requests come from SOTH_LEG_CLIENT and go to
+ * SOTH_LEG_UPSTREAM, responses the other way. `from` of a feed and `dir` of a callback name the
+ * leg the message came from (client: a request, upstream: a response); `to` of `out` names the
+ * leg the bytes go to.
  *
  * Exchanges: each request head gets stream_id 1, 2, 3, ... in order; its response carries the
  * same id. Pipelined requests are forwarded at once; a bounded FIFO of requests awaiting their
@@ -38,11 +39,6 @@
  */
 
 struct soth_h1; /* opaque */
-
-enum soth_h1_side {
-    SOTH_H1_CLIENT = 0,   /* requests come from here, responses go here */
-    SOTH_H1_UPSTREAM = 1, /* responses come from here, requests go here */
-};
 
 /** How an exchange ended (exchange_completed `outcome`, docs/events.md). */
 enum soth_h1_outcome {
@@ -122,35 +118,35 @@ struct soth_h1_exchange {
  */
 struct soth_h1_cbs {
     void *ctx;
-    /** Bytes to send to `to_side`. Return 0, or a negative error: the engine then stops (dead)
+    /** Bytes to send to leg `to`. Return 0, or a negative error: the engine then stops (dead)
      *  and the feed returns that error. */
-    int (*out)(void *ctx, int to_side, const char *p, size_t n);
+    int (*out)(void *ctx, enum soth_leg to, const char *p, size_t n);
     /** A complete head (before it is forwarded). Return 0 to forward it, SOTH_H1_HEAD_SENT
      *  when the callback already sent its own serialisation of the head through `out` (a
      *  proxy rewriting an absolute-form target), or a negative value to stop the engine
      *  (dead) and make the feed return it: nothing of the message is sent, and a refused
      *  request is no exchange (no on_exchange for it). */
-    int (*on_head)(void *ctx, int dir, uint32_t stream_id, const struct soth_h1_head *h);
+    int (*on_head)(void *ctx, enum soth_leg dir, uint32_t stream_id, const struct soth_h1_head *h);
     /** Message body bytes after de-chunking, in order; any split. */
-    void (*on_body)(void *ctx, int dir, uint32_t stream_id, const char *p, size_t n);
+    void (*on_body)(void *ctx, enum soth_leg dir, uint32_t stream_id, const char *p, size_t n);
     /** Trailer fields of a chunked message (only when there is at least one). */
-    void (*on_trailers)(void *ctx, int dir, uint32_t stream_id, const struct soth_header *t,
-                        size_t n);
+    void (*on_trailers)(void *ctx, enum soth_leg dir, uint32_t stream_id,
+                        const struct soth_header *t, size_t n);
     /** The message (request or final response) is complete. Not called for interim 1xx. */
-    void (*on_complete)(void *ctx, int dir, uint32_t stream_id);
+    void (*on_complete)(void *ctx, enum soth_leg dir, uint32_t stream_id);
     /** A 101 (protocol = its Upgrade value, e.g. "websocket") or a 2xx to CONNECT (protocol
      *  empty) switched the connection to a byte relay, after that response head was reported
      *  and forwarded. From then on every feed forwards its bytes unchanged to the other side. */
     void (*on_upgrade)(void *ctx, uint32_t stream_id, struct soth_iov protocol);
     /** An exchange ended; always the stream's last callback. */
     void (*on_exchange)(void *ctx, const struct soth_h1_exchange *x);
-    /** The peer on side `dir` broke the protocol. `status` is the answer the proxy should give
+    /** The peer on leg `dir` broke the protocol. `status` is the answer the proxy should give
      *  the client (400 or 431 for a bad request, 502 for a bad response), `code` a stable
      *  snake_case reason and `detail` a sentence (static strings). stream_id is the exchange the
      *  bad bytes belong to (a request that fails in its head gets the id it would have had; an
      *  unsolicited response 0). The engine is dead afterwards. */
-    void (*on_error)(void *ctx, int dir, uint32_t stream_id, unsigned status, const char *code,
-                     const char *detail);
+    void (*on_error)(void *ctx, enum soth_leg dir, uint32_t stream_id, unsigned status,
+                     const char *code, const char *detail);
     /**
      * Optional: lend the engine a section buffer (soth_h1_section_size bytes, aligned for any
      * type) while it re-serialises a head or trailer section, and take it back once that
@@ -183,7 +179,7 @@ struct soth_h1 *soth_h1_new(const struct soth_h1_limits *limits, const struct so
 void soth_h1_free(struct soth_h1 *h);
 
 /**
- * Feed bytes received from `from_side`. Callbacks and `out` run before this returns.
+ * Feed bytes received from leg `from`. Callbacks and `out` run before this returns.
  * Returns the number of bytes consumed (everything, unless the engine is blocked on that side:
  * see soth_h1_is_blocked; keep the rest and feed it again after a later call on the other side
  * unblocks it). Results (callback trace and concatenated `out` bytes) do not depend on how the
@@ -195,9 +191,9 @@ void soth_h1_free(struct soth_h1 *h);
  * Bytes arriving after the connection is known to end (after a message that closes it, or from
  * the client after soth_h1_is_done) are consumed and dropped.
  */
-ssize_t soth_h1_feed(struct soth_h1 *h, int from_side, const char *data, size_t len);
+ssize_t soth_h1_feed(struct soth_h1 *h, enum soth_leg from, const char *data, size_t len);
 
-/** The EOF from `side` ended the engine: close once the queued output is flushed. */
+/** The EOF from leg `side` ended the engine: close once the queued output is flushed. */
 #define SOTH_H1_DONE 1
 /**
  * `side` closed its sending direction (read returned 0). Finishes a read-until-close response
@@ -209,7 +205,7 @@ ssize_t soth_h1_feed(struct soth_h1 *h, int from_side, const char *data, size_t 
  * (client EOF between requests while responses are still due, or one side of an upgraded
  * relay), SOTH_E_STATE when the engine was already dead.
  */
-int soth_h1_eof(struct soth_h1 *h, int side);
+int soth_h1_eof(struct soth_h1 *h, enum soth_leg side);
 
 /**
  * End every exchange still in flight with `outcome` (an exchange whose response completed is
@@ -219,9 +215,9 @@ int soth_h1_eof(struct soth_h1 *h, int side);
  */
 void soth_h1_abort(struct soth_h1 *h, enum soth_h1_outcome outcome);
 
-/** True when feeding `side` would consume nothing now: the FIFO of requests awaiting
+/** True when feeding leg `side` would consume nothing now: the FIFO of requests awaiting
  *  responses is full, or an upgrade/CONNECT request waits for its answer. */
-bool soth_h1_is_blocked(const struct soth_h1 *h, int side);
+bool soth_h1_is_blocked(const struct soth_h1 *h, enum soth_leg side);
 /** True when the connection has nothing more to do: error, abort, a message that closed the
  *  connection with every exchange reported, or EOF handled. Close after flushing output. */
 bool soth_h1_is_done(const struct soth_h1 *h);

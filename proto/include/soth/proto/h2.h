@@ -23,17 +23,11 @@
 /** The relay of one client connection (opaque; one allocation per connection). */
 struct soth_h2_relay;
 
-/** A leg of the relay, and the argument of feed/eof/want_*. */
-enum soth_h2_side {
-    SOTH_H2_CLIENT = 0,   /* toward the user agent: our nghttp2 server session */
-    SOTH_H2_UPSTREAM = 1, /* toward the origin: our nghttp2 client session */
-};
-
-/** Direction of a message ("client_to_server" / "server_to_client" in docs/events.md). */
-enum soth_h2_dir {
-    SOTH_H2_REQUEST = 0,  /* client to upstream */
-    SOTH_H2_RESPONSE = 1, /* upstream to client */
-};
+/*
+ * Legs (enum soth_leg, soth/base.h): SOTH_LEG_CLIENT faces the user agent (our nghttp2 server
+ * session), SOTH_LEG_UPSTREAM the origin (our nghttp2 client session). A message's direction
+ * is the leg that sent it: the client leg sends requests, the upstream leg responses.
+ */
 
 /** How a stream ended: the exchange_completed outcomes (docs/events.md; table in
  *  docs/http2.md). */
@@ -88,12 +82,12 @@ struct soth_h2_cbs {
     void *ctx;
     /** Bytes for the transport toward `to` (at most 16 KiB per call, only from flush): encrypt
      *  or queue them before returning. Returns 0, or a negative error that flush returns. */
-    int (*out)(void *ctx, enum soth_h2_side to, const char *p, size_t n);
+    int (*out)(void *ctx, enum soth_leg to, const char *p, size_t n);
     void (*on_request_head)(void *ctx, int32_t stream_id, const struct soth_h2_request *req);
     void (*on_response_head)(void *ctx, int32_t stream_id, const struct soth_h2_response *resp);
     /** Body bytes as they arrive (before forwarding); sums match the stream_end byte counts. */
-    void (*on_data)(void *ctx, enum soth_h2_dir dir, int32_t stream_id, const char *p, size_t n);
-    void (*on_trailers)(void *ctx, enum soth_h2_dir dir, int32_t stream_id,
+    void (*on_data)(void *ctx, enum soth_leg dir, int32_t stream_id, const char *p, size_t n);
+    void (*on_trailers)(void *ctx, enum soth_leg dir, int32_t stream_id,
                         const struct soth_header *headers, size_t n);
     void (*on_stream_end)(void *ctx, int32_t stream_id, const struct soth_h2_stream_end *end);
 };
@@ -123,11 +117,11 @@ struct soth_h2_settings {
 
 /** Counters, for tests and metrics. */
 struct soth_h2_stats {
-    size_t buffered[2];      /* body bytes held now, by enum soth_h2_dir */
-    size_t buffered_peak[2]; /* highest buffered[] seen */
-    size_t buffer_bound[2];  /* buffered[] never exceeds this (docs/http2.md) */
-    size_t chunk_bytes;      /* memory in body chunks, free ones included */
-    uint32_t streams;        /* stream slots in use */
+    size_t buffered[SOTH_LEG_COUNT];      /* body bytes held now, by the leg that sent them */
+    size_t buffered_peak[SOTH_LEG_COUNT]; /* highest buffered[] seen */
+    size_t buffer_bound[SOTH_LEG_COUNT];  /* buffered[] never exceeds this (docs/http2.md) */
+    size_t chunk_bytes;                   /* memory in body chunks, free ones included */
+    uint32_t streams;                     /* stream slots in use */
     uint32_t streams_peak;
     uint64_t streams_total;   /* client streams accepted */
     uint64_t streams_refused; /* client streams refused (limits, GOAWAY, shutdown) */
@@ -155,7 +149,7 @@ void soth_h2_relay_free(struct soth_h2_relay *r);
  * Protocol errors nghttp2 answers itself (GOAWAY with an error code) return len; the leg
  * turns unreadable when that GOAWAY is flushed.
  */
-ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_h2_side from, const char *data,
+ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_leg from, const char *data,
                            size_t len);
 
 /**
@@ -171,19 +165,19 @@ int soth_h2_relay_flush(struct soth_h2_relay *r);
  * for that side then stay in the relay's bounded buffers and, since windows reopen only as
  * bytes are forwarded, the sender on the other leg stops at its flow-control window.
  */
-void soth_h2_relay_hold(struct soth_h2_relay *r, enum soth_h2_side side, bool hold);
+void soth_h2_relay_hold(struct soth_h2_relay *r, enum soth_leg side, bool hold);
 
 /** Whether the leg wants more input / has output pending (call flush). When both are false
  *  for a leg its transport can be closed; when both are false for the client leg the relay
  *  is finished. */
-bool soth_h2_relay_want_read(const struct soth_h2_relay *r, enum soth_h2_side side);
-bool soth_h2_relay_want_write(const struct soth_h2_relay *r, enum soth_h2_side side);
+bool soth_h2_relay_want_read(const struct soth_h2_relay *r, enum soth_leg side);
+bool soth_h2_relay_want_write(const struct soth_h2_relay *r, enum soth_leg side);
 
 /** Whether the leg ended (or is ending) on a connection error: nghttp2's terminating GOAWAY
  *  for a protocol error or flood, a fatal feed, or an internal failure. Sticky. */
-bool soth_h2_relay_failed(const struct soth_h2_relay *r, enum soth_h2_side side);
+bool soth_h2_relay_failed(const struct soth_h2_relay *r, enum soth_leg side);
 /** Whether the peer on `side` sent GOAWAY (any code). Sticky. */
-bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_h2_side side);
+bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_leg side);
 
 /**
  * The transport of `side` closed: orderly EOF (reset false) or reset/broken pipe (reset
@@ -192,7 +186,7 @@ bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_h2_s
  * (upstream side gone); responses already received in full are still delivered. Further
  * feeds from that side return SOTH_E_CLOSED. Idempotent.
  */
-void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_h2_side side, bool reset);
+void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_leg side, bool reset);
 
 /** Graceful shutdown (drain): GOAWAY(NO_ERROR) to both legs, refuse new client streams, let
  *  streams in flight finish. */

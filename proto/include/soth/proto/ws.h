@@ -27,11 +27,11 @@
 
 struct soth_ws; /* opaque */
 
-/** Which endpoint sent the frames (RFC 6455 5.1: clients mask, servers do not). */
-enum soth_ws_dir {
-    SOTH_WS_CLIENT = 0, /* client_to_server */
-    SOTH_WS_SERVER = 1, /* server_to_client */
-};
+/*
+ * A parser reads the frames one leg sends (enum soth_leg, soth/base.h): SOTH_LEG_CLIENT for
+ * client_to_server frames, which must be masked, SOTH_LEG_UPSTREAM for server_to_client
+ * frames, which must not be (RFC 6455 5.1).
+ */
 
 /** Opcodes (RFC 6455 5.2). */
 enum {
@@ -75,7 +75,7 @@ struct soth_ws_limits {
 
 /** One complete message, valid only during on_message. */
 struct soth_ws_msg {
-    enum soth_ws_dir dir;
+    enum soth_leg dir;    /* the leg that sent it */
     unsigned opcode;      /* of its first frame: TEXT, BINARY, CLOSE, PING or PONG */
     uint64_t len;         /* payload bytes, all fragments (compressed size when compressed) */
     struct soth_iov data; /* the first min(len, capture) payload bytes, unmasked */
@@ -97,13 +97,13 @@ struct soth_ws_cbs {
 size_t soth_ws_size(const struct soth_ws_limits *limits);
 
 /**
- * Initialise a parser for the frames `dir` sends, in caller-owned memory of
+ * Initialise a parser for the frames leg `dir` sends, in caller-owned memory of
  * soth_ws_size(limits) bytes aligned for any type. `deflate`: permessage-deflate was
  * negotiated (Sec-WebSocket-Extensions in the 101), so RSV1 marks a compressed message.
  * `cbs` and `limits` are copied (limits may be NULL). Returns the parser (== mem). There is
  * nothing to dispose: the memory may be reused or freed at any time.
  */
-struct soth_ws *soth_ws_init(void *mem, enum soth_ws_dir dir, bool deflate,
+struct soth_ws *soth_ws_init(void *mem, enum soth_leg dir, bool deflate,
                              const struct soth_ws_limits *limits, const struct soth_ws_cbs *cbs);
 
 /**
@@ -154,9 +154,9 @@ enum soth_ws_flush {
 };
 
 struct soth_ws_turn {
-    uint64_t id;                  /* 1, 2, 3, ... per connection */
-    enum soth_ws_dir initiator;   /* sender of the first message */
-    uint64_t frames[2], bytes[2]; /* by enum soth_ws_dir */
+    uint64_t id;                                            /* 1, 2, 3, ... per connection */
+    enum soth_leg initiator;                                /* sender of the first message */
+    uint64_t frames[SOTH_LEG_COUNT], bytes[SOTH_LEG_COUNT]; /* by the leg that sent them */
     uint64_t started_ns, ended_ns;
     enum soth_ws_flush reason; /* meaningful in on_end */
 };
