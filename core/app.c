@@ -10,7 +10,10 @@
 
 #include "app.h"
 #include "app_payload.h"
-#include "soth/proto.h"
+#include "soth/proto/h1.h"
+#include "soth/proto/ws.h"
+#include "soth/proto/sse.h"
+#include "soth/proto/decode.h"
 
 #define APP_STASH_MAX  (1u << 20) /* bytes kept for a blocked direction before giving up */
 #define APP_MAX_FIELDS 130
@@ -91,12 +94,10 @@ static void stream_on_ws_message(void *ctx, const struct soth_ws_msg *m)
 {
     struct app_stream *s = ctx;
     soth_ws_turns_message(&s->turns, m, soth_now_ns());
-    soth_ev_ws_message(s->a->env.ev, s->ws_id,
-                       m->dir == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT
-                                                : SOTH_DIR_CLIENT_TO_SERVER,
-                       m->opcode, m->len, m->data, m->truncated);
+    soth_ev_ws_message(s->a->env.ev, s->ws_id, soth_leg_of(m->dir), m->opcode, m->len, m->data,
+                       m->truncated);
     if ((m->opcode == SOTH_WS_OP_TEXT || m->opcode == SOTH_WS_OP_BINARY) && !m->compressed)
-        app_pl_framed(&s->a->pl, &s->a->env, s->ws_id, m->dir == SOTH_WS_SERVER, SOTH_FRAMING_WS,
+        app_pl_framed(&s->a->pl, &s->a->env, s->ws_id, m->dir == SOTH_LEG_UPSTREAM, SOTH_FRAMING_WS,
                       m->data, m->truncated);
 }
 
@@ -104,8 +105,8 @@ static void stream_on_turn_start(void *ctx, const struct soth_ws_turn *t)
 {
     struct app_stream *s = ctx;
     soth_ev_ws_turn_started(s->a->env.ev, s->ws_id, t->id,
-                            t->initiator == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT
-                                                           : SOTH_DIR_CLIENT_TO_SERVER);
+                            t->initiator == SOTH_LEG_UPSTREAM ? SOTH_LEG_UPSTREAM
+                                                              : SOTH_LEG_CLIENT);
 }
 
 static void stream_on_turn_end(void *ctx, const struct soth_ws_turn *t)
@@ -119,12 +120,11 @@ static void stream_on_turn_end(void *ctx, const struct soth_ws_turn *t)
     };
     struct soth_ws_turn_stats st = {
         .turn_id = t->id,
-        .initiator =
-            t->initiator == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER,
-        .client_frames = t->frames[SOTH_WS_CLIENT],
-        .server_frames = t->frames[SOTH_WS_SERVER],
-        .client_bytes = t->bytes[SOTH_WS_CLIENT],
-        .server_bytes = t->bytes[SOTH_WS_SERVER],
+        .initiator = soth_leg_of(t->initiator),
+        .client_frames = t->frames[SOTH_LEG_CLIENT],
+        .server_frames = t->frames[SOTH_LEG_UPSTREAM],
+        .client_bytes = t->bytes[SOTH_LEG_CLIENT],
+        .server_bytes = t->bytes[SOTH_LEG_UPSTREAM],
         .started_ns = t->started_ns,
         .ended_ns = t->ended_ns,
         .flush_reason = why[t->reason],
@@ -178,8 +178,8 @@ static void stream_on_response_head(struct app_h1 *a, uint32_t id, const struct 
         bool deflate =
             iov_has_ci(header_value(hd, "sec-websocket-extensions"), "permessage-deflate");
         struct soth_ws_cbs cbs = {.ctx = s, .on_message = stream_on_ws_message};
-        s->ws[0] = soth_ws_init(s->ws_mem, SOTH_WS_CLIENT, deflate, &lim, &cbs);
-        s->ws[1] = soth_ws_init((char *)s->ws_mem + sz, SOTH_WS_SERVER, deflate, &lim, &cbs);
+        s->ws[0] = soth_ws_init(s->ws_mem, SOTH_LEG_CLIENT, deflate, &lim, &cbs);
+        s->ws[1] = soth_ws_init((char *)s->ws_mem + sz, SOTH_LEG_UPSTREAM, deflate, &lim, &cbs);
         struct soth_ws_turn_cbs tcbs = {
             .ctx = s, .on_start = stream_on_turn_start, .on_end = stream_on_turn_end};
         soth_ws_turns_init(&s->turns, APP_WS_TURN_IDLE_NS, &tcbs);
@@ -257,7 +257,7 @@ static void stream_free(struct app_h1 *a)
 
 /* ---- engine callbacks */
 
-static int h1_out(void *ctx, int to_side, const char *p, size_t n)
+static int h1_out(void *ctx, enum soth_leg to_side, const char *p, size_t n)
 {
     struct app_h1 *a = ctx;
     if (a->obs != NULL && a->obs->ws_live)
@@ -317,12 +317,12 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     do {                                                                                           \
         size_t n__ = (n_);                                                                         \
         if (used + n__ > sizeof(buf)) {                                                            \
-            int rc__ = a->env.send(a->env.ctx, APP_UPSTREAM, buf, used);                           \
+            int rc__ = a->env.send(a->env.ctx, SOTH_LEG_UPSTREAM, buf, used);                      \
             if (rc__ < 0)                                                                          \
                 return rc__;                                                                       \
             used = 0;                                                                              \
             if (n__ > sizeof(buf)) {                                                               \
-                rc__ = a->env.send(a->env.ctx, APP_UPSTREAM, (p_), n__);                           \
+                rc__ = a->env.send(a->env.ctx, SOTH_LEG_UPSTREAM, (p_), n__);                      \
                 if (rc__ < 0)                                                                      \
                     return rc__;                                                                   \
                 break;                                                                             \
@@ -345,14 +345,14 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     }
     APPEND("\r\n", 2);
 #undef APPEND
-    int rc = a->env.send(a->env.ctx, APP_UPSTREAM, buf, used);
+    int rc = a->env.send(a->env.ctx, SOTH_LEG_UPSTREAM, buf, used);
     return rc < 0 ? rc : SOTH_H1_HEAD_SENT;
 }
 
-static int h1_on_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head *hd)
+static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_h1_head *hd)
 {
     struct app_h1 *a = ctx;
-    if (dir == SOTH_H1_CLIENT) {
+    if (dir == SOTH_LEG_CLIENT) {
         a->awaiting_head = false;
         a->head_since_ms = 0;
         a->msg[0] = (struct msg_cap){.id = id};
@@ -379,33 +379,32 @@ static int h1_on_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head
     return 0;
 }
 
-static void h1_on_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
+static void h1_on_body(void *ctx, enum soth_leg dir, uint32_t id, const char *p, size_t n)
 {
     struct app_h1 *a = ctx;
     struct msg_cap *m = &a->msg[dir];
     uint64_t room = a->cap > m->captured ? a->cap - m->captured : 0;
     size_t take = n < room ? n : (size_t)room;
-    soth_ev_body_chunk(a->env.ev, dir ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER, id,
-                       m->off, n, soth_iov(p, take), take < n);
+    soth_ev_body_chunk(a->env.ev, soth_leg_of(dir), id, m->off, n, soth_iov(p, take), take < n);
     m->off += n;
     m->captured += take;
     app_pl_h1_body(a->pl, dir, p, n);
-    if (dir == SOTH_H1_UPSTREAM)
+    if (dir == SOTH_LEG_UPSTREAM)
         stream_on_body(a, id, p, n);
 }
 
-static void h1_on_trailers(void *ctx, int dir, uint32_t id, const struct soth_header *t, size_t n)
+static void h1_on_trailers(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_header *t,
+                           size_t n)
 {
     struct app_h1 *a = ctx;
-    soth_ev_trailers(a->env.ev, dir ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER, id, t,
-                     n);
+    soth_ev_trailers(a->env.ev, soth_leg_of(dir), id, t, n);
 }
 
-static void h1_on_complete(void *ctx, int dir, uint32_t id)
+static void h1_on_complete(void *ctx, enum soth_leg dir, uint32_t id)
 {
     struct app_h1 *a = ctx;
     app_pl_h1_complete(a->pl, &a->env, dir, id);
-    if (dir == SOTH_H1_UPSTREAM) {
+    if (dir == SOTH_LEG_UPSTREAM) {
         a->resp_open = false;
         stream_end(a, id);
     } else {
@@ -431,8 +430,8 @@ static void h1_on_exchange(void *ctx, const struct soth_h1_exchange *x)
                                x->request_bytes, x->response_bytes);
 }
 
-static void h1_on_error(void *ctx, int dir, uint32_t id, unsigned status, const char *code,
-                        const char *detail)
+static void h1_on_error(void *ctx, enum soth_leg dir, uint32_t id, unsigned status,
+                        const char *code, const char *detail)
 {
     struct app_h1 *a = ctx;
     (void)id;
@@ -463,7 +462,7 @@ static int h1_fail(struct app_h1 *a, int rc)
     if (a->dead)
         return rc;
     a->dead = true;
-    bool client_fault = a->err_status != 0 && a->err_dir == SOTH_H1_CLIENT;
+    bool client_fault = a->err_status != 0 && a->err_dir == SOTH_LEG_CLIENT;
     if (a->err_status != 0 && !a->resp_open && !a->answered) {
         char body[256], head[256];
         int bn;
@@ -481,8 +480,8 @@ static int h1_fail(struct app_h1 *a, int rc)
                           "Connection: close\r\n\r\n",
                           a->err_status, status_phrase(a->err_status), bn);
         a->answered = true;
-        if (a->env.send(a->env.ctx, APP_CLIENT, head, (size_t)hn) == 0)
-            a->env.send(a->env.ctx, APP_CLIENT, body, (size_t)bn);
+        if (a->env.send(a->env.ctx, SOTH_LEG_CLIENT, head, (size_t)hn) == 0)
+            a->env.send(a->env.ctx, SOTH_LEG_CLIENT, body, (size_t)bn);
     }
     soth_h1_abort(a->h, client_fault    ? SOTH_H1_CLIENT_ABORTED
                         : a->err_status ? SOTH_H1_UPSTREAM_ABORTED
@@ -564,7 +563,7 @@ static int h1_input(struct app_h1 *a, unsigned side, const char *p, size_t n)
 {
     if (a->dead)
         return APP_DONE;
-    if (side == APP_CLIENT && a->awaiting_head && a->head_since_ms == 0 && n > 0 &&
+    if (side == SOTH_LEG_CLIENT && a->awaiting_head && a->head_since_ms == 0 && n > 0 &&
         !soth_h1_is_upgraded(a->h))
         a->head_since_ms = soth_mono_ns() / 1000000; /* cleared when the head completes */
     int rc;
@@ -586,8 +585,8 @@ static int h1_input(struct app_h1 *a, unsigned side, const char *p, size_t n)
     }
     if (soth_h1_is_done(a->h) && !a->dead) {
         a->dead = true;
-        a->reason = a->eof_seen[APP_CLIENT] || a->close_client ? SOTH_CLOSE_CLIENT_EOF
-                                                               : SOTH_CLOSE_RELAY_EOF;
+        a->reason = a->eof_seen[SOTH_LEG_CLIENT] || a->close_client ? SOTH_CLOSE_CLIENT_EOF
+                                                                    : SOTH_CLOSE_RELAY_EOF;
         return APP_DONE;
     }
     return h1_status(a);
@@ -602,28 +601,30 @@ static int h1_eof(struct app_h1 *a, unsigned side, bool reset)
         /* The transport is gone. A client that reset went away: its EOF ends what it can
          * (an upgraded relay whose upstream closed already is complete), the rest is
          * client_aborted. An upstream that reset aborted its exchanges. */
-        if (side == APP_CLIENT && a->st[side].len == 0)
+        if (side == SOTH_LEG_CLIENT && a->st[side].len == 0)
             soth_h1_eof(a->h, (int)side);
-        soth_h1_abort(a->h, side == APP_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
+        soth_h1_abort(a->h,
+                      side == SOTH_LEG_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
         a->dead = true;
-        a->reason = side == APP_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_ERROR;
+        a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_ERROR;
         return APP_DONE;
     }
     if (a->st[side].len > 0) {
         /* The peer finished while its bytes wait behind a blocked exchange: keep them until
          * the engine can take them; the EOF is handled then (bounded by the idle timer). */
-        soth_h1_abort(a->h, side == APP_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
+        soth_h1_abort(a->h,
+                      side == SOTH_LEG_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
         a->dead = true;
-        a->reason = side == APP_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
+        a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
         return APP_DONE;
     }
     bool upgraded = soth_h1_is_upgraded(a->h);
     int rc = soth_h1_eof(a->h, (int)side);
     if (rc == SOTH_H1_DONE || rc < 0 || soth_h1_is_done(a->h)) {
         a->dead = true;
-        a->reason = side == APP_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
+        a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
         if (upgraded && a->eof_seen[side ^ 1])
-            a->reason = side == APP_CLIENT ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF;
+            a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF;
         return APP_DONE;
     }
     return upgraded ? APP_HALF_CLOSE : APP_AGAIN;
@@ -642,8 +643,8 @@ static int h1_head_timeout(struct app_h1 *a)
                           "HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
                           "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                           sizeof(body) - 1);
-        if (a->env.send(a->env.ctx, APP_CLIENT, head, (size_t)hn) == 0)
-            a->env.send(a->env.ctx, APP_CLIENT, body, sizeof(body) - 1);
+        if (a->env.send(a->env.ctx, SOTH_LEG_CLIENT, head, (size_t)hn) == 0)
+            a->env.send(a->env.ctx, SOTH_LEG_CLIENT, body, sizeof(body) - 1);
         a->answered = true;
     }
     soth_h1_abort(a->h, SOTH_H1_TIMEOUT);

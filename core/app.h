@@ -17,9 +17,6 @@
 
 enum app_kind { APP_H1 = 0, APP_H2 };
 
-/* Legs, as in the worker: 0 faces the client, 1 the upstream. */
-enum { APP_CLIENT = 0, APP_UPSTREAM = 1 };
-
 struct app_env {
     const struct soth_config *cfg; /* body_capture_bytes, http2_*, limits */
     struct soth_ev_flow *ev;       /* the flow's events */

@@ -22,7 +22,10 @@
 
 #include "app.h"
 #include "app_payload.h"
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
+#include "soth/proto/ws.h"
+#include "soth/proto/sse.h"
+#include "soth/proto/decode.h"
 
 #define H2_MAX_STREAMS 100 /* SETTINGS_MAX_CONCURRENT_STREAMS toward the client */
 #define H2_TABLE_CAP   256 /* > 2 x H2_MAX_STREAMS + 16 relay slots; a power of two */
@@ -34,7 +37,7 @@ _Static_assert((H2_TABLE_CAP & (H2_TABLE_CAP - 1)) == 0, "stream table not a pow
 
 struct h2_stream {
     int32_t sid;     /* client stream id; 0 = free entry */
-    uint64_t off[2]; /* body bytes reported so far, by enum soth_h2_dir */
+    uint64_t off[2]; /* body bytes reported so far, by enum soth_leg */
     /* gRPC and payload state, or NULL (core/app_payload.c) */
     struct app_pl_stream *pl;
     struct h2_sse_slot *sse; /* its text/event-stream parser (issue 9), or NULL */
@@ -220,7 +223,7 @@ struct h2_ws_slot {
     struct app_h2 *h;
     int32_t sid; /* stream being parsed, 0 = free */
     struct soth_ws_turns turns;
-    struct soth_ws *p[2]; /* by enum soth_h2_dir: request = client frames */
+    struct soth_ws *p[2]; /* by enum soth_leg: request = client frames */
     void *mem;
 };
 
@@ -234,9 +237,9 @@ _Static_assert((int)SOTH_WS_FLUSH_DIRECTION_CHANGE == (int)SOTH_FLUSH_DIRECTION_
                    (int)SOTH_WS_FLUSH_IDLE == (int)SOTH_FLUSH_IDLE,
                "flush reasons differ between proto.h and observe.h");
 
-static enum soth_direction ws_dir(enum soth_ws_dir d)
+static enum soth_leg ws_dir(enum soth_leg d)
 {
-    return d == SOTH_WS_SERVER ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER;
+    return soth_leg_of(d);
 }
 
 static void ws_on_message(void *ctx, const struct soth_ws_msg *m)
@@ -246,7 +249,7 @@ static void ws_on_message(void *ctx, const struct soth_ws_msg *m)
     soth_ev_ws_message(s->h->env.ev, (uint32_t)s->sid, ws_dir(m->dir), m->opcode, m->len, m->data,
                        m->truncated);
     if ((m->opcode == SOTH_WS_OP_TEXT || m->opcode == SOTH_WS_OP_BINARY) && !m->compressed)
-        app_pl_framed(&s->h->pl, &s->h->env, (uint32_t)s->sid, m->dir == SOTH_WS_SERVER,
+        app_pl_framed(&s->h->pl, &s->h->env, (uint32_t)s->sid, m->dir == SOTH_LEG_UPSTREAM,
                       SOTH_FRAMING_WS, m->data, m->truncated);
 }
 
@@ -262,10 +265,10 @@ static void ws_on_turn_end(void *ctx, const struct soth_ws_turn *t)
     struct soth_ws_turn_stats st = {
         .turn_id = t->id,
         .initiator = ws_dir(t->initiator),
-        .client_frames = t->frames[SOTH_WS_CLIENT],
-        .server_frames = t->frames[SOTH_WS_SERVER],
-        .client_bytes = t->bytes[SOTH_WS_CLIENT],
-        .server_bytes = t->bytes[SOTH_WS_SERVER],
+        .client_frames = t->frames[SOTH_LEG_CLIENT],
+        .server_frames = t->frames[SOTH_LEG_UPSTREAM],
+        .client_bytes = t->bytes[SOTH_LEG_CLIENT],
+        .server_bytes = t->bytes[SOTH_LEG_UPSTREAM],
         .started_ns = t->started_ns,
         .ended_ns = t->ended_ns,
         /* same order as enum soth_flush_reason (proto.h) */
@@ -307,9 +310,9 @@ static struct h2_ws_slot *ws_start(struct app_h2 *h, int32_t sid, const struct s
     struct soth_ws_cbs cbs = {.ctx = slot, .on_message = ws_on_message};
     slot->h = h;
     slot->sid = sid;
-    slot->p[SOTH_H2_REQUEST] = soth_ws_init(slot->mem, SOTH_WS_CLIENT, deflate, &lim, &cbs);
-    slot->p[SOTH_H2_RESPONSE] =
-        soth_ws_init((char *)slot->mem + sz, SOTH_WS_SERVER, deflate, &lim, &cbs);
+    slot->p[SOTH_LEG_CLIENT] = soth_ws_init(slot->mem, SOTH_LEG_CLIENT, deflate, &lim, &cbs);
+    slot->p[SOTH_LEG_UPSTREAM] =
+        soth_ws_init((char *)slot->mem + sz, SOTH_LEG_UPSTREAM, deflate, &lim, &cbs);
     struct soth_ws_turn_cbs tcbs = {
         .ctx = slot, .on_start = ws_on_turn_start, .on_end = ws_on_turn_end};
     soth_ws_turns_init(&slot->turns, H2_WS_TURN_IDLE_NS, &tcbs);
@@ -317,7 +320,7 @@ static struct h2_ws_slot *ws_start(struct app_h2 *h, int32_t sid, const struct s
     return slot;
 }
 
-static void ws_data(struct h2_ws_slot *slot, enum soth_h2_dir dir, const char *p, size_t n)
+static void ws_data(struct h2_ws_slot *slot, enum soth_leg dir, const char *p, size_t n)
 {
     /* A broken stream is only observed no more: the relay goes on untouched. */
     if (soth_ws_feed(slot->p[dir], p, n) < 0 && !slot->turns.closed)
@@ -344,7 +347,7 @@ static void ws_free(struct h2_ws *w)
 
 /* ---- relay callbacks -> events */
 
-static int on_out(void *ctx, enum soth_h2_side to, const char *p, size_t n)
+static int on_out(void *ctx, enum soth_leg to, const char *p, size_t n)
 {
     struct app_h2 *h = ctx;
     int rc = h->env.send(h->env.ctx, (unsigned)to, p, n);
@@ -378,12 +381,12 @@ static void on_response_head(void *ctx, int32_t sid, const struct soth_h2_respon
         e->ws = ws_start(h, sid, s);
 }
 
-static enum soth_direction dir_of(enum soth_h2_dir d)
+static enum soth_leg dir_of(enum soth_leg d)
 {
-    return d == SOTH_H2_REQUEST ? SOTH_DIR_CLIENT_TO_SERVER : SOTH_DIR_SERVER_TO_CLIENT;
+    return soth_leg_of(d);
 }
 
-static void on_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p, size_t n)
+static void on_data(void *ctx, enum soth_leg dir, int32_t sid, const char *p, size_t n)
 {
     struct app_h2 *h = ctx;
     struct h2_stream *e = stream_find(h, sid);
@@ -396,13 +399,13 @@ static void on_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p,
     soth_ev_body_chunk(h->env.ev, dir_of(dir), (uint32_t)sid, off, n, soth_iov(p, take), take < n);
     e->off[dir] = off + n;
     app_pl_h2_data(h->pl, e->pl, &h->env, (int)dir, (uint32_t)sid, p, n);
-    if (e->sse != NULL && dir == SOTH_H2_RESPONSE)
+    if (e->sse != NULL && dir == SOTH_LEG_UPSTREAM)
         soth_sse_feed(e->sse->p, p, n);
     if (e->ws != NULL)
         ws_data(e->ws, dir, p, n);
 }
 
-static void on_trailers(void *ctx, enum soth_h2_dir dir, int32_t sid, const struct soth_header *hd,
+static void on_trailers(void *ctx, enum soth_leg dir, int32_t sid, const struct soth_header *hd,
                         size_t n)
 {
     struct app_h2 *h = ctx;
@@ -460,17 +463,17 @@ static void note_relay_cause(struct app_h2 *h)
 {
     if (h->reason_set)
         return;
-    if (soth_h2_relay_failed(h->r, SOTH_H2_CLIENT))
+    if (soth_h2_relay_failed(h->r, SOTH_LEG_CLIENT))
         set_reason(h, h->bad_preface ? SOTH_CLOSE_PARSE_FAILED : SOTH_CLOSE_RELAY_ERROR);
-    else if (soth_h2_relay_failed(h->r, SOTH_H2_UPSTREAM))
+    else if (soth_h2_relay_failed(h->r, SOTH_LEG_UPSTREAM))
         set_reason(h, SOTH_CLOSE_RELAY_ERROR);
-    else if (soth_h2_relay_goaway_received(h->r, SOTH_H2_UPSTREAM))
+    else if (soth_h2_relay_goaway_received(h->r, SOTH_LEG_UPSTREAM))
         set_reason(h, SOTH_CLOSE_RELAY_EOF);
-    else if (soth_h2_relay_goaway_received(h->r, SOTH_H2_CLIENT))
+    else if (soth_h2_relay_goaway_received(h->r, SOTH_LEG_CLIENT))
         set_reason(h, SOTH_CLOSE_CLIENT_EOF);
 }
 
-static bool leg_finished(const struct app_h2 *h, enum soth_h2_side side)
+static bool leg_finished(const struct app_h2 *h, enum soth_leg side)
 {
     return !soth_h2_relay_want_read(h->r, side) && !soth_h2_relay_want_write(h->r, side);
 }
@@ -478,8 +481,8 @@ static bool leg_finished(const struct app_h2 *h, enum soth_h2_side side)
 /* Stop: end every stream still open (no output is produced any more). */
 static void finish(struct app_h2 *h)
 {
-    soth_h2_relay_eof(h->r, SOTH_H2_CLIENT, false);
-    soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, false);
+    soth_h2_relay_eof(h->r, SOTH_LEG_CLIENT, false);
+    soth_h2_relay_eof(h->r, SOTH_LEG_UPSTREAM, false);
     h->done = true;
 }
 
@@ -501,7 +504,7 @@ static int settle(struct app_h2 *h)
     /* The relay is finished when its client leg is (docs/http2.md, "Driving it"); the
      * upstream leg has nothing left to say then: its streams were cancelled and its GOAWAY
      * flushed above, unless that output is held, which no longer matters. */
-    if (leg_finished(h, SOTH_H2_CLIENT)) {
+    if (leg_finished(h, SOTH_LEG_CLIENT)) {
         if (!h->reason_set)
             set_reason(h, SOTH_CLOSE_CLIENT_EOF);
         finish(h);
@@ -582,7 +585,7 @@ int app_h2_input(struct app *a, unsigned side, const char *p, size_t n)
         return h->err;
     if (h->done)
         return APP_DONE;
-    if (side == APP_CLIENT && h->magic_off < H2_MAGIC_LEN && !h->bad_preface && n > 0)
+    if (side == SOTH_LEG_CLIENT && h->magic_off < H2_MAGIC_LEN && !h->bad_preface && n > 0)
         check_magic(h, p, n);
     ssize_t rc = soth_h2_relay_feed(h->r, side, p, n);
     if (rc == SOTH_E_NOMEM) {
@@ -607,12 +610,12 @@ int app_h2_eof(struct app *a, unsigned side, bool reset)
     if (h->eof[side & 1])
         return h->err < 0 ? h->err : (h->done ? APP_DONE : APP_AGAIN);
     h->eof[side & 1] = true;
-    set_reason(h, side == APP_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF);
+    set_reason(h, side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF);
     if (h->err < 0)
         return h->err;
     if (h->done)
         return APP_DONE;
-    soth_h2_relay_eof(h->r, side == APP_CLIENT ? SOTH_H2_CLIENT : SOTH_H2_UPSTREAM, reset);
+    soth_h2_relay_eof(h->r, soth_leg_of(side), reset);
     return settle(h);
 }
 
@@ -624,15 +627,15 @@ void app_h2_abort(struct app *a, enum soth_outcome outcome)
     h->aborting = true;
     h->abort_outcome = outcome;
     /* Both transports are going away: every stream still open ends now (no output). */
-    soth_h2_relay_eof(h->r, SOTH_H2_CLIENT, true);
-    soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, true);
+    soth_h2_relay_eof(h->r, SOTH_LEG_CLIENT, true);
+    soth_h2_relay_eof(h->r, SOTH_LEG_UPSTREAM, true);
     h->done = true;
 }
 
 int app_h2_hold(struct app *a, unsigned side, bool hold)
 {
     struct app_h2 *h = h2_of(a);
-    soth_h2_relay_hold(h->r, side == APP_CLIENT ? SOTH_H2_CLIENT : SOTH_H2_UPSTREAM, hold);
+    soth_h2_relay_hold(h->r, soth_leg_of(side), hold);
     if (hold || h->done)
         return h->err < 0 ? h->err : (h->done ? APP_DONE : APP_AGAIN);
     return settle(h);
@@ -641,8 +644,7 @@ int app_h2_hold(struct app *a, unsigned side, bool hold)
 bool app_h2_want_write(const struct app *a, unsigned side)
 {
     const struct app_h2 *h = (const struct app_h2 *)a;
-    return !h->done &&
-           soth_h2_relay_want_write(h->r, side == APP_CLIENT ? SOTH_H2_CLIENT : SOTH_H2_UPSTREAM);
+    return !h->done && soth_h2_relay_want_write(h->r, soth_leg_of(side));
 }
 
 int app_h2_shutdown(struct app *a)

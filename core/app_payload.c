@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "app_payload.h"
+#include "soth/proto/h2.h"
+#include "soth/proto/grpc.h"
+#include "soth/proto/decode.h"
 
 /* One message direction's body capture and how to decode it. */
 struct pl_msg {
@@ -27,7 +30,7 @@ struct app_payload {
 struct app_pl_stream {
     bool grpc;
     enum soth_payload_format grpc_fmt[2]; /* declared by each direction's content-type */
-    struct soth_grpc *g[2];               /* by enum soth_h2_dir; NULL: not parsed */
+    struct soth_grpc *g[2];               /* by enum soth_leg; NULL: not parsed */
     enum soth_coding genc[2];             /* grpc-encoding */
     bool failed[2];                       /* framing error reported */
     struct pl_msg msg[2];                 /* plain HTTP/2 bodies */
@@ -68,9 +71,9 @@ static uint64_t content_length(const struct soth_header *h, size_t n)
     return x;
 }
 
-static enum soth_direction dir_of(int dir)
+static enum soth_leg dir_of(int dir)
 {
-    return dir ? SOTH_DIR_SERVER_TO_CLIENT : SOTH_DIR_CLIENT_TO_SERVER;
+    return soth_leg_of(dir);
 }
 
 static bool capture_on(const struct app_env *env)
@@ -307,10 +310,10 @@ void app_pl_h2_request(struct app_payload **pl, struct app_pl_stream **st,
         if (s == NULL || flow_pl(pl) == NULL)
             return;
         s->grpc = true;
-        s->grpc_fmt[SOTH_H2_REQUEST] = f;
-        s->genc[SOTH_H2_REQUEST] = grpc_encoding(q->headers, q->n_headers);
+        s->grpc_fmt[SOTH_LEG_CLIENT] = f;
+        s->genc[SOTH_LEG_CLIENT] = grpc_encoding(q->headers, q->n_headers);
         if (!q->end_stream)
-            s->g[SOTH_H2_REQUEST] = grpc_parser();
+            s->g[SOTH_LEG_CLIENT] = grpc_parser();
         return;
     }
     if (q->end_stream || !capture_on(env) ||
@@ -318,7 +321,7 @@ void app_pl_h2_request(struct app_payload **pl, struct app_pl_stream **st,
         return;
     struct app_pl_stream *s = stream_pl(st);
     if (s != NULL && flow_pl(pl) != NULL)
-        msg_begin(&s->msg[SOTH_H2_REQUEST], q->headers, q->n_headers);
+        msg_begin(&s->msg[SOTH_LEG_CLIENT], q->headers, q->n_headers);
 }
 
 void app_pl_h2_response(struct app_payload **pl, struct app_pl_stream **st,
@@ -331,9 +334,9 @@ void app_pl_h2_response(struct app_payload **pl, struct app_pl_stream **st,
          * server answering with an HTML error page is not). */
         enum soth_payload_format f;
         if (soth_grpc_content_type(field(s->headers, s->n_headers, "content-type"), &f)) {
-            (*st)->grpc_fmt[SOTH_H2_RESPONSE] = f;
-            (*st)->genc[SOTH_H2_RESPONSE] = grpc_encoding(s->headers, s->n_headers);
-            (*st)->g[SOTH_H2_RESPONSE] = grpc_parser();
+            (*st)->grpc_fmt[SOTH_LEG_UPSTREAM] = f;
+            (*st)->genc[SOTH_LEG_UPSTREAM] = grpc_encoding(s->headers, s->n_headers);
+            (*st)->g[SOTH_LEG_UPSTREAM] = grpc_parser();
         }
         return;
     }
@@ -342,7 +345,7 @@ void app_pl_h2_response(struct app_payload **pl, struct app_pl_stream **st,
         return;
     struct app_pl_stream *ps = stream_pl(st);
     if (ps != NULL && flow_pl(pl) != NULL)
-        msg_begin(&ps->msg[SOTH_H2_RESPONSE], s->headers, s->n_headers);
+        msg_begin(&ps->msg[SOTH_LEG_UPSTREAM], s->headers, s->n_headers);
 }
 
 static void grpc_framing_error(struct app_pl_stream *st, const struct app_env *env, int dir,

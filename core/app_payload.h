@@ -25,7 +25,8 @@
 #include <stdint.h>
 
 #include "app.h"
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
+#include "soth/proto/decode.h"
 
 #define APP_PL_CAPTURE      (64u << 10) /* body bytes kept for decoding (per message) */
 #define APP_PL_GRPC_MAX_MSG (64u << 20) /* gRPC Message-Length above this: length_over_limit */
@@ -58,7 +59,7 @@ void app_pl_h1_complete(struct app_payload *pl, const struct app_env *env, int d
 void app_pl_framed(struct app_payload **pl, const struct app_env *env, uint32_t stream_id, int dir,
                    enum soth_framing framing, struct soth_iov data, bool truncated);
 
-/* ---- HTTP/2 (dir: enum soth_h2_dir) */
+/* ---- HTTP/2 (dir: enum soth_leg) */
 
 /** Before request_headers is emitted: a gRPC stream sets the flow's protocol to grpc. May
  *  set *st (freed by app_pl_h2_end or app_pl_stream_free). */

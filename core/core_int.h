@@ -14,7 +14,7 @@
 #include "soth/core.h"
 #include "soth/observe.h"
 #include "soth/policy.h"
-#include "soth/proto.h"
+#include "soth/proto/connect.h"
 #include "soth/tls.h"
 
 #include "app.h"
@@ -82,8 +82,6 @@ struct seg {
     int32_t bid;
     struct seg *next;
 };
-
-enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
 
 struct conn {
     int fd;             /* -1 = none */

@@ -64,7 +64,7 @@ int soth_learn_parse_signal(const char *text, size_t len, struct soth_learn_sign
             return SOTH_E_MALFORMED;
         port = port * 10 + (unsigned long)(f[1].base[k] - '0');
     }
-    int side = name_index(soth_side_names, SOTH_SIDE_COUNT, f[2].base, f[2].len);
+    int side = name_index(soth_leg_names, SOTH_LEG_COUNT, f[2].base, f[2].len);
     int reason = name_index(soth_tls_failure_names, SOTH_TLSF_COUNT, f[3].base, f[3].len);
     int prov = name_index(soth_tls_provider_names, SOTH_TLSP_COUNT, f[4].base, f[4].len);
     if (port == 0 || port > 65535 || side < 0 || reason < 0 || prov < 0)
@@ -98,15 +98,15 @@ static void publish(struct soth_learn *L, uint64_t now_ns)
 }
 
 /** Count one signal; publish a snapshot when it pinned the host. */
-static void record(struct soth_learn *L, struct soth_iov host, uint16_t port, enum soth_side side,
+static void record(struct soth_learn *L, struct soth_iov host, uint16_t port, enum soth_leg side,
                    enum soth_tls_failure reason, enum soth_tls_provider provider,
                    uint32_t *host_count, uint32_t *global_count)
 {
     uint64_t now = soth_mono_ns();
     struct soth_tls_learning_result res;
-    int rc = soth_tls_learning_record(L->l, host, port, (enum soth_tls_side)side,
-                                      (enum soth_tls_fail)reason,
-                                      (enum soth_tls_signal_provider)provider, now, &res);
+    int rc =
+        soth_tls_learning_record(L->l, host, port, soth_leg_of(side), (enum soth_tls_fail)reason,
+                                 (enum soth_tls_signal_provider)provider, now, &res);
     if (rc < 0)
         return; /* a name learning cannot key (over 253 bytes, bad bytes): counts stay 0 */
     *host_count = res.host_failure_count;
@@ -153,11 +153,11 @@ static void on_tick(void *ctx)
  * ------------------------------------------------------------------------------------------ */
 
 int soth_engine_tls_signal(struct soth_engine *e, struct soth_iov host, uint16_t port,
-                           enum soth_side side, enum soth_tls_failure reason,
+                           enum soth_leg side, enum soth_tls_failure reason,
                            enum soth_tls_provider provider)
 {
     struct soth_learn *L = e->learn;
-    if (host.len == 0 || host.len >= SOTH_EV_HOST_MAX || side >= SOTH_SIDE_COUNT ||
+    if (host.len == 0 || host.len >= SOTH_EV_HOST_MAX || side >= SOTH_LEG_COUNT ||
         reason >= SOTH_TLSF_COUNT || provider >= SOTH_TLSP_COUNT)
         return -EINVAL;
     if (!soth_tls_learning_provider_is_authoritative((enum soth_tls_signal_provider)provider)) {
@@ -251,7 +251,7 @@ int soth_learn_inject_env(struct soth_engine *e, char *err, size_t err_len)
             return -1;
         }
         int rc = soth_engine_tls_signal(e, soth_iov(s.host, s.host_len), s.port,
-                                        (enum soth_side)s.side, (enum soth_tls_failure)s.reason,
+                                        soth_leg_of(s.side), (enum soth_tls_failure)s.reason,
                                         (enum soth_tls_provider)s.provider);
         if (rc < 0) {
             snprintf(err, err_len, "SOTH_TEST_TLS_SIGNALS: %s", soth_strerror(rc));
@@ -295,7 +295,7 @@ struct soth_tls_learning_snapshot *soth_learn_view(struct worker *w)
     return w->learn_view;
 }
 
-void soth_learn_flow_signal(struct worker *w, struct soth_ev_flow *ev, enum soth_side side,
+void soth_learn_flow_signal(struct worker *w, struct soth_ev_flow *ev, enum soth_leg side,
                             enum soth_tls_failure reason, enum soth_tls_provider provider,
                             struct soth_iov source, struct soth_iov detail)
 {

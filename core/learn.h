@@ -12,7 +12,7 @@
 struct soth_learn_signal {
     uint16_t port;
     uint8_t host_len;
-    uint8_t side;     /* enum soth_side */
+    uint8_t side;     /* enum soth_leg */
     uint8_t reason;   /* enum soth_tls_failure */
     uint8_t provider; /* enum soth_tls_provider */
     char host[SOTH_EV_HOST_MAX];
@@ -50,7 +50,7 @@ struct soth_tls_learning_snapshot *soth_learn_view(struct worker *w);
  * and provider is not authoritative, tls_learning_audit "ignored" in the same flow. Native
  * failures (worker.c) and the future mitmproxy bridge both report through here.
  */
-void soth_learn_flow_signal(struct worker *w, struct soth_ev_flow *ev, enum soth_side side,
+void soth_learn_flow_signal(struct worker *w, struct soth_ev_flow *ev, enum soth_leg side,
                             enum soth_tls_failure reason, enum soth_tls_provider provider,
                             struct soth_iov source, struct soth_iov detail);
 

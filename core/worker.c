@@ -29,6 +29,7 @@
 
 #include "core_int.h"
 #include "learn.h"
+#include "soth/proto/connect.h"
 
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
@@ -559,10 +560,10 @@ static void flow_answer(struct worker *w, struct flow *f, unsigned status, const
                      "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n",
                      status, phrase, body_len);
-    struct conn *c = &f->c[SIDE_CLIENT];
+    struct conn *c = &f->c[SOTH_LEG_CLIENT];
     f->answer_reason = (uint8_t)reason;
     flow_set_state(f, FS_ANSWER);
-    struct soth_tls_conn *t = f->tls[SIDE_CLIENT];
+    struct soth_tls_conn *t = f->tls[SOTH_LEG_CLIENT];
     if (t != NULL) {
         /* Inside the client's TLS session (an upstream TLS failure): then close_notify. */
         if (soth_tls_conn_write(t, head, (size_t)n) < 0 ||
@@ -586,7 +587,7 @@ static void flow_answer(struct worker *w, struct flow *f, unsigned status, const
     }
     c->shut_pending = true;
     timer_set(w, f, now_ms() + SOTH_ANSWER_MS);
-    conn_try_send(w, f, SIDE_CLIENT);
+    conn_try_send(w, f, SOTH_LEG_CLIENT);
 }
 
 static void flow_answer_text(struct worker *w, struct flow *f, unsigned status, const char *phrase,
@@ -687,7 +688,7 @@ static void flow_connect_failed(struct worker *w, struct flow *f, int err, bool 
              (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
              timeout ? "connect timeout" : soth_strerror(err));
     /* Bytes the client sent ahead for the upstream are dropped with the flow. */
-    conn_q_clear(w, &f->c[SIDE_UPSTREAM]);
+    conn_q_clear(w, &f->c[SOTH_LEG_UPSTREAM]);
     if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
         flow_close(w, f, SOTH_CLOSE_UPSTREAM_CONNECT_FAILED);
         return;
@@ -706,7 +707,7 @@ static void flow_connect_failed(struct worker *w, struct flow *f, int err, bool 
 
 static void flow_connect(struct worker *w, struct flow *f)
 {
-    struct conn *u = &f->c[SIDE_UPSTREAM];
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     int fd = socket(f->upstream_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
         flow_connect_failed(w, f, -errno, false);
@@ -719,7 +720,7 @@ static void flow_connect(struct worker *w, struct flow *f)
     timer_set(w, f, now_ms() + w->cfg->timeouts.connect_ms);
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&f->upstream_addr, f->upstream_addr_len);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SIDE_UPSTREAM, f->slot, f->gen));
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SOTH_LEG_UPSTREAM, f->slot, f->gen));
     f->pending++;
 }
 
@@ -817,8 +818,9 @@ static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov a
 static void tls_failed_end(struct worker *w, struct flow *f, unsigned side,
                            enum soth_tls_fail reason, const char *detail)
 {
-    bool can_answer = side == SIDE_UPSTREAM && f->tls[SIDE_CLIENT] == NULL && f->answer == NULL &&
-                      (f->client_plain || f->head != NULL) && !f->c[SIDE_CLIENT].eof_in;
+    bool can_answer = side == SOTH_LEG_UPSTREAM && f->tls[SOTH_LEG_CLIENT] == NULL &&
+                      f->answer == NULL && (f->client_plain || f->head != NULL) &&
+                      !f->c[SOTH_LEG_CLIENT].eof_in;
     char *a = can_answer ? chunk_get(w) : NULL;
     if (a == NULL) {
         flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
@@ -830,9 +832,9 @@ static void tls_failed_end(struct worker *w, struct flow *f, unsigned side,
     f->answer = a;
     f->answer_len = (uint32_t)n;
     /* The upstream is done with: stop reading it (its bytes and FIN are ignored from now). */
-    conn_pause_recv(w, f, SIDE_UPSTREAM);
-    soth_tls_conn_free(f->tls[SIDE_UPSTREAM]);
-    f->tls[SIDE_UPSTREAM] = NULL;
+    conn_pause_recv(w, f, SOTH_LEG_UPSTREAM);
+    soth_tls_conn_free(f->tls[SOTH_LEG_UPSTREAM]);
+    f->tls[SOTH_LEG_UPSTREAM] = NULL;
     if (f->client_plain) {
         flow_answer(w, f, 502, "Bad Gateway", f->answer, f->answer_len, SOTH_CLOSE_TLS_FAILED);
         return;
@@ -852,8 +854,8 @@ static void tls_failed(struct worker *w, struct flow *f, unsigned side, int tran
     struct soth_tls_conn *t = f->tls[side];
     enum soth_tls_fail reason = SOTH_TLS_FAIL_OTHER;
     char detail[256] = "";
-    if (side == SIDE_CLIENT && t == NULL)
-        soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
+    if (side == SOTH_LEG_CLIENT && t == NULL)
+        soth_ev_tls_handshake_started(&f->ev, SOTH_LEG_CLIENT, SOTH_IOV_NULL);
     if (t == NULL && transport >= 0) {
         static const enum soth_tls_fail direct[] = {SOTH_TLS_FAIL_EOF, SOTH_TLS_FAIL_RESET,
                                                     SOTH_TLS_FAIL_TIMEOUT};
@@ -866,8 +868,8 @@ static void tls_failed(struct worker *w, struct flow *f, unsigned side, int tran
     else if (t == NULL || soth_tls_conn_failure(t, &reason, detail, sizeof(detail)) < 0)
         snprintf(detail, sizeof(detail), "TLS failure");
     /* A learning signal too: the telemetry thread counts it and fills in the event's counts. */
-    soth_learn_flow_signal(w, &f->ev, side ? SOTH_SIDE_UPSTREAM : SOTH_SIDE_CLIENT,
-                           (enum soth_tls_failure)reason, soth_learn_native_provider(w),
+    soth_learn_flow_signal(w, &f->ev, soth_leg_of(side), (enum soth_tls_failure)reason,
+                           soth_learn_native_provider(w),
                            transport >= 0 ? SOTH_IOV_LIT("transport") : SOTH_IOV_LIT("tls"),
                            soth_iov(detail, strlen(detail)));
     SOTH_METRIC_ADD(w->m->tls_failures[side][reason], 1);
@@ -879,9 +881,8 @@ static void tls_failed(struct worker *w, struct flow *f, unsigned side, int tran
 static void tls_succeeded(struct flow *f, unsigned side)
 {
     struct soth_tls_conn *t = f->tls[side];
-    soth_ev_tls_handshake_succeeded(&f->ev, side ? SOTH_SIDE_UPSTREAM : SOTH_SIDE_CLIENT,
-                                    soth_tls_conn_version(t), soth_tls_conn_cipher(t),
-                                    soth_tls_conn_alpn(t));
+    soth_ev_tls_handshake_succeeded(&f->ev, soth_leg_of(side), soth_tls_conn_version(t),
+                                    soth_tls_conn_cipher(t), soth_tls_conn_alpn(t));
 }
 
 /** Decrypt what tls[from] holds and hand it to the HTTP layer. False once the flow ended. */
@@ -989,8 +990,8 @@ static void app_finish(struct worker *w, struct flow *f)
         }
     }
     /* Reads go on (and are discarded) so the peers' FINs are seen. */
-    conn_resume_recv(w, f, SIDE_CLIENT);
-    conn_resume_recv(w, f, SIDE_UPSTREAM);
+    conn_resume_recv(w, f, SOTH_LEG_CLIENT);
+    conn_resume_recv(w, f, SOTH_LEG_UPSTREAM);
     timer_set(w, f, now_ms() + SOTH_ANSWER_MS);
     flow_check_done(w, f);
 }
@@ -1003,7 +1004,7 @@ static void app_after(struct worker *w, struct flow *f, unsigned from, int rc)
 {
     if (f->state != FS_RELAY || f->app_done)
         return;
-    if (!leg_flush(w, f, SIDE_CLIENT) || !leg_flush(w, f, SIDE_UPSTREAM)) {
+    if (!leg_flush(w, f, SOTH_LEG_CLIENT) || !leg_flush(w, f, SOTH_LEG_UPSTREAM)) {
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
         return;
     }
@@ -1056,15 +1057,16 @@ static void flow_relay_start(struct worker *w, struct flow *f)
     flow_set_state(f, FS_RELAY);
     timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
     if (f->action == SOTH_ACTION_INTERCEPT && f->app == NULL) {
-        struct soth_iov alpn =
-            f->tls[SIDE_CLIENT] != NULL ? soth_tls_conn_alpn(f->tls[SIDE_CLIENT]) : SOTH_IOV_NULL;
+        struct soth_iov alpn = f->tls[SOTH_LEG_CLIENT] != NULL
+                                   ? soth_tls_conn_alpn(f->tls[SOTH_LEG_CLIENT])
+                                   : SOTH_IOV_NULL;
         bool h2 = alpn_is(alpn, "h2");
         if (h2 || alpn.len == 0 || alpn_is(alpn, "http/1.1") || alpn_is(alpn, "http/1.0")) {
             struct app_env env = {
                 .cfg = w->cfg,
                 .ev = &f->ev,
                 .m = w->m,
-                .client_tls = f->tls[SIDE_CLIENT] != NULL,
+                .client_tls = f->tls[SOTH_LEG_CLIENT] != NULL,
                 .ctx = f,
                 .send = leg_send,
             };
@@ -1076,51 +1078,51 @@ static void flow_relay_start(struct worker *w, struct flow *f)
             /* Without an HTTP/2 layer (not built), h2 is relayed as TLS-wrapped bytes. */
         }
     }
-    conn_arm_recv(w, f, SIDE_CLIENT);
-    conn_arm_recv(w, f, SIDE_UPSTREAM);
+    conn_arm_recv(w, f, SOTH_LEG_CLIENT);
+    conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
     if (f->app != NULL && f->head != NULL) {
         /* Reverse mode: the plain client's first bytes, read while looking for a ClientHello. */
         char *head = f->head;
         uint32_t n = f->head_len;
         f->head = NULL;
         f->head_len = 0;
-        int rc = app_input(f->app, SIDE_CLIENT, head, n);
+        int rc = app_input(f->app, SOTH_LEG_CLIENT, head, n);
         chunk_put(w, head);
         if (rc == APP_AGAIN && f->pre_len > 0)
-            rc = app_input(f->app, SIDE_CLIENT, f->pre, f->pre_len);
+            rc = app_input(f->app, SOTH_LEG_CLIENT, f->pre, f->pre_len);
         pre_free(f);
-        app_after(w, f, SIDE_CLIENT, rc); /* resumes client reads paused by pre_put */
+        app_after(w, f, SOTH_LEG_CLIENT, rc); /* resumes client reads paused by pre_put */
     } else if (f->head != NULL) {
-        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
+        conn_queue_copy(w, &f->c[SOTH_LEG_UPSTREAM], f->head, f->head_len);
+        conn_queue_copy(w, &f->c[SOTH_LEG_UPSTREAM], f->pre, f->pre_len);
         pre_free(f);
-        conn_resume_recv(w, f, SIDE_CLIENT);
+        conn_resume_recv(w, f, SOTH_LEG_CLIENT);
         chunk_put(w, f->head);
         f->head = NULL;
         f->head_len = 0;
     }
     if (f->state != FS_RELAY || f->app_done)
         return;
-    if (f->app != NULL && f->tls[SIDE_CLIENT] == NULL && f->tls[SIDE_UPSTREAM] == NULL) {
-        app_after(w, f, SIDE_CLIENT, APP_AGAIN);
+    if (f->app != NULL && f->tls[SOTH_LEG_CLIENT] == NULL && f->tls[SOTH_LEG_UPSTREAM] == NULL) {
+        app_after(w, f, SOTH_LEG_CLIENT, APP_AGAIN);
         return;
     }
     /* Application data may already sit behind either handshake (an HTTP/2 layer also has its
      * prefaces to send). */
     if (f->app != NULL)
-        app_after(w, f, SIDE_CLIENT, APP_AGAIN);
-    if (f->tls[SIDE_CLIENT] != NULL && !tls_pump(w, f, SIDE_CLIENT))
+        app_after(w, f, SOTH_LEG_CLIENT, APP_AGAIN);
+    if (f->tls[SOTH_LEG_CLIENT] != NULL && !tls_pump(w, f, SOTH_LEG_CLIENT))
         return;
-    if (f->tls[SIDE_UPSTREAM] != NULL)
-        tls_pump(w, f, SIDE_UPSTREAM);
+    if (f->tls[SOTH_LEG_UPSTREAM] != NULL)
+        tls_pump(w, f, SOTH_LEG_UPSTREAM);
     else
-        conn_try_send(w, f, SIDE_UPSTREAM);
+        conn_try_send(w, f, SOTH_LEG_UPSTREAM);
 }
 
 /** Client side handshake done: relay from now on. */
 static void tls_client_ready(struct worker *w, struct flow *f)
 {
-    tls_succeeded(f, SIDE_CLIENT);
+    tls_succeeded(f, SOTH_LEG_CLIENT);
     if (f->answer != NULL) {
         /* The upstream handshake failed: our 502 goes out inside the client's session. */
         flow_answer(w, f, 502, "Bad Gateway", f->answer, f->answer_len, SOTH_CLOSE_TLS_FAILED);
@@ -1132,13 +1134,13 @@ static void tls_client_ready(struct worker *w, struct flow *f)
 /** Upstream handshake done: answer the client with our leaf and the upstream's ALPN. */
 static void tls_upstream_ready(struct worker *w, struct flow *f)
 {
-    tls_succeeded(f, SIDE_UPSTREAM);
+    tls_succeeded(f, SOTH_LEG_UPSTREAM);
     if (f->client_plain) {
         /* Reverse mode, plain client: nothing to answer with a leaf. */
         flow_relay_start(w, f);
         return;
     }
-    tls_client_start(w, f, soth_tls_conn_alpn(f->tls[SIDE_UPSTREAM]));
+    tls_client_start(w, f, soth_tls_conn_alpn(f->tls[SOTH_LEG_UPSTREAM]));
 }
 
 /** Start our server half toward the client: a leaf for the name, `alpn` selected. */
@@ -1149,16 +1151,16 @@ static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov a
                                : soth_iov(f->ev.server_host, f->ev.server_host_len);
     struct soth_tls_conn *c = NULL;
     struct soth_tls_leaf_cache_stats st;
-    soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, name);
+    soth_ev_tls_handshake_started(&f->ev, SOTH_LEG_CLIENT, name);
     int rc = soth_tls_conn_new_server(w->tls, name, alpn, &c);
     soth_tls_leaf_cache_stats(w->tls, &st);
     atomic_store_explicit(&w->m->leaf_cache_hits, st.hits, memory_order_relaxed);
     atomic_store_explicit(&w->m->leaf_cache_misses, st.misses, memory_order_relaxed);
     if (rc < 0) {
-        tls_failed(w, f, SIDE_CLIENT, -1);
+        tls_failed(w, f, SOTH_LEG_CLIENT, -1);
         return;
     }
-    f->tls[SIDE_CLIENT] = c;
+    f->tls[SOTH_LEG_CLIENT] = c;
     flow_set_state(f, FS_TLS_DOWN);
     /* Replay the ClientHello (and whatever followed it) into our server half. */
     soth_tls_conn_feed(c, f->head, f->head_len);
@@ -1167,23 +1169,23 @@ static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov a
     chunk_put(w, f->head);
     f->head = NULL;
     f->head_len = 0;
-    if (!tls_flush(w, f, SIDE_CLIENT)) {
+    if (!tls_flush(w, f, SOTH_LEG_CLIENT)) {
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
         return;
     }
     if (rc == 0)
         tls_client_ready(w, f);
     else if (rc != SOTH_E_INCOMPLETE)
-        tls_failed(w, f, SIDE_CLIENT, -1);
+        tls_failed(w, f, SOTH_LEG_CLIENT, -1);
 }
 
 /** The client's first TLS bytes cannot be a ClientHello we can intercept: fail the flow. */
 static void hello_failed(struct worker *w, struct flow *f, struct soth_iov detail)
 {
-    soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_CLIENT, SOTH_IOV_NULL);
-    soth_learn_flow_signal(w, &f->ev, SOTH_SIDE_CLIENT, SOTH_TLSF_HANDSHAKE,
+    soth_ev_tls_handshake_started(&f->ev, SOTH_LEG_CLIENT, SOTH_IOV_NULL);
+    soth_learn_flow_signal(w, &f->ev, SOTH_LEG_CLIENT, SOTH_TLSF_HANDSHAKE,
                            soth_learn_native_provider(w), SOTH_IOV_LIT("clienthello"), detail);
-    SOTH_METRIC_ADD(w->m->tls_failures[SOTH_SIDE_CLIENT][SOTH_TLSF_HANDSHAKE], 1);
+    SOTH_METRIC_ADD(w->m->tls_failures[SOTH_LEG_CLIENT][SOTH_TLSF_HANDSHAKE], 1);
     flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
 }
 
@@ -1191,25 +1193,25 @@ static void hello_failed(struct worker *w, struct flow *f, struct soth_iov detai
 static void tls_upstream_start(struct worker *w, struct flow *f, struct soth_iov name,
                                const struct soth_iov *alpn, size_t n_alpn)
 {
-    soth_ev_tls_handshake_started(&f->ev, SOTH_SIDE_UPSTREAM, name);
+    soth_ev_tls_handshake_started(&f->ev, SOTH_LEG_UPSTREAM, name);
     struct soth_tls_conn *u = NULL;
     if (soth_tls_conn_new_client(w->tls, name, alpn, n_alpn, &u) < 0) {
-        tls_failed(w, f, SIDE_UPSTREAM, -1);
+        tls_failed(w, f, SOTH_LEG_UPSTREAM, -1);
         return;
     }
-    f->tls[SIDE_UPSTREAM] = u;
+    f->tls[SOTH_LEG_UPSTREAM] = u;
     flow_set_state(f, FS_TLS_UP);
     timer_set(w, f, now_ms() + w->cfg->timeouts.tls_handshake_ms);
     int hrc = soth_tls_conn_handshake(u);
     if (hrc < 0 && hrc != SOTH_E_INCOMPLETE) {
-        tls_failed(w, f, SIDE_UPSTREAM, -1);
+        tls_failed(w, f, SOTH_LEG_UPSTREAM, -1);
         return;
     }
-    if (!tls_flush(w, f, SIDE_UPSTREAM)) {
+    if (!tls_flush(w, f, SOTH_LEG_UPSTREAM)) {
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
         return;
     }
-    conn_arm_recv(w, f, SIDE_UPSTREAM);
+    conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
 }
 
 /** Transparent mode: does a plain client start with an HTTP request line ("TOKEN ")? */
@@ -1251,17 +1253,17 @@ static void tls_try_hello(struct worker *w, struct flow *f)
         /* Not TLS: nothing to intercept at this layer; relay what the client sent as is. */
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "not TLS: relaying as a tunnel");
         f->action = SOTH_ACTION_TUNNEL;
-        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
+        conn_queue_copy(w, &f->c[SOTH_LEG_UPSTREAM], f->head, f->head_len);
+        conn_queue_copy(w, &f->c[SOTH_LEG_UPSTREAM], f->pre, f->pre_len);
         pre_free(f);
-        conn_resume_recv(w, f, SIDE_CLIENT);
+        conn_resume_recv(w, f, SOTH_LEG_CLIENT);
         chunk_put(w, f->head);
         f->head = NULL;
         f->head_len = 0;
         flow_set_state(f, FS_RELAY);
         timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
-        conn_arm_recv(w, f, SIDE_UPSTREAM);
-        conn_try_send(w, f, SIDE_UPSTREAM);
+        conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
+        conn_try_send(w, f, SOTH_LEG_UPSTREAM);
         return;
     }
     if (rc < 0) {
@@ -1335,7 +1337,7 @@ static void tls_hello_bytes(struct worker *w, struct flow *f, const char *p, uin
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return;
         }
-        conn_pause_recv(w, f, SIDE_CLIENT);
+        conn_pause_recv(w, f, SOTH_LEG_CLIENT);
         tls_try_hello(w, f);
         return;
     }
@@ -1348,8 +1350,8 @@ static void tls_hello_bytes(struct worker *w, struct flow *f, const char *p, uin
 static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned bid, uint32_t len)
 {
     char *data = buf_addr(w, bid);
-    if (f->state == FS_HELLO || (side == SIDE_CLIENT && f->tls[SIDE_CLIENT] == NULL)) {
-        if (side == SIDE_CLIENT)
+    if (f->state == FS_HELLO || (side == SOTH_LEG_CLIENT && f->tls[SOTH_LEG_CLIENT] == NULL)) {
+        if (side == SOTH_LEG_CLIENT)
             tls_hello_bytes(w, f, data, len);
         /* An upstream that speaks before the ClientHello is not a TLS server: drop it. */
         buf_put(w, bid);
@@ -1375,9 +1377,9 @@ static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned 
             tls_failed(w, f, side, -1);
             return;
         }
-        if (side == SIDE_UPSTREAM && f->state == FS_TLS_UP)
+        if (side == SOTH_LEG_UPSTREAM && f->state == FS_TLS_UP)
             tls_upstream_ready(w, f);
-        else if (side == SIDE_CLIENT && f->state == FS_TLS_DOWN)
+        else if (side == SOTH_LEG_CLIENT && f->state == FS_TLS_DOWN)
             tls_client_ready(w, f);
         return;
     }
@@ -1400,15 +1402,15 @@ static void on_connect(struct worker *w, struct flow *f, int res)
     if (f->state != FS_CONNECTING)
         return;
     if (res < 0) {
-        struct conn *u = &f->c[SIDE_UPSTREAM];
+        struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
         struct io_uring_sqe *sqe = get_sqe(w);
         io_uring_prep_close(sqe, u->fd);
-        io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, SIDE_UPSTREAM, f->slot, f->gen));
+        io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, SOTH_LEG_UPSTREAM, f->slot, f->gen));
         u->fd = -1;
         flow_connect_failed(w, f, res, false);
         return;
     }
-    struct conn *u = &f->c[SIDE_UPSTREAM];
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     u->connected = true;
     bool intercept = flow_intercepting(w, f);
     flow_set_state(f, intercept ? FS_HELLO : FS_RELAY);
@@ -1418,22 +1420,22 @@ static void on_connect(struct worker *w, struct flow *f, int res)
     if (f->is_connect) {
         static char established[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
         /* The client queue is empty here: nothing from the upstream has been read yet. */
-        if (!conn_queue(w, &f->c[SIDE_CLIENT], established, 0, sizeof(established) - 1,
+        if (!conn_queue(w, &f->c[SOTH_LEG_CLIENT], established, 0, sizeof(established) - 1,
                         SEG_STATIC)) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return;
         }
-        conn_try_send(w, f, SIDE_CLIENT);
+        conn_try_send(w, f, SOTH_LEG_CLIENT);
     }
     if (intercept) {
         /* The ClientHello may have come with the CONNECT: see whether it is complete. */
-        conn_arm_recv(w, f, SIDE_CLIENT);
+        conn_arm_recv(w, f, SOTH_LEG_CLIENT);
         tls_try_hello(w, f);
         return;
     }
-    conn_arm_recv(w, f, SIDE_UPSTREAM);
-    conn_arm_recv(w, f, SIDE_CLIENT);
-    conn_try_send(w, f, SIDE_UPSTREAM);
+    conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
+    conn_arm_recv(w, f, SOTH_LEG_CLIENT);
+    conn_try_send(w, f, SOTH_LEG_UPSTREAM);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1543,7 +1545,7 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
          * Absolute-form plain HTTP, tunnelled: the upstream gets origin-form, without the
          * hop-by-hop Proxy-* fields; later requests on the connection are relayed as sent.
          */
-        struct conn *u = &f->c[SIDE_UPSTREAM];
+        struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
         bool ok =
             conn_queue_copy(w, u, h->method.base, h->method.len) && conn_queue_copy(w, u, " ", 1) &&
             conn_queue_copy(w, u, h->path.base, h->path.len) && conn_queue_copy(w, u, " ", 1) &&
@@ -1590,16 +1592,16 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
  */
 static void app_plain_head(struct worker *w, struct flow *f, const char *p, uint32_t len)
 {
-    int rc = app_input(f->app, SIDE_CLIENT, p, len);
+    int rc = app_input(f->app, SOTH_LEG_CLIENT, p, len);
     if (rc == APP_AGAIN) {
-        conn_try_send(w, f, SIDE_CLIENT);
-        if (app_read_paused(f->app, SIDE_CLIENT))
-            conn_pause_recv(w, f, SIDE_CLIENT);
+        conn_try_send(w, f, SOTH_LEG_CLIENT);
+        if (app_read_paused(f->app, SOTH_LEG_CLIENT))
+            conn_pause_recv(w, f, SOTH_LEG_CLIENT);
         return;
     }
     /* An error answer (400/431) before any upstream byte matters: answer and close. */
     flow_set_state(f, FS_RELAY);
-    app_after(w, f, SIDE_CLIENT, rc);
+    app_after(w, f, SOTH_LEG_CLIENT, rc);
 }
 
 static void flow_head_failed(struct worker *w, struct flow *f, ssize_t rc, const char *code,
@@ -1668,7 +1670,8 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
             buf_put(w, bid);
             return;
         }
-        conn_queue(w, &f->c[SIDE_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc, (int32_t)bid);
+        conn_queue(w, &f->c[SOTH_LEG_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc,
+                   (int32_t)bid);
         return;
     }
 
@@ -1709,9 +1712,10 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
             buf_put(w, bid);
         } else {
             if ((uint32_t)rc < proxy_len)
-                conn_queue_copy(w, &f->c[SIDE_UPSTREAM], proxy_head + rc, proxy_len - (uint32_t)rc);
+                conn_queue_copy(w, &f->c[SOTH_LEG_UPSTREAM], proxy_head + rc,
+                                proxy_len - (uint32_t)rc);
             if (n < len)
-                conn_queue(w, &f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
+                conn_queue(w, &f->c[SOTH_LEG_UPSTREAM], data, n, len - n, (int32_t)bid);
             else
                 buf_put(w, bid);
         }
@@ -1766,7 +1770,7 @@ static void flow_begin_direct(struct worker *w, struct flow *f, const char *host
     /* Read the client right away: bytes queue for the upstream under backpressure. */
     flow_start_upstream(w, f);
     if (f->state != FS_CLOSING)
-        conn_arm_recv(w, f, SIDE_CLIENT);
+        conn_arm_recv(w, f, SOTH_LEG_CLIENT);
 }
 
 static void arm_accept(struct worker *w)
@@ -1806,8 +1810,8 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
         plen = 0;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    f->c[SIDE_CLIENT].fd = fd;
-    f->c[SIDE_CLIENT].connected = true;
+    f->c[SOTH_LEG_CLIENT].fd = fd;
+    f->c[SOTH_LEG_CLIENT].connected = true;
     uint64_t flow_id = ((uint64_t)(w->idx + 1) << 48) | ++w->flow_counter;
     soth_ev_flow_init(&f->ev, w->prod, flow_id, w->idx, plen ? (struct sockaddr *)&peer : NULL,
                       plen);
@@ -1819,7 +1823,7 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
     case SOTH_MODE_REGULAR:
         flow_set_state(f, FS_HEAD);
         timer_set(w, f, now_ms() + cfg->timeouts.request_header_ms);
-        conn_arm_recv(w, f, SIDE_CLIENT);
+        conn_arm_recv(w, f, SOTH_LEG_CLIENT);
         break;
     case SOTH_MODE_REVERSE:
         flow_begin_direct(w, f, cfg->reverse_host, strlen(cfg->reverse_host), cfg->reverse_port);
@@ -1855,7 +1859,7 @@ static void flow_check_done(struct worker *w, struct flow *f)
 {
     if (f->state != FS_RELAY)
         return;
-    struct conn *c = &f->c[SIDE_CLIENT], *u = &f->c[SIDE_UPSTREAM];
+    struct conn *c = &f->c[SOTH_LEG_CLIENT], *u = &f->c[SOTH_LEG_UPSTREAM];
     if (f->app_done) {
         /* Everything delivered and our FINs out: close once the client's FIN came too. */
         if (c->q_count == 0 && !c->send_inflight && !c->shut_pending && c->eof_in &&
@@ -1867,19 +1871,19 @@ static void flow_check_done(struct worker *w, struct flow *f)
     /* pending == 0: no send or shutdown in flight, so both FINs have left. */
     if (c->eof_in && u->eof_in && c->q_count == 0 && u->q_count == 0 && !c->shut_pending &&
         !u->shut_pending && f->pending == 0)
-        flow_close(w, f,
-                   f->first_eof == SIDE_UPSTREAM ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF);
+        flow_close(
+            w, f, f->first_eof == SOTH_LEG_UPSTREAM ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF);
 }
 
 static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsigned bid,
                          uint32_t len)
 {
-    if (side == SIDE_UPSTREAM && f->answer != NULL) {
+    if (side == SOTH_LEG_UPSTREAM && f->answer != NULL) {
         buf_put(w, bid); /* the upstream failed its handshake: we answer the client ourselves */
         return;
     }
     f->bytes[side] += len;
-    if (side == SIDE_CLIENT)
+    if (side == SOTH_LEG_CLIENT)
         SOTH_METRIC_ADD(w->m->bytes_client_to_server, len);
     else
         SOTH_METRIC_ADD(w->m->bytes_server_to_client, len);
@@ -1940,7 +1944,7 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
 {
     struct conn *c = &f->c[side];
     c->eof_in = true;
-    if (side == SIDE_UPSTREAM && f->answer != NULL)
+    if (side == SOTH_LEG_UPSTREAM && f->answer != NULL)
         return;
     if (f->first_eof == 0xff)
         f->first_eof = (uint8_t)side;
@@ -1949,25 +1953,25 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
         flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
         return;
     case FS_HELLO:
-        flow_close(w, f, side == SIDE_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF);
+        flow_close(w, f, side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF);
         return;
     case FS_TLS_UP:
-        if (side == SIDE_UPSTREAM)
-            tls_failed(w, f, SIDE_UPSTREAM, SOTH_TLS_TRANSPORT_EOF);
+        if (side == SOTH_LEG_UPSTREAM)
+            tls_failed(w, f, SOTH_LEG_UPSTREAM, SOTH_TLS_TRANSPORT_EOF);
         else
             flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
         return;
     case FS_TLS_DOWN:
-        if (side == SIDE_CLIENT)
-            tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_EOF);
+        if (side == SOTH_LEG_CLIENT)
+            tls_failed(w, f, SOTH_LEG_CLIENT, SOTH_TLS_TRANSPORT_EOF);
         else
             flow_close(w, f, SOTH_CLOSE_RELAY_EOF);
         return;
     case FS_RESOLVING:
     case FS_CONNECTING:
-        if (side == SIDE_CLIENT) {
+        if (side == SOTH_LEG_CLIENT) {
             /* Half-close before the upstream is up: forward the FIN once connected. */
-            f->c[SIDE_UPSTREAM].shut_pending = true;
+            f->c[SOTH_LEG_UPSTREAM].shut_pending = true;
         }
         return;
     case FS_RELAY: {
@@ -2028,15 +2032,15 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
             f->wnext = w->buf_waiters;
             w->buf_waiters = f;
         }
-    } else if (side == SIDE_UPSTREAM && f->answer != NULL) {
+    } else if (side == SOTH_LEG_UPSTREAM && f->answer != NULL) {
         /* ignored: the upstream already failed its handshake */
     } else if (cqe->res != -ECANCELED && f->state != FS_CLOSING) {
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "recv %s: %s",
                  side ? "upstream" : "client", soth_strerror(cqe->res));
         if (f->state == FS_HEAD)
             flow_close(w, f, SOTH_CLOSE_CLIENT_EOF);
-        else if ((f->state == FS_TLS_UP && side == SIDE_UPSTREAM) ||
-                 (f->state == FS_TLS_DOWN && side == SIDE_CLIENT))
+        else if ((f->state == FS_TLS_UP && side == SOTH_LEG_UPSTREAM) ||
+                 (f->state == FS_TLS_DOWN && side == SOTH_LEG_CLIENT))
             tls_failed(w, f, side, SOTH_TLS_TRANSPORT_RESET);
         else if (f->state == FS_ANSWER || f->state == FS_LINGER)
             /* The client went away while we answered: the answer's reason still holds. */
@@ -2124,15 +2128,15 @@ static void on_shutdown(struct worker *w, struct flow *f, unsigned side, int res
     if (f->state == FS_ANSWER) {
         /* Our answer is out and our FIN sent: wait for the client's FIN, bounded. */
         flow_set_state(f, FS_LINGER);
-        if (f->c[SIDE_CLIENT].eof_in) {
+        if (f->c[SOTH_LEG_CLIENT].eof_in) {
             flow_close(w, f, (enum soth_close_reason)f->answer_reason);
             return;
         }
         timer_set(w, f, now_ms() + SOTH_LINGER_MS);
-        conn_arm_recv(w, f, SIDE_CLIENT);
+        conn_arm_recv(w, f, SOTH_LEG_CLIENT);
         return;
     }
-    if (f->app_done && side == SIDE_CLIENT && f->state == FS_RELAY)
+    if (f->app_done && side == SOTH_LEG_CLIENT && f->state == FS_RELAY)
         timer_set(w, f, now_ms() + SOTH_LINGER_MS); /* all sent: wait for the FIN, briefly */
     flow_check_done(w, f);
 }
@@ -2157,25 +2161,25 @@ static void on_timeout(struct worker *w, struct flow *f)
         if (f->state == FS_CONNECTING) {
             /* Cancel the connect; its CQE (-ECANCELED) then finds the flow past CONNECTING. */
             struct io_uring_sqe *sqe = get_sqe(w);
-            io_uring_prep_cancel64(sqe, ud_pack(OP_CONNECT, SIDE_UPSTREAM, f->slot, f->gen), 0);
-            io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, SIDE_UPSTREAM, f->slot, f->gen));
+            io_uring_prep_cancel64(sqe, ud_pack(OP_CONNECT, SOTH_LEG_UPSTREAM, f->slot, f->gen), 0);
+            io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, SOTH_LEG_UPSTREAM, f->slot, f->gen));
         }
         flow_connect_failed(w, f, -ETIMEDOUT, true);
         return;
     case FS_HELLO:
-        tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
+        tls_failed(w, f, SOTH_LEG_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
         return;
     case FS_TLS_UP:
-        tls_failed(w, f, SIDE_UPSTREAM, SOTH_TLS_TRANSPORT_TIMEOUT);
+        tls_failed(w, f, SOTH_LEG_UPSTREAM, SOTH_TLS_TRANSPORT_TIMEOUT);
         return;
     case FS_TLS_DOWN:
-        tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
+        tls_failed(w, f, SOTH_LEG_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
         return;
     case FS_RELAY: {
         uint64_t hd =
             f->app != NULL ? app_head_deadline(f->app, w->cfg->timeouts.request_header_ms) : 0;
         if (hd != 0 && hd <= now) {
-            app_after(w, f, SIDE_CLIENT, app_head_timeout(f->app)); /* 408 */
+            app_after(w, f, SOTH_LEG_CLIENT, app_head_timeout(f->app)); /* 408 */
             return;
         }
         uint64_t idle = f->last_active_ms + w->cfg->timeouts.idle_ms;
@@ -2265,7 +2269,7 @@ static void worker_begin_stop(struct worker *w)
         if (flow_is_live(f) && f->state == FS_HEAD && f->head == NULL)
             flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
         else if (flow_is_live(f) && f->state == FS_RELAY && f->app != NULL && !f->app_done)
-            app_after(w, f, SIDE_CLIENT, app_shutdown(f->app)); /* idle keep-alive: close */
+            app_after(w, f, SOTH_LEG_CLIENT, app_shutdown(f->app)); /* idle keep-alive: close */
     }
 }
 

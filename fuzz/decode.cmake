@@ -1,1 +1,1 @@
-soth_add_fuzz(decode LIBS soth_proto)
+soth_add_fuzz(decode LIBS soth_proto PkgConfig::JANSSON)

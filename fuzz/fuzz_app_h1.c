@@ -84,9 +84,9 @@ void __real_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
 void __real_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
                                      size_t n_hdrs);
-void __real_soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __real_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs);
-void __real_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __real_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                                uint64_t offset, uint64_t len, struct soth_iov data, bool truncated);
 void __real_soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                        enum soth_outcome outcome, uint64_t request_bytes,
@@ -100,9 +100,9 @@ void __wrap_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
 void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
                                      size_t n_hdrs);
-void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs);
-void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                                uint64_t offset, uint64_t len, struct soth_iov data, bool truncated);
 void __wrap_soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                        enum soth_outcome outcome, uint64_t request_bytes,
@@ -156,7 +156,7 @@ void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id,
     __real_soth_ev_response_headers(f, stream_id, status, http_version, hdrs, n_hdrs);
 }
 
-void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs)
 {
     CHECK(f == &G.flow && G.active && !G.closed);
@@ -164,16 +164,16 @@ void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, ui
     struct stream *s = stream_of(stream_id);
     if (s != NULL) {
         CHECK(s->req && !s->done);
-        if (dir == SOTH_DIR_SERVER_TO_CLIENT)
+        if (dir == SOTH_LEG_UPSTREAM)
             CHECK(s->resp);
-        struct msg *m = &s->m[dir == SOTH_DIR_SERVER_TO_CLIENT];
+        struct msg *m = &s->m[dir == SOTH_LEG_UPSTREAM];
         CHECK(!m->trailers);
         m->trailers = true;
     }
     __real_soth_ev_trailers(f, dir, stream_id, hdrs, n_hdrs);
 }
 
-void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                                uint64_t offset, uint64_t len, struct soth_iov data, bool truncated)
 {
     CHECK(f == &G.flow && G.active && !G.closed);
@@ -181,7 +181,7 @@ void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, 
     CHECK(len >= 1 && data.len <= len);
     struct stream *s = stream_of(stream_id);
     if (s != NULL) {
-        bool resp = dir == SOTH_DIR_SERVER_TO_CLIENT;
+        bool resp = dir == SOTH_LEG_UPSTREAM;
         struct msg *m = &s->m[resp];
         CHECK(s->req && !s->done && !m->trailers);
         if (resp)
@@ -326,14 +326,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == APP_AGAIN) {
         switch ((flags >> 4) & 3) {
         case 0:
-            rc = app_eof(a, APP_UPSTREAM, false);
+            rc = app_eof(a, SOTH_LEG_UPSTREAM, false);
             if (rc == APP_AGAIN || rc == APP_HALF_CLOSE)
-                rc = app_eof(a, APP_CLIENT, false);
+                rc = app_eof(a, SOTH_LEG_CLIENT, false);
             break;
         case 1:
-            rc = app_eof(a, APP_CLIENT, false);
+            rc = app_eof(a, SOTH_LEG_CLIENT, false);
             if (rc == APP_AGAIN || rc == APP_HALF_CLOSE)
-                rc = app_eof(a, APP_UPSTREAM, false);
+                rc = app_eof(a, SOTH_LEG_UPSTREAM, false);
             break;
         case 2:
             rc = app_eof(a, rnd(&seed) & 1, true);

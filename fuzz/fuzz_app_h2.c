@@ -80,9 +80,9 @@ void __real_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
 void __real_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
                                      size_t n_hdrs);
-void __real_soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __real_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs);
-void __real_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __real_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                                uint64_t offset, uint64_t len, struct soth_iov data, bool truncated);
 void __real_soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                        enum soth_outcome outcome, uint64_t request_bytes,
@@ -95,9 +95,9 @@ void __wrap_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
 void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
                                      size_t n_hdrs);
-void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs);
-void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                                uint64_t offset, uint64_t len, struct soth_iov data, bool truncated);
 void __wrap_soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                        enum soth_outcome outcome, uint64_t request_bytes,
@@ -137,14 +137,14 @@ void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id,
     __real_soth_ev_response_headers(f, stream_id, status, http_version, hdrs, n_hdrs);
 }
 
-void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs)
 {
     CHECK(f == &G.flow && G.active);
     struct stream *s = stream_of(stream_id);
     if (s != NULL) {
         CHECK(s->req && !s->done);
-        if (dir == SOTH_DIR_SERVER_TO_CLIENT)
+        if (dir == SOTH_LEG_UPSTREAM)
             CHECK(s->resp);
         CHECK(!s->m[dir].trailers);
         s->m[dir].trailers = true;
@@ -152,7 +152,7 @@ void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, ui
     __real_soth_ev_trailers(f, dir, stream_id, hdrs, n_hdrs);
 }
 
-void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                                uint64_t offset, uint64_t len, struct soth_iov data, bool truncated)
 {
     CHECK(f == &G.flow && G.active);
@@ -160,7 +160,7 @@ void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, 
     struct stream *s = stream_of(stream_id);
     if (s != NULL) {
         CHECK(s->req && !s->done);
-        if (dir == SOTH_DIR_SERVER_TO_CLIENT)
+        if (dir == SOTH_LEG_UPSTREAM)
             CHECK(s->resp);
         struct msg *m = &s->m[dir];
         CHECK(!m->trailers);
@@ -273,9 +273,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(G.flow.protocol == SOTH_PROTO_HTTP2);
     bool done = false;
     if (flags & 1)
-        done = settle(app_h2_input(a, APP_CLIENT, preface_client, sizeof(preface_client) - 1));
+        done = settle(app_h2_input(a, SOTH_LEG_CLIENT, preface_client, sizeof(preface_client) - 1));
     if ((flags & 2) && !done)
-        done = settle(app_h2_input(a, APP_UPSTREAM, preface_origin, sizeof(preface_origin) - 1));
+        done =
+            settle(app_h2_input(a, SOTH_LEG_UPSTREAM, preface_origin, sizeof(preface_origin) - 1));
     size_t i = 0;
     while (i < size && !done) {
         uint8_t op = data[i++];
@@ -309,8 +310,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         (void)app_h2_want_write(a, side);
     }
-    if (!done && !settle(app_h2_eof(a, APP_UPSTREAM, false)))
-        (void)app_h2_eof(a, APP_CLIENT, false);
+    if (!done && !settle(app_h2_eof(a, SOTH_LEG_UPSTREAM, false)))
+        (void)app_h2_eof(a, SOTH_LEG_CLIENT, false);
     app_h2_abort(a, SOTH_OUTCOME_TIMEOUT);
     app_h2_abort(a, SOTH_OUTCOME_RESET); /* idempotent */
     CHECK(app_h2_close_reason(a) < SOTH_CLOSE_COUNT);

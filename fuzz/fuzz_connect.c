@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/connect.h"
 
 static struct soth_proxy_head whole_h, part_h, len_h;
 

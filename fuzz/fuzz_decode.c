@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/decode.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/grpc.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

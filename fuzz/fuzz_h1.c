@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h1.h"
 
 #define MAX_IDS 4096
 
@@ -63,7 +63,7 @@ static void head_add(struct fz *f, int to, const void *p, size_t n)
     f->head_len[to] += n;
 }
 
-static int f_out(void *ctx, int to, const char *p, size_t n)
+static int f_out(void *ctx, enum soth_leg to, const char *p, size_t n)
 {
     struct fz *f = ctx;
     if ((to != 0 && to != 1) || n == 0)
@@ -83,10 +83,10 @@ static void check_id(struct fz *f, uint32_t id)
         FAIL(); /* callback for an unknown or finished stream */
 }
 
-static int f_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head *h)
+static int f_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_h1_head *h)
 {
     struct fz *f = ctx;
-    int to = !dir;
+    enum soth_leg to = soth_leg_other(dir);
     if (dir == 0) {
         if (id != f->last_req_id + 1)
             FAIL();
@@ -121,14 +121,14 @@ static int f_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head *h)
     return 0;
 }
 
-static void f_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
+static void f_body(void *ctx, enum soth_leg dir, uint32_t id, const char *p, size_t n)
 {
     struct fz *f = ctx;
     check_id(f, id);
     if (n == 0)
         FAIL();
     f->body[dir][id] += n;
-    if (f->body_dir != dir || f->body_id != id) {
+    if (f->body_dir != (int)dir || f->body_id != id) {
         tag(f, "B", dir, id);
         f->body_dir = dir;
         f->body_id = id;
@@ -136,7 +136,8 @@ static void f_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
     f->trace = fnv(f->trace, p, n);
 }
 
-static void f_trailers(void *ctx, int dir, uint32_t id, const struct soth_header *t, size_t n)
+static void f_trailers(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_header *t,
+                       size_t n)
 {
     struct fz *f = ctx;
     check_id(f, id);
@@ -147,7 +148,7 @@ static void f_trailers(void *ctx, int dir, uint32_t id, const struct soth_header
     }
 }
 
-static void f_complete(void *ctx, int dir, uint32_t id)
+static void f_complete(void *ctx, enum soth_leg dir, uint32_t id)
 {
     struct fz *f = ctx;
     check_id(f, id);
@@ -173,7 +174,7 @@ static void f_exchange(void *ctx, const struct soth_h1_exchange *x)
     tag(f, soth_h1_outcome_name(x->outcome), 0, x->stream_id);
 }
 
-static void f_error(void *ctx, int dir, uint32_t id, unsigned status, const char *code,
+static void f_error(void *ctx, enum soth_leg dir, uint32_t id, unsigned status, const char *code,
                     const char *detail)
 {
     struct fz *f = ctx;

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \
@@ -124,10 +124,10 @@ static struct srec *rec_get(int32_t cid, bool create)
     return NULL;
 }
 
-static int cb_out(void *ctx, enum soth_h2_side to, const char *p, size_t n)
+static int cb_out(void *ctx, enum soth_leg to, const char *p, size_t n)
 {
     (void)ctx;
-    CHECK(to == SOTH_H2_CLIENT || to == SOTH_H2_UPSTREAM);
+    CHECK(to == SOTH_LEG_CLIENT || to == SOTH_LEG_UPSTREAM);
     CHECK(p != NULL && n > 0 && n <= 16384);
     /* touch every byte so ASan sees a bad pointer */
     volatile char sink = 0;
@@ -160,7 +160,7 @@ static void cb_resp(void *ctx, int32_t sid, const struct soth_h2_response *p)
     s->resp_head = true;
 }
 
-static void cb_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p, size_t n)
+static void cb_data(void *ctx, enum soth_leg dir, int32_t sid, const char *p, size_t n)
 {
     (void)ctx;
     CHECK(n > 0 && p != NULL);
@@ -169,12 +169,12 @@ static void cb_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p,
     if (s == NULL)
         return;
     CHECK(s->state == 1 && s->head);
-    if (dir == SOTH_H2_RESPONSE)
+    if (dir == SOTH_LEG_UPSTREAM)
         CHECK(s->resp_head);
     s->bytes[dir] += n;
 }
 
-static void cb_trailers(void *ctx, enum soth_h2_dir dir, int32_t sid, const struct soth_header *h,
+static void cb_trailers(void *ctx, enum soth_leg dir, int32_t sid, const struct soth_header *h,
                         size_t n)
 {
     (void)ctx;
@@ -184,7 +184,7 @@ static void cb_trailers(void *ctx, enum soth_h2_dir dir, int32_t sid, const stru
     if (s == NULL)
         return;
     CHECK(s->state == 1 && s->head);
-    if (dir == SOTH_H2_RESPONSE)
+    if (dir == SOTH_LEG_UPSTREAM)
         CHECK(s->resp_head);
 }
 
@@ -197,8 +197,8 @@ static void cb_end(void *ctx, int32_t sid, const struct soth_h2_stream_end *e)
         return;
     CHECK(s->state == 1);
     s->state = 2;
-    CHECK(e->request_bytes == s->bytes[SOTH_H2_REQUEST]);
-    CHECK(e->response_bytes == s->bytes[SOTH_H2_RESPONSE]);
+    CHECK(e->request_bytes == s->bytes[SOTH_LEG_CLIENT]);
+    CHECK(e->response_bytes == s->bytes[SOTH_LEG_UPSTREAM]);
 }
 
 /* A client preface, SETTINGS and three requests (GET; POST with a body; POST with trailers),
@@ -255,7 +255,7 @@ static const uint8_t origin_blob[] = {
     0, 0, 0, NGHTTP2_SETTINGS, 1, 0, 0, 0, 0,                     /* ACK */
 };
 
-static void feed(enum soth_h2_side side, const uint8_t *p, size_t n)
+static void feed(enum soth_leg side, const uint8_t *p, size_t n)
 {
     ssize_t rc = soth_h2_relay_feed(F.r, side, (const char *)p, n);
     CHECK(rc == (ssize_t)n || rc == SOTH_E_MALFORMED || rc == SOTH_E_CLOSED || rc == SOTH_E_NOMEM);
@@ -306,15 +306,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool held[2] = {false, false};
     soth_h2_relay_flush(F.r);
     if (flags & 1)
-        feed(SOTH_H2_CLIENT, ua_blob, ua_blob_len);
+        feed(SOTH_LEG_CLIENT, ua_blob, ua_blob_len);
     if (flags & 2)
-        feed(SOTH_H2_UPSTREAM, origin_blob, sizeof(origin_blob));
+        feed(SOTH_LEG_UPSTREAM, origin_blob, sizeof(origin_blob));
     soth_h2_relay_flush(F.r);
 
     size_t i = 1;
     while (i < size) {
         uint8_t op = data[i++];
-        enum soth_h2_side side = (op & 1) ? SOTH_H2_UPSTREAM : SOTH_H2_CLIENT;
+        enum soth_leg side = (op & 1) ? SOTH_LEG_UPSTREAM : SOTH_LEG_CLIENT;
         switch ((op >> 1) & 3) {
         case 0: {
             size_t len = 0;
@@ -354,11 +354,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         soth_h2_relay_flush(F.r);
         check_stats();
     }
-    soth_h2_relay_hold(F.r, SOTH_H2_CLIENT, false);
-    soth_h2_relay_hold(F.r, SOTH_H2_UPSTREAM, false);
+    soth_h2_relay_hold(F.r, SOTH_LEG_CLIENT, false);
+    soth_h2_relay_hold(F.r, SOTH_LEG_UPSTREAM, false);
     soth_h2_relay_flush(F.r);
-    soth_h2_relay_eof(F.r, SOTH_H2_CLIENT, false);
-    soth_h2_relay_eof(F.r, SOTH_H2_UPSTREAM, true);
+    soth_h2_relay_eof(F.r, SOTH_LEG_CLIENT, false);
+    soth_h2_relay_eof(F.r, SOTH_LEG_UPSTREAM, true);
     soth_h2_relay_flush(F.r);
     struct soth_h2_stats st;
     soth_h2_relay_stats(F.r, &st);

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/sse.h"
 
 #define FAIL()                                                                                     \
     do {                                                                                           \

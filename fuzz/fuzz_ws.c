@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/ws.h"
 
 #define FAIL()                                                                                     \
     do {                                                                                           \
@@ -105,8 +105,8 @@ struct result {
     bool in_frame;
 };
 
-static void run(enum soth_ws_dir dir, bool deflate, const struct soth_ws_limits *lim,
-                const uint8_t *p, size_t n, uint64_t seed, struct rec *recs, struct result *out)
+static void run(enum soth_leg dir, bool deflate, const struct soth_ws_limits *lim, const uint8_t *p,
+                size_t n, uint64_t seed, struct rec *recs, struct result *out)
 {
     static unsigned char mem[sizeof(void *) * 64 + 65536 + 4096] __attribute__((aligned(16)));
     if (soth_ws_size(lim) > sizeof(mem))
@@ -183,7 +183,7 @@ static void turns(const struct rec *a, size_t na, const struct rec *b, size_t nb
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
         bool from_b = j < nb && (i >= na || (seed >> 40) & 1);
         const struct rec *r = from_b ? &b[j++] : &a[i++];
-        struct soth_ws_msg m = {.dir = from_b ? SOTH_WS_SERVER : SOTH_WS_CLIENT,
+        struct soth_ws_msg m = {.dir = soth_leg_of(from_b),
                                 .opcode = r->opcode,
                                 .len = r->len,
                                 .frames = r->frames,
@@ -217,8 +217,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t nrec[2];
     for (int dir = 0; dir < 2; dir++) {
         struct result whole, split;
-        run((enum soth_ws_dir)dir, deflate, &lim, p, n, 0, recs[dir], &whole);
-        run((enum soth_ws_dir)dir, deflate, &lim, p, n, seed, NULL, &split);
+        run(soth_leg_of(dir), deflate, &lim, p, n, 0, recs[dir], &whole);
+        run(soth_leg_of(dir), deflate, &lim, p, n, seed, NULL, &split);
         if (whole.hash != split.hash || whole.n != split.n || whole.rc != split.rc ||
             whole.err != split.err || whole.in_frame != split.in_frame ||
             (whole.rc < 0 && whole.err_off != split.err_off))

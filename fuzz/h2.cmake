@@ -1,1 +1,1 @@
-soth_add_fuzz(h2 LIBS soth_proto)
+soth_add_fuzz(h2 LIBS soth_proto PkgConfig::NGHTTP2)

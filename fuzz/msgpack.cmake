@@ -1,1 +1,1 @@
-soth_add_fuzz(msgpack LIBS soth_proto)
+soth_add_fuzz(msgpack LIBS soth_proto PkgConfig::MSGPACK PkgConfig::JANSSON)

@@ -27,13 +27,13 @@ const char *const soth_close_reason_names[SOTH_CLOSE_COUNT] = {
     "relay_error", "idle_timeout", "shutdown"};
 const char *const soth_decision_reason_names[SOTH_REASON_COUNT] = {
     "ignore_hosts", "policy_rule", "tls_learning", "default", "http3_passthrough"};
-const char *const soth_side_names[SOTH_SIDE_COUNT] = {"client", "upstream"};
+const char *const soth_leg_names[SOTH_LEG_COUNT] = {"client", "upstream"};
 const char *const soth_tls_failure_names[SOTH_TLSF_COUNT] = {
     "unknown_ca", "cert_validation", "handshake", "timeout", "eof", "reset", "other"};
 const char *const soth_tls_provider_names[SOTH_TLSP_COUNT] = {"native", "mitmproxy", "hudsucker"};
 const char *const soth_outcome_names[SOTH_OUTCOME_COUNT] = {"complete", "client_aborted",
                                                             "upstream_aborted", "reset", "timeout"};
-const char *const soth_direction_names[SOTH_DIR_COUNT] = {"client_to_server", "server_to_client"};
+const char *const soth_direction_names[SOTH_LEG_COUNT] = {"client_to_server", "server_to_client"};
 const char *const soth_flush_reason_names[SOTH_FLUSH_COUNT] = {"direction_change", "close", "error",
                                                                "idle"};
 static const char *const action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
@@ -59,7 +59,7 @@ static const char *const audit_names[2] = {"ignored", "applied"};
 #define STREAM U("stream_id")
 #define DIR                                                                                        \
     {                                                                                              \
-        "direction", E(soth_direction_names, SOTH_DIR_COUNT)                                       \
+        "direction", E(soth_direction_names, SOTH_LEG_COUNT)                                       \
     }
 #define HDRS                                                                                       \
     {                                                                                              \
@@ -74,13 +74,12 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
                                    {"reason", E(soth_decision_reason_names, SOTH_REASON_COUNT)},
                                    {"rule", FK_OMITSTR, NULL, 0}},
                                   3},
-    [SOTH_EV_TLS_HANDSHAKE_STARTED] = {{{"side", E(soth_side_names, SOTH_SIDE_COUNT)}, OS("sni")},
-                                       2},
+    [SOTH_EV_TLS_HANDSHAKE_STARTED] = {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)}, OS("sni")}, 2},
     [SOTH_EV_TLS_HANDSHAKE_SUCCEEDED] =
-        {{{"side", E(soth_side_names, SOTH_SIDE_COUNT)}, S("tls_version"), S("cipher"), OS("alpn")},
+        {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)}, S("tls_version"), S("cipher"), OS("alpn")},
          4},
     [SOTH_EV_TLS_HANDSHAKE_FAILED] =
-        {{{"side", E(soth_side_names, SOTH_SIDE_COUNT)},
+        {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)},
           {"tls_failure_reason", E(soth_tls_failure_names, SOTH_TLSF_COUNT)},
           S("tls_failure_source"),
           {"tls_ops_provider", E(soth_tls_provider_names, SOTH_TLSP_COUNT)},
@@ -110,10 +109,10 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
     [SOTH_EV_WS_MESSAGE] =
         {{STREAM, DIR, U("opcode"), U("len"), {"data_b64", FK_B64, NULL, 0}, B("truncated")}, 6},
     [SOTH_EV_WS_TURN_STARTED] =
-        {{STREAM, U("turn_id"), {"initiator", E(soth_direction_names, SOTH_DIR_COUNT)}}, 3},
+        {{STREAM, U("turn_id"), {"initiator", E(soth_direction_names, SOTH_LEG_COUNT)}}, 3},
     [SOTH_EV_WS_TURN_COMPLETED] = {{STREAM,
                                     U("turn_id"),
-                                    {"initiator", E(soth_direction_names, SOTH_DIR_COUNT)},
+                                    {"initiator", E(soth_direction_names, SOTH_LEG_COUNT)},
                                     U("client_frames"),
                                     U("server_frames"),
                                     U("client_bytes"),
@@ -422,13 +421,13 @@ void soth_ev_connect_decision(struct soth_ev_flow *f, enum soth_action decision,
     emit(f, SOTH_EV_CONNECT_DECISION, v);
 }
 
-void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_side side, struct soth_iov sni)
+void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_leg side, struct soth_iov sni)
 {
     struct ev_val v[] = {VU(side), VS(sni)};
     emit(f, SOTH_EV_TLS_HANDSHAKE_STARTED, v);
 }
 
-void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_side side,
+void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_leg side,
                                      struct soth_iov tls_version, struct soth_iov cipher,
                                      struct soth_iov alpn)
 {
@@ -436,7 +435,7 @@ void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_side side
     emit(f, SOTH_EV_TLS_HANDSHAKE_SUCCEEDED, v);
 }
 
-void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_side side,
+void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_leg side,
                                   enum soth_tls_failure reason, struct soth_iov source,
                                   enum soth_tls_provider provider, struct soth_iov detail,
                                   uint32_t host_failure_count, uint32_t global_failure_count)
@@ -476,23 +475,19 @@ void soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsign
     emit(f, SOTH_EV_RESPONSE_HEADERS, v);
 }
 
-void soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                       const struct soth_header *hdrs, size_t n_hdrs)
 {
     struct ev_val v[] = {VU(stream_id), VH(hdrs, n_hdrs)};
-    emit(f, dir == SOTH_DIR_CLIENT_TO_SERVER ? SOTH_EV_REQUEST_TRAILERS : SOTH_EV_RESPONSE_TRAILERS,
-         v);
+    emit(f, dir == SOTH_LEG_CLIENT ? SOTH_EV_REQUEST_TRAILERS : SOTH_EV_RESPONSE_TRAILERS, v);
 }
 
-void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                         uint64_t offset, uint64_t len, struct soth_iov data, bool truncated)
 {
     data = capture(f, data, &truncated);
     struct ev_val v[] = {VU(stream_id), VU(offset), VU(len), VS(data), VU(truncated)};
-    emit(f,
-         dir == SOTH_DIR_CLIENT_TO_SERVER ? SOTH_EV_REQUEST_BODY_CHUNK
-                                          : SOTH_EV_RESPONSE_BODY_CHUNK,
-         v);
+    emit(f, dir == SOTH_LEG_CLIENT ? SOTH_EV_REQUEST_BODY_CHUNK : SOTH_EV_RESPONSE_BODY_CHUNK, v);
 }
 
 void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
@@ -503,7 +498,7 @@ void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
     emit(f, SOTH_EV_EXCHANGE_COMPLETED, v);
 }
 
-void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,
                         unsigned opcode, uint64_t len, struct soth_iov data, bool truncated)
 {
     data = capture(f, data, &truncated);
@@ -512,7 +507,7 @@ void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_di
 }
 
 void soth_ev_ws_turn_started(struct soth_ev_flow *f, uint32_t stream_id, uint64_t turn_id,
-                             enum soth_direction initiator)
+                             enum soth_leg initiator)
 {
     struct ev_val v[] = {VU(stream_id), VU(turn_id), VU(initiator)};
     emit(f, SOTH_EV_WS_TURN_STARTED, v);
@@ -535,7 +530,7 @@ void soth_ev_sse_event(struct soth_ev_flow *f, uint32_t stream_id, struct soth_i
     emit(f, SOTH_EV_SSE_EVENT, v);
 }
 
-void soth_ev_grpc_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+void soth_ev_grpc_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,
                           bool compressed, uint32_t length, struct soth_iov data, bool truncated)
 {
     data = capture(f, data, &truncated);
@@ -544,7 +539,7 @@ void soth_ev_grpc_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_
     emit(f, SOTH_EV_GRPC_MESSAGE, v);
 }
 
-void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,
                             const struct soth_iov *decoders, size_t n_decoders, bool sanitized,
                             struct soth_iov format, struct soth_iov value_json,
                             struct soth_iov error)
@@ -608,39 +603,6 @@ static void jput_u64(struct jbuf *b, uint64_t x)
     jbuf_put(b, tmp + i, sizeof(tmp) - i);
 }
 
-/** Length of the valid UTF-8 sequence at p (1..4), or 0 when the bytes are not valid UTF-8. */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-    unsigned char c = p[0];
-    if (c < 0x80)
-        return 1;
-    size_t len;
-    uint32_t cp;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
 static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n);
 
 /*
@@ -699,8 +661,6 @@ static bool js_number(struct jscan *s)
     return true;
 }
 
-static size_t utf8_len(const unsigned char *p, size_t n);
-
 static bool js_string(struct jscan *s)
 {
     s->p++; /* opening quote */
@@ -730,7 +690,11 @@ static bool js_string(struct jscan *s)
             }
             continue;
         }
-        size_t l = utf8_len(s->p, (size_t)(s->end - s->p));
+        if (c < 0x80) {
+            s->p++;
+            continue;
+        }
+        size_t l = soth_utf8_seq_len(s->p, (size_t)(s->end - s->p));
         if (l == 0)
             return false;
         s->p += l;
@@ -845,28 +809,11 @@ static const unsigned char jclass[256] = {
 static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    bool ascii = true;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] >= 0x80) {
-            ascii = false;
-            break;
-        }
-    }
-    if (!ascii) {
-        for (size_t i = 0; i < n;) {
-            if (p[i] < 0x80) {
-                i++;
-                continue;
-            }
-            size_t l = utf8_len(p + i, n - i);
-            if (l == 0) {
-                jbuf_put(b, "{\"b64\":", 7);
-                jput_b64(b, p, n);
-                jbuf_put(b, "}", 1);
-                return;
-            }
-            i += l;
-        }
+    if (!soth_utf8_valid(p, n)) {
+        jbuf_put(b, "{\"b64\":", 7);
+        jput_b64(b, p, n);
+        jbuf_put(b, "}", 1);
+        return;
     }
     char *o = jbuf_room(b, 6 * n + 2); /* worst case: every byte as \u00XX */
     char *start = o;
@@ -1134,13 +1081,13 @@ int soth_ev_rec_tls_failed(struct ev_rec *r, size_t avail, struct soth_ev_tls_fa
         !take_u64(&c, &side) || !take_u64(&c, &reason) || !take_u32(&c, &n) || !take(&c, n, &p) ||
         !take_u64(&c, &provider) || !take_u32(&c, &n) || !take(&c, n, &p) || !take(&c, 16, &p))
         return -1;
-    if (side >= SOTH_SIDE_COUNT || reason >= SOTH_TLSF_COUNT || provider >= SOTH_TLSP_COUNT)
+    if (side >= SOTH_LEG_COUNT || reason >= SOTH_TLSF_COUNT || provider >= SOTH_TLSP_COUNT)
         return -1;
     out->flow_id = r->flow_id;
     out->worker = r->worker;
     out->host = soth_iov((const char *)host, r->server_host_len);
     out->port = r->server_port;
-    out->side = (enum soth_side)side;
+    out->side = soth_leg_of(side);
     out->reason = (enum soth_tls_failure)reason;
     out->provider = (enum soth_tls_provider)provider;
     *counts = (unsigned char *)p; /* the record is the caller's: the two u64 counts live here */

@@ -820,10 +820,10 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
     }
     metric_type(b, "soth_tls_handshake_failures_total", "counter",
                 "TLS handshake failures, by side and reason.");
-    for (int s = 0; s < SOTH_SIDE_COUNT; s++) {
+    for (int s = 0; s < SOTH_LEG_COUNT; s++) {
         for (int r = 0; r < SOTH_TLSF_COUNT; r++) {
             char l[96];
-            snprintf(l, sizeof(l), "{side=\"%s\",reason=\"%s\"}", soth_side_names[s],
+            snprintf(l, sizeof(l), "{side=\"%s\",reason=\"%s\"}", soth_leg_names[s],
                      soth_tls_failure_names[r]);
             metric_line(b, "soth_tls_handshake_failures_total", l, SUM(tls_failures[s][r]));
         }

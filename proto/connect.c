@@ -13,7 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "soth/proto.h"
+#include "soth/proto/connect.h"
 
 #define DEFAULT_MAX_LINE 8192
 #define DEFAULT_MAX_HEAD 65536

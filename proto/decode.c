@@ -1,7 +1,7 @@
 /*
  * The layered decoder chain (docs/streaming.md, "Layered decoders"): content decoding ->
  * framing (the caller's) -> message decoding -> anti-hijack -> payload parse, over one
- * captured message. See proto.h for the contract and docs/streaming.md for the design.
+ * captured message. See soth/proto/decode.h for the contract and docs/streaming.md for the design.
  *
  * Bounds, in one place:
  *  - every decompression stage writes into a buffer that grows by doubling up to
@@ -27,7 +27,7 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 
-#include "soth/proto.h"
+#include "soth/proto/decode.h"
 
 #define DEC_DEF_MAX_OUTPUT   (256u << 10)
 #define DEC_DEF_MAX_RATIO    100u
@@ -65,6 +65,78 @@ static const char *const format_names[SOTH_FMT_COUNT] = {
 const char *soth_payload_format_name(enum soth_payload_format f)
 {
     return (unsigned)f < SOTH_FMT_COUNT ? format_names[f] : "unknown";
+}
+
+/* ---- content types */
+
+static struct soth_iov trim(struct soth_iov v)
+{
+    while (v.len > 0 && (v.base[0] == ' ' || v.base[0] == '\t')) {
+        v.base++;
+        v.len--;
+    }
+    while (v.len > 0 && (v.base[v.len - 1] == ' ' || v.base[v.len - 1] == '\t'))
+        v.len--;
+    return v;
+}
+
+/* The media type without parameters, trimmed. */
+static struct soth_iov media_type(struct soth_iov ct)
+{
+    for (size_t i = 0; i < ct.len; i++)
+        if (ct.base[i] == ';') {
+            ct.len = i;
+            break;
+        }
+    return trim(ct);
+}
+
+bool soth_grpc_content_type(struct soth_iov content_type, enum soth_payload_format *fmt)
+{
+    static const char base[] = "application/grpc";
+    struct soth_iov t = media_type(content_type);
+    if (!soth_iov_prefix_ci(t, base, sizeof(base) - 1))
+        return false;
+    struct soth_iov sub = {t.base + sizeof(base) - 1, t.len - (sizeof(base) - 1)};
+    enum soth_payload_format f;
+    if (sub.len == 0) {
+        f = SOTH_FMT_PROTO;
+    } else if (sub.base[0] != '+' || sub.len == 1) {
+        return false; /* "application/grpc-web", "application/grpcx" */
+    } else {
+        sub.base++;
+        sub.len--;
+        if (soth_iov_is_ci(sub, "proto"))
+            f = SOTH_FMT_PROTO;
+        else if (soth_iov_is_ci(sub, "json"))
+            f = SOTH_FMT_JSON;
+        else if (soth_iov_is_ci(sub, "msgpack"))
+            f = SOTH_FMT_MSGPACK;
+        else
+            f = SOTH_FMT_UNKNOWN;
+    }
+    if (fmt != NULL)
+        *fmt = f;
+    return true;
+}
+
+enum soth_payload_format soth_payload_format_of(struct soth_iov content_type)
+{
+    struct soth_iov t = media_type(content_type);
+    if (t.len == 0)
+        return SOTH_FMT_NONE;
+    if (soth_iov_is_ci(t, "application/json") || soth_iov_is_ci(t, "text/json") ||
+        soth_iov_is_ci(t, "application/x-json"))
+        return SOTH_FMT_JSON;
+    if (t.len > 5 && soth_iov_prefix_ci((struct soth_iov){t.base + t.len - 5, 5}, "+json", 5))
+        return SOTH_FMT_JSON;
+    if (soth_iov_is_ci(t, "application/msgpack") || soth_iov_is_ci(t, "application/x-msgpack") ||
+        soth_iov_is_ci(t, "application/vnd.msgpack"))
+        return SOTH_FMT_MSGPACK;
+    if (soth_iov_is_ci(t, "text/javascript") || soth_iov_is_ci(t, "application/javascript") ||
+        soth_iov_is_ci(t, "application/x-javascript"))
+        return SOTH_FMT_UNKNOWN;
+    return SOTH_FMT_NONE;
 }
 
 static const char *const coding_names[SOTH_CODING_COUNT] = {
@@ -471,40 +543,8 @@ static void jw_raw(struct jw *w, const char *s, size_t n)
     w->len += n;
 }
 
-/* Bytes of s as a JSON string body: escapes, invalid UTF-8 as \ufffd. Writes when `out`. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
-/* Escaped form of one input unit at s: returns the input length consumed and fills esc. */
+/* Escaped form of one input unit at s as part of a JSON string body (invalid UTF-8 becomes
+ * \ufffd): returns the input length consumed and fills esc. */
 static size_t esc_unit(const unsigned char *s, size_t n, char esc[8], size_t *esc_len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -528,7 +568,7 @@ static size_t esc_unit(const unsigned char *s, size_t n, char esc[8], size_t *es
         }
         return 1;
     }
-    size_t l = utf8_seq(s, n);
+    size_t l = soth_utf8_seq_len(s, n);
     if (l == 0) {
         memcpy(esc, "\\ufffd", 6);
         *esc_len = 6;

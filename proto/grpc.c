@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/grpc.h"
 
 #define GRPC_DEF_MAX_MESSAGE (4u << 20)
 #define GRPC_DEF_CAPTURE     4096u
@@ -214,76 +214,4 @@ int soth_grpc_finish(struct soth_grpc *g, struct soth_grpc_msg *msg, bool *got)
         SOTH_BUG_ON(true);
         return SOTH_E_STATE;
     }
-}
-
-/* ---- content types */
-
-static struct soth_iov trim(struct soth_iov v)
-{
-    while (v.len > 0 && (v.base[0] == ' ' || v.base[0] == '\t')) {
-        v.base++;
-        v.len--;
-    }
-    while (v.len > 0 && (v.base[v.len - 1] == ' ' || v.base[v.len - 1] == '\t'))
-        v.len--;
-    return v;
-}
-
-/* The media type without parameters, trimmed. */
-static struct soth_iov media_type(struct soth_iov ct)
-{
-    for (size_t i = 0; i < ct.len; i++)
-        if (ct.base[i] == ';') {
-            ct.len = i;
-            break;
-        }
-    return trim(ct);
-}
-
-bool soth_grpc_content_type(struct soth_iov content_type, enum soth_payload_format *fmt)
-{
-    static const char base[] = "application/grpc";
-    struct soth_iov t = media_type(content_type);
-    if (!soth_iov_prefix_ci(t, base, sizeof(base) - 1))
-        return false;
-    struct soth_iov sub = {t.base + sizeof(base) - 1, t.len - (sizeof(base) - 1)};
-    enum soth_payload_format f;
-    if (sub.len == 0) {
-        f = SOTH_FMT_PROTO;
-    } else if (sub.base[0] != '+' || sub.len == 1) {
-        return false; /* "application/grpc-web", "application/grpcx" */
-    } else {
-        sub.base++;
-        sub.len--;
-        if (soth_iov_is_ci(sub, "proto"))
-            f = SOTH_FMT_PROTO;
-        else if (soth_iov_is_ci(sub, "json"))
-            f = SOTH_FMT_JSON;
-        else if (soth_iov_is_ci(sub, "msgpack"))
-            f = SOTH_FMT_MSGPACK;
-        else
-            f = SOTH_FMT_UNKNOWN;
-    }
-    if (fmt != NULL)
-        *fmt = f;
-    return true;
-}
-
-enum soth_payload_format soth_payload_format_of(struct soth_iov content_type)
-{
-    struct soth_iov t = media_type(content_type);
-    if (t.len == 0)
-        return SOTH_FMT_NONE;
-    if (soth_iov_is_ci(t, "application/json") || soth_iov_is_ci(t, "text/json") ||
-        soth_iov_is_ci(t, "application/x-json"))
-        return SOTH_FMT_JSON;
-    if (t.len > 5 && soth_iov_prefix_ci((struct soth_iov){t.base + t.len - 5, 5}, "+json", 5))
-        return SOTH_FMT_JSON;
-    if (soth_iov_is_ci(t, "application/msgpack") || soth_iov_is_ci(t, "application/x-msgpack") ||
-        soth_iov_is_ci(t, "application/vnd.msgpack"))
-        return SOTH_FMT_MSGPACK;
-    if (soth_iov_is_ci(t, "text/javascript") || soth_iov_is_ci(t, "application/javascript") ||
-        soth_iov_is_ci(t, "application/x-javascript"))
-        return SOTH_FMT_UNKNOWN;
-    return SOTH_FMT_NONE;
 }

@@ -17,7 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h1.h"
 
 #define DEF_MAX_HEAD     65536
 #define MIN_MAX_HEAD     256
@@ -90,7 +90,7 @@ struct msg {
 struct dir {
     llhttp_t p; /* first member: llhttp callbacks cast their llhttp_t * back */
     struct soth_h1 *h;
-    int side;
+    enum soth_leg side; /* the leg this direction's messages come from */
     enum dir_state state;
     enum scan_state sc;
     bool need_reset;            /* request parser restarts before the next request */
@@ -103,7 +103,7 @@ struct dir {
 
 struct h1_err {
     bool set;
-    int side;
+    enum soth_leg side;
     uint32_t id;
     unsigned status; /* 0: not a protocol error (out/on_head failed) */
     const char *code, *detail;
@@ -111,18 +111,18 @@ struct h1_err {
 };
 
 struct soth_h1 {
-    struct dir d[2];
+    struct dir d[SOTH_LEG_COUNT]; /* by the leg the messages come from */
     struct soth_h1_cbs cbs;
     struct soth_h1_limits lim;
     struct xchg *q; /* FIFO ring of exchanges in flight, lim.max_pipeline + 1 entries */
     size_t qcap, qhead, qlen;
     uint32_t next_id;
-    bool dead;     /* error or abort: feeds refused */
-    bool done;     /* finished normally: feeds dropped */
-    bool closing;  /* a message closed the connection: no new request starts */
-    bool upgraded; /* byte relay */
-    bool lend;     /* section buffers are lent by cbs.sec_get while a section is built */
-    bool eof[2];   /* per side */
+    bool dead;                /* error or abort: feeds refused */
+    bool done;                /* finished normally: feeds dropped */
+    bool closing;             /* a message closed the connection: no new request starts */
+    bool upgraded;            /* byte relay */
+    bool lend;                /* section buffers are lent by cbs.sec_get while a section is built */
+    bool eof[SOTH_LEG_COUNT]; /* by leg */
     struct h1_err err;
 };
 
@@ -291,16 +291,16 @@ struct soth_h1 *soth_h1_init(void *mem, const struct soth_h1_limits *limits,
     h->qcap = h->lim.max_pipeline + 1;
     p += align16(h->qcap * sizeof(struct xchg));
     h->lend = cbs->sec_get != NULL && cbs->sec_put != NULL;
-    for (int s = 0; s < 2; s++) {
+    for (unsigned s = 0; s < SOTH_LEG_COUNT; s++) {
         struct dir *d = &h->d[s];
         if (!h->lend) {
             sec_carve(d, p, &h->lim);
             p += section_size(&h->lim);
         }
         d->h = h;
-        d->side = s;
+        d->side = soth_leg_of(s);
         d->state = DS_IDLE;
-        llhttp_init(&d->p, s == SOTH_H1_CLIENT ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
+        llhttp_init(&d->p, d->side == SOTH_LEG_CLIENT ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
         d->p.data = d;
     }
     h->next_id = 1;
@@ -378,7 +378,7 @@ static void update_done(struct soth_h1 *h)
 {
     if (h->dead || h->done || h->qlen > 0 || h->upgraded)
         return;
-    if (h->eof[SOTH_H1_CLIENT] || (h->closing && h->d[SOTH_H1_CLIENT].state == DS_DISCARD))
+    if (h->eof[SOTH_LEG_CLIENT] || (h->closing && h->d[SOTH_LEG_CLIENT].state == DS_DISCARD))
         h->done = true;
 }
 
@@ -410,22 +410,22 @@ static void q_end_all(struct soth_h1 *h, enum soth_h1_outcome o)
 
 /* ---- errors */
 
-static unsigned err_status(int side, bool too_large)
+static unsigned err_status(enum soth_leg side, bool too_large)
 {
-    if (side == SOTH_H1_UPSTREAM)
+    if (side == SOTH_LEG_UPSTREAM)
         return 502;
     return too_large ? 431 : 400;
 }
 
 /* Record the first error; the feed loop reports it once llhttp has returned. */
-static void set_err(struct soth_h1 *h, int side, unsigned status, const char *code,
+static void set_err(struct soth_h1 *h, enum soth_leg side, unsigned status, const char *code,
                     const char *detail, int rc)
 {
     if (h->err.set)
         return;
     const struct dir *d = &h->d[side];
     uint32_t id = d->m.id; /* set once the head is complete */
-    if (id == 0 && side == SOTH_H1_CLIENT) {
+    if (id == 0 && side == SOTH_LEG_CLIENT) {
         id = h->next_id;
     } else if (id == 0) {
         const struct xchg *x = q_awaiting(h);
@@ -506,13 +506,13 @@ static void llhttp_err(struct dir *d, enum llhttp_errno e)
 
 /* ---- output */
 
-static int emit(struct soth_h1 *h, int to_side, const char *p, size_t n)
+static int emit(struct soth_h1 *h, enum soth_leg to, const char *p, size_t n)
 {
     if (n == 0)
         return 0;
-    int rc = h->cbs.out(h->cbs.ctx, to_side, p, n);
+    int rc = h->cbs.out(h->cbs.ctx, to, p, n);
     if (rc < 0)
-        set_err(h, !to_side, 0, NULL, NULL, rc);
+        set_err(h, soth_leg_other(to), 0, NULL, NULL, rc);
     return rc;
 }
 
@@ -696,7 +696,7 @@ static int cb_message_begin(llhttp_t *p)
     struct dir *d = dir_of(p);
     if (d->state != DS_HEAD)
         return -1;
-    if (d->side == SOTH_H1_UPSTREAM) {
+    if (d->side == SOTH_LEG_UPSTREAM) {
         d->m.version.base = d->buf + d->used;
         if (PUT_LIT(d, "HTTP/") < 0)
             return -1;
@@ -751,7 +751,7 @@ static int cb_version_complete(llhttp_t *p)
         proto_err(d, "bad_version", "HTTP version other than 1.0 or 1.1");
         return -1;
     }
-    if (d->side == SOTH_H1_CLIENT) {
+    if (d->side == SOTH_LEG_CLIENT) {
         if (PUT_LIT(d, "\r\n") < 0)
             return -1;
         d->m.line_done = true;
@@ -870,7 +870,7 @@ static int cb_header_field_complete(llhttp_t *p)
             return -1;
         }
         d->m.seen_te = true;
-    } else if (d->side == SOTH_H1_CLIENT && kind == FK_HOST) {
+    } else if (d->side == SOTH_LEG_CLIENT && kind == FK_HOST) {
         if (d->m.seen_host) {
             proto_err(d, "duplicate_host", "more than one Host field");
             return -1;
@@ -972,7 +972,7 @@ static bool conn_keep_alive(const llhttp_t *p)
 /* A final response that is not a switch answered exchange x. */
 static void resolve_upgrade_wait(struct soth_h1 *h, struct xchg *x)
 {
-    struct dir *c = &h->d[SOTH_H1_CLIENT];
+    struct dir *c = &h->d[SOTH_LEG_CLIENT];
     x->flags |= X_NO_SWITCH;
     if (c->state != DS_WAIT_UPGRADE)
         return;
@@ -995,7 +995,7 @@ static int headers_complete(llhttp_t *p)
         proto_err(d, "bad_version", "request without an HTTP version");
         return -1;
     }
-    if (d->side == SOTH_H1_UPSTREAM && status_line_end(d) < 0)
+    if (d->side == SOTH_LEG_UPSTREAM && status_line_end(d) < 0)
         return -1;
     if (PUT_LIT(d, "\r\n") < 0)
         return -1;
@@ -1020,7 +1020,7 @@ static int headers_complete(llhttp_t *p)
     }
     m->keep_alive = conn_keep_alive(p);
 
-    if (d->side == SOTH_H1_CLIENT) {
+    if (d->side == SOTH_LEG_CLIENT) {
         bool is_connect = p->method == HTTP_CONNECT;
         if (p->http_minor == 1 && !m->seen_host) {
             proto_err(d, "missing_host", "HTTP/1.1 request without Host");
@@ -1094,7 +1094,7 @@ static int headers_complete(llhttp_t *p)
         int rc = h->cbs.on_head(h->cbs.ctx, d->side, m->id, &hd);
         if (rc < 0) {
             /* A request refused by on_head was never reported: it is no exchange. */
-            if (d->side == SOTH_H1_CLIENT)
+            if (d->side == SOTH_LEG_CLIENT)
                 h->qlen--;
             set_err(h, d->side, 0, NULL, NULL, rc);
             return -1;
@@ -1104,7 +1104,7 @@ static int headers_complete(llhttp_t *p)
             return ret;
         }
     }
-    if (emit(h, !d->side, d->buf, d->used) < 0)
+    if (emit(h, soth_leg_other(d->side), d->buf, d->used) < 0)
         return -1;
     d->state = DS_BODY;
     return ret;
@@ -1128,10 +1128,10 @@ static int cb_headers_complete(llhttp_t *p)
 
 static void count_body(struct dir *d, size_t n)
 {
-    struct xchg *x = d->side == SOTH_H1_CLIENT ? q_newest(d->h) : q_awaiting(d->h);
+    struct xchg *x = d->side == SOTH_LEG_CLIENT ? q_newest(d->h) : q_awaiting(d->h);
     if (x == NULL)
         return;
-    if (d->side == SOTH_H1_CLIENT)
+    if (d->side == SOTH_LEG_CLIENT)
         x->req_bytes += n;
     else
         x->resp_bytes += n;
@@ -1144,7 +1144,7 @@ static int cb_body(llhttp_t *p, const char *at, size_t n)
     count_body(d, n);
     if (h->cbs.on_body != NULL)
         h->cbs.on_body(h->cbs.ctx, d->side, d->m.id, at, n);
-    return emit(h, !d->side, at, n) < 0 ? HPE_USER : 0;
+    return emit(h, soth_leg_other(d->side), at, n) < 0 ? HPE_USER : 0;
 }
 
 static int cb_chunk_header(llhttp_t *p)
@@ -1175,7 +1175,7 @@ static int cb_chunk_header(llhttp_t *p)
     }
     line[n++] = '\r';
     line[n++] = '\n';
-    return emit(d->h, !d->side, line, n) < 0 ? -1 : 0;
+    return emit(d->h, soth_leg_other(d->side), line, n) < 0 ? -1 : 0;
 }
 
 static int cb_chunk_complete(llhttp_t *p)
@@ -1183,7 +1183,7 @@ static int cb_chunk_complete(llhttp_t *p)
     struct dir *d = dir_of(p);
     if (d->state == DS_TRAILERS)
         return 0;
-    return emit(d->h, !d->side, "\r\n", 2) < 0 ? -1 : 0;
+    return emit(d->h, soth_leg_other(d->side), "\r\n", 2) < 0 ? -1 : 0;
 }
 
 static int cb_chunk_ext(llhttp_t *p, const char *at, size_t n)
@@ -1208,24 +1208,24 @@ static int cb_message_complete(llhttp_t *p)
     struct dir *d = dir_of(p);
     struct soth_h1 *h = d->h;
     struct msg *m = &d->m;
-    struct dir *c = &h->d[SOTH_H1_CLIENT];
+    struct dir *c = &h->d[SOTH_LEG_CLIENT];
 
     if (d->state == DS_TRAILERS) {
         if (PUT_LIT(d, "\r\n") < 0)
             return -1;
         if (m->n_fields > 0 && h->cbs.on_trailers != NULL)
             h->cbs.on_trailers(h->cbs.ctx, d->side, m->id, d->fields, m->n_fields);
-        int rc = emit(h, !d->side, d->buf, d->used);
+        int rc = emit(h, soth_leg_other(d->side), d->buf, d->used);
         sec_drop(d);
         if (rc < 0)
             return -1;
     }
-    if (d->side == SOTH_H1_CLIENT) {
+    if (d->side == SOTH_LEG_CLIENT) {
         struct xchg *x = q_newest(h);
         SOTH_BUG_ON(x == NULL || x->id != m->id);
         x->flags |= X_REQ_DONE;
         if (h->cbs.on_complete != NULL)
-            h->cbs.on_complete(h->cbs.ctx, SOTH_H1_CLIENT, m->id);
+            h->cbs.on_complete(h->cbs.ctx, SOTH_LEG_CLIENT, m->id);
         if (!m->keep_alive)
             h->closing = true;
         if (m->upgrade && (x->flags & X_NO_SWITCH) == 0) {
@@ -1250,7 +1250,7 @@ static int cb_message_complete(llhttp_t *p)
         struct xchg *x = q_awaiting(h);
         x->flags |= X_RESP_DONE;
         if (h->cbs.on_complete != NULL)
-            h->cbs.on_complete(h->cbs.ctx, SOTH_H1_UPSTREAM, m->id);
+            h->cbs.on_complete(h->cbs.ctx, SOTH_LEG_UPSTREAM, m->id);
         if (!m->keep_alive)
             h->closing = true;
         d->state = h->closing ? DS_DISCARD : DS_IDLE;
@@ -1327,12 +1327,12 @@ static ssize_t feed_section(struct dir *d, const char *p, size_t n)
     return c;
 }
 
-ssize_t soth_h1_feed(struct soth_h1 *h, int from_side, const char *data, size_t len)
+ssize_t soth_h1_feed(struct soth_h1 *h, enum soth_leg from, const char *data, size_t len)
 {
     if (h->dead)
         return SOTH_E_STATE;
-    SOTH_BUG_ON(from_side != SOTH_H1_CLIENT && from_side != SOTH_H1_UPSTREAM);
-    struct dir *d = &h->d[from_side];
+    SOTH_BUG_ON(from != SOTH_LEG_CLIENT && from != SOTH_LEG_UPSTREAM);
+    struct dir *d = &h->d[from];
     size_t pos = 0;
     ssize_t c;
 
@@ -1345,12 +1345,12 @@ ssize_t soth_h1_feed(struct soth_h1 *h, int from_side, const char *data, size_t 
         case DS_RAW: {
             struct xchg *x = q_at(h, 0);
             if (h->qlen > 0) {
-                if (from_side == SOTH_H1_CLIENT)
+                if (from == SOTH_LEG_CLIENT)
                     x->req_bytes += len - pos;
                 else
                     x->resp_bytes += len - pos;
             }
-            if (emit(h, !from_side, data + pos, len - pos) < 0)
+            if (emit(h, soth_leg_other(from), data + pos, len - pos) < 0)
                 return fail(h);
             pos = len;
             break;
@@ -1361,9 +1361,9 @@ ssize_t soth_h1_feed(struct soth_h1 *h, int from_side, const char *data, size_t 
         case DS_WAIT_UPGRADE:
             return (ssize_t)pos;
         case DS_IDLE:
-            if (from_side == SOTH_H1_CLIENT && h->qlen >= h->lim.max_pipeline)
+            if (from == SOTH_LEG_CLIENT && h->qlen >= h->lim.max_pipeline)
                 return (ssize_t)pos;
-            if (from_side == SOTH_H1_UPSTREAM && q_awaiting(h) == NULL) {
+            if (from == SOTH_LEG_UPSTREAM && q_awaiting(h) == NULL) {
                 msg_begin(d); /* forget the previous response's id */
                 proto_err(d, "unsolicited_response", "response bytes without a pending request");
                 return fail(h);
@@ -1396,15 +1396,15 @@ ssize_t soth_h1_feed(struct soth_h1 *h, int from_side, const char *data, size_t 
     return (ssize_t)pos;
 }
 
-int soth_h1_eof(struct soth_h1 *h, int side)
+int soth_h1_eof(struct soth_h1 *h, enum soth_leg side)
 {
     if (h->dead)
         return SOTH_E_STATE;
-    SOTH_BUG_ON(side != SOTH_H1_CLIENT && side != SOTH_H1_UPSTREAM);
+    SOTH_BUG_ON(side != SOTH_LEG_CLIENT && side != SOTH_LEG_UPSTREAM);
     struct dir *d = &h->d[side];
     h->eof[side] = true;
     if (h->upgraded) {
-        if (!h->eof[!side])
+        if (!h->eof[soth_leg_other(side)])
             return 0;
         q_end_all(h, SOTH_H1_COMPLETE);
         h->upgraded = false;
@@ -1413,7 +1413,7 @@ int soth_h1_eof(struct soth_h1 *h, int side)
     }
     if (h->done)
         return SOTH_H1_DONE;
-    if (side == SOTH_H1_UPSTREAM) {
+    if (side == SOTH_LEG_UPSTREAM) {
         if (d->state == DS_BODY && d->m.until_close) {
             /* RFC 9112 6.3 item 8: the body ends at the close. */
             enum llhttp_errno e = llhttp_finish(&d->p);
@@ -1448,14 +1448,14 @@ void soth_h1_abort(struct soth_h1 *h, enum soth_h1_outcome outcome)
     h->dead = true;
 }
 
-bool soth_h1_is_blocked(const struct soth_h1 *h, int side)
+bool soth_h1_is_blocked(const struct soth_h1 *h, enum soth_leg side)
 {
     const struct dir *d = &h->d[side];
     if (h->dead || h->done)
         return false;
     if (d->state == DS_WAIT_UPGRADE)
         return true;
-    return side == SOTH_H1_CLIENT && d->state == DS_IDLE && h->qlen >= h->lim.max_pipeline;
+    return side == SOTH_LEG_CLIENT && d->state == DS_IDLE && h->qlen >= h->lim.max_pipeline;
 }
 
 bool soth_h1_is_done(const struct soth_h1 *h)

@@ -20,7 +20,7 @@
 
 #include <nghttp2/nghttp2.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
 
 #define OUT_CAP     16384 /* one TLS record of plaintext */
 #define FRAME_HD    9
@@ -114,12 +114,12 @@ struct trailers {
 #define S_RST_PENDING    0x100000u /* RST_STREAM toward the client waits for the head */
 
 struct h2s {
-    struct h2s *next, *prev; /* active list in creation (= client stream id) order */
-    int32_t cid, uid;        /* client-leg and upstream-leg stream ids (uid 0: none) */
-    uint32_t f;              /* S_* */
-    struct cbuf buf[2];      /* by enum soth_h2_dir */
-    struct trailers *trl[2]; /* pending trailers, by dir */
-    uint64_t bytes[2];       /* body bytes reported, by dir */
+    struct h2s *next, *prev;              /* active list in creation (= client stream id) order */
+    int32_t cid, uid;                     /* client-leg and upstream-leg stream ids (uid 0: none) */
+    uint32_t f;                           /* S_* */
+    struct cbuf buf[SOTH_LEG_COUNT];      /* by the leg that sent the bytes */
+    struct trailers *trl[SOTH_LEG_COUNT]; /* pending trailers, by the leg that sent them */
+    uint64_t bytes[SOTH_LEG_COUNT];       /* body bytes reported, by the leg that sent them */
     enum soth_h2_outcome outcome;
     uint32_t error_code;
     const char *detail;
@@ -139,7 +139,7 @@ enum leg_state {
 struct leg {
     struct soth_h2_relay *r;
     nghttp2_session *s;
-    enum soth_h2_side side;
+    enum soth_leg side;
     enum leg_state st;
     uint32_t goaway_ours; /* graceful GOAWAYs we submitted and not yet seen sent */
     bool goaway_sent;     /* we submitted a graceful GOAWAY on this leg */
@@ -168,7 +168,7 @@ struct soth_h2_relay {
     bool connect_proto; /* SETTINGS_ENABLE_CONNECT_PROTOCOL sent to the client */
     bool nomem;         /* an allocation failed inside a callback */
     int out_err;        /* first error returned by cbs.out */
-    struct leg leg[2];
+    struct leg leg[SOTH_LEG_COUNT];
 };
 
 static const char *const outcome_names[SOTH_H2_OUTCOME_COUNT] = {
@@ -517,8 +517,8 @@ static struct h2s *slot_new(struct soth_h2_relay *r)
 
 static void slot_free(struct soth_h2_relay *r, struct h2s *s)
 {
-    r->st.buffered[SOTH_H2_REQUEST] -= cbuf_drop(r, &s->buf[SOTH_H2_REQUEST]);
-    r->st.buffered[SOTH_H2_RESPONSE] -= cbuf_drop(r, &s->buf[SOTH_H2_RESPONSE]);
+    r->st.buffered[SOTH_LEG_CLIENT] -= cbuf_drop(r, &s->buf[SOTH_LEG_CLIENT]);
+    r->st.buffered[SOTH_LEG_UPSTREAM] -= cbuf_drop(r, &s->buf[SOTH_LEG_UPSTREAM]);
     trailers_free(r, &s->trl[0]);
     trailers_free(r, &s->trl[1]);
     if (s->prev != NULL)
@@ -563,8 +563,8 @@ static void maybe_end(struct soth_h2_relay *r, struct h2s *s)
         if (r->cbs.on_stream_end != NULL) {
             struct soth_h2_stream_end e = {
                 .outcome = s->outcome,
-                .request_bytes = s->bytes[SOTH_H2_REQUEST],
-                .response_bytes = s->bytes[SOTH_H2_RESPONSE],
+                .request_bytes = s->bytes[SOTH_LEG_CLIENT],
+                .response_bytes = s->bytes[SOTH_LEG_UPSTREAM],
                 .error_code = s->error_code,
                 .detail = s->detail,
             };
@@ -583,7 +583,7 @@ static bool leg_alive(const struct leg *l)
 }
 
 /* Give bytes we will never forward back to the receiving leg's windows. */
-static void consume(struct soth_h2_relay *r, enum soth_h2_side side, int32_t sid, size_t n)
+static void consume(struct soth_h2_relay *r, enum soth_leg side, int32_t sid, size_t n)
 {
     struct leg *l = &r->leg[side];
     if (n == 0 || l->st != LEG_LIVE || sid <= 0)
@@ -595,20 +595,20 @@ static void consume(struct soth_h2_relay *r, enum soth_h2_side side, int32_t sid
 /* Drop the request body held for s: nothing of it will be forwarded any more. */
 static void drop_request(struct soth_h2_relay *r, struct h2s *s)
 {
-    size_t n = cbuf_drop(r, &s->buf[SOTH_H2_REQUEST]);
-    r->st.buffered[SOTH_H2_REQUEST] -= n;
-    consume(r, SOTH_H2_CLIENT, s->cid, n);
-    trailers_free(r, &s->trl[SOTH_H2_REQUEST]);
+    size_t n = cbuf_drop(r, &s->buf[SOTH_LEG_CLIENT]);
+    r->st.buffered[SOTH_LEG_CLIENT] -= n;
+    consume(r, SOTH_LEG_CLIENT, s->cid, n);
+    trailers_free(r, &s->trl[SOTH_LEG_CLIENT]);
     s->f |= S_REQ_DISCARD;
 }
 
 static void drop_response(struct soth_h2_relay *r, struct h2s *s)
 {
-    size_t n = cbuf_drop(r, &s->buf[SOTH_H2_RESPONSE]);
-    r->st.buffered[SOTH_H2_RESPONSE] -= n;
+    size_t n = cbuf_drop(r, &s->buf[SOTH_LEG_UPSTREAM]);
+    r->st.buffered[SOTH_LEG_UPSTREAM] -= n;
     if (s->uid > 0)
-        consume(r, SOTH_H2_UPSTREAM, s->uid, n);
-    trailers_free(r, &s->trl[SOTH_H2_RESPONSE]);
+        consume(r, SOTH_LEG_UPSTREAM, s->uid, n);
+    trailers_free(r, &s->trl[SOTH_LEG_UPSTREAM]);
     s->f |= S_RESP_DISCARD;
 }
 
@@ -644,8 +644,8 @@ static void rst_client(struct soth_h2_relay *r, struct h2s *s, uint32_t code)
         s->rst_pending = code;
         return;
     }
-    if (r->leg[SOTH_H2_CLIENT].st == LEG_LIVE &&
-        nghttp2_submit_rst_stream(r->leg[SOTH_H2_CLIENT].s, NGHTTP2_FLAG_NONE, s->cid, code) != 0)
+    if (r->leg[SOTH_LEG_CLIENT].st == LEG_LIVE &&
+        nghttp2_submit_rst_stream(r->leg[SOTH_LEG_CLIENT].s, NGHTTP2_FLAG_NONE, s->cid, code) != 0)
         r->nomem = true;
 }
 
@@ -657,8 +657,9 @@ static void rst_upstream(struct soth_h2_relay *r, struct h2s *s, uint32_t code)
     s->f |= S_U_ABANDONED | S_U_RST_OURS;
     drop_request(r, s);
     drop_response(r, s);
-    if (r->leg[SOTH_H2_UPSTREAM].st == LEG_LIVE &&
-        nghttp2_submit_rst_stream(r->leg[SOTH_H2_UPSTREAM].s, NGHTTP2_FLAG_NONE, s->uid, code) != 0)
+    if (r->leg[SOTH_LEG_UPSTREAM].st == LEG_LIVE &&
+        nghttp2_submit_rst_stream(r->leg[SOTH_LEG_UPSTREAM].s, NGHTTP2_FLAG_NONE, s->uid, code) !=
+            0)
         r->nomem = true;
 }
 
@@ -685,12 +686,12 @@ static void answer_client(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
     s->f |= S_RESP_HEAD;
     if (!(s->f & S_REQ_EOF))
         s->f |= S_RST_AFTER_RESP; /* RFC 9113 8.1: stop the request body with NO_ERROR */
-    if (r->leg[SOTH_H2_CLIENT].st == LEG_LIVE &&
-        nghttp2_submit_response(r->leg[SOTH_H2_CLIENT].s, s->cid, nv, n, NULL) != 0)
+    if (r->leg[SOTH_LEG_CLIENT].st == LEG_LIVE &&
+        nghttp2_submit_response(r->leg[SOTH_LEG_CLIENT].s, s->cid, nv, n, NULL) != 0)
         rst_client(r, s, rst_code);
 }
 
-static void goaway_graceful(struct soth_h2_relay *r, enum soth_h2_side side, uint32_t code)
+static void goaway_graceful(struct soth_h2_relay *r, enum soth_leg side, uint32_t code)
 {
     struct leg *l = &r->leg[side];
     if (l->st != LEG_LIVE || l->goaway_sent)
@@ -698,7 +699,7 @@ static void goaway_graceful(struct soth_h2_relay *r, enum soth_h2_side side, uin
     l->goaway_sent = true;
     /* Toward the client: the streams it opened so far may finish. Toward the upstream: we
      * accept no pushes, so the last peer-initiated stream is 0. */
-    int32_t last = side == SOTH_H2_CLIENT ? nghttp2_session_get_last_proc_stream_id(l->s) : 0;
+    int32_t last = side == SOTH_LEG_CLIENT ? nghttp2_session_get_last_proc_stream_id(l->s) : 0;
     if (nghttp2_submit_goaway(l->s, NGHTTP2_FLAG_NONE, last, code, NULL, 0) == 0)
         l->goaway_ours++;
     else
@@ -760,7 +761,7 @@ static void upstream_stream_closed(struct soth_h2_relay *r, struct h2s *s, uint3
 }
 
 /* A leg is gone (transport closed, or its terminating GOAWAY flushed). */
-static void leg_down(struct soth_h2_relay *r, enum soth_h2_side side, enum soth_h2_outcome o,
+static void leg_down(struct soth_h2_relay *r, enum soth_leg side, enum soth_h2_outcome o,
                      const char *detail)
 {
     struct leg *l = &r->leg[side];
@@ -768,11 +769,11 @@ static void leg_down(struct soth_h2_relay *r, enum soth_h2_side side, enum soth_
         return;
     l->st = LEG_DEAD;
     l->out_len = 0;
-    if (side == SOTH_H2_UPSTREAM)
+    if (side == SOTH_LEG_UPSTREAM)
         r->refuse_new = true;
     for (struct h2s *s = r->head, *next; s != NULL; s = next) {
         next = s->next;
-        if (side == SOTH_H2_CLIENT) {
+        if (side == SOTH_LEG_CLIENT) {
             /* Nobody is left to answer: cancel every upstream stream, including complete
              * exchanges still forwarding a request body. */
             if (s->f & S_C_OPEN) {
@@ -801,21 +802,21 @@ static void leg_down(struct soth_h2_relay *r, enum soth_h2_side side, enum soth_
         }
         maybe_end(r, s);
     }
-    if (side == SOTH_H2_CLIENT)
-        goaway_graceful(r, SOTH_H2_UPSTREAM, NGHTTP2_NO_ERROR);
+    if (side == SOTH_LEG_CLIENT)
+        goaway_graceful(r, SOTH_LEG_UPSTREAM, NGHTTP2_NO_ERROR);
     else
-        goaway_graceful(r, SOTH_H2_CLIENT, NGHTTP2_NO_ERROR);
+        goaway_graceful(r, SOTH_LEG_CLIENT, NGHTTP2_NO_ERROR);
 }
 
 /* nghttp2 reported a fatal error on this leg: queue the terminating GOAWAY. */
-static void leg_terminate(struct soth_h2_relay *r, enum soth_h2_side side, uint32_t code)
+static void leg_terminate(struct soth_h2_relay *r, enum soth_leg side, uint32_t code)
 {
     struct leg *l = &r->leg[side];
     if (l->st != LEG_LIVE)
         return;
     l->failed = true;
     if (nghttp2_session_terminate_session(l->s, code) != 0) {
-        leg_down(r, side, side == SOTH_H2_CLIENT ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
+        leg_down(r, side, side == SOTH_LEG_CLIENT ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
                  "relay_error");
         return;
     }
@@ -835,10 +836,10 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     struct soth_h2_relay *r = l->r;
     (void)session;
     hb_reset(&l->hb);
-    if (l->side != SOTH_H2_CLIENT || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (l->side != SOTH_LEG_CLIENT || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     struct h2s *s = NULL;
-    if (!r->refuse_new && r->leg[SOTH_H2_UPSTREAM].st == LEG_LIVE)
+    if (!r->refuse_new && r->leg[SOTH_LEG_UPSTREAM].st == LEG_LIVE)
         s = slot_new(r);
     if (s == NULL) {
         /* Not processed at all: the client may retry (RFC 9113 8.7). */
@@ -877,7 +878,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
 
 static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_frame *frame)
 {
-    struct leg *l = &r->leg[SOTH_H2_CLIENT];
+    struct leg *l = &r->leg[SOTH_LEG_CLIENT];
     bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     struct hview v;
     if (l->hb.over) {
@@ -888,7 +889,7 @@ static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_f
         answer_client(r, s, nv_431, SOTH_ARRAY_LEN(nv_431), NGHTTP2_INTERNAL_ERROR);
         return;
     }
-    if (r->refuse_new || r->leg[SOTH_H2_UPSTREAM].st != LEG_LIVE) {
+    if (r->refuse_new || r->leg[SOTH_LEG_UPSTREAM].st != LEG_LIVE) {
         /* The upstream went away (or announced GOAWAY) while this head was arriving:
          * nothing was forwarded, so the client may retry (RFC 9113 8.7). */
         s->f |= S_REFUSED;
@@ -919,7 +920,7 @@ static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_f
     }
     nghttp2_data_provider prov = {.source.ptr = s, .read_callback = read_body};
     int32_t uid =
-        nghttp2_submit_request(r->leg[SOTH_H2_UPSTREAM].s, NULL, v.nv, v.n, end ? NULL : &prov, s);
+        nghttp2_submit_request(r->leg[SOTH_LEG_UPSTREAM].s, NULL, v.nv, v.n, end ? NULL : &prov, s);
     if (uid < 0) {
         s->f |= S_REFUSED;
         drop_request(r, s);
@@ -933,7 +934,7 @@ static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_f
 
 static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_frame *frame)
 {
-    struct leg *l = &r->leg[SOTH_H2_UPSTREAM];
+    struct leg *l = &r->leg[SOTH_LEG_UPSTREAM];
     bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     struct hview v;
     if ((s->f & (S_U_ABANDONED | S_RESP_DISCARD)) || !(s->f & S_C_OPEN))
@@ -949,7 +950,7 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
     int status = 0;
     for (size_t i = 0; i < v.status.len; i++)
         status = status * 10 + (v.status.base[i] - '0'); /* nghttp2 checked: 3 digits */
-    struct leg *c = &r->leg[SOTH_H2_CLIENT];
+    struct leg *c = &r->leg[SOTH_LEG_CLIENT];
     if (status >= 100 && status < 200) {
         /* Interim response (100-continue, 103): relayed as is, not reported. */
         if (nghttp2_submit_headers(c->s, NGHTTP2_FLAG_NONE, s->cid, NULL, v.nv, v.n, NULL) < 0)
@@ -976,10 +977,10 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
     s->f |= S_RESP_HEAD;
 }
 
-static void trailers_in(struct soth_h2_relay *r, struct h2s *s, enum soth_h2_dir dir)
+static void trailers_in(struct soth_h2_relay *r, struct h2s *s, enum soth_leg dir)
 {
-    struct leg *l = &r->leg[dir == SOTH_H2_REQUEST ? SOTH_H2_CLIENT : SOTH_H2_UPSTREAM];
-    uint32_t discard = dir == SOTH_H2_REQUEST ? S_REQ_DISCARD : S_RESP_DISCARD;
+    struct leg *l = &r->leg[dir];
+    uint32_t discard = dir == SOTH_LEG_CLIENT ? S_REQ_DISCARD : S_RESP_DISCARD;
     if (s->f & discard)
         return;
     struct hview v;
@@ -988,7 +989,7 @@ static void trailers_in(struct soth_h2_relay *r, struct h2s *s, enum soth_h2_dir
         t = trailers_copy(r, &v);
     if (t == NULL) {
         /* over the list limit, over the trailer budget, or out of memory */
-        if (dir == SOTH_H2_REQUEST)
+        if (dir == SOTH_LEG_CLIENT)
             set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR, "request_trailers_too_large");
         else
             set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_INTERNAL_ERROR,
@@ -1004,23 +1005,24 @@ static void trailers_in(struct soth_h2_relay *r, struct h2s *s, enum soth_h2_dir
 }
 
 /* Wake the other leg's data provider for s (no-op if it is not deferred). */
-static void wake(struct soth_h2_relay *r, struct h2s *s, enum soth_h2_dir dir)
+static void wake(struct soth_h2_relay *r, struct h2s *s, enum soth_leg dir)
 {
-    if (dir == SOTH_H2_REQUEST) {
-        if ((s->f & S_U_OPEN) && !(s->f & S_U_ABANDONED) && r->leg[SOTH_H2_UPSTREAM].st == LEG_LIVE)
-            nghttp2_session_resume_data(r->leg[SOTH_H2_UPSTREAM].s, s->uid);
+    if (dir == SOTH_LEG_CLIENT) {
+        if ((s->f & S_U_OPEN) && !(s->f & S_U_ABANDONED) &&
+            r->leg[SOTH_LEG_UPSTREAM].st == LEG_LIVE)
+            nghttp2_session_resume_data(r->leg[SOTH_LEG_UPSTREAM].s, s->uid);
     } else {
-        if ((s->f & S_C_OPEN) && r->leg[SOTH_H2_CLIENT].st == LEG_LIVE)
-            nghttp2_session_resume_data(r->leg[SOTH_H2_CLIENT].s, s->cid);
+        if ((s->f & S_C_OPEN) && r->leg[SOTH_LEG_CLIENT].st == LEG_LIVE)
+            nghttp2_session_resume_data(r->leg[SOTH_LEG_CLIENT].s, s->cid);
     }
 }
 
 static void upstream_settings(struct soth_h2_relay *r)
 {
-    struct leg *c = &r->leg[SOTH_H2_CLIENT];
+    struct leg *c = &r->leg[SOTH_LEG_CLIENT];
     if (r->connect_proto || c->st != LEG_LIVE)
         return;
-    if (nghttp2_session_get_remote_settings(r->leg[SOTH_H2_UPSTREAM].s,
+    if (nghttp2_session_get_remote_settings(r->leg[SOTH_LEG_UPSTREAM].s,
                                             NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL) != 1)
         return;
     /* RFC 8441: offer extended CONNECT to the client only when the origin supports it. */
@@ -1035,7 +1037,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 {
     struct leg *l = ud;
     struct soth_h2_relay *r = l->r;
-    bool client = l->side == SOTH_H2_CLIENT;
+    bool client = l->side == SOTH_LEG_CLIENT;
     struct h2s *s = frame->hd.stream_id > 0 ? stream_of(l, frame->hd.stream_id) : NULL;
     (void)session;
     switch (frame->hd.type) {
@@ -1046,12 +1048,12 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
                 request_head(r, s, frame);
             else
-                trailers_in(r, s, SOTH_H2_REQUEST);
+                trailers_in(r, s, SOTH_LEG_CLIENT);
         } else {
             if (!(s->f & S_FINAL_RECV))
                 response_head(r, s, frame);
             else
-                trailers_in(r, s, SOTH_H2_RESPONSE);
+                trailers_in(r, s, SOTH_LEG_UPSTREAM);
         }
         SOTH_FALLTHROUGH;
     case NGHTTP2_DATA:
@@ -1059,10 +1061,10 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             return 0;
         if (client) {
             s->f |= S_REQ_EOF;
-            wake(r, s, SOTH_H2_REQUEST);
+            wake(r, s, SOTH_LEG_CLIENT);
         } else {
             s->f |= S_RESP_EOF;
-            wake(r, s, SOTH_H2_RESPONSE);
+            wake(r, s, SOTH_LEG_UPSTREAM);
         }
         return 0;
     case NGHTTP2_RST_STREAM:
@@ -1083,11 +1085,11 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             /* An error code here is about the client hop; the upstream only learns that no
              * more requests come. (Ours are always NO_ERROR, which on_frame_send relies on
              * to tell them from nghttp2's terminating GOAWAYs.) */
-            goaway_graceful(r, SOTH_H2_UPSTREAM, NGHTTP2_NO_ERROR);
+            goaway_graceful(r, SOTH_LEG_UPSTREAM, NGHTTP2_NO_ERROR);
         } else {
             /* Streams above last_stream_id are closed by nghttp2 with REFUSED_STREAM and
              * reset toward the client one by one; the others may finish. */
-            goaway_graceful(r, SOTH_H2_CLIENT, NGHTTP2_NO_ERROR);
+            goaway_graceful(r, SOTH_LEG_CLIENT, NGHTTP2_NO_ERROR);
         }
         return 0;
     case NGHTTP2_SETTINGS:
@@ -1104,11 +1106,11 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
 {
     struct leg *l = ud;
     struct soth_h2_relay *r = l->r;
-    enum soth_h2_dir dir = l->side == SOTH_H2_CLIENT ? SOTH_H2_REQUEST : SOTH_H2_RESPONSE;
+    enum soth_leg dir = l->side;
     struct h2s *s = stream_of(l, sid);
     (void)flags;
     bool forward =
-        s != NULL && (dir == SOTH_H2_REQUEST
+        s != NULL && (dir == SOTH_LEG_CLIENT
                           ? (s->f & (S_REQ_DISCARD | S_U_ABANDONED)) == 0 && (s->f & S_U_OPEN)
                           : (s->f & (S_RESP_DISCARD | S_U_ABANDONED)) == 0 && (s->f & S_C_OPEN));
     if (!forward) {
@@ -1120,7 +1122,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     if (cbuf_append(r, &s->buf[dir], data, len) < 0) {
         if (nghttp2_session_consume(session, sid, len) != 0)
             return NGHTTP2_ERR_CALLBACK_FAILURE;
-        if (dir == SOTH_H2_REQUEST)
+        if (dir == SOTH_LEG_CLIENT)
             set_outcome(s, SOTH_H2_RESET, NGHTTP2_INTERNAL_ERROR, "relay_buffer_exhausted");
         else
             set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_INTERNAL_ERROR,
@@ -1145,9 +1147,9 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
 {
     struct leg *l = ud;
     struct h2s *s = source->ptr;
-    enum soth_h2_dir dir = l->side == SOTH_H2_UPSTREAM ? SOTH_H2_REQUEST : SOTH_H2_RESPONSE;
-    uint32_t eof = dir == SOTH_H2_REQUEST ? S_REQ_EOF : S_RESP_EOF;
-    uint32_t discard = dir == SOTH_H2_REQUEST ? S_REQ_DISCARD : S_RESP_DISCARD;
+    enum soth_leg dir = soth_leg_other(l->side); /* the leg that sent what l now sends */
+    uint32_t eof = dir == SOTH_LEG_CLIENT ? S_REQ_EOF : S_RESP_EOF;
+    uint32_t discard = dir == SOTH_LEG_CLIENT ? S_REQ_DISCARD : S_RESP_DISCARD;
     struct cbuf *b = &s->buf[dir];
     (void)buf;
     if (s->f & discard)
@@ -1218,7 +1220,7 @@ static int send_data(nghttp2_session *session, nghttp2_frame *frame, const uint8
     struct leg *l = ud;
     struct soth_h2_relay *r = l->r;
     struct h2s *s = source->ptr;
-    enum soth_h2_dir dir = l->side == SOTH_H2_UPSTREAM ? SOTH_H2_REQUEST : SOTH_H2_RESPONSE;
+    enum soth_leg dir = soth_leg_other(l->side); /* the leg that sent what l now sends */
     (void)session;
     SOTH_BUG_ON(frame->data.padlen != 0); /* we never pad */
     if (l->out_len + FRAME_HD + length > OUT_CAP && out_emit(r, l) < 0)
@@ -1228,10 +1230,10 @@ static int send_data(nghttp2_session *session, nghttp2_frame *frame, const uint8
     cbuf_pop(r, &s->buf[dir], l->out + l->out_len, length);
     l->out_len += length;
     r->st.buffered[dir] -= length;
-    if (dir == SOTH_H2_REQUEST)
-        consume(r, SOTH_H2_CLIENT, s->cid, length);
+    if (dir == SOTH_LEG_CLIENT)
+        consume(r, SOTH_LEG_CLIENT, s->cid, length);
     else
-        consume(r, SOTH_H2_UPSTREAM, s->uid, length);
+        consume(r, SOTH_LEG_UPSTREAM, s->uid, length);
     return 0;
 }
 
@@ -1260,7 +1262,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         return 0;
     }
     if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
-        l->side != SOTH_H2_CLIENT)
+        l->side != SOTH_LEG_CLIENT)
         return 0;
     struct h2s *s = stream_of(l, frame->hd.stream_id);
     if (s == NULL)
@@ -1292,7 +1294,7 @@ static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *fram
     (void)lib_error;
     /* A queued request that never left (GOAWAY received, or cancelled by our RST_STREAM):
      * nghttp2 never opened the stream, so on_stream_close will not come. */
-    if (l->side != SOTH_H2_UPSTREAM || frame->hd.type != NGHTTP2_HEADERS ||
+    if (l->side != SOTH_LEG_UPSTREAM || frame->hd.type != NGHTTP2_HEADERS ||
         frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     struct h2s *s = stream_of(l, frame->hd.stream_id);
@@ -1310,7 +1312,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t code,
     (void)session;
     if (s == NULL)
         return 0;
-    if (l->side == SOTH_H2_CLIENT)
+    if (l->side == SOTH_LEG_CLIENT)
         client_stream_closed(l->r, s, code);
     else
         upstream_stream_closed(l->r, s, code);
@@ -1319,7 +1321,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t code,
 
 /* ---- public API */
 
-static int leg_init(struct soth_h2_relay *r, enum soth_h2_side side)
+static int leg_init(struct soth_h2_relay *r, enum soth_leg side)
 {
     struct leg *l = &r->leg[side];
     l->r = r;
@@ -1351,15 +1353,15 @@ static int leg_init(struct soth_h2_relay *r, enum soth_h2_side side)
     nghttp2_option_set_max_outbound_ack(opt, 1000);
     /* A header list at our limit must also fit when we send it on the other leg. */
     nghttp2_option_set_max_send_header_block_length(opt, set->max_header_list_size + 65536);
-    if (side == SOTH_H2_CLIENT) {
+    if (side == SOTH_LEG_CLIENT) {
         nghttp2_option_set_stream_reset_rate_limit(opt, set->rst_burst, set->rst_rate);
     } else {
         /* Before the origin's SETTINGS arrive, open no more streams than RFC 9113 5.1.2
          * suggests every server allows. */
         nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
     }
-    int rc = side == SOTH_H2_CLIENT ? nghttp2_session_server_new3(&l->s, cb, l, opt, &r->nmem)
-                                    : nghttp2_session_client_new3(&l->s, cb, l, opt, &r->nmem);
+    int rc = side == SOTH_LEG_CLIENT ? nghttp2_session_server_new3(&l->s, cb, l, opt, &r->nmem)
+                                     : nghttp2_session_client_new3(&l->s, cb, l, opt, &r->nmem);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rc != 0)
@@ -1371,7 +1373,7 @@ static int leg_init(struct soth_h2_relay *r, enum soth_h2_side side)
         (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, set->max_header_list_size};
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, set->initial_window};
     iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1};
-    if (side == SOTH_H2_CLIENT) {
+    if (side == SOTH_LEG_CLIENT) {
         iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
                                            set->max_concurrent_streams};
     } else {
@@ -1433,14 +1435,14 @@ struct soth_h2_relay *soth_h2_relay_new(const struct soth_h2_cbs *cbs,
      * our WINDOW_UPDATE lands the RFC default of 65535 applies, hence the max). */
     size_t bound =
         r->set.connection_window > H2_DEFAULT_WINDOW ? r->set.connection_window : H2_DEFAULT_WINDOW;
-    r->st.buffer_bound[SOTH_H2_REQUEST] = bound;
-    r->st.buffer_bound[SOTH_H2_RESPONSE] = bound;
+    r->st.buffer_bound[SOTH_LEG_CLIENT] = bound;
+    r->st.buffer_bound[SOTH_LEG_UPSTREAM] = bound;
     r->trailer_budget = 4 * (size_t)r->set.max_header_list_size;
     /* A list holding b bytes spans at most b / CHUNK_DATA + 2 chunks (partial head and
      * tail); each slot has two lists. */
     r->max_chunks = 2 * (bound / CHUNK_DATA) + 4 * (size_t)r->slot_cap + 2;
 
-    if (leg_init(r, SOTH_H2_CLIENT) < 0 || leg_init(r, SOTH_H2_UPSTREAM) < 0) {
+    if (leg_init(r, SOTH_LEG_CLIENT) < 0 || leg_init(r, SOTH_LEG_UPSTREAM) < 0) {
         soth_h2_relay_free(r);
         return NULL;
     }
@@ -1473,7 +1475,7 @@ void soth_h2_relay_free(struct soth_h2_relay *r)
     m.free_fn(r, m.ctx);
 }
 
-ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_h2_side from, const char *data,
+ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_leg from, const char *data,
                            size_t len)
 {
     struct leg *l = &r->leg[from];
@@ -1507,7 +1509,7 @@ static int pump(struct soth_h2_relay *r, struct leg *l, bool *progress)
             int rc = r->out_err < 0 ? r->out_err : SOTH_E_NOMEM;
             l->failed = true;
             leg_down(r, l->side,
-                     l->side == SOTH_H2_CLIENT ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
+                     l->side == SOTH_LEG_CLIENT ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,
                      "relay_error");
             return rc;
         }
@@ -1519,10 +1521,10 @@ static int pump(struct soth_h2_relay *r, struct leg *l, bool *progress)
             return rc;
         if (l->term_sent) {
             rc = out_emit(r, l);
-            if (l->side == SOTH_H2_CLIENT)
-                leg_down(r, SOTH_H2_CLIENT, SOTH_H2_RESET, "client_protocol_error");
+            if (l->side == SOTH_LEG_CLIENT)
+                leg_down(r, SOTH_LEG_CLIENT, SOTH_H2_RESET, "client_protocol_error");
             else
-                leg_down(r, SOTH_H2_UPSTREAM, SOTH_H2_UPSTREAM_ABORTED, "upstream_protocol_error");
+                leg_down(r, SOTH_LEG_UPSTREAM, SOTH_H2_UPSTREAM_ABORTED, "upstream_protocol_error");
             return rc;
         }
     }
@@ -1542,8 +1544,8 @@ int soth_h2_relay_flush(struct soth_h2_relay *r)
                 rc = pump(r, &r->leg[i], &progress);
         if (r->nomem) {
             r->nomem = false;
-            leg_terminate(r, SOTH_H2_CLIENT, NGHTTP2_INTERNAL_ERROR);
-            leg_terminate(r, SOTH_H2_UPSTREAM, NGHTTP2_INTERNAL_ERROR);
+            leg_terminate(r, SOTH_LEG_CLIENT, NGHTTP2_INTERNAL_ERROR);
+            leg_terminate(r, SOTH_LEG_UPSTREAM, NGHTTP2_INTERNAL_ERROR);
             progress = true;
             if (rc == 0)
                 rc = SOTH_E_NOMEM;
@@ -1559,36 +1561,36 @@ int soth_h2_relay_flush(struct soth_h2_relay *r)
     return rc;
 }
 
-void soth_h2_relay_hold(struct soth_h2_relay *r, enum soth_h2_side side, bool hold)
+void soth_h2_relay_hold(struct soth_h2_relay *r, enum soth_leg side, bool hold)
 {
     r->leg[side].held = hold;
 }
 
-bool soth_h2_relay_want_read(const struct soth_h2_relay *r, enum soth_h2_side side)
+bool soth_h2_relay_want_read(const struct soth_h2_relay *r, enum soth_leg side)
 {
     const struct leg *l = &r->leg[side];
     return l->st == LEG_LIVE && nghttp2_session_want_read(l->s);
 }
 
-bool soth_h2_relay_want_write(const struct soth_h2_relay *r, enum soth_h2_side side)
+bool soth_h2_relay_want_write(const struct soth_h2_relay *r, enum soth_leg side)
 {
     const struct leg *l = &r->leg[side];
     return leg_alive(l) && (l->out_len > 0 || nghttp2_session_want_write(l->s));
 }
 
-bool soth_h2_relay_failed(const struct soth_h2_relay *r, enum soth_h2_side side)
+bool soth_h2_relay_failed(const struct soth_h2_relay *r, enum soth_leg side)
 {
     return r->leg[side].failed;
 }
 
-bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_h2_side side)
+bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_leg side)
 {
     return r->leg[side].goaway_recv;
 }
 
-void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_h2_side side, bool reset)
+void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_leg side, bool reset)
 {
-    if (side == SOTH_H2_CLIENT)
+    if (side == SOTH_LEG_CLIENT)
         leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_H2_CLIENT_ABORTED,
                  reset ? "client_reset" : "client_eof");
     else
@@ -1599,8 +1601,8 @@ void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_h2_side side, bool res
 void soth_h2_relay_shutdown(struct soth_h2_relay *r)
 {
     r->refuse_new = true;
-    goaway_graceful(r, SOTH_H2_CLIENT, NGHTTP2_NO_ERROR);
-    goaway_graceful(r, SOTH_H2_UPSTREAM, NGHTTP2_NO_ERROR);
+    goaway_graceful(r, SOTH_LEG_CLIENT, NGHTTP2_NO_ERROR);
+    goaway_graceful(r, SOTH_LEG_UPSTREAM, NGHTTP2_NO_ERROR);
 }
 
 void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out)

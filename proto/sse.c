@@ -1,12 +1,12 @@
 /*
- * text/event-stream parser (WHATWG HTML 9.2.6 "Interpreting an event stream"): see proto.h
+ * text/event-stream parser (WHATWG HTML 9.2.6 "Interpreting an event stream"): see soth/proto/sse.h
  * and docs/streaming.md. Lines are never buffered: field values go straight into the buffer
  * they belong to (data, event type, a provisional id, retry digits), so the memory is the
  * fixed block of soth_sse_size() whatever the line lengths.
  */
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/sse.h"
 
 #define SSE_DEFAULT_MAX_DATA 65536u
 #define SSE_NAME_MAX         8  /* longest known field name is 5 bytes */

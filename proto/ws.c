@@ -1,11 +1,11 @@
 /*
- * WebSocket frame parser (RFC 6455 5) and turn aggregator: see proto.h and docs/streaming.md.
- * The parser reads the relayed bytes once and keeps only the frame header in progress, the
- * capture of the message in progress and a control payload (<= 125 bytes).
+ * WebSocket frame parser (RFC 6455 5) and turn aggregator: see soth/proto/ws.h and
+ * docs/streaming.md. The parser reads the relayed bytes once and keeps only the frame header in
+ * progress, the capture of the message in progress and a control payload (<= 125 bytes).
  */
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/ws.h"
 
 #define WS_DEFAULT_MAX_MESSAGE (64ull << 20)
 #define WS_DEFAULT_CAPTURE     4096u
@@ -22,7 +22,7 @@ struct soth_ws {
     struct soth_ws_cbs cbs;
     uint64_t max_message;
     uint32_t cap; /* capture bytes per message */
-    uint8_t dir;  /* enum soth_ws_dir */
+    uint8_t dir;  /* enum soth_leg: the leg whose frames these are */
     bool deflate;
     uint8_t state; /* enum ws_state */
     uint8_t err;   /* enum soth_ws_error */
@@ -96,7 +96,7 @@ size_t soth_ws_size(const struct soth_ws_limits *limits)
     return sizeof(struct soth_ws) + cap;
 }
 
-struct soth_ws *soth_ws_init(void *mem, enum soth_ws_dir dir, bool deflate,
+struct soth_ws *soth_ws_init(void *mem, enum soth_leg dir, bool deflate,
                              const struct soth_ws_limits *limits, const struct soth_ws_cbs *cbs)
 {
     struct soth_ws *w = mem;
@@ -186,9 +186,9 @@ static ssize_t ws_check_base(struct soth_ws *w)
         return ws_fail(w, SOTH_WS_E_EXPECTED_CONT);
     }
     /* RFC 6455 5.1/5.3: a client masks every frame, a server never does. */
-    if (w->dir == SOTH_WS_CLIENT && !masked)
+    if (w->dir == SOTH_LEG_CLIENT && !masked)
         return ws_fail(w, SOTH_WS_E_UNMASKED);
-    if (w->dir == SOTH_WS_SERVER && masked)
+    if (w->dir == SOTH_LEG_UPSTREAM && masked)
         return ws_fail(w, SOTH_WS_E_MASKED);
     w->op = op;
     w->fin = fin;
@@ -211,7 +211,7 @@ static ssize_t ws_frame_end(struct soth_ws *w)
     w->state = WS_HDR;
     w->hdr_have = 0;
     w->hdr_need = 2;
-    struct soth_ws_msg m = {.dir = (enum soth_ws_dir)w->dir, .close_code = -1};
+    struct soth_ws_msg m = {.dir = soth_leg_of(w->dir), .close_code = -1};
     if (is_control(w->op)) {
         m.opcode = w->op;
         m.len = w->ctl_len;
@@ -390,7 +390,7 @@ static void turn_end(struct soth_ws_turns *t, enum soth_ws_flush reason, uint64_
         t->cbs.on_end(t->cbs.ctx, &t->cur);
 }
 
-static void turn_start(struct soth_ws_turns *t, enum soth_ws_dir initiator, uint64_t now_ns)
+static void turn_start(struct soth_ws_turns *t, enum soth_leg initiator, uint64_t now_ns)
 {
     uint64_t id = t->cur.id + 1;
     t->cur = (struct soth_ws_turn){.id = id, .initiator = initiator, .started_ns = now_ns};
@@ -414,7 +414,7 @@ void soth_ws_turns_message(struct soth_ws_turns *t, const struct soth_ws_msg *m,
         return;
     soth_ws_turns_tick(t, now_ns);
     bool data = m->opcode == SOTH_WS_OP_TEXT || m->opcode == SOTH_WS_OP_BINARY;
-    int d = m->dir == SOTH_WS_SERVER;
+    enum soth_leg d = soth_leg_of(m->dir); /* indexes frames[], bytes[] */
     if (data) {
         if (t->open && t->answered && m->dir == t->cur.initiator)
             turn_end(t, SOTH_WS_FLUSH_DIRECTION_CHANGE, now_ns);

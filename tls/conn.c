@@ -137,7 +137,7 @@ int tls_on_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
     size_t n = sz > 0 ? (size_t)sz : 0;
 
     (void)ssl;
-    if (c->side == SOTH_TLS_SIDE_CLIENT && !c->sent_server_hello && c->state != CONN_ESTABLISHED)
+    if (c->side == SOTH_LEG_CLIENT && !c->sent_server_hello && c->state != CONN_ESTABLISHED)
         note_server_hello(c, p, n);
     c->sent_any = true;
     while (n > 0) {
@@ -184,7 +184,7 @@ static void own_release_if_empty(struct soth_tls_conn *c)
 
 /* ---- life cycle */
 
-static struct soth_tls_conn *conn_alloc(struct soth_tls_ctx *t, enum soth_tls_side side)
+static struct soth_tls_conn *conn_alloc(struct soth_tls_ctx *t, enum soth_leg side)
 {
     struct soth_tls_conn *c = t->free_conns;
     uint8_t *own = NULL;
@@ -214,7 +214,7 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
     if (c == NULL)
         return;
     struct soth_tls_ctx *t = c->t;
-    if (c->ssl != NULL && c->side == SOTH_TLS_SIDE_UPSTREAM &&
+    if (c->ssl != NULL && c->side == SOTH_LEG_UPSTREAM &&
         (c->state == CONN_ESTABLISHED || c->state == CONN_CLOSED)) {
         /* Keep the session (with the TLS 1.3 ticket read by now) for the next connection. */
         WOLFSSL_SESSION *s = wolfSSL_get1_session(c->ssl);
@@ -237,7 +237,7 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
             t->up_sess[i].s = s;
         }
     }
-    if (c->ssl != NULL && c->side == SOTH_TLS_SIDE_UPSTREAM && c->state == CONN_FAILED) {
+    if (c->ssl != NULL && c->side == SOTH_LEG_UPSTREAM && c->state == CONN_FAILED) {
         /* A failed handshake may be the resumption itself (an origin that changed versions or
          * keys): never offer that session again. */
         size_t i = c->host_key & (TLS_UP_SESSIONS - 1);
@@ -283,7 +283,7 @@ int soth_tls_conn_new_server(struct soth_tls_ctx *t, struct soth_iov name, struc
     if (alpn.len > 255 || (alpn.len > 0 && memchr(alpn.base, ',', alpn.len) != NULL))
         return SOTH_E_MALFORMED; /* wolfSSL_UseALPN takes a comma-separated list */
 
-    struct soth_tls_conn *c = conn_alloc(t, SOTH_TLS_SIDE_CLIENT);
+    struct soth_tls_conn *c = conn_alloc(t, SOTH_LEG_CLIENT);
     if (c == NULL)
         return SOTH_E_NOMEM;
     size_t n;
@@ -346,7 +346,7 @@ static void ip_text_wolf(const uint8_t *ip, int len, char *out, size_t cap)
 int soth_tls_conn_new_client(struct soth_tls_ctx *t, struct soth_iov host,
                              const struct soth_iov *alpn, size_t n_alpn, struct soth_tls_conn **out)
 {
-    struct soth_tls_conn *c = conn_alloc(t, SOTH_TLS_SIDE_UPSTREAM);
+    struct soth_tls_conn *c = conn_alloc(t, SOTH_LEG_UPSTREAM);
     size_t n;
     uint8_t ip[16];
     int rc = SOTH_E_MALFORMED;
@@ -514,7 +514,7 @@ int soth_tls_conn_handshake(struct soth_tls_conn *c)
     case CONN_HANDSHAKING:
         break;
     }
-    int r = c->side == SOTH_TLS_SIDE_CLIENT ? wolfSSL_accept(c->ssl) : wolfSSL_connect(c->ssl);
+    int r = c->side == SOTH_LEG_CLIENT ? wolfSSL_accept(c->ssl) : wolfSSL_connect(c->ssl);
     if (r == WOLFSSL_SUCCESS) {
         c->state = CONN_ESTABLISHED;
         return 0;
@@ -666,7 +666,7 @@ bool soth_tls_conn_resumed(const struct soth_tls_conn *c)
     return c->ssl != NULL && wolfSSL_session_reused(c->ssl) == 1;
 }
 
-enum soth_tls_side soth_tls_conn_side(const struct soth_tls_conn *c)
+enum soth_leg soth_tls_conn_side(const struct soth_tls_conn *c)
 {
     return c->side;
 }

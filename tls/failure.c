@@ -67,7 +67,7 @@ static const char *alert_name(int code)
 }
 
 /* A fatal alert the peer sent us, by the side that received it. */
-static enum soth_tls_fail classify_alert(enum soth_tls_side side, int code)
+static enum soth_tls_fail classify_alert(enum soth_leg side, int code)
 {
     switch (code) {
     case 0:
@@ -78,14 +78,13 @@ static enum soth_tls_fail classify_alert(enum soth_tls_side side, int code)
     case 48:
         /* From a client: it does not trust our CA. From an origin: about our (absent)
          * client certificate, which is a handshake matter. */
-        return side == SOTH_TLS_SIDE_CLIENT ? SOTH_TLS_FAIL_UNKNOWN_CA : SOTH_TLS_FAIL_HANDSHAKE;
+        return side == SOTH_LEG_CLIENT ? SOTH_TLS_FAIL_UNKNOWN_CA : SOTH_TLS_FAIL_HANDSHAKE;
     case 42:
     case 43:
     case 44:
     case 45:
     case 46:
-        return side == SOTH_TLS_SIDE_CLIENT ? SOTH_TLS_FAIL_CERT_VALIDATION
-                                            : SOTH_TLS_FAIL_HANDSHAKE;
+        return side == SOTH_LEG_CLIENT ? SOTH_TLS_FAIL_CERT_VALIDATION : SOTH_TLS_FAIL_HANDSHAKE;
     default:
         return SOTH_TLS_FAIL_HANDSHAKE;
     }
@@ -178,7 +177,7 @@ int soth_tls_conn_failure(const struct soth_tls_conn *c, enum soth_tls_fail *rea
     int e = c->fail_ret;
     bool got_alert = received_fatal_alert(c, &alert);
 
-    if (c->side == SOTH_TLS_SIDE_UPSTREAM && classify_verify_error(e, &r)) {
+    if (c->side == SOTH_LEG_UPSTREAM && classify_verify_error(e, &r)) {
         long v = c->ssl != NULL ? wolfSSL_get_verify_result(c->ssl) : 0;
         if (v != 0 && strncmp(wolfSSL_X509_verify_cert_error_string(v), "unknown", 7) == 0)
             v = 0;
@@ -189,8 +188,8 @@ int soth_tls_conn_failure(const struct soth_tls_conn *c, enum soth_tls_fail *rea
     } else if (got_alert) {
         r = classify_alert(c->side, alert);
         snprintf(detail, detail_len, "alert %d %s received from the %s", alert, alert_name(alert),
-                 c->side == SOTH_TLS_SIDE_CLIENT ? "client" : "upstream");
-    } else if (c->side == SOTH_TLS_SIDE_CLIENT && e == PARSE_ERROR && c->sent_server_hello &&
+                 c->side == SOTH_LEG_CLIENT ? "client" : "upstream");
+    } else if (c->side == SOTH_LEG_CLIENT && e == PARSE_ERROR && c->sent_server_hello &&
                c->state != CONN_ESTABLISHED) {
         /*
          * A TLS 1.3 client that rejects our certificate answers our flight with an encrypted
@@ -222,7 +221,7 @@ enum soth_tls_fail soth_tls_conn_classify_transport(const struct soth_tls_conn *
                                              "timed out"};
     char tmp[8];
     int alert = -1;
-    const char *peer = c->side == SOTH_TLS_SIDE_CLIENT ? "client" : "upstream";
+    const char *peer = c->side == SOTH_LEG_CLIENT ? "client" : "upstream";
 
     if (detail == NULL || detail_len == 0) {
         detail = tmp;
@@ -238,8 +237,8 @@ enum soth_tls_fail soth_tls_conn_classify_transport(const struct soth_tls_conn *
                  peer);
         return classify_alert(c->side, alert);
     }
-    if (kind != SOTH_TLS_TRANSPORT_TIMEOUT && c->side == SOTH_TLS_SIDE_CLIENT &&
-        c->sent_server_hello && c->state != CONN_ESTABLISHED && !soth_tls_conn_resumed(c)) {
+    if (kind != SOTH_TLS_TRANSPORT_TIMEOUT && c->side == SOTH_LEG_CLIENT && c->sent_server_hello &&
+        c->state != CONN_ESTABLISHED && !soth_tls_conn_resumed(c)) {
         /* TLS 1.3 clients (and some 1.2 ones) that reject our certificate just hang up. */
         snprintf(detail, detail_len, "client %s after our certificate without an alert",
                  kind_names[kind]);

@@ -174,7 +174,7 @@ bool soth_tls_learning_provider_is_authoritative(enum soth_tls_signal_provider p
 }
 
 int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, uint16_t port,
-                             enum soth_tls_side side, enum soth_tls_fail reason,
+                             enum soth_leg side, enum soth_tls_fail reason,
                              enum soth_tls_signal_provider provider, uint64_t now_ns,
                              struct soth_tls_learning_result *res)
 {
@@ -218,8 +218,8 @@ int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, 
     roll_add(&l->global, epoch);
     if (h->pinned_until_ns != 0 && h->pinned_until_ns <= now_ns)
         h->pinned_until_ns = 0; /* the pin ran out: intercept again, learn again */
-    bool pin_signal = side == SOTH_TLS_SIDE_CLIENT && (reason == SOTH_TLS_FAIL_UNKNOWN_CA ||
-                                                       reason == SOTH_TLS_FAIL_CERT_VALIDATION);
+    bool pin_signal = side == SOTH_LEG_CLIENT && (reason == SOTH_TLS_FAIL_UNKNOWN_CA ||
+                                                  reason == SOTH_TLS_FAIL_CERT_VALIDATION);
     if (pin_signal) {
         roll_add(&h->pin, epoch);
         uint32_t pin_count = roll_sum(&h->pin, epoch);

@@ -128,7 +128,7 @@ enum conn_state {
 struct soth_tls_conn {
     struct soth_tls_ctx *t;
     WOLFSSL *ssl;
-    enum soth_tls_side side;
+    enum soth_leg side;
     enum conn_state state;
 
     /* input: borrowed bytes first consumed in place, their remainder copied to own */

@@ -40,7 +40,7 @@ static void *worker_main(void *arg)
             soth_ev_flow_set_server(&f, host, 443);
             soth_ev_connect_received(&f, SOTH_IOV_LIT("CONNECT"), host);
             soth_ev_connect_decision(&f, SOTH_ACTION_INTERCEPT, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
-            soth_learn_flow_signal(w, &f, SOTH_SIDE_CLIENT, SOTH_TLSF_UNKNOWN_CA,
+            soth_learn_flow_signal(w, &f, SOTH_LEG_CLIENT, SOTH_TLSF_UNKNOWN_CA,
                                    soth_learn_native_provider(w), SOTH_IOV_LIT("tls"),
                                    SOTH_IOV_LIT("alert 48"));
             soth_ev_stream_closed(&f, SOTH_CLOSE_TLS_FAILED, 0, 0);
@@ -62,13 +62,13 @@ static void *injector_main(void *arg)
         int rc;
         do {
             rc = soth_engine_tls_signal(&eng, SOTH_IOV_LIT("injected.example"), 8443,
-                                        SOTH_SIDE_CLIENT, SOTH_TLSF_CERT_VALIDATION,
+                                        SOTH_LEG_CLIENT, SOTH_TLSF_CERT_VALIDATION,
                                         SOTH_TLSP_MITMPROXY);
         } while (rc == -EAGAIN);
         if (rc != SOTH_TLS_SIGNAL_QUEUED)
             abort();
         if (i < 3 && soth_engine_tls_signal(&eng, SOTH_IOV_LIT("injected.example"), 8443,
-                                            SOTH_SIDE_CLIENT, SOTH_TLSF_UNKNOWN_CA,
+                                            SOTH_LEG_CLIENT, SOTH_TLSF_UNKNOWN_CA,
                                             SOTH_TLSP_HUDSUCKER) != SOTH_TLS_SIGNAL_IGNORED)
             abort();
     }

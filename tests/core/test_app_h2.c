@@ -114,7 +114,7 @@ static int env_send(void *ctx, unsigned side, const char *p, size_t n)
     cr_assert(n > 0 && n <= 16384, "send of %zu bytes", n);
     if (t->send_fail)
         return t->send_fail;
-    b_add(side == APP_CLIENT ? &t->to_ua : &t->to_origin, p, n);
+    b_add(side == SOTH_LEG_CLIENT ? &t->to_ua : &t->to_origin, p, n);
     return 0;
 }
 
@@ -457,7 +457,7 @@ static void pump(struct t *t)
             if (n == 0)
                 break;
             moved = true;
-            feed(t, APP_CLIENT, p, (size_t)n);
+            feed(t, SOTH_LEG_CLIENT, p, (size_t)n);
         }
         for (int k = 0; k < 64 && !t->done && !t->origin_silent; k++) {
             const uint8_t *p;
@@ -466,7 +466,7 @@ static void pump(struct t *t)
             if (n == 0)
                 break;
             moved = true;
-            feed(t, APP_UPSTREAM, p, (size_t)n);
+            feed(t, SOTH_LEG_UPSTREAM, p, (size_t)n);
         }
         if (t->to_ua.len > 0) {
             ssize_t n = nghttp2_session_mem_recv(t->ua, (uint8_t *)t->to_ua.p, t->to_ua.len);
@@ -863,7 +863,7 @@ Test(app_h2, client_eof_aborts_streams_and_closes_client_eof)
     struct xchg *x = submit(t, "GET", "/slow", 0, 1);
     pump(t);
     cr_assert_eq(x->status, 200);
-    app_rc(t, app_h2_eof(t->a, APP_CLIENT, false));
+    app_rc(t, app_h2_eof(t->a, SOTH_LEG_CLIENT, false));
     cr_assert_eq(t->last_rc, APP_DONE);
     cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_CLIENT_EOF);
     /* the origin is told: its stream is cancelled and it gets a GOAWAY */
@@ -884,8 +884,8 @@ Test(app_h2, upstream_eof_gives_502_and_relay_eof)
     const uint8_t *p;
     ssize_t n;
     while ((n = nghttp2_session_mem_send(t->ua, &p)) > 0)
-        feed(t, APP_CLIENT, p, (size_t)n);
-    app_rc(t, app_h2_eof(t->a, APP_UPSTREAM, false));
+        feed(t, SOTH_LEG_CLIENT, p, (size_t)n);
+    app_rc(t, app_h2_eof(t->a, SOTH_LEG_UPSTREAM, false));
     /* the 502 and the GOAWAY are handed over: nothing is left open on the client leg */
     cr_assert_eq(t->last_rc, APP_DONE);
     t->origin_silent = true;
@@ -903,7 +903,7 @@ Test(app_h2, bad_client_preface_is_parse_failed)
     t_setup(4096, 65536, 0);
     struct t *t = T;
     static const char req[] = "GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n";
-    app_rc(t, app_h2_input(t->a, APP_CLIENT, req, sizeof(req) - 1));
+    app_rc(t, app_h2_input(t->a, SOTH_LEG_CLIENT, req, sizeof(req) - 1));
     cr_assert_eq(t->last_rc, APP_DONE);
     cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_PARSE_FAILED);
     /* our SETTINGS then a GOAWAY(PROTOCOL_ERROR) went to the client */
@@ -929,7 +929,7 @@ Test(app_h2, protocol_error_after_preface_is_relay_error)
     pump(t);
     /* DATA on stream 0 is a connection error (RFC 9113 6.1) */
     static const unsigned char bad[] = {0, 0, 1, NGHTTP2_DATA, 0, 0, 0, 0, 0, 'x'};
-    app_rc(t, app_h2_input(t->a, APP_CLIENT, (const char *)bad, sizeof(bad)));
+    app_rc(t, app_h2_input(t->a, SOTH_LEG_CLIENT, (const char *)bad, sizeof(bad)));
     cr_assert_eq(t->last_rc, APP_DONE);
     cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_RELAY_ERROR);
 }
@@ -956,7 +956,7 @@ Test(app_h2, shutdown_drains_in_flight_then_done)
     const uint8_t *p;
     ssize_t n;
     while ((n = nghttp2_session_mem_send(t->ua, &p)) > 0)
-        feed(t, APP_CLIENT, p, (size_t)n);
+        feed(t, SOTH_LEG_CLIENT, p, (size_t)n);
     app_rc(t, app_h2_shutdown(t->a));
     cr_assert_eq(t->last_rc, APP_AGAIN);
     pump(t);
@@ -976,12 +976,12 @@ Test(app_h2, hold_stops_output_toward_a_side)
     t_setup(4096, 65536, 0);
     struct t *t = T;
     pump(t);
-    app_rc(t, app_h2_hold(t->a, APP_CLIENT, true));
+    app_rc(t, app_h2_hold(t->a, SOTH_LEG_CLIENT, true));
     struct xchg *x = submit(t, "GET", "/get/200000", 0, 1);
     pump(t);
     cr_assert_eq(x->status, 0, "nothing reached the held client");
-    cr_assert(app_h2_want_write(t->a, APP_CLIENT));
-    app_rc(t, app_h2_hold(t->a, APP_CLIENT, false));
+    cr_assert(app_h2_want_write(t->a, SOTH_LEG_CLIENT));
+    app_rc(t, app_h2_hold(t->a, SOTH_LEG_CLIENT, false));
     pump(t);
     cr_assert_eq(x->status, 200);
     cr_assert_eq(x->resp_body.len, 200000);
@@ -997,16 +997,16 @@ Test(app_h2, send_failure_is_relay_error)
     const uint8_t *p;
     ssize_t n;
     while ((n = nghttp2_session_mem_send(t->ua, &p)) > 0)
-        feed(t, APP_CLIENT, p, (size_t)n);
+        feed(t, SOTH_LEG_CLIENT, p, (size_t)n);
     cr_assert_eq(nghttp2_session_mem_recv(t->origin, (uint8_t *)t->to_origin.p, t->to_origin.len),
                  (ssize_t)t->to_origin.len);
     t->to_origin.len = 0;
     t->send_fail = -EPIPE;
     while ((n = nghttp2_session_mem_send(t->origin, &p)) > 0)
-        feed(t, APP_UPSTREAM, p, (size_t)n);
+        feed(t, SOTH_LEG_UPSTREAM, p, (size_t)n);
     cr_assert_eq(t->err, -EPIPE);
     cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_RELAY_ERROR);
-    cr_assert_eq(app_h2_input(t->a, APP_CLIENT, "x", 1), -EPIPE, "sticky");
+    cr_assert_eq(app_h2_input(t->a, SOTH_LEG_CLIENT, "x", 1), -EPIPE, "sticky");
     /* every stream ended */
     struct sview v;
     stream_view(t, x->sid, &v);

@@ -23,12 +23,12 @@ Test(learn_signal, parses_spec_words)
     cr_assert_eq(s.host_len, 11);
     cr_assert_eq(memcmp(s.host, "origin.test", 11), 0);
     cr_assert_eq(s.port, 443);
-    cr_assert_eq(s.side, SOTH_SIDE_CLIENT);
+    cr_assert_eq(s.side, SOTH_LEG_CLIENT);
     cr_assert_eq(s.reason, SOTH_TLSF_UNKNOWN_CA);
     cr_assert_eq(s.provider, SOTH_TLSP_NATIVE);
     cr_assert_eq(parse("::1 65535 upstream cert_validation hudsucker", &s), 0);
     cr_assert_eq(s.port, 65535);
-    cr_assert_eq(s.side, SOTH_SIDE_UPSTREAM);
+    cr_assert_eq(s.side, SOTH_LEG_UPSTREAM);
     cr_assert_eq(s.reason, SOTH_TLSF_CERT_VALIDATION);
     cr_assert_eq(s.provider, SOTH_TLSP_HUDSUCKER);
     cr_assert_eq(parse("h 1 client other mitmproxy", &s), 0);
@@ -86,7 +86,7 @@ Test(learn_view, takes_the_newest_snapshot_and_releases_the_old)
     cr_assert_eq(soth_learn_view(w), empty, "no newer snapshot: the view stays");
 
     struct soth_tls_learning_result r;
-    cr_assert_eq(soth_tls_learning_record(l, SOTH_IOV_LIT("p.example"), 443, SOTH_TLS_SIDE_CLIENT,
+    cr_assert_eq(soth_tls_learning_record(l, SOTH_IOV_LIT("p.example"), 443, SOTH_LEG_CLIENT,
                                           SOTH_TLS_FAIL_UNKNOWN_CA, SOTH_TLS_PROVIDER_NATIVE, now,
                                           &r),
                  0);
@@ -165,7 +165,7 @@ static void signal_flow(struct worker *w, struct soth_observe *o, uint64_t id,
     soth_ev_flow_set_server(&f, SOTH_IOV_LIT("pin.example"), 443);
     soth_ev_connect_received(&f, SOTH_IOV_LIT("CONNECT"), SOTH_IOV_LIT("pin.example:443"));
     soth_ev_connect_decision(&f, SOTH_ACTION_INTERCEPT, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
-    soth_learn_flow_signal(w, &f, SOTH_SIDE_CLIENT, SOTH_TLSF_UNKNOWN_CA, prov, SOTH_IOV_LIT("tls"),
+    soth_learn_flow_signal(w, &f, SOTH_LEG_CLIENT, SOTH_TLSF_UNKNOWN_CA, prov, SOTH_IOV_LIT("tls"),
                            SOTH_IOV_LIT("alert 48"));
     soth_ev_stream_closed(&f, SOTH_CLOSE_TLS_FAILED, 0, 0);
     soth_ev_flush(f.prod);

@@ -14,7 +14,7 @@ struct seen {
     unsigned worker[8];
     char host[8][64];
     uint16_t port[8];
-    enum soth_side side[8];
+    enum soth_leg side[8];
     enum soth_tls_failure reason[8];
     enum soth_tls_provider provider[8];
 };
@@ -41,7 +41,7 @@ static void on_tick(void *ctx)
 }
 
 static void fail_flow(struct soth_ev_producer *p, uint64_t id, unsigned worker, const char *host,
-                      uint16_t port, enum soth_side side, enum soth_tls_failure why,
+                      uint16_t port, enum soth_leg side, enum soth_tls_failure why,
                       enum soth_tls_provider prov)
 {
     struct soth_ev_flow f;
@@ -66,13 +66,13 @@ Test(observe_hooks, tls_failed_counts_go_into_the_events)
     soth_observe_set_hooks(o, &h);
     cr_assert_eq(soth_observe_start(o), 0);
     struct soth_ev_producer *p0 = soth_observe_producer(o, 0), *p1 = soth_observe_producer(o, 1);
-    fail_flow(p0, 1, 0, "pinned.example", 443, SOTH_SIDE_CLIENT, SOTH_TLSF_UNKNOWN_CA,
+    fail_flow(p0, 1, 0, "pinned.example", 443, SOTH_LEG_CLIENT, SOTH_TLSF_UNKNOWN_CA,
               SOTH_TLSP_NATIVE);
     usleep(20000); /* gseq order across workers follows the drain: keep the order known */
-    fail_flow(p1, 2, 1, "up.example", 8443, SOTH_SIDE_UPSTREAM, SOTH_TLSF_CERT_VALIDATION,
+    fail_flow(p1, 2, 1, "up.example", 8443, SOTH_LEG_UPSTREAM, SOTH_TLSF_CERT_VALIDATION,
               SOTH_TLSP_HUDSUCKER);
     usleep(20000);
-    fail_flow(p0, 3, 0, "[::1]", 443, SOTH_SIDE_CLIENT, SOTH_TLSF_EOF, SOTH_TLSP_MITMPROXY);
+    fail_flow(p0, 3, 0, "[::1]", 443, SOTH_LEG_CLIENT, SOTH_TLSF_EOF, SOTH_TLSP_MITMPROXY);
     usleep(20000);
     unsigned ticks = __atomic_load_n(&seen.ticks, __ATOMIC_RELAXED);
     soth_observe_wake(o);
@@ -86,14 +86,14 @@ Test(observe_hooks, tls_failed_counts_go_into_the_events)
     cr_assert_eq(seen.worker[0], 0);
     cr_assert_str_eq(seen.host[0], "pinned.example");
     cr_assert_eq(seen.port[0], 443);
-    cr_assert_eq(seen.side[0], SOTH_SIDE_CLIENT);
+    cr_assert_eq(seen.side[0], SOTH_LEG_CLIENT);
     cr_assert_eq(seen.reason[0], SOTH_TLSF_UNKNOWN_CA);
     cr_assert_eq(seen.provider[0], SOTH_TLSP_NATIVE);
     cr_assert_eq(seen.flow_id[1], 2);
     cr_assert_eq(seen.worker[1], 1);
     cr_assert_str_eq(seen.host[1], "up.example");
     cr_assert_eq(seen.port[1], 8443);
-    cr_assert_eq(seen.side[1], SOTH_SIDE_UPSTREAM);
+    cr_assert_eq(seen.side[1], SOTH_LEG_UPSTREAM);
     cr_assert_eq(seen.reason[1], SOTH_TLSF_CERT_VALIDATION);
     cr_assert_eq(seen.provider[1], SOTH_TLSP_HUDSUCKER);
     cr_assert_str_eq(seen.host[2], "[::1]");
@@ -149,7 +149,7 @@ Test(observe_hooks, without_hooks_counts_stay_as_emitted)
     soth_ev_flow_set_server(&f, S("h.example"), 443);
     soth_ev_connect_received(&f, S("CONNECT"), S("h.example:443"));
     soth_ev_connect_decision(&f, SOTH_ACTION_INTERCEPT, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
-    soth_ev_tls_handshake_failed(&f, SOTH_SIDE_CLIENT, SOTH_TLSF_UNKNOWN_CA, S("tls"),
+    soth_ev_tls_handshake_failed(&f, SOTH_LEG_CLIENT, SOTH_TLSF_UNKNOWN_CA, S("tls"),
                                  SOTH_TLSP_NATIVE, S("d"), 5, 6);
     soth_ev_stream_closed(&f, SOTH_CLOSE_TLS_FAILED, 0, 0);
     soth_ev_flush(p);

@@ -50,7 +50,7 @@ Test(json, golden_every_event_type)
     struct soth_header rs[] = {{S("content-type"), S("text/plain")}};
     struct soth_iov decs[] = {S("gzip"), S("grpc")};
     struct soth_ws_turn_stats st = {.turn_id = 3,
-                                    .initiator = SOTH_DIR_SERVER_TO_CLIENT,
+                                    .initiator = SOTH_LEG_UPSTREAM,
                                     .client_frames = 1,
                                     .server_frames = 2,
                                     .client_bytes = 10,
@@ -64,33 +64,33 @@ Test(json, golden_every_event_type)
     soth_ev_connect_decision(&f, SOTH_ACTION_INTERCEPT, SOTH_REASON_POLICY_RULE, S("*.test"));
     soth_ev_connect_decision(&f, SOTH_ACTION_TUNNEL, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
     soth_ev_flow_set_protocol(&f, SOTH_PROTO_TLS);
-    soth_ev_tls_handshake_started(&f, SOTH_SIDE_UPSTREAM, S("origin.test"));
-    soth_ev_tls_handshake_succeeded(&f, SOTH_SIDE_UPSTREAM, S("TLSv1.3"),
+    soth_ev_tls_handshake_started(&f, SOTH_LEG_UPSTREAM, S("origin.test"));
+    soth_ev_tls_handshake_succeeded(&f, SOTH_LEG_UPSTREAM, S("TLSv1.3"),
                                     S("TLS_AES_128_GCM_SHA256"), S("h2"));
-    soth_ev_tls_handshake_failed(&f, SOTH_SIDE_CLIENT, SOTH_TLSF_UNKNOWN_CA, S("alert"),
+    soth_ev_tls_handshake_failed(&f, SOTH_LEG_CLIENT, SOTH_TLSF_UNKNOWN_CA, S("alert"),
                                  SOTH_TLSP_NATIVE, S("alert 48"), 2, 5);
     soth_ev_tls_learning_audit(&f, true, S("threshold"), S("origin.test"), SOTH_TLSP_MITMPROXY);
     soth_ev_flow_set_protocol(&f, SOTH_PROTO_HTTP2);
     soth_ev_request_headers(&f, 1, S("GET"), S("https"), S("origin.test"), S("/x"), S("2"), rq, 2);
-    soth_ev_body_chunk(&f, SOTH_DIR_CLIENT_TO_SERVER, 1, 0, 3, S("abc"), false);
-    soth_ev_trailers(&f, SOTH_DIR_CLIENT_TO_SERVER, 1, tr, 1);
+    soth_ev_body_chunk(&f, SOTH_LEG_CLIENT, 1, 0, 3, S("abc"), false);
+    soth_ev_trailers(&f, SOTH_LEG_CLIENT, 1, tr, 1);
     soth_ev_response_headers(&f, 1, 200, S("2"), rs, 1);
-    soth_ev_body_chunk(&f, SOTH_DIR_SERVER_TO_CLIENT, 1, 0, 5000, S("hello"), true);
-    soth_ev_trailers(&f, SOTH_DIR_SERVER_TO_CLIENT, 1, NULL, 0);
+    soth_ev_body_chunk(&f, SOTH_LEG_UPSTREAM, 1, 0, 5000, S("hello"), true);
+    soth_ev_trailers(&f, SOTH_LEG_UPSTREAM, 1, NULL, 0);
     soth_ev_exchange_completed(&f, 1, SOTH_OUTCOME_COMPLETE, 3, 5000);
     soth_ev_flow_set_protocol(&f, SOTH_PROTO_WEBSOCKET);
-    soth_ev_ws_message(&f, 3, SOTH_DIR_CLIENT_TO_SERVER, 1, 2, S("hi"), false);
-    soth_ev_ws_turn_started(&f, 3, 3, SOTH_DIR_SERVER_TO_CLIENT);
+    soth_ev_ws_message(&f, 3, SOTH_LEG_CLIENT, 1, 2, S("hi"), false);
+    soth_ev_ws_turn_started(&f, 3, 3, SOTH_LEG_UPSTREAM);
     soth_ev_ws_turn_completed(&f, 3, &st);
     soth_ev_flow_set_protocol(&f, SOTH_PROTO_SSE);
     soth_ev_sse_event(&f, 5, S("tick"), SOTH_IOV_NULL, -1, S("line1\nline2"));
     soth_ev_sse_event(&f, 5, SOTH_IOV_NULL, S("7"), 3000, S(""));
     soth_ev_flow_set_protocol(&f, SOTH_PROTO_GRPC);
-    soth_ev_grpc_message(&f, 7, SOTH_DIR_SERVER_TO_CLIENT, true, 9, S("\x01\x02"), false);
-    soth_ev_payload_parsed(&f, 7, SOTH_DIR_SERVER_TO_CLIENT, decs, 2, true, S("json"),
-                           S("{\"a\": [1, 2]}"), SOTH_IOV_NULL);
-    soth_ev_payload_parsed(&f, 7, SOTH_DIR_CLIENT_TO_SERVER, NULL, 0, false, SOTH_IOV_NULL,
-                           SOTH_IOV_NULL, S("truncated msgpack"));
+    soth_ev_grpc_message(&f, 7, SOTH_LEG_UPSTREAM, true, 9, S("\x01\x02"), false);
+    soth_ev_payload_parsed(&f, 7, SOTH_LEG_UPSTREAM, decs, 2, true, S("json"), S("{\"a\": [1, 2]}"),
+                           SOTH_IOV_NULL);
+    soth_ev_payload_parsed(&f, 7, SOTH_LEG_CLIENT, NULL, 0, false, SOTH_IOV_NULL, SOTH_IOV_NULL,
+                           S("truncated msgpack"));
     soth_ev_stream_closed(&f, SOTH_CLOSE_CLIENT_EOF, 11, 22);
     soth_ev_connect_received(&f, S("late"), S("x")); /* after stream_closed: never written */
     soth_ev_flush(p);
@@ -236,12 +236,12 @@ Test(json, invalid_value_json_is_kept_aside)
     struct soth_ev_producer *p = soth_observe_producer(o, 0);
     struct soth_ev_flow f;
     soth_ev_flow_init(&f, p, 3, 0, NULL, 0);
-    soth_ev_payload_parsed(&f, 1, SOTH_DIR_CLIENT_TO_SERVER, NULL, 0, false, S("json"), S("{bad"),
+    soth_ev_payload_parsed(&f, 1, SOTH_LEG_CLIENT, NULL, 0, false, S("json"), S("{bad"),
                            SOTH_IOV_NULL);
-    soth_ev_payload_parsed(&f, 1, SOTH_DIR_CLIENT_TO_SERVER, NULL, 0, false, S("json"),
-                           S("[1,\n2]\r\n"), SOTH_IOV_NULL);
-    soth_ev_payload_parsed(&f, 1, SOTH_DIR_CLIENT_TO_SERVER, NULL, 0, false, S("json"),
-                           S("\"\xff\""), SOTH_IOV_NULL);
+    soth_ev_payload_parsed(&f, 1, SOTH_LEG_CLIENT, NULL, 0, false, S("json"), S("[1,\n2]\r\n"),
+                           SOTH_IOV_NULL);
+    soth_ev_payload_parsed(&f, 1, SOTH_LEG_CLIENT, NULL, 0, false, S("json"), S("\"\xff\""),
+                           SOTH_IOV_NULL);
     soth_ev_flush(p);
     struct text t = run_and_read(&e, o);
     cr_assert_eq(t.lines, 3, "%s", t.p);
@@ -268,9 +268,9 @@ Test(json, client_addr_host_and_bodies_are_bounded)
     char host[400];
     memset(host, 'h', sizeof(host));
     soth_ev_flow_set_server(&f, soth_iov(host, sizeof(host)), 1);
-    soth_ev_body_chunk(&f, SOTH_DIR_CLIENT_TO_SERVER, 1, 0, 10, S("0123456789"), false);
-    soth_ev_ws_message(&f, 1, SOTH_DIR_SERVER_TO_CLIENT, 2, 10, S("0123456789"), false);
-    soth_ev_grpc_message(&f, 1, SOTH_DIR_SERVER_TO_CLIENT, false, 10, S("0123"), false);
+    soth_ev_body_chunk(&f, SOTH_LEG_CLIENT, 1, 0, 10, S("0123456789"), false);
+    soth_ev_ws_message(&f, 1, SOTH_LEG_UPSTREAM, 2, 10, S("0123456789"), false);
+    soth_ev_grpc_message(&f, 1, SOTH_LEG_UPSTREAM, false, 10, S("0123"), false);
     soth_ev_flush(p);
     struct text t = run_and_read(&e, o);
     json_t *arr = text_parse(&t);

@@ -248,7 +248,7 @@ Test(ring, flipped_bytes_never_crash_or_print_invalid_json, .timeout = 120)
     struct soth_iov decs[] = {S("gzip")};
     for (unsigned i = 0; i < 300; i++) {
         soth_ev_request_headers(&f, i, S("GET"), S("https"), S("x"), S("/"), S("2"), h, 2);
-        soth_ev_payload_parsed(&f, i, SOTH_DIR_CLIENT_TO_SERVER, decs, 1, true, S("json"),
+        soth_ev_payload_parsed(&f, i, SOTH_LEG_CLIENT, decs, 1, true, S("json"),
                                S("{\"k\":[1,{\"z\":null}]}"), SOTH_IOV_NULL);
         soth_ev_sse_event(&f, i, S("e"), S("i"), 5, S("d"));
     }

@@ -144,8 +144,8 @@ Test(sinks, stuck_uds_client_loses_lines_not_events, .timeout = 120)
     memset(body, 'b', sizeof(body));
     enum { N = 20000 }; /* about 80 MB of JSON for a client that takes none */
     for (unsigned i = 0; i < N; i++) {
-        soth_ev_body_chunk(&f, SOTH_DIR_SERVER_TO_CLIENT, 1, (uint64_t)i * sizeof(body),
-                           sizeof(body), soth_iov(body, sizeof(body)), false);
+        soth_ev_body_chunk(&f, SOTH_LEG_UPSTREAM, 1, (uint64_t)i * sizeof(body), sizeof(body),
+                           soth_iov(body, sizeof(body)), false);
         if (i % 16 == 0)
             soth_ev_flush(p);
         if (i % 256 == 0)
@@ -224,7 +224,7 @@ Test(metrics, scrape_sums_workers)
         SOTH_METRIC_ADD(m->bytes_client_to_server, 100);
         SOTH_METRIC_ADD(m->bytes_server_to_client, 1000 * (w + 1));
         SOTH_METRIC_ADD(m->requests[SOTH_PROTO_HTTP2], 7);
-        SOTH_METRIC_ADD(m->tls_failures[SOTH_SIDE_UPSTREAM][SOTH_TLSF_CERT_VALIDATION], 1);
+        SOTH_METRIC_ADD(m->tls_failures[SOTH_LEG_UPSTREAM][SOTH_TLSF_CERT_VALIDATION], 1);
         SOTH_METRIC_ADD(m->leaf_cache_hits, 10);
         SOTH_METRIC_ADD(m->leaf_cache_misses, 2);
         SOTH_METRIC_ADD(m->events_dropped, 5);

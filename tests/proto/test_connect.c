@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/connect.h"
 
 #define STRICT  SOTH_HEAD_STRICT
 #define LENIENT SOTH_HEAD_LENIENT

@@ -14,7 +14,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#include "soth/proto.h"
+#include "soth/proto/decode.h"
 
 /* ---- encoders */
 

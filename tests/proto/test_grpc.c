@@ -6,7 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/grpc.h"
+#include "soth/proto/decode.h"
 
 #define MAX_MSGS 64
 

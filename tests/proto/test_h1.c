@@ -10,10 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h1.h"
 
-#define C SOTH_H1_CLIENT
-#define U SOTH_H1_UPSTREAM
+#define C SOTH_LEG_CLIENT
+#define U SOTH_LEG_UPSTREAM
 
 /* ---- growable byte string */
 struct str {
@@ -86,7 +86,7 @@ static void body_flush(struct rec *r)
     r->body_dir = -1;
 }
 
-static int rec_out(void *ctx, int to_side, const char *p, size_t n)
+static int rec_out(void *ctx, enum soth_leg to_side, const char *p, size_t n)
 {
     struct rec *r = ctx;
     cr_assert(to_side == C || to_side == U);
@@ -118,7 +118,7 @@ static void add_fields(struct str *s, const struct soth_header *f, size_t n)
     str_cat(s, "}");
 }
 
-static int rec_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head *h)
+static int rec_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_h1_head *h)
 {
     struct rec *r = ctx;
     struct str *t = &r->trace;
@@ -195,11 +195,11 @@ static int rec_head(void *ctx, int dir, uint32_t id, const struct soth_h1_head *
     return r->head_rc;
 }
 
-static void rec_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
+static void rec_body(void *ctx, enum soth_leg dir, uint32_t id, const char *p, size_t n)
 {
     struct rec *r = ctx;
     cr_assert_gt(n, 0);
-    if (r->body_dir != dir || r->body_id != id) {
+    if (r->body_dir != (int)dir || r->body_id != id) {
         body_flush(r);
         str_fmt(&r->trace, "B%d %u ", dir, id);
         r->body_dir = dir;
@@ -208,7 +208,8 @@ static void rec_body(void *ctx, int dir, uint32_t id, const char *p, size_t n)
     str_add(&r->trace, p, n);
 }
 
-static void rec_trailers(void *ctx, int dir, uint32_t id, const struct soth_header *f, size_t n)
+static void rec_trailers(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_header *f,
+                         size_t n)
 {
     struct rec *r = ctx;
     body_flush(r);
@@ -217,7 +218,7 @@ static void rec_trailers(void *ctx, int dir, uint32_t id, const struct soth_head
     str_cat(&r->trace, "\n");
 }
 
-static void rec_complete(void *ctx, int dir, uint32_t id)
+static void rec_complete(void *ctx, enum soth_leg dir, uint32_t id)
 {
     struct rec *r = ctx;
     body_flush(r);
@@ -240,7 +241,7 @@ static void rec_exchange(void *ctx, const struct soth_h1_exchange *x)
             x->upgraded ? " upg" : "", x->close ? " close" : "");
 }
 
-static void rec_error(void *ctx, int dir, uint32_t id, unsigned status, const char *code,
+static void rec_error(void *ctx, enum soth_leg dir, uint32_t id, unsigned status, const char *code,
                       const char *detail)
 {
     struct rec *r = ctx;

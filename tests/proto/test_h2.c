@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/h2.h"
 
 #define MAXX 1100 /* exchanges per test */
 
@@ -246,15 +246,15 @@ static struct rec *rec_of(int32_t cid)
     return &H->recs[i];
 }
 
-/* ---- relay callbacks: record, and check the per-stream order promised in proto.h */
+/* ---- relay callbacks: record, and check the per-stream order promised in soth/proto/h2.h */
 
-static int cb_out(void *ctx, enum soth_h2_side to, const char *p, size_t n)
+static int cb_out(void *ctx, enum soth_leg to, const char *p, size_t n)
 {
     struct harness *h = ctx;
     cr_assert(n > 0 && n <= 16384, "out chunk of %zu bytes", n);
     if (h->out_fail)
         return h->out_fail;
-    b_add(to == SOTH_H2_CLIENT ? &h->to_ua : &h->to_origin, p, n);
+    b_add(to == SOTH_LEG_CLIENT ? &h->to_ua : &h->to_origin, p, n);
     return 0;
 }
 
@@ -289,24 +289,24 @@ static void cb_resp(void *ctx, int32_t sid, const struct soth_h2_response *s)
     add_headers(&r->resp, s->headers, s->n_headers);
 }
 
-static void cb_data(void *ctx, enum soth_h2_dir dir, int32_t sid, const char *p, size_t n)
+static void cb_data(void *ctx, enum soth_leg dir, int32_t sid, const char *p, size_t n)
 {
     (void)ctx;
     struct rec *r = rec_of(sid);
     cr_assert_eq(r->state, 1, "data on %d in state %d", sid, r->state);
-    if (dir == SOTH_H2_RESPONSE)
+    if (dir == SOTH_LEG_UPSTREAM)
         cr_assert(r->resp_head, "response data before the response head on %d", sid);
     cr_assert_gt(n, 0);
     b_add(&r->data[dir], p, n);
 }
 
-static void cb_trailers(void *ctx, enum soth_h2_dir dir, int32_t sid, const struct soth_header *hd,
+static void cb_trailers(void *ctx, enum soth_leg dir, int32_t sid, const struct soth_header *hd,
                         size_t n)
 {
     (void)ctx;
     struct rec *r = rec_of(sid);
     cr_assert_eq(r->state, 1);
-    if (dir == SOTH_H2_RESPONSE)
+    if (dir == SOTH_LEG_UPSTREAM)
         cr_assert(r->resp_head);
     add_headers(&r->trailers[dir], hd, n);
 }
@@ -322,8 +322,8 @@ static void cb_end(void *ctx, int32_t sid, const struct soth_h2_stream_end *e)
     cr_assert_not_null(e->detail);
     snprintf(r->detail, sizeof(r->detail), "%s", e->detail);
     r->end.detail = r->detail;
-    cr_assert_eq(e->request_bytes, r->data[SOTH_H2_REQUEST].len, "request bytes on %d", sid);
-    cr_assert_eq(e->response_bytes, r->data[SOTH_H2_RESPONSE].len, "response bytes on %d", sid);
+    cr_assert_eq(e->request_bytes, r->data[SOTH_LEG_CLIENT].len, "request bytes on %d", sid);
+    cr_assert_eq(e->response_bytes, r->data[SOTH_LEG_UPSTREAM].len, "response bytes on %d", sid);
     if (e->outcome == SOTH_H2_COMPLETE)
         cr_assert_eq(e->error_code, 0);
 }
@@ -831,7 +831,7 @@ static void h_free(struct harness *h)
     free(h->recs);
 }
 
-static void feed(struct harness *h, enum soth_h2_side side, const uint8_t *p, size_t n)
+static void feed(struct harness *h, enum soth_leg side, const uint8_t *p, size_t n)
 {
     while (n > 0) {
         size_t k = n;
@@ -909,12 +909,12 @@ static bool pump_once(struct harness *h)
     if (h->origin_rate)
         consume_some(h->origin, h->origin_rate, false);
     while ((n = nghttp2_session_mem_send(h->ua, &p)) > 0) {
-        feed(h, SOTH_H2_CLIENT, p, (size_t)n);
+        feed(h, SOTH_LEG_CLIENT, p, (size_t)n);
         progress = true;
     }
     cr_assert_geq(n, 0);
     while ((n = nghttp2_session_mem_send(h->origin, &p)) > 0) {
-        feed(h, SOTH_H2_UPSTREAM, p, (size_t)n);
+        feed(h, SOTH_LEG_UPSTREAM, p, (size_t)n);
         progress = true;
     }
     cr_assert_geq(n, 0);
@@ -985,8 +985,8 @@ static void assert_complete_echo(struct harness *h, struct xchg *x)
                  soth_h2_outcome_name(r->end.outcome), r->end.detail);
     cr_assert_eq(r->end.request_bytes, x->req_body.len);
     cr_assert_eq(r->end.response_bytes, x->req_body.len);
-    cr_assert(b_eq(&r->data[SOTH_H2_REQUEST], &x->req_body));
-    cr_assert(b_eq(&r->data[SOTH_H2_RESPONSE], &x->req_body));
+    cr_assert(b_eq(&r->data[SOTH_LEG_CLIENT], &x->req_body));
+    cr_assert(b_eq(&r->data[SOTH_LEG_UPSTREAM], &x->req_body));
     (void)h;
 }
 
@@ -1021,8 +1021,8 @@ Test(h2_relay, new_requires_out)
     cbs.out = cb_out;
     struct soth_h2_relay *r = soth_h2_relay_new(&cbs, NULL);
     cr_assert_not_null(r);
-    cr_assert(soth_h2_relay_want_write(r, SOTH_H2_CLIENT), "server preface pending");
-    cr_assert(soth_h2_relay_want_write(r, SOTH_H2_UPSTREAM), "client preface pending");
+    cr_assert(soth_h2_relay_want_write(r, SOTH_LEG_CLIENT), "server preface pending");
+    cr_assert(soth_h2_relay_want_write(r, SOTH_LEG_UPSTREAM), "client preface pending");
     soth_h2_relay_free(r);
     soth_h2_relay_free(NULL);
 }
@@ -1067,9 +1067,9 @@ Test(h2_relay, one_get)
     cr_assert_str_eq(r->end.detail, "complete");
 
     /* Idle: nothing to write, still reading; stream slots are all back. */
-    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
-    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_UPSTREAM));
-    cr_assert(soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_LEG_UPSTREAM));
+    cr_assert(soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
     struct soth_h2_stats st;
     soth_h2_relay_stats(h->r, &st);
     cr_assert_eq(st.streams, 0);
@@ -1209,9 +1209,9 @@ Test(h2_relay, trailers_both_ways)
         cr_assert(has_line(&t->resp_trailers, "grpc-status: 0"));
         struct rec *r = rec_of(t->sid);
         cr_assert_eq(r->end.outcome, SOTH_H2_COMPLETE);
-        cr_assert(has_line(&r->trailers[SOTH_H2_REQUEST], "x-req-trailer: abc"));
-        cr_assert(has_line(&r->trailers[SOTH_H2_REQUEST], "x-req-trailer-2: def"));
-        cr_assert(has_line(&r->trailers[SOTH_H2_RESPONSE], "x-resp-trailer: xyz"));
+        cr_assert(has_line(&r->trailers[SOTH_LEG_CLIENT], "x-req-trailer: abc"));
+        cr_assert(has_line(&r->trailers[SOTH_LEG_CLIENT], "x-req-trailer-2: def"));
+        cr_assert(has_line(&r->trailers[SOTH_LEG_UPSTREAM], "x-resp-trailer: xyz"));
         cr_assert(has_line(&r->head, "te: trailers"));
     }
     int seen = 0;
@@ -1331,15 +1331,15 @@ Test(h2_relay, goaway_from_origin)
     cr_assert_str_eq(rc->end.detail, "upstream_refused");
     cr_assert(h->ua_goaway);
     cr_assert_eq(h->ua_goaway_code, NGHTTP2_NO_ERROR);
-    cr_assert(soth_h2_relay_goaway_received(h->r, SOTH_H2_UPSTREAM));
-    cr_assert(!soth_h2_relay_goaway_received(h->r, SOTH_H2_CLIENT));
-    cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_UPSTREAM), "a graceful GOAWAY is no failure");
-    cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
+    cr_assert(soth_h2_relay_goaway_received(h->r, SOTH_LEG_UPSTREAM));
+    cr_assert(!soth_h2_relay_goaway_received(h->r, SOTH_LEG_CLIENT));
+    cr_assert(!soth_h2_relay_failed(h->r, SOTH_LEG_UPSTREAM), "a graceful GOAWAY is no failure");
+    cr_assert(!soth_h2_relay_failed(h->r, SOTH_LEG_CLIENT));
     cr_assert_eq(rec_of(a->sid)->end.outcome, SOTH_H2_COMPLETE);
     cr_assert_eq(rec_of(b->sid)->end.outcome, SOTH_H2_COMPLETE);
     /* Everything drained: the client leg is finished. */
-    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
-    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
     h_free(h);
 }
 
@@ -1356,10 +1356,10 @@ Test(h2_relay, goaway_from_client_reaches_origin)
         pump(h);
         cr_assert(h->origin_goaway);
         cr_assert_eq(h->origin_goaway_code, NGHTTP2_NO_ERROR, "the client's code stays on its hop");
-        cr_assert(soth_h2_relay_goaway_received(h->r, SOTH_H2_CLIENT));
-        cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
+        cr_assert(soth_h2_relay_goaway_received(h->r, SOTH_LEG_CLIENT));
+        cr_assert(!soth_h2_relay_failed(h->r, SOTH_LEG_CLIENT));
         assert_complete_echo(h, a); /* in flight: finishes */
-        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_UPSTREAM), "upstream leg finished");
+        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_UPSTREAM), "upstream leg finished");
         h_free(h);
     }
 }
@@ -1474,16 +1474,16 @@ Test(h2_relay, bad_preface_goaway)
     cbs.ctx = h;
     h->r = soth_h2_relay_new(&cbs, NULL);
     const char *junk = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-    cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
-    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, junk, strlen(junk)), SOTH_E_MALFORMED);
-    cr_assert(soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
-    cr_assert(!soth_h2_relay_failed(h->r, SOTH_H2_UPSTREAM));
-    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
-    cr_assert(soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_failed(h->r, SOTH_LEG_CLIENT));
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, junk, strlen(junk)), SOTH_E_MALFORMED);
+    cr_assert(soth_h2_relay_failed(h->r, SOTH_LEG_CLIENT));
+    cr_assert(!soth_h2_relay_failed(h->r, SOTH_LEG_UPSTREAM));
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
+    cr_assert(soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
     cr_assert_eq(soth_h2_relay_flush(h->r), 0);
     cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_PROTOCOL_ERROR);
-    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
-    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, junk, 3), SOTH_E_CLOSED);
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, junk, 3), SOTH_E_CLOSED);
     soth_h2_relay_free(h->r);
     b_free(&h->to_ua);
     b_free(&h->to_origin);
@@ -1498,16 +1498,16 @@ Test(h2_relay, garbage_after_preface_goaway)
     pump(h);
     /* A DATA frame on stream 0 is a connection error (RFC 9113 6.1). */
     static const uint8_t bad[] = {0, 0, 4, NGHTTP2_DATA, 0, 0, 0, 0, 0, 'a', 'b', 'c', 'd'};
-    ssize_t rc = soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)bad, sizeof(bad));
+    ssize_t rc = soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, (const char *)bad, sizeof(bad));
     cr_assert(rc == (ssize_t)sizeof(bad) || rc < 0);
     cr_assert_eq(soth_h2_relay_flush(h->r), 0);
     cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_PROTOCOL_ERROR);
     /* nghttp2 answered the connection error itself: the leg counts as failed */
-    cr_assert(soth_h2_relay_failed(h->r, SOTH_H2_CLIENT));
-    cr_assert(!soth_h2_relay_goaway_received(h->r, SOTH_H2_CLIENT));
-    cr_assert(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)bad, 9) < 0);
-    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
-    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    cr_assert(soth_h2_relay_failed(h->r, SOTH_LEG_CLIENT));
+    cr_assert(!soth_h2_relay_goaway_received(h->r, SOTH_LEG_CLIENT));
+    cr_assert(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, (const char *)bad, 9) < 0);
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
     struct rec *r = rec_of(a->sid);
     cr_assert_eq(r->n_end, 1);
     cr_assert_eq(r->end.outcome, SOTH_H2_RESET);
@@ -1517,7 +1517,7 @@ Test(h2_relay, garbage_after_preface_goaway)
     const uint8_t *p;
     ssize_t n;
     while ((n = nghttp2_session_mem_send(h->origin, &p)) > 0)
-        soth_h2_relay_feed(h->r, SOTH_H2_UPSTREAM, (const char *)p, (size_t)n);
+        soth_h2_relay_feed(h->r, SOTH_LEG_UPSTREAM, (const char *)p, (size_t)n);
     cr_assert_eq(
         nghttp2_session_mem_recv(h->origin, (const uint8_t *)h->to_origin.p, h->to_origin.len),
         (ssize_t)h->to_origin.len);
@@ -1538,9 +1538,9 @@ Test(h2_relay, client_eof_and_reset_outcomes)
         struct xchg *a = ua_get(h, "/slow");
         struct xchg *b = ua_post(h, "/slow", 10);
         pump(h);
-        soth_h2_relay_eof(h->r, SOTH_H2_CLIENT, reset);
-        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
-        cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+        soth_h2_relay_eof(h->r, SOTH_LEG_CLIENT, reset);
+        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
+        cr_assert(!soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
         enum soth_h2_outcome want = reset ? SOTH_H2_RESET : SOTH_H2_CLIENT_ABORTED;
         for (int i = 0; i < 2; i++) {
             struct rec *r = rec_of((i ? b : a)->sid);
@@ -1549,14 +1549,14 @@ Test(h2_relay, client_eof_and_reset_outcomes)
             cr_assert_str_eq(r->end.detail, reset ? "client_reset" : "client_eof");
         }
         cr_assert_eq(rec_of(done->sid)->end.outcome, SOTH_H2_COMPLETE);
-        cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, "x", 1), SOTH_E_CLOSED);
+        cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, "x", 1), SOTH_E_CLOSED);
         h->to_ua.len = 0;
         /* Only the origin is left: it sees the cancels and a GOAWAY. */
         for (int i = 0; i < 50; i++) {
             const uint8_t *p;
             ssize_t n;
             while ((n = nghttp2_session_mem_send(h->origin, &p)) > 0)
-                soth_h2_relay_feed(h->r, SOTH_H2_UPSTREAM, (const char *)p, (size_t)n);
+                soth_h2_relay_feed(h->r, SOTH_LEG_UPSTREAM, (const char *)p, (size_t)n);
             soth_h2_relay_flush(h->r);
             if (h->to_origin.len == 0)
                 break;
@@ -1570,7 +1570,7 @@ Test(h2_relay, client_eof_and_reset_outcomes)
         struct soth_h2_stats st;
         soth_h2_relay_stats(h->r, &st);
         cr_assert_eq(st.streams, 0, "slots freed once the upstream resets went out");
-        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_UPSTREAM));
+        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_UPSTREAM));
         h_free(h);
     }
 }
@@ -1585,7 +1585,7 @@ Test(h2_relay, upstream_eof_outcomes)
         struct xchg *b = ua_post(h, "/rst-after-head?code=0", 0); /* head only, then NO_ERROR */
         (void)b;
         pump(h);
-        soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, reset);
+        soth_h2_relay_eof(h->r, SOTH_LEG_UPSTREAM, reset);
         /* New streams are refused from now on. */
         struct xchg *c = ua_get(h, "/get?n=1");
         for (int i = 0; i < 100 && pump_once(h); i++)
@@ -1597,8 +1597,8 @@ Test(h2_relay, upstream_eof_outcomes)
         cr_assert(h->ua_goaway);
         cr_assert_eq(h->ua_goaway_code, NGHTTP2_NO_ERROR);
         cr_assert(c->closed && c->status == 0, "c refused");
-        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
-        cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+        cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
+        cr_assert(!soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
         h_free(h);
     }
 }
@@ -1616,8 +1616,8 @@ Test(h2_relay, upstream_eof_keeps_complete_response)
         pump_once(h);
     struct soth_h2_stats st;
     soth_h2_relay_stats(h->r, &st);
-    cr_assert_gt(st.buffered[SOTH_H2_RESPONSE], 20000, "held %zu", st.buffered[1]);
-    soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, false);
+    cr_assert_gt(st.buffered[SOTH_LEG_UPSTREAM], 20000, "held %zu", st.buffered[1]);
+    soth_h2_relay_eof(h->r, SOTH_LEG_UPSTREAM, false);
     h->ua_rate = 1 << 20;
     pump(h);
     cr_assert_eq(a->status, 200);
@@ -1702,8 +1702,8 @@ Test(h2_relay, out_error_is_returned)
     const uint8_t *p;
     ssize_t n;
     while ((n = nghttp2_session_mem_send(h->ua, &p)) > 0)
-        cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)p, (size_t)n), n);
-    cr_assert(soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT), "PING ACK pending");
+        cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, (const char *)p, (size_t)n), n);
+    cr_assert(soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT), "PING ACK pending");
     h->out_fail = -32; /* -EPIPE */
     cr_assert_eq(soth_h2_relay_flush(h->r), -32);
     cr_assert_eq(soth_h2_relay_flush(h->r), -32, "sticky");
@@ -1722,7 +1722,7 @@ Test(h2_relay, shutdown_drains)
     assert_complete_echo(h, a);
     cr_assert(h->ua_goaway);
     cr_assert(h->origin_goaway);
-    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
     h_free(h);
 }
 
@@ -1835,11 +1835,11 @@ Test(h2_relay, fail_after_n_allocations, .timeout = 300)
             ssize_t k;
             bool progress = false;
             while ((k = nghttp2_session_mem_send(h->ua, &p)) > 0) {
-                soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)p, (size_t)k);
+                soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, (const char *)p, (size_t)k);
                 progress = true;
             }
             while ((k = nghttp2_session_mem_send(h->origin, &p)) > 0) {
-                soth_h2_relay_feed(h->r, SOTH_H2_UPSTREAM, (const char *)p, (size_t)k);
+                soth_h2_relay_feed(h->r, SOTH_LEG_UPSTREAM, (const char *)p, (size_t)k);
                 progress = true;
             }
             soth_h2_relay_flush(h->r);
@@ -1859,8 +1859,8 @@ Test(h2_relay, fail_after_n_allocations, .timeout = 300)
             if (!progress)
                 break;
         }
-        soth_h2_relay_eof(h->r, SOTH_H2_CLIENT, true);
-        soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, true);
+        soth_h2_relay_eof(h->r, SOTH_LEG_CLIENT, true);
+        soth_h2_relay_eof(h->r, SOTH_LEG_UPSTREAM, true);
         /* every accepted stream got exactly one end */
         for (size_t i = 0; i < h->nrecs; i++)
             if (h->recs[i].state != 0)
@@ -1884,17 +1884,17 @@ Test(h2_relay, hold_applies_backpressure)
     h_start(h);
     struct xchg *a = ua_get(h, "/get?n=1048576");
     pump_once(h); /* the request goes out */
-    soth_h2_relay_hold(h->r, SOTH_H2_CLIENT, true);
+    soth_h2_relay_hold(h->r, SOTH_LEG_CLIENT, true);
     pump(h); /* settles: nothing more reaches the UA */
     struct ostream *o = os_find_path(h, "/get?n=1048576");
     cr_assert_not_null(o);
     struct soth_h2_stats st;
     soth_h2_relay_stats(h->r, &st);
-    cr_assert_leq(st.buffered[SOTH_H2_RESPONSE], 65535, "one stream window at most");
-    cr_assert_gt(st.buffered[SOTH_H2_RESPONSE], 60000);
+    cr_assert_leq(st.buffered[SOTH_LEG_UPSTREAM], 65535, "one stream window at most");
+    cr_assert_gt(st.buffered[SOTH_LEG_UPSTREAM], 60000);
     cr_assert_lt(o->rd, 300 * 1024, "the origin stalled at %zu", o->rd);
-    cr_assert(soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
-    soth_h2_relay_hold(h->r, SOTH_H2_CLIENT, false);
+    cr_assert(soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
+    soth_h2_relay_hold(h->r, SOTH_LEG_CLIENT, false);
     pump(h);
     cr_assert_eq(a->resp_body.len, 1048576);
     cr_assert_eq(rec_of(a->sid)->end.outcome, SOTH_H2_COMPLETE);
@@ -1947,9 +1947,9 @@ Test(h2_relay, upstream_gone_during_header_block)
         b_add(&all, p, (size_t)n);
     cr_assert_gt(all.len, 9 + 16384);
     size_t first = 9 + 16384;
-    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, all.p, first), (ssize_t)first);
-    soth_h2_relay_eof(h->r, SOTH_H2_UPSTREAM, false);
-    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, all.p + first, all.len - first),
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, all.p, first), (ssize_t)first);
+    soth_h2_relay_eof(h->r, SOTH_LEG_UPSTREAM, false);
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, all.p + first, all.len - first),
                  (ssize_t)(all.len - first));
     b_free(&all);
     h->to_origin.len = 0;
@@ -1961,7 +1961,7 @@ Test(h2_relay, upstream_gone_during_header_block)
     struct rec *r = rec_of(a->sid);
     cr_assert_eq(r->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
     cr_assert_str_eq(r->end.detail, "upstream_gone");
-    soth_h2_relay_eof(h->r, SOTH_H2_CLIENT, false);
+    soth_h2_relay_eof(h->r, SOTH_LEG_CLIENT, false);
     struct soth_h2_stats st;
     soth_h2_relay_stats(h->r, &st);
     cr_assert_eq(st.streams, 0);
@@ -2025,12 +2025,12 @@ Test(h2_relay, ping_flood_ends_connection)
         uint8_t f[17] = {0, 0, 8, NGHTTP2_PING, 0, 0, 0, 0, 0, (uint8_t)i};
         b_add(&pings, f, sizeof(f));
     }
-    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, pings.p, pings.len), SOTH_E_MALFORMED);
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, pings.p, pings.len), SOTH_E_MALFORMED);
     b_free(&pings);
     cr_assert_eq(soth_h2_relay_flush(h->r), 0);
     cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_ENHANCE_YOUR_CALM);
-    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
-    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_H2_CLIENT));
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
+    cr_assert(!soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT));
     h->to_ua.len = 0;
     h->to_origin.len = 0;
     h_free(h);
@@ -2055,11 +2055,11 @@ Test(h2_relay, single_huge_field)
         const uint8_t *p;
         ssize_t n;
         while ((n = nghttp2_session_mem_send(h->ua, &p)) > 0)
-            soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, (const char *)p, (size_t)n);
+            soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, (const char *)p, (size_t)n);
         cr_assert_eq(soth_h2_relay_flush(h->r), 0);
         if (raw) {
             cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_COMPRESSION_ERROR);
-            cr_assert(!soth_h2_relay_want_read(h->r, SOTH_H2_CLIENT));
+            cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
             h->to_ua.len = 0;
         } else {
             pump(h);

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/sse.h"
 
 struct trace {
     char s[1 << 17];

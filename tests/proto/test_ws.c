@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "soth/proto.h"
+#include "soth/proto/ws.h"
 
-#define CLIENT SOTH_WS_CLIENT
-#define SERVER SOTH_WS_SERVER
+#define CLIENT SOTH_LEG_CLIENT
+#define SERVER SOTH_LEG_UPSTREAM
 
 /* ---- frame builder */
 
@@ -132,9 +132,8 @@ struct run {
 static struct run R1, R2;
 
 /* Feed `in` in pieces given by cut points (NULL: whole); stop at the first error. */
-static void run_ws(struct run *r, enum soth_ws_dir dir, bool deflate,
-                   const struct soth_ws_limits *lim, const unsigned char *in, size_t n,
-                   const size_t *cuts, size_t n_cuts)
+static void run_ws(struct run *r, enum soth_leg dir, bool deflate, const struct soth_ws_limits *lim,
+                   const unsigned char *in, size_t n, const size_t *cuts, size_t n_cuts)
 {
     memset(r, 0, sizeof(*r));
     void *mem = malloc(soth_ws_size(lim));
@@ -175,7 +174,7 @@ static void same(const struct run *a, const struct run *b, const char *what)
 
 /* Whole, byte by byte, every split in two (inputs up to 4 KiB) and random pieces: same result
  * as whole, which is left in R1. */
-static void check_splits(enum soth_ws_dir dir, bool deflate, const struct soth_ws_limits *lim,
+static void check_splits(enum soth_leg dir, bool deflate, const struct soth_ws_limits *lim,
                          const struct wbuf *b)
 {
     run_ws(&R1, dir, deflate, lim, b->p, b->len, NULL, 0);
@@ -399,7 +398,7 @@ Test(ws, rsv1_with_deflate_is_compressed)
 }
 
 /* One bad frame after a good one: the good message is reported, then the error. */
-static void expect_error(enum soth_ws_dir dir, bool deflate, const struct soth_ws_limits *lim,
+static void expect_error(enum soth_leg dir, bool deflate, const struct soth_ws_limits *lim,
                          struct wbuf *b, size_t bad_off, enum soth_ws_error e, ssize_t rc)
 {
     check_splits(dir, deflate, lim, b);
@@ -571,7 +570,7 @@ static void turns(uint64_t idle)
 static void msg(int dir, unsigned op, uint64_t len, uint32_t frames, uint64_t now)
 {
     struct soth_ws_msg m = {
-        .dir = (enum soth_ws_dir)dir, .opcode = op, .len = len, .frames = frames, .close_code = -1};
+        .dir = soth_leg_of(dir), .opcode = op, .len = len, .frames = frames, .close_code = -1};
     soth_ws_turns_message(&T, &m, now);
 }
 

@@ -39,7 +39,7 @@ enum { SOTH_TLS_SIGNAL_QUEUED = 0, SOTH_TLS_SIGNAL_IGNORED = 1 };
  * already waiting for the aggregator.
  */
 int soth_engine_tls_signal(struct soth_engine *e, struct soth_iov host, uint16_t port,
-                           enum soth_side side, enum soth_tls_failure reason,
+                           enum soth_leg side, enum soth_tls_failure reason,
                            enum soth_tls_provider provider);
 /**
  * Graceful stop: stop accepting, let flows finish within timeouts.drain_ms, close the rest with

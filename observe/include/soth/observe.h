@@ -91,8 +91,8 @@ enum soth_decision_reason {
 };
 extern const char *const soth_decision_reason_names[SOTH_REASON_COUNT];
 
-enum soth_side { SOTH_SIDE_CLIENT = 0, SOTH_SIDE_UPSTREAM, SOTH_SIDE_COUNT };
-extern const char *const soth_side_names[SOTH_SIDE_COUNT];
+/** The `side` words ("client", "upstream") by enum soth_leg (soth/base.h). */
+extern const char *const soth_leg_names[SOTH_LEG_COUNT];
 
 enum soth_tls_failure {
     SOTH_TLSF_UNKNOWN_CA = 0,
@@ -124,8 +124,10 @@ enum soth_outcome {
 };
 extern const char *const soth_outcome_names[SOTH_OUTCOME_COUNT];
 
-enum soth_direction { SOTH_DIR_CLIENT_TO_SERVER = 0, SOTH_DIR_SERVER_TO_CLIENT, SOTH_DIR_COUNT };
-extern const char *const soth_direction_names[SOTH_DIR_COUNT];
+/** The `direction` and `initiator` words by the leg that sent the message: the client leg
+ *  "client_to_server", the upstream leg "server_to_client". Every `dir` and `initiator`
+ *  below is that leg. */
+extern const char *const soth_direction_names[SOTH_LEG_COUNT];
 
 enum soth_flush_reason {
     SOTH_FLUSH_DIRECTION_CHANGE = 0,
@@ -193,7 +195,7 @@ struct soth_ev_tls_failure {
     unsigned worker;
     struct soth_iov host; /* the flow's server_host (SNI when the client sent one); borrowed */
     uint16_t port;
-    enum soth_side side;
+    enum soth_leg side;
     enum soth_tls_failure reason;
     enum soth_tls_provider provider;
 };
@@ -239,12 +241,11 @@ void soth_ev_connect_parse_failed(struct soth_ev_flow *f, struct soth_iov reason
 /** rule: the matching rule's text, or SOTH_IOV_NULL (field omitted). */
 void soth_ev_connect_decision(struct soth_ev_flow *f, enum soth_action decision,
                               enum soth_decision_reason reason, struct soth_iov rule);
-void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_side side,
-                                   struct soth_iov sni);
-void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_side side,
+void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_leg side, struct soth_iov sni);
+void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_leg side,
                                      struct soth_iov tls_version, struct soth_iov cipher,
                                      struct soth_iov alpn);
-void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_side side,
+void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_leg side,
                                   enum soth_tls_failure reason, struct soth_iov source,
                                   enum soth_tls_provider provider, struct soth_iov detail,
                                   uint32_t host_failure_count, uint32_t global_failure_count);
@@ -258,26 +259,26 @@ void soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id, struct 
 void soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                               struct soth_iov http_version, const struct soth_header *hdrs,
                               size_t n_hdrs);
-/** Trailers: dir CLIENT_TO_SERVER = request_trailers, SERVER_TO_CLIENT = response_trailers. */
-void soth_ev_trailers(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+/** Trailers: sent by the client leg = request_trailers, by the upstream = response_trailers. */
+void soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                       const struct soth_header *hdrs, size_t n_hdrs);
 /**
  * A body chunk: offset/len count message-body bytes (de-chunked); data holds the captured
  * bytes (already bounded by the caller to body_capture_bytes per message; data.len may be
  * less than len), truncated says capture stopped.
  */
-void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_direction dir, uint32_t stream_id,
+void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                         uint64_t offset, uint64_t len, struct soth_iov data, bool truncated);
 void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                 enum soth_outcome outcome, uint64_t request_bytes,
                                 uint64_t response_bytes);
-void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,
                         unsigned opcode, uint64_t len, struct soth_iov data, bool truncated);
 void soth_ev_ws_turn_started(struct soth_ev_flow *f, uint32_t stream_id, uint64_t turn_id,
-                             enum soth_direction initiator);
+                             enum soth_leg initiator);
 struct soth_ws_turn_stats {
     uint64_t turn_id;
-    enum soth_direction initiator;
+    enum soth_leg initiator;
     uint64_t client_frames, server_frames, client_bytes, server_bytes;
     uint64_t started_ns, ended_ns;
     enum soth_flush_reason flush_reason;
@@ -287,10 +288,10 @@ void soth_ev_ws_turn_completed(struct soth_ev_flow *f, uint32_t stream_id,
 /** retry < 0: field is null. */
 void soth_ev_sse_event(struct soth_ev_flow *f, uint32_t stream_id, struct soth_iov event,
                        struct soth_iov id, int64_t retry, struct soth_iov data);
-void soth_ev_grpc_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+void soth_ev_grpc_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,
                           bool compressed, uint32_t length, struct soth_iov data, bool truncated);
 /** decoders: comma-free names in order applied. value_json is JSON text; or error set. */
-void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum soth_direction dir,
+void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,
                             const struct soth_iov *decoders, size_t n_decoders, bool sanitized,
                             struct soth_iov format, struct soth_iov value_json,
                             struct soth_iov error);
@@ -332,7 +333,7 @@ struct soth_metrics {
     _Atomic int64_t active_connections;
     _Atomic uint64_t bytes_client_to_server, bytes_server_to_client;
     _Atomic uint64_t requests[SOTH_PROTO_COUNT];
-    _Atomic uint64_t tls_failures[SOTH_SIDE_COUNT][SOTH_TLSF_COUNT];
+    _Atomic uint64_t tls_failures[SOTH_LEG_COUNT][SOTH_TLSF_COUNT];
     _Atomic uint64_t leaf_cache_hits, leaf_cache_misses;
     _Atomic uint64_t events_dropped;
 } __attribute__((aligned(SOTH_CACHELINE)));

@@ -214,10 +214,11 @@ void soth_tls_leaf_cache_flush(struct soth_tls_ctx *t);
 
 /* ---- one TLS connection over memory I/O */
 
-enum soth_tls_side {
-    SOTH_TLS_SIDE_CLIENT = 0, /* faces the client: we are the TLS server (event side "client") */
-    SOTH_TLS_SIDE_UPSTREAM,   /* faces the origin: we are the TLS client (event side "upstream") */
-};
+/*
+ * A connection is on one leg (enum soth_leg, soth/base.h): on SOTH_LEG_CLIENT it faces the
+ * client and we are the TLS server; on SOTH_LEG_UPSTREAM it faces the origin and we are the
+ * TLS client.
+ */
 
 struct soth_tls_conn;
 
@@ -301,7 +302,8 @@ struct soth_iov soth_tls_conn_cipher(const struct soth_tls_conn *c);
 struct soth_iov soth_tls_conn_alpn(const struct soth_tls_conn *c);
 /** Whether the session was resumed (ticket). */
 bool soth_tls_conn_resumed(const struct soth_tls_conn *c);
-enum soth_tls_side soth_tls_conn_side(const struct soth_tls_conn *c);
+/** The leg the connection is on. */
+enum soth_leg soth_tls_conn_side(const struct soth_tls_conn *c);
 
 /* ---- failure taxonomy */
 
@@ -391,7 +393,7 @@ void soth_tls_learning_free(struct soth_tls_learning *l);
  * host for window_s (result->applied once). Returns 0 or SOTH_E_NOMEM.
  */
 int soth_tls_learning_record(struct soth_tls_learning *l, struct soth_iov host, uint16_t port,
-                             enum soth_tls_side side, enum soth_tls_fail reason,
+                             enum soth_leg side, enum soth_tls_fail reason,
                              enum soth_tls_signal_provider provider, uint64_t now_ns,
                              struct soth_tls_learning_result *result);
 

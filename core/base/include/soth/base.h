@@ -123,6 +123,41 @@ static inline void soth_buf_pool_drain(struct soth_buf_pool *p)
     p->n = 0;
 }
 
+/* ---- legs: the two connections of a flow (docs/architecture.md) */
+/**
+ * Which connection of a flow: the client leg (toward the user agent; the proxy is its server)
+ * or the upstream leg (toward the origin; the proxy is its client). Every module names a side
+ * with it. It also gives a message's direction, by the leg that sent it: the client leg sends
+ * client_to_server, the upstream leg server_to_client (docs/events.md). The values are the
+ * event wire values: never renumber.
+ */
+enum soth_leg { SOTH_LEG_CLIENT = 0, SOTH_LEG_UPSTREAM = 1, SOTH_LEG_COUNT };
+
+/** The other leg: where bytes received on `l` are forwarded. */
+static inline enum soth_leg soth_leg_other(enum soth_leg l)
+{
+    return l == SOTH_LEG_CLIENT ? SOTH_LEG_UPSTREAM : SOTH_LEG_CLIENT;
+}
+
+/** The leg an integer holds (an index, a packed bit, a stored byte). The value must be a leg:
+ *  anything else is a bug and aborts; check input from outside (< SOTH_LEG_COUNT) first. */
+static inline enum soth_leg soth_leg_of(unsigned v)
+{
+    SOTH_BUG_ON(v >= SOTH_LEG_COUNT);
+    return v == 0 ? SOTH_LEG_CLIENT : SOTH_LEG_UPSTREAM;
+}
+
+/* ---- UTF-8 (RFC 3629 3): the one validator shared by event JSON and the payload decoders. */
+/**
+ * Length (1..4) of the well-formed UTF-8 sequence that starts p[0..n), or 0 when it is not
+ * one: n == 0, a continuation or never-valid lead byte (0x80..0xc1, 0xf5..0xff), a sequence
+ * cut short by n or by a byte that is not a continuation, an overlong form, a surrogate
+ * (U+D800..U+DFFF) or a code point above U+10FFFF. ASCII is 1.
+ */
+size_t soth_utf8_seq_len(const void *p, size_t n);
+/** True when p[0..n) is well-formed UTF-8 from end to end (true for n == 0). */
+bool soth_utf8_valid(const void *p, size_t n);
+
 /* ---- errors: syscall-like functions return >= 0 or -errno; project codes from -1000 down. */
 enum soth_err {
     SOTH_E_INCOMPLETE = -1000, /* parser needs more bytes */

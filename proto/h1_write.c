@@ -1,0 +1,145 @@
+/*
+ * The origin-form serializer: one request head forwarded by the proxy to the origin after it
+ * arrived in absolute-form (RFC 9112 3.2.2). Contract in soth/proto/h1.h; used for regular-mode
+ * plain HTTP (docs/http1.md "In the proxy").
+ */
+#include <string.h>
+
+#include "soth/proto/h1.h"
+
+struct out {
+    char *p;
+    size_t len, cap;
+    bool full;
+};
+
+static char *put(struct out *o, const void *p, size_t n)
+{
+    if (o->full || n > o->cap - o->len) {
+        o->full = true;
+        return NULL;
+    }
+    char *at = o->p + o->len;
+    if (n > 0)
+        memcpy(at, p, n);
+    o->len += n;
+    return at;
+}
+
+/* A token-like piece of the request line or a field name: no control byte, space or DEL. */
+static bool is_word(struct soth_iov v)
+{
+    for (size_t i = 0; i < v.len; i++) {
+        unsigned char c = (unsigned char)v.base[i];
+        if (c <= 0x20 || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* A field value: anything but a line end or NUL (the parsers allow HTAB and obs-text). */
+static bool is_value(struct soth_iov v)
+{
+    for (size_t i = 0; i < v.len; i++)
+        if (v.base[i] == '\r' || v.base[i] == '\n' || v.base[i] == '\0')
+            return false;
+    return true;
+}
+
+static bool is_name(struct soth_iov v)
+{
+    return v.len > 0 && is_word(v) && memchr(v.base, ':', v.len) == NULL;
+}
+
+/* Writes "Name: value\r\n"; *f (when not NULL) gets the copies in the output. */
+static void put_field(struct out *o, struct soth_iov name, struct soth_iov value,
+                      struct soth_header *f)
+{
+    const char *n = put(o, name.base, name.len);
+    put(o, ": ", 2);
+    const char *v = put(o, value.base, value.len);
+    put(o, "\r\n", 2);
+    if (f != NULL && !o->full)
+        *f = (struct soth_header){{n, name.len}, {v, value.len}};
+}
+
+/* The Host value: "host", "[v6]", plus ":port" unless it is the scheme's default. */
+static void put_host(struct out *o, const struct soth_h1_origin_req *r, struct soth_header *f)
+{
+    const char *n = put(o, "Host: ", 6);
+    const char *v = n != NULL ? n + 6 : NULL;
+    size_t start = o->len;
+    if (r->host_is_ipv6)
+        put(o, "[", 1);
+    put(o, r->host.base, r->host.len);
+    if (r->host_is_ipv6)
+        put(o, "]", 1);
+    unsigned dflt = soth_iov_is_ci(r->scheme, "http")    ? 80
+                    : soth_iov_is_ci(r->scheme, "https") ? 443
+                                                         : 0;
+    if (r->port != 0 && r->port != dflt) {
+        char d[6];
+        size_t i = sizeof(d);
+        unsigned p = r->port;
+        do {
+            d[--i] = (char)('0' + p % 10);
+            p /= 10;
+        } while (p != 0);
+        d[--i] = ':';
+        put(o, d + i, sizeof(d) - i);
+    }
+    size_t vlen = o->len - start;
+    put(o, "\r\n", 2);
+    if (f != NULL && !o->full)
+        *f = (struct soth_header){SOTH_IOV_LIT("Host"), {v, vlen}};
+}
+
+ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *buf, size_t cap,
+                                  struct soth_header *fields, size_t *n_fields)
+{
+    struct soth_iov path = req->path.len > 0 ? req->path : SOTH_IOV_LIT("/");
+    if (req->method.len == 0 || req->version.len == 0 || req->host.len == 0 ||
+        !is_word(req->method) || !is_word(path) || !is_word(req->version) || !is_word(req->host))
+        return SOTH_E_MALFORMED;
+    bool has_host = false;
+    for (size_t i = 0; i < req->n_headers; i++) {
+        const struct soth_header *h = &req->headers[i];
+        if (!is_name(h->name) || !is_value(h->value))
+            return SOTH_E_MALFORMED;
+        has_host = has_host || soth_iov_is_ci(h->name, "host");
+    }
+
+    struct out o = {buf, 0, cap, false};
+    size_t nf = 0;
+    put(&o, req->method.base, req->method.len);
+    put(&o, " ", 1);
+    put(&o, path.base, path.len);
+    put(&o, " ", 1);
+    put(&o, req->version.base, req->version.len);
+    put(&o, "\r\n", 2);
+    /* RFC 9112 3.2: Host first when the client sent none. */
+    if (!has_host)
+        put_host(&o, req, fields != NULL ? &fields[nf++] : NULL);
+    bool host_done = false;
+    for (size_t i = 0; i < req->n_headers; i++) {
+        const struct soth_header *h = &req->headers[i];
+        if (soth_iov_is_ci(h->name, "proxy-connection") ||
+            soth_iov_is_ci(h->name, "proxy-authorization"))
+            continue;
+        if (soth_iov_is_ci(h->name, "host")) {
+            /* RFC 9112 3.2.2: the received Host is ignored and replaced by the target's. */
+            if (host_done)
+                continue;
+            host_done = true;
+            put_host(&o, req, fields != NULL ? &fields[nf++] : NULL);
+            continue;
+        }
+        put_field(&o, h->name, h->value, fields != NULL ? &fields[nf++] : NULL);
+    }
+    put(&o, "\r\n", 2);
+    if (o.full)
+        return SOTH_E_TOO_LARGE;
+    if (n_fields != NULL)
+        *n_fields = nf;
+    return (ssize_t)o.len;
+}
