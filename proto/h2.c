@@ -980,6 +980,14 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
     int status = 0;
     for (size_t i = 0; i < v.status.len; i++)
         status = status * 10 + (v.status.base[i] - '0'); /* nghttp2 checked: 3 digits */
+    if (status < 100) {
+        /* "000".."099" pass nghttp2's check: a malformed response (RFC 9113 8.1.1, RFC 9110
+         * 15), never relayed: the upstream stream is reset, the client gets a 502. */
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_PROTOCOL_ERROR, "response_bad_status");
+        rst_upstream(r, s, NGHTTP2_PROTOCOL_ERROR);
+        answer_client(r, s, nv_502, SOTH_ARRAY_LEN(nv_502), NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
     struct leg *c = &r->leg[SOTH_H2_CLIENT];
     if (status >= 100 && status < 200) {
         /* Interim response (100-continue, 103): relayed as is, not reported. */

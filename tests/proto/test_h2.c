@@ -640,6 +640,14 @@ static void origin_respond(struct harness *h, nghttp2_session *s, struct ostream
         cr_assert_eq(nghttp2_submit_headers(s, 0, o->sid, NULL, i1, 2, NULL), 0);
         o->gen_len = 3;
         cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
+    } else if (strncmp(p, "/status?s=", 10) == 0 || strncmp(p, "/status103?s=", 13) == 0) {
+        if (p[7] == '1') {
+            nghttp2_nv i1[] = {NV(":status", "103")};
+            cr_assert_eq(nghttp2_submit_headers(s, 0, o->sid, NULL, i1, 1, NULL), 0);
+        }
+        nv[0] = NV(":status", strchr(p, '=') + 1); /* nghttp2 sends it unchecked */
+        o->gen_len = 3;
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
     } else if (strcmp(p, "/slow") == 0) {
         o->responded = false; /* never answers */
     } else {
@@ -1447,6 +1455,39 @@ Test(h2_relay, oversized_response_headers_get_502)
     cr_assert_eq(c->status, 200);
     cr_assert_eq(c->resp_body.len, 9);
     h_free(h);
+}
+
+/* A ":status" below 100 ("000".."099" pass nghttp2's three-digit check) is a malformed
+ * response: never reported or relayed, a 502 for the client (after a relayed 1xx too), the
+ * upstream stream reset with PROTOCOL_ERROR, the connection goes on. */
+Test(h2_relay, response_status_below_100_gets_502)
+{
+    static const char *const paths[] = {"/status?s=099", "/status?s=000", "/status103?s=042"};
+    for (size_t i = 0; i < SOTH_ARRAY_LEN(paths); i++) {
+        struct harness *h = &HS;
+        h_init(h);
+        h_start(h);
+        struct xchg *a = ua_get(h, paths[i]);
+        pump(h);
+        cr_assert_eq(a->status, 502, "%s: %d", paths[i], a->status);
+        cr_assert_eq(a->n_interim, i == 2 ? 1 : 0);
+        cr_assert_eq(a->resp_body.len, 0);
+        struct rec *r = rec_of(a->sid);
+        cr_assert(!r->resp_head, "the malformed head is not reported");
+        cr_assert_eq(r->n_end, 1);
+        cr_assert_eq(r->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
+        cr_assert_eq(r->end.error_code, NGHTTP2_PROTOCOL_ERROR);
+        cr_assert_str_eq(r->end.detail, "response_bad_status");
+        struct ostream *o = os_find_path(h, paths[i]);
+        cr_assert(o->rst_recv);
+        cr_assert_eq(o->rst_code, NGHTTP2_PROTOCOL_ERROR);
+        struct xchg *b = ua_get(h, "/get?n=9");
+        pump(h);
+        cr_assert_eq(b->status, 200);
+        cr_assert_eq(b->resp_body.len, 9);
+        cr_assert(!h->ua_goaway);
+        h_free(h);
+    }
 }
 
 /* Walk the frames in buf; return the error code of the first GOAWAY, or -1. */
