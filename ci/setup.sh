@@ -11,7 +11,7 @@ set -euo pipefail
 SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
 # Bump when the configure line changes so cached builds are redone.
-WOLFSSL_STAMP="wolfssl-5.5.4-cfg3"
+WOLFSSL_STAMP="wolfssl-5.5.4-cfg4"
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -101,7 +101,7 @@ if ! wolfssl_ok; then
         --enable-tls13 --enable-sni --enable-alpn --enable-certgen --enable-keygen \
         --enable-certext --enable-opensslextra --enable-session-ticket \
         --enable-aesni --enable-intelasm --enable-sp=yes,asm --enable-sp-asm \
-        --enable-ecc --enable-curve25519 --enable-ed25519 --enable-secure-renegotiation \
+        --enable-ecc --enable-curve25519 --enable-ed25519 \
         --enable-supportedcurves --enable-harden --enable-ip-alt-name --enable-altcertchains \
         CFLAGS="-O2 -DWOLFSSL_ALT_NAMES -DHAVE_EX_DATA" >/dev/null
     make -j"$(nproc)" >/dev/null
