@@ -2146,11 +2146,16 @@ static void raw_priority(struct bytes *b, uint32_t sid, uint32_t dep)
  * RST_STREAM (stream, code); -1 when absent. */
 struct answer {
     long goaway_code, goaway_last, rst_sid, rst_code;
+    long bad_feed; /* offset of a feed that did not take its bytes, or -1 */
+    size_t leaked; /* relay bytes not freed */
 };
+
+#define WANT(goaway, last, rst_sid, rst_code)                                                      \
+    ((struct answer){goaway, last, rst_sid, rst_code, -1, 0})
 
 static struct answer client_answer(const struct bytes *b)
 {
-    struct answer a = {-1, -1, -1, -1};
+    struct answer a = {-1, -1, -1, -1, -1, 0};
     size_t i = 0;
     while (i + 9 <= b->len) {
         const uint8_t *p = (const uint8_t *)b->p + i;
@@ -2175,20 +2180,25 @@ static struct answer client_answer(const struct bytes *b)
 }
 
 /* Feed `in` (after the client magic and an empty SETTINGS) in pieces: whole (piece 0, cut
- * SIZE_MAX), in two at `cut`, or `piece` bytes at a time; return what the client got. */
+ * SIZE_MAX), in two at `cut`, or `piece` bytes at a time; return what the client got. Asserts
+ * nothing itself: the caller asserts once per run, naming the case. (No `.timeout` on the test
+ * below: with one, libcriterion 2.4's runner leaks 48 bytes under ASan whenever it overlaps
+ * another timed test such as split_feeds_at_every_offset.) */
 static struct answer raw_run(const struct bytes *in, size_t cut, size_t piece)
 {
     struct harness *h = &HS;
     h_init(h);
     struct soth_h2_cbs cbs = CBS;
     cbs.ctx = h;
-    h->r = soth_h2_relay_new(&cbs, NULL);
+    h->set.mem = &h->memhook;
+    h->r = soth_h2_relay_new(&cbs, &h->set);
     cr_assert_not_null(h->r);
     struct bytes all = {0};
     b_add(&all, NGHTTP2_CLIENT_MAGIC, NGHTTP2_CLIENT_MAGIC_LEN);
     raw_frame(&all, NGHTTP2_SETTINGS, 0, 0, NULL, 0);
     b_add(&all, in->p, in->len);
     size_t off = 0;
+    long bad_feed = -1;
     while (off < all.len) {
         size_t n = all.len - off;
         if (piece > 0 && n > piece)
@@ -2198,15 +2208,31 @@ static struct answer raw_run(const struct bytes *in, size_t cut, size_t piece)
         ssize_t rc = soth_h2_relay_feed(h->r, SOTH_H2_CLIENT, all.p + off, n);
         if (rc == SOTH_E_CLOSED)
             break;
-        cr_assert_eq(rc, (ssize_t)n, "feed at %zu: %zd", off, rc);
+        if (rc != (ssize_t)n) {
+            bad_feed = (long)off;
+            break;
+        }
         off += n;
     }
-    cr_assert_eq(soth_h2_relay_flush(h->r), 0);
+    if (soth_h2_relay_flush(h->r) != 0 && bad_feed < 0)
+        bad_feed = (long)all.len;
     struct answer a = client_answer(&h->to_ua);
-    soth_h2_relay_free(h->r);
+    a.bad_feed = bad_feed;
     b_free(&all);
+    soth_h2_relay_free(h->r);
+    h->r = NULL;
+    a.leaked = h->mem.cur;
     b_free(&h->to_ua);
     b_free(&h->to_origin);
+    for (size_t i = 0; i < h->nrecs; i++) {
+        struct rec *r = &h->recs[i];
+        b_free(&r->head);
+        b_free(&r->resp);
+        for (int d = 0; d < 2; d++) {
+            b_free(&r->data[d]);
+            b_free(&r->trailers[d]);
+        }
+    }
     free(h->recs);
     return a;
 }
@@ -2220,10 +2246,13 @@ static void expect_answer_pieces(const struct bytes *in, struct answer want, con
             if (piece == 1 && (cut > 0 || !bytewise))
                 continue; /* one byte at a time: once */
             struct answer a = raw_run(in, cut == 0 ? SIZE_MAX : cut, piece);
-            cr_assert(a.goaway_code == want.goaway_code && a.goaway_last == want.goaway_last &&
-                          a.rst_sid == want.rst_sid && a.rst_code == want.rst_code,
-                      "%s (cut %zu, piece %zu): GOAWAY %ld last %ld, RST_STREAM %ld code %ld", what,
-                      cut, piece, a.goaway_code, a.goaway_last, a.rst_sid, a.rst_code);
+            if (a.goaway_code != want.goaway_code || a.goaway_last != want.goaway_last ||
+                a.rst_sid != want.rst_sid || a.rst_code != want.rst_code || a.bad_feed >= 0 ||
+                a.leaked != 0)
+                cr_assert_fail("%s (cut %zu, piece %zu): GOAWAY %ld last %ld, RST_STREAM %ld code "
+                               "%ld, feed refused at %ld, %zu bytes leaked",
+                               what, cut, piece, a.goaway_code, a.goaway_last, a.rst_sid,
+                               a.rst_code, a.bad_feed, a.leaked);
         }
     }
 }
@@ -2233,13 +2262,13 @@ static void expect_answer(const struct bytes *in, struct answer want, const char
     expect_answer_pieces(in, want, what, true);
 }
 
-Test(h2_relay, stream_states_nghttp2_forgets, .timeout = 120)
+Test(h2_relay, stream_states_nghttp2_forgets)
 {
     struct bytes b = {0};
     /* a stream id below one already used (RFC 9113 5.1.1) */
     raw_get(&b, 5, NGHTTP2_FLAG_END_STREAM);
     raw_get(&b, 3, NGHTTP2_FLAG_END_STREAM);
-    expect_answer(&b, (struct answer){NGHTTP2_PROTOCOL_ERROR, 5, -1, -1}, "id going back");
+    expect_answer(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 5, -1, -1), "id going back");
     /* DATA and HEADERS after the client reset the stream (5.1) */
     for (int type = 0; type < 2; type++) {
         b.len = 0;
@@ -2250,31 +2279,31 @@ Test(h2_relay, stream_states_nghttp2_forgets, .timeout = 120)
             raw_frame(&b, NGHTTP2_DATA, NGHTTP2_FLAG_END_STREAM, 1, "x", 1);
         else
             raw_get(&b, 1, NGHTTP2_FLAG_END_STREAM);
-        expect_answer(&b, (struct answer){NGHTTP2_STREAM_CLOSED, 1, -1, -1}, "after reset");
+        expect_answer(&b, WANT(NGHTTP2_STREAM_CLOSED, 1, -1, -1), "after reset");
     }
     /* DATA after the client's END_STREAM */
     b.len = 0;
     raw_get(&b, 1, NGHTTP2_FLAG_END_STREAM);
     raw_frame(&b, NGHTTP2_DATA, 0, 1, "x", 1);
-    expect_answer(&b, (struct answer){NGHTTP2_STREAM_CLOSED, 1, -1, -1}, "after END_STREAM");
+    expect_answer(&b, WANT(NGHTTP2_STREAM_CLOSED, 1, -1, -1), "after END_STREAM");
     /* DATA on an id skipped by a higher one: closed, never opened */
     b.len = 0;
     raw_get(&b, 3, NGHTTP2_FLAG_END_STREAM);
     raw_frame(&b, NGHTTP2_DATA, 0, 1, "x", 1);
-    expect_answer(&b, (struct answer){NGHTTP2_STREAM_CLOSED, 3, -1, -1}, "skipped id");
+    expect_answer(&b, WANT(NGHTTP2_STREAM_CLOSED, 3, -1, -1), "skipped id");
     /* PRIORITY on stream 0 (6.3), and depending on itself on an idle stream (5.3.1, and no
      * RST_STREAM on an idle stream, 6.4) */
     b.len = 0;
     raw_priority(&b, 0, 1);
-    expect_answer(&b, (struct answer){NGHTTP2_PROTOCOL_ERROR, 0, -1, -1}, "PRIORITY on 0");
+    expect_answer(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 0, -1, -1), "PRIORITY on 0");
     b.len = 0;
     raw_priority(&b, 1, 1);
-    expect_answer(&b, (struct answer){NGHTTP2_PROTOCOL_ERROR, 0, -1, -1}, "PRIORITY idle self");
+    expect_answer(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 0, -1, -1), "PRIORITY idle self");
     /* ... and on an open stream: a stream error */
     b.len = 0;
     raw_get(&b, 1, 0);
     raw_priority(&b, 1, 1);
-    expect_answer(&b, (struct answer){-1, -1, 1, NGHTTP2_PROTOCOL_ERROR}, "PRIORITY open self");
+    expect_answer(&b, WANT(-1, -1, 1, NGHTTP2_PROTOCOL_ERROR), "PRIORITY open self");
     /* all well: PRIORITY for idle and open streams, a body, a new stream, trailers; and a
      * frame inside a header block is left to nghttp2 (PROTOCOL_ERROR, not STREAM_CLOSED) */
     b.len = 0;
@@ -2286,14 +2315,13 @@ Test(h2_relay, stream_states_nghttp2_forgets, .timeout = 120)
     static const uint8_t trailer[] = {0x00, 0x01, 'x', 0x01, 'y'};
     raw_frame(&b, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 1, trailer,
               sizeof(trailer));
-    expect_answer(&b, (struct answer){-1, -1, -1, -1}, "all well");
+    expect_answer(&b, WANT(-1, -1, -1, -1), "all well");
     b.len = 0;
     raw_get(&b, 1, NGHTTP2_FLAG_END_STREAM);
     b.p[4] &= (char)~NGHTTP2_FLAG_END_HEADERS;
     raw_frame(&b, NGHTTP2_DATA, 0, 1, "x", 1);
     /* (not byte by byte: nghttp2 1.52 counts every read of a frame header while it expects a
      * CONTINUATION against max_continuations) */
-    expect_answer_pieces(&b, (struct answer){NGHTTP2_PROTOCOL_ERROR, 1, -1, -1}, "inside a block",
-                         false);
+    expect_answer_pieces(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 1, -1, -1), "inside a block", false);
     b_free(&b);
 }
