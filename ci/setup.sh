@@ -11,17 +11,22 @@ set -euo pipefail
 SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
 # Bump when the configure line changes so cached builds are redone.
-WOLFSSL_STAMP="wolfssl-5.5.4-cfg3"
+WOLFSSL_STAMP="wolfssl-5.5.4-cfg4"
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
+# Every Python module the tests import and every program they run comes from a package here
+# (docs/dependencies.md): a test must not pass only because some other
+# setup (bench/setup.sh) happened to pull a module in as a dependency.
+PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     liburing-dev libnghttp2-dev libxxhash-dev libcriterion-dev node-llhttp libjansson-dev
     autoconf automake libtool dpkg-dev
-    curl nghttp2-client wrk nginx-light openssl python3 python3-h2 python3-websockets python3-grpcio
-    iproute2 nftables procps psmisc
-    zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev python3-brotli python3-zstandard python3-msgpack)
+    curl nghttp2-client wrk nginx-light openssl
+    python3 python3-h2 python3-hpack python3-hyperframe python3-websockets python3-grpcio
+    python3-cryptography python3-brotli python3-zstandard python3-msgpack
+    iproute2 nftables procps psmisc util-linux coreutils
+    zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -32,7 +37,41 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     $SUDO apt-get update -q
+    # Packages with a service (nginx-light) start it from their postinst; the tests and the
+    # benchmarks run their own instances on loopback ports of their choosing, so a policy-rc.d
+    # that denies every start is in place for the install (unless the machine has one already).
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+        own_policy=1
+        trap '$SUDO rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [ "$own_policy" = 1 ]; then
+        $SUDO rm -f "$policy"
+        trap - EXIT
+    fi
+fi
+
+# No system nginx on port 80, whether this run installed it or an earlier one did: stop the
+# service and keep it from starting at boot.
+if [ -e /lib/systemd/system/nginx.service ] || [ -e /etc/init.d/nginx ]; then
+    if [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+    else
+        if [ -x /etc/init.d/nginx ] && $SUDO /etc/init.d/nginx status >/dev/null 2>&1; then
+            $SUDO /etc/init.d/nginx stop >/dev/null 2>&1 || true
+        fi
+        if command -v systemctl >/dev/null 2>&1; then
+            $SUDO systemctl disable nginx >/dev/null 2>&1 || true
+        fi
+    fi
+    if [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+        echo "setup: the system nginx (pid $(cat /run/nginx.pid)) is still running; stop it" >&2
+        exit 1
+    fi
 fi
 
 wolfssl_ok() {
@@ -62,7 +101,7 @@ if ! wolfssl_ok; then
         --enable-tls13 --enable-sni --enable-alpn --enable-certgen --enable-keygen \
         --enable-certext --enable-opensslextra --enable-session-ticket \
         --enable-aesni --enable-intelasm --enable-sp=yes,asm --enable-sp-asm \
-        --enable-ecc --enable-curve25519 --enable-ed25519 --enable-secure-renegotiation \
+        --enable-ecc --enable-curve25519 --enable-ed25519 \
         --enable-supportedcurves --enable-harden --enable-ip-alt-name --enable-altcertchains \
         CFLAGS="-O2 -DWOLFSSL_ALT_NAMES -DHAVE_EX_DATA" >/dev/null
     make -j"$(nproc)" >/dev/null

@@ -15,13 +15,25 @@ jobs=$(nproc)
 step() { printf '\n==== %s\n' "$*"; }
 
 step "format check (clang-format)"
+# The list comes from git: outside a git checkout, or with no C file found, the check fails
+# instead of passing on an empty list.
+command -v clang-format >/dev/null || { echo "format check: clang-format not installed" >&2; exit 1; }
+sources=$(git ls-files -- '*.c' '*.h') || { echo "format check: git ls-files failed" >&2; exit 1; }
+sources=$(printf '%s\n' "$sources" | grep -v -e '^fuzz/corpus/' -e '^$' || true)
+if [ -z "$sources" ]; then
+    echo "format check: git ls-files lists no C sources in $root; nothing was checked" >&2
+    exit 1
+fi
 bad=0
-for f in $(git ls-files '*.c' '*.h' | grep -v '^fuzz/corpus/'); do
+checked=0
+while IFS= read -r f; do
+    checked=$((checked + 1))
     if ! clang-format --dry-run --Werror "$f" >/dev/null 2>&1; then
         echo "not clang-format clean: $f (run clang-format -i $f)"
         bad=1
     fi
-done
+done <<<"$sources"
+echo "format check: $checked files"
 [ "$bad" = 0 ]
 
 step "Release build"

@@ -127,6 +127,36 @@ struct h2s {
     uint32_t rst_pending;            /* code for S_RST_PENDING */
 };
 
+/* ---- client frame scan
+ *
+ * Stream states nghttp2 forgets: with no closed streams kept (no RFC 7540 priority tree),
+ * nghttp2 ignores DATA and HEADERS on a closed stream, accepts nothing about a stream id
+ * below one already used, and skips PRIORITY frames unread. The relay reads the 9-byte
+ * header of every client frame (and a PRIORITY frame's 5-byte payload) before nghttp2 does and
+ * remembers, for the last SCAN_IDS client stream ids, whether the client opened the stream
+ * and whether it closed its side (END_STREAM or RST_STREAM): docs/http2.md, "Stream states". */
+#define SCAN_IDS        1024 /* client stream ids remembered (odd ones: SCAN_IDS / 2 bits) */
+#define SCAN_WORDS      (SCAN_IDS / 2 / 64)
+#define CLIENT_MAGIC    24 /* RFC 9113 3.4 */
+#define PRIORITY_LEN    5
+#define FT_DATA         0x0
+#define FT_HEADERS      0x1
+#define FT_PRIORITY     0x2
+#define FT_RST_STREAM   0x3
+#define FT_CONTINUATION 0x9
+#define FF_END_STREAM   0x1
+#define FF_END_HEADERS  0x4
+
+struct scan {
+    uint32_t magic_left; /* client magic bytes still to pass over */
+    uint32_t skip;       /* payload bytes of the current frame not read */
+    uint8_t hd[FRAME_HD + PRIORITY_LEN];
+    uint8_t have, need; /* bytes in hd, bytes wanted there before deciding */
+    bool in_block;      /* inside a header block: only CONTINUATION may come (nghttp2 checks) */
+    uint32_t max_id;    /* highest stream id the client opened with HEADERS */
+    uint64_t opened[SCAN_WORDS], closed[SCAN_WORDS]; /* by (id >> 1) % (SCAN_IDS / 2) */
+};
+
 /* ---- legs */
 
 enum leg_state {
@@ -168,12 +198,13 @@ struct soth_h2_relay {
     bool connect_proto; /* SETTINGS_ENABLE_CONNECT_PROTOCOL sent to the client */
     bool nomem;         /* an allocation failed inside a callback */
     int out_err;        /* first error returned by cbs.out */
+    struct scan scan;   /* client frames, before nghttp2 reads them */
     struct leg leg[SOTH_LEG_COUNT];
 };
 
 static const char *const outcome_names[SOTH_H2_OUTCOME_COUNT] = {
     [SOTH_H2_COMPLETE] = "complete",
-    [SOTH_H2_CLIENT_ABORTED] = "client_aborted",
+    [SOTH_LEG_CLIENT_ABORTED] = "client_aborted",
     [SOTH_H2_UPSTREAM_ABORTED] = "upstream_aborted",
     [SOTH_H2_RESET] = "reset",
 };
@@ -715,7 +746,7 @@ static void client_stream_closed(struct soth_h2_relay *r, struct h2s *s, uint32_
     s->f &= ~S_C_OPEN;
     drop_response(r, s);
     if (s->f & S_C_RST_RECV)
-        set_outcome(s, SOTH_H2_CLIENT_ABORTED, s->c_rst_code, "client_rst_stream");
+        set_outcome(s, SOTH_LEG_CLIENT_ABORTED, s->c_rst_code, "client_rst_stream");
     else
         set_outcome(s, SOTH_H2_RESET, code, "client_stream_error");
     /* A complete exchange whose request body is still being forwarded keeps its upstream
@@ -950,6 +981,14 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
     int status = 0;
     for (size_t i = 0; i < v.status.len; i++)
         status = status * 10 + (v.status.base[i] - '0'); /* nghttp2 checked: 3 digits */
+    if (status < 100) {
+        /* "000".."099" pass nghttp2's check: a malformed response (RFC 9113 8.1.1, RFC 9110
+         * 15), never relayed: the upstream stream is reset, the client gets a 502. */
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_PROTOCOL_ERROR, "response_bad_status");
+        rst_upstream(r, s, NGHTTP2_PROTOCOL_ERROR);
+        answer_client(r, s, nv_502, SOTH_ARRAY_LEN(nv_502), NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
     struct leg *c = &r->leg[SOTH_LEG_CLIENT];
     if (status >= 100 && status < 200) {
         /* Interim response (100-continue, 103): relayed as is, not reported. */
@@ -1412,6 +1451,7 @@ struct soth_h2_relay *soth_h2_relay_new(const struct soth_h2_cbs *cbs,
     r->nmem = (nghttp2_mem){m->ctx, m->malloc_fn, m->free_fn, m->calloc_fn, m->realloc_fn};
     r->set = *s;
     r->set.mem = NULL;
+    r->scan.magic_left = CLIENT_MAGIC;
     r->set.max_header_list_size = or_default(s->max_header_list_size, DEF_MAX_HEADER_LIST);
     r->set.max_concurrent_streams = or_default(s->max_concurrent_streams, DEF_MAX_STREAMS);
     r->set.initial_window = or_default(s->initial_window, DEF_INITIAL_WINDOW);
@@ -1475,12 +1515,119 @@ void soth_h2_relay_free(struct soth_h2_relay *r)
     m.free_fn(r, m.ctx);
 }
 
-ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_leg from, const char *data,
-                           size_t len)
+/* A 31-bit stream id (the reserved bit dropped), big-endian. */
+static uint32_t get31(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]) & 0x7fffffffu;
+}
+
+static bool scan_bit(const uint64_t *set, uint32_t id)
+{
+    uint32_t i = (id >> 1) % (SCAN_IDS / 2);
+    return (set[i / 64] >> (i % 64)) & 1;
+}
+
+static void scan_put(uint64_t *set, uint32_t id, bool on)
+{
+    uint32_t i = (id >> 1) % (SCAN_IDS / 2);
+    if (on)
+        set[i / 64] |= (uint64_t)1 << (i % 64);
+    else
+        set[i / 64] &= ~((uint64_t)1 << (i % 64));
+}
+
+/* id is a client stream id at or below max_id and still remembered. */
+static bool scan_known(const struct scan *sc, uint32_t id)
+{
+    return (id & 1) && id <= sc->max_id && sc->max_id - id < SCAN_IDS;
+}
+
+/* HEADERS opening stream id > max_id: the ids skipped are closed without ever being opened
+ * (RFC 9113 5.1.1). */
+static void scan_open(struct scan *sc, uint32_t id)
+{
+    if ((id - sc->max_id) / 2 >= SCAN_IDS / 2) {
+        memset(sc->opened, 0, sizeof(sc->opened));
+        memset(sc->closed, 0, sizeof(sc->closed));
+    } else {
+        for (uint32_t k = sc->max_id + 2; k < id; k += 2) {
+            scan_put(sc->opened, k, false);
+            scan_put(sc->closed, k, false);
+        }
+    }
+    scan_put(sc->opened, id, true);
+    scan_put(sc->closed, id, false);
+    sc->max_id = id;
+}
+
+enum scan_verdict {
+    SCAN_PASS = 0,     /* nghttp2 reads the frame */
+    SCAN_CONN_ERROR,   /* connection error: *code */
+    SCAN_STREAM_ERROR, /* stream error on an open stream (else a connection error): *code */
+};
+
+/* A frame header (plus a PRIORITY payload) is complete: judge it, then note what it does to
+ * its stream. */
+static enum scan_verdict scan_frame(struct scan *sc, uint32_t *code)
+{
+    const uint8_t *h = sc->hd;
+    uint32_t len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
+    uint8_t type = h[3], flags = h[4];
+    uint32_t id = get31(h + 5);
+    if (sc->in_block || type == FT_CONTINUATION) {
+        /* Anything but the block's CONTINUATIONs is nghttp2's PROTOCOL_ERROR (RFC 9113 4.3). */
+        sc->in_block = type == FT_CONTINUATION && !(flags & FF_END_HEADERS);
+        return SCAN_PASS;
+    }
+    if (type == FT_HEADERS && !(flags & FF_END_HEADERS))
+        sc->in_block = true;
+    switch (type) {
+    case FT_DATA:
+    case FT_HEADERS:
+        if (id > sc->max_id && type == FT_HEADERS && (id & 1)) {
+            scan_open(sc, id); /* nghttp2 judges a new stream (and stream 0, even ids) */
+        } else if (scan_known(sc, id)) {
+            if (!scan_bit(sc->opened, id)) {
+                /* never opened, closed by a higher id: HEADERS is a stream id going back
+                 * (5.1.1), DATA a frame on a closed stream (5.1) */
+                *code = type == FT_HEADERS ? NGHTTP2_PROTOCOL_ERROR : NGHTTP2_STREAM_CLOSED;
+                return SCAN_CONN_ERROR;
+            }
+            if (scan_bit(sc->closed, id)) {
+                /* the client ended or reset the stream (5.1: half-closed (remote) or closed);
+                 * frames after a reset of ours are not here: nghttp2 ignores those */
+                *code = NGHTTP2_STREAM_CLOSED;
+                return SCAN_CONN_ERROR;
+            }
+        }
+        if ((flags & FF_END_STREAM) && scan_known(sc, id))
+            scan_put(sc->closed, id, true);
+        return SCAN_PASS;
+    case FT_PRIORITY:
+        if (id == 0) {
+            *code = NGHTTP2_PROTOCOL_ERROR; /* 6.3 */
+            return SCAN_CONN_ERROR;
+        }
+        if (len == PRIORITY_LEN) {
+            if (get31(h + FRAME_HD) == id) {
+                *code = NGHTTP2_PROTOCOL_ERROR; /* 5.3.1 */
+                return SCAN_STREAM_ERROR;
+            }
+        }
+        return SCAN_PASS; /* a wrong length is nghttp2's FRAME_SIZE_ERROR */
+    case FT_RST_STREAM:
+        if (scan_known(sc, id))
+            scan_put(sc->closed, id, true);
+        return SCAN_PASS;
+    default:
+        return SCAN_PASS;
+    }
+}
+
+static ssize_t leg_recv(struct soth_h2_relay *r, enum soth_leg from, const char *data,
+                        size_t len)
 {
     struct leg *l = &r->leg[from];
-    if (l->st != LEG_LIVE)
-        return SOTH_E_CLOSED;
     ssize_t n = nghttp2_session_mem_recv(l->s, (const uint8_t *)data, len);
     if (n < 0 || r->nomem) {
         bool nomem = n == NGHTTP2_ERR_NOMEM || n == NGHTTP2_ERR_CALLBACK_FAILURE || r->nomem;
@@ -1494,6 +1641,111 @@ ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_leg from, const ch
         return nomem ? SOTH_E_NOMEM : SOTH_E_MALFORMED;
     }
     return n;
+}
+
+/* A stream error the scan found (PRIORITY depending on itself): RST_STREAM when the stream is
+ * open; RST_STREAM must not name an idle stream (RFC 9113 6.4) and a closed one has nothing
+ * left to reset, so otherwise the connection ends. */
+static void scan_stream_error(struct soth_h2_relay *r, uint32_t id, uint32_t code)
+{
+    struct leg *l = &r->leg[SOTH_LEG_CLIENT];
+    nghttp2_stream *st = nghttp2_session_find_stream(l->s, (int32_t)id);
+    nghttp2_stream_proto_state ps =
+        st != NULL ? nghttp2_stream_get_state(st) : NGHTTP2_STREAM_STATE_CLOSED;
+    if (ps != NGHTTP2_STREAM_STATE_OPEN && ps != NGHTTP2_STREAM_STATE_HALF_CLOSED_LOCAL &&
+        ps != NGHTTP2_STREAM_STATE_HALF_CLOSED_REMOTE) {
+        leg_terminate(r, SOTH_LEG_CLIENT, code);
+        return;
+    }
+    struct h2s *s = stream_of(l, (int32_t)id);
+    if (s == NULL) {
+        if (nghttp2_submit_rst_stream(l->s, NGHTTP2_FLAG_NONE, (int32_t)id, code) != 0)
+            r->nomem = true;
+        return;
+    }
+    set_outcome(s, SOTH_H2_RESET, code, "client_stream_error");
+    rst_upstream(r, s, NGHTTP2_CANCEL);
+    rst_client(r, s, code);
+}
+
+/* Client bytes: scanned frame by frame (struct scan), handed to nghttp2 in one piece unless a
+ * frame needs an answer nghttp2 would not give; then the bytes before that frame go first. */
+static ssize_t client_feed(struct soth_h2_relay *r, const char *data, size_t len)
+{
+    struct scan *sc = &r->scan;
+    struct leg *l = &r->leg[SOTH_LEG_CLIENT];
+    size_t off = 0, fed = 0, start = 0;
+    while (off < len) {
+        if (sc->magic_left > 0) {
+            size_t k = len - off < sc->magic_left ? len - off : sc->magic_left;
+            sc->magic_left -= (uint32_t)k;
+            off += k;
+            continue;
+        }
+        if (sc->skip > 0) {
+            size_t k = len - off < sc->skip ? len - off : sc->skip;
+            sc->skip -= (uint32_t)k;
+            off += k;
+            continue;
+        }
+        if (sc->have == 0) {
+            start = off;
+            sc->need = FRAME_HD;
+        }
+        size_t want = (size_t)(sc->need - sc->have);
+        size_t k = len - off < want ? len - off : want;
+        memcpy(sc->hd + sc->have, data + off, k);
+        sc->have += (uint8_t)k;
+        off += k;
+        if (sc->have < sc->need)
+            break;
+        uint32_t flen = (uint32_t)sc->hd[0] << 16 | (uint32_t)sc->hd[1] << 8 | sc->hd[2];
+        if (sc->need == FRAME_HD && sc->hd[3] == FT_PRIORITY && flen == PRIORITY_LEN) {
+            sc->need = FRAME_HD + PRIORITY_LEN; /* judged on its payload */
+            continue;
+        }
+        sc->skip = flen - (uint32_t)(sc->have - FRAME_HD);
+        sc->have = 0;
+        uint32_t code = 0;
+        enum scan_verdict v = scan_frame(sc, &code);
+        if (v == SCAN_PASS)
+            continue;
+        /* Everything before this frame first (its header may have begun in an earlier feed:
+         * nghttp2 holds that part, harmlessly). */
+        if (start > fed) {
+            ssize_t n = leg_recv(r, SOTH_LEG_CLIENT, data + fed, start - fed);
+            if (n < 0)
+                return n;
+            fed = start;
+        }
+        if (l->st != LEG_LIVE)
+            return (ssize_t)len;
+        uint32_t id = get31(sc->hd + 5);
+        if (v == SCAN_STREAM_ERROR) {
+            scan_stream_error(r, id, code);
+        } else {
+            leg_terminate(r, SOTH_LEG_CLIENT, code);
+        }
+        if (l->st != LEG_LIVE)
+            return (ssize_t)len; /* the rest is never read */
+    }
+    if (fed < len) {
+        ssize_t n = leg_recv(r, SOTH_LEG_CLIENT, data + fed, len - fed);
+        if (n < 0)
+            return n;
+    }
+    return (ssize_t)len;
+}
+
+ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_leg from, const char *data,
+                           size_t len)
+{
+    struct leg *l = &r->leg[from];
+    if (l->st != LEG_LIVE)
+        return SOTH_E_CLOSED;
+    if (from == SOTH_LEG_CLIENT)
+        return client_feed(r, data, len);
+    return leg_recv(r, from, data, len);
 }
 
 /* Pull everything nghttp2 has for this leg into the output chunk. */
@@ -1591,7 +1843,7 @@ bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_leg 
 void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_leg side, bool reset)
 {
     if (side == SOTH_LEG_CLIENT)
-        leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_H2_CLIENT_ABORTED,
+        leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_LEG_CLIENT_ABORTED,
                  reset ? "client_reset" : "client_eof");
     else
         leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,

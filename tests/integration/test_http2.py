@@ -559,17 +559,113 @@ class ConformanceTests(H2Base):
             g = r.goaway()
             self.assertEqual(g.error_code, STREAM_CLOSED)
             r.close()
-            r = RawH2(p, self.origin.port)
-            # closed (both END_STREAMs seen): nghttp2 keeps no closed streams and ignores
-            # the frame (RFC 9113 5.1 lets an endpoint that forgot the stream ignore it);
-            # the connection goes on
-            r.send(r.headers(3, "/gen/14/10"))
-            r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
-            d = DataFrame(3)
-            d.data = b"x"
-            r.send(d, r.headers(5, "/gen/15/10"))
+            r.close()
+            self.assert_still_serving(p)
+            p.checked_events()
+
+    def closed_stream(self, reset):
+        """A raw connection whose stream 1 the client has closed: its request ended and the
+        whole response came back, or (reset) the client reset it mid-request."""
+        r = RawH2(self.p, self.origin.port)
+        if reset:
+            r.send(r.headers(1, "/echo", end_stream=False), RstStreamFrame(1, error_code=CANCEL))
+        else:
+            r.send(r.headers(1, "/gen/14/10"))
             fs = r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
-            self.assertEqual((fs[-1].stream_id, fs[-1].data), (5, body_for(15, 10)))
+            self.assertEqual(fs[-1].data, body_for(14, 10))
+        return r
+
+    def assert_conn_error(self, r, code, last_stream_id=None):
+        fs = r.frames(lambda f: isinstance(f, GoAwayFrame))
+        self.assertIsInstance(fs[-1], GoAwayFrame, fs)
+        self.assertEqual(fs[-1].error_code, code)
+        if last_stream_id is not None:
+            self.assertEqual(fs[-1].last_stream_id, last_stream_id)
+        self.assertIsNone(r.frames(lambda f: False)[-1], "then the proxy closes the connection")
+        r.close()
+
+    def test_frames_on_streams_the_client_closed(self):
+        # RFC 9113 5.1: DATA or HEADERS on a stream the client reset, or on a closed stream,
+        # is STREAM_CLOSED; the relay makes it a connection error (allowed, 5.4.1).
+        with Proxy(config=self.config()) as p:
+            self.p = p
+            for reset in (True, False):
+                for kind in ("data", "headers"):
+                    with self.subTest(reset=reset, frame=kind):
+                        r = self.closed_stream(reset)
+                        if kind == "data":
+                            d = DataFrame(1)
+                            d.data = b"x"
+                            d.flags.add("END_STREAM")
+                            r.send(d)
+                        else:
+                            r.send(r.headers(1, "/gen/14/10"))
+                        self.assert_conn_error(r, STREAM_CLOSED, last_stream_id=1)
+            self.assert_still_serving(p)
+            p.checked_events()
+
+    def test_frames_after_the_proxy_reset_are_ignored(self):
+        # RFC 9113 5.1: after sending RST_STREAM an endpoint MUST ignore frames the peer may
+        # already have sent on that stream: the origin resets a stream whose request body is
+        # still coming, the client's late DATA and trailers change nothing.
+        with Proxy(config=self.config()) as p:
+            r = RawH2(p, self.origin.port)
+            r.send(r.headers(1, "/rst/8", end_stream=False))
+            fs = r.frames(lambda f: isinstance(f, RstStreamFrame))
+            self.assertEqual((fs[-1].stream_id, fs[-1].error_code), (1, CANCEL))
+            d = DataFrame(1)
+            d.data = b"late"
+            t = HeadersFrame(1)
+            t.data = r.enc.encode([("x-trailer", "1")])
+            t.flags.add("END_HEADERS")
+            t.flags.add("END_STREAM")
+            r.send(d, t, r.headers(3, "/gen/15/10"))
+            fs = r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+            self.assertEqual((fs[-1].stream_id, fs[-1].data), (3, body_for(15, 10)))
+            self.assertFalse([f for f in fs if isinstance(f, GoAwayFrame)])
+            r.close()
+            p.checked_events()
+
+    def test_stream_id_smaller_than_previous(self):
+        # RFC 9113 5.1.1: a new stream's identifier must exceed every one the client opened.
+        with Proxy(config=self.config()) as p:
+            r = RawH2(p, self.origin.port)
+            r.send(r.headers(5, "/gen/16/10"), r.headers(3, "/gen/17/10"))
+            fs = r.frames(lambda f: isinstance(f, GoAwayFrame))
+            self.assertIsInstance(fs[-1], GoAwayFrame, fs)
+            self.assertEqual((fs[-1].error_code, fs[-1].last_stream_id), (PROTOCOL_ERROR, 5))
+            self.assertFalse([f for f in fs if f is not None and f.stream_id == 3])
+            r.close()
+            self.assert_still_serving(p)
+            p.checked_events()
+
+    def test_priority_frames(self):
+        with Proxy(config=self.config()) as p:
+            # on stream 0: connection error (RFC 9113 6.3)
+            self.conn_error(p, [raw_frame(2, 0, 0, struct.pack(">IB", 1, 15))], PROTOCOL_ERROR)
+            # depending on itself (5.3.1), on an idle stream: a stream error, but RST_STREAM
+            # cannot be sent on an idle stream (6.4), so the connection ends
+            self.conn_error(p, [raw_frame(2, 0, 1, struct.pack(">IB", 1, 15))], PROTOCOL_ERROR)
+            # a HEADERS frame depending on itself: nghttp2 ends the connection
+            h = HeadersFrame(1)
+            h.data = hpack.Encoder().encode([(":method", "GET"), (":scheme", "https"),
+                                             (":authority", "origin.test"), (":path", "/")])
+            for flag in ("END_STREAM", "END_HEADERS", "PRIORITY"):
+                h.flags.add(flag)
+            h.depends_on, h.stream_weight = 1, 255
+            self.conn_error(p, [h], PROTOCOL_ERROR)
+            # on an open stream: RST_STREAM(PROTOCOL_ERROR) for it, the connection goes on
+            r = RawH2(p, self.origin.port)
+            r.send(r.headers(1, "/slow"))
+            r.frames(lambda f: isinstance(f, HeadersFrame))
+            r.send(raw_frame(2, 0, 1, struct.pack(">IB", 1, 15)))
+            fs = r.frames(lambda f: isinstance(f, RstStreamFrame))
+            self.assertEqual((fs[-1].stream_id, fs[-1].error_code), (1, PROTOCOL_ERROR))
+            # PRIORITY frames that are fine (idle stream, other dependency) change nothing
+            r.send(raw_frame(2, 0, 7, struct.pack(">IB", 0, 15)),
+                   raw_frame(2, 0, 1, struct.pack(">IB", 3, 15)), r.headers(3, "/gen/18/10"))
+            fs = r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+            self.assertEqual((fs[-1].stream_id, fs[-1].data), (3, body_for(18, 10)))
             self.assertFalse([f for f in fs if isinstance(f, GoAwayFrame)])
             r.close()
             self.assert_still_serving(p)

@@ -932,6 +932,11 @@ Test(h1, smuggling_shapes_rejected)
         {"response te gzip", U, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", 502,
          "bad_transfer_encoding", 0},
         {"response bad status", U, "HTTP/1.1 2000 OK\r\n\r\n", 502, "bad_status", 0},
+        /* three digits, below 100: malformed, never taken for a final (or interim) response */
+        {"response status 099", U, "HTTP/1.1 099 OK\r\nContent-Length: 0\r\n\r\n", 502,
+         "bad_status", 0},
+        {"response status 000", U, "HTTP/1.1 000 OK\r\n\r\n", 502, "bad_status", 0},
+        {"response status 042, no reason", U, "HTTP/1.1 042\r\n\r\n", 502, "bad_status", 0},
         {"response 101 unasked", U,
          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
          502, "unexpected_upgrade", 0},

@@ -640,6 +640,14 @@ static void origin_respond(struct harness *h, nghttp2_session *s, struct ostream
         cr_assert_eq(nghttp2_submit_headers(s, 0, o->sid, NULL, i1, 2, NULL), 0);
         o->gen_len = 3;
         cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
+    } else if (strncmp(p, "/status?s=", 10) == 0 || strncmp(p, "/status103?s=", 13) == 0) {
+        if (p[7] == '1') {
+            nghttp2_nv i1[] = {NV(":status", "103")};
+            cr_assert_eq(nghttp2_submit_headers(s, 0, o->sid, NULL, i1, 1, NULL), 0);
+        }
+        nv[0] = NV(":status", strchr(p, '=') + 1); /* nghttp2 sends it unchecked */
+        o->gen_len = 3;
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
     } else if (strcmp(p, "/slow") == 0) {
         o->responded = false; /* never answers */
     } else {
@@ -1449,6 +1457,39 @@ Test(h2_relay, oversized_response_headers_get_502)
     h_free(h);
 }
 
+/* A ":status" below 100 ("000".."099" pass nghttp2's three-digit check) is a malformed
+ * response: never reported or relayed, a 502 for the client (after a relayed 1xx too), the
+ * upstream stream reset with PROTOCOL_ERROR, the connection goes on. */
+Test(h2_relay, response_status_below_100_gets_502)
+{
+    static const char *const paths[] = {"/status?s=099", "/status?s=000", "/status103?s=042"};
+    for (size_t i = 0; i < SOTH_ARRAY_LEN(paths); i++) {
+        struct harness *h = &HS;
+        h_init(h);
+        h_start(h);
+        struct xchg *a = ua_get(h, paths[i]);
+        pump(h);
+        cr_assert_eq(a->status, 502, "%s: %d", paths[i], a->status);
+        cr_assert_eq(a->n_interim, i == 2 ? 1 : 0);
+        cr_assert_eq(a->resp_body.len, 0);
+        struct rec *r = rec_of(a->sid);
+        cr_assert(!r->resp_head, "the malformed head is not reported");
+        cr_assert_eq(r->n_end, 1);
+        cr_assert_eq(r->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
+        cr_assert_eq(r->end.error_code, NGHTTP2_PROTOCOL_ERROR);
+        cr_assert_str_eq(r->end.detail, "response_bad_status");
+        struct ostream *o = os_find_path(h, paths[i]);
+        cr_assert(o->rst_recv);
+        cr_assert_eq(o->rst_code, NGHTTP2_PROTOCOL_ERROR);
+        struct xchg *b = ua_get(h, "/get?n=9");
+        pump(h);
+        cr_assert_eq(b->status, 200);
+        cr_assert_eq(b->resp_body.len, 9);
+        cr_assert(!h->ua_goaway);
+        h_free(h);
+    }
+}
+
 /* Walk the frames in buf; return the error code of the first GOAWAY, or -1. */
 static long find_goaway(const struct bytes *b)
 {
@@ -2069,4 +2110,218 @@ Test(h2_relay, single_huge_field)
         h->to_origin.len = 0;
         h_free(h);
     }
+}
+
+/* ---- stream states nghttp2 does not check (docs/http2.md, "Stream states"): raw client
+ * frames, fed whole, split in two at every offset, and one byte at a time */
+
+static void raw_frame(struct bytes *b, uint8_t type, uint8_t flags, uint32_t sid, const void *p,
+                      size_t n)
+{
+    uint8_t hd[9] = {
+        (uint8_t)(n >> 16),   (uint8_t)(n >> 8),    (uint8_t)n,          type,        flags,
+        (uint8_t)(sid >> 24), (uint8_t)(sid >> 16), (uint8_t)(sid >> 8), (uint8_t)sid};
+    b_add(b, hd, sizeof(hd));
+    if (n > 0)
+        b_add(b, p, n);
+}
+
+/* GET https://a/ from the static table, :authority as a literal never added to the table, so
+ * every block decodes alone */
+static void raw_get(struct bytes *b, uint32_t sid, uint8_t flags)
+{
+    static const uint8_t block[] = {0x82, 0x87, 0x84, 0x01, 0x01, 'a'};
+    raw_frame(b, NGHTTP2_HEADERS, (uint8_t)(NGHTTP2_FLAG_END_HEADERS | flags), sid, block,
+              sizeof(block));
+}
+
+static void raw_priority(struct bytes *b, uint32_t sid, uint32_t dep)
+{
+    uint8_t p[5] = {(uint8_t)(dep >> 24), (uint8_t)(dep >> 16), (uint8_t)(dep >> 8), (uint8_t)dep,
+                    15};
+    raw_frame(b, NGHTTP2_PRIORITY, 0, sid, p, sizeof(p));
+}
+
+/* What the relay answered the client: the first GOAWAY (code, last stream id) and the first
+ * RST_STREAM (stream, code); -1 when absent. */
+struct answer {
+    long goaway_code, goaway_last, rst_sid, rst_code;
+    long bad_feed; /* offset of a feed that did not take its bytes, or -1 */
+    size_t leaked; /* relay bytes not freed */
+};
+
+#define WANT(goaway, last, rst_sid, rst_code)                                                      \
+    ((struct answer){goaway, last, rst_sid, rst_code, -1, 0})
+
+static struct answer client_answer(const struct bytes *b)
+{
+    struct answer a = {-1, -1, -1, -1, -1, 0};
+    size_t i = 0;
+    while (i + 9 <= b->len) {
+        const uint8_t *p = (const uint8_t *)b->p + i;
+        size_t len = ((size_t)p[0] << 16) | ((size_t)p[1] << 8) | p[2];
+        if (i + 9 + len > b->len)
+            break;
+        uint32_t sid = ((uint32_t)p[5] << 24 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 8 | p[8]);
+        if (p[3] == NGHTTP2_GOAWAY && len >= 8 && a.goaway_code < 0) {
+            a.goaway_last =
+                ((uint32_t)p[9] << 24 | (uint32_t)p[10] << 16 | (uint32_t)p[11] << 8 | p[12]);
+            a.goaway_code =
+                ((uint32_t)p[13] << 24 | (uint32_t)p[14] << 16 | (uint32_t)p[15] << 8 | p[16]);
+        }
+        if (p[3] == NGHTTP2_RST_STREAM && len == 4 && a.rst_sid < 0) {
+            a.rst_sid = sid;
+            a.rst_code =
+                ((uint32_t)p[9] << 24 | (uint32_t)p[10] << 16 | (uint32_t)p[11] << 8 | p[12]);
+        }
+        i += 9 + len;
+    }
+    return a;
+}
+
+/* Feed `in` (after the client magic and an empty SETTINGS) in pieces: whole (piece 0, cut
+ * SIZE_MAX), in two at `cut`, or `piece` bytes at a time; return what the client got. Asserts
+ * nothing itself: the caller asserts once per run, naming the case. (No `.timeout` on the test
+ * below: with one, libcriterion 2.4's runner leaks 48 bytes under ASan whenever it overlaps
+ * another timed test such as split_feeds_at_every_offset.) */
+static struct answer raw_run(const struct bytes *in, size_t cut, size_t piece)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    struct soth_h2_cbs cbs = CBS;
+    cbs.ctx = h;
+    h->set.mem = &h->memhook;
+    h->r = soth_h2_relay_new(&cbs, &h->set);
+    cr_assert_not_null(h->r);
+    struct bytes all = {0};
+    b_add(&all, NGHTTP2_CLIENT_MAGIC, NGHTTP2_CLIENT_MAGIC_LEN);
+    raw_frame(&all, NGHTTP2_SETTINGS, 0, 0, NULL, 0);
+    b_add(&all, in->p, in->len);
+    size_t off = 0;
+    long bad_feed = -1;
+    while (off < all.len) {
+        size_t n = all.len - off;
+        if (piece > 0 && n > piece)
+            n = piece;
+        if (cut != SIZE_MAX && off < cut && off + n > cut)
+            n = cut - off;
+        ssize_t rc = soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, all.p + off, n);
+        if (rc == SOTH_E_CLOSED)
+            break;
+        if (rc != (ssize_t)n) {
+            bad_feed = (long)off;
+            break;
+        }
+        off += n;
+    }
+    if (soth_h2_relay_flush(h->r) != 0 && bad_feed < 0)
+        bad_feed = (long)all.len;
+    struct answer a = client_answer(&h->to_ua);
+    a.bad_feed = bad_feed;
+    b_free(&all);
+    soth_h2_relay_free(h->r);
+    h->r = NULL;
+    a.leaked = h->mem.cur;
+    b_free(&h->to_ua);
+    b_free(&h->to_origin);
+    for (size_t i = 0; i < h->nrecs; i++) {
+        struct rec *r = &h->recs[i];
+        b_free(&r->head);
+        b_free(&r->resp);
+        for (int d = 0; d < 2; d++) {
+            b_free(&r->data[d]);
+            b_free(&r->trailers[d]);
+        }
+    }
+    free(h->recs);
+    return a;
+}
+
+static void expect_answer_pieces(const struct bytes *in, struct answer want, const char *what,
+                                 bool bytewise)
+{
+    size_t total = NGHTTP2_CLIENT_MAGIC_LEN + 9 + in->len;
+    for (size_t cut = 0; cut <= total; cut++) {
+        for (size_t piece = 0; piece < 2; piece++) {
+            if (piece == 1 && (cut > 0 || !bytewise))
+                continue; /* one byte at a time: once */
+            struct answer a = raw_run(in, cut == 0 ? SIZE_MAX : cut, piece);
+            if (a.goaway_code != want.goaway_code || a.goaway_last != want.goaway_last ||
+                a.rst_sid != want.rst_sid || a.rst_code != want.rst_code || a.bad_feed >= 0 ||
+                a.leaked != 0)
+                cr_assert_fail("%s (cut %zu, piece %zu): GOAWAY %ld last %ld, RST_STREAM %ld code "
+                               "%ld, feed refused at %ld, %zu bytes leaked",
+                               what, cut, piece, a.goaway_code, a.goaway_last, a.rst_sid,
+                               a.rst_code, a.bad_feed, a.leaked);
+        }
+    }
+}
+
+static void expect_answer(const struct bytes *in, struct answer want, const char *what)
+{
+    expect_answer_pieces(in, want, what, true);
+}
+
+Test(h2_relay, stream_states_nghttp2_forgets)
+{
+    struct bytes b = {0};
+    /* a stream id below one already used (RFC 9113 5.1.1) */
+    raw_get(&b, 5, NGHTTP2_FLAG_END_STREAM);
+    raw_get(&b, 3, NGHTTP2_FLAG_END_STREAM);
+    expect_answer(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 5, -1, -1), "id going back");
+    /* DATA and HEADERS after the client reset the stream (5.1) */
+    for (int type = 0; type < 2; type++) {
+        b.len = 0;
+        raw_get(&b, 1, 0);
+        uint8_t code[4] = {0, 0, 0, NGHTTP2_CANCEL};
+        raw_frame(&b, NGHTTP2_RST_STREAM, 0, 1, code, 4);
+        if (type == 0)
+            raw_frame(&b, NGHTTP2_DATA, NGHTTP2_FLAG_END_STREAM, 1, "x", 1);
+        else
+            raw_get(&b, 1, NGHTTP2_FLAG_END_STREAM);
+        expect_answer(&b, WANT(NGHTTP2_STREAM_CLOSED, 1, -1, -1), "after reset");
+    }
+    /* DATA after the client's END_STREAM */
+    b.len = 0;
+    raw_get(&b, 1, NGHTTP2_FLAG_END_STREAM);
+    raw_frame(&b, NGHTTP2_DATA, 0, 1, "x", 1);
+    expect_answer(&b, WANT(NGHTTP2_STREAM_CLOSED, 1, -1, -1), "after END_STREAM");
+    /* DATA on an id skipped by a higher one: closed, never opened */
+    b.len = 0;
+    raw_get(&b, 3, NGHTTP2_FLAG_END_STREAM);
+    raw_frame(&b, NGHTTP2_DATA, 0, 1, "x", 1);
+    expect_answer(&b, WANT(NGHTTP2_STREAM_CLOSED, 3, -1, -1), "skipped id");
+    /* PRIORITY on stream 0 (6.3), and depending on itself on an idle stream (5.3.1, and no
+     * RST_STREAM on an idle stream, 6.4) */
+    b.len = 0;
+    raw_priority(&b, 0, 1);
+    expect_answer(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 0, -1, -1), "PRIORITY on 0");
+    b.len = 0;
+    raw_priority(&b, 1, 1);
+    expect_answer(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 0, -1, -1), "PRIORITY idle self");
+    /* ... and on an open stream: a stream error */
+    b.len = 0;
+    raw_get(&b, 1, 0);
+    raw_priority(&b, 1, 1);
+    expect_answer(&b, WANT(-1, -1, 1, NGHTTP2_PROTOCOL_ERROR), "PRIORITY open self");
+    /* all well: PRIORITY for idle and open streams, a body, a new stream, trailers; and a
+     * frame inside a header block is left to nghttp2 (PROTOCOL_ERROR, not STREAM_CLOSED) */
+    b.len = 0;
+    raw_get(&b, 1, 0);
+    raw_priority(&b, 7, 0);
+    raw_priority(&b, 1, 3);
+    raw_frame(&b, NGHTTP2_DATA, 0, 1, "body", 4);
+    raw_get(&b, 3, NGHTTP2_FLAG_END_STREAM);
+    static const uint8_t trailer[] = {0x00, 0x01, 'x', 0x01, 'y'};
+    raw_frame(&b, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 1, trailer,
+              sizeof(trailer));
+    expect_answer(&b, WANT(-1, -1, -1, -1), "all well");
+    b.len = 0;
+    raw_get(&b, 1, NGHTTP2_FLAG_END_STREAM);
+    b.p[4] &= (char)~NGHTTP2_FLAG_END_HEADERS;
+    raw_frame(&b, NGHTTP2_DATA, 0, 1, "x", 1);
+    /* (not byte by byte: nghttp2 1.52 counts every read of a frame header while it expects a
+     * CONTINUATION against max_continuations) */
+    expect_answer_pieces(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 1, -1, -1), "inside a block", false);
+    b_free(&b);
 }

@@ -26,6 +26,21 @@ Test(wolfssl_build, compiled_with_aesni_and_sp_asm)
     cr_assert(__builtin_cpu_supports("aes"), "this CPU has no AES-NI");
 }
 
+/* Renegotiation is refused on the client-facing side and never started upstream (docs/tls.md,
+ * "Renegotiation"): the library has no renegotiation code at all. With
+ * HAVE_SECURE_RENEGOTIATION (--enable-secure-renegotiation), a wolfSSL server goes through a
+ * second handshake whenever a client that offered renegotiation_info asks for one. */
+Test(wolfssl_build, compiled_without_renegotiation)
+{
+#if defined(HAVE_SECURE_RENEGOTIATION)
+    cr_assert_fail("wolfSSL built with HAVE_SECURE_RENEGOTIATION: clients could renegotiate "
+                   "(rebuild with ci/setup.sh)");
+#endif
+#if !defined(HAVE_SERVER_RENEGOTIATION_INFO)
+    cr_assert_fail("wolfSSL built without HAVE_SERVER_RENEGOTIATION_INFO (RFC 5746 indication)");
+#endif
+}
+
 Test(wolfssl_build, aes_gcm_runs_at_aesni_speed)
 {
     static unsigned char key[16], iv[12], tag[16];
