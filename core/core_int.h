@@ -18,23 +18,19 @@
 #include "soth/tls.h"
 
 #include "app.h"
+#include "iobuf.h"
+#include "timer.h"
 
 /* ---- sizes (per worker unless noted) */
-#define SOTH_BUF_SIZE    16384u /* one provided recv buffer and one owned chunk */
-#define SOTH_BUF_COUNT   2048u  /* provided buffers in the worker's ring (power of 2) */
-#define SOTH_BGID        0
-#define SOTH_MAX_FLOWS   (1u << 16) /* flow slots (address space reserved, touched lazily) */
-#define SOTH_MAX_CHUNKS  8192u      /* owned 16 KiB chunks: 128 MiB worst case */
-#define SOTH_SEGS        (SOTH_BUF_COUNT + SOTH_MAX_CHUNKS + 1024u) /* + static answers */
-#define SOTH_OUTQ_PAUSE  12u           /* pause the source's recv at this many segments... */
-#define SOTH_HIGH_WM     (256u * 1024) /* ...or this many unsent bytes */
-#define SOTH_LOW_WM      (64u * 1024)  /* resume the source below this */
-#define SOTH_SEND_IOV    8u            /* segments per sendmsg */
-#define SOTH_HEAD_MAX    SOTH_BUF_SIZE /* a split proxy head is gathered into one chunk */
-#define SOTH_LINGER_MS   1000u         /* after our own error answer: wait for the peer's FIN */
-#define SOTH_ANSWER_MS   5000u         /* bound on sending our own answer */
-#define SOTH_TICK_MS     8u
-#define SOTH_WHEEL_SLOTS 1024u
+#define SOTH_MAX_FLOWS  (1u << 16) /* flow slots (address space reserved, touched lazily) */
+#define SOTH_SEGS       (SOTH_BUF_COUNT + SOTH_MAX_CHUNKS + 1024u) /* + static answers */
+#define SOTH_OUTQ_PAUSE 12u           /* pause the source's recv at this many segments... */
+#define SOTH_HIGH_WM    (256u * 1024) /* ...or this many unsent bytes */
+#define SOTH_LOW_WM     (64u * 1024)  /* resume the source below this */
+#define SOTH_SEND_IOV   8u            /* segments per sendmsg */
+#define SOTH_HEAD_MAX   SOTH_BUF_SIZE /* a split proxy head is gathered into one chunk */
+#define SOTH_LINGER_MS  1000u         /* after our own error answer: wait for the peer's FIN */
+#define SOTH_ANSWER_MS  5000u         /* bound on sending our own answer */
 
 /* ---- CQE user_data: op (8) | side (1) | slot (23) | gen (32). Stale CQEs fail the gen check. */
 enum soth_op {
@@ -129,10 +125,9 @@ struct flow {
     uint16_t pending;      /* in-flight tracked SQEs */
     struct conn c[2];
     struct soth_ev_flow ev;
-    uint64_t bytes[2];    /* [0] client->server, [1] server->client */
-    uint64_t deadline_ms; /* timer wheel deadline (monotonic ms), 0 = none */
+    uint64_t bytes[2];        /* [0] client->server, [1] server->client */
+    struct timer_entry timer; /* the flow's one deadline (core/timer.h) */
     uint64_t last_active_ms;
-    struct flow *tnext, **tpprev;
     struct flow *wnext; /* waiter list for provided buffers / free list */
     char *head;         /* split proxy head, then the ClientHello, gathered here (owned chunk) */
     struct soth_tls_conn *tls[2]; /* intercept: [0] faces the client, [1] the upstream */
@@ -189,12 +184,7 @@ struct worker {
     int efd;
     uint64_t efd_val;
 
-    struct io_uring_buf_ring *br;
-    char *bufs;
-    unsigned br_added; /* buffers added since the last advance */
-    /* 1 while a provided buffer is ours (between its recv and buf_put): a buffer returned
-     * twice would let the kernel write into bytes still in use, so that is a bug stop. */
-    uint8_t bid_ours[SOTH_BUF_COUNT];
+    struct iobuf io; /* provided buffers and owned chunks */
 
     struct flow *flows;
     uint32_t flows_hw; /* slots ever used */
@@ -203,12 +193,8 @@ struct worker {
     struct flow *buf_waiters;
 
     struct seg *seg_pool, *free_segs; /* one per buffer and chunk that can be queued */
-    char *free_chunks;                /* singly linked through the first pointer of each chunk */
-    uint32_t n_chunks;
 
-    struct flow *wheel[SOTH_WHEEL_SLOTS];
-    uint64_t wheel_tick;
-    uint32_t n_timers;
+    struct timer_wheel timers;
 
     struct soth_config *cfg;
     struct soth_policy *policy;

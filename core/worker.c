@@ -48,11 +48,6 @@ static void flow_start_upstream(struct worker *w, struct flow *f);
  * small helpers
  * ------------------------------------------------------------------------------------------ */
 
-static uint64_t now_ms(void)
-{
-    return soth_mono_ns() / 1000000u;
-}
-
 static struct io_uring_sqe *get_sqe(struct worker *w)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
@@ -73,71 +68,11 @@ static void flow_set_state(struct flow *f, enum flow_state st)
     f->state = (uint8_t)st;
 }
 
-/* ---- owned chunks: SOTH_BUF_SIZE bytes each, pooled per worker, never returned to libc. */
-
-/* A free chunk carries this tag after its link, so a chunk returned twice stops loudly instead
- * of being handed to two owners. */
-static const uint64_t CHUNK_FREE_TAG = 0x9e3779b97f4a7c15ull;
-
-static char *chunk_get(struct worker *w)
-{
-    char *c = w->free_chunks;
-    if (c != NULL) {
-        memcpy(&w->free_chunks, c, sizeof(char *));
-        memset(c + sizeof(char *), 0, sizeof(CHUNK_FREE_TAG));
-        return c;
-    }
-    if (w->n_chunks >= SOTH_MAX_CHUNKS)
-        return NULL;
-    c = malloc(SOTH_BUF_SIZE);
-    if (c != NULL) {
-        w->n_chunks++;
-        memset(c + sizeof(char *), 0, sizeof(CHUNK_FREE_TAG));
-    }
-    return c;
-}
-
-static void chunk_put(struct worker *w, char *c)
-{
-    uint64_t tag;
-    memcpy(&tag, c + sizeof(char *), sizeof(tag));
-    SOTH_BUG_ON(tag == CHUNK_FREE_TAG);
-    memcpy(c, &w->free_chunks, sizeof(char *));
-    memcpy(c + sizeof(char *), &CHUNK_FREE_TAG, sizeof(tag));
-    w->free_chunks = c;
-}
-
-/* ---- provided buffers */
-
-static char *buf_addr(struct worker *w, unsigned bid)
-{
-    return w->bufs + (size_t)bid * SOTH_BUF_SIZE;
-}
-
-/** A recv completed into provided buffer bid: it is ours until buf_put. */
-static unsigned buf_take(struct worker *w, unsigned bid)
-{
-    SOTH_BUG_ON(bid >= SOTH_BUF_COUNT || w->bid_ours[bid]);
-    w->bid_ours[bid] = 1;
-    return bid;
-}
-
-static void buf_put(struct worker *w, unsigned bid)
-{
-    SOTH_BUG_ON(bid >= SOTH_BUF_COUNT || !w->bid_ours[bid]);
-    w->bid_ours[bid] = 0;
-    io_uring_buf_ring_add(w->br, buf_addr(w, bid), SOTH_BUF_SIZE, (unsigned short)bid,
-                          io_uring_buf_ring_mask(SOTH_BUF_COUNT), (int)w->br_added);
-    w->br_added++;
-}
-
 /** Publish returned buffers (one release store per loop turn) and wake recvs that ran dry. */
 static void buf_publish(struct worker *w)
 {
-    if (w->br_added == 0)
+    if (!iobuf_publish(&w->io))
         return;
-    io_uring_buf_ring_advance(w->br, (int)w->br_added);
-    w->br_added = 0;
     while (w->buf_waiters != NULL) {
         struct flow *f = w->buf_waiters;
         w->buf_waiters = f->wnext;
@@ -154,9 +89,9 @@ static void buf_publish(struct worker *w)
 static void seg_release(struct worker *w, struct seg *s)
 {
     if (s->bid >= 0)
-        buf_put(w, (unsigned)s->bid);
+        buf_put(&w->io, (unsigned)s->bid);
     else if (s->bid == SEG_CHUNK)
-        chunk_put(w, s->base);
+        chunk_put(&w->io, s->base);
 }
 
 /** Drop the first queued segment of c (sent, or discarded), returning what it holds. */
@@ -177,36 +112,6 @@ static void conn_q_clear(struct worker *w, struct conn *c)
 {
     while (c->q_first != NULL)
         conn_q_pop(w, c);
-}
-
-/* ---- timer wheel: one deadline per flow, checked lazily (idle deadlines move on activity). */
-
-static void timer_unlink(struct worker *w, struct flow *f)
-{
-    if (f->tpprev == NULL)
-        return;
-    *f->tpprev = f->tnext;
-    if (f->tnext)
-        f->tnext->tpprev = f->tpprev;
-    f->tnext = NULL;
-    f->tpprev = NULL;
-    w->n_timers--;
-}
-
-static void timer_set(struct worker *w, struct flow *f, uint64_t deadline_ms)
-{
-    timer_unlink(w, f);
-    f->deadline_ms = deadline_ms;
-    uint64_t tick = deadline_ms / SOTH_TICK_MS;
-    if (tick < w->wheel_tick)
-        tick = w->wheel_tick;
-    struct flow **head = &w->wheel[tick & (SOTH_WHEEL_SLOTS - 1)];
-    f->tnext = *head;
-    if (*head)
-        (*head)->tpprev = &f->tnext;
-    *head = f;
-    f->tpprev = head;
-    w->n_timers++;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -242,10 +147,8 @@ static struct flow *flow_alloc(struct worker *w)
     conn_init(&f->c[0]);
     conn_init(&f->c[1]);
     f->bytes[0] = f->bytes[1] = 0;
-    f->deadline_ms = 0;
+    timer_entry_init(&f->timer);
     f->last_active_ms = now_ms();
-    f->tnext = NULL;
-    f->tpprev = NULL;
     f->wnext = NULL;
     f->head = NULL;
     f->head_len = 0;
@@ -317,11 +220,11 @@ static void flow_free(struct worker *w, struct flow *f)
         }
     }
     if (f->head != NULL) {
-        chunk_put(w, f->head);
+        chunk_put(&w->io, f->head);
         f->head = NULL;
     }
     if (f->answer != NULL) {
-        chunk_put(w, f->answer);
+        chunk_put(&w->io, f->answer);
         f->answer = NULL;
     }
     pre_free(f);
@@ -344,7 +247,7 @@ static void flow_free(struct worker *w, struct flow *f)
         }
         f->on_wait_list = false;
     }
-    timer_unlink(w, f);
+    timer_unlink(&w->timers, &f->timer);
     f->state = FS_FREE;
     f->gen++; /* any late CQE for the old generation is now stale */
     f->wnext = w->free_flows;
@@ -384,7 +287,7 @@ static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason 
     SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "closed: %s",
              soth_close_reason_names[reason]);
     flow_set_state(f, FS_CLOSING);
-    timer_unlink(w, f);
+    timer_unlink(&w->timers, &f->timer);
     /* Cancel whatever is still in flight; the flow is freed when the last CQE arrives. */
     for (unsigned s = 0; s < 2; s++) {
         struct conn *c = &f->c[s];
@@ -447,7 +350,7 @@ static bool conn_queue_copy(struct worker *w, struct conn *c, const char *p, siz
             len -= n;
             continue;
         }
-        char *ch = chunk_get(w);
+        char *ch = chunk_get(&w->io);
         if (ch == NULL)
             return false;
         size_t n = len < SOTH_BUF_SIZE ? len : SOTH_BUF_SIZE;
@@ -585,7 +488,7 @@ static void flow_answer(struct worker *w, struct flow *f, unsigned status, const
         return;
     }
     c->shut_pending = true;
-    timer_set(w, f, now_ms() + SOTH_ANSWER_MS);
+    timer_set(&w->timers, &f->timer, now_ms() + SOTH_ANSWER_MS);
     conn_try_send(w, f, SIDE_CLIENT);
 }
 
@@ -716,7 +619,7 @@ static void flow_connect(struct worker *w, struct flow *f)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     u->fd = fd;
     flow_set_state(f, FS_CONNECTING);
-    timer_set(w, f, now_ms() + w->cfg->timeouts.connect_ms);
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.connect_ms);
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&f->upstream_addr, f->upstream_addr_len);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SIDE_UPSTREAM, f->slot, f->gen));
@@ -741,7 +644,7 @@ static void flow_start_upstream(struct worker *w, struct flow *f)
         return;
     }
     flow_set_state(f, FS_RESOLVING);
-    timer_set(w, f, now_ms() + w->cfg->timeouts.connect_ms);
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.connect_ms);
 }
 
 static void on_resolved(struct worker *w, const struct resolve_resp *rs)
@@ -819,7 +722,7 @@ static void tls_failed_end(struct worker *w, struct flow *f, unsigned side,
 {
     bool can_answer = side == SIDE_UPSTREAM && f->tls[SIDE_CLIENT] == NULL && f->answer == NULL &&
                       (f->client_plain || f->head != NULL) && !f->c[SIDE_CLIENT].eof_in;
-    char *a = can_answer ? chunk_get(w) : NULL;
+    char *a = can_answer ? chunk_get(&w->io) : NULL;
     if (a == NULL) {
         flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
         return;
@@ -991,7 +894,7 @@ static void app_finish(struct worker *w, struct flow *f)
     /* Reads go on (and are discarded) so the peers' FINs are seen. */
     conn_resume_recv(w, f, SIDE_CLIENT);
     conn_resume_recv(w, f, SIDE_UPSTREAM);
-    timer_set(w, f, now_ms() + SOTH_ANSWER_MS);
+    timer_set(&w->timers, &f->timer, now_ms() + SOTH_ANSWER_MS);
     flow_check_done(w, f);
 }
 
@@ -1018,8 +921,8 @@ static void app_after(struct worker *w, struct flow *f, unsigned from, int rc)
     }
     /* A request head in progress must complete within request_header_ms (SPEC). */
     uint64_t hd = app_head_deadline(f->app, w->cfg->timeouts.request_header_ms);
-    if (hd != 0 && (f->deadline_ms == 0 || hd < f->deadline_ms))
-        timer_set(w, f, hd);
+    if (hd != 0 && (f->timer.deadline_ms == 0 || hd < f->timer.deadline_ms))
+        timer_set(&w->timers, &f->timer, hd);
     for (unsigned s = 0; s < 2; s++) {
         struct conn *out = &f->c[s];
         if (f->app != NULL && app_read_paused(f->app, s)) {
@@ -1054,7 +957,7 @@ static void app_plain_input(struct worker *w, struct flow *f, unsigned side, con
 static void flow_relay_start(struct worker *w, struct flow *f)
 {
     flow_set_state(f, FS_RELAY);
-    timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.idle_ms);
     if (f->action == SOTH_ACTION_INTERCEPT && f->app == NULL) {
         struct soth_iov alpn =
             f->tls[SIDE_CLIENT] != NULL ? soth_tls_conn_alpn(f->tls[SIDE_CLIENT]) : SOTH_IOV_NULL;
@@ -1085,7 +988,7 @@ static void flow_relay_start(struct worker *w, struct flow *f)
         f->head = NULL;
         f->head_len = 0;
         int rc = app_input(f->app, SIDE_CLIENT, head, n);
-        chunk_put(w, head);
+        chunk_put(&w->io, head);
         if (rc == APP_AGAIN && f->pre_len > 0)
             rc = app_input(f->app, SIDE_CLIENT, f->pre, f->pre_len);
         pre_free(f);
@@ -1095,7 +998,7 @@ static void flow_relay_start(struct worker *w, struct flow *f)
         conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
         pre_free(f);
         conn_resume_recv(w, f, SIDE_CLIENT);
-        chunk_put(w, f->head);
+        chunk_put(&w->io, f->head);
         f->head = NULL;
         f->head_len = 0;
     }
@@ -1164,7 +1067,7 @@ static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov a
     soth_tls_conn_feed(c, f->head, f->head_len);
     rc = soth_tls_conn_handshake(c);
     soth_tls_conn_feed_done(c);
-    chunk_put(w, f->head);
+    chunk_put(&w->io, f->head);
     f->head = NULL;
     f->head_len = 0;
     if (!tls_flush(w, f, SIDE_CLIENT)) {
@@ -1199,7 +1102,7 @@ static void tls_upstream_start(struct worker *w, struct flow *f, struct soth_iov
     }
     f->tls[SIDE_UPSTREAM] = u;
     flow_set_state(f, FS_TLS_UP);
-    timer_set(w, f, now_ms() + w->cfg->timeouts.tls_handshake_ms);
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.tls_handshake_ms);
     int hrc = soth_tls_conn_handshake(u);
     if (hrc < 0 && hrc != SOTH_E_INCOMPLETE) {
         tls_failed(w, f, SIDE_UPSTREAM, -1);
@@ -1255,11 +1158,11 @@ static void tls_try_hello(struct worker *w, struct flow *f)
         conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
         pre_free(f);
         conn_resume_recv(w, f, SIDE_CLIENT);
-        chunk_put(w, f->head);
+        chunk_put(&w->io, f->head);
         f->head = NULL;
         f->head_len = 0;
         flow_set_state(f, FS_RELAY);
-        timer_set(w, f, now_ms() + w->cfg->timeouts.idle_ms);
+        timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.idle_ms);
         conn_arm_recv(w, f, SIDE_UPSTREAM);
         conn_try_send(w, f, SIDE_UPSTREAM);
         return;
@@ -1312,7 +1215,7 @@ static void tls_try_hello(struct worker *w, struct flow *f)
 static void tls_hello_bytes(struct worker *w, struct flow *f, const char *p, uint32_t len)
 {
     if (f->head == NULL) {
-        f->head = chunk_get(w);
+        f->head = chunk_get(&w->io);
         f->head_len = 0;
         if (f->head == NULL) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
@@ -1347,24 +1250,24 @@ static void tls_hello_bytes(struct worker *w, struct flow *f, const char *p, uin
 /** Ciphertext from side while intercepting (handshakes or relay). Takes the buffer. */
 static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned bid, uint32_t len)
 {
-    char *data = buf_addr(w, bid);
+    char *data = buf_addr(&w->io, bid);
     if (f->state == FS_HELLO || (side == SIDE_CLIENT && f->tls[SIDE_CLIENT] == NULL)) {
         if (side == SIDE_CLIENT)
             tls_hello_bytes(w, f, data, len);
         /* An upstream that speaks before the ClientHello is not a TLS server: drop it. */
-        buf_put(w, bid);
+        buf_put(&w->io, bid);
         return;
     }
     struct soth_tls_conn *t = f->tls[side];
     if (soth_tls_conn_feed(t, data, len) < 0) {
-        buf_put(w, bid);
+        buf_put(&w->io, bid);
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
         return;
     }
     if (f->state == FS_TLS_UP || f->state == FS_TLS_DOWN) {
         int rc = soth_tls_conn_is_established(t) ? 0 : soth_tls_conn_handshake(t);
         soth_tls_conn_feed_done(t);
-        buf_put(w, bid);
+        buf_put(&w->io, bid);
         if (!tls_flush(w, f, side)) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return;
@@ -1385,11 +1288,11 @@ static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned 
     bool ok = tls_pump(w, f, side);
     if (f->gen != gen) {
         /* The pump ended the flow and, nothing being in flight, freed it and t with it. */
-        buf_put(w, bid);
+        buf_put(&w->io, bid);
         return;
     }
     soth_tls_conn_feed_done(t);
-    buf_put(w, bid);
+    buf_put(&w->io, bid);
     /* HTTP/2 holds output per leg instead: pausing would stall every stream's frames. */
     if (ok && over_high(&f->c[side ^ 1]) && (f->app == NULL || !app_is_h2(f->app)))
         conn_pause_recv(w, f, side);
@@ -1412,7 +1315,7 @@ static void on_connect(struct worker *w, struct flow *f, int res)
     u->connected = true;
     bool intercept = flow_intercepting(w, f);
     flow_set_state(f, intercept ? FS_HELLO : FS_RELAY);
-    timer_set(w, f,
+    timer_set(&w->timers, &f->timer,
               now_ms() +
                   (intercept ? w->cfg->timeouts.tls_handshake_ms : w->cfg->timeouts.idle_ms));
     if (f->is_connect) {
@@ -1622,7 +1525,7 @@ static void flow_head_failed(struct worker *w, struct flow *f, ssize_t rc, const
 /** Client bytes while in FS_HEAD. Takes ownership of provided buffer bid. */
 static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint32_t len)
 {
-    char *data = buf_addr(w, bid);
+    char *data = buf_addr(&w->io, bid);
     struct soth_proxy_head h;
     const char *code = NULL, *detail = NULL;
     ssize_t rc;
@@ -1632,40 +1535,40 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
         rc =
             soth_proxy_head_parse(data, len, SOTH_HEAD_STRICT, &w->head_limits, &h, &code, &detail);
         if (rc == SOTH_E_INCOMPLETE) {
-            f->head = chunk_get(w);
+            f->head = chunk_get(&w->io);
             if (f->head == NULL) {
-                buf_put(w, bid);
+                buf_put(&w->io, bid);
                 flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
                 return;
             }
             memcpy(f->head, data, len);
             f->head_len = len;
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
             return;
         }
         if (rc < 0) {
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
             flow_head_failed(w, f, rc, code, detail);
             return;
         }
         if (!flow_on_head(w, f, &h)) {
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
             return;
         }
         if (f->app != NULL) {
             /* Plain HTTP through the HTTP layer: the head and whatever followed it. */
             app_plain_head(w, f, data, len);
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
             return;
         }
         if ((size_t)rc == len) {
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
             return;
         }
         /* Bytes after the head (an early ClientHello, a body) wait for the upstream as is. */
         if (flow_intercepting(w, f)) {
             tls_hello_bytes(w, f, data + rc, len - (uint32_t)rc);
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
             return;
         }
         conn_queue(w, &f->c[SIDE_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc, (int32_t)bid);
@@ -1685,11 +1588,11 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
         detail = "request head exceeds the proxy's limit";
     }
     if (rc == SOTH_E_INCOMPLETE) {
-        buf_put(w, bid);
+        buf_put(&w->io, bid);
         return;
     }
     if (rc < 0) {
-        buf_put(w, bid);
+        buf_put(&w->io, bid);
         flow_head_failed(w, f, rc, code, detail);
     } else if (flow_on_head(w, f, &h)) {
         char *proxy_head = f->head;
@@ -1700,27 +1603,27 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
             app_plain_head(w, f, proxy_head, proxy_len);
             if (n < len && f->state != FS_CLOSING && !f->app_done)
                 app_plain_head(w, f, data + n, len - n);
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
         } else if (flow_intercepting(w, f)) {
             if ((uint32_t)rc < proxy_len)
                 tls_hello_bytes(w, f, proxy_head + rc, proxy_len - (uint32_t)rc);
             if (n < len && f->state != FS_CLOSING)
                 tls_hello_bytes(w, f, data + n, len - n);
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
         } else {
             if ((uint32_t)rc < proxy_len)
                 conn_queue_copy(w, &f->c[SIDE_UPSTREAM], proxy_head + rc, proxy_len - (uint32_t)rc);
             if (n < len)
                 conn_queue(w, &f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
             else
-                buf_put(w, bid);
+                buf_put(&w->io, bid);
         }
-        chunk_put(w, proxy_head);
+        chunk_put(&w->io, proxy_head);
         return;
     } else {
-        buf_put(w, bid);
+        buf_put(&w->io, bid);
     }
-    chunk_put(w, f->head);
+    chunk_put(&w->io, f->head);
     f->head = NULL;
     f->head_len = 0;
 }
@@ -1818,7 +1721,7 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
     switch (cfg->mode) {
     case SOTH_MODE_REGULAR:
         flow_set_state(f, FS_HEAD);
-        timer_set(w, f, now_ms() + cfg->timeouts.request_header_ms);
+        timer_set(&w->timers, &f->timer, now_ms() + cfg->timeouts.request_header_ms);
         conn_arm_recv(w, f, SIDE_CLIENT);
         break;
     case SOTH_MODE_REVERSE:
@@ -1875,7 +1778,8 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
                          uint32_t len)
 {
     if (side == SIDE_UPSTREAM && f->answer != NULL) {
-        buf_put(w, bid); /* the upstream failed its handshake: we answer the client ourselves */
+        buf_put(&w->io,
+                bid); /* the upstream failed its handshake: we answer the client ourselves */
         return;
     }
     f->bytes[side] += len;
@@ -1897,19 +1801,19 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
     case FS_CONNECTING:
         if (flow_intercepting(w, f)) {
             /* The ClientHello may arrive before the upstream is up: keep it for the peek. */
-            tls_hello_bytes(w, f, buf_addr(w, bid), len);
-            buf_put(w, bid);
+            tls_hello_bytes(w, f, buf_addr(&w->io, bid), len);
+            buf_put(&w->io, bid);
             return;
         }
         if (f->app != NULL) {
-            app_plain_head(w, f, buf_addr(w, bid), len);
-            buf_put(w, bid);
+            app_plain_head(w, f, buf_addr(&w->io, bid), len);
+            buf_put(&w->io, bid);
             return;
         }
         SOTH_FALLTHROUGH;
     case FS_RELAY: {
         if (f->app_done) {
-            buf_put(w, bid); /* after the HTTP layer finished: only FINs matter */
+            buf_put(&w->io, bid); /* after the HTTP layer finished: only FINs matter */
             return;
         }
         if (f->tls[side] != NULL) {
@@ -1917,13 +1821,13 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
             return;
         }
         if (f->app != NULL) {
-            app_plain_input(w, f, side, buf_addr(w, bid), len);
-            buf_put(w, bid);
+            app_plain_input(w, f, side, buf_addr(&w->io, bid), len);
+            buf_put(&w->io, bid);
             return;
         }
         unsigned other = side ^ 1;
         struct conn *o = &f->c[other];
-        conn_queue(w, o, buf_addr(w, bid), 0, len, (int32_t)bid);
+        conn_queue(w, o, buf_addr(&w->io, bid), 0, len, (int32_t)bid);
         if (over_high(o))
             conn_pause_recv(w, f, side);
         conn_try_send(w, f, other);
@@ -1931,7 +1835,7 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
     }
     default:
         /* Answering or lingering: the client's further bytes are discarded. */
-        buf_put(w, bid);
+        buf_put(&w->io, bid);
         return;
     }
 }
@@ -2013,9 +1917,9 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
     }
     if (cqe->res > 0) {
         SOTH_BUG_ON(!(cqe->flags & IORING_CQE_F_BUFFER));
-        unsigned bid = buf_take(w, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        unsigned bid = buf_take(&w->io, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
         if (f->state == FS_CLOSING)
-            buf_put(w, bid);
+            buf_put(&w->io, bid);
         else
             on_recv_data(w, f, side, bid, (uint32_t)cqe->res);
     } else if (cqe->res == 0) {
@@ -2128,12 +2032,13 @@ static void on_shutdown(struct worker *w, struct flow *f, unsigned side, int res
             flow_close(w, f, (enum soth_close_reason)f->answer_reason);
             return;
         }
-        timer_set(w, f, now_ms() + SOTH_LINGER_MS);
+        timer_set(&w->timers, &f->timer, now_ms() + SOTH_LINGER_MS);
         conn_arm_recv(w, f, SIDE_CLIENT);
         return;
     }
     if (f->app_done && side == SIDE_CLIENT && f->state == FS_RELAY)
-        timer_set(w, f, now_ms() + SOTH_LINGER_MS); /* all sent: wait for the FIN, briefly */
+        timer_set(&w->timers, &f->timer,
+                  now_ms() + SOTH_LINGER_MS); /* all sent: wait for the FIN, briefly */
     flow_check_done(w, f);
 }
 
@@ -2180,7 +2085,7 @@ static void on_timeout(struct worker *w, struct flow *f)
         }
         uint64_t idle = f->last_active_ms + w->cfg->timeouts.idle_ms;
         if (idle > now) {
-            timer_set(w, f, hd != 0 && hd < idle ? hd : idle);
+            timer_set(&w->timers, &f->timer, hd != 0 && hd < idle ? hd : idle);
             return;
         }
         flow_close(w, f, SOTH_CLOSE_IDLE_TIMEOUT);
@@ -2195,34 +2100,13 @@ static void on_timeout(struct worker *w, struct flow *f)
     }
 }
 
-static void timers_run(struct worker *w)
+/** timer_run callback: a flow's deadline passed. */
+static void on_timer(void *ctx, struct timer_entry *t)
 {
-    uint64_t now = now_ms();
-    /*
-     * Walk only ticks that have fully elapsed: a timer due later in the current tick would be
-     * found not due yet, and the walk would move past its slot for a whole revolution of the
-     * wheel (8 s). Timers fire up to one tick late instead.
-     */
-    uint64_t last = now / SOTH_TICK_MS - 1;
-    if (w->n_timers == 0) {
-        /* Nothing armed: no need to walk the ticks that passed while the loop slept. */
-        w->wheel_tick = last + 1;
-        return;
-    }
-    while (w->wheel_tick <= last) {
-        struct flow **slot = &w->wheel[w->wheel_tick & (SOTH_WHEEL_SLOTS - 1)];
-        struct flow *f = *slot;
-        while (f != NULL) {
-            struct flow *next = f->tnext;
-            if (f->deadline_ms <= now) {
-                timer_unlink(w, f);
-                on_timeout(w, f);
-                flow_maybe_free(w, f);
-            }
-            f = next;
-        }
-        w->wheel_tick++;
-    }
+    struct worker *w = ctx;
+    struct flow *f = (struct flow *)((char *)t - offsetof(struct flow, timer));
+    on_timeout(w, f);
+    flow_maybe_free(w, f);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -2320,7 +2204,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
     if (f->gen != ud_gen(ud)) {
         /* Cannot happen for tracked ops (freed only at pending == 0); keep buffers safe. */
         if (cqe->flags & IORING_CQE_F_BUFFER)
-            buf_put(w, buf_take(w, cqe->flags >> IORING_CQE_BUFFER_SHIFT));
+            buf_put(&w->io, buf_take(&w->io, cqe->flags >> IORING_CQE_BUFFER_SHIFT));
         return;
     }
     switch (op) {
@@ -2369,25 +2253,15 @@ static int ring_setup(struct worker *w)
     if (rc < 0)
         return rc;
 
-    size_t ring_bytes = SOTH_BUF_COUNT * sizeof(struct io_uring_buf);
-    void *br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    if (br == MAP_FAILED)
-        return -errno;
-    w->br = br;
-    io_uring_buf_ring_init(w->br);
+    rc = iobuf_init(&w->io);
+    if (rc < 0)
+        return rc;
     struct io_uring_buf_reg reg = {
-        .ring_addr = (unsigned long)br, .ring_entries = SOTH_BUF_COUNT, .bgid = SOTH_BGID};
+        .ring_addr = (unsigned long)w->io.br, .ring_entries = SOTH_BUF_COUNT, .bgid = SOTH_BGID};
     rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
     if (rc < 0)
         return rc;
-    w->bufs = mmap(NULL, (size_t)SOTH_BUF_COUNT * SOTH_BUF_SIZE, PROT_READ | PROT_WRITE,
-                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    if (w->bufs == MAP_FAILED)
-        return -errno;
-    for (unsigned i = 0; i < SOTH_BUF_COUNT; i++)
-        buf_put(w, buf_take(w, i));
-    io_uring_buf_ring_advance(w->br, (int)w->br_added);
-    w->br_added = 0;
+    iobuf_fill(&w->io);
 
     /* The flow table reserves address space; pages are touched only as slots are used. */
     w->flows = mmap(NULL, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow), PROT_READ | PROT_WRITE,
@@ -2424,17 +2298,9 @@ static void worker_teardown(struct worker *w)
     io_uring_queue_exit(&w->ring);
     if (w->flows && w->flows != MAP_FAILED)
         munmap(w->flows, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow));
-    if (w->bufs && w->bufs != MAP_FAILED)
-        munmap(w->bufs, (size_t)SOTH_BUF_COUNT * SOTH_BUF_SIZE);
-    if (w->br)
-        munmap(w->br, SOTH_BUF_COUNT * sizeof(struct io_uring_buf));
     free(w->seg_pool);
     w->seg_pool = NULL;
-    while (w->free_chunks != NULL) {
-        char *c = w->free_chunks;
-        memcpy(&w->free_chunks, c, sizeof(char *));
-        free(c);
-    }
+    iobuf_dispose(&w->io);
     /* w->efd stays open: other threads may still write to it (soth_worker_wake); the engine
      * closes it after joining every thread. */
     if (w->listen_fd >= 0)
@@ -2470,7 +2336,7 @@ void *soth_worker_main(void *arg)
     }
     w->head_limits.max_line = 8192;
     w->head_limits.max_head = SOTH_HEAD_MAX;
-    w->wheel_tick = now_ms() / SOTH_TICK_MS;
+    timer_wheel_init(&w->timers, now_ms());
     arm_accept(w);
     arm_eventfd(w);
     io_uring_submit(&w->ring);
@@ -2480,7 +2346,7 @@ void *soth_worker_main(void *arg)
         buf_publish(w);
         struct io_uring_cqe *cqe;
         struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000};
-        bool timed = w->n_timers > 0 || w->stopping;
+        bool timed = w->timers.n > 0 || w->stopping;
         rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, timed ? &ts : NULL, NULL);
         if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             SOTH_LOG(SOTH_LOG_ERROR, (int)w->idx, 0, "io_uring_submit_and_wait: %s",
@@ -2494,7 +2360,7 @@ void *soth_worker_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
-        timers_run(w);
+        timer_run(&w->timers, now_ms(), on_timer, w);
         soth_ev_flush(w->prod);
         if (w->stopping) {
             if (now_ms() >= w->stop_deadline_ms) {
