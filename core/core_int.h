@@ -20,17 +20,13 @@
 #include "app.h"
 #include "iobuf.h"
 #include "timer.h"
+#include "conn.h"
 
 /* ---- sizes (per worker unless noted) */
-#define SOTH_MAX_FLOWS  (1u << 16) /* flow slots (address space reserved, touched lazily) */
-#define SOTH_SEGS       (SOTH_BUF_COUNT + SOTH_MAX_CHUNKS + 1024u) /* + static answers */
-#define SOTH_OUTQ_PAUSE 12u           /* pause the source's recv at this many segments... */
-#define SOTH_HIGH_WM    (256u * 1024) /* ...or this many unsent bytes */
-#define SOTH_LOW_WM     (64u * 1024)  /* resume the source below this */
-#define SOTH_SEND_IOV   8u            /* segments per sendmsg */
-#define SOTH_HEAD_MAX   SOTH_BUF_SIZE /* a split proxy head is gathered into one chunk */
-#define SOTH_LINGER_MS  1000u         /* after our own error answer: wait for the peer's FIN */
-#define SOTH_ANSWER_MS  5000u         /* bound on sending our own answer */
+#define SOTH_MAX_FLOWS (1u << 16)    /* flow slots (address space reserved, touched lazily) */
+#define SOTH_HEAD_MAX  SOTH_BUF_SIZE /* a split proxy head is gathered into one chunk */
+#define SOTH_LINGER_MS 1000u         /* after our own error answer: wait for the peer's FIN */
+#define SOTH_ANSWER_MS 5000u         /* bound on sending our own answer */
 
 /* ---- CQE user_data: op (8) | side (1) | slot (23) | gen (32). Stale CQEs fail the gen check. */
 enum soth_op {
@@ -67,37 +63,6 @@ static inline uint32_t ud_gen(uint64_t ud)
 {
     return (uint32_t)ud;
 }
-
-#define SEG_STATIC (-2) /* base points to static memory */
-#define SEG_CHUNK  (-1) /* base is an owned chunk, freed when sent */
-
-/** Bytes queued toward a socket: a provided buffer (bid >= 0), an owned chunk or static text. */
-struct seg {
-    char *base;
-    uint32_t off, len; /* unsent bytes are base[off .. off+len) */
-    int32_t bid;
-    struct seg *next;
-};
-
-enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
-
-struct conn {
-    int fd;             /* -1 = none */
-    bool connected;     /* usable for send */
-    bool recv_armed;    /* a multishot recv is in flight */
-    bool recv_paused;   /* cancelled for backpressure */
-    bool recv_wait_buf; /* stopped on -ENOBUFS, on the worker's waiter list */
-    bool send_inflight;
-    bool eof_in;       /* the peer sent FIN */
-    bool shut_pending; /* send our FIN once the queue drains */
-    bool shut_done;
-    struct seg *q_first, *q_last; /* queued toward this socket, from the worker pool */
-    uint32_t q_count;
-    uint64_t q_bytes;  /* unsent bytes queued toward this socket */
-    uint32_t iov_segs; /* segments covered by the in-flight sendmsg */
-    struct msghdr msg;
-    struct iovec iov[SOTH_SEND_IOV];
-};
 
 enum flow_state {
     FS_HEAD = 0,   /* regular mode: reading the proxy request head */
@@ -192,7 +157,7 @@ struct worker {
     uint32_t n_flows; /* live (not freed) */
     struct flow *buf_waiters;
 
-    struct seg *seg_pool, *free_segs; /* one per buffer and chunk that can be queued */
+    struct seg_pool segs; /* one per buffer and chunk that can be queued */
 
     struct timer_wheel timers;
 
@@ -240,6 +205,19 @@ struct soth_engine {
     _Atomic int resolver_stop;
     struct soth_learn *learn; /* core/learn.c */
 };
+
+/** An SQE from the worker's ring; when the SQ is full, what is there is submitted first. */
+static inline struct io_uring_sqe *get_sqe(struct worker *w)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    if (SOTH_UNLIKELY(sqe == NULL)) {
+        /* SQ full: flush what we have and try again; the CQ is large enough (CQSIZE). */
+        io_uring_submit(&w->ring);
+        sqe = io_uring_get_sqe(&w->ring);
+    }
+    SOTH_BUG_ON(sqe == NULL);
+    return sqe;
+}
 
 /* worker.c */
 void *soth_worker_main(void *arg);

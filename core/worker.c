@@ -40,25 +40,11 @@ static const char *const flow_state_names[FS_COUNT] = {
 };
 
 static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason);
-static void conn_try_send(struct worker *w, struct flow *f, unsigned side);
-static void conn_arm_recv(struct worker *w, struct flow *f, unsigned side);
 static void flow_start_upstream(struct worker *w, struct flow *f);
 
 /* ------------------------------------------------------------------------------------------
  * small helpers
  * ------------------------------------------------------------------------------------------ */
-
-static struct io_uring_sqe *get_sqe(struct worker *w)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-    if (SOTH_UNLIKELY(sqe == NULL)) {
-        /* SQ full: flush what we have and try again; the CQ is large enough (CQSIZE). */
-        io_uring_submit(&w->ring);
-        sqe = io_uring_get_sqe(&w->ring);
-    }
-    SOTH_BUG_ON(sqe == NULL);
-    return sqe;
-}
 
 static void flow_set_state(struct flow *f, enum flow_state st)
 {
@@ -68,61 +54,9 @@ static void flow_set_state(struct flow *f, enum flow_state st)
     f->state = (uint8_t)st;
 }
 
-/** Publish returned buffers (one release store per loop turn) and wake recvs that ran dry. */
-static void buf_publish(struct worker *w)
-{
-    if (!iobuf_publish(&w->io))
-        return;
-    while (w->buf_waiters != NULL) {
-        struct flow *f = w->buf_waiters;
-        w->buf_waiters = f->wnext;
-        f->on_wait_list = false;
-        for (unsigned s = 0; s < 2; s++) {
-            if (f->c[s].recv_wait_buf) {
-                f->c[s].recv_wait_buf = false;
-                conn_arm_recv(w, f, s);
-            }
-        }
-    }
-}
-
-static void seg_release(struct worker *w, struct seg *s)
-{
-    if (s->bid >= 0)
-        buf_put(&w->io, (unsigned)s->bid);
-    else if (s->bid == SEG_CHUNK)
-        chunk_put(&w->io, s->base);
-}
-
-/** Drop the first queued segment of c (sent, or discarded), returning what it holds. */
-static void conn_q_pop(struct worker *w, struct conn *c)
-{
-    struct seg *s = c->q_first;
-    c->q_first = s->next;
-    if (c->q_first == NULL)
-        c->q_last = NULL;
-    c->q_count--;
-    c->q_bytes -= s->len;
-    seg_release(w, s);
-    s->next = w->free_segs;
-    w->free_segs = s;
-}
-
-static void conn_q_clear(struct worker *w, struct conn *c)
-{
-    while (c->q_first != NULL)
-        conn_q_pop(w, c);
-}
-
 /* ------------------------------------------------------------------------------------------
  * flows
  * ------------------------------------------------------------------------------------------ */
-
-static void conn_init(struct conn *c)
-{
-    memset(c, 0, offsetof(struct conn, msg));
-    c->fd = -1;
-}
 
 static struct flow *flow_alloc(struct worker *w)
 {
@@ -211,7 +145,7 @@ static void flow_free(struct worker *w, struct flow *f)
 {
     for (unsigned s = 0; s < 2; s++) {
         struct conn *c = &f->c[s];
-        conn_q_clear(w, c);
+        conn_q_clear(&w->segs, c);
         if (c->fd >= 0) {
             struct io_uring_sqe *sqe = get_sqe(w);
             io_uring_prep_close(sqe, c->fd);
@@ -238,15 +172,7 @@ static void flow_free(struct worker *w, struct flow *f)
         app_free(f->app);
         f->app = NULL;
     }
-    if (f->on_wait_list) {
-        for (struct flow **pp = &w->buf_waiters; *pp; pp = &(*pp)->wnext) {
-            if (*pp == f) {
-                *pp = f->wnext;
-                break;
-            }
-        }
-        f->on_wait_list = false;
-    }
+    conn_unwait(w, f);
     timer_unlink(&w->timers, &f->timer);
     f->state = FS_FREE;
     f->gen++; /* any late CQE for the old generation is now stale */
@@ -304,147 +230,9 @@ static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason 
  * sending
  * ------------------------------------------------------------------------------------------ */
 
-/*
- * Queue bytes toward a socket. Segments come from a worker pool with one entry per provided
- * buffer and owned chunk (plus static answers), so a queue never overflows: how much a
- * connection holds is bounded by backpressure and, at worst, by the worker's buffers.
- */
-static bool conn_queue(struct worker *w, struct conn *c, char *base, uint32_t off, uint32_t len,
-                       int32_t bid)
-{
-    struct seg *s = w->free_segs;
-    /* Buffers and chunks each have their segment; only static answers can run out. */
-    SOTH_BUG_ON(s == NULL && bid != SEG_STATIC);
-    if (s == NULL)
-        return false;
-    w->free_segs = s->next;
-    s->base = base;
-    s->off = off;
-    s->len = len;
-    s->bid = bid;
-    s->next = NULL;
-    if (c->q_last)
-        c->q_last->next = s;
-    else
-        c->q_first = s;
-    c->q_last = s;
-    c->q_count++;
-    c->q_bytes += len;
-    return true;
-}
-
-/** Copy bytes into owned chunks queued toward side (our own answers, rewritten heads). */
-static bool conn_queue_copy(struct worker *w, struct conn *c, const char *p, size_t len)
-{
-    while (len > 0) {
-        struct seg *last = c->q_last;
-        /* Append to the last owned chunk when it has room and is not being sent. */
-        if (last && last->bid == SEG_CHUNK && !c->send_inflight &&
-            last->off + last->len < SOTH_BUF_SIZE) {
-            size_t room = SOTH_BUF_SIZE - last->off - last->len;
-            size_t n = len < room ? len : room;
-            memcpy(last->base + last->off + last->len, p, n);
-            last->len += (uint32_t)n;
-            c->q_bytes += n;
-            p += n;
-            len -= n;
-            continue;
-        }
-        char *ch = chunk_get(&w->io);
-        if (ch == NULL)
-            return false;
-        size_t n = len < SOTH_BUF_SIZE ? len : SOTH_BUF_SIZE;
-        memcpy(ch, p, n);
-        conn_queue(w, c, ch, 0, (uint32_t)n, SEG_CHUNK);
-        p += n;
-        len -= n;
-    }
-    return true;
-}
-
-static void conn_submit_shutdown(struct worker *w, struct flow *f, unsigned side)
-{
-    struct conn *c = &f->c[side];
-    c->shut_pending = false;
-    c->shut_done = true;
-    struct io_uring_sqe *sqe = get_sqe(w);
-    io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_SHUTDOWN, side, f->slot, f->gen));
-    f->pending++;
-}
-
-static void conn_try_send(struct worker *w, struct flow *f, unsigned side)
-{
-    struct conn *c = &f->c[side];
-    if (c->send_inflight || !c->connected || f->state == FS_CLOSING)
-        return;
-    if (c->q_count == 0) {
-        if (c->shut_pending)
-            conn_submit_shutdown(w, f, side);
-        return;
-    }
-    unsigned n = 0;
-    for (struct seg *s = c->q_first; s != NULL && n < SOTH_SEND_IOV; s = s->next, n++) {
-        c->iov[n].iov_base = s->base + s->off;
-        c->iov[n].iov_len = s->len;
-    }
-    memset(&c->msg, 0, sizeof(c->msg));
-    c->msg.msg_iov = c->iov;
-    c->msg.msg_iovlen = n;
-    c->iov_segs = n;
-    struct io_uring_sqe *sqe = get_sqe(w);
-    io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, side, f->slot, f->gen));
-    c->send_inflight = true;
-    f->pending++;
-}
-
 /* ------------------------------------------------------------------------------------------
  * receiving
  * ------------------------------------------------------------------------------------------ */
-
-static void conn_arm_recv(struct worker *w, struct flow *f, unsigned side)
-{
-    struct conn *c = &f->c[side];
-    if (c->recv_armed || c->eof_in || c->recv_paused || c->recv_wait_buf || c->fd < 0 ||
-        f->state == FS_CLOSING)
-        return;
-    struct io_uring_sqe *sqe = get_sqe(w);
-    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = SOTH_BGID;
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, side, f->slot, f->gen));
-    c->recv_armed = true;
-    f->pending++;
-}
-
-/** Stop reading from side (backpressure): cancel its multishot recv. */
-static void conn_pause_recv(struct worker *w, struct flow *f, unsigned side)
-{
-    struct conn *c = &f->c[side];
-    if (c->recv_paused)
-        return;
-    c->recv_paused = true;
-    if (!c->recv_armed)
-        return;
-    struct io_uring_sqe *sqe = get_sqe(w);
-    io_uring_prep_cancel64(sqe, ud_pack(OP_RECV, side, f->slot, f->gen), 0);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, side, f->slot, f->gen));
-}
-
-static void conn_resume_recv(struct worker *w, struct flow *f, unsigned side)
-{
-    struct conn *c = &f->c[side];
-    if (!c->recv_paused)
-        return;
-    c->recv_paused = false;
-    conn_arm_recv(w, f, side);
-}
-
-static bool over_high(const struct conn *c)
-{
-    return c->q_bytes >= SOTH_HIGH_WM || c->q_count >= SOTH_OUTQ_PAUSE;
-}
 
 /* ------------------------------------------------------------------------------------------
  * our own answers
@@ -477,13 +265,14 @@ static void flow_answer(struct worker *w, struct flow *f, unsigned status, const
         struct soth_iov iov;
         size_t k;
         while ((k = soth_tls_conn_out(t, &iov)) > 0) {
-            if (!conn_queue_copy(w, c, iov.base, k)) {
+            if (!conn_queue_copy(&w->segs, c, iov.base, k)) {
                 flow_close(w, f, reason);
                 return;
             }
             soth_tls_conn_out_consume(t, k);
         }
-    } else if (!conn_queue_copy(w, c, head, (size_t)n) || !conn_queue_copy(w, c, body, body_len)) {
+    } else if (!conn_queue_copy(&w->segs, c, head, (size_t)n) ||
+               !conn_queue_copy(&w->segs, c, body, body_len)) {
         flow_close(w, f, reason);
         return;
     }
@@ -590,7 +379,7 @@ static void flow_connect_failed(struct worker *w, struct flow *f, int err, bool 
              (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
              timeout ? "connect timeout" : soth_strerror(err));
     /* Bytes the client sent ahead for the upstream are dropped with the flow. */
-    conn_q_clear(w, &f->c[SIDE_UPSTREAM]);
+    conn_q_clear(&w->segs, &f->c[SIDE_UPSTREAM]);
     if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
         flow_close(w, f, SOTH_CLOSE_UPSTREAM_CONNECT_FAILED);
         return;
@@ -702,7 +491,7 @@ static bool tls_flush(struct worker *w, struct flow *f, unsigned side)
     struct soth_iov iov;
     size_t n;
     while (t != NULL && (n = soth_tls_conn_out(t, &iov)) > 0) {
-        if (!conn_queue_copy(w, &f->c[side], iov.base, n))
+        if (!conn_queue_copy(&w->segs, &f->c[side], iov.base, n))
             return false;
         soth_tls_conn_out_consume(t, n);
     }
@@ -862,7 +651,7 @@ static int leg_send(void *ctx, unsigned side, const char *p, size_t n)
     struct flow *f = ctx;
     if (f->tls[side] != NULL)
         return soth_tls_conn_write(f->tls[side], p, n) < 0 ? SOTH_E_TLS : 0;
-    return conn_queue_copy(f->w, &f->c[side], p, n) ? 0 : SOTH_E_NOMEM;
+    return conn_queue_copy(&f->w->segs, &f->c[side], p, n) ? 0 : SOTH_E_NOMEM;
 }
 
 static bool leg_flush(struct worker *w, struct flow *f, unsigned side)
@@ -994,8 +783,8 @@ static void flow_relay_start(struct worker *w, struct flow *f)
         pre_free(f);
         app_after(w, f, SIDE_CLIENT, rc); /* resumes client reads paused by pre_put */
     } else if (f->head != NULL) {
-        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
+        conn_queue_copy(&w->segs, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
+        conn_queue_copy(&w->segs, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
         pre_free(f);
         conn_resume_recv(w, f, SIDE_CLIENT);
         chunk_put(&w->io, f->head);
@@ -1154,8 +943,8 @@ static void tls_try_hello(struct worker *w, struct flow *f)
         /* Not TLS: nothing to intercept at this layer; relay what the client sent as is. */
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "not TLS: relaying as a tunnel");
         f->action = SOTH_ACTION_TUNNEL;
-        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(w, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
+        conn_queue_copy(&w->segs, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
+        conn_queue_copy(&w->segs, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
         pre_free(f);
         conn_resume_recv(w, f, SIDE_CLIENT);
         chunk_put(&w->io, f->head);
@@ -1321,7 +1110,7 @@ static void on_connect(struct worker *w, struct flow *f, int res)
     if (f->is_connect) {
         static char established[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
         /* The client queue is empty here: nothing from the upstream has been read yet. */
-        if (!conn_queue(w, &f->c[SIDE_CLIENT], established, 0, sizeof(established) - 1,
+        if (!conn_queue(&w->segs, &f->c[SIDE_CLIENT], established, 0, sizeof(established) - 1,
                         SEG_STATIC)) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return;
@@ -1447,11 +1236,12 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
          * hop-by-hop Proxy-* fields; later requests on the connection are relayed as sent.
          */
         struct conn *u = &f->c[SIDE_UPSTREAM];
-        bool ok =
-            conn_queue_copy(w, u, h->method.base, h->method.len) && conn_queue_copy(w, u, " ", 1) &&
-            conn_queue_copy(w, u, h->path.base, h->path.len) && conn_queue_copy(w, u, " ", 1) &&
-            conn_queue_copy(w, u, h->version.base, h->version.len) &&
-            conn_queue_copy(w, u, "\r\n", 2);
+        bool ok = conn_queue_copy(&w->segs, u, h->method.base, h->method.len) &&
+                  conn_queue_copy(&w->segs, u, " ", 1) &&
+                  conn_queue_copy(&w->segs, u, h->path.base, h->path.len) &&
+                  conn_queue_copy(&w->segs, u, " ", 1) &&
+                  conn_queue_copy(&w->segs, u, h->version.base, h->version.len) &&
+                  conn_queue_copy(&w->segs, u, "\r\n", 2);
         bool have_host = false;
         for (size_t i = 0; ok && i < h->n_headers; i++) {
             const struct soth_header *hd = &h->headers[i];
@@ -1459,10 +1249,10 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
                 continue;
             if (header_is(hd, "host"))
                 have_host = true;
-            ok = conn_queue_copy(w, u, hd->name.base, hd->name.len) &&
-                 conn_queue_copy(w, u, ": ", 2) &&
-                 conn_queue_copy(w, u, hd->value.base, hd->value.len) &&
-                 conn_queue_copy(w, u, "\r\n", 2);
+            ok = conn_queue_copy(&w->segs, u, hd->name.base, hd->name.len) &&
+                 conn_queue_copy(&w->segs, u, ": ", 2) &&
+                 conn_queue_copy(&w->segs, u, hd->value.base, hd->value.len) &&
+                 conn_queue_copy(&w->segs, u, "\r\n", 2);
         }
         if (ok && !have_host) {
             char hostline[300];
@@ -1474,9 +1264,9 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
             int n = snprintf(hostline, sizeof(hostline), "Host: %s%.*s%s%s\r\n",
                              h->host_is_ipv6 ? "[" : "", (int)h->host.len, h->host.base,
                              h->host_is_ipv6 ? "]" : "", port);
-            ok = conn_queue_copy(w, u, hostline, (size_t)n);
+            ok = conn_queue_copy(&w->segs, u, hostline, (size_t)n);
         }
-        ok = ok && conn_queue_copy(w, u, "\r\n", 2);
+        ok = ok && conn_queue_copy(&w->segs, u, "\r\n", 2);
         if (!ok) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return false;
@@ -1571,7 +1361,8 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
             buf_put(&w->io, bid);
             return;
         }
-        conn_queue(w, &f->c[SIDE_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc, (int32_t)bid);
+        conn_queue(&w->segs, &f->c[SIDE_UPSTREAM], data, (uint32_t)rc, len - (uint32_t)rc,
+                   (int32_t)bid);
         return;
     }
 
@@ -1612,9 +1403,10 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
             buf_put(&w->io, bid);
         } else {
             if ((uint32_t)rc < proxy_len)
-                conn_queue_copy(w, &f->c[SIDE_UPSTREAM], proxy_head + rc, proxy_len - (uint32_t)rc);
+                conn_queue_copy(&w->segs, &f->c[SIDE_UPSTREAM], proxy_head + rc,
+                                proxy_len - (uint32_t)rc);
             if (n < len)
-                conn_queue(w, &f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
+                conn_queue(&w->segs, &f->c[SIDE_UPSTREAM], data, n, len - n, (int32_t)bid);
             else
                 buf_put(&w->io, bid);
         }
@@ -1827,7 +1619,7 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
         }
         unsigned other = side ^ 1;
         struct conn *o = &f->c[other];
-        conn_queue(w, o, buf_addr(&w->io, bid), 0, len, (int32_t)bid);
+        conn_queue(&w->segs, o, buf_addr(&w->io, bid), 0, len, (int32_t)bid);
         if (over_high(o))
             conn_pause_recv(w, f, side);
         conn_try_send(w, f, other);
@@ -1926,12 +1718,7 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
         if (f->state != FS_CLOSING)
             on_recv_eof(w, f, side);
     } else if (cqe->res == -ENOBUFS) {
-        c->recv_wait_buf = true;
-        if (!f->on_wait_list) {
-            f->on_wait_list = true;
-            f->wnext = w->buf_waiters;
-            w->buf_waiters = f;
-        }
+        conn_wait_buf(w, f, side);
     } else if (side == SIDE_UPSTREAM && f->answer != NULL) {
         /* ignored: the upstream already failed its handshake */
     } else if (cqe->res != -ECANCELED && f->state != FS_CLOSING) {
@@ -1985,22 +1772,11 @@ static void on_send(struct worker *w, struct flow *f, unsigned side, int res)
                                          : SOTH_CLOSE_RELAY_ERROR);
         return;
     }
-    uint64_t left = (uint64_t)res;
-    while (left > 0 && c->q_first != NULL) {
-        struct seg *s = c->q_first;
-        if (left < s->len) {
-            s->off += (uint32_t)left;
-            s->len -= (uint32_t)left;
-            c->q_bytes -= left;
-            break;
-        }
-        left -= s->len;
-        conn_q_pop(w, c);
-    }
+    conn_q_sent(&w->segs, c, (uint64_t)res);
     f->last_active_ms = now_ms();
     /* The source of these bytes may read again. */
     struct conn *src = &f->c[side ^ 1];
-    bool low = c->q_bytes <= SOTH_LOW_WM && c->q_count < SOTH_OUTQ_PAUSE / 2;
+    bool low = under_low(c);
     if (low && f->app != NULL && f->app_held[side] && !f->app_done && f->state == FS_RELAY) {
         f->app_held[side] = false;
         app_after(w, f, side, app_hold(f->app, side, false));
@@ -2268,13 +2044,9 @@ static int ring_setup(struct worker *w)
                     MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
     if (w->flows == MAP_FAILED)
         return -errno;
-    w->seg_pool = calloc(SOTH_SEGS, sizeof(struct seg));
-    if (w->seg_pool == NULL)
-        return -ENOMEM;
-    for (unsigned i = 0; i < SOTH_SEGS; i++) {
-        w->seg_pool[i].next = w->free_segs;
-        w->free_segs = &w->seg_pool[i];
-    }
+    rc = seg_pool_init(&w->segs, &w->io, SOTH_SEGS);
+    if (rc < 0)
+        return rc;
     w->efd = eventfd(0, EFD_CLOEXEC);
     if (w->efd == -1)
         return -errno;
@@ -2298,8 +2070,7 @@ static void worker_teardown(struct worker *w)
     io_uring_queue_exit(&w->ring);
     if (w->flows && w->flows != MAP_FAILED)
         munmap(w->flows, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow));
-    free(w->seg_pool);
-    w->seg_pool = NULL;
+    seg_pool_dispose(&w->segs);
     iobuf_dispose(&w->io);
     /* w->efd stays open: other threads may still write to it (soth_worker_wake); the engine
      * closes it after joining every thread. */
@@ -2343,7 +2114,8 @@ void *soth_worker_main(void *arg)
     signal_ready(w, 0);
 
     for (;;) {
-        buf_publish(w);
+        if (iobuf_publish(&w->io))
+            conn_wake_waiters(w);
         struct io_uring_cqe *cqe;
         struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000};
         bool timed = w->timers.n > 0 || w->stopping;
