@@ -3,7 +3,8 @@
 #include <stdlib.h>
 
 #include "conn.h"
-#include "core_int.h"
+#include "flow.h"
+#include "worker.h"
 
 int seg_pool_init(struct seg_pool *p, struct iobuf *io, uint32_t n)
 {

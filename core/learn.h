@@ -6,7 +6,8 @@
 #ifndef SOTH_CORE_LEARN_H
 #define SOTH_CORE_LEARN_H
 
-#include "core_int.h"
+#include "engine.h"
+#include "worker.h"
 
 /** One TLS ops signal (host copied). */
 struct soth_learn_signal {

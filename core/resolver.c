@@ -11,7 +11,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "core_int.h"
+#include "engine.h"
+#include "resolver.h"
+#include "spsc.h"
+#include "worker.h"
 
 static void resolve_one(struct worker *w, const struct resolve_req *rq)
 {

@@ -27,89 +27,31 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "core_int.h"
+#include "app.h"
+#include "conn.h"
+#include "engine.h"
+#include "flow.h"
+#include "flowtab.h"
+#include "iobuf.h"
 #include "learn.h"
+#include "resolver.h"
+#include "spsc.h"
+#include "timer.h"
+#include "worker.h"
 
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
 #endif
 
-static const char *const flow_state_names[FS_COUNT] = {
-    "head",  "resolving", "connecting", "hello",   "tls_up", "tls_down",
-    "relay", "answer",    "linger",     "closing", "free",
-};
-
-static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason);
 static void flow_start_upstream(struct worker *w, struct flow *f);
 
 /* ------------------------------------------------------------------------------------------
  * small helpers
  * ------------------------------------------------------------------------------------------ */
 
-static void flow_set_state(struct flow *f, enum flow_state st)
-{
-    SOTH_BUG_ON(f->state == FS_CLOSING);
-    SOTH_LOG(SOTH_LOG_DEBUG, f->ev.worker, f->ev.flow_id, "state %s -> %s",
-             flow_state_names[f->state], flow_state_names[st]);
-    f->state = (uint8_t)st;
-}
-
 /* ------------------------------------------------------------------------------------------
  * flows
  * ------------------------------------------------------------------------------------------ */
-
-static struct flow *flow_alloc(struct worker *w)
-{
-    struct flow *f = w->free_flows;
-    if (f != NULL) {
-        w->free_flows = f->wnext;
-    } else {
-        if (w->flows_hw >= SOTH_MAX_FLOWS)
-            return NULL;
-        f = &w->flows[w->flows_hw];
-        f->slot = w->flows_hw++;
-        f->gen = 0;
-    }
-    f->gen++;
-    f->state = FS_HEAD;
-    f->action = SOTH_ACTION_TUNNEL;
-    f->is_connect = false;
-    f->on_wait_list = false;
-    f->first_eof = 0xff;
-    f->answer_reason = SOTH_CLOSE_CLIENT_EOF;
-    f->pending = 0;
-    conn_init(&f->c[0]);
-    conn_init(&f->c[1]);
-    f->bytes[0] = f->bytes[1] = 0;
-    timer_entry_init(&f->timer);
-    f->last_active_ms = now_ms();
-    f->wnext = NULL;
-    f->head = NULL;
-    f->head_len = 0;
-    f->tls[0] = f->tls[1] = NULL;
-    f->w = w;
-    f->app = NULL;
-    f->is_reverse = false;
-    f->is_transparent = false;
-    f->client_plain = false;
-    f->app_done = false;
-    f->app_held[0] = f->app_held[1] = false;
-    f->leaf_name_len = 0;
-    f->answer = NULL;
-    f->answer_len = 0;
-    f->pre = NULL;
-    f->pre_len = f->pre_cap = 0;
-    f->upstream_port = 0;
-    f->upstream_addr_len = 0;
-    w->n_flows++;
-    return f;
-}
-
-/** Live slots have an odd generation: alloc and free each advance it by one. */
-static bool flow_is_live(const struct flow *f)
-{
-    return f->gen & 1;
-}
 
 #define SOTH_PRE_MAX (4u << 20) /* a plain client's bytes kept while its upstream comes up */
 
@@ -132,98 +74,6 @@ static bool pre_put(struct flow *f, const char *p, uint32_t n)
     memcpy(f->pre + f->pre_len, p, n);
     f->pre_len += n;
     return true;
-}
-
-static void pre_free(struct flow *f)
-{
-    free(f->pre);
-    f->pre = NULL;
-    f->pre_len = f->pre_cap = 0;
-}
-
-static void flow_free(struct worker *w, struct flow *f)
-{
-    for (unsigned s = 0; s < 2; s++) {
-        struct conn *c = &f->c[s];
-        conn_q_clear(&w->segs, c);
-        if (c->fd >= 0) {
-            struct io_uring_sqe *sqe = get_sqe(w);
-            io_uring_prep_close(sqe, c->fd);
-            io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, s, f->slot, f->gen));
-            c->fd = -1;
-        }
-    }
-    if (f->head != NULL) {
-        chunk_put(&w->io, f->head);
-        f->head = NULL;
-    }
-    if (f->answer != NULL) {
-        chunk_put(&w->io, f->answer);
-        f->answer = NULL;
-    }
-    pre_free(f);
-    for (unsigned i = 0; i < 2; i++) {
-        if (f->tls[i] != NULL) {
-            soth_tls_conn_free(f->tls[i]);
-            f->tls[i] = NULL;
-        }
-    }
-    if (f->app != NULL) {
-        app_free(f->app);
-        f->app = NULL;
-    }
-    conn_unwait(w, f);
-    timer_unlink(&w->timers, &f->timer);
-    f->state = FS_FREE;
-    f->gen++; /* any late CQE for the old generation is now stale */
-    f->wnext = w->free_flows;
-    w->free_flows = f;
-    w->n_flows--;
-}
-
-/** After any CQE of a flow: free it once it is closing and nothing is in flight. */
-static void flow_maybe_free(struct worker *w, struct flow *f)
-{
-    if (f->state == FS_CLOSING && f->pending == 0)
-        flow_free(w, f);
-}
-
-static enum soth_outcome outcome_of(enum soth_close_reason r)
-{
-    switch (r) {
-    case SOTH_CLOSE_IDLE_TIMEOUT:
-        return SOTH_OUTCOME_TIMEOUT;
-    case SOTH_CLOSE_CLIENT_EOF:
-        return SOTH_OUTCOME_CLIENT_ABORTED;
-    case SOTH_CLOSE_RELAY_EOF:
-        return SOTH_OUTCOME_UPSTREAM_ABORTED;
-    default:
-        return SOTH_OUTCOME_RESET;
-    }
-}
-
-static void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason)
-{
-    if (f->state == FS_CLOSING)
-        return;
-    if (f->app != NULL)
-        app_abort(f->app, outcome_of(reason)); /* exchanges in flight end before the flow */
-    soth_ev_stream_closed(&f->ev, reason, f->bytes[0], f->bytes[1]);
-    SOTH_METRIC_ADD(w->m->active_connections, -1);
-    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "closed: %s",
-             soth_close_reason_names[reason]);
-    flow_set_state(f, FS_CLOSING);
-    timer_unlink(&w->timers, &f->timer);
-    /* Cancel whatever is still in flight; the flow is freed when the last CQE arrives. */
-    for (unsigned s = 0; s < 2; s++) {
-        struct conn *c = &f->c[s];
-        if (c->fd >= 0 && (c->recv_armed || c->send_inflight || f->pending > 0)) {
-            struct io_uring_sqe *sqe = get_sqe(w);
-            io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
-            io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, s, f->slot, f->gen));
-        }
-    }
-    flow_maybe_free(w, f);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -438,10 +288,8 @@ static void flow_start_upstream(struct worker *w, struct flow *f)
 
 static void on_resolved(struct worker *w, const struct resolve_resp *rs)
 {
-    if (rs->slot >= w->flows_hw)
-        return;
-    struct flow *f = &w->flows[rs->slot];
-    if (f->gen != rs->gen || f->state != FS_RESOLVING)
+    struct flow *f = flow_table_find(&w->ft, rs->slot, rs->gen);
+    if (f == NULL || f->state != FS_RESOLVING)
         return;
     if (rs->err < 0) {
         flow_connect_failed(w, f, rs->err, false);
@@ -1489,7 +1337,7 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
         close(fd);
         return;
     }
-    struct flow *f = flow_alloc(w);
+    struct flow *f = flow_table_alloc(&w->ft, w);
     if (f == NULL) {
         SOTH_LOG(SOTH_LOG_WARN, (int)w->idx, 0, "flow table full: refusing a connection");
         close(fd);
@@ -1889,13 +1737,6 @@ static void on_timer(void *ctx, struct timer_entry *t)
  * control: shutdown, reload, resolver answers
  * ------------------------------------------------------------------------------------------ */
 
-void soth_worker_wake(struct worker *w)
-{
-    uint64_t one = 1;
-    ssize_t n = write(w->efd, &one, sizeof(one));
-    (void)n;
-}
-
 static void arm_eventfd(struct worker *w)
 {
     struct io_uring_sqe *sqe = get_sqe(w);
@@ -1920,8 +1761,8 @@ static void worker_begin_stop(struct worker *w)
     io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, 0, 0, 0));
     w->listen_fd = -1;
     /* Connections still waiting for a first request have nothing in flight: close them now. */
-    for (uint32_t i = 0; i < w->flows_hw; i++) {
-        struct flow *f = &w->flows[i];
+    for (uint32_t i = 0; i < w->ft.hw; i++) {
+        struct flow *f = &w->ft.flows[i];
         if (flow_is_live(f) && f->state == FS_HEAD && f->head == NULL)
             flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
         else if (flow_is_live(f) && f->state == FS_RELAY && f->app != NULL && !f->app_done)
@@ -1974,10 +1815,10 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
         break;
     }
     uint32_t slot = ud_slot(ud);
-    SOTH_BUG_ON(slot >= w->flows_hw);
-    struct flow *f = &w->flows[slot];
+    SOTH_BUG_ON(slot >= w->ft.hw);
+    struct flow *f = flow_table_find(&w->ft, slot, ud_gen(ud));
     unsigned side = ud_side(ud);
-    if (f->gen != ud_gen(ud)) {
+    if (f == NULL) {
         /* Cannot happen for tracked ops (freed only at pending == 0); keep buffers safe. */
         if (cqe->flags & IORING_CQE_F_BUFFER)
             buf_put(&w->io, buf_take(&w->io, cqe->flags >> IORING_CQE_BUFFER_SHIFT));
@@ -2039,11 +1880,9 @@ static int ring_setup(struct worker *w)
         return rc;
     iobuf_fill(&w->io);
 
-    /* The flow table reserves address space; pages are touched only as slots are used. */
-    w->flows = mmap(NULL, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow), PROT_READ | PROT_WRITE,
-                    MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
-    if (w->flows == MAP_FAILED)
-        return -errno;
+    rc = flow_table_init(&w->ft);
+    if (rc < 0)
+        return rc;
     rc = seg_pool_init(&w->segs, &w->io, SOTH_SEGS);
     if (rc < 0)
         return rc;
@@ -2068,8 +1907,7 @@ static void pin_cpu(struct worker *w)
 static void worker_teardown(struct worker *w)
 {
     io_uring_queue_exit(&w->ring);
-    if (w->flows && w->flows != MAP_FAILED)
-        munmap(w->flows, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow));
+    flow_table_dispose(&w->ft);
     seg_pool_dispose(&w->segs);
     iobuf_dispose(&w->io);
     /* w->efd stays open: other threads may still write to it (soth_worker_wake); the engine
@@ -2136,13 +1974,13 @@ void *soth_worker_main(void *arg)
         soth_ev_flush(w->prod);
         if (w->stopping) {
             if (now_ms() >= w->stop_deadline_ms) {
-                for (uint32_t i = 0; i < w->flows_hw; i++) {
-                    struct flow *f = &w->flows[i];
+                for (uint32_t i = 0; i < w->ft.hw; i++) {
+                    struct flow *f = &w->ft.flows[i];
                     if (flow_is_live(f) && f->state != FS_CLOSING)
                         flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
                 }
             }
-            if (w->n_flows == 0)
+            if (w->ft.n_live == 0)
                 break;
         }
     }
