@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "answer.h"
 #include "app.h"
 #include "conn.h"
 #include "engine.h"
@@ -34,6 +35,7 @@
 #include "flowtab.h"
 #include "iobuf.h"
 #include "learn.h"
+#include "leg.h"
 #include "resolver.h"
 #include "spsc.h"
 #include "timer.h"
@@ -44,10 +46,6 @@
 #endif
 
 static void flow_start_upstream(struct worker *w, struct flow *f);
-
-/* ------------------------------------------------------------------------------------------
- * small helpers
- * ------------------------------------------------------------------------------------------ */
 
 /* ------------------------------------------------------------------------------------------
  * flows
@@ -74,79 +72,6 @@ static bool pre_put(struct flow *f, const char *p, uint32_t n)
     memcpy(f->pre + f->pre_len, p, n);
     f->pre_len += n;
     return true;
-}
-
-/* ------------------------------------------------------------------------------------------
- * sending
- * ------------------------------------------------------------------------------------------ */
-
-/* ------------------------------------------------------------------------------------------
- * receiving
- * ------------------------------------------------------------------------------------------ */
-
-/* ------------------------------------------------------------------------------------------
- * our own answers
- * ------------------------------------------------------------------------------------------ */
-
-/**
- * Send an HTTP answer to the client and close gracefully afterwards (send, FIN, wait for the
- * peer's FIN or SOTH_LINGER_MS), then stream_closed with reason.
- */
-static void flow_answer(struct worker *w, struct flow *f, unsigned status, const char *phrase,
-                        const char *body, size_t body_len, enum soth_close_reason reason)
-{
-    char head[256];
-    int n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
-                     status, phrase, body_len);
-    struct conn *c = &f->c[SIDE_CLIENT];
-    f->answer_reason = (uint8_t)reason;
-    flow_set_state(f, FS_ANSWER);
-    struct soth_tls_conn *t = f->tls[SIDE_CLIENT];
-    if (t != NULL) {
-        /* Inside the client's TLS session (an upstream TLS failure): then close_notify. */
-        if (soth_tls_conn_write(t, head, (size_t)n) < 0 ||
-            soth_tls_conn_write(t, body, body_len) < 0) {
-            flow_close(w, f, reason);
-            return;
-        }
-        soth_tls_conn_shutdown(t);
-        struct soth_iov iov;
-        size_t k;
-        while ((k = soth_tls_conn_out(t, &iov)) > 0) {
-            if (!conn_queue_copy(&w->segs, c, iov.base, k)) {
-                flow_close(w, f, reason);
-                return;
-            }
-            soth_tls_conn_out_consume(t, k);
-        }
-    } else if (!conn_queue_copy(&w->segs, c, head, (size_t)n) ||
-               !conn_queue_copy(&w->segs, c, body, body_len)) {
-        flow_close(w, f, reason);
-        return;
-    }
-    c->shut_pending = true;
-    timer_set(&w->timers, &f->timer, now_ms() + SOTH_ANSWER_MS);
-    conn_try_send(w, f, SIDE_CLIENT);
-}
-
-static void flow_answer_text(struct worker *w, struct flow *f, unsigned status, const char *phrase,
-                             enum soth_close_reason reason, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
-static void flow_answer_text(struct worker *w, struct flow *f, unsigned status, const char *phrase,
-                             enum soth_close_reason reason, const char *fmt, ...)
-{
-    char body[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(body, sizeof(body), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n >= sizeof(body))
-        n = sizeof(body) - 1;
-    flow_answer(w, f, status, phrase, body, (size_t)n, reason);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -332,21 +257,6 @@ static bool alpn_is(struct soth_iov a, const char *s)
     return a.len == n && memcmp(a.base, s, n) == 0;
 }
 
-/** Move queued ciphertext of tls[side] into the socket's send queue. */
-static bool tls_flush(struct worker *w, struct flow *f, unsigned side)
-{
-    struct soth_tls_conn *t = f->tls[side];
-    struct soth_iov iov;
-    size_t n;
-    while (t != NULL && (n = soth_tls_conn_out(t, &iov)) > 0) {
-        if (!conn_queue_copy(&w->segs, &f->c[side], iov.base, n))
-            return false;
-        soth_tls_conn_out_consume(t, n);
-    }
-    conn_try_send(w, f, side);
-    return true;
-}
-
 static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov alpn);
 
 /**
@@ -482,7 +392,7 @@ static bool tls_pump(struct worker *w, struct flow *f, unsigned from)
             return false;
         }
     }
-    if (!tls_flush(w, f, to) || !tls_flush(w, f, from)) {
+    if (!leg_flush(w, f, to) || !leg_flush(w, f, from)) {
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
         return false;
     }
@@ -492,23 +402,6 @@ static bool tls_pump(struct worker *w, struct flow *f, unsigned from)
 /* ------------------------------------------------------------------------------------------
  * the HTTP layer (core/app.h): plaintext in from either leg, plaintext out through leg_send
  * ------------------------------------------------------------------------------------------ */
-
-/** app_env.send: plaintext toward side, encrypted when that leg speaks TLS. */
-static int leg_send(void *ctx, unsigned side, const char *p, size_t n)
-{
-    struct flow *f = ctx;
-    if (f->tls[side] != NULL)
-        return soth_tls_conn_write(f->tls[side], p, n) < 0 ? SOTH_E_TLS : 0;
-    return conn_queue_copy(&f->w->segs, &f->c[side], p, n) ? 0 : SOTH_E_NOMEM;
-}
-
-static bool leg_flush(struct worker *w, struct flow *f, unsigned side)
-{
-    if (f->tls[side] != NULL)
-        return tls_flush(w, f, side);
-    conn_try_send(w, f, side);
-    return true;
-}
 
 /** The HTTP layer finished: send what is queued, close_notify and FIN both legs, then close
  *  once the client's FIN arrives (bounded by SOTH_ANSWER_MS). */
@@ -707,7 +600,7 @@ static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov a
     chunk_put(&w->io, f->head);
     f->head = NULL;
     f->head_len = 0;
-    if (!tls_flush(w, f, SIDE_CLIENT)) {
+    if (!leg_flush(w, f, SIDE_CLIENT)) {
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
         return;
     }
@@ -745,7 +638,7 @@ static void tls_upstream_start(struct worker *w, struct flow *f, struct soth_iov
         tls_failed(w, f, SIDE_UPSTREAM, -1);
         return;
     }
-    if (!tls_flush(w, f, SIDE_UPSTREAM)) {
+    if (!leg_flush(w, f, SIDE_UPSTREAM)) {
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
         return;
     }
@@ -905,7 +798,7 @@ static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned 
         int rc = soth_tls_conn_is_established(t) ? 0 : soth_tls_conn_handshake(t);
         soth_tls_conn_feed_done(t);
         buf_put(&w->io, bid);
-        if (!tls_flush(w, f, side)) {
+        if (!leg_flush(w, f, side)) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return;
         }
@@ -956,14 +849,10 @@ static void on_connect(struct worker *w, struct flow *f, int res)
               now_ms() +
                   (intercept ? w->cfg->timeouts.tls_handshake_ms : w->cfg->timeouts.idle_ms));
     if (f->is_connect) {
-        static char established[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
-        /* The client queue is empty here: nothing from the upstream has been read yet. */
-        if (!conn_queue(&w->segs, &f->c[SIDE_CLIENT], established, 0, sizeof(established) - 1,
-                        SEG_STATIC)) {
+        if (!answer_established(w, f)) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return;
         }
-        conn_try_send(w, f, SIDE_CLIENT);
     }
     if (intercept) {
         /* The ClientHello may have come with the CONNECT: see whether it is complete. */
@@ -1530,7 +1419,7 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
         if (f->tls[side ^ 1] != NULL && !o->shut_done && !o->shut_pending) {
             /* A FIN without close_notify: close the other leg cleanly all the same. */
             soth_tls_conn_shutdown(f->tls[side ^ 1]);
-            tls_flush(w, f, side ^ 1);
+            leg_flush(w, f, side ^ 1);
         }
         if (!o->shut_done) {
             o->shut_pending = true;
@@ -1650,14 +1539,7 @@ static void on_shutdown(struct worker *w, struct flow *f, unsigned side, int res
     if (f->state == FS_CLOSING)
         return;
     if (f->state == FS_ANSWER) {
-        /* Our answer is out and our FIN sent: wait for the client's FIN, bounded. */
-        flow_set_state(f, FS_LINGER);
-        if (f->c[SIDE_CLIENT].eof_in) {
-            flow_close(w, f, (enum soth_close_reason)f->answer_reason);
-            return;
-        }
-        timer_set(&w->timers, &f->timer, now_ms() + SOTH_LINGER_MS);
-        conn_arm_recv(w, f, SIDE_CLIENT);
+        answer_fin_sent(w, f); /* our answer is out and our FIN sent */
         return;
     }
     if (f->app_done && side == SIDE_CLIENT && f->state == FS_RELAY)

@@ -31,9 +31,7 @@ struct soth_engine;
 struct soth_spsc;
 
 /* ---- sizes (per worker unless noted) */
-#define SOTH_HEAD_MAX  SOTH_BUF_SIZE /* a split proxy head is gathered into one chunk */
-#define SOTH_LINGER_MS 1000u         /* after our own error answer: wait for the peer's FIN */
-#define SOTH_ANSWER_MS 5000u         /* bound on sending our own answer */
+#define SOTH_HEAD_MAX SOTH_BUF_SIZE /* a split proxy head is gathered into one chunk */
 
 /* ---- CQE user_data: op (8) | side (1) | slot (23) | gen (32). Stale CQEs fail the gen check. */
 enum soth_op {
