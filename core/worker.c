@@ -35,6 +35,7 @@
 #include "flowtab.h"
 #include "iobuf.h"
 #include "learn.h"
+#include "relay.h"
 #include "leg.h"
 #include "resolver.h"
 #include "spsc.h"
@@ -247,16 +248,6 @@ static bool flow_intercepting(const struct worker *w, const struct flow *f)
            f->action == SOTH_ACTION_INTERCEPT && w->tls != NULL;
 }
 
-static void flow_relay_start(struct worker *w, struct flow *f);
-static void app_after(struct worker *w, struct flow *f, unsigned from, int rc);
-static void flow_check_done(struct worker *w, struct flow *f);
-
-static bool alpn_is(struct soth_iov a, const char *s)
-{
-    size_t n = strlen(s);
-    return a.len == n && memcmp(a.base, s, n) == 0;
-}
-
 static void tls_client_start(struct worker *w, struct flow *f, struct soth_iov alpn);
 
 /**
@@ -334,222 +325,6 @@ static void tls_succeeded(struct flow *f, unsigned side)
                                     soth_tls_conn_alpn(t));
 }
 
-/** Decrypt what tls[from] holds and hand it to the HTTP layer. False once the flow ended. */
-static bool tls_pump_app(struct worker *w, struct flow *f, unsigned from)
-{
-    char buf[SOTH_BUF_SIZE];
-    int rc = APP_AGAIN;
-    while (rc == APP_AGAIN) {
-        ssize_t n = soth_tls_conn_read(f->tls[from], buf, sizeof(buf));
-        if (n == SOTH_E_INCOMPLETE)
-            break;
-        if (n < 0) {
-            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-            return false;
-        }
-        if (n == 0) {
-            /* close_notify: the leg's EOF for the HTTP layer. */
-            f->c[from].eof_in = true;
-            if (f->first_eof == 0xff)
-                f->first_eof = (uint8_t)from;
-            rc = app_eof(f->app, from, false);
-            if (rc == APP_HALF_CLOSE) {
-                soth_tls_conn_shutdown(f->tls[from ^ 1]);
-                f->c[from ^ 1].shut_pending = true;
-                rc = APP_AGAIN;
-            }
-            break;
-        }
-        rc = app_input(f->app, from, buf, (size_t)n);
-    }
-    app_after(w, f, from, rc);
-    return f->state == FS_RELAY && !f->app_done;
-}
-
-/** Decrypt what tls[from] holds and re-encrypt it into tls[from ^ 1]. */
-static bool tls_pump(struct worker *w, struct flow *f, unsigned from)
-{
-    if (f->app != NULL)
-        return tls_pump_app(w, f, from);
-    unsigned to = from ^ 1;
-    char buf[SOTH_BUF_SIZE];
-    for (;;) {
-        ssize_t n = soth_tls_conn_read(f->tls[from], buf, sizeof(buf));
-        if (n == SOTH_E_INCOMPLETE)
-            break;
-        if (n == 0) {
-            /* close_notify: pass the close on like a FIN. */
-            soth_tls_conn_shutdown(f->tls[to]);
-            f->c[to].shut_pending = true;
-            break;
-        }
-        if (n < 0) {
-            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-            return false;
-        }
-        if (soth_tls_conn_write(f->tls[to], buf, (size_t)n) < 0) {
-            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-            return false;
-        }
-    }
-    if (!leg_flush(w, f, to) || !leg_flush(w, f, from)) {
-        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-        return false;
-    }
-    return true;
-}
-
-/* ------------------------------------------------------------------------------------------
- * the HTTP layer (core/app.h): plaintext in from either leg, plaintext out through leg_send
- * ------------------------------------------------------------------------------------------ */
-
-/** The HTTP layer finished: send what is queued, close_notify and FIN both legs, then close
- *  once the client's FIN arrives (bounded by SOTH_ANSWER_MS). */
-static void app_finish(struct worker *w, struct flow *f)
-{
-    f->app_done = true;
-    for (unsigned s = 0; s < 2; s++) {
-        struct conn *c = &f->c[s];
-        if (f->tls[s] != NULL && !c->shut_done)
-            soth_tls_conn_shutdown(f->tls[s]);
-        if (!leg_flush(w, f, s)) {
-            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-            return;
-        }
-        if (c->connected && !c->shut_done && !c->shut_pending) {
-            c->shut_pending = true;
-            conn_try_send(w, f, s);
-        }
-    }
-    /* Reads go on (and are discarded) so the peers' FINs are seen. */
-    conn_resume_recv(w, f, SIDE_CLIENT);
-    conn_resume_recv(w, f, SIDE_UPSTREAM);
-    timer_set(&w->timers, &f->timer, now_ms() + SOTH_ANSWER_MS);
-    flow_check_done(w, f);
-}
-
-/**
- * After the HTTP layer ran on bytes from `from` (rc as app_input returned): flush both legs,
- * end the flow when the layer is done, and apply backpressure.
- */
-static void app_after(struct worker *w, struct flow *f, unsigned from, int rc)
-{
-    if (f->state != FS_RELAY || f->app_done)
-        return;
-    if (!leg_flush(w, f, SIDE_CLIENT) || !leg_flush(w, f, SIDE_UPSTREAM)) {
-        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-        return;
-    }
-    if (rc == APP_DONE) {
-        app_finish(w, f);
-        return;
-    }
-    if (rc < 0) {
-        SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "HTTP layer: %s", soth_strerror(rc));
-        flow_close(w, f, app_close_reason(f->app));
-        return;
-    }
-    /* A request head in progress must complete within request_header_ms (SPEC). */
-    uint64_t hd = app_head_deadline(f->app, w->cfg->timeouts.request_header_ms);
-    if (hd != 0 && (f->timer.deadline_ms == 0 || hd < f->timer.deadline_ms))
-        timer_set(&w->timers, &f->timer, hd);
-    for (unsigned s = 0; s < 2; s++) {
-        struct conn *out = &f->c[s];
-        if (f->app != NULL && app_read_paused(f->app, s)) {
-            conn_pause_recv(w, f, s);
-        } else if (f->c[s].recv_paused && !over_high(&f->c[s ^ 1])) {
-            conn_resume_recv(w, f, s);
-        }
-        /* HTTP/2 holds output for a congested leg; flow control then stops its sender. */
-        if (!f->app_held[s] && over_high(out) && app_is_h2(f->app)) {
-            f->app_held[s] = true;
-            rc = app_hold(f->app, s, true);
-            if (rc != APP_AGAIN) {
-                app_after(w, f, from, rc);
-                return;
-            }
-        }
-    }
-    (void)from;
-}
-
-/** Bytes from a plain (not TLS) leg for the HTTP layer. Takes the buffer. */
-static void app_plain_input(struct worker *w, struct flow *f, unsigned side, const char *p,
-                            uint32_t len)
-{
-    int rc = app_input(f->app, side, p, len);
-    app_after(w, f, side, rc);
-    if (f->state == FS_RELAY && !f->app_done && over_high(&f->c[side ^ 1]) && !app_is_h2(f->app))
-        conn_pause_recv(w, f, side);
-}
-
-/** Both legs are up (handshakes done where TLS is spoken): start the HTTP layer and relay. */
-static void flow_relay_start(struct worker *w, struct flow *f)
-{
-    flow_set_state(f, FS_RELAY);
-    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.idle_ms);
-    if (f->action == SOTH_ACTION_INTERCEPT && f->app == NULL) {
-        struct soth_iov alpn =
-            f->tls[SIDE_CLIENT] != NULL ? soth_tls_conn_alpn(f->tls[SIDE_CLIENT]) : SOTH_IOV_NULL;
-        bool h2 = alpn_is(alpn, "h2");
-        if (h2 || alpn.len == 0 || alpn_is(alpn, "http/1.1") || alpn_is(alpn, "http/1.0")) {
-            struct app_env env = {
-                .cfg = w->cfg,
-                .ev = &f->ev,
-                .m = w->m,
-                .client_tls = f->tls[SIDE_CLIENT] != NULL,
-                .ctx = f,
-                .send = leg_send,
-            };
-            f->app = app_new(h2 ? APP_H2 : APP_H1, &env);
-            if (f->app == NULL && !h2) {
-                flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-                return;
-            }
-            /* Without an HTTP/2 layer (not built), h2 is relayed as TLS-wrapped bytes. */
-        }
-    }
-    conn_arm_recv(w, f, SIDE_CLIENT);
-    conn_arm_recv(w, f, SIDE_UPSTREAM);
-    if (f->app != NULL && f->head != NULL) {
-        /* Reverse mode: the plain client's first bytes, read while looking for a ClientHello. */
-        char *head = f->head;
-        uint32_t n = f->head_len;
-        f->head = NULL;
-        f->head_len = 0;
-        int rc = app_input(f->app, SIDE_CLIENT, head, n);
-        chunk_put(&w->io, head);
-        if (rc == APP_AGAIN && f->pre_len > 0)
-            rc = app_input(f->app, SIDE_CLIENT, f->pre, f->pre_len);
-        pre_free(f);
-        app_after(w, f, SIDE_CLIENT, rc); /* resumes client reads paused by pre_put */
-    } else if (f->head != NULL) {
-        conn_queue_copy(&w->segs, &f->c[SIDE_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(&w->segs, &f->c[SIDE_UPSTREAM], f->pre, f->pre_len);
-        pre_free(f);
-        conn_resume_recv(w, f, SIDE_CLIENT);
-        chunk_put(&w->io, f->head);
-        f->head = NULL;
-        f->head_len = 0;
-    }
-    if (f->state != FS_RELAY || f->app_done)
-        return;
-    if (f->app != NULL && f->tls[SIDE_CLIENT] == NULL && f->tls[SIDE_UPSTREAM] == NULL) {
-        app_after(w, f, SIDE_CLIENT, APP_AGAIN);
-        return;
-    }
-    /* Application data may already sit behind either handshake (an HTTP/2 layer also has its
-     * prefaces to send). */
-    if (f->app != NULL)
-        app_after(w, f, SIDE_CLIENT, APP_AGAIN);
-    if (f->tls[SIDE_CLIENT] != NULL && !tls_pump(w, f, SIDE_CLIENT))
-        return;
-    if (f->tls[SIDE_UPSTREAM] != NULL)
-        tls_pump(w, f, SIDE_UPSTREAM);
-    else
-        conn_try_send(w, f, SIDE_UPSTREAM);
-}
-
 /** Client side handshake done: relay from now on. */
 static void tls_client_ready(struct worker *w, struct flow *f)
 {
@@ -559,7 +334,7 @@ static void tls_client_ready(struct worker *w, struct flow *f)
         flow_answer(w, f, 502, "Bad Gateway", f->answer, f->answer_len, SOTH_CLOSE_TLS_FAILED);
         return;
     }
-    flow_relay_start(w, f);
+    relay_start(w, f);
 }
 
 /** Upstream handshake done: answer the client with our leaf and the upstream's ALPN. */
@@ -568,7 +343,7 @@ static void tls_upstream_ready(struct worker *w, struct flow *f)
     tls_succeeded(f, SIDE_UPSTREAM);
     if (f->client_plain) {
         /* Reverse mode, plain client: nothing to answer with a leaf. */
-        flow_relay_start(w, f);
+        relay_start(w, f);
         return;
     }
     tls_client_start(w, f, soth_tls_conn_alpn(f->tls[SIDE_UPSTREAM]));
@@ -676,7 +451,7 @@ static void tls_try_hello(struct worker *w, struct flow *f)
             static const struct soth_iov h1[] = {SOTH_IOV_LIT("http/1.1")};
             tls_upstream_start(w, f, soth_iov(f->ev.server_host, f->ev.server_host_len), h1, 1);
         } else {
-            flow_relay_start(w, f);
+            relay_start(w, f);
         }
         return;
     }
@@ -777,7 +552,8 @@ static void tls_hello_bytes(struct worker *w, struct flow *f, const char *p, uin
     tls_try_hello(w, f);
 }
 
-/** Ciphertext from side while intercepting (handshakes or relay). Takes the buffer. */
+/** Ciphertext from side while handshaking (FS_HELLO, FS_TLS_UP, FS_TLS_DOWN). Takes the
+ *  buffer. */
 static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned bid, uint32_t len)
 {
     char *data = buf_addr(&w->io, bid);
@@ -814,18 +590,6 @@ static void tls_input(struct worker *w, struct flow *f, unsigned side, unsigned 
             tls_client_ready(w, f);
         return;
     }
-    uint32_t gen = f->gen;
-    bool ok = tls_pump(w, f, side);
-    if (f->gen != gen) {
-        /* The pump ended the flow and, nothing being in flight, freed it and t with it. */
-        buf_put(&w->io, bid);
-        return;
-    }
-    soth_tls_conn_feed_done(t);
-    buf_put(&w->io, bid);
-    /* HTTP/2 holds output per leg instead: pausing would stall every stream's frames. */
-    if (ok && over_high(&f->c[side ^ 1]) && (f->app == NULL || !app_is_h2(f->app)))
-        conn_pause_recv(w, f, side);
 }
 
 static void on_connect(struct worker *w, struct flow *f, int res)
@@ -1013,25 +777,6 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
     return f->state != FS_CLOSING;
 }
 
-/**
- * Regular-mode plain HTTP before the upstream is up: the HTTP layer takes the client's bytes
- * (queued for the upstream until it connects). The flow is in FS_RESOLVING/FS_CONNECTING, so
- * the layer's end is handled like in relay.
- */
-static void app_plain_head(struct worker *w, struct flow *f, const char *p, uint32_t len)
-{
-    int rc = app_input(f->app, SIDE_CLIENT, p, len);
-    if (rc == APP_AGAIN) {
-        conn_try_send(w, f, SIDE_CLIENT);
-        if (app_read_paused(f->app, SIDE_CLIENT))
-            conn_pause_recv(w, f, SIDE_CLIENT);
-        return;
-    }
-    /* An error answer (400/431) before any upstream byte matters: answer and close. */
-    flow_set_state(f, FS_RELAY);
-    app_after(w, f, SIDE_CLIENT, rc);
-}
-
 static void flow_head_failed(struct worker *w, struct flow *f, ssize_t rc, const char *code,
                              const char *detail)
 {
@@ -1084,7 +829,7 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
         }
         if (f->app != NULL) {
             /* Plain HTTP through the HTTP layer: the head and whatever followed it. */
-            app_plain_head(w, f, data, len);
+            relay_plain_head(w, f, data, len);
             buf_put(&w->io, bid);
             return;
         }
@@ -1128,9 +873,9 @@ static void flow_head_input(struct worker *w, struct flow *f, unsigned bid, uint
         f->head = NULL;
         f->head_len = 0;
         if (f->app != NULL) {
-            app_plain_head(w, f, proxy_head, proxy_len);
+            relay_plain_head(w, f, proxy_head, proxy_len);
             if (n < len && f->state != FS_CLOSING && !f->app_done)
-                app_plain_head(w, f, data + n, len - n);
+                relay_plain_head(w, f, data + n, len - n);
             buf_put(&w->io, bid);
         } else if (flow_intercepting(w, f)) {
             if ((uint32_t)rc < proxy_len)
@@ -1282,27 +1027,6 @@ static void on_accept(struct worker *w, struct io_uring_cqe *cqe)
     flow_maybe_free(w, f);
 }
 
-/** Both directions finished (FIN seen both ways and our FINs sent): close normally. */
-static void flow_check_done(struct worker *w, struct flow *f)
-{
-    if (f->state != FS_RELAY)
-        return;
-    struct conn *c = &f->c[SIDE_CLIENT], *u = &f->c[SIDE_UPSTREAM];
-    if (f->app_done) {
-        /* Everything delivered and our FINs out: close once the client's FIN came too. */
-        if (c->q_count == 0 && !c->send_inflight && !c->shut_pending && c->eof_in &&
-            (u->q_count == 0 || !u->connected) && !u->send_inflight &&
-            (!u->shut_pending || !u->connected))
-            flow_close(w, f, app_close_reason(f->app));
-        return;
-    }
-    /* pending == 0: no send or shutdown in flight, so both FINs have left. */
-    if (c->eof_in && u->eof_in && c->q_count == 0 && u->q_count == 0 && !c->shut_pending &&
-        !u->shut_pending && f->pending == 0)
-        flow_close(w, f,
-                   f->first_eof == SIDE_UPSTREAM ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF);
-}
-
 static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsigned bid,
                          uint32_t len)
 {
@@ -1335,33 +1059,14 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
             return;
         }
         if (f->app != NULL) {
-            app_plain_head(w, f, buf_addr(&w->io, bid), len);
+            relay_plain_head(w, f, buf_addr(&w->io, bid), len);
             buf_put(&w->io, bid);
             return;
         }
         SOTH_FALLTHROUGH;
-    case FS_RELAY: {
-        if (f->app_done) {
-            buf_put(&w->io, bid); /* after the HTTP layer finished: only FINs matter */
-            return;
-        }
-        if (f->tls[side] != NULL) {
-            tls_input(w, f, side, bid, len);
-            return;
-        }
-        if (f->app != NULL) {
-            app_plain_input(w, f, side, buf_addr(&w->io, bid), len);
-            buf_put(&w->io, bid);
-            return;
-        }
-        unsigned other = side ^ 1;
-        struct conn *o = &f->c[other];
-        conn_queue(&w->segs, o, buf_addr(&w->io, bid), 0, len, (int32_t)bid);
-        if (over_high(o))
-            conn_pause_recv(w, f, side);
-        conn_try_send(w, f, other);
+    case FS_RELAY:
+        relay_data(w, f, side, bid, len);
         return;
-    }
     default:
         /* Answering or lingering: the client's further bytes are discarded. */
         buf_put(&w->io, bid);
@@ -1403,31 +1108,9 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
             f->c[SIDE_UPSTREAM].shut_pending = true;
         }
         return;
-    case FS_RELAY: {
-        struct conn *o = &f->c[side ^ 1];
-        if (f->app_done) {
-            flow_check_done(w, f);
-            return;
-        }
-        if (f->app != NULL) {
-            int rc = app_eof(f->app, side, false);
-            if (rc != APP_HALF_CLOSE) {
-                app_after(w, f, side, rc);
-                return;
-            }
-        }
-        if (f->tls[side ^ 1] != NULL && !o->shut_done && !o->shut_pending) {
-            /* A FIN without close_notify: close the other leg cleanly all the same. */
-            soth_tls_conn_shutdown(f->tls[side ^ 1]);
-            leg_flush(w, f, side ^ 1);
-        }
-        if (!o->shut_done) {
-            o->shut_pending = true;
-            conn_try_send(w, f, side ^ 1);
-        }
-        flow_check_done(w, f);
+    case FS_RELAY:
+        relay_eof(w, f, side);
         return;
-    }
     case FS_LINGER:
         flow_close(w, f, (enum soth_close_reason)f->answer_reason);
         return;
@@ -1469,17 +1152,9 @@ static void on_recv(struct worker *w, struct flow *f, unsigned side, struct io_u
         else if (f->state == FS_ANSWER || f->state == FS_LINGER)
             /* The client went away while we answered: the answer's reason still holds. */
             flow_close(w, f, (enum soth_close_reason)f->answer_reason);
-        else if (f->state == FS_RELAY && f->app != NULL) {
-            /*
-             * A reset leg (clients routinely close with bytes unread, e.g. TLS session
-             * tickets): the HTTP layer ends its exchanges (a client's as its going away, an
-             * upstream's as aborted) and names the close reason.
-             */
-            c->eof_in = true;
-            if (!f->app_done)
-                app_eof(f->app, side, true);
-            flow_close(w, f, app_close_reason(f->app));
-        } else
+        else if (f->state == FS_RELAY)
+            relay_recv_error(w, f, side);
+        else
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
     }
     /* A multishot recv that ended on its own (buffer pressure, kernel limits) is re-armed. */
@@ -1497,31 +1172,18 @@ static void on_send(struct worker *w, struct flow *f, unsigned side, int res)
     if (res < 0) {
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "send %s: %s",
                  side ? "upstream" : "client", soth_strerror(res));
-        if (f->state == FS_RELAY && f->app != NULL) {
-            /* The leg is gone (reset, broken pipe): the HTTP layer ends its exchanges. */
-            if (!f->app_done)
-                app_eof(f->app, side, true);
-            flow_close(w, f, app_close_reason(f->app));
-            return;
-        }
-        flow_close(w, f,
-                   f->state == FS_ANSWER ? (enum soth_close_reason)f->answer_reason
-                                         : SOTH_CLOSE_RELAY_ERROR);
+        if (f->state == FS_RELAY)
+            relay_send_error(w, f, side);
+        else
+            flow_close(w, f,
+                       f->state == FS_ANSWER ? (enum soth_close_reason)f->answer_reason
+                                             : SOTH_CLOSE_RELAY_ERROR);
         return;
     }
     conn_q_sent(&w->segs, c, (uint64_t)res);
     f->last_active_ms = now_ms();
-    /* The source of these bytes may read again. */
-    struct conn *src = &f->c[side ^ 1];
-    bool low = under_low(c);
-    if (low && f->app != NULL && f->app_held[side] && !f->app_done && f->state == FS_RELAY) {
-        f->app_held[side] = false;
-        app_after(w, f, side, app_hold(f->app, side, false));
-        if (f->state != FS_RELAY)
-            return;
-    }
-    if (src->recv_paused && low && (f->app == NULL || !app_read_paused(f->app, side ^ 1)))
-        conn_resume_recv(w, f, side ^ 1);
+    if (!relay_drained(w, f, side))
+        return;
     if (c->q_count > 0) {
         conn_try_send(w, f, side);
         return;
@@ -1530,7 +1192,7 @@ static void on_send(struct worker *w, struct flow *f, unsigned side, int res)
         conn_submit_shutdown(w, f, side);
         return;
     }
-    flow_check_done(w, f);
+    relay_check_done(w, f);
 }
 
 static void on_shutdown(struct worker *w, struct flow *f, unsigned side, int res)
@@ -1542,19 +1204,12 @@ static void on_shutdown(struct worker *w, struct flow *f, unsigned side, int res
         answer_fin_sent(w, f); /* our answer is out and our FIN sent */
         return;
     }
-    if (f->app_done && side == SIDE_CLIENT && f->state == FS_RELAY)
-        timer_set(&w->timers, &f->timer,
-                  now_ms() + SOTH_LINGER_MS); /* all sent: wait for the FIN, briefly */
-    flow_check_done(w, f);
+    if (f->state == FS_RELAY)
+        relay_fin_sent(w, f, side);
 }
 
 static void on_timeout(struct worker *w, struct flow *f)
 {
-    uint64_t now = now_ms();
-    if (f->app_done && f->state == FS_RELAY) {
-        flow_close(w, f, app_close_reason(f->app));
-        return;
-    }
     switch (f->state) {
     case FS_HEAD:
         soth_ev_connect_parse_failed(&f->ev, SOTH_IOV_LIT("request_header_timeout"),
@@ -1582,21 +1237,9 @@ static void on_timeout(struct worker *w, struct flow *f)
     case FS_TLS_DOWN:
         tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
         return;
-    case FS_RELAY: {
-        uint64_t hd =
-            f->app != NULL ? app_head_deadline(f->app, w->cfg->timeouts.request_header_ms) : 0;
-        if (hd != 0 && hd <= now) {
-            app_after(w, f, SIDE_CLIENT, app_head_timeout(f->app)); /* 408 */
-            return;
-        }
-        uint64_t idle = f->last_active_ms + w->cfg->timeouts.idle_ms;
-        if (idle > now) {
-            timer_set(&w->timers, &f->timer, hd != 0 && hd < idle ? hd : idle);
-            return;
-        }
-        flow_close(w, f, SOTH_CLOSE_IDLE_TIMEOUT);
+    case FS_RELAY:
+        relay_timeout(w, f);
         return;
-    }
     case FS_ANSWER:
     case FS_LINGER:
         flow_close(w, f, (enum soth_close_reason)f->answer_reason);
@@ -1648,7 +1291,7 @@ static void worker_begin_stop(struct worker *w)
         if (flow_is_live(f) && f->state == FS_HEAD && f->head == NULL)
             flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
         else if (flow_is_live(f) && f->state == FS_RELAY && f->app != NULL && !f->app_done)
-            app_after(w, f, SIDE_CLIENT, app_shutdown(f->app)); /* idle keep-alive: close */
+            relay_after(w, f, SIDE_CLIENT, app_shutdown(f->app)); /* idle keep-alive: close */
     }
 }
 
