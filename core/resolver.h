@@ -8,6 +8,7 @@
 #define SOTH_CORE_RESOLVER_H
 
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -37,6 +38,29 @@ struct dns_cache_ent {
     socklen_t addr_len;
     struct sockaddr_storage addr;
 };
+
+/** A worker's cache of resolver answers: SOTH_DNS_CACHE entries, one per hash of the name
+ *  (a later name on the same entry replaces the earlier), each kept SOTH_DNS_TTL_MS. */
+struct dns_cache {
+    struct dns_cache_ent ent[SOTH_DNS_CACHE];
+};
+#define SOTH_DNS_TTL_MS 60000u /* getaddrinfo gives no TTL: keep a minute */
+
+struct soth_config;
+
+/** Remember the address (its port aside) the resolver gave for host, at now (monotonic ms). */
+void dns_cache_put(struct dns_cache *dc, struct soth_iov host, const struct sockaddr_storage *addr,
+                   socklen_t addr_len, uint64_t now);
+/** host's cached address with port, if it was put less than SOTH_DNS_TTL_MS before now. */
+bool dns_cache_get(const struct dns_cache *dc, struct soth_iov host, uint16_t port,
+                   struct sockaddr_storage *ss, socklen_t *sl, uint64_t now);
+
+/**
+ * Resolve without blocking, in order: the config's resolve overrides, a numeric literal,
+ * "localhost", the cache. False when only the resolver thread can tell.
+ */
+bool resolve_fast(const struct soth_config *cfg, const struct dns_cache *dc, struct soth_iov host,
+                  uint16_t port, struct sockaddr_storage *ss, socklen_t *sl);
 
 int soth_resolver_start(struct soth_engine *e);
 void soth_resolver_stop(struct soth_engine *e);

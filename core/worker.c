@@ -38,6 +38,8 @@
 #include "relay.h"
 #include "intercept.h"
 #include "leg.h"
+#include "decide.h"
+#include "upstream.h"
 #include "resolver.h"
 #include "spsc.h"
 #include "timer.h"
@@ -47,271 +49,9 @@
 #define IP6T_SO_ORIGINAL_DST 80
 #endif
 
-static void flow_start_upstream(struct worker *w, struct flow *f);
-
-/* ------------------------------------------------------------------------------------------
- * upstream: resolve, connect
- * ------------------------------------------------------------------------------------------ */
-
-static uint64_t name_hash(struct soth_iov host)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a, lowercased */
-    for (size_t i = 0; i < host.len; i++) {
-        unsigned char ch = (unsigned char)host.base[i];
-        if (ch >= 'A' && ch <= 'Z')
-            ch = (unsigned char)(ch + 32);
-        h = (h ^ ch) * 1099511628211ull;
-    }
-    return h;
-}
-
-static bool addr_from_text(const char *text, size_t len, uint16_t port, struct sockaddr_storage *ss,
-                           socklen_t *sl)
-{
-    char tmp[64];
-    if (len == 0 || len >= sizeof(tmp))
-        return false;
-    memcpy(tmp, text, len);
-    tmp[len] = '\0';
-    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-    memset(ss, 0, sizeof(*ss));
-    if (inet_pton(AF_INET, tmp, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(port);
-        *sl = sizeof(*s4);
-        return true;
-    }
-    if (inet_pton(AF_INET6, tmp, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(port);
-        *sl = sizeof(*s6);
-        return true;
-    }
-    return false;
-}
-
-static void set_port(struct sockaddr_storage *ss, uint16_t port)
-{
-    if (ss->ss_family == AF_INET)
-        ((struct sockaddr_in *)ss)->sin_port = htons(port);
-    else
-        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-}
-
-/** Resolve without blocking: overrides, literals, the worker's cache. */
-static bool resolve_fast(struct worker *w, struct soth_iov host, uint16_t port,
-                         struct sockaddr_storage *ss, socklen_t *sl)
-{
-    const struct soth_config *cfg = w->cfg;
-    for (size_t i = 0; i < cfg->n_resolve; i++) {
-        if (soth_iov_is_ci(host, cfg->resolve[i].name))
-            return addr_from_text(cfg->resolve[i].addr, strlen(cfg->resolve[i].addr), port, ss, sl);
-    }
-    if (addr_from_text(host.base, host.len, port, ss, sl))
-        return true;
-    if (soth_iov_is_ci(host, "localhost"))
-        return addr_from_text("127.0.0.1", 9, port, ss, sl);
-    uint64_t h = name_hash(host);
-    struct dns_cache_ent *e = &w->dns[h & (SOTH_DNS_CACHE - 1)];
-    if (e->hash == h && e->expires_ms > now_ms()) {
-        memcpy(ss, &e->addr, e->addr_len);
-        *sl = e->addr_len;
-        set_port(ss, port);
-        return true;
-    }
-    return false;
-}
-
-static void flow_connect_failed(struct worker *w, struct flow *f, int err, bool timeout)
-{
-    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "upstream %.*s:%u: %s",
-             (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
-             timeout ? "connect timeout" : soth_strerror(err));
-    /* Bytes the client sent ahead for the upstream are dropped with the flow. */
-    conn_q_clear(&w->segs, &f->c[SIDE_UPSTREAM]);
-    if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
-        flow_close(w, f, SOTH_CLOSE_UPSTREAM_CONNECT_FAILED);
-        return;
-    }
-    if (timeout)
-        flow_answer_text(w, f, 504, "Gateway Timeout", SOTH_CLOSE_UPSTREAM_CONNECT_FAILED,
-                         "soth-mitm: upstream %.*s:%u did not answer within %u ms\n",
-                         (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
-                         w->cfg->timeouts.connect_ms);
-    else
-        flow_answer_text(w, f, 502, "Bad Gateway", SOTH_CLOSE_UPSTREAM_CONNECT_FAILED,
-                         "soth-mitm: cannot connect to upstream %.*s:%u: %s\n",
-                         (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
-                         soth_strerror(err));
-}
-
-static void flow_connect(struct worker *w, struct flow *f)
-{
-    struct conn *u = &f->c[SIDE_UPSTREAM];
-    int fd = socket(f->upstream_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        flow_connect_failed(w, f, -errno, false);
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    u->fd = fd;
-    flow_set_state(f, FS_CONNECTING);
-    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.connect_ms);
-    struct io_uring_sqe *sqe = get_sqe(w);
-    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&f->upstream_addr, f->upstream_addr_len);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SIDE_UPSTREAM, f->slot, f->gen));
-    f->pending++;
-}
-
-static void flow_start_upstream(struct worker *w, struct flow *f)
-{
-    struct soth_iov host = soth_iov(f->ev.server_host, f->ev.server_host_len);
-    if (resolve_fast(w, host, f->upstream_port, &f->upstream_addr, &f->upstream_addr_len)) {
-        flow_connect(w, f);
-        return;
-    }
-    struct resolve_req rq;
-    rq.slot = f->slot;
-    rq.gen = f->gen;
-    rq.port = f->upstream_port;
-    rq.host_len = (uint16_t)host.len;
-    memcpy(rq.host, host.base, host.len);
-    if (soth_resolver_submit(w, &rq) < 0) {
-        flow_connect_failed(w, f, -EAGAIN, false);
-        return;
-    }
-    flow_set_state(f, FS_RESOLVING);
-    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.connect_ms);
-}
-
-static void on_resolved(struct worker *w, const struct resolve_resp *rs)
-{
-    struct flow *f = flow_table_find(&w->ft, rs->slot, rs->gen);
-    if (f == NULL || f->state != FS_RESOLVING)
-        return;
-    if (rs->err < 0) {
-        flow_connect_failed(w, f, rs->err, false);
-        return;
-    }
-    struct soth_iov host = soth_iov(f->ev.server_host, f->ev.server_host_len);
-    uint64_t h = name_hash(host);
-    struct dns_cache_ent *e = &w->dns[h & (SOTH_DNS_CACHE - 1)];
-    e->hash = h;
-    e->expires_ms = now_ms() + 60000; /* getaddrinfo gives no TTL: keep a minute */
-    memcpy(&e->addr, &rs->addr, rs->addr_len);
-    e->addr_len = rs->addr_len;
-    memcpy(&f->upstream_addr, &rs->addr, rs->addr_len);
-    f->upstream_addr_len = rs->addr_len;
-    flow_connect(w, f);
-}
-
-static bool flow_intercepting(const struct worker *w, const struct flow *f)
-{
-    return (f->is_connect || f->is_reverse || f->is_transparent) &&
-           f->action == SOTH_ACTION_INTERCEPT && w->tls != NULL;
-}
-
-static void on_connect(struct worker *w, struct flow *f, int res)
-{
-    if (f->state != FS_CONNECTING)
-        return;
-    if (res < 0) {
-        struct conn *u = &f->c[SIDE_UPSTREAM];
-        struct io_uring_sqe *sqe = get_sqe(w);
-        io_uring_prep_close(sqe, u->fd);
-        io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, SIDE_UPSTREAM, f->slot, f->gen));
-        u->fd = -1;
-        flow_connect_failed(w, f, res, false);
-        return;
-    }
-    struct conn *u = &f->c[SIDE_UPSTREAM];
-    u->connected = true;
-    bool intercept = flow_intercepting(w, f);
-    flow_set_state(f, intercept ? FS_HELLO : FS_RELAY);
-    timer_set(&w->timers, &f->timer,
-              now_ms() +
-                  (intercept ? w->cfg->timeouts.tls_handshake_ms : w->cfg->timeouts.idle_ms));
-    if (f->is_connect) {
-        if (!answer_established(w, f)) {
-            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-            return;
-        }
-    }
-    if (intercept) {
-        /* The ClientHello may have come with the CONNECT: see whether it is complete. */
-        conn_arm_recv(w, f, SIDE_CLIENT);
-        intercept_hello(w, f);
-        return;
-    }
-    conn_arm_recv(w, f, SIDE_UPSTREAM);
-    conn_arm_recv(w, f, SIDE_CLIENT);
-    conn_try_send(w, f, SIDE_UPSTREAM);
-}
-
 /* ------------------------------------------------------------------------------------------
  * decisions and the proxy request head (regular mode)
  * ------------------------------------------------------------------------------------------ */
-
-static bool learning_never(void *ctx, struct soth_iov host, uint16_t port)
-{
-    return false;
-}
-
-/** TLS learning changed this flow's decision to tunnel: say so in the flow. */
-static void learning_applied(struct worker *w, struct flow *f)
-{
-    struct soth_iov host = soth_iov(f->ev.server_host, f->ev.server_host_len);
-    struct soth_tls_learning_pin pin = {.provider = SOTH_TLS_PROVIDER_NATIVE};
-    uint64_t now = soth_mono_ns();
-    /* is_pinned said yes a moment ago; a pin ending in between leaves the defaults. */
-    soth_tls_learning_lookup(w->learn_view, host, f->ev.server_port, now, &pin);
-    char why[160];
-    int n = snprintf(why, sizeof(why),
-                     "failure_threshold_reached: %u client-side unknown_ca/cert_validation "
-                     "failures within the window; tunnelled for %llu ms more",
-                     pin.failures,
-                     (unsigned long long)(pin.until_ns > now ? (pin.until_ns - now) / 1000000 : 0));
-    soth_ev_tls_learning_audit(&f->ev, true, soth_iov(why, (size_t)n), host,
-                               (enum soth_tls_provider)pin.provider);
-}
-
-/** Apply the policy to the flow's target; emits connect_decision. Returns the action. */
-static enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *rule)
-{
-    struct soth_learning_view lv = {.is_pinned = learning_never, .ctx = NULL};
-    if (w->learn_on) {
-        /* Takes a snapshot the aggregator published since the last decision, if any. */
-        lv.is_pinned = soth_tls_learning_is_pinned;
-        lv.ctx = soth_learn_view(w);
-    }
-    struct soth_policy_decision d = soth_policy_decide(
-        w->policy, soth_iov(f->ev.server_host, f->ev.server_host_len), f->ev.server_port, &lv);
-    soth_ev_connect_decision(&f->ev, d.action, (enum soth_decision_reason)d.reason, d.rule);
-    f->action = (uint8_t)d.action;
-    *rule = d.rule;
-    if (d.reason == SOTH_REASON_TLS_LEARNING)
-        learning_applied(w, f);
-    return d.action;
-}
-
-static void flow_block(struct worker *w, struct flow *f, struct soth_iov rule)
-{
-    if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
-        flow_close(w, f, SOTH_CLOSE_BLOCKED);
-        return;
-    }
-    if (rule.len > 0)
-        flow_answer_text(w, f, 403, "Forbidden", SOTH_CLOSE_BLOCKED,
-                         "soth-mitm: %.*s:%u is blocked by policy rule \"%.*s\"\n",
-                         (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port,
-                         (int)rule.len, rule.base);
-    else
-        flow_answer_text(w, f, 403, "Forbidden", SOTH_CLOSE_BLOCKED,
-                         "soth-mitm: %.*s:%u is blocked by the default policy\n",
-                         (int)f->ev.server_host_len, f->ev.server_host, f->ev.server_port);
-}
 
 static bool header_is(const struct soth_header *h, const char *name)
 {
@@ -394,7 +134,7 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
             return false;
         }
     }
-    flow_start_upstream(w, f);
+    upstream_start(w, f);
     return f->state != FS_CLOSING;
 }
 
@@ -562,7 +302,7 @@ static void flow_begin_direct(struct worker *w, struct flow *f, const char *host
         return;
     }
     /* Read the client right away: bytes queue for the upstream under backpressure. */
-    flow_start_upstream(w, f);
+    upstream_start(w, f);
     if (f->state != FS_CLOSING)
         conn_arm_recv(w, f, SIDE_CLIENT);
 }
@@ -673,18 +413,8 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
         return;
     case FS_RESOLVING:
     case FS_CONNECTING:
-        if (flow_intercepting(w, f)) {
-            /* The ClientHello may arrive before the upstream is up: keep it for the peek. */
-            intercept_hello_bytes(w, f, buf_addr(&w->io, bid), len);
-            buf_put(&w->io, bid);
-            return;
-        }
-        if (f->app != NULL) {
-            relay_plain_head(w, f, buf_addr(&w->io, bid), len);
-            buf_put(&w->io, bid);
-            return;
-        }
-        SOTH_FALLTHROUGH;
+        upstream_data(w, f, side, bid, len);
+        return;
     case FS_RELAY:
         relay_data(w, f, side, bid, len);
         return;
@@ -714,10 +444,7 @@ static void on_recv_eof(struct worker *w, struct flow *f, unsigned side)
         return;
     case FS_RESOLVING:
     case FS_CONNECTING:
-        if (side == SIDE_CLIENT) {
-            /* Half-close before the upstream is up: forward the FIN once connected. */
-            f->c[SIDE_UPSTREAM].shut_pending = true;
-        }
+        upstream_eof(w, f, side);
         return;
     case FS_RELAY:
         relay_eof(w, f, side);
@@ -830,13 +557,7 @@ static void on_timeout(struct worker *w, struct flow *f)
         return;
     case FS_RESOLVING:
     case FS_CONNECTING:
-        if (f->state == FS_CONNECTING) {
-            /* Cancel the connect; its CQE (-ECANCELED) then finds the flow past CONNECTING. */
-            struct io_uring_sqe *sqe = get_sqe(w);
-            io_uring_prep_cancel64(sqe, ud_pack(OP_CONNECT, SIDE_UPSTREAM, f->slot, f->gen), 0);
-            io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, SIDE_UPSTREAM, f->slot, f->gen));
-        }
-        flow_connect_failed(w, f, -ETIMEDOUT, true);
+        upstream_timeout(w, f);
         return;
     case FS_HELLO:
     case FS_TLS_UP:
@@ -905,7 +626,7 @@ static void on_eventfd(struct worker *w)
 {
     struct resolve_resp rs;
     while (soth_spsc_pop(w->rs, &rs))
-        on_resolved(w, &rs);
+        upstream_resolved(w, &rs);
     struct soth_config *ncfg = atomic_exchange(&w->ctl_cfg, NULL);
     if (ncfg != NULL) {
         char err[256];
@@ -964,7 +685,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
         break;
     case OP_CONNECT:
         f->pending--;
-        on_connect(w, f, cqe->res);
+        upstream_connected(w, f, cqe->res);
         break;
     case OP_SHUTDOWN:
         on_shutdown(w, f, side, cqe->res);

@@ -101,7 +101,7 @@ struct worker {
     uint64_t stop_deadline_ms;
 
     struct soth_spsc *rq, *rs; /* resolver requests / responses */
-    struct dns_cache_ent dns[SOTH_DNS_CACHE];
+    struct dns_cache dns;      /* resolver answers (core/resolver.c) */
 
     /* control from the main thread; read when the eventfd fires */
     _Atomic int ctl_stop;
