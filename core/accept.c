@@ -37,7 +37,8 @@ static void format_addr(const struct sockaddr_storage *ss, char *out, size_t cap
 static void begin_direct(struct worker *w, struct flow *f, const char *host, size_t host_len,
                          uint16_t port)
 {
-    /* Reverse and transparent modes: the target is known at accept (SPEC invariant 2). */
+    /* Reverse and transparent modes: the target is known at accept, and the flow starts
+     * with connect_received like any other (docs/events.md, "Ordering" 2). */
     char target[320];
     int n;
     if (memchr(host, ':', host_len))

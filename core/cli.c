@@ -1,4 +1,4 @@
-/* The soth-mitm program: command line, config, signals (SPEC "soth-mitm command line"). */
+/* The soth-mitm program: command line, config, signals (`soth-mitm --help`, docs/config.md). */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>

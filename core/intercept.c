@@ -48,7 +48,7 @@ static void client_leg_start(struct worker *w, struct flow *f, struct soth_iov a
 
 /**
  * After a failed handshake: an upstream failure still gives the client a TLS session with our
- * leaf (or, for a plain client, an answer right away) and then 502 naming the reason (SPEC);
+ * leaf (or, for a plain client, an answer right away) and then 502 naming the reason (docs/tls.md);
  * anything else closes the flow.
  */
 static void failed_end(struct worker *w, struct flow *f, unsigned side, enum soth_tls_fail reason,

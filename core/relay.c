@@ -116,7 +116,7 @@ void relay_after(struct worker *w, struct flow *f, unsigned from, int rc)
         flow_close(w, f, app_close_reason(f->app));
         return;
     }
-    /* A request head in progress must complete within request_header_ms (SPEC). */
+    /* A request head in progress must complete within request_header_ms (docs/config.md). */
     uint64_t hd = app_head_deadline(f->app, w->cfg->timeouts.request_header_ms);
     if (hd != 0 && (f->timer.deadline_ms == 0 || hd < f->timer.deadline_ms))
         timer_set(&w->timers, &f->timer, hd);
@@ -140,7 +140,7 @@ void relay_after(struct worker *w, struct flow *f, unsigned from, int rc)
     (void)from;
 }
 
-/** Bytes from a plain (not TLS) leg for the HTTP layer. Takes the buffer. */
+/** Bytes from a plain (not TLS) leg for the HTTP layer (the caller keeps its buffer). */
 static void relay_plain_input(struct worker *w, struct flow *f, unsigned side, const char *p,
                               uint32_t len)
 {

@@ -30,10 +30,12 @@
 struct soth_engine;
 struct soth_spsc;
 
-/* ---- sizes (per worker unless noted) */
-#define SOTH_HEAD_MAX SOTH_BUF_SIZE /* a split proxy head is gathered into one chunk */
-
-/* ---- CQE user_data: op (8) | side (1) | slot (23) | gen (32). Stale CQEs fail the gen check. */
+/*
+ * CQE user_data: op (8) | side (1) | slot (23) | gen (32), not a pointer, so a completion that
+ * arrives after its flow was freed fails the generation check (core/flowtab.h). Tracked ops
+ * count in flow->pending until their last CQE; untracked ones (close, cancel) never touch the
+ * flow.
+ */
 enum soth_op {
     OP_NONE = 0,
     OP_ACCEPT,
@@ -80,14 +82,11 @@ struct worker {
     int efd;
     uint64_t efd_val;
 
-    struct iobuf io; /* provided buffers and owned chunks */
-
-    struct flow_table ft;
-    struct flow *buf_waiters; /* recvs stopped on -ENOBUFS (core/conn.c) */
-
-    struct seg_pool segs; /* one per buffer and chunk that can be queued */
-
-    struct timer_wheel timers;
+    struct iobuf io;           /* provided buffers and owned chunks (core/iobuf.h) */
+    struct seg_pool segs;      /* send queue segments over io (core/conn.h) */
+    struct flow_table ft;      /* core/flowtab.h */
+    struct flow *buf_waiters;  /* flows whose recv stopped on -ENOBUFS (core/conn.c) */
+    struct timer_wheel timers; /* one deadline per flow (core/timer.h) */
 
     struct soth_config *cfg;
     struct soth_policy *policy;
