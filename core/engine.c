@@ -11,8 +11,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core_int.h"
+#include "engine.h"
 #include "learn.h"
+#include "resolver.h"
+#include "spsc.h"
+#include "worker.h"
 
 static int listen_socket(const struct sockaddr_storage *addr, socklen_t len, char *err,
                          size_t err_len)

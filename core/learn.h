@@ -6,7 +6,8 @@
 #ifndef SOTH_CORE_LEARN_H
 #define SOTH_CORE_LEARN_H
 
-#include "core_int.h"
+#include "engine.h"
+#include "worker.h"
 
 /** One TLS ops signal (host copied). */
 struct soth_learn_signal {
@@ -19,8 +20,9 @@ struct soth_learn_signal {
 };
 
 /**
- * Parse one test-hook signal "HOST PORT SIDE REASON PROVIDER" (words of docs/events.md, one space
- * between fields, e.g. "origin.test 443 client unknown_ca native"). Pure. 0 or SOTH_E_MALFORMED.
+ * Parse one test-hook signal "HOST PORT SIDE REASON PROVIDER" (the words of docs/events.md, one
+ * space between fields, e.g. "origin.test 443 client unknown_ca native"). Pure. 0 or
+ * SOTH_E_MALFORMED.
  */
 int soth_learn_parse_signal(const char *text, size_t len, struct soth_learn_signal *out);
 

@@ -7,7 +7,11 @@
 #include <stdatomic.h>
 #include <string.h>
 
-#include "core_int.h"
+#include <stdlib.h>
+
+#include "soth/base.h"
+
+#include "spsc.h"
 
 struct soth_spsc {
     _Alignas(SOTH_CACHELINE) _Atomic uint32_t head;

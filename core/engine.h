@@ -1,0 +1,34 @@
+/*
+ * Private to core/: the process-wide engine (core/engine.c): the workers, the resolver thread,
+ * the observe subsystem, the CA and TLS learning.
+ */
+#ifndef SOTH_CORE_ENGINE_H
+#define SOTH_CORE_ENGINE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "soth/config.h"
+#include "soth/core.h"
+#include "soth/observe.h"
+#include "soth/tls.h"
+
+struct worker;
+struct soth_learn;
+
+struct soth_engine {
+    struct soth_config *cfg;
+    struct soth_observe *obs;
+    unsigned n_workers;
+    struct worker *workers;
+    pthread_mutex_t start_mu; /* start-up only */
+    pthread_cond_t start_cv;
+    unsigned n_ready;
+    struct soth_tls_ca *ca;
+    pthread_t resolver;
+    int resolver_efd;
+    _Atomic int resolver_stop;
+    struct soth_learn *learn; /* core/learn.c */
+};
+
+#endif

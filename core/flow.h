@@ -1,0 +1,123 @@
+/*
+ * Private to core/: a flow, one client connection and what the proxy does with it (its upstream
+ * connection, TLS sessions, HTTP layer, events), and its states. Every state change goes
+ * through flow_set_state(); every end through flow_close() (core/flow.c), which emits the one
+ * stream_closed and frees the flow once nothing it submitted is in flight.
+ *
+ * Lifetime: every tracked SQE counts in flow->pending; a flow is freed only when it is closing
+ * and pending is zero, so no CQE can reach a reused slot (the generation in user_data catches
+ * the untracked ones).
+ */
+#ifndef SOTH_CORE_FLOW_H
+#define SOTH_CORE_FLOW_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+#include "soth/base.h"
+#include "soth/observe.h"
+#include "soth/tls.h"
+
+#include "conn.h"
+#include "timer.h"
+
+struct app;
+struct worker;
+
+enum flow_state {
+    FS_HEAD = 0,   /* regular mode: reading the proxy request head */
+    FS_RESOLVING,  /* waiting for the resolver thread */
+    FS_CONNECTING, /* upstream connect in flight */
+    FS_HELLO,      /* intercept: upstream connected, 200 sent, reading the ClientHello */
+    FS_TLS_UP,     /* intercept: handshaking with the upstream */
+    FS_TLS_DOWN,   /* intercept: handshaking with the client (our leaf) */
+    FS_RELAY,      /* bytes both ways (plaintext through tls[] when intercepting) */
+    FS_ANSWER,     /* sending our own answer (403/400/502...), then linger */
+    FS_LINGER,     /* our FIN sent: discard input until the peer's FIN or a timer */
+    FS_CLOSING,    /* stream_closed emitted; waiting for in-flight ops */
+    FS_FREE,       /* slot on the free list */
+    FS_COUNT
+};
+
+struct flow {
+    uint32_t slot, gen;
+    uint8_t state;   /* enum flow_state */
+    uint8_t action;  /* enum soth_action decided */
+    bool is_connect; /* regular mode CONNECT (answer 200 on connect) */
+    bool on_wait_list;
+    uint8_t first_eof;     /* side that sent FIN first, 0xff = none */
+    uint8_t answer_reason; /* enum soth_close_reason once the answer is sent */
+    uint16_t pending;      /* in-flight tracked SQEs */
+    struct conn c[2];
+    struct soth_ev_flow ev;
+    uint64_t bytes[2];        /* [0] client->server, [1] server->client */
+    struct timer_entry timer; /* the flow's one deadline (core/timer.h) */
+    uint64_t last_active_ms;
+    struct flow *wnext; /* waiter list for provided buffers / free list */
+    char *head;         /* split proxy head, then the ClientHello, gathered here (owned chunk) */
+    struct soth_tls_conn *tls[2]; /* intercept: [0] faces the client, [1] the upstream */
+    struct worker *w;             /* owner (for the HTTP layer's callbacks) */
+    struct app *app;              /* HTTP layer once both legs are up (core/app.h), or NULL */
+    bool is_reverse;              /* reverse mode: the client may speak TLS or plain HTTP */
+    bool is_transparent;          /* transparent mode: likewise; TLS names come from the SNI */
+    bool client_plain;            /* intercepting, but the client leg is plain HTTP */
+    bool app_done;                /* the HTTP layer finished: flushing, FINs, then close */
+    bool app_held[2];             /* app_hold(side, true) in force */
+    char *answer;                 /* our 502 after an upstream TLS failure (owned chunk) */
+    char *pre;                    /* a plain client's bytes beyond `head` before its relay starts */
+    uint32_t pre_len, pre_cap;
+    uint32_t answer_len;
+    uint8_t leaf_name_len; /* reverse mode: the name our leaf is for (client SNI) */
+    char leaf_name[SOTH_TLS_MAX_NAME_LEN + 1];
+    uint32_t head_len;
+    uint16_t upstream_port;
+    struct sockaddr_storage upstream_addr;
+    socklen_t upstream_addr_len;
+};
+
+/** Short names for traces, indexed by enum flow_state (core/flow.c). */
+extern const char *const flow_state_names[FS_COUNT];
+
+/** The one way to change state: never out of FS_CLOSING, traced at debug level. */
+static inline void flow_set_state(struct flow *f, enum flow_state st)
+{
+    SOTH_BUG_ON(f->state == FS_CLOSING);
+    SOTH_LOG(SOTH_LOG_DEBUG, f->ev.worker, f->ev.flow_id, "state %s -> %s",
+             flow_state_names[f->state], flow_state_names[st]);
+    f->state = (uint8_t)st;
+}
+
+/** Live slots have an odd generation: alloc and free each advance it by one. */
+static inline bool flow_is_live(const struct flow *f)
+{
+    return f->gen & 1;
+}
+
+/** Drop a plain client's bytes kept aside (f->pre). */
+static inline void pre_free(struct flow *f)
+{
+    free(f->pre);
+    f->pre = NULL;
+    f->pre_len = f->pre_cap = 0;
+}
+
+/**
+ * End the flow (no-op when it is already closing): the HTTP layer ends its exchanges, one
+ * stream_closed with reason, FS_CLOSING, whatever is in flight is cancelled; the flow is freed
+ * here when nothing is, else by flow_maybe_free after its last CQE. f may be freed on return.
+ */
+void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason);
+/** Release everything f holds (queues, sockets, chunks, TLS, HTTP layer) and its slot. */
+void flow_free(struct worker *w, struct flow *f);
+
+/** After any CQE of a flow: free it once it is closing and nothing is in flight. */
+static inline void flow_maybe_free(struct worker *w, struct flow *f)
+{
+    if (f->state == FS_CLOSING && f->pending == 0)
+        flow_free(w, f);
+}
+
+#endif

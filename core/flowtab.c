@@ -1,0 +1,83 @@
+/* A worker's flow table (core/flowtab.h): slots, generations, the free list. */
+#include <errno.h>
+#include <sys/mman.h>
+
+#include "flowtab.h"
+
+int flow_table_init(struct flow_table *ft)
+{
+    ft->hw = 0;
+    ft->n_live = 0;
+    ft->max = SOTH_MAX_FLOWS;
+    ft->free = NULL;
+    /* Address space only: pages are touched as slots are used. */
+    void *p = mmap(NULL, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow), PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    ft->flows = p;
+    return 0;
+}
+
+void flow_table_dispose(struct flow_table *ft)
+{
+    if (ft->flows != NULL)
+        munmap(ft->flows, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow));
+    ft->flows = NULL;
+}
+
+struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
+{
+    struct flow *f = ft->free;
+    if (f != NULL) {
+        ft->free = f->wnext;
+    } else {
+        if (ft->hw >= ft->max)
+            return NULL;
+        f = &ft->flows[ft->hw];
+        f->slot = ft->hw++;
+        f->gen = 0;
+    }
+    f->gen++;
+    f->state = FS_HEAD;
+    f->action = SOTH_ACTION_TUNNEL;
+    f->is_connect = false;
+    f->on_wait_list = false;
+    f->first_eof = 0xff;
+    f->answer_reason = SOTH_CLOSE_CLIENT_EOF;
+    f->pending = 0;
+    conn_init(&f->c[0]);
+    conn_init(&f->c[1]);
+    f->bytes[0] = f->bytes[1] = 0;
+    timer_entry_init(&f->timer);
+    f->last_active_ms = now_ms();
+    f->wnext = NULL;
+    f->head = NULL;
+    f->head_len = 0;
+    f->tls[0] = f->tls[1] = NULL;
+    f->w = w;
+    f->app = NULL;
+    f->is_reverse = false;
+    f->is_transparent = false;
+    f->client_plain = false;
+    f->app_done = false;
+    f->app_held[0] = f->app_held[1] = false;
+    f->leaf_name_len = 0;
+    f->answer = NULL;
+    f->answer_len = 0;
+    f->pre = NULL;
+    f->pre_len = f->pre_cap = 0;
+    f->upstream_port = 0;
+    f->upstream_addr_len = 0;
+    ft->n_live++;
+    return f;
+}
+
+void flow_table_release(struct flow_table *ft, struct flow *f)
+{
+    f->state = FS_FREE;
+    f->gen++; /* any late CQE for the old generation is now stale */
+    f->wnext = ft->free;
+    ft->free = f;
+    ft->n_live--;
+}

@@ -1,0 +1,46 @@
+/*
+ * Private to core/: a worker's flow table. Slots are reserved as address space and touched as
+ * they are first used; a released slot is reused, most recent first. Each slot's generation
+ * advances at alloc and at release (odd = live), and a CQE's user_data carries the generation
+ * it was submitted under, so a completion for a slot freed (and maybe reused) since is told
+ * apart from the current flow's (flow_table_find).
+ */
+#ifndef SOTH_CORE_FLOWTAB_H
+#define SOTH_CORE_FLOWTAB_H
+
+#include <stdint.h>
+
+#include "flow.h"
+
+#define SOTH_MAX_FLOWS (1u << 16) /* flow slots per worker (user_data has 23 bits for them) */
+
+struct flow_table {
+    struct flow *flows; /* SOTH_MAX_FLOWS slots of address space */
+    uint32_t hw;        /* slots ever used: flows[0 .. hw) */
+    uint32_t n_live;    /* allocated and not yet released */
+    uint32_t max;       /* slots allowed: SOTH_MAX_FLOWS (tests lower it) */
+    struct flow *free;  /* released slots, linked through wnext */
+};
+
+/** Reserve the slots. 0 or -errno. */
+int flow_table_init(struct flow_table *ft);
+void flow_table_dispose(struct flow_table *ft);
+
+/**
+ * A flow in FS_HEAD with every field set (no socket, nothing queued, no timer), owned by w,
+ * its generation advanced; NULL when the table is full.
+ */
+struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w);
+/** Back to the free list: FS_FREE, generation advanced. The caller released its resources. */
+void flow_table_release(struct flow_table *ft, struct flow *f);
+
+/** The flow in slot whose generation is gen, or NULL (slot never used, or stale gen). */
+static inline struct flow *flow_table_find(const struct flow_table *ft, uint32_t slot, uint32_t gen)
+{
+    if (slot >= ft->hw)
+        return NULL;
+    struct flow *f = &ft->flows[slot];
+    return f->gen == gen ? f : NULL;
+}
+
+#endif

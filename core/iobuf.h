@@ -1,0 +1,86 @@
+/*
+ * Private to core/: a worker's memory for bytes in flight. Two kinds of 16 KiB buffers:
+ * - provided buffers: SOTH_BUF_COUNT of them in a ring the kernel picks from for multishot
+ *   recv; a buffer is ours from its recv completion (buf_take) until buf_put hands it back;
+ * - owned chunks: malloc'ed on first use, pooled, never returned to libc, at most max_chunks;
+ *   they hold copies (our own answers, ciphertext, a head split over reads).
+ * Handing either back twice would give the same bytes to two owners (for a provided buffer,
+ * the kernel writing into bytes still queued), so both are bug stops (SOTH_BUG_ON).
+ */
+#ifndef SOTH_CORE_IOBUF_H
+#define SOTH_CORE_IOBUF_H
+
+#include <liburing.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "soth/base.h"
+
+#define SOTH_BUF_SIZE   16384u /* one provided recv buffer and one owned chunk */
+#define SOTH_BUF_COUNT  2048u  /* provided buffers in the worker's ring (power of 2) */
+#define SOTH_BGID       0
+#define SOTH_MAX_CHUNKS 8192u /* owned 16 KiB chunks: 128 MiB worst case */
+
+struct iobuf {
+    struct io_uring_buf_ring *br;     /* the provided-buffer ring, registered by the worker */
+    char *bufs;                       /* SOTH_BUF_COUNT x SOTH_BUF_SIZE */
+    unsigned br_added;                /* buffers added since the last iobuf_publish */
+    uint8_t bid_ours[SOTH_BUF_COUNT]; /* 1 while a provided buffer is ours */
+    char *free_chunks;                /* singly linked through the first pointer of each chunk */
+    uint32_t n_chunks;                /* chunks allocated so far */
+    uint32_t max_chunks;
+};
+
+/**
+ * Map the ring and the provided buffers (the ring stays empty until iobuf_fill), no chunks
+ * yet, max_chunks = SOTH_MAX_CHUNKS. 0 or -errno; iobuf_dispose undoes a partial set-up.
+ * io must be zeroed before.
+ */
+int iobuf_init(struct iobuf *io);
+/** Hand every provided buffer to the ring and publish them (once, after registration). */
+void iobuf_fill(struct iobuf *io);
+/** Unmap the ring and buffers, free every pooled chunk (chunks still lent are the caller's). */
+void iobuf_dispose(struct iobuf *io);
+
+/** An owned chunk of SOTH_BUF_SIZE bytes, or NULL at max_chunks (or when malloc fails). */
+char *chunk_get(struct iobuf *io);
+/** Return a chunk from chunk_get; returning it twice is a bug stop. */
+void chunk_put(struct iobuf *io, char *c);
+
+/* inline definitions */
+
+static inline char *buf_addr(const struct iobuf *io, unsigned bid)
+{
+    return io->bufs + (size_t)bid * SOTH_BUF_SIZE;
+}
+
+/** A recv completed into provided buffer bid: it is ours until buf_put. Returns bid. */
+static inline unsigned buf_take(struct iobuf *io, unsigned bid)
+{
+    SOTH_BUG_ON(bid >= SOTH_BUF_COUNT || io->bid_ours[bid]);
+    io->bid_ours[bid] = 1;
+    return bid;
+}
+
+/** Give provided buffer bid back to the ring (visible to the kernel at iobuf_publish). */
+static inline void buf_put(struct iobuf *io, unsigned bid)
+{
+    SOTH_BUG_ON(bid >= SOTH_BUF_COUNT || !io->bid_ours[bid]);
+    io->bid_ours[bid] = 0;
+    io_uring_buf_ring_add(io->br, buf_addr(io, bid), SOTH_BUF_SIZE, (unsigned short)bid,
+                          io_uring_buf_ring_mask(SOTH_BUF_COUNT), (int)io->br_added);
+    io->br_added++;
+}
+
+/** Publish the buffers returned since the last call: one release store per loop turn. True
+ *  when there were any (recvs that ran dry may be re-armed). */
+static inline bool iobuf_publish(struct iobuf *io)
+{
+    if (io->br_added == 0)
+        return false;
+    io_uring_buf_ring_advance(io->br, (int)io->br_added);
+    io->br_added = 0;
+    return true;
+}
+
+#endif

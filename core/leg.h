@@ -1,0 +1,26 @@
+/*
+ * Private to core/: bytes toward one leg of a flow, whatever it speaks. A leg with a TLS
+ * session (f->tls[side], intercepting) takes plaintext into the session and its ciphertext
+ * into the socket's send queue; a plain leg takes the bytes into the queue as they are.
+ */
+#ifndef SOTH_CORE_LEG_H
+#define SOTH_CORE_LEG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct worker;
+struct flow;
+
+/** Move the ciphertext f->tls[side] has ready into side's send queue (nothing is sent yet).
+ *  False when chunks ran out. */
+bool leg_queue_tls(struct worker *w, struct flow *f, unsigned side);
+
+/** leg_queue_tls, then send what is queued toward side. False when chunks ran out. */
+bool leg_flush(struct worker *w, struct flow *f, unsigned side);
+
+/** The HTTP layer's app_env.send (ctx is the flow): plaintext toward side, through its TLS
+ *  session when it has one; queued, not sent (leg_flush). 0 or a negative SOTH_E_*. */
+int leg_send(void *ctx, unsigned side, const char *p, size_t n);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * Private to core/: a flow's upstream connection: resolve the target (without blocking, else
+ * through the resolver thread), connect it (bounded by timeouts.connect_ms), and what the
+ * connection brings: FS_HELLO for an intercepted flow (core/intercept.c), else FS_RELAY
+ * (core/relay.c); a failure answers 502 or 504 (a close in transparent mode).
+ *
+ * The FS_RESOLVING and FS_CONNECTING entries of the completion table (core/flow_io.c) are
+ * here: upstream_data, upstream_eof, upstream_timeout.
+ */
+#ifndef SOTH_CORE_UPSTREAM_H
+#define SOTH_CORE_UPSTREAM_H
+
+#include <stdint.h>
+
+struct worker;
+struct flow;
+struct resolve_resp;
+
+/** The target is in f->ev (server host and port) and f->upstream_port: resolve, then connect
+ *  (FS_RESOLVING or FS_CONNECTING), or fail the flow. */
+void upstream_start(struct worker *w, struct flow *f);
+/** The resolver thread's answer for a flow (ignored when the flow is gone or moved on). */
+void upstream_resolved(struct worker *w, const struct resolve_resp *rs);
+/** The connect CQE (res as the kernel gave it). */
+void upstream_connected(struct worker *w, struct flow *f, int res);
+
+/* ---- FS_RESOLVING, FS_CONNECTING completions (core/flow_io.c) */
+
+/** Client bytes before the upstream is up (ownership of bid taken): kept for the ClientHello
+ *  peek, fed to the HTTP layer, or queued for the upstream. */
+void upstream_data(struct worker *w, struct flow *f, unsigned side, unsigned bid, uint32_t len);
+/** The client's FIN before the upstream is up: passed on once it is. */
+void upstream_eof(struct worker *w, struct flow *f, unsigned side);
+/** connect_ms passed: 504 (the connect is cancelled). */
+void upstream_timeout(struct worker *w, struct flow *f);
+
+#endif

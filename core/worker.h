@@ -1,0 +1,146 @@
+/*
+ * Private to core/: a worker, one thread pinned to a CPU with its own io_uring, listening
+ * socket (SO_REUSEPORT, multishot accept), provided-buffer ring, flow table, owned chunks and
+ * timer wheel. Nothing in it is shared with other workers on the data path; the main thread and
+ * the resolver thread reach it only through its eventfd (soth_worker_wake) and the ctl_* and
+ * resolver queue fields.
+ */
+#ifndef SOTH_CORE_WORKER_H
+#define SOTH_CORE_WORKER_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#include "soth/base.h"
+#include "soth/config.h"
+#include "soth/observe.h"
+#include "soth/policy.h"
+#include "soth/proto/connect.h"
+#include "soth/tls.h"
+
+#include "conn.h"
+#include "flowtab.h"
+#include "iobuf.h"
+#include "resolver.h"
+#include "timer.h"
+
+struct soth_engine;
+struct soth_spsc;
+
+/*
+ * CQE user_data: op (8) | side (1) | slot (23) | gen (32), not a pointer, so a completion that
+ * arrives after its flow was freed fails the generation check (core/flowtab.h). Tracked ops
+ * count in flow->pending until their last CQE; untracked ones (close, cancel) never touch the
+ * flow.
+ */
+enum soth_op {
+    OP_NONE = 0,
+    OP_ACCEPT,
+    OP_RECV,
+    OP_SEND,
+    OP_CONNECT,
+    OP_SHUTDOWN,
+    OP_CLOSE,  /* untracked */
+    OP_CANCEL, /* untracked */
+    OP_EVENTFD,
+    OP_COUNT
+};
+
+static inline uint64_t ud_pack(enum soth_op op, unsigned side, uint32_t slot, uint32_t gen)
+{
+    return (uint64_t)op << 56 | (uint64_t)(side & 1) << 55 | (uint64_t)(slot & 0x7fffff) << 32 |
+           gen;
+}
+static inline enum soth_op ud_op(uint64_t ud)
+{
+    return (enum soth_op)(ud >> 56);
+}
+static inline unsigned ud_side(uint64_t ud)
+{
+    return (unsigned)(ud >> 55) & 1;
+}
+static inline uint32_t ud_slot(uint64_t ud)
+{
+    return (uint32_t)(ud >> 32) & 0x7fffff;
+}
+static inline uint32_t ud_gen(uint64_t ud)
+{
+    return (uint32_t)ud;
+}
+
+struct worker {
+    unsigned idx;
+    int cpu;
+    struct soth_engine *eng;
+    pthread_t thr;
+    struct io_uring ring;
+    int listen_fd;
+    bool accept_armed;
+    int efd;
+    uint64_t efd_val;
+
+    struct iobuf io;           /* provided buffers and owned chunks (core/iobuf.h) */
+    struct seg_pool segs;      /* send queue segments over io (core/conn.h) */
+    struct flow_table ft;      /* core/flowtab.h */
+    struct flow *buf_waiters;  /* flows whose recv stopped on -ENOBUFS (core/conn.c) */
+    struct timer_wheel timers; /* one deadline per flow (core/timer.h) */
+
+    struct soth_config *cfg;
+    struct soth_policy *policy;
+    struct soth_tls_ctx *tls;
+    struct soth_head_limits head_limits;
+    struct soth_ev_producer *prod;
+    struct soth_metrics *m;
+    uint64_t flow_counter;
+
+    bool stopping;
+    uint64_t stop_deadline_ms;
+
+    struct soth_spsc *rq, *rs; /* resolver requests / responses */
+    struct dns_cache dns;      /* resolver answers (core/resolver.c) */
+
+    /* control from the main thread; read when the eventfd fires */
+    _Atomic int ctl_stop;
+    _Atomic int ctl_flush;
+    _Atomic(struct soth_config *) ctl_cfg;
+
+    int setup_err;
+    char setup_msg[256];
+
+    /* TLS learning (core/learn.c): the slot is written by the telemetry thread, the rest is
+     * the worker's own */
+    struct soth_tls_learning_slot learn_slot;
+    struct soth_tls_learning_snapshot *learn_view; /* current snapshot (owned ref) or NULL */
+    bool learn_on;                                 /* tls.learning.enabled, read at start */
+    uint8_t learn_provider; /* enum soth_tls_provider of own failures (native; test hook) */
+};
+
+/** An SQE from the worker's ring; when the SQ is full, what is there is submitted first. */
+static inline struct io_uring_sqe *get_sqe(struct worker *w)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    if (SOTH_UNLIKELY(sqe == NULL)) {
+        /* SQ full: flush what we have and try again; the CQ is large enough (CQSIZE). */
+        io_uring_submit(&w->ring);
+        sqe = io_uring_get_sqe(&w->ring);
+    }
+    SOTH_BUG_ON(sqe == NULL);
+    return sqe;
+}
+
+/** The worker thread (pthread_create argument: its struct worker). */
+void *soth_worker_main(void *arg);
+
+/** Wake the worker's loop (its eventfd): control fields or resolver answers changed. Any
+ *  thread; never blocks. */
+static inline void soth_worker_wake(struct worker *w)
+{
+    uint64_t one = 1;
+    ssize_t n = write(w->efd, &one, sizeof(one));
+    (void)n;
+}
+
+#endif
