@@ -204,7 +204,7 @@ struct soth_h2_relay {
 
 static const char *const outcome_names[SOTH_H2_OUTCOME_COUNT] = {
     [SOTH_H2_COMPLETE] = "complete",
-    [SOTH_LEG_CLIENT_ABORTED] = "client_aborted",
+    [SOTH_H2_CLIENT_ABORTED] = "client_aborted",
     [SOTH_H2_UPSTREAM_ABORTED] = "upstream_aborted",
     [SOTH_H2_RESET] = "reset",
 };
@@ -746,7 +746,7 @@ static void client_stream_closed(struct soth_h2_relay *r, struct h2s *s, uint32_
     s->f &= ~S_C_OPEN;
     drop_response(r, s);
     if (s->f & S_C_RST_RECV)
-        set_outcome(s, SOTH_LEG_CLIENT_ABORTED, s->c_rst_code, "client_rst_stream");
+        set_outcome(s, SOTH_H2_CLIENT_ABORTED, s->c_rst_code, "client_rst_stream");
     else
         set_outcome(s, SOTH_H2_RESET, code, "client_stream_error");
     /* A complete exchange whose request body is still being forwarded keeps its upstream
@@ -1843,7 +1843,7 @@ bool soth_h2_relay_goaway_received(const struct soth_h2_relay *r, enum soth_leg 
 void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_leg side, bool reset)
 {
     if (side == SOTH_LEG_CLIENT)
-        leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_LEG_CLIENT_ABORTED,
+        leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_H2_CLIENT_ABORTED,
                  reset ? "client_reset" : "client_eof");
     else
         leg_down(r, side, reset ? SOTH_H2_RESET : SOTH_H2_UPSTREAM_ABORTED,

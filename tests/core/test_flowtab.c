@@ -32,9 +32,9 @@ Test(flowtab, alloc_gives_a_fresh_flow_with_a_live_generation)
     cr_assert(flow_is_live(f));
     cr_assert_eq(f->state, FS_HEAD);
     cr_assert_eq(f->pending, 0);
-    cr_assert_eq(f->c[SIDE_CLIENT].fd, -1);
-    cr_assert_eq(f->c[SIDE_UPSTREAM].fd, -1);
-    cr_assert_null(f->c[SIDE_CLIENT].q_first);
+    cr_assert_eq(f->c[SOTH_LEG_CLIENT].fd, -1);
+    cr_assert_eq(f->c[SOTH_LEG_UPSTREAM].fd, -1);
+    cr_assert_null(f->c[SOTH_LEG_CLIENT].q_first);
     cr_assert_null(f->timer.pprev);
     cr_assert_eq(f->w, owner);
     cr_assert_eq(ft.n_live, 1);
@@ -47,9 +47,9 @@ Test(flowtab, release_and_reuse_advance_the_generation)
 {
     struct flow *f = flow_table_alloc(&ft, owner);
     uint32_t slot = f->slot, gen = f->gen;
-    uint64_t ud = ud_pack(OP_RECV, SIDE_UPSTREAM, f->slot, f->gen);
+    uint64_t ud = ud_pack(OP_RECV, SOTH_LEG_UPSTREAM, f->slot, f->gen);
     cr_assert_eq(flow_table_find(&ft, ud_slot(ud), ud_gen(ud)), f);
-    cr_assert_eq(ud_side(ud), SIDE_UPSTREAM);
+    cr_assert_eq(ud_side(ud), SOTH_LEG_UPSTREAM);
     cr_assert_eq(ud_op(ud), OP_RECV);
 
     flow_table_release(&ft, f);
@@ -66,7 +66,7 @@ Test(flowtab, release_and_reuse_advance_the_generation)
     cr_assert(flow_is_live(g));
     cr_assert_null(flow_table_find(&ft, ud_slot(ud), ud_gen(ud)),
                    "a CQE of the slot's previous flow reached its new flow");
-    uint64_t ud2 = ud_pack(OP_SEND, SIDE_CLIENT, g->slot, g->gen);
+    uint64_t ud2 = ud_pack(OP_SEND, SOTH_LEG_CLIENT, g->slot, g->gen);
     cr_assert_eq(flow_table_find(&ft, ud_slot(ud2), ud_gen(ud2)), g);
 }
 
@@ -74,7 +74,7 @@ Test(flowtab, generation_survives_the_32_bit_wrap_in_user_data)
 {
     struct flow *f = flow_table_alloc(&ft, owner);
     f->gen = UINT32_MAX; /* live (odd) */
-    uint64_t ud = ud_pack(OP_RECV, SIDE_CLIENT, f->slot, f->gen);
+    uint64_t ud = ud_pack(OP_RECV, SOTH_LEG_CLIENT, f->slot, f->gen);
     cr_assert_eq(ud_gen(ud), UINT32_MAX);
     cr_assert_eq(flow_table_find(&ft, f->slot, ud_gen(ud)), f);
     flow_table_release(&ft, f);
