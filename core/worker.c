@@ -1016,8 +1016,8 @@ static void app_after(struct worker *w, struct flow *f, unsigned from, int rc)
         flow_close(w, f, app_close_reason(f->app));
         return;
     }
-    /* A request head in progress must complete within request_header_ms (SPEC). */
-    uint64_t hd = app_head_deadline(f->app, w->cfg->timeouts.request_header_ms);
+    /* The layer's timers: a request head in progress, an idle WebSocket turn (app_deadline). */
+    uint64_t hd = app_deadline(f->app);
     if (hd != 0 && (f->deadline_ms == 0 || hd < f->deadline_ms))
         timer_set(w, f, hd);
     for (unsigned s = 0; s < 2; s++) {
@@ -2172,11 +2172,12 @@ static void on_timeout(struct worker *w, struct flow *f)
         tls_failed(w, f, SIDE_CLIENT, SOTH_TLS_TRANSPORT_TIMEOUT);
         return;
     case FS_RELAY: {
-        uint64_t hd =
-            f->app != NULL ? app_head_deadline(f->app, w->cfg->timeouts.request_header_ms) : 0;
+        uint64_t hd = f->app != NULL ? app_deadline(f->app) : 0;
         if (hd != 0 && hd <= now) {
-            app_after(w, f, SIDE_CLIENT, app_head_timeout(f->app)); /* 408 */
-            return;
+            app_after(w, f, SIDE_CLIENT, app_timer(f->app, now)); /* 408, idle WebSocket turn */
+            if (f->state != FS_RELAY || f->app_done)
+                return;
+            hd = app_deadline(f->app);
         }
         uint64_t idle = f->last_active_ms + w->cfg->timeouts.idle_ms;
         if (idle > now) {

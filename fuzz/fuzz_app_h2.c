@@ -268,14 +268,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     soth_ev_connect_decision(&G.flow, SOTH_ACTION_INTERCEPT, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
     G.active = true;
     struct app_env env = {.cfg = cfg, .ev = &G.flow, .client_tls = true, .send = on_send};
-    struct app *a = app_h2_new(&env);
+    struct app *a = app_new(APP_H2, &env);
     CHECK(a != NULL);
     CHECK(G.flow.protocol == SOTH_PROTO_HTTP2);
     bool done = false;
     if (flags & 1)
-        done = settle(app_h2_input(a, APP_CLIENT, preface_client, sizeof(preface_client) - 1));
+        done = settle(app_input(a, APP_CLIENT, preface_client, sizeof(preface_client) - 1));
     if ((flags & 2) && !done)
-        done = settle(app_h2_input(a, APP_UPSTREAM, preface_origin, sizeof(preface_origin) - 1));
+        done = settle(app_input(a, APP_UPSTREAM, preface_origin, sizeof(preface_origin) - 1));
     size_t i = 0;
     while (i < size && !done) {
         uint8_t op = data[i++];
@@ -290,34 +290,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 i = size;
             if (n > size - i)
                 n = size - i;
-            done = settle(app_h2_input(a, side, (const char *)data + i, n));
+            done = settle(app_input(a, side, (const char *)data + i, n));
             i += n;
             break;
         }
         case 1:
-            done = settle(app_h2_hold(a, side, false));
+            done = settle(app_hold(a, side, false));
             break;
         case 2:
-            done = settle(app_h2_eof(a, side, (op >> 3) & 1));
+            done = settle(app_eof(a, side, (op >> 3) & 1));
             break;
         default:
             if (op & 8)
-                done = settle(app_h2_shutdown(a));
+                done = settle(app_shutdown(a));
             else
-                done = settle(app_h2_hold(a, side, true));
+                done = settle(app_hold(a, side, true));
             break;
         }
-        (void)app_h2_want_write(a, side);
+        (void)app_want_write(a, side);
     }
-    if (!done && !settle(app_h2_eof(a, APP_UPSTREAM, false)))
-        (void)app_h2_eof(a, APP_CLIENT, false);
-    app_h2_abort(a, SOTH_OUTCOME_TIMEOUT);
-    app_h2_abort(a, SOTH_OUTCOME_RESET); /* idempotent */
-    CHECK(app_h2_close_reason(a) < SOTH_CLOSE_COUNT);
+    if (!done && !settle(app_eof(a, APP_UPSTREAM, false)))
+        (void)app_eof(a, APP_CLIENT, false);
+    app_abort(a, SOTH_OUTCOME_TIMEOUT);
+    app_abort(a, SOTH_OUTCOME_RESET); /* idempotent */
+    CHECK(app_close_reason(a) < SOTH_CLOSE_COUNT);
     for (uint32_t k = 0; k < MAX_SID / 2; k++)
         CHECK(!G.st[k].req || G.st[k].done); /* every stream that started has ended */
     G.active = false;
-    app_h2_free(a);
+    app_free(a);
     soth_ev_stream_closed(&G.flow, SOTH_CLOSE_CLIENT_EOF, 0, 0);
     soth_ev_flush(G.prod);
     return 0;
