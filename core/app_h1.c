@@ -255,6 +255,10 @@ static void h1_on_upgrade(void *ctx, uint32_t id, struct soth_iov protocol)
     if (a->obs != NULL && a->obs_id == id && app_obs_is_ws(a->obs))
         a->ws_live = true;
     a->resp_open = false;
+    /* No request head follows a switch: bytes the client sent behind its upgrade request
+     * (frames it did not wait to send) started no head deadline. */
+    a->awaiting_head = false;
+    a->head_since_ms = 0;
 }
 
 static void h1_on_exchange(void *ctx, const struct soth_h1_exchange *x)

@@ -491,6 +491,35 @@ Test(app_obs, h1_head_deadline_and_turn_deadline_share_the_timer)
     cr_assert(t->to[APP_CLIENT].len > 12 && memcmp(t->to[APP_CLIENT].p, "HTTP/1.1 408", 12) == 0);
 }
 
+Test(app_obs, h1_frames_sent_before_the_101_start_no_head_deadline)
+{
+    /* A client that sends its first frame right behind the upgrade request: the frame waits
+     * in the layer for the 101 and is no request head (found by fuzz_app_h1: the flow used to
+     * end with idle_timeout request_header_ms later). */
+    struct t *t = t_setup(APP_H1, 1000);
+    struct bytes w = {0};
+    input(t, APP_CLIENT, ws_request, sizeof(ws_request) - 1);
+    later(t, 1);
+    frame(&w, 0x81, "eager", 5, true);
+    input(t, APP_CLIENT, w.p, w.len);
+    w.len = 0;
+    later(t, 50);
+    static const char r101[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                               "Connection: Upgrade\r\n\r\n";
+    input(t, APP_UPSTREAM, r101, sizeof(r101) - 1);
+    uint64_t turn_due = t->now_ns / 1000000u + 1000;
+    cr_assert_eq(app_deadline(t->a), turn_due, "only the turn's idle deadline");
+    later(t, 20000);
+    cr_assert_eq(app_timer(t->a, t->now_ns / 1000000u), APP_AGAIN);
+    cr_assert_eq(app_deadline(t->a), 0);
+    frame(&w, 0x81, "later", 5, false);
+    relay(t, APP_UPSTREAM, &w);
+    free(w.p);
+    json_t *m[4];
+    cr_assert_eq(pick(t, "ws_message", 1, m, 4), 2);
+    expect_msg(m[0], "client_to_server", 1, "eager", 5);
+}
+
 Test(app_obs, h1_permessage_deflate_inflated_per_direction_rules)
 {
     /* Client: context takeover, 10-bit window; server: no context takeover. */
