@@ -9,7 +9,8 @@
  * Per-stream event state (body offsets) lives in a fixed open-addressing table inside the
  * app, keyed by client stream id: the relay never holds more than 2 x max_concurrent_streams
  * + 16 stream slots, so the table cannot fill and nothing is allocated per stream or per
- * event here (nghttp2 and the relay allocate per connection, see docs/http2.md).
+ * event here (nghttp2 and the relay allocate per connection, see docs/http2.md; a stream's
+ * observer comes from the worker's free list, docs/streaming.md).
  *
  * Close reasons (stream_closed reason_code, docs/events.md), the first cause wins:
  *   client EOF or reset                          client_eof
@@ -213,7 +214,7 @@ static void on_stream_end(void *ctx, int32_t sid, const struct soth_h2_stream_en
     struct app_h2 *h = ctx;
     struct h2_stream *e = stream_find(h, sid);
     /* Without an entry the stream was refused before its head was reported (431, malformed
-     * head): no request_headers, so no exchange either (SPEC invariant 4: request_headers
+     * head): no request_headers, so no exchange either (docs/events.md invariant 4: request_headers
      * is a stream's first event), as for an HTTP/1.1 head refused with 431. */
     if (e == NULL)
         return;

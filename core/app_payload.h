@@ -1,5 +1,5 @@
 /*
- * Private to core/: payload observation for the HTTP layer of a flow (issue 9). gRPC
+ * Private to core/: payload observation for the HTTP layer of a flow. gRPC
  * envelopes per HTTP/2 stream direction (grpc_message), and the layered decoder chain of
  * proto/decode.c over message bodies (payload_parsed), for app_h1.c (HTTP/1.1), app_h2.c and
  * the stream observers of app_obs.c (SSE events, WebSocket messages).
