@@ -1,9 +1,11 @@
 /*
  * Private to core/: the HTTP layer of one flow. The worker hands it the plaintext each leg
  * sent (decrypted when intercepting) and it hands back, through env->send, the plaintext to
- * deliver to each leg, emitting the flow's HTTP events on the way. Two kinds: HTTP/1.1
- * (proto/h1.c, core/app.c) and HTTP/2 (proto/h2.c, core/app_h2.c). Knows nothing about
- * sockets, io_uring or TLS, so tests and fuzz targets drive it directly.
+ * deliver to each leg, emitting the flow's HTTP events on the way. Two versions behind one
+ * interface: HTTP/1.1 (proto/h1.c, core/app_h1.c) and HTTP/2 (proto/h2.c, core/app_h2.c),
+ * with the WebSocket/SSE observation of either (core/app_obs.c) and payload decoding
+ * (core/app_payload.c). Knows nothing about sockets, io_uring or TLS, so tests and fuzz
+ * targets drive it directly. Layout: docs/architecture.md; streaming: docs/streaming.md.
  */
 #ifndef SOTH_CORE_APP_H
 #define SOTH_CORE_APP_H
@@ -18,18 +20,24 @@
 enum app_kind { APP_H1 = 0, APP_H2 };
 
 struct app_env {
-    const struct soth_config *cfg; /* body_capture_bytes, http2_*, limits */
-    struct soth_ev_flow *ev;       /* the flow's events */
-    struct soth_metrics *m;        /* requests{protocol}; may be NULL */
-    bool client_tls;               /* the client leg is TLS: requests have scheme "https" */
-    bool origin_form;              /* regular-mode plain HTTP: absolute-form targets go to the
-                                      upstream in origin-form, without Proxy-* fields */
+    /* Read by app_new only (a reload may free it later): events.body_capture_bytes,
+     * events.ws_turn_idle_ms, timeouts.request_header_ms, http2_max_header_list_size. NULL:
+     * the defaults of docs/config.md. */
+    const struct soth_config *cfg;
+    struct soth_ev_flow *ev; /* the flow's events */
+    struct soth_metrics *m;  /* requests{protocol}; may be NULL */
+    bool client_tls;         /* the client leg is TLS: requests have scheme "https" */
+    bool origin_form;        /* regular-mode plain HTTP: absolute-form targets go to the
+                                upstream in origin-form, without Proxy-* fields */
     void *ctx;
     /** Plaintext toward `side`. Returns 0 or a negative error (the layer then fails). */
     int (*send)(void *ctx, unsigned side, const char *p, size_t n);
+    /** The monotonic clock (ns) of the layer's timers and event times; NULL: soth_mono_ns.
+     *  Tests pass a fake one; app_deadline and app_timer use the same clock in ms. */
+    uint64_t (*clock_ns)(void *ctx);
 };
 
-/* What app_input / app_eof / app_hold return besides a negative error. */
+/* What app_input / app_eof / app_hold / app_timer return besides a negative error. */
 #define APP_AGAIN 0 /* go on */
 #define APP_DONE                                                                                   \
     1 /* the layer is finished: deliver what was sent, then close the flow with                    \
@@ -46,7 +54,8 @@ struct app;
 struct app *app_new(enum app_kind kind, const struct app_env *env);
 /** Frees the layer; fires no events (call app_abort first if exchanges may be in flight). */
 void app_free(struct app *a);
-/** Free the calling thread's pool of HTTP/1.1 section buffers (a worker, as it exits). */
+/** Free the calling thread's kept buffers (HTTP/1.1 sections, stream observers), as a worker
+ *  exits. */
 void app_thread_done(void);
 
 /**
@@ -74,13 +83,19 @@ void app_abort(struct app *a, enum soth_outcome outcome);
 int app_hold(struct app *a, unsigned side, bool hold);
 
 /**
- * HTTP/1.1: the monotonic ms by which the request head the client started must be complete
- * (its first byte's arrival + request_header_ms), or 0 when no head is pending.
+ * The layer's next timer, in ms of its monotonic clock (env->clock_ns / 1e6, the worker's
+ * now_ms), or 0 when none is armed: the HTTP/1.1 request head in progress must be complete
+ * by its first byte + timeouts.request_header_ms; an open WebSocket turn ends when
+ * events.ws_turn_idle_ms pass without a message. Ask again after every call into the layer.
  */
-uint64_t app_head_deadline(const struct app *a, uint32_t request_header_ms);
-/** That deadline passed: answer 408 when nothing else is on its way to the client, end the
- *  exchanges in flight as timed out. Returns APP_DONE (close reason idle_timeout). */
-int app_head_timeout(struct app *a);
+uint64_t app_deadline(const struct app *a);
+
+/**
+ * Run the timers due at now_ms: a late HTTP/1.1 request head gets 408 (when nothing else is
+ * on its way to the client) and ends the flow (APP_DONE, close reason idle_timeout); idle
+ * WebSocket turns complete (ws_turn_completed, flush_reason idle). Returns like app_input.
+ */
+int app_timer(struct app *a, uint64_t now_ms);
 
 /** HTTP/2 (holds output per leg; never pause its reads) rather than HTTP/1.1. */
 bool app_is_h2(const struct app *a);
@@ -96,21 +111,5 @@ int app_shutdown(struct app *a);
 
 /** Close reason for the flow once app_input/app_eof returned APP_DONE or an error. */
 enum soth_close_reason app_close_reason(const struct app *a);
-
-/* ---- kind-specific entry points (app.c dispatches) */
-struct app *app_h2_new(const struct app_env *env);
-void app_h2_free(struct app *a);
-int app_h2_input(struct app *a, unsigned side, const char *p, size_t n);
-int app_h2_eof(struct app *a, unsigned side, bool reset);
-void app_h2_abort(struct app *a, enum soth_outcome outcome);
-int app_h2_hold(struct app *a, unsigned side, bool hold);
-bool app_h2_want_write(const struct app *a, unsigned side);
-int app_h2_shutdown(struct app *a);
-enum soth_close_reason app_h2_close_reason(const struct app *a);
-
-/** Every struct app starts with this header so app.c can dispatch. */
-struct app_hdr {
-    enum app_kind kind;
-};
 
 #endif

@@ -1,14 +1,18 @@
 /*
- * HTTP/2 layer of a flow (issue 7): the nghttp2 relay of proto/h2.c between the two legs,
- * its callbacks turned into the flow's events. The worker feeds decrypted bytes, the relay
- * answers through env->send (at most 16 KiB per call, one TLS record each).
+ * The HTTP/2 version of a flow's HTTP layer (core/app_int.h): the nghttp2 relay of proto/h2.c
+ * between the two legs, its callbacks turned into the flow's events, and each stream's DATA
+ * handed to its observer (WebSocket over RFC 8441, event streams: core/app_obs.c) and payload
+ * decoding (core/app_payload.c). The worker feeds decrypted bytes, the relay answers through
+ * env->send (at most 16 KiB per call, one TLS record each). The relay itself produces the
+ * answers of this version (502/504 responses or RST_STREAM, docs/http2.md).
  *
  * Per-stream event state (body offsets) lives in a fixed open-addressing table inside the
  * app, keyed by client stream id: the relay never holds more than 2 x max_concurrent_streams
  * + 16 stream slots, so the table cannot fill and nothing is allocated per stream or per
- * event here (nghttp2 and the relay allocate per connection, see docs/http2.md).
+ * event here (nghttp2 and the relay allocate per connection, see docs/http2.md; a stream's
+ * observer comes from the worker's free list, docs/streaming.md).
  *
- * Close reasons (SPEC stream_closed reason_code), the first cause wins:
+ * Close reasons (stream_closed reason_code, docs/events.md), the first cause wins:
  *   client EOF or reset                          client_eof
  *   upstream EOF or reset, or upstream GOAWAY    relay_eof
  *   client GOAWAY (then the streams drained)     client_eof
@@ -20,12 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "app.h"
+#include "app_int.h"
 #include "app_payload.h"
 #include "soth/proto/h2.h"
-#include "soth/proto/ws.h"
-#include "soth/proto/sse.h"
-#include "soth/proto/decode.h"
 
 #define H2_MAX_STREAMS 100 /* SETTINGS_MAX_CONCURRENT_STREAMS toward the client */
 #define H2_TABLE_CAP   256 /* > 2 x H2_MAX_STREAMS + 16 relay slots; a power of two */
@@ -40,17 +41,14 @@ struct h2_stream {
     uint64_t off[2]; /* body bytes reported so far, by enum soth_leg */
     /* gRPC and payload state, or NULL (core/app_payload.c) */
     struct app_pl_stream *pl;
-    struct h2_sse_slot *sse; /* its text/event-stream parser (issue 9), or NULL */
-    bool ws_connect;         /* extended CONNECT for websocket (RFC 8441) */
-    struct h2_ws_slot *ws;   /* its WebSocket frame parsers (issue 9), or NULL */
+    bool ws_connect;     /* extended CONNECT for websocket (RFC 8441) */
+    struct app_obs *obs; /* its WebSocket or event stream observer (core/app_obs.c), or NULL */
 };
 
 struct app_h2 {
-    struct app_hdr hdr; /* kind APP_H2: first, for app.c */
-    struct app_env env;
+    struct app base;
     struct soth_h2_relay *r;
-    uint64_t capture; /* events.body_capture_bytes per message */
-    int err;          /* first fatal error (send failure, allocation); sticky */
+    int err; /* first fatal error (send failure, allocation); sticky */
     bool reason_set;
     enum soth_close_reason reason;
     bool eof[2];      /* app_eof seen, by side */
@@ -61,14 +59,16 @@ struct app_h2 {
     bool done;          /* APP_DONE returned: the relay is finished */
     uint32_t n_streams; /* entries in use in st[] */
     struct h2_stream st[H2_TABLE_CAP];
-    struct app_payload *pl; /* payload decoding of the flow, NULL until needed */
-    struct h2_sse *sse;     /* SSE parsers (issue 9), NULL until an event stream */
-    struct h2_ws *ws;       /* WebSocket parsers (issue 9), NULL until an RFC 8441 stream */
 };
 
 static struct app_h2 *h2_of(struct app *a)
 {
     return (struct app_h2 *)a;
+}
+
+static const struct app_h2 *h2_of_const(const struct app *a)
+{
+    return (const struct app_h2 *)a;
 }
 
 /* ---- per-stream table: linear probing, backward-shift deletion (no tombstones) */
@@ -125,232 +125,12 @@ static void stream_del(struct app_h2 *h, struct h2_stream *e)
     h->n_streams--;
 }
 
-/* ---- SSE observation (issue 9): text/event-stream responses parsed from their DATA as it
- * arrives (docs/streaming.md). At most H2_SSE_SLOTS event streams of a connection are parsed
- * at once; each slot's parser is allocated on first use and kept for the flow. */
-
-#define H2_SSE_SLOTS 4
-
-struct h2_sse_slot {
-    struct app_h2 *h;
-    int32_t sid; /* stream being parsed, 0 = free */
-    struct soth_sse *p;
-    void *mem;
-};
-
-struct h2_sse {
-    struct h2_sse_slot slot[H2_SSE_SLOTS];
-};
-
-static void sse_on_event(void *ctx, const struct soth_sse_event *e)
-{
-    struct h2_sse_slot *s = ctx;
-    /* WHATWG: an empty event type buffer dispatches a "message" event. */
-    struct soth_iov type = e->event.len > 0 ? e->event : SOTH_IOV_LIT("message");
-    soth_ev_sse_event(s->h->env.ev, (uint32_t)s->sid, type, e->id.len > 0 ? e->id : SOTH_IOV_NULL,
-                      e->retry, e->data);
-    app_pl_framed(&s->h->pl, &s->h->env, (uint32_t)s->sid, 1, SOTH_FRAMING_SSE, e->data,
-                  e->truncated);
-}
-
-/* A response head: start parsing it when it is an uncompressed event stream. */
-static struct h2_sse_slot *sse_start(struct app_h2 *h, int32_t sid,
-                                     const struct soth_h2_response *s)
-{
-    bool es = false;
-    for (size_t i = 0; i < s->n_headers; i++) {
-        struct soth_iov n = s->headers[i].name, v = s->headers[i].value;
-        if (n.len == 12 && soth_iov_starts_ci(n, "content-type") &&
-            soth_iov_starts_ci(v, "text/event-stream") &&
-            (v.len == 17 || v.base[17] == ';' || v.base[17] == ' ' || v.base[17] == '\t'))
-            es = true;
-        if (n.len == 16 && soth_iov_starts_ci(n, "content-encoding") &&
-            !(v.len == 8 && soth_iov_starts_ci(v, "identity")))
-            return NULL; /* compressed: the DATA bytes are not the events */
-    }
-    if (!es || s->end_stream)
-        return NULL;
-    if (h->sse == NULL)
-        h->sse = calloc(1, sizeof(*h->sse));
-    if (h->sse == NULL)
-        return NULL;
-    struct h2_sse_slot *slot = NULL;
-    for (size_t i = 0; i < H2_SSE_SLOTS && slot == NULL; i++)
-        if (h->sse->slot[i].sid == 0)
-            slot = &h->sse->slot[i];
-    if (slot == NULL)
-        return NULL;
-    if (slot->mem == NULL)
-        slot->mem = malloc(soth_sse_size(NULL));
-    if (slot->mem == NULL)
-        return NULL;
-    struct soth_sse_cbs cbs = {.ctx = slot, .on_event = sse_on_event};
-    slot->h = h;
-    slot->p = soth_sse_init(slot->mem, NULL, &cbs);
-    slot->sid = sid;
-    soth_ev_flow_set_protocol(h->env.ev, SOTH_PROTO_SSE);
-    return slot;
-}
-
-/* The stream ended: an unfinished event is discarded (WHATWG), the slot freed. */
-static void sse_end(struct h2_sse_slot *slot)
-{
-    if (slot == NULL)
-        return;
-    soth_sse_finish(slot->p);
-    slot->sid = 0;
-}
-
-static void sse_free(struct h2_sse *s)
-{
-    if (s == NULL)
-        return;
-    for (size_t i = 0; i < H2_SSE_SLOTS; i++)
-        free(s->slot[i].mem);
-    free(s);
-}
-
-/* ---- WebSocket over HTTP/2 (RFC 8441) observation (issue 9): after a 2xx to an extended
- * CONNECT with :protocol websocket, the stream's DATA in each direction is WebSocket frames
- * (docs/streaming.md). At most H2_WS_SLOTS such streams of a connection are parsed at once;
- * each slot (two frame parsers and the turn aggregator) is allocated on first use. */
-
-#define H2_WS_SLOTS        4
-#define H2_WS_TURN_IDLE_NS (30ull * 1000000000ull)
-#define H2_WS_CAPTURE_MAX  (256u << 10) /* capture per message and direction, at most */
-
-struct h2_ws_slot {
-    struct app_h2 *h;
-    int32_t sid; /* stream being parsed, 0 = free */
-    struct soth_ws_turns turns;
-    struct soth_ws *p[2]; /* by enum soth_leg: request = client frames */
-    void *mem;
-};
-
-struct h2_ws {
-    struct h2_ws_slot slot[H2_WS_SLOTS];
-};
-
-_Static_assert((int)SOTH_WS_FLUSH_DIRECTION_CHANGE == (int)SOTH_FLUSH_DIRECTION_CHANGE &&
-                   (int)SOTH_WS_FLUSH_CLOSE == (int)SOTH_FLUSH_CLOSE &&
-                   (int)SOTH_WS_FLUSH_ERROR == (int)SOTH_FLUSH_ERROR &&
-                   (int)SOTH_WS_FLUSH_IDLE == (int)SOTH_FLUSH_IDLE,
-               "flush reasons differ between proto.h and observe.h");
-
-static enum soth_leg ws_dir(enum soth_leg d)
-{
-    return soth_leg_of(d);
-}
-
-static void ws_on_message(void *ctx, const struct soth_ws_msg *m)
-{
-    struct h2_ws_slot *s = ctx;
-    soth_ws_turns_message(&s->turns, m, soth_now_ns());
-    soth_ev_ws_message(s->h->env.ev, (uint32_t)s->sid, ws_dir(m->dir), m->opcode, m->len, m->data,
-                       m->truncated);
-    if ((m->opcode == SOTH_WS_OP_TEXT || m->opcode == SOTH_WS_OP_BINARY) && !m->compressed)
-        app_pl_framed(&s->h->pl, &s->h->env, (uint32_t)s->sid, m->dir == SOTH_LEG_UPSTREAM,
-                      SOTH_FRAMING_WS, m->data, m->truncated);
-}
-
-static void ws_on_turn_start(void *ctx, const struct soth_ws_turn *t)
-{
-    struct h2_ws_slot *s = ctx;
-    soth_ev_ws_turn_started(s->h->env.ev, (uint32_t)s->sid, t->id, ws_dir(t->initiator));
-}
-
-static void ws_on_turn_end(void *ctx, const struct soth_ws_turn *t)
-{
-    struct h2_ws_slot *s = ctx;
-    struct soth_ws_turn_stats st = {
-        .turn_id = t->id,
-        .initiator = ws_dir(t->initiator),
-        .client_frames = t->frames[SOTH_LEG_CLIENT],
-        .server_frames = t->frames[SOTH_LEG_UPSTREAM],
-        .client_bytes = t->bytes[SOTH_LEG_CLIENT],
-        .server_bytes = t->bytes[SOTH_LEG_UPSTREAM],
-        .started_ns = t->started_ns,
-        .ended_ns = t->ended_ns,
-        /* same order as enum soth_flush_reason (proto.h) */
-        .flush_reason = (enum soth_flush_reason)t->reason,
-    };
-    soth_ev_ws_turn_completed(s->h->env.ev, (uint32_t)s->sid, &st);
-}
-
-/* A 2xx to an extended CONNECT for websocket: start parsing the stream's DATA. */
-static struct h2_ws_slot *ws_start(struct app_h2 *h, int32_t sid, const struct soth_h2_response *s)
-{
-    if (s->status < 200 || s->status > 299 || s->end_stream)
-        return NULL;
-    bool deflate = false;
-    for (size_t i = 0; i < s->n_headers; i++) {
-        struct soth_iov n = s->headers[i].name, v = s->headers[i].value;
-        if (n.len == 24 && soth_iov_starts_ci(n, "sec-websocket-extensions"))
-            for (size_t k = 0; k + 18 <= v.len; k++)
-                if (soth_iov_starts_ci(soth_iov(v.base + k, v.len - k), "permessage-deflate"))
-                    deflate = true;
-    }
-    if (h->ws == NULL)
-        h->ws = calloc(1, sizeof(*h->ws));
-    if (h->ws == NULL)
-        return NULL;
-    struct h2_ws_slot *slot = NULL;
-    for (size_t i = 0; i < H2_WS_SLOTS && slot == NULL; i++)
-        if (h->ws->slot[i].sid == 0)
-            slot = &h->ws->slot[i];
-    if (slot == NULL)
-        return NULL;
-    struct soth_ws_limits lim = {
-        .capture = (uint32_t)(h->capture < H2_WS_CAPTURE_MAX ? h->capture : H2_WS_CAPTURE_MAX)};
-    size_t sz = (soth_ws_size(&lim) + 15) & ~(size_t)15;
-    if (slot->mem == NULL)
-        slot->mem = malloc(2 * sz);
-    if (slot->mem == NULL)
-        return NULL;
-    struct soth_ws_cbs cbs = {.ctx = slot, .on_message = ws_on_message};
-    slot->h = h;
-    slot->sid = sid;
-    slot->p[SOTH_LEG_CLIENT] = soth_ws_init(slot->mem, SOTH_LEG_CLIENT, deflate, &lim, &cbs);
-    slot->p[SOTH_LEG_UPSTREAM] =
-        soth_ws_init((char *)slot->mem + sz, SOTH_LEG_UPSTREAM, deflate, &lim, &cbs);
-    struct soth_ws_turn_cbs tcbs = {
-        .ctx = slot, .on_start = ws_on_turn_start, .on_end = ws_on_turn_end};
-    soth_ws_turns_init(&slot->turns, H2_WS_TURN_IDLE_NS, &tcbs);
-    soth_ev_flow_set_protocol(h->env.ev, SOTH_PROTO_WEBSOCKET);
-    return slot;
-}
-
-static void ws_data(struct h2_ws_slot *slot, enum soth_leg dir, const char *p, size_t n)
-{
-    /* A broken stream is only observed no more: the relay goes on untouched. */
-    if (soth_ws_feed(slot->p[dir], p, n) < 0 && !slot->turns.closed)
-        soth_ws_turns_end(&slot->turns, SOTH_WS_FLUSH_ERROR, soth_now_ns());
-}
-
-/* The stream ended: no turn stays open; the slot is freed. */
-static void ws_end(struct h2_ws_slot *slot)
-{
-    if (slot == NULL)
-        return;
-    soth_ws_turns_end(&slot->turns, SOTH_WS_FLUSH_CLOSE, soth_now_ns());
-    slot->sid = 0;
-}
-
-static void ws_free(struct h2_ws *w)
-{
-    if (w == NULL)
-        return;
-    for (size_t i = 0; i < H2_WS_SLOTS; i++)
-        free(w->slot[i].mem);
-    free(w);
-}
-
 /* ---- relay callbacks -> events */
 
 static int on_out(void *ctx, enum soth_leg to, const char *p, size_t n)
 {
     struct app_h2 *h = ctx;
-    int rc = h->env.send(h->env.ctx, (unsigned)to, p, n);
+    int rc = h->base.env.send(h->base.env.ctx, (unsigned)to, p, n);
     return rc < 0 ? rc : 0;
 }
 
@@ -359,26 +139,28 @@ static void on_request_head(void *ctx, int32_t sid, const struct soth_h2_request
     struct app_h2 *h = ctx;
     struct h2_stream *ne = stream_add(h, sid);
     ne->ws_connect = q->method.len == 7 && memcmp(q->method.base, "CONNECT", 7) == 0 &&
-                     q->protocol.len == 9 && soth_iov_starts_ci(q->protocol, "websocket");
-    app_pl_h2_request(&h->pl, &ne->pl, &h->env, q); /* grpc: protocol set before the head */
-    if (h->env.m != NULL)
-        SOTH_METRIC_ADD(h->env.m->requests[SOTH_PROTO_HTTP2], 1);
-    soth_ev_request_headers(h->env.ev, (uint32_t)sid, q->method, q->scheme, q->authority, q->path,
-                            SOTH_IOV_LIT("2"), q->headers, q->n_headers);
+                     soth_iov_is_ci(q->protocol, "websocket");
+    app_pl_h2_request(&h->base, &ne->pl, q); /* grpc: protocol set before the head */
+    if (h->base.env.m != NULL)
+        SOTH_METRIC_ADD(h->base.env.m->requests[SOTH_PROTO_HTTP2], 1);
+    soth_ev_request_headers(h->base.env.ev, (uint32_t)sid, q->method, q->scheme, q->authority,
+                            q->path, SOTH_IOV_LIT("2"), q->headers, q->n_headers);
 }
 
 static void on_response_head(void *ctx, int32_t sid, const struct soth_h2_response *s)
 {
     struct app_h2 *h = ctx;
-    soth_ev_response_headers(h->env.ev, (uint32_t)sid, (unsigned)s->status, SOTH_IOV_LIT("2"),
+    soth_ev_response_headers(h->base.env.ev, (uint32_t)sid, (unsigned)s->status, SOTH_IOV_LIT("2"),
                              s->headers, s->n_headers);
     struct h2_stream *e = stream_find(h, sid);
-    if (e != NULL)
-        app_pl_h2_response(&h->pl, &e->pl, &h->env, s);
-    if (e != NULL)
-        e->sse = sse_start(h, sid, s);
-    if (e != NULL && e->ws_connect)
-        e->ws = ws_start(h, sid, s);
+    if (e == NULL)
+        return;
+    app_pl_h2_response(&h->base, &e->pl, s);
+    /* RFC 8441 5: a 2xx to the extended CONNECT opens the WebSocket; its DATA are frames. */
+    bool ws = e->ws_connect && s->status >= 200 && s->status <= 299 && !s->end_stream;
+    if (ws)
+        soth_ev_flow_set_protocol(h->base.env.ev, SOTH_PROTO_WEBSOCKET);
+    e->obs = app_obs_start(&h->base, (uint32_t)sid, ws, !s->end_stream, s->headers, s->n_headers);
 }
 
 static enum soth_leg dir_of(enum soth_leg d)
@@ -392,24 +174,24 @@ static void on_data(void *ctx, enum soth_leg dir, int32_t sid, const char *p, si
     struct h2_stream *e = stream_find(h, sid);
     SOTH_BUG_ON(e == NULL); /* the relay reports the head before any body byte */
     uint64_t off = e->off[dir];
+    uint64_t capture = h->base.conf.capture;
     /* Capture at most `capture` bytes per message; bytes past it are counted, not copied. */
     size_t take = 0;
-    if (off < h->capture)
-        take = h->capture - off < n ? (size_t)(h->capture - off) : n;
-    soth_ev_body_chunk(h->env.ev, dir_of(dir), (uint32_t)sid, off, n, soth_iov(p, take), take < n);
+    if (off < capture)
+        take = capture - off < n ? (size_t)(capture - off) : n;
+    soth_ev_body_chunk(h->base.env.ev, dir_of(dir), (uint32_t)sid, off, n, soth_iov(p, take),
+                       take < n);
     e->off[dir] = off + n;
-    app_pl_h2_data(h->pl, e->pl, &h->env, (int)dir, (uint32_t)sid, p, n);
-    if (e->sse != NULL && dir == SOTH_LEG_UPSTREAM)
-        soth_sse_feed(e->sse->p, p, n);
-    if (e->ws != NULL)
-        ws_data(e->ws, dir, p, n);
+    app_pl_h2_data(&h->base, e->pl, (int)dir, (uint32_t)sid, p, n);
+    if (e->obs != NULL)
+        app_obs_data(&h->base, e->obs, soth_leg_of(dir), p, n);
 }
 
 static void on_trailers(void *ctx, enum soth_leg dir, int32_t sid, const struct soth_header *hd,
                         size_t n)
 {
     struct app_h2 *h = ctx;
-    soth_ev_trailers(h->env.ev, dir_of(dir), (uint32_t)sid, hd, n);
+    soth_ev_trailers(h->base.env.ev, dir_of(dir), (uint32_t)sid, hd, n);
 }
 
 static enum soth_outcome outcome_of(enum soth_h2_outcome o)
@@ -432,19 +214,19 @@ static void on_stream_end(void *ctx, int32_t sid, const struct soth_h2_stream_en
     struct app_h2 *h = ctx;
     struct h2_stream *e = stream_find(h, sid);
     /* Without an entry the stream was refused before its head was reported (431, malformed
-     * head): no request_headers, so no exchange either (SPEC invariant 4: request_headers
+     * head): no request_headers, so no exchange either (docs/events.md invariant 4: request_headers
      * is a stream's first event), as for an HTTP/1.1 head refused with 431. */
     if (e == NULL)
         return;
     struct app_pl_stream *pl = e->pl;
-    sse_end(e->sse);
-    ws_end(e->ws);
+    if (e->obs != NULL)
+        app_obs_end(&h->base, e->obs);
     stream_del(h, e);
     enum soth_outcome o = outcome_of(end->outcome);
     if (h->aborting && o != SOTH_OUTCOME_COMPLETE)
         o = h->abort_outcome;
-    app_pl_h2_end(h->pl, pl, &h->env, (uint32_t)sid, o == SOTH_OUTCOME_COMPLETE);
-    soth_ev_exchange_completed(h->env.ev, (uint32_t)sid, o, end->request_bytes,
+    app_pl_h2_end(&h->base, pl, (uint32_t)sid, o == SOTH_OUTCOME_COMPLETE);
+    soth_ev_exchange_completed(h->base.env.ev, (uint32_t)sid, o, end->request_bytes,
                                end->response_bytes);
 }
 
@@ -513,15 +295,13 @@ static int settle(struct app_h2 *h)
     return APP_AGAIN;
 }
 
-struct app *app_h2_new(const struct app_env *env)
+static struct app *h2_create(const struct app_env *env, const struct app_conf *conf)
 {
     struct app_h2 *h = malloc(sizeof(*h));
     if (h == NULL)
         return NULL;
     memset(h, 0, sizeof(*h));
-    h->hdr.kind = APP_H2;
-    h->env = *env;
-    h->capture = env->cfg != NULL ? env->cfg->events.body_capture_bytes : 0;
+    app_base_init(&h->base, &app_h2_ops, env, conf);
     struct soth_h2_cbs cbs = {
         .ctx = h,
         .out = on_out,
@@ -532,7 +312,7 @@ struct app *app_h2_new(const struct app_env *env)
         .on_stream_end = on_stream_end,
     };
     struct soth_h2_settings set = {
-        .max_header_list_size = env->cfg != NULL ? env->cfg->http2_max_header_list_size : 0,
+        .max_header_list_size = conf->h2_max_header_list_size,
         .max_concurrent_streams = H2_MAX_STREAMS,
     };
     h->r = soth_h2_relay_new(&cbs, &set);
@@ -548,21 +328,17 @@ struct app *app_h2_new(const struct app_env *env)
         free(h);
         return NULL;
     }
-    return (struct app *)h;
+    return &h->base;
 }
 
-void app_h2_free(struct app *a)
+static void h2_dispose(struct app *a)
 {
-    if (a == NULL)
-        return;
     struct app_h2 *h = h2_of(a);
     soth_h2_relay_free(h->r);
     for (size_t i = 0; i < H2_TABLE_CAP; i++)
         if (h->st[i].sid != 0)
             app_pl_stream_free(h->st[i].pl);
-    app_pl_free(h->pl);
-    sse_free(h->sse);
-    ws_free(h->ws);
+    app_base_dispose(a);
     free(h);
 }
 
@@ -578,7 +354,7 @@ static void check_magic(struct app_h2 *h, const char *p, size_t n)
     h->magic_off += k;
 }
 
-int app_h2_input(struct app *a, unsigned side, const char *p, size_t n)
+static int h2_input(struct app *a, unsigned side, const char *p, size_t n)
 {
     struct app_h2 *h = h2_of(a);
     if (h->err < 0)
@@ -604,7 +380,7 @@ int app_h2_input(struct app *a, unsigned side, const char *p, size_t n)
     return settle(h);
 }
 
-int app_h2_eof(struct app *a, unsigned side, bool reset)
+static int h2_eof(struct app *a, unsigned side, bool reset)
 {
     struct app_h2 *h = h2_of(a);
     if (h->eof[side & 1])
@@ -619,7 +395,7 @@ int app_h2_eof(struct app *a, unsigned side, bool reset)
     return settle(h);
 }
 
-void app_h2_abort(struct app *a, enum soth_outcome outcome)
+static void h2_abort(struct app *a, enum soth_outcome outcome)
 {
     struct app_h2 *h = h2_of(a);
     if (h->aborting)
@@ -632,7 +408,7 @@ void app_h2_abort(struct app *a, enum soth_outcome outcome)
     h->done = true;
 }
 
-int app_h2_hold(struct app *a, unsigned side, bool hold)
+static int h2_hold(struct app *a, unsigned side, bool hold)
 {
     struct app_h2 *h = h2_of(a);
     soth_h2_relay_hold(h->r, soth_leg_of(side), hold);
@@ -641,13 +417,13 @@ int app_h2_hold(struct app *a, unsigned side, bool hold)
     return settle(h);
 }
 
-bool app_h2_want_write(const struct app *a, unsigned side)
+static bool h2_want_write(const struct app *a, unsigned side)
 {
-    const struct app_h2 *h = (const struct app_h2 *)a;
+    const struct app_h2 *h = h2_of_const(a);
     return !h->done && soth_h2_relay_want_write(h->r, soth_leg_of(side));
 }
 
-int app_h2_shutdown(struct app *a)
+static int h2_shutdown(struct app *a)
 {
     struct app_h2 *h = h2_of(a);
     if (h->err < 0)
@@ -659,8 +435,44 @@ int app_h2_shutdown(struct app *a)
     return settle(h);
 }
 
-enum soth_close_reason app_h2_close_reason(const struct app *a)
+static enum soth_close_reason h2_close_reason(const struct app *a)
 {
-    const struct app_h2 *h = (const struct app_h2 *)a;
+    const struct app_h2 *h = h2_of_const(a);
     return h->reason_set ? h->reason : SOTH_CLOSE_RELAY_ERROR;
 }
+
+static uint64_t h2_deadline(const struct app *a)
+{
+    (void)a; /* the relay has no timer of its own: the worker's idle timer bounds silence */
+    return 0;
+}
+
+static int h2_timer(struct app *a, uint64_t now_ms)
+{
+    struct app_h2 *h = h2_of(a);
+    (void)now_ms;
+    return h->err < 0 ? h->err : h->done ? APP_DONE : APP_AGAIN;
+}
+
+static bool h2_read_paused(const struct app *a, unsigned side)
+{
+    (void)a, (void)side; /* HTTP/2 holds its output instead (app_hold) */
+    return false;
+}
+
+const struct app_ops app_h2_ops = {
+    .name = "http/2",
+    .h2 = true,
+    .create = h2_create,
+    .dispose = h2_dispose,
+    .input = h2_input,
+    .eof = h2_eof,
+    .abort = h2_abort,
+    .hold = h2_hold,
+    .deadline = h2_deadline,
+    .timer = h2_timer,
+    .read_paused = h2_read_paused,
+    .want_write = h2_want_write,
+    .shutdown = h2_shutdown,
+    .close_reason = h2_close_reason,
+};

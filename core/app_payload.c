@@ -6,9 +6,8 @@
 #include <string.h>
 
 #include "app_payload.h"
-#include "soth/proto/h2.h"
 #include "soth/proto/grpc.h"
-#include "soth/proto/decode.h"
+#include "soth/proto/headers.h"
 
 /* One message direction's body capture and how to decode it. */
 struct pl_msg {
@@ -36,32 +35,9 @@ struct app_pl_stream {
     struct pl_msg msg[2];                 /* plain HTTP/2 bodies */
 };
 
-static bool name_is(struct soth_iov n, const char *lit)
-{
-    size_t k = strlen(lit);
-    if (n.len != k)
-        return false;
-    for (size_t i = 0; i < k; i++) {
-        char c = n.base[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c + 32);
-        if (c != lit[i])
-            return false;
-    }
-    return true;
-}
-
-static struct soth_iov field(const struct soth_header *h, size_t n, const char *name)
-{
-    for (size_t i = 0; i < n; i++)
-        if (name_is(h[i].name, name))
-            return h[i].value;
-    return SOTH_IOV_NULL;
-}
-
 static uint64_t content_length(const struct soth_header *h, size_t n)
 {
-    struct soth_iov v = field(h, n, "content-length");
+    struct soth_iov v = soth_header_get(h, n, "content-length");
     uint64_t x = 0;
     for (size_t i = 0; i < v.len && i < 19; i++) {
         if (v.base[i] < '0' || v.base[i] > '9')
@@ -76,16 +52,16 @@ static enum soth_leg dir_of(int dir)
     return soth_leg_of(dir);
 }
 
-static bool capture_on(const struct app_env *env)
+static bool capture_on(const struct app *a)
 {
-    return env->cfg == NULL || env->cfg->events.body_capture_bytes > 0;
+    return a->conf.capture > 0;
 }
 
-static struct app_payload *flow_pl(struct app_payload **pl)
+static struct app_payload *flow_pl(struct app *a)
 {
-    if (*pl == NULL)
-        *pl = calloc(1, sizeof(**pl));
-    return *pl;
+    if (a->pl == NULL)
+        a->pl = calloc(1, sizeof(*a->pl));
+    return a->pl;
 }
 
 static void msg_dispose(struct pl_msg *m)
@@ -100,11 +76,11 @@ static bool msg_begin(struct pl_msg *m, const struct soth_header *h, size_t n)
     m->active = false;
     m->len = 0;
     m->total = 0;
-    enum soth_payload_format f = soth_payload_format_of(field(h, n, "content-type"));
+    enum soth_payload_format f = soth_payload_format_of(soth_header_get(h, n, "content-type"));
     if (f == SOTH_FMT_NONE)
         return false;
-    int nc =
-        soth_coding_parse(field(h, n, "content-encoding"), m->codings, SOTH_DECODE_MAX_CODINGS);
+    int nc = soth_coding_parse(soth_header_get(h, n, "content-encoding"), m->codings,
+                               SOTH_DECODE_MAX_CODINGS);
     if (nc < 0)
         return false; /* more codings than anyone uses: not worth a report */
     m->n_codings = (size_t)nc;
@@ -151,8 +127,7 @@ static struct soth_decoder *decoder(struct app_payload *pl)
     return pl->dec;
 }
 
-static void emit(const struct app_env *env, uint32_t sid, int dir,
-                 const struct soth_decode_result *r)
+static void emit(const struct app *a, uint32_t sid, int dir, const struct soth_decode_result *r)
 {
     if (!r->report)
         return;
@@ -161,20 +136,19 @@ static void emit(const struct app_env *env, uint32_t sid, int dir,
         const char *f = soth_payload_format_name(r->format);
         fmt = soth_iov(f, strlen(f));
     }
-    soth_ev_payload_parsed(env->ev, sid, dir_of(dir), r->decoders, r->n_decoders, r->sanitized, fmt,
-                           r->value, r->error);
+    soth_ev_payload_parsed(a->env.ev, sid, dir_of(dir), r->decoders, r->n_decoders, r->sanitized,
+                           fmt, r->value, r->error);
 }
 
 /* Decode the captured body of m (complete: the whole message arrived) and report. */
-static void msg_finish(struct app_payload *pl, struct pl_msg *m, const struct app_env *env, int dir,
-                       uint32_t sid, bool complete)
+static void msg_finish(struct app *a, struct pl_msg *m, int dir, uint32_t sid, bool complete)
 {
     if (!m->active)
         return;
     m->active = false;
     if (m->total == 0)
         return; /* no body: nothing to parse */
-    struct soth_decoder *d = decoder(pl);
+    struct soth_decoder *d = decoder(a->pl);
     if (d == NULL)
         return;
     struct soth_decode_req req = {
@@ -188,7 +162,7 @@ static void msg_finish(struct app_payload *pl, struct pl_msg *m, const struct ap
     memcpy(req.codings, m->codings, sizeof(req.codings));
     struct soth_decode_result r;
     soth_decode_run(d, &req, &r);
-    emit(env, sid, dir, &r);
+    emit(a, sid, dir, &r);
 }
 
 void app_pl_free(struct app_payload *pl)
@@ -203,32 +177,30 @@ void app_pl_free(struct app_payload *pl)
 
 /* ---- HTTP/1.1 */
 
-void app_pl_h1_head(struct app_payload **pl, const struct app_env *env, int dir,
-                    const struct soth_header *h, size_t n, bool no_body)
+void app_pl_h1_head(struct app *a, int dir, const struct soth_header *h, size_t n, bool no_body)
 {
     dir &= 1;
-    if (*pl != NULL)
-        (*pl)->msg[dir].active = false;
-    if (no_body || !capture_on(env))
+    if (a->pl != NULL)
+        a->pl->msg[dir].active = false;
+    if (no_body || !capture_on(a))
         return;
-    if (soth_payload_format_of(field(h, n, "content-type")) == SOTH_FMT_NONE)
+    if (soth_payload_format_of(soth_header_get(h, n, "content-type")) == SOTH_FMT_NONE)
         return;
-    struct app_payload *p = flow_pl(pl);
+    struct app_payload *p = flow_pl(a);
     if (p != NULL)
         msg_begin(&p->msg[dir], h, n);
 }
 
-void app_pl_h1_body(struct app_payload *pl, int dir, const char *p, size_t n)
+void app_pl_h1_body(struct app *a, int dir, const char *p, size_t n)
 {
-    if (pl != NULL)
-        msg_body(&pl->msg[dir & 1], p, n);
+    if (a->pl != NULL)
+        msg_body(&a->pl->msg[dir & 1], p, n);
 }
 
-void app_pl_h1_complete(struct app_payload *pl, const struct app_env *env, int dir,
-                        uint32_t stream_id)
+void app_pl_h1_complete(struct app *a, int dir, uint32_t stream_id)
 {
-    if (pl != NULL)
-        msg_finish(pl, &pl->msg[dir & 1], env, dir & 1, stream_id, true);
+    if (a->pl != NULL)
+        msg_finish(a, &a->pl->msg[dir & 1], dir & 1, stream_id, true);
 }
 
 /* ---- framed protocols */
@@ -246,12 +218,12 @@ static bool maybe_payload(struct soth_iov d)
     return c == '{' || c == '[' || (i == 0 && ((c & 0xf0) == 0x80 || c == 0xde || c == 0xdf));
 }
 
-void app_pl_framed(struct app_payload **pl, const struct app_env *env, uint32_t stream_id, int dir,
-                   enum soth_framing framing, struct soth_iov data, bool truncated)
+void app_pl_framed(struct app *a, uint32_t stream_id, int dir, enum soth_framing framing,
+                   struct soth_iov data, bool truncated)
 {
-    if (!capture_on(env) || !maybe_payload(data))
+    if (!capture_on(a) || !maybe_payload(data))
         return;
-    struct app_payload *p = flow_pl(pl);
+    struct app_payload *p = flow_pl(a);
     struct soth_decoder *d = p != NULL ? decoder(p) : NULL;
     if (d == NULL)
         return;
@@ -264,7 +236,7 @@ void app_pl_framed(struct app_payload **pl, const struct app_env *env, uint32_t 
     };
     struct soth_decode_result r;
     soth_decode_run(d, &req, &r);
-    emit(env, stream_id, dir & 1, &r);
+    emit(a, stream_id, dir & 1, &r);
 }
 
 /* ---- HTTP/2 and gRPC */
@@ -296,18 +268,17 @@ static struct soth_grpc *grpc_parser(void)
 static enum soth_coding grpc_encoding(const struct soth_header *h, size_t n)
 {
     enum soth_coding c[1];
-    int k = soth_coding_parse(field(h, n, "grpc-encoding"), c, 1);
+    int k = soth_coding_parse(soth_header_get(h, n, "grpc-encoding"), c, 1);
     return k == 1 ? c[0] : k == 0 ? SOTH_CODING_IDENTITY : SOTH_CODING_UNKNOWN;
 }
 
-void app_pl_h2_request(struct app_payload **pl, struct app_pl_stream **st,
-                       const struct app_env *env, const struct soth_h2_request *q)
+void app_pl_h2_request(struct app *a, struct app_pl_stream **st, const struct soth_h2_request *q)
 {
     enum soth_payload_format f;
-    if (soth_grpc_content_type(field(q->headers, q->n_headers, "content-type"), &f)) {
-        soth_ev_flow_set_protocol(env->ev, SOTH_PROTO_GRPC);
+    if (soth_grpc_content_type(soth_header_get(q->headers, q->n_headers, "content-type"), &f)) {
+        soth_ev_flow_set_protocol(a->env.ev, SOTH_PROTO_GRPC);
         struct app_pl_stream *s = stream_pl(st);
-        if (s == NULL || flow_pl(pl) == NULL)
+        if (s == NULL || flow_pl(a) == NULL)
             return;
         s->grpc = true;
         s->grpc_fmt[SOTH_LEG_CLIENT] = f;
@@ -316,16 +287,16 @@ void app_pl_h2_request(struct app_payload **pl, struct app_pl_stream **st,
             s->g[SOTH_LEG_CLIENT] = grpc_parser();
         return;
     }
-    if (q->end_stream || !capture_on(env) ||
-        soth_payload_format_of(field(q->headers, q->n_headers, "content-type")) == SOTH_FMT_NONE)
+    if (q->end_stream || !capture_on(a) ||
+        soth_payload_format_of(soth_header_get(q->headers, q->n_headers, "content-type")) ==
+            SOTH_FMT_NONE)
         return;
     struct app_pl_stream *s = stream_pl(st);
-    if (s != NULL && flow_pl(pl) != NULL)
+    if (s != NULL && flow_pl(a) != NULL)
         msg_begin(&s->msg[SOTH_LEG_CLIENT], q->headers, q->n_headers);
 }
 
-void app_pl_h2_response(struct app_payload **pl, struct app_pl_stream **st,
-                        const struct app_env *env, const struct soth_h2_response *s)
+void app_pl_h2_response(struct app *a, struct app_pl_stream **st, const struct soth_h2_response *s)
 {
     if (s->end_stream)
         return;
@@ -333,23 +304,23 @@ void app_pl_h2_response(struct app_payload **pl, struct app_pl_stream **st,
         /* The response is parsed as envelopes only when it says it is gRPC too (a proxy or
          * server answering with an HTML error page is not). */
         enum soth_payload_format f;
-        if (soth_grpc_content_type(field(s->headers, s->n_headers, "content-type"), &f)) {
+        if (soth_grpc_content_type(soth_header_get(s->headers, s->n_headers, "content-type"), &f)) {
             (*st)->grpc_fmt[SOTH_LEG_UPSTREAM] = f;
             (*st)->genc[SOTH_LEG_UPSTREAM] = grpc_encoding(s->headers, s->n_headers);
             (*st)->g[SOTH_LEG_UPSTREAM] = grpc_parser();
         }
         return;
     }
-    if (!capture_on(env) ||
-        soth_payload_format_of(field(s->headers, s->n_headers, "content-type")) == SOTH_FMT_NONE)
+    if (!capture_on(a) || soth_payload_format_of(soth_header_get(s->headers, s->n_headers,
+                                                                 "content-type")) == SOTH_FMT_NONE)
         return;
     struct app_pl_stream *ps = stream_pl(st);
-    if (ps != NULL && flow_pl(pl) != NULL)
+    if (ps != NULL && flow_pl(a) != NULL)
         msg_begin(&ps->msg[SOTH_LEG_UPSTREAM], s->headers, s->n_headers);
 }
 
-static void grpc_framing_error(struct app_pl_stream *st, const struct app_env *env, int dir,
-                               uint32_t sid, enum soth_grpc_error e)
+static void grpc_framing_error(struct app_pl_stream *st, const struct app *a, int dir, uint32_t sid,
+                               enum soth_grpc_error e)
 {
     if (st->failed[dir])
         return;
@@ -361,27 +332,26 @@ static void grpc_framing_error(struct app_pl_stream *st, const struct app_env *e
     memcpy(buf, prefix, sizeof(prefix) - 1);
     memcpy(buf + sizeof(prefix) - 1, name, nl);
     struct soth_iov dec[1] = {SOTH_IOV_LIT("grpc")};
-    soth_ev_payload_parsed(env->ev, sid, dir_of(dir), dec, 1, false, SOTH_IOV_NULL, SOTH_IOV_NULL,
+    soth_ev_payload_parsed(a->env.ev, sid, dir_of(dir), dec, 1, false, SOTH_IOV_NULL, SOTH_IOV_NULL,
                            soth_iov(buf, sizeof(prefix) - 1 + nl));
 }
 
 /* One gRPC message: grpc_message, then payload_parsed when it decodes to JSON/msgpack. */
-static void grpc_message(struct app_payload *pl, struct app_pl_stream *st,
-                         const struct app_env *env, int dir, uint32_t sid,
+static void grpc_message(struct app *a, struct app_pl_stream *st, int dir, uint32_t sid,
                          const struct soth_grpc_msg *m)
 {
-    soth_ev_grpc_message(env->ev, sid, dir_of(dir), m->compressed, m->length, m->data,
+    soth_ev_grpc_message(a->env.ev, sid, dir_of(dir), m->compressed, m->length, m->data,
                          m->truncated);
-    if (!capture_on(env) || pl == NULL)
+    if (!capture_on(a) || a->pl == NULL)
         return;
     if (m->compressed && st->genc[dir] == SOTH_CODING_IDENTITY) {
         struct soth_iov dec[1] = {SOTH_IOV_LIT("grpc")};
-        soth_ev_payload_parsed(env->ev, sid, dir_of(dir), dec, 1, false, SOTH_IOV_NULL,
+        soth_ev_payload_parsed(a->env.ev, sid, dir_of(dir), dec, 1, false, SOTH_IOV_NULL,
                                SOTH_IOV_NULL,
                                SOTH_IOV_LIT("grpc: compressed message without grpc-encoding"));
         return;
     }
-    struct soth_decoder *d = decoder(pl);
+    struct soth_decoder *d = decoder(a->pl);
     if (d == NULL)
         return;
     struct soth_decode_req req = {
@@ -394,11 +364,11 @@ static void grpc_message(struct app_payload *pl, struct app_pl_stream *st,
     };
     struct soth_decode_result r;
     soth_decode_run(d, &req, &r);
-    emit(env, sid, dir, &r);
+    emit(a, sid, dir, &r);
 }
 
-void app_pl_h2_data(struct app_payload *pl, struct app_pl_stream *st, const struct app_env *env,
-                    int dir, uint32_t stream_id, const char *p, size_t n)
+void app_pl_h2_data(struct app *a, struct app_pl_stream *st, int dir, uint32_t stream_id,
+                    const char *p, size_t n)
 {
     if (st == NULL)
         return;
@@ -417,18 +387,17 @@ void app_pl_h2_data(struct app_payload *pl, struct app_pl_stream *st, const stru
         bool got;
         ssize_t k = soth_grpc_feed(g, p, n, &m, &got);
         if (k < 0) {
-            grpc_framing_error(st, env, dir, stream_id, soth_grpc_error(g));
+            grpc_framing_error(st, a, dir, stream_id, soth_grpc_error(g));
             return;
         }
         if (got)
-            grpc_message(pl, st, env, dir, stream_id, &m);
+            grpc_message(a, st, dir, stream_id, &m);
         p += k;
         n -= (size_t)k;
     }
 }
 
-void app_pl_h2_end(struct app_payload *pl, struct app_pl_stream *st, const struct app_env *env,
-                   uint32_t stream_id, bool complete)
+void app_pl_h2_end(struct app *a, struct app_pl_stream *st, uint32_t stream_id, bool complete)
 {
     if (st == NULL)
         return;
@@ -442,12 +411,12 @@ void app_pl_h2_end(struct app_payload *pl, struct app_pl_stream *st, const struc
             if (soth_grpc_finish(g, &m, &got) < 0) {
                 /* Cut short inside a message: report what came, then why. */
                 if (got)
-                    soth_ev_grpc_message(env->ev, stream_id, dir_of(dir), m.compressed, m.length,
+                    soth_ev_grpc_message(a->env.ev, stream_id, dir_of(dir), m.compressed, m.length,
                                          m.data, true);
-                grpc_framing_error(st, env, dir, stream_id, soth_grpc_error(g));
+                grpc_framing_error(st, a, dir, stream_id, soth_grpc_error(g));
             }
-        } else if (pl != NULL) {
-            msg_finish(pl, &st->msg[dir], env, dir, stream_id, complete);
+        } else if (a->pl != NULL) {
+            msg_finish(a, &st->msg[dir], dir, stream_id, complete);
         }
     }
     app_pl_stream_free(st);

@@ -1,7 +1,8 @@
 /*
- * Private to core/: payload observation for the HTTP layer of a flow (issue 9). gRPC
+ * Private to core/: payload observation for the HTTP layer of a flow. gRPC
  * envelopes per HTTP/2 stream direction (grpc_message), and the layered decoder chain of
- * proto/decode.c over message bodies (payload_parsed), for app.c (HTTP/1.1) and app_h2.c.
+ * proto/decode.c over message bodies (payload_parsed), for app_h1.c (HTTP/1.1), app_h2.c and
+ * the stream observers of app_obs.c (SSE events, WebSocket messages).
  *
  * What gets decoded: a body whose Content-Type declares JSON or msgpack (or javascript, for
  * an anti-hijack prefixed JSON), through its Content-Encoding (gzip, deflate, br, zstd); and
@@ -24,9 +25,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "app.h"
-#include "soth/proto/h2.h"
+#include "app_int.h"
 #include "soth/proto/decode.h"
+#include "soth/proto/h2.h"
 
 #define APP_PL_CAPTURE      (64u << 10) /* body bytes kept for decoding (per message) */
 #define APP_PL_GRPC_MAX_MSG (64u << 20) /* gRPC Message-Length above this: length_over_limit */
@@ -37,16 +38,14 @@ struct app_pl_stream; /* per HTTP/2 stream that carries something to observe */
 /** Frees the flow's payload state; NULL is fine. */
 void app_pl_free(struct app_payload *pl);
 
-/* ---- HTTP/1.1: dir 0 request, 1 response; `*pl` is created on demand */
+/* ---- HTTP/1.1: dir 0 request, 1 response; the flow's state (a->pl) is created on demand */
 
 /** A message head: decide whether its body is decoded. no_body: nothing follows. */
-void app_pl_h1_head(struct app_payload **pl, const struct app_env *env, int dir,
-                    const struct soth_header *h, size_t n, bool no_body);
+void app_pl_h1_head(struct app *a, int dir, const struct soth_header *h, size_t n, bool no_body);
 /** Body bytes of the message in progress in `dir`. */
-void app_pl_h1_body(struct app_payload *pl, int dir, const char *p, size_t n);
+void app_pl_h1_body(struct app *a, int dir, const char *p, size_t n);
 /** The message in `dir` is complete: payload_parsed when there is something to say. */
-void app_pl_h1_complete(struct app_payload *pl, const struct app_env *env, int dir,
-                        uint32_t stream_id);
+void app_pl_h1_complete(struct app *a, int dir, uint32_t stream_id);
 
 /* ---- framed protocols (SSE events, WebSocket messages): dir 0 client to server, 1 back */
 
@@ -56,23 +55,20 @@ void app_pl_h1_complete(struct app_payload *pl, const struct app_env *env, int d
  * or as a msgpack map with string keys; nothing otherwise. `data` is the captured prefix,
  * `truncated` when the message was longer.
  */
-void app_pl_framed(struct app_payload **pl, const struct app_env *env, uint32_t stream_id, int dir,
-                   enum soth_framing framing, struct soth_iov data, bool truncated);
+void app_pl_framed(struct app *a, uint32_t stream_id, int dir, enum soth_framing framing,
+                   struct soth_iov data, bool truncated);
 
 /* ---- HTTP/2 (dir: enum soth_leg) */
 
 /** Before request_headers is emitted: a gRPC stream sets the flow's protocol to grpc. May
  *  set *st (freed by app_pl_h2_end or app_pl_stream_free). */
-void app_pl_h2_request(struct app_payload **pl, struct app_pl_stream **st,
-                       const struct app_env *env, const struct soth_h2_request *q);
-void app_pl_h2_response(struct app_payload **pl, struct app_pl_stream **st,
-                        const struct app_env *env, const struct soth_h2_response *s);
+void app_pl_h2_request(struct app *a, struct app_pl_stream **st, const struct soth_h2_request *q);
+void app_pl_h2_response(struct app *a, struct app_pl_stream **st, const struct soth_h2_response *s);
 /** DATA bytes of a stream (st may be NULL: nothing to do). */
-void app_pl_h2_data(struct app_payload *pl, struct app_pl_stream *st, const struct app_env *env,
-                    int dir, uint32_t stream_id, const char *p, size_t n);
+void app_pl_h2_data(struct app *a, struct app_pl_stream *st, int dir, uint32_t stream_id,
+                    const char *p, size_t n);
 /** The stream ends (before exchange_completed): flush what is pending and free st. */
-void app_pl_h2_end(struct app_payload *pl, struct app_pl_stream *st, const struct app_env *env,
-                   uint32_t stream_id, bool complete);
+void app_pl_h2_end(struct app *a, struct app_pl_stream *st, uint32_t stream_id, bool complete);
 /** Free without events (NULL is fine). */
 void app_pl_stream_free(struct app_pl_stream *st);
 

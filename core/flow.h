@@ -67,8 +67,7 @@ struct flow {
     bool app_done;                /* the HTTP layer finished: flushing, FINs, then close */
     bool app_held[2];             /* app_hold(side, true) in force */
     char *answer;                 /* our 502 after an upstream TLS failure (owned chunk) */
-    char *pre;                    /* a plain client's bytes beyond `head` before its relay starts */
-    uint32_t pre_len, pre_cap;
+    struct soth_gbuf pre;         /* a plain client's bytes beyond `head` before its relay starts */
     uint32_t answer_len;
     uint8_t leaf_name_len; /* reverse mode: the name our leaf is for (client SNI) */
     char leaf_name[SOTH_TLS_MAX_NAME_LEN + 1];
@@ -99,9 +98,7 @@ static inline bool flow_is_live(const struct flow *f)
 /** Drop a plain client's bytes kept aside (f->pre). */
 static inline void pre_free(struct flow *f)
 {
-    free(f->pre);
-    f->pre = NULL;
-    f->pre_len = f->pre_cap = 0;
+    soth_gbuf_free(&f->pre);
 }
 
 /**

@@ -65,8 +65,7 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->leaf_name_len = 0;
     f->answer = NULL;
     f->answer_len = 0;
-    f->pre = NULL;
-    f->pre_len = f->pre_cap = 0;
+    f->pre = (struct soth_gbuf){0};
     f->upstream_port = 0;
     f->upstream_addr_len = 0;
     ft->n_live++;

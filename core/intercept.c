@@ -17,23 +17,7 @@
 
 static bool pre_put(struct flow *f, const char *p, uint32_t n)
 {
-    if (n == 0)
-        return true;
-    if (f->pre_len + n > SOTH_PRE_MAX)
-        return false;
-    if (f->pre_len + n > f->pre_cap) {
-        uint32_t cap = f->pre_cap ? f->pre_cap : 65536;
-        while (cap < f->pre_len + n)
-            cap *= 2;
-        char *np = realloc(f->pre, cap);
-        if (np == NULL)
-            return false;
-        f->pre = np;
-        f->pre_cap = cap;
-    }
-    memcpy(f->pre + f->pre_len, p, n);
-    f->pre_len += n;
-    return true;
+    return soth_gbuf_put(&f->pre, p, n, SOTH_PRE_MAX) == 0;
 }
 
 static void handshake_succeeded(struct flow *f, unsigned side)
@@ -247,7 +231,7 @@ void intercept_hello(struct worker *w, struct flow *f)
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "not TLS: relaying as a tunnel");
         f->action = SOTH_ACTION_TUNNEL;
         conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->pre, f->pre_len);
+        conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->pre.p, f->pre.len);
         pre_free(f);
         conn_resume_recv(w, f, SOTH_LEG_CLIENT);
         chunk_put(&w->io, f->head);
@@ -314,7 +298,7 @@ void intercept_hello_bytes(struct worker *w, struct flow *f, const char *p, uint
         }
     }
     uint32_t room = SOTH_BUF_SIZE - f->head_len;
-    if (len > room || f->pre_len > 0) {
+    if (len > room || f->pre.len > 0) {
         uint8_t first = f->head_len > 0 ? (uint8_t)f->head[0] : (uint8_t)p[0];
         if (first == 0x16) {
             hello_failed(w, f, SOTH_IOV_LIT("client sent more than a ClientHello"));
@@ -322,7 +306,7 @@ void intercept_hello_bytes(struct worker *w, struct flow *f, const char *p, uint
         }
         /* Not TLS (a plain client's big first write before the upstream is up): keep the
          * rest aside, bounded, and stop reading until the relay starts. */
-        uint32_t n = f->pre_len > 0 ? 0 : room;
+        uint32_t n = f->pre.len > 0 ? 0 : room;
         memcpy(f->head + f->head_len, p, n);
         f->head_len += n;
         if (!pre_put(f, p + n, len - n)) {

@@ -116,8 +116,9 @@ void relay_after(struct worker *w, struct flow *f, unsigned from, int rc)
         flow_close(w, f, app_close_reason(f->app));
         return;
     }
-    /* A request head in progress must complete within request_header_ms (docs/config.md). */
-    uint64_t hd = app_head_deadline(f->app, w->cfg->timeouts.request_header_ms);
+    /* The layer's next deadline: a request head in progress (request_header_ms), an idle
+     * WebSocket turn (events.ws_turn_idle_ms; docs/config.md). */
+    uint64_t hd = app_deadline(f->app);
     if (hd != 0 && (f->timer.deadline_ms == 0 || hd < f->timer.deadline_ms))
         timer_set(&w->timers, &f->timer, hd);
     for (unsigned s = 0; s < 2; s++) {
@@ -186,13 +187,13 @@ void relay_start(struct worker *w, struct flow *f)
         f->head_len = 0;
         int rc = app_input(f->app, SOTH_LEG_CLIENT, head, n);
         chunk_put(&w->io, head);
-        if (rc == APP_AGAIN && f->pre_len > 0)
-            rc = app_input(f->app, SOTH_LEG_CLIENT, f->pre, f->pre_len);
+        if (rc == APP_AGAIN && f->pre.len > 0)
+            rc = app_input(f->app, SOTH_LEG_CLIENT, f->pre.p, f->pre.len);
         pre_free(f);
         relay_after(w, f, SOTH_LEG_CLIENT, rc); /* resumes client reads paused by pre_put */
     } else if (f->head != NULL) {
         conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->pre, f->pre_len);
+        conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->pre.p, f->pre.len);
         pre_free(f);
         conn_resume_recv(w, f, SOTH_LEG_CLIENT);
         chunk_put(&w->io, f->head);
@@ -381,11 +382,13 @@ void relay_timeout(struct worker *w, struct flow *f)
         flow_close(w, f, app_close_reason(f->app));
         return;
     }
-    uint64_t hd =
-        f->app != NULL ? app_head_deadline(f->app, w->cfg->timeouts.request_header_ms) : 0;
+    uint64_t hd = f->app != NULL ? app_deadline(f->app) : 0;
     if (hd != 0 && hd <= now) {
-        relay_after(w, f, SOTH_LEG_CLIENT, app_head_timeout(f->app)); /* 408 */
-        return;
+        /* 408 for a late request head; an idle WebSocket turn completes */
+        relay_after(w, f, SOTH_LEG_CLIENT, app_timer(f->app, now));
+        if (f->state != FS_RELAY || f->app_done)
+            return;
+        hd = app_deadline(f->app);
     }
     uint64_t idle = f->last_active_ms + w->cfg->timeouts.idle_ms;
     if (idle > now) {

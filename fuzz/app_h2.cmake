@@ -6,4 +6,6 @@ target_include_directories(fuzz_app_h2 PRIVATE ${PROJECT_SOURCE_DIR}/core)
 target_link_options(fuzz_app_h2 PRIVATE
   -Wl,--wrap=soth_ev_request_headers -Wl,--wrap=soth_ev_response_headers
   -Wl,--wrap=soth_ev_trailers -Wl,--wrap=soth_ev_body_chunk
-  -Wl,--wrap=soth_ev_exchange_completed)
+  -Wl,--wrap=soth_ev_exchange_completed -Wl,--wrap=soth_ev_ws_message
+  -Wl,--wrap=soth_ev_ws_turn_started -Wl,--wrap=soth_ev_ws_turn_completed
+  -Wl,--wrap=soth_ev_sse_event)

@@ -1,6 +1,7 @@
 /*
- * libFuzzer target for the HTTP/1.1 glue between the engine and the events (core/app.c, struct
- * app of kind APP_H1): what the worker does with a flow's plaintext, minus sockets and TLS.
+ * libFuzzer target for the HTTP/1.1 version of the HTTP layer (core/app_h1.c through
+ * core/app.c, with its stream observers core/app_obs.c): what the worker does with a flow's
+ * plaintext, minus sockets and TLS.
  *
  * Input (the format of fuzz_h1, so its seeds apply): byte 0 = flags and PRNG seed, then the
  * client byte stream, "~~~~", the upstream byte stream.
@@ -9,8 +10,13 @@
  *   flags bit 3     regular-mode plain HTTP (origin_form: absolute-form rewritten)
  *   flags bits 4-5  how it ends: EOF upstream then client, client then upstream, a reset,
  *                   or app_shutdown; app_abort always follows
+ *   flags bit 6     the layer's clock (app_env.clock_ns) jumps 0..2047 ms before each piece
+ *                   instead of 0..3 ms (events.ws_turn_idle_ms is 100, request_header_ms 10 s)
+ *   flags bit 7     the whole client stream first, then the upstream's (a request, or frames
+ *                   behind an upgrade request, wait in the layer for the answer)
  * The two streams go to app_input alternately in random pieces (1..64 bytes) until both are
- * consumed or the layer is done; send() discards.
+ * consumed or the layer is done; before each piece the timers due are run (app_deadline,
+ * app_timer), as the worker does; send() discards.
  *
  * Checks, beyond "no crash, leak or UB": the event calls app.c makes (intercepted with the
  * linker's --wrap, then passed on to the real producer, whose ring a telemetry thread drains)
@@ -20,7 +26,8 @@
  * truncated exactly when something was not captured; exchange_completed once, last, with byte
  * counts equal to the chunk totals (not after a 101 or a CONNECT: relayed bytes are counted but not
  * reported as chunks); no response body to HEAD/204/304; after app_abort every stream that
- * started has completed; no event of the flow after that.
+ * started has completed; no event of the flow after that. WebSocket and SSE events: see
+ * app_obs_check.h, and no turn is open when the exchange completes.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -45,6 +52,8 @@
             FAIL();                                                                                \
     } while (0)
 
+#include "app_obs_check.h"
+
 struct msg {
     uint64_t off, captured;
     bool trailers;
@@ -53,6 +62,7 @@ struct msg {
 struct stream {
     bool req, resp, done, no_resp_body, relay;
     struct msg m[2]; /* 0 request, 1 response */
+    struct obs_st obs;
 };
 
 static struct {
@@ -65,6 +75,7 @@ static struct {
     bool closed; /* app_abort returned: no further event of the flow */
     uint64_t cap;
     uint32_t last_id;
+    uint64_t now_ns; /* the layer's clock */
     struct stream st[MAX_IDS + 1];
 } G;
 
@@ -74,7 +85,23 @@ static struct stream *stream_of(uint32_t id)
     return id <= MAX_IDS ? &G.st[id] : NULL;
 }
 
-/* ---- the event calls app.c makes, checked, then handed to the real producer */
+static struct obs_st *obs_st_of(struct soth_ev_flow *f, uint32_t stream_id)
+{
+    CHECK(f == &G.flow && G.active && !G.closed);
+    CHECK(stream_id >= 1 && stream_id <= G.last_id);
+    struct stream *s = stream_of(stream_id);
+    if (s == NULL)
+        return NULL;
+    CHECK(s->req && s->resp && !s->done);
+    return &s->obs;
+}
+
+static uint64_t obs_capture(void)
+{
+    return G.cap;
+}
+
+/* ---- the event calls the layer makes, checked, then handed to the real producer */
 
 void __real_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
                                     struct soth_iov method, struct soth_iov scheme,
@@ -208,6 +235,7 @@ void __wrap_soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_i
     if (s != NULL) {
         CHECK(s->req && !s->done);
         s->done = true;
+        CHECK(obs_st_closed(&s->obs)); /* the open turn completes before the exchange */
         if (!s->relay) {
             CHECK(request_bytes == s->m[0].off);
             CHECK(response_bytes == s->m[1].off);
@@ -223,6 +251,12 @@ static int discard(void *ctx, unsigned side, const char *p, size_t n)
     (void)ctx;
     CHECK(side <= 1 && (n == 0 || p != NULL));
     return 0;
+}
+
+static uint64_t clock_ns(void *ctx)
+{
+    (void)ctx;
+    return G.now_ns;
 }
 
 static uint32_t rnd(uint32_t *s)
@@ -243,7 +277,7 @@ static void setup(void)
     for (int i = 0; i < 4; i++) {
         int n = snprintf(text, sizeof(text),
                          "{\"events\": {\"ring_path\": \"%s/events.ring\", \"ring_size_mb\": 1, "
-                         "\"body_capture_bytes\": %u}}",
+                         "\"body_capture_bytes\": %u, \"ws_turn_idle_ms\": 100}}",
                          dir, caps[i]);
         if (soth_config_load_text(text, (size_t)n, &G.cfg[i], err, sizeof(err)) != 0) {
             fprintf(stderr, "fuzz_app_h1: %s\n", err);
@@ -296,12 +330,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .origin_form = (flags & 8) != 0,
         .ctx = NULL,
         .send = discard,
+        .clock_ns = clock_ns,
     };
+    G.now_ns = 1000000000000ull;
     struct app *a = app_new(APP_H1, &env);
     CHECK(a != NULL);
     G.active = true;
 
     size_t cp = 0, upos = 0;
+    uint32_t cseed = seed ^ 0x5bd1e995u; /* the clock's own sequence: pieces as without it */
     int rc = APP_AGAIN;
     for (int guard = 0; rc == APP_AGAIN && (cp < cn || upos < un) && guard < 100000; guard++) {
         unsigned side = rnd(&seed) & 1;
@@ -309,7 +346,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             side = 1;
         else if (side == 1 && upos >= un)
             side = 0;
+        if (flags & 0x80)
+            side = cp < cn ? 0 : 1;
         size_t piece = 1 + rnd(&seed) % 64;
+        G.now_ns += (uint64_t)(rnd(&cseed) % ((flags & 0x40) ? 2048 : 4)) * 1000000u;
+        uint64_t now_ms = G.now_ns / 1000000u, due = app_deadline(a);
+        if (due != 0 && due <= now_ms) {
+            rc = app_timer(a, now_ms);
+            CHECK(rc == APP_AGAIN || rc == APP_DONE || rc < 0);
+            if (rc != APP_AGAIN)
+                break;
+            CHECK(app_deadline(a) == 0 || app_deadline(a) > now_ms); /* nothing left due */
+        }
         if (side == 0) {
             size_t k = cn - cp < piece ? cn - cp : piece;
             rc = app_input(a, 0, in + cp, k);

@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for the HTTP/2 layer of a flow (core/app_h2.c, struct app of kind APP_H2):
+ * libFuzzer target for the HTTP/2 version of the HTTP layer (core/app_h2.c through core/app.c):
  * what the worker does with an HTTP/2 flow's plaintext, minus sockets and TLS, with the
  * relay, the events and the streaming hooks (gRPC, SSE, WebSocket over HTTP/2) all real.
  *
@@ -10,20 +10,23 @@
  *   flags bit 2  small limits (events.body_capture_bytes 7, http2_max_header_list_size 4096)
  *   record: op byte: bit 0 side (0 client, 1 upstream), bits 1-2 op:
  *     0 app_input: 2 length bytes (big endian), then that many bytes (cut at the end)
- *     1 app_hold(side, false)
+ *     1 app_hold(side, false); with bit 3: the layer's clock (app_env.clock_ns) advances
+ *       (op >> 4) x 100 ms and the timers due run (app_deadline, app_timer), as in the
+ *       worker (events.ws_turn_idle_ms is 100)
  *     2 app_eof(side, bit 3 = reset)
  *     3 app_hold(side, true); with bit 3: app_shutdown instead
  * At the end: app_eof on both sides, then app_abort(timeout), as the worker's flow_close.
  *
  * Checks, beyond "no crash, leak or UB": the event calls app_h2.c makes (intercepted with the
- * linker's --wrap, then passed on to the real producer) obey the ordering invariants 4-6 of
- * docs/events.md for HTTP/2: request_headers (http_version "2", odd positive stream id, never
- * reused) first on a stream; response_headers once, after it; body chunks contiguous from 0, after
- * their head, not after their trailers; captured bytes = min(len, what is left of
- * body_capture_bytes), truncated exactly when something was not captured; exchange_completed once,
- * last, with byte counts equal to the chunk totals; no event after a call returned APP_DONE or an
- * error, except that app_abort may still end streams; after app_abort every stream that started has
- * completed. send() chunks are 1..16 KiB.
+ * linker's --wrap, then passed on to the real producer) obey SPEC invariants 4-6 for HTTP/2:
+ * request_headers (http_version "2", odd positive stream id, never reused) first on a stream;
+ * response_headers once, after it; body chunks contiguous from 0, after their head, not after
+ * their trailers; captured bytes = min(len, what is left of body_capture_bytes), truncated
+ * exactly when something was not captured; exchange_completed once, last, with byte counts
+ * equal to the chunk totals; no event after a call returned APP_DONE or an error, except that
+ * app_abort may still end streams; after app_abort every stream that started has completed.
+ * send() chunks are 1..16 KiB. WebSocket and SSE events: see app_obs_check.h, and no turn is
+ * open when the stream's exchange completes.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -45,6 +48,8 @@
         }                                                                                          \
     } while (0)
 
+#include "app_obs_check.h"
+
 struct msg {
     uint64_t off, captured;
     bool trailers;
@@ -53,6 +58,7 @@ struct msg {
 struct stream {
     bool req, resp, done;
     struct msg m[2];
+    struct obs_st obs;
 };
 
 static struct {
@@ -63,6 +69,7 @@ static struct {
     uint64_t next_flow_id;
     bool active;
     uint64_t cap;
+    uint64_t now_ns;   /* the layer's clock */
     struct stream *st; /* by stream id / 2 */
 } G;
 
@@ -70,6 +77,21 @@ static struct stream *stream_of(uint32_t id)
 {
     CHECK(id >= 1 && (id & 1));
     return id < MAX_SID ? &G.st[id / 2] : NULL;
+}
+
+static struct obs_st *obs_st_of(struct soth_ev_flow *f, uint32_t stream_id)
+{
+    CHECK(f == &G.flow && G.active);
+    struct stream *s = stream_of(stream_id);
+    if (s == NULL)
+        return NULL;
+    CHECK(s->req && s->resp && !s->done);
+    return &s->obs;
+}
+
+static uint64_t obs_capture(void)
+{
+    return G.cap;
 }
 
 void __real_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
@@ -182,7 +204,8 @@ void __wrap_soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_i
     CHECK(outcome < SOTH_OUTCOME_COUNT);
     struct stream *s = stream_of(stream_id);
     if (s != NULL) {
-        CHECK(s->req && !s->done); /* request_headers first, exchange_completed once */
+        CHECK(s->req && !s->done);     /* request_headers first, exchange_completed once */
+        CHECK(obs_st_closed(&s->obs)); /* the open turn completes before the exchange */
         s->done = true;
         CHECK(request_bytes == s->m[0].off && response_bytes == s->m[1].off);
     }
@@ -198,6 +221,12 @@ static int on_send(void *ctx, unsigned side, const char *p, size_t n)
     return 0;
 }
 
+static uint64_t clock_ns(void *ctx)
+{
+    (void)ctx;
+    return G.now_ns;
+}
+
 static struct soth_config *make_cfg(uint32_t capture, uint32_t max_header_list)
 {
     struct soth_config *c = calloc(1, sizeof(*c));
@@ -205,6 +234,7 @@ static struct soth_config *make_cfg(uint32_t capture, uint32_t max_header_list)
     atomic_init(&c->refs, 1);
     c->events.ring_size_mb = 1;
     c->events.body_capture_bytes = capture;
+    c->events.ws_turn_idle_ms = 100;
     c->http2_enabled = true;
     c->http2_max_header_list_size = max_header_list;
     return c;
@@ -267,16 +297,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     soth_ev_connect_received(&G.flow, SOTH_IOV_LIT("CONNECT"), SOTH_IOV_LIT("a:443"));
     soth_ev_connect_decision(&G.flow, SOTH_ACTION_INTERCEPT, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
     G.active = true;
-    struct app_env env = {.cfg = cfg, .ev = &G.flow, .client_tls = true, .send = on_send};
-    struct app *a = app_h2_new(&env);
+    struct app_env env = {
+        .cfg = cfg, .ev = &G.flow, .client_tls = true, .send = on_send, .clock_ns = clock_ns};
+    G.now_ns = 1000000000000ull;
+    struct app *a = app_new(APP_H2, &env);
     CHECK(a != NULL);
     CHECK(G.flow.protocol == SOTH_PROTO_HTTP2);
     bool done = false;
     if (flags & 1)
-        done = settle(app_h2_input(a, SOTH_LEG_CLIENT, preface_client, sizeof(preface_client) - 1));
+        done = settle(app_input(a, SOTH_LEG_CLIENT, preface_client, sizeof(preface_client) - 1));
     if ((flags & 2) && !done)
-        done =
-            settle(app_h2_input(a, SOTH_LEG_UPSTREAM, preface_origin, sizeof(preface_origin) - 1));
+        done = settle(app_input(a, SOTH_LEG_UPSTREAM, preface_origin, sizeof(preface_origin) - 1));
     size_t i = 0;
     while (i < size && !done) {
         uint8_t op = data[i++];
@@ -291,34 +322,43 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 i = size;
             if (n > size - i)
                 n = size - i;
-            done = settle(app_h2_input(a, side, (const char *)data + i, n));
+            done = settle(app_input(a, side, (const char *)data + i, n));
             i += n;
             break;
         }
         case 1:
-            done = settle(app_h2_hold(a, side, false));
+            if (op & 8) {
+                G.now_ns += (uint64_t)(op >> 4) * 100000000u;
+                uint64_t now_ms = G.now_ns / 1000000u, due = app_deadline(a);
+                if (due != 0 && due <= now_ms) {
+                    done = settle(app_timer(a, now_ms));
+                    CHECK(done || app_deadline(a) == 0 || app_deadline(a) > now_ms);
+                }
+                break;
+            }
+            done = settle(app_hold(a, side, false));
             break;
         case 2:
-            done = settle(app_h2_eof(a, side, (op >> 3) & 1));
+            done = settle(app_eof(a, side, (op >> 3) & 1));
             break;
         default:
             if (op & 8)
-                done = settle(app_h2_shutdown(a));
+                done = settle(app_shutdown(a));
             else
-                done = settle(app_h2_hold(a, side, true));
+                done = settle(app_hold(a, side, true));
             break;
         }
-        (void)app_h2_want_write(a, side);
+        (void)app_want_write(a, side);
     }
-    if (!done && !settle(app_h2_eof(a, SOTH_LEG_UPSTREAM, false)))
-        (void)app_h2_eof(a, SOTH_LEG_CLIENT, false);
-    app_h2_abort(a, SOTH_OUTCOME_TIMEOUT);
-    app_h2_abort(a, SOTH_OUTCOME_RESET); /* idempotent */
-    CHECK(app_h2_close_reason(a) < SOTH_CLOSE_COUNT);
+    if (!done && !settle(app_eof(a, SOTH_LEG_UPSTREAM, false)))
+        (void)app_eof(a, SOTH_LEG_CLIENT, false);
+    app_abort(a, SOTH_OUTCOME_TIMEOUT);
+    app_abort(a, SOTH_OUTCOME_RESET); /* idempotent */
+    CHECK(app_close_reason(a) < SOTH_CLOSE_COUNT);
     for (uint32_t k = 0; k < MAX_SID / 2; k++)
         CHECK(!G.st[k].req || G.st[k].done); /* every stream that started has ended */
     G.active = false;
-    app_h2_free(a);
+    app_free(a);
     soth_ev_stream_closed(&G.flow, SOTH_CLOSE_CLIENT_EOF, 0, 0);
     soth_ev_flush(G.prod);
     return 0;

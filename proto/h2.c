@@ -1624,8 +1624,7 @@ static enum scan_verdict scan_frame(struct scan *sc, uint32_t *code)
     }
 }
 
-static ssize_t leg_recv(struct soth_h2_relay *r, enum soth_leg from, const char *data,
-                        size_t len)
+static ssize_t leg_recv(struct soth_h2_relay *r, enum soth_leg from, const char *data, size_t len)
 {
     struct leg *l = &r->leg[from];
     ssize_t n = nghttp2_session_mem_recv(l->s, (const uint8_t *)data, len);

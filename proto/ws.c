@@ -304,6 +304,26 @@ static void unmask_into(const struct soth_ws *w, unsigned char *dst, const unsig
         dst[i] = p[i] ^ w->key[(k + i) & 3];
 }
 
+/* Data payload bytes p[0..n) (frame offset w->fpos) to on_payload, unmasked in pieces. */
+static void payload_out(const struct soth_ws *w, const unsigned char *p, size_t n)
+{
+    if (!w->masked) {
+        w->cbs.on_payload(w->cbs.ctx, w->msg_compressed, (const char *)p, n);
+        return;
+    }
+    unsigned char tmp[1024];
+    size_t k = (size_t)(w->fpos & 3);
+    while (n > 0) {
+        size_t c = n < sizeof(tmp) ? n : sizeof(tmp);
+        for (size_t i = 0; i < c; i++)
+            tmp[i] = p[i] ^ w->key[(k + i) & 3];
+        w->cbs.on_payload(w->cbs.ctx, w->msg_compressed, (const char *)tmp, c);
+        k = (k + c) & 3;
+        p += c;
+        n -= c;
+    }
+}
+
 ssize_t soth_ws_feed(struct soth_ws *w, const char *data, size_t len)
 {
     if (w->state == WS_DEAD)
@@ -347,6 +367,8 @@ ssize_t soth_ws_feed(struct soth_ws *w, const char *data, size_t len)
                     w->msg_cap_len += (uint32_t)c;
                 }
                 w->msg_len += n;
+                if (w->cbs.on_payload != NULL && n > 0)
+                    payload_out(w, p + pos, n);
             }
             w->fpos += n;
             pos += n;

@@ -64,6 +64,47 @@ void soth_log_write(int lvl, int worker, uint64_t flow_id, const char *fmt, ...)
     (void)w;
 }
 
+#define GBUF_FIRST 4096
+
+int soth_gbuf_put(struct soth_gbuf *b, const void *p, size_t n, size_t max)
+{
+    if (n == 0)
+        return 0;
+    if (n > max || b->len > max - n)
+        return SOTH_E_TOO_LARGE;
+    size_t need = b->len + n;
+    if (need > b->cap) {
+        size_t cap = b->cap ? b->cap : GBUF_FIRST;
+        while (cap < need)
+            cap = cap > max / 2 ? max : cap * 2;
+        if (cap > max)
+            cap = max;
+        char *np = realloc(b->p, cap);
+        if (np == NULL)
+            return SOTH_E_NOMEM;
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len = need;
+    return 0;
+}
+
+void soth_gbuf_consume(struct soth_gbuf *b, size_t n)
+{
+    SOTH_BUG_ON(n > b->len);
+    if (n < b->len)
+        memmove(b->p, b->p + n, b->len - n);
+    b->len -= n;
+}
+
+void soth_gbuf_free(struct soth_gbuf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
 uint64_t soth_now_ns(void)
 {
     struct timespec ts;

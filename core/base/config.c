@@ -656,6 +656,7 @@ static struct soth_config *config_defaults(void)
     c->tls.learning.window_s = 300;
     c->events.ring_size_mb = 64;
     c->events.body_capture_bytes = 4096;
+    c->events.ws_turn_idle_ms = 30000;
     c->timeouts.connect_ms = 10000;
     c->timeouts.tls_handshake_ms = 10000;
     c->timeouts.request_header_ms = 10000;
@@ -961,8 +962,8 @@ static int load_tls(struct cerr *e, struct soth_config *c, const json_t *t)
 
 static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
 {
-    static const char *const keys[] = {"ring_path", "ring_size_mb", "body_capture_bytes", "sinks",
-                                       NULL};
+    static const char *const keys[] = {"ring_path",       "ring_size_mb", "body_capture_bytes",
+                                       "ws_turn_idle_ms", "sinks",        NULL};
     static const char *const skeys[] = {"type", "path", NULL};
     int rc;
     if ((rc = expect_object(e, "events", ev)) || (rc = check_keys(e, "events", ev, keys)))
@@ -977,6 +978,9 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
     if ((v = json_object_get(ev, "body_capture_bytes")) &&
         (rc = get_uint(e, "events.body_capture_bytes", v, 0, 16 * 1024 * 1024,
                        &c->events.body_capture_bytes)))
+        return rc;
+    if ((v = json_object_get(ev, "ws_turn_idle_ms")) &&
+        (rc = get_uint(e, "events.ws_turn_idle_ms", v, 1, 3600000, &c->events.ws_turn_idle_ms)))
         return rc;
     json_t *sinks = json_object_get(ev, "sinks");
     if (sinks == NULL)
@@ -1433,6 +1437,7 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, ev, "ring_path", str_or_null(c->events.ring_path));
     put(&ok, ev, "ring_size_mb", json_integer(c->events.ring_size_mb));
     put(&ok, ev, "body_capture_bytes", json_integer(c->events.body_capture_bytes));
+    put(&ok, ev, "ws_turn_idle_ms", json_integer(c->events.ws_turn_idle_ms));
     json_t *sinks = json_array();
     for (size_t i = 0; i < c->events.n_sinks; i++) {
         json_t *s = json_object();

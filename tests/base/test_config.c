@@ -85,7 +85,7 @@ static const char *const defaults_json =
     "\"upstream_ca_file\":null,\"learning\":{\"enabled\":true,\"failure_threshold\":3,"
     "\"window_s\":300}},"
     "\"events\":{\"ring_path\":null,\"ring_size_mb\":64,\"body_capture_bytes\":4096,"
-    "\"sinks\":[]},"
+    "\"ws_turn_idle_ms\":30000,\"sinks\":[]},"
     "\"timeouts\":{\"connect_ms\":10000,\"tls_handshake_ms\":10000,"
     "\"request_header_ms\":10000,\"idle_ms\":120000,\"drain_ms\":5000},"
     "\"metrics\":{\"listen\":null},\"resolve\":{}}";
@@ -170,6 +170,12 @@ static const struct bad_case bad_cases[] = {
      "config: events.body_capture_bytes: expected integer >= 0, got -1"},
     {"{\"events\": {\"body_capture_bytes\": 16777217}}",
      "config: events.body_capture_bytes: expected integer <= 16777216, got 16777217"},
+    {"{\"events\": {\"ws_turn_idle_ms\": 0}}",
+     "config: events.ws_turn_idle_ms: expected integer >= 1, got 0"},
+    {"{\"events\": {\"ws_turn_idle_ms\": 3600001}}",
+     "config: events.ws_turn_idle_ms: expected integer <= 3600000, got 3600001"},
+    {"{\"events\": {\"ws_turn_idle_ms\": \"30s\"}}",
+     "config: events.ws_turn_idle_ms: expected integer >= 1, got \"30s\""},
     {"{\"timeouts\": {\"connect_ms\": 0}}",
      "config: timeouts.connect_ms: expected integer >= 1, got 0"},
     {"{\"timeouts\": {\"tls_handshake_ms\": 0}}",
@@ -510,6 +516,7 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"ring_path\"",
                                         "\"ring_size_mb\"",
                                         "\"body_capture_bytes\"",
+                                        "\"ws_turn_idle_ms\"",
                                         "\"sinks\"",
                                         "\"timeouts\"",
                                         "\"connect_ms\"",
@@ -579,6 +586,8 @@ static const struct good_case good_cases[] = {
      " \"path\": \"/run/s.sock\"}, {\"type\": \"jsonl\", \"path\": \"rel/e.jsonl\"}]}}",
      NULL},
     {"{\"events\": {\"ring_size_mb\": 1, \"body_capture_bytes\": 0}}", NULL},
+    {"{\"events\": {\"ws_turn_idle_ms\": 1}}", NULL},
+    {"{\"events\": {\"ws_turn_idle_ms\": 3600000}}", NULL},
     {"{\"timeouts\": {\"drain_ms\": 0, \"idle_ms\": 86400000}}", NULL},
     {"{\"metrics\": {\"listen\": \"[::1]:9100\"}}", NULL},
     {"{\"metrics\": {\"listen\": null}}", NULL},
@@ -638,7 +647,8 @@ Test(config, spec_example_round_trips)
         "\"upstream_verify\":false,\"upstream_ca_file\":\"/u.pem\","
         "\"learning\":{\"enabled\":false,\"failure_threshold\":5,\"window_s\":60}},"
         "\"events\":{\"ring_path\":\"/tmp/r.ring\",\"ring_size_mb\":8,\"body_capture_bytes\":0,"
-        "\"sinks\":[{\"type\":\"jsonl\",\"path\":\"/tmp/e.jsonl\"},{\"type\":\"uds\","
+        "\"ws_turn_idle_ms\":250,\"sinks\":[{\"type\":\"jsonl\",\"path\":\"/tmp/"
+        "e.jsonl\"},{\"type\":\"uds\","
         "\"path\":\"/tmp/e.sock\"}]},"
         "\"timeouts\":{\"connect_ms\":1,\"tls_handshake_ms\":2,\"request_header_ms\":3,"
         "\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0.1:9100\"},"

@@ -3,8 +3,7 @@
  * nghttp2 client session plays the user agent (UA), an nghttp2 server session plays the
  * origin, and the harness pumps bytes UA -> app -> origin and back until nothing moves. The
  * flow's events go through a real observe subsystem into a ring file and are read back as
- * the JSON of docs/events.md, then checked per stream (order, offsets, capture, byte counts,
- * outcomes).
+ * the SPEC JSON, then checked per stream (order, offsets, capture, byte counts, outcomes).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -366,7 +365,7 @@ static void t_setup(uint32_t capture, uint32_t max_header_list, uint32_t origin_
 
     struct app_env env = {
         .cfg = c, .ev = &t->ev, .m = &t->m, .client_tls = true, .ctx = t, .send = env_send};
-    t->a = app_h2_new(&env);
+    t->a = app_new(APP_H2, &env);
     cr_assert_not_null(t->a);
     cr_assert_eq(t->ev.protocol, SOTH_PROTO_HTTP2);
     cr_assert_gt(t->to_ua.len, 0, "server preface sent at once");
@@ -402,7 +401,7 @@ static void t_teardown(void)
     struct t *t = T;
     if (t == NULL)
         return;
-    app_h2_free(t->a);
+    app_free(t->a);
     nghttp2_session_del(t->ua);
     nghttp2_session_del(t->origin);
     soth_observe_free(t->obs.o);
@@ -442,7 +441,7 @@ static void feed(struct t *t, unsigned side, const uint8_t *p, size_t n)
 {
     if (t->done)
         return;
-    app_rc(t, app_h2_input(t->a, side, (const char *)p, n));
+    app_rc(t, app_input(t->a, side, (const char *)p, n));
 }
 
 /* Move bytes until nothing moves (bounded). */
@@ -524,7 +523,7 @@ static json_t *t_events(struct t *t)
     if (t->events != NULL)
         return t->events;
     if (!t->ev.closed) {
-        enum soth_close_reason why = app_h2_close_reason(t->a);
+        enum soth_close_reason why = app_close_reason(t->a);
         soth_ev_stream_closed(&t->ev, why, 0, 0);
     }
     soth_ev_flush(t->obs.prod);
@@ -603,7 +602,7 @@ struct sview {
     bool truncated[2];   /* some chunk said truncated */
 };
 
-/* Check the per-stream order (docs/events.md) for every stream and collect stream `sid`. */
+/* Check the SPEC per-stream order for every stream and collect stream `sid`. */
 static void stream_view(struct t *t, int32_t sid, struct sview *v)
 {
     memset(v, 0, sizeof(*v));
@@ -863,9 +862,9 @@ Test(app_h2, client_eof_aborts_streams_and_closes_client_eof)
     struct xchg *x = submit(t, "GET", "/slow", 0, 1);
     pump(t);
     cr_assert_eq(x->status, 200);
-    app_rc(t, app_h2_eof(t->a, SOTH_LEG_CLIENT, false));
+    app_rc(t, app_eof(t->a, SOTH_LEG_CLIENT, false));
     cr_assert_eq(t->last_rc, APP_DONE);
-    cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_CLIENT_EOF);
+    cr_assert_eq(app_close_reason(t->a), SOTH_CLOSE_CLIENT_EOF);
     /* the origin is told: its stream is cancelled and it gets a GOAWAY */
     ssize_t n = nghttp2_session_mem_recv(t->origin, (uint8_t *)t->to_origin.p, t->to_origin.len);
     cr_assert_eq(n, (ssize_t)t->to_origin.len);
@@ -885,7 +884,7 @@ Test(app_h2, upstream_eof_gives_502_and_relay_eof)
     ssize_t n;
     while ((n = nghttp2_session_mem_send(t->ua, &p)) > 0)
         feed(t, SOTH_LEG_CLIENT, p, (size_t)n);
-    app_rc(t, app_h2_eof(t->a, SOTH_LEG_UPSTREAM, false));
+    app_rc(t, app_eof(t->a, SOTH_LEG_UPSTREAM, false));
     /* the 502 and the GOAWAY are handed over: nothing is left open on the client leg */
     cr_assert_eq(t->last_rc, APP_DONE);
     t->origin_silent = true;
@@ -893,7 +892,7 @@ Test(app_h2, upstream_eof_gives_502_and_relay_eof)
     cr_assert_eq(x->status, 502);
     cr_assert(t->ua_goaway && t->ua_goaway_code == NGHTTP2_NO_ERROR);
     cr_assert(t->done && t->last_rc == APP_DONE, "finished once the client leg drained");
-    cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_RELAY_EOF);
+    cr_assert_eq(app_close_reason(t->a), SOTH_CLOSE_RELAY_EOF);
     check_exchange(t, done, "complete", 4096);
     check_exchange(t, x, "upstream_aborted", 4096);
 }
@@ -903,9 +902,9 @@ Test(app_h2, bad_client_preface_is_parse_failed)
     t_setup(4096, 65536, 0);
     struct t *t = T;
     static const char req[] = "GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n";
-    app_rc(t, app_h2_input(t->a, SOTH_LEG_CLIENT, req, sizeof(req) - 1));
+    app_rc(t, app_input(t->a, SOTH_LEG_CLIENT, req, sizeof(req) - 1));
     cr_assert_eq(t->last_rc, APP_DONE);
-    cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_PARSE_FAILED);
+    cr_assert_eq(app_close_reason(t->a), SOTH_CLOSE_PARSE_FAILED);
     /* our SETTINGS then a GOAWAY(PROTOCOL_ERROR) went to the client */
     cr_assert_geq(t->to_ua.len, 17);
     const unsigned char *q = (const unsigned char *)t->to_ua.p;
@@ -929,9 +928,9 @@ Test(app_h2, protocol_error_after_preface_is_relay_error)
     pump(t);
     /* DATA on stream 0 is a connection error (RFC 9113 6.1) */
     static const unsigned char bad[] = {0, 0, 1, NGHTTP2_DATA, 0, 0, 0, 0, 0, 'x'};
-    app_rc(t, app_h2_input(t->a, SOTH_LEG_CLIENT, (const char *)bad, sizeof(bad)));
+    app_rc(t, app_input(t->a, SOTH_LEG_CLIENT, (const char *)bad, sizeof(bad)));
     cr_assert_eq(t->last_rc, APP_DONE);
-    cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_RELAY_ERROR);
+    cr_assert_eq(app_close_reason(t->a), SOTH_CLOSE_RELAY_ERROR);
 }
 
 Test(app_h2, abort_timeout_outcome)
@@ -941,8 +940,8 @@ Test(app_h2, abort_timeout_outcome)
     struct xchg *a = submit(t, "GET", "/get/10", 0, 1);
     struct xchg *b = submit(t, "GET", "/slow", 0, 2);
     pump(t);
-    app_h2_abort(t->a, SOTH_OUTCOME_TIMEOUT);
-    app_h2_abort(t->a, SOTH_OUTCOME_RESET); /* idempotent */
+    app_abort(t->a, SOTH_OUTCOME_TIMEOUT);
+    app_abort(t->a, SOTH_OUTCOME_RESET); /* idempotent */
     check_exchange(t, a, "complete", 4096);
     check_exchange(t, b, "timeout", 4096);
     cr_assert_eq(count_type(t, "exchange_completed"), 2);
@@ -957,7 +956,7 @@ Test(app_h2, shutdown_drains_in_flight_then_done)
     ssize_t n;
     while ((n = nghttp2_session_mem_send(t->ua, &p)) > 0)
         feed(t, SOTH_LEG_CLIENT, p, (size_t)n);
-    app_rc(t, app_h2_shutdown(t->a));
+    app_rc(t, app_shutdown(t->a));
     cr_assert_eq(t->last_rc, APP_AGAIN);
     pump(t);
     cr_assert(t->ua_goaway && t->ua_goaway_code == NGHTTP2_NO_ERROR);
@@ -967,7 +966,7 @@ Test(app_h2, shutdown_drains_in_flight_then_done)
     cr_assert(nghttp2_session_terminate_session(t->ua, NGHTTP2_NO_ERROR) == 0);
     pump(t);
     cr_assert(t->done && t->last_rc == APP_DONE);
-    cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_SHUTDOWN);
+    cr_assert_eq(app_close_reason(t->a), SOTH_CLOSE_SHUTDOWN);
     check_exchange(t, a, "complete", 4096);
 }
 
@@ -976,12 +975,12 @@ Test(app_h2, hold_stops_output_toward_a_side)
     t_setup(4096, 65536, 0);
     struct t *t = T;
     pump(t);
-    app_rc(t, app_h2_hold(t->a, SOTH_LEG_CLIENT, true));
+    app_rc(t, app_hold(t->a, SOTH_LEG_CLIENT, true));
     struct xchg *x = submit(t, "GET", "/get/200000", 0, 1);
     pump(t);
     cr_assert_eq(x->status, 0, "nothing reached the held client");
-    cr_assert(app_h2_want_write(t->a, SOTH_LEG_CLIENT));
-    app_rc(t, app_h2_hold(t->a, SOTH_LEG_CLIENT, false));
+    cr_assert(app_want_write(t->a, SOTH_LEG_CLIENT));
+    app_rc(t, app_hold(t->a, SOTH_LEG_CLIENT, false));
     pump(t);
     cr_assert_eq(x->status, 200);
     cr_assert_eq(x->resp_body.len, 200000);
@@ -1005,8 +1004,8 @@ Test(app_h2, send_failure_is_relay_error)
     while ((n = nghttp2_session_mem_send(t->origin, &p)) > 0)
         feed(t, SOTH_LEG_UPSTREAM, p, (size_t)n);
     cr_assert_eq(t->err, -EPIPE);
-    cr_assert_eq(app_h2_close_reason(t->a), SOTH_CLOSE_RELAY_ERROR);
-    cr_assert_eq(app_h2_input(t->a, SOTH_LEG_CLIENT, "x", 1), -EPIPE, "sticky");
+    cr_assert_eq(app_close_reason(t->a), SOTH_CLOSE_RELAY_ERROR);
+    cr_assert_eq(app_input(t->a, SOTH_LEG_CLIENT, "x", 1), -EPIPE, "sticky");
     /* every stream ended */
     struct sview v;
     stream_view(t, x->sid, &v);

@@ -293,9 +293,11 @@ class Base(unittest.TestCase):
         cls.ws_tls.close()
         shutil.rmtree(cls.dir, ignore_errors=True)
 
-    def proxy(self, leg, plain_port):
+    def proxy(self, leg, plain_port, events=None):
         cfg = {"resolve": {"origin.test": "127.0.0.1"}, "policy": {"default": "intercept"},
                "tls": {"upstream_ca_file": self.origin_ca}}
+        if events:
+            cfg["events"] = events
         if leg == "reverse":
             return Proxy(mode=f"reverse:http://127.0.0.1:{plain_port}", config=cfg)
         return Proxy(config=cfg)
@@ -441,26 +443,86 @@ class WebSocketTests(Base):
                                  "close")
                 self.assertEqual(turns[1]["ended_ns"], turns[3]["started_ns"])
 
-    def test_permessage_deflate_flagged_and_relayed(self):
-        # Default client: offers permessage-deflate, the origin accepts; compressed frames
-        # (RSV1) are parsed, reported with their compressed length, and relayed untouched.
+    def test_permessage_deflate_inflated_and_relayed(self):
+        # Default client: offers permessage-deflate, the origin accepts with context takeover
+        # both ways; compressed frames (RSV1) are relayed untouched, and every ws_message
+        # shows the message inflated, as the application gets it: len the inflated length,
+        # data_b64 the first body_capture_bytes of the text. The later messages compress
+        # against the earlier ones' window, so they only come out right when every message
+        # of the direction went through the same inflater, in order.
         with self.proxy("reverse", self.ws_plain.port) as p:
-            text = "compress me " * 500
+            sent = ["compress me " * 500, "compress me again " * 20,
+                    '{"model": "m", "messages": [{"role": "user", "content": "compress me"}]}']
+            got = []
 
             async def client():
                 async with self.ws_connect(p, "reverse", "/echo") as ws:
                     self.assertIn("permessage-deflate",
                                   ws.response_headers.get("Sec-WebSocket-Extensions", ""))
-                    await ws.send(text)
-                    return await asyncio.wait_for(ws.recv(), TIMEOUT)
+                    for m in sent:
+                        await ws.send(m)
+                        got.append(await asyncio.wait_for(ws.recv(), TIMEOUT))
 
-            self.assertEqual(asyncio.run(asyncio.wait_for(client(), 60)), text)
+            asyncio.run(asyncio.wait_for(client(), 60))
+            self.assertEqual(got, sent)
             fl, st = self.flow_events(p)
             msgs = [e for e in st if e["type"] == "ws_message"]
-            self.assertEqual([(m["direction"], m["opcode"]) for m in msgs[:2]],
-                             [("client_to_server", 1), ("server_to_client", 1)])
-            self.assertLess(msgs[0]["len"], len(text))  # compressed on the wire
+            for i, m in enumerate(sent):
+                self.assert_message(msgs[2 * i], "client_to_server", 1, m.encode())
+                self.assert_message(msgs[2 * i + 1], "server_to_client", 1, m.encode())
             self.assertFalse(any(e.get("flush_reason") == "error" for e in st), st)
+            turns = [e for e in st if e["type"] == "ws_turn_completed"]
+            self.assertEqual(turns[0]["client_bytes"], len(sent[0]), "turns count inflated bytes")
+            # the JSON message, once inflated, is parsed like any uncompressed one
+            parsed = [e for e in fl if e["type"] == "payload_parsed"]
+            self.assertEqual([(e["direction"], e["decoders"], e["value"]["model"])
+                              for e in parsed],
+                             [("client_to_server", ["ws", "json"], "m"),
+                              ("server_to_client", ["ws", "json"], "m")], parsed)
+
+    def test_idle_turn_completes_when_the_gap_passes(self):
+        # events.ws_turn_idle_ms 300: after an exchange, nothing is sent; the open turn
+        # completes with flush_reason idle once the gap has passed, while the connection is
+        # still open and without another message (the worker's timer drives it).
+        with self.proxy("reverse", self.ws_plain.port, events={"ws_turn_idle_ms": 300}) as p:
+            def idle_turns():
+                evs = p.checked_events(settle=0, require_closed=False)
+                return [e for e in evs if e["type"] == "ws_turn_completed"], evs
+
+            async def client():
+                async with self.ws_connect(p, "reverse", "/echo", compression=None) as ws:
+                    await ws.send("are you there")
+                    self.assertEqual(await asyncio.wait_for(ws.recv(), TIMEOUT),
+                                     "are you there")
+                    t0 = time.time()
+                    await asyncio.sleep(0.15)
+                    done, _ = idle_turns()
+                    self.assertEqual(done, [], "completed before the gap passed")
+                    while True:
+                        done, evs = idle_turns()
+                        if done or time.time() - t0 > TIMEOUT:
+                            break
+                        await asyncio.sleep(0.05)
+                    self.assertEqual(len(done), 1, evs)
+                    self.assertGreaterEqual(time.time() - t0, 0.25)
+                    # still open: the next message starts turn 2
+                    await ws.send("still here")
+                    self.assertEqual(await asyncio.wait_for(ws.recv(), TIMEOUT), "still here")
+                    return done[0], evs
+
+            done, evs = asyncio.run(asyncio.wait_for(client(), 60))
+            self.assertEqual((done["turn_id"], done["initiator"], done["flush_reason"],
+                              done["client_frames"], done["server_frames"]),
+                             (1, "client_to_server", "idle", 1, 1), done)
+            echo = [e for e in evs if e["type"] == "ws_message"][-1]
+            self.assertEqual(echo["direction"], "server_to_client")
+            # ended_ns is the turn's last message, not the moment the gap was noticed
+            self.assertLessEqual(abs(done["ended_ns"] - echo["ts_ns"]), 5_000_000)
+            self.assertGreaterEqual(done["ts_ns"] - done["ended_ns"], 300_000_000)
+            fl, st = self.flow_events(p)
+            turns = [e for e in st if e["type"] == "ws_turn_completed"]
+            self.assertEqual([(t["turn_id"], t["flush_reason"]) for t in turns],
+                             [(1, "idle"), (2, "close")])
 
     def test_abrupt_close_flushes_turn(self):
         # The client drops the TCP connection without a close frame: the open turn is still
@@ -674,6 +736,95 @@ class WebSocketH2Tests(Base):
                                  "direction_change")
                 self.assert_turn(turns[2], turns[3], 2, "client_to_server", (2, 1),
                                  (len(binary) + 2, len(binary)), "close")
+        finally:
+            origin.close()
+
+
+    def test_six_concurrent_websockets_over_h2_all_observed(self):
+        # Six RFC 8441 WebSockets open at once on one HTTP/2 connection: every one is
+        # observed (no fixed number of observer slots per connection).
+        import h2.config
+        import h2.connection
+        import h2.events
+        import h2.settings
+        origin = H2WSOrigin(self.dir)
+        try:
+            with self.proxy("intercept", 0) as p:
+                raw = socket.create_connection(p.addr(), timeout=TIMEOUT)
+                raw.sendall(f"CONNECT origin.test:{origin.port} HTTP/1.1\r\n"
+                            f"Host: origin.test:{origin.port}\r\n\r\n".encode())
+                self.assertTrue(read_head(raw).startswith(b"HTTP/1.1 200"))
+                ctx = ssl.create_default_context(cafile=self.proxy_ca(p))
+                ctx.set_alpn_protocols(["h2"])
+                s = ctx.wrap_socket(raw, server_hostname="origin.test")
+                conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+                conn.initiate_connection()
+                s.sendall(conn.data_to_send())
+                deadline = time.time() + TIMEOUT
+                st = {"connect_ok": False, "status": {}, "buf": {}, "ended": set()}
+
+                def pump(until):
+                    while not until():
+                        self.assertLess(time.time(), deadline, st)
+                        d = s.recv(65536)
+                        self.assertTrue(d, "proxy closed the connection")
+                        for ev in conn.receive_data(d):
+                            if isinstance(ev, h2.events.RemoteSettingsChanged):
+                                c = ev.changed_settings.get(
+                                    h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
+                                if c is not None and c.new_value == 1:
+                                    st["connect_ok"] = True
+                            elif isinstance(ev, h2.events.ResponseReceived):
+                                st["status"][ev.stream_id] = dict(ev.headers)[b":status"]
+                            elif isinstance(ev, h2.events.DataReceived):
+                                conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                               ev.stream_id)
+                                st["buf"][ev.stream_id] = st["buf"].get(ev.stream_id,
+                                                                        b"") + ev.data
+                            elif isinstance(ev, h2.events.StreamEnded):
+                                st["ended"].add(ev.stream_id)
+                        s.sendall(conn.data_to_send())
+
+                pump(lambda: st["connect_ok"])
+                sids = []
+                for _ in range(6):
+                    sid = conn.get_next_available_stream_id()
+                    conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                            (":scheme", "https"), (":path", "/chat"),
+                                            (":authority", f"origin.test:{origin.port}"),
+                                            ("sec-websocket-version", "13")])
+                    sids.append(sid)
+                s.sendall(conn.data_to_send())
+                pump(lambda: len(st["status"]) == len(sids))
+                self.assertEqual(set(st["status"].values()), {b"200"})
+                # every WebSocket is open now; one message each, then the close handshake
+                for sid in sids:
+                    conn.send_data(sid, ws_frame(0x81, b"hello %d" % sid, True))
+                s.sendall(conn.data_to_send())
+                pump(lambda: all(ws_take(st["buf"].get(x, b"")) for x in sids))
+                for sid in sids:
+                    b0, got, st["buf"][sid] = ws_take(st["buf"][sid])
+                    self.assertEqual((b0, got), (0x81, b"hello %d" % sid))
+                    conn.send_data(sid, ws_frame(0x88, b"\x03\xe8", True))
+                s.sendall(conn.data_to_send())
+                pump(lambda: st["ended"] >= set(sids))
+                for sid in sids:
+                    conn.end_stream(sid)
+                s.sendall(conn.data_to_send())
+                time.sleep(0.2)
+                s.close()
+
+                fl, ev = self.flow_events(p)
+                for sid in sids:
+                    mine = [e for e in ev if e["stream_id"] == sid]
+                    msgs = [e for e in mine if e["type"] == "ws_message"]
+                    self.assertEqual(len(msgs), 4, f"stream {sid} not observed: {ev}")
+                    self.assert_message(msgs[0], "client_to_server", 1, b"hello %d" % sid)
+                    self.assert_message(msgs[1], "server_to_client", 1, b"hello %d" % sid)
+                    turns = [e for e in mine if e["type"] != "ws_message"]
+                    self.assertEqual([e["type"] for e in turns],
+                                     ["ws_turn_started", "ws_turn_completed"])
+                    self.assertEqual(turns[1]["flush_reason"], "close")
         finally:
             origin.close()
 

@@ -158,6 +158,29 @@ size_t soth_utf8_seq_len(const void *p, size_t n);
 /** True when p[0..n) is well-formed UTF-8 from end to end (true for n == 0). */
 bool soth_utf8_valid(const void *p, size_t n);
 
+/*
+ * A growable byte buffer holding at most a caller-given `max` bytes: what one side sent that
+ * cannot be processed yet (HTTP/1.1 bytes behind a blocked exchange, a client's bytes read
+ * while its upstream connects). put appends (the allocation doubles from 4 KiB, never past
+ * max); consume drops bytes from the front; free releases the memory. Zero-initialise it
+ * ({0}) before the first put. One owner; no locks.
+ */
+struct soth_gbuf {
+    char *p;
+    size_t len; /* bytes held, from p[0] */
+    size_t cap; /* bytes allocated */
+};
+
+/**
+ * Append n bytes. Returns 0; SOTH_E_TOO_LARGE when len + n would pass max (nothing is
+ * appended); SOTH_E_NOMEM when the allocation failed (nothing is appended, what is held stays).
+ */
+int soth_gbuf_put(struct soth_gbuf *b, const void *p, size_t n, size_t max);
+/** Drop the first n bytes (n <= len); the memory is kept for later puts. */
+void soth_gbuf_consume(struct soth_gbuf *b, size_t n);
+/** Release the memory; the buffer is empty and usable again. */
+void soth_gbuf_free(struct soth_gbuf *b);
+
 /* ---- errors: syscall-like functions return >= 0 or -errno; project codes from -1000 down. */
 enum soth_err {
     SOTH_E_INCOMPLETE = -1000, /* parser needs more bytes */

@@ -94,6 +94,7 @@ struct soth_config {
         char *ring_path; /* NULL = default ($XDG_RUNTIME_DIR/soth-mitm/events.ring, ...) */
         uint32_t ring_size_mb;
         uint32_t body_capture_bytes;
+        uint32_t ws_turn_idle_ms; /* a WebSocket turn silent this long ends (flush idle) */
         struct soth_sink_cfg *sinks;
         size_t n_sinks;
     } events;

@@ -91,6 +91,14 @@ struct soth_ws_cbs {
     void *ctx;
     /** A message completed. Runs inside soth_ws_feed; must not call back into the parser. */
     void (*on_message)(void *ctx, const struct soth_ws_msg *m);
+    /**
+     * Optional (NULL: not called): payload bytes of the data message in progress (text or
+     * binary, all its fragments) as they arrive, unmasked, every byte rather than only the
+     * captured prefix; `compressed` as the message's RSV1 under permessage-deflate. The last
+     * call for a message comes before its on_message. Runs inside soth_ws_feed; must not call
+     * back into the parser.
+     */
+    void (*on_payload)(void *ctx, bool compressed, const char *p, size_t n);
 };
 
 /** Bytes needed for a parser with these limits (NULL: defaults). */

@@ -1,0 +1,607 @@
+/*
+ * The HTTP/1.1 version of a flow's HTTP layer (core/app_int.h), on top of the llhttp exchange
+ * engine (proto/h1.c). The engine re-serialises heads and passes bodies through; this file
+ * turns its callbacks into the flow's events, bounds body capture, answers protocol errors
+ * (400/431/502) and a late request head (408), keeps what a blocked direction cannot take yet,
+ * and hands a WebSocket's relayed bytes or an event stream's body to the stream's observer
+ * (core/app_obs.c).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app_int.h"
+#include "app_payload.h"
+#include "soth/proto/h1.h"
+#include "soth/proto/headers.h"
+
+#define APP_STASH_MAX  (1u << 20) /* bytes kept for a blocked direction before giving up */
+#define APP_MAX_FIELDS 130
+
+/* Capture state of the message in progress in one direction. */
+struct msg_cap {
+    uint32_t id;
+    uint64_t off;      /* body bytes seen */
+    uint64_t captured; /* body bytes put into events */
+};
+
+struct app_h1 {
+    struct app base;
+    struct soth_h1 *h;
+    struct msg_cap msg[2];
+    struct soth_gbuf st[2]; /* bytes of a side the engine cannot take yet (APP_STASH_MAX) */
+    bool eof_seen[2];
+    bool resp_open;         /* a final response head went to the client, its body not complete */
+    bool dead;              /* engine failed or finished */
+    bool answered;          /* we sent our own error answer */
+    bool close_client;      /* the last request asked to close */
+    bool other_host;        /* regular-mode plain HTTP: a request for another upstream arrived */
+    bool awaiting_head;     /* the client's next bytes start a request head */
+    bool ws_live;           /* obs is a WebSocket and the 101 went out: relayed bytes are frames */
+    uint64_t head_since_ms; /* when the pending request head's first byte came, 0 = none */
+    uint8_t err_dir;        /* side whose bytes broke the protocol */
+    unsigned err_status;
+    const char *err_code, *err_detail;
+    enum soth_close_reason reason;
+    uint16_t authority_len; /* regular-mode plain HTTP: the connection's upstream */
+    char authority[256];
+    struct app_obs *obs; /* the observed stream (WebSocket or event stream), or NULL */
+    uint32_t obs_id;     /* its exchange */
+    _Alignas(max_align_t) unsigned char engine[];
+};
+
+static struct app_h1 *h1_of(struct app *a)
+{
+    return (struct app_h1 *)a;
+}
+
+static const struct app_h1 *h1_of_const(const struct app *a)
+{
+    return (const struct app_h1 *)a;
+}
+
+/* ---- the observed stream: at most one at a time (responses come one after the other, and a
+ * WebSocket ends HTTP on the connection) */
+
+/* A final response head was reported: a 101 to WebSocket or an event stream starts here. */
+static void obs_on_response_head(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
+{
+    bool ws = hd->status == 101 && hd->upgrade &&
+              soth_list_has(soth_header_get(hd->headers, hd->n_headers, "upgrade"), "websocket");
+    if (a->obs != NULL) { /* an earlier stream whose end was not reported: end it first */
+        app_obs_end(&a->base, a->obs);
+        a->obs = NULL;
+    }
+    a->obs = app_obs_start(&a->base, id, ws, !hd->no_body, hd->headers, hd->n_headers);
+    a->obs_id = id;
+    a->ws_live = false;
+}
+
+/* The stream's response or exchange ended: flush what must not stay open. */
+static void obs_end(struct app_h1 *a, uint32_t id)
+{
+    if (a->obs == NULL || a->obs_id != id)
+        return;
+    app_obs_end(&a->base, a->obs);
+    a->obs = NULL;
+    a->ws_live = false;
+}
+
+/* ---- engine callbacks */
+
+static int h1_out(void *ctx, enum soth_leg to_side, const char *p, size_t n)
+{
+    struct app_h1 *a = ctx;
+    if (a->ws_live)
+        app_obs_data(&a->base, a->obs,
+                     to_side == SOTH_LEG_CLIENT ? SOTH_LEG_UPSTREAM : SOTH_LEG_CLIENT, p, n);
+    return a->base.env.send(a->base.env.ctx, (unsigned)to_side, p, n);
+}
+
+static struct soth_iov h1_version(const struct soth_h1_head *hd)
+{
+    return hd->http_minor == 0 ? SOTH_IOV_LIT("1.0") : SOTH_IOV_LIT("1.1");
+}
+
+/*
+ * Regular-mode plain HTTP: the upstream gets origin-form, Host from the target, and no
+ * Proxy-* fields (RFC 9112 3.2.2); the event reports exactly what is sent.
+ */
+static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
+{
+    struct soth_header f[APP_MAX_FIELDS];
+    size_t n = 0;
+    bool host_done = false;
+    struct soth_iov auth = hd->authority;
+    if (a->authority_len == 0 && auth.len > 0 && auth.len < sizeof(a->authority)) {
+        memcpy(a->authority, auth.base, auth.len);
+        a->authority_len = (uint16_t)auth.len;
+    } else if (!soth_iov_eq_ci(auth, a->authority, a->authority_len)) {
+        /* One upstream per client connection: close it cleanly without an answer; clients
+         * retry a request that got nothing on a reused connection on a fresh one (curl -x
+         * does, RFC 9112 9.3.1), which then reaches the other upstream. */
+        a->other_host = true;
+        return SOTH_E_STATE;
+    }
+    for (size_t i = 0; i < hd->n_headers && n < APP_MAX_FIELDS - 1; i++) {
+        const struct soth_header *h = &hd->headers[i];
+        if (soth_iov_is_ci(h->name, "proxy-connection") ||
+            soth_iov_is_ci(h->name, "proxy-authorization"))
+            continue;
+        f[n] = *h;
+        if (soth_iov_is_ci(h->name, "host") && hd->scheme.len > 0) {
+            if (host_done)
+                continue;
+            f[n].value = auth;
+            host_done = true;
+        }
+        n++;
+    }
+    if (!host_done && hd->scheme.len > 0)
+        f[n++] = (struct soth_header){.name = SOTH_IOV_LIT("Host"), .value = auth};
+    struct soth_iov path = hd->scheme.len > 0 ? hd->path : hd->target;
+    soth_ev_request_headers(a->base.env.ev, id, hd->method,
+                            hd->scheme.len ? hd->scheme : SOTH_IOV_LIT("http"), auth, path,
+                            h1_version(hd), f, n);
+
+    char buf[8192];
+    size_t used = 0;
+#define APPEND(p_, n_)                                                                             \
+    do {                                                                                           \
+        size_t n__ = (n_);                                                                         \
+        if (used + n__ > sizeof(buf)) {                                                            \
+            int rc__ = a->base.env.send(a->base.env.ctx, SOTH_LEG_UPSTREAM, buf, used);            \
+            if (rc__ < 0)                                                                          \
+                return rc__;                                                                       \
+            used = 0;                                                                              \
+            if (n__ > sizeof(buf)) {                                                               \
+                rc__ = a->base.env.send(a->base.env.ctx, SOTH_LEG_UPSTREAM, (p_), n__);            \
+                if (rc__ < 0)                                                                      \
+                    return rc__;                                                                   \
+                break;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
+        memcpy(buf + used, (p_), n__);                                                             \
+        used += n__;                                                                               \
+    } while (0)
+    APPEND(hd->method.base, hd->method.len);
+    APPEND(" ", 1);
+    APPEND(path.base, path.len);
+    APPEND(" ", 1);
+    APPEND(hd->version.base, hd->version.len);
+    APPEND("\r\n", 2);
+    for (size_t i = 0; i < n; i++) {
+        APPEND(f[i].name.base, f[i].name.len);
+        APPEND(": ", 2);
+        APPEND(f[i].value.base, f[i].value.len);
+        APPEND("\r\n", 2);
+    }
+    APPEND("\r\n", 2);
+#undef APPEND
+    int rc = a->base.env.send(a->base.env.ctx, SOTH_LEG_UPSTREAM, buf, used);
+    return rc < 0 ? rc : SOTH_H1_HEAD_SENT;
+}
+
+static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_h1_head *hd)
+{
+    struct app_h1 *a = ctx;
+    if (dir == SOTH_LEG_CLIENT) {
+        a->awaiting_head = false;
+        a->head_since_ms = 0;
+        a->msg[0] = (struct msg_cap){.id = id};
+        a->close_client = !hd->keep_alive;
+        app_pl_h1_head(&a->base, dir, hd->headers, hd->n_headers, false);
+        if (a->base.env.m != NULL)
+            SOTH_METRIC_ADD(a->base.env.m->requests[SOTH_PROTO_HTTP1], 1);
+        if (a->base.env.origin_form)
+            return h1_send_origin_form(a, id, hd);
+        struct soth_iov scheme = hd->scheme;
+        if (scheme.len == 0 && hd->method.len != 7)
+            scheme = a->base.env.client_tls ? SOTH_IOV_LIT("https") : SOTH_IOV_LIT("http");
+        soth_ev_request_headers(a->base.env.ev, id, hd->method, scheme, hd->authority, hd->path,
+                                h1_version(hd), hd->headers, hd->n_headers);
+        return 0;
+    }
+    if (hd->interim)
+        return 0; /* 1xx: forwarded, not an exchange's response */
+    a->msg[1] = (struct msg_cap){.id = id};
+    a->resp_open = !hd->no_body;
+    app_pl_h1_head(&a->base, dir, hd->headers, hd->n_headers, hd->no_body);
+    soth_ev_response_headers(a->base.env.ev, id, hd->status, h1_version(hd), hd->headers,
+                             hd->n_headers);
+    obs_on_response_head(a, id, hd);
+    return 0;
+}
+
+static void h1_on_body(void *ctx, enum soth_leg dir, uint32_t id, const char *p, size_t n)
+{
+    struct app_h1 *a = ctx;
+    struct msg_cap *m = &a->msg[dir];
+    uint64_t cap = a->base.conf.capture;
+    uint64_t room = cap > m->captured ? cap - m->captured : 0;
+    size_t take = n < room ? n : (size_t)room;
+    soth_ev_body_chunk(a->base.env.ev, soth_leg_of(dir), id, m->off, n, soth_iov(p, take),
+                       take < n);
+    m->off += n;
+    m->captured += take;
+    app_pl_h1_body(&a->base, dir, p, n);
+    if (dir == SOTH_LEG_UPSTREAM && a->obs != NULL && a->obs_id == id && !a->ws_live)
+        app_obs_data(&a->base, a->obs, SOTH_LEG_UPSTREAM, p, n);
+}
+
+static void h1_on_trailers(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_header *t,
+                           size_t n)
+{
+    struct app_h1 *a = ctx;
+    soth_ev_trailers(a->base.env.ev, soth_leg_of(dir), id, t, n);
+}
+
+static void h1_on_complete(void *ctx, enum soth_leg dir, uint32_t id)
+{
+    struct app_h1 *a = ctx;
+    app_pl_h1_complete(&a->base, dir, id);
+    if (dir == SOTH_LEG_UPSTREAM) {
+        a->resp_open = false;
+        obs_end(a, id);
+    } else {
+        a->awaiting_head = true;
+    }
+}
+
+static void h1_on_upgrade(void *ctx, uint32_t id, struct soth_iov protocol)
+{
+    struct app_h1 *a = ctx;
+    if (soth_iov_is_ci(protocol, "websocket"))
+        soth_ev_flow_set_protocol(a->base.env.ev, SOTH_PROTO_WEBSOCKET);
+    if (a->obs != NULL && a->obs_id == id && app_obs_is_ws(a->obs))
+        a->ws_live = true;
+    a->resp_open = false;
+    /* No request head follows a switch: bytes the client sent behind its upgrade request
+     * (frames it did not wait to send) started no head deadline. */
+    a->awaiting_head = false;
+    a->head_since_ms = 0;
+}
+
+static void h1_on_exchange(void *ctx, const struct soth_h1_exchange *x)
+{
+    struct app_h1 *a = ctx;
+    obs_end(a, x->stream_id);
+    soth_ev_exchange_completed(a->base.env.ev, x->stream_id, (enum soth_outcome)x->outcome,
+                               x->request_bytes, x->response_bytes);
+}
+
+static void h1_on_error(void *ctx, enum soth_leg dir, uint32_t id, unsigned status,
+                        const char *code, const char *detail)
+{
+    struct app_h1 *a = ctx;
+    (void)id;
+    a->err_dir = (uint8_t)dir;
+    a->err_status = status;
+    a->err_code = code;
+    a->err_detail = detail;
+}
+
+/* ---- the layer */
+
+static const char *status_phrase(unsigned st)
+{
+    switch (st) {
+    case 400:
+        return "Bad Request";
+    case 408:
+        return "Request Timeout";
+    case 431:
+        return "Request Header Fields Too Large";
+    default:
+        return "Bad Gateway";
+    }
+}
+
+/*
+ * The layer's own answer to the client (400, 408, 431, 502): a short text/plain body, then the
+ * connection closes. Every answer of this version goes through here.
+ */
+static void h1_answer(struct app_h1 *a, unsigned status, const char *body, size_t bn)
+{
+    char head[256];
+    int hn = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                      "Connection: close\r\n\r\n",
+                      status, status_phrase(status), bn);
+    a->answered = true;
+    if (a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, head, (size_t)hn) == 0)
+        a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, body, bn);
+}
+
+/* The engine failed (rc): answer the client when nothing of a response is on its way, end
+ * the exchanges in flight, and report the error so the worker closes after flushing. */
+static int h1_fail(struct app_h1 *a, int rc)
+{
+    if (a->dead)
+        return rc;
+    a->dead = true;
+    bool client_fault = a->err_status != 0 && a->err_dir == SOTH_LEG_CLIENT;
+    if (a->err_status != 0 && !a->resp_open && !a->answered) {
+        char body[256];
+        int bn = snprintf(body, sizeof(body), "soth-mitm: %s: %s (%s)\n",
+                          client_fault ? "bad request" : "bad response from the upstream",
+                          a->err_detail ? a->err_detail : "malformed",
+                          a->err_code ? a->err_code : "malformed");
+        h1_answer(a, a->err_status, body, (size_t)bn);
+    }
+    soth_h1_abort(a->h, client_fault    ? SOTH_H1_CLIENT_ABORTED
+                        : a->err_status ? SOTH_H1_UPSTREAM_ABORTED
+                                        : SOTH_H1_RESET);
+    if (a->other_host) {
+        a->reason = SOTH_CLOSE_RELAY_EOF; /* this connection's upstream relay is over */
+        return APP_DONE;
+    }
+    if (a->err_status != 0)
+        a->reason = client_fault ? SOTH_CLOSE_PARSE_FAILED : SOTH_CLOSE_RELAY_ERROR;
+    else
+        a->reason = SOTH_CLOSE_RELAY_ERROR;
+    return a->answered ? APP_DONE : rc;
+}
+
+static int h1_status(struct app_h1 *a)
+{
+    if (a->dead)
+        return APP_DONE;
+    if (soth_h1_is_done(a->h)) {
+        a->dead = true;
+        return APP_DONE;
+    }
+    return APP_AGAIN;
+}
+
+/* Feed bytes of `side`; keeps what the engine does not take. */
+static int h1_feed(struct app_h1 *a, unsigned side, const char *p, size_t n)
+{
+    ssize_t rc = soth_h1_feed(a->h, (int)side, p, n);
+    if (rc < 0)
+        return h1_fail(a, (int)rc);
+    if ((size_t)rc < n) {
+        int e = soth_gbuf_put(&a->st[side], p + rc, n - (size_t)rc, APP_STASH_MAX);
+        if (e < 0)
+            return h1_fail(a, e);
+    }
+    return 0;
+}
+
+/* Retry what `side` had stashed (the other direction may have unblocked it). */
+static int h1_retry(struct app_h1 *a, unsigned side)
+{
+    struct soth_gbuf *s = &a->st[side];
+    while (s->len > 0 && !a->dead) {
+        ssize_t rc = soth_h1_feed(a->h, (int)side, s->p, s->len);
+        if (rc < 0)
+            return h1_fail(a, (int)rc);
+        if (rc == 0)
+            break;
+        soth_gbuf_consume(s, (size_t)rc);
+    }
+    return 0;
+}
+
+static int h1_input(struct app *base, unsigned side, const char *p, size_t n)
+{
+    struct app_h1 *a = h1_of(base);
+    if (a->dead)
+        return APP_DONE;
+    if (side == SOTH_LEG_CLIENT && a->awaiting_head && a->head_since_ms == 0 && n > 0 &&
+        !soth_h1_is_upgraded(a->h))
+        a->head_since_ms = app_clock_ns(base) / 1000000u; /* cleared when the head completes */
+    int rc;
+    if (a->st[side].len > 0) {
+        rc = soth_gbuf_put(&a->st[side], p, n, APP_STASH_MAX);
+        if (rc < 0)
+            return h1_fail(a, rc);
+        rc = h1_retry(a, side);
+    } else {
+        rc = h1_feed(a, side, p, n);
+    }
+    if (rc < 0 || rc == APP_DONE)
+        return rc;
+    /* This side's bytes (a response completing, a request arriving) may unblock the other. */
+    if (!a->dead && a->st[side ^ 1].len > 0) {
+        rc = h1_retry(a, side ^ 1);
+        if (rc < 0 || rc == APP_DONE)
+            return rc;
+    }
+    if (soth_h1_is_done(a->h) && !a->dead) {
+        a->dead = true;
+        a->reason = a->eof_seen[SOTH_LEG_CLIENT] || a->close_client ? SOTH_CLOSE_CLIENT_EOF
+                                                                    : SOTH_CLOSE_RELAY_EOF;
+        return APP_DONE;
+    }
+    return h1_status(a);
+}
+
+static int h1_eof(struct app *base, unsigned side, bool reset)
+{
+    struct app_h1 *a = h1_of(base);
+    if (a->dead)
+        return APP_DONE;
+    a->eof_seen[side] = true;
+    if (reset) {
+        /* The transport is gone. A client that reset went away: its EOF ends what it can
+         * (an upgraded relay whose upstream closed already is complete), the rest is
+         * client_aborted. An upstream that reset aborted its exchanges. */
+        if (side == SOTH_LEG_CLIENT && a->st[side].len == 0)
+            soth_h1_eof(a->h, (int)side);
+        soth_h1_abort(a->h,
+                      side == SOTH_LEG_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
+        a->dead = true;
+        a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_ERROR;
+        return APP_DONE;
+    }
+    if (a->st[side].len > 0) {
+        /* The peer finished while its bytes wait behind a blocked exchange: keep them until
+         * the engine can take them; the EOF is handled then (bounded by the idle timer). */
+        soth_h1_abort(a->h,
+                      side == SOTH_LEG_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
+        a->dead = true;
+        a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
+        return APP_DONE;
+    }
+    bool upgraded = soth_h1_is_upgraded(a->h);
+    int rc = soth_h1_eof(a->h, (int)side);
+    if (rc == SOTH_H1_DONE || rc < 0 || soth_h1_is_done(a->h)) {
+        a->dead = true;
+        a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
+        if (upgraded && a->eof_seen[side ^ 1])
+            a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF;
+        return APP_DONE;
+    }
+    return upgraded ? APP_HALF_CLOSE : APP_AGAIN;
+}
+
+static void h1_abort(struct app *base, enum soth_outcome outcome)
+{
+    struct app_h1 *a = h1_of(base);
+    soth_h1_abort(a->h, (enum soth_h1_outcome)outcome);
+    a->dead = true;
+}
+
+static int h1_hold(struct app *base, unsigned side, bool hold)
+{
+    (void)base, (void)side, (void)hold; /* the worker pauses the source leg's reads instead */
+    return APP_AGAIN;
+}
+
+/* The request head the client started must be complete by its first byte +
+ * request_header_ms. */
+static uint64_t h1_deadline(const struct app *base)
+{
+    const struct app_h1 *a = h1_of_const(base);
+    if (a->dead || a->head_since_ms == 0 || base->conf.request_header_ms == 0)
+        return 0;
+    return a->head_since_ms + base->conf.request_header_ms;
+}
+
+/* The request head the client is sending took too long: 408 when nothing of a response is
+ * on its way (then the exchanges in flight end as timed out). */
+static int h1_timer(struct app *base, uint64_t now_ms)
+{
+    struct app_h1 *a = h1_of(base);
+    uint64_t d = h1_deadline(base);
+    if (a->dead)
+        return APP_DONE;
+    if (d == 0 || d > now_ms)
+        return APP_AGAIN;
+    if (!a->resp_open && soth_h1_in_flight(a->h) == 0) {
+        static const char body[] = "soth-mitm: request head not received in time\n";
+        h1_answer(a, 408, body, sizeof(body) - 1);
+    }
+    soth_h1_abort(a->h, SOTH_H1_TIMEOUT);
+    a->dead = true;
+    a->reason = SOTH_CLOSE_IDLE_TIMEOUT;
+    return APP_DONE;
+}
+
+static bool h1_read_paused(const struct app *base, unsigned side)
+{
+    return h1_of_const(base)->st[side].len > 0;
+}
+
+static bool h1_want_write(const struct app *base, unsigned side)
+{
+    (void)base, (void)side;
+    return false;
+}
+
+static int h1_shutdown(struct app *base)
+{
+    struct app_h1 *a = h1_of(base);
+    if (soth_h1_in_flight(a->h) == 0) {
+        soth_h1_abort(a->h, SOTH_H1_COMPLETE);
+        a->dead = true;
+        a->reason = SOTH_CLOSE_SHUTDOWN;
+        return APP_DONE;
+    }
+    return APP_AGAIN;
+}
+
+static enum soth_close_reason h1_close_reason(const struct app *base)
+{
+    return h1_of_const(base)->reason;
+}
+
+/*
+ * Section buffers (a head or trailer section being re-serialised, ~68 KiB with the default
+ * limits) are lent to the engines of a thread from its own free list while a section is built,
+ * so an idle connection holds none and no request mallocs once the list is warm. Kept: as many
+ * as were ever in use at once, up to 64.
+ */
+static _Thread_local struct soth_buf_pool h1_sections = {.keep = 64};
+
+static void *h1_sec_get(void *ctx)
+{
+    (void)ctx;
+    return soth_buf_pool_get(&h1_sections, soth_h1_section_size(NULL));
+}
+
+static void h1_sec_put(void *ctx, void *m)
+{
+    (void)ctx;
+    soth_buf_pool_put(&h1_sections, m);
+}
+
+void app_h1_thread_done(void)
+{
+    soth_buf_pool_drain(&h1_sections);
+}
+
+static struct app *h1_create(const struct app_env *env, const struct app_conf *conf)
+{
+    size_t esz = soth_h1_core_size(NULL);
+    struct app_h1 *a = calloc(1, sizeof(*a) + esz);
+    if (a == NULL)
+        return NULL;
+    app_base_init(&a->base, &app_h1_ops, env, conf);
+    a->reason = SOTH_CLOSE_RELAY_EOF;
+    a->awaiting_head = true;
+    struct soth_h1_cbs cbs = {
+        .ctx = a,
+        .out = h1_out,
+        .on_head = h1_on_head,
+        .on_body = h1_on_body,
+        .on_trailers = h1_on_trailers,
+        .on_complete = h1_on_complete,
+        .on_upgrade = h1_on_upgrade,
+        .on_exchange = h1_on_exchange,
+        .on_error = h1_on_error,
+        .sec_get = h1_sec_get,
+        .sec_put = h1_sec_put,
+    };
+    a->h = soth_h1_init(a->engine, NULL, &cbs);
+    soth_ev_flow_set_protocol(env->ev, SOTH_PROTO_HTTP1);
+    return &a->base;
+}
+
+static void h1_dispose(struct app *base)
+{
+    struct app_h1 *a = h1_of(base);
+    soth_h1_dispose(a->h);
+    app_base_dispose(base);
+    soth_gbuf_free(&a->st[0]);
+    soth_gbuf_free(&a->st[1]);
+    free(a);
+}
+
+const struct app_ops app_h1_ops = {
+    .name = "http/1.1",
+    .h2 = false,
+    .create = h1_create,
+    .dispose = h1_dispose,
+    .input = h1_input,
+    .eof = h1_eof,
+    .abort = h1_abort,
+    .hold = h1_hold,
+    .deadline = h1_deadline,
+    .timer = h1_timer,
+    .read_paused = h1_read_paused,
+    .want_write = h1_want_write,
+    .shutdown = h1_shutdown,
+    .close_reason = h1_close_reason,
+};

@@ -1,0 +1,36 @@
+/*
+ * soth_proto: looking up HTTP header fields in a parsed head (an array of struct soth_header,
+ * soth/base.h, as the HTTP/1.1 and HTTP/2 parsers report it). One lookup for everyone: field
+ * names compare ASCII case-insensitively (RFC 9110 5.1), values are as the parser kept them
+ * (without surrounding whitespace).
+ */
+#ifndef SOTH_PROTO_HEADERS_H
+#define SOTH_PROTO_HEADERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "soth/base.h"
+
+/**
+ * The value of the first field named `name` (a lower-case literal such as "content-type"),
+ * or SOTH_IOV_NULL (base NULL) when the head has none. An empty field gives a non-NULL base
+ * and length 0.
+ */
+struct soth_iov soth_header_get(const struct soth_header *h, size_t n, const char *name);
+
+/**
+ * Whether a Content-Type value names the media type `type` (a lower-case "type/subtype"):
+ * compared case-insensitively, parameters (";" and after) and whitespace before them ignored
+ * (RFC 9110 8.3.1). "text/event-stream; charset=utf-8" is "text/event-stream".
+ */
+bool soth_media_type_is(struct soth_iov value, const char *type);
+
+/**
+ * Whether a comma-separated field value (RFC 9110 5.6.1: Connection, Upgrade,
+ * Content-Encoding, Sec-WebSocket-Extensions, ...) has an element whose first token is
+ * `token` (case-insensitive; whitespace and parameters after ";" ignored).
+ */
+bool soth_list_has(struct soth_iov value, const char *token);
+
+#endif
