@@ -17,6 +17,8 @@
 
 #define APP_STASH_MAX  (1u << 20) /* bytes kept for a blocked direction before giving up */
 #define APP_MAX_FIELDS 130
+/* An origin-form head: the longest head the engine accepts (65536) plus the Host it writes. */
+#define SOTH_H1_ORIGIN_HEAD_MAX (65536 + 512)
 
 /* Capture state of the message in progress in one direction. */
 struct msg_cap {
@@ -103,15 +105,47 @@ static struct soth_iov h1_version(const struct soth_h1_head *hd)
     return hd->http_minor == 0 ? SOTH_IOV_LIT("1.0") : SOTH_IOV_LIT("1.1");
 }
 
+/* host[:port] or [v6][:port] of an absolute-form target into req (port 0: none given). */
+static bool authority_split(struct soth_iov auth, struct soth_h1_origin_req *req)
+{
+    const char *p = auth.base, *end = auth.base + auth.len;
+    const char *host_end;
+    if (auth.len > 0 && p[0] == '[') {
+        const char *rb = memchr(p, ']', auth.len);
+        if (rb == NULL)
+            return false;
+        req->host = soth_iov(p + 1, (size_t)(rb - p - 1));
+        req->host_is_ipv6 = true;
+        host_end = rb + 1;
+    } else {
+        host_end = memchr(p, ':', auth.len);
+        if (host_end == NULL)
+            host_end = end;
+        req->host = soth_iov(p, (size_t)(host_end - p));
+    }
+    req->port = 0;
+    if (host_end < end) {
+        if (*host_end != ':' || host_end + 1 == end || end - host_end > 6)
+            return false;
+        unsigned v = 0;
+        for (const char *q = host_end + 1; q < end; q++) {
+            if (*q < '0' || *q > '9')
+                return false;
+            v = v * 10 + (unsigned)(*q - '0');
+        }
+        if (v == 0 || v > 65535)
+            return false;
+        req->port = (uint16_t)v;
+    }
+    return req->host.len > 0;
+}
+
 /*
  * Regular-mode plain HTTP: the upstream gets origin-form, Host from the target, and no
  * Proxy-* fields (RFC 9112 3.2.2); the event reports exactly what is sent.
  */
 static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
 {
-    struct soth_header f[APP_MAX_FIELDS];
-    size_t n = 0;
-    bool host_done = false;
     struct soth_iov auth = hd->authority;
     if (a->authority_len == 0 && auth.len > 0 && auth.len < sizeof(a->authority)) {
         memcpy(a->authority, auth.base, auth.len);
@@ -123,62 +157,30 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
         a->other_host = true;
         return SOTH_E_STATE;
     }
-    for (size_t i = 0; i < hd->n_headers && n < APP_MAX_FIELDS - 1; i++) {
-        const struct soth_header *h = &hd->headers[i];
-        if (soth_iov_is_ci(h->name, "proxy-connection") ||
-            soth_iov_is_ci(h->name, "proxy-authorization"))
-            continue;
-        f[n] = *h;
-        if (soth_iov_is_ci(h->name, "host") && hd->scheme.len > 0) {
-            if (host_done)
-                continue;
-            f[n].value = auth;
-            host_done = true;
-        }
-        n++;
-    }
-    if (!host_done && hd->scheme.len > 0)
-        f[n++] = (struct soth_header){.name = SOTH_IOV_LIT("Host"), .value = auth};
-    struct soth_iov path = hd->scheme.len > 0 ? hd->path : hd->target;
-    soth_ev_request_headers(a->base.env.ev, id, hd->method,
-                            hd->scheme.len ? hd->scheme : SOTH_IOV_LIT("http"), auth, path,
-                            h1_version(hd), f, n);
-
-    char buf[8192];
-    size_t used = 0;
-#define APPEND(p_, n_)                                                                             \
-    do {                                                                                           \
-        size_t n__ = (n_);                                                                         \
-        if (used + n__ > sizeof(buf)) {                                                            \
-            int rc__ = a->base.env.send(a->base.env.ctx, SOTH_LEG_UPSTREAM, buf, used);            \
-            if (rc__ < 0)                                                                          \
-                return rc__;                                                                       \
-            used = 0;                                                                              \
-            if (n__ > sizeof(buf)) {                                                               \
-                rc__ = a->base.env.send(a->base.env.ctx, SOTH_LEG_UPSTREAM, (p_), n__);            \
-                if (rc__ < 0)                                                                      \
-                    return rc__;                                                                   \
-                break;                                                                             \
-            }                                                                                      \
-        }                                                                                          \
-        memcpy(buf + used, (p_), n__);                                                             \
-        used += n__;                                                                               \
-    } while (0)
-    APPEND(hd->method.base, hd->method.len);
-    APPEND(" ", 1);
-    APPEND(path.base, path.len);
-    APPEND(" ", 1);
-    APPEND(hd->version.base, hd->version.len);
-    APPEND("\r\n", 2);
-    for (size_t i = 0; i < n; i++) {
-        APPEND(f[i].name.base, f[i].name.len);
-        APPEND(": ", 2);
-        APPEND(f[i].value.base, f[i].value.len);
-        APPEND("\r\n", 2);
-    }
-    APPEND("\r\n", 2);
-#undef APPEND
-    int rc = a->base.env.send(a->base.env.ctx, SOTH_LEG_UPSTREAM, buf, used);
+    /* One serializer for both plain paths (proto/h1_write.c; docs/http1.md "In the proxy"):
+     * Host from the target, Proxy-* fields dropped. One buffer per thread: no malloc per
+     * request, and the head is sent (copied into the leg) before the next one is built. */
+    static _Thread_local char buf[SOTH_H1_ORIGIN_HEAD_MAX];
+    static _Thread_local struct soth_header f[APP_MAX_FIELDS];
+    if (hd->n_headers + 1 > APP_MAX_FIELDS)
+        return SOTH_E_TOO_LARGE;
+    struct soth_h1_origin_req req = {
+        .method = hd->method,
+        .path = hd->scheme.len > 0 ? hd->path : hd->target,
+        .version = hd->version,
+        .headers = hd->headers,
+        .n_headers = hd->n_headers,
+        .scheme = hd->scheme.len > 0 ? hd->scheme : SOTH_IOV_LIT("http"),
+    };
+    if (!authority_split(auth, &req))
+        return SOTH_E_MALFORMED;
+    size_t n = 0;
+    ssize_t len = soth_h1_write_origin_form(&req, buf, sizeof(buf), f, &n);
+    if (len < 0)
+        return (int)len;
+    soth_ev_request_headers(a->base.env.ev, id, hd->method, req.scheme, auth,
+                            req.path.len ? req.path : SOTH_IOV_LIT("/"), h1_version(hd), f, n);
+    int rc = a->base.env.send(a->base.env.ctx, SOTH_LEG_UPSTREAM, buf, (size_t)len);
     return rc < 0 ? rc : SOTH_H1_HEAD_SENT;
 }
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "soth/proto/connect.h"
+#include "soth/proto/h1.h"
 
 #include "answer.h"
 #include "app.h"
@@ -17,10 +18,9 @@
 #include "upstream.h"
 #include "worker.h"
 
-static bool header_is(const struct soth_header *h, const char *name)
-{
-    return soth_iov_is_ci(h->name, name);
-}
+/* The origin-form head toward the upstream: the longest proxy head accepted (docs/config.md,
+ * limits) plus the Host line the serializer may add. */
+#define SOTH_HEAD_OUT_MAX (65536 + 512)
 
 /**
  * A complete head sits in buf[0..head_len); extra bytes after it (already from the client,
@@ -58,41 +58,24 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
         }
     } else if (!h->is_connect) {
         /*
-         * Absolute-form plain HTTP, tunnelled: the upstream gets origin-form, without the
-         * hop-by-hop Proxy-* fields; later requests on the connection are relayed as sent.
+         * Absolute-form plain HTTP, tunnelled: the upstream gets origin-form with Host from
+         * the target (RFC 9112 3.2.2, the same serializer as the intercepted path) and without
+         * the hop-by-hop Proxy-* fields; later requests on the connection are relayed as sent.
          */
-        struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
-        bool ok = conn_queue_copy(&w->segs, u, h->method.base, h->method.len) &&
-                  conn_queue_copy(&w->segs, u, " ", 1) &&
-                  conn_queue_copy(&w->segs, u, h->path.base, h->path.len) &&
-                  conn_queue_copy(&w->segs, u, " ", 1) &&
-                  conn_queue_copy(&w->segs, u, h->version.base, h->version.len) &&
-                  conn_queue_copy(&w->segs, u, "\r\n", 2);
-        bool have_host = false;
-        for (size_t i = 0; ok && i < h->n_headers; i++) {
-            const struct soth_header *hd = &h->headers[i];
-            if (header_is(hd, "proxy-connection") || header_is(hd, "proxy-authorization"))
-                continue;
-            if (header_is(hd, "host"))
-                have_host = true;
-            ok = conn_queue_copy(&w->segs, u, hd->name.base, hd->name.len) &&
-                 conn_queue_copy(&w->segs, u, ": ", 2) &&
-                 conn_queue_copy(&w->segs, u, hd->value.base, hd->value.len) &&
-                 conn_queue_copy(&w->segs, u, "\r\n", 2);
-        }
-        if (ok && !have_host) {
-            char hostline[300];
-            /* RFC 9112 3.2: Host is the target URI's authority (brackets for IPv6). */
-            bool dflt = h->port == (h->scheme.len == 5 ? 443 : 80);
-            char port[8] = "";
-            if (!dflt)
-                snprintf(port, sizeof(port), ":%u", h->port);
-            int n = snprintf(hostline, sizeof(hostline), "Host: %s%.*s%s%s\r\n",
-                             h->host_is_ipv6 ? "[" : "", (int)h->host.len, h->host.base,
-                             h->host_is_ipv6 ? "]" : "", port);
-            ok = conn_queue_copy(&w->segs, u, hostline, (size_t)n);
-        }
-        ok = ok && conn_queue_copy(&w->segs, u, "\r\n", 2);
+        static _Thread_local char out[SOTH_HEAD_OUT_MAX];
+        struct soth_h1_origin_req req = {
+            .method = h->method,
+            .path = h->path,
+            .version = h->version,
+            .headers = h->headers,
+            .n_headers = h->n_headers,
+            .scheme = h->scheme,
+            .host = h->host,
+            .host_is_ipv6 = h->host_is_ipv6,
+            .port = h->port,
+        };
+        ssize_t n = soth_h1_write_origin_form(&req, out, sizeof(out), NULL, NULL);
+        bool ok = n > 0 && conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], out, (size_t)n);
         if (!ok) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return false;

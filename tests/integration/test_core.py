@@ -318,6 +318,91 @@ class PlainHTTPTests(unittest.TestCase):
         o.close()
 
 
+class HeadRecorder:
+    """An origin that records the request heads it receives, as bytes, and answers each with
+    200 "ok" (keep-alive)."""
+
+    def __init__(self):
+        self.heads = []
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        self.t = threading.Thread(target=self._serve, daemon=True)
+        self.t.start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
+
+    def _conn(self, c):
+        buf = b""
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                self.heads.append(head)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def close(self):
+        try:
+            self.lsock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.lsock.close()
+
+
+class OriginFormHostTests(unittest.TestCase):
+    """A request in absolute-form whose Host names another authority: the upstream gets
+    origin-form with Host from the target (RFC 9112 3.2.2) and no Proxy-* fields, on both plain
+    paths: intercepted (parsed by the HTTP layer) and tunnelled (policy tunnel)."""
+
+    def check(self, config, parsed):
+        o = HeadRecorder()
+        try:
+            with Proxy(config=config) as p:
+                s = socket.create_connection(p.addr(), timeout=10)
+                s.sendall(f"GET http://127.0.0.1:{o.port}/p?q=1 HTTP/1.1\r\n"
+                          "Host: other.example:8080\r\nProxy-Connection: keep-alive\r\n"
+                          "Proxy-Authorization: Basic c2VjcmV0OnNlY3JldA==\r\n"
+                          "X-Keep: 1\r\n\r\n".encode())
+                head = read_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+                s.close()
+                evs = p.checked_events()
+        finally:
+            o.close()
+        self.assertEqual(len(o.heads), 1, o.heads)
+        lines = o.heads[0].split(b"\r\n")
+        self.assertEqual(lines[0], b"GET /p?q=1 HTTP/1.1")
+        fields = [tuple(x.split(b": ", 1)) for x in lines[1:]]
+        hosts = [v for k, v in fields if k.lower() == b"host"]
+        self.assertEqual(hosts, [f"127.0.0.1:{o.port}".encode()])
+        self.assertFalse([k for k, v in fields if k.lower().startswith(b"proxy-")], fields)
+        self.assertIn((b"X-Keep", b"1"), fields)
+        req = [e for e in evs if e["type"] == "request_headers"]
+        if parsed:
+            # the event shows what was sent upstream
+            self.assertEqual(len(req), 1)
+            hdrs = {h[0].lower(): h[1] for h in req[0]["headers"]}
+            self.assertEqual(hdrs.get("host"), f"127.0.0.1:{o.port}")
+            self.assertNotIn("proxy-authorization", hdrs)
+
+    def test_intercepted_plain_path(self):
+        self.check({"policy": {"default": "intercept"}}, parsed=True)
+
+    def test_tunnelled_plain_path(self):
+        self.check({"policy": {"default": "tunnel"}}, parsed=False)
+
+
 class ReverseTests(unittest.TestCase):
     def test_reverse_http_with_curl_keepalive(self):
         o = HTTPOrigin()
