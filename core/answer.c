@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "soth/proto/h1.h"
+
 #include "answer.h"
 #include "conn.h"
 #include "flow.h"
@@ -10,20 +12,6 @@
 #include "leg.h"
 #include "timer.h"
 #include "worker.h"
-
-ssize_t answer_format(char *out, size_t cap, unsigned status, const char *phrase, const char *body,
-                      size_t body_len)
-{
-    int n = snprintf(out, cap,
-                     "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
-                     status, phrase, body_len);
-    if (n < 0 || (size_t)n >= cap || body_len > cap - (size_t)n)
-        return SOTH_E_TOO_LARGE;
-    if (body_len > 0)
-        memcpy(out + n, body, body_len);
-    return (ssize_t)((size_t)n + body_len);
-}
 
 void flow_answer(struct worker *w, struct flow *f, unsigned status, const char *phrase,
                  const char *body, size_t body_len, enum soth_close_reason reason)
@@ -34,7 +22,7 @@ void flow_answer(struct worker *w, struct flow *f, unsigned status, const char *
     char *a = chunk_get(&w->io);
     ssize_t n = SOTH_E_NOMEM;
     if (a != NULL)
-        n = answer_format(a, SOTH_BUF_SIZE, status, phrase, body, body_len);
+        n = soth_h1_write_answer(a, SOTH_BUF_SIZE, status, phrase, body, body_len);
     if (n < 0) {
         if (a != NULL)
             chunk_put(&w->io, a);

@@ -1,9 +1,9 @@
 /*
  * Private to core/: the proxy's own HTTP answers (403 blocked, 400/431 bad head, 408 head
- * timeout, 502/504 upstream failures, 200 to a CONNECT). answer_format() builds the bytes and
- * knows nothing of flows, so the HTTP layer can use it too; the rest sends an answer on a flow
- * and ends it gracefully: send, our FIN, then wait (bounded) for the client's FIN so it reads
- * the whole answer instead of a reset.
+ * timeout, 502/504 upstream failures, 200 to a CONNECT), sent on a flow and ended gracefully
+ * (the bytes come from soth_h1_write_answer in proto/h1_write.c, which the HTTP layer uses too):
+ * send, our FIN, then wait (bounded) for the client's FIN so it reads the whole answer instead of a
+ * reset.
  */
 #ifndef SOTH_CORE_ANSWER_H
 #define SOTH_CORE_ANSWER_H
@@ -16,14 +16,6 @@
 
 #define SOTH_LINGER_MS 1000u /* after our answer and FIN: wait this long for the client's FIN */
 #define SOTH_ANSWER_MS 5000u /* bound on sending our own answer */
-
-/**
- * Our HTTP/1.1 answer into out[0 .. cap): status line, Content-Type: text/plain,
- * Content-Length, Connection: close, blank line, then body[0 .. body_len). Pure.
- * Returns the length written, or SOTH_E_TOO_LARGE when it does not fit in cap.
- */
-ssize_t answer_format(char *out, size_t cap, unsigned status, const char *phrase, const char *body,
-                      size_t body_len);
 
 struct worker;
 struct flow;

@@ -305,14 +305,11 @@ static const char *status_phrase(unsigned st)
  */
 static void h1_answer(struct app_h1 *a, unsigned status, const char *body, size_t bn)
 {
-    char head[256];
-    int hn = snprintf(head, sizeof(head),
-                      "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-                      "Connection: close\r\n\r\n",
-                      status, status_phrase(status), bn);
+    char out[640];
+    ssize_t n = soth_h1_write_answer(out, sizeof(out), status, status_phrase(status), body, bn);
     a->answered = true;
-    if (a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, head, (size_t)hn) == 0)
-        a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, body, bn);
+    if (n > 0)
+        a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, out, (size_t)n);
 }
 
 /* The engine failed (rc): answer the client when nothing of a response is on its way, end

@@ -1,8 +1,10 @@
 /*
- * The origin-form serializer: one request head forwarded by the proxy to the origin after it
- * arrived in absolute-form (RFC 9112 3.2.2). Contract in soth/proto/h1.h; used for regular-mode
- * plain HTTP (docs/http1.md "In the proxy").
+ * HTTP/1.1 heads the proxy writes itself (contracts in soth/proto/h1.h): the origin-form
+ * request head forwarded to the origin after it arrived in absolute-form (RFC 9112 3.2.2;
+ * regular-mode plain HTTP, docs/http1.md "In the proxy"), and the proxy's own answers
+ * (docs/answers.md).
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "soth/proto/h1.h"
@@ -142,4 +144,18 @@ ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *bu
     if (n_fields != NULL)
         *n_fields = nf;
     return (ssize_t)o.len;
+}
+
+ssize_t soth_h1_write_answer(char *out, size_t cap, unsigned status, const char *phrase,
+                             const char *body, size_t body_len)
+{
+    int n = snprintf(out, cap,
+                     "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     status, phrase, body_len);
+    if (n < 0 || (size_t)n >= cap || body_len > cap - (size_t)n)
+        return SOTH_E_TOO_LARGE;
+    if (body_len > 0)
+        memcpy(out + n, body, body_len);
+    return (ssize_t)((size_t)n + body_len);
 }

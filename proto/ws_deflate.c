@@ -8,7 +8,6 @@
 #include <string.h>
 #include <zlib.h>
 
-
 #define WSZ_SCRATCH 16384 /* output past the capture goes through this much stack at a time */
 
 struct soth_ws_inflate {

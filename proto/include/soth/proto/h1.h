@@ -266,4 +266,13 @@ struct soth_h1_origin_req {
 ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *buf, size_t cap,
                                   struct soth_header *fields, size_t *n_fields);
 
+/**
+ * The proxy's own HTTP/1.1 answer (docs/answers.md) into out[0 .. cap): status line, Content-Type:
+ * text/plain, Content-Length, Connection: close, blank line, then body[0 .. body_len). One
+ * formatter for every answer: the engine's (core/answer.c) and the HTTP layer's (core/app_h1.c).
+ * Returns the length written, or SOTH_E_TOO_LARGE when it does not fit in cap.
+ */
+ssize_t soth_h1_write_answer(char *out, size_t cap, unsigned status, const char *phrase,
+                             const char *body, size_t body_len);
+
 #endif
