@@ -18,7 +18,7 @@
  * At the end: app_eof on both sides, then app_abort(timeout), as the worker's flow_close.
  *
  * Checks, beyond "no crash, leak or UB": the event calls app_h2.c makes (intercepted with the
- * linker's --wrap, then passed on to the real producer) obey SPEC invariants 4-6 for HTTP/2:
+ * linker's --wrap, then passed on to the real producer) obey the ordering invariants 4-6 of docs/events.md for HTTP/2:
  * request_headers (http_version "2", odd positive stream id, never reused) first on a stream;
  * response_headers once, after it; body chunks contiguous from 0, after their head, not after
  * their trailers; captured bytes = min(len, what is left of body_capture_bytes), truncated

@@ -3,7 +3,7 @@
  * nghttp2 client session plays the user agent (UA), an nghttp2 server session plays the
  * origin, and the harness pumps bytes UA -> app -> origin and back until nothing moves. The
  * flow's events go through a real observe subsystem into a ring file and are read back as
- * the SPEC JSON, then checked per stream (order, offsets, capture, byte counts, outcomes).
+ * the event JSON (docs/events.md), then checked per stream (order, offsets, capture, byte counts, outcomes).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -602,7 +602,7 @@ struct sview {
     bool truncated[2];   /* some chunk said truncated */
 };
 
-/* Check the SPEC per-stream order for every stream and collect stream `sid`. */
+/* Check the per-stream order of docs/events.md for every stream and collect stream `sid`. */
 static void stream_view(struct t *t, int32_t sid, struct sview *v)
 {
     memset(v, 0, sizeof(*v));
