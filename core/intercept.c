@@ -230,13 +230,7 @@ void intercept_hello(struct worker *w, struct flow *f)
         /* Not TLS: nothing to intercept at this layer; relay what the client sent as is. */
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "not TLS: relaying as a tunnel");
         f->action = SOTH_ACTION_TUNNEL;
-        conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->pre.p, f->pre.len);
-        pre_free(f);
-        conn_resume_recv(w, f, SOTH_LEG_CLIENT);
-        chunk_put(&w->io, f->head);
-        f->head = NULL;
-        f->head_len = 0;
+        relay_release_head(w, f);
         flow_set_state(f, FS_RELAY);
         timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.idle_ms);
         conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);

@@ -141,6 +141,17 @@ void relay_after(struct worker *w, struct flow *f, unsigned from, int rc)
     (void)from;
 }
 
+void relay_release_head(struct worker *w, struct flow *f)
+{
+    conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->head, f->head_len);
+    conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->pre.p, f->pre.len);
+    pre_free(f);
+    conn_resume_recv(w, f, SOTH_LEG_CLIENT);
+    chunk_put(&w->io, f->head);
+    f->head = NULL;
+    f->head_len = 0;
+}
+
 /** Bytes from a plain (not TLS) leg for the HTTP layer (the caller keeps its buffer). */
 static void relay_plain_input(struct worker *w, struct flow *f, unsigned side, const char *p,
                               uint32_t len)
@@ -192,13 +203,7 @@ void relay_start(struct worker *w, struct flow *f)
         pre_free(f);
         relay_after(w, f, SOTH_LEG_CLIENT, rc); /* resumes client reads paused by pre_put */
     } else if (f->head != NULL) {
-        conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->head, f->head_len);
-        conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], f->pre.p, f->pre.len);
-        pre_free(f);
-        conn_resume_recv(w, f, SOTH_LEG_CLIENT);
-        chunk_put(&w->io, f->head);
-        f->head = NULL;
-        f->head_len = 0;
+        relay_release_head(w, f);
     }
     if (f->state != FS_RELAY || f->app_done)
         return;

@@ -34,6 +34,10 @@ static inline bool alpn_is(struct soth_iov a, const char *s)
  */
 void relay_start(struct worker *w, struct flow *f);
 
+/** A client's first bytes kept aside (f->head, then f->pre) go upstream as they are, are
+ *  released, and the client's reads resume: the flow relays bytes from here on. */
+void relay_release_head(struct worker *w, struct flow *f);
+
 /**
  * After the HTTP layer ran on bytes from `from` (rc as app_input returned): flush both legs,
  * end the flow when the layer is done, and apply backpressure. No-op outside FS_RELAY or once

@@ -17,8 +17,7 @@ static bool is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
-/* v without the whitespace at both ends. */
-static struct soth_iov trim(struct soth_iov v)
+struct soth_iov soth_iov_trim_ows(struct soth_iov v)
 {
     while (v.len > 0 && is_ows(v.base[0])) {
         v.base++;
@@ -42,7 +41,7 @@ bool soth_media_type_is(struct soth_iov value, const char *type)
 {
     if (value.base == NULL)
         return false;
-    return soth_iov_is_ci(trim(until(value, ';')), type);
+    return soth_iov_is_ci(soth_iov_trim_ows(until(value, ';')), type);
 }
 
 bool soth_list_has(struct soth_iov value, const char *token)
@@ -53,7 +52,7 @@ bool soth_list_has(struct soth_iov value, const char *token)
         size_t used = el.len < value.len ? el.len + 1 : el.len;
         value.base += used;
         value.len -= used;
-        el = trim(until(el, ';'));
+        el = soth_iov_trim_ows(until(el, ';'));
         if (soth_iov_eq_ci(el, token, k))
             return true;
     }

@@ -3,6 +3,7 @@
  * raw-deflate inflater per direction that follows the sender's context takeover rules. See
  * soth/proto/ws_deflate.h and docs/streaming.md.
  */
+#include "soth/proto/headers.h"
 #include "soth/proto/ws_deflate.h"
 
 #include <string.h>
@@ -25,22 +26,6 @@ struct soth_ws_inflate {
 
 /* ---- Sec-WebSocket-Extensions */
 
-static bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
-static struct soth_iov trim(struct soth_iov v)
-{
-    while (v.len > 0 && is_ows(v.base[0])) {
-        v.base++;
-        v.len--;
-    }
-    while (v.len > 0 && is_ows(v.base[v.len - 1]))
-        v.len--;
-    return v;
-}
-
 /* Split *v at the first `sep`: returns what precedes it, *v keeps what follows. */
 static struct soth_iov take_until(struct soth_iov *v, char sep)
 {
@@ -60,7 +45,7 @@ static struct soth_iov take_until(struct soth_iov *v, char sep)
 /* A max_window_bits value: 8..15, bare or quoted (RFC 7692 7.1.2); 0 when invalid. */
 static uint8_t window_bits(struct soth_iov v)
 {
-    v = trim(v);
+    v = soth_iov_trim_ows(v);
     if (v.len >= 2 && v.base[0] == '"' && v.base[v.len - 1] == '"') {
         v.base++;
         v.len -= 2;
@@ -79,12 +64,12 @@ void soth_pmd_parse(struct soth_iov ext, struct soth_pmd *out)
         return;
     while (ext.len > 0) {
         struct soth_iov el = take_until(&ext, ',');
-        if (!soth_iov_is_ci(trim(take_until(&el, ';')), "permessage-deflate"))
+        if (!soth_iov_is_ci(soth_iov_trim_ows(take_until(&el, ';')), "permessage-deflate"))
             continue;
         out->on = true;
         while (el.len > 0) {
             struct soth_iov param = take_until(&el, ';');
-            struct soth_iov name = trim(take_until(&param, '='));
+            struct soth_iov name = soth_iov_trim_ows(take_until(&param, '='));
             if (soth_iov_is_ci(name, "client_no_context_takeover")) {
                 out->no_takeover[SOTH_LEG_CLIENT] = true;
             } else if (soth_iov_is_ci(name, "server_no_context_takeover")) {

@@ -33,4 +33,7 @@ bool soth_media_type_is(struct soth_iov value, const char *type);
  */
 bool soth_list_has(struct soth_iov value, const char *token);
 
+/** v without optional whitespace (SP, HTAB) at both ends (RFC 9110 5.6.3). */
+struct soth_iov soth_iov_trim_ows(struct soth_iov v);
+
 #endif
