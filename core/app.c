@@ -26,24 +26,6 @@ static void conf_of(const struct soth_config *cfg, struct app_conf *c)
     };
 }
 
-void app_base_init(struct app *a, const struct app_ops *ops, const struct app_env *env,
-                   const struct app_conf *conf)
-{
-    a->ops = ops;
-    a->env = *env;
-    a->env.cfg = NULL; /* may be freed by a reload while the flow lives: conf has what counts */
-    a->conf = *conf;
-    a->pl = NULL;
-    app_obs_init(&a->obs);
-}
-
-void app_base_dispose(struct app *a)
-{
-    app_obs_dispose(a);
-    app_pl_free(a->pl);
-    a->pl = NULL;
-}
-
 struct app *app_new(enum app_kind kind, const struct app_env *env)
 {
     const struct app_ops *ops = kind == APP_H2 ? &app_h2_ops : &app_h1_ops;

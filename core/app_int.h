@@ -53,11 +53,29 @@ struct app {
 extern const struct app_ops app_h1_ops;
 extern const struct app_ops app_h2_ops;
 
-/** Set up the shared part (a version's create calls it first). */
-void app_base_init(struct app *a, const struct app_ops *ops, const struct app_env *env,
-                   const struct app_conf *conf);
+/** Set up the shared part (a version's create calls it first). Inline here, so the versions
+ *  depend on the observers and payload code below them, never on the dispatcher above. */
+static inline void app_base_init(struct app *a, const struct app_ops *ops,
+                                 const struct app_env *env, const struct app_conf *conf)
+{
+    a->ops = ops;
+    a->env = *env;
+    a->env.cfg = NULL; /* may be freed by a reload while the flow lives: conf has what counts */
+    a->conf = *conf;
+    a->pl = NULL;
+    app_obs_init(&a->obs);
+}
+
+struct app_payload;
+void app_pl_free(struct app_payload *pl); /* core/app_payload.h */
+
 /** Release the shared part (a version's dispose calls it). */
-void app_base_dispose(struct app *a);
+static inline void app_base_dispose(struct app *a)
+{
+    app_obs_dispose(a);
+    app_pl_free(a->pl);
+    a->pl = NULL;
+}
 
 /** The layer's monotonic clock, ns. */
 static inline uint64_t app_clock_ns(const struct app *a)

@@ -18,15 +18,15 @@
  * At the end: app_eof on both sides, then app_abort(timeout), as the worker's flow_close.
  *
  * Checks, beyond "no crash, leak or UB": the event calls app_h2.c makes (intercepted with the
- * linker's --wrap, then passed on to the real producer) obey the ordering invariants 4-6 of docs/events.md for HTTP/2:
- * request_headers (http_version "2", odd positive stream id, never reused) first on a stream;
- * response_headers once, after it; body chunks contiguous from 0, after their head, not after
- * their trailers; captured bytes = min(len, what is left of body_capture_bytes), truncated
- * exactly when something was not captured; exchange_completed once, last, with byte counts
- * equal to the chunk totals; no event after a call returned APP_DONE or an error, except that
- * app_abort may still end streams; after app_abort every stream that started has completed.
- * send() chunks are 1..16 KiB. WebSocket and SSE events: see app_obs_check.h, and no turn is
- * open when the stream's exchange completes.
+ * linker's --wrap, then passed on to the real producer) obey the ordering invariants 4-6 of
+ * docs/events.md for HTTP/2: request_headers (http_version "2", odd positive stream id, never
+ * reused) first on a stream; response_headers once, after it; body chunks contiguous from 0, after
+ * their head, not after their trailers; captured bytes = min(len, what is left of
+ * body_capture_bytes), truncated exactly when something was not captured; exchange_completed once,
+ * last, with byte counts equal to the chunk totals; no event after a call returned APP_DONE or an
+ * error, except that app_abort may still end streams; after app_abort every stream that started has
+ * completed. send() chunks are 1..16 KiB. WebSocket and SSE events: see app_obs_check.h, and no
+ * turn is open when the stream's exchange completes.
  */
 #include <stdint.h>
 #include <stdio.h>

@@ -3,7 +3,8 @@
  * nghttp2 client session plays the user agent (UA), an nghttp2 server session plays the
  * origin, and the harness pumps bytes UA -> app -> origin and back until nothing moves. The
  * flow's events go through a real observe subsystem into a ring file and are read back as
- * the event JSON (docs/events.md), then checked per stream (order, offsets, capture, byte counts, outcomes).
+ * the event JSON (docs/events.md), then checked per stream (order, offsets, capture, byte counts,
+ * outcomes).
  */
 #include <arpa/inet.h>
 #include <errno.h>
