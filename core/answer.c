@@ -1,4 +1,5 @@
-/* The proxy's own HTTP answers (core/answer.h): formatting them, and sending one on a flow. */
+/* The proxy's own HTTP answers on a flow (core/answer.h): send, FIN, linger; the bytes come from
+ * soth_h1_write_answer (proto/h1_write.c). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
