@@ -726,6 +726,29 @@ class RawTests(H1Base):
                 self.assertEqual(self.completed(s1)["outcome"], "client_aborted")
                 self.assertEqual(fl[-1]["reason_code"], "parse_failed")
 
+    def test_stray_bytes_after_chunk_data(self):
+        # RFC 9112 7.1: chunk data is followed by CRLF. "helloXX" must not pass as "hello":
+        # the client gets 400 and the origin never gets a complete request (docs/http1.md
+        # bad_chunk). The head was relayed when it completed (bodies stream), so the origin
+        # logs the head, but its body never completes (it stays None).
+        for leg in ("reverse", "intercept"):
+            with self.subTest(leg=leg), self.proxy(leg) as p:
+                n = len(self.origin_of(leg).log)
+                wire = (f"POST /echo HTTP/1.1\r\nHost: {self.host(leg)}\r\n"
+                        "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n").encode()
+                self.expect_400(p, leg, wire)
+                time.sleep(0.05)
+                got = self.origin_of(leg).log[n:]
+                self.assertEqual([(r["target"], r["body"]) for r in got], [("/echo", None)],
+                                 "the origin must not get a complete refused request")
+                evs = p.checked_events()
+                fl, streams = self.one_flow(evs)
+                s1 = streams[1]
+                self.assertEqual(s1[0]["type"], "request_headers")
+                self.assert_capture(s1, "request", b"hello")
+                self.assertEqual(self.completed(s1)["outcome"], "client_aborted")
+                self.assertEqual(fl[-1]["reason_code"], "parse_failed")
+
     def test_second_request_bad_first_answered(self):
         with self.proxy("reverse") as p:
             c = self.connect(p, "reverse")
