@@ -146,6 +146,11 @@ struct h2s {
 #define FT_CONTINUATION 0x9
 #define FF_END_STREAM   0x1
 #define FF_END_HEADERS  0x4
+#define FF_PADDED       0x8
+/* Frames that carry nothing (PRIORITY, DATA without data or END_STREAM) cost the relay and
+ * nghttp2 work but no flow-control window: at most this many more of them than frames that
+ * carry something (HEADERS, DATA with data), docs/http2.md "Stream states". */
+#define SCAN_IDLE_MAX 1000
 
 struct scan {
     uint32_t magic_left; /* client magic bytes still to pass over */
@@ -154,6 +159,7 @@ struct scan {
     uint8_t have, need; /* bytes in hd, bytes wanted there before deciding */
     bool in_block;      /* inside a header block: only CONTINUATION may come (nghttp2 checks) */
     uint32_t max_id;    /* highest stream id the client opened with HEADERS */
+    uint32_t idle;      /* frames carrying nothing, less those carrying something (>= 0) */
     uint64_t opened[SCAN_WORDS], closed[SCAN_WORDS]; /* by (id >> 1) % (SCAN_IDS / 2) */
 };
 
@@ -1581,6 +1587,19 @@ static enum scan_verdict scan_frame(struct scan *sc, uint32_t *code)
     }
     if (type == FT_HEADERS && !(flags & FF_END_HEADERS))
         sc->in_block = true;
+    /* The flood budget (SCAN_IDLE_MAX). A padded DATA frame's data is what its padding leaves;
+     * a pad length past the payload is nghttp2's PROTOCOL_ERROR. */
+    uint32_t data_len = len;
+    if (type == FT_DATA && (flags & FF_PADDED))
+        data_len = len >= 1 && len - 1 > h[FRAME_HD] ? len - 1 - h[FRAME_HD] : 0;
+    if (type == FT_PRIORITY || (type == FT_DATA && data_len == 0 && !(flags & FF_END_STREAM))) {
+        if (++sc->idle > SCAN_IDLE_MAX) {
+            *code = NGHTTP2_ENHANCE_YOUR_CALM;
+            return SCAN_CONN_ERROR;
+        }
+    } else if ((type == FT_HEADERS || (type == FT_DATA && data_len > 0)) && sc->idle > 0) {
+        sc->idle--;
+    }
     switch (type) {
     case FT_DATA:
     case FT_HEADERS:
@@ -1701,6 +1720,10 @@ static ssize_t client_feed(struct soth_h2_relay *r, const char *data, size_t len
         uint32_t flen = (uint32_t)sc->hd[0] << 16 | (uint32_t)sc->hd[1] << 8 | sc->hd[2];
         if (sc->need == FRAME_HD && sc->hd[3] == FT_PRIORITY && flen == PRIORITY_LEN) {
             sc->need = FRAME_HD + PRIORITY_LEN; /* judged on its payload */
+            continue;
+        }
+        if (sc->need == FRAME_HD && sc->hd[3] == FT_DATA && (sc->hd[4] & FF_PADDED) && flen >= 1) {
+            sc->need = FRAME_HD + 1; /* the pad length: how much is data */
             continue;
         }
         sc->skip = flen - (uint32_t)(sc->have - FRAME_HD);

@@ -762,6 +762,52 @@ class ConformanceTests(H2Base):
             self.assert_still_serving(p)
             p.checked_events()
 
+    def flood(self, p, first, frame, n=20000, batch=250):
+        """Send first(r)'s frames, then up to n copies of `frame` in batches, stopping once a GOAWAY
+        arrives (so little is left unread when the proxy closes); returns the GOAWAY."""
+        r = RawH2(p, self.origin.port)
+        r.send(*first(r))
+        closed = False
+        for _ in range(n // batch):
+            try:
+                r.send(frame * batch)
+            except OSError:
+                break
+            r.s.settimeout(0.02)
+            try:
+                d = r.s.recv(65536)
+                closed = not d
+                r.buf += d
+            except (socket.timeout, ssl.SSLWantReadError):
+                pass
+            except OSError:
+                closed = True
+            i, seen = 0, False
+            while i + 9 <= len(r.buf) and not seen:
+                seen = r.buf[i + 3] == 7
+                i += 9 + int.from_bytes(r.buf[i:i + 3], "big")
+            if seen or closed:
+                break
+        g = r.goaway()
+        r.close()
+        return g
+
+    def test_priority_and_empty_data_floods(self):
+        # docs/http2.md "Stream states": more than 1,000 PRIORITY or empty DATA frames (no
+        # END_STREAM) beyond the HEADERS and DATA with data end the connection with
+        # GOAWAY(ENHANCE_YOUR_CALM); other connections are not affected.
+        with Proxy(config=self.config()) as p:
+            g = self.flood(p, lambda r: [], raw_frame(2, 0, 3, struct.pack(">IB", 0, 15)))
+            self.assertIsNotNone(g, "GOAWAY expected after the PRIORITY flood")
+            self.assertEqual(g.error_code, ENHANCE_YOUR_CALM)
+            self.assert_still_serving(p)
+            g = self.flood(p, lambda r: [r.headers(1, "/echo", end_stream=False)],
+                           raw_frame(0, 0, 1, b""))
+            self.assertIsNotNone(g, "GOAWAY expected after the empty DATA flood")
+            self.assertEqual((g.error_code, g.last_stream_id), (ENHANCE_YOUR_CALM, 1))
+            self.assert_still_serving(p)
+            p.checked_events()
+
     def test_bad_settings_values(self):
         with Proxy(config=self.config()) as p:
             self.conn_error(p, [raw_frame(4, 0, 0, struct.pack(">HI", 2, 2))], PROTOCOL_ERROR)

@@ -2148,14 +2148,15 @@ struct answer {
     long goaway_code, goaway_last, rst_sid, rst_code;
     long bad_feed; /* offset of a feed that did not take its bytes, or -1 */
     size_t leaked; /* relay bytes not freed */
+    size_t pings;  /* PING ACKs: the client's PINGs nghttp2 read */
 };
 
 #define WANT(goaway, last, rst_sid, rst_code)                                                      \
-    ((struct answer){goaway, last, rst_sid, rst_code, -1, 0})
+    ((struct answer){goaway, last, rst_sid, rst_code, -1, 0, 0})
 
 static struct answer client_answer(const struct bytes *b)
 {
-    struct answer a = {-1, -1, -1, -1, -1, 0};
+    struct answer a = {-1, -1, -1, -1, -1, 0, 0};
     size_t i = 0;
     while (i + 9 <= b->len) {
         const uint8_t *p = (const uint8_t *)b->p + i;
@@ -2169,6 +2170,8 @@ static struct answer client_answer(const struct bytes *b)
             a.goaway_code =
                 ((uint32_t)p[13] << 24 | (uint32_t)p[14] << 16 | (uint32_t)p[15] << 8 | p[16]);
         }
+        if (p[3] == NGHTTP2_PING && (p[4] & NGHTTP2_FLAG_ACK))
+            a.pings++;
         if (p[3] == NGHTTP2_RST_STREAM && len == 4 && a.rst_sid < 0) {
             a.rst_sid = sid;
             a.rst_code =
@@ -2323,5 +2326,87 @@ Test(h2_relay, stream_states_nghttp2_forgets)
     /* (not byte by byte: nghttp2 1.52 counts every read of a frame header while it expects a
      * CONTINUATION against max_continuations) */
     expect_answer_pieces(&b, WANT(NGHTTP2_PROTOCOL_ERROR, 1, -1, -1), "inside a block", false);
+    b_free(&b);
+}
+
+/* Frames that carry nothing (docs/http2.md "Stream states", the flood budget): at most 1,000
+ * more PRIORITY and empty DATA frames than HEADERS and DATA with data, then
+ * GOAWAY(ENHANCE_YOUR_CALM). Fed whole and one byte at a time (every cut of ~15 KB would take
+ * minutes). */
+static void expect_flood(const struct bytes *b, struct answer want, const char *what)
+{
+    for (size_t piece = 0; piece < 2; piece++) {
+        struct answer a = raw_run(b, SIZE_MAX, piece);
+        if (a.goaway_code != want.goaway_code || a.goaway_last != want.goaway_last ||
+            a.rst_sid != want.rst_sid || a.bad_feed >= 0 || a.leaked != 0 || a.pings != 0)
+            cr_assert_fail("%s (piece %zu): GOAWAY %ld last %ld, RST_STREAM %ld, feed refused at "
+                           "%ld, %zu bytes leaked, %zu PINGs answered",
+                           what, piece, a.goaway_code, a.goaway_last, a.rst_sid, a.bad_feed,
+                           a.leaked, a.pings);
+    }
+}
+
+static void raw_empty_data(struct bytes *b, uint32_t sid, bool padded)
+{
+    static const uint8_t pad0[1] = {0};
+    if (padded)
+        raw_frame(b, NGHTTP2_DATA, NGHTTP2_FLAG_PADDED, sid, pad0, 1);
+    else
+        raw_frame(b, NGHTTP2_DATA, 0, sid, NULL, 0);
+}
+
+Test(h2_relay, idle_frame_floods)
+{
+    struct bytes b = {0};
+    /* PRIORITY: 1,000 pass, the 1,001st ends the connection */
+    for (uint32_t i = 0; i < 1000; i++)
+        raw_priority(&b, 2 * i + 1, 0);
+    expect_flood(&b, WANT(-1, -1, -1, -1), "1000 PRIORITY");
+    raw_priority(&b, 2001, 0);
+    expect_flood(&b, WANT(NGHTTP2_ENHANCE_YOUR_CALM, 0, -1, -1), "1001 PRIORITY");
+    /* empty DATA without END_STREAM on an open stream, plain or all padding */
+    for (int padded = 0; padded < 2; padded++) {
+        b.len = 0;
+        raw_get(&b, 1, 0);
+        for (int i = 0; i < 1000; i++)
+            raw_empty_data(&b, 1, padded);
+        expect_flood(&b, WANT(-1, -1, -1, -1),
+                     padded ? "1000 padding-only DATA" : "1000 empty DATA");
+        raw_empty_data(&b, 1, padded);
+        expect_flood(&b, WANT(NGHTTP2_ENHANCE_YOUR_CALM, 1, -1, -1),
+                     padded ? "1001 padding-only DATA" : "1001 empty DATA");
+    }
+    /* after the budget is spent, each DATA with data allows one more (500 empty DATA more
+     * than the budget, each after a DATA with data) */
+    b.len = 0;
+    raw_get(&b, 1, 0);
+    for (uint32_t i = 0; i < 1000; i++)
+        raw_priority(&b, 2 * i + 3, 0);
+    for (int i = 0; i < 500; i++) {
+        raw_frame(&b, NGHTTP2_DATA, 0, 1, "x", 1);
+        raw_empty_data(&b, 1, false);
+    }
+    expect_flood(&b, WANT(-1, -1, -1, -1), "idle frames between frames with data");
+    raw_priority(&b, 4001, 0);
+    expect_flood(&b, WANT(NGHTTP2_ENHANCE_YOUR_CALM, 1, -1, -1), "one more");
+    /* the connection is condemned: PINGs behind the flood in the same read are never read
+     * (no PING ACK), and the next feed is refused at once */
+    b.len = 0;
+    for (uint32_t i = 0; i < 1001; i++)
+        raw_priority(&b, 2 * i + 1, 0);
+    for (int i = 0; i < 10; i++)
+        raw_frame(&b, NGHTTP2_PING, 0, 0, "12345678", 8);
+    expect_flood(&b, WANT(NGHTTP2_ENHANCE_YOUR_CALM, 0, -1, -1), "PINGs after the flood");
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, b.p, b.len), (ssize_t)b.len);
+    cr_assert_eq(soth_h2_relay_feed(h->r, SOTH_LEG_CLIENT, b.p, b.len), SOTH_E_CLOSED);
+    cr_assert_eq(soth_h2_relay_flush(h->r), 0);
+    cr_assert_eq(find_goaway(&h->to_ua), NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_CLIENT));
+    h->to_ua.len = 0;
+    h->to_origin.len = 0;
+    h_free(h);
     b_free(&b);
 }
