@@ -42,7 +42,7 @@ struct soth_proxy_head {
     struct soth_iov path;    /* absolute-form: origin-form path+query ("/" when empty) */
     bool is_connect;
     bool host_is_ipv6;
-    size_t line_len; /* request line incl. its line end */
+    size_t line_len; /* request line incl. its line end (not the empty lines before it) */
     size_t head_len; /* whole head incl. the final blank line */
     size_t n_headers;
     struct soth_header headers[SOTH_HEAD_MAX_HEADERS]; /* soth/base.h */
@@ -63,6 +63,7 @@ struct soth_proxy_head {
  * input, the result is SOTH_E_INCOMPLETE or the result of the whole input.
  *
  * Grammar (RFC 9112 2-5, RFC 9110 4.2, 5.6):
+ *  - empty lines before the request line are skipped (RFC 9112 2.2; counted in max_head);
  *  - request line METHOD SP TARGET SP VERSION CRLF; METHOD a token (case-sensitive, "CONNECT"
  *    is CONNECT); VERSION exactly "HTTP/1.1" or "HTTP/1.0".
  *  - CONNECT: authority-form host:port with port 1..65535 (leading zeros allowed, at most 5
