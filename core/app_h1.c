@@ -12,6 +12,7 @@
 
 #include "app_int.h"
 #include "app_payload.h"
+#include "soth/proto/connect.h"
 #include "soth/proto/h1.h"
 #include "soth/proto/headers.h"
 
@@ -48,6 +49,7 @@ struct app_h1 {
                                 before it are reported; 0 = none */
     unsigned refused_status; /* its answer: 421 (another authority) or 501 (CONNECT) */
     uint16_t authority_len;  /* regular-mode plain HTTP: the connection's upstream */
+    uint16_t authority_port; /* the default port of its scheme */
     char authority[256];
     struct app_obs *obs; /* the observed stream (WebSocket or event stream), or NULL */
     uint32_t obs_id;     /* its exchange */
@@ -107,39 +109,23 @@ static struct soth_iov h1_version(const struct soth_h1_head *hd)
     return hd->http_minor == 0 ? SOTH_IOV_LIT("1.0") : SOTH_IOV_LIT("1.1");
 }
 
-/* host[:port] or [v6][:port] of an absolute-form target into req (port 0: none given). */
-static bool authority_split(struct soth_iov auth, struct soth_h1_origin_req *req)
+/* The port a target's scheme implies (RFC 9110 4.2): 443 for https, else 80. */
+static uint16_t scheme_port(struct soth_iov scheme)
 {
-    const char *p = auth.base, *end = auth.base + auth.len;
-    const char *host_end;
-    if (auth.len > 0 && p[0] == '[') {
-        const char *rb = memchr(p, ']', auth.len);
-        if (rb == NULL)
-            return false;
-        req->host = soth_iov(p + 1, (size_t)(rb - p - 1));
-        req->host_is_ipv6 = true;
-        host_end = rb + 1;
-    } else {
-        host_end = memchr(p, ':', auth.len);
-        if (host_end == NULL)
-            host_end = end;
-        req->host = soth_iov(p, (size_t)(host_end - p));
-    }
-    req->port = 0;
-    if (host_end < end) {
-        if (*host_end != ':' || host_end + 1 == end || end - host_end > 6)
-            return false;
-        unsigned v = 0;
-        for (const char *q = host_end + 1; q < end; q++) {
-            if (*q < '0' || *q > '9')
-                return false;
-            v = v * 10 + (unsigned)(*q - '0');
-        }
-        if (v == 0 || v > 65535)
-            return false;
-        req->port = (uint16_t)v;
-    }
-    return req->host.len > 0;
+    return soth_iov_is_ci(scheme, "https") ? 443 : 80;
+}
+
+/* Does this request name the connection's upstream? Host case-insensitively, port with the
+ * scheme's default filled in ("h" and "h:80" are one authority over http). */
+static bool same_authority(const struct app_h1 *a, const struct soth_h1_head *hd)
+{
+    struct soth_authority mine, theirs;
+    if (soth_authority_parse(soth_iov(a->authority, a->authority_len), false, a->authority_port,
+                             &mine, NULL, NULL) < 0 ||
+        soth_authority_parse(hd->authority, false, scheme_port(hd->scheme), &theirs, NULL, NULL) <
+            0)
+        return soth_iov_eq_ci(hd->authority, a->authority, a->authority_len);
+    return mine.port == theirs.port && soth_iov_eq_ci(theirs.host, mine.host.base, mine.host.len);
 }
 
 /*
@@ -152,6 +138,7 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     if (a->authority_len == 0 && auth.len > 0 && auth.len < sizeof(a->authority)) {
         memcpy(a->authority, auth.base, auth.len);
         a->authority_len = (uint16_t)auth.len;
+        a->authority_port = scheme_port(hd->scheme);
     }
     /* One serializer for both plain paths (proto/h1_write.c; docs/http1.md "In the proxy"):
      * Host from the target, Proxy-* fields dropped. One buffer per thread: no malloc per
@@ -168,8 +155,14 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
         .n_headers = hd->n_headers,
         .scheme = hd->scheme.len > 0 ? hd->scheme : SOTH_IOV_LIT("http"),
     };
-    if (!authority_split(auth, &req))
+    /* One authority parser for the proxy head and the requests after it (proto/connect.c);
+     * port 0 tells the serializer to use the scheme's default. */
+    struct soth_authority au;
+    if (soth_authority_parse(auth, false, 0, &au, NULL, NULL) < 0)
         return SOTH_E_MALFORMED;
+    req.host = au.host;
+    req.host_is_ipv6 = au.host_is_ipv6;
+    req.port = au.port;
     size_t n = 0;
     ssize_t len = soth_h1_write_origin_form(&req, buf, sizeof(buf), f, &n);
     if (len < 0)
@@ -208,8 +201,7 @@ static unsigned h1_refusal(const struct app_h1 *a, const struct soth_h1_head *hd
 {
     if (h1_is_connect(hd))
         return 501;
-    if (a->base.env.origin_form && a->authority_len > 0 &&
-        !soth_iov_eq_ci(hd->authority, a->authority, a->authority_len))
+    if (a->base.env.origin_form && a->authority_len > 0 && !same_authority(a, hd))
         return 421;
     return 0;
 }

@@ -182,7 +182,7 @@ static ssize_t check_reg_name(struct scan *s, const char *h, size_t n)
 
 /** Parse "host[:port]" or "[v6][:port]"; a missing port is an error when need_port. */
 static ssize_t parse_authority(struct scan *s, const char *a, size_t n, bool need_port,
-                               uint16_t default_port, struct soth_proxy_head *out)
+                               uint16_t default_port, struct soth_authority *out)
 {
     const char *host, *rest;
     size_t host_len, rest_len;
@@ -246,12 +246,39 @@ static ssize_t parse_authority(struct scan *s, const char *a, size_t n, bool nee
     return 0;
 }
 
+int soth_authority_parse(struct soth_iov auth, bool need_port, uint16_t default_port,
+                         struct soth_authority *out, const char **reason_code, const char **detail)
+{
+    struct scan s = {.mode = SOTH_HEAD_STRICT};
+    *out = (struct soth_authority){0};
+    ssize_t rc = parse_authority(&s, auth.base, auth.len, need_port, default_port, out);
+    if (reason_code != NULL)
+        *reason_code = rc < 0 ? s.code : NULL;
+    if (detail != NULL)
+        *detail = rc < 0 ? s.detail : NULL;
+    return (int)rc;
+}
+
+/* The parsed authority into the head. */
+static ssize_t head_authority(struct scan *s, const char *a, size_t n, bool need_port,
+                              uint16_t default_port, struct soth_proxy_head *out)
+{
+    struct soth_authority au = {0};
+    ssize_t rc = parse_authority(s, a, n, need_port, default_port, &au);
+    if (rc < 0)
+        return rc;
+    out->host = au.host;
+    out->port = au.port;
+    out->host_is_ipv6 = au.host_is_ipv6;
+    return 0;
+}
+
 static ssize_t parse_target(struct scan *s, struct soth_proxy_head *out)
 {
     const char *t = out->target.base;
     size_t n = out->target.len;
     if (out->is_connect)
-        return parse_authority(s, t, n, true, 0, out);
+        return head_authority(s, t, n, true, 0, out);
 
     /* absolute-form (RFC 9112 3.2.2): scheme "://" authority path-abempty ["?" query] */
     uint16_t dport;
@@ -273,7 +300,7 @@ static ssize_t parse_target(struct scan *s, struct soth_proxy_head *out)
         alen++;
     if (memchr(a, '@', alen) != NULL)
         return fail(s, SOTH_E_MALFORMED, "bad_target", "userinfo in a proxy request URI");
-    ssize_t rc = parse_authority(s, a, alen, false, dport, out);
+    ssize_t rc = head_authority(s, a, alen, false, dport, out);
     if (rc < 0)
         return rc;
     const char *p = a + alen;

@@ -124,6 +124,21 @@ class SecondAuthorityTests(RefusalBase):
             self.assertEqual(list(streams), [1, 2])
             self.assertEqual(self.completed(streams[1])["outcome"], "complete")
 
+    def test_same_authority_other_spelling_is_served(self):
+        # the host compares case-insensitively: one authority, served on the connection
+        with self.proxy("plain") as p:
+            c = self.connect(p, "plain")
+            for i, host in enumerate(("origin.test", "ORIGIN.test")):
+                auth = f"{host}:{self.plain.port}"
+                c.sendall(self.get(f"http://{auth}/size/{5 + i}", auth))
+                r = h1.read_response(c)
+                self.assertEqual((r["status"], r["body"]), (200, BLOB[:5 + i]))
+            c.close()
+            self.assertEqual(len(self.plain.log), 2)
+            _, streams = self.flow_of(p.checked_events())
+            self.assertEqual([self.completed(streams[s])["outcome"] for s in streams],
+                             ["complete", "complete"])
+
     def test_curl_two_authorities_one_connection(self):
         # curl -x reuses its proxy connection for another authority: the first URL is served,
         # the second gets the 421 (curl does not retry it on HTTP/1.1).

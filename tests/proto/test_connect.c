@@ -491,6 +491,37 @@ Test(connect, empty_lines_before_the_request_line_are_skipped)
     cr_expect_str_eq(code, "head_too_large");
 }
 
+/* The one authority parser, shared with the requests after the proxy head (core/app_h1.c). */
+Test(connect, authority_parse)
+{
+    struct soth_authority au;
+    const char *code;
+    cr_expect_eq(
+        soth_authority_parse(SOTH_IOV_LIT("Example.COM:8080"), false, 80, &au, &code, NULL), 0);
+    cr_expect(au.host.len == 11 && memcmp(au.host.base, "Example.COM", 11) == 0);
+    cr_expect_eq(au.port, 8080);
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("h"), false, 443, &au, NULL, NULL), 0);
+    cr_expect_eq(au.port, 443);
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("h:"), false, 80, &au, NULL, NULL), 0);
+    cr_expect_eq(au.port, 80);
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("[::1]:81"), false, 80, &au, NULL, NULL), 0);
+    cr_expect(au.host_is_ipv6 && au.host.len == 3 && au.port == 81);
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("h"), true, 0, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+    cr_expect_str_eq(code, "missing_port");
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("h:0"), false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+    cr_expect_str_eq(code, "invalid_port");
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("::1"), false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+    cr_expect_str_eq(code, "bad_brackets");
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("127.1"), false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+    cr_expect_str_eq(code, "bad_target");
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT(""), false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+}
+
 Test(connect, line_limit_is_exact_and_fails_early)
 {
     struct soth_head_limits lim = {.max_line = 64};

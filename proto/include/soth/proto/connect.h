@@ -107,4 +107,22 @@ ssize_t soth_proxy_head_parse(const char *buf, size_t len, enum soth_head_mode m
                               const struct soth_head_limits *limits, struct soth_proxy_head *out,
                               const char **reason_code, const char **detail);
 
+/** An authority: host[:port] or [IPv6][:port]. Every iov points into the parsed text. */
+struct soth_authority {
+    struct soth_iov host; /* without brackets for IPv6 */
+    uint16_t port;        /* given, else the default passed to soth_authority_parse */
+    bool host_is_ipv6;
+};
+
+/**
+ * Parse an authority with the rules of the proxy head's targets above (host: reg-name,
+ * dotted-quad IPv4 or bracketed IPv6; port 1..65535, an empty port meaning the default):
+ * the one authority parser of the proxy, for the proxy head and for the absolute-form
+ * requests that follow it on a connection (core/app_h1.c). A missing port is an error when
+ * need_port (CONNECT), else out->port = default_port. Returns 0, or SOTH_E_MALFORMED with
+ * *reason_code / *detail (either may be NULL) set as for soth_proxy_head_parse.
+ */
+int soth_authority_parse(struct soth_iov auth, bool need_port, uint16_t default_port,
+                         struct soth_authority *out, const char **reason_code, const char **detail);
+
 #endif
