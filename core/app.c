@@ -23,6 +23,7 @@ static void conf_of(const struct soth_config *cfg, struct app_conf *c)
         .ws_turn_idle_ms = cfg->events.ws_turn_idle_ms,
         .request_header_ms = cfg->timeouts.request_header_ms,
         .h2_max_header_list_size = cfg->http2_max_header_list_size,
+        .strip_h3_alt_svc = !cfg->http3_passthrough,
     };
 }
 

@@ -20,6 +20,7 @@
 #define APP_MAX_FIELDS 130
 /* An origin-form head: the longest head the engine accepts (65536) plus the Host it writes. */
 #define SOTH_H1_ORIGIN_HEAD_MAX (65536 + 512)
+#define APP_ALT_SVC_MAX         16 /* removed Alt-Svc entries a response_headers event lists */
 
 /* Capture state of the message in progress in one direction. */
 struct msg_cap {
@@ -173,6 +174,57 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     return rc < 0 ? rc : SOTH_H1_HEAD_SENT;
 }
 
+/*
+ * http3_passthrough false (docs/http3.md, "Forcing clients back to TCP"): a response head whose
+ * Alt-Svc names HTTP/3 goes to the client rewritten, each Alt-Svc value without its h3 entries
+ * and dropped when none is left (proto/headers.c, soth_alt_svc_strip). Returns 0 when there is
+ * nothing to remove (the engine forwards the head as is), SOTH_H1_HEAD_SENT once the rewritten
+ * head was sent, or a negative error. removed[0 .. max) gets the removed entries (iovs into
+ * hd) and *n_removed their count (at most max). One set of buffers per thread, as for
+ * origin-form heads: the head is sent (copied into the leg) before the next one is built.
+ */
+static int h1_alt_svc_strip(struct app_h1 *a, const struct soth_h1_head *hd,
+                            struct soth_iov *removed, size_t max, size_t *n_removed)
+{
+    static _Thread_local char buf[SOTH_H1_ORIGIN_HEAD_MAX];
+    static _Thread_local char vals[SOTH_H1_ORIGIN_HEAD_MAX];
+    static _Thread_local struct soth_header f[APP_MAX_FIELDS];
+    size_t nf = 0, vlen = 0, nrem = 0;
+    *n_removed = 0;
+    if (!a->base.conf.strip_h3_alt_svc ||
+        soth_header_get(hd->headers, hd->n_headers, "alt-svc").base == NULL)
+        return 0;
+    if (hd->n_headers > APP_MAX_FIELDS)
+        return SOTH_E_TOO_LARGE;
+    for (size_t i = 0; i < hd->n_headers; i++) {
+        const struct soth_header *h = &hd->headers[i];
+        size_t n = 0, got = nrem < max ? nrem : max;
+        ssize_t len = 0;
+        if (soth_iov_is_ci(h->name, "alt-svc"))
+            len = soth_alt_svc_strip(h->value, vals + vlen, sizeof(vals) - vlen, removed + got,
+                                     max - got, &n);
+        if (len < 0)
+            return (int)len;
+        if (n == 0) {
+            f[nf++] = *h;
+            continue;
+        }
+        nrem += n;
+        if (len > 0)
+            f[nf++] = (struct soth_header){h->name, soth_iov(vals + vlen, (size_t)len)};
+        vlen += (size_t)len;
+    }
+    if (nrem == 0)
+        return 0;
+    ssize_t len =
+        soth_h1_write_response_head(hd->version, hd->status, hd->reason, f, nf, buf, sizeof(buf));
+    if (len < 0)
+        return (int)len;
+    *n_removed = nrem < max ? nrem : max;
+    int rc = a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, buf, (size_t)len);
+    return rc < 0 ? rc : SOTH_H1_HEAD_SENT;
+}
+
 static bool h1_is_connect(const struct soth_h1_head *hd)
 {
     return hd->method.len == 7 && memcmp(hd->method.base, "CONNECT", 7) == 0;
@@ -229,15 +281,18 @@ static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct so
         h1_request_event(a, id, hd);
         return 0;
     }
-    if (hd->interim)
-        return 0; /* 1xx: forwarded, not an exchange's response */
+    struct soth_iov removed[APP_ALT_SVC_MAX];
+    size_t n_removed;
+    int sent = h1_alt_svc_strip(a, hd, removed, APP_ALT_SVC_MAX, &n_removed);
+    if (sent < 0 || hd->interim)
+        return sent; /* 1xx: forwarded, not an exchange's response */
     a->msg[1] = (struct msg_cap){.id = id};
     a->resp_open = !hd->no_body;
     app_pl_h1_head(&a->base, dir, hd->headers, hd->n_headers, hd->no_body);
     soth_ev_response_headers(a->base.env.ev, id, hd->status, h1_version(hd), hd->headers,
-                             hd->n_headers);
+                             hd->n_headers, removed, n_removed);
     obs_on_response_head(a, id, hd);
-    return 0;
+    return sent;
 }
 
 static void h1_on_body(void *ctx, enum soth_leg dir, uint32_t id, const char *p, size_t n)
@@ -370,7 +425,8 @@ static void h1_refused_end(struct app_h1 *a, bool answer)
             {SOTH_IOV_LIT("Content-Length"), soth_iov(len, (size_t)ln)},
             {SOTH_IOV_LIT("Connection"), SOTH_IOV_LIT("close")},
         };
-        soth_ev_response_headers(a->base.env.ev, id, a->refused_status, SOTH_IOV_LIT("1.1"), f, 3);
+        soth_ev_response_headers(a->base.env.ev, id, a->refused_status, SOTH_IOV_LIT("1.1"), f, 3,
+                                 NULL, 0);
         h1_answer(a, a->refused_status, body, (size_t)bn);
     }
     soth_ev_exchange_completed(a->base.env.ev, id, SOTH_OUTCOME_RESET, 0, 0);

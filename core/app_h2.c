@@ -151,7 +151,7 @@ static void on_response_head(void *ctx, int32_t sid, const struct soth_h2_respon
 {
     struct app_h2 *h = ctx;
     soth_ev_response_headers(h->base.env.ev, (uint32_t)sid, (unsigned)s->status, SOTH_IOV_LIT("2"),
-                             s->headers, s->n_headers);
+                             s->headers, s->n_headers, s->alt_svc_removed, s->n_alt_svc_removed);
     struct h2_stream *e = stream_find(h, sid);
     if (e == NULL)
         return;
@@ -313,6 +313,7 @@ static struct app *h2_create(const struct app_env *env, const struct app_conf *c
     };
     struct soth_h2_settings set = {
         .max_header_list_size = conf->h2_max_header_list_size,
+        .strip_h3_alt_svc = conf->strip_h3_alt_svc,
         .max_concurrent_streams = H2_MAX_STREAMS,
     };
     h->r = soth_h2_relay_new(&cbs, &set);

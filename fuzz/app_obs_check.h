@@ -30,6 +30,25 @@ static bool obs_st_closed(const struct obs_st *o)
     return !o->turn_open;
 }
 
+/*
+ * response_headers' alt_svc_removed (docs/http3.md, "Forcing clients back to TCP"): only with
+ * http3_passthrough false (strip), at most 16 entries, each an "h3..." alternative lying inside
+ * the value of an Alt-Svc field of the head as the origin sent it (hdrs).
+ */
+static void alt_svc_removed_check(bool strip, const struct soth_header *hdrs, size_t n,
+                                  const struct soth_iov *rem, size_t n_rem)
+{
+    CHECK(n_rem <= 16);
+    CHECK(strip || n_rem == 0);
+    for (size_t k = 0; k < n_rem; k++) {
+        bool inside = false;
+        for (size_t i = 0; i < n && !inside; i++)
+            inside = soth_iov_is_ci(hdrs[i].name, "alt-svc") && rem[k].base >= hdrs[i].value.base &&
+                     rem[k].base + rem[k].len <= hdrs[i].value.base + hdrs[i].value.len;
+        CHECK(inside && rem[k].len >= 2);
+    }
+}
+
 void __real_soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,
                                unsigned opcode, uint64_t len, struct soth_iov data, bool truncated);
 void __real_soth_ev_ws_turn_started(struct soth_ev_flow *f, uint32_t stream_id, uint64_t turn_id,

@@ -5,7 +5,8 @@
  *
  * Input (the format of fuzz_h1, so its seeds apply): byte 0 = flags and PRNG seed, then the
  * client byte stream, "~~~~", the upstream byte stream.
- *   flags bits 0-1  events.body_capture_bytes: 0, 7, 100 or 4096
+ *   flags bits 0-1  events.body_capture_bytes: 0, 7, 100 or 4096; http3_passthrough false
+ *                   with 7 and 4096 (Alt-Svc without HTTP/3 entries)
  *   flags bit 2     the client leg is TLS (scheme https)
  *   flags bit 3     regular-mode plain HTTP (origin_form: absolute-form rewritten)
  *   flags bits 4-5  how it ends: EOF upstream then client, client then upstream, a reset,
@@ -74,6 +75,7 @@ static struct {
     bool active; /* inside an input: events are checked */
     bool closed; /* app_abort returned: no further event of the flow */
     uint64_t cap;
+    bool strip; /* http3_passthrough false in the run's configuration */
     uint32_t last_id;
     uint64_t now_ns; /* the layer's clock */
     struct stream st[MAX_IDS + 1];
@@ -110,7 +112,8 @@ void __real_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
                                     size_t n_hdrs);
 void __real_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
-                                     size_t n_hdrs);
+                                     size_t n_hdrs, const struct soth_iov *alt_svc_removed,
+                                     size_t n_alt_svc_removed);
 void __real_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs);
 void __real_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
@@ -126,7 +129,8 @@ void __wrap_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
                                     size_t n_hdrs);
 void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
-                                     size_t n_hdrs);
+                                     size_t n_hdrs, const struct soth_iov *alt_svc_removed,
+                                     size_t n_alt_svc_removed);
 void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs);
 void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
@@ -166,7 +170,8 @@ void __wrap_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
 
 void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
-                                     size_t n_hdrs)
+                                     size_t n_hdrs, const struct soth_iov *alt_svc_removed,
+                                     size_t n_alt_svc_removed)
 {
     CHECK(f == &G.flow && G.active && !G.closed);
     CHECK(stream_id >= 1 && stream_id <= G.last_id);
@@ -180,7 +185,9 @@ void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id,
         if (status == 101)
             s->relay = true;
     }
-    __real_soth_ev_response_headers(f, stream_id, status, http_version, hdrs, n_hdrs);
+    alt_svc_removed_check(G.strip, hdrs, n_hdrs, alt_svc_removed, n_alt_svc_removed);
+    __real_soth_ev_response_headers(f, stream_id, status, http_version, hdrs, n_hdrs,
+                                    alt_svc_removed, n_alt_svc_removed);
 }
 
 void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
@@ -277,8 +284,9 @@ static void setup(void)
     for (int i = 0; i < 4; i++) {
         int n = snprintf(text, sizeof(text),
                          "{\"events\": {\"ring_path\": \"%s/events.ring\", \"ring_size_mb\": 1, "
-                         "\"body_capture_bytes\": %u, \"ws_turn_idle_ms\": 100}}",
-                         dir, caps[i]);
+                         "\"body_capture_bytes\": %u, \"ws_turn_idle_ms\": 100}, "
+                         "\"http3_passthrough\": %s}",
+                         dir, caps[i], i & 1 ? "false" : "true");
         if (soth_config_load_text(text, (size_t)n, &G.cfg[i], err, sizeof(err)) != 0) {
             fprintf(stderr, "fuzz_app_h1: %s\n", err);
             FAIL();
@@ -315,6 +323,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     const struct soth_config *cfg = G.cfg[flags & 3];
     G.cap = cfg->events.body_capture_bytes;
+    G.strip = !cfg->http3_passthrough;
     G.last_id = 0;
     G.closed = false;
     memset(G.st, 0, sizeof(G.st));

@@ -8,6 +8,7 @@
  *   flags bit 0  prepend a valid client preface + SETTINGS + three requests on the client leg
  *   flags bit 1  prepend a valid origin SETTINGS + SETTINGS ACK on the upstream leg
  *   flags bit 2  small limits (events.body_capture_bytes 7, http2_max_header_list_size 4096)
+ *                and http3_passthrough true (without: false, Alt-Svc loses HTTP/3 entries)
  *   record: op byte: bit 0 side (0 client, 1 upstream), bits 1-2 op:
  *     0 app_input: 2 length bytes (big endian), then that many bytes (cut at the end)
  *     1 app_hold(side, false); with bit 3: the layer's clock (app_env.clock_ns) advances
@@ -69,6 +70,7 @@ static struct {
     uint64_t next_flow_id;
     bool active;
     uint64_t cap;
+    bool strip;        /* http3_passthrough false in the run's configuration */
     uint64_t now_ns;   /* the layer's clock */
     struct stream *st; /* by stream id / 2 */
 } G;
@@ -101,7 +103,8 @@ void __real_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
                                     size_t n_hdrs);
 void __real_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
-                                     size_t n_hdrs);
+                                     size_t n_hdrs, const struct soth_iov *alt_svc_removed,
+                                     size_t n_alt_svc_removed);
 void __real_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs);
 void __real_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
@@ -116,7 +119,8 @@ void __wrap_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
                                     size_t n_hdrs);
 void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
-                                     size_t n_hdrs);
+                                     size_t n_hdrs, const struct soth_iov *alt_svc_removed,
+                                     size_t n_alt_svc_removed);
 void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                              const struct soth_header *hdrs, size_t n_hdrs);
 void __wrap_soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
@@ -146,7 +150,8 @@ void __wrap_soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id,
 
 void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                                      struct soth_iov http_version, const struct soth_header *hdrs,
-                                     size_t n_hdrs)
+                                     size_t n_hdrs, const struct soth_iov *alt_svc_removed,
+                                     size_t n_alt_svc_removed)
 {
     CHECK(f == &G.flow && G.active);
     CHECK(status >= 200 && status <= 999); /* 1xx heads are relayed, not reported */
@@ -156,7 +161,9 @@ void __wrap_soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id,
         CHECK(s->req && !s->done && !s->resp);
         s->resp = true;
     }
-    __real_soth_ev_response_headers(f, stream_id, status, http_version, hdrs, n_hdrs);
+    alt_svc_removed_check(G.strip, hdrs, n_hdrs, alt_svc_removed, n_alt_svc_removed);
+    __real_soth_ev_response_headers(f, stream_id, status, http_version, hdrs, n_hdrs,
+                                    alt_svc_removed, n_alt_svc_removed);
 }
 
 void __wrap_soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
@@ -248,6 +255,7 @@ static void setup(void)
     snprintf(ring, sizeof(ring), "%s/ev.ring", dir);
     G.cfg[0] = make_cfg(4096, 65536);
     G.cfg[1] = make_cfg(7, 4096);
+    G.cfg[1]->http3_passthrough = true; /* cfg[0]: false, Alt-Svc without HTTP/3 entries */
     G.cfg[0]->events.ring_path = ring;
     char err[256];
     G.obs = soth_observe_new(G.cfg[0], 1, err, sizeof(err));
@@ -292,6 +300,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data++, size--;
     struct soth_config *cfg = G.cfg[(flags >> 2) & 1];
     G.cap = cfg->events.body_capture_bytes;
+    G.strip = !cfg->http3_passthrough;
     memset(G.st, 0, (MAX_SID / 2) * sizeof(*G.st));
     soth_ev_flow_init(&G.flow, G.prod, ++G.next_flow_id, 0, NULL, 0);
     soth_ev_connect_received(&G.flow, SOTH_IOV_LIT("CONNECT"), SOTH_IOV_LIT("a:443"));

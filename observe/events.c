@@ -98,7 +98,9 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
                                  7},
     [SOTH_EV_REQUEST_BODY_CHUNK] = {{STREAM, BODY}, 5},
     [SOTH_EV_REQUEST_TRAILERS] = {{STREAM, HDRS}, 2},
-    [SOTH_EV_RESPONSE_HEADERS] = {{STREAM, U("status"), S("http_version"), HDRS}, 4},
+    [SOTH_EV_RESPONSE_HEADERS] =
+        {{STREAM, U("status"), S("http_version"), HDRS, {"alt_svc_removed", FK_OPTLIST, NULL, 0}},
+         5},
     [SOTH_EV_RESPONSE_BODY_CHUNK] = {{STREAM, BODY}, 5},
     [SOTH_EV_RESPONSE_TRAILERS] = {{STREAM, HDRS}, 2},
     [SOTH_EV_EXCHANGE_COMPLETED] = {{STREAM,
@@ -159,7 +161,7 @@ struct ev_val {
     uint64_t u;
     struct soth_iov s;              /* strings; base NULL = null */
     const struct soth_header *hdrs; /* FK_HDRS */
-    const struct soth_iov *list;    /* FK_STRLIST */
+    const struct soth_iov *list;    /* FK_STRLIST, FK_OPTLIST */
     size_t n;
 };
 
@@ -194,7 +196,8 @@ static size_t field_size(const struct field_def *fd, const struct ev_val *v)
             n += 8 + v->hdrs[i].name.len + v->hdrs[i].value.len;
         return n;
     }
-    case FK_STRLIST: {
+    case FK_STRLIST:
+    case FK_OPTLIST: {
         size_t n = 4;
         for (size_t i = 0; i < v->n; i++)
             n += 4 + v->list[i].len;
@@ -291,6 +294,7 @@ static void emit(struct soth_ev_flow *f, enum soth_ev_type t, const struct ev_va
             }
             break;
         case FK_STRLIST:
+        case FK_OPTLIST:
             p = put_u32(p, (uint32_t)v->n);
             for (size_t k = 0; k < v->n; k++)
                 p = put_bytes(p, v->list[k], false);
@@ -469,9 +473,14 @@ void soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id, struct 
 
 void soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                               struct soth_iov http_version, const struct soth_header *hdrs,
-                              size_t n_hdrs)
+                              size_t n_hdrs, const struct soth_iov *alt_svc_removed,
+                              size_t n_alt_svc_removed)
 {
-    struct ev_val v[] = {VU(stream_id), VU(status), VS(http_version), VH(hdrs, n_hdrs)};
+    struct ev_val v[] = {VU(stream_id),
+                         VU(status),
+                         VS(http_version),
+                         VH(hdrs, n_hdrs),
+                         {.list = alt_svc_removed, .n = n_alt_svc_removed}};
     emit(f, SOTH_EV_RESPONSE_HEADERS, v);
 }
 
@@ -1025,10 +1034,13 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
             }
             break;
         case FK_HDRS:
-        case FK_STRLIST: {
+        case FK_STRLIST:
+        case FK_OPTLIST: {
             uint32_t cnt;
             if (!take_u32(&c, &cnt) || cnt > r->len)
                 goto bad;
+            if (fd->kind == FK_OPTLIST && cnt == 0)
+                break;
             jkey(out, fd->name);
             jbuf_put(out, "[", 1);
             for (uint32_t k = 0; k < cnt; k++) {

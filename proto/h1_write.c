@@ -1,8 +1,9 @@
 /*
  * HTTP/1.1 heads the proxy writes itself (contracts in soth/proto/h1.h): the origin-form
  * request head forwarded to the origin after it arrived in absolute-form (RFC 9112 3.2.2;
- * regular-mode plain HTTP, docs/http1.md "In the proxy"), and the proxy's own answers
- * (docs/answers.md).
+ * regular-mode plain HTTP, docs/http1.md "In the proxy"), a response head forwarded with
+ * changed fields (Alt-Svc without HTTP/3, docs/http3.md "Forcing clients back to TCP"), and
+ * the proxy's own answers (docs/answers.md).
  */
 #include <stdio.h>
 #include <string.h>
@@ -143,6 +144,30 @@ ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *bu
         return SOTH_E_TOO_LARGE;
     if (n_fields != NULL)
         *n_fields = nf;
+    return (ssize_t)o.len;
+}
+
+ssize_t soth_h1_write_response_head(struct soth_iov version, unsigned status,
+                                    struct soth_iov reason, const struct soth_header *headers,
+                                    size_t n_headers, char *buf, size_t cap)
+{
+    if (version.len == 0 || !is_word(version) || status < 100 || status > 999 || !is_value(reason))
+        return SOTH_E_MALFORMED;
+    for (size_t i = 0; i < n_headers; i++)
+        if (!is_name(headers[i].name) || !is_value(headers[i].value))
+            return SOTH_E_MALFORMED;
+    struct out o = {buf, 0, cap, false};
+    char st[5] = {' ', (char)('0' + status / 100), (char)('0' + status / 10 % 10),
+                  (char)('0' + status % 10), ' '};
+    put(&o, version.base, version.len);
+    put(&o, st, sizeof(st));
+    put(&o, reason.base, reason.len);
+    put(&o, "\r\n", 2);
+    for (size_t i = 0; i < n_headers; i++)
+        put_field(&o, headers[i].name, headers[i].value, NULL);
+    put(&o, "\r\n", 2);
+    if (o.full)
+        return SOTH_E_TOO_LARGE;
     return (ssize_t)o.len;
 }
 

@@ -21,6 +21,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "soth/proto/h2.h"
+#include "soth/proto/headers.h"
 
 #define OUT_CAP     16384 /* one TLS record of plaintext */
 #define FRAME_HD    9
@@ -205,6 +206,8 @@ struct soth_h2_relay {
     bool nomem;         /* an allocation failed inside a callback */
     int out_err;        /* first error returned by cbs.out */
     struct scan scan;   /* client frames, before nghttp2 reads them */
+    char *alt;          /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
+    size_t altcap;
     struct leg leg[SOTH_LEG_COUNT];
 };
 
@@ -486,6 +489,55 @@ static int hb_finish(struct soth_h2_relay *r, struct hblock *hb, struct hview *v
         v->nv[v->n++] = (nghttp2_nv){(uint8_t *)n, (uint8_t *)val, f->nlen, f->vlen, f->flags};
     }
     return 0;
+}
+
+/*
+ * strip_h3_alt_svc (docs/http3.md, "Forcing clients back to TCP"): v's nv array, what is
+ * relayed, loses the HTTP/3 entries of its Alt-Svc fields (soth_alt_svc_strip), and a field
+ * left without entries is dropped; v->hdr, what the callback reports, stays as received. The
+ * new values go to r->alt, grown per connection and kept (nghttp2 copies the nv array when the
+ * head is submitted). removed[0 .. max) gets the removed entries (iovs into the block).
+ * Returns how many entries were removed in all, or SOTH_E_NOMEM.
+ */
+static ssize_t alt_svc_strip(struct soth_h2_relay *r, struct hview *v, struct soth_iov *removed,
+                             size_t max)
+{
+    size_t need = 0, off = 0, nrem = 0, k = 0;
+    bool any = false;
+    if (!r->set.strip_h3_alt_svc)
+        return 0;
+    for (size_t i = 0; i < v->n; i++) {
+        if (iov_eq((const char *)v->nv[i].name, v->nv[i].namelen, "alt-svc")) {
+            any = true;
+            need += v->nv[i].valuelen;
+        }
+    }
+    if (!any)
+        return 0;
+    int rc = grow(r, (void **)&r->alt, &r->altcap, need + 1, 1, need + 1); /* never NULL */
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < v->n; i++) {
+        nghttp2_nv nv = v->nv[i];
+        if (iov_eq((const char *)nv.name, nv.namelen, "alt-svc")) {
+            size_t n = 0, got = nrem < max ? nrem : max;
+            ssize_t len =
+                soth_alt_svc_strip(soth_iov((const char *)nv.value, nv.valuelen), r->alt + off,
+                                   r->altcap - off, removed + got, max - got, &n);
+            SOTH_BUG_ON(len < 0); /* r->alt holds every Alt-Svc value */
+            if (n > 0) {
+                nrem += n;
+                if (len == 0)
+                    continue;
+                nv.value = (uint8_t *)r->alt + off;
+                nv.valuelen = (size_t)len;
+                off += (size_t)len;
+            }
+        }
+        v->nv[k++] = nv;
+    }
+    v->n = k;
+    return (ssize_t)nrem;
 }
 
 static struct trailers *trailers_copy(struct soth_h2_relay *r, const struct hview *v)
@@ -996,6 +1048,14 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
         return;
     }
     struct leg *c = &r->leg[SOTH_LEG_CLIENT];
+    struct soth_iov removed[SOTH_H2_ALT_SVC_MAX];
+    ssize_t nrem = alt_svc_strip(r, &v, removed, SOTH_H2_ALT_SVC_MAX);
+    if (nrem < 0) {
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, 0, "relay_nomem");
+        rst_upstream(r, s, NGHTTP2_INTERNAL_ERROR);
+        answer_client(r, s, nv_502, SOTH_ARRAY_LEN(nv_502), NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
     if (status >= 100 && status < 200) {
         /* Interim response (100-continue, 103): relayed as is, not reported. */
         if (nghttp2_submit_headers(c->s, NGHTTP2_FLAG_NONE, s->cid, NULL, v.nv, v.n, NULL) < 0)
@@ -1009,6 +1069,9 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
             .headers = v.hdr,
             .n_headers = v.nh,
             .end_stream = end,
+            .alt_svc_removed = removed,
+            .n_alt_svc_removed =
+                (size_t)nrem < SOTH_H2_ALT_SVC_MAX ? (size_t)nrem : SOTH_H2_ALT_SVC_MAX,
         };
         r->cbs.on_response_head(r->cbs.ctx, s->cid, &resp);
     }
@@ -1505,6 +1568,7 @@ void soth_h2_relay_free(struct soth_h2_relay *r)
             nghttp2_session_del(r->leg[i].s);
         hb_free(r, &r->leg[i].hb);
     }
+    rfree(r, r->alt);
     while (r->head != NULL)
         slot_free(r, r->head);
     while (r->free_slots != NULL) {

@@ -176,6 +176,10 @@ def _check_schema(ev):
                 _fail(f"{t}.{name} must be a list", ev)
     if "stream_id" in SCHEMA[t] and ev["stream_id"] < 1:
         _fail("stream_id must be positive (invariant 6)", ev)
+    if t == "response_headers" and "alt_svc_removed" in ev:
+        v = ev["alt_svc_removed"]  # optional: only when Alt-Svc entries were removed
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+            _fail("response_headers.alt_svc_removed must be a non-empty list of strings", ev)
 
 
 def _new_stream():

@@ -11,6 +11,7 @@
     /rst/CODE             RST_STREAM(CODE) as soon as the request head arrives
     /slow                 200 head at once, then nothing until the stream is reset
     /goaway               200 "bye", then GOAWAY(NO_ERROR) and the origin leaves (closes)
+    /altsvc/KIND          200 "alt" with the Alt-Svc fields of ALT_SVC[KIND] (mixed, h3only)
   It writes what it saw, one JSON object a line, to its log file: {"ev": "request", "sid",
   "path", "body_len"}, {"ev": "reset", "sid", "path", "code"}, {"ev": "goaway", "code",
   "last"}, {"ev": "conn"}, {"ev": "closed"}.
@@ -41,6 +42,13 @@ import h2.settings
 
 PY = "/usr/bin/python3"
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# Alt-Svc as an origin offering HTTP/3 sends it (test_altsvc.py)
+ALT_SVC = {
+    "mixed": [(b"alt-svc", b'h3=":443"; ma=86400, h2=":443"')],
+    "h3only": [(b"alt-svc", b'h3=":443"; ma=86400')],
+}
 
 
 def body_for(seed, n):
@@ -168,6 +176,9 @@ class _Conn:
         elif path == "/goaway":
             out = b"bye"
             self.goaway_after = sid
+        elif path.startswith("/altsvc/"):
+            hdrs += ALT_SVC[path.split("/")[2]]
+            out = b"alt"
         hdrs.append((b"content-length", str(len(out)).encode()))
         self.c.send_headers(sid, hdrs)
         s["out"], s["off"] = out, 0

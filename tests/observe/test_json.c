@@ -48,6 +48,8 @@ Test(json, golden_every_event_type)
     struct soth_header rq[] = {{S("host"), S("origin.test")}, {S("accept"), S("*/*")}};
     struct soth_header tr[] = {{S("x-t"), S("1")}};
     struct soth_header rs[] = {{S("content-type"), S("text/plain")}};
+    struct soth_header alt[] = {{S("Alt-Svc"), S("h3=\":443\"; ma=60, h2=\":443\", h3-29=\":1\"")}};
+    struct soth_iov removed[] = {S("h3=\":443\"; ma=60"), S("h3-29=\":1\"")};
     struct soth_iov decs[] = {S("gzip"), S("grpc")};
     struct soth_ws_turn_stats st = {.turn_id = 3,
                                     .initiator = SOTH_LEG_UPSTREAM,
@@ -74,7 +76,8 @@ Test(json, golden_every_event_type)
     soth_ev_request_headers(&f, 1, S("GET"), S("https"), S("origin.test"), S("/x"), S("2"), rq, 2);
     soth_ev_body_chunk(&f, SOTH_LEG_CLIENT, 1, 0, 3, S("abc"), false);
     soth_ev_trailers(&f, SOTH_LEG_CLIENT, 1, tr, 1);
-    soth_ev_response_headers(&f, 1, 200, S("2"), rs, 1);
+    soth_ev_response_headers(&f, 1, 200, S("2"), rs, 1, NULL, 0);
+    soth_ev_response_headers(&f, 1, 200, S("1.1"), alt, 1, removed, 2);
     soth_ev_body_chunk(&f, SOTH_LEG_UPSTREAM, 1, 0, 5000, S("hello"), true);
     soth_ev_trailers(&f, SOTH_LEG_UPSTREAM, 1, NULL, 0);
     soth_ev_exchange_completed(&f, 1, SOTH_OUTCOME_COMPLETE, 3, 5000);
@@ -124,6 +127,10 @@ Test(json, golden_every_event_type)
         {"response_headers", "http2",
          ",\"stream_id\":1,\"status\":200,\"http_version\":\"2\",\"headers\":[[\"content-type\","
          "\"text/plain\"]]"},
+        {"response_headers", "http2",
+         ",\"stream_id\":1,\"status\":200,\"http_version\":\"1.1\",\"headers\":[[\"Alt-Svc\","
+         "\"h3=\\\":443\\\"; ma=60, h2=\\\":443\\\", h3-29=\\\":1\\\"\"]],\"alt_svc_removed\":["
+         "\"h3=\\\":443\\\"; ma=60\",\"h3-29=\\\":1\\\"\"]"},
         {"response_body_chunk", "http2",
          ",\"stream_id\":1,\"offset\":0,\"len\":5000,\"data_b64\":\"aGVsbG8=\",\"truncated\":true"},
         {"response_trailers", "http2", ",\"stream_id\":1,\"headers\":[]"},

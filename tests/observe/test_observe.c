@@ -121,7 +121,7 @@ Test(observe, json_for_every_event_type)
     soth_ev_request_headers(&f, 1, S("GET"), S("https"), S("origin.test"), S("/x"), S("2"), h, 2);
     soth_ev_body_chunk(&f, SOTH_LEG_CLIENT, 1, 0, 3, S("abc"), false);
     soth_ev_trailers(&f, SOTH_LEG_CLIENT, 1, h, 1);
-    soth_ev_response_headers(&f, 1, 200, S("2"), h, 1);
+    soth_ev_response_headers(&f, 1, 200, S("2"), h, 1, NULL, 0);
     soth_ev_body_chunk(&f, SOTH_LEG_UPSTREAM, 1, 0, 5000, S("hello"), true);
     soth_ev_trailers(&f, SOTH_LEG_UPSTREAM, 1, NULL, 0);
     soth_ev_exchange_completed(&f, 1, SOTH_OUTCOME_COMPLETE, 3, 5000);

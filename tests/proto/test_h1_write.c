@@ -1,7 +1,7 @@
 /*
- * The origin-form serializer (proto/h1_write.c): what the origin receives for a request a
- * client sent to the proxy in absolute-form. Most cases go through the proxy head parser
- * first, as regular-mode plain HTTP does.
+ * The head serializers (proto/h1_write.c): what the origin receives for a request a
+ * client sent to the proxy in absolute-form (most cases go through the proxy head parser
+ * first, as regular-mode plain HTTP does), and a response head forwarded with changed fields.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -207,4 +207,72 @@ Test(h1_write, refuses_what_would_split_the_head)
     r = simple(NULL, 0);
     r.host = SOTH_IOV_NULL;
     cr_assert_eq(soth_h1_write_origin_form(&r, out, sizeof(out), NULL, NULL), SOTH_E_MALFORMED);
+}
+
+/* ---- soth_h1_write_response_head: a response head forwarded with changed fields */
+
+static const char *resp(unsigned status, const char *reason, const struct soth_header *f, size_t n)
+{
+    ssize_t len =
+        soth_h1_write_response_head(SOTH_IOV_LIT("HTTP/1.1"), status,
+                                    soth_iov(reason, strlen(reason)), f, n, out, sizeof(out) - 1);
+    cr_assert_gt(len, 0);
+    out[len] = '\0';
+    return out;
+}
+
+Test(h1_write, response_head_status_line_and_fields_in_order)
+{
+    struct soth_header f[] = {{SOTH_IOV_LIT("Content-Length"), SOTH_IOV_LIT("5")},
+                              {SOTH_IOV_LIT("alt-svc"), SOTH_IOV_LIT("h2=\":443\"")},
+                              {SOTH_IOV_LIT("X-Empty"), SOTH_IOV_LIT("")}};
+    cr_assert_str_eq(resp(200, "OK", f, 3), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+                                            "alt-svc: h2=\":443\"\r\nX-Empty: \r\n\r\n");
+    /* an empty reason keeps the space after the code, as the engine forwards it */
+    cr_assert_str_eq(resp(204, "", NULL, 0), "HTTP/1.1 204 \r\n\r\n");
+    cr_assert_str_eq(resp(999, "Odd Reason", NULL, 0), "HTTP/1.1 999 Odd Reason\r\n\r\n");
+    ssize_t n = soth_h1_write_response_head(SOTH_IOV_LIT("HTTP/1.0"), 404, SOTH_IOV_LIT("Nope"),
+                                            NULL, 0, out, sizeof(out));
+    cr_assert_eq(n, (ssize_t)strlen("HTTP/1.0 404 Nope\r\n\r\n"));
+    cr_assert(memcmp(out, "HTTP/1.0 404 Nope\r\n\r\n", (size_t)n) == 0);
+}
+
+Test(h1_write, response_head_too_large_for_every_short_buffer)
+{
+    struct soth_header f[] = {{SOTH_IOV_LIT("Alt-Svc"), SOTH_IOV_LIT("h2=\":443\"; ma=60")}};
+    char small[128];
+    ssize_t full = soth_h1_write_response_head(SOTH_IOV_LIT("HTTP/1.1"), 200, SOTH_IOV_LIT("OK"), f,
+                                               1, small, sizeof(small));
+    cr_assert_gt(full, 0);
+    for (size_t cap = 0; cap < (size_t)full; cap++)
+        cr_assert_eq(soth_h1_write_response_head(SOTH_IOV_LIT("HTTP/1.1"), 200, SOTH_IOV_LIT("OK"),
+                                                 f, 1, small, cap),
+                     SOTH_E_TOO_LARGE, "cap %zu", cap);
+    cr_assert_eq(soth_h1_write_response_head(SOTH_IOV_LIT("HTTP/1.1"), 200, SOTH_IOV_LIT("OK"), f,
+                                             1, small, (size_t)full),
+                 full);
+}
+
+Test(h1_write, response_head_refuses_what_would_split_the_head)
+{
+    struct soth_header crlf[] = {{SOTH_IOV_LIT("X-A"), SOTH_IOV_LIT("a\r\nX-Injected: 1")}};
+    struct soth_header colon[] = {{SOTH_IOV_LIT("X:A"), SOTH_IOV_LIT("a")}};
+    struct soth_header empty[] = {{SOTH_IOV_NULL, SOTH_IOV_LIT("a")}};
+    struct soth_header *bad[] = {crlf, colon, empty};
+    struct soth_iov v11 = SOTH_IOV_LIT("HTTP/1.1"), ok = SOTH_IOV_LIT("OK");
+    for (size_t i = 0; i < SOTH_ARRAY_LEN(bad); i++)
+        cr_assert_eq(soth_h1_write_response_head(v11, 200, ok, bad[i], 1, out, sizeof(out)),
+                     SOTH_E_MALFORMED, "case %zu", i);
+    cr_assert_eq(soth_h1_write_response_head(v11, 99, ok, NULL, 0, out, sizeof(out)),
+                 SOTH_E_MALFORMED);
+    cr_assert_eq(soth_h1_write_response_head(v11, 1000, ok, NULL, 0, out, sizeof(out)),
+                 SOTH_E_MALFORMED);
+    cr_assert_eq(soth_h1_write_response_head(v11, 200, SOTH_IOV_LIT("OK\r\nX: 1"), NULL, 0, out,
+                                             sizeof(out)),
+                 SOTH_E_MALFORMED);
+    cr_assert_eq(soth_h1_write_response_head(SOTH_IOV_LIT("HTTP/1.1 200"), 200, ok, NULL, 0, out,
+                                             sizeof(out)),
+                 SOTH_E_MALFORMED);
+    cr_assert_eq(soth_h1_write_response_head(SOTH_IOV_NULL, 200, ok, NULL, 0, out, sizeof(out)),
+                 SOTH_E_MALFORMED);
 }

@@ -167,6 +167,7 @@ struct xchg {
     int32_t sid;
     int status, n_interim;
     struct bytes resp_hdrs, resp_body, resp_trailers;
+    struct bytes interim_hdrs; /* of every interim head, in order */
     bool final_seen, closed, rst_recv;
     uint32_t close_code, rst_code;
     size_t to_consume; /* UA with manual windows */
@@ -287,6 +288,10 @@ static void cb_resp(void *ctx, int32_t sid, const struct soth_h2_response *s)
     r->resp_head = true;
     b_printf(&r->resp, "%d end=%d\n", s->status, s->end_stream);
     add_headers(&r->resp, s->headers, s->n_headers);
+    cr_assert_leq(s->n_alt_svc_removed, SOTH_H2_ALT_SVC_MAX);
+    for (size_t i = 0; i < s->n_alt_svc_removed; i++)
+        b_printf(&r->resp, "removed: %.*s\n", (int)s->alt_svc_removed[i].len,
+                 s->alt_svc_removed[i].base);
 }
 
 static void cb_data(void *ctx, enum soth_leg dir, int32_t sid, const char *p, size_t n)
@@ -385,6 +390,7 @@ static int ua_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         if (x != NULL && !x->final_seen) {
             if (x->status >= 100 && x->status < 200) {
                 x->n_interim++;
+                b_add(&x->interim_hdrs, x->resp_hdrs.p, x->resp_hdrs.len);
                 x->resp_hdrs.len = 0;
             } else {
                 x->final_seen = true;
@@ -635,6 +641,14 @@ static void origin_respond(struct harness *h, nghttp2_session *s, struct ostream
         cr_assert_eq(nghttp2_submit_goaway(s, 0, o->sid, NGHTTP2_NO_ERROR, NULL, 0), 0);
         o->gen_len = 2;
         cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
+    } else if (strcmp(p, "/altsvc") == 0) {
+        nghttp2_nv i1[] = {NV(":status", "103"), NV("alt-svc", "h3=\":443\"")};
+        cr_assert_eq(nghttp2_submit_headers(s, 0, o->sid, NULL, i1, 2, NULL), 0);
+        nv[n++] = NV("alt-svc", "h3=\":443\"; ma=86400, h2=\":443\"");
+        nv[n++] = NV("alt-svc", "h3-29=\":8443\"");
+        nv[n++] = NV("alt-svc", "clear");
+        o->gen_len = 3;
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
     } else if (strcmp(p, "/interim") == 0) {
         nghttp2_nv i1[] = {NV(":status", "103"), NV("link", "</a.css>; rel=preload")};
         cr_assert_eq(nghttp2_submit_headers(s, 0, o->sid, NULL, i1, 2, NULL), 0);
@@ -816,6 +830,7 @@ static void h_free(struct harness *h)
     for (size_t i = 0; i < h->nx; i++) {
         b_free(&h->x[i].req_body);
         b_free(&h->x[i].resp_hdrs);
+        b_free(&h->x[i].interim_hdrs);
         b_free(&h->x[i].resp_body);
         b_free(&h->x[i].resp_trailers);
     }
@@ -2451,5 +2466,71 @@ Test(h2_relay, altsvc_frames_not_forwarded)
     pump(h);
     cr_assert_eq(y->status, 200);
     cr_assert(y->closed && y->close_code == 0);
+    h_free(h);
+}
+
+static bool has_text(const struct bytes *b, const char *t)
+{
+    size_t l = strlen(t);
+    for (size_t i = 0; i + l <= b->len; i++)
+        if (memcmp(b->p + i, t, l) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * http3_passthrough false (strip_h3_alt_svc, docs/http3.md): the client gets the response
+ * heads (the interim 103 too) without the HTTP/3 entries of Alt-Svc, a field left empty is
+ * gone, other entries stay; the callback reports the head as the origin sent it and the
+ * removed entries.
+ */
+Test(h2_relay, alt_svc_h3_entries_removed_when_asked)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->set.strip_h3_alt_svc = true;
+    h_start(h);
+    struct xchg *x = ua_get(h, "/altsvc");
+    pump(h);
+    cr_assert_eq(x->status, 200);
+    cr_assert(x->closed && x->close_code == 0);
+    cr_assert_eq(x->resp_body.len, 3);
+    cr_assert(has_line(&x->resp_hdrs, "alt-svc: h2=\":443\""), "%.*s", (int)x->resp_hdrs.len,
+              x->resp_hdrs.p);
+    cr_assert(has_line(&x->resp_hdrs, "alt-svc: clear"));
+    cr_assert(has_line(&x->resp_hdrs, "x-origin: yes"));
+    cr_assert(!has_text(&x->resp_hdrs, "h3"), "%.*s", (int)x->resp_hdrs.len, x->resp_hdrs.p);
+    cr_assert_eq(x->n_interim, 1);
+    cr_assert(!has_text(&x->interim_hdrs, "alt-svc"), "the 103's h3-only Alt-Svc is gone");
+    struct rec *r = rec_of(x->sid);
+    cr_assert(has_line(&r->resp, "alt-svc: h3=\":443\"; ma=86400, h2=\":443\""));
+    cr_assert(has_line(&r->resp, "alt-svc: h3-29=\":8443\""));
+    cr_assert(has_line(&r->resp, "alt-svc: clear"));
+    cr_assert(has_line(&r->resp, "removed: h3=\":443\"; ma=86400"));
+    cr_assert(has_line(&r->resp, "removed: h3-29=\":8443\""));
+    cr_assert(!has_text(&r->resp, "removed: h3=\":443\"\n"), "the 103 is not reported");
+    /* the next exchange on the connection is unaffected */
+    struct xchg *y = ua_get(h, "/get?n=7");
+    pump(h);
+    cr_assert_eq(y->status, 200);
+    cr_assert(!has_text(&rec_of(y->sid)->resp, "removed:"));
+    h_free(h);
+}
+
+/* The default (http3_passthrough true): Alt-Svc reaches the client as the origin sent it. */
+Test(h2_relay, alt_svc_untouched_by_default)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *x = ua_get(h, "/altsvc");
+    pump(h);
+    cr_assert_eq(x->status, 200);
+    cr_assert_eq(x->n_interim, 1);
+    cr_assert(has_line(&x->interim_hdrs, "alt-svc: h3=\":443\""));
+    cr_assert(has_line(&x->resp_hdrs, "alt-svc: h3=\":443\"; ma=86400, h2=\":443\""));
+    cr_assert(has_line(&x->resp_hdrs, "alt-svc: h3-29=\":8443\""));
+    cr_assert(has_line(&x->resp_hdrs, "alt-svc: clear"));
+    cr_assert(!has_text(&rec_of(x->sid)->resp, "removed:"));
     h_free(h);
 }

@@ -256,9 +256,13 @@ void soth_ev_request_headers(struct soth_ev_flow *f, uint32_t stream_id, struct 
                              struct soth_iov scheme, struct soth_iov authority,
                              struct soth_iov path, struct soth_iov http_version,
                              const struct soth_header *hdrs, size_t n_hdrs);
+/** alt_svc_removed: the Alt-Svc entries the proxy took out of the head it forwarded
+ *  (docs/http3.md, "Forcing clients back to TCP"); n_alt_svc_removed 0 leaves the field out.
+ *  hdrs stay as the origin sent them. */
 void soth_ev_response_headers(struct soth_ev_flow *f, uint32_t stream_id, unsigned status,
                               struct soth_iov http_version, const struct soth_header *hdrs,
-                              size_t n_hdrs);
+                              size_t n_hdrs, const struct soth_iov *alt_svc_removed,
+                              size_t n_alt_svc_removed);
 /** Trailers: sent by the client leg = request_trailers, by the upstream = response_trailers. */
 void soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                       const struct soth_header *hdrs, size_t n_hdrs);

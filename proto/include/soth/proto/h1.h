@@ -276,6 +276,20 @@ ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *bu
                                   struct soth_header *fields, size_t *n_fields);
 
 /**
+ * A response head as the proxy forwards it when it changed its fields (http3_passthrough
+ * false removes HTTP/3 entries from Alt-Svc: docs/http3.md, "Forcing clients back to TCP"):
+ * "version status reason" (reason may be empty: "HTTP/1.1 200 "), then headers[0 ..
+ * n_headers) as "Name: value" lines in the order given, then a blank line, into buf[0 .. cap):
+ * the bytes the engine would have forwarded for a head with these fields. Allocates nothing.
+ * Returns the length, SOTH_E_TOO_LARGE when it does not fit in cap, or SOTH_E_MALFORMED for a
+ * status outside 100..999, an empty version or one with a control byte, space or DEL, a field
+ * name that is empty, not a word or holds ':', or CR, LF or NUL in the reason or a value.
+ */
+ssize_t soth_h1_write_response_head(struct soth_iov version, unsigned status,
+                                    struct soth_iov reason, const struct soth_header *headers,
+                                    size_t n_headers, char *buf, size_t cap);
+
+/**
  * The proxy's own HTTP/1.1 answer (docs/answers.md) into out[0 .. cap): status line, Content-Type:
  * text/plain, Content-Length, Connection: close, blank line, then body[0 .. body_len). One
  * formatter for every answer: the engine's (core/answer.c) and the HTTP layer's (core/app_h1.c).

@@ -54,10 +54,17 @@ struct soth_h2_request {
 /** A final response head as received from the upstream. Valid only during the callback. */
 struct soth_h2_response {
     int status;                        /* 200..999 (1xx heads are relayed, not reported) */
-    const struct soth_header *headers; /* regular fields, wire order */
+    const struct soth_header *headers; /* regular fields, wire order, as received */
     size_t n_headers;
     bool end_stream; /* the response has no body */
+    /* strip_h3_alt_svc: the Alt-Svc entries removed from the head relayed to the client (up
+     * to SOTH_H2_ALT_SVC_MAX, iovs into headers' values); 0 when it went out unchanged */
+    const struct soth_iov *alt_svc_removed;
+    size_t n_alt_svc_removed;
 };
+
+/** At most this many removed Alt-Svc entries are reported per response head. */
+#define SOTH_H2_ALT_SVC_MAX 16
 
 /** The end of one client stream. */
 struct soth_h2_stream_end {
@@ -113,6 +120,10 @@ struct soth_h2_settings {
     uint32_t max_continuations;      /* CONTINUATION frames per header block [8] */
     uint32_t rst_burst, rst_rate;    /* client RST_STREAM token bucket [1000, 33/s] */
     const struct soth_h2_mem *mem;   /* NULL: libc */
+    bool strip_h3_alt_svc;           /* http3_passthrough false (docs/http3.md): response heads
+                                        (interim ones too) reach the client with the HTTP/3
+                                        entries of their Alt-Svc fields removed, a field left
+                                        empty dropped (soth_alt_svc_strip) [false] */
 };
 
 /** Counters, for tests and metrics. */
