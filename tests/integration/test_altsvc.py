@@ -54,6 +54,7 @@ class H1Origin:
 
     def _serve(self, raw):
         raw.settimeout(20)
+        s = raw
         try:
             s = self.ctx.wrap_socket(raw, server_side=True)
             buf = b""
@@ -76,7 +77,7 @@ class H1Origin:
         except (OSError, ssl.SSLError, KeyError, IndexError):
             pass
         finally:
-            raw.close()
+            s.close()
 
     def close(self):
         close_listener(self.sock)
