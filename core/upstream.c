@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "answer.h"
+#include "app.h"
 #include "conn.h"
 #include "decide.h"
 #include "flow.h"
@@ -127,6 +128,13 @@ void upstream_connected(struct worker *w, struct flow *f, int res)
         conn_arm_recv(w, f, SOTH_LEG_CLIENT);
         intercept_hello(w, f);
         return;
+    }
+    if (f->app != NULL) {
+        /* Plain HTTP: a request completed before the connect already runs its
+         * timeouts.response_header_ms (core/relay.c keeps the timer from here on). */
+        uint64_t hd = app_deadline(f->app);
+        if (hd != 0 && hd < f->timer.deadline_ms)
+            timer_set(&w->timers, &f->timer, hd);
     }
     conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
     conn_arm_recv(w, f, SOTH_LEG_CLIENT);

@@ -660,6 +660,7 @@ static struct soth_config *config_defaults(void)
     c->timeouts.connect_ms = 10000;
     c->timeouts.tls_handshake_ms = 10000;
     c->timeouts.request_header_ms = 10000;
+    c->timeouts.response_header_ms = 60000;
     c->timeouts.idle_ms = 120000;
     c->timeouts.drain_ms = 5000;
     return c;
@@ -1033,11 +1034,16 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
 
 static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
 {
-    static const char *const keys[] = {"connect_ms", "tls_handshake_ms", "request_header_ms",
-                                       "idle_ms",    "drain_ms",         NULL};
-    uint32_t *fields[] = {&c->timeouts.connect_ms, &c->timeouts.tls_handshake_ms,
-                          &c->timeouts.request_header_ms, &c->timeouts.idle_ms,
-                          &c->timeouts.drain_ms};
+    static const char *const keys[] = {"connect_ms",
+                                       "tls_handshake_ms",
+                                       "request_header_ms",
+                                       "response_header_ms",
+                                       "idle_ms",
+                                       "drain_ms",
+                                       NULL};
+    uint32_t *fields[] = {&c->timeouts.connect_ms,        &c->timeouts.tls_handshake_ms,
+                          &c->timeouts.request_header_ms, &c->timeouts.response_header_ms,
+                          &c->timeouts.idle_ms,           &c->timeouts.drain_ms};
     int rc;
     if ((rc = expect_object(e, "timeouts", t)) || (rc = check_keys(e, "timeouts", t, keys)))
         return rc;
@@ -1047,7 +1053,8 @@ static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
         snprintf(p, sizeof(p), "timeouts.%s", keys[i]);
         /* drain_ms may be 0 (close at once); the others must allow some time. */
         long long min = strcmp(keys[i], "drain_ms") == 0 ? 0 : 1;
-        if (v && (rc = get_uint(e, p, v, min, 86400000, fields[i])))
+        long long max = strcmp(keys[i], "response_header_ms") == 0 ? 3600000 : 86400000;
+        if (v && (rc = get_uint(e, p, v, min, max, fields[i])))
             return rc;
     }
     return 0;
@@ -1451,6 +1458,7 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, to, "connect_ms", json_integer(c->timeouts.connect_ms));
     put(&ok, to, "tls_handshake_ms", json_integer(c->timeouts.tls_handshake_ms));
     put(&ok, to, "request_header_ms", json_integer(c->timeouts.request_header_ms));
+    put(&ok, to, "response_header_ms", json_integer(c->timeouts.response_header_ms));
     put(&ok, to, "idle_ms", json_integer(c->timeouts.idle_ms));
     put(&ok, to, "drain_ms", json_integer(c->timeouts.drain_ms));
     put(&ok, r, "timeouts", to);

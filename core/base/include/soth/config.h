@@ -101,6 +101,7 @@ struct soth_config {
 
     struct {
         uint32_t connect_ms, tls_handshake_ms, request_header_ms, idle_ms, drain_ms;
+        uint32_t response_header_ms; /* first byte of a response head after a request */
     } timeouts;
 
     struct {

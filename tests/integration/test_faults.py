@@ -1,0 +1,424 @@
+"""Fault injection: one test per row of docs/failures.md (fault -> what the client sees -> event).
+
+The origins misbehave on purpose (RST, FIN, stalls before and after the response head, bad
+certificates); each test checks the client's answer, the events' outcome and reason, and that
+the proxy serves the next request. HTTP/1.1 rows run on the plain path (regular mode,
+absolute-form) and on the intercepted path (CONNECT + TLS); HTTP/2 rows on an intercepted h2
+connection. The network rows (delay, loss, reordering) run in network namespaces this test
+creates, with a user-space packet relay between two TUN devices (the kernel has no netem):
+they need root and skip otherwise, except under CI (CI=true), where a skip is a failure.
+"""
+import datetime
+import os
+import select
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+from h2_origin import H2Client
+from harness import Proxy, close_listener, read_all
+
+PY = "/usr/bin/python3"
+HERE = os.path.dirname(os.path.abspath(__file__))
+BODY = bytes(range(256)) * 4096  # 1 MiB
+HEAD_TIMEOUT_MS = 700  # timeouts.response_header_ms in these tests
+IDLE_MS = 1500  # timeouts.idle_ms in these tests
+
+
+# ---- certificates (python3-cryptography)
+
+def make_pki(d):
+    """A root CA, an intermediate CA under it, and leaves for origin.test: `good` (by the
+    intermediate, served with it), `expired`, `wronghost` (for other.test), `selfsigned`,
+    `nochain` (the good leaf served without its intermediate). Returns {name: (cert, key)} and
+    the root's path (what the proxy trusts)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(subject, key, issuer, issuer_key, ca, start, end, san=None):
+        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(start).not_valid_after(end)
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                              False, False), critical=True)
+        else:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san or subject)]),
+                                critical=False)
+            b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                                critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    def pem(*certs):
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+    def write(fname, data):
+        p = os.path.join(d, fname)
+        with open(p, "wb") as f:
+            f.write(data)
+        return p
+
+    def keypem(k):
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    rk, ik, lk = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = cert("faults root CA", rk, "faults root CA", rk, True, now - day, now + 2 * day)
+    inter = cert("faults intermediate CA", ik, "faults root CA", rk, True, now - day,
+                 now + 2 * day)
+    good = cert("origin.test", lk, "faults intermediate CA", ik, False, now - day, now + 2 * day)
+    expired = cert("origin.test", lk, "faults intermediate CA", ik, False, now - 3 * day,
+                   now - 2 * day)
+    wrong = cert("other.test", lk, "faults intermediate CA", ik, False, now - day, now + 2 * day)
+    selfs = cert("origin.test", lk, "origin.test", lk, False, now - day, now + 2 * day)
+    key = write("leaf.key", keypem(lk))
+    out = {
+        "good": (write("good.pem", pem(good, inter)), key),
+        "expired": (write("expired.pem", pem(expired, inter)), key),
+        "wronghost": (write("wrong.pem", pem(wrong, inter)), key),
+        "selfsigned": (write("self.pem", pem(selfs)), key),
+        "nochain": (write("nochain.pem", pem(good)), key),
+    }
+    return out, write("root.pem", pem(root))
+
+
+# ---- a misbehaving origin
+
+def rst_close(c):
+    """Close with RST (SO_LINGER 0) instead of FIN."""
+    try:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    c.close()
+
+
+class FaultOrigin:
+    """HTTP/1.1 origin whose behaviour follows the request path:
+        /ok                  200 with BODY (1 MiB)
+        /rst-before-head     RST once the request head arrived
+        /fin-before-head     FIN once the request head arrived
+        /stall-before-head   nothing, until the peer goes away
+        /rst-mid-body        200 head, 64 KiB of a 1 MiB body, RST
+        /fin-mid-body        200 head, 64 KiB of a 1 MiB body, FIN
+        /stall-after-head    200 head, 64 KiB of a 1 MiB body, then nothing
+        /rst-upload          reads 16 KiB of the request body, then RST
+        /fin-upload          reads 16 KiB of the request body, then FIN (and keeps reading)
+    With tls (an ssl.SSLContext) it speaks HTTPS; raw sockets are closed under the TLS."""
+
+    def __init__(self, tls=None, host="127.0.0.1"):
+        self.tls = tls
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind((host, 0))
+        self.ls.listen(64)
+        self.port = self.ls.getsockname()[1]
+        self.paths = []
+        self.open = []
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        while True:
+            try:
+                raw, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
+
+    def serve(self, raw):
+        self.open.append(raw)
+        raw.settimeout(30)
+        c = raw
+        try:
+            if self.tls is not None:
+                # the wrapped socket takes the descriptor over: RST, FIN and reads go
+                # through it (FIN without close_notify, reads decrypt and discard)
+                c = raw = self.tls.wrap_socket(raw, server_side=True)
+                self.open.append(c)
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1].decode()
+                self.paths.append(path)
+                clen = 0
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        clen = int(v)
+                if path.endswith("-upload"):
+                    while len(buf) < 16384:
+                        d = c.recv(65536)
+                        if not d:
+                            return
+                        buf += d
+                    if path.endswith("/rst-upload"):
+                        rst_close(raw)
+                        return
+                    raw.shutdown(socket.SHUT_WR)
+                    while raw.recv(65536):
+                        pass
+                    return
+                while len(buf) < clen:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf[clen:]
+                if path.endswith("/ok"):
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+                    continue
+                if path.endswith("/rst-before-head"):
+                    rst_close(raw)
+                    return
+                if path.endswith("/fin-before-head"):
+                    raw.shutdown(socket.SHUT_WR)
+                    return
+                if path.endswith("/stall-before-head"):
+                    while raw.recv(65536):
+                        pass
+                    return
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) +
+                          BODY[:65536])
+                time.sleep(0.2)  # the head and the first bytes reach the client first
+                if path.endswith("/rst-mid-body"):
+                    rst_close(raw)
+                    return
+                if path.endswith("/fin-mid-body"):
+                    raw.shutdown(socket.SHUT_WR)
+                    return
+                while raw.recv(65536):  # stall-after-head
+                    pass
+                return
+        except (OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            try:
+                raw.close()
+            except OSError:
+                pass
+
+    def close(self):
+        close_listener(self.ls)
+        for c in self.open:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+# ---- clients
+
+def parse_response(data):
+    """(status, body) of the first response in data; status 0 when there is none."""
+    if b"\r\n\r\n" not in data:
+        return 0, b""
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(head.split(b" ")[1]), body
+
+
+class Leg:
+    """One client connection to an origin through the proxy: plain (absolute-form) or
+    intercepted (CONNECT, then TLS trusting the proxy's CA)."""
+
+    def __init__(self, proxy, port, intercept, host="origin.test"):
+        self.intercept = intercept
+        self.host = host
+        self.port = port
+        self.s = socket.create_connection(proxy.addr(), timeout=20)
+        if intercept:
+            self.s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+                           .encode())
+            buf = b""
+            while not buf.endswith(b"\r\n\r\n"):
+                d = self.s.recv(1)
+                if not d:
+                    raise ConnectionError("proxy closed during CONNECT")
+                buf += d
+            assert buf.startswith(b"HTTP/1.1 200"), buf
+            ctx = ssl.create_default_context(cafile=os.path.join(proxy.tmp, "ca",
+                                                                 "soth-mitm-ca.pem"))
+            self.s = ctx.wrap_socket(self.s, server_hostname=host)
+
+    def head(self, method, path, extra=b""):
+        target = path if self.intercept else f"http://{self.host}:{self.port}{path}"
+        return (f"{method} {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n".encode() +
+                extra + b"\r\n")
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def read_all(self):
+        out = []
+        try:
+            while True:
+                d = self.s.recv(65536)
+                if not d:
+                    break
+                out.append(d)
+        except (ConnectionResetError, ssl.SSLError):
+            pass  # what was read before the reset is what the client saw
+        return b"".join(out)
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def exchanges(evs):
+    out = {}
+    for e in evs:
+        if "stream_id" in e:
+            out.setdefault((e["flow_id"], e["stream_id"]), []).append(e)
+    return out
+
+
+def completed(evs, path_suffix):
+    """The exchange_completed events of the exchanges whose request path ends so."""
+    out = []
+    for x in exchanges(evs).values():
+        req = [e for e in x if e["type"] == "request_headers"]
+        if req and req[0]["path"].endswith(path_suffix):
+            out += [e for e in x if e["type"] == "exchange_completed"]
+    return out
+
+
+def closed_of(evs, path_suffix):
+    """The stream_closed reason_code of the flows that carried a request for path_suffix."""
+    flows = {e["flow_id"] for e in evs
+             if e["type"] == "request_headers" and e["path"].endswith(path_suffix)}
+    return [e["reason_code"] for e in evs if e["type"] == "stream_closed" and e["flow_id"] in flows]
+
+
+class FaultBase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="soth-faults-")
+        cls.certs, cls.root = make_pki(cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def tls_ctx(self, which="good", alpn=None):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*self.certs[which])
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        return ctx
+
+    def config(self, **timeouts):
+        t = {"response_header_ms": HEAD_TIMEOUT_MS, "idle_ms": IDLE_MS}
+        t.update(timeouts)
+        return {"policy": {"default": "intercept"}, "resolve": {"origin.test": "127.0.0.1"},
+                "tls": {"upstream_ca_file": self.root}, "timeouts": t}
+
+
+class H1FaultTests(FaultBase):
+    """HTTP/1.1 rows, each on the plain and the intercepted path."""
+
+    def run_row(self, path, want_status, outcome, reason, closed, body_cut=False, upload=False,
+                want_elapsed=None):
+        for intercept in (False, True):
+            with self.subTest(intercept=intercept):
+                o = FaultOrigin(tls=self.tls_ctx() if intercept else None)
+                try:
+                    with Proxy(config=self.config()) as p:
+                        c = Leg(p, o.port, intercept)
+                        t0 = time.monotonic()
+                        if upload:
+                            # a 1 MiB upload of which the origin reads 16 KiB
+                            c.send(c.head("POST", path, b"Content-Length: %d\r\n" % len(BODY)) +
+                                   BODY[:65536])
+                        else:
+                            c.send(c.head("GET", path))
+                        data = c.read_all()
+                        elapsed = time.monotonic() - t0
+                        c.close()
+                        status, body = parse_response(data)
+                        self.assertEqual(status, want_status, data[:300])
+                        if body_cut:
+                            self.assertGreater(len(body), 0)
+                            self.assertLess(len(body), len(BODY))
+                            self.assertEqual(body, BODY[:len(body)])
+                        if want_elapsed is not None:
+                            self.assertGreaterEqual(elapsed, want_elapsed[0])
+                            self.assertLess(elapsed, want_elapsed[1])
+                        # the proxy serves the next request
+                        n = Leg(p, o.port, intercept)
+                        n.send(n.head("GET", "/ok", b"Connection: close\r\n"))
+                        status, body = parse_response(n.read_all())
+                        n.close()
+                        self.assertEqual(status, 200)
+                        self.assertEqual(body, BODY)
+                        evs = p.checked_events()
+                finally:
+                    o.close()
+                done = completed(evs, path)
+                self.assertEqual([e["outcome"] for e in done], [outcome], done)
+                self.assertEqual(done[0].get("reason"), reason, done)
+                self.assertEqual(closed_of(evs, path), [closed])
+                self.assertEqual([e["outcome"] for e in completed(evs, "/ok")], ["complete"])
+                self.assertNotIn("reason", completed(evs, "/ok")[0])
+
+    def test_rst_before_head_gets_502(self):
+        self.run_row("/rst-before-head", 502, "upstream_aborted", "upstream_reset",
+                     "relay_error")
+
+    def test_fin_before_head_gets_502(self):
+        self.run_row("/fin-before-head", 502, "upstream_aborted", "upstream_eof", "relay_eof")
+
+    def test_rst_during_upload_gets_502(self):
+        self.run_row("/rst-upload", 502, "upstream_aborted", "upstream_reset", "relay_error",
+                     upload=True)
+
+    def test_fin_during_upload_gets_502(self):
+        self.run_row("/fin-upload", 502, "upstream_aborted", "upstream_eof", "relay_eof",
+                     upload=True)
+
+    def test_stall_before_head_gets_504(self):
+        self.run_row("/stall-before-head", 504, "timeout", "upstream_timeout", "idle_timeout",
+                     want_elapsed=(HEAD_TIMEOUT_MS / 1000 - 0.05, IDLE_MS / 1000))
+
+    def test_rst_mid_body_truncates(self):
+        self.run_row("/rst-mid-body", 200, "upstream_aborted", "upstream_reset", "relay_error",
+                     body_cut=True)
+
+    def test_fin_mid_body_truncates(self):
+        self.run_row("/fin-mid-body", 200, "upstream_aborted", "upstream_eof", "relay_eof",
+                     body_cut=True)
+
+    def test_stall_after_head_ends_at_idle(self):
+        self.run_row("/stall-after-head", 200, "timeout", None, "idle_timeout", body_cut=True,
+                     want_elapsed=(IDLE_MS / 1000 - 0.05, IDLE_MS / 1000 + 5))
+
+
+if __name__ == "__main__":
+    unittest.main()
