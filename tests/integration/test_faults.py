@@ -420,5 +420,243 @@ class H1FaultTests(FaultBase):
                      want_elapsed=(IDLE_MS / 1000 - 0.05, IDLE_MS / 1000 + 5))
 
 
+class CertFaultTests(FaultBase):
+    """Upstream certificates the proxy must refuse: the client gets its TLS session with our
+    leaf, then a 502 naming the failure (docs/answers.md, "Upstream TLS failed"). An origin
+    whose CA is simply not trusted is test_tls.py's test_untrusted_upstream_fails_upstream_side."""
+
+    def row(self, which, reason):
+        bad = FaultOrigin(tls=self.tls_ctx(which))
+        good = FaultOrigin(tls=self.tls_ctx("good"))
+        try:
+            with Proxy(config=self.config()) as p:
+                c = Leg(p, bad.port, True)
+                c.send(c.head("GET", "/ok"))
+                status, body = parse_response(c.read_all())
+                c.close()
+                self.assertEqual(status, 502)
+                self.assertIn(b"TLS with the upstream origin.test", body)
+                self.assertIn(reason.encode(), body)
+                n = Leg(p, good.port, True)
+                n.send(n.head("GET", "/ok", b"Connection: close\r\n"))
+                status, body = parse_response(n.read_all())
+                n.close()
+                self.assertEqual((status, body), (200, BODY))
+                evs = p.checked_events()
+        finally:
+            bad.close()
+            good.close()
+        self.assertEqual(bad.paths, [])  # nothing reached the bad origin's HTTP layer
+        failed = [e for e in evs if e["type"] == "tls_handshake_failed"]
+        self.assertEqual([(e["side"], e["tls_failure_reason"], e["server_port"]) for e in failed],
+                         [("upstream", reason, bad.port)])
+        closed = {e["server_port"]: e["reason_code"] for e in evs if e["type"] == "stream_closed"}
+        self.assertEqual(closed[bad.port], "tls_failed")
+        self.assertEqual(completed(evs, "/ok")[0]["outcome"], "complete")
+
+    def test_expired_certificate(self):
+        self.row("expired", "cert_validation")
+
+    def test_wrong_host_certificate(self):
+        self.row("wronghost", "cert_validation")
+
+    def test_self_signed_certificate(self):
+        self.row("selfsigned", "unknown_ca")
+
+    def test_incomplete_chain(self):
+        self.row("nochain", "unknown_ca")
+
+    def test_complete_chain_is_accepted(self):
+        # the control for the rows above: the same leaf with its intermediate passes
+        o = FaultOrigin(tls=self.tls_ctx("good"))
+        try:
+            with Proxy(config=self.config()) as p:
+                c = Leg(p, o.port, True)
+                c.send(c.head("GET", "/ok", b"Connection: close\r\n"))
+                self.assertEqual(parse_response(c.read_all()), (200, BODY))
+                c.close()
+                p.checked_events()
+        finally:
+            o.close()
+
+
+class H2FaultOrigin:
+    """HTTP/2 origin (TLS, ALPN h2) whose behaviour follows the request path:
+        /ok            200 with 1000 bytes
+        /stall         nothing on that stream (the others are served)
+        /close         FIN on the connection (no GOAWAY)
+        /reset         RST on the connection
+        /rst-mid-body  200 head and 1000 of 100000 bytes, then RST on the connection"""
+
+    SMALL = b"x" * 1000
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.open = []
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        while True:
+            try:
+                raw, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.conn, args=(raw,), daemon=True).start()
+
+    def conn(self, raw):
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        self.open.append(s)
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        c.initiate_connection()
+        s.settimeout(30)
+        try:
+            s.sendall(c.data_to_send())
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    return
+                for ev in c.receive_data(d):
+                    if not isinstance(ev, h2.events.RequestReceived):
+                        continue
+                    path = dict(ev.headers).get(b":path", b"/ok").decode()
+                    if path.endswith("/ok"):
+                        c.send_headers(ev.stream_id, [(":status", "200"),
+                                                      ("content-length", "1000")])
+                        c.send_data(ev.stream_id, self.SMALL, end_stream=True)
+                    elif path.endswith("/close"):
+                        s.sendall(c.data_to_send())
+                        s.shutdown(socket.SHUT_WR)
+                        while s.recv(65536):
+                            pass
+                        return
+                    elif path.endswith("/reset"):
+                        rst_close(s)
+                        return
+                    elif path.endswith("/rst-mid-body"):
+                        c.send_headers(ev.stream_id, [(":status", "200"),
+                                                      ("content-length", "100000")])
+                        c.send_data(ev.stream_id, self.SMALL)
+                        s.sendall(c.data_to_send())
+                        time.sleep(0.3)
+                        rst_close(s)
+                        return
+                s.sendall(c.data_to_send())
+        except (OSError, ssl.SSLError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self):
+        close_listener(self.ls)
+        for s in self.open:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+class H2FaultTests(FaultBase):
+    """HTTP/2 rows: the answers are per stream; a stalled stream does not hold the others."""
+
+    def setUp(self):
+        self.origin = H2FaultOrigin(self.tls_ctx(alpn=["h2"]))
+
+    def tearDown(self):
+        self.origin.close()
+
+    def client(self, p):
+        c = H2Client(p.addr(), os.path.join(p.tmp, "ca", "soth-mitm-ca.pem"), "origin.test",
+                     self.origin.port)
+        self.assertEqual(c.alpn, "h2")
+        return c
+
+    def outcomes(self, evs):
+        out = {}
+        for x in exchanges(evs).values():
+            req = [e for e in x if e["type"] == "request_headers"]
+            done = [e for e in x if e["type"] == "exchange_completed"]
+            out.setdefault(req[0]["path"], []).append((done[0]["outcome"],
+                                                       done[0].get("reason")))
+        return out
+
+    def test_stall_before_head_gets_504_on_that_stream(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            t0 = time.monotonic()
+            stall = c.request("GET", "/stall")
+            ok = c.request("GET", "/ok")
+            c.run_until(lambda: c.done(ok))
+            self.assertEqual(c.r[ok]["status"], 200)
+            self.assertEqual(bytes(c.r[ok]["body"]), H2FaultOrigin.SMALL)
+            c.run_until(lambda: c.done(stall))
+            self.assertGreaterEqual(time.monotonic() - t0, HEAD_TIMEOUT_MS / 1000 - 0.05)
+            self.assertEqual(c.r[stall]["status"], 504)
+            self.assertEqual(bytes(c.r[stall]["body"]), b"")
+            again = c.request("GET", "/ok")  # the same connection carries on
+            c.run_until(lambda: c.done(again))
+            self.assertEqual(c.r[again]["status"], 200)
+            c.close()
+            evs = p.checked_events()
+        self.assertEqual(self.outcomes(evs), {"/stall": [("timeout", "upstream_timeout")],
+                                              "/ok": [("complete", None)] * 2})
+
+    def upstream_gone(self, path, outcome, reason):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            waiting = c.request("GET", "/stall")
+            time.sleep(0.1)
+            bad = c.request("GET", path)
+            c.run_until(lambda: c.done(bad) and c.done(waiting))
+            self.assertEqual(c.r[bad]["status"], 502)
+            self.assertEqual(c.r[waiting]["status"], 502)
+            c.close()
+            n = self.client(p)  # the next connection is served
+            ok = n.request("GET", "/ok")
+            n.run_until(lambda: n.done(ok))
+            self.assertEqual(n.r[ok]["status"], 200)
+            n.close()
+            evs = p.checked_events()
+        self.assertEqual(self.outcomes(evs), {"/stall": [(outcome, reason)],
+                                              path: [(outcome, reason)],
+                                              "/ok": [("complete", None)]})
+
+    def test_fin_before_head_gets_502(self):
+        self.upstream_gone("/close", "upstream_aborted", "upstream_eof")
+
+    def test_rst_before_head_gets_502(self):
+        # a transport reset is outcome `reset` on HTTP/2 (docs/http2.md, "Outcomes")
+        self.upstream_gone("/reset", "reset", "upstream_reset")
+
+    def test_rst_mid_body_resets_the_stream(self):
+        with Proxy(config=self.config()) as p:
+            c = self.client(p)
+            cut = c.request("GET", "/rst-mid-body")
+            c.run_until(lambda: c.done(cut) or c.closed)
+            self.assertEqual(c.r[cut]["status"], 200)
+            self.assertEqual(bytes(c.r[cut]["body"]), H2FaultOrigin.SMALL)
+            self.assertFalse(c.r[cut]["ended"], "a cut body must not end cleanly")
+            c.close()
+            n = self.client(p)
+            ok = n.request("GET", "/ok")
+            n.run_until(lambda: n.done(ok))
+            self.assertEqual(n.r[ok]["status"], 200)
+            n.close()
+            evs = p.checked_events()
+        self.assertEqual(self.outcomes(evs), {"/rst-mid-body": [("reset", "upstream_reset")],
+                                              "/ok": [("complete", None)]})
+
+
 if __name__ == "__main__":
     unittest.main()
