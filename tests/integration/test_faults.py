@@ -658,5 +658,230 @@ class H2FaultTests(FaultBase):
                                               "/ok": [("complete", None)]})
 
 
+# ---- delay, loss and reordering in user space (the kernel has no sch_netem)
+
+TUNSETIFF = 0x400454CA
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+NET_A, NET_B = "10.99.0.1", "10.99.0.2"  # the proxy's and the origin's ends, private netns only
+NET_ROWS = {
+    # row: (one-way delay ms, loss probability, reorder probability, extra delay of a
+    #       reordered packet ms, transfers of 1 MiB)
+    "delay": (15.0, 0.0, 0.0, 0.0, 20),
+    "loss": (1.0, 0.02, 0.0, 0.0, 50),
+    "reorder": (1.0, 0.0, 0.05, 4.0, 50),
+}
+
+
+def tun_open(name):
+    import fcntl
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+    os.set_blocking(fd, False)
+    return fd
+
+
+def sh(*args):
+    subprocess.run(args, check=True, capture_output=True)
+
+
+class PacketRelay:
+    """Moves IP packets between two TUN devices, delaying each by `delay_ms`, dropping a
+    `loss` share and holding a `reorder` share back by `extra_ms` more (so later packets
+    overtake them): the kernels' TCP on both ends must retransmit and reassemble."""
+
+    def __init__(self, fd_a, fd_b, delay_ms, loss, reorder, extra_ms, seed=7):
+        import random
+        self.fds = (fd_a, fd_b)
+        self.delay, self.loss, self.reorder, self.extra = (delay_ms / 1000, loss, reorder,
+                                                           extra_ms / 1000)
+        self.rnd = random.Random(seed)
+        self.forwarded = self.dropped = self.held = self.overtaken = 0
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        import heapq
+        q = []
+        seq = 0
+        last_out = [-1, -1]  # highest arrival number written, per direction
+        while not self.stop:
+            now = time.monotonic()
+            while q and q[0][0] <= now:
+                _, n, i, pkt = heapq.heappop(q)
+                try:
+                    os.write(self.fds[1 - i], pkt)
+                except OSError:
+                    pass
+                if n < last_out[i]:
+                    self.overtaken += 1
+                last_out[i] = max(last_out[i], n)
+                self.forwarded += 1
+            wait = min(0.05, q[0][0] - now) if q else 0.05
+            r, _, _ = select.select(self.fds, [], [], max(wait, 0))
+            now = time.monotonic()
+            for i, fd in enumerate(self.fds):
+                if fd not in r:
+                    continue
+                while True:
+                    try:
+                        pkt = os.read(fd, 65535)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        return
+                    seq += 1
+                    if self.rnd.random() < self.loss:
+                        self.dropped += 1
+                        continue
+                    due = now + self.delay
+                    if self.rnd.random() < self.reorder:
+                        due += self.extra
+                        self.held += 1
+                    heapq.heappush(q, (due, seq, i, pkt))
+
+
+def net_origin_main(cert, key):
+    """Inside the origin's namespace: wait for tunb, configure it, serve FaultOrigin."""
+    deadline = time.time() + 20
+    while subprocess.run(["ip", "link", "show", "tunb"], capture_output=True).returncode != 0:
+        if time.time() > deadline:
+            sys.exit("tunb never arrived")
+        time.sleep(0.02)
+    sh("ip", "link", "set", "lo", "up")
+    sh("ip", "addr", "add", NET_B + "/24", "dev", "tunb")
+    sh("ip", "link", "set", "tunb", "up")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    o = FaultOrigin(tls=ctx, host=NET_B)
+    print("PORT", o.port, flush=True)
+    sys.stdin.read()  # until the test is over
+
+
+class NetInnerRow:
+    """Run by NetFaultTests inside a fresh network namespace (the proxy's and the client's);
+    the origin lives in a second one behind two TUN devices and a PacketRelay. A TestCase
+    only there (net_inner_main), so the module's own run never collects it."""
+
+    row = None
+
+    def test_row(self):
+        delay_ms, loss, reorder, extra_ms, n = NET_ROWS[self.row]
+        n = int(os.environ.get("SOTH_FAULTS_TRANSFERS", n))
+        sh("ip", "link", "set", "lo", "up")
+        fd_a, fd_b = tun_open("tuna"), tun_open("tunb")
+        origin = subprocess.Popen(["unshare", "-n", PY, os.path.abspath(__file__), "net-origin",
+                                   *self.certs["good"]], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, cwd=HERE)
+        relay = None
+        try:
+            time.sleep(0.2)  # unshare has run: the pid is the origin's namespace
+            sh("ip", "link", "set", "tunb", "netns", str(origin.pid))
+            sh("ip", "addr", "add", NET_A + "/24", "dev", "tuna")
+            sh("ip", "link", "set", "tuna", "up")
+            line = origin.stdout.readline().decode()
+            self.assertTrue(line.startswith("PORT "), line)
+            port = int(line.split()[1])
+            relay = PacketRelay(fd_a, fd_b, delay_ms, loss, reorder, extra_ms)
+            cfg = self.config(response_header_ms=60000, idle_ms=60000)
+            cfg["resolve"] = {"origin.test": NET_B}
+            t0 = time.monotonic()
+            with Proxy(config=cfg) as p:
+                conns = 5
+                for k in range(conns):
+                    c = Leg(p, port, True)
+                    for i in range(n // conns):
+                        last = i == n // conns - 1
+                        c.send(c.head("GET", "/ok", b"Connection: close\r\n" if last else b""))
+                        self.assertEqual(read_response(c.s), BODY, (k, i))
+                    c.close()
+                evs = p.checked_events()
+            took = time.monotonic() - t0
+        finally:
+            if relay is not None:
+                relay.stop = True
+            origin.stdin.close()
+            origin.kill()
+            origin.wait()
+            origin.stdout.close()
+            os.close(fd_a)
+            os.close(fd_b)
+        done = [e["outcome"] for e in evs if e["type"] == "exchange_completed"]
+        self.assertEqual(done, ["complete"] * (n // conns * conns))
+        print(f"{self.row}: {n // conns * conns} x 1 MiB in {took:.1f} s; packets forwarded "
+              f"{relay.forwarded}, dropped {relay.dropped}, held back {relay.held}, overtaken "
+              f"{relay.overtaken}", file=sys.stderr)
+        if loss:
+            self.assertGreater(relay.dropped, 100)
+        if reorder:
+            self.assertGreater(relay.overtaken, 100)
+        if delay_ms >= 10:
+            self.assertGreater(took, n * 2 * delay_ms / 1000 / 5)  # round trips were slow
+
+
+def read_response(s):
+    """The body of one Content-Length response read off s (keep-alive)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            raise ConnectionError("closed before the response head")
+        buf += d
+    head, body = buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    clen = [int(l.split(b":")[1]) for l in head.split(b"\r\n")
+            if l.lower().startswith(b"content-length:")][0]
+    while len(body) < clen:
+        d = s.recv(min(1 << 20, clen - len(body)))
+        if not d:
+            raise ConnectionError("closed mid-body")
+        body += d
+    return body
+
+
+def net_inner_main(row):
+    case = type("NetInner", (NetInnerRow, FaultBase), {"row": row})
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(case)
+    ok = unittest.TextTestRunner(verbosity=2).run(suite).wasSuccessful()
+    sys.exit(0 if ok else 1)
+
+
+class NetFaultTests(unittest.TestCase):
+    """docs/failures.md's network rows. Need root (network namespaces, TUN devices): skipped
+    otherwise, but never under CI (CI=true), where that is a failure."""
+
+    def inner(self, row):
+        ci = os.environ.get("CI") == "true"
+        why = None
+        if os.geteuid() != 0:
+            why = "needs root (network namespaces and TUN devices)"
+        elif subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+            why = "network namespaces are refused here"
+        elif not os.path.exists("/dev/net/tun"):
+            why = "no /dev/net/tun"
+        if why is not None:
+            if ci:
+                self.fail("CI must run the network fault rows: " + why)
+            self.skipTest(why)
+        r = subprocess.run(["unshare", "-n", PY, os.path.abspath(__file__), "net", row],
+                           cwd=HERE, capture_output=True, timeout=900)
+        sys.stderr.write(r.stderr.decode(errors="replace")[-3000:])
+        self.assertEqual(r.returncode, 0, r.stdout.decode(errors="replace")[-3000:])
+
+    def test_delay(self):
+        self.inner("delay")
+
+    def test_loss(self):
+        self.inner("loss")
+
+    def test_reorder(self):
+        self.inner("reorder")
+
+
 if __name__ == "__main__":
-    unittest.main()
+    if len(sys.argv) > 1 and sys.argv[1] == "net-origin":
+        net_origin_main(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "net":
+        net_inner_main(sys.argv[2])
+    else:
+        unittest.main()
