@@ -631,6 +631,7 @@ class H2FaultTests(FaultBase):
         self.assertEqual(self.outcomes(evs), {"/stall": [(outcome, reason)],
                                               path: [(outcome, reason)],
                                               "/ok": [("complete", None)]})
+        self.assertEqual(closed_of(evs, path), ["relay_eof"])
 
     def test_fin_before_head_gets_502(self):
         self.upstream_gone("/close", "upstream_aborted", "upstream_eof")
@@ -656,6 +657,7 @@ class H2FaultTests(FaultBase):
             evs = p.checked_events()
         self.assertEqual(self.outcomes(evs), {"/rst-mid-body": [("reset", "upstream_reset")],
                                               "/ok": [("complete", None)]})
+        self.assertEqual(closed_of(evs, "/rst-mid-body"), ["relay_eof"])
 
 
 # ---- delay, loss and reordering in user space (the kernel has no sch_netem)
