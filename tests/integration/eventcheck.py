@@ -5,7 +5,8 @@ check_events(events) walks the events in ring order and raises EventOrderError (
 AssertionError) at the first violation of:
 
   schema   every event has the common fields, v == 1, a known type and protocol, the type's
-           own fields with values from the vocabularies of docs/events.md;
+           own fields with values from the vocabularies of docs/events.md; an
+           exchange_completed `reason` is a non-empty string, never on a complete exchange;
   1        per flow, seq 0, 1, 2, ... in gseq order; a gap only where events were dropped,
            and the flow's stream_closed events_dropped equals the gaps;
   2        a flow starts with connect_received or connect_parse_failed (and never has a second
@@ -174,6 +175,12 @@ def _check_schema(ev):
         elif kind is list:
             if not isinstance(val, list):
                 _fail(f"{t}.{name} must be a list", ev)
+    # exchange_completed `reason`: optional, a non-empty string, never on a complete exchange
+    if t == "exchange_completed" and "reason" in ev:
+        if not isinstance(ev["reason"], str) or not ev["reason"]:
+            _fail("exchange_completed.reason must be a non-empty string", ev)
+        if ev["outcome"] == "complete":
+            _fail("exchange_completed.reason on a complete exchange", ev)
     if "stream_id" in SCHEMA[t] and ev["stream_id"] < 1:
         _fail("stream_id must be positive (invariant 6)", ev)
 

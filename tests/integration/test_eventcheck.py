@@ -208,6 +208,8 @@ class BadSequences(unittest.TestCase):
         "test_bad_base64": "not valid base64",
         "test_bool_is_not_an_int": "offset must be a non-negative integer",
         "test_close_reason_vocabulary": "stream_closed.reason_code",
+        "test_reason_on_complete_exchange": "reason on a complete exchange",
+        "test_reason_not_a_string": "reason must be a non-empty string",
         "test_events_dropped_without_gap": "events_dropped 2 != seq gaps 0",
         "test_flow_starts_with_decision": "flow must start with connect_received",
         "test_second_connect_received": "connect_received that is not the flow's first",
@@ -294,6 +296,14 @@ class BadSequences(unittest.TestCase):
 
     def test_close_reason_vocabulary(self):
         self.bad(lambda e: e[-1].update(reason_code="eof"), "reason_code")
+
+    def test_reason_on_complete_exchange(self):
+        self.bad(lambda e: e[find(e, "exchange_completed")].update(reason="upstream_eof"),
+                 "a reason only for what did not complete")
+
+    def test_reason_not_a_string(self):
+        self.bad(lambda e: e[find(e, "exchange_completed")].update(outcome="timeout",
+                                                                   reason=None), "reason null")
 
     # -- invariant 1
     def test_gseq_not_increasing(self):
