@@ -28,7 +28,7 @@ import h2.events
 import h2.exceptions
 
 from h2_origin import H2Client
-from harness import Proxy, close_listener, read_all
+from harness import Proxy, close_listener
 
 PY = "/usr/bin/python3"
 HERE = os.path.dirname(os.path.abspath(__file__))
