@@ -87,8 +87,14 @@ static bool domain_ok(const uint8_t *h, size_t n, bool *is_ipv6)
     tmp[n] = '\0';
     struct in6_addr a6;
     *is_ipv6 = memchr(h, ':', n) != NULL;
-    if (*is_ipv6)
+    if (*is_ipv6) {
+        /* inet_pton stops at a NUL: every byte must be one of the address's own. */
+        for (size_t i = 0; i < n; i++)
+            if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f') ||
+                  (h[i] >= 'A' && h[i] <= 'F') || h[i] == ':' || h[i] == '.'))
+                return false;
         return inet_pton(AF_INET6, tmp, &a6) == 1;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!host_byte(h[i]))
             return false;

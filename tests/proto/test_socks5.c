@@ -267,6 +267,9 @@ Test(socks5, domain_rules)
     expect_refused(&r, "bad_target", REP(1), 10);
     RUN(&r, 5, 1, 0, 5, 1, 0, 3, 3, 'a', 0, 'b', 0, 80);
     expect_refused(&r, "bad_target", REP(1), 10);
+    /* Fuzz find: "::" then a NUL was read by inet_pton as "::" (the NUL ended its text). */
+    RUN(&r, 5, 1, 0, 5, 1, 0, 3, 3, ':', ':', 0, 0, 80);
+    expect_refused(&r, "bad_target", REP(1), 10);
     /* Allowed: a trailing dot, underscores, a numeric label that is not the last. */
     RUN(&r, 5, 1, 0, 5, 1, 0, 3, 7, '_', 'x', '.', '1', '.', 'a', '.', 0, 80);
     expect_target(&r, "_x.1.a.", false, 80);
