@@ -235,6 +235,27 @@ class Socks5Tests(unittest.TestCase):
             finally:
                 origin.close()
 
+    def test_plain_http_through_an_intercepted_flow_is_parsed(self):
+        origin = PlainOrigin("127.0.0.1")
+        try:
+            with Proxy(mode="socks5", config={"policy": {"default": "intercept"}}) as p:
+                url = f"http://127.0.0.1:{origin.port}/p"
+                out = subprocess.run(["curl", "-sS", "--socks5-hostname", f"127.0.0.1:{p.port}",
+                                      url, url], capture_output=True, timeout=30)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(out.stdout, origin.body * 2)
+                evs = p.checked_events()
+        finally:
+            origin.close()
+        self.assertEqual([e["type"] for e in evs],
+                         ["connect_received", "connect_decision"] +
+                         ["request_headers", "response_headers", "response_body_chunk",
+                          "exchange_completed"] * 2 + ["stream_closed"])
+        self.assertEqual(evs[1]["decision"], "intercept")
+        self.assertEqual((evs[2]["method"], evs[2]["path"], evs[2]["protocol"]),
+                         ("GET", "/p", "http1"))
+        self.assertEqual(evs[3]["status"], 200)
+
     def test_ipv6_request_bytes(self):
         echo_srv = socket.socket(socket.AF_INET6)
         echo_srv.bind(("::1", 0))
