@@ -548,6 +548,7 @@ static const struct good_case good_cases[] = {
     {"{\"listen\": \"[::]:65535\"}", NULL},
     {"{\"listen\": \"[fe80::1]:1\"}", NULL},
     {"{\"mode\": \"transparent\"}", NULL},
+    {"{\"mode\": \"socks5\"}", NULL},
     {"{\"mode\": \"reverse:http://origin.test\"}", NULL},
     {"{\"mode\": \"reverse:https://[::1]:8443\"}", NULL},
     {"{\"mode\": \"reverse:https://origin.test/\"}", NULL},
