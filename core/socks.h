@@ -2,11 +2,7 @@
  * Private to core/: a socks5-mode flow before its target is known (FS_SOCKS; docs/socks5.md):
  * the client's greeting and request read with the parser of soth/proto/socks5.h (its state in
  * an owned chunk, f->head, until the request is complete), connect_received, the decision,
- * then the upstream, as for a CONNECT (core/head.c). The SOCKS replies stand where a CONNECT
- * gets its HTTP answers: success with the bound address once the upstream is connected (where
- * a CONNECT is answered 200), a refusal code for a block or an upstream that cannot be
- * reached (where a CONNECT is answered 403, 502 or 504), each refusal followed by our FIN and
- * the linger of core/answer.c.
+ * then the upstream, as for a CONNECT (core/head.c). The replies are core/socks_answer.c.
  *
  * The FS_SOCKS entries of the completion table (core/flow_io.c) are here: socks_data,
  * socks_eof, socks_timeout.
@@ -22,14 +18,6 @@ struct flow;
 
 /** A new socks5-mode connection: FS_SOCKS, bounded by timeouts.request_header_ms. */
 void socks_begin(struct worker *w, struct flow *f);
-
-/** The upstream is connected: the success reply with the upstream socket's local address.
- *  False when it could not be queued. */
-bool socks_established(struct worker *w, struct flow *f);
-
-/** The upstream could not be reached (err a -errno, or timeout): the matching reply code
- *  (docs/socks5.md), our FIN, then close (upstream_connect_failed). */
-void socks_failed(struct worker *w, struct flow *f, int err, bool timeout);
 
 /* ---- FS_SOCKS completions (core/flow_io.c) */
 

@@ -12,7 +12,7 @@
 #include "iobuf.h"
 #include "relay.h"
 #include "resolver.h"
-#include "socks.h"
+#include "socks_answer.h"
 #include "timer.h"
 #include "upstream.h"
 #include "worker.h"
