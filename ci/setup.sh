@@ -24,11 +24,12 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     liburing-dev libnghttp2-dev libxxhash-dev libcriterion-dev node-llhttp libjansson-dev
     autoconf automake libtool dpkg-dev
-    curl nghttp2-client wrk nginx-light openssl
+    curl nghttp2-client wrk nginx-light openssl ca-certificates
     python3 python3-h2 python3-hpack python3-hyperframe python3-websockets python3-grpcio
     python3-cryptography python3-brotli python3-zstandard python3-msgpack
     iproute2 nftables procps psmisc util-linux coreutils
-    zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev)
+    zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev
+    ngtcp2-client)
 
 missing=()
 for p in "${PKGS[@]}"; do
