@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <string.h>
 
+#include "soth/proto/connect.h"
 #include "soth/proto/socks5.h"
 
 /* Fields, in wire order, of each message (struct soth_socks5.step). */
@@ -70,52 +71,27 @@ static ssize_t refuse_request(struct soth_socks5 *s, enum soth_socks5_rep rep, c
     return SOTH_E_MALFORMED;
 }
 
-static bool host_byte(uint8_t c)
+/* A domain is checked by the proxy's one authority parser (soth/proto/connect.h), so it is
+ * held to the rules of a CONNECT host: no resolver may read as an address ("127.1") a name
+ * the policy saw as text. IPv6 text is taken as an IPv6 address: every byte one of an
+ * address's own (inet_pton would stop at a NUL), then inet_pton. */
+static bool domain_ok(const uint8_t *h, size_t n)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '.' || c == '_';
-}
-
-/* A domain is checked as a CONNECT host is (soth/proto/connect.h, "host"): ALPHA DIGIT - . _
- * without empty labels (one trailing dot allowed), and a name whose last label is numeric
- * must be a dotted-quad IPv4 address, so that no resolver reads "127.1" as an address the
- * policy never saw as text. IPv6 text is taken as an IPv6 address. */
-static bool domain_ok(const uint8_t *h, size_t n, bool *is_ipv6)
-{
-    char tmp[256];
-    memcpy(tmp, h, n);
-    tmp[n] = '\0';
-    struct in6_addr a6;
-    *is_ipv6 = memchr(h, ':', n) != NULL;
-    if (*is_ipv6) {
-        /* inet_pton stops at a NUL: every byte must be one of the address's own. */
+    if (memchr(h, ':', n) != NULL) {
+        char tmp[256];
+        struct in6_addr a6;
         for (size_t i = 0; i < n; i++)
             if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f') ||
                   (h[i] >= 'A' && h[i] <= 'F') || h[i] == ':' || h[i] == '.'))
                 return false;
+        memcpy(tmp, h, n);
+        tmp[n] = '\0';
         return inet_pton(AF_INET6, tmp, &a6) == 1;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (!host_byte(h[i]))
-            return false;
-        if (h[i] == '.' && (i == 0 || h[i - 1] == '.'))
-            return false;
-    }
-    size_t end = h[n - 1] == '.' ? n - 1 : n;
-    size_t s = end;
-    while (s > 0 && h[s - 1] != '.')
-        s--;
-    bool numeric = s < end;
-    if (numeric && end - s > 2 && h[s] == '0' && (h[s + 1] == 'x' || h[s + 1] == 'X')) {
-        for (size_t i = s + 2; i < end && numeric; i++)
-            numeric = (h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f') ||
-                      (h[i] >= 'A' && h[i] <= 'F');
-    } else {
-        for (size_t i = s; i < end && numeric; i++)
-            numeric = h[i] >= '0' && h[i] <= '9';
-    }
-    struct in_addr a4;
-    return !numeric || inet_pton(AF_INET, tmp, &a4) == 1;
+    struct soth_authority a;
+    if (soth_authority_parse(soth_iov(h, n), false, 1, &a, NULL, NULL) < 0)
+        return false;
+    return a.host.len == n && !a.host_is_ipv6; /* the whole text is the host: no '[' */
 }
 
 static ssize_t greeting_byte(struct soth_socks5 *s, uint8_t c, enum soth_socks5_event *ev)
@@ -150,8 +126,7 @@ static ssize_t greeting_byte(struct soth_socks5 *s, uint8_t c, enum soth_socks5_
 static ssize_t request_done(struct soth_socks5 *s, enum soth_socks5_event *ev)
 {
     if (s->atyp == SOTH_SOCKS5_ATYP_DOMAIN) {
-        bool v6;
-        if (!domain_ok(s->addr, s->addr_len, &v6))
+        if (!domain_ok(s->addr, s->addr_len))
             return refuse_request(s, SOTH_SOCKS5_REP_GENERAL_FAILURE, "bad_target",
                                   "request domain is not a host name");
     }
