@@ -325,6 +325,37 @@ class Socks5Tests(unittest.TestCase):
                              ["connect_received", "connect_decision", "stream_closed"])
             self.assertEqual(fl[-1]["reason_code"], "upstream_connect_failed")
 
+    def test_upstream_connect_timeout_is_reply_6(self):
+        # A loopback listener whose accept queue is full: the kernel drops further SYNs, so the
+        # proxy's connect stays pending until timeouts.connect_ms.
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(0)
+        port = lsock.getsockname()[1]
+        fill = []
+        try:
+            for _ in range(3):
+                c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex(("127.0.0.1", port))
+                fill.append(c)
+            time.sleep(0.2)
+            with Proxy(mode="socks5", config={"timeouts": {"connect_ms": 400}}) as p:
+                s = socket.create_connection(p.addr(), timeout=10)
+                t0 = time.monotonic()
+                s.sendall(NOAUTH + request(1, "127.0.0.1", port))
+                self.assertEqual(read_all(s), b"\x05\x00" + refusal(6))
+                self.assertGreaterEqual(time.monotonic() - t0, 0.35)
+                s.close()
+                evs = p.checked_events()
+            self.assertEqual([e["type"] for e in evs],
+                             ["connect_received", "connect_decision", "stream_closed"])
+            self.assertEqual(evs[-1]["reason_code"], "upstream_connect_failed")
+        finally:
+            for c in fill:
+                c.close()
+            close_listener(lsock)
+
     def test_request_head_timeout(self):
         with Proxy(mode="socks5", config={"timeouts": {"request_header_ms": 300}}) as p:
             s = socket.create_connection(p.addr(), timeout=10)
