@@ -91,7 +91,8 @@ void soth_socks5_init(struct soth_socks5 *s);
  * request completes (*ev says which; bytes after a request belong to the connection), else
  * consumes everything with *ev = SOTH_SOCKS5_EV_NONE. Returns SOTH_E_MALFORMED when the input is
  * refused (stage FAILED; reply, reason_code and detail set), decided at the first byte that
- * makes it so, except that an unsupported command is refused once its request is complete.
+ * makes it so, except that the command, the domain and the port are judged once the request
+ * is complete (an unsupported command is answered after the whole request, RFC 1928 6).
  * After DONE it consumes nothing; after FAILED it returns SOTH_E_MALFORMED again. The result
  * never depends on how the input was split.
  *
