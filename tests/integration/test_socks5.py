@@ -4,6 +4,7 @@ blocked one, IPv4 and IPv6 literal targets, and the exact reply bytes to what is
 import http.server
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -194,6 +195,57 @@ class Socks5Tests(unittest.TestCase):
                 s.close()
         finally:
             echo.close()
+
+    def test_client_hello_sent_with_the_request_is_intercepted(self):
+        # The client sends greeting, request and its ClientHello in one go, before any reply.
+        with Proxy(mode="socks5", config=self.config()) as p:
+            ctx = ssl.create_default_context(cafile=os.path.join(p.tmp, "ca", "soth-mitm-ca.pem"))
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ctx.wrap_bio(inc, out, server_hostname="origin.test")
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            s = socket.create_connection(p.addr(), timeout=10)
+            s.sendall(NOAUTH + request(1, "origin.test", self.origin.port) + out.read())
+            self.assertEqual(recv_exact(s, 2), b"\x05\x00")
+            self.assertEqual(recv_exact(s, 4), b"\x05\x00\x00\x01")
+            recv_exact(s, 6)
+            req = "GET /early HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n"
+            sent, got = False, b""
+            while True:
+                try:
+                    if not sent:
+                        tls.do_handshake()
+                        tls.write(req.encode())
+                        sent = True
+                    got += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    break
+                pending = out.read()
+                if pending:
+                    s.sendall(pending)
+                d = s.recv(65536)
+                if not d:
+                    inc.write_eof()
+                    try:
+                        got += tls.read(65536)
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLWantReadError):
+                        pass
+                    break
+                inc.write(d)
+            s.close()
+            self.assertTrue(got.startswith(b"HTTP/1.1 200"), got[:100])
+            self.assertTrue(got.endswith(self.origin.body), got[-100:])
+            evs = p.checked_events()
+        types = [e["type"] for e in evs]
+        self.assertEqual(types[:6], ["connect_received", "connect_decision",
+                                     "tls_handshake_started", "tls_handshake_succeeded",
+                                     "tls_handshake_started", "tls_handshake_succeeded"])
+        self.assertIn("request_headers", types)
+        self.assertEqual(evs[types.index("request_headers")]["path"], "/early")
 
     def test_blocked_host_is_refused_by_ruleset(self):
         cfg = self.config([{"host": "origin.test", "action": "block"}])
