@@ -16,7 +16,8 @@
 
 #include "soth/base.h"
 
-const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent"};
+const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent",
+                                                      "socks5"};
 const char *const soth_action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
 const char *const soth_sink_type_names[SOTH_SINK_COUNT] = {"jsonl", "uds"};
 
@@ -789,6 +790,8 @@ static int set_mode(struct cerr *e, struct soth_config *c, const char *path, con
         c->mode = SOTH_MODE_REGULAR;
     } else if (strcmp(text, "transparent") == 0) {
         c->mode = SOTH_MODE_TRANSPARENT;
+    } else if (strcmp(text, "socks5") == 0) {
+        c->mode = SOTH_MODE_SOCKS5;
     } else if (strncmp(text, "reverse:", 8) == 0) {
         const char *url = text + 8;
         bool tls;
@@ -829,9 +832,10 @@ static int set_mode(struct cerr *e, struct soth_config *c, const char *path, con
         c->reverse_host = hp.host;
         c->reverse_port = hp.port;
     } else {
-        return fail(e, path,
-                    "expected regular, transparent or reverse:SCHEME://HOST:PORT, got \"%s\"",
-                    text);
+        return fail(
+            e, path,
+            "expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got \"%s\"",
+            text);
     }
     free(c->mode_text);
     c->mode_text = sdup(e, text);

@@ -255,13 +255,13 @@ static const struct bad_case bad_cases[] = {
 
     /* mode */
     {"{\"mode\": \"sideways\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"sideways\""},
     {"{\"mode\": \"Regular\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"Regular\""},
     {"{\"mode\": \"reverse\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"reverse\""},
     {"{\"mode\": \"reverse:ftp://x\"}",
      "config: mode: expected reverse:http://HOST[:PORT] or reverse:https://HOST[:PORT], got "
@@ -554,6 +554,7 @@ static const struct good_case good_cases[] = {
     {"{\"listen\": \"[::]:65535\"}", NULL},
     {"{\"listen\": \"[fe80::1]:1\"}", NULL},
     {"{\"mode\": \"transparent\"}", NULL},
+    {"{\"mode\": \"socks5\"}", NULL},
     {"{\"mode\": \"reverse:http://origin.test\"}", NULL},
     {"{\"mode\": \"reverse:https://[::1]:8443\"}", NULL},
     {"{\"mode\": \"reverse:https://origin.test/\"}", NULL},
@@ -824,7 +825,7 @@ static const struct bad_flag bad_flags[] = {
      "config: --mode: expected reverse:http://HOST[:PORT] or reverse:https://HOST[:PORT], got "
      "\"reverse:ftp://x\""},
     {{.mode = "bridge", .workers = -1},
-     "config: --mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: --mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"bridge\""},
     {{.workers = 1025}, "config: --workers: expected integer <= 1024, got 1025"},
     {{.ca_dir = "", .workers = -1}, "config: --ca-dir: expected a non-empty value"},

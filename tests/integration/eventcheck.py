@@ -13,7 +13,8 @@ AssertionError) at the first violation of:
            one), ends with exactly one stream_closed, and nothing follows it;
   3        connect_decision (at most one) precedes every TLS and HTTP event of its flow; a
            blocked flow has no TLS or HTTP event, a tunnelled one no TLS event and, when it
-           was a CONNECT, no HTTP event either (its bytes pass untouched);
+           was a CONNECT (or a SOCKS5 request), no HTTP event either (its bytes pass
+           untouched);
   4        per stream, request_headers (exactly once) is the stream's first event and precedes
            its request body chunks, request trailers and response_headers; the final
            (non-1xx, or 101) response_headers comes once, after any interim 1xx ones, and
@@ -349,7 +350,7 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
             if not fl["decided"] and not fl["partial"]:
                 _fail("TLS/HTTP event before connect_decision (invariant 3)", ev)
             if fl["decision"] == "block" or (fl["decision"] == "tunnel" and (
-                    t in TLS_EVENTS or fl["method"] == "CONNECT")):
+                    t in TLS_EVENTS or fl["method"] in ("CONNECT", "SOCKS5"))):
                 _fail(f"{t} in a flow with a {fl['decision']} decision", ev)
         # TLS handshakes: started, then exactly one end, per side.
         if t in TLS_EVENTS and not fl["relaxed"]:

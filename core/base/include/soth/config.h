@@ -13,7 +13,13 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-enum soth_mode { SOTH_MODE_REGULAR = 0, SOTH_MODE_REVERSE, SOTH_MODE_TRANSPARENT, SOTH_MODE_COUNT };
+enum soth_mode {
+    SOTH_MODE_REGULAR = 0,
+    SOTH_MODE_REVERSE,
+    SOTH_MODE_TRANSPARENT,
+    SOTH_MODE_SOCKS5,
+    SOTH_MODE_COUNT
+};
 enum soth_action {
     SOTH_ACTION_INTERCEPT = 0,
     SOTH_ACTION_TUNNEL,
