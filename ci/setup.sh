@@ -119,6 +119,9 @@ if ! wolfssl_ok; then
     rm -rf "$WOLFSSL_PREFIX"
     make install >/dev/null
     echo "$WOLFSSL_STAMP" >"$WOLFSSL_PREFIX/.stamp"
+    # The source package version, for the Debian package's Built-Using field (debian/rules).
+    dsc=$(basename "$(ls "$work"/wolfssl_*.dsc | head -n 1)" .dsc)
+    echo "wolfssl (= ${dsc#wolfssl_})" >"$WOLFSSL_PREFIX/.debian-source"
     cd /
 fi
 echo "setup: all dependencies present (wolfSSL in $WOLFSSL_PREFIX)"
