@@ -15,6 +15,31 @@ out=${1:-$root/build-pkg}
 t0=$(date +%s)
 lap() { echo "package: $* ($(($(date +%s) - t0)) s)"; }
 
+# Every library CMakeLists.txt looks for (but the test-only ones and wolfSSL, which comes from
+# ci/setup.sh's build) must be in debian/control's Build-Depends: the package that ships the
+# .pc file pkg-config finds.
+/usr/bin/python3 - <<'PY'
+import re, subprocess, sys
+cmake = re.sub(r"(?ms)^if\(SOTH_TESTS\).*?^endif\(\)", "", open("CMakeLists.txt").read())
+mods = re.findall(r"pkg_check_modules\(\w+ REQUIRED IMPORTED_TARGET ([\w.+-]+)", cmake)
+control = open("debian/control").read()
+bd = re.search(r"(?ms)^Build-Depends:(.*?)^(?=\S)", control).group(1)
+have = set(re.findall(r"[a-z0-9][a-z0-9.+-]+", re.sub(r"\([^)]*\)", "", bd)))
+missing = []
+for m in mods:
+    if m == "wolfssl":
+        continue
+    pcdir = subprocess.run(["pkg-config", "--variable=pcfiledir", m], capture_output=True,
+                           text=True).stdout.strip()
+    owner = subprocess.run(["dpkg", "-S", f"{pcdir}/{m}.pc"], capture_output=True,
+                           text=True).stdout.split(":")[0]
+    if not owner or owner not in have:
+        missing.append(f"{m} ({owner or 'no package owns its .pc file'})")
+if missing:
+    sys.exit("package: debian/control Build-Depends lacks " + ", ".join(missing))
+print(f"package: Build-Depends covers the {len(mods) - 1} libraries CMakeLists.txt looks for")
+PY
+
 rm -rf "$out"
 mkdir -p "$out/src"
 # The tree as git sees it (tracked files and new ones not ignored), without build directories.
