@@ -68,7 +68,7 @@ cp "$deb" "$root/root/"
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d" # no service starts in the chroot
 chmod 755 "$root/usr/sbin/policy-rc.d"
 if ! chroot "$root" sh -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install \
-        -y -q --no-install-recommends systemd systemd-sysv curl ca-certificates \
+        -y -q --no-install-recommends systemd systemd-sysv curl \
         /root/$(basename "$deb")" >"$work/apt.log" 2>&1; then
     tail -n 30 "$work/apt.log"
     exit 1
