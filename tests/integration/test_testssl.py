@@ -10,6 +10,7 @@ The whole JSON output is kept (no `--severity` filter) so that the checks that r
 listed; the verdict is made here from each finding's `severity`."""
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -34,10 +35,10 @@ EXPECTED = ("SSLv2", "SSLv3", "TLS1", "TLS1_1", "TLS1_2", "TLS1_3",
             "FREAK", "DROWN", "LOGJAM", "BEAST", "LUCKY13")
 
 
-def run_testssl(host, port, ip="127.0.0.1", timeout=420):
+def run_testssl(host, port, ip="127.0.0.1", timeout=600):
     """testssl -p -s -U against host:port (connecting to ip, SNI host). Returns (findings,
-    seconds, console output); findings are the JSON entries, each a dict with at least id,
-    severity and finding."""
+    (wall seconds, CPU seconds of testssl and its children), console output); findings are the
+    JSON entries, each a dict with at least id, severity and finding."""
     d = tempfile.mkdtemp(prefix="soth-testssl-")
     try:
         out = os.path.join(d, "testssl.json")
@@ -46,9 +47,12 @@ def run_testssl(host, port, ip="127.0.0.1", timeout=420):
                 "--openssl-timeout", "10", "--jsonfile", out,
                 "-p", "-s", "-U", f"{host}:{port}"]
         t0 = time.time()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            timeout=timeout, cwd=d)
-        seconds = time.time() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds = (time.time() - t0,
+                   ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime)
         text = r.stdout.decode(errors="replace")
         assert os.path.exists(out), f"testssl wrote no JSON (exit {r.returncode}):\n{text}"
         with open(out) as f:
@@ -76,7 +80,8 @@ class TestsslTests(unittest.TestCase):
                 findings, seconds, text = run_testssl("origin.test", p.port)
                 bad, missing = verdict(findings)
                 by_id = {f["id"]: f for f in findings}
-                print(f"\ntestssl -p -s -U: {seconds:.0f} s, {len(findings)} findings; "
+                print(f"\ntestssl -p -s -U: {seconds[0]:.0f} s ({seconds[1]:.0f} s of CPU), "
+                      f"{len(findings)} findings; "
                       "severities: " + ", ".join(
                           f"{s} {sum(1 for f in findings if f['severity'] == s)}"
                           for s in sorted({f["severity"] for f in findings})), flush=True)
