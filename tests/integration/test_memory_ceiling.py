@@ -245,8 +245,9 @@ class MemoryCeilingTests(unittest.TestCase):
         await origin.start()
         with self.sinked_proxy() as p:
             pid = p.proc.pid
-            self.warm_up(p)
             fd0 = p.fd_count()
+            self.warm_up(p)
+            self.assertEqual(self.settled_fds(p, fd0), fd0, "descriptors after the warm-up")
             before = rss(pid)
             t0 = time.time()
             sem = asyncio.Semaphore(OPEN_AT_ONCE)
@@ -301,8 +302,9 @@ class MemoryCeilingTests(unittest.TestCase):
         loop = asyncio.get_running_loop()
         with self.sinked_proxy() as p:
             pid = p.proc.pid
-            self.warm_up(p)
             fd0 = p.fd_count()
+            self.warm_up(p)
+            self.assertEqual(self.settled_fds(p, fd0), fd0, "descriptors after the warm-up")
             before = rss(pid)
             # A head that never completes: about 30 of its bytes arrive before the timeout.
             head = (f"CONNECT 127.0.0.1:{self.echo.port} HTTP/1.1\r\nX-Slow: " + "a" * 200
