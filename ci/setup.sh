@@ -30,7 +30,8 @@ PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     iproute2 nftables procps psmisc util-linux coreutils
     zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev
     ngtcp2-client
-    debhelper fakeroot lintian mandoc groff-base man-db systemd)
+    debhelper fakeroot lintian mandoc groff-base man-db systemd
+    testssl.sh)
 
 missing=()
 for p in "${PKGS[@]}"; do
