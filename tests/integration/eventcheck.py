@@ -32,7 +32,9 @@ AssertionError) at the first violation of:
            body to HEAD, 1xx, 204 or 304;
   tls      per flow and side (client, upstream), a handshake is tls_handshake_started then
            exactly one of tls_handshake_succeeded / tls_handshake_failed, before the flow's
-           stream_closed; never a second started, never an end without its start (docs/events.md);
+           stream_closed, unless the flow closed because the other side went away or the
+           proxy shut down while it ran (ABANDONS); never a second started, never an end
+           without its start (docs/events.md);
   6        stream_id is a positive integer; on an HTTP/1.x connection the exchanges are
            numbered 1, 2, 3, ... in request order; HTTP/2 (http_version "2") ids are any
            positive ids, never reused; one connection never mixes HTTP/1.x and HTTP/2.
@@ -48,6 +50,10 @@ COMMON = ("v", "type", "gseq", "flow_id", "seq", "ts_ns", "worker", "client_addr
           "server_host", "server_port", "protocol")
 PROTOCOLS = {"tcp", "tls", "http1", "http2", "websocket", "sse", "grpc", "http3"}
 TLS_EVENTS = {"tls_handshake_started", "tls_handshake_succeeded", "tls_handshake_failed"}
+# stream_closed reasons that may leave a side's handshake open: the other side went away
+# (eof or reset) or the proxy shut down while the handshake ran (docs/events.md).
+ABANDONS = {"upstream": {"client_eof", "relay_error", "shutdown"},
+            "client": {"relay_eof", "relay_error", "shutdown"}}
 HEAD_BODY_EVENTS = {"request_headers", "request_body_chunk", "request_trailers",
                     "response_headers", "response_body_chunk", "response_trailers",
                     "exchange_completed"}
@@ -377,7 +383,9 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
                       "(invariant 1)", ev)
             if not fl["relaxed"]:
                 for side, hs in fl["tls"].items():
-                    if hs == "started":
+                    # A handshake may only stay open when the flow closed because the other
+                    # side went away (or the proxy shut down) while it ran: docs/events.md.
+                    if hs == "started" and ev["reason_code"] not in ABANDONS[side]:
                         _fail(f"TLS handshake on side {side} started but never ended", ev)
                 for sid, st in fl["streams"].items():
                     if not st["done"]:

@@ -113,6 +113,15 @@ class GoodSequences(unittest.TestCase):
         flows = check_events(good_flow())
         self.assertEqual(len(flows), 1)
 
+    def test_handshake_abandoned_when_the_other_side_leaves(self):
+        # The client went away (or the proxy shut down) while the upstream handshake ran:
+        # the handshake has no end event, the close reason says why (docs/events.md).
+        for reason in ("client_eof", "relay_error", "shutdown"):
+            g = Gen().start()
+            g.ev("tls_handshake_started", side="upstream", sni="origin.test", protocol="tls")
+            g.close(reason)
+            check_events(g.evs)
+
     def test_two_interleaved_flows_and_overrun_marker(self):
         a = Gen(flow_id=1).start()
         b = Gen(flow_id=2).start()
@@ -365,7 +374,11 @@ class BadSequences(unittest.TestCase):
         self.bad(lambda e: e.pop(2), "succeeded without started")
 
     def test_tls_started_never_ends(self):
-        self.bad(lambda e: e.pop(3), "started, then the flow closed")
+        # The upstream itself closed while its handshake ran: that is a failure to report.
+        def fn(e):
+            e.pop(3)
+            e[-1].update(reason_code="relay_eof")
+        self.bad(fn, "started, then the upstream closed")
 
     def test_tls_two_ends(self):
         def fn(e):
