@@ -58,7 +58,7 @@ static void worker_begin_stop(struct worker *w)
     /* Connections still waiting for a first request have nothing in flight: close them now. */
     for (uint32_t i = 0; i < w->ft.hw; i++) {
         struct flow *f = &w->ft.flows[i];
-        if (flow_is_live(f) && f->state == FS_HEAD && f->head == NULL)
+        if (flow_is_live(f) && ((f->state == FS_HEAD && f->head == NULL) || f->state == FS_SOCKS))
             flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
         else if (flow_is_live(f) && f->state == FS_RELAY && f->app != NULL && !f->app_done)
             relay_after(w, f, SOTH_LEG_CLIENT, app_shutdown(f->app)); /* idle keep-alive: close */

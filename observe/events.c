@@ -106,8 +106,9 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
     [SOTH_EV_EXCHANGE_COMPLETED] = {{STREAM,
                                      {"outcome", E(soth_outcome_names, SOTH_OUTCOME_COUNT)},
                                      U("request_bytes"),
-                                     U("response_bytes")},
-                                    4},
+                                     U("response_bytes"),
+                                     {"reason", FK_OMITSTR, NULL, 0}},
+                                    5},
     [SOTH_EV_WS_MESSAGE] =
         {{STREAM, DIR, U("opcode"), U("len"), {"data_b64", FK_B64, NULL, 0}, B("truncated")}, 6},
     [SOTH_EV_WS_TURN_STARTED] =
@@ -351,6 +352,7 @@ void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, ui
     f->client_addr_len = 0;
     f->server_host_len = 0;
     f->closed = false;
+    f->x_reason = NULL;
     if (prod != NULL)
         prod->open_flows++; /* until its stream_closed: see closed_reserve() */
     if (client == NULL || client_len == 0)
@@ -503,8 +505,18 @@ void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                 enum soth_outcome outcome, uint64_t request_bytes,
                                 uint64_t response_bytes)
 {
-    struct ev_val v[] = {VU(stream_id), VU(outcome), VU(request_bytes), VU(response_bytes)};
+    /* a cause is reported only for an exchange that did not complete (docs/events.md) */
+    const char *why = outcome != SOTH_OUTCOME_COMPLETE ? f->x_reason : NULL;
+    struct soth_iov reason = why != NULL ? soth_iov(why, strlen(why)) : SOTH_IOV_NULL;
+    f->x_reason = NULL;
+    struct ev_val v[] = {VU(stream_id), VU(outcome), VU(request_bytes), VU(response_bytes),
+                         VS(reason)};
     emit(f, SOTH_EV_EXCHANGE_COMPLETED, v);
+}
+
+void soth_ev_exchange_reason(struct soth_ev_flow *f, const char *reason)
+{
+    f->x_reason = reason;
 }
 
 void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,

@@ -16,7 +16,8 @@
 
 #include "soth/base.h"
 
-const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent"};
+const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent",
+                                                      "socks5"};
 const char *const soth_action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
 const char *const soth_sink_type_names[SOTH_SINK_COUNT] = {"jsonl", "uds"};
 
@@ -660,6 +661,7 @@ static struct soth_config *config_defaults(void)
     c->timeouts.connect_ms = 10000;
     c->timeouts.tls_handshake_ms = 10000;
     c->timeouts.request_header_ms = 10000;
+    c->timeouts.response_header_ms = 60000;
     c->timeouts.idle_ms = 120000;
     c->timeouts.drain_ms = 5000;
     return c;
@@ -788,6 +790,8 @@ static int set_mode(struct cerr *e, struct soth_config *c, const char *path, con
         c->mode = SOTH_MODE_REGULAR;
     } else if (strcmp(text, "transparent") == 0) {
         c->mode = SOTH_MODE_TRANSPARENT;
+    } else if (strcmp(text, "socks5") == 0) {
+        c->mode = SOTH_MODE_SOCKS5;
     } else if (strncmp(text, "reverse:", 8) == 0) {
         const char *url = text + 8;
         bool tls;
@@ -828,9 +832,10 @@ static int set_mode(struct cerr *e, struct soth_config *c, const char *path, con
         c->reverse_host = hp.host;
         c->reverse_port = hp.port;
     } else {
-        return fail(e, path,
-                    "expected regular, transparent or reverse:SCHEME://HOST:PORT, got \"%s\"",
-                    text);
+        return fail(
+            e, path,
+            "expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got \"%s\"",
+            text);
     }
     free(c->mode_text);
     c->mode_text = sdup(e, text);
@@ -1033,11 +1038,16 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
 
 static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
 {
-    static const char *const keys[] = {"connect_ms", "tls_handshake_ms", "request_header_ms",
-                                       "idle_ms",    "drain_ms",         NULL};
-    uint32_t *fields[] = {&c->timeouts.connect_ms, &c->timeouts.tls_handshake_ms,
-                          &c->timeouts.request_header_ms, &c->timeouts.idle_ms,
-                          &c->timeouts.drain_ms};
+    static const char *const keys[] = {"connect_ms",
+                                       "tls_handshake_ms",
+                                       "request_header_ms",
+                                       "response_header_ms",
+                                       "idle_ms",
+                                       "drain_ms",
+                                       NULL};
+    uint32_t *fields[] = {&c->timeouts.connect_ms,        &c->timeouts.tls_handshake_ms,
+                          &c->timeouts.request_header_ms, &c->timeouts.response_header_ms,
+                          &c->timeouts.idle_ms,           &c->timeouts.drain_ms};
     int rc;
     if ((rc = expect_object(e, "timeouts", t)) || (rc = check_keys(e, "timeouts", t, keys)))
         return rc;
@@ -1047,7 +1057,8 @@ static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
         snprintf(p, sizeof(p), "timeouts.%s", keys[i]);
         /* drain_ms may be 0 (close at once); the others must allow some time. */
         long long min = strcmp(keys[i], "drain_ms") == 0 ? 0 : 1;
-        if (v && (rc = get_uint(e, p, v, min, 86400000, fields[i])))
+        long long max = strcmp(keys[i], "response_header_ms") == 0 ? 3600000 : 86400000;
+        if (v && (rc = get_uint(e, p, v, min, max, fields[i])))
             return rc;
     }
     return 0;
@@ -1451,6 +1462,7 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, to, "connect_ms", json_integer(c->timeouts.connect_ms));
     put(&ok, to, "tls_handshake_ms", json_integer(c->timeouts.tls_handshake_ms));
     put(&ok, to, "request_header_ms", json_integer(c->timeouts.request_header_ms));
+    put(&ok, to, "response_header_ms", json_integer(c->timeouts.response_header_ms));
     put(&ok, to, "idle_ms", json_integer(c->timeouts.idle_ms));
     put(&ok, to, "drain_ms", json_integer(c->timeouts.drain_ms));
     put(&ok, r, "timeouts", to);

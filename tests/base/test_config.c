@@ -87,7 +87,8 @@ static const char *const defaults_json =
     "\"events\":{\"ring_path\":null,\"ring_size_mb\":64,\"body_capture_bytes\":4096,"
     "\"ws_turn_idle_ms\":30000,\"sinks\":[]},"
     "\"timeouts\":{\"connect_ms\":10000,\"tls_handshake_ms\":10000,"
-    "\"request_header_ms\":10000,\"idle_ms\":120000,\"drain_ms\":5000},"
+    "\"request_header_ms\":10000,\"response_header_ms\":60000,\"idle_ms\":120000,\"drain_ms\":5000}"
+    ","
     "\"metrics\":{\"listen\":null},\"resolve\":{}}";
 
 /** defaults_json with the keys of patch (a JSON object text) merged in, recursively. */
@@ -182,6 +183,10 @@ static const struct bad_case bad_cases[] = {
      "config: timeouts.tls_handshake_ms: expected integer >= 1, got 0"},
     {"{\"timeouts\": {\"request_header_ms\": 0}}",
      "config: timeouts.request_header_ms: expected integer >= 1, got 0"},
+    {"{\"timeouts\": {\"response_header_ms\": 0}}",
+     "config: timeouts.response_header_ms: expected integer >= 1, got 0"},
+    {"{\"timeouts\": {\"response_header_ms\": 3600001}}",
+     "config: timeouts.response_header_ms: expected integer <= 3600000, got 3600001"},
     {"{\"timeouts\": {\"idle_ms\": 0}}", "config: timeouts.idle_ms: expected integer >= 1, got 0"},
     {"{\"timeouts\": {\"drain_ms\": -1}}",
      "config: timeouts.drain_ms: expected integer >= 0, got -1"},
@@ -250,13 +255,13 @@ static const struct bad_case bad_cases[] = {
 
     /* mode */
     {"{\"mode\": \"sideways\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"sideways\""},
     {"{\"mode\": \"Regular\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"Regular\""},
     {"{\"mode\": \"reverse\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"reverse\""},
     {"{\"mode\": \"reverse:ftp://x\"}",
      "config: mode: expected reverse:http://HOST[:PORT] or reverse:https://HOST[:PORT], got "
@@ -522,6 +527,7 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"connect_ms\"",
                                         "\"tls_handshake_ms\"",
                                         "\"request_header_ms\"",
+                                        "\"response_header_ms\"",
                                         "\"idle_ms\"",
                                         "\"drain_ms\"",
                                         "\"metrics\"",
@@ -548,6 +554,7 @@ static const struct good_case good_cases[] = {
     {"{\"listen\": \"[::]:65535\"}", NULL},
     {"{\"listen\": \"[fe80::1]:1\"}", NULL},
     {"{\"mode\": \"transparent\"}", NULL},
+    {"{\"mode\": \"socks5\"}", NULL},
     {"{\"mode\": \"reverse:http://origin.test\"}", NULL},
     {"{\"mode\": \"reverse:https://[::1]:8443\"}", NULL},
     {"{\"mode\": \"reverse:https://origin.test/\"}", NULL},
@@ -651,7 +658,8 @@ Test(config, spec_example_round_trips)
         "e.jsonl\"},{\"type\":\"uds\","
         "\"path\":\"/tmp/e.sock\"}]},"
         "\"timeouts\":{\"connect_ms\":1,\"tls_handshake_ms\":2,\"request_header_ms\":3,"
-        "\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0.1:9100\"},"
+        "\"response_header_ms\":5,\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0."
+        "1:9100\"},"
         "\"resolve\":{\"origin.test\":\"127.0.0.1\",\"v6.test\":\"::1\"}}";
     json_t *got = effective(text);
     json_t *want = parse_json(text);
@@ -817,7 +825,7 @@ static const struct bad_flag bad_flags[] = {
      "config: --mode: expected reverse:http://HOST[:PORT] or reverse:https://HOST[:PORT], got "
      "\"reverse:ftp://x\""},
     {{.mode = "bridge", .workers = -1},
-     "config: --mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: --mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"bridge\""},
     {{.workers = 1025}, "config: --workers: expected integer <= 1024, got 1025"},
     {{.ca_dir = "", .workers = -1}, "config: --ca-dir: expected a non-empty value"},

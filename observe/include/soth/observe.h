@@ -162,7 +162,8 @@ struct soth_ev_flow {
     uint8_t protocol; /* enum soth_protocol */
     uint8_t client_addr_len;
     uint8_t server_host_len;
-    bool closed;                        /* stream_closed emitted: nothing may follow */
+    bool closed;          /* stream_closed emitted: nothing may follow */
+    const char *x_reason; /* static cause for the next exchange_completed `reason`, or NULL */
     char client_addr[SOTH_EV_ADDR_MAX]; /* "ip:port" or "[v6]:port" */
     char server_host[SOTH_EV_HOST_MAX];
 };
@@ -273,6 +274,9 @@ void soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream
  */
 void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                         uint64_t offset, uint64_t len, struct soth_iov data, bool truncated);
+/** The cause the next soth_ev_exchange_completed of this flow reports in its `reason` field
+ *  (docs/events.md): a static snake_case string (kept by pointer), consumed by that call. */
+void soth_ev_exchange_reason(struct soth_ev_flow *f, const char *reason);
 void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                 enum soth_outcome outcome, uint64_t request_bytes,
                                 uint64_t response_bytes);
