@@ -50,9 +50,11 @@
 #define QUIC_BUF_SIZE  2048u
 #define QUIC_BUF_COUNT 2048u /* power of 2 */
 #define QUIC_BGID      1
-#define QUIC_HOLD_MAX  8u   /* client datagrams held while their ClientHello is incomplete */
-#define QUIC_HELLOS    256u /* ClientHellos being reassembled at once, per worker */
-#define QUIC_CTL_LEN   64u  /* room for one IP(V6)_ORIGDSTADDR control message */
+#define QUIC_HOLD_MAX  8u    /* client datagrams held while their ClientHello is incomplete */
+#define QUIC_HELD_MAX  512u  /* held datagrams of all flows: the rest of the ring stays free */
+#define QUIC_HELLO_MS  3000u /* a ClientHello not complete this long after its first datagram */
+#define QUIC_HELLOS    256u  /* ClientHellos being reassembled at once, per worker */
+#define QUIC_CTL_LEN   64u   /* room for one IP(V6)_ORIGDSTADDR control message */
 
 enum qstate {
     QS_HELLO = 0, /* reading the client's Initial packets; datagrams held */
@@ -89,6 +91,7 @@ struct qflow {
     int fd[2];          /* by leg, -1 = none */
     uint64_t bytes[2], dgrams[2]; /* received from each leg */
     uint64_t last_active_ms;
+    uint64_t hello_due_ms; /* QS_HELLO ends then (QUIC_HELLO_MS after the first datagram) */
     struct timer_entry timer;
     struct qflow *hnext; /* hash chain */
     struct qflow *next;  /* free list or starved list */
@@ -121,6 +124,7 @@ struct quic {
     struct soth_quic_hello *hellos; /* QUIC_HELLOS parsers */
     uint16_t hello_free[QUIC_HELLOS];
     unsigned n_hello_free;
+    unsigned n_held; /* held datagrams of all flows, at most QUIC_HELD_MAX */
 
     struct timer_wheel timers;
     uint32_t idle_ms;
@@ -329,6 +333,7 @@ static void held_release(struct quic *q, struct qflow *f)
 {
     for (unsigned i = 0; i < f->n_held; i++)
         qbuf_put(q, f->held[i].bid);
+    q->n_held -= f->n_held;
     f->n_held = 0;
 }
 
@@ -459,6 +464,7 @@ static void apply(struct worker *w, struct quic *q, struct qflow *f, enum soth_a
         struct qheld *h = &f->held[i];
         send_dgram(w, f, SOTH_LEG_UPSTREAM, h->bid, qbuf(q, h->bid) + h->off, h->len);
     }
+    q->n_held -= f->n_held;
     f->n_held = 0;
     recv_arm(w, q, f, SOTH_LEG_UPSTREAM);
     recv_arm(w, q, f, SOTH_LEG_CLIENT);
@@ -519,16 +525,20 @@ static void from_client(struct worker *w, struct quic *q, struct qflow *f, unsig
     f->bytes[SOTH_LEG_CLIENT] += len;
     switch (f->state) {
     case QS_HELLO: {
-        if (f->n_held == QUIC_HOLD_MAX) {
+        if (f->n_held == QUIC_HOLD_MAX || q->n_held == QUIC_HELD_MAX) {
+            /* Bounded: a ClientHello over more datagrams than that (or too many at once) is
+             * not waited for; the datagram that did not fit is dropped (QUIC resends). */
             qbuf_put(q, bid);
             hello_release(q, f);
             decide_invalid(w, q, f, SOTH_E_TOO_LARGE, true);
             return;
         }
         f->held[f->n_held++] = (struct qheld){(uint16_t)bid, (uint16_t)off, (uint16_t)len};
+        q->n_held++;
         struct soth_quic_hello *h = &q->hellos[f->hello];
         int rc = soth_quic_hello_feed(h, qbuf(q, bid) + off, len);
-        if (rc == SOTH_E_INCOMPLETE)
+        /* After the first, a datagram without Initial packets (0-RTT) just waits its turn. */
+        if (rc == SOTH_E_INCOMPLETE || (rc == SOTH_QUIC_E_NOT_INITIAL && f->n_held > 1))
             return;
         if (rc == SOTH_QUIC_DONE)
             decide_hello(w, q, f, h); /* the hello's iovs point into h: release after */
@@ -587,7 +597,8 @@ static void new_flow(struct worker *w, struct quic *q, const struct qkey *k,
     f->target_len = (uint8_t)n;
     f->hello = q->hello_free[--q->n_hello_free];
     soth_quic_hello_init(&q->hellos[f->hello]);
-    timer_set(&q->timers, &f->timer, f->last_active_ms + q->idle_ms);
+    f->hello_due_ms = f->last_active_ms + (q->idle_ms < QUIC_HELLO_MS ? q->idle_ms : QUIC_HELLO_MS);
+    timer_set(&q->timers, &f->timer, f->hello_due_ms);
     from_client(w, q, f, bid, off, len);
 }
 
@@ -719,7 +730,7 @@ static void on_timer(void *ctx, struct timer_entry *t)
     struct qflow *f = (struct qflow *)((char *)t - offsetof(struct qflow, timer));
     if (f->state == QS_CLOSING || f->state == QS_FREE)
         return;
-    uint64_t due = f->last_active_ms + q->idle_ms;
+    uint64_t due = f->state == QS_HELLO ? f->hello_due_ms : f->last_active_ms + q->idle_ms;
     if (now_ms() < due) {
         timer_set(&q->timers, &f->timer, due);
         return;
