@@ -181,6 +181,24 @@ static int parse_hello(const uint8_t *body, size_t len, struct soth_tls_client_h
     return 0;
 }
 
+/*
+ * The 4-byte handshake header of a ClientHello: *need = the whole message length (header
+ * included), or SOTH_E_MALFORMED (another message type, too short for the fixed fields) /
+ * SOTH_E_TOO_LARGE (over SOTH_TLS_MAX_HELLO).
+ */
+static int hello_header(const uint8_t hdr[4], size_t *need)
+{
+    if (hdr[0] != HS_CLIENT_HELLO)
+        return SOTH_E_MALFORMED;
+    size_t mlen = ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
+    if (mlen + 4 > SOTH_TLS_MAX_HELLO)
+        return SOTH_E_TOO_LARGE;
+    if (mlen < 2 + 32 + 1 + 2 + 2 + 1 + 1)
+        return SOTH_E_MALFORMED;
+    *need = mlen + 4;
+    return 0;
+}
+
 ssize_t soth_tls_peek_client_hello(const void *buf, size_t len, struct soth_tls_client_hello *info)
 {
     const uint8_t *b = buf;
@@ -228,14 +246,9 @@ ssize_t soth_tls_peek_client_hello(const void *buf, size_t len, struct soth_tls_
         while (hs_have < 4 && i < avail)
             hdr[hs_have++] = frag[i++];
         if (hs_have == 4 && hs_need == 0) {
-            if (hdr[0] != HS_CLIENT_HELLO)
-                return SOTH_E_MALFORMED;
-            size_t mlen = ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
-            if (mlen + 4 > SOTH_TLS_MAX_HELLO)
-                return SOTH_E_TOO_LARGE;
-            if (mlen < 2 + 32 + 1 + 2 + 2 + 1 + 1)
-                return SOTH_E_MALFORMED;
-            hs_need = mlen + 4;
+            int rc = hello_header(hdr, &hs_need);
+            if (rc < 0)
+                return rc;
             if (off == 0 && rlen >= hs_need) {
                 /* The usual case: the whole hello in the first record, parsed in place. */
                 if (avail < rlen)
@@ -272,4 +285,33 @@ ssize_t soth_tls_peek_client_hello(const void *buf, size_t len, struct soth_tls_
     h.hello_len = hs_need;
     *info = h;
     return (ssize_t)off;
+}
+
+ssize_t soth_tls_parse_client_hello_msg(const void *msg, size_t len,
+                                        struct soth_tls_client_hello *info)
+{
+    const uint8_t *m = msg;
+    size_t need = 0;
+    struct soth_tls_client_hello h;
+
+    if (len == 0)
+        return SOTH_E_INCOMPLETE;
+    if (m[0] != HS_CLIENT_HELLO)
+        return SOTH_E_MALFORMED; /* known from the first byte: fail early */
+    if (len < 4)
+        return SOTH_E_INCOMPLETE;
+    int rc = hello_header(m, &need);
+    if (rc < 0)
+        return rc;
+    if (len < need)
+        return SOTH_E_INCOMPLETE;
+    memset(&h, 0, sizeof(h));
+    h.scratch = info->scratch;
+    h.scratch_cap = info->scratch_cap;
+    rc = parse_hello(m + 4, need - 4, &h);
+    if (rc < 0)
+        return rc;
+    h.hello_len = need;
+    *info = h;
+    return (ssize_t)need;
 }

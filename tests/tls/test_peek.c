@@ -153,6 +153,44 @@ Test(tls_peek, bytes_after_the_hello_are_not_counted)
     free(b.p);
 }
 
+/* The bare handshake message (QUIC's CRYPTO stream carries no record header). */
+Test(tls_peek, bare_message_whole_and_every_prefix)
+{
+    for (size_t i = 0; i < SOTH_ARRAY_LEN(EXPECT); i++) {
+        struct blob b = load(EXPECT[i].file);
+        const uint8_t *msg = b.p + 5;
+        size_t len = b.n - 5;
+        struct soth_tls_client_hello h;
+        for (size_t k = 0; k < len; k++) {
+            memset(&h, 0, sizeof(h));
+            cr_assert_eq(soth_tls_parse_client_hello_msg(msg, k, &h), SOTH_E_INCOMPLETE,
+                         "%s prefix %zu", EXPECT[i].file, k);
+        }
+        memset(&h, 0, sizeof(h));
+        cr_assert_eq(soth_tls_parse_client_hello_msg(msg, len, &h), (ssize_t)len);
+        cr_assert_eq(h.record_version, 0); /* no record */
+        h.record_version = 0x0301;         /* for check() */
+        check(&EXPECT[i], &h);
+        cr_assert_eq(h.hello_len, len);
+        if (h.has_sni)
+            cr_assert((const uint8_t *)h.sni.base > msg && (const uint8_t *)h.sni.base < msg + len);
+        /* bytes after the message are not looked at */
+        cr_assert_eq(soth_tls_parse_client_hello_msg(msg, len + 1, &h), (ssize_t)len);
+        /* another handshake type is known from the first byte */
+        b.p[5] = 2;
+        cr_assert_eq(soth_tls_parse_client_hello_msg(msg, 1, &h), SOTH_E_MALFORMED);
+        /* an inner length that does not add up */
+        b.p[5] = 1;
+        b.p[5 + 4 + 2 + 32] = 33; /* session id over 32 bytes */
+        cr_assert_eq(soth_tls_parse_client_hello_msg(msg, len, &h), SOTH_E_MALFORMED);
+        free(b.p);
+    }
+    /* a message over SOTH_TLS_MAX_HELLO */
+    const uint8_t big[4] = {1, 0x01, 0x00, 0x00};
+    struct soth_tls_client_hello h = {0};
+    cr_assert_eq(soth_tls_parse_client_hello_msg(big, 4, &h), SOTH_E_TOO_LARGE);
+}
+
 Test(tls_peek, not_tls)
 {
     const char *in[] = {"GET / HTTP/1.1\r\n", "CONNECT a:443 HTTP/1.1\r\n", "\x80\x2e\x01\x03",

@@ -106,6 +106,21 @@ struct soth_tls_client_hello {
  */
 ssize_t soth_tls_peek_client_hello(const void *buf, size_t len, struct soth_tls_client_hello *info);
 
+/**
+ * Parse a bare ClientHello handshake message (msg, len): the 4-byte handshake header and the
+ * body, without any TLS record header, as QUIC carries it in CRYPTO frames (RFC 9001 4.1.3;
+ * soth/quic.h). Same checks and fields as soth_tls_peek_client_hello(); record_version is 0,
+ * scratch is not used, every iov points into msg.
+ *
+ * Returns the message length (header included; bytes after it are not looked at), or
+ *  - SOTH_E_INCOMPLETE: msg is a valid prefix shorter than the message;
+ *  - SOTH_E_MALFORMED: another handshake type, or a ClientHello breaking RFC 8446/6066/7301;
+ *  - SOTH_E_TOO_LARGE: a message over SOTH_TLS_MAX_HELLO.
+ * info is fully written only on success.
+ */
+ssize_t soth_tls_parse_client_hello_msg(const void *msg, size_t len,
+                                        struct soth_tls_client_hello *info);
+
 /* ---- CA */
 
 /** Where the CA comes from (the tls.* config keys). */
