@@ -16,8 +16,9 @@
 
 #include <xxhash.h>
 
+#include "soth/quic.h"
+
 #include "quic.h"
-#include "quic_hello_stub.h"
 #include "timer.h"
 #include "worker.h"
 
