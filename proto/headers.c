@@ -58,3 +58,100 @@ bool soth_list_has(struct soth_iov value, const char *token)
     }
     return false;
 }
+
+/* The end of the list element starting at v.base: the next comma outside a quoted string. */
+static size_t element_len(struct soth_iov v)
+{
+    bool quoted = false;
+    for (size_t i = 0; i < v.len; i++) {
+        char c = v.base[i];
+        if (quoted && c == '\\')
+            i++; /* quoted-pair (RFC 9110 5.6.4) */
+        else if (c == '"')
+            quoted = !quoted;
+        else if (c == ',' && !quoted)
+            return i;
+    }
+    return v.len; /* the last element, or an unterminated quoted string */
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/*
+ * Whether an Alt-Svc entry's protocol-id (the token before "=", percent-encoded ALPN,
+ * RFC 7838 3) is "h3" or "h3-...". ALPN ids are compared byte for byte: "H3" is another one.
+ */
+static bool alt_is_h3(struct soth_iov entry)
+{
+    struct soth_iov id = soth_iov_trim_ows(until(until(entry, ';'), '='));
+    char dec[3];
+    size_t n = 0, i = 0;
+    while (i < id.len && n < sizeof(dec)) {
+        int hi = -1, lo = -1;
+        if (id.base[i] == '%' && i + 2 < id.len) {
+            hi = hex_digit(id.base[i + 1]);
+            lo = hex_digit(id.base[i + 2]);
+        }
+        if (hi >= 0 && lo >= 0) {
+            dec[n++] = (char)(hi << 4 | lo);
+            i += 3;
+        } else {
+            dec[n++] = id.base[i++];
+        }
+    }
+    if (n < 2 || dec[0] != 'h' || dec[1] != '3')
+        return false;
+    if (n == 2)
+        return i == id.len; /* exactly "h3" */
+    return dec[2] == '-';
+}
+
+ssize_t soth_alt_svc_strip(struct soth_iov value, char *out, size_t cap, struct soth_iov *removed,
+                           size_t max, size_t *n_removed)
+{
+    size_t len = 0, nrem = 0;
+    const char *prev_end = NULL; /* end of the last non-empty entry */
+    struct soth_iov rest = value;
+
+    if (cap < value.len)
+        return SOTH_E_TOO_LARGE;
+    while (rest.base != NULL && rest.len > 0) {
+        size_t k = element_len(rest);
+        struct soth_iov el = soth_iov_trim_ows(soth_iov(rest.base, k));
+        size_t used = k < rest.len ? k + 1 : k;
+        rest.base += used;
+        rest.len -= used;
+        if (el.len == 0)
+            continue;
+        if (alt_is_h3(el)) {
+            if (nrem < max)
+                removed[nrem] = el;
+            nrem++;
+        } else {
+            /* the separator that preceded this entry (comma and whitespace) comes along */
+            if (len > 0) {
+                size_t sep = (size_t)(el.base - prev_end);
+                memcpy(out + len, prev_end, sep);
+                len += sep;
+            }
+            memcpy(out + len, el.base, el.len);
+            len += el.len;
+        }
+        prev_end = el.base + el.len;
+    }
+    *n_removed = nrem;
+    if (nrem == 0) {
+        if (value.len > 0)
+            memcpy(out, value.base, value.len);
+        return (ssize_t)value.len;
+    }
+    return (ssize_t)len;
+}

@@ -2410,3 +2410,46 @@ Test(h2_relay, idle_frame_floods)
     h_free(h);
     b_free(&b);
 }
+
+/*
+ * ALTSVC frames (RFC 7838 4) from the origin never reach the client: the relay re-frames on
+ * both legs and drops frame types it does not handle, so no HTTP/3 alternative is advertised
+ * over HTTP/2 (docs/http3.md). The connection and later exchanges are unaffected.
+ */
+Test(h2_relay, altsvc_frames_not_forwarded)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *x = ua_get(h, "/get?n=5");
+    pump(h);
+    cr_assert_eq(x->status, 200);
+    static const char origin[] = "https://origin.test";
+    static const char value[] = "h3=\":443\"; ma=86400";
+    uint8_t fr[9 + 2 + sizeof(origin) + sizeof(value)];
+    size_t plen = 2 + strlen(origin) + strlen(value);
+    /* on stream 0 with an origin; then on the (closed) stream with an empty origin */
+    for (int k = 0; k < 2; k++) {
+        size_t olen = k == 0 ? strlen(origin) : 0;
+        size_t len = plen - strlen(origin) + olen;
+        uint32_t sid = k == 0 ? 0 : (uint32_t)x->sid;
+        uint8_t hd[9] = {
+            0,           (uint8_t)(len >> 8),  (uint8_t)len,         0x0a,
+            0,           (uint8_t)(sid >> 24), (uint8_t)(sid >> 16), (uint8_t)(sid >> 8),
+            (uint8_t)sid};
+        memcpy(fr, hd, 9);
+        fr[9] = 0;
+        fr[10] = (uint8_t)olen;
+        memcpy(fr + 11, origin, olen);
+        memcpy(fr + 11 + olen, value, strlen(value));
+        feed(h, SOTH_LEG_UPSTREAM, fr, 9 + len);
+        cr_assert_eq(h->feed_rc[SOTH_LEG_UPSTREAM], 0);
+        cr_assert_eq(soth_h2_relay_flush(h->r), 0);
+        cr_assert_eq(h->to_ua.len, 0, "%zu bytes towards the client", h->to_ua.len);
+    }
+    struct xchg *y = ua_get(h, "/get?n=7");
+    pump(h);
+    cr_assert_eq(y->status, 200);
+    cr_assert(y->closed && y->close_code == 0);
+    h_free(h);
+}

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "soth/base.h"
 
@@ -35,5 +36,21 @@ bool soth_list_has(struct soth_iov value, const char *token);
 
 /** v without optional whitespace (SP, HTAB) at both ends (RFC 9110 5.6.3). */
 struct soth_iov soth_iov_trim_ows(struct soth_iov v);
+
+/**
+ * HTTP/3 alternatives out of an Alt-Svc field value (RFC 7838 3), for http3_passthrough: false
+ * (docs/http3.md, "Forcing clients back to TCP"): every entry whose protocol-id, percent-decoded,
+ * is "h3" or starts with "h3-" is removed; other entries stay as they were, with the separators
+ * that preceded them. Entries are split at commas outside quoted strings; "clear" and entries
+ * of other protocols are kept.
+ *
+ * Writes the value to send into out (cap >= value.len is always enough: it never grows) and
+ * returns its length: 0 when no entry is left (drop the field). removed receives up to max
+ * removed entries (iovs into value, without surrounding whitespace, parameters included);
+ * *n_removed counts them all, and 0 means out holds value unchanged.
+ * Returns SOTH_E_TOO_LARGE when cap < value.len.
+ */
+ssize_t soth_alt_svc_strip(struct soth_iov value, char *out, size_t cap, struct soth_iov *removed,
+                           size_t max, size_t *n_removed);
 
 #endif
