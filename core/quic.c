@@ -524,6 +524,7 @@ static void from_client(struct worker *w, struct quic *q, struct qflow *f, unsig
     f->last_active_ms = now_ms();
     f->dgrams[SOTH_LEG_CLIENT]++;
     f->bytes[SOTH_LEG_CLIENT] += len;
+    SOTH_METRIC_ADD(w->m->bytes_client_to_server, len);
     switch (f->state) {
     case QS_HELLO: {
         if (f->n_held == QUIC_HOLD_MAX || q->n_held == QUIC_HELD_MAX) {
@@ -675,6 +676,7 @@ static void on_recv(struct worker *w, struct quic *q, struct qflow *f, unsigned 
                 f->last_active_ms = now_ms();
                 f->dgrams[SOTH_LEG_UPSTREAM]++;
                 f->bytes[SOTH_LEG_UPSTREAM] += len;
+                SOTH_METRIC_ADD(w->m->bytes_server_to_client, len);
                 send_dgram(w, f, SOTH_LEG_CLIENT, bid, b + off, len);
             }
         }
@@ -891,7 +893,9 @@ int quic_init(struct worker *w, char *err, size_t err_len)
     q->idle_ms = cfg->quic.idle_ms;
     q->max = cfg->quic.max_flows;
     q->seed = soth_mono_ns() ^ ((uint64_t)(uintptr_t)q << 16) ^ w->idx;
-    q->lmsg.msg_namelen = sizeof(struct sockaddr_in6);
+    /* 32, not sizeof(struct sockaddr_in6) (28): the control messages follow the name in the
+     * buffer and must start 8-byte aligned. */
+    q->lmsg.msg_namelen = 32;
     q->lmsg.msg_controllen = QUIC_CTL_LEN;
     timer_wheel_init(&q->timers, now_ms());
 
