@@ -144,18 +144,19 @@ table ip soth_quic {{
             f.write(data)
         return data
 
-    def client(self, path, sni="origin.test", timeout="5s", out=None):
+    def client(self, path, sni="origin.test", timeout="5s", extra=()):
         """Start one HTTP/3 GET from the client namespace; returns (process, download dir)."""
-        d = out or tempfile.mkdtemp(dir=self.tmp)
+        d = tempfile.mkdtemp(dir=self.tmp)
         p = subprocess.Popen(
             ["ip", "netns", "exec", NS_C, "gtlsclient", "-q", "--exit-on-all-streams-close",
+             *extra,
              "--timeout=" + timeout, "--handshake-timeout=" + timeout,
              "--download=" + d, sni, "443", f"https://{sni}{path}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return p, d
 
-    def get(self, path, sni="origin.test", timeout="5s"):
-        p, d = self.client(path, sni, timeout)
+    def get(self, path, sni="origin.test", timeout="5s", extra=()):
+        p, d = self.client(path, sni, timeout, extra)
         _, err = p.communicate(timeout=60)
         f = os.path.join(d, os.path.basename(path))
         body = open(f, "rb").read() if os.path.exists(f) else None
@@ -235,6 +236,26 @@ class HTTP3Tests(unittest.TestCase):
         # bytes are compared, its datagrams are counted where the client receives them.
         self.assertEqual(sc["bytes_server_to_client"], og["sent"][1])
         self.assertGreater(sc["bytes_server_to_client"], len(body))
+
+    def test_client_hello_over_two_initial_packets(self):
+        # A 1024-byte FFDHE8192 key share spreads the ClientHello over two Initial packets in
+        # two datagrams; the origin still settles on X25519.
+        body = self.topo.file("s.bin", 5000)
+        with self.proxy(quic={"idle_ms": 30000}) as p:
+            self.topo.divert(p.port)
+            rc, got, err = self.topo.get(
+                "/s.bin", extra=["--groups=-GROUP-ALL:+GROUP-FFDHE8192:+GROUP-X25519"])
+            self.assertEqual(rc, 0, err[-2000:])
+            self.assertEqual(got, body)
+            # Stopped before quic.idle_ms: the flow ends with shutdown.
+            self.assertEqual(p.stop(), 0)
+            evs = p.checked_events(settle=0)
+        ev = list(flows_of(evs).values())
+        self.assertEqual(len(ev), 1)
+        hello = ev[0][1]
+        self.assertEqual((hello["type"], hello["sni"], hello["initial_packets"]),
+                         ("quic_client_hello", "origin.test", 2))
+        self.assertEqual(ev[0][-1]["reason_code"], "shutdown")
 
     def test_blocked_sni_never_reaches_the_origin(self):
         self.topo.file("f.bin", 1000)
