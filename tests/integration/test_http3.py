@@ -193,10 +193,11 @@ class HTTP3Tests(unittest.TestCase):
     def tearDown(self):
         self.topo.close()
 
-    def proxy(self, **cfg):
+    def proxy(self, workers=1, **cfg):
         cfg.setdefault("policy", {"default": "intercept"})
         cfg.setdefault("quic", {"idle_ms": IDLE_MS})
-        return Proxy(mode="transparent", config=cfg, extra_args=["--listen", "0.0.0.0:0"])
+        return Proxy(mode="transparent", workers=workers, config=cfg,
+                     extra_args=["--listen", "0.0.0.0:0"])
 
     def test_get_is_relayed_byte_exact_with_its_events(self):
         body = self.topo.file("f.bin", 300000)
@@ -286,7 +287,8 @@ class HTTP3Tests(unittest.TestCase):
     def test_200_concurrent_flows(self):
         bodies = {f"/c{i}.bin": self.topo.file(f"c{i}.bin", 2000 + 97 * i) for i in range(200)}
         # 200 clients on two cores: a longer idle time, so none is idle while it waits its turn.
-        with self.proxy(quic={"idle_ms": 5000}) as p:
+        # Two workers: the SO_REUSEPORT group spreads the flows, each stays on its worker.
+        with self.proxy(workers=2, quic={"idle_ms": 5000}) as p:
             self.topo.divert(p.port)
             procs = [(path,) + self.topo.client(path, timeout="20s") for path in bodies]
             for path, proc, d in procs:
@@ -306,6 +308,7 @@ class HTTP3Tests(unittest.TestCase):
         cl = counters(NS_C)
         self.assertEqual(sum(e[-1]["datagrams_client_to_server"] for e in fl.values()),
                          cl["sent"][0])
+        self.assertEqual({ev[0]["worker"] for ev in fl.values()}, {0, 1})
 
     def test_garbage_and_flood_leave_good_flows_relayed(self):
         body = self.topo.file("g.bin", 100000)
