@@ -9,7 +9,9 @@
  *    bit 0 QUIC v2, bits 1-2 packet number length - 1, bit 3 coalesce into the previous
  *    datagram, bits 4-7 added to the packet number.
  * Checks beyond "no crash": every result is a documented one; a result other than
- * SOTH_E_INCOMPLETE is final (fed again, it comes back unchanged); after SOTH_QUIC_DONE the
+ * SOTH_E_INCOMPLETE is final (fed again, it comes back unchanged); soth_quic_is_initial() says
+ * "no" only to first datagrams the reader refuses (SOTH_QUIC_E_NOT_INITIAL or SOTH_E_MALFORMED)
+ * and "yes" never to one it calls SOTH_QUIC_E_NOT_INITIAL; after SOTH_QUIC_DONE the
  * version is v1 or v2, at least one Initial was counted, and the SNI and ALPN iovs lie inside
  * the hello in q->buf.
  */
@@ -166,8 +168,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             dlen = 0;
             uint8_t *copy = malloc(len + 1); /* exact size: ASan sees any overread */
             memcpy(copy, rec, len);
+            bool first = rc == SOTH_E_INCOMPLETE && !q.keyed;
+            bool shape = soth_quic_is_initial(copy, len);
             rc = feed(&q, copy, len, rc);
             free(copy);
+            /* the pre-check agrees with the reader on a first datagram */
+            if (first && shape && rc == SOTH_QUIC_E_NOT_INITIAL)
+                abort();
+            if (first && !shape && rc != SOTH_QUIC_E_NOT_INITIAL && rc != SOTH_E_MALFORMED)
+                abort();
             continue;
         }
         if (len == 0 || len - 1 > SOTH_QUIC_PACKET_MAX - 64)

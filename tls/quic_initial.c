@@ -344,6 +344,62 @@ static int hello_check(struct soth_quic_hello *q)
     return PKT_DONE;
 }
 
+/* A long header (RFC 9000 17.2) of v1 or v2 at the start of a packet. */
+struct long_hdr {
+    const struct quic_version *v;
+    unsigned type; /* long packet type bits (their meaning depends on the version) */
+    const uint8_t *dcid;
+    uint8_t dcid_len;
+    size_t pn_off; /* where the (protected) packet number starts */
+    size_t len;    /* the whole packet: pn_off + Length */
+};
+
+enum {
+    HDR_OK = 0,
+    HDR_OTHER, /* no long header of v1 or v2 */
+    HDR_RETRY, /* a Retry: no Length field to find its end */
+    HDR_BAD,   /* v1 or v2, but the lengths do not fit in the bytes (h->v and h->type are set) */
+};
+
+static int parse_long_header(const uint8_t *p, size_t n, struct long_hdr *h)
+{
+    if (n < 5 || (p[0] & 0x80) == 0)
+        return HDR_OTHER;
+    uint32_t version =
+        ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
+    h->v = version_find(version);
+    if (h->v == NULL)
+        return HDR_OTHER;
+    h->type = (p[0] >> 4) & 3;
+    if (h->type == h->v->type_retry)
+        return HDR_RETRY;
+
+    struct rd r = {p + 5, n - 5};
+    uint8_t scid_len;
+    uint64_t token_len = 0, length;
+    if (!rd_u8(&r, &h->dcid_len) || h->dcid_len > SOTH_QUIC_CID_MAX)
+        return HDR_BAD;
+    h->dcid = r.p;
+    if (!rd_skip(&r, h->dcid_len) || !rd_u8(&r, &scid_len) || scid_len > SOTH_QUIC_CID_MAX ||
+        !rd_skip(&r, scid_len))
+        return HDR_BAD;
+    /* Only Initial packets carry a token (RFC 9000 17.2.2). */
+    if (h->type == h->v->type_initial && (!rd_varint(&r, &token_len) || !rd_skip(&r, token_len)))
+        return HDR_BAD;
+    if (!rd_varint(&r, &length) || length > r.n)
+        return HDR_BAD;
+    h->pn_off = (size_t)(r.p - p);
+    h->len = h->pn_off + (size_t)length;
+    return HDR_OK;
+}
+
+bool soth_quic_is_initial(const void *dgram, size_t len)
+{
+    struct long_hdr h;
+    return parse_long_header(dgram, len, &h) == HDR_OK && h.type == h.v->type_initial &&
+           h.len - h.pn_off >= 4 + SAMPLE;
+}
+
 /*
  * One packet at the start of p (n bytes). *used: its length when PKT_NEXT is returned.
  * Before the first Initial opened (!q->keyed) anything unexpected is final; after it, packets
@@ -353,38 +409,26 @@ static int read_packet(struct soth_quic_hello *q, const uint8_t *p, size_t n, si
 {
     bool first = !q->keyed;
     uint8_t pkt[SOTH_QUIC_PACKET_MAX];
+    struct long_hdr h;
 
-    if (n < 5 || (p[0] & 0x80) == 0)
-        return first ? SOTH_QUIC_E_NOT_INITIAL : PKT_STOP;
-    uint32_t version =
-        ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | p[4];
-    const struct quic_version *v = version_find(version);
-    if (v == NULL || (!first && version != q->version))
-        return first ? SOTH_QUIC_E_NOT_INITIAL : PKT_STOP;
-    unsigned type = (p[0] >> 4) & 3;
-    if (first && type != v->type_initial)
-        return SOTH_QUIC_E_NOT_INITIAL;
-    if (type == v->type_retry)
-        return PKT_STOP; /* never sent by a client; it has no Length to skip it by */
-
-    struct rd r = {p + 5, n - 5};
-    uint8_t dcid_len, scid_len;
-    uint64_t token_len = 0, length;
-    const uint8_t *dcid;
-    if (!rd_u8(&r, &dcid_len) || dcid_len > SOTH_QUIC_CID_MAX)
-        return first ? SOTH_E_MALFORMED : PKT_STOP;
-    dcid = r.p;
-    if (!rd_skip(&r, dcid_len) || !rd_u8(&r, &scid_len) || scid_len > SOTH_QUIC_CID_MAX ||
-        !rd_skip(&r, scid_len))
-        return first ? SOTH_E_MALFORMED : PKT_STOP;
-    if (type == v->type_initial && (!rd_varint(&r, &token_len) || !rd_skip(&r, token_len)))
-        return first ? SOTH_E_MALFORMED : PKT_STOP;
-    if (!rd_varint(&r, &length) || length > r.n)
-        return first ? SOTH_E_MALFORMED : PKT_STOP;
-    size_t pn_off = (size_t)(r.p - p);
-    *used = pn_off + (size_t)length;
-    if (type != v->type_initial)
-        return PKT_NEXT; /* 0-RTT or Handshake: never opened, skipped by its Length */
+    int hr = parse_long_header(p, n, &h);
+    if (first) {
+        if (hr == HDR_OTHER || hr == HDR_RETRY || h.type != h.v->type_initial)
+            return SOTH_QUIC_E_NOT_INITIAL;
+        if (hr == HDR_BAD)
+            return SOTH_E_MALFORMED;
+    } else {
+        if (hr != HDR_OK || h.v->version != q->version)
+            return PKT_STOP; /* a Retry (never sent by a client), another version, padding */
+        if (h.type != h.v->type_initial) {
+            *used = h.len;
+            return PKT_NEXT; /* 0-RTT or Handshake: never opened, skipped by its Length */
+        }
+    }
+    const struct quic_version *v = h.v;
+    size_t pn_off = h.pn_off;
+    uint64_t length = h.len - h.pn_off;
+    *used = h.len;
 
     /* Long enough for the header protection sample (RFC 9001 5.4.2) and the tag. */
     if (length < 4 + SAMPLE)
@@ -392,10 +436,10 @@ static int read_packet(struct soth_quic_hello *q, const uint8_t *p, size_t n, si
     if (*used > sizeof(pkt))
         return SOTH_E_TOO_LARGE;
     if (first) {
-        int rc = derive_keys(q, v, dcid, dcid_len);
+        int rc = derive_keys(q, v, h.dcid, h.dcid_len);
         if (rc < 0)
             return rc;
-        q->version = version;
+        q->version = v->version;
     }
     size_t hdr_len, plain_len;
     int64_t pn;

@@ -712,3 +712,24 @@ Test(quic_initial, v2_two_packets, .init = rfc_hello)
     cr_assert_eq(q.largest_pn, 8);
     expect_rfc_hello(&q);
 }
+
+/* The cheap pre-check agrees with what the reader takes as a first datagram. */
+Test(quic_initial, is_initial)
+{
+    const char *yes[] = {"rfc9001_a2_client_initial", "rfc9369_a2_client_initial", "ngtcp2_h3",
+                         "ngtcp2_split"};
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        struct flight f = load(yes[i]);
+        for (size_t j = 0; j < f.n; j++)
+            cr_assert(soth_quic_is_initial(f.d[j], f.len[j]), "%s %zu", yes[i], j);
+    }
+    struct flight f = load("ngtcp2_v2draft");
+    cr_assert(!soth_quic_is_initial(f.d[0], f.len[0]));
+    f = load("rfc9001_a2_client_initial");
+    for (size_t len = 0; len < 1200; len++)
+        cr_assert(!soth_quic_is_initial(f.d[0], len), "len %zu", len);
+    f.d[0][0] = (uint8_t)((f.d[0][0] & 0xcf) | 0x20); /* Handshake */
+    cr_assert(!soth_quic_is_initial(f.d[0], 1200));
+    cr_assert(!soth_quic_is_initial("\x40\x00\x00\x00\x01", 5));
+    cr_assert(!soth_quic_is_initial("", 0));
+}

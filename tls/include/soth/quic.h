@@ -61,6 +61,13 @@ struct soth_quic_hello {
     struct soth_tls_client_hello ch; /* sni / alpn iovs point into buf */
 };
 
+/**
+ * A cheap look at a datagram, no crypto: does it start with a long-header Initial packet of
+ * QUIC v1 or v2 whose lengths fit (the shape soth_quic_hello_feed() wants first)? Lets a caller
+ * skip setting up a reader for datagrams that can never be a QUIC flow's first one.
+ */
+bool soth_quic_is_initial(const void *dgram, size_t len);
+
 /** Ready q for a new flow (no allocation). */
 void soth_quic_hello_init(struct soth_quic_hello *q);
 
