@@ -537,8 +537,10 @@ static void from_client(struct worker *w, struct quic *q, struct qflow *f, unsig
         }
         f->held[f->n_held++] = (struct qheld){(uint16_t)bid, (uint16_t)off, (uint16_t)len};
         q->n_held++;
-        struct soth_quic_hello *h = &q->hellos[f->hello];
-        int rc = soth_quic_hello_feed(h, qbuf(q, bid) + off, len);
+        /* A flow whose first datagram was no Initial has no reader (new_flow). */
+        struct soth_quic_hello *h = f->hello != UINT16_MAX ? &q->hellos[f->hello] : NULL;
+        int rc =
+            h != NULL ? soth_quic_hello_feed(h, qbuf(q, bid) + off, len) : SOTH_QUIC_E_NOT_INITIAL;
         /* After the first, a datagram without Initial packets (0-RTT) just waits its turn. */
         if (rc == SOTH_E_INCOMPLETE || (rc == SOTH_QUIC_E_NOT_INITIAL && f->n_held > 1))
             return;
@@ -570,7 +572,10 @@ static void new_flow(struct worker *w, struct quic *q, const struct qkey *k,
                      const struct sockaddr *client, socklen_t client_len, unsigned bid, size_t off,
                      size_t len)
 {
-    if (q->stopping || is_own_port(q, k) || q->n_hello_free == 0) {
+    /* Only a datagram that starts with an Initial gets a ClientHello reader: garbage cannot
+     * take them from real clients. */
+    bool initial = soth_quic_is_initial(qbuf(q, bid) + off, len);
+    if (q->stopping || is_own_port(q, k) || (initial && q->n_hello_free == 0)) {
         SOTH_METRIC_ADD(w->m->quic_flows[QD_DROPPED], 1);
         qbuf_put(q, bid);
         return;
@@ -597,8 +602,10 @@ static void new_flow(struct worker *w, struct quic *q, const struct qkey *k,
      * with connect_parse_failed instead (docs/events.md, ordering invariant 2). */
     memcpy(f->target, target, (size_t)n);
     f->target_len = (uint8_t)n;
-    f->hello = q->hello_free[--q->n_hello_free];
-    soth_quic_hello_init(&q->hellos[f->hello]);
+    if (initial) {
+        f->hello = q->hello_free[--q->n_hello_free];
+        soth_quic_hello_init(&q->hellos[f->hello]);
+    }
     f->hello_due_ms = f->last_active_ms + (q->idle_ms < QUIC_HELLO_MS ? q->idle_ms : QUIC_HELLO_MS);
     timer_set(&q->timers, &f->timer, f->hello_due_ms);
     from_client(w, q, f, bid, off, len);
