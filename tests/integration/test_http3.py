@@ -200,7 +200,7 @@ class HTTP3Tests(unittest.TestCase):
                      extra_args=["--listen", "0.0.0.0:0"])
 
     def test_get_is_relayed_byte_exact_with_its_events(self):
-        body = self.topo.file("f.bin", 300000)
+        body = self.topo.file("f.bin", 150000)
         with self.proxy() as p:
             self.topo.divert(p.port)
             rc, got, err = self.topo.get("/f.bin")
