@@ -21,6 +21,8 @@ INNER = os.environ.get("SOTH_HTTP3_INNER") == "1"
 # Addresses exist only inside the namespaces this test creates (and removes).
 R_C, C_ADDR = "10.201.1.1", "10.201.1.2"
 R_O, O_ADDR = "10.201.2.1", "10.201.2.2"
+R_C6, C_ADDR6 = "fd77:201:1::1", "fd77:201:1::2"
+R_O6, O_ADDR6 = "fd77:201:2::1", "fd77:201:2::2"
 IDLE_MS = 1500
 NS_C = NS_O = None  # set by Topology
 UDP_HDR = 28  # IPv4 + UDP header bytes in an nftables byte counter
@@ -101,7 +103,8 @@ class Topology:
         self.etc = f"/etc/netns/{NS_C}"
         os.makedirs(self.etc, exist_ok=True)
         with open(os.path.join(self.etc, "hosts"), "w") as f:
-            f.write(f"127.0.0.1 localhost\n{O_ADDR} origin.test blocked.test\n")
+            f.write(f"127.0.0.1 localhost\n{O_ADDR} origin.test blocked.test\n"
+                    f"{O_ADDR6} origin6.test\n")
         for ns in (NS_C, NS_O):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -113,16 +116,24 @@ class Topology:
             sh("ip", "-n", ns, "addr", "add", addr + "/24", "dev", ndev)
             sh("ip", "-n", ns, "link", "set", ndev, "up")
             sh("ip", "-n", ns, "route", "add", "default", "via", raddr)
+        for ns, rdev, ndev, raddr, addr in ((NS_C, "sqc0", "sqc1", R_C6, C_ADDR6),
+                                            (NS_O, "sqo0", "sqo1", R_O6, O_ADDR6)):
+            sh("ip", "addr", "add", raddr + "/64", "dev", rdev, "nodad")
+            sh("ip", "-n", ns, "addr", "add", addr + "/64", "dev", ndev, "nodad")
+            sh("ip", "-n", ns, "-6", "route", "add", "default", "via", raddr)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         # Policy routing for tproxy: marked packets are delivered locally (docs/http3.md).
         sh("ip", "rule", "add", "fwmark", "1", "lookup", "100")
         sh("ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+        sh("ip", "-6", "rule", "add", "fwmark", "1", "lookup", "100")
+        sh("ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
         key, cert = os.path.join(self.tmp, "key.pem"), os.path.join(self.tmp, "cert.pem")
         sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
            "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=origin.test",
-           "-addext", "subjectAltName=DNS:origin.test,DNS:blocked.test")
+           "-addext", "subjectAltName=DNS:origin.test,DNS:blocked.test,DNS:origin6.test")
         self.server = subprocess.Popen(
-            ["ip", "netns", "exec", NS_O, "gtlsserver", "-q", "-d", self.htdocs, O_ADDR, "443",
+            ["ip", "netns", "exec", NS_O, "gtlsserver", "-q", "-d", self.htdocs, "*", "443",
              key, cert], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         count_rules(NS_C)
         count_rules(NS_O, peer_is_server=False)
@@ -131,6 +142,12 @@ class Topology:
     def divert(self, proxy_port):
         nft(f"""
 table ip soth_quic {{
+    chain pre {{
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "sqc0" udp dport 443 tproxy to :{proxy_port} meta mark set 1 accept
+    }}
+}}
+table ip6 soth_quic6 {{
     chain pre {{
         type filter hook prerouting priority mangle; policy accept;
         iifname "sqc0" udp dport 443 tproxy to :{proxy_port} meta mark set 1 accept
@@ -167,8 +184,11 @@ table ip soth_quic {{
             self.server.kill()
             self.server.wait()
         sh("nft", "delete", "table", "ip", "soth_quic", check=False)
+        sh("nft", "delete", "table", "ip6", "soth_quic6", check=False)
         sh("ip", "rule", "del", "fwmark", "1", "lookup", "100", check=False)
         sh("ip", "route", "flush", "table", "100", check=False)
+        sh("ip", "-6", "rule", "del", "fwmark", "1", "lookup", "100", check=False)
+        sh("ip", "-6", "route", "flush", "table", "100", check=False)
         for dev in ("sqc0", "sqo0"):
             sh("ip", "link", "del", dev, check=False)
         for ns in (NS_C, NS_O):
@@ -193,11 +213,11 @@ class HTTP3Tests(unittest.TestCase):
     def tearDown(self):
         self.topo.close()
 
-    def proxy(self, workers=1, **cfg):
+    def proxy(self, workers=1, listen="0.0.0.0:0", **cfg):
         cfg.setdefault("policy", {"default": "intercept"})
         cfg.setdefault("quic", {"idle_ms": IDLE_MS})
         return Proxy(mode="transparent", workers=workers, config=cfg,
-                     extra_args=["--listen", "0.0.0.0:0"])
+                     extra_args=["--listen", listen])
 
     def test_get_is_relayed_byte_exact_with_its_events(self):
         body = self.topo.file("f.bin", 150000)
@@ -237,6 +257,28 @@ class HTTP3Tests(unittest.TestCase):
         # bytes are compared, its datagrams are counted where the client receives them.
         self.assertEqual(sc["bytes_server_to_client"], og["sent"][1])
         self.assertGreater(sc["bytes_server_to_client"], len(body))
+
+    def test_ipv6_get_on_a_dual_stack_listener(self):
+        body = self.topo.file("v6.bin", 20000)
+        with self.proxy(listen="[::]:0") as p:
+            self.topo.divert(p.port)
+            rc, got, err = self.topo.get("/v6.bin", sni="origin6.test")
+            self.assertEqual(rc, 0, err[-2000:])
+            self.assertEqual(got, body)
+            # And IPv4 through the same socket (v4-mapped addresses).
+            rc, got, err = self.topo.get("/v6.bin")
+            self.assertEqual(rc, 0, err[-2000:])
+            self.assertEqual(got, body)
+            self.assertEqual(p.stop(), 0)
+            evs = p.checked_events(settle=0)
+        fl = list(flows_of(evs).values())
+        self.assertEqual(len(fl), 2)
+        v6, v4 = fl
+        self.assertEqual(v6[0]["target"], f"[{O_ADDR6}]:443")
+        self.assertEqual(v6[0]["client_addr"].rsplit(":", 1)[0], f"[{C_ADDR6}]")
+        self.assertEqual((v6[1]["sni"], v6[2]["reason"]), ("origin6.test", "http3_passthrough"))
+        self.assertEqual(v4[0]["target"], f"{O_ADDR}:443")
+        self.assertEqual(v4[1]["sni"], "origin.test")
 
     def test_client_hello_over_two_initial_packets(self):
         # A 1024-byte FFDHE8192 key share spreads the ClientHello over two Initial packets in
