@@ -7,6 +7,8 @@
 # wolfSSL is built from Debian's own source package (see docs/dependencies.md) into
 # $SOTH_DEPS_DIR (default: ~/.cache/soth-mitm/deps), outside the source tree.
 set -euo pipefail
+# A step that fails says which (set -e alone would stop without a word).
+trap 'echo "setup: FAILED at ci/setup.sh line $LINENO: $BASH_COMMAND" >&2' ERR
 
 SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
@@ -22,7 +24,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     liburing-dev libnghttp2-dev libxxhash-dev libcriterion-dev node-llhttp libjansson-dev
     autoconf automake libtool dpkg-dev
-    curl nghttp2-client wrk nginx-light openssl
+    curl nghttp2-client wrk nginx-light openssl ca-certificates
     python3 python3-h2 python3-hpack python3-hyperframe python3-websockets python3-grpcio
     python3-cryptography python3-brotli python3-zstandard python3-msgpack
     iproute2 nftables procps psmisc util-linux coreutils
@@ -84,7 +86,14 @@ if ! wolfssl_ok; then
     echo "setup: building wolfSSL from Debian's source package into $WOLFSSL_PREFIX"
     # deb-src entry for the mirror already configured.
     if ! apt-get indextargets --format '$(CREATED_BY)' 2>/dev/null | grep -q Sources; then
-        uri=$(grep -h '^URIs:' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1 | awk '{print $2}')
+        # The mirror of the binary packages: deb822 sources first, then the one-line format of
+        # a minbase root's /etc/apt/sources.list (either may be absent: no match is no error).
+        uri=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' |
+            grep -v security | head -1 || true)
+        if [ -z "$uri" ]; then
+            uri=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' |
+                grep -v security | head -1 || true)
+        fi
         uri=${uri:-http://deb.debian.org/debian}
         printf 'Types: deb-src\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
             "$uri" | $SUDO tee /etc/apt/sources.list.d/soth-mitm-src.sources >/dev/null

@@ -12,6 +12,7 @@
 
 #include "app_int.h"
 #include "app_payload.h"
+#include "soth/proto/connect.h"
 #include "soth/proto/h1.h"
 #include "soth/proto/headers.h"
 
@@ -37,7 +38,6 @@ struct app_h1 {
     bool dead;              /* engine failed or finished */
     bool answered;          /* we sent our own error answer */
     bool close_client;      /* the last request asked to close */
-    bool other_host;        /* regular-mode plain HTTP: a request for another upstream arrived */
     bool awaiting_head;     /* the client's next bytes start a request head */
     bool ws_live;           /* obs is a WebSocket and the 101 went out: relayed bytes are frames */
     uint64_t head_since_ms; /* when the pending request head's first byte came, 0 = none */
@@ -45,7 +45,11 @@ struct app_h1 {
     unsigned err_status;
     const char *err_code, *err_detail;
     enum soth_close_reason reason;
-    uint16_t authority_len; /* regular-mode plain HTTP: the connection's upstream */
+    uint32_t refused_id;     /* a request refused (docs/http1.md), answered once the exchanges
+                                before it are reported; 0 = none */
+    unsigned refused_status; /* its answer: 421 (another authority) or 501 (CONNECT) */
+    uint16_t authority_len;  /* regular-mode plain HTTP: the connection's upstream */
+    uint16_t authority_port; /* the default port of its scheme */
     char authority[256];
     struct app_obs *obs; /* the observed stream (WebSocket or event stream), or NULL */
     uint32_t obs_id;     /* its exchange */
@@ -105,39 +109,23 @@ static struct soth_iov h1_version(const struct soth_h1_head *hd)
     return hd->http_minor == 0 ? SOTH_IOV_LIT("1.0") : SOTH_IOV_LIT("1.1");
 }
 
-/* host[:port] or [v6][:port] of an absolute-form target into req (port 0: none given). */
-static bool authority_split(struct soth_iov auth, struct soth_h1_origin_req *req)
+/* The port a target's scheme implies (RFC 9110 4.2): 443 for https, else 80. */
+static uint16_t scheme_port(struct soth_iov scheme)
 {
-    const char *p = auth.base, *end = auth.base + auth.len;
-    const char *host_end;
-    if (auth.len > 0 && p[0] == '[') {
-        const char *rb = memchr(p, ']', auth.len);
-        if (rb == NULL)
-            return false;
-        req->host = soth_iov(p + 1, (size_t)(rb - p - 1));
-        req->host_is_ipv6 = true;
-        host_end = rb + 1;
-    } else {
-        host_end = memchr(p, ':', auth.len);
-        if (host_end == NULL)
-            host_end = end;
-        req->host = soth_iov(p, (size_t)(host_end - p));
-    }
-    req->port = 0;
-    if (host_end < end) {
-        if (*host_end != ':' || host_end + 1 == end || end - host_end > 6)
-            return false;
-        unsigned v = 0;
-        for (const char *q = host_end + 1; q < end; q++) {
-            if (*q < '0' || *q > '9')
-                return false;
-            v = v * 10 + (unsigned)(*q - '0');
-        }
-        if (v == 0 || v > 65535)
-            return false;
-        req->port = (uint16_t)v;
-    }
-    return req->host.len > 0;
+    return soth_iov_is_ci(scheme, "https") ? 443 : 80;
+}
+
+/* Does this request name the connection's upstream? Host case-insensitively, port with the
+ * scheme's default filled in ("h" and "h:80" are one authority over http). */
+static bool same_authority(const struct app_h1 *a, const struct soth_h1_head *hd)
+{
+    struct soth_authority mine, theirs;
+    if (soth_authority_parse(soth_iov(a->authority, a->authority_len), false, a->authority_port,
+                             &mine, NULL, NULL) < 0 ||
+        soth_authority_parse(hd->authority, false, scheme_port(hd->scheme), &theirs, NULL, NULL) <
+            0)
+        return soth_iov_eq_ci(hd->authority, a->authority, a->authority_len);
+    return mine.port == theirs.port && soth_iov_eq_ci(theirs.host, mine.host.base, mine.host.len);
 }
 
 /*
@@ -150,12 +138,7 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     if (a->authority_len == 0 && auth.len > 0 && auth.len < sizeof(a->authority)) {
         memcpy(a->authority, auth.base, auth.len);
         a->authority_len = (uint16_t)auth.len;
-    } else if (!soth_iov_eq_ci(auth, a->authority, a->authority_len)) {
-        /* One upstream per client connection: close it cleanly without an answer; clients
-         * retry a request that got nothing on a reused connection on a fresh one (curl -x
-         * does, RFC 9112 9.3.1), which then reaches the other upstream. */
-        a->other_host = true;
-        return SOTH_E_STATE;
+        a->authority_port = scheme_port(hd->scheme);
     }
     /* One serializer for both plain paths (proto/h1_write.c; docs/http1.md "In the proxy"):
      * Host from the target, Proxy-* fields dropped. One buffer per thread: no malloc per
@@ -172,8 +155,14 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
         .n_headers = hd->n_headers,
         .scheme = hd->scheme.len > 0 ? hd->scheme : SOTH_IOV_LIT("http"),
     };
-    if (!authority_split(auth, &req))
+    /* One authority parser for the proxy head and the requests after it (proto/connect.c);
+     * port 0 tells the serializer to use the scheme's default. */
+    struct soth_authority au;
+    if (soth_authority_parse(auth, false, 0, &au, NULL, NULL) < 0)
         return SOTH_E_MALFORMED;
+    req.host = au.host;
+    req.host_is_ipv6 = au.host_is_ipv6;
+    req.port = au.port;
     size_t n = 0;
     ssize_t len = soth_h1_write_origin_form(&req, buf, sizeof(buf), f, &n);
     if (len < 0)
@@ -184,6 +173,39 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     return rc < 0 ? rc : SOTH_H1_HEAD_SENT;
 }
 
+static bool h1_is_connect(const struct soth_h1_head *hd)
+{
+    return hd->method.len == 7 && memcmp(hd->method.base, "CONNECT", 7) == 0;
+}
+
+/* The request head's event as received (scheme by the client leg when the target has none;
+ * none for CONNECT, whose target is an authority). */
+static void h1_request_event(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
+{
+    struct soth_iov scheme = hd->scheme;
+    if (scheme.len == 0 && !h1_is_connect(hd))
+        scheme = a->base.env.client_tls ? SOTH_IOV_LIT("https") : SOTH_IOV_LIT("http");
+    soth_ev_request_headers(a->base.env.ev, id, hd->method, scheme, hd->authority, hd->path,
+                            h1_version(hd), hd->headers, hd->n_headers);
+}
+
+/*
+ * Requests the proxy does not forward (docs/http1.md "Requests the proxy refuses"): a CONNECT
+ * inside the connection (501: it would turn the flow into a blind relay), and on regular-mode
+ * plain HTTP a request for another authority than the connection's upstream (421, RFC 9110
+ * 15.5.20: the client may retry it on a new connection). The request is reported, the
+ * exchanges before it finish, then the answer goes out (h1_refused_end) and the connection
+ * closes.
+ */
+static unsigned h1_refusal(const struct app_h1 *a, const struct soth_h1_head *hd)
+{
+    if (h1_is_connect(hd))
+        return 501;
+    if (a->base.env.origin_form && a->authority_len > 0 && !same_authority(a, hd))
+        return 421;
+    return 0;
+}
+
 static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_h1_head *hd)
 {
     struct app_h1 *a = ctx;
@@ -192,16 +214,19 @@ static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct so
         a->head_since_ms = 0;
         a->msg[0] = (struct msg_cap){.id = id};
         a->close_client = !hd->keep_alive;
-        app_pl_h1_head(&a->base, dir, hd->headers, hd->n_headers, false);
         if (a->base.env.m != NULL)
             SOTH_METRIC_ADD(a->base.env.m->requests[SOTH_PROTO_HTTP1], 1);
+        unsigned refuse = h1_refusal(a, hd);
+        if (refuse != 0) {
+            h1_request_event(a, id, hd);
+            a->refused_id = id;
+            a->refused_status = refuse;
+            return SOTH_H1_REFUSE;
+        }
+        app_pl_h1_head(&a->base, dir, hd->headers, hd->n_headers, false);
         if (a->base.env.origin_form)
             return h1_send_origin_form(a, id, hd);
-        struct soth_iov scheme = hd->scheme;
-        if (scheme.len == 0 && hd->method.len != 7)
-            scheme = a->base.env.client_tls ? SOTH_IOV_LIT("https") : SOTH_IOV_LIT("http");
-        soth_ev_request_headers(a->base.env.ev, id, hd->method, scheme, hd->authority, hd->path,
-                                h1_version(hd), hd->headers, hd->n_headers);
+        h1_request_event(a, id, hd);
         return 0;
     }
     if (hd->interim)
@@ -292,6 +317,10 @@ static const char *status_phrase(unsigned st)
         return "Bad Request";
     case 408:
         return "Request Timeout";
+    case 421:
+        return "Misdirected Request";
+    case 501:
+        return "Not Implemented";
     case 431:
         return "Request Header Fields Too Large";
     default:
@@ -310,6 +339,41 @@ static void h1_answer(struct app_h1 *a, unsigned status, const char *body, size_
     a->answered = true;
     if (n > 0)
         a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, out, (size_t)n);
+}
+
+/*
+ * The refused request's end, once: with `answer`, when the exchanges before it were all
+ * reported and nothing else went to the client, its answer (response_headers with the
+ * answer's fields, then the bytes); always exchange_completed `reset` (nothing was relayed).
+ */
+static void h1_refused_end(struct app_h1 *a, bool answer)
+{
+    uint32_t id = a->refused_id;
+    if (id == 0)
+        return;
+    a->refused_id = 0;
+    if (answer && !a->answered && !a->resp_open) {
+        char body[200];
+        int bn = a->refused_status == 421
+                     ? snprintf(body, sizeof(body),
+                                "soth-mitm: this connection is for %.*s; send requests for "
+                                "another authority on a new connection\n",
+                                (int)a->authority_len, a->authority)
+                     : snprintf(body, sizeof(body),
+                                "soth-mitm: CONNECT inside an HTTP connection is refused\n");
+        if (bn < 0 || (size_t)bn >= sizeof(body))
+            bn = (int)sizeof(body) - 1;
+        char len[12];
+        int ln = snprintf(len, sizeof(len), "%d", bn);
+        const struct soth_header f[] = {
+            {SOTH_IOV_LIT("Content-Type"), SOTH_IOV_LIT("text/plain")},
+            {SOTH_IOV_LIT("Content-Length"), soth_iov(len, (size_t)ln)},
+            {SOTH_IOV_LIT("Connection"), SOTH_IOV_LIT("close")},
+        };
+        soth_ev_response_headers(a->base.env.ev, id, a->refused_status, SOTH_IOV_LIT("1.1"), f, 3);
+        h1_answer(a, a->refused_status, body, (size_t)bn);
+    }
+    soth_ev_exchange_completed(a->base.env.ev, id, SOTH_OUTCOME_RESET, 0, 0);
 }
 
 /* The engine failed (rc): answer the client when nothing of a response is on its way, end
@@ -331,10 +395,7 @@ static int h1_fail(struct app_h1 *a, int rc)
     soth_h1_abort(a->h, client_fault    ? SOTH_H1_CLIENT_ABORTED
                         : a->err_status ? SOTH_H1_UPSTREAM_ABORTED
                                         : SOTH_H1_RESET);
-    if (a->other_host) {
-        a->reason = SOTH_CLOSE_RELAY_EOF; /* this connection's upstream relay is over */
-        return APP_DONE;
-    }
+    h1_refused_end(a, false);
     if (a->err_status != 0)
         a->reason = client_fault ? SOTH_CLOSE_PARSE_FAILED : SOTH_CLOSE_RELAY_ERROR;
     else
@@ -342,12 +403,24 @@ static int h1_fail(struct app_h1 *a, int rc)
     return a->answered ? APP_DONE : rc;
 }
 
+/* The engine finished on its own: a refused request is answered now, and the connection
+ * ends as refused (docs/answers.md). */
+static void h1_finished(struct app_h1 *a, enum soth_close_reason reason)
+{
+    a->dead = true;
+    a->reason = reason;
+    if (a->refused_id != 0) {
+        h1_refused_end(a, true);
+        a->reason = SOTH_CLOSE_PARSE_FAILED;
+    }
+}
+
 static int h1_status(struct app_h1 *a)
 {
     if (a->dead)
         return APP_DONE;
     if (soth_h1_is_done(a->h)) {
-        a->dead = true;
+        h1_finished(a, a->reason);
         return APP_DONE;
     }
     return APP_AGAIN;
@@ -408,9 +481,8 @@ static int h1_input(struct app *base, unsigned side, const char *p, size_t n)
             return rc;
     }
     if (soth_h1_is_done(a->h) && !a->dead) {
-        a->dead = true;
-        a->reason = a->eof_seen[SOTH_LEG_CLIENT] || a->close_client ? SOTH_CLOSE_CLIENT_EOF
-                                                                    : SOTH_CLOSE_RELAY_EOF;
+        h1_finished(a, a->eof_seen[SOTH_LEG_CLIENT] || a->close_client ? SOTH_CLOSE_CLIENT_EOF
+                                                                       : SOTH_CLOSE_RELAY_EOF);
         return APP_DONE;
     }
     return h1_status(a);
@@ -430,6 +502,7 @@ static int h1_eof(struct app *base, unsigned side, bool reset)
             soth_h1_eof(a->h, (int)side);
         soth_h1_abort(a->h,
                       side == SOTH_LEG_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
+        h1_refused_end(a, false);
         a->dead = true;
         a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_ERROR;
         return APP_DONE;
@@ -439,17 +512,28 @@ static int h1_eof(struct app *base, unsigned side, bool reset)
          * the engine can take them; the EOF is handled then (bounded by the idle timer). */
         soth_h1_abort(a->h,
                       side == SOTH_LEG_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
+        h1_refused_end(a, false);
         a->dead = true;
         a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
         return APP_DONE;
     }
     bool upgraded = soth_h1_is_upgraded(a->h);
+    size_t in_flight = soth_h1_in_flight(a->h);
     int rc = soth_h1_eof(a->h, (int)side);
     if (rc == SOTH_H1_DONE || rc < 0 || soth_h1_is_done(a->h)) {
-        a->dead = true;
-        a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
+        enum soth_close_reason r =
+            side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
         if (upgraded && a->eof_seen[side ^ 1])
-            a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF;
+            r = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_RELAY_EOF : SOTH_CLOSE_CLIENT_EOF;
+        /* A refused request is answered unless this EOF cut an exchange before it (the
+         * client would take the answer for that exchange's response). */
+        if (in_flight == 0 && rc >= 0) {
+            h1_finished(a, r);
+        } else {
+            h1_refused_end(a, false);
+            a->dead = true;
+            a->reason = r;
+        }
         return APP_DONE;
     }
     return upgraded ? APP_HALF_CLOSE : APP_AGAIN;
@@ -459,6 +543,7 @@ static void h1_abort(struct app *base, enum soth_outcome outcome)
 {
     struct app_h1 *a = h1_of(base);
     soth_h1_abort(a->h, (enum soth_h1_outcome)outcome);
+    h1_refused_end(a, false);
     a->dead = true;
 }
 
@@ -493,6 +578,7 @@ static int h1_timer(struct app *base, uint64_t now_ms)
         h1_answer(a, 408, body, sizeof(body) - 1);
     }
     soth_h1_abort(a->h, SOTH_H1_TIMEOUT);
+    h1_refused_end(a, false);
     a->dead = true;
     a->reason = SOTH_CLOSE_IDLE_TIMEOUT;
     return APP_DONE;
@@ -514,6 +600,7 @@ static int h1_shutdown(struct app *base)
     struct app_h1 *a = h1_of(base);
     if (soth_h1_in_flight(a->h) == 0) {
         soth_h1_abort(a->h, SOTH_H1_COMPLETE);
+        h1_refused_end(a, false);
         a->dead = true;
         a->reason = SOTH_CLOSE_SHUTDOWN;
         return APP_DONE;

@@ -59,6 +59,7 @@ struct scan {
     size_t len;
     enum soth_head_mode mode;
     size_t max_line, max_head, max_headers;
+    size_t line_start; /* first byte of the request line, after leading empty lines */
     const char *code, *detail;
 };
 
@@ -81,7 +82,7 @@ static int line_byte(struct scan *s, size_t i)
     if (i >= s->len)
         return SOTH_E_INCOMPLETE;
     unsigned char c = (unsigned char)s->buf[i];
-    if (i >= s->max_line && c != '\r' && c != '\n')
+    if (i - s->line_start >= s->max_line && c != '\r' && c != '\n')
         return (int)fail(s, SOTH_E_TOO_LARGE, "line_too_long", "request line too long");
     return c;
 }
@@ -181,7 +182,7 @@ static ssize_t check_reg_name(struct scan *s, const char *h, size_t n)
 
 /** Parse "host[:port]" or "[v6][:port]"; a missing port is an error when need_port. */
 static ssize_t parse_authority(struct scan *s, const char *a, size_t n, bool need_port,
-                               uint16_t default_port, struct soth_proxy_head *out)
+                               uint16_t default_port, struct soth_authority *out)
 {
     const char *host, *rest;
     size_t host_len, rest_len;
@@ -245,12 +246,39 @@ static ssize_t parse_authority(struct scan *s, const char *a, size_t n, bool nee
     return 0;
 }
 
+int soth_authority_parse(struct soth_iov auth, bool need_port, uint16_t default_port,
+                         struct soth_authority *out, const char **reason_code, const char **detail)
+{
+    struct scan s = {.mode = SOTH_HEAD_STRICT};
+    *out = (struct soth_authority){0};
+    ssize_t rc = parse_authority(&s, auth.base, auth.len, need_port, default_port, out);
+    if (reason_code != NULL)
+        *reason_code = rc < 0 ? s.code : NULL;
+    if (detail != NULL)
+        *detail = rc < 0 ? s.detail : NULL;
+    return (int)rc;
+}
+
+/* The parsed authority into the head. */
+static ssize_t head_authority(struct scan *s, const char *a, size_t n, bool need_port,
+                              uint16_t default_port, struct soth_proxy_head *out)
+{
+    struct soth_authority au = {0};
+    ssize_t rc = parse_authority(s, a, n, need_port, default_port, &au);
+    if (rc < 0)
+        return rc;
+    out->host = au.host;
+    out->port = au.port;
+    out->host_is_ipv6 = au.host_is_ipv6;
+    return 0;
+}
+
 static ssize_t parse_target(struct scan *s, struct soth_proxy_head *out)
 {
     const char *t = out->target.base;
     size_t n = out->target.len;
     if (out->is_connect)
-        return parse_authority(s, t, n, true, 0, out);
+        return head_authority(s, t, n, true, 0, out);
 
     /* absolute-form (RFC 9112 3.2.2): scheme "://" authority path-abempty ["?" query] */
     uint16_t dport;
@@ -272,7 +300,7 @@ static ssize_t parse_target(struct scan *s, struct soth_proxy_head *out)
         alen++;
     if (memchr(a, '@', alen) != NULL)
         return fail(s, SOTH_E_MALFORMED, "bad_target", "userinfo in a proxy request URI");
-    ssize_t rc = parse_authority(s, a, alen, false, dport, out);
+    ssize_t rc = head_authority(s, a, alen, false, dport, out);
     if (rc < 0)
         return rc;
     const char *p = a + alen;
@@ -301,7 +329,7 @@ static ssize_t parse_target(struct scan *s, struct soth_proxy_head *out)
 /** Returns line_len or an error / SOTH_E_INCOMPLETE. */
 static ssize_t scan_request_line(struct scan *s, struct soth_proxy_head *out)
 {
-    size_t i = 0;
+    size_t i = s->line_start;
     int c;
     bool lenient = s->mode == SOTH_HEAD_LENIENT;
 
@@ -452,6 +480,25 @@ static ssize_t scan_field_line(struct scan *s, size_t off, struct soth_header *h
     return line_end(s, i, c, false);
 }
 
+/* Empty lines before the request line: returns the offset of its first byte. Bounded by
+ * max_head like every byte of the head; a line end follows the mode's rule (CRLF, or LF too
+ * when lenient). */
+static ssize_t skip_empty_lines(struct scan *s)
+{
+    size_t i = 0;
+    for (;;) {
+        int c = head_byte(s, i);
+        if (c < 0)
+            return c;
+        if (c != '\r' && c != '\n')
+            return (ssize_t)i;
+        ssize_t rc = line_end(s, i, c, false);
+        if (rc < 0)
+            return rc;
+        i = (size_t)rc;
+    }
+}
+
 ssize_t soth_proxy_head_parse(const char *buf, size_t len, enum soth_head_mode mode,
                               const struct soth_head_limits *limits, struct soth_proxy_head *out,
                               const char **reason_code, const char **detail)
@@ -469,10 +516,16 @@ ssize_t soth_proxy_head_parse(const char *buf, size_t len, enum soth_head_mode m
         s.max_headers = SOTH_HEAD_MAX_HEADERS;
     memset(out, 0, offsetof(struct soth_proxy_head, headers));
 
-    ssize_t rc = scan_request_line(&s, out);
+    /* RFC 9112 2.2: empty lines before the request line are ignored (the intercepted path,
+     * proto/h1.c, does the same; docs/http1.md "One strictness"). */
+    ssize_t rc = skip_empty_lines(&s);
     if (rc >= 0) {
-        out->line_len = (size_t)rc;
-        size_t off = out->line_len;
+        s.line_start = (size_t)rc;
+        rc = scan_request_line(&s, out);
+    }
+    if (rc >= 0) {
+        out->line_len = (size_t)rc - s.line_start;
+        size_t off = (size_t)rc;
         for (;;) {
             bool blank = false;
             bool full = out->n_headers >= s.max_headers;

@@ -41,6 +41,8 @@ enum dir_state {
 enum scan_state {
     SC_START = 0, /* before the start line; empty lines are skipped (RFC 9112 2.2) */
     SC_START_CR,  /* CR before the start line */
+    SC_RLINE,     /* inside a request line: single SPs between its three parts */
+    SC_RLINE_SP,  /* just after a SP of the request line */
     SC_LINE,      /* inside a line */
     SC_CR,        /* CR inside a line */
     SC_BOL,       /* beginning of a field line */
@@ -570,6 +572,11 @@ static enum scan_result scan_head(struct dir *d, const char *p, size_t n, size_t
                 i++;
             if (i == lim)
                 break;
+        } else if (d->sc == SC_RLINE) {
+            while (i < lim && u[i] > 0x20 && u[i] != 0x7f)
+                i++;
+            if (i == lim)
+                break;
         }
         unsigned char c = u[i];
         switch (d->sc) {
@@ -580,8 +587,27 @@ static enum scan_result scan_head(struct dir *d, const char *p, size_t n, size_t
                 goto bare_lf;
             else if (is_ctl(c))
                 goto ctl;
+            else if (d->side == SOTH_LEG_CLIENT && (c == ' ' || c == '\t'))
+                goto bad_sp;
             else
-                d->sc = SC_LINE;
+                d->sc = d->side == SOTH_LEG_CLIENT ? SC_RLINE : SC_LINE;
+            break;
+        case SC_RLINE:
+        case SC_RLINE_SP:
+            /* RFC 9112 3: method SP request-target SP HTTP-version, one SP each; the plain
+             * path's head parser (proto/connect.c) refuses the same (docs/http1.md). */
+            if (c == '\r' && d->sc == SC_RLINE)
+                d->sc = SC_CR;
+            else if (c == ' ' && d->sc == SC_RLINE)
+                d->sc = SC_RLINE_SP;
+            else if (c == ' ' || c == '\t' || c == '\r')
+                goto bad_sp;
+            else if (c == '\n')
+                goto bare_lf;
+            else if (is_ctl(c))
+                goto ctl;
+            else
+                d->sc = SC_RLINE;
             break;
         case SC_START_CR:
             if (c != '\n')
@@ -633,6 +659,10 @@ static enum scan_result scan_head(struct dir *d, const char *p, size_t n, size_t
         r = SCAN_ERR;
     }
     goto out;
+bad_sp:
+    *code = "bad_start_line";
+    *detail = "the request line must be METHOD SP TARGET SP VERSION, one space each";
+    goto bad;
 bare_cr:
     *code = "bare_cr";
     *detail = "CR not followed by LF in the header section";
@@ -1105,6 +1135,16 @@ static int headers_complete(llhttp_t *p)
             d->state = DS_BODY;
             return ret;
         }
+        if (rc == SOTH_H1_REFUSE && d->side == SOTH_LEG_CLIENT) {
+            /* Not forwarded and no exchange; the connection ends once the exchanges before
+             * it are reported (the caller answers it then), and the client's bytes from here
+             * on are dropped. llhttp is paused and never runs on this side again. */
+            h->qlen--;
+            h->closing = true;
+            d->state = DS_DISCARD;
+            update_done(h);
+            return HPE_PAUSED;
+        }
     }
     if (emit(h, soth_leg_other(d->side), d->buf, d->used) < 0)
         return -1;
@@ -1349,6 +1389,8 @@ static ssize_t feed_section(struct dir *d, const char *p, size_t n)
     ssize_t c = run(d, p, seg);
     if (c < 0)
         return -1;
+    if (d->state == DS_DISCARD)
+        return (ssize_t)n; /* on_head refused the request: the rest is dropped */
     if (sr == SCAN_ERR) {
         if (too_large)
             size_err(d, code, detail);

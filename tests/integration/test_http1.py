@@ -574,19 +574,7 @@ class CurlTests(H1Base):
                 self.assertEqual(tr[0]["headers"], [["X-Body-Sha256", sha(BLOB[:7000])]])
                 self.assertEqual(sum(1 for e in fl if e["type"] == "stream_closed"), 1)
 
-    def test_plain_proxy_two_hosts_one_connection(self):
-        # curl -x reuses its proxy connection for a second origin (another Host).
-        with self.proxy("plain") as p:
-            out = subprocess.run(
-                ["curl", "-sS", "--http1.1", "--max-time", "30", "-x",
-                 f"http://127.0.0.1:{p.port}", f"http://127.0.0.1:{self.plain.port}/size/10",
-                 f"http://localhost:{self.plain.port}/size/20"], capture_output=True, timeout=60)
-            self.assertEqual(out.returncode, 0, out.stderr)
-            self.assertEqual(out.stdout, BLOB[:10] + BLOB[:20])
-            evs = p.checked_events()
-            for streams in self.http_flows(evs).values():
-                for s in streams.values():
-                    self.assertEqual(self.completed(s)["outcome"], "complete", s)
+    # curl -x reusing its proxy connection for another authority: test_h1_refusals.py (421).
 
     def test_head_with_curl(self):
         with self.proxy("intercept") as p:

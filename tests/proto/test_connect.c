@@ -352,7 +352,13 @@ static const struct bad_case bad_cases[] = {
     {STRICT, " CONNECT example.com:443 HTTP/1.1\r\n\r\n", MAL, "bad_request_line", 0},
     {STRICT, "CONNECT example.com:443\r\n\r\n", MAL, "bad_request_line", 0},
     {STRICT, "GARBAGE\r\n\r\n", MAL, "bad_request_line", 0},
-    {STRICT, "\r\nCONNECT h:1 HTTP/1.1\r\n\r\n", MAL, "bad_request_line", 0},
+    /* empty lines before the request line: CRLF only in strict mode */
+    {STRICT, "\nCONNECT h:1 HTTP/1.1\r\n\r\n", MAL, "bare_lf", 0},
+    {STRICT, "\r\n\nCONNECT h:1 HTTP/1.1\r\n\r\n", MAL, "bare_lf", 0},
+    {STRICT, "\r\rCONNECT h:1 HTTP/1.1\r\n\r\n", MAL, "control_bytes", 0},
+    {STRICT, "\r\n CONNECT h:1 HTTP/1.1\r\n\r\n", MAL, "bad_request_line", 0},
+    {STRICT, "GET  http://a/ HTTP/1.1\r\n\r\n", MAL, "bad_request_line", 0},
+    {STRICT, "GET http://a/  HTTP/1.1\r\n\r\n", MAL, "bad_request_line", 0},
     {STRICT, "GET\r\n", MAL, "bad_request_line", 0},
     {STRICT, "CONN(ECT h:443 HTTP/1.1\r\n\r\n", MAL, "bad_method", 0},
     {STRICT,
@@ -456,6 +462,65 @@ Test(connect, errors_are_reported_before_the_line_ends)
 }
 
 /* ---- limits ------------------------------------------------------------------------------ */
+
+/* RFC 9112 2.2: empty lines before the request line are ignored, as the exchange engine does
+ * (docs/http1.md "One strictness for every path"); they count toward the head, not the line. */
+Test(connect, empty_lines_before_the_request_line_are_skipped)
+{
+    const char *t = "\r\n\r\nGET http://a.example:81/x HTTP/1.1\r\nHost: a\r\n\r\n";
+    const char *code;
+    cr_expect_eq(parse_all_ways(t, strlen(t), STRICT, NULL, &code), (ssize_t)strlen(t));
+    cr_expect_eq(H.head_len, strlen(t));
+    cr_expect_eq(H.line_len, strlen("GET http://a.example:81/x HTTP/1.1\r\n"));
+    cr_expect(H.method.len == 3 && memcmp(H.method.base, "GET", 3) == 0);
+    cr_expect_eq(H.port, 81);
+    cr_expect_eq(H.n_headers, 1);
+    const char *lf = "\n\nCONNECT h:1 HTTP/1.1\nHost: x\n\n";
+    cr_expect_eq(parse_all_ways(lf, strlen(lf), LENIENT, NULL, &code), (ssize_t)strlen(lf));
+    cr_expect_eq(H.port, 1);
+    /* the line limit starts at the request line; the head limit counts the empty lines */
+    struct soth_head_limits lim = {.max_line = 64, .max_head = 256};
+    char big[300];
+    memset(big, 0, sizeof(big));
+    for (size_t i = 0; i < 100; i += 2)
+        memcpy(big + i, "\r\n", 2);
+    strcpy(big + 100, "CONNECT h:1 HTTP/1.1\r\n\r\n");
+    cr_expect_eq(parse_all_ways(big, strlen(big), STRICT, &lim, &code), (ssize_t)strlen(big));
+    lim.max_head = 100;
+    cr_expect_eq(parse_all_ways(big, strlen(big), STRICT, &lim, &code), SOTH_E_TOO_LARGE);
+    cr_expect_str_eq(code, "head_too_large");
+}
+
+/* The one authority parser, shared with the requests after the proxy head (core/app_h1.c). */
+Test(connect, authority_parse)
+{
+    struct soth_authority au;
+    const char *code;
+    cr_expect_eq(
+        soth_authority_parse(SOTH_IOV_LIT("Example.COM:8080"), false, 80, &au, &code, NULL), 0);
+    cr_expect(au.host.len == 11 && memcmp(au.host.base, "Example.COM", 11) == 0);
+    cr_expect_eq(au.port, 8080);
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("h"), false, 443, &au, NULL, NULL), 0);
+    cr_expect_eq(au.port, 443);
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("h:"), false, 80, &au, NULL, NULL), 0);
+    cr_expect_eq(au.port, 80);
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("[::1]:81"), false, 80, &au, NULL, NULL), 0);
+    cr_expect(au.host_is_ipv6 && au.host.len == 3 && au.port == 81);
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("h"), true, 0, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+    cr_expect_str_eq(code, "missing_port");
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("h:0"), false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+    cr_expect_str_eq(code, "invalid_port");
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("::1"), false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+    cr_expect_str_eq(code, "bad_brackets");
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("127.1"), false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+    cr_expect_str_eq(code, "bad_target");
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT(""), false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
+}
 
 Test(connect, line_limit_is_exact_and_fails_early)
 {

@@ -76,7 +76,8 @@ struct rec {
     uint32_t body_id;
     int fail_out_after; /* out fails (-EPIPE) after this many calls; -1 never */
     int n_out;
-    int head_rc; /* returned by on_head */
+    int head_rc;        /* returned by on_head */
+    uint32_t refuse_id; /* on_head returns SOTH_H1_REFUSE for this request; 0 none */
 };
 
 static void body_flush(struct rec *r)
@@ -145,8 +146,9 @@ static int rec_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth
         str_cat(e, "\r\n");
     }
     str_cat(e, "\r\n");
-    if (r->head_rc < 0)
-        e->len = 0; /* vetoed: nothing is forwarded */
+    bool refuse = dir == C && id == r->refuse_id;
+    if (r->head_rc < 0 || refuse)
+        e->len = 0; /* vetoed or refused: nothing is forwarded */
     cr_assert_eq(h->http_minor, h->version.base[7] - '0');
 
     str_fmt(t, "H%d %u ", dir, id);
@@ -192,7 +194,7 @@ static int rec_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth
     if (h->expect_continue)
         str_cat(t, " ec");
     str_cat(t, "\n");
-    return r->head_rc;
+    return refuse ? SOTH_H1_REFUSE : r->head_rc;
 }
 
 static void rec_body(void *ctx, enum soth_leg dir, uint32_t id, const char *p, size_t n)
@@ -276,6 +278,7 @@ struct run_opts {
     struct soth_h1_limits lim;
     int fail_out_after; /* 0: never (stored as -1 in the recorder) */
     int head_rc;
+    uint32_t refuse_id;
 };
 
 struct result {
@@ -331,7 +334,8 @@ static void lend_put(void *ctx, void *mem)
 static void run_once(const struct step *st, size_t n_st, const struct run_opts *o, int split_step,
                      size_t split_at, bool bytewise, bool lend, struct result *res)
 {
-    struct rec r = {.body_dir = -1, .fail_out_after = -1, .head_rc = o->head_rc};
+    struct rec r = {
+        .body_dir = -1, .fail_out_after = -1, .head_rc = o->head_rc, .refuse_id = o->refuse_id};
     if (o->fail_out_after > 0)
         r.fail_out_after = o->fail_out_after;
     struct soth_h1_cbs cbs = {
@@ -1171,6 +1175,83 @@ Test(h1, on_head_veto_and_out_failure)
     struct run_opts o2 = {.fail_out_after = 1};
     run_once(st2, 1, &o2, -1, 0, false, false, &r);
     cr_assert(strstr(r.trace.p, "R -32\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
+}
+
+/* on_head refusing a request (docs/http1.md "Requests the proxy refuses"): nothing of it or
+ * after it is forwarded, the exchanges before it finish, then the engine is done. */
+Test(h1, on_head_refuse_after_pipelined_exchange)
+{
+    static const struct step st[] = {
+        FEED(C, "POST /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab"
+                "CONNECT x:1 HTTP/1.1\r\nHost: x:1\r\n\r\nGET /3 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        FEED(C, "more bytes"),
+        FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz"),
+    };
+    struct run_opts o = {.refuse_id = 2};
+    struct result r;
+    run_all(st, SOTH_ARRAY_LEN(st), &o, &r);
+    TRACE_IS(&r, "H0 1 POST /1 HTTP/1.1 {Host: h|Content-Length: 2} a=h p=/1 ka cl=2\n"
+                 "B0 1 ab\n"
+                 "C0 1\n"
+                 "H0 2 CONNECT x:1 HTTP/1.1 {Host: x:1} a=x:1 p= ka nb upg\n"
+                 "H1 1 200 OK HTTP/1.1 {Content-Length: 3} ka cl=3\n"
+                 "B1 1 xyz\n"
+                 "C1 1\n"
+                 "X 1 complete 2 3\n"
+                 "done=1 inflight=0 held=0/0\n");
+    out_is(&r, U, "POST /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab");
+    out_is(&r, C, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz");
+    result_free(&r);
+
+    /* Nothing in flight: done at once; a response arriving then is dropped. */
+    static const struct step st2[] = {
+        FEED(C, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        FEED(U, "HTTP/1.1 204 No Content\r\n\r\n"),
+        FEED(C, "GET http://other/ HTTP/1.1\r\nHost: other\r\n\r\n"),
+    };
+    run_all(st2, SOTH_ARRAY_LEN(st2), &o, &r);
+    TRACE_IS(&r, "H0 1 GET /1 HTTP/1.1 {Host: h} a=h p=/1 ka nb\n"
+                 "C0 1\n"
+                 "H1 1 204 No Content HTTP/1.1 {} ka nb\n"
+                 "C1 1\n"
+                 "X 1 complete 0 0\n"
+                 "H0 2 GET http://other/ HTTP/1.1 {Host: other} s=http a=other p=/ ka nb\n"
+                 "done=1 inflight=0 held=0/0\n");
+    out_is(&r, U, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    result_free(&r);
+}
+
+/* One request-line rule with the plain path's head parser (docs/http1.md "One strictness for
+ * every path"): empty lines before it are skipped, its three parts take one SP each. */
+Test(h1, request_line_single_spaces)
+{
+    static const struct bad_case cases[] = {
+        {"two spaces after method", C, "GET  / HTTP/1.1\r\nHost: h\r\n\r\n", 400, "bad_start_line",
+         0},
+        {"two spaces before version", C, "GET /  HTTP/1.1\r\nHost: h\r\n\r\n", 400,
+         "bad_start_line", 0},
+        {"space after version", C, "GET / HTTP/1.1 \r\nHost: h\r\n\r\n", 400, "bad_start_line", 0},
+        {"tab separator", C, "GET\t/ HTTP/1.1\r\nHost: h\r\n\r\n", 400, "bad_start_line", 0},
+        {"space before method", C, " GET / HTTP/1.1\r\nHost: h\r\n\r\n", 400, "bad_start_line", 0},
+        {"space after empty line", C, "\r\n GET / HTTP/1.1\r\nHost: h\r\n\r\n", 400,
+         "bad_start_line", 0},
+        {"bare lf empty line", C, "\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", 400, "bare_lf", 0},
+    };
+    for (size_t i = 0; i < SOTH_ARRAY_LEN(cases); i++)
+        expect_rejected(&cases[i], NULL);
+
+    /* Responses keep their status line as it comes (one SP rule for requests only). */
+    struct result r;
+    RUN(&r, FEED(C, "\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+        FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    TRACE_IS(&r, "H0 1 GET / HTTP/1.1 {Host: h} a=h p=/ ka nb\n"
+                 "C0 1\n"
+                 "H1 1 200 OK HTTP/1.1 {Content-Length: 0} ka cl=0 nb\n"
+                 "C1 1\n"
+                 "X 1 complete 0 0\n"
+                 "done=0 inflight=0 held=0/0\n");
+    out_is(&r, U, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
     result_free(&r);
 }
 

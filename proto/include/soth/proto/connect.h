@@ -42,7 +42,7 @@ struct soth_proxy_head {
     struct soth_iov path;    /* absolute-form: origin-form path+query ("/" when empty) */
     bool is_connect;
     bool host_is_ipv6;
-    size_t line_len; /* request line incl. its line end */
+    size_t line_len; /* request line incl. its line end (not the empty lines before it) */
     size_t head_len; /* whole head incl. the final blank line */
     size_t n_headers;
     struct soth_header headers[SOTH_HEAD_MAX_HEADERS]; /* soth/base.h */
@@ -63,6 +63,7 @@ struct soth_proxy_head {
  * input, the result is SOTH_E_INCOMPLETE or the result of the whole input.
  *
  * Grammar (RFC 9112 2-5, RFC 9110 4.2, 5.6):
+ *  - empty lines before the request line are skipped (RFC 9112 2.2; counted in max_head);
  *  - request line METHOD SP TARGET SP VERSION CRLF; METHOD a token (case-sensitive, "CONNECT"
  *    is CONNECT); VERSION exactly "HTTP/1.1" or "HTTP/1.0".
  *  - CONNECT: authority-form host:port with port 1..65535 (leading zeros allowed, at most 5
@@ -105,5 +106,23 @@ struct soth_proxy_head {
 ssize_t soth_proxy_head_parse(const char *buf, size_t len, enum soth_head_mode mode,
                               const struct soth_head_limits *limits, struct soth_proxy_head *out,
                               const char **reason_code, const char **detail);
+
+/** An authority: host[:port] or [IPv6][:port]. Every iov points into the parsed text. */
+struct soth_authority {
+    struct soth_iov host; /* without brackets for IPv6 */
+    uint16_t port;        /* given, else the default passed to soth_authority_parse */
+    bool host_is_ipv6;
+};
+
+/**
+ * Parse an authority with the rules of the proxy head's targets above (host: reg-name,
+ * dotted-quad IPv4 or bracketed IPv6; port 1..65535, an empty port meaning the default):
+ * the one authority parser of the proxy, for the proxy head and for the absolute-form
+ * requests that follow it on a connection (core/app_h1.c). A missing port is an error when
+ * need_port (CONNECT), else out->port = default_port. Returns 0, or SOTH_E_MALFORMED with
+ * *reason_code / *detail (either may be NULL) set as for soth_proxy_head_parse.
+ */
+int soth_authority_parse(struct soth_iov auth, bool need_port, uint16_t default_port,
+                         struct soth_authority *out, const char **reason_code, const char **detail);
 
 #endif

@@ -98,6 +98,14 @@ struct soth_h1_head {
 
 /** on_head's answer: the head went out through `out` already; do not forward the engine's. */
 #define SOTH_H1_HEAD_SENT 1
+/**
+ * on_head's answer for a request the caller refuses to forward (a second authority, a nested
+ * CONNECT: docs/http1.md "Requests the proxy refuses"): nothing of it is sent, it is no
+ * exchange (no on_exchange for it), and no request after it is read (the client's bytes from
+ * here on are dropped). The exchanges before it carry on; soth_h1_is_done turns true once they
+ * are all reported, which is when the caller sends its own answer and closes.
+ */
+#define SOTH_H1_REFUSE 2
 
 /** An exchange that ended. */
 struct soth_h1_exchange {
@@ -123,8 +131,9 @@ struct soth_h1_cbs {
     int (*out)(void *ctx, enum soth_leg to, const char *p, size_t n);
     /** A complete head (before it is forwarded). Return 0 to forward it, SOTH_H1_HEAD_SENT
      *  when the callback already sent its own serialisation of the head through `out` (a
-     *  proxy rewriting an absolute-form target), or a negative value to stop the engine
-     *  (dead) and make the feed return it: nothing of the message is sent, and a refused
+     *  proxy rewriting an absolute-form target), SOTH_H1_REFUSE (requests only) to drop the
+     *  request and end the connection after the earlier exchanges, or a negative value to stop the
+     * engine (dead) and make the feed return it: nothing of the message is sent, and a refused
      *  request is no exchange (no on_exchange for it). */
     int (*on_head)(void *ctx, enum soth_leg dir, uint32_t stream_id, const struct soth_h1_head *h);
     /** Message body bytes after de-chunking, in order; any split. */
