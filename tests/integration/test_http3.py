@@ -347,9 +347,10 @@ class HTTP3Tests(unittest.TestCase):
 
     def test_200_concurrent_flows(self):
         bodies = {f"/c{i}.bin": self.topo.file(f"c{i}.bin", 2000 + 97 * i) for i in range(200)}
-        # 200 clients on two cores: a longer idle time, so none is idle while it waits its turn.
-        # Two workers: the SO_REUSEPORT group spreads the flows, each stays on its worker.
-        with self.proxy(workers=2, quic={"idle_ms": 5000}) as p:
+        # 200 clients on two cores: an idle time as long as the clients' own (20 s), so none is
+        # idle while it waits its turn. Two workers: the SO_REUSEPORT group spreads the flows,
+        # each stays on its worker.
+        with self.proxy(workers=2, quic={"idle_ms": 20000}) as p:
             self.topo.divert(p.port)
             procs = [(path,) + self.topo.client(path, timeout="20s") for path in bodies]
             for path, proc, d in procs:
@@ -357,7 +358,7 @@ class HTTP3Tests(unittest.TestCase):
                 self.assertEqual(proc.returncode, 0, err[-2000:])
                 with open(os.path.join(d, path[1:]), "rb") as f:
                     self.assertEqual(f.read(), bodies[path], path)
-            time.sleep(5 + 1)
+            time.sleep(20 + 1)
             evs = p.checked_events()
         fl = flows_of(evs)
         # One flow per client, unless a client that started late got the ephemeral port of one
