@@ -29,7 +29,7 @@ PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     python3-cryptography python3-brotli python3-zstandard python3-msgpack
     iproute2 nftables procps psmisc util-linux coreutils
     zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev
-    ngtcp2-client
+    ngtcp2-client ngtcp2-server
     debhelper fakeroot lintian mandoc groff-base man-db systemd
     testssl.sh)
 

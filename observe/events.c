@@ -18,6 +18,7 @@ const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT] = {
     "response_trailers",     "exchange_completed",      "ws_message",
     "ws_turn_started",       "ws_turn_completed",       "sse_event",
     "grpc_message",          "payload_parsed",          "stream_closed",
+    "quic_client_hello",
 };
 const char *const soth_protocol_names[SOTH_PROTO_COUNT] = {"tcp",       "tls", "http1", "http2",
                                                            "websocket", "sse", "grpc",  "http3"};
@@ -141,8 +142,12 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
                                 U("bytes_client_to_server"),
                                 U("bytes_server_to_client"),
                                 U("duration_ns"),
-                                U("events_dropped")},
-                               5},
+                                U("events_dropped"),
+                                {"datagrams_client_to_server", FK_OMITU64, NULL, 0},
+                                {"datagrams_server_to_client", FK_OMITU64, NULL, 0}},
+                               7},
+    [SOTH_EV_QUIC_CLIENT_HELLO] =
+        {{S("quic_version"), OS("sni"), {"alpn", FK_STRLIST, NULL, 0}, U("initial_packets")}, 4},
 };
 
 int soth_ev_type_from_name(const char *name, size_t len)
@@ -173,7 +178,7 @@ struct ev_val {
  * the ring so that a caller that leaks flows (init without stream_closed) cannot starve the rest.
  */
 #define SC_REC_MAX                                                                                 \
-    ((sizeof(struct ev_rec) + SOTH_EV_ADDR_MAX + SOTH_EV_HOST_MAX + 5 * 8 + REC_ALIGN - 1) &       \
+    ((sizeof(struct ev_rec) + SOTH_EV_ADDR_MAX + SOTH_EV_HOST_MAX + 7 * 8 + REC_ALIGN - 1) &       \
      ~(size_t)(REC_ALIGN - 1))
 
 static uint64_t closed_reserve(const struct soth_ev_producer *pr)
@@ -571,15 +576,39 @@ void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum sot
     emit(f, SOTH_EV_PAYLOAD_PARSED, v);
 }
 
-void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason,
-                           uint64_t bytes_client_to_server, uint64_t bytes_server_to_client)
+void soth_ev_stream_closed_dgrams(struct soth_ev_flow *f, enum soth_close_reason reason,
+                                  uint64_t bytes_client_to_server, uint64_t bytes_server_to_client,
+                                  uint64_t datagrams_client_to_server,
+                                  uint64_t datagrams_server_to_client)
 {
     if (f->prod != NULL && !f->closed && f->prod->open_flows > 0)
         f->prod->open_flows--;
     /* events_dropped counts what this flow lost before its last event. */
-    struct ev_val v[] = {VU(reason), VU(bytes_client_to_server), VU(bytes_server_to_client),
-                         VU(soth_mono_ns() - f->start_mono_ns), VU(f->dropped)};
+    struct ev_val v[] = {VU(reason),
+                         VU(bytes_client_to_server),
+                         VU(bytes_server_to_client),
+                         VU(soth_mono_ns() - f->start_mono_ns),
+                         VU(f->dropped),
+                         VU(datagrams_client_to_server),
+                         VU(datagrams_server_to_client)};
     emit(f, SOTH_EV_STREAM_CLOSED, v);
+}
+
+void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason,
+                           uint64_t bytes_client_to_server, uint64_t bytes_server_to_client)
+{
+    /* TCP flows have no datagram counts: the fields are left out (FK_OMITU64). */
+    soth_ev_stream_closed_dgrams(f, reason, bytes_client_to_server, bytes_server_to_client,
+                                 UINT64_MAX, UINT64_MAX);
+}
+
+void soth_ev_quic_client_hello(struct soth_ev_flow *f, struct soth_iov quic_version,
+                               struct soth_iov sni, const struct soth_iov *alpn, size_t n_alpn,
+                               uint64_t initial_packets)
+{
+    struct ev_val v[] = {
+        VS(quic_version), VS(sni), {.list = alpn, .n = n_alpn}, VU(initial_packets)};
+    emit(f, SOTH_EV_QUIC_CLIENT_HELLO, v);
 }
 
 /* ==========================================================================================
@@ -986,6 +1015,14 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
                 goto bad;
             jkey(out, fd->name);
             jput_u64(out, u);
+            break;
+        case FK_OMITU64:
+            if (!take_u64(&c, &u))
+                goto bad;
+            if (u != UINT64_MAX) {
+                jkey(out, fd->name);
+                jput_u64(out, u);
+            }
             break;
         case FK_I64N:
             if (!take_u64(&c, &u))

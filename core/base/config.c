@@ -664,6 +664,8 @@ static struct soth_config *config_defaults(void)
     c->timeouts.response_header_ms = 60000;
     c->timeouts.idle_ms = 120000;
     c->timeouts.drain_ms = 5000;
+    c->quic.idle_ms = 30000;
+    c->quic.max_flows = 65536;
     return c;
 }
 
@@ -1064,6 +1066,23 @@ static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
     return 0;
 }
 
+static int load_quic(struct cerr *e, struct soth_config *c, const json_t *q)
+{
+    static const char *const keys[] = {"idle_ms", "max_flows", NULL};
+    int rc;
+    json_t *v;
+    if ((rc = expect_object(e, "quic", q)) || (rc = check_keys(e, "quic", q, keys)))
+        return rc;
+    if ((v = json_object_get(q, "idle_ms")) &&
+        (rc = get_uint(e, "quic.idle_ms", v, 1, 86400000, &c->quic.idle_ms)))
+        return rc;
+    /* A flow's slot is 23 bits of a completion's user_data (core/worker.h). */
+    if ((v = json_object_get(q, "max_flows")) &&
+        (rc = get_uint(e, "quic.max_flows", v, 1, 4194304, &c->quic.max_flows)))
+        return rc;
+    return 0;
+}
+
 static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
 {
     static const char *const keys[] = {"listen",
@@ -1074,6 +1093,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                                        "http2_enabled",
                                        "http2_max_header_list_size",
                                        "http3_passthrough",
+                                       "quic",
                                        "tls",
                                        "events",
                                        "timeouts",
@@ -1138,6 +1158,8 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
         return rc;
     if ((v = json_object_get(root, "http3_passthrough")) &&
         (rc = get_bool(e, "http3_passthrough", v, &c->http3_passthrough)))
+        return rc;
+    if ((v = json_object_get(root, "quic")) && (rc = load_quic(e, c, v)))
         return rc;
     if ((v = json_object_get(root, "tls")) && (rc = load_tls(e, c, v)))
         return rc;
@@ -1429,6 +1451,10 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, r, "http2_enabled", json_boolean(c->http2_enabled));
     put(&ok, r, "http2_max_header_list_size", json_integer(c->http2_max_header_list_size));
     put(&ok, r, "http3_passthrough", json_boolean(c->http3_passthrough));
+    json_t *quic = json_object();
+    put(&ok, quic, "idle_ms", json_integer(c->quic.idle_ms));
+    put(&ok, quic, "max_flows", json_integer(c->quic.max_flows));
+    put(&ok, r, "quic", quic);
     json_t *tls = json_object();
     put(&ok, tls, "ca_dir", str_or_null(c->tls.ca_dir));
     put(&ok, tls, "ca_cert", str_or_null(c->tls.ca_cert));

@@ -80,6 +80,7 @@ static const char *const defaults_json =
     "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"ignore_hosts\":[],"
     "\"policy\":{\"default\":\"intercept\",\"rules\":[]},\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"
+    "\"quic\":{\"idle_ms\":30000,\"max_flows\":65536},"
     "\"tls\":{\"ca_dir\":null,\"ca_cert\":null,\"ca_key\":null,\"leaf_cache_size\":4096,"
     "\"leaf_validity_days\":30,\"ca_rotate_after_days\":0,\"upstream_verify\":true,"
     "\"upstream_ca_file\":null,\"learning\":{\"enabled\":true,\"failure_threshold\":3,"
@@ -196,6 +197,10 @@ static const struct bad_case bad_cases[] = {
     /* booleans */
     {"{\"http2_enabled\": \"yes\"}", "config: http2_enabled: expected boolean, got string"},
     {"{\"http3_passthrough\": 1}", "config: http3_passthrough: expected boolean, got integer"},
+    {"{\"quic\": {\"idle_ms\": 0}}", "config: quic.idle_ms: expected integer >= 1, got 0"},
+    {"{\"quic\": {\"max_flows\": 4194305}}",
+     "config: quic.max_flows: expected integer <= 4194304, got 4194305"},
+    {"{\"quic\": {\"flows\": 1}}", "config: quic.flows: unknown key"},
     {"{\"tls\": {\"upstream_verify\": null}}",
      "config: tls.upstream_verify: expected boolean, got null"},
     {"{\"tls\": {\"learning\": {\"enabled\": 0}}}",
@@ -649,6 +654,7 @@ Test(config, spec_example_round_trips)
         "\"policy\":{\"default\":\"tunnel\",\"rules\":[{\"host\":\"*.bank.example\","
         "\"action\":\"tunnel\"},{\"host\":\"ads.example:443\",\"action\":\"block\"}]},"
         "\"http2_enabled\":false,\"http2_max_header_list_size\":32768,\"http3_passthrough\":false,"
+        "\"quic\":{\"idle_ms\":1500,\"max_flows\":4194304},"
         "\"tls\":{\"ca_dir\":\"/var/lib/soth\",\"ca_cert\":\"/c.pem\",\"ca_key\":\"/c.key\","
         "\"leaf_cache_size\":0,\"leaf_validity_days\":7,\"ca_rotate_after_days\":90,"
         "\"upstream_verify\":false,\"upstream_ca_file\":\"/u.pem\","

@@ -35,6 +35,10 @@ AssertionError) at the first violation of:
            stream_closed, unless the flow closed because the other side went away or the
            proxy shut down while it ran (ABANDONS); never a second started, never an end
            without its start (docs/events.md);
+  quic     a flow with protocol http3 (QUIC passthrough) has no TLS or HTTP event; its
+           quic_client_hello (at most one) follows connect_received and precedes
+           connect_decision; its stream_closed carries datagrams_client_to_server and
+           datagrams_server_to_client, which no other flow's stream_closed has;
   6        stream_id is a positive integer; on an HTTP/1.x connection the exchanges are
            numbered 1, 2, 3, ... in request order; HTTP/2 (http_version "2") ids are any
            positive ids, never reused; one connection never mixes HTTP/1.x and HTTP/2.
@@ -116,6 +120,8 @@ SCHEMA = {
                      "length": INT, "data_b64": B64, "truncated": BOOL},
     "payload_parsed": {"stream_id": INT, "direction": DIRECTIONS, "decoders": list,
                        "sanitized": BOOL},
+    "quic_client_hello": {"quic_version": STR, "sni": OSTR, "alpn": list,
+                          "initial_packets": INT},
     "stream_closed": {"reason_code": CLOSE_REASONS, "bytes_client_to_server": INT,
                       "bytes_server_to_client": INT, "duration_ns": INT,
                       "events_dropped": INT},
@@ -362,6 +368,23 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
             if fl["decision"] == "block" or (fl["decision"] == "tunnel" and (
                     t in TLS_EVENTS or fl["method"] in ("CONNECT", "SOCKS5"))):
                 _fail(f"{t} in a flow with a {fl['decision']} decision", ev)
+        # QUIC flows: passthrough, never decrypted (docs/http3.md).
+        quic = ev["protocol"] == "http3"
+        if quic and t in TLS_HTTP:
+            _fail(f"{t} in a QUIC flow", ev)
+        if t == "quic_client_hello":
+            if not quic:
+                _fail("quic_client_hello in a flow that is not http3", ev)
+            if fl.get("hello") or fl["decided"]:
+                _fail("quic_client_hello after another one or after connect_decision", ev)
+            fl["hello"] = True
+        if t == "stream_closed":
+            has = ["datagrams_client_to_server" in ev, "datagrams_server_to_client" in ev]
+            if has != [quic, quic]:
+                _fail("datagram counts belong to the stream_closed of QUIC flows only", ev)
+            if quic and not all(_is_int(ev[k]) and ev[k] >= 0 for k in (
+                    "datagrams_client_to_server", "datagrams_server_to_client")):
+                _fail("datagram counts must be non-negative integers", ev)
         # TLS handshakes: started, then exactly one end, per side.
         if t in TLS_EVENTS and not fl["relaxed"]:
             side, hs = ev["side"], fl["tls"].get(ev["side"])

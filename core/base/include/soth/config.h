@@ -111,6 +111,11 @@ struct soth_config {
     } timeouts;
 
     struct {
+        uint32_t idle_ms;   /* a QUIC flow silent this long ends (docs/http3.md) */
+        uint32_t max_flows; /* QUIC flows per worker; a new one above is dropped */
+    } quic;
+
+    struct {
         char *listen_text; /* NULL = no metrics endpoint */
         struct soth_hostport listen;
     } metrics;
