@@ -26,7 +26,8 @@ PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     python3 python3-h2 python3-hpack python3-hyperframe python3-websockets python3-grpcio
     python3-cryptography python3-brotli python3-zstandard python3-msgpack
     iproute2 nftables procps psmisc util-linux coreutils
-    zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev)
+    zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev
+    libnats-dev nats-server)
 
 missing=()
 for p in "${PKGS[@]}"; do
