@@ -33,7 +33,7 @@
 #include "observe_int.h"
 
 #define Q_HDR          16u
-#define F_SLOTS        8192u /* events in flight at most (a power of two) */
+#define F_SLOTS        32768u /* events in flight at most (a power of two) */
 #define ACKQ_CAP       (2u * F_SLOTS)
 #define IDLE_MS        100
 #define ACK_TIMEOUT_MS 10000u       /* no ack this long on a live connection: re-send from there */
