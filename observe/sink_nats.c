@@ -39,8 +39,11 @@
 #define ACK_TIMEOUT_MS 10000u       /* no ack this long on a live connection: re-send from there */
 #define RETRY_MS       500u         /* before the next stream check or after a temporary error */
 #define CONFLICT_MS    5000u        /* before checking a conflicting stream again */
+#define RECONNECT_MS   250u         /* between connection attempts */
 #define MOVE_BUDGET    (256u << 10) /* bytes copied out of the queue per hold of q_mu */
 #define BEHIND_LOG_MS  10000u       /* at most one "falling behind" line per this period */
+#define ACK_EVERY      64u          /* one event in this many asks for an ack (see publish) */
+#define MARK_MS        1u           /* a pause this long: ask for an ack of what was published */
 
 struct qhdr {
     uint32_t len; /* JSON bytes that follow (the record is padded to 8) */
@@ -56,6 +59,7 @@ struct slot {
     uint64_t gseq;
     uint64_t sent_ms;
     uint32_t off, len; /* in the in-flight area */
+    uint32_t epoch;    /* disconnects seen when it was last published */
     uint16_t type;
     uint8_t state; /* enum slot_state */
 };
@@ -64,6 +68,7 @@ enum ack_result { ACK_OK = 0, ACK_RETRY, ACK_REFUSED };
 
 struct ack {
     uint64_t gseq;
+    uint32_t epoch; /* disconnects seen when the ack arrived */
     uint8_t result; /* enum ack_result */
 };
 
@@ -106,14 +111,18 @@ struct nats_sink {
     size_t n_acks;
 
     /* ---- connection state: libnats callbacks -> sink thread */
-    _Atomic int up;
-    _Atomic uint64_t conn_gen; /* +1 on every (re)connect */
+    _Atomic int up;                   /* cur_nc is connected */
+    _Atomic(natsConnection *) cur_nc; /* the connection the callbacks may report on */
+    _Atomic uint32_t dis_epoch;       /* +1 on every disconnect */
 
     /* ---- sink thread state */
-    bool ready; /* connected and the stream checked on this connection */
-    uint64_t seen_gen;
-    uint64_t check_at_ms;  /* next stream check */
-    uint64_t rewind_at_ms; /* a temporary publish error: re-send from fh then (0 = none) */
+    bool ready;             /* connected and the stream checked on this connection */
+    uint64_t gen;           /* connections made so far */
+    uint64_t connect_at_ms; /* next connection attempt while there is none */
+    uint64_t check_at_ms;   /* next stream check */
+    uint64_t rewind_at_ms;  /* a temporary publish error: re-send from fh then (0 = none) */
+    uint32_t unmarked;      /* events published since the last one that asked for an ack */
+    uint64_t unmarked_ms;   /* when the first of them was published */
     bool outage;
     uint64_t outage_ms, outage_dropped;
     uint64_t conflict_gen; /* connection on which a stream error was logged */
@@ -291,15 +300,17 @@ static size_t move_in(struct nats_sink *ns)
     return n;
 }
 
-/** The slot holding gseq, or NULL (slots are in gseq order). */
-static struct slot *slot_find(struct nats_sink *ns, uint64_t gseq)
+/** The slot holding gseq and its index, or NULL (slots are in gseq order). */
+static struct slot *slot_find(struct nats_sink *ns, uint64_t gseq, uint64_t *idx)
 {
     uint64_t lo = ns->fh, hi = ns->ft;
     while (lo < hi) {
         uint64_t mid = lo + (hi - lo) / 2;
         uint64_t g = slot_at(ns, mid)->gseq;
-        if (g == gseq)
+        if (g == gseq) {
+            *idx = mid;
             return slot_at(ns, mid);
+        }
         if (g < gseq)
             lo = mid + 1;
         else
@@ -327,7 +338,8 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     const char *id = NULL;
     if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != NULL) {
         const char *dash = strrchr(id, '-');
-        struct ack a = {.gseq = dash ? strtoull(dash + 1, NULL, 10) : 0};
+        struct ack a = {.gseq = dash ? strtoull(dash + 1, NULL, 10) : 0,
+                        .epoch = atomic_load(&ns->dis_epoch)};
         /* A JetStream API error (ErrCode) is the server refusing this message; anything else
          * (a timeout, no responders while JetStream starts) is worth another try. */
         a.result = pa != NULL ? ACK_OK : pae != NULL && pae->ErrCode != 0 ? ACK_REFUSED : ACK_RETRY;
@@ -341,18 +353,16 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     natsMsg_Destroy(msg);
 }
 
-static void on_disconnected(natsConnection *nc, void *closure)
+/* The connection in use broke (libnats does not reconnect it: the sink thread connects anew). */
+static void on_lost(natsConnection *nc, void *closure)
 {
     struct nats_sink *ns = closure;
+    /* A late callback of a connection already replaced: that object is still allocated until
+     * its callbacks ran, so no newer connection can have its address. */
+    if (nc != atomic_load(&ns->cur_nc))
+        return;
+    atomic_fetch_add(&ns->dis_epoch, 1);
     atomic_store(&ns->up, 0);
-    sink_wake(ns);
-}
-
-static void on_connected(natsConnection *nc, void *closure)
-{
-    struct nats_sink *ns = closure;
-    atomic_fetch_add(&ns->conn_gen, 1);
-    atomic_store(&ns->up, 1);
     sink_wake(ns);
 }
 
@@ -477,6 +487,7 @@ static int js_rewind(struct nats_sink *ns)
             slot_at(ns, i)->state = SLOT_QUEUED;
     ns->fs = ns->fh;
     ns->rewind_at_ms = 0;
+    ns->unmarked = 0;
     return 0;
 }
 
@@ -495,9 +506,21 @@ static void take_acks(struct nats_sink *ns, uint64_t now)
     pthread_mutex_unlock(&ns->a_mu);
     uint64_t refused = 0;
     for (size_t i = 0; i < n; i++) {
-        struct slot *sl = slot_find(ns, a[i].gseq);
+        uint64_t idx;
+        struct slot *sl = slot_find(ns, a[i].gseq, &idx);
         if (sl == NULL || sl->state == SLOT_ACKED)
             continue;
+        if (a[i].result != ACK_RETRY && a[i].epoch == sl->epoch) {
+            /*
+             * Everything published before a marker on the same connection was processed
+             * first. An ack that arrives after a disconnect may be for a marker libnats
+             * buffered and sent on the next connection, while those before it were lost with
+             * the old one: it covers only the marker (the rest is re-sent).
+             */
+            for (uint64_t k = ns->fh; k < idx; k++)
+                if (slot_at(ns, k)->state == SLOT_SENT)
+                    slot_at(ns, k)->state = SLOT_ACKED;
+        }
         switch (a[i].result) {
         case ACK_OK:
             sl->state = SLOT_ACKED;
@@ -549,18 +572,57 @@ static void outage_end(struct nats_sink *ns, uint64_t now)
              (unsigned long long)(nats_sink_dropped(ns) - ns->outage_dropped));
 }
 
-/** Follow the connection: outage lines, stream check and re-send on every (re)connect. */
+static void conn_drop(struct nats_sink *ns)
+{
+    if (ns->js != NULL)
+        jsCtx_Destroy(ns->js);
+    ns->js = NULL;
+    if (ns->nc != NULL) {
+        atomic_store(&ns->cur_nc, NULL);
+        natsConnection_Close(ns->nc);
+        natsConnection_Destroy(ns->nc);
+    }
+    ns->nc = NULL;
+    atomic_store(&ns->up, 0);
+    ns->ready = false;
+}
+
+/** One connection attempt (blocks up to the connect timeout): NATS_OK or why not. */
+static natsStatus conn_open(struct nats_sink *ns)
+{
+    natsConnection *nc = NULL;
+    natsStatus s = natsConnection_Connect(&nc, ns->opts);
+    if (s != NATS_OK)
+        return s;
+    ns->nc = nc;
+    ns->gen++;
+    atomic_store(&ns->up, 1);
+    atomic_store(&ns->cur_nc, nc);
+    /* It may have broken before cur_nc named it (its callback was ignored then). */
+    if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED)
+        atomic_store(&ns->up, 0);
+    return NATS_OK;
+}
+
+/**
+ * Follow the connection: the outage lines; when it breaks, a new one (the stream checked, then
+ * everything unacknowledged published again).
+ */
 static void conn_step(struct nats_sink *ns, uint64_t now)
 {
-    if (!atomic_load(&ns->up)) {
-        ns->ready = false;
+    if (ns->nc != NULL && !atomic_load(&ns->up)) {
         outage_begin(ns, now);
-        return;
+        conn_drop(ns);
+        ns->connect_at_ms = now + RECONNECT_MS;
     }
-    uint64_t gen = atomic_load(&ns->conn_gen);
-    if (gen != ns->seen_gen) {
-        ns->seen_gen = gen;
-        ns->ready = false;
+    if (ns->nc == NULL) {
+        if (now < ns->connect_at_ms || atomic_load(&ns->stop))
+            return;
+        outage_begin(ns, now);
+        if (conn_open(ns) != NATS_OK) {
+            ns->connect_at_ms = mono_ms() + RECONNECT_MS;
+            return;
+        }
         ns->check_at_ms = 0;
     }
     if (ns->ready || now < ns->check_at_ms)
@@ -569,46 +631,81 @@ static void conn_step(struct nats_sink *ns, uint64_t now)
     int rc = js_rewind(ns) < 0 ? -2 : stream_check(ns, err, sizeof(err));
     if (rc == 0) {
         ns->ready = true;
-        outage_end(ns, now);
+        outage_end(ns, mono_ms());
         return;
     }
-    if (rc == -1 && ns->conflict_gen != gen) {
-        ns->conflict_gen = gen;
+    if (rc == -1 && ns->conflict_gen != ns->gen) {
+        ns->conflict_gen = ns->gen;
         SOTH_LOG(SOTH_LOG_ERROR, -1, 0, "%s (events are kept, within max_pending_mb)", err);
     }
     ns->check_at_ms = now + (rc == -1 ? CONFLICT_MS : RETRY_MS);
 }
 
-/** Publish what is queued in flight. Returns how many. */
+/**
+ * Publish one event. A marker asks JetStream for an ack (a reply subject, js_PublishMsgAsync);
+ * the others are plain publishes that the stream stores without answering.
+ */
+static int publish_one(struct nats_sink *ns, const struct slot *sl, bool marker)
+{
+    char id[64];
+    snprintf(id, sizeof(id), "%s-%llu", ns->run_id, (unsigned long long)sl->gseq);
+    natsMsg *m = NULL;
+    natsStatus s = natsMsg_Create(&m, ns->subjects[sl->type], NULL, ns->f + sl->off, (int)sl->len);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
+    if (s == NATS_OK)
+        s = marker ? js_PublishMsgAsync(ns->js, &m, NULL) : natsConnection_PublishMsg(ns->nc, m);
+    natsMsg_Destroy(m); /* NULL when js_PublishMsgAsync took it */
+    return s == NATS_OK ? 0 : -1;
+}
+
+/**
+ * Publish what is queued in flight. Returns how many.
+ *
+ * Acks are asked for on every ACK_EVERY-th event and, once publishing pauses for MARK_MS, on the
+ * newest one (published again: the stream keeps the first copy and acks the second as a
+ * duplicate). A stream stores the messages of one connection in the order they arrive, so the
+ * ack of a marker stands for every event published before it on that connection: one ack
+ * message per ACK_EVERY events instead of one per event (docs/sinks.md, "Cost").
+ */
 static size_t publish(struct nats_sink *ns, uint64_t now)
 {
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    char id[64];
     size_t n = 0;
+    uint32_t epoch = atomic_load(&ns->dis_epoch);
     while (ns->fs < ns->ft) {
         struct slot *sl = slot_at(ns, ns->fs);
         if (sl->state == SLOT_ACKED) {
             ns->fs++;
             continue;
         }
-        if ((n & 63) == 63 && !atomic_load_explicit(&ns->up, memory_order_relaxed))
+        /* Nothing goes into libnats' reconnect buffer (see opts_setup). */
+        if (natsConnection_Status(ns->nc) != NATS_CONN_STATUS_CONNECTED)
             break;
-        snprintf(id, sizeof(id), "%s-%llu", ns->run_id, (unsigned long long)sl->gseq);
-        po.MsgId = id;
-        natsStatus s =
-            js_PublishAsync(ns->js, ns->subjects[sl->type], ns->f + sl->off, (int)sl->len, &po);
-        if (s != NATS_OK) {
+        bool marker = ns->unmarked + 1 >= ACK_EVERY;
+        if (publish_one(ns, sl, marker) < 0) {
             /* The connection is going or gone (its callback follows), or libnats' own
              * buffer is full: try again shortly, from the oldest unacknowledged event. */
             if (ns->rewind_at_ms == 0)
                 ns->rewind_at_ms = now + RETRY_MS;
-            break;
+            return n;
         }
         sl->state = SLOT_SENT;
         sl->sent_ms = now;
+        sl->epoch = epoch;
         ns->fs++;
         n++;
+        if (marker)
+            ns->unmarked = 0;
+        else if (ns->unmarked++ == 0)
+            ns->unmarked_ms = now;
+    }
+    if (ns->unmarked > 0 && now - ns->unmarked_ms >= MARK_MS && ns->fs > ns->fh &&
+        natsConnection_Status(ns->nc) == NATS_CONN_STATUS_CONNECTED) {
+        struct slot *last = slot_at(ns, ns->fs - 1);
+        if (last->state != SLOT_SENT || publish_one(ns, last, true) == 0) {
+            last->epoch = epoch;
+            ns->unmarked = 0;
+        }
     }
     return n;
 }
@@ -678,7 +775,7 @@ static void *nats_main(void *arg)
                         atomic_load_explicit(&ns->q_tail, memory_order_seq_cst);
         if (!acks && !more) {
             struct pollfd pfd = {.fd = ns->efd, .events = POLLIN};
-            poll(&pfd, 1, IDLE_MS);
+            poll(&pfd, 1, ns->unmarked > 0 ? (int)MARK_MS : IDLE_MS);
             uint64_t v;
             ssize_t r = read(ns->efd, &v, sizeof(v));
             (void)r;
@@ -742,16 +839,18 @@ static int opts_setup(struct nats_sink *ns, const struct soth_sink_cfg *cfg, cha
         s = natsOptions_SetName(o, "soth-mitm");
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(o, 2000);
+    /*
+     * No reconnect inside libnats: it would keep what is published while it reconnects and
+     * send it first on the new connection, ahead of older events lost with the old one, and
+     * their re-send would land after it (gseq order per subject). The sink thread makes a new
+     * connection instead; a broken one refuses every publish.
+     */
     if (s == NATS_OK)
-        s = natsOptions_SetMaxReconnect(o, -1);
+        s = natsOptions_SetAllowReconnect(o, false);
     if (s == NATS_OK)
-        s = natsOptions_SetReconnectWait(o, 250);
+        s = natsOptions_SetDisconnectedCB(o, on_lost, ns);
     if (s == NATS_OK)
-        s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, ns);
-    if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(o, on_disconnected, ns);
-    if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(o, on_connected, ns);
+        s = natsOptions_SetClosedCB(o, on_lost, ns);
     if (s == NATS_OK && cfg->tls_ca_file != NULL) {
         what = "tls_ca_file";
         s = natsOptions_SetSecure(o, true);
@@ -827,11 +926,12 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
     }
     if (opts_setup(ns, cfg, err, err_len) < 0)
         goto fail;
-    natsStatus s = natsConnection_Connect(&ns->nc, ns->opts);
-    if (s == NATS_NOT_YET_CONNECTED) {
+    natsStatus s = conn_open(ns);
+    if (s == NATS_NO_SERVER || s == NATS_TIMEOUT || s == NATS_IO_ERROR) {
         /* Not an error: the proxy serves and the sink connects when the server is there. */
         ns->outage = true;
         ns->outage_ms = mono_ms();
+        ns->connect_at_ms = ns->outage_ms + RECONNECT_MS;
         SOTH_LOG(SOTH_LOG_WARN, -1, 0,
                  "%s: nats: %s unreachable (%s); connecting in the background, keeping up to "
                  "%u MB of events meanwhile",
@@ -840,9 +940,6 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
         snprintf(err, err_len, "%s: nats: %s: %s", ns->name, ns->url_log, nats_err_text(s));
         goto fail;
     } else {
-        atomic_store(&ns->up, 1);
-        atomic_store(&ns->conn_gen, 1);
-        ns->seen_gen = 1;
         int rc = js_rewind(ns) < 0 ? -2 : stream_check(ns, err, err_len);
         if (rc == -1 || rc == -3)
             goto fail;
@@ -889,12 +986,7 @@ void nats_sink_free(struct nats_sink *ns)
     if (ns == NULL)
         return;
     nats_sink_stop(ns);
-    if (ns->js != NULL)
-        jsCtx_Destroy(ns->js);
-    if (ns->nc != NULL) {
-        natsConnection_Close(ns->nc);
-        natsConnection_Destroy(ns->nc);
-    }
+    conn_drop(ns);
     natsOptions_Destroy(ns->opts);
     for (int t = 0; t < SOTH_EV_TYPE_COUNT; t++)
         free(ns->subjects[t]);
