@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "observe_int.h"
@@ -44,6 +45,8 @@
 #define BEHIND_LOG_MS  10000u       /* at most one "falling behind" line per this period */
 #define ACK_EVERY      64u          /* one event in this many asks for an ack (see publish) */
 #define MARK_MS        1u           /* a pause this long: ask for an ack of what was published */
+#define LINGER_MS      2            /* poll period after work, before a long sleep */
+#define LINGER_ROUNDS  500          /* polls (1 s) before that */
 
 struct qhdr {
     uint32_t len; /* JSON bytes that follow (the record is padded to 8) */
@@ -130,7 +133,8 @@ struct nats_sink {
     uint64_t refused_logged;
 
     int efd;
-    _Atomic int sleeping;
+    _Atomic int sleeping; /* in a long sleep: wake through efd */
+    _Atomic int kicked;   /* the queue filled up: efd written, not yet seen */
     _Atomic int stop;
     uint64_t stop_deadline_ms;
     pthread_t thr;
@@ -213,6 +217,14 @@ void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const cha
 
 void nats_sink_kick(struct nats_sink *ns)
 {
+    uint64_t fill = atomic_load_explicit(&ns->q_tail, memory_order_relaxed) -
+                    atomic_load_explicit(&ns->q_head, memory_order_relaxed);
+    if (fill > ns->q_cap / 4 && !atomic_exchange_explicit(&ns->kicked, 1, memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t n = write(ns->efd, &one, sizeof(one));
+        (void)n;
+        return;
+    }
     sink_wake(ns);
 }
 
@@ -748,6 +760,7 @@ static void *nats_main(void *arg)
 {
     struct nats_sink *ns = arg;
     pthread_setname_np(pthread_self(), "soth-nats");
+    unsigned idle = 0;
     for (;;) {
         uint64_t now = mono_ms();
         take_acks(ns, now);
@@ -763,8 +776,27 @@ static void *nats_main(void *arg)
             if (all_done(ns) || now >= ns->stop_deadline_ms)
                 break;
         }
-        if (work > 0)
+        if (work > 0) {
+            idle = 0;
             continue;
+        }
+        /*
+         * Linger before announcing sleep, as the telemetry thread does (telemetry.c): under
+         * steady traffic the telemetry thread then never pays an eventfd write per batch, and
+         * each wake-up here publishes a batch big enough that libnats writes it with one
+         * syscall. Events wait at most LINGER_MS more; a queue filling up still wakes us.
+         */
+        if (idle < LINGER_ROUNDS) {
+            idle++;
+            struct pollfd pfd = {.fd = ns->efd, .events = POLLIN};
+            if (poll(&pfd, 1, LINGER_MS) > 0) {
+                uint64_t v;
+                ssize_t r = read(ns->efd, &v, sizeof(v));
+                (void)r;
+            }
+            atomic_store_explicit(&ns->kicked, 0, memory_order_relaxed);
+            continue;
+        }
         /* Dekker with sink_wake: announce, then look for work once more. */
         atomic_store_explicit(&ns->sleeping, 1, memory_order_seq_cst);
         pthread_mutex_lock(&ns->a_mu);
@@ -905,8 +937,16 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
     uint64_t total = (uint64_t)cfg->max_pending_mb << 20;
     ns->f_cap = (uint32_t)(total / 4 > (16u << 20) ? (16u << 20) : total / 4);
     ns->q_cap = total - ns->f_cap;
-    ns->q = malloc(ns->q_cap);
-    ns->f = malloc(ns->f_cap);
+    /* Touched now: no page faults on the telemetry thread as the queue laps (as the ring
+     * file, telemetry.c); max_pending_mb is memory this sink holds for good. */
+    ns->q = mmap(NULL, ns->q_cap, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    ns->f = mmap(NULL, ns->f_cap, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (ns->q == MAP_FAILED)
+        ns->q = NULL;
+    if (ns->f == MAP_FAILED)
+        ns->f = NULL;
     ns->slots = calloc(F_SLOTS, sizeof(*ns->slots));
     ns->acks = calloc(ACKQ_CAP, sizeof(*ns->acks));
     ns->acks_taken = calloc(ACKQ_CAP, sizeof(*ns->acks_taken));
@@ -990,8 +1030,10 @@ void nats_sink_free(struct nats_sink *ns)
     natsOptions_Destroy(ns->opts);
     for (int t = 0; t < SOTH_EV_TYPE_COUNT; t++)
         free(ns->subjects[t]);
-    free(ns->q);
-    free(ns->f);
+    if (ns->q != NULL)
+        munmap(ns->q, ns->q_cap);
+    if (ns->f != NULL)
+        munmap(ns->f, ns->f_cap);
     free(ns->slots);
     free(ns->acks);
     free(ns->acks_taken);
