@@ -241,7 +241,9 @@ def main():
                                  "-p", str(nport), "-sd", os.path.join(tmp, "store")],
                                 stdout=nats_log, stderr=nats_log)
         wait_port(nport, nats, "nats-server")
-        origin = Origin(tmp)
+        cg = os.path.join(tmp, "cg")
+        os.makedirs(cg)
+        origin = Origin(cg)
         try:
             ir["off"] = callgrind_ir(a.build, tmp, "off", origin, [], a.callgrind)
             ir["on"] = callgrind_ir(a.build, tmp, "on", origin,

@@ -207,6 +207,10 @@ class Mitm:
                 self.proc.kill()
                 self.proc.wait()
         self.err.close()
+        log = self.log()
+        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                    "WARNING: ThreadSanitizer"):
+            assert bad not in log, log[-6000:]
         return self.proc.returncode
 
 
