@@ -117,6 +117,7 @@ struct nats_sink {
     /* ---- connection state: libnats callbacks -> sink thread */
     _Atomic int up;                   /* cur_nc is connected */
     _Atomic(natsConnection *) cur_nc; /* the connection the callbacks may report on */
+    _Atomic int live_conns;           /* connections whose closed callback has not run */
     _Atomic uint32_t dis_epoch;       /* +1 on every disconnect */
 
     /* ---- sink thread state */
@@ -379,6 +380,15 @@ static void on_lost(natsConnection *nc, void *closure)
     sink_wake(ns);
 }
 
+/* A connection's last callback (libnats calls it once per connection made): until then the
+ * sink must stay allocated (nats_sink_free waits for it). */
+static void on_closed(natsConnection *nc, void *closure)
+{
+    struct nats_sink *ns = closure;
+    on_lost(nc, closure);
+    atomic_fetch_sub(&ns->live_conns, 1);
+}
+
 /* ==========================================================================================
  * the stream
  * ========================================================================================== */
@@ -607,6 +617,7 @@ static natsStatus conn_open(struct nats_sink *ns)
     natsStatus s = natsConnection_Connect(&nc, ns->opts);
     if (s != NATS_OK)
         return s;
+    atomic_fetch_add(&ns->live_conns, 1);
     ns->nc = nc;
     ns->gen++;
     atomic_store(&ns->up, 1);
@@ -893,7 +904,7 @@ static int opts_setup(struct nats_sink *ns, const struct soth_sink_cfg *cfg, cha
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(o, on_lost, ns);
     if (s == NATS_OK)
-        s = natsOptions_SetClosedCB(o, on_lost, ns);
+        s = natsOptions_SetClosedCB(o, on_closed, ns);
     if (s == NATS_OK && cfg->tls_ca_file != NULL) {
         what = "tls_ca_file";
         s = natsOptions_SetSecure(o, true);
@@ -1038,6 +1049,14 @@ void nats_sink_free(struct nats_sink *ns)
         return;
     nats_sink_stop(ns);
     conn_drop(ns);
+    /* libnats delivers the closed callback on a thread of its own, after Close returned. */
+    for (int i = 0; i < 1000 && atomic_load(&ns->live_conns) > 0; i++)
+        usleep(10000);
+    if (atomic_load(&ns->live_conns) > 0) {
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0, "%s: nats: the client library did not close in 10 s",
+                 ns->name);
+        return; /* its callbacks may still use ns: keep it */
+    }
     natsOptions_Destroy(ns->opts);
     for (int t = 0; t < SOTH_EV_TYPE_COUNT; t++)
         free(ns->subjects[t]);
