@@ -12,10 +12,11 @@
  *    gseq order (a byte area and a slot array owned by the sink thread). They are never
  *    dropped: after a reconnect, an ack timeout or a temporary error they are all published
  *    again, in order, with the same message id, and JetStream stores each id once.
- * The queue gets three quarters of max_pending_mb, the in-flight area the rest.
+ * The in-flight area gets a quarter of max_pending_mb (at most 16 MiB), the queue the rest.
  *
  * libnats runs its own threads (socket reader, flusher, callbacks); its callbacks only record
- * what happened (acks, connection state) and wake the sink thread.
+ * what happened (acks, a lost connection) and wake the sink thread, which makes every
+ * connection itself (see opts_setup).
  */
 #include "sink_nats.h"
 

@@ -38,9 +38,9 @@ void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const cha
 /** After a batch of puts (telemetry thread): wake the sink thread if it sleeps. */
 void nats_sink_kick(struct nats_sink *ns);
 /**
- * Stop after the last put: publish what is pending and wait for its acks, at most drain_ms
- * (nothing is waited for while the server is unreachable beyond that); what is still pending
- * then is dropped, counted and logged.
+ * Stop after the last put: publish what is pending and wait for its acks, at most drain_ms.
+ * What was never published by then is counted as dropped; what was published and not
+ * acknowledged is only logged (the server may hold it).
  */
 void nats_sink_stop(struct nats_sink *ns);
 void nats_sink_free(struct nats_sink *ns);
