@@ -114,6 +114,7 @@ if ! wolfssl_ok; then
         --enable-aesni --enable-intelasm --enable-sp=yes,asm --enable-sp-asm \
         --enable-ecc --enable-curve25519 --enable-ed25519 \
         --enable-supportedcurves --enable-harden --enable-ip-alt-name --enable-altcertchains \
+        --enable-keying-material \
         CFLAGS="-O2 -DWOLFSSL_ALT_NAMES -DHAVE_EX_DATA -DHAVE_SECRET_CALLBACK" >/dev/null
     make -j"$(nproc)" >/dev/null
     rm -rf "$WOLFSSL_PREFIX"

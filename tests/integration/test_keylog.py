@@ -2,16 +2,14 @@
 of an intercepted connection, and Debian's tshark decrypts a loopback capture of each leg with
 them: the request's path and a response header appear in the dissection (and do not without
 the key log). TLS 1.3 and TLS 1.2; tls.keylog_file and SSLKEYLOGFILE; mode 0600."""
-import http.server
 import os
 import re
 import shutil
 import signal
-import ssl
+import socket
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
@@ -44,9 +42,15 @@ class Capture:
     """tcpdump on lo for the given ports, written to a pcap file."""
 
     def __init__(self, path, ports):
-        expr = " or ".join(f"tcp port {p}" for p in ports)
+        # A probe listener too: "listening on" can come before packets are captured, so the
+        # capture is live once a probe connection shows up in the file.
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        probe.listen(64)
+        expr = " or ".join(f"tcp port {p}" for p in list(ports) + [probe.getsockname()[1]])
         self.path = path
-        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-s", "0", "-w", path, expr],
+        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-s", "0",
+                                      "-w", path, expr],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 15
         line = b""
@@ -57,11 +61,22 @@ class Capture:
         if b"listening on" not in line:
             self.proc.kill()
             raise RuntimeError("tcpdump did not start: " + line.decode(errors="replace"))
+        while time.time() < deadline:
+            socket.create_connection(probe.getsockname(), timeout=5).close()
+            time.sleep(0.05)
+            if os.path.exists(path) and os.path.getsize(path) > 24:  # more than the header
+                break
+        probe.close()
+        if os.path.getsize(path) <= 24:
+            self.proc.kill()
+            raise RuntimeError("tcpdump captured nothing")
 
     def stop(self):
         time.sleep(0.3)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=15)
+        self.summary = self.proc.stderr.read().decode(errors="replace")
+        self.proc.stderr.close()
 
 
 def dissect(pcap, port, tls_port, keylog):
@@ -72,7 +87,7 @@ def dissect(pcap, port, tls_port, keylog):
             "-d", f"tls.port=={port},http",
             "-Y", f"tcp.port=={port} && http", "-V"]
     if keylog:
-        args[3:3] = ["-o", f"tls.keylog_file:{keylog}"]
+        args[1:1] = ["-o", f"tls.keylog_file:{keylog}"]
     out = subprocess.run(args, capture_output=True, timeout=120)
     if out.returncode != 0:
         raise AssertionError("tshark failed: " + out.stderr.decode(errors="replace"))

@@ -291,3 +291,52 @@ Test(ja4s, malformed)
     b[0] = 2;
     cr_assert_eq(soth_tls_ja4s_msg(b, 8, false, out, sizeof(out)), SOTH_E_MALFORMED);
 }
+
+/* The collector on a real upstream conn: our own server's ServerHello, fed byte by byte. */
+Test(ja4s, upstream_conn_collects_server_hello_fed_byte_by_byte, .timeout = 60)
+{
+    struct tu_env env;
+    tu_env_init(&env);
+    struct soth_tls_conn *cli, *srv;
+    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("fp.example.test"), NULL, 0, &cli),
+                 0);
+    cr_assert_eq(
+        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("fp.example.test"), SOTH_IOV_NULL, &srv), 0);
+    cr_assert_eq(soth_tls_conn_ja4s(cli).len, 0);
+    cr_assert_eq(soth_tls_conn_handshake(cli), SOTH_E_INCOMPLETE);
+    tu_move(cli, srv);
+    cr_assert_eq(soth_tls_conn_handshake(srv), SOTH_E_INCOMPLETE);
+    /* The server's first flight: its first record carries the ServerHello. */
+    struct soth_iov iov;
+    static uint8_t wire[16384];
+    size_t n = 0;
+    while (soth_tls_conn_out(srv, &iov) > 0) {
+        memcpy(wire + n, iov.base, iov.len);
+        n += iov.len;
+        soth_tls_conn_out_consume(srv, iov.len);
+    }
+    cr_assert_gt(n, 5 + 4);
+    cr_assert_eq(wire[0], 22);
+    char want[SOTH_TLS_JA4S_LEN + 1];
+    size_t rlen = ((size_t)wire[3] << 8) | wire[4];
+    cr_assert_eq(soth_tls_ja4s_msg(wire + 5, rlen, false, want, sizeof(want)), SOTH_TLS_JA4S_LEN);
+    cr_assert_eq(strncmp(want, "t1302", 5), 0, "%s", want);
+    cr_assert_eq(strncmp(want + 7, "_1301_", 6), 0, "%s", want);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t b = wire[i];
+        cr_assert_eq(soth_tls_conn_feed(cli, &b, 1), 0);
+        int r = soth_tls_conn_handshake(cli);
+        cr_assert(r == 0 || r == SOTH_E_INCOMPLETE);
+        cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
+    }
+    cr_assert(tu_iov_eq(soth_tls_conn_ja4s(cli), want), "%.*s", (int)soth_tls_conn_ja4s(cli).len,
+              soth_tls_conn_ja4s(cli).base);
+    cr_assert_eq(soth_tls_conn_ja4s(srv).len, 0, "server conns have no JA4S");
+    tu_move(cli, srv);
+    cr_assert_eq(tu_handshake(cli, srv), 0);
+    cr_assert(tu_iov_eq(soth_tls_conn_ja4s(cli), want));
+    soth_tls_conn_free(cli);
+    soth_tls_conn_free(srv);
+    tu_env_dispose(&env);
+    soth_tls_global_cleanup();
+}
