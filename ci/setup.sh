@@ -29,7 +29,9 @@ PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     python3-cryptography python3-brotli python3-zstandard python3-msgpack
     iproute2 nftables procps psmisc util-linux coreutils
     zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev
-    ngtcp2-client
+    ngtcp2-client ngtcp2-server
+    debhelper fakeroot lintian mandoc groff-base man-db systemd
+    testssl.sh
     tcpdump tshark)
 
 missing=()
@@ -120,6 +122,9 @@ if ! wolfssl_ok; then
     rm -rf "$WOLFSSL_PREFIX"
     make install >/dev/null
     echo "$WOLFSSL_STAMP" >"$WOLFSSL_PREFIX/.stamp"
+    # The source package version, for the Debian package's Built-Using field (debian/rules).
+    dsc=$(basename "$(ls "$work"/wolfssl_*.dsc | head -n 1)" .dsc)
+    echo "wolfssl (= ${dsc#wolfssl_})" >"$WOLFSSL_PREFIX/.debian-source"
     cd /
 fi
 echo "setup: all dependencies present (wolfSSL in $WOLFSSL_PREFIX)"

@@ -6,6 +6,7 @@
 #   SOTH_FUZZ_SECONDS=N   seconds per fuzz target (default 60; 0 skips running them)
 #   SOTH_SKIP_TSAN=1      skip the ThreadSanitizer lane
 #   SOTH_SKIP_PERF_GATE=1 skip the perf gate (bench/peers/run.py --gate)
+#   SOTH_SKIP_PACKAGE=1   skip the package lane (ci/package.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -41,6 +42,11 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
 step "Release tests"
 (cd build && ctest --output-on-failure -j1)
+
+if [ "${SOTH_SKIP_PACKAGE:-0}" != 1 ]; then
+    step "package (dpkg-buildpackage -b, lintian, installed into a clean tree)"
+    timeout 1800 bash ci/package.sh "$root/build-pkg"
+fi
 
 step "ASan+UBSan build"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSOTH_SANITIZE=ON -DSOTH_BENCH=OFF >/dev/null

@@ -12,6 +12,7 @@
 #include "decide.h"
 #include "flow.h"
 #include "flowtab.h"
+#include "socks.h"
 #include "timer.h"
 #include "upstream.h"
 #include "worker.h"
@@ -112,6 +113,9 @@ void accept_on_cqe(struct worker *w, struct io_uring_cqe *cqe)
         flow_set_state(f, FS_HEAD);
         timer_set(&w->timers, &f->timer, now_ms() + cfg->timeouts.request_header_ms);
         conn_arm_recv(w, f, SOTH_LEG_CLIENT);
+        break;
+    case SOTH_MODE_SOCKS5:
+        socks_begin(w, f);
         break;
     case SOTH_MODE_REVERSE:
         begin_direct(w, f, cfg->reverse_host, strlen(cfg->reverse_host), cfg->reverse_port);

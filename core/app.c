@@ -14,14 +14,17 @@
 static void conf_of(const struct soth_config *cfg, struct app_conf *c)
 {
     if (cfg == NULL) {
-        *c = (struct app_conf){
-            .capture = 4096, .ws_turn_idle_ms = 30000, .request_header_ms = 10000};
+        *c = (struct app_conf){.capture = 4096,
+                               .ws_turn_idle_ms = 30000,
+                               .request_header_ms = 10000,
+                               .response_header_ms = 60000};
         return;
     }
     *c = (struct app_conf){
         .capture = cfg->events.body_capture_bytes,
         .ws_turn_idle_ms = cfg->events.ws_turn_idle_ms,
         .request_header_ms = cfg->timeouts.request_header_ms,
+        .response_header_ms = cfg->timeouts.response_header_ms,
         .h2_max_header_list_size = cfg->http2_max_header_list_size,
     };
 }

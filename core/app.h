@@ -85,14 +85,16 @@ int app_hold(struct app *a, unsigned side, bool hold);
 /**
  * The layer's next timer, in ms of its monotonic clock (env->clock_ns / 1e6, the worker's
  * now_ms), or 0 when none is armed: the HTTP/1.1 request head in progress must be complete
- * by its first byte + timeouts.request_header_ms; an open WebSocket turn ends when
+ * by its first byte + timeouts.request_header_ms; a response head must begin within
+ * timeouts.response_header_ms of its request's end; an open WebSocket turn ends when
  * events.ws_turn_idle_ms pass without a message. Ask again after every call into the layer.
  */
 uint64_t app_deadline(const struct app *a);
 
 /**
  * Run the timers due at now_ms: a late HTTP/1.1 request head gets 408 (when nothing else is
- * on its way to the client) and ends the flow (APP_DONE, close reason idle_timeout); idle
+ * on its way to the client) and ends the flow (APP_DONE, close reason idle_timeout); a late
+ * response head gets 504 (HTTP/1.1: then the flow ends likewise; HTTP/2: on its stream); idle
  * WebSocket turns complete (ws_turn_completed, flush_reason idle). Returns like app_input.
  */
 int app_timer(struct app *a, uint64_t now_ms);

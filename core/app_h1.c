@@ -2,7 +2,8 @@
  * The HTTP/1.1 version of a flow's HTTP layer (core/app_int.h), on top of the llhttp exchange
  * engine (proto/h1.c). The engine re-serialises heads and passes bodies through; this file
  * turns its callbacks into the flow's events, bounds body capture, answers protocol errors
- * (400/431/502) and a late request head (408), keeps what a blocked direction cannot take yet,
+ * (400/431/502), a late request head (408), a late response head (504) and an upstream gone
+ * before its response head (502), keeps what a blocked direction cannot take yet,
  * and hands a WebSocket's relayed bytes or an event stream's body to the stream's observer
  * (core/app_obs.c).
  */
@@ -41,6 +42,10 @@ struct app_h1 {
     bool awaiting_head;     /* the client's next bytes start a request head */
     bool ws_live;           /* obs is a WebSocket and the 101 went out: relayed bytes are frames */
     uint64_t head_since_ms; /* when the pending request head's first byte came, 0 = none */
+    bool resp_head_out;     /* the final head of the response in progress went to the client */
+    uint32_t req_done_id;   /* last exchange whose request is complete */
+    uint32_t resp_head_id;  /* last exchange whose final response head came */
+    uint64_t resp_wait_ms;  /* since when a complete request awaits its response head, 0 = none */
     uint8_t err_dir;        /* side whose bytes broke the protocol */
     unsigned err_status;
     const char *err_code, *err_detail;
@@ -231,6 +236,10 @@ static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct so
     }
     if (hd->interim)
         return 0; /* 1xx: forwarded, not an exchange's response */
+    a->resp_head_out = true;
+    a->resp_head_id = id;
+    /* A later complete request (pipelined) now waits for its own head, from now on. */
+    a->resp_wait_ms = a->req_done_id > id ? app_clock_ns(&a->base) / 1000000u : 0;
     a->msg[1] = (struct msg_cap){.id = id};
     a->resp_open = !hd->no_body;
     app_pl_h1_head(&a->base, dir, hd->headers, hd->n_headers, hd->no_body);
@@ -269,9 +278,14 @@ static void h1_on_complete(void *ctx, enum soth_leg dir, uint32_t id)
     app_pl_h1_complete(&a->base, dir, id);
     if (dir == SOTH_LEG_UPSTREAM) {
         a->resp_open = false;
+        a->resp_head_out = false;
         obs_end(a, id);
     } else {
         a->awaiting_head = true;
+        /* timeouts.response_header_ms runs from the end of the request (docs/answers.md) */
+        a->req_done_id = id;
+        if (a->resp_wait_ms == 0 && a->resp_head_id < id)
+            a->resp_wait_ms = app_clock_ns(&a->base) / 1000000u;
     }
 }
 
@@ -323,6 +337,8 @@ static const char *status_phrase(unsigned st)
         return "Not Implemented";
     case 431:
         return "Request Header Fields Too Large";
+    case 504:
+        return "Gateway Timeout";
     default:
         return "Bad Gateway";
     }
@@ -392,9 +408,15 @@ static int h1_fail(struct app_h1 *a, int rc)
                           a->err_code ? a->err_code : "malformed");
         h1_answer(a, a->err_status, body, (size_t)bn);
     }
+    if (a->err_status != 0 && !client_fault) /* exchange_completed `reason` (docs/events.md) */
+        soth_ev_exchange_reason(a->base.env.ev,
+                                a->err_code != NULL && strcmp(a->err_code, "bad_status") == 0
+                                    ? "response_bad_status"
+                                    : "response_malformed");
     soth_h1_abort(a->h, client_fault    ? SOTH_H1_CLIENT_ABORTED
                         : a->err_status ? SOTH_H1_UPSTREAM_ABORTED
                                         : SOTH_H1_RESET);
+    soth_ev_exchange_reason(a->base.env.ev, NULL); /* not for a refused request */
     h1_refused_end(a, false);
     if (a->err_status != 0)
         a->reason = client_fault ? SOTH_CLOSE_PARSE_FAILED : SOTH_CLOSE_RELAY_ERROR;
@@ -488,20 +510,46 @@ static int h1_input(struct app *base, unsigned side, const char *p, size_t n)
     return h1_status(a);
 }
 
+/* The upstream closed or reset with a request in flight and nothing of its response sent to
+ * the client: 502, then the connection ends (docs/answers.md). */
+static int h1_upstream_gone(struct app_h1 *a, bool reset)
+{
+    static const char fin[] = "soth-mitm: the upstream closed the connection before its "
+                              "response head\n";
+    static const char rst[] = "soth-mitm: the upstream reset the connection before its "
+                              "response head\n";
+    if (reset)
+        h1_answer(a, 502, rst, sizeof(rst) - 1);
+    else
+        h1_answer(a, 502, fin, sizeof(fin) - 1);
+    soth_ev_exchange_reason(a->base.env.ev, reset ? "upstream_reset" : "upstream_eof");
+    soth_h1_abort(a->h, SOTH_H1_UPSTREAM_ABORTED);
+    h1_refused_end(a, false);
+    a->dead = true;
+    a->reason = reset ? SOTH_CLOSE_RELAY_ERROR : SOTH_CLOSE_RELAY_EOF;
+    return APP_DONE;
+}
+
 static int h1_eof(struct app *base, unsigned side, bool reset)
 {
     struct app_h1 *a = h1_of(base);
     if (a->dead)
         return APP_DONE;
     a->eof_seen[side] = true;
+    if (side == SOTH_LEG_UPSTREAM && !a->resp_head_out && !a->answered &&
+        soth_h1_in_flight(a->h) > 0 && !soth_h1_is_upgraded(a->h))
+        return h1_upstream_gone(a, reset);
     if (reset) {
         /* The transport is gone. A client that reset went away: its EOF ends what it can
          * (an upgraded relay whose upstream closed already is complete), the rest is
          * client_aborted. An upstream that reset aborted its exchanges. */
         if (side == SOTH_LEG_CLIENT && a->st[side].len == 0)
             soth_h1_eof(a->h, (int)side);
+        else if (side == SOTH_LEG_UPSTREAM)
+            soth_ev_exchange_reason(a->base.env.ev, "upstream_reset");
         soth_h1_abort(a->h,
                       side == SOTH_LEG_CLIENT ? SOTH_H1_CLIENT_ABORTED : SOTH_H1_UPSTREAM_ABORTED);
+        soth_ev_exchange_reason(a->base.env.ev, NULL); /* not for a refused request */
         h1_refused_end(a, false);
         a->dead = true;
         a->reason = side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_ERROR;
@@ -519,7 +567,10 @@ static int h1_eof(struct app *base, unsigned side, bool reset)
     }
     bool upgraded = soth_h1_is_upgraded(a->h);
     size_t in_flight = soth_h1_in_flight(a->h);
+    if (side == SOTH_LEG_UPSTREAM) /* a response cut short by the close */
+        soth_ev_exchange_reason(a->base.env.ev, "upstream_eof");
     int rc = soth_h1_eof(a->h, (int)side);
+    soth_ev_exchange_reason(a->base.env.ev, NULL);
     if (rc == SOTH_H1_DONE || rc < 0 || soth_h1_is_done(a->h)) {
         enum soth_close_reason r =
             side == SOTH_LEG_CLIENT ? SOTH_CLOSE_CLIENT_EOF : SOTH_CLOSE_RELAY_EOF;
@@ -555,12 +606,46 @@ static int h1_hold(struct app *base, unsigned side, bool hold)
 
 /* The request head the client started must be complete by its first byte +
  * request_header_ms. */
+static uint64_t h1_head_deadline(const struct app_h1 *a)
+{
+    if (a->dead || a->head_since_ms == 0 || a->base.conf.request_header_ms == 0)
+        return 0;
+    return a->head_since_ms + a->base.conf.request_header_ms;
+}
+
+/* A complete request's response head must begin by its end + response_header_ms. */
+static uint64_t h1_resp_deadline(const struct app_h1 *a)
+{
+    if (a->dead || a->resp_wait_ms == 0 || a->base.conf.response_header_ms == 0 ||
+        soth_h1_is_upgraded(a->h))
+        return 0;
+    return a->resp_wait_ms + a->base.conf.response_header_ms;
+}
+
 static uint64_t h1_deadline(const struct app *base)
 {
     const struct app_h1 *a = h1_of_const(base);
-    if (a->dead || a->head_since_ms == 0 || base->conf.request_header_ms == 0)
-        return 0;
-    return a->head_since_ms + base->conf.request_header_ms;
+    uint64_t hd = h1_head_deadline(a), rd = h1_resp_deadline(a);
+    return hd == 0 || (rd != 0 && rd < hd) ? rd : hd;
+}
+
+/* The upstream sent no response head in time: 504 (nothing of that response went out yet),
+ * the exchanges in flight end as timed out and the connection closes. */
+static int h1_resp_timeout(struct app_h1 *a)
+{
+    if (!a->answered && !a->resp_head_out) {
+        char body[128];
+        int bn = snprintf(body, sizeof(body),
+                          "soth-mitm: the upstream sent no response head within %u ms\n",
+                          (unsigned)a->base.conf.response_header_ms);
+        h1_answer(a, 504, body, (size_t)bn);
+    }
+    soth_ev_exchange_reason(a->base.env.ev, "upstream_timeout");
+    soth_h1_abort(a->h, SOTH_H1_TIMEOUT);
+    h1_refused_end(a, false);
+    a->dead = true;
+    a->reason = SOTH_CLOSE_IDLE_TIMEOUT;
+    return APP_DONE;
 }
 
 /* The request head the client is sending took too long: 408 when nothing of a response is
@@ -568,9 +653,12 @@ static uint64_t h1_deadline(const struct app *base)
 static int h1_timer(struct app *base, uint64_t now_ms)
 {
     struct app_h1 *a = h1_of(base);
-    uint64_t d = h1_deadline(base);
     if (a->dead)
         return APP_DONE;
+    uint64_t rd = h1_resp_deadline(a);
+    if (rd != 0 && rd <= now_ms)
+        return h1_resp_timeout(a);
+    uint64_t d = h1_head_deadline(a);
     if (d == 0 || d > now_ms)
         return APP_AGAIN;
     if (!a->resp_open && soth_h1_in_flight(a->h) == 0) {

@@ -4,7 +4,8 @@
  * handed to its observer (WebSocket over RFC 8441, event streams: core/app_obs.c) and payload
  * decoding (core/app_payload.c). The worker feeds decrypted bytes, the relay answers through
  * env->send (at most 16 KiB per call, one TLS record each). The relay itself produces the
- * answers of this version (502/504 responses or RST_STREAM, docs/http2.md).
+ * answers of this version (502/504 responses or RST_STREAM, docs/http2.md); this file keeps
+ * the clock of timeouts.response_header_ms per stream and tells the relay when one is late.
  *
  * Per-stream event state (body offsets) lives in a fixed open-addressing table inside the
  * app, keyed by client stream id: the relay never holds more than 2 x max_concurrent_streams
@@ -43,6 +44,9 @@ struct h2_stream {
     struct app_pl_stream *pl;
     bool ws_connect;     /* extended CONNECT for websocket (RFC 8441) */
     struct app_obs *obs; /* its WebSocket or event stream observer (core/app_obs.c), or NULL */
+    uint64_t wait_ms;    /* request complete, response head awaited since (ms), 0 = not */
+    bool head_seen;      /* the final response head came */
+    bool timed_out;      /* answered 504: timeouts.response_header_ms passed */
 };
 
 struct app_h2 {
@@ -58,6 +62,7 @@ struct app_h2 {
     enum soth_outcome abort_outcome;
     bool done;          /* APP_DONE returned: the relay is finished */
     uint32_t n_streams; /* entries in use in st[] */
+    uint32_t n_waiting; /* entries with wait_ms set */
     struct h2_stream st[H2_TABLE_CAP];
 };
 
@@ -147,6 +152,28 @@ static void on_request_head(void *ctx, int32_t sid, const struct soth_h2_request
                             q->path, SOTH_IOV_LIT("2"), q->headers, q->n_headers);
 }
 
+/* The stream no longer waits for its response head. */
+static void stop_waiting(struct app_h2 *h, struct h2_stream *e)
+{
+    if (e->wait_ms != 0) {
+        e->wait_ms = 0;
+        h->n_waiting--;
+    }
+}
+
+/* timeouts.response_header_ms runs from the end of the request (docs/answers.md). */
+static void on_request_end(void *ctx, int32_t sid)
+{
+    struct app_h2 *h = ctx;
+    struct h2_stream *e = stream_find(h, sid);
+    if (e == NULL || e->head_seen || e->wait_ms != 0)
+        return;
+    e->wait_ms = app_clock_ns(&h->base) / 1000000u;
+    if (e->wait_ms == 0)
+        e->wait_ms = 1;
+    h->n_waiting++;
+}
+
 static void on_response_head(void *ctx, int32_t sid, const struct soth_h2_response *s)
 {
     struct app_h2 *h = ctx;
@@ -155,6 +182,8 @@ static void on_response_head(void *ctx, int32_t sid, const struct soth_h2_respon
     struct h2_stream *e = stream_find(h, sid);
     if (e == NULL)
         return;
+    e->head_seen = true;
+    stop_waiting(h, e);
     app_pl_h2_response(&h->base, &e->pl, s);
     /* RFC 8441 5: a 2xx to the extended CONNECT opens the WebSocket; its DATA are frames. */
     bool ws = e->ws_connect && s->status >= 200 && s->status <= 299 && !s->end_stream;
@@ -221,11 +250,16 @@ static void on_stream_end(void *ctx, int32_t sid, const struct soth_h2_stream_en
     struct app_pl_stream *pl = e->pl;
     if (e->obs != NULL)
         app_obs_end(&h->base, e->obs);
+    stop_waiting(h, e);
+    bool timed_out = e->timed_out;
     stream_del(h, e);
-    enum soth_outcome o = outcome_of(end->outcome);
+    enum soth_outcome o = timed_out ? SOTH_OUTCOME_TIMEOUT : outcome_of(end->outcome);
     if (h->aborting && o != SOTH_OUTCOME_COMPLETE)
         o = h->abort_outcome;
     app_pl_h2_end(&h->base, pl, (uint32_t)sid, o == SOTH_OUTCOME_COMPLETE);
+    /* the relay's static cause (docs/http2.md, "Outcomes") as exchange_completed `reason` */
+    if (o != SOTH_OUTCOME_COMPLETE && end->detail != NULL)
+        soth_ev_exchange_reason(h->base.env.ev, end->detail);
     soth_ev_exchange_completed(h->base.env.ev, (uint32_t)sid, o, end->request_bytes,
                                end->response_bytes);
 }
@@ -310,6 +344,7 @@ static struct app *h2_create(const struct app_env *env, const struct app_conf *c
         .on_data = on_data,
         .on_trailers = on_trailers,
         .on_stream_end = on_stream_end,
+        .on_request_end = on_request_end,
     };
     struct soth_h2_settings set = {
         .max_header_list_size = conf->h2_max_header_list_size,
@@ -441,17 +476,50 @@ static enum soth_close_reason h2_close_reason(const struct app *a)
     return h->reason_set ? h->reason : SOTH_CLOSE_RELAY_ERROR;
 }
 
+/* The earliest response head due (timeouts.response_header_ms); the worker's idle timer
+ * bounds silence otherwise. */
 static uint64_t h2_deadline(const struct app *a)
 {
-    (void)a; /* the relay has no timer of its own: the worker's idle timer bounds silence */
-    return 0;
+    const struct app_h2 *h = h2_of_const(a);
+    uint32_t limit = a->conf.response_header_ms;
+    if (h->n_waiting == 0 || limit == 0 || h->done)
+        return 0;
+    uint64_t d = 0;
+    for (size_t i = 0; i < H2_TABLE_CAP; i++)
+        if (h->st[i].sid != 0 && h->st[i].wait_ms != 0 && (d == 0 || h->st[i].wait_ms + limit < d))
+            d = h->st[i].wait_ms + limit;
+    return d;
 }
 
+/* Late response heads get 504 on their stream; the connection carries on. */
 static int h2_timer(struct app *a, uint64_t now_ms)
 {
     struct app_h2 *h = h2_of(a);
-    (void)now_ms;
-    return h->err < 0 ? h->err : h->done ? APP_DONE : APP_AGAIN;
+    if (h->err < 0)
+        return h->err;
+    if (h->done)
+        return APP_DONE;
+    uint32_t limit = a->conf.response_header_ms;
+    if (h->n_waiting == 0 || limit == 0)
+        return APP_AGAIN;
+    /* Collect first: the relay's callbacks may change the table. */
+    int32_t late[H2_TABLE_CAP];
+    size_t n = 0;
+    for (size_t i = 0; i < H2_TABLE_CAP; i++) {
+        struct h2_stream *e = &h->st[i];
+        if (e->sid != 0 && e->wait_ms != 0 && e->wait_ms + limit <= now_ms) {
+            stop_waiting(h, e);
+            late[n++] = e->sid;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!soth_h2_relay_timeout(h->r, late[i]))
+            continue;
+        struct h2_stream *e = stream_find(h, late[i]);
+        if (e != NULL)
+            e->timed_out = true;
+    }
+    return settle(h);
 }
 
 static bool h2_read_paused(const struct app *a, unsigned side)

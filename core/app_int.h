@@ -14,9 +14,10 @@
 
 /** Configuration the layer reads, copied at app_new (a reload does not change a live flow). */
 struct app_conf {
-    uint32_t capture;           /* events.body_capture_bytes */
-    uint32_t ws_turn_idle_ms;   /* events.ws_turn_idle_ms; 0: no idle flush */
-    uint32_t request_header_ms; /* timeouts.request_header_ms; 0: no head deadline */
+    uint32_t capture;            /* events.body_capture_bytes */
+    uint32_t ws_turn_idle_ms;    /* events.ws_turn_idle_ms; 0: no idle flush */
+    uint32_t request_header_ms;  /* timeouts.request_header_ms; 0: no head deadline */
+    uint32_t response_header_ms; /* timeouts.response_header_ms; 0: no response deadline */
     uint32_t h2_max_header_list_size;
 };
 

@@ -10,6 +10,8 @@
 #include "soth/core.h"
 #include "soth/tls.h"
 
+#include "notify.h"
+
 static const char usage[] =
     "usage: soth-mitm [--config FILE] [--listen HOST:PORT] [--mode MODE] [--workers N]\n"
     "                 [--ca-dir DIR] [--event-ring PATH] [--metrics HOST:PORT]\n"
@@ -20,7 +22,8 @@ static const char usage[] =
     "\n"
     "  --config FILE        JSON config (docs/config.md); flags override it\n"
     "  --listen HOST:PORT   listen address [127.0.0.1:8080]\n"
-    "  --mode MODE          regular | transparent | reverse:SCHEME://HOST:PORT [regular]\n"
+    "  --mode MODE          regular | transparent | socks5 | reverse:SCHEME://HOST:PORT\n"
+    "                       [regular]\n"
     "  --workers N          worker threads, one per core; 0 = one per online CPU [0]\n"
     "  --ca-dir DIR         where the CA lives [$XDG_DATA_HOME/soth-mitm]\n"
     "  --event-ring PATH    binary event ring file [$XDG_RUNTIME_DIR/soth-mitm/events.ring]\n"
@@ -92,6 +95,7 @@ static int run(struct soth_config *cfg, const struct soth_cli_overrides *cli)
             v6 ? "[" : "", h, v6 ? "]" : "", cfg->listen.port, cfg->mode_text,
             soth_engine_workers(e), soth_engine_ring_path(e));
     fflush(stderr);
+    soth_notify(SOTH_NOTIFY_READY);
 
     for (;;) {
         int sig = sigwaitinfo(&set, NULL);
@@ -101,6 +105,7 @@ static int run(struct soth_config *cfg, const struct soth_cli_overrides *cli)
             break;
         }
         if (sig == SIGHUP) {
+            soth_notify(SOTH_NOTIFY_RELOADING);
             const char *path = getenv("SOTH_MITM_CONFIG_PATH");
             SOTH_LOG(SOTH_LOG_INFO, -1, 0, "SIGHUP: reloading policy from %s",
                      path ? path : "(defaults)");
@@ -109,12 +114,14 @@ static int run(struct soth_config *cfg, const struct soth_cli_overrides *cli)
             /* Same file, same command-line flags: only the reloadable keys may change. */
             if (soth_config_reload(cfg, path, cli, &ncfg, &restart, err, sizeof(err)) < 0) {
                 SOTH_LOG(SOTH_LOG_ERROR, -1, 0, "reload failed, keeping the old policy: %s", err);
+                soth_notify(SOTH_NOTIFY_READY);
                 continue;
             }
             if (restart)
                 SOTH_LOG(SOTH_LOG_WARN, -1, 0,
                          "reload: some changed keys take effect only after a restart");
             soth_engine_reload(e, ncfg);
+            soth_notify(SOTH_NOTIFY_READY);
             continue;
         }
         if (sig == SIGUSR1) {
@@ -124,6 +131,7 @@ static int run(struct soth_config *cfg, const struct soth_cli_overrides *cli)
         }
         SOTH_LOG(SOTH_LOG_INFO, -1, 0, "%s: draining (up to %u ms)",
                  sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg->timeouts.drain_ms);
+        soth_notify(SOTH_NOTIFY_STOPPING);
         break;
     }
     soth_engine_stop(e);

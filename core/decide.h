@@ -28,7 +28,7 @@ void flow_block(struct worker *w, struct flow *f, struct soth_iov rule);
  *  carry TLS (a CONNECT, or reverse and transparent modes). */
 static inline bool flow_intercepting(const struct worker *w, const struct flow *f)
 {
-    return (f->is_connect || f->is_reverse || f->is_transparent) &&
+    return (f->is_connect || f->is_reverse || f->is_transparent || f->is_socks) &&
            f->action == SOTH_ACTION_INTERCEPT && w->tls != NULL;
 }
 

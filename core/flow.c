@@ -8,8 +8,8 @@
 #include "worker.h"
 
 const char *const flow_state_names[FS_COUNT] = {
-    "head",  "resolving", "connecting", "hello",   "tls_up", "tls_down",
-    "relay", "answer",    "linger",     "closing", "free",
+    "head",     "socks", "resolving", "connecting", "hello",   "tls_up",
+    "tls_down", "relay", "answer",    "linger",     "closing", "free",
 };
 
 void flow_free(struct worker *w, struct flow *f)

@@ -29,6 +29,7 @@ struct worker;
 
 enum flow_state {
     FS_HEAD = 0,   /* regular mode: reading the proxy request head */
+    FS_SOCKS,      /* socks5 mode: reading the greeting and request (core/socks.c) */
     FS_RESOLVING,  /* waiting for the resolver thread */
     FS_CONNECTING, /* upstream connect in flight */
     FS_HELLO,      /* intercept: upstream connected, 200 sent, reading the ClientHello */
@@ -63,6 +64,7 @@ struct flow {
     struct app *app;              /* HTTP layer once both legs are up (core/app.h), or NULL */
     bool is_reverse;              /* reverse mode: the client may speak TLS or plain HTTP */
     bool is_transparent;          /* transparent mode: likewise; TLS names come from the SNI */
+    bool is_socks;                /* socks5 mode: SOCKS replies where a CONNECT gets HTTP ones */
     bool client_plain;            /* intercepting, but the client leg is plain HTTP */
     bool app_done;                /* the HTTP layer finished: flushing, FINs, then close */
     bool app_held[2];             /* app_hold(side, true) in force */

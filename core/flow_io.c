@@ -16,6 +16,7 @@
 #include "intercept.h"
 #include "iobuf.h"
 #include "relay.h"
+#include "socks.h"
 #include "timer.h"
 #include "upstream.h"
 #include "worker.h"
@@ -81,6 +82,7 @@ static void answer_out(struct worker *w, struct flow *f, unsigned side)
 
 static const struct state_ops state_ops[FS_COUNT] = {
     [FS_HEAD] = {head_data, head_eof, head_eof, relay_error, ignore, head_timeout},
+    [FS_SOCKS] = {socks_data, socks_eof, socks_eof, relay_error, ignore, socks_timeout},
     [FS_RESOLVING] = UPSTREAM_PENDING,
     [FS_CONNECTING] = UPSTREAM_PENDING,
     [FS_HELLO] = HANDSHAKING,

@@ -59,6 +59,7 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->app = NULL;
     f->is_reverse = false;
     f->is_transparent = false;
+    f->is_socks = false;
     f->client_plain = false;
     f->app_done = false;
     f->app_held[0] = f->app_held[1] = false;

@@ -221,10 +221,10 @@ void intercept_hello(struct worker *w, struct flow *f)
     ssize_t rc = soth_tls_peek_client_hello(f->head, f->head_len, &ch);
     if (rc == SOTH_E_INCOMPLETE && f->head_len < SOTH_BUF_SIZE)
         return;
-    if (rc == SOTH_TLS_E_NOT_TLS &&
-        (f->is_reverse || (f->is_transparent && looks_like_http(f->head, f->head_len)))) {
-        /* Reverse or transparent mode, plain HTTP from the client: parse it; TLS toward an
-         * https reverse origin. */
+    if (rc == SOTH_TLS_E_NOT_TLS && (f->is_reverse || ((f->is_transparent || f->is_socks) &&
+                                                       looks_like_http(f->head, f->head_len)))) {
+        /* Reverse, transparent or socks5 mode, plain HTTP from the client: parse it; TLS
+         * toward an https reverse origin. */
         f->client_plain = true;
         if (f->is_reverse && w->cfg->reverse_tls) {
             static const struct soth_iov h1[] = {SOTH_IOV_LIT("http/1.1")};

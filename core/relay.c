@@ -344,10 +344,32 @@ void relay_eof(struct worker *w, struct flow *f, unsigned side)
     relay_check_done(w, f);
 }
 
+/*
+ * The upstream transport is gone (reset, broken pipe): the HTTP layer ends its exchanges and
+ * may still answer the client (502 before a response head, docs/answers.md); what is queued
+ * for the client goes out and the flow finishes as after any answer.
+ */
+static void relay_upstream_gone(struct worker *w, struct flow *f)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    u->eof_in = true;
+    u->connected = false; /* nothing more toward it, not even a FIN */
+    u->shut_pending = false;
+    if (f->app_done) {
+        relay_check_done(w, f);
+        return;
+    }
+    relay_after(w, f, SOTH_LEG_UPSTREAM, app_eof(f->app, SOTH_LEG_UPSTREAM, true));
+}
+
 void relay_recv_error(struct worker *w, struct flow *f, unsigned side)
 {
     if (f->app == NULL) {
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    if (side == SOTH_LEG_UPSTREAM) {
+        relay_upstream_gone(w, f);
         return;
     }
     /*
@@ -365,6 +387,10 @@ void relay_send_error(struct worker *w, struct flow *f, unsigned side)
 {
     if (f->app == NULL) {
         flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    if (side == SOTH_LEG_UPSTREAM) {
+        relay_upstream_gone(w, f);
         return;
     }
     /* The leg is gone (reset, broken pipe): the HTTP layer ends its exchanges. */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "answer.h"
+#include "app.h"
 #include "conn.h"
 #include "decide.h"
 #include "flow.h"
@@ -12,6 +13,7 @@
 #include "iobuf.h"
 #include "relay.h"
 #include "resolver.h"
+#include "socks_answer.h"
 #include "timer.h"
 #include "upstream.h"
 #include "worker.h"
@@ -23,6 +25,10 @@ static void upstream_failed(struct worker *w, struct flow *f, int err, bool time
              timeout ? "connect timeout" : soth_strerror(err));
     /* Bytes the client sent ahead for the upstream are dropped with the flow. */
     conn_q_clear(&w->segs, &f->c[SOTH_LEG_UPSTREAM]);
+    if (f->is_socks) {
+        socks_failed(w, f, err, timeout);
+        return;
+    }
     if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
         flow_close(w, f, SOTH_CLOSE_UPSTREAM_CONNECT_FAILED);
         return;
@@ -116,8 +122,8 @@ void upstream_connected(struct worker *w, struct flow *f, int res)
     timer_set(&w->timers, &f->timer,
               now_ms() +
                   (intercept ? w->cfg->timeouts.tls_handshake_ms : w->cfg->timeouts.idle_ms));
-    if (f->is_connect) {
-        if (!answer_established(w, f)) {
+    if (f->is_connect || f->is_socks) {
+        if (!(f->is_socks ? socks_established(w, f) : answer_established(w, f))) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return;
         }
@@ -127,6 +133,13 @@ void upstream_connected(struct worker *w, struct flow *f, int res)
         conn_arm_recv(w, f, SOTH_LEG_CLIENT);
         intercept_hello(w, f);
         return;
+    }
+    if (f->app != NULL) {
+        /* Plain HTTP: a request completed before the connect already runs its
+         * timeouts.response_header_ms (core/relay.c keeps the timer from here on). */
+        uint64_t hd = app_deadline(f->app);
+        if (hd != 0 && hd < f->timer.deadline_ms)
+            timer_set(&w->timers, &f->timer, hd);
     }
     conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
     conn_arm_recv(w, f, SOTH_LEG_CLIENT);

@@ -21,6 +21,7 @@
 #include "flowtab.h"
 #include "head.h"
 #include "iobuf.h"
+#include "quic.h"
 #include "relay.h"
 #include "resolver.h"
 #include "spsc.h"
@@ -55,10 +56,11 @@ static void worker_begin_stop(struct worker *w)
     io_uring_prep_close(sqe, w->listen_fd);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, 0, 0, 0));
     w->listen_fd = -1;
+    quic_stop(w);
     /* Connections still waiting for a first request have nothing in flight: close them now. */
     for (uint32_t i = 0; i < w->ft.hw; i++) {
         struct flow *f = &w->ft.flows[i];
-        if (flow_is_live(f) && f->state == FS_HEAD && f->head == NULL)
+        if (flow_is_live(f) && ((f->state == FS_HEAD && f->head == NULL) || f->state == FS_SOCKS))
             flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
         else if (flow_is_live(f) && f->state == FS_RELAY && f->app != NULL && !f->app_done)
             relay_after(w, f, SOTH_LEG_CLIENT, app_shutdown(f->app)); /* idle keep-alive: close */
@@ -102,6 +104,11 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
         return;
     case OP_EVENTFD:
         on_eventfd(w);
+        return;
+    case OP_QUIC_LISTEN:
+    case OP_QUIC_RECV:
+    case OP_QUIC_SEND:
+        quic_on_cqe(w, cqe);
         return;
     case OP_CLOSE:
     case OP_CANCEL:
@@ -202,6 +209,7 @@ static void pin_cpu(struct worker *w)
 static void worker_teardown(struct worker *w)
 {
     io_uring_queue_exit(&w->ring);
+    quic_dispose(w);
     flow_table_dispose(&w->ft);
     seg_pool_dispose(&w->segs);
     iobuf_dispose(&w->io);
@@ -241,6 +249,12 @@ void *soth_worker_main(void *arg)
     w->head_limits.max_line = 8192;
     w->head_limits.max_head = SOTH_HEAD_MAX;
     timer_wheel_init(&w->timers, now_ms());
+    rc = quic_init(w, w->setup_msg, sizeof(w->setup_msg));
+    if (rc < 0) {
+        signal_ready(w, rc);
+        worker_teardown(w);
+        return NULL;
+    }
     accept_arm(w);
     arm_eventfd(w);
     io_uring_submit(&w->ring);
@@ -251,7 +265,7 @@ void *soth_worker_main(void *arg)
             conn_wake_waiters(w);
         struct io_uring_cqe *cqe;
         struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000};
-        bool timed = w->timers.n > 0 || w->stopping;
+        bool timed = w->timers.n > 0 || w->stopping || quic_timed(w);
         rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, timed ? &ts : NULL, NULL);
         if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             SOTH_LOG(SOTH_LOG_ERROR, (int)w->idx, 0, "io_uring_submit_and_wait: %s",
@@ -266,7 +280,7 @@ void *soth_worker_main(void *arg)
         }
         io_uring_cq_advance(&w->ring, n);
         timer_run(&w->timers, now_ms(), flow_on_timer, w);
-        soth_ev_flush(w->prod);
+        quic_turn(w);
         if (w->stopping) {
             if (now_ms() >= w->stop_deadline_ms) {
                 for (uint32_t i = 0; i < w->ft.hw; i++) {
@@ -275,9 +289,13 @@ void *soth_worker_main(void *arg)
                         flow_close(w, f, SOTH_CLOSE_SHUTDOWN);
                 }
             }
-            if (w->ft.n_live == 0)
-                break;
+            /* QUIC flows have no end of their own but idleness: they end with the TCP ones. */
+            if (w->ft.n_live == 0 || now_ms() >= w->stop_deadline_ms)
+                quic_shutdown(w);
         }
+        soth_ev_flush(w->prod);
+        if (w->stopping && w->ft.n_live == 0 && quic_live(w) == 0)
+            break;
     }
     soth_ev_flush(w->prod);
     /* Let the last closes reach the kernel. */

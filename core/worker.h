@@ -27,6 +27,7 @@
 #include "resolver.h"
 #include "timer.h"
 
+struct quic;
 struct soth_engine;
 struct soth_spsc;
 
@@ -46,6 +47,9 @@ enum soth_op {
     OP_CLOSE,  /* untracked */
     OP_CANCEL, /* untracked */
     OP_EVENTFD,
+    OP_QUIC_LISTEN, /* the UDP socket's multishot recvmsg (core/quic.c) */
+    OP_QUIC_RECV,   /* a QUIC flow's socket, side = leg; tracked by the QUIC flow */
+    OP_QUIC_SEND,   /* a relayed datagram, side = leg it leaves by; tag = buffer id */
     OP_COUNT
 };
 
@@ -87,6 +91,7 @@ struct worker {
     struct flow_table ft;      /* core/flowtab.h */
     struct flow *buf_waiters;  /* flows whose recv stopped on -ENOBUFS (core/conn.c) */
     struct timer_wheel timers; /* one deadline per flow (core/timer.h) */
+    struct quic *quic;         /* QUIC passthrough (core/quic.h), NULL when off */
 
     struct soth_config *cfg;
     struct soth_policy *policy;

@@ -18,6 +18,7 @@ const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT] = {
     "response_trailers",     "exchange_completed",      "ws_message",
     "ws_turn_started",       "ws_turn_completed",       "sse_event",
     "grpc_message",          "payload_parsed",          "stream_closed",
+    "quic_client_hello",
 };
 const char *const soth_protocol_names[SOTH_PROTO_COUNT] = {"tcp",       "tls", "http1", "http2",
                                                            "websocket", "sse", "grpc",  "http3"};
@@ -108,8 +109,9 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
     [SOTH_EV_EXCHANGE_COMPLETED] = {{STREAM,
                                      {"outcome", E(soth_outcome_names, SOTH_OUTCOME_COUNT)},
                                      U("request_bytes"),
-                                     U("response_bytes")},
-                                    4},
+                                     U("response_bytes"),
+                                     {"reason", FK_OMITSTR, NULL, 0}},
+                                    5},
     [SOTH_EV_WS_MESSAGE] =
         {{STREAM, DIR, U("opcode"), U("len"), {"data_b64", FK_B64, NULL, 0}, B("truncated")}, 6},
     [SOTH_EV_WS_TURN_STARTED] =
@@ -142,8 +144,12 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
                                 U("bytes_client_to_server"),
                                 U("bytes_server_to_client"),
                                 U("duration_ns"),
-                                U("events_dropped")},
-                               5},
+                                U("events_dropped"),
+                                {"datagrams_client_to_server", FK_OMITU64, NULL, 0},
+                                {"datagrams_server_to_client", FK_OMITU64, NULL, 0}},
+                               7},
+    [SOTH_EV_QUIC_CLIENT_HELLO] =
+        {{S("quic_version"), OS("sni"), {"alpn", FK_STRLIST, NULL, 0}, U("initial_packets")}, 4},
 };
 
 int soth_ev_type_from_name(const char *name, size_t len)
@@ -174,7 +180,7 @@ struct ev_val {
  * the ring so that a caller that leaks flows (init without stream_closed) cannot starve the rest.
  */
 #define SC_REC_MAX                                                                                 \
-    ((sizeof(struct ev_rec) + SOTH_EV_ADDR_MAX + SOTH_EV_HOST_MAX + 5 * 8 + REC_ALIGN - 1) &       \
+    ((sizeof(struct ev_rec) + SOTH_EV_ADDR_MAX + SOTH_EV_HOST_MAX + 7 * 8 + REC_ALIGN - 1) &       \
      ~(size_t)(REC_ALIGN - 1))
 
 static uint64_t closed_reserve(const struct soth_ev_producer *pr)
@@ -351,6 +357,7 @@ void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, ui
     f->client_addr_len = 0;
     f->server_host_len = 0;
     f->closed = false;
+    f->x_reason = NULL;
     if (prod != NULL)
         prod->open_flows++; /* until its stream_closed: see closed_reserve() */
     if (client == NULL || client_len == 0)
@@ -511,8 +518,18 @@ void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                 enum soth_outcome outcome, uint64_t request_bytes,
                                 uint64_t response_bytes)
 {
-    struct ev_val v[] = {VU(stream_id), VU(outcome), VU(request_bytes), VU(response_bytes)};
+    /* a cause is reported only for an exchange that did not complete (docs/events.md) */
+    const char *why = outcome != SOTH_OUTCOME_COMPLETE ? f->x_reason : NULL;
+    struct soth_iov reason = why != NULL ? soth_iov(why, strlen(why)) : SOTH_IOV_NULL;
+    f->x_reason = NULL;
+    struct ev_val v[] = {VU(stream_id), VU(outcome), VU(request_bytes), VU(response_bytes),
+                         VS(reason)};
     emit(f, SOTH_EV_EXCHANGE_COMPLETED, v);
+}
+
+void soth_ev_exchange_reason(struct soth_ev_flow *f, const char *reason)
+{
+    f->x_reason = reason;
 }
 
 void soth_ev_ws_message(struct soth_ev_flow *f, uint32_t stream_id, enum soth_leg dir,
@@ -567,15 +584,39 @@ void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum sot
     emit(f, SOTH_EV_PAYLOAD_PARSED, v);
 }
 
-void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason,
-                           uint64_t bytes_client_to_server, uint64_t bytes_server_to_client)
+void soth_ev_stream_closed_dgrams(struct soth_ev_flow *f, enum soth_close_reason reason,
+                                  uint64_t bytes_client_to_server, uint64_t bytes_server_to_client,
+                                  uint64_t datagrams_client_to_server,
+                                  uint64_t datagrams_server_to_client)
 {
     if (f->prod != NULL && !f->closed && f->prod->open_flows > 0)
         f->prod->open_flows--;
     /* events_dropped counts what this flow lost before its last event. */
-    struct ev_val v[] = {VU(reason), VU(bytes_client_to_server), VU(bytes_server_to_client),
-                         VU(soth_mono_ns() - f->start_mono_ns), VU(f->dropped)};
+    struct ev_val v[] = {VU(reason),
+                         VU(bytes_client_to_server),
+                         VU(bytes_server_to_client),
+                         VU(soth_mono_ns() - f->start_mono_ns),
+                         VU(f->dropped),
+                         VU(datagrams_client_to_server),
+                         VU(datagrams_server_to_client)};
     emit(f, SOTH_EV_STREAM_CLOSED, v);
+}
+
+void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason,
+                           uint64_t bytes_client_to_server, uint64_t bytes_server_to_client)
+{
+    /* TCP flows have no datagram counts: the fields are left out (FK_OMITU64). */
+    soth_ev_stream_closed_dgrams(f, reason, bytes_client_to_server, bytes_server_to_client,
+                                 UINT64_MAX, UINT64_MAX);
+}
+
+void soth_ev_quic_client_hello(struct soth_ev_flow *f, struct soth_iov quic_version,
+                               struct soth_iov sni, const struct soth_iov *alpn, size_t n_alpn,
+                               uint64_t initial_packets)
+{
+    struct ev_val v[] = {
+        VS(quic_version), VS(sni), {.list = alpn, .n = n_alpn}, VU(initial_packets)};
+    emit(f, SOTH_EV_QUIC_CLIENT_HELLO, v);
 }
 
 /* ==========================================================================================
@@ -982,6 +1023,14 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
                 goto bad;
             jkey(out, fd->name);
             jput_u64(out, u);
+            break;
+        case FK_OMITU64:
+            if (!take_u64(&c, &u))
+                goto bad;
+            if (u != UINT64_MAX) {
+                jkey(out, fd->name);
+                jput_u64(out, u);
+            }
             break;
         case FK_I64N:
             if (!take_u64(&c, &u))

@@ -48,6 +48,7 @@ enum fk {
     FK_JSON,    /* u32 len (0xffffffff = absent: left out) + JSON text, copied verbatim */
     FK_HDRS,    /* u32 count, then per field u32 len + name, u32 len + value */
     FK_STRLIST, /* u32 count, then u32 len + bytes each */
+    FK_OMITU64, /* 8 bytes; all ones = left out of the JSON object */
 };
 
 #define NULL_LEN 0xffffffffu

@@ -828,6 +828,20 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
             metric_line(b, "soth_tls_handshake_failures_total", l, SUM(tls_failures[s][r]));
         }
     }
+    metric_type(b, "soth_quic_flows_total", "counter",
+                "QUIC flows, by decision (dropped: over quic.max_flows).");
+    static const char *const quic_decisions[] = {"tunnel", "block", "dropped"};
+    for (int d = 0; d < 3; d++) {
+        char l[64];
+        snprintf(l, sizeof(l), "{decision=\"%s\"}", quic_decisions[d]);
+        metric_line(b, "soth_quic_flows_total", l, SUM(quic_flows[d + 1]));
+    }
+    metric_type(b, "soth_quic_datagrams_total", "counter", "QUIC datagrams relayed, by direction.");
+    for (int s = 0; s < SOTH_LEG_COUNT; s++) {
+        char l[64];
+        snprintf(l, sizeof(l), "{direction=\"%s\"}", soth_direction_names[s]);
+        metric_line(b, "soth_quic_datagrams_total", l, SUM(quic_datagrams[s]));
+    }
     metric_type(b, "soth_leaf_cache_hits_total", "counter", "Leaf certificate cache hits.");
     metric_line(b, "soth_leaf_cache_hits_total", "", SUM(leaf_cache_hits));
     metric_type(b, "soth_leaf_cache_misses_total", "counter", "Leaf certificate cache misses.");

@@ -708,6 +708,10 @@ static const nghttp2_nv nv_502[] = {
     {(uint8_t *)":status", (uint8_t *)"502", 7, 3, NGHTTP2_NV_FLAG_NONE},
     {(uint8_t *)"content-length", (uint8_t *)"0", 14, 1, NGHTTP2_NV_FLAG_NONE},
 };
+static const nghttp2_nv nv_504[] = {
+    {(uint8_t *)":status", (uint8_t *)"504", 7, 3, NGHTTP2_NV_FLAG_NONE},
+    {(uint8_t *)"content-length", (uint8_t *)"0", 14, 1, NGHTTP2_NV_FLAG_NONE},
+};
 
 /* Answer the client ourselves (431/502, no body), or reset when a head already went out. */
 static void answer_client(struct soth_h2_relay *r, struct h2s *s, const nghttp2_nv *nv, size_t n,
@@ -1107,6 +1111,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         if (client) {
             s->f |= S_REQ_EOF;
             wake(r, s, SOTH_LEG_CLIENT);
+            if (r->cbs.on_request_end != NULL)
+                r->cbs.on_request_end(r->cbs.ctx, s->cid);
         } else {
             s->f |= S_RESP_EOF;
             wake(r, s, SOTH_LEG_UPSTREAM);
@@ -1877,6 +1883,21 @@ void soth_h2_relay_shutdown(struct soth_h2_relay *r)
     r->refuse_new = true;
     goaway_graceful(r, SOTH_LEG_CLIENT, NGHTTP2_NO_ERROR);
     goaway_graceful(r, SOTH_LEG_UPSTREAM, NGHTTP2_NO_ERROR);
+}
+
+bool soth_h2_relay_timeout(struct soth_h2_relay *r, int32_t stream_id)
+{
+    for (struct h2s *s = r->head; s != NULL; s = s->next) {
+        if (s->cid != stream_id || (s->f & S_REPORTED))
+            continue;
+        if (!(s->f & S_C_OPEN) || (s->f & (S_FINAL_RECV | S_RESP_HEAD | S_OUTCOME)))
+            return false;
+        set_outcome(s, SOTH_H2_UPSTREAM_ABORTED, NGHTTP2_CANCEL, "upstream_timeout");
+        rst_upstream(r, s, NGHTTP2_CANCEL);
+        answer_client(r, s, nv_504, SOTH_ARRAY_LEN(nv_504), NGHTTP2_INTERNAL_ERROR);
+        return true;
+    }
+    return false;
 }
 
 void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out)

@@ -16,7 +16,8 @@
 
 #include "soth/base.h"
 
-const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent"};
+const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent",
+                                                      "socks5"};
 const char *const soth_action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
 const char *const soth_sink_type_names[SOTH_SINK_COUNT] = {"jsonl", "uds"};
 
@@ -660,8 +661,11 @@ static struct soth_config *config_defaults(void)
     c->timeouts.connect_ms = 10000;
     c->timeouts.tls_handshake_ms = 10000;
     c->timeouts.request_header_ms = 10000;
+    c->timeouts.response_header_ms = 60000;
     c->timeouts.idle_ms = 120000;
     c->timeouts.drain_ms = 5000;
+    c->quic.idle_ms = 30000;
+    c->quic.max_flows = 65536;
     return c;
 }
 
@@ -789,6 +793,8 @@ static int set_mode(struct cerr *e, struct soth_config *c, const char *path, con
         c->mode = SOTH_MODE_REGULAR;
     } else if (strcmp(text, "transparent") == 0) {
         c->mode = SOTH_MODE_TRANSPARENT;
+    } else if (strcmp(text, "socks5") == 0) {
+        c->mode = SOTH_MODE_SOCKS5;
     } else if (strncmp(text, "reverse:", 8) == 0) {
         const char *url = text + 8;
         bool tls;
@@ -829,9 +835,10 @@ static int set_mode(struct cerr *e, struct soth_config *c, const char *path, con
         c->reverse_host = hp.host;
         c->reverse_port = hp.port;
     } else {
-        return fail(e, path,
-                    "expected regular, transparent or reverse:SCHEME://HOST:PORT, got \"%s\"",
-                    text);
+        return fail(
+            e, path,
+            "expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got \"%s\"",
+            text);
     }
     free(c->mode_text);
     c->mode_text = sdup(e, text);
@@ -1038,11 +1045,16 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
 
 static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
 {
-    static const char *const keys[] = {"connect_ms", "tls_handshake_ms", "request_header_ms",
-                                       "idle_ms",    "drain_ms",         NULL};
-    uint32_t *fields[] = {&c->timeouts.connect_ms, &c->timeouts.tls_handshake_ms,
-                          &c->timeouts.request_header_ms, &c->timeouts.idle_ms,
-                          &c->timeouts.drain_ms};
+    static const char *const keys[] = {"connect_ms",
+                                       "tls_handshake_ms",
+                                       "request_header_ms",
+                                       "response_header_ms",
+                                       "idle_ms",
+                                       "drain_ms",
+                                       NULL};
+    uint32_t *fields[] = {&c->timeouts.connect_ms,        &c->timeouts.tls_handshake_ms,
+                          &c->timeouts.request_header_ms, &c->timeouts.response_header_ms,
+                          &c->timeouts.idle_ms,           &c->timeouts.drain_ms};
     int rc;
     if ((rc = expect_object(e, "timeouts", t)) || (rc = check_keys(e, "timeouts", t, keys)))
         return rc;
@@ -1052,9 +1064,27 @@ static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
         snprintf(p, sizeof(p), "timeouts.%s", keys[i]);
         /* drain_ms may be 0 (close at once); the others must allow some time. */
         long long min = strcmp(keys[i], "drain_ms") == 0 ? 0 : 1;
-        if (v && (rc = get_uint(e, p, v, min, 86400000, fields[i])))
+        long long max = strcmp(keys[i], "response_header_ms") == 0 ? 3600000 : 86400000;
+        if (v && (rc = get_uint(e, p, v, min, max, fields[i])))
             return rc;
     }
+    return 0;
+}
+
+static int load_quic(struct cerr *e, struct soth_config *c, const json_t *q)
+{
+    static const char *const keys[] = {"idle_ms", "max_flows", NULL};
+    int rc;
+    json_t *v;
+    if ((rc = expect_object(e, "quic", q)) || (rc = check_keys(e, "quic", q, keys)))
+        return rc;
+    if ((v = json_object_get(q, "idle_ms")) &&
+        (rc = get_uint(e, "quic.idle_ms", v, 1, 86400000, &c->quic.idle_ms)))
+        return rc;
+    /* A flow's slot is 23 bits of a completion's user_data (core/worker.h). */
+    if ((v = json_object_get(q, "max_flows")) &&
+        (rc = get_uint(e, "quic.max_flows", v, 1, 4194304, &c->quic.max_flows)))
+        return rc;
     return 0;
 }
 
@@ -1068,6 +1098,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                                        "http2_enabled",
                                        "http2_max_header_list_size",
                                        "http3_passthrough",
+                                       "quic",
                                        "tls",
                                        "events",
                                        "timeouts",
@@ -1132,6 +1163,8 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
         return rc;
     if ((v = json_object_get(root, "http3_passthrough")) &&
         (rc = get_bool(e, "http3_passthrough", v, &c->http3_passthrough)))
+        return rc;
+    if ((v = json_object_get(root, "quic")) && (rc = load_quic(e, c, v)))
         return rc;
     if ((v = json_object_get(root, "tls")) && (rc = load_tls(e, c, v)))
         return rc;
@@ -1423,6 +1456,10 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, r, "http2_enabled", json_boolean(c->http2_enabled));
     put(&ok, r, "http2_max_header_list_size", json_integer(c->http2_max_header_list_size));
     put(&ok, r, "http3_passthrough", json_boolean(c->http3_passthrough));
+    json_t *quic = json_object();
+    put(&ok, quic, "idle_ms", json_integer(c->quic.idle_ms));
+    put(&ok, quic, "max_flows", json_integer(c->quic.max_flows));
+    put(&ok, r, "quic", quic);
     json_t *tls = json_object();
     put(&ok, tls, "ca_dir", str_or_null(c->tls.ca_dir));
     put(&ok, tls, "ca_cert", str_or_null(c->tls.ca_cert));
@@ -1457,6 +1494,7 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, to, "connect_ms", json_integer(c->timeouts.connect_ms));
     put(&ok, to, "tls_handshake_ms", json_integer(c->timeouts.tls_handshake_ms));
     put(&ok, to, "request_header_ms", json_integer(c->timeouts.request_header_ms));
+    put(&ok, to, "response_header_ms", json_integer(c->timeouts.response_header_ms));
     put(&ok, to, "idle_ms", json_integer(c->timeouts.idle_ms));
     put(&ok, to, "drain_ms", json_integer(c->timeouts.drain_ms));
     put(&ok, r, "timeouts", to);

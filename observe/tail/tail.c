@@ -16,7 +16,8 @@ static const char usage[] =
     "  --from-start   first print what the ring still holds\n"
     "  --once         exit after printing what is there now\n"
     "  --type T,...   only these event types\n"
-    "  --flow ID      only this flow_id\n";
+    "  --flow ID      only this flow_id\n"
+    "  --help         this text\n";
 
 #define POLL_MS         2   /* follow: how often the writer position is looked at when idle */
 #define REOPEN_CHECK_MS 500 /* follow: how often PATH is checked for a new ring file */

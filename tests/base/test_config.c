@@ -80,6 +80,7 @@ static const char *const defaults_json =
     "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"ignore_hosts\":[],"
     "\"policy\":{\"default\":\"intercept\",\"rules\":[]},\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"
+    "\"quic\":{\"idle_ms\":30000,\"max_flows\":65536},"
     "\"tls\":{\"ca_dir\":null,\"ca_cert\":null,\"ca_key\":null,\"leaf_cache_size\":4096,"
     "\"leaf_validity_days\":30,\"ca_rotate_after_days\":0,\"upstream_verify\":true,"
     "\"upstream_ca_file\":null,\"keylog_file\":null,\"learning\":{\"enabled\":true,\"failure_"
@@ -88,7 +89,8 @@ static const char *const defaults_json =
     "\"events\":{\"ring_path\":null,\"ring_size_mb\":64,\"body_capture_bytes\":4096,"
     "\"ws_turn_idle_ms\":30000,\"sinks\":[]},"
     "\"timeouts\":{\"connect_ms\":10000,\"tls_handshake_ms\":10000,"
-    "\"request_header_ms\":10000,\"idle_ms\":120000,\"drain_ms\":5000},"
+    "\"request_header_ms\":10000,\"response_header_ms\":60000,\"idle_ms\":120000,\"drain_ms\":5000}"
+    ","
     "\"metrics\":{\"listen\":null},\"resolve\":{}}";
 
 /** defaults_json with the keys of patch (a JSON object text) merged in, recursively. */
@@ -183,6 +185,10 @@ static const struct bad_case bad_cases[] = {
      "config: timeouts.tls_handshake_ms: expected integer >= 1, got 0"},
     {"{\"timeouts\": {\"request_header_ms\": 0}}",
      "config: timeouts.request_header_ms: expected integer >= 1, got 0"},
+    {"{\"timeouts\": {\"response_header_ms\": 0}}",
+     "config: timeouts.response_header_ms: expected integer >= 1, got 0"},
+    {"{\"timeouts\": {\"response_header_ms\": 3600001}}",
+     "config: timeouts.response_header_ms: expected integer <= 3600000, got 3600001"},
     {"{\"timeouts\": {\"idle_ms\": 0}}", "config: timeouts.idle_ms: expected integer >= 1, got 0"},
     {"{\"timeouts\": {\"drain_ms\": -1}}",
      "config: timeouts.drain_ms: expected integer >= 0, got -1"},
@@ -192,6 +198,10 @@ static const struct bad_case bad_cases[] = {
     /* booleans */
     {"{\"http2_enabled\": \"yes\"}", "config: http2_enabled: expected boolean, got string"},
     {"{\"http3_passthrough\": 1}", "config: http3_passthrough: expected boolean, got integer"},
+    {"{\"quic\": {\"idle_ms\": 0}}", "config: quic.idle_ms: expected integer >= 1, got 0"},
+    {"{\"quic\": {\"max_flows\": 4194305}}",
+     "config: quic.max_flows: expected integer <= 4194304, got 4194305"},
+    {"{\"quic\": {\"flows\": 1}}", "config: quic.flows: unknown key"},
     {"{\"tls\": {\"upstream_verify\": null}}",
      "config: tls.upstream_verify: expected boolean, got null"},
     {"{\"tls\": {\"learning\": {\"enabled\": 0}}}",
@@ -253,13 +263,13 @@ static const struct bad_case bad_cases[] = {
 
     /* mode */
     {"{\"mode\": \"sideways\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"sideways\""},
     {"{\"mode\": \"Regular\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"Regular\""},
     {"{\"mode\": \"reverse\"}",
-     "config: mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"reverse\""},
     {"{\"mode\": \"reverse:ftp://x\"}",
      "config: mode: expected reverse:http://HOST[:PORT] or reverse:https://HOST[:PORT], got "
@@ -526,6 +536,7 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"connect_ms\"",
                                         "\"tls_handshake_ms\"",
                                         "\"request_header_ms\"",
+                                        "\"response_header_ms\"",
                                         "\"idle_ms\"",
                                         "\"drain_ms\"",
                                         "\"metrics\"",
@@ -552,6 +563,7 @@ static const struct good_case good_cases[] = {
     {"{\"listen\": \"[::]:65535\"}", NULL},
     {"{\"listen\": \"[fe80::1]:1\"}", NULL},
     {"{\"mode\": \"transparent\"}", NULL},
+    {"{\"mode\": \"socks5\"}", NULL},
     {"{\"mode\": \"reverse:http://origin.test\"}", NULL},
     {"{\"mode\": \"reverse:https://[::1]:8443\"}", NULL},
     {"{\"mode\": \"reverse:https://origin.test/\"}", NULL},
@@ -646,6 +658,7 @@ Test(config, spec_example_round_trips)
         "\"policy\":{\"default\":\"tunnel\",\"rules\":[{\"host\":\"*.bank.example\","
         "\"action\":\"tunnel\"},{\"host\":\"ads.example:443\",\"action\":\"block\"}]},"
         "\"http2_enabled\":false,\"http2_max_header_list_size\":32768,\"http3_passthrough\":false,"
+        "\"quic\":{\"idle_ms\":1500,\"max_flows\":4194304},"
         "\"tls\":{\"ca_dir\":\"/var/lib/soth\",\"ca_cert\":\"/c.pem\",\"ca_key\":\"/c.key\","
         "\"leaf_cache_size\":0,\"leaf_validity_days\":7,\"ca_rotate_after_days\":90,"
         "\"upstream_verify\":false,\"upstream_ca_file\":\"/u.pem\","
@@ -656,7 +669,8 @@ Test(config, spec_example_round_trips)
         "e.jsonl\"},{\"type\":\"uds\","
         "\"path\":\"/tmp/e.sock\"}]},"
         "\"timeouts\":{\"connect_ms\":1,\"tls_handshake_ms\":2,\"request_header_ms\":3,"
-        "\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0.1:9100\"},"
+        "\"response_header_ms\":5,\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0."
+        "1:9100\"},"
         "\"resolve\":{\"origin.test\":\"127.0.0.1\",\"v6.test\":\"::1\"}}";
     json_t *got = effective(text);
     json_t *want = parse_json(text);
@@ -822,7 +836,7 @@ static const struct bad_flag bad_flags[] = {
      "config: --mode: expected reverse:http://HOST[:PORT] or reverse:https://HOST[:PORT], got "
      "\"reverse:ftp://x\""},
     {{.mode = "bridge", .workers = -1},
-     "config: --mode: expected regular, transparent or reverse:SCHEME://HOST:PORT, got "
+     "config: --mode: expected regular, transparent, socks5 or reverse:SCHEME://HOST:PORT, got "
      "\"bridge\""},
     {{.workers = 1025}, "config: --workers: expected integer <= 1024, got 1025"},
     {{.ca_dir = "", .workers = -1}, "config: --ca-dir: expected a non-empty value"},

@@ -101,6 +101,9 @@ static uint64_t fake_clock(void *ctx)
     return ((struct t *)ctx)->now_ns;
 }
 
+/* timeouts.response_header_ms of the next t_setup (0: none, as for most tests here). */
+static uint32_t setup_response_header_ms;
+
 static struct t *t_setup(enum app_kind kind, uint32_t idle_ms)
 {
     struct t *t = calloc(1, sizeof(*t));
@@ -115,6 +118,7 @@ static struct t *t_setup(enum app_kind kind, uint32_t idle_ms)
     c->events.body_capture_bytes = CAP;
     c->events.ws_turn_idle_ms = idle_ms;
     c->timeouts.request_header_ms = 10000;
+    c->timeouts.response_header_ms = setup_response_header_ms;
     c->http2_enabled = true;
     c->http2_max_header_list_size = 65536;
     char err[256];
@@ -1001,4 +1005,93 @@ Test(app_obs, h2_websocket_permessage_deflate)
         expect_msg(m[2 * i], "client_to_server", 1, c[i], strlen(c[i]));
         expect_msg(m[2 * i + 1], "server_to_client", 1, c[i], strlen(c[i]));
     }
+}
+
+/* ---- HTTP/1.1: upstream failures before the response head (docs/answers.md) */
+
+static const char get_req[] = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+static bool client_got(struct t *t, const char *status_line)
+{
+    size_t n = strlen(status_line);
+    return t->to[SOTH_LEG_CLIENT].len >= n && memcmp(t->to[SOTH_LEG_CLIENT].p, status_line, n) == 0;
+}
+
+static void expect_completed(struct t *t, const char *outcome, const char *reason)
+{
+    json_t *x[2];
+    cr_assert_eq(pick(t, "exchange_completed", 1, x, 2), 1);
+    cr_assert_str_eq(s_of(x[0], "outcome"), outcome);
+    json_t *r = json_object_get(x[0], "reason");
+    if (reason == NULL)
+        cr_assert_null(r, "no reason expected");
+    else
+        cr_assert_str_eq(json_string_value(r), reason);
+}
+
+Test(app_obs, h1_response_head_late_gets_504)
+{
+    setup_response_header_ms = 500;
+    struct t *t = t_setup(APP_H1, 30000);
+    setup_response_header_ms = 0;
+    cr_assert_eq(app_deadline(t->a), 0, "no request, no timer");
+    input(t, SOTH_LEG_CLIENT, get_req, sizeof(get_req) - 1);
+    uint64_t due = t->now_ns / 1000000u + 500;
+    cr_assert_eq(app_deadline(t->a), due, "from the end of the request");
+    cr_assert_eq(app_timer(t->a, due - 1), APP_AGAIN);
+    cr_assert(!client_got(t, "HTTP/1.1 504"));
+    cr_assert_eq(app_timer(t->a, due), APP_DONE);
+    cr_assert(client_got(t, "HTTP/1.1 504 Gateway Timeout\r\n"));
+    cr_assert_eq(app_close_reason(t->a), SOTH_CLOSE_IDLE_TIMEOUT);
+    expect_completed(t, "timeout", "upstream_timeout");
+}
+
+Test(app_obs, h1_response_head_in_time_stops_the_timer)
+{
+    setup_response_header_ms = 500;
+    struct t *t = t_setup(APP_H1, 30000);
+    setup_response_header_ms = 0;
+    input(t, SOTH_LEG_CLIENT, get_req, sizeof(get_req) - 1);
+    later(t, 499);
+    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab";
+    input(t, SOTH_LEG_UPSTREAM, head, sizeof(head) - 1);
+    cr_assert_eq(app_deadline(t->a), 0, "a slow body is idle_ms's business");
+    input(t, SOTH_LEG_UPSTREAM, "cd", 2);
+    expect_completed(t, "complete", NULL);
+}
+
+Test(app_obs, h1_upstream_eof_and_reset_before_head_get_502)
+{
+    for (int reset = 0; reset < 2; reset++) {
+        struct t *t = t_setup(APP_H1, 30000);
+        /* a request whose body is still uploading counts too */
+        static const char post[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab";
+        input(t, SOTH_LEG_CLIENT, post, sizeof(post) - 1);
+        cr_assert_eq(app_eof(t->a, SOTH_LEG_UPSTREAM, reset), APP_DONE);
+        cr_assert(client_got(t, "HTTP/1.1 502 Bad Gateway\r\n"));
+        cr_assert_eq(app_close_reason(t->a), reset ? SOTH_CLOSE_RELAY_ERROR : SOTH_CLOSE_RELAY_EOF);
+        expect_completed(t, "upstream_aborted", reset ? "upstream_reset" : "upstream_eof");
+        t_teardown();
+    }
+}
+
+Test(app_obs, h1_upstream_eof_after_head_truncates_without_answer)
+{
+    struct t *t = t_setup(APP_H1, 30000);
+    input(t, SOTH_LEG_CLIENT, get_req, sizeof(get_req) - 1);
+    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+    input(t, SOTH_LEG_UPSTREAM, head, sizeof(head) - 1);
+    cr_assert_eq(app_eof(t->a, SOTH_LEG_UPSTREAM, false), APP_DONE);
+    cr_assert(client_got(t, "HTTP/1.1 200 OK\r\n"));
+    const struct bytes *o = &t->to[SOTH_LEG_CLIENT];
+    for (size_t i = 0; i + 12 <= o->len; i++)
+        cr_assert(memcmp(o->p + i, "HTTP/1.1 502", 12) != 0, "no answer after the head");
+    expect_completed(t, "upstream_aborted", "upstream_eof");
+}
+
+Test(app_obs, h1_no_request_in_flight_upstream_eof_is_quiet)
+{
+    struct t *t = t_setup(APP_H1, 30000);
+    cr_assert_eq(app_eof(t->a, SOTH_LEG_UPSTREAM, false), APP_DONE);
+    cr_assert_eq(t->to[SOTH_LEG_CLIENT].len, 0, "nothing to answer");
 }

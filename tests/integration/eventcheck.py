@@ -5,14 +5,16 @@ check_events(events) walks the events in ring order and raises EventOrderError (
 AssertionError) at the first violation of:
 
   schema   every event has the common fields, v == 1, a known type and protocol, the type's
-           own fields with values from the vocabularies of docs/events.md;
+           own fields with values from the vocabularies of docs/events.md; an
+           exchange_completed `reason` is a non-empty string, never on a complete exchange;
   1        per flow, seq 0, 1, 2, ... in gseq order; a gap only where events were dropped,
            and the flow's stream_closed events_dropped equals the gaps;
   2        a flow starts with connect_received or connect_parse_failed (and never has a second
            one), ends with exactly one stream_closed, and nothing follows it;
   3        connect_decision (at most one) precedes every TLS and HTTP event of its flow; a
            blocked flow has no TLS or HTTP event, a tunnelled one no TLS event and, when it
-           was a CONNECT, no HTTP event either (its bytes pass untouched);
+           was a CONNECT (or a SOCKS5 request), no HTTP event either (its bytes pass
+           untouched);
   4        per stream, request_headers (exactly once) is the stream's first event and precedes
            its request body chunks, request trailers and response_headers; the final
            (non-1xx, or 101) response_headers comes once, after any interim 1xx ones, and
@@ -30,7 +32,13 @@ AssertionError) at the first violation of:
            body to HEAD, 1xx, 204 or 304;
   tls      per flow and side (client, upstream), a handshake is tls_handshake_started then
            exactly one of tls_handshake_succeeded / tls_handshake_failed, before the flow's
-           stream_closed; never a second started, never an end without its start (docs/events.md);
+           stream_closed, unless the flow closed because the other side went away or the
+           proxy shut down while it ran (ABANDONS); never a second started, never an end
+           without its start (docs/events.md);
+  quic     a flow with protocol http3 (QUIC passthrough) has no TLS or HTTP event; its
+           quic_client_hello (at most one) follows connect_received and precedes
+           connect_decision; its stream_closed carries datagrams_client_to_server and
+           datagrams_server_to_client, which no other flow's stream_closed has;
   6        stream_id is a positive integer; on an HTTP/1.x connection the exchanges are
            numbered 1, 2, 3, ... in request order; HTTP/2 (http_version "2") ids are any
            positive ids, never reused; one connection never mixes HTTP/1.x and HTTP/2.
@@ -47,6 +55,10 @@ COMMON = ("v", "type", "gseq", "flow_id", "seq", "ts_ns", "worker", "client_addr
           "server_host", "server_port", "protocol")
 PROTOCOLS = {"tcp", "tls", "http1", "http2", "websocket", "sse", "grpc", "http3"}
 TLS_EVENTS = {"tls_handshake_started", "tls_handshake_succeeded", "tls_handshake_failed"}
+# stream_closed reasons that may leave a side's handshake open: the other side went away
+# (eof or reset) or the proxy shut down while the handshake ran (docs/events.md).
+ABANDONS = {"upstream": {"client_eof", "relay_error", "shutdown"},
+            "client": {"relay_eof", "relay_error", "shutdown"}}
 HEAD_BODY_EVENTS = {"request_headers", "request_body_chunk", "request_trailers",
                     "response_headers", "response_body_chunk", "response_trailers",
                     "exchange_completed"}
@@ -111,6 +123,8 @@ SCHEMA = {
                      "length": INT, "data_b64": B64, "truncated": BOOL},
     "payload_parsed": {"stream_id": INT, "direction": DIRECTIONS, "decoders": list,
                        "sanitized": BOOL},
+    "quic_client_hello": {"quic_version": STR, "sni": OSTR, "alpn": list,
+                          "initial_packets": INT},
     "stream_closed": {"reason_code": CLOSE_REASONS, "bytes_client_to_server": INT,
                       "bytes_server_to_client": INT, "duration_ns": INT,
                       "events_dropped": INT},
@@ -183,6 +197,12 @@ def _check_schema(ev):
         elif kind is list:
             if not isinstance(val, list):
                 _fail(f"{t}.{name} must be a list", ev)
+    # exchange_completed `reason`: optional, a non-empty string, never on a complete exchange
+    if t == "exchange_completed" and "reason" in ev:
+        if not isinstance(ev["reason"], str) or not ev["reason"]:
+            _fail("exchange_completed.reason must be a non-empty string", ev)
+        if ev["outcome"] == "complete":
+            _fail("exchange_completed.reason on a complete exchange", ev)
     if "stream_id" in SCHEMA[t] and ev["stream_id"] < 1:
         _fail("stream_id must be positive (invariant 6)", ev)
 
@@ -351,8 +371,25 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
             if not fl["decided"] and not fl["partial"]:
                 _fail("TLS/HTTP event before connect_decision (invariant 3)", ev)
             if fl["decision"] == "block" or (fl["decision"] == "tunnel" and (
-                    t in TLS_EVENTS or fl["method"] == "CONNECT")):
+                    t in TLS_EVENTS or fl["method"] in ("CONNECT", "SOCKS5"))):
                 _fail(f"{t} in a flow with a {fl['decision']} decision", ev)
+        # QUIC flows: passthrough, never decrypted (docs/http3.md).
+        quic = ev["protocol"] == "http3"
+        if quic and t in TLS_HTTP:
+            _fail(f"{t} in a QUIC flow", ev)
+        if t == "quic_client_hello":
+            if not quic:
+                _fail("quic_client_hello in a flow that is not http3", ev)
+            if fl.get("hello") or fl["decided"]:
+                _fail("quic_client_hello after another one or after connect_decision", ev)
+            fl["hello"] = True
+        if t == "stream_closed":
+            has = ["datagrams_client_to_server" in ev, "datagrams_server_to_client" in ev]
+            if has != [quic, quic]:
+                _fail("datagram counts belong to the stream_closed of QUIC flows only", ev)
+            if quic and not all(_is_int(ev[k]) and ev[k] >= 0 for k in (
+                    "datagrams_client_to_server", "datagrams_server_to_client")):
+                _fail("datagram counts must be non-negative integers", ev)
         # TLS handshakes: started, then exactly one end, per side.
         if t in TLS_EVENTS and not fl["relaxed"]:
             side, hs = ev["side"], fl["tls"].get(ev["side"])
@@ -378,7 +415,9 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
                       "(invariant 1)", ev)
             if not fl["relaxed"]:
                 for side, hs in fl["tls"].items():
-                    if hs == "started":
+                    # A handshake may only stay open when the flow closed because the other
+                    # side went away (or the proxy shut down) while it ran: docs/events.md.
+                    if hs == "started" and ev["reason_code"] not in ABANDONS[side]:
                         _fail(f"TLS handshake on side {side} started but never ended", ev)
                 for sid, st in fl["streams"].items():
                     if not st["done"]:

@@ -142,6 +142,8 @@ class BadStatusTests(unittest.TestCase):
             self.assertNotIn("response_body_chunk", types)
             done = [e for e in x if e["type"] == "exchange_completed"]
             self.assertEqual([e["outcome"] for e in done], ["upstream_aborted"])
+            # the event says why (docs/events.md, exchange_completed `reason`)
+            self.assertEqual([e.get("reason") for e in done], ["response_bad_status"])
 
     def test_http1_status_below_100_gets_502(self):
         for status in ("099", "000", "042"):

@@ -113,6 +113,15 @@ class GoodSequences(unittest.TestCase):
         flows = check_events(good_flow())
         self.assertEqual(len(flows), 1)
 
+    def test_handshake_abandoned_when_the_other_side_leaves(self):
+        # The client went away (or the proxy shut down) while the upstream handshake ran:
+        # the handshake has no end event, the close reason says why (docs/events.md).
+        for reason in ("client_eof", "relay_error", "shutdown"):
+            g = Gen().start()
+            g.ev("tls_handshake_started", side="upstream", sni="origin.test", protocol="tls")
+            g.close(reason)
+            check_events(g.evs)
+
     def test_two_interleaved_flows_and_overrun_marker(self):
         a = Gen(flow_id=1).start()
         b = Gen(flow_id=2).start()
@@ -208,6 +217,8 @@ class BadSequences(unittest.TestCase):
         "test_bad_base64": "not valid base64",
         "test_bool_is_not_an_int": "offset must be a non-negative integer",
         "test_close_reason_vocabulary": "stream_closed.reason_code",
+        "test_reason_on_complete_exchange": "reason on a complete exchange",
+        "test_reason_not_a_string": "reason must be a non-empty string",
         "test_events_dropped_without_gap": "events_dropped 2 != seq gaps 0",
         "test_flow_starts_with_decision": "flow must start with connect_received",
         "test_second_connect_received": "connect_received that is not the flow's first",
@@ -295,6 +306,14 @@ class BadSequences(unittest.TestCase):
     def test_close_reason_vocabulary(self):
         self.bad(lambda e: e[-1].update(reason_code="eof"), "reason_code")
 
+    def test_reason_on_complete_exchange(self):
+        self.bad(lambda e: e[find(e, "exchange_completed")].update(reason="upstream_eof"),
+                 "a reason only for what did not complete")
+
+    def test_reason_not_a_string(self):
+        self.bad(lambda e: e[find(e, "exchange_completed")].update(outcome="timeout",
+                                                                   reason=None), "reason null")
+
     # -- invariant 1
     def test_gseq_not_increasing(self):
         evs = good_flow()
@@ -355,7 +374,11 @@ class BadSequences(unittest.TestCase):
         self.bad(lambda e: e.pop(2), "succeeded without started")
 
     def test_tls_started_never_ends(self):
-        self.bad(lambda e: e.pop(3), "started, then the flow closed")
+        # The upstream itself closed while its handshake ran: that is a failure to report.
+        def fn(e):
+            e.pop(3)
+            e[-1].update(reason_code="relay_eof")
+        self.bad(fn, "started, then the upstream closed")
 
     def test_tls_two_ends(self):
         def fn(e):

@@ -4,6 +4,7 @@ import http.server
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -280,6 +281,35 @@ sys.exit(0 if san == ["origin.test"] else 3)
             m2 = scrape(mport)
             self.assertEqual(m2["soth_leaf_cache_misses_total"], 4)
             self.assertEqual(m2["soth_leaf_cache_hits_total"], len(before) + len(after) - 4)
+            p.checked_events()
+
+    def test_client_leaving_during_upstream_handshake_abandons_it(self):
+        # reverse:https with a plain client: the proxy starts the upstream handshake on the
+        # first bytes; a client that sends part of a request and leaves ~2 ms later closes the
+        # flow while that handshake runs. The flow ends client_eof, the handshake has no end
+        # event and is no TLS failure (docs/events.md), and the proxy goes on serving.
+        mport = free_port()
+        cfg = self.config()
+        cfg["metrics"] = {"listen": f"127.0.0.1:{mport}"}
+        with Proxy(mode=f"reverse:https://origin.test:{self.origin.port}", config=cfg) as p:
+            for _ in range(20):
+                s = socket.create_connection(p.addr())
+                s.sendall(b"GET / H")
+                time.sleep(0.002)
+                s.close()
+            out = subprocess.run(["curl", "-sS", "--max-time", "10", "http://" +
+                                  "%s:%d/hello" % p.addr()], capture_output=True)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            deadline = time.time() + 10
+            evs = p.events()
+            while sum(e["type"] == "stream_closed" for e in evs) < 21:
+                self.assertLess(time.time(), deadline, evs[-5:])
+                evs = p.events()
+            closes = [e for e in evs if e["type"] == "stream_closed"]
+            self.assertEqual(sum(e["reason_code"] == "client_eof" for e in closes), 21, closes)
+            self.assertFalse([e for e in evs if e["type"] == "tls_handshake_failed"])
+            self.assertEqual(scrape(mport).get(
+                'soth_tls_handshake_failures_total{side="upstream",reason="eof"}', 0), 0)
             p.checked_events()
 
 

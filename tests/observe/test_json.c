@@ -91,7 +91,11 @@ Test(json, golden_every_event_type)
                            SOTH_IOV_NULL);
     soth_ev_payload_parsed(&f, 7, SOTH_LEG_CLIENT, NULL, 0, false, SOTH_IOV_NULL, SOTH_IOV_NULL,
                            S("truncated msgpack"));
-    soth_ev_stream_closed(&f, SOTH_CLOSE_CLIENT_EOF, 11, 22);
+    struct soth_iov alpn[] = {S("h3"), S("h3-29")};
+    soth_ev_flow_set_protocol(&f, SOTH_PROTO_HTTP3);
+    soth_ev_quic_client_hello(&f, S("0x00000001"), S("origin.test"), alpn, 2, 2);
+    soth_ev_quic_client_hello(&f, S("0x6b3343cf"), SOTH_IOV_NULL, NULL, 0, 1);
+    soth_ev_stream_closed_dgrams(&f, SOTH_CLOSE_IDLE_TIMEOUT, 11, 22, 3, 4);
     soth_ev_connect_received(&f, S("late"), S("x")); /* after stream_closed: never written */
     soth_ev_flush(p);
     struct text t = run_and_read(&e, o);
@@ -152,9 +156,15 @@ Test(json, golden_every_event_type)
         {"payload_parsed", "grpc",
          ",\"stream_id\":7,\"direction\":\"client_to_server\",\"decoders\":[],\"sanitized\":false,"
          "\"format\":null,\"error\":\"truncated msgpack\""},
-        {"stream_closed", "grpc",
-         ",\"reason_code\":\"client_eof\",\"bytes_client_to_server\":11,"
-         "\"bytes_server_to_client\":22,\"duration_ns\":0,\"events_dropped\":0"},
+        {"quic_client_hello", "http3",
+         ",\"quic_version\":\"0x00000001\",\"sni\":\"origin.test\",\"alpn\":[\"h3\","
+         "\"h3-29\"],\"initial_packets\":2"},
+        {"quic_client_hello", "http3",
+         ",\"quic_version\":\"0x6b3343cf\",\"sni\":null,\"alpn\":[],\"initial_packets\":1"},
+        {"stream_closed", "http3",
+         ",\"reason_code\":\"idle_timeout\",\"bytes_client_to_server\":11,"
+         "\"bytes_server_to_client\":22,\"duration_ns\":0,\"events_dropped\":0,"
+         "\"datagrams_client_to_server\":3,\"datagrams_server_to_client\":4"},
     };
     size_t n = sizeof(g) / sizeof(g[0]);
     cr_assert_eq(t.lines, n, "got %zu lines:\n%s", t.lines, t.p);

@@ -1317,6 +1317,38 @@ Test(h2_relay, rst_from_origin_propagates_code)
     h_free(h);
 }
 
+/* timeouts.response_header_ms, clock kept by the caller: soth_h2_relay_timeout answers 504 on
+ * the late stream only and cancels it upstream; streams with a head are left alone. */
+Test(h2_relay, late_response_head_gets_504_on_that_stream)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_get(h, "/slow");
+    struct xchg *b = ua_get(h, "/get?n=5");
+    pump(h);
+    cr_assert_eq(a->status, 0, "no head yet");
+    cr_assert_eq(b->status, 200);
+    cr_assert(!soth_h2_relay_timeout(h->r, b->sid), "b has its head");
+    cr_assert(!soth_h2_relay_timeout(h->r, 999), "unknown stream");
+    cr_assert(soth_h2_relay_timeout(h->r, a->sid));
+    cr_assert(!soth_h2_relay_timeout(h->r, a->sid), "answered already");
+    pump(h);
+    cr_assert_eq(a->status, 504);
+    cr_assert_eq(a->resp_body.len, 0);
+    cr_assert(a->closed && !a->rst_recv, "504 with END_STREAM, no reset");
+    struct ostream *o = os_find_path(h, "/slow");
+    cr_assert(o != NULL && o->rst_recv && o->rst_code == NGHTTP2_CANCEL, "upstream cancelled");
+    struct rec *r = rec_of(a->sid);
+    cr_assert_eq(r->end.outcome, SOTH_H2_UPSTREAM_ABORTED);
+    cr_assert_str_eq(r->end.detail, "upstream_timeout");
+    cr_assert_eq(rec_of(b->sid)->end.outcome, SOTH_H2_COMPLETE);
+    struct xchg *c = ua_get(h, "/get?n=3"); /* the connection goes on */
+    pump(h);
+    cr_assert_eq(c->status, 200);
+    h_free(h);
+}
+
 Test(h2_relay, goaway_from_origin)
 {
     struct harness *h = &HS;

@@ -48,6 +48,7 @@ enum soth_ev_type {
     SOTH_EV_GRPC_MESSAGE,
     SOTH_EV_PAYLOAD_PARSED,
     SOTH_EV_STREAM_CLOSED,
+    SOTH_EV_QUIC_CLIENT_HELLO, /* added after stream_closed: type numbers never change */
     SOTH_EV_TYPE_COUNT
 };
 extern const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT];
@@ -162,7 +163,8 @@ struct soth_ev_flow {
     uint8_t protocol; /* enum soth_protocol */
     uint8_t client_addr_len;
     uint8_t server_host_len;
-    bool closed;                        /* stream_closed emitted: nothing may follow */
+    bool closed;          /* stream_closed emitted: nothing may follow */
+    const char *x_reason; /* static cause for the next exchange_completed `reason`, or NULL */
     char client_addr[SOTH_EV_ADDR_MAX]; /* "ip:port" or "[v6]:port" */
     char server_host[SOTH_EV_HOST_MAX];
 };
@@ -275,6 +277,9 @@ void soth_ev_trailers(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream
  */
 void soth_ev_body_chunk(struct soth_ev_flow *f, enum soth_leg dir, uint32_t stream_id,
                         uint64_t offset, uint64_t len, struct soth_iov data, bool truncated);
+/** The cause the next soth_ev_exchange_completed of this flow reports in its `reason` field
+ *  (docs/events.md): a static snake_case string (kept by pointer), consumed by that call. */
+void soth_ev_exchange_reason(struct soth_ev_flow *f, const char *reason);
 void soth_ev_exchange_completed(struct soth_ev_flow *f, uint32_t stream_id,
                                 enum soth_outcome outcome, uint64_t request_bytes,
                                 uint64_t response_bytes);
@@ -304,6 +309,19 @@ void soth_ev_payload_parsed(struct soth_ev_flow *f, uint32_t stream_id, enum sot
 /** The flow's last event; never dropped. Marks f closed. */
 void soth_ev_stream_closed(struct soth_ev_flow *f, enum soth_close_reason reason,
                            uint64_t bytes_client_to_server, uint64_t bytes_server_to_client);
+/** stream_closed of a QUIC flow: also the datagrams relayed each way (docs/events.md). */
+void soth_ev_stream_closed_dgrams(struct soth_ev_flow *f, enum soth_close_reason reason,
+                                  uint64_t bytes_client_to_server, uint64_t bytes_server_to_client,
+                                  uint64_t datagrams_client_to_server,
+                                  uint64_t datagrams_server_to_client);
+/**
+ * A QUIC flow's ClientHello (docs/http3.md): quic_version as text ("0x00000001"), sni
+ * (SOTH_IOV_NULL = none), the ALPN list in the client's order, and how many Initial packets
+ * carried it.
+ */
+void soth_ev_quic_client_hello(struct soth_ev_flow *f, struct soth_iov quic_version,
+                               struct soth_iov sni, const struct soth_iov *alpn, size_t n_alpn,
+                               uint64_t initial_packets);
 
 /** Publish the events built since the last flush (one release store; wakes an idle consumer). */
 void soth_ev_flush(struct soth_ev_producer *prod);
@@ -342,6 +360,9 @@ struct soth_metrics {
     _Atomic uint64_t tls_failures[SOTH_LEG_COUNT][SOTH_TLSF_COUNT];
     _Atomic uint64_t leaf_cache_hits, leaf_cache_misses;
     _Atomic uint64_t events_dropped;
+    _Atomic uint64_t quic_flows[SOTH_ACTION_COUNT + 1]; /* by decision: intercept (unused),
+                                                         * tunnel, block, then dropped */
+    _Atomic uint64_t quic_datagrams[SOTH_LEG_COUNT];    /* by the leg that sent them */
 } __attribute__((aligned(SOTH_CACHELINE)));
 
 /** The worker's counters (owned by obs). */

@@ -13,7 +13,13 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-enum soth_mode { SOTH_MODE_REGULAR = 0, SOTH_MODE_REVERSE, SOTH_MODE_TRANSPARENT, SOTH_MODE_COUNT };
+enum soth_mode {
+    SOTH_MODE_REGULAR = 0,
+    SOTH_MODE_REVERSE,
+    SOTH_MODE_TRANSPARENT,
+    SOTH_MODE_SOCKS5,
+    SOTH_MODE_COUNT
+};
 enum soth_action {
     SOTH_ACTION_INTERCEPT = 0,
     SOTH_ACTION_TUNNEL,
@@ -102,7 +108,13 @@ struct soth_config {
 
     struct {
         uint32_t connect_ms, tls_handshake_ms, request_header_ms, idle_ms, drain_ms;
+        uint32_t response_header_ms; /* first byte of a response head after a request */
     } timeouts;
+
+    struct {
+        uint32_t idle_ms;   /* a QUIC flow silent this long ends (docs/http3.md) */
+        uint32_t max_flows; /* QUIC flows per worker; a new one above is dropped */
+    } quic;
 
     struct {
         char *listen_text; /* NULL = no metrics endpoint */

@@ -90,6 +90,8 @@ struct soth_h2_cbs {
     void (*on_trailers)(void *ctx, enum soth_leg dir, int32_t stream_id,
                         const struct soth_header *headers, size_t n);
     void (*on_stream_end)(void *ctx, int32_t stream_id, const struct soth_h2_stream_end *end);
+    /** The client finished the request of a stream (END_STREAM seen), reported or not. */
+    void (*on_request_end)(void *ctx, int32_t stream_id);
 };
 
 /** Optional allocator for the relay and both nghttp2 sessions (same shape as nghttp2_mem). */
@@ -191,6 +193,15 @@ void soth_h2_relay_eof(struct soth_h2_relay *r, enum soth_leg side, bool reset);
 /** Graceful shutdown (drain): GOAWAY(NO_ERROR) to both legs, refuse new client streams, let
  *  streams in flight finish. */
 void soth_h2_relay_shutdown(struct soth_h2_relay *r);
+/**
+ * The upstream's response head for client stream `stream_id` is late (the caller keeps the
+ * clock, timeouts.response_header_ms): the client gets a 504 with content-length 0 (RST_STREAM
+ * INTERNAL_ERROR when a head already went out), the upstream stream is cancelled, and the
+ * stream ends upstream_aborted with detail "upstream_timeout". Call flush next. False (and
+ * nothing done) for a stream that is unknown, closed toward the client, or already has its
+ * final response head.
+ */
+bool soth_h2_relay_timeout(struct soth_h2_relay *r, int32_t stream_id);
 
 /** Fill *out with the relay's counters. */
 void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out);

@@ -1,0 +1,1 @@
+soth_add_fuzz(socks5 LIBS soth_proto)
