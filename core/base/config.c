@@ -689,6 +689,7 @@ static void config_free(struct soth_config *c)
     free(c->tls.ca_cert);
     free(c->tls.ca_key);
     free(c->tls.upstream_ca_file);
+    free(c->tls.keylog_file);
     free(c->events.ring_path);
     for (size_t i = 0; i < c->events.n_sinks; i++) {
         struct soth_sink_cfg *sk = &c->events.sinks[i];
@@ -922,6 +923,7 @@ static int load_tls(struct cerr *e, struct soth_config *c, const json_t *t)
                                        "ca_rotate_after_days",
                                        "upstream_verify",
                                        "upstream_ca_file",
+                                       "keylog_file",
                                        "learning",
                                        NULL};
     static const char *const lkeys[] = {"enabled", "failure_threshold", "window_s", NULL};
@@ -952,6 +954,9 @@ static int load_tls(struct cerr *e, struct soth_config *c, const json_t *t)
         return rc;
     if ((v = json_object_get(t, "upstream_ca_file")) &&
         (rc = get_str_or_null(e, "tls.upstream_ca_file", v, &c->tls.upstream_ca_file)))
+        return rc;
+    if ((v = json_object_get(t, "keylog_file")) &&
+        (rc = get_str_or_null(e, "tls.keylog_file", v, &c->tls.keylog_file)))
         return rc;
     json_t *l = json_object_get(t, "learning");
     if (l) {
@@ -1656,6 +1661,7 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, tls, "ca_rotate_after_days", json_integer(c->tls.ca_rotate_after_days));
     put(&ok, tls, "upstream_verify", json_boolean(c->tls.upstream_verify));
     put(&ok, tls, "upstream_ca_file", str_or_null(c->tls.upstream_ca_file));
+    put(&ok, tls, "keylog_file", str_or_null(c->tls.keylog_file));
     json_t *learn = json_object();
     put(&ok, learn, "enabled", json_boolean(c->tls.learning.enabled));
     put(&ok, learn, "failure_threshold", json_integer(c->tls.learning.failure_threshold));

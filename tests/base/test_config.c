@@ -83,7 +83,8 @@ static const char *const defaults_json =
     "\"quic\":{\"idle_ms\":30000,\"max_flows\":65536},"
     "\"tls\":{\"ca_dir\":null,\"ca_cert\":null,\"ca_key\":null,\"leaf_cache_size\":4096,"
     "\"leaf_validity_days\":30,\"ca_rotate_after_days\":0,\"upstream_verify\":true,"
-    "\"upstream_ca_file\":null,\"learning\":{\"enabled\":true,\"failure_threshold\":3,"
+    "\"upstream_ca_file\":null,\"keylog_file\":null,\"learning\":{\"enabled\":true,\"failure_"
+    "threshold\":3,"
     "\"window_s\":300}},"
     "\"events\":{\"ring_path\":null,\"ring_size_mb\":64,\"body_capture_bytes\":4096,"
     "\"ws_turn_idle_ms\":30000,\"sinks\":[]},"
@@ -219,6 +220,8 @@ static const struct bad_case bad_cases[] = {
     {"{\"tls\": {\"ca_dir\": \"\"}}", "config: tls.ca_dir: expected a non-empty string, got \"\""},
     {"{\"tls\": {\"upstream_ca_file\": []}}",
      "config: tls.upstream_ca_file: expected string or null, got array"},
+    {"{\"tls\": {\"keylog_file\": 1}}",
+     "config: tls.keylog_file: expected string or null, got integer"},
     {"{\"events\": {\"ring_path\": false}}",
      "config: events.ring_path: expected string or null, got boolean"},
 
@@ -564,6 +567,7 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"ca_rotate_after_days\"",
                                         "\"upstream_verify\"",
                                         "\"upstream_ca_file\"",
+                                        "\"keylog_file\"",
                                         "\"learning\"",
                                         "\"enabled\"",
                                         "\"failure_threshold\"",
@@ -704,6 +708,7 @@ Test(config, spec_example_round_trips)
         "\"tls\":{\"ca_dir\":\"/var/lib/soth\",\"ca_cert\":\"/c.pem\",\"ca_key\":\"/c.key\","
         "\"leaf_cache_size\":0,\"leaf_validity_days\":7,\"ca_rotate_after_days\":90,"
         "\"upstream_verify\":false,\"upstream_ca_file\":\"/u.pem\","
+        "\"keylog_file\":\"/k.log\","
         "\"learning\":{\"enabled\":false,\"failure_threshold\":5,\"window_s\":60}},"
         "\"events\":{\"ring_path\":\"/tmp/r.ring\",\"ring_size_mb\":8,\"body_capture_bytes\":0,"
         "\"ws_turn_idle_ms\":250,\"sinks\":[{\"type\":\"jsonl\",\"path\":\"/tmp/"

@@ -97,6 +97,7 @@ struct soth_config {
         uint32_t ca_rotate_after_days; /* 0 disables rotation */
         bool upstream_verify;
         char *upstream_ca_file;
+        char *keylog_file; /* NULL = none (SSLKEYLOGFILE applies then; docs/tls.md "Key log") */
         struct {
             bool enabled;
             uint32_t failure_threshold;
