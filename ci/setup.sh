@@ -13,7 +13,7 @@ trap 'echo "setup: FAILED at ci/setup.sh line $LINENO: $BASH_COMMAND" >&2' ERR
 SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
 # Bump when the configure line changes so cached builds are redone.
-WOLFSSL_STAMP="wolfssl-5.5.4-cfg4"
+WOLFSSL_STAMP="wolfssl-5.5.4-cfg5"
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -31,7 +31,9 @@ PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev
     ngtcp2-client ngtcp2-server
     debhelper fakeroot lintian mandoc groff-base man-db systemd
-    testssl.sh)
+    testssl.sh
+    libnats-dev nats-server
+    tcpdump tshark)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -115,7 +117,8 @@ if ! wolfssl_ok; then
         --enable-aesni --enable-intelasm --enable-sp=yes,asm --enable-sp-asm \
         --enable-ecc --enable-curve25519 --enable-ed25519 \
         --enable-supportedcurves --enable-harden --enable-ip-alt-name --enable-altcertchains \
-        CFLAGS="-O2 -DWOLFSSL_ALT_NAMES -DHAVE_EX_DATA" >/dev/null
+        --enable-keying-material \
+        CFLAGS="-O2 -DWOLFSSL_ALT_NAMES -DHAVE_EX_DATA -DHAVE_SECRET_CALLBACK" >/dev/null
     make -j"$(nproc)" >/dev/null
     rm -rf "$WOLFSSL_PREFIX"
     make install >/dev/null

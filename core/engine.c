@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -95,6 +96,18 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
     free(ca_dir);
     if (crc < 0)
         goto fail_engine;
+    /* The key log (docs/tls.md, "Key log"): tls.keylog_file, else SSLKEYLOGFILE. */
+    const char *klog = cfg->tls.keylog_file;
+    if (klog == NULL && getenv("SSLKEYLOGFILE") != NULL && getenv("SSLKEYLOGFILE")[0] != '\0')
+        klog = getenv("SSLKEYLOGFILE");
+    if (klog != NULL) {
+        if (soth_tls_keylog_open(klog, err, err_len) < 0)
+            goto fail_engine;
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+                 "TLS key log on (%s): the secrets of every intercepted connection go to %s; "
+                 "whoever reads it can decrypt captured traffic",
+                 cfg->tls.keylog_file != NULL ? "tls.keylog_file" : "SSLKEYLOGFILE", klog);
+    }
     e->obs = soth_observe_new(cfg, n, err, err_len);
     if (e->obs == NULL)
         goto fail_engine;

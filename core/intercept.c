@@ -23,8 +23,9 @@ static bool pre_put(struct flow *f, const char *p, uint32_t n)
 static void handshake_succeeded(struct flow *f, unsigned side)
 {
     struct soth_tls_conn *t = f->tls[side];
-    soth_ev_tls_handshake_succeeded(&f->ev, soth_leg_of(side), soth_tls_conn_version(t),
-                                    soth_tls_conn_cipher(t), soth_tls_conn_alpn(t));
+    soth_ev_tls_handshake_succeeded_fp(&f->ev, soth_leg_of(side), soth_tls_conn_version(t),
+                                       soth_tls_conn_cipher(t), soth_tls_conn_alpn(t),
+                                       soth_tls_conn_ja4s(t));
 }
 
 static void client_leg_start(struct worker *w, struct flow *f, struct soth_iov alpn);
@@ -129,7 +130,14 @@ static void client_leg_start(struct worker *w, struct flow *f, struct soth_iov a
                                : soth_iov(f->ev.server_host, f->ev.server_host_len);
     struct soth_tls_conn *c = NULL;
     struct soth_tls_leaf_cache_stats st;
-    soth_ev_tls_handshake_started(&f->ev, SOTH_LEG_CLIENT, name);
+    /* The client's JA4 (docs/tls.md, "Fingerprints"), from the ClientHello still held. */
+    struct soth_tls_client_hello ch;
+    char ja4[SOTH_TLS_JA4_LEN + 1];
+    memset(&ch, 0, sizeof(ch));
+    bool fp = soth_tls_peek_client_hello(f->head, f->head_len, &ch) >= 0 &&
+              soth_tls_ja4(&ch, false, ja4, sizeof(ja4)) > 0;
+    soth_ev_tls_handshake_started_fp(&f->ev, SOTH_LEG_CLIENT, name,
+                                     fp ? soth_iov(ja4, SOTH_TLS_JA4_LEN) : SOTH_IOV_NULL);
     int rc = soth_tls_conn_new_server(w->tls, name, alpn, &c);
     soth_tls_leaf_cache_stats(w->tls, &st);
     atomic_store_explicit(&w->m->leaf_cache_hits, st.hits, memory_order_relaxed);

@@ -75,10 +75,14 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
                                    {"reason", E(soth_decision_reason_names, SOTH_REASON_COUNT)},
                                    {"rule", FK_OMITSTR, NULL, 0}},
                                   3},
-    [SOTH_EV_TLS_HANDSHAKE_STARTED] = {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)}, OS("sni")}, 2},
-    [SOTH_EV_TLS_HANDSHAKE_SUCCEEDED] =
-        {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)}, S("tls_version"), S("cipher"), OS("alpn")},
-         4},
+    [SOTH_EV_TLS_HANDSHAKE_STARTED] =
+        {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)}, OS("sni"), {"ja4", FK_OMITSTR, NULL, 0}}, 3},
+    [SOTH_EV_TLS_HANDSHAKE_SUCCEEDED] = {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)},
+                                          S("tls_version"),
+                                          S("cipher"),
+                                          OS("alpn"),
+                                          {"ja4s", FK_OMITSTR, NULL, 0}},
+                                         5},
     [SOTH_EV_TLS_HANDSHAKE_FAILED] =
         {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)},
           {"tls_failure_reason", E(soth_tls_failure_names, SOTH_TLSF_COUNT)},
@@ -432,18 +436,31 @@ void soth_ev_connect_decision(struct soth_ev_flow *f, enum soth_action decision,
     emit(f, SOTH_EV_CONNECT_DECISION, v);
 }
 
+void soth_ev_tls_handshake_started_fp(struct soth_ev_flow *f, enum soth_leg side,
+                                      struct soth_iov sni, struct soth_iov ja4)
+{
+    struct ev_val v[] = {VU(side), VS(sni), VS(ja4)};
+    emit(f, SOTH_EV_TLS_HANDSHAKE_STARTED, v);
+}
+
 void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_leg side, struct soth_iov sni)
 {
-    struct ev_val v[] = {VU(side), VS(sni)};
-    emit(f, SOTH_EV_TLS_HANDSHAKE_STARTED, v);
+    soth_ev_tls_handshake_started_fp(f, side, sni, SOTH_IOV_NULL);
+}
+
+void soth_ev_tls_handshake_succeeded_fp(struct soth_ev_flow *f, enum soth_leg side,
+                                        struct soth_iov tls_version, struct soth_iov cipher,
+                                        struct soth_iov alpn, struct soth_iov ja4s)
+{
+    struct ev_val v[] = {VU(side), VS(tls_version), VS(cipher), VS(alpn), VS(ja4s)};
+    emit(f, SOTH_EV_TLS_HANDSHAKE_SUCCEEDED, v);
 }
 
 void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_leg side,
                                      struct soth_iov tls_version, struct soth_iov cipher,
                                      struct soth_iov alpn)
 {
-    struct ev_val v[] = {VU(side), VS(tls_version), VS(cipher), VS(alpn)};
-    emit(f, SOTH_EV_TLS_HANDSHAKE_SUCCEEDED, v);
+    soth_ev_tls_handshake_succeeded_fp(f, side, tls_version, cipher, alpn, SOTH_IOV_NULL);
 }
 
 void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_leg side,

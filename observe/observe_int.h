@@ -147,8 +147,9 @@ struct soth_observe {
 
     struct sink *sinks;
     size_t n_sinks;
-    _Atomic uint64_t sink_dropped;
     struct jbuf line;
+    char run_id[24];   /* 16 hex digits, random per run: NATS message ids (docs/sinks.md) */
+    uint32_t drain_ms; /* timeouts.drain_ms: how long a NATS sink may take to flush at stop */
 
     struct soth_observe_hooks hooks; /* set before start; run on the telemetry thread */
 

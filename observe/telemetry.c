@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "observe_int.h"
+#include "sink_nats.h"
 
 #define PROD_RING_BYTES (8u << 20) /* per worker */
 #define SINK_BUF_MAX    (1u << 20) /* per uds client: beyond this, lines are dropped */
@@ -43,7 +45,7 @@ struct jsonl_ring {
     _Alignas(SOTH_CACHELINE) _Atomic uint64_t head; /* written by the sink thread */
     _Atomic int sleeping;                           /* sink thread waits on efd */
     _Atomic int stop;
-    _Atomic uint64_t *dropped; /* the subsystem's sink_dropped */
+    _Atomic uint64_t *dropped; /* the sink's dropped */
     int efd;
     pthread_t thr;
     bool started;
@@ -51,9 +53,12 @@ struct jsonl_ring {
 
 struct sink {
     enum soth_sink_type type;
+    unsigned index; /* in events.sinks */
     char *path;
     int fd; /* jsonl: the file; uds: the listening socket */
     struct jsonl_ring *jr;
+    struct nats_sink *ns;
+    _Atomic uint64_t dropped; /* lines dropped (jsonl, uds; nats counts its own) */
     struct sink_client clients[MAX_UDS_CLIENTS];
     unsigned n_clients;
 };
@@ -247,8 +252,12 @@ static int sink_open(struct soth_observe *o, struct sink *s, const struct soth_s
                      char *err, size_t err_len)
 {
     s->type = cfg->type;
-    s->path = strdup(cfg->path);
     s->fd = -1;
+    if (cfg->type == SOTH_SINK_NATS) {
+        s->ns = nats_sink_new(cfg, s->index, o->run_id, o->drain_ms, err, err_len);
+        return s->ns != NULL ? 0 : -1;
+    }
+    s->path = strdup(cfg->path);
     if (s->path == NULL) {
         snprintf(err, err_len, "out of memory");
         return -1;
@@ -267,7 +276,7 @@ static int sink_open(struct soth_observe *o, struct sink *s, const struct soth_s
         }
         memset(s->jr, 0, sizeof(*s->jr));
         s->jr->cap = JSONL_BUF_BYTES;
-        s->jr->dropped = &o->sink_dropped;
+        s->jr->dropped = &s->dropped;
         s->jr->data = malloc(JSONL_BUF_BYTES);
         s->jr->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (s->jr->data == NULL || s->jr->efd == -1) {
@@ -363,6 +372,12 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
     o->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (o->efd == -1)
         goto oom;
+    /* Names this run in the NATS message ids (docs/sinks.md). */
+    uint64_t rid = soth_now_ns();
+    if (getrandom(&rid, sizeof(rid), 0) != (ssize_t)sizeof(rid))
+        rid ^= (uint64_t)getpid() << 32;
+    snprintf(o->run_id, sizeof(o->run_id), "%016llx", (unsigned long long)rid);
+    o->drain_ms = cfg->timeouts.drain_ms;
     if (ring_file_open(o, cfg->events.ring_size_mb, err, err_len) < 0)
         goto fail;
     o->sinks = calloc(cfg->events.n_sinks ? cfg->events.n_sinks : 1, sizeof(struct sink));
@@ -370,6 +385,7 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
         goto oom;
     for (size_t i = 0; i < cfg->events.n_sinks; i++) {
         o->n_sinks++;
+        o->sinks[i].index = (unsigned)i;
         if (sink_open(o, &o->sinks[i], &cfg->events.sinks[i], err, err_len) < 0)
             goto fail;
     }
@@ -401,9 +417,19 @@ struct soth_metrics *soth_observe_metrics(struct soth_observe *obs, unsigned wor
     return &obs->metrics[worker];
 }
 
+static uint64_t sink_dropped(const struct sink *s)
+{
+    if (s->ns != NULL)
+        return nats_sink_dropped(s->ns);
+    return atomic_load_explicit(&s->dropped, memory_order_relaxed);
+}
+
 uint64_t soth_observe_sink_dropped(struct soth_observe *obs)
 {
-    return atomic_load_explicit(&obs->sink_dropped, memory_order_relaxed);
+    uint64_t n = 0;
+    for (size_t k = 0; k < obs->n_sinks; k++)
+        n += sink_dropped(&obs->sinks[k]);
+    return n;
 }
 
 /* ==========================================================================================
@@ -594,23 +620,28 @@ static void client_flush(struct sink *s, unsigned i)
 static bool sinks_want_lines(const struct soth_observe *o)
 {
     for (size_t k = 0; k < o->n_sinks; k++)
-        if (o->sinks[k].type == SOTH_SINK_JSONL || o->sinks[k].n_clients > 0)
+        if (o->sinks[k].type != SOTH_SINK_UDS || o->sinks[k].n_clients > 0)
             return true;
     return false;
 }
 
 /** Queue one JSON line for a sink; a consumer that fell behind loses lines (counted). */
-static void sink_put(struct soth_observe *o, struct sink *s, const char *line, size_t len)
+static void sink_put(struct sink *s, const struct ev_rec *r, uint64_t gseq, const char *line,
+                     size_t len)
 {
+    if (s->type == SOTH_SINK_NATS) {
+        nats_sink_put(s->ns, r->type, gseq, line, len - 1); /* a message: no newline */
+        return;
+    }
     if (s->type == SOTH_SINK_JSONL) {
         if (!jsonl_put(s->jr, line, len))
-            atomic_fetch_add_explicit(&o->sink_dropped, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->dropped, 1, memory_order_relaxed);
         return;
     }
     for (unsigned i = 0; i < s->n_clients; i++) {
         struct sink_client *c = &s->clients[i];
         if (c->buf.len - c->off + len > SINK_BUF_MAX) {
-            atomic_fetch_add_explicit(&o->sink_dropped, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->dropped, 1, memory_order_relaxed);
             continue;
         }
         jbuf_put(&c->buf, line, len);
@@ -622,6 +653,10 @@ static void sinks_flush(struct soth_observe *o)
 {
     for (size_t k = 0; k < o->n_sinks; k++) {
         struct sink *s = &o->sinks[k];
+        if (s->type == SOTH_SINK_NATS) {
+            nats_sink_kick(s->ns);
+            continue;
+        }
         if (s->type == SOTH_SINK_JSONL) {
             if (atomic_load_explicit(&s->jr->tail, memory_order_relaxed) !=
                 atomic_load_explicit(&s->jr->head, memory_order_relaxed))
@@ -674,7 +709,7 @@ static size_t drain(struct soth_observe *o, size_t budget)
                     o->line.len = 0;
                     if (soth_ev_rec_to_json(r, len, &o->line) == 0)
                         for (size_t k = 0; k < o->n_sinks; k++)
-                            sink_put(o, &o->sinks[k], o->line.p, o->line.len);
+                            sink_put(&o->sinks[k], r, o->gseq, o->line.p, o->line.len);
                 }
                 n++;
             }
@@ -854,8 +889,23 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
     metric_line(b, "soth_events_written_total", "",
                 atomic_load_explicit(&o->hdr->last_gseq, memory_order_relaxed));
     metric_type(b, "soth_sink_dropped_total", "counter",
-                "Event lines dropped by sinks whose consumer fell behind.");
-    metric_line(b, "soth_sink_dropped_total", "", atomic_load(&o->sink_dropped));
+                "Events a sink dropped (its consumer fell behind or its server was away), by "
+                "sink.");
+    for (size_t k = 0; k < o->n_sinks; k++) {
+        char l[64];
+        snprintf(l, sizeof(l), "{sink=\"%s:%u\"}", soth_sink_type_names[o->sinks[k].type],
+                 o->sinks[k].index);
+        metric_line(b, "soth_sink_dropped_total", l, sink_dropped(&o->sinks[k]));
+    }
+    metric_type(b, "soth_sink_pending", "gauge",
+                "Events a NATS sink holds: queued, or published and not yet acknowledged.");
+    for (size_t k = 0; k < o->n_sinks; k++) {
+        if (o->sinks[k].ns == NULL)
+            continue;
+        char l[64];
+        snprintf(l, sizeof(l), "{sink=\"nats:%u\"}", o->sinks[k].index);
+        metric_line(b, "soth_sink_pending", l, nats_sink_pending(o->sinks[k].ns));
+    }
 }
 
 static void metrics_serve(struct soth_observe *o, int c, struct jbuf *body, struct jbuf *resp)
@@ -945,6 +995,14 @@ int soth_observe_start(struct soth_observe *o)
     int rc;
     for (size_t k = 0; k < o->n_sinks; k++) {
         struct sink *s = &o->sinks[k];
+        if (s->ns != NULL) {
+            rc = nats_sink_start(s->ns);
+            if (rc < 0) {
+                rc = -rc;
+                goto fail;
+            }
+            continue;
+        }
         if (s->type != SOTH_SINK_JSONL || s->jr->started)
             continue;
         rc = pthread_create(&s->jr->thr, NULL, jsonl_main, s);
@@ -971,6 +1029,7 @@ fail:
 static void sinks_stop(struct soth_observe *o)
 {
     for (size_t k = 0; k < o->n_sinks; k++) {
+        nats_sink_stop(o->sinks[k].ns);
         struct jsonl_ring *jr = o->sinks[k].jr;
         if (jr == NULL || !jr->started)
             continue;
@@ -1026,6 +1085,7 @@ void soth_observe_free(struct soth_observe *o)
         close(o->ring_fd);
     for (size_t k = 0; k < o->n_sinks; k++) {
         struct sink *s = &o->sinks[k];
+        nats_sink_free(s->ns);
         while (s->n_clients > 0)
             client_close(s, s->n_clients - 1);
         if (s->fd >= 0)

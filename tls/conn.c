@@ -15,6 +15,7 @@
 #define MAX_FREE_CONNS  1024
 #define MAX_FREE_CHUNKS 256
 #define OWN_SMALL       4096u /* the usual remainder buffer: lent from the ctx while in use */
+_Static_assert(OWN_SMALL == TLS_SH_CAP, "one buffer size in the ctx's free_own pool");
 
 /* RFC 8446 4.1.3: the ServerHello random that marks a HelloRetryRequest. */
 static const uint8_t HRR_RANDOM[32] = {
@@ -44,6 +45,8 @@ static void track_records(struct soth_tls_conn *c, const uint8_t *p, size_t n)
             if (c->rec_alert_len == 2 && c->rec_left == 2 && c->rec_alert[0] == 2)
                 c->clear_alert = c->rec_alert[1];
         }
+        if (c->rec_hdr[0] == 22 && c->side == SOTH_LEG_UPSTREAM && !c->ja4s_done)
+            tls_ja4s_take(c, p, take);
         c->rec_left = (uint16_t)(c->rec_left - take);
         p += take;
         n -= take;
@@ -184,6 +187,21 @@ static void own_release_if_empty(struct soth_tls_conn *c)
 
 /* ---- life cycle */
 
+/* With the key log on: keep the handshake arrays (client random, TLS 1.2 master secret) until
+ * the handshake is done, and hear every TLS 1.3 secret. Off: nothing is installed. */
+static void keylog_arm(struct soth_tls_conn *c)
+{
+#ifdef HAVE_SECRET_CALLBACK
+    if (!soth_tls_keylog_enabled())
+        return;
+    wolfSSL_KeepArrays(c->ssl);
+    wolfSSL_set_tls13_secret_cb(c->ssl, tls_keylog_tls13, NULL);
+    c->keylog = true;
+#else
+    (void)c;
+#endif
+}
+
 static struct soth_tls_conn *conn_alloc(struct soth_tls_ctx *t, enum soth_leg side)
 {
     struct soth_tls_conn *c = t->free_conns;
@@ -249,6 +267,7 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
     if (c->ssl != NULL)
         wolfSSL_free(c->ssl);
     c->ssl = NULL;
+    tls_ja4s_release(c);
     while (c->out_head != NULL) {
         struct out_chunk *k = c->out_head;
         c->out_head = k->next;
@@ -295,6 +314,7 @@ int soth_tls_conn_new_server(struct soth_tls_ctx *t, struct soth_iov name, struc
     }
     wolfSSL_SetIOReadCtx(c->ssl, c);
     wolfSSL_SetIOWriteCtx(c->ssl, c);
+    keylog_arm(c);
     rc = SOTH_E_TLS;
     /* The key is the worker's leaf key, already on the server ctx; only the cert differs. */
     if (wolfSSL_use_certificate_buffer(c->ssl, (const unsigned char *)leaf.der.base,
@@ -365,6 +385,7 @@ int soth_tls_conn_new_client(struct soth_tls_ctx *t, struct soth_iov host,
     }
     wolfSSL_SetIOReadCtx(c->ssl, c);
     wolfSSL_SetIOWriteCtx(c->ssl, c);
+    keylog_arm(c);
     rc = SOTH_E_TLS;
     /* TLS 1.2 origins resume through tickets only when the client asks for them. */
     wolfSSL_UseSessionTicket(c->ssl);
@@ -517,6 +538,8 @@ int soth_tls_conn_handshake(struct soth_tls_conn *c)
     int r = c->side == SOTH_LEG_CLIENT ? wolfSSL_accept(c->ssl) : wolfSSL_connect(c->ssl);
     if (r == WOLFSSL_SUCCESS) {
         c->state = CONN_ESTABLISHED;
+        if (c->keylog)
+            tls_keylog_handshake_done(c->ssl);
         return 0;
     }
     int e = wolfSSL_get_error(c->ssl, r);

@@ -148,8 +148,10 @@ static int parse_hello(const uint8_t *body, size_t len, struct soth_tls_client_h
     h->max_version = h->legacy_version;
     if (!rd_u8(&r, &sid_len) || sid_len > 32 || !rd_skip(&r, sid_len))
         return SOTH_E_MALFORMED;
-    if (!rd_u16(&r, &suites_len) || suites_len < 2 || (suites_len & 1) != 0 ||
-        !rd_skip(&r, suites_len))
+    if (!rd_u16(&r, &suites_len) || suites_len < 2 || (suites_len & 1) != 0)
+        return SOTH_E_MALFORMED;
+    h->ciphers = soth_iov(r.p, suites_len);
+    if (!rd_skip(&r, suites_len))
         return SOTH_E_MALFORMED;
     if (!rd_u8(&r, &comp_len) || comp_len < 1 || !rd_skip(&r, comp_len))
         return SOTH_E_MALFORMED;
@@ -157,6 +159,7 @@ static int parse_hello(const uint8_t *body, size_t len, struct soth_tls_client_h
         return 0; /* TLS 1.2 allows a hello without extensions */
     if (!rd_u16(&r, &ext_len) || ext_len != r.n)
         return SOTH_E_MALFORMED;
+    h->exts = soth_iov(r.p, ext_len);
     while (r.n > 0) {
         uint16_t type, elen;
         struct rd e;

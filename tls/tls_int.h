@@ -156,6 +156,13 @@ struct soth_tls_conn {
     uint8_t rec_alert_len;
     int clear_alert; /* description of a fatal cleartext alert received, -1 = none */
     int fail_where;  /* 1 handshake, 2 read, 3 write */
+    bool keylog;     /* secrets go to the key log (docs/tls.md, "Key log") */
+    /* upstream: the origin's ServerHello, collected for JA4S (ja4.c) in a buffer lent from
+     * the ctx's free_own pool until it is complete */
+    bool ja4s_done;
+    uint8_t *sh;
+    size_t sh_len;
+    char ja4s[SOTH_TLS_JA4S_LEN + 1];
     /* upstream: the certificate verification rejected, as "subject" issued by "issuer" */
     char rejected[192];
 
@@ -174,6 +181,18 @@ bool tls_name_is_dns(const char *name, size_t len, bool allow_wildcard);
 
 int tls_cache_init(struct leaf_cache *c, uint32_t capacity, size_t der_cap);
 void tls_cache_dispose(struct leaf_cache *c);
+
+/* ---- key log (keylog.c): only called while soth_tls_keylog_enabled() */
+void tls_keylog_line(const char *label, const uint8_t *client_random, const uint8_t *secret,
+                     size_t secret_len);
+int tls_keylog_tls13(WOLFSSL *ssl, int id, const unsigned char *secret, int secret_sz, void *ctx);
+void tls_keylog_handshake_done(WOLFSSL *ssl);
+
+/* ---- JA4S (ja4.c) */
+#define TLS_SH_CAP 4096u /* a ServerHello we fingerprint fits; the free_own pool's size */
+/** Upstream conns, during the handshake: bytes of handshake records from the origin. */
+void tls_ja4s_take(struct soth_tls_conn *c, const uint8_t *p, size_t n);
+void tls_ja4s_release(struct soth_tls_conn *c);
 
 /** wolfSSL error code name (e.g. "ASN_NO_SIGNER_E"), never NULL. */
 const char *tls_wolf_err_name(int err);

@@ -19,7 +19,7 @@
 const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent",
                                                       "socks5"};
 const char *const soth_action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
-const char *const soth_sink_type_names[SOTH_SINK_COUNT] = {"jsonl", "uds"};
+const char *const soth_sink_type_names[SOTH_SINK_COUNT] = {"jsonl", "uds", "nats"};
 
 /* ---- errors */
 
@@ -689,9 +689,16 @@ static void config_free(struct soth_config *c)
     free(c->tls.ca_cert);
     free(c->tls.ca_key);
     free(c->tls.upstream_ca_file);
+    free(c->tls.keylog_file);
     free(c->events.ring_path);
-    for (size_t i = 0; i < c->events.n_sinks; i++)
-        free(c->events.sinks[i].path);
+    for (size_t i = 0; i < c->events.n_sinks; i++) {
+        struct soth_sink_cfg *sk = &c->events.sinks[i];
+        char *strs[] = {sk->path,        sk->url,           sk->subject,      sk->stream,
+                        sk->tls_ca_file, sk->tls_cert_file, sk->tls_key_file, sk->creds_file,
+                        sk->user,        sk->password};
+        for (size_t k = 0; k < sizeof(strs) / sizeof(strs[0]); k++)
+            free(strs[k]);
+    }
     free(c->events.sinks);
     free(c->metrics.listen_text);
     soth_hostport_dispose(&c->metrics.listen);
@@ -916,6 +923,7 @@ static int load_tls(struct cerr *e, struct soth_config *c, const json_t *t)
                                        "ca_rotate_after_days",
                                        "upstream_verify",
                                        "upstream_ca_file",
+                                       "keylog_file",
                                        "learning",
                                        NULL};
     static const char *const lkeys[] = {"enabled", "failure_threshold", "window_s", NULL};
@@ -947,6 +955,9 @@ static int load_tls(struct cerr *e, struct soth_config *c, const json_t *t)
     if ((v = json_object_get(t, "upstream_ca_file")) &&
         (rc = get_str_or_null(e, "tls.upstream_ca_file", v, &c->tls.upstream_ca_file)))
         return rc;
+    if ((v = json_object_get(t, "keylog_file")) &&
+        (rc = get_str_or_null(e, "tls.keylog_file", v, &c->tls.keylog_file)))
+        return rc;
     json_t *l = json_object_get(t, "learning");
     if (l) {
         if ((rc = expect_object(e, "tls.learning", l)) ||
@@ -967,11 +978,225 @@ static int load_tls(struct cerr *e, struct soth_config *c, const json_t *t)
     return 0;
 }
 
+/*
+ * ---- events.sinks[] (docs/config.md, docs/sinks.md)
+ */
+
+/** A NATS subject we publish under: dot-separated tokens of printable ASCII, no wildcards. */
+static bool nats_subject_ok(const char *s)
+{
+    size_t tok = 0;
+    for (const char *q = s;; q++) {
+        if (*q == '.' || *q == '\0') {
+            if (tok == 0)
+                return false;
+            if (*q == '\0')
+                return true;
+            tok = 0;
+            continue;
+        }
+        if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f || *q == '*' || *q == '>')
+            return false;
+        tok++;
+    }
+}
+
+/** A JetStream stream name: printable ASCII without '.', '*', '>', '/', '\\'. */
+static bool nats_stream_ok(const char *s)
+{
+    if (*s == '\0' || strlen(s) > 255)
+        return false;
+    for (const char *q = s; *q; q++)
+        if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f || strchr(".*>/\\", *q))
+            return false;
+    return true;
+}
+
+/**
+ * One server URL as the NATS client takes it: nats://HOST[:PORT] or tls://HOST[:PORT], with an
+ * optional USER[:PASSWORD]@ before the host; HOST a name, IPv4 or [IPv6]; PORT 1..65535.
+ */
+static bool nats_url_ok(const char *u, size_t len)
+{
+    const char *end = u + len;
+    if (len > 7 && strncmp(u, "nats://", 7) == 0)
+        u += 7;
+    else if (len > 6 && strncmp(u, "tls://", 6) == 0)
+        u += 6;
+    else
+        return false;
+    const char *at = memchr(u, '@', (size_t)(end - u));
+    if (at != NULL)
+        u = at + 1;
+    char hp[300];
+    if (end - u <= 0 || (size_t)(end - u) >= sizeof(hp))
+        return false;
+    memcpy(hp, u, (size_t)(end - u));
+    hp[end - u] = '\0';
+    if (strpbrk(hp, "/?#") != NULL)
+        return false;
+    /* HOST alone: the client's default port 4222. */
+    char with_port[320];
+    bool has_port = hp[0] == '[' ? strstr(hp, "]:") != NULL : strchr(hp, ':') != NULL;
+    snprintf(with_port, sizeof(with_port), has_port ? "%s" : "%s:4222", hp);
+    struct soth_hostport h = {0};
+    char why[128];
+    if (soth_hostport_parse(with_port, &h, why, sizeof(why)) < 0)
+        return false;
+    bool ok = h.port != 0;
+    if (ok && h.addr_len == 0)
+        ok = host_name_ok(h.host, why, sizeof(why));
+    soth_hostport_dispose(&h);
+    return ok;
+}
+
+/** A non-empty string into *out (replacing it). */
+static int get_str(struct cerr *e, const char *path, const json_t *v, char **out)
+{
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        char b[64];
+        json_brief(v, b, sizeof(b));
+        return fail(e, path, "expected a non-empty string, got %s", b);
+    }
+    free(*out);
+    *out = sdup(e, json_string_value(v));
+    return 0;
+}
+
+static int load_sink_nats(struct cerr *e, const char *p, const json_t *s, struct soth_sink_cfg *sk)
+{
+    static const char *const keys[] = {
+        "type",        "url",           "subject",      "stream",     "format", "max_pending_mb",
+        "tls_ca_file", "tls_cert_file", "tls_key_file", "creds_file", "user",   "password",
+        NULL};
+    struct {
+        const char *key;
+        char **out;
+    } strs[] = {{"url", &sk->url},
+                {"subject", &sk->subject},
+                {"stream", &sk->stream},
+                {"tls_ca_file", &sk->tls_ca_file},
+                {"tls_cert_file", &sk->tls_cert_file},
+                {"tls_key_file", &sk->tls_key_file},
+                {"creds_file", &sk->creds_file},
+                {"user", &sk->user},
+                {"password", &sk->password}};
+    char pk[96];
+    int rc;
+    if ((rc = check_keys(e, p, s, keys)))
+        return rc;
+    sk->url = sdup(e, "nats://127.0.0.1:4222");
+    sk->subject = sdup(e, "soth.events");
+    sk->stream = sdup(e, "SOTH_EVENTS");
+    sk->max_pending_mb = 64;
+    json_t *v;
+    for (size_t k = 0; k < sizeof(strs) / sizeof(strs[0]); k++) {
+        snprintf(pk, sizeof(pk), "%s.%s", p, strs[k].key);
+        if ((v = json_object_get(s, strs[k].key)) && (rc = get_str(e, pk, v, strs[k].out)))
+            return rc;
+    }
+    if (e->oom)
+        return 0; /* reported by the caller */
+    snprintf(pk, sizeof(pk), "%s.format", p);
+    if ((v = json_object_get(s, "format"))) {
+        char b[64];
+        json_brief(v, b, sizeof(b));
+        if (json_is_string(v) && strcmp(json_string_value(v), "exchange") == 0)
+            return fail(e, pk,
+                        "\"exchange\" is not built yet (exchange records are planned, "
+                        "docs/sinks.md); use \"event\"");
+        if (!json_is_string(v) || strcmp(json_string_value(v), "event") != 0)
+            return fail(e, pk, "expected \"event\", got %s", b);
+    }
+    snprintf(pk, sizeof(pk), "%s.max_pending_mb", p);
+    if ((v = json_object_get(s, "max_pending_mb")) &&
+        (rc = get_uint(e, pk, v, 1, 65536, &sk->max_pending_mb)))
+        return rc;
+    snprintf(pk, sizeof(pk), "%s.url", p);
+    for (const char *u = sk->url;;) {
+        const char *comma = strchr(u, ',');
+        size_t ul = comma ? (size_t)(comma - u) : strlen(u);
+        if (!nats_url_ok(u, ul))
+            return fail(e, pk,
+                        "expected nats://HOST[:PORT] or tls://HOST[:PORT] (comma-separated), "
+                        "got \"%.*s\"",
+                        (int)(ul > 200 ? 200 : ul), u);
+        if (comma == NULL)
+            break;
+        u = comma + 1;
+    }
+    snprintf(pk, sizeof(pk), "%s.subject", p);
+    if (!nats_subject_ok(sk->subject))
+        return fail(e, pk,
+                    "expected a NATS subject (dot-separated tokens, no spaces, '*' or '>'), "
+                    "got \"%s\"",
+                    sk->subject);
+    snprintf(pk, sizeof(pk), "%s.stream", p);
+    if (!nats_stream_ok(sk->stream))
+        return fail(e, pk,
+                    "expected a stream name (no spaces, '.', '*', '>', '/' or '\\'), got \"%s\"",
+                    sk->stream);
+    if ((sk->tls_cert_file == NULL) != (sk->tls_key_file == NULL)) {
+        snprintf(pk, sizeof(pk), "%s.%s", p, sk->tls_cert_file ? "tls_key_file" : "tls_cert_file");
+        return fail(e, pk, "tls_cert_file and tls_key_file go together");
+    }
+    if ((sk->user == NULL) != (sk->password == NULL)) {
+        snprintf(pk, sizeof(pk), "%s.%s", p, sk->user ? "password" : "user");
+        return fail(e, pk, "user and password go together");
+    }
+    if (sk->creds_file != NULL && sk->user != NULL) {
+        snprintf(pk, sizeof(pk), "%s.creds_file", p);
+        return fail(e, pk, "creds_file and user/password are exclusive");
+    }
+    return 0;
+}
+
+static int load_sink(struct cerr *e, const char *p, const json_t *s, struct soth_sink_cfg *sk)
+{
+    static const char *const keys[] = {"type", "path", NULL};
+    char pk[96];
+    int rc;
+    if ((rc = expect_object(e, p, s)))
+        return rc;
+    json_t *t = json_object_get(s, "type");
+    snprintf(pk, sizeof(pk), "%s.type", p);
+    if (t == NULL)
+        return fail(e, pk, "missing required key");
+    bool ok = false;
+    for (int k = 0; k < SOTH_SINK_COUNT && json_is_string(t); k++) {
+        if (strcmp(json_string_value(t), soth_sink_type_names[k]) == 0) {
+            sk->type = (enum soth_sink_type)k;
+            ok = true;
+        }
+    }
+    if (!ok) {
+        char b[64];
+        json_brief(t, b, sizeof(b));
+        return fail(e, pk, "expected \"jsonl\", \"uds\" or \"nats\", got %s", b);
+    }
+    if (sk->type == SOTH_SINK_NATS)
+        return load_sink_nats(e, p, s, sk);
+    if ((rc = check_keys(e, p, s, keys)))
+        return rc;
+    json_t *pa = json_object_get(s, "path");
+    snprintf(pk, sizeof(pk), "%s.path", p);
+    if (pa == NULL)
+        return fail(e, pk, "missing required key");
+    if (!json_is_string(pa) || json_string_length(pa) == 0) {
+        char b[64];
+        json_brief(pa, b, sizeof(b));
+        return fail(e, pk, "expected a non-empty string, got %s", b);
+    }
+    if (sk->type == SOTH_SINK_UDS && json_string_length(pa) >= 108)
+        return fail(e, pk, "Unix socket path longer than 107 bytes");
+    sk->path = sdup(e, json_string_value(pa));
+    return 0;
+}
+
 static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
 {
     static const char *const keys[] = {"ring_path",       "ring_size_mb", "body_capture_bytes",
                                        "ws_turn_idle_ms", "sinks",        NULL};
-    static const char *const skeys[] = {"type", "path", NULL};
     int rc;
     if ((rc = expect_object(e, "events", ev)) || (rc = check_keys(e, "events", ev, keys)))
         return rc;
@@ -999,41 +1224,13 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
     if (c->events.sinks == NULL)
         return fail(e, "events.sinks", "out of memory");
     for (size_t i = 0; i < n; i++) {
-        char p[64], pk[80];
+        char p[64];
         snprintf(p, sizeof(p), "events.sinks[%zu]", i);
-        json_t *s = json_array_get(sinks, i);
-        if ((rc = expect_object(e, p, s)) || (rc = check_keys(e, p, s, skeys)))
-            return rc;
         struct soth_sink_cfg *sk = &c->events.sinks[c->events.n_sinks];
-        json_t *t = json_object_get(s, "type");
-        snprintf(pk, sizeof(pk), "%s.type", p);
-        if (t == NULL)
-            return fail(e, pk, "missing required key");
-        bool ok = false;
-        for (int k = 0; k < SOTH_SINK_COUNT && json_is_string(t); k++) {
-            if (strcmp(json_string_value(t), soth_sink_type_names[k]) == 0) {
-                sk->type = (enum soth_sink_type)k;
-                ok = true;
-            }
-        }
-        if (!ok) {
-            char b[64];
-            json_brief(t, b, sizeof(b));
-            return fail(e, pk, "expected \"jsonl\" or \"uds\", got %s", b);
-        }
-        json_t *pa = json_object_get(s, "path");
-        snprintf(pk, sizeof(pk), "%s.path", p);
-        if (pa == NULL)
-            return fail(e, pk, "missing required key");
-        if (!json_is_string(pa) || json_string_length(pa) == 0) {
-            char b[64];
-            json_brief(pa, b, sizeof(b));
-            return fail(e, pk, "expected a non-empty string, got %s", b);
-        }
-        if (sk->type == SOTH_SINK_UDS && json_string_length(pa) >= 108)
-            return fail(e, pk, "Unix socket path longer than 107 bytes");
-        sk->path = sdup(e, json_string_value(pa));
-        c->events.n_sinks++;
+        rc = load_sink(e, p, json_array_get(sinks, i), sk);
+        c->events.n_sinks++; /* counted even when half-loaded: free releases what is set */
+        if (rc)
+            return rc;
     }
     return 0;
 }
@@ -1464,6 +1661,7 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, tls, "ca_rotate_after_days", json_integer(c->tls.ca_rotate_after_days));
     put(&ok, tls, "upstream_verify", json_boolean(c->tls.upstream_verify));
     put(&ok, tls, "upstream_ca_file", str_or_null(c->tls.upstream_ca_file));
+    put(&ok, tls, "keylog_file", str_or_null(c->tls.keylog_file));
     json_t *learn = json_object();
     put(&ok, learn, "enabled", json_boolean(c->tls.learning.enabled));
     put(&ok, learn, "failure_threshold", json_integer(c->tls.learning.failure_threshold));
@@ -1477,9 +1675,26 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, ev, "ws_turn_idle_ms", json_integer(c->events.ws_turn_idle_ms));
     json_t *sinks = json_array();
     for (size_t i = 0; i < c->events.n_sinks; i++) {
+        const struct soth_sink_cfg *sk = &c->events.sinks[i];
         json_t *s = json_object();
-        put(&ok, s, "type", json_string(soth_sink_type_names[c->events.sinks[i].type]));
-        put(&ok, s, "path", json_string(c->events.sinks[i].path));
+        put(&ok, s, "type", json_string(soth_sink_type_names[sk->type]));
+        if (sk->type != SOTH_SINK_NATS) {
+            put(&ok, s, "path", json_string(sk->path));
+            push(&ok, sinks, s);
+            continue;
+        }
+        put(&ok, s, "url", json_string(sk->url));
+        put(&ok, s, "subject", json_string(sk->subject));
+        put(&ok, s, "stream", json_string(sk->stream));
+        put(&ok, s, "format", json_string("event"));
+        put(&ok, s, "max_pending_mb", json_integer(sk->max_pending_mb));
+        put(&ok, s, "tls_ca_file", str_or_null(sk->tls_ca_file));
+        put(&ok, s, "tls_cert_file", str_or_null(sk->tls_cert_file));
+        put(&ok, s, "tls_key_file", str_or_null(sk->tls_key_file));
+        put(&ok, s, "creds_file", str_or_null(sk->creds_file));
+        put(&ok, s, "user", str_or_null(sk->user));
+        /* The effective config is printed (--check-config): the password is not. */
+        put(&ok, s, "password", sk->password ? json_string("(set)") : json_null());
         push(&ok, sinks, s);
     }
     put(&ok, ev, "sinks", sinks);

@@ -49,6 +49,7 @@ flow has lost events (a seq gap, reported as events_dropped) or the ring lost it
 """
 import base64
 import binascii
+import re
 
 COMMON = ("v", "type", "gseq", "flow_id", "seq", "ts_ns", "worker", "client_addr",
           "server_host", "server_port", "protocol")
@@ -69,6 +70,8 @@ TLS_HTTP = TLS_EVENTS | HTTP_EVENTS
 DEFAULT_BODY_CAPTURE = 4096  # events.body_capture_bytes default (docs/config.md)
 
 SIDES = {"client", "upstream"}
+JA4_RE = re.compile(r"^[tqd][0-9sd][0-9][di][0-9]{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$")
+JA4S_RE = re.compile(r"^[tqd][0-9sd][0-9][0-9]{2}[0-9A-Za-z]{2}_[0-9a-f]{4}_[0-9a-f]{12}$")
 DIRECTIONS = {"client_to_server", "server_to_client"}
 OUTCOMES = {"complete", "client_aborted", "upstream_aborted", "reset", "timeout"}
 CLOSE_REASONS = {"blocked", "parse_failed", "upstream_connect_failed", "tls_failed",
@@ -154,6 +157,12 @@ def _check_schema(ev):
     t = ev["type"]
     if t not in SCHEMA:
         _fail("unknown event type", ev)
+    # Fingerprints (docs/tls.md, "Fingerprints"): optional, each only on its side.
+    for ft, fname, side, rx in (("tls_handshake_started", "ja4", "client", JA4_RE),
+                                ("tls_handshake_succeeded", "ja4s", "upstream", JA4S_RE)):
+        if t == ft and fname in ev and (ev["side"] != side or not isinstance(ev[fname], str)
+                                        or not rx.match(ev[fname])):
+            _fail(f"{t}.{fname} must be a fingerprint on side {side}", ev)
     for name, kind in SCHEMA[t].items():
         if name not in ev:
             _fail(f"{t} lacks field {name}", ev)

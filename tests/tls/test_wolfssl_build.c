@@ -41,6 +41,16 @@ Test(wolfssl_build, compiled_without_renegotiation)
 #endif
 }
 
+/* The key log (docs/tls.md, "Key log") needs the TLS 1.3 secret callback and the exporter
+ * secret (docs/dependencies.md). */
+Test(wolfssl_build, compiled_with_key_log_support)
+{
+#if !defined(HAVE_SECRET_CALLBACK) || !defined(HAVE_KEYING_MATERIAL)
+    cr_assert_fail("wolfSSL built without HAVE_SECRET_CALLBACK / HAVE_KEYING_MATERIAL: no key log "
+                   "(rebuild with ci/setup.sh)");
+#endif
+}
+
 Test(wolfssl_build, aes_gcm_runs_at_aesni_speed)
 {
     static unsigned char key[16], iv[12], tag[16];

@@ -247,6 +247,12 @@ void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_leg side, s
 void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_leg side,
                                      struct soth_iov tls_version, struct soth_iov cipher,
                                      struct soth_iov alpn);
+/** As above, with the client's JA4 / the origin's JA4S (SOTH_IOV_NULL: field omitted). */
+void soth_ev_tls_handshake_started_fp(struct soth_ev_flow *f, enum soth_leg side,
+                                      struct soth_iov sni, struct soth_iov ja4);
+void soth_ev_tls_handshake_succeeded_fp(struct soth_ev_flow *f, enum soth_leg side,
+                                        struct soth_iov tls_version, struct soth_iov cipher,
+                                        struct soth_iov alpn, struct soth_iov ja4s);
 void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_leg side,
                                   enum soth_tls_failure reason, struct soth_iov source,
                                   enum soth_tls_provider provider, struct soth_iov detail,

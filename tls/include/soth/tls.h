@@ -89,7 +89,9 @@ struct soth_tls_client_hello {
     size_t n_alpn;                           /* protocols kept (<= SOTH_TLS_MAX_ALPN) */
     bool alpn_truncated;                     /* the list had more than SOTH_TLS_MAX_ALPN */
     struct soth_iov alpn[SOTH_TLS_MAX_ALPN]; /* in the client's order */
-    size_t hello_len; /* the ClientHello handshake message length (header included) */
+    size_t hello_len;        /* the ClientHello handshake message length (header included) */
+    struct soth_iov ciphers; /* the cipher_suites vector's body (2 bytes per suite) */
+    struct soth_iov exts;    /* the extensions block's body ({NULL,0} without extensions) */
 };
 
 /**
@@ -120,6 +122,38 @@ ssize_t soth_tls_peek_client_hello(const void *buf, size_t len, struct soth_tls_
  */
 ssize_t soth_tls_parse_client_hello_msg(const void *msg, size_t len,
                                         struct soth_tls_client_hello *info);
+
+/* ---- key log (docs/tls.md, "Key log") */
+
+/**
+ * Start writing NSS key log lines (CLIENT_RANDOM for TLS 1.2; the handshake and traffic
+ * secrets for TLS 1.3) for both legs of every connection created from now on, to path
+ * (created 0600, appended to, made 0600 if it was wider). Process-wide: call before workers
+ * start. Returns 0, or negative with a one-line reason in err.
+ */
+int soth_tls_keylog_open(const char *path, char *err, size_t err_len);
+void soth_tls_keylog_close(void);
+bool soth_tls_keylog_enabled(void);
+
+/* ---- fingerprints (docs/tls.md, "Fingerprints") */
+
+#define SOTH_TLS_JA4_LEN  36 /* "t13d1516h2_8daaf6152771_e5627efa2ab1" */
+#define SOTH_TLS_JA4S_LEN 25 /* "t120400_c030_4e8089b08790" */
+
+/**
+ * The JA4 fingerprint of a ClientHello parsed by soth_tls_peek_client_hello() or
+ * soth_tls_parse_client_hello_msg() (the bytes its iovs point into still valid); quic picks
+ * the "q" prefix. Writes SOTH_TLS_JA4_LEN characters and a NUL into out (cap bytes). Returns
+ * SOTH_TLS_JA4_LEN, or SOTH_E_TOO_LARGE (cap, or more than 512 suites or extensions),
+ * SOTH_E_MALFORMED.
+ */
+int soth_tls_ja4(const struct soth_tls_client_hello *h, bool quic, char *out, size_t cap);
+/**
+ * The JA4S fingerprint of a ServerHello handshake message (msg: the 4-byte header and the
+ * body). Returns SOTH_TLS_JA4S_LEN (and out as soth_tls_ja4), or SOTH_E_INCOMPLETE,
+ * SOTH_E_MALFORMED, SOTH_E_TOO_LARGE.
+ */
+int soth_tls_ja4s_msg(const void *msg, size_t len, bool quic, char *out, size_t cap);
 
 /* ---- CA */
 
@@ -315,6 +349,9 @@ int soth_tls_conn_shutdown(struct soth_tls_conn *c);
 struct soth_iov soth_tls_conn_version(const struct soth_tls_conn *c);
 struct soth_iov soth_tls_conn_cipher(const struct soth_tls_conn *c);
 struct soth_iov soth_tls_conn_alpn(const struct soth_tls_conn *c);
+/** Upstream conns: the origin's JA4S, known once its ServerHello arrived ({NULL,0} before,
+ * on client conns, or for a ServerHello over 4 KiB). Lives as long as c. */
+struct soth_iov soth_tls_conn_ja4s(const struct soth_tls_conn *c);
 /** Whether the session was resumed (ticket). */
 bool soth_tls_conn_resumed(const struct soth_tls_conn *c);
 /** The leg the connection is on. */

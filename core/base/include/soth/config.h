@@ -26,7 +26,7 @@ enum soth_action {
     SOTH_ACTION_BLOCK,
     SOTH_ACTION_COUNT
 };
-enum soth_sink_type { SOTH_SINK_JSONL = 0, SOTH_SINK_UDS, SOTH_SINK_COUNT };
+enum soth_sink_type { SOTH_SINK_JSONL = 0, SOTH_SINK_UDS, SOTH_SINK_NATS, SOTH_SINK_COUNT };
 
 extern const char *const soth_mode_names[SOTH_MODE_COUNT];     /* "regular", ... */
 extern const char *const soth_action_names[SOTH_ACTION_COUNT]; /* "intercept", ... */
@@ -49,7 +49,15 @@ struct soth_rule {
 
 struct soth_sink_cfg {
     enum soth_sink_type type;
-    char *path;
+    char *path; /* jsonl, uds */
+    /* nats (docs/sinks.md): NULL strings are "not set" */
+    char *url;     /* one or more nats:// or tls:// URLs, comma-separated */
+    char *subject; /* events go to <subject>.<type> */
+    char *stream;  /* JetStream stream, created when missing */
+    uint32_t max_pending_mb;
+    char *tls_ca_file, *tls_cert_file, *tls_key_file; /* cert and key go together */
+    char *creds_file;                                 /* or user + password, not both */
+    char *user, *password;
 };
 
 struct soth_resolve_entry {
@@ -89,6 +97,7 @@ struct soth_config {
         uint32_t ca_rotate_after_days; /* 0 disables rotation */
         bool upstream_verify;
         char *upstream_ca_file;
+        char *keylog_file; /* NULL = none (SSLKEYLOGFILE applies then; docs/tls.md "Key log") */
         struct {
             bool enabled;
             uint32_t failure_threshold;

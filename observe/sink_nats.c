@@ -1,0 +1,1079 @@
+/*
+ * The NATS JetStream sink (docs/sinks.md).
+ *
+ * Two stages, so that the telemetry thread never waits on the network and what is dropped is
+ * known exactly:
+ *  - the queue: a byte ring the telemetry thread appends to (lock-free while there is room)
+ *    and the sink thread takes from. When it is full the telemetry thread drops the oldest
+ *    queued events under q_mu, which the sink thread also holds while it copies out of the
+ *    ring; these events were never handed to the server, so each one is missing from the
+ *    stream and counted once.
+ *  - in flight: events the sink thread published and the server has not acknowledged, in
+ *    gseq order (a byte area and a slot array owned by the sink thread). They are never
+ *    dropped: after a reconnect, an ack timeout or a temporary error they are all published
+ *    again, in order, with the same message id, and JetStream stores each id once.
+ * The in-flight area gets a quarter of max_pending_mb (at most 16 MiB), the queue the rest.
+ *
+ * libnats runs its own threads (socket reader, flusher, callbacks); its callbacks only record
+ * what happened (acks, a lost connection) and wake the sink thread, which makes every
+ * connection itself (see opts_setup).
+ */
+#include "sink_nats.h"
+
+#include <errno.h>
+#include <nats/nats.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "observe_int.h"
+
+#define Q_HDR          16u
+#define F_SLOTS        32768u /* events in flight at most (a power of two) */
+#define ACKQ_CAP       (2u * F_SLOTS)
+#define IDLE_MS        100
+#define ACK_TIMEOUT_MS 10000u       /* no ack this long on a live connection: re-send from there */
+#define RETRY_MS       500u         /* before the next stream check or after a temporary error */
+#define CONFLICT_MS    5000u        /* before checking a conflicting stream again */
+#define RECONNECT_MS   250u         /* between connection attempts */
+#define MOVE_BUDGET    (256u << 10) /* bytes copied out of the queue per hold of q_mu */
+#define BEHIND_LOG_MS  10000u       /* at most one "falling behind" line per this period */
+#define ACK_EVERY      64u          /* one event in this many asks for an ack (see publish) */
+#define MARK_MS        1u           /* a pause this long: ask for an ack of what was published */
+#define LINGER_MS      2            /* poll period after work, before a long sleep */
+#define LINGER_ROUNDS  500          /* polls (1 s) before that */
+
+struct qhdr {
+    uint32_t len; /* JSON bytes that follow (the record is padded to 8) */
+    uint16_t type;
+    uint16_t pad;
+    uint64_t gseq;
+};
+_Static_assert(sizeof(struct qhdr) == Q_HDR, "queue record header");
+
+enum slot_state { SLOT_QUEUED = 0, SLOT_SENT, SLOT_ACKED };
+
+struct slot {
+    uint64_t gseq;
+    uint64_t sent_ms;
+    uint32_t off, len; /* in the in-flight area */
+    uint32_t epoch;    /* disconnects seen when it was last published */
+    uint16_t type;
+    uint8_t state;     /* enum slot_state */
+    uint8_t published; /* handed to the server at least once (it may hold it) */
+};
+
+enum ack_result { ACK_OK = 0, ACK_RETRY, ACK_REFUSED };
+
+struct ack {
+    uint64_t gseq;
+    uint32_t epoch; /* disconnects seen when the ack arrived */
+    uint8_t result; /* enum ack_result */
+};
+
+struct nats_sink {
+    char name[40]; /* "events.sinks[N]" for log lines */
+    char *url_log; /* the URL without credentials */
+    char run_id[24];
+    char *stream;
+    char *subject;
+    char *subjects[SOTH_EV_TYPE_COUNT]; /* <subject>.<type> */
+    uint32_t max_pending_mb;
+    uint32_t drain_ms;
+
+    natsOptions *opts;
+    natsConnection *nc;
+    jsCtx *js;
+    jsOptions jso;
+
+    /* ---- the queue: telemetry thread -> sink thread */
+    char *q;
+    uint64_t q_cap;
+    pthread_mutex_t q_mu;
+    _Alignas(SOTH_CACHELINE) _Atomic uint64_t q_tail; /* written by the telemetry thread */
+    _Atomic uint64_t q_puts;                          /* events queued (telemetry thread) */
+    _Alignas(SOTH_CACHELINE) _Atomic uint64_t q_head; /* moved under q_mu */
+    _Atomic uint64_t q_takes;                         /* events taken or dropped (under q_mu) */
+    _Atomic uint64_t dropped;
+
+    /* ---- in flight: the sink thread only */
+    _Alignas(SOTH_CACHELINE) char *f;
+    uint32_t f_cap;
+    uint32_t fb_tail;       /* where the next event's bytes go */
+    struct slot *slots;     /* F_SLOTS */
+    uint64_t fh, fs, ft;    /* oldest unacknowledged, next to publish, next free */
+    _Atomic uint64_t f_len; /* ft - fh, for the pending gauge */
+
+    /* ---- acks: libnats threads -> sink thread */
+    pthread_mutex_t a_mu;
+    struct ack *acks, *acks_taken;
+    size_t n_acks;
+
+    /* ---- connection state: libnats callbacks -> sink thread */
+    _Atomic int up;                   /* cur_nc is connected */
+    _Atomic(natsConnection *) cur_nc; /* the connection the callbacks may report on */
+    _Atomic int live_conns;           /* connections whose closed callback has not run */
+    _Atomic uint32_t dis_epoch;       /* +1 on every disconnect */
+
+    /* ---- sink thread state */
+    bool ready;             /* connected and the stream checked on this connection */
+    uint64_t gen;           /* connections made so far */
+    uint64_t connect_at_ms; /* next connection attempt while there is none */
+    uint64_t check_at_ms;   /* next stream check */
+    uint64_t rewind_at_ms;  /* a temporary publish error: re-send from fh then (0 = none) */
+    uint32_t unmarked;      /* events published since the last one that asked for an ack */
+    uint64_t unmarked_ms;   /* when the first of them was published */
+    bool outage;
+    uint64_t outage_ms, outage_dropped;
+    uint64_t conflict_gen; /* connection on which a stream error was logged */
+    uint64_t behind_dropped, behind_ms;
+    uint64_t refused_logged;
+
+    int efd;
+    _Atomic int sleeping; /* in a long sleep: wake through efd */
+    _Atomic int kicked;   /* the queue filled up: efd written, not yet seen */
+    _Atomic int stop;
+    uint64_t stop_deadline_ms;
+    pthread_t thr;
+    bool started;
+};
+
+static uint64_t mono_ms(void)
+{
+    return soth_mono_ns() / 1000000u;
+}
+
+static uint64_t pad8(uint64_t n)
+{
+    return (n + 7u) & ~(uint64_t)7u;
+}
+
+/* ==========================================================================================
+ * the queue (byte ring; records may wrap around its end)
+ * ========================================================================================== */
+
+static void q_copy_in(struct nats_sink *ns, uint64_t pos, const void *src, size_t n)
+{
+    uint64_t off = pos % ns->q_cap;
+    size_t first = off + n > ns->q_cap ? (size_t)(ns->q_cap - off) : n;
+    memcpy(ns->q + off, src, first);
+    memcpy(ns->q, (const char *)src + first, n - first);
+}
+
+static void q_copy_out(const struct nats_sink *ns, uint64_t pos, void *dst, size_t n)
+{
+    uint64_t off = pos % ns->q_cap;
+    size_t first = off + n > ns->q_cap ? (size_t)(ns->q_cap - off) : n;
+    memcpy(dst, ns->q + off, first);
+    memcpy((char *)dst + first, ns->q, n - first);
+}
+
+static void sink_wake(struct nats_sink *ns)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&ns->sleeping, memory_order_seq_cst) &&
+        atomic_exchange_explicit(&ns->sleeping, 0, memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t n = write(ns->efd, &one, sizeof(one));
+        (void)n;
+    }
+}
+
+void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char *json, size_t len)
+{
+    uint64_t need = Q_HDR + pad8(len);
+    if (len > ns->f_cap || need > ns->q_cap) {
+        atomic_fetch_add_explicit(&ns->dropped, 1, memory_order_relaxed);
+        return;
+    }
+    uint64_t tail = atomic_load_explicit(&ns->q_tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&ns->q_head, memory_order_acquire);
+    if (tail + need - head > ns->q_cap) {
+        /* Full: drop the oldest queued events. The sink thread copies out only under q_mu. */
+        pthread_mutex_lock(&ns->q_mu);
+        head = atomic_load_explicit(&ns->q_head, memory_order_relaxed);
+        uint64_t n = 0;
+        while (tail + need - head > ns->q_cap) {
+            struct qhdr h;
+            q_copy_out(ns, head, &h, sizeof(h));
+            head += Q_HDR + pad8(h.len);
+            n++;
+        }
+        atomic_store_explicit(&ns->q_head, head, memory_order_release);
+        atomic_fetch_add_explicit(&ns->q_takes, n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ns->dropped, n, memory_order_relaxed);
+        pthread_mutex_unlock(&ns->q_mu);
+    }
+    struct qhdr h = {.len = (uint32_t)len, .type = (uint16_t)type, .gseq = gseq};
+    q_copy_in(ns, tail, &h, sizeof(h));
+    q_copy_in(ns, tail + Q_HDR, json, len);
+    atomic_store_explicit(&ns->q_tail, tail + need, memory_order_release);
+    atomic_store_explicit(&ns->q_puts, atomic_load_explicit(&ns->q_puts, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+void nats_sink_kick(struct nats_sink *ns)
+{
+    uint64_t fill = atomic_load_explicit(&ns->q_tail, memory_order_relaxed) -
+                    atomic_load_explicit(&ns->q_head, memory_order_relaxed);
+    if (fill > ns->q_cap / 4 && !atomic_exchange_explicit(&ns->kicked, 1, memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t n = write(ns->efd, &one, sizeof(one));
+        (void)n;
+        return;
+    }
+    sink_wake(ns);
+}
+
+uint64_t nats_sink_dropped(const struct nats_sink *ns)
+{
+    return atomic_load_explicit(&ns->dropped, memory_order_relaxed);
+}
+
+static uint64_t queued(const struct nats_sink *ns)
+{
+    uint64_t takes = atomic_load_explicit(&ns->q_takes, memory_order_relaxed);
+    uint64_t puts = atomic_load_explicit(&ns->q_puts, memory_order_relaxed);
+    return puts > takes ? puts - takes : 0;
+}
+
+uint64_t nats_sink_pending(const struct nats_sink *ns)
+{
+    return queued(ns) + atomic_load_explicit(&ns->f_len, memory_order_relaxed);
+}
+
+/* ==========================================================================================
+ * in flight
+ * ========================================================================================== */
+
+static struct slot *slot_at(struct nats_sink *ns, uint64_t i)
+{
+    return &ns->slots[i & (F_SLOTS - 1)];
+}
+
+/** Room for n bytes, contiguous, in the in-flight area: the offset, or -1. */
+static int64_t f_alloc(struct nats_sink *ns, uint32_t n)
+{
+    if (ns->fh == ns->ft) {
+        ns->fb_tail = n;
+        return n <= ns->f_cap ? 0 : -1;
+    }
+    uint32_t head = slot_at(ns, ns->fh)->off;
+    uint32_t off;
+    /* Strict inequalities: a non-empty area never has fb_tail == head. */
+    if (ns->fb_tail > head) {
+        if (ns->f_cap - ns->fb_tail >= n)
+            off = ns->fb_tail;
+        else if (head > n)
+            off = 0;
+        else
+            return -1;
+    } else {
+        if (head - ns->fb_tail > n)
+            off = ns->fb_tail;
+        else
+            return -1;
+    }
+    ns->fb_tail = off + n;
+    return off;
+}
+
+/** Take queued events into the in-flight area while it has room (sink thread). */
+static size_t move_in(struct nats_sink *ns)
+{
+    if (ns->ft - ns->fh >= F_SLOTS)
+        return 0;
+    uint64_t tail = atomic_load_explicit(&ns->q_tail, memory_order_acquire);
+    if (atomic_load_explicit(&ns->q_head, memory_order_relaxed) == tail)
+        return 0;
+    size_t n = 0, bytes = 0;
+    pthread_mutex_lock(&ns->q_mu);
+    uint64_t head = atomic_load_explicit(&ns->q_head, memory_order_relaxed);
+    while (head < tail && ns->ft - ns->fh < F_SLOTS && bytes < MOVE_BUDGET) {
+        struct qhdr h;
+        q_copy_out(ns, head, &h, sizeof(h));
+        int64_t off = f_alloc(ns, h.len);
+        if (off < 0)
+            break;
+        q_copy_out(ns, head + Q_HDR, ns->f + off, h.len);
+        *slot_at(ns, ns->ft) =
+            (struct slot){.gseq = h.gseq, .off = (uint32_t)off, .len = h.len, .type = h.type};
+        ns->ft++;
+        head += Q_HDR + pad8(h.len);
+        bytes += h.len;
+        n++;
+    }
+    atomic_store_explicit(&ns->q_head, head, memory_order_release);
+    atomic_fetch_add_explicit(&ns->q_takes, n, memory_order_relaxed);
+    pthread_mutex_unlock(&ns->q_mu);
+    return n;
+}
+
+/** The slot holding gseq and its index, or NULL (slots are in gseq order). */
+static struct slot *slot_find(struct nats_sink *ns, uint64_t gseq, uint64_t *idx)
+{
+    uint64_t lo = ns->fh, hi = ns->ft;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        uint64_t g = slot_at(ns, mid)->gseq;
+        if (g == gseq) {
+            *idx = mid;
+            return slot_at(ns, mid);
+        }
+        if (g < gseq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static void advance_head(struct nats_sink *ns)
+{
+    while (ns->fh < ns->ft && slot_at(ns, ns->fh)->state == SLOT_ACKED)
+        ns->fh++;
+    if (ns->fs < ns->fh)
+        ns->fs = ns->fh;
+    atomic_store_explicit(&ns->f_len, ns->ft - ns->fh, memory_order_relaxed);
+}
+
+/* ==========================================================================================
+ * libnats callbacks (its threads)
+ * ========================================================================================== */
+
+static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    struct nats_sink *ns = closure;
+    const char *id = NULL;
+    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != NULL) {
+        const char *dash = strrchr(id, '-');
+        struct ack a = {.gseq = dash ? strtoull(dash + 1, NULL, 10) : 0,
+                        .epoch = atomic_load(&ns->dis_epoch)};
+        /* A JetStream API error (ErrCode) is the server refusing this message; anything else
+         * (a timeout, no responders while JetStream starts) is worth another try. */
+        a.result = pa != NULL ? ACK_OK : pae != NULL && pae->ErrCode != 0 ? ACK_REFUSED : ACK_RETRY;
+        pthread_mutex_lock(&ns->a_mu);
+        /* Full only when acks of an old connection pile up: the ack timeout re-sends. */
+        if (ns->n_acks < ACKQ_CAP)
+            ns->acks[ns->n_acks++] = a;
+        pthread_mutex_unlock(&ns->a_mu);
+        sink_wake(ns);
+    }
+    natsMsg_Destroy(msg);
+}
+
+/* The connection in use broke (libnats does not reconnect it: the sink thread connects anew). */
+static void on_lost(natsConnection *nc, void *closure)
+{
+    struct nats_sink *ns = closure;
+    /* A late callback of a connection already replaced: that object is still allocated until
+     * its callbacks ran, so no newer connection can have its address. */
+    if (nc != atomic_load(&ns->cur_nc))
+        return;
+    atomic_fetch_add(&ns->dis_epoch, 1);
+    atomic_store(&ns->up, 0);
+    sink_wake(ns);
+}
+
+/* A connection's last callback (libnats calls it once per connection made): until then the
+ * sink must stay allocated (nats_sink_free waits for it). */
+static void on_closed(natsConnection *nc, void *closure)
+{
+    struct nats_sink *ns = closure;
+    on_lost(nc, closure);
+    atomic_fetch_sub(&ns->live_conns, 1);
+}
+
+/* ==========================================================================================
+ * the stream
+ * ========================================================================================== */
+
+/** Does the subject pattern `pat` (NATS wildcards '*' and '>') match the subject `subj`? */
+static bool subject_matches(const char *pat, const char *subj)
+{
+    for (;;) {
+        const char *pe = strchr(pat, '.');
+        size_t pl = pe ? (size_t)(pe - pat) : strlen(pat);
+        if (pl == 1 && pat[0] == '>')
+            return pe == NULL && *subj != '\0';
+        const char *se = strchr(subj, '.');
+        size_t sl = se ? (size_t)(se - subj) : strlen(subj);
+        if (*subj == '\0')
+            return false;
+        if (!(pl == 1 && pat[0] == '*') && (pl != sl || memcmp(pat, subj, pl) != 0))
+            return false;
+        if (pe == NULL || se == NULL)
+            return pe == NULL && se == NULL;
+        pat = pe + 1;
+        subj = se + 1;
+    }
+}
+
+static const char *nats_err_text(natsStatus s)
+{
+    const char *t = nats_GetLastError(NULL);
+    return t != NULL && t[0] != '\0' ? t : natsStatus_GetText(s);
+}
+
+/**
+ * Check that the stream takes every subject we publish to, creating it when missing.
+ * 0; -1 a permanent problem (conflict, JetStream disabled); -2 worth retrying. err says why.
+ */
+static int stream_check(struct nats_sink *ns, char *err, size_t err_len)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, ns->js, ns->stream, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
+        char subj[512];
+        snprintf(subj, sizeof(subj), "%s.>", ns->subject);
+        const char *subjs[1] = {subj};
+        jsStreamConfig sc;
+        jsStreamConfig_Init(&sc);
+        sc.Name = ns->stream;
+        sc.Subjects = subjs;
+        sc.SubjectsLen = 1;
+        sc.Storage = js_FileStorage;
+        jerr = 0;
+        s = js_AddStream(&si, ns->js, &sc, NULL, &jerr);
+        if (s == NATS_OK) {
+            jsStreamInfo_Destroy(si);
+            SOTH_LOG(SOTH_LOG_INFO, -1, 0, "%s: nats: created JetStream stream %s (subjects %s)",
+                     ns->name, ns->stream, subj);
+            return 0;
+        }
+        if (jerr == JSStreamSubjectOverlapErr) {
+            snprintf(err, err_len,
+                     "%s: nats: cannot create JetStream stream %s: its subjects %s overlap with "
+                     "another stream (use that stream, or another subject)",
+                     ns->name, ns->stream, subj);
+            return -1;
+        }
+        snprintf(err, err_len, "%s: nats: cannot create JetStream stream %s: %s", ns->name,
+                 ns->stream, nats_err_text(s));
+        return s == NATS_TIMEOUT ? -2 : -1;
+    }
+    if (s != NATS_OK) {
+        if (s == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr ||
+            jerr == 10039 /* JetStream not enabled for account */) {
+            snprintf(err, err_len,
+                     "%s: nats: JetStream is not enabled on %s (start nats-server with -js)",
+                     ns->name, ns->url_log);
+            return s == NATS_NO_RESPONDERS ? -3 : -1;
+        }
+        snprintf(err, err_len, "%s: nats: JetStream stream %s: %s", ns->name, ns->stream,
+                 nats_err_text(s));
+        return -2;
+    }
+    int rc = 0;
+    const jsStreamConfig *c = si->Config;
+    for (int t = 0; t < SOTH_EV_TYPE_COUNT && rc == 0; t++) {
+        bool taken = false;
+        for (int k = 0; c != NULL && k < c->SubjectsLen && !taken; k++)
+            taken = subject_matches(c->Subjects[k], ns->subjects[t]);
+        if (!taken) {
+            char list[256] = "";
+            size_t o = 0;
+            for (int k = 0; c != NULL && k < c->SubjectsLen && o < sizeof(list); k++)
+                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", k ? ", " : "",
+                                      c->Subjects[k]);
+            snprintf(err, err_len,
+                     "%s: nats: JetStream stream %s exists with subjects [%s], which do not take "
+                     "%s: use another stream, or add %s.> to its subjects",
+                     ns->name, ns->stream, list, ns->subjects[t], ns->subject);
+            rc = -1;
+        }
+    }
+    jsStreamInfo_Destroy(si);
+    return rc;
+}
+
+/** A fresh JetStream context (the old one's pending acks go with it), everything unacked to be
+ *  published again from the oldest. */
+static int js_rewind(struct nats_sink *ns)
+{
+    if (ns->js != NULL)
+        jsCtx_Destroy(ns->js);
+    ns->js = NULL;
+    natsStatus s = natsConnection_JetStream(&ns->js, ns->nc, &ns->jso);
+    if (s != NATS_OK) {
+        ns->js = NULL;
+        return -1;
+    }
+    for (uint64_t i = ns->fh; i < ns->ft; i++)
+        if (slot_at(ns, i)->state == SLOT_SENT)
+            slot_at(ns, i)->state = SLOT_QUEUED;
+    ns->fs = ns->fh;
+    ns->rewind_at_ms = 0;
+    ns->unmarked = 0;
+    return 0;
+}
+
+/* ==========================================================================================
+ * the sink thread
+ * ========================================================================================== */
+
+static void take_acks(struct nats_sink *ns, uint64_t now)
+{
+    pthread_mutex_lock(&ns->a_mu);
+    struct ack *a = ns->acks;
+    size_t n = ns->n_acks;
+    ns->acks = ns->acks_taken;
+    ns->acks_taken = a;
+    ns->n_acks = 0;
+    pthread_mutex_unlock(&ns->a_mu);
+    uint64_t refused = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t idx;
+        struct slot *sl = slot_find(ns, a[i].gseq, &idx);
+        if (sl == NULL || sl->state == SLOT_ACKED)
+            continue;
+        if (a[i].result != ACK_RETRY && a[i].epoch == sl->epoch) {
+            /*
+             * Everything published before a marker on the same connection was processed
+             * first. An ack that arrives after a disconnect may be for a marker libnats
+             * buffered and sent on the next connection, while those before it were lost with
+             * the old one: it covers only the marker (the rest is re-sent).
+             */
+            for (uint64_t k = ns->fh; k < idx; k++)
+                if (slot_at(ns, k)->state == SLOT_SENT)
+                    slot_at(ns, k)->state = SLOT_ACKED;
+        }
+        switch (a[i].result) {
+        case ACK_OK:
+            sl->state = SLOT_ACKED;
+            break;
+        case ACK_REFUSED:
+            sl->state = SLOT_ACKED;
+            refused++;
+            break;
+        default:
+            if (sl->state == SLOT_SENT && ns->rewind_at_ms == 0)
+                ns->rewind_at_ms = now + RETRY_MS;
+            break;
+        }
+    }
+    if (refused > 0) {
+        atomic_fetch_add_explicit(&ns->dropped, refused, memory_order_relaxed);
+        if (ns->refused_logged++ == 0)
+            SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+                     "%s: nats: the server refused %llu events (counted as dropped; this line "
+                     "is logged once)",
+                     ns->name, (unsigned long long)refused);
+    }
+    advance_head(ns);
+}
+
+static void outage_begin(struct nats_sink *ns, uint64_t now)
+{
+    if (ns->outage)
+        return;
+    ns->outage = true;
+    ns->outage_ms = now;
+    ns->outage_dropped = nats_sink_dropped(ns);
+    SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+             "%s: nats: connection to %s lost; keeping up to %u MB of events (%llu pending) "
+             "until it is back",
+             ns->name, ns->url_log, ns->max_pending_mb, (unsigned long long)nats_sink_pending(ns));
+}
+
+static void outage_end(struct nats_sink *ns, uint64_t now)
+{
+    if (!ns->outage)
+        return;
+    ns->outage = false;
+    SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+             "%s: nats: connected to %s after %.1f s: re-sending %llu pending events; %llu "
+             "dropped during the outage",
+             ns->name, ns->url_log, (double)(now - ns->outage_ms) / 1000.0,
+             (unsigned long long)nats_sink_pending(ns),
+             (unsigned long long)(nats_sink_dropped(ns) - ns->outage_dropped));
+}
+
+static void conn_drop(struct nats_sink *ns)
+{
+    if (ns->js != NULL)
+        jsCtx_Destroy(ns->js);
+    ns->js = NULL;
+    if (ns->nc != NULL) {
+        atomic_store(&ns->cur_nc, NULL);
+        natsConnection_Close(ns->nc);
+        natsConnection_Destroy(ns->nc);
+    }
+    ns->nc = NULL;
+    atomic_store(&ns->up, 0);
+    ns->ready = false;
+}
+
+/** One connection attempt (blocks up to the connect timeout): NATS_OK or why not. */
+static natsStatus conn_open(struct nats_sink *ns)
+{
+    natsConnection *nc = NULL;
+    natsStatus s = natsConnection_Connect(&nc, ns->opts);
+    if (s != NATS_OK)
+        return s;
+    atomic_fetch_add(&ns->live_conns, 1);
+    ns->nc = nc;
+    ns->gen++;
+    atomic_store(&ns->up, 1);
+    atomic_store(&ns->cur_nc, nc);
+    /* It may have broken before cur_nc named it (its callback was ignored then). */
+    if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED)
+        atomic_store(&ns->up, 0);
+    return NATS_OK;
+}
+
+/**
+ * Follow the connection: the outage lines; when it breaks, a new one (the stream checked, then
+ * everything unacknowledged published again).
+ */
+static void conn_step(struct nats_sink *ns, uint64_t now)
+{
+    if (ns->nc != NULL && !atomic_load(&ns->up)) {
+        outage_begin(ns, now);
+        conn_drop(ns);
+        ns->connect_at_ms = now + RECONNECT_MS;
+    }
+    if (ns->nc == NULL) {
+        if (now < ns->connect_at_ms)
+            return;
+        outage_begin(ns, now);
+        if (conn_open(ns) != NATS_OK) {
+            ns->connect_at_ms = mono_ms() + RECONNECT_MS;
+            return;
+        }
+        ns->check_at_ms = 0;
+    }
+    if (ns->ready || now < ns->check_at_ms)
+        return;
+    char err[512];
+    int rc = js_rewind(ns) < 0 ? -2 : stream_check(ns, err, sizeof(err));
+    if (rc == 0) {
+        ns->ready = true;
+        outage_end(ns, mono_ms());
+        return;
+    }
+    if (rc == -1 && ns->conflict_gen != ns->gen) {
+        ns->conflict_gen = ns->gen;
+        SOTH_LOG(SOTH_LOG_ERROR, -1, 0, "%s (events are kept, within max_pending_mb)", err);
+    }
+    ns->check_at_ms = now + (rc == -1 ? CONFLICT_MS : RETRY_MS);
+}
+
+/**
+ * Publish one event. A marker asks JetStream for an ack (a reply subject, js_PublishMsgAsync);
+ * the others are plain publishes that the stream stores without answering.
+ */
+static int publish_one(struct nats_sink *ns, const struct slot *sl, bool marker)
+{
+    char id[64];
+    snprintf(id, sizeof(id), "%s-%llu", ns->run_id, (unsigned long long)sl->gseq);
+    natsMsg *m = NULL;
+    natsStatus s = natsMsg_Create(&m, ns->subjects[sl->type], NULL, ns->f + sl->off, (int)sl->len);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
+    if (s == NATS_OK)
+        s = marker ? js_PublishMsgAsync(ns->js, &m, NULL) : natsConnection_PublishMsg(ns->nc, m);
+    natsMsg_Destroy(m); /* NULL when js_PublishMsgAsync took it */
+    return s == NATS_OK ? 0 : -1;
+}
+
+/**
+ * Publish what is queued in flight. Returns how many.
+ *
+ * Acks are asked for on every ACK_EVERY-th event and, once publishing pauses for MARK_MS, on the
+ * newest one (published again: the stream keeps the first copy and acks the second as a
+ * duplicate). A stream stores the messages of one connection in the order they arrive, so the
+ * ack of a marker stands for every event published before it on that connection: one ack
+ * message per ACK_EVERY events instead of one per event (docs/sinks.md, "Cost").
+ */
+static size_t publish(struct nats_sink *ns, uint64_t now)
+{
+    size_t n = 0;
+    uint32_t epoch = atomic_load(&ns->dis_epoch);
+    while (ns->fs < ns->ft) {
+        struct slot *sl = slot_at(ns, ns->fs);
+        if (sl->state == SLOT_ACKED) {
+            ns->fs++;
+            continue;
+        }
+        /* Nothing goes into libnats' reconnect buffer (see opts_setup). */
+        if (natsConnection_Status(ns->nc) != NATS_CONN_STATUS_CONNECTED)
+            break;
+        bool marker = ns->unmarked + 1 >= ACK_EVERY;
+        if (publish_one(ns, sl, marker) < 0) {
+            /* The connection is going or gone (its callback follows), or libnats' own
+             * buffer is full: try again shortly, from the oldest unacknowledged event. */
+            if (ns->rewind_at_ms == 0)
+                ns->rewind_at_ms = now + RETRY_MS;
+            return n;
+        }
+        sl->state = SLOT_SENT;
+        sl->published = 1;
+        sl->sent_ms = now;
+        sl->epoch = epoch;
+        ns->fs++;
+        n++;
+        if (marker)
+            ns->unmarked = 0;
+        else if (ns->unmarked++ == 0)
+            ns->unmarked_ms = now;
+    }
+    if (ns->unmarked > 0 && now - ns->unmarked_ms >= MARK_MS && ns->fs > ns->fh &&
+        natsConnection_Status(ns->nc) == NATS_CONN_STATUS_CONNECTED) {
+        struct slot *last = slot_at(ns, ns->fs - 1);
+        if (last->state != SLOT_SENT || publish_one(ns, last, true) == 0) {
+            last->epoch = epoch;
+            ns->unmarked = 0;
+        }
+    }
+    return n;
+}
+
+static void check_stuck(struct nats_sink *ns, uint64_t now)
+{
+    if (ns->rewind_at_ms != 0 && now >= ns->rewind_at_ms) {
+        js_rewind(ns);
+        return;
+    }
+    if (ns->fh < ns->fs && slot_at(ns, ns->fh)->state == SLOT_SENT &&
+        now - slot_at(ns, ns->fh)->sent_ms > ACK_TIMEOUT_MS) {
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+                 "%s: nats: no ack for %u s; re-sending %llu unacknowledged events", ns->name,
+                 ACK_TIMEOUT_MS / 1000, (unsigned long long)(ns->fs - ns->fh));
+        js_rewind(ns);
+    }
+}
+
+static void behind_step(struct nats_sink *ns, uint64_t now)
+{
+    uint64_t d = nats_sink_dropped(ns);
+    if (ns->outage || d == ns->behind_dropped || now - ns->behind_ms < BEHIND_LOG_MS)
+        return;
+    SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+             "%s: nats: falling behind the events: %llu dropped (oldest first) since the last "
+             "such line",
+             ns->name, (unsigned long long)(d - ns->behind_dropped));
+    ns->behind_dropped = d;
+    ns->behind_ms = now;
+}
+
+static bool all_done(struct nats_sink *ns)
+{
+    return ns->fh == ns->ft && atomic_load_explicit(&ns->q_head, memory_order_relaxed) ==
+                                   atomic_load_explicit(&ns->q_tail, memory_order_acquire);
+}
+
+static void *nats_main(void *arg)
+{
+    struct nats_sink *ns = arg;
+    pthread_setname_np(pthread_self(), "soth-nats");
+    unsigned idle = 0;
+    for (;;) {
+        uint64_t now = mono_ms();
+        take_acks(ns, now);
+        conn_step(ns, now);
+        size_t work = 0;
+        if (ns->ready) {
+            check_stuck(ns, now);
+            work += move_in(ns);
+            work += publish(ns, now);
+        }
+        behind_step(ns, now);
+        if (atomic_load_explicit(&ns->stop, memory_order_acquire)) {
+            if (all_done(ns) || now >= ns->stop_deadline_ms)
+                break;
+        }
+        if (work > 0) {
+            idle = 0;
+            continue;
+        }
+        /*
+         * Linger before announcing sleep, as the telemetry thread does (telemetry.c): under
+         * steady traffic the telemetry thread then never pays an eventfd write per batch, and
+         * each wake-up here publishes a batch big enough that libnats writes it with one
+         * syscall. Events wait at most LINGER_MS more; a queue filling up still wakes us.
+         */
+        if (idle < LINGER_ROUNDS) {
+            idle++;
+            struct pollfd pfd = {.fd = ns->efd, .events = POLLIN};
+            if (poll(&pfd, 1, LINGER_MS) > 0) {
+                uint64_t v;
+                ssize_t r = read(ns->efd, &v, sizeof(v));
+                (void)r;
+            }
+            atomic_store_explicit(&ns->kicked, 0, memory_order_relaxed);
+            continue;
+        }
+        /* Dekker with sink_wake: announce, then look for work once more. */
+        atomic_store_explicit(&ns->sleeping, 1, memory_order_seq_cst);
+        pthread_mutex_lock(&ns->a_mu);
+        bool acks = ns->n_acks > 0;
+        pthread_mutex_unlock(&ns->a_mu);
+        bool more = ns->ready && ns->ft - ns->fh < F_SLOTS &&
+                    atomic_load_explicit(&ns->q_head, memory_order_relaxed) !=
+                        atomic_load_explicit(&ns->q_tail, memory_order_seq_cst);
+        if (!acks && !more) {
+            struct pollfd pfd = {.fd = ns->efd, .events = POLLIN};
+            poll(&pfd, 1, ns->unmarked > 0 ? (int)MARK_MS : IDLE_MS);
+            uint64_t v;
+            ssize_t r = read(ns->efd, &v, sizeof(v));
+            (void)r;
+        }
+        atomic_store_explicit(&ns->sleeping, 0, memory_order_relaxed);
+    }
+    /* Never published: missing from the stream for sure, counted. Published and not
+     * acknowledged: the server may have stored them; logged, not counted (docs/sinks.md). */
+    uint64_t left = queued(ns), unacked = 0;
+    for (uint64_t i = ns->fh; i < ns->ft; i++) {
+        const struct slot *sl = slot_at(ns, i);
+        if (!sl->published)
+            left++;
+        else if (sl->state != SLOT_ACKED)
+            unacked++;
+    }
+    if (left > 0 || unacked > 0) {
+        atomic_fetch_add_explicit(&ns->dropped, left, memory_order_relaxed);
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+                 "%s: nats: stopping with %llu events never published (counted as dropped) and "
+                 "%llu published but not acknowledged by %s",
+                 ns->name, (unsigned long long)left, (unsigned long long)unacked, ns->url_log);
+    }
+    return NULL;
+}
+
+/* ==========================================================================================
+ * set-up and teardown
+ * ========================================================================================== */
+
+/** The URL list with any user:password@ removed (for log lines). */
+static char *url_redacted(const char *url)
+{
+    size_t n = strlen(url);
+    char *out = malloc(n + 1);
+    if (out == NULL)
+        return NULL;
+    size_t o = 0;
+    for (const char *u = url; *u;) {
+        const char *comma = strchr(u, ',');
+        const char *end = comma ? comma : u + strlen(u);
+        const char *scheme = strstr(u, "://");
+        const char *at = memchr(u, '@', (size_t)(end - u));
+        if (scheme != NULL && scheme < end && at != NULL) {
+            memcpy(out + o, u, (size_t)(scheme + 3 - u));
+            o += (size_t)(scheme + 3 - u);
+            u = at + 1;
+        }
+        memcpy(out + o, u, (size_t)(end - u));
+        o += (size_t)(end - u);
+        if (comma == NULL)
+            break;
+        out[o++] = ',';
+        u = comma + 1;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static int opts_setup(struct nats_sink *ns, const struct soth_sink_cfg *cfg, char *err,
+                      size_t err_len)
+{
+    natsOptions *o = NULL;
+    natsStatus s = natsOptions_Create(&o);
+    ns->opts = o;
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(o, cfg->url);
+    const char *what = "url";
+    if (s == NATS_OK)
+        s = natsOptions_SetName(o, "soth-mitm");
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(o, 2000);
+    /*
+     * No reconnect inside libnats: it would keep what is published while it reconnects and
+     * send it first on the new connection, ahead of older events lost with the old one, and
+     * their re-send would land after it (gseq order per subject). The sink thread makes a new
+     * connection instead; a broken one refuses every publish.
+     */
+    if (s == NATS_OK)
+        s = natsOptions_SetAllowReconnect(o, false);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(o, on_lost, ns);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(o, on_closed, ns);
+    if (s == NATS_OK && cfg->tls_ca_file != NULL) {
+        what = "tls_ca_file";
+        s = natsOptions_SetSecure(o, true);
+        if (s == NATS_OK)
+            s = natsOptions_LoadCATrustedCertificates(o, cfg->tls_ca_file);
+    }
+    if (s == NATS_OK && cfg->tls_cert_file != NULL) {
+        what = "tls_cert_file";
+        s = natsOptions_SetSecure(o, true);
+        if (s == NATS_OK)
+            s = natsOptions_LoadCertificatesChain(o, cfg->tls_cert_file, cfg->tls_key_file);
+    }
+    if (s == NATS_OK && cfg->creds_file != NULL) {
+        what = "creds_file";
+        s = natsOptions_SetUserCredentialsFromFiles(o, cfg->creds_file, NULL);
+    }
+    if (s == NATS_OK && cfg->user != NULL) {
+        what = "user";
+        s = natsOptions_SetUserInfo(o, cfg->user, cfg->password);
+    }
+    if (s != NATS_OK) {
+        snprintf(err, err_len, "%s.%s: nats: %s", ns->name, what, nats_err_text(s));
+        return -1;
+    }
+    jsOptions_Init(&ns->jso);
+    ns->jso.PublishAsync.AckHandler = on_ack;
+    ns->jso.PublishAsync.AckHandlerClosure = ns;
+    /* The sink bounds what is in flight itself (F_SLOTS); libnats never stalls a publish. */
+    ns->jso.PublishAsync.MaxPending = 0;
+    return 0;
+}
+
+struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index, const char *run_id,
+                                uint32_t drain_ms, char *err, size_t err_len)
+{
+    struct nats_sink *ns = aligned_alloc(SOTH_CACHELINE, sizeof(*ns));
+    if (ns == NULL) {
+        snprintf(err, err_len, "out of memory");
+        return NULL;
+    }
+    memset(ns, 0, sizeof(*ns));
+    ns->efd = -1;
+    pthread_mutex_init(&ns->q_mu, NULL);
+    pthread_mutex_init(&ns->a_mu, NULL);
+    snprintf(ns->name, sizeof(ns->name), "events.sinks[%u]", index);
+    snprintf(ns->run_id, sizeof(ns->run_id), "%s", run_id);
+    ns->max_pending_mb = cfg->max_pending_mb;
+    ns->drain_ms = drain_ms;
+    ns->stream = strdup(cfg->stream);
+    ns->subject = strdup(cfg->subject);
+    ns->url_log = url_redacted(cfg->url);
+    uint64_t total = (uint64_t)cfg->max_pending_mb << 20;
+    ns->f_cap = (uint32_t)(total / 4 > (16u << 20) ? (16u << 20) : total / 4);
+    ns->q_cap = total - ns->f_cap;
+    /* Touched now: no page faults on the telemetry thread as the queue laps (as the ring
+     * file, telemetry.c); max_pending_mb is memory this sink holds for good. */
+    ns->q = mmap(NULL, ns->q_cap, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    ns->f = mmap(NULL, ns->f_cap, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (ns->q == MAP_FAILED)
+        ns->q = NULL;
+    if (ns->f == MAP_FAILED)
+        ns->f = NULL;
+    ns->slots = calloc(F_SLOTS, sizeof(*ns->slots));
+    ns->acks = calloc(ACKQ_CAP, sizeof(*ns->acks));
+    ns->acks_taken = calloc(ACKQ_CAP, sizeof(*ns->acks_taken));
+    ns->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    bool ok = ns->stream && ns->subject && ns->url_log && ns->q && ns->f && ns->slots && ns->acks &&
+              ns->acks_taken && ns->efd >= 0;
+    for (int t = 0; t < SOTH_EV_TYPE_COUNT && ok; t++) {
+        size_t n = strlen(cfg->subject) + strlen(soth_ev_type_names[t]) + 2;
+        ns->subjects[t] = malloc(n);
+        ok = ns->subjects[t] != NULL;
+        if (ok)
+            snprintf(ns->subjects[t], n, "%s.%s", cfg->subject, soth_ev_type_names[t]);
+    }
+    if (!ok) {
+        snprintf(err, err_len, "%s: nats: out of memory", ns->name);
+        goto fail;
+    }
+    if (opts_setup(ns, cfg, err, err_len) < 0)
+        goto fail;
+    natsStatus s = conn_open(ns);
+    if (s == NATS_NO_SERVER || s == NATS_TIMEOUT || s == NATS_IO_ERROR) {
+        /* Not an error: the proxy serves and the sink connects when the server is there. */
+        ns->outage = true;
+        ns->outage_ms = mono_ms();
+        ns->connect_at_ms = ns->outage_ms + RECONNECT_MS;
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+                 "%s: nats: %s unreachable (%s); connecting in the background, keeping up to "
+                 "%u MB of events meanwhile",
+                 ns->name, ns->url_log, nats_err_text(s), ns->max_pending_mb);
+    } else if (s != NATS_OK) {
+        snprintf(err, err_len, "%s: nats: %s: %s", ns->name, ns->url_log, nats_err_text(s));
+        goto fail;
+    } else {
+        int rc = js_rewind(ns) < 0 ? -2 : stream_check(ns, err, err_len);
+        if (rc == -1 || rc == -3)
+            goto fail;
+        if (rc == -2)
+            SOTH_LOG(SOTH_LOG_WARN, -1, 0, "%s (retrying in the background)", err);
+        ns->ready = rc == 0;
+        if (rc != 0)
+            ns->check_at_ms = mono_ms() + RETRY_MS;
+    }
+    SOTH_LOG(SOTH_LOG_INFO, -1, 0,
+             "%s: nats: publishing to JetStream stream %s, subjects %s.<type>, message ids "
+             "%s-<gseq>",
+             ns->name, ns->stream, ns->subject, ns->run_id);
+    return ns;
+fail:
+    nats_sink_free(ns);
+    return NULL;
+}
+
+int nats_sink_start(struct nats_sink *ns)
+{
+    int rc = pthread_create(&ns->thr, NULL, nats_main, ns);
+    if (rc != 0)
+        return -rc;
+    ns->started = true;
+    return 0;
+}
+
+void nats_sink_stop(struct nats_sink *ns)
+{
+    if (ns == NULL || !ns->started)
+        return;
+    ns->stop_deadline_ms = mono_ms() + ns->drain_ms;
+    atomic_store_explicit(&ns->stop, 1, memory_order_release);
+    uint64_t one = 1;
+    ssize_t n = write(ns->efd, &one, sizeof(one));
+    (void)n;
+    pthread_join(ns->thr, NULL);
+    ns->started = false;
+}
+
+void nats_sink_free(struct nats_sink *ns)
+{
+    if (ns == NULL)
+        return;
+    nats_sink_stop(ns);
+    conn_drop(ns);
+    /* libnats delivers the closed callback on a thread of its own, after Close returned. */
+    for (int i = 0; i < 1000 && atomic_load(&ns->live_conns) > 0; i++)
+        usleep(10000);
+    if (atomic_load(&ns->live_conns) > 0) {
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0, "%s: nats: the client library did not close in 10 s",
+                 ns->name);
+        return; /* its callbacks may still use ns: keep it */
+    }
+    natsOptions_Destroy(ns->opts);
+    for (int t = 0; t < SOTH_EV_TYPE_COUNT; t++)
+        free(ns->subjects[t]);
+    if (ns->q != NULL)
+        munmap(ns->q, ns->q_cap);
+    if (ns->f != NULL)
+        munmap(ns->f, ns->f_cap);
+    free(ns->slots);
+    free(ns->acks);
+    free(ns->acks_taken);
+    free(ns->stream);
+    free(ns->subject);
+    free(ns->url_log);
+    if (ns->efd >= 0)
+        close(ns->efd);
+    pthread_mutex_destroy(&ns->q_mu);
+    pthread_mutex_destroy(&ns->a_mu);
+    free(ns);
+}

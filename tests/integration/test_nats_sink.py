@@ -1,0 +1,436 @@
+"""The NATS JetStream sink (docs/sinks.md) against a real nats-server on loopback.
+
+soth-mitm runs in reverse mode over plain HTTP in front of nginx; wrk drives small keep-alive
+exchanges through it (about four events each). The stream is read back with the nats-read
+helper (tests/integration/nats_read.c): every gseq of the run must be there exactly once, as
+the message id <run id>-<gseq>, in gseq order per subject.
+
+SOTH_NATS_EVENTS sets how many events the load test produces (default 50,000; the long lane
+runs 1,000,000: `SOTH_NATS_EVENTS=1000000 ctest -R integration_nats_sink`).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+from harness import BUILD, PROXY_BIN, free_port
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+NATS_READ = os.path.join(BUILD, "nats-read")
+NGINX = "/usr/sbin/nginx"
+WRK = "/usr/bin/wrk"
+EVENTS = int(os.environ.get("SOTH_NATS_EVENTS", "50000"))
+READY_RE = re.compile(r"soth-mitm: listening on \S+:(\d+) ")
+ID_RE = re.compile(r"^([0-9a-f]{16})-(\d+)$")
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class NatsServer:
+    """nats-server -js on a loopback port with its store in a temp dir (kept across restarts)."""
+
+    def __init__(self, tmp, port=None, jetstream=True):
+        self.port = port or free_port()
+        self.store = os.path.join(tmp, "nats-store")
+        self.log = os.path.join(tmp, "nats.log")
+        self.jetstream = jetstream
+        self.proc = None
+        self.start()
+
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self):
+        args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.jetstream:
+            args += ["-js", "-sd", self.store]
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        assert wait_port(self.port), "nats-server did not start"
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Nginx:
+    """nginx serving a 16-byte /s over plain HTTP/1.1, keep-alive without a request limit."""
+
+    def __init__(self, tmp):
+        d = os.path.join(tmp, "nginx")
+        os.makedirs(os.path.join(d, "www"))
+        with open(os.path.join(d, "www", "s"), "w") as f:
+            f.write("0123456789abcdef")
+        self.port = free_port()
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/t_body;
+    proxy_temp_path {d}/t_proxy;
+    fastcgi_temp_path {d}/t_fcgi;
+    uwsgi_temp_path {d}/t_uwsgi;
+    scgi_temp_path {d}/t_scgi;
+    keepalive_requests 100000000;
+    server {{ listen 127.0.0.1:{self.port}; root {d}/www; }}
+}}
+""")
+        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
+                                      os.path.join(d, "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_port(self.port), "nginx did not start"
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Mitm:
+    """soth-mitm in reverse mode over plain HTTP, 1 worker, a NATS sink and metrics."""
+
+    def __init__(self, tmp, origin_port, sink):
+        self.tmp = tmp
+        self.metrics_port = free_port()
+        cfg = {"policy": {"default": "intercept"},
+               "timeouts": {"request_header_ms": 1000, "tls_handshake_ms": 1000},
+               "events": {"sinks": [dict({"type": "nats"}, **sink)]},
+               "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"}}
+        path = os.path.join(tmp, "mitm.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.err_path = os.path.join(tmp, "mitm.err")
+        self.err = open(self.err_path, "w")
+        self.proc = subprocess.Popen(
+            [PROXY_BIN, "--mode", f"reverse:http://127.0.0.1:{origin_port}", "--listen",
+             "127.0.0.1:0", "--workers", "1", "--config", path, "--event-ring",
+             os.path.join(tmp, "ev.ring"), "--ca-dir", os.path.join(tmp, "ca")],
+            stdout=subprocess.DEVNULL, stderr=self.err)
+        self.port = None
+        deadline = time.time() + 30
+        while time.time() < deadline and self.port is None:
+            m = READY_RE.search(self.log())
+            if m:
+                self.port = int(m.group(1))
+            elif self.proc.poll() is not None:
+                break
+            else:
+                time.sleep(0.05)
+        if self.port is None:
+            self.proc.kill()
+            raise AssertionError("proxy did not start: " + self.log())
+
+    def log(self):
+        with open(self.err_path) as f:
+            return f.read()
+
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = int(float(v))
+        return out
+
+    def written(self):
+        return self.metrics()["soth_events_written_total"]
+
+    def dropped(self):
+        return self.metrics()['soth_sink_dropped_total{sink="nats:0"}']
+
+    def pending(self):
+        return self.metrics()['soth_sink_pending{sink="nats:0"}']
+
+    def wait_flushed(self, timeout=60):
+        """Wait until no more events come (every connection closed: wrk may leave one that never
+        sent a byte, which ends at the handshake timeout) and the sink holds nothing: every
+        event acknowledged or dropped."""
+        deadline = time.time() + timeout
+        written = -1
+        while time.time() < deadline:
+            m = self.metrics()
+            now = m["soth_events_written_total"]
+            if (now == written and m["soth_active_connections"] == 0 and
+                    m['soth_sink_pending{sink="nats:0"}'] == 0):
+                return
+            written = now
+            time.sleep(0.5)
+        raise AssertionError(f"sink still holds {self.pending()} events: " + self.log())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+        log = self.log()
+        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                    "WARNING: ThreadSanitizer"):
+            assert bad not in log, log[-6000:]
+        return self.proc.returncode
+
+
+class Load:
+    """wrk through the proxy in 1 s rounds until the proxy wrote `events` events or stop()."""
+
+    def __init__(self, mitm, events=None):
+        self.mitm = mitm
+        self.events = events
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            if self.events is not None and self.mitm.written() >= self.events:
+                break
+            subprocess.run([WRK, "-t", "1", "-c", "8", "-d", "1s",
+                            f"http://127.0.0.1:{self.mitm.port}/s"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join()
+
+
+def read_stream(url, stream, subject, payload=False):
+    """[(stream seq, subject, run id, gseq, payload or None)] of the whole stream."""
+    out = subprocess.run([NATS_READ, url, stream, subject + ".>"] +
+                         (["--payload"] if payload else []),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    rows = []
+    for line in out.stdout.splitlines():
+        parts = line.split(" ", 3)
+        m = ID_RE.match(parts[2])
+        assert m, f"message id {parts[2]!r} is not <run id>-<gseq>"
+        rows.append((int(parts[0]), parts[1], m.group(1), int(m.group(2)),
+                     parts[3] if payload else None))
+    return rows
+
+
+class NatsSinkTest(unittest.TestCase):
+
+    def setUp(self):
+        for tool in (NATS_SERVER, NGINX, WRK, NATS_READ):
+            self.assertTrue(os.path.exists(tool), f"{tool} missing (ci/setup.sh installs it)")
+        self.tmp = tempfile.mkdtemp(prefix="soth-nats-")
+        self.nats = None
+        self.origin = None
+        self.mitm = None
+
+    def tearDown(self):
+        if self.mitm is not None:
+            self.mitm.stop()
+            if self._outcome_failed():
+                print("---- soth-mitm log\n" + self.mitm.log()[-4000:])
+        if self.origin is not None:
+            self.origin.close()
+        if self.nats is not None:
+            self.nats.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _outcome_failed(self):
+        res = getattr(self._outcome, "result", None)
+        return res is not None and any(t is self for t, _ in res.failures + res.errors)
+
+    def start(self, **sink):
+        if self.nats is None and "url" not in sink:
+            self.nats = NatsServer(self.tmp)
+        self.origin = Nginx(self.tmp)
+        if "url" not in sink:
+            sink["url"] = self.nats.url()
+        sink.setdefault("subject", "t.ev")
+        sink.setdefault("stream", "TEV")
+        self.mitm = Mitm(self.tmp, self.origin.port, sink)
+        return self.mitm
+
+    def check_exactly_once(self, rows, last_gseq, dropped=0):
+        """Every gseq 1..last_gseq once, minus exactly `dropped`; gseq order per subject."""
+        runs = {r[2] for r in rows}
+        self.assertEqual(len(runs), 1, f"one run id expected, got {runs}")
+        gseqs = [r[3] for r in rows]
+        self.assertEqual(len(gseqs), len(set(gseqs)), "a message id is in the stream twice")
+        out = [g for g in gseqs if not 1 <= g <= last_gseq]
+        self.assertEqual(out, [], f"gseqs outside 1..{last_gseq}")
+        missing = last_gseq - len(gseqs)
+        self.assertEqual(missing, dropped,
+                         f"{missing} gseqs missing from the stream, "
+                         f"soth_sink_dropped_total says {dropped}")
+        last = {}
+        for seq, subject, _, g, _ in sorted(rows):
+            self.assertGreater(g, last.get(subject, 0), f"gseq order broken on {subject}")
+            last[subject] = g
+
+    def test_load_all_events_exactly_once_in_order(self):
+        # Room for the whole load even if the sink thread gets little CPU on a busy machine
+        # (wrk, nginx, nats-server and the proxy share it): this test is about delivery.
+        m = self.start(max_pending_mb=512)
+        load = Load(m, events=EVENTS)
+        load.thread.join(timeout=1800)
+        load.stop()
+        m.wait_flushed(timeout=300)
+        last = m.written()
+        self.assertGreaterEqual(last, EVENTS)
+        self.assertEqual(m.dropped(), 0)
+        # The payload is the event as soth-mitm-tail prints it: check it on a bounded load.
+        payload = EVENTS <= 100000
+        rows = read_stream(self.nats.url(), "TEV", "t.ev", payload=payload)
+        self.check_exactly_once(rows, last)
+        if payload:
+            types = set()
+            for _, subject, _, g, body in rows:
+                ev = json.loads(body)
+                self.assertEqual(ev["gseq"], g)
+                self.assertEqual(subject, "t.ev." + ev["type"])
+                types.add(ev["type"])
+            self.assertLessEqual({"request_headers", "response_headers", "exchange_completed"},
+                                 types)
+        self.assertEqual(m.stop(), 0)
+        print(f"nats sink: {last} events, all in the stream once, in gseq order per subject")
+
+    def outage(self, max_pending_mb, outage_s=5.0):
+        """Load, kill nats-server mid-load, restart it after outage_s, load a little more."""
+        m = self.start(max_pending_mb=max_pending_mb)
+        load = Load(m)
+        time.sleep(2)
+        before = m.written()
+        self.nats.kill()
+        time.sleep(outage_s)
+        during_pending = m.pending()
+        self.nats.start()
+        time.sleep(2)
+        load.stop()
+        m.wait_flushed(timeout=120)
+        last = m.written()
+        dropped = m.dropped()
+        rows = read_stream(self.nats.url(), "TEV", "t.ev")
+        self.assertGreater(last, before)
+        self.check_exactly_once(rows, last, dropped)
+        log = m.log()
+        lost = re.findall(r"nats: connection to nats://127\.0\.0\.1:\d+ lost", log)
+        back = re.findall(r"nats: connected to \S+ after ([\d.]+) s: re-sending (\d+) pending "
+                          r"events; (\d+) dropped during the outage", log)
+        self.assertEqual(len(lost), 1, log)
+        self.assertEqual(len(back), 1, log)
+        self.assertGreaterEqual(float(back[0][0]), outage_s - 1)
+        # Drops outside the outage (a sink too small to keep up) have their own log line.
+        self.assertLessEqual(int(back[0][2]), dropped, log)
+        self.assertEqual(m.stop(), 0)
+        return during_pending, int(back[0][2]), dropped, last
+
+    def test_outage_within_bound_loses_nothing(self):
+        pending, _, dropped, last = self.outage(max_pending_mb=256)
+        self.assertGreater(pending, 0, "the sink held nothing during the outage")
+        self.assertEqual(dropped, 0)
+        print(f"nats outage: {pending} events held, {last} in the stream, none lost")
+
+    def test_outage_past_bound_drops_oldest_counted_exactly(self):
+        _, in_outage, dropped, last = self.outage(max_pending_mb=1)
+        self.assertGreater(in_outage, 0, "1 MB should not hold a 5 s outage under load")
+        print(f"nats outage past the bound: {dropped} dropped of {last}, all others present")
+
+    def test_unreachable_at_start_serves_and_catches_up(self):
+        port = free_port()
+        m = self.start(url=f"nats://127.0.0.1:{port}")
+        self.assertIn("unreachable", m.log())
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                              f"http://127.0.0.1:{m.port}/s"], capture_output=True, text=True,
+                             timeout=30)
+        self.assertEqual(out.stdout, "200")
+        self.assertGreater(m.pending(), 0)
+        self.nats = NatsServer(self.tmp, port=port)
+        m.wait_flushed(timeout=60)
+        rows = read_stream(self.nats.url(), "TEV", "t.ev")
+        self.check_exactly_once(rows, m.written())
+        self.assertRegex(m.log(), r"nats: connected to \S+ after [\d.]+ s")
+
+    def start_error(self, sink, config_check=False):
+        """Run soth-mitm with this sink; it must exit at start-up: (status, stderr)."""
+        cfg = os.path.join(self.tmp, "bad.json")
+        with open(cfg, "w") as f:
+            json.dump({"events": {"sinks": [dict({"type": "nats"}, **sink)]}}, f)
+        out = subprocess.run([PROXY_BIN, "--listen", "127.0.0.1:0", "--workers", "1",
+                              "--config", cfg, "--event-ring", os.path.join(self.tmp, "x.ring"),
+                              "--ca-dir", os.path.join(self.tmp, "ca")],
+                             capture_output=True, text=True, timeout=60)
+        self.assertNotIn("listening on", out.stderr)
+        return out.returncode, out.stderr
+
+    def test_bad_url_is_a_config_error(self):
+        rc, err = self.start_error({"url": "http://127.0.0.1:4222"})
+        self.assertEqual(rc, 2, err)
+        self.assertIn("config: events.sinks[0].url: expected nats://HOST[:PORT]", err)
+
+    def test_stream_conflict_is_a_start_up_error(self):
+        # A first run creates stream TEV for subjects other.>; a second run that wants t.ev.*
+        # in the same stream must not start.
+        self.nats = NatsServer(self.tmp)
+        m = self.start(subject="other")
+        self.assertEqual(m.stop(), 0)
+        self.mitm = None
+        self.origin.close()
+        self.origin = None
+        rc, err = self.start_error({"url": self.nats.url(), "subject": "t.ev", "stream": "TEV"})
+        self.assertEqual(rc, 1, err)
+        self.assertIn("JetStream stream TEV exists with subjects [other.>], which do not take "
+                      "t.ev.", err)
+        # The same subjects under another stream name overlap: also refused.
+        rc, err = self.start_error({"url": self.nats.url(), "subject": "other",
+                                    "stream": "TEV2"})
+        self.assertEqual(rc, 1, err)
+        self.assertIn("overlap", err)
+
+    def test_server_without_jetstream_is_a_start_up_error(self):
+        self.nats = NatsServer(self.tmp, jetstream=False)
+        rc, err = self.start_error({"url": self.nats.url()})
+        self.assertEqual(rc, 1, err)
+        self.assertIn("JetStream is not enabled", err)
+
+
+if __name__ == "__main__":
+    unittest.main()
