@@ -68,6 +68,11 @@ lane_end "debootstrap" ok
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 0755 "$root/usr/sbin/policy-rc.d"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The root becomes a mount point of its own, as / is on any machine: `ip netns exec` and
+# `ip -n` run `mount --make-rslave /` in a new mount namespace, which fails on a plain
+# directory (the HTTP/3 tests' namespaces need it). Binds below go on top of it.
+mount --bind "$root" "$root"
+mounted+=("$root")
 bind /proc
 bind /sys
 bind /dev
