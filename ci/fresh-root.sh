@@ -105,12 +105,19 @@ for _ in $(seq 1 900); do # setup + build can take minutes; bounded at 15 minute
 done
 if [ "$ok" = 1 ]; then
     # A local origin inside the root and one request through the proxy.
+    # The root shares the host's network: the origin's port must be ours alone (a server left
+    # on it would answer instead and the check would read someone else's page).
+    if in_root python3 -c 'import socket; socket.create_connection(("127.0.0.1", 18081), 1)' \
+        2>/dev/null; then
+        echo "fresh-root: 127.0.0.1:18081 is already in use; free it and run again" >&2
+        exit 1
+    fi
     in_root /bin/bash -c 'mkdir -p /tmp/origin && echo fresh-root-ok >/tmp/origin/index.html &&
         cd /tmp/origin && exec python3 -m http.server --bind 127.0.0.1 18081' >/dev/null 2>&1 &
-    origin_pid=$!
     sleep 2
     body=$(in_root curl -sS --max-time 10 -x http://127.0.0.1:8080 http://127.0.0.1:18081/ || true)
-    kill "$origin_pid" 2>/dev/null || true
+    # in_root is a function: $! would be its subshell, not the server; stop it by its command.
+    in_root pkill -f 'http.server --bind 127.0.0.1 18081' 2>/dev/null || true
     [ "$body" = fresh-root-ok ] || ok=0
     echo "through the proxy: ${body:-<nothing>}"
 fi
