@@ -382,6 +382,11 @@ class NatsSinkTest(unittest.TestCase):
                               f"http://127.0.0.1:{m.port}/s"], capture_output=True, text=True,
                              timeout=30)
         self.assertEqual(out.stdout, "200")
+        # The exchange's last events reach the sink's queue a little after curl has its
+        # answer (telemetry thread, then the sink's metric): wait for them, bounded.
+        deadline = time.time() + 10
+        while m.pending() == 0 and time.time() < deadline:
+            time.sleep(0.05)
         self.assertGreater(m.pending(), 0)
         self.nats = NatsServer(self.tmp, port=port)
         m.wait_flushed(timeout=60)
