@@ -15,52 +15,6 @@
 #define EXT_ALPN        16
 #define EXT_VERSIONS    43
 
-struct rd {
-    const uint8_t *p;
-    size_t n;
-};
-
-static bool rd_u8(struct rd *r, uint8_t *v)
-{
-    if (r->n < 1)
-        return false;
-    *v = r->p[0];
-    r->p++;
-    r->n--;
-    return true;
-}
-
-static bool rd_u16(struct rd *r, uint16_t *v)
-{
-    if (r->n < 2)
-        return false;
-    *v = (uint16_t)((r->p[0] << 8) | r->p[1]);
-    r->p += 2;
-    r->n -= 2;
-    return true;
-}
-
-static bool rd_skip(struct rd *r, size_t k)
-{
-    if (r->n < k)
-        return false;
-    r->p += k;
-    r->n -= k;
-    return true;
-}
-
-/* A sub-reader over the next k bytes. */
-static bool rd_sub(struct rd *r, size_t k, struct rd *sub)
-{
-    if (r->n < k)
-        return false;
-    sub->p = r->p;
-    sub->n = k;
-    r->p += k;
-    r->n -= k;
-    return true;
-}
-
 static int parse_sni(struct rd e, struct soth_tls_client_hello *h)
 {
     uint16_t list_len;

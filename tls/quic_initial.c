@@ -56,30 +56,6 @@ enum {
     PKT_DONE,     /* the ClientHello is complete */
 };
 
-struct rd {
-    const uint8_t *p;
-    size_t n;
-};
-
-static bool rd_u8(struct rd *r, uint8_t *v)
-{
-    if (r->n < 1)
-        return false;
-    *v = r->p[0];
-    r->p++;
-    r->n--;
-    return true;
-}
-
-static bool rd_skip(struct rd *r, uint64_t k)
-{
-    if (r->n < k)
-        return false;
-    r->p += k;
-    r->n -= (size_t)k;
-    return true;
-}
-
 /* RFC 9000 16: variable-length integer. */
 static bool rd_varint(struct rd *r, uint64_t *v)
 {

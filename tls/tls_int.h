@@ -197,4 +197,53 @@ void tls_ja4s_release(struct soth_tls_conn *c);
 /** wolfSSL error code name (e.g. "ASN_NO_SIGNER_E"), never NULL. */
 const char *tls_wolf_err_name(int err);
 
+/* ---- A bounds-checked reader over bytes received from a peer (ClientHello, QUIC Initial):
+ * every read fails instead of running past n. */
+
+struct rd {
+    const uint8_t *p;
+    size_t n;
+};
+
+static inline bool rd_u8(struct rd *r, uint8_t *v)
+{
+    if (r->n < 1)
+        return false;
+    *v = r->p[0];
+    r->p++;
+    r->n--;
+    return true;
+}
+
+static inline bool rd_u16(struct rd *r, uint16_t *v)
+{
+    if (r->n < 2)
+        return false;
+    *v = (uint16_t)((r->p[0] << 8) | r->p[1]);
+    r->p += 2;
+    r->n -= 2;
+    return true;
+}
+
+static inline bool rd_skip(struct rd *r, size_t k)
+{
+    if (r->n < k)
+        return false;
+    r->p += k;
+    r->n -= k;
+    return true;
+}
+
+/* A sub-reader over the next k bytes. */
+static inline bool rd_sub(struct rd *r, size_t k, struct rd *sub)
+{
+    if (r->n < k)
+        return false;
+    sub->p = r->p;
+    sub->n = k;
+    r->p += k;
+    r->n -= k;
+    return true;
+}
+
 #endif
