@@ -134,6 +134,12 @@ static bool same_authority(const struct app_h1 *a, const struct soth_h1_head *hd
     return mine.port == theirs.port && soth_iov_eq_ci(theirs.host, mine.host.base, mine.host.len);
 }
 
+/* The heads this layer writes itself (origin-form requests, Alt-Svc-stripped responses): one
+ * buffer and one field array per thread, shared, since each head is sent (copied into the leg)
+ * before the next one is built. No malloc per head. */
+static _Thread_local char h1_head_buf[SOTH_H1_ORIGIN_HEAD_MAX];
+static _Thread_local struct soth_header h1_out_fields[APP_MAX_FIELDS];
+
 /*
  * Regular-mode plain HTTP: the upstream gets origin-form, Host from the target, and no
  * Proxy-* fields (RFC 9112 3.2.2); the event reports exactly what is sent.
@@ -149,8 +155,8 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     /* One serializer for both plain paths (proto/h1_write.c; docs/http1.md "In the proxy"):
      * Host from the target, Proxy-* fields dropped. One buffer per thread: no malloc per
      * request, and the head is sent (copied into the leg) before the next one is built. */
-    static _Thread_local char buf[SOTH_H1_ORIGIN_HEAD_MAX];
-    static _Thread_local struct soth_header f[APP_MAX_FIELDS];
+    char *buf = h1_head_buf;
+    struct soth_header *f = h1_out_fields;
     if (hd->n_headers + 1 > APP_MAX_FIELDS)
         return SOTH_E_TOO_LARGE;
     struct soth_h1_origin_req req = {
@@ -170,7 +176,7 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
     req.host_is_ipv6 = au.host_is_ipv6;
     req.port = au.port;
     size_t n = 0;
-    ssize_t len = soth_h1_write_origin_form(&req, buf, sizeof(buf), f, &n);
+    ssize_t len = soth_h1_write_origin_form(&req, buf, sizeof(h1_head_buf), f, &n);
     if (len < 0)
         return (int)len;
     soth_ev_request_headers(a->base.env.ev, id, hd->method, req.scheme, auth,
@@ -191,9 +197,9 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
 static int h1_alt_svc_strip(struct app_h1 *a, const struct soth_h1_head *hd,
                             struct soth_iov *removed, size_t max, size_t *n_removed)
 {
-    static _Thread_local char buf[SOTH_H1_ORIGIN_HEAD_MAX];
     static _Thread_local char vals[SOTH_H1_ORIGIN_HEAD_MAX];
-    static _Thread_local struct soth_header f[APP_MAX_FIELDS];
+    char *buf = h1_head_buf;
+    struct soth_header *f = h1_out_fields;
     size_t nf = 0, vlen = 0, nrem = 0;
     *n_removed = 0;
     if (!a->base.conf.strip_h3_alt_svc ||
@@ -221,8 +227,8 @@ static int h1_alt_svc_strip(struct app_h1 *a, const struct soth_h1_head *hd,
     }
     if (nrem == 0)
         return 0;
-    ssize_t len =
-        soth_h1_write_response_head(hd->version, hd->status, hd->reason, f, nf, buf, sizeof(buf));
+    ssize_t len = soth_h1_write_response_head(hd->version, hd->status, hd->reason, f, nf, buf,
+                                              sizeof(h1_head_buf));
     if (len < 0)
         return (int)len;
     *n_removed = nrem < max ? nrem : max;
