@@ -28,6 +28,8 @@ static const char usage[] =
     "  --ca-dir DIR         where the CA lives [$XDG_DATA_HOME/soth-mitm]\n"
     "  --event-ring PATH    binary event ring file [$XDG_RUNTIME_DIR/soth-mitm/events.ring]\n"
     "  --metrics HOST:PORT  serve GET /metrics (Prometheus text)\n"
+    "  --engine ENGINE      soth-mitm (native) | mitmproxy (mitmdump as a child, docs/bridge.md)\n"
+    "                       [soth-mitm]\n"
     "  --check-config FILE  validate FILE, print the effective config as JSON, exit 0 or 2\n"
     "  --log-level LEVEL    error | warn | info | debug [info]\n"
     "  --version            print the version\n"
@@ -46,7 +48,8 @@ enum {
     OPT_CHECK,
     OPT_VERSION,
     OPT_HELP,
-    OPT_LOG_LEVEL
+    OPT_LOG_LEVEL,
+    OPT_ENGINE
 };
 
 static int bad_usage(const char *fmt, const char *arg)
@@ -150,6 +153,7 @@ int soth_cli_main(int argc, char **argv)
         {"metrics", required_argument, NULL, OPT_METRICS},
         {"check-config", required_argument, NULL, OPT_CHECK},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"engine", required_argument, NULL, OPT_ENGINE},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
@@ -184,6 +188,11 @@ int soth_cli_main(int argc, char **argv)
             break;
         case OPT_CHECK:
             check_path = optarg;
+            break;
+        case OPT_ENGINE:
+            if (strcmp(optarg, "soth-mitm") != 0 && strcmp(optarg, "mitmproxy") != 0)
+                return bad_usage("--engine: expected soth-mitm or mitmproxy, got \"%s\"", optarg);
+            cli.engine = optarg;
             break;
         case OPT_LOG_LEVEL: {
             static const char *const names[] = {"error", "warn", "info", "debug"};

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "soth/base.h"
@@ -701,6 +702,7 @@ static void config_free(struct soth_config *c)
     }
     free(c->events.sinks);
     free(c->metrics.listen_text);
+    free(c->bridge.listen);
     soth_hostport_dispose(&c->metrics.listen);
     for (size_t i = 0; i < c->n_resolve; i++) {
         free(c->resolve[i].name);
@@ -1296,6 +1298,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                                        "timeouts",
                                        "metrics",
                                        "resolve",
+                                       "bridge",
                                        NULL};
     int rc;
     if (!json_is_object(root))
@@ -1377,6 +1380,24 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                 return rc;
         } else if (l) {
             set_metrics(e, c, "metrics.listen", NULL);
+        }
+    }
+    if ((v = json_object_get(root, "bridge"))) {
+        static const char *const bkeys[] = {"listen", NULL};
+        if ((rc = expect_object(e, "bridge", v)) || (rc = check_keys(e, "bridge", v, bkeys)))
+            return rc;
+        json_t *l = json_object_get(v, "listen");
+        if (l && !json_is_null(l)) {
+            if (!json_is_string(l) || json_string_length(l) == 0 ||
+                json_string_length(l) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+                return fail(e, "bridge.listen",
+                            "expected a Unix socket path (1..107 bytes) or null, got %s",
+                            json_is_string(l) ? "a string of that length" : json_type_name(l));
+            free(c->bridge.listen);
+            c->bridge.listen = sdup(e, json_string_value(l));
+        } else if (l) {
+            free(c->bridge.listen);
+            c->bridge.listen = NULL;
         }
     }
     if ((v = json_object_get(root, "resolve"))) {
@@ -1479,6 +1500,14 @@ static int apply_cli(struct cerr *e, struct soth_config *c, const struct soth_cl
     if (cli->metrics && ((rc = check_cli_text(e, "--metrics", cli->metrics)) ||
                          (rc = set_metrics(e, c, "--metrics", cli->metrics))))
         return rc;
+    if (cli->engine) {
+        if (strcmp(cli->engine, "soth-mitm") == 0)
+            c->engine = SOTH_ENGINE_NATIVE;
+        else if (strcmp(cli->engine, "mitmproxy") == 0)
+            c->engine = SOTH_ENGINE_MITMPROXY;
+        else
+            return fail(e, "--engine", "expected soth-mitm or mitmproxy, got \"%s\"", cli->engine);
+    }
     return 0;
 }
 
@@ -1714,6 +1743,9 @@ char *soth_config_to_json(const struct soth_config *c)
     for (size_t i = 0; i < c->n_resolve; i++)
         put(&ok, res, c->resolve[i].name, json_string(c->resolve[i].addr));
     put(&ok, r, "resolve", res);
+    json_t *br = json_object();
+    put(&ok, br, "listen", str_or_null(c->bridge.listen));
+    put(&ok, r, "bridge", br);
     char *s = ok ? json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(r);
     return s;

@@ -65,6 +65,9 @@ struct soth_resolve_entry {
     char *addr; /* numeric IPv4 or IPv6 address text */
 };
 
+/** Which engine carries the traffic (--engine, docs/bridge.md). */
+enum soth_engine_kind { SOTH_ENGINE_NATIVE = 0, SOTH_ENGINE_MITMPROXY };
+
 struct soth_config {
     atomic_uint refs;
 
@@ -131,6 +134,13 @@ struct soth_config {
 
     struct soth_resolve_entry *resolve;
     size_t n_resolve;
+
+    /* docs/bridge.md: reports from other TLS engines over a Unix socket (NULL = off) */
+    struct {
+        char *listen;
+    } bridge;
+    /* --engine (docs/bridge.md): the native engine, or mitmdump as a child behind the bridge */
+    enum soth_engine_kind engine;
 };
 
 /** Upper bound of `workers` / --workers (0 = one per online CPU). */
@@ -144,6 +154,7 @@ struct soth_cli_overrides {
     const char *ca_dir;
     const char *event_ring;
     const char *metrics;
+    const char *engine; /* "soth-mitm" | "mitmproxy" */
 };
 
 /**
