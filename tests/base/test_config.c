@@ -91,7 +91,7 @@ static const char *const defaults_json =
     "\"timeouts\":{\"connect_ms\":10000,\"tls_handshake_ms\":10000,"
     "\"request_header_ms\":10000,\"response_header_ms\":60000,\"idle_ms\":120000,\"drain_ms\":5000}"
     ","
-    "\"metrics\":{\"listen\":null},\"resolve\":{}}";
+    "\"metrics\":{\"listen\":null},\"resolve\":{},\"bridge\":{\"listen\":null}}";
 
 /** defaults_json with the keys of patch (a JSON object text) merged in, recursively. */
 static json_t *defaults_with(const char *patch)
@@ -443,6 +443,9 @@ static const struct bad_case bad_cases[] = {
      "config: metrics.listen: expected a numeric IPv4 or [IPv6] address, got \"localhost:9100\""},
     {"{\"metrics\": {\"listen\": \"127.0.0.1:65536\"}}",
      "config: metrics.listen: port must be an integer 0..65535, got \"65536\""},
+    {"{\"bridge\": {\"listen\": 3}}",
+     "config: bridge.listen: expected a Unix socket path (1..107 bytes) or null, got integer"},
+    {"{\"bridge\": {\"socket\": \"/x\"}}", "config: bridge.socket: unknown key"},
     {"{\"metrics\": {\"listen\": 9100}}",
      "config: metrics.listen: expected string \"HOST:PORT\" or null, got integer"},
 
@@ -586,7 +589,8 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"idle_ms\"",
                                         "\"drain_ms\"",
                                         "\"metrics\"",
-                                        "\"resolve\""};
+                                        "\"resolve\"",
+                                        "\"bridge\""};
     const char *at = js;
     for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
         const char *p = strstr(at, order[i]);
@@ -717,7 +721,8 @@ Test(config, spec_example_round_trips)
         "\"timeouts\":{\"connect_ms\":1,\"tls_handshake_ms\":2,\"request_header_ms\":3,"
         "\"response_header_ms\":5,\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0."
         "1:9100\"},"
-        "\"resolve\":{\"origin.test\":\"127.0.0.1\",\"v6.test\":\"::1\"}}";
+        "\"resolve\":{\"origin.test\":\"127.0.0.1\",\"v6.test\":\"::1\"},"
+        "\"bridge\":{\"listen\":\"/run/soth-mitm/bridge.sock\"}}";
     json_t *got = effective(text);
     json_t *want = parse_json(text);
     expect_json_eq(got, want, "full config");
