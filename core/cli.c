@@ -10,6 +10,7 @@
 #include "soth/core.h"
 #include "soth/tls.h"
 
+#include "mitmengine.h"
 #include "notify.h"
 
 static const char usage[] =
@@ -225,6 +226,12 @@ int soth_cli_main(int argc, char **argv)
             fprintf(stderr, "%s\n", err);
             return 2;
         }
+        if (cfg->engine == SOTH_ENGINE_MITMPROXY &&
+            soth_mitmengine_check(cfg, err, sizeof(err)) < 0) {
+            fprintf(stderr, "%s\n", err);
+            soth_config_unref(cfg);
+            return 2;
+        }
         char *json = soth_config_to_json(cfg);
         if (json)
             printf("%s\n", json);
@@ -239,7 +246,18 @@ int soth_cli_main(int argc, char **argv)
     /* SIGHUP re-reads the same file. */
     if (config_path)
         setenv("SOTH_MITM_CONFIG_PATH", config_path, 1);
-    int rc = run(cfg, &cli);
+    int rc;
+    if (cfg->engine == SOTH_ENGINE_MITMPROXY) {
+        /* docs/bridge.md, "The mitmproxy engine" */
+        if (soth_mitmengine_check(cfg, err, sizeof(err)) < 0) {
+            fprintf(stderr, "%s\n", err);
+            soth_config_unref(cfg);
+            return 2;
+        }
+        rc = soth_mitmengine_run(cfg, &cli);
+    } else {
+        rc = run(cfg, &cli);
+    }
     soth_config_unref(cfg);
     return rc;
 }

@@ -19,7 +19,12 @@ Options (`--set NAME=VALUE`):
   soth_policy                a JSON file with soth-mitm's `ignore_hosts` and `policy` keys
                              (a whole soth-mitm config file will do); empty = intercept all
   soth_body_capture_bytes    body bytes captured per message into events [4096]
-  soth_mode                  soth-mitm's mode text, for the target of reverse-mode flows
+  soth_mode                  soth-mitm's mode text (reverse target, socks5 method)
+  soth_strip_alt_svc_h3      remove HTTP/3 entries from Alt-Svc (http3_passthrough false)
+
+The policy file is read again when it changes (soth-mitm rewrites it on SIGHUP), checked at
+most once a second when a connection is decided; connections already decided keep their
+decision. Its `resolve` key overrides name resolution of upstream connections as in soth-mitm.
 
 It never blocks mitmproxy's event loop: lines go into a bounded queue that a writer thread
 drains to the socket; when the queue is full a line is dropped and counted, and when the socket
@@ -32,6 +37,7 @@ have are used, and the few that differ are looked up defensively.
 import base64
 import json
 import logging
+import os
 import queue
 import re
 import socket
@@ -119,6 +125,7 @@ class Policy:
         pol = doc.get("policy", {}) or {}
         self.default = pol.get("default", "intercept")
         self.rules = [Rule(r["host"], r["action"]) for r in pol.get("rules", [])]
+        self.resolve = {k.lower().rstrip("."): v for k, v in (doc.get("resolve") or {}).items()}
 
     def decide(self, host, port):
         """(decision, reason, rule glob or None), consulted in the order of docs/events.md."""
@@ -340,6 +347,11 @@ class SothBridge:
         self.policy = Policy()
         self.cap = 4096
         self.reverse_target = None
+        self.socks5 = False
+        self.strip_h3 = False
+        self.policy_path = ""
+        self.policy_stamp = None
+        self.policy_checked = 0.0
         self.conns = {}
 
     # --- options --------------------------------------------------------------------------
@@ -352,15 +364,15 @@ class SothBridge:
         loader.add_option("soth_body_capture_bytes", int, 4096,
                           "body bytes captured per message into events")
         loader.add_option("soth_mode", str, "", "soth-mitm's mode text (reverse target)")
+        loader.add_option("soth_strip_alt_svc_h3", bool, False,
+                          "remove HTTP/3 entries from Alt-Svc response fields")
 
     def configure(self, updated):
         if "soth_policy" in updated:
-            path = ctx.options.soth_policy
-            doc = {}
-            if path:
-                with open(path, encoding="utf-8") as f:
-                    doc = json.load(f)
-            self.policy = Policy(doc)
+            self.policy_path = ctx.options.soth_policy
+            self._load_policy()
+        if "soth_strip_alt_svc_h3" in updated:
+            self.strip_h3 = ctx.options.soth_strip_alt_svc_h3
         if "soth_body_capture_bytes" in updated:
             self.cap = max(0, ctx.options.soth_body_capture_bytes)
         if "soth_mode" in updated:
@@ -372,8 +384,33 @@ class SothBridge:
                 self.reverse_target = (host, port)
             else:
                 self.reverse_target = None
+            self.socks5 = ctx.options.soth_mode == "socks5"
         if "soth_bridge" in updated:
             self.writer.set_path(ctx.options.soth_bridge)
+
+    def _load_policy(self):
+        doc = {}
+        stamp = None
+        if self.policy_path:
+            st = os.stat(self.policy_path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            with open(self.policy_path, encoding="utf-8") as f:
+                doc = json.load(f)
+        self.policy = Policy(doc)
+        self.policy_stamp = stamp
+
+    def _maybe_reload_policy(self):
+        now = time.monotonic()
+        if not self.policy_path or now - self.policy_checked < 1.0:
+            return
+        self.policy_checked = now
+        try:
+            st = os.stat(self.policy_path)
+            if (st.st_mtime_ns, st.st_size, st.st_ino) != self.policy_stamp:
+                self._load_policy()
+                log.info("soth_bridge: policy reloaded from %s", self.policy_path)
+        except (OSError, ValueError, KeyError, re.error) as e:
+            log.warning("soth_bridge: policy %s not reloaded: %s", self.policy_path, e)
 
     def done(self):
         for c in list(self.conns.values()):
@@ -418,6 +455,7 @@ class SothBridge:
         """connect_received + connect_decision, once per connection; returns the decision."""
         if c.announced:
             return c.decision
+        self._maybe_reload_policy()
         c.host, c.port = host, port
         self._event(c, "connect_received", method=method, target=target)
         c.decision, c.reason, c.rule = self.policy.decide(host, port)
@@ -484,12 +522,25 @@ class SothBridge:
         if not c.announced and context.server.address:
             # transparent mode: the original destination is known now
             host, port = context.server.address[0], context.server.address[1]
-            self._announce(c, None, _hostport(host, port), host, port)
+            self._announce(c, "SOCKS5" if self.socks5 else None, _hostport(host, port), host,
+                           port)
             if c.decision == "block":
                 context.client.error = "blocked by policy"
         if c.decision == "tunnel" and not c.tunnel_applied and _layers is not None:
             c.tunnel_applied = True
             nextlayer.layer = _layers.TCPLayer(context, ignore=True)
+
+    def server_connect(self, data):
+        """`resolve` (docs/config.md): a static address for a name, the name kept for SNI."""
+        server = data.server
+        if not server.address or not self.policy.resolve:
+            return
+        host, port = server.address[0], server.address[1]
+        addr = self.policy.resolve.get(str(host).lower().rstrip("."))
+        if addr is not None:
+            if getattr(server, "sni", None) is None and server.tls:
+                server.sni = host
+            server.address = (addr, port)
 
     # --- TLS ------------------------------------------------------------------------------
 
@@ -633,6 +684,7 @@ class SothBridge:
             return
         resp = flow.response
         hdrs = [[k, v] for k, v in resp.headers.items(multi=True)]
+        removed = self._strip_alt_svc(resp) if self.strip_h3 else []
         c.s2c += sum(len(k) + len(v) + 4 for k, v in hdrs) + 17
         ctype = resp.headers.get("content-type", "").lower()
         if ctype.startswith("text/event-stream"):
@@ -648,8 +700,30 @@ class SothBridge:
                     st.sse.feed(data)
                 return data
             resp.stream = relay
+        extra = {"alt_svc_removed": removed[:16]} if removed else {}
         self._event(c, "response_headers", stream_id=st.sid, status=resp.status_code,
-                    http_version=self._version(resp.http_version), headers=hdrs)
+                    http_version=self._version(resp.http_version), headers=hdrs, **extra)
+
+    @staticmethod
+    def _strip_alt_svc(resp):
+        """docs/http3.md, "Forcing clients back to TCP": the h3 entries leave Alt-Svc."""
+        values = resp.headers.get_all("alt-svc")
+        if not values:
+            return []
+        removed, kept = [], []
+        for v in values:
+            for entry in v.split(","):
+                e = entry.strip()
+                if not e:
+                    continue
+                proto = e.split("=", 1)[0].strip().lower()
+                (removed if proto == "h3" or proto.startswith("h3-") else kept).append(e)
+        if removed:
+            if kept:
+                resp.headers.set_all("alt-svc", [", ".join(kept)])
+            else:
+                del resp.headers["alt-svc"]
+        return removed
 
     def _complete(self, c, st, outcome, reason=None):
         if st.done:
