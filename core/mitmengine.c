@@ -555,9 +555,17 @@ int soth_mitmengine_run(struct soth_config *cfg, const struct soth_cli_overrides
         }
     }
     uint16_t port = cfg->listen.port;
-    if (port == 0 && pick_port(&cfg->listen, &port, err, sizeof(err)) < 0) {
-        fprintf(stderr, "soth-mitm: %s\n", err);
-        goto out_dir;
+    if (port == 0) {
+        if (pick_port(&cfg->listen, &port, err, sizeof(err)) < 0) {
+            fprintf(stderr, "soth-mitm: %s\n", err);
+            goto out_dir;
+        }
+        /* the running config describes what runs (docs/config.md, "Reload") */
+        cfg->listen.port = port;
+        if (cfg->listen.addr.ss_family == AF_INET6)
+            ((struct sockaddr_in6 *)&cfg->listen.addr)->sin6_port = htons(port);
+        else
+            ((struct sockaddr_in *)&cfg->listen.addr)->sin_port = htons(port);
     }
 
     /* The bridge, telemetry, ring, sinks and metrics; no workers for this engine. */
