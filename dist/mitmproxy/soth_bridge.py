@@ -505,7 +505,11 @@ class SothBridge:
         c = self.conns.get(client.id)
         if c is None:
             return
-        self._tls_op("client_disconnected", c)
+        if c.announced:
+            # soth-mitm ends a conn driven by event lines at its stream_closed: this line only
+            # reports the hook (a conn not yet announced gets no tls_op line: after its
+            # connect_parse_failed and stream_closed the conn would start a new flow)
+            self._tls_op("client_disconnected", c)
         if c.decision == "block":
             reason = "blocked"
         elif c.tls_failed:
