@@ -31,7 +31,7 @@ PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     zlib1g-dev libbrotli-dev libzstd-dev libmsgpack-dev
     ngtcp2-client ngtcp2-server
     debhelper fakeroot lintian mandoc groff-base man-db systemd
-    testssl.sh
+    testssl.sh mitmproxy
     libnats-dev nats-server
     tcpdump tshark)
 

@@ -30,6 +30,7 @@ class InstallTests(unittest.TestCase):
         self.prefix = cache("CMAKE_INSTALL_PREFIX")
 
     def test_installs_exactly_the_programs_pages_unit_and_config(self):
+        # (and the mitmproxy addon of --engine mitmproxy, docs/bridge.md)
         files = set()
         for d, _, names in os.walk(self.dest):
             for n in names:
@@ -42,6 +43,7 @@ class InstallTests(unittest.TestCase):
             f"{p}/bin/soth-mitm", f"{p}/bin/soth-mitm-tail",
             f"{p}/share/man/man1/soth-mitm.1", f"{p}/share/man/man1/soth-mitm-tail.1",
             f"{p}/share/man/man5/soth-mitm.json.5",
+            f"{p}/share/soth-mitm/soth_bridge.py",
             f"{unitdir}/soth-mitm.service",
             f"{etc}/soth-mitm/config.json",
         })
