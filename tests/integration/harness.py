@@ -32,9 +32,10 @@ class Proxy:
     def __init__(self, mode="regular", workers=1, config=None, extra_args=(), env=None):
         self.tmp = tempfile.mkdtemp(prefix="soth-it-")
         self.ring = os.path.join(self.tmp, "events.ring")
-        args = [PROXY_BIN, "--listen", "127.0.0.1:0", "--mode", mode, "--workers",
-                str(workers), "--event-ring", self.ring, "--ca-dir",
-                os.path.join(self.tmp, "ca")]
+        args = [PROXY_BIN, "--listen", "127.0.0.1:0", "--mode", mode, "--event-ring", self.ring,
+                "--ca-dir", os.path.join(self.tmp, "ca")]
+        if workers is not None:  # None: no --workers flag (--engine mitmproxy refuses one)
+            args += ["--workers", str(workers)]
         # Tests of the byte relay use plain TCP origins: unless a test sets a policy, tunnel.
         # (Interception tests set {"policy": {"default": "intercept"}}.)
         config = dict(config or {})
