@@ -155,8 +155,8 @@ def _check_schema(ev):
         # worker -1: a flow reported over the bridge (docs/bridge.md)
         if not _is_int(ev[k]) or ev[k] < (-1 if k == "worker" else 0):
             _fail(f"{k} must be a non-negative integer", ev)
-    if ev["worker"] == -1 and ev["flow_id"] >> 48 != 0xffff:
-        _fail("a bridge flow (worker -1) has a flow_id outside 0xffff << 48 | n", ev)
+    if ev["worker"] == -1 and ev["flow_id"] >> 48 != 0x7fff:
+        _fail("a bridge flow (worker -1) has a flow_id outside 0x7fff << 48 | n", ev)
     t = ev["type"]
     if t not in SCHEMA:
         _fail("unknown event type", ev)

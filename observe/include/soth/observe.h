@@ -146,8 +146,12 @@ struct soth_ev_producer; /* one worker's end of its SPSC ring */
 
 /** The `worker` of flows reported over the bridge (printed as -1, docs/bridge.md). */
 #define SOTH_EV_WORKER_BRIDGE 0xffffu
-/** Flow ids of bridge flows: 0xffff << 48 | n, n from 1; workers use (worker + 1) << 48 | n. */
-#define SOTH_EV_BRIDGE_FLOW_ID(n) (((uint64_t)0xffffu << 48) | ((uint64_t)(n)&0xffffffffffffull))
+/**
+ * Flow ids of bridge flows: 0x7fff << 48 | n, n from 1; workers use (worker + 1) << 48 | n with
+ * at most SOTH_CONFIG_MAX_WORKERS workers. Below 2^63, so consumers that read JSON integers as
+ * int64 (jansson, many others) read every flow id.
+ */
+#define SOTH_EV_BRIDGE_FLOW_ID(n) (((uint64_t)0x7fffu << 48) | ((uint64_t)(n)&0xffffffffffffull))
 
 #define SOTH_EV_HOST_MAX 255
 #define SOTH_EV_ADDR_MAX 64
