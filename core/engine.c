@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bridge.h"
 #include "engine.h"
 #include "learn.h"
 #include "resolver.h"
@@ -74,11 +75,16 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
         n = n_cpus > 0 ? (unsigned)n_cpus : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     if (n == 0)
         n = 1;
+    /* --engine mitmproxy (docs/bridge.md): mitmdump carries the traffic; this process runs
+     * only observe, learning, the telemetry thread and the bridge: no worker, no listener. */
+    bool native = cfg->engine != SOTH_ENGINE_MITMPROXY;
+    if (!native)
+        n = 0;
     e->n_workers = n;
     pthread_mutex_init(&e->start_mu, NULL);
     pthread_cond_init(&e->start_cv, NULL);
 
-    if (cfg->listen.addr_len == 0) {
+    if (native && cfg->listen.addr_len == 0) {
         snprintf(err, err_len, "listen: %s is not a numeric address", cfg->listen.host);
         goto fail_engine;
     }
@@ -112,7 +118,7 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
     if (e->obs == NULL)
         goto fail_engine;
 
-    e->workers = calloc(n, sizeof(struct worker));
+    e->workers = calloc(n ? n : 1, sizeof(struct worker));
     if (e->workers == NULL) {
         snprintf(err, err_len, "out of memory");
         goto fail_obs;
@@ -158,9 +164,9 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
             goto fail_sockets;
         }
     }
-    if (cfg->listen.addr.ss_family == AF_INET)
+    if (n > 0 && cfg->listen.addr.ss_family == AF_INET)
         cfg->listen.port = ntohs(((struct sockaddr_in *)&addr)->sin_port);
-    else
+    else if (n > 0)
         cfg->listen.port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
 
     /* TLS learning: the aggregator hooks into the telemetry thread, so before it starts. */
@@ -173,6 +179,12 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
     }
     if (soth_learn_inject_env(e, err, err_len) < 0)
         goto fail_observe_started;
+    /* The bridge emits through its own producer, drained by the telemetry thread (running). */
+    if (cfg->bridge.listen != NULL) {
+        e->bridge = soth_bridge_start(e, soth_observe_bridge_producer(e->obs), err, err_len);
+        if (e->bridge == NULL)
+            goto fail_observe_started;
+    }
     rc = soth_resolver_start(e);
     if (rc < 0) {
         snprintf(err, err_len, "resolver thread: %s", soth_strerror(rc));
@@ -214,6 +226,8 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
     return e;
 
 fail_observe_started:
+    soth_bridge_stop(e->bridge);
+    e->bridge = NULL;
     soth_observe_stop(e->obs);
 fail_sockets:
     soth_learn_dispose(e); /* the telemetry thread (its only other user) has stopped */
@@ -281,6 +295,8 @@ void soth_engine_stop(struct soth_engine *e)
             close(e->workers[i].efd); /* every writer (main, resolver) is done */
         e->workers[i].efd = -1;
     }
+    soth_bridge_stop(e->bridge); /* its shutdown closes go out before observe drains */
+    e->bridge = NULL;
     soth_observe_stop(e->obs);
     soth_learn_dispose(e); /* after the workers and the telemetry thread (the aggregator) */
     for (unsigned i = 0; i < e->n_workers; i++) {

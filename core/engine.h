@@ -28,7 +28,8 @@ struct soth_engine {
     pthread_t resolver;
     int resolver_efd;
     _Atomic int resolver_stop;
-    struct soth_learn *learn; /* core/learn.c */
+    struct soth_learn *learn;   /* core/learn.c */
+    struct soth_bridge *bridge; /* core/bridge.c; NULL when bridge.listen is unset */
 };
 
 #endif

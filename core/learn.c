@@ -295,15 +295,22 @@ struct soth_tls_learning_snapshot *soth_learn_view(struct worker *w)
     return w->learn_view;
 }
 
-void soth_learn_flow_signal(struct worker *w, struct soth_ev_flow *ev, enum soth_leg side,
-                            enum soth_tls_failure reason, enum soth_tls_provider provider,
-                            struct soth_iov source, struct soth_iov detail)
+void soth_learn_emit_failure(struct soth_ev_flow *ev, bool learning_on, enum soth_leg side,
+                             enum soth_tls_failure reason, enum soth_tls_provider provider,
+                             struct soth_iov source, struct soth_iov detail)
 {
     /* Counts are filled in by the telemetry thread (on_tls_failed) before the record is
      * written: zero here. */
     soth_ev_tls_handshake_failed(ev, side, reason, source, provider, detail, 0, 0);
-    if (w->learn_on &&
+    if (learning_on &&
         !soth_tls_learning_provider_is_authoritative((enum soth_tls_signal_provider)provider))
         soth_ev_tls_learning_audit(ev, false, SOTH_IOV_LIT("provider_not_authoritative"),
                                    soth_iov(ev->server_host, ev->server_host_len), provider);
+}
+
+void soth_learn_flow_signal(struct worker *w, struct soth_ev_flow *ev, enum soth_leg side,
+                            enum soth_tls_failure reason, enum soth_tls_provider provider,
+                            struct soth_iov source, struct soth_iov detail)
+{
+    soth_learn_emit_failure(ev, w->learn_on, side, reason, provider, source, detail);
 }

@@ -56,6 +56,15 @@ void soth_learn_flow_signal(struct worker *w, struct soth_ev_flow *ev, enum soth
                             enum soth_tls_failure reason, enum soth_tls_provider provider,
                             struct soth_iov source, struct soth_iov detail);
 
+/**
+ * The emitting part of soth_learn_flow_signal, for any producer's flow (the bridge thread's
+ * too): tls_handshake_failed, then tls_learning_audit "ignored" when learning_on and provider
+ * is not authoritative. Runs on the thread that owns ev's producer.
+ */
+void soth_learn_emit_failure(struct soth_ev_flow *ev, bool learning_on, enum soth_leg side,
+                             enum soth_tls_failure reason, enum soth_tls_provider provider,
+                             struct soth_iov source, struct soth_iov detail);
+
 /** The provider the worker reports its own handshakes as: native (test hook aside). */
 static inline enum soth_tls_provider soth_learn_native_provider(const struct worker *w)
 {

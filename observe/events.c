@@ -32,6 +32,9 @@ const char *const soth_leg_names[SOTH_LEG_COUNT] = {"client", "upstream"};
 const char *const soth_tls_failure_names[SOTH_TLSF_COUNT] = {
     "unknown_ca", "cert_validation", "handshake", "timeout", "eof", "reset", "other"};
 const char *const soth_tls_provider_names[SOTH_TLSP_COUNT] = {"native", "mitmproxy", "hudsucker"};
+const char *const soth_bridge_refusal_names[SOTH_BRIDGE_R_COUNT] = {
+    "line_too_long", "bad_json", "not_object",     "unknown_kind",     "unknown_hook",
+    "schema",        "order",    "too_many_conns", "too_many_streams", "too_many_clients"};
 const char *const soth_outcome_names[SOTH_OUTCOME_COUNT] = {"complete", "client_aborted",
                                                             "upstream_aborted", "reset", "timeout"};
 const char *const soth_direction_names[SOTH_LEG_COUNT] = {"client_to_server", "server_to_client"};
@@ -387,6 +390,13 @@ void soth_ev_flow_set_server(struct soth_ev_flow *f, struct soth_iov host, uint1
     memcpy(f->server_host, host.base, n);
     f->server_host_len = (uint8_t)n;
     f->server_port = port;
+}
+
+void soth_ev_flow_set_client_text(struct soth_ev_flow *f, struct soth_iov addr)
+{
+    size_t n = addr.len < SOTH_EV_ADDR_MAX ? addr.len : SOTH_EV_ADDR_MAX - 1;
+    memcpy(f->client_addr, addr.base, n);
+    f->client_addr_len = (uint8_t)n;
 }
 
 #define VU(x)                                                                                      \
@@ -1010,7 +1020,10 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
     jput(out, ",\"ts_ns\":");
     jput_u64(out, r->ts_ns);
     jput(out, ",\"worker\":");
-    jput_u64(out, r->worker);
+    if (r->worker == SOTH_EV_WORKER_BRIDGE)
+        jput(out, "-1"); /* a flow reported over the bridge (docs/bridge.md) */
+    else
+        jput_u64(out, r->worker);
     jput(out, ",\"client_addr\":");
     jput_str(out, addr, r->client_addr_len);
     jput(out, ",\"server_host\":");

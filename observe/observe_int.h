@@ -130,6 +130,7 @@ struct sink;
 
 struct soth_observe {
     unsigned n_workers;
+    unsigned n_prods; /* n_workers + 1: the last producer is the bridge's (worker -1) */
     struct soth_ev_producer *prods;
     struct soth_metrics *metrics;
 
@@ -151,7 +152,8 @@ struct soth_observe {
     char run_id[24];   /* 16 hex digits, random per run: NATS message ids (docs/sinks.md) */
     uint32_t drain_ms; /* timeouts.drain_ms: how long a NATS sink may take to flush at stop */
 
-    struct soth_observe_hooks hooks; /* set before start; run on the telemetry thread */
+    struct soth_bridge_metrics bridge; /* written by the bridge thread, read at scrape */
+    struct soth_observe_hooks hooks;   /* set before start; run on the telemetry thread */
 
     int efd;
     _Atomic int sleeping;

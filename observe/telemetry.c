@@ -346,16 +346,17 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
     o->efd = -1;
     o->metrics_fd = -1;
     o->n_workers = n_workers;
+    o->n_prods = n_workers + 1; /* the workers', then the bridge's (docs/bridge.md) */
     o->ring_path =
         cfg->events.ring_path ? strdup(cfg->events.ring_path) : soth_config_default_ring_path();
-    size_t n_alloc = n_workers ? n_workers : 1;
+    size_t n_alloc = o->n_prods;
     o->prods = aligned_alloc(SOTH_CACHELINE, sizeof(*o->prods) * n_alloc);
     o->metrics = aligned_alloc(SOTH_CACHELINE, sizeof(*o->metrics) * n_alloc);
     if (o->ring_path == NULL || o->prods == NULL || o->metrics == NULL)
         goto oom;
     memset(o->prods, 0, sizeof(*o->prods) * n_alloc);
     memset(o->metrics, 0, sizeof(*o->metrics) * n_alloc);
-    for (unsigned i = 0; i < n_workers; i++) {
+    for (unsigned i = 0; i < o->n_prods; i++) {
         struct soth_ev_producer *p = &o->prods[i];
         p->cap = PROD_RING_BYTES;
         p->mask = p->cap - 1;
@@ -366,7 +367,7 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
         }
         p->obs = o;
         p->m = &o->metrics[i];
-        p->worker = i;
+        p->worker = i < n_workers ? i : SOTH_EV_WORKER_BRIDGE;
         p->body_cap = cfg->events.body_capture_bytes;
     }
     o->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -415,6 +416,21 @@ struct soth_ev_producer *soth_observe_producer(struct soth_observe *obs, unsigne
 struct soth_metrics *soth_observe_metrics(struct soth_observe *obs, unsigned worker)
 {
     return &obs->metrics[worker];
+}
+
+struct soth_ev_producer *soth_observe_bridge_producer(struct soth_observe *obs)
+{
+    return &obs->prods[obs->n_workers];
+}
+
+struct soth_metrics *soth_observe_bridge_metrics(struct soth_observe *obs)
+{
+    return &obs->metrics[obs->n_workers];
+}
+
+struct soth_bridge_metrics *soth_observe_bridge_counters(struct soth_observe *obs)
+{
+    return &obs->bridge;
 }
 
 static uint64_t sink_dropped(const struct sink *s)
@@ -692,7 +708,7 @@ static size_t drain(struct soth_observe *o, size_t budget)
 {
     size_t total = 0;
     bool lines = o->n_sinks > 0 && sinks_want_lines(o);
-    for (unsigned i = 0; i < o->n_workers; i++) {
+    for (unsigned i = 0; i < o->n_prods; i++) {
         struct soth_ev_producer *p = &o->prods[i];
         uint64_t head = atomic_load_explicit(&p->head, memory_order_relaxed);
         uint64_t tail = atomic_load_explicit(&p->pub_tail, memory_order_acquire);
@@ -725,7 +741,7 @@ static size_t drain(struct soth_observe *o, size_t budget)
 
 static bool rings_empty(struct soth_observe *o)
 {
-    for (unsigned i = 0; i < o->n_workers; i++) {
+    for (unsigned i = 0; i < o->n_prods; i++) {
         struct soth_ev_producer *p = &o->prods[i];
         if (atomic_load_explicit(&p->head, memory_order_relaxed) !=
             atomic_load_explicit(&p->pub_tail, memory_order_seq_cst))
@@ -828,7 +844,7 @@ static void metric_type(struct jbuf *b, const char *name, const char *type, cons
 #define SUM(field)                                                                                 \
     ({                                                                                             \
         uint64_t s_ = 0;                                                                           \
-        for (unsigned w_ = 0; w_ < o->n_workers; w_++)                                             \
+        for (unsigned w_ = 0; w_ < o->n_prods; w_++)                                               \
             s_ += (uint64_t)atomic_load_explicit(&o->metrics[w_].field, memory_order_relaxed);     \
         s_;                                                                                        \
     })
@@ -839,7 +855,7 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
     metric_line(b, "soth_connections_total", "", SUM(connections_total));
     metric_type(b, "soth_active_connections", "gauge", "Client connections open now.");
     int64_t active = 0;
-    for (unsigned w = 0; w < o->n_workers; w++)
+    for (unsigned w = 0; w < o->n_prods; w++)
         active += atomic_load_explicit(&o->metrics[w].active_connections, memory_order_relaxed);
     metric_line(b, "soth_active_connections", "", active > 0 ? (uint64_t)active : 0);
     metric_type(b, "soth_bytes_total", "counter", "Bytes relayed, by direction.");
@@ -897,6 +913,23 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
                  o->sinks[k].index);
         metric_line(b, "soth_sink_dropped_total", l, sink_dropped(&o->sinks[k]));
     }
+    metric_type(b, "soth_bridge_lines_total", "counter", "Lines read from bridge clients.");
+    metric_line(b, "soth_bridge_lines_total", "",
+                atomic_load_explicit(&o->bridge.lines, memory_order_relaxed));
+    metric_type(b, "soth_bridge_refused_total", "counter",
+                "Bridge lines (and connections) refused, by reason.");
+    for (int r = 0; r < SOTH_BRIDGE_R_COUNT; r++) {
+        char l[64];
+        snprintf(l, sizeof(l), "{reason=\"%s\"}", soth_bridge_refusal_names[r]);
+        metric_line(b, "soth_bridge_refused_total", l,
+                    atomic_load_explicit(&o->bridge.refused[r], memory_order_relaxed));
+    }
+    metric_type(b, "soth_bridge_clients", "gauge", "Bridge clients connected now.");
+    metric_line(b, "soth_bridge_clients", "",
+                atomic_load_explicit(&o->bridge.clients, memory_order_relaxed));
+    metric_type(b, "soth_bridge_flows", "gauge", "Bridge flows open now.");
+    metric_line(b, "soth_bridge_flows", "",
+                atomic_load_explicit(&o->bridge.flows, memory_order_relaxed));
     metric_type(b, "soth_sink_pending", "gauge",
                 "Events a NATS sink holds: queued, or published and not yet acknowledged.");
     for (size_t k = 0; k < o->n_sinks; k++) {
@@ -1048,7 +1081,7 @@ void soth_observe_stop(struct soth_observe *o)
         return;
     if (o->started) {
         /* Workers have stopped (contract): publish what they built but did not flush. */
-        for (unsigned i = 0; i < o->n_workers; i++)
+        for (unsigned i = 0; i < o->n_prods; i++)
             atomic_store_explicit(&o->prods[i].pub_tail, o->prods[i].tail, memory_order_release);
         atomic_store_explicit(&o->stop, 1, memory_order_release);
         uint64_t one = 1;
@@ -1073,7 +1106,7 @@ void soth_observe_free(struct soth_observe *o)
         return;
     soth_observe_stop(o);
     if (o->prods) {
-        for (unsigned i = 0; i < o->n_workers; i++)
+        for (unsigned i = 0; i < o->n_prods; i++)
             if (o->prods[i].data)
                 munmap(o->prods[i].data, o->prods[i].cap);
     }

@@ -33,7 +33,7 @@ AssertionError) at the first violation of:
   tls      per flow and side (client, upstream), a handshake is tls_handshake_started then
            exactly one of tls_handshake_succeeded / tls_handshake_failed, before the flow's
            stream_closed, unless the flow closed because the other side went away or the
-           proxy shut down while it ran (ABANDONS); never a second started, never an end
+           proxy shut down while it ran (ABANDONS), or it is a bridge flow (worker -1); never a second started, never an end
            without its start (docs/events.md);
   quic     a flow with protocol http3 (QUIC passthrough) has no TLS or HTTP event; its
            quic_client_hello (at most one) follows connect_received and precedes
@@ -152,8 +152,11 @@ def _check_schema(ev):
     if ev["protocol"] not in PROTOCOLS:
         _fail("unknown protocol", ev)
     for k in ("gseq", "flow_id", "seq", "ts_ns", "worker", "server_port"):
-        if not _is_int(ev[k]) or ev[k] < 0:
+        # worker -1: a flow reported over the bridge (docs/bridge.md)
+        if not _is_int(ev[k]) or ev[k] < (-1 if k == "worker" else 0):
             _fail(f"{k} must be a non-negative integer", ev)
+    if ev["worker"] == -1 and ev["flow_id"] >> 48 != 0x7fff:
+        _fail("a bridge flow (worker -1) has a flow_id outside 0x7fff << 48 | n", ev)
     t = ev["type"]
     if t not in SCHEMA:
         _fail("unknown event type", ev)
@@ -421,7 +424,10 @@ def check_events(events, require_closed=True, body_capture_bytes=DEFAULT_BODY_CA
                 for side, hs in fl["tls"].items():
                     # A handshake may only stay open when the flow closed because the other
                     # side went away (or the proxy shut down) while it ran: docs/events.md.
-                    if hs == "started" and ev["reason_code"] not in ABANDONS[side]:
+                    # A bridged flow (worker -1) reports what its engine saw: any close may
+                    # leave a handshake the engine never ended (docs/bridge.md, "Flows").
+                    if (hs == "started" and ev["reason_code"] not in ABANDONS[side]
+                            and ev["worker"] != -1):
                         _fail(f"TLS handshake on side {side} started but never ended", ev)
                 for sid, st in fl["streams"].items():
                     if not st["done"]:

@@ -144,6 +144,15 @@ extern const char *const soth_flush_reason_names[SOTH_FLUSH_COUNT];
 struct soth_observe;     /* the subsystem: rings, telemetry thread, ring file, sinks, metrics */
 struct soth_ev_producer; /* one worker's end of its SPSC ring */
 
+/** The `worker` of flows reported over the bridge (printed as -1, docs/bridge.md). */
+#define SOTH_EV_WORKER_BRIDGE 0xffffu
+/**
+ * Flow ids of bridge flows: 0x7fff << 48 | n, n from 1; workers use (worker + 1) << 48 | n with
+ * at most SOTH_CONFIG_MAX_WORKERS workers. Below 2^63, so consumers that read JSON integers as
+ * int64 (jansson, many others) read every flow id.
+ */
+#define SOTH_EV_BRIDGE_FLOW_ID(n) (((uint64_t)0x7fffu << 48) | ((uint64_t)(n)&0xffffffffffffull))
+
 #define SOTH_EV_HOST_MAX 255
 #define SOTH_EV_ADDR_MAX 64
 
@@ -188,6 +197,11 @@ void soth_observe_free(struct soth_observe *obs);
 /** The ring file path in use. */
 const char *soth_observe_ring_path(const struct soth_observe *obs);
 struct soth_ev_producer *soth_observe_producer(struct soth_observe *obs, unsigned worker);
+/**
+ * The producer reserved for the bridge thread (docs/bridge.md): one more SPSC ring, drained like
+ * the workers'; its flows carry worker SOTH_EV_WORKER_BRIDGE. Single-thread like every producer.
+ */
+struct soth_ev_producer *soth_observe_bridge_producer(struct soth_observe *obs);
 
 /* ---- telemetry hooks (how core's learning aggregator sees the event stream) */
 
@@ -231,6 +245,8 @@ void soth_observe_wake(struct soth_observe *obs);
 void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, uint64_t flow_id,
                        unsigned worker, const struct sockaddr *client, socklen_t client_len);
 void soth_ev_flow_set_server(struct soth_ev_flow *f, struct soth_iov host, uint16_t port);
+/** Set client_addr from text ("ip:port" as another engine reported it; cut at 63 bytes). */
+void soth_ev_flow_set_client_text(struct soth_ev_flow *f, struct soth_iov addr);
 static inline void soth_ev_flow_set_protocol(struct soth_ev_flow *f, enum soth_protocol p)
 {
     f->protocol = (uint8_t)p;
@@ -371,6 +387,35 @@ struct soth_metrics {
 
 /** The worker's counters (owned by obs). */
 struct soth_metrics *soth_observe_metrics(struct soth_observe *obs, unsigned worker);
+/** The bridge producer's counters (events_dropped, tls_failures), summed like a worker's. */
+struct soth_metrics *soth_observe_bridge_metrics(struct soth_observe *obs);
+
+/** Why the bridge refused a line (docs/bridge.md, "Refusals and bounds"). */
+enum soth_bridge_refusal {
+    SOTH_BRIDGE_R_LINE_TOO_LONG = 0,
+    SOTH_BRIDGE_R_BAD_JSON,
+    SOTH_BRIDGE_R_NOT_OBJECT,
+    SOTH_BRIDGE_R_UNKNOWN_KIND,
+    SOTH_BRIDGE_R_UNKNOWN_HOOK,
+    SOTH_BRIDGE_R_SCHEMA,
+    SOTH_BRIDGE_R_ORDER,
+    SOTH_BRIDGE_R_TOO_MANY_CONNS,
+    SOTH_BRIDGE_R_TOO_MANY_STREAMS,
+    SOTH_BRIDGE_R_TOO_MANY_CLIENTS,
+    SOTH_BRIDGE_R_COUNT
+};
+extern const char *const soth_bridge_refusal_names[SOTH_BRIDGE_R_COUNT];
+
+/** The bridge's own metrics (docs/metrics.md): written by the bridge thread only. */
+struct soth_bridge_metrics {
+    _Atomic uint64_t lines;
+    _Atomic uint64_t refused[SOTH_BRIDGE_R_COUNT];
+    _Atomic uint64_t clients; /* gauge */
+    _Atomic uint64_t flows;   /* gauge */
+};
+/** The bridge's counters (owned by obs, rendered at /metrics). */
+struct soth_bridge_metrics *soth_observe_bridge_counters(struct soth_observe *obs);
+
 /** Event lines the sinks dropped because a consumer fell behind (any thread). */
 uint64_t soth_observe_sink_dropped(struct soth_observe *obs);
 

@@ -381,6 +381,13 @@ extern const char *const soth_tls_fail_names[SOTH_TLS_FAIL_COUNT];
 int soth_tls_conn_failure(const struct soth_tls_conn *c, enum soth_tls_fail *reason, char *detail,
                           size_t detail_len);
 
+/**
+ * Classify mitmproxy's text for a failed handshake on side (its conn.error, as the bridge's
+ * tls_failed_client / tls_failed_server lines carry it) into the native classes: the table is
+ * in tls/failure_mitm.c and docs/bridge.md. Pure; any bytes; NULL text is "other".
+ */
+enum soth_tls_fail soth_tls_classify_mitmproxy(enum soth_leg side, const char *text, size_t len);
+
 /** What the transport saw while the handshake was in progress. */
 enum soth_tls_transport {
     SOTH_TLS_TRANSPORT_EOF = 0, /* peer closed (recv 0) */
