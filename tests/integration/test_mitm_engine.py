@@ -200,11 +200,15 @@ class MitmEngineTests(unittest.TestCase):
             fl = list(self.closed_flows(p, 1).values())[0]
             self.assertEqual(fl[-1]["protocol"], "websocket")
             ws = [e for e in fl if e["type"] == "ws_message"]
-            data = [(e["direction"], base64.b64decode(e["data_b64"])) for e in ws]
+            data = [(e["direction"], e["opcode"], e["len"], base64.b64decode(e["data_b64"]),
+                     e["truncated"]) for e in ws]
             want = []
             for m in msgs:
                 b = m.encode() if isinstance(m, str) else m
-                want += [("client_to_server", b), ("server_to_client", b)]
+                op = 1 if isinstance(m, str) else 2
+                cap = (b[:4096], len(b) > 4096)  # events.body_capture_bytes
+                want += [("client_to_server", op, len(b)) + cap,
+                         ("server_to_client", op, len(b)) + cap]
             self.assertEqual(data[:len(want)], want)
             resp = [e for e in fl if e["type"] == "response_headers"][0]
             self.assertEqual(resp["status"], 101)
