@@ -292,6 +292,29 @@ class MitmEngineTests(unittest.TestCase):
         finally:
             echo.close()
 
+    def test_sighup_reloads_the_policy_without_restarting_mitmdump(self):
+        with engine_proxy(self.config()) as p:
+            kid = subprocess.run(["pgrep", "-P", str(p.proc.pid)], capture_output=True,
+                                 text=True).stdout.split()
+            s, head = connect_tunnel(p, "origin.test", self.h1.port, timeout=TIMEOUT)
+            s.close()
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            with open(os.path.join(p.tmp, "config.json"), "w") as f:
+                json.dump(self.config(policy={"default": "intercept", "rules": [
+                    {"host": "origin.test", "action": "block"}]}), f)
+            p.proc.send_signal(signal.SIGHUP)
+            deadline = time.time() + TIMEOUT
+            while True:
+                time.sleep(0.5)  # the addon looks at its policy file at most once a second
+                s, head = connect_tunnel(p, "origin.test", self.h1.port, timeout=TIMEOUT)
+                s.close()
+                if head.startswith(b"HTTP/1.1 403"):
+                    break
+                self.assertLess(time.time(), deadline, "reload not applied\n" + p.stderr())
+            self.assertIn("SIGHUP: policy reloaded", p.stderr())
+            self.assertEqual(subprocess.run(["pgrep", "-P", str(p.proc.pid)],
+                                            capture_output=True, text=True).stdout.split(), kid)
+
     def check(self, cfg, *flags):
         path = os.path.join(self.dir, "check.json")
         with open(path, "w") as f:
