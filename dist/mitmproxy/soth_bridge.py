@@ -566,10 +566,7 @@ class SothBridge:
         c = self.conns.get(data.context.client.id)
         if c is None:
             return
-        if hook.endswith("_client"):
-            sni = getattr(conn, "sni", None)
-        else:
-            sni = getattr(conn, "sni", None)
+        sni = getattr(conn, "sni", None)  # the client's SNI, or the one sent upstream
         if isinstance(sni, bytes):
             sni = sni.decode("ascii", "replace")
         err = None

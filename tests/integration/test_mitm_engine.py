@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ import unittest
 import websockets
 
 from h2_origin import H2Origin, body_for
-from harness import PROXY_BIN, EchoServer, Proxy, by_flow, connect_tunnel, read_head
+from harness import PROXY_BIN, EchoServer, Proxy, by_flow, connect_tunnel
 from test_http1 import make_origin_ca
 from test_ws_sse import SSE_EXPECTED, SSEOrigin, WSOrigin
 
