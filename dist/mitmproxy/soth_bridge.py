@@ -537,9 +537,18 @@ class SothBridge:
     def server_connect(self, data):
         """`resolve` (docs/config.md): a static address for a name, the name kept for SNI."""
         server = data.server
-        if not server.address or not self.policy.resolve:
+        if not server.address:
             return
         host, port = server.address[0], server.address[1]
+        client = getattr(data, "client", None)
+        c = self.conns.get(client.id) if client is not None else None
+        if c is not None and not c.announced:
+            # socks5 and transparent modes: the target as the client named it, before the
+            # address below replaces a name
+            self._announce(c, "SOCKS5" if self.socks5 else None, _hostport(host, port), host,
+                           port)
+        if not self.policy.resolve:
+            return
         addr = self.policy.resolve.get(str(host).lower().rstrip("."))
         if addr is not None:
             if getattr(server, "sni", None) is None and server.tls:

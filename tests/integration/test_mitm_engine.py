@@ -177,6 +177,29 @@ class MitmEngineTests(unittest.TestCase):
             self.assertEqual((done["outcome"], done["response_bytes"]), ("complete", 20000))
             self.assertEqual(h2[-1]["protocol"], "http2")
 
+    def test_reverse_and_socks5_modes(self):
+        port = self.h1.port
+        with engine_proxy(self.config(), mode=f"reverse:https://origin.test:{port}") as p:
+            out = subprocess.run(["curl", "-sS", "--max-time", str(TIMEOUT), "--cacert",
+                                  self.ca(p), "--resolve", f"origin.test:{p.port}:127.0.0.1",
+                                  f"https://origin.test:{p.port}/hello"],
+                                 capture_output=True, timeout=TIMEOUT + 10)
+            self.assertEqual(out.stdout, b"hello h1", out.stderr.decode() + p.diagnostics())
+            fl = list(self.closed_flows(p, 1).values())[0]
+            self.assertEqual((fl[0]["type"], fl[0]["method"], fl[0]["target"]),
+                             ("connect_received", None, f"origin.test:{port}"))
+            self.assertIn("exchange_completed", [e["type"] for e in fl])
+        with engine_proxy(self.config(), mode="socks5") as p:
+            out = subprocess.run(["curl", "-sS", "--max-time", str(TIMEOUT), "--cacert",
+                                  self.ca(p), "--socks5-hostname", f"127.0.0.1:{p.port}",
+                                  f"https://origin.test:{port}/hello"],
+                                 capture_output=True, timeout=TIMEOUT + 10)
+            self.assertEqual(out.stdout, b"hello h1", out.stderr.decode() + p.diagnostics())
+            fl = list(self.closed_flows(p, 1).values())[0]
+            self.assertEqual((fl[0]["type"], fl[0]["method"], fl[0]["target"]),
+                             ("connect_received", "SOCKS5", f"origin.test:{port}"))
+            self.assertIn("exchange_completed", [e["type"] for e in fl])
+
     def test_websocket_echo(self):
         with engine_proxy(self.config()) as p:
             port = self.ws.port
