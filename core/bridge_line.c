@@ -402,7 +402,7 @@ static int get_uint(json_t *o, const char *key, int rule, uint64_t max, uint64_t
 {
     json_t *v = json_object_get(o, key);
     *out = 0;
-    if (v == NULL)
+    if (v == NULL || (rule == NUL && json_is_null(v)))
         return rule == REQ ? -1 : 0;
     if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max)
         return -1;
@@ -598,13 +598,14 @@ static int handle_tls_op(struct soth_bline *b, json_t *o, const char *key, size_
     struct soth_iov caddr, host, sni, err, ver, cipher, alpn;
     bool sni_null, alpn_null;
     uint64_t port;
-    if (get_text(b, o, "client_addr", OPT, &caddr, NULL) < 0 ||
-        get_text(b, o, "server_host", OPT, &host, NULL) < 0 ||
-        get_uint(o, "server_port", OPT, 65535, &port) < 0 ||
+    /* Optional fields may also be null (an engine without the value): as if absent. */
+    if (get_text(b, o, "client_addr", NUL, &caddr, NULL) < 0 ||
+        get_text(b, o, "server_host", NUL, &host, NULL) < 0 ||
+        get_uint(o, "server_port", NUL, 65535, &port) < 0 ||
         get_text(b, o, "sni", NUL, &sni, &sni_null) < 0 ||
-        get_text(b, o, "error", OPT, &err, NULL) < 0 ||
-        get_text(b, o, "tls_version", OPT, &ver, NULL) < 0 ||
-        get_text(b, o, "cipher", OPT, &cipher, NULL) < 0 ||
+        get_text(b, o, "error", NUL, &err, NULL) < 0 ||
+        get_text(b, o, "tls_version", NUL, &ver, NULL) < 0 ||
+        get_text(b, o, "cipher", NUL, &cipher, NULL) < 0 ||
         get_text(b, o, "alpn", NUL, &alpn, &alpn_null) < 0)
         return refuse(b, SOTH_BRIDGE_R_SCHEMA, "tls_op: a field has the wrong type", now_ns);
     if (caddr.base == NULL)
@@ -768,9 +769,9 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     uint64_t sport;
     json_t *pv = json_object_get(o, "protocol");
     int proto = -1;
-    if (get_text(b, o, "client_addr", OPT, &caddr, NULL) < 0 ||
-        get_text(b, o, "server_host", OPT, &shost, &shost_null) < 0 ||
-        get_uint(o, "server_port", OPT, 65535, &sport) < 0 ||
+    if (get_text(b, o, "client_addr", NUL, &caddr, NULL) < 0 ||
+        get_text(b, o, "server_host", NUL, &shost, &shost_null) < 0 ||
+        get_uint(o, "server_port", NUL, 65535, &sport) < 0 ||
         (pv != NULL && get_enum(o, "protocol", soth_protocol_names, SOTH_PROTO_COUNT, &proto) < 0))
         BAD("event: a common field");
     if (caddr.base == NULL)

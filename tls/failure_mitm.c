@@ -6,6 +6,7 @@
  * verify failed: <X509 verify error string>" of an upstream rejection, "OpenSSL Error([...])"
  * for any other OpenSSL error) and OpenSSL's alert and error strings inside them.
  */
+#include <stdbool.h>
 #include <string.h>
 
 #include "soth/tls.h"
@@ -100,13 +101,17 @@ enum soth_tls_fail soth_tls_classify_mitmproxy(enum soth_leg side, const char *t
     if (side >= SOTH_LEG_COUNT)
         side = SOTH_LEG_CLIENT;
     /* "The client does not trust the proxy's certificate for HOST (ERR)" and "... may not
-     * trust ...": classify ERR only, so that a host name never matches a needle. */
+     * trust ...": classify ERR only, so that a host name never matches a needle. "does not
+     * trust" with an ERR we do not know is still our certificate refused. */
     static const char trust[] = "the proxy's certificate for ";
+    bool does_not = false;
     for (size_t i = 0; text != NULL && i + sizeof(trust) - 1 <= len; i++) {
         if (contains_ci(text + i, sizeof(trust) - 1, trust)) {
+            does_not = contains_ci(text, i, "does not trust");
             const char *p = memchr(text + i, '(', len - i);
             if (p == NULL)
-                return side == SOTH_LEG_CLIENT ? SOTH_TLS_FAIL_UNKNOWN_CA : SOTH_TLS_FAIL_OTHER;
+                return does_not && side == SOTH_LEG_CLIENT ? SOTH_TLS_FAIL_UNKNOWN_CA
+                                                           : SOTH_TLS_FAIL_OTHER;
             len -= (size_t)(p - text);
             text = p;
             break;
@@ -117,5 +122,5 @@ enum soth_tls_fail soth_tls_classify_mitmproxy(enum soth_leg side, const char *t
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (contains_ci(text, len, table[i].needle))
             return (enum soth_tls_fail)table[i].cls[side];
-    return SOTH_TLS_FAIL_OTHER;
+    return does_not && side == SOTH_LEG_CLIENT ? SOTH_TLS_FAIL_UNKNOWN_CA : SOTH_TLS_FAIL_OTHER;
 }

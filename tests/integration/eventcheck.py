@@ -139,6 +139,11 @@ def _fail(msg, ev):
     raise EventOrderError(f"{msg}: {ev}")
 
 
+def _is_text(x):
+    return isinstance(x, str) or (isinstance(x, dict) and list(x) == ["b64"]
+                                  and isinstance(x["b64"], str))
+
+
 def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -186,8 +191,10 @@ def _check_schema(ev):
             if not isinstance(val, bool):
                 _fail(f"{t}.{name} must be a boolean", ev)
         elif kind == HDRS:
+            # a name or value is a string, or {"b64": ...} for bytes that are not UTF-8
+            # (docs/events.md, "Bytes in JSON")
             if not isinstance(val, list) or not all(
-                    isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
+                    isinstance(h, list) and len(h) == 2 and all(_is_text(x) for x in h)
                     for h in val):
                 _fail(f"{t}.{name} must be a list of [name, value] strings", ev)
         elif kind == B64:

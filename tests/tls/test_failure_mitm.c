@@ -52,6 +52,9 @@ static const struct {
     {SOTH_LEG_CLIENT,
      "The client may not trust the proxy's certificate for timeout.reset.test (something new)",
      SOTH_TLS_FAIL_OTHER},
+    {SOTH_LEG_CLIENT,
+     "The client does not trust the proxy's certificate for origin.test (a future wording)",
+     SOTH_TLS_FAIL_UNKNOWN_CA},
     /* upstream side */
     {SOTH_LEG_UPSTREAM, "Certificate verify failed: unable to get local issuer certificate",
      SOTH_TLS_FAIL_UNKNOWN_CA},
@@ -104,4 +107,6 @@ Test(tls_failure_mitm, any_bytes_are_safe)
     const char *t = "The client does not trust the proxy's certificate for x";
     cr_assert_eq(soth_tls_classify_mitmproxy(SOTH_LEG_CLIENT, t, strlen(t)),
                  SOTH_TLS_FAIL_UNKNOWN_CA);
+    t = "The client may not trust the proxy's certificate for x";
+    cr_assert_eq(soth_tls_classify_mitmproxy(SOTH_LEG_CLIENT, t, strlen(t)), SOTH_TLS_FAIL_OTHER);
 }
