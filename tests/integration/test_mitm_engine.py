@@ -386,6 +386,27 @@ class MitmEngineTests(unittest.TestCase):
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
+    def test_mitmdump_dies_with_soth_mitm(self):
+        p = engine_proxy(self.config())
+        try:
+            kid = int(subprocess.run(["pgrep", "-P", str(p.proc.pid)], capture_output=True,
+                                     text=True).stdout.split()[0])
+            p.proc.kill()  # no chance to stop the child itself
+            p.proc.wait(TIMEOUT)
+            deadline = time.time() + TIMEOUT
+            while os.path.exists(f"/proc/{kid}"):
+                with open(f"/proc/{kid}/stat") as f:
+                    if f.read().split(") ")[1].startswith("Z"):
+                        break  # dead, waiting for init to reap it
+                self.assertLess(time.time(), deadline, "mitmdump outlived a killed soth-mitm")
+                time.sleep(0.1)
+        finally:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+            p._stderr.close()
+            shutil.rmtree(p.tmp, ignore_errors=True)
+
     def test_child_exit_stops_soth_mitm(self):
         p = engine_proxy(self.config())
         try:
