@@ -102,27 +102,40 @@ static void rm_tree(const char *dir)
         nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* $XDG_RUNTIME_DIR/soth-mitm, else /tmp/soth-mitm-$UID: where the ring lives by default. */
-static int make_private_dir(char *out, size_t out_len, char *err, size_t err_len)
+/* Next to the event ring file (events.ring_path, else $XDG_RUNTIME_DIR/soth-mitm, else
+ * /tmp/soth-mitm-$UID): a directory this process may write, as the ring must be there. */
+static int make_private_dir(const struct soth_config *cfg, char *out, size_t out_len, char *err,
+                            size_t err_len)
 {
-    char *ring = soth_config_default_ring_path();
+    char *ring = cfg->events.ring_path != NULL ? strdup(cfg->events.ring_path)
+                                               : soth_config_default_ring_path();
     if (ring == NULL) {
         snprintf(err, err_len, "out of memory");
         return -1;
     }
     char *slash = strrchr(ring, '/');
-    if (slash != NULL)
+    const char *parent = ring;
+    if (slash == NULL)
+        parent = ".";
+    else if (slash == ring)
+        parent = "/";
+    else
         *slash = '\0';
-    if (mkdir(ring, 0700) == -1 && errno != EEXIST) {
-        snprintf(err, err_len, "mkdir %s: %s", ring, strerror(errno));
+    if (mkdir(parent, 0700) == -1 && errno != EEXIST) {
+        snprintf(err, err_len, "mkdir %s: %s", parent, strerror(errno));
         free(ring);
         return -1;
     }
-    int n = snprintf(out, out_len, "%s/mitmproxy.XXXXXX", ring);
+    int n = snprintf(out, out_len, "%s/mitmproxy.XXXXXX", parent);
     free(ring);
-    /* sun_path holds 108 bytes: leave room for "/bridge.sock" */
-    if (n < 0 || (size_t)n >= out_len || n > 90) {
+    if (n < 0 || (size_t)n >= out_len) {
         snprintf(err, err_len, "runtime directory path too long");
+        return -1;
+    }
+    /* sun_path holds 108 bytes: leave room for "/bridge.sock" */
+    if (cfg->bridge.listen == NULL && n > 90) {
+        snprintf(err, err_len,
+                 "%.*s: too long a path for the bridge socket in it: set bridge.listen", n, out);
         return -1;
     }
     if (mkdtemp(out) == NULL) {
@@ -542,7 +555,7 @@ int soth_mitmengine_run(struct soth_config *cfg, const struct soth_cli_overrides
                 strerror(errno));
         return 1;
     }
-    if (make_private_dir(dir, sizeof(dir), err, sizeof(err)) < 0) {
+    if (make_private_dir(cfg, dir, sizeof(dir), err, sizeof(err)) < 0) {
         fprintf(stderr, "soth-mitm: %s\n", err);
         return 1;
     }
