@@ -59,6 +59,7 @@ struct bconn {
     uint8_t key_len;
     bool by_events; /* the flow began with an event line: the engine sends its lifecycle */
     bool decided;
+    bool connect; /* connect_received's method was CONNECT or SOCKS5: a tunnel relays bytes only */
     uint8_t decision; /* enum soth_action */
     uint8_t tls[SOTH_LEG_COUNT];
     int8_t h2; /* -1 unknown, 0 HTTP/1.x, 1 HTTP/2 */
@@ -776,6 +777,8 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
         BAD("event: a common field");
     if (caddr.base == NULL)
         caddr = soth_iov("", 0);
+    if (proto == SOTH_PROTO_HTTP3)
+        BAD("event: no QUIC behind the bridge");
 
     uint32_t idx = conn_find(b, key, key_len);
     struct bconn *c = idx != NONE ? conn_at(b, idx) : NULL;
@@ -789,7 +792,7 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
         if (!c->decided)
             ORD("TLS/HTTP event before connect_decision");
         if (c->decision == SOTH_ACTION_BLOCK ||
-            (c->decision == SOTH_ACTION_TUNNEL && is_tls_type(t)))
+            (c->decision == SOTH_ACTION_TUNNEL && (is_tls_type(t) || c->connect)))
             ORD("TLS/HTTP event on a blocked or tunnelled flow");
     }
 
@@ -1007,6 +1010,7 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     struct soth_ev_flow *f = &c->ev;
     switch (t) {
     case SOTH_EV_CONNECT_RECEIVED:
+        c->connect = !n1 && (soth_iov_is_ci(s1, "CONNECT") || soth_iov_is_ci(s1, "SOCKS5"));
         soth_ev_connect_received(f, n1 ? SOTH_IOV_NULL : s1, s2);
         break;
     case SOTH_EV_CONNECT_PARSE_FAILED:

@@ -296,6 +296,31 @@ Test(bridge_event, a_whole_exchange_and_refusals_out_of_order)
     json_decref(arr);
 }
 
+Test(bridge_event, a_tunnelled_connect_has_no_tls_or_http_events)
+{
+    struct env e;
+    env_init(&e, false, 0);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"connect_received\",\"method\":\"CONNECT\",\"target\":"
+                                      "\"a.test:443\"")),
+                 0);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"connect_decision\",\"decision\":\"tunnel\","
+                                      "\"reason\":\"ignore_hosts\"")),
+                 0);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"request_headers\",\"stream_id\":1,\"method\":\"GET\","
+                                      "\"scheme\":null,\"authority\":null,\"path\":\"/\","
+                                      "\"http_version\":\"1.1\",\"headers\":[]")),
+                 SOTH_BRIDGE_R_ORDER);
+    cr_assert_eq(line(&e, TLS_OP("tls_start_client", "\"t\"", "")), SOTH_BRIDGE_R_ORDER);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"stream_closed\",\"reason_code\":\"relay_eof\","
+                                      "\"protocol\":\"http3\"")),
+                 SOTH_BRIDGE_R_SCHEMA);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"stream_closed\",\"reason_code\":\"relay_eof\"")), 0);
+    json_t *arr = env_events(&e);
+    static const char *const want[] = {"connect_received", "connect_decision", "stream_closed"};
+    expect_types(arr, want, 3);
+    json_decref(arr);
+}
+
 Test(bridge_event, open_streams_and_turns_are_ended_before_stream_closed)
 {
     struct env e;
