@@ -484,12 +484,19 @@ static void fill_list(struct soth_bline *b, json_t *o, const char *key, size_t n
 
 static int refuse(struct soth_bline *b, int reason, const char *why, uint64_t now_ns)
 {
+    return soth_bline_refuse(b, reason, why, now_ns);
+}
+
+int soth_bline_refuse(struct soth_bline *b, int reason, const char *why, uint64_t now_ns)
+{
     if (b->p.bm != NULL)
         SOTH_METRIC_ADD(b->p.bm->refused[reason], 1);
     /* One log line per second at most (docs/bridge.md): peer misbehaviour is counted. */
     if (now_ns - b->log_last_ns >= LOG_EVERY_NS || b->log_last_ns == 0) {
-        SOTH_LOG(SOTH_LOG_WARN, -1, 0, "bridge: line refused (%s): %s (%llu more refused before)",
-                 soth_bridge_refusal_names[reason], why, (unsigned long long)b->log_suppressed);
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0, "bridge: refused (%s): %s%s (%llu more refused before)",
+                 soth_bridge_refusal_names[reason], why,
+                 soth_bline_refusal_closes(reason) ? "; client closed" : "",
+                 (unsigned long long)b->log_suppressed);
         b->log_last_ns = now_ns;
         b->log_suppressed = 0;
     } else {
