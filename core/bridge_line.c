@@ -806,7 +806,7 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     /* Per type: parse and check everything, then emit. */
     struct soth_iov s1, s2, s3, s4, s5;
     bool n1 = false, n2 = false, n3 = false;
-    uint64_t u1 = 0, u2 = 0, u3 = 0;
+    uint64_t u1 = 0, u2 = 0;
     int e1 = 0, e2 = 0, e3 = 0;
     size_t nh = 0, nl = 0;
     uint32_t sidx = NONE;
@@ -996,7 +996,6 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     default:
         BAD("event: type not accepted");
     }
-    (void)u3;
 
     /* Accepted: emit. */
     if (c == NULL) {
