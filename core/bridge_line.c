@@ -632,7 +632,7 @@ static int handle_tls_op(struct soth_bline *b, json_t *o, const char *key, size_
         side = SOTH_LEG_UPSTREAM;
     /* Checks first: nothing is emitted for a refused line. */
     if (c != NULL) {
-        if (c->by_events && !c->decided)
+        if (c->by_events && !c->decided && hook != H_DISCONNECTED)
             return refuse(b, SOTH_BRIDGE_R_ORDER, "tls_op before connect_decision", now_ns);
         if (side >= 0 && c->decision != SOTH_ACTION_INTERCEPT)
             return refuse(b, SOTH_BRIDGE_R_ORDER, "tls_op on a flow not intercepted", now_ns);

@@ -212,6 +212,9 @@ Test(bridge_event, a_whole_exchange_and_refusals_out_of_order)
                                   "\"a.test:443\",\"server_host\":\"a.test\",\"server_port\":443,"
                                   "\"client_addr\":\"127.0.0.1:7\"")),
                  0);
+    /* client_disconnected before the decision is no disorder: nothing happens */
+    cr_assert_eq(line(&e, TLS_OP("client_disconnected", "1", "")), 0);
+    cr_assert_eq(line(&e, TLS_OP("tls_clienthello", "1", "")), SOTH_BRIDGE_R_ORDER);
     /* request before the decision */
     cr_assert_eq(line(&e, EV("1", "\"request_headers\",\"stream_id\":1,\"method\":\"GET\","
                                   "\"scheme\":\"https\",\"authority\":\"a.test\",\"path\":\"/\","
@@ -277,7 +280,7 @@ Test(bridge_event, a_whole_exchange_and_refusals_out_of_order)
     cr_assert_eq(line(&e, EV("1", "\"stream_closed\",\"reason_code\":\"client_eof\"")), 0);
     cr_assert_eq(line(&e, EV("1", "\"stream_closed\",\"reason_code\":\"client_eof\"")),
                  SOTH_BRIDGE_R_ORDER);
-    cr_assert_eq(atomic_load(&e.bm->refused[SOTH_BRIDGE_R_ORDER]), 9);
+    cr_assert_eq(atomic_load(&e.bm->refused[SOTH_BRIDGE_R_ORDER]), 10);
     cr_assert_eq(atomic_load(&e.bm->refused[SOTH_BRIDGE_R_SCHEMA]), 3);
     json_t *arr = env_events(&e);
     static const char *const want[] = {
