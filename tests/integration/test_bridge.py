@@ -57,8 +57,10 @@ class BridgeTests(unittest.TestCase):
 
     def learning_run(self, provider):
         origin = TLSOrigin()
+        mport = free_port()
         try:
             cfg = self.config(policy={"default": "intercept"},
+                              metrics={"listen": f"127.0.0.1:{mport}"},
                               resolve={"origin.test": "127.0.0.1"},
                               tls={"upstream_ca_file": origin.ca,
                                    "learning": {"failure_threshold": THRESHOLD,
@@ -67,6 +69,11 @@ class BridgeTests(unittest.TestCase):
                 for i in range(THRESHOLD):
                     send_lines(self.sock, failing_conn(f"{provider}-{i}", provider, origin.port))
                 time.sleep(SETTLE_S)
+                # bridged failures count like the workers' own
+                m = scrape(mport)
+                self.assertEqual(
+                    m['soth_tls_handshake_failures_total{side="client",reason="unknown_ca"}'],
+                    THRESHOLD)
                 issuer = handshake(p, origin)
                 evs = p.checked_events()
         finally:
