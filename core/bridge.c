@@ -74,7 +74,7 @@ static void on_accept(struct soth_bridge *br, uint64_t now)
                 c = &br->clients[i];
         if (c == NULL) {
             close(fd); /* docs/bridge.md: accepted and closed at once, counted */
-            SOTH_METRIC_ADD(br->bm->refused[SOTH_BRIDGE_R_TOO_MANY_CLIENTS], 1);
+            soth_bline_refuse(br->bl, SOTH_BRIDGE_R_TOO_MANY_CLIENTS, "64 clients connected", now);
             continue;
         }
         c->buf = malloc(BUF_INITIAL);
@@ -113,11 +113,8 @@ static bool take_lines(struct soth_bridge *br, struct client *c, uint64_t now)
             len--;
         if (len > 0) {
             int rc = soth_bline_handle(br->bl, c->buf + start, len, now);
-            if (rc != 0 && soth_bline_refusal_closes(rc)) {
-                SOTH_LOG(SOTH_LOG_WARN, -1, 0, "bridge: client closed after a line refused (%s)",
-                         soth_bridge_refusal_names[rc]);
-                return false;
-            }
+            if (rc != 0 && soth_bline_refusal_closes(rc))
+                return false; /* logged (rate-limited) with the refusal */
         }
         start = end + 1;
     }
@@ -126,7 +123,6 @@ static bool take_lines(struct soth_bridge *br, struct client *c, uint64_t now)
     if (c->len > SOTH_BRIDGE_LINE_MAX) {
         /* Counted like any refusal: handle() refuses a length over the bound unparsed. */
         soth_bline_handle(br->bl, c->buf, SOTH_BRIDGE_LINE_MAX + 1, now);
-        SOTH_LOG(SOTH_LOG_WARN, -1, 0, "bridge: client closed: a line over 1 MiB");
         return false;
     }
     return true;

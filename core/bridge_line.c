@@ -59,6 +59,7 @@ struct bconn {
     uint8_t key_len;
     bool by_events; /* the flow began with an event line: the engine sends its lifecycle */
     bool decided;
+    bool connect; /* connect_received's method was CONNECT or SOCKS5: a tunnel relays bytes only */
     uint8_t decision; /* enum soth_action */
     uint8_t tls[SOTH_LEG_COUNT];
     int8_t h2; /* -1 unknown, 0 HTTP/1.x, 1 HTTP/2 */
@@ -483,12 +484,19 @@ static void fill_list(struct soth_bline *b, json_t *o, const char *key, size_t n
 
 static int refuse(struct soth_bline *b, int reason, const char *why, uint64_t now_ns)
 {
+    return soth_bline_refuse(b, reason, why, now_ns);
+}
+
+int soth_bline_refuse(struct soth_bline *b, int reason, const char *why, uint64_t now_ns)
+{
     if (b->p.bm != NULL)
         SOTH_METRIC_ADD(b->p.bm->refused[reason], 1);
     /* One log line per second at most (docs/bridge.md): peer misbehaviour is counted. */
     if (now_ns - b->log_last_ns >= LOG_EVERY_NS || b->log_last_ns == 0) {
-        SOTH_LOG(SOTH_LOG_WARN, -1, 0, "bridge: line refused (%s): %s (%llu more refused before)",
-                 soth_bridge_refusal_names[reason], why, (unsigned long long)b->log_suppressed);
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0, "bridge: refused (%s): %s%s (%llu more refused before)",
+                 soth_bridge_refusal_names[reason], why,
+                 soth_bline_refusal_closes(reason) ? "; client closed" : "",
+                 (unsigned long long)b->log_suppressed);
         b->log_last_ns = now_ns;
         b->log_suppressed = 0;
     } else {
@@ -624,7 +632,7 @@ static int handle_tls_op(struct soth_bline *b, json_t *o, const char *key, size_
         side = SOTH_LEG_UPSTREAM;
     /* Checks first: nothing is emitted for a refused line. */
     if (c != NULL) {
-        if (c->by_events && !c->decided)
+        if (c->by_events && !c->decided && hook != H_DISCONNECTED)
             return refuse(b, SOTH_BRIDGE_R_ORDER, "tls_op before connect_decision", now_ns);
         if (side >= 0 && c->decision != SOTH_ACTION_INTERCEPT)
             return refuse(b, SOTH_BRIDGE_R_ORDER, "tls_op on a flow not intercepted", now_ns);
@@ -776,6 +784,8 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
         BAD("event: a common field");
     if (caddr.base == NULL)
         caddr = soth_iov("", 0);
+    if (proto == SOTH_PROTO_HTTP3)
+        BAD("event: no QUIC behind the bridge");
 
     uint32_t idx = conn_find(b, key, key_len);
     struct bconn *c = idx != NONE ? conn_at(b, idx) : NULL;
@@ -789,14 +799,14 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
         if (!c->decided)
             ORD("TLS/HTTP event before connect_decision");
         if (c->decision == SOTH_ACTION_BLOCK ||
-            (c->decision == SOTH_ACTION_TUNNEL && is_tls_type(t)))
+            (c->decision == SOTH_ACTION_TUNNEL && (is_tls_type(t) || c->connect)))
             ORD("TLS/HTTP event on a blocked or tunnelled flow");
     }
 
     /* Per type: parse and check everything, then emit. */
     struct soth_iov s1, s2, s3, s4, s5;
     bool n1 = false, n2 = false, n3 = false;
-    uint64_t u1 = 0, u2 = 0, u3 = 0;
+    uint64_t u1 = 0, u2 = 0;
     int e1 = 0, e2 = 0, e3 = 0;
     size_t nh = 0, nl = 0;
     uint32_t sidx = NONE;
@@ -986,7 +996,6 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     default:
         BAD("event: type not accepted");
     }
-    (void)u3;
 
     /* Accepted: emit. */
     if (c == NULL) {
@@ -1007,6 +1016,7 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     struct soth_ev_flow *f = &c->ev;
     switch (t) {
     case SOTH_EV_CONNECT_RECEIVED:
+        c->connect = !n1 && (soth_iov_is_ci(s1, "CONNECT") || soth_iov_is_ci(s1, "SOCKS5"));
         soth_ev_connect_received(f, n1 ? SOTH_IOV_NULL : s1, s2);
         break;
     case SOTH_EV_CONNECT_PARSE_FAILED:

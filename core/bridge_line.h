@@ -41,6 +41,12 @@ void soth_bline_free(struct soth_bline *b);
  */
 int soth_bline_handle(struct soth_bline *b, const char *line, size_t len, uint64_t now_ns);
 
+/**
+ * Count a refusal (lines the caller refuses itself, connections over the client limit) and log
+ * it, at most one log line per second (docs/bridge.md). Returns reason.
+ */
+int soth_bline_refuse(struct soth_bline *b, int reason, const char *why, uint64_t now_ns);
+
 /** Close the flows silent since before now_ns - idle_ms (stream_closed idle_timeout). */
 void soth_bline_expire(struct soth_bline *b, uint64_t now_ns);
 
@@ -51,7 +57,7 @@ size_t soth_bline_open_flows(const struct soth_bline *b);
 static inline bool soth_bline_refusal_closes(int reason)
 {
     return reason == SOTH_BRIDGE_R_LINE_TOO_LONG || reason == SOTH_BRIDGE_R_BAD_JSON ||
-           reason == SOTH_BRIDGE_R_NOT_OBJECT;
+           reason == SOTH_BRIDGE_R_NOT_OBJECT || reason == SOTH_BRIDGE_R_TOO_MANY_CLIENTS;
 }
 
 #endif

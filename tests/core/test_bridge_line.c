@@ -212,6 +212,9 @@ Test(bridge_event, a_whole_exchange_and_refusals_out_of_order)
                                   "\"a.test:443\",\"server_host\":\"a.test\",\"server_port\":443,"
                                   "\"client_addr\":\"127.0.0.1:7\"")),
                  0);
+    /* client_disconnected before the decision is no disorder: nothing happens */
+    cr_assert_eq(line(&e, TLS_OP("client_disconnected", "1", "")), 0);
+    cr_assert_eq(line(&e, TLS_OP("tls_clienthello", "1", "")), SOTH_BRIDGE_R_ORDER);
     /* request before the decision */
     cr_assert_eq(line(&e, EV("1", "\"request_headers\",\"stream_id\":1,\"method\":\"GET\","
                                   "\"scheme\":\"https\",\"authority\":\"a.test\",\"path\":\"/\","
@@ -277,7 +280,7 @@ Test(bridge_event, a_whole_exchange_and_refusals_out_of_order)
     cr_assert_eq(line(&e, EV("1", "\"stream_closed\",\"reason_code\":\"client_eof\"")), 0);
     cr_assert_eq(line(&e, EV("1", "\"stream_closed\",\"reason_code\":\"client_eof\"")),
                  SOTH_BRIDGE_R_ORDER);
-    cr_assert_eq(atomic_load(&e.bm->refused[SOTH_BRIDGE_R_ORDER]), 9);
+    cr_assert_eq(atomic_load(&e.bm->refused[SOTH_BRIDGE_R_ORDER]), 10);
     cr_assert_eq(atomic_load(&e.bm->refused[SOTH_BRIDGE_R_SCHEMA]), 3);
     json_t *arr = env_events(&e);
     static const char *const want[] = {
@@ -293,6 +296,31 @@ Test(bridge_event, a_whole_exchange_and_refusals_out_of_order)
     cr_assert(json_is_true(json_object_get(c2, "truncated")));
     cr_assert_eq(num(json_array_get(arr, 6), "response_bytes"), 6);
     cr_assert_str_eq(str(json_array_get(arr, 0), "client_addr"), "127.0.0.1:7");
+    json_decref(arr);
+}
+
+Test(bridge_event, a_tunnelled_connect_has_no_tls_or_http_events)
+{
+    struct env e;
+    env_init(&e, false, 0);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"connect_received\",\"method\":\"CONNECT\",\"target\":"
+                                      "\"a.test:443\"")),
+                 0);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"connect_decision\",\"decision\":\"tunnel\","
+                                      "\"reason\":\"ignore_hosts\"")),
+                 0);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"request_headers\",\"stream_id\":1,\"method\":\"GET\","
+                                      "\"scheme\":null,\"authority\":null,\"path\":\"/\","
+                                      "\"http_version\":\"1.1\",\"headers\":[]")),
+                 SOTH_BRIDGE_R_ORDER);
+    cr_assert_eq(line(&e, TLS_OP("tls_start_client", "\"t\"", "")), SOTH_BRIDGE_R_ORDER);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"stream_closed\",\"reason_code\":\"relay_eof\","
+                                      "\"protocol\":\"http3\"")),
+                 SOTH_BRIDGE_R_SCHEMA);
+    cr_assert_eq(line(&e, EV("\"t\"", "\"stream_closed\",\"reason_code\":\"relay_eof\"")), 0);
+    json_t *arr = env_events(&e);
+    static const char *const want[] = {"connect_received", "connect_decision", "stream_closed"};
+    expect_types(arr, want, 3);
     json_decref(arr);
 }
 
