@@ -161,6 +161,7 @@ struct soth_observe {
     uint32_t drain_ms; /* timeouts.drain_ms: how long a NATS sink may take to flush at stop */
 
     struct soth_observe_hooks hooks; /* set before start; run on the telemetry thread */
+    struct soth_xasm *xasm;          /* exchanges for "format":"exchange" sinks, else NULL */
 
     int efd;
     _Atomic int sleeping;

@@ -379,3 +379,72 @@ Test(exchange, bounded_flows_evict_the_oldest)
     soth_observe_free(r.o);
     obs_env_dispose(&r.env);
 }
+
+Test(exchange, jsonl_sink_with_format_exchange_writes_the_same_lines)
+{
+    struct run r;
+    obs_env_init(&r.env, 4);
+    r.env.cfg->events.body_capture_bytes = 8;
+    obs_env_add_sink(&r.env, SOTH_SINK_JSONL, "x.jsonl");
+    r.env.cfg->events.sinks[0].format = SOTH_SINK_FMT_EXCHANGE;
+    obs_env_add_sink(&r.env, SOTH_SINK_JSONL, "e.jsonl");
+    r.o = obs_new(&r.env, 1);
+    cr_assert_eq(soth_observe_start(r.o), 0);
+    r.p = soth_observe_producer(r.o, 0);
+    r.next_flow = 1;
+    struct soth_ev_flow f;
+    flow(&r, &f);
+    intercepted(&f, "h2", SOTH_PROTO_HTTP2);
+    soth_ev_request_headers(&f, 1, S("GET"), S("https"), S("origin.test"), S("/a"), S("2"), NULL,
+                            0);
+    soth_ev_response_headers(&f, 1, 200, S("2"), NULL, 0, NULL, 0);
+    soth_ev_body_chunk(&f, SOTH_LEG_UPSTREAM, 1, 0, 12, S("0123456789ab"), false);
+    soth_ev_exchange_completed(&f, 1, SOTH_OUTCOME_COMPLETE, 0, 12);
+    soth_ev_stream_closed(&f, SOTH_CLOSE_CLIENT_EOF, 1, 2);
+    flow(&r, &f);
+    soth_ev_connect_received(&f, S("CONNECT"), S("origin.test:443"));
+    soth_ev_connect_decision(&f, SOTH_ACTION_TUNNEL, SOTH_REASON_DEFAULT, soth_iov(NULL, 0));
+    soth_ev_stream_closed(&f, SOTH_CLOSE_RELAY_EOF, 1, 2);
+    soth_ev_flush(r.p);
+    soth_observe_stop(r.o);
+    soth_observe_free(r.o);
+
+    char path[192];
+    snprintf(path, sizeof(path), "%s/x.jsonl", r.env.dir);
+    FILE *fp = fopen(path, "r");
+    cr_assert_not_null(fp);
+    char got[1 << 16];
+    size_t n = fread(got, 1, sizeof(got) - 1, fp);
+    fclose(fp);
+    got[n] = '\0';
+    /* The events sink beside it still gets events, and only events. */
+    snprintf(path, sizeof(path), "%s/e.jsonl", r.env.dir);
+    fp = fopen(path, "r");
+    cr_assert_not_null(fp);
+    char ev[1 << 16];
+    size_t en = fread(ev, 1, sizeof(ev) - 1, fp);
+    fclose(fp);
+    ev[en] = '\0';
+    cr_expect_null(strstr(ev, "exchange_id"));
+    cr_expect_not_null(strstr(ev, "\"type\":\"stream_closed\""));
+
+    /* What soth-mitm-tail --exchanges assembles from the ring, times included. */
+    char err[256];
+    struct soth_ring_reader *rd = soth_ring_reader_open(r.env.ring, err, sizeof(err));
+    cr_assert_not_null(rd, "%s", err);
+    soth_ring_reader_seek(rd, true);
+    struct text t = {0};
+    struct soth_xasm_cfg xc = {.body_capture_bytes = UINT32_MAX};
+    struct soth_xasm *x = soth_xasm_new(&xc, collect, &t);
+    soth_ring_reader_poll_exchanges(rd, x);
+    soth_xasm_free(x);
+    soth_ring_reader_free(rd);
+    cr_expect_eq(t.lines, 2);
+    cr_expect_str_eq(got, t.p);
+    /* The sink bounds the capture by events.body_capture_bytes (8 here). */
+    cr_expect_not_null(
+        strstr(got, "\"bytes\":12,\"captured_b64\":\"MDEyMzQ1Njc=\",\"truncated\":true"), "%s",
+        got);
+    free(t.p);
+    obs_env_dispose(&r.env);
+}
