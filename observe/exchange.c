@@ -366,6 +366,13 @@ void soth_xasm_counts(const struct soth_xasm *x, size_t *flows, size_t *streams)
 
 /* ---- JSON output */
 
+/** A buffer's bytes (an empty one may have no storage yet). */
+static void put_buf(struct jbuf *b, const struct jbuf *from)
+{
+    if (from->len)
+        jbuf_put(b, from->p, from->len);
+}
+
 static void put(struct jbuf *b, const char *s)
 {
     jbuf_put(b, s, strlen(s));
@@ -642,7 +649,7 @@ static void put_grpc(struct jbuf *b, const struct xstream *s)
     else
         put(b, "null");
     put(b, ",\"messages\":[");
-    jbuf_put(b, s->list[L_GRPC].p, s->list[L_GRPC].len);
+    put_buf(b, &s->list[L_GRPC]);
     put(b, "]}");
 }
 
@@ -724,11 +731,11 @@ static void emit_exchange(struct soth_xasm *x, const struct xflow *f, const stru
         put(b, "null");
     put(b, ",\"payloads\":[");
     if (s)
-        jbuf_put(b, s->list[L_PAYLOADS].p, s->list[L_PAYLOADS].len);
+        put_buf(b, &s->list[L_PAYLOADS]);
     put(b, "],\"sse\":");
     if (s && (s->sse_seen || s->protocol == SOTH_PROTO_SSE)) {
         put(b, "{\"events\":[");
-        jbuf_put(b, s->list[L_SSE].p, s->list[L_SSE].len);
+        put_buf(b, &s->list[L_SSE]);
         put(b, "]}");
     } else {
         put(b, "null");
@@ -736,7 +743,7 @@ static void emit_exchange(struct soth_xasm *x, const struct xflow *f, const stru
     put(b, ",\"ws\":");
     if (s && (s->ws_seen || s->protocol == SOTH_PROTO_WEBSOCKET)) {
         put(b, "{\"turns\":[");
-        jbuf_put(b, s->list[L_TURNS].p, s->list[L_TURNS].len);
+        put_buf(b, &s->list[L_TURNS]);
         put(b, "],\"messages\":");
         soth_json_u64(b, s->ws_messages);
         put(b, "}");
