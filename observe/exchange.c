@@ -235,7 +235,7 @@ struct xtls {
 
 struct xflow {
     struct xflow *hnext;         /* hash chain, or the free list */
-    struct xflow *older, *newer; /* age order (oldest first): who is evicted */
+    struct xflow *older, *newer; /* by last activity (least recent first): who is evicted */
     uint64_t flow_id;
     uint32_t next_seq;
     uint64_t first_ts, last_ts;
@@ -1064,6 +1064,17 @@ int soth_xasm_feed(struct soth_xasm *x, const void *rec, size_t avail)
         if (f == NULL)
             return -1;
         f->first_ts = d.h.ts_ns;
+    } else if (f != x->newest) {
+        /* The most recently active flow goes last: the bounds evict the least active. */
+        f->newer->older = f->older;
+        if (f->older)
+            f->older->newer = f->newer;
+        else
+            x->oldest = f->newer;
+        f->older = x->newest;
+        f->newer = NULL;
+        x->newest->newer = f;
+        x->newest = f;
     }
     /* Events missed: a seq gap (dropped under overload, a lapped reader, a start mid-run). */
     uint64_t gap = 0;

@@ -448,3 +448,45 @@ Test(exchange, jsonl_sink_with_format_exchange_writes_the_same_lines)
     free(t.p);
     obs_env_dispose(&r.env);
 }
+
+Test(exchange, the_least_recently_active_flow_is_evicted)
+{
+    struct run r;
+    run_init(&r);
+    struct soth_ev_flow a, b, c;
+    flow(&r, &a);
+    flow(&r, &b);
+    flow(&r, &c);
+    soth_ev_connect_received(&a, S("CONNECT"), S("origin.test:443"));
+    soth_ev_connect_received(&b, S("CONNECT"), S("origin.test:443"));
+    soth_ev_connect_decision(&a, SOTH_ACTION_TUNNEL, SOTH_REASON_DEFAULT, soth_iov(NULL, 0));
+    soth_ev_connect_received(&c, S("CONNECT"), S("origin.test:443")); /* evicts b, not a */
+    soth_ev_stream_closed(&a, SOTH_CLOSE_CLIENT_EOF, 1, 2);
+    soth_ev_stream_closed(&b, SOTH_CLOSE_CLIENT_EOF, 1, 2);
+    soth_ev_stream_closed(&c, SOTH_CLOSE_CLIENT_EOF, 1, 2);
+    soth_ev_flush(r.p);
+    soth_observe_stop(r.o);
+    char err[256];
+    struct soth_ring_reader *rd = soth_ring_reader_open(r.env.ring, err, sizeof(err));
+    cr_assert_not_null(rd);
+    soth_ring_reader_seek(rd, true);
+    struct text t = {0};
+    struct soth_xasm_cfg xc = {.max_flows = 2};
+    struct soth_xasm *x = soth_xasm_new(&xc, collect, &t);
+    soth_ring_reader_poll_exchanges(rd, x);
+    json_t *arr = text_parse(&t);
+    cr_assert_eq(json_array_size(arr), 4, "%s", t.p);
+    json_t *first = json_array_get(arr, 0);
+    cr_expect_eq(json_integer_value(json_object_get(first, "flow_id")), 2, "%s", t.p);
+    cr_expect(json_is_true(json_object_get(first, "partial")), "%s", t.p);
+    json_t *fa = json_array_get(arr, 1);
+    cr_expect_eq(json_integer_value(json_object_get(fa, "flow_id")), 1);
+    cr_expect_str_eq(json_string_value(json_object_get(fa, "decision")), "tunnel");
+    cr_expect_eq(json_integer_value(json_object_get(fa, "events_dropped")), 0);
+    json_decref(arr);
+    free(t.p);
+    soth_xasm_free(x);
+    soth_ring_reader_free(rd);
+    soth_observe_free(r.o);
+    obs_env_dispose(&r.env);
+}

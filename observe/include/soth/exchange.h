@@ -8,9 +8,10 @@
  * event field; a value no event carried is null.
  *
  * Memory is bounded: at most max_flows flows and max_streams open streams are tracked (the
- * oldest flow is emitted as it is and forgotten when a new one would exceed either), and each
- * exchange collects at most max_items payloads / SSE events / WebSocket turns / gRPC messages
- * and max_item_bytes of their JSON (the rest is counted in `items_dropped`). Flow and stream
+ * least recently active flow is emitted as it is and forgotten when a new one would exceed
+ * either), and each exchange collects at most max_items payloads / SSE events / WebSocket
+ * turns / gRPC messages and max_item_bytes of their JSON (the rest is counted in
+ * `items_dropped`). Flow and stream
  * state is recycled through free lists that keep their buffers, so a steady load allocates
  * nothing per event.
  *
