@@ -490,3 +490,62 @@ Test(exchange, the_least_recently_active_flow_is_evicted)
     soth_observe_free(r.o);
     obs_env_dispose(&r.env);
 }
+
+Test(exchange, a_reader_starting_mid_run_reports_what_it_missed)
+{
+    struct run r;
+    run_init(&r);
+    struct soth_ev_flow f;
+    flow(&r, &f);
+    intercepted(&f, "h2", SOTH_PROTO_HTTP2);
+    soth_ev_request_headers(&f, 1, S("GET"), S("https"), S("origin.test"), S("/a"), S("2"), NULL,
+                            0);
+    soth_ev_flush(r.p);
+    char err[256];
+    struct soth_ring_reader *rd = soth_ring_reader_open(r.env.ring, err, sizeof(err));
+    cr_assert_not_null(rd, "%s", err);
+    /* Wait until the telemetry thread wrote the first 7 events, then start at the end. */
+    struct text seen = {0};
+    for (int i = 0; i < 2000 && seen.lines < 7; i++) {
+        usleep(1000);
+        free(seen.p);
+        seen = ring_text(r.env.ring, NULL);
+    }
+    cr_assert_eq(seen.lines, 7);
+    free(seen.p);
+    soth_ring_reader_seek(rd, false);
+    soth_ev_response_headers(&f, 1, 200, S("2"), NULL, 0, NULL, 0);
+    soth_ev_exchange_completed(&f, 1, SOTH_OUTCOME_COMPLETE, 0, 0);
+    soth_ev_request_headers(&f, 3, S("GET"), S("https"), S("origin.test"), S("/b"), S("2"), NULL,
+                            0);
+    soth_ev_exchange_completed(&f, 3, SOTH_OUTCOME_COMPLETE, 0, 0);
+    soth_ev_stream_closed(&f, SOTH_CLOSE_CLIENT_EOF, 1, 2);
+    soth_ev_flush(r.p);
+    soth_observe_stop(r.o);
+    struct text t = {0};
+    struct soth_xasm_cfg xc = {0};
+    struct soth_xasm *x = soth_xasm_new(&xc, collect, &t);
+    soth_ring_reader_poll_exchanges(rd, x);
+    json_t *arr = text_parse(&t);
+    cr_assert_eq(json_array_size(arr), 2, "%s", t.p);
+    json_t *a = json_array_get(arr, 0), *b = json_array_get(arr, 1);
+    /* Stream 1: its request, the decision and the TLS events were before the start. */
+    cr_expect_eq(json_integer_value(json_object_get(a, "stream_id")), 1);
+    cr_expect(json_is_null(json_object_get(a, "request")), "%s", t.p);
+    cr_expect(json_is_null(json_object_get(a, "decision")), "%s", t.p);
+    cr_expect(json_is_null(json_object_get(a, "tls")), "%s", t.p);
+    cr_expect_eq(json_integer_value(json_object_get(json_object_get(a, "response"), "status")),
+                 200);
+    cr_expect_eq(json_integer_value(json_object_get(a, "events_dropped")), 7);
+    /* Stream 3 was seen whole; the missed events are accounted for by stream 1 alone. */
+    cr_expect_eq(json_integer_value(json_object_get(b, "stream_id")), 3);
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(b, "request"), "path")),
+                     "/b");
+    cr_expect_eq(json_integer_value(json_object_get(b, "events_dropped")), 0);
+    json_decref(arr);
+    free(t.p);
+    soth_xasm_free(x);
+    soth_ring_reader_free(rd);
+    soth_observe_free(r.o);
+    obs_env_dispose(&r.env);
+}
