@@ -131,7 +131,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                 .max_flows = MAX_FLOWS,
                                 .max_streams = MAX_STREAMS,
                                 .max_items = 8,
-                                .max_item_bytes = 512};
+                                .max_item_bytes = 512,
+                                .max_bytes = 4096};
     struct soth_xasm *x = soth_xasm_new(&cfg, check, NULL);
     if (x == NULL)
         return 0;

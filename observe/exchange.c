@@ -14,6 +14,7 @@
 #define DEF_MAX_STREAMS    16384u
 #define DEF_MAX_ITEMS      1024u
 #define DEF_MAX_ITEM_BYTES (1u << 20)
+#define DEF_MAX_BYTES      (256u << 20)
 #define FREE_KEEP          256u        /* recycled flows / streams kept on a free list */
 #define BUF_KEEP           (64u << 10) /* a recycled buffer larger than this is released */
 
@@ -226,6 +227,7 @@ struct xstream {
     struct jbuf list[L_COUNT]; /* JSON items, comma-separated */
     uint32_t n_items;
     size_t item_bytes;
+    size_t held; /* bytes of headers, trailers, captures and items it holds */
 };
 
 struct xtls {
@@ -258,6 +260,7 @@ struct soth_xasm {
     uint64_t tab_mask;
     struct xflow *oldest, *newest;
     size_t n_flows, n_streams;
+    size_t held; /* sum of the open streams' held */
     struct xflow *free_flows;
     struct xstream *free_streams;
     size_t n_free_flows, n_free_streams;
@@ -280,6 +283,8 @@ struct soth_xasm *soth_xasm_new(const struct soth_xasm_cfg *cfg, soth_xasm_emit_
         x->cfg.max_items = DEF_MAX_ITEMS;
     if (x->cfg.max_item_bytes == 0)
         x->cfg.max_item_bytes = DEF_MAX_ITEM_BYTES;
+    if (x->cfg.max_bytes == 0)
+        x->cfg.max_bytes = DEF_MAX_BYTES;
     uint64_t n = 64;
     while (n < x->cfg.max_flows)
         n *= 2;
@@ -494,6 +499,8 @@ static void add_item(struct soth_xasm *x, struct xstream *s, int list, const str
         return;
     }
     s->item_bytes += b->len - start;
+    s->held += b->len - start;
+    x->held += b->len - start;
     s->n_items++;
 }
 
@@ -806,6 +813,8 @@ static void stream_release(struct soth_xasm *x, struct xflow *f, struct xstream 
         }
     f->n_streams--;
     x->n_streams--;
+    x->held -= s->held;
+    s->held = 0;
     if (x->n_free_streams >= FREE_KEEP) {
         stream_free(s);
         return;
@@ -975,7 +984,8 @@ static struct xstream *stream_new(struct soth_xasm *x, struct xflow **fp, uint32
 
 /* ---- feeding */
 
-static void body_chunk(struct soth_xasm *x, struct xmsg *m, const struct xrec *d)
+/** Returns the captured bytes it kept. */
+static size_t body_chunk(struct soth_xasm *x, struct xmsg *m, const struct xrec *d)
 {
     m->seen = true;
     if (!m->final_len)
@@ -984,7 +994,7 @@ static void body_chunk(struct soth_xasm *x, struct xmsg *m, const struct xrec *d
     if (fu(d, "truncated"))
         m->truncated = true;
     if (data == NULL || data->n == 0)
-        return;
+        return 0;
     size_t room =
         x->cfg.body_capture_bytes > m->cap.len ? x->cfg.body_capture_bytes - m->cap.len : 0;
     size_t n = data->n < room ? data->n : room;
@@ -992,6 +1002,13 @@ static void body_chunk(struct soth_xasm *x, struct xmsg *m, const struct xrec *d
         m->truncated = true;
     if (n)
         jbuf_put(&m->cap, data->p, n);
+    return n;
+}
+
+static void hold(struct soth_xasm *x, struct xstream *s, size_t n)
+{
+    s->held += n;
+    x->held += n;
 }
 
 static void head(struct xmsg *m, const struct xrec *d)
@@ -1149,21 +1166,25 @@ int soth_xasm_feed(struct soth_xasm *x, const void *rec, size_t avail)
     switch (t) {
     case SOTH_EV_REQUEST_HEADERS:
         head(&s->req, &d);
+        hold(x, s, s->req.headers.len);
         break;
     case SOTH_EV_RESPONSE_HEADERS:
         head(&s->resp, &d);
+        hold(x, s, s->resp.headers.len);
         break;
     case SOTH_EV_REQUEST_BODY_CHUNK:
-        body_chunk(x, &s->req, &d);
+        hold(x, s, body_chunk(x, &s->req, &d));
         break;
     case SOTH_EV_RESPONSE_BODY_CHUNK:
-        body_chunk(x, &s->resp, &d);
+        hold(x, s, body_chunk(x, &s->resp, &d));
         break;
     case SOTH_EV_REQUEST_TRAILERS:
         trailers(&s->req, &d);
+        hold(x, s, s->req.trl.len);
         break;
     case SOTH_EV_RESPONSE_TRAILERS:
         trailers(&s->resp, &d);
+        hold(x, s, s->resp.trl.len);
         break;
     case SOTH_EV_WS_MESSAGE:
         s->ws_seen = true;
@@ -1203,5 +1224,8 @@ int soth_xasm_feed(struct soth_xasm *x, const void *rec, size_t avail)
     default:
         break;
     }
+    /* The bytes bound: the least recently active flows go first (this one is the most). */
+    while (x->held > x->cfg.max_bytes && x->oldest != NULL && x->oldest != f)
+        flow_evict(x, x->oldest);
     return 0;
 }

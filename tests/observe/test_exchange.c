@@ -549,3 +549,45 @@ Test(exchange, a_reader_starting_mid_run_reports_what_it_missed)
     soth_observe_free(r.o);
     obs_env_dispose(&r.env);
 }
+
+Test(exchange, the_bytes_bound_evicts_the_least_recently_active_flow)
+{
+    struct run r;
+    run_init(&r);
+    struct soth_ev_flow a, b;
+    flow(&r, &a);
+    flow(&r, &b);
+    struct soth_header h[] = {{S("x-pad"), S("0123456789012345678901234567890123456789")}};
+    soth_ev_request_headers(&a, 1, S("GET"), S("https"), S("origin.test"), S("/a"), S("2"), h, 1);
+    soth_ev_request_headers(&b, 1, S("GET"), S("https"), S("origin.test"), S("/b"), S("2"), h, 1);
+    soth_ev_stream_closed(&a, SOTH_CLOSE_CLIENT_EOF, 1, 2);
+    soth_ev_stream_closed(&b, SOTH_CLOSE_CLIENT_EOF, 1, 2);
+    soth_ev_flush(r.p);
+    soth_observe_stop(r.o);
+    char err[256];
+    struct soth_ring_reader *rd = soth_ring_reader_open(r.env.ring, err, sizeof(err));
+    cr_assert_not_null(rd);
+    soth_ring_reader_seek(rd, true);
+    struct text t = {0};
+    struct soth_xasm_cfg xc = {.max_bytes = 80}; /* room for one request head (53 bytes) */
+    struct soth_xasm *x = soth_xasm_new(&xc, collect, &t);
+    soth_ring_reader_poll_exchanges(rd, x);
+    json_t *arr = text_parse(&t);
+    /* a's exchange is emitted as it was when b's head came; then a's stream_closed (a flow
+     * whose beginning was missed, no HTTP seen: stream 0) and b's cut exchange. */
+    cr_assert_eq(json_array_size(arr), 3, "%s", t.p);
+    json_t *first = json_array_get(arr, 0);
+    cr_expect_eq(json_integer_value(json_object_get(first, "flow_id")), 1);
+    cr_expect(json_is_true(json_object_get(first, "partial")), "%s", t.p);
+    cr_expect_str_eq(json_string_value(json_object_get(json_object_get(first, "request"), "path")),
+                     "/a");
+    json_t *last = json_array_get(arr, 2);
+    cr_expect_eq(json_integer_value(json_object_get(last, "flow_id")), 2);
+    cr_expect_str_eq(json_string_value(json_object_get(last, "outcome")), "client_eof");
+    json_decref(arr);
+    free(t.p);
+    soth_xasm_free(x);
+    soth_ring_reader_free(rd);
+    soth_observe_free(r.o);
+    obs_env_dispose(&r.env);
+}

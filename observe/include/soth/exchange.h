@@ -7,13 +7,12 @@
  * for a flow that never reached HTTP, one exchange with stream_id 0. Every field comes from an
  * event field; a value no event carried is null.
  *
- * Memory is bounded: at most max_flows flows and max_streams open streams are tracked (the
- * least recently active flow is emitted as it is and forgotten when a new one would exceed
- * either), and each exchange collects at most max_items payloads / SSE events / WebSocket
- * turns / gRPC messages and max_item_bytes of their JSON (the rest is counted in
- * `items_dropped`). Flow and stream
- * state is recycled through free lists that keep their buffers, so a steady load allocates
- * nothing per event.
+ * Memory is bounded: at most max_flows flows, max_streams open streams and max_bytes of
+ * their headers, captures and items are tracked (the least recently active flow is emitted as
+ * it is and forgotten when a new one would exceed one of them), and each exchange collects at
+ * most max_items payloads / SSE events / WebSocket turns / gRPC messages and max_item_bytes of
+ * their JSON (the rest is counted in `items_dropped`). Flow and stream state is recycled
+ * through free lists that keep their buffers, so a steady load allocates nothing per event.
  *
  * Threading: one assembler is used by one thread at a time.
  */
@@ -35,12 +34,12 @@ typedef void (*soth_xasm_emit_cb)(void *ctx, uint64_t flow_id, uint32_t stream_i
                                   size_t len);
 
 struct soth_xasm_cfg {
-    uint32_t
-        body_capture_bytes;  /* captured body bytes kept per message (events.body_capture_bytes) */
-    uint32_t max_flows;      /* flows tracked at once (0: 16384) */
-    uint32_t max_streams;    /* open exchanges tracked at once (0: 16384) */
-    uint32_t max_items;      /* collected items per exchange (0: 1024) */
-    uint32_t max_item_bytes; /* JSON bytes of collected items per exchange (0: 1 MiB) */
+    uint32_t body_capture_bytes; /* captured bytes kept per message body */
+    uint32_t max_flows;          /* flows tracked at once (0: 16384) */
+    uint32_t max_streams;        /* open exchanges tracked at once (0: 16384) */
+    uint32_t max_items;          /* collected items per exchange (0: 1024) */
+    uint32_t max_item_bytes;     /* JSON bytes of collected items per exchange (0: 1 MiB) */
+    uint64_t max_bytes; /* headers, trailers, captures and items held in all (0: 256 MiB) */
 };
 
 /** A new assembler; NULL when out of memory. */
