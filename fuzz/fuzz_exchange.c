@@ -28,16 +28,17 @@ static uint8_t byte(struct in *in)
     return in->p < in->end ? *in->p++ : 0;
 }
 
-static void check(void *ctx, uint64_t flow_id, uint32_t stream_id, const char *json, size_t len)
+static void check(void *ctx, const struct soth_xasm_out *x)
 {
     (void)ctx;
-    (void)flow_id;
-    (void)stream_id;
+    const char *json = x->json;
+    size_t len = x->len;
     if (len == 0 || json[len - 1] != '\n' || memchr(json, '\n', len - 1) != NULL)
         __builtin_trap();
     json_error_t je;
     json_t *j = json_loadb(json, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &je);
-    if (j == NULL || !json_is_object(j) || json_object_get(j, "exchange_id") == NULL)
+    if (j == NULL || !json_is_object(j) || json_object_get(j, "exchange_id") == NULL ||
+        json_is_true(json_object_get(j, "partial")) != x->partial)
         __builtin_trap();
     json_decref(j);
 }

@@ -784,7 +784,11 @@ static void emit_exchange(struct soth_xasm *x, const struct xflow *f, const stru
         put(b, ",\"partial\":true");
     put(b, "}\n");
     if (x->emit != NULL)
-        x->emit(x->ctx, f->flow_id, sid, b->p, b->len);
+        x->emit(x->ctx, &(struct soth_xasm_out){.flow_id = f->flow_id,
+                                                .stream_id = sid,
+                                                .partial = partial,
+                                                .json = b->p,
+                                                .len = b->len});
 }
 
 /* ---- state lifecycle */

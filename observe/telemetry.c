@@ -337,8 +337,7 @@ static int metrics_listen(const struct soth_config *cfg, char *err, size_t err_l
     return fd;
 }
 
-static void on_exchange(void *ctx, uint64_t flow_id, uint32_t stream_id, const char *json,
-                        size_t len);
+static void on_exchange(void *ctx, const struct soth_xasm_out *x);
 
 struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_workers, char *err,
                                       size_t err_len)
@@ -675,16 +674,13 @@ static void sink_put(struct sink *s, const struct ev_rec *r, uint64_t gseq, cons
 
 /** A finished exchange from the assembler (telemetry thread): to every exchange sink. The
  *  config refuses "exchange" for nats sinks for now (docs/sinks.md). */
-static void on_exchange(void *ctx, uint64_t flow_id, uint32_t stream_id, const char *json,
-                        size_t len)
+static void on_exchange(void *ctx, const struct soth_xasm_out *x)
 {
     struct soth_observe *o = ctx;
-    (void)flow_id;
-    (void)stream_id;
     for (size_t k = 0; k < o->n_sinks; k++) {
         struct sink *s = &o->sinks[k];
         if (s->format == SOTH_SINK_FMT_EXCHANGE && s->type != SOTH_SINK_NATS)
-            sink_put_line(s, json, len);
+            sink_put_line(s, x->json, x->len);
     }
 }
 

@@ -39,12 +39,9 @@ static void emit_line(void *ctx, const char *line, size_t len)
     fwrite(line, 1, len, stdout);
 }
 
-static void emit_exchange(void *ctx, uint64_t flow_id, uint32_t stream_id, const char *json,
-                          size_t len)
+static void emit_exchange(void *ctx, const struct soth_xasm_out *x)
 {
-    (void)flow_id;
-    (void)stream_id;
-    emit_line(ctx, json, len);
+    emit_line(ctx, x->json, x->len);
 }
 
 static size_t poll_once(struct soth_ring_reader *r, const struct soth_ring_filter *flt,

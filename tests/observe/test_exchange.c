@@ -45,11 +45,9 @@ static void intercepted(struct soth_ev_flow *f, const char *alpn, enum soth_prot
     soth_ev_flow_set_protocol(f, proto);
 }
 
-static void collect(void *ctx, uint64_t flow_id, uint32_t stream_id, const char *json, size_t len)
+static void collect(void *ctx, const struct soth_xasm_out *x)
 {
-    (void)flow_id;
-    (void)stream_id;
-    text_emit(ctx, json, len);
+    text_emit(ctx, x->json, x->len);
 }
 
 /** Zero the digits after the first `"key":` at or after *from (in place). */

@@ -26,12 +26,21 @@
 struct soth_ring_reader;
 struct soth_xasm;
 
+/** One finished exchange, as handed to the callback. */
+struct soth_xasm_out {
+    uint64_t flow_id;
+    uint32_t stream_id;
+    bool partial;     /* emitted before its last event was seen ("partial": true) */
+    const char *json; /* one compact JSON object followed by '\n' (len counts it) */
+    size_t len;
+};
+
 /**
- * Called once per finished exchange. json is one compact JSON object followed by '\n' (len
- * counts it); it is valid until the callback returns. May not call back into the assembler.
+ * Called once per finished exchange; out and its json are valid until the callback returns.
+ * May not call back into the assembler. A partial exchange's exchange_id can come again, when
+ * the rest of its flow's events arrive (docs/exchanges.md, "Bounds").
  */
-typedef void (*soth_xasm_emit_cb)(void *ctx, uint64_t flow_id, uint32_t stream_id, const char *json,
-                                  size_t len);
+typedef void (*soth_xasm_emit_cb)(void *ctx, const struct soth_xasm_out *out);
 
 struct soth_xasm_cfg {
     uint32_t body_capture_bytes; /* captured bytes kept per message body */
