@@ -1184,3 +1184,32 @@ int soth_ev_rec_tls_failed(struct ev_rec *r, size_t avail, struct soth_ev_tls_fa
     *counts = (unsigned char *)p; /* the record is the caller's: the two u64 counts live here */
     return 0;
 }
+
+/* ==========================================================================================
+ * the JSON encoders, for the exchange assembler (exchange.c)
+ * ========================================================================================== */
+
+void soth_json_str(struct jbuf *b, const void *p, size_t n)
+{
+    jput_str(b, p, n);
+}
+
+void soth_json_b64(struct jbuf *b, const void *p, size_t n)
+{
+    jput_b64(b, p, n);
+}
+
+void soth_json_u64(struct jbuf *b, uint64_t x)
+{
+    jput_u64(b, x);
+}
+
+bool soth_json_valid(const void *p, size_t n)
+{
+    return json_valid(p, n);
+}
+
+void soth_json_text(struct jbuf *b, const void *p, size_t n)
+{
+    jput_json(b, p, n);
+}

@@ -91,6 +91,15 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out);
 int soth_ev_rec_tls_failed(struct ev_rec *r, size_t avail, struct soth_ev_tls_failure *out,
                            unsigned char **counts);
 
+/* The encoders of soth_ev_rec_to_json, for the exchange assembler (docs/events.md, "Bytes in
+ * JSON"): a string or {"b64":...}; base64 in quotes; a decimal number; a strict RFC 8259 check
+ * of JSON text; valid JSON text copied with its newlines turned into spaces. */
+void soth_json_str(struct jbuf *b, const void *p, size_t n);
+void soth_json_b64(struct jbuf *b, const void *p, size_t n);
+void soth_json_u64(struct jbuf *b, uint64_t x);
+bool soth_json_valid(const void *p, size_t n);
+void soth_json_text(struct jbuf *b, const void *p, size_t n);
+
 /* ---- the per-worker SPSC ring */
 struct soth_ev_producer {
     /* producer (worker) side */
@@ -154,6 +163,7 @@ struct soth_observe {
 
     struct soth_bridge_metrics bridge; /* written by the bridge thread, read at scrape */
     struct soth_observe_hooks hooks;   /* set before start; run on the telemetry thread */
+    struct soth_xasm *xasm;            /* exchanges for "format":"exchange" sinks, else NULL */
 
     int efd;
     _Atomic int sleeping;

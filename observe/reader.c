@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "observe_int.h"
+#include "soth/exchange.h"
 
 struct soth_ring_reader {
     const struct ring_hdr *hdr;
@@ -179,8 +180,11 @@ static bool wanted(const struct soth_ring_filter *flt, const struct ev_rec *rec)
     return true;
 }
 
-size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_filter *flt,
-                             void (*emit)(void *ctx, const char *line, size_t len), void *ctx)
+/* Records to JSON lines (emit), or, with x set, into an exchange assembler (overruns are
+ * then seen by the assembler as seq gaps, docs/exchanges.md). */
+static size_t poll_impl(struct soth_ring_reader *r, const struct soth_ring_filter *flt,
+                        void (*emit)(void *ctx, const char *line, size_t len), void *ctx,
+                        struct soth_xasm *x)
 {
     size_t n_out = 0;
     uint64_t wp = atomic_load_explicit(&r->hdr->write_pos, memory_order_acquire);
@@ -230,6 +234,14 @@ size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_
         if (type == REC_PAD)
             continue;
         struct ev_rec *rec = (struct ev_rec *)r->rec;
+        if (x != NULL) {
+            r->lapped = false;
+            if (rec->gseq > r->last_gseq)
+                r->last_gseq = rec->gseq;
+            if (rec->type < SOTH_EV_TYPE_COUNT && soth_xasm_feed(x, rec, len) == 0)
+                n_out++;
+            continue;
+        }
         if (r->lapped || rec->gseq > r->last_gseq + 1) {
             uint64_t lost = rec->gseq > r->last_gseq ? rec->gseq - r->last_gseq - 1 : 0;
             char line[96];
@@ -250,4 +262,15 @@ size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_
         }
     }
     return n_out;
+}
+
+size_t soth_ring_reader_poll(struct soth_ring_reader *r, const struct soth_ring_filter *flt,
+                             void (*emit)(void *ctx, const char *line, size_t len), void *ctx)
+{
+    return poll_impl(r, flt, emit, ctx, NULL);
+}
+
+size_t soth_ring_reader_poll_exchanges(struct soth_ring_reader *r, struct soth_xasm *x)
+{
+    return poll_impl(r, NULL, NULL, NULL, x);
 }

@@ -19,6 +19,7 @@
 
 #include "observe_int.h"
 #include "sink_nats.h"
+#include "soth/exchange.h"
 
 #define PROD_RING_BYTES (8u << 20) /* per worker */
 #define SINK_BUF_MAX    (1u << 20) /* per uds client: beyond this, lines are dropped */
@@ -53,7 +54,8 @@ struct jsonl_ring {
 
 struct sink {
     enum soth_sink_type type;
-    unsigned index; /* in events.sinks */
+    enum soth_sink_format format; /* event lines, or exchanges (docs/exchanges.md) */
+    unsigned index;               /* in events.sinks */
     char *path;
     int fd; /* jsonl: the file; uds: the listening socket */
     struct jsonl_ring *jr;
@@ -252,6 +254,7 @@ static int sink_open(struct soth_observe *o, struct sink *s, const struct soth_s
                      char *err, size_t err_len)
 {
     s->type = cfg->type;
+    s->format = cfg->format;
     s->fd = -1;
     if (cfg->type == SOTH_SINK_NATS) {
         s->ns = nats_sink_new(cfg, s->index, o->run_id, o->drain_ms, err, err_len);
@@ -334,6 +337,8 @@ static int metrics_listen(const struct soth_config *cfg, char *err, size_t err_l
     return fd;
 }
 
+static void on_exchange(void *ctx, const struct soth_xasm_out *x);
+
 struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_workers, char *err,
                                       size_t err_len)
 {
@@ -389,6 +394,15 @@ struct soth_observe *soth_observe_new(const struct soth_config *cfg, unsigned n_
         o->sinks[i].index = (unsigned)i;
         if (sink_open(o, &o->sinks[i], &cfg->events.sinks[i], err, err_len) < 0)
             goto fail;
+    }
+    for (size_t i = 0; i < o->n_sinks && o->xasm == NULL; i++) {
+        if (o->sinks[i].format != SOTH_SINK_FMT_EXCHANGE)
+            continue;
+        /* One assembler for every exchange sink, fed on the telemetry thread. */
+        struct soth_xasm_cfg xc = {.body_capture_bytes = cfg->events.body_capture_bytes};
+        o->xasm = soth_xasm_new(&xc, on_exchange, o);
+        if (o->xasm == NULL)
+            goto oom;
     }
     if (cfg->metrics.listen_text != NULL) {
         o->metrics_fd = metrics_listen(cfg, err, err_len);
@@ -632,23 +646,20 @@ static void client_flush(struct sink *s, unsigned i)
     c->off = 0;
 }
 
-/** Does any sink want JSON lines right now? (Encoding is skipped otherwise.) */
+/** Does any event sink want JSON lines right now? (Encoding is skipped otherwise.) */
 static bool sinks_want_lines(const struct soth_observe *o)
 {
     for (size_t k = 0; k < o->n_sinks; k++)
-        if (o->sinks[k].type != SOTH_SINK_UDS || o->sinks[k].n_clients > 0)
+        if (o->sinks[k].format == SOTH_SINK_FMT_EVENT &&
+            (o->sinks[k].type != SOTH_SINK_UDS || o->sinks[k].n_clients > 0))
             return true;
     return false;
 }
 
-/** Queue one JSON line for a sink; a consumer that fell behind loses lines (counted). */
-static void sink_put(struct sink *s, const struct ev_rec *r, uint64_t gseq, const char *line,
-                     size_t len)
+/** Queue one JSON line for a jsonl or uds sink; a consumer that fell behind loses lines
+ *  (counted). */
+static void sink_put_line(struct sink *s, const char *line, size_t len)
 {
-    if (s->type == SOTH_SINK_NATS) {
-        nats_sink_put(s->ns, r->type, gseq, line, len - 1); /* a message: no newline */
-        return;
-    }
     if (s->type == SOTH_SINK_JSONL) {
         if (!jsonl_put(s->jr, line, len))
             atomic_fetch_add_explicit(&s->dropped, 1, memory_order_relaxed);
@@ -661,6 +672,31 @@ static void sink_put(struct sink *s, const struct ev_rec *r, uint64_t gseq, cons
             continue;
         }
         jbuf_put(&c->buf, line, len);
+    }
+}
+
+/** Queue one event's JSON line for an event sink. */
+static void sink_put(struct sink *s, const struct ev_rec *r, uint64_t gseq, const char *line,
+                     size_t len)
+{
+    if (s->format != SOTH_SINK_FMT_EVENT)
+        return;
+    if (s->type == SOTH_SINK_NATS) {
+        nats_sink_put(s->ns, r->type, gseq, line, len - 1); /* a message: no newline */
+        return;
+    }
+    sink_put_line(s, line, len);
+}
+
+/** A finished exchange from the assembler (telemetry thread): to every exchange sink. The
+ *  config refuses "exchange" for nats sinks for now (docs/sinks.md). */
+static void on_exchange(void *ctx, const struct soth_xasm_out *x)
+{
+    struct soth_observe *o = ctx;
+    for (size_t k = 0; k < o->n_sinks; k++) {
+        struct sink *s = &o->sinks[k];
+        if (s->format == SOTH_SINK_FMT_EXCHANGE && s->type != SOTH_SINK_NATS)
+            sink_put_line(s, x->json, x->len);
     }
 }
 
@@ -720,6 +756,8 @@ static size_t drain(struct soth_observe *o, size_t budget)
                 if (r->type == SOTH_EV_TLS_HANDSHAKE_FAILED && o->hooks.on_tls_failed != NULL)
                     tls_failed_hook(o, r);
                 ring_write(o, r, ++o->gseq);
+                if (o->xasm != NULL)
+                    soth_xasm_feed(o->xasm, r, len);
                 if (lines) {
                     r->gseq = o->gseq; /* the JSON encoder reads it from the record */
                     o->line.len = 0;
@@ -1134,6 +1172,7 @@ void soth_observe_free(struct soth_observe *o)
         free(s->path);
     }
     free(o->sinks);
+    soth_xasm_free(o->xasm);
     if (o->efd >= 0)
         close(o->efd);
     if (o->metrics_fd >= 0)

@@ -21,6 +21,7 @@ const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "tra
                                                       "socks5"};
 const char *const soth_action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
 const char *const soth_sink_type_names[SOTH_SINK_COUNT] = {"jsonl", "uds", "nats"};
+const char *const soth_sink_format_names[SOTH_SINK_FMT_COUNT] = {"event", "exchange"};
 
 /* ---- errors */
 
@@ -1153,9 +1154,27 @@ static int load_sink_nats(struct cerr *e, const char *p, const json_t *s, struct
     return 0;
 }
 
+/** `format` of a jsonl or uds sink: "event" (default) or "exchange" (docs/sinks.md). */
+static int load_sink_format(struct cerr *e, const char *p, const json_t *s,
+                            struct soth_sink_cfg *sk)
+{
+    json_t *v = json_object_get(s, "format");
+    if (v == NULL)
+        return 0;
+    for (int k = 0; k < SOTH_SINK_FMT_COUNT && json_is_string(v); k++)
+        if (strcmp(json_string_value(v), soth_sink_format_names[k]) == 0) {
+            sk->format = (enum soth_sink_format)k;
+            return 0;
+        }
+    char pk[96], b[64];
+    snprintf(pk, sizeof(pk), "%s.format", p);
+    json_brief(v, b, sizeof(b));
+    return fail(e, pk, "expected \"event\" or \"exchange\", got %s", b);
+}
+
 static int load_sink(struct cerr *e, const char *p, const json_t *s, struct soth_sink_cfg *sk)
 {
-    static const char *const keys[] = {"type", "path", NULL};
+    static const char *const keys[] = {"type", "path", "format", NULL};
     char pk[96];
     int rc;
     if ((rc = expect_object(e, p, s)))
@@ -1179,6 +1198,8 @@ static int load_sink(struct cerr *e, const char *p, const json_t *s, struct soth
     if (sk->type == SOTH_SINK_NATS)
         return load_sink_nats(e, p, s, sk);
     if ((rc = check_keys(e, p, s, keys)))
+        return rc;
+    if ((rc = load_sink_format(e, p, s, sk)))
         return rc;
     json_t *pa = json_object_get(s, "path");
     snprintf(pk, sizeof(pk), "%s.path", p);
@@ -1709,6 +1730,7 @@ char *soth_config_to_json(const struct soth_config *c)
         put(&ok, s, "type", json_string(soth_sink_type_names[sk->type]));
         if (sk->type != SOTH_SINK_NATS) {
             put(&ok, s, "path", json_string(sk->path));
+            put(&ok, s, "format", json_string(soth_sink_format_names[sk->format]));
             push(&ok, sinks, s);
             continue;
         }

@@ -7,12 +7,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "soth/exchange.h"
 #include "soth/observe.h"
 
 static const char usage[] =
     "usage: soth-mitm-tail [--from-start] [--once] [--type T[,T...]] [--flow ID] PATH\n"
+    "       soth-mitm-tail --exchanges [--from-start] [--once] PATH\n"
     "Prints each event of the soth-mitm event ring at PATH as one JSON line, following new\n"
     "events until interrupted.\n"
+    "  --exchanges    print exchanges assembled from the events instead (docs/exchanges.md)\n"
     "  --from-start   first print what the ring still holds\n"
     "  --once         exit after printing what is there now\n"
     "  --type T,...   only these event types\n"
@@ -36,15 +39,32 @@ static void emit_line(void *ctx, const char *line, size_t len)
     fwrite(line, 1, len, stdout);
 }
 
+static void emit_exchange(void *ctx, const struct soth_xasm_out *x)
+{
+    emit_line(ctx, x->json, x->len);
+}
+
+static size_t poll_once(struct soth_ring_reader *r, const struct soth_ring_filter *flt,
+                        struct soth_xasm *x)
+{
+    if (x == NULL)
+        return soth_ring_reader_poll(r, flt, emit_line, NULL);
+    return soth_ring_reader_poll_exchanges(r, x);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"from-start", no_argument, NULL, 's'}, {"once", no_argument, NULL, 'o'},
-        {"type", required_argument, NULL, 't'}, {"flow", required_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
+        {"from-start", no_argument, NULL, 's'},
+        {"once", no_argument, NULL, 'o'},
+        {"type", required_argument, NULL, 't'},
+        {"flow", required_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {"exchanges", no_argument, NULL, 'x'},
+        {NULL, 0, NULL, 0},
     };
     struct soth_ring_filter flt = {0};
-    bool from_start = false, once = false;
+    bool from_start = false, once = false, exchanges = false;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -87,6 +107,9 @@ int main(int argc, char **argv)
             flt.flow_id = v;
             break;
         }
+        case 'x':
+            exchanges = true;
+            break;
         case 'h':
             fputs(usage, stdout);
             return 0;
@@ -98,6 +121,10 @@ int main(int argc, char **argv)
     }
     if (optind != argc - 1) {
         fputs(usage, stderr);
+        return 2;
+    }
+    if (exchanges && (flt.type_mask || flt.has_flow)) {
+        fprintf(stderr, "soth-mitm-tail: --exchanges takes no --type or --flow\n");
         return 2;
     }
     const char *path = argv[optind];
@@ -115,9 +142,20 @@ int main(int argc, char **argv)
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_DFL);
     soth_ring_reader_seek(r, from_start);
+    struct soth_xasm *x = NULL;
+    if (exchanges) {
+        /* Captured bytes are already bounded by the proxy's events.body_capture_bytes. */
+        struct soth_xasm_cfg xc = {.body_capture_bytes = UINT32_MAX};
+        x = soth_xasm_new(&xc, emit_exchange, NULL);
+        if (x == NULL) {
+            fprintf(stderr, "soth-mitm-tail: out of memory\n");
+            soth_ring_reader_free(r);
+            return 1;
+        }
+    }
     unsigned idle = 0;
     while (!stop) {
-        size_t n = soth_ring_reader_poll(r, &flt, emit_line, NULL);
+        size_t n = poll_once(r, &flt, x);
         if (n > 0)
             fflush(stdout);
         if (once)
@@ -137,8 +175,11 @@ int main(int argc, char **argv)
         struct soth_ring_reader *nr = soth_ring_reader_open(path, err, sizeof(err));
         if (nr == NULL)
             continue;
-        if (soth_ring_reader_poll(r, &flt, emit_line, NULL) > 0)
-            fflush(stdout);
+        poll_once(r, &flt, x);
+        /* A new run numbers its flows afresh: what the old one left open is printed as it is. */
+        if (x != NULL)
+            soth_xasm_flush(x);
+        fflush(stdout);
         soth_ring_reader_free(r);
         r = nr;
         st0 = st;
@@ -146,6 +187,7 @@ int main(int argc, char **argv)
         soth_ring_reader_seek(r, true);
     }
     fflush(stdout);
+    soth_xasm_free(x);
     soth_ring_reader_free(r);
     return 0;
 }

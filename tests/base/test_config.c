@@ -388,6 +388,10 @@ static const struct bad_case bad_cases[] = {
      "\"/run/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
      "aaaaaaaaaaaaaaaaaaaaa.sock\"}]}}",
      "config: events.sinks[0].path: Unix socket path longer than 107 bytes"},
+    {"{\"events\": {\"sinks\": [{\"type\": \"jsonl\", \"path\": \"/x\", \"format\": \"xml\"}]}}",
+     "config: events.sinks[0].format: expected \"event\" or \"exchange\", got \"xml\""},
+    {"{\"events\": {\"sinks\": [{\"type\": \"uds\", \"path\": \"/x\", \"format\": 1}]}}",
+     "config: events.sinks[0].format: expected \"event\" or \"exchange\", got 1"},
     {"{\"events\": {\"sinks\": [5]}}", "config: events.sinks[0]: expected object, got integer"},
     {"{\"events\": {\"sinks\": {}}}", "config: events.sinks: expected array, got object"},
     /* events.sinks[] of type nats (docs/sinks.md) */
@@ -649,7 +653,8 @@ static const struct good_case good_cases[] = {
     {"{\"tls\": {\"learning\": {}}}", "{}"},
     {"{\"tls\": {}, \"events\": {}, \"timeouts\": {}, \"metrics\": {}, \"policy\": {}}", "{}"},
     {"{\"events\": {\"ring_path\": \"/dev/shm/x.ring\", \"sinks\": [{\"type\": \"uds\","
-     " \"path\": \"/run/s.sock\"}, {\"type\": \"jsonl\", \"path\": \"rel/e.jsonl\"}]}}",
+     " \"path\": \"/run/s.sock\", \"format\": \"exchange\"}, {\"type\": \"jsonl\", \"path\":"
+     " \"rel/e.jsonl\", \"format\": \"event\"}]}}",
      NULL},
     {"{\"events\": {\"ring_size_mb\": 1, \"body_capture_bytes\": 0}}", NULL},
     {"{\"events\": {\"ws_turn_idle_ms\": 1}}", NULL},
@@ -716,8 +721,8 @@ Test(config, spec_example_round_trips)
         "\"learning\":{\"enabled\":false,\"failure_threshold\":5,\"window_s\":60}},"
         "\"events\":{\"ring_path\":\"/tmp/r.ring\",\"ring_size_mb\":8,\"body_capture_bytes\":0,"
         "\"ws_turn_idle_ms\":250,\"sinks\":[{\"type\":\"jsonl\",\"path\":\"/tmp/"
-        "e.jsonl\"},{\"type\":\"uds\","
-        "\"path\":\"/tmp/e.sock\"}]},"
+        "e.jsonl\",\"format\":\"event\"},{\"type\":\"uds\","
+        "\"path\":\"/tmp/e.sock\",\"format\":\"exchange\"}]},"
         "\"timeouts\":{\"connect_ms\":1,\"tls_handshake_ms\":2,\"request_header_ms\":3,"
         "\"response_header_ms\":5,\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0."
         "1:9100\"},"

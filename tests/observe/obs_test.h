@@ -38,6 +38,7 @@ static inline void obs_env_add_sink(struct obs_env *e, enum soth_sink_type t, co
     c->events.sinks = realloc(c->events.sinks, (c->events.n_sinks + 1) * sizeof(*c->events.sinks));
     char path[192];
     snprintf(path, sizeof(path), "%s/%s", e->dir, name);
+    memset(&c->events.sinks[c->events.n_sinks], 0, sizeof(*c->events.sinks));
     c->events.sinks[c->events.n_sinks].type = t;
     c->events.sinks[c->events.n_sinks].path = strdup(path);
     c->events.n_sinks++;

@@ -27,10 +27,13 @@ enum soth_action {
     SOTH_ACTION_COUNT
 };
 enum soth_sink_type { SOTH_SINK_JSONL = 0, SOTH_SINK_UDS, SOTH_SINK_NATS, SOTH_SINK_COUNT };
+/** What a sink gets (docs/sinks.md): event lines, or exchanges (docs/exchanges.md). */
+enum soth_sink_format { SOTH_SINK_FMT_EVENT = 0, SOTH_SINK_FMT_EXCHANGE, SOTH_SINK_FMT_COUNT };
 
 extern const char *const soth_mode_names[SOTH_MODE_COUNT];     /* "regular", ... */
 extern const char *const soth_action_names[SOTH_ACTION_COUNT]; /* "intercept", ... */
 extern const char *const soth_sink_type_names[SOTH_SINK_COUNT];
+extern const char *const soth_sink_format_names[SOTH_SINK_FMT_COUNT]; /* "event", "exchange" */
 
 /** A parsed HOST:PORT (listen, metrics.listen). host is the text as given (no brackets). */
 struct soth_hostport {
@@ -49,7 +52,8 @@ struct soth_rule {
 
 struct soth_sink_cfg {
     enum soth_sink_type type;
-    char *path; /* jsonl, uds */
+    enum soth_sink_format format; /* every type; default event */
+    char *path;                   /* jsonl, uds */
     /* nats (docs/sinks.md): NULL strings are "not set" */
     char *url;     /* one or more nats:// or tls:// URLs, comma-separated */
     char *subject; /* events go to <subject>.<type> */

@@ -1,0 +1,1 @@
+soth_add_fuzz(exchange LIBS soth_observe PkgConfig::JANSSON)
