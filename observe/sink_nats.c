@@ -1187,11 +1187,15 @@ static bool all_done(struct nats_sink *ns)
                                    atomic_load_explicit(&ns->q_tail, memory_order_acquire);
 }
 
-/** Sleep until woken (eventfd), the publishing socket has something, or timeout_ms. */
-static void wait_io(struct nats_sink *ns, int timeout_ms)
+/**
+ * Sleep until woken (eventfd), or timeout_ms; with acks, also until the publishing socket has
+ * something. While lingering acks wait for the next round: they would otherwise wake this
+ * thread once per marker.
+ */
+static void wait_io(struct nats_sink *ns, int timeout_ms, bool acks)
 {
     struct pollfd pfd[2] = {{.fd = ns->efd, .events = POLLIN}, {.fd = ns->rfd, .events = POLLIN}};
-    if (poll(pfd, ns->rfd >= 0 ? 2 : 1, timeout_ms) > 0 && (pfd[0].revents & POLLIN)) {
+    if (poll(pfd, acks && ns->rfd >= 0 ? 2 : 1, timeout_ms) > 0 && (pfd[0].revents & POLLIN)) {
         uint64_t v;
         ssize_t r = read(ns->efd, &v, sizeof(v));
         (void)r;
@@ -1232,7 +1236,7 @@ static void *nats_main(void *arg)
          */
         if (idle < LINGER_ROUNDS) {
             idle++;
-            wait_io(ns, LINGER_MS);
+            wait_io(ns, LINGER_MS, false);
             atomic_store_explicit(&ns->kicked, 0, memory_order_relaxed);
             continue;
         }
@@ -1245,7 +1249,7 @@ static void *nats_main(void *arg)
                     atomic_load_explicit(&ns->q_head, memory_order_relaxed) !=
                         atomic_load_explicit(&ns->q_tail, memory_order_seq_cst);
         if (!acks && !more)
-            wait_io(ns, ns->unmarked > 0 ? (int)MARK_MS : IDLE_MS);
+            wait_io(ns, ns->unmarked > 0 ? (int)MARK_MS : IDLE_MS, true);
         atomic_store_explicit(&ns->sleeping, 0, memory_order_relaxed);
     }
     /* Never published: missing from the stream for sure, counted. Published and not
