@@ -158,6 +158,7 @@ struct nats_sink {
     uint64_t max_payload; /* the server's (INFO) */
     bool need_pong;
     uint64_t too_big_logged;
+    uint64_t err_log_ms; /* last -ERR line (at most one per BEHIND_LOG_MS) */
 
     int efd;
     _Atomic int sleeping; /* in a long sleep: wake through efd */
@@ -518,11 +519,16 @@ static int raw_op(struct nats_sink *ns, const struct nats_op *op)
     case NATS_OP_PING:
         ns->need_pong = true;
         return 0;
-    case NATS_OP_ERR:
+    case NATS_OP_ERR: {
         /* The server closes the connection after most errors: start anew either way. */
-        SOTH_LOG(SOTH_LOG_WARN, -1, 0, "%s: nats: %s says -ERR %.*s", ns->name, ns->url_log,
-                 (int)(op->arg_len > 200 ? 200 : op->arg_len), op->arg);
+        uint64_t now = mono_ms();
+        if (ns->err_log_ms == 0 || now - ns->err_log_ms >= BEHIND_LOG_MS) {
+            ns->err_log_ms = now;
+            SOTH_LOG(SOTH_LOG_WARN, -1, 0, "%s: nats: %s says -ERR %.*s", ns->name, ns->url_log,
+                     (int)(op->arg_len > 200 ? 200 : op->arg_len), op->arg);
+        }
         return -1;
+    }
     default:
         return 0;
     }
