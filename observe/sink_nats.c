@@ -16,7 +16,9 @@
  *
  * libnats runs its own threads (socket reader, flusher, callbacks); its callbacks only record
  * what happened (acks, a lost connection) and wake the sink thread, which makes every
- * connection itself (see opts_setup).
+ * connection itself (see opts_setup). On a plain nats:// server the events do not go through
+ * libnats at all: the sink thread writes them to a publishing socket of its own and reads the
+ * acks there (raw_*; libnats keeps the stream checks, TLS and credentials files).
  */
 #include "sink_nats.h"
 
