@@ -53,8 +53,8 @@
 #define BEHIND_LOG_MS  10000u       /* at most one "falling behind" line per this period */
 #define ACK_EVERY      64u          /* one event in this many asks for an ack (see publish) */
 #define MARK_MS        1u           /* a pause this long: ask for an ack of what was published */
-#define LINGER_MS      2            /* poll period after work, before a long sleep */
-#define LINGER_ROUNDS  500          /* polls (1 s) before that */
+#define LINGER_MS      10           /* poll period after work, before a long sleep */
+#define LINGER_ROUNDS  100          /* polls (1 s) before that */
 #define OB_CAP         (2u << 20)   /* publishing socket: bytes written per batch at most */
 #define IB_CAP         (64u << 10)  /* publishing socket: bytes read and not yet parsed */
 #define CONNECT_MS     2000u        /* connect and handshake of the publishing socket */
