@@ -883,10 +883,44 @@ static const unsigned char jclass[256] = {
     [0x00 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1, [0x7f] = 1, [0x80 ... 0xff] = 2,
 };
 
+#define J_ONES  0x0101010101010101ull
+#define J_HIGHS 0x8080808080808080ull
+
+/* High bit of each byte of v equal to c (exact as to whether any is). */
+static uint64_t jbytes_eq(uint64_t v, unsigned char c)
+{
+    uint64_t x = v ^ (J_ONES * c);
+    return (x - J_ONES) & ~x & J_HIGHS;
+}
+
+/* Eight bytes that are all copied as they are (jclass 0): printable ASCII, no '"' or '\\'. */
+static bool jplain8(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    uint64_t ctl = (v - J_ONES * 0x20) & ~v & J_HIGHS; /* a byte below 0x20 */
+    return ((v & J_HIGHS) | ctl | jbytes_eq(v, '"') | jbytes_eq(v, '\\') | jbytes_eq(v, 0x7f)) == 0;
+}
+
+static bool jascii(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    uint64_t acc = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        acc |= v;
+    }
+    for (; i < n; i++)
+        acc |= p[i];
+    return (acc & J_HIGHS) == 0;
+}
+
 static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    if (!soth_utf8_valid(p, n)) {
+    /* Most strings are ASCII: no UTF-8 walk for them (the encoder's cost, docs/sinks.md). */
+    if (!jascii(p, n) && !soth_utf8_valid(p, n)) {
         jbuf_put(b, "{\"b64\":", 7);
         jput_b64(b, p, n);
         jbuf_put(b, "}", 1);
@@ -896,6 +930,14 @@ static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
     char *start = o;
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
+        /* Eight plain bytes at a time, then byte by byte up to the next such run. */
+        while (i + 8 <= n && jplain8(p + i)) {
+            memcpy(o, p + i, 8);
+            o += 8;
+            i += 8;
+        }
+        if (i == n)
+            break;
         unsigned char c = p[i];
         if (jclass[c] != 1) {
             *o++ = (char)c;

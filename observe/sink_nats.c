@@ -16,12 +16,17 @@
  *
  * libnats runs its own threads (socket reader, flusher, callbacks); its callbacks only record
  * what happened (acks, a lost connection) and wake the sink thread, which makes every
- * connection itself (see opts_setup).
+ * connection itself (see opts_setup). On a plain nats:// server the events do not go through
+ * libnats at all: the sink thread writes them to a publishing socket of its own and reads the
+ * acks there (raw_*; libnats keeps the stream checks, TLS and credentials files).
  */
 #include "sink_nats.h"
 
 #include <errno.h>
 #include <nats/nats.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -30,8 +35,10 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include "nats_proto.h"
 #include "observe_int.h"
 
 #define Q_HDR          16u
@@ -46,8 +53,11 @@
 #define BEHIND_LOG_MS  10000u       /* at most one "falling behind" line per this period */
 #define ACK_EVERY      64u          /* one event in this many asks for an ack (see publish) */
 #define MARK_MS        1u           /* a pause this long: ask for an ack of what was published */
-#define LINGER_MS      2            /* poll period after work, before a long sleep */
-#define LINGER_ROUNDS  500          /* polls (1 s) before that */
+#define LINGER_MS      10           /* poll period after work, before a long sleep */
+#define LINGER_ROUNDS  100          /* polls (1 s) before that */
+#define OB_CAP         (2u << 20)   /* publishing socket: bytes written per batch at most */
+#define IB_CAP         (64u << 10)  /* publishing socket: bytes read and not yet parsed */
+#define CONNECT_MS     2000u        /* connect and handshake of the publishing socket */
 
 struct qhdr {
     uint32_t len; /* JSON bytes that follow (the record is padded to 8) */
@@ -134,6 +144,23 @@ struct nats_sink {
     uint64_t conflict_gen; /* connection on which a stream error was logged */
     uint64_t behind_dropped, behind_ms;
     uint64_t refused_logged;
+
+    /* ---- the publishing socket (docs/sinks.md, "Cost"): the sink thread only */
+    bool raw;                            /* publish on it; libnats keeps the stream checks */
+    char *connect_line;                  /* "CONNECT {...}\r\n" */
+    size_t subj_len[SOTH_EV_TYPE_COUNT]; /* strlen(subjects[t]) */
+    size_t run_id_len;
+    int rfd;        /* -1: none */
+    char inbox[64]; /* "_INBOX.<run id>.<gen>.": replies go to inbox<gseq> */
+    size_t inbox_len;
+    char *ob; /* OB_CAP: [ob_off, ob_len) not yet written */
+    size_t ob_off, ob_len;
+    char *ib; /* IB_CAP: [0, ib_len) read, not yet parsed */
+    size_t ib_len;
+    uint64_t max_payload; /* the server's (INFO) */
+    bool need_pong;
+    uint64_t too_big_logged;
+    uint64_t err_log_ms; /* last -ERR line (at most one per BEHIND_LOG_MS) */
 
     int efd;
     _Atomic int sleeping; /* in a long sleep: wake through efd */
@@ -347,22 +374,28 @@ static void advance_head(struct nats_sink *ns)
  * libnats callbacks (its threads)
  * ========================================================================================== */
 
+static void ack_push(struct nats_sink *ns, uint64_t gseq, enum ack_result result)
+{
+    struct ack a = {.gseq = gseq, .epoch = atomic_load(&ns->dis_epoch), .result = (uint8_t)result};
+    pthread_mutex_lock(&ns->a_mu);
+    /* Full only when acks of an old connection pile up: the ack timeout re-sends. */
+    if (ns->n_acks < ACKQ_CAP)
+        ns->acks[ns->n_acks++] = a;
+    pthread_mutex_unlock(&ns->a_mu);
+}
+
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     struct nats_sink *ns = closure;
     const char *id = NULL;
     if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != NULL) {
         const char *dash = strrchr(id, '-');
-        struct ack a = {.gseq = dash ? strtoull(dash + 1, NULL, 10) : 0,
-                        .epoch = atomic_load(&ns->dis_epoch)};
         /* A JetStream API error (ErrCode) is the server refusing this message; anything else
          * (a timeout, no responders while JetStream starts) is worth another try. */
-        a.result = pa != NULL ? ACK_OK : pae != NULL && pae->ErrCode != 0 ? ACK_REFUSED : ACK_RETRY;
-        pthread_mutex_lock(&ns->a_mu);
-        /* Full only when acks of an old connection pile up: the ack timeout re-sends. */
-        if (ns->n_acks < ACKQ_CAP)
-            ns->acks[ns->n_acks++] = a;
-        pthread_mutex_unlock(&ns->a_mu);
+        ack_push(ns, dash ? strtoull(dash + 1, NULL, 10) : 0,
+                 pa != NULL                         ? ACK_OK
+                 : pae != NULL && pae->ErrCode != 0 ? ACK_REFUSED
+                                                    : ACK_RETRY);
         sink_wake(ns);
     }
     natsMsg_Destroy(msg);
@@ -388,6 +421,359 @@ static void on_closed(natsConnection *nc, void *closure)
     struct nats_sink *ns = closure;
     on_lost(nc, closure);
     atomic_fetch_sub(&ns->live_conns, 1);
+}
+
+/* ==========================================================================================
+ * the publishing socket (docs/sinks.md, "Cost")
+ *
+ * On a plain nats:// connection the sink writes the HPUB frames itself, many to one send(),
+ * with the message id header pre-formatted, and reads the JetStream acks on the same socket:
+ * no message object, header map or lock per event, no wake-up of another thread. libnats'
+ * connection to the same server stays for the stream checks (request/reply) and for TLS and
+ * credentials files, which publish through libnats.
+ * ========================================================================================== */
+
+static void raw_lost(struct nats_sink *ns)
+{
+    if (ns->rfd < 0)
+        return;
+    close(ns->rfd);
+    ns->rfd = -1;
+    ns->ob_off = ns->ob_len = 0;
+    ns->ib_len = 0;
+    atomic_fetch_add(&ns->dis_epoch, 1);
+    atomic_store(&ns->up, 0);
+}
+
+static size_t put_u64(char *o, uint64_t v)
+{
+    char t[20];
+    size_t n = 0;
+    do {
+        t[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        o[i] = t[n - 1 - i];
+    return n;
+}
+
+static void ob_put(struct nats_sink *ns, const void *p, size_t n)
+{
+    memcpy(ns->ob + ns->ob_len, p, n);
+    ns->ob_len += n;
+}
+
+static int raw_read(struct nats_sink *ns);
+
+/** Write out the buffer, reading acks meanwhile. 0, or -1 the socket is gone. */
+static int raw_flush(struct nats_sink *ns)
+{
+    uint64_t since = 0;
+    while (ns->rfd >= 0 && ns->ob_off < ns->ob_len) {
+        ssize_t w = send(ns->rfd, ns->ob + ns->ob_off, ns->ob_len - ns->ob_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            ns->ob_off += (size_t)w;
+            since = 0;
+            continue;
+        }
+        if (w == -1 && errno == EINTR)
+            continue;
+        if (w == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* The server reads slowly: keep reading its acks so that neither side blocks. */
+            uint64_t now = mono_ms();
+            if (since == 0)
+                since = now;
+            else if (now - since > ACK_TIMEOUT_MS)
+                break;
+            struct pollfd pfd = {.fd = ns->rfd, .events = POLLIN | POLLOUT};
+            if (poll(&pfd, 1, 100) > 0 && (pfd.revents & POLLIN) && raw_read(ns) < 0)
+                return -1;
+            continue;
+        }
+        break;
+    }
+    if (ns->rfd < 0 || ns->ob_off < ns->ob_len) {
+        raw_lost(ns);
+        return -1;
+    }
+    ns->ob_off = ns->ob_len = 0;
+    return 0;
+}
+
+/** One server operation from the socket: handle what the main loop may see. 0 or -1 (gone). */
+static int raw_op(struct nats_sink *ns, const struct nats_op *op)
+{
+    switch (op->kind) {
+    case NATS_OP_MSG: {
+        uint64_t gseq;
+        if (op->subj_len <= ns->inbox_len || memcmp(op->subj, ns->inbox, ns->inbox_len) != 0 ||
+            !nats_proto_subject_tail(op->subj, op->subj_len, &gseq))
+            return 0;
+        enum nats_ack r = nats_proto_ack(op);
+        ack_push(ns, gseq,
+                 r == NATS_ACK_OK        ? ACK_OK
+                 : r == NATS_ACK_REFUSED ? ACK_REFUSED
+                                         : ACK_RETRY);
+        return 0;
+    }
+    case NATS_OP_PING:
+        ns->need_pong = true;
+        return 0;
+    case NATS_OP_ERR: {
+        /* The server closes the connection after most errors: start anew either way. */
+        uint64_t now = mono_ms();
+        if (ns->err_log_ms == 0 || now - ns->err_log_ms >= BEHIND_LOG_MS) {
+            ns->err_log_ms = now;
+            SOTH_LOG(SOTH_LOG_WARN, -1, 0, "%s: nats: %s says -ERR %.*s", ns->name, ns->url_log,
+                     (int)(op->arg_len > 200 ? 200 : op->arg_len), op->arg);
+        }
+        return -1;
+    }
+    default:
+        return 0;
+    }
+}
+
+/** Parse what was read. 0, or -1 (a protocol error: the caller drops the socket). */
+static int raw_parse(struct nats_sink *ns)
+{
+    size_t off = 0;
+    int rc = 0;
+    for (;;) {
+        struct nats_op op;
+        ssize_t r = nats_proto_parse(ns->ib + off, ns->ib_len - off, &op);
+        if (r == SOTH_E_INCOMPLETE) {
+            if (off == 0 && ns->ib_len == IB_CAP)
+                rc = -1; /* an operation larger than the buffer: none of ours */
+            break;
+        }
+        if (r < 0 || raw_op(ns, &op) < 0) {
+            rc = -1;
+            break;
+        }
+        off += (size_t)r;
+    }
+    memmove(ns->ib, ns->ib + off, ns->ib_len - off);
+    ns->ib_len -= off;
+    return rc;
+}
+
+/** Read and handle whatever the server sent (acks, PING), without waiting. 0 or -1 (gone). */
+static int raw_read(struct nats_sink *ns)
+{
+    while (ns->rfd >= 0) {
+        size_t room = IB_CAP - ns->ib_len;
+        ssize_t r = recv(ns->rfd, ns->ib + ns->ib_len, room, MSG_DONTWAIT);
+        if (r == -1 && errno == EINTR)
+            continue;
+        if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (r <= 0) {
+            raw_lost(ns);
+            return -1;
+        }
+        ns->ib_len += (size_t)r;
+        if (raw_parse(ns) < 0) {
+            raw_lost(ns);
+            return -1;
+        }
+        if ((size_t)r < room)
+            break; /* a short read: nothing more waits */
+    }
+    /* The answer goes out with the next write (the caller flushes what is buffered). */
+    if (ns->rfd >= 0 && ns->need_pong && ns->ob_len + 6 <= OB_CAP) {
+        ns->need_pong = false;
+        ob_put(ns, "PONG\r\n", 6);
+    }
+    return ns->rfd >= 0 ? 0 : -1;
+}
+
+/** Wait for the next complete operation during the handshake: its length in ib, or -1. */
+static ssize_t raw_wait_op(struct nats_sink *ns, struct nats_op *op, uint64_t deadline)
+{
+    for (;;) {
+        ssize_t r = nats_proto_parse(ns->ib, ns->ib_len, op);
+        if (r != SOTH_E_INCOMPLETE)
+            return r > 0 ? r : -1;
+        uint64_t now = mono_ms();
+        if (ns->ib_len == IB_CAP || now >= deadline)
+            return -1;
+        struct pollfd pfd = {.fd = ns->rfd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)(deadline - now)) <= 0)
+            continue;
+        ssize_t n = recv(ns->rfd, ns->ib + ns->ib_len, IB_CAP - ns->ib_len, MSG_DONTWAIT);
+        if (n == 0 || (n == -1 && errno != EAGAIN && errno != EINTR))
+            return -1;
+        if (n > 0)
+            ns->ib_len += (size_t)n;
+    }
+}
+
+static void ib_consume(struct nats_sink *ns, size_t n)
+{
+    memmove(ns->ib, ns->ib + n, ns->ib_len - n);
+    ns->ib_len -= n;
+}
+
+/** TCP to host:port within the connect timeout: the socket, or -1. */
+static int tcp_connect(const char *host, const char *port, uint64_t deadline)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (getaddrinfo(host, port, &hints, &ai) != 0)
+        return -1;
+    int fd = -1;
+    for (struct addrinfo *a = ai; a != NULL && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        int rc = connect(fd, a->ai_addr, a->ai_addrlen);
+        if (rc == -1 && errno == EINPROGRESS) {
+            uint64_t now = mono_ms();
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            int err = 0;
+            socklen_t l = sizeof(err);
+            if (now < deadline && poll(&pfd, 1, (int)(deadline - now)) == 1 &&
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) == 0 && err == 0)
+                rc = 0;
+        }
+        if (rc != 0) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(ai);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    return fd;
+}
+
+/**
+ * Open the publishing socket to the server libnats just connected to: INFO, CONNECT (headers
+ * on, no_responders so that a JetStream still starting answers 503 at once), the reply
+ * subscription, PING; ready at the PONG. 0 or -1.
+ */
+static int raw_open(struct nats_sink *ns)
+{
+    char url[512], host[256], port[8] = "4222";
+    if (natsConnection_GetConnectedUrl(ns->nc, url, sizeof(url)) != NATS_OK)
+        return -1;
+    const char *h = strstr(url, "://");
+    h = h != NULL ? h + 3 : url;
+    const char *at = strrchr(h, '@');
+    if (at != NULL)
+        h = at + 1;
+    const char *colon = strrchr(h, ':');
+    const char *hend = colon != NULL ? colon : h + strlen(h);
+    if (*h == '[') {
+        const char *rb = strchr(h, ']');
+        if (rb == NULL)
+            return -1;
+        h++;
+        hend = rb;
+        colon = rb[1] == ':' ? rb + 1 : NULL;
+    }
+    if ((size_t)(hend - h) >= sizeof(host) || (colon != NULL && strlen(colon + 1) >= sizeof(port)))
+        return -1;
+    memcpy(host, h, (size_t)(hend - h));
+    host[hend - h] = '\0';
+    if (colon != NULL)
+        snprintf(port, sizeof(port), "%s", colon + 1);
+    uint64_t deadline = mono_ms() + CONNECT_MS;
+    ns->rfd = tcp_connect(host, port, deadline);
+    if (ns->rfd < 0)
+        return -1;
+    ns->ib_len = 0;
+    ns->ob_off = ns->ob_len = 0;
+    ns->need_pong = false;
+    struct nats_op op;
+    ssize_t r = raw_wait_op(ns, &op, deadline);
+    if (r < 0 || op.kind != NATS_OP_INFO || !nats_proto_json_true(op.arg, op.arg_len, "headers") ||
+        nats_proto_json_true(op.arg, op.arg_len, "tls_required"))
+        goto fail;
+    if (!nats_proto_json_u64(op.arg, op.arg_len, "max_payload", &ns->max_payload))
+        ns->max_payload = 1u << 20;
+    ib_consume(ns, (size_t)r);
+    int il = snprintf(ns->inbox, sizeof(ns->inbox), "_INBOX.%s.%llu.", ns->run_id,
+                      (unsigned long long)ns->gen);
+    ns->inbox_len = (size_t)il;
+    ob_put(ns, ns->connect_line, strlen(ns->connect_line));
+    ob_put(ns, "SUB ", 4);
+    ob_put(ns, ns->inbox, ns->inbox_len);
+    ob_put(ns, "* 1\r\nPING\r\n", 11);
+    if (raw_flush(ns) < 0)
+        return -1;
+    for (;;) {
+        r = raw_wait_op(ns, &op, deadline);
+        if (r < 0)
+            goto fail;
+        if (op.kind == NATS_OP_PONG)
+            break;
+        if (op.kind == NATS_OP_ERR) {
+            SOTH_LOG(SOTH_LOG_WARN, -1, 0, "%s: nats: %s refused the publishing connection: %.*s",
+                     ns->name, ns->url_log, (int)(op.arg_len > 200 ? 200 : op.arg_len), op.arg);
+            goto fail;
+        }
+        if (op.kind == NATS_OP_PING)
+            ns->need_pong = true;
+        ib_consume(ns, (size_t)r);
+    }
+    ib_consume(ns, (size_t)r);
+    return 0;
+fail:
+    raw_lost(ns);
+    return -1;
+}
+
+/** Append one HPUB frame (a marker carries the reply subject). 0, -1 gone, -2 too big. */
+static int raw_publish(struct nats_sink *ns, const char *subj, size_t subj_len, uint64_t gseq,
+                       const char *json, size_t len, bool marker)
+{
+    /* NATS/1.0\r\nNats-Msg-Id: <run id>-<gseq>\r\n\r\n */
+    char num[20];
+    size_t nl = put_u64(num, gseq);
+    size_t hlen = 10 + 13 + ns->run_id_len + 1 + nl + 4;
+    if (hlen + len > ns->max_payload)
+        return -2;
+    size_t need = 5 + subj_len + 1 + ns->inbox_len + nl + 1 + 20 + 1 + 20 + 2 + hlen + len + 2;
+    if (need > OB_CAP)
+        return -2;
+    if (OB_CAP - ns->ob_len < need && raw_flush(ns) < 0)
+        return -1;
+    char *o = ns->ob + ns->ob_len, *start = o;
+    memcpy(o, "HPUB ", 5);
+    o += 5;
+    memcpy(o, subj, subj_len);
+    o += subj_len;
+    *o++ = ' ';
+    if (marker) {
+        memcpy(o, ns->inbox, ns->inbox_len);
+        o += ns->inbox_len;
+        memcpy(o, num, nl);
+        o += nl;
+        *o++ = ' ';
+    }
+    o += put_u64(o, hlen);
+    *o++ = ' ';
+    o += put_u64(o, hlen + len);
+    memcpy(o, "\r\nNATS/1.0\r\nNats-Msg-Id: ", 25);
+    o += 25;
+    memcpy(o, ns->run_id, ns->run_id_len);
+    o += ns->run_id_len;
+    *o++ = '-';
+    memcpy(o, num, nl);
+    o += nl;
+    memcpy(o, "\r\n\r\n", 4);
+    o += 4;
+    memcpy(o, json, len);
+    o += len;
+    memcpy(o, "\r\n", 2);
+    o += 2;
+    ns->ob_len += (size_t)(o - start);
+    return 0;
 }
 
 /* ==========================================================================================
@@ -598,6 +984,10 @@ static void outage_end(struct nats_sink *ns, uint64_t now)
 
 static void conn_drop(struct nats_sink *ns)
 {
+    if (ns->rfd >= 0) {
+        close(ns->rfd);
+        ns->rfd = -1;
+    }
     if (ns->js != NULL)
         jsCtx_Destroy(ns->js);
     ns->js = NULL;
@@ -626,6 +1016,10 @@ static natsStatus conn_open(struct nats_sink *ns)
     /* It may have broken before cur_nc named it (its callback was ignored then). */
     if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED)
         atomic_store(&ns->up, 0);
+    if (ns->raw && raw_open(ns) < 0) {
+        conn_drop(ns);
+        return NATS_IO_ERROR;
+    }
     return NATS_OK;
 }
 
@@ -672,6 +1066,9 @@ static void conn_step(struct nats_sink *ns, uint64_t now)
  */
 static int publish_one(struct nats_sink *ns, const struct slot *sl, bool marker)
 {
+    if (ns->raw)
+        return raw_publish(ns, ns->subjects[sl->type], ns->subj_len[sl->type], sl->gseq,
+                           ns->f + sl->off, sl->len, marker);
     char id[64];
     snprintf(id, sizeof(id), "%s-%llu", ns->run_id, (unsigned long long)sl->gseq);
     natsMsg *m = NULL;
@@ -682,6 +1079,27 @@ static int publish_one(struct nats_sink *ns, const struct slot *sl, bool marker)
         s = marker ? js_PublishMsgAsync(ns->js, &m, NULL) : natsConnection_PublishMsg(ns->nc, m);
     natsMsg_Destroy(m); /* NULL when js_PublishMsgAsync took it */
     return s == NATS_OK ? 0 : -1;
+}
+
+/** Can we publish now? (Nothing goes into libnats' reconnect buffer: see opts_setup.) */
+static bool conn_live(struct nats_sink *ns)
+{
+    if (ns->raw)
+        return ns->rfd >= 0 && atomic_load_explicit(&ns->up, memory_order_relaxed);
+    return natsConnection_Status(ns->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+/** An event the server would refuse for its size (over max_payload): counted, logged once. */
+static void too_big(struct nats_sink *ns, struct slot *sl)
+{
+    sl->state = SLOT_ACKED;
+    sl->published = 1; /* counted here, not again at stop */
+    atomic_fetch_add_explicit(&ns->dropped, 1, memory_order_relaxed);
+    if (ns->too_big_logged++ == 0)
+        SOTH_LOG(SOTH_LOG_WARN, -1, 0,
+                 "%s: nats: an event of %u bytes is over the server's max_payload (%llu): "
+                 "dropped and counted (this line is logged once)",
+                 ns->name, sl->len, (unsigned long long)ns->max_payload);
 }
 
 /**
@@ -703,11 +1121,16 @@ static size_t publish(struct nats_sink *ns, uint64_t now)
             ns->fs++;
             continue;
         }
-        /* Nothing goes into libnats' reconnect buffer (see opts_setup). */
-        if (natsConnection_Status(ns->nc) != NATS_CONN_STATUS_CONNECTED)
+        if (!conn_live(ns))
             break;
         bool marker = ns->unmarked + 1 >= ACK_EVERY;
-        if (publish_one(ns, sl, marker) < 0) {
+        int rc = publish_one(ns, sl, marker);
+        if (rc == -2) {
+            too_big(ns, sl);
+            ns->fs++;
+            continue;
+        }
+        if (rc < 0) {
             /* The connection is going or gone (its callback follows), or libnats' own
              * buffer is full: try again shortly, from the oldest unacknowledged event. */
             if (ns->rewind_at_ms == 0)
@@ -725,14 +1148,16 @@ static size_t publish(struct nats_sink *ns, uint64_t now)
         else if (ns->unmarked++ == 0)
             ns->unmarked_ms = now;
     }
-    if (ns->unmarked > 0 && now - ns->unmarked_ms >= MARK_MS && ns->fs > ns->fh &&
-        natsConnection_Status(ns->nc) == NATS_CONN_STATUS_CONNECTED) {
+    if (ns->unmarked > 0 && now - ns->unmarked_ms >= MARK_MS && ns->fs > ns->fh && conn_live(ns)) {
         struct slot *last = slot_at(ns, ns->fs - 1);
         if (last->state != SLOT_SENT || publish_one(ns, last, true) == 0) {
             last->epoch = epoch;
             ns->unmarked = 0;
         }
     }
+    /* One write for the whole batch; a failure is a lost connection (conn_step follows). */
+    if (ns->raw && ns->ob_len > 0)
+        raw_flush(ns);
     return n;
 }
 
@@ -770,6 +1195,21 @@ static bool all_done(struct nats_sink *ns)
                                    atomic_load_explicit(&ns->q_tail, memory_order_acquire);
 }
 
+/**
+ * Sleep until woken (eventfd), or timeout_ms; with acks, also until the publishing socket has
+ * something. While lingering acks wait for the next round: they would otherwise wake this
+ * thread once per marker.
+ */
+static void wait_io(struct nats_sink *ns, int timeout_ms, bool acks)
+{
+    struct pollfd pfd[2] = {{.fd = ns->efd, .events = POLLIN}, {.fd = ns->rfd, .events = POLLIN}};
+    if (poll(pfd, acks && ns->rfd >= 0 ? 2 : 1, timeout_ms) > 0 && (pfd[0].revents & POLLIN)) {
+        uint64_t v;
+        ssize_t r = read(ns->efd, &v, sizeof(v));
+        (void)r;
+    }
+}
+
 static void *nats_main(void *arg)
 {
     struct nats_sink *ns = arg;
@@ -777,6 +1217,8 @@ static void *nats_main(void *arg)
     unsigned idle = 0;
     for (;;) {
         uint64_t now = mono_ms();
+        if (ns->rfd >= 0 && raw_read(ns) == 0 && ns->ob_len > 0)
+            raw_flush(ns);
         take_acks(ns, now);
         conn_step(ns, now);
         size_t work = 0;
@@ -802,12 +1244,7 @@ static void *nats_main(void *arg)
          */
         if (idle < LINGER_ROUNDS) {
             idle++;
-            struct pollfd pfd = {.fd = ns->efd, .events = POLLIN};
-            if (poll(&pfd, 1, LINGER_MS) > 0) {
-                uint64_t v;
-                ssize_t r = read(ns->efd, &v, sizeof(v));
-                (void)r;
-            }
+            wait_io(ns, LINGER_MS, false);
             atomic_store_explicit(&ns->kicked, 0, memory_order_relaxed);
             continue;
         }
@@ -819,13 +1256,8 @@ static void *nats_main(void *arg)
         bool more = ns->ready && ns->ft - ns->fh < F_SLOTS &&
                     atomic_load_explicit(&ns->q_head, memory_order_relaxed) !=
                         atomic_load_explicit(&ns->q_tail, memory_order_seq_cst);
-        if (!acks && !more) {
-            struct pollfd pfd = {.fd = ns->efd, .events = POLLIN};
-            poll(&pfd, 1, ns->unmarked > 0 ? (int)MARK_MS : IDLE_MS);
-            uint64_t v;
-            ssize_t r = read(ns->efd, &v, sizeof(v));
-            (void)r;
-        }
+        if (!acks && !more)
+            wait_io(ns, ns->unmarked > 0 ? (int)MARK_MS : IDLE_MS, true);
         atomic_store_explicit(&ns->sleeping, 0, memory_order_relaxed);
     }
     /* Never published: missing from the stream for sure, counted. Published and not
@@ -879,6 +1311,47 @@ static char *url_redacted(const char *url)
     }
     out[o] = '\0';
     return out;
+}
+
+/** JSON string body of s (quotes, backslashes and control characters escaped) at o. */
+static size_t json_esc(char *o, const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            o[n++] = '\\';
+            o[n++] = (char)c;
+        } else if (c < 0x20) {
+            n += (size_t)snprintf(o + n, 7, "\\u%04x", c);
+        } else {
+            o[n++] = (char)c;
+        }
+    }
+    return n;
+}
+
+/** The CONNECT line of the publishing socket (malloc'd), user and password included. */
+static char *connect_line(const struct soth_sink_cfg *cfg)
+{
+    size_t ul = cfg->user ? strlen(cfg->user) : 0, pl = cfg->password ? strlen(cfg->password) : 0;
+    size_t cap = 256 + 6 * (ul + pl);
+    char *b = malloc(cap);
+    if (b == NULL)
+        return NULL;
+    size_t n = (size_t)snprintf(b, cap,
+                                "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,"
+                                "\"no_responders\":true,\"protocol\":1,\"lang\":\"C\",\"version\":"
+                                "\"soth-mitm\",\"name\":\"soth-mitm\"");
+    if (cfg->user != NULL) {
+        memcpy(b + n, ",\"user\":\"", 9);
+        n += 9 + json_esc(b + n + 9, cfg->user);
+        memcpy(b + n, "\",\"pass\":\"", 10);
+        n += 10 + json_esc(b + n + 10, cfg->password ? cfg->password : "");
+        b[n++] = '"';
+    }
+    memcpy(b + n, "}\r\n", 4);
+    return b;
 }
 
 static int opts_setup(struct nats_sink *ns, const struct soth_sink_cfg *cfg, char *err,
@@ -948,10 +1421,12 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
     }
     memset(ns, 0, sizeof(*ns));
     ns->efd = -1;
+    ns->rfd = -1;
     pthread_mutex_init(&ns->q_mu, NULL);
     pthread_mutex_init(&ns->a_mu, NULL);
     snprintf(ns->name, sizeof(ns->name), "events.sinks[%u]", index);
     snprintf(ns->run_id, sizeof(ns->run_id), "%s", run_id);
+    ns->run_id_len = strlen(ns->run_id);
     ns->max_pending_mb = cfg->max_pending_mb;
     ns->drain_ms = drain_ms;
     ns->stream = strdup(cfg->stream);
@@ -981,7 +1456,17 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
         ns->subjects[t] = malloc(n);
         ok = ns->subjects[t] != NULL;
         if (ok)
-            snprintf(ns->subjects[t], n, "%s.%s", cfg->subject, soth_ev_type_names[t]);
+            ns->subj_len[t] =
+                (size_t)snprintf(ns->subjects[t], n, "%s.%s", cfg->subject, soth_ev_type_names[t]);
+    }
+    /* TLS and credentials files stay with libnats (docs/sinks.md, "Cost"). */
+    ns->raw = cfg->tls_ca_file == NULL && cfg->tls_cert_file == NULL && cfg->creds_file == NULL &&
+              strstr(cfg->url, "tls://") == NULL && strchr(cfg->url, '@') == NULL;
+    if (ok && ns->raw) {
+        ns->ob = malloc(OB_CAP);
+        ns->ib = malloc(IB_CAP);
+        ns->connect_line = connect_line(cfg);
+        ok = ns->ob != NULL && ns->ib != NULL && ns->connect_line != NULL;
     }
     if (!ok) {
         snprintf(err, err_len, "%s: nats: out of memory", ns->name);
@@ -1065,6 +1550,9 @@ void nats_sink_free(struct nats_sink *ns)
         munmap(ns->q, ns->q_cap);
     if (ns->f != NULL)
         munmap(ns->f, ns->f_cap);
+    free(ns->ob);
+    free(ns->ib);
+    free(ns->connect_line);
     free(ns->slots);
     free(ns->acks);
     free(ns->acks_taken);

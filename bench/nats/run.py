@@ -272,15 +272,18 @@ def main():
     share_i = ""
     if res["off"]["ins"] and res["on"]["ins"]:
         i_off, i_on = md(res["off"]["ins"]), md(res["on"]["ins"])
-        share_i = f"; by instructions: {(i_on - i_off) / i_on * 100:.1f}%"
+        share_i = (f"; by instructions: {(i_on - i_off) / i_on * 100:.1f}% "
+                   f"(on/off {i_on / i_off:.2f}x)")
     if ir.get("off") and ir.get("on"):
         share_i += (f"; by user-space instructions under callgrind ({a.callgrind} requests, "
                     f"{ir['off']:.0f} off, {ir['on']:.0f} on per request): "
-                    f"{(ir['on'] - ir['off']) / ir['on'] * 100:.1f}%")
+                    f"{(ir['on'] - ir['off']) / ir['on'] * 100:.1f}% "
+                    f"(on/off {ir['on'] / ir['off']:.2f}x)")
     lines += [
         "",
         f"The sink's share of the proxy's CPU per request: (on - off) / on = "
-        f"{(c_on - c_off) / c_on * 100:.1f}% by CPU time{share_i} (goal: under 10%). "
+        f"{(c_on - c_off) / c_on * 100:.1f}% by CPU time (on/off {c_on / c_off:.2f}x){share_i} "
+        "(goal: on/off at most 1.10x). "
         f"{events / max(1, requests):.2f} events per request; the sink dropped {dropped:.0f} of "
         f"{events:.0f} events; load average at the end {os.getloadavg()[0]:.1f}.",
     ]

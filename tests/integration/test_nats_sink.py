@@ -46,8 +46,9 @@ def wait_port(port, timeout=20):
 class NatsServer:
     """nats-server -js on a loopback port with its store in a temp dir (kept across restarts)."""
 
-    def __init__(self, tmp, port=None, jetstream=True):
+    def __init__(self, tmp, port=None, jetstream=True, login=None):
         self.port = port or free_port()
+        self.login = login  # (user, password) the server requires
         self.store = os.path.join(tmp, "nats-store")
         self.log = os.path.join(tmp, "nats.log")
         self.jetstream = jetstream
@@ -61,6 +62,8 @@ class NatsServer:
         args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port)]
         if self.jetstream:
             args += ["-js", "-sd", self.store]
+        if self.login:
+            args += ["--user", self.login[0], "--pass", self.login[1]]
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
         assert wait_port(self.port), "nats-server did not start"
@@ -405,6 +408,30 @@ class NatsSinkTest(unittest.TestCase):
                              capture_output=True, text=True, timeout=60)
         self.assertNotIn("listening on", out.stderr)
         return out.returncode, out.stderr
+
+    def login_run(self, login_in_url):
+        """A server that requires a login; the sink logs in with the `user` and `password` keys
+        (its own publishing connection sends them) or with USER:PASSWORD@ in the URL (the
+        client library publishes, docs/sinks.md "Cost"). Every event arrives once either way."""
+        self.nats = NatsServer(self.tmp, login=("soth", "s3cret"))
+        authed = f"nats://soth:s3cret@127.0.0.1:{self.nats.port}"
+        if login_in_url:
+            m = self.start(url=authed)
+        else:
+            m = self.start(url=self.nats.url(), user="soth", password="s3cret")
+        load = Load(m, events=4000)
+        load.thread.join(timeout=600)
+        load.stop()
+        m.wait_flushed(timeout=120)
+        self.assertEqual(m.dropped(), 0)
+        self.check_exactly_once(read_stream(authed, "TEV", "t.ev"), m.written())
+        self.assertEqual(m.stop(), 0)
+
+    def test_login_keys_own_connection(self):
+        self.login_run(login_in_url=False)
+
+    def test_login_in_url_client_library(self):
+        self.login_run(login_in_url=True)
 
     def test_bad_url_is_a_config_error(self):
         rc, err = self.start_error({"url": "http://127.0.0.1:4222"})

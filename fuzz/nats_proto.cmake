@@ -1,0 +1,1 @@
+soth_add_fuzz(nats_proto LIBS soth_base)
