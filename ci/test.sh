@@ -3,7 +3,7 @@
 # dependencies, format check, Release build + tests, ASan+UBSan build + tests,
 # TSan build + the concurrent tests, fuzz targets for a bounded time.
 #
-#   SOTH_FUZZ_SECONDS=N   seconds per fuzz target (default 60; 0 skips running them)
+#   SOTH_FUZZ_SECONDS=N   seconds per fuzz target (default 45; 0 skips running them)
 #   SOTH_SKIP_TSAN=1      skip the ThreadSanitizer lane
 #   SOTH_SKIP_PERF_GATE=1 skip the perf gate (bench/peers/run.py --gate)
 #   SOTH_SKIP_PACKAGE=1   skip the package lane (ci/package.sh)
@@ -63,7 +63,7 @@ if [ "${SOTH_SKIP_TSAN:-0}" != 1 ]; then
     (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -L tsan -j1)
 fi
 
-fuzz_seconds=${SOTH_FUZZ_SECONDS:-60}
+fuzz_seconds=${SOTH_FUZZ_SECONDS:-45}
 if [ "$fuzz_seconds" != 0 ] && ls fuzz/*.cmake >/dev/null 2>&1; then
     step "fuzz targets (${fuzz_seconds}s each, clang, ASan+UBSan)"
     cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DSOTH_FUZZ=ON \
