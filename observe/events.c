@@ -1003,37 +1003,6 @@ static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n)
     b->len += (size_t)(o - start);
 }
 
-struct cur {
-    const unsigned char *p, *end;
-};
-
-static bool take(struct cur *c, size_t n, const unsigned char **out)
-{
-    if ((size_t)(c->end - c->p) < n)
-        return false;
-    *out = c->p;
-    c->p += n;
-    return true;
-}
-
-static bool take_u32(struct cur *c, uint32_t *x)
-{
-    const unsigned char *p;
-    if (!take(c, 4, &p))
-        return false;
-    memcpy(x, p, 4);
-    return true;
-}
-
-static bool take_u64(struct cur *c, uint64_t *x)
-{
-    const unsigned char *p;
-    if (!take(c, 8, &p))
-        return false;
-    memcpy(x, p, 8);
-    return true;
-}
-
 static void jkey(struct jbuf *b, const char *k)
 {
     jbuf_put(b, ",\"", 2);

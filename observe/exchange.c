@@ -36,37 +36,6 @@ struct xrec {
     unsigned nf;
 };
 
-struct cur {
-    const unsigned char *p, *end;
-};
-
-static bool take(struct cur *c, size_t n, const unsigned char **out)
-{
-    if ((size_t)(c->end - c->p) < n)
-        return false;
-    *out = c->p;
-    c->p += n;
-    return true;
-}
-
-static bool take_u32(struct cur *c, uint32_t *x)
-{
-    const unsigned char *p;
-    if (!take(c, 4, &p))
-        return false;
-    memcpy(x, p, 4);
-    return true;
-}
-
-static bool take_u64(struct cur *c, uint64_t *x)
-{
-    const unsigned char *p;
-    if (!take(c, 8, &p))
-        return false;
-    memcpy(x, p, 8);
-    return true;
-}
-
 /** Decode a record through the schema, with the bounds soth_ev_rec_to_json checks. */
 static int decode(const void *rec, size_t avail, struct xrec *d)
 {

@@ -177,4 +177,36 @@ struct soth_observe {
     bool metrics_started;
 };
 
+/* A bounds-checked cursor over a record's bytes (the JSON encoder and the exchange assembler). */
+struct cur {
+    const unsigned char *p, *end;
+};
+
+static inline bool take(struct cur *c, size_t n, const unsigned char **out)
+{
+    if ((size_t)(c->end - c->p) < n)
+        return false;
+    *out = c->p;
+    c->p += n;
+    return true;
+}
+
+static inline bool take_u32(struct cur *c, uint32_t *x)
+{
+    const unsigned char *p;
+    if (!take(c, 4, &p))
+        return false;
+    memcpy(x, p, 4);
+    return true;
+}
+
+static inline bool take_u64(struct cur *c, uint64_t *x)
+{
+    const unsigned char *p;
+    if (!take(c, 8, &p))
+        return false;
+    memcpy(x, p, 8);
+    return true;
+}
+
 #endif
