@@ -32,6 +32,9 @@ struct soth_policy {
     size_t n_rules;
     char *strings; /* globs and texts of all rules, back to back */
     enum soth_action dflt;
+    /* routes[i]: rule i's route (its own, else the default); routes[n_rules]: the default */
+    struct soth_route *routes;
+    unsigned refs; /* soth_policy_ref / soth_policy_free (one worker's, not atomic) */
 };
 
 static void set_err(char *err, size_t err_len, const char *what)
@@ -43,6 +46,22 @@ static void set_err(char *err, size_t err_len, const char *what)
 static size_t str_len(const char *s)
 {
     return s != NULL ? strlen(s) : 0;
+}
+
+/* Each rule's effective route, then the default (docs/config.md "Routes"). */
+static int copy_routes(struct soth_policy *p, const struct soth_config *cfg)
+{
+    p->routes = calloc(cfg->n_rules + 1, sizeof(*p->routes));
+    if (p->routes == NULL)
+        return SOTH_E_NOMEM;
+    for (size_t i = 0; i <= cfg->n_rules; i++) {
+        const struct soth_route *src = &cfg->default_route;
+        if (i < cfg->n_rules && cfg->rules[i].route_text != NULL)
+            src = &cfg->rules[i].route;
+        if (soth_route_copy(&p->routes[i], src) < 0)
+            return SOTH_E_NOMEM;
+    }
+    return 0;
 }
 
 struct soth_policy *soth_policy_new(const struct soth_config *cfg, char *err, size_t err_len)
@@ -76,6 +95,9 @@ struct soth_policy *soth_policy_new(const struct soth_config *cfg, char *err, si
         d->action = r->action;
     }
     p->n_rules = cfg->n_rules;
+    p->refs = 1;
+    if (copy_routes(p, cfg) < 0)
+        goto fail_nomem;
 
     p->ignore = calloc(cfg->n_ignore_hosts ? cfg->n_ignore_hosts : 1, sizeof(regex_t));
     if (p->ignore == NULL)
@@ -101,10 +123,20 @@ fail_nomem:
     return NULL;
 }
 
+struct soth_policy *soth_policy_ref(struct soth_policy *p)
+{
+    p->refs++;
+    return p;
+}
+
 void soth_policy_free(struct soth_policy *p)
 {
-    if (p == NULL)
+    if (p == NULL || (p->refs > 1 && --p->refs > 0))
         return;
+    if (p->routes != NULL)
+        for (size_t i = 0; i <= p->n_rules; i++)
+            soth_route_dispose(&p->routes[i]);
+    free(p->routes);
     for (size_t i = 0; i < p->n_ignore; i++)
         regfree(&p->ignore[i]);
     free(p->ignore);
@@ -219,10 +251,32 @@ static size_t host_port_text(char *buf, size_t cap, struct soth_iov host, uint16
     return n;
 }
 
+/* The first rule that applies to host:port, or p->n_rules when none does. */
+static size_t first_rule(const struct soth_policy *p, struct soth_iov host, uint16_t port)
+{
+    for (size_t i = 0; i < p->n_rules; i++) {
+        const struct prule *r = &p->rules[i];
+        if (r->port >= 0 && r->port != port)
+            continue;
+        if (soth_policy_glob_match(r->glob, host))
+            return i;
+    }
+    return p->n_rules;
+}
+
+/* ignore_hosts and TLS learning change the action, not the way out: the route of the rule
+ * that would have applied, else the default (docs/config.md "Routes"). */
+static const struct soth_route *route_of(const struct soth_policy *p, struct soth_iov host,
+                                         uint16_t port)
+{
+    return &p->routes[first_rule(p, host, port)];
+}
+
 struct soth_policy_decision soth_policy_decide(const struct soth_policy *p, struct soth_iov host,
                                                uint16_t port, const struct soth_learning_view *lv)
 {
-    struct soth_policy_decision d = {.action = p->dflt, .reason = REASON_DEFAULT};
+    struct soth_policy_decision d = {
+        .action = p->dflt, .reason = REASON_DEFAULT, .route = &p->routes[p->n_rules]};
     if (p->n_ignore > 0) {
         char buf[SOTH_POLICY_MAX_HOST + 16];
         size_t n = host_port_text(buf, sizeof(buf), host, port);
@@ -232,6 +286,7 @@ struct soth_policy_decision soth_policy_decide(const struct soth_policy *p, stru
             if (regexec(&p->ignore[i], buf, 1, &m, REG_STARTEND) == 0) {
                 d.action = SOTH_ACTION_TUNNEL;
                 d.reason = REASON_IGNORE_HOSTS;
+                d.route = route_of(p, host, port);
                 return d;
             }
         }
@@ -239,18 +294,16 @@ struct soth_policy_decision soth_policy_decide(const struct soth_policy *p, stru
     if (lv != NULL && lv->is_pinned != NULL && lv->is_pinned(lv->ctx, host, port)) {
         d.action = SOTH_ACTION_TUNNEL;
         d.reason = REASON_TLS_LEARNING;
+        d.route = route_of(p, host, port);
         return d;
     }
-    for (size_t i = 0; i < p->n_rules; i++) {
+    size_t i = first_rule(p, host, port);
+    if (i < p->n_rules) {
         const struct prule *r = &p->rules[i];
-        if (r->port >= 0 && r->port != port)
-            continue;
-        if (!soth_policy_glob_match(r->glob, host))
-            continue;
         d.action = r->action;
         d.reason = REASON_POLICY_RULE;
         d.rule = r->text;
-        return d;
+        d.route = &p->routes[i];
     }
     return d;
 }

@@ -647,6 +647,10 @@ static struct soth_config *config_defaults(void)
     c->mode = SOTH_MODE_REGULAR;
     c->workers = 0;
     c->policy_default = SOTH_ACTION_INTERCEPT;
+    if (soth_route_parse("direct", &c->default_route, why, sizeof(why)) < 0) {
+        config_free(c);
+        return NULL;
+    }
     c->http2_enabled = true;
     c->http2_max_header_list_size = 65536;
     c->http3_passthrough = true;
@@ -685,7 +689,10 @@ static void config_free(struct soth_config *c)
     for (size_t i = 0; i < c->n_rules; i++) {
         free(c->rules[i].host);
         free(c->rules[i].text);
+        free(c->rules[i].route_text);
+        soth_route_dispose(&c->rules[i].route);
     }
+    soth_route_dispose(&c->default_route);
     free(c->rules);
     free(c->tls.ca_dir);
     free(c->tls.ca_cert);
@@ -869,15 +876,33 @@ static int parse_action(struct cerr *e, const char *path, const json_t *v, enum 
     return fail(e, path, "expected \"intercept\", \"tunnel\" or \"block\", got %s", b);
 }
 
+/* A route (docs/config.md "Routes"): the text as parsed by soth_route_parse (core/base/route.c).
+ * The error never quotes the value: it may hold a password. */
+static int parse_route(struct cerr *e, const char *path, const json_t *v, struct soth_route *out)
+{
+    if (!json_is_string(v))
+        return fail(e, path, "expected string, got %s", json_type_name(v));
+    char why[200];
+    struct soth_route r;
+    if (soth_route_parse(json_string_value(v), &r, why, sizeof(why)) < 0)
+        return fail(e, path, "%s", why);
+    soth_route_dispose(out);
+    *out = r;
+    return 0;
+}
+
 static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
 {
-    static const char *const keys[] = {"default", "rules", NULL};
-    static const char *const rule_keys[] = {"host", "action", NULL};
+    static const char *const keys[] = {"default", "default_route", "rules", NULL};
+    static const char *const rule_keys[] = {"host", "action", "route", NULL};
     int rc;
     if ((rc = expect_object(e, "policy", pol)) || (rc = check_keys(e, "policy", pol, keys)))
         return rc;
     json_t *v = json_object_get(pol, "default");
     if (v && (rc = parse_action(e, "policy.default", v, &c->policy_default)))
+        return rc;
+    v = json_object_get(pol, "default_route");
+    if (v && (rc = parse_route(e, "policy.default_route", v, &c->default_route)))
         return rc;
     json_t *rules = json_object_get(pol, "rules");
     if (rules == NULL)
@@ -912,6 +937,12 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
             return fail(e, pk, "missing required key");
         if ((rc = parse_action(e, pk, a, &rule->action)))
             return rc;
+        json_t *rt = json_object_get(r, "route");
+        snprintf(pk, sizeof(pk), "%s.route", p);
+        if (rt && (rc = parse_route(e, pk, rt, &rule->route)))
+            return rc;
+        if (rt)
+            rule->route_text = sdup(e, rule->route.text);
     }
     return 0;
 }
@@ -1609,6 +1640,19 @@ int soth_config_load_text(const char *text, size_t len, struct soth_config **out
 
 /* ---- SIGHUP reload */
 
+static char *config_to_json(const struct soth_config *c, bool secrets);
+
+/* Free a text that may hold credentials, without leaving them in freed memory. */
+static void free_secret_text(char *s)
+{
+    if (s == NULL)
+        return;
+    volatile char *v = s;
+    while (*v)
+        *v++ = '\0';
+    free(s);
+}
+
 int soth_config_reload(const struct soth_config *cur, const char *path,
                        const struct soth_cli_overrides *cli, struct soth_config **out,
                        bool *restart_needed, char *err, size_t err_len)
@@ -1623,12 +1667,12 @@ int soth_config_reload(const struct soth_config *cur, const char *path,
         return rc;
     /* Merge through the effective JSON, which loads back to the same config (a tested and
      * fuzzed property): a deep copy without a second copy of every field's ownership rules. */
-    char *cur_text = soth_config_to_json(cur);
-    char *next_text = soth_config_to_json(next);
+    char *cur_text = config_to_json(cur, true);
+    char *next_text = config_to_json(next, true);
     json_t *merged = cur_text ? json_loads(cur_text, 0, NULL) : NULL;
     json_t *wanted = next_text ? json_loads(next_text, 0, NULL) : NULL;
-    free(cur_text);
-    free(next_text);
+    free_secret_text(cur_text);
+    free_secret_text(next_text);
     soth_config_unref(next);
     rc = 0;
     for (size_t i = 0; rc == 0 && merged && wanted && i < sizeof(reloadable) / sizeof(*reloadable);
@@ -1673,7 +1717,14 @@ static json_t *str_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
-char *soth_config_to_json(const struct soth_config *c)
+static json_t *route_json(const struct soth_route *r, bool secrets)
+{
+    return json_string(secrets ? r->written : r->shown);
+}
+
+/* secrets: routes as written, credentials included (the reload's deep copy only); else
+ * with the password as "***" (what --check-config prints). */
+static char *config_to_json(const struct soth_config *c, bool secrets)
 {
     bool ok = true;
     json_t *r = json_object();
@@ -1686,11 +1737,14 @@ char *soth_config_to_json(const struct soth_config *c)
     put(&ok, r, "ignore_hosts", ih);
     json_t *pol = json_object();
     put(&ok, pol, "default", json_string(soth_action_names[c->policy_default]));
+    put(&ok, pol, "default_route", route_json(&c->default_route, secrets));
     json_t *rules = json_array();
     for (size_t i = 0; i < c->n_rules; i++) {
         json_t *rule = json_object();
         put(&ok, rule, "host", json_string(c->rules[i].text));
         put(&ok, rule, "action", json_string(soth_action_names[c->rules[i].action]));
+        if (c->rules[i].route_text != NULL)
+            put(&ok, rule, "route", route_json(&c->rules[i].route, secrets));
         push(&ok, rules, rule);
     }
     put(&ok, pol, "rules", rules);
@@ -1771,4 +1825,9 @@ char *soth_config_to_json(const struct soth_config *c)
     char *s = ok ? json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(r);
     return s;
+}
+
+char *soth_config_to_json(const struct soth_config *c)
+{
+    return config_to_json(c, false);
 }

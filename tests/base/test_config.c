@@ -78,7 +78,8 @@ static void expect_json_eq(json_t *got, json_t *want, const char *what)
 /* The embedded defaults (docs/config.md), as --check-config prints them for an empty file. */
 static const char *const defaults_json =
     "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"ignore_hosts\":[],"
-    "\"policy\":{\"default\":\"intercept\",\"rules\":[]},\"http2_enabled\":true,"
+    "\"policy\":{\"default\":\"intercept\",\"default_route\":\"direct\",\"rules\":[]},"
+    "\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"
     "\"quic\":{\"idle_ms\":30000,\"max_flows\":65536},"
     "\"tls\":{\"ca_dir\":null,\"ca_cert\":null,\"ca_key\":null,\"leaf_cache_size\":4096,"
@@ -360,6 +361,22 @@ static const struct bad_case bad_cases[] = {
      "config: policy.rules[0].action: expected \"intercept\", \"tunnel\" or \"block\", got 1"},
     {"{\"policy\": {\"rules\": [{\"host\": \"a.com\"}]}}",
      "config: policy.rules[0].action: missing required key"},
+    /* routes (docs/config.md "Routes"): the value is never quoted, it may hold a password */
+    {"{\"policy\": {\"default_route\": 1}}",
+     "config: policy.default_route: expected string, got integer"},
+    {"{\"policy\": {\"default_route\": \"socks5://p:1\"}}",
+     "config: policy.default_route: expected \"direct\" or "
+     "\"upstream:http://[USER:PASSWORD@]HOST:PORT\""},
+    {"{\"policy\": {\"rules\": [{\"host\": \"a.com\", \"action\": \"tunnel\", "
+     "\"route\": \"upstream:http://alice:s3cret@proxy.test\"}]}}",
+     "config: policy.rules[0].route: missing \":PORT\" after the upstream proxy host"},
+    {"{\"policy\": {\"rules\": [{\"host\": \"a.com\", \"action\": \"tunnel\", "
+     "\"route\": \"upstream:http://alice:s3cret%zz@proxy.test:3128\"}]}}",
+     "config: policy.rules[0].route: password: only unreserved characters, sub-delims and %XX "
+     "escapes (no control bytes) are allowed"},
+    {"{\"policy\": {\"rules\": [{\"host\": \"a.com\", \"action\": \"tunnel\", "
+     "\"route\": \"upstream:http://proxy.test:0\"}]}}",
+     "config: policy.rules[0].route: port: expected 1..65535"},
     {"{\"policy\": {\"rules\": [{\"host\": \"a.com\", \"action\": \"block\"}, "
      "{\"action\": \"block\"}]}}",
      "config: policy.rules[1].host: missing required key"},
@@ -561,6 +578,7 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"ignore_hosts\"",
                                         "\"policy\"",
                                         "\"default\"",
+                                        "\"default_route\"",
                                         "\"rules\"",
                                         "\"http2_enabled\"",
                                         "\"http2_max_header_list_size\"",
@@ -643,6 +661,16 @@ static const struct good_case good_cases[] = {
     {"{\"policy\": {\"rules\": [{\"action\": \"block\", \"host\": \"a.b\"}]}}",
      "{\"policy\": {\"rules\": [{\"host\": \"a.b\", \"action\": \"block\"}]}}"},
     {"{\"policy\": {\"default\": \"tunnel\"}}", NULL},
+    /* routes: a rule without one takes default_route; credentials print as USER:*** */
+    {"{\"policy\": {\"default_route\": \"upstream:http://[::1]:3128\", \"rules\": ["
+     "{\"host\": \"a.b\", \"action\": \"tunnel\", \"route\": \"direct\"},"
+     "{\"host\": \"c.d\", \"action\": \"intercept\", \"route\": \"upstream:http://p.test:8080\"},"
+     "{\"host\": \"e.f\", \"action\": \"block\"}]}}",
+     NULL},
+    {"{\"policy\": {\"rules\": [{\"host\": \"a.b\", \"action\": \"tunnel\", "
+     "\"route\": \"upstream:http://al%40ice:pa%3Ass@10.0.0.1:3128/\"}]}}",
+     "{\"policy\": {\"rules\": [{\"host\": \"a.b\", \"action\": \"tunnel\", "
+     "\"route\": \"upstream:http://al%40ice:***@10.0.0.1:3128\"}]}}"},
     {"{\"tls\": {\"leaf_cache_size\": 0, \"ca_rotate_after_days\": 0}}", NULL},
     {"{\"tls\": {\"leaf_cache_size\": 1000000, \"leaf_validity_days\": 825,"
      " \"ca_rotate_after_days\": 36500}}",
@@ -710,8 +738,9 @@ Test(config, spec_example_round_trips)
     const char *text =
         "{\"listen\":\"[::1]:8443\",\"mode\":\"reverse:https://origin.test:9443\",\"workers\":2,"
         "\"ignore_hosts\":[\"^.*\\\\.internal:443$\"],"
-        "\"policy\":{\"default\":\"tunnel\",\"rules\":[{\"host\":\"*.bank.example\","
-        "\"action\":\"tunnel\"},{\"host\":\"ads.example:443\",\"action\":\"block\"}]},"
+        "\"policy\":{\"default\":\"tunnel\",\"default_route\":\"upstream:http://[::1]:3128\","
+        "\"rules\":[{\"host\":\"*.bank.example\",\"action\":\"tunnel\",\"route\":\"direct\"},"
+        "{\"host\":\"ads.example:443\",\"action\":\"block\"}]},"
         "\"http2_enabled\":false,\"http2_max_header_list_size\":32768,\"http3_passthrough\":false,"
         "\"quic\":{\"idle_ms\":1500,\"max_flows\":4194304},"
         "\"tls\":{\"ca_dir\":\"/var/lib/soth\",\"ca_cert\":\"/c.pem\",\"ca_key\":\"/c.key\","

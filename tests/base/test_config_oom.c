@@ -64,6 +64,7 @@ static void *json_malloc(size_t n)
 #define strdup  t_strdup
 #define strndup t_strndup
 #include "../../core/base/config.c"
+#include "../../core/base/route.c"
 #undef malloc
 #undef calloc
 #undef strdup

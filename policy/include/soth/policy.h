@@ -25,8 +25,13 @@ struct soth_policy;
  * invalid regular expression: ...". Start-up / SIGHUP only (allocates).
  */
 struct soth_policy *soth_policy_new(const struct soth_config *cfg, char *err, size_t err_len);
-/** Free a policy; NULL is fine. Rule iovs from its decisions die with it. */
+/**
+ * Drop a reference to a policy (the last one frees it); NULL is fine. Rule iovs and routes
+ * from its decisions die with it. A policy belongs to one worker: references are not atomic.
+ */
 void soth_policy_free(struct soth_policy *p);
+/** One more reference (a flow that keeps a decision's route past a reload); returns p. */
+struct soth_policy *soth_policy_ref(struct soth_policy *p);
 
 /**
  * The learning view: answers "has TLS learning pinned host:port to tunnel?". NULL = no
@@ -43,6 +48,10 @@ struct soth_policy_decision {
     enum soth_action action;
     int reason;           /* SOTH_REASON_* (observe.h numbering) */
     struct soth_iov rule; /* the matching rule's text as written, or {NULL,0}; owned by p */
+    /* how to reach the target (docs/config.md "Routes"), never NULL; owned by p: the matching
+     * rule's route, else policy.default_route; for ignore_hosts and TLS learning the route of
+     * the rule that would have matched (their action changes, not the way out) */
+    const struct soth_route *route;
 };
 
 /**
@@ -58,6 +67,7 @@ struct soth_policy_decision {
  *  3. the first rule whose port is -1 or equal and whose glob matches (soth_policy_glob_match)
  *     -> its action, reason SOTH_REASON_POLICY_RULE, rule = its text.
  *  4. policy.default, reason SOTH_REASON_DEFAULT.
+ * d.route is set in every case (step 1 and 2 take it from the rule step 3 would pick).
  */
 struct soth_policy_decision soth_policy_decide(const struct soth_policy *p, struct soth_iov host,
                                                uint16_t port, const struct soth_learning_view *lv);

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "soth/route.h"
+
 enum soth_mode {
     SOTH_MODE_REGULAR = 0,
     SOTH_MODE_REVERSE,
@@ -48,6 +50,10 @@ struct soth_rule {
     int port;   /* -1 = any port */
     enum soth_action action;
     char *text; /* the rule as written in the config ("ads.example:443"), for events */
+    /* "direct" or "upstream:http://HOST:PORT", never credentials; NULL = no `route` key (the
+     * rule takes policy.default_route) */
+    char *route_text;
+    struct soth_route route; /* parsed, credentials included; all zero when route_text is NULL */
 };
 
 struct soth_sink_cfg {
@@ -89,6 +95,7 @@ struct soth_config {
     char **ignore_hosts; /* POSIX ERE sources, validated with regcomp at load */
     size_t n_ignore_hosts;
     enum soth_action policy_default;
+    struct soth_route default_route; /* policy.default_route (docs/config.md "Routes") */
     struct soth_rule *rules;
     size_t n_rules;
 
@@ -195,7 +202,8 @@ int soth_config_reload(const struct soth_config *cur, const char *path,
 
 /**
  * The effective config as pretty JSON text (malloc'ed, caller frees; NULL when out of
- * memory): every key of docs/config.md in its order, null where unset. tls.ca_dir and
+ * memory): every key of docs/config.md in its order, null where unset; a route's password is
+ * printed as "***" (so such a text loads back with that password). tls.ca_dir and
  * events.ring_path are printed as configured (null = the default path below). The text loads back
  * to the same config.
  */
