@@ -29,6 +29,11 @@ struct app_env {
     bool client_tls;         /* the client leg is TLS: requests have scheme "https" */
     bool origin_form;        /* regular-mode plain HTTP: absolute-form targets go to the
                                 upstream in origin-form, without Proxy-* fields */
+    /* origin_form through an upstream HTTP proxy (docs/config.md "Routes"): requests stay in
+     * absolute-form, with proxy_auth (may be empty; must outlive the layer) as their
+     * Proxy-Authorization */
+    bool upstream_proxy;
+    struct soth_iov proxy_auth;
     void *ctx;
     /** Plaintext toward `side`. Returns 0 or a negative error (the layer then fails). */
     int (*send)(void *ctx, unsigned side, const char *p, size_t n);

@@ -20,8 +20,9 @@
 #define APP_STASH_MAX  (1u << 20) /* bytes kept for a blocked direction before giving up */
 #define APP_MAX_FIELDS 130
 /* An origin-form head: the longest head the engine accepts (65536) plus the Host it writes. */
-#define SOTH_H1_ORIGIN_HEAD_MAX (65536 + 512)
-#define APP_ALT_SVC_MAX         16 /* removed Alt-Svc entries a response_headers event lists */
+#define SOTH_H1_ORIGIN_HEAD_MAX                                                                    \
+    (65536 + 512 + 2048)   /* + an upstream proxy's target and credentials */
+#define APP_ALT_SVC_MAX 16 /* removed Alt-Svc entries a response_headers event lists */
 
 /* Capture state of the message in progress in one direction. */
 struct msg_cap {
@@ -166,6 +167,8 @@ static int h1_send_origin_form(struct app_h1 *a, uint32_t id, const struct soth_
         .headers = hd->headers,
         .n_headers = hd->n_headers,
         .scheme = hd->scheme.len > 0 ? hd->scheme : SOTH_IOV_LIT("http"),
+        .absolute = a->base.env.upstream_proxy,
+        .proxy_auth = a->base.env.proxy_auth,
     };
     /* One authority parser for the proxy head and the requests after it (proto/connect.c);
      * port 0 tells the serializer to use the scheme's default. */

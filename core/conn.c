@@ -56,6 +56,8 @@ void conn_q_clear(struct seg_pool *p, struct conn *c)
 
 void conn_q_sent(struct seg_pool *p, struct conn *c, uint64_t n)
 {
+    if (c->send_capped)
+        c->send_cap -= n < c->send_cap ? (uint32_t)n : c->send_cap;
     uint64_t left = n;
     while (left > 0 && c->q_first != NULL) {
         struct seg *s = c->q_first;
@@ -91,6 +93,29 @@ bool conn_queue(struct seg_pool *p, struct conn *c, char *base, uint32_t off, ui
     c->q_last = s;
     c->q_count++;
     c->q_bytes += len;
+    return true;
+}
+
+bool conn_queue_front_copy(struct seg_pool *p, struct conn *c, const char *s, size_t len)
+{
+    SOTH_BUG_ON(c->send_inflight || len > SOTH_BUF_SIZE);
+    char *ch = chunk_get(p->io);
+    if (ch == NULL)
+        return false;
+    memcpy(ch, s, len);
+    struct seg *first = c->q_first, *last = c->q_last;
+    uint32_t count = c->q_count;
+    uint64_t bytes = c->q_bytes;
+    c->q_first = c->q_last = NULL;
+    c->q_count = 0;
+    c->q_bytes = 0;
+    conn_queue(p, c, ch, 0, (uint32_t)len, SEG_CHUNK);
+    if (first != NULL) {
+        c->q_first->next = first;
+        c->q_last = last;
+    }
+    c->q_count += count;
+    c->q_bytes += bytes;
     return true;
 }
 
@@ -138,15 +163,19 @@ void conn_try_send(struct worker *w, struct flow *f, unsigned side)
     struct conn *c = &f->c[side];
     if (c->send_inflight || !c->connected || f->state == FS_CLOSING)
         return;
+    if (c->send_capped && c->send_cap == 0)
+        return; /* the rest waits for the upstream proxy's answer */
     if (c->q_count == 0) {
         if (c->shut_pending)
             conn_submit_shutdown(w, f, side);
         return;
     }
     unsigned n = 0;
-    for (struct seg *s = c->q_first; s != NULL && n < SOTH_SEND_IOV; s = s->next, n++) {
+    uint64_t room = c->send_capped ? c->send_cap : UINT64_MAX;
+    for (struct seg *s = c->q_first; s != NULL && n < SOTH_SEND_IOV && room > 0; s = s->next, n++) {
         c->iov[n].iov_base = s->base + s->off;
-        c->iov[n].iov_len = s->len;
+        c->iov[n].iov_len = s->len < room ? s->len : (size_t)room;
+        room -= c->iov[n].iov_len;
     }
     memset(&c->msg, 0, sizeof(c->msg));
     c->msg.msg_iov = c->iov;

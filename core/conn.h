@@ -55,6 +55,10 @@ struct conn {
     uint32_t q_count;
     uint64_t q_bytes;  /* unsent bytes queued toward this socket */
     uint32_t iov_segs; /* segments covered by the in-flight sendmsg */
+    /* send_capped: only send_cap more bytes may go (our CONNECT to an upstream proxy, ahead of
+     * the client's bytes, which wait for its answer: core/upstream.c) */
+    bool send_capped;
+    uint32_t send_cap;
     struct msghdr msg;
     struct iovec iov[SOTH_SEND_IOV];
 };
@@ -88,6 +92,9 @@ static inline void conn_init(struct conn *c)
  */
 bool conn_queue(struct seg_pool *p, struct conn *c, char *base, uint32_t off, uint32_t len,
                 int32_t bid);
+/** Copy s[0..len) (at most SOTH_BUF_SIZE bytes) into an owned chunk queued at the front of c
+ *  (nothing of c may be in flight). False when chunks ran out. */
+bool conn_queue_front_copy(struct seg_pool *p, struct conn *c, const char *s, size_t len);
 /** Copy bytes into owned chunks queued toward c (appending to the last chunk when it is not
  *  being sent). False when chunks ran out (what was copied stays queued). */
 bool conn_queue_copy(struct seg_pool *p, struct conn *c, const char *s, size_t len);

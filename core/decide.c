@@ -44,6 +44,12 @@ enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *
     soth_ev_connect_decision(&f->ev, d.action, (enum soth_decision_reason)d.reason, d.rule);
     f->action = (uint8_t)d.action;
     *rule = d.rule;
+    if (d.action != SOTH_ACTION_BLOCK && soth_route_is_upstream(d.route)) {
+        /* The route outlives a reload with the flow's reference to the policy holding it. */
+        f->route = d.route;
+        f->route_pol = soth_policy_ref(w->policy);
+        SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "route %s", d.route->text);
+    }
     if (d.reason == SOTH_REASON_TLS_LEARNING)
         learning_applied(w, f);
     return d.action;

@@ -8,7 +8,7 @@
 #include "worker.h"
 
 const char *const flow_state_names[FS_COUNT] = {
-    "head",     "socks", "resolving", "connecting", "hello",   "tls_up",
+    "head",     "socks", "resolving", "connecting", "proxy",   "hello", "tls_up",
     "tls_down", "relay", "answer",    "linger",     "closing", "free",
 };
 
@@ -42,6 +42,11 @@ void flow_free(struct worker *w, struct flow *f)
     if (f->app != NULL) {
         app_free(f->app);
         f->app = NULL;
+    }
+    if (f->route_pol != NULL) {
+        soth_policy_free(f->route_pol); /* the flow's reference */
+        f->route_pol = NULL;
+        f->route = NULL;
     }
     conn_unwait(w, f);
     timer_unlink(&w->timers, &f->timer);

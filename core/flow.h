@@ -19,6 +19,8 @@
 
 #include "soth/base.h"
 #include "soth/observe.h"
+#include "soth/policy.h"
+#include "soth/route.h"
 #include "soth/tls.h"
 
 #include "conn.h"
@@ -32,6 +34,7 @@ enum flow_state {
     FS_SOCKS,      /* socks5 mode: reading the greeting and request (core/socks.c) */
     FS_RESOLVING,  /* waiting for the resolver thread */
     FS_CONNECTING, /* upstream connect in flight */
+    FS_PROXY,      /* through an upstream proxy: our CONNECT sent, reading its answer */
     FS_HELLO,      /* intercept: upstream connected, 200 sent, reading the ClientHello */
     FS_TLS_UP,     /* intercept: handshaking with the upstream */
     FS_TLS_DOWN,   /* intercept: handshaking with the client (our leaf) */
@@ -77,6 +80,16 @@ struct flow {
     uint16_t upstream_port;
     struct sockaddr_storage upstream_addr;
     socklen_t upstream_addr_len;
+    /* docs/config.md "Routes": the upstream proxy the flow goes through (NULL = direct), owned
+     * by route_pol, a reference the flow holds so a reload cannot free it (core/decide.c) */
+    const struct soth_route *route;
+    struct soth_policy *route_pol;
+    /* FS_PROXY: the proxy's answer head, read as it comes (core/upstream.c) */
+    uint16_t proxy_head_len; /* bytes of it so far */
+    uint8_t proxy_eoh;       /* progress through the blank line ending it */
+    uint8_t proxy_line_len;  /* bytes kept of its status line */
+    bool proxy_line_done;
+    char proxy_line[47];
 };
 
 /** Short names for traces, indexed by enum flow_state (core/flow.c). */

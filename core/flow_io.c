@@ -75,6 +75,10 @@ static void answer_out(struct worker *w, struct flow *f, unsigned side)
     {                                                                                              \
         upstream_data, upstream_eof, relay_error, relay_error, ignore, upstream_timeout            \
     }
+#define PROXY_PENDING                                                                              \
+    {                                                                                              \
+        proxy_data, proxy_eof, proxy_recv_error, proxy_send_error, ignore, proxy_timeout           \
+    }
 #define GONE                                                                                       \
     {                                                                                              \
         discard, ignore, ignore, ignore, ignore, ignore_timeout                                    \
@@ -85,6 +89,7 @@ static const struct state_ops state_ops[FS_COUNT] = {
     [FS_SOCKS] = {socks_data, socks_eof, socks_eof, relay_error, ignore, socks_timeout},
     [FS_RESOLVING] = UPSTREAM_PENDING,
     [FS_CONNECTING] = UPSTREAM_PENDING,
+    [FS_PROXY] = PROXY_PENDING,
     [FS_HELLO] = HANDSHAKING,
     [FS_TLS_UP] = HANDSHAKING,
     [FS_TLS_DOWN] = HANDSHAKING,

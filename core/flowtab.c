@@ -69,6 +69,12 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->pre = (struct soth_gbuf){0};
     f->upstream_port = 0;
     f->upstream_addr_len = 0;
+    f->route = NULL;
+    f->route_pol = NULL;
+    f->proxy_head_len = 0;
+    f->proxy_eoh = 0;
+    f->proxy_line_len = 0;
+    f->proxy_line_done = false;
     ft->n_live++;
     return f;
 }

@@ -20,7 +20,15 @@
 
 /* The origin-form head toward the upstream: the longest proxy head accepted (docs/config.md,
  * limits) plus the Host line the serializer may add. */
-#define SOTH_HEAD_OUT_MAX (65536 + 512)
+#define SOTH_HEAD_OUT_MAX (65536 + 512 + 2048) /* + an upstream proxy's target and credentials */
+
+/* The Proxy-Authorization value for the flow's upstream proxy (docs/config.md "Routes"). */
+static struct soth_iov route_auth(const struct flow *f)
+{
+    if (f->route == NULL || f->route->proxy_auth == NULL)
+        return SOTH_IOV_NULL;
+    return soth_iov(f->route->proxy_auth, f->route->proxy_auth_len);
+}
 
 /**
  * A complete head sits in buf[0..head_len); extra bytes after it (already from the client,
@@ -48,6 +56,8 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
             .ev = &f->ev,
             .m = w->m,
             .origin_form = true,
+            .upstream_proxy = f->route != NULL,
+            .proxy_auth = route_auth(f),
             .ctx = f,
             .send = leg_send,
         };
@@ -73,6 +83,8 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
             .host = h->host,
             .host_is_ipv6 = h->host_is_ipv6,
             .port = h->port,
+            .absolute = f->route != NULL,
+            .proxy_auth = route_auth(f),
         };
         ssize_t n = soth_h1_write_origin_form(&req, out, sizeof(out), NULL, NULL);
         bool ok = n > 0 && conn_queue_copy(&w->segs, &f->c[SOTH_LEG_UPSTREAM], out, (size_t)n);

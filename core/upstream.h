@@ -34,4 +34,17 @@ void upstream_eof(struct worker *w, struct flow *f, unsigned side);
 /** connect_ms passed: 504 (the connect is cancelled). */
 void upstream_timeout(struct worker *w, struct flow *f);
 
+/* ---- FS_PROXY completions (core/flow_io.c): our CONNECT to an upstream proxy is out and its
+ * answer is read (docs/config.md "Routes"); a 2xx carries on as if connected to the target,
+ * anything else (or nothing within timeouts.connect_ms) answers 502 naming the proxy. */
+
+/** Client bytes as upstream_data; the proxy's answer from the upstream (ownership of bid). */
+void proxy_data(struct worker *w, struct flow *f, unsigned side, unsigned bid, uint32_t len);
+/** The client's FIN as upstream_eof; the proxy's: 502. */
+void proxy_eof(struct worker *w, struct flow *f, unsigned side);
+void proxy_recv_error(struct worker *w, struct flow *f, unsigned side);
+void proxy_send_error(struct worker *w, struct flow *f, unsigned side);
+/** connect_ms passed without the proxy's answer: 502. */
+void proxy_timeout(struct worker *w, struct flow *f);
+
 #endif

@@ -22,10 +22,16 @@ const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT] = {
 };
 const char *const soth_protocol_names[SOTH_PROTO_COUNT] = {"tcp",       "tls", "http1", "http2",
                                                            "websocket", "sse", "grpc",  "http3"};
-const char *const soth_close_reason_names[SOTH_CLOSE_COUNT] = {
-    "blocked",     "parse_failed", "upstream_connect_failed",
-    "tls_failed",  "client_eof",   "relay_eof",
-    "relay_error", "idle_timeout", "shutdown"};
+const char *const soth_close_reason_names[SOTH_CLOSE_COUNT] = {"blocked",
+                                                               "parse_failed",
+                                                               "upstream_connect_failed",
+                                                               "tls_failed",
+                                                               "client_eof",
+                                                               "relay_eof",
+                                                               "relay_error",
+                                                               "idle_timeout",
+                                                               "shutdown",
+                                                               "upstream_proxy_failed"};
 const char *const soth_decision_reason_names[SOTH_REASON_COUNT] = {
     "ignore_hosts", "policy_rule", "tls_learning", "default", "http3_passthrough"};
 const char *const soth_leg_names[SOTH_LEG_COUNT] = {"client", "upstream"};

@@ -66,12 +66,9 @@ static void put_field(struct out *o, struct soth_iov name, struct soth_iov value
         *f = (struct soth_header){{n, name.len}, {v, value.len}};
 }
 
-/* The Host value: "host", "[v6]", plus ":port" unless it is the scheme's default. */
-static void put_host(struct out *o, const struct soth_h1_origin_req *r, struct soth_header *f)
+/* The authority: "host", "[v6]", plus ":port" unless it is the scheme's default. */
+static void put_authority(struct out *o, const struct soth_h1_origin_req *r)
 {
-    const char *n = put(o, "Host: ", 6);
-    const char *v = n != NULL ? n + 6 : NULL;
-    size_t start = o->len;
     if (r->host_is_ipv6)
         put(o, "[", 1);
     put(o, r->host.base, r->host.len);
@@ -91,6 +88,15 @@ static void put_host(struct out *o, const struct soth_h1_origin_req *r, struct s
         d[--i] = ':';
         put(o, d + i, sizeof(d) - i);
     }
+}
+
+/* The Host field: the authority. */
+static void put_host(struct out *o, const struct soth_h1_origin_req *r, struct soth_header *f)
+{
+    const char *n = put(o, "Host: ", 6);
+    const char *v = n != NULL ? n + 6 : NULL;
+    size_t start = o->len;
+    put_authority(o, r);
     size_t vlen = o->len - start;
     put(o, "\r\n", 2);
     if (f != NULL && !o->full)
@@ -102,7 +108,9 @@ ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *bu
 {
     struct soth_iov path = req->path.len > 0 ? req->path : SOTH_IOV_LIT("/");
     if (req->method.len == 0 || req->version.len == 0 || req->host.len == 0 ||
-        !is_word(req->method) || !is_word(path) || !is_word(req->version) || !is_word(req->host))
+        !is_word(req->method) || !is_word(path) || !is_word(req->version) || !is_word(req->host) ||
+        (req->absolute && (req->scheme.len == 0 || !is_word(req->scheme))) ||
+        !is_value(req->proxy_auth))
         return SOTH_E_MALFORMED;
     bool has_host = false;
     for (size_t i = 0; i < req->n_headers; i++) {
@@ -116,6 +124,11 @@ ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *bu
     size_t nf = 0;
     put(&o, req->method.base, req->method.len);
     put(&o, " ", 1);
+    if (req->absolute) {
+        put(&o, req->scheme.base, req->scheme.len);
+        put(&o, "://", 3);
+        put_authority(&o, req);
+    }
     put(&o, path.base, path.len);
     put(&o, " ", 1);
     put(&o, req->version.base, req->version.len);
@@ -139,6 +152,8 @@ ssize_t soth_h1_write_origin_form(const struct soth_h1_origin_req *req, char *bu
         }
         put_field(&o, h->name, h->value, fields != NULL ? &fields[nf++] : NULL);
     }
+    if (req->proxy_auth.len > 0)
+        put_field(&o, SOTH_IOV_LIT("Proxy-Authorization"), req->proxy_auth, NULL);
     put(&o, "\r\n", 2);
     if (o.full)
         return SOTH_E_TOO_LARGE;

@@ -75,7 +75,8 @@ JA4S_RE = re.compile(r"^[tqd][0-9sd][0-9][0-9]{2}[0-9A-Za-z]{2}_[0-9a-f]{4}_[0-9
 DIRECTIONS = {"client_to_server", "server_to_client"}
 OUTCOMES = {"complete", "client_aborted", "upstream_aborted", "reset", "timeout"}
 CLOSE_REASONS = {"blocked", "parse_failed", "upstream_connect_failed", "tls_failed",
-                 "client_eof", "relay_eof", "relay_error", "idle_timeout", "shutdown"}
+                 "client_eof", "relay_eof", "relay_error", "idle_timeout", "shutdown",
+                 "upstream_proxy_failed"}
 DECISIONS = {"intercept", "tunnel", "block"}
 DECISION_REASONS = {"ignore_hosts", "policy_rule", "tls_learning", "default",
                     "http3_passthrough"}

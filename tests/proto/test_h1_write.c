@@ -276,3 +276,38 @@ Test(h1_write, response_head_refuses_what_would_split_the_head)
     cr_assert_eq(soth_h1_write_response_head(SOTH_IOV_NULL, 200, ok, NULL, 0, out, sizeof(out)),
                  SOTH_E_MALFORMED);
 }
+
+/* Toward an upstream proxy (docs/config.md "Routes"): absolute-form, the client's Proxy-* fields
+ * dropped, ours added last and kept out of the reported fields. */
+Test(h1_write, absolute_form_for_an_upstream_proxy)
+{
+    struct soth_header hd[] = {
+        {SOTH_IOV_LIT("Proxy-Authorization"), SOTH_IOV_LIT("Basic Y2xpZW50OnNlY3JldA==")},
+        {SOTH_IOV_LIT("X-A"), SOTH_IOV_LIT("1")},
+    };
+    struct soth_h1_origin_req r = simple(hd, 2);
+    r.absolute = true;
+    r.proxy_auth = SOTH_IOV_LIT("Basic dTpw");
+    struct soth_header f[3];
+    size_t nf = 99;
+    ssize_t n = soth_h1_write_origin_form(&r, out, sizeof(out), f, &nf);
+    static const char want[] = "GET http://a.example/p HTTP/1.1\r\nHost: a.example\r\nX-A: 1\r\n"
+                               "Proxy-Authorization: Basic dTpw\r\n\r\n";
+    cr_assert_eq(n, (ssize_t)sizeof(want) - 1, "%.*s", (int)n, out);
+    cr_assert_eq(memcmp(out, want, sizeof(want) - 1), 0);
+    cr_assert_eq(nf, 2);
+    cr_assert(soth_iov_is_ci(f[1].name, "X-A"));
+    /* a port that is not the scheme's default, an IPv6 host, no credentials */
+    r.proxy_auth = SOTH_IOV_NULL;
+    r.host = SOTH_IOV_LIT("::1");
+    r.host_is_ipv6 = true;
+    r.port = 8080;
+    n = soth_h1_write_origin_form(&r, out, sizeof(out), NULL, NULL);
+    static const char want6[] =
+        "GET http://[::1]:8080/p HTTP/1.1\r\nHost: [::1]:8080\r\nX-A: 1\r\n\r\n";
+    cr_assert_eq(n, (ssize_t)sizeof(want6) - 1, "%.*s", (int)n, out);
+    cr_assert_eq(memcmp(out, want6, sizeof(want6) - 1), 0);
+    /* a line break in the credentials is refused */
+    r.proxy_auth = SOTH_IOV_LIT("Basic x\r\nX-Evil: 1");
+    cr_assert_eq(soth_h1_write_origin_form(&r, out, sizeof(out), NULL, NULL), SOTH_E_MALFORMED);
+}

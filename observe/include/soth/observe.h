@@ -78,6 +78,7 @@ enum soth_close_reason {
     SOTH_CLOSE_RELAY_ERROR,
     SOTH_CLOSE_IDLE_TIMEOUT,
     SOTH_CLOSE_SHUTDOWN,
+    SOTH_CLOSE_UPSTREAM_PROXY_FAILED, /* docs/config.md "Routes": the upstream proxy refused */
     SOTH_CLOSE_COUNT
 };
 extern const char *const soth_close_reason_names[SOTH_CLOSE_COUNT];

@@ -251,6 +251,11 @@ struct soth_h1_origin_req {
     struct soth_iov host;   /* of the target: reg-name, IPv4 or IPv6 (no brackets) */
     bool host_is_ipv6;      /* host goes in brackets */
     uint16_t port;          /* of the target; 0 means the scheme's default */
+    /* Toward an upstream HTTP proxy (docs/config.md "Routes"): the request line carries the
+     * target in absolute-form ("http://host[:port]/path"), and proxy_auth (when not empty) is
+     * sent as the last field, "Proxy-Authorization: <proxy_auth>", left out of `fields`. */
+    bool absolute;
+    struct soth_iov proxy_auth;
 };
 
 /**
@@ -263,7 +268,9 @@ struct soth_h1_origin_req {
  *    received Host in place; later Host fields are dropped; without one it is the first
  *    field (RFC 9112 3.2);
  *  - Proxy-Connection and Proxy-Authorization are dropped (hop-by-hop, meant for the proxy);
- *  - every other field is written unchanged, in order.
+ *  - every other field is written unchanged, in order;
+ *  - with req->absolute, the request line's target is "scheme://authority" + path (the
+ *    authority as in Host), and req->proxy_auth is added as Proxy-Authorization.
  * `fields` (may be NULL) receives the fields as written, each pointing into buf, with room
  * for n_headers + 1 entries, and *n_fields (n_fields may be NULL) their count: what an event
  * about this head should show. Allocates nothing; on failure buf holds nothing usable.
