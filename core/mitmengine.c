@@ -78,6 +78,14 @@ int soth_mitmengine_check(const struct soth_config *cfg, char *err, size_t err_l
         if (block)
             key = "policy", why = " (block in transparent and socks5 modes)";
     }
+    if (key == NULL) {
+        /* docs/config.md "Routes": mitmproxy would go direct, around the upstream proxy. */
+        bool routed = soth_route_is_upstream(&cfg->default_route);
+        for (size_t i = 0; i < cfg->n_rules; i++)
+            routed = routed || soth_route_is_upstream(&cfg->rules[i].route);
+        if (routed)
+            key = "policy", why = " (routes through an upstream proxy)";
+    }
     soth_config_unref(d);
     if (key == NULL)
         return 0;

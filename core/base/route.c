@@ -157,6 +157,9 @@ int soth_route_parse(const char *text, struct soth_route *out, char *err, size_t
         user_raw_len = colon != NULL ? (size_t)(colon - ui) : ul;
         if (user_raw_len == 0)
             return route_fail(out, err, err_len, "empty user name before '@'");
+        if (user_raw_len > SOTH_ROUTE_MAX_CRED || ul - user_raw_len > SOTH_ROUTE_MAX_CRED + 1)
+            return route_fail(out, err, err_len,
+                              "user name and password: at most 255 bytes each as written");
         long un = route_decode_userinfo(ui, user_raw_len, cred);
         if (un < 0)
             return route_fail(out, err, err_len,

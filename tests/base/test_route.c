@@ -165,6 +165,17 @@ Test(route, overlong_route_is_refused)
     memset(host + n, 'h', 300);
     snprintf(host + n + 300, sizeof(host) - (size_t)n - 300, ":1");
     cr_expect_eq(soth_route_parse(host, &r, err, sizeof(err)), SOTH_E_CONFIG);
+    /* a 256-byte user: refused, so that the printed form (USER:***@) always parses back */
+    n = snprintf(host, sizeof(host), "upstream:http://");
+    memset(host + n, 'u', 256);
+    snprintf(host + n + 256, sizeof(host) - (size_t)n - 256, "@p:1");
+    cr_expect_eq(soth_route_parse(host, &r, err, sizeof(err)), SOTH_E_CONFIG);
+    cr_expect_str_eq(err, "user name and password: at most 255 bytes each as written");
+    host[n + 255] = '@';
+    host[n + 256] = '\0';
+    strcat(host, "p:1");
+    cr_expect_eq(soth_route_parse(host, &r, err, sizeof(err)), 0, "%s", err);
+    soth_route_dispose(&r);
 }
 
 static void write_file(const char *path, const char *text)

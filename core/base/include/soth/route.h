@@ -14,6 +14,8 @@ enum soth_route_kind { SOTH_ROUTE_DIRECT = 0, SOTH_ROUTE_UPSTREAM_HTTP, SOTH_ROU
 
 /** Longest route text accepted (bytes); longer ones are a config error. */
 #define SOTH_ROUTE_MAX_TEXT 1024
+/** Longest user name and password (bytes each, as written, escapes included). */
+#define SOTH_ROUTE_MAX_CRED 255
 /** Longest upstream proxy host name (bytes, without brackets), as DNS allows. */
 #define SOTH_ROUTE_MAX_HOST 253
 
@@ -36,9 +38,11 @@ struct soth_route {
  * an optional "/" at the end. USER and PASSWORD are URL userinfo (RFC 3986 3.2.1: unreserved,
  * sub-delims and %XX escapes, decoded here); the decoded user must hold no ':' and neither may
  * hold a control byte (RFC 7617). HOST is a name (letters, digits, '-', '.', '_'), an IPv4
- * literal or an IPv6 literal in brackets; PORT is 1..65535 and required. On success returns 0
- * and fills out (release with soth_route_dispose); on failure returns SOTH_E_CONFIG with the
- * reason in err (never quoting a credential) and out zeroed (dispose is a no-op).
+ * literal or an IPv6 literal in brackets; PORT is 1..65535 and required. USER and PASSWORD are
+ * at most SOTH_ROUTE_MAX_CRED bytes each as written, so `shown` (USER:***@) stays parseable. On
+ * success returns 0 and fills out (release with soth_route_dispose); on failure returns
+ * SOTH_E_CONFIG with the reason in err (never quoting a credential) and out zeroed (dispose is a
+ * no-op).
  */
 int soth_route_parse(const char *text, struct soth_route *out, char *err, size_t err_len);
 /** A deep copy of src into dst (0, or SOTH_E_NOMEM with dst zeroed). */

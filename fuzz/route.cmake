@@ -1,0 +1,1 @@
+soth_add_fuzz(route LIBS soth_base)
