@@ -385,6 +385,63 @@ class StubRouteTests(unittest.TestCase):
         self.assertEqual([c["reason_code"] for c in stream_closed(evs)],
                          ["upstream_proxy_failed"] * 3)
 
+    def socks_connect(self, p, host, port):
+        s = socket.create_connection(p.addr(), timeout=10)
+        s.sendall(b"\x05\x01\x00")
+        self.assertEqual(s.recv(2), b"\x05\x00")
+        s.sendall(b"\x05\x01\x00\x03" + bytes([len(host)]) + host.encode() +
+                  port.to_bytes(2, "big"))
+        reply = b""
+        while len(reply) < 10:
+            d = s.recv(10 - len(reply))
+            if not d:
+                break
+            reply += d
+        return s, reply
+
+    def test_socks5_flow_through_the_stub(self):
+        stub = StubProxy()
+        echo = EchoServer()
+        try:
+            cfg = {"policy": {"default": "tunnel", "default_route": stub.route()}}
+            with Proxy(mode="socks5", config=cfg) as p:
+                s, reply = self.socks_connect(p, "echo.test", echo.port)
+                self.assertEqual(reply[:2], b"\x05\x00", reply)
+                s.sendall(b"socks through the stub")
+                s.shutdown(socket.SHUT_WR)
+                self.assertEqual(read_all(s), b"socks through the stub")
+                s.close()
+            self.assertEqual(stub.heads[0].split("\r\n")[0],
+                             f"CONNECT echo.test:{echo.port} HTTP/1.1")
+            # a route to a closed port: SOCKS5 general failure
+            cfg["policy"]["default_route"] = f"upstream:http://127.0.0.1:{free_port()}"
+            with Proxy(mode="socks5", config=cfg) as p:
+                s, reply = self.socks_connect(p, "echo.test", echo.port)
+                s.close()
+                evs = p.checked_events()
+            self.assertEqual(reply[:2], b"\x05\x01", reply)
+            self.assertEqual([c["reason_code"] for c in stream_closed(evs)],
+                             ["upstream_proxy_failed"])
+        finally:
+            echo.close()
+            stub.close()
+
+    def test_reverse_mode_through_the_stub(self):
+        stub = StubProxy()
+        origin = PlainOrigin()
+        try:
+            cfg = {"policy": {"default": "intercept", "default_route": stub.route()}}
+            with Proxy(mode=f"reverse:http://origin.test:{origin.port}", config=cfg) as p:
+                out = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{p.port}/rev"],
+                                     capture_output=True, timeout=30)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(out.stdout, b"plain origin saw /rev\n")
+            self.assertEqual(stub.heads[0].split("\r\n")[0],
+                             f"CONNECT origin.test:{origin.port} HTTP/1.1")
+        finally:
+            origin.close()
+            stub.close()
+
     def test_bad_and_silent_answers_give_502(self):
         for answer, want in ((b"SSH-2.0-nope\r\n\r\n", b"bad answer to CONNECT origin.test:443"),
                              (b"HTTP/1.1 407 Proxy Authentication Required\r\n"

@@ -360,3 +360,64 @@ Test(policy, bad_regex_is_reported)
     cr_expect_null(soth_policy_new(&cfg, NULL, 0));
     soth_policy_free(NULL);
 }
+
+/* docs/config.md "Routes": a rule's route, else the default; ignore_hosts and learning keep
+ * the route of the rule that would have matched; the routes outlive the config, and a
+ * reference keeps them past soth_policy_free. */
+Test(policy, routes_follow_rules_default_and_overrides)
+{
+    struct soth_route via_a, via_d;
+    char err[128];
+    cr_assert_eq(soth_route_parse("upstream:http://u:p@a.proxy:3128", &via_a, err, sizeof(err)), 0);
+    cr_assert_eq(soth_route_parse("upstream:http://[::1]:8080", &via_d, err, sizeof(err)), 0);
+    char *ignore[] = {"^ignored\\.egress\\.test:"};
+    struct soth_rule rules[] = {
+        {.host = "*.egress.test",
+         .port = -1,
+         .action = SOTH_ACTION_INTERCEPT,
+         .text = "*.egress.test",
+         .route_text = "upstream:http://a.proxy:3128",
+         .route = via_a},
+        {.host = "direct.test", .port = -1, .action = SOTH_ACTION_TUNNEL, .text = "direct.test"},
+    };
+    struct soth_config *cfg = calloc(1, sizeof(*cfg));
+    cr_assert_not_null(cfg);
+    cfg->ignore_hosts = ignore;
+    cfg->n_ignore_hosts = 1;
+    cfg->rules = rules;
+    cfg->n_rules = 2;
+    cfg->policy_default = SOTH_ACTION_TUNNEL;
+    cfg->default_route = via_d;
+    struct soth_policy *p = soth_policy_new(cfg, err, sizeof(err));
+    cr_assert_not_null(p, "%s", err);
+    free(cfg);
+    soth_route_dispose(&via_a);
+    soth_route_dispose(&via_d);
+    struct lv_log log = {.pinned = "pinned.egress.test"};
+    struct soth_learning_view lv = {.is_pinned = lv_pinned, .ctx = &log};
+    static const struct {
+        const char *host;
+        const char *route;
+        bool auth;
+    } t[] = {
+        {"api.egress.test", "upstream:http://a.proxy:3128", true},     /* the rule's */
+        {"ignored.egress.test", "upstream:http://a.proxy:3128", true}, /* ignore_hosts */
+        {"pinned.egress.test", "upstream:http://a.proxy:3128", true},  /* learning */
+        {"direct.test", "upstream:http://[::1]:8080", false}, /* a rule without one: default */
+        {"other.test", "upstream:http://[::1]:8080", false},  /* no rule */
+    };
+    for (size_t i = 0; i < SOTH_ARRAY_LEN(t); i++) {
+        struct soth_policy_decision d = soth_policy_decide(p, S(t[i].host), 443, &lv);
+        cr_assert_not_null(d.route, "%s", t[i].host);
+        cr_expect_str_eq(d.route->text, t[i].route, "%s", t[i].host);
+        cr_expect_eq(d.route->proxy_auth != NULL, t[i].auth, "%s", t[i].host);
+    }
+    struct soth_policy_decision d = soth_policy_decide(p, S("api.egress.test"), 443, &lv);
+    cr_expect_str_eq(d.route->proxy_auth, "Basic dTpw");
+    /* a flow's reference keeps the route after the worker drops the policy */
+    struct soth_policy *held = soth_policy_ref(p);
+    soth_policy_free(p);
+    cr_expect_str_eq(d.route->host, "a.proxy");
+    cr_expect_eq(d.route->port, 3128);
+    soth_policy_free(held);
+}
