@@ -44,6 +44,8 @@ static void proxy_failed(struct worker *w, struct flow *f, const char *fmt, ...)
              what);
     conn_q_clear(&w->segs, &f->c[SOTH_LEG_UPSTREAM]);
     f->c[SOTH_LEG_UPSTREAM].send_capped = false;
+    /* Nothing more from the proxy: its FIN or reset must not cut our answer short. */
+    conn_pause_recv(w, f, SOTH_LEG_UPSTREAM);
     if (f->is_socks) {
         socks_refuse(w, f, SOTH_SOCKS5_REP_GENERAL_FAILURE, SOTH_CLOSE_UPSTREAM_PROXY_FAILED);
         return;

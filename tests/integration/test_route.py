@@ -172,7 +172,7 @@ class StubProxy:
                           % len(body) + body)
                 return
             c.sendall(self.answer)
-            if not self.answer.startswith(b"HTTP/1.1 2"):
+            if self.answer[9:10] != b"2":  # not a 2xx: no tunnel
                 return
             port = int(line[1].rsplit(b":", 1)[1])
             up = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -440,6 +440,24 @@ class StubRouteTests(unittest.TestCase):
                              f"CONNECT origin.test:{origin.port} HTTP/1.1")
         finally:
             origin.close()
+            stub.close()
+
+    def test_bytes_after_the_proxy_answer_reach_a_tunnel_client(self):
+        # The proxy's 2xx and the origin's first bytes in one segment (a server that speaks
+        # first): the client gets our 200, then those bytes, then the relay goes on.
+        stub = StubProxy(b"HTTP/1.0 200 Connection established\r\nVia: stub\r\n\r\nHELLO ")
+        echo = EchoServer()
+        try:
+            cfg = {"policy": {"default": "tunnel", "default_route": stub.route()}}
+            with Proxy(config=cfg) as p:
+                s, head = connect_tunnel(p, "origin.test", echo.port)
+                self.assertEqual(head, b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                s.sendall(b"world")
+                s.shutdown(socket.SHUT_WR)
+                self.assertEqual(read_all(s), b"HELLO world")
+                s.close()
+        finally:
+            echo.close()
             stub.close()
 
     def test_bad_and_silent_answers_give_502(self):
