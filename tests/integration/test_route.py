@@ -4,8 +4,10 @@ intercepted, tunnelled and plain HTTP flows; a small proxy stub shows the creden
 Proxy-Authorization; a closed port and a squid that denies a host give 502 naming the proxy."""
 import base64
 import http.server
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -13,7 +15,8 @@ import threading
 import time
 import unittest
 
-from harness import EchoServer, Proxy, by_flow, close_listener, connect_tunnel, free_port, read_all
+from harness import (EchoServer, Proxy, by_flow, close_listener, connect_tunnel, free_port,
+                     read_all, read_head)
 from test_tls import TLSOrigin
 
 SQUID = "/usr/sbin/squid"
@@ -166,11 +169,22 @@ class StubProxy:
             head, _, rest = head.partition(b"\r\n\r\n")
             self.heads.append(head.decode())
             line = head.split(b"\r\n")[0].split(b" ")
-            if line[0] != b"CONNECT":
+            while line[0] != b"CONNECT":
+                # plain requests (no bodies here): answered, keep-alive unless asked to close
                 body = b"stub proxy answer\n"
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                          % len(body) + body)
-                return
+                close = b"connection: close" in head.lower()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n"
+                          % (len(body), b"Connection: close\r\n" if close else b"") + body)
+                if close:
+                    return
+                while b"\r\n\r\n" not in rest:
+                    d = c.recv(4096)
+                    if not d:
+                        return
+                    rest += d
+                head, _, rest = rest.partition(b"\r\n\r\n")
+                self.heads.append(head.decode())
+                line = head.split(b"\r\n")[0].split(b" ")
             c.sendall(self.answer)
             if self.answer[9:10] != b"2":  # not a 2xx: no tunnel
                 return
@@ -456,6 +470,50 @@ class StubRouteTests(unittest.TestCase):
                 s.shutdown(socket.SHUT_WR)
                 self.assertEqual(read_all(s), b"HELLO world")
                 s.close()
+        finally:
+            echo.close()
+            stub.close()
+
+    def test_reload_changes_routes_of_new_connections_only(self):
+        stub = StubProxy()
+        echo = EchoServer()
+        try:
+            # plain HTTP intercepted (each request through the HTTP layer), the echo tunnelled
+            pol = {"default": "intercept", "rules": [{"host": "127.0.0.1", "action": "tunnel"}]}
+            cfg = {"policy": dict(pol, default_route=stub.route(self.USERINFO))}
+            with Proxy(config=cfg) as p:
+                # an open plain keep-alive connection through the proxy...
+                c = socket.create_connection(p.addr(), timeout=10)
+                req = b"GET http://plain.test:8081/%d HTTP/1.1\r\nHost: plain.test:8081\r\n\r\n"
+                c.sendall(req % 1)
+                self.assertTrue(read_head(c).startswith(b"HTTP/1.1 200 OK"))
+                self.assertEqual(c.recv(100), b"stub proxy answer\n")
+                # ...then a reload to direct
+                with open(os.path.join(p.tmp, "config.json"), "w") as f:
+                    json.dump({"policy": pol}, f)
+                p.proc.send_signal(signal.SIGHUP)
+                deadline = time.time() + 10
+                while "SIGHUP" not in p.stderr() and time.time() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.3)  # the worker switches at its next wake-up
+                s, head = connect_tunnel(p, "127.0.0.1", echo.port)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+                s.sendall(b"direct now")
+                s.shutdown(socket.SHUT_WR)
+                self.assertEqual(read_all(s), b"direct now")
+                s.close()
+                # the open connection keeps its route and credentials
+                c.sendall(req % 2)
+                self.assertTrue(read_head(c).startswith(b"HTTP/1.1 200 OK"))
+                self.assertEqual(c.recv(100), b"stub proxy answer\n")
+                c.close()
+                p.checked_events()
+            token = base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+            self.assertEqual(len(stub.heads), 2, stub.heads)
+            self.assertEqual(echo.accepts, 1)
+            second = stub.heads[1].split("\r\n")
+            self.assertEqual(second[0], "GET http://plain.test:8081/2 HTTP/1.1")
+            self.assertIn(f"Proxy-Authorization: Basic {token}", second)
         finally:
             echo.close()
             stub.close()
