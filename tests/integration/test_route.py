@@ -15,7 +15,7 @@ import threading
 import time
 import unittest
 
-from harness import (EchoServer, Proxy, by_flow, close_listener, connect_tunnel, free_port,
+from harness import (PROXY_BIN, EchoServer, Proxy, by_flow, close_listener, connect_tunnel, free_port,
                      read_all, read_head)
 from test_tls import TLSOrigin
 
@@ -517,6 +517,35 @@ class StubRouteTests(unittest.TestCase):
         finally:
             echo.close()
             stub.close()
+
+    def test_check_config_prints_routes_without_passwords(self):
+        d = tempfile.mkdtemp(prefix="soth-route-cfg-")
+        try:
+            path = os.path.join(d, "c.json")
+            with open(path, "w") as f:
+                json.dump({"policy": {"default_route": "upstream:" + "http://" + self.USERINFO +
+                                      "p.test:3128", "rules": [
+                                          {"host": "a.test", "action": "tunnel",
+                                           "route": "direct"}]}}, f)
+            out = subprocess.run([PROXY_BIN, "--check-config", path], capture_output=True,
+                                 timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            text = out.stdout.decode()
+            self.assertIn('"default_route": "upstream:http://alice:***@p.test:3128"', text)
+            self.assertIn('"route": "direct"', text)
+            self.assertNotIn("s3cr", text)
+            # a bad route: the error names the key, never the value
+            with open(path, "w") as f:
+                json.dump({"policy": {"default_route": "upstream:http://alice:s3cr%zz@p:1"}}, f)
+            out = subprocess.run([PROXY_BIN, "--check-config", path], capture_output=True,
+                                 timeout=30)
+            self.assertEqual(out.returncode, 2)
+            self.assertEqual(out.stderr.decode().strip(),
+                             "config: policy.default_route: password: only unreserved "
+                             "characters, sub-delims and %XX escapes (no control bytes) are "
+                             "allowed")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     def test_bad_and_silent_answers_give_502(self):
         for answer, want in ((b"SSH-2.0-nope\r\n\r\n", b"bad answer to CONNECT origin.test:443"),
