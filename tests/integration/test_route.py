@@ -15,8 +15,8 @@ import threading
 import time
 import unittest
 
-from harness import (PROXY_BIN, EchoServer, Proxy, by_flow, close_listener, connect_tunnel, free_port,
-                     read_all, read_head)
+from harness import (PROXY_BIN, EchoServer, Proxy, by_flow, close_listener, connect_tunnel,
+                     free_port, read_all, read_head)
 from test_tls import TLSOrigin
 
 SQUID = "/usr/sbin/squid"
