@@ -540,6 +540,8 @@ static int compile_identity(struct bctx *b, const char *p, const json_t *id, jso
         put(e, o, "id", json_string(name));
         put(e, o, "cidrs", list);
         push(e, networks, o);
+        if (e->oom) /* list went with o */
+            return 0;
         for (size_t i = 0; i < json_array_size(cidrs); i++) {
             path_idx(pi, sizeof(pi), pk, i);
             json_t *c = json_array_get(cidrs, i);
@@ -756,8 +758,8 @@ static int compile_root(struct bctx *b, const json_t *root)
     }
 
     json_t *pol = json_object(), *rules = json_array();
-    put(e, b->out, "policy", pol);
     put(e, pol, "rules", rules);
+    put(e, b->out, "policy", pol);
     if (e->oom)
         return 0;
     if ((v = json_object_get(root, "rules"))) {
