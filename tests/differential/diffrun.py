@@ -39,9 +39,9 @@ def start(engine, cfg):
     return Proxy(workers=1, config=cfg)
 
 
-def wait_closed(p, mark):
+def wait_closed(p, mark, settle_s=SETTLE_S):
     """Events after gseq `mark` once every flow they open has its stream_closed (bounded)."""
-    deadline = time.time() + SETTLE_S
+    deadline = time.time() + settle_s
     while True:
         evs = [e for e in p.events(settle=0.1) if e["gseq"] > mark]
         flows = by_flow(evs)
@@ -66,7 +66,7 @@ def run_engine(engine, corpus, origins, log):
             except Exception as e:  # the client's failure is part of what is compared
                 res["error"] = f"{type(e).__name__}: {e}"
                 res["client"] = {"error": type(e).__name__}
-            evs = wait_closed(p, mark)
+            evs = wait_closed(p, mark, fx.get("settle_s", SETTLE_S))
             if evs:
                 mark = max(e["gseq"] for e in evs)
             res["events"] = evs
@@ -114,7 +114,8 @@ def normalise_flow(fl, roles):
         rs = [e for e in evs if e["type"] == "response_headers"]
         done = next((e for e in evs if e["type"] == "exchange_completed"), None)
         svals.append({
-            "types": [e["type"] for e in evs],
+            "types": [e["type"] + (":close" if e["type"] == "ws_message" and e["opcode"] == 8
+                                   else "") for e in evs],
             "method": rq and rq["method"], "path": rq and rq["path"],
             "status": rs[-1]["status"] if rs else None,
             "request_bytes": done and done.get("request_bytes"),
@@ -170,6 +171,19 @@ def transform(view, entry):
             for s in fl["order"]["streams"]:
                 s[:] = [x for i, x in enumerate(s)
                         if not (x.endswith("_body_chunk") and i and s[i - 1] == x)]
+        ops = set(t.get("drop_ws_opcodes", []))
+        if ops:
+            for s in fl["fields"]["streams"]:
+                s["ws"] = [m for m in s["ws"] if m[1] not in ops]
+        if t.get("drop_unanswered_streams"):
+            # a request the engine read and ended without any response event
+            keep = [i for i, s in enumerate(fl["fields"]["streams"])
+                    if not (s["status"] is None and s["response_bytes"] in (0, None) and
+                            s["outcome"] == t["drop_unanswered_streams"])]
+            fl["fields"]["streams"] = [fl["fields"]["streams"][i] for i in keep]
+            fl["order"]["streams"] = [fl["order"]["streams"][i] for i in keep]
+            if not keep:
+                fl["order"]["flow"] = [x for x in fl["order"]["flow"] if x != "<streams>"]
         for f in t.get("ignore_stream_fields", []):
             for s in fl["fields"]["streams"]:
                 s[f] = None
