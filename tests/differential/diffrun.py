@@ -167,7 +167,16 @@ def transform(view, entry):
             fl["order"]["streams"] = [[x for x in s if x not in drop]
                                       for s in fl["order"]["streams"]]
             fl["order"]["flow"] = [x for x in fl["order"]["flow"] if x not in drop]
-        if t.get("merge_chunks"):
+        if t.get("canonical_stream_order"):
+            # each message whole, the request's before the response's (what an engine that
+            # buffers messages reports), streaming events left where they were relative to
+            # their message
+            rank = {"request_headers": 0, "request_body_chunk": 1, "request_trailers": 2,
+                    "response_headers": 3, "response_body_chunk": 4, "response_trailers": 5,
+                    "exchange_completed": 9}
+            for s in fl["order"]["streams"]:
+                s.sort(key=lambda x: rank.get(x, 4))
+        if t.get("merge_chunks") or t.get("canonical_stream_order"):
             for s in fl["order"]["streams"]:
                 s[:] = [x for i, x in enumerate(s)
                         if not (x.endswith("_body_chunk") and i and s[i - 1] == x)]

@@ -8,6 +8,7 @@ certificate). A client script is one of the kinds in CLIENTS, run against a prox
 what the client saw (a short value the runner compares across engines).
 """
 import asyncio
+import datetime
 import hashlib
 import http.client
 import json
@@ -46,6 +47,49 @@ def _rst(sock):
     except OSError:
         pass
     sock.close()
+
+
+def make_nochain_pki(d):
+    """A root and an intermediate of their own (names no other fixture's CA has: wolfSSL
+    finds an issuer by its name) and a leaf for origin.test under the intermediate, served
+    alone. Returns (leaf, key, root) paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    os.mkdir(d)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def cert(cn, key, issuer_cn, issuer_key, ca):
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - day).not_valid_after(now + 2 * day)
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]),
+                                critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    rk, ik, lk = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root_cn, inter_cn = "differential nochain root CA", "differential nochain intermediate CA"
+    root = cert(root_cn, rk, root_cn, rk, True)
+    inter = cert(inter_cn, ik, root_cn, rk, True)
+    leaf = cert(HOST, lk, inter_cn, ik, False)
+    out = []
+    for name, data in (("leaf.pem", leaf.public_bytes(serialization.Encoding.PEM)),
+                       ("leaf.key", lk.private_bytes(serialization.Encoding.PEM,
+                                                     serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption())),
+                       ("root.pem", root.public_bytes(serialization.Encoding.PEM))):
+        path = os.path.join(d, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        out.append(path)
+    return tuple(out)
 
 
 class HandshakeFaultOrigin:
@@ -140,9 +184,7 @@ class Origins:
         certs, froot = make_fault_pki(fdir)
         # The chain without its intermediate has a PKI of its own: the native engine's
         # wolfSSL keeps intermediates it verified in earlier chains (docs/migration.md).
-        ndir = os.path.join(self.dir, "nochain")
-        os.mkdir(ndir)
-        ncerts, nroot = make_fault_pki(ndir)
+        nleaf, nkey, nroot = make_nochain_pki(os.path.join(self.dir, "nochain"))
         self.h2 = H2Origin()
         self.sse = SSEOrigin(tls_dir=h1dir)
 
@@ -152,7 +194,7 @@ class Origins:
             return ctx
 
         nochain_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        nochain_ctx.load_cert_chain(*ncerts["nochain"])
+        nochain_ctx.load_cert_chain(nleaf, nkey)
         tls11 = fault_ctx("good")
         tls11.set_ciphers("DEFAULT:@SECLEVEL=0")
         tls11.minimum_version = ssl.TLSVersion.TLSv1
