@@ -246,8 +246,7 @@ class Writer:
 class Conn:
     __slots__ = ("id", "client_addr", "host", "port", "protocol", "started_ns", "announced",
                  "decision", "reason", "rule", "tunnel_applied", "next_sid", "h2", "c2s", "s2c",
-                 "tls_failed", "dropped", "open_streams", "closed", "hello_seen",
-                 "server_closed_first")
+                 "tls_failed", "dropped", "open_streams", "closed", "hello_seen")
 
     def __init__(self, cid, client_addr):
         self.id = cid
@@ -270,7 +269,6 @@ class Conn:
         self.open_streams = {}   # flow.id -> Stream
         self.closed = False
         self.hello_seen = False           # mitmproxy parsed the client's whole ClientHello
-        self.server_closed_first = False  # the upstream went away while the client stayed
 
 
 PROTO_RANK = {"tcp": 0, "tls": 1, "http1": 2, "http2": 2, "websocket": 3, "sse": 3, "grpc": 3}
@@ -517,17 +515,9 @@ class SothBridge:
             reason = "blocked"
         elif c.tls_failed:
             reason = "tls_failed"
-        elif c.server_closed_first:
-            reason = "relay_eof"
         else:
             reason = "client_eof"
         self._close(c, reason)
-
-    def server_disconnected(self, data):
-        client = getattr(data, "client", None)
-        c = self.conns.get(client.id) if client is not None else None
-        if c is not None and getattr(client, "timestamp_end", None) is None:
-            c.server_closed_first = True
 
     def next_layer(self, nextlayer):
         context = nextlayer.context

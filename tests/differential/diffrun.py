@@ -317,6 +317,16 @@ def report(corpus, views, results, intended, elapsed):
     return "\n".join(lines) + "\n", ok
 
 
+def intended_table(intended):
+    """The intended differences as the markdown table docs/migration.md carries."""
+    out = ["| id | aspects | fixtures | reason |", "| --- | --- | --- | --- |"]
+    for e in intended:
+        out.append(f"| `{e['id']}` | {', '.join(e['aspects'])} | "
+                   f"{', '.join('`%s`' % f for f in e.get('fixtures', ['*']))} | "
+                   f"{e['reason']} |")
+    return "\n".join(out) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default=os.path.join(REPO, "tests", "corpus"))
@@ -324,6 +334,10 @@ def main():
     ap.add_argument("--report", default="differential-report.md")
     ap.add_argument("--only", default="", help="comma-separated fixture names")
     ap.add_argument("--dump", default="", help="write the normalised views (JSON) here")
+    ap.add_argument("--views", default="",
+                    help="compare the views a --dump wrote instead of running the engines")
+    ap.add_argument("--list-intended", action="store_true",
+                    help="print the intended differences as a markdown table and exit")
     args = ap.parse_args()
 
     corpus = []
@@ -343,24 +357,38 @@ def main():
     for e in intended:
         if not e.get("reason") or not e.get("id") or not set(e["aspects"]) <= set(ASPECTS):
             sys.exit(f"{args.intended}: entry {e.get('id')!r} needs an id, aspects and a reason")
+        if ("transform" in e) == ("expect" in e):
+            sys.exit(f"{args.intended}: entry {e['id']!r} needs a transform or an expect")
+        if "transform" in e and set(e["aspects"]) & {"decision", "tls"}:
+            sys.exit(f"{args.intended}: entry {e['id']!r}: decisions and TLS classes take an "
+                     "exact expect only")
+    if args.list_intended:
+        sys.stdout.write(intended_table(intended))
+        return 0
 
     def log(s):
         print(s, file=sys.stderr, flush=True)
 
     t0 = time.time()
-    origins = fixtures.Origins()
-    try:
-        raw = {}
-        for engine in ENGINES:
-            log(f"engine {engine}")
-            raw[engine] = run_engine(engine, corpus, origins, log)
-        roles = origins.role_of_port()
-    except Exception:
-        traceback.print_exc()
-        return 2
-    finally:
-        origins.close()
-    views = {e: {n: normalise(r, roles) for n, r in raw[e].items()} for e in ENGINES}
+    if args.views:
+        with open(args.views) as f:
+            views = json.load(f)
+        corpus = [fx for fx in corpus if all(fx["name"] in views[e] for e in ENGINES)]
+    else:
+        origins = fixtures.Origins()
+        try:
+            raw = {}
+            for engine in ENGINES:
+                log(f"engine {engine}")
+                raw[engine] = run_engine(engine, corpus, origins, log)
+            roles = origins.role_of_port()
+        except Exception:
+            traceback.print_exc()
+            return 2
+        finally:
+            origins.close()
+        views = {e: {n: normalise(r, roles) for n, r in raw[e].items()} for e in ENGINES}
+        views = json.loads(json.dumps(views))  # the same types a --views file gives
     if args.dump:
         with open(args.dump, "w") as f:
             json.dump(views, f, indent=1)
