@@ -18,6 +18,16 @@ RUNNER = os.path.join(REPO, "tests", "differential", "diffrun.py")
 
 
 class ParityGate(unittest.TestCase):
+    def test_docs_list_the_intended_differences(self):
+        # docs/migration.md carries the table diffrun.py generates from intended.json
+        out = subprocess.run(["/usr/bin/python3", RUNNER, "--list-intended"],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        with open(os.path.join(REPO, "docs", "migration.md")) as f:
+            doc = f.read()
+        self.assertIn(out.stdout, doc, "docs/migration.md's table of intended differences is "
+                      "not the one intended.json gives: paste `diffrun.py --list-intended`")
+
     def test_corpus_passes_the_parity_gate(self):
         if shutil.which("mitmdump") is None:
             raise AssertionError("mitmdump not found: install mitmproxy (ci/setup.sh)")
