@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
@@ -197,8 +198,10 @@ class Origins:
         nochain_ctx.load_cert_chain(nleaf, nkey)
         tls11 = fault_ctx("good")
         tls11.set_ciphers("DEFAULT:@SECLEVEL=0")
-        tls11.minimum_version = ssl.TLSVersion.TLSv1
-        tls11.maximum_version = ssl.TLSVersion.TLSv1_1
+        with warnings.catch_warnings():  # TLS 1.1 is the point of this origin
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tls11.minimum_version = ssl.TLSVersion.TLSv1
+            tls11.maximum_version = ssl.TLSVersion.TLSv1_1
         ccert = fault_ctx("good")
         ccert.verify_mode = ssl.CERT_REQUIRED
         ccert.load_verify_locations(froot)
@@ -537,8 +540,10 @@ def c_tls_client(p, o, fx):
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.load_verify_locations(proxy_ca(p))
             ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx.minimum_version = ssl.TLSVersion.TLSv1
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_1
         try:
             t = ctx.wrap_socket(s, server_hostname=HOST)
             res["handshake"] = "ok"

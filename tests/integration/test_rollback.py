@@ -68,7 +68,8 @@ class Engine:
             raise AssertionError(f"{engine} did not start: {self.stderr()}")
 
     def stderr(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log.name) as f:
             return f.read()
 
@@ -116,6 +117,7 @@ class RollbackDrill(unittest.TestCase):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+            p.stderr.close()
             out.close()
         self.origins.close()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -181,16 +183,19 @@ class RollbackDrill(unittest.TestCase):
         self.assertEqual(len(runs), 3, "one run per engine start")
         completed = []
         for n, (engine, run) in enumerate(zip(ENGINES, runs)):
+            completed.append({(e["flow_id"], e["stream_id"]) for e in run
+                              if e["type"] == "exchange_completed"})
             with self.subTest(run=n + 1, engine=engine):
                 self.assertEqual([e["gseq"] for e in run], list(range(1, len(run) + 1)),
                                  "gseq 1, 2, 3, ... within a run")
                 check_events(run, require_closed=True)
                 workers = {e["worker"] for e in run}
-                self.assertEqual(workers, {-1} if engine == "mitmproxy" else {0}, workers)
+                if engine == "mitmproxy":
+                    self.assertEqual(workers, {-1})
+                else:
+                    self.assertTrue(workers and min(workers) >= 0, workers)
                 flows = {e["flow_id"] for e in run if e["type"] == "connect_received"}
                 self.assertGreaterEqual(len(flows), len(DRILL))
-                completed.append({(e["flow_id"], e["stream_id"]) for e in run
-                                  if e["type"] == "exchange_completed"})
                 self.assertGreater(len(completed[-1]), 0)
 
         # the ring follower printed exactly the sink's lines, across both file switches
@@ -228,6 +233,9 @@ class RollbackDrill(unittest.TestCase):
             seen.add(key)
         per_run.append(run)
         self.assertEqual(per_run, completed)
+        print(f"\nrollback drill: runs {[len(r) for r in runs]} events, "
+              f"{[len(c) for c in completed]} exchanges, {len(exch_lines)} exchange lines",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
