@@ -252,7 +252,6 @@ def diff_text(va, vb):
 
 def report(corpus, views, results, intended, elapsed):
     rows, counts = [], {a: collections.Counter() for a in ASPECTS}
-    by_id = {e["id"]: e for e in intended}
     used_ids = collections.Counter()
     details = []
     for fx in corpus:
@@ -313,7 +312,6 @@ def report(corpus, views, results, intended, elapsed):
     unused = [e["id"] for e in intended if not used_ids[e["id"]]]
     if unused:
         lines += ["", "Listed but not needed by this run: " + ", ".join(unused) + "."]
-    _ = by_id
     return "\n".join(lines) + "\n", ok
 
 
