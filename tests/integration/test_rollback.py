@@ -170,7 +170,10 @@ class RollbackDrill(unittest.TestCase):
                 client_results.append(got)
             finally:
                 rc = e.stop()
-            self.assertEqual(rc, 0, f"{engine} (run {i + 1}) exit status: {e.stderr()}")
+            err = e.stderr()
+            self.assertEqual(rc, 0, f"{engine} (run {i + 1}) exit status: {err}")
+            for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                self.assertNotIn(bad, err)
             time.sleep(0.7)  # the followers look for a replaced file every 500 ms
         # what clients saw does not depend on the engine (the parity report compares more)
         for name in ("h1_keepalive", "h2_parallel", "ws_echo", "grpc_unary", "policy_block"):
