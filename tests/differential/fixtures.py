@@ -526,6 +526,7 @@ def c_tls_client(p, o, fx):
     """A client-side TLS failure after a successful CONNECT to the h1 origin: `variant`
     no_ca (the client does not trust the proxy's CA), tls11 (offers only TLS 1.1), garbage
     (not a ClientHello), eof_mid_hello / rst_mid_hello (half a ClientHello, then FIN / RST),
+    eof_after_hello / rst_after_hello (a whole ClientHello, the proxy's answer, then FIN / RST),
     stall (nothing after the CONNECT until `seconds`)."""
     c = fx["client"]
     v = c["variant"]
@@ -562,6 +563,25 @@ def c_tls_client(p, o, fx):
         except OSError:
             res["answer_bytes"] = False
         s.close()
+        return res
+    if v in ("eof_after_hello", "rst_after_hello"):
+        # a whole ClientHello; once the proxy's first flight (its certificate) arrived, leave
+        ctx = ssl.create_default_context()
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_hostname=HOST)
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        s.sendall(out.read())
+        try:
+            res["answer_bytes"] = len(s.recv(65536)) > 0
+        except OSError:
+            res["answer_bytes"] = False
+        if v == "rst_after_hello":
+            _rst(s)
+        else:
+            s.close()
         return res
     if v in ("eof_mid_hello", "rst_mid_hello"):
         # the first half of a real ClientHello (made by a memory BIO)
