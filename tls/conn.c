@@ -555,7 +555,9 @@ bool soth_tls_conn_is_established(const struct soth_tls_conn *c)
 
 ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap)
 {
-    if (c->state != CONN_ESTABLISHED)
+    /* After our close_notify (CONN_CLOSED) the peer may still send data and its own
+     * close_notify: a half-close, as a WebSocket whose origin closed first sees. */
+    if (c->state != CONN_ESTABLISHED && c->state != CONN_CLOSED)
         return c->state == CONN_FAILED ? SOTH_E_TLS : SOTH_E_STATE;
     if (c->saw_eof)
         return 0;

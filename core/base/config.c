@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "soth/base.h"
+#include "soth/bundle.h"
 
 const char *const soth_mode_names[SOTH_MODE_COUNT] = {"regular", "reverse", "transparent",
                                                       "socks5"};
@@ -711,6 +712,7 @@ static void config_free(struct soth_config *c)
     free(c->events.sinks);
     free(c->metrics.listen_text);
     free(c->bridge.listen);
+    free(c->soth.bundle);
     soth_hostport_dispose(&c->metrics.listen);
     for (size_t i = 0; i < c->n_resolve; i++) {
         free(c->resolve[i].name);
@@ -894,7 +896,7 @@ static int parse_route(struct cerr *e, const char *path, const json_t *v, struct
 static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
 {
     static const char *const keys[] = {"default", "default_route", "rules", NULL};
-    static const char *const rule_keys[] = {"host", "action", "route", NULL};
+    static const char *const rule_keys[] = {"host", "action", "id", "route", NULL};
     int rc;
     if ((rc = expect_object(e, "policy", pol)) || (rc = check_keys(e, "policy", pol, keys)))
         return rc;
@@ -919,6 +921,10 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
         json_t *r = json_array_get(rules, i);
         if ((rc = expect_object(e, p, r)) || (rc = check_keys(e, p, r, rule_keys)))
             return rc;
+        json_t *id = json_object_get(r, "id"); /* checked only, not used yet (docs/bundles.md) */
+        snprintf(pk, sizeof(pk), "%s.id", p);
+        if (id && (!json_is_string(id) || json_string_length(id) == 0))
+            return fail(e, pk, "expected a non-empty string, got %s", json_type_name(id));
         json_t *h = json_object_get(r, "host");
         snprintf(pk, sizeof(pk), "%s.host", p);
         if (h == NULL)
@@ -1351,6 +1357,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                                        "metrics",
                                        "resolve",
                                        "bridge",
+                                       "soth",
                                        NULL};
     int rc;
     if (!json_is_object(root))
@@ -1451,6 +1458,14 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
             free(c->bridge.listen);
             c->bridge.listen = NULL;
         }
+    }
+    if ((v = json_object_get(root, "soth"))) {
+        static const char *const skeys[] = {"bundle", NULL};
+        if ((rc = expect_object(e, "soth", v)) || (rc = check_keys(e, "soth", v, skeys)))
+            return rc;
+        json_t *b = json_object_get(v, "bundle");
+        if (b && (rc = get_str_or_null(e, "soth.bundle", b, &c->soth.bundle)))
+            return rc;
     }
     if ((v = json_object_get(root, "resolve"))) {
         if (!json_is_object(v))
@@ -1571,16 +1586,65 @@ static int finish(struct cerr *e, struct soth_config *c)
     return 0;
 }
 
-static int load_common(json_t *root, const struct soth_cli_overrides *cli, struct soth_config **out,
-                       struct cerr *e)
+/*
+ * The bundle (docs/bundles.md): --bundle, else soth.bundle of the file, compiled and laid over
+ * root: its identities, ignore_hosts and policy replace the file's (keys the bundle leaves out
+ * take their defaults). *eff is root itself when there is no bundle, else a new object
+ * (caller decrefs) that load_json then validates like any config.
+ */
+static int apply_bundle(struct cerr *e, json_t *root, const struct soth_cli_overrides *cli,
+                        json_t **eff)
+{
+    *eff = root;
+    if (root && !json_is_object(root))
+        return 0; /* load_json reports it */
+    const char *path = cli ? cli->bundle : NULL;
+    if (path == NULL)
+        path = json_string_value(json_object_get(json_object_get(root, "soth"), "bundle"));
+    if (path == NULL)
+        return 0;
+    char *text = NULL;
+    if (soth_bundle_compile(path, 0, &text, e->buf, e->len) < 0)
+        return SOTH_E_CONFIG;
+    json_t *frag = json_loads(text, 0, NULL);
+    free(text);
+    json_t *r = root ? json_deep_copy(root) : json_object();
+    json_t *so = json_object_get(r, "soth");
+    if (r && so == NULL && json_object_set_new(r, "soth", so = json_object()) != 0)
+        so = NULL;
+    static const char *const replaced[] = {"identities", "ignore_hosts", "policy"};
+    for (size_t i = 0; r && i < sizeof(replaced) / sizeof(*replaced); i++)
+        (void)json_object_del(r, replaced[i]); /* -1 when absent */
+    /* soth.bundle names what runs; a "soth" that is no object is load_json's to report. */
+    if (frag == NULL || r == NULL || so == NULL || json_object_update(r, frag) != 0 ||
+        (json_is_object(so) && json_object_set_new(so, "bundle", json_string(path)) != 0)) {
+        json_decref(frag);
+        json_decref(r);
+        return fail(e, "(config)", "out of memory");
+    }
+    json_decref(frag);
+    *eff = r;
+    return 0;
+}
+
+static int load_common(json_t *root, const struct soth_cli_overrides *cli, bool bundle,
+                       struct soth_config **out, struct cerr *e)
 {
     *out = NULL;
+    json_t *eff = root;
+    int rc = bundle ? apply_bundle(e, root, cli, &eff) : 0;
+    if (rc < 0)
+        return rc;
     struct soth_config *c = config_defaults();
-    if (c == NULL)
+    if (c == NULL) {
+        if (eff != root)
+            json_decref(eff);
         return fail(e, "(config)", "out of memory");
-    int rc = 0;
-    if (root)
-        rc = load_json(e, c, root);
+    }
+    if (eff)
+        rc = load_json(e, c, eff);
+    if (eff != root)
+        json_decref(eff);
     if (rc == 0 && cli)
         rc = apply_cli(e, c, cli);
     if (rc == 0)
@@ -1619,7 +1683,7 @@ int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
         if (root == NULL)
             return json_fail(&e, path, &je);
     }
-    int rc = load_common(root, cli, out, &e);
+    int rc = load_common(root, cli, true, out, &e);
     json_decref(root);
     return rc;
 }
@@ -1633,7 +1697,7 @@ int soth_config_load_text(const char *text, size_t len, struct soth_config **out
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL)
         return json_fail(&e, "(text)", &je);
-    int rc = load_common(root, NULL, out, &e);
+    int rc = load_common(root, NULL, false, out, &e);
     json_decref(root);
     return rc;
 }
@@ -1658,7 +1722,8 @@ int soth_config_reload(const struct soth_config *cur, const char *path,
                        bool *restart_needed, char *err, size_t err_len)
 {
     /* What a reload may change; the rest is carried over from the running snapshot. */
-    static const char *const reloadable[] = {"ignore_hosts", "policy", "resolve", "timeouts"};
+    static const char *const reloadable[] = {"ignore_hosts", "policy",     "resolve",
+                                             "timeouts",     "identities", "soth"};
     struct cerr e = {err, err_len, false};
     struct soth_config *next = NULL;
     *out = NULL;
@@ -1676,14 +1741,17 @@ int soth_config_reload(const struct soth_config *cur, const char *path,
     soth_config_unref(next);
     rc = 0;
     for (size_t i = 0; rc == 0 && merged && wanted && i < sizeof(reloadable) / sizeof(*reloadable);
-         i++)
-        rc = json_object_set(merged, reloadable[i], json_object_get(wanted, reloadable[i]));
+         i++) {
+        json_t *w = json_object_get(wanted, reloadable[i]);
+        if (w) /* a key this build does not print is not there to copy */
+            rc = json_object_set(merged, reloadable[i], w);
+    }
     if (merged == NULL || wanted == NULL || rc != 0) {
         rc = fail(&e, "(config)", "out of memory");
     } else {
         if (restart_needed)
             *restart_needed = !json_equal(merged, wanted);
-        rc = load_common(merged, NULL, out, &e);
+        rc = load_common(merged, NULL, false, out, &e); /* the bundle is in it already */
     }
     if (rc == 0) {
         /* The listener's real address: the kernel picks the port for "HOST:0". */
@@ -1723,7 +1791,7 @@ static json_t *route_json(const struct soth_route *r, bool secrets)
 }
 
 /* secrets: routes as written, credentials included (the reload's deep copy only); else
- * with the password as "***" (what --check-config prints). */
+ * with the password as "(set)" (what --check-config prints). */
 static char *config_to_json(const struct soth_config *c, bool secrets)
 {
     bool ok = true;
@@ -1822,6 +1890,9 @@ static char *config_to_json(const struct soth_config *c, bool secrets)
     json_t *br = json_object();
     put(&ok, br, "listen", str_or_null(c->bridge.listen));
     put(&ok, r, "bridge", br);
+    json_t *so = json_object();
+    put(&ok, so, "bundle", str_or_null(c->soth.bundle));
+    put(&ok, r, "soth", so);
     char *s = ok ? json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(r);
     return s;
@@ -1830,4 +1901,32 @@ static char *config_to_json(const struct soth_config *c, bool secrets)
 char *soth_config_to_json(const struct soth_config *c)
 {
     return config_to_json(c, false);
+}
+
+/* ---- checks shared with the bundle compiler (core/base/bundle.c) */
+
+int soth_config_check_glob(const char *glob, char *why, size_t why_len)
+{
+    char *host = NULL;
+    int port;
+    if (glob_check(glob, why, why_len, &host, &port) < 0)
+        return -1;
+    free(host);
+    return 0;
+}
+
+int soth_config_check_regex(const char *re, char *why, size_t why_len)
+{
+    if (regex_guard(re, why, why_len) < 0)
+        return -1;
+    regex_t rx;
+    int rrc = regcomp(&rx, re, REG_EXTENDED | REG_NOSUB | REG_ICASE);
+    if (rrc != 0) {
+        char m[160];
+        regerror(rrc, &rx, m, sizeof(m));
+        snprintf(why, why_len, "invalid regular expression: %s", m);
+        return -1;
+    }
+    regfree(&rx);
+    return 0;
 }

@@ -238,7 +238,7 @@ int soth_route_parse(const char *text, struct soth_route *out, char *err, size_t
     out->text_len = (size_t)n;
     if (cred_len >= 0) {
         /* The user as written (still escaped), the password never. */
-        n = snprintf(buf, sizeof(buf), UPSTREAM_PREFIX "%.*s:***@%s%.*s%s:%lu", (int)user_raw_len,
+        n = snprintf(buf, sizeof(buf), UPSTREAM_PREFIX "%.*s:(set)@%s%.*s%s:%lu", (int)user_raw_len,
                      text + pl, v6 ? "[" : "", (int)hl, h, v6 ? "]" : "", port);
         out->shown = route_dup_n(buf, (size_t)n);
         char b64[(SOTH_ROUTE_MAX_TEXT + 3) / 3 * 4 + 8];

@@ -246,7 +246,7 @@ class Writer:
 class Conn:
     __slots__ = ("id", "client_addr", "host", "port", "protocol", "started_ns", "announced",
                  "decision", "reason", "rule", "tunnel_applied", "next_sid", "h2", "c2s", "s2c",
-                 "tls_failed", "dropped", "open_streams", "closed")
+                 "tls_failed", "dropped", "open_streams", "closed", "hello_seen")
 
     def __init__(self, cid, client_addr):
         self.id = cid
@@ -268,6 +268,7 @@ class Conn:
         self.dropped = 0
         self.open_streams = {}   # flow.id -> Stream
         self.closed = False
+        self.hello_seen = False           # mitmproxy parsed the client's whole ClientHello
 
 
 PROTO_RANK = {"tcp": 0, "tls": 1, "http1": 2, "http2": 2, "websocket": 3, "sse": 3, "grpc": 3}
@@ -567,6 +568,13 @@ class SothBridge:
         if c.decision == "tunnel":
             data.ignore_connection = True
             return
+        c.hello_seen = True
+        # grpc-exp (offered by grpcio next to h2) is no protocol mitmproxy speaks: negotiated
+        # with the origin it would turn the connection into an opaque relay. The native engine
+        # leaves it out of the upstream offer too (docs/bridge.md).
+        offers = getattr(client, "alpn_offers", None)
+        if offers and b"grpc-exp" in offers:
+            client.alpn_offers = [a for a in offers if a != b"grpc-exp"]
         self._proto(c, "tls")
         self._tls_op("tls_clienthello", c, sni=sni)
 
@@ -597,6 +605,12 @@ class SothBridge:
         self._tls_side("tls_established_server", data)
 
     def tls_failed_client(self, data):
+        c = self.conns.get(data.context.client.id)
+        err = str(getattr(data.conn, "error", "") or "")
+        if c is not None and not c.hello_seen and not err.startswith("Cannot parse ClientHello"):
+            # The client hung up before its ClientHello was whole: no handshake began (the
+            # native engine reports none either), and no certificate was refused.
+            return
         self._tls_side("tls_failed_client", data, error=True)
 
     def tls_failed_server(self, data):
@@ -647,6 +661,8 @@ class SothBridge:
         if c.decision == "block":
             return
         self._proto(c, "http2" if req.http_version.startswith("HTTP/2") else "http1")
+        if req.headers.get("content-type", "").lower().startswith("application/grpc"):
+            self._proto(c, "grpc")  # as natively (docs/events.md, "protocol")
         st = self._stream(c, flow)
         scheme = req.scheme if req.method != "CONNECT" else None
         authority = req.authority or req.headers.get("host") or None

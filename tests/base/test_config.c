@@ -92,7 +92,8 @@ static const char *const defaults_json =
     "\"timeouts\":{\"connect_ms\":10000,\"tls_handshake_ms\":10000,"
     "\"request_header_ms\":10000,\"response_header_ms\":60000,\"idle_ms\":120000,\"drain_ms\":5000}"
     ","
-    "\"metrics\":{\"listen\":null},\"resolve\":{},\"bridge\":{\"listen\":null}}";
+    "\"metrics\":{\"listen\":null},\"resolve\":{},\"bridge\":{\"listen\":null},"
+    "\"soth\":{\"bundle\":null}}";
 
 /** defaults_json with the keys of patch (a JSON object text) merged in, recursively. */
 static json_t *defaults_with(const char *patch)
@@ -467,6 +468,11 @@ static const struct bad_case bad_cases[] = {
     {"{\"bridge\": {\"listen\": 3}}",
      "config: bridge.listen: expected a Unix socket path (1..107 bytes) or null, got integer"},
     {"{\"bridge\": {\"socket\": \"/x\"}}", "config: bridge.socket: unknown key"},
+    {"{\"soth\": 1}", "config: soth: expected object, got integer"},
+    {"{\"soth\": {\"bundel\": \"/b.json\"}}", "config: soth.bundel: unknown key"},
+    {"{\"soth\": {\"bundle\": 3}}", "config: soth.bundle: expected string or null, got integer"},
+    {"{\"soth\": {\"bundle\": \"\"}}",
+     "config: soth.bundle: expected a non-empty string, got \"\""},
     {"{\"metrics\": {\"listen\": 9100}}",
      "config: metrics.listen: expected string \"HOST:PORT\" or null, got integer"},
 
@@ -612,7 +618,8 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"drain_ms\"",
                                         "\"metrics\"",
                                         "\"resolve\"",
-                                        "\"bridge\""};
+                                        "\"bridge\"",
+                                        "\"soth\""};
     const char *at = js;
     for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
         const char *p = strstr(at, order[i]);
@@ -661,7 +668,7 @@ static const struct good_case good_cases[] = {
     {"{\"policy\": {\"rules\": [{\"action\": \"block\", \"host\": \"a.b\"}]}}",
      "{\"policy\": {\"rules\": [{\"host\": \"a.b\", \"action\": \"block\"}]}}"},
     {"{\"policy\": {\"default\": \"tunnel\"}}", NULL},
-    /* routes: a rule without one takes default_route; credentials print as USER:*** */
+    /* routes: a rule without one takes default_route; credentials print as USER:(set) */
     {"{\"policy\": {\"default_route\": \"upstream:http://[::1]:3128\", \"rules\": ["
      "{\"host\": \"a.b\", \"action\": \"tunnel\", \"route\": \"direct\"},"
      "{\"host\": \"c.d\", \"action\": \"intercept\", \"route\": \"upstream:http://p.test:8080\"},"
@@ -670,7 +677,7 @@ static const struct good_case good_cases[] = {
     {"{\"policy\": {\"rules\": [{\"host\": \"a.b\", \"action\": \"tunnel\", "
      "\"route\": \"upstream:http://al%40ice:pa%3Ass@10.0.0.1:3128/\"}]}}",
      "{\"policy\": {\"rules\": [{\"host\": \"a.b\", \"action\": \"tunnel\", "
-     "\"route\": \"upstream:http://al%40ice:***@10.0.0.1:3128\"}]}}"},
+     "\"route\": \"upstream:http://al%40ice:(set)@10.0.0.1:3128\"}]}}"},
     {"{\"tls\": {\"leaf_cache_size\": 0, \"ca_rotate_after_days\": 0}}", NULL},
     {"{\"tls\": {\"leaf_cache_size\": 1000000, \"leaf_validity_days\": 825,"
      " \"ca_rotate_after_days\": 36500}}",
@@ -756,7 +763,8 @@ Test(config, spec_example_round_trips)
         "\"response_header_ms\":5,\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0."
         "1:9100\"},"
         "\"resolve\":{\"origin.test\":\"127.0.0.1\",\"v6.test\":\"::1\"},"
-        "\"bridge\":{\"listen\":\"/run/soth-mitm/bridge.sock\"}}";
+        "\"bridge\":{\"listen\":\"/run/soth-mitm/bridge.sock\"},"
+        "\"soth\":{\"bundle\":\"/etc/soth/bundle.json\"}}";
     json_t *got = effective(text);
     json_t *want = parse_json(text);
     expect_json_eq(got, want, "full config");
@@ -981,6 +989,117 @@ Test(config, file_errors)
     cr_expect_eq(soth_config_load("/tmp", NULL, &c, err, sizeof(err)), SOTH_E_CONFIG);
     cr_expect(strncmp(err, "config: /tmp: ", 14) == 0, "%s", err);
     cr_expect_null(c);
+}
+
+/* ---- bundles (docs/bundles.md): laid over the file, re-read on reload */
+
+static const char bundle_a[] =
+    "{\"bundle_version\":1,\"ignore_hosts\":[\"^ign:\"],\"rules\":["
+    "{\"id\":\"bank\",\"hosts\":[\"*.bank.test\",\"b.test:443\"],\"action\":\"tunnel\"}],"
+    "\"defaults\":{\"action\":\"block\"}}";
+static const char bundle_b[] =
+    "{\"bundle_version\":1,\"rules\":[{\"id\":\"ads\",\"hosts\":[\"ads.test\"],"
+    "\"action\":\"block\"}],\"defaults\":{\"action\":\"tunnel\"}}";
+
+Test(config, bundle_replaces_ignore_hosts_and_policy)
+{
+    char bpath[] = "/tmp/soth-bundle-XXXXXX", b2[] = "/tmp/soth-bundle-XXXXXX";
+    char cpath[] = "/tmp/soth-cfg-XXXXXX";
+    write_tmp(bpath, bundle_a);
+    write_tmp(b2, bundle_b);
+    char text[512];
+    snprintf(text, sizeof(text),
+             "{\"ignore_hosts\":[\"^file:\"],\"policy\":{\"default\":\"intercept\","
+             "\"rules\":[{\"host\":\"x.test\",\"action\":\"block\"}]},"
+             "\"resolve\":{\"o.test\":\"::1\"},\"soth\":{\"bundle\":\"%s\"}}",
+             bpath);
+    write_tmp(cpath, text);
+    char err[256];
+    struct soth_config *c = NULL;
+    cr_assert_eq(soth_config_load(cpath, NULL, &c, err, sizeof(err)), 0, "%s", err);
+    json_t *got = effective_of(c);
+    char want_text[512];
+    snprintf(want_text, sizeof(want_text),
+             "{\"ignore_hosts\":[\"^ign:\"],\"policy\":{\"default\":\"block\",\"rules\":["
+             "{\"host\":\"*.bank.test\",\"action\":\"tunnel\"},"
+             "{\"host\":\"b.test:443\",\"action\":\"tunnel\"}]},"
+             "\"resolve\":{\"o.test\":\"::1\"},\"soth\":{\"bundle\":\"%s\"}}",
+             bpath);
+    json_t *want = defaults_with(want_text);
+    expect_json_eq(got, want, "soth.bundle over the file");
+    json_decref(got);
+    json_decref(want);
+    cr_expect_eq(c->n_rules, 2);
+    cr_expect_eq(c->rules[1].port, 443);
+    soth_config_unref(c);
+
+    /* --bundle wins over soth.bundle, and is what the effective config names */
+    struct soth_cli_overrides cli = {.workers = -1, .bundle = b2};
+    cr_assert_eq(soth_config_load(cpath, &cli, &c, err, sizeof(err)), 0, "%s", err);
+    cr_expect_str_eq(c->soth.bundle, b2);
+    cr_expect_eq(c->policy_default, SOTH_ACTION_TUNNEL);
+    cr_expect_eq(c->n_rules, 1);
+    cr_expect_eq(c->n_ignore_hosts, 0);
+    soth_config_unref(c);
+
+    /* --bundle without a config file */
+    cr_assert_eq(soth_config_load(NULL, &cli, &c, err, sizeof(err)), 0, "%s", err);
+    cr_expect_eq(c->n_rules, 1);
+    soth_config_unref(c);
+
+    /* a bad bundle is the bundle's error line; nothing is loaded */
+    rewrite(b2, "{\"bundle_version\":1,\"rules\":[{\"id\":\"a\",\"hosts\":[\"a*\"],"
+                "\"action\":\"block\"}]}");
+    c = (struct soth_config *)err;
+    cr_expect_eq(soth_config_load(cpath, &cli, &c, err, sizeof(err)), SOTH_E_CONFIG);
+    cr_expect_null(c);
+    cr_expect_str_eq(err, "bundle: rules[0].hosts[0]: invalid host glob: '*' must be a whole "
+                          "label in \"a*\"");
+
+    /* text loads (tests, fuzzing) never read the file soth.bundle names */
+    const char *t = "{\"soth\":{\"bundle\":\"/nonexistent/bundle.json\"}}";
+    cr_assert_eq(soth_config_load_text(t, strlen(t), &c, err, sizeof(err)), 0, "%s", err);
+    cr_expect_str_eq(c->soth.bundle, "/nonexistent/bundle.json");
+    cr_expect_eq(c->n_rules, 0);
+    soth_config_unref(c);
+    unlink(bpath);
+    unlink(b2);
+    unlink(cpath);
+}
+
+Test(config, reload_rereads_the_bundle)
+{
+    char bpath[] = "/tmp/soth-bundle-XXXXXX";
+    write_tmp(bpath, bundle_a);
+    struct soth_cli_overrides cli = {.workers = -1, .bundle = bpath};
+    char err[256];
+    struct soth_config *cur = NULL, *next = NULL;
+    cr_assert_eq(soth_config_load(NULL, &cli, &cur, err, sizeof(err)), 0, "%s", err);
+    cr_expect_eq(cur->policy_default, SOTH_ACTION_BLOCK);
+
+    rewrite(bpath, bundle_b);
+    bool restart = true;
+    cr_assert_eq(soth_config_reload(cur, NULL, &cli, &next, &restart, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_expect_not(restart);
+    cr_expect_eq(next->policy_default, SOTH_ACTION_TUNNEL);
+    cr_expect_eq(next->n_rules, 1);
+    cr_expect_str_eq(next->rules[0].host, "ads.test");
+    cr_expect_eq(next->n_ignore_hosts, 0);
+    cr_expect_str_eq(next->soth.bundle, bpath);
+    soth_config_unref(next);
+
+    /* a bad bundle: the error, no snapshot, cur untouched */
+    rewrite(bpath, "{\"bundle_version\":1,\"rules\":[{\"id\":\"a\",\"hosts\":[\"a.test\"],"
+                   "\"acton\":\"block\"}]}");
+    next = (struct soth_config *)err;
+    cr_expect_eq(soth_config_reload(cur, NULL, &cli, &next, NULL, err, sizeof(err)), SOTH_E_CONFIG);
+    cr_expect_null(next);
+    cr_expect_str_eq(err, "bundle: rules[0].acton: unknown key");
+    cr_expect_eq(cur->policy_default, SOTH_ACTION_BLOCK);
+    cr_expect_eq(cur->n_rules, 2);
+    soth_config_unref(cur);
+    unlink(bpath);
 }
 
 /* ---- SIGHUP reload: policy from the file, startup-only settings from the running snapshot */

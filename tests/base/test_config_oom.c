@@ -176,6 +176,59 @@ Test(config_oom, load_file_with_flags_fails_cleanly_at_every_allocation)
     unlink(path);
 }
 
+/* --bundle (docs/bundles.md): the bundle compiled and laid over the file. bundle.c keeps the
+ * real allocator here (test_bundle_oom fails its own); jansson's allocations, which do all of
+ * the laying over, fail in the second pass. */
+Test(config_oom, load_with_bundle_fails_cleanly_at_every_allocation)
+{
+    char path[] = "/tmp/soth-cfg-oom-XXXXXX", bpath[] = "/tmp/soth-bundle-oom-XXXXXX";
+    const char *bundle = "{\"bundle_version\":1,\"ignore_hosts\":[\"^i:\"],\"rules\":["
+                         "{\"id\":\"r\",\"hosts\":[\"*.a\",\"b:443\"],\"action\":\"tunnel\"}],"
+                         "\"defaults\":{\"action\":\"block\"}}";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, full, strlen(full)), (ssize_t)strlen(full));
+    close(fd);
+    fd = mkstemp(bpath);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, bundle, strlen(bundle)), (ssize_t)strlen(bundle));
+    close(fd);
+    struct soth_cli_overrides cli = {.workers = -1, .bundle = bpath};
+    char *want = reference_json(&cli, path);
+    cr_assert_not_null(strstr(want, "\"b:443\""));
+    for (int pass = 0; pass < 2; pass++) {
+        json_fails = pass == 1;
+        for (long n = 0;; n++) {
+            cr_assert_lt(n, 100000, "no end in sight");
+            char err[512] = "";
+            struct soth_config *c = NULL;
+            failures = 0;
+            budget = n;
+            int rc = soth_config_load(path, &cli, &c, err, sizeof(err));
+            budget = -1;
+            if (rc != 0) {
+                cr_assert_eq(rc, SOTH_E_CONFIG, "budget %ld", n);
+                cr_assert_null(c);
+                cr_assert(strncmp(err, "config: ", 8) == 0 || strncmp(err, "bundle: ", 8) == 0,
+                          "budget %ld: %s", n, err);
+                cr_assert_null(strchr(err, '\n'));
+                if (!json_fails)
+                    cr_assert(strstr(err, ": out of memory") != NULL, "budget %ld: %s", n, err);
+                continue;
+            }
+            cr_assert_eq(failures, 0, "budget %ld: an allocation failed, the load succeeded", n);
+            char *js = soth_config_to_json(c);
+            cr_assert_str_eq(js, want, "budget %ld", n);
+            free(js);
+            soth_config_unref(c);
+            break;
+        }
+    }
+    free(want);
+    unlink(path);
+    unlink(bpath);
+}
+
 Test(config_oom, to_json_is_complete_or_null)
 {
     char err[512];

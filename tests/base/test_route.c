@@ -32,19 +32,19 @@ static const struct good goods[] = {
      "upstream:http://[::1]:65535", "::1", true, 65535, NULL},
     /* RFC 7617 2: base64("Aladdin:open sesame") */
     {"upstream:http://Aladdin:open%20sesame@p.test:8080", SOTH_ROUTE_UPSTREAM_HTTP,
-     "upstream:http://p.test:8080", "upstream:http://Aladdin:***@p.test:8080", "p.test", false,
+     "upstream:http://p.test:8080", "upstream:http://Aladdin:(set)@p.test:8080", "p.test", false,
      8080, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="},
     /* '@' and ':' escaped in the user and password; the last '@' ends the userinfo */
     {"upstream:http://a%40b:p%3A%40w@[2001:db8::1]:3128", SOTH_ROUTE_UPSTREAM_HTTP,
-     "upstream:http://[2001:db8::1]:3128", "upstream:http://a%40b:***@[2001:db8::1]:3128",
+     "upstream:http://[2001:db8::1]:3128", "upstream:http://a%40b:(set)@[2001:db8::1]:3128",
      "2001:db8::1", true, 3128, "Basic YUBiOnA6QHc="}, /* "a@b:p:@w" */
     /* a user without a password: an empty one */
     {"upstream:http://bob@p:3", SOTH_ROUTE_UPSTREAM_HTTP, "upstream:http://p:3",
-     "upstream:http://bob:***@p:3", "p", false, 3, "Basic Ym9iOg=="}, /* "bob:" */
+     "upstream:http://bob:(set)@p:3", "p", false, 3, "Basic Ym9iOg=="}, /* "bob:" */
     {"upstream:http://u:@p:3", SOTH_ROUTE_UPSTREAM_HTTP, "upstream:http://p:3",
-     "upstream:http://u:***@p:3", "p", false, 3, "Basic dTo="}, /* "u:" */
+     "upstream:http://u:(set)@p:3", "p", false, 3, "Basic dTo="}, /* "u:" */
     {"upstream:http://u:!$&'()*+,;=~._-@under_score.ex-ample.:9", SOTH_ROUTE_UPSTREAM_HTTP,
-     "upstream:http://under_score.ex-ample.:9", "upstream:http://u:***@under_score.ex-ample.:9",
+     "upstream:http://under_score.ex-ample.:9", "upstream:http://u:(set)@under_score.ex-ample.:9",
      "under_score.ex-ample.", false, 9, "Basic dTohJCYnKCkqKyw7PX4uXy0="},
 };
 
@@ -165,7 +165,7 @@ Test(route, overlong_route_is_refused)
     memset(host + n, 'h', 300);
     snprintf(host + n + 300, sizeof(host) - (size_t)n - 300, ":1");
     cr_expect_eq(soth_route_parse(host, &r, err, sizeof(err)), SOTH_E_CONFIG);
-    /* a 256-byte user: refused, so that the printed form (USER:***@) always parses back */
+    /* a 256-byte user: refused, so that the printed form (USER:(set)@) always parses back */
     n = snprintf(host, sizeof(host), "upstream:http://");
     memset(host + n, 'u', 256);
     snprintf(host + n + 256, sizeof(host) - (size_t)n - 256, "@p:1");
@@ -214,9 +214,9 @@ Test(route, reload_keeps_credentials_and_printing_hides_them)
     cr_assert_not_null(js);
     cr_expect_null(strstr(js, "s3cret"), "%s", js);
     cr_expect_null(strstr(js, ":pw@"), "%s", js);
-    cr_expect_not_null(strstr(js, "\"route\": \"upstream:http://alice:***@p.test:3128\""), "%s",
+    cr_expect_not_null(strstr(js, "\"route\": \"upstream:http://alice:(set)@p.test:3128\""), "%s",
                        js);
-    cr_expect_not_null(strstr(js, "\"default_route\": \"upstream:http://u:***@d.test:1\""), "%s",
+    cr_expect_not_null(strstr(js, "\"default_route\": \"upstream:http://u:(set)@d.test:1\""), "%s",
                        js);
     free(js);
     soth_config_unref(next);

@@ -19,10 +19,12 @@ import threading
 import time
 import unittest
 
+import grpc
 import websockets
 
 from h2_origin import H2Origin, body_for
 from harness import PROXY_BIN, EchoServer, Proxy, by_flow, connect_tunnel
+from test_grpc_payload import GrpcOrigin, make_pki as make_grpc_pki, msg as grpc_msg
 from test_http1 import make_origin_ca
 from test_ws_sse import SSE_EXPECTED, SSEOrigin, WSOrigin
 
@@ -261,6 +263,57 @@ class MitmEngineTests(unittest.TestCase):
                    for e in fl if e["type"] == "sse_event"]
             self.assertEqual(evs, SSE_EXPECTED)
             self.assertFalse(self.sse.waited_out)
+
+    def test_grpc_call_is_reported_as_grpc(self):
+        # grpcio offers ALPN grpc-exp next to h2; negotiated with the origin it made mitmproxy
+        # relay the connection opaquely (no exchange at all): the addon leaves it out
+        d = tempfile.mkdtemp(prefix="soth-mitm-grpc-", dir=self.dir)
+        ca, cert, key = make_grpc_pki(d)
+        origin = GrpcOrigin(cert, key)
+        try:
+            with engine_proxy(self.config(tls={"upstream_ca_file": ca})) as p:
+                with open(self.ca(p), "rb") as f:
+                    creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+                ch = grpc.secure_channel(f"origin.test:{origin.port}", creds, options=[
+                    ("grpc.http_proxy", f"http://127.0.0.1:{p.port}"),
+                    ("grpc.enable_retries", 0)])
+                r = ch.unary_unary("/test.Echo/Unary")(grpc_msg("unary", 3), timeout=TIMEOUT)
+                ch.close()
+                self.assertEqual(json.loads(r)["i"], 3)
+                fl = list(self.closed_flows(p, 1).values())[0]
+                alpn = {e["side"]: e["alpn"] for e in fl
+                        if e["type"] == "tls_handshake_succeeded"}
+                self.assertEqual(alpn, {"client": "h2", "upstream": "h2"})
+                req = [e for e in fl if e["type"] == "request_headers"]
+                self.assertEqual([(e["method"], e["path"]) for e in req],
+                                 [("POST", "/test.Echo/Unary")])
+                done = [e for e in fl if e["type"] == "exchange_completed"]
+                self.assertEqual([e["outcome"] for e in done], ["complete"])
+                self.assertEqual(fl[-1]["protocol"], "grpc")
+        finally:
+            origin.close()
+
+    def test_client_leaving_mid_clienthello_is_no_tls_failure(self):
+        # Half a ClientHello, then FIN: no handshake began (the native engine reports none
+        # either), and above all no unknown_ca, which would count toward TLS learning.
+        ctx = ssl.create_default_context()
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_hostname="origin.test")
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        hello = out.read()
+        with engine_proxy(self.config()) as p:
+            s, head = connect_tunnel(p, "origin.test", self.h1.port, timeout=TIMEOUT)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            s.sendall(hello[:len(hello) // 2])
+            time.sleep(0.3)
+            s.close()
+            fl = list(self.closed_flows(p, 1).values())[0]
+            self.assertEqual([e["type"] for e in fl],
+                             ["connect_received", "connect_decision", "stream_closed"])
+            self.assertEqual(fl[-1]["reason_code"], "client_eof")
 
     def test_block_rule_answers_403_naming_it(self):
         cfg = self.config(policy={"default": "intercept",

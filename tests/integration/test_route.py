@@ -531,7 +531,7 @@ class StubRouteTests(unittest.TestCase):
                                  timeout=30)
             self.assertEqual(out.returncode, 0, out.stderr)
             text = out.stdout.decode()
-            self.assertIn('"default_route": "upstream:http://alice:***@p.test:3128"', text)
+            self.assertIn('"default_route": "upstream:http://alice:(set)@p.test:3128"', text)
             self.assertIn('"route": "direct"', text)
             self.assertNotIn("s3cr", text)
             # a bad route: the error names the key, never the value

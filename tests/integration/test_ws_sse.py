@@ -423,6 +423,24 @@ class WebSocketTests(Base):
     def test_echo_intercept_tls(self):
         self.run_echo("intercept")
 
+    def test_normal_close_completes_the_exchange(self):
+        # After the close handshake the origin closes first (close_notify, FIN); the proxy's
+        # close_notify toward the client must not stop it reading the client's own: the
+        # exchange is complete and the connection ends as the origin's close, not an error.
+        for leg in ("reverse", "intercept"):
+            with self.subTest(leg=leg), self.proxy(leg, self.ws_plain.port) as p:
+                async def client():
+                    async with self.ws_connect(p, leg, "/echo", compression=None) as ws:
+                        await ws.send("one")
+                        self.assertEqual(await asyncio.wait_for(ws.recv(), TIMEOUT), "one")
+
+                asyncio.run(asyncio.wait_for(client(), 60))
+                fl, st = self.flow_events(p)
+                done = [e for e in fl if e["type"] == "exchange_completed"]
+                self.assertEqual([(e["outcome"], e.get("reason")) for e in done],
+                                 [("complete", None)], fl)
+                self.assertEqual(fl[-1]["reason_code"], "relay_eof", fl[-1])
+
     def test_server_initiated_turns(self):
         for leg in ("reverse", "intercept"):
             with self.subTest(leg=leg), self.proxy(leg, self.ws_plain.port) as p:

@@ -55,6 +55,15 @@ Test(tls_conn, handshake_data_and_close_notify)
     cr_assert_eq(n, 17);
     cr_assert_eq(soth_tls_conn_read(cli, buf, sizeof(buf)), 0, "close_notify reads as 0");
     cr_assert_eq(soth_tls_conn_write(srv, "x", 1), SOTH_E_STATE);
+    /* a half-close: after its close_notify the server still reads the client's last bytes
+     * and the client's own close_notify */
+    cr_assert_eq(soth_tls_conn_write(cli, "bye", 3), 3);
+    cr_assert_eq(soth_tls_conn_shutdown(cli), 0);
+    tu_move(cli, srv);
+    n = soth_tls_conn_read(srv, buf, sizeof(buf));
+    cr_assert_eq(n, 3, "read after our close_notify: %zd", n);
+    cr_assert(memcmp(buf, "bye", 3) == 0);
+    cr_assert_eq(soth_tls_conn_read(srv, buf, sizeof(buf)), 0, "the peer's close_notify");
     soth_tls_conn_free(cli);
     soth_tls_conn_free(srv);
 }

@@ -319,6 +319,7 @@ bool soth_tls_conn_is_established(const struct soth_tls_conn *c);
  * Decrypt application data into buf (cap bytes). Returns bytes (> 0), SOTH_E_INCOMPLETE when
  * none is available from the input fed, 0 on the peer's close_notify, negative on error.
  * Post-handshake messages (tickets, key updates) are processed here and may queue output.
+ * Reads go on after soth_tls_conn_shutdown (our close_notify): the peer's half stays open.
  */
 ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap);
 

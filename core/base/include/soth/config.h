@@ -152,6 +152,10 @@ struct soth_config {
     } bridge;
     /* --engine (docs/bridge.md): the native engine, or mitmdump as a child behind the bridge */
     enum soth_engine_kind engine;
+    /* docs/bundles.md: the SOTH bundle compiled into identities, ignore_hosts and policy */
+    struct {
+        char *bundle; /* soth.bundle or --bundle; NULL = none */
+    } soth;
 };
 
 /** Upper bound of `workers` / --workers (0 = one per online CPU). */
@@ -166,6 +170,7 @@ struct soth_cli_overrides {
     const char *event_ring;
     const char *metrics;
     const char *engine; /* "soth-mitm" | "mitmproxy" */
+    const char *bundle; /* --bundle FILE: replaces soth.bundle */
 };
 
 /**
@@ -203,7 +208,7 @@ int soth_config_reload(const struct soth_config *cur, const char *path,
 /**
  * The effective config as pretty JSON text (malloc'ed, caller frees; NULL when out of
  * memory): every key of docs/config.md in its order, null where unset; a route's password is
- * printed as "***" (so such a text loads back with that password). tls.ca_dir and
+ * printed as "(set)" (so such a text loads back with that password). tls.ca_dir and
  * events.ring_path are printed as configured (null = the default path below). The text loads back
  * to the same config.
  */
@@ -266,6 +271,14 @@ struct soth_config *soth_config_slot_take(struct soth_config_slot *slot);
 
 /** Drop whatever is still pending (shutdown). The slot may be reused after init. */
 void soth_config_slot_dispose(struct soth_config_slot *slot);
+
+/**
+ * Checks the bundle compiler (soth/bundle.h) shares with the loader, so a bundle and a config
+ * accept the same text: a policy.rules[].host glob, and an ignore_hosts regular expression
+ * (with the guard against regcomp blow-up). Return 0, or -1 with the reason in why.
+ */
+int soth_config_check_glob(const char *glob, char *why, size_t why_len);
+int soth_config_check_regex(const char *re, char *why, size_t why_len);
 
 /**
  * Parse "HOST:PORT" or "[IPV6]:PORT" (port 0..65535, decimal, no leading zero) into hp.

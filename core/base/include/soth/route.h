@@ -22,7 +22,7 @@ enum soth_route_kind { SOTH_ROUTE_DIRECT = 0, SOTH_ROUTE_UPSTREAM_HTTP, SOTH_ROU
 struct soth_route {
     enum soth_route_kind kind;
     char *text;    /* without credentials: "direct" or "upstream:http://HOST:PORT" (events, logs) */
-    char *shown;   /* for the printed config: text with "USER:***@" when credentials are set */
+    char *shown;   /* for the printed config: text with "USER:(set)@" when credentials are set */
     char *written; /* as written, credentials included: never print or log it */
     char *host;    /* upstream: name, IPv4 or IPv6 literal (no brackets); else NULL */
     bool host_is_ipv6;
@@ -39,7 +39,7 @@ struct soth_route {
  * sub-delims and %XX escapes, decoded here); the decoded user must hold no ':' and neither may
  * hold a control byte (RFC 7617). HOST is a name (letters, digits, '-', '.', '_'), an IPv4
  * literal or an IPv6 literal in brackets; PORT is 1..65535 and required. USER and PASSWORD are
- * at most SOTH_ROUTE_MAX_CRED bytes each as written, so `shown` (USER:***@) stays parseable. On
+ * at most SOTH_ROUTE_MAX_CRED bytes each as written, so `shown` (USER:(set)@) stays parseable. On
  * success returns 0 and fills out (release with soth_route_dispose); on failure returns
  * SOTH_E_CONFIG with the reason in err (never quoting a credential) and out zeroed (dispose is a
  * no-op).

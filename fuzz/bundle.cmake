@@ -1,0 +1,1 @@
+soth_add_fuzz(bundle LIBS soth_base)
