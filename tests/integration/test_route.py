@@ -46,7 +46,7 @@ class Squid:
         self.access = os.path.join(self.dir, "access.log")
         d = self.dir
         with open(os.path.join(d, "hosts"), "w") as f:
-            f.write("127.0.0.1 origin.test plain.test refused.test\n")
+            f.write("127.0.0.1 origin.test plain.test refused.test egress.test\n")
         user = "proxy" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
         conf = f"""http_port 127.0.0.1:{self.port}
 icp_port 0
@@ -306,6 +306,40 @@ class SquidRouteTests(unittest.TestCase):
             self.assertEqual(req[0]["path"], "/abs?q=1")
         finally:
             origin.close()
+
+    def test_bundle_rule_route_through_squid(self):
+        # docs/bundles.md: a bundle rule's route and defaults.route compile into the policy.
+        echo = EchoServer()
+        d = tempfile.mkdtemp(prefix="soth-route-bundle-")
+        try:
+            path = os.path.join(d, "bundle.json")
+            with open(path, "w") as f:
+                json.dump({"bundle_version": 1, "bundle_id": "route-it",
+                           "rules": [{"id": "egress", "hosts": ["egress.test"],
+                                      "action": "tunnel", "route": self.squid.route()}],
+                           "defaults": {"action": "tunnel", "route": "direct"}}, f)
+            cfg = {"resolve": {"direct.test": "127.0.0.1"}}
+            with Proxy(config=cfg, extra_args=["--bundle", path]) as p:
+                for host in ("egress.test", "direct.test"):
+                    s, head = connect_tunnel(p, host, echo.port)
+                    self.assertTrue(head.startswith(b"HTTP/1.1 200"), (host, head))
+                    s.sendall(host.encode())
+                    got = b""
+                    while len(got) < len(host):
+                        chunk = s.recv(100)
+                        if not chunk:
+                            break
+                        got += chunk
+                    self.assertEqual(got, host.encode())
+                    s.close()
+                p.checked_events()
+            # the CONNECT names egress.test, which squid resolves through its own hosts file
+            log = self.squid.log(f"CONNECT egress.test:{echo.port}")
+            self.assertIn(f"CONNECT egress.test:{echo.port}", log)
+            self.assertNotIn("direct.test", log)
+        finally:
+            echo.close()
+            shutil.rmtree(d, ignore_errors=True)
 
     def test_squid_denying_the_target_gives_502_naming_it(self):
         cfg = {"policy": {"default": "tunnel", "default_route": self.squid.route()}}
