@@ -6,6 +6,11 @@
  *      not drop (the telemetry thread is the bottleneck being measured);
  *   3. ring file -> JSON lines: the reader soth-mitm-tail uses, writing to /dev/null;
  *   --stress: N producers x M events through the telemetry thread, verified (million scale);
+ *   --stage json: the JSON encoder alone (soth_ev_rec_to_json, what the telemetry thread runs
+ *      for jsonl/uds/nats sinks) over the events of bench/nats's small HTTP/1.1 request
+ *      (request_headers, response_headers with nginx's 8 headers, a 100-byte
+ *      response_body_chunk, exchange_completed), --events encodes; run it under callgrind with
+ *      --toggle-collect=soth_ev_rec_to_json for instructions per event;
  *   --stage exchange: records a ring of --flows realistic intercepted HTTP/1.1 flows once
  *      (3 keep-alive exchanges each, 64 flows open at a time), then times the exchange
  *      assembler over it (what soth-mitm-tail --exchanges and "format": "exchange" sinks run,
@@ -358,6 +363,92 @@ static int bench_exchange(const char *path, unsigned long flows)
     return ok ? 0 : 1;
 }
 
+/* ---- --stage json: the encoder alone ---- */
+
+static int bench_json(const char *path, unsigned long total)
+{
+    static const struct soth_header req[] = {{{"host", 4}, {"127.0.0.1:44321", 15}}};
+    static const struct soth_header resp[] = {
+        {{"server", 6}, {"nginx/1.22.1", 12}},
+        {{"date", 4}, {"Fri, 04 Dec 2026 12:00:00 GMT", 29}},
+        {{"content-type", 12}, {"application/octet-stream", 24}},
+        {{"content-length", 14}, {"100", 3}},
+        {{"last-modified", 13}, {"Fri, 04 Dec 2026 11:00:00 GMT", 29}},
+        {{"connection", 10}, {"keep-alive", 10}},
+        {{"etag", 4}, {"\"6751a3f0-64\"", 13}},
+        {{"accept-ranges", 13}, {"bytes", 5}},
+    };
+    static char body[100];
+    for (size_t i = 0; i < sizeof(body); i++)
+        body[i] = (char)('a' + i % 26);
+    struct soth_config *cfg = make_cfg(path, 16);
+    char err[256];
+    struct soth_observe *o = soth_observe_new(cfg, 1, err, sizeof(err));
+    if (o == NULL || soth_observe_start(o) != 0) {
+        fprintf(stderr, "%s\n", o == NULL ? err : "start failed");
+        return 1;
+    }
+    struct soth_ev_producer *p = soth_observe_producer(o, 0);
+    struct soth_ev_flow f;
+    flow_setup(&f, p, 281474976710657ull, 0);
+    soth_ev_flow_set_protocol(&f, SOTH_PROTO_HTTP1);
+    enum { N_REQ = 64 };
+    for (unsigned i = 1; i <= N_REQ; i++) {
+        soth_ev_request_headers(&f, i, S("GET"), S("https"), S("127.0.0.1:44321"), S("/100b"),
+                                S("1.1"), req, 1);
+        soth_ev_response_headers(&f, i, 200, S("1.1"), resp, 8, NULL, 0);
+        soth_ev_body_chunk(&f, SOTH_LEG_UPSTREAM, i, 0, sizeof(body), soth_iov(body, sizeof(body)),
+                           false);
+        soth_ev_exchange_completed(&f, i, SOTH_OUTCOME_COMPLETE, 0, sizeof(body));
+    }
+    soth_ev_stream_closed(&f, SOTH_CLOSE_CLIENT_EOF, 4096, 8192);
+    soth_ev_flush(p);
+    uint64_t n_rec = 4 * N_REQ + 1;
+    while (atomic_load_explicit(&o->hdr->last_gseq, memory_order_acquire) < n_rec)
+        usleep(50);
+    /* The records as the ring file holds them (gseq set), copied out once. */
+    static _Alignas(8) unsigned char recs[1 << 20];
+    size_t off[4 * N_REQ + 1], used = 0;
+    const unsigned char *data = (const unsigned char *)o->ring_data;
+    uint64_t pos = 0;
+    for (uint64_t k = 0; k < n_rec;) {
+        const struct ev_rec *r = (const struct ev_rec *)(data + pos);
+        if (r->type != REC_PAD) {
+            memcpy(recs + used, r, r->len);
+            off[k++] = used;
+            used += (r->len + 7u) & ~7u;
+        }
+        pos += r->len;
+    }
+    soth_observe_stop(o);
+    struct jbuf line = {0};
+    size_t bytes = 0;
+    double c0 = thread_cpu_s(pthread_self());
+    for (unsigned long i = 0; i < total; i++) {
+        const struct ev_rec *r = (const struct ev_rec *)(recs + off[i % (4 * N_REQ)]);
+        line.len = 0;
+        if (soth_ev_rec_to_json(r, r->len, &line) != 0)
+            return 1;
+        bytes += line.len;
+    }
+    double cpu = thread_cpu_s(pthread_self()) - c0;
+    printf("json_encode    %6.2f M events/CPU-s (%5.1f ns CPU/event, %.0f bytes/event)  [%lu "
+           "events of a small HTTP/1.1 request]\n",
+           (double)total / cpu / 1e6, cpu * 1e9 / (double)total, (double)bytes / (double)total,
+           total);
+    if (getenv("BENCH_JSON_PRINT") != NULL)
+        for (unsigned k = 0; k < 5; k++) {
+            const struct ev_rec *r = (const struct ev_rec *)(recs + off[k]);
+            line.len = 0;
+            soth_ev_rec_to_json(r, r->len, &line);
+            fwrite(line.p, 1, line.len, stdout);
+        }
+    jbuf_free(&line);
+    soth_observe_free(o);
+    free_cfg(cfg);
+    return 0;
+}
+
 /* ---- --stress: N producers x M events, verified ---- */
 struct stress_arg {
     struct soth_observe *o;
@@ -495,9 +586,10 @@ int main(int argc, char **argv)
             flows = strtoul(optarg, NULL, 10);
             break;
         default:
-            fprintf(stderr,
-                    "usage: bench_observe [--events N] [--dir DIR] [--stage "
-                    "spsc|telemetry|exchange|all] [--flows N] [--stress N [--stress-events M]]\n");
+            fprintf(
+                stderr,
+                "usage: bench_observe [--events N] [--dir DIR] [--stage "
+                "spsc|telemetry|exchange|json|all] [--flows N] [--stress N [--stress-events M]]\n");
             return c == 'h' ? 0 : 2;
         }
     }
@@ -507,6 +599,11 @@ int main(int argc, char **argv)
         if (stress_n > 64)
             stress_n = 64;
         int rc = bench_stress(path, stress_n, stress_m);
+        unlink(path);
+        return rc;
+    }
+    if (strcmp(stage, "json") == 0) {
+        int rc = bench_json(path, events);
         unlink(path);
         return rc;
     }
