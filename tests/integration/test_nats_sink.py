@@ -135,13 +135,15 @@ http {{
 class Mitm:
     """soth-mitm in reverse mode over plain HTTP, 1 worker, a NATS sink and metrics."""
 
-    def __init__(self, tmp, origin_port, sink):
+    def __init__(self, tmp, origin_port, sink, ring_mb=None):
         self.tmp = tmp
         self.metrics_port = free_port()
         cfg = {"policy": {"default": "intercept"},
                "timeouts": {"request_header_ms": 1000, "tls_handshake_ms": 1000},
                "events": {"sinks": [dict({"type": "nats"}, **sink)]},
                "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"}}
+        if ring_mb is not None:
+            cfg["events"]["ring_size_mb"] = ring_mb
         path = os.path.join(tmp, "mitm.json")
         with open(path, "w") as f:
             json.dump(cfg, f)
@@ -303,7 +305,7 @@ class NatsSinkTest(unittest.TestCase):
         res = getattr(self._outcome, "result", None)
         return res is not None and any(t is self for t, _ in res.failures + res.errors)
 
-    def start(self, **sink):
+    def start(self, ring_mb=None, **sink):
         if self.nats is None and "url" not in sink:
             self.nats = NatsServer(self.tmp)
         self.origin = Nginx(self.tmp)
@@ -311,7 +313,7 @@ class NatsSinkTest(unittest.TestCase):
             sink["url"] = self.nats.url()
         sink.setdefault("subject", "t.ev")
         sink.setdefault("stream", "TEV")
-        self.mitm = Mitm(self.tmp, self.origin.port, sink)
+        self.mitm = Mitm(self.tmp, self.origin.port, sink, ring_mb)
         return self.mitm
 
     def check_exactly_once(self, rows, last_gseq, dropped=0):
@@ -482,6 +484,11 @@ class NatsSinkTest(unittest.TestCase):
     def check_exchanges(self, m, url, n_min):
         """The stream holds exactly the exchanges soth-mitm-tail --exchanges prints from the
         ring, byte for byte, each once under its message id, in the same (completion) order."""
+        # The ring must still hold the whole run (the tests size it for their load).
+        out = subprocess.run([TAIL_BIN, "--from-start", "--once", m.ring()],
+                             capture_output=True, text=True, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.count("\n"), m.written(), "the event ring wrapped")
         out = subprocess.run([TAIL_BIN, "--exchanges", "--from-start", "--once", m.ring()],
                              capture_output=True, text=True, timeout=300)
         self.assertEqual(out.returncode, 0, out.stderr)
@@ -502,7 +509,7 @@ class NatsSinkTest(unittest.TestCase):
         return len(got)
 
     def test_exchanges_are_what_tail_prints_once_each(self):
-        m = self.start(format="exchange", max_pending_mb=64)
+        m = self.start(format="exchange", max_pending_mb=64, ring_mb=512)
         self.assertIn("publishing exchanges to JetStream stream TEV, subject t.ev.exchange, "
                       "message ids ", m.log())
         load = Load(m, events=8000)
@@ -518,7 +525,7 @@ class NatsSinkTest(unittest.TestCase):
         # The restart is mid-load: exchanges published before it and re-sent after it are
         # stored once (message ids), none is lost within max_pending_mb.
         # An exchange of this load is about 1 KB of JSON: 256 MB hold the outage.
-        m = self.start(format="exchange", max_pending_mb=256)
+        m = self.start(format="exchange", max_pending_mb=256, ring_mb=512)
         load = Load(m)
         time.sleep(2)
         before = m.written()
@@ -545,7 +552,7 @@ class NatsSinkTest(unittest.TestCase):
         # by message id.
         self.nats = NatsServer(self.tmp, login=("soth", "s3cret"))
         authed = f"nats://soth:s3cret@127.0.0.1:{self.nats.port}"
-        m = self.start(url=authed, format="exchange")
+        m = self.start(url=authed, format="exchange", ring_mb=512)
         load = Load(m, events=4000)
         load.thread.join(timeout=600)
         load.stop()
