@@ -670,23 +670,82 @@ void jbuf_free(struct jbuf *b)
     b->len = b->cap = 0;
 }
 
-static void jput(struct jbuf *b, const char *s)
+/*
+ * The encoder writes through a cursor into room reserved once per event (ev_bound), so no
+ * field checks capacity or calls memcpy/strlen for a key: the keys are copied from tables
+ * built once from the schema (jtab), with fixed-size copies that may write past the cursor
+ * (into the reserve's J_SLACK), and numbers are written two digits at a time (docs/sinks.md,
+ * "Cost").
+ */
+#define J_KEY   48 /* bytes copied for a key; a longer key is written byte by byte */
+#define J_SLACK 64 /* reserve beyond the bound for those copies */
+
+static const char jdigits[201] =
+    "0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546"
+    "4748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293"
+    "949596979899";
+
+/** Exactly eight digits of v (< 10^8) at o. */
+static char *w_8digits(char *o, uint32_t v)
 {
-    jbuf_put(b, s, strlen(s));
+    uint32_t a = v / 10000, b = v % 10000;
+    memcpy(o, jdigits + 2 * (a / 100), 2);
+    memcpy(o + 2, jdigits + 2 * (a % 100), 2);
+    memcpy(o + 4, jdigits + 2 * (b / 100), 2);
+    memcpy(o + 6, jdigits + 2 * (b % 100), 2);
+    return o + 8;
 }
 
-static void jput_u64(struct jbuf *b, uint64_t x)
+/** v (< 10^8) in decimal at o, no leading zeros; writes 8 bytes at o whatever v. */
+static char *w_u32(char *o, uint32_t v)
 {
-    char tmp[20];
-    size_t i = sizeof(tmp);
-    do {
-        tmp[--i] = (char)('0' + x % 10);
-        x /= 10;
-    } while (x != 0);
-    jbuf_put(b, tmp + i, sizeof(tmp) - i);
+    unsigned n = v < 10         ? 1
+                 : v < 100      ? 2
+                 : v < 1000     ? 3
+                 : v < 10000    ? 4
+                 : v < 100000   ? 5
+                 : v < 1000000  ? 6
+                 : v < 10000000 ? 7
+                                : 8;
+    char *t = o + n;
+    while (v >= 100) {
+        t -= 2;
+        memcpy(t, jdigits + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10)
+        memcpy(t - 2, jdigits + 2 * v, 2);
+    else
+        t[-1] = (char)('0' + v);
+    return o + n;
 }
 
-static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n);
+/** x in decimal at o; returns the end. Eight digits at a time in 32-bit arithmetic. */
+static char *w_u64(char *o, uint64_t x)
+{
+    if (x < 100000000)
+        return w_u32(o, (uint32_t)x);
+    uint64_t hi = x / 100000000;
+    uint32_t lo = (uint32_t)(x % 100000000);
+    if (hi < 100000000) {
+        o = w_u32(o, (uint32_t)hi);
+    } else {
+        o = w_u32(o, (uint32_t)(hi / 100000000));
+        o = w_8digits(o, (uint32_t)(hi % 100000000));
+    }
+    return w_8digits(o, lo);
+}
+
+/** A NUL-terminated name (an enum value) at o. */
+static char *w_cstr(char *o, const char *s)
+{
+    while (*s)
+        *o++ = *s++;
+    return o;
+}
+
+static char *w_b64(char *o, const unsigned char *p, size_t n);
+static char *w_str(char *o, const unsigned char *p, size_t n);
 
 /*
  * A strict RFC 8259 syntax check for the JSON text a producer hands over (payload_parsed
@@ -850,38 +909,11 @@ static bool json_valid(const unsigned char *p, size_t n)
 }
 
 /** Copy valid JSON text; whitespace newlines become spaces (one event per line). */
-static void jput_json(struct jbuf *b, const unsigned char *p, size_t n)
+static char *w_json(char *o, const unsigned char *p, size_t n)
 {
-    size_t i = 0;
-    while (i < n) {
-        size_t run = i;
-        while (run < n && p[run] != '\n' && p[run] != '\r')
-            run++;
-        jbuf_put(b, p + i, run - i);
-        if (run < n)
-            jbuf_put(b, " ", 1);
-        i = run + 1;
-    }
-}
-
-/*
- * A JSON value for arbitrary bytes, losslessly and as strictly valid JSON: bytes that are valid
- * UTF-8 become a JSON string; anything else becomes {"b64":"<base64 of the raw bytes>"}, so a
- * consumer never gets a silently altered header name or value. docs/events.md.
- */
-/** Ensure room for n more bytes; returns where they go (caller advances b->len). */
-static char *jbuf_room(struct jbuf *b, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        SOTH_BUG_ON(np == NULL);
-        b->p = np;
-        b->cap = cap;
-    }
-    return b->p + b->len;
+    for (size_t i = 0; i < n; i++)
+        o[i] = p[i] == '\n' || p[i] == '\r' ? ' ' : (char)p[i];
+    return o + n;
 }
 
 /* 0: copied as is; 1: needs an escape; 2: non-ASCII (UTF-8 check). */
@@ -908,6 +940,21 @@ static bool jplain8(const unsigned char *p)
     return ((v & J_HIGHS) | ctl | jbytes_eq(v, '"') | jbytes_eq(v, '\\') | jbytes_eq(v, 0x7f)) == 0;
 }
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+/** Any of the sixteen bytes not copied as it is (jclass not 0)? */
+static inline bool jbad16(__m128i v)
+{
+    /* Signed bytes: 0x80..0xff are negative, so "> 0x1f and < 0x7f" is printable ASCII. */
+    __m128i ok = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(0x1f)),
+                               _mm_cmplt_epi8(v, _mm_set1_epi8(0x7f)));
+    __m128i esc =
+        _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')));
+    return (_mm_movemask_epi8(ok) & ~_mm_movemask_epi8(esc)) != 0xffff;
+}
+#endif
+
 static bool jascii(const unsigned char *p, size_t n)
 {
     size_t i = 0;
@@ -922,18 +969,16 @@ static bool jascii(const unsigned char *p, size_t n)
     return (acc & J_HIGHS) == 0;
 }
 
-static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
+/** A string with something to escape, or not ASCII: escaped, or {"b64":...} if not UTF-8. */
+static char *w_str_slow(char *o, const unsigned char *p, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    /* Most strings are ASCII: no UTF-8 walk for them (the encoder's cost, docs/sinks.md). */
     if (!jascii(p, n) && !soth_utf8_valid(p, n)) {
-        jbuf_put(b, "{\"b64\":", 7);
-        jput_b64(b, p, n);
-        jbuf_put(b, "}", 1);
-        return;
+        memcpy(o, "{\"b64\":", 7);
+        o = w_b64(o + 7, p, n);
+        *o++ = '}';
+        return o;
     }
-    char *o = jbuf_room(b, 6 * n + 2); /* worst case: every byte as \u00XX */
-    char *start = o;
     *o++ = '"';
     for (size_t i = 0; i < n; i++) {
         /* Eight plain bytes at a time, then byte by byte up to the next such run. */
@@ -975,84 +1020,230 @@ static void jput_str(struct jbuf *b, const unsigned char *p, size_t n)
         }
     }
     *o++ = '"';
-    b->len += (size_t)(o - start);
+    return o;
 }
 
-static void jput_b64(struct jbuf *b, const unsigned char *p, size_t n)
+/**
+ * A JSON value for arbitrary bytes, losslessly and as strictly valid JSON: bytes that are valid
+ * UTF-8 become a JSON string; anything else becomes {"b64":"<base64 of the raw bytes>"}, so a
+ * consumer never gets a silently altered header name or value (docs/events.md, "Bytes in
+ * JSON"). At most 6n + 2 bytes at o. Most
+ * strings need no escape and are ASCII: one pass checks and copies them eight bytes at a
+ * time; anything else starts again on the slow path.
+ */
+static char *w_str(char *o, const unsigned char *p, size_t n)
 {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *o = jbuf_room(b, (n + 2) / 3 * 4 + 2);
-    char *start = o;
+    char *q = o + 1;
+#if defined(__SSE2__)
+    if (n >= 8) {
+        /* Sixteen bytes at a time, the last sixteen (or the last eight) overlapping. */
+        size_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+            if (jbad16(v))
+                return w_str_slow(o, p, n);
+            _mm_storeu_si128((__m128i *)(void *)(q + i), v);
+        }
+        if (n >= 16 && i < n) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + n - 16));
+            if (jbad16(v))
+                return w_str_slow(o, p, n);
+            _mm_storeu_si128((__m128i *)(void *)(q + n - 16), v);
+        } else if (n < 16) {
+            long long lo, hi;
+            memcpy(&lo, p, 8);
+            memcpy(&hi, p + n - 8, 8);
+            if (jbad16(_mm_set_epi64x(hi, lo)))
+                return w_str_slow(o, p, n);
+            memcpy(q, &lo, 8);
+            memcpy(q + n - 8, &hi, 8);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (jclass[p[i]] != 0)
+                return w_str_slow(o, p, n);
+            q[i] = (char)p[i];
+        }
+    }
+#else
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        if (!jplain8(p + i))
+            return w_str_slow(o, p, n);
+        memcpy(q + i, p + i, 8);
+    }
+    if (i < n) {
+        if (n >= 8) { /* the last eight bytes, overlapping what was copied */
+            if (!jplain8(p + n - 8))
+                return w_str_slow(o, p, n);
+            memcpy(q + n - 8, p + n - 8, 8);
+        } else {
+            for (; i < n; i++) {
+                if (jclass[p[i]] != 0)
+                    return w_str_slow(o, p, n);
+                q[i] = (char)p[i];
+            }
+        }
+    }
+#endif
+    o[0] = '"';
+    q[n] = '"';
+    return q + n + 1;
+}
+
+static const char jb64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* The tables built once from the schema (jtab_init). */
+struct jkey {
+    uint8_t n;     /* 0: too long for s, written from the schema's name */
+    char s[J_KEY]; /* ,"name":  (,"name":" for an enum) */
+};
+static struct {
+    struct jkey head[SOTH_EV_TYPE_COUNT]; /* {"v":1,"type":"<type>","gseq": */
+    struct jkey key[SOTH_EV_TYPE_COUNT][EV_MAX_FIELDS];
+    struct jkey proto[SOTH_PROTO_COUNT]; /* ,"protocol":"<protocol>" */
+    char b64[4096][2];                   /* 12 bits -> two base64 characters */
+} jtab;
+static pthread_once_t jtab_once = PTHREAD_ONCE_INIT;
+
+static void jkey_set(struct jkey *k, const char *a, const char *b, const char *c)
+{
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+    k->n = 0;
+    if (la + lb + lc > J_KEY)
+        return;
+    memcpy(k->s, a, la);
+    memcpy(k->s + la, b, lb);
+    memcpy(k->s + la + lb, c, lc);
+    k->n = (uint8_t)(la + lb + lc);
+}
+
+static void jtab_init(void)
+{
+    for (int t = 0; t < SOTH_EV_TYPE_COUNT; t++) {
+        jkey_set(&jtab.head[t], "{\"v\":1,\"type\":\"", soth_ev_type_names[t], "\",\"gseq\":");
+        const struct type_def *td = &soth_ev_schema[t];
+        for (unsigned i = 0; i < td->n; i++)
+            jkey_set(&jtab.key[t][i], ",\"", td->f[i].name,
+                     td->f[i].kind == FK_ENUM ? "\":\"" : "\":");
+    }
+    for (int p = 0; p < SOTH_PROTO_COUNT; p++)
+        jkey_set(&jtab.proto[p], ",\"protocol\":\"", soth_protocol_names[p], "\"");
+    for (int v = 0; v < 4096; v++) {
+        jtab.b64[v][0] = jb64[v >> 6];
+        jtab.b64[v][1] = jb64[v & 63];
+    }
+}
+
+/** A table entry at o (J_KEY bytes written), or a too-long one from its parts. */
+static char *w_key(char *o, const struct jkey *k, const char *a, const char *b, const char *c)
+{
+    if (k->n != 0) {
+        memcpy(o, k->s, J_KEY);
+        return o + k->n;
+    }
+    return w_cstr(w_cstr(w_cstr(o, a), b), c);
+}
+
+/** Base64 in quotes: (n + 2) / 3 * 4 + 2 bytes at o (jtab must be built). */
+static char *w_b64(char *o, const unsigned char *p, size_t n)
+{
     *o++ = '"';
     size_t i = 0;
     for (; i + 3 <= n; i += 3) {
         uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
-        *o++ = tab[v >> 18];
-        *o++ = tab[(v >> 12) & 63];
-        *o++ = tab[(v >> 6) & 63];
-        *o++ = tab[v & 63];
+        memcpy(o, jtab.b64[v >> 12], 2);
+        memcpy(o + 2, jtab.b64[v & 4095], 2);
+        o += 4;
     }
     if (n - i == 1) {
         uint32_t v = (uint32_t)p[i] << 16;
-        *o++ = tab[v >> 18];
-        *o++ = tab[(v >> 12) & 63];
+        *o++ = jb64[v >> 18];
+        *o++ = jb64[(v >> 12) & 63];
         *o++ = '=';
         *o++ = '=';
     } else if (n - i == 2) {
         uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
-        *o++ = tab[v >> 18];
-        *o++ = tab[(v >> 12) & 63];
-        *o++ = tab[(v >> 6) & 63];
+        *o++ = jb64[v >> 18];
+        *o++ = jb64[(v >> 12) & 63];
+        *o++ = jb64[(v >> 6) & 63];
         *o++ = '=';
     }
     *o++ = '"';
-    b->len += (size_t)(o - start);
+    return o;
 }
 
-static void jkey(struct jbuf *b, const char *k)
+/** Ensure room for n more bytes (plus J_SLACK); returns where they go. */
+static char *jbuf_room(struct jbuf *b, size_t n)
 {
-    jbuf_put(b, ",\"", 2);
-    jput(b, k);
-    jbuf_put(b, "\":", 2);
+    n += J_SLACK;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        SOTH_BUG_ON(np == NULL);
+        b->p = np;
+        b->cap = cap;
+    }
+    return b->p + b->len;
+}
+
+/*
+ * What one record's JSON can take at most: every record byte as six (a string of control
+ * characters, each \u00XX; a header's two length words cover its ["",""]; an 8-byte number
+ * its 20 digits), plus each field's key and what a field adds beyond its bytes (null, the
+ * invalid-JSON marker), plus the common fields' keys.
+ */
+static size_t ev_bound(const struct ev_rec *r, const struct type_def *td)
+{
+    return 6 * (size_t)r->len + 128 * (size_t)td->n + 512;
 }
 
 int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
 {
-    size_t start = out->len;
     if (avail < sizeof(*r) || r->len < sizeof(*r) || r->len > avail ||
         r->type >= SOTH_EV_TYPE_COUNT)
         return -1;
+    pthread_once(&jtab_once, jtab_init);
     struct cur c = {(const unsigned char *)(r + 1), (const unsigned char *)r + r->len};
     const unsigned char *addr, *host;
     if (!take(&c, r->client_addr_len, &addr) || !take(&c, r->server_host_len, &host))
         return -1;
-    jput(out, "{\"v\":1,\"type\":\"");
-    jput(out, soth_ev_type_names[r->type]);
-    jput(out, "\",\"gseq\":");
-    jput_u64(out, r->gseq);
-    jput(out, ",\"flow_id\":");
-    jput_u64(out, r->flow_id);
-    jput(out, ",\"seq\":");
-    jput_u64(out, r->seq);
-    jput(out, ",\"ts_ns\":");
-    jput_u64(out, r->ts_ns);
-    jput(out, ",\"worker\":");
-    if (r->worker == SOTH_EV_WORKER_BRIDGE)
-        jput(out, "-1"); /* a flow reported over the bridge (docs/bridge.md) */
-    else
-        jput_u64(out, r->worker);
-    jput(out, ",\"client_addr\":");
-    jput_str(out, addr, r->client_addr_len);
-    jput(out, ",\"server_host\":");
-    jput_str(out, host, r->server_host_len);
-    jput(out, ",\"server_port\":");
-    jput_u64(out, r->server_port);
-    jput(out, ",\"protocol\":\"");
-    jput(out, r->protocol < SOTH_PROTO_COUNT ? soth_protocol_names[r->protocol] : "tcp");
-    jput(out, "\"");
     const struct type_def *td = &soth_ev_schema[r->type];
+    char *const start = jbuf_room(out, ev_bound(r, td));
+    char *o = start;
+    /* The common fields (docs/events.md), in this order. */
+    o = w_key(o, &jtab.head[r->type], "{\"v\":1,\"type\":\"", soth_ev_type_names[r->type],
+              "\",\"gseq\":");
+    o = w_u64(o, r->gseq);
+    memcpy(o, ",\"flow_id\":", 11);
+    o = w_u64(o + 11, r->flow_id);
+    memcpy(o, ",\"seq\":", 7);
+    o = w_u64(o + 7, r->seq);
+    memcpy(o, ",\"ts_ns\":", 9);
+    o = w_u64(o + 9, r->ts_ns);
+    memcpy(o, ",\"worker\":", 10);
+    o += 10;
+    if (r->worker == SOTH_EV_WORKER_BRIDGE) {
+        memcpy(o, "-1", 2); /* a flow reported over the bridge (docs/bridge.md) */
+        o += 2;
+    } else {
+        o = w_u64(o, r->worker);
+    }
+    memcpy(o, ",\"client_addr\":", 15);
+    o = w_str(o + 15, addr, r->client_addr_len);
+    memcpy(o, ",\"server_host\":", 15);
+    o = w_str(o + 15, host, r->server_host_len);
+    memcpy(o, ",\"server_port\":", 15);
+    o = w_u64(o + 15, r->server_port);
+    unsigned proto = r->protocol < SOTH_PROTO_COUNT ? r->protocol : SOTH_PROTO_TCP;
+    o = w_key(o, &jtab.proto[proto], ",\"protocol\":\"", soth_protocol_names[proto], "\"");
+    /* The type's own fields, as the schema lists them. */
     for (unsigned i = 0; i < td->n; i++) {
         const struct field_def *fd = &td->f[i];
+        const struct jkey *k = &jtab.key[r->type][i];
+#define KEY() (o = w_key(o, k, ",\"", fd->name, fd->kind == FK_ENUM ? "\":\"" : "\":"))
         uint64_t u;
         uint32_t n;
         const unsigned char *p;
@@ -1060,39 +1251,41 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
         case FK_U64:
             if (!take_u64(&c, &u))
                 goto bad;
-            jkey(out, fd->name);
-            jput_u64(out, u);
+            KEY();
+            o = w_u64(o, u);
             break;
         case FK_OMITU64:
             if (!take_u64(&c, &u))
                 goto bad;
             if (u != UINT64_MAX) {
-                jkey(out, fd->name);
-                jput_u64(out, u);
+                KEY();
+                o = w_u64(o, u);
             }
             break;
         case FK_I64N:
             if (!take_u64(&c, &u))
                 goto bad;
-            jkey(out, fd->name);
-            if ((int64_t)u < 0)
-                jput(out, "null");
-            else
-                jput_u64(out, u);
+            KEY();
+            if ((int64_t)u < 0) {
+                memcpy(o, "null", 4);
+                o += 4;
+            } else {
+                o = w_u64(o, u);
+            }
             break;
         case FK_BOOL:
             if (!take_u64(&c, &u))
                 goto bad;
-            jkey(out, fd->name);
-            jput(out, u ? "true" : "false");
+            KEY();
+            memcpy(o, u ? "true" : "false", 5);
+            o += u ? 4 : 5;
             break;
         case FK_ENUM:
             if (!take_u64(&c, &u) || u >= fd->n_names)
                 goto bad;
-            jkey(out, fd->name);
-            jbuf_put(out, "\"", 1);
-            jput(out, fd->names[u]);
-            jbuf_put(out, "\"", 1);
+            KEY(); /* with the opening quote */
+            o = w_cstr(o, fd->names[u]);
+            *o++ = '"';
             break;
         case FK_STR:
         case FK_B64:
@@ -1105,28 +1298,29 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
                 if (fd->kind == FK_STR || fd->kind == FK_B64)
                     goto bad;
                 if (fd->kind == FK_OPTSTR) {
-                    jkey(out, fd->name);
-                    jput(out, "null");
+                    KEY();
+                    memcpy(o, "null", 4);
+                    o += 4;
                 }
                 break;
             }
             if (!take(&c, n, &p))
                 goto bad;
-            jkey(out, fd->name);
+            KEY();
             if (fd->kind == FK_B64) {
-                jput_b64(out, p, n);
+                o = w_b64(o, p, n);
             } else if (fd->kind == FK_JSON) {
                 if (json_valid(p, n)) {
-                    jput_json(out, p, n);
+                    o = w_json(o, p, n);
                 } else {
                     /* A producer bug: keep the bytes, unambiguously (docs/events.md). */
-                    jput(out, "null,\"");
-                    jput(out, fd->name);
-                    jput(out, "_invalid_b64\":");
-                    jput_b64(out, p, n);
+                    memcpy(o, "null,\"", 6);
+                    o = w_cstr(o + 6, fd->name);
+                    memcpy(o, "_invalid_b64\":", 14);
+                    o = w_b64(o + 14, p, n);
                 }
             } else {
-                jput_str(out, p, n);
+                o = w_str(o, p, n);
             }
             break;
         case FK_HDRS:
@@ -1137,36 +1331,39 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
                 goto bad;
             if (fd->kind == FK_OPTLIST && cnt == 0)
                 break;
-            jkey(out, fd->name);
-            jbuf_put(out, "[", 1);
-            for (uint32_t k = 0; k < cnt; k++) {
-                if (k)
-                    jbuf_put(out, ",", 1);
-                if (fd->kind == FK_HDRS)
-                    jbuf_put(out, "[", 1);
-                unsigned parts = fd->kind == FK_HDRS ? 2 : 1;
-                for (unsigned q = 0; q < parts; q++) {
+            KEY();
+            *o++ = '[';
+            bool hdrs = fd->kind == FK_HDRS;
+            for (uint32_t q = 0; q < cnt; q++) {
+                if (q)
+                    *o++ = ',';
+                if (hdrs)
+                    *o++ = '[';
+                if (!take_u32(&c, &n) || !take(&c, n, &p))
+                    goto bad;
+                o = w_str(o, p, n);
+                if (hdrs) {
                     if (!take_u32(&c, &n) || !take(&c, n, &p))
                         goto bad;
-                    if (q)
-                        jbuf_put(out, ",", 1);
-                    jput_str(out, p, n);
+                    *o++ = ',';
+                    o = w_str(o, p, n);
+                    *o++ = ']';
                 }
-                if (fd->kind == FK_HDRS)
-                    jbuf_put(out, "]", 1);
             }
-            jbuf_put(out, "]", 1);
+            *o++ = ']';
             break;
         }
         default:
             goto bad;
         }
+#undef KEY
     }
-    jput(out, "}\n");
+    memcpy(o, "}\n", 2);
+    o += 2;
+    out->len += (size_t)(o - start);
     return 0;
 bad:
-    out->len = start;
-    return -1;
+    return -1; /* nothing was committed: out->len is unchanged */
 }
 
 /* ==========================================================================================
@@ -1208,17 +1405,22 @@ int soth_ev_rec_tls_failed(struct ev_rec *r, size_t avail, struct soth_ev_tls_fa
 
 void soth_json_str(struct jbuf *b, const void *p, size_t n)
 {
-    jput_str(b, p, n);
+    pthread_once(&jtab_once, jtab_init); /* for w_b64 */
+    char *o = jbuf_room(b, 6 * n + 2);
+    b->len += (size_t)(w_str(o, p, n) - o);
 }
 
 void soth_json_b64(struct jbuf *b, const void *p, size_t n)
 {
-    jput_b64(b, p, n);
+    pthread_once(&jtab_once, jtab_init);
+    char *o = jbuf_room(b, (n + 2) / 3 * 4 + 2);
+    b->len += (size_t)(w_b64(o, p, n) - o);
 }
 
 void soth_json_u64(struct jbuf *b, uint64_t x)
 {
-    jput_u64(b, x);
+    char *o = jbuf_room(b, 20);
+    b->len += (size_t)(w_u64(o, x) - o);
 }
 
 bool soth_json_valid(const void *p, size_t n)
@@ -1228,5 +1430,6 @@ bool soth_json_valid(const void *p, size_t n)
 
 void soth_json_text(struct jbuf *b, const void *p, size_t n)
 {
-    jput_json(b, p, n);
+    char *o = jbuf_room(b, n);
+    b->len += (size_t)(w_json(o, p, n) - o);
 }

@@ -58,33 +58,45 @@
 #define OB_CAP         (2u << 20)   /* publishing socket: bytes written per batch at most */
 #define IB_CAP         (64u << 10)  /* publishing socket: bytes read and not yet parsed */
 #define CONNECT_MS     2000u        /* connect and handshake of the publishing socket */
+#define X_TYPE         SOTH_EV_TYPE_COUNT /* subject index of <subject>.exchange */
+#define N_SUBJ         (SOTH_EV_TYPE_COUNT + 1)
+#define ID_TAIL_MAX    48u /* "x-" u64 "-" u32 "-p" */
 
+/*
+ * A queued record: the header, then idlen bytes of message id tail (an exchange's
+ * "x-<flow_id>-<stream_id>[-p]"; none for an event, whose id tail is its gseq), then the JSON.
+ * len counts both; the record is padded to 8.
+ */
 struct qhdr {
-    uint32_t len; /* JSON bytes that follow (the record is padded to 8) */
-    uint16_t type;
-    uint16_t pad;
-    uint64_t gseq;
+    uint32_t len;
+    uint16_t type; /* an event type, or X_TYPE */
+    uint16_t idlen;
+    uint64_t gseq; /* the event's gseq; for an exchange the sink's own count (x_seq) */
 };
 _Static_assert(sizeof(struct qhdr) == Q_HDR, "queue record header");
 
 enum slot_state { SLOT_QUEUED = 0, SLOT_SENT, SLOT_ACKED };
 
 struct slot {
-    uint64_t gseq;
+    uint64_t gseq; /* the key acks come back with (struct qhdr) */
     uint64_t sent_ms;
-    uint32_t off, len; /* in the in-flight area */
+    uint32_t off, len; /* in the in-flight area: idlen bytes of id tail, then the JSON */
     uint32_t epoch;    /* disconnects seen when it was last published */
-    uint16_t type;
+    uint8_t type;
+    uint8_t idlen;
     uint8_t state;     /* enum slot_state */
     uint8_t published; /* handed to the server at least once (it may hold it) */
 };
+_Static_assert(N_SUBJ <= 256 && ID_TAIL_MAX <= 255, "slot fields");
 
 enum ack_result { ACK_OK = 0, ACK_RETRY, ACK_REFUSED };
 
 struct ack {
-    uint64_t gseq;
-    uint32_t epoch; /* disconnects seen when the ack arrived */
-    uint8_t result; /* enum ack_result */
+    uint64_t gseq;   /* the slot's key; for an exchange acked through libnats: its flow_id */
+    uint32_t stream; /* that exchange's stream_id */
+    uint32_t epoch;  /* disconnects seen when the ack arrived */
+    uint8_t result;  /* enum ack_result */
+    uint8_t xid;     /* 0: by key; 1: exchange id x-<gseq>-<stream>; 2: the same with -p */
 };
 
 struct nats_sink {
@@ -93,7 +105,10 @@ struct nats_sink {
     char run_id[24];
     char *stream;
     char *subject;
-    char *subjects[SOTH_EV_TYPE_COUNT]; /* <subject>.<type> */
+    bool exchanges;         /* "format": "exchange": one message per exchange, not per event */
+    const char *what;       /* "events" or "exchanges", for log lines */
+    uint64_t x_seq;         /* exchanges queued so far (telemetry thread): their keys */
+    char *subjects[N_SUBJ]; /* <subject>.<type>, then <subject>.exchange */
     uint32_t max_pending_mb;
     uint32_t drain_ms;
 
@@ -146,9 +161,9 @@ struct nats_sink {
     uint64_t refused_logged;
 
     /* ---- the publishing socket (docs/sinks.md, "Cost"): the sink thread only */
-    bool raw;                            /* publish on it; libnats keeps the stream checks */
-    char *connect_line;                  /* "CONNECT {...}\r\n" */
-    size_t subj_len[SOTH_EV_TYPE_COUNT]; /* strlen(subjects[t]) */
+    bool raw;                /* publish on it; libnats keeps the stream checks */
+    char *connect_line;      /* "CONNECT {...}\r\n" */
+    size_t subj_len[N_SUBJ]; /* strlen(subjects[t]) */
     size_t run_id_len;
     int rfd;        /* -1: none */
     char inbox[64]; /* "_INBOX.<run id>.<gen>.": replies go to inbox<gseq> */
@@ -212,8 +227,50 @@ static void sink_wake(struct nats_sink *ns)
     }
 }
 
-void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char *json, size_t len)
+static const char digits2[201] =
+    "0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546"
+    "4748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293"
+    "949596979899";
+
+/** v in decimal at o (no NUL); its length. Two digits per step (the hot path of publishing). */
+static size_t put_u64(char *o, uint64_t v)
 {
+    size_t n = 1;
+    for (uint64_t t = v; t >= 10; t /= 10)
+        n++;
+    char *e = o + n;
+    while (v >= 100) {
+        e -= 2;
+        memcpy(e, digits2 + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10)
+        memcpy(e - 2, digits2 + 2 * v, 2);
+    else
+        e[-1] = (char)('0' + v);
+    return n;
+}
+
+/** The message id tail of an exchange: "x-<flow_id>-<stream_id>", "-p" when partial. */
+static size_t xid_tail(char *o, uint64_t flow_id, uint32_t stream_id, bool partial)
+{
+    size_t n = 0;
+    o[n++] = 'x';
+    o[n++] = '-';
+    n += put_u64(o + n, flow_id);
+    o[n++] = '-';
+    n += put_u64(o + n, stream_id);
+    if (partial) {
+        o[n++] = '-';
+        o[n++] = 'p';
+    }
+    return n;
+}
+
+static void q_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char *id, size_t idlen,
+                  const char *json, size_t jlen)
+{
+    size_t len = idlen + jlen;
     uint64_t need = Q_HDR + pad8(len);
     if (len > ns->f_cap || need > ns->q_cap) {
         atomic_fetch_add_explicit(&ns->dropped, 1, memory_order_relaxed);
@@ -237,12 +294,27 @@ void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const cha
         atomic_fetch_add_explicit(&ns->dropped, n, memory_order_relaxed);
         pthread_mutex_unlock(&ns->q_mu);
     }
-    struct qhdr h = {.len = (uint32_t)len, .type = (uint16_t)type, .gseq = gseq};
+    struct qhdr h = {
+        .len = (uint32_t)len, .type = (uint16_t)type, .idlen = (uint16_t)idlen, .gseq = gseq};
     q_copy_in(ns, tail, &h, sizeof(h));
-    q_copy_in(ns, tail + Q_HDR, json, len);
+    q_copy_in(ns, tail + Q_HDR, id, idlen);
+    q_copy_in(ns, tail + Q_HDR + idlen, json, jlen);
     atomic_store_explicit(&ns->q_tail, tail + need, memory_order_release);
     atomic_store_explicit(&ns->q_puts, atomic_load_explicit(&ns->q_puts, memory_order_relaxed) + 1,
                           memory_order_relaxed);
+}
+
+void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char *json, size_t len)
+{
+    q_put(ns, type, gseq, NULL, 0, json, len);
+}
+
+void nats_sink_put_exchange(struct nats_sink *ns, uint64_t flow_id, uint32_t stream_id,
+                            bool partial, const char *json, size_t len)
+{
+    char id[ID_TAIL_MAX];
+    size_t idlen = xid_tail(id, flow_id, stream_id, partial);
+    q_put(ns, X_TYPE, ++ns->x_seq, id, idlen, json, len);
 }
 
 void nats_sink_kick(struct nats_sink *ns)
@@ -329,8 +401,11 @@ static size_t move_in(struct nats_sink *ns)
         if (off < 0)
             break;
         q_copy_out(ns, head + Q_HDR, ns->f + off, h.len);
-        *slot_at(ns, ns->ft) =
-            (struct slot){.gseq = h.gseq, .off = (uint32_t)off, .len = h.len, .type = h.type};
+        *slot_at(ns, ns->ft) = (struct slot){.gseq = h.gseq,
+                                             .off = (uint32_t)off,
+                                             .len = h.len,
+                                             .type = (uint8_t)h.type,
+                                             .idlen = (uint8_t)h.idlen};
         ns->ft++;
         head += Q_HDR + pad8(h.len);
         bytes += h.len;
@@ -361,6 +436,25 @@ static struct slot *slot_find(struct nats_sink *ns, uint64_t gseq, uint64_t *idx
     return NULL;
 }
 
+/**
+ * The newest in-flight slot holding the exchange an ack names by its message id (acks through
+ * libnats carry no key), and its index, or NULL. The newest: one exchange id can be in flight
+ * twice (a partial one emitted again), and the ack of the later one stands for both.
+ */
+static struct slot *slot_find_xid(struct nats_sink *ns, const struct ack *a, uint64_t *idx)
+{
+    char id[ID_TAIL_MAX];
+    size_t n = xid_tail(id, a->gseq, a->stream, a->xid == 2);
+    for (uint64_t i = ns->ft; i-- > ns->fh;) {
+        struct slot *sl = slot_at(ns, i);
+        if (sl->idlen == n && memcmp(ns->f + sl->off, id, n) == 0) {
+            *idx = i;
+            return sl;
+        }
+    }
+    return NULL;
+}
+
 static void advance_head(struct nats_sink *ns)
 {
     while (ns->fh < ns->ft && slot_at(ns, ns->fh)->state == SLOT_ACKED)
@@ -374,9 +468,9 @@ static void advance_head(struct nats_sink *ns)
  * libnats callbacks (its threads)
  * ========================================================================================== */
 
-static void ack_push(struct nats_sink *ns, uint64_t gseq, enum ack_result result)
+static void ack_push(struct nats_sink *ns, struct ack a)
 {
-    struct ack a = {.gseq = gseq, .epoch = atomic_load(&ns->dis_epoch), .result = (uint8_t)result};
+    a.epoch = atomic_load(&ns->dis_epoch);
     pthread_mutex_lock(&ns->a_mu);
     /* Full only when acks of an old connection pile up: the ack timeout re-sends. */
     if (ns->n_acks < ACKQ_CAP)
@@ -388,14 +482,24 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
 {
     struct nats_sink *ns = closure;
     const char *id = NULL;
-    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != NULL) {
-        const char *dash = strrchr(id, '-');
+    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != NULL &&
+        strlen(id) > ns->run_id_len) {
         /* A JetStream API error (ErrCode) is the server refusing this message; anything else
          * (a timeout, no responders while JetStream starts) is worth another try. */
-        ack_push(ns, dash ? strtoull(dash + 1, NULL, 10) : 0,
-                 pa != NULL                         ? ACK_OK
-                 : pae != NULL && pae->ErrCode != 0 ? ACK_REFUSED
-                                                    : ACK_RETRY);
+        struct ack a = {.result = pa != NULL                         ? ACK_OK
+                                  : pae != NULL && pae->ErrCode != 0 ? ACK_REFUSED
+                                                                     : ACK_RETRY};
+        const char *t = id + ns->run_id_len + 1; /* after "<run id>-" */
+        if (t[0] == 'x' && t[1] == '-') {
+            /* An exchange: x-<flow_id>-<stream_id>[-p]; take_acks finds its slot. */
+            char *end;
+            a.gseq = strtoull(t + 2, &end, 10);
+            a.stream = *end == '-' ? (uint32_t)strtoul(end + 1, &end, 10) : 0;
+            a.xid = strcmp(end, "-p") == 0 ? 2 : 1;
+        } else {
+            a.gseq = strtoull(t, NULL, 10);
+        }
+        ack_push(ns, a);
         sink_wake(ns);
     }
     natsMsg_Destroy(msg);
@@ -443,19 +547,6 @@ static void raw_lost(struct nats_sink *ns)
     ns->ib_len = 0;
     atomic_fetch_add(&ns->dis_epoch, 1);
     atomic_store(&ns->up, 0);
-}
-
-static size_t put_u64(char *o, uint64_t v)
-{
-    char t[20];
-    size_t n = 0;
-    do {
-        t[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++)
-        o[i] = t[n - 1 - i];
-    return n;
 }
 
 static void ob_put(struct nats_sink *ns, const void *p, size_t n)
@@ -512,10 +603,10 @@ static int raw_op(struct nats_sink *ns, const struct nats_op *op)
             !nats_proto_subject_tail(op->subj, op->subj_len, &gseq))
             return 0;
         enum nats_ack r = nats_proto_ack(op);
-        ack_push(ns, gseq,
-                 r == NATS_ACK_OK        ? ACK_OK
-                 : r == NATS_ACK_REFUSED ? ACK_REFUSED
-                                         : ACK_RETRY);
+        ack_push(ns, (struct ack){.gseq = gseq,
+                                  .result = r == NATS_ACK_OK        ? ACK_OK
+                                            : r == NATS_ACK_REFUSED ? ACK_REFUSED
+                                                                    : ACK_RETRY});
         return 0;
     }
     case NATS_OP_PING:
@@ -729,13 +820,18 @@ fail:
 }
 
 /** Append one HPUB frame (a marker carries the reply subject). 0, -1 gone, -2 too big. */
-static int raw_publish(struct nats_sink *ns, const char *subj, size_t subj_len, uint64_t gseq,
-                       const char *json, size_t len, bool marker)
+static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
 {
-    /* NATS/1.0\r\nNats-Msg-Id: <run id>-<gseq>\r\n\r\n */
+    const char *subj = ns->subjects[sl->type];
+    size_t subj_len = ns->subj_len[sl->type];
+    const char *json = ns->f + sl->off + sl->idlen;
+    size_t len = sl->len - sl->idlen;
+    /* NATS/1.0\r\nNats-Msg-Id: <run id>-<id tail>\r\n\r\n; the reply subject ends in the key */
     char num[20];
-    size_t nl = put_u64(num, gseq);
-    size_t hlen = 10 + 13 + ns->run_id_len + 1 + nl + 4;
+    size_t nl = put_u64(num, sl->gseq);
+    const char *tail = sl->idlen ? ns->f + sl->off : num;
+    size_t tl = sl->idlen ? sl->idlen : nl;
+    size_t hlen = 10 + 13 + ns->run_id_len + 1 + tl + 4;
     if (hlen + len > ns->max_payload)
         return -2;
     size_t need = 5 + subj_len + 1 + ns->inbox_len + nl + 1 + 20 + 1 + 20 + 2 + hlen + len + 2;
@@ -764,8 +860,8 @@ static int raw_publish(struct nats_sink *ns, const char *subj, size_t subj_len, 
     memcpy(o, ns->run_id, ns->run_id_len);
     o += ns->run_id_len;
     *o++ = '-';
-    memcpy(o, num, nl);
-    o += nl;
+    memcpy(o, tail, tl);
+    o += tl;
     memcpy(o, "\r\n\r\n", 4);
     o += 4;
     memcpy(o, json, len);
@@ -859,7 +955,8 @@ static int stream_check(struct nats_sink *ns, char *err, size_t err_len)
     }
     int rc = 0;
     const jsStreamConfig *c = si->Config;
-    for (int t = 0; t < SOTH_EV_TYPE_COUNT && rc == 0; t++) {
+    for (int t = ns->exchanges ? X_TYPE : 0; t < (ns->exchanges ? N_SUBJ : X_TYPE) && rc == 0;
+         t++) {
         bool taken = false;
         for (int k = 0; c != NULL && k < c->SubjectsLen && !taken; k++)
             taken = subject_matches(c->Subjects[k], ns->subjects[t]);
@@ -917,7 +1014,8 @@ static void take_acks(struct nats_sink *ns, uint64_t now)
     uint64_t refused = 0;
     for (size_t i = 0; i < n; i++) {
         uint64_t idx;
-        struct slot *sl = slot_find(ns, a[i].gseq, &idx);
+        struct slot *sl =
+            a[i].xid ? slot_find_xid(ns, &a[i], &idx) : slot_find(ns, a[i].gseq, &idx);
         if (sl == NULL || sl->state == SLOT_ACKED)
             continue;
         if (a[i].result != ACK_RETRY && a[i].epoch == sl->epoch) {
@@ -949,9 +1047,9 @@ static void take_acks(struct nats_sink *ns, uint64_t now)
         atomic_fetch_add_explicit(&ns->dropped, refused, memory_order_relaxed);
         if (ns->refused_logged++ == 0)
             SOTH_LOG(SOTH_LOG_WARN, -1, 0,
-                     "%s: nats: the server refused %llu events (counted as dropped; this line "
+                     "%s: nats: the server refused %llu %s (counted as dropped; this line "
                      "is logged once)",
-                     ns->name, (unsigned long long)refused);
+                     ns->name, (unsigned long long)refused, ns->what);
     }
     advance_head(ns);
 }
@@ -964,9 +1062,10 @@ static void outage_begin(struct nats_sink *ns, uint64_t now)
     ns->outage_ms = now;
     ns->outage_dropped = nats_sink_dropped(ns);
     SOTH_LOG(SOTH_LOG_WARN, -1, 0,
-             "%s: nats: connection to %s lost; keeping up to %u MB of events (%llu pending) "
+             "%s: nats: connection to %s lost; keeping up to %u MB of %s (%llu pending) "
              "until it is back",
-             ns->name, ns->url_log, ns->max_pending_mb, (unsigned long long)nats_sink_pending(ns));
+             ns->name, ns->url_log, ns->max_pending_mb, ns->what,
+             (unsigned long long)nats_sink_pending(ns));
 }
 
 static void outage_end(struct nats_sink *ns, uint64_t now)
@@ -975,11 +1074,13 @@ static void outage_end(struct nats_sink *ns, uint64_t now)
         return;
     ns->outage = false;
     SOTH_LOG(SOTH_LOG_WARN, -1, 0,
-             "%s: nats: connected to %s after %.1f s: re-sending %llu pending events; %llu "
+             "%s: nats: connected to %s after %.1f s: re-sending %llu pending %s; %llu "
              "dropped during the outage",
              ns->name, ns->url_log, (double)(now - ns->outage_ms) / 1000.0,
-             (unsigned long long)nats_sink_pending(ns),
+             (unsigned long long)nats_sink_pending(ns), ns->what,
              (unsigned long long)(nats_sink_dropped(ns) - ns->outage_dropped));
+    /* Those drops are in this line: the next "falling behind" line counts from here. */
+    ns->behind_dropped = nats_sink_dropped(ns);
 }
 
 static void conn_drop(struct nats_sink *ns)
@@ -1055,7 +1156,7 @@ static void conn_step(struct nats_sink *ns, uint64_t now)
     }
     if (rc == -1 && ns->conflict_gen != ns->gen) {
         ns->conflict_gen = ns->gen;
-        SOTH_LOG(SOTH_LOG_ERROR, -1, 0, "%s (events are kept, within max_pending_mb)", err);
+        SOTH_LOG(SOTH_LOG_ERROR, -1, 0, "%s (%s are kept, within max_pending_mb)", err, ns->what);
     }
     ns->check_at_ms = now + (rc == -1 ? CONFLICT_MS : RETRY_MS);
 }
@@ -1067,12 +1168,15 @@ static void conn_step(struct nats_sink *ns, uint64_t now)
 static int publish_one(struct nats_sink *ns, const struct slot *sl, bool marker)
 {
     if (ns->raw)
-        return raw_publish(ns, ns->subjects[sl->type], ns->subj_len[sl->type], sl->gseq,
-                           ns->f + sl->off, sl->len, marker);
-    char id[64];
-    snprintf(id, sizeof(id), "%s-%llu", ns->run_id, (unsigned long long)sl->gseq);
+        return raw_publish(ns, sl, marker);
+    char id[96];
+    if (sl->idlen)
+        snprintf(id, sizeof(id), "%s-%.*s", ns->run_id, (int)sl->idlen, ns->f + sl->off);
+    else
+        snprintf(id, sizeof(id), "%s-%llu", ns->run_id, (unsigned long long)sl->gseq);
     natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, ns->subjects[sl->type], NULL, ns->f + sl->off, (int)sl->len);
+    natsStatus s = natsMsg_Create(&m, ns->subjects[sl->type], NULL, ns->f + sl->off + sl->idlen,
+                                  (int)(sl->len - sl->idlen));
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
     if (s == NATS_OK)
@@ -1097,9 +1201,10 @@ static void too_big(struct nats_sink *ns, struct slot *sl)
     atomic_fetch_add_explicit(&ns->dropped, 1, memory_order_relaxed);
     if (ns->too_big_logged++ == 0)
         SOTH_LOG(SOTH_LOG_WARN, -1, 0,
-                 "%s: nats: an event of %u bytes is over the server's max_payload (%llu): "
+                 "%s: nats: %s of %u bytes is over the server's max_payload (%llu): "
                  "dropped and counted (this line is logged once)",
-                 ns->name, sl->len, (unsigned long long)ns->max_payload);
+                 ns->name, ns->exchanges ? "an exchange" : "an event", sl->len - sl->idlen,
+                 (unsigned long long)ns->max_payload);
 }
 
 /**
@@ -1170,8 +1275,8 @@ static void check_stuck(struct nats_sink *ns, uint64_t now)
     if (ns->fh < ns->fs && slot_at(ns, ns->fh)->state == SLOT_SENT &&
         now - slot_at(ns, ns->fh)->sent_ms > ACK_TIMEOUT_MS) {
         SOTH_LOG(SOTH_LOG_WARN, -1, 0,
-                 "%s: nats: no ack for %u s; re-sending %llu unacknowledged events", ns->name,
-                 ACK_TIMEOUT_MS / 1000, (unsigned long long)(ns->fs - ns->fh));
+                 "%s: nats: no ack for %u s; re-sending %llu unacknowledged %s", ns->name,
+                 ACK_TIMEOUT_MS / 1000, (unsigned long long)(ns->fs - ns->fh), ns->what);
         js_rewind(ns);
     }
 }
@@ -1182,9 +1287,9 @@ static void behind_step(struct nats_sink *ns, uint64_t now)
     if (ns->outage || d == ns->behind_dropped || now - ns->behind_ms < BEHIND_LOG_MS)
         return;
     SOTH_LOG(SOTH_LOG_WARN, -1, 0,
-             "%s: nats: falling behind the events: %llu dropped (oldest first) since the last "
+             "%s: nats: falling behind the %s: %llu dropped (oldest first) since the last "
              "such line",
-             ns->name, (unsigned long long)(d - ns->behind_dropped));
+             ns->name, ns->what, (unsigned long long)(d - ns->behind_dropped));
     ns->behind_dropped = d;
     ns->behind_ms = now;
 }
@@ -1273,9 +1378,10 @@ static void *nats_main(void *arg)
     if (left > 0 || unacked > 0) {
         atomic_fetch_add_explicit(&ns->dropped, left, memory_order_relaxed);
         SOTH_LOG(SOTH_LOG_WARN, -1, 0,
-                 "%s: nats: stopping with %llu events never published (counted as dropped) and "
+                 "%s: nats: stopping with %llu %s never published (counted as dropped) and "
                  "%llu published but not acknowledged by %s",
-                 ns->name, (unsigned long long)left, (unsigned long long)unacked, ns->url_log);
+                 ns->name, (unsigned long long)left, ns->what, (unsigned long long)unacked,
+                 ns->url_log);
     }
     return NULL;
 }
@@ -1428,6 +1534,8 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
     snprintf(ns->run_id, sizeof(ns->run_id), "%s", run_id);
     ns->run_id_len = strlen(ns->run_id);
     ns->max_pending_mb = cfg->max_pending_mb;
+    ns->exchanges = cfg->format == SOTH_SINK_FMT_EXCHANGE;
+    ns->what = ns->exchanges ? "exchanges" : "events";
     ns->drain_ms = drain_ms;
     ns->stream = strdup(cfg->stream);
     ns->subject = strdup(cfg->subject);
@@ -1451,13 +1559,13 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
     ns->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     bool ok = ns->stream && ns->subject && ns->url_log && ns->q && ns->f && ns->slots && ns->acks &&
               ns->acks_taken && ns->efd >= 0;
-    for (int t = 0; t < SOTH_EV_TYPE_COUNT && ok; t++) {
-        size_t n = strlen(cfg->subject) + strlen(soth_ev_type_names[t]) + 2;
+    for (int t = 0; t < N_SUBJ && ok; t++) {
+        const char *tn = t == X_TYPE ? "exchange" : soth_ev_type_names[t];
+        size_t n = strlen(cfg->subject) + strlen(tn) + 2;
         ns->subjects[t] = malloc(n);
         ok = ns->subjects[t] != NULL;
         if (ok)
-            ns->subj_len[t] =
-                (size_t)snprintf(ns->subjects[t], n, "%s.%s", cfg->subject, soth_ev_type_names[t]);
+            ns->subj_len[t] = (size_t)snprintf(ns->subjects[t], n, "%s.%s", cfg->subject, tn);
     }
     /* TLS and credentials files stay with libnats (docs/sinks.md, "Cost"). */
     ns->raw = cfg->tls_ca_file == NULL && cfg->tls_cert_file == NULL && cfg->creds_file == NULL &&
@@ -1482,8 +1590,8 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
         ns->connect_at_ms = ns->outage_ms + RECONNECT_MS;
         SOTH_LOG(SOTH_LOG_WARN, -1, 0,
                  "%s: nats: %s unreachable (%s); connecting in the background, keeping up to "
-                 "%u MB of events meanwhile",
-                 ns->name, ns->url_log, nats_err_text(s), ns->max_pending_mb);
+                 "%u MB of %s meanwhile",
+                 ns->name, ns->url_log, nats_err_text(s), ns->max_pending_mb, ns->what);
     } else if (s != NATS_OK) {
         snprintf(err, err_len, "%s: nats: %s: %s", ns->name, ns->url_log, nats_err_text(s));
         goto fail;
@@ -1497,10 +1605,16 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
         if (rc != 0)
             ns->check_at_ms = mono_ms() + RETRY_MS;
     }
-    SOTH_LOG(SOTH_LOG_INFO, -1, 0,
-             "%s: nats: publishing to JetStream stream %s, subjects %s.<type>, message ids "
-             "%s-<gseq>",
-             ns->name, ns->stream, ns->subject, ns->run_id);
+    if (ns->exchanges)
+        SOTH_LOG(SOTH_LOG_INFO, -1, 0,
+                 "%s: nats: publishing exchanges to JetStream stream %s, subject %s.exchange, "
+                 "message ids %s-x-<flow_id>-<stream_id>",
+                 ns->name, ns->stream, ns->subject, ns->run_id);
+    else
+        SOTH_LOG(SOTH_LOG_INFO, -1, 0,
+                 "%s: nats: publishing to JetStream stream %s, subjects %s.<type>, message ids "
+                 "%s-<gseq>",
+                 ns->name, ns->stream, ns->subject, ns->run_id);
     return ns;
 fail:
     nats_sink_free(ns);
@@ -1544,7 +1658,7 @@ void nats_sink_free(struct nats_sink *ns)
         return; /* its callbacks may still use ns: keep it */
     }
     natsOptions_Destroy(ns->opts);
-    for (int t = 0; t < SOTH_EV_TYPE_COUNT; t++)
+    for (int t = 0; t < N_SUBJ; t++)
         free(ns->subjects[t]);
     if (ns->q != NULL)
         munmap(ns->q, ns->q_cap);

@@ -10,6 +10,7 @@
 #ifndef SOTH_SINK_NATS_H
 #define SOTH_SINK_NATS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,14 @@ int nats_sink_start(struct nats_sink *ns);
  */
 void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char *json,
                    size_t len);
+/**
+ * Queue one exchange (telemetry thread only; a sink with "format": "exchange"): json is the
+ * exchange's JSON text without the newline, published to <subject>.exchange with the message
+ * id <run id>-x-<flow_id>-<stream_id>, "-p" appended when partial (docs/sinks.md). Dropped
+ * like events when the queue is full.
+ */
+void nats_sink_put_exchange(struct nats_sink *ns, uint64_t flow_id, uint32_t stream_id,
+                            bool partial, const char *json, size_t len);
 /** After a batch of puts (telemetry thread): wake the sink thread if it sleeps. */
 void nats_sink_kick(struct nats_sink *ns);
 /**

@@ -688,14 +688,18 @@ static void sink_put(struct sink *s, const struct ev_rec *r, uint64_t gseq, cons
     sink_put_line(s, line, len);
 }
 
-/** A finished exchange from the assembler (telemetry thread): to every exchange sink. The
- *  config refuses "exchange" for nats sinks for now (docs/sinks.md). */
+/** A finished exchange from the assembler (telemetry thread): to every exchange sink. */
 static void on_exchange(void *ctx, const struct soth_xasm_out *x)
 {
     struct soth_observe *o = ctx;
     for (size_t k = 0; k < o->n_sinks; k++) {
         struct sink *s = &o->sinks[k];
-        if (s->format == SOTH_SINK_FMT_EXCHANGE && s->type != SOTH_SINK_NATS)
+        if (s->format != SOTH_SINK_FMT_EXCHANGE)
+            continue;
+        if (s->type == SOTH_SINK_NATS) /* a message: no newline */
+            nats_sink_put_exchange(s->ns, x->flow_id, x->stream_id, x->partial, x->json,
+                                   x->len - 1);
+        else
             sink_put_line(s, x->json, x->len);
     }
 }

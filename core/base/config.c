@@ -1103,6 +1103,9 @@ static int get_str(struct cerr *e, const char *path, const json_t *v, char **out
     return 0;
 }
 
+static int load_sink_format(struct cerr *e, const char *p, const json_t *s,
+                            struct soth_sink_cfg *sk);
+
 static int load_sink_nats(struct cerr *e, const char *p, const json_t *s, struct soth_sink_cfg *sk)
 {
     static const char *const keys[] = {
@@ -1137,17 +1140,8 @@ static int load_sink_nats(struct cerr *e, const char *p, const json_t *s, struct
     }
     if (e->oom)
         return 0; /* reported by the caller */
-    snprintf(pk, sizeof(pk), "%s.format", p);
-    if ((v = json_object_get(s, "format"))) {
-        char b[64];
-        json_brief(v, b, sizeof(b));
-        if (json_is_string(v) && strcmp(json_string_value(v), "exchange") == 0)
-            return fail(e, pk,
-                        "\"exchange\" is not built yet (exchange records are planned, "
-                        "docs/sinks.md); use \"event\"");
-        if (!json_is_string(v) || strcmp(json_string_value(v), "event") != 0)
-            return fail(e, pk, "expected \"event\", got %s", b);
-    }
+    if ((rc = load_sink_format(e, p, s, sk)))
+        return rc;
     snprintf(pk, sizeof(pk), "%s.max_pending_mb", p);
     if ((v = json_object_get(s, "max_pending_mb")) &&
         (rc = get_uint(e, pk, v, 1, 65536, &sk->max_pending_mb)))
@@ -1859,7 +1853,7 @@ static char *config_to_json(const struct soth_config *c, bool secrets)
         put(&ok, s, "url", json_string(sk->url));
         put(&ok, s, "subject", json_string(sk->subject));
         put(&ok, s, "stream", json_string(sk->stream));
-        put(&ok, s, "format", json_string("event"));
+        put(&ok, s, "format", json_string(soth_sink_format_names[sk->format]));
         put(&ok, s, "max_pending_mb", json_integer(sk->max_pending_mb));
         put(&ok, s, "tls_ca_file", str_or_null(sk->tls_ca_file));
         put(&ok, s, "tls_cert_file", str_or_null(sk->tls_cert_file));

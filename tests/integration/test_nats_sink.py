@@ -5,6 +5,10 @@ exchanges through it (about four events each). The stream is read back with the 
 helper (tests/integration/nats_read.c): every gseq of the run must be there exactly once, as
 the message id <run id>-<gseq>, in gseq order per subject.
 
+With "format": "exchange" the sink publishes exchanges (docs/exchanges.md) to <subject>.exchange
+with the message id <run id>-x-<flow_id>-<stream_id>: the stream must hold exactly what
+`soth-mitm-tail --exchanges` prints from the same run's ring, each once, in the same order.
+
 SOTH_NATS_EVENTS sets how many events the load test produces (default 50,000; the long lane
 runs 1,000,000: `SOTH_NATS_EVENTS=1000000 ctest -R integration_nats_sink`).
 """
@@ -21,7 +25,7 @@ import time
 import unittest
 import urllib.request
 
-from harness import BUILD, PROXY_BIN, free_port
+from harness import BUILD, PROXY_BIN, TAIL_BIN, free_port
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 NATS_READ = os.path.join(BUILD, "nats-read")
@@ -30,6 +34,7 @@ WRK = "/usr/bin/wrk"
 EVENTS = int(os.environ.get("SOTH_NATS_EVENTS", "50000"))
 READY_RE = re.compile(r"soth-mitm: listening on \S+:(\d+) ")
 ID_RE = re.compile(r"^([0-9a-f]{16})-(\d+)$")
+XID_RE = re.compile(r"^([0-9a-f]{16})-x-(\d+)-(\d+)(-p)?$")
 
 
 def wait_port(port, timeout=20):
@@ -130,13 +135,15 @@ http {{
 class Mitm:
     """soth-mitm in reverse mode over plain HTTP, 1 worker, a NATS sink and metrics."""
 
-    def __init__(self, tmp, origin_port, sink):
+    def __init__(self, tmp, origin_port, sink, ring_mb=None):
         self.tmp = tmp
         self.metrics_port = free_port()
         cfg = {"policy": {"default": "intercept"},
                "timeouts": {"request_header_ms": 1000, "tls_handshake_ms": 1000},
                "events": {"sinks": [dict({"type": "nats"}, **sink)]},
                "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"}}
+        if ring_mb is not None:
+            cfg["events"]["ring_size_mb"] = ring_mb
         path = os.path.join(tmp, "mitm.json")
         with open(path, "w") as f:
             json.dump(cfg, f)
@@ -175,6 +182,9 @@ class Mitm:
                 k, v = line.rsplit(" ", 1)
                 out[k] = int(float(v))
         return out
+
+    def ring(self):
+        return os.path.join(self.tmp, "ev.ring")
 
     def written(self):
         return self.metrics()["soth_events_written_total"]
@@ -256,6 +266,20 @@ def read_stream(url, stream, subject, payload=False):
     return rows
 
 
+def read_exchanges(url, stream, subject):
+    """[(subject, run id, message id tail, payload)] of the whole stream, in stream order."""
+    out = subprocess.run([NATS_READ, url, stream, subject + ".>", "--payload"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    rows = []
+    for line in sorted(out.stdout.splitlines(), key=lambda l: int(l.split(" ", 1)[0])):
+        _, subj, mid, body = line.split(" ", 3)
+        m = XID_RE.match(mid)
+        assert m, f"message id {mid!r} is not <run id>-x-<flow_id>-<stream_id>[-p]"
+        rows.append((subj, m.group(1), mid[len(m.group(1)) + 1:], body))
+    return rows
+
+
 class NatsSinkTest(unittest.TestCase):
 
     def setUp(self):
@@ -281,7 +305,7 @@ class NatsSinkTest(unittest.TestCase):
         res = getattr(self._outcome, "result", None)
         return res is not None and any(t is self for t, _ in res.failures + res.errors)
 
-    def start(self, **sink):
+    def start(self, ring_mb=None, **sink):
         if self.nats is None and "url" not in sink:
             self.nats = NatsServer(self.tmp)
         self.origin = Nginx(self.tmp)
@@ -289,7 +313,7 @@ class NatsSinkTest(unittest.TestCase):
             sink["url"] = self.nats.url()
         sink.setdefault("subject", "t.ev")
         sink.setdefault("stream", "TEV")
-        self.mitm = Mitm(self.tmp, self.origin.port, sink)
+        self.mitm = Mitm(self.tmp, self.origin.port, sink, ring_mb)
         return self.mitm
 
     def check_exactly_once(self, rows, last_gseq, dropped=0):
@@ -456,6 +480,86 @@ class NatsSinkTest(unittest.TestCase):
                                     "stream": "TEV2"})
         self.assertEqual(rc, 1, err)
         self.assertIn("overlap", err)
+
+    def check_exchanges(self, m, url, n_min):
+        """The stream holds exactly the exchanges soth-mitm-tail --exchanges prints from the
+        ring, byte for byte, each once under its message id, in the same (completion) order."""
+        # The ring must still hold the whole run (the tests size it for their load).
+        out = subprocess.run([TAIL_BIN, "--from-start", "--once", m.ring()],
+                             capture_output=True, text=True, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.count("\n"), m.written(), "the event ring wrapped")
+        out = subprocess.run([TAIL_BIN, "--exchanges", "--from-start", "--once", m.ring()],
+                             capture_output=True, text=True, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        want = out.stdout.splitlines()
+        self.assertGreaterEqual(len(want), n_min)
+        rows = read_exchanges(url, "TEV", "t.ev")
+        self.assertEqual({r[1] for r in rows}, {rows[0][1]}, "one run id expected")
+        self.assertEqual({r[0] for r in rows}, {"t.ev.exchange"})
+        ids = [r[2] for r in rows]
+        self.assertEqual(len(ids), len(set(ids)), "an exchange is in the stream twice")
+        for _, _, xid, body in rows:
+            x = json.loads(body)
+            self.assertEqual(xid, f"x-{x['flow_id']}-{x['stream_id']}")
+            self.assertNotIn("partial", x)
+        got = [r[3] for r in rows]
+        self.assertEqual(len(got), len(want), "exchanges in the stream vs soth-mitm-tail")
+        self.assertEqual(got, want)
+        return len(got)
+
+    def test_exchanges_are_what_tail_prints_once_each(self):
+        m = self.start(format="exchange", max_pending_mb=64, ring_mb=512)
+        self.assertIn("publishing exchanges to JetStream stream TEV, subject t.ev.exchange, "
+                      "message ids ", m.log())
+        load = Load(m, events=8000)
+        load.thread.join(timeout=600)
+        load.stop()
+        m.wait_flushed(timeout=120)
+        self.assertEqual(m.dropped(), 0)
+        n = self.check_exchanges(m, self.nats.url(), 1500)
+        self.assertEqual(m.stop(), 0)
+        print(f"nats exchange sink: {n} exchanges, each once, as soth-mitm-tail prints them")
+
+    def test_exchanges_survive_a_server_restart(self):
+        # The restart is mid-load: exchanges published before it and re-sent after it are
+        # stored once (message ids), none is lost within max_pending_mb.
+        # An exchange of this load is about 1 KB of JSON: 256 MB hold the outage.
+        m = self.start(format="exchange", max_pending_mb=256, ring_mb=512)
+        load = Load(m)
+        time.sleep(2)
+        before = m.written()
+        self.nats.kill()
+        time.sleep(3)
+        held = m.pending()
+        self.nats.start()
+        time.sleep(2)
+        load.stop()
+        m.wait_flushed(timeout=120)
+        self.assertGreater(m.written(), before)
+        self.assertGreater(held, 0, "the sink held no exchange during the outage")
+        self.assertEqual(m.dropped(), 0)
+        back = re.findall(r"nats: connected to \S+ after [\d.]+ s: re-sending (\d+) "
+                          r"pending exchanges; 0 dropped during the outage", m.log())
+        self.assertEqual(len(back), 1, m.log())
+        self.assertGreater(int(back[0]), 0, "nothing was re-sent after the restart")
+        n = self.check_exchanges(m, self.nats.url(), 100)
+        self.assertEqual(m.stop(), 0)
+        print(f"nats exchange sink across a restart: {n} exchanges, each once")
+
+    def test_exchanges_through_the_client_library(self):
+        # USER:PASSWORD@ in the URL: libnats publishes, and its acks name the exchange only
+        # by message id.
+        self.nats = NatsServer(self.tmp, login=("soth", "s3cret"))
+        authed = f"nats://soth:s3cret@127.0.0.1:{self.nats.port}"
+        m = self.start(url=authed, format="exchange", ring_mb=512)
+        load = Load(m, events=4000)
+        load.thread.join(timeout=600)
+        load.stop()
+        m.wait_flushed(timeout=120)
+        self.assertEqual(m.dropped(), 0)
+        self.check_exchanges(m, authed, 500)
+        self.assertEqual(m.stop(), 0)
 
     def test_server_without_jetstream_is_a_start_up_error(self):
         self.nats = NatsServer(self.tmp, jetstream=False)
