@@ -19,6 +19,7 @@
 
 #include "soth/base.h"
 #include "soth/config.h"
+#include "soth/route.h"
 
 /* ---- errors */
 
@@ -304,94 +305,6 @@ static int parse_cidr(const char *s, char *out, size_t cap, char *why, size_t wh
     return 0;
 }
 
-/** RFC 3986 userinfo bytes: unreserved, sub-delims, ':' and well-formed %XX. */
-static bool userinfo_ok(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '%') {
-            if (i + 2 >= n)
-                return false;
-            if (!is_hex(s[i + 1]) || !is_hex(s[i + 2]))
-                return false;
-            i += 2;
-            continue;
-        }
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-            continue;
-        if (c == '\0' || strchr("-._~!$&'()*+,;=:", c) == NULL)
-            return false;
-    }
-    return true;
-}
-
-#define ROUTE_PREFIX "upstream:http://"
-
-/**
- * A route: "direct" or "upstream:http://[USER:PASS@]HOST:PORT" (HOST a DNS name, an IPv4
- * literal or a bracketed IPv6 literal; PORT 1..65535; no path). On success writes the text to
- * keep into out: as given, or with the password replaced by "(set)" when redact.
- */
-static int parse_route(const char *s, bool redact, char *out, size_t cap, char *why, size_t why_len)
-{
-    if (strcmp(s, "direct") == 0) {
-        snprintf(out, cap, "%s", s);
-        return 0;
-    }
-    size_t plen = strlen(ROUTE_PREFIX);
-    if (strncmp(s, ROUTE_PREFIX, plen) != 0) {
-        snprintf(why, why_len, "unknown scheme");
-        return -1;
-    }
-    const char *rest = s + plen;
-    const char *at = strrchr(rest, '@');
-    const char *hostport = at ? at + 1 : rest;
-    if (strpbrk(hostport, "/?#") != NULL) {
-        snprintf(why, why_len, "a path, query or fragment is not allowed");
-        return -1;
-    }
-    size_t ulen = 0;
-    if (at != NULL) {
-        const char *colon = memchr(rest, ':', (size_t)(at - rest));
-        if (colon == NULL || colon == rest) {
-            snprintf(why, why_len, "credentials must be USER:PASS");
-            return -1;
-        }
-        ulen = (size_t)(colon - rest);
-        if (!userinfo_ok(rest, (size_t)(at - rest))) {
-            snprintf(why, why_len, "invalid character in the credentials");
-            return -1;
-        }
-    }
-    if (strchr(hostport, '*') != NULL) {
-        snprintf(why, why_len, "invalid host");
-        return -1;
-    }
-    struct soth_hostport hp;
-    char herr[200];
-    if (soth_hostport_parse(hostport, &hp, herr, sizeof(herr)) < 0) {
-        snprintf(why, why_len, "%s", herr);
-        return -1;
-    }
-    bool name = hp.addr_len == 0;
-    uint16_t port = hp.port;
-    int grc = name ? soth_config_check_glob(hp.host, herr, sizeof(herr)) : 0;
-    soth_hostport_dispose(&hp);
-    if (grc < 0) {
-        snprintf(why, why_len, "invalid host: %s", herr);
-        return -1;
-    }
-    if (port == 0) {
-        snprintf(why, why_len, "port must be 1..65535");
-        return -1;
-    }
-    if (at != NULL && redact)
-        snprintf(out, cap, "%s%.*s:(set)@%s", ROUTE_PREFIX, (int)ulen, rest, hostport);
-    else
-        snprintf(out, cap, "%s", s);
-    return 0;
-}
-
 static const char *const actions[] = {"intercept", "tunnel", "block", NULL};
 
 static int check_action(struct berr *e, const char *path, const json_t *v)
@@ -416,12 +329,19 @@ static int compile_route(struct berr *e, const char *path, const json_t *v, unsi
     size_t n = json_string_length(v);
     if (n > 1024)
         return fail(e, path, "longer than 1024 bytes");
-    char text[1100], why[240];
-    if (parse_route(json_string_value(v), flags & SOTH_BUNDLE_F_REDACT, text, sizeof(text), why,
-                    sizeof(why)) < 0)
-        return fail(e, path, "expected \"direct\" or \"upstream:http://[USER:PASS@]HOST:PORT\": %s",
-                    why);
+    /* One route grammar for bundles and config (docs/config.md "Routes"): soth_route_parse. */
+    struct soth_route r;
+    char why[240];
+    int prc = soth_route_parse(json_string_value(v), &r, why, sizeof(why));
+    if (prc == SOTH_E_NOMEM) {
+        e->oom = true;
+        return prc;
+    }
+    if (prc != 0)
+        return fail(e, path, "%s", why);
+    const char *text = (flags & SOTH_BUNDLE_F_REDACT) ? r.shown : r.written;
     *out = json_string(text);
+    soth_route_dispose(&r);
     if (*out == NULL)
         e->oom = true;
     return 0;
