@@ -53,7 +53,9 @@ struct app_h1 {
     enum soth_close_reason reason;
     uint32_t refused_id;     /* a request refused (docs/http1.md), answered once the exchanges
                                 before it are reported; 0 = none */
-    unsigned refused_status; /* its answer: 421 (another authority) or 501 (CONNECT) */
+    unsigned refused_status; /* its answer: 421 (another authority), 501 (CONNECT) or 429 (over
+                                budget, docs/soth.md "Budgets") */
+    uint32_t refused_retry_s; /* 429: Retry-After */
     uint16_t authority_len;  /* regular-mode plain HTTP: the connection's upstream */
     uint16_t authority_port; /* the default port of its scheme */
     char authority[256];
@@ -280,6 +282,9 @@ static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct so
         if (a->base.env.m != NULL)
             SOTH_METRIC_ADD(a->base.env.m->requests[SOTH_PROTO_HTTP1], 1);
         unsigned refuse = h1_refusal(a, hd);
+        if (refuse == 0 && a->base.env.budget != NULL &&
+            !a->base.env.budget(a->base.env.ctx, id, &a->refused_retry_s))
+            refuse = 429;
         if (refuse != 0) {
             h1_request_event(a, id, hd);
             a->refused_id = id;
@@ -394,6 +399,8 @@ static const char *status_phrase(unsigned st)
         return "Request Timeout";
     case 421:
         return "Misdirected Request";
+    case 429:
+        return "Too Many Requests";
     case 501:
         return "Not Implemented";
     case 431:
@@ -411,8 +418,11 @@ static const char *status_phrase(unsigned st)
  */
 static void h1_answer(struct app_h1 *a, unsigned status, const char *body, size_t bn)
 {
-    char out[640];
-    ssize_t n = soth_h1_write_answer(out, sizeof(out), status, status_phrase(status), body, bn);
+    char out[640], extra[40] = "";
+    if (status == 429)
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", a->refused_retry_s);
+    ssize_t n = soth_h1_write_answer_hdr(out, sizeof(out), status, status_phrase(status), extra,
+                                         true, body, bn);
     a->answered = true;
     if (n > 0)
         a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, out, (size_t)n);
@@ -436,19 +446,25 @@ static void h1_refused_end(struct app_h1 *a, bool answer)
                                 "soth-mitm: this connection is for %.*s; send requests for "
                                 "another authority on a new connection\n",
                                 (int)a->authority_len, a->authority)
+                 : a->refused_status == 429
+                     ? snprintf(body, sizeof(body), "soth-mitm: budget exhausted\n")
                      : snprintf(body, sizeof(body),
                                 "soth-mitm: CONNECT inside an HTTP connection is refused\n");
         if (bn < 0 || (size_t)bn >= sizeof(body))
             bn = (int)sizeof(body) - 1;
-        char len[12];
+        char len[12], ra[12];
         int ln = snprintf(len, sizeof(len), "%d", bn);
+        int rn = snprintf(ra, sizeof(ra), "%u", a->refused_retry_s);
         const struct soth_header f[] = {
             {SOTH_IOV_LIT("Content-Type"), SOTH_IOV_LIT("text/plain")},
             {SOTH_IOV_LIT("Content-Length"), soth_iov(len, (size_t)ln)},
+            {SOTH_IOV_LIT("Retry-After"), soth_iov(ra, (size_t)rn)},
             {SOTH_IOV_LIT("Connection"), SOTH_IOV_LIT("close")},
         };
-        soth_ev_response_headers(a->base.env.ev, id, a->refused_status, SOTH_IOV_LIT("1.1"), f, 3,
-                                 NULL, 0);
+        bool retry = a->refused_status == 429;
+        const struct soth_header f_noretry[] = {f[0], f[1], f[3]};
+        soth_ev_response_headers(a->base.env.ev, id, a->refused_status, SOTH_IOV_LIT("1.1"),
+                                 retry ? f : f_noretry, retry ? 4 : 3, NULL, 0);
         h1_answer(a, a->refused_status, body, (size_t)bn);
     }
     soth_ev_exchange_completed(a->base.env.ev, id, SOTH_OUTCOME_RESET, 0, 0);

@@ -69,6 +69,12 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->pre = (struct soth_gbuf){0};
     f->upstream_port = 0;
     f->upstream_addr_len = 0;
+    f->identity_set = false;
+    f->identity = 0;
+    f->budget_slot = -1;
+    f->budget_retry_s = 0;
+    f->bgt = NULL;
+    f->peer_len = 0;
     ft->n_live++;
     return f;
 }

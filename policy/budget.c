@@ -216,3 +216,8 @@ const char *soth_budget_rule(const struct soth_budget *b, int slot)
 {
     return b->defs[slot].rule;
 }
+
+uint32_t soth_budget_window_s(const struct soth_budget *b, int slot)
+{
+    return b->defs[slot].cfg.window_s;
+}

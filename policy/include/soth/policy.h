@@ -175,6 +175,8 @@ void soth_budget_add_bytes(struct soth_budget *b, unsigned worker, int identity,
 /** Number of budgets and rejections so far of slot (summed over workers; any thread). */
 int soth_budget_n_slots(const struct soth_budget *b);
 uint64_t soth_budget_rejections(const struct soth_budget *b, int slot);
+/** window_s of slot. */
+uint32_t soth_budget_window_s(const struct soth_budget *b, int slot);
 /** The rule id of slot (a copy owned by b). */
 const char *soth_budget_rule(const struct soth_budget *b, int slot);
 

@@ -297,5 +297,10 @@ ssize_t soth_h1_write_response_head(struct soth_iov version, unsigned status,
  */
 ssize_t soth_h1_write_answer(char *out, size_t cap, unsigned status, const char *phrase,
                              const char *body, size_t body_len);
+/** As soth_h1_write_answer with `extra` field lines ("Name: value\r\n"..., or NULL) after
+ *  Content-Length (407's Proxy-Authenticate, 429's Retry-After), and Connection: close only
+ *  when `close` (a 429 inside a kept-alive connection has none). */
+ssize_t soth_h1_write_answer_hdr(char *out, size_t cap, unsigned status, const char *phrase,
+                                 const char *extra, bool close, const char *body, size_t body_len);
 
 #endif
