@@ -1,0 +1,187 @@
+"""Identities and budgets (docs/config.md "identities", docs/soth.md): curl through the real
+binary to a plain HTTP origin on loopback; the events and what the origin saw are checked."""
+import concurrent.futures
+import hashlib
+import http.server
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+from harness import Proxy, by_flow
+
+
+class Origin:
+    """Plain HTTP origin on 127.0.0.1 that answers "ok" and records request headers."""
+
+    def __init__(self):
+        self.seen = []
+        seen = self.seen
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                seen.append(dict(self.headers.items()))
+                body = b"ok"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def sha(pw):
+    return hashlib.sha256(pw.encode()).hexdigest()
+
+
+USERS = {"users": [{"id": "team-a", "user": "alice", "password_sha256": sha("secret")}]}
+
+
+def curl(p, urls, *args):
+    """Statuses of urls fetched with one curl (one keep-alive connection), via the proxy."""
+    cmd = ["curl", "-sS", "--max-time", "20", "-x", f"http://127.0.0.1:{p.port}", *args]
+    for i, u in enumerate(urls):
+        if i:
+            cmd.append("--next")
+            cmd += ["-x", f"http://127.0.0.1:{p.port}", *args]
+        cmd += ["-o", "/dev/null", "-w", "%{http_code}\n", u]
+    out = subprocess.run(cmd, capture_output=True, timeout=60)
+    return out.stdout.decode().split()
+
+
+def raw(p, head):
+    s = socket.create_connection(p.addr(), timeout=10)
+    s.sendall(head)
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    s.close()
+    return data
+
+
+class IdentityTests(unittest.TestCase):
+    def setUp(self):
+        self.o = Origin()
+
+    def tearDown(self):
+        self.o.close()
+
+    def url(self, path="/"):
+        return f"http://127.0.0.1:{self.o.port}{path}"
+
+    def test_basic_credentials_name_the_identity_and_rule(self):
+        cfg = {"identities": USERS,
+               "policy": {"default": "tunnel", "rules": [
+                   {"id": "r1", "host": "127.0.0.1", "action": "intercept",
+                    "identities": ["team-a"]}]}}
+        with Proxy(config=cfg) as p:
+            self.assertEqual(curl(p, [self.url()], "-U", "alice:secret"), ["200"])
+            # Without credentials the rule does not apply to the flow: the default (tunnel).
+            self.assertEqual(curl(p, [self.url()]), ["200"])
+            evs = p.checked_events()
+        flows = list(by_flow(evs).values())
+        self.assertEqual(len(flows), 2)
+        first = flows[0]
+        dec = [e for e in first if e["type"] == "connect_decision"][0]
+        self.assertEqual((dec["decision"], dec["rule"], dec["route"], dec["identity"]),
+                         ("intercept", "r1", "direct", "team-a"))
+        after = first[first.index(dec):]
+        self.assertTrue(all(e.get("identity") == "team-a" for e in after))
+        self.assertTrue(all("identity" not in e for e in first[:first.index(dec)]))
+        dec2 = [e for e in flows[1] if e["type"] == "connect_decision"][0]
+        self.assertEqual((dec2["decision"], dec2["identity"]), ("tunnel", "anonymous"))
+        self.assertNotIn("rule", dec2)
+        # The credentials never reach the origin nor any event.
+        self.assertTrue(all("Proxy-Authorization" not in h for h in self.o.seen))
+        text = str(evs)
+        self.assertNotIn("secret", text)
+        self.assertNotIn("YWxpY2U6c2VjcmV0", text)  # base64("alice:secret")
+
+    def test_require_answers_407_to_bad_or_missing_credentials(self):
+        cfg = {"identities": dict(USERS, require=True),
+               "policy": {"default": "intercept"}}
+        with Proxy(config=cfg) as p:
+            for auth in (b"", b"Proxy-Authorization: Basic YWxpY2U6d3Jvbmc=\r\n"):  # alice:wrong
+                got = raw(p, b"GET " + self.url().encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth +
+                          b"\r\n")
+                head = got.split(b"\r\n\r\n")[0].split(b"\r\n")
+                self.assertEqual(head[0], b"HTTP/1.1 407 Proxy Authentication Required")
+                self.assertIn(b'Proxy-Authenticate: Basic realm="soth-mitm"', head)
+            self.assertEqual(curl(p, [self.url()], "-U", "alice:secret"), ["200"])
+            evs = p.checked_events()
+        self.assertEqual(len(self.o.seen), 1)
+        self.assertNotIn("d3Jvbmc", str(evs))
+
+    def test_network_identity_from_client_address(self):
+        cfg = {"identities": {"networks": [{"id": "v6-lo", "cidrs": ["::1/128"]},
+                                           {"id": "v4-lo", "cidrs": ["10.0.0.0/8", "127.0.0.0/8"]}]},
+               "policy": {"default": "intercept"}}
+        with Proxy(config=cfg) as p:
+            self.assertEqual(curl(p, [self.url()]), ["200"])
+            evs = p.checked_events()
+        dec = [e for e in evs if e["type"] == "connect_decision"][0]
+        self.assertEqual(dec["identity"], "v4-lo")
+
+    def test_budget_of_10_refuses_the_11th_then_serves_after_the_window(self):
+        cfg = {"policy": {"default": "tunnel", "rules": [
+            {"id": "b10", "host": "127.0.0.1", "action": "intercept",
+             "budget": {"requests": 10, "window_s": 2}}]},
+            "metrics": {"listen": "127.0.0.1:0"}}
+        with Proxy(config=cfg) as p:
+            t0 = time.monotonic()
+            got = curl(p, [self.url(f"/{i}") for i in range(11)])
+            self.assertLess(time.monotonic() - t0, 1.5, "the run must fit in the window")
+            self.assertEqual(got, ["200"] * 10 + ["429"])
+            got = raw(p, b"GET " + self.url().encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertTrue(got.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), got)
+            self.assertRegex(got.decode(), r"\r\nRetry-After: [12]\r\n")
+            time.sleep(2.2)
+            self.assertEqual(curl(p, [self.url("/after")]), ["200"])
+            evs = p.checked_events()
+        self.assertEqual(len(self.o.seen), 11)
+        ex = [e for e in evs if e["type"] == "budget_exceeded"]
+        self.assertEqual(len(ex), 2)
+        self.assertEqual((ex[0]["rule"], ex[0]["limit"], ex[0]["window_s"], ex[0]["identity"]),
+                         ("b10", "requests", 2, "anonymous"))
+
+    def test_budget_holds_across_two_workers(self):
+        limit = 40
+        cfg = {"policy": {"default": "intercept", "rules": [
+            {"id": "par", "host": "127.0.0.1", "action": "intercept",
+             "budget": {"requests": limit, "window_s": 60}}]}}
+        with Proxy(config=cfg, workers=2) as p:
+            req = (b"GET " + self.url().encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                   b"Connection: close\r\n\r\n")
+
+            def one(_):
+                return raw(p, req).split(b"\r\n")[0]
+
+            with concurrent.futures.ThreadPoolExecutor(8) as ex:
+                res = list(ex.map(one, range(120)))
+            p.checked_events()
+        ok = sum(1 for r in res if r.startswith(b"HTTP/1.1 200"))
+        refused = sum(1 for r in res if r.startswith(b"HTTP/1.1 429"))
+        self.assertEqual(ok + refused, 120)
+        # SPEC bound: 5% of the limit or 10 requests per extra worker, whichever is larger.
+        self.assertGreaterEqual(ok, limit)
+        self.assertLessEqual(ok, limit + max(limit // 20, 10 * (p.workers - 1)))
+        self.assertEqual(ok, len(self.o.seen))
+
+
+if __name__ == "__main__":
+    unittest.main()
