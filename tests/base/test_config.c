@@ -78,7 +78,8 @@ static void expect_json_eq(json_t *got, json_t *want, const char *what)
 /* The embedded defaults (docs/config.md), as --check-config prints them for an empty file. */
 static const char *const defaults_json =
     "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"ignore_hosts\":[],"
-    "\"policy\":{\"default\":\"intercept\",\"rules\":[]},\"http2_enabled\":true,"
+    "\"policy\":{\"default\":\"intercept\",\"rules\":[]},"
+    "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"
     "\"quic\":{\"idle_ms\":30000,\"max_flows\":65536},"
     "\"tls\":{\"ca_dir\":null,\"ca_cert\":null,\"ca_key\":null,\"leaf_cache_size\":4096,"
@@ -712,6 +713,7 @@ Test(config, spec_example_round_trips)
         "\"ignore_hosts\":[\"^.*\\\\.internal:443$\"],"
         "\"policy\":{\"default\":\"tunnel\",\"rules\":[{\"host\":\"*.bank.example\","
         "\"action\":\"tunnel\"},{\"host\":\"ads.example:443\",\"action\":\"block\"}]},"
+        "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},"
         "\"http2_enabled\":false,\"http2_max_header_list_size\":32768,\"http3_passthrough\":false,"
         "\"quic\":{\"idle_ms\":1500,\"max_flows\":4194304},"
         "\"tls\":{\"ca_dir\":\"/var/lib/soth\",\"ca_cert\":\"/c.pem\",\"ca_key\":\"/c.key\","
