@@ -30,8 +30,7 @@ void flow_answer_hdr(struct worker *w, struct flow *f, unsigned status, const ch
     char *a = chunk_get(&w->io);
     ssize_t n = SOTH_E_NOMEM;
     if (a != NULL)
-        n = soth_h1_write_answer_hdr(a, SOTH_BUF_SIZE, status, phrase, extra, true, body,
-                                     body_len);
+        n = soth_h1_write_answer_hdr(a, SOTH_BUF_SIZE, status, phrase, extra, true, body, body_len);
     if (n < 0) {
         if (a != NULL)
             chunk_put(&w->io, a);

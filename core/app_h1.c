@@ -51,13 +51,13 @@ struct app_h1 {
     unsigned err_status;
     const char *err_code, *err_detail;
     enum soth_close_reason reason;
-    uint32_t refused_id;     /* a request refused (docs/http1.md), answered once the exchanges
-                                before it are reported; 0 = none */
-    unsigned refused_status; /* its answer: 421 (another authority), 501 (CONNECT) or 429 (over
-                                budget, docs/soth.md "Budgets") */
+    uint32_t refused_id;      /* a request refused (docs/http1.md), answered once the exchanges
+                                 before it are reported; 0 = none */
+    unsigned refused_status;  /* its answer: 421 (another authority), 501 (CONNECT) or 429 (over
+                                 budget, docs/soth.md "Budgets") */
     uint32_t refused_retry_s; /* 429: Retry-After */
-    uint16_t authority_len;  /* regular-mode plain HTTP: the connection's upstream */
-    uint16_t authority_port; /* the default port of its scheme */
+    uint16_t authority_len;   /* regular-mode plain HTTP: the connection's upstream */
+    uint16_t authority_port;  /* the default port of its scheme */
     char authority[256];
     struct app_obs *obs; /* the observed stream (WebSocket or event stream), or NULL */
     uint32_t obs_id;     /* its exchange */

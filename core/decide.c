@@ -52,8 +52,7 @@ enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *
     struct soth_policy_decision d =
         soth_policy_decide_for(w->policy, soth_iov(f->ev.server_host, f->ev.server_host_len),
                                f->ev.server_port, f->identity, &lv);
-    soth_ev_connect_decision_route(&f->ev, d.action, (enum soth_decision_reason)d.reason,
-                                   d.rule_id,
+    soth_ev_connect_decision_route(&f->ev, d.action, (enum soth_decision_reason)d.reason, d.rule_id,
                                    d.route.len > 0 ? d.route : SOTH_IOV_LIT("direct"));
     f->action = (uint8_t)d.action;
     *rule = d.rule;
@@ -95,8 +94,8 @@ bool flow_budget_request(struct worker *w, struct flow *f, uint32_t stream_id, u
 {
     if (f->budget_slot < 0)
         return true;
-    enum soth_budget_limit lim = soth_budget_admit(f->bgt, w->idx, f->identity, f->budget_slot,
-                                                   now_ms(), true, retry_s);
+    enum soth_budget_limit lim =
+        soth_budget_admit(f->bgt, w->idx, f->identity, f->budget_slot, now_ms(), true, retry_s);
     if (lim == SOTH_BUDGET_OK)
         return true;
     /* The flow may have outlived a reload: its budget is named by the table it counts in. */

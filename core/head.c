@@ -32,13 +32,13 @@ static bool flow_head_identity(struct worker *w, struct flow *f, const struct so
 {
     struct soth_iov pa = soth_header_get(h->headers, h->n_headers, "proxy-authorization");
     int id = SOTH_IDENTITY_ANONYMOUS;
-    enum soth_ident_result r = soth_policy_identify(
-        w->policy, pa, f->peer_len ? (struct sockaddr *)&f->peer : NULL, &id);
+    enum soth_ident_result r =
+        soth_policy_identify(w->policy, pa, f->peer_len ? (struct sockaddr *)&f->peer : NULL, &id);
     if (r == SOTH_IDENT_REQUIRED) {
         static const char body[] = "soth-mitm: proxy authentication required\n";
         flow_answer_hdr(w, f, 407, "Proxy Authentication Required",
-                        "Proxy-Authenticate: Basic realm=\"soth-mitm\"\r\n", body,
-                        sizeof(body) - 1, SOTH_CLOSE_BLOCKED);
+                        "Proxy-Authenticate: Basic realm=\"soth-mitm\"\r\n", body, sizeof(body) - 1,
+                        SOTH_CLOSE_BLOCKED);
         return false;
     }
     flow_set_identity(w, f, id);

@@ -157,7 +157,8 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
                                7},
     [SOTH_EV_QUIC_CLIENT_HELLO] =
         {{S("quic_version"), OS("sni"), {"alpn", FK_STRLIST, NULL, 0}, U("initial_packets")}, 4},
-    [SOTH_EV_BUDGET_EXCEEDED] = {{STREAM, S("rule"), {"limit", E(limit_names, 2)}, U("window_s")}, 4},
+    [SOTH_EV_BUDGET_EXCEEDED] = {{STREAM, S("rule"), {"limit", E(limit_names, 2)}, U("window_s")},
+                                 4},
 };
 
 int soth_ev_type_from_name(const char *name, size_t len)
@@ -247,8 +248,7 @@ static void emit(struct soth_ev_flow *f, enum soth_ev_type t, const struct ev_va
     if (pr == NULL || f->closed)
         return;
     const struct type_def *td = &soth_ev_schema[t];
-    size_t len =
-        sizeof(struct ev_rec) + f->client_addr_len + f->server_host_len + f->identity_len;
+    size_t len = sizeof(struct ev_rec) + f->client_addr_len + f->server_host_len + f->identity_len;
     for (unsigned i = 0; i < td->n; i++)
         len += field_size(&td->f[i], &vals[i]);
     len = (len + REC_ALIGN - 1) & ~(size_t)(REC_ALIGN - 1);
@@ -1216,8 +1216,9 @@ int soth_ev_rec_tls_failed(struct ev_rec *r, size_t avail, struct soth_ev_tls_fa
     /* Schema order: side, tls_failure_reason, tls_failure_source, tls_ops_provider, detail,
      * host_failure_count, global_failure_count. */
     if (!take(&c, r->client_addr_len, &p) || !take(&c, r->server_host_len, &host) ||
-        !take(&c, r->identity_len, &p) || !take_u64(&c, &side) || !take_u64(&c, &reason) || !take_u32(&c, &n) || !take(&c, n, &p) ||
-        !take_u64(&c, &provider) || !take_u32(&c, &n) || !take(&c, n, &p) || !take(&c, 16, &p))
+        !take(&c, r->identity_len, &p) || !take_u64(&c, &side) || !take_u64(&c, &reason) ||
+        !take_u32(&c, &n) || !take(&c, n, &p) || !take_u64(&c, &provider) || !take_u32(&c, &n) ||
+        !take(&c, n, &p) || !take(&c, 16, &p))
         return -1;
     if (side >= SOTH_LEG_COUNT || reason >= SOTH_TLSF_COUNT || provider >= SOTH_TLSP_COUNT)
         return -1;

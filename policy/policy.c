@@ -428,8 +428,8 @@ static void ident_free(struct soth_policy *p)
     struct pident *id = &p->id;
     for (size_t i = 0; p->rules != NULL && i < p->n_rules; i++) {
         struct prule *r = &p->rules[i];
-        if (r->id.base != NULL && (id->ids == NULL || r->id.base < id->ids ||
-                                   r->id.base >= id->ids + 12 * p->n_rules))
+        if (r->id.base != NULL &&
+            (id->ids == NULL || r->id.base < id->ids || r->id.base >= id->ids + 12 * p->n_rules))
             free((char *)r->id.base);
         free((char *)r->route.base);
         free(r->idents);
@@ -534,8 +534,8 @@ int soth_policy_basic_parse(struct soth_iov v, char *buf, size_t cap, struct sot
             if (q[j] < 0)
                 return SOTH_E_MALFORMED;
         }
-        uint32_t w = (uint32_t)q[0] << 18 | (uint32_t)q[1] << 12 | (uint32_t)q[2] << 6 |
-                     (uint32_t)q[3];
+        uint32_t w =
+            (uint32_t)q[0] << 18 | (uint32_t)q[1] << 12 | (uint32_t)q[2] << 6 | (uint32_t)q[3];
         buf[o++] = (char)(w >> 16);
         if (pad < 2)
             buf[o++] = (char)(w >> 8);

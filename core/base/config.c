@@ -937,8 +937,8 @@ int soth_cidr_parse(const char *text, struct soth_cidr *out, char *err, size_t e
     size_t bytes = out->family == AF_INET ? 4 : 16;
     for (size_t i = 0; i < bytes; i++) {
         unsigned keep = prefix >= (long)(8 * (i + 1)) ? 8u
-                        : prefix > (long)(8 * i)     ? (unsigned)(prefix - (long)(8 * i))
-                                                     : 0u;
+                        : prefix > (long)(8 * i)      ? (unsigned)(prefix - (long)(8 * i))
+                                                      : 0u;
         uint8_t mask = keep == 8 ? 0xff : (uint8_t)(0xff00u >> keep);
         if ((out->addr[i] & (uint8_t)~mask) != 0) {
             snprintf(err, err_len, "host bits set in \"%s\" (write the network address)", text);
@@ -990,8 +990,8 @@ static bool identity_defined(const struct soth_identities *ids, const char *id)
     return false;
 }
 
-static int get_u64(struct cerr *e, const char *path, const json_t *v, long long min,
-                   long long max, long long *out)
+static int get_u64(struct cerr *e, const char *path, const json_t *v, long long min, long long max,
+                   long long *out)
 {
     char b[64];
     if (!json_is_integer(v)) {
@@ -1141,8 +1141,7 @@ static int load_identities(struct cerr *e, struct soth_config *c, const json_t *
         return rc;
     if ((x = json_object_get(v, "users")) && (rc = load_identity_users(e, &c->identities, x)))
         return rc;
-    if ((x = json_object_get(v, "networks")) &&
-        (rc = load_identity_networks(e, &c->identities, x)))
+    if ((x = json_object_get(v, "networks")) && (rc = load_identity_networks(e, &c->identities, x)))
         return rc;
     return 0;
 }

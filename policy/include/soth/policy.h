@@ -47,8 +47,8 @@ struct soth_policy_decision {
     /* docs/config.md "identities": the matching rule's `id`, or its index in decimal when it
      * has none ({NULL,0} when no rule matched); owned by p */
     struct soth_iov rule_id;
-    int rule_index;  /* index into policy.rules, -1 when no rule matched */
-    int budget_slot; /* the rule's budget (soth_policy_budget), -1 when it has none */
+    int rule_index;        /* index into policy.rules, -1 when no rule matched */
+    int budget_slot;       /* the rule's budget (soth_policy_budget), -1 when it has none */
     struct soth_iov route; /* the rule's route text, {NULL,0} = direct; owned by p */
 };
 
@@ -86,10 +86,10 @@ struct soth_policy_decision soth_policy_decide_for(const struct soth_policy *p,
 
 /** What soth_policy_identify found. */
 enum soth_ident_result {
-    SOTH_IDENT_OK = 0,       /* *identity set (a user, a network, or anonymous) */
-    SOTH_IDENT_BAD_CREDS,    /* Proxy-Authorization present but not valid Basic credentials of
-                                a configured user; *identity is the network or anonymous */
-    SOTH_IDENT_REQUIRED,     /* identities.require and no identity: answer 407 */
+    SOTH_IDENT_OK = 0,    /* *identity set (a user, a network, or anonymous) */
+    SOTH_IDENT_BAD_CREDS, /* Proxy-Authorization present but not valid Basic credentials of
+                             a configured user; *identity is the network or anonymous */
+    SOTH_IDENT_REQUIRED,  /* identities.require and no identity: answer 407 */
 };
 
 /**

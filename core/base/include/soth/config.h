@@ -54,8 +54,8 @@ struct soth_rule {
     char *host; /* glob text as given, e.g. "*.bank.example" (without the port) */
     int port;   /* -1 = any port */
     enum soth_action action;
-    char *text; /* the rule as written in the config ("ads.example:443"), for events */
-    char *id;   /* `id` as written, NULL when none (events then carry the rule's index) */
+    char *text;        /* the rule as written in the config ("ads.example:443"), for events */
+    char *id;          /* `id` as written, NULL when none (events then carry the rule's index) */
     char **identities; /* identity ids the rule is limited to ("anonymous" included); none =
                           every identity */
     size_t n_identities;
