@@ -271,6 +271,44 @@ static unsigned h1_refusal(const struct app_h1 *a, const struct soth_h1_head *hd
     return 0;
 }
 
+/*
+ * Over budget (docs/soth.md "Budgets") with nothing else in flight: 429 with Retry-After at
+ * once, the request's body read and dropped by the engine, and the connection carries on
+ * (closed only when the request asked for it). Reported as its own exchange.
+ */
+static int h1_answer_local_429(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
+{
+    static const char body[] = "soth-mitm: budget exhausted\n";
+    char out[320], extra[40], len[12], ra[12];
+    int ln = snprintf(len, sizeof(len), "%zu", sizeof(body) - 1);
+    int rn = snprintf(ra, sizeof(ra), "%u", a->refused_retry_s);
+    snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", a->refused_retry_s);
+    bool close = !hd->keep_alive;
+    ssize_t n = soth_h1_write_answer_hdr(out, sizeof(out), 429, "Too Many Requests", extra, close,
+                                         body, sizeof(body) - 1);
+    if (n < 0)
+        return (int)n;
+    h1_request_event(a, id, hd);
+    const struct soth_header f[] = {
+        {SOTH_IOV_LIT("Content-Type"), SOTH_IOV_LIT("text/plain")},
+        {SOTH_IOV_LIT("Content-Length"), soth_iov(len, (size_t)ln)},
+        {SOTH_IOV_LIT("Retry-After"), soth_iov(ra, (size_t)rn)},
+        {SOTH_IOV_LIT("Connection"), SOTH_IOV_LIT("close")},
+    };
+    soth_ev_response_headers(a->base.env.ev, id, 429, SOTH_IOV_LIT("1.1"), f, close ? 4 : 3, NULL,
+                             0);
+    int rc = a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, out, (size_t)n);
+    if (rc < 0)
+        return rc;
+    size_t bl = sizeof(body) - 1;
+    size_t take = a->base.conf.capture < bl ? (size_t)a->base.conf.capture : bl;
+    soth_ev_body_chunk(a->base.env.ev, SOTH_LEG_UPSTREAM, id, 0, bl, soth_iov(body, take),
+                       take < bl);
+    soth_ev_exchange_completed(a->base.env.ev, id, SOTH_OUTCOME_COMPLETE, 0, bl);
+    a->awaiting_head = true; /* the next request's head deadline starts now */
+    return SOTH_H1_LOCAL;
+}
+
 static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_h1_head *hd)
 {
     struct app_h1 *a = ctx;
@@ -283,8 +321,11 @@ static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct so
             SOTH_METRIC_ADD(a->base.env.m->requests[SOTH_PROTO_HTTP1], 1);
         unsigned refuse = h1_refusal(a, hd);
         if (refuse == 0 && a->base.env.budget != NULL &&
-            !a->base.env.budget(a->base.env.ctx, id, &a->refused_retry_s))
-            refuse = 429;
+            !a->base.env.budget(a->base.env.ctx, id, &a->refused_retry_s)) {
+            if (soth_h1_in_flight(a->h) == 1 && !a->answered && !a->resp_open)
+                return h1_answer_local_429(a, id, hd);
+            refuse = 429; /* behind pipelined exchanges: answered after them, then closed */
+        }
         if (refuse != 0) {
             h1_request_event(a, id, hd);
             a->refused_id = id;

@@ -2,6 +2,7 @@
 binary to a plain HTTP origin on loopback; the events and what the origin saw are checked."""
 import concurrent.futures
 import hashlib
+import http.client
 import http.server
 import socket
 import subprocess
@@ -138,26 +139,54 @@ class IdentityTests(unittest.TestCase):
         self.assertEqual(dec["identity"], "v4-lo")
 
     def test_budget_of_10_refuses_the_11th_then_serves_after_the_window(self):
+        """HTTP/1.1 keep-alive: one connection; the 11th request gets 429 with Retry-After,
+        the connection stays open and serves again once the window has passed."""
         cfg = {"policy": {"default": "tunnel", "rules": [
             {"id": "b10", "host": "127.0.0.1", "action": "intercept",
              "budget": {"requests": 10, "window_s": 2}}]},
             "metrics": {"listen": "127.0.0.1:0"}}
         with Proxy(config=cfg) as p:
+            c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+            got = []
             t0 = time.monotonic()
-            got = curl(p, [self.url(f"/{i}") for i in range(11)])
+            for i in range(11):
+                c.request("GET", self.url(f"/{i}"))
+                r = c.getresponse()
+                got.append((r.status, r.getheader("Retry-After"), r.read()))
+                if i == 0:
+                    sock = c.sock
+                self.assertIs(c.sock, sock, "the connection was not kept")
             self.assertLess(time.monotonic() - t0, 1.5, "the run must fit in the window")
-            self.assertEqual(got, ["200"] * 10 + ["429"])
+            self.assertEqual([g[0] for g in got], [200] * 10 + [429])
+            self.assertIn(got[10][1], ("1", "2"))
+            self.assertEqual(got[10][2], b"soth-mitm: budget exhausted\n")
+            # A request with a body over budget: its body is dropped, the next one still parses.
+            c.request("POST", self.url("/post"), body=b"x" * 5000)
+            r = c.getresponse()
+            self.assertEqual((r.status, r.read()), (429, b"soth-mitm: budget exhausted\n"))
+            time.sleep(2.2)
+            c.request("GET", self.url("/after"))
+            r = c.getresponse()
+            self.assertEqual((r.status, r.read()), (200, b"ok"))
+            self.assertIs(c.sock, sock)
+            c.close()
+            # A new connection over budget: the proxy request head itself gets the 429.
+            for i in range(9):
+                self.assertEqual(curl(p, [self.url("/fill")]), ["200"])
             got = raw(p, b"GET " + self.url().encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             self.assertTrue(got.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), got)
             self.assertRegex(got.decode(), r"\r\nRetry-After: [12]\r\n")
-            time.sleep(2.2)
-            self.assertEqual(curl(p, [self.url("/after")]), ["200"])
             evs = p.checked_events()
-        self.assertEqual(len(self.o.seen), 11)
+        self.assertEqual(len(self.o.seen), 20)
+        self.assertEqual([h.get("Proxy-Authorization") for h in self.o.seen], [None] * 20)
         ex = [e for e in evs if e["type"] == "budget_exceeded"]
-        self.assertEqual(len(ex), 2)
-        self.assertEqual((ex[0]["rule"], ex[0]["limit"], ex[0]["window_s"], ex[0]["identity"]),
-                         ("b10", "requests", 2, "anonymous"))
+        self.assertEqual(len(ex), 3)
+        self.assertEqual((ex[0]["rule"], ex[0]["limit"], ex[0]["window_s"], ex[0]["identity"],
+                          ex[0]["stream_id"]), ("b10", "requests", 2, "anonymous", 11))
+        self.assertEqual(ex[2]["stream_id"], 0)
+        flow = by_flow(evs)[ex[0]["flow_id"]]
+        rh = [e for e in flow if e["type"] == "response_headers" and e["stream_id"] == 11]
+        self.assertEqual(rh[0]["status"], 429)
 
     def test_budget_holds_across_two_workers(self):
         limit = 40

@@ -106,6 +106,15 @@ struct soth_h1_head {
  * are all reported, which is when the caller sends its own answer and closes.
  */
 #define SOTH_H1_REFUSE 2
+/**
+ * on_head's answer for a request the caller answers itself while the connection carries on
+ * (a 429 over budget, docs/soth.md): allowed only when it is the one exchange in flight
+ * (soth_h1_in_flight() == 1 during on_head), so its answer cannot overtake an earlier
+ * response. Nothing of it is sent upstream, its body is read and dropped (no on_body,
+ * on_trailers or on_complete), it is no exchange, and the next request is read as usual (a
+ * request that asked to close still closes the connection after it).
+ */
+#define SOTH_H1_LOCAL 3
 
 /** An exchange that ended. */
 struct soth_h1_exchange {
