@@ -10,6 +10,7 @@ import threading
 import time
 import unittest
 
+from h2_origin import H2Client, H2Origin, body_for
 from harness import Proxy, by_flow
 
 
@@ -210,6 +211,59 @@ class IdentityTests(unittest.TestCase):
         self.assertGreaterEqual(ok, limit)
         self.assertLessEqual(ok, limit + max(limit // 20, 10 * (p.workers - 1)))
         self.assertEqual(ok, len(self.o.seen))
+
+
+class Http2BudgetTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = H2Origin()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.origin.close()
+
+    def test_budget_429_on_one_stream_connection_carries_on(self):
+        """HTTP/2, one connection (python h2 client): the 11th stream gets 429 with
+        retry-after and never reaches the origin; after the window the same connection is
+        served again."""
+        cfg = {"policy": {"default": "tunnel", "rules": [
+            {"id": "h2b", "host": "origin.test", "action": "intercept",
+             "budget": {"requests": 10, "window_s": 2}}]},
+            "resolve": {"origin.test": "127.0.0.1"},
+            "tls": {"upstream_ca_file": self.origin.ca}}
+        with Proxy(config=cfg) as p:
+            ca = f"{p.tmp}/ca/soth-mitm-ca.pem"
+            n_before = len([e for e in self.origin.log() if e.get("ev") == "request"])
+            c = H2Client(p.addr(), ca, "origin.test", self.origin.port)
+            t0 = time.monotonic()
+            sids = []
+            for i in range(11):  # one after the other: the 11th is the one over budget
+                sid = c.request("GET", f"/gen/{i}/100")
+                c.run_until(lambda: c.done(sid), timeout=20)
+                sids.append(sid)
+            self.assertLess(time.monotonic() - t0, 1.5, "the run must fit in the window")
+            self.assertEqual([c.r[s]["status"] for s in sids], [200] * 10 + [429])
+            self.assertIn(dict(c.r[sids[10]]["headers"]).get(b"retry-after"), (b"1", b"2"))
+            time.sleep(2.2)
+            sid = c.request("GET", "/gen/99/100")
+            c.run_until(lambda: c.done(sid), timeout=20)
+            self.assertEqual(c.r[sid]["status"], 200)
+            self.assertEqual(bytes(c.r[sid]["body"]), body_for(99, 100))
+            c.close()
+            evs = p.checked_events()
+        n_after = len([e for e in self.origin.log() if e.get("ev") == "request"])
+        self.assertEqual(n_after - n_before, 11, "the 429 stream never reached the origin")
+        ex = [e for e in evs if e["type"] == "budget_exceeded"]
+        self.assertEqual(len(ex), 1)
+        self.assertEqual((ex[0]["rule"], ex[0]["stream_id"]), ("h2b", sids[10]))
+        flows = [fl for fl in by_flow(evs).values()
+                 if any(e["type"] == "request_headers" for e in fl)]
+        self.assertEqual(len(flows), 1, "one connection")
+        rh = [e for e in flows[0] if e["type"] == "response_headers" and
+              e["stream_id"] == sids[10]]
+        self.assertEqual(rh[0]["status"], 429)
+        done = [e for e in flows[0] if e["type"] == "exchange_completed"]
+        self.assertEqual(len(done), 12)
 
 
 if __name__ == "__main__":
