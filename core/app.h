@@ -39,6 +39,8 @@ struct app_env {
      *  budget (budget_exceeded emitted), answer 429 with Retry-After *retry_s. NULL: no
      *  budget. */
     bool (*budget)(void *ctx, uint32_t stream_id, uint32_t *retry_s);
+    /** docs/soth.md "Budgets": n body bytes relayed (either way). NULL: no budget. */
+    void (*budget_bytes)(void *ctx, uint64_t n);
 };
 
 /* What app_input / app_eof / app_hold / app_timer return besides a negative error. */

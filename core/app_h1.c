@@ -361,6 +361,8 @@ static void h1_on_body(void *ctx, enum soth_leg dir, uint32_t id, const char *p,
     struct app_h1 *a = ctx;
     struct msg_cap *m = &a->msg[dir];
     uint64_t cap = a->base.conf.capture;
+    if (a->base.env.budget_bytes != NULL)
+        a->base.env.budget_bytes(a->base.env.ctx, n);
     uint64_t room = cap > m->captured ? cap - m->captured : 0;
     size_t take = n < room ? n : (size_t)room;
     soth_ev_body_chunk(a->base.env.ev, soth_leg_of(dir), id, m->off, n, soth_iov(p, take),

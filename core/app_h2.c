@@ -221,6 +221,8 @@ static void on_data(void *ctx, enum soth_leg dir, int32_t sid, const char *p, si
     struct app_h2 *h = ctx;
     struct h2_stream *e = stream_find(h, sid);
     SOTH_BUG_ON(e == NULL); /* the relay reports the head before any body byte */
+    if (h->base.env.budget_bytes != NULL)
+        h->base.env.budget_bytes(h->base.env.ctx, n);
     uint64_t off = e->off[dir];
     uint64_t capture = h->base.conf.capture;
     /* Capture at most `capture` bytes per message; bytes past it are counted, not copied. */

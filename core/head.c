@@ -76,6 +76,7 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
             .ctx = f,
             .send = leg_send,
             .budget = f->budget_slot >= 0 ? leg_budget : NULL,
+            .budget_bytes = f->budget_slot >= 0 ? leg_budget_bytes : NULL,
         };
         f->app = app_new(APP_H1, &env);
         if (f->app == NULL) {

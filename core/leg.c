@@ -32,6 +32,12 @@ bool leg_budget(void *ctx, uint32_t stream_id, uint32_t *retry_s)
     return flow_budget_request(f->w, f, stream_id, retry_s);
 }
 
+void leg_budget_bytes(void *ctx, uint64_t n)
+{
+    struct flow *f = ctx;
+    soth_budget_add_bytes(f->bgt, f->w->idx, f->identity, f->budget_slot, now_ms(), n);
+}
+
 int leg_send(void *ctx, unsigned side, const char *p, size_t n)
 {
     struct flow *f = ctx;

@@ -9,9 +9,10 @@ import subprocess
 import threading
 import time
 import unittest
+import urllib.request
 
 from h2_origin import H2Client, H2Origin, body_for
-from harness import Proxy, by_flow
+from harness import Proxy, by_flow, free_port
 
 
 class Origin:
@@ -27,6 +28,8 @@ class Origin:
             def do_GET(self):
                 seen.append(dict(self.headers.items()))
                 body = b"ok"
+                if self.path.startswith("/size/"):
+                    body = b"s" * int(self.path[6:])
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -144,8 +147,7 @@ class IdentityTests(unittest.TestCase):
         the connection stays open and serves again once the window has passed."""
         cfg = {"policy": {"default": "tunnel", "rules": [
             {"id": "b10", "host": "127.0.0.1", "action": "intercept",
-             "budget": {"requests": 10, "window_s": 2}}]},
-            "metrics": {"listen": "127.0.0.1:0"}}
+             "budget": {"requests": 10, "window_s": 2}}]}}
         with Proxy(config=cfg) as p:
             c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
             got = []
@@ -188,6 +190,41 @@ class IdentityTests(unittest.TestCase):
         flow = by_flow(evs)[ex[0]["flow_id"]]
         rh = [e for e in flow if e["type"] == "response_headers" and e["stream_id"] == 11]
         self.assertEqual(rh[0]["status"], 429)
+
+    def test_bytes_budget_lets_the_crossing_request_finish(self):
+        cfg = {"policy": {"default": "intercept", "rules": [
+            {"id": "by", "host": "127.0.0.1", "action": "intercept",
+             "budget": {"bytes": 5000, "window_s": 60}}]}}
+        with Proxy(config=cfg) as p:
+            got = curl(p, [self.url("/size/4000"), self.url("/size/4000"), self.url("/size/1")])
+            self.assertEqual(got, ["200", "200", "429"])
+            evs = p.checked_events()
+        ex = [e for e in evs if e["type"] == "budget_exceeded"]
+        self.assertEqual([(e["rule"], e["limit"]) for e in ex], [("by", "bytes")])
+
+    def test_tunnel_connect_counts_once_and_gets_429(self):
+        mport = free_port()
+        cfg = {"policy": {"default": "intercept", "rules": [
+            {"id": "tun", "host": "127.0.0.1", "action": "tunnel",
+             "budget": {"requests": 2, "window_s": 60}}]},
+            "metrics": {"listen": f"127.0.0.1:{mport}"}}
+        with Proxy(config=cfg) as p:
+            # each curl: one CONNECT (counted), two requests inside the tunnel (not seen)
+            for _ in range(2):
+                self.assertEqual(curl(p, [self.url("/a"), self.url("/b")], "-p"),
+                                 ["200", "200"])
+            got = raw(p, f"CONNECT 127.0.0.1:{self.o.port} HTTP/1.1\r\nHost: x\r\n\r\n"
+                      .encode())
+            self.assertTrue(got.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), got)
+            self.assertIn(b"\r\nRetry-After: ", got)
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+                metrics = r.read().decode()
+            evs = p.checked_events()
+        self.assertIn('\nsoth_budget_rejections_total{rule="tun"} 1\n', metrics)
+        self.assertEqual(len(self.o.seen), 4)
+        ex = [e for e in evs if e["type"] == "budget_exceeded"]
+        self.assertEqual([(e["rule"], e["limit"], e["stream_id"]) for e in ex],
+                         [("tun", "requests", 0)])
 
     def test_budget_holds_across_two_workers(self):
         limit = 40
