@@ -171,7 +171,6 @@ def _check_schema(ev):
     if "identity" in ev and not (isinstance(ev["identity"], str) and ev["identity"]):
         _fail("identity must be a non-empty string", ev)
     if t in ("connect_decision", "budget_exceeded") and ev.get("worker") != -1 and \
-            ev.get("protocol") != "http3" and \
             "identity" not in ev:
         _fail(f"{t} without identity", ev)
     # Fingerprints (docs/tls.md, "Fingerprints"): optional, each only on its side.
