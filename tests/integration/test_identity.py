@@ -141,6 +141,22 @@ class IdentityTests(unittest.TestCase):
             evs = p.checked_events()
         dec = [e for e in evs if e["type"] == "connect_decision"][0]
         self.assertEqual(dec["identity"], "v4-lo")
+        # The same networks with the proxy on ::1: the client address is ::1.
+        with Proxy(config=cfg, extra_args=["--listen", "[::1]:0"]) as p:
+            out = subprocess.run(["curl", "-sS", "--max-time", "20", "-x",
+                                  f"http://[::1]:{p.port}", "-o", "/dev/null", "-w",
+                                  "%{http_code}", self.url()], capture_output=True, timeout=60)
+            self.assertEqual(out.stdout, b"200", out.stderr)
+            evs = p.checked_events()
+        dec = [e for e in evs if e["type"] == "connect_decision"][0]
+        self.assertEqual((dec["client_addr"][:5], dec["identity"]), ("[::1]", "v6-lo"))
+        # No network holds the client: anonymous.
+        cfg["identities"]["networks"] = [{"id": "far", "cidrs": ["192.0.2.0/24"]}]
+        with Proxy(config=cfg) as p:
+            self.assertEqual(curl(p, [self.url()]), ["200"])
+            evs = p.checked_events()
+        dec = [e for e in evs if e["type"] == "connect_decision"][0]
+        self.assertEqual(dec["identity"], "anonymous")
 
     def test_budget_of_10_refuses_the_11th_then_serves_after_the_window(self):
         """HTTP/1.1 keep-alive: one connection; the 11th request gets 429 with Retry-After,
