@@ -250,8 +250,21 @@ static void h1_request_event(struct app_h1 *a, uint32_t id, const struct soth_h1
     struct soth_iov scheme = hd->scheme;
     if (scheme.len == 0 && !h1_is_connect(hd))
         scheme = a->base.env.client_tls ? SOTH_IOV_LIT("https") : SOTH_IOV_LIT("http");
+    const struct soth_header *fields = hd->headers;
+    size_t n = hd->n_headers;
+    if (a->base.env.origin_form && n <= APP_MAX_FIELDS) {
+        /* A proxy request never forwarded (refused, 429): its Proxy-* fields, credentials
+         * among them, stay out of the event as they stay out of what the upstream gets. */
+        struct soth_header *f = h1_out_fields;
+        n = 0;
+        for (size_t i = 0; i < hd->n_headers; i++)
+            if (!soth_iov_is_ci(hd->headers[i].name, "proxy-authorization") &&
+                !soth_iov_is_ci(hd->headers[i].name, "proxy-connection"))
+                f[n++] = hd->headers[i];
+        fields = f;
+    }
     soth_ev_request_headers(a->base.env.ev, id, hd->method, scheme, hd->authority, hd->path,
-                            h1_version(hd), hd->headers, hd->n_headers);
+                            h1_version(hd), fields, n);
 }
 
 /*
