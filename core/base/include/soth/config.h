@@ -229,11 +229,11 @@ int soth_config_load_text(const char *text, size_t len, struct soth_config **out
  * same flags as at startup) and validates it the same way, then keeps from `cur`, the running
  * snapshot, everything that only takes effect at startup, so the new snapshot describes what
  * actually runs: listen (including a port the kernel chose), mode, workers, http2_*,
- * http3_passthrough, tls, events, metrics. Only ignore_hosts, policy, resolve and timeouts
- * come from the file. *restart_needed (may be NULL) is set when the file or flags also change
- * a startup-only setting, so the caller can log that it waits for a restart.
- * Returns 0 and *out (refs = 1), or SOTH_E_CONFIG with the error line in err and *out NULL;
- * `cur` is not modified either way.
+ * http3_passthrough, tls, events, metrics. Only ignore_hosts, policy, identities, resolve and
+ * timeouts come from the file. *restart_needed (may be NULL) is set when the file or flags also
+ * change a startup-only setting, so the caller can log that it waits for a restart. Returns 0 and
+ * *out (refs = 1), or SOTH_E_CONFIG with the error line in err and *out NULL; `cur` is not modified
+ * either way.
  */
 int soth_config_reload(const struct soth_config *cur, const char *path,
                        const struct soth_cli_overrides *cli, struct soth_config **out,
