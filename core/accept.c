@@ -97,6 +97,8 @@ void accept_on_cqe(struct worker *w, struct io_uring_cqe *cqe)
     socklen_t plen = sizeof(peer);
     if (getpeername(fd, (struct sockaddr *)&peer, &plen) == -1)
         plen = 0;
+    f->peer = peer;
+    f->peer_len = plen;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     f->c[SOTH_LEG_CLIENT].fd = fd;

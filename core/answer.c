@@ -17,13 +17,20 @@
 void flow_answer(struct worker *w, struct flow *f, unsigned status, const char *phrase,
                  const char *body, size_t body_len, enum soth_close_reason reason)
 {
+    flow_answer_hdr(w, f, status, phrase, NULL, body, body_len, reason);
+}
+
+void flow_answer_hdr(struct worker *w, struct flow *f, unsigned status, const char *phrase,
+                     const char *extra, const char *body, size_t body_len,
+                     enum soth_close_reason reason)
+{
     struct conn *c = &f->c[SOTH_LEG_CLIENT];
     f->answer_reason = (uint8_t)reason;
     flow_set_state(f, FS_ANSWER);
     char *a = chunk_get(&w->io);
     ssize_t n = SOTH_E_NOMEM;
     if (a != NULL)
-        n = soth_h1_write_answer(a, SOTH_BUF_SIZE, status, phrase, body, body_len);
+        n = soth_h1_write_answer_hdr(a, SOTH_BUF_SIZE, status, phrase, extra, true, body, body_len);
     if (n < 0) {
         if (a != NULL)
             chunk_put(&w->io, a);

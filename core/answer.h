@@ -28,6 +28,10 @@ struct flow;
  */
 void flow_answer(struct worker *w, struct flow *f, unsigned status, const char *phrase,
                  const char *body, size_t body_len, enum soth_close_reason reason);
+/** flow_answer with extra field lines ("Name: value\r\n"..., docs/answers.md: 407, 429). */
+void flow_answer_hdr(struct worker *w, struct flow *f, unsigned status, const char *phrase,
+                     const char *extra, const char *body, size_t body_len,
+                     enum soth_close_reason reason);
 /** flow_answer with a printf-formatted body (at most 511 bytes). */
 void flow_answer_text(struct worker *w, struct flow *f, unsigned status, const char *phrase,
                       enum soth_close_reason reason, const char *fmt, ...)

@@ -40,6 +40,12 @@ struct app_env {
     /** The monotonic clock (ns) of the layer's timers and event times; NULL: soth_mono_ns.
      *  Tests pass a fake one; app_deadline and app_timer use the same clock in ms. */
     uint64_t (*clock_ns)(void *ctx);
+    /** docs/soth.md "Budgets": may request stream_id go? true = counted, go; false = over
+     *  budget (budget_exceeded emitted), answer 429 with Retry-After *retry_s. NULL: no
+     *  budget. */
+    bool (*budget)(void *ctx, uint32_t stream_id, uint32_t *retry_s);
+    /** docs/soth.md "Budgets": n body bytes relayed (either way). NULL: no budget. */
+    void (*budget_bytes)(void *ctx, uint64_t n);
 };
 
 /* What app_input / app_eof / app_hold / app_timer return besides a negative error. */

@@ -52,11 +52,13 @@ struct app_h1 {
     unsigned err_status;
     const char *err_code, *err_detail;
     enum soth_close_reason reason;
-    uint32_t refused_id;     /* a request refused (docs/http1.md), answered once the exchanges
-                                before it are reported; 0 = none */
-    unsigned refused_status; /* its answer: 421 (another authority) or 501 (CONNECT) */
-    uint16_t authority_len;  /* regular-mode plain HTTP: the connection's upstream */
-    uint16_t authority_port; /* the default port of its scheme */
+    uint32_t refused_id;      /* a request refused (docs/http1.md), answered once the exchanges
+                                 before it are reported; 0 = none */
+    unsigned refused_status;  /* its answer: 421 (another authority), 501 (CONNECT) or 429 (over
+                                 budget, docs/soth.md "Budgets") */
+    uint32_t refused_retry_s; /* 429: Retry-After */
+    uint16_t authority_len;   /* regular-mode plain HTTP: the connection's upstream */
+    uint16_t authority_port;  /* the default port of its scheme */
     char authority[256];
     struct app_obs *obs; /* the observed stream (WebSocket or event stream), or NULL */
     uint32_t obs_id;     /* its exchange */
@@ -251,8 +253,21 @@ static void h1_request_event(struct app_h1 *a, uint32_t id, const struct soth_h1
     struct soth_iov scheme = hd->scheme;
     if (scheme.len == 0 && !h1_is_connect(hd))
         scheme = a->base.env.client_tls ? SOTH_IOV_LIT("https") : SOTH_IOV_LIT("http");
+    const struct soth_header *fields = hd->headers;
+    size_t n = hd->n_headers;
+    if (a->base.env.origin_form && n <= APP_MAX_FIELDS) {
+        /* A proxy request never forwarded (refused, 429): its Proxy-* fields, credentials
+         * among them, stay out of the event as they stay out of what the upstream gets. */
+        struct soth_header *f = h1_out_fields;
+        n = 0;
+        for (size_t i = 0; i < hd->n_headers; i++)
+            if (!soth_iov_is_ci(hd->headers[i].name, "proxy-authorization") &&
+                !soth_iov_is_ci(hd->headers[i].name, "proxy-connection"))
+                f[n++] = hd->headers[i];
+        fields = f;
+    }
     soth_ev_request_headers(a->base.env.ev, id, hd->method, scheme, hd->authority, hd->path,
-                            h1_version(hd), hd->headers, hd->n_headers);
+                            h1_version(hd), fields, n);
 }
 
 /*
@@ -272,6 +287,44 @@ static unsigned h1_refusal(const struct app_h1 *a, const struct soth_h1_head *hd
     return 0;
 }
 
+/*
+ * Over budget (docs/soth.md "Budgets") with nothing else in flight: 429 with Retry-After at
+ * once, the request's body read and dropped by the engine, and the connection carries on
+ * (closed only when the request asked for it). Reported as its own exchange.
+ */
+static int h1_answer_local_429(struct app_h1 *a, uint32_t id, const struct soth_h1_head *hd)
+{
+    static const char body[] = "soth-mitm: budget exhausted\n";
+    char out[320], extra[40], len[12], ra[12];
+    int ln = snprintf(len, sizeof(len), "%zu", sizeof(body) - 1);
+    int rn = snprintf(ra, sizeof(ra), "%u", a->refused_retry_s);
+    snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", a->refused_retry_s);
+    bool close = !hd->keep_alive;
+    ssize_t n = soth_h1_write_answer_hdr(out, sizeof(out), 429, "Too Many Requests", extra, close,
+                                         body, sizeof(body) - 1);
+    if (n < 0)
+        return (int)n;
+    h1_request_event(a, id, hd);
+    const struct soth_header f[] = {
+        {SOTH_IOV_LIT("Content-Type"), SOTH_IOV_LIT("text/plain")},
+        {SOTH_IOV_LIT("Content-Length"), soth_iov(len, (size_t)ln)},
+        {SOTH_IOV_LIT("Retry-After"), soth_iov(ra, (size_t)rn)},
+        {SOTH_IOV_LIT("Connection"), SOTH_IOV_LIT("close")},
+    };
+    soth_ev_response_headers(a->base.env.ev, id, 429, SOTH_IOV_LIT("1.1"), f, close ? 4 : 3, NULL,
+                             0);
+    int rc = a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, out, (size_t)n);
+    if (rc < 0)
+        return rc;
+    size_t bl = sizeof(body) - 1;
+    size_t take = a->base.conf.capture < bl ? (size_t)a->base.conf.capture : bl;
+    soth_ev_body_chunk(a->base.env.ev, SOTH_LEG_UPSTREAM, id, 0, bl, soth_iov(body, take),
+                       take < bl);
+    soth_ev_exchange_completed(a->base.env.ev, id, SOTH_OUTCOME_COMPLETE, 0, bl);
+    a->awaiting_head = true; /* the next request's head deadline starts now */
+    return SOTH_H1_LOCAL;
+}
+
 static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_h1_head *hd)
 {
     struct app_h1 *a = ctx;
@@ -283,6 +336,12 @@ static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct so
         if (a->base.env.m != NULL)
             SOTH_METRIC_ADD(a->base.env.m->requests[SOTH_PROTO_HTTP1], 1);
         unsigned refuse = h1_refusal(a, hd);
+        if (refuse == 0 && a->base.env.budget != NULL &&
+            !a->base.env.budget(a->base.env.ctx, id, &a->refused_retry_s)) {
+            if (soth_h1_in_flight(a->h) == 1 && !a->answered && !a->resp_open)
+                return h1_answer_local_429(a, id, hd);
+            refuse = 429; /* behind pipelined exchanges: answered after them, then closed */
+        }
         if (refuse != 0) {
             h1_request_event(a, id, hd);
             a->refused_id = id;
@@ -318,6 +377,8 @@ static void h1_on_body(void *ctx, enum soth_leg dir, uint32_t id, const char *p,
     struct app_h1 *a = ctx;
     struct msg_cap *m = &a->msg[dir];
     uint64_t cap = a->base.conf.capture;
+    if (a->base.env.budget_bytes != NULL)
+        a->base.env.budget_bytes(a->base.env.ctx, n);
     uint64_t room = cap > m->captured ? cap - m->captured : 0;
     size_t take = n < room ? n : (size_t)room;
     soth_ev_body_chunk(a->base.env.ev, soth_leg_of(dir), id, m->off, n, soth_iov(p, take),
@@ -397,6 +458,8 @@ static const char *status_phrase(unsigned st)
         return "Request Timeout";
     case 421:
         return "Misdirected Request";
+    case 429:
+        return "Too Many Requests";
     case 501:
         return "Not Implemented";
     case 431:
@@ -414,8 +477,11 @@ static const char *status_phrase(unsigned st)
  */
 static void h1_answer(struct app_h1 *a, unsigned status, const char *body, size_t bn)
 {
-    char out[640];
-    ssize_t n = soth_h1_write_answer(out, sizeof(out), status, status_phrase(status), body, bn);
+    char out[640], extra[40] = "";
+    if (status == 429)
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", a->refused_retry_s);
+    ssize_t n = soth_h1_write_answer_hdr(out, sizeof(out), status, status_phrase(status), extra,
+                                         true, body, bn);
     a->answered = true;
     if (n > 0)
         a->base.env.send(a->base.env.ctx, SOTH_LEG_CLIENT, out, (size_t)n);
@@ -439,19 +505,25 @@ static void h1_refused_end(struct app_h1 *a, bool answer)
                                 "soth-mitm: this connection is for %.*s; send requests for "
                                 "another authority on a new connection\n",
                                 (int)a->authority_len, a->authority)
+                 : a->refused_status == 429
+                     ? snprintf(body, sizeof(body), "soth-mitm: budget exhausted\n")
                      : snprintf(body, sizeof(body),
                                 "soth-mitm: CONNECT inside an HTTP connection is refused\n");
         if (bn < 0 || (size_t)bn >= sizeof(body))
             bn = (int)sizeof(body) - 1;
-        char len[12];
+        char len[12], ra[12];
         int ln = snprintf(len, sizeof(len), "%d", bn);
+        int rn = snprintf(ra, sizeof(ra), "%u", a->refused_retry_s);
         const struct soth_header f[] = {
             {SOTH_IOV_LIT("Content-Type"), SOTH_IOV_LIT("text/plain")},
             {SOTH_IOV_LIT("Content-Length"), soth_iov(len, (size_t)ln)},
+            {SOTH_IOV_LIT("Retry-After"), soth_iov(ra, (size_t)rn)},
             {SOTH_IOV_LIT("Connection"), SOTH_IOV_LIT("close")},
         };
-        soth_ev_response_headers(a->base.env.ev, id, a->refused_status, SOTH_IOV_LIT("1.1"), f, 3,
-                                 NULL, 0);
+        bool retry = a->refused_status == 429;
+        const struct soth_header f_noretry[] = {f[0], f[1], f[3]};
+        soth_ev_response_headers(a->base.env.ev, id, a->refused_status, SOTH_IOV_LIT("1.1"),
+                                 retry ? f : f_noretry, retry ? 4 : 3, NULL, 0);
         h1_answer(a, a->refused_status, body, (size_t)bn);
     }
     soth_ev_exchange_completed(a->base.env.ev, id, SOTH_OUTCOME_RESET, 0, 0);

@@ -152,6 +152,25 @@ static void on_request_head(void *ctx, int32_t sid, const struct soth_h2_request
                             q->path, SOTH_IOV_LIT("2"), q->headers, q->n_headers);
 }
 
+/* docs/soth.md "Budgets": a stream over budget is answered 429 by the relay, alone. */
+static uint32_t on_request_admit(void *ctx, int32_t sid)
+{
+    struct app_h2 *h = ctx;
+    uint32_t retry = 0;
+    if (h->base.env.budget(h->base.env.ctx, (uint32_t)sid, &retry))
+        return 0;
+    if (retry == 0)
+        retry = 1;
+    char ra[12];
+    int rn = snprintf(ra, sizeof(ra), "%u", retry);
+    const struct soth_header f[] = {
+        {SOTH_IOV_LIT("retry-after"), soth_iov(ra, (size_t)rn)},
+        {SOTH_IOV_LIT("content-length"), SOTH_IOV_LIT("0")},
+    };
+    soth_ev_response_headers(h->base.env.ev, (uint32_t)sid, 429, SOTH_IOV_LIT("2"), f, 2, NULL, 0);
+    return retry;
+}
+
 /* The stream no longer waits for its response head. */
 static void stop_waiting(struct app_h2 *h, struct h2_stream *e)
 {
@@ -202,6 +221,8 @@ static void on_data(void *ctx, enum soth_leg dir, int32_t sid, const char *p, si
     struct app_h2 *h = ctx;
     struct h2_stream *e = stream_find(h, sid);
     SOTH_BUG_ON(e == NULL); /* the relay reports the head before any body byte */
+    if (h->base.env.budget_bytes != NULL)
+        h->base.env.budget_bytes(h->base.env.ctx, n);
     uint64_t off = e->off[dir];
     uint64_t capture = h->base.conf.capture;
     /* Capture at most `capture` bytes per message; bytes past it are counted, not copied. */
@@ -340,6 +361,7 @@ static struct app *h2_create(const struct app_env *env, const struct app_conf *c
         .ctx = h,
         .out = on_out,
         .on_request_head = on_request_head,
+        .on_request_admit = env->budget != NULL ? on_request_admit : NULL,
         .on_response_head = on_response_head,
         .on_data = on_data,
         .on_trailers = on_trailers,

@@ -769,7 +769,9 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     if (tv == NULL || !json_is_string(tv))
         BAD("event: type");
     int t = soth_ev_type_from_name(json_string_value(tv), json_string_length(tv));
-    if (t < 0 || t == SOTH_EV_TLS_LEARNING_AUDIT || t == SOTH_EV_QUIC_CLIENT_HELLO)
+    /* budget_exceeded: budgets are the native engine's (docs/soth.md), never reported. */
+    if (t < 0 || t == SOTH_EV_TLS_LEARNING_AUDIT || t == SOTH_EV_QUIC_CLIENT_HELLO ||
+        t == SOTH_EV_BUDGET_EXCEEDED)
         BAD("event: type not accepted");
     /* Common fields the engine may set. */
     struct soth_iov caddr, shost;
@@ -834,8 +836,12 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     case SOTH_EV_CONNECT_DECISION:
         if (get_enum(o, "decision", soth_action_names, SOTH_ACTION_COUNT, &e1) < 0 ||
             get_enum(o, "reason", soth_decision_reason_names, SOTH_REASON_COUNT, &e2) < 0 ||
-            get_text(b, o, "rule", OPT, &s1, &n1) < 0)
+            get_text(b, o, "rule", OPT, &s1, &n1) < 0 ||
+            get_text(b, o, "route", OPT, &s2, &n2) < 0 ||
+            get_text(b, o, "identity", OPT, &s3, &n3) < 0)
             BAD("connect_decision fields");
+        if (!n3 && (s3.len == 0 || s3.len > SOTH_EV_IDENTITY_MAX))
+            BAD("connect_decision identity");
         break;
     case SOTH_EV_TLS_HANDSHAKE_STARTED:
         if (get_enum(o, "side", soth_leg_names, SOTH_LEG_COUNT, &e1) < 0 ||
@@ -1023,8 +1029,10 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
         soth_ev_connect_parse_failed(f, s1, s2);
         break;
     case SOTH_EV_CONNECT_DECISION:
-        soth_ev_connect_decision(f, (enum soth_action)e1, (enum soth_decision_reason)e2,
-                                 n1 ? SOTH_IOV_NULL : s1);
+        if (!n3) /* the engine's identity: every later event of the flow carries it */
+            soth_ev_flow_set_identity(f, s3);
+        soth_ev_connect_decision_route(f, (enum soth_action)e1, (enum soth_decision_reason)e2,
+                                       n1 ? SOTH_IOV_NULL : s1, n2 ? SOTH_IOV_NULL : s2);
         c->decided = true;
         c->decision = (uint8_t)e1;
         break;

@@ -1,6 +1,7 @@
 /* The policy decision for a flow's target, TLS learning's part in it, and a block (core/decide.h).
  */
 #include <stdio.h>
+#include <string.h>
 
 #include "answer.h"
 #include "decide.h"
@@ -39,9 +40,22 @@ enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *
         lv.is_pinned = soth_tls_learning_is_pinned;
         lv.ctx = soth_learn_view(w);
     }
-    struct soth_policy_decision d = soth_policy_decide(
-        w->policy, soth_iov(f->ev.server_host, f->ev.server_host_len), f->ev.server_port, &lv);
-    soth_ev_connect_decision(&f->ev, d.action, (enum soth_decision_reason)d.reason, d.rule);
+    bool required = false;
+    if (!f->identity_set) {
+        /* No proxy head named one (SOCKS5, transparent, reverse): the client's network. */
+        int id = SOTH_IDENTITY_ANONYMOUS;
+        required = soth_policy_identify(w->policy, SOTH_IOV_NULL,
+                                        f->peer_len ? (struct sockaddr *)&f->peer : NULL,
+                                        &id) == SOTH_IDENT_REQUIRED;
+        flow_set_identity(w, f, id);
+    }
+    struct soth_policy_decision d =
+        soth_policy_decide_for(w->policy, soth_iov(f->ev.server_host, f->ev.server_host_len),
+                               f->ev.server_port, f->identity, &lv);
+    /* route: without credentials (docs/events.md); blocked flows go nowhere but say the route
+     * their rule names, like every other decision. */
+    soth_ev_connect_decision_route(&f->ev, d.action, (enum soth_decision_reason)d.reason, d.rule_id,
+                                   soth_iov(d.route->text, d.route->text_len));
     f->action = (uint8_t)d.action;
     *rule = d.rule;
     if (d.action != SOTH_ACTION_BLOCK && soth_route_is_upstream(d.route)) {
@@ -52,11 +66,64 @@ enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *
     }
     if (d.reason == SOTH_REASON_TLS_LEARNING)
         learning_applied(w, f);
+    f->budget_slot = (int16_t)(w->budget != NULL ? d.budget_slot : -1);
+    f->bgt = w->budget;
+    if (required) {
+        /* identities.require without a proxy head to answer 407 on: no identity, no flow. */
+        f->action = SOTH_ACTION_BLOCK;
+        return SOTH_ACTION_BLOCK;
+    }
+    if (d.action != SOTH_ACTION_BLOCK && f->budget_slot >= 0) {
+        /* docs/soth.md "Budgets": a tunnel counts once; an intercepted flow's requests count
+         * one by one in the HTTP layer, its CONNECT only has to find the budget open. */
+        uint32_t retry = 0;
+        enum soth_budget_limit lim =
+            soth_budget_admit(f->bgt, w->idx, f->identity, f->budget_slot, now_ms(),
+                              d.action == SOTH_ACTION_TUNNEL, &retry);
+        if (lim != SOTH_BUDGET_OK) {
+            const struct soth_budget_cfg *bc = soth_policy_budget(w->policy, f->budget_slot);
+            soth_ev_budget_exceeded(&f->ev, 0, d.rule_id, (int)lim, bc->window_s);
+            f->budget_retry_s = retry;
+            f->action = SOTH_ACTION_BLOCK;
+            return SOTH_ACTION_BLOCK;
+        }
+    }
     return d.action;
+}
+
+void flow_set_identity(struct worker *w, struct flow *f, int identity)
+{
+    f->identity = (int16_t)identity;
+    f->identity_set = true;
+    soth_ev_flow_set_identity(&f->ev, soth_policy_identity_name(w->policy, identity));
+}
+
+bool flow_budget_request(struct worker *w, struct flow *f, uint32_t stream_id, uint32_t *retry_s)
+{
+    if (f->budget_slot < 0)
+        return true;
+    enum soth_budget_limit lim =
+        soth_budget_admit(f->bgt, w->idx, f->identity, f->budget_slot, now_ms(), true, retry_s);
+    if (lim == SOTH_BUDGET_OK)
+        return true;
+    /* The flow may have outlived a reload: its budget is named by the table it counts in. */
+    const char *rule = soth_budget_rule(f->bgt, f->budget_slot);
+    soth_ev_budget_exceeded(&f->ev, stream_id, soth_iov(rule, strlen(rule)), (int)lim,
+                            soth_budget_window_s(f->bgt, f->budget_slot));
+    return false;
 }
 
 void flow_block(struct worker *w, struct flow *f, struct soth_iov rule)
 {
+    if (f->budget_retry_s > 0 && !f->is_socks && w->cfg->mode != SOTH_MODE_TRANSPARENT) {
+        char extra[48], body[200];
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", f->budget_retry_s);
+        int n = snprintf(body, sizeof(body), "soth-mitm: budget of rule \"%.*s\" exhausted\n",
+                         (int)rule.len, rule.base);
+        flow_answer_hdr(w, f, 429, "Too Many Requests", extra, body,
+                        n > 0 && (size_t)n < sizeof(body) ? (size_t)n : 0, SOTH_CLOSE_BLOCKED);
+        return;
+    }
     if (w->cfg->mode == SOTH_MODE_TRANSPARENT) {
         flow_close(w, f, SOTH_CLOSE_BLOCKED);
         return;

@@ -21,7 +21,16 @@
  */
 enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *rule);
 
-/** A block decision: 403 naming the rule (a close in transparent mode, nothing to answer). */
+/** The flow's identity (soth_policy number): set, and carried by its events from now on. */
+void flow_set_identity(struct worker *w, struct flow *f, int identity);
+
+/** One request of an intercepted or plain flow against its budget (docs/soth.md "Budgets"):
+ *  true when it may go (counted); false over budget, with budget_exceeded emitted and
+ *  *retry_s the Retry-After seconds. */
+bool flow_budget_request(struct worker *w, struct flow *f, uint32_t stream_id, uint32_t *retry_s);
+
+/** A block decision: 403 naming the rule (a close in transparent mode, nothing to answer); a
+ *  flow over its budget gets 429 with Retry-After instead. */
 void flow_block(struct worker *w, struct flow *f, struct soth_iov rule);
 
 /** The flow intercepts TLS: decided so, with a TLS context to do it, for a flow that can

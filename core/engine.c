@@ -60,6 +60,56 @@ static int allowed_cpus(int *cpus, int cap)
     return n;
 }
 
+/* ---- budgets (docs/soth.md "Budgets") */
+
+struct engine_budget {
+    struct soth_budget *b;
+    struct engine_budget *next;
+};
+
+/** Make the budget table for p current (main thread): the current one when it fits, else a
+ *  new one (none when p has no budget). Workers pick it up with their next policy. */
+static void engine_budget_use(struct soth_engine *e, const struct soth_policy *p)
+{
+    struct soth_budget *cur = atomic_load(&e->budget);
+    if (cur != NULL && soth_budget_fits(cur, p))
+        return;
+    struct soth_budget *b = soth_budget_new(p, e->n_workers);
+    if (b != NULL) {
+        struct engine_budget *eb = malloc(sizeof(*eb));
+        if (eb == NULL) {
+            soth_budget_free(b);
+            b = NULL;
+        } else {
+            eb->b = b;
+            eb->next = e->budgets;
+            e->budgets = eb;
+        }
+    }
+    atomic_store(&e->budget, b);
+}
+
+/* soth_budget_rejections_total{rule} (docs/metrics.md), from the current table. */
+static void budget_metrics(void *ctx, struct soth_metrics_out *o)
+{
+    struct soth_engine *e = ctx;
+    struct soth_budget *b = atomic_load(&e->budget);
+    soth_metrics_out_type(o, "soth_budget_rejections_total", "counter",
+                          "Requests and tunnels refused with 429 over a budget, by rule.");
+    for (int s = 0; s < soth_budget_n_slots(b); s++) {
+        char l[200];
+        const char *r = soth_budget_rule(b, s);
+        size_t k = (size_t)snprintf(l, sizeof(l), "{rule=\"");
+        for (; *r && k + 4 < sizeof(l); r++) {
+            if (*r == '"' || *r == '\\')
+                l[k++] = '\\';
+            l[k++] = *r == '\n' ? ' ' : *r;
+        }
+        snprintf(l + k, sizeof(l) - k, "\"}");
+        soth_metrics_out_line(o, "soth_budget_rejections_total", l, soth_budget_rejections(b, s));
+    }
+}
+
 struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t err_len)
 {
     struct soth_engine *e = calloc(1, sizeof(*e));
@@ -169,6 +219,12 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
     else if (n > 0)
         cfg->listen.port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
 
+    if (n > 0)
+        engine_budget_use(e, e->workers[0].policy);
+    for (unsigned i = 0; i < n; i++)
+        e->workers[i].budget = atomic_load(&e->budget); /* before the workers run */
+    soth_observe_set_metrics_source(e->obs, budget_metrics, e);
+
     /* TLS learning: the aggregator hooks into the telemetry thread, so before it starts. */
     if (soth_learn_init(e, err, err_len) < 0)
         goto fail_sockets;
@@ -264,6 +320,14 @@ const char *soth_engine_ring_path(const struct soth_engine *e)
 
 void soth_engine_reload(struct soth_engine *e, struct soth_config *cfg)
 {
+    /* Budgets: the same (identity, budget) layout keeps its table and counts; another gets a
+     * new one, published before the config so a worker switching sees it. */
+    char perr[256];
+    struct soth_policy *p = soth_policy_new(cfg, perr, sizeof(perr));
+    if (p != NULL) {
+        engine_budget_use(e, p);
+        soth_policy_free(p);
+    }
     for (unsigned i = 0; i < e->n_workers; i++) {
         struct soth_config *old = atomic_exchange(&e->workers[i].ctl_cfg, soth_config_ref(cfg));
         if (old)
@@ -310,6 +374,12 @@ void soth_engine_stop(struct soth_engine *e)
     }
     free(e->workers);
     soth_observe_free(e->obs);
+    while (e->budgets != NULL) {
+        struct engine_budget *eb = e->budgets;
+        e->budgets = eb->next;
+        soth_budget_free(eb->b);
+        free(eb);
+    }
     soth_tls_ca_free(e->ca);
     soth_config_unref(e->cfg);
     pthread_mutex_destroy(&e->start_mu);

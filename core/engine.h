@@ -30,6 +30,11 @@ struct soth_engine {
     _Atomic int resolver_stop;
     struct soth_learn *learn;   /* core/learn.c */
     struct soth_bridge *bridge; /* core/bridge.c; NULL when bridge.listen is unset */
+    /* Budget counters (docs/soth.md "Budgets"): the current table, published to workers
+     * with the config on reload; every table made stays until the engine is freed, since
+     * flows of the old policy may still count in it. */
+    _Atomic(struct soth_budget *) budget;
+    struct engine_budget *budgets; /* all tables, newest first */
 };
 
 #endif

@@ -90,6 +90,14 @@ struct flow {
     uint8_t proxy_line_len;  /* bytes kept of its status line */
     bool proxy_line_done;
     char proxy_line[47];
+    /* docs/config.md "identities": who the flow is for and the budget it counts against */
+    bool identity_set;       /* identity resolved (from the proxy head, else at the decision) */
+    int16_t identity;        /* soth_policy identity number (0 = anonymous) */
+    int16_t budget_slot;     /* the decision's rule budget, -1 = none */
+    uint32_t budget_retry_s; /* over budget at the decision: the 429's Retry-After, else 0 */
+    struct soth_budget *bgt; /* the table the flow counts in (w->budget at the decision) */
+    struct sockaddr_storage peer; /* the client's address (identities.networks) */
+    socklen_t peer_len;
 };
 
 /** Short names for traces, indexed by enum flow_state (core/flow.c). */

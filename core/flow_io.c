@@ -110,6 +110,9 @@ static void on_recv_data(struct worker *w, struct flow *f, unsigned side, unsign
         return;
     }
     f->bytes[side] += len;
+    /* docs/soth.md "Budgets": a tunnel's bytes, both ways (the HTTP layer counts bodies) */
+    if (f->budget_slot >= 0 && f->action == SOTH_ACTION_TUNNEL)
+        soth_budget_add_bytes(f->bgt, w->idx, f->identity, f->budget_slot, now_ms(), len);
     if (side == SOTH_LEG_CLIENT)
         SOTH_METRIC_ADD(w->m->bytes_client_to_server, len);
     else

@@ -75,6 +75,12 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->proxy_eoh = 0;
     f->proxy_line_len = 0;
     f->proxy_line_done = false;
+    f->identity_set = false;
+    f->identity = 0;
+    f->budget_slot = -1;
+    f->budget_retry_s = 0;
+    f->bgt = NULL;
+    f->peer_len = 0;
     ft->n_live++;
     return f;
 }

@@ -4,6 +4,7 @@
 
 #include "soth/proto/connect.h"
 #include "soth/proto/h1.h"
+#include "soth/proto/headers.h"
 
 #include "answer.h"
 #include "app.h"
@@ -31,6 +32,28 @@ static struct soth_iov route_auth(const struct flow *f)
 }
 
 /**
+ * The identity of a regular-mode flow (docs/config.md "identities"): Basic credentials of
+ * its proxy head, else the client's network, else anonymous. identities.require without one
+ * answers 407 (docs/answers.md); the credentials are never logged nor put in an event.
+ */
+static bool flow_head_identity(struct worker *w, struct flow *f, const struct soth_proxy_head *h)
+{
+    struct soth_iov pa = soth_header_get(h->headers, h->n_headers, "proxy-authorization");
+    int id = SOTH_IDENTITY_ANONYMOUS;
+    enum soth_ident_result r =
+        soth_policy_identify(w->policy, pa, f->peer_len ? (struct sockaddr *)&f->peer : NULL, &id);
+    if (r == SOTH_IDENT_REQUIRED) {
+        static const char body[] = "soth-mitm: proxy authentication required\n";
+        flow_answer_hdr(w, f, 407, "Proxy Authentication Required",
+                        "Proxy-Authenticate: Basic realm=\"soth-mitm\"\r\n", body, sizeof(body) - 1,
+                        SOTH_CLOSE_BLOCKED);
+        return false;
+    }
+    flow_set_identity(w, f, id);
+    return true;
+}
+
+/**
  * A complete head sits in buf[0..head_len); extra bytes after it (already from the client,
  * for the upstream) are handed over by the caller.
  */
@@ -42,6 +65,8 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
     f->is_connect = h->is_connect;
     if (!h->is_connect)
         soth_ev_flow_set_protocol(&f->ev, SOTH_PROTO_HTTP1);
+    if (!flow_head_identity(w, f, h))
+        return false;
     struct soth_iov rule;
     enum soth_action a = flow_decide(w, f, &rule);
     if (a == SOTH_ACTION_BLOCK) {
@@ -60,6 +85,8 @@ static bool flow_on_head(struct worker *w, struct flow *f, const struct soth_pro
             .proxy_auth = route_auth(f),
             .ctx = f,
             .send = leg_send,
+            .budget = f->budget_slot >= 0 ? leg_budget : NULL,
+            .budget_bytes = f->budget_slot >= 0 ? leg_budget_bytes : NULL,
         };
         f->app = app_new(APP_H1, &env);
         if (f->app == NULL) {

@@ -1,5 +1,6 @@
 /* Bytes toward one leg of a flow, through its TLS session when it has one (core/leg.h). */
 #include "conn.h"
+#include "decide.h"
 #include "flow.h"
 #include "leg.h"
 #include "worker.h"
@@ -23,6 +24,18 @@ bool leg_flush(struct worker *w, struct flow *f, unsigned side)
         return false;
     conn_try_send(w, f, side);
     return true;
+}
+
+bool leg_budget(void *ctx, uint32_t stream_id, uint32_t *retry_s)
+{
+    struct flow *f = ctx;
+    return flow_budget_request(f->w, f, stream_id, retry_s);
+}
+
+void leg_budget_bytes(void *ctx, uint64_t n)
+{
+    struct flow *f = ctx;
+    soth_budget_add_bytes(f->bgt, f->w->idx, f->identity, f->budget_slot, now_ms(), n);
 }
 
 int leg_send(void *ctx, unsigned side, const char *p, size_t n)

@@ -69,6 +69,12 @@ int soth_mitmengine_check(const struct soth_config *cfg, char *err, size_t err_l
         key = "timeouts.request_header_ms";
     else if (cfg->timeouts.response_header_ms != d->timeouts.response_header_ms)
         key = "timeouts.response_header_ms";
+    if (key == NULL &&
+        (cfg->identities.require || cfg->identities.n_users > 0 || cfg->identities.n_networks > 0))
+        key = "identities", why = " (identities and budgets are the native engine's)";
+    for (size_t i = 0; key == NULL && i < cfg->n_rules; i++)
+        if (cfg->rules[i].n_identities > 0 || cfg->rules[i].budget.window_s > 0)
+            key = "policy", why = " (rules with identities or a budget)";
     if (key == NULL && (cfg->mode == SOTH_MODE_TRANSPARENT || cfg->mode == SOTH_MODE_SOCKS5)) {
         /* The addon can refuse a request (403) but not close a connection before mitmproxy
          * relays it: block needs a request to answer. */

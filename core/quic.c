@@ -471,6 +471,20 @@ static void apply(struct worker *w, struct quic *q, struct qflow *f, enum soth_a
     recv_arm(w, q, f, SOTH_LEG_CLIENT);
 }
 
+/* The flow's identity (docs/soth.md "Identity"): the client's network, else anonymous (a QUIC
+ * flow has no proxy head; budgets do not apply to relayed datagrams). Set on its events. */
+static int quic_identity(struct worker *w, struct qflow *f)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    key_to_sa(f->key.caddr, f->key.cport, f->key.v6 != 0, &ss, &len);
+    int id = SOTH_IDENTITY_ANONYMOUS;
+    bool required = soth_policy_identify(w->policy, SOTH_IOV_NULL, (struct sockaddr *)&ss, &id) ==
+                    SOTH_IDENT_REQUIRED;
+    soth_ev_flow_set_identity(&f->ev, soth_policy_identity_name(w->policy, id));
+    return required ? -1 : id; /* identities.require without one: blocked */
+}
+
 /* Policy on SNI:port (the original destination's address without an SNI), as for TCP
  * (docs/config.md "policy"); what is not blocked is relayed and reported as tunnel. */
 static void decide_hello(struct worker *w, struct quic *q, struct qflow *f,
@@ -485,12 +499,19 @@ static void decide_hello(struct worker *w, struct quic *q, struct qflow *f,
     if (h->ch.has_sni)
         soth_ev_flow_set_server(&f->ev, h->ch.sni, f->key.dport);
     struct soth_learning_view lv = {.is_pinned = NULL, .ctx = NULL}; /* no pins for QUIC */
-    struct soth_policy_decision d = soth_policy_decide(
-        w->policy, soth_iov(f->ev.server_host, f->ev.server_host_len), f->ev.server_port, &lv);
+    int id = quic_identity(w, f);
+    struct soth_policy_decision d =
+        soth_policy_decide_for(w->policy, soth_iov(f->ev.server_host, f->ev.server_host_len),
+                               f->ev.server_port, id < 0 ? SOTH_IDENTITY_ANONYMOUS : id, &lv);
+    if (id < 0) {
+        d.action = SOTH_ACTION_BLOCK;
+        d.reason = SOTH_REASON_DEFAULT;
+        d.rule_id = SOTH_IOV_NULL;
+    }
     enum soth_action a = d.action == SOTH_ACTION_BLOCK ? SOTH_ACTION_BLOCK : SOTH_ACTION_TUNNEL;
     enum soth_decision_reason r = a == SOTH_ACTION_BLOCK ? (enum soth_decision_reason)d.reason
                                                          : SOTH_REASON_HTTP3_PASSTHROUGH;
-    soth_ev_connect_decision(&f->ev, a, r, d.rule);
+    soth_ev_connect_decision_route(&f->ev, a, r, d.rule_id, SOTH_IOV_LIT("direct"));
     apply(w, q, f, a);
 }
 
@@ -506,9 +527,11 @@ static void decide_invalid(struct worker *w, struct quic *q, struct qflow *f, in
                                  soth_iov(detail, strlen(detail)));
     if (!decide)
         return;
-    enum soth_action a =
-        w->cfg->policy_default == SOTH_ACTION_BLOCK ? SOTH_ACTION_BLOCK : SOTH_ACTION_TUNNEL;
-    soth_ev_connect_decision(&f->ev, a, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
+    enum soth_action a = w->cfg->policy_default == SOTH_ACTION_BLOCK || quic_identity(w, f) < 0
+                             ? SOTH_ACTION_BLOCK
+                             : SOTH_ACTION_TUNNEL;
+    soth_ev_connect_decision_route(&f->ev, a, SOTH_REASON_DEFAULT, SOTH_IOV_NULL,
+                                   SOTH_IOV_LIT("direct"));
     apply(w, q, f, a);
 }
 

@@ -179,6 +179,8 @@ void relay_start(struct worker *w, struct flow *f)
                 .client_tls = f->tls[SOTH_LEG_CLIENT] != NULL,
                 .ctx = f,
                 .send = leg_send,
+                .budget = f->budget_slot >= 0 ? leg_budget : NULL,
+                .budget_bytes = f->budget_slot >= 0 ? leg_budget_bytes : NULL,
             };
             f->app = app_new(h2 ? APP_H2 : APP_H1, &env);
             if (f->app == NULL && !h2) {

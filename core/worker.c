@@ -83,6 +83,8 @@ static void on_eventfd(struct worker *w)
             /* Flows keep their decisions; new CONNECTs see the new policy. */
             soth_policy_free(w->policy);
             w->policy = np;
+            /* published by soth_engine_reload before the config (core/engine.c) */
+            w->budget = atomic_load(&w->eng->budget);
             soth_config_unref(w->cfg);
             w->cfg = ncfg;
         }

@@ -18,7 +18,7 @@ const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT] = {
     "response_trailers",     "exchange_completed",      "ws_message",
     "ws_turn_started",       "ws_turn_completed",       "sse_event",
     "grpc_message",          "payload_parsed",          "stream_closed",
-    "quic_client_hello",
+    "quic_client_hello",     "budget_exceeded",
 };
 const char *const soth_protocol_names[SOTH_PROTO_COUNT] = {"tcp",       "tls", "http1", "http2",
                                                            "websocket", "sse", "grpc",  "http3"};
@@ -48,6 +48,7 @@ const char *const soth_flush_reason_names[SOTH_FLUSH_COUNT] = {"direction_change
                                                                "idle"};
 static const char *const action_names[SOTH_ACTION_COUNT] = {"intercept", "tunnel", "block"};
 static const char *const audit_names[2] = {"ignored", "applied"};
+static const char *const limit_names[2] = {"requests", "bytes"};
 
 #define E(names, n) FK_ENUM, names, n
 #define U(name)                                                                                    \
@@ -82,8 +83,9 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
     [SOTH_EV_CONNECT_PARSE_FAILED] = {{S("reason_code"), S("detail")}, 2},
     [SOTH_EV_CONNECT_DECISION] = {{{"decision", E(action_names, SOTH_ACTION_COUNT)},
                                    {"reason", E(soth_decision_reason_names, SOTH_REASON_COUNT)},
-                                   {"rule", FK_OMITSTR, NULL, 0}},
-                                  3},
+                                   {"rule", FK_OMITSTR, NULL, 0},
+                                   {"route", FK_OMITSTR, NULL, 0}},
+                                  4},
     [SOTH_EV_TLS_HANDSHAKE_STARTED] =
         {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)}, OS("sni"), {"ja4", FK_OMITSTR, NULL, 0}}, 3},
     [SOTH_EV_TLS_HANDSHAKE_SUCCEEDED] = {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)},
@@ -161,6 +163,8 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
                                7},
     [SOTH_EV_QUIC_CLIENT_HELLO] =
         {{S("quic_version"), OS("sni"), {"alpn", FK_STRLIST, NULL, 0}, U("initial_packets")}, 4},
+    [SOTH_EV_BUDGET_EXCEEDED] = {{STREAM, S("rule"), {"limit", E(limit_names, 2)}, U("window_s")},
+                                 4},
 };
 
 int soth_ev_type_from_name(const char *name, size_t len)
@@ -250,7 +254,7 @@ static void emit(struct soth_ev_flow *f, enum soth_ev_type t, const struct ev_va
     if (pr == NULL || f->closed)
         return;
     const struct type_def *td = &soth_ev_schema[t];
-    size_t len = sizeof(struct ev_rec) + f->client_addr_len + f->server_host_len;
+    size_t len = sizeof(struct ev_rec) + f->client_addr_len + f->server_host_len + f->identity_len;
     for (unsigned i = 0; i < td->n; i++)
         len += field_size(&td->f[i], &vals[i]);
     len = (len + REC_ALIGN - 1) & ~(size_t)(REC_ALIGN - 1);
@@ -287,12 +291,15 @@ static void emit(struct soth_ev_flow *f, enum soth_ev_type t, const struct ev_va
     r->protocol = f->protocol;
     r->client_addr_len = f->client_addr_len;
     r->server_host_len = f->server_host_len;
+    r->identity_len = f->identity_len;
     memset(r->pad, 0, sizeof(r->pad));
     char *p = (char *)(r + 1);
     memcpy(p, f->client_addr, f->client_addr_len);
     p += f->client_addr_len;
     memcpy(p, f->server_host, f->server_host_len);
     p += f->server_host_len;
+    memcpy(p, f->identity, f->identity_len);
+    p += f->identity_len;
     for (unsigned i = 0; i < td->n; i++) {
         const struct ev_val *v = &vals[i];
         switch (td->f[i].kind) {
@@ -369,6 +376,7 @@ void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, ui
     f->protocol = SOTH_PROTO_TCP;
     f->client_addr_len = 0;
     f->server_host_len = 0;
+    f->identity_len = 0;
     f->closed = false;
     f->x_reason = NULL;
     if (prod != NULL)
@@ -396,6 +404,14 @@ void soth_ev_flow_set_server(struct soth_ev_flow *f, struct soth_iov host, uint1
     memcpy(f->server_host, host.base, n);
     f->server_host_len = (uint8_t)n;
     f->server_port = port;
+}
+
+void soth_ev_flow_set_identity(struct soth_ev_flow *f, struct soth_iov id)
+{
+    size_t n = id.len < SOTH_EV_IDENTITY_MAX ? id.len : SOTH_EV_IDENTITY_MAX;
+    if (n > 0)
+        memcpy(f->identity, id.base, n);
+    f->identity_len = (uint8_t)n;
 }
 
 void soth_ev_flow_set_client_text(struct soth_ev_flow *f, struct soth_iov addr)
@@ -448,8 +464,23 @@ void soth_ev_connect_parse_failed(struct soth_ev_flow *f, struct soth_iov reason
 void soth_ev_connect_decision(struct soth_ev_flow *f, enum soth_action decision,
                               enum soth_decision_reason reason, struct soth_iov rule)
 {
-    struct ev_val v[] = {VU(decision), VU(reason), VS(rule)};
+    soth_ev_connect_decision_route(f, decision, reason, rule, SOTH_IOV_NULL);
+}
+
+void soth_ev_connect_decision_route(struct soth_ev_flow *f, enum soth_action decision,
+                                    enum soth_decision_reason reason, struct soth_iov rule,
+                                    struct soth_iov route)
+{
+    struct ev_val v[] = {VU(decision), VU(reason), VS(rule), VS(route)};
     emit(f, SOTH_EV_CONNECT_DECISION, v);
+}
+
+void soth_ev_budget_exceeded(struct soth_ev_flow *f, uint32_t stream_id, struct soth_iov rule,
+                             int limit, uint32_t window_s)
+{
+    uint64_t lim = limit == 2 ? 1 : 0; /* enum soth_budget_limit: 1 requests, 2 bytes */
+    struct ev_val v[] = {VU(stream_id), VS(rule), VU(lim), VU(window_s)};
+    emit(f, SOTH_EV_BUDGET_EXCEEDED, v);
 }
 
 void soth_ev_tls_handshake_started_fp(struct soth_ev_flow *f, enum soth_leg side,
@@ -1207,8 +1238,9 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
         return -1;
     pthread_once(&jtab_once, jtab_init);
     struct cur c = {(const unsigned char *)(r + 1), (const unsigned char *)r + r->len};
-    const unsigned char *addr, *host;
-    if (!take(&c, r->client_addr_len, &addr) || !take(&c, r->server_host_len, &host))
+    const unsigned char *addr, *host, *ident;
+    if (!take(&c, r->client_addr_len, &addr) || !take(&c, r->server_host_len, &host) ||
+        !take(&c, r->identity_len, &ident))
         return -1;
     const struct type_def *td = &soth_ev_schema[r->type];
     char *const start = jbuf_room(out, ev_bound(r, td));
@@ -1239,6 +1271,10 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
     o = w_u64(o + 15, r->server_port);
     unsigned proto = r->protocol < SOTH_PROTO_COUNT ? r->protocol : SOTH_PROTO_TCP;
     o = w_key(o, &jtab.proto[proto], ",\"protocol\":\"", soth_protocol_names[proto], "\"");
+    if (r->identity_len > 0) {
+        memcpy(o, ",\"identity\":", 12);
+        o = w_str(o + 12, ident, r->identity_len);
+    }
     /* The type's own fields, as the schema lists them. */
     for (unsigned i = 0; i < td->n; i++) {
         const struct field_def *fd = &td->f[i];
@@ -1383,8 +1419,9 @@ int soth_ev_rec_tls_failed(struct ev_rec *r, size_t avail, struct soth_ev_tls_fa
     /* Schema order: side, tls_failure_reason, tls_failure_source, tls_ops_provider, detail,
      * host_failure_count, global_failure_count. */
     if (!take(&c, r->client_addr_len, &p) || !take(&c, r->server_host_len, &host) ||
-        !take_u64(&c, &side) || !take_u64(&c, &reason) || !take_u32(&c, &n) || !take(&c, n, &p) ||
-        !take_u64(&c, &provider) || !take_u32(&c, &n) || !take(&c, n, &p) || !take(&c, 16, &p))
+        !take(&c, r->identity_len, &p) || !take_u64(&c, &side) || !take_u64(&c, &reason) ||
+        !take_u32(&c, &n) || !take(&c, n, &p) || !take_u64(&c, &provider) || !take_u32(&c, &n) ||
+        !take(&c, n, &p) || !take(&c, 16, &p))
         return -1;
     if (side >= SOTH_LEG_COUNT || reason >= SOTH_TLSF_COUNT || provider >= SOTH_TLSP_COUNT)
         return -1;

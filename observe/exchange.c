@@ -31,7 +31,7 @@ struct xf {
 
 struct xrec {
     struct ev_rec h;
-    const unsigned char *addr, *host;
+    const unsigned char *addr, *host, *ident;
     struct xf f[EV_MAX_FIELDS];
     unsigned nf;
 };
@@ -46,7 +46,8 @@ static int decode(const void *rec, size_t avail, struct xrec *d)
         return -1;
     struct cur c = {(const unsigned char *)rec + sizeof(d->h),
                     (const unsigned char *)rec + d->h.len};
-    if (!take(&c, d->h.client_addr_len, &d->addr) || !take(&c, d->h.server_host_len, &d->host))
+    if (!take(&c, d->h.client_addr_len, &d->addr) || !take(&c, d->h.server_host_len, &d->host) ||
+        !take(&c, d->h.identity_len, &d->ident))
         return -1;
     const struct type_def *td = &soth_ev_schema[d->h.type];
     d->nf = td->n;
@@ -1084,9 +1085,9 @@ int soth_xasm_feed(struct soth_xasm *x, const void *rec, size_t avail)
     xstr_set(&f->server_host, d.host, d.h.server_host_len);
     f->server_port = d.h.server_port;
     f->protocol = d.h.protocol < SOTH_PROTO_COUNT ? d.h.protocol : 0;
-    const struct xf *idf = fget(&d, "identity");
-    if (idf != NULL && idf->present)
-        xstr_from(&f->identity, idf);
+    /* identity: a common field of every event from connect_decision on (docs/events.md) */
+    if (d.h.identity_len > 0)
+        xstr_set(&f->identity, d.ident, d.h.identity_len);
 
     enum soth_ev_type t = (enum soth_ev_type)d.h.type;
     switch (t) {

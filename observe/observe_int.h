@@ -26,7 +26,8 @@ struct ev_rec {
     uint8_t protocol;
     uint8_t client_addr_len;
     uint8_t server_host_len;
-    uint8_t pad[7];
+    uint8_t identity_len; /* 0 = no identity yet; its bytes follow server_host */
+    uint8_t pad[6];
 };
 _Static_assert(sizeof(struct ev_rec) == 56, "record header is part of the file format");
 
@@ -139,6 +140,8 @@ struct ring_hdr {
 struct sink;
 
 struct soth_observe {
+    void (*metrics_fn)(void *ctx, struct soth_metrics_out *o); /* extra metrics, or NULL */
+    void *metrics_ctx;
     unsigned n_workers;
     unsigned n_prods; /* n_workers + 1: the last producer is the bridge's (worker -1) */
     struct soth_ev_producer *prods;

@@ -983,6 +983,29 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
     }
 }
 
+struct soth_metrics_out {
+    struct jbuf *b;
+};
+
+void soth_metrics_out_type(struct soth_metrics_out *o, const char *name, const char *type,
+                           const char *help)
+{
+    metric_type(o->b, name, type, help);
+}
+
+void soth_metrics_out_line(struct soth_metrics_out *o, const char *name, const char *labels,
+                           uint64_t v)
+{
+    metric_line(o->b, name, labels, v);
+}
+
+void soth_observe_set_metrics_source(struct soth_observe *o,
+                                     void (*fn)(void *ctx, struct soth_metrics_out *out), void *ctx)
+{
+    o->metrics_fn = fn;
+    o->metrics_ctx = ctx;
+}
+
 static void metrics_serve(struct soth_observe *o, int c, struct jbuf *body, struct jbuf *resp)
 {
     struct timeval tv = {.tv_sec = 2};
@@ -1006,6 +1029,10 @@ static void metrics_serve(struct soth_observe *o, int c, struct jbuf *body, stru
     bool get = strncmp(req, "GET /metrics", 12) == 0 && (req[12] == ' ' || req[12] == '?');
     if (get) {
         render_metrics(o, body);
+        if (o->metrics_fn != NULL) {
+            struct soth_metrics_out mo = {body};
+            o->metrics_fn(o->metrics_ctx, &mo);
+        }
         hn = snprintf(head, sizeof(head),
                       "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n",

@@ -78,6 +78,7 @@ struct msg {
     bool expect_continue;
     bool keep_alive;
     bool upgrade;
+    bool local; /* request answered by the caller (SOTH_H1_LOCAL): read and dropped */
     bool interim;
     bool no_body;
     bool until_close;
@@ -514,6 +515,8 @@ static int emit(struct soth_h1 *h, enum soth_leg to, const char *p, size_t n)
 {
     if (n == 0)
         return 0;
+    if (to == SOTH_LEG_UPSTREAM && h->d[SOTH_LEG_CLIENT].m.local)
+        return 0; /* a request the caller answered itself: nothing of it goes upstream */
     int rc = h->cbs.out(h->cbs.ctx, to, p, n);
     if (rc < 0)
         set_err(h, soth_leg_other(to), 0, NULL, NULL, rc);
@@ -1135,6 +1138,15 @@ static int headers_complete(llhttp_t *p)
             d->state = DS_BODY;
             return ret;
         }
+        if (rc == SOTH_H1_LOCAL && d->side == SOTH_LEG_CLIENT) {
+            /* Answered by the caller: no exchange, its body is read and dropped (emit and
+             * count_body see m->local), the connection carries on after it. */
+            SOTH_BUG_ON(h->qlen != 1);
+            h->qlen--;
+            m->local = true;
+            d->state = DS_BODY;
+            return ret;
+        }
         if (rc == SOTH_H1_REFUSE && d->side == SOTH_LEG_CLIENT) {
             /* Not forwarded and no exchange; the connection ends once the exchanges before
              * it are reported (the caller answers it then), and the client's bytes from here
@@ -1170,6 +1182,8 @@ static int cb_headers_complete(llhttp_t *p)
 
 static void count_body(struct dir *d, size_t n)
 {
+    if (d->m.local)
+        return;
     struct xchg *x = d->side == SOTH_LEG_CLIENT ? q_newest(d->h) : q_awaiting(d->h);
     if (x == NULL)
         return;
@@ -1184,6 +1198,8 @@ static int cb_body(llhttp_t *p, const char *at, size_t n)
     struct dir *d = dir_of(p);
     struct soth_h1 *h = d->h;
     count_body(d, n);
+    if (d->m.local)
+        return 0;
     if (h->cbs.on_body != NULL)
         h->cbs.on_body(h->cbs.ctx, d->side, d->m.id, at, n);
     return emit(h, soth_leg_other(d->side), at, n) < 0 ? HPE_USER : 0;
@@ -1259,12 +1275,22 @@ static int cb_message_complete(llhttp_t *p)
     if (d->state == DS_TRAILERS) {
         if (PUT_LIT(d, "\r\n") < 0)
             return -1;
-        if (m->n_fields > 0 && h->cbs.on_trailers != NULL)
+        if (m->n_fields > 0 && h->cbs.on_trailers != NULL && !m->local)
             h->cbs.on_trailers(h->cbs.ctx, d->side, m->id, d->fields, m->n_fields);
         int rc = emit(h, soth_leg_other(d->side), d->buf, d->used);
         sec_drop(d);
         if (rc < 0)
             return -1;
+    }
+    if (d->side == SOTH_LEG_CLIENT && m->local) {
+        /* The caller answered it (SOTH_H1_LOCAL): the next request may follow. */
+        m->local = false;
+        if (!m->keep_alive)
+            h->closing = true;
+        d->need_reset = m->upgrade;
+        d->state = h->closing ? DS_DISCARD : DS_IDLE;
+        update_done(h);
+        return 0;
     }
     if (d->side == SOTH_LEG_CLIENT) {
         struct xchg *x = q_newest(h);

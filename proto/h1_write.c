@@ -189,10 +189,17 @@ ssize_t soth_h1_write_response_head(struct soth_iov version, unsigned status,
 ssize_t soth_h1_write_answer(char *out, size_t cap, unsigned status, const char *phrase,
                              const char *body, size_t body_len)
 {
+    return soth_h1_write_answer_hdr(out, cap, status, phrase, NULL, true, body, body_len);
+}
+
+ssize_t soth_h1_write_answer_hdr(char *out, size_t cap, unsigned status, const char *phrase,
+                                 const char *extra, bool close, const char *body, size_t body_len)
+{
     int n = snprintf(out, cap,
                      "HTTP/1.1 %u %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
-                     status, phrase, body_len);
+                     "%s%s\r\n",
+                     status, phrase, body_len, extra != NULL ? extra : "",
+                     close ? "Connection: close\r\n" : "");
     if (n < 0 || (size_t)n >= cap || body_len > cap - (size_t)n)
         return SOTH_E_TOO_LARGE;
     if (body_len > 0)

@@ -16,6 +16,7 @@
  * never exceed the connection window we advertise on the receiving leg. docs/http2.md has
  * the whole bound and the outcome table.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include <nghttp2/nghttp2.h>
@@ -1010,6 +1011,22 @@ static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_f
             .end_stream = end,
         };
         r->cbs.on_request_head(r->cbs.ctx, s->cid, &req);
+    }
+    uint32_t retry =
+        r->cbs.on_request_admit != NULL ? r->cbs.on_request_admit(r->cbs.ctx, s->cid) : 0;
+    if (retry > 0) {
+        char ra[12];
+        int rn = snprintf(ra, sizeof(ra), "%u", retry);
+        const nghttp2_nv nv[] = {
+            {(uint8_t *)":status", (uint8_t *)"429", 7, 3, NGHTTP2_NV_FLAG_NONE},
+            {(uint8_t *)"retry-after", (uint8_t *)ra, 11, (size_t)rn, NGHTTP2_NV_FLAG_NONE},
+            {(uint8_t *)"content-length", (uint8_t *)"0", 14, 1, NGHTTP2_NV_FLAG_NONE},
+        };
+        s->f |= S_REFUSED;
+        drop_request(r, s);
+        set_outcome(s, SOTH_H2_COMPLETE, 0, NULL);
+        answer_client(r, s, nv, SOTH_ARRAY_LEN(nv), NGHTTP2_INTERNAL_ERROR);
+        return;
     }
     nghttp2_data_provider prov = {.source.ptr = s, .read_callback = read_body};
     int32_t uid =

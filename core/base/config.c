@@ -580,6 +580,8 @@ static int regex_guard(const char *re, char *why, size_t why_len)
 /* ---- defaults */
 
 static void config_free(struct soth_config *c);
+static void identities_free(struct soth_identities *ids);
+static void rule_identity_free(struct soth_rule *r);
 
 /** malloc'ed a + b + c. */
 static char *cat3(const char *a, const char *b, const char *c)
@@ -692,9 +694,11 @@ static void config_free(struct soth_config *c)
         free(c->rules[i].text);
         free(c->rules[i].route_text);
         soth_route_dispose(&c->rules[i].route);
+        rule_identity_free(&c->rules[i]);
     }
     soth_route_dispose(&c->default_route);
     free(c->rules);
+    identities_free(&c->identities);
     free(c->tls.ca_dir);
     free(c->tls.ca_cert);
     free(c->tls.ca_key);
@@ -863,6 +867,391 @@ static int set_mode(struct cerr *e, struct soth_config *c, const char *path, con
     return 0;
 }
 
+/* ---- identities (docs/config.md "identities"): users with a password hash, networks */
+
+static bool identity_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > SOTH_IDENTITY_MAX)
+        return false;
+    for (const char *p = s; *p; p++) {
+        char ch = *p;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == '@' || ch == ':'))
+            return false;
+    }
+    return true;
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+int soth_cidr_parse(const char *text, struct soth_cidr *out, char *err, size_t err_len)
+{
+    char buf[64];
+    memset(out, 0, sizeof(*out));
+    size_t n = strlen(text);
+    if (n == 0 || n >= sizeof(buf)) {
+        snprintf(err, err_len, "expected an IPv4 or IPv6 CIDR, got \"%.80s\"", text);
+        return SOTH_E_CONFIG;
+    }
+    memcpy(buf, text, n + 1);
+    char *slash = strchr(buf, '/');
+    long prefix = -1;
+    if (slash != NULL) {
+        *slash = '\0';
+        const char *d = slash + 1;
+        if (*d == '\0' || strlen(d) > 3 || (d[0] == '0' && d[1] != '\0')) {
+            snprintf(err, err_len, "bad prefix length in \"%s\"", text);
+            return SOTH_E_CONFIG;
+        }
+        prefix = 0;
+        for (; *d; d++) {
+            if (*d < '0' || *d > '9') {
+                snprintf(err, err_len, "bad prefix length in \"%s\"", text);
+                return SOTH_E_CONFIG;
+            }
+            prefix = prefix * 10 + (*d - '0');
+        }
+    }
+    if (inet_pton(AF_INET, buf, out->addr) == 1) {
+        out->family = AF_INET;
+        if (prefix < 0)
+            prefix = 32;
+        if (prefix > 32) {
+            snprintf(err, err_len, "prefix length above 32 in \"%s\"", text);
+            return SOTH_E_CONFIG;
+        }
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        out->family = AF_INET6;
+        if (prefix < 0)
+            prefix = 128;
+        if (prefix > 128) {
+            snprintf(err, err_len, "prefix length above 128 in \"%s\"", text);
+            return SOTH_E_CONFIG;
+        }
+    } else {
+        snprintf(err, err_len, "expected an IPv4 or IPv6 CIDR, got \"%s\"", text);
+        return SOTH_E_CONFIG;
+    }
+    out->prefix = (uint8_t)prefix;
+    size_t bytes = out->family == AF_INET ? 4 : 16;
+    for (size_t i = 0; i < bytes; i++) {
+        unsigned keep = prefix >= (long)(8 * (i + 1)) ? 8u
+                        : prefix > (long)(8 * i)      ? (unsigned)(prefix - (long)(8 * i))
+                                                      : 0u;
+        uint8_t mask = keep == 8 ? 0xff : (uint8_t)(0xff00u >> keep);
+        if ((out->addr[i] & (uint8_t)~mask) != 0) {
+            snprintf(err, err_len, "host bits set in \"%s\" (write the network address)", text);
+            return SOTH_E_CONFIG;
+        }
+    }
+    return 0;
+}
+
+bool soth_cidr_contains(const struct soth_cidr *c, const struct sockaddr *sa)
+{
+    const uint8_t *a;
+    int fam;
+    if (sa == NULL)
+        return false;
+    if (sa->sa_family == AF_INET) {
+        a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+        fam = AF_INET;
+    } else if (sa->sa_family == AF_INET6) {
+        a = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+        fam = AF_INET6;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (c->family == AF_INET && memcmp(a, mapped, 12) == 0) {
+            a += 12;
+            fam = AF_INET;
+        }
+    } else {
+        return false;
+    }
+    if (fam != c->family)
+        return false;
+    unsigned full = c->prefix / 8u, rest = c->prefix % 8u;
+    if (memcmp(a, c->addr, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    uint8_t mask = (uint8_t)(0xff00u >> rest);
+    return (a[full] & mask) == (c->addr[full] & mask);
+}
+
+static bool identity_defined(const struct soth_identities *ids, const char *id)
+{
+    for (size_t i = 0; i < ids->n_users; i++)
+        if (strcmp(ids->users[i].id, id) == 0)
+            return true;
+    for (size_t i = 0; i < ids->n_networks; i++)
+        if (strcmp(ids->networks[i].id, id) == 0)
+            return true;
+    return false;
+}
+
+static int get_u64(struct cerr *e, const char *path, const json_t *v, long long min, long long max,
+                   long long *out)
+{
+    char b[64];
+    if (!json_is_integer(v)) {
+        json_brief(v, b, sizeof(b));
+        return fail(e, path, "expected integer >= %lld, got %s", min, b);
+    }
+    json_int_t x = json_integer_value(v);
+    if (x < min)
+        return fail(e, path, "expected integer >= %lld, got %lld", min, (long long)x);
+    if (x > max)
+        return fail(e, path, "expected integer <= %lld, got %lld", max, (long long)x);
+    *out = (long long)x;
+    return 0;
+}
+
+static int load_identity_id(struct cerr *e, const char *pk, const json_t *v, char **out)
+{
+    if (!json_is_string(v) || !identity_id_ok(json_string_value(v))) {
+        char b[64];
+        json_brief(v, b, sizeof(b));
+        return fail(e, pk, "expected an id of 1..%d letters, digits or \"-_.@:\", got %s",
+                    SOTH_IDENTITY_MAX, b);
+    }
+    if (strcmp(json_string_value(v), "anonymous") == 0)
+        return fail(e, pk, "\"anonymous\" is reserved (the identity of a client nothing names)");
+    *out = sdup(e, json_string_value(v));
+    return 0;
+}
+
+static int load_identity_users(struct cerr *e, struct soth_identities *ids, const json_t *users)
+{
+    static const char *const keys[] = {"id", "user", "password_sha256", NULL};
+    int rc;
+    if (!json_is_array(users))
+        return fail(e, "identities.users", "expected array, got %s", json_type_name(users));
+    size_t n = json_array_size(users);
+    ids->users = array_new(e, n, sizeof(*ids->users));
+    if (ids->users == NULL)
+        return fail(e, "identities.users", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        char p[64], pk[96];
+        snprintf(p, sizeof(p), "identities.users[%zu]", i);
+        const json_t *u = json_array_get(users, i);
+        if ((rc = expect_object(e, p, u)) || (rc = check_keys(e, p, u, keys)))
+            return rc;
+        struct soth_identity_user *d = &ids->users[ids->n_users++];
+        const json_t *v;
+        snprintf(pk, sizeof(pk), "%s.id", p);
+        if ((v = json_object_get(u, "id")) == NULL)
+            return fail(e, pk, "missing required key");
+        if ((rc = load_identity_id(e, pk, v, &d->id)))
+            return rc;
+        snprintf(pk, sizeof(pk), "%s.user", p);
+        if ((v = json_object_get(u, "user")) == NULL)
+            return fail(e, pk, "missing required key");
+        const char *name = json_is_string(v) ? json_string_value(v) : NULL;
+        /* RFC 7617: the user-id cannot hold a colon; control bytes would not survive a header */
+        bool ok = name != NULL && name[0] != '\0' && strlen(name) <= 255 && !strchr(name, ':');
+        for (const char *q = name; ok && *q; q++)
+            ok = (unsigned char)*q >= 0x20 && *q != 0x7f;
+        if (!ok)
+            return fail(e, pk, "expected a user name of 1..255 bytes without ':' or control bytes");
+        for (size_t k = 0; k + 1 < ids->n_users; k++)
+            if (strcmp(ids->users[k].user, name) == 0)
+                return fail(e, pk, "user \"%s\" is already defined in identities.users[%zu]", name,
+                            k);
+        d->user = sdup(e, name);
+        snprintf(pk, sizeof(pk), "%s.password_sha256", p);
+        if ((v = json_object_get(u, "password_sha256")) == NULL)
+            return fail(e, pk, "missing required key");
+        /* The message never echoes the value: it is a password hash. */
+        const char *hx = json_is_string(v) ? json_string_value(v) : "";
+        ok = strlen(hx) == 64;
+        for (size_t k = 0; ok && k < 32; k++) {
+            int hi = hexval(hx[2 * k]), lo = hexval(hx[2 * k + 1]);
+            ok = hi >= 0 && lo >= 0;
+            if (ok)
+                d->password_sha256[k] = (uint8_t)(hi << 4 | lo);
+        }
+        if (!ok)
+            return fail(e, pk, "expected 64 hex digits (the SHA-256 of the password)");
+    }
+    return 0;
+}
+
+static int load_identity_networks(struct cerr *e, struct soth_identities *ids, const json_t *nets)
+{
+    static const char *const keys[] = {"id", "cidrs", NULL};
+    int rc;
+    if (!json_is_array(nets))
+        return fail(e, "identities.networks", "expected array, got %s", json_type_name(nets));
+    size_t n = json_array_size(nets);
+    ids->networks = array_new(e, n, sizeof(*ids->networks));
+    if (ids->networks == NULL)
+        return fail(e, "identities.networks", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        char p[64], pk[96];
+        snprintf(p, sizeof(p), "identities.networks[%zu]", i);
+        const json_t *o = json_array_get(nets, i);
+        if ((rc = expect_object(e, p, o)) || (rc = check_keys(e, p, o, keys)))
+            return rc;
+        struct soth_identity_net *d = &ids->networks[ids->n_networks++];
+        const json_t *v;
+        snprintf(pk, sizeof(pk), "%s.id", p);
+        if ((v = json_object_get(o, "id")) == NULL)
+            return fail(e, pk, "missing required key");
+        if ((rc = load_identity_id(e, pk, v, &d->id)))
+            return rc;
+        for (size_t k = 0; d->id != NULL && k + 1 < ids->n_networks; k++)
+            if (strcmp(ids->networks[k].id, d->id) == 0)
+                return fail(e, pk, "id \"%s\" is already defined in identities.networks[%zu]",
+                            d->id, k);
+        snprintf(pk, sizeof(pk), "%s.cidrs", p);
+        if ((v = json_object_get(o, "cidrs")) == NULL)
+            return fail(e, pk, "missing required key");
+        if (!json_is_array(v) || json_array_size(v) == 0)
+            return fail(e, pk, "expected a non-empty array of CIDRs, got %s", json_type_name(v));
+        size_t nc = json_array_size(v);
+        d->cidrs = array_new(e, nc, sizeof(*d->cidrs));
+        d->cidr_texts = array_new(e, nc, sizeof(*d->cidr_texts));
+        if (d->cidrs == NULL || d->cidr_texts == NULL)
+            return fail(e, pk, "out of memory");
+        for (size_t k = 0; k < nc; k++) {
+            char ck[128], why[160];
+            snprintf(ck, sizeof(ck), "%s[%zu]", pk, k);
+            const json_t *c = json_array_get(v, k);
+            if (!json_is_string(c))
+                return fail(e, ck, "expected string, got %s", json_type_name(c));
+            if (soth_cidr_parse(json_string_value(c), &d->cidrs[k], why, sizeof(why)) < 0)
+                return fail(e, ck, "%s", why);
+            d->cidr_texts[k] = sdup(e, json_string_value(c));
+            d->n_cidrs++;
+        }
+    }
+    return 0;
+}
+
+static int load_identities(struct cerr *e, struct soth_config *c, const json_t *v)
+{
+    static const char *const keys[] = {"require", "users", "networks", NULL};
+    int rc;
+    if ((rc = expect_object(e, "identities", v)) || (rc = check_keys(e, "identities", v, keys)))
+        return rc;
+    const json_t *x;
+    if ((x = json_object_get(v, "require")) &&
+        (rc = get_bool(e, "identities.require", x, &c->identities.require)))
+        return rc;
+    if ((x = json_object_get(v, "users")) && (rc = load_identity_users(e, &c->identities, x)))
+        return rc;
+    if ((x = json_object_get(v, "networks")) && (rc = load_identity_networks(e, &c->identities, x)))
+        return rc;
+    return 0;
+}
+
+/* policy.rules[]: id, identities, budget (docs/config.md "identities"). Identities are loaded
+ * first, so a rule can only name one that exists. */
+static int load_rule_identity_keys(struct cerr *e, const struct soth_config *c, const char *p,
+                                   const json_t *r, struct soth_rule *rule, size_t idx)
+{
+    char pk[112];
+    int rc;
+    const json_t *v;
+    if ((v = json_object_get(r, "id"))) {
+        snprintf(pk, sizeof(pk), "%s.id", p);
+        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 128)
+            return fail(e, pk, "expected a string of 1..128 bytes, got %s", json_type_name(v));
+        for (size_t k = 0; k < idx; k++)
+            if (c->rules[k].id != NULL && strcmp(c->rules[k].id, json_string_value(v)) == 0)
+                return fail(e, pk, "id \"%s\" is already used by policy.rules[%zu]",
+                            json_string_value(v), k);
+        rule->id = sdup(e, json_string_value(v));
+    }
+    if ((v = json_object_get(r, "identities"))) {
+        snprintf(pk, sizeof(pk), "%s.identities", p);
+        if (!json_is_array(v) || json_array_size(v) == 0)
+            return fail(e, pk, "expected a non-empty array of identity ids, got %s",
+                        json_type_name(v));
+        size_t n = json_array_size(v);
+        rule->identities = array_new(e, n, sizeof(*rule->identities));
+        if (rule->identities == NULL)
+            return fail(e, pk, "out of memory");
+        for (size_t k = 0; k < n; k++) {
+            char ik[140];
+            snprintf(ik, sizeof(ik), "%s[%zu]", pk, k);
+            const json_t *s = json_array_get(v, k);
+            if (!json_is_string(s))
+                return fail(e, ik, "expected string, got %s", json_type_name(s));
+            const char *id = json_string_value(s);
+            if (strcmp(id, "anonymous") != 0 && !identity_defined(&c->identities, id))
+                return fail(e, ik, "no identity \"%s\" in identities.users or identities.networks",
+                            id);
+            rule->identities[rule->n_identities++] = sdup(e, id);
+        }
+    }
+    if ((v = json_object_get(r, "budget"))) {
+        static const char *const bkeys[] = {"requests", "bytes", "window_s", NULL};
+        snprintf(pk, sizeof(pk), "%s.budget", p);
+        if ((rc = expect_object(e, pk, v)) || (rc = check_keys(e, pk, v, bkeys)))
+            return rc;
+        const json_t *x;
+        long long req = 0, bytes = 0, win = 0;
+        char bk[140];
+        if ((x = json_object_get(v, "requests"))) {
+            snprintf(bk, sizeof(bk), "%s.requests", pk);
+            if ((rc = get_u64(e, bk, x, 1, 1000000000LL, &req)))
+                return rc;
+        }
+        if ((x = json_object_get(v, "bytes"))) {
+            snprintf(bk, sizeof(bk), "%s.bytes", pk);
+            if ((rc = get_u64(e, bk, x, 1, 1LL << 50, &bytes)))
+                return rc;
+        }
+        snprintf(bk, sizeof(bk), "%s.window_s", pk);
+        if ((x = json_object_get(v, "window_s")) == NULL)
+            return fail(e, bk, "missing required key");
+        if ((rc = get_u64(e, bk, x, 1, 86400, &win)))
+            return rc;
+        if (req == 0 && bytes == 0)
+            return fail(e, pk, "expected \"requests\", \"bytes\" or both");
+        rule->budget.requests = (uint64_t)req;
+        rule->budget.bytes = (uint64_t)bytes;
+        rule->budget.window_s = (uint32_t)win;
+    }
+    return 0;
+}
+
+static void identities_free(struct soth_identities *ids)
+{
+    for (size_t i = 0; i < ids->n_users; i++) {
+        free(ids->users[i].id);
+        free(ids->users[i].user);
+    }
+    free(ids->users);
+    for (size_t i = 0; i < ids->n_networks; i++) {
+        free(ids->networks[i].id);
+        free(ids->networks[i].cidrs);
+        for (size_t k = 0; k < ids->networks[i].n_cidrs; k++)
+            free(ids->networks[i].cidr_texts[k]);
+        free(ids->networks[i].cidr_texts);
+    }
+    free(ids->networks);
+}
+
+static void rule_identity_free(struct soth_rule *r)
+{
+    free(r->id);
+    for (size_t k = 0; k < r->n_identities; k++)
+        free(r->identities[k]);
+    free(r->identities);
+}
+
 static int parse_action(struct cerr *e, const char *path, const json_t *v, enum soth_action *out)
 {
     if (json_is_string(v)) {
@@ -896,7 +1285,8 @@ static int parse_route(struct cerr *e, const char *path, const json_t *v, struct
 static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
 {
     static const char *const keys[] = {"default", "default_route", "rules", NULL};
-    static const char *const rule_keys[] = {"host", "action", "id", "route", NULL};
+    static const char *const rule_keys[] = {"host",   "action", "id", "identities",
+                                            "budget", "route",  NULL};
     int rc;
     if ((rc = expect_object(e, "policy", pol)) || (rc = check_keys(e, "policy", pol, keys)))
         return rc;
@@ -921,10 +1311,6 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
         json_t *r = json_array_get(rules, i);
         if ((rc = expect_object(e, p, r)) || (rc = check_keys(e, p, r, rule_keys)))
             return rc;
-        json_t *id = json_object_get(r, "id"); /* checked only, not used yet (docs/bundles.md) */
-        snprintf(pk, sizeof(pk), "%s.id", p);
-        if (id && (!json_is_string(id) || json_string_length(id) == 0))
-            return fail(e, pk, "expected a non-empty string, got %s", json_type_name(id));
         json_t *h = json_object_get(r, "host");
         snprintf(pk, sizeof(pk), "%s.host", p);
         if (h == NULL)
@@ -949,6 +1335,8 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
             return rc;
         if (rt)
             rule->route_text = sdup(e, rule->route.text);
+        if ((rc = load_rule_identity_keys(e, c, p, r, rule, i)))
+            return rc;
     }
     return 0;
 }
@@ -1352,6 +1740,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                                        "resolve",
                                        "bridge",
                                        "soth",
+                                       "identities",
                                        NULL};
     int rc;
     if (!json_is_object(root))
@@ -1400,6 +1789,8 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
             c->ignore_hosts[c->n_ignore_hosts++] = sdup(e, json_string_value(s));
         }
     }
+    if ((v = json_object_get(root, "identities")) && (rc = load_identities(e, c, v)))
+        return rc;
     if ((v = json_object_get(root, "policy")) && (rc = load_policy(e, c, v)))
         return rc;
     if ((v = json_object_get(root, "http2_enabled")) &&
@@ -1779,6 +2170,60 @@ static json_t *str_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
+/* Only keys that are set, so a config without identities prints as before. The password
+ * hash is printed (it is what the file holds), never anything else of a credential. */
+static void rule_identity_to_json(bool *ok, json_t *rule, const struct soth_rule *r)
+{
+    if (r->id != NULL)
+        put(ok, rule, "id", json_string(r->id));
+    if (r->n_identities > 0) {
+        json_t *a = json_array();
+        for (size_t k = 0; k < r->n_identities; k++)
+            push(ok, a, json_string(r->identities[k]));
+        put(ok, rule, "identities", a);
+    }
+    if (r->budget.window_s > 0) {
+        json_t *b = json_object();
+        if (r->budget.requests > 0)
+            put(ok, b, "requests", json_integer((json_int_t)r->budget.requests));
+        if (r->budget.bytes > 0)
+            put(ok, b, "bytes", json_integer((json_int_t)r->budget.bytes));
+        put(ok, b, "window_s", json_integer(r->budget.window_s));
+        put(ok, rule, "budget", b);
+    }
+}
+
+static json_t *identities_to_json(bool *ok, const struct soth_identities *ids)
+{
+    json_t *o = json_object();
+    put(ok, o, "require", json_boolean(ids->require));
+    json_t *us = json_array();
+    for (size_t i = 0; i < ids->n_users; i++) {
+        const struct soth_identity_user *u = &ids->users[i];
+        char hx[65];
+        for (size_t k = 0; k < 32; k++)
+            snprintf(hx + 2 * k, 3, "%02x", u->password_sha256[k]);
+        json_t *x = json_object();
+        put(ok, x, "id", json_string(u->id));
+        put(ok, x, "user", json_string(u->user));
+        put(ok, x, "password_sha256", json_string(hx));
+        push(ok, us, x);
+    }
+    put(ok, o, "users", us);
+    json_t *ns = json_array();
+    for (size_t i = 0; i < ids->n_networks; i++) {
+        const struct soth_identity_net *n = &ids->networks[i];
+        json_t *x = json_object(), *cs = json_array();
+        put(ok, x, "id", json_string(n->id));
+        for (size_t k = 0; k < n->n_cidrs; k++)
+            push(ok, cs, json_string(n->cidr_texts[k]));
+        put(ok, x, "cidrs", cs);
+        push(ok, ns, x);
+    }
+    put(ok, o, "networks", ns);
+    return o;
+}
+
 static json_t *route_json(const struct soth_route *r, bool secrets)
 {
     return json_string(secrets ? r->written : r->shown);
@@ -1807,10 +2252,12 @@ static char *config_to_json(const struct soth_config *c, bool secrets)
         put(&ok, rule, "action", json_string(soth_action_names[c->rules[i].action]));
         if (c->rules[i].route_text != NULL)
             put(&ok, rule, "route", route_json(&c->rules[i].route, secrets));
+        rule_identity_to_json(&ok, rule, &c->rules[i]);
         push(&ok, rules, rule);
     }
     put(&ok, pol, "rules", rules);
     put(&ok, r, "policy", pol);
+    put(&ok, r, "identities", identities_to_json(&ok, &c->identities));
     put(&ok, r, "http2_enabled", json_boolean(c->http2_enabled));
     put(&ok, r, "http2_max_header_list_size", json_integer(c->http2_max_header_list_size));
     put(&ok, r, "http3_passthrough", json_boolean(c->http3_passthrough));

@@ -79,7 +79,7 @@ static void expect_json_eq(json_t *got, json_t *want, const char *what)
 static const char *const defaults_json =
     "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"ignore_hosts\":[],"
     "\"policy\":{\"default\":\"intercept\",\"default_route\":\"direct\",\"rules\":[]},"
-    "\"http2_enabled\":true,"
+    "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"
     "\"quic\":{\"idle_ms\":30000,\"max_flows\":65536},"
     "\"tls\":{\"ca_dir\":null,\"ca_cert\":null,\"ca_key\":null,\"leaf_cache_size\":4096,"
@@ -745,6 +745,7 @@ Test(config, spec_example_round_trips)
         "\"policy\":{\"default\":\"tunnel\",\"default_route\":\"upstream:http://[::1]:3128\","
         "\"rules\":[{\"host\":\"*.bank.example\",\"action\":\"tunnel\",\"route\":\"direct\"},"
         "{\"host\":\"ads.example:443\",\"action\":\"block\"}]},"
+        "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},"
         "\"http2_enabled\":false,\"http2_max_header_list_size\":32768,\"http3_passthrough\":false,"
         "\"quic\":{\"idle_ms\":1500,\"max_flows\":4194304},"
         "\"tls\":{\"ca_dir\":\"/var/lib/soth\",\"ca_cert\":\"/c.pem\",\"ca_key\":\"/c.key\","
@@ -1018,8 +1019,8 @@ Test(config, bundle_replaces_ignore_hosts_and_policy)
     char want_text[512];
     snprintf(want_text, sizeof(want_text),
              "{\"ignore_hosts\":[\"^ign:\"],\"policy\":{\"default\":\"block\",\"rules\":["
-             "{\"host\":\"*.bank.test\",\"action\":\"tunnel\"},"
-             "{\"host\":\"b.test:443\",\"action\":\"tunnel\"}]},"
+             "{\"host\":\"*.bank.test\",\"action\":\"tunnel\",\"id\":\"bank#1\"},"
+             "{\"host\":\"b.test:443\",\"action\":\"tunnel\",\"id\":\"bank#2\"}]},"
              "\"resolve\":{\"o.test\":\"::1\"},\"soth\":{\"bundle\":\"%s\"}}",
              bpath);
     json_t *want = defaults_with(want_text);

@@ -324,6 +324,34 @@ Test(bridge_event, a_tunnelled_connect_has_no_tls_or_http_events)
     json_decref(arr);
 }
 
+Test(bridge_event, identity_and_route_of_the_decision_go_on_every_later_event)
+{
+    struct env e;
+    env_init(&e, false, 0);
+    cr_assert_eq(line(&e, EV("\"i\"", "\"connect_received\",\"method\":\"CONNECT\",\"target\":"
+                                      "\"a.test:443\"")),
+                 0);
+    cr_assert_eq(line(&e, EV("\"i\"", "\"connect_decision\",\"decision\":\"tunnel\","
+                                      "\"reason\":\"default\",\"identity\":\"\"")),
+                 SOTH_BRIDGE_R_SCHEMA);
+    cr_assert_eq(line(&e, EV("\"i\"", "\"budget_exceeded\",\"stream_id\":0,\"rule\":\"r\","
+                                      "\"limit\":\"requests\",\"window_s\":5")),
+                 SOTH_BRIDGE_R_SCHEMA);
+    cr_assert_eq(line(&e, EV("\"i\"", "\"connect_decision\",\"decision\":\"tunnel\","
+                                      "\"reason\":\"default\",\"identity\":\"team-a\","
+                                      "\"route\":\"direct\"")),
+                 0);
+    cr_assert_eq(line(&e, EV("\"i\"", "\"stream_closed\",\"reason_code\":\"relay_eof\"")), 0);
+    json_t *arr = env_events(&e);
+    static const char *const want[] = {"connect_received", "connect_decision", "stream_closed"};
+    expect_types(arr, want, 3);
+    cr_expect_null(json_object_get(json_array_get(arr, 0), "identity"));
+    cr_expect_str_eq(str(json_array_get(arr, 1), "identity"), "team-a");
+    cr_expect_str_eq(str(json_array_get(arr, 1), "route"), "direct");
+    cr_expect_str_eq(str(json_array_get(arr, 2), "identity"), "team-a");
+    json_decref(arr);
+}
+
 Test(bridge_event, open_streams_and_turns_are_ended_before_stream_closed)
 {
     struct env e;

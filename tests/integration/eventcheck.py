@@ -126,6 +126,8 @@ SCHEMA = {
                        "sanitized": BOOL},
     "quic_client_hello": {"quic_version": STR, "sni": OSTR, "alpn": list,
                           "initial_packets": INT},
+    "budget_exceeded": {"stream_id": INT, "rule": STR, "limit": {"requests", "bytes"},
+                        "window_s": INT},
     "stream_closed": {"reason_code": CLOSE_REASONS, "bytes_client_to_server": INT,
                       "bytes_server_to_client": INT, "duration_ns": INT,
                       "events_dropped": INT},
@@ -166,6 +168,12 @@ def _check_schema(ev):
     t = ev["type"]
     if t not in SCHEMA:
         _fail("unknown event type", ev)
+    # identity (docs/events.md): a string on every event from connect_decision on
+    if "identity" in ev and not (isinstance(ev["identity"], str) and ev["identity"]):
+        _fail("identity must be a non-empty string", ev)
+    if t in ("connect_decision", "budget_exceeded") and ev.get("worker") != -1 and \
+            "identity" not in ev:
+        _fail(f"{t} without identity", ev)
     # Fingerprints (docs/tls.md, "Fingerprints"): optional, each only on its side.
     for ft, fname, side, rx in (("tls_handshake_started", "ja4", "client", JA4_RE),
                                 ("tls_handshake_succeeded", "ja4s", "upstream", JA4S_RE)):
@@ -214,7 +222,8 @@ def _check_schema(ev):
             _fail("exchange_completed.reason must be a non-empty string", ev)
         if ev["outcome"] == "complete":
             _fail("exchange_completed.reason on a complete exchange", ev)
-    if "stream_id" in SCHEMA[t] and ev["stream_id"] < 1:
+    # budget_exceeded of a CONNECT or a proxy request head (no stream yet) has stream_id 0
+    if "stream_id" in SCHEMA[t] and ev["stream_id"] < (0 if t == "budget_exceeded" else 1):
         _fail("stream_id must be positive (invariant 6)", ev)
     if t == "response_headers" and "alt_svc_removed" in ev:
         v = ev["alt_svc_removed"]  # optional: only when Alt-Svc entries were removed

@@ -193,7 +193,7 @@ class PolicyTests(unittest.TestCase):
         dec = [e for e in evs if e["type"] == "connect_decision"][0]
         self.assertEqual(dec["decision"], "block")
         self.assertEqual(dec["reason"], "policy_rule")
-        self.assertEqual(dec["rule"], "ads.example")
+        self.assertEqual(dec["rule"], "0")  # the rule's index: it has no id
         self.assertEqual(evs[-1]["reason_code"], "blocked")
 
     def test_ignore_hosts_tunnels(self):

@@ -24,6 +24,10 @@ class Gen:
              "ts_ns": 1700000000000000000 + self.seq, "worker": 0,
              "client_addr": "127.0.0.1:40000", "server_host": "origin.test",
              "server_port": 443, "protocol": fields.pop("protocol", self.protocol)}
+        if type_ == "connect_decision":
+            self.identity = "anonymous"  # docs/events.md: identity from connect_decision on
+        if getattr(self, "identity", None) is not None:
+            e["identity"] = self.identity
         e.update(fields)
         self.gseq += 1
         self.seq += 1
@@ -209,6 +213,8 @@ class BadSequences(unittest.TestCase):
     # What the checker must say for each case (so that it fails for the intended reason).
     EXPECT = {
         "test_missing_common_field": "missing field client_addr",
+        "test_decision_without_identity": "connect_decision without identity",
+        "test_empty_identity": "identity must be a non-empty string",
         "test_bad_version": "v must be 1",
         "test_unknown_type": "unknown event type",
         "test_unknown_protocol": "unknown protocol",
@@ -280,6 +286,12 @@ class BadSequences(unittest.TestCase):
     # -- schema
     def test_missing_common_field(self):
         self.bad(lambda e: e[3].pop("client_addr"), "client_addr missing")
+
+    def test_decision_without_identity(self):
+        self.bad(lambda e: e[find(e, "connect_decision")].pop("identity"), "no identity")
+
+    def test_empty_identity(self):
+        self.bad(lambda e: e[3].update(identity=""), "empty identity")
 
     def test_bad_version(self):
         self.bad(lambda e: e[3].update(v=2), "v != 1")

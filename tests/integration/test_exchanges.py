@@ -215,7 +215,7 @@ class ExchangeTests(unittest.TestCase):
         self.assertEqual(set(never), {"block", "tunnel"}, never)
         self.assertEqual((never["block"]["outcome"], never["block"]["rule"],
                           never["block"]["request"], never["block"]["response"]),
-                         ("blocked", "blocked.test", None, None))
+                         ("blocked", "0", None, None))
         self.assertEqual((never["tunnel"]["server_host"], never["tunnel"]["tls"],
                           never["tunnel"]["protocol"]), ("tunnel.test", None, "tcp"))
         self.assertIn(never["tunnel"]["outcome"], ("client_eof", "relay_eof"))

@@ -340,7 +340,7 @@ class HTTP3Tests(unittest.TestCase):
                           "stream_closed"])
         self.assertEqual(ev[1]["sni"], "blocked.test")
         self.assertEqual((ev[2]["decision"], ev[2]["reason"], ev[2]["rule"]),
-                         ("block", "policy_rule", "blocked.test:443"))
+                         ("block", "policy_rule", "0"))  # the rule's index: no id
         self.assertEqual(ev[3]["reason_code"], "blocked")
         self.assertEqual(ev[3]["datagrams_client_to_server"], cl["sent"][0])
         self.assertEqual(ev[3]["datagrams_server_to_client"], 0)

@@ -126,7 +126,7 @@ class ManPageTests(unittest.TestCase):
                 key = prefix + k
                 if isinstance(v, dict) and k not in ("resolve",):
                     yield from walk(v, key + ".")
-                elif isinstance(v, list) and k in ("rules", "sinks"):
+                elif isinstance(v, list) and k in ("rules", "sinks", "users", "networks"):
                     yield key + "[]"
                 else:
                     yield key

@@ -407,7 +407,13 @@ class MitmEngineTests(unittest.TestCase):
         self.assertEqual(native.stdout, mitm.stdout)
         for key, value, name in [("tls", {"leaf_cache_size": 5}, "tls.leaf_cache_size"),
                                  ("timeouts", {"connect_ms": 500}, "timeouts.connect_ms"),
-                                 ("workers", 2, "workers")]:
+                                 ("workers", 2, "workers"),
+                                 ("identities", {"networks": [{"id": "lo", "cidrs":
+                                                               ["127.0.0.0/8"]}]}, "identities"),
+                                 ("policy", {"rules": [{"host": "a.test", "action": "tunnel",
+                                                        "budget": {"requests": 5,
+                                                                   "window_s": 9}}]},
+                                  "policy")]:
             bad = dict(cfg)
             bad[key] = value
             self.assertEqual(self.check(bad).returncode, 0)

@@ -263,7 +263,7 @@ class Socks5Tests(unittest.TestCase):
         for fl in by_flow(evs).values():
             self.assertEqual([e["type"] for e in fl],
                              ["connect_received", "connect_decision", "stream_closed"])
-            self.assertEqual((fl[1]["decision"], fl[1]["rule"]), ("block", "origin.test"))
+            self.assertEqual((fl[1]["decision"], fl[1]["rule"]), ("block", "0"))
             self.assertEqual(fl[2]["reason_code"], "blocked")
 
     def test_ipv4_and_ipv6_literal_targets(self):

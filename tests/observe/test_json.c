@@ -98,6 +98,7 @@ Test(json, golden_every_event_type)
     soth_ev_flow_set_protocol(&f, SOTH_PROTO_HTTP3);
     soth_ev_quic_client_hello(&f, S("0x00000001"), S("origin.test"), alpn, 2, 2);
     soth_ev_quic_client_hello(&f, S("0x6b3343cf"), SOTH_IOV_NULL, NULL, 0, 1);
+    soth_ev_budget_exceeded(&f, 7, S("r1"), 1, 60);
     soth_ev_stream_closed_dgrams(&f, SOTH_CLOSE_IDLE_TIMEOUT, 11, 22, 3, 4);
     soth_ev_connect_received(&f, S("late"), S("x")); /* after stream_closed: never written */
     soth_ev_flush(p);
@@ -168,6 +169,8 @@ Test(json, golden_every_event_type)
          "\"h3-29\"],\"initial_packets\":2"},
         {"quic_client_hello", "http3",
          ",\"quic_version\":\"0x6b3343cf\",\"sni\":null,\"alpn\":[],\"initial_packets\":1"},
+        {"budget_exceeded", "http3",
+         ",\"stream_id\":7,\"rule\":\"r1\",\"limit\":\"requests\",\"window_s\":60"},
         {"stream_closed", "http3",
          ",\"reason_code\":\"idle_timeout\",\"bytes_client_to_server\":11,"
          "\"bytes_server_to_client\":22,\"duration_ns\":0,\"events_dropped\":0,"

@@ -49,6 +49,7 @@ enum soth_ev_type {
     SOTH_EV_PAYLOAD_PARSED,
     SOTH_EV_STREAM_CLOSED,
     SOTH_EV_QUIC_CLIENT_HELLO, /* added after stream_closed: type numbers never change */
+    SOTH_EV_BUDGET_EXCEEDED,   /* docs/events.md; appended, as every new type */
     SOTH_EV_TYPE_COUNT
 };
 extern const char *const soth_ev_type_names[SOTH_EV_TYPE_COUNT];
@@ -154,8 +155,9 @@ struct soth_ev_producer; /* one worker's end of its SPSC ring */
  */
 #define SOTH_EV_BRIDGE_FLOW_ID(n) (((uint64_t)0x7fffu << 48) | ((uint64_t)(n)&0xffffffffffffull))
 
-#define SOTH_EV_HOST_MAX 255
-#define SOTH_EV_ADDR_MAX 64
+#define SOTH_EV_HOST_MAX     255
+#define SOTH_EV_ADDR_MAX     64
+#define SOTH_EV_IDENTITY_MAX 64 /* an identity id (docs/config.md "identities") */
 
 /**
  * Per-flow event context, embedded in the caller's flow struct (no allocation). Every event
@@ -177,6 +179,8 @@ struct soth_ev_flow {
     const char *x_reason; /* static cause for the next exchange_completed `reason`, or NULL */
     char client_addr[SOTH_EV_ADDR_MAX]; /* "ip:port" or "[v6]:port" */
     char server_host[SOTH_EV_HOST_MAX];
+    uint8_t identity_len; /* 0 until the identity is known (connect_decision) */
+    char identity[SOTH_EV_IDENTITY_MAX];
 };
 
 /* ---- lifecycle (main thread) */
@@ -231,6 +235,18 @@ struct soth_observe_hooks {
     void (*on_tick)(void *ctx);
     void *ctx;
 };
+/** Where extra metric lines go (soth_observe_set_metrics_source). */
+struct soth_metrics_out;
+/** One "# HELP"/"# TYPE" pair, then lines `name{labels} value` (labels "" or "{k=\"v\"}"). */
+void soth_metrics_out_type(struct soth_metrics_out *o, const char *name, const char *type,
+                           const char *help);
+void soth_metrics_out_line(struct soth_metrics_out *o, const char *name, const char *labels,
+                           uint64_t v);
+/** Metrics another module keeps (budget rejections, docs/metrics.md): fn runs on the metrics
+ *  thread for every scrape, after the built-in ones. Main thread, before soth_observe_start. */
+void soth_observe_set_metrics_source(struct soth_observe *obs,
+                                     void (*fn)(void *ctx, struct soth_metrics_out *o), void *ctx);
+
 /** Install hooks (main thread, before soth_observe_start). */
 void soth_observe_set_hooks(struct soth_observe *obs, const struct soth_observe_hooks *h);
 /** Wake the telemetry thread so on_tick runs soon (any thread; a write on an eventfd). */
@@ -248,6 +264,9 @@ void soth_ev_flow_init(struct soth_ev_flow *f, struct soth_ev_producer *prod, ui
 void soth_ev_flow_set_server(struct soth_ev_flow *f, struct soth_iov host, uint16_t port);
 /** Set client_addr from text ("ip:port" as another engine reported it; cut at 63 bytes). */
 void soth_ev_flow_set_client_text(struct soth_ev_flow *f, struct soth_iov addr);
+/** Set the flow's identity (docs/events.md `identity`): every event from now on carries it.
+ *  Cut at SOTH_EV_IDENTITY_MAX bytes. */
+void soth_ev_flow_set_identity(struct soth_ev_flow *f, struct soth_iov id);
 static inline void soth_ev_flow_set_protocol(struct soth_ev_flow *f, enum soth_protocol p)
 {
     f->protocol = (uint8_t)p;
@@ -260,6 +279,14 @@ void soth_ev_connect_parse_failed(struct soth_ev_flow *f, struct soth_iov reason
 /** rule: the matching rule's text, or SOTH_IOV_NULL (field omitted). */
 void soth_ev_connect_decision(struct soth_ev_flow *f, enum soth_action decision,
                               enum soth_decision_reason reason, struct soth_iov rule);
+/** As soth_ev_connect_decision, with the route ("direct", "upstream:http://HOST:PORT";
+ *  SOTH_IOV_NULL leaves the field out, as for flows of another engine). */
+void soth_ev_connect_decision_route(struct soth_ev_flow *f, enum soth_action decision,
+                                    enum soth_decision_reason reason, struct soth_iov rule,
+                                    struct soth_iov route);
+/** budget_exceeded (docs/events.md): stream_id 0 for a CONNECT or a plain request head. */
+void soth_ev_budget_exceeded(struct soth_ev_flow *f, uint32_t stream_id, struct soth_iov rule,
+                             int limit, uint32_t window_s);
 void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_leg side, struct soth_iov sni);
 void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_leg side,
                                      struct soth_iov tls_version, struct soth_iov cipher,

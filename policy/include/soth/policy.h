@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "soth/base.h"
 #include "soth/config.h"
@@ -48,6 +49,11 @@ struct soth_policy_decision {
     enum soth_action action;
     int reason;           /* SOTH_REASON_* (observe.h numbering) */
     struct soth_iov rule; /* the matching rule's text as written, or {NULL,0}; owned by p */
+    /* docs/config.md "identities": the matching rule's `id`, or its index in decimal when it
+     * has none ({NULL,0} when no rule matched); owned by p */
+    struct soth_iov rule_id;
+    int rule_index;  /* index into policy.rules, -1 when no rule matched */
+    int budget_slot; /* the rule's budget (soth_policy_budget), -1 when it has none */
     /* how to reach the target (docs/config.md "Routes"), never NULL; owned by p: the matching
      * rule's route, else policy.default_route; for ignore_hosts and TLS learning the route of
      * the rule that would have matched (their action changes, not the way out) */
@@ -73,6 +79,63 @@ struct soth_policy_decision soth_policy_decide(const struct soth_policy *p, stru
                                                uint16_t port, const struct soth_learning_view *lv);
 
 /**
+ * soth_policy_decide for a flow of `identity` (soth_policy_identify): step 3 skips rules
+ * whose `identities` do not list it. soth_policy_decide is this with SOTH_IDENTITY_ANONYMOUS.
+ */
+struct soth_policy_decision soth_policy_decide_for(const struct soth_policy *p,
+                                                   struct soth_iov host, uint16_t port,
+                                                   int identity,
+                                                   const struct soth_learning_view *lv);
+
+/* ---- identities (docs/config.md "identities") */
+
+/** Identity numbers: 0 is `anonymous`, then every id of identities.users and
+ *  identities.networks, numbered in order of first appearance. */
+#define SOTH_IDENTITY_ANONYMOUS 0
+
+/** What soth_policy_identify found. */
+enum soth_ident_result {
+    SOTH_IDENT_OK = 0,    /* *identity set (a user, a network, or anonymous) */
+    SOTH_IDENT_BAD_CREDS, /* Proxy-Authorization present but not valid Basic credentials of
+                             a configured user; *identity is the network or anonymous */
+    SOTH_IDENT_REQUIRED,  /* identities.require and no identity: answer 407 */
+};
+
+/**
+ * The identity of a request: Basic credentials in `proxy_authorization` (the header's value,
+ * {NULL,0} when absent), checked against every user's password SHA-256 in constant time; else
+ * the first network whose CIDR holds `client` (may be NULL); else anonymous. With
+ * identities.require, bad credentials or no identity at all give SOTH_IDENT_REQUIRED (bad
+ * credentials never fall back to the client's network then). Allocation-free; hashes the
+ * password once (SHA-256).
+ */
+enum soth_ident_result soth_policy_identify(const struct soth_policy *p,
+                                            struct soth_iov proxy_authorization,
+                                            const struct sockaddr *client, int *identity);
+/** The identity's id ("anonymous" for 0); owned by p. */
+struct soth_iov soth_policy_identity_name(const struct soth_policy *p, int identity);
+/** Number of identities, anonymous included. */
+int soth_policy_n_identities(const struct soth_policy *p);
+
+/**
+ * Split a Basic Proxy-Authorization value ("Basic <base64 of user:password>", scheme
+ * case-insensitive, RFC 7617) into buf[0 .. cap): *user and *pass point into buf. Returns 0, or
+ * SOTH_E_MALFORMED (not Basic, bad base64, no ':'), SOTH_E_TOO_LARGE (longer than cap).
+ * Exposed for tests and the fuzzer.
+ */
+int soth_policy_basic_parse(struct soth_iov value, char *buf, size_t cap, struct soth_iov *user,
+                            struct soth_iov *pass);
+/** Equal 32-byte digests, in time independent of where they differ. */
+bool soth_policy_digest_eq(const uint8_t a[32], const uint8_t b[32]);
+
+/** Budgets: one per rule with `budget`, numbered 0.. in rule order. */
+int soth_policy_n_budgets(const struct soth_policy *p);
+/** The budget of slot (0 <= slot < soth_policy_n_budgets). */
+const struct soth_budget_cfg *soth_policy_budget(const struct soth_policy *p, int slot);
+/** The rule id text of budget slot (as in decisions; owned by p). */
+struct soth_iov soth_policy_budget_rule(const struct soth_policy *p, int slot);
+
+/**
  * Glob match of a host against a rule glob, label by label: a label that is exactly '*'
  * matches one or more whole labels, anywhere in the glob ("*.bank.example" matches
  * "a.bank.example" and "a.b.bank.example", not "bank.example"; "*" matches any host);
@@ -81,5 +144,49 @@ struct soth_policy_decision soth_policy_decide(const struct soth_policy *p, stru
  * nothing. Linear in (glob labels x host labels); exposed for tests and the fuzzer.
  */
 bool soth_policy_glob_match(struct soth_iov glob, struct soth_iov host);
+
+/* ---- budgets (docs/config.md "identities", design and bound in docs/soth.md "Budgets") */
+
+struct soth_budget;
+
+/** Over-budget answers of soth_budget_admit. */
+enum soth_budget_limit { SOTH_BUDGET_OK = 0, SOTH_BUDGET_REQUESTS, SOTH_BUDGET_BYTES };
+extern const char *const soth_budget_limit_names[3]; /* "", "requests", "bytes" */
+
+/** Sub-windows per window: the window slides in steps of window_s / SOTH_BUDGET_BUCKETS. */
+#define SOTH_BUDGET_BUCKETS 8
+
+/**
+ * The shared counters for p's budgets: one slot per (identity, budget) and worker, each
+ * written by its worker only and read by all (relaxed atomics, no lock). Main thread, at
+ * start-up or reload (allocates); NULL when out of memory or when p has no budget.
+ */
+struct soth_budget *soth_budget_new(const struct soth_policy *p, unsigned n_workers);
+void soth_budget_free(struct soth_budget *b);
+/** Does b count the same (identity, budget) pairs with the same limits as p would? A reload
+ *  that keeps them keeps b, and with it the counts. */
+bool soth_budget_fits(const struct soth_budget *b, const struct soth_policy *p);
+
+/**
+ * May a request (or tunnel) of `identity` under budget `slot` start at now_ms? Sums every
+ * worker's counts within the window: at or above `requests` (when set) refuses with
+ * SOTH_BUDGET_REQUESTS, at or above `bytes` with SOTH_BUDGET_BYTES, and *retry_after_s (may
+ * be NULL) tells when the oldest counted sub-window leaves the window (>= 1). Otherwise
+ * counts the request on `worker` when count_request and returns SOTH_BUDGET_OK. Worker thread
+ * of `worker`; allocation-free; O(workers x SOTH_BUDGET_BUCKETS).
+ */
+enum soth_budget_limit soth_budget_admit(struct soth_budget *b, unsigned worker, int identity,
+                                         int slot, uint64_t now_ms, bool count_request,
+                                         uint32_t *retry_after_s);
+/** Count n relayed bytes of a flow admitted under (identity, slot) on `worker`. */
+void soth_budget_add_bytes(struct soth_budget *b, unsigned worker, int identity, int slot,
+                           uint64_t now_ms, uint64_t n);
+/** Number of budgets and rejections so far of slot (summed over workers; any thread). */
+int soth_budget_n_slots(const struct soth_budget *b);
+uint64_t soth_budget_rejections(const struct soth_budget *b, int slot);
+/** window_s of slot. */
+uint32_t soth_budget_window_s(const struct soth_budget *b, int slot);
+/** The rule id of slot (a copy owned by b). */
+const char *soth_budget_rule(const struct soth_budget *b, int slot);
 
 #endif

@@ -45,15 +45,59 @@ struct soth_hostport {
     socklen_t addr_len;           /* 0 when host is a name, not a literal address */
 };
 
+/** A rule's budget (docs/config.md "identities"); 0 = no limit of that kind. */
+struct soth_budget_cfg {
+    uint64_t requests;
+    uint64_t bytes;
+    uint32_t window_s; /* 1..86400 when requests or bytes is set, else 0 */
+};
+
 struct soth_rule {
     char *host; /* glob text as given, e.g. "*.bank.example" (without the port) */
     int port;   /* -1 = any port */
     enum soth_action action;
-    char *text; /* the rule as written in the config ("ads.example:443"), for events */
+    char *text;        /* the rule as written in the config ("ads.example:443"), for events */
+    char *id;          /* `id` as written, NULL when none (events then carry the rule's index) */
+    char **identities; /* identity ids the rule is limited to ("anonymous" included); none =
+                          every identity */
+    size_t n_identities;
+    struct soth_budget_cfg budget;
     /* "direct" or "upstream:http://HOST:PORT", never credentials; NULL = no `route` key (the
      * rule takes policy.default_route) */
     char *route_text;
     struct soth_route route; /* parsed, credentials included; all zero when route_text is NULL */
+};
+
+/** identities.users[] (docs/config.md): Basic credentials that name an identity. */
+struct soth_identity_user {
+    char *id;
+    char *user;
+    uint8_t password_sha256[32]; /* SHA-256 of the password (never the password itself) */
+};
+
+/** One CIDR of identities.networks[].cidrs: family AF_INET or AF_INET6, network bytes. */
+struct soth_cidr {
+    int family;
+    uint8_t prefix; /* 0..32 or 0..128 */
+    uint8_t addr[16];
+};
+
+struct soth_identity_net {
+    char *id;
+    struct soth_cidr *cidrs;
+    size_t n_cidrs;
+    char **cidr_texts; /* as written, for the effective config */
+};
+
+/** Longest identity id (bytes); events carry it on every record. */
+#define SOTH_IDENTITY_MAX 64
+
+struct soth_identities {
+    bool require;
+    struct soth_identity_user *users;
+    size_t n_users;
+    struct soth_identity_net *networks;
+    size_t n_networks;
 };
 
 struct soth_sink_cfg {
@@ -98,6 +142,7 @@ struct soth_config {
     struct soth_route default_route; /* policy.default_route (docs/config.md "Routes") */
     struct soth_rule *rules;
     size_t n_rules;
+    struct soth_identities identities; /* docs/config.md "identities" */
 
     bool http2_enabled;
     uint32_t http2_max_header_list_size;
@@ -195,11 +240,11 @@ int soth_config_load_text(const char *text, size_t len, struct soth_config **out
  * same flags as at startup) and validates it the same way, then keeps from `cur`, the running
  * snapshot, everything that only takes effect at startup, so the new snapshot describes what
  * actually runs: listen (including a port the kernel chose), mode, workers, http2_*,
- * http3_passthrough, tls, events, metrics. Only ignore_hosts, policy, resolve and timeouts
- * come from the file. *restart_needed (may be NULL) is set when the file or flags also change
- * a startup-only setting, so the caller can log that it waits for a restart.
- * Returns 0 and *out (refs = 1), or SOTH_E_CONFIG with the error line in err and *out NULL;
- * `cur` is not modified either way.
+ * http3_passthrough, tls, events, metrics. Only ignore_hosts, policy, identities, resolve and
+ * timeouts come from the file. *restart_needed (may be NULL) is set when the file or flags also
+ * change a startup-only setting, so the caller can log that it waits for a restart. Returns 0 and
+ * *out (refs = 1), or SOTH_E_CONFIG with the error line in err and *out NULL; `cur` is not modified
+ * either way.
  */
 int soth_config_reload(const struct soth_config *cur, const char *path,
                        const struct soth_cli_overrides *cli, struct soth_config **out,
@@ -287,6 +332,16 @@ int soth_config_check_regex(const char *re, char *why, size_t why_len);
  * malloc'ed (release with soth_hostport_dispose). Returns 0, or SOTH_E_CONFIG with a reason
  * (without the "config: key:" prefix) in err and hp zeroed (dispose is then a no-op).
  */
+/**
+ * Parse an IPv4 or IPv6 CIDR ("10.20.0.0/16", "fd00:20::/32"; a bare address is a /32 or
+ * /128). Host bits must be zero. Returns 0, or SOTH_E_CONFIG with a reason in err.
+ */
+int soth_cidr_parse(const char *text, struct soth_cidr *out, char *err, size_t err_len);
+
+/** Does the CIDR hold the address (AF_INET / AF_INET6; an IPv4-mapped IPv6 address is
+ *  matched as IPv4)? */
+bool soth_cidr_contains(const struct soth_cidr *c, const struct sockaddr *sa);
+
 int soth_hostport_parse(const char *text, struct soth_hostport *hp, char *err, size_t err_len);
 void soth_hostport_dispose(struct soth_hostport *hp);
 

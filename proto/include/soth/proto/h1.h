@@ -106,6 +106,15 @@ struct soth_h1_head {
  * are all reported, which is when the caller sends its own answer and closes.
  */
 #define SOTH_H1_REFUSE 2
+/**
+ * on_head's answer for a request the caller answers itself while the connection carries on
+ * (a 429 over budget, docs/soth.md): allowed only when it is the one exchange in flight
+ * (soth_h1_in_flight() == 1 during on_head), so its answer cannot overtake an earlier
+ * response. Nothing of it is sent upstream, its body is read and dropped (no on_body,
+ * on_trailers or on_complete), it is no exchange, and the next request is read as usual (a
+ * request that asked to close still closes the connection after it).
+ */
+#define SOTH_H1_LOCAL 3
 
 /** An exchange that ended. */
 struct soth_h1_exchange {
@@ -304,5 +313,10 @@ ssize_t soth_h1_write_response_head(struct soth_iov version, unsigned status,
  */
 ssize_t soth_h1_write_answer(char *out, size_t cap, unsigned status, const char *phrase,
                              const char *body, size_t body_len);
+/** As soth_h1_write_answer with `extra` field lines ("Name: value\r\n"..., or NULL) after
+ *  Content-Length (407's Proxy-Authenticate, 429's Retry-After), and Connection: close only
+ *  when `close` (a 429 inside a kept-alive connection has none). */
+ssize_t soth_h1_write_answer_hdr(char *out, size_t cap, unsigned status, const char *phrase,
+                                 const char *extra, bool close, const char *body, size_t body_len);
 
 #endif

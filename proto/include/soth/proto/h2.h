@@ -91,6 +91,11 @@ struct soth_h2_cbs {
      *  or queue them before returning. Returns 0, or a negative error that flush returns. */
     int (*out)(void *ctx, enum soth_leg to, const char *p, size_t n);
     void (*on_request_head)(void *ctx, int32_t stream_id, const struct soth_h2_request *req);
+    /** Optional, right after on_request_head: 0 forwards the request; a value > 0 answers the
+     *  stream itself with 429 and `retry-after` that many seconds (over budget, docs/soth.md),
+     *  nothing of it goes upstream, the request body is refused (RST_STREAM NO_ERROR after the
+     *  answer) and the stream ends with outcome complete; other streams carry on. */
+    uint32_t (*on_request_admit)(void *ctx, int32_t stream_id);
     void (*on_response_head)(void *ctx, int32_t stream_id, const struct soth_h2_response *resp);
     /** Body bytes as they arrive (before forwarding); sums match the stream_end byte counts. */
     void (*on_data)(void *ctx, enum soth_leg dir, int32_t stream_id, const char *p, size_t n);

@@ -1,0 +1,1 @@
+soth_add_fuzz(identity LIBS soth_policy)
