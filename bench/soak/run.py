@@ -41,7 +41,6 @@ tool (never a pass).
 import argparse
 import asyncio
 import csv
-import hashlib
 import http.client
 import http.server
 import json
@@ -628,6 +627,32 @@ def wl_tunnel(ctx, st, tmp, n):
     check_files(st, w, [(o, ctx.files["/64k"])], r.stdout.decode().splitlines(), "2")
 
 
+def prime(ctx, st, tmp):
+    """The start of the warm-up: 64 MiB of 1 MiB downloads over 16 keep-alive connections,
+    4 at a time, so that every worker's fixed buffers (its provided-buffer ring: 2048 x 16 KiB,
+    docs/performance.md, "Memory") have been filled once: they are reserved at start and
+    become resident as they are first used, which would otherwise read as growth."""
+    w = "prime"
+    d = os.path.join(tmp, "w-prime")
+    os.makedirs(d, exist_ok=True)
+
+    def one(c):
+        outs = [(os.path.join(d, f"p{c}-{i}"), ctx.files["/1m"]) for i in range(4)]
+        clear(o for o, _ in outs)
+        args = ["--http1.1", "--cacert", ctx.proxy_ca, "-w", WFMT]
+        for o, _ in outs:
+            args += ["-o", o, f"https://origin.test:{ctx.tls_port}/1m"]
+        r = curl(ctx, args)
+        if r.returncode != 0:
+            st.error(w, f"curl exit {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
+        check_files(st, w, outs, r.stdout.decode().splitlines(), "1.1")
+        clear(o for o, _ in outs)
+
+    with futures.ThreadPoolExecutor(max_workers=4) as ex:
+        for f in [ex.submit(one, c) for c in range(16)]:
+            f.result(OP_TIMEOUT * 4)
+
+
 # name, function, base period (s)
 WORKLOADS = [("h1", wl_h1, 2.0), ("h2", wl_h2, 2.0), ("ws", wl_ws, 3.0), ("sse", wl_sse, 3.0),
              ("grpc", wl_grpc, 3.0), ("tlsfail", wl_tlsfail, 4.0), ("tunnel", wl_tunnel, 3.0)]
@@ -879,6 +904,8 @@ def main():
     gate = Gate()
     t0 = time.time()
     t_end = t0 + dur
+    prime(ctx, st, tmp)
+    log(f"soak: primed in {time.time() - t0:.1f} s")
     runners = [Runner(n, fn, per / a.rate, ctx, st, gate, t_end, tmp) for n, fn, per in WORKLOADS]
     for r in runners:
         r.start()
@@ -1029,6 +1056,7 @@ def main():
             failures.append(f"sanitizer report in the proxy's log: {bad}")
 
     per = " ".join(f"{n}={st.ok.get(n, 0)}/{st.rounds.get(n, 0)}r" for n, _, _ in WORKLOADS)
+    per += f" prime={st.ok.get('prime', 0)}"
     types = " ".join(f"{k}={v}" for k, v in sorted(tail.types.items()))
     last = samples[-1] if samples else {}
     print(f"soak: workloads (verified ops/rounds): {per}")
@@ -1059,12 +1087,16 @@ def main():
 
 
 def kill_all():
+    """SIGTERM (nginx's master then stops its worker), then SIGKILL what is left."""
     for p in reversed(PROCS):
         if p.poll() is None:
             try:
+                p.terminate()
+                p.wait(5)
+            except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
+            except OSError:
                 pass
 
 
