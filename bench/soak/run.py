@@ -630,7 +630,7 @@ def wl_tunnel(ctx, st, tmp, n):
 def prime(ctx, st, tmp):
     """The start of the warm-up: 64 MiB of 1 MiB downloads over 16 keep-alive connections,
     4 at a time, so that every worker's fixed buffers (its provided-buffer ring: 2048 x 16 KiB,
-    docs/performance.md, "Memory") have been filled once: they are reserved at start and
+    docs/soak.md, "Warm-up") have been filled once: they are reserved at start and
     become resident as they are first used, which would otherwise read as growth."""
     w = "prime"
     d = os.path.join(tmp, "w-prime")
@@ -659,9 +659,10 @@ WORKLOADS = [("h1", wl_h1, 2.0), ("h2", wl_h2, 2.0), ("ws", wl_ws, 3.0), ("sse",
 
 
 class Runner(threading.Thread):
-    def __init__(self, name, fn, period, ctx, st, gate, t_end, tmp):
+    def __init__(self, name, fn, period, ctx, st, gate, t_end, tmp, halt):
         super().__init__(daemon=True, name=name)
         self.fn, self.period, self.ctx, self.st, self.gate = fn, period, ctx, st, gate
+        self.halt = halt  # set: finish the round in progress and stop (an early end)
         self.t_end, self.tmp = t_end, os.path.join(tmp, "w-" + name)
         os.makedirs(self.tmp, exist_ok=True)
         # bounded in count as well as in time
@@ -672,9 +673,9 @@ class Runner(threading.Thread):
         nxt = time.time() + random.random() * self.period  # spread the starts
         for n in range(self.max_rounds):
             delay = nxt - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            if time.time() >= self.t_end or not self.gate.enter():
+            if delay > 0 and self.halt.wait(delay):
+                return
+            if time.time() >= self.t_end or self.halt.is_set() or not self.gate.enter():
                 return
             try:
                 self.fn(self.ctx, self.st, self.tmp, n)
@@ -906,12 +907,19 @@ def main():
     t_end = t0 + dur
     prime(ctx, st, tmp)
     log(f"soak: primed in {time.time() - t0:.1f} s")
-    runners = [Runner(n, fn, per / a.rate, ctx, st, gate, t_end, tmp) for n, fn, per in WORKLOADS]
+    halt = threading.Event()
+    runners = [Runner(n, fn, per / a.rate, ctx, st, gate, t_end, tmp, halt)
+               for n, fn, per in WORKLOADS]
     for r in runners:
         r.start()
 
     samples = []
     failures = []
+    csv_f = open(a.csv, "w", newline="") if a.csv else None  # a row per sample, as taken
+    csv_w = csv.DictWriter(csv_f, fieldnames=COLS) if csv_f else None
+    if csv_w:
+        csv_w.writeheader()
+        csv_f.flush()
     last_cpu, last_t = cpu_ticks(pid), time.time()
 
     def sample(final=False):
@@ -950,6 +958,9 @@ def main():
              "load1": load1}
         last_cpu, last_t = cpu, now
         samples.append(s)
+        if csv_w:
+            csv_w.writerow(s)
+            csv_f.flush()
         if not final:
             gate.resume()
         log("soak: " + " ".join(f"{k}={s[k]}" for k in COLS))
@@ -973,6 +984,7 @@ def main():
         time.sleep(min(0.2, max(0.01, min(next_sample, t_end) - time.time())))
     if stop["sig"] is not None:
         failures.append(f"interrupted by signal {stop['sig']}")
+    halt.set()  # a normal end needs none (the runners stop at t_end); an early one does
     for r in runners:
         r.join(OP_TIMEOUT * 3)
         if r.is_alive():
@@ -1008,11 +1020,8 @@ def main():
     nginx.wait(10)
 
     # ---------------------------------------------------------------- verdict
-    if a.csv:
-        with open(a.csv, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=COLS)
-            wr.writeheader()
-            wr.writerows(samples)
+    if csv_f:
+        csv_f.close()
     print(",".join(COLS))
     for s in samples:
         print(",".join(str(s[k]) for k in COLS))
