@@ -26,7 +26,7 @@ Workloads, each a thread doing one bounded round every PERIOD/--rate seconds:
            (the client must get 502 whose body names unknown_ca)
   tunnel   curl to tunnel.test (policy tunnel) trusting only the origin CA: 200 and /64k exact
 
-Every body is compared byte for byte (or by SHA-256) with what the origin sent; a wrong status,
+Every body is compared byte for byte with what the origin sent; a wrong status,
 wrong bytes, an unexpected close or a timeout is an error. Every sample is taken at rest: the
 workloads pause at a round boundary, the proxy's soth_active_connections reaches 0, then VmRSS,
 RssAnon (/proc/PID/status), open fds (/proc/PID/fd) and the metrics are read.
@@ -35,7 +35,8 @@ Gate (exit status 1 when any fails): 0 client-visible errors; 0 events dropped
 (soth_events_dropped_total, stream_closed events_dropped, per-flow seq gaps, ring overruns seen
 by the consumer); VmRSS and fds after the warm-up never above the first post-warm-up sample by
 more than --growth (10 %); every workload completed rounds; the proxy exits 0 on SIGTERM with
-every flow closed. Warm-up: max(60 s, 10 % of the run). Exit status 2: bad usage or a missing
+every flow closed. Warm-up: max(60 s, 10 % of the run), beginning with 64 MiB of downloads that
+fill the workers' fixed buffers once. Exit status 2: bad usage or a missing
 tool (never a pass).
 """
 import argparse
