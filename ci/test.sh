@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite (README Quick start, command 2; .ci/run runs exactly this):
-# dependencies, format check, Release build + tests, ASan+UBSan build + tests,
+# dependencies, format check, Release build + tests + the 3-minute soak, ASan+UBSan build + tests,
 # TSan build + the concurrent tests, fuzz targets for a bounded time.
 #
 #   SOTH_FUZZ_SECONDS=N   seconds per fuzz target (default 45; 0 skips running them)
@@ -42,6 +42,11 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
 step "Release tests"
 (cd build && ctest --output-on-failure -j1)
+# ---- soak gate (docs/soak.md): the mixed workload through soth-mitm (2 workers) for 3 minutes;
+# fails on any client-visible error, any dropped event, or RSS/fd growth > 10 % after the
+# warm-up. No skip: a missing tool is exit status 2, which fails this step like a breach.
+step "soak (bench/soak/run.py --minutes 3)"
+/usr/bin/python3 bench/soak/run.py --build build --minutes 3 --csv build/soak.csv
 
 if [ "${SOTH_SKIP_PACKAGE:-0}" != 1 ]; then
     step "package (dpkg-buildpackage -b, lintian, installed into a clean tree)"
