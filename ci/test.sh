@@ -42,7 +42,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
 step "Release tests"
 (cd build && ctest --output-on-failure -j1)
-# ---- soak gate (docs/soak.md): the mixed workload through soth-mitm (2 workers) for 3 minutes;
+# ---- soak gate (docs/migration.md, "Soak"): the mixed workload through soth-mitm (2 workers) for 3 minutes;
 # fails on any client-visible error, any dropped event, or RSS/fd growth > 10 % after the
 # warm-up. No skip: a missing tool is exit status 2, which fails this step like a breach.
 step "soak (bench/soak/run.py --minutes 3)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Soak: a mixed workload through soth-mitm for a set time, sampling its memory, descriptors,
-client-visible errors and dropped events every --interval seconds (docs/soak.md).
+client-visible errors and dropped events every --interval seconds (docs/migration.md, "Soak").
 
     /usr/bin/python3 bench/soak/run.py [--build build] --minutes N [--csv FILE]
                                        [--interval 10] [--rate 1] [--warmup-s S] [--keep]
@@ -631,7 +631,7 @@ def wl_tunnel(ctx, st, tmp, n):
 def prime(ctx, st, tmp):
     """The start of the warm-up: 64 MiB of 1 MiB downloads over 16 keep-alive connections,
     4 at a time, so that every worker's fixed buffers (its provided-buffer ring: 2048 x 16 KiB,
-    docs/soak.md, "Warm-up") have been filled once: they are reserved at start and
+    docs/migration.md, "Soak", "Warm-up") have been filled once: they are reserved at start and
     become resident as they are first used, which would otherwise read as growth."""
     w = "prime"
     d = os.path.join(tmp, "w-prime")

@@ -125,17 +125,20 @@ class Policy:
         pol = doc.get("policy", {}) or {}
         self.default = pol.get("default", "intercept")
         self.rules = [Rule(r["host"], r["action"]) for r in pol.get("rules", [])]
+        # What events call the rule (docs/events.md, connect_decision): its id, else its index.
+        for i, (rule, doc_rule) in enumerate(zip(self.rules, pol.get("rules", []))):
+            rule.id = str(doc_rule.get("id", i))
         self.resolve = {k.lower().rstrip("."): v for k, v in (doc.get("resolve") or {}).items()}
 
     def decide(self, host, port):
-        """(decision, reason, rule glob or None), consulted in the order of docs/events.md."""
+        """(decision, reason, rule or None), consulted in the order of docs/events.md."""
         hp = _hostport(host, port)
         for rx in self.ignore:
             if rx.search(hp):
                 return "tunnel", "ignore_hosts", None
         for r in self.rules:
             if r.matches(host, port):
-                return r.action, "policy_rule", r.glob_text
+                return r.action, "policy_rule", r
         return self.default, "default", None
 
 
@@ -460,9 +463,10 @@ class SothBridge:
         c.host, c.port = host, port
         self._event(c, "connect_received", method=method, target=target)
         c.decision, c.reason, c.rule = self.policy.decide(host, port)
-        fields = {"decision": c.decision, "reason": c.reason}
+        # This engine takes only direct routes (docs/bridge.md, "Config keys").
+        fields = {"decision": c.decision, "reason": c.reason, "route": "direct"}
         if c.rule is not None:
-            fields["rule"] = c.rule
+            fields["rule"] = c.rule.id
         self._event(c, "connect_decision", **fields)
         c.announced = True
         return c.decision
@@ -470,7 +474,7 @@ class SothBridge:
     def _forbidden(self, c):
         what = _hostport(c.host, c.port)
         if c.rule is not None:
-            body = 'soth-mitm: %s is blocked by policy rule "%s"\n' % (what, c.rule)
+            body = 'soth-mitm: %s is blocked by policy rule "%s"\n' % (what, c.rule.glob_text)
         else:
             body = "soth-mitm: %s is blocked by the default policy\n" % what
         return http.Response.make(403, body.encode(),
