@@ -317,7 +317,8 @@ class MitmEngineTests(unittest.TestCase):
 
     def test_block_rule_answers_403_naming_it(self):
         cfg = self.config(policy={"default": "intercept",
-                                  "rules": [{"host": "*.blocked.test", "action": "block"}]})
+                                  "rules": [{"host": "*.blocked.test", "action": "block",
+                                                 "id": "ads"}]})
         with engine_proxy(cfg) as p:
             s, head = connect_tunnel(p, "ads.blocked.test", 443, timeout=TIMEOUT)
             self.assertTrue(head.startswith(b"HTTP/1.1 403"), head)
@@ -335,8 +336,9 @@ class MitmEngineTests(unittest.TestCase):
                           b'"*.blocked.test"', rest)
             fl = list(self.closed_flows(p, 1).values())[0]
             dec = [e for e in fl if e["type"] == "connect_decision"][0]
-            self.assertEqual((dec["decision"], dec["reason"], dec["rule"]),
-                             ("block", "policy_rule", "*.blocked.test"))
+            # rule: its id (docs/events.md), as the native engine says it
+            self.assertEqual((dec["decision"], dec["reason"], dec["rule"], dec["route"]),
+                             ("block", "policy_rule", "ads", "direct"))
             self.assertEqual(fl[-1]["reason_code"], "blocked")
 
     def test_tunnel_rule_keeps_bytes_intact(self):
@@ -361,8 +363,9 @@ class MitmEngineTests(unittest.TestCase):
                 self.assertEqual(got, payload)
                 fl = list(self.closed_flows(p, 1).values())[0]
                 dec = [e for e in fl if e["type"] == "connect_decision"][0]
+                # a rule without an id is named by its index
                 self.assertEqual((dec["decision"], dec["reason"], dec["rule"]),
-                                 ("tunnel", "policy_rule", "origin.test"))
+                                 ("tunnel", "policy_rule", "0"))
                 self.assertFalse([e for e in fl if e["type"].startswith("tls_")], fl)
         finally:
             echo.close()
