@@ -359,11 +359,13 @@ class H2Client:
     """python h2 client. Through a regular-mode proxy: H2Client(proxy_addr, ca, host, port).
     Straight to a TLS listener (reverse mode): H2Client(addr, ca, host, None)."""
 
-    def __init__(self, addr, ca, host, port, timeout=20, settings=None, alpn=("h2",)):
+    def __init__(self, addr, ca, host, port, timeout=20, settings=None, alpn=("h2",),
+                 connect_headers=""):
         self.raw = socket.create_connection(addr, timeout=timeout)
         if port is not None:
-            self.raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
-                             .encode())
+            # connect_headers: more header lines for the CONNECT, each ending in CRLF
+            self.raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                             f"{connect_headers}\r\n".encode())
             buf = b""
             while not buf.endswith(b"\r\n\r\n"):
                 d = self.raw.recv(1)
