@@ -19,84 +19,20 @@
 
 #include "soth/base.h"
 #include "soth/config.h"
+#include "jerr.h"
 #include "soth/route.h"
 
 /* ---- errors */
 
-struct berr {
-    char *buf;
-    size_t len;
-    bool oom; /* an allocation failed; the compile ends with "out of memory" */
-};
-
-static int fail(struct berr *e, const char *path, const char *fmt, ...)
+static int fail(struct soth_jerr *e, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static int fail(struct berr *e, const char *path, const char *fmt, ...)
+static int fail(struct soth_jerr *e, const char *path, const char *fmt, ...)
 {
-    char raw[1024];
-    int n = snprintf(raw, sizeof(raw), "bundle: %s: ", path);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n < sizeof(raw)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(raw + n, sizeof(raw) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    if (e->buf == NULL || e->len == 0)
-        return SOTH_E_CONFIG;
-    /* One line whatever the keys and values hold: control bytes are escaped. */
-    size_t o = 0;
-    for (const unsigned char *r = (const unsigned char *)raw; *r; r++) {
-        char esc[5];
-        size_t k = 1;
-        esc[0] = (char)*r;
-        if (*r < 0x20 || *r == 0x7f)
-            k = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", *r);
-        if (o + k >= e->len)
-            break;
-        memcpy(e->buf + o, esc, k);
-        o += k;
-    }
-    e->buf[o] = '\0';
-    return SOTH_E_CONFIG;
-}
-
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "object";
-    case JSON_ARRAY:
-        return "array";
-    case JSON_STRING:
-        return "string";
-    case JSON_INTEGER:
-        return "integer";
-    case JSON_REAL:
-        return "number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "value";
-}
-
-/** A short rendering of a JSON value for error messages (never used for secrets). */
-static void brief(const json_t *v, char *out, size_t cap)
-{
-    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-    if (s == NULL) {
-        snprintf(out, cap, "?");
-        return;
-    }
-    if (strlen(s) > 40)
-        snprintf(out, cap, "%.37s...", s);
-    else
-        snprintf(out, cap, "%s", s);
-    free(s);
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = soth_jerr_vfail(e, "bundle", path, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* ---- JSON helpers */
@@ -122,14 +58,14 @@ static void path_idx(char *out, size_t cap, const char *parent, size_t i)
     path_fmt(out, cap, "%s[%zu]", parent, i);
 }
 
-static int expect_object(struct berr *e, const char *path, const json_t *v)
+static int expect_object(struct soth_jerr *e, const char *path, const json_t *v)
 {
     if (!json_is_object(v))
-        return fail(e, path, "expected object, got %s", type_name(v));
+        return fail(e, path, "expected object, got %s", soth_json_type_name(v));
     return 0;
 }
 
-static int check_keys(struct berr *e, const char *parent, const json_t *obj,
+static int check_keys(struct soth_jerr *e, const char *parent, const json_t *obj,
                       const char *const *keys)
 {
     const char *k;
@@ -150,7 +86,7 @@ static int check_keys(struct berr *e, const char *parent, const json_t *obj,
 }
 
 /** obj[key] that must be present (error names parent.key). */
-static int required(struct berr *e, const char *parent, const json_t *obj, const char *key,
+static int required(struct soth_jerr *e, const char *parent, const json_t *obj, const char *key,
                     json_t **out)
 {
     *out = json_object_get(obj, key);
@@ -162,28 +98,28 @@ static int required(struct berr *e, const char *parent, const json_t *obj, const
     return 0;
 }
 
-static int expect_array(struct berr *e, const char *path, const json_t *v, bool nonempty)
+static int expect_array(struct soth_jerr *e, const char *path, const json_t *v, bool nonempty)
 {
     if (!json_is_array(v))
-        return fail(e, path, "expected array, got %s", type_name(v));
+        return fail(e, path, "expected array, got %s", soth_json_type_name(v));
     if (nonempty && json_array_size(v) == 0)
         return fail(e, path, "expected a non-empty array, got []");
     return 0;
 }
 
-static int expect_string(struct berr *e, const char *path, const json_t *v)
+static int expect_string(struct soth_jerr *e, const char *path, const json_t *v)
 {
     if (!json_is_string(v))
-        return fail(e, path, "expected string, got %s", type_name(v));
+        return fail(e, path, "expected string, got %s", soth_json_type_name(v));
     return 0;
 }
 
-static int get_int(struct berr *e, const char *path, const json_t *v, long long min, long long max,
-                   long long *out)
+static int get_int(struct soth_jerr *e, const char *path, const json_t *v, long long min,
+                   long long max, long long *out)
 {
     char b[64];
     if (!json_is_integer(v)) {
-        brief(v, b, sizeof(b));
+        soth_json_brief(v, b, sizeof(b));
         return fail(e, path, "expected integer >= %lld, got %s", min, b);
     }
     long long x = (long long)json_integer_value(v);
@@ -196,13 +132,13 @@ static int get_int(struct berr *e, const char *path, const json_t *v, long long 
 }
 
 /* Insertions remember a failure in e (jansson frees v on failure, NULL included). */
-static void put(struct berr *e, json_t *obj, const char *key, json_t *v)
+static void put(struct soth_jerr *e, json_t *obj, const char *key, json_t *v)
 {
     if (json_object_set_new(obj, key, v) != 0)
         e->oom = true;
 }
 
-static void push(struct berr *e, json_t *arr, json_t *v)
+static void push(struct soth_jerr *e, json_t *arr, json_t *v)
 {
     if (json_array_append_new(arr, v) != 0)
         e->oom = true;
@@ -213,7 +149,7 @@ static void push(struct berr *e, json_t *arr, json_t *v)
 #define ID_MAX 128
 
 /** An id: 1..ID_MAX printable ASCII bytes, no space; rule ids also no '#' (see "#<n>"). */
-static int check_id(struct berr *e, const char *path, const json_t *v, bool rule)
+static int check_id(struct soth_jerr *e, const char *path, const json_t *v, bool rule)
 {
     int rc;
     if ((rc = expect_string(e, path, v)))
@@ -307,19 +243,19 @@ static int parse_cidr(const char *s, char *out, size_t cap, char *why, size_t wh
 
 static const char *const actions[] = {"intercept", "tunnel", "block", NULL};
 
-static int check_action(struct berr *e, const char *path, const json_t *v)
+static int check_action(struct soth_jerr *e, const char *path, const json_t *v)
 {
     if (json_is_string(v))
         for (size_t i = 0; actions[i]; i++)
             if (strcmp(json_string_value(v), actions[i]) == 0)
                 return 0;
     char b[64];
-    brief(v, b, sizeof(b));
+    soth_json_brief(v, b, sizeof(b));
     return fail(e, path, "expected \"intercept\", \"tunnel\" or \"block\", got %s", b);
 }
 
 /** Route at path into *out (a new JSON string). */
-static int compile_route(struct berr *e, const char *path, const json_t *v, unsigned flags,
+static int compile_route(struct soth_jerr *e, const char *path, const json_t *v, unsigned flags,
                          json_t **out)
 {
     int rc;
@@ -350,7 +286,7 @@ static int compile_route(struct berr *e, const char *path, const json_t *v, unsi
 /* ---- sections */
 
 struct bctx {
-    struct berr *e;
+    struct soth_jerr *e;
     unsigned flags;
     json_t *ident_ids; /* id -> path of its definition */
     json_t *users;     /* user name -> path of its definition */
@@ -372,7 +308,7 @@ static int compile_identity(struct bctx *b, const char *p, const json_t *id, jso
                             json_t *networks)
 {
     static const char *const keys[] = {"id", "proxy_users", "cidrs", NULL};
-    struct berr *e = b->e;
+    struct soth_jerr *e = b->e;
     int rc;
     char pk[400], pi[420];
     json_t *v;
@@ -476,7 +412,7 @@ static int compile_identity(struct bctx *b, const char *p, const json_t *id, jso
     return 0;
 }
 
-static int compile_budget(struct berr *e, const char *p, const json_t *v, json_t **out)
+static int compile_budget(struct soth_jerr *e, const char *p, const json_t *v, json_t **out)
 {
     static const char *const keys[] = {"requests", "bytes", "window_s", NULL};
     /* Limits: requests fit 32 bits, bytes stay exact in any JSON reader (2^53 - 1), the
@@ -516,7 +452,7 @@ static int compile_rule(struct bctx *b, const char *p, const json_t *r, json_t *
 {
     static const char *const keys[] = {"id",     "hosts", "action", "identities",
                                        "budget", "route", NULL};
-    struct berr *e = b->e;
+    struct soth_jerr *e = b->e;
     int rc;
     char pk[400], pi[420];
     json_t *id, *hosts, *action;
@@ -612,18 +548,18 @@ static int compile_root(struct bctx *b, const json_t *root)
     static const char *const keys[] = {
         "bundle_version", "bundle_id", "require_identity", "identities",
         "ignore_hosts",   "rules",     "defaults",         NULL};
-    struct berr *e = b->e;
+    struct soth_jerr *e = b->e;
     int rc;
     char pi[420];
     json_t *v;
     if (!json_is_object(root))
-        return fail(e, "(top level)", "expected object, got %s", type_name(root));
+        return fail(e, "(top level)", "expected object, got %s", soth_json_type_name(root));
     /* The version first: a newer bundle fails on it, not on the keys it adds. */
     if ((rc = required(e, "", root, "bundle_version", &v)))
         return rc;
     if (!json_is_integer(v) || json_integer_value(v) != 1) {
         char bb[64];
-        brief(v, bb, sizeof(bb));
+        soth_json_brief(v, bb, sizeof(bb));
         return fail(e, "bundle_version", "expected 1, got %s", bb);
     }
     if ((rc = check_keys(e, "", root, keys)))
@@ -636,7 +572,7 @@ static int compile_root(struct bctx *b, const json_t *root)
     }
     json_t *req = json_object_get(root, "require_identity");
     if (req && !json_is_boolean(req))
-        return fail(e, "require_identity", "expected boolean, got %s", type_name(req));
+        return fail(e, "require_identity", "expected boolean, got %s", soth_json_type_name(req));
 
     json_t *idents = json_object_get(root, "identities");
     if (idents || req) {
@@ -714,7 +650,7 @@ static int compile_root(struct bctx *b, const json_t *root)
     return 0;
 }
 
-static int json_fail(struct berr *e, const char *what, const json_error_t *je)
+static int json_fail(struct soth_jerr *e, const char *what, const json_error_t *je)
 {
     if (json_error_code(je) == json_error_out_of_memory || je->text[0] == '\0')
         return fail(e, what, "out of memory");
@@ -724,7 +660,7 @@ static int json_fail(struct berr *e, const char *what, const json_error_t *je)
 }
 
 static int compile(const char *text, size_t len, const char *what, unsigned flags, char **json_out,
-                   struct berr *e)
+                   struct soth_jerr *e)
 {
     json_error_t je;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
@@ -761,7 +697,7 @@ static int compile(const char *text, size_t len, const char *what, unsigned flag
 int soth_bundle_compile_text(const char *text, size_t len, unsigned flags, char **json_out,
                              char *err, size_t err_len)
 {
-    struct berr e = {err, err_len, false};
+    struct soth_jerr e = {err, err_len, false};
     *json_out = NULL;
     if (len > SOTH_BUNDLE_MAX_BYTES)
         return fail(&e, "(text)", "larger than %u bytes", SOTH_BUNDLE_MAX_BYTES);
@@ -771,7 +707,7 @@ int soth_bundle_compile_text(const char *text, size_t len, unsigned flags, char 
 int soth_bundle_compile(const char *path, unsigned flags, char **json_out, char *err,
                         size_t err_len)
 {
-    struct berr e = {err, err_len, false};
+    struct soth_jerr e = {err, err_len, false};
     *json_out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd == -1)

@@ -3,6 +3,7 @@
  * Validation names the key path of the first problem: "config: <key.path>: <what>".
  */
 #include "soth/config.h"
+#include "jerr.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -26,87 +27,21 @@ const char *const soth_sink_format_names[SOTH_SINK_FMT_COUNT] = {"event", "excha
 
 /* ---- errors */
 
-struct cerr {
-    char *buf;
-    size_t len;
-    bool oom; /* a copy failed; reported once the section returns (see sdup) */
-};
-
-static int fail(struct cerr *e, const char *path, const char *fmt, ...)
+static int fail(struct soth_jerr *e, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static int fail(struct cerr *e, const char *path, const char *fmt, ...)
+static int fail(struct soth_jerr *e, const char *path, const char *fmt, ...)
 {
-    char raw[1024];
-    int n = snprintf(raw, sizeof(raw), "config: %s: ", path);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n < sizeof(raw)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(raw + n, sizeof(raw) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    /* The message is one line on stderr whatever the keys and values contain: control bytes
-     * (a newline in a key, say) are escaped. */
-    if (e->len == 0)
-        return SOTH_E_CONFIG;
-    size_t o = 0;
-    for (const unsigned char *r = (const unsigned char *)raw; *r; r++) {
-        char esc[5];
-        size_t k = 1;
-        esc[0] = (char)*r;
-        if (*r < 0x20 || *r == 0x7f)
-            k = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", *r);
-        if (o + k >= e->len)
-            break;
-        memcpy(e->buf + o, esc, k);
-        o += k;
-    }
-    e->buf[o] = '\0';
-    return SOTH_E_CONFIG;
-}
-
-static const char *json_type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "object";
-    case JSON_ARRAY:
-        return "array";
-    case JSON_STRING:
-        return "string";
-    case JSON_INTEGER:
-        return "integer";
-    case JSON_REAL:
-        return "number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "value";
-}
-
-/** A short rendering of a JSON value for error messages. */
-static void json_brief(const json_t *v, char *out, size_t cap)
-{
-    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-    if (s == NULL) {
-        snprintf(out, cap, "?");
-        return;
-    }
-    if (strlen(s) > 40)
-        snprintf(out, cap, "%.37s...", s);
-    else
-        snprintf(out, cap, "%s", s);
-    free(s);
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = soth_jerr_vfail(e, "config", path, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* ---- small helpers */
 
 /** strdup that remembers a failure in e; load_common turns it into "out of memory". */
-static char *sdup(struct cerr *e, const char *s)
+static char *sdup(struct soth_jerr *e, const char *s)
 {
     char *d = strdup(s);
     if (d == NULL)
@@ -115,7 +50,7 @@ static char *sdup(struct cerr *e, const char *s)
 }
 
 /** calloc(n, size) for an array of n >= 0 items (never NULL for n == 0 unless OOM). */
-static void *array_new(struct cerr *e, size_t n, size_t size)
+static void *array_new(struct soth_jerr *e, size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size);
     if (p == NULL)
@@ -131,12 +66,12 @@ static void path_join(char *out, size_t cap, const char *parent, const char *key
         snprintf(out, cap, "%s", key);
 }
 
-static int get_uint(struct cerr *e, const char *path, const json_t *v, long long min, long long max,
-                    uint32_t *out)
+static int get_uint(struct soth_jerr *e, const char *path, const json_t *v, long long min,
+                    long long max, uint32_t *out)
 {
     char b[64];
     if (!json_is_integer(v)) {
-        json_brief(v, b, sizeof(b));
+        soth_json_brief(v, b, sizeof(b));
         return fail(e, path, "expected integer >= %lld, got %s", min, b);
     }
     json_int_t x = json_integer_value(v);
@@ -148,16 +83,16 @@ static int get_uint(struct cerr *e, const char *path, const json_t *v, long long
     return 0;
 }
 
-static int get_bool(struct cerr *e, const char *path, const json_t *v, bool *out)
+static int get_bool(struct soth_jerr *e, const char *path, const json_t *v, bool *out)
 {
     if (!json_is_boolean(v))
-        return fail(e, path, "expected boolean, got %s", json_type_name(v));
+        return fail(e, path, "expected boolean, got %s", soth_json_type_name(v));
     *out = json_is_true(v);
     return 0;
 }
 
 /** A string or null (null keeps *out NULL). Replaces *out. */
-static int get_str_or_null(struct cerr *e, const char *path, const json_t *v, char **out)
+static int get_str_or_null(struct soth_jerr *e, const char *path, const json_t *v, char **out)
 {
     if (json_is_null(v)) {
         free(*out);
@@ -165,7 +100,7 @@ static int get_str_or_null(struct cerr *e, const char *path, const json_t *v, ch
         return 0;
     }
     if (!json_is_string(v))
-        return fail(e, path, "expected string or null, got %s", json_type_name(v));
+        return fail(e, path, "expected string or null, got %s", soth_json_type_name(v));
     if (json_string_length(v) == 0)
         return fail(e, path, "expected a non-empty string, got \"\"");
     free(*out);
@@ -173,7 +108,7 @@ static int get_str_or_null(struct cerr *e, const char *path, const json_t *v, ch
     return 0;
 }
 
-static int check_keys(struct cerr *e, const char *parent, const json_t *obj,
+static int check_keys(struct soth_jerr *e, const char *parent, const json_t *obj,
                       const char *const *keys)
 {
     const char *k;
@@ -193,10 +128,10 @@ static int check_keys(struct cerr *e, const char *parent, const json_t *obj,
     return 0;
 }
 
-static int expect_object(struct cerr *e, const char *path, const json_t *v)
+static int expect_object(struct soth_jerr *e, const char *path, const json_t *v)
 {
     if (!json_is_object(v))
-        return fail(e, path, "expected object, got %s", json_type_name(v));
+        return fail(e, path, "expected object, got %s", soth_json_type_name(v));
     return 0;
 }
 
@@ -768,7 +703,8 @@ void soth_config_slot_dispose(struct soth_config_slot *slot)
 
 /* ---- sections */
 
-static int set_listen(struct cerr *e, struct soth_config *c, const char *path, const char *text)
+static int set_listen(struct soth_jerr *e, struct soth_config *c, const char *path,
+                      const char *text)
 {
     char why[200];
     struct soth_hostport hp;
@@ -785,7 +721,8 @@ static int set_listen(struct cerr *e, struct soth_config *c, const char *path, c
     return 0;
 }
 
-static int set_metrics(struct cerr *e, struct soth_config *c, const char *path, const char *text)
+static int set_metrics(struct soth_jerr *e, struct soth_config *c, const char *path,
+                       const char *text)
 {
     soth_hostport_dispose(&c->metrics.listen);
     free(c->metrics.listen_text);
@@ -805,7 +742,7 @@ static int set_metrics(struct cerr *e, struct soth_config *c, const char *path, 
     return 0;
 }
 
-static int set_mode(struct cerr *e, struct soth_config *c, const char *path, const char *text)
+static int set_mode(struct soth_jerr *e, struct soth_config *c, const char *path, const char *text)
 {
     free(c->reverse_host);
     c->reverse_host = NULL;
@@ -999,12 +936,12 @@ static bool identity_defined(const struct soth_identities *ids, const char *id)
     return false;
 }
 
-static int get_u64(struct cerr *e, const char *path, const json_t *v, long long min, long long max,
-                   long long *out)
+static int get_u64(struct soth_jerr *e, const char *path, const json_t *v, long long min,
+                   long long max, long long *out)
 {
     char b[64];
     if (!json_is_integer(v)) {
-        json_brief(v, b, sizeof(b));
+        soth_json_brief(v, b, sizeof(b));
         return fail(e, path, "expected integer >= %lld, got %s", min, b);
     }
     json_int_t x = json_integer_value(v);
@@ -1016,11 +953,11 @@ static int get_u64(struct cerr *e, const char *path, const json_t *v, long long 
     return 0;
 }
 
-static int load_identity_id(struct cerr *e, const char *pk, const json_t *v, char **out)
+static int load_identity_id(struct soth_jerr *e, const char *pk, const json_t *v, char **out)
 {
     if (!json_is_string(v) || !identity_id_ok(json_string_value(v))) {
         char b[64];
-        json_brief(v, b, sizeof(b));
+        soth_json_brief(v, b, sizeof(b));
         return fail(e, pk, "expected an id of 1..%d letters, digits or \"-_.@:\", got %s",
                     SOTH_IDENTITY_MAX, b);
     }
@@ -1030,12 +967,13 @@ static int load_identity_id(struct cerr *e, const char *pk, const json_t *v, cha
     return 0;
 }
 
-static int load_identity_users(struct cerr *e, struct soth_identities *ids, const json_t *users)
+static int load_identity_users(struct soth_jerr *e, struct soth_identities *ids,
+                               const json_t *users)
 {
     static const char *const keys[] = {"id", "user", "password_sha256", NULL};
     int rc;
     if (!json_is_array(users))
-        return fail(e, "identities.users", "expected array, got %s", json_type_name(users));
+        return fail(e, "identities.users", "expected array, got %s", soth_json_type_name(users));
     size_t n = json_array_size(users);
     ids->users = array_new(e, n, sizeof(*ids->users));
     if (ids->users == NULL)
@@ -1086,12 +1024,13 @@ static int load_identity_users(struct cerr *e, struct soth_identities *ids, cons
     return 0;
 }
 
-static int load_identity_networks(struct cerr *e, struct soth_identities *ids, const json_t *nets)
+static int load_identity_networks(struct soth_jerr *e, struct soth_identities *ids,
+                                  const json_t *nets)
 {
     static const char *const keys[] = {"id", "cidrs", NULL};
     int rc;
     if (!json_is_array(nets))
-        return fail(e, "identities.networks", "expected array, got %s", json_type_name(nets));
+        return fail(e, "identities.networks", "expected array, got %s", soth_json_type_name(nets));
     size_t n = json_array_size(nets);
     ids->networks = array_new(e, n, sizeof(*ids->networks));
     if (ids->networks == NULL)
@@ -1117,7 +1056,8 @@ static int load_identity_networks(struct cerr *e, struct soth_identities *ids, c
         if ((v = json_object_get(o, "cidrs")) == NULL)
             return fail(e, pk, "missing required key");
         if (!json_is_array(v) || json_array_size(v) == 0)
-            return fail(e, pk, "expected a non-empty array of CIDRs, got %s", json_type_name(v));
+            return fail(e, pk, "expected a non-empty array of CIDRs, got %s",
+                        soth_json_type_name(v));
         size_t nc = json_array_size(v);
         d->cidrs = array_new(e, nc, sizeof(*d->cidrs));
         d->cidr_texts = array_new(e, nc, sizeof(*d->cidr_texts));
@@ -1128,7 +1068,7 @@ static int load_identity_networks(struct cerr *e, struct soth_identities *ids, c
             snprintf(ck, sizeof(ck), "%s[%zu]", pk, k);
             const json_t *c = json_array_get(v, k);
             if (!json_is_string(c))
-                return fail(e, ck, "expected string, got %s", json_type_name(c));
+                return fail(e, ck, "expected string, got %s", soth_json_type_name(c));
             if (soth_cidr_parse(json_string_value(c), &d->cidrs[k], why, sizeof(why)) < 0)
                 return fail(e, ck, "%s", why);
             d->cidr_texts[k] = sdup(e, json_string_value(c));
@@ -1138,7 +1078,7 @@ static int load_identity_networks(struct cerr *e, struct soth_identities *ids, c
     return 0;
 }
 
-static int load_identities(struct cerr *e, struct soth_config *c, const json_t *v)
+static int load_identities(struct soth_jerr *e, struct soth_config *c, const json_t *v)
 {
     static const char *const keys[] = {"require", "users", "networks", NULL};
     int rc;
@@ -1157,7 +1097,7 @@ static int load_identities(struct cerr *e, struct soth_config *c, const json_t *
 
 /* policy.rules[]: id, identities, budget (docs/config.md "identities"). Identities are loaded
  * first, so a rule can only name one that exists. */
-static int load_rule_identity_keys(struct cerr *e, const struct soth_config *c, const char *p,
+static int load_rule_identity_keys(struct soth_jerr *e, const struct soth_config *c, const char *p,
                                    const json_t *r, struct soth_rule *rule, size_t idx)
 {
     char pk[112];
@@ -1166,7 +1106,7 @@ static int load_rule_identity_keys(struct cerr *e, const struct soth_config *c, 
     if ((v = json_object_get(r, "id"))) {
         snprintf(pk, sizeof(pk), "%s.id", p);
         if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 128)
-            return fail(e, pk, "expected a string of 1..128 bytes, got %s", json_type_name(v));
+            return fail(e, pk, "expected a string of 1..128 bytes, got %s", soth_json_type_name(v));
         for (size_t k = 0; k < idx; k++)
             if (c->rules[k].id != NULL && strcmp(c->rules[k].id, json_string_value(v)) == 0)
                 return fail(e, pk, "id \"%s\" is already used by policy.rules[%zu]",
@@ -1177,7 +1117,7 @@ static int load_rule_identity_keys(struct cerr *e, const struct soth_config *c, 
         snprintf(pk, sizeof(pk), "%s.identities", p);
         if (!json_is_array(v) || json_array_size(v) == 0)
             return fail(e, pk, "expected a non-empty array of identity ids, got %s",
-                        json_type_name(v));
+                        soth_json_type_name(v));
         size_t n = json_array_size(v);
         rule->identities = array_new(e, n, sizeof(*rule->identities));
         if (rule->identities == NULL)
@@ -1187,7 +1127,7 @@ static int load_rule_identity_keys(struct cerr *e, const struct soth_config *c, 
             snprintf(ik, sizeof(ik), "%s[%zu]", pk, k);
             const json_t *s = json_array_get(v, k);
             if (!json_is_string(s))
-                return fail(e, ik, "expected string, got %s", json_type_name(s));
+                return fail(e, ik, "expected string, got %s", soth_json_type_name(s));
             const char *id = json_string_value(s);
             if (strcmp(id, "anonymous") != 0 && !identity_defined(&c->identities, id))
                 return fail(e, ik, "no identity \"%s\" in identities.users or identities.networks",
@@ -1252,7 +1192,8 @@ static void rule_identity_free(struct soth_rule *r)
     free(r->identities);
 }
 
-static int parse_action(struct cerr *e, const char *path, const json_t *v, enum soth_action *out)
+static int parse_action(struct soth_jerr *e, const char *path, const json_t *v,
+                        enum soth_action *out)
 {
     if (json_is_string(v)) {
         for (int i = 0; i < SOTH_ACTION_COUNT; i++) {
@@ -1263,16 +1204,17 @@ static int parse_action(struct cerr *e, const char *path, const json_t *v, enum 
         }
     }
     char b[64];
-    json_brief(v, b, sizeof(b));
+    soth_json_brief(v, b, sizeof(b));
     return fail(e, path, "expected \"intercept\", \"tunnel\" or \"block\", got %s", b);
 }
 
 /* A route (docs/config.md "Routes"): the text as parsed by soth_route_parse (core/base/route.c).
  * The error never quotes the value: it may hold a password. */
-static int parse_route(struct cerr *e, const char *path, const json_t *v, struct soth_route *out)
+static int parse_route(struct soth_jerr *e, const char *path, const json_t *v,
+                       struct soth_route *out)
 {
     if (!json_is_string(v))
-        return fail(e, path, "expected string, got %s", json_type_name(v));
+        return fail(e, path, "expected string, got %s", soth_json_type_name(v));
     char why[200];
     struct soth_route r;
     if (soth_route_parse(json_string_value(v), &r, why, sizeof(why)) < 0)
@@ -1282,7 +1224,7 @@ static int parse_route(struct cerr *e, const char *path, const json_t *v, struct
     return 0;
 }
 
-static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
+static int load_policy(struct soth_jerr *e, struct soth_config *c, const json_t *pol)
 {
     static const char *const keys[] = {"default", "default_route", "rules", NULL};
     static const char *const rule_keys[] = {"host",   "action", "id", "identities",
@@ -1300,7 +1242,7 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
     if (rules == NULL)
         return 0;
     if (!json_is_array(rules))
-        return fail(e, "policy.rules", "expected array, got %s", json_type_name(rules));
+        return fail(e, "policy.rules", "expected array, got %s", soth_json_type_name(rules));
     size_t n = json_array_size(rules);
     c->rules = array_new(e, n, sizeof(*c->rules));
     if (c->rules == NULL)
@@ -1316,7 +1258,7 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
         if (h == NULL)
             return fail(e, pk, "missing required key");
         if (!json_is_string(h))
-            return fail(e, pk, "expected string, got %s", json_type_name(h));
+            return fail(e, pk, "expected string, got %s", soth_json_type_name(h));
         struct soth_rule *rule = &c->rules[c->n_rules];
         char why[200];
         if (glob_check(json_string_value(h), why, sizeof(why), &rule->host, &rule->port) < 0)
@@ -1341,7 +1283,7 @@ static int load_policy(struct cerr *e, struct soth_config *c, const json_t *pol)
     return 0;
 }
 
-static int load_tls(struct cerr *e, struct soth_config *c, const json_t *t)
+static int load_tls(struct soth_jerr *e, struct soth_config *c, const json_t *t)
 {
     static const char *const keys[] = {"ca_dir",
                                        "ca_cert",
@@ -1479,11 +1421,11 @@ static bool nats_url_ok(const char *u, size_t len)
 }
 
 /** A non-empty string into *out (replacing it). */
-static int get_str(struct cerr *e, const char *path, const json_t *v, char **out)
+static int get_str(struct soth_jerr *e, const char *path, const json_t *v, char **out)
 {
     if (!json_is_string(v) || json_string_length(v) == 0) {
         char b[64];
-        json_brief(v, b, sizeof(b));
+        soth_json_brief(v, b, sizeof(b));
         return fail(e, path, "expected a non-empty string, got %s", b);
     }
     free(*out);
@@ -1491,10 +1433,11 @@ static int get_str(struct cerr *e, const char *path, const json_t *v, char **out
     return 0;
 }
 
-static int load_sink_format(struct cerr *e, const char *p, const json_t *s,
+static int load_sink_format(struct soth_jerr *e, const char *p, const json_t *s,
                             struct soth_sink_cfg *sk);
 
-static int load_sink_nats(struct cerr *e, const char *p, const json_t *s, struct soth_sink_cfg *sk)
+static int load_sink_nats(struct soth_jerr *e, const char *p, const json_t *s,
+                          struct soth_sink_cfg *sk)
 {
     static const char *const keys[] = {
         "type",        "url",           "subject",      "stream",     "format", "max_pending_mb",
@@ -1574,7 +1517,7 @@ static int load_sink_nats(struct cerr *e, const char *p, const json_t *s, struct
 }
 
 /** `format` of a jsonl or uds sink: "event" (default) or "exchange" (docs/sinks.md). */
-static int load_sink_format(struct cerr *e, const char *p, const json_t *s,
+static int load_sink_format(struct soth_jerr *e, const char *p, const json_t *s,
                             struct soth_sink_cfg *sk)
 {
     json_t *v = json_object_get(s, "format");
@@ -1587,11 +1530,11 @@ static int load_sink_format(struct cerr *e, const char *p, const json_t *s,
         }
     char pk[96], b[64];
     snprintf(pk, sizeof(pk), "%s.format", p);
-    json_brief(v, b, sizeof(b));
+    soth_json_brief(v, b, sizeof(b));
     return fail(e, pk, "expected \"event\" or \"exchange\", got %s", b);
 }
 
-static int load_sink(struct cerr *e, const char *p, const json_t *s, struct soth_sink_cfg *sk)
+static int load_sink(struct soth_jerr *e, const char *p, const json_t *s, struct soth_sink_cfg *sk)
 {
     static const char *const keys[] = {"type", "path", "format", NULL};
     char pk[96];
@@ -1611,7 +1554,7 @@ static int load_sink(struct cerr *e, const char *p, const json_t *s, struct soth
     }
     if (!ok) {
         char b[64];
-        json_brief(t, b, sizeof(b));
+        soth_json_brief(t, b, sizeof(b));
         return fail(e, pk, "expected \"jsonl\", \"uds\" or \"nats\", got %s", b);
     }
     if (sk->type == SOTH_SINK_NATS)
@@ -1626,7 +1569,7 @@ static int load_sink(struct cerr *e, const char *p, const json_t *s, struct soth
         return fail(e, pk, "missing required key");
     if (!json_is_string(pa) || json_string_length(pa) == 0) {
         char b[64];
-        json_brief(pa, b, sizeof(b));
+        soth_json_brief(pa, b, sizeof(b));
         return fail(e, pk, "expected a non-empty string, got %s", b);
     }
     if (sk->type == SOTH_SINK_UDS && json_string_length(pa) >= 108)
@@ -1635,7 +1578,7 @@ static int load_sink(struct cerr *e, const char *p, const json_t *s, struct soth
     return 0;
 }
 
-static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
+static int load_events(struct soth_jerr *e, struct soth_config *c, const json_t *ev)
 {
     static const char *const keys[] = {"ring_path",       "ring_size_mb", "body_capture_bytes",
                                        "ws_turn_idle_ms", "sinks",        NULL};
@@ -1660,7 +1603,7 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
     if (sinks == NULL)
         return 0;
     if (!json_is_array(sinks))
-        return fail(e, "events.sinks", "expected array, got %s", json_type_name(sinks));
+        return fail(e, "events.sinks", "expected array, got %s", soth_json_type_name(sinks));
     size_t n = json_array_size(sinks);
     c->events.sinks = array_new(e, n, sizeof(*c->events.sinks));
     if (c->events.sinks == NULL)
@@ -1677,7 +1620,7 @@ static int load_events(struct cerr *e, struct soth_config *c, const json_t *ev)
     return 0;
 }
 
-static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
+static int load_timeouts(struct soth_jerr *e, struct soth_config *c, const json_t *t)
 {
     static const char *const keys[] = {"connect_ms",
                                        "tls_handshake_ms",
@@ -1705,7 +1648,7 @@ static int load_timeouts(struct cerr *e, struct soth_config *c, const json_t *t)
     return 0;
 }
 
-static int load_quic(struct cerr *e, struct soth_config *c, const json_t *q)
+static int load_quic(struct soth_jerr *e, struct soth_config *c, const json_t *q)
 {
     static const char *const keys[] = {"idle_ms", "max_flows", NULL};
     int rc;
@@ -1722,7 +1665,7 @@ static int load_quic(struct cerr *e, struct soth_config *c, const json_t *q)
     return 0;
 }
 
-static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
+static int load_json(struct soth_jerr *e, struct soth_config *c, const json_t *root)
 {
     static const char *const keys[] = {"listen",
                                        "mode",
@@ -1744,19 +1687,20 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                                        NULL};
     int rc;
     if (!json_is_object(root))
-        return fail(e, "(top level)", "expected object, got %s", json_type_name(root));
+        return fail(e, "(top level)", "expected object, got %s", soth_json_type_name(root));
     if ((rc = check_keys(e, "", root, keys)))
         return rc;
     json_t *v;
     if ((v = json_object_get(root, "listen"))) {
         if (!json_is_string(v))
-            return fail(e, "listen", "expected string \"HOST:PORT\", got %s", json_type_name(v));
+            return fail(e, "listen", "expected string \"HOST:PORT\", got %s",
+                        soth_json_type_name(v));
         if ((rc = set_listen(e, c, "listen", json_string_value(v))))
             return rc;
     }
     if ((v = json_object_get(root, "mode"))) {
         if (!json_is_string(v))
-            return fail(e, "mode", "expected string, got %s", json_type_name(v));
+            return fail(e, "mode", "expected string, got %s", soth_json_type_name(v));
         if ((rc = set_mode(e, c, "mode", json_string_value(v))))
             return rc;
     }
@@ -1765,7 +1709,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
         return rc;
     if ((v = json_object_get(root, "ignore_hosts"))) {
         if (!json_is_array(v))
-            return fail(e, "ignore_hosts", "expected array, got %s", json_type_name(v));
+            return fail(e, "ignore_hosts", "expected array, got %s", soth_json_type_name(v));
         size_t n = json_array_size(v);
         c->ignore_hosts = array_new(e, n, sizeof(char *));
         if (c->ignore_hosts == NULL)
@@ -1775,7 +1719,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
             snprintf(p, sizeof(p), "ignore_hosts[%zu]", i);
             json_t *s = json_array_get(v, i);
             if (!json_is_string(s))
-                return fail(e, p, "expected string, got %s", json_type_name(s));
+                return fail(e, p, "expected string, got %s", soth_json_type_name(s));
             char why[160];
             if (regex_guard(json_string_value(s), why, sizeof(why)) < 0)
                 return fail(e, p, "%s", why);
@@ -1819,7 +1763,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
         if (l && !json_is_null(l)) {
             if (!json_is_string(l))
                 return fail(e, "metrics.listen", "expected string \"HOST:PORT\" or null, got %s",
-                            json_type_name(l));
+                            soth_json_type_name(l));
             if ((rc = set_metrics(e, c, "metrics.listen", json_string_value(l))))
                 return rc;
         } else if (l) {
@@ -1836,7 +1780,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
                 json_string_length(l) >= sizeof(((struct sockaddr_un *)0)->sun_path))
                 return fail(e, "bridge.listen",
                             "expected a Unix socket path (1..107 bytes) or null, got %s",
-                            json_is_string(l) ? "a string of that length" : json_type_name(l));
+                            json_is_string(l) ? "a string of that length" : soth_json_type_name(l));
             free(c->bridge.listen);
             c->bridge.listen = sdup(e, json_string_value(l));
         } else if (l) {
@@ -1854,7 +1798,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
     }
     if ((v = json_object_get(root, "resolve"))) {
         if (!json_is_object(v))
-            return fail(e, "resolve", "expected object, got %s", json_type_name(v));
+            return fail(e, "resolve", "expected object, got %s", soth_json_type_name(v));
         size_t n = json_object_size(v);
         c->resolve = array_new(e, n, sizeof(*c->resolve));
         if (c->resolve == NULL)
@@ -1869,7 +1813,7 @@ static int load_json(struct cerr *e, struct soth_config *c, const json_t *root)
             if (!json_is_string(a) || (inet_pton(AF_INET, json_string_value(a), tmp) != 1 &&
                                        inet_pton(AF_INET6, json_string_value(a), tmp) != 1)) {
                 char b[64];
-                json_brief(a, b, sizeof(b));
+                soth_json_brief(a, b, sizeof(b));
                 return fail(e, p, "expected a numeric IPv4 or IPv6 address, got %s", b);
             }
             char why[160];
@@ -1913,7 +1857,7 @@ static bool utf8_ok(const unsigned char *s)
 }
 
 /** A command-line string value: non-empty UTF-8 (the effective config is JSON). */
-static int check_cli_text(struct cerr *e, const char *flag, const char *v)
+static int check_cli_text(struct soth_jerr *e, const char *flag, const char *v)
 {
     if (v[0] == '\0')
         return fail(e, flag, "expected a non-empty value");
@@ -1922,7 +1866,8 @@ static int check_cli_text(struct cerr *e, const char *flag, const char *v)
     return 0;
 }
 
-static int apply_cli(struct cerr *e, struct soth_config *c, const struct soth_cli_overrides *cli)
+static int apply_cli(struct soth_jerr *e, struct soth_config *c,
+                     const struct soth_cli_overrides *cli)
 {
     int rc;
     if (cli->listen && ((rc = check_cli_text(e, "--listen", cli->listen)) ||
@@ -1963,7 +1908,7 @@ static int apply_cli(struct cerr *e, struct soth_config *c, const struct soth_cl
     return 0;
 }
 
-static int finish(struct cerr *e, struct soth_config *c)
+static int finish(struct soth_jerr *e, struct soth_config *c)
 {
     if ((c->tls.ca_cert == NULL) != (c->tls.ca_key == NULL))
         return fail(e, c->tls.ca_cert ? "tls.ca_key" : "tls.ca_cert",
@@ -1977,7 +1922,7 @@ static int finish(struct cerr *e, struct soth_config *c)
  * take their defaults). *eff is root itself when there is no bundle, else a new object
  * (caller decrefs) that load_json then validates like any config.
  */
-static int apply_bundle(struct cerr *e, json_t *root, const struct soth_cli_overrides *cli,
+static int apply_bundle(struct soth_jerr *e, json_t *root, const struct soth_cli_overrides *cli,
                         json_t **eff)
 {
     *eff = root;
@@ -2013,7 +1958,7 @@ static int apply_bundle(struct cerr *e, json_t *root, const struct soth_cli_over
 }
 
 static int load_common(json_t *root, const struct soth_cli_overrides *cli, bool bundle,
-                       struct soth_config **out, struct cerr *e)
+                       struct soth_config **out, struct soth_jerr *e)
 {
     *out = NULL;
     json_t *eff = root;
@@ -2046,7 +1991,7 @@ static int load_common(json_t *root, const struct soth_cli_overrides *cli, bool 
 }
 
 /** jansson's complaint about the text named `what` (a path, or "(text)"). */
-static int json_fail(struct cerr *e, const char *what, const json_error_t *je)
+static int json_fail(struct soth_jerr *e, const char *what, const json_error_t *je)
 {
     /* jansson leaves the text empty when its very first allocation fails. */
     if (json_error_code(je) == json_error_out_of_memory || je->text[0] == '\0')
@@ -2059,7 +2004,7 @@ static int json_fail(struct cerr *e, const char *what, const json_error_t *je)
 int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
                      struct soth_config **out, char *err, size_t err_len)
 {
-    struct cerr e = {err, err_len, false};
+    struct soth_jerr e = {err, err_len, false};
     json_t *root = NULL;
     *out = NULL;
     if (path != NULL) {
@@ -2076,7 +2021,7 @@ int soth_config_load(const char *path, const struct soth_cli_overrides *cli,
 int soth_config_load_text(const char *text, size_t len, struct soth_config **out, char *err,
                           size_t err_len)
 {
-    struct cerr e = {err, err_len, false};
+    struct soth_jerr e = {err, err_len, false};
     json_error_t je;
     *out = NULL;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
@@ -2109,7 +2054,7 @@ int soth_config_reload(const struct soth_config *cur, const char *path,
     /* What a reload may change; the rest is carried over from the running snapshot. */
     static const char *const reloadable[] = {"ignore_hosts", "policy",     "resolve",
                                              "timeouts",     "identities", "soth"};
-    struct cerr e = {err, err_len, false};
+    struct soth_jerr e = {err, err_len, false};
     struct soth_config *next = NULL;
     *out = NULL;
     int rc = soth_config_load(path, cli, &next, err, err_len);
