@@ -150,6 +150,7 @@ int soth_route_parse(const char *text, struct soth_route *out, char *err, size_t
     char cred[SOTH_ROUTE_MAX_TEXT + 1];
     long cred_len = -1;
     size_t user_raw_len = 0;
+    bool has_password = false; /* "USER:PASSWORD@", not "USER@" */
     if (at != NULL) {
         const char *ui = auth;
         size_t ul = (size_t)(at - auth);
@@ -170,6 +171,7 @@ int soth_route_parse(const char *text, struct soth_route *out, char *err, size_t
                               "user name: a decoded ':' is not allowed (RFC 7617)");
         cred[un] = ':';
         long pn = 0;
+        has_password = colon != NULL;
         if (colon != NULL) {
             pn = route_decode_userinfo(colon + 1, ul - user_raw_len - 1, cred + un + 1);
             if (pn < 0)
@@ -238,8 +240,9 @@ int soth_route_parse(const char *text, struct soth_route *out, char *err, size_t
     out->text_len = (size_t)n;
     if (cred_len >= 0) {
         /* The user as written (still escaped), the password never. */
-        n = snprintf(buf, sizeof(buf), UPSTREAM_PREFIX "%.*s:(set)@%s%.*s%s:%lu", (int)user_raw_len,
-                     text + pl, v6 ? "[" : "", (int)hl, h, v6 ? "]" : "", port);
+        n = snprintf(buf, sizeof(buf), UPSTREAM_PREFIX "%.*s%s@%s%.*s%s:%lu", (int)user_raw_len,
+                     text + pl, has_password ? ":(set)" : "", v6 ? "[" : "", (int)hl, h,
+                     v6 ? "]" : "", port);
         out->shown = route_dup_n(buf, (size_t)n);
         char b64[(SOTH_ROUTE_MAX_TEXT + 3) / 3 * 4 + 8];
         size_t bl = route_base64((const unsigned char *)cred, (size_t)cred_len, b64);

@@ -38,9 +38,9 @@ static const struct good goods[] = {
     {"upstream:http://a%40b:p%3A%40w@[2001:db8::1]:3128", SOTH_ROUTE_UPSTREAM_HTTP,
      "upstream:http://[2001:db8::1]:3128", "upstream:http://a%40b:(set)@[2001:db8::1]:3128",
      "2001:db8::1", true, 3128, "Basic YUBiOnA6QHc="}, /* "a@b:p:@w" */
-    /* a user without a password: an empty one */
+    /* a user without a password: an empty one (shown without "(set)": none was written) */
     {"upstream:http://bob@p:3", SOTH_ROUTE_UPSTREAM_HTTP, "upstream:http://p:3",
-     "upstream:http://bob:(set)@p:3", "p", false, 3, "Basic Ym9iOg=="}, /* "bob:" */
+     "upstream:http://bob@p:3", "p", false, 3, "Basic Ym9iOg=="}, /* "bob:" */
     {"upstream:http://u:@p:3", SOTH_ROUTE_UPSTREAM_HTTP, "upstream:http://p:3",
      "upstream:http://u:(set)@p:3", "p", false, 3, "Basic dTo="}, /* "u:" */
     {"upstream:http://u:!$&'()*+,;=~._-@under_score.ex-ample.:9", SOTH_ROUTE_UPSTREAM_HTTP,
