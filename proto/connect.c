@@ -219,7 +219,7 @@ static ssize_t parse_authority(struct scan *s, const char *a, size_t n, bool nee
         }
         host = a;
         host_len = colon != NULL ? (size_t)(colon - a) : n;
-        rest = a + host_len;
+        rest = host_len > 0 ? a + host_len : a; /* a may be NULL when n is 0 (no offset then) */
         rest_len = n - host_len;
         ssize_t rc = check_reg_name(s, host, host_len);
         if (rc < 0)

@@ -515,6 +515,10 @@ Test(connect, authority_parse)
     cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("::1"), false, 80, &au, &code, NULL),
                  SOTH_E_MALFORMED);
     cr_expect_str_eq(code, "bad_brackets");
+    /* No authority at all (an absent Host: base NULL, length 0): refused, no pointer offset
+     * taken from NULL (UBSan found one, through fuzz_app_h1). */
+    cr_expect_eq(soth_authority_parse(SOTH_IOV_NULL, false, 80, &au, &code, NULL),
+                 SOTH_E_MALFORMED);
     cr_expect_eq(soth_authority_parse(SOTH_IOV_LIT("127.1"), false, 80, &au, &code, NULL),
                  SOTH_E_MALFORMED);
     cr_expect_str_eq(code, "bad_target");
