@@ -34,6 +34,8 @@ table shows medians over repetitions and the sum of errors):
                policy tunnel, mitmdump with ignore_hosts) vs direct
   idle         N idle intercepted connections (CONNECT or reverse TLS handshake + one request,
                then held), RSS per connection; fd limit permitting
+  idle-h2      the same over HTTP/2 (ALPN h2 toward the target, which speaks h2 to the origin):
+               preface, SETTINGS, one GET on stream 1, then held
   instructions soth-mitm reverse and nginx under valgrind --tool=callgrind, a fixed number of
                h1 keep-alive requests: instructions per request (perf stat cannot count here)
 
@@ -860,14 +862,46 @@ def wl_tunnel(kind):
     return run
 
 
-async def idle_open(n, port, origin, regular, deadline, conc=64):
-    """Opens n TLS connections (through CONNECT when regular), one request each, and keeps
-    them. Returns (writers, first error)."""
+def h2_request(origin):
+    """Client preface, an empty SETTINGS and GET /small on stream 1 (END_STREAM), HPACK
+    literals without indexing (RFC 7541 6.2.2) so nothing needs a dynamic table."""
+    def lit(index, value):
+        v = value.encode()
+        return bytes([index, len(v)]) + v
+    block = b"\x82\x87" + lit(4, "/small") + lit(1, f"127.0.0.1:{origin}")  # GET, https
+    frame = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big") + block
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + frame
+
+
+async def h2_response(r, w):
+    """Reads frames until stream 1 ends; ACKs the peer's SETTINGS. Returns the DATA bytes."""
+    import asyncio
+    body = b""
+    while True:
+        hd = await asyncio.wait_for(r.readexactly(9), 10)
+        ln, typ, flags = int.from_bytes(hd[:3], "big"), hd[3], hd[4]
+        sid = int.from_bytes(hd[5:9], "big") & 0x7FFFFFFF
+        payload = await asyncio.wait_for(r.readexactly(ln), 10)
+        if typ == 0x4 and not flags & 0x1:
+            w.write(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+        elif typ == 0x7:
+            raise OSError(f"GOAWAY {payload[4:8].hex()}")
+        elif typ == 0x3 and sid == 1:
+            raise OSError(f"RST_STREAM {payload.hex()}")
+        elif typ == 0x0 and sid == 1:
+            body += payload
+        if sid == 1 and typ in (0x0, 0x1) and flags & 0x1:
+            return body
+
+
+async def idle_open(n, port, origin, regular, deadline, conc=64, h2=False):
+    """Opens n TLS connections (through CONNECT when regular), one request each (HTTP/2 when
+    h2), and keeps them. Returns (writers, first error)."""
     import asyncio
     tls = ssl.create_default_context()
     tls.check_hostname = False
     tls.verify_mode = ssl.CERT_NONE
-    tls.set_alpn_protocols(["http/1.1"])
+    tls.set_alpn_protocols(["h2"] if h2 else ["http/1.1"])
     held, errors = [], []
     sem = asyncio.Semaphore(conc)
 
@@ -890,18 +924,26 @@ async def idle_open(n, port, origin, regular, deadline, conc=64):
                     await asyncio.wait_for(w.start_tls(tls, server_hostname="origin.test"), 10)
                 else:
                     await asyncio.wait_for(w.start_tls(tls, server_hostname="origin.test"), 10)
-                w.write(f"GET /small HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode())
-                await asyncio.wait_for(r.readuntil(SMALL_BODY), 10)
+                if h2:
+                    alpn = w.get_extra_info("ssl_object").selected_alpn_protocol()
+                    if alpn != "h2":
+                        raise OSError(f"ALPN {alpn!r}, not h2")
+                    w.write(h2_request(origin))
+                    if await h2_response(r, w) != SMALL_BODY:
+                        raise OSError("HTTP/2 response body differs")
+                else:
+                    w.write(f"GET /small HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode())
+                    await asyncio.wait_for(r.readuntil(SMALL_BODY), 10)
                 held.append(w)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError, ssl.SSLError) as e:
+                    asyncio.LimitOverrunError, ssl.SSLError, AttributeError) as e:
                 errors.append(f"connection {i}: {type(e).__name__} {e}")
 
     await asyncio.gather(*(one(i) for i in range(n)))
     return held, (errors[0] if errors else None)
 
 
-def wl_idle(a, ctx, target):
+def wl_idle(a, ctx, target, h2=False):
     """Hold N idle intercepted connections; RSS per connection over the target's baseline."""
     import asyncio
     n = {"soth": a.idle_conns, "mitmdump": a.idle_conns_mitm}.get(target.kind, a.idle_conns_peers)
@@ -916,7 +958,8 @@ def wl_idle(a, ctx, target):
     loop = asyncio.new_event_loop()
     try:
         held, err = loop.run_until_complete(idle_open(
-            n, target.port, ctx["origin_port"], target.mode == "regular", t0 + a.idle_seconds))
+            n, target.port, ctx["origin_port"], target.mode == "regular", t0 + a.idle_seconds,
+            h2=h2))
         setup = time.time() - t0
         short = None
         if len(held) < n and not err:
@@ -1124,7 +1167,7 @@ def render(title, workloads, targets, results, notes, instr):
     for wl, desc in workloads:
         lines.append(f"### {wl}: {desc}")
         lines.append("")
-        extra = " KiB/conn |" if wl == "idle" else ""
+        extra = " KiB/conn |" if wl in ("idle", "idle-h2") else ""
         hdr = "| target | " + " | ".join(h for _, h, _, _ in FIGS) + " | errors |" + extra
         lines.append(hdr)
         lines.append("|" + " --- |" * (len(FIGS) + 2 + (1 if extra else 0)))
@@ -1308,15 +1351,17 @@ def main():
             elif t in errs and errs[t] != "n/a":
                 results[wl][t] = (None, errs[t])
     all_wl = [(w, dsc) for w, dsc, _ in workloads]
-    if not a.workloads or "idle" in a.workloads.split(","):
-        log("== idle")
-        results["idle"] = {}
+    for iwl in ("idle", "idle-h2"):
+        if a.workloads and iwl not in a.workloads.split(",") or not a.workloads and iwl != "idle":
+            continue
+        log(f"== {iwl}")
+        results[iwl] = {}
         for t in names:
             tg = targets[t]
             if tg.mode == "tunnel":
                 continue
             if tg.error or not tg.alive():
-                results["idle"][t] = (None, tg.error or "target died earlier")
+                results[iwl][t] = (None, tg.error or "target died earlier")
                 continue
             # A fresh instance: RSS growth is not hidden by memory an earlier point freed.
             fresh = tg.factory() if tg.factory and tg.mode != "tunnel" and tg.kind != "direct" \
@@ -1328,14 +1373,15 @@ def main():
                 if fresh is not None:
                     fresh.refresh_pids()
                     fresh.mode = tg.mode
-                r, err = wl_idle(a, ctx, fresh or tg)
+                r, err = wl_idle(a, ctx, fresh or tg, h2=iwl == "idle-h2")
             if fresh is not None and fresh.proc is not None:
                 stop_proc(fresh.proc)
             log(f"  {t}: {r and r.get('kib_per_conn')} KiB/conn {err or ''}")
             if r is None and err in ("see the regular-mode row", "n/a"):
                 continue
-            results["idle"][t] = (median_result([r]), None) if r else (None, err)
-        all_wl.append(("idle", f"idle intercepted connections held open: soth-mitm "
+            results[iwl][t] = (median_result([r]), None) if r else (None, err)
+        all_wl.append((iwl, f"idle intercepted connections held open"
+                       f"{' over HTTP/2 (ALPN h2 on both legs)' if iwl == 'idle-h2' else ''}: soth-mitm "
                        f"{a.idle_conns}, nginx, haproxy and squid {a.idle_conns_peers}, mitmdump "
                        f"{a.idle_conns_mitm} (CONNECT for regular mode, TLS, one request, then "
                        "held; set up 64 at a time by one asyncio client on CPU 0); req/s = "
