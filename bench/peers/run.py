@@ -991,6 +991,9 @@ def wl_idle(a, ctx, target, h2=False):
 
 # ---------------------------------------------------------------- callgrind
 
+INSTR_LOAD = "h1 small keep-alive"  # "h2 small, 10 streams per connection" with --callgrind-h2
+
+
 def instructions(a, ctx, d):
     """Instructions per h1 keep-alive small request (reverse TLS both legs): soth-mitm and nginx
     under callgrind, counters zeroed after a warm-up, a fixed request count, then dumped."""
@@ -1025,7 +1028,8 @@ def instructions(a, ctx, d):
                 continue
             # Two runs of the same shape (2 new connections each), n/4 and n requests: the
             # difference cancels start-up and the handshakes, leaving the per-request cost.
-            load = ["h2load", "--h1", "-t1", "-c", "2", "-T", "60"]
+            load = ["h2load", "-t1", "-c", "2", "-T", "60"] + \
+                (["-m", "10"] if a.callgrind_h2 else ["--h1"])
             url = f"https://127.0.0.1:{port}/small"
             counts = []
             run_load(load + ["-n", "100", url], 300)  # warm-up: leaf minted, pools filled
@@ -1137,13 +1141,16 @@ def goals_table(results):
     ratio_row("h2 small: req/s >= 1.3x nginx", "h2-small", "soth-mitm rev", "rps", "nginx", 1.3, True)
     ratio_row("h1 small: p99 <= nginx's", "h1-small", "soth-mitm rev", "p99", "nginx", 1.0)
     ratio_row("h2 small: p99 <= nginx's", "h2-small", "soth-mitm rev", "p99", "nginx", 1.0)
-    kib = get("idle", "soth-mitm reg", "kib_per_conn")
-    held = get("idle", "soth-mitm reg", "requests")
-    if kib is None:
-        rows.append("| idle: <= 16 KiB per intercepted connection | — | — | not measured |")
-    else:
-        rows.append(f"| idle: <= 16 KiB per intercepted connection | {kib:,.1f} KiB at {held:,.0f}"
-                    f" connections | — | {'met' if kib <= 16 else 'MISSED'} |")
+    for wl, what in (("idle", "idle"), ("idle-h2", "idle HTTP/2")):
+        if wl == "idle-h2" and wl not in results:
+            continue  # not in the default set of workloads
+        kib = get(wl, "soth-mitm reg", "kib_per_conn")
+        held = get(wl, "soth-mitm reg", "requests")
+        if kib is None:
+            rows.append(f"| {what}: <= 16 KiB per intercepted connection | — | — | not measured |")
+        else:
+            rows.append(f"| {what}: <= 16 KiB per intercepted connection | {kib:,.1f} KiB at "
+                        f"{held:,.0f} connections | — | {'met' if kib <= 16 else 'MISSED'} |")
     errs = [(wl, t, r[0]["errors"]) for wl, res in results.items() for t, r in res.items()
             if t.startswith("soth") and r[0] and r[0].get("errors")]
     fails = [(wl, t, e) for wl, res in results.items() for t, (r, e) in res.items()
@@ -1207,7 +1214,7 @@ def render(title, workloads, targets, results, notes, instr):
             lines.append(f"| {t} | " + " | ".join(row) + " |")
         lines.append("")
     if instr:
-        lines.append("### instructions: h1 small keep-alive, reverse TLS, valgrind callgrind")
+        lines.append(f"### instructions: {INSTR_LOAD}, reverse TLS, valgrind callgrind")
         lines.append("")
         lines.append("| target | instructions / request | requests | errors |")
         lines.append("| --- | --- | --- | --- |")
@@ -1260,8 +1267,13 @@ def main():
     ap.add_argument("--callgrind-requests", type=int, default=2000)
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--callgrind-h2", action="store_true",
+                    help="instructions: HTTP/2 requests (10 streams per connection), not h1")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     a = ap.parse_args()
+    if a.callgrind_h2:
+        global INSTR_LOAD
+        INSTR_LOAD = "h2 small, 10 streams per connection"
     if a.quick:  # smaller defaults; flags given explicitly still win
         quick = {"reps": 1, "seconds": 2, "idle_conns": 1000, "idle_conns_peers": 500,
                  "idle_conns_mitm": 200, "tunnel_mib": 128, "callgrind_requests": 500}
@@ -1389,7 +1401,7 @@ def main():
                        " growth of anonymous RSS (RssAnon: heap, not the event ring file) / connections held"))
     instr = None
     if not a.no_callgrind and (not a.workloads or "instructions" in a.workloads.split(",")):
-        log("== instructions (callgrind)")
+        log("== instructions (callgrind)" + (", HTTP/2" if a.callgrind_h2 else ""))
         instr = instructions(a, ctx, d)
         log(f"  {instr}")
     kill_all()
