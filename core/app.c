@@ -47,6 +47,7 @@ void app_free(struct app *a)
 void app_thread_done(void)
 {
     app_h1_thread_done();
+    app_h2_thread_done();
     app_obs_thread_done();
 }
 

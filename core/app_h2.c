@@ -7,11 +7,13 @@
  * answers of this version (502/504 responses or RST_STREAM, docs/http2.md); this file keeps
  * the clock of timeouts.response_header_ms per stream and tells the relay when one is late.
  *
- * Per-stream event state (body offsets) lives in a fixed open-addressing table inside the
- * app, keyed by client stream id: the relay never holds more than 2 x max_concurrent_streams
- * + 16 stream slots, so the table cannot fill and nothing is allocated per stream or per
- * event here (nghttp2 and the relay allocate per connection, see docs/http2.md; a stream's
- * observer comes from the worker's free list, docs/streaming.md).
+ * Per-stream event state (body offsets) lives in a fixed open-addressing table keyed by client
+ * stream id: the relay never holds more than 2 x max_concurrent_streams + 16 stream slots, so
+ * the table cannot fill and nothing is allocated per stream or per event here (nghttp2 and the
+ * relay allocate per connection, see docs/http2.md; a stream's observer comes from the
+ * worker's free list, docs/streaming.md). The table (16 KiB), the relay's output buffers and
+ * its body chunks are lent from the worker's free lists only while streams or bytes are held,
+ * so an idle connection holds none of them (docs/performance.md, "Idle connections").
  *
  * Close reasons (stream_closed reason_code, docs/events.md), the first cause wins:
  *   client EOF or reset                          client_eof
@@ -60,11 +62,52 @@ struct app_h2 {
     size_t magic_off; /* client preface bytes checked so far */
     bool aborting;    /* app_abort: streams still in flight end with abort_outcome */
     enum soth_outcome abort_outcome;
-    bool done;          /* APP_DONE returned: the relay is finished */
-    uint32_t n_streams; /* entries in use in st[] */
-    uint32_t n_waiting; /* entries with wait_ms set */
-    struct h2_stream st[H2_TABLE_CAP];
+    bool done;            /* APP_DONE returned: the relay is finished */
+    uint32_t n_streams;   /* entries in use in st[] */
+    uint32_t n_waiting;   /* entries with wait_ms set */
+    struct h2_stream *st; /* H2_TABLE_CAP entries, lent while n_streams > 0, else NULL */
 };
+
+/*
+ * Free lists of this thread: stream tables, and the relay's output buffers and body chunks
+ * (cbs.buf_get / buf_put). Kept: as many as were ever in use at once, up to `keep`. A table
+ * comes back with every entry free (n_streams == 0), so only a new one needs zeroing, and the
+ * list's link in the first entry's bytes.
+ */
+#define H2_TABLE_BYTES (H2_TABLE_CAP * sizeof(struct h2_stream))
+static _Thread_local struct soth_buf_pool h2_tables = {.keep = 256};
+static _Thread_local struct soth_buf_pool h2_outs = {.keep = 256};
+static _Thread_local struct soth_buf_pool h2_chunks = {.keep = 4096};
+
+static struct h2_stream *table_get(void)
+{
+    bool fresh = h2_tables.head == NULL;
+    struct h2_stream *t = soth_buf_pool_get(&h2_tables, H2_TABLE_BYTES);
+    if (t != NULL && fresh)
+        memset(t, 0, H2_TABLE_BYTES);
+    else if (t != NULL)
+        memset(t, 0, sizeof(*t));
+    return t;
+}
+
+static void *h2_buf_get(void *ctx, size_t size)
+{
+    (void)ctx;
+    return soth_buf_pool_get(size == SOTH_H2_OUT_BYTES ? &h2_outs : &h2_chunks, size);
+}
+
+static void h2_buf_put(void *ctx, void *m, size_t size)
+{
+    (void)ctx;
+    soth_buf_pool_put(size == SOTH_H2_OUT_BYTES ? &h2_outs : &h2_chunks, m);
+}
+
+void app_h2_thread_done(void)
+{
+    soth_buf_pool_drain(&h2_tables);
+    soth_buf_pool_drain(&h2_outs);
+    soth_buf_pool_drain(&h2_chunks);
+}
 
 static struct app_h2 *h2_of(struct app *a)
 {
@@ -86,6 +129,8 @@ static size_t slot_of(int32_t sid)
 
 static struct h2_stream *stream_find(struct app_h2 *h, int32_t sid)
 {
+    if (h->st == NULL)
+        return NULL;
     for (size_t i = slot_of(sid), n = 0; n < H2_TABLE_CAP; i = (i + 1) & (H2_TABLE_CAP - 1), n++) {
         if (h->st[i].sid == sid)
             return &h->st[i];
@@ -100,6 +145,8 @@ static struct h2_stream *stream_add(struct app_h2 *h, int32_t sid)
     /* The relay reports a head once per stream and holds at most 2 x H2_MAX_STREAMS + 16
      * streams, fewer than the table's entries: a free entry always exists. */
     SOTH_BUG_ON(h->n_streams >= H2_TABLE_CAP - 1);
+    if (h->st == NULL && (h->st = table_get()) == NULL)
+        return NULL;
     size_t i = slot_of(sid);
     while (h->st[i].sid != 0) {
         SOTH_BUG_ON(h->st[i].sid == sid);
@@ -127,7 +174,10 @@ static void stream_del(struct app_h2 *h, struct h2_stream *e)
         }
     }
     h->st[i].sid = 0;
-    h->n_streams--;
+    if (--h->n_streams == 0) {
+        soth_buf_pool_put(&h2_tables, h->st);
+        h->st = NULL;
+    }
 }
 
 /* ---- relay callbacks -> events */
@@ -143,6 +193,11 @@ static void on_request_head(void *ctx, int32_t sid, const struct soth_h2_request
 {
     struct app_h2 *h = ctx;
     struct h2_stream *ne = stream_add(h, sid);
+    if (ne == NULL) { /* no table: the connection ends (relay_error) */
+        if (h->err == 0)
+            h->err = SOTH_E_NOMEM;
+        return;
+    }
     ne->ws_connect = q->method.len == 7 && memcmp(q->method.base, "CONNECT", 7) == 0 &&
                      soth_iov_is_ci(q->protocol, "websocket");
     app_pl_h2_request(&h->base, &ne->pl, q); /* grpc: protocol set before the head */
@@ -367,6 +422,8 @@ static struct app *h2_create(const struct app_env *env, const struct app_conf *c
         .on_trailers = on_trailers,
         .on_stream_end = on_stream_end,
         .on_request_end = on_request_end,
+        .buf_get = h2_buf_get,
+        .buf_put = h2_buf_put,
     };
     struct soth_h2_settings set = {
         .max_header_list_size = conf->h2_max_header_list_size,
@@ -393,9 +450,11 @@ static void h2_dispose(struct app *a)
 {
     struct app_h2 *h = h2_of(a);
     soth_h2_relay_free(h->r);
-    for (size_t i = 0; i < H2_TABLE_CAP; i++)
+    for (size_t i = 0; h->st != NULL && i < H2_TABLE_CAP; i++)
         if (h->st[i].sid != 0)
             app_pl_stream_free(h->st[i].pl);
+    if (h->st != NULL)
+        soth_buf_pool_put(&h2_tables, h->st);
     app_base_dispose(a);
     free(h);
 }

@@ -87,5 +87,7 @@ static inline uint64_t app_clock_ns(const struct app *a)
 
 /** HTTP/1.1: free the calling thread's section buffers (app_thread_done). */
 void app_h1_thread_done(void);
+/** HTTP/2: free the calling thread's stream tables, output buffers and body chunks. */
+void app_h2_thread_done(void);
 
 #endif

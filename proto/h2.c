@@ -24,9 +24,9 @@
 #include "soth/proto/h2.h"
 #include "soth/proto/headers.h"
 
-#define OUT_CAP     16384 /* one TLS record of plaintext */
+#define OUT_CAP     SOTH_H2_OUT_BYTES
 #define FRAME_HD    9
-#define CHUNK_BYTES 4096
+#define CHUNK_BYTES SOTH_H2_CHUNK_BYTES
 #define CHUNK_DATA  (CHUNK_BYTES - 2 * sizeof(void *))
 
 #define DEF_MAX_HEADER_LIST   65536
@@ -48,6 +48,8 @@ struct chunk {
     uint32_t rd, wr; /* read and write offsets in data[] */
     char data[CHUNK_DATA];
 };
+
+_Static_assert(sizeof(struct chunk) <= CHUNK_BYTES, "a chunk larger than a lent buffer");
 
 struct cbuf {
     struct chunk *head, *tail;
@@ -187,7 +189,7 @@ struct leg {
     bool held;            /* soth_h2_relay_hold: flush leaves this leg's output alone */
     struct hblock hb;
     size_t out_len;
-    char out[OUT_CAP]; /* coalesced output for cbs.out */
+    char *out; /* coalesced output for cbs.out (OUT_CAP bytes): when lent, only while out_len > 0 */
 };
 
 struct soth_h2_relay {
@@ -205,6 +207,7 @@ struct soth_h2_relay {
     bool refuse_new;    /* upstream GOAWAY/gone, client GOAWAY, shutdown */
     bool connect_proto; /* SETTINGS_ENABLE_CONNECT_PROTOCOL sent to the client */
     bool nomem;         /* an allocation failed inside a callback */
+    bool lend;          /* cbs.buf_get / buf_put lend output buffers and body chunks */
     int out_err;        /* first error returned by cbs.out */
     struct scan scan;   /* client frames, before nghttp2 reads them */
     char *alt;          /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
@@ -296,7 +299,7 @@ static struct chunk *chunk_get(struct soth_h2_relay *r)
          * got past nghttp2's window checks, which we treat as an error on that stream. */
         if (r->n_chunks >= r->max_chunks)
             return NULL;
-        c = ralloc(r, sizeof(*c));
+        c = r->lend ? r->cbs.buf_get(r->cbs.ctx, CHUNK_BYTES) : ralloc(r, sizeof(*c));
         if (c == NULL)
             return NULL;
         r->n_chunks++;
@@ -309,6 +312,12 @@ static struct chunk *chunk_get(struct soth_h2_relay *r)
 
 static void chunk_put(struct soth_h2_relay *r, struct chunk *c)
 {
+    if (r->lend) { /* back to the lender: an idle relay holds no chunk */
+        r->n_chunks--;
+        r->st.chunk_bytes -= sizeof(*c);
+        r->cbs.buf_put(r->cbs.ctx, c, CHUNK_BYTES);
+        return;
+    }
     c->next = r->free_chunks;
     r->free_chunks = c;
 }
@@ -1310,17 +1319,43 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     return (ssize_t)n;
 }
 
+/* The leg's output buffer, lent (cbs.buf_get) or its own, before bytes go in. A failure
+ * loses output: the transports must be closed (out_err). */
+static int out_ready(struct soth_h2_relay *r, struct leg *l)
+{
+    if (l->out != NULL)
+        return 0;
+    l->out = r->lend ? r->cbs.buf_get(r->cbs.ctx, OUT_CAP) : ralloc(r, OUT_CAP);
+    if (l->out == NULL) {
+        if (r->out_err == 0)
+            r->out_err = SOTH_E_NOMEM;
+        return SOTH_E_NOMEM;
+    }
+    return 0;
+}
+
+/* An empty lent output buffer goes back: an idle leg holds none (docs/http2.md, "Memory"). */
+static void out_release(struct soth_h2_relay *r, struct leg *l)
+{
+    if (r->lend && l->out != NULL && l->out_len == 0) {
+        r->cbs.buf_put(r->cbs.ctx, l->out, OUT_CAP);
+        l->out = NULL;
+    }
+}
+
 static int out_emit(struct soth_h2_relay *r, struct leg *l)
 {
     if (l->out_len == 0)
         return 0;
     size_t n = l->out_len;
     l->out_len = 0;
-    if (l->st == LEG_DEAD || r->out_err < 0)
-        return r->out_err;
-    int rc = r->cbs.out(r->cbs.ctx, l->side, l->out, n);
-    if (rc < 0)
-        r->out_err = rc;
+    int rc = r->out_err;
+    if (l->st != LEG_DEAD && r->out_err >= 0) {
+        rc = r->cbs.out(r->cbs.ctx, l->side, l->out, n);
+        if (rc < 0)
+            r->out_err = rc;
+    }
+    out_release(r, l);
     return rc < 0 ? rc : 0;
 }
 
@@ -1332,6 +1367,9 @@ static int out_append(struct soth_h2_relay *r, struct leg *l, const uint8_t *p, 
             if (rc < 0)
                 return rc;
         }
+        int rc = out_ready(r, l);
+        if (rc < 0)
+            return rc;
         size_t k = OUT_CAP - l->out_len;
         if (k > n)
             k = n;
@@ -1355,6 +1393,8 @@ static int send_data(nghttp2_session *session, nghttp2_frame *frame, const uint8
     (void)session;
     SOTH_BUG_ON(frame->data.padlen != 0); /* we never pad */
     if (l->out_len + FRAME_HD + length > OUT_CAP && out_emit(r, l) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (out_ready(r, l) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     memcpy(l->out + l->out_len, framehd, FRAME_HD);
     l->out_len += FRAME_HD;
@@ -1539,6 +1579,7 @@ struct soth_h2_relay *soth_h2_relay_new(const struct soth_h2_cbs *cbs,
         return NULL;
     memset(r, 0, sizeof(*r));
     r->cbs = *cbs;
+    r->lend = cbs->buf_get != NULL && cbs->buf_put != NULL;
     r->umem = *m;
     r->nmem = (nghttp2_mem){m->ctx, m->malloc_fn, m->free_fn, m->calloc_fn, m->realloc_fn};
     r->set = *s;
@@ -1590,6 +1631,12 @@ void soth_h2_relay_free(struct soth_h2_relay *r)
         if (r->leg[i].s != NULL)
             nghttp2_session_del(r->leg[i].s);
         hb_free(r, &r->leg[i].hb);
+        if (r->leg[i].out != NULL) {
+            if (r->lend)
+                r->cbs.buf_put(r->cbs.ctx, r->leg[i].out, OUT_CAP);
+            else
+                rfree(r, r->leg[i].out);
+        }
     }
     rfree(r, r->alt);
     while (r->head != NULL)

@@ -34,6 +34,8 @@ table shows medians over repetitions and the sum of errors):
                policy tunnel, mitmdump with ignore_hosts) vs direct
   idle         N idle intercepted connections (CONNECT or reverse TLS handshake + one request,
                then held), RSS per connection; fd limit permitting
+  idle-h2      the same over HTTP/2 (ALPN h2 toward the target, which speaks h2 to the origin):
+               preface, SETTINGS, one GET on stream 1, then held
   instructions soth-mitm reverse and nginx under valgrind --tool=callgrind, a fixed number of
                h1 keep-alive requests: instructions per request (perf stat cannot count here)
 
@@ -860,14 +862,46 @@ def wl_tunnel(kind):
     return run
 
 
-async def idle_open(n, port, origin, regular, deadline, conc=64):
-    """Opens n TLS connections (through CONNECT when regular), one request each, and keeps
-    them. Returns (writers, first error)."""
+def h2_request(origin):
+    """Client preface, an empty SETTINGS and GET /small on stream 1 (END_STREAM), HPACK
+    literals without indexing (RFC 7541 6.2.2) so nothing needs a dynamic table."""
+    def lit(index, value):
+        v = value.encode()
+        return bytes([index, len(v)]) + v
+    block = b"\x82\x87" + lit(4, "/small") + lit(1, f"127.0.0.1:{origin}")  # GET, https
+    frame = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big") + block
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + frame
+
+
+async def h2_response(r, w):
+    """Reads frames until stream 1 ends; ACKs the peer's SETTINGS. Returns the DATA bytes."""
+    import asyncio
+    body = b""
+    while True:
+        hd = await asyncio.wait_for(r.readexactly(9), 10)
+        ln, typ, flags = int.from_bytes(hd[:3], "big"), hd[3], hd[4]
+        sid = int.from_bytes(hd[5:9], "big") & 0x7FFFFFFF
+        payload = await asyncio.wait_for(r.readexactly(ln), 10)
+        if typ == 0x4 and not flags & 0x1:
+            w.write(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+        elif typ == 0x7:
+            raise OSError(f"GOAWAY {payload[4:8].hex()}")
+        elif typ == 0x3 and sid == 1:
+            raise OSError(f"RST_STREAM {payload.hex()}")
+        elif typ == 0x0 and sid == 1:
+            body += payload
+        if sid == 1 and typ in (0x0, 0x1) and flags & 0x1:
+            return body
+
+
+async def idle_open(n, port, origin, regular, deadline, conc=64, h2=False):
+    """Opens n TLS connections (through CONNECT when regular), one request each (HTTP/2 when
+    h2), and keeps them. Returns (writers, first error)."""
     import asyncio
     tls = ssl.create_default_context()
     tls.check_hostname = False
     tls.verify_mode = ssl.CERT_NONE
-    tls.set_alpn_protocols(["http/1.1"])
+    tls.set_alpn_protocols(["h2"] if h2 else ["http/1.1"])
     held, errors = [], []
     sem = asyncio.Semaphore(conc)
 
@@ -890,18 +924,26 @@ async def idle_open(n, port, origin, regular, deadline, conc=64):
                     await asyncio.wait_for(w.start_tls(tls, server_hostname="origin.test"), 10)
                 else:
                     await asyncio.wait_for(w.start_tls(tls, server_hostname="origin.test"), 10)
-                w.write(f"GET /small HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode())
-                await asyncio.wait_for(r.readuntil(SMALL_BODY), 10)
+                if h2:
+                    alpn = w.get_extra_info("ssl_object").selected_alpn_protocol()
+                    if alpn != "h2":
+                        raise OSError(f"ALPN {alpn!r}, not h2")
+                    w.write(h2_request(origin))
+                    if await h2_response(r, w) != SMALL_BODY:
+                        raise OSError("HTTP/2 response body differs")
+                else:
+                    w.write(f"GET /small HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode())
+                    await asyncio.wait_for(r.readuntil(SMALL_BODY), 10)
                 held.append(w)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError, ssl.SSLError) as e:
+                    asyncio.LimitOverrunError, ssl.SSLError, AttributeError) as e:
                 errors.append(f"connection {i}: {type(e).__name__} {e}")
 
     await asyncio.gather(*(one(i) for i in range(n)))
     return held, (errors[0] if errors else None)
 
 
-def wl_idle(a, ctx, target):
+def wl_idle(a, ctx, target, h2=False):
     """Hold N idle intercepted connections; RSS per connection over the target's baseline."""
     import asyncio
     n = {"soth": a.idle_conns, "mitmdump": a.idle_conns_mitm}.get(target.kind, a.idle_conns_peers)
@@ -916,7 +958,8 @@ def wl_idle(a, ctx, target):
     loop = asyncio.new_event_loop()
     try:
         held, err = loop.run_until_complete(idle_open(
-            n, target.port, ctx["origin_port"], target.mode == "regular", t0 + a.idle_seconds))
+            n, target.port, ctx["origin_port"], target.mode == "regular", t0 + a.idle_seconds,
+            h2=h2))
         setup = time.time() - t0
         short = None
         if len(held) < n and not err:
@@ -947,6 +990,9 @@ def wl_idle(a, ctx, target):
 
 
 # ---------------------------------------------------------------- callgrind
+
+INSTR_LOAD = "h1 small keep-alive"  # "h2 small, 10 streams per connection" with --callgrind-h2
+
 
 def instructions(a, ctx, d):
     """Instructions per h1 keep-alive small request (reverse TLS both legs): soth-mitm and nginx
@@ -982,7 +1028,8 @@ def instructions(a, ctx, d):
                 continue
             # Two runs of the same shape (2 new connections each), n/4 and n requests: the
             # difference cancels start-up and the handshakes, leaving the per-request cost.
-            load = ["h2load", "--h1", "-t1", "-c", "2", "-T", "60"]
+            load = ["h2load", "-t1", "-c", "2", "-T", "60"] + \
+                (["-m", "10"] if a.callgrind_h2 else ["--h1"])
             url = f"https://127.0.0.1:{port}/small"
             counts = []
             run_load(load + ["-n", "100", url], 300)  # warm-up: leaf minted, pools filled
@@ -1094,13 +1141,16 @@ def goals_table(results):
     ratio_row("h2 small: req/s >= 1.3x nginx", "h2-small", "soth-mitm rev", "rps", "nginx", 1.3, True)
     ratio_row("h1 small: p99 <= nginx's", "h1-small", "soth-mitm rev", "p99", "nginx", 1.0)
     ratio_row("h2 small: p99 <= nginx's", "h2-small", "soth-mitm rev", "p99", "nginx", 1.0)
-    kib = get("idle", "soth-mitm reg", "kib_per_conn")
-    held = get("idle", "soth-mitm reg", "requests")
-    if kib is None:
-        rows.append("| idle: <= 16 KiB per intercepted connection | — | — | not measured |")
-    else:
-        rows.append(f"| idle: <= 16 KiB per intercepted connection | {kib:,.1f} KiB at {held:,.0f}"
-                    f" connections | — | {'met' if kib <= 16 else 'MISSED'} |")
+    for wl, what in (("idle", "idle"), ("idle-h2", "idle HTTP/2")):
+        if wl == "idle-h2" and wl not in results:
+            continue  # not in the default set of workloads
+        kib = get(wl, "soth-mitm reg", "kib_per_conn")
+        held = get(wl, "soth-mitm reg", "requests")
+        if kib is None:
+            rows.append(f"| {what}: <= 16 KiB per intercepted connection | — | — | not measured |")
+        else:
+            rows.append(f"| {what}: <= 16 KiB per intercepted connection | {kib:,.1f} KiB at "
+                        f"{held:,.0f} connections | — | {'met' if kib <= 16 else 'MISSED'} |")
     errs = [(wl, t, r[0]["errors"]) for wl, res in results.items() for t, r in res.items()
             if t.startswith("soth") and r[0] and r[0].get("errors")]
     fails = [(wl, t, e) for wl, res in results.items() for t, (r, e) in res.items()
@@ -1124,7 +1174,7 @@ def render(title, workloads, targets, results, notes, instr):
     for wl, desc in workloads:
         lines.append(f"### {wl}: {desc}")
         lines.append("")
-        extra = " KiB/conn |" if wl == "idle" else ""
+        extra = " KiB/conn |" if wl in ("idle", "idle-h2") else ""
         hdr = "| target | " + " | ".join(h for _, h, _, _ in FIGS) + " | errors |" + extra
         lines.append(hdr)
         lines.append("|" + " --- |" * (len(FIGS) + 2 + (1 if extra else 0)))
@@ -1164,7 +1214,7 @@ def render(title, workloads, targets, results, notes, instr):
             lines.append(f"| {t} | " + " | ".join(row) + " |")
         lines.append("")
     if instr:
-        lines.append("### instructions: h1 small keep-alive, reverse TLS, valgrind callgrind")
+        lines.append(f"### instructions: {INSTR_LOAD}, reverse TLS, valgrind callgrind")
         lines.append("")
         lines.append("| target | instructions / request | requests | errors |")
         lines.append("| --- | --- | --- | --- |")
@@ -1217,8 +1267,13 @@ def main():
     ap.add_argument("--callgrind-requests", type=int, default=2000)
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--callgrind-h2", action="store_true",
+                    help="instructions: HTTP/2 requests (10 streams per connection), not h1")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     a = ap.parse_args()
+    if a.callgrind_h2:
+        global INSTR_LOAD
+        INSTR_LOAD = "h2 small, 10 streams per connection"
     if a.quick:  # smaller defaults; flags given explicitly still win
         quick = {"reps": 1, "seconds": 2, "idle_conns": 1000, "idle_conns_peers": 500,
                  "idle_conns_mitm": 200, "tunnel_mib": 128, "callgrind_requests": 500}
@@ -1308,15 +1363,17 @@ def main():
             elif t in errs and errs[t] != "n/a":
                 results[wl][t] = (None, errs[t])
     all_wl = [(w, dsc) for w, dsc, _ in workloads]
-    if not a.workloads or "idle" in a.workloads.split(","):
-        log("== idle")
-        results["idle"] = {}
+    for iwl in ("idle", "idle-h2"):
+        if a.workloads and iwl not in a.workloads.split(",") or not a.workloads and iwl != "idle":
+            continue
+        log(f"== {iwl}")
+        results[iwl] = {}
         for t in names:
             tg = targets[t]
             if tg.mode == "tunnel":
                 continue
             if tg.error or not tg.alive():
-                results["idle"][t] = (None, tg.error or "target died earlier")
+                results[iwl][t] = (None, tg.error or "target died earlier")
                 continue
             # A fresh instance: RSS growth is not hidden by memory an earlier point freed.
             fresh = tg.factory() if tg.factory and tg.mode != "tunnel" and tg.kind != "direct" \
@@ -1328,14 +1385,15 @@ def main():
                 if fresh is not None:
                     fresh.refresh_pids()
                     fresh.mode = tg.mode
-                r, err = wl_idle(a, ctx, fresh or tg)
+                r, err = wl_idle(a, ctx, fresh or tg, h2=iwl == "idle-h2")
             if fresh is not None and fresh.proc is not None:
                 stop_proc(fresh.proc)
             log(f"  {t}: {r and r.get('kib_per_conn')} KiB/conn {err or ''}")
             if r is None and err in ("see the regular-mode row", "n/a"):
                 continue
-            results["idle"][t] = (median_result([r]), None) if r else (None, err)
-        all_wl.append(("idle", f"idle intercepted connections held open: soth-mitm "
+            results[iwl][t] = (median_result([r]), None) if r else (None, err)
+        all_wl.append((iwl, f"idle intercepted connections held open"
+                       f"{' over HTTP/2 (ALPN h2 on both legs)' if iwl == 'idle-h2' else ''}: soth-mitm "
                        f"{a.idle_conns}, nginx, haproxy and squid {a.idle_conns_peers}, mitmdump "
                        f"{a.idle_conns_mitm} (CONNECT for regular mode, TLS, one request, then "
                        "held; set up 64 at a time by one asyncio client on CPU 0); req/s = "
@@ -1343,7 +1401,7 @@ def main():
                        " growth of anonymous RSS (RssAnon: heap, not the event ring file) / connections held"))
     instr = None
     if not a.no_callgrind and (not a.workloads or "instructions" in a.workloads.split(",")):
-        log("== instructions (callgrind)")
+        log("== instructions (callgrind)" + (", HTTP/2" if a.callgrind_h2 else ""))
         instr = instructions(a, ctx, d)
         log(f"  {instr}")
     kill_all()

@@ -8,6 +8,9 @@ page documents.
   finishing it: each one gets 408 and is closed at timeouts.request_header_ms of its accept
   (docs/answers.md, "Before the upstream"), with connect_parse_failed
   (request_header_timeout) and stream_closed idle_timeout (docs/events.md).
+- 500 idle intercepted HTTP/2 connections: CONNECT, TLS with ALPN h2 on both legs (the python
+  h2 origin of test_http2), one GET on stream 1 answered byte-exact, then held; closed at the
+  end, each with its exchange_completed (complete) and stream_closed (client_eof).
 
 Growth is VmRSS (/proc/PID/status) with the load held, minus VmRSS before it, over the number of
 connections. Before the baseline, the memory a worker has whatever the load (its provided
@@ -26,11 +29,13 @@ import re
 import resource
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
 import unittest
 
+from h2_origin import H2Origin, body_for
 from harness import REPO, EchoServer, Proxy, connect_tunnel, read_all
 from test_tls_soak import asan_build, status_kib
 
@@ -42,6 +47,44 @@ HEAD_MS = 30000
 OPEN_AT_ONCE = 128  # connections being set up concurrently
 FILL_REQUESTS = 1000  # x 12 KB request heads: more than the producer ring + ring file + sink
 STREAM_BYTES = 64 << 20  # through one tunnel: every provided buffer filled a few times
+# idle HTTP/2 connections; the python origin select()s each socket, so below FD_SETSIZE there
+H2_IDLE = 500
+H2_WARM = 64  # h2 connections opened, used and closed before the baseline
+H2_BODY = 100
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def h2_get(path, authority):
+    """The client preface, an empty SETTINGS and a GET on stream 1 (END_STREAM), its fields as
+    HPACK literals without indexing (RFC 7541 6.2.2): no dynamic table needed to write it."""
+    def lit(index, value):
+        v = value.encode()
+        return bytes([index, len(v)]) + v
+    block = b"\x82\x87" + lit(4, path) + lit(1, authority)  # :method GET, :scheme https
+    frame = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big") + block
+    return PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + frame
+
+
+async def h2_response(r, w):
+    """Frames until stream 1 ends (SETTINGS acknowledged); returns (status byte, DATA bytes):
+    the first byte of the response header block, 0x88 for ":status: 200" (RFC 7541 static
+    index 8)."""
+    status, body = None, b""
+    while True:
+        hd = await asyncio.wait_for(r.readexactly(9), 30)
+        ln, typ, flags = int.from_bytes(hd[:3], "big"), hd[3], hd[4]
+        sid = int.from_bytes(hd[5:9], "big") & 0x7FFFFFFF
+        payload = await asyncio.wait_for(r.readexactly(ln), 30)
+        if typ == 0x4 and not flags & 0x1:
+            w.write(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+        elif typ in (0x3, 0x7):
+            raise AssertionError(f"frame type {typ} on stream {sid}: {payload.hex()}")
+        elif typ == 0x1 and sid == 1 and status is None:
+            status = payload[0]
+        elif typ == 0x0 and sid == 1:
+            body += payload
+        if sid == 1 and typ in (0x0, 0x1) and flags & 0x1:
+            return status, body
 
 
 def documented_ceiling_kib(load):
@@ -378,16 +421,85 @@ class MemoryCeilingTests(unittest.TestCase):
         self.assertEqual({e["reason_code"] for e in closed}, {"idle_timeout"})
         self.assertGreaterEqual(min(e["duration_ns"] for e in closed), HEAD_MS * 1000000)
 
-    def sinked_proxy(self):
+    def test_500_idle_h2(self):
+        asyncio.run(self.idle_h2())
+
+    async def h2_open(self, p, origin, tls, i):
+        """CONNECT, TLS with ALPN h2, GET /gen/I/H2_BODY answered byte-exact; returns (r, w)."""
+        r, w = await asyncio.open_connection("127.0.0.1", p.port)
+        w.write(f"CONNECT origin.test:{origin.port} HTTP/1.1\r\n"
+                f"Host: origin.test:{origin.port}\r\n\r\n".encode())
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        await asyncio.wait_for(w.start_tls(tls, server_hostname="origin.test"), 30)
+        self.assertEqual(w.get_extra_info("ssl_object").selected_alpn_protocol(), "h2")
+        w.write(h2_get(f"/gen/{i}/{H2_BODY}", f"origin.test:{origin.port}"))
+        status, body = await h2_response(r, w)
+        self.assertEqual(status, 0x88, f"connection {i}: not :status 200")
+        self.assertEqual(body, body_for(i, H2_BODY), f"connection {i}")
+        return r, w
+
+    async def idle_h2(self):
+        origin = H2Origin()
+        self.addCleanup(origin.close)
+        with self.sinked_proxy(upstream_ca=origin.ca) as p:
+            pid = p.proc.pid
+            fd0 = p.fd_count()
+            self.warm_up(p)
+            tls = ssl.create_default_context(cafile=os.path.join(p.tmp, "ca", "soth-mitm-ca.pem"))
+            tls.set_alpn_protocols(["h2"])
+            sem = asyncio.Semaphore(OPEN_AT_ONCE)
+
+            async def one(i):
+                async with sem:
+                    return await self.h2_open(p, origin, tls, i)
+
+            # Warm: the worker's lent HTTP/2 buffers and its TLS state, used once and closed.
+            warm = await asyncio.gather(*(one(i) for i in range(H2_WARM)))
+            for _, w in warm:
+                w.close()
+            await asyncio.gather(*(w.wait_closed() for _, w in warm), return_exceptions=True)
+            fds = await asyncio.to_thread(self.settled_fds, p, fd0)
+            self.assertEqual(fds, fd0, "descriptors after the warm-up")
+            before = rss(pid)
+            t0 = time.time()
+            conns = await asyncio.gather(*(one(H2_WARM + i) for i in range(H2_IDLE)))
+            t_open = time.time() - t0
+            await asyncio.sleep(1.0)  # idle
+            self.assertEqual(p.fd_count(), fd0 + 2 * H2_IDLE)
+            after = rss(pid)
+            self.check_ceiling("idle HTTP/2 intercepted", H2_IDLE, before, after)
+            await asyncio.to_thread(self.served, p)  # served with the connections held
+            for _, w in conns:
+                w.close()
+            await asyncio.gather(*(w.wait_closed() for _, w in conns), return_exceptions=True)
+            fds = await asyncio.to_thread(self.settled_fds, p, fd0)
+            self.assertEqual(fds, fd0, "descriptors after every connection closed")
+            print(f"h2 connections opened in {t_open:.1f} s; proxy descriptors {fd0} -> "
+                  f"{fd0 + 2 * H2_IDLE} -> {fds}", flush=True)
+            evs = self.sink_events(p)
+        closed = [e for e in evs if e["type"] == "stream_closed"
+                  and e.get("server_port") == origin.port]
+        self.assertEqual(len(closed), H2_WARM + H2_IDLE)
+        self.assertEqual({e["reason_code"] for e in closed}, {"client_eof"})
+        ids = {e["flow_id"] for e in closed}
+        done = [e for e in evs if e["type"] == "exchange_completed" and e["flow_id"] in ids]
+        self.assertEqual(len(done), H2_WARM + H2_IDLE)
+        self.assertEqual({e["outcome"] for e in done}, {"complete"})
+
+    def sinked_proxy(self, upstream_ca=None):
         """The proxy of these tests, with a jsonl sink beside its ring."""
         d = tempfile.mkdtemp(prefix="soth-mem-")
         self.addCleanup(shutil.rmtree, d, True)
         path = os.path.join(d, "events.jsonl")
         cfg = {"policy": {"default": "tunnel",
-                          "rules": [{"host": "fill.test", "action": "intercept"}]},
-               "resolve": {"fill.test": "127.0.0.1"},
+                          "rules": [{"host": "fill.test", "action": "intercept"},
+                                    {"host": "origin.test", "action": "intercept"}]},
+               "resolve": {"fill.test": "127.0.0.1", "origin.test": "127.0.0.1"},
                "timeouts": {"request_header_ms": HEAD_MS},
                "events": {"ring_size_mb": 1, "sinks": [{"type": "jsonl", "path": path}]}}
+        if upstream_ca is not None:
+            cfg["tls"] = {"upstream_ca_file": upstream_ca}
         p = Proxy(config=cfg)
         p.sink_path = path
         return p

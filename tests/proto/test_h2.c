@@ -201,6 +201,9 @@ struct harness {
     struct soth_h2_relay *r;
     struct soth_h2_settings set;
     struct counting mem;
+    bool lend;                  /* cbs.buf_get / buf_put: count what is lent */
+    long lent_out, lent_chunks; /* lent now, by size */
+    long lent_out_peak, lent_chunks_peak;
     struct soth_h2_mem memhook;
     nghttp2_session *ua, *origin;
     struct bytes to_ua, to_origin;
@@ -791,10 +794,37 @@ static const struct soth_h2_cbs CBS = {
 
 static void pump(struct harness *h);
 
+static void *cb_buf_get(void *ctx, size_t size)
+{
+    struct harness *h = ctx;
+    cr_assert(size == SOTH_H2_OUT_BYTES || size == SOTH_H2_CHUNK_BYTES, "size %zu", size);
+    long *n = size == SOTH_H2_OUT_BYTES ? &h->lent_out : &h->lent_chunks;
+    long *peak = size == SOTH_H2_OUT_BYTES ? &h->lent_out_peak : &h->lent_chunks_peak;
+    if (++*n > *peak)
+        *peak = *n;
+    void *m = malloc(size);
+    cr_assert_not_null(m);
+    memset(m, 0xa5, size); /* the relay must not rely on the contents */
+    return m;
+}
+
+static void cb_buf_put(void *ctx, void *m, size_t size)
+{
+    struct harness *h = ctx;
+    long *n = size == SOTH_H2_OUT_BYTES ? &h->lent_out : &h->lent_chunks;
+    cr_assert_gt(*n, 0, "returned more than lent (size %zu)", size);
+    --*n;
+    free(m);
+}
+
 static void h_start(struct harness *h)
 {
     struct soth_h2_cbs cbs = CBS;
     cbs.ctx = h;
+    if (h->lend) {
+        cbs.buf_get = cb_buf_get;
+        cbs.buf_put = cb_buf_put;
+    }
     h->set.mem = &h->memhook;
     h->r = soth_h2_relay_new(&cbs, &h->set);
     cr_assert_not_null(h->r);
@@ -823,6 +853,8 @@ static void h_free(struct harness *h)
     b_free(&h->transcript);
     soth_h2_relay_free(h->r);
     cr_assert_eq(h->mem.cur, 0, "relay leaked %zu bytes", h->mem.cur);
+    cr_assert_eq(h->lent_out + h->lent_chunks, 0, "lent buffers not returned: %ld + %ld",
+                 h->lent_out, h->lent_chunks);
     nghttp2_session_del(h->ua);
     nghttp2_session_del(h->origin);
     b_free(&h->to_ua);
@@ -1099,6 +1131,40 @@ Test(h2_relay, one_get)
     cr_assert_eq(st.streams_total, 1);
     cr_assert_eq(st.buffered[0] + st.buffered[1], 0);
     b_free(&want);
+    h_free(h);
+}
+
+/* docs/http2.md "Memory": with a lender, output buffers and body chunks are held only while
+ * they hold bytes; an idle relay holds none, and its own memory stays small. */
+Test(h2_relay, lent_buffers_only_while_in_use)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->lend = true;
+    h_start(h);
+    cr_assert_eq(h->lent_out + h->lent_chunks, 0, "idle after SETTINGS: %ld + %ld", h->lent_out,
+                 h->lent_chunks);
+    struct xchg *a = ua_post(h, "/echo", 300000);
+    struct xchg *b = ua_get(h, "/get?n=100000");
+    pump(h);
+    assert_complete_echo(h, a);
+    struct bytes want = {0};
+    expected_gen(&want, 100000);
+    cr_assert(b_eq(&b->resp_body, &want));
+    b_free(&want);
+    cr_assert_gt(h->lent_out_peak, 0);
+    cr_assert_gt(h->lent_chunks_peak, 1);
+    cr_assert_eq(h->lent_out, 0, "idle relay holds %ld output buffers", h->lent_out);
+    cr_assert_eq(h->lent_chunks, 0, "idle relay holds %ld chunks", h->lent_chunks);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.chunk_bytes, 0);
+    cr_assert_eq(st.streams, 0);
+    /* The relay's own memory, both nghttp2 sessions included, after an exchange: no 16 KiB
+     * output buffer and no chunk among it. */
+    if (getenv("SOTH_H2_VERBOSE"))
+        fprintf(stderr, "idle relay with a lender: %zu bytes\n", h->mem.cur);
+    cr_assert_lt(h->mem.cur, 64 * 1024, "idle relay holds %zu bytes", h->mem.cur);
     h_free(h);
 }
 

@@ -104,7 +104,17 @@ struct soth_h2_cbs {
     void (*on_stream_end)(void *ctx, int32_t stream_id, const struct soth_h2_stream_end *end);
     /** The client finished the request of a stream (END_STREAM seen), reported or not. */
     void (*on_request_end)(void *ctx, int32_t stream_id);
+    /** Optional, both or neither: buffers of SOTH_H2_OUT_BYTES (a leg's coalesced output) and
+     *  SOTH_H2_CHUNK_BYTES (body bytes held for a stream) lent to the relay only while they
+     *  hold bytes, so an idle connection holds none (docs/http2.md, "Memory"). NULL from
+     *  buf_get is an allocation failure. Without them the relay allocates its own through
+     *  soth_h2_settings.mem and keeps them for its life. */
+    void *(*buf_get)(void *ctx, size_t size);
+    void (*buf_put)(void *ctx, void *mem, size_t size);
 };
+
+#define SOTH_H2_OUT_BYTES   16384 /* one TLS record of plaintext */
+#define SOTH_H2_CHUNK_BYTES 4096
 
 /** Optional allocator for the relay and both nghttp2 sessions (same shape as nghttp2_mem). */
 struct soth_h2_mem {
