@@ -202,6 +202,8 @@ static uint64_t pad8(uint64_t n)
 
 static void q_copy_in(struct nats_sink *ns, uint64_t pos, const void *src, size_t n)
 {
+    if (n == 0)
+        return; /* an event has no id part: src may be NULL, and memcpy's may not */
     uint64_t off = pos % ns->q_cap;
     size_t first = off + n > ns->q_cap ? (size_t)(ns->q_cap - off) : n;
     memcpy(ns->q + off, src, first);
