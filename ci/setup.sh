@@ -11,9 +11,10 @@ set -euo pipefail
 trap 'echo "setup: FAILED at ci/setup.sh line $LINENO: $BASH_COMMAND" >&2' ERR
 
 SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
+ci_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
 # Bump when the configure line changes so cached builds are redone.
-WOLFSSL_STAMP="wolfssl-5.5.4-cfg5"
+WOLFSSL_STAMP="wolfssl-5.5.4-cfg6"
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -109,6 +110,10 @@ if ! wolfssl_ok; then
     (cd "$work" && apt-get source -q wolfssl >/dev/null)
     src=$(find "$work" -maxdepth 1 -type d -name 'wolfssl-*' | head -1)
     cd "$src"
+    # Our fixes on top of Debian's patches (docs/dependencies.md says what each one fixes).
+    for p in "$ci_dir"/patches/wolfssl-*.patch; do
+        patch -p1 --forward --quiet <"$p"
+    done
     ./autogen.sh >/dev/null 2>&1 || autoreconf -fi >/dev/null
     # The configure line is documented in docs/dependencies.md; keep both in step.
     ./configure --prefix="$WOLFSSL_PREFIX" \

@@ -234,16 +234,18 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
     struct soth_tls_ctx *t = c->t;
     if (c->ssl != NULL && c->side == SOTH_LEG_UPSTREAM &&
         (c->state == CONN_ESTABLISHED || c->state == CONN_CLOSED)) {
-        /* Keep the session (with the TLS 1.3 ticket read by now) for the next connection. */
-        WOLFSSL_SESSION *s = wolfSSL_get1_session(c->ssl);
         /*
-         * Only TLS 1.2 sessions the origin can resume. TLS 1.3 tickets are not kept: resuming
-         * them with wolfSSL 5.5.4 against OpenSSL 3 origins intermittently fails the
-         * handshake (alert 47 illegal_parameter, about 1 in 10 connections here), which would
-         * cost a client a 502; nginx as Debian ships it negotiates TLS 1.2 by default.
+         * Keep the session for the next connection to this name: a TLS 1.2 session, or a
+         * TLS 1.3 one holding a ticket (a session ID alone does not resume TLS 1.3). A TLS 1.3
+         * conn closed before the origin's NewSessionTicket was read holds the ticket it was
+         * resumed with, which still resumes: the wolfSSL build pairs a session's ticket with
+         * that ticket's secret (docs/dependencies.md, "wolfSSL patches"; docs/tls.md,
+         * "Upstream sessions").
          */
-        if (s != NULL &&
-            (wolfSSL_version(c->ssl) != TLS1_2_VERSION || wolfSSL_SESSION_is_resumable(s) != 1)) {
+        WOLFSSL_SESSION *s = wolfSSL_get1_session(c->ssl);
+        bool tls13 = wolfSSL_version(c->ssl) == TLS1_3_VERSION;
+        if (s != NULL && (wolfSSL_SESSION_is_resumable(s) != 1 ||
+                          (tls13 && wolfSSL_SESSION_has_ticket(s) != WOLFSSL_SUCCESS))) {
             wolfSSL_SESSION_free(s);
             s = NULL;
         }

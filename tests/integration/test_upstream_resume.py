@@ -1,0 +1,190 @@
+"""Upstream TLS 1.3 session resumption against an OpenSSL origin (nginx from Debian, TLSv1.3
+only), counted from the origin's side: its access log records `$ssl_session_reused` for every
+request (docs/tls.md, "Upstream sessions").
+
+soth-mitm in reverse:https mode opens one upstream TLS connection per client connection; every
+request here is on its own client connection (`Connection: close`). Between them, clients that
+reject the proxy's leaf leave after the upstream handshake and before any response: their
+upstream connections, resumed themselves, are closed before the origin's NewSessionTicket is
+read, which is the case wolfSSL 5.5.4 got wrong (the kept session paired the old ticket with the
+new connection's resumption secret, so the next resumption failed with alert 47; see
+docs/dependencies.md, "wolfSSL patches")."""
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import Proxy, free_port
+
+NGINX = "/usr/sbin/nginx"
+REQUESTS = 1000
+LEAVE_EVERY = 10  # a client that rejects our leaf before every 10th request
+BODY = b"resumed upstream TLS 1.3\n" * 4
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class TLS13Origin:
+    """nginx on loopback, TLSv1.3 only, origin.test signed by its own test CA; each request's
+    `$ssl_protocol $ssl_session_reused $status $request_uri` goes to access.log."""
+
+    def __init__(self):
+        self.dir = d = tempfile.mkdtemp(prefix="soth-resume-")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=resume test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign", cwd=d)
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "o.key", "-out", "o.csr", "-subj", "/CN=origin.test", cwd=d)
+        with open(os.path.join(d, "ext.cnf"), "w") as f:
+            f.write("subjectAltName=DNS:origin.test\nbasicConstraints=CA:FALSE\n"
+                    "extendedKeyUsage=serverAuth\n")
+        openssl("x509", "-req", "-in", "o.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "o.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+        self.ca = os.path.join(d, "ca.pem")
+        os.makedirs(os.path.join(d, "www"))
+        with open(os.path.join(d, "www", "r"), "wb") as f:
+            f.write(BODY)
+        self.log = os.path.join(d, "access.log")
+        self.port = free_port()
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    log_format resume '$ssl_protocol $ssl_session_reused $status $request_uri';
+    access_log {self.log} resume;
+    client_body_temp_path {d}/t_body;
+    proxy_temp_path {d}/t_proxy;
+    fastcgi_temp_path {d}/t_fcgi;
+    uwsgi_temp_path {d}/t_uwsgi;
+    scgi_temp_path {d}/t_scgi;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        ssl_protocols TLSv1.3;
+        ssl_certificate {d}/o.pem;
+        ssl_certificate_key {d}/o.key;
+        root {d}/www;
+    }}
+}}
+""")
+        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
+                                      os.path.join(d, "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_port(self.port), "nginx did not start"
+
+    def requests(self):
+        """The access log's records, flushed: nginx writes each one as the request ends."""
+        with open(self.log) as f:
+            return [line.split() for line in f.read().splitlines()]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(["rm", "-rf", self.dir], check=False)
+
+
+def get_once(addr):
+    """One plain-HTTP request on its own connection (reverse:https takes plain clients)."""
+    s = socket.create_connection(addr, timeout=10)
+    try:
+        s.sendall(b"GET /r HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return data
+            data += b
+    finally:
+        s.close()
+
+
+def leave_after_upstream_handshake(addr):
+    """A TLS client that does not trust the proxy's CA: the proxy completes the upstream
+    handshake first (docs/answers.md), then this client rejects our leaf and hangs up."""
+    ctx = ssl.create_default_context()  # the system store, without the proxy's test CA
+    raw = socket.create_connection(addr, timeout=10)
+    try:
+        with ctx.wrap_socket(raw, server_hostname="origin.test"):
+            return False
+    except ssl.SSLCertVerificationError:
+        return True
+    finally:
+        raw.close()
+
+
+class UpstreamResumeTests(unittest.TestCase):
+    def test_tls13_resumption_1000_requests_against_nginx(self):
+        origin = TLS13Origin()
+        try:
+            cfg = {"policy": {"default": "intercept"},
+                   "resolve": {"origin.test": "127.0.0.1"},
+                   # The leaving clients reject our leaf on purpose: no learning from that.
+                   "tls": {"upstream_ca_file": origin.ca, "learning": {"enabled": False}}}
+            with Proxy(mode=f"reverse:https://origin.test:{origin.port}", config=cfg,
+                       workers=1) as p:
+                deadline = time.time() + 180
+                bad, leavers = [], 0
+                for i in range(REQUESTS):
+                    self.assertLess(time.time(), deadline, f"only {i} requests in 180 s")
+                    if i % LEAVE_EVERY == LEAVE_EVERY - 1:
+                        self.assertTrue(leave_after_upstream_handshake(p.addr()))
+                        leavers += 1
+                    data = get_once(p.addr())
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    if not head.startswith(b"HTTP/1.1 200 ") or body != BODY:
+                        bad.append((i, data[:300]))
+                self.assertEqual(bad[:5], [], f"{len(bad)} of {REQUESTS} requests failed")
+                evs = p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), REQUESTS, log[:5])
+            self.assertTrue(all(r[0] == "TLSv1.3" and r[2] == "200" and r[3] == "/r"
+                                for r in log), [r for r in log if r[0] != "TLSv1.3"][:5])
+            # The first upstream handshake is full; every later request's is resumed.
+            reused = [r[1] == "r" for r in log]
+            self.assertFalse(reused[0])
+            self.assertGreaterEqual(sum(reused), REQUESTS - 1,
+                                    [i for i, r in enumerate(reused) if not r][:20])
+            up = [e for e in evs if e["type"].startswith("tls_handshake_") and
+                  e["side"] == "upstream"]
+            self.assertEqual([e for e in up if e["type"] == "tls_handshake_failed"], [])
+            ok = [e for e in up if e["type"] == "tls_handshake_succeeded"]
+            self.assertEqual(len(ok), REQUESTS + leavers)
+            self.assertEqual({e["tls_version"] for e in ok}, {"TLSv1.3"})
+            failed_client = [e for e in evs if e["type"] == "tls_handshake_failed" and
+                             e["side"] == "client"]
+            self.assertEqual(len(failed_client), leavers)
+        finally:
+            origin.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
