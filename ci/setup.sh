@@ -24,7 +24,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 # setup (bench/setup.sh) happened to pull a module in as a dependency.
 PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     liburing-dev libnghttp2-dev libxxhash-dev libcriterion-dev node-llhttp libjansson-dev
-    autoconf automake libtool dpkg-dev
+    autoconf automake libtool dpkg-dev patch
     curl nghttp2-client wrk nginx-light openssl ca-certificates
     python3 python3-h2 python3-hpack python3-hyperframe python3-websockets python3-grpcio
     python3-cryptography python3-brotli python3-zstandard python3-msgpack
