@@ -1,13 +1,20 @@
 /*
  * The wolfSSL in use is the fast build (docs/dependencies.md): AES-NI and x86-64 SP assembly
  * compiled in, and AES-GCM actually running at AES-NI speed on this CPU. Fails on Debian's
- * prebuilt libwolfssl (no AES-NI: ~0.17 GB/s here).
+ * prebuilt libwolfssl (no AES-NI: ~0.17 GB/s here). It also carries our patches
+ * (docs/dependencies.md, "wolfSSL patches"), each checked by what it fixes.
  */
 #include <wolfssl/options.h>
 
 #include <criterion/criterion.h>
+#include <stdbool.h>
+#include <string.h>
 #include <time.h>
+#include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/aes.h>
+#include <wolfssl/wolfcrypt/asn_public.h>
+#include <wolfssl/wolfcrypt/ecc.h>
+#include <wolfssl/wolfcrypt/random.h>
 
 Test(wolfssl_build, compiled_with_aesni_and_sp_asm)
 {
@@ -77,4 +84,153 @@ Test(wolfssl_build, aes_gcm_runs_at_aesni_speed)
     free(out);
     /* AES-NI measured 5.4 GB/s here, the portable C code 0.17 GB/s: 1 GB/s separates them. */
     cr_expect_gt(best, 1.0, "AES-128-GCM at %.2f GB/s: AES-NI is not in use", best);
+}
+
+/* ---- TLS 1.3 resumption: a session taken before the NewSessionTicket still resumes */
+
+struct pipe_buf {
+    unsigned char b[65536];
+    size_t len;
+};
+
+struct mem_end {
+    struct pipe_buf *in, *out;
+};
+
+static int mem_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+    (void)ssl;
+    struct pipe_buf *p = ((struct mem_end *)ctx)->in;
+    if (p->len == 0)
+        return WOLFSSL_CBIO_ERR_WANT_READ;
+    size_t n = (size_t)sz < p->len ? (size_t)sz : p->len;
+    memcpy(buf, p->b, n);
+    memmove(p->b, p->b + n, p->len - n);
+    p->len -= n;
+    return (int)n;
+}
+
+static int mem_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+    (void)ssl;
+    struct pipe_buf *p = ((struct mem_end *)ctx)->out;
+    cr_assert_leq((size_t)sz, sizeof(p->b) - p->len);
+    memcpy(p->b + p->len, buf, (size_t)sz);
+    p->len += (size_t)sz;
+    return sz;
+}
+
+/* A self-signed P-256 server certificate and key, DER, made with wolfCrypt. */
+static void make_server_cert(unsigned char *cert, int *cert_len, unsigned char *key, int *key_len)
+{
+    WC_RNG rng;
+    ecc_key k;
+    Cert c;
+    cr_assert_eq(wc_InitRng(&rng), 0);
+    cr_assert_eq(wc_ecc_init(&k), 0);
+    cr_assert_eq(wc_ecc_make_key_ex(&rng, 32, &k, ECC_SECP256R1), 0);
+    cr_assert_eq(wc_InitCert(&c), 0);
+    strcpy(c.subject.commonName, "origin.test");
+    c.sigType = CTC_SHA256wECDSA;
+    c.isCA = 0;
+    int n = wc_MakeCert(&c, cert, 4096, NULL, &k, &rng);
+    cr_assert_gt(n, 0);
+    n = wc_SignCert(c.bodySz, c.sigType, cert, 4096, NULL, &k, &rng);
+    cr_assert_gt(n, 0);
+    *cert_len = n;
+    *key_len = wc_EccKeyToDer(&k, key, 512);
+    cr_assert_gt(*key_len, 0);
+    wc_ecc_free(&k);
+    wc_FreeRng(&rng);
+}
+
+/* One in-memory TLS 1.3 connection offering sess (may be NULL); reads the server's
+ * NewSessionTicket only when read_ticket. Returns the client's session (get1) or NULL when
+ * the handshake failed; *resumed says whether it resumed. */
+static WOLFSSL_SESSION *one_conn(WOLFSSL_CTX *cctx, WOLFSSL_CTX *sctx, WOLFSSL_SESSION *sess,
+                                 bool read_ticket, bool *resumed)
+{
+    static struct pipe_buf c2s, s2c;
+    c2s.len = s2c.len = 0;
+    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
+    WOLFSSL *c = wolfSSL_new(cctx), *s = wolfSSL_new(sctx);
+    cr_assert(c != NULL && s != NULL);
+    wolfSSL_SetIOReadCtx(c, &ce);
+    wolfSSL_SetIOWriteCtx(c, &ce);
+    wolfSSL_SetIOReadCtx(s, &se);
+    wolfSSL_SetIOWriteCtx(s, &se);
+    if (sess != NULL)
+        cr_assert_eq(wolfSSL_set_session(c, sess), WOLFSSL_SUCCESS);
+    int rc = 0, rs = 0;
+    for (int i = 0; i < 20 && (rc != WOLFSSL_SUCCESS || rs != WOLFSSL_SUCCESS); i++) {
+        if (rc != WOLFSSL_SUCCESS)
+            rc = wolfSSL_connect(c);
+        if (rs != WOLFSSL_SUCCESS)
+            rs = wolfSSL_accept(s);
+        if ((rc != WOLFSSL_SUCCESS && wolfSSL_get_error(c, rc) != WOLFSSL_ERROR_WANT_READ) ||
+            (rs != WOLFSSL_SUCCESS && wolfSSL_get_error(s, rs) != WOLFSSL_ERROR_WANT_READ))
+            break;
+    }
+    WOLFSSL_SESSION *out = NULL;
+    if (rc == WOLFSSL_SUCCESS && rs == WOLFSSL_SUCCESS) {
+        cr_assert_gt(s2c.len, 0, "the server sent no NewSessionTicket");
+        if (read_ticket) {
+            char b[16];
+            cr_assert_eq(wolfSSL_read(c, b, sizeof(b)), WOLFSSL_FATAL_ERROR);
+            cr_assert_eq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+            cr_assert_eq(s2c.len, 0);
+        }
+        *resumed = wolfSSL_session_reused(c) == 1;
+        out = wolfSSL_get1_session(c);
+    }
+    wolfSSL_free(c);
+    wolfSSL_free(s);
+    return out;
+}
+
+/*
+ * A resumed TLS 1.3 connection closed before it reads the server's NewSessionTicket (the
+ * proxy frees such upstream conns, docs/tls.md "Upstream sessions") leaves a session that
+ * still holds the ticket it was resumed with; resuming it again must work. wolfSSL 5.5.4 as
+ * Debian ships it had already put the new connection's resumption secret into that session,
+ * so the server rejected the binder (BAD_BINDER here, alert 47 from OpenSSL):
+ * ci/patches/wolfssl-tls13-resumption-secret.patch (docs/dependencies.md, "wolfSSL patches").
+ */
+Test(wolfssl_build, tls13_session_taken_before_its_ticket_still_resumes)
+{
+    static unsigned char cert[4096], key[512];
+    int cert_len, key_len;
+    make_server_cert(cert, &cert_len, key, &key_len);
+    WOLFSSL_CTX *sctx = wolfSSL_CTX_new(wolfTLSv1_3_server_method());
+    WOLFSSL_CTX *cctx = wolfSSL_CTX_new(wolfTLSv1_3_client_method());
+    cr_assert(sctx != NULL && cctx != NULL);
+    cr_assert_eq(wolfSSL_CTX_use_certificate_buffer(sctx, cert, cert_len, WOLFSSL_FILETYPE_ASN1),
+                 WOLFSSL_SUCCESS);
+    cr_assert_eq(wolfSSL_CTX_use_PrivateKey_buffer(sctx, key, key_len, WOLFSSL_FILETYPE_ASN1),
+                 WOLFSSL_SUCCESS);
+    wolfSSL_CTX_set_verify(cctx, WOLFSSL_VERIFY_NONE, NULL);
+    wolfSSL_CTX_set_session_cache_mode(cctx, WOLFSSL_SESS_CACHE_OFF);
+    wolfSSL_CTX_SetIORecv(sctx, mem_recv);
+    wolfSSL_CTX_SetIOSend(sctx, mem_send);
+    wolfSSL_CTX_SetIORecv(cctx, mem_recv);
+    wolfSSL_CTX_SetIOSend(cctx, mem_send);
+
+    bool resumed = true;
+    WOLFSSL_SESSION *s1 = one_conn(cctx, sctx, NULL, true, &resumed);
+    cr_assert_not_null(s1, "full handshake failed");
+    cr_assert_not(resumed);
+    WOLFSSL_SESSION *s2 = one_conn(cctx, sctx, s1, false, &resumed);
+    cr_assert_not_null(s2, "first resumption failed");
+    cr_assert(resumed);
+    cr_assert_eq(wolfSSL_SESSION_has_ticket(s2), WOLFSSL_SUCCESS);
+    for (int i = 0; i < 3; i++) {
+        WOLFSSL_SESSION *s3 = one_conn(cctx, sctx, s2, i == 2, &resumed);
+        cr_assert_not_null(s3, "resuming a session taken before its conn's ticket failed (%d)", i);
+        cr_assert(resumed, "not resumed (%d)", i);
+        wolfSSL_SESSION_free(s3);
+    }
+    wolfSSL_SESSION_free(s2);
+    wolfSSL_SESSION_free(s1);
+    wolfSSL_CTX_free(cctx);
+    wolfSSL_CTX_free(sctx);
 }
