@@ -13,7 +13,7 @@ trap 'echo "setup: FAILED at ci/setup.sh line $LINENO: $BASH_COMMAND" >&2' ERR
 SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
 ci_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
-# Bump when the configure line changes so cached builds are redone.
+# Bump when the configure line or ci/patches change so cached builds are redone.
 WOLFSSL_STAMP="wolfssl-5.5.4-cfg6"
 
 SUDO=
