@@ -19,9 +19,16 @@
 #define BC_OFF 0
 #endif
 
-#define BC_MIN_SHIFT 5  /* 32 bytes: the smallest class */
+/*
+ * Classes: up to 1016 bytes, every 16k + 8 (24, 40, ..., 1016): exactly what glibc hands out
+ * for such a request (its chunks are 16-byte multiples with an 8-byte header), so a block
+ * comes back to its own class and costs no byte more than malloc would. From 1 KiB to
+ * SOTH_BC_MAX, four classes per power of two (1024, 1280, 1536, 1792, 2048, ...).
+ */
+#define BC_NSMALL    63 /* 24 .. 1016 */
+#define BC_BIG_SHIFT 10 /* 1024: the first class of the second kind */
 #define BC_MAX_SHIFT 16 /* SOTH_BC_MAX */
-#define BC_NCLASS    ((BC_MAX_SHIFT - BC_MIN_SHIFT) * 4 + 1)
+#define BC_NCLASS    (BC_NSMALL + (BC_MAX_SHIFT - BC_BIG_SHIFT) * 4 + 1)
 
 struct bc_block {
     struct bc_block *next;
@@ -42,29 +49,38 @@ static pthread_once_t bc_once = PTHREAD_ONCE_INIT;
 
 static size_t class_size(unsigned c)
 {
-    unsigned p = BC_MIN_SHIFT + c / 4, k = c % 4;
+    if (c < BC_NSMALL)
+        return 16 * (size_t)(c + 1) + 8;
+    c -= BC_NSMALL;
+    unsigned p = BC_BIG_SHIFT + c / 4, k = c % 4;
     return ((size_t)1 << p) + (size_t)k * ((size_t)1 << (p - 2));
 }
 
 /** The smallest class holding n bytes (n <= SOTH_BC_MAX). */
 static unsigned class_up(size_t n)
 {
-    if (n <= (1u << BC_MIN_SHIFT))
+    if (n <= 24)
         return 0;
+    if (n <= 1016)
+        return (unsigned)((n - 8 + 15) / 16) - 1;
+    if (n <= (1u << BC_BIG_SHIFT))
+        return BC_NSMALL;
     unsigned p = 63u - (unsigned)__builtin_clzll((unsigned long long)(n - 1)); /* 2^p < n */
     size_t step = (size_t)1 << (p - 2);
     size_t k = (n - ((size_t)1 << p) + step - 1) / step; /* 1..4 */
-    return (p - BC_MIN_SHIFT) * 4 + (unsigned)k;
+    return BC_NSMALL + (p - BC_BIG_SHIFT) * 4 + (unsigned)k;
 }
 
 /** The largest class not above u bytes, or -1 below the smallest or above the largest. */
 static int class_down(size_t u)
 {
-    if (u < (1u << BC_MIN_SHIFT) || u >= 2 * (size_t)SOTH_BC_MAX)
+    if (u < 24 || u >= 2 * (size_t)SOTH_BC_MAX)
         return -1;
+    if (u < (1u << BC_BIG_SHIFT))
+        return (int)((u - 8) / 16) - 1;
     unsigned p = 63u - (unsigned)__builtin_clzll((unsigned long long)u); /* 2^p <= u */
     size_t k = (u - ((size_t)1 << p)) >> (p - 2);                        /* 0..3 */
-    unsigned c = (p - BC_MIN_SHIFT) * 4 + (unsigned)k;
+    unsigned c = BC_NSMALL + (p - BC_BIG_SHIFT) * 4 + (unsigned)k;
     return c < BC_NCLASS ? (int)c : BC_NCLASS - 1;
 }
 
@@ -146,10 +162,12 @@ void soth_bc_free(void *p)
     }
     int c = class_down(malloc_usable_size(p));
     size_t sz = c >= 0 ? class_size((unsigned)c) : 0;
-    /* Blocks up to SOTH_BC_SMALL are kept whatever the larger ones hold: a burst of large
-     * frees (a handshake's) must not push the small per-stream blocks out to malloc. */
+    /* Small and large blocks have a byte budget each: a burst of large frees (a handshake's)
+     * must not push the small per-stream blocks out to malloc. */
+    bool big = sz > SOTH_BC_SMALL;
     if (c < 0 || bc.dead || bc.n[c] >= SOTH_BC_KEEP ||
-        (sz > SOTH_BC_SMALL && bc.big_bytes + sz > SOTH_BC_KEEP_BYTES)) {
+        (big ? bc.big_bytes + sz > SOTH_BC_KEEP_BYTES
+             : bc.bytes - bc.big_bytes + sz > SOTH_BC_KEEP_SMALL_BYTES)) {
         free(p);
         return;
     }

@@ -26,6 +26,25 @@ Test(blockcache, reuses_a_freed_block_of_the_same_class)
     cr_assert_eq(soth_bc_cached_bytes(), 0);
 }
 
+Test(blockcache, every_size_comes_back_to_its_own_class)
+{
+    if (!soth_bc_enabled())
+        return; /* sanitizer build: libc's */
+    for (size_t n = 1; n <= SOTH_BC_MAX; n += (n < 4096 ? 1 : 61)) {
+        soth_bc_trim();
+        void *p = soth_bc_malloc(n);
+        cr_assert_not_null(p);
+        soth_bc_free(p);
+        cr_assert_gt(soth_bc_cached_bytes(), 0, "size %zu cached", n);
+        void *q = soth_bc_malloc(n);
+        cr_assert_eq(q, p, "size %zu: the freed block is found again", n);
+        cr_assert_leq(malloc_usable_size(q), n + n / 4 + 24,
+                      "size %zu: rounded up at most a quarter", n);
+        soth_bc_free(q);
+    }
+    soth_bc_trim();
+}
+
 Test(blockcache, every_size_gets_room_and_calloc_zeroes)
 {
     for (size_t n = 0; n <= SOTH_BC_MAX + 100; n += (n < 2048 ? 1 : 997)) {
@@ -68,6 +87,7 @@ Test(blockcache, bounded_per_class_and_in_bytes)
     if (soth_bc_enabled()) {
         /* at most KEEP small blocks (each under 100 bytes) and KEEP_BYTES of big ones */
         cr_assert_leq(soth_bc_cached_bytes(), SOTH_BC_KEEP * 100 + SOTH_BC_KEEP_BYTES);
+        cr_assert_geq(soth_bc_cached_bytes(), SOTH_BC_KEEP * 72, "64-byte blocks are kept");
         cr_assert_gt(soth_bc_cached_bytes(), 0);
     }
     soth_bc_trim();

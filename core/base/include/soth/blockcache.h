@@ -7,8 +7,9 @@
  * when it needs more blocks at once than it ever had. No lock, no atomic: each thread has its
  * own lists; a block may be freed on another thread than the one that allocated it.
  *
- * Sizes up to SOTH_BC_MAX are rounded up to a class (four per power of two, so at most a
- * quarter more than asked); larger requests go straight to malloc. Frees take the size from
+ * Sizes up to SOTH_BC_MAX are rounded up to a class: below 1 KiB to what glibc's malloc
+ * would hand out anyway (16 k + 8 bytes), above it four per power of two (at most a quarter
+ * more than asked); larger requests go straight to malloc. Frees take the size from
  * malloc_usable_size, so any malloc'd block can be freed here. Built with a sanitizer, every
  * call goes straight to libc (its checks of use after free stay whole).
  */
@@ -18,10 +19,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define SOTH_BC_MAX        65536u     /* largest class */
-#define SOTH_BC_KEEP       64u        /* blocks kept per class per thread */
-#define SOTH_BC_KEEP_BYTES (1u << 20) /* bytes kept per thread in classes above SMALL */
-#define SOTH_BC_SMALL      1024u      /* classes up to this are bounded by SOTH_BC_KEEP only */
+#define SOTH_BC_MAX              65536u       /* largest class */
+#define SOTH_BC_KEEP             64u          /* blocks kept per class per thread */
+#define SOTH_BC_SMALL            1024u        /* small classes: up to this size */
+#define SOTH_BC_KEEP_SMALL_BYTES (256u << 10) /* bytes kept per thread in small classes */
+#define SOTH_BC_KEEP_BYTES       (1u << 20)   /* bytes kept per thread in larger classes */
 
 void *soth_bc_malloc(size_t n);
 void *soth_bc_calloc(size_t nmemb, size_t size);
