@@ -2,6 +2,7 @@
 """soth-mitm with 1 and with 2 workers under the same load (docs/performance.md, "Scaling").
 
     /usr/bin/python3 bench/scaling/run.py [--build build] [--requests 4000] [--cpu-requests 60000]
+        [--reps 3] [--conns 8] [--workers 1,2] [--h2] [--no-callgrind | --no-cpu]
 
 Origin: the peer benchmark's nginx over TLS (bench/peers/run.py pieces), /small = 100 bytes.
 soth-mitm runs --mode reverse:https://127.0.0.1:ORIGIN with --workers W for W in 1, 2; the load
@@ -33,6 +34,7 @@ import run as peers  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 CONNS = [8]  # h2load -c (--conns)
+H2 = [False]  # --h2: HTTP/2, 10 streams per connection
 
 
 def thread_cpu(pid):
@@ -60,9 +62,10 @@ def soth_argv(a, d, workers, port, origin_port):
 
 def h2load(port, n, conns=8):
     conns = CONNS[0]
-    out = subprocess.run(["h2load", "--h1", "-t1", "-c", str(conns), "-T", "120", "-n", str(n),
-                          f"https://127.0.0.1:{port}/small"], capture_output=True, text=True,
-                         timeout=900)
+    proto = ["-m", "10"] if H2[0] else ["--h1"]
+    out = subprocess.run(["h2load"] + proto + ["-t1", "-c", str(conns), "-T", "120", "-n",
+                          str(n), f"https://127.0.0.1:{port}/small"], capture_output=True,
+                         text=True, timeout=900)
     m = re.search(r"(\d+) succeeded", out.stdout)
     return int(m.group(1)) if m else 0
 
@@ -136,8 +139,11 @@ def main():
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--conns", type=int, default=8, help="h2load -c (connections)")
     ap.add_argument("--workers", default="1,2", help="worker counts to compare")
+    ap.add_argument("--h2", action="store_true", help="HTTP/2 (h2load -m 10) instead of 1.1")
+    ap.add_argument("--no-cpu", action="store_true", help="callgrind only")
     a = ap.parse_args()
     CONNS[0] = a.conns
+    H2[0] = a.h2
     wl = [int(x) for x in a.workers.split(",")]
     d = tempfile.mkdtemp(prefix="soth-scaling-")
     peers.make_certs(d)
@@ -161,7 +167,7 @@ def main():
     os.killpg(p.pid, signal.SIGTERM)
     p.wait(30)
     try:
-        print(f"load: h2load --h1 -c {a.conns}, GET /small (100 B), reverse TLS both legs; "
+        print(f"load: h2load {'-m 10' if a.h2 else '--h1'} -c {a.conns}, GET /small (100 B), reverse TLS both legs; "
               f"load average {os.getloadavg()[0]:.1f}")
         # 1 worker only: valgrind 3.19 (Debian 12) runs one thread at a time and does not let
         # go of it while a worker waits in io_uring_enter, so with 2 workers the second one
@@ -173,14 +179,15 @@ def main():
                       f"{r[0]:,.0f} over {r[1]} requests" if r else f"workers {w}: callgrind "
                       "failed")
         res = {w: [] for w in wl}
-        for _ in range(a.reps):
+        for _ in range(0 if a.no_cpu else a.reps):
             for w in wl:
                 r = cpu(a, d, w, origin_port)
                 if r:
                     res[w].append(r)
         for w in wl:
             if not res[w]:
-                print(f"workers {w}: no CPU result")
+                if not a.no_cpu:
+                    print(f"workers {w}: no CPU result")
                 continue
             med = statistics.median(r[0] for r in res[w])
             threads = {}
