@@ -20,6 +20,7 @@ is h2load --h1 -c 8 (--conns; HTTP/1.1 keep-alive, 8 connections, so both worker
 import argparse
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -201,6 +202,7 @@ def main():
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         peers.kill_all()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
