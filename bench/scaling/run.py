@@ -54,6 +54,24 @@ def thread_cpu(pid):
     return out
 
 
+def worker_wakeups(pid):
+    """Context switches of the worker threads (voluntary: each time a worker slept in
+    io_uring_enter and was woken; a loop pass with more completions batches more requests)."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith("soth-worker"):
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        n += int(line.split()[1])
+        except OSError:
+            continue
+    return n
+
+
 def soth_argv(a, d, workers, port, origin_port):
     return [os.path.join(a.build, "soth-mitm"), "--listen", f"127.0.0.1:{port}",
             "--workers", str(workers), "--mode", f"reverse:https://127.0.0.1:{origin_port}",
@@ -120,10 +138,11 @@ def cpu(a, d, workers, origin_port):
         if not peers.wait_port(port, 30, p):
             return None
         h2load(port, 2000)
-        t0, th0 = peers.cpu_seconds([p.pid]), thread_cpu(p.pid)
+        t0, th0, cs0 = peers.cpu_seconds([p.pid]), thread_cpu(p.pid), worker_wakeups(p.pid)
         ok = h2load(port, a.cpu_requests)
-        t1, th1 = peers.cpu_seconds([p.pid]), thread_cpu(p.pid)
+        t1, th1, cs1 = peers.cpu_seconds([p.pid]), thread_cpu(p.pid), worker_wakeups(p.pid)
         per = {k: (th1[k] - th0.get(k, 0)) / ok * 1e6 for k in th1}
+        per["worker switches/req"] = (cs1 - cs0) / ok
         return (t1 - t0) / ok * 1e6, per, ok
     finally:
         if p.poll() is None:
@@ -195,7 +214,8 @@ def main():
             for r in res[w]:
                 for k, v in r[1].items():
                     threads.setdefault(k, []).append(v)
-            th = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in sorted(threads.items()))
+            th = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in sorted(threads.items())
+                           if not k.startswith("iou-wrk"))
             print(f"workers {w}: CPU us/request median {med:.1f} "
                   f"(runs {', '.join(f'{r[0]:.1f}' for r in res[w])}; {res[w][0][2]} requests "
                   f"each); by thread: {th}")
