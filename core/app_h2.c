@@ -29,6 +29,7 @@
 
 #include "app_int.h"
 #include "app_payload.h"
+#include "soth/blockcache.h"
 #include "soth/proto/h2.h"
 
 #define H2_MAX_STREAMS 100 /* SETTINGS_MAX_CONCURRENT_STREAMS toward the client */
@@ -75,6 +76,32 @@ struct app_h2 {
  * list's link in the first entry's bytes.
  */
 #define H2_TABLE_BYTES (H2_TABLE_CAP * sizeof(struct h2_stream))
+/* nghttp2 allocates per stream (stream objects, frame queue items, header copies, HPACK
+ * entries): from the worker's block cache, those are no malloc per request
+ * (soth/blockcache.h; docs/performance.md, "Allocations per request"). */
+static void *h2_mem_malloc(size_t n, void *ctx)
+{
+    (void)ctx;
+    return soth_bc_malloc(n);
+}
+static void h2_mem_free(void *p, void *ctx)
+{
+    (void)ctx;
+    soth_bc_free(p);
+}
+static void *h2_mem_calloc(size_t nmemb, size_t n, void *ctx)
+{
+    (void)ctx;
+    return soth_bc_calloc(nmemb, n);
+}
+static void *h2_mem_realloc(void *p, size_t n, void *ctx)
+{
+    (void)ctx;
+    return soth_bc_realloc(p, n);
+}
+static const struct soth_h2_mem h2_mem = {NULL, h2_mem_malloc, h2_mem_free, h2_mem_calloc,
+                                          h2_mem_realloc};
+
 static _Thread_local struct soth_buf_pool h2_tables = {.keep = 256};
 static _Thread_local struct soth_buf_pool h2_outs = {.keep = 256};
 static _Thread_local struct soth_buf_pool h2_chunks = {.keep = 4096};
@@ -426,6 +453,7 @@ static struct app *h2_create(const struct app_env *env, const struct app_conf *c
         .buf_put = h2_buf_put,
     };
     struct soth_h2_settings set = {
+        .mem = &h2_mem,
         .max_header_list_size = conf->h2_max_header_list_size,
         .strip_h3_alt_svc = conf->strip_h3_alt_svc,
         .max_concurrent_streams = H2_MAX_STREAMS,

@@ -253,6 +253,11 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
             snprintf(err, err_len, "worker thread: %s", strerror(rc));
             break;
         }
+        /* "soth-worker-N" in ps/top -H and /proc/PID/task/TID/comm (docs/performance.md,
+         * "Allocations per request" finds the workers by it) */
+        char name[16];
+        snprintf(name, sizeof(name), "soth-worker-%u", started % 1000);
+        pthread_setname_np(e->workers[started].thr, name);
     }
     pthread_mutex_lock(&e->start_mu);
     while (e->n_ready < started)

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "soth/blockcache.h"
+
 /*
  * The session-ticket key: drawn once before workers start, then read-only. Every server
  * WOLFSSL_CTX of every worker encrypts tickets with it (ticket callback in conn.c), so a
@@ -25,6 +27,11 @@ int soth_tls_global_init(void)
 
     if (g_inited)
         return 0;
+    /* wolfSSL grows and shrinks a connection's record buffers around every record it reads or
+     * writes: from a per-thread block cache those are no malloc per request
+     * (docs/performance.md, "Allocations per request"). Set before anything is allocated. */
+    if (wolfSSL_SetAllocators(soth_bc_malloc, soth_bc_free, soth_bc_realloc) != 0)
+        return SOTH_E_TLS;
     if (wolfSSL_Init() != WOLFSSL_SUCCESS)
         return SOTH_E_TLS;
     if (wc_InitRng(&rng) != 0)
