@@ -44,6 +44,12 @@ void app_free(struct app *a)
         a->ops->dispose(a);
 }
 
+void app_thread_trim(void)
+{
+    app_h1_thread_trim();
+    app_h2_thread_trim();
+}
+
 void app_thread_done(void)
 {
     app_h1_thread_done();
