@@ -68,8 +68,8 @@ void app_free(struct app *a);
 /** Free the calling thread's kept buffers (HTTP/1.1 sections, stream observers), as a worker
  *  exits. */
 void app_thread_done(void);
-/** A quiet worker gives memory back: the calling thread's kept buffers are freed down to a
- *  few of each kind (docs/performance.md, "Memory after bursts"). */
+/** A quiet worker gives memory back: the calling thread's kept buffers are freed, as by
+ *  app_thread_done (docs/performance.md, "Memory after bursts"). */
 void app_thread_trim(void);
 
 /**

@@ -858,11 +858,6 @@ static void h1_sec_put(void *ctx, void *m)
     soth_buf_pool_put(&h1_sections, m);
 }
 
-void app_h1_thread_trim(void)
-{
-    soth_buf_pool_trim(&h1_sections, 1);
-}
-
 void app_h1_thread_done(void)
 {
     soth_buf_pool_drain(&h1_sections);

@@ -102,13 +102,6 @@ static void h2_buf_put(void *ctx, void *m, size_t size)
     soth_buf_pool_put(size == SOTH_H2_OUT_BYTES ? &h2_outs : &h2_chunks, m);
 }
 
-void app_h2_thread_trim(void)
-{
-    soth_buf_pool_trim(&h2_tables, 1);
-    soth_buf_pool_trim(&h2_outs, 2);
-    soth_buf_pool_trim(&h2_chunks, 4);
-}
-
 void app_h2_thread_done(void)
 {
     soth_buf_pool_drain(&h2_tables);

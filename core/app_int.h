@@ -87,10 +87,6 @@ static inline uint64_t app_clock_ns(const struct app *a)
 
 /** HTTP/1.1: free the calling thread's section buffers (app_thread_done). */
 void app_h1_thread_done(void);
-/** HTTP/1.1: keep at most a couple of the calling thread's section buffers (app_thread_trim). */
-void app_h1_thread_trim(void);
-/** HTTP/2: keep a few of the calling thread's tables, output buffers and chunks. */
-void app_h2_thread_trim(void);
 /** HTTP/2: free the calling thread's stream tables, output buffers and body chunks. */
 void app_h2_thread_done(void);
 

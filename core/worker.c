@@ -161,7 +161,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 #define TRIM_FEW_LIVE    32u    /* up to this many live flows never count as busy */
 #define TRIM_DIRTY_FLOWS 64u    /* flow slots used above the last trim: worth a trim */
 #define TRIM_DIRTY_BUFS  256u   /* buffers received since the last trim (4 MiB): the same */
-#define TRIM_KEEP_CHUNKS 4u     /* owned chunks kept pooled (64 KiB) */
+#define TRIM_KEEP_CHUNKS 0u     /* owned chunks kept pooled (see app_thread_trim) */
 
 static uint64_t thread_cpu_ns(void)
 {

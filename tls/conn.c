@@ -696,8 +696,9 @@ enum soth_leg soth_tls_conn_side(const struct soth_tls_conn *c)
     return c->side;
 }
 
-/* A quiet worker gives memory back (tls.h): keep a few of each kind for the next connections. */
-#define TRIM_KEEP 4u
+/* A quiet worker gives memory back (tls.h). None is kept: what is kept through a quiet stretch
+ * pins pages wherever the burst left it in the heap; the next connections malloc a few again. */
+#define TRIM_KEEP 0u
 
 void soth_tls_ctx_trim(struct soth_tls_ctx *t)
 {

@@ -109,7 +109,7 @@ def main():
     ap.add_argument("--loads", default="h2,h1,flood")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the proxy")
     ap.add_argument("--out", help="write the markdown table here too")
-    ap.add_argument("--smaps", help="copy the proxy's /proc/PID/smaps here at the end")
+    ap.add_argument("--smaps", help="copy the proxy's /proc/PID/smaps here at the end (and to FILE.idle at idle)")
     a = ap.parse_args()
     need = 3 * a.conns + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -148,6 +148,8 @@ def main():
     pid = t.proc.pid
     time.sleep(2.0)
     idle = anon(pid)
+    if a.smaps:
+        shutil.copy(f"/proc/{pid}/smaps", a.smaps + ".idle")
     peers.log(f"idle RssAnon {idle:.1f} MiB")
     lines = [f"RssAnon (MiB) of soth-mitm (1 worker, regular mode, intercepting); idle after "
              f"start: {idle:.1f} MiB" + (f"; env {' '.join(a.env)}" if a.env else ""), "",
