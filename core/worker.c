@@ -281,6 +281,7 @@ static int ring_setup(struct worker *w)
         return rc;
     iobuf_fill(&w->io);
     w->trim.ring_ok = (w->ring.flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+    w->trim.pub_trim = w->trim.pub_last = w->io.published; /* the fill is not a burst */
 
     rc = flow_table_init(&w->ft);
     if (rc < 0)

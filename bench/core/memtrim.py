@@ -17,7 +17,9 @@ CPU 0 and soth-mitm in regular mode (CONNECT + intercept) pinned to CPU 1, then 
 
 and prints RssAnon (/proc/PID/status: heap, stacks, the provided buffers; not the event ring
 file) at idle after start, with the load at its peak, 1 s after it ended, then every 10 s up to
-60 s. --env passes variables to the proxy (e.g. GLIBC_TUNABLES=glibc.malloc.arena_max=1 or
+60 s. The idle level is read twice: after start, and after a warm-up (32 HTTP/2 and 32
+HTTP/1.1 connections, 8 GETs of 1 MiB, then 10 s idle: the level of a proxy that has served and
+been left alone). --env passes variables to the proxy (e.g. GLIBC_TUNABLES=glibc.malloc.arena_max=1 or
 LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2) to compare allocators.
 """
 import argparse
@@ -41,23 +43,26 @@ _spec.loader.exec_module(peers)
 
 FLOOD_GETS = 256
 FLOOD_PARALLEL = 64
+WARM_CONNS = 32
+WARM_GETS = 8
+WARM_WAIT_S = 10
 
 
 def anon(pid):
     return peers.anon_kib([pid]) / 1024
 
 
-def flood(proxy_port, origin_port, want_sha):
-    """256 GETs of /1m through the proxy, 64 at a time; returns the count of intact bodies."""
+def flood(proxy_port, origin_port, want_sha, n=FLOOD_GETS):
+    """n GETs of /1m through the proxy, 64 at a time; returns the count of intact bodies."""
     d = tempfile.mkdtemp(prefix="memtrim-flood-")
     argv = ["curl", "-s", "-k", "--parallel", "--parallel-max", str(FLOOD_PARALLEL),
             "-x", f"http://127.0.0.1:{proxy_port}", "--http1.1"]
-    for i in range(FLOOD_GETS):
+    for i in range(n):
         argv += [f"https://127.0.0.1:{origin_port}/1m", "-o", f"{d}/{i}"]
     subprocess.run(["taskset", "-c", peers.LOAD_CPU] + argv, timeout=300, check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ok = 0
-    for i in range(FLOOD_GETS):
+    for i in range(n):
         try:
             with open(f"{d}/{i}", "rb") as f:
                 ok += hashlib.sha256(f.read()).hexdigest() == want_sha
@@ -151,8 +156,26 @@ def main():
     if a.smaps:
         shutil.copy(f"/proc/{pid}/smaps", a.smaps + ".idle")
     peers.log(f"idle RssAnon {idle:.1f} MiB")
+    # Warm: what a proxy holds once it has served at all (a leaf minted, TLS state, stacks
+    # touched by handshakes), then left alone long enough for a trim (docs/performance.md).
+    loop = asyncio.new_event_loop()
+    for h2 in (True, False):
+        held, err = loop.run_until_complete(peers.idle_open(
+            WARM_CONNS, t.port, origin_port, True, time.time() + 60, h2=h2))
+        if err:
+            sys.exit(f"warm-up: {err}")
+        for w in held:
+            w.transport.abort()
+        loop.run_until_complete(asyncio.sleep(0.1))
+    loop.close()
+    flood(t.port, origin_port, want_sha, WARM_GETS)
+    time.sleep(WARM_WAIT_S)
+    warm = anon(pid)
+    peers.log(f"idle RssAnon after a warm-up: {warm:.1f} MiB")
     lines = [f"RssAnon (MiB) of soth-mitm (1 worker, regular mode, intercepting); idle after "
-             f"start: {idle:.1f} MiB" + (f"; env {' '.join(a.env)}" if a.env else ""), "",
+             f"start: {idle:.1f} MiB; idle after a warm-up ({WARM_CONNS} HTTP/2 and "
+             f"{WARM_CONNS} HTTP/1.1 connections, {WARM_GETS} x 1 MiB, {WARM_WAIT_S} s): "
+             f"{warm:.1f} MiB" + (f"; env {' '.join(a.env)}" if a.env else ""), "",
              "| load | round | what | before | peak | +1 s | +10 s | +20 s | +30 s | +40 s | "
              "+50 s | +60 s |", "|" + " --- |" * 12]
     cpu0 = peers.cpu_seconds([pid])
