@@ -155,7 +155,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
  * ------------------------------------------------------------------------------------------ */
 
 #define TRIM_CHECK_MS    1000u  /* how often a worker looks at whether it became quiet */
-#define TRIM_QUIET_MS    5000u  /* quiet this long before a trim */
+#define TRIM_QUIET_MS    10000u /* quiet this long before a trim */
 #define TRIM_GAP_MS      30000u /* at least this long between two trims of one worker */
 #define TRIM_BUSY_BUFS   64u    /* more buffers received in one check (1 MiB/s): busy */
 #define TRIM_FEW_LIVE    32u    /* up to this many live flows never count as busy */

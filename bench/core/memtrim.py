@@ -18,7 +18,7 @@ CPU 0 and soth-mitm in regular mode (CONNECT + intercept) pinned to CPU 1, then 
 and prints RssAnon (/proc/PID/status: heap, stacks, the provided buffers; not the event ring
 file) at idle after start, with the load at its peak, 1 s after it ended, then every 10 s up to
 60 s. The idle level is read twice: after start, and after a warm-up (32 HTTP/2 and 32
-HTTP/1.1 connections, 8 GETs of 1 MiB, then 10 s idle: the level of a proxy that has served and
+HTTP/1.1 connections, 8 GETs of 1 MiB, then 15 s idle: the level of a proxy that has served and
 been left alone). --env passes variables to the proxy (e.g. GLIBC_TUNABLES=glibc.malloc.arena_max=1 or
 LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2) to compare allocators.
 """
@@ -45,7 +45,7 @@ FLOOD_GETS = 256
 FLOOD_PARALLEL = 64
 WARM_CONNS = 32
 WARM_GETS = 8
-WARM_WAIT_S = 10
+WARM_WAIT_S = 15
 
 
 def anon(pid):
