@@ -180,9 +180,9 @@ static bool trim_dirty(const struct worker *w)
 }
 
 /*
- * Give back what the worker holds beyond what its live flows use: pooled chunks and buffers
- * down to small floors, the free slots at the top of the flow table, the event ring's read
- * pages, then malloc_trim(0) for the pages glibc's arenas hold free.
+ * Give back what the worker holds beyond what its live flows use: every pooled chunk and kept
+ * buffer, the free slots at the top of the flow table, the event ring's read pages, the
+ * receive buffers the kernel holds, then malloc_trim(0) for the pages glibc's arenas hold free.
  *
  * The provided buffers in the ring (not ours) are advised only when the kernel cannot be
  * writing into one of them now: with IORING_SETUP_DEFER_TASKRUN a multishot recv picks a
@@ -212,7 +212,8 @@ static void worker_trim(struct worker *w, uint64_t now)
     w->trim.n++;
     w->trim.last_ms = now;
     w->trim.hw_trim = w->ft.hw;
-    w->trim.pub_trim = w->io.published;
+    if (ring || !w->trim.ring_ok) /* else the receive buffers are due again after TRIM_GAP_MS */
+        w->trim.pub_trim = w->io.published;
     w->trim.quiet_since_ms = 0;
     SOTH_LOG(SOTH_LOG_INFO, (int)w->idx, 0,
              "quiet: gave memory back (trim %u: %zu KiB advised or freed%s, malloc_trim %s, "
