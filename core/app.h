@@ -68,6 +68,9 @@ void app_free(struct app *a);
 /** Free the calling thread's kept buffers (HTTP/1.1 sections, stream observers), as a worker
  *  exits. */
 void app_thread_done(void);
+/** A quiet worker gives memory back: the calling thread's kept buffers are freed, as by
+ *  app_thread_done (docs/performance.md, "Memory after bursts"). */
+void app_thread_trim(void);
 
 /**
  * Plaintext received from `side`. The layer consumes everything: what it cannot process yet

@@ -71,9 +71,10 @@ struct app_h2 {
 
 /*
  * Free lists of this thread: stream tables, and the relay's output buffers and body chunks
- * (cbs.buf_get / buf_put). Kept: as many as were ever in use at once, up to `keep`. A table
- * comes back with every entry free (n_streams == 0), so only a new one needs zeroing, and the
- * list's link in the first entry's bytes.
+ * (cbs.buf_get / buf_put). Kept: as many as were ever in use at once, up to `keep`, until the
+ * worker is quiet (app_thread_trim frees them all). A table comes back with every entry free
+ * (n_streams == 0), so only a new one needs zeroing, and the list's link in the first entry's
+ * bytes.
  */
 #define H2_TABLE_BYTES (H2_TABLE_CAP * sizeof(struct h2_stream))
 /* nghttp2 allocates per stream (stream objects, frame queue items, header copies, HPACK

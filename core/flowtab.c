@@ -1,6 +1,7 @@
 /* A worker's flow table (core/flowtab.h): slots, generations, the free list. */
 #include <errno.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "flowtab.h"
 
@@ -10,6 +11,7 @@ int flow_table_init(struct flow_table *ft)
     ft->n_live = 0;
     ft->max = SOTH_MAX_FLOWS;
     ft->free = NULL;
+    ft->gen_base = 0;
     /* Address space only: pages are touched as slots are used. */
     void *p = mmap(NULL, (size_t)SOTH_MAX_FLOWS * sizeof(struct flow), PROT_READ | PROT_WRITE,
                    MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
@@ -36,7 +38,7 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
             return NULL;
         f = &ft->flows[ft->hw];
         f->slot = ft->hw++;
-        f->gen = 0;
+        f->gen = ft->gen_base;
     }
     f->gen++;
     f->state = FS_HEAD;
@@ -92,4 +94,32 @@ void flow_table_release(struct flow_table *ft, struct flow *f)
     f->wnext = ft->free;
     ft->free = f;
     ft->n_live--;
+}
+
+size_t flow_table_shrink(struct flow_table *ft, uint32_t keep)
+{
+    uint32_t top = ft->hw;
+    while (top > keep && ft->flows[top - 1].state == FS_FREE)
+        top--;
+    if (top == ft->hw)
+        return 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t from = ((uintptr_t)&ft->flows[top] + page - 1) & ~(page - 1);
+    uintptr_t to = ((uintptr_t)&ft->flows[ft->hw] + page - 1) & ~(page - 1);
+    for (uint32_t i = top; i < ft->hw; i++) {
+        if (ft->flows[i].gen >= ft->gen_base)
+            ft->gen_base = (ft->flows[i].gen + 2) & ~1u; /* even, above every gen given out */
+    }
+    ft->hw = top;
+    ft->free = NULL;
+    for (uint32_t i = top; i-- > 0;) {
+        struct flow *f = &ft->flows[i];
+        if (f->state == FS_FREE) {
+            f->wnext = ft->free;
+            ft->free = f;
+        }
+    }
+    if (to <= from || madvise((void *)from, to - from, MADV_DONTNEED) != 0)
+        return 0;
+    return to - from;
 }

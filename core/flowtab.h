@@ -20,6 +20,7 @@ struct flow_table {
     uint32_t n_live;    /* allocated and not yet released */
     uint32_t max;       /* slots allowed: SOTH_MAX_FLOWS (tests lower it) */
     struct flow *free;  /* released slots, linked through wnext */
+    uint32_t gen_base;  /* even; a slot first used (again) starts here (flow_table_shrink) */
 };
 
 /** Reserve the slots. 0 or -errno. */
@@ -33,6 +34,15 @@ void flow_table_dispose(struct flow_table *ft);
 struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w);
 /** Back to the free list: FS_FREE, generation advanced. The caller released its resources. */
 void flow_table_release(struct flow_table *ft, struct flow *f);
+
+/**
+ * Give back the pages of the free slots at the top of the table (a quiet worker): hw falls to
+ * just above the highest live slot (at least keep slots stay), the pages wholly above it are
+ * MADV_DONTNEED, the free list is rebuilt from what is left. A slot used again later starts
+ * from a generation above any it had (gen_base), so a stale completion still cannot match.
+ * Returns the bytes advised.
+ */
+size_t flow_table_shrink(struct flow_table *ft, uint32_t keep);
 
 /** The flow in slot whose generation is gen, or NULL (slot never used, or stale gen). */
 static inline struct flow *flow_table_find(const struct flow_table *ft, uint32_t slot, uint32_t gen)

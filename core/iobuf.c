@@ -49,6 +49,48 @@ void iobuf_dispose(struct iobuf *io)
     }
 }
 
+size_t iobuf_trim(struct iobuf *io, uint32_t keep_chunks, bool ring_too)
+{
+    size_t given = 0;
+    /* Keep the first keep_chunks of the free list (the most recently returned), free the rest. */
+    char *c = io->free_chunks, *last = NULL;
+    for (uint32_t kept = 0; c != NULL && kept < keep_chunks; kept++) {
+        last = c;
+        memcpy(&c, c, sizeof(char *));
+    }
+    if (last == NULL) {
+        io->free_chunks = NULL;
+    } else {
+        char *none = NULL;
+        memcpy(last, &none, sizeof(none));
+    }
+    while (c != NULL) {
+        char *next;
+        memcpy(&next, c, sizeof(next));
+        free(c);
+        io->n_chunks--;
+        given += SOTH_BUF_SIZE;
+        c = next;
+    }
+    if (!ring_too)
+        return given;
+    /* One madvise per run of buffers that are not ours. */
+    for (unsigned i = 0; i < SOTH_BUF_COUNT;) {
+        if (io->bid_ours[i]) {
+            i++;
+            continue;
+        }
+        unsigned j = i;
+        while (j < SOTH_BUF_COUNT && !io->bid_ours[j])
+            j++;
+        size_t len = (size_t)(j - i) * SOTH_BUF_SIZE;
+        if (madvise(buf_addr(io, i), len, MADV_DONTNEED) == 0)
+            given += len;
+        i = j;
+    }
+    return given;
+}
+
 char *chunk_get(struct iobuf *io)
 {
     char *c = io->free_chunks;

@@ -2,8 +2,10 @@
  * Private to core/: a worker's memory for bytes in flight. Two kinds of 16 KiB buffers:
  * - provided buffers: SOTH_BUF_COUNT of them in a ring the kernel picks from for multishot
  *   recv; a buffer is ours from its recv completion (buf_take) until buf_put hands it back;
- * - owned chunks: malloc'ed on first use, pooled, never returned to libc, at most max_chunks;
- *   they hold copies (our own answers, ciphertext, a head split over reads).
+ * - owned chunks: malloc'ed on first use, pooled, at most max_chunks; they hold copies (our
+ *   own answers, ciphertext, a head split over reads). A quiet worker frees pooled chunks down
+ *   to a floor and gives back the pages of provided buffers the kernel holds (iobuf_trim,
+ *   docs/performance.md "Memory after bursts").
  * Handing either back twice would give the same bytes to two owners (for a provided buffer,
  * the kernel writing into bytes still queued), so both are bug stops (SOTH_BUG_ON).
  */
@@ -25,6 +27,7 @@ struct iobuf {
     struct io_uring_buf_ring *br;     /* the provided-buffer ring, registered by the worker */
     char *bufs;                       /* SOTH_BUF_COUNT x SOTH_BUF_SIZE */
     unsigned br_added;                /* buffers added since the last iobuf_publish */
+    uint64_t published;               /* buffers handed back to the ring since the start */
     uint8_t bid_ours[SOTH_BUF_COUNT]; /* 1 while a provided buffer is ours */
     char *free_chunks;                /* singly linked through the first pointer of each chunk */
     uint32_t n_chunks;                /* chunks allocated so far */
@@ -41,6 +44,15 @@ int iobuf_init(struct iobuf *io);
 void iobuf_fill(struct iobuf *io);
 /** Unmap the ring and buffers, free every pooled chunk (chunks still lent are the caller's). */
 void iobuf_dispose(struct iobuf *io);
+
+/**
+ * Give memory back (a quiet worker, core/worker.c): free pooled chunks beyond keep_chunks, and
+ * when ring_too, MADV_DONTNEED the provided buffers that are not ours (in the ring, holding no
+ * bytes of ours): their pages are zero-filled again when the kernel next receives into them.
+ * The caller guarantees that the kernel cannot be writing into a buffer of the ring at that
+ * moment (core/worker.c, worker_trim). Returns the bytes advised or freed.
+ */
+size_t iobuf_trim(struct iobuf *io, uint32_t keep_chunks, bool ring_too);
 
 /** An owned chunk of SOTH_BUF_SIZE bytes, or NULL at max_chunks (or when malloc fails). */
 char *chunk_get(struct iobuf *io);
@@ -79,6 +91,7 @@ static inline bool iobuf_publish(struct iobuf *io)
     if (io->br_added == 0)
         return false;
     io_uring_buf_ring_advance(io->br, (int)io->br_added);
+    io->published += io->br_added;
     io->br_added = 0;
     return true;
 }

@@ -6,10 +6,12 @@
  * core/flow_io.c's; nothing here knows flow states beyond the shutdown sweep.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "accept.h"
@@ -149,6 +151,102 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 }
 
 /* ------------------------------------------------------------------------------------------
+ * giving memory back after bursts (docs/performance.md, "Memory after bursts")
+ * ------------------------------------------------------------------------------------------ */
+
+#define TRIM_CHECK_MS    1000u  /* how often a worker looks at whether it became quiet */
+#define TRIM_QUIET_MS    10000u /* quiet this long before a trim */
+#define TRIM_GAP_MS      30000u /* at least this long between two trims of one worker */
+#define TRIM_BUSY_BUFS   64u    /* more buffers received in one check (1 MiB/s): busy */
+#define TRIM_FEW_LIVE    32u    /* up to this many live flows never count as busy */
+#define TRIM_DIRTY_FLOWS 64u    /* flow slots used above the last trim: worth a trim */
+#define TRIM_DIRTY_BUFS  256u   /* buffers received since the last trim (4 MiB): the same */
+#define TRIM_KEEP_CHUNKS 0u     /* owned chunks kept pooled (see app_thread_trim) */
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Something a trim would give back was used since the last one: the flow table grew (hw is
+ * the peak of live flows since then: a slot is taken only when every used one is live) or a
+ * burst of received bytes went through the provided buffers. */
+static bool trim_dirty(const struct worker *w)
+{
+    return w->ft.hw > w->trim.hw_trim + TRIM_DIRTY_FLOWS ||
+           w->io.published - w->trim.pub_trim >= TRIM_DIRTY_BUFS;
+}
+
+/*
+ * Give back what the worker holds beyond what its live flows use: every pooled chunk and kept
+ * buffer, the free slots at the top of the flow table, the event ring's read pages, the
+ * receive buffers the kernel holds, then malloc_trim(0) for the pages glibc's arenas hold free.
+ *
+ * The provided buffers in the ring (not ours) are advised only when the kernel cannot be
+ * writing into one of them now: with IORING_SETUP_DEFER_TASKRUN a multishot recv picks a
+ * buffer and copies into it only in task work that runs inside this thread's own
+ * io_uring_enter (socket recvs are never punted to io-wq: no IOSQE_ASYNC, sockets poll), and
+ * the CQE naming the buffer is posted before that enter returns (to the CQ, or to the overflow
+ * list, which IORING_SQ_CQ_OVERFLOW shows). So when the CQ is empty and has no overflow,
+ * every buffer the kernel wrote into is ours (bid_ours) or was handed back after use, and the
+ * rest hold nothing: MADV_DONTNEED drops their pages and the next recv into one faults in a
+ * zeroed page. Without DEFER_TASKRUN task work may run at any return to user mode, so the
+ * ring's buffers are left alone.
+ */
+static void worker_trim(struct worker *w, uint64_t now)
+{
+    uint64_t cpu0 = thread_cpu_ns();
+    bool ring =
+        w->trim.ring_ok && io_uring_cq_ready(&w->ring) == 0 && !io_uring_cq_has_overflow(&w->ring);
+    size_t given = iobuf_trim(&w->io, TRIM_KEEP_CHUNKS, ring);
+    given += flow_table_shrink(&w->ft, 0);
+    given += soth_ev_producer_trim(w->prod);
+    app_thread_trim();
+    if (w->tls != NULL)
+        soth_tls_ctx_trim(w->tls);
+    uint64_t cpu1 = thread_cpu_ns();
+    int released = malloc_trim(0);
+    uint64_t cpu2 = thread_cpu_ns();
+    w->trim.n++;
+    w->trim.last_ms = now;
+    w->trim.hw_trim = w->ft.hw;
+    if (ring || !w->trim.ring_ok) /* else the receive buffers are due again after TRIM_GAP_MS */
+        w->trim.pub_trim = w->io.published;
+    w->trim.quiet_since_ms = 0;
+    SOTH_LOG(SOTH_LOG_INFO, (int)w->idx, 0,
+             "quiet: gave memory back (trim %u: %zu KiB advised or freed%s, malloc_trim %s, "
+             "%llu us CPU, %llu us of it in malloc_trim)",
+             w->trim.n, given / 1024, ring ? " incl. the receive buffers" : "",
+             released ? "released pages" : "had nothing",
+             (unsigned long long)((cpu2 - cpu0) / 1000u),
+             (unsigned long long)((cpu2 - cpu1) / 1000u));
+}
+
+/* Once a second (from the loop, never per request): is the worker quiet, and has it been for
+ * TRIM_QUIET_MS since it last used memory a trim would give back? Quiet: few bytes received
+ * in the last second and the live flows either few or at most half their peak. */
+static void trim_check(struct worker *w, uint64_t now)
+{
+    w->trim.next_ms = now + TRIM_CHECK_MS;
+    uint64_t pub = w->io.published;
+    uint32_t live = w->ft.n_live;
+    bool busy = pub - w->trim.pub_last > TRIM_BUSY_BUFS ||
+                (live > TRIM_FEW_LIVE && live > w->ft.hw / 2) || w->stopping;
+    w->trim.pub_last = pub;
+    if (busy) {
+        w->trim.quiet_since_ms = 0;
+        return;
+    }
+    if (w->trim.quiet_since_ms == 0)
+        w->trim.quiet_since_ms = now;
+    if (now - w->trim.quiet_since_ms >= TRIM_QUIET_MS && now - w->trim.last_ms >= TRIM_GAP_MS &&
+        trim_dirty(w))
+        worker_trim(w, now);
+}
+
+/* ------------------------------------------------------------------------------------------
  * set-up and the loop
  * ------------------------------------------------------------------------------------------ */
 
@@ -183,6 +281,8 @@ static int ring_setup(struct worker *w)
     if (rc < 0)
         return rc;
     iobuf_fill(&w->io);
+    w->trim.ring_ok = (w->ring.flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+    w->trim.pub_trim = w->trim.pub_last = w->io.published; /* the fill is not a burst */
 
     rc = flow_table_init(&w->ft);
     if (rc < 0)
@@ -268,6 +368,11 @@ void *soth_worker_main(void *arg)
         struct io_uring_cqe *cqe;
         struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000};
         bool timed = w->timers.n > 0 || w->stopping || quic_timed(w);
+        if (!timed && trim_dirty(w)) {
+            /* nothing else would wake us: look again in a second whether to trim */
+            ts = (struct __kernel_timespec){.tv_sec = TRIM_CHECK_MS / 1000};
+            timed = true;
+        }
         rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, timed ? &ts : NULL, NULL);
         if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             SOTH_LOG(SOTH_LOG_ERROR, (int)w->idx, 0, "io_uring_submit_and_wait: %s",
@@ -281,7 +386,8 @@ void *soth_worker_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
-        timer_run(&w->timers, now_ms(), flow_on_timer, w);
+        uint64_t now = now_ms();
+        timer_run(&w->timers, now, flow_on_timer, w);
         quic_turn(w);
         if (w->stopping) {
             if (now_ms() >= w->stop_deadline_ms) {
@@ -298,6 +404,8 @@ void *soth_worker_main(void *arg)
         soth_ev_flush(w->prod);
         if (w->stopping && w->ft.n_live == 0 && quic_live(w) == 0)
             break;
+        if (now >= w->trim.next_ms)
+            trim_check(w, now);
     }
     soth_ev_flush(w->prod);
     /* Let the last closes reach the kernel. */

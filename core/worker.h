@@ -105,6 +105,19 @@ struct worker {
     bool stopping;
     uint64_t stop_deadline_ms;
 
+    /* Giving memory back when the worker has become quiet (core/worker.c, worker_trim;
+     * docs/performance.md "Memory after bursts"). Read once a loop turn, checked once a second. */
+    struct {
+        uint64_t next_ms;        /* next check */
+        uint64_t quiet_since_ms; /* first check of the current quiet stretch, 0 = busy */
+        uint64_t last_ms;        /* last trim */
+        uint64_t pub_last;       /* io.published at the last check */
+        uint64_t pub_trim;       /* io.published at the last trim */
+        uint32_t hw_trim;        /* ft.hw after the last trim */
+        uint32_t n;              /* trims so far */
+        bool ring_ok;            /* DEFER_TASKRUN: the kernel fills buffers only in our enters */
+    } trim;
+
     struct soth_spsc *rq, *rs; /* resolver requests / responses */
     struct dns_cache dns;      /* resolver answers (core/resolver.c) */
 

@@ -4,6 +4,7 @@
  */
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -1469,4 +1470,26 @@ void soth_json_text(struct jbuf *b, const void *p, size_t n)
 {
     char *o = jbuf_room(b, n);
     b->len += (size_t)(w_json(o, p, n) - o);
+}
+
+size_t soth_ev_producer_trim(struct soth_ev_producer *pr)
+{
+    /* The consumer reads only [head, pub_tail) and releases bytes by moving head past them;
+     * [tail, head + cap) is neither written (we are the producer, here) nor read. */
+    if (pr == NULL)
+        return 0;
+    uint64_t head = atomic_load_explicit(&pr->head, memory_order_acquire);
+    pr->head_cache = head;
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t from = (pr->tail + page - 1) & ~(page - 1);
+    uint64_t to = (head + pr->cap) & ~(page - 1);
+    size_t given = 0;
+    while (from < to) {
+        uint64_t off = from & pr->mask;
+        uint64_t n = to - from < pr->cap - off ? to - from : pr->cap - off;
+        if (madvise(pr->data + off, n, MADV_DONTNEED) == 0)
+            given += n;
+        from += n;
+    }
+    return given;
 }

@@ -43,3 +43,23 @@ Test(buf_pool, keep_zero_keeps_none)
     cr_assert_eq(p.n, 0);
     cr_assert_null(p.head);
 }
+
+Test(buf_pool, trim_frees_down_to_the_floor_most_recent_kept_last)
+{
+    struct soth_buf_pool p = {.keep = 8};
+    void *m[5];
+    for (int i = 0; i < 5; i++)
+        m[i] = soth_buf_pool_get(&p, 32);
+    for (int i = 0; i < 5; i++)
+        soth_buf_pool_put(&p, m[i]);
+    soth_buf_pool_trim(&p, 2);
+    cr_assert_eq(p.n, 2);
+    /* the most recently put were freed first; the two put first stay */
+    cr_assert_eq(soth_buf_pool_get(&p, 32), m[1]);
+    cr_assert_eq(soth_buf_pool_get(&p, 32), m[0]);
+    cr_assert_null(p.head);
+    soth_buf_pool_trim(&p, 0); /* empty: nothing to do */
+    cr_assert_eq(p.n, 0);
+    free(m[0]);
+    free(m[1]);
+}

@@ -374,6 +374,13 @@ void soth_ev_quic_client_hello(struct soth_ev_flow *f, struct soth_iov quic_vers
 /** Publish the events built since the last flush (one release store; wakes an idle consumer). */
 void soth_ev_flush(struct soth_ev_producer *prod);
 
+/**
+ * The producer's thread, after soth_ev_flush: MADV_DONTNEED the whole pages of its ring that
+ * the consumer has read past and no record occupies, so a quiet worker gives back what a burst
+ * of events touched (docs/performance.md, "Memory after bursts"). Returns the bytes advised.
+ */
+size_t soth_ev_producer_trim(struct soth_ev_producer *prod);
+
 /* ---- reading the ring file (soth-mitm-tail, tests, fuzzing; any process) */
 
 struct soth_ring_reader;

@@ -261,6 +261,13 @@ void soth_tls_leaf_cache_stats(const struct soth_tls_ctx *t, struct soth_tls_lea
  */
 void soth_tls_leaf_cache_flush(struct soth_tls_ctx *t);
 
+/**
+ * Free the ctx's kept (pooled, unused) connection structs, output chunks and input-remainder
+ * buffers: a quiet worker giving memory back (docs/performance.md, "Memory after bursts").
+ * Live connections are not touched.
+ */
+void soth_tls_ctx_trim(struct soth_tls_ctx *t);
+
 /* ---- one TLS connection over memory I/O */
 
 /*

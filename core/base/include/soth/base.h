@@ -113,6 +113,17 @@ static inline void soth_buf_pool_put(struct soth_buf_pool *p, void *m)
     p->n++;
 }
 
+/** Free kept buffers until at most `floor` are left (a quiet worker giving memory back). */
+static inline void soth_buf_pool_trim(struct soth_buf_pool *p, uint32_t floor)
+{
+    while (p->n > floor && p->head != NULL) {
+        void *m = p->head;
+        memcpy(&p->head, m, sizeof(void *));
+        free(m);
+        p->n--;
+    }
+}
+
 static inline void soth_buf_pool_drain(struct soth_buf_pool *p)
 {
     while (p->head != NULL) {
