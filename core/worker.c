@@ -30,6 +30,7 @@
 #include "timer.h"
 #include "upstream.h"
 #include "worker.h"
+#include "soth/blockcache.h"
 
 /* ------------------------------------------------------------------------------------------
  * control: shutdown, reload, resolver answers
@@ -181,8 +182,9 @@ static bool trim_dirty(const struct worker *w)
 
 /*
  * Give back what the worker holds beyond what its live flows use: every pooled chunk and kept
- * buffer, the free slots at the top of the flow table, the event ring's read pages, the
- * receive buffers the kernel holds, then malloc_trim(0) for the pages glibc's arenas hold free.
+ * buffer, the blocks of its block cache, the free slots at the top of the flow table, the event
+ * ring's read pages, the receive buffers the kernel holds, then malloc_trim(0) for the pages
+ * glibc's arenas hold free.
  *
  * The provided buffers in the ring (not ours) are advised only when the kernel cannot be
  * writing into one of them now: with IORING_SETUP_DEFER_TASKRUN a multishot recv picks a
@@ -206,6 +208,8 @@ static void worker_trim(struct worker *w, uint64_t now)
     app_thread_trim();
     if (w->tls != NULL)
         soth_tls_ctx_trim(w->tls);
+    given += soth_bc_cached_bytes();
+    soth_bc_trim(); /* wolfSSL's and nghttp2's blocks this thread keeps (soth/blockcache.h) */
     uint64_t cpu1 = thread_cpu_ns();
     int released = malloc_trim(0);
     uint64_t cpu2 = thread_cpu_ns();
