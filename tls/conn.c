@@ -542,6 +542,12 @@ int soth_tls_conn_handshake(struct soth_tls_conn *c)
         c->state = CONN_ESTABLISHED;
         if (c->keylog)
             tls_keylog_handshake_done(c->ssl);
+#ifdef HAVE_WOLFSSL_FREE_PEER_CERT
+        /* Nothing reads the origin's certificate once the handshake is done (its checks and
+         * the failure detail run during it, ctx.c on_verify): wolfSSL's copy goes
+         * (docs/dependencies.md, "wolfSSL patches"). */
+        wolfSSL_free_peer_cert(c->ssl);
+#endif
         return 0;
     }
     int e = wolfSSL_get_error(c->ssl, r);

@@ -8,6 +8,9 @@ page documents.
   finishing it: each one gets 408 and is closed at timeouts.request_header_ms of its accept
   (docs/answers.md, "Before the upstream"), with connect_parse_failed
   (request_header_timeout) and stream_closed idle_timeout (docs/events.md).
+- 500 idle intercepted HTTP/1.1 connections: CONNECT, TLS with ALPN http/1.1 on both legs (a
+  TLS origin in this process), one GET answered byte-exact, then held; closed at the end, each
+  with its exchange_completed (complete) and stream_closed (client_eof).
 - 500 idle intercepted HTTP/2 connections: CONNECT, TLS with ALPN h2 on both legs (the python
   h2 origin of test_http2), one GET on stream 1 answered byte-exact, then held; closed at the
   end, each with its exchange_completed (complete) and stream_closed (client_eof).
@@ -35,7 +38,7 @@ import threading
 import time
 import unittest
 
-from h2_origin import H2Origin, body_for
+from h2_origin import H2Origin, body_for, make_origin_pki
 from harness import REPO, EchoServer, Proxy, connect_tunnel, read_all
 from test_tls_soak import asan_build, status_kib
 
@@ -51,6 +54,7 @@ STREAM_BYTES = 64 << 20  # through one tunnel: every provided buffer filled a fe
 H2_IDLE = 500
 H2_WARM = 64  # h2 connections opened, used and closed before the baseline
 H2_BODY = 100
+H1_IDLE = 500  # idle intercepted HTTP/1.1 connections (TLS origin in this process)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -420,6 +424,102 @@ class MemoryCeilingTests(unittest.TestCase):
         self.assertEqual(len(closed), SLOWLORIS)
         self.assertEqual({e["reason_code"] for e in closed}, {"idle_timeout"})
         self.assertGreaterEqual(min(e["duration_ns"] for e in closed), HEAD_MS * 1000000)
+
+    def test_500_idle_h1(self):
+        asyncio.run(self.idle_h1())
+
+    async def h1_origin(self):
+        """TLS HTTP/1.1 origin on loopback: GET /gen/I/N answered with body_for(I, N),
+        keep-alive. Returns (server, port, CA file)."""
+        d = tempfile.mkdtemp(prefix="soth-mem-h1-")
+        self.addCleanup(shutil.rmtree, d, True)
+        ca, cert, key = make_origin_pki(d)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        ctx.set_alpn_protocols(["http/1.1"])
+
+        async def handle(r, w):
+            try:
+                while True:
+                    head = await r.readuntil(b"\r\n\r\n")
+                    m = re.match(rb"GET /gen/(\d+)/(\d+) HTTP/1\.1\r\n", head)
+                    body = body_for(int(m.group(1)), int(m.group(2))) if m else b""
+                    w.write(b"HTTP/1.1 %d OK\r\nContent-Length: %d\r\n\r\n"
+                            % (200 if m else 404, len(body)) + body)
+                    await w.drain()
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                pass
+            finally:
+                w.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx, backlog=4096)
+        return srv, srv.sockets[0].getsockname()[1], ca
+
+    async def h1_open(self, p, port, tls, i):
+        """CONNECT, TLS with ALPN http/1.1, GET /gen/I/H2_BODY answered byte-exact."""
+        r, w = await asyncio.open_connection("127.0.0.1", p.port)
+        w.write(f"CONNECT origin.test:{port} HTTP/1.1\r\n"
+                f"Host: origin.test:{port}\r\n\r\n".encode())
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        await asyncio.wait_for(w.start_tls(tls, server_hostname="origin.test"), 30)
+        self.assertEqual(w.get_extra_info("ssl_object").selected_alpn_protocol(), "http/1.1")
+        w.write(f"GET /gen/{i}/{H2_BODY} HTTP/1.1\r\nHost: origin.test:{port}\r\n\r\n".encode())
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), f"connection {i}: {head!r}")
+        m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        self.assertIsNotNone(m, head)
+        body = await asyncio.wait_for(r.readexactly(int(m.group(1))), 30)
+        self.assertEqual(body, body_for(i, H2_BODY), f"connection {i}")
+        return r, w
+
+    async def idle_h1(self):
+        srv, port, ca = await self.h1_origin()
+        try:
+            with self.sinked_proxy(upstream_ca=ca) as p:
+                pid = p.proc.pid
+                fd0 = p.fd_count()
+                self.warm_up(p)
+                tls = ssl.create_default_context(
+                    cafile=os.path.join(p.tmp, "ca", "soth-mitm-ca.pem"))
+                tls.set_alpn_protocols(["http/1.1"])
+                sem = asyncio.Semaphore(OPEN_AT_ONCE)
+
+                async def one(i):
+                    async with sem:
+                        return await self.h1_open(p, port, tls, i)
+
+                # Warm: the worker's lent buffers and TLS state, used once and closed.
+                warm = await asyncio.gather(*(one(i) for i in range(H2_WARM)))
+                for _, w in warm:
+                    w.close()
+                await asyncio.gather(*(w.wait_closed() for _, w in warm),
+                                     return_exceptions=True)
+                fds = await asyncio.to_thread(self.settled_fds, p, fd0)
+                self.assertEqual(fds, fd0, "descriptors after the warm-up")
+                before = rss(pid)
+                conns = await asyncio.gather(*(one(H2_WARM + i) for i in range(H1_IDLE)))
+                await asyncio.sleep(1.0)  # idle
+                self.assertEqual(p.fd_count(), fd0 + 2 * H1_IDLE)
+                after = rss(pid)
+                self.check_ceiling("idle HTTP/1.1 intercepted", H1_IDLE, before, after)
+                await asyncio.to_thread(self.served, p)  # served with the connections held
+                for _, w in conns:
+                    w.close()
+                await asyncio.gather(*(w.wait_closed() for _, w in conns),
+                                     return_exceptions=True)
+                fds = await asyncio.to_thread(self.settled_fds, p, fd0)
+                self.assertEqual(fds, fd0, "descriptors after every connection closed")
+                evs = self.sink_events(p)
+        finally:
+            srv.close()
+        closed = [e for e in evs if e["type"] == "stream_closed" and e.get("server_port") == port]
+        self.assertEqual(len(closed), H2_WARM + H1_IDLE)
+        self.assertEqual({e["reason_code"] for e in closed}, {"client_eof"})
+        ids = {e["flow_id"] for e in closed}
+        done = [e for e in evs if e["type"] == "exchange_completed" and e["flow_id"] in ids]
+        self.assertEqual(len(done), H2_WARM + H1_IDLE)
+        self.assertEqual({e["outcome"] for e in done}, {"complete"})
 
     def test_500_idle_h2(self):
         asyncio.run(self.idle_h2())

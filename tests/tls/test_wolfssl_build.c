@@ -8,6 +8,7 @@
 
 #include <criterion/criterion.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <wolfssl/ssl.h>
@@ -233,4 +234,105 @@ Test(wolfssl_build, tls13_session_taken_before_its_ticket_still_resumes)
     wolfSSL_SESSION_free(s1);
     wolfSSL_CTX_free(cctx);
     wolfSSL_CTX_free(sctx);
+}
+
+/* ---- the peer certificate copy: on the heap, and freed on request */
+
+#ifdef HAVE_WOLFSSL_FREE_PEER_CERT
+static size_t g_largest; /* the largest single wolfSSL allocation since it was reset */
+
+static void *count_malloc(size_t n)
+{
+    if (n > g_largest)
+        g_largest = n;
+    return malloc(n);
+}
+
+static void *count_realloc(void *p, size_t n)
+{
+    if (n > g_largest)
+        g_largest = n;
+    return realloc(p, n);
+}
+#endif
+
+/*
+ * Every WOLFSSL of the Debian 5.5.4 build embeds a 3.5 KiB WOLFSSL_X509 for the peer
+ * certificate (KEEP_PEER_CERT, which OPENSSL_EXTRA forces): 5.1 KiB per WOLFSSL, two per
+ * intercepted connection, though a client-facing conn never receives a certificate.
+ * ci/patches/wolfssl-peer-cert-on-heap.patch allocates it when a certificate arrives and adds
+ * wolfSSL_free_peer_cert(), which the proxy calls after the handshake (docs/dependencies.md,
+ * "wolfSSL patches"; docs/performance.md, idle connections).
+ */
+Test(wolfssl_build, peer_cert_on_the_heap_and_freed_after_the_handshake)
+{
+#ifndef HAVE_WOLFSSL_FREE_PEER_CERT
+    cr_assert_fail("wolfSSL built without ci/patches/wolfssl-peer-cert-on-heap.patch "
+                   "(rerun ci/setup.sh)");
+#else
+    static unsigned char cert[4096], key[512];
+    int cert_len, key_len;
+    make_server_cert(cert, &cert_len, key, &key_len);
+    WOLFSSL_CTX *sctx = wolfSSL_CTX_new(wolfTLSv1_3_server_method());
+    WOLFSSL_CTX *cctx = wolfSSL_CTX_new(wolfTLSv1_3_client_method());
+    cr_assert(sctx != NULL && cctx != NULL);
+    cr_assert_eq(wolfSSL_CTX_use_certificate_buffer(sctx, cert, cert_len, WOLFSSL_FILETYPE_ASN1),
+                 WOLFSSL_SUCCESS);
+    cr_assert_eq(wolfSSL_CTX_use_PrivateKey_buffer(sctx, key, key_len, WOLFSSL_FILETYPE_ASN1),
+                 WOLFSSL_SUCCESS);
+    wolfSSL_CTX_set_verify(cctx, WOLFSSL_VERIFY_NONE, NULL);
+    wolfSSL_CTX_SetIORecv(sctx, mem_recv);
+    wolfSSL_CTX_SetIOSend(sctx, mem_send);
+    wolfSSL_CTX_SetIORecv(cctx, mem_recv);
+    wolfSSL_CTX_SetIOSend(cctx, mem_send);
+
+    /* No single allocation of wolfSSL_new() is 4 KiB: the WOLFSSL itself was 5.1 KiB with
+     * the embedded certificate, 1.6 KiB without (the handshake arrays, freed after the
+     * handshake, are the largest at 3.4 KiB). */
+    cr_assert_eq(wolfSSL_SetAllocators(count_malloc, free, count_realloc), 0);
+    g_largest = 0;
+    static struct pipe_buf c2s, s2c;
+    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
+    WOLFSSL *c = wolfSSL_new(cctx), *s = wolfSSL_new(sctx);
+    cr_assert(c != NULL && s != NULL);
+    cr_assert_lt(g_largest, 4096, "wolfSSL_new() allocated %zu bytes at once", g_largest);
+    wolfSSL_SetIOReadCtx(c, &ce);
+    wolfSSL_SetIOWriteCtx(c, &ce);
+    wolfSSL_SetIOReadCtx(s, &se);
+    wolfSSL_SetIOWriteCtx(s, &se);
+    int rc = 0, rs = 0;
+    for (int i = 0; i < 20 && (rc != WOLFSSL_SUCCESS || rs != WOLFSSL_SUCCESS); i++) {
+        if (rc != WOLFSSL_SUCCESS)
+            rc = wolfSSL_connect(c);
+        if (rs != WOLFSSL_SUCCESS)
+            rs = wolfSSL_accept(s);
+    }
+    cr_assert(rc == WOLFSSL_SUCCESS && rs == WOLFSSL_SUCCESS, "handshake failed");
+
+    /* The client holds the server's certificate, the server none (no client certificate). */
+    WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(c);
+    cr_assert_not_null(x);
+    wolfSSL_X509_free(x);
+    cr_assert_null(wolfSSL_get_peer_certificate(s));
+    wolfSSL_free_peer_cert(c);
+    cr_assert_null(wolfSSL_get_peer_certificate(c));
+    wolfSSL_free_peer_cert(c); /* twice is harmless */
+
+    /* The connection works without it, both ways. */
+    char b[16] = {0};
+    cr_assert_eq(wolfSSL_write(c, "ping", 4), 4);
+    cr_assert_eq(wolfSSL_read(s, b, sizeof(b)), 4);
+    cr_assert_str_eq(b, "ping");
+    cr_assert_eq(wolfSSL_write(s, "pong", 4), 4);
+    memset(b, 0, sizeof(b));
+    int n = 0;
+    for (int i = 0; i < 3 && n <= 0; i++) /* the NewSessionTicket comes first */
+        n = wolfSSL_read(c, b, sizeof(b));
+    cr_assert_eq(n, 4);
+    cr_assert_str_eq(b, "pong");
+    wolfSSL_free(c);
+    wolfSSL_free(s);
+    wolfSSL_CTX_free(cctx);
+    wolfSSL_CTX_free(sctx);
+#endif
 }

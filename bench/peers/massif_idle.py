@@ -1,0 +1,140 @@
+#!/usr/bin/python3
+"""What each idle intercepted connection holds, by allocation site (docs/performance.md, "Idle
+connections"): soth-mitm (regular mode, one worker) under valgrind massif, N connections opened
+through it as run.py's idle workload opens them (CONNECT, TLS, one request; 32 opened and closed
+first), then the heap tree at the peak divided by N, per site of its callers. Per-worker memory (the
+leaf cache, free lists of lent buffers) is listed too: only sites under a connection's set-up
+(client_leg_start, upstream_leg_start, relay_start, the handshake) are per connection.
+
+  /usr/bin/python3 bench/peers/massif_idle.py --build build --conns 300 [--h2] [--out DIR]
+
+valgrind 3.19 keeps its thread lock across io_uring_enter, so an idle worker starves the other
+threads: the proxy gets a fixed port (its "listening" line may come late), and it is stopped with
+SIGABRT followed by connection attempts that wake the worker (massif writes its file on the
+way out). The CA is made by one start outside valgrind first."""
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as R  # noqa: E402
+
+
+def heap_tree(path):
+    """The peak snapshot's tree: nodes {"b": bytes, "name": function, "kids": [...]}."""
+    lines = open(path).read().split("\n")
+    start = None
+    for i, l in enumerate(lines):
+        if l == "heap_tree=peak":
+            start = i + 1
+    if start is None:
+        sys.exit(f"{path}: no peak snapshot")
+    pat = re.compile(r"^( *)n\d+: (\d+) (.*)$")
+    stack, root = [], None
+    for l in lines[start:]:
+        m = pat.match(l)
+        if not m:
+            break
+        fn = re.match(r"0x[0-9A-F]+: (\S+)", m.group(3))
+        node = {"b": int(m.group(2)), "name": fn.group(1) if fn else m.group(3)[:50], "kids": []}
+        while stack and stack[-1][0] >= len(m.group(1)):
+            stack.pop()
+        if stack:
+            stack[-1][1]["kids"].append(node)
+        else:
+            root = node
+        stack.append((len(m.group(1)), node))
+    return root
+
+
+def report(root, n, min_bytes_per_conn=20):
+    def chain(k):
+        out = [k["name"]]
+        while k["kids"] and len(out) < 7:
+            k = max(k["kids"], key=lambda x: x["b"])
+            out.append(k["name"])
+        return " < ".join(out)
+    print(f"peak heap {root['b']:,} bytes; per connection (/ {n}), by allocation site:")
+    for k in sorted(root["kids"], key=lambda x: -x["b"]):
+        if k["b"] >= n * min_bytes_per_conn:
+            print(f"{k['b'] / n:9.1f}  {chain(k)}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--conns", type=int, default=300)
+    ap.add_argument("--h2", action="store_true")
+    ap.add_argument("--out", default=None, help="keep massif.out here")
+    a = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="soth-massif-")
+    out = a.out or d
+    os.makedirs(out, exist_ok=True)
+    R.make_certs(d)
+    os.makedirs(f"{d}/www", exist_ok=True)
+    os.makedirs(f"{d}/origin-tmp", exist_ok=True)
+    with open(f"{d}/www/small", "wb") as f:
+        f.write(R.SMALL_BODY)
+    op = R.free_port()
+    with open(f"{d}/origin.conf", "w") as f:
+        f.write(R.nginx_origin_conf(d, op))
+    origin = R.spawn([R.NGINX, "-c", f"{d}/origin.conf", "-p", d], R.LOAD_CPU, f"{d}/origin.out")
+    if not R.wait_port(op, proc=origin):
+        sys.exit("origin nginx did not start")
+    with open(f"{d}/p.json", "w") as f:
+        json.dump({"tls": {"upstream_ca_file": f"{d}/ca.pem", "learning": {"enabled": False}},
+                   "resolve": {"origin.test": "127.0.0.1"}, "timeouts": {"idle_ms": 600000}}, f)
+    port = R.free_port()
+    argv = [os.path.join(a.build, "soth-mitm"), "--listen", f"127.0.0.1:{port}", "--workers", "1",
+            "--mode", "regular", "--config", f"{d}/p.json", "--ca-dir", f"{d}/soth-ca",
+            "--event-ring", f"{d}/p.ring", "--log-level", "warn"]
+    pre = R.spawn(argv, R.PROXY_CPU, f"{d}/pre.log")  # makes the CA
+    ok = R.wait_port(port, 30, pre)
+    R.stop_proc(pre)
+    if not ok:
+        sys.exit("soth-mitm did not start: " + open(f"{d}/pre.log").read()[-500:])
+    p = R.spawn(["valgrind", "--tool=massif", "--pages-as-heap=no", "--threshold=0.01",
+                 "--depth=40", f"--massif-out-file={out}/massif.out", "--vgdb=no",
+                 "--peak-inaccuracy=0.5"] + argv, R.PROXY_CPU, f"{d}/proxy.log")
+    try:
+        if not R.wait_port(port, 300, p):
+            sys.exit("soth-mitm did not start under valgrind")
+        loop = asyncio.new_event_loop()
+        held, err = loop.run_until_complete(
+            R.idle_open(32, port, op, True, time.time() + 600, h2=a.h2))
+        if err:
+            sys.exit(f"warm-up: {err}")
+        for w in held:
+            w.transport.abort()
+        loop.run_until_complete(asyncio.sleep(2))
+        held, err = loop.run_until_complete(
+            R.idle_open(a.conns, port, op, True, time.time() + 900, h2=a.h2))
+        if err or len(held) != a.conns:
+            sys.exit(f"{len(held)} of {a.conns} connections: {err}")
+        loop.run_until_complete(asyncio.sleep(2))
+        os.kill(p.pid, signal.SIGABRT)
+        for _ in range(40):
+            if p.poll() is not None:
+                break
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+            except OSError:
+                pass
+            time.sleep(0.5)
+        for w in held:
+            w.transport.abort()
+    finally:
+        R.kill_all()
+    report(heap_tree(f"{out}/massif.out"), a.conns)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
