@@ -410,8 +410,11 @@ class HTTP3Tests(unittest.TestCase):
             with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
                 m = dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines()
                          if line.startswith("soth_quic"))
-            # Over quic.max_flows (128 at once), new flows are dropped and counted.
-            self.assertGreater(int(m['soth_quic_flows_total{decision="dropped"}']), 200)
+            # Over quic.max_flows (128 at once), new flows are dropped and counted: the 64
+            # flood ports stay open to the end, so of the 400 one-datagram sources at most
+            # 128 - 64 - 1 find room. UDP may still lose a few under the flood (an ASan build
+            # drains slowly), hence the margin: 335-336 read paced, CI saw 193 unpaced.
+            self.assertGreater(int(m['soth_quic_flows_total{decision="dropped"}']), 250)
             # Most of the flood is relayed (policy.default); UDP may lose some under a flood.
             self.assertGreater(int(m['soth_quic_datagrams_total{direction="client_to_server"}']),
                                50000)
@@ -465,6 +468,10 @@ def flood(dst):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.sendto(rnd.randbytes(100), (dst, 443))
         extra.append(s)
+        # Paced so the proxy's receive queue (still draining the flood under a slow ASan
+        # build) does not overflow: a datagram the kernel drops is never a flow to count.
+        if i % 10 == 9:
+            time.sleep(0.005)
     for s in socks + extra:
         s.close()
 
