@@ -263,7 +263,8 @@ class IdentityTests(unittest.TestCase):
         ok = sum(1 for r in res if r.startswith(b"HTTP/1.1 200"))
         refused = sum(1 for r in res if r.startswith(b"HTTP/1.1 429"))
         self.assertEqual(ok + refused, 120)
-        # SPEC bound: 5% of the limit or 10 requests per extra worker, whichever is larger.
+        # The bound of docs/soth.md ("Design and its bound"): 5% of the limit or 10 requests per
+        # extra worker, whichever is larger.
         self.assertGreaterEqual(ok, limit)
         self.assertLessEqual(ok, limit + max(limit // 20, 10 * (p.workers - 1)))
         self.assertEqual(ok, len(self.o.seen))
