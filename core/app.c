@@ -44,13 +44,6 @@ void app_free(struct app *a)
         a->ops->dispose(a);
 }
 
-void app_thread_trim(void)
-{
-    /* All of them: a free list kept warm through a quiet stretch pins pages all over the heap,
-     * and the next burst fills it again with a few mallocs. */
-    app_thread_done();
-}
-
 void app_thread_done(void)
 {
     app_h1_thread_done();

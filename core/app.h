@@ -66,11 +66,9 @@ struct app *app_new(enum app_kind kind, const struct app_env *env);
 /** Frees the layer; fires no events (call app_abort first if exchanges may be in flight). */
 void app_free(struct app *a);
 /** Free the calling thread's kept buffers (HTTP/1.1 sections, stream observers), as a worker
- *  exits. */
+ *  exits, and all of them when it goes quiet: a free list kept warm through a quiet stretch
+ *  pins pages all over the heap (docs/performance.md, "Memory after bursts"). */
 void app_thread_done(void);
-/** A quiet worker gives memory back: the calling thread's kept buffers are freed, as by
- *  app_thread_done (docs/performance.md, "Memory after bursts"). */
-void app_thread_trim(void);
 
 /**
  * Plaintext received from `side`. The layer consumes everything: what it cannot process yet

@@ -842,7 +842,7 @@ static enum soth_close_reason h1_close_reason(const struct app *base)
  * Section buffers (a head or trailer section being re-serialised, ~68 KiB with the default
  * limits) are lent to the engines of a thread from its own free list while a section is built,
  * so an idle connection holds none and no request mallocs once the list is warm. Kept: as many
- * as were ever in use at once, up to 64, until the worker is quiet (app_thread_trim).
+ * as were ever in use at once, up to 64, until the worker is quiet (app_thread_done).
  */
 static _Thread_local struct soth_buf_pool h1_sections = {.keep = 64};
 

@@ -72,7 +72,7 @@ struct app_h2 {
 /*
  * Free lists of this thread: stream tables, and the relay's output buffers and body chunks
  * (cbs.buf_get / buf_put). Kept: as many as were ever in use at once, up to `keep`, until the
- * worker is quiet (app_thread_trim frees them all). A table comes back with every entry free
+ * worker is quiet (app_thread_done frees them all). A table comes back with every entry free
  * (n_streams == 0), so only a new one needs zeroing, and the list's link in the first entry's
  * bytes.
  */

@@ -162,7 +162,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 #define TRIM_FEW_LIVE    32u    /* up to this many live flows never count as busy */
 #define TRIM_DIRTY_FLOWS 64u    /* flow slots used above the last trim: worth a trim */
 #define TRIM_DIRTY_BUFS  256u   /* buffers received since the last trim (4 MiB): the same */
-#define TRIM_KEEP_CHUNKS 0u     /* owned chunks kept pooled (see app_thread_trim) */
+#define TRIM_KEEP_CHUNKS 0u     /* owned chunks kept pooled (see app_thread_done) */
 
 static uint64_t thread_cpu_ns(void)
 {
@@ -205,7 +205,7 @@ static void worker_trim(struct worker *w, uint64_t now)
     size_t given = iobuf_trim(&w->io, TRIM_KEEP_CHUNKS, ring);
     given += flow_table_shrink(&w->ft, 0);
     given += soth_ev_producer_trim(w->prod);
-    app_thread_trim();
+    app_thread_done();
     if (w->tls != NULL)
         soth_tls_ctx_trim(w->tls);
     given += soth_bc_cached_bytes();
