@@ -236,3 +236,15 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
+
+
+def wait_port(port, timeout=20):
+    """Whether something accepts on 127.0.0.1:port within timeout seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False

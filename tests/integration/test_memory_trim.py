@@ -31,7 +31,7 @@ import time
 import unittest
 
 from h2_origin import make_origin_pki
-from harness import Proxy, free_port
+from harness import Proxy, free_port, wait_port
 from test_memory_ceiling import h2_get, h2_response, raise_nofile
 from test_tls_soak import asan_build, status_kib
 
@@ -44,17 +44,6 @@ WAIT_S = 60
 IDLE_RATIO = 1.2
 IDLE_MARGIN_MIB = 2.0  # docs/performance.md, "Memory after bursts"
 SMALL = b"soth-mitm memory trim test: a small body.\n"
-
-
-def wait_port(port, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 class NginxH2:
@@ -101,7 +90,7 @@ http {{
         self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
                                       os.path.join(d, "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_port(self.port), "nginx did not start"
+        assert wait_port(self.port, timeout=10), "nginx did not start"
 
     def close(self):
         if self.proc.poll() is None:

@@ -25,7 +25,7 @@ import time
 import unittest
 import urllib.request
 
-from harness import BUILD, PROXY_BIN, TAIL_BIN, free_port
+from harness import BUILD, PROXY_BIN, TAIL_BIN, free_port, wait_port
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 NATS_READ = os.path.join(BUILD, "nats-read")
@@ -35,17 +35,6 @@ EVENTS = int(os.environ.get("SOTH_NATS_EVENTS", "50000"))
 READY_RE = re.compile(r"soth-mitm: listening on \S+:(\d+) ")
 ID_RE = re.compile(r"^([0-9a-f]{16})-(\d+)$")
 XID_RE = re.compile(r"^([0-9a-f]{16})-x-(\d+)-(\d+)(-p)?$")
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 class NatsServer:

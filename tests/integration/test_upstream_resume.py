@@ -18,7 +18,7 @@ import tempfile
 import time
 import unittest
 
-from harness import Proxy, free_port
+from harness import Proxy, free_port, wait_port
 
 NGINX = "/usr/sbin/nginx"
 REQUESTS = 1000
@@ -28,17 +28,6 @@ BODY = b"resumed upstream TLS 1.3\n" * 4
 
 def openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 class TLS13Origin:
