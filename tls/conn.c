@@ -704,24 +704,23 @@ enum soth_leg soth_tls_conn_side(const struct soth_tls_conn *c)
     return c->side;
 }
 
-/* A quiet worker gives memory back (tls.h). None is kept: what is kept through a quiet stretch
- * pins pages wherever the burst left it in the heap; the next connections malloc a few again. */
-#define TRIM_KEEP 0u
-
+/* A quiet worker gives memory back (tls.h); soth_tls_ctx_free empties the pools the same way.
+ * None is kept: what is kept through a quiet stretch pins pages wherever the burst left it in
+ * the heap; the next connections malloc a few again. */
 void soth_tls_ctx_trim(struct soth_tls_ctx *t)
 {
-    while (t->n_free_conns > TRIM_KEEP && t->free_conns != NULL) {
+    while (t->free_conns != NULL) {
         struct soth_tls_conn *c = t->free_conns;
         t->free_conns = c->next_free;
-        t->n_free_conns--;
         free(c->own);
         free(c);
     }
-    while (t->n_free_chunks > TRIM_KEEP && t->free_chunks != NULL) {
+    t->n_free_conns = 0;
+    while (t->free_chunks != NULL) {
         struct out_chunk *k = t->free_chunks;
         t->free_chunks = k->next;
-        t->n_free_chunks--;
         free(k);
     }
-    soth_buf_pool_trim(&t->free_own, TRIM_KEEP);
+    t->n_free_chunks = 0;
+    soth_buf_pool_drain(&t->free_own);
 }

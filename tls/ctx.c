@@ -283,18 +283,7 @@ void soth_tls_ctx_free(struct soth_tls_ctx *t)
     for (size_t i = 0; i < TLS_UP_SESSIONS; i++)
         if (t->up_sess[i].s != NULL)
             wolfSSL_SESSION_free(t->up_sess[i].s);
-    while (t->free_conns != NULL) {
-        struct soth_tls_conn *c = t->free_conns;
-        t->free_conns = c->next_free;
-        free(c->own);
-        free(c);
-    }
-    soth_buf_pool_drain(&t->free_own);
-    while (t->free_chunks != NULL) {
-        struct out_chunk *k = t->free_chunks;
-        t->free_chunks = k->next;
-        free(k);
-    }
+    soth_tls_ctx_trim(t); /* the kept connection structs, output chunks and input buffers */
     if (t->server_ctx != NULL)
         wolfSSL_CTX_free(t->server_ctx);
     if (t->client_ctx != NULL)

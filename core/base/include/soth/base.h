@@ -126,11 +126,7 @@ static inline void soth_buf_pool_trim(struct soth_buf_pool *p, uint32_t floor)
 
 static inline void soth_buf_pool_drain(struct soth_buf_pool *p)
 {
-    while (p->head != NULL) {
-        void *m = p->head;
-        memcpy(&p->head, m, sizeof(void *));
-        free(m);
-    }
+    soth_buf_pool_trim(p, 0);
     p->n = 0;
 }
 
