@@ -14,7 +14,8 @@ SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
 ci_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
 # Bump when the configure line or ci/patches change so cached builds are redone.
-WOLFSSL_STAMP="wolfssl-5.5.4-cfg7"
+WOLFSSL_STAMP="wolfssl-5.5.4-cfg8"
+WOLFSSL_MIN_SOURCE="5.5.4-2+deb12u3"
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -90,8 +91,13 @@ wolfssl_ok() {
 
 if ! wolfssl_ok; then
     echo "setup: building wolfSSL from Debian's source package into $WOLFSSL_PREFIX"
-    # deb-src entry for the mirror already configured.
-    if ! apt-get indextargets --format '$(CREATED_BY)' 2>/dev/null | grep -q Sources; then
+    # The source package comes from the mirrors of the binary packages, security updates
+    # included: bookworm-security carries the wolfSSL fixes that bookworm does not
+    # (docs/dependencies.md). deb-src entries for suites the machine already has are left alone.
+    have_src=$(apt-get indextargets --format '$(CREATED_BY) $(RELEASE)' 2>/dev/null |
+        awk '$1 == "Sources" {print $2}' || true)
+    added=0
+    if ! grep -qx bookworm <<<"$have_src"; then
         # The mirror of the binary packages: deb822 sources first, then the one-line format of
         # a minbase root's /etc/apt/sources.list (either may be absent: no match is no error).
         uri=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' |
@@ -103,12 +109,35 @@ if ! wolfssl_ok; then
         uri=${uri:-http://deb.debian.org/debian}
         printf 'Types: deb-src\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
             "$uri" | $SUDO tee /etc/apt/sources.list.d/soth-mitm-src.sources >/dev/null
+        added=1
+    fi
+    if ! grep -qx bookworm-security <<<"$have_src"; then
+        sec=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' |
+            grep security | head -1 || true)
+        if [ -z "$sec" ]; then
+            sec=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' |
+                grep security | head -1 || true)
+        fi
+        sec=${sec:-http://deb.debian.org/debian-security}
+        printf 'Types: deb-src\nURIs: %s\nSuites: bookworm-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$sec" | $SUDO tee /etc/apt/sources.list.d/soth-mitm-src-security.sources >/dev/null
+        added=1
+    fi
+    if [ "$added" = 1 ]; then
         $SUDO apt-get update -q
     fi
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     (cd "$work" && apt-get source -q wolfssl >/dev/null)
     src=$(find "$work" -maxdepth 1 -type d -name 'wolfssl-*' | head -1)
+    # The oldest source with the security fixes we rely on (docs/dependencies.md): a mirror
+    # without bookworm-security must not give an older library without a word.
+    dsc=$(basename "$(ls "$work"/wolfssl_*.dsc | head -n 1)" .dsc)
+    if ! dpkg --compare-versions "${dsc#wolfssl_}" ge "$WOLFSSL_MIN_SOURCE"; then
+        echo "setup: apt-get source gave wolfssl ${dsc#wolfssl_}, older than $WOLFSSL_MIN_SOURCE" \
+            "(bookworm-security): check the deb-src entries in /etc/apt/sources.list.d" >&2
+        exit 1
+    fi
     cd "$src"
     # Our fixes on top of Debian's patches (docs/dependencies.md says what each one fixes).
     for p in "$ci_dir"/patches/wolfssl-*.patch; do
@@ -130,7 +159,6 @@ if ! wolfssl_ok; then
     make install >/dev/null
     echo "$WOLFSSL_STAMP" >"$WOLFSSL_PREFIX/.stamp"
     # The source package version, for the Debian package's Built-Using field (debian/rules).
-    dsc=$(basename "$(ls "$work"/wolfssl_*.dsc | head -n 1)" .dsc)
     echo "wolfssl (= ${dsc#wolfssl_})" >"$WOLFSSL_PREFIX/.debian-source"
     cd /
 fi
