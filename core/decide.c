@@ -61,13 +61,15 @@ enum soth_action flow_decide(struct worker *w, struct flow *f, struct soth_iov *
     if (d.action != SOTH_ACTION_BLOCK && soth_route_is_upstream(d.route)) {
         /* The route outlives a reload with the flow's reference to the policy holding it. */
         f->route = d.route;
-        f->route_pol = soth_policy_ref(w->policy);
+        f->pol = soth_policy_ref(w->policy);
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "route %s", d.route->text);
     }
     if (d.reason == SOTH_REASON_TLS_LEARNING)
         learning_applied(w, f);
-    f->budget_slot = (int16_t)(w->budget != NULL ? d.budget_slot : -1);
-    f->bgt = w->budget;
+    f->bgt = soth_policy_budget_table(w->policy);
+    f->budget_slot = (int16_t)(f->bgt != NULL ? d.budget_slot : -1);
+    if (f->bgt != NULL && f->pol == NULL) /* the table lives while the policy holding it does */
+        f->pol = soth_policy_ref(w->policy);
     if (required) {
         /* identities.require without a proxy head to answer 407 on: no identity, no flow. */
         f->action = SOTH_ACTION_BLOCK;

@@ -68,15 +68,15 @@ struct engine_budget {
 };
 
 /** Make the budget table for p current (main thread): the current one when it fits, else a
- *  new one (none when p has no budget). Workers pick it up with their next policy. */
+ *  new one (none when p has no budget). Workers pick it up with their next policy. Tables
+ *  no policy holds any more are freed here, so reloads that change the budgets do not pile
+ *  them up. */
 static void engine_budget_use(struct soth_engine *e, const struct soth_policy *p)
 {
-    struct soth_budget *cur = atomic_load(&e->budget);
-    if (cur != NULL && soth_budget_fits(cur, p))
-        return;
-    struct soth_budget *b = soth_budget_new(p, e->n_workers);
-    if (b != NULL) {
-        struct engine_budget *eb = malloc(sizeof(*eb));
+    pthread_mutex_lock(&e->budget_mu);
+    if (e->budget == NULL || !soth_budget_fits(e->budget, p)) {
+        struct soth_budget *b = soth_budget_new(p, e->n_workers); /* held by the engine */
+        struct engine_budget *eb = b != NULL ? malloc(sizeof(*eb)) : NULL;
         if (eb == NULL) {
             soth_budget_free(b);
             b = NULL;
@@ -85,15 +85,48 @@ static void engine_budget_use(struct soth_engine *e, const struct soth_policy *p
             eb->next = e->budgets;
             e->budgets = eb;
         }
+        soth_budget_release(e->budget);
+        e->budget = b;
     }
-    atomic_store(&e->budget, b);
+    for (struct engine_budget **pp = &e->budgets; *pp != NULL;) {
+        struct engine_budget *eb = *pp;
+        if (soth_budget_users(eb->b) == 0) { /* not current: that one the engine holds */
+            *pp = eb->next;
+            soth_budget_free(eb->b);
+            free(eb);
+        } else {
+            pp = &eb->next;
+        }
+    }
+    pthread_mutex_unlock(&e->budget_mu);
+}
+
+/* Every table, once every policy is gone (the workers') or was never given one. */
+static void engine_budget_dispose(struct soth_engine *e)
+{
+    while (e->budgets != NULL) {
+        struct engine_budget *eb = e->budgets;
+        e->budgets = eb->next;
+        soth_budget_free(eb->b);
+        free(eb);
+    }
+    e->budget = NULL;
+    pthread_mutex_destroy(&e->budget_mu);
+}
+
+void engine_budget_attach(struct soth_engine *e, struct soth_policy *p)
+{
+    pthread_mutex_lock(&e->budget_mu);
+    soth_policy_set_budget(p, e->budget);
+    pthread_mutex_unlock(&e->budget_mu);
 }
 
 /* soth_budget_rejections_total{rule} (docs/metrics.md), from the current table. */
 static void budget_metrics(void *ctx, struct soth_metrics_out *o)
 {
     struct soth_engine *e = ctx;
-    struct soth_budget *b = atomic_load(&e->budget);
+    pthread_mutex_lock(&e->budget_mu);
+    struct soth_budget *b = e->budget;
     soth_metrics_out_type(o, "soth_budget_rejections_total", "counter",
                           "Requests and tunnels refused with 429 over a budget, by rule.");
     for (int s = 0; s < soth_budget_n_slots(b); s++) {
@@ -108,6 +141,7 @@ static void budget_metrics(void *ctx, struct soth_metrics_out *o)
         snprintf(l + k, sizeof(l) - k, "\"}");
         soth_metrics_out_line(o, "soth_budget_rejections_total", l, soth_budget_rejections(b, s));
     }
+    pthread_mutex_unlock(&e->budget_mu);
 }
 
 struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t err_len)
@@ -117,6 +151,7 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
         snprintf(err, err_len, "out of memory");
         return NULL;
     }
+    pthread_mutex_init(&e->budget_mu, NULL);
     e->cfg = soth_config_ref(cfg);
     int cpus[1024];
     int n_cpus = allowed_cpus(cpus, 1024);
@@ -222,7 +257,7 @@ struct soth_engine *soth_engine_start(struct soth_config *cfg, char *err, size_t
     if (n > 0)
         engine_budget_use(e, e->workers[0].policy);
     for (unsigned i = 0; i < n; i++)
-        e->workers[i].budget = atomic_load(&e->budget); /* before the workers run */
+        engine_budget_attach(e, e->workers[i].policy); /* before the workers run */
     soth_observe_set_metrics_source(e->obs, budget_metrics, e);
 
     /* TLS learning: the aggregator hooks into the telemetry thread, so before it starts. */
@@ -307,6 +342,7 @@ fail_sockets:
 fail_obs:
     soth_observe_free(e->obs);
 fail_engine:
+    engine_budget_dispose(e);
     soth_tls_ca_free(e->ca);
     soth_config_unref(e->cfg);
     free(e);
@@ -379,12 +415,7 @@ void soth_engine_stop(struct soth_engine *e)
     }
     free(e->workers);
     soth_observe_free(e->obs);
-    while (e->budgets != NULL) {
-        struct engine_budget *eb = e->budgets;
-        e->budgets = eb->next;
-        soth_budget_free(eb->b);
-        free(eb);
-    }
+    engine_budget_dispose(e);
     soth_tls_ca_free(e->ca);
     soth_config_unref(e->cfg);
     pthread_mutex_destroy(&e->start_mu);

@@ -15,6 +15,7 @@
 
 struct worker;
 struct soth_learn;
+struct soth_policy;
 
 struct soth_engine {
     struct soth_config *cfg;
@@ -30,11 +31,17 @@ struct soth_engine {
     _Atomic int resolver_stop;
     struct soth_learn *learn;   /* core/learn.c */
     struct soth_bridge *bridge; /* core/bridge.c; NULL when bridge.listen is unset */
-    /* Budget counters (docs/soth.md "Budgets"): the current table, published to workers
-     * with the config on reload; every table made stays until the engine is freed, since
-     * flows of the old policy may still count in it. */
-    _Atomic(struct soth_budget *) budget;
-    struct engine_budget *budgets; /* all tables, newest first */
+    /* Budget counters (docs/soth.md "Budgets"): the current table (held by the engine),
+     * which each worker's next policy holds; a table outlives the policies (and through them
+     * the flows) that count in it, and is freed at the next reload after its last user went.
+     * budget_mu guards both fields (reloads, metrics, a worker taking a new policy: never
+     * per request). */
+    pthread_mutex_t budget_mu;
+    struct soth_budget *budget;
+    struct engine_budget *budgets; /* tables not freed yet, newest first */
 };
+
+/** Give p (a worker's new policy) the current budget table. Any thread. */
+void engine_budget_attach(struct soth_engine *e, struct soth_policy *p);
 
 #endif

@@ -43,9 +43,9 @@ void flow_free(struct worker *w, struct flow *f)
         app_free(f->app);
         f->app = NULL;
     }
-    if (f->route_pol != NULL) {
-        soth_policy_free(f->route_pol); /* the flow's reference */
-        f->route_pol = NULL;
+    if (f->pol != NULL) {
+        soth_policy_free(f->pol); /* the flow's reference */
+        f->pol = NULL;
         f->route = NULL;
     }
     conn_unwait(w, f);

@@ -81,9 +81,10 @@ struct flow {
     struct sockaddr_storage upstream_addr;
     socklen_t upstream_addr_len;
     /* docs/config.md "Routes": the upstream proxy the flow goes through (NULL = direct), owned
-     * by route_pol, a reference the flow holds so a reload cannot free it (core/decide.c) */
+     * by pol, a reference the flow holds so a reload cannot free it (core/decide.c); pol also
+     * keeps bgt's table alive */
     const struct soth_route *route;
-    struct soth_policy *route_pol;
+    struct soth_policy *pol;
     /* FS_PROXY: the proxy's answer head, read as it comes (core/upstream.c) */
     uint16_t proxy_head_len; /* bytes of it so far */
     uint8_t proxy_eoh;       /* progress through the blank line ending it */
@@ -95,7 +96,7 @@ struct flow {
     int16_t identity;        /* soth_policy identity number (0 = anonymous) */
     int16_t budget_slot;     /* the decision's rule budget, -1 = none */
     uint32_t budget_retry_s; /* over budget at the decision: the 429's Retry-After, else 0 */
-    struct soth_budget *bgt; /* the table the flow counts in (w->budget at the decision) */
+    struct soth_budget *bgt; /* the table the flow counts in (its policy's, at the decision) */
     struct sockaddr_storage peer; /* the client's address (identities.networks) */
     socklen_t peer_len;
 };

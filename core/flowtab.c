@@ -72,7 +72,7 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->upstream_port = 0;
     f->upstream_addr_len = 0;
     f->route = NULL;
-    f->route_pol = NULL;
+    f->pol = NULL;
     f->proxy_head_len = 0;
     f->proxy_eoh = 0;
     f->proxy_line_len = 0;

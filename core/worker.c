@@ -83,11 +83,11 @@ static void on_eventfd(struct worker *w)
             SOTH_LOG(SOTH_LOG_ERROR, (int)w->idx, 0, "reload: %s", err);
             soth_config_unref(ncfg);
         } else {
-            /* Flows keep their decisions; new CONNECTs see the new policy. */
+            /* Flows keep their decisions; new CONNECTs see the new policy. Its budget table
+             * was made current by soth_engine_reload before the config (core/engine.c). */
+            engine_budget_attach(w->eng, np);
             soth_policy_free(w->policy);
             w->policy = np;
-            /* published by soth_engine_reload before the config (core/engine.c) */
-            w->budget = atomic_load(&w->eng->budget);
             soth_config_unref(w->cfg);
             w->cfg = ncfg;
         }

@@ -95,7 +95,6 @@ struct worker {
 
     struct soth_config *cfg;
     struct soth_policy *policy;
-    struct soth_budget *budget; /* shared budget counters for policy (engine-owned), or NULL */
     struct soth_tls_ctx *tls;
     struct soth_head_limits head_limits;
     struct soth_ev_producer *prod;

@@ -30,6 +30,7 @@ struct bdef {
 };
 
 struct soth_budget {
+    _Atomic unsigned users; /* soth_budget_hold / soth_budget_release */
     unsigned n_workers;
     int n_idents;
     int n_slots;
@@ -52,6 +53,7 @@ struct soth_budget *soth_budget_new(const struct soth_policy *p, unsigned n_work
     struct soth_budget *b = calloc(1, sizeof(*b));
     if (b == NULL)
         return NULL;
+    atomic_init(&b->users, 1);
     b->n_workers = n_workers;
     b->n_idents = ni;
     b->n_slots = ns;
@@ -95,6 +97,24 @@ void soth_budget_free(struct soth_budget *b)
     free(b->defs);
     free(b->slots);
     free(b);
+}
+
+void soth_budget_hold(struct soth_budget *b)
+{
+    if (b != NULL)
+        atomic_fetch_add_explicit(&b->users, 1, memory_order_relaxed);
+}
+
+/* Release: every count a worker made in b happens before the free that a 0 allows. */
+void soth_budget_release(struct soth_budget *b)
+{
+    if (b != NULL)
+        atomic_fetch_sub_explicit(&b->users, 1, memory_order_release);
+}
+
+unsigned soth_budget_users(const struct soth_budget *b)
+{
+    return atomic_load_explicit(&b->users, memory_order_acquire);
 }
 
 bool soth_budget_fits(const struct soth_budget *b, const struct soth_policy *p)

@@ -73,6 +73,7 @@ struct soth_policy {
     struct soth_route *routes;
     unsigned refs; /* soth_policy_ref / soth_policy_free (one worker's, not atomic) */
     struct pident id;
+    struct soth_budget *budget; /* held: the table this policy's flows count in */
 };
 
 static int ident_build(struct soth_policy *p, const struct soth_config *cfg);
@@ -164,6 +165,18 @@ fail_nomem:
     return NULL;
 }
 
+void soth_policy_set_budget(struct soth_policy *p, struct soth_budget *b)
+{
+    soth_budget_hold(b);
+    soth_budget_release(p->budget);
+    p->budget = b;
+}
+
+struct soth_budget *soth_policy_budget_table(const struct soth_policy *p)
+{
+    return p->budget;
+}
+
 struct soth_policy *soth_policy_ref(struct soth_policy *p)
 {
     p->refs++;
@@ -174,6 +187,7 @@ void soth_policy_free(struct soth_policy *p)
 {
     if (p == NULL || (p->refs > 1 && --p->refs > 0))
         return;
+    soth_budget_release(p->budget);
     if (p->routes != NULL)
         for (size_t i = 0; i <= p->n_rules; i++)
             soth_route_dispose(&p->routes[i]);

@@ -317,6 +317,36 @@ Test(budget, sliding_window_and_retry_after)
     soth_config_unref(c);
 }
 
+/* A table's users: its maker, and every policy holding it until the policy's last reference
+ * goes (core/engine.c frees a table at 0). */
+Test(budget, policies_hold_their_table_until_their_last_reference)
+{
+    struct soth_config *c = load(ids_cfg);
+    struct soth_policy *p = soth_policy_new(c, NULL, 0), *q = soth_policy_new(c, NULL, 0);
+    cr_assert(p != NULL && q != NULL);
+    struct soth_budget *b = soth_budget_new(p, 1), *b2 = soth_budget_new(p, 1);
+    cr_assert(b != NULL && b2 != NULL);
+    cr_expect_eq(soth_budget_users(b), 1);
+    soth_policy_set_budget(p, b);
+    soth_policy_set_budget(q, b);
+    cr_expect_eq(soth_budget_users(b), 3);
+    cr_expect_eq(soth_policy_budget_table(p), b);
+    soth_policy_set_budget(q, b2); /* q moves to another table */
+    cr_expect_eq(soth_budget_users(b), 2);
+    cr_expect_eq(soth_budget_users(b2), 2);
+    soth_budget_release(b); /* the maker lets go */
+    soth_policy_ref(p);     /* a flow's reference */
+    soth_policy_free(p);
+    cr_expect_eq(soth_budget_users(b), 1, "a flow still holds p");
+    soth_policy_free(p);
+    cr_expect_eq(soth_budget_users(b), 0);
+    soth_policy_free(q);
+    cr_expect_eq(soth_budget_users(b2), 1);
+    soth_budget_free(b);
+    soth_budget_free(b2);
+    soth_config_unref(c);
+}
+
 Test(budget, bytes_limit_lets_the_crossing_transfer_finish)
 {
     struct soth_config *c = load("{\"policy\":{\"rules\":[{\"host\":\"*\",\"action\":\"tunnel\","

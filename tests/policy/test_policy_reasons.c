@@ -8,6 +8,7 @@
 #include "soth/observe.h"
 
 #include "../../policy/policy.c"
+#include "../../policy/budget.c" /* the budget table a policy holds */
 
 _Static_assert((int)REASON_IGNORE_HOSTS == (int)SOTH_REASON_IGNORE_HOSTS, "ignore_hosts numbering");
 _Static_assert((int)REASON_POLICY_RULE == (int)SOTH_REASON_POLICY_RULE, "policy_rule numbering");

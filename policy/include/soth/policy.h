@@ -163,6 +163,16 @@ extern const char *const soth_budget_limit_names[3]; /* "", "requests", "bytes" 
  */
 struct soth_budget *soth_budget_new(const struct soth_policy *p, unsigned n_workers);
 void soth_budget_free(struct soth_budget *b);
+/** Users of a table (policies holding it, and whoever made it, which holds it from
+ *  soth_budget_new): hold and release from any thread; a table whose count is 0 and that no
+ *  one can hold again may be freed (core/engine.c). */
+void soth_budget_hold(struct soth_budget *b);
+void soth_budget_release(struct soth_budget *b);
+unsigned soth_budget_users(const struct soth_budget *b);
+/** The budget table p's flows count in: p holds b (released when p's last reference goes;
+ *  b may be NULL). One worker's policy, set before the policy is used. */
+void soth_policy_set_budget(struct soth_policy *p, struct soth_budget *b);
+struct soth_budget *soth_policy_budget_table(const struct soth_policy *p);
 /** Does b count the same (identity, budget) pairs with the same limits as p would? A reload
  *  that keeps them keeps b, and with it the counts. */
 bool soth_budget_fits(const struct soth_budget *b, const struct soth_policy *p);
