@@ -205,7 +205,11 @@ static void q_copy_in(struct nats_sink *ns, uint64_t pos, const void *src, size_
     if (n == 0)
         return; /* an event has no id part: src may be NULL, and memcpy's may not */
     uint64_t off = pos % ns->q_cap;
-    size_t first = off + n > ns->q_cap ? (size_t)(ns->q_cap - off) : n;
+    if (off + n <= ns->q_cap) {
+        memcpy(ns->q + off, src, n);
+        return;
+    }
+    size_t first = (size_t)(ns->q_cap - off);
     memcpy(ns->q + off, src, first);
     memcpy(ns->q, (const char *)src + first, n - first);
 }
@@ -213,7 +217,11 @@ static void q_copy_in(struct nats_sink *ns, uint64_t pos, const void *src, size_
 static void q_copy_out(const struct nats_sink *ns, uint64_t pos, void *dst, size_t n)
 {
     uint64_t off = pos % ns->q_cap;
-    size_t first = off + n > ns->q_cap ? (size_t)(ns->q_cap - off) : n;
+    if (off + n <= ns->q_cap) {
+        memcpy(dst, ns->q + off, n);
+        return;
+    }
+    size_t first = (size_t)(ns->q_cap - off);
     memcpy(dst, ns->q + off, first);
     memcpy((char *)dst + first, ns->q, n - first);
 }
@@ -309,6 +317,30 @@ static void q_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char
 void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char *json, size_t len)
 {
     q_put(ns, type, gseq, NULL, 0, json, len);
+}
+
+char *nats_sink_reserve(struct nats_sink *ns, size_t max)
+{
+    uint64_t tail = atomic_load_explicit(&ns->q_tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&ns->q_head, memory_order_acquire);
+    uint64_t off = tail % ns->q_cap;
+    if (Q_HDR + max > ns->q_cap - off || tail + Q_HDR + pad8(max) - head > ns->q_cap)
+        return NULL; /* it would wrap round the end, or need a drop: q_put does both */
+    return ns->q + off + Q_HDR;
+}
+
+void nats_sink_commit(struct nats_sink *ns, unsigned type, uint64_t gseq, size_t len)
+{
+    if (len > ns->f_cap) { /* as in q_put: it could never go in flight */
+        atomic_fetch_add_explicit(&ns->dropped, 1, memory_order_relaxed);
+        return;
+    }
+    uint64_t tail = atomic_load_explicit(&ns->q_tail, memory_order_relaxed);
+    struct qhdr h = {.len = (uint32_t)len, .type = (uint16_t)type, .idlen = 0, .gseq = gseq};
+    memcpy(ns->q + tail % ns->q_cap, &h, sizeof(h));
+    atomic_store_explicit(&ns->q_tail, tail + Q_HDR + pad8(len), memory_order_release);
+    atomic_store_explicit(&ns->q_puts, atomic_load_explicit(&ns->q_puts, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
 }
 
 void nats_sink_put_exchange(struct nats_sink *ns, uint64_t flow_id, uint32_t stream_id,
