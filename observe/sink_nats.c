@@ -56,6 +56,8 @@
 #define LINGER_MS      10           /* poll period after work, before a long sleep */
 #define LINGER_ROUNDS  100          /* polls (1 s) before that */
 #define OB_CAP         (2u << 20)   /* publishing socket: bytes written per batch at most */
+#define BLOCK          32u          /* put_blocks: the copy unit */
+#define OB_SLACK       (2u * BLOCK) /* beyond OB_CAP, for put_blocks' last block */
 #define IB_CAP         (64u << 10)  /* publishing socket: bytes read and not yet parsed */
 #define CONNECT_MS     2000u        /* connect and handshake of the publishing socket */
 #define X_TYPE         SOTH_EV_TYPE_COUNT /* subject index of <subject>.exchange */
@@ -165,6 +167,10 @@ struct nats_sink {
     char *connect_line;      /* "CONNECT {...}\r\n" */
     size_t subj_len[N_SUBJ]; /* strlen(subjects[t]) */
     size_t run_id_len;
+    char *hpub[N_SUBJ]; /* "HPUB <subject> ", zero-padded by a BLOCK at least */
+    size_t hpub_len[N_SUBJ];
+    char id_pre[96]; /* "\r\nNATS/1.0\r\nNats-Msg-Id: <run id>-", zero-padded */
+    size_t id_pre_len;
     int rfd;        /* -1: none */
     char inbox[64]; /* "_INBOX.<run id>.<gen>.": replies go to inbox<gseq> */
     size_t inbox_len;
@@ -242,12 +248,20 @@ static const char digits2[201] =
     "4748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293"
     "949596979899";
 
-/** v in decimal at o (no NUL); its length. Two digits per step (the hot path of publishing). */
-static size_t put_u64(char *o, uint64_t v)
+/** The number of decimal digits of v. */
+static size_t dec_len(uint64_t v)
 {
     size_t n = 1;
-    for (uint64_t t = v; t >= 10; t /= 10)
-        n++;
+    while (v >= 100) {
+        n += 2;
+        v /= 100;
+    }
+    return n + (v >= 10);
+}
+
+/** v in decimal at o, exactly n = dec_len(v) digits (no NUL). Two digits per step. */
+static void put_dec(char *o, uint64_t v, size_t n)
+{
     char *e = o + n;
     while (v >= 100) {
         e -= 2;
@@ -258,6 +272,13 @@ static size_t put_u64(char *o, uint64_t v)
         memcpy(e - 2, digits2 + 2 * v, 2);
     else
         e[-1] = (char)('0' + v);
+}
+
+/** v in decimal at o (no NUL); its length. */
+static size_t put_u64(char *o, uint64_t v)
+{
+    size_t n = dec_len(v);
+    put_dec(o, v, n);
     return n;
 }
 
@@ -853,48 +874,53 @@ fail:
     return -1;
 }
 
+/**
+ * n bytes from s to o in whole BLOCK-byte blocks (s is readable and o writable that far,
+ * OB_SLACK): fixed-size copies, no memcpy call per piece of a frame. Returns the end.
+ */
+static char *put_blocks(char *o, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i += BLOCK)
+        memcpy(o + i, s + i, BLOCK);
+    return o + n;
+}
+
 /** Append one HPUB frame (a marker carries the reply subject). 0, -1 gone, -2 too big. */
 static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
 {
-    const char *subj = ns->subjects[sl->type];
-    size_t subj_len = ns->subj_len[sl->type];
     const char *json = ns->f + sl->off + sl->idlen;
     size_t len = sl->len - sl->idlen;
-    /* NATS/1.0\r\nNats-Msg-Id: <run id>-<id tail>\r\n\r\n; the reply subject ends in the key */
-    char num[20];
-    size_t nl = put_u64(num, sl->gseq);
-    const char *tail = sl->idlen ? ns->f + sl->off : num;
+    /* NATS/1.0\r\nNats-Msg-Id: <run id>-<id tail>\r\n\r\n; the reply subject ends in the key.
+     * id_pre is "\r\n" (ending the HPUB line), then that header up to the id tail. */
+    size_t nl = dec_len(sl->gseq);
     size_t tl = sl->idlen ? sl->idlen : nl;
-    size_t hlen = 10 + 13 + ns->run_id_len + 1 + tl + 4;
+    size_t hlen = ns->id_pre_len - 2 + tl + 4;
     if (hlen + len > ns->max_payload)
         return -2;
-    size_t need = 5 + subj_len + 1 + ns->inbox_len + nl + 1 + 20 + 1 + 20 + 2 + hlen + len + 2;
+    size_t need =
+        ns->hpub_len[sl->type] + ns->inbox_len + nl + 1 + 20 + 1 + 20 + hlen + 2 + len + 2;
     if (need > OB_CAP)
         return -2;
     if (OB_CAP - ns->ob_len < need && raw_flush(ns) < 0)
         return -1;
     char *o = ns->ob + ns->ob_len, *start = o;
-    memcpy(o, "HPUB ", 5);
-    o += 5;
-    memcpy(o, subj, subj_len);
-    o += subj_len;
-    *o++ = ' ';
+    o = put_blocks(o, ns->hpub[sl->type], ns->hpub_len[sl->type]); /* "HPUB <subject> " */
     if (marker) {
         memcpy(o, ns->inbox, ns->inbox_len);
         o += ns->inbox_len;
-        memcpy(o, num, nl);
+        put_dec(o, sl->gseq, nl);
         o += nl;
         *o++ = ' ';
     }
     o += put_u64(o, hlen);
     *o++ = ' ';
     o += put_u64(o, hlen + len);
-    memcpy(o, "\r\nNATS/1.0\r\nNats-Msg-Id: ", 25);
-    o += 25;
-    memcpy(o, ns->run_id, ns->run_id_len);
-    o += ns->run_id_len;
-    *o++ = '-';
-    memcpy(o, tail, tl);
+    o = put_blocks(o, ns->id_pre, ns->id_pre_len);
+    if (sl->idlen) {
+        memcpy(o, ns->f + sl->off, tl);
+    } else {
+        put_dec(o, sl->gseq, nl);
+    }
     o += tl;
     memcpy(o, "\r\n\r\n", 4);
     o += 4;
@@ -1567,6 +1593,8 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
     snprintf(ns->name, sizeof(ns->name), "events.sinks[%u]", index);
     snprintf(ns->run_id, sizeof(ns->run_id), "%s", run_id);
     ns->run_id_len = strlen(ns->run_id);
+    ns->id_pre_len = (size_t)snprintf(ns->id_pre, sizeof(ns->id_pre),
+                                      "\r\nNATS/1.0\r\nNats-Msg-Id: %s-", ns->run_id);
     ns->max_pending_mb = cfg->max_pending_mb;
     ns->exchanges = cfg->format == SOTH_SINK_FMT_EXCHANGE;
     ns->what = ns->exchanges ? "exchanges" : "events";
@@ -1600,12 +1628,17 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
         ok = ns->subjects[t] != NULL;
         if (ok)
             ns->subj_len[t] = (size_t)snprintf(ns->subjects[t], n, "%s.%s", cfg->subject, tn);
+        /* raw_publish's prefix of the frame, copied in whole blocks */
+        ns->hpub[t] = ok ? calloc(1, (n + 6 + BLOCK - 1) / BLOCK * BLOCK + BLOCK) : NULL;
+        ok = ns->hpub[t] != NULL;
+        if (ok)
+            ns->hpub_len[t] = (size_t)sprintf(ns->hpub[t], "HPUB %s ", ns->subjects[t]);
     }
     /* TLS and credentials files stay with libnats (docs/sinks.md, "Cost"). */
     ns->raw = cfg->tls_ca_file == NULL && cfg->tls_cert_file == NULL && cfg->creds_file == NULL &&
               strstr(cfg->url, "tls://") == NULL && strchr(cfg->url, '@') == NULL;
     if (ok && ns->raw) {
-        ns->ob = malloc(OB_CAP);
+        ns->ob = malloc(OB_CAP + OB_SLACK);
         ns->ib = malloc(IB_CAP);
         ns->connect_line = connect_line(cfg);
         ok = ns->ob != NULL && ns->ib != NULL && ns->connect_line != NULL;
@@ -1692,8 +1725,10 @@ void nats_sink_free(struct nats_sink *ns)
         return; /* its callbacks may still use ns: keep it */
     }
     natsOptions_Destroy(ns->opts);
-    for (int t = 0; t < N_SUBJ; t++)
+    for (int t = 0; t < N_SUBJ; t++) {
         free(ns->subjects[t]);
+        free(ns->hpub[t]);
+    }
     if (ns->q != NULL)
         munmap(ns->q, ns->q_cap);
     if (ns->f != NULL)
