@@ -171,6 +171,9 @@ struct nats_sink {
     size_t hpub_len[N_SUBJ];
     char id_pre[96]; /* "\r\nNATS/1.0\r\nNats-Msg-Id: <run id>-", zero-padded */
     size_t id_pre_len;
+    char g_dec[BLOCK]; /* gseq_dec: g_val in decimal, g_len digits (0: none yet) */
+    size_t g_len;
+    uint64_t g_val;
     int rfd;        /* -1: none */
     char inbox[64]; /* "_INBOX.<run id>.<gen>.": replies go to inbox<gseq> */
     size_t inbox_len;
@@ -885,6 +888,32 @@ static char *put_blocks(char *o, const char *s, size_t n)
     return o + n;
 }
 
+/**
+ * gseq in decimal (ns->g_dec, its length): published gseqs mostly follow one another, so the
+ * previous one's digits are counted up instead of converted anew.
+ */
+static size_t gseq_dec(struct nats_sink *ns, uint64_t gseq)
+{
+    size_t n = ns->g_len;
+    if (n > 0 && gseq == ns->g_val + 1) {
+        size_t i = n;
+        while (i > 0 && ns->g_dec[i - 1] == '9')
+            ns->g_dec[--i] = '0';
+        if (i > 0) {
+            ns->g_dec[i - 1]++;
+        } else { /* 99...9 + 1 */
+            memmove(ns->g_dec + 1, ns->g_dec, n);
+            ns->g_dec[0] = '1';
+            n++;
+        }
+    } else {
+        n = put_u64(ns->g_dec, gseq);
+    }
+    ns->g_val = gseq;
+    ns->g_len = n;
+    return n;
+}
+
 /** Append one HPUB frame (a marker carries the reply subject). 0, -1 gone, -2 too big. */
 static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
 {
@@ -892,7 +921,7 @@ static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
     size_t len = sl->len - sl->idlen;
     /* NATS/1.0\r\nNats-Msg-Id: <run id>-<id tail>\r\n\r\n; the reply subject ends in the key.
      * id_pre is "\r\n" (ending the HPUB line), then that header up to the id tail. */
-    size_t nl = dec_len(sl->gseq);
+    size_t nl = gseq_dec(ns, sl->gseq);
     size_t tl = sl->idlen ? sl->idlen : nl;
     size_t hlen = ns->id_pre_len - 2 + tl + 4;
     if (hlen + len > ns->max_payload)
@@ -907,9 +936,7 @@ static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
     o = put_blocks(o, ns->hpub[sl->type], ns->hpub_len[sl->type]); /* "HPUB <subject> " */
     if (marker) {
         memcpy(o, ns->inbox, ns->inbox_len);
-        o += ns->inbox_len;
-        put_dec(o, sl->gseq, nl);
-        o += nl;
+        o = put_blocks(o + ns->inbox_len, ns->g_dec, nl);
         *o++ = ' ';
     }
     o += put_u64(o, hlen);
@@ -918,10 +945,10 @@ static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
     o = put_blocks(o, ns->id_pre, ns->id_pre_len);
     if (sl->idlen) {
         memcpy(o, ns->f + sl->off, tl);
+        o += tl;
     } else {
-        put_dec(o, sl->gseq, nl);
+        o = put_blocks(o, ns->g_dec, nl);
     }
-    o += tl;
     memcpy(o, "\r\n\r\n", 4);
     o += 4;
     memcpy(o, json, len);
