@@ -1232,19 +1232,27 @@ static size_t ev_bound(const struct ev_rec *r, const struct type_def *td)
     return 6 * (size_t)r->len + 128 * (size_t)td->n + 512;
 }
 
-int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
+static bool ev_ok(const struct ev_rec *r, size_t avail)
 {
-    if (avail < sizeof(*r) || r->len < sizeof(*r) || r->len > avail ||
-        r->type >= SOTH_EV_TYPE_COUNT)
-        return -1;
+    return avail >= sizeof(*r) && r->len >= sizeof(*r) && r->len <= avail &&
+           r->type < SOTH_EV_TYPE_COUNT;
+}
+
+size_t soth_ev_rec_json_bound(const struct ev_rec *r, size_t avail)
+{
+    return ev_ok(r, avail) ? ev_bound(r, &soth_ev_schema[r->type]) + J_SLACK : 0;
+}
+
+/** The JSON line of a record that passed ev_ok at start (room: its bound): its length, or 0. */
+static size_t ev_json(const struct ev_rec *r, char *const start)
+{
     pthread_once(&jtab_once, jtab_init);
     struct cur c = {(const unsigned char *)(r + 1), (const unsigned char *)r + r->len};
     const unsigned char *addr, *host, *ident;
     if (!take(&c, r->client_addr_len, &addr) || !take(&c, r->server_host_len, &host) ||
         !take(&c, r->identity_len, &ident))
-        return -1;
+        return 0;
     const struct type_def *td = &soth_ev_schema[r->type];
-    char *const start = jbuf_room(out, ev_bound(r, td));
     char *o = start;
     /* The common fields (docs/events.md), in this order. */
     o = w_key(o, &jtab.head[r->type], "{\"v\":1,\"type\":\"", soth_ev_type_names[r->type],
@@ -1397,10 +1405,25 @@ int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
     }
     memcpy(o, "}\n", 2);
     o += 2;
-    out->len += (size_t)(o - start);
-    return 0;
+    return (size_t)(o - start);
 bad:
-    return -1; /* nothing was committed: out->len is unchanged */
+    return 0;
+}
+
+int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out)
+{
+    if (!ev_ok(r, avail))
+        return -1;
+    size_t n = ev_json(r, jbuf_room(out, ev_bound(r, &soth_ev_schema[r->type])));
+    if (n == 0)
+        return -1; /* nothing was committed: out->len is unchanged */
+    out->len += n;
+    return 0;
+}
+
+size_t soth_ev_rec_json_at(const struct ev_rec *r, char *dst)
+{
+    return ev_json(r, dst);
 }
 
 /* ==========================================================================================

@@ -83,6 +83,13 @@ void jbuf_free(struct jbuf *b);
  * (bounds are checked: records may come from a file someone else wrote).
  */
 int soth_ev_rec_to_json(const struct ev_rec *r, size_t avail, struct jbuf *out);
+/**
+ * The same line written straight into room of the caller's (a sink's queue): the room
+ * soth_ev_rec_json_bound asks for (0: a malformed record), then soth_ev_rec_json_at writes the
+ * line there and returns its length with the '\n' (0: malformed, nothing to keep).
+ */
+size_t soth_ev_rec_json_bound(const struct ev_rec *r, size_t avail);
+size_t soth_ev_rec_json_at(const struct ev_rec *r, char *dst);
 
 /**
  * Decode a tls_handshake_failed record for the telemetry hook (bounds checked like

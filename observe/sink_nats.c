@@ -56,6 +56,8 @@
 #define LINGER_MS      10           /* poll period after work, before a long sleep */
 #define LINGER_ROUNDS  100          /* polls (1 s) before that */
 #define OB_CAP         (2u << 20)   /* publishing socket: bytes written per batch at most */
+#define BLOCK          32u          /* put_blocks: the copy unit */
+#define OB_SLACK       (2u * BLOCK) /* beyond OB_CAP, for put_blocks' last block */
 #define IB_CAP         (64u << 10)  /* publishing socket: bytes read and not yet parsed */
 #define CONNECT_MS     2000u        /* connect and handshake of the publishing socket */
 #define X_TYPE         SOTH_EV_TYPE_COUNT /* subject index of <subject>.exchange */
@@ -165,6 +167,13 @@ struct nats_sink {
     char *connect_line;      /* "CONNECT {...}\r\n" */
     size_t subj_len[N_SUBJ]; /* strlen(subjects[t]) */
     size_t run_id_len;
+    char *hpub[N_SUBJ]; /* "HPUB <subject> ", zero-padded by a BLOCK at least */
+    size_t hpub_len[N_SUBJ];
+    char id_pre[96]; /* "\r\nNATS/1.0\r\nNats-Msg-Id: <run id>-", zero-padded */
+    size_t id_pre_len;
+    char g_dec[BLOCK]; /* gseq_dec: g_val in decimal, g_len digits (0: none yet) */
+    size_t g_len;
+    uint64_t g_val;
     int rfd;        /* -1: none */
     char inbox[64]; /* "_INBOX.<run id>.<gen>.": replies go to inbox<gseq> */
     size_t inbox_len;
@@ -205,7 +214,11 @@ static void q_copy_in(struct nats_sink *ns, uint64_t pos, const void *src, size_
     if (n == 0)
         return; /* an event has no id part: src may be NULL, and memcpy's may not */
     uint64_t off = pos % ns->q_cap;
-    size_t first = off + n > ns->q_cap ? (size_t)(ns->q_cap - off) : n;
+    if (off + n <= ns->q_cap) {
+        memcpy(ns->q + off, src, n);
+        return;
+    }
+    size_t first = (size_t)(ns->q_cap - off);
     memcpy(ns->q + off, src, first);
     memcpy(ns->q, (const char *)src + first, n - first);
 }
@@ -213,7 +226,11 @@ static void q_copy_in(struct nats_sink *ns, uint64_t pos, const void *src, size_
 static void q_copy_out(const struct nats_sink *ns, uint64_t pos, void *dst, size_t n)
 {
     uint64_t off = pos % ns->q_cap;
-    size_t first = off + n > ns->q_cap ? (size_t)(ns->q_cap - off) : n;
+    if (off + n <= ns->q_cap) {
+        memcpy(dst, ns->q + off, n);
+        return;
+    }
+    size_t first = (size_t)(ns->q_cap - off);
     memcpy(dst, ns->q + off, first);
     memcpy((char *)dst + first, ns->q, n - first);
 }
@@ -234,12 +251,20 @@ static const char digits2[201] =
     "4748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293"
     "949596979899";
 
-/** v in decimal at o (no NUL); its length. Two digits per step (the hot path of publishing). */
-static size_t put_u64(char *o, uint64_t v)
+/** The number of decimal digits of v. */
+static size_t dec_len(uint64_t v)
 {
     size_t n = 1;
-    for (uint64_t t = v; t >= 10; t /= 10)
-        n++;
+    while (v >= 100) {
+        n += 2;
+        v /= 100;
+    }
+    return n + (v >= 10);
+}
+
+/** v in decimal at o, exactly n = dec_len(v) digits (no NUL). Two digits per step. */
+static void put_dec(char *o, uint64_t v, size_t n)
+{
     char *e = o + n;
     while (v >= 100) {
         e -= 2;
@@ -250,6 +275,13 @@ static size_t put_u64(char *o, uint64_t v)
         memcpy(e - 2, digits2 + 2 * v, 2);
     else
         e[-1] = (char)('0' + v);
+}
+
+/** v in decimal at o (no NUL); its length. */
+static size_t put_u64(char *o, uint64_t v)
+{
+    size_t n = dec_len(v);
+    put_dec(o, v, n);
     return n;
 }
 
@@ -309,6 +341,30 @@ static void q_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char
 void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char *json, size_t len)
 {
     q_put(ns, type, gseq, NULL, 0, json, len);
+}
+
+char *nats_sink_reserve(struct nats_sink *ns, size_t max)
+{
+    uint64_t tail = atomic_load_explicit(&ns->q_tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&ns->q_head, memory_order_acquire);
+    uint64_t off = tail % ns->q_cap;
+    if (Q_HDR + max > ns->q_cap - off || tail + Q_HDR + pad8(max) - head > ns->q_cap)
+        return NULL; /* it would wrap round the end, or need a drop: q_put does both */
+    return ns->q + off + Q_HDR;
+}
+
+void nats_sink_commit(struct nats_sink *ns, unsigned type, uint64_t gseq, size_t len)
+{
+    if (len > ns->f_cap) { /* as in q_put: it could never go in flight */
+        atomic_fetch_add_explicit(&ns->dropped, 1, memory_order_relaxed);
+        return;
+    }
+    uint64_t tail = atomic_load_explicit(&ns->q_tail, memory_order_relaxed);
+    struct qhdr h = {.len = (uint32_t)len, .type = (uint16_t)type, .idlen = 0, .gseq = gseq};
+    memcpy(ns->q + tail % ns->q_cap, &h, sizeof(h));
+    atomic_store_explicit(&ns->q_tail, tail + Q_HDR + pad8(len), memory_order_release);
+    atomic_store_explicit(&ns->q_puts, atomic_load_explicit(&ns->q_puts, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
 }
 
 void nats_sink_put_exchange(struct nats_sink *ns, uint64_t flow_id, uint32_t stream_id,
@@ -821,49 +877,78 @@ fail:
     return -1;
 }
 
+/**
+ * n bytes from s to o in whole BLOCK-byte blocks (s is readable and o writable that far,
+ * OB_SLACK): fixed-size copies, no memcpy call per piece of a frame. Returns the end.
+ */
+static char *put_blocks(char *o, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i += BLOCK)
+        memcpy(o + i, s + i, BLOCK);
+    return o + n;
+}
+
+/**
+ * gseq in decimal (ns->g_dec, its length): published gseqs mostly follow one another, so the
+ * previous one's digits are counted up instead of converted anew.
+ */
+static size_t gseq_dec(struct nats_sink *ns, uint64_t gseq)
+{
+    size_t n = ns->g_len;
+    if (n > 0 && gseq == ns->g_val + 1) {
+        size_t i = n;
+        while (i > 0 && ns->g_dec[i - 1] == '9')
+            ns->g_dec[--i] = '0';
+        if (i > 0) {
+            ns->g_dec[i - 1]++;
+        } else { /* 99...9 + 1 */
+            memmove(ns->g_dec + 1, ns->g_dec, n);
+            ns->g_dec[0] = '1';
+            n++;
+        }
+    } else {
+        n = put_u64(ns->g_dec, gseq);
+    }
+    ns->g_val = gseq;
+    ns->g_len = n;
+    return n;
+}
+
 /** Append one HPUB frame (a marker carries the reply subject). 0, -1 gone, -2 too big. */
 static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
 {
-    const char *subj = ns->subjects[sl->type];
-    size_t subj_len = ns->subj_len[sl->type];
     const char *json = ns->f + sl->off + sl->idlen;
     size_t len = sl->len - sl->idlen;
-    /* NATS/1.0\r\nNats-Msg-Id: <run id>-<id tail>\r\n\r\n; the reply subject ends in the key */
-    char num[20];
-    size_t nl = put_u64(num, sl->gseq);
-    const char *tail = sl->idlen ? ns->f + sl->off : num;
+    /* NATS/1.0\r\nNats-Msg-Id: <run id>-<id tail>\r\n\r\n; the reply subject ends in the key.
+     * id_pre is "\r\n" (ending the HPUB line), then that header up to the id tail. */
+    size_t nl = gseq_dec(ns, sl->gseq);
     size_t tl = sl->idlen ? sl->idlen : nl;
-    size_t hlen = 10 + 13 + ns->run_id_len + 1 + tl + 4;
+    size_t hlen = ns->id_pre_len - 2 + tl + 4;
     if (hlen + len > ns->max_payload)
         return -2;
-    size_t need = 5 + subj_len + 1 + ns->inbox_len + nl + 1 + 20 + 1 + 20 + 2 + hlen + len + 2;
+    size_t need =
+        ns->hpub_len[sl->type] + ns->inbox_len + nl + 1 + 20 + 1 + 20 + hlen + 2 + len + 2;
     if (need > OB_CAP)
         return -2;
     if (OB_CAP - ns->ob_len < need && raw_flush(ns) < 0)
         return -1;
     char *o = ns->ob + ns->ob_len, *start = o;
-    memcpy(o, "HPUB ", 5);
-    o += 5;
-    memcpy(o, subj, subj_len);
-    o += subj_len;
-    *o++ = ' ';
+    o = put_blocks(o, ns->hpub[sl->type], ns->hpub_len[sl->type]); /* "HPUB <subject> " */
     if (marker) {
         memcpy(o, ns->inbox, ns->inbox_len);
-        o += ns->inbox_len;
-        memcpy(o, num, nl);
-        o += nl;
+        o = put_blocks(o + ns->inbox_len, ns->g_dec, nl);
         *o++ = ' ';
     }
     o += put_u64(o, hlen);
     *o++ = ' ';
     o += put_u64(o, hlen + len);
-    memcpy(o, "\r\nNATS/1.0\r\nNats-Msg-Id: ", 25);
-    o += 25;
-    memcpy(o, ns->run_id, ns->run_id_len);
-    o += ns->run_id_len;
-    *o++ = '-';
-    memcpy(o, tail, tl);
-    o += tl;
+    o = put_blocks(o, ns->id_pre, ns->id_pre_len);
+    if (sl->idlen) {
+        memcpy(o, ns->f + sl->off, tl);
+        o += tl;
+    } else {
+        o = put_blocks(o, ns->g_dec, nl);
+    }
     memcpy(o, "\r\n\r\n", 4);
     o += 4;
     memcpy(o, json, len);
@@ -1535,6 +1620,8 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
     snprintf(ns->name, sizeof(ns->name), "events.sinks[%u]", index);
     snprintf(ns->run_id, sizeof(ns->run_id), "%s", run_id);
     ns->run_id_len = strlen(ns->run_id);
+    ns->id_pre_len = (size_t)snprintf(ns->id_pre, sizeof(ns->id_pre),
+                                      "\r\nNATS/1.0\r\nNats-Msg-Id: %s-", ns->run_id);
     ns->max_pending_mb = cfg->max_pending_mb;
     ns->exchanges = cfg->format == SOTH_SINK_FMT_EXCHANGE;
     ns->what = ns->exchanges ? "exchanges" : "events";
@@ -1568,12 +1655,17 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
         ok = ns->subjects[t] != NULL;
         if (ok)
             ns->subj_len[t] = (size_t)snprintf(ns->subjects[t], n, "%s.%s", cfg->subject, tn);
+        /* raw_publish's prefix of the frame, copied in whole blocks */
+        ns->hpub[t] = ok ? calloc(1, (n + 6 + BLOCK - 1) / BLOCK * BLOCK + BLOCK) : NULL;
+        ok = ns->hpub[t] != NULL;
+        if (ok)
+            ns->hpub_len[t] = (size_t)sprintf(ns->hpub[t], "HPUB %s ", ns->subjects[t]);
     }
     /* TLS and credentials files stay with libnats (docs/sinks.md, "Cost"). */
     ns->raw = cfg->tls_ca_file == NULL && cfg->tls_cert_file == NULL && cfg->creds_file == NULL &&
               strstr(cfg->url, "tls://") == NULL && strchr(cfg->url, '@') == NULL;
     if (ok && ns->raw) {
-        ns->ob = malloc(OB_CAP);
+        ns->ob = malloc(OB_CAP + OB_SLACK);
         ns->ib = malloc(IB_CAP);
         ns->connect_line = connect_line(cfg);
         ok = ns->ob != NULL && ns->ib != NULL && ns->connect_line != NULL;
@@ -1660,8 +1752,10 @@ void nats_sink_free(struct nats_sink *ns)
         return; /* its callbacks may still use ns: keep it */
     }
     natsOptions_Destroy(ns->opts);
-    for (int t = 0; t < N_SUBJ; t++)
+    for (int t = 0; t < N_SUBJ; t++) {
         free(ns->subjects[t]);
+        free(ns->hpub[t]);
+    }
     if (ns->q != NULL)
         munmap(ns->q, ns->q_cap);
     if (ns->f != NULL)

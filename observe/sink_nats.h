@@ -37,6 +37,15 @@ int nats_sink_start(struct nats_sink *ns);
 void nats_sink_put(struct nats_sink *ns, unsigned type, uint64_t gseq, const char *json,
                    size_t len);
 /**
+ * Queue one event written in place (telemetry thread; docs/sinks.md, "Cost"): reserve returns
+ * room for max bytes, contiguous, in the queue when they fit without dropping anything and
+ * without wrapping round its end, else NULL (then encode elsewhere and use nats_sink_put).
+ * commit queues the first len bytes written there (the JSON without the newline); nothing
+ * else is queued in between. The bytes stay as written until the next put on this sink.
+ */
+char *nats_sink_reserve(struct nats_sink *ns, size_t max);
+void nats_sink_commit(struct nats_sink *ns, unsigned type, uint64_t gseq, size_t len);
+/**
  * Queue one exchange (telemetry thread only; a sink with "format": "exchange"): json is the
  * exchange's JSON text without the newline, published to <subject>.exchange with the message
  * id <run id>-x-<flow_id>-<stream_id>, "-p" appended when partial (docs/sinks.md). Dropped

@@ -688,6 +688,36 @@ static void sink_put(struct sink *s, const struct ev_rec *r, uint64_t gseq, cons
     sink_put_line(s, line, len);
 }
 
+/**
+ * One event's JSON line to every event sink. With a NATS sink the encoder writes it straight
+ * into that sink's queue when there is room (docs/sinks.md, "Cost"), and the other sinks take
+ * it from there; otherwise into o->line.
+ */
+static void sinks_put_event(struct soth_observe *o, struct sink *direct, const struct ev_rec *r,
+                            uint32_t len)
+{
+    const char *line;
+    size_t n, bound = direct != NULL ? soth_ev_rec_json_bound(r, len) : 0;
+    char *dst = bound > 0 ? nats_sink_reserve(direct->ns, bound) : NULL;
+    if (dst != NULL) {
+        n = soth_ev_rec_json_at(r, dst);
+        if (n == 0)
+            return;
+        nats_sink_commit(direct->ns, r->type, o->gseq, n - 1); /* a message: no newline */
+        line = dst;
+    } else {
+        direct = NULL;
+        o->line.len = 0;
+        if (soth_ev_rec_to_json(r, len, &o->line) != 0)
+            return;
+        line = o->line.p;
+        n = o->line.len;
+    }
+    for (size_t k = 0; k < o->n_sinks; k++)
+        if (&o->sinks[k] != direct)
+            sink_put(&o->sinks[k], r, o->gseq, line, n);
+}
+
 /** A finished exchange from the assembler (telemetry thread): to every exchange sink. */
 static void on_exchange(void *ctx, const struct soth_xasm_out *x)
 {
@@ -748,6 +778,10 @@ static size_t drain(struct soth_observe *o, size_t budget)
 {
     size_t total = 0;
     bool lines = o->n_sinks > 0 && sinks_want_lines(o);
+    struct sink *direct = NULL; /* the first NATS event sink: see sinks_put_event */
+    for (size_t k = 0; lines && k < o->n_sinks && direct == NULL; k++)
+        if (o->sinks[k].type == SOTH_SINK_NATS && o->sinks[k].format == SOTH_SINK_FMT_EVENT)
+            direct = &o->sinks[k];
     for (unsigned i = 0; i < o->n_prods; i++) {
         struct soth_ev_producer *p = &o->prods[i];
         uint64_t head = atomic_load_explicit(&p->head, memory_order_relaxed);
@@ -764,10 +798,7 @@ static size_t drain(struct soth_observe *o, size_t budget)
                     soth_xasm_feed(o->xasm, r, len);
                 if (lines) {
                     r->gseq = o->gseq; /* the JSON encoder reads it from the record */
-                    o->line.len = 0;
-                    if (soth_ev_rec_to_json(r, len, &o->line) == 0)
-                        for (size_t k = 0; k < o->n_sinks; k++)
-                            sink_put(&o->sinks[k], r, o->gseq, o->line.p, o->line.len);
+                    sinks_put_event(o, direct, r, len);
                 }
                 n++;
             }

@@ -183,6 +183,8 @@ def main():
     ap.add_argument("--callgrind", type=int, default=4000,
                     help="requests for the instruction count under callgrind (0: skip)")
     ap.add_argument("--out")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directory (callgrind profiles in cg-on, cg-off)")
     a = ap.parse_args()
     if not os.path.exists(NATS_SERVER):
         sys.exit("nats-server is missing (Debian package nats-server)")
@@ -292,7 +294,10 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             f.write(text + "\n")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if a.keep:
+        print(f"kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
