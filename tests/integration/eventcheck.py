@@ -180,6 +180,11 @@ def _check_schema(ev):
         if t == ft and fname in ev and (ev["side"] != side or not isinstance(ev[fname], str)
                                         or not rx.match(ev[fname])):
             _fail(f"{t}.{fname} must be a fingerprint on side {side}", ev)
+    # A pooled upstream connection (docs/http1.md, "Upstream connection pool"): optional,
+    # upstream side only, the requests it carried before.
+    if t == "tls_handshake_succeeded" and "reused" in ev and (
+            ev["side"] != "upstream" or not _is_int(ev["reused"]) or ev["reused"] < 1):
+        _fail(f"{t}.reused must be a positive integer on side upstream", ev)
     for name, kind in SCHEMA[t].items():
         if name not in ev:
             _fail(f"{t} lacks field {name}", ev)

@@ -236,6 +236,7 @@ class UpstreamPoolTests(unittest.TestCase):
         try:
             with self.proxy(origin, {"enabled": True, "idle_ms": 300}, mport) as p:
                 check_response(self, get_once(p.addr()))
+                time.sleep(0.1)  # the first flow has let its upstream connection go
                 check_response(self, get_once(p.addr()))
                 time.sleep(1.0)
                 check_response(self, get_once(p.addr()))
