@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -191,6 +192,51 @@ class UpstreamPoolTests(unittest.TestCase):
             self.assertEqual(len(heads), n)
             self.assertFalse(any(h[0].lower() == "connection" for e in heads[1:]
                                  for h in e["headers"]), heads[1])
+        finally:
+            origin.close()
+
+    def test_tls_clients_keep_alive_and_close(self):
+        """TLS clients (ALPN http/1.1, and none): each offer has its own pooled connections;
+        a client keeping its connection alive for 3 requests, then one closing, both reuse."""
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+                for i in range(12):
+                    ctx = ssl.create_default_context(cafile=ca)
+                    if i % 2:
+                        ctx.set_alpn_protocols(["http/1.1"])
+                    raw = socket.create_connection(p.addr(), timeout=10)
+                    with ctx.wrap_socket(raw, server_hostname="origin.test") as s:
+                        f = s.makefile("rb")
+                        for k in range(3):
+                            close = b"Connection: close\r\n" if k == 2 else b""
+                            s.sendall(b"GET /r HTTP/1.1\r\nHost: origin.test\r\n" + close +
+                                      b"\r\n")
+                            status = f.readline()
+                            self.assertTrue(status.startswith(b"HTTP/1.1 200 "), status)
+                            fields = {}
+                            while True:
+                                ln = f.readline().rstrip(b"\r\n")
+                                if not ln:
+                                    break
+                                name, _, val = ln.partition(b":")
+                                fields[name.strip().lower()] = val.strip().lower()
+                            self.assertEqual(f.read(int(fields[b"content-length"])), BODY)
+                            self.assertEqual(fields.get(b"connection") == b"close", k == 2)
+                        self.assertEqual(f.read(), b"")  # closed after the last response
+                        f.close()  # the socket closes (FIN) only once its file is closed too
+                    time.sleep(0.05)
+                m = scrape(mport)
+                evs = p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 36)
+            self.assertEqual([r for r in log if r[2] != "-"], [])
+            self.assertLessEqual(len({r[0] for r in log}), 4, log)
+            self.assertGreaterEqual(m.get("hit", 0), 8, m)
+            ok = [e for e in evs if e["type"] == "tls_handshake_succeeded"]
+            self.assertEqual(len(ok), 24)
         finally:
             origin.close()
 
