@@ -22,7 +22,8 @@ static void upstream_keep(struct worker *w, struct flow *f)
     struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     struct soth_tls_conn *t = f->tls[SOTH_LEG_UPSTREAM];
     f->up_keep = false;
-    if (u->fd < 0 || t == NULL || u->q_count > 0 || w->stopping || soth_tls_conn_in_pending(t) != 0)
+    if (u->fd < 0 || t == NULL || u->q_count > 0 || w->stopping ||
+        soth_tls_conn_in_pending(t) != 0 || soth_tls_conn_out_pending(t) != 0)
         return;
     struct upool_key k;
     memset(&k, 0, sizeof(k));
