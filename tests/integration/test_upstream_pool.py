@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,7 @@ from harness import Proxy, free_port, wait_port
 
 NGINX = "/usr/sbin/nginx"
 BODY = bytes(range(256)) * 16 + b"pooled upstream\n"
+BIG = bytes(range(256)) * 8192  # 2 MiB: still on its way when the client resets
 
 
 def openssl(*args, cwd):
@@ -48,6 +50,8 @@ class Origin:
         os.makedirs(os.path.join(d, "www"))
         with open(os.path.join(d, "www", "r"), "wb") as f:
             f.write(BODY)
+        with open(os.path.join(d, "www", "big"), "wb") as f:
+            f.write(BIG)
         self.log = os.path.join(d, "access.log")
         self.port = free_port()
         conf = os.path.join(d, "nginx.conf")
@@ -237,6 +241,32 @@ class UpstreamPoolTests(unittest.TestCase):
             self.assertGreaterEqual(m.get("hit", 0), 8, m)
             ok = [e for e in evs if e["type"] == "tls_handshake_succeeded"]
             self.assertEqual(len(ok), 24)
+        finally:
+            origin.close()
+
+    def test_client_reset_mid_response_is_not_pooled(self):
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                s = socket.create_connection(p.addr(), timeout=10)
+                s.sendall(b"GET /big HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+                got = b""
+                while len(got) < 65536:
+                    b = s.recv(65536)
+                    self.assertTrue(b)
+                    got += b
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()  # RST with most of the body still due
+                time.sleep(0.3)
+                check_response(self, get_once(p.addr()))
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 2, log)
+            self.assertNotEqual(log[0][0], log[1][0])
+            self.assertEqual(m.get("hit", 0), 0, m)
+            self.assertEqual(m.get("stale", 0), 0, m)
         finally:
             origin.close()
 
