@@ -14,6 +14,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import tempfile
 import time
 import unittest
@@ -33,7 +34,7 @@ def openssl(*args, cwd):
 class Origin:
     """nginx on loopback (TLS, origin.test signed by its own test CA) serving /r."""
 
-    def __init__(self, keepalive_timeout="75s"):
+    def __init__(self, keepalive_timeout="75s", keepalive_requests=100000):
         self.dir = d = tempfile.mkdtemp(prefix="soth-upool-")
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                 "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pool test CA",
@@ -73,7 +74,7 @@ http {{
     scgi_temp_path {d}/t_scgi;
     default_type application/octet-stream;
     keepalive_timeout {keepalive_timeout};
-    keepalive_requests 100000;
+    keepalive_requests {keepalive_requests};
     server {{
         listen 127.0.0.1:{self.port} ssl;
         ssl_certificate {d}/o.pem;
@@ -267,6 +268,63 @@ class UpstreamPoolTests(unittest.TestCase):
             self.assertNotEqual(log[0][0], log[1][0])
             self.assertEqual(m.get("hit", 0), 0, m)
             self.assertEqual(m.get("stale", 0), 0, m)
+        finally:
+            origin.close()
+
+    def test_origin_closing_after_n_requests_is_never_pooled_closed(self):
+        """nginx's keepalive_requests 5: its 5th response on a connection says close; that
+        connection is not kept, so nothing stale is ever taken and nothing fails."""
+        origin = Origin(keepalive_requests=5)
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                for _ in range(20):
+                    check_response(self, get_once(p.addr()))
+                    time.sleep(0.02)
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 20)
+            self.assertLessEqual(max(r[1] for r in log), 5)
+            self.assertGreaterEqual(len({r[0] for r in log}), 4)
+            self.assertEqual(m.get("stale", 0), 0, m)
+            self.assertGreaterEqual(m.get("hit", 0), 12, m)
+        finally:
+            origin.close()
+
+    def test_concurrent_clients(self):
+        """8 threads x 25 requests, each on its own connection: no error; with max_idle above
+        the concurrency the origin sees about as many connections as clients run at once (a
+        client's next connection may come before its last flow let its upstream go)."""
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                errors = []
+
+                def run():
+                    try:
+                        for _ in range(25):
+                            check_response(self, get_once(p.addr()))
+                    except Exception as e:  # reported below, with the thread's error
+                        errors.append(repr(e))
+
+                ts = [threading.Thread(target=run) for _ in range(8)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join(120)
+                self.assertFalse(any(t.is_alive() for t in ts), "clients still running")
+                self.assertEqual(errors, [])
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 200)
+            self.assertEqual([r for r in log if r[2] != "-" or r[3] != 200], [])
+            self.assertLessEqual(len({r[0] for r in log}), 16, m)
+            self.assertLessEqual(m.get("idle", 0), 16, m)
+            self.assertEqual(m.get("evicted", 0), 0, m)
+            self.assertGreaterEqual(m.get("hit", 0), 184, m)
         finally:
             origin.close()
 
