@@ -34,7 +34,8 @@ AssertionError) at the first violation of:
            exactly one of tls_handshake_succeeded / tls_handshake_failed, before the flow's
            stream_closed, unless the flow closed because the other side went away or the
            proxy shut down while it ran (ABANDONS), or it is a bridge flow (worker -1); never a second started, never an end
-           without its start (docs/events.md);
+           without its start (docs/events.md); `reused` (a pooled upstream connection) only
+           on an upstream tls_handshake_succeeded, a positive integer;
   quic     a flow with protocol http3 (QUIC passthrough) has no TLS or HTTP event; its
            quic_client_hello (at most one) follows connect_received and precedes
            connect_decision; its stream_closed carries datagrams_client_to_server and
