@@ -113,3 +113,9 @@ enum soth_close_reason app_close_reason(const struct app *a)
 {
     return a->ops->close_reason(a);
 }
+
+bool app_upstream_reusable(const struct app *a, uint32_t *requests)
+{
+    *requests = 0;
+    return a->ops->upstream_reusable(a, requests);
+}

@@ -34,6 +34,9 @@ struct app_env {
      * Proxy-Authorization */
     bool upstream_proxy;
     struct soth_iov proxy_auth;
+    /* docs/http1.md "Upstream connection pool": the upstream connection may outlive the
+     * client's (HTTP/1.1: a request's Connection: close stays with us) */
+    bool keep_upstream;
     void *ctx;
     /** Plaintext toward `side`. Returns 0 or a negative error (the layer then fails). */
     int (*send)(void *ctx, unsigned side, const char *p, size_t n);
@@ -125,5 +128,14 @@ int app_shutdown(struct app *a);
 
 /** Close reason for the flow once app_input/app_eof returned APP_DONE or an error. */
 enum soth_close_reason app_close_reason(const struct app *a);
+
+/**
+ * Whether the upstream connection may carry another client's requests now that the layer is
+ * done (docs/http1.md "Upstream connection pool"): HTTP/1.1 with nothing in flight, its
+ * response decoder between messages, no response that closed the connection, no answer of
+ * ours, no connection-bound authentication (NTLM, Negotiate). *requests: requests it carried
+ * for this flow. HTTP/2: never.
+ */
+bool app_upstream_reusable(const struct app *a, uint32_t *requests);
 
 #endif

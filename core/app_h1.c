@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "app_int.h"
 #include "app_payload.h"
@@ -43,6 +44,7 @@ struct app_h1 {
     bool close_client;      /* the last request asked to close */
     bool awaiting_head;     /* the client's next bytes start a request head */
     bool ws_live;           /* obs is a WebSocket and the 101 went out: relayed bytes are frames */
+    bool auth_private;      /* a 401/407 offered NTLM or Negotiate: the connection is bound */
     uint64_t head_since_ms; /* when the pending request head's first byte came, 0 = none */
     bool resp_head_out;     /* the final head of the response in progress went to the client */
     uint32_t req_done_id;   /* last exchange whose request is complete */
@@ -325,6 +327,21 @@ static int h1_answer_local_429(struct app_h1 *a, uint32_t id, const struct soth_
     return SOTH_H1_LOCAL;
 }
 
+/* A challenge for connection-bound authentication (NTLM, Negotiate: RFC 4559): such an
+ * upstream connection must not carry another client's requests. */
+static bool h1_auth_bound(const struct soth_h1_head *hd)
+{
+    for (size_t i = 0; i < hd->n_headers; i++) {
+        struct soth_iov n = hd->headers[i].name, v = hd->headers[i].value;
+        if (!soth_iov_is_ci(n, "www-authenticate") && !soth_iov_is_ci(n, "proxy-authenticate"))
+            continue;
+        if ((v.len >= 4 && strncasecmp(v.base, "ntlm", 4) == 0) ||
+            (v.len >= 9 && strncasecmp(v.base, "negotiate", 9) == 0))
+            return true;
+    }
+    return false;
+}
+
 static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct soth_h1_head *hd)
 {
     struct app_h1 *a = ctx;
@@ -361,6 +378,8 @@ static int h1_on_head(void *ctx, enum soth_leg dir, uint32_t id, const struct so
         return sent; /* 1xx: forwarded, not an exchange's response */
     a->resp_head_out = true;
     a->resp_head_id = id;
+    if (hd->status == 401 || hd->status == 407)
+        a->auth_private = a->auth_private || h1_auth_bound(hd);
     /* A later complete request (pipelined) now waits for its own head, from now on. */
     a->resp_wait_ms = a->req_done_id > id ? app_clock_ns(&a->base) / 1000000u : 0;
     a->msg[1] = (struct msg_cap){.id = id};
@@ -886,6 +905,7 @@ static struct app *h1_create(const struct app_env *env, const struct app_conf *c
         .sec_put = h1_sec_put,
     };
     a->h = soth_h1_init(a->engine, NULL, &cbs);
+    soth_h1_set_keep_upstream(a->h, env->keep_upstream);
     soth_ev_flow_set_protocol(env->ev, SOTH_PROTO_HTTP1);
     return &a->base;
 }
@@ -898,6 +918,14 @@ static void h1_dispose(struct app *base)
     soth_gbuf_free(&a->st[0]);
     soth_gbuf_free(&a->st[1]);
     free(a);
+}
+
+static bool h1_upstream_reusable(const struct app *base, uint32_t *requests)
+{
+    const struct app_h1 *a = h1_of_const(base);
+    *requests = a->req_done_id;
+    return !a->answered && a->err_status == 0 && !a->auth_private &&
+           a->st[SOTH_LEG_UPSTREAM].len == 0 && soth_h1_upstream_reusable(a->h);
 }
 
 const struct app_ops app_h1_ops = {
@@ -915,4 +943,5 @@ const struct app_ops app_h1_ops = {
     .want_write = h1_want_write,
     .shutdown = h1_shutdown,
     .close_reason = h1_close_reason,
+    .upstream_reusable = h1_upstream_reusable,
 };

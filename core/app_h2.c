@@ -639,6 +639,12 @@ static bool h2_read_paused(const struct app *a, unsigned side)
     return false;
 }
 
+static bool h2_upstream_reusable(const struct app *a, uint32_t *requests)
+{
+    (void)a, (void)requests; /* HTTP/2 upstream connections are not pooled */
+    return false;
+}
+
 const struct app_ops app_h2_ops = {
     .name = "http/2",
     .h2 = true,
@@ -654,4 +660,5 @@ const struct app_ops app_h2_ops = {
     .want_write = h2_want_write,
     .shutdown = h2_shutdown,
     .close_reason = h2_close_reason,
+    .upstream_reusable = h2_upstream_reusable,
 };

@@ -41,6 +41,7 @@ struct app_ops {
     bool (*want_write)(const struct app *a, unsigned side);
     int (*shutdown)(struct app *a);
     enum soth_close_reason (*close_reason)(const struct app *a);
+    bool (*upstream_reusable)(const struct app *a, uint32_t *requests);
 };
 
 /** The part every version shares; first member of struct app_h1 / app_h2. */

@@ -1043,7 +1043,8 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
         break;
     case SOTH_EV_TLS_HANDSHAKE_SUCCEEDED:
         soth_ev_tls_handshake_succeeded_fp(f, (enum soth_leg)e1, s1, s2, n3 ? SOTH_IOV_NULL : s3,
-                                           n2 || e1 != SOTH_LEG_UPSTREAM ? SOTH_IOV_NULL : s4);
+                                           n2 || e1 != SOTH_LEG_UPSTREAM ? SOTH_IOV_NULL : s4,
+                                           UINT64_MAX);
         c->tls[e1] = TLS_ENDED;
         break;
     case SOTH_EV_TLS_HANDSHAKE_FAILED:

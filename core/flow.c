@@ -1,4 +1,6 @@
 /* A flow's end (core/flow.h): the close path and the release of everything it holds. */
+#include <string.h>
+
 #include "app.h"
 #include "conn.h"
 #include "flow.h"
@@ -12,8 +14,32 @@ const char *const flow_state_names[FS_COUNT] = {
     "tls_down", "relay", "answer",    "linger",     "closing", "free",
 };
 
+/* docs/http1.md "Upstream connection pool": nothing is in flight on the upstream socket now
+ * (pending is 0); the pool takes it with its TLS conn when nothing came from it since the HTTP
+ * layer left it reusable. */
+static void upstream_keep(struct worker *w, struct flow *f)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    struct soth_tls_conn *t = f->tls[SOTH_LEG_UPSTREAM];
+    f->up_keep = false;
+    if (u->fd < 0 || t == NULL || u->q_count > 0 || w->stopping ||
+        soth_tls_conn_in_pending(t) != 0 || soth_tls_conn_out_pending(t) != 0)
+        return;
+    struct upool_key k;
+    memset(&k, 0, sizeof(k));
+    memcpy(&k.addr, &f->upstream_addr, f->upstream_addr_len);
+    k.addr_len = f->upstream_addr_len;
+    k.alpn_len = f->up_alpn_len;
+    memcpy(k.alpn, f->up_alpn, f->up_alpn_len);
+    upool_put(&w->pool, &k, u->fd, t, f->up_requests, now_ms());
+    u->fd = -1;
+    f->tls[SOTH_LEG_UPSTREAM] = NULL;
+}
+
 void flow_free(struct worker *w, struct flow *f)
 {
+    if (f->up_keep)
+        upstream_keep(w, f);
     for (unsigned s = 0; s < 2; s++) {
         struct conn *c = &f->c[s];
         conn_q_clear(&w->segs, c);
@@ -79,6 +105,9 @@ void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason)
              soth_close_reason_names[reason]);
     flow_set_state(f, FS_CLOSING);
     timer_unlink(&w->timers, &f->timer);
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    if (f->up_keep && (reason == SOTH_CLOSE_SHUTDOWN || u->q_count > 0 || u->send_inflight))
+        f->up_keep = false; /* not kept: something is still on its way to the upstream */
     /* Cancel whatever is still in flight; the flow is freed when the last CQE arrives. */
     for (unsigned s = 0; s < 2; s++) {
         struct conn *c = &f->c[s];

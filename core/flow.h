@@ -99,6 +99,15 @@ struct flow {
     struct soth_budget *bgt; /* the table the flow counts in (its policy's, at the decision) */
     struct sockaddr_storage peer; /* the client's address (identities.networks) */
     socklen_t peer_len;
+    /* docs/http1.md "Upstream connection pool" (core/upool.c) */
+    bool up_defer;    /* connect deferred to the ClientHello: the pool may have a connection */
+    bool up_keyed;    /* up_alpn holds the ALPN offer sent (the pool key with upstream_addr) */
+    bool up_pooled;   /* the upstream connection came from the pool */
+    bool up_poolable; /* an HTTP/1.1 leg the pool may keep when the flow ends */
+    bool up_keep;     /* the HTTP layer left the upstream reusable: kept at flow_free */
+    uint8_t up_alpn_len;
+    uint32_t up_requests; /* requests the upstream connection carried before this flow */
+    char up_alpn[32];     /* UPOOL_ALPN_MAX, wire format */
 };
 
 /** Short names for traces, indexed by enum flow_state (core/flow.c). */

@@ -135,6 +135,10 @@ void flow_on_recv(struct worker *w, struct flow *f, unsigned side, struct io_uri
 {
     struct conn *c = &f->c[side];
     bool more = cqe->flags & IORING_CQE_F_MORE;
+    /* docs/http1.md "Upstream connection pool": a connection that spoke after its last
+     * response (bytes, FIN, error) is not kept */
+    if (side == SOTH_LEG_UPSTREAM && cqe->res != -ECANCELED)
+        f->up_keep = false;
     if (!more) {
         c->recv_armed = false;
         f->pending--;
@@ -168,6 +172,8 @@ void flow_on_send(struct worker *w, struct flow *f, unsigned side, int res)
     struct conn *c = &f->c[side];
     c->send_inflight = false;
     f->pending--;
+    if (res < 0 && side == SOTH_LEG_UPSTREAM)
+        f->up_keep = false;
     if (f->state == FS_CLOSING)
         return;
     if (res < 0) {

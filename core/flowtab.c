@@ -83,6 +83,9 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->budget_retry_s = 0;
     f->bgt = NULL;
     f->peer_len = 0;
+    f->up_defer = f->up_keyed = f->up_pooled = f->up_poolable = f->up_keep = false;
+    f->up_alpn_len = 0;
+    f->up_requests = 0;
     ft->n_live++;
     return f;
 }

@@ -11,6 +11,7 @@
 #include "leg.h"
 #include "relay.h"
 #include "timer.h"
+#include "upstream.h"
 #include "worker.h"
 
 #define SOTH_PRE_MAX (4u << 20) /* a plain client's bytes kept while its upstream comes up */
@@ -23,9 +24,11 @@ static bool pre_put(struct flow *f, const char *p, uint32_t n)
 static void handshake_succeeded(struct flow *f, unsigned side)
 {
     struct soth_tls_conn *t = f->tls[side];
+    /* a pooled upstream connection reports what it carried before (docs/events.md) */
+    uint64_t reused = side == SOTH_LEG_UPSTREAM && f->up_pooled ? f->up_requests : UINT64_MAX;
     soth_ev_tls_handshake_succeeded_fp(&f->ev, soth_leg_of(side), soth_tls_conn_version(t),
                                        soth_tls_conn_cipher(t), soth_tls_conn_alpn(t),
-                                       soth_tls_conn_ja4s(t));
+                                       soth_tls_conn_ja4s(t), reused);
 }
 
 static void client_leg_start(struct worker *w, struct flow *f, struct soth_iov alpn);
@@ -175,10 +178,73 @@ static void hello_failed(struct worker *w, struct flow *f, struct soth_iov detai
     flow_close(w, f, SOTH_CLOSE_TLS_FAILED);
 }
 
+/* The pool key's ALPN part: the offer in wire format (false: too long to pool). */
+static bool pool_key_alpn(struct flow *f, const struct soth_iov *alpn, size_t n_alpn)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < n_alpn; i++) {
+        if (alpn[i].len == 0 || alpn[i].len > 255 || n + 1 + alpn[i].len > sizeof(f->up_alpn))
+            return false;
+        f->up_alpn[n++] = (char)alpn[i].len;
+        memcpy(f->up_alpn + n, alpn[i].base, alpn[i].len);
+        n += alpn[i].len;
+    }
+    f->up_alpn_len = (uint8_t)n;
+    return true;
+}
+
+/*
+ * docs/http1.md "Upstream connection pool": an idle connection for the address and this ALPN
+ * offer from the worker's pool. True when the flow took one (the leg is up, reported as
+ * started + succeeded with `reused`), or when it ended or connects now (a deferred connect
+ * with nothing in the pool: upstream_ready brings the flow back here); false: go on with the
+ * connection the flow has.
+ */
+static bool upstream_from_pool(struct worker *w, struct flow *f, struct soth_iov name,
+                               const struct soth_iov *alpn, size_t n_alpn)
+{
+    bool defer = f->up_defer;
+    f->up_defer = false;
+    f->up_keyed = upstream_poolable(w, f) && pool_key_alpn(f, alpn, n_alpn);
+    if (f->up_keyed && f->c[SOTH_LEG_UPSTREAM].fd < 0) {
+        struct upool_key k;
+        memset(&k, 0, sizeof(k));
+        memcpy(&k.addr, &f->upstream_addr, f->upstream_addr_len);
+        k.addr_len = f->upstream_addr_len;
+        k.alpn_len = f->up_alpn_len;
+        memcpy(k.alpn, f->up_alpn, f->up_alpn_len);
+        int fd;
+        struct soth_tls_conn *t;
+        uint32_t n;
+        if (upool_take(&w->pool, &k, &fd, &t, &n, now_ms())) {
+            struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+            u->fd = fd;
+            u->connected = true;
+            f->tls[SOTH_LEG_UPSTREAM] = t;
+            f->up_pooled = true;
+            f->up_requests = n;
+            soth_ev_tls_handshake_started(&f->ev, SOTH_LEG_UPSTREAM, name);
+            /* Its reads are armed by relay_start: a connection found dead after all is seen
+             * there only (docs/http1.md: a 502, no retry in this version). */
+            upstream_leg_ready(w, f);
+            return true;
+        }
+    }
+    if (f->up_keyed)
+        upool_count(&w->pool, UPOOL_MISS);
+    if (defer) {
+        upstream_connect(w, f);
+        return true;
+    }
+    return false;
+}
+
 /** Start our client half toward the upstream (SNI name, ALPN offer), FS_TLS_UP. */
 static void upstream_leg_start(struct worker *w, struct flow *f, struct soth_iov name,
                                const struct soth_iov *alpn, size_t n_alpn)
 {
+    if ((f->up_defer || !f->up_keyed) && upstream_from_pool(w, f, name, alpn, n_alpn))
+        return;
     soth_ev_tls_handshake_started(&f->ev, SOTH_LEG_UPSTREAM, name);
     struct soth_tls_conn *u = NULL;
     if (soth_tls_conn_new_client(w->tls, name, alpn, n_alpn, &u) < 0) {

@@ -7,6 +7,7 @@
 #include "leg.h"
 #include "relay.h"
 #include "timer.h"
+#include "upstream.h"
 #include "worker.h"
 
 /** Decrypt what tls[from] holds and hand it to the HTTP layer. False once the flow ended. */
@@ -79,8 +80,18 @@ static bool relay_pump(struct worker *w, struct flow *f, unsigned from)
 static void relay_finish(struct worker *w, struct flow *f)
 {
     f->app_done = true;
+    uint32_t n = 0;
+    if (f->up_poolable && app_upstream_reusable(f->app, &n) &&
+        soth_tls_conn_in_pending(f->tls[SOTH_LEG_UPSTREAM]) == 0) {
+        /* docs/http1.md "Upstream connection pool": the upstream connection stays open for
+         * the worker's pool (kept at flow_free unless it says anything before). */
+        f->up_keep = true;
+        f->up_requests += n;
+    }
     for (unsigned s = 0; s < 2; s++) {
         struct conn *c = &f->c[s];
+        if (s == SOTH_LEG_UPSTREAM && f->up_keep)
+            continue;
         if (f->tls[s] != NULL && !c->shut_done)
             soth_tls_conn_shutdown(f->tls[s]);
         if (!leg_flush(w, f, s)) {
@@ -182,6 +193,13 @@ void relay_start(struct worker *w, struct flow *f)
                 .budget = f->budget_slot >= 0 ? leg_budget : NULL,
                 .budget_bytes = f->budget_slot >= 0 ? leg_budget_bytes : NULL,
             };
+            /* docs/http1.md "Upstream connection pool": an HTTP/1.1 leg the pool may keep */
+            struct soth_iov ua = f->tls[SOTH_LEG_UPSTREAM] != NULL
+                                     ? soth_tls_conn_alpn(f->tls[SOTH_LEG_UPSTREAM])
+                                     : SOTH_IOV_NULL;
+            f->up_poolable = !h2 && f->up_keyed && f->tls[SOTH_LEG_UPSTREAM] != NULL &&
+                             (ua.len == 0 || alpn_is(ua, "http/1.1")) && upstream_poolable(w, f);
+            env.keep_upstream = f->up_poolable;
             f->app = app_new(h2 ? APP_H2 : APP_H1, &env);
             if (f->app == NULL && !h2) {
                 flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);

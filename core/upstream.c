@@ -106,7 +106,15 @@ static void upstream_failed(struct worker *w, struct flow *f, int err, bool time
                          soth_strerror(err));
 }
 
-static void upstream_connect(struct worker *w, struct flow *f)
+bool upstream_poolable(const struct worker *w, const struct flow *f)
+{
+    const struct soth_config *c = w->cfg;
+    return c->mode == SOTH_MODE_REVERSE && c->reverse_tls && c->upstream_pool.enabled &&
+           w->pool.max_idle > 0 && f->action == SOTH_ACTION_INTERCEPT && f->route == NULL &&
+           w->tls != NULL && !w->stopping;
+}
+
+void upstream_connect(struct worker *w, struct flow *f)
 {
     struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     int fd = socket(f->upstream_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -130,6 +138,15 @@ void upstream_start(struct worker *w, struct flow *f)
     struct soth_iov host = dial_host(f);
     if (resolve_fast(w->cfg, &w->dns, host, dial_port(f), &f->upstream_addr,
                      &f->upstream_addr_len)) {
+        if (upstream_poolable(w, f) &&
+            upool_has_addr(&w->pool, &f->upstream_addr, f->upstream_addr_len)) {
+            /* The pool may have a connection for the ALPN offer the ClientHello brings: no
+             * connect until then (core/intercept.c, upstream_leg_start). */
+            f->up_defer = true;
+            flow_set_state(f, FS_HELLO);
+            timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.tls_handshake_ms);
+            return;
+        }
         upstream_connect(w, f);
         return;
     }

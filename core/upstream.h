@@ -19,6 +19,11 @@ struct resolve_resp;
 /** The target is in f->ev (server host and port) and f->upstream_port: resolve, then connect
  *  (FS_RESOLVING or FS_CONNECTING), or fail the flow. */
 void upstream_start(struct worker *w, struct flow *f);
+/** Connect to f->upstream_addr (FS_CONNECTING), or fail the flow. */
+void upstream_connect(struct worker *w, struct flow *f);
+/** docs/http1.md "Upstream connection pool": the flow's upstream leg may come from, and go
+ *  back to, the worker's pool (reverse https mode, direct, intercepted, pool enabled). */
+bool upstream_poolable(const struct worker *w, const struct flow *f);
 /** The resolver thread's answer for a flow (ignored when the flow is gone or moved on). */
 void upstream_resolved(struct worker *w, const struct resolve_resp *rs);
 /** The connect CQE (res as the kernel gave it). */

@@ -60,6 +60,7 @@ static void worker_begin_stop(struct worker *w)
     io_uring_sqe_set_data64(sqe, ud_pack(OP_CLOSE, 0, 0, 0));
     w->listen_fd = -1;
     quic_stop(w);
+    upool_close_all(&w->pool);
     /* Connections still waiting for a first request have nothing in flight: close them now. */
     for (uint32_t i = 0; i < w->ft.hw; i++) {
         struct flow *f = &w->ft.flows[i];
@@ -326,6 +327,7 @@ static void worker_teardown(struct worker *w)
     w->listen_fd = -1;
     soth_policy_free(w->policy);
     w->policy = NULL;
+    upool_dispose(&w->pool); /* pooled connections point into the TLS context */
     soth_tls_ctx_free(w->tls);
     w->tls = NULL;
 }
@@ -361,6 +363,16 @@ void *soth_worker_main(void *arg)
         worker_teardown(w);
         return NULL;
     }
+    const struct soth_config *c = w->cfg;
+    bool pool = c->mode == SOTH_MODE_REVERSE && c->reverse_tls && c->upstream_pool.enabled;
+    rc = upool_init(&w->pool, pool ? c->upstream_pool.max_idle : 0, c->upstream_pool.idle_ms,
+                    c->upstream_pool.max_requests, w->m);
+    if (rc < 0) {
+        snprintf(w->setup_msg, sizeof(w->setup_msg), "upstream pool: %s", soth_strerror(rc));
+        signal_ready(w, rc);
+        worker_teardown(w);
+        return NULL;
+    }
     accept_arm(w);
     arm_eventfd(w);
     io_uring_submit(&w->ring);
@@ -372,8 +384,9 @@ void *soth_worker_main(void *arg)
         struct io_uring_cqe *cqe;
         struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000};
         bool timed = w->timers.n > 0 || w->stopping || quic_timed(w);
-        if (!timed && trim_dirty(w)) {
-            /* nothing else would wake us: look again in a second whether to trim */
+        if (!timed && (trim_dirty(w) || w->pool.n > 0)) {
+            /* nothing else would wake us: look again in a second whether to trim (and sweep
+             * the upstream pool) */
             ts = (struct __kernel_timespec){.tv_sec = TRIM_CHECK_MS / 1000};
             timed = true;
         }
@@ -410,6 +423,10 @@ void *soth_worker_main(void *arg)
             break;
         if (now >= w->trim.next_ms)
             trim_check(w, now);
+        if (w->pool.n > 0 && now >= w->pool.next_sweep_ms) {
+            upool_sweep(&w->pool, now); /* once a second (docs/http1.md) */
+            w->pool.next_sweep_ms = now + 1000;
+        }
     }
     soth_ev_flush(w->prod);
     /* Let the last closes reach the kernel. */

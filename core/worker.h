@@ -26,6 +26,7 @@
 #include "iobuf.h"
 #include "resolver.h"
 #include "timer.h"
+#include "upool.h"
 
 struct quic;
 struct soth_engine;
@@ -92,6 +93,7 @@ struct worker {
     struct flow *buf_waiters;  /* flows whose recv stopped on -ENOBUFS (core/conn.c) */
     struct timer_wheel timers; /* one deadline per flow (core/timer.h) */
     struct quic *quic;         /* QUIC passthrough (core/quic.h), NULL when off */
+    struct upool pool;         /* idle upstream connections (core/upool.h) */
 
     struct soth_config *cfg;
     struct soth_policy *policy;

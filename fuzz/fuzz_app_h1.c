@@ -15,6 +15,8 @@
  *                   instead of 0..3 ms (events.ws_turn_idle_ms is 100, request_header_ms 10 s)
  *   flags bit 7     the whole client stream first, then the upstream's (a request, or frames
  *                   behind an upgrade request, wait in the layer for the answer)
+ * An odd input length also sets app_env.keep_upstream (docs/http1.md "Upstream connection
+ * pool"); app_upstream_reusable is asked once the streams are in.
  * The two streams go to app_input alternately in random pieces (1..64 bytes) until both are
  * consumed or the layer is done; before each piece the timers due are run (app_deadline,
  * app_timer), as the worker does; send() discards.
@@ -340,6 +342,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .ctx = NULL,
         .send = discard,
         .clock_ns = clock_ns,
+        .keep_upstream = (size & 1) != 0,
     };
     G.now_ns = 1000000000000ull;
     struct app *a = app_new(APP_H1, &env);
@@ -402,6 +405,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(rc == APP_AGAIN || rc == APP_DONE || rc == APP_HALF_CLOSE || rc < 0);
     }
     (void)app_close_reason(a);
+    uint32_t carried;
+    (void)app_upstream_reusable(a, &carried);
+    CHECK(carried <= G.last_id);
     app_abort(a, SOTH_OUTCOME_RESET);
     app_abort(a, SOTH_OUTCOME_RESET); /* idempotent */
     G.closed = true;

@@ -5,7 +5,10 @@
  *  - callback invariants: ids in order, every head forwarded exactly as reported, body bytes
  *    add up to the exchange counters, on_exchange once per id and last for it;
  *  - split independence: the client stream alone, fed whole and in random pieces, gives the
- *    same callback trace and the same bytes out.
+ *    same callback trace and the same bytes out;
+ *  - with keep_upstream (seed bit 4; docs/http1.md "Upstream connection pool"), a response head
+ *    toward the client is the reported one, or it with "Connection: close" added last, and the
+ *    upstream is reusable only with nothing in flight.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -26,6 +29,7 @@
 struct fz {
     uint64_t trace, out[2]; /* FNV-1a hashes */
     int lent;               /* section buffers out (lending engines) */
+    bool keep;              /* soth_h1_set_keep_upstream */
     int body_dir;
     uint32_t body_id;
     char head[2][1 << 17]; /* expected next head bytes, by to_side */
@@ -69,7 +73,12 @@ static int f_out(void *ctx, enum soth_leg to, const char *p, size_t n)
     if ((to != 0 && to != 1) || n == 0)
         FAIL();
     if (f->head_len[to] > 0) {
-        if (n != f->head_len[to] || memcmp(p, f->head[to], n) != 0)
+        static const char cc[] = "Connection: close\r\n\r\n";
+        size_t e = f->head_len[to];
+        bool added = f->keep && to == SOTH_LEG_CLIENT && e >= 2 && n == e + sizeof(cc) - 3 &&
+                     memcmp(p, f->head[to], e - 2) == 0 &&
+                     memcmp(p + e - 2, cc, sizeof(cc) - 1) == 0;
+        if (!added && (n != e || memcmp(p, f->head[to], n) != 0))
             FAIL(); /* forwarded head differs from what on_head reported */
         f->head_len[to] = 0;
     }
@@ -202,9 +211,10 @@ static void f_sec_put(void *ctx, void *mem)
     free(mem);
 }
 
-static struct soth_h1 *mk(struct fz *f, bool lend)
+static struct soth_h1 *mk(struct fz *f, bool lend, bool keep)
 {
     memset(f, 0, sizeof(*f));
+    f->keep = keep;
     f->body_dir = -1;
     struct soth_h1_cbs cbs = {
         .ctx = f,
@@ -227,6 +237,7 @@ static struct soth_h1 *mk(struct fz *f, bool lend)
     }
     if (h == NULL)
         FAIL();
+    soth_h1_set_keep_upstream(h, keep);
     return h;
 }
 
@@ -277,7 +288,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     /* 1. Both streams interleaved in random pieces, then EOFs or an abort. */
-    struct soth_h1 *h = mk(&fa, (seed & 2) != 0);
+    bool keep = (seed & 4) != 0;
+    struct soth_h1 *h = mk(&fa, (seed & 2) != 0, keep);
     size_t cp = 0, upos = 0;
     bool alive = true;
     for (int guard = 0; alive && (cp < cn || upos < un) && guard < 100000; guard++) {
@@ -292,6 +304,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             (upos >= un || soth_h1_is_blocked(h, 1)))
             break; /* both sides done or stuck */
     }
+    if (soth_h1_upstream_reusable(h) && soth_h1_in_flight(h) != 0)
+        FAIL();
     switch (rnd(&seed) % 3) {
     case 0:
         if (soth_h1_eof(h, 1) == 0)
@@ -312,9 +326,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FAIL(); /* a section buffer was not given back */
 
     /* 2. The client stream alone: whole vs random pieces. */
-    struct soth_h1 *a = mk(&fa, false);
+    struct soth_h1 *a = mk(&fa, false, keep);
     ssize_t ra = soth_h1_feed(a, 0, (const char *)in, cn);
-    struct soth_h1 *b = mk(&fb, true); /* lent sections must not change anything */
+    struct soth_h1 *b = mk(&fb, true, keep); /* lent sections must not change anything */
     size_t bp = 0;
     ssize_t rb = 0;
     while (bp < cn) {

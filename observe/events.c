@@ -93,8 +93,9 @@ const struct type_def soth_ev_schema[SOTH_EV_TYPE_COUNT] = {
                                           S("tls_version"),
                                           S("cipher"),
                                           OS("alpn"),
-                                          {"ja4s", FK_OMITSTR, NULL, 0}},
-                                         5},
+                                          {"ja4s", FK_OMITSTR, NULL, 0},
+                                          {"reused", FK_OMITU64, NULL, 0}},
+                                         6},
     [SOTH_EV_TLS_HANDSHAKE_FAILED] =
         {{{"side", E(soth_leg_names, SOTH_LEG_COUNT)},
           {"tls_failure_reason", E(soth_tls_failure_names, SOTH_TLSF_COUNT)},
@@ -498,9 +499,9 @@ void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_leg side, s
 
 void soth_ev_tls_handshake_succeeded_fp(struct soth_ev_flow *f, enum soth_leg side,
                                         struct soth_iov tls_version, struct soth_iov cipher,
-                                        struct soth_iov alpn, struct soth_iov ja4s)
+                                        struct soth_iov alpn, struct soth_iov ja4s, uint64_t reused)
 {
-    struct ev_val v[] = {VU(side), VS(tls_version), VS(cipher), VS(alpn), VS(ja4s)};
+    struct ev_val v[] = {VU(side), VS(tls_version), VS(cipher), VS(alpn), VS(ja4s), VU(reused)};
     emit(f, SOTH_EV_TLS_HANDSHAKE_SUCCEEDED, v);
 }
 
@@ -508,7 +509,8 @@ void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_leg side,
                                      struct soth_iov tls_version, struct soth_iov cipher,
                                      struct soth_iov alpn)
 {
-    soth_ev_tls_handshake_succeeded_fp(f, side, tls_version, cipher, alpn, SOTH_IOV_NULL);
+    soth_ev_tls_handshake_succeeded_fp(f, side, tls_version, cipher, alpn, SOTH_IOV_NULL,
+                                       UINT64_MAX);
 }
 
 void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_leg side,

@@ -970,6 +970,21 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
     metric_line(b, "soth_leaf_cache_hits_total", "", SUM(leaf_cache_hits));
     metric_type(b, "soth_leaf_cache_misses_total", "counter", "Leaf certificate cache misses.");
     metric_line(b, "soth_leaf_cache_misses_total", "", SUM(leaf_cache_misses));
+    metric_type(b, "soth_upstream_pool_total", "counter",
+                "Upstream connection pool (reverse https mode), by result.");
+    static const char *const pool_results[] = {"hit",     "miss",    "stale",
+                                               "expired", "evicted", "closed_max_requests"};
+    for (int r = 0; r < 6; r++) {
+        char l[64];
+        snprintf(l, sizeof(l), "{result=\"%s\"}", pool_results[r]);
+        metric_line(b, "soth_upstream_pool_total", l, SUM(upstream_pool[r]));
+    }
+    int64_t pool_idle = 0;
+    for (unsigned w = 0; w < o->n_prods; w++)
+        pool_idle += atomic_load_explicit(&o->metrics[w].upstream_pool_idle, memory_order_relaxed);
+    metric_type(b, "soth_upstream_pool_idle", "gauge",
+                "Idle upstream connections kept by the pool, all workers.");
+    metric_line(b, "soth_upstream_pool_idle", "", pool_idle > 0 ? (uint64_t)pool_idle : 0);
     metric_type(b, "soth_events_dropped_total", "counter",
                 "Events dropped by workers on a full event ring.");
     metric_line(b, "soth_events_dropped_total", "", SUM(events_dropped));

@@ -53,14 +53,15 @@ enum scan_state {
 enum scan_result { SCAN_MORE = 0, SCAN_END, SCAN_ERR };
 
 /* Exchange flags. */
-#define X_REQ_DONE  0x01 /* request message complete */
-#define X_RESP_DONE 0x02 /* final response complete */
-#define X_HEAD      0x04 /* request method HEAD: the response has no body */
-#define X_CONNECT   0x08 /* request method CONNECT */
-#define X_UPG_REQ   0x10 /* request asks for a protocol switch (Upgrade or CONNECT) */
-#define X_UPGRADED  0x20 /* the switch happened: byte relay */
-#define X_CLOSE     0x40 /* a message of this exchange closes the connection */
-#define X_NO_SWITCH 0x80 /* a final response other than a switch answered the request */
+#define X_REQ_DONE  0x01  /* request message complete */
+#define X_RESP_DONE 0x02  /* final response complete */
+#define X_HEAD      0x04  /* request method HEAD: the response has no body */
+#define X_CONNECT   0x08  /* request method CONNECT */
+#define X_UPG_REQ   0x10  /* request asks for a protocol switch (Upgrade or CONNECT) */
+#define X_UPGRADED  0x20  /* the switch happened: byte relay */
+#define X_CLOSE     0x40  /* a message of this exchange closes the connection */
+#define X_NO_SWITCH 0x80  /* a final response other than a switch answered the request */
+#define X_REQ_CLOSE 0x100 /* keep_upstream: the request's Connection: close was not forwarded */
 
 struct xchg {
     uint32_t id;
@@ -82,6 +83,7 @@ struct msg {
     bool interim;
     bool no_body;
     bool until_close;
+    bool close_dropped; /* keep_upstream: a Connection: close field was left out */
     struct soth_iov method, target, version, reason, host, upgrade_proto;
     char upgrade_copy[64];  /* upgrade_proto outlives the head's section buffer */
     struct soth_header cur; /* the field being parsed, stored once its value completes */
@@ -128,6 +130,9 @@ struct soth_h1 {
     bool upgraded;            /* byte relay */
     bool lend;                /* section buffers are lent by cbs.sec_get while a section is built */
     bool eof[SOTH_LEG_COUNT]; /* by leg */
+    bool keep_upstream;       /* soth_h1_set_keep_upstream */
+    bool up_close;            /* a final response closed (or read until close) the upstream */
+    bool up_dropped;          /* upstream bytes were dropped after the last response */
     struct h1_err err;
 };
 
@@ -699,7 +704,7 @@ static bool iov_ieq(struct soth_iov v, const char *s)
 }
 
 /* Fields the engine acts on, classified once per field. */
-enum { FK_OTHER = 0, FK_CL, FK_TE, FK_HOST, FK_EXPECT, FK_UPGRADE };
+enum { FK_OTHER = 0, FK_CL, FK_TE, FK_HOST, FK_EXPECT, FK_UPGRADE, FK_CONNECTION };
 
 static int field_kind(struct soth_iov n)
 {
@@ -710,6 +715,8 @@ static int field_kind(struct soth_iov n)
         return iov_ieq(n, "expect") ? FK_EXPECT : FK_OTHER;
     case 7:
         return iov_ieq(n, "upgrade") ? FK_UPGRADE : FK_OTHER;
+    case 10:
+        return iov_ieq(n, "connection") ? FK_CONNECTION : FK_OTHER;
     case 14:
         return iov_ieq(n, "content-length") ? FK_CL : FK_OTHER;
     case 17:
@@ -937,10 +944,19 @@ static int cb_header_value_complete(llhttp_t *p)
         f->value.len--;
         d->used--;
     }
+    d->m.fstate = 0;
+    if (d->state != DS_TRAILERS && d->m.cur_kind == FK_CONNECTION && d->h->keep_upstream &&
+        d->side == SOTH_LEG_CLIENT && p->http_major == 1 && p->http_minor == 1 &&
+        iov_ieq(f->value, "close")) {
+        /* docs/http1.md "Upstream connection pool": the origin connection outlives this
+         * client's, so its close stays with us (the exchange still closes the client's). */
+        d->used = (size_t)(f->name.base - d->buf);
+        d->m.close_dropped = true;
+        return 0;
+    }
     if (PUT_LIT(d, "\r\n") < 0)
         return -1;
     d->m.n_fields++;
-    d->m.fstate = 0;
     if (d->state == DS_TRAILERS)
         return 0;
     switch (d->m.cur_kind) {
@@ -1032,6 +1048,15 @@ static int headers_complete(llhttp_t *p)
     }
     if (d->side == SOTH_LEG_UPSTREAM && status_line_end(d) < 0)
         return -1;
+    if (d->side == SOTH_LEG_UPSTREAM && h->keep_upstream) {
+        /* The client asked to close and the origin did not: the client hears it from us. */
+        const struct xchg *w = q_awaiting(h);
+        unsigned st = p->status_code;
+        if (w != NULL && (w->flags & X_REQ_CLOSE) != 0 && st >= 200 && st != 101 &&
+            !((w->flags & X_CONNECT) != 0 && st < 300) && conn_keep_alive(p) &&
+            PUT_LIT(d, "Connection: close\r\n") < 0)
+            return -1;
+    }
     if (PUT_LIT(d, "\r\n") < 0)
         return -1;
 
@@ -1078,6 +1103,10 @@ static int headers_complete(llhttp_t *p)
             x->flags |= X_UPG_REQ;
         if (!m->keep_alive)
             x->flags |= X_CLOSE;
+        if (m->close_dropped)
+            x->flags |= X_REQ_CLOSE;
+        else if (!m->keep_alive)
+            h->up_close = true; /* the origin was told to close */
     } else {
         unsigned st = p->status_code;
         x = q_awaiting(h);
@@ -1121,6 +1150,8 @@ static int headers_complete(llhttp_t *p)
         hd.upgrade = m->upgrade;
         if (!m->interim && !m->keep_alive && !m->upgrade)
             x->flags |= X_CLOSE;
+        if (!m->interim && !m->keep_alive)
+            h->up_close = true;
         if (!m->interim && !m->upgrade)
             resolve_upgrade_wait(h, x);
     }
@@ -1443,7 +1474,9 @@ ssize_t soth_h1_feed(struct soth_h1 *h, enum soth_leg from, const char *data, si
     ssize_t c;
 
     while (pos < len) {
-        if (h->done) {
+        if (h->done || d->state == DS_DISCARD) {
+            /* dropped: an upstream connection that said more is not reused */
+            h->up_dropped = h->up_dropped || from == SOTH_LEG_UPSTREAM;
             pos = len;
             break;
         }
@@ -1461,9 +1494,6 @@ ssize_t soth_h1_feed(struct soth_h1 *h, enum soth_leg from, const char *data, si
             pos = len;
             break;
         }
-        case DS_DISCARD:
-            pos = len;
-            break;
         case DS_WAIT_UPGRADE:
             return (ssize_t)pos;
         case DS_IDLE:
@@ -1562,6 +1592,18 @@ bool soth_h1_is_blocked(const struct soth_h1 *h, enum soth_leg side)
     if (d->state == DS_WAIT_UPGRADE)
         return true;
     return side == SOTH_LEG_CLIENT && d->state == DS_IDLE && h->qlen >= h->lim.max_pipeline;
+}
+
+void soth_h1_set_keep_upstream(struct soth_h1 *h, bool on)
+{
+    h->keep_upstream = on;
+}
+
+bool soth_h1_upstream_reusable(const struct soth_h1 *h)
+{
+    const struct dir *u = &h->d[SOTH_LEG_UPSTREAM];
+    return !h->dead && !h->upgraded && h->qlen == 0 && !h->up_close && !h->up_dropped &&
+           !h->eof[SOTH_LEG_UPSTREAM] && (u->state == DS_IDLE || u->state == DS_DISCARD);
 }
 
 bool soth_h1_is_done(const struct soth_h1 *h)

@@ -1251,6 +1251,8 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use --build as it is")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3)
+    ap.add_argument("--no-upstream-pool", action="store_true",
+                    help="soth-mitm rev without its upstream connection pool")
     ap.add_argument("--quick", action="store_true",
                     help="1 repetition of 2 s, 1000 idle connections, fewer callgrind requests")
     ap.add_argument("--gate", action="store_true", help="CI perf gate (see docs/performance.md)")
@@ -1465,10 +1467,14 @@ def setup(a, d, full):
         return want is None or name in want
 
     if on("soth-mitm rev"):
+        # nginx keeps upstream connections (keepalive 1024): so does soth-mitm's reverse mode,
+        # with its upstream connection pool (docs/http1.md; off by default while it has no
+        # retry), unless --no-upstream-pool
+        pool = {"upstream_pool": {"enabled": not a.no_upstream_pool}}
         targets["soth-mitm rev"] = start_soth(a, d, "soth-mitm rev",
-                                              f"reverse:https://127.0.0.1:{origin_port}")
+                                              f"reverse:https://127.0.0.1:{origin_port}", pool)
         targets["soth-mitm rev"].factory = lambda: start_soth(
-            a, d, "soth-mitm rev-fresh", f"reverse:https://127.0.0.1:{origin_port}")
+            a, d, "soth-mitm rev-fresh", f"reverse:https://127.0.0.1:{origin_port}", pool)
     if full and on("soth-mitm reg"):
         targets["soth-mitm reg"] = start_soth(a, d, "soth-mitm reg", "regular")
         targets["soth-mitm reg"].factory = lambda: start_soth(a, d, "soth-mitm reg-fresh",

@@ -610,6 +610,10 @@ static struct soth_config *config_defaults(void)
     c->timeouts.drain_ms = 5000;
     c->quic.idle_ms = 30000;
     c->quic.max_flows = 65536;
+    c->upstream_pool.enabled = false;
+    c->upstream_pool.max_idle = 32;
+    c->upstream_pool.idle_ms = 4000;
+    c->upstream_pool.max_requests = 1000;
     return c;
 }
 
@@ -1665,6 +1669,30 @@ static int load_quic(struct soth_jerr *e, struct soth_config *c, const json_t *q
     return 0;
 }
 
+static int load_upstream_pool(struct soth_jerr *e, struct soth_config *c, const json_t *q)
+{
+    static const char *const keys[] = {"enabled", "max_idle", "idle_ms", "max_requests", NULL};
+    int rc;
+    json_t *v;
+    if ((rc = expect_object(e, "upstream_pool", q)) ||
+        (rc = check_keys(e, "upstream_pool", q, keys)))
+        return rc;
+    if ((v = json_object_get(q, "enabled")) &&
+        (rc = get_bool(e, "upstream_pool.enabled", v, &c->upstream_pool.enabled)))
+        return rc;
+    if ((v = json_object_get(q, "max_idle")) &&
+        (rc = get_uint(e, "upstream_pool.max_idle", v, 0, 65536, &c->upstream_pool.max_idle)))
+        return rc;
+    if ((v = json_object_get(q, "idle_ms")) &&
+        (rc = get_uint(e, "upstream_pool.idle_ms", v, 1, 3600000, &c->upstream_pool.idle_ms)))
+        return rc;
+    if ((v = json_object_get(q, "max_requests")) &&
+        (rc = get_uint(e, "upstream_pool.max_requests", v, 1, 10000000,
+                       &c->upstream_pool.max_requests)))
+        return rc;
+    return 0;
+}
+
 static int load_json(struct soth_jerr *e, struct soth_config *c, const json_t *root)
 {
     static const char *const keys[] = {"listen",
@@ -1676,6 +1704,7 @@ static int load_json(struct soth_jerr *e, struct soth_config *c, const json_t *r
                                        "http2_max_header_list_size",
                                        "http3_passthrough",
                                        "quic",
+                                       "upstream_pool",
                                        "tls",
                                        "events",
                                        "timeouts",
@@ -1748,6 +1777,8 @@ static int load_json(struct soth_jerr *e, struct soth_config *c, const json_t *r
         (rc = get_bool(e, "http3_passthrough", v, &c->http3_passthrough)))
         return rc;
     if ((v = json_object_get(root, "quic")) && (rc = load_quic(e, c, v)))
+        return rc;
+    if ((v = json_object_get(root, "upstream_pool")) && (rc = load_upstream_pool(e, c, v)))
         return rc;
     if ((v = json_object_get(root, "tls")) && (rc = load_tls(e, c, v)))
         return rc;
@@ -2210,6 +2241,12 @@ static char *config_to_json(const struct soth_config *c, bool secrets)
     put(&ok, quic, "idle_ms", json_integer(c->quic.idle_ms));
     put(&ok, quic, "max_flows", json_integer(c->quic.max_flows));
     put(&ok, r, "quic", quic);
+    json_t *upool = json_object();
+    put(&ok, upool, "enabled", json_boolean(c->upstream_pool.enabled));
+    put(&ok, upool, "max_idle", json_integer(c->upstream_pool.max_idle));
+    put(&ok, upool, "idle_ms", json_integer(c->upstream_pool.idle_ms));
+    put(&ok, upool, "max_requests", json_integer(c->upstream_pool.max_requests));
+    put(&ok, r, "upstream_pool", upool);
     json_t *tls = json_object();
     put(&ok, tls, "ca_dir", str_or_null(c->tls.ca_dir));
     put(&ok, tls, "ca_cert", str_or_null(c->tls.ca_cert));

@@ -82,6 +82,8 @@ static const char *const defaults_json =
     "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"
     "\"quic\":{\"idle_ms\":30000,\"max_flows\":65536},"
+    "\"upstream_pool\":{\"enabled\":false,\"max_idle\":32,\"idle_ms\":4000,"
+    "\"max_requests\":1000},"
     "\"tls\":{\"ca_dir\":null,\"ca_cert\":null,\"ca_key\":null,\"leaf_cache_size\":4096,"
     "\"leaf_validity_days\":30,\"ca_rotate_after_days\":0,\"upstream_verify\":true,"
     "\"upstream_ca_file\":null,\"keylog_file\":null,\"learning\":{\"enabled\":true,\"failure_"
@@ -204,6 +206,16 @@ static const struct bad_case bad_cases[] = {
     {"{\"quic\": {\"max_flows\": 4194305}}",
      "config: quic.max_flows: expected integer <= 4194304, got 4194305"},
     {"{\"quic\": {\"flows\": 1}}", "config: quic.flows: unknown key"},
+    {"{\"upstream_pool\": {\"enabled\": 1}}",
+     "config: upstream_pool.enabled: expected boolean, got integer"},
+    {"{\"upstream_pool\": {\"max_idle\": 65537}}",
+     "config: upstream_pool.max_idle: expected integer <= 65536, got 65537"},
+    {"{\"upstream_pool\": {\"idle_ms\": 0}}",
+     "config: upstream_pool.idle_ms: expected integer >= 1, got 0"},
+    {"{\"upstream_pool\": {\"max_requests\": 0}}",
+     "config: upstream_pool.max_requests: expected integer >= 1, got 0"},
+    {"{\"upstream_pool\": {\"size\": 1}}", "config: upstream_pool.size: unknown key"},
+    {"{\"upstream_pool\": true}", "config: upstream_pool: expected object, got boolean"},
     {"{\"tls\": {\"upstream_verify\": null}}",
      "config: tls.upstream_verify: expected boolean, got null"},
     {"{\"tls\": {\"learning\": {\"enabled\": 0}}}",
@@ -748,6 +760,8 @@ Test(config, spec_example_round_trips)
         "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},"
         "\"http2_enabled\":false,\"http2_max_header_list_size\":32768,\"http3_passthrough\":false,"
         "\"quic\":{\"idle_ms\":1500,\"max_flows\":4194304},"
+        "\"upstream_pool\":{\"enabled\":true,\"max_idle\":0,\"idle_ms\":3600000,"
+        "\"max_requests\":10000000},"
         "\"tls\":{\"ca_dir\":\"/var/lib/soth\",\"ca_cert\":\"/c.pem\",\"ca_key\":\"/c.key\","
         "\"leaf_cache_size\":0,\"leaf_validity_days\":7,\"ca_rotate_after_days\":90,"
         "\"upstream_verify\":false,\"upstream_ca_file\":\"/u.pem\","

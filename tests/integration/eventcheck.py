@@ -34,7 +34,8 @@ AssertionError) at the first violation of:
            exactly one of tls_handshake_succeeded / tls_handshake_failed, before the flow's
            stream_closed, unless the flow closed because the other side went away or the
            proxy shut down while it ran (ABANDONS), or it is a bridge flow (worker -1); never a second started, never an end
-           without its start (docs/events.md);
+           without its start (docs/events.md); `reused` (a pooled upstream connection) only
+           on an upstream tls_handshake_succeeded, a positive integer;
   quic     a flow with protocol http3 (QUIC passthrough) has no TLS or HTTP event; its
            quic_client_hello (at most one) follows connect_received and precedes
            connect_decision; its stream_closed carries datagrams_client_to_server and
@@ -180,6 +181,11 @@ def _check_schema(ev):
         if t == ft and fname in ev and (ev["side"] != side or not isinstance(ev[fname], str)
                                         or not rx.match(ev[fname])):
             _fail(f"{t}.{fname} must be a fingerprint on side {side}", ev)
+    # A pooled upstream connection (docs/http1.md, "Upstream connection pool"): optional,
+    # upstream side only, the requests it carried before.
+    if t == "tls_handshake_succeeded" and "reused" in ev and (
+            ev["side"] != "upstream" or not _is_int(ev["reused"]) or ev["reused"] < 1):
+        _fail(f"{t}.reused must be a positive integer on side upstream", ev)
     for name, kind in SCHEMA[t].items():
         if name not in ev:
             _fail(f"{t} lacks field {name}", ev)

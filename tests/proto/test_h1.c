@@ -78,6 +78,7 @@ struct rec {
     int n_out;
     int head_rc;        /* returned by on_head */
     uint32_t refuse_id; /* on_head returns SOTH_H1_REFUSE for this request; 0 none */
+    bool keep_upstream; /* heads toward the client may carry an added Connection: close */
 };
 
 static void body_flush(struct rec *r)
@@ -95,7 +96,9 @@ static int rec_out(void *ctx, enum soth_leg to_side, const char *p, size_t n)
     if (r->fail_out_after >= 0 && r->n_out++ >= r->fail_out_after)
         return -32;
     struct str *e = &r->expect_head[to_side];
-    if (e->len > 0) {
+    if (e->len > 0 && r->keep_upstream && to_side == C) {
+        e->len = 0; /* checked by the test's out_is */
+    } else if (e->len > 0) {
         /* The head goes out in one piece, byte for byte what on_head reported. */
         cr_assert_eq(n, e->len, "head out %zu bytes, reported %zu", n, e->len);
         cr_assert(memcmp(p, e->p, n) == 0, "forwarded head differs from the reported one:\n%.*s",
@@ -279,6 +282,7 @@ struct run_opts {
     int fail_out_after; /* 0: never (stored as -1 in the recorder) */
     int head_rc;
     uint32_t refuse_id;
+    bool keep_upstream; /* soth_h1_set_keep_upstream; the trace ends with reusable=0/1 */
 };
 
 struct result {
@@ -334,8 +338,11 @@ static void lend_put(void *ctx, void *mem)
 static void run_once(const struct step *st, size_t n_st, const struct run_opts *o, int split_step,
                      size_t split_at, bool bytewise, bool lend, struct result *res)
 {
-    struct rec r = {
-        .body_dir = -1, .fail_out_after = -1, .head_rc = o->head_rc, .refuse_id = o->refuse_id};
+    struct rec r = {.body_dir = -1,
+                    .fail_out_after = -1,
+                    .head_rc = o->head_rc,
+                    .refuse_id = o->refuse_id,
+                    .keep_upstream = o->keep_upstream};
     if (o->fail_out_after > 0)
         r.fail_out_after = o->fail_out_after;
     struct soth_h1_cbs cbs = {
@@ -360,6 +367,8 @@ static void run_once(const struct step *st, size_t n_st, const struct run_opts *
         h = soth_h1_new(&o->lim, &cbs);
     }
     cr_assert_not_null(h);
+    if (o->keep_upstream)
+        soth_h1_set_keep_upstream(h, true);
     struct held hd = {0};
     bool dead = false;
     for (size_t i = 0; i < n_st; i++) {
@@ -406,6 +415,8 @@ static void run_once(const struct step *st, size_t n_st, const struct run_opts *
     body_flush(&r);
     str_fmt(&r.trace, "done=%d inflight=%zu held=%zu/%zu\n", soth_h1_is_done(h),
             soth_h1_in_flight(h), hd.b[0].len, hd.b[1].len);
+    if (o->keep_upstream)
+        str_fmt(&r.trace, "reusable=%d\n", soth_h1_upstream_reusable(h));
     cr_assert_eq(r.expect_head[0].len, 0, "a reported head was never forwarded");
     cr_assert_eq(r.expect_head[1].len, 0, "a reported head was never forwarded");
     soth_h1_free(h);
@@ -1282,4 +1293,131 @@ Test(h1, dead_engine_refuses_and_abort_reports)
     str_free(&rc.expect_head[1]);
     cr_assert_str_eq(soth_h1_outcome_name(SOTH_H1_CLIENT_ABORTED), "client_aborted");
     cr_assert_str_eq(soth_h1_outcome_name(SOTH_H1_OUTCOME_COUNT), "unknown");
+}
+
+/* ---- docs/http1.md "Upstream connection pool": keep_upstream */
+
+#define KEEP (&(struct run_opts){.keep_upstream = true})
+
+Test(h1, keep_upstream_drops_request_close_adds_response_close)
+{
+    struct result r;
+    RUN_OPTS(&r, KEEP, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX: y\r\n\r\n"),
+             FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    TRACE_IS(&r, "H0 1 GET /a HTTP/1.1 {Host: h|X: y} a=h p=/a nb\n"
+                 "C0 1\n"
+                 "H1 1 200 OK HTTP/1.1 {Content-Length: 2} ka cl=2\n"
+                 "B1 1 ok\n"
+                 "C1 1\n"
+                 "X 1 complete 0 2 close\n"
+                 "done=1 inflight=0 held=0/0\n"
+                 "reusable=1\n");
+    out_is(&r, U, "GET /a HTTP/1.1\r\nHost: h\r\nX: y\r\n\r\n");
+    out_is(&r, C, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_off_forwards_close_unchanged)
+{
+    struct result r;
+    RUN(&r, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX: y\r\n\r\n"),
+        FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    out_is(&r, U, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX: y\r\n\r\n");
+    out_is(&r, C, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_keep_alive_request_untouched)
+{
+    struct result r;
+    RUN_OPTS(&r, KEEP, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"),
+             FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+             FEED(C, "GET /b HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"),
+             FEED(U, "HTTP/1.1 204 No Content\r\n\r\n"));
+    out_is(&r, U,
+           "GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: "
+           "keep-alive\r\n\r\n");
+    out_is(&r, C, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 204 No Content\r\n\r\n");
+    cr_assert(strstr(r.trace.p, "reusable=1\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_origin_close_not_reusable)
+{
+    struct result r;
+    RUN_OPTS(&r, KEEP, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+             FEED(U, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"));
+    out_is(&r, U, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    out_is(&r, C, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok");
+    cr_assert(strstr(r.trace.p, "reusable=0\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_until_close_not_reusable)
+{
+    struct result r;
+    RUN_OPTS(&r, KEEP, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+             FEED(U, "HTTP/1.1 200 OK\r\n\r\nbody"), END(U));
+    out_is(&r, C, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody");
+    cr_assert(strstr(r.trace.p, "reusable=0\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_close_list_forwarded_not_reusable)
+{
+    struct result r;
+    RUN_OPTS(&r, KEEP, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close, x\r\n\r\n"),
+             FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    out_is(&r, U, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close, x\r\n\r\n");
+    out_is(&r, C, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    cr_assert(strstr(r.trace.p, "reusable=0\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_http10_request_forwarded_not_reusable)
+{
+    struct result r;
+    RUN_OPTS(&r, KEEP, FEED(C, "GET /a HTTP/1.0\r\nConnection: close\r\n\r\n"),
+             FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    out_is(&r, U, "GET /a HTTP/1.0\r\nConnection: close\r\n\r\n");
+    cr_assert(strstr(r.trace.p, "reusable=0\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_mid_body_not_reusable)
+{
+    struct result r;
+    RUN_OPTS(&r, KEEP, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+             FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok"));
+    out_is(&r, C, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nok");
+    cr_assert(strstr(r.trace.p, "reusable=0\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_interim_then_final)
+{
+    struct result r;
+    RUN_OPTS(
+        &r, KEEP,
+        FEED(C, "POST /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\nExpect: "
+                "100-continue\r\nContent-Length: 1\r\n\r\n"),
+        FEED(U, "HTTP/1.1 100 Continue\r\n\r\n"), FEED(C, "z"),
+        FEED(U, "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"));
+    out_is(&r, C,
+           "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: "
+           "chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+    cr_assert(strstr(r.trace.p, "reusable=1\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
+}
+
+Test(h1, keep_upstream_upgrade_not_reusable)
+{
+    struct result r;
+    RUN_OPTS(&r, KEEP,
+             FEED(C, "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: "
+                     "websocket\r\n\r\n"),
+             FEED(U, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "
+                     "websocket\r\n\r\n"));
+    cr_assert(strstr(r.trace.p, "reusable=0\n") != NULL, "%s", r.trace.p);
+    result_free(&r);
 }

@@ -291,12 +291,14 @@ void soth_ev_tls_handshake_started(struct soth_ev_flow *f, enum soth_leg side, s
 void soth_ev_tls_handshake_succeeded(struct soth_ev_flow *f, enum soth_leg side,
                                      struct soth_iov tls_version, struct soth_iov cipher,
                                      struct soth_iov alpn);
-/** As above, with the client's JA4 / the origin's JA4S (SOTH_IOV_NULL: field omitted). */
+/** As above, with the client's JA4 / the origin's JA4S (SOTH_IOV_NULL: field omitted) and, for
+ *  a pooled upstream connection, the requests it carried before (UINT64_MAX: omitted). */
 void soth_ev_tls_handshake_started_fp(struct soth_ev_flow *f, enum soth_leg side,
                                       struct soth_iov sni, struct soth_iov ja4);
 void soth_ev_tls_handshake_succeeded_fp(struct soth_ev_flow *f, enum soth_leg side,
                                         struct soth_iov tls_version, struct soth_iov cipher,
-                                        struct soth_iov alpn, struct soth_iov ja4s);
+                                        struct soth_iov alpn, struct soth_iov ja4s,
+                                        uint64_t reused);
 void soth_ev_tls_handshake_failed(struct soth_ev_flow *f, enum soth_leg side,
                                   enum soth_tls_failure reason, struct soth_iov source,
                                   enum soth_tls_provider provider, struct soth_iov detail,
@@ -418,6 +420,10 @@ struct soth_metrics {
     _Atomic uint64_t quic_flows[SOTH_ACTION_COUNT + 1]; /* by decision: intercept (unused),
                                                          * tunnel, block, then dropped */
     _Atomic uint64_t quic_datagrams[SOTH_LEG_COUNT];    /* by the leg that sent them */
+    /* docs/metrics.md: soth_upstream_pool_total by result (core/upool.h enum upool_result:
+     * hit, miss, stale, expired, evicted, closed_max_requests) and idle connections kept */
+    _Atomic uint64_t upstream_pool[6];
+    _Atomic int64_t upstream_pool_idle;
 } __attribute__((aligned(SOTH_CACHELINE)));
 
 /** The worker's counters (owned by obs). */

@@ -183,6 +183,15 @@ struct soth_config {
         uint32_t max_flows; /* QUIC flows per worker; a new one above is dropped */
     } quic;
 
+    /* docs/config.md "upstream_pool": idle HTTP/1.1 upstream TLS connections kept per worker
+     * in reverse https mode (core/upool.c); restart-only */
+    struct {
+        bool enabled;
+        uint32_t max_idle;     /* idle connections per worker (0 = none kept) */
+        uint32_t idle_ms;      /* an idle connection older than this is closed */
+        uint32_t max_requests; /* requests one connection carries before it is closed */
+    } upstream_pool;
+
     struct {
         char *listen_text; /* NULL = no metrics endpoint */
         struct soth_hostport listen;

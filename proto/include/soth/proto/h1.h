@@ -239,6 +239,18 @@ bool soth_h1_is_blocked(const struct soth_h1 *h, enum soth_leg side);
 /** True when the connection has nothing more to do: error, abort, a message that closed the
  *  connection with every exchange reported, or EOF handled. Close after flushing output. */
 bool soth_h1_is_done(const struct soth_h1 *h);
+
+/**
+ * docs/http1.md "Upstream connection pool": with on, an HTTP/1.1 request's lone
+ * `Connection: close` is not forwarded (the exchange still closes the client's connection)
+ * and the response to it gets `Connection: close` toward the client when the origin kept the
+ * connection open. Off (the default): output unchanged. Set before the first feed.
+ */
+void soth_h1_set_keep_upstream(struct soth_h1 *h, bool on);
+/** True when the upstream connection may carry another client's requests: no exchange in
+ *  flight, its decoder between messages, no upstream EOF, and no final response that closed
+ *  it, read until close or switched protocols. */
+bool soth_h1_upstream_reusable(const struct soth_h1 *h);
 /** True after a 101 / CONNECT 2xx switched the connection to byte relay. */
 bool soth_h1_is_upgraded(const struct soth_h1 *h);
 /** Exchanges started (request head seen) and not yet reported. */

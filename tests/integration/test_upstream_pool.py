@@ -1,0 +1,408 @@
+"""The upstream connection pool of reverse:https mode (docs/http1.md, "Upstream connection
+pool"), seen from a real nginx origin: its access log records, per request, the origin-side
+connection number, the requests that connection carried so far and the Connection field it
+received (`$connection $connection_requests $http_connection $status $request_uri`).
+
+Every client request here is on its own connection with `Connection: close` (the churn shape of
+bench/peers/run.py): with the pool the origin sees few connections, each carrying many requests
+and never a `Connection: close`; without it (the default) one connection per request, as before.
+"""
+import os
+import re
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from harness import Proxy, free_port, wait_port
+
+NGINX = "/usr/sbin/nginx"
+BODY = bytes(range(256)) * 16 + b"pooled upstream\n"
+BIG = bytes(range(256)) * 8192  # 2 MiB: still on its way when the client resets
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+class Origin:
+    """nginx on loopback (TLS, origin.test signed by its own test CA) serving /r."""
+
+    def __init__(self, keepalive_timeout="75s", keepalive_requests=100000):
+        self.dir = d = tempfile.mkdtemp(prefix="soth-upool-")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pool test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign", cwd=d)
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "o.key", "-out", "o.csr", "-subj", "/CN=origin.test", cwd=d)
+        with open(os.path.join(d, "ext.cnf"), "w") as f:
+            f.write("subjectAltName=DNS:origin.test\nbasicConstraints=CA:FALSE\n"
+                    "extendedKeyUsage=serverAuth\n")
+        openssl("x509", "-req", "-in", "o.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "o.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+        self.ca = os.path.join(d, "ca.pem")
+        os.makedirs(os.path.join(d, "www"))
+        with open(os.path.join(d, "www", "r"), "wb") as f:
+            f.write(BODY)
+        with open(os.path.join(d, "www", "big"), "wb") as f:
+            f.write(BIG)
+        self.log = os.path.join(d, "access.log")
+        self.port = free_port()
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    log_format pool '$connection $connection_requests "$http_connection" $status $request_uri';
+    access_log {self.log} pool;
+    client_body_temp_path {d}/t_body;
+    proxy_temp_path {d}/t_proxy;
+    fastcgi_temp_path {d}/t_fcgi;
+    uwsgi_temp_path {d}/t_uwsgi;
+    scgi_temp_path {d}/t_scgi;
+    default_type application/octet-stream;
+    keepalive_timeout {keepalive_timeout};
+    keepalive_requests {keepalive_requests};
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        ssl_certificate {d}/o.pem;
+        ssl_certificate_key {d}/o.key;
+        root {d}/www;
+    }}
+}}
+""")
+        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
+                                      os.path.join(d, "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_port(self.port), "nginx did not start"
+
+    def requests(self):
+        """(connection, connection_requests, Connection field, status, uri) per request."""
+        out = []
+        with open(self.log) as f:
+            for line in f.read().splitlines():
+                m = re.fullmatch(r'(\d+) (\d+) "([^"]*)" (\d+) (\S+)', line)
+                assert m, line
+                out.append((int(m[1]), int(m[2]), m[3], int(m[4]), m[5]))
+        return out
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(["rm", "-rf", self.dir], check=False)
+
+
+def get_once(addr):
+    """One plain-HTTP request on its own connection, `Connection: close` (as wrk's churn)."""
+    s = socket.create_connection(addr, timeout=10)
+    try:
+        s.sendall(b"GET /r HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return data
+            data += b
+    finally:
+        s.close()
+
+
+def check_response(tc, data):
+    head, _, body = data.partition(b"\r\n\r\n")
+    tc.assertTrue(head.startswith(b"HTTP/1.1 200 "), data[:300])
+    tc.assertEqual(body, BODY)
+    fields = [ln.lower() for ln in head.split(b"\r\n")[1:]]
+    tc.assertIn(b"connection: close", fields, head)
+
+
+def scrape(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r'soth_upstream_pool_total\{result="(\w+)"\} (\d+)', line)
+        if m:
+            out[m[1]] = int(m[2])
+        m = re.fullmatch(r"soth_upstream_pool_idle (\d+)", line)
+        if m:
+            out["idle"] = int(m[1])
+    return out
+
+
+class UpstreamPoolTests(unittest.TestCase):
+    def proxy(self, origin, pool, metrics_port=None):
+        cfg = {"policy": {"default": "intercept"},
+               "resolve": {"origin.test": "127.0.0.1"},
+               "tls": {"upstream_ca_file": origin.ca}}
+        if pool is not None:
+            cfg["upstream_pool"] = pool
+        if metrics_port is not None:
+            cfg["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
+        return Proxy(mode=f"reverse:https://origin.test:{origin.port}", config=cfg, workers=1)
+
+    def test_churn_reuses_few_origin_connections(self):
+        n = 300
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                deadline = time.time() + 120
+                for i in range(n):
+                    self.assertLess(time.time(), deadline, f"only {i} requests in 120 s")
+                    check_response(self, get_once(p.addr()))
+                m = scrape(mport)
+                evs = p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), n)
+            self.assertTrue(all(r[3] == 200 and r[4] == "/r" for r in log), log[:5])
+            self.assertEqual([r for r in log if r[2] != "-"], [])  # no Connection: close
+            conns = {r[0] for r in log}
+            self.assertLessEqual(len(conns), 5, f"{len(conns)} origin connections for {n}")
+            self.assertGreaterEqual(max(r[1] for r in log), n // 2)
+            self.assertGreaterEqual(m.get("hit", 0), n - 5, m)
+            # A client's next connection may be accepted before the last flow let its
+            # upstream go: two connections at most, both idle now.
+            self.assertIn(m.get("idle"), (1, 2), m)
+            self.assertLessEqual(m.get("miss", 0), 5, m)
+            # Every flow reports its upstream leg; the pooled ones carry `reused`.
+            ok = [e for e in evs if e["type"] == "tls_handshake_succeeded" and
+                  e["side"] == "upstream"]
+            self.assertEqual(len(ok), n)
+            self.assertNotIn("reused", ok[0])
+            reused = [e.get("reused") for e in ok[1:]]
+            self.assertGreaterEqual(sum(1 for r in reused if r is not None), n - 5)
+            self.assertIn(1, reused)
+            started = [e for e in evs if e["type"] == "tls_handshake_started" and
+                       e["side"] == "upstream"]
+            self.assertEqual(len(started), n)
+            # The request head reported is the one forwarded: without the client's close.
+            heads = [e for e in evs if e["type"] == "request_headers"]
+            self.assertEqual(len(heads), n)
+            self.assertFalse(any(h[0].lower() == "connection" for e in heads[1:]
+                                 for h in e["headers"]), heads[1])
+        finally:
+            origin.close()
+
+    def test_tls_clients_keep_alive_and_close(self):
+        """TLS clients (ALPN http/1.1, and none): each offer has its own pooled connections;
+        a client keeping its connection alive for 3 requests, then one closing, both reuse."""
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+                for i in range(12):
+                    ctx = ssl.create_default_context(cafile=ca)
+                    if i % 2:
+                        ctx.set_alpn_protocols(["http/1.1"])
+                    raw = socket.create_connection(p.addr(), timeout=10)
+                    with ctx.wrap_socket(raw, server_hostname="origin.test") as s:
+                        f = s.makefile("rb")
+                        for k in range(3):
+                            close = b"Connection: close\r\n" if k == 2 else b""
+                            s.sendall(b"GET /r HTTP/1.1\r\nHost: origin.test\r\n" + close +
+                                      b"\r\n")
+                            status = f.readline()
+                            self.assertTrue(status.startswith(b"HTTP/1.1 200 "), status)
+                            fields = {}
+                            while True:
+                                ln = f.readline().rstrip(b"\r\n")
+                                if not ln:
+                                    break
+                                name, _, val = ln.partition(b":")
+                                fields[name.strip().lower()] = val.strip().lower()
+                            self.assertEqual(f.read(int(fields[b"content-length"])), BODY)
+                            self.assertEqual(fields.get(b"connection") == b"close", k == 2)
+                        self.assertEqual(f.read(), b"")  # closed after the last response
+                        f.close()  # the socket closes (FIN) only once its file is closed too
+                    time.sleep(0.05)
+                m = scrape(mport)
+                evs = p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 36)
+            self.assertEqual([r for r in log if r[2] != "-"], [])
+            self.assertLessEqual(len({r[0] for r in log}), 4, log)
+            self.assertGreaterEqual(m.get("hit", 0), 8, m)
+            ok = [e for e in evs if e["type"] == "tls_handshake_succeeded"]
+            self.assertEqual(len(ok), 24)
+        finally:
+            origin.close()
+
+    def test_client_reset_mid_response_is_not_pooled(self):
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                s = socket.create_connection(p.addr(), timeout=10)
+                s.sendall(b"GET /big HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+                got = b""
+                while len(got) < 65536:
+                    b = s.recv(65536)
+                    self.assertTrue(b)
+                    got += b
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()  # RST with most of the body still due
+                time.sleep(0.3)
+                check_response(self, get_once(p.addr()))
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 2, log)
+            self.assertNotEqual(log[0][0], log[1][0])
+            self.assertEqual(m.get("hit", 0), 0, m)
+            self.assertEqual(m.get("stale", 0), 0, m)
+        finally:
+            origin.close()
+
+    def test_origin_closing_after_n_requests_is_never_pooled_closed(self):
+        """nginx's keepalive_requests 5: its 5th response on a connection says close; that
+        connection is not kept, so nothing stale is ever taken and nothing fails."""
+        origin = Origin(keepalive_requests=5)
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                for _ in range(20):
+                    check_response(self, get_once(p.addr()))
+                    time.sleep(0.02)
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 20)
+            self.assertLessEqual(max(r[1] for r in log), 5)
+            self.assertGreaterEqual(len({r[0] for r in log}), 4)
+            self.assertEqual(m.get("stale", 0), 0, m)
+            self.assertGreaterEqual(m.get("hit", 0), 12, m)
+        finally:
+            origin.close()
+
+    def test_concurrent_clients(self):
+        """8 threads x 25 requests, each on its own connection: no error; with max_idle above
+        the concurrency the origin sees about as many connections as clients run at once (a
+        client's next connection may come before its last flow let its upstream go)."""
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                errors = []
+
+                def run():
+                    try:
+                        for _ in range(25):
+                            check_response(self, get_once(p.addr()))
+                    except Exception as e:  # reported below, with the thread's error
+                        errors.append(repr(e))
+
+                ts = [threading.Thread(target=run) for _ in range(8)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join(120)
+                self.assertFalse(any(t.is_alive() for t in ts), "clients still running")
+                self.assertEqual(errors, [])
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 200)
+            self.assertEqual([r for r in log if r[2] != "-" or r[3] != 200], [])
+            self.assertLessEqual(len({r[0] for r in log}), 16, m)
+            self.assertLessEqual(m.get("idle", 0), 16, m)
+            self.assertEqual(m.get("evicted", 0), 0, m)
+            self.assertGreaterEqual(m.get("hit", 0), 184, m)
+        finally:
+            origin.close()
+
+    def test_stale_connection_closed_by_origin_is_not_used(self):
+        origin = Origin(keepalive_timeout="1s")
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True, "idle_ms": 10000}, mport) as p:
+                check_response(self, get_once(p.addr()))
+                time.sleep(1.5)  # nginx closed its idle connection; the pool still holds it
+                check_response(self, get_once(p.addr()))
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 2)
+            self.assertNotEqual(log[0][0], log[1][0])
+            self.assertEqual(log[1][1], 1)
+            self.assertGreaterEqual(m.get("stale", 0), 1, m)
+        finally:
+            origin.close()
+
+    def test_max_requests_bounds_each_origin_connection(self):
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True, "max_requests": 3}, mport) as p:
+                for _ in range(10):
+                    check_response(self, get_once(p.addr()))
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 10)
+            self.assertLessEqual(max(r[1] for r in log), 3, log)
+            self.assertEqual(max(r[1] for r in log), 3, log)
+            self.assertGreaterEqual(len({r[0] for r in log}), 4, log)
+            self.assertGreaterEqual(m.get("closed_max_requests", 0), 1, m)
+        finally:
+            origin.close()
+
+    def test_idle_connection_expires(self):
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True, "idle_ms": 300}, mport) as p:
+                check_response(self, get_once(p.addr()))
+                time.sleep(0.1)  # the first flow has let its upstream connection go
+                check_response(self, get_once(p.addr()))
+                time.sleep(1.0)
+                check_response(self, get_once(p.addr()))
+                m = scrape(mport)
+                p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 3)
+            self.assertEqual(log[0][0], log[1][0])
+            self.assertNotEqual(log[1][0], log[2][0])
+            self.assertGreaterEqual(m.get("expired", 0), 1, m)
+        finally:
+            origin.close()
+
+    def test_default_off_forwards_close(self):
+        origin = Origin()
+        try:
+            with self.proxy(origin, None) as p:
+                for _ in range(3):
+                    data = get_once(p.addr())
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    self.assertTrue(head.startswith(b"HTTP/1.1 200 "), data[:300])
+                    self.assertEqual(body, BODY)
+                evs = p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 3)
+            self.assertEqual([r[2] for r in log], ["close"] * 3)
+            self.assertEqual(len({r[0] for r in log}), 3)
+            self.assertFalse(any("reused" in e for e in evs
+                                 if e["type"] == "tls_handshake_succeeded"))
+        finally:
+            origin.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
