@@ -1,18 +1,37 @@
 #!/usr/bin/env python3
 """What the NATS JetStream sink costs (docs/sinks.md): soth-mitm's CPU time per request with the
-sink on and off, in the same run, interleaved and repeated.
+sink on and off, in the same run, interleaved and repeated. Two modes:
 
     /usr/bin/python3 bench/nats/run.py [--build build] [--reps 3] [--seconds 5]
-                                       [--connections 50] [--out FILE]
+                                       [--connections 50] [--callgrind 4000] [--out FILE]
+    /usr/bin/python3 bench/nats/run.py --rate 5000,7000 [--reps 5] [--seconds 5]
+                                       [--connections 50] [--callgrind 0] [--out FILE]
 
-The workload is bench/http/run.py's small one: wrk -t 1 (keep-alive, over TLS) against
-soth-mitm in reverse mode (`reverse:https://`, 1 worker, the whole process on CPU 1) in front of
-nginx (`GET /100b`; wrk and nginx on CPU 0). Two proxies run side by side, identical but for
-`events.sinks`: none, or one `nats` sink publishing to a nats-server -js (its own temp store,
-a loopback port, CPU 0). The CPU per request is the proxy process's utime+stime over a point
-(every thread: worker, telemetry, the sink's and the client library's) divided by the requests
-wrk completed. Prints a markdown table with medians and the sink's share:
-(on - off) / on of the proxy's CPU per request. Needs nginx, wrk, nats-server (ci/setup.sh).
+The workload is bench/http/run.py's small one: keep-alive HTTP/1.1 over TLS against soth-mitm in
+reverse mode (`reverse:https://`, 1 worker, the whole process on CPU 1, TLS learning off) in
+front of nginx (`GET /100b`; the load tool and nginx on CPU 0). Two proxies run side by side,
+identical but for `events.sinks`: none, or one `nats` sink publishing to a nats-server -js (its
+own temp store, a loopback port, CPU 0).
+
+Full load (the default): wrk -t 1 -c CONNECTIONS, as fast as it goes. The CPU per request is the
+proxy process's utime+stime over a point (every thread: worker, telemetry, the sink's and the
+client library's) divided by the requests wrk completed. The proxy is not the bottleneck here
+(CPU 0, with nats-server on it when the sink is on, is), so the two proxies run at different
+rates, and a proxy at a lower rate batches less per loop pass: part of the difference is the
+rate, not the sink.
+
+Equal rate (--rate R1,R2,...): hey -c CONNECTIONS -q R/CONNECTIONS -z SECONDS (hey's workers,
+one keep-alive connection each, each at most R/CONNECTIONS requests a second), each rate for
+both proxies in turn, the order of the two swapped every other repetition. Choose rates that
+both proxies (and CPU 0) sustain: the table shows the rate hey reached. The CPU per request is
+split by thread (the scheduler's run time, /proc/PID/task/TID/schedstat): worker, telemetry
+(event ring, the events' JSON, the sink's queue), the sink thread (soth-nats), libnats' threads,
+other (main, metrics); requests are the proxy's soth_requests_total (checked against hey's).
+
+Either mode prints a markdown table with medians and the sink's share, (on - off) / on of the
+proxy's CPU per request, and can add user-space instructions per request under callgrind
+(--callgrind N, h2load). Needs nginx, wrk, hey, nats-server, and for callgrind valgrind and
+h2load (ci/setup.sh, bench/setup.sh).
 """
 import argparse
 import json
