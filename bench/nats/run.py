@@ -81,22 +81,24 @@ def thread_cpu(pid):
     return out
 
 
-def group_cpu(before, after):
-    """CPU seconds between two thread_cpu() readings, by group: `soth-worker-*` (worker),
-    `soth-telemetry` (telemetry: reads the event ring, encodes JSON, queues for the sinks),
-    `soth-nats` (sink: the sink thread, the lowest of the threads by that name), libnats (the
-    other `soth-nats` threads: libnats' own, which inherit the name of the sink thread that
-    made them), other (main, metrics). A thread that ended between the readings is lost."""
-    nats = sorted(t for t, (c, _) in after.items() if c == "soth-nats")
+def group_cpu(pid, before, after):
+    """CPU seconds between two thread_cpu() readings of process pid, by group: worker
+    (`soth-worker-*` and their io_uring helpers `iou-wrk-*`), telemetry (`soth-telemetry`: reads
+    the workers' rings into the event ring, encodes the JSON, queues for the sinks), sink
+    (`soth-nats`), libnats (its threads: unnamed, so named like the main thread that started
+    the library, `soth-mitm`, but not the main thread itself), other (main, `soth-metrics`). A
+    thread that ended between the readings is lost."""
     g = dict.fromkeys(GROUPS, 0.0)
     for tid, (comm, sec) in after.items():
         d = sec - before.get(tid, (comm, 0.0))[1]
-        if comm.startswith("soth-worker"):
+        if comm.startswith(("soth-worker", "iou-wrk")):
             g["worker"] += d
         elif comm == "soth-telemetry":
             g["telemetry"] += d
         elif comm == "soth-nats":
-            g["sink" if tid == nats[0] else "libnats"] += d
+            g["sink"] += d
+        elif comm == "soth-mitm" and tid != pid:
+            g["libnats"] += d
         else:
             g["other"] += d
     return g
@@ -440,7 +442,7 @@ def equal_rate(a, rates, off, on):
                 if abs(n - ok - err) > max(100, (ok + err) // 100):
                     sys.exit(f"sink {name}: the proxy served {n:.0f} requests, hey counted "
                              f"{ok + err}: not every request intercepted")
-                g = group_cpu(c0, c1)
+                g = group_cpu(m.proc.pid, c0, c1)
                 r = out[(rate, name)]
                 r["rps"].append(rps)
                 r["n"] += n
