@@ -157,8 +157,9 @@ class Mitm:
 
     def __init__(self, build, tmp, name, origin, sinks, cpu="1"):
         self.metrics_port = free_port()
-        # TLS learning off: the bench measures interception; a load tool that drops connections
-        # in the handshake at its end (hey -z does) must not pin the origin to tunnel.
+        # TLS learning off: the bench measures interception. hey closes a few connections right
+        # after the certificate flight (docs/tls.md: unknown_ca), which would pin the origin to
+        # tunnel.
         cfg = {"policy": {"default": "intercept"},
                "tls": {"upstream_ca_file": origin.ca, "learning": {"enabled": False}},
                "events": {"sinks": sinks},
