@@ -6,6 +6,7 @@
 #include "flow.h"
 #include "flowtab.h"
 #include "iobuf.h"
+#include "leg.h"
 #include "timer.h"
 #include "worker.h"
 
@@ -59,6 +60,7 @@ void flow_free(struct worker *w, struct flow *f)
         f->answer = NULL;
     }
     pre_free(f);
+    leg_replay_free(w, f);
     for (unsigned i = 0; i < 2; i++) {
         if (f->tls[i] != NULL) {
             soth_tls_conn_free(f->tls[i]);
