@@ -666,7 +666,10 @@ void relay_redial_recv(struct worker *w, struct flow *f, struct io_uring_cqe *cq
                     rc = SOTH_E_NOMEM;
             }
             if (rc == 0) {
+                uint32_t gen = f->gen;
                 redial_done(w, f);
+                if (f->gen == gen && !more && f->state == FS_RELAY)
+                    conn_arm_recv(w, f, SOTH_LEG_UPSTREAM); /* the multishot recv ended */
                 return;
             }
             if (rc != SOTH_E_INCOMPLETE) {
