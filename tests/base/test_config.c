@@ -82,7 +82,7 @@ static const char *const defaults_json =
     "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"
     "\"quic\":{\"idle_ms\":30000,\"max_flows\":65536},"
-    "\"upstream_pool\":{\"enabled\":true,\"max_idle\":32,\"idle_ms\":4000,"
+    "\"upstream_pool\":{\"enabled\":false,\"max_idle\":32,\"idle_ms\":4000,"
     "\"max_requests\":1000},"
     "\"tls\":{\"ca_dir\":null,\"ca_cert\":null,\"ca_key\":null,\"leaf_cache_size\":4096,"
     "\"leaf_validity_days\":30,\"ca_rotate_after_days\":0,\"upstream_verify\":true,"
