@@ -23,7 +23,9 @@ static void upstream_keep(struct worker *w, struct flow *f)
     struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     struct soth_tls_conn *t = f->tls[SOTH_LEG_UPSTREAM];
     f->up_keep = false;
-    if (u->fd < 0 || t == NULL || u->q_count > 0 || w->stopping ||
+    /* one that carried no request (its client left first) is not kept: a pooled leg reports
+     * the requests its connection carried, a positive `reused` (docs/events.md) */
+    if (u->fd < 0 || t == NULL || u->q_count > 0 || w->stopping || f->up_requests == 0 ||
         soth_tls_conn_in_pending(t) != 0 || soth_tls_conn_out_pending(t) != 0)
         return;
     struct upool_key k;
