@@ -114,6 +114,11 @@ enum soth_close_reason app_close_reason(const struct app *a)
     return a->ops->close_reason(a);
 }
 
+bool app_upstream_retryable(const struct app *a)
+{
+    return a->ops->upstream_retryable(a);
+}
+
 bool app_upstream_reusable(const struct app *a, uint32_t *requests)
 {
     *requests = 0;

@@ -137,5 +137,8 @@ enum soth_close_reason app_close_reason(const struct app *a);
  * for this flow. HTTP/2: never.
  */
 bool app_upstream_reusable(const struct app *a, uint32_t *requests);
+/** Whether the upstream connection may be replaced and what was sent on it sent again
+ *  (docs/http1.md "Upstream connection pool"; HTTP/2: never). */
+bool app_upstream_retryable(const struct app *a);
 
 #endif

@@ -928,6 +928,13 @@ static bool h1_upstream_reusable(const struct app *base, uint32_t *requests)
            a->st[SOTH_LEG_UPSTREAM].len == 0 && soth_h1_upstream_reusable(a->h);
 }
 
+static bool h1_upstream_retryable(const struct app *base)
+{
+    const struct app_h1 *a = h1_of_const(base);
+    return !a->answered && a->err_status == 0 && a->st[SOTH_LEG_UPSTREAM].len == 0 &&
+           soth_h1_upstream_retryable(a->h);
+}
+
 const struct app_ops app_h1_ops = {
     .name = "http/1.1",
     .h2 = false,
@@ -944,4 +951,5 @@ const struct app_ops app_h1_ops = {
     .shutdown = h1_shutdown,
     .close_reason = h1_close_reason,
     .upstream_reusable = h1_upstream_reusable,
+    .upstream_retryable = h1_upstream_retryable,
 };

@@ -645,6 +645,12 @@ static bool h2_upstream_reusable(const struct app *a, uint32_t *requests)
     return false;
 }
 
+static bool h2_upstream_retryable(const struct app *a)
+{
+    (void)a;
+    return false;
+}
+
 const struct app_ops app_h2_ops = {
     .name = "http/2",
     .h2 = true,
@@ -661,4 +667,5 @@ const struct app_ops app_h2_ops = {
     .shutdown = h2_shutdown,
     .close_reason = h2_close_reason,
     .upstream_reusable = h2_upstream_reusable,
+    .upstream_retryable = h2_upstream_retryable,
 };

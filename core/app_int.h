@@ -42,6 +42,7 @@ struct app_ops {
     int (*shutdown)(struct app *a);
     enum soth_close_reason (*close_reason)(const struct app *a);
     bool (*upstream_reusable)(const struct app *a, uint32_t *requests);
+    bool (*upstream_retryable)(const struct app *a);
 };
 
 /** The part every version shares; first member of struct app_h1 / app_h2. */

@@ -194,6 +194,11 @@ void conn_arm_recv(struct worker *w, struct flow *f, unsigned side)
     if (c->recv_armed || c->eof_in || c->recv_paused || c->recv_wait_buf || c->fd < 0 ||
         f->state == FS_CLOSING)
         return;
+    /* An upstream retry (core/relay.c): the client waits; the old socket gets no new read and
+     * the new one none before it is connected. */
+    if (f->up_redial != UP_REDIAL_NONE &&
+        (side == SOTH_LEG_CLIENT || f->up_redial != UP_REDIAL_TLS))
+        return;
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;

@@ -6,6 +6,7 @@
 #include "flow.h"
 #include "flowtab.h"
 #include "iobuf.h"
+#include "leg.h"
 #include "timer.h"
 #include "worker.h"
 
@@ -22,7 +23,9 @@ static void upstream_keep(struct worker *w, struct flow *f)
     struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     struct soth_tls_conn *t = f->tls[SOTH_LEG_UPSTREAM];
     f->up_keep = false;
-    if (u->fd < 0 || t == NULL || u->q_count > 0 || w->stopping ||
+    /* one that carried no request (its client left first) is not kept: a pooled leg reports
+     * the requests its connection carried, a positive `reused` (docs/events.md) */
+    if (u->fd < 0 || t == NULL || u->q_count > 0 || w->stopping || f->up_requests == 0 ||
         soth_tls_conn_in_pending(t) != 0 || soth_tls_conn_out_pending(t) != 0)
         return;
     struct upool_key k;
@@ -59,6 +62,7 @@ void flow_free(struct worker *w, struct flow *f)
         f->answer = NULL;
     }
     pre_free(f);
+    leg_replay_free(w, f);
     for (unsigned i = 0; i < 2; i++) {
         if (f->tls[i] != NULL) {
             soth_tls_conn_free(f->tls[i]);

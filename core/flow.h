@@ -46,6 +46,18 @@ enum flow_state {
     FS_COUNT
 };
 
+/* The replay of a pooled leg: at most this many owned chunks (64 KiB). */
+#define FLOW_REPLAY_CHUNKS 4
+#define FLOW_REPLAY_MAX    (FLOW_REPLAY_CHUNKS * SOTH_BUF_SIZE)
+
+/* Where a flow's upstream redial stands (docs/http1.md "Upstream connection pool"). */
+enum up_redial {
+    UP_REDIAL_NONE = 0,
+    UP_REDIAL_DRAIN,   /* waiting for the old socket's ops to end */
+    UP_REDIAL_CONNECT, /* TCP connect to the origin in flight */
+    UP_REDIAL_TLS,     /* TLS handshake with the origin */
+};
+
 struct flow {
     uint32_t slot, gen;
     uint8_t state;   /* enum flow_state */
@@ -108,6 +120,17 @@ struct flow {
     uint8_t up_alpn_len;
     uint32_t up_requests; /* requests the upstream connection carried before this flow */
     char up_alpn[32];     /* UPOOL_ALPN_MAX, wire format */
+    /* docs/http1.md "Upstream connection pool", retry: a pooled leg that closes before
+     * answering is replaced once (core/relay.c, relay_retry) */
+    uint8_t up_redial;    /* enum up_redial */
+    bool up_heard;        /* a plaintext byte came from the upstream since attach */
+    bool up_retried;      /* the one retry is spent (done or failed) */
+    bool up_replay_over;  /* replay lost bytes (over FLOW_REPLAY_MAX, no chunk): no retry */
+    bool up_redial_eof;   /* the client's FIN came during the redial: handled after it */
+    bool up_redial_reset; /* the retry began on a reset or send error (else FIN, close_notify) */
+    bool up_alpn_h11;     /* the replaced connection negotiated http/1.1 (else none) */
+    uint32_t replay_len;  /* plaintext sent upstream since attach, in replay[] */
+    char *replay[FLOW_REPLAY_CHUNKS]; /* owned chunks (core/iobuf.h), NULL until used */
 };
 
 /** Short names for traces, indexed by enum flow_state (core/flow.c). */

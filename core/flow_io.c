@@ -135,6 +135,10 @@ void flow_on_recv(struct worker *w, struct flow *f, unsigned side, struct io_uri
 {
     struct conn *c = &f->c[side];
     bool more = cqe->flags & IORING_CQE_F_MORE;
+    if (side == SOTH_LEG_UPSTREAM && f->up_redial != UP_REDIAL_NONE && f->state == FS_RELAY) {
+        relay_redial_recv(w, f, cqe);
+        return;
+    }
     /* docs/http1.md "Upstream connection pool": a connection that spoke after its last
      * response (bytes, FIN, error) is not kept */
     if (side == SOTH_LEG_UPSTREAM && cqe->res != -ECANCELED)
@@ -165,11 +169,17 @@ void flow_on_recv(struct worker *w, struct flow *f, unsigned side, struct io_uri
     /* A multishot recv that ended on its own (buffer pressure, kernel limits) is re-armed. */
     if (!more && f->state != FS_CLOSING)
         conn_arm_recv(w, f, side);
+    if (f->up_redial == UP_REDIAL_DRAIN && f->state == FS_RELAY)
+        relay_redial_step(w, f); /* a retry began here (core/relay.c) */
 }
 
 void flow_on_send(struct worker *w, struct flow *f, unsigned side, int res)
 {
     struct conn *c = &f->c[side];
+    if (side == SOTH_LEG_UPSTREAM && f->up_redial != UP_REDIAL_NONE && f->state == FS_RELAY) {
+        relay_redial_sent(w, f, res);
+        return;
+    }
     c->send_inflight = false;
     f->pending--;
     if (res < 0 && side == SOTH_LEG_UPSTREAM)
@@ -180,6 +190,8 @@ void flow_on_send(struct worker *w, struct flow *f, unsigned side, int res)
         SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "send %s: %s",
                  side ? "upstream" : "client", soth_strerror(res));
         state_ops[f->state].send_error(w, f, side);
+        if (f->up_redial == UP_REDIAL_DRAIN && f->state == FS_RELAY)
+            relay_redial_step(w, f); /* a retry began here (core/relay.c) */
         return;
     }
     conn_q_sent(&w->segs, c, (uint64_t)res);

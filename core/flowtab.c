@@ -86,6 +86,12 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->up_defer = f->up_keyed = f->up_pooled = f->up_poolable = f->up_keep = false;
     f->up_alpn_len = 0;
     f->up_requests = 0;
+    f->up_redial = UP_REDIAL_NONE;
+    f->up_heard = f->up_retried = f->up_replay_over = f->up_redial_eof = f->up_alpn_h11 =
+        f->up_redial_reset = false;
+    f->replay_len = 0;
+    for (unsigned i = 0; i < FLOW_REPLAY_CHUNKS; i++)
+        f->replay[i] = NULL;
     ft->n_live++;
     return f;
 }

@@ -1,7 +1,10 @@
 /* Bytes toward one leg of a flow, through its TLS session when it has one (core/leg.h). */
+#include <string.h>
+
 #include "conn.h"
 #include "decide.h"
 #include "flow.h"
+#include "iobuf.h"
 #include "leg.h"
 #include "worker.h"
 
@@ -38,9 +41,46 @@ void leg_budget_bytes(void *ctx, uint64_t n)
     soth_budget_add_bytes(f->bgt, f->w->idx, f->identity, f->budget_slot, now_ms(), n);
 }
 
+void leg_replay_free(struct worker *w, struct flow *f)
+{
+    for (unsigned i = 0; i < FLOW_REPLAY_CHUNKS; i++) {
+        if (f->replay[i] != NULL)
+            chunk_put(&w->io, f->replay[i]);
+        f->replay[i] = NULL;
+    }
+    f->replay_len = 0;
+}
+
+/* Keep plaintext sent upstream for a retry, in owned chunks of the worker (no malloc once they
+ * are pooled). False: more than FLOW_REPLAY_MAX or no chunk to be had. */
+static bool replay_put(struct worker *w, struct flow *f, const char *p, size_t n)
+{
+    if (n > FLOW_REPLAY_MAX - f->replay_len)
+        return false;
+    while (n > 0) {
+        unsigned i = f->replay_len / SOTH_BUF_SIZE;
+        uint32_t off = f->replay_len % SOTH_BUF_SIZE;
+        if (f->replay[i] == NULL && (f->replay[i] = chunk_get(&w->io)) == NULL)
+            return false;
+        size_t k = SOTH_BUF_SIZE - off < n ? SOTH_BUF_SIZE - off : n;
+        memcpy(f->replay[i] + off, p, k);
+        f->replay_len += (uint32_t)k;
+        p += k;
+        n -= k;
+    }
+    return true;
+}
+
 int leg_send(void *ctx, unsigned side, const char *p, size_t n)
 {
     struct flow *f = ctx;
+    if (side == SOTH_LEG_UPSTREAM && f->up_pooled && !f->up_heard && !f->up_retried &&
+        !f->up_replay_over && !replay_put(f->w, f, p, n)) {
+        f->up_replay_over = true; /* no retry then (docs/http1.md "Upstream connection pool") */
+        leg_replay_free(f->w, f);
+    }
+    if (side == SOTH_LEG_UPSTREAM && f->up_redial != UP_REDIAL_NONE)
+        return f->up_replay_over ? SOTH_E_NOMEM : 0; /* sent from the replay once it is up */
     if (f->tls[side] != NULL)
         return soth_tls_conn_write(f->tls[side], p, n) < 0 ? SOTH_E_TLS : 0;
     return conn_queue_copy(&f->w->segs, &f->c[side], p, n) ? 0 : SOTH_E_NOMEM;

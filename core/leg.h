@@ -22,6 +22,8 @@ bool leg_flush(struct worker *w, struct flow *f, unsigned side);
 /** The HTTP layer's app_env.send (ctx is the flow): plaintext toward side, through its TLS
  *  session when it has one; queued, not sent (leg_flush). 0 or a negative SOTH_E_*. */
 int leg_send(void *ctx, unsigned side, const char *p, size_t n);
+/** Drop a pooled leg's replay (docs/http1.md "Upstream connection pool"). */
+void leg_replay_free(struct worker *w, struct flow *f);
 /** app_env.budget for a flow (core/decide.c flow_budget_request). */
 bool leg_budget(void *ctx, uint32_t stream_id, uint32_t *retry_s);
 /** app_env.budget_bytes for a flow: body bytes against its budget. */

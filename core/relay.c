@@ -1,4 +1,11 @@
 /* A flow's relay once both legs are up, through its HTTP layer or as bytes (core/relay.h). */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "answer.h"
 #include "app.h"
 #include "conn.h"
@@ -7,8 +14,11 @@
 #include "leg.h"
 #include "relay.h"
 #include "timer.h"
+#include "upool.h"
 #include "upstream.h"
 #include "worker.h"
+
+static bool relay_retry(struct worker *w, struct flow *f, bool reset);
 
 /** Decrypt what tls[from] holds and hand it to the HTTP layer. False once the flow ended. */
 static bool relay_pump_app(struct worker *w, struct flow *f, unsigned from)
@@ -24,6 +34,9 @@ static bool relay_pump_app(struct worker *w, struct flow *f, unsigned from)
             return false;
         }
         if (n == 0) {
+            /* A pooled leg closed before answering: replaced once (docs/http1.md). */
+            if (from == SOTH_LEG_UPSTREAM && relay_retry(w, f, false))
+                break;
             /* close_notify: the leg's EOF for the HTTP layer. */
             f->c[from].eof_in = true;
             if (f->first_eof == 0xff)
@@ -35,6 +48,10 @@ static bool relay_pump_app(struct worker *w, struct flow *f, unsigned from)
                 rc = APP_AGAIN;
             }
             break;
+        }
+        if (from == SOTH_LEG_UPSTREAM && !f->up_heard) {
+            f->up_heard = true; /* the origin answers on this connection: no retry */
+            leg_replay_free(w, f);
         }
         rc = app_input(f->app, from, buf, (size_t)n);
     }
@@ -132,7 +149,7 @@ void relay_after(struct worker *w, struct flow *f, unsigned from, int rc)
     uint64_t hd = app_deadline(f->app);
     if (hd != 0 && (f->timer.deadline_ms == 0 || hd < f->timer.deadline_ms))
         timer_set(&w->timers, &f->timer, hd);
-    for (unsigned s = 0; s < 2; s++) {
+    for (unsigned s = 0; s < 2 && f->up_redial == UP_REDIAL_NONE; s++) {
         struct conn *out = &f->c[s];
         if (f->app != NULL && app_read_paused(f->app, s)) {
             conn_pause_recv(w, f, s);
@@ -286,7 +303,8 @@ bool relay_drained(struct worker *w, struct flow *f, unsigned side)
         if (f->state != FS_RELAY)
             return false;
     }
-    if (f->c[side ^ 1].recv_paused && low && (f->app == NULL || !app_read_paused(f->app, side ^ 1)))
+    if (f->c[side ^ 1].recv_paused && low && f->up_redial == UP_REDIAL_NONE &&
+        (f->app == NULL || !app_read_paused(f->app, side ^ 1)))
         conn_resume_recv(w, f, side ^ 1);
     return true;
 }
@@ -345,6 +363,12 @@ void relay_eof(struct worker *w, struct flow *f, unsigned side)
         relay_check_done(w, f);
         return;
     }
+    if (side == SOTH_LEG_CLIENT && f->up_redial != UP_REDIAL_NONE) {
+        f->up_redial_eof = true; /* passed on once the upstream is back */
+        return;
+    }
+    if (side == SOTH_LEG_UPSTREAM && relay_retry(w, f, false))
+        return;
     if (f->app != NULL) {
         int rc = app_eof(f->app, side, false);
         if (rc != APP_HALF_CLOSE) {
@@ -371,6 +395,8 @@ void relay_eof(struct worker *w, struct flow *f, unsigned side)
  */
 static void relay_upstream_gone(struct worker *w, struct flow *f)
 {
+    if (relay_retry(w, f, true))
+        return;
     struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     u->eof_in = true;
     u->connected = false; /* nothing more toward it, not even a FIN */
@@ -428,6 +454,10 @@ void relay_fin_sent(struct worker *w, struct flow *f, unsigned side)
 
 void relay_timeout(struct worker *w, struct flow *f)
 {
+    if (f->up_redial != UP_REDIAL_NONE) {
+        relay_redial_fail(w, f);
+        return;
+    }
     uint64_t now = now_ms();
     if (f->app_done) {
         flow_close(w, f, app_close_reason(f->app));
@@ -447,4 +477,233 @@ void relay_timeout(struct worker *w, struct flow *f)
         return;
     }
     flow_close(w, f, SOTH_CLOSE_IDLE_TIMEOUT);
+}
+
+/*
+ * docs/http1.md "Upstream connection pool", retry. A connection taken from the pool that the
+ * origin closes (close_notify, FIN, reset, send error) before any plaintext came from it is
+ * replaced once by a fresh one, silently (no second tls_handshake_started: the side reported
+ * its pooled connection), when the HTTP layer says the request may be sent again and every
+ * plaintext byte sent on it is still held in f->replay. The steps: the old socket's ops end
+ * (UP_REDIAL_DRAIN, client reads paused), it is closed with its TLS conn (whose session
+ * resumes the new one), connect (UP_REDIAL_CONNECT), handshake with the same name and offer
+ * (UP_REDIAL_TLS), the same ALPN required, the replay written, reads resumed. Any failure or
+ * the deadline ends as the old connection would have: relay_upstream_gone's 502.
+ */
+static bool relay_retry(struct worker *w, struct flow *f, bool reset)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    if (!f->up_pooled || f->up_heard || f->up_retried || f->up_replay_over ||
+        f->up_redial != UP_REDIAL_NONE || f->state != FS_RELAY || f->app == NULL || f->app_done ||
+        f->tls[SOTH_LEG_UPSTREAM] == NULL || u->shut_done || u->shut_pending || w->stopping ||
+        !app_upstream_retryable(f->app))
+        return false;
+    struct soth_iov a = soth_tls_conn_alpn(f->tls[SOTH_LEG_UPSTREAM]);
+    f->up_alpn_h11 = alpn_is(a, "http/1.1");
+    f->up_redial = UP_REDIAL_DRAIN;
+    f->up_redial_eof = false;
+    f->up_redial_reset = reset;
+    u->eof_in = false;
+    if (f->first_eof == SOTH_LEG_UPSTREAM)
+        f->first_eof = 0xff;
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id,
+             "pooled upstream connection closed before answering: retrying");
+    conn_pause_recv(w, f, SOTH_LEG_CLIENT);
+    conn_pause_recv(w, f, SOTH_LEG_UPSTREAM);
+    timer_set(&w->timers, &f->timer,
+              now_ms() + w->cfg->timeouts.connect_ms + w->cfg->timeouts.tls_handshake_ms);
+    return true; /* relay_redial_step goes on once nothing is in flight on the old socket */
+}
+
+void relay_redial_fail(struct worker *w, struct flow *f)
+{
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "upstream retry failed");
+    bool eof = f->up_redial_eof;
+    f->up_redial = UP_REDIAL_NONE;
+    f->up_retried = true;
+    leg_replay_free(w, f);
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.idle_ms);
+    conn_resume_recv(w, f, SOTH_LEG_CLIENT);
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    u->recv_paused = false;
+    if (f->up_redial_reset) {
+        relay_upstream_gone(w, f);
+    } else {
+        /* the old connection's FIN or close_notify, as it would have been taken */
+        u->eof_in = true;
+        u->connected = false; /* nothing toward the half-made new one */
+        if (f->first_eof == 0xff)
+            f->first_eof = SOTH_LEG_UPSTREAM;
+        relay_eof(w, f, SOTH_LEG_UPSTREAM);
+    }
+    if (eof && f->state == FS_RELAY && !f->app_done)
+        relay_eof(w, f, SOTH_LEG_CLIENT);
+}
+
+void relay_redial_step(struct worker *w, struct flow *f)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    if (f->up_redial != UP_REDIAL_DRAIN || f->state != FS_RELAY || u->recv_armed ||
+        u->send_inflight)
+        return;
+    conn_q_clear(&w->segs, u);
+    if (u->fd >= 0)
+        close(u->fd);
+    u->fd = -1;
+    soth_tls_conn_free(f->tls[SOTH_LEG_UPSTREAM]);
+    f->tls[SOTH_LEG_UPSTREAM] = NULL;
+    u->connected = u->eof_in = u->shut_pending = u->shut_done = false;
+    u->recv_paused = u->recv_wait_buf = false;
+    int fd = socket(f->upstream_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        relay_redial_fail(w, f);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    u->fd = fd;
+    f->up_redial = UP_REDIAL_CONNECT;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&f->upstream_addr, f->upstream_addr_len);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SOTH_LEG_UPSTREAM, f->slot, f->gen));
+    f->pending++;
+}
+
+void relay_redial_connected(struct worker *w, struct flow *f, int res)
+{
+    if (f->up_redial != UP_REDIAL_CONNECT || f->state != FS_RELAY)
+        return;
+    if (res < 0) {
+        relay_redial_fail(w, f);
+        return;
+    }
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    u->connected = true;
+    /* The same name and ALPN offer as the pooled connection's (its key). */
+    struct soth_iov alpn[UPOOL_ALPN_MAX / 2];
+    size_t n_alpn = 0;
+    for (size_t i = 0; i < f->up_alpn_len && n_alpn < UPOOL_ALPN_MAX / 2;) {
+        size_t len = (uint8_t)f->up_alpn[i];
+        alpn[n_alpn++] = soth_iov(f->up_alpn + i + 1, len);
+        i += 1 + len;
+    }
+    struct soth_tls_conn *t = NULL;
+    if (soth_tls_conn_new_client(w->tls, soth_iov(f->ev.server_host, f->ev.server_host_len), alpn,
+                                 n_alpn, &t) < 0) {
+        relay_redial_fail(w, f);
+        return;
+    }
+    f->tls[SOTH_LEG_UPSTREAM] = t;
+    f->up_redial = UP_REDIAL_TLS;
+    int rc = soth_tls_conn_handshake(t);
+    if ((rc < 0 && rc != SOTH_E_INCOMPLETE) || !leg_flush(w, f, SOTH_LEG_UPSTREAM)) {
+        relay_redial_fail(w, f);
+        return;
+    }
+    conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
+}
+
+/* The fresh connection is up: the replay goes out, then the relay goes on as before. */
+static void redial_done(struct worker *w, struct flow *f)
+{
+    struct soth_tls_conn *t = f->tls[SOTH_LEG_UPSTREAM];
+    struct soth_iov a = soth_tls_conn_alpn(t);
+    if (alpn_is(a, "http/1.1") != f->up_alpn_h11 || (!f->up_alpn_h11 && a.len > 0)) {
+        relay_redial_fail(w, f);
+        return;
+    }
+    for (uint32_t off = 0; off < f->replay_len; off += SOTH_BUF_SIZE) {
+        uint32_t k = f->replay_len - off < SOTH_BUF_SIZE ? f->replay_len - off : SOTH_BUF_SIZE;
+        if (soth_tls_conn_write(t, f->replay[off / SOTH_BUF_SIZE], k) < 0) {
+            relay_redial_fail(w, f);
+            return;
+        }
+    }
+    bool eof = f->up_redial_eof;
+    f->up_redial = UP_REDIAL_NONE;
+    f->up_retried = true;
+    f->up_requests = 0;
+    leg_replay_free(w, f);
+    upool_count(&w->pool, UPOOL_RETRIED);
+    f->last_active_ms = now_ms();
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.idle_ms);
+    if (!leg_flush(w, f, SOTH_LEG_UPSTREAM)) {
+        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    f->c[SOTH_LEG_CLIENT].recv_paused = false;
+    conn_arm_recv(w, f, SOTH_LEG_CLIENT);
+    /* Application data may have come with the end of the handshake. */
+    if (!relay_pump(w, f, SOTH_LEG_UPSTREAM))
+        return;
+    if (eof && f->state == FS_RELAY && !f->app_done)
+        relay_eof(w, f, SOTH_LEG_CLIENT);
+}
+
+void relay_redial_recv(struct worker *w, struct flow *f, struct io_uring_cqe *cqe)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    if (!more) {
+        u->recv_armed = false;
+        f->pending--;
+    }
+    if (cqe->res > 0) {
+        unsigned bid = buf_take(&w->io, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        f->bytes[SOTH_LEG_UPSTREAM] += (uint32_t)cqe->res;
+        SOTH_METRIC_ADD(w->m->bytes_server_to_client, cqe->res);
+        if (f->up_redial != UP_REDIAL_TLS) {
+            buf_put(&w->io, bid); /* the old connection's last words */
+        } else {
+            struct soth_tls_conn *t = f->tls[SOTH_LEG_UPSTREAM];
+            int rc = soth_tls_conn_feed(t, buf_addr(&w->io, bid), (size_t)cqe->res);
+            if (rc >= 0)
+                rc = soth_tls_conn_handshake(t);
+            soth_tls_conn_feed_done(t);
+            buf_put(&w->io, bid);
+            if (rc == 0 || rc == SOTH_E_INCOMPLETE) {
+                if (!leg_flush(w, f, SOTH_LEG_UPSTREAM))
+                    rc = SOTH_E_NOMEM;
+            }
+            if (rc == 0) {
+                uint32_t gen = f->gen;
+                redial_done(w, f);
+                if (f->gen == gen && !more && f->state == FS_RELAY)
+                    conn_arm_recv(w, f, SOTH_LEG_UPSTREAM); /* the multishot recv ended */
+                return;
+            }
+            if (rc != SOTH_E_INCOMPLETE) {
+                relay_redial_fail(w, f);
+                return;
+            }
+        }
+    } else if (cqe->res == -ENOBUFS && f->up_redial == UP_REDIAL_TLS) {
+        conn_wait_buf(w, f, SOTH_LEG_UPSTREAM);
+    } else if (cqe->res != -ECANCELED && cqe->res != -ENOBUFS && f->up_redial == UP_REDIAL_TLS) {
+        if (cqe->res == 0)
+            u->eof_in = true;
+        relay_redial_fail(w, f); /* the fresh connection closed or failed too */
+        return;
+    }
+    if (f->up_redial == UP_REDIAL_DRAIN)
+        relay_redial_step(w, f);
+    else if (!more)
+        conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
+}
+
+void relay_redial_sent(struct worker *w, struct flow *f, int res)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    u->send_inflight = false;
+    f->pending--;
+    if (f->up_redial == UP_REDIAL_DRAIN) {
+        relay_redial_step(w, f);
+        return;
+    }
+    if (res < 0) {
+        relay_redial_fail(w, f);
+        return;
+    }
+    conn_q_sent(&w->segs, u, (uint64_t)res);
+    conn_try_send(w, f, SOTH_LEG_UPSTREAM);
 }

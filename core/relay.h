@@ -81,4 +81,20 @@ void relay_fin_sent(struct worker *w, struct flow *f, unsigned side);
  *  layer's finish taking too long. */
 void relay_timeout(struct worker *w, struct flow *f);
 
+/*
+ * docs/http1.md "Upstream connection pool", retry of a pooled leg (f->up_redial set): the
+ * upstream side's completions go here instead of the state's handlers.
+ */
+struct io_uring_cqe;
+/** A recv completion on the upstream socket. */
+void relay_redial_recv(struct worker *w, struct flow *f, struct io_uring_cqe *cqe);
+/** A send completion on the upstream socket. */
+void relay_redial_sent(struct worker *w, struct flow *f, int res);
+/** The fresh connection's connect completed with res. */
+void relay_redial_connected(struct worker *w, struct flow *f, int res);
+/** Nothing in flight on the old socket any more: close it and connect. */
+void relay_redial_step(struct worker *w, struct flow *f);
+/** The retry failed: the old connection's end (the HTTP layer's 502). */
+void relay_redial_fail(struct worker *w, struct flow *f);
+
 #endif

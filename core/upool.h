@@ -41,6 +41,7 @@ enum upool_result {
     UPOOL_EXPIRED,
     UPOOL_EVICTED,
     UPOOL_CLOSED_MAX_REQUESTS,
+    UPOOL_RETRIED, /* a stale pooled leg replaced by a fresh connection (core/relay.c) */
     UPOOL_RESULT_COUNT
 };
 

@@ -141,7 +141,10 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
         break;
     case OP_CONNECT:
         f->pending--;
-        upstream_connected(w, f, cqe->res);
+        if (f->up_redial == UP_REDIAL_CONNECT)
+            relay_redial_connected(w, f, cqe->res); /* a pooled leg's retry (core/relay.c) */
+        else
+            upstream_connected(w, f, cqe->res);
         break;
     case OP_SHUTDOWN:
         flow_on_shutdown(w, f, side, cqe->res);

@@ -972,9 +972,9 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
     metric_line(b, "soth_leaf_cache_misses_total", "", SUM(leaf_cache_misses));
     metric_type(b, "soth_upstream_pool_total", "counter",
                 "Upstream connection pool (reverse https mode), by result.");
-    static const char *const pool_results[] = {"hit",     "miss",    "stale",
-                                               "expired", "evicted", "closed_max_requests"};
-    for (int r = 0; r < 6; r++) {
+    static const char *const pool_results[] = {
+        "hit", "miss", "stale", "expired", "evicted", "closed_max_requests", "retried"};
+    for (int r = 0; r < 7; r++) {
         char l[64];
         snprintf(l, sizeof(l), "{result=\"%s\"}", pool_results[r]);
         metric_line(b, "soth_upstream_pool_total", l, SUM(upstream_pool[r]));

@@ -62,6 +62,7 @@ enum scan_result { SCAN_MORE = 0, SCAN_END, SCAN_ERR };
 #define X_CLOSE     0x40  /* a message of this exchange closes the connection */
 #define X_NO_SWITCH 0x80  /* a final response other than a switch answered the request */
 #define X_REQ_CLOSE 0x100 /* keep_upstream: the request's Connection: close was not forwarded */
+#define X_IDEMP     0x200 /* idempotent request method (RFC 9110 9.2.2) */
 
 struct xchg {
     uint32_t id;
@@ -1097,6 +1098,9 @@ static int headers_complete(llhttp_t *p)
         *x = (struct xchg){.id = m->id};
         if (p->method == HTTP_HEAD)
             x->flags |= X_HEAD;
+        if (p->method == HTTP_GET || p->method == HTTP_HEAD || p->method == HTTP_OPTIONS ||
+            p->method == HTTP_TRACE || p->method == HTTP_PUT || p->method == HTTP_DELETE)
+            x->flags |= X_IDEMP;
         if (is_connect)
             x->flags |= X_CONNECT;
         if (m->upgrade)
@@ -1604,6 +1608,15 @@ bool soth_h1_upstream_reusable(const struct soth_h1 *h)
     const struct dir *u = &h->d[SOTH_LEG_UPSTREAM];
     return !h->dead && !h->upgraded && h->qlen == 0 && !h->up_close && !h->up_dropped &&
            !h->eof[SOTH_LEG_UPSTREAM] && (u->state == DS_IDLE || u->state == DS_DISCARD);
+}
+
+bool soth_h1_upstream_retryable(const struct soth_h1 *h)
+{
+    if (h->dead || h->done || h->upgraded || h->eof[SOTH_LEG_UPSTREAM] || h->qlen > 1 ||
+        h->d[SOTH_LEG_UPSTREAM].state != DS_IDLE)
+        return false;
+    const struct xchg *x = h->qlen == 1 ? &h->q[h->qhead] : NULL;
+    return x == NULL || ((x->flags & X_IDEMP) && !(x->flags & (X_UPG_REQ | X_RESP_DONE)));
 }
 
 bool soth_h1_is_done(const struct soth_h1 *h)

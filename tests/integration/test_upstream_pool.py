@@ -20,7 +20,7 @@ import time
 import unittest
 import urllib.request
 
-from harness import Proxy, free_port, wait_port
+from harness import Proxy, close_listener, free_port, wait_port
 
 NGINX = "/usr/sbin/nginx"
 BODY = bytes(range(256)) * 16 + b"pooled upstream\n"
@@ -31,22 +31,27 @@ def openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def make_certs(d):
+    """A test CA (ca.pem) and origin.test's key and certificate (o.key, o.pem) in d."""
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pool test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign", cwd=d)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "o.key", "-out", "o.csr", "-subj", "/CN=origin.test", cwd=d)
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=DNS:origin.test\nbasicConstraints=CA:FALSE\n"
+                "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "o.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "o.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+
+
 class Origin:
     """nginx on loopback (TLS, origin.test signed by its own test CA) serving /r."""
 
     def __init__(self, keepalive_timeout="75s", keepalive_requests=100000):
         self.dir = d = tempfile.mkdtemp(prefix="soth-upool-")
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pool test CA",
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign", cwd=d)
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "o.key", "-out", "o.csr", "-subj", "/CN=origin.test", cwd=d)
-        with open(os.path.join(d, "ext.cnf"), "w") as f:
-            f.write("subjectAltName=DNS:origin.test\nbasicConstraints=CA:FALSE\n"
-                    "extendedKeyUsage=serverAuth\n")
-        openssl("x509", "-req", "-in", "o.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", "o.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+        make_certs(d)
         self.ca = os.path.join(d, "ca.pem")
         os.makedirs(os.path.join(d, "www"))
         with open(os.path.join(d, "www", "r"), "wb") as f:
@@ -106,6 +111,101 @@ http {{
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        subprocess.run(["rm", "-rf", self.dir], check=False)
+
+
+class DroppingOrigin:
+    """A Python TLS origin (origin.test, http/1.1) that answers the first request on each
+    connection with keep-alive and, when a second request arrives on its first connection,
+    closes that connection without answering: `how` is "fin" (no close_notify), "notify"
+    (close_notify, then FIN) or "rst" (SO_LINGER 0). With stop_listening it also stops
+    accepting before that, so a fresh connection is refused. Records (connection number,
+    request line) per request received."""
+
+    def __init__(self, how="fin", stop_listening=False):
+        self.dir = d = tempfile.mkdtemp(prefix="soth-upool-py-")
+        make_certs(d)
+        self.ca = os.path.join(d, "ca.pem")
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(os.path.join(d, "o.pem"), os.path.join(d, "o.key"))
+        self.ctx.set_alpn_protocols(["http/1.1"])
+        self.how, self.stop_listening = how, stop_listening
+        self.log, self.conns, self.lock = [], 0, threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.threads = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns += 1
+                n = self.conns
+            t = threading.Thread(target=self._serve, args=(c, n), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    @staticmethod
+    def _read_request(s, buf):
+        while b"\r\n\r\n" not in buf:
+            b = s.recv(65536)
+            if not b:
+                return None, buf
+            buf += b
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        n = 0
+        for ln in head.split(b"\r\n")[1:]:
+            name, _, val = ln.partition(b":")
+            if name.strip().lower() == b"content-length":
+                n = int(val)
+        while len(rest) < n:
+            b = s.recv(65536)
+            if not b:
+                return None, buf
+            rest += b
+        return head.split(b"\r\n")[0].decode(), rest[n:]
+
+    def _serve(self, c, n):
+        c.settimeout(20)
+        try:
+            s = self.ctx.wrap_socket(c, server_side=True)
+        except (OSError, ssl.SSLError):
+            c.close()
+            return
+        buf, k = b"", 0
+        try:
+            while True:
+                line, buf = self._read_request(s, buf)
+                if line is None:
+                    break
+                k += 1
+                with self.lock:
+                    self.log.append((n, line))
+                if n == 1 and k == 2:
+                    if self.stop_listening:
+                        close_listener(self.sock)
+                    if self.how == "rst":
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    elif self.how == "notify":
+                        s = s.unwrap()
+                    break
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            s.close()
+
+    def close(self):
+        close_listener(self.sock)
         subprocess.run(["rm", "-rf", self.dir], check=False)
 
 
@@ -250,7 +350,13 @@ class UpstreamPoolTests(unittest.TestCase):
         mport = free_port()
         try:
             with self.proxy(origin, {"enabled": True}, mport) as p:
-                s = socket.create_connection(p.addr(), timeout=10)
+                # A small receive buffer makes it unlikely that all 2 MiB reach the kernel's
+                # buffers before the reset (then the exchange completes and its connection is
+                # rightly kept: a heavily loaded machine can still get there).
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                s.settimeout(10)
+                s.connect(p.addr())
                 s.sendall(b"GET /big HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
                 got = b""
                 while len(got) < 65536:
@@ -265,7 +371,7 @@ class UpstreamPoolTests(unittest.TestCase):
                 p.checked_events()
             log = origin.requests()
             self.assertEqual(len(log), 2, log)
-            self.assertNotEqual(log[0][0], log[1][0])
+            self.assertNotEqual(log[0][0], log[1][0], (log, m))
             self.assertEqual(m.get("hit", 0), 0, m)
             self.assertEqual(m.get("stale", 0), 0, m)
         finally:
@@ -340,7 +446,7 @@ class UpstreamPoolTests(unittest.TestCase):
                 p.checked_events()
             log = origin.requests()
             self.assertEqual(len(log), 2)
-            self.assertNotEqual(log[0][0], log[1][0])
+            self.assertNotEqual(log[0][0], log[1][0], (log, m))
             self.assertEqual(log[1][1], 1)
             self.assertGreaterEqual(m.get("stale", 0), 1, m)
         finally:
@@ -402,6 +508,97 @@ class UpstreamPoolTests(unittest.TestCase):
                                  if e["type"] == "tls_handshake_succeeded"))
         finally:
             origin.close()
+
+    def dropped_second_request(self, how, method=b"GET", stop_listening=False):
+        """First client: a 200 whose origin connection goes to the pool. Second client: takes
+        it, and the origin drops it on that request. Returns (second response, metrics, the
+        second client's flow events, origin log)."""
+        origin = DroppingOrigin(how, stop_listening)
+        mport = free_port()
+        try:
+            with self.proxy(origin, {"enabled": True}, mport) as p:
+                check_response(self, get_once(p.addr()))
+                time.sleep(0.2)  # the first flow has let its upstream connection go
+                s = socket.create_connection(p.addr(), timeout=10)
+                body = b"hello" if method == b"POST" else b""
+                s.sendall(method + b" /r HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n" +
+                          (b"Content-Length: 5\r\n" if body else b"") + b"\r\n" + body)
+                data = b""
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    data += b
+                s.close()
+                m = scrape(mport)
+                evs = p.checked_events()
+                self.assertIsNone(p.proc.poll())
+            flows = sorted({e["flow_id"] for e in evs})
+            self.assertEqual(len(flows), 2, flows)
+            second = [e for e in evs if e["flow_id"] == flows[1]]
+            return data, m, second, origin.log
+        finally:
+            origin.close()
+
+    def upstream_tls(self, evs):
+        return [e["type"] for e in evs if e["type"].startswith("tls_handshake") and
+                e["side"] == "upstream"]
+
+    def check_retried(self, how):
+        data, m, evs, log = self.dropped_second_request(how)
+        check_response(self, data)
+        self.assertEqual(m.get("retried", 0), 1, m)
+        self.assertEqual(m.get("hit", 0), 1, m)
+        # one start per side: the retry's handshake is not reported
+        self.assertEqual(self.upstream_tls(evs),
+                         ["tls_handshake_started", "tls_handshake_succeeded"])
+        ok = [e for e in evs if e["type"] == "tls_handshake_succeeded" and
+              e["side"] == "upstream"]
+        self.assertEqual(ok[0].get("reused"), 1)
+        self.assertEqual([e["status"] for e in evs if e["type"] == "response_headers"], [200])
+        self.assertEqual(log, [(1, "GET /r HTTP/1.1"), (1, "GET /r HTTP/1.1"),
+                               (2, "GET /r HTTP/1.1")])
+
+    def test_retry_get_after_origin_fin(self):
+        self.check_retried("fin")
+
+    def test_retry_get_after_origin_close_notify(self):
+        self.check_retried("notify")
+
+    def test_retry_get_after_origin_reset(self):
+        self.check_retried("rst")
+
+    def test_no_retry_for_post(self):
+        data, m, evs, log = self.dropped_second_request("fin", method=b"POST")
+        self.assertTrue(data.startswith(b"HTTP/1.1 502 "), data[:300])
+        self.assertIn(b"upstream closed the connection before its response", data)
+        self.assertEqual(m.get("retried", 0), 0, m)
+        self.assertEqual(log, [(1, "GET /r HTTP/1.1"), (1, "POST /r HTTP/1.1")])
+        closed = [e["reason_code"] for e in evs if e["type"] == "stream_closed"]
+        self.assertEqual(closed, ["relay_eof"])
+        self.assertEqual(self.upstream_tls(evs),
+                         ["tls_handshake_started", "tls_handshake_succeeded"])
+
+    def test_retry_whose_reconnect_fails_answers_502(self):
+        data, m, evs, log = self.dropped_second_request("fin", stop_listening=True)
+        self.assertTrue(data.startswith(b"HTTP/1.1 502 "), data[:300])
+        self.assertIn(b"upstream closed the connection before its response", data)
+        self.assertEqual(m.get("retried", 0), 0, m)
+        self.assertEqual(log, [(1, "GET /r HTTP/1.1"), (1, "GET /r HTTP/1.1")])
+        self.assertEqual(self.upstream_tls(evs),
+                         ["tls_handshake_started", "tls_handshake_succeeded"])
+        self.assertEqual([e for e in evs if e["type"] == "tls_handshake_failed"], [])
+        closed = [e["reason_code"] for e in evs if e["type"] == "stream_closed"]
+        self.assertEqual(closed, ["relay_eof"])
+
+    def test_retry_after_reset_whose_reconnect_fails_answers_502(self):
+        data, m, evs, log = self.dropped_second_request("rst", stop_listening=True)
+        self.assertTrue(data.startswith(b"HTTP/1.1 502 "), data[:300])
+        self.assertIn(b"upstream reset the connection before its response", data)
+        self.assertEqual(m.get("retried", 0), 0, m)
+        self.assertEqual(self.upstream_tls(evs),
+                         ["tls_handshake_started", "tls_handshake_succeeded"])
+        self.assertEqual(len([e for e in evs if e["type"] == "stream_closed"]), 1)
 
 
 if __name__ == "__main__":

@@ -282,7 +282,8 @@ struct run_opts {
     int fail_out_after; /* 0: never (stored as -1 in the recorder) */
     int head_rc;
     uint32_t refuse_id;
-    bool keep_upstream; /* soth_h1_set_keep_upstream; the trace ends with reusable=0/1 */
+    bool keep_upstream; /* soth_h1_set_keep_upstream; the trace ends with reusable=0/1 and
+                         * retryable=0/1 */
 };
 
 struct result {
@@ -416,7 +417,8 @@ static void run_once(const struct step *st, size_t n_st, const struct run_opts *
     str_fmt(&r.trace, "done=%d inflight=%zu held=%zu/%zu\n", soth_h1_is_done(h),
             soth_h1_in_flight(h), hd.b[0].len, hd.b[1].len);
     if (o->keep_upstream)
-        str_fmt(&r.trace, "reusable=%d\n", soth_h1_upstream_reusable(h));
+        str_fmt(&r.trace, "reusable=%d\nretryable=%d\n", soth_h1_upstream_reusable(h),
+                soth_h1_upstream_retryable(h));
     cr_assert_eq(r.expect_head[0].len, 0, "a reported head was never forwarded");
     cr_assert_eq(r.expect_head[1].len, 0, "a reported head was never forwarded");
     soth_h1_free(h);
@@ -1311,7 +1313,8 @@ Test(h1, keep_upstream_drops_request_close_adds_response_close)
                  "C1 1\n"
                  "X 1 complete 0 2 close\n"
                  "done=1 inflight=0 held=0/0\n"
-                 "reusable=1\n");
+                 "reusable=1\n"
+                 "retryable=0\n");
     out_is(&r, U, "GET /a HTTP/1.1\r\nHost: h\r\nX: y\r\n\r\n");
     out_is(&r, C, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
     result_free(&r);
@@ -1420,4 +1423,43 @@ Test(h1, keep_upstream_upgrade_not_reusable)
                      "websocket\r\n\r\n"));
     cr_assert(strstr(r.trace.p, "reusable=0\n") != NULL, "%s", r.trace.p);
     result_free(&r);
+}
+
+/* docs/http1.md "Upstream connection pool", retry: which exchanges may be sent again. */
+#define RETRYABLE_IS(want, ...)                                                                    \
+    do {                                                                                           \
+        struct result r_;                                                                          \
+        RUN_OPTS(&r_, KEEP, __VA_ARGS__);                                                          \
+        cr_assert(strstr(r_.trace.p, (want) ? "retryable=1\n" : "retryable=0\n") != NULL, "%s",    \
+                  r_.trace.p);                                                                     \
+        result_free(&r_);                                                                          \
+    } while (0)
+
+Test(h1, keep_upstream_retryable_idempotent_methods)
+{
+    RETRYABLE_IS(true, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"));
+    RETRYABLE_IS(true, FEED(C, "HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n"));
+    RETRYABLE_IS(true, FEED(C, "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n"));
+    RETRYABLE_IS(true, FEED(C, "TRACE /a HTTP/1.1\r\nHost: h\r\n\r\n"));
+    RETRYABLE_IS(true, FEED(C, "PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"));
+    RETRYABLE_IS(true, FEED(C, "DELETE /a HTTP/1.1\r\nHost: h\r\n\r\n"));
+    /* nothing in flight after a complete exchange */
+    RETRYABLE_IS(true, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"),
+                 FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+}
+
+Test(h1, keep_upstream_not_retryable)
+{
+    RETRYABLE_IS(false, FEED(C, "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"));
+    RETRYABLE_IS(false, FEED(C, "PATCH /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"));
+    /* a byte of the response came: the origin answered on this connection */
+    RETRYABLE_IS(false, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), FEED(U, "HTTP/1.1 2"));
+    /* two exchanges in flight */
+    RETRYABLE_IS(false,
+                 FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n"));
+    /* a protocol switch asked */
+    RETRYABLE_IS(false, FEED(C, "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+                                "Upgrade: websocket\r\n\r\n"));
+    /* the origin's FIN was fed */
+    RETRYABLE_IS(false, FEED(C, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"), END(U));
 }

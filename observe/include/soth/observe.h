@@ -421,8 +421,9 @@ struct soth_metrics {
                                                          * tunnel, block, then dropped */
     _Atomic uint64_t quic_datagrams[SOTH_LEG_COUNT];    /* by the leg that sent them */
     /* docs/metrics.md: soth_upstream_pool_total by result (core/upool.h enum upool_result:
-     * hit, miss, stale, expired, evicted, closed_max_requests) and idle connections kept */
-    _Atomic uint64_t upstream_pool[6];
+     * hit, miss, stale, expired, evicted, closed_max_requests, retried) and idle connections
+     * kept */
+    _Atomic uint64_t upstream_pool[7];
     _Atomic int64_t upstream_pool_idle;
 } __attribute__((aligned(SOTH_CACHELINE)));
 

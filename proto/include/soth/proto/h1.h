@@ -255,6 +255,13 @@ bool soth_h1_upstream_reusable(const struct soth_h1 *h);
 bool soth_h1_is_upgraded(const struct soth_h1 *h);
 /** Exchanges started (request head seen) and not yet reported. */
 size_t soth_h1_in_flight(const struct soth_h1 *h);
+/**
+ * docs/http1.md "Upstream connection pool": whether the upstream connection may be replaced by
+ * a fresh one and the request sent again: nothing came from it (its decoder is idle, no EOF
+ * fed), and at most one exchange is in flight, with an idempotent method (GET HEAD OPTIONS
+ * TRACE PUT DELETE) and no protocol switch asked.
+ */
+bool soth_h1_upstream_retryable(const struct soth_h1 *h);
 
 /* ---- origin-form serializer (proto/h1_write.c) ------------------------------------------- */
 
