@@ -24,7 +24,11 @@ from harness import Proxy, close_listener, free_port, wait_port
 
 NGINX = "/usr/sbin/nginx"
 BODY = bytes(range(256)) * 16 + b"pooled upstream\n"
-BIG = bytes(range(256)) * 8192  # 2 MiB: still on its way when the client resets
+BIG = bytes(range(256)) * 8192
+# /big: BIG, then zeros to 64 MiB (sparse). Still on its way when the client resets: more than
+# the kernel's socket buffers on every hop between the origin and a client that stopped
+# reading can hold (a 2 MiB body could all reach them on a loaded machine).
+BIG_SIZE = 64 << 20
 
 
 def openssl(*args, cwd):
@@ -58,6 +62,7 @@ class Origin:
             f.write(BODY)
         with open(os.path.join(d, "www", "big"), "wb") as f:
             f.write(BIG)
+            f.truncate(BIG_SIZE)
         self.log = os.path.join(d, "access.log")
         self.port = free_port()
         conf = os.path.join(d, "nginx.conf")
@@ -350,9 +355,8 @@ class UpstreamPoolTests(unittest.TestCase):
         mport = free_port()
         try:
             with self.proxy(origin, {"enabled": True}, mport) as p:
-                # A small receive buffer makes it unlikely that all 2 MiB reach the kernel's
-                # buffers before the reset (then the exchange completes and its connection is
-                # rightly kept: a heavily loaded machine can still get there).
+                # A small receive buffer, and a body far larger than what the buffers between
+                # the origin and this client hold: the reset comes with most of it still due.
                 s = socket.socket()
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
                 s.settimeout(10)
