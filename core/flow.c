@@ -29,11 +29,7 @@ static void upstream_keep(struct worker *w, struct flow *f)
         soth_tls_conn_in_pending(t) != 0 || soth_tls_conn_out_pending(t) != 0)
         return;
     struct upool_key k;
-    memset(&k, 0, sizeof(k));
-    memcpy(&k.addr, &f->upstream_addr, f->upstream_addr_len);
-    k.addr_len = f->upstream_addr_len;
-    k.alpn_len = f->up_alpn_len;
-    memcpy(k.alpn, f->up_alpn, f->up_alpn_len);
+    upool_key_set(&k, &f->upstream_addr, f->upstream_addr_len, f->up_alpn, f->up_alpn_len);
     upool_put(&w->pool, &k, u->fd, t, f->up_requests, now_ms());
     u->fd = -1;
     f->tls[SOTH_LEG_UPSTREAM] = NULL;

@@ -208,11 +208,7 @@ static bool upstream_from_pool(struct worker *w, struct flow *f, struct soth_iov
     f->up_keyed = upstream_poolable(w, f) && pool_key_alpn(f, alpn, n_alpn);
     if (f->up_keyed && f->c[SOTH_LEG_UPSTREAM].fd < 0) {
         struct upool_key k;
-        memset(&k, 0, sizeof(k));
-        memcpy(&k.addr, &f->upstream_addr, f->upstream_addr_len);
-        k.addr_len = f->upstream_addr_len;
-        k.alpn_len = f->up_alpn_len;
-        memcpy(k.alpn, f->up_alpn, f->up_alpn_len);
+        upool_key_set(&k, &f->upstream_addr, f->upstream_addr_len, f->up_alpn, f->up_alpn_len);
         int fd;
         struct soth_tls_conn *t;
         uint32_t n;
@@ -225,7 +221,7 @@ static bool upstream_from_pool(struct worker *w, struct flow *f, struct soth_iov
             f->up_requests = n;
             soth_ev_tls_handshake_started(&f->ev, SOTH_LEG_UPSTREAM, name);
             /* Its reads are armed by relay_start: a connection found dead after all is seen
-             * there only (docs/http1.md: a 502, no retry in this version). */
+             * there only (docs/http1.md: retried once when the request allows it, else 502). */
             upstream_leg_ready(w, f);
             return true;
         }

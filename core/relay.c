@@ -1,9 +1,4 @@
 /* A flow's relay once both legs are up, through its HTTP layer or as bytes (core/relay.h). */
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "answer.h"
@@ -554,19 +549,11 @@ void relay_redial_step(struct worker *w, struct flow *f)
     f->tls[SOTH_LEG_UPSTREAM] = NULL;
     u->connected = u->eof_in = u->shut_pending = u->shut_done = false;
     u->recv_paused = u->recv_wait_buf = false;
-    int fd = socket(f->upstream_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
+    if (upstream_dial(w, f) < 0) {
         relay_redial_fail(w, f);
         return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    u->fd = fd;
     f->up_redial = UP_REDIAL_CONNECT;
-    struct io_uring_sqe *sqe = get_sqe(w);
-    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&f->upstream_addr, f->upstream_addr_len);
-    io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SOTH_LEG_UPSTREAM, f->slot, f->gen));
-    f->pending++;
 }
 
 void relay_redial_connected(struct worker *w, struct flow *f, int res)

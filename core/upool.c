@@ -13,6 +13,16 @@ void upool_count(struct upool *p, enum upool_result r)
         SOTH_METRIC_ADD(p->m->upstream_pool[r], 1);
 }
 
+void upool_key_set(struct upool_key *k, const struct sockaddr_storage *addr, socklen_t addr_len,
+                   const char *alpn, uint8_t alpn_len)
+{
+    memset(k, 0, sizeof(*k));
+    memcpy(&k->addr, addr, addr_len);
+    k->addr_len = addr_len;
+    k->alpn_len = alpn_len;
+    memcpy(k->alpn, alpn, alpn_len);
+}
+
 static void idle_gauge(struct upool *p)
 {
     if (p->m != NULL)

@@ -53,6 +53,10 @@ struct upool {
     struct soth_metrics *m; /* upstream_pool[], upstream_pool_idle; may be NULL */
 };
 
+/** The key of a connection dialled to addr with the ALPN offer alpn (wire format). */
+void upool_key_set(struct upool_key *k, const struct sockaddr_storage *addr, socklen_t addr_len,
+                   const char *alpn, uint8_t alpn_len);
+
 /** Set up (no entries when max_idle is 0). Returns 0 or SOTH_E_NOMEM. */
 int upool_init(struct upool *p, uint32_t max_idle, uint32_t idle_ms, uint32_t max_requests,
                struct soth_metrics *m);

@@ -114,23 +114,30 @@ bool upstream_poolable(const struct worker *w, const struct flow *f)
            w->tls != NULL && !w->stopping;
 }
 
-void upstream_connect(struct worker *w, struct flow *f)
+int upstream_dial(struct worker *w, struct flow *f)
 {
-    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     int fd = socket(f->upstream_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        upstream_failed(w, f, -errno, false);
-        return;
-    }
+    if (fd == -1)
+        return -errno;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    u->fd = fd;
-    flow_set_state(f, FS_CONNECTING);
-    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.connect_ms);
+    f->c[SOTH_LEG_UPSTREAM].fd = fd;
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&f->upstream_addr, f->upstream_addr_len);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SOTH_LEG_UPSTREAM, f->slot, f->gen));
     f->pending++;
+    return 0;
+}
+
+void upstream_connect(struct worker *w, struct flow *f)
+{
+    int rc = upstream_dial(w, f);
+    if (rc < 0) {
+        upstream_failed(w, f, rc, false);
+        return;
+    }
+    flow_set_state(f, FS_CONNECTING);
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.connect_ms);
 }
 
 void upstream_start(struct worker *w, struct flow *f)

@@ -21,6 +21,9 @@ struct resolve_resp;
 void upstream_start(struct worker *w, struct flow *f);
 /** Connect to f->upstream_addr (FS_CONNECTING), or fail the flow. */
 void upstream_connect(struct worker *w, struct flow *f);
+/** The socket and connect SQE of upstream_connect (OP_CONNECT on the upstream side), without
+ *  its state and timer (the pool's retry, core/relay.c, keeps its own). 0 or -errno. */
+int upstream_dial(struct worker *w, struct flow *f);
 /** docs/http1.md "Upstream connection pool": the flow's upstream leg may come from, and go
  *  back to, the worker's pool (reverse https mode, direct, intercepted, pool enabled). */
 bool upstream_poolable(const struct worker *w, const struct flow *f);
