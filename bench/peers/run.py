@@ -634,12 +634,58 @@ class Sampler(threading.Thread):
         return self.peak
 
 
+# --perf DIR: the point being measured (set by the loop over workloads and repetitions) and
+# what has been profiled already (one profile per workload and target, in its first repetition).
+PERF = {"dir": None, "wl": None, "done": set()}
+PERF_TARGETS = ("soth-mitm rev", "soth-mitm reg", "nginx", "haproxy", "squid bump")
+
+
+def perf_start(target):
+    """perf record -e cpu-clock over the target's processes for one point, or None."""
+    key = (PERF["wl"], target.name)
+    if not PERF["dir"] or not target.pids or target.name not in PERF_TARGETS or key in PERF["done"]:
+        return None
+    PERF["done"].add(key)
+    name = f"{PERF['wl']}-{target.name.replace(' ', '-')}"
+    data = os.path.join(PERF["dir"], name + ".data")
+    return name, data, subprocess.Popen(
+        ["perf", "record", "-q", "-F", "999", "-e", "cpu-clock", "-o", data, "-p",
+         ",".join(str(p) for p in target.pids)], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+
+
+def perf_stop(prof):
+    """Stops the recording and writes <name>.txt: the top of `perf report` by thread, library
+    and symbol, and by thread alone."""
+    if prof is None:
+        return
+    name, data, proc = prof
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return
+    txt = os.path.join(PERF["dir"], name + ".txt")
+    with open(txt, "w") as f:
+        for sort in ("comm", "comm,dso", "comm,dso,sym"):
+            out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
+                                  "--sort", sort, "--percent-limit", "0.5"],
+                                 capture_output=True, text=True)
+            f.write(f"## perf report --sort {sort}\n")
+            f.write("\n".join(l for l in out.stdout.splitlines() if l and not l.startswith("#")))
+            f.write("\n\n")
+    log(f"  profile: {txt}")
+
+
 def measure(target, fn, warm=0):
     """Runs fn() (the load), accounting the target's CPU and RSS around it (after `warm` s)."""
     pids = target.pids
     s = Sampler(pids, warm)
     s.start()
+    prof = perf_start(target)
     r, err = fn()
+    perf_stop(prof)
     t1 = time.time()
     cpu1 = cpu_seconds(pids)
     peak = s.stop()
@@ -1279,6 +1325,10 @@ def main():
     ap.add_argument("--callgrind-h2", action="store_true",
                     help="instructions: HTTP/2 requests (10 streams per connection), not h1")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--perf", metavar="DIR",
+                    help="perf record -e cpu-clock each soth-mitm and peer target during its first "
+                    "repetition of each workload; profiles (DIR/<workload>-<target>.txt) by thread, "
+                    "library and symbol")
     a = ap.parse_args()
     if a.callgrind_h2:
         global INSTR_LOAD
@@ -1291,6 +1341,9 @@ def main():
             if "--" + k.replace("_", "-") not in given:
                 setattr(a, k, v)
     a.build = os.path.abspath(a.build)
+    if a.perf:
+        os.makedirs(a.perf, exist_ok=True)
+        PERF["dir"] = os.path.abspath(a.perf)
 
     if a.gate:
         return gate(a)
@@ -1341,6 +1394,7 @@ def main():
     results = {}
     for wl, desc, fn in workloads:
         log(f"== {wl}")
+        PERF["wl"] = wl
         runs = {t: [] for t in names}
         errs = {}
         for rep in range(a.reps):
