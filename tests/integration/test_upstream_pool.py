@@ -127,7 +127,9 @@ class DroppingOrigin:
     (close_notify, then FIN) or "rst" (SO_LINGER 0). With stop_listening it also stops
     accepting before that, so a fresh connection is refused. `later` is what every connection
     after the first does: "answer" (as the first), "silent" (accepts TCP, never answers the
-    TLS handshake, holds the socket until the peer closes it) or "h2" (offers ALPN h2 only).
+    TLS handshake, holds the socket until the peer closes it), "h2" (offers ALPN h2 only) or
+    "blackhole" (when the first connection is dropped, its listener is replaced by one on the
+    same port whose accept queue is full: a new connection's SYN is dropped, its connect hangs).
     Records (connection number, request line) per request received in `log`, and (connection
     number, request line, body bytes) in `bodies`; `closed` holds the numbers of the
     connections whose peer closed them (or reset them)."""
@@ -189,6 +191,22 @@ class DroppingOrigin:
             rest += b
         return (head.split(b"\r\n")[0].decode(), rest[:n]), rest[n:]
 
+    def _blackhole(self):
+        """Listen on the same port with a full accept queue (never accepted): Linux drops
+        the SYNs of further connections."""
+        close_listener(self.sock)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(0)
+        self.fillers = []
+        for _ in range(3):  # a backlog of 0 queues one; the rest wait in SYN retransmits
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(c)
+        time.sleep(0.1)
+
     def _silent(self, c, n):
         """Accepted, never answered: wait (bounded) for the peer to close."""
         try:
@@ -229,6 +247,8 @@ class DroppingOrigin:
                 if n == 1 and k == 2:
                     if self.stop_listening:
                         close_listener(self.sock)
+                    if self.later == "blackhole":
+                        self._blackhole()
                     if self.how == "rst":
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     elif self.how == "notify":
@@ -242,6 +262,8 @@ class DroppingOrigin:
 
     def close(self):
         close_listener(self.sock)
+        for c in getattr(self, "fillers", []):
+            c.close()
         subprocess.run(["rm", "-rf", self.dir], check=False)
 
 
@@ -773,6 +795,23 @@ class UpstreamPoolTests(unittest.TestCase):
         self.assertGreaterEqual(r.elapsed, 1.3, r.elapsed)
         self.assertLess(r.elapsed, 3.5, r.elapsed)
         self.assertEqual(r.origin.conns, 2)  # the retry's connection was made
+        self.assertEqual(r.m.get("retried", 0), 0, r.m)
+        self.check_one_upstream_handshake(r)
+        self.assertEqual([e["reason_code"] for e in r.evs if e["type"] == "stream_closed"],
+                         ["relay_eof"])
+        self.assertEqual(r.log, [(1, "GET /r HTTP/1.1"), (1, "GET /r HTTP/1.1")])
+        self.assertLessEqual(r.fds[1], r.fds[0], r.fds)
+
+    def test_retry_whose_connect_hangs_answers_502_in_time(self):
+        # the new connection's SYN is dropped (a full accept queue): the retry ends at
+        # connect_ms + tls_handshake_ms (1.5 s) with its connect still pending
+        r = self.second_request("fin", later="blackhole", fds_back=True,
+                                timeouts={"connect_ms": 500, "tls_handshake_ms": 1000})
+        self.assertTrue(r.data.startswith(b"HTTP/1.1 502 "), r.data[:300])
+        self.assertIn(b"upstream closed the connection before its response", r.data)
+        self.assertGreaterEqual(r.elapsed, 1.3, r.elapsed)
+        self.assertLess(r.elapsed, 3.5, r.elapsed)
+        self.assertEqual(r.origin.conns, 1)  # nothing accepted after the first
         self.assertEqual(r.m.get("retried", 0), 0, r.m)
         self.check_one_upstream_handshake(r)
         self.assertEqual([e["reason_code"] for e in r.evs if e["type"] == "stream_closed"],
