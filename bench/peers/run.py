@@ -1529,8 +1529,8 @@ def setup(a, d, full):
 
     if on("soth-mitm rev"):
         # nginx keeps upstream connections (keepalive 1024): so does soth-mitm's reverse mode,
-        # with its upstream connection pool (docs/http1.md; off by default while it has no
-        # retry), unless --no-upstream-pool
+        # with its upstream connection pool (docs/http1.md; on by default, set explicitly
+        # here), unless --no-upstream-pool
         pool = {"upstream_pool": {"enabled": not a.no_upstream_pool}}
         targets["soth-mitm rev"] = start_soth(a, d, "soth-mitm rev",
                                               f"reverse:https://127.0.0.1:{origin_port}", pool)

@@ -610,7 +610,7 @@ static struct soth_config *config_defaults(void)
     c->timeouts.drain_ms = 5000;
     c->quic.idle_ms = 30000;
     c->quic.max_flows = 65536;
-    c->upstream_pool.enabled = false;
+    c->upstream_pool.enabled = true;
     c->upstream_pool.max_idle = 32;
     c->upstream_pool.idle_ms = 4000;
     c->upstream_pool.max_requests = 1000;

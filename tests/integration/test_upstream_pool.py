@@ -4,8 +4,8 @@ connection number, the requests that connection carried so far and the Connectio
 received (`$connection $connection_requests $http_connection $status $request_uri`).
 
 Every client request here is on its own connection with `Connection: close` (the churn shape of
-bench/peers/run.py): with the pool the origin sees few connections, each carrying many requests
-and never a `Connection: close`; without it (the default) one connection per request, as before.
+bench/peers/run.py): with the pool (the default) the origin sees few connections, each carrying
+many requests and never a `Connection: close`; without it one connection per request.
 """
 import os
 import re
@@ -17,6 +17,7 @@ import subprocess
 import threading
 import tempfile
 import time
+import types
 import unittest
 import urllib.request
 
@@ -124,18 +125,29 @@ class DroppingOrigin:
     connection with keep-alive and, when a second request arrives on its first connection,
     closes that connection without answering: `how` is "fin" (no close_notify), "notify"
     (close_notify, then FIN) or "rst" (SO_LINGER 0). With stop_listening it also stops
-    accepting before that, so a fresh connection is refused. Records (connection number,
-    request line) per request received."""
+    accepting before that, so a fresh connection is refused. `later` is what every connection
+    after the first does: "answer" (as the first), "silent" (accepts TCP, never answers the
+    TLS handshake, holds the socket until the peer closes it), "h2" (offers ALPN h2 only) or
+    "blackhole" (when the first connection is dropped, its listener is replaced by one on the
+    same port whose accept queue is full: a new connection's SYN is dropped, its connect hangs).
+    Records (connection number, request line) per request received in `log`, and (connection
+    number, request line, body bytes) in `bodies`; `closed` holds the numbers of the
+    connections whose peer closed them (or reset them)."""
 
-    def __init__(self, how="fin", stop_listening=False):
+    def __init__(self, how="fin", stop_listening=False, later="answer"):
         self.dir = d = tempfile.mkdtemp(prefix="soth-upool-py-")
         make_certs(d)
         self.ca = os.path.join(d, "ca.pem")
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(os.path.join(d, "o.pem"), os.path.join(d, "o.key"))
         self.ctx.set_alpn_protocols(["http/1.1"])
-        self.how, self.stop_listening = how, stop_listening
-        self.log, self.conns, self.lock = [], 0, threading.Lock()
+        self.h2ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.h2ctx.load_cert_chain(os.path.join(d, "o.pem"), os.path.join(d, "o.key"))
+        self.h2ctx.set_alpn_protocols(["h2"])
+        self.how, self.stop_listening, self.later = how, stop_listening, later
+        self.log, self.bodies, self.closed = [], [], []
+        self.alpn = {}  # connection number -> ALPN it negotiated
+        self.conns, self.lock = 0, threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -177,27 +189,66 @@ class DroppingOrigin:
             if not b:
                 return None, buf
             rest += b
-        return head.split(b"\r\n")[0].decode(), rest[n:]
+        return (head.split(b"\r\n")[0].decode(), rest[:n]), rest[n:]
+
+    def _blackhole(self):
+        """Listen on the same port with a full accept queue (never accepted): Linux drops
+        the SYNs of further connections."""
+        close_listener(self.sock)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(0)
+        self.fillers = []
+        for _ in range(3):  # a backlog of 0 queues one; the rest wait in SYN retransmits
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(c)
+        time.sleep(0.1)
+
+    def _silent(self, c, n):
+        """Accepted, never answered: wait (bounded) for the peer to close."""
+        try:
+            while c.recv(65536):
+                pass
+            with self.lock:
+                self.closed.append(n)
+        except OSError:
+            with self.lock:
+                self.closed.append(n)
+        finally:
+            c.close()
 
     def _serve(self, c, n):
         c.settimeout(20)
+        if n > 1 and self.later == "silent":
+            self._silent(c, n)
+            return
         try:
-            s = self.ctx.wrap_socket(c, server_side=True)
+            ctx = self.h2ctx if n > 1 and self.later == "h2" else self.ctx
+            s = ctx.wrap_socket(c, server_side=True)
         except (OSError, ssl.SSLError):
             c.close()
             return
+        with self.lock:
+            self.alpn[n] = s.selected_alpn_protocol()
         buf, k = b"", 0
         try:
             while True:
-                line, buf = self._read_request(s, buf)
-                if line is None:
+                req, buf = self._read_request(s, buf)
+                if req is None:
                     break
+                line, body = req
                 k += 1
                 with self.lock:
                     self.log.append((n, line))
+                    self.bodies.append((n, line, body))
                 if n == 1 and k == 2:
                     if self.stop_listening:
                         close_listener(self.sock)
+                    if self.later == "blackhole":
+                        self._blackhole()
                     if self.how == "rst":
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     elif self.how == "notify":
@@ -211,6 +262,8 @@ class DroppingOrigin:
 
     def close(self):
         close_listener(self.sock)
+        for c in getattr(self, "fillers", []):
+            c.close()
         subprocess.run(["rm", "-rf", self.dir], check=False)
 
 
@@ -252,10 +305,11 @@ def scrape(port):
 
 
 class UpstreamPoolTests(unittest.TestCase):
-    def proxy(self, origin, pool, metrics_port=None):
+    def proxy(self, origin, pool, metrics_port=None, extra=None):
         cfg = {"policy": {"default": "intercept"},
                "resolve": {"origin.test": "127.0.0.1"},
                "tls": {"upstream_ca_file": origin.ca}}
+        cfg.update(extra or {})
         if pool is not None:
             cfg["upstream_pool"] = pool
         if metrics_port is not None:
@@ -494,10 +548,31 @@ class UpstreamPoolTests(unittest.TestCase):
         finally:
             origin.close()
 
-    def test_default_off_forwards_close(self):
+    def test_on_by_default(self):
+        origin = Origin()
+        mport = free_port()
+        try:
+            with self.proxy(origin, None, mport) as p:
+                for _ in range(3):
+                    check_response(self, get_once(p.addr()))
+                    time.sleep(0.05)  # the last flow has let its upstream connection go
+                m = scrape(mport)
+                evs = p.checked_events()
+            log = origin.requests()
+            self.assertEqual(len(log), 3)
+            self.assertEqual([r[2] for r in log], ["-"] * 3)  # the client's close not sent
+            self.assertEqual(len({r[0] for r in log}), 1, log)
+            self.assertEqual(m.get("hit", 0), 2, m)
+            self.assertEqual([e.get("reused") for e in evs
+                              if e["type"] == "tls_handshake_succeeded" and
+                              e["side"] == "upstream"], [None, 1, 2])
+        finally:
+            origin.close()
+
+    def test_disabled_forwards_close(self):
         origin = Origin()
         try:
-            with self.proxy(origin, None) as p:
+            with self.proxy(origin, {"enabled": False}) as p:
                 for _ in range(3):
                     data = get_once(p.addr())
                     head, _, body = data.partition(b"\r\n\r\n")
@@ -517,30 +592,87 @@ class UpstreamPoolTests(unittest.TestCase):
         """First client: a 200 whose origin connection goes to the pool. Second client: takes
         it, and the origin drops it on that request. Returns (second response, metrics, the
         second client's flow events, origin log)."""
-        origin = DroppingOrigin(how, stop_listening)
+        r = self.second_request(how, method=method, stop_listening=stop_listening)
+        return r.data, r.m, r.evs, r.log
+
+    def second_request(self, how, method=b"GET", stop_listening=False, later="answer",
+                       body=b"", timeouts=None, alpn=None, client_close=None, fds_back=False):
+        """dropped_second_request with more knobs: `later` (DroppingOrigin), a request `body`
+        (sent with Content-Length), `timeouts` for the proxy's config, `alpn` (both clients use
+        TLS offering it; None: plain HTTP), `client_close` ("fin" or "rst": the second client
+        closes 0.5 s after its request instead of reading the answer), `fds_back` (wait for the
+        proxy's descriptor count to come back: the pool ends empty). Returns a namespace:
+        data (second response, b"" when closed early), elapsed (request sent to response
+        complete or to close), ended (request sent to the flow's stream_closed, within
+        0.1 s), m (metrics), evs (second flow's events), log, origin, and
+        fds (the proxy's descriptor count before the first client, after the second flow)."""
+        origin = DroppingOrigin(how, stop_listening, later)
         mport = free_port()
+        r = types.SimpleNamespace()
         try:
-            with self.proxy(origin, {"enabled": True}, mport) as p:
-                check_response(self, get_once(p.addr()))
-                time.sleep(0.2)  # the first flow has let its upstream connection go
-                s = socket.create_connection(p.addr(), timeout=10)
-                body = b"hello" if method == b"POST" else b""
-                s.sendall(method + b" /r HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n" +
-                          (b"Content-Length: 5\r\n" if body else b"") + b"\r\n" + body)
-                data = b""
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    data += b
+            cfg_extra = {"timeouts": timeouts} if timeouts else None
+            with self.proxy(origin, {"enabled": True}, mport, cfg_extra) as p:
+                fds0 = p.fd_count()
+                ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+
+                def connect():
+                    raw = socket.create_connection(p.addr(), timeout=10)
+                    if alpn is None:
+                        return raw
+                    ctx = ssl.create_default_context(cafile=ca)
+                    ctx.set_alpn_protocols(alpn)
+                    return ctx.wrap_socket(raw, server_hostname="origin.test")
+
+                def read_to_end(s):
+                    data = b""
+                    while True:
+                        try:
+                            b = s.recv(65536)
+                        except ssl.SSLError:  # an abrupt end after the answer
+                            break
+                        if not b:
+                            break
+                        data += b
+                    return data
+
+                s = connect()
+                s.sendall(b"GET /r HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+                check_response(self, read_to_end(s))
                 s.close()
-                m = scrape(mport)
+                time.sleep(0.2)  # the first flow has let its upstream connection go
+                s = connect()
+                s.sendall(method + b" /r HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n" +
+                          (b"Content-Length: %d\r\n" % len(body) if body else b"") + b"\r\n" +
+                          body)
+                t0 = time.time()
+                if client_close is None:
+                    r.data = read_to_end(s)
+                else:
+                    time.sleep(0.5)  # the retry's new connection is being made
+                    if client_close == "rst":
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    r.data = b""
+                r.elapsed = time.time() - t0
+                s.close()
+                # The second flow ends (stream_closed); with fds_back its descriptors are
+                # closed too: wait, bounded, for the count to come back (the pool holds nothing
+                # then: the old connection was dropped, the new one failed).
+                deadline = time.time() + 15
+                while time.time() < deadline:
+                    evs = p.events(settle=0.1)
+                    if (len([e for e in evs if e["type"] == "stream_closed"]) >= 2 and
+                            (not fds_back or p.fd_count() <= fds0)):
+                        break
+                r.ended = time.time() - t0
+                r.fds = (fds0, p.fd_count())
+                r.m = scrape(mport)
                 evs = p.checked_events()
                 self.assertIsNone(p.proc.poll())
             flows = sorted({e["flow_id"] for e in evs})
             self.assertEqual(len(flows), 2, flows)
-            second = [e for e in evs if e["flow_id"] == flows[1]]
-            return data, m, second, origin.log
+            r.evs = [e for e in evs if e["flow_id"] == flows[1]]
+            r.log, r.origin = origin.log, origin
+            return r
         finally:
             origin.close()
 
@@ -604,6 +736,130 @@ class UpstreamPoolTests(unittest.TestCase):
                          ["tls_handshake_started", "tls_handshake_succeeded"])
         self.assertEqual(len([e for e in evs if e["type"] == "stream_closed"]), 1)
 
+
+    # ---- the retry's other paths (docs/http1.md "Upstream connection pool", Retry)
+
+    def check_one_upstream_handshake(self, r):
+        """The second flow reported its pooled upstream leg once (started, succeeded with
+        `reused` 1), no handshake failure, and closed once."""
+        self.assertEqual(self.upstream_tls(r.evs),
+                         ["tls_handshake_started", "tls_handshake_succeeded"])
+        ok = [e for e in r.evs if e["type"] == "tls_handshake_succeeded" and
+              e["side"] == "upstream"]
+        self.assertEqual(ok[0].get("reused"), 1)
+        self.assertEqual([e for e in r.evs if e["type"] == "tls_handshake_failed"], [])
+        self.assertEqual(len([e for e in r.evs if e["type"] == "stream_closed"]), 1, r.evs)
+
+    def check_put_retried(self, how):
+        # three 16 KiB chunks of replay; not a repeating pattern, so a chunk sent twice or out
+        # of order would show
+        body = bytes((i * 7 + i // 251) % 256 for i in range(40 << 10))
+        r = self.second_request(how, method=b"PUT", body=body)
+        check_response(self, r.data)
+        self.assertEqual(r.m.get("retried", 0), 1, r.m)
+        self.assertEqual(r.m.get("hit", 0), 1, r.m)
+        self.check_one_upstream_handshake(r)
+        self.assertEqual([e["status"] for e in r.evs if e["type"] == "response_headers"], [200])
+        got = r.origin.bodies
+        self.assertEqual([(n, line, len(b)) for n, line, b in got],
+                         [(1, "GET /r HTTP/1.1", 0), (1, "PUT /r HTTP/1.1", len(body)),
+                          (2, "PUT /r HTTP/1.1", len(body))])
+        self.assertTrue(got[1][2] == body and got[2][2] == body, "body changed on its way")
+
+    def test_retry_put_of_40k_after_origin_fin(self):
+        self.check_put_retried("fin")
+
+    def test_retry_put_of_40k_after_origin_reset(self):
+        self.check_put_retried("rst")
+
+    def test_no_retry_over_64k_sent(self):
+        body = bytes((i * 13) % 256 for i in range(100 << 10))
+        r = self.second_request("fin", method=b"PUT", body=body, fds_back=True)
+        self.assertTrue(r.data.startswith(b"HTTP/1.1 502 "), r.data[:300])
+        self.assertIn(b"upstream closed the connection before its response", r.data)
+        self.assertEqual(r.m.get("retried", 0), 0, r.m)
+        self.check_one_upstream_handshake(r)
+        self.assertEqual([(n, line, len(b)) for n, line, b in r.origin.bodies],
+                         [(1, "GET /r HTTP/1.1", 0), (1, "PUT /r HTTP/1.1", len(body))])
+        self.assertEqual([e["reason_code"] for e in r.evs if e["type"] == "stream_closed"],
+                         ["relay_eof"])
+        self.assertLessEqual(r.fds[1], r.fds[0], r.fds)
+
+    def test_retry_whose_new_connection_never_handshakes_answers_502_in_time(self):
+        # the new connection is accepted and never answered: the retry ends at connect_ms +
+        # tls_handshake_ms (1.5 s) after it began, not at the 10 s defaults nor never
+        r = self.second_request("fin", later="silent", fds_back=True,
+                                timeouts={"connect_ms": 500, "tls_handshake_ms": 1000})
+        self.assertTrue(r.data.startswith(b"HTTP/1.1 502 "), r.data[:300])
+        self.assertIn(b"upstream closed the connection before its response", r.data)
+        self.assertGreaterEqual(r.elapsed, 1.3, r.elapsed)
+        self.assertLess(r.elapsed, 3.5, r.elapsed)
+        self.assertEqual(r.origin.conns, 2)  # the retry's connection was made
+        self.assertEqual(r.m.get("retried", 0), 0, r.m)
+        self.check_one_upstream_handshake(r)
+        self.assertEqual([e["reason_code"] for e in r.evs if e["type"] == "stream_closed"],
+                         ["relay_eof"])
+        self.assertEqual(r.log, [(1, "GET /r HTTP/1.1"), (1, "GET /r HTTP/1.1")])
+        self.assertLessEqual(r.fds[1], r.fds[0], r.fds)
+
+    def test_retry_whose_connect_hangs_answers_502_in_time(self):
+        # the new connection's SYN is dropped (a full accept queue): the retry ends at
+        # connect_ms + tls_handshake_ms (1.5 s) with its connect still pending
+        r = self.second_request("fin", later="blackhole", fds_back=True,
+                                timeouts={"connect_ms": 500, "tls_handshake_ms": 1000})
+        self.assertTrue(r.data.startswith(b"HTTP/1.1 502 "), r.data[:300])
+        self.assertIn(b"upstream closed the connection before its response", r.data)
+        self.assertGreaterEqual(r.elapsed, 1.3, r.elapsed)
+        self.assertLess(r.elapsed, 3.5, r.elapsed)
+        self.assertEqual(r.origin.conns, 1)  # nothing accepted after the first
+        self.assertEqual(r.m.get("retried", 0), 0, r.m)
+        self.check_one_upstream_handshake(r)
+        self.assertEqual([e["reason_code"] for e in r.evs if e["type"] == "stream_closed"],
+                         ["relay_eof"])
+        self.assertEqual(r.log, [(1, "GET /r HTTP/1.1"), (1, "GET /r HTTP/1.1")])
+        self.assertLessEqual(r.fds[1], r.fds[0], r.fds)
+
+    def check_client_gone_during_retry(self, how):
+        r = self.second_request("fin", later="silent", client_close=how, fds_back=True,
+                                timeouts={"connect_ms": 1000, "tls_handshake_ms": 2000})
+        self.assertEqual(r.m.get("retried", 0), 0, r.m)
+        self.check_one_upstream_handshake(r)
+        # the flow ends by the retry's deadline (3 s) at the latest, its descriptors closed
+        self.assertLess(r.ended, 6.0, r.ended)
+        print(f"\n{how}: flow ended {r.ended:.2f} s after the request, fds {r.fds}, "
+              f"closed by proxy {r.origin.closed}")
+        self.assertLessEqual(r.fds[1], r.fds[0], r.fds)
+        self.assertEqual(r.origin.conns, 2)  # the retry's connection was made
+        self.assertEqual(r.log, [(1, "GET /r HTTP/1.1"), (1, "GET /r HTTP/1.1")])
+
+    def test_client_fin_during_retry(self):
+        self.check_client_gone_during_retry("fin")
+
+    def test_client_reset_during_retry(self):
+        self.check_client_gone_during_retry("rst")
+
+    def test_retry_whose_new_connection_negotiates_h2_answers_502(self):
+        # TLS clients offering h2 and http/1.1: the pooled connection chose http/1.1, the new
+        # one h2; HTTP/1.1 bytes must not go on it
+        r = self.second_request("fin", later="h2", alpn=["h2", "http/1.1"], fds_back=True)
+        self.assertTrue(r.data.startswith(b"HTTP/1.1 502 "), r.data[:300])
+        self.assertIn(b"upstream closed the connection before its response", r.data)
+        self.assertEqual(r.origin.alpn, {1: "http/1.1", 2: "h2"})
+        self.assertEqual(r.m.get("retried", 0), 0, r.m)
+        self.check_one_upstream_handshake(r)
+        self.assertEqual(r.log, [(1, "GET /r HTTP/1.1"), (1, "GET /r HTTP/1.1")])
+        self.assertLessEqual(r.fds[1], r.fds[0], r.fds)
+
+    def test_retry_whose_new_connection_negotiates_no_alpn_answers_502(self):
+        # plain clients (offer http/1.1): the new connection's origin offers only h2, so it
+        # negotiates no ALPN where the pooled one had http/1.1
+        r = self.second_request("fin", later="h2", fds_back=True)
+        self.assertTrue(r.data.startswith(b"HTTP/1.1 502 "), r.data[:300])
+        self.assertEqual(r.origin.alpn, {1: "http/1.1", 2: None})
+        self.assertEqual(r.m.get("retried", 0), 0, r.m)
+        self.check_one_upstream_handshake(r)
+        self.assertEqual(r.log, [(1, "GET /r HTTP/1.1"), (1, "GET /r HTTP/1.1")])
+        self.assertLessEqual(r.fds[1], r.fds[0], r.fds)
 
 if __name__ == "__main__":
     unittest.main()

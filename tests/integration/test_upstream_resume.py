@@ -137,7 +137,10 @@ class UpstreamResumeTests(unittest.TestCase):
             cfg = {"policy": {"default": "intercept"},
                    "resolve": {"origin.test": "127.0.0.1"},
                    # The leaving clients reject our leaf on purpose: no learning from that.
-                   "tls": {"upstream_ca_file": origin.ca, "learning": {"enabled": False}}}
+                   "tls": {"upstream_ca_file": origin.ca, "learning": {"enabled": False}},
+                   # Every request on a fresh upstream connection (whose handshake resumes):
+                   # the pool would carry them all on one connection, with no handshake.
+                   "upstream_pool": {"enabled": False}}
             with Proxy(mode=f"reverse:https://origin.test:{origin.port}", config=cfg,
                        workers=1) as p:
                 deadline = time.time() + 180
