@@ -54,8 +54,8 @@
 #define BEHIND_LOG_MS  10000u       /* at most one "falling behind" line per this period */
 #define ACK_EVERY      64u          /* one event in this many asks for an ack (see publish) */
 #define MARK_MS        1u           /* a pause this long: ask for an ack of what was published */
-#define LINGER_MS      10           /* poll period after work, before a long sleep */
-#define LINGER_ROUNDS  100          /* polls (1 s) before that */
+#define LINGER_MS      20           /* poll period after work, before a long sleep */
+#define LINGER_ROUNDS  50           /* polls (1 s) before that */
 #define OB_CAP         (256u << 10) /* publishing socket: frame heads buffered per batch at most */
 #define BATCH_BYTES    (2u << 20) /* publishing socket: bytes (heads and JSON) per batch at most */
 #define IOV_CAP        1024u      /* publishing socket: pieces per sendmsg (UIO_MAXIOV) */
