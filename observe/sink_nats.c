@@ -36,6 +36,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "nats_proto.h"
@@ -53,13 +54,15 @@
 #define BEHIND_LOG_MS  10000u       /* at most one "falling behind" line per this period */
 #define ACK_EVERY      64u          /* one event in this many asks for an ack (see publish) */
 #define MARK_MS        1u           /* a pause this long: ask for an ack of what was published */
-#define LINGER_MS      10           /* poll period after work, before a long sleep */
-#define LINGER_ROUNDS  100          /* polls (1 s) before that */
-#define OB_CAP         (2u << 20)   /* publishing socket: bytes written per batch at most */
-#define BLOCK          32u          /* put_blocks: the copy unit */
-#define OB_SLACK       (2u * BLOCK) /* beyond OB_CAP, for put_blocks' last block */
-#define IB_CAP         (64u << 10)  /* publishing socket: bytes read and not yet parsed */
-#define CONNECT_MS     2000u        /* connect and handshake of the publishing socket */
+#define LINGER_MS      20           /* poll period after work, before a long sleep */
+#define LINGER_ROUNDS  50           /* polls (1 s) before that */
+#define OB_CAP         (256u << 10) /* publishing socket: frame heads buffered per batch at most */
+#define BATCH_BYTES    (2u << 20) /* publishing socket: bytes (heads and JSON) per batch at most */
+#define IOV_CAP        1024u      /* publishing socket: pieces per sendmsg (UIO_MAXIOV) */
+#define BLOCK          32u        /* put_blocks: the copy unit */
+#define OB_SLACK       (2u * BLOCK)       /* beyond OB_CAP, for put_blocks' last block */
+#define IB_CAP         (64u << 10)        /* publishing socket: bytes read and not yet parsed */
+#define CONNECT_MS     2000u              /* connect and handshake of the publishing socket */
 #define X_TYPE         SOTH_EV_TYPE_COUNT /* subject index of <subject>.exchange */
 #define N_SUBJ         (SOTH_EV_TYPE_COUNT + 1)
 #define ID_TAIL_MAX    48u /* "x-" u64 "-" u32 "-p" */
@@ -154,6 +157,7 @@ struct nats_sink {
     uint64_t connect_at_ms; /* next connection attempt while there is none */
     uint64_t check_at_ms;   /* next stream check */
     uint64_t rewind_at_ms;  /* a temporary publish error: re-send from fh then (0 = none) */
+    bool move_more;         /* move_in stopped for its budget with more queued */
     uint32_t unmarked;      /* events published since the last one that asked for an ack */
     uint64_t unmarked_ms;   /* when the first of them was published */
     bool outage;
@@ -177,9 +181,14 @@ struct nats_sink {
     int rfd;        /* -1: none */
     char inbox[64]; /* "_INBOX.<run id>.<gen>.": replies go to inbox<gseq> */
     size_t inbox_len;
-    char *ob; /* OB_CAP: [ob_off, ob_len) not yet written */
-    size_t ob_off, ob_len;
-    char *ib; /* IB_CAP: [0, ib_len) read, not yet parsed */
+    /* A batch: the frames' heads (and trailing CRLFs) written to ob, their JSON left in the
+     * in-flight area; iov lists the pieces in order, [iov_done, n_iov) not yet written. */
+    char *ob; /* OB_CAP + OB_SLACK */
+    size_t ob_len;
+    struct iovec *iov; /* IOV_CAP */
+    size_t n_iov, iov_done;
+    size_t batch_bytes; /* in iov so far */
+    char *ib;           /* IB_CAP: [0, ib_len) read, not yet parsed */
     size_t ib_len;
     uint64_t max_payload; /* the server's (INFO) */
     bool need_pong;
@@ -444,6 +453,7 @@ static int64_t f_alloc(struct nats_sink *ns, uint32_t n)
 /** Take queued events into the in-flight area while it has room (sink thread). */
 static size_t move_in(struct nats_sink *ns)
 {
+    ns->move_more = false;
     if (ns->ft - ns->fh >= F_SLOTS)
         return 0;
     uint64_t tail = atomic_load_explicit(&ns->q_tail, memory_order_acquire);
@@ -469,6 +479,7 @@ static size_t move_in(struct nats_sink *ns)
         bytes += h.len;
         n++;
     }
+    ns->move_more = bytes >= MOVE_BUDGET && head < tail;
     atomic_store_explicit(&ns->q_head, head, memory_order_release);
     atomic_fetch_add_explicit(&ns->q_takes, n, memory_order_relaxed);
     pthread_mutex_unlock(&ns->q_mu);
@@ -595,35 +606,68 @@ static void on_closed(natsConnection *nc, void *closure)
  * credentials files, which publish through libnats.
  * ========================================================================================== */
 
+static void ob_reset(struct nats_sink *ns)
+{
+    ns->ob_len = ns->n_iov = ns->iov_done = ns->batch_bytes = 0;
+}
+
+/** Append a piece to the batch (iov has room): merged with the previous one when it follows it. */
+static void iov_add(struct nats_sink *ns, const char *p, size_t n)
+{
+    struct iovec *last = ns->n_iov > ns->iov_done ? &ns->iov[ns->n_iov - 1] : NULL;
+    if (last != NULL && (const char *)last->iov_base + last->iov_len == p)
+        last->iov_len += n;
+    else
+        ns->iov[ns->n_iov++] = (struct iovec){.iov_base = (void *)p, .iov_len = n};
+    ns->batch_bytes += n;
+}
+
 static void raw_lost(struct nats_sink *ns)
 {
     if (ns->rfd < 0)
         return;
     close(ns->rfd);
     ns->rfd = -1;
-    ns->ob_off = ns->ob_len = 0;
+    ob_reset(ns);
     ns->ib_len = 0;
     atomic_fetch_add(&ns->dis_epoch, 1);
     atomic_store(&ns->up, 0);
 }
 
+/** Bytes into ob and the batch (the caller checked for room in both). */
 static void ob_put(struct nats_sink *ns, const void *p, size_t n)
 {
     memcpy(ns->ob + ns->ob_len, p, n);
+    iov_add(ns, ns->ob + ns->ob_len, n);
     ns->ob_len += n;
 }
 
 static int raw_read(struct nats_sink *ns);
 
-/** Write out the buffer, reading acks meanwhile. 0, or -1 the socket is gone. */
+/**
+ * Write out the batch (one sendmsg of all its pieces, as a rule), reading acks meanwhile. 0, or
+ * -1 the socket is gone. The JSON the batch points to stays put meanwhile: only take_acks frees
+ * in-flight room, and the sink thread is here.
+ */
 static int raw_flush(struct nats_sink *ns)
 {
     uint64_t since = 0;
-    while (ns->rfd >= 0 && ns->ob_off < ns->ob_len) {
-        ssize_t w = send(ns->rfd, ns->ob + ns->ob_off, ns->ob_len - ns->ob_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (ns->rfd >= 0 && ns->iov_done < ns->n_iov) {
+        struct msghdr mh = {.msg_iov = ns->iov + ns->iov_done,
+                            .msg_iovlen = ns->n_iov - ns->iov_done};
+        ssize_t w = sendmsg(ns->rfd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0) {
-            ns->ob_off += (size_t)w;
+            size_t left = (size_t)w;
+            while (left > 0) {
+                struct iovec *v = &ns->iov[ns->iov_done];
+                if (left < v->iov_len) {
+                    v->iov_base = (char *)v->iov_base + left;
+                    v->iov_len -= left;
+                    break;
+                }
+                left -= v->iov_len;
+                ns->iov_done++;
+            }
             since = 0;
             continue;
         }
@@ -643,11 +687,11 @@ static int raw_flush(struct nats_sink *ns)
         }
         break;
     }
-    if (ns->rfd < 0 || ns->ob_off < ns->ob_len) {
+    if (ns->rfd < 0 || ns->iov_done < ns->n_iov) {
         raw_lost(ns);
         return -1;
     }
-    ns->ob_off = ns->ob_len = 0;
+    ob_reset(ns);
     return 0;
 }
 
@@ -732,7 +776,7 @@ static int raw_read(struct nats_sink *ns)
             break; /* a short read: nothing more waits */
     }
     /* The answer goes out with the next write (the caller flushes what is buffered). */
-    if (ns->rfd >= 0 && ns->need_pong && ns->ob_len + 6 <= OB_CAP) {
+    if (ns->rfd >= 0 && ns->need_pong && ns->ob_len + 6 <= OB_CAP && ns->n_iov < IOV_CAP) {
         ns->need_pong = false;
         ob_put(ns, "PONG\r\n", 6);
     }
@@ -836,7 +880,7 @@ static int raw_open(struct nats_sink *ns)
     if (ns->rfd < 0)
         return -1;
     ns->ib_len = 0;
-    ns->ob_off = ns->ob_len = 0;
+    ob_reset(ns);
     ns->need_pong = false;
     struct nats_op op;
     ssize_t r = raw_wait_op(ns, &op, deadline);
@@ -914,7 +958,11 @@ static size_t gseq_dec(struct nats_sink *ns, uint64_t gseq)
     return n;
 }
 
-/** Append one HPUB frame (a marker carries the reply subject). 0, -1 gone, -2 too big. */
+/**
+ * Append one HPUB frame to the batch (a marker carries the reply subject): its head goes to
+ * ob, its JSON is sent from the in-flight area where it is (no copy), the CRLF after it starts
+ * the next piece of ob. 0, -1 gone, -2 too big.
+ */
 static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
 {
     const char *json = ns->f + sl->off + sl->idlen;
@@ -926,11 +974,12 @@ static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
     size_t hlen = ns->id_pre_len - 2 + tl + 4;
     if (hlen + len > ns->max_payload)
         return -2;
-    size_t need =
-        ns->hpub_len[sl->type] + ns->inbox_len + nl + 1 + 20 + 1 + 20 + hlen + 2 + len + 2;
+    size_t need = ns->hpub_len[sl->type] + ns->inbox_len + nl + 1 + 20 + 1 + 20 + hlen + 2;
     if (need > OB_CAP)
         return -2;
-    if (OB_CAP - ns->ob_len < need && raw_flush(ns) < 0)
+    if ((OB_CAP - ns->ob_len < need || ns->n_iov + 3 > IOV_CAP ||
+         ns->batch_bytes + need + len > BATCH_BYTES) &&
+        ns->n_iov > 0 && raw_flush(ns) < 0)
         return -1;
     char *o = ns->ob + ns->ob_len, *start = o;
     o = put_blocks(o, ns->hpub[sl->type], ns->hpub_len[sl->type]); /* "HPUB <subject> " */
@@ -951,11 +1000,11 @@ static int raw_publish(struct nats_sink *ns, const struct slot *sl, bool marker)
     }
     memcpy(o, "\r\n\r\n", 4);
     o += 4;
-    memcpy(o, json, len);
-    o += len;
+    iov_add(ns, start, (size_t)(o - start));
+    iov_add(ns, json, len);
     memcpy(o, "\r\n", 2);
-    o += 2;
-    ns->ob_len += (size_t)(o - start);
+    iov_add(ns, o, 2);
+    ns->ob_len += (size_t)(o + 2 - start);
     return 0;
 }
 
@@ -1297,11 +1346,13 @@ static void too_big(struct nats_sink *ns, struct slot *sl)
 /**
  * Publish what is queued in flight. Returns how many.
  *
- * Acks are asked for on every ACK_EVERY-th event and, once publishing pauses for MARK_MS, on the
- * newest one (published again: the stream keeps the first copy and acks the second as a
- * duplicate). A stream stores the messages of one connection in the order they arrive, so the
- * ack of a marker stands for every event published before it on that connection: one ack
- * message per ACK_EVERY events instead of one per event (docs/sinks.md, "Cost").
+ * Acks are asked for on every ACK_EVERY-th event and on the last event of each batch (the
+ * newest in flight); should a batch end without one (a failed write), once publishing pauses
+ * for MARK_MS, on the newest published one (published again: the stream keeps the first copy
+ * and acks the second as a duplicate). A stream stores the messages of one connection in the
+ * order they arrive, so the ack of a marker stands for every event published before it on that
+ * connection: one ack message per ACK_EVERY events and one per batch instead of one per event
+ * (docs/sinks.md, "Cost").
  */
 static size_t publish(struct nats_sink *ns, uint64_t now)
 {
@@ -1315,7 +1366,7 @@ static size_t publish(struct nats_sink *ns, uint64_t now)
         }
         if (!conn_live(ns))
             break;
-        bool marker = ns->unmarked + 1 >= ACK_EVERY;
+        bool marker = ns->unmarked + 1 >= ACK_EVERY || ns->fs + 1 == ns->ft;
         int rc = publish_one(ns, sl, marker);
         if (rc == -2) {
             too_big(ns, sl);
@@ -1348,7 +1399,7 @@ static size_t publish(struct nats_sink *ns, uint64_t now)
         }
     }
     /* One write for the whole batch; a failure is a lost connection (conn_step follows). */
-    if (ns->raw && ns->ob_len > 0)
+    if (ns->raw && ns->n_iov > 0)
         raw_flush(ns);
     return n;
 }
@@ -1409,7 +1460,7 @@ static void *nats_main(void *arg)
     unsigned idle = 0;
     for (;;) {
         uint64_t now = mono_ms();
-        if (ns->rfd >= 0 && raw_read(ns) == 0 && ns->ob_len > 0)
+        if (ns->rfd >= 0 && raw_read(ns) == 0 && ns->n_iov > 0)
             raw_flush(ns);
         take_acks(ns, now);
         conn_step(ns, now);
@@ -1426,7 +1477,11 @@ static void *nats_main(void *arg)
         }
         if (work > 0) {
             idle = 0;
-            continue;
+            /* The queue had more than one pass takes: another pass at once. Otherwise the
+             * round is over; what comes meanwhile goes with the next one (a pass now would
+             * publish a handful of events with a send, a recv and an ack of their own). */
+            if (ns->move_more && ns->ft - ns->fh < F_SLOTS)
+                continue;
         }
         /*
          * Linger before announcing sleep, as the telemetry thread does (telemetry.c): under
@@ -1666,6 +1721,7 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
               strstr(cfg->url, "tls://") == NULL && strchr(cfg->url, '@') == NULL;
     if (ok && ns->raw) {
         ns->ob = malloc(OB_CAP + OB_SLACK);
+        ns->iov = malloc(IOV_CAP * sizeof(*ns->iov));
         ns->ib = malloc(IB_CAP);
         ns->connect_line = connect_line(cfg);
         ok = ns->ob != NULL && ns->ib != NULL && ns->connect_line != NULL;
@@ -1761,6 +1817,7 @@ void nats_sink_free(struct nats_sink *ns)
     if (ns->f != NULL)
         munmap(ns->f, ns->f_cap);
     free(ns->ob);
+    free(ns->iov);
     free(ns->ib);
     free(ns->connect_line);
     free(ns->slots);
