@@ -30,6 +30,7 @@ static void upstream_keep(struct worker *w, struct flow *f)
         return;
     struct upool_key k;
     upool_key_set(&k, &f->upstream_addr, f->upstream_addr_len, f->up_alpn, f->up_alpn_len);
+    soth_tls_conn_set_sink(t, NULL, NULL); /* f's queue goes; the pool's owner drains it */
     upool_put(&w->pool, &k, u->fd, t, f->up_requests, now_ms());
     u->fd = -1;
     f->tls[SOTH_LEG_UPSTREAM] = NULL;

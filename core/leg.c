@@ -8,16 +8,41 @@
 #include "leg.h"
 #include "worker.h"
 
+/* Ciphertext straight from wolfSSL's record buffer into the leg's send queue (owned chunks of
+ * the worker): the one copy out of wolfSSL (docs/tls.md, "Memory I/O"). */
+static int leg_sink(struct flow *f, unsigned side, const void *p, size_t n)
+{
+    return conn_queue_copy(&f->w->segs, &f->c[side], p, n) ? 0 : SOTH_E_NOMEM;
+}
+
+static int leg_sink_client(void *ctx, const void *p, size_t n)
+{
+    return leg_sink(ctx, SOTH_LEG_CLIENT, p, n);
+}
+
+static int leg_sink_upstream(void *ctx, const void *p, size_t n)
+{
+    return leg_sink(ctx, SOTH_LEG_UPSTREAM, p, n);
+}
+
 bool leg_queue_tls(struct worker *w, struct flow *f, unsigned side)
 {
     struct soth_tls_conn *t = f->tls[side];
     struct soth_iov iov;
     size_t n;
-    while (t != NULL && (n = soth_tls_conn_out(t, &iov)) > 0) {
+    if (t == NULL)
+        return true;
+    /* What the conn queued before it had a sink (its first flight, a conn from the pool). */
+    while ((n = soth_tls_conn_out(t, &iov)) > 0) {
         if (!conn_queue_copy(&w->segs, &f->c[side], iov.base, n))
             return false;
         soth_tls_conn_out_consume(t, n);
     }
+    /* Once established, its ciphertext lands in f->c[side] as it is written, after what is
+     * queued there, so order holds (handshake flights keep the queue: a failure there stays a
+     * handshake failure). flow.c clears the sink when the conn outlives the flow. */
+    if (soth_tls_conn_sink_ctx(t) != f && soth_tls_conn_is_established(t))
+        soth_tls_conn_set_sink(t, side == SOTH_LEG_CLIENT ? leg_sink_client : leg_sink_upstream, f);
     return true;
 }
 

@@ -1,7 +1,8 @@
 /*
  * TLS connections over memory I/O. wolfSSL never sees a socket: its receive callback reads
  * the ciphertext the engine fed (borrowed bytes first-hand, their remainder from a small
- * per-conn copy), its send callback appends to a chunk queue the engine drains.
+ * per-conn copy), its send callback appends to a chunk queue the engine drains, or hands the
+ * bytes to the engine's sink (its own send queue) when one is set.
  */
 #include "tls_int.h"
 
@@ -143,6 +144,8 @@ int tls_on_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
     if (c->side == SOTH_LEG_CLIENT && !c->sent_server_hello && c->state != CONN_ESTABLISHED)
         note_server_hello(c, p, n);
     c->sent_any = true;
+    if (c->sink != NULL)
+        return c->sink(c->sink_ctx, p, n) < 0 ? WOLFSSL_CBIO_ERR_GENERAL : sz;
     while (n > 0) {
         struct out_chunk *k = c->out_tail;
         if (k == NULL || k->len == OUT_CHUNK_CAP) {
@@ -662,6 +665,20 @@ void soth_tls_conn_out_consume(struct soth_tls_conn *c, size_t n)
 size_t soth_tls_conn_out_pending(const struct soth_tls_conn *c)
 {
     return c->out_pending;
+}
+
+bool soth_tls_conn_set_sink(struct soth_tls_conn *c, soth_tls_sink_fn fn, void *ctx)
+{
+    if (c->out_pending != 0)
+        return false;
+    c->sink = fn;
+    c->sink_ctx = fn != NULL ? ctx : NULL;
+    return true;
+}
+
+void *soth_tls_conn_sink_ctx(const struct soth_tls_conn *c)
+{
+    return c->sink_ctx;
 }
 
 /* ---- facts */

@@ -137,9 +137,11 @@ struct soth_tls_conn {
     uint8_t *own;
     size_t own_off, own_len, own_cap;
 
-    /* output */
+    /* output: queued in out chunks, or handed to the sink as it is written */
     struct out_chunk *out_head, *out_tail;
     size_t out_pending;
+    soth_tls_sink_fn sink;
+    void *sink_ctx;
 
     /* handshake facts for the classifier */
     bool sent_server_hello; /* server: a ServerHello (not an HRR) left us */

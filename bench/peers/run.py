@@ -1042,6 +1042,39 @@ def wl_idle(a, ctx, target, h2=False):
 # ---------------------------------------------------------------- callgrind
 
 INSTR_LOAD = "h1 small keep-alive"  # "h2 small, 10 streams per connection" with --callgrind-h2
+COPY_FNS = ("memcpy", "memmove", "mempcpy")  # glibc's copy routines (one body on x86-64)
+
+
+def callgrind_self(path):
+    """Self cost (instructions) per function name of one callgrind dump: what a function ran
+    itself, its callees' costs (the line after a calls= line) excluded."""
+    names, cost, fn, skip = {}, {}, None, False
+    for line in open(path):
+        if line.startswith("fn="):
+            m = re.match(r"fn=\((\d+)\)(?: (.*))?", line.strip())
+            if m:
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                fn = names.get(m.group(1), m.group(1))
+            else:
+                fn = line[3:].strip()
+            continue
+        if line.startswith("cfn="):  # a callee's name may first appear here
+            m = re.match(r"cfn=\((\d+)\) (.*)", line.strip())
+            if m:
+                names[m.group(1)] = m.group(2)
+            continue
+        if line.startswith("calls="):
+            skip = True
+            continue
+        if line[:1].isdigit() or line[:1] in "+-*":
+            if skip:
+                skip = False
+                continue
+            parts = line.split()
+            if fn is not None and len(parts) >= 2:
+                cost[fn] = cost.get(fn, 0) + int(parts[1])
+    return cost
 
 
 def instructions(a, ctx, d):
@@ -1080,7 +1113,7 @@ def instructions(a, ctx, d):
             # difference cancels start-up and the handshakes, leaving the per-request cost.
             load = ["h2load", "-t1", "-c", "2", "-T", "60"] + \
                 (["-m", "10"] if a.callgrind_h2 else ["--h1"])
-            url = f"https://127.0.0.1:{port}/small"
+            url = f"https://127.0.0.1:{port}/{a.callgrind_body}"
             counts = []
             run_load(load + ["-n", "100", url], 300)  # warm-up: leaf minted, pools filled
             for nreq in (n // 4, n):
@@ -1097,7 +1130,7 @@ def instructions(a, ctx, d):
                         os.unlink(os.path.join(d, f))
                 subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True,
                                timeout=60)
-                total = 0
+                total = copy = 0
                 for f in os.listdir(d):
                     if f.startswith(os.path.basename(out) + "."):
                         with open(os.path.join(d, f)) as fh:
@@ -1105,12 +1138,15 @@ def instructions(a, ctx, d):
                                 if line.startswith(("summary:", "totals:")):
                                     total += int(line.split()[1])
                                     break
-                counts.append((ok, total, nreq))
+                        copy += sum(v for k, v in callgrind_self(os.path.join(d, f)).items()
+                                    if any(c in k for c in COPY_FNS))
+                counts.append((ok, total, nreq, copy))
             if len(counts) < 2 or not counts[1][1] or counts[1][0] <= counts[0][0]:
                 res[name] = (None, f"no usable callgrind dumps ({counts})")
             else:
-                (ok1, ir1, n1), (ok2, ir2, n2) = counts
+                (ok1, ir1, n1, cp1), (ok2, ir2, n2, cp2) = counts
                 res[name] = ({"ir_per_req": (ir2 - ir1) / (ok2 - ok1), "requests": ok2 - ok1,
+                              "copy_ir_per_req": (cp2 - cp1) / (ok2 - ok1),
                               "errors": (n1 - ok1) + (n2 - ok2)}, None)
         finally:
             if p.poll() is None:
@@ -1269,8 +1305,9 @@ def render(title, workloads, targets, results, notes, instr):
     if instr:
         lines.append(f"### instructions: {INSTR_LOAD}, reverse TLS, valgrind callgrind")
         lines.append("")
-        lines.append("| target | instructions / request | requests | errors |")
-        lines.append("| --- | --- | --- | --- |")
+        lines.append("| target | instructions / request | of them memcpy/memmove | requests |"
+                     " errors |")
+        lines.append("| --- | --- | --- | --- | --- |")
         ref = instr.get("nginx", (None, None))[0]
         for t, (r, err) in instr.items():
             if r is None:
@@ -1278,8 +1315,8 @@ def render(title, workloads, targets, results, notes, instr):
             else:
                 rr = f" ({ratio(r['ir_per_req'], ref['ir_per_req'])}× nginx)" if ref and \
                     t != "nginx" else ""
-                lines.append(f"| {t} | {r['ir_per_req']:,.0f}{rr} | {r['requests']} |"
-                             f" {r['errors']} |")
+                lines.append(f"| {t} | {r['ir_per_req']:,.0f}{rr} | {r['copy_ir_per_req']:,.0f} |"
+                             f" {r['requests']} | {r['errors']} |")
         lines.append("")
     lines += notes
     return "\n".join(lines)
@@ -1322,6 +1359,8 @@ def main():
     ap.add_argument("--callgrind-requests", type=int, default=2000)
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--callgrind-body", choices=("small", "1m"), default="small",
+                    help="instructions: the path requested, /small (100 bytes) or /1m (1 MiB)")
     ap.add_argument("--callgrind-h2", action="store_true",
                     help="instructions: HTTP/2 requests (10 streams per connection), not h1")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -1330,9 +1369,11 @@ def main():
                     "repetition of each workload; profiles (DIR/<workload>-<target>.txt) by thread, "
                     "library and symbol")
     a = ap.parse_args()
+    global INSTR_LOAD
     if a.callgrind_h2:
-        global INSTR_LOAD
         INSTR_LOAD = "h2 small, 10 streams per connection"
+    if a.callgrind_body == "1m":
+        INSTR_LOAD = INSTR_LOAD.replace("small", "1 MiB")
     if a.quick:  # smaller defaults; flags given explicitly still win
         quick = {"reps": 1, "seconds": 2, "idle_conns": 1000, "idle_conns_peers": 500,
                  "idle_conns_mitm": 200, "tunnel_mib": 128, "callgrind_requests": 500}

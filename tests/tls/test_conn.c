@@ -230,6 +230,88 @@ Test(tls_conn, large_write_is_queued_whole_and_stays_in_place)
     soth_tls_conn_free(srv);
 }
 
+/* A sink as the engine has one: appends into a bounded buffer, fails once it is full. */
+struct sink_buf {
+    unsigned char *p;
+    size_t len, cap;
+    unsigned calls;
+};
+
+static int sink_append(void *ctx, const void *p, size_t n)
+{
+    struct sink_buf *b = ctx;
+    b->calls++;
+    if (n > b->cap - b->len)
+        return SOTH_E_NOMEM;
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+Test(tls_conn, sink_takes_ciphertext_in_order_after_the_queue)
+{
+    struct soth_tls_conn *cli, *srv;
+    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("sink.example.test"), NULL, 0, &cli),
+                 0);
+    cr_assert_eq(
+        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("sink.example.test"), SOTH_IOV_NULL, &srv), 0);
+    cr_assert_eq(tu_handshake(cli, srv), 0);
+    size_t len = 200000;
+    unsigned char *data = malloc(len), *got = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        data[i] = (unsigned char)(i * 131 + 7);
+    struct sink_buf b = {.p = malloc(2 * len), .cap = 2 * len};
+
+    /* Ciphertext still queued: no sink yet (it would overtake what is queued). */
+    cr_assert_eq(soth_tls_conn_write(srv, data, 1000), 1000);
+    size_t queued = soth_tls_conn_out_pending(srv);
+    cr_assert_gt(queued, 1000);
+    cr_assert_not(soth_tls_conn_set_sink(srv, sink_append, &b));
+    cr_assert_null(soth_tls_conn_sink_ctx(srv));
+    struct soth_iov iov;
+    cr_assert_eq(soth_tls_conn_out(srv, &iov), queued);
+    memcpy(b.p, iov.base, queued);
+    b.len = queued;
+    soth_tls_conn_out_consume(srv, queued);
+
+    /* Drained: the rest goes to the sink as it is written, the queue stays empty. */
+    cr_assert(soth_tls_conn_set_sink(srv, sink_append, &b));
+    cr_assert_eq(soth_tls_conn_sink_ctx(srv), &b);
+    cr_assert_eq(soth_tls_conn_write(srv, data + 1000, len - 1000), (ssize_t)(len - 1000));
+    cr_assert_eq(soth_tls_conn_out_pending(srv), 0);
+    cr_assert_gt(b.calls, 1, "one call per record");
+    cr_assert_gt(b.len, len);
+
+    /* The peer reads every byte in order. */
+    cr_assert_eq(soth_tls_conn_feed(cli, b.p, b.len), 0);
+    size_t off = 0;
+    for (int guard = 0; guard < 1000 && off < len; guard++) {
+        ssize_t r = soth_tls_conn_read(cli, got + off, len - off);
+        cr_assert_gt(r, 0);
+        off += (size_t)r;
+    }
+    cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
+    cr_assert_eq(off, len);
+    cr_assert(memcmp(got, data, len) == 0);
+
+    /* Cleared: queued again. */
+    cr_assert(soth_tls_conn_set_sink(srv, NULL, NULL));
+    cr_assert_null(soth_tls_conn_sink_ctx(srv));
+    cr_assert_eq(soth_tls_conn_write(srv, "x", 1), 1);
+    cr_assert_gt(soth_tls_conn_out_pending(srv), 1);
+
+    /* A sink that fails fails the write (the engine's chunks ran out). */
+    soth_tls_conn_out_consume(srv, soth_tls_conn_out_pending(srv));
+    b.len = b.cap;
+    cr_assert(soth_tls_conn_set_sink(srv, sink_append, &b));
+    cr_assert_lt(soth_tls_conn_write(srv, data, 100), 0);
+    free(b.p);
+    free(data);
+    free(got);
+    soth_tls_conn_free(cli);
+    soth_tls_conn_free(srv);
+}
+
 Test(tls_conn, resumption_with_ticket_across_worker_contexts)
 {
     /* A second worker context: tickets from worker A must resume on worker B. */

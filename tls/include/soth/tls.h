@@ -350,6 +350,20 @@ void soth_tls_conn_out_consume(struct soth_tls_conn *c, size_t n);
 /** Ciphertext queued and not consumed (backpressure). */
 size_t soth_tls_conn_out_pending(const struct soth_tls_conn *c);
 
+/** Takes n bytes of ciphertext (copies them: p is wolfSSL's record buffer). 0, or negative to
+ *  fail the call that wrote them (write, handshake, read, shutdown). */
+typedef int (*soth_tls_sink_fn)(void *ctx, const void *p, size_t n);
+/**
+ * From now on ciphertext goes to fn(ctx, ...) as wolfSSL produces it, instead of the conn's
+ * queue for soth_tls_conn_out(): the caller appends it straight to its own send queue, one
+ * copy fewer (docs/tls.md, "Memory I/O"). Only with nothing queued, so order holds: false
+ * (and nothing changes) while soth_tls_conn_out_pending() is not 0. fn NULL queues again. The
+ * caller clears it (NULL) before ctx goes away while the conn lives on.
+ */
+bool soth_tls_conn_set_sink(struct soth_tls_conn *c, soth_tls_sink_fn fn, void *ctx);
+/** The sink's ctx, NULL when none is set. */
+void *soth_tls_conn_sink_ctx(const struct soth_tls_conn *c);
+
 /** Queue a close_notify. Returns 0 or negative. */
 int soth_tls_conn_shutdown(struct soth_tls_conn *c);
 
