@@ -1724,7 +1724,7 @@ struct nats_sink *nats_sink_new(const struct soth_sink_cfg *cfg, unsigned index,
         ns->iov = malloc(IOV_CAP * sizeof(*ns->iov));
         ns->ib = malloc(IB_CAP);
         ns->connect_line = connect_line(cfg);
-        ok = ns->ob != NULL && ns->ib != NULL && ns->connect_line != NULL;
+        ok = ns->ob != NULL && ns->iov != NULL && ns->ib != NULL && ns->connect_line != NULL;
     }
     if (!ok) {
         snprintf(err, err_len, "%s: nats: out of memory", ns->name);
