@@ -176,7 +176,10 @@ table ip6 soth_quic6 {{
         p, d = self.client(path, sni, timeout, extra)
         _, err = p.communicate(timeout=60)
         f = os.path.join(d, os.path.basename(path))
-        body = open(f, "rb").read() if os.path.exists(f) else None
+        body = None
+        if os.path.exists(f):
+            with open(f, "rb") as fh:
+                body = fh.read()
         return p.returncode, body, err
 
     def close(self):
@@ -405,7 +408,8 @@ class HTTP3Tests(unittest.TestCase):
             self.assertEqual(rc, 0, err[-2000:])
             self.assertEqual(got, body)
             # A table already full drops new flows (quic.max_flows) and keeps the old ones.
-            rss = int(open(f"/proc/{p.proc.pid}/statm").read().split()[1]) * 4096
+            with open(f"/proc/{p.proc.pid}/statm") as fh:
+                rss = int(fh.read().split()[1]) * 4096
             self.assertLess(rss, 200 << 20)
             with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
                 m = dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines()
@@ -431,7 +435,12 @@ class HTTP3Tests(unittest.TestCase):
             self.assertEqual(ev[0]["reason_code"], "quic_initial_invalid")
             self.assertEqual((ev[1]["decision"], ev[1]["reason"]), ("tunnel", "default"))
         good = [ev for ev in fl.values() if ev[0]["type"] == "connect_received"]
-        self.assertEqual(len(good), 2)
+        # Two GETs, two client ports. A GET whose handshake falls silent for longer than
+        # quic.idle_ms under the flood (its Initial lost, then the client's probe timeout
+        # doubling past 1.5 s on a loaded machine) ends as one flow and goes on as a second
+        # one from the same address when it sends its next Initial: seen once in CI.
+        self.assertEqual(len({ev[0]["client_addr"] for ev in good}), 2)
+        self.assertLessEqual(len(good), 4)
         for ev in good:
             self.assertEqual(ev[-1]["reason_code"], "idle_timeout")
             self.assertEqual(ev[2]["reason"], "http3_passthrough")
