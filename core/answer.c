@@ -40,7 +40,9 @@ void flow_answer_hdr(struct worker *w, struct flow *f, unsigned status, const ch
     struct soth_tls_conn *t = f->tls[SOTH_LEG_CLIENT];
     if (t != NULL) {
         /* Inside the client's TLS session (an upstream TLS failure): then close_notify. */
-        int rc = soth_tls_conn_write(t, a, (size_t)n);
+        int rc = leg_uncork(w, f, SOTH_LEG_CLIENT);
+        if (rc == 0)
+            rc = soth_tls_conn_write(t, a, (size_t)n) < 0 ? SOTH_E_TLS : 0;
         chunk_put(&w->io, a);
         if (rc < 0) {
             flow_close(w, f, reason);

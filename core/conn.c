@@ -161,6 +161,10 @@ void conn_submit_shutdown(struct worker *w, struct flow *f, unsigned side)
 void conn_try_send(struct worker *w, struct flow *f, unsigned side)
 {
     struct conn *c = &f->c[side];
+    /* What the cork holds for this leg goes first (core/leg.h). A failure fails the TLS
+     * session: the flow ends at its next step on it. */
+    if (w->cork.f == f && w->cork.side == side)
+        (void)leg_uncork(w, f, side);
     if (c->send_inflight || !c->connected || f->state == FS_CLOSING)
         return;
     if (c->send_capped && c->send_cap == 0)

@@ -107,6 +107,8 @@ void flow_close(struct worker *w, struct flow *f, enum soth_close_reason reason)
     flow_set_state(f, FS_CLOSING);
     timer_unlink(&w->timers, &f->timer);
     struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    if (leg_cork_drop(w, f))
+        f->up_keep = false; /* a request's bytes were still to be encrypted toward it */
     if (f->up_keep && (reason == SOTH_CLOSE_SHUTDOWN || u->q_count > 0 || u->send_inflight))
         f->up_keep = false; /* not kept: something is still on its way to the upstream */
     /* Cancel whatever is still in flight; the flow is freed when the last CQE arrives. */

@@ -25,6 +25,30 @@ static int leg_sink_upstream(void *ctx, const void *p, size_t n)
     return leg_sink(ctx, SOTH_LEG_UPSTREAM, p, n);
 }
 
+int leg_uncork(struct worker *w, struct flow *f, unsigned side)
+{
+    struct leg_cork *k = &w->cork;
+    if (k->f != f || k->side != side)
+        return 0;
+    uint32_t n = k->len;
+    k->f = NULL;
+    k->len = 0;
+    if (f->tls[side] == NULL)
+        return 0; /* the session is gone with what was written into it */
+    return soth_tls_conn_write(f->tls[side], k->buf, n) < 0 ? SOTH_E_TLS : 0;
+}
+
+bool leg_cork_drop(struct worker *w, struct flow *f)
+{
+    struct leg_cork *k = &w->cork;
+    if (k->f != f)
+        return false;
+    bool up = k->side == SOTH_LEG_UPSTREAM;
+    k->f = NULL;
+    k->len = 0;
+    return up;
+}
+
 bool leg_queue_tls(struct worker *w, struct flow *f, unsigned side)
 {
     struct soth_tls_conn *t = f->tls[side];
@@ -32,6 +56,8 @@ bool leg_queue_tls(struct worker *w, struct flow *f, unsigned side)
     size_t n;
     if (t == NULL)
         return true;
+    if (leg_uncork(w, f, side) < 0)
+        return false;
     /* What the conn queued before it had a sink (its first flight, a conn from the pool). */
     while ((n = soth_tls_conn_out(t, &iov)) > 0) {
         if (!conn_queue_copy(&w->segs, &f->c[side], iov.base, n))
@@ -96,6 +122,40 @@ static bool replay_put(struct worker *w, struct flow *f, const char *p, size_t n
     return true;
 }
 
+/* Plaintext into a TLS leg: small writes wait in the worker's cork for the leg's flush, so a
+ * head and a small body leave as one record (docs/performance.md "Records per response"). */
+static int leg_write_tls(struct worker *w, struct flow *f, unsigned side, const char *p, size_t n)
+{
+    struct leg_cork *k = &w->cork;
+    if (k->f != NULL && (k->f != f || k->side != side)) {
+        /* Another leg's bytes go first. Every pass flushes its legs, so this is a flow's
+         * other leg; another flow's would be sent on the spot. */
+        struct flow *o = k->f;
+        unsigned os = k->side;
+        int rc = leg_uncork(w, o, os);
+        if (o != f && rc == 0)
+            conn_try_send(w, o, os);
+        if (rc < 0 && o == f)
+            return rc;
+    }
+    if (n <= LEG_CORK_WRITE && soth_tls_conn_is_established(f->tls[side])) {
+        if (n > LEG_CORK_CAP - k->len) {
+            int rc = leg_uncork(w, f, side);
+            if (rc < 0)
+                return rc;
+        }
+        memcpy(k->buf + k->len, p, n);
+        k->len += (uint32_t)n;
+        k->f = f;
+        k->side = (uint8_t)side;
+        return 0;
+    }
+    int rc = leg_uncork(w, f, side);
+    if (rc < 0)
+        return rc;
+    return soth_tls_conn_write(f->tls[side], p, n) < 0 ? SOTH_E_TLS : 0;
+}
+
 int leg_send(void *ctx, unsigned side, const char *p, size_t n)
 {
     struct flow *f = ctx;
@@ -107,6 +167,6 @@ int leg_send(void *ctx, unsigned side, const char *p, size_t n)
     if (side == SOTH_LEG_UPSTREAM && f->up_redial != UP_REDIAL_NONE)
         return f->up_replay_over ? SOTH_E_NOMEM : 0; /* sent from the replay once it is up */
     if (f->tls[side] != NULL)
-        return soth_tls_conn_write(f->tls[side], p, n) < 0 ? SOTH_E_TLS : 0;
+        return leg_write_tls(f->w, f, side, p, n);
     return conn_queue_copy(&f->w->segs, &f->c[side], p, n) ? 0 : SOTH_E_NOMEM;
 }

@@ -24,6 +24,7 @@
 #include "conn.h"
 #include "flowtab.h"
 #include "iobuf.h"
+#include "leg.h"
 #include "resolver.h"
 #include "timer.h"
 #include "upool.h"
@@ -94,6 +95,7 @@ struct worker {
     struct timer_wheel timers; /* one deadline per flow (core/timer.h) */
     struct quic *quic;         /* QUIC passthrough (core/quic.h), NULL when off */
     struct upool pool;         /* idle upstream connections (core/upool.h) */
+    struct leg_cork cork;      /* one leg's small plaintext writes of a pass (core/leg.h) */
 
     struct soth_config *cfg;
     struct soth_policy *policy;
