@@ -128,6 +128,7 @@ struct flow {
     bool up_replay_over;  /* replay lost bytes (over FLOW_REPLAY_MAX, no chunk): no retry */
     bool up_redial_eof;   /* the client's FIN came during the redial: handled after it */
     bool up_redial_reset; /* the retry began on a reset or send error (else FIN, close_notify) */
+    bool up_redial_poll;  /* the client's OP_POLL (reset watch) is in flight */
     bool up_alpn_h11;     /* the replaced connection negotiated http/1.1 (else none) */
     uint32_t replay_len;  /* plaintext sent upstream since attach, in replay[] */
     char *replay[FLOW_REPLAY_CHUNKS]; /* owned chunks (core/iobuf.h), NULL until used */

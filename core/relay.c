@@ -1,4 +1,6 @@
 /* A flow's relay once both legs are up, through its HTTP layer or as bytes (core/relay.h). */
+#include <errno.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include "answer.h"
@@ -482,15 +484,57 @@ void relay_timeout(struct worker *w, struct flow *f)
 }
 
 /*
+ * While the retry runs the client's reads are paused; a one-shot poll on its socket for
+ * POLLERR|POLLHUP only (what a reset raises) ends the flow at once instead of at the retry's
+ * end. Not POLLIN: the client may send more, or half-close (FIN), and neither ends the retry.
+ */
+static void redial_poll_arm(struct worker *w, struct flow *f)
+{
+    struct conn *c = &f->c[SOTH_LEG_CLIENT];
+    if (f->up_redial_poll || c->fd < 0)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_poll_add(sqe, c->fd, POLLERR | POLLHUP);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_POLL, SOTH_LEG_CLIENT, f->slot, f->gen));
+    f->up_redial_poll = true;
+    f->pending++;
+}
+
+/** The retry ended: the poll must not fire later (its CQE, -ECANCELED, drops pending). */
+static void redial_poll_cancel(struct worker *w, struct flow *f)
+{
+    if (!f->up_redial_poll)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_cancel64(sqe, ud_pack(OP_POLL, SOTH_LEG_CLIENT, f->slot, f->gen), 0);
+    io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, SOTH_LEG_CLIENT, f->slot, f->gen));
+}
+
+void relay_redial_poll(struct worker *w, struct flow *f, int res)
+{
+    f->up_redial_poll = false;
+    f->pending--;
+    if (res <= 0 || !(res & (POLLERR | POLLHUP)) || f->state != FS_RELAY ||
+        f->up_redial == UP_REDIAL_NONE)
+        return; /* cancelled, or the retry ended (the client's recv sees the reset then) */
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id,
+             "client reset during the upstream retry (poll 0x%x)", (unsigned)res);
+    /* As the client's recv error would be taken: the half-made upstream connection goes with
+     * the flow (flow_close cancels what is in flight on it, flow_free closes it). */
+    relay_recv_error(w, f, SOTH_LEG_CLIENT);
+}
+
+/*
  * docs/http1.md "Upstream connection pool", retry. A connection taken from the pool that the
  * origin closes (close_notify, FIN, reset, send error) before any plaintext came from it is
  * replaced once by a fresh one, silently (no second tls_handshake_started: the side reported
  * its pooled connection), when the HTTP layer says the request may be sent again and every
  * plaintext byte sent on it is still held in f->replay. The steps: the old socket's ops end
- * (UP_REDIAL_DRAIN, client reads paused), it is closed with its TLS conn (whose session
- * resumes the new one), connect (UP_REDIAL_CONNECT), handshake with the same name and offer
- * (UP_REDIAL_TLS), the same ALPN required, the replay written, reads resumed. Any failure or
- * the deadline ends as the old connection would have: relay_upstream_gone's 502.
+ * (UP_REDIAL_DRAIN, client reads paused, a client reset seen at once by redial_poll_arm's
+ * poll), it is closed with its TLS conn (whose session resumes the new one), connect
+ * (UP_REDIAL_CONNECT), handshake with the same name and offer (UP_REDIAL_TLS), the same ALPN
+ * required, the replay written, reads resumed. Any failure or the deadline ends as the old
+ * connection would have: relay_upstream_gone's 502.
  */
 static bool relay_retry(struct worker *w, struct flow *f, bool reset)
 {
@@ -512,6 +556,7 @@ static bool relay_retry(struct worker *w, struct flow *f, bool reset)
              "pooled upstream connection closed before answering: retrying");
     conn_pause_recv(w, f, SOTH_LEG_CLIENT);
     conn_pause_recv(w, f, SOTH_LEG_UPSTREAM);
+    redial_poll_arm(w, f);
     timer_set(&w->timers, &f->timer,
               now_ms() + w->cfg->timeouts.connect_ms + w->cfg->timeouts.tls_handshake_ms);
     return true; /* relay_redial_step goes on once nothing is in flight on the old socket */
@@ -520,6 +565,7 @@ static bool relay_retry(struct worker *w, struct flow *f, bool reset)
 void relay_redial_fail(struct worker *w, struct flow *f)
 {
     SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "upstream retry failed");
+    redial_poll_cancel(w, f);
     bool eof = f->up_redial_eof;
     f->up_redial = UP_REDIAL_NONE;
     f->up_retried = true;
@@ -614,6 +660,7 @@ static void redial_done(struct worker *w, struct flow *f)
         }
     }
     bool eof = f->up_redial_eof;
+    redial_poll_cancel(w, f);
     f->up_redial = UP_REDIAL_NONE;
     f->up_retried = true;
     f->up_requests = 0;

@@ -96,5 +96,8 @@ void relay_redial_connected(struct worker *w, struct flow *f, int res);
 void relay_redial_step(struct worker *w, struct flow *f);
 /** The retry failed: the old connection's end (the HTTP layer's 502). */
 void relay_redial_fail(struct worker *w, struct flow *f);
+/** The client's OP_POLL completed with res (revents, or -ECANCELED): a reset while the retry
+ *  runs ends the flow as a client reset does. */
+void relay_redial_poll(struct worker *w, struct flow *f, int res);
 
 #endif

@@ -149,6 +149,9 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
     case OP_SHUTDOWN:
         flow_on_shutdown(w, f, side, cqe->res);
         break;
+    case OP_POLL:
+        relay_redial_poll(w, f, cqe->res); /* the client during a pooled leg's retry */
+        break;
     default:
         SOTH_BUG_ON(1);
     }

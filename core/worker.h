@@ -52,6 +52,7 @@ enum soth_op {
     OP_QUIC_LISTEN, /* the UDP socket's multishot recvmsg (core/quic.c) */
     OP_QUIC_RECV,   /* a QUIC flow's socket, side = leg; tracked by the QUIC flow */
     OP_QUIC_SEND,   /* a relayed datagram, side = leg it leaves by; tag = buffer id */
+    OP_POLL,        /* the client's one-shot POLLERR|POLLHUP during a retry (core/relay.c) */
     OP_COUNT
 };
 
