@@ -23,16 +23,8 @@
 
 #include "sink_nats.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "sink_bench: %s:%d: ", __FILE__, __LINE__);                            \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
+#define CHECK_NAME "sink_bench"
+#include "../../tests/observe/check.h"
 #include "../../tests/observe/nats_server.h"
 
 static uint64_t now_ns(void)

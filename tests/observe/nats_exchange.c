@@ -22,26 +22,12 @@
 #include "soth/exchange.h"
 #include "soth/observe.h"
 
-#define FLOWS 16400 /* 16 more than the assembler tracks */
-#define MAX_X 70000
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "nats_exchange: %s:%d: ", __FILE__, __LINE__);                         \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
+#define CHECK_NAME "nats_exchange"
+#include "check.h"
 #include "nats_server.h"
 
-static void server_kill(pid_t pid)
-{
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+#define FLOWS 16400 /* 16 more than the assembler tracks */
+#define MAX_X 70000
 
 /* What the ring gives: "<id tail> <json>" per exchange, in order. */
 static char *want[MAX_X];

@@ -21,20 +21,12 @@
 
 #include "soth/observe.h"
 
+#define CHECK_NAME "nats_lines"
+#include "check.h"
+#include "nats_server.h"
+
 #define EVENTS  12000u
 #define Q_BYTES (768u << 10) /* the queue of a 1 MiB sink: three quarters */
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "nats_lines: %s:%d: ", __FILE__, __LINE__);                            \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-#include "nats_server.h"
 
 /* The jsonl file's lines by gseq (gseq 1..EVENTS + 1). */
 static char *lines[EVENTS + 2];
@@ -191,8 +183,7 @@ int main(void)
     soth_config_unref(cfg);
     for (size_t g = 0; g < EVENTS + 2; g++)
         free(lines[g]);
-    kill(srv, SIGKILL);
-    waitpid(srv, NULL, 0);
+    server_kill(srv);
     char cmd[200];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK(system(cmd) == 0, "rm");

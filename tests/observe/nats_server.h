@@ -1,19 +1,23 @@
 /*
  * A real nats-server -js for the observe tests that publish to one (nats_tsan, nats_exchange,
- * nats_lines): where the binary is, a free loopback port, start and wait. Include after the
- * test's CHECK(cond, fmt, ...) macro, which these report failures through.
+ * nats_lines) and bench/nats/sink_bench: where the binary is, a free loopback port, start and
+ * wait, kill. Failures are reported through CHECK (check.h: define CHECK_NAME before including).
  */
 #ifndef SOTH_TESTS_NATS_SERVER_H
 #define SOTH_TESTS_NATS_SERVER_H
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include "check.h"
 
 static const char *server_bin(void)
 {
@@ -63,6 +67,13 @@ static pid_t server_start(const char *bin, int port, const char *store)
         usleep(25000);
     CHECK(port_open(port), "nats-server did not start");
     return pid;
+}
+
+/* inline: sink_bench stops its server with SIGTERM and does not use this. */
+static inline void server_kill(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
 }
 
 #endif

@@ -21,26 +21,12 @@
 
 #include "soth/observe.h"
 
-#define N_PROD 2
-#define EVENTS 60000
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "nats_tsan: %s:%d: ", __FILE__, __LINE__);                             \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
+#define CHECK_NAME "nats_tsan"
+#include "check.h"
 #include "nats_server.h"
 
-static void server_kill(pid_t pid)
-{
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+#define N_PROD 2
+#define EVENTS 60000
 
 struct prod_arg {
     struct soth_observe *o;

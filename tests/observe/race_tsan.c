@@ -13,17 +13,10 @@
 
 #include "soth/observe.h"
 
-#define EVENTS 120000u
+#define CHECK_NAME "race_tsan"
+#include "check.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "race_tsan: %s:%d: ", __FILE__, __LINE__);                             \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#define EVENTS 120000u
 
 struct race {
     struct soth_observe *o;

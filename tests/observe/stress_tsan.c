@@ -12,18 +12,11 @@
 
 #include "soth/observe.h"
 
+#define CHECK_NAME "stress_tsan"
+#include "check.h"
+
 #define N_PROD 4
 #define EVENTS 200000
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "stress_tsan: %s:%d: ", __FILE__, __LINE__);                           \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 struct prod_arg {
     struct soth_observe *o;

@@ -19,13 +19,44 @@ static void teardown(void)
 
 TestSuite(tls_conn, .init = setup, .fini = teardown, .timeout = 60);
 
+/*
+ * The two ends of one connection, as the engine has them: a client conn (upstream leg) on ct
+ * for the name up, offering the n_offer ALPN ids in offer, and a server conn (client leg) on st
+ * with a leaf for leaf, selecting alpn. Zeroes mean env.t for a context, up for leaf, no ALPN.
+ */
+struct pair_spec {
+    struct soth_tls_ctx *ct, *st;
+    struct soth_iov up, leaf;
+    const struct soth_iov *offer;
+    size_t n_offer;
+    struct soth_iov alpn;
+};
+
+/* Both conns made, not yet handshaken. */
+static void pair_new(struct pair_spec p, struct soth_tls_conn **cli, struct soth_tls_conn **srv)
+{
+    cr_assert_eq(soth_tls_conn_new_client(p.ct ? p.ct : env.t, p.up, p.offer, p.n_offer, cli), 0);
+    cr_assert_eq(
+        soth_tls_conn_new_server(p.st ? p.st : env.t, p.leaf.base ? p.leaf : p.up, p.alpn, srv), 0);
+}
+
+/* Both conns made and driven through the handshake: its result (0 or the first failure). */
+static int pair_open(struct pair_spec p, struct soth_tls_conn **cli, struct soth_tls_conn **srv)
+{
+    pair_new(p, cli, srv);
+    return tu_handshake(*cli, *srv);
+}
+
+static void pair_free(struct soth_tls_conn *cli, struct soth_tls_conn *srv)
+{
+    soth_tls_conn_free(cli);
+    soth_tls_conn_free(srv);
+}
+
 Test(tls_conn, handshake_data_and_close_notify)
 {
     struct soth_tls_conn *cli, *srv;
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("www.example.test"), NULL, 0, &cli),
-                 0);
-    cr_assert_eq(
-        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("www.example.test"), SOTH_IOV_NULL, &srv), 0);
+    pair_new((struct pair_spec){.up = SOTH_IOV_LIT("www.example.test")}, &cli, &srv);
     cr_assert_eq(soth_tls_conn_read(cli, (char[8]){0}, 8), SOTH_E_STATE);
     cr_assert_eq(soth_tls_conn_write(cli, "x", 1), SOTH_E_STATE);
     cr_assert_eq(tu_handshake(cli, srv), 0);
@@ -64,36 +95,29 @@ Test(tls_conn, handshake_data_and_close_notify)
     cr_assert_eq(n, 3, "read after our close_notify: %zd", n);
     cr_assert(memcmp(buf, "bye", 3) == 0);
     cr_assert_eq(soth_tls_conn_read(srv, buf, sizeof(buf)), 0, "the peer's close_notify");
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
 }
 
 Test(tls_conn, alpn_mirrors_upstream_choice_and_filters_h2)
 {
     struct soth_tls_conn *cli, *srv;
     struct soth_iov offer[] = {SOTH_IOV_LIT("h2"), SOTH_IOV_LIT("http/1.1")};
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("a.example.test"), offer, 2, &cli),
-                 0);
-    cr_assert_eq(
-        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("a.example.test"), SOTH_IOV_LIT("h2"), &srv),
-        0);
-    cr_assert_eq(tu_handshake(cli, srv), 0);
+    struct pair_spec p = {.up = SOTH_IOV_LIT("a.example.test"),
+                          .offer = offer,
+                          .n_offer = 2,
+                          .alpn = SOTH_IOV_LIT("h2")};
+    cr_assert_eq(pair_open(p, &cli, &srv), 0);
     cr_assert(tu_iov_eq(soth_tls_conn_alpn(cli), "h2"));
     cr_assert(tu_iov_eq(soth_tls_conn_alpn(srv), "h2"));
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
 
     /* The selected protocol is one the client did not offer: no ALPN rather than a failure. */
     struct soth_iov only11[] = {SOTH_IOV_LIT("http/1.1")};
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("a.example.test"), only11, 1, &cli),
-                 0);
-    cr_assert_eq(
-        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("a.example.test"), SOTH_IOV_LIT("h2"), &srv),
-        0);
-    cr_assert_eq(tu_handshake(cli, srv), 0);
+    p.offer = only11;
+    p.n_offer = 1;
+    cr_assert_eq(pair_open(p, &cli, &srv), 0);
     cr_assert_eq(soth_tls_conn_alpn(cli).len, 0);
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
 }
 
 Test(tls_conn, h2_dropped_from_offer_when_http2_disabled)
@@ -117,8 +141,7 @@ Test(tls_conn, h2_dropped_from_offer_when_http2_disabled)
                  0);
     cr_assert_eq(tu_handshake(cli, srv), 0);
     cr_assert(tu_iov_eq(soth_tls_conn_alpn(srv), "http/1.1"));
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
     soth_tls_ctx_free(e2.t);
     soth_tls_ca_free(e2.ca);
     tu_rmdir(e2.dir);
@@ -127,10 +150,7 @@ Test(tls_conn, h2_dropped_from_offer_when_http2_disabled)
 Test(tls_conn, byte_by_byte_feeding_and_remainder_copy)
 {
     struct soth_tls_conn *cli, *srv;
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("slow.example.test"), NULL, 0, &cli),
-                 0);
-    cr_assert_eq(
-        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("slow.example.test"), SOTH_IOV_NULL, &srv), 0);
+    pair_new((struct pair_spec){.up = SOTH_IOV_LIT("slow.example.test")}, &cli, &srv);
     for (int round = 0;
          round < 20 && !(soth_tls_conn_is_established(cli) && soth_tls_conn_is_established(srv));
          round++) {
@@ -173,18 +193,14 @@ Test(tls_conn, byte_by_byte_feeding_and_remainder_copy)
     cr_assert_eq(soth_tls_conn_read(srv, buf, sizeof(buf)), 6);
     cr_assert(memcmp(buf, "second", 6) == 0);
     cr_assert_eq(soth_tls_conn_in_pending(srv), 0);
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
 }
 
 Test(tls_conn, large_write_is_queued_whole_and_stays_in_place)
 {
     struct soth_tls_conn *cli, *srv;
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("big.example.test"), NULL, 0, &cli),
+    cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("big.example.test")}, &cli, &srv),
                  0);
-    cr_assert_eq(
-        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("big.example.test"), SOTH_IOV_NULL, &srv), 0);
-    cr_assert_eq(tu_handshake(cli, srv), 0);
     size_t len = 1u << 20;
     unsigned char *data = malloc(len), *got = malloc(len);
     for (size_t i = 0; i < len; i++)
@@ -226,8 +242,7 @@ Test(tls_conn, large_write_is_queued_whole_and_stays_in_place)
     cr_assert(memcmp(got, data, len) == 0);
     free(data);
     free(got);
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
 }
 
 /* A sink as the engine has one: appends into a bounded buffer, fails once it is full. */
@@ -251,11 +266,8 @@ static int sink_append(void *ctx, const void *p, size_t n)
 Test(tls_conn, sink_takes_ciphertext_in_order_after_the_queue)
 {
     struct soth_tls_conn *cli, *srv;
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("sink.example.test"), NULL, 0, &cli),
+    cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("sink.example.test")}, &cli, &srv),
                  0);
-    cr_assert_eq(
-        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("sink.example.test"), SOTH_IOV_NULL, &srv), 0);
-    cr_assert_eq(tu_handshake(cli, srv), 0);
     size_t len = 200000;
     unsigned char *data = malloc(len), *got = malloc(len);
     for (size_t i = 0; i < len; i++)
@@ -308,8 +320,7 @@ Test(tls_conn, sink_takes_ciphertext_in_order_after_the_queue)
     free(b.p);
     free(data);
     free(got);
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
 }
 
 Test(tls_conn, resumption_with_ticket_across_worker_contexts)
@@ -329,13 +340,11 @@ Test(tls_conn, resumption_with_ticket_across_worker_contexts)
      * python's ssl module instead (test_interop); here: a ticket decrypts on another ctx
      * means the server conns resume. We verify via an in-process python-free path below. */
     struct soth_tls_conn *cli, *srv;
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("r.example.test"), NULL, 0, &cli), 0);
-    cr_assert_eq(soth_tls_conn_new_server(t2, SOTH_IOV_LIT("r.example.test"), SOTH_IOV_NULL, &srv),
-                 0);
-    cr_assert_eq(tu_handshake(cli, srv), 0);
+    cr_assert_eq(
+        pair_open((struct pair_spec){.st = t2, .up = SOTH_IOV_LIT("r.example.test")}, &cli, &srv),
+        0);
     cr_assert_not(soth_tls_conn_resumed(srv));
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
     soth_tls_ctx_free(t2);
 }
 
@@ -351,10 +360,9 @@ Test(tls_conn, client_rejects_untrusted_leaf)
     struct soth_tls_ctx *t2;
     cr_assert_eq(soth_tls_ctx_new(&tp, &t2, err, sizeof(err)), 0, "%s", err);
     struct soth_tls_conn *cli, *srv;
-    cr_assert_eq(soth_tls_conn_new_client(t2, SOTH_IOV_LIT("x.example.test"), NULL, 0, &cli), 0);
     cr_assert_eq(
-        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("x.example.test"), SOTH_IOV_NULL, &srv), 0);
-    cr_assert_eq(tu_handshake(cli, srv), SOTH_E_TLS);
+        pair_open((struct pair_spec){.ct = t2, .up = SOTH_IOV_LIT("x.example.test")}, &cli, &srv),
+        SOTH_E_TLS);
     enum soth_tls_fail why;
     char detail[256];
     cr_assert_eq(soth_tls_conn_failure(cli, &why, detail, sizeof(detail)), 0);
@@ -364,18 +372,15 @@ Test(tls_conn, client_rejects_untrusted_leaf)
     soth_tls_conn_handshake(srv);
     cr_assert_eq(soth_tls_conn_failure(srv, &why, detail, sizeof(detail)), 0);
     cr_assert_eq(why, SOTH_TLS_FAIL_UNKNOWN_CA, "%s: %s", soth_tls_fail_names[why], detail);
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
 
     /* the wrong name: cert_validation */
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("y.example.test"), NULL, 0, &cli), 0);
-    cr_assert_eq(
-        soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("z.example.test"), SOTH_IOV_NULL, &srv), 0);
-    cr_assert_eq(tu_handshake(cli, srv), SOTH_E_TLS);
+    struct pair_spec wrong = {.up = SOTH_IOV_LIT("y.example.test"),
+                              .leaf = SOTH_IOV_LIT("z.example.test")};
+    cr_assert_eq(pair_open(wrong, &cli, &srv), SOTH_E_TLS);
     cr_assert_eq(soth_tls_conn_failure(cli, &why, detail, sizeof(detail)), 0);
     cr_assert_eq(why, SOTH_TLS_FAIL_CERT_VALIDATION, "%s: %s", soth_tls_fail_names[why], detail);
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
     soth_tls_ctx_free(t2);
 }
 
@@ -385,26 +390,20 @@ Test(tls_conn, ip_literal_upstream_verified_against_ip_san)
     for (size_t i = 0; i < 3; i++) {
         struct soth_tls_conn *cli, *srv;
         struct soth_iov ip = soth_iov(ips[i], strlen(ips[i]));
-        cr_assert_eq(soth_tls_conn_new_client(env.t, ip, NULL, 0, &cli), 0);
-        cr_assert_eq(soth_tls_conn_new_server(env.t, ip, SOTH_IOV_NULL, &srv), 0);
-        cr_assert_eq(tu_handshake(cli, srv), 0, "%s", ips[i]);
-        soth_tls_conn_free(cli);
-        soth_tls_conn_free(srv);
+        cr_assert_eq(pair_open((struct pair_spec){.up = ip}, &cli, &srv), 0, "%s", ips[i]);
+        pair_free(cli, srv);
     }
     /* a leaf for another address fails the IP check */
     struct soth_tls_conn *cli, *srv;
-    cr_assert_eq(soth_tls_conn_new_client(env.t, SOTH_IOV_LIT("127.0.0.2"), NULL, 0, &cli), 0);
-    cr_assert_eq(soth_tls_conn_new_server(env.t, SOTH_IOV_LIT("127.0.0.1"), SOTH_IOV_NULL, &srv),
-                 0);
-    cr_assert_eq(tu_handshake(cli, srv), SOTH_E_TLS);
+    struct pair_spec other = {.up = SOTH_IOV_LIT("127.0.0.2"), .leaf = SOTH_IOV_LIT("127.0.0.1")};
+    cr_assert_eq(pair_open(other, &cli, &srv), SOTH_E_TLS);
     enum soth_tls_fail why;
     char detail[512];
     cr_assert_eq(soth_tls_conn_failure(cli, &why, detail, sizeof(detail)), 0);
     cr_assert_eq(why, SOTH_TLS_FAIL_CERT_VALIDATION);
     /* the detail names the certificate that was rejected */
     cr_assert(strstr(detail, "\"/CN=127.0.0.1\" issued by \"") != NULL, "%s", detail);
-    soth_tls_conn_free(cli);
-    soth_tls_conn_free(srv);
+    pair_free(cli, srv);
 }
 
 Test(tls_conn, invalid_names_refused)
