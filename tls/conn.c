@@ -551,6 +551,13 @@ int soth_tls_conn_handshake(struct soth_tls_conn *c)
          * (docs/dependencies.md, "wolfSSL patches"). */
         wolfSSL_free_peer_cert(c->ssl);
 #endif
+#ifdef HAVE_WOLFSSL_FREE_HANDSHAKE_EXTRAS
+        /* The suites, verify parameters and extensions only served the handshake: wolfSSL
+         * keeps the negotiated ALPN, which is all that is read later (soth_tls_conn_alpn); the
+         * event's facts, the key log and the session come from elsewhere (docs/dependencies.md,
+         * "wolfSSL patches"). */
+        wolfSSL_free_handshake_extras(c->ssl);
+#endif
         return 0;
     }
     int e = wolfSSL_get_error(c->ssl, r);

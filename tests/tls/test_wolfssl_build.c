@@ -7,6 +7,8 @@
 #include <wolfssl/options.h>
 
 #include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <malloc.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -334,5 +336,196 @@ Test(wolfssl_build, peer_cert_on_the_heap_and_freed_after_the_handshake)
     wolfSSL_free(s);
     wolfSSL_CTX_free(cctx);
     wolfSSL_CTX_free(sctx);
+#endif
+}
+
+/* ---- what only the handshake reads: freed on request once it is done */
+
+#ifdef HAVE_WOLFSSL_FREE_HANDSHAKE_EXTRAS
+static size_t g_live; /* bytes wolfSSL holds (malloc_usable_size), since it was reset */
+
+static void *live_malloc(size_t n)
+{
+    void *p = malloc(n);
+    if (p != NULL)
+        g_live += malloc_usable_size(p);
+    return p;
+}
+
+static void live_free(void *p)
+{
+    if (p != NULL)
+        g_live -= malloc_usable_size(p);
+    free(p);
+}
+
+static void *live_realloc(void *p, size_t n)
+{
+    size_t was = p != NULL ? malloc_usable_size(p) : 0;
+    void *q = realloc(p, n);
+    if (q != NULL)
+        g_live = g_live - was + malloc_usable_size(q);
+    return q;
+}
+
+/* The handshake of c and s, in memory; true when both completed. */
+static bool mem_handshake(WOLFSSL *c, WOLFSSL *s)
+{
+    int rc = 0, rs = 0;
+    for (int i = 0; i < 20 && (rc != WOLFSSL_SUCCESS || rs != WOLFSSL_SUCCESS); i++) {
+        if (rc != WOLFSSL_SUCCESS)
+            rc = wolfSSL_connect(c);
+        if (rs != WOLFSSL_SUCCESS)
+            rs = wolfSSL_accept(s);
+    }
+    return rc == WOLFSSL_SUCCESS && rs == WOLFSSL_SUCCESS;
+}
+
+/* msg from a to b; b may first read post-handshake messages (a NewSessionTicket, a KeyUpdate). */
+static void mem_say(WOLFSSL *a, WOLFSSL *b, const char *msg)
+{
+    char buf[32] = {0};
+    int n = 0;
+    cr_assert_eq(wolfSSL_write(a, msg, (int)strlen(msg)), (int)strlen(msg));
+    for (int i = 0; i < 4 && n <= 0; i++) {
+        n = wolfSSL_read(b, buf, sizeof(buf) - 1);
+        if (n <= 0)
+            cr_assert_eq(wolfSSL_get_error(b, n), WOLFSSL_ERROR_WANT_READ, "read failed: %d",
+                         wolfSSL_get_error(b, n));
+    }
+    cr_assert_eq(n, (int)strlen(msg));
+    cr_assert_str_eq(buf, msg);
+}
+
+static void alpn_is(WOLFSSL *ssl, const char *want)
+{
+    char *name = NULL;
+    unsigned short len = 0;
+    cr_assert_eq(wolfSSL_ALPN_GetProtocol(ssl, &name, &len), WOLFSSL_SUCCESS);
+    cr_assert_eq(len, strlen(want));
+    cr_assert_eq(memcmp(name, want, len), 0);
+}
+
+static void extras_one_version(bool tls13)
+{
+    static unsigned char cert[4096], key[512];
+    int cert_len, key_len;
+    make_server_cert(cert, &cert_len, key, &key_len);
+    WOLFSSL_CTX *sctx =
+        wolfSSL_CTX_new(tls13 ? wolfTLSv1_3_server_method() : wolfTLSv1_2_server_method());
+    WOLFSSL_CTX *cctx =
+        wolfSSL_CTX_new(tls13 ? wolfTLSv1_3_client_method() : wolfTLSv1_2_client_method());
+    cr_assert(sctx != NULL && cctx != NULL);
+    cr_assert_eq(wolfSSL_CTX_use_certificate_buffer(sctx, cert, cert_len, WOLFSSL_FILETYPE_ASN1),
+                 WOLFSSL_SUCCESS);
+    cr_assert_eq(wolfSSL_CTX_use_PrivateKey_buffer(sctx, key, key_len, WOLFSSL_FILETYPE_ASN1),
+                 WOLFSSL_SUCCESS);
+    wolfSSL_CTX_set_verify(cctx, WOLFSSL_VERIFY_NONE, NULL);
+    wolfSSL_CTX_SetIORecv(sctx, mem_recv);
+    wolfSSL_CTX_SetIOSend(sctx, mem_send);
+    wolfSSL_CTX_SetIORecv(cctx, mem_recv);
+    wolfSSL_CTX_SetIOSend(cctx, mem_send);
+
+    static struct pipe_buf c2s, s2c;
+    c2s.len = s2c.len = 0;
+    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
+    WOLFSSL *c = wolfSSL_new(cctx), *s = wolfSSL_new(sctx);
+    cr_assert(c != NULL && s != NULL);
+    wolfSSL_SetIOReadCtx(c, &ce);
+    wolfSSL_SetIOWriteCtx(c, &ce);
+    wolfSSL_SetIOReadCtx(s, &se);
+    wolfSSL_SetIOWriteCtx(s, &se);
+    /* as the proxy's upstream conn: SNI, an ALPN list, tickets; its client-facing one: ALPN */
+    cr_assert_eq(wolfSSL_UseSNI(c, WOLFSSL_SNI_HOST_NAME, "origin.test", 11), WOLFSSL_SUCCESS);
+    char offer[] = "h2,http/1.1", pick[] = "http/1.1";
+    cr_assert_eq(wolfSSL_UseALPN(c, offer, sizeof(offer) - 1, WOLFSSL_ALPN_CONTINUE_ON_MISMATCH),
+                 WOLFSSL_SUCCESS);
+    cr_assert_eq(wolfSSL_UseALPN(s, pick, sizeof(pick) - 1, WOLFSSL_ALPN_CONTINUE_ON_MISMATCH),
+                 WOLFSSL_SUCCESS);
+    cr_assert_eq(wolfSSL_UseSessionTicket(c), WOLFSSL_SUCCESS);
+    /* (a server with an SNI of its own records the client's: wolfSSL_SNI_GetRequest) */
+    cr_assert_eq(wolfSSL_UseSNI(s, WOLFSSL_SNI_HOST_NAME, "origin.test", 11), WOLFSSL_SUCCESS);
+    /* Not before the handshake is done: nothing freed. */
+    cr_assert_eq(wolfSSL_free_handshake_extras(c), WOLFSSL_FAILURE);
+    cr_assert_not_null(wolfSSL_get0_param(c));
+    cr_assert(mem_handshake(c, s), "handshake failed");
+
+    void *sni = NULL;
+    cr_assert_eq(wolfSSL_SNI_GetRequest(s, WOLFSSL_SNI_HOST_NAME, &sni), 11);
+    size_t before = g_live;
+    cr_assert_eq(wolfSSL_free_handshake_extras(c), WOLFSSL_SUCCESS);
+    size_t freed_c = before - g_live;
+    before = g_live;
+    cr_assert_eq(wolfSSL_free_handshake_extras(s), WOLFSSL_SUCCESS);
+    size_t freed_s = before - g_live;
+    cr_log_info("TLS 1.%d: freed %zu bytes (client), %zu (server)", tls13 ? 3 : 2, freed_c,
+                freed_s);
+    /* suites (346 bytes) and parameters (336) at least, on either side */
+    cr_assert_geq(freed_c, 1024, "client: %zu bytes freed", freed_c);
+    cr_assert_geq(freed_s, 1024, "server: %zu bytes freed", freed_s);
+    before = g_live;
+    cr_assert_eq(wolfSSL_free_handshake_extras(c), WOLFSSL_SUCCESS); /* twice is harmless */
+    cr_assert_eq(g_live, before);
+
+    /* ALPN still answers; SNI and the verify parameters are gone; getters that read the
+     * suites say so instead of crashing. */
+    alpn_is(c, "http/1.1");
+    alpn_is(s, "http/1.1");
+    cr_assert_eq(wolfSSL_SNI_GetRequest(s, WOLFSSL_SNI_HOST_NAME, &sni), 0);
+    cr_assert_null(wolfSSL_get0_param(c));
+    int nid = 0;
+    cr_assert_eq(wolfSSL_get_signature_nid(s, &nid), WOLFSSL_FAILURE);
+
+    /* The connection works both ways: the TLS 1.3 client reads the server's NewSessionTicket
+     * now, and both sides update their keys. */
+    mem_say(s, c, "pong");
+    mem_say(c, s, "ping");
+    if (tls13) {
+        cr_assert_eq(wolfSSL_SESSION_has_ticket(wolfSSL_get_session(c)), WOLFSSL_SUCCESS);
+        cr_assert_eq(wolfSSL_update_keys(c), WOLFSSL_SUCCESS);
+        mem_say(c, s, "after client key update");
+        mem_say(s, c, "reply");
+        cr_assert_eq(wolfSSL_update_keys(s), WOLFSSL_SUCCESS);
+        mem_say(s, c, "after server key update");
+        mem_say(c, s, "reply");
+    }
+    cr_assert_eq(wolfSSL_shutdown(c), WOLFSSL_SHUTDOWN_NOT_DONE);
+    wolfSSL_free(s);
+
+    /* A cleared client gets new suites and parameters and completes a new handshake. */
+    c2s.len = s2c.len = 0;
+    cr_assert_eq(wolfSSL_clear(c), WOLFSSL_SUCCESS);
+    cr_assert_not_null(wolfSSL_get0_param(c));
+    s = wolfSSL_new(sctx);
+    cr_assert_not_null(s);
+    wolfSSL_SetIOReadCtx(s, &se);
+    wolfSSL_SetIOWriteCtx(s, &se);
+    cr_assert(mem_handshake(c, s), "handshake after wolfSSL_clear failed");
+    mem_say(c, s, "again");
+    wolfSSL_free(c);
+    wolfSSL_free(s);
+    wolfSSL_CTX_free(cctx);
+    wolfSSL_CTX_free(sctx);
+}
+#endif
+
+/*
+ * An OPENSSL_EXTRA build keeps the connection's cipher suites, verify parameters and TLS
+ * extensions for the connection's life though only the handshake reads them (~2.5 KiB per
+ * intercepted connection). ci/patches/wolfssl-free-after-handshake.patch adds
+ * wolfSSL_free_handshake_extras(), which the proxy calls when a handshake completes
+ * (docs/dependencies.md, "wolfSSL patches"): it keeps the negotiated ALPN, and what comes
+ * after a handshake (data, a TLS 1.3 NewSessionTicket or KeyUpdate, wolfSSL_clear and a new
+ * handshake) still works.
+ */
+Test(wolfssl_build, handshake_extras_freed_after_the_handshake)
+{
+#ifndef HAVE_WOLFSSL_FREE_HANDSHAKE_EXTRAS
+    cr_assert_fail("wolfSSL built without ci/patches/wolfssl-free-after-handshake.patch "
+                   "(rerun ci/setup.sh)");
+#else
+    cr_assert_eq(wolfSSL_SetAllocators(live_malloc, live_free, live_realloc), 0);
+    extras_one_version(true);
+    extras_one_version(false);
 #endif
 }
