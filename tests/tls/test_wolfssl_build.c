@@ -147,23 +147,48 @@ static void make_server_cert(unsigned char *cert, int *cert_len, unsigned char *
     wc_FreeRng(&rng);
 }
 
-/* One in-memory TLS 1.3 connection offering sess (may be NULL); reads the server's
- * NewSessionTicket only when read_ticket. Returns the client's session (get1) or NULL when
- * the handshake failed; *resumed says whether it resumed. */
-static WOLFSSL_SESSION *one_conn(WOLFSSL_CTX *cctx, WOLFSSL_CTX *sctx, WOLFSSL_SESSION *sess,
-                                 bool read_ticket, bool *resumed)
+/* A server context with a fresh P-256 leaf and a client context that does not verify it,
+ * both over the in-memory pipes (mem_recv, mem_send). */
+static void mem_ctx_pair(WOLFSSL_METHOD *sm, WOLFSSL_METHOD *cm, WOLFSSL_CTX **sctx_out,
+                         WOLFSSL_CTX **cctx_out)
 {
-    static struct pipe_buf c2s, s2c;
-    c2s.len = s2c.len = 0;
-    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
-    WOLFSSL *c = wolfSSL_new(cctx), *s = wolfSSL_new(sctx);
-    cr_assert(c != NULL && s != NULL);
-    wolfSSL_SetIOReadCtx(c, &ce);
-    wolfSSL_SetIOWriteCtx(c, &ce);
-    wolfSSL_SetIOReadCtx(s, &se);
-    wolfSSL_SetIOWriteCtx(s, &se);
-    if (sess != NULL)
-        cr_assert_eq(wolfSSL_set_session(c, sess), WOLFSSL_SUCCESS);
+    static unsigned char cert[4096], key[512];
+    int cert_len, key_len;
+    make_server_cert(cert, &cert_len, key, &key_len);
+    WOLFSSL_CTX *sctx = wolfSSL_CTX_new(sm);
+    WOLFSSL_CTX *cctx = wolfSSL_CTX_new(cm);
+    cr_assert(sctx != NULL && cctx != NULL);
+    cr_assert_eq(wolfSSL_CTX_use_certificate_buffer(sctx, cert, cert_len, WOLFSSL_FILETYPE_ASN1),
+                 WOLFSSL_SUCCESS);
+    cr_assert_eq(wolfSSL_CTX_use_PrivateKey_buffer(sctx, key, key_len, WOLFSSL_FILETYPE_ASN1),
+                 WOLFSSL_SUCCESS);
+    wolfSSL_CTX_set_verify(cctx, WOLFSSL_VERIFY_NONE, NULL);
+    wolfSSL_CTX_SetIORecv(sctx, mem_recv);
+    wolfSSL_CTX_SetIOSend(sctx, mem_send);
+    wolfSSL_CTX_SetIORecv(cctx, mem_recv);
+    wolfSSL_CTX_SetIOSend(cctx, mem_send);
+    *sctx_out = sctx;
+    *cctx_out = cctx;
+}
+
+/* A client and a server from cctx and sctx, talking through ce and se (their pipes emptied). */
+static void mem_ssl_pair(WOLFSSL_CTX *cctx, WOLFSSL_CTX *sctx, struct mem_end *ce,
+                         struct mem_end *se, WOLFSSL **c, WOLFSSL **s)
+{
+    ce->in->len = ce->out->len = 0;
+    *c = wolfSSL_new(cctx);
+    *s = wolfSSL_new(sctx);
+    cr_assert(*c != NULL && *s != NULL);
+    wolfSSL_SetIOReadCtx(*c, ce);
+    wolfSSL_SetIOWriteCtx(*c, ce);
+    wolfSSL_SetIOReadCtx(*s, se);
+    wolfSSL_SetIOWriteCtx(*s, se);
+}
+
+/* The handshake of c and s, in memory; true when both completed (false at the first error
+ * other than wanting to read). */
+static bool mem_handshake(WOLFSSL *c, WOLFSSL *s)
+{
     int rc = 0, rs = 0;
     for (int i = 0; i < 20 && (rc != WOLFSSL_SUCCESS || rs != WOLFSSL_SUCCESS); i++) {
         if (rc != WOLFSSL_SUCCESS)
@@ -174,8 +199,23 @@ static WOLFSSL_SESSION *one_conn(WOLFSSL_CTX *cctx, WOLFSSL_CTX *sctx, WOLFSSL_S
             (rs != WOLFSSL_SUCCESS && wolfSSL_get_error(s, rs) != WOLFSSL_ERROR_WANT_READ))
             break;
     }
+    return rc == WOLFSSL_SUCCESS && rs == WOLFSSL_SUCCESS;
+}
+
+/* One in-memory TLS 1.3 connection offering sess (may be NULL); reads the server's
+ * NewSessionTicket only when read_ticket. Returns the client's session (get1) or NULL when
+ * the handshake failed; *resumed says whether it resumed. */
+static WOLFSSL_SESSION *one_conn(WOLFSSL_CTX *cctx, WOLFSSL_CTX *sctx, WOLFSSL_SESSION *sess,
+                                 bool read_ticket, bool *resumed)
+{
+    static struct pipe_buf c2s, s2c;
+    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
+    WOLFSSL *c, *s;
+    mem_ssl_pair(cctx, sctx, &ce, &se, &c, &s);
+    if (sess != NULL)
+        cr_assert_eq(wolfSSL_set_session(c, sess), WOLFSSL_SUCCESS);
     WOLFSSL_SESSION *out = NULL;
-    if (rc == WOLFSSL_SUCCESS && rs == WOLFSSL_SUCCESS) {
+    if (mem_handshake(c, s)) {
         cr_assert_gt(s2c.len, 0, "the server sent no NewSessionTicket");
         if (read_ticket) {
             char b[16];
@@ -201,22 +241,9 @@ static WOLFSSL_SESSION *one_conn(WOLFSSL_CTX *cctx, WOLFSSL_CTX *sctx, WOLFSSL_S
  */
 Test(wolfssl_build, tls13_session_taken_before_its_ticket_still_resumes)
 {
-    static unsigned char cert[4096], key[512];
-    int cert_len, key_len;
-    make_server_cert(cert, &cert_len, key, &key_len);
-    WOLFSSL_CTX *sctx = wolfSSL_CTX_new(wolfTLSv1_3_server_method());
-    WOLFSSL_CTX *cctx = wolfSSL_CTX_new(wolfTLSv1_3_client_method());
-    cr_assert(sctx != NULL && cctx != NULL);
-    cr_assert_eq(wolfSSL_CTX_use_certificate_buffer(sctx, cert, cert_len, WOLFSSL_FILETYPE_ASN1),
-                 WOLFSSL_SUCCESS);
-    cr_assert_eq(wolfSSL_CTX_use_PrivateKey_buffer(sctx, key, key_len, WOLFSSL_FILETYPE_ASN1),
-                 WOLFSSL_SUCCESS);
-    wolfSSL_CTX_set_verify(cctx, WOLFSSL_VERIFY_NONE, NULL);
+    WOLFSSL_CTX *sctx, *cctx;
+    mem_ctx_pair(wolfTLSv1_3_server_method(), wolfTLSv1_3_client_method(), &sctx, &cctx);
     wolfSSL_CTX_set_session_cache_mode(cctx, WOLFSSL_SESS_CACHE_OFF);
-    wolfSSL_CTX_SetIORecv(sctx, mem_recv);
-    wolfSSL_CTX_SetIOSend(sctx, mem_send);
-    wolfSSL_CTX_SetIORecv(cctx, mem_recv);
-    wolfSSL_CTX_SetIOSend(cctx, mem_send);
 
     bool resumed = true;
     WOLFSSL_SESSION *s1 = one_conn(cctx, sctx, NULL, true, &resumed);
@@ -272,21 +299,8 @@ Test(wolfssl_build, peer_cert_on_the_heap_and_freed_after_the_handshake)
     cr_assert_fail("wolfSSL built without ci/patches/wolfssl-peer-cert-on-heap.patch "
                    "(rerun ci/setup.sh)");
 #else
-    static unsigned char cert[4096], key[512];
-    int cert_len, key_len;
-    make_server_cert(cert, &cert_len, key, &key_len);
-    WOLFSSL_CTX *sctx = wolfSSL_CTX_new(wolfTLSv1_3_server_method());
-    WOLFSSL_CTX *cctx = wolfSSL_CTX_new(wolfTLSv1_3_client_method());
-    cr_assert(sctx != NULL && cctx != NULL);
-    cr_assert_eq(wolfSSL_CTX_use_certificate_buffer(sctx, cert, cert_len, WOLFSSL_FILETYPE_ASN1),
-                 WOLFSSL_SUCCESS);
-    cr_assert_eq(wolfSSL_CTX_use_PrivateKey_buffer(sctx, key, key_len, WOLFSSL_FILETYPE_ASN1),
-                 WOLFSSL_SUCCESS);
-    wolfSSL_CTX_set_verify(cctx, WOLFSSL_VERIFY_NONE, NULL);
-    wolfSSL_CTX_SetIORecv(sctx, mem_recv);
-    wolfSSL_CTX_SetIOSend(sctx, mem_send);
-    wolfSSL_CTX_SetIORecv(cctx, mem_recv);
-    wolfSSL_CTX_SetIOSend(cctx, mem_send);
+    WOLFSSL_CTX *sctx, *cctx;
+    mem_ctx_pair(wolfTLSv1_3_server_method(), wolfTLSv1_3_client_method(), &sctx, &cctx);
 
     /* No single allocation of wolfSSL_new() is 4 KiB: the WOLFSSL itself was 5.1 KiB with
      * the embedded certificate, 1.6 KiB without (the handshake arrays, freed after the
@@ -302,14 +316,7 @@ Test(wolfssl_build, peer_cert_on_the_heap_and_freed_after_the_handshake)
     wolfSSL_SetIOWriteCtx(c, &ce);
     wolfSSL_SetIOReadCtx(s, &se);
     wolfSSL_SetIOWriteCtx(s, &se);
-    int rc = 0, rs = 0;
-    for (int i = 0; i < 20 && (rc != WOLFSSL_SUCCESS || rs != WOLFSSL_SUCCESS); i++) {
-        if (rc != WOLFSSL_SUCCESS)
-            rc = wolfSSL_connect(c);
-        if (rs != WOLFSSL_SUCCESS)
-            rs = wolfSSL_accept(s);
-    }
-    cr_assert(rc == WOLFSSL_SUCCESS && rs == WOLFSSL_SUCCESS, "handshake failed");
+    cr_assert(mem_handshake(c, s), "handshake failed");
 
     /* The client holds the server's certificate, the server none (no client certificate). */
     WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(c);
@@ -368,19 +375,6 @@ static void *live_realloc(void *p, size_t n)
     return q;
 }
 
-/* The handshake of c and s, in memory; true when both completed. */
-static bool mem_handshake(WOLFSSL *c, WOLFSSL *s)
-{
-    int rc = 0, rs = 0;
-    for (int i = 0; i < 20 && (rc != WOLFSSL_SUCCESS || rs != WOLFSSL_SUCCESS); i++) {
-        if (rc != WOLFSSL_SUCCESS)
-            rc = wolfSSL_connect(c);
-        if (rs != WOLFSSL_SUCCESS)
-            rs = wolfSSL_accept(s);
-    }
-    return rc == WOLFSSL_SUCCESS && rs == WOLFSSL_SUCCESS;
-}
-
 /* msg from a to b; b may first read post-handshake messages (a NewSessionTicket, a KeyUpdate). */
 static void mem_say(WOLFSSL *a, WOLFSSL *b, const char *msg)
 {
@@ -408,33 +402,14 @@ static void alpn_is(WOLFSSL *ssl, const char *want)
 
 static void extras_one_version(bool tls13)
 {
-    static unsigned char cert[4096], key[512];
-    int cert_len, key_len;
-    make_server_cert(cert, &cert_len, key, &key_len);
-    WOLFSSL_CTX *sctx =
-        wolfSSL_CTX_new(tls13 ? wolfTLSv1_3_server_method() : wolfTLSv1_2_server_method());
-    WOLFSSL_CTX *cctx =
-        wolfSSL_CTX_new(tls13 ? wolfTLSv1_3_client_method() : wolfTLSv1_2_client_method());
-    cr_assert(sctx != NULL && cctx != NULL);
-    cr_assert_eq(wolfSSL_CTX_use_certificate_buffer(sctx, cert, cert_len, WOLFSSL_FILETYPE_ASN1),
-                 WOLFSSL_SUCCESS);
-    cr_assert_eq(wolfSSL_CTX_use_PrivateKey_buffer(sctx, key, key_len, WOLFSSL_FILETYPE_ASN1),
-                 WOLFSSL_SUCCESS);
-    wolfSSL_CTX_set_verify(cctx, WOLFSSL_VERIFY_NONE, NULL);
-    wolfSSL_CTX_SetIORecv(sctx, mem_recv);
-    wolfSSL_CTX_SetIOSend(sctx, mem_send);
-    wolfSSL_CTX_SetIORecv(cctx, mem_recv);
-    wolfSSL_CTX_SetIOSend(cctx, mem_send);
+    WOLFSSL_CTX *sctx, *cctx;
+    mem_ctx_pair(tls13 ? wolfTLSv1_3_server_method() : wolfTLSv1_2_server_method(),
+                 tls13 ? wolfTLSv1_3_client_method() : wolfTLSv1_2_client_method(), &sctx, &cctx);
 
     static struct pipe_buf c2s, s2c;
-    c2s.len = s2c.len = 0;
     struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
-    WOLFSSL *c = wolfSSL_new(cctx), *s = wolfSSL_new(sctx);
-    cr_assert(c != NULL && s != NULL);
-    wolfSSL_SetIOReadCtx(c, &ce);
-    wolfSSL_SetIOWriteCtx(c, &ce);
-    wolfSSL_SetIOReadCtx(s, &se);
-    wolfSSL_SetIOWriteCtx(s, &se);
+    WOLFSSL *c, *s;
+    mem_ssl_pair(cctx, sctx, &ce, &se, &c, &s);
     /* as the proxy's upstream conn: SNI, an ALPN list, tickets; its client-facing one: ALPN */
     cr_assert_eq(wolfSSL_UseSNI(c, WOLFSSL_SNI_HOST_NAME, "origin.test", 11), WOLFSSL_SUCCESS);
     char offer[] = "h2,http/1.1", pick[] = "http/1.1";
