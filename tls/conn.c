@@ -230,36 +230,54 @@ static struct soth_tls_conn *conn_alloc(struct soth_tls_ctx *t, enum soth_leg si
     return c;
 }
 
+/*
+ * Keep an upstream conn's session for the next connection to its name: a TLS 1.2 session, or
+ * a TLS 1.3 one holding a ticket (a session ID alone does not resume TLS 1.3). Called as soon
+ * as wolfSSL has made one (a TLS 1.2 handshake done, each TLS 1.3 NewSessionTicket read), so
+ * that the client's next request, which may reach the origin before this conn is freed,
+ * already resumes; and again when the conn is freed. A TLS 1.3 conn closed before the origin's
+ * ticket was read holds the ticket it was resumed with, which still resumes: the wolfSSL build
+ * pairs a session's ticket with that ticket's secret (docs/dependencies.md, "wolfSSL patches";
+ * docs/tls.md, "Upstream sessions"). The kept object is the conn's own session (a reference,
+ * not a copy): a later ticket on the same conn updates it, and wolfSSL_set_session copies it.
+ */
+static void keep_session(struct soth_tls_conn *c)
+{
+    struct soth_tls_ctx *t = c->t;
+    c->sess_new = false;
+    WOLFSSL_SESSION *s = wolfSSL_get1_session(c->ssl);
+    bool tls13 = wolfSSL_version(c->ssl) == TLS1_3_VERSION;
+    if (s != NULL && (wolfSSL_SESSION_is_resumable(s) != 1 ||
+                      (tls13 && wolfSSL_SESSION_has_ticket(s) != WOLFSSL_SUCCESS))) {
+        wolfSSL_SESSION_free(s);
+        s = NULL;
+    }
+    if (s != NULL) {
+        size_t i = c->host_key & (TLS_UP_SESSIONS - 1);
+        if (t->up_sess[i].s != NULL)
+            wolfSSL_SESSION_free(t->up_sess[i].s);
+        t->up_sess[i].key = c->host_key;
+        t->up_sess[i].s = s;
+    }
+}
+
+int tls_on_new_session(WOLFSSL *ssl, WOLFSSL_SESSION *s)
+{
+    (void)s;
+    struct soth_tls_conn *c = wolfSSL_GetIOReadCtx(ssl);
+    if (c != NULL && c->side == SOTH_LEG_UPSTREAM)
+        c->sess_new = true;
+    return 0; /* wolfSSL keeps no extra reference: keep_session takes its own */
+}
+
 void soth_tls_conn_free(struct soth_tls_conn *c)
 {
     if (c == NULL)
         return;
     struct soth_tls_ctx *t = c->t;
     if (c->ssl != NULL && c->side == SOTH_LEG_UPSTREAM &&
-        (c->state == CONN_ESTABLISHED || c->state == CONN_CLOSED)) {
-        /*
-         * Keep the session for the next connection to this name: a TLS 1.2 session, or a
-         * TLS 1.3 one holding a ticket (a session ID alone does not resume TLS 1.3). A TLS 1.3
-         * conn closed before the origin's NewSessionTicket was read holds the ticket it was
-         * resumed with, which still resumes: the wolfSSL build pairs a session's ticket with
-         * that ticket's secret (docs/dependencies.md, "wolfSSL patches"; docs/tls.md,
-         * "Upstream sessions").
-         */
-        WOLFSSL_SESSION *s = wolfSSL_get1_session(c->ssl);
-        bool tls13 = wolfSSL_version(c->ssl) == TLS1_3_VERSION;
-        if (s != NULL && (wolfSSL_SESSION_is_resumable(s) != 1 ||
-                          (tls13 && wolfSSL_SESSION_has_ticket(s) != WOLFSSL_SUCCESS))) {
-            wolfSSL_SESSION_free(s);
-            s = NULL;
-        }
-        if (s != NULL) {
-            size_t i = c->host_key & (TLS_UP_SESSIONS - 1);
-            if (t->up_sess[i].s != NULL)
-                wolfSSL_SESSION_free(t->up_sess[i].s);
-            t->up_sess[i].key = c->host_key;
-            t->up_sess[i].s = s;
-        }
-    }
+        (c->state == CONN_ESTABLISHED || c->state == CONN_CLOSED))
+        keep_session(c);
     if (c->ssl != NULL && c->side == SOTH_LEG_UPSTREAM && c->state == CONN_FAILED) {
         /* A failed handshake may be the resumption itself (an origin that changed versions or
          * keys): never offer that session again. */
@@ -558,6 +576,8 @@ int soth_tls_conn_handshake(struct soth_tls_conn *c)
          * "wolfSSL patches"). */
         wolfSSL_free_handshake_extras(c->ssl);
 #endif
+        if (c->sess_new)
+            keep_session(c);
         return 0;
     }
     int e = wolfSSL_get_error(c->ssl, r);
@@ -584,6 +604,8 @@ ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap)
     if (cap > INT_MAX)
         cap = INT_MAX;
     int r = wolfSSL_read(c->ssl, buf, (int)cap);
+    if (c->sess_new)
+        keep_session(c); /* the read took a NewSessionTicket */
     if (r > 0)
         return r;
     int e = wolfSSL_get_error(c->ssl, r);

@@ -159,6 +159,7 @@ struct soth_tls_conn {
     int clear_alert; /* description of a fatal cleartext alert received, -1 = none */
     int fail_where;  /* 1 handshake, 2 read, 3 write */
     bool keylog;     /* secrets go to the key log (docs/tls.md, "Key log") */
+    bool sess_new;   /* upstream: wolfSSL made a resumable session (tls_on_new_session) */
     /* upstream: the origin's ServerHello, collected for JA4S (ja4.c) in a buffer lent from
      * the ctx's free_own pool until it is complete */
     bool ja4s_done;
@@ -189,6 +190,9 @@ void tls_keylog_line(const char *label, const uint8_t *client_random, const uint
                      size_t secret_len);
 int tls_keylog_tls13(WOLFSSL *ssl, int id, const unsigned char *secret, int secret_sz, void *ctx);
 void tls_keylog_handshake_done(WOLFSSL *ssl);
+
+/** Client ctx: wolfSSL made or updated ssl's session (a ticket, a finished handshake). */
+int tls_on_new_session(WOLFSSL *ssl, WOLFSSL_SESSION *s);
 
 /* ---- JA4S (ja4.c) */
 #define TLS_SH_CAP 4096u /* a ServerHello we fingerprint fits; the free_own pool's size */

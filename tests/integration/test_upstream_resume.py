@@ -34,7 +34,7 @@ class TLS13Origin:
     """nginx on loopback, TLSv1.3 only, origin.test signed by its own test CA; each request's
     `$ssl_protocol $ssl_session_reused $status $request_uri` goes to access.log."""
 
-    def __init__(self):
+    def __init__(self, protocols="TLSv1.3"):
         self.dir = d = tempfile.mkdtemp(prefix="soth-resume-")
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                 "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=resume test CA",
@@ -73,7 +73,7 @@ http {{
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{self.port} ssl;
-        ssl_protocols TLSv1.3;
+        ssl_protocols {protocols};
         ssl_certificate {d}/o.pem;
         ssl_certificate_key {d}/o.key;
         root {d}/www;
@@ -116,6 +116,20 @@ def get_once(addr):
         s.close()
 
 
+def get_keep_open(addr):
+    """One plain-HTTP keep-alive request whose connection is left open: returns the socket and
+    the response."""
+    s = socket.create_connection(addr, timeout=10)
+    s.sendall(b"GET /r HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+    data = b""
+    while not (b"\r\n\r\n" in data and data.endswith(BODY)):
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    return s, data
+
+
 def leave_after_upstream_handshake(addr):
     """A TLS client that does not trust the proxy's CA: the proxy completes the upstream
     handshake first (docs/answers.md), then this client rejects our leaf and hangs up."""
@@ -131,6 +145,40 @@ def leave_after_upstream_handshake(addr):
 
 
 class UpstreamResumeTests(unittest.TestCase):
+    def check_resumes_while_first_conn_lives(self, protocols, version):
+        """The session is kept as soon as wolfSSL makes it (a TLS 1.3 ticket read, a TLS 1.2
+        handshake done), not only when the first upstream connection ends: a second client
+        arriving while the first one still holds its upstream connection resumes."""
+        origin = TLS13Origin(protocols)
+        try:
+            cfg = {"policy": {"default": "intercept"},
+                   "resolve": {"origin.test": "127.0.0.1"},
+                   "tls": {"upstream_ca_file": origin.ca},
+                   "upstream_pool": {"enabled": False}}
+            with Proxy(mode=f"reverse:https://origin.test:{origin.port}", config=cfg,
+                       workers=1) as p:
+                first, data = get_keep_open(p.addr())
+                try:
+                    self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:200])
+                    self.assertTrue(data.endswith(BODY), data[-200:])
+                    for _ in range(3):
+                        data = get_once(p.addr())
+                        self.assertTrue(data.startswith(b"HTTP/1.1 200 ") and
+                                        data.endswith(BODY), data[:200])
+                finally:
+                    first.close()
+            log = origin.requests()
+            self.assertEqual([(r[0], r[2]) for r in log], [(version, "200")] * 4, log)
+            self.assertEqual([r[1] for r in log], [".", "r", "r", "r"], log)
+        finally:
+            origin.close()
+
+    def test_second_client_resumes_while_first_holds_tls13(self):
+        self.check_resumes_while_first_conn_lives("TLSv1.3", "TLSv1.3")
+
+    def test_second_client_resumes_while_first_holds_tls12(self):
+        self.check_resumes_while_first_conn_lives("TLSv1.2", "TLSv1.2")
+
     def test_tls13_resumption_1000_requests_against_nginx(self):
         origin = TLS13Origin()
         try:
