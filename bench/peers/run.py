@@ -24,6 +24,8 @@ table shows medians over repetitions and the sum of errors):
 
   h1-small     wrk -t1 -c50, keep-alive, GET /small
   h1-1m        wrk -t1 -c8, keep-alive, GET /1m
+  h1-1m-paced  hey -c8 -q50 (400 req/s), GET /1m: reverse targets and direct at one fixed rate,
+               so that latency is compared at the same load on CPU 0
   h2-small     h2load -t1 -c50 -m10, GET /small (latency percentiles from --log-file)
   churn        wrk -t1 -c16 -H 'Connection: close': a new TLS connection per request
   connect      hey -c50 -x proxy https://127.0.0.1:ORIGIN/small (CONNECT + intercept, keep-alive)
@@ -773,6 +775,24 @@ def wl_hey(conns, keepalive=True):
     return run
 
 
+def wl_hey_paced(conns, qps, path):
+    """Reverse targets and direct at one fixed rate (hey -q, per connection): the latency
+    spread of each at the same load, so that a target that is faster does not load CPU 0 (the
+    load tool and the origin) more than the others."""
+    def run(a, ctx, target):
+        if target.mode in ("tunnel", "regular"):
+            return None, "reverse targets only"
+        argv = ["hey", "-c", str(conns), "-q", str(qps), "-z", f"{int(a.seconds)}s", "-t", "10",
+                "-host", "origin.test", url_for(target, ctx["origin_port"], path)]
+
+        def go():
+            t0 = time.time()
+            out, err = run_load(argv, a.seconds + 40)
+            return (None, err) if out is None else parse_hey(out, time.time() - t0)
+        return measure(target, go)
+    return run
+
+
 HEADER_LINES = []
 for i in range(100):
     HEADER_LINES += ["-H", f"X-Bench-{i:03d}: " + ("v" * 150)]
@@ -1411,6 +1431,8 @@ def main():
         ("h1-small", "wrk -t1 -c50 keep-alive, 100-byte body", wl_wrk(50, "/small")),
         ("h1-1m", "wrk -t1 -c8 keep-alive, 1 MiB body", wl_wrk(8, "/1m")),
         ("h2-small", "h2load -t1 -c50 -m10, 100-byte body", wl_h2load(50, 10, "/small")),
+        ("h1-1m-paced", "hey -c8 -q50: 1 MiB bodies at 400 req/s for every target",
+         wl_hey_paced(8, 50, "/1m")),
         ("churn", "wrk -t1 -c16 `Connection: close`: a new TLS connection per request",
          wl_wrk(16, "/small", ["-H", "Connection: close"])),
         ("connect", "hey -c50 -x proxy: CONNECT + intercept, keep-alive, 100-byte body",
