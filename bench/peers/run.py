@@ -780,8 +780,10 @@ def wl_hey_paced(conns, qps, path):
     spread of each at the same load, so that a target that is faster does not load CPU 0 (the
     load tool and the origin) more than the others."""
     def run(a, ctx, target):
-        if target.mode in ("tunnel", "regular"):
-            return None, "reverse targets only"
+        if target.mode == "tunnel":
+            return None, "n/a"
+        if target.mode == "regular":
+            return None, "regular mode: this workload paces reverse targets only"
         argv = ["hey", "-c", str(conns), "-q", str(qps), "-z", f"{int(a.seconds)}s", "-t", "10",
                 "-host", "origin.test", url_for(target, ctx["origin_port"], path)]
 
