@@ -109,7 +109,8 @@ static int ctx_common(WOLFSSL_CTX *ctx, bool client)
     if (wolfSSL_CTX_set_groups(ctx, groups, 2) != WOLFSSL_SUCCESS)
         return -1;
     if (client) {
-        /* Each new ticket is kept as soon as it is read (conn.c, keep_session). */
+        /* Each new session (a ticket read, a TLS 1.2 handshake done) is kept at once
+         * (conn.c, keep_session). */
         wolfSSL_CTX_sess_set_new_cb(ctx, tls_on_new_session);
         /* supported_groups in the ClientHello: only what we allow (also for TLS 1.2 ECDHE) */
         if (wolfSSL_CTX_UseSupportedCurve(ctx, WOLFSSL_ECC_X25519) != WOLFSSL_SUCCESS ||

@@ -309,13 +309,9 @@ Test(wolfssl_build, peer_cert_on_the_heap_and_freed_after_the_handshake)
     g_largest = 0;
     static struct pipe_buf c2s, s2c;
     struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
-    WOLFSSL *c = wolfSSL_new(cctx), *s = wolfSSL_new(sctx);
-    cr_assert(c != NULL && s != NULL);
+    WOLFSSL *c, *s;
+    mem_ssl_pair(cctx, sctx, &ce, &se, &c, &s);
     cr_assert_lt(g_largest, 4096, "wolfSSL_new() allocated %zu bytes at once", g_largest);
-    wolfSSL_SetIOReadCtx(c, &ce);
-    wolfSSL_SetIOWriteCtx(c, &ce);
-    wolfSSL_SetIOReadCtx(s, &se);
-    wolfSSL_SetIOWriteCtx(s, &se);
     cr_assert(mem_handshake(c, s), "handshake failed");
 
     /* The client holds the server's certificate, the server none (no client certificate). */
