@@ -14,7 +14,7 @@ SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
 ci_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
 # Bump when the configure line or ci/patches change so cached builds are redone.
-WOLFSSL_STAMP="wolfssl-5.5.4-cfg9"
+WOLFSSL_STAMP="wolfssl-5.5.4-cfg10"
 WOLFSSL_MIN_SOURCE="5.5.4-2+deb12u3"
 
 SUDO=
@@ -157,7 +157,7 @@ if ! wolfssl_ok; then
         --enable-static --disable-shared --disable-examples --disable-crypttests \
         --enable-tls13 --enable-sni --enable-alpn --enable-certgen --enable-keygen \
         --enable-certext --enable-opensslextra --enable-session-ticket \
-        --enable-aesni --enable-intelasm --enable-sp=yes,asm --enable-sp-asm \
+        --enable-aesni --enable-intelasm --enable-aesgcm=word --enable-sp=yes,asm --enable-sp-asm \
         --enable-ecc --enable-curve25519 --enable-ed25519 \
         --enable-supportedcurves --enable-harden --enable-ip-alt-name --enable-altcertchains \
         --enable-keying-material \

@@ -122,8 +122,10 @@ struct soth_h1 {
     struct dir d[SOTH_LEG_COUNT]; /* by the leg the messages come from */
     struct soth_h1_cbs cbs;
     struct soth_h1_limits lim;
-    struct xchg *q; /* FIFO ring of exchanges in flight, lim.max_pipeline + 1 entries */
+    struct xchg *q; /* FIFO ring of exchanges in flight: Q_INLINE entries in the engine's own
+                       memory, grown on the heap up to lim.max_pipeline + 1 (q_reserve) */
     size_t qcap, qhead, qlen;
+    bool q_heap; /* q was grown: freed by dispose */
     uint32_t next_id;
     bool dead;                /* error or abort: feeds refused */
     bool done;                /* finished normally: feeds dropped */
@@ -180,9 +182,21 @@ static size_t buf_cap(const struct soth_h1_limits *l)
     return l->max_head + l->max_fields + 16;
 }
 
+/*
+ * Exchanges in flight held in the engine's own memory. A connection that pipelines deeper moves
+ * its ring to the heap, once (q_reserve), so that the engine of every connection, idle ones
+ * included, is not sized for the deepest pipeline (33 entries: 792 bytes).
+ */
+#define Q_INLINE 4
+
+static size_t q_inline_cap(const struct soth_h1_limits *l)
+{
+    return l->max_pipeline + 1 < Q_INLINE ? l->max_pipeline + 1 : Q_INLINE;
+}
+
 static size_t core_size(const struct soth_h1_limits *l)
 {
-    return align16(sizeof(struct soth_h1)) + align16((l->max_pipeline + 1) * sizeof(struct xchg));
+    return align16(sizeof(struct soth_h1)) + align16(q_inline_cap(l) * sizeof(struct xchg));
 }
 
 /* A section buffer: the field table, then the re-serialised bytes. */
@@ -299,7 +313,7 @@ struct soth_h1 *soth_h1_init(void *mem, const struct soth_h1_limits *limits,
     h->cbs = *cbs;
     p += align16(sizeof(*h));
     h->q = (struct xchg *)(void *)p;
-    h->qcap = h->lim.max_pipeline + 1;
+    h->qcap = q_inline_cap(&h->lim);
     p += align16(h->qcap * sizeof(struct xchg));
     h->lend = cbs->sec_get != NULL && cbs->sec_put != NULL;
     for (unsigned s = 0; s < SOTH_LEG_COUNT; s++) {
@@ -322,6 +336,12 @@ void soth_h1_dispose(struct soth_h1 *h)
 {
     sec_drop(&h->d[0]);
     sec_drop(&h->d[1]);
+    if (h->q_heap) {
+        free(h->q);
+        h->q = NULL;
+        h->qcap = h->qlen = 0;
+        h->q_heap = false;
+    }
 }
 
 struct soth_h1 *soth_h1_new(const struct soth_h1_limits *limits, const struct soth_h1_cbs *cbs)
@@ -362,6 +382,31 @@ static struct xchg *q_awaiting(struct soth_h1 *h)
 static struct xchg *q_newest(struct soth_h1 *h)
 {
     return h->qlen > 0 ? q_at(h, h->qlen - 1) : NULL;
+}
+
+/* Room for one more exchange: a full ring doubles on the heap, up to lim.max_pipeline + 1
+ * entries (the client is paused at lim.max_pipeline before that is reached). */
+static bool q_reserve(struct soth_h1 *h)
+{
+    if (h->qlen < h->qcap)
+        return true;
+    size_t cap = h->qcap * 2, max = h->lim.max_pipeline + 1;
+    if (cap > max)
+        cap = max;
+    if (cap <= h->qcap)
+        return false;
+    struct xchg *q = malloc(cap * sizeof(*q));
+    if (q == NULL)
+        return false;
+    for (size_t i = 0; i < h->qlen; i++)
+        q[i] = *q_at(h, i);
+    if (h->q_heap)
+        free(h->q);
+    h->q = q;
+    h->qcap = cap;
+    h->qhead = 0;
+    h->q_heap = true;
+    return true;
 }
 
 static void report(struct soth_h1 *h, struct xchg *x, enum soth_h1_outcome o)
@@ -1092,6 +1137,10 @@ static int headers_complete(llhttp_t *p)
         hd.upgrade = m->upgrade;
         hd.no_body = !hd.chunked && hd.content_length == 0;
         hd.keep_alive = m->keep_alive;
+        if (!q_reserve(h)) {
+            set_err(h, d->side, 0, NULL, NULL, SOTH_E_NOMEM);
+            return -1;
+        }
         SOTH_BUG_ON(h->qlen >= h->qcap);
         m->id = h->next_id++;
         x = q_at(h, h->qlen++);

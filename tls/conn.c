@@ -290,6 +290,8 @@ void soth_tls_conn_free(struct soth_tls_conn *c)
     if (c->ssl != NULL)
         wolfSSL_free(c->ssl);
     c->ssl = NULL;
+    free(c->rejected);
+    c->rejected = NULL;
     tls_ja4s_release(c);
     while (c->out_head != NULL) {
         struct out_chunk *k = c->out_head;

@@ -5,6 +5,7 @@
 #include "tls_int.h"
 
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -88,13 +89,15 @@ static int on_verify(int preverify, WOLFSSL_X509_STORE_CTX *store)
     WOLFSSL *ssl = wolfSSL_X509_STORE_CTX_get_ex_data(store, 0);
     struct soth_tls_conn *c = ssl != NULL ? wolfSSL_GetIOReadCtx(ssl) : NULL;
     WOLFSSL_X509 *x = wolfSSL_X509_STORE_CTX_get_current_cert(store);
-    if (c != NULL && x != NULL && c->rejected[0] == '\0') {
+    /* allocated for the first rejected certificate only (no memory: no names in the detail) */
+    if (c != NULL && x != NULL && c->rejected == NULL &&
+        (c->rejected = malloc(REJECTED_MAX)) != NULL) {
         char sub[88], iss[88]; /* both fit c->rejected with the quotes */
         if (wolfSSL_X509_NAME_oneline(wolfSSL_X509_get_subject_name(x), sub, sizeof(sub)) == NULL)
             sub[0] = '\0';
         if (wolfSSL_X509_NAME_oneline(wolfSSL_X509_get_issuer_name(x), iss, sizeof(iss)) == NULL)
             iss[0] = '\0';
-        snprintf(c->rejected, sizeof(c->rejected), "\"%s\" issued by \"%s\"", sub, iss);
+        snprintf(c->rejected, REJECTED_MAX, "\"%s\" issued by \"%s\"", sub, iss);
     }
     return 0;
 }

@@ -184,7 +184,7 @@ int soth_tls_conn_failure(const struct soth_tls_conn *c, enum soth_tls_fail *rea
         snprintf(detail, detail_len, "upstream certificate rejected: %s (%d)%s%s%s%s",
                  tls_wolf_err_name(e), e, v != 0 ? ", " : "",
                  v != 0 ? wolfSSL_X509_verify_cert_error_string(v) : "",
-                 c->rejected[0] != '\0' ? ": " : "", c->rejected);
+                 c->rejected != NULL ? ": " : "", c->rejected != NULL ? c->rejected : "");
     } else if (got_alert) {
         r = classify_alert(c->side, alert);
         snprintf(detail, detail_len, "alert %d %s received from the %s", alert, alert_name(alert),

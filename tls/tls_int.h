@@ -125,6 +125,8 @@ enum conn_state {
     CONN_CLOSED,
 };
 
+#define REJECTED_MAX 192 /* "subject" issued by "issuer": two names of up to 87 bytes, quoted */
+
 struct soth_tls_conn {
     struct soth_tls_ctx *t;
     WOLFSSL *ssl;
@@ -166,8 +168,10 @@ struct soth_tls_conn {
     uint8_t *sh;
     size_t sh_len;
     char ja4s[SOTH_TLS_JA4S_LEN + 1];
-    /* upstream: the certificate verification rejected, as "subject" issued by "issuer" */
-    char rejected[192];
+    /* upstream: the certificate verification rejected, as "subject" issued by "issuer"
+     * (REJECTED_MAX bytes, allocated only when a certificate is rejected: not held by every
+     * connection for its life) */
+    char *rejected;
 
     char host[LEAF_NAME_MAX]; /* upstream: verified name; server: leaf name */
     uint64_t host_key;        /* upstream: hash of host (session cache key) */

@@ -27,15 +27,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as R  # noqa: E402
 
 
-def heap_tree(path):
-    """The peak snapshot's tree: nodes {"b": bytes, "name": function, "kids": [...]}."""
+def heap_tree(path, last=False):
+    """The peak snapshot's tree (last: the last detailed one's): nodes {"b": bytes, "name":
+    function, "kids": [...]}."""
     lines = open(path).read().split("\n")
     start = None
     for i, l in enumerate(lines):
-        if l == "heap_tree=peak":
+        if l == "heap_tree=peak" or (last and l == "heap_tree=detailed"):
             start = i + 1
     if start is None:
-        sys.exit(f"{path}: no peak snapshot")
+        sys.exit(f"{path}: no {'detailed' if last else 'peak'} snapshot")
     pat = re.compile(r"^( *)n\d+: (\d+) (.*)$")
     stack, root = [], None
     for l in lines[start:]:
@@ -54,14 +55,14 @@ def heap_tree(path):
     return root
 
 
-def report(root, n, min_bytes_per_conn=20):
+def report(root, n, what, min_bytes_per_conn=20):
     def chain(k):
         out = [k["name"]]
         while k["kids"] and len(out) < 7:
             k = max(k["kids"], key=lambda x: x["b"])
             out.append(k["name"])
         return " < ".join(out)
-    print(f"peak heap {root['b']:,} bytes; per connection (/ {n}), by allocation site:")
+    print(f"{what} heap {root['b']:,} bytes; per connection (/ {n}), by allocation site:")
     for k in sorted(root["kids"], key=lambda x: -x["b"]):
         if k["b"] >= n * min_bytes_per_conn:
             print(f"{k['b'] / n:9.1f}  {chain(k)}")
@@ -73,6 +74,10 @@ def main():
     ap.add_argument("--conns", type=int, default=300)
     ap.add_argument("--h2", action="store_true")
     ap.add_argument("--out", default=None, help="keep massif.out here")
+    ap.add_argument("--last", action="store_true",
+                    help="report the last detailed snapshot (every snapshot detailed), not the "
+                    "peak, which can fall inside the burst of set-ups: what the held "
+                    "connections keep")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="soth-massif-")
     out = a.out or d
@@ -102,7 +107,7 @@ def main():
         sys.exit("soth-mitm did not start: " + open(f"{d}/pre.log").read()[-500:])
     p = R.spawn(["valgrind", "--tool=massif", "--pages-as-heap=no", "--threshold=0.01",
                  "--depth=40", f"--massif-out-file={out}/massif.out", "--vgdb=no",
-                 "--peak-inaccuracy=0.5"] + argv, R.PROXY_CPU, f"{d}/proxy.log")
+                 "--peak-inaccuracy=0.5"] + (["--detailed-freq=1"] if a.last else []) + argv, R.PROXY_CPU, f"{d}/proxy.log")
     try:
         if not R.wait_port(port, 300, p):
             sys.exit("soth-mitm did not start under valgrind")
@@ -132,7 +137,7 @@ def main():
             w.transport.abort()
     finally:
         R.kill_all()
-    report(heap_tree(f"{out}/massif.out"), a.conns)
+    report(heap_tree(f"{out}/massif.out", a.last), a.conns, "last detailed" if a.last else "peak")
     return 0
 
 

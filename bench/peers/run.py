@@ -74,6 +74,9 @@ HAPROXY = "/usr/sbin/haproxy"
 MITMDUMP = "/usr/bin/mitmdump"
 LOAD_CPU = "0"
 PROXY_CPU = "1"
+# CPUs the load tool (wrk, h2load, hey) may run on: LOAD_CPU with the origin, unless
+# --load-tool-cpus says otherwise (the origin stays on LOAD_CPU either way).
+LOAD_TOOL = {"cpus": LOAD_CPU}
 SMALL_BODY = b"soth-mitm peer benchmark: a small response body of exactly one hundred bytes.".ljust(99, b".") + b"\n"
 assert len(SMALL_BODY) == 100
 WARMUP = 2  # h2load --warm-up-time (s): upstream pools fill before the measurement
@@ -501,8 +504,8 @@ def one_line(txt):
 
 def run_load(argv, timeout):
     try:
-        out = subprocess.run(["taskset", "-c", LOAD_CPU] + argv, capture_output=True, text=True,
-                             timeout=timeout)
+        out = subprocess.run(["taskset", "-c", LOAD_TOOL["cpus"]] + argv, capture_output=True,
+                             text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, "load tool timed out"
     return out, None
@@ -1386,6 +1389,9 @@ def main():
     ap.add_argument("--callgrind-h2", action="store_true",
                     help="instructions: HTTP/2 requests (10 streams per connection), not h1")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--load-tool-cpus", default=LOAD_CPU, metavar="LIST",
+                    help="taskset CPU list for wrk/h2load/hey (default: the origin's CPU, "
+                    f"{LOAD_CPU}); e.g. 0,1 lets the scheduler place the load tool")
     ap.add_argument("--perf", metavar="DIR",
                     help="perf record -e cpu-clock each soth-mitm and peer target during its first "
                     "repetition of each workload; profiles (DIR/<workload>-<target>.txt) by thread, "
@@ -1404,6 +1410,7 @@ def main():
             if "--" + k.replace("_", "-") not in given:
                 setattr(a, k, v)
     a.build = os.path.abspath(a.build)
+    LOAD_TOOL["cpus"] = a.load_tool_cpus
     if a.perf:
         os.makedirs(a.perf, exist_ok=True)
         PERF["dir"] = os.path.abspath(a.perf)
@@ -1538,7 +1545,8 @@ def main():
     title = (f"Peer benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
              f"{a.reps} interleaved repetitions of {a.seconds:g} s per point; "
              f"proxy pinned to CPU {PROXY_CPU} (1 worker / 1 process / 1 thread), load "
-             f"generators and nginx origin on CPU {LOAD_CPU}; run took {elapsed:.0f} s; "
+             f"generators on CPU {LOAD_TOOL['cpus']} and nginx origin on CPU {LOAD_CPU}; "
+             f"run took {elapsed:.0f} s; "
              f"load average before/after {load0[0]:.1f}/{load1[0]:.1f})")
     notes = [
         "Notes:",

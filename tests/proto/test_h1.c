@@ -1147,6 +1147,66 @@ Test(h1, unsolicited_response)
     result_free(&r);
 }
 
+/* A pipeline deeper than the engine's inline ring of exchanges (docs/http1.md, "Limits and
+ * memory") moves the ring to the heap, here while it has wrapped (two exchanges finished first)
+ * and again as it doubles: every exchange keeps its own method (HEAD: no body) and gets its own
+ * response, in order. */
+Test(h1, deep_pipeline_grows_the_exchange_ring_in_order)
+{
+    enum { FIRST = 3, DONE_FIRST = 2, MORE = 17, ALL = FIRST + MORE };
+    struct str req[2] = {0}, resp[2] = {0}, want = {0};
+    for (int i = 1; i <= ALL; i++) {
+        bool head = i % 5 == 0;
+        str_fmt(&req[i > FIRST], "%s /%d HTTP/1.1\r\nHost: h\r\n\r\n", head ? "HEAD" : "GET", i);
+        str_fmt(&resp[i > DONE_FIRST], "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%s",
+                head ? "" : (const char[]){(char)('a' + i % 26), 0});
+    }
+    struct step st[] = {
+        {S_FEED, C, req[0].p, req[0].len, 0},
+        {S_FEED, U, resp[0].p, resp[0].len, 0},
+        {S_FEED, C, req[1].p, req[1].len, 0},
+        {S_FEED, U, resp[1].p, resp[1].len, 0},
+    };
+    for (int i = 1; i <= ALL; i++) {
+        bool head = i % 5 == 0;
+        const char *m = head ? "HEAD" : "GET";
+        if (i == FIRST + 1) { /* the first two responses come before the other requests */
+            for (int k = 1; k <= DONE_FIRST; k++)
+                str_fmt(&want,
+                        "H1 %d 200 OK HTTP/1.1 {Content-Length: 1} ka cl=1\nB1 %d %c\nC1 %d\n"
+                        "X %d complete 0 1\n",
+                        k, k, 'a' + k % 26, k, k);
+        }
+        str_fmt(&want, "H0 %d %s /%d HTTP/1.1 {Host: h} a=h p=/%d ka nb\nC0 %d\n", i, m, i, i, i);
+    }
+    for (int k = DONE_FIRST + 1; k <= ALL; k++) {
+        if (k % 5 == 0)
+            str_fmt(
+                &want,
+                "H1 %d 200 OK HTTP/1.1 {Content-Length: 1} ka cl=1 nb\nC1 %d\nX %d complete 0 0\n",
+                k, k, k);
+        else
+            str_fmt(&want,
+                    "H1 %d 200 OK HTTP/1.1 {Content-Length: 1} ka cl=1\nB1 %d %c\nC1 %d\n"
+                    "X %d complete 0 1\n",
+                    k, k, 'a' + k % 26, k, k);
+    }
+    str_cat(&want, "done=0 inflight=0 held=0/0\n");
+    struct result r;
+    run_all(st, SOTH_ARRAY_LEN(st), &(struct run_opts){0}, &r);
+    TRACE_IS(&r, want.p);
+    str_cat(&req[0], req[1].p);
+    str_cat(&resp[0], resp[1].p);
+    out_is(&r, U, req[0].p);
+    out_is(&r, C, resp[0].p);
+    result_free(&r);
+    for (int i = 0; i < 2; i++) {
+        free(req[i].p);
+        free(resp[i].p);
+    }
+    free(want.p);
+}
+
 Test(h1, pipeline_limit_blocks_client)
 {
     struct run_opts o = {.lim = {.max_pipeline = 2}};

@@ -89,6 +89,23 @@ Test(wolfssl_build, aes_gcm_runs_at_aesni_speed)
     cr_expect_gt(best, 1.0, "AES-128-GCM at %.2f GB/s: AES-NI is not in use", best);
 }
 
+/*
+ * Each TLS connection holds two AES-GCM key schedules (one per direction), four per intercepted
+ * connection, for the connection's life. On AES-NI the assembly derives GHASH's key itself
+ * (wc_AesGcmSetKey returns before building any table), so a GHASH table in struct Aes (512
+ * bytes with configure's default --enable-aesgcm=4bit) is memory no code reads:
+ * --enable-aesgcm=word leaves it out (docs/dependencies.md).
+ */
+Test(wolfssl_build, aes_gcm_key_schedule_has_no_unread_table)
+{
+#if defined(GCM_TABLE) || defined(GCM_TABLE_4BIT)
+    cr_assert_fail("wolfSSL built with a GHASH table (GCM_TABLE/GCM_TABLE_4BIT): rerun "
+                   "ci/setup.sh (--enable-aesgcm=word)");
+#endif
+    /* key (240), IV and counter state, H: 352 bytes in this build, 880 with the 4-bit table */
+    cr_assert_leq(sizeof(Aes), 400, "sizeof(Aes) = %zu", sizeof(Aes));
+}
+
 /* ---- TLS 1.3 resumption: a session taken before the NewSessionTicket still resumes */
 
 struct pipe_buf {
