@@ -192,7 +192,7 @@ static void f_error(void *ctx, enum soth_leg dir, uint32_t id, unsigned status, 
     tag(f, code, dir, id);
 }
 
-static const struct soth_h1_limits lim = {.max_head = 4096, .max_fields = 32, .max_pipeline = 4};
+static const struct soth_h1_limits lim = {.max_head = 4096, .max_fields = 32, .max_pipeline = 9};
 
 /* Lent section buffers come from malloc and go back to free, so ASan sees a late use. */
 static void *f_sec_get(void *ctx)

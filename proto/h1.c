@@ -123,7 +123,7 @@ struct soth_h1 {
     struct soth_h1_cbs cbs;
     struct soth_h1_limits lim;
     struct xchg *q; /* FIFO ring of exchanges in flight: Q_INLINE entries in the engine's own
-                       memory, grown on the heap up to lim.max_pipeline + 1 (q_reserve) */
+                       memory, or lim.max_pipeline + 1 on the heap (q_reserve) */
     size_t qcap, qhead, qlen;
     bool q_heap; /* q was grown: freed by dispose */
     uint32_t next_id;
@@ -184,8 +184,9 @@ static size_t buf_cap(const struct soth_h1_limits *l)
 
 /*
  * Exchanges in flight held in the engine's own memory. A connection that pipelines deeper moves
- * its ring to the heap, once (q_reserve), so that the engine of every connection, idle ones
- * included, is not sized for the deepest pipeline (33 entries: 792 bytes).
+ * its ring to the heap, once, at its full size (q_reserve), so that the engine of every
+ * connection, idle ones included, is not sized for the deepest pipeline (33 entries: 792
+ * bytes).
  */
 #define Q_INLINE 4
 
@@ -384,24 +385,20 @@ static struct xchg *q_newest(struct soth_h1 *h)
     return h->qlen > 0 ? q_at(h, h->qlen - 1) : NULL;
 }
 
-/* Room for one more exchange: a full ring doubles on the heap, up to lim.max_pipeline + 1
- * entries (the client is paused at lim.max_pipeline before that is reached). */
+/* Room for one more exchange: a full inline ring moves to the heap at its full size,
+ * lim.max_pipeline + 1 entries (the client is paused at lim.max_pipeline, so that one never
+ * fills). */
 static bool q_reserve(struct soth_h1 *h)
 {
     if (h->qlen < h->qcap)
         return true;
-    size_t cap = h->qcap * 2, max = h->lim.max_pipeline + 1;
-    if (cap > max)
-        cap = max;
-    if (cap <= h->qcap)
-        return false;
+    size_t cap = h->lim.max_pipeline + 1;
+    SOTH_BUG_ON(h->q_heap || cap <= h->qcap);
     struct xchg *q = malloc(cap * sizeof(*q));
     if (q == NULL)
         return false;
     for (size_t i = 0; i < h->qlen; i++)
         q[i] = *q_at(h, i);
-    if (h->q_heap)
-        free(h->q);
     h->q = q;
     h->qcap = cap;
     h->qhead = 0;

@@ -1207,6 +1207,36 @@ Test(h1, deep_pipeline_grows_the_exchange_ring_in_order)
     free(want.p);
 }
 
+/* The ring grown to the limit (max_pipeline + 1 entries) still pauses the client at the limit:
+ * request 6 waits until response 1 frees a slot, then goes to the upstream. */
+Test(h1, grown_ring_still_pauses_at_the_pipeline_limit)
+{
+    struct run_opts o = {.lim = {.max_pipeline = 5}};
+    struct result r;
+    RUN_OPTS(&r, &o,
+             FEED(C, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+                     "GET /3 HTTP/1.1\r\nHost: h\r\n\r\nGET /4 HTTP/1.1\r\nHost: h\r\n\r\n"
+                     "GET /5 HTTP/1.1\r\nHost: h\r\n\r\nGET /6 HTTP/1.1\r\nHost: h\r\n\r\n"),
+             FEED(U, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    TRACE_IS(&r, "H0 1 GET /1 HTTP/1.1 {Host: h} a=h p=/1 ka nb\n"
+                 "C0 1\n"
+                 "H0 2 GET /2 HTTP/1.1 {Host: h} a=h p=/2 ka nb\n"
+                 "C0 2\n"
+                 "H0 3 GET /3 HTTP/1.1 {Host: h} a=h p=/3 ka nb\n"
+                 "C0 3\n"
+                 "H0 4 GET /4 HTTP/1.1 {Host: h} a=h p=/4 ka nb\n"
+                 "C0 4\n"
+                 "H0 5 GET /5 HTTP/1.1 {Host: h} a=h p=/5 ka nb\n"
+                 "C0 5\n"
+                 "H1 1 200 OK HTTP/1.1 {Content-Length: 0} ka cl=0 nb\n"
+                 "C1 1\n"
+                 "X 1 complete 0 0\n"
+                 "H0 6 GET /6 HTTP/1.1 {Host: h} a=h p=/6 ka nb\n"
+                 "C0 6\n"
+                 "done=0 inflight=5 held=0/0\n");
+    result_free(&r);
+}
+
 Test(h1, pipeline_limit_blocks_client)
 {
     struct run_opts o = {.lim = {.max_pipeline = 2}};

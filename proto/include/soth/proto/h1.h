@@ -35,7 +35,9 @@
  *
  * Memory: one block per connection, sized by soth_h1_size() (heads and trailers of each
  * direction are re-serialised into a buffer of about max_head bytes inside it); nothing is
- * allocated while feeding. Not thread-safe: one connection, one worker.
+ * allocated while feeding, except once for a connection that pipelines more than 3 requests
+ * (the FIFO of exchanges in flight moves to the heap at max_pipeline + 1 entries; freed by
+ * soth_h1_dispose). Not thread-safe: one connection, one worker.
  */
 
 struct soth_h1; /* opaque */
@@ -189,7 +191,8 @@ size_t soth_h1_section_size(const struct soth_h1_limits *limits);
  */
 struct soth_h1 *soth_h1_init(void *mem, const struct soth_h1_limits *limits,
                              const struct soth_h1_cbs *cbs);
-/** Release what init set up (a lent section buffer goes back); the memory may then be reused. */
+/** Release what init set up (a lent section buffer goes back, a FIFO grown on the heap is
+ * freed); the memory may then be reused. An engine set up by init must be disposed. */
 void soth_h1_dispose(struct soth_h1 *h);
 /** malloc + init (once per connection). NULL on allocation failure. */
 struct soth_h1 *soth_h1_new(const struct soth_h1_limits *limits, const struct soth_h1_cbs *cbs);
@@ -203,7 +206,8 @@ void soth_h1_free(struct soth_h1 *h);
  * unblocks it). Results (callback trace and concatenated `out` bytes) do not depend on how the
  * input is split.
  * Errors: after on_error, SOTH_E_MALFORMED (400/502) or SOTH_E_TOO_LARGE (431, or 502 for an
- * oversized response head); a negative value returned by `out` or `on_head`; SOTH_E_STATE when
+ * oversized response head); a negative value returned by `out` or `on_head`; SOTH_E_NOMEM
+ * (no on_error) when a lent section buffer or the grown FIFO cannot be had; SOTH_E_STATE when
  * the engine is already dead. After an error the engine is dead: answer the client if
  * appropriate, call soth_h1_abort() to end the exchanges in flight, and close.
  * Bytes arriving after the connection is known to end (after a message that closes it, or from
