@@ -124,8 +124,7 @@ struct soth_h1 {
     struct soth_h1_limits lim;
     struct xchg *q; /* FIFO ring of exchanges in flight: Q_INLINE entries in the engine's own
                        memory, or lim.max_pipeline + 1 on the heap (q_reserve) */
-    size_t qcap, qhead, qlen;
-    bool q_heap; /* q was grown: freed by dispose */
+    size_t qcap, qhead, qlen; /* qcap over q_inline_cap(&lim): q is on the heap */
     uint32_t next_id;
     bool dead;                /* error or abort: feeds refused */
     bool done;                /* finished normally: feeds dropped */
@@ -337,11 +336,10 @@ void soth_h1_dispose(struct soth_h1 *h)
 {
     sec_drop(&h->d[0]);
     sec_drop(&h->d[1]);
-    if (h->q_heap) {
+    if (h->qcap > q_inline_cap(&h->lim)) {
         free(h->q);
         h->q = NULL;
         h->qcap = h->qlen = 0;
-        h->q_heap = false;
     }
 }
 
@@ -393,7 +391,7 @@ static bool q_reserve(struct soth_h1 *h)
     if (h->qlen < h->qcap)
         return true;
     size_t cap = h->lim.max_pipeline + 1;
-    SOTH_BUG_ON(h->q_heap || cap <= h->qcap);
+    SOTH_BUG_ON(cap <= h->qcap); /* already on the heap, or no deeper than inline */
     struct xchg *q = malloc(cap * sizeof(*q));
     if (q == NULL)
         return false;
@@ -402,7 +400,6 @@ static bool q_reserve(struct soth_h1 *h)
     h->q = q;
     h->qcap = cap;
     h->qhead = 0;
-    h->q_heap = true;
     return true;
 }
 

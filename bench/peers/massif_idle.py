@@ -107,7 +107,8 @@ def main():
         sys.exit("soth-mitm did not start: " + open(f"{d}/pre.log").read()[-500:])
     p = R.spawn(["valgrind", "--tool=massif", "--pages-as-heap=no", "--threshold=0.01",
                  "--depth=40", f"--massif-out-file={out}/massif.out", "--vgdb=no",
-                 "--peak-inaccuracy=0.5"] + (["--detailed-freq=1"] if a.last else []) + argv, R.PROXY_CPU, f"{d}/proxy.log")
+                 "--peak-inaccuracy=0.5"] + (["--detailed-freq=1"] if a.last else []) + argv,
+                R.PROXY_CPU, f"{d}/proxy.log")
     try:
         if not R.wait_port(port, 300, p):
             sys.exit("soth-mitm did not start under valgrind")

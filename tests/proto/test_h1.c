@@ -1147,10 +1147,25 @@ Test(h1, unsolicited_response)
     result_free(&r);
 }
 
+/* The trace of response k of deep_pipeline_grows_the_exchange_ring_in_order: every 5th request
+ * is a HEAD (no body), the others get the one-byte body 'a' + k % 26. */
+static void want_deep_response(struct str *want, int k)
+{
+    if (k % 5 == 0)
+        str_fmt(want,
+                "H1 %d 200 OK HTTP/1.1 {Content-Length: 1} ka cl=1 nb\nC1 %d\nX %d complete 0 0\n",
+                k, k, k);
+    else
+        str_fmt(want,
+                "H1 %d 200 OK HTTP/1.1 {Content-Length: 1} ka cl=1\nB1 %d %c\nC1 %d\n"
+                "X %d complete 0 1\n",
+                k, k, 'a' + k % 26, k, k);
+}
+
 /* A pipeline deeper than the engine's inline ring of exchanges (docs/http1.md, "Limits and
- * memory") moves the ring to the heap, here while it has wrapped (two exchanges finished first)
- * and again as it doubles: every exchange keeps its own method (HEAD: no body) and gets its own
- * response, in order. */
+ * memory") moves the ring to the heap, here while it has wrapped (two exchanges finished
+ * first): every exchange keeps its own method (HEAD: no body) and gets its own response, in
+ * order. */
 Test(h1, deep_pipeline_grows_the_exchange_ring_in_order)
 {
     enum { FIRST = 3, DONE_FIRST = 2, MORE = 17, ALL = FIRST + MORE };
@@ -1172,25 +1187,12 @@ Test(h1, deep_pipeline_grows_the_exchange_ring_in_order)
         const char *m = head ? "HEAD" : "GET";
         if (i == FIRST + 1) { /* the first two responses come before the other requests */
             for (int k = 1; k <= DONE_FIRST; k++)
-                str_fmt(&want,
-                        "H1 %d 200 OK HTTP/1.1 {Content-Length: 1} ka cl=1\nB1 %d %c\nC1 %d\n"
-                        "X %d complete 0 1\n",
-                        k, k, 'a' + k % 26, k, k);
+                want_deep_response(&want, k);
         }
         str_fmt(&want, "H0 %d %s /%d HTTP/1.1 {Host: h} a=h p=/%d ka nb\nC0 %d\n", i, m, i, i, i);
     }
-    for (int k = DONE_FIRST + 1; k <= ALL; k++) {
-        if (k % 5 == 0)
-            str_fmt(
-                &want,
-                "H1 %d 200 OK HTTP/1.1 {Content-Length: 1} ka cl=1 nb\nC1 %d\nX %d complete 0 0\n",
-                k, k, k);
-        else
-            str_fmt(&want,
-                    "H1 %d 200 OK HTTP/1.1 {Content-Length: 1} ka cl=1\nB1 %d %c\nC1 %d\n"
-                    "X %d complete 0 1\n",
-                    k, k, 'a' + k % 26, k, k);
-    }
+    for (int k = DONE_FIRST + 1; k <= ALL; k++)
+        want_deep_response(&want, k);
     str_cat(&want, "done=0 inflight=0 held=0/0\n");
     struct result r;
     run_all(st, SOTH_ARRAY_LEN(st), &(struct run_opts){0}, &r);
