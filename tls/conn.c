@@ -469,6 +469,15 @@ size_t soth_tls_conn_in_pending(const struct soth_tls_conn *c)
 
 int soth_tls_conn_feed_done(struct soth_tls_conn *c)
 {
+#ifdef HAVE_WOLFSSL_KEEP_INPUT_BUFFER
+    if (c->read_any) {
+        c->read_any = false;
+        /* This input's records are read: the record buffer wolfSSL kept from one to the next
+         * (since the handshake completed) is zeroed and freed now if it holds nothing; one
+         * holding part of a record stays for the rest (docs/tls.md "Memory I/O"). */
+        wolfSSL_shrink_input_buffer(c->ssl);
+    }
+#endif
     if (c->bor_len == 0) {
         c->bor = NULL;
         own_release_if_empty(c);
@@ -578,6 +587,11 @@ int soth_tls_conn_handshake(struct soth_tls_conn *c)
          * "wolfSSL patches"). */
         wolfSSL_free_handshake_extras(c->ssl);
 #endif
+#ifdef HAVE_WOLFSSL_KEEP_INPUT_BUFFER
+        /* Records after the handshake reuse one buffer while an input lasts, instead of a
+         * malloc, a 16 KiB zeroing and a free each (soth_tls_conn_feed_done ends it). */
+        wolfSSL_keep_input_buffer(c->ssl, 1);
+#endif
         if (c->sess_new)
             keep_session(c);
         return 0;
@@ -606,6 +620,7 @@ ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap)
     if (cap > INT_MAX)
         cap = INT_MAX;
     int r = wolfSSL_read(c->ssl, buf, (int)cap);
+    c->read_any = true;
     if (c->sess_new)
         keep_session(c); /* the read took a NewSessionTicket */
     if (r > 0)

@@ -138,6 +138,7 @@ struct soth_tls_conn {
     size_t bor_len;
     uint8_t *own;
     size_t own_off, own_len, own_cap;
+    bool read_any; /* records were read since the last feed_done (wolfSSL's record buffer) */
 
     /* output: queued in out chunks, or handed to the sink as it is written */
     struct out_chunk *out_head, *out_tail;

@@ -2,6 +2,11 @@
  * soth_tls_conn over memory I/O: a client conn (upstream leg) and a server conn (client leg)
  * of our own talk to each other entirely in memory, as the engine will drive them.
  */
+#include <wolfssl/options.h>
+
+#include <malloc.h>
+#include <wolfssl/ssl.h>
+
 #include "tls_test_util.h"
 
 static struct tu_env env;
@@ -243,6 +248,94 @@ Test(tls_conn, large_write_is_queued_whole_and_stays_in_place)
     free(data);
     free(got);
     pair_free(cli, srv);
+}
+
+/* wolfSSL's allocations of a record's size or more: made, and held now. */
+static int g_rec_allocs, g_rec_live;
+
+static void *rec_malloc(size_t n)
+{
+    void *p = malloc(n);
+    if (p != NULL && malloc_usable_size(p) >= 16384) {
+        g_rec_allocs++;
+        g_rec_live++;
+    }
+    return p;
+}
+
+static void rec_free(void *p)
+{
+    if (p != NULL && malloc_usable_size(p) >= 16384)
+        g_rec_live--;
+    free(p);
+}
+
+static void *rec_realloc(void *p, size_t n)
+{
+    if (p != NULL && malloc_usable_size(p) >= 16384)
+        g_rec_live--;
+    void *q = realloc(p, n);
+    if (q != NULL && malloc_usable_size(q) >= 16384) {
+        g_rec_allocs++;
+        g_rec_live++;
+    }
+    return q;
+}
+
+/*
+ * docs/tls.md "Memory I/O": an established conn decrypts the records of one input in one
+ * buffer (wolfSSL alone allocates, zeroes and frees one per record), and holds none once
+ * feed_done ends the input.
+ */
+Test(tls_conn, one_record_buffer_per_input_and_none_after_it)
+{
+#ifndef HAVE_WOLFSSL_KEEP_INPUT_BUFFER
+    cr_assert_fail("wolfSSL built without ci/patches/wolfssl-record-buffer-kept.patch "
+                   "(rerun ci/setup.sh)");
+#else
+    struct soth_tls_conn *cli, *srv;
+    cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("bulk.example.test")}, &cli, &srv),
+                 0);
+    char ping[8];
+    cr_assert_eq(soth_tls_conn_write(cli, "ping", 4), 4);
+    tu_move(cli, srv);
+    cr_assert_eq(soth_tls_conn_read(srv, ping, sizeof(ping)), 4);
+    cr_assert_eq(soth_tls_conn_feed_done(srv), 0);
+
+    static unsigned char data[4 * 16384], got[sizeof(data)];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (unsigned char)(i * 7 + 1);
+    cr_assert_eq(soth_tls_conn_write(srv, data, sizeof(data)), (ssize_t)sizeof(data));
+    static unsigned char wire[sizeof(data) + 1024];
+    size_t wire_len = 0;
+    struct soth_iov iov;
+    while (soth_tls_conn_out(srv, &iov) > 0) {
+        cr_assert_leq(wire_len + iov.len, sizeof(wire));
+        memcpy(wire + wire_len, iov.base, iov.len);
+        wire_len += iov.len;
+        soth_tls_conn_out_consume(srv, iov.len);
+    }
+    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
+    g_rec_allocs = g_rec_live = 0;
+    /* The four records and a NewSessionTicket before them, as one input. */
+    cr_assert_eq(soth_tls_conn_feed(cli, wire, wire_len), 0);
+    size_t off = 0;
+    for (;;) {
+        ssize_t r = soth_tls_conn_read(cli, got + off, sizeof(got) - off);
+        if (r == SOTH_E_INCOMPLETE)
+            break;
+        cr_assert_gt(r, 0);
+        off += (size_t)r;
+    }
+    cr_assert_eq(off, sizeof(data));
+    cr_assert(memcmp(got, data, sizeof(data)) == 0);
+    cr_assert_eq(g_rec_allocs, 1, "%d record buffers for one input", g_rec_allocs);
+    cr_assert_eq(g_rec_live, 1);
+    cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
+    cr_assert_eq(g_rec_live, 0, "a record buffer outlived its input");
+    cr_assert_eq(wolfSSL_SetAllocators(malloc, free, realloc), 0);
+    pair_free(cli, srv);
+#endif
 }
 
 /* A sink as the engine has one: appends into a bounded buffer, fails once it is full. */

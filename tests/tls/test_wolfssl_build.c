@@ -517,3 +517,157 @@ Test(wolfssl_build, handshake_extras_freed_after_the_handshake)
     extras_one_version(false);
 #endif
 }
+
+/* ---- the record buffer: kept from one record to the next while asked, zeroed when freed */
+
+#ifdef HAVE_WOLFSSL_KEEP_INPUT_BUFFER
+#define REC 16384                               /* a full record's plaintext */
+static const char MARK[16] = "plaintext-mark!"; /* what the records carry, 16 bytes */
+static int g_big_allocs;                        /* allocations of a record's size */
+static int g_big_frees;                         /* frees of one */
+static int g_marked_free; /* freed blocks still holding the records' plaintext */
+
+static void *rec_malloc(size_t n)
+{
+    if (n >= REC)
+        g_big_allocs++;
+    return malloc(n);
+}
+
+static void rec_free(void *p)
+{
+    if (p != NULL) {
+        size_t n = malloc_usable_size(p);
+        if (n >= REC)
+            g_big_frees++;
+        if (memmem(p, n, MARK, sizeof(MARK)) != NULL)
+            g_marked_free++;
+    }
+    free(p);
+}
+
+static void *rec_realloc(void *p, size_t n)
+{
+    if (n >= REC)
+        g_big_allocs++;
+    return realloc(p, n);
+}
+
+/* Record i of the test's stream: MARK over and over, its first byte numbering it. */
+static void rec_fill(char *b, int i)
+{
+    for (size_t o = 0; o < REC; o += sizeof(MARK))
+        memcpy(b + o, MARK, sizeof(MARK));
+    b[0] = (char)('A' + i);
+}
+
+/* Reads one full record's plaintext from c and checks it is record i. */
+static void rec_read(WOLFSSL *c, int i)
+{
+    static char want[REC], got[REC];
+    rec_fill(want, i);
+    int n = wolfSSL_read(c, got, sizeof(got));
+    cr_assert_eq(n, REC, "record %d: read %d (error %d)", i, n, wolfSSL_get_error(c, n));
+    cr_assert(memcmp(got, want, REC) == 0, "record %d: bytes differ", i);
+}
+#endif
+
+/*
+ * wolfSSL reads each record with a body into a buffer grown for it, then zeroes it 8 bytes at
+ * a time and frees it: per 16 KiB of a bulk transfer, a malloc, a 16 KiB zeroing and a free.
+ * ci/patches/wolfssl-record-buffer-kept.patch adds wolfSSL_keep_input_buffer(), which the
+ * proxy sets when a handshake completes, and wolfSSL_shrink_input_buffer(), which it calls
+ * once an input's records are read (docs/dependencies.md, "wolfSSL patches"): one buffer
+ * serves every record of an input, and is still zeroed before it is freed.
+ */
+Test(wolfssl_build, record_buffer_kept_for_a_burst_and_zeroed_when_freed)
+{
+#ifndef HAVE_WOLFSSL_KEEP_INPUT_BUFFER
+    cr_assert_fail("wolfSSL built without ci/patches/wolfssl-record-buffer-kept.patch "
+                   "(rerun ci/setup.sh)");
+#else
+    WOLFSSL_CTX *sctx, *cctx;
+    mem_ctx_pair(wolfTLSv1_3_server_method(), wolfTLSv1_3_client_method(), &sctx, &cctx);
+    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
+    static struct pipe_buf c2s, s2c;
+    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
+    WOLFSSL *c, *s;
+    mem_ssl_pair(cctx, sctx, &ce, &se, &c, &s);
+    cr_assert(mem_handshake(c, s), "handshake failed");
+    mem_say(s, c, "ready"); /* the client also takes the NewSessionTicket */
+
+    static char b[REC];
+    /* Without the flag: one buffer grown and freed per record. */
+    for (int i = 0; i < 3; i++) {
+        rec_fill(b, i);
+        cr_assert_eq(wolfSSL_write(s, b, REC), REC);
+    }
+    g_big_allocs = g_big_frees = 0;
+    for (int i = 0; i < 3; i++)
+        rec_read(c, i);
+    cr_assert_eq(g_big_allocs, 3);
+    cr_assert_eq(g_big_frees, 3);
+
+    /* With it: one buffer for the three, kept until it is shrunk. */
+    cr_assert_eq(wolfSSL_keep_input_buffer(c, 1), WOLFSSL_SUCCESS);
+    for (int i = 0; i < 3; i++) {
+        rec_fill(b, i);
+        cr_assert_eq(wolfSSL_write(s, b, REC), REC);
+    }
+    g_big_allocs = g_big_frees = 0;
+    for (int i = 0; i < 3; i++)
+        rec_read(c, i);
+    cr_assert_eq(wolfSSL_read(c, b, sizeof(b)), WOLFSSL_FATAL_ERROR);
+    cr_assert_eq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+    cr_assert_eq(g_big_allocs, 1);
+    cr_assert_eq(g_big_frees, 0, "the kept buffer was freed before it was shrunk");
+    cr_assert_eq(wolfSSL_shrink_input_buffer(c), WOLFSSL_SUCCESS);
+    cr_assert_eq(g_big_frees, 1, "shrinking left the empty buffer allocated");
+
+    /* A buffer holding part of a record stays when shrunk, and the record ends intact once
+     * the rest arrives; the flag still holds, so the emptied buffer waits to be shrunk. */
+    for (int i = 0; i < 2; i++) {
+        rec_fill(b, i);
+        cr_assert_eq(wolfSSL_write(s, b, REC), REC);
+    }
+    static unsigned char rest[sizeof(s2c.b)];
+    size_t cut = s2c.len * 3 / 4, rest_len = s2c.len - cut; /* inside the second record */
+    memcpy(rest, s2c.b + cut, rest_len);
+    s2c.len = cut;
+    g_big_allocs = g_big_frees = 0;
+    rec_read(c, 0);
+    cr_assert_eq(wolfSSL_read(c, b, sizeof(b)), WOLFSSL_FATAL_ERROR);
+    cr_assert_eq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+    cr_assert_eq(wolfSSL_shrink_input_buffer(c), WOLFSSL_SUCCESS);
+    cr_assert_eq(g_big_frees, 0, "the buffer holding part of a record was freed");
+    memcpy(s2c.b, rest, rest_len);
+    s2c.len = rest_len;
+    rec_read(c, 1);
+    cr_assert_eq(g_big_allocs, 1);
+    cr_assert_eq(g_big_frees, 0);
+
+    /* Dropping the flag shrinks the emptied buffer; without it, reads free their own again. */
+    cr_assert_eq(wolfSSL_keep_input_buffer(c, 0), WOLFSSL_SUCCESS);
+    cr_assert_eq(g_big_frees, 1, "dropping the flag left the empty buffer allocated");
+    rec_fill(b, 4);
+    cr_assert_eq(wolfSSL_write(s, b, REC), REC);
+    g_big_allocs = g_big_frees = 0; /* the writer's own record buffer */
+    rec_read(c, 4);
+    cr_assert_eq(g_big_allocs, 1);
+    cr_assert_eq(g_big_frees, 1);
+
+    /* Freeing the connection with a kept buffer zeroes and frees it too. */
+    cr_assert_eq(wolfSSL_keep_input_buffer(c, 1), WOLFSSL_SUCCESS);
+    rec_fill(b, 5);
+    cr_assert_eq(wolfSSL_write(s, b, REC), REC);
+    rec_read(c, 5);
+    g_big_frees = 0;
+    wolfSSL_free(c);
+    cr_assert_eq(g_big_frees, 1);
+    cr_assert_eq(g_marked_free, 0, "%d freed blocks held the plaintext", g_marked_free);
+    cr_assert_eq(wolfSSL_SetAllocators(malloc, free, realloc), 0);
+    wolfSSL_free(s);
+    wolfSSL_CTX_free(cctx);
+    wolfSSL_CTX_free(sctx);
+#endif
+}
