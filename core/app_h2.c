@@ -67,6 +67,10 @@ struct app_h2 {
     uint32_t n_streams;   /* entries in use in st[] */
     uint32_t n_waiting;   /* entries with wait_ms set */
     struct h2_stream *st; /* H2_TABLE_CAP entries, lent while n_streams > 0, else NULL */
+    /* While n_waiting > 0: at most the earliest wait_ms of a waiting entry, never 0. A lower
+     * bound, not raised when that entry stops waiting: h2_timer's scan makes it exact again,
+     * so h2_deadline, asked after every pass, reads it instead of scanning the table. */
+    uint64_t wait_min_ms;
 };
 
 /*
@@ -273,6 +277,8 @@ static void on_request_end(void *ctx, int32_t sid)
     e->wait_ms = app_clock_ns(&h->base) / 1000000u;
     if (e->wait_ms == 0)
         e->wait_ms = 1;
+    if (h->n_waiting == 0 || e->wait_ms < h->wait_min_ms)
+        h->wait_min_ms = e->wait_ms;
     h->n_waiting++;
 }
 
@@ -587,7 +593,9 @@ static enum soth_close_reason h2_close_reason(const struct app *a)
     return h->reason_set ? h->reason : SOTH_CLOSE_RELAY_ERROR;
 }
 
-/* The earliest response head due (timeouts.response_header_ms); the worker's idle timer
+/* When the earliest response head is due (timeouts.response_header_ms), or earlier: a
+ * stream answered since the last h2_timer may have held the earliest wait, and then the
+ * timer fires early, finds nothing late and makes the bound exact. The worker's idle timer
  * bounds silence otherwise. */
 static uint64_t h2_deadline(const struct app *a)
 {
@@ -595,11 +603,7 @@ static uint64_t h2_deadline(const struct app *a)
     uint32_t limit = a->conf.response_header_ms;
     if (h->n_waiting == 0 || limit == 0 || h->done)
         return 0;
-    uint64_t d = 0;
-    for (size_t i = 0; i < H2_TABLE_CAP; i++)
-        if (h->st[i].sid != 0 && h->st[i].wait_ms != 0 && (d == 0 || h->st[i].wait_ms + limit < d))
-            d = h->st[i].wait_ms + limit;
-    return d;
+    return h->wait_min_ms + limit;
 }
 
 /* Late response heads get 504 on their stream; the connection carries on. */
@@ -616,13 +620,19 @@ static int h2_timer(struct app *a, uint64_t now_ms)
     /* Collect first: the relay's callbacks may change the table. */
     int32_t late[H2_TABLE_CAP];
     size_t n = 0;
+    uint64_t min = 0; /* the earliest wait among the streams still waiting */
     for (size_t i = 0; i < H2_TABLE_CAP; i++) {
         struct h2_stream *e = &h->st[i];
-        if (e->sid != 0 && e->wait_ms != 0 && e->wait_ms + limit <= now_ms) {
+        if (e->sid == 0 || e->wait_ms == 0)
+            continue;
+        if (e->wait_ms + limit <= now_ms) {
             stop_waiting(h, e);
             late[n++] = e->sid;
+        } else if (min == 0 || e->wait_ms < min) {
+            min = e->wait_ms;
         }
     }
+    h->wait_min_ms = min;
     for (size_t i = 0; i < n; i++) {
         if (!soth_h2_relay_timeout(h->r, late[i]))
             continue;

@@ -8,6 +8,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <nghttp2/nghttp2.h>
@@ -105,6 +106,18 @@ struct t {
 };
 
 static struct t *T;
+
+/* For t_setup: timeouts.response_header_ms (0: none), and a fake clock (g_now_ns) instead of
+ * the monotonic one when g_fake_clock. */
+static uint32_t g_resp_ms;
+static bool g_fake_clock;
+static uint64_t g_now_ns;
+
+static uint64_t fake_clock(void *ctx)
+{
+    (void)ctx;
+    return g_now_ns;
+}
 
 /* ---- the app's send: queue toward the peer */
 
@@ -265,7 +278,7 @@ static ssize_t or_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len
 static void respond(struct t *t, nghttp2_session *s, struct ostream *o)
 {
     (void)t;
-    if (o->responded)
+    if (o->responded || strncmp(o->path, "/hang", 5) == 0) /* /hang...: no answer */
         return;
     o->responded = true;
     static char big[2][12000];
@@ -352,6 +365,7 @@ static void t_setup(uint32_t capture, uint32_t max_header_list, uint32_t origin_
     c->events.body_capture_bytes = capture;
     c->http2_enabled = true;
     c->http2_max_header_list_size = max_header_list;
+    c->timeouts.response_header_ms = g_resp_ms;
     char err[256];
     t->obs.o = soth_observe_new(c, 1, err, sizeof(err));
     cr_assert_not_null(t->obs.o, "%s", err);
@@ -364,8 +378,13 @@ static void t_setup(uint32_t capture, uint32_t max_header_list, uint32_t origin_
     soth_ev_connect_received(&t->ev, SOTH_IOV_LIT("CONNECT"), SOTH_IOV_LIT("origin.test:443"));
     soth_ev_connect_decision(&t->ev, SOTH_ACTION_INTERCEPT, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
 
-    struct app_env env = {
-        .cfg = c, .ev = &t->ev, .m = &t->m, .client_tls = true, .ctx = t, .send = env_send};
+    struct app_env env = {.cfg = c,
+                          .ev = &t->ev,
+                          .m = &t->m,
+                          .client_tls = true,
+                          .ctx = t,
+                          .send = env_send,
+                          .clock_ns = g_fake_clock ? fake_clock : NULL};
     t->a = app_new(APP_H2, &env);
     cr_assert_not_null(t->a);
     cr_assert_eq(t->ev.protocol, SOTH_PROTO_HTTP2);
@@ -946,6 +965,70 @@ Test(app_h2, abort_timeout_outcome)
     check_exchange(t, a, "complete", 4096);
     check_exchange(t, b, "timeout", 4096);
     cr_assert_eq(count_type(t, "exchange_completed"), 2);
+}
+
+/* The origin stream of `path`. */
+static struct ostream *os_path(struct t *t, const char *path)
+{
+    for (struct ostream *o = t->os; o != NULL; o = o->next)
+        if (strcmp(o->path, path) == 0)
+            return o;
+    cr_assert_fail("no origin stream for %s", path);
+    return NULL;
+}
+
+#define MS 1000000ull
+
+/*
+ * timeouts.response_header_ms (docs/answers.md): the layer's deadline is never later than the
+ * earliest response head due, so no late stream waits past its time; it may be earlier once
+ * the stream that held the earliest wait is answered, and then the timer finds nothing late
+ * and the deadline becomes the next stream's.
+ */
+Test(app_h2, response_head_deadline_follows_the_earliest_waiting_stream)
+{
+    g_resp_ms = 1000;
+    g_fake_clock = true;
+    g_now_ns = 5000 * MS;
+    t_setup(4096, 65536, 0);
+    struct t *t = T;
+    cr_assert_eq(app_deadline(t->a), 0, "nothing waits");
+    struct xchg *a = submit(t, "GET", "/hang/a", 0, 1);
+    pump(t);
+    cr_assert_eq(app_deadline(t->a), 6000);
+    g_now_ns = 5400 * MS;
+    struct xchg *b = submit(t, "GET", "/hang/b", 0, 2);
+    struct xchg *c = submit(t, "GET", "/get/10", 0, 3);
+    pump(t);
+    cr_assert_eq(c->status, 200);
+    cr_assert_eq(app_deadline(t->a), 6000, "a's response head is due first");
+
+    /* The origin answers a at 5500: b's head is due at 6400, the deadline no later. */
+    g_now_ns = 5500 * MS;
+    struct ostream *oa = os_path(t, "/hang/a");
+    snprintf(oa->path, sizeof(oa->path), "/get/10");
+    respond(t, t->origin, oa);
+    pump(t);
+    cr_assert_eq(a->status, 200);
+    uint64_t d = app_deadline(t->a);
+    cr_assert(d >= 6000 && d <= 6400, "deadline %" PRIu64, d);
+
+    /* A timer before b's time (at that deadline, if it is earlier) answers nothing, and the
+     * deadline is b's own after it. */
+    uint64_t early = d < 6400 ? d : 6399;
+    g_now_ns = early * MS;
+    app_rc(t, app_timer(t->a, early));
+    pump(t);
+    cr_assert_eq(b->status, 0, "b answered before its time");
+    cr_assert_eq(app_deadline(t->a), 6400);
+    g_now_ns = 6400 * MS;
+    app_rc(t, app_timer(t->a, 6400));
+    pump(t);
+    cr_assert_eq(b->status, 504);
+    cr_assert_eq(app_deadline(t->a), 0, "nothing waits");
+    cr_assert_geq(t->last_rc, 0);
+    g_resp_ms = 0;
+    g_fake_clock = false;
 }
 
 Test(app_h2, shutdown_drains_in_flight_then_done)
