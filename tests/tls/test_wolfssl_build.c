@@ -570,6 +570,26 @@ static void rec_read(WOLFSSL *c, int i)
     cr_assert_eq(n, REC, "record %d: read %d (error %d)", i, n, wolfSSL_get_error(c, n));
     cr_assert(memcmp(got, want, REC) == 0, "record %d: bytes differ", i);
 }
+
+/* s writes records first .. first + n - 1; the counters restart after them (the writer's own
+ * record buffer is not what is counted). */
+static void rec_send(WOLFSSL *s, int first, int n)
+{
+    static char b[REC];
+    for (int i = first; i < first + n; i++) {
+        rec_fill(b, i);
+        cr_assert_eq(wolfSSL_write(s, b, REC), REC);
+    }
+    g_big_allocs = g_big_frees = 0;
+}
+
+/* c has read everything that arrived. */
+static void rec_drained(WOLFSSL *c)
+{
+    char b[64];
+    cr_assert_eq(wolfSSL_read(c, b, sizeof(b)), WOLFSSL_FATAL_ERROR);
+    cr_assert_eq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+}
 #endif
 
 /*
@@ -596,13 +616,8 @@ Test(wolfssl_build, record_buffer_kept_for_a_burst_and_zeroed_when_freed)
     cr_assert(mem_handshake(c, s), "handshake failed");
     mem_say(s, c, "ready"); /* the client also takes the NewSessionTicket */
 
-    static char b[REC];
     /* Without the flag: one buffer grown and freed per record. */
-    for (int i = 0; i < 3; i++) {
-        rec_fill(b, i);
-        cr_assert_eq(wolfSSL_write(s, b, REC), REC);
-    }
-    g_big_allocs = g_big_frees = 0;
+    rec_send(s, 0, 3);
     for (int i = 0; i < 3; i++)
         rec_read(c, i);
     cr_assert_eq(g_big_allocs, 3);
@@ -610,15 +625,10 @@ Test(wolfssl_build, record_buffer_kept_for_a_burst_and_zeroed_when_freed)
 
     /* With it: one buffer for the three, kept until it is shrunk. */
     cr_assert_eq(wolfSSL_keep_input_buffer(c, 1), WOLFSSL_SUCCESS);
-    for (int i = 0; i < 3; i++) {
-        rec_fill(b, i);
-        cr_assert_eq(wolfSSL_write(s, b, REC), REC);
-    }
-    g_big_allocs = g_big_frees = 0;
+    rec_send(s, 0, 3);
     for (int i = 0; i < 3; i++)
         rec_read(c, i);
-    cr_assert_eq(wolfSSL_read(c, b, sizeof(b)), WOLFSSL_FATAL_ERROR);
-    cr_assert_eq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+    rec_drained(c);
     cr_assert_eq(g_big_allocs, 1);
     cr_assert_eq(g_big_frees, 0, "the kept buffer was freed before it was shrunk");
     cr_assert_eq(wolfSSL_shrink_input_buffer(c), WOLFSSL_SUCCESS);
@@ -626,18 +636,13 @@ Test(wolfssl_build, record_buffer_kept_for_a_burst_and_zeroed_when_freed)
 
     /* A buffer holding part of a record stays when shrunk, and the record ends intact once
      * the rest arrives; the flag still holds, so the emptied buffer waits to be shrunk. */
-    for (int i = 0; i < 2; i++) {
-        rec_fill(b, i);
-        cr_assert_eq(wolfSSL_write(s, b, REC), REC);
-    }
+    rec_send(s, 0, 2);
     static unsigned char rest[sizeof(s2c.b)];
     size_t cut = s2c.len * 3 / 4, rest_len = s2c.len - cut; /* inside the second record */
     memcpy(rest, s2c.b + cut, rest_len);
     s2c.len = cut;
-    g_big_allocs = g_big_frees = 0;
     rec_read(c, 0);
-    cr_assert_eq(wolfSSL_read(c, b, sizeof(b)), WOLFSSL_FATAL_ERROR);
-    cr_assert_eq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+    rec_drained(c);
     cr_assert_eq(wolfSSL_shrink_input_buffer(c), WOLFSSL_SUCCESS);
     cr_assert_eq(g_big_frees, 0, "the buffer holding part of a record was freed");
     memcpy(s2c.b, rest, rest_len);
@@ -649,17 +654,14 @@ Test(wolfssl_build, record_buffer_kept_for_a_burst_and_zeroed_when_freed)
     /* Dropping the flag shrinks the emptied buffer; without it, reads free their own again. */
     cr_assert_eq(wolfSSL_keep_input_buffer(c, 0), WOLFSSL_SUCCESS);
     cr_assert_eq(g_big_frees, 1, "dropping the flag left the empty buffer allocated");
-    rec_fill(b, 4);
-    cr_assert_eq(wolfSSL_write(s, b, REC), REC);
-    g_big_allocs = g_big_frees = 0; /* the writer's own record buffer */
+    rec_send(s, 4, 1);
     rec_read(c, 4);
     cr_assert_eq(g_big_allocs, 1);
     cr_assert_eq(g_big_frees, 1);
 
     /* Freeing the connection with a kept buffer zeroes and frees it too. */
     cr_assert_eq(wolfSSL_keep_input_buffer(c, 1), WOLFSSL_SUCCESS);
-    rec_fill(b, 5);
-    cr_assert_eq(wolfSSL_write(s, b, REC), REC);
+    rec_send(s, 5, 1);
     rec_read(c, 5);
     g_big_frees = 0;
     wolfSSL_free(c);
