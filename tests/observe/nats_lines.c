@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "soth/observe.h"
@@ -31,6 +32,31 @@
 /* The jsonl file's lines by gseq (gseq 1..EVENTS + 1). */
 static char *lines[EVENTS + 2];
 static size_t line_len[EVENTS + 2];
+
+static void count_line(void *ctx, const char *line, size_t len)
+{
+    (void)line;
+    (void)len;
+    (*(uint64_t *)ctx)++;
+}
+
+/* Wait (at most 10 s) until the telemetry thread has written `upto` records to the ring file:
+ * the test paces its load by the consumer, not by the clock, so a slow run (TSan, a busy CI
+ * machine) fills the sink's queue, never the worker's ring. */
+static void wait_drained(struct soth_ring_reader *r, uint64_t *seen, uint64_t upto)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        soth_ring_reader_poll(r, NULL, count_line, seen);
+        if (*seen >= upto)
+            return;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec > 10)
+            return; /* the drop check below then says what happened */
+        usleep(1000);
+    }
+}
 
 static uint64_t gseq_of(const char *line, size_t n)
 {
@@ -94,6 +120,10 @@ int main(void)
     /* Details of 0..1499 bytes: plain ASCII, some with quotes and newlines (escaped), some
      * with bytes that are not UTF-8 (the encoder's slow path). */
     struct soth_ev_producer *p = soth_observe_producer(o, 0);
+    struct soth_ring_reader *rr = soth_ring_reader_open(ring, err, sizeof(err));
+    CHECK(rr != NULL, "%s", err);
+    soth_ring_reader_seek(rr, true);
+    uint64_t seen = 0;
     struct soth_ev_flow f;
     soth_ev_flow_init(&f, p, 4242, 0, NULL, 0);
     static char detail[1500];
@@ -109,12 +139,14 @@ int main(void)
         soth_ev_connect_parse_failed(&f, soth_iov("n", 1), soth_iov(detail, n));
         if (i % 64 == 63) {
             soth_ev_flush(p);
-            usleep(3000); /* pace the load: the bound is for laps, not for drops */
+            usleep(1000); /* give the sink's queue time to drain: it is to lap, not to drop */
+            wait_drained(rr, &seen, i + 1);
         }
     }
     soth_ev_stream_closed(&f, SOTH_CLOSE_SHUTDOWN, 0, 0);
     soth_ev_flush(p);
     soth_observe_stop(o); /* publishes what is left and waits for its acks */
+    soth_ring_reader_free(rr);
     CHECK(atomic_load(&soth_observe_metrics(o, 0)->events_dropped) == 0, "events dropped");
     uint64_t written = EVENTS + 1;
     uint64_t dropped = soth_observe_sink_dropped(o);
