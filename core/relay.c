@@ -20,10 +20,14 @@ static bool relay_retry(struct worker *w, struct flow *f, bool reset);
 /** Decrypt what tls[from] holds and hand it to the HTTP layer. False once the flow ended. */
 static bool relay_pump_app(struct worker *w, struct flow *f, unsigned from)
 {
-    char buf[SOTH_BUF_SIZE];
+    char buf[SOTH_BUF_SIZE]; /* used only with a wolfSSL that cannot lend its plaintext */
     int rc = APP_AGAIN;
     while (rc == APP_AGAIN) {
-        ssize_t n = soth_tls_conn_read(f->tls[from], buf, sizeof(buf));
+        /* The plaintext stays in wolfSSL's record buffer through app_input: the HTTP layer
+         * reaches the flow only through its env (sends, budgets), which neither reads nor
+         * frees tls[from] (docs/tls.md, "Memory I/O"). */
+        const char *p;
+        ssize_t n = soth_tls_conn_read_view(f->tls[from], &p, buf, sizeof(buf));
         if (n == SOTH_E_INCOMPLETE)
             break;
         if (n < 0) {
@@ -51,7 +55,7 @@ static bool relay_pump_app(struct worker *w, struct flow *f, unsigned from)
             f->up_heard = true; /* the origin answers on this connection: no retry */
             leg_replay_free(w, f);
         }
-        rc = app_input(f->app, from, buf, (size_t)n);
+        rc = app_input(f->app, from, p, (size_t)n);
     }
     relay_after(w, f, from, rc);
     return f->state == FS_RELAY && !f->app_done;
@@ -63,9 +67,10 @@ static bool relay_pump(struct worker *w, struct flow *f, unsigned from)
     if (f->app != NULL)
         return relay_pump_app(w, f, from);
     unsigned to = from ^ 1;
-    char buf[SOTH_BUF_SIZE];
+    char buf[SOTH_BUF_SIZE]; /* used only with a wolfSSL that cannot lend its plaintext */
     for (;;) {
-        ssize_t n = soth_tls_conn_read(f->tls[from], buf, sizeof(buf));
+        const char *p;
+        ssize_t n = soth_tls_conn_read_view(f->tls[from], &p, buf, sizeof(buf));
         if (n == SOTH_E_INCOMPLETE)
             break;
         if (n == 0) {
@@ -78,7 +83,7 @@ static bool relay_pump(struct worker *w, struct flow *f, unsigned from)
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return false;
         }
-        if (soth_tls_conn_write(f->tls[to], buf, (size_t)n) < 0) {
+        if (soth_tls_conn_write(f->tls[to], p, (size_t)n) < 0) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return false;
         }

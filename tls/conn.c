@@ -607,7 +607,14 @@ bool soth_tls_conn_is_established(const struct soth_tls_conn *c)
     return c->state == CONN_ESTABLISHED;
 }
 
-ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap)
+#if defined(HAVE_WOLFSSL_READ_IN_PLACE) && !defined(HAVE_WOLFSSL_KEEP_INPUT_BUFFER)
+/* Lent plaintext is freed by soth_tls_conn_feed_done's shrink, which the other patch adds. */
+#error "wolfSSL has wolfssl-record-read-in-place.patch without wolfssl-record-buffer-kept.patch"
+#endif
+
+/* soth_tls_conn_read and soth_tls_conn_read_view: *p set to the bytes, copied into buf or, with
+ * view set and a wolfSSL that lends them, where they were decrypted. */
+static ssize_t conn_read(struct soth_tls_conn *c, const char **p, void *buf, size_t cap, bool view)
 {
     /* After our close_notify (CONN_CLOSED) the peer may still send data and its own
      * close_notify: a half-close, as a WebSocket whose origin closed first sees. */
@@ -619,7 +626,21 @@ ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap)
         return SOTH_E_INCOMPLETE;
     if (cap > INT_MAX)
         cap = INT_MAX;
-    int r = wolfSSL_read(c->ssl, buf, (int)cap);
+    int r;
+#ifdef HAVE_WOLFSSL_READ_IN_PLACE
+    if (view) {
+        /* The plaintext where wolfSSL decrypted it: the record buffer is not shrunk under it
+         * until soth_tls_conn_feed_done (ci/patches/wolfssl-record-read-in-place.patch). */
+        const unsigned char *at = NULL;
+        r = wolfSSL_read_in_place(c->ssl, &at, (int)cap);
+        *p = (const char *)at;
+    } else
+#endif
+    {
+        (void)view;
+        r = wolfSSL_read(c->ssl, buf, (int)cap);
+        *p = buf;
+    }
     c->read_any = true;
     if (c->sess_new)
         keep_session(c); /* the read took a NewSessionTicket */
@@ -633,6 +654,17 @@ ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap)
         return 0;
     }
     return conn_fail(c, e, 2);
+}
+
+ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap)
+{
+    const char *p;
+    return conn_read(c, &p, buf, cap, false);
+}
+
+ssize_t soth_tls_conn_read_view(struct soth_tls_conn *c, const char **p, void *buf, size_t cap)
+{
+    return conn_read(c, p, buf, cap, true);
 }
 
 ssize_t soth_tls_conn_write(struct soth_tls_conn *c, const void *data, size_t len)

@@ -344,6 +344,67 @@ Test(tls_conn, one_record_buffer_per_input_and_none_after_it)
 #endif
 }
 
+/*
+ * docs/tls.md "Memory I/O": the relay reads plaintext where wolfSSL decrypted it, in the
+ * record buffer, not a copy in its own; the bytes stay put through writes on the same conn
+ * (an HTTP/2 layer answers on the leg it reads), and the buffer is freed at feed_done.
+ */
+Test(tls_conn, read_view_lends_the_record_buffer_until_the_next_read)
+{
+#ifndef HAVE_WOLFSSL_READ_IN_PLACE
+    cr_assert_fail("wolfSSL built without ci/patches/wolfssl-record-read-in-place.patch "
+                   "(rerun ci/setup.sh)");
+#else
+    struct soth_tls_conn *cli, *srv;
+    cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("view.example.test")}, &cli, &srv),
+                 0);
+    static unsigned char data[4 * 16384];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (unsigned char)(i * 13 + 5);
+    cr_assert_eq(soth_tls_conn_write(srv, data, sizeof(data)), (ssize_t)sizeof(data));
+    static unsigned char wire[sizeof(data) + 1024];
+    size_t wire_len = 0;
+    struct soth_iov iov;
+    while (soth_tls_conn_out(srv, &iov) > 0) {
+        cr_assert_leq(wire_len + iov.len, sizeof(wire));
+        memcpy(wire + wire_len, iov.base, iov.len);
+        wire_len += iov.len;
+        soth_tls_conn_out_consume(srv, iov.len);
+    }
+    wolfSSL_Malloc_cb mf;
+    wolfSSL_Free_cb ff;
+    wolfSSL_Realloc_cb rf;
+    cr_assert_eq(wolfSSL_GetAllocators(&mf, &ff, &rf), 0);
+    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
+    g_rec_allocs = g_rec_live = 0;
+    cr_assert_eq(soth_tls_conn_feed(cli, wire, wire_len), 0);
+    static char scratch[16384];
+    size_t off = 0;
+    int reads = 0;
+    for (;;) {
+        const char *p = NULL;
+        ssize_t r = soth_tls_conn_read_view(cli, &p, scratch, sizeof(scratch));
+        if (r == SOTH_E_INCOMPLETE)
+            break;
+        cr_assert_gt(r, 0);
+        cr_assert(p < scratch || p >= scratch + sizeof(scratch), "read %d was copied", reads);
+        cr_assert_leq(off + (size_t)r, sizeof(data));
+        cr_assert(memcmp(p, data + off, (size_t)r) == 0, "read %d: bytes differ", reads);
+        /* A write on the conn being read queues a record and leaves the lent bytes alone. */
+        cr_assert_eq(soth_tls_conn_write(cli, "ack", 3), 3);
+        cr_assert(memcmp(p, data + off, (size_t)r) == 0, "read %d: a write moved its bytes", reads);
+        off += (size_t)r;
+        reads++;
+    }
+    cr_assert_eq(off, sizeof(data));
+    cr_assert_eq(g_rec_allocs, 1, "%d record buffers for one input", g_rec_allocs);
+    cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
+    cr_assert_eq(g_rec_live, 0, "the record buffer outlived its input");
+    cr_assert_eq(wolfSSL_SetAllocators(mf, ff, rf), 0);
+    pair_free(cli, srv);
+#endif
+}
+
 /* A sink as the engine has one: appends into a bounded buffer, fails once it is full. */
 struct sink_buf {
     unsigned char *p;

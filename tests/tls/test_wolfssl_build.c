@@ -15,6 +15,7 @@
 #include <time.h>
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/aes.h>
+#include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/wolfcrypt/asn_public.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 #include <wolfssl/wolfcrypt/random.h>
@@ -668,6 +669,79 @@ Test(wolfssl_build, record_buffer_kept_for_a_burst_and_zeroed_when_freed)
     cr_assert_eq(g_big_frees, 1);
     cr_assert_eq(g_marked_free, 0, "%d freed blocks held the plaintext", g_marked_free);
     cr_assert_eq(wolfSSL_SetAllocators(malloc, free, realloc), 0);
+    wolfSSL_free(s);
+    wolfSSL_CTX_free(cctx);
+    wolfSSL_CTX_free(sctx);
+#endif
+}
+
+/*
+ * wolfSSL_read copies each record's plaintext out of the buffer it was decrypted in; a proxy
+ * that parses it and encrypts it into another connection needs no copy.
+ * ci/patches/wolfssl-record-read-in-place.patch adds wolfSSL_read_in_place(): a pointer to the
+ * plaintext where it lies, valid until the next read or shrink on that connection, with the
+ * buffer left in place under it (docs/dependencies.md, "wolfSSL patches").
+ */
+Test(wolfssl_build, read_in_place_lends_the_plaintext_until_the_next_read)
+{
+#ifndef HAVE_WOLFSSL_READ_IN_PLACE
+    cr_assert_fail("wolfSSL built without ci/patches/wolfssl-record-read-in-place.patch "
+                   "(rerun ci/setup.sh)");
+#else
+    WOLFSSL_CTX *sctx, *cctx;
+    mem_ctx_pair(wolfTLSv1_3_server_method(), wolfTLSv1_3_client_method(), &sctx, &cctx);
+    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
+    static struct pipe_buf c2s, s2c;
+    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
+    WOLFSSL *c, *s;
+    mem_ssl_pair(cctx, sctx, &ce, &se, &c, &s);
+    cr_assert(mem_handshake(c, s), "handshake failed");
+    mem_say(s, c, "ready");
+    static char want0[REC], want1[REC];
+    rec_fill(want0, 0);
+    rec_fill(want1, 1);
+
+    /* A whole record, lent; the buffer is not shrunk under it (the flag is not even set). */
+    rec_send(s, 0, 2);
+    const unsigned char *p = NULL;
+    int n = wolfSSL_read_in_place(c, &p, REC);
+    cr_assert_eq(n, REC, "read %d (error %d)", n, wolfSSL_get_error(c, n));
+    cr_assert(p != NULL && memcmp(p, want0, REC) == 0, "record 0: bytes differ");
+    cr_assert_eq(g_big_frees, 0, "the buffer was freed under the bytes lent");
+    /* A write on the same connection leaves them alone. */
+    cr_assert_eq(wolfSSL_write(c, "ack", 3), 3);
+    cr_assert(memcmp(p, want0, REC) == 0, "a write moved the bytes lent");
+
+    /* Part of a record, then the rest of it from the same place. */
+    const unsigned char *q = NULL, *r = NULL;
+    cr_assert_eq(wolfSSL_read_in_place(c, &q, 100), 100);
+    cr_assert(memcmp(q, want1, 100) == 0);
+    cr_assert_eq(wolfSSL_read_in_place(c, &r, REC), REC - 100);
+    cr_assert(r == q + 100, "the rest of the record was not lent from where it lay");
+    cr_assert(memcmp(r, want1 + 100, REC - 100) == 0);
+
+    /* Nothing left: WANT_READ and no pointer. One buffer served both records; the shrink the
+     * caller makes once done zeroes and frees it. */
+    const unsigned char *z = (const unsigned char *)want0;
+    cr_assert_eq(wolfSSL_read_in_place(c, &z, REC), WOLFSSL_FATAL_ERROR);
+    cr_assert_eq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+    cr_assert_null(z);
+    cr_assert_eq(g_big_allocs, 1);
+    cr_assert_eq(g_big_frees, 0);
+    cr_assert_eq(wolfSSL_shrink_input_buffer(c), WOLFSSL_SUCCESS);
+    cr_assert_eq(g_big_frees, 1, "shrinking left the emptied buffer allocated");
+
+    /* The peer's close_notify: 0, no pointer. Bad arguments are refused. */
+    wolfSSL_shutdown(s);
+    z = (const unsigned char *)want0;
+    cr_assert_eq(wolfSSL_read_in_place(c, &z, REC), 0);
+    cr_assert_eq(wolfSSL_get_error(c, 0), WOLFSSL_ERROR_ZERO_RETURN);
+    cr_assert_null(z);
+    cr_assert_eq(wolfSSL_read_in_place(NULL, &z, REC), BAD_FUNC_ARG);
+    cr_assert_eq(wolfSSL_read_in_place(c, NULL, REC), BAD_FUNC_ARG);
+    cr_assert_eq(g_marked_free, 0, "%d freed blocks held the plaintext", g_marked_free);
+    cr_assert_eq(wolfSSL_SetAllocators(malloc, free, realloc), 0);
+    wolfSSL_free(c);
     wolfSSL_free(s);
     wolfSSL_CTX_free(cctx);
     wolfSSL_CTX_free(sctx);

@@ -331,6 +331,15 @@ bool soth_tls_conn_is_established(const struct soth_tls_conn *c);
 ssize_t soth_tls_conn_read(struct soth_tls_conn *c, void *buf, size_t cap);
 
 /**
+ * soth_tls_conn_read without the copy where the TLS library allows it (docs/tls.md, "Memory
+ * I/O"): sets *p to the bytes returned, in the conn's record buffer where they were decrypted,
+ * or in buf (cap bytes) with a library that cannot lend them. Returns like soth_tls_conn_read.
+ * The bytes stay valid until the next read, feed, feed_done, handshake or shutdown on c (writes
+ * on c leave them alone) or c is freed.
+ */
+ssize_t soth_tls_conn_read_view(struct soth_tls_conn *c, const char **p, void *buf, size_t cap);
+
+/**
  * Encrypt len bytes of plaintext. Always takes all of it (ciphertext is queued; the caller
  * applies backpressure by soth_tls_conn_out_pending()). Returns len, or SOTH_E_STATE before
  * the handshake completed / after shutdown, or negative on error.
