@@ -77,9 +77,15 @@ bind /proc
 bind /sys
 bind /dev
 bind /dev/pts
+# /dev above is not recursive: under it, the root's /dev/shm is devtmpfs's bare directory
+# (root's, mode 0755), where only root may create. A tmpfs of its own, writable by all like any
+# machine's (squid, which the tests run, drops to user proxy and makes its segments there).
 mkdir -p "$root/dev/shm"
-mount -t tmpfs tmpfs "$root/dev/shm"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
 mounted+=("$root/dev/shm")
+shm_ok() { # the root's /dev/shm is still its tmpfs
+    [ "$(stat -f -c %T "$root/dev/shm")" = tmpfs ] && [ "$(stat -c %a "$root/dev/shm")" = 1777 ]
+}
 
 # A fresh clone of what is committed (the work tree's uncommitted changes are not in it).
 rm -rf "$root/root/soth-mitm"
@@ -131,12 +137,17 @@ if [ "$ok" = 1 ]; then lane_end "README command 1" ok; else
 fi
 
 lane_start "README command 2: CI=true bash ci/test.sh"
+if ! shm_ok; then
+    echo "fresh-root: the root's /dev/shm is no longer its tmpfs (mode 1777) before the tests" >&2
+    status=1
+fi
 if in_root /bin/bash -c 'cd /root/soth-mitm && CI=true bash ci/test.sh' >"$root/test.log" 2>&1; then
     grep '^====' "$root/test.log" || true
     lane_end "README command 2" ok
 else
     grep '^====' "$root/test.log" || true
     tail -40 "$root/test.log"
+    shm_ok || echo "fresh-root: the root's /dev/shm is no longer its tmpfs (mode 1777)" >&2
     lane_end "README command 2" FAILED
     status=1
 fi

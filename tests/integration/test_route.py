@@ -69,13 +69,20 @@ http_access allow all
         self.conf = os.path.join(d, "squid.conf")
         with open(self.conf, "w") as f:
             f.write(conf)
-        self.proc = subprocess.Popen([SQUID, "-N", "-f", self.conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        # A service name of its own: squid names its shared-memory segments after it
+        # (/dev/shm/<name>-cf__*.shm), so no other squid on the machine shares or owns them.
+        self.proc = subprocess.Popen([SQUID, "-N", "-n", f"sothsq{self.port}", "-f", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, self.proc, "squid")
-        except RuntimeError:
+        except RuntimeError as e:
+            try:
+                with open(os.path.join(d, "cache.log")) as f:
+                    tail = "".join(f.readlines()[-8:])
+            except OSError:
+                tail = "(no cache.log)"
             self.close()
-            raise
+            raise RuntimeError(f"{e}; its cache.log ends:\n{tail}") from None
 
     def route(self):
         return f"upstream:http://127.0.0.1:{self.port}"
