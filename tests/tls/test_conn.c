@@ -282,6 +282,42 @@ static void *rec_realloc(void *p, size_t n)
     return q;
 }
 
+/* srv writes len bytes (byte i = i * mul + add) as records; their ciphertext, in wire. */
+static size_t records_on_wire(struct soth_tls_conn *srv, unsigned char *data, size_t len,
+                              unsigned mul, unsigned add, unsigned char *wire, size_t cap)
+{
+    for (size_t i = 0; i < len; i++)
+        data[i] = (unsigned char)(i * mul + add);
+    cr_assert_eq(soth_tls_conn_write(srv, data, len), (ssize_t)len);
+    size_t wire_len = 0;
+    struct soth_iov iov;
+    while (soth_tls_conn_out(srv, &iov) > 0) {
+        cr_assert_leq(wire_len + iov.len, cap);
+        memcpy(wire + wire_len, iov.base, iov.len);
+        wire_len += iov.len;
+        soth_tls_conn_out_consume(srv, iov.len);
+    }
+    return wire_len;
+}
+
+/* wolfSSL's allocations counted from here; the library's own allocators (tls/tls.c) come back
+ * at rec_count_end. */
+static wolfSSL_Malloc_cb g_mf;
+static wolfSSL_Free_cb g_ff;
+static wolfSSL_Realloc_cb g_rf;
+
+static void rec_count_begin(void)
+{
+    cr_assert_eq(wolfSSL_GetAllocators(&g_mf, &g_ff, &g_rf), 0);
+    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
+    g_rec_allocs = g_rec_live = 0;
+}
+
+static void rec_count_end(void)
+{
+    cr_assert_eq(wolfSSL_SetAllocators(g_mf, g_ff, g_rf), 0);
+}
+
 /*
  * docs/tls.md "Memory I/O": an established conn decrypts the records of one input in one
  * buffer (wolfSSL alone allocates, zeroes and frees one per record), and holds none once
@@ -302,26 +338,9 @@ Test(tls_conn, one_record_buffer_per_input_and_none_after_it)
     cr_assert_eq(soth_tls_conn_read(srv, ping, sizeof(ping)), 4);
     cr_assert_eq(soth_tls_conn_feed_done(srv), 0);
 
-    static unsigned char data[4 * 16384], got[sizeof(data)];
-    for (size_t i = 0; i < sizeof(data); i++)
-        data[i] = (unsigned char)(i * 7 + 1);
-    cr_assert_eq(soth_tls_conn_write(srv, data, sizeof(data)), (ssize_t)sizeof(data));
-    static unsigned char wire[sizeof(data) + 1024];
-    size_t wire_len = 0;
-    struct soth_iov iov;
-    while (soth_tls_conn_out(srv, &iov) > 0) {
-        cr_assert_leq(wire_len + iov.len, sizeof(wire));
-        memcpy(wire + wire_len, iov.base, iov.len);
-        wire_len += iov.len;
-        soth_tls_conn_out_consume(srv, iov.len);
-    }
-    /* Counted from here; the library's own allocators (tls/tls.c) come back at the end. */
-    wolfSSL_Malloc_cb mf;
-    wolfSSL_Free_cb ff;
-    wolfSSL_Realloc_cb rf;
-    cr_assert_eq(wolfSSL_GetAllocators(&mf, &ff, &rf), 0);
-    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
-    g_rec_allocs = g_rec_live = 0;
+    static unsigned char data[4 * 16384], got[sizeof(data)], wire[sizeof(data) + 1024];
+    size_t wire_len = records_on_wire(srv, data, sizeof(data), 7, 1, wire, sizeof(wire));
+    rec_count_begin();
     /* One input: the four records, after the NewSessionTicket the client conn still holds
      * from the handshake. */
     cr_assert_eq(soth_tls_conn_feed(cli, wire, wire_len), 0);
@@ -339,7 +358,7 @@ Test(tls_conn, one_record_buffer_per_input_and_none_after_it)
     cr_assert_eq(g_rec_live, 1);
     cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
     cr_assert_eq(g_rec_live, 0, "a record buffer outlived its input");
-    cr_assert_eq(wolfSSL_SetAllocators(mf, ff, rf), 0);
+    rec_count_end();
     pair_free(cli, srv);
 #endif
 }
@@ -358,25 +377,9 @@ Test(tls_conn, read_view_lends_the_record_buffer_until_the_next_read)
     struct soth_tls_conn *cli, *srv;
     cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("view.example.test")}, &cli, &srv),
                  0);
-    static unsigned char data[4 * 16384];
-    for (size_t i = 0; i < sizeof(data); i++)
-        data[i] = (unsigned char)(i * 13 + 5);
-    cr_assert_eq(soth_tls_conn_write(srv, data, sizeof(data)), (ssize_t)sizeof(data));
-    static unsigned char wire[sizeof(data) + 1024];
-    size_t wire_len = 0;
-    struct soth_iov iov;
-    while (soth_tls_conn_out(srv, &iov) > 0) {
-        cr_assert_leq(wire_len + iov.len, sizeof(wire));
-        memcpy(wire + wire_len, iov.base, iov.len);
-        wire_len += iov.len;
-        soth_tls_conn_out_consume(srv, iov.len);
-    }
-    wolfSSL_Malloc_cb mf;
-    wolfSSL_Free_cb ff;
-    wolfSSL_Realloc_cb rf;
-    cr_assert_eq(wolfSSL_GetAllocators(&mf, &ff, &rf), 0);
-    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
-    g_rec_allocs = g_rec_live = 0;
+    static unsigned char data[4 * 16384], wire[sizeof(data) + 1024];
+    size_t wire_len = records_on_wire(srv, data, sizeof(data), 13, 5, wire, sizeof(wire));
+    rec_count_begin();
     cr_assert_eq(soth_tls_conn_feed(cli, wire, wire_len), 0);
     static char scratch[16384];
     size_t off = 0;
@@ -400,7 +403,7 @@ Test(tls_conn, read_view_lends_the_record_buffer_until_the_next_read)
     cr_assert_eq(g_rec_allocs, 1, "%d record buffers for one input", g_rec_allocs);
     cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
     cr_assert_eq(g_rec_live, 0, "the record buffer outlived its input");
-    cr_assert_eq(wolfSSL_SetAllocators(mf, ff, rf), 0);
+    rec_count_end();
     pair_free(cli, srv);
 #endif
 }

@@ -584,6 +584,21 @@ static void rec_send(WOLFSSL *s, int first, int n)
     g_big_allocs = g_big_frees = 0;
 }
 
+/* A TLS 1.3 client c and server s in memory, with wolfSSL's allocations counted from before
+ * they are made; s2c is the server's stream toward the client. */
+static struct pipe_buf c2s, s2c;
+
+static void rec_pair(WOLFSSL_CTX **sctx, WOLFSSL_CTX **cctx, WOLFSSL **c, WOLFSSL **s)
+{
+    mem_ctx_pair(wolfTLSv1_3_server_method(), wolfTLSv1_3_client_method(), sctx, cctx);
+    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
+    static struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
+    c2s.len = s2c.len = 0;
+    mem_ssl_pair(*cctx, *sctx, &ce, &se, c, s);
+    cr_assert(mem_handshake(*c, *s), "handshake failed");
+    mem_say(*s, *c, "ready"); /* the client also takes the NewSessionTicket */
+}
+
 /* c has read everything that arrived. */
 static void rec_drained(WOLFSSL *c)
 {
@@ -608,14 +623,8 @@ Test(wolfssl_build, record_buffer_kept_for_a_burst_and_zeroed_when_freed)
                    "(rerun ci/setup.sh)");
 #else
     WOLFSSL_CTX *sctx, *cctx;
-    mem_ctx_pair(wolfTLSv1_3_server_method(), wolfTLSv1_3_client_method(), &sctx, &cctx);
-    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
-    static struct pipe_buf c2s, s2c;
-    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
     WOLFSSL *c, *s;
-    mem_ssl_pair(cctx, sctx, &ce, &se, &c, &s);
-    cr_assert(mem_handshake(c, s), "handshake failed");
-    mem_say(s, c, "ready"); /* the client also takes the NewSessionTicket */
+    rec_pair(&sctx, &cctx, &c, &s);
 
     /* Without the flag: one buffer grown and freed per record. */
     rec_send(s, 0, 3);
@@ -689,14 +698,8 @@ Test(wolfssl_build, read_in_place_lends_the_plaintext_until_the_next_read)
                    "(rerun ci/setup.sh)");
 #else
     WOLFSSL_CTX *sctx, *cctx;
-    mem_ctx_pair(wolfTLSv1_3_server_method(), wolfTLSv1_3_client_method(), &sctx, &cctx);
-    cr_assert_eq(wolfSSL_SetAllocators(rec_malloc, rec_free, rec_realloc), 0);
-    static struct pipe_buf c2s, s2c;
-    struct mem_end ce = {&s2c, &c2s}, se = {&c2s, &s2c};
     WOLFSSL *c, *s;
-    mem_ssl_pair(cctx, sctx, &ce, &se, &c, &s);
-    cr_assert(mem_handshake(c, s), "handshake failed");
-    mem_say(s, c, "ready");
+    rec_pair(&sctx, &cctx, &c, &s);
     static char want0[REC], want1[REC];
     rec_fill(want0, 0);
     rec_fill(want1, 1);
