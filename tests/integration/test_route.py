@@ -71,18 +71,22 @@ http_access allow all
             f.write(conf)
         # A service name of its own: squid names its shared-memory segments after it
         # (/dev/shm/<name>-cf__*.shm), so no other squid on the machine shares or owns them.
-        self.proc = subprocess.Popen([SQUID, "-N", "-n", f"sothsq{self.port}", "-f", self.conf],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # Its output: where it writes when it cannot write its cache.log.
+        with open(os.path.join(d, "squid.out"), "w") as out:
+            self.proc = subprocess.Popen([SQUID, "-N", "-n", f"sothsq{self.port}", "-f",
+                                          self.conf], stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, self.proc, "squid")
         except RuntimeError as e:
-            try:
-                with open(os.path.join(d, "cache.log")) as f:
-                    tail = "".join(f.readlines()[-8:])
-            except OSError:
-                tail = "(no cache.log)"
+            tail = ""
+            for name in ("cache.log", "squid.out"):
+                try:
+                    with open(os.path.join(d, name)) as f:
+                        tail += f"{name}:\n" + "".join(f.readlines()[-8:])
+                except OSError:
+                    tail += f"(no {name})\n"
             self.close()
-            raise RuntimeError(f"{e}; its cache.log ends:\n{tail}") from None
+            raise RuntimeError(f"{e}; how its logs end:\n{tail}") from None
 
     def route(self):
         return f"upstream:http://127.0.0.1:{self.port}"
