@@ -10,6 +10,7 @@ int seg_pool_init(struct seg_pool *p, struct iobuf *io, uint32_t n)
 {
     p->io = io;
     p->free = NULL;
+    p->reserved = NULL;
     p->segs = calloc(n, sizeof(struct seg));
     if (p->segs == NULL)
         return -ENOMEM;
@@ -125,8 +126,8 @@ bool conn_queue_copy(struct seg_pool *p, struct conn *c, const char *src, size_t
         struct seg *last = c->q_last;
         /* Append to the last owned chunk when it has room and is not being sent. */
         if (last && last->bid == SEG_CHUNK && !c->send_inflight &&
-            last->off + last->len < SOTH_BUF_SIZE) {
-            size_t room = SOTH_BUF_SIZE - last->off - last->len;
+            last->off + last->len < SOTH_CHUNK_SIZE) {
+            size_t room = SOTH_CHUNK_SIZE - last->off - last->len;
             size_t n = len < room ? len : room;
             memcpy(last->base + last->off + last->len, src, n);
             last->len += (uint32_t)n;
@@ -138,13 +139,40 @@ bool conn_queue_copy(struct seg_pool *p, struct conn *c, const char *src, size_t
         char *ch = chunk_get(p->io);
         if (ch == NULL)
             return false;
-        size_t n = len < SOTH_BUF_SIZE ? len : SOTH_BUF_SIZE;
+        size_t n = len < SOTH_CHUNK_SIZE ? len : SOTH_CHUNK_SIZE;
         memcpy(ch, src, n);
         conn_queue(p, c, ch, 0, (uint32_t)n, SEG_CHUNK);
         src += n;
         len -= n;
     }
     return true;
+}
+
+char *conn_reserve(struct seg_pool *p, struct conn *c, size_t len)
+{
+    SOTH_BUG_ON(p->reserved != NULL);
+    struct seg *last = c->q_last;
+    if (last && last->bid == SEG_CHUNK && !c->send_inflight &&
+        last->off + last->len + len <= SOTH_CHUNK_SIZE)
+        return last->base + last->off + last->len;
+    if (len > SOTH_CHUNK_SIZE || (p->reserved = chunk_get(p->io)) == NULL)
+        return NULL;
+    return p->reserved;
+}
+
+void conn_commit(struct seg_pool *p, struct conn *c, size_t len)
+{
+    char *ch = p->reserved;
+    p->reserved = NULL;
+    if (ch != NULL) {
+        if (len > 0)
+            conn_queue(p, c, ch, 0, (uint32_t)len, SEG_CHUNK);
+        else
+            chunk_put(p->io, ch);
+        return;
+    }
+    c->q_last->len += (uint32_t)len;
+    c->q_bytes += len;
 }
 
 void conn_submit_shutdown(struct worker *w, struct flow *f, unsigned side)

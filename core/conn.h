@@ -72,6 +72,7 @@ struct seg_pool {
     struct seg *segs; /* every segment (calloc at set-up) */
     struct seg *free;
     struct iobuf *io; /* chunks for copies; where buffers and chunks return */
+    char *reserved;   /* a chunk conn_reserve gave, until conn_commit queues or returns it */
 };
 
 /** n segments, all free. 0 or -ENOMEM. */
@@ -98,6 +99,14 @@ bool conn_queue_front_copy(struct seg_pool *p, struct conn *c, const char *s, si
 /** Copy bytes into owned chunks queued toward c (appending to the last chunk when it is not
  *  being sent). False when chunks ran out (what was copied stays queued). */
 bool conn_queue_copy(struct seg_pool *p, struct conn *c, const char *s, size_t len);
+/** Room for len bytes at the end of c's queue, written in place and then committed: the end of
+ *  the last owned chunk when it has the room and is not being sent, else a new chunk (queued
+ *  by conn_commit). NULL when len is over a chunk or chunks ran out. One at a time per pool:
+ *  conn_commit before the next. */
+char *conn_reserve(struct seg_pool *p, struct conn *c, size_t len);
+/** The first len bytes of what conn_reserve gave are queued toward c (0: none, the room is
+ *  given back). */
+void conn_commit(struct seg_pool *p, struct conn *c, size_t len);
 /** Drop the first queued segment of c (sent, or discarded), returning what it holds. */
 void conn_q_pop(struct seg_pool *p, struct conn *c);
 /** Drop everything queued toward c. */

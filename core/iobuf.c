@@ -69,7 +69,7 @@ size_t iobuf_trim(struct iobuf *io, uint32_t keep_chunks, bool ring_too)
         memcpy(&next, c, sizeof(next));
         free(c);
         io->n_chunks--;
-        given += SOTH_BUF_SIZE;
+        given += SOTH_CHUNK_SIZE;
         c = next;
     }
     if (!ring_too)
@@ -101,7 +101,7 @@ char *chunk_get(struct iobuf *io)
     }
     if (io->n_chunks >= io->max_chunks)
         return NULL;
-    c = malloc(SOTH_BUF_SIZE);
+    c = malloc(SOTH_CHUNK_SIZE);
     if (c != NULL) {
         io->n_chunks++;
         memset(c + sizeof(char *), 0, sizeof(CHUNK_FREE_TAG));

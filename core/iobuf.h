@@ -18,10 +18,14 @@
 
 #include "soth/base.h"
 
-#define SOTH_BUF_SIZE   16384u /* one provided recv buffer and one owned chunk */
-#define SOTH_BUF_COUNT  2048u  /* provided buffers in the worker's ring (power of 2) */
-#define SOTH_BGID       0
-#define SOTH_MAX_CHUNKS 8192u /* owned 16 KiB chunks: 128 MiB worst case */
+#define SOTH_BUF_SIZE  16384u /* one provided recv buffer */
+#define SOTH_BUF_COUNT 2048u  /* provided buffers in the worker's ring (power of 2) */
+#define SOTH_BGID      0
+/* One owned chunk: a provided buffer's worth and room for a whole TLS record around 16 KiB of
+ * plaintext (its header, tag and padding), so wolfSSL can build a full record in one
+ * (docs/tls.md, "Memory I/O"). */
+#define SOTH_CHUNK_SIZE (SOTH_BUF_SIZE + 512u)
+#define SOTH_MAX_CHUNKS 8192u /* owned chunks: 132 MiB worst case */
 
 struct iobuf {
     struct io_uring_buf_ring *br;     /* the provided-buffer ring, registered by the worker */
@@ -54,7 +58,7 @@ void iobuf_dispose(struct iobuf *io);
  */
 size_t iobuf_trim(struct iobuf *io, uint32_t keep_chunks, bool ring_too);
 
-/** An owned chunk of SOTH_BUF_SIZE bytes, or NULL at max_chunks (or when malloc fails). */
+/** An owned chunk of SOTH_CHUNK_SIZE bytes, or NULL at max_chunks (or when malloc fails). */
 char *chunk_get(struct iobuf *io);
 /** Return a chunk from chunk_get; returning it twice is a bug stop. */
 void chunk_put(struct iobuf *io, char *c);

@@ -25,6 +25,32 @@ static int leg_sink_upstream(void *ctx, const void *p, size_t n)
     return leg_sink(ctx, SOTH_LEG_UPSTREAM, p, n);
 }
 
+/* Room for a whole record at the end of the leg's send queue, which wolfSSL encrypts in place:
+ * the record's only copy is the one encryption makes (docs/tls.md, "Memory I/O"). */
+static void *leg_reserve_client(void *ctx, size_t n)
+{
+    struct flow *f = ctx;
+    return conn_reserve(&f->w->segs, &f->c[SOTH_LEG_CLIENT], n);
+}
+
+static void leg_commit_client(void *ctx, size_t n)
+{
+    struct flow *f = ctx;
+    conn_commit(&f->w->segs, &f->c[SOTH_LEG_CLIENT], n);
+}
+
+static void *leg_reserve_upstream(void *ctx, size_t n)
+{
+    struct flow *f = ctx;
+    return conn_reserve(&f->w->segs, &f->c[SOTH_LEG_UPSTREAM], n);
+}
+
+static void leg_commit_upstream(void *ctx, size_t n)
+{
+    struct flow *f = ctx;
+    conn_commit(&f->w->segs, &f->c[SOTH_LEG_UPSTREAM], n);
+}
+
 bool leg_queue_tls(struct worker *w, struct flow *f, unsigned side)
 {
     struct soth_tls_conn *t = f->tls[side];
@@ -43,8 +69,12 @@ bool leg_queue_tls(struct worker *w, struct flow *f, unsigned side)
     /* Once established, its ciphertext lands in f->c[side] as it is written, after what is
      * queued there, so order holds (handshake flights keep the queue: a failure there stays a
      * handshake failure). flow.c clears the sink when the conn outlives the flow. */
-    if (soth_tls_conn_sink_ctx(t) != f && soth_tls_conn_is_established(t))
-        soth_tls_conn_set_sink(t, side == SOTH_LEG_CLIENT ? leg_sink_client : leg_sink_upstream, f);
+    if (soth_tls_conn_sink_ctx(t) != f && soth_tls_conn_is_established(t)) {
+        bool client = side == SOTH_LEG_CLIENT;
+        soth_tls_conn_set_sink(t, client ? leg_sink_client : leg_sink_upstream, f);
+        soth_tls_conn_set_sink_room(t, client ? leg_reserve_client : leg_reserve_upstream,
+                                    client ? leg_commit_client : leg_commit_upstream);
+    }
     return true;
 }
 

@@ -169,6 +169,37 @@ int tls_on_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
     return sz;
 }
 
+#ifdef HAVE_WOLFSSL_RECORD_RESERVE
+/* wolfSSL builds an application data record in the sink's queue (the record-reserve patch;
+ * docs/dependencies.md, "wolfSSL patches"): sz bytes of room, or NULL for the send callback. */
+static unsigned char *tls_on_reserve(WOLFSSL *ssl, int sz, void *ctx)
+{
+    struct soth_tls_conn *c = ctx;
+    (void)ssl;
+    if (c->sink == NULL || c->sink_reserve == NULL || sz <= 0)
+        return NULL;
+    return c->sink_reserve(c->sink_ctx, (size_t)sz);
+}
+
+static void tls_on_commit(WOLFSSL *ssl, int sz, void *ctx)
+{
+    struct soth_tls_conn *c = ctx;
+    (void)ssl;
+    if (sz > 0)
+        c->sent_any = true;
+    c->sink_commit(c->sink_ctx, sz > 0 ? (size_t)sz : 0);
+}
+#endif
+
+static void arm_reserve(struct soth_tls_conn *c)
+{
+#ifdef HAVE_WOLFSSL_RECORD_RESERVE
+    wolfSSL_set_record_reserve(c->ssl, tls_on_reserve, tls_on_commit);
+#else
+    (void)c;
+#endif
+}
+
 /* ---- input remainder buffers */
 
 /*
@@ -340,6 +371,7 @@ int soth_tls_conn_new_server(struct soth_tls_ctx *t, struct soth_iov name, struc
     wolfSSL_SetIOReadCtx(c->ssl, c);
     wolfSSL_SetIOWriteCtx(c->ssl, c);
     keylog_arm(c);
+    arm_reserve(c);
     rc = SOTH_E_TLS;
     /* The key is the worker's leaf key, already on the server ctx; only the cert differs. */
     if (wolfSSL_use_certificate_buffer(c->ssl, (const unsigned char *)leaf.der.base,
@@ -411,6 +443,7 @@ int soth_tls_conn_new_client(struct soth_tls_ctx *t, struct soth_iov host,
     wolfSSL_SetIOReadCtx(c->ssl, c);
     wolfSSL_SetIOWriteCtx(c->ssl, c);
     keylog_arm(c);
+    arm_reserve(c);
     rc = SOTH_E_TLS;
     /* TLS 1.2 origins resume through tickets only when the client asks for them. */
     wolfSSL_UseSessionTicket(c->ssl);
@@ -751,7 +784,17 @@ bool soth_tls_conn_set_sink(struct soth_tls_conn *c, soth_tls_sink_fn fn, void *
         return false;
     c->sink = fn;
     c->sink_ctx = fn != NULL ? ctx : NULL;
+    if (fn == NULL)
+        c->sink_reserve = NULL, c->sink_commit = NULL;
     return true;
+}
+
+void soth_tls_conn_set_sink_room(struct soth_tls_conn *c, soth_tls_reserve_fn reserve,
+                                 soth_tls_commit_fn commit)
+{
+    SOTH_BUG_ON((reserve == NULL) != (commit == NULL));
+    c->sink_reserve = reserve;
+    c->sink_commit = commit;
 }
 
 void *soth_tls_conn_sink_ctx(const struct soth_tls_conn *c)

@@ -145,6 +145,8 @@ struct soth_tls_conn {
     size_t out_pending;
     soth_tls_sink_fn sink;
     void *sink_ctx;
+    soth_tls_reserve_fn sink_reserve; /* room in the sink's queue for a whole record */
+    soth_tls_commit_fn sink_commit;
 
     /* handshake facts for the classifier */
     bool sent_server_hello; /* server: a ServerHello (not an HRR) left us */

@@ -110,7 +110,14 @@ def main():
                  "--peak-inaccuracy=0.5"] + (["--detailed-freq=1"] if a.last else []) + argv,
                 R.PROXY_CPU, f"{d}/proxy.log")
     try:
-        if not R.wait_port(port, 300, p):
+        # Not the port alone: the first proxy's listening socket can outlive it for a moment
+        # (its io_uring is torn down after the process exits), and valgrind starts slowly.
+        deadline = time.time() + 300
+        while "listening on" not in open(f"{d}/proxy.log").read():
+            if p.poll() is not None or time.time() > deadline:
+                sys.exit("soth-mitm did not start under valgrind")
+            time.sleep(0.2)
+        if not R.wait_port(port, 60, p):
             sys.exit("soth-mitm did not start under valgrind")
         loop = asyncio.new_event_loop()
         held, err = loop.run_until_complete(

@@ -143,7 +143,7 @@ Test(conn, copies_append_to_the_last_chunk_unless_it_is_being_sent)
 
 Test(conn, a_large_copy_spans_chunks_and_chunks_are_reused)
 {
-    static char big[3 * SOTH_BUF_SIZE + 100];
+    static char big[3 * SOTH_CHUNK_SIZE + 100];
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (char)(i * 7);
     cr_assert(conn_queue_copy(&pool, &c, big, sizeof(big)));
@@ -160,9 +160,66 @@ Test(conn, a_large_copy_spans_chunks_and_chunks_are_reused)
 Test(conn, a_copy_fails_when_chunks_run_out)
 {
     io.max_chunks = 1;
-    static char big[SOTH_BUF_SIZE + 1];
+    static char big[SOTH_CHUNK_SIZE + 1];
     cr_assert_not(conn_queue_copy(&pool, &c, big, sizeof(big)));
-    cr_assert_eq(c.q_bytes, SOTH_BUF_SIZE, "what fitted stays queued");
+    cr_assert_eq(c.q_bytes, SOTH_CHUNK_SIZE, "what fitted stays queued");
+}
+
+/* A TLS record of 16 KiB of plaintext with its header and tag fits one chunk. */
+#define RECORD (16384 + 5 + 1 + 16)
+
+Test(conn, reserved_room_is_queued_when_committed)
+{
+    /* Room at the end of the last chunk, written in place. */
+    cr_assert(conn_queue_copy(&pool, &c, "abc", 3));
+    char *r = conn_reserve(&pool, &c, 100);
+    cr_assert_not_null(r);
+    memcpy(r, "defgh", 5);
+    conn_commit(&pool, &c, 5);
+    cr_assert_eq(c.q_count, 1);
+    cr_assert_eq(c.q_bytes, 8);
+    static char pad[600];
+    memset(pad, 'p', sizeof(pad));
+    cr_assert(conn_queue_copy(&pool, &c, pad, sizeof(pad)));
+
+    /* A whole record does not fit what is left: a new chunk, queued only when committed. */
+    r = conn_reserve(&pool, &c, RECORD);
+    cr_assert_not_null(r);
+    cr_assert_eq(c.q_count, 1, "queued before it was committed");
+    memset(r, 'R', RECORD);
+    conn_commit(&pool, &c, RECORD);
+    cr_assert_eq(c.q_count, 2);
+    cr_assert_eq(c.q_bytes, 8 + sizeof(pad) + RECORD);
+
+    /* Room given back (the record could not be built): nothing queued, the chunk pooled. */
+    uint32_t chunks = io.n_chunks;
+    cr_assert_not_null(conn_reserve(&pool, &c, RECORD));
+    conn_commit(&pool, &c, 0);
+    cr_assert_eq(c.q_count, 2);
+    cr_assert_not_null(conn_reserve(&pool, &c, RECORD));
+    cr_assert_eq(io.n_chunks, chunks + 1, "the chunk given back was not reused");
+    conn_commit(&pool, &c, 0);
+
+    /* The last chunk is being sent: new room, not its end. Over a chunk, or out of chunks:
+     * none. */
+    c.send_inflight = true;
+    r = conn_reserve(&pool, &c, 10);
+    cr_assert_not_null(r);
+    memcpy(r, "ij", 2);
+    conn_commit(&pool, &c, 2);
+    cr_assert_eq(c.q_count, 3);
+    cr_assert_null(conn_reserve(&pool, &c, SOTH_CHUNK_SIZE + 1));
+    io.max_chunks = io.n_chunks;
+    cr_assert_null(conn_reserve(&pool, &c, RECORD));
+    c.send_inflight = false;
+
+    static char out[8 + sizeof(pad) + RECORD + 2], want[sizeof(out)];
+    memcpy(want, "abcdefgh", 8);
+    memset(want + 8, 'p', sizeof(pad));
+    memset(want + 8 + sizeof(pad), 'R', RECORD);
+    memcpy(want + 8 + sizeof(pad) + RECORD, "ij", 2);
+    cr_assert_eq(queued(out, sizeof(out)), sizeof(out));
+    cr_assert(memcmp(out, want, sizeof(out)) == 0);
 }
 
 Test(conn, static_text_can_run_out_of_segments)

@@ -486,6 +486,104 @@ Test(tls_conn, sink_takes_ciphertext_in_order_after_the_queue)
     pair_free(cli, srv);
 }
 
+/* Room as the engine's send queue lends it: the end of the buffer, while it has the room asked
+ * for and the test allows it. */
+struct room_buf {
+    struct sink_buf b;
+    bool refuse;
+    unsigned reserves, commits;
+    size_t asked;
+};
+
+static void *room_reserve(void *ctx, size_t n)
+{
+    struct room_buf *r = ctx;
+    r->reserves++;
+    if (r->refuse || n > r->b.cap - r->b.len)
+        return NULL;
+    r->asked = n;
+    return r->b.p + r->b.len;
+}
+
+static void room_commit(void *ctx, size_t n)
+{
+    struct room_buf *r = ctx;
+    r->commits++;
+    cr_assert_leq(n, r->asked);
+    r->b.len += n;
+}
+
+static int room_sink(void *ctx, const void *p, size_t n)
+{
+    return sink_append(&((struct room_buf *)ctx)->b, p, n);
+}
+
+/* Reads len bytes from cli out of what r holds and compares them with data. */
+static void room_read(struct soth_tls_conn *cli, struct room_buf *r, const unsigned char *data,
+                      size_t len)
+{
+    unsigned char *got = malloc(len);
+    cr_assert_eq(soth_tls_conn_feed(cli, r->b.p, r->b.len), 0);
+    size_t off = 0;
+    for (int guard = 0; guard < 1000 && off < len; guard++) {
+        ssize_t n = soth_tls_conn_read(cli, got + off, len - off);
+        cr_assert_gt(n, 0);
+        off += (size_t)n;
+    }
+    cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
+    cr_assert_eq(off, len);
+    cr_assert(memcmp(got, data, len) == 0, "bytes differ");
+    r->b.len = 0;
+    free(got);
+}
+
+Test(tls_conn, records_built_in_the_sinks_room)
+{
+#ifndef HAVE_WOLFSSL_RECORD_RESERVE
+    cr_assert_fail("wolfSSL built without ci/patches/wolfssl-record-write-in-place.patch "
+                   "(rerun ci/setup.sh)");
+#else
+    struct soth_tls_conn *cli, *srv;
+    cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("room.example.test")}, &cli, &srv),
+                 0);
+    size_t len = 100000;
+    unsigned char *data = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        data[i] = (unsigned char)(i * 131 + 7);
+    struct room_buf r = {.b = {.p = malloc(2 * len), .cap = 2 * len}};
+    cr_assert(soth_tls_conn_set_sink(srv, room_sink, &r));
+    soth_tls_conn_set_sink_room(srv, room_reserve, room_commit);
+
+    /* Every record of a write is built in the room: one reserve and one commit each (7 for
+     * 100,000 bytes of 16 KiB records), nothing through the sink fn or the conn's queue. */
+    cr_assert_eq(soth_tls_conn_write(srv, data, len), (ssize_t)len);
+    cr_assert_eq(r.commits, (len + 16383) / 16384);
+    cr_assert_eq(r.reserves, r.commits);
+    cr_assert_eq(r.b.calls, 0, "a record went through the sink fn");
+    cr_assert_eq(soth_tls_conn_out_pending(srv), 0);
+    cr_assert_gt(r.b.len, len);
+    room_read(cli, &r, data, len);
+
+    /* Room refused: the same bytes come through the sink fn instead. */
+    r.refuse = true;
+    cr_assert_eq(soth_tls_conn_write(srv, data, 20000), 20000);
+    cr_assert_eq(r.commits, (len + 16383) / 16384, "a refused reserve was committed");
+    cr_assert_eq(r.b.calls, 2);
+    room_read(cli, &r, data, 20000);
+
+    /* A close_notify is not application data: the sink fn takes it. */
+    r.refuse = false;
+    unsigned reserves = r.reserves;
+    cr_assert_eq(soth_tls_conn_shutdown(srv), 0);
+    cr_assert_eq(r.reserves, reserves);
+    cr_assert_eq(r.b.calls, 3);
+
+    free(r.b.p);
+    free(data);
+    pair_free(cli, srv);
+#endif
+}
+
 Test(tls_conn, resumption_with_ticket_across_worker_contexts)
 {
     /* A second worker context: tickets from worker A must resume on worker B. */

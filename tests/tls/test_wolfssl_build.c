@@ -750,3 +750,104 @@ Test(wolfssl_build, read_in_place_lends_the_plaintext_until_the_next_read)
     wolfSSL_CTX_free(sctx);
 #endif
 }
+
+/*
+ * wolfSSL_write() copies the plaintext into its output buffer (grown to a record's size and
+ * freed again per record), encrypts it there, and hands the record to the send callback, which
+ * copies it once more. ci/patches/wolfssl-record-write-in-place.patch adds
+ * wolfSSL_set_record_reserve(): each application data record is built and encrypted in room
+ * the caller reserves in its own send queue (docs/dependencies.md, "wolfSSL patches").
+ */
+#ifdef HAVE_WOLFSSL_RECORD_RESERVE
+static unsigned char g_room[3 * REC];
+static size_t g_room_len, g_room_asked;
+static int g_reserves, g_commits;
+static bool g_room_refuse;
+
+static unsigned char *room_reserve(WOLFSSL *ssl, int sz, void *ctx)
+{
+    (void)ssl;
+    (void)ctx;
+    g_reserves++;
+    if (g_room_refuse || (size_t)sz > sizeof(g_room) - g_room_len)
+        return NULL;
+    g_room_asked = (size_t)sz;
+    return g_room + g_room_len;
+}
+
+static void room_commit(WOLFSSL *ssl, int sz, void *ctx)
+{
+    (void)ssl;
+    (void)ctx;
+    g_commits++;
+    cr_assert(sz > 0 && (size_t)sz <= g_room_asked, "commit %d of %zu", sz, g_room_asked);
+    g_room_len += (size_t)sz;
+}
+
+/* What the room holds goes on the wire toward the client. */
+static void room_to_wire(void)
+{
+    cr_assert_leq(g_room_len, sizeof(s2c.b) - s2c.len);
+    memcpy(s2c.b + s2c.len, g_room, g_room_len);
+    s2c.len += g_room_len;
+    g_room_len = 0;
+}
+#endif
+
+Test(wolfssl_build, record_reserve_builds_records_in_the_callers_room)
+{
+#ifndef HAVE_WOLFSSL_RECORD_RESERVE
+    cr_assert_fail("wolfSSL built without ci/patches/wolfssl-record-write-in-place.patch "
+                   "(rerun ci/setup.sh)");
+#else
+    WOLFSSL_CTX *sctx, *cctx;
+    WOLFSSL *c, *s;
+    rec_pair(&sctx, &cctx, &c, &s);
+    cr_assert_eq(wolfSSL_set_record_reserve(s, room_reserve, NULL), BAD_FUNC_ARG);
+    cr_assert_eq(wolfSSL_set_record_reserve(NULL, room_reserve, room_commit), BAD_FUNC_ARG);
+    cr_assert_eq(wolfSSL_set_record_reserve(s, room_reserve, room_commit), WOLFSSL_SUCCESS);
+
+    /* Two full records and a short one in one write: each built in the room (no output buffer
+     * grown for it, nothing through the send callback), read intact by the peer. */
+    static char b[2 * REC + 1000];
+    rec_fill(b, 0);
+    rec_fill(b + REC, 1);
+    memset(b + 2 * REC, 'z', 1000);
+    g_big_allocs = 0;
+    cr_assert_eq(wolfSSL_write(s, b, sizeof(b)), (int)sizeof(b));
+    cr_assert_eq(g_commits, 3);
+    cr_assert_eq(g_reserves, 3);
+    cr_assert_eq(s2c.len, 0, "a record went through the send callback");
+    cr_assert_eq(g_big_allocs, 0, "the output buffer was grown for a record");
+    cr_assert_gt(g_room_len, sizeof(b));
+    room_to_wire();
+    rec_read(c, 0);
+    rec_read(c, 1);
+    char tail[1000];
+    cr_assert_eq(wolfSSL_read(c, tail, sizeof(tail)), 1000);
+    cr_assert(memcmp(tail, b + 2 * REC, 1000) == 0);
+
+    /* Room refused: the record takes the output buffer and the send callback, intact. */
+    g_room_refuse = true;
+    rec_fill(b, 2);
+    cr_assert_eq(wolfSSL_write(s, b, REC), REC);
+    cr_assert_eq(g_commits, 3);
+    cr_assert_gt(s2c.len, REC);
+    rec_read(c, 2);
+
+    /* Alerts are not application data: a close_notify takes the send callback. */
+    g_room_refuse = false;
+    int reserves = g_reserves;
+    wolfSSL_shutdown(s);
+    cr_assert_eq(g_reserves, reserves);
+    cr_assert_gt(s2c.len, 0);
+    char z[8];
+    cr_assert_eq(wolfSSL_read(c, z, sizeof(z)), 0);
+    cr_assert_eq(wolfSSL_get_error(c, 0), WOLFSSL_ERROR_ZERO_RETURN);
+    cr_assert_eq(wolfSSL_SetAllocators(malloc, free, realloc), 0);
+    wolfSSL_free(c);
+    wolfSSL_free(s);
+    wolfSSL_CTX_free(cctx);
+    wolfSSL_CTX_free(sctx);
+#endif
+}

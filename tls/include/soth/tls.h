@@ -370,6 +370,20 @@ typedef int (*soth_tls_sink_fn)(void *ctx, const void *p, size_t n);
  * caller clears it (NULL) before ctx goes away while the conn lives on.
  */
 bool soth_tls_conn_set_sink(struct soth_tls_conn *c, soth_tls_sink_fn fn, void *ctx);
+/** Room for n bytes at the end of the sink's queue, or NULL (then the bytes come to the sink
+ *  fn instead). The next call on ctx is the commit. */
+typedef void *(*soth_tls_reserve_fn)(void *ctx, size_t n);
+/** The first n bytes of what the reserve gave are ciphertext to send (0: none). */
+typedef void (*soth_tls_commit_fn)(void *ctx, size_t n);
+/**
+ * With a sink set, wolfSSL builds each application data record straight into room the sink's
+ * queue lends (reserve, then commit) instead of its own output buffer: the record's one copy
+ * of the plaintext is the one encryption makes in place, and the sink fn's copy goes
+ * (docs/tls.md, "Memory I/O"). Handshake records, alerts and key updates still come to fn.
+ * A no-op with a wolfSSL without the record-reserve patch. Cleared with the sink.
+ */
+void soth_tls_conn_set_sink_room(struct soth_tls_conn *c, soth_tls_reserve_fn reserve,
+                                 soth_tls_commit_fn commit);
 /** The sink's ctx, NULL when none is set. */
 void *soth_tls_conn_sink_ctx(const struct soth_tls_conn *c);
 
