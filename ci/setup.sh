@@ -35,7 +35,7 @@ PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
     debhelper fakeroot lintian mandoc groff-base man-db systemd
     testssl.sh mitmproxy
     libnats-dev nats-server
-    tcpdump tshark
+    tcpdump tshark valgrind
     squid)
 
 missing=()

@@ -87,8 +87,9 @@ if [ "$fuzz_seconds" != 0 ] && ls fuzz/*.cmake >/dev/null 2>&1; then
     done
 fi
 # ---- perf gate (owned by bench/peers): soth-mitm reverse vs direct and vs nginx, h1
-# and h2 small over TLS, 5 interleaved repetitions of 3 s; fails on a clear regression judged as
-# a ratio to nginx measured in the same run (docs/performance.md, "Against peers").
+# and h2 small over TLS, 5 interleaved repetitions of 3 s, then instructions per request under
+# callgrind (h1 small, h2 small, 1 MiB); fails on a clear regression judged as a ratio to nginx
+# measured in the same run (docs/performance.md, "Perf gate (CI)").
 if [ "${SOTH_SKIP_PERF_GATE:-0}" != 1 ]; then
     step "perf gate (bench/peers/run.py --gate)"
     /usr/bin/python3 bench/peers/run.py --gate --build build --no-build
