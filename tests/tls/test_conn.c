@@ -426,13 +426,32 @@ static int sink_append(void *ctx, const void *p, size_t n)
     return 0;
 }
 
+/* Reads len bytes from cli out of what b holds, compares them with data and empties b. */
+static void sink_read(struct soth_tls_conn *cli, struct sink_buf *b, const unsigned char *data,
+                      size_t len)
+{
+    unsigned char *got = malloc(len);
+    cr_assert_eq(soth_tls_conn_feed(cli, b->p, b->len), 0);
+    size_t off = 0;
+    for (int guard = 0; guard < 1000 && off < len; guard++) {
+        ssize_t n = soth_tls_conn_read(cli, got + off, len - off);
+        cr_assert_gt(n, 0);
+        off += (size_t)n;
+    }
+    cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
+    cr_assert_eq(off, len);
+    cr_assert(memcmp(got, data, len) == 0, "bytes differ");
+    b->len = 0;
+    free(got);
+}
+
 Test(tls_conn, sink_takes_ciphertext_in_order_after_the_queue)
 {
     struct soth_tls_conn *cli, *srv;
     cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("sink.example.test")}, &cli, &srv),
                  0);
     size_t len = 200000;
-    unsigned char *data = malloc(len), *got = malloc(len);
+    unsigned char *data = malloc(len);
     for (size_t i = 0; i < len; i++)
         data[i] = (unsigned char)(i * 131 + 7);
     struct sink_buf b = {.p = malloc(2 * len), .cap = 2 * len};
@@ -458,16 +477,7 @@ Test(tls_conn, sink_takes_ciphertext_in_order_after_the_queue)
     cr_assert_gt(b.len, len);
 
     /* The peer reads every byte in order. */
-    cr_assert_eq(soth_tls_conn_feed(cli, b.p, b.len), 0);
-    size_t off = 0;
-    for (int guard = 0; guard < 1000 && off < len; guard++) {
-        ssize_t r = soth_tls_conn_read(cli, got + off, len - off);
-        cr_assert_gt(r, 0);
-        off += (size_t)r;
-    }
-    cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
-    cr_assert_eq(off, len);
-    cr_assert(memcmp(got, data, len) == 0);
+    sink_read(cli, &b, data, len);
 
     /* Cleared: queued again. */
     cr_assert(soth_tls_conn_set_sink(srv, NULL, NULL));
@@ -482,7 +492,6 @@ Test(tls_conn, sink_takes_ciphertext_in_order_after_the_queue)
     cr_assert_lt(soth_tls_conn_write(srv, data, 100), 0);
     free(b.p);
     free(data);
-    free(got);
     pair_free(cli, srv);
 }
 
@@ -518,25 +527,6 @@ static int room_sink(void *ctx, const void *p, size_t n)
     return sink_append(&((struct room_buf *)ctx)->b, p, n);
 }
 
-/* Reads len bytes from cli out of what r holds and compares them with data. */
-static void room_read(struct soth_tls_conn *cli, struct room_buf *r, const unsigned char *data,
-                      size_t len)
-{
-    unsigned char *got = malloc(len);
-    cr_assert_eq(soth_tls_conn_feed(cli, r->b.p, r->b.len), 0);
-    size_t off = 0;
-    for (int guard = 0; guard < 1000 && off < len; guard++) {
-        ssize_t n = soth_tls_conn_read(cli, got + off, len - off);
-        cr_assert_gt(n, 0);
-        off += (size_t)n;
-    }
-    cr_assert_eq(soth_tls_conn_feed_done(cli), 0);
-    cr_assert_eq(off, len);
-    cr_assert(memcmp(got, data, len) == 0, "bytes differ");
-    r->b.len = 0;
-    free(got);
-}
-
 Test(tls_conn, records_built_in_the_sinks_room)
 {
 #ifndef HAVE_WOLFSSL_RECORD_RESERVE
@@ -562,14 +552,14 @@ Test(tls_conn, records_built_in_the_sinks_room)
     cr_assert_eq(r.b.calls, 0, "a record went through the sink fn");
     cr_assert_eq(soth_tls_conn_out_pending(srv), 0);
     cr_assert_gt(r.b.len, len);
-    room_read(cli, &r, data, len);
+    sink_read(cli, &r.b, data, len);
 
     /* Room refused: the same bytes come through the sink fn instead. */
     r.refuse = true;
     cr_assert_eq(soth_tls_conn_write(srv, data, 20000), 20000);
     cr_assert_eq(r.commits, (len + 16383) / 16384, "a refused reserve was committed");
     cr_assert_eq(r.b.calls, 2);
-    room_read(cli, &r, data, 20000);
+    sink_read(cli, &r.b, data, 20000);
 
     /* A close_notify is not application data: the sink fn takes it. */
     r.refuse = false;

@@ -599,6 +599,16 @@ static void rec_pair(WOLFSSL_CTX **sctx, WOLFSSL_CTX **cctx, WOLFSSL **c, WOLFSS
     mem_say(*s, *c, "ready"); /* the client also takes the NewSessionTicket */
 }
 
+/* Undo rec_pair: wolfSSL's allocators back to the plain ones, then both ends freed. */
+static void rec_pair_free(WOLFSSL_CTX *sctx, WOLFSSL_CTX *cctx, WOLFSSL *c, WOLFSSL *s)
+{
+    cr_assert_eq(wolfSSL_SetAllocators(malloc, free, realloc), 0);
+    wolfSSL_free(c);
+    wolfSSL_free(s);
+    wolfSSL_CTX_free(cctx);
+    wolfSSL_CTX_free(sctx);
+}
+
 /* c has read everything that arrived. */
 static void rec_drained(WOLFSSL *c)
 {
@@ -743,11 +753,7 @@ Test(wolfssl_build, read_in_place_lends_the_plaintext_until_the_next_read)
     cr_assert_eq(wolfSSL_read_in_place(NULL, &z, REC), BAD_FUNC_ARG);
     cr_assert_eq(wolfSSL_read_in_place(c, NULL, REC), BAD_FUNC_ARG);
     cr_assert_eq(g_marked_free, 0, "%d freed blocks held the plaintext", g_marked_free);
-    cr_assert_eq(wolfSSL_SetAllocators(malloc, free, realloc), 0);
-    wolfSSL_free(c);
-    wolfSSL_free(s);
-    wolfSSL_CTX_free(cctx);
-    wolfSSL_CTX_free(sctx);
+    rec_pair_free(sctx, cctx, c, s);
 #endif
 }
 
@@ -844,10 +850,6 @@ Test(wolfssl_build, record_reserve_builds_records_in_the_callers_room)
     char z[8];
     cr_assert_eq(wolfSSL_read(c, z, sizeof(z)), 0);
     cr_assert_eq(wolfSSL_get_error(c, 0), WOLFSSL_ERROR_ZERO_RETURN);
-    cr_assert_eq(wolfSSL_SetAllocators(malloc, free, realloc), 0);
-    wolfSSL_free(c);
-    wolfSSL_free(s);
-    wolfSSL_CTX_free(cctx);
-    wolfSSL_CTX_free(sctx);
+    rec_pair_free(sctx, cctx, c, s);
 #endif
 }
