@@ -120,18 +120,35 @@ bool conn_queue_front_copy(struct seg_pool *p, struct conn *c, const char *s, si
     return true;
 }
 
+/* The end of c's last owned chunk when bytes may still go there (not being sent), with the
+ * room it has in *room; NULL (room 0) otherwise. */
+static char *tail_room(const struct conn *c, size_t *room)
+{
+    const struct seg *last = c->q_last;
+    *room = 0;
+    if (last == NULL || last->bid != SEG_CHUNK || c->send_inflight)
+        return NULL;
+    *room = SOTH_CHUNK_SIZE - last->off - last->len;
+    return last->base + last->off + last->len;
+}
+
+/* n bytes written at tail_room's end are queued. */
+static void tail_grow(struct conn *c, size_t n)
+{
+    c->q_last->len += (uint32_t)n;
+    c->q_bytes += n;
+}
+
 bool conn_queue_copy(struct seg_pool *p, struct conn *c, const char *src, size_t len)
 {
     while (len > 0) {
-        struct seg *last = c->q_last;
+        size_t room;
+        char *end = tail_room(c, &room);
         /* Append to the last owned chunk when it has room and is not being sent. */
-        if (last && last->bid == SEG_CHUNK && !c->send_inflight &&
-            last->off + last->len < SOTH_CHUNK_SIZE) {
-            size_t room = SOTH_CHUNK_SIZE - last->off - last->len;
+        if (room > 0) {
             size_t n = len < room ? len : room;
-            memcpy(last->base + last->off + last->len, src, n);
-            last->len += (uint32_t)n;
-            c->q_bytes += n;
+            memcpy(end, src, n);
+            tail_grow(c, n);
             src += n;
             len -= n;
             continue;
@@ -151,10 +168,10 @@ bool conn_queue_copy(struct seg_pool *p, struct conn *c, const char *src, size_t
 char *conn_reserve(struct seg_pool *p, struct conn *c, size_t len)
 {
     SOTH_BUG_ON(p->reserved != NULL);
-    struct seg *last = c->q_last;
-    if (last && last->bid == SEG_CHUNK && !c->send_inflight &&
-        last->off + last->len + len <= SOTH_CHUNK_SIZE)
-        return last->base + last->off + last->len;
+    size_t room;
+    char *end = tail_room(c, &room);
+    if (end != NULL && len <= room)
+        return end;
     if (len > SOTH_CHUNK_SIZE || (p->reserved = chunk_get(p->io)) == NULL)
         return NULL;
     return p->reserved;
@@ -164,15 +181,12 @@ void conn_commit(struct seg_pool *p, struct conn *c, size_t len)
 {
     char *ch = p->reserved;
     p->reserved = NULL;
-    if (ch != NULL) {
-        if (len > 0)
-            conn_queue(p, c, ch, 0, (uint32_t)len, SEG_CHUNK);
-        else
-            chunk_put(p->io, ch);
-        return;
-    }
-    c->q_last->len += (uint32_t)len;
-    c->q_bytes += len;
+    if (ch == NULL)
+        tail_grow(c, len);
+    else if (len > 0)
+        conn_queue(p, c, ch, 0, (uint32_t)len, SEG_CHUNK);
+    else
+        chunk_put(p->io, ch);
 }
 
 void conn_submit_shutdown(struct worker *w, struct flow *f, unsigned side)

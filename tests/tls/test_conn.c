@@ -201,15 +201,22 @@ Test(tls_conn, byte_by_byte_feeding_and_remainder_copy)
     pair_free(cli, srv);
 }
 
+/* len bytes of a pattern no two neighbouring records share (malloc'ed). */
+static unsigned char *pattern_bytes(size_t len)
+{
+    unsigned char *data = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        data[i] = (unsigned char)(i * 131 + 7);
+    return data;
+}
+
 Test(tls_conn, large_write_is_queued_whole_and_stays_in_place)
 {
     struct soth_tls_conn *cli, *srv;
     cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("big.example.test")}, &cli, &srv),
                  0);
     size_t len = 1u << 20;
-    unsigned char *data = malloc(len), *got = malloc(len);
-    for (size_t i = 0; i < len; i++)
-        data[i] = (unsigned char)(i * 131 + 7);
+    unsigned char *data = pattern_bytes(len), *got = malloc(len);
     cr_assert_eq(soth_tls_conn_write(srv, data, len), (ssize_t)len);
     size_t pending = soth_tls_conn_out_pending(srv);
     cr_assert_gt(pending, len);
@@ -451,9 +458,7 @@ Test(tls_conn, sink_takes_ciphertext_in_order_after_the_queue)
     cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("sink.example.test")}, &cli, &srv),
                  0);
     size_t len = 200000;
-    unsigned char *data = malloc(len);
-    for (size_t i = 0; i < len; i++)
-        data[i] = (unsigned char)(i * 131 + 7);
+    unsigned char *data = pattern_bytes(len);
     struct sink_buf b = {.p = malloc(2 * len), .cap = 2 * len};
 
     /* Ciphertext still queued: no sink yet (it would overtake what is queued). */
@@ -537,9 +542,7 @@ Test(tls_conn, records_built_in_the_sinks_room)
     cr_assert_eq(pair_open((struct pair_spec){.up = SOTH_IOV_LIT("room.example.test")}, &cli, &srv),
                  0);
     size_t len = 100000;
-    unsigned char *data = malloc(len);
-    for (size_t i = 0; i < len; i++)
-        data[i] = (unsigned char)(i * 131 + 7);
+    unsigned char *data = pattern_bytes(len);
     struct room_buf r = {.b = {.p = malloc(2 * len), .cap = 2 * len}};
     cr_assert(soth_tls_conn_set_sink(srv, room_sink, &r));
     soth_tls_conn_set_sink_room(srv, room_reserve, room_commit);
