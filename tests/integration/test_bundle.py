@@ -187,6 +187,26 @@ class BundleDecisionTests(BundleBase):
                           ("nothing.test", "intercept"), ("origin.test", "intercept")])
         self.assertEqual(eff["resolve"]["origin.test"], "127.0.0.1")  # the rest is the file's
 
+    def test_rule_ids_of_several_hosts_fit_the_config(self):
+        # A rule with n host patterns compiles to ids "<id>#1".."<id>#n", which the config
+        # loader takes only up to 128 bytes: the longest id that fits loads, one byte more is
+        # refused by the bundle, not by the loader after it (found by fuzz_bundle).
+        def check(rid):
+            path = self.write_bundle({"bundle_version": 1, "rules": [
+                {"id": rid, "hosts": ["a.test", "b.test"], "action": "block"}]}, "ids.json")
+            return subprocess.run([PROXY_BIN, "--listen", "127.0.0.1:0", "--check-bundle", path],
+                                  capture_output=True, timeout=30)
+        out = check("r" * 126)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual([r["id"] for r in json.loads(out.stdout)["policy"]["rules"]],
+                         ["r" * 126 + "#1", "r" * 126 + "#2"])
+        out = check("r" * 127)
+        self.assertEqual(out.returncode, 2)
+        self.assertEqual(out.stderr.decode(),
+                         'bundle: rules[0].id: with 2 host patterns the compiled rule ids '
+                         '("<id>#2") are over 128 bytes: shorten the id\n')
+        self.assertEqual(out.stdout, b"")
+
     def test_bad_bundle_at_startup_exits_2(self):
         path = self.write_bundle(BAD, "bad.json")
         for args in (["--bundle", path], ["--check-bundle", path]):
