@@ -6,7 +6,10 @@
  * sessions and the source of both data providers. Request/response heads are collected per
  * leg (a header block is contiguous on its connection, RFC 9113 4.3, so one collector per
  * leg suffices), checked against max_header_list_size (nghttp2 1.52 does not enforce it on
- * receive), then submitted on the other leg (nghttp2 copies them).
+ * receive), then submitted on the other leg. A request or response head is lent to nghttp2
+ * rather than copied (NGHTTP2_NV_FLAG_NO_COPY_*): the collector's bytes go with the HEADERS
+ * frame until nghttp2 reports it sent or dropped, and the collector starts a new buffer
+ * (struct lent below).
  *
  * Flow control (nghttpx's pattern): both sessions run with no_auto_window_update. DATA is
  * copied into the slot's chunk list; the other leg's data provider hands it out with
@@ -64,8 +67,9 @@ struct hfield {
 };
 
 struct hblock {
-    char *bytes;
+    char *bytes; /* a struct lent, then the fields' bytes from LENT_HDR on */
     size_t len, cap;
+    size_t hint; /* capacity to start the next buffer with (a lent one's use) */
     struct hfield *f;
     size_t n, fcap;
     nghttp2_nv *nv; /* built at the end of the block */
@@ -75,6 +79,18 @@ struct hblock {
     size_t list_size; /* RFC 9113 size: name + value + 32 per field */
     bool over;        /* list_size went over max_header_list_size */
 };
+
+/* A head's bytes lent to nghttp2 with the HEADERS frame submitted from them: nghttp2 keeps
+ * pointers into them (NGHTTP2_NV_FLAG_NO_COPY_*) until it has serialized the frame, so they
+ * stay on the sending leg's list until on_frame_send / on_frame_not_send names a frame whose
+ * first field lies in them, or the relay is freed (nghttp2_session_del frees queued frames
+ * without callbacks). The header sits at the start of the collector's buffer. */
+struct lent {
+    struct lent *next;
+    size_t cap; /* bytes of the whole buffer, header included */
+};
+#define LENT_HDR        sizeof(struct lent)
+#define LENT_FIRST_HINT 512 /* a first head's buffer; grown by doubling */
 
 /* A finished block: views into the hblock arrays. */
 struct hview {
@@ -188,6 +204,7 @@ struct leg {
     bool goaway_recv;     /* the peer sent GOAWAY */
     bool held;            /* soth_h2_relay_hold: flush leaves this leg's output alone */
     struct hblock hb;
+    struct lent *lent; /* heads lent to this leg's session, not yet sent or dropped */
     size_t out_len;
     char *out; /* coalesced output for cbs.out (OUT_CAP bytes): when lent, only while out_len > 0 */
 };
@@ -389,7 +406,7 @@ static size_t cbuf_drop(struct soth_h2_relay *r, struct cbuf *b)
 
 static void hb_reset(struct hblock *hb)
 {
-    hb->len = 0;
+    hb->len = LENT_HDR;
     hb->n = 0;
     hb->list_size = 0;
     hb->over = false;
@@ -402,6 +419,59 @@ static void hb_free(struct soth_h2_relay *r, struct hblock *hb)
     rfree(r, hb->nv);
     rfree(r, hb->hdr);
     memset(hb, 0, sizeof(*hb));
+}
+
+/* Mark v's fields as lent: every name, and every value still in hb's bytes (a rewritten
+ * Alt-Svc value lives in r->alt, reused by the next response, and is copied). Names came
+ * through nghttp2's receive checks, lowercase, as NO_COPY_NAME requires. */
+static void nv_lend(const struct hblock *hb, struct hview *v)
+{
+    uintptr_t lo = (uintptr_t)hb->bytes, hi = lo + hb->len;
+    for (size_t i = 0; i < v->n; i++) {
+        nghttp2_nv *nv = &v->nv[i];
+        nv->flags |= NGHTTP2_NV_FLAG_NO_COPY_NAME;
+        if ((uintptr_t)nv->value >= lo && (uintptr_t)nv->value < hi)
+            nv->flags |= NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    }
+}
+
+/* The HEADERS frame built from hb was submitted on leg `to`: its bytes go to that leg's lent
+ * list, and hb starts a new buffer with its next block. */
+static void hb_lend(struct hblock *hb, struct leg *to)
+{
+    struct lent *b = (struct lent *)(void *)hb->bytes;
+    b->cap = hb->cap;
+    b->next = to->lent;
+    to->lent = b;
+    hb->hint = hb->len;
+    hb->bytes = NULL;
+    hb->cap = 0;
+}
+
+/* nghttp2 is done with a HEADERS frame on l (sent or dropped): give back the lent bytes its
+ * first field points into, if it came from a lent head. */
+static void lent_done(struct soth_h2_relay *r, struct leg *l, const nghttp2_frame *frame)
+{
+    if (l->lent == NULL || frame->headers.nvlen == 0)
+        return;
+    uintptr_t p = (uintptr_t)frame->headers.nva[0].name;
+    for (struct lent **pp = &l->lent; *pp != NULL; pp = &(*pp)->next) {
+        struct lent *b = *pp;
+        if (p >= (uintptr_t)b && p < (uintptr_t)b + b->cap) {
+            *pp = b->next;
+            rfree(r, b);
+            return;
+        }
+    }
+}
+
+static void lent_free_all(struct soth_h2_relay *r, struct leg *l)
+{
+    while (l->lent != NULL) {
+        struct lent *b = l->lent;
+        l->lent = b->next;
+        rfree(r, b);
+    }
 }
 
 static int hb_add(struct soth_h2_relay *r, struct hblock *hb, const uint8_t *name, size_t nlen,
@@ -417,7 +487,20 @@ static int hb_add(struct soth_h2_relay *r, struct hblock *hb, const uint8_t *nam
         return 0;
     }
     /* list_size <= limit bounds both arrays: bytes <= limit, fields <= limit / 32. */
-    int rc = grow(r, (void **)&hb->bytes, &hb->cap, hb->len + nlen + vlen, 1, limit);
+    int rc = 0;
+    if (hb->bytes == NULL) {
+        /* The last buffer was lent: start the next one at the size that one used. */
+        size_t n = hb->hint > LENT_FIRST_HINT ? hb->hint : LENT_FIRST_HINT;
+        if (n < hb->len + nlen + vlen)
+            n = hb->len + nlen + vlen;
+        if (n > limit + LENT_HDR)
+            n = limit + LENT_HDR;
+        hb->bytes = ralloc(r, n);
+        if (hb->bytes == NULL)
+            return SOTH_E_NOMEM;
+        hb->cap = n;
+    }
+    rc = grow(r, (void **)&hb->bytes, &hb->cap, hb->len + nlen + vlen, 1, limit + LENT_HDR);
     if (rc == 0)
         rc = grow(r, (void **)&hb->f, &hb->fcap, hb->n + 1, sizeof(*hb->f),
                   limit / HEADER_FIELD_OVERHEAD + 1);
@@ -505,9 +588,9 @@ static int hb_finish(struct soth_h2_relay *r, struct hblock *hb, struct hview *v
  * strip_h3_alt_svc (docs/http3.md, "Forcing clients back to TCP"): v's nv array, what is
  * relayed, loses the HTTP/3 entries of its Alt-Svc fields (soth_alt_svc_strip), and a field
  * left without entries is dropped; v->hdr, what the callback reports, stays as received. The
- * new values go to r->alt, grown per connection and kept (nghttp2 copies the nv array when the
- * head is submitted). removed[0 .. max) gets the removed entries (iovs into the block).
- * Returns how many entries were removed in all, or SOTH_E_NOMEM.
+ * new values go to r->alt, grown per connection and kept (nghttp2 copies them when the head is
+ * submitted: nv_lend lends only what lies in the block). removed[0 .. max) gets the removed entries
+ * (iovs into the block). Returns how many entries were removed in all, or SOTH_E_NOMEM.
  */
 static ssize_t alt_svc_strip(struct soth_h2_relay *r, struct hview *v, struct soth_iov *removed,
                              size_t max)
@@ -1038,8 +1121,11 @@ static void request_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_f
         return;
     }
     nghttp2_data_provider prov = {.source.ptr = s, .read_callback = read_body};
-    int32_t uid =
-        nghttp2_submit_request(r->leg[SOTH_LEG_UPSTREAM].s, NULL, v.nv, v.n, end ? NULL : &prov, s);
+    struct leg *u = &r->leg[SOTH_LEG_UPSTREAM];
+    nv_lend(&l->hb, &v);
+    int32_t uid = nghttp2_submit_request(u->s, NULL, v.nv, v.n, end ? NULL : &prov, s);
+    if (uid >= 0)
+        hb_lend(&l->hb, u);
     if (uid < 0) {
         s->f |= S_REFUSED;
         drop_request(r, s);
@@ -1086,10 +1172,13 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
         answer_client(r, s, nv_502, SOTH_ARRAY_LEN(nv_502), NGHTTP2_INTERNAL_ERROR);
         return;
     }
+    nv_lend(&l->hb, &v);
     if (status >= 100 && status < 200) {
         /* Interim response (100-continue, 103): relayed as is, not reported. */
         if (nghttp2_submit_headers(c->s, NGHTTP2_FLAG_NONE, s->cid, NULL, v.nv, v.n, NULL) < 0)
             r->nomem = true;
+        else
+            hb_lend(&l->hb, c);
         return;
     }
     s->f |= S_FINAL_RECV;
@@ -1112,6 +1201,7 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
         rst_client(r, s, NGHTTP2_INTERNAL_ERROR);
         return;
     }
+    hb_lend(&l->hb, c);
     s->f |= S_RESP_HEAD;
 }
 
@@ -1416,28 +1506,26 @@ static bool is_interim(const nghttp2_frame *frame)
            memcmp(h->nva[0].name, ":status", 7) == 0 && h->nva[0].value[0] == '1';
 }
 
-static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
+static void frame_sent(struct leg *l, const nghttp2_frame *frame)
 {
-    struct leg *l = ud;
     struct soth_h2_relay *r = l->r;
-    (void)session;
     if (frame->hd.type == NGHTTP2_GOAWAY) {
         if (frame->goaway.error_code == NGHTTP2_NO_ERROR && l->goaway_ours > 0) {
             l->goaway_ours--;
-            return 0;
+            return;
         }
         /* The terminating GOAWAY (nghttp2's answer to a connection error, or ours after a
          * fatal feed): pump emits its bytes, then the leg is finished. */
         l->term_sent = true;
         l->failed = true;
-        return 0;
+        return;
     }
     if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
         l->side != SOTH_LEG_CLIENT)
-        return 0;
+        return;
     struct h2s *s = stream_of(l, frame->hd.stream_id);
     if (s == NULL)
-        return 0;
+        return;
     if (frame->hd.type == NGHTTP2_HEADERS && (s->f & S_RESP_HEAD) && !(s->f & S_RESP_HEAD_OUT) &&
         !is_interim(frame)) {
         s->f |= S_RESP_HEAD_OUT;
@@ -1445,15 +1533,24 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
             s->f &= ~S_RST_PENDING;
             if (nghttp2_submit_rst_stream(l->s, NGHTTP2_FLAG_NONE, s->cid, s->rst_pending) != 0)
                 r->nomem = true;
-            return 0;
+            return;
         }
     }
     if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
-        return 0;
+        return;
     s->f |= S_RESP_DONE;
     set_outcome(s, SOTH_H2_COMPLETE, 0, "complete");
     if ((s->f & S_RST_AFTER_RESP) && !(s->f & S_REQ_EOF))
         rst_client(r, s, NGHTTP2_NO_ERROR);
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
+{
+    struct leg *l = ud;
+    (void)session;
+    frame_sent(l, frame);
+    if (frame->hd.type == NGHTTP2_HEADERS)
+        lent_done(l->r, l, frame); /* after frame_sent: is_interim reads the fields */
     return 0;
 }
 
@@ -1463,6 +1560,8 @@ static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *fram
     struct leg *l = ud;
     (void)session;
     (void)lib_error;
+    if (frame->hd.type == NGHTTP2_HEADERS)
+        lent_done(l->r, l, frame); /* the frame was never serialized */
     /* A queued request that never left (GOAWAY received, or cancelled by our RST_STREAM):
      * nghttp2 never opened the stream, so on_stream_close will not come. */
     if (l->side != SOTH_LEG_UPSTREAM || frame->hd.type != NGHTTP2_HEADERS ||
@@ -1631,6 +1730,7 @@ void soth_h2_relay_free(struct soth_h2_relay *r)
         if (r->leg[i].s != NULL)
             nghttp2_session_del(r->leg[i].s);
         hb_free(r, &r->leg[i].hb);
+        lent_free_all(r, &r->leg[i]);
         if (r->leg[i].out != NULL) {
             if (r->lend)
                 r->cbs.buf_put(r->cbs.ctx, r->leg[i].out, OUT_CAP);

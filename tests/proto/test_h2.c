@@ -614,6 +614,8 @@ static void origin_respond(struct harness *h, nghttp2_session *s, struct ostream
         cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, &prov), 0);
     } else if (strncmp(p, "/get?n=", 7) == 0) {
         o->gen_len = strtoul(p + 7, NULL, 10);
+        if (strstr(p, "&tag=") != NULL)
+            nv[n++] = NV("x-path", p); /* heads_waiting_to_be_sent_arrive_intact */
         cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, o->gen_len ? &prov : NULL), 0);
     } else if (strncmp(p, "/rst?code=", 10) == 0) {
         cr_assert_eq(nghttp2_submit_rst_stream(s, 0, o->sid, (uint32_t)atoi(p + 10)), 0);
@@ -2052,6 +2054,62 @@ Test(h2_relay, hold_applies_backpressure)
     pump(h);
     cr_assert_eq(a->resp_body.len, 1048576);
     cr_assert_eq(rec_of(a->sid)->end.outcome, SOTH_H2_COMPLETE);
+    h_free(h);
+}
+
+/* Heads are lent to nghttp2, not copied (docs/http2.md, "Memory"): request heads that wait
+ * in the upstream session's queue (the origin takes one stream at a time) and response heads
+ * that wait behind a held client leg must reach the other side intact while the collectors
+ * they were built in go on to the next blocks. */
+Test(h2_relay, heads_waiting_to_be_sent_arrive_intact)
+{
+    enum { N = 24 };
+    static char paths[N][64], vals[N][256];
+    static nghttp2_nv extra[N];
+    struct harness *h = &HS;
+    h_init(h);
+    h->corpus_name = "heads-waiting";
+    h->origin_max_streams = 1;
+    h_start(h);
+    struct xchg *x[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(paths[i], sizeof(paths[i]), "/get?n=%d&tag=%0*d", 10 + i, 1 + i % 7, i);
+        size_t vl = 10 + (size_t)i * 9;
+        memset(vals[i], 'a' + i, vl);
+        extra[i] = (nghttp2_nv){(uint8_t *)"x-tag", (uint8_t *)vals[i], 5, vl, 0};
+        x[i] = ua_submit(h, "GET", paths[i], 0);
+        x[i]->extra = &extra[i];
+        x[i]->n_extra = 1;
+        ua_send(h, x[i]);
+    }
+    soth_h2_relay_hold(h->r, SOTH_LEG_CLIENT, true);
+    pump(h);
+    struct bytes want = {0};
+    for (int i = 0; i < N; i++) {
+        struct ostream *o = os_find_path(h, paths[i]);
+        cr_assert_not_null(o, "the origin never got %s", paths[i]);
+        want.len = 0;
+        b_printf(&want,
+                 ":method: GET\n:scheme: https\n:authority: origin.test\n:path: %s\n"
+                 "user-agent: soth-test/1\nx-a: 1\ncookie: a=b\nx-b: 2\nx-tag: %.*s\n",
+                 paths[i], (int)(10 + i * 9), vals[i]);
+        cr_assert(b_eq(&o->req_hdrs, &want), "request %d arrived as\n%.*s", i, (int)o->req_hdrs.len,
+                  o->req_hdrs.p);
+    }
+    cr_assert(soth_h2_relay_want_write(h->r, SOTH_LEG_CLIENT), "responses wait for the client");
+    soth_h2_relay_hold(h->r, SOTH_LEG_CLIENT, false);
+    pump(h);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(x[i]->status, 200);
+        cr_assert_eq(x[i]->resp_body.len, (size_t)(10 + i));
+        want.len = 0;
+        b_printf(&want, "x-path: %s", paths[i]);
+        b_add(&want, "", 1);
+        cr_assert(has_line(&x[i]->resp_hdrs, want.p), "response %d: %.*s", i,
+                  (int)x[i]->resp_hdrs.len, x[i]->resp_hdrs.p);
+        cr_assert_eq(rec_of(x[i]->sid)->end.outcome, SOTH_H2_COMPLETE);
+    }
+    b_free(&want);
     h_free(h);
 }
 
