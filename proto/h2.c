@@ -43,6 +43,7 @@
 #define H2_MAX_WINDOW         ((1u << 31) - 1)
 #define H2_DEFAULT_WINDOW     65535u /* RFC 9113 6.9.2: in force until SETTINGS are acked */
 #define HEADER_FIELD_OVERHEAD 32     /* RFC 9113 6.5.2 */
+#define HPACK_TABLE           4096u /* RFC 9113 6.5.2: SETTINGS_HEADER_TABLE_SIZE's initial value */
 
 /* ---- body buffers: per-stream lists of fixed chunks from a per-relay free list */
 
@@ -1637,7 +1638,7 @@ static int leg_init(struct soth_h2_relay *r, enum soth_leg side)
     if (rc != 0)
         return SOTH_E_NOMEM;
 
-    nghttp2_settings_entry iv[5];
+    nghttp2_settings_entry iv[6];
     size_t n = 0;
     iv[n++] =
         (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, set->max_header_list_size};
@@ -1649,6 +1650,11 @@ static int leg_init(struct soth_h2_relay *r, enum soth_leg side)
     } else {
         iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
         iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 0};
+        /* The protocol's default, said out loud (docs/http2.md, "Limits and protections"): nginx
+         * answers any SETTINGS_HEADER_TABLE_SIZE by shrinking its encoder's table to 0 (it inserts
+         * every response field and never refers to one), so our decoder stops storing and
+         * evicting them. Other servers see no change. */
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, HPACK_TABLE};
     }
     if (nghttp2_submit_settings(l->s, NGHTTP2_FLAG_NONE, iv, n) != 0)
         return SOTH_E_NOMEM;

@@ -219,8 +219,9 @@ struct harness {
     size_t ua_rate, origin_rate; /* bytes consumed per round with manual windows, 0 auto */
     uint32_t ua_window, origin_window, origin_max_streams;
     bool origin_connect_proto;
-    int out_fail;       /* return this from out when != 0 */
-    ssize_t feed_rc[2]; /* last negative feed result */
+    int64_t origin_table_setting; /* SETTINGS_HEADER_TABLE_SIZE the relay sent the origin, or -1 */
+    int out_fail;                 /* return this from out when != 0 */
+    ssize_t feed_rc[2];           /* last negative feed result */
     /* UA connection-level observations */
     bool ua_goaway;
     uint32_t ua_goaway_code;
@@ -693,6 +694,11 @@ static int origin_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud)
                 nghttp2_session_resume_data(s, o->sid);
         }
         break;
+    case NGHTTP2_SETTINGS:
+        for (size_t i = 0; i < f->settings.niv; i++)
+            if (f->settings.iv[i].settings_id == NGHTTP2_SETTINGS_HEADER_TABLE_SIZE)
+                h->origin_table_setting = f->settings.iv[i].value;
+        break;
     case NGHTTP2_RST_STREAM:
         /* also for streams the origin already closed: find it by id */
         for (o = h->os; o != NULL; o = o->next)
@@ -781,6 +787,7 @@ static void h_init(struct harness *h)
     memset(h, 0, sizeof(*h));
     h->split_at[0] = h->split_at[1] = SIZE_MAX;
     h->mem.fail_after = -1;
+    h->origin_table_setting = -1;
     h->memhook = (struct soth_h2_mem){&h->mem, c_malloc, c_free, c_calloc, c_realloc};
     H = h;
 }
@@ -2054,6 +2061,21 @@ Test(h2_relay, hold_applies_backpressure)
     pump(h);
     cr_assert_eq(a->resp_body.len, 1048576);
     cr_assert_eq(rec_of(a->sid)->end.outcome, SOTH_H2_COMPLETE);
+    h_free(h);
+}
+
+/* docs/http2.md, "Limits and protections": the upstream leg states the protocol's default header
+ * table size (4096) outright, which nginx answers by no longer inserting its response fields into
+ * our decoder's table; every other server sees the value it assumed anyway. */
+Test(h2_relay, upstream_settings_state_the_header_table_size)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *x = ua_get(h, "/get?n=3");
+    pump(h);
+    cr_assert_eq(x->status, 200);
+    cr_assert_eq(h->origin_table_setting, 4096);
     h_free(h);
 }
 
