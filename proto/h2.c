@@ -205,6 +205,7 @@ struct leg {
     bool goaway_recv;     /* the peer sent GOAWAY */
     bool held;            /* soth_h2_relay_hold: flush leaves this leg's output alone */
     struct hblock hb;
+    bool hb_on;        /* the block being received is on a stream we relay: collect it */
     struct lent *lent; /* heads lent to this leg's session, not yet sent or dropped */
     size_t out_len;
     char *out; /* coalesced output for cbs.out (OUT_CAP bytes): when lent, only while out_len > 0 */
@@ -1023,8 +1024,12 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     struct soth_h2_relay *r = l->r;
     (void)session;
     hb_reset(&l->hb);
-    if (l->side != SOTH_LEG_CLIENT || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (l->side != SOTH_LEG_CLIENT || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        /* A block is contiguous (RFC 9113 4.3): its stream is looked up once, not per field. */
+        l->hb_on = stream_of(l, frame->hd.stream_id) != NULL;
         return 0;
+    }
+    l->hb_on = false;
     struct h2s *s = NULL;
     if (!r->refuse_new && r->leg[SOTH_LEG_UPSTREAM].st == LEG_LIVE)
         s = slot_new(r);
@@ -1041,6 +1046,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     r->st.streams_total++;
     if (nghttp2_session_set_stream_user_data(l->s, s->cid, s) != 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
+    l->hb_on = true;
     return 0;
 }
 
@@ -1049,7 +1055,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 {
     struct leg *l = ud;
     (void)session;
-    if (stream_of(l, frame->hd.stream_id) == NULL)
+    (void)frame;
+    if (!l->hb_on)
         return 0;
     int rc = hb_add(l->r, &l->hb, name, namelen, value, valuelen, flags);
     if (rc < 0) {
