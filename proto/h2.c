@@ -205,8 +205,9 @@ struct leg {
     bool goaway_recv;     /* the peer sent GOAWAY */
     bool held;            /* soth_h2_relay_hold: flush leaves this leg's output alone */
     struct hblock hb;
-    bool hb_on;        /* the block being received is on a stream we relay: collect it */
-    struct lent *lent; /* heads lent to this leg's session, not yet sent or dropped */
+    bool hb_on;             /* the block being received is on a stream we relay: collect it */
+    struct lent *lent;      /* heads lent to this leg's session, not yet sent or dropped, */
+    struct lent **lent_end; /* oldest first (frames leave in that order): &last->next */
     size_t out_len;
     char *out; /* coalesced output for cbs.out (OUT_CAP bytes): when lent, only while out_len > 0 */
 };
@@ -443,8 +444,9 @@ static void hb_lend(struct hblock *hb, struct leg *to)
 {
     struct lent *b = (struct lent *)(void *)hb->bytes;
     b->cap = hb->cap;
-    b->next = to->lent;
-    to->lent = b;
+    b->next = NULL;
+    *to->lent_end = b;
+    to->lent_end = &b->next;
     hb->hint = hb->len;
     hb->bytes = NULL;
     hb->cap = 0;
@@ -454,13 +456,17 @@ static void hb_lend(struct hblock *hb, struct leg *to)
  * first field points into, if it came from a lent head. */
 static void lent_done(struct soth_h2_relay *r, struct leg *l, const nghttp2_frame *frame)
 {
-    if (l->lent == NULL || frame->headers.nvlen == 0)
+    /* A lent head starts with a pseudo-header; trailers (copied) do not. */
+    if (l->lent == NULL || frame->headers.nvlen == 0 || frame->headers.nva[0].namelen == 0 ||
+        frame->headers.nva[0].name[0] != ':')
         return;
     uintptr_t p = (uintptr_t)frame->headers.nva[0].name;
     for (struct lent **pp = &l->lent; *pp != NULL; pp = &(*pp)->next) {
         struct lent *b = *pp;
         if (p >= (uintptr_t)b && p < (uintptr_t)b + b->cap) {
             *pp = b->next;
+            if (l->lent_end == &b->next)
+                l->lent_end = pp;
             rfree(r, b);
             return;
         }
@@ -474,6 +480,7 @@ static void lent_free_all(struct soth_h2_relay *r, struct leg *l)
         l->lent = b->next;
         rfree(r, b);
     }
+    l->lent_end = &l->lent;
 }
 
 static int hb_add(struct soth_h2_relay *r, struct hblock *hb, const uint8_t *name, size_t nlen,
@@ -1180,15 +1187,15 @@ static void response_head(struct soth_h2_relay *r, struct h2s *s, const nghttp2_
         answer_client(r, s, nv_502, SOTH_ARRAY_LEN(nv_502), NGHTTP2_INTERNAL_ERROR);
         return;
     }
-    nv_lend(&l->hb, &v);
     if (status >= 100 && status < 200) {
-        /* Interim response (100-continue, 103): relayed as is, not reported. */
+        /* Interim response (100-continue, 103): relayed as is, not reported. Copied, not
+         * lent: an origin may send any number of them while the client leg is held, and a
+         * copy is their size where a lent buffer is at least LENT_FIRST_HINT. */
         if (nghttp2_submit_headers(c->s, NGHTTP2_FLAG_NONE, s->cid, NULL, v.nv, v.n, NULL) < 0)
             r->nomem = true;
-        else
-            hb_lend(&l->hb, c);
         return;
     }
+    nv_lend(&l->hb, &v);
     s->f |= S_FINAL_RECV;
     if (r->cbs.on_response_head != NULL) {
         struct soth_h2_response resp = {
@@ -1605,6 +1612,7 @@ static int leg_init(struct soth_h2_relay *r, enum soth_leg side)
     l->r = r;
     l->side = side;
     l->st = LEG_LIVE;
+    l->lent_end = &l->lent;
     const struct soth_h2_settings *set = &r->set;
 
     nghttp2_session_callbacks *cb;
