@@ -495,21 +495,15 @@ static int hb_add(struct soth_h2_relay *r, struct hblock *hb, const uint8_t *nam
         hb->over = true;
         return 0;
     }
-    /* list_size <= limit bounds both arrays: bytes <= limit, fields <= limit / 32. */
-    int rc = 0;
+    /* list_size <= limit bounds both arrays: bytes <= limit, fields <= limit / 32. A buffer
+     * after a lent one starts at the size that one used. */
+    size_t need = hb->len + nlen + vlen, max = limit + LENT_HDR;
     if (hb->bytes == NULL) {
-        /* The last buffer was lent: start the next one at the size that one used. */
-        size_t n = hb->hint > LENT_FIRST_HINT ? hb->hint : LENT_FIRST_HINT;
-        if (n < hb->len + nlen + vlen)
-            n = hb->len + nlen + vlen;
-        if (n > limit + LENT_HDR)
-            n = limit + LENT_HDR;
-        hb->bytes = ralloc(r, n);
-        if (hb->bytes == NULL)
-            return SOTH_E_NOMEM;
-        hb->cap = n;
+        size_t start = hb->hint > LENT_FIRST_HINT ? hb->hint : LENT_FIRST_HINT;
+        if (need < start)
+            need = start < max ? start : max;
     }
-    rc = grow(r, (void **)&hb->bytes, &hb->cap, hb->len + nlen + vlen, 1, limit + LENT_HDR);
+    int rc = grow(r, (void **)&hb->bytes, &hb->cap, need, 1, max);
     if (rc == 0)
         rc = grow(r, (void **)&hb->f, &hb->fcap, hb->n + 1, sizeof(*hb->f),
                   limit / HEADER_FIELD_OVERHEAD + 1);

@@ -474,8 +474,7 @@ static int compile_rule(struct bctx *b, const char *p, const json_t *r, json_t *
      * id must fit the config's 1..ID_MAX bytes too, or the compiled bundle would not load. */
     size_t nh = json_array_size(hosts);
     if (nh > 1) {
-        char last[ID_MAX + 32];
-        int ln = snprintf(last, sizeof(last), "%s#%zu", json_string_value(id), nh);
+        int ln = snprintf(NULL, 0, "%s#%zu", json_string_value(id), nh);
         if (ln < 0 || ln > ID_MAX) {
             path_key(pk, sizeof(pk), p, "id");
             return fail(e, pk,
@@ -484,7 +483,7 @@ static int compile_rule(struct bctx *b, const char *p, const json_t *r, json_t *
                         nh, nh, ID_MAX);
         }
     }
-    for (size_t i = 0; i < json_array_size(hosts); i++) {
+    for (size_t i = 0; i < nh; i++) {
         path_idx(pi, sizeof(pi), pk, i);
         json_t *h = json_array_get(hosts, i);
         if ((rc = expect_string(e, pi, h)))
