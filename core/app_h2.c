@@ -32,8 +32,9 @@
 #include "soth/blockcache.h"
 #include "soth/proto/h2.h"
 
-#define H2_MAX_STREAMS 100 /* SETTINGS_MAX_CONCURRENT_STREAMS toward the client */
-#define H2_TABLE_CAP   256 /* > 2 x H2_MAX_STREAMS + 16 relay slots; a power of two */
+#define H2_MAX_STREAMS 100  /* SETTINGS_MAX_CONCURRENT_STREAMS toward the client */
+#define H2_TABLE_CAP   256  /* > 2 x H2_MAX_STREAMS + 16 relay slots; a power of two */
+#define H2_RELEASE_MS  1000 /* an idle relay gives back its sessions' pages after this */
 #define H2_MAGIC       "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define H2_MAGIC_LEN   (sizeof(H2_MAGIC) - 1)
 
@@ -71,6 +72,9 @@ struct app_h2 {
      * bound, not raised when that entry stops waiting: h2_timer's scan makes it exact again,
      * so h2_deadline, asked after every pass, reads it instead of scanning the table. */
     uint64_t wait_min_ms;
+    /* No stream since (ms; 0: a stream is open, or the idle relay gave back its memory):
+     * H2_RELEASE_MS later, soth_h2_relay_release (docs/http2.md, "Memory"). */
+    uint64_t idle_since_ms;
 };
 
 /*
@@ -104,8 +108,8 @@ static void *h2_mem_realloc(void *p, size_t n, void *ctx)
     (void)ctx;
     return soth_bc_realloc(p, n);
 }
-static const struct soth_h2_mem h2_mem = {NULL, h2_mem_malloc, h2_mem_free, h2_mem_calloc,
-                                          h2_mem_realloc};
+static const struct soth_h2_mem h2_mem = {NULL,          h2_mem_malloc,  h2_mem_free,
+                                          h2_mem_calloc, h2_mem_realloc, NULL};
 
 static _Thread_local struct soth_buf_pool h2_tables = {.keep = 256};
 static _Thread_local struct soth_buf_pool h2_outs = {.keep = 256};
@@ -209,6 +213,7 @@ static void stream_del(struct app_h2 *h, struct h2_stream *e)
     if (--h->n_streams == 0) {
         soth_buf_pool_put(&h2_tables, h->st);
         h->st = NULL;
+        h->idle_since_ms = app_clock_ns(&h->base) / 1000000u;
     }
 }
 
@@ -471,6 +476,7 @@ static struct app *h2_create(const struct app_env *env, const struct app_conf *c
         return NULL;
     }
     soth_ev_flow_set_protocol(env->ev, SOTH_PROTO_HTTP2);
+    h->idle_since_ms = app_clock_ns(&h->base) / 1000000u;
     /* Both prefaces at once: our SETTINGS toward the client, the connection preface toward
      * the upstream (which waits for it before saying anything). */
     if (soth_h2_relay_flush(h->r) < 0) {
@@ -595,13 +601,18 @@ static enum soth_close_reason h2_close_reason(const struct app *a)
 
 /* When the earliest response head is due (timeouts.response_header_ms), or earlier: a
  * stream answered since the last h2_timer may have held the earliest wait, and then the
- * timer fires early, finds nothing late and makes the bound exact. The worker's idle timer
- * bounds silence otherwise. */
+ * timer fires early, finds nothing late and makes the bound exact. An idle relay's memory
+ * release is due H2_RELEASE_MS after its last stream ended. The worker's idle timer bounds
+ * silence otherwise. */
 static uint64_t h2_deadline(const struct app *a)
 {
     const struct app_h2 *h = h2_of_const(a);
+    if (h->done)
+        return 0;
+    if (h->n_streams == 0)
+        return h->idle_since_ms != 0 ? h->idle_since_ms + H2_RELEASE_MS : 0;
     uint32_t limit = a->conf.response_header_ms;
-    if (h->n_waiting == 0 || limit == 0 || h->done)
+    if (h->n_waiting == 0 || limit == 0)
         return 0;
     return h->wait_min_ms + limit;
 }
@@ -614,6 +625,13 @@ static int h2_timer(struct app *a, uint64_t now_ms)
         return h->err;
     if (h->done)
         return APP_DONE;
+    if (h->n_streams == 0) {
+        /* Idle since idle_since_ms: give back what the relay holds unused. Not quiet yet (output
+         * held or queued, a header block half received): try again H2_RELEASE_MS later. */
+        if (h->idle_since_ms != 0 && now_ms >= h->idle_since_ms + H2_RELEASE_MS)
+            h->idle_since_ms = soth_h2_relay_release(h->r) > 0 ? 0 : now_ms;
+        return APP_AGAIN;
+    }
     uint32_t limit = a->conf.response_header_ms;
     if (h->n_waiting == 0 || limit == 0)
         return APP_AGAIN;

@@ -7,7 +7,8 @@
  *   flags bit 2  small limits (16 KiB header lists, 10 streams, 64 KiB windows)
  *   record: op byte: bit 0 side (0 client, 1 upstream), bits 1-2 op:
  *     0 feed: 2 length bytes (big endian), then that many bytes (cut at the end of input)
- *     1 flush only
+ *     1 flush only; with bit 3: soth_h2_relay_release first (an idle relay gives back
+ *       memory; a busy one must refuse)
  *     2 transport EOF on side (bit 3: reset)
  *     3 toggle hold on side; with bit 3: graceful shutdown instead
  *   every record is followed by a flush.
@@ -282,7 +283,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memset(&F, 0, sizeof(F));
     struct mem m = {0};
-    struct soth_h2_mem hook = {&m, m_malloc, m_free, m_calloc, m_realloc};
+    struct soth_h2_mem hook = {&m, m_malloc, m_free, m_calloc, m_realloc, NULL};
     uint8_t flags = data[0];
     struct soth_h2_settings set = {.mem = &hook};
     if (flags & 4) {
@@ -336,6 +337,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         }
         case 1:
+            if (op & 8)
+                (void)soth_h2_relay_release(F.r);
             break;
         case 2:
             soth_h2_relay_eof(F.r, side, (op & 8) != 0);

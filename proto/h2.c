@@ -19,8 +19,11 @@
  * never exceed the connection window we advertise on the receiving leg. docs/http2.md has
  * the whole bound and the outcome table.
  */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <nghttp2/nghttp2.h>
 
@@ -108,6 +111,23 @@ struct trailers {
     size_t n;
     size_t size; /* allocation size, counted in soth_h2_relay.trailer_bytes */
     nghttp2_nv nv[];
+};
+
+/* ---- page blocks: nghttp2's per-session buffers an idle relay gives back
+ *
+ * While a session is made (leg_init), its allocations of a page or more are page-aligned
+ * blocks from libc (posix_memalign), remembered here and freed with free(): nghttp2 1.52
+ * makes two, the outbound frame buffer (one chunk of 16 KiB + 10 bytes, kept for the session's
+ * life; a frame is serialized into it and handed out by nghttp2_session_mem_send, dead once
+ * the next call returns 0) and the stream map's table (256 buckets of 16 bytes, all zero when
+ * the map is empty). soth_h2_relay_release hands their pages back to the kernel. */
+#define PB_PAGE     4096u
+#define PB_MAX      4u
+#define PB_FRAMEBUF (16384u + FRAME_HD + 1u) /* nghttp2's NGHTTP2_FRAMEBUF_CHUNKLEN */
+
+struct pblock {
+    char *p;  /* page-aligned, from posix_memalign */
+    size_t n; /* bytes nghttp2 asked for */
 };
 
 /* ---- streams */
@@ -204,6 +224,7 @@ struct leg {
     bool failed;          /* the leg ended on a connection error (terminating GOAWAY) */
     bool goaway_recv;     /* the peer sent GOAWAY */
     bool held;            /* soth_h2_relay_hold: flush leaves this leg's output alone */
+    bool drained;         /* the last nghttp2_session_mem_send returned 0 */
     struct hblock hb;
     bool hb_on;             /* the block being received is on a stream we relay: collect it */
     struct lent *lent;      /* heads lent to this leg's session, not yet sent or dropped, */
@@ -230,7 +251,11 @@ struct soth_h2_relay {
     bool lend;          /* cbs.buf_get / buf_put lend output buffers and body chunks */
     int out_err;        /* first error returned by cbs.out */
     struct scan scan;   /* client frames, before nghttp2 reads them */
-    char *alt;          /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
+    void *lctx;         /* umem's context for nghttp2's allocations */
+    bool pb_on;         /* a session is being made: its large allocations are page blocks */
+    uint8_t n_pb;
+    struct pblock pb[PB_MAX];
+    char *alt; /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
     size_t altcap;
     struct leg leg[SOTH_LEG_COUNT];
 };
@@ -272,8 +297,8 @@ static void *libc_realloc(void *p, size_t n, void *ctx)
     return realloc(p, n);
 }
 
-static const struct soth_h2_mem libc_mem = {NULL, libc_malloc, libc_free, libc_calloc,
-                                            libc_realloc};
+static const struct soth_h2_mem libc_mem = {NULL,        libc_malloc,  libc_free,
+                                            libc_calloc, libc_realloc, NULL};
 
 static void *ralloc(struct soth_h2_relay *r, size_t n)
 {
@@ -284,6 +309,93 @@ static void rfree(struct soth_h2_relay *r, void *p)
 {
     if (p != NULL)
         r->umem.free_fn(p, r->umem.ctx);
+}
+
+/* nghttp2's allocator: the relay's, with page blocks while a session is made. */
+static void *pb_new(struct soth_h2_relay *r, size_t n)
+{
+    /* From libc, not the relay's allocator: memalign puts what it skips to reach the page
+     * boundary back on malloc's free lists, where a block of our own allocator rounded up by
+     * hand would keep it, and the page of its header resident. */
+    void *p;
+    if (r->n_pb == PB_MAX || posix_memalign(&p, PB_PAGE, n) != 0)
+        return r->umem.malloc_fn(n, r->lctx);
+    r->pb[r->n_pb++] = (struct pblock){p, n};
+    r->st.page_bytes += n;
+    return p;
+}
+
+static struct pblock *pb_find(struct soth_h2_relay *r, const void *p)
+{
+    if (((uintptr_t)p & (PB_PAGE - 1)) != 0)
+        return NULL;
+    for (unsigned i = 0; i < r->n_pb; i++)
+        if (r->pb[i].p == p)
+            return &r->pb[i];
+    return NULL;
+}
+
+static void pb_del(struct soth_h2_relay *r, struct pblock *b)
+{
+    r->st.page_bytes -= b->n;
+    free(b->p);
+    *b = r->pb[--r->n_pb];
+}
+
+static void *n_malloc(size_t n, void *ctx)
+{
+    struct soth_h2_relay *r = ctx;
+    if (r->pb_on && n >= PB_PAGE)
+        return pb_new(r, n);
+    return r->umem.malloc_fn(n, r->lctx);
+}
+
+static void n_free(void *p, void *ctx)
+{
+    struct soth_h2_relay *r = ctx;
+    struct pblock *b = pb_find(r, p);
+    if (b != NULL)
+        pb_del(r, b);
+    else if (p != NULL)
+        r->umem.free_fn(p, r->lctx);
+}
+
+static void *n_calloc(size_t a, size_t b, void *ctx)
+{
+    struct soth_h2_relay *r = ctx;
+    size_t n;
+    if (!r->pb_on || __builtin_mul_overflow(a, b, &n) || n < PB_PAGE)
+        return r->umem.calloc_fn(a, b, r->lctx);
+    void *p = pb_new(r, n);
+    if (p != NULL)
+        memset(p, 0, n);
+    return p;
+}
+
+static void *n_realloc(void *p, size_t n, void *ctx)
+{
+    struct soth_h2_relay *r = ctx;
+    if (p == NULL)
+        return n_malloc(n, ctx);
+    struct pblock *b = pb_find(r, p);
+    if (b == NULL)
+        return r->umem.realloc_fn(p, n, r->lctx);
+    /* Not done by nghttp2 1.52 (its frame buffer grows by chunks); kept correct anyway. */
+    void *q = r->umem.malloc_fn(n, r->lctx);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, p, n < b->n ? n : b->n);
+    pb_del(r, b);
+    return q;
+}
+
+static bool all_zero(const char *p, size_t n)
+{
+    const uint64_t *w = (const uint64_t *)(const void *)p; /* page-aligned, whole pages */
+    for (size_t i = 0; i < n / sizeof(*w); i++)
+        if (w[i] != 0)
+            return false;
+    return true;
 }
 
 /* Grow *p (elements of `elem` bytes) to hold `need`, doubling; never above `max` elements. */
@@ -1279,6 +1391,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     (void)session;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
+        l->hb_on = false; /* the block is complete: no field is collected until the next */
         if (s == NULL)
             return 0;
         if (client) {
@@ -1640,8 +1753,10 @@ static int leg_init(struct soth_h2_relay *r, enum soth_leg side)
          * suggests every server allows. */
         nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
     }
+    r->pb_on = true;
     int rc = side == SOTH_LEG_CLIENT ? nghttp2_session_server_new3(&l->s, cb, l, opt, &r->nmem)
                                      : nghttp2_session_client_new3(&l->s, cb, l, opt, &r->nmem);
+    r->pb_on = false;
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rc != 0)
@@ -1695,7 +1810,8 @@ struct soth_h2_relay *soth_h2_relay_new(const struct soth_h2_cbs *cbs,
     r->cbs = *cbs;
     r->lend = cbs->buf_get != NULL && cbs->buf_put != NULL;
     r->umem = *m;
-    r->nmem = (nghttp2_mem){m->ctx, m->malloc_fn, m->free_fn, m->calloc_fn, m->realloc_fn};
+    r->lctx = m->lib_ctx != NULL ? m->lib_ctx : m->ctx;
+    r->nmem = (nghttp2_mem){r, n_malloc, n_free, n_calloc, n_realloc};
     r->set = *s;
     r->set.mem = NULL;
     r->scan.magic_left = CLIENT_MAGIC;
@@ -2036,6 +2152,7 @@ static int pump(struct soth_h2_relay *r, struct leg *l, bool *progress)
                      "relay_error");
             return rc;
         }
+        l->drained = n == 0;
         if (n == 0)
             return 0;
         *progress = true;
@@ -2141,6 +2258,48 @@ bool soth_h2_relay_timeout(struct soth_h2_relay *r, int32_t stream_id)
         return true;
     }
     return false;
+}
+
+size_t soth_h2_relay_release(struct soth_h2_relay *r)
+{
+    if (r->head != NULL || r->out_err < 0 || r->nomem)
+        return 0;
+    for (int i = 0; i < 2; i++) {
+        const struct leg *l = &r->leg[i];
+        /* drained and nothing queued since: nghttp2 will not read its frame buffer again
+         * before it serializes the next frame into it */
+        if (l->st != LEG_LIVE || l->held || !l->drained || l->out_len > 0 || l->lent != NULL ||
+            l->hb_on || nghttp2_session_want_write(l->s))
+            return 0;
+    }
+    size_t got = 0;
+    for (unsigned i = 0; i < r->n_pb; i++) {
+        struct pblock *b = &r->pb[i];
+        size_t span = b->n & ~(size_t)(PB_PAGE - 1); /* whole pages; the frame buffer's last
+                                                        10 bytes are touched only by frames
+                                                        of 16 KiB and more */
+        if ((b->n == PB_FRAMEBUF || all_zero(b->p, span)) &&
+            madvise(b->p, span, MADV_DONTNEED) == 0)
+            got += span;
+    }
+    for (int i = 0; i < 2; i++) {
+        struct hblock *hb = &r->leg[i].hb;
+        got += hb->cap + hb->fcap * sizeof(*hb->f) + hb->nvcap * sizeof(*hb->nv) +
+               hb->hdrcap * sizeof(*hb->hdr);
+        hb_free(r, hb);
+    }
+    got += r->altcap;
+    rfree(r, r->alt);
+    r->alt = NULL;
+    r->altcap = 0;
+    while (r->free_slots != NULL) {
+        struct h2s *s = r->free_slots;
+        r->free_slots = s->next;
+        rfree(r, s);
+        r->n_slot_alloc--;
+        got += sizeof(*s);
+    }
+    return got;
 }
 
 void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out)

@@ -116,6 +116,12 @@ def main():
         while "listening on" not in open(f"{d}/proxy.log").read():
             if p.poll() is not None or time.time() > deadline:
                 sys.exit("soth-mitm did not start under valgrind")
+            # A worker blocked in io_uring_enter holds valgrind's lock and starves the main
+            # thread that prints the line; a connection wakes it.
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+            except OSError:
+                pass
             time.sleep(0.2)
         if not R.wait_port(port, 60, p):
             sys.exit("soth-mitm did not start under valgrind")

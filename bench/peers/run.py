@@ -1040,7 +1040,7 @@ def wl_idle(a, ctx, target, h2=False):
         if len(held) < n and not err:
             # the harness's own limit (set-up is bound by CPU 0), not the target's failure
             short = f"time limit: {len(held)} of {n} set up in {a.idle_seconds:g} s"
-        loop.run_until_complete(asyncio.sleep(1.0))
+        loop.run_until_complete(asyncio.sleep(a.idle_hold))
         rss = rss_kib(target.pids)
         anon = anon_kib(target.pids)
         cpu = cpu_seconds(target.pids) - cpu0
@@ -1380,6 +1380,9 @@ def main():
                     help="idle connections for nginx and haproxy (set-up time is CPU 0's)")
     ap.add_argument("--idle-conns-mitm", type=int, default=500)
     ap.add_argument("--idle-seconds", type=float, default=240, help="time limit per target")
+    ap.add_argument("--idle-hold", type=float, default=1.0,
+                    help="seconds the idle connections are held, after the last is set up, "
+                    "before memory is read")
     ap.add_argument("--tunnel-mib", type=int, default=512)
     ap.add_argument("--callgrind-requests", type=int, default=2000)
     ap.add_argument("--no-callgrind", action="store_true")

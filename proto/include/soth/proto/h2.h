@@ -116,13 +116,19 @@ struct soth_h2_cbs {
 #define SOTH_H2_OUT_BYTES   16384 /* one TLS record of plaintext */
 #define SOTH_H2_CHUNK_BYTES 4096
 
-/** Optional allocator for the relay and both nghttp2 sessions (same shape as nghttp2_mem). */
+/** Optional allocator for the relay and both nghttp2 sessions (same shape as nghttp2_mem).
+ *  Except: each session's frame buffer and stream map, page-aligned from libc
+ *  (soth_h2_relay_release; counted in soth_h2_stats.page_bytes). */
 struct soth_h2_mem {
     void *ctx;
     void *(*malloc_fn)(size_t size, void *ctx);
     void (*free_fn)(void *p, void *ctx);
     void *(*calloc_fn)(size_t nmemb, size_t size, void *ctx);
     void *(*realloc_fn)(void *p, size_t size, void *ctx);
+    /* passed instead of ctx for the allocations nghttp2 makes for its sessions, so that they
+     * can be told apart from the relay's own (tests inject failures into the relay's only);
+     * NULL: ctx */
+    void *lib_ctx;
 };
 
 /** Limits; zero fields take the defaults in brackets. */
@@ -149,7 +155,8 @@ struct soth_h2_stats {
     size_t buffered_peak[SOTH_LEG_COUNT]; /* highest buffered[] seen */
     size_t buffer_bound[SOTH_LEG_COUNT];  /* buffered[] never exceeds this (docs/http2.md) */
     size_t chunk_bytes;                   /* memory in body chunks, free ones included */
-    uint32_t streams;                     /* stream slots in use */
+    size_t page_bytes; /* nghttp2's page-aligned per-session buffers (from libc) */
+    uint32_t streams;  /* stream slots in use */
     uint32_t streams_peak;
     uint64_t streams_total;   /* client streams accepted */
     uint64_t streams_refused; /* client streams refused (limits, GOAWAY, shutdown) */
@@ -228,6 +235,19 @@ void soth_h2_relay_shutdown(struct soth_h2_relay *r);
  * final response head.
  */
 bool soth_h2_relay_timeout(struct soth_h2_relay *r, int32_t stream_id);
+
+/**
+ * Give back what an idle relay holds but does not need (docs/http2.md, "Memory"): when no
+ * stream is open, both legs are live with nothing queued, held or lent, and no header block
+ * is being received, the pages of both nghttp2 sessions' outbound frame buffers (their bytes
+ * are dead between frames) and of their stream maps (all zero when empty) go back to the
+ * kernel (madvise MADV_DONTNEED; they fault back in, zeroed, when used), and the relay frees
+ * its header collectors' arrays, its Alt-Svc buffer and its free stream slots. Nothing the
+ * peers see changes. Returns the bytes given back (0: not idle, nothing done). The caller
+ * decides when (core/app_h2.c: a connection idle for a while); each call costs a few system
+ * calls.
+ */
+size_t soth_h2_relay_release(struct soth_h2_relay *r);
 
 /** Fill *out with the relay's counters. */
 void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out);
