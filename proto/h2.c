@@ -327,8 +327,6 @@ static void *pb_new(struct soth_h2_relay *r, size_t n)
 
 static struct pblock *pb_find(struct soth_h2_relay *r, const void *p)
 {
-    if (((uintptr_t)p & (PB_PAGE - 1)) != 0)
-        return NULL;
     for (unsigned i = 0; i < r->n_pb; i++)
         if (r->pb[i].p == p)
             return &r->pb[i];
@@ -342,17 +340,20 @@ static void pb_del(struct soth_h2_relay *r, struct pblock *b)
     *b = r->pb[--r->n_pb];
 }
 
-static void *n_malloc(size_t n, void *ctx)
+/* The slow paths, out of line: nghttp2 allocates and frees some 50 times per request, and the
+ * fast paths below stay a test and a jump to the relay's allocator. */
+static __attribute__((noinline)) void *pb_malloc(struct soth_h2_relay *r, size_t n, bool zero)
 {
-    struct soth_h2_relay *r = ctx;
-    if (r->pb_on && n >= PB_PAGE)
-        return pb_new(r, n);
-    return r->umem.malloc_fn(n, r->lctx);
+    if (n < PB_PAGE)
+        return zero ? r->umem.calloc_fn(1, n, r->lctx) : r->umem.malloc_fn(n, r->lctx);
+    void *p = pb_new(r, n);
+    if (p != NULL && zero)
+        memset(p, 0, n);
+    return p;
 }
 
-static void n_free(void *p, void *ctx)
+static __attribute__((noinline)) void pb_free(struct soth_h2_relay *r, void *p)
 {
-    struct soth_h2_relay *r = ctx;
     struct pblock *b = pb_find(r, p);
     if (b != NULL)
         pb_del(r, b);
@@ -360,16 +361,47 @@ static void n_free(void *p, void *ctx)
         r->umem.free_fn(p, r->lctx);
 }
 
+static __attribute__((noinline)) void *pb_realloc(struct soth_h2_relay *r, struct pblock *b,
+                                                  size_t n)
+{
+    /* Not done by nghttp2 1.52 (its frame buffer grows by chunks); kept correct anyway. */
+    void *q = r->umem.malloc_fn(n, r->lctx);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, b->p, n < b->n ? n : b->n);
+    pb_del(r, b);
+    return q;
+}
+
+static bool page_aligned(const void *p)
+{
+    return ((uintptr_t)p & (PB_PAGE - 1)) == 0;
+}
+
+static void *n_malloc(size_t n, void *ctx)
+{
+    struct soth_h2_relay *r = ctx;
+    if (__builtin_expect(r->pb_on, 0))
+        return pb_malloc(r, n, false);
+    return r->umem.malloc_fn(n, r->lctx);
+}
+
+static void n_free(void *p, void *ctx)
+{
+    struct soth_h2_relay *r = ctx;
+    if (__builtin_expect(page_aligned(p), 0)) /* NULL included */
+        pb_free(r, p);
+    else
+        r->umem.free_fn(p, r->lctx);
+}
+
 static void *n_calloc(size_t a, size_t b, void *ctx)
 {
     struct soth_h2_relay *r = ctx;
     size_t n;
-    if (!r->pb_on || __builtin_mul_overflow(a, b, &n) || n < PB_PAGE)
-        return r->umem.calloc_fn(a, b, r->lctx);
-    void *p = pb_new(r, n);
-    if (p != NULL)
-        memset(p, 0, n);
-    return p;
+    if (__builtin_expect(r->pb_on, 0) && !__builtin_mul_overflow(a, b, &n))
+        return pb_malloc(r, n, true);
+    return r->umem.calloc_fn(a, b, r->lctx);
 }
 
 static void *n_realloc(void *p, size_t n, void *ctx)
@@ -377,16 +409,10 @@ static void *n_realloc(void *p, size_t n, void *ctx)
     struct soth_h2_relay *r = ctx;
     if (p == NULL)
         return n_malloc(n, ctx);
-    struct pblock *b = pb_find(r, p);
-    if (b == NULL)
-        return r->umem.realloc_fn(p, n, r->lctx);
-    /* Not done by nghttp2 1.52 (its frame buffer grows by chunks); kept correct anyway. */
-    void *q = r->umem.malloc_fn(n, r->lctx);
-    if (q == NULL)
-        return NULL;
-    memcpy(q, p, n < b->n ? n : b->n);
-    pb_del(r, b);
-    return q;
+    struct pblock *b = page_aligned(p) ? pb_find(r, p) : NULL;
+    if (__builtin_expect(b != NULL, 0))
+        return pb_realloc(r, b, n);
+    return r->umem.realloc_fn(p, n, r->lctx);
 }
 
 static bool all_zero(const char *p, size_t n)
