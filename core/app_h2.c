@@ -628,8 +628,15 @@ static int h2_timer(struct app *a, uint64_t now_ms)
     if (h->n_streams == 0) {
         /* Idle since idle_since_ms: give back what the relay holds unused. Not quiet yet (output
          * held or queued, a header block half received): try again H2_RELEASE_MS later. */
-        if (h->idle_since_ms != 0 && now_ms >= h->idle_since_ms + H2_RELEASE_MS)
-            h->idle_since_ms = soth_h2_relay_release(h->r) > 0 ? 0 : now_ms;
+        if (h->idle_since_ms != 0 && now_ms >= h->idle_since_ms + H2_RELEASE_MS) {
+            size_t got = soth_h2_relay_release(h->r);
+            h->idle_since_ms = got > 0 ? 0 : now_ms;
+            if (got > 0) {
+                const struct soth_ev_flow *ev = h->base.env.ev;
+                SOTH_LOG(SOTH_LOG_DEBUG, (int)ev->worker, ev->flow_id,
+                         "idle HTTP/2 relay: %zu bytes given back", got);
+            }
+        }
         return APP_AGAIN;
     }
     uint32_t limit = a->conf.response_header_ms;

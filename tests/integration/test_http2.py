@@ -201,6 +201,36 @@ class PythonClientTests(H2Base):
         self.assertGreater(closed["bytes_client_to_server"], got_req)
         self.assertGreater(closed["bytes_server_to_client"], got_resp)
 
+    def test_streams_after_the_idle_relay_gave_back_memory(self):
+        """docs/http2.md "Memory": a connection idle for a second gives back its nghttp2 sessions'
+        frame buffers and stream maps; the streams after that (new heads through the same HPACK
+        state, large bodies through the emptied frame buffers, trailers) arrive byte-exact."""
+        with Proxy(config=self.config(), extra_args=("--log-level", "debug")) as p:
+            c = self.client(p)
+            bodies = {}
+            for rnd in range(3):
+                for i in range(8):
+                    body = body_for(rnd * 8 + i, 1 + (rnd * 8 + i) * 7919 % 100000)
+                    bodies[c.request("POST", f"/echo?r={rnd}&i={i}", body)] = body
+                sid = c.request("POST", "/echo?trailers=1", b"t" * 5000,
+                                trailers=[(b"x-req-sum", b"5000")])
+                c.run_until(lambda: all(c.done(s) for s in bodies) and c.done(sid), timeout=60)
+                self.assertEqual(c.r[sid]["trailers"], [(b"x-sum", b"5000")])
+                self.assertEqual(bytes(c.r[sid]["body"]), b"t" * 5000)
+                deadline = time.time() + 10
+                while p.stderr().count("idle HTTP/2 relay:") <= rnd and time.time() < deadline:
+                    time.sleep(0.1)
+                self.assertEqual(p.stderr().count("idle HTTP/2 relay:"), rnd + 1, p.stderr())
+            for sid, body in bodies.items():
+                self.assertEqual(c.r[sid]["status"], 200)
+                self.assertEqual(bytes(c.r[sid]["body"]), body, sid)
+            c.close()
+            evs = p.checked_events()
+        ex = exchanges(evs)
+        self.assertEqual(len(ex), 27)
+        self.assertEqual({x["exchange_completed"][0]["outcome"] for x in ex.values()},
+                         {"complete"})
+
     def test_requests_counted_in_metrics(self):
         from harness import free_port
         mport = free_port()
