@@ -72,8 +72,9 @@ struct app_h2 {
      * bound, not raised when that entry stops waiting: h2_timer's scan makes it exact again,
      * so h2_deadline, asked after every pass, reads it instead of scanning the table. */
     uint64_t wait_min_ms;
-    /* No stream since (ms; 0: a stream is open, or the idle relay gave back its memory):
-     * H2_RELEASE_MS later, soth_h2_relay_release (docs/http2.md, "Memory"). */
+    /* With n_streams 0: no stream since (ms; 0: the idle relay gave back its memory, nothing
+     * to do until a stream has come and gone). H2_RELEASE_MS later, soth_h2_relay_release
+     * (docs/http2.md, "Memory"). Read only while n_streams is 0. */
     uint64_t idle_since_ms;
 };
 

@@ -227,6 +227,7 @@ struct leg {
     bool drained;         /* the last nghttp2_session_mem_send returned 0 */
     struct hblock hb;
     bool hb_on;             /* the block being received is on a stream we relay: collect it */
+    int32_t hb_sid;         /* that block's stream */
     struct lent *lent;      /* heads lent to this leg's session, not yet sent or dropped, */
     struct lent **lent_end; /* oldest first (frames leave in that order): &last->next */
     size_t out_len;
@@ -417,11 +418,7 @@ static void *n_realloc(void *p, size_t n, void *ctx)
 
 static bool all_zero(const char *p, size_t n)
 {
-    const uint64_t *w = (const uint64_t *)(const void *)p; /* page-aligned, whole pages */
-    for (size_t i = 0; i < n / sizeof(*w); i++)
-        if (w[i] != 0)
-            return false;
-    return true;
+    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
 }
 
 /* Grow *p (elements of `elem` bytes) to hold `need`, doubling; never above `max` elements. */
@@ -1163,6 +1160,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     struct soth_h2_relay *r = l->r;
     (void)session;
     hb_reset(&l->hb);
+    l->hb_sid = frame->hd.stream_id;
     if (l->side != SOTH_LEG_CLIENT || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         /* A block is contiguous (RFC 9113 4.3): its stream is looked up once, not per field. */
         l->hb_on = stream_of(l, frame->hd.stream_id) != NULL;
@@ -1199,8 +1197,10 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return 0;
     int rc = hb_add(l->r, &l->hb, name, namelen, value, valuelen, flags);
     if (rc < 0) {
-        /* Out of memory for this block: nghttp2 resets the stream (INTERNAL_ERROR). */
+        /* Out of memory for this block: nghttp2 resets the stream (INTERNAL_ERROR) and calls
+         * no callback for the rest of the block. */
         l->hb.over = true;
+        l->hb_on = false;
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     return 0;
@@ -1728,6 +1728,10 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t code,
     struct leg *l = ud;
     struct h2s *s = stream_of(l, sid);
     (void)session;
+    /* A block that ends in a stream error (a malformed or refused head) gets no on_frame_recv:
+     * the stream's close ends it (soth_h2_relay_release waits for no block half received). */
+    if (l->hb_on && sid == l->hb_sid)
+        l->hb_on = false;
     if (s == NULL)
         return 0;
     if (l->side == SOTH_LEG_CLIENT)

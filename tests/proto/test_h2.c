@@ -617,6 +617,9 @@ static void origin_respond(struct harness *h, nghttp2_session *s, struct ostream
         if (strstr(p, "&tag=") != NULL)
             nv[n++] = NV("x-path", p); /* heads_waiting_to_be_sent_arrive_intact */
         cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, o->gen_len ? &prov : NULL), 0);
+    } else if (strcmp(p, "/conn-header") == 0) { /* a field nghttp2 refuses on receive */
+        nv[n++] = NV("connection", "close");
+        cr_assert_eq(nghttp2_submit_response(s, o->sid, nv, n, NULL), 0);
     } else if (strncmp(p, "/rst?code=", 10) == 0) {
         cr_assert_eq(nghttp2_submit_rst_stream(s, 0, o->sid, (uint32_t)atoi(p + 10)), 0);
     } else if (strncmp(p, "/rst-after-head?code=", 21) == 0) {
@@ -1237,6 +1240,36 @@ Test(h2_relay, idle_release_then_more_exchanges_intact)
     struct soth_h2_stats st;
     soth_h2_relay_stats(h->r, &st);
     cr_assert_eq(st.streams, 0);
+    h_free(h);
+}
+
+/* A head nghttp2 refuses on receive (a connection-specific field) ends its block with no
+ * on_frame_recv: the stream's close ends the block, so the idle relay still gives back its
+ * memory (soth_h2_relay_release waits for no block half received). */
+Test(h2_relay, release_after_refused_heads)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->lend = true;
+    h_start(h);
+    static const nghttp2_nv conn = {(uint8_t *)"connection", (uint8_t *)"keep-alive", 10, 10, 0};
+    struct xchg *a = ua_submit(h, "GET", "/get?n=3", 0);
+    a->extra = &conn;
+    a->n_extra = 1;
+    ua_send(h, a);
+    pump(h);
+    cr_assert(a->rst_recv && a->rst_code == NGHTTP2_PROTOCOL_ERROR, "rst %d code %u", a->rst_recv,
+              a->rst_code);
+    cr_assert_null(os_find_path(h, "/get?n=3"), "the refused request reached the origin");
+    cr_assert_gt(soth_h2_relay_release(h->r), 0, "a refused request head");
+    struct xchg *b = ua_get(h, "/conn-header");
+    pump(h);
+    cr_assert_eq(b->status, 502);
+    cr_assert_gt(soth_h2_relay_release(h->r), 0, "a refused response head");
+    struct xchg *c = ua_get(h, "/get?n=7");
+    pump(h);
+    cr_assert_eq(c->status, 200);
+    cr_assert_eq(c->resp_body.len, 7);
     h_free(h);
 }
 
