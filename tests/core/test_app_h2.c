@@ -992,7 +992,9 @@ Test(app_h2, response_head_deadline_follows_the_earliest_waiting_stream)
     g_now_ns = 5000 * MS;
     t_setup(4096, 65536, 0);
     struct t *t = T;
-    cr_assert_eq(app_deadline(t->a), 0, "nothing waits");
+    /* No stream yet: the only deadline is the idle relay's release, a second on (docs/http2.md,
+     * "Memory"). */
+    cr_assert_eq(app_deadline(t->a), 6000, "the idle release");
     struct xchg *a = submit(t, "GET", "/hang/a", 0, 1);
     pump(t);
     cr_assert_eq(app_deadline(t->a), 6000);
@@ -1025,7 +1027,20 @@ Test(app_h2, response_head_deadline_follows_the_earliest_waiting_stream)
     app_rc(t, app_timer(t->a, 6400));
     pump(t);
     cr_assert_eq(b->status, 504);
-    cr_assert_eq(app_deadline(t->a), 0, "nothing waits");
+    /* Nothing waits: the stream table is empty, the next deadline is the idle release; once
+     * the relay gave back its memory, nothing is due until a stream has come and gone. */
+    cr_assert_eq(app_deadline(t->a), 7400, "the idle release");
+    g_now_ns = 7399 * MS;
+    app_rc(t, app_timer(t->a, 7399));
+    cr_assert_eq(app_deadline(t->a), 7400, "not before its time");
+    g_now_ns = 7400 * MS;
+    app_rc(t, app_timer(t->a, 7400));
+    cr_assert_eq(app_deadline(t->a), 0, "released: nothing due");
+    struct xchg *e = submit(t, "GET", "/get/10", 0, 4);
+    pump(t);
+    cr_assert_eq(e->status, 200);
+    cr_assert_eq(e->resp_body.len, 10);
+    cr_assert_eq(app_deadline(t->a), 8400, "idle again");
     cr_assert_geq(t->last_rc, 0);
     g_resp_ms = 0;
     g_fake_clock = false;
