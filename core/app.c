@@ -17,7 +17,8 @@ static void conf_of(const struct soth_config *cfg, struct app_conf *c)
         *c = (struct app_conf){.capture = 4096,
                                .ws_turn_idle_ms = 30000,
                                .request_header_ms = 10000,
-                               .response_header_ms = 60000};
+                               .response_header_ms = 60000,
+                               .upstream_idle_ms = 5000};
         return;
     }
     *c = (struct app_conf){
@@ -27,6 +28,7 @@ static void conf_of(const struct soth_config *cfg, struct app_conf *c)
         .response_header_ms = cfg->timeouts.response_header_ms,
         .h2_max_header_list_size = cfg->http2_max_header_list_size,
         .strip_h3_alt_svc = !cfg->http3_passthrough,
+        .upstream_idle_ms = cfg->timeouts.upstream_idle_ms,
     };
 }
 
@@ -117,6 +119,18 @@ enum soth_close_reason app_close_reason(const struct app *a)
 bool app_upstream_retryable(const struct app *a)
 {
     return a->ops->upstream_retryable(a);
+}
+
+enum app_upstream_want app_upstream_want(struct app *a)
+{
+    enum app_upstream_want w = (enum app_upstream_want)a->up_want;
+    a->up_want = APP_UP_NONE;
+    return w;
+}
+
+int app_upstream_opened(struct app *a, bool ok)
+{
+    return a->ops->upstream_opened(a, ok);
 }
 
 bool app_upstream_reusable(const struct app *a, uint32_t *requests)

@@ -37,6 +37,9 @@ struct app_env {
     /* docs/http1.md "Upstream connection pool": the upstream connection may outlive the
      * client's (HTTP/1.1: a request's Connection: close stays with us) */
     bool keep_upstream;
+    /* docs/http2.md "Idle upstream connection": the worker can close the upstream connection
+     * of an idle HTTP/2 layer and make a new one when a request comes (app_upstream_want) */
+    bool upstream_parkable;
     void *ctx;
     /** Plaintext toward `side`. Returns 0 or a negative error (the layer then fails). */
     int (*send)(void *ctx, unsigned side, const char *p, size_t n);
@@ -140,5 +143,20 @@ bool app_upstream_reusable(const struct app *a, uint32_t *requests);
 /** Whether the upstream connection may be replaced and what was sent on it sent again
  *  (docs/http1.md "Upstream connection pool"; HTTP/2: never). */
 bool app_upstream_retryable(const struct app *a);
+
+/* docs/http2.md "Idle upstream connection" (HTTP/2 with env.upstream_parkable only). */
+enum app_upstream_want {
+    APP_UP_NONE = 0,
+    APP_UP_CLOSE, /* the layer ended its upstream session (its GOAWAY is sent): close the
+                     connection (close_notify, FIN) and keep none */
+    APP_UP_OPEN,  /* a request waits for a new upstream connection (the same address, name
+                     and an offer of h2): make it, then app_upstream_opened */
+};
+/** What the layer wants done with the upstream connection; each want is returned once.
+ *  Ask after every call into the layer. */
+enum app_upstream_want app_upstream_want(struct app *a);
+/** The new upstream connection is up (ok, with ALPN h2) or could not be made: the layer
+ *  goes on with what waited (refused when not ok). Returns like app_input. */
+int app_upstream_opened(struct app *a, bool ok);
 
 #endif

@@ -928,6 +928,12 @@ static bool h1_upstream_reusable(const struct app *base, uint32_t *requests)
            a->st[SOTH_LEG_UPSTREAM].len == 0 && soth_h1_upstream_reusable(a->h);
 }
 
+static int h1_upstream_opened(struct app *a, bool ok)
+{
+    (void)a, (void)ok; /* HTTP/1.1 never parks its upstream (app_upstream_want) */
+    return APP_AGAIN;
+}
+
 static bool h1_upstream_retryable(const struct app *base)
 {
     const struct app_h1 *a = h1_of_const(base);
@@ -952,4 +958,5 @@ const struct app_ops app_h1_ops = {
     .close_reason = h1_close_reason,
     .upstream_reusable = h1_upstream_reusable,
     .upstream_retryable = h1_upstream_retryable,
+    .upstream_opened = h1_upstream_opened,
 };

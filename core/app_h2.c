@@ -76,6 +76,13 @@ struct app_h2 {
      * to do until a stream has come and gone). H2_RELEASE_MS later, soth_h2_relay_release
      * (docs/http2.md, "Memory"). Read only while n_streams is 0. */
     uint64_t idle_since_ms;
+    /* docs/http2.md "Idle upstream connection" (env.upstream_parkable, upstream_idle_ms > 0):
+     * with n_streams 0, no stream since park_since_ms (0: parked, or not parkable); the
+     * upstream session ends upstream_idle_ms later. wake_asked: APP_UP_OPEN was said for the
+     * request now waiting. */
+    uint64_t park_since_ms;
+    bool parkable;
+    bool wake_asked;
 };
 
 /*
@@ -215,6 +222,8 @@ static void stream_del(struct app_h2 *h, struct h2_stream *e)
         soth_buf_pool_put(&h2_tables, h->st);
         h->st = NULL;
         h->idle_since_ms = app_clock_ns(&h->base) / 1000000u;
+        if (h->parkable)
+            h->park_since_ms = h->idle_since_ms;
     }
 }
 
@@ -478,6 +487,9 @@ static struct app *h2_create(const struct app_env *env, const struct app_conf *c
     }
     soth_ev_flow_set_protocol(env->ev, SOTH_PROTO_HTTP2);
     h->idle_since_ms = app_clock_ns(&h->base) / 1000000u;
+    h->parkable = env->upstream_parkable && conf->upstream_idle_ms > 0;
+    if (h->parkable)
+        h->park_since_ms = h->idle_since_ms;
     /* Both prefaces at once: our SETTINGS toward the client, the connection preface toward
      * the upstream (which waits for it before saying anything). */
     if (soth_h2_relay_flush(h->r) < 0) {
@@ -536,6 +548,10 @@ static int h2_input(struct app *a, unsigned side, const char *p, size_t n)
      * SOTH_E_CLOSED: bytes after the leg stopped reading (its GOAWAY is done): dropped. */
     if (rc == SOTH_E_MALFORMED)
         note_relay_cause(h);
+    if (side == SOTH_LEG_CLIENT && !h->wake_asked && soth_h2_relay_waking(h->r)) {
+        h->wake_asked = true;
+        h->base.up_want = APP_UP_OPEN; /* the worker connects, then h2_upstream_opened */
+    }
     return settle(h);
 }
 
@@ -610,8 +626,11 @@ static uint64_t h2_deadline(const struct app *a)
     const struct app_h2 *h = h2_of_const(a);
     if (h->done)
         return 0;
-    if (h->n_streams == 0)
-        return h->idle_since_ms != 0 ? h->idle_since_ms + H2_RELEASE_MS : 0;
+    if (h->n_streams == 0) {
+        uint64_t t = h->idle_since_ms != 0 ? h->idle_since_ms + H2_RELEASE_MS : 0;
+        uint64_t p = h->park_since_ms != 0 ? h->park_since_ms + a->conf.upstream_idle_ms : 0;
+        return t == 0 || (p != 0 && p < t) ? p : t;
+    }
     uint32_t limit = a->conf.response_header_ms;
     if (h->n_waiting == 0 || limit == 0)
         return 0;
@@ -636,6 +655,25 @@ static int h2_timer(struct app *a, uint64_t now_ms)
                 const struct soth_ev_flow *ev = h->base.env.ev;
                 SOTH_LOG(SOTH_LOG_DEBUG, (int)ev->worker, ev->flow_id,
                          "idle HTTP/2 relay: %zu bytes given back", got);
+            }
+        }
+        uint32_t idle = a->conf.upstream_idle_ms;
+        if (h->park_since_ms != 0 && now_ms >= h->park_since_ms + idle) {
+            /* Not quiet yet: again H2_RELEASE_MS later. */
+            int rc = soth_h2_relay_park(h->r);
+            if (rc < 0) {
+                h->err = rc;
+                set_reason(h, SOTH_CLOSE_RELAY_ERROR);
+                finish(h);
+                return rc;
+            }
+            h->park_since_ms = rc > 0 ? 0 : now_ms + H2_RELEASE_MS - idle;
+            if (rc > 0) {
+                const struct soth_ev_flow *ev = h->base.env.ev;
+                SOTH_LOG(SOTH_LOG_DEBUG, (int)ev->worker, ev->flow_id,
+                         "idle HTTP/2 relay: upstream session ended after %u ms", idle);
+                h->base.up_want = APP_UP_CLOSE;
+                return settle(h);
             }
         }
         return APP_AGAIN;
@@ -687,6 +725,30 @@ static bool h2_upstream_retryable(const struct app *a)
     return false;
 }
 
+static int h2_upstream_opened(struct app *a, bool ok)
+{
+    struct app_h2 *h = h2_of(a);
+    h->wake_asked = false;
+    if (h->err < 0)
+        return h->err;
+    if (h->done)
+        return APP_DONE;
+    int rc = soth_h2_relay_unpark(h->r, ok);
+    if (rc == SOTH_E_NOMEM) {
+        set_reason(h, SOTH_CLOSE_RELAY_ERROR);
+        (void)soth_h2_relay_flush(h->r);
+        finish(h);
+        h->err = rc;
+        return rc;
+    }
+    if (rc == SOTH_E_MALFORMED)
+        note_relay_cause(h);
+    /* A stream came and went while waiting (refused): idle again from now. */
+    if (ok && h->n_streams == 0 && h->parkable)
+        h->park_since_ms = app_clock_ns(&h->base) / 1000000u;
+    return settle(h);
+}
+
 const struct app_ops app_h2_ops = {
     .name = "http/2",
     .h2 = true,
@@ -704,4 +766,5 @@ const struct app_ops app_h2_ops = {
     .close_reason = h2_close_reason,
     .upstream_reusable = h2_upstream_reusable,
     .upstream_retryable = h2_upstream_retryable,
+    .upstream_opened = h2_upstream_opened,
 };

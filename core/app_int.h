@@ -20,6 +20,7 @@ struct app_conf {
     uint32_t response_header_ms; /* timeouts.response_header_ms; 0: no response deadline */
     uint32_t h2_max_header_list_size;
     bool strip_h3_alt_svc; /* http3_passthrough false: no HTTP/3 in Alt-Svc (docs/http3.md) */
+    uint32_t upstream_idle_ms; /* timeouts.upstream_idle_ms; 0: the upstream stays open */
 };
 
 /**
@@ -43,6 +44,7 @@ struct app_ops {
     enum soth_close_reason (*close_reason)(const struct app *a);
     bool (*upstream_reusable)(const struct app *a, uint32_t *requests);
     bool (*upstream_retryable)(const struct app *a);
+    int (*upstream_opened)(struct app *a, bool ok);
 };
 
 /** The part every version shares; first member of struct app_h1 / app_h2. */
@@ -52,6 +54,7 @@ struct app {
     struct app_conf conf;
     struct app_payload *pl; /* payload decoding (core/app_payload.c), NULL until needed */
     struct app_obs_set obs; /* WebSocket / SSE observers of its streams (core/app_obs.c) */
+    uint8_t up_want;        /* enum app_upstream_want, not yet taken */
 };
 
 extern const struct app_ops app_h1_ops;

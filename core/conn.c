@@ -242,8 +242,12 @@ void conn_arm_recv(struct worker *w, struct flow *f, unsigned side)
         return;
     /* An upstream retry (core/relay.c): the client waits; the old socket gets no new read and
      * the new one none before it is connected. */
-    if (f->up_redial != UP_REDIAL_NONE &&
-        (side == SOTH_LEG_CLIENT || f->up_redial != UP_REDIAL_TLS))
+    if (up_redialing(f->up_redial) && (side == SOTH_LEG_CLIENT || f->up_redial != UP_REDIAL_TLS))
+        return;
+    /* A parked upstream (docs/http2.md "Idle upstream connection"): its closing socket gets
+     * no new read (the one armed sees the origin's FIN). */
+    if (side == SOTH_LEG_UPSTREAM &&
+        (f->up_redial == UP_REDIAL_PARK || f->up_redial == UP_REDIAL_PARKED))
         return;
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);

@@ -56,7 +56,19 @@ enum up_redial {
     UP_REDIAL_DRAIN,   /* waiting for the old socket's ops to end */
     UP_REDIAL_CONNECT, /* TCP connect to the origin in flight */
     UP_REDIAL_TLS,     /* TLS handshake with the origin */
+    /* docs/http2.md "Idle upstream connection": an idle HTTP/2 layer ended its upstream
+     * session; the connection closes (GOAWAY, close_notify and FIN out, the origin's FIN
+     * awaited for up to SOTH_LINGER_MS), then none is held until a request wants one (a
+     * wake: UP_REDIAL_CONNECT and UP_REDIAL_TLS with up_wake set) */
+    UP_REDIAL_PARK,
+    UP_REDIAL_PARKED,
 };
+
+/* A retry or wake in progress: the client's reads wait for the new upstream connection. */
+static inline bool up_redialing(uint8_t st)
+{
+    return st == UP_REDIAL_DRAIN || st == UP_REDIAL_CONNECT || st == UP_REDIAL_TLS;
+}
 
 struct flow {
     uint32_t slot, gen;
@@ -130,6 +142,10 @@ struct flow {
     bool up_redial_reset; /* the retry began on a reset or send error (else FIN, close_notify) */
     bool up_redial_poll;  /* the client's OP_POLL (reset watch) is in flight */
     bool up_alpn_h11;     /* the replaced connection negotiated http/1.1 (else none) */
+    bool up_wake;         /* the redial is a parked HTTP/2 upstream's wake (else a retry) */
+    bool up_wake_wanted;  /* a request came while the parked connection was still closing */
+    bool up_park_fin;     /* UP_REDIAL_PARK: the FIN's shutdown completed (or none is due) */
+    bool up_dialing;      /* a wake's connect is in flight */
     uint32_t replay_len;  /* plaintext sent upstream since attach, in replay[] */
     char *replay[FLOW_REPLAY_CHUNKS]; /* owned chunks (core/iobuf.h), NULL until used */
 };

@@ -89,6 +89,7 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->up_redial = UP_REDIAL_NONE;
     f->up_heard = f->up_retried = f->up_replay_over = f->up_redial_eof = f->up_alpn_h11 =
         f->up_redial_reset = false;
+    f->up_wake = f->up_wake_wanted = f->up_park_fin = f->up_dialing = false;
     f->replay_len = 0;
     for (unsigned i = 0; i < FLOW_REPLAY_CHUNKS; i++)
         f->replay[i] = NULL;

@@ -170,8 +170,11 @@ int leg_send(void *ctx, unsigned side, const char *p, size_t n)
         f->up_replay_over = true; /* no retry then (docs/http1.md "Upstream connection pool") */
         leg_replay_free(f->w, f);
     }
-    if (side == SOTH_LEG_UPSTREAM && f->up_redial != UP_REDIAL_NONE)
+    if (side == SOTH_LEG_UPSTREAM && f->up_redial != UP_REDIAL_NONE) {
+        if (f->up_wake || !up_redialing(f->up_redial))
+            return SOTH_E_CLOSED; /* a parked leg: the HTTP/2 layer has no session for it */
         return f->up_replay_over ? SOTH_E_NOMEM : 0; /* sent from the replay once it is up */
+    }
     if (f->tls[side] != NULL)
         return leg_write_tls(f->w, f, side, p, n);
     return conn_queue_copy(&f->w->segs, &f->c[side], p, n) ? 0 : SOTH_E_NOMEM;

@@ -16,6 +16,11 @@
 #include "worker.h"
 
 static bool relay_retry(struct worker *w, struct flow *f, bool reset);
+static void relay_park(struct worker *w, struct flow *f);
+static void relay_wake(struct worker *w, struct flow *f);
+static void relay_park_step(struct worker *w, struct flow *f);
+static void wake_fail(struct worker *w, struct flow *f);
+static void wake_done(struct worker *w, struct flow *f);
 
 /** Decrypt what tls[from] holds and hand it to the HTTP layer. False once the flow ended. */
 static bool relay_pump_app(struct worker *w, struct flow *f, unsigned from)
@@ -152,12 +157,24 @@ void relay_after(struct worker *w, struct flow *f, unsigned from, int rc)
         flow_close(w, f, app_close_reason(f->app));
         return;
     }
+    /* docs/http2.md "Idle upstream connection": the layer ended its upstream session, or a
+     * request wants a new one. */
+    enum app_upstream_want want = app_upstream_want(f->app);
+    if (want == APP_UP_CLOSE) {
+        relay_park(w, f);
+        if (f->state != FS_RELAY)
+            return;
+    } else if (want == APP_UP_OPEN) {
+        relay_wake(w, f);
+        if (f->state != FS_RELAY || f->app_done)
+            return;
+    }
     /* The layer's next deadline: a request head in progress (request_header_ms), an idle
      * WebSocket turn (events.ws_turn_idle_ms; docs/config.md). */
     uint64_t hd = app_deadline(f->app);
     if (hd != 0 && (f->timer.deadline_ms == 0 || hd < f->timer.deadline_ms))
         timer_set(&w->timers, &f->timer, hd);
-    for (unsigned s = 0; s < 2 && f->up_redial == UP_REDIAL_NONE; s++) {
+    for (unsigned s = 0; s < 2 && !up_redialing(f->up_redial); s++) {
         struct conn *out = &f->c[s];
         if (f->app != NULL && app_read_paused(f->app, s)) {
             conn_pause_recv(w, f, s);
@@ -225,6 +242,10 @@ void relay_start(struct worker *w, struct flow *f)
             f->up_poolable = !h2 && f->up_keyed && f->tls[SOTH_LEG_UPSTREAM] != NULL &&
                              (ua.len == 0 || alpn_is(ua, "http/1.1")) && upstream_poolable(w, f);
             env.keep_upstream = f->up_poolable;
+            /* docs/http2.md "Idle upstream connection": a direct TLS upstream can be closed
+             * while idle and made again (not through an upstream proxy's tunnel) */
+            env.upstream_parkable = h2 && f->tls[SOTH_LEG_UPSTREAM] != NULL && f->route == NULL &&
+                                    f->c[SOTH_LEG_UPSTREAM].fd >= 0 && f->upstream_addr_len > 0;
             f->app = app_new(h2 ? APP_H2 : APP_H1, &env);
             if (f->app == NULL && !h2) {
                 flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
@@ -311,7 +332,7 @@ bool relay_drained(struct worker *w, struct flow *f, unsigned side)
         if (f->state != FS_RELAY)
             return false;
     }
-    if (f->c[side ^ 1].recv_paused && low && f->up_redial == UP_REDIAL_NONE &&
+    if (f->c[side ^ 1].recv_paused && low && !up_redialing(f->up_redial) &&
         (f->app == NULL || !app_read_paused(f->app, side ^ 1)))
         conn_resume_recv(w, f, side ^ 1);
     return true;
@@ -371,7 +392,7 @@ void relay_eof(struct worker *w, struct flow *f, unsigned side)
         relay_check_done(w, f);
         return;
     }
-    if (side == SOTH_LEG_CLIENT && f->up_redial != UP_REDIAL_NONE) {
+    if (side == SOTH_LEG_CLIENT && up_redialing(f->up_redial)) {
         f->up_redial_eof = true; /* passed on once the upstream is back */
         return;
     }
@@ -456,6 +477,11 @@ void relay_send_error(struct worker *w, struct flow *f, unsigned side)
 
 void relay_fin_sent(struct worker *w, struct flow *f, unsigned side)
 {
+    if (side == SOTH_LEG_UPSTREAM && f->up_redial == UP_REDIAL_PARK) {
+        f->up_park_fin = true;
+        relay_park_step(w, f);
+        return;
+    }
     if (f->app_done && side == SOTH_LEG_CLIENT)
         timer_set(&w->timers, &f->timer, now_ms() + SOTH_LINGER_MS); /* wait for the FIN */
     relay_check_done(w, f);
@@ -463,9 +489,14 @@ void relay_fin_sent(struct worker *w, struct flow *f, unsigned side)
 
 void relay_timeout(struct worker *w, struct flow *f)
 {
-    if (f->up_redial != UP_REDIAL_NONE) {
+    if (up_redialing(f->up_redial)) {
         relay_redial_fail(w, f);
         return;
+    }
+    if (f->up_redial == UP_REDIAL_PARK) {
+        /* The origin did not close within SOTH_LINGER_MS: stop reading it; the socket closes
+         * once the read is cancelled. */
+        conn_pause_recv(w, f, SOTH_LEG_UPSTREAM);
     }
     uint64_t now = now_ms();
     if (f->app_done) {
@@ -569,6 +600,10 @@ static bool relay_retry(struct worker *w, struct flow *f, bool reset)
 
 void relay_redial_fail(struct worker *w, struct flow *f)
 {
+    if (f->up_wake) {
+        wake_fail(w, f);
+        return;
+    }
     SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id, "upstream retry failed");
     redial_poll_cancel(w, f);
     bool eof = f->up_redial_eof;
@@ -616,6 +651,7 @@ void relay_redial_step(struct worker *w, struct flow *f)
 
 void relay_redial_connected(struct worker *w, struct flow *f, int res)
 {
+    f->up_dialing = false;
     if (f->up_redial != UP_REDIAL_CONNECT || f->state != FS_RELAY)
         return;
     if (res < 0) {
@@ -651,6 +687,10 @@ void relay_redial_connected(struct worker *w, struct flow *f, int res)
 /* The fresh connection is up: the replay goes out, then the relay goes on as before. */
 static void redial_done(struct worker *w, struct flow *f)
 {
+    if (f->up_wake) {
+        wake_done(w, f);
+        return;
+    }
     struct soth_tls_conn *t = f->tls[SOTH_LEG_UPSTREAM];
     struct soth_iov a = soth_tls_conn_alpn(t);
     if (alpn_is(a, "http/1.1") != f->up_alpn_h11 || (!f->up_alpn_h11 && a.len > 0)) {
@@ -730,8 +770,12 @@ void relay_redial_recv(struct worker *w, struct flow *f, struct io_uring_cqe *cq
             u->eof_in = true;
         relay_redial_fail(w, f); /* the fresh connection closed or failed too */
         return;
+    } else if (cqe->res <= 0 && cqe->res != -ENOBUFS && f->up_redial == UP_REDIAL_PARK) {
+        u->eof_in = true; /* the parked connection's end: no new read */
     }
-    if (f->up_redial == UP_REDIAL_DRAIN)
+    if (f->up_redial == UP_REDIAL_PARK)
+        relay_park_step(w, f);
+    else if (f->up_redial == UP_REDIAL_DRAIN)
         relay_redial_step(w, f);
     else if (!more)
         conn_arm_recv(w, f, SOTH_LEG_UPSTREAM);
@@ -746,10 +790,187 @@ void relay_redial_sent(struct worker *w, struct flow *f, int res)
         relay_redial_step(w, f);
         return;
     }
+    if (f->up_redial == UP_REDIAL_PARK) {
+        if (res < 0) {
+            conn_q_clear(&w->segs, u); /* the origin is gone already: no FIN either */
+            u->shut_pending = false;
+            f->up_park_fin = true;
+        } else {
+            conn_q_sent(&w->segs, u, (uint64_t)res);
+            conn_try_send(w, f, SOTH_LEG_UPSTREAM); /* the rest, then the FIN */
+        }
+        relay_park_step(w, f);
+        return;
+    }
     if (res < 0) {
         relay_redial_fail(w, f);
         return;
     }
     conn_q_sent(&w->segs, u, (uint64_t)res);
     conn_try_send(w, f, SOTH_LEG_UPSTREAM);
+}
+
+/*
+ * docs/http2.md "Idle upstream connection". The HTTP/2 layer ended its upstream session of an
+ * idle connection (its GOAWAY is queued): close_notify and FIN follow, the TLS state goes now,
+ * and the socket closes once the FIN is out and the origin closed too (or SOTH_LINGER_MS
+ * passed: relay_timeout cancels the read). Nothing is held for the upstream until a request
+ * wakes it (relay_wake).
+ */
+static void relay_park(struct worker *w, struct flow *f)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id,
+             "idle HTTP/2 upstream connection: closing it until the next request");
+    if (f->tls[SOTH_LEG_UPSTREAM] != NULL) {
+        if (leg_uncork(w, f, SOTH_LEG_UPSTREAM) < 0) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
+        }
+        soth_tls_conn_shutdown(f->tls[SOTH_LEG_UPSTREAM]);
+        if (!leg_queue_tls(w, f, SOTH_LEG_UPSTREAM)) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
+        }
+        soth_tls_conn_free(f->tls[SOTH_LEG_UPSTREAM]); /* its session resumes the next one */
+        f->tls[SOTH_LEG_UPSTREAM] = NULL;
+    }
+    f->up_redial = UP_REDIAL_PARK;
+    f->up_park_fin = !u->connected || u->shut_done;
+    if (u->connected && !u->shut_done) {
+        u->shut_pending = true;
+        conn_try_send(w, f, SOTH_LEG_UPSTREAM);
+    }
+    uint64_t linger = now_ms() + SOTH_LINGER_MS;
+    if (f->timer.deadline_ms == 0 || linger < f->timer.deadline_ms)
+        timer_set(&w->timers, &f->timer, linger);
+    relay_park_step(w, f);
+}
+
+/* The parked socket closes once nothing is in flight on it. */
+static void relay_park_step(struct worker *w, struct flow *f)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    if (f->up_redial != UP_REDIAL_PARK || f->state != FS_RELAY)
+        return;
+    if (u->send_inflight || u->shut_pending || !f->up_park_fin || u->recv_armed || f->up_dialing)
+        return;
+    conn_q_clear(&w->segs, u);
+    if (u->fd >= 0)
+        close(u->fd);
+    u->fd = -1;
+    u->connected = u->eof_in = u->shut_pending = u->shut_done = false;
+    u->recv_paused = u->recv_wait_buf = false;
+    f->up_park_fin = false;
+    f->up_redial = UP_REDIAL_PARKED;
+    if (f->up_wake_wanted) {
+        f->up_wake_wanted = false;
+        relay_wake(w, f);
+    }
+}
+
+void relay_park_connected(struct worker *w, struct flow *f)
+{
+    f->up_dialing = false;
+    relay_park_step(w, f);
+}
+
+/* The wake failed: the half-made connection closes as a parked one does, and the layer
+ * refuses what waited (the client may retry it). */
+static void wake_fail(struct worker *w, struct flow *f)
+{
+    struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id,
+             "idle HTTP/2 upstream connection: reconnecting failed");
+    redial_poll_cancel(w, f);
+    bool eof = f->up_redial_eof;
+    f->up_wake = false;
+    f->up_redial_eof = false;
+    soth_tls_conn_free(f->tls[SOTH_LEG_UPSTREAM]);
+    f->tls[SOTH_LEG_UPSTREAM] = NULL;
+    conn_q_clear(&w->segs, u);
+    u->connected = false; /* nothing toward it, not even a FIN */
+    u->shut_pending = false;
+    f->up_park_fin = true;
+    f->up_redial = UP_REDIAL_PARK;
+    if (u->recv_armed)
+        conn_pause_recv(w, f, SOTH_LEG_UPSTREAM);
+    if (f->up_dialing && u->fd >= 0) {
+        struct io_uring_sqe *sqe = get_sqe(w);
+        io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, SOTH_LEG_UPSTREAM, f->slot, f->gen));
+    }
+    f->last_active_ms = now_ms();
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.idle_ms);
+    conn_resume_recv(w, f, SOTH_LEG_CLIENT);
+    relay_after(w, f, SOTH_LEG_CLIENT, app_upstream_opened(f->app, false));
+    if (eof && f->state == FS_RELAY && !f->app_done)
+        relay_eof(w, f, SOTH_LEG_CLIENT);
+    relay_park_step(w, f);
+}
+
+/*
+ * A request waits for the parked upstream: a new connection to the same address, TLS with
+ * the same name offering h2 (verified as the first was), through the retry's steps
+ * (UP_REDIAL_CONNECT, UP_REDIAL_TLS; client reads paused, a client reset seen at once), then
+ * the layer reads what waited (wake_done). Silent in the events: the upstream side reported
+ * its handshake once.
+ */
+static void relay_wake(struct worker *w, struct flow *f)
+{
+    if (f->up_redial == UP_REDIAL_PARK) {
+        f->up_wake_wanted = true; /* once the old socket is closed; no more lingering */
+        conn_pause_recv(w, f, SOTH_LEG_CLIENT);
+        conn_pause_recv(w, f, SOTH_LEG_UPSTREAM);
+        return;
+    }
+    if (f->up_redial != UP_REDIAL_PARKED)
+        return;
+    SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id,
+             "idle HTTP/2 upstream connection: a request came, reconnecting");
+    f->up_wake = true;
+    f->up_redial_eof = false;
+    f->up_redial_reset = false;
+    memcpy(f->up_alpn, "\x02h2", 3);
+    f->up_alpn_len = 3;
+    conn_pause_recv(w, f, SOTH_LEG_CLIENT);
+    redial_poll_arm(w, f);
+    f->up_redial = UP_REDIAL_CONNECT;
+    timer_set(&w->timers, &f->timer,
+              now_ms() + w->cfg->timeouts.connect_ms + w->cfg->timeouts.tls_handshake_ms);
+    if (w->stopping || upstream_dial(w, f) < 0) {
+        wake_fail(w, f);
+        return;
+    }
+    f->up_dialing = true;
+}
+
+/* The new connection is up with h2: the layer reads what waited, the relay goes on. */
+static void wake_done(struct worker *w, struct flow *f)
+{
+    struct soth_iov a = soth_tls_conn_alpn(f->tls[SOTH_LEG_UPSTREAM]);
+    if (!alpn_is(a, "h2")) {
+        wake_fail(w, f);
+        return;
+    }
+    bool eof = f->up_redial_eof;
+    redial_poll_cancel(w, f);
+    f->up_redial = UP_REDIAL_NONE;
+    f->up_wake = false;
+    f->up_redial_eof = false;
+    f->last_active_ms = now_ms();
+    timer_set(&w->timers, &f->timer, now_ms() + w->cfg->timeouts.idle_ms);
+    if (!leg_flush(w, f, SOTH_LEG_UPSTREAM)) {
+        flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+        return;
+    }
+    conn_resume_recv(w, f, SOTH_LEG_CLIENT);
+    relay_after(w, f, SOTH_LEG_CLIENT, app_upstream_opened(f->app, true));
+    if (f->state != FS_RELAY || f->app_done)
+        return;
+    /* Application data may have come with the end of the handshake. */
+    if (!relay_pump(w, f, SOTH_LEG_UPSTREAM))
+        return;
+    if (eof && f->state == FS_RELAY && !f->app_done)
+        relay_eof(w, f, SOTH_LEG_CLIENT);
 }

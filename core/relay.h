@@ -96,6 +96,9 @@ void relay_redial_connected(struct worker *w, struct flow *f, int res);
 void relay_redial_step(struct worker *w, struct flow *f);
 /** The retry failed: the old connection's end (the HTTP layer's 502). */
 void relay_redial_fail(struct worker *w, struct flow *f);
+/** A failed wake's connect completed (docs/http2.md "Idle upstream connection"): the parked
+ *  socket may close now. */
+void relay_park_connected(struct worker *w, struct flow *f);
 /** The client's OP_POLL completed with res (revents, or -ECANCELED): a reset while the retry
  *  runs ends the flow as a client reset does. */
 void relay_redial_poll(struct worker *w, struct flow *f, int res);

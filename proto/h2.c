@@ -210,6 +210,8 @@ enum leg_state {
     LEG_LIVE = 0, /* reading and writing */
     LEG_FAILING,  /* fatal error: no more reading, the terminating GOAWAY still goes out */
     LEG_DEAD,     /* no I/O at all (transport gone, or terminating GOAWAY flushed) */
+    LEG_PARKED,   /* upstream only: its session ended while idle (soth_h2_relay_park); a new
+                     one is made by soth_h2_relay_unpark */
     LEG_STATE_COUNT,
 };
 
@@ -241,7 +243,7 @@ struct soth_h2_relay {
     nghttp2_mem nmem;
     struct h2s *head, *tail; /* active slots */
     struct h2s *free_slots;
-    uint32_t slot_cap, n_slot_alloc;
+    uint32_t slot_cap;
     struct chunk *free_chunks;
     size_t n_chunks, max_chunks;
     size_t trailer_bytes, trailer_budget; /* trailers held for streams, and their cap */
@@ -258,6 +260,12 @@ struct soth_h2_relay {
     struct pblock pb[PB_MAX];
     char *alt; /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
     size_t altcap;
+    /* docs/http2.md "Idle upstream connection": a request came while the upstream leg was
+     * parked; nghttp2 paused in its head and the client bytes it did not read wait here,
+     * the first stash_scanned of them already seen by the scan */
+    bool waking;
+    struct cbuf stash;
+    size_t stash_scanned;
     struct leg leg[SOTH_LEG_COUNT];
 };
 
@@ -820,7 +828,6 @@ static struct h2s *slot_new(struct soth_h2_relay *r)
         s = ralloc(r, sizeof(*s));
         if (s == NULL)
             return NULL;
-        r->n_slot_alloc++;
     }
     memset(s, 0, sizeof(*s));
     s->prev = r->tail;
@@ -852,6 +859,19 @@ static void slot_free(struct soth_h2_relay *r, struct h2s *s)
     s->next = r->free_slots;
     r->free_slots = s;
     r->st.streams--;
+}
+
+/* The free stream slots, back to the allocator; returns their bytes. */
+static size_t slots_free_all(struct soth_h2_relay *r)
+{
+    size_t got = 0;
+    while (r->free_slots != NULL) {
+        struct h2s *s = r->free_slots;
+        r->free_slots = s->next;
+        rfree(r, s);
+        got += sizeof(*s);
+    }
+    return got;
 }
 
 static struct h2s *slot_by_uid(struct soth_h2_relay *r, int32_t uid)
@@ -899,7 +919,7 @@ static void maybe_end(struct soth_h2_relay *r, struct h2s *s)
 
 static bool leg_alive(const struct leg *l)
 {
-    return l->st != LEG_DEAD;
+    return l->st == LEG_LIVE || l->st == LEG_FAILING;
 }
 
 /* Give bytes we will never forward back to the receiving leg's windows. */
@@ -1168,7 +1188,8 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     }
     l->hb_on = false;
     struct h2s *s = NULL;
-    if (!r->refuse_new && r->leg[SOTH_LEG_UPSTREAM].st == LEG_LIVE)
+    enum leg_state ust = r->leg[SOTH_LEG_UPSTREAM].st;
+    if (!r->refuse_new && (ust == LEG_LIVE || ust == LEG_PARKED))
         s = slot_new(r);
     if (s == NULL) {
         /* Not processed at all: the client may retry (RFC 9113 8.7). */
@@ -1202,6 +1223,13 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         l->hb.over = true;
         l->hb_on = false;
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    struct soth_h2_relay *r = l->r;
+    if (l->side == SOTH_LEG_CLIENT && r->leg[SOTH_LEG_UPSTREAM].st == LEG_PARKED && !r->waking) {
+        /* A request for a parked upstream: nghttp2 stops here (the field is ours already) and
+         * the rest waits for the new connection (soth_h2_relay_unpark). */
+        r->waking = true;
+        return NGHTTP2_ERR_PAUSE;
     }
     return 0;
 }
@@ -1900,13 +1928,10 @@ void soth_h2_relay_free(struct soth_h2_relay *r)
         }
     }
     rfree(r, r->alt);
+    cbuf_drop(r, &r->stash);
     while (r->head != NULL)
         slot_free(r, r->head);
-    while (r->free_slots != NULL) {
-        struct h2s *s = r->free_slots;
-        r->free_slots = s->next;
-        rfree(r, s);
-    }
+    slots_free_all(r);
     while (r->free_chunks != NULL) {
         struct chunk *c = r->free_chunks;
         r->free_chunks = c->next;
@@ -2081,6 +2106,34 @@ static void scan_stream_error(struct soth_h2_relay *r, uint32_t id, uint32_t cod
     rst_client(r, s, code);
 }
 
+/* Client bytes held while the upstream reconnects: what flow control lets the client send
+ * (the connection window) and this much besides (frames outside flow control, framing). */
+#define STASH_SLACK (256u * 1024u)
+
+/*
+ * nghttp2 reads the client's data[*fed, end). A request for the parked upstream pauses it
+ * (on_header): what it did not read of data[*fed, len) goes to the stash, the part before
+ * `scanned` marked as seen by the scan. Returns 0 (all read), 1 (paused) or a negative error.
+ */
+static int client_recv(struct soth_h2_relay *r, const char *data, size_t *fed, size_t end,
+                       size_t scanned, size_t len)
+{
+    bool was = r->waking;
+    ssize_t n = leg_recv(r, SOTH_LEG_CLIENT, data + *fed, end - *fed);
+    if (n < 0)
+        return (int)n;
+    if (was || !r->waking) {
+        *fed = end;
+        return 0;
+    }
+    size_t at = *fed + (size_t)n;
+    if (cbuf_append(r, &r->stash, (const uint8_t *)data + at, len - at) < 0)
+        return SOTH_E_NOMEM;
+    r->stash_scanned = scanned - at;
+    *fed = len;
+    return 1;
+}
+
 /* Client bytes: scanned frame by frame (struct scan), handed to nghttp2 in one piece unless a
  * frame needs an answer nghttp2 would not give; then the bytes before that frame go first. */
 static ssize_t client_feed(struct soth_h2_relay *r, const char *data, size_t len)
@@ -2088,6 +2141,7 @@ static ssize_t client_feed(struct soth_h2_relay *r, const char *data, size_t len
     struct scan *sc = &r->scan;
     struct leg *l = &r->leg[SOTH_LEG_CLIENT];
     size_t off = 0, fed = 0, start = 0;
+    bool parked = r->leg[SOTH_LEG_UPSTREAM].st == LEG_PARKED;
     while (off < len) {
         if (sc->magic_left > 0) {
             size_t k = len - off < sc->magic_left ? len - off : sc->magic_left;
@@ -2104,6 +2158,13 @@ static ssize_t client_feed(struct soth_h2_relay *r, const char *data, size_t len
         if (sc->have == 0) {
             start = off;
             sc->need = FRAME_HD;
+            /* Parked upstream: nghttp2 reads up to each frame the scan is about to see, so a
+             * request that pauses it (on_header) leaves scanned and unscanned bytes apart. */
+            if (parked && start > fed) {
+                int rc = client_recv(r, data, &fed, start, start, len);
+                if (rc != 0)
+                    return rc < 0 ? rc : (ssize_t)len;
+            }
         }
         size_t want = (size_t)(sc->need - sc->have);
         size_t k = len - off < want ? len - off : want;
@@ -2147,9 +2208,9 @@ static ssize_t client_feed(struct soth_h2_relay *r, const char *data, size_t len
             return (ssize_t)len; /* the rest is never read */
     }
     if (fed < len) {
-        ssize_t n = leg_recv(r, SOTH_LEG_CLIENT, data + fed, len - fed);
-        if (n < 0)
-            return n;
+        int rc = client_recv(r, data, &fed, len, len, len);
+        if (rc < 0)
+            return rc;
     }
     return (ssize_t)len;
 }
@@ -2160,6 +2221,17 @@ ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_leg from, const ch
     struct leg *l = &r->leg[from];
     if (l->st != LEG_LIVE)
         return SOTH_E_CLOSED;
+    if (from == SOTH_LEG_CLIENT && r->waking) {
+        /* The upstream reconnects: everything waits behind the paused request (the worker
+         * pauses the client's reads meanwhile; what was already on its way is bounded by the
+         * connection window and STASH_SLACK). */
+        if (r->stash.len + len > r->st.buffer_bound[SOTH_LEG_CLIENT] + STASH_SLACK) {
+            leg_terminate(r, SOTH_LEG_CLIENT, NGHTTP2_ENHANCE_YOUR_CALM);
+            return SOTH_E_MALFORMED;
+        }
+        return cbuf_append(r, &r->stash, (const uint8_t *)data, len) < 0 ? SOTH_E_NOMEM
+                                                                          : (ssize_t)len;
+    }
     if (from == SOTH_LEG_CLIENT)
         return client_feed(r, data, len);
     return leg_recv(r, from, data, len);
@@ -2169,7 +2241,7 @@ ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_leg from, const ch
 static int pump(struct soth_h2_relay *r, struct leg *l, bool *progress)
 {
     for (;;) {
-        if (l->st == LEG_DEAD)
+        if (!leg_alive(l))
             return 0;
         const uint8_t *p;
         ssize_t n = nghttp2_session_mem_send(l->s, &p);
@@ -2290,18 +2362,29 @@ bool soth_h2_relay_timeout(struct soth_h2_relay *r, int32_t stream_id)
     return false;
 }
 
-size_t soth_h2_relay_release(struct soth_h2_relay *r)
+/* No stream, nothing queued, held, lent or half received on a live leg (a parked upstream
+ * leg has nothing at all). */
+static bool quiet(const struct soth_h2_relay *r)
 {
-    if (r->head != NULL || r->out_err < 0 || r->nomem)
-        return 0;
+    if (r->head != NULL || r->out_err < 0 || r->nomem || r->waking)
+        return false;
     for (int i = 0; i < 2; i++) {
         const struct leg *l = &r->leg[i];
+        if (i == SOTH_LEG_UPSTREAM && l->st == LEG_PARKED)
+            continue;
         /* drained and nothing queued since: nghttp2 will not read its frame buffer again
          * before it serializes the next frame into it */
         if (l->st != LEG_LIVE || l->held || !l->drained || l->out_len > 0 || l->lent != NULL ||
             l->hb_on || nghttp2_session_want_write(l->s))
-            return 0;
+            return false;
     }
+    return true;
+}
+
+size_t soth_h2_relay_release(struct soth_h2_relay *r)
+{
+    if (!quiet(r))
+        return 0;
     size_t got = 0;
     for (unsigned i = 0; i < r->n_pb; i++) {
         struct pblock *b = &r->pb[i];
@@ -2322,14 +2405,108 @@ size_t soth_h2_relay_release(struct soth_h2_relay *r)
     rfree(r, r->alt);
     r->alt = NULL;
     r->altcap = 0;
-    while (r->free_slots != NULL) {
-        struct h2s *s = r->free_slots;
-        r->free_slots = s->next;
-        rfree(r, s);
-        r->n_slot_alloc--;
-        got += sizeof(*s);
+    return got + slots_free_all(r);
+}
+
+int soth_h2_relay_park(struct soth_h2_relay *r)
+{
+    struct leg *u = &r->leg[SOTH_LEG_UPSTREAM];
+    if (!quiet(r) || u->st != LEG_LIVE || r->refuse_new || u->goaway_sent || u->goaway_recv ||
+        r->leg[SOTH_LEG_CLIENT].goaway_recv)
+        return 0;
+    /* GOAWAY(NO_ERROR, last stream 0: we accept no pushes), out before the session goes. */
+    if (nghttp2_submit_goaway(u->s, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0) != 0)
+        return SOTH_E_NOMEM;
+    u->goaway_ours++;
+    for (;;) {
+        const uint8_t *p;
+        ssize_t n = nghttp2_session_mem_send(u->s, &p);
+        if (n < 0)
+            return SOTH_E_NOMEM;
+        if (n == 0)
+            break;
+        int rc = out_append(r, u, p, (size_t)n);
+        if (rc < 0)
+            return rc;
     }
-    return got;
+    int rc = out_emit(r, u);
+    if (rc < 0)
+        return rc;
+    nghttp2_session_del(u->s); /* frees its page blocks through n_free */
+    u->s = NULL;
+    hb_free(r, &u->hb);
+    if (u->out != NULL && !r->lend) {
+        rfree(r, u->out);
+        u->out = NULL;
+    }
+    u->st = LEG_PARKED;
+    u->goaway_sent = false;
+    u->goaway_ours = 0;
+    u->drained = false;
+    r->st.upstream_parked++;
+    return 1;
+}
+
+bool soth_h2_relay_parked(const struct soth_h2_relay *r)
+{
+    return r->leg[SOTH_LEG_UPSTREAM].st == LEG_PARKED;
+}
+
+bool soth_h2_relay_waking(const struct soth_h2_relay *r)
+{
+    return r->waking;
+}
+
+int soth_h2_relay_unpark(struct soth_h2_relay *r, bool ok)
+{
+    struct leg *u = &r->leg[SOTH_LEG_UPSTREAM];
+    if (u->st != LEG_PARKED)
+        return 0;
+    if (ok) {
+        int rc = leg_init(r, SOTH_LEG_UPSTREAM);
+        if (rc < 0) {
+            if (u->s != NULL)
+                nghttp2_session_del(u->s);
+            u->s = NULL;
+            u->st = LEG_PARKED;
+            ok = false;
+        } else {
+            r->st.upstream_unparked++;
+        }
+    }
+    if (!ok) /* the waiting request is refused (REFUSED_STREAM: the client may retry) */
+        leg_down(r, SOTH_LEG_UPSTREAM, SOTH_H2_UPSTREAM_ABORTED, "upstream_reconnect_failed");
+    if (!r->waking)
+        return 0;
+    /* The scanned bytes straight to nghttp2 (even none: a head paused at its last field
+     * completes with an empty read), the rest through the scan. */
+    r->waking = false;
+    char buf[CHUNK_DATA];
+    size_t scanned = r->stash_scanned;
+    r->stash_scanned = 0;
+    bool first = true;
+    while ((scanned > 0 || first) && r->leg[SOTH_LEG_CLIENT].st == LEG_LIVE) {
+        size_t k = scanned < sizeof(buf) ? scanned : sizeof(buf);
+        cbuf_pop(r, &r->stash, buf, k);
+        scanned -= k;
+        first = false;
+        ssize_t n = leg_recv(r, SOTH_LEG_CLIENT, buf, k);
+        if (n < 0) {
+            cbuf_drop(r, &r->stash);
+            return (int)n;
+        }
+    }
+    while (r->stash.len > 0 && r->leg[SOTH_LEG_CLIENT].st == LEG_LIVE) {
+        size_t k = r->stash.len < sizeof(buf) ? r->stash.len : sizeof(buf);
+        cbuf_pop(r, &r->stash, buf, k);
+        ssize_t n = client_feed(r, buf, k);
+        if (n < 0) {
+            cbuf_drop(r, &r->stash);
+            return (int)n;
+        }
+    }
+    cbuf_drop(r, &r->stash);
+    return 0;
 }
 
 void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out)

@@ -608,6 +608,7 @@ static struct soth_config *config_defaults(void)
     c->timeouts.response_header_ms = 60000;
     c->timeouts.idle_ms = 120000;
     c->timeouts.drain_ms = 5000;
+    c->timeouts.upstream_idle_ms = 5000;
     c->quic.idle_ms = 30000;
     c->quic.max_flows = 65536;
     c->upstream_pool.enabled = true;
@@ -1632,10 +1633,12 @@ static int load_timeouts(struct soth_jerr *e, struct soth_config *c, const json_
                                        "response_header_ms",
                                        "idle_ms",
                                        "drain_ms",
+                                       "upstream_idle_ms",
                                        NULL};
     uint32_t *fields[] = {&c->timeouts.connect_ms,        &c->timeouts.tls_handshake_ms,
                           &c->timeouts.request_header_ms, &c->timeouts.response_header_ms,
-                          &c->timeouts.idle_ms,           &c->timeouts.drain_ms};
+                          &c->timeouts.idle_ms,           &c->timeouts.drain_ms,
+                          &c->timeouts.upstream_idle_ms};
     int rc;
     if ((rc = expect_object(e, "timeouts", t)) || (rc = check_keys(e, "timeouts", t, keys)))
         return rc;
@@ -1643,8 +1646,10 @@ static int load_timeouts(struct soth_jerr *e, struct soth_config *c, const json_
         json_t *v = json_object_get(t, keys[i]);
         char p[64];
         snprintf(p, sizeof(p), "timeouts.%s", keys[i]);
-        /* drain_ms may be 0 (close at once); the others must allow some time. */
-        long long min = strcmp(keys[i], "drain_ms") == 0 ? 0 : 1;
+        /* drain_ms may be 0 (close at once), upstream_idle_ms 0 (never); the others must
+         * allow some time. */
+        long long min =
+            strcmp(keys[i], "drain_ms") == 0 || strcmp(keys[i], "upstream_idle_ms") == 0 ? 0 : 1;
         long long max = strcmp(keys[i], "response_header_ms") == 0 ? 3600000 : 86400000;
         if (v && (rc = get_uint(e, p, v, min, max, fields[i])))
             return rc;
@@ -2302,6 +2307,7 @@ static char *config_to_json(const struct soth_config *c, bool secrets)
     put(&ok, to, "response_header_ms", json_integer(c->timeouts.response_header_ms));
     put(&ok, to, "idle_ms", json_integer(c->timeouts.idle_ms));
     put(&ok, to, "drain_ms", json_integer(c->timeouts.drain_ms));
+    put(&ok, to, "upstream_idle_ms", json_integer(c->timeouts.upstream_idle_ms));
     put(&ok, r, "timeouts", to);
     json_t *m = json_object();
     put(&ok, m, "listen", str_or_null(c->metrics.listen_text));

@@ -92,7 +92,8 @@ static const char *const defaults_json =
     "\"events\":{\"ring_path\":null,\"ring_size_mb\":64,\"body_capture_bytes\":4096,"
     "\"ws_turn_idle_ms\":30000,\"sinks\":[]},"
     "\"timeouts\":{\"connect_ms\":10000,\"tls_handshake_ms\":10000,"
-    "\"request_header_ms\":10000,\"response_header_ms\":60000,\"idle_ms\":120000,\"drain_ms\":5000}"
+    "\"request_header_ms\":10000,\"response_header_ms\":60000,\"idle_ms\":120000,\"drain_ms\":5000,"
+    "\"upstream_idle_ms\":5000}"
     ","
     "\"metrics\":{\"listen\":null},\"resolve\":{},\"bridge\":{\"listen\":null},"
     "\"soth\":{\"bundle\":null}}";
@@ -625,6 +626,7 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"response_header_ms\"",
                                         "\"idle_ms\"",
                                         "\"drain_ms\"",
+                                        "\"upstream_idle_ms\"",
                                         "\"metrics\"",
                                         "\"resolve\"",
                                         "\"bridge\"",
@@ -772,7 +774,8 @@ Test(config, spec_example_round_trips)
         "e.jsonl\",\"format\":\"event\"},{\"type\":\"uds\","
         "\"path\":\"/tmp/e.sock\",\"format\":\"exchange\"}]},"
         "\"timeouts\":{\"connect_ms\":1,\"tls_handshake_ms\":2,\"request_header_ms\":3,"
-        "\"response_header_ms\":5,\"idle_ms\":4,\"drain_ms\":0},\"metrics\":{\"listen\":\"127.0.0."
+        "\"response_header_ms\":5,\"idle_ms\":4,\"drain_ms\":0,"
+        "\"upstream_idle_ms\":0},\"metrics\":{\"listen\":\"127.0.0."
         "1:9100\"},"
         "\"resolve\":{\"origin.test\":\"127.0.0.1\",\"v6.test\":\"::1\"},"
         "\"bridge\":{\"listen\":\"/run/soth-mitm/bridge.sock\"},"

@@ -17,7 +17,7 @@ import urllib.request
 
 import hpack
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
-                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
+                              PingFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
 from h2_origin import H2Client, H2Origin, body_for, make_origin_pki, pair_body
 from harness import Proxy, by_flow
@@ -849,6 +849,136 @@ class ConformanceTests(H2Base):
     def test_rst_stream_on_idle_stream(self):
         with Proxy(config=self.config()) as p:
             self.conn_error(p, [RstStreamFrame(5, error_code=CANCEL)], PROTOCOL_ERROR)
+            p.checked_events()
+
+
+class IdleUpstreamTests(H2Base):
+    """docs/http2.md "Idle upstream connection": an intercepted HTTP/2 connection with no stream
+    for timeouts.upstream_idle_ms closes its upstream connection (GOAWAY, close_notify, FIN) and
+    makes a new one for the next request; the client sees one connection throughout."""
+
+    IDLE_MS = 300
+
+    def setUp(self):
+        self.own = H2Origin()  # its own log: connections are counted
+
+    def tearDown(self):
+        self.own.close()
+
+    def own_config(self, **extra):
+        cfg = {"policy": {"default": "intercept"}, "resolve": {"origin.test": "127.0.0.1"},
+               "tls": {"upstream_ca_file": self.own.ca},
+               "timeouts": {"upstream_idle_ms": self.IDLE_MS}}
+        cfg.update(extra)
+        return cfg
+
+    def own_client(self, p):
+        return H2Client(p.addr(), proxy_ca(p), "origin.test", self.own.port)
+
+    def wait_closed(self, n):
+        """Until the origin saw n connections end (our GOAWAY first on each)."""
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            log = self.own.log()
+            if sum(1 for e in log if e["ev"] == "closed") >= n:
+                return log
+            time.sleep(0.02)
+        self.fail(f"origin saw {n} connections close: {self.own.log()}")
+
+    def test_requests_after_the_upstream_closed_while_idle(self):
+        with Proxy(config=self.own_config(), extra_args=("--log-level", "debug")) as p:
+            c = self.own_client(p)
+            bodies = {}
+            for rnd in range(3):
+                for i in range(8):
+                    body = body_for(rnd * 8 + i, 1 + (rnd * 8 + i) * 7919 % 100000)
+                    bodies[c.request("POST", f"/echo?r={rnd}&i={i}", body)] = body
+                sid = c.request("POST", "/echo?trailers=1", b"t" * 5000,
+                                trailers=[(b"x-req-sum", b"5000")])
+                c.run_until(lambda: all(c.done(s) for s in bodies) and c.done(sid), timeout=60)
+                self.assertEqual(c.r[sid]["trailers"], [(b"x-sum", b"5000")],
+                                 (rnd, sid, c.r[sid], p.stderr()[-3000:], self.own.log()))
+                self.assertEqual(bytes(c.r[sid]["body"]), b"t" * 5000)
+                log = self.wait_closed(rnd + 1)
+                # Ours was a graceful GOAWAY; the origin's connection count grows by one a round.
+                self.assertEqual([e["code"] for e in log if e["ev"] == "goaway"], [0] * (rnd + 1))
+                self.assertEqual(sum(1 for e in log if e["ev"] == "conn"), rnd + 1)
+            for sid, body in bodies.items():
+                self.assertEqual(c.r[sid]["status"], 200)
+                self.assertEqual(bytes(c.r[sid]["body"]), body, sid)
+            self.assertIsNone(c.goaway)  # the client's connection never ended
+            c.close()
+            evs = p.checked_events()
+            err = p.stderr()
+        self.assertEqual(err.count("closing it until the next request"), 3, err)
+        self.assertEqual(err.count("a request came, reconnecting"), 2, err)
+        ex = exchanges(evs)
+        self.assertEqual(len(ex), 27)
+        self.assertEqual({x["exchange_completed"][0]["outcome"] for x in ex.values()},
+                         {"complete"})
+        # One flow; the upstream side reported its handshake once.
+        self.assertEqual(len(by_flow(evs)), 1)
+        ups = [e for e in evs if e["type"] == "tls_handshake_succeeded"
+               and e.get("side") == "upstream"]
+        self.assertEqual(len(ups), 1)
+
+    def test_ping_while_parked_needs_no_upstream(self):
+        with Proxy(config=self.own_config()) as p:
+            r = RawH2(p, self.own.port)
+            r.send(r.headers(1))
+            r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+            self.wait_closed(1)
+            r.send(PingFrame(0, opaque_data=b"12345678"))
+            got = r.frames(lambda f: isinstance(f, PingFrame) and "ACK" in f.flags)
+            self.assertEqual(got[-1].opaque_data, b"12345678")
+            time.sleep(0.3)
+            self.assertEqual(sum(1 for e in self.own.log() if e["ev"] == "conn"), 1)
+            # The next request, in several pieces across reads: a new connection answers it.
+            f = r.headers(3, path="/gen/7/30000")
+            data = f.serialize()
+            for k in range(0, len(data), 5):
+                r.send(data[k:k + 5])
+                time.sleep(0.01)
+            got = r.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags)
+            body = b"".join(f.data for f in got if isinstance(f, DataFrame) and f.stream_id == 3)
+            self.assertEqual(body, body_for(7, 30000))
+            self.assertEqual(sum(1 for e in self.own.log() if e["ev"] == "conn"), 2)
+            r.s.close()
+            p.checked_events()
+
+    def test_origin_gone_while_parked_refuses_the_request(self):
+        with Proxy(config=self.own_config()) as p:
+            c = self.own_client(p)
+            sid = c.request("GET", "/gen/3/100")
+            c.run_until(lambda: c.done(sid))
+            self.assertEqual(bytes(c.r[sid]["body"]), body_for(3, 100))
+            self.wait_closed(1)
+            self.own.proc.kill()  # nothing listens on its port now
+            self.own.proc.wait()
+            sid2 = c.request("GET", "/gen/4/100")
+            c.run_until(lambda: c.done(sid2) and c.goaway is not None, timeout=15)
+            # Not processed: the client may retry it elsewhere (RFC 9113 8.7).
+            self.assertEqual(c.r[sid2]["reset"], REFUSED_STREAM)
+            self.assertEqual(c.goaway[0], NO_ERROR)
+            self.assertLessEqual(c.goaway[1], sid2)
+            c.close()
+            evs = p.checked_events()
+        closed = [e for e in evs if e["type"] == "stream_closed"]
+        self.assertEqual(len(closed), 1)
+
+    def test_zero_keeps_the_upstream_open(self):
+        with Proxy(config=self.own_config(timeouts={"upstream_idle_ms": 0})) as p:
+            c = self.own_client(p)
+            sid = c.request("GET", "/gen/3/100")
+            c.run_until(lambda: c.done(sid))
+            time.sleep(1.0)
+            sid = c.request("GET", "/gen/4/100")
+            c.run_until(lambda: c.done(sid))
+            self.assertEqual(bytes(c.r[sid]["body"]), body_for(4, 100))
+            log = self.own.log()
+            self.assertEqual(sum(1 for e in log if e["ev"] == "conn"), 1)
+            self.assertEqual(sum(1 for e in log if e["ev"] == "closed"), 0)
+            c.close()
             p.checked_events()
 
 

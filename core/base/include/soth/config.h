@@ -176,6 +176,9 @@ struct soth_config {
     struct {
         uint32_t connect_ms, tls_handshake_ms, request_header_ms, idle_ms, drain_ms;
         uint32_t response_header_ms; /* first byte of a response head after a request */
+        uint32_t upstream_idle_ms;   /* an intercepted HTTP/2 connection's upstream connection
+                                        closes after this long without a stream, and reopens
+                                        for the next request (docs/http2.md); 0: never */
     } timeouts;
 
     struct {

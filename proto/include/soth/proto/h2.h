@@ -160,6 +160,8 @@ struct soth_h2_stats {
     uint32_t streams_peak;
     uint64_t streams_total;   /* client streams accepted */
     uint64_t streams_refused; /* client streams refused (limits, GOAWAY, shutdown) */
+    uint64_t upstream_parked;   /* soth_h2_relay_park ended the upstream session */
+    uint64_t upstream_unparked; /* soth_h2_relay_unpark made a new one */
 };
 
 /**
@@ -248,6 +250,31 @@ bool soth_h2_relay_timeout(struct soth_h2_relay *r, int32_t stream_id);
  * calls.
  */
 size_t soth_h2_relay_release(struct soth_h2_relay *r);
+
+/**
+ * docs/http2.md "Idle upstream connection": park the upstream leg of a quiet relay (as
+ * soth_h2_relay_release means it, and no GOAWAY sent or received on either leg, no shutdown):
+ * GOAWAY(NO_ERROR) toward the upstream goes to cbs->out at once, then its session is freed.
+ * The caller closes that transport (close_notify, FIN). The client leg carries on: PINGs,
+ * SETTINGS and the like are answered; the first request's head pauses the relay
+ * (soth_h2_relay_waking turns true; its bytes and everything fed after wait, at most the
+ * connection window and 256 KiB)
+ * until soth_h2_relay_unpark. Returns 1 when parked, 0 when not quiet (nothing done), or a
+ * negative error (the relay cannot go on).
+ */
+int soth_h2_relay_park(struct soth_h2_relay *r);
+/** Whether the upstream leg is parked (until soth_h2_relay_unpark). */
+bool soth_h2_relay_parked(const struct soth_h2_relay *r);
+/** Whether a request waits for a parked upstream: the caller connects and calls
+ *  soth_h2_relay_unpark; it should stop reading the client meanwhile. */
+bool soth_h2_relay_waking(const struct soth_h2_relay *r);
+/**
+ * A new upstream transport is up (ok: a new session, its preface queued, then what waited is
+ * read) or could not be made (not ok: the upstream leg is gone as after soth_h2_relay_eof, so
+ * the waiting request is refused with REFUSED_STREAM and the client gets GOAWAY(NO_ERROR)).
+ * No-op unless parked. Returns 0 or a negative error as soth_h2_relay_feed; call flush next.
+ */
+int soth_h2_relay_unpark(struct soth_h2_relay *r, bool ok);
 
 /** Fill *out with the relay's counters. */
 void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out);
