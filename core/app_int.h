@@ -19,7 +19,7 @@ struct app_conf {
     uint32_t request_header_ms;  /* timeouts.request_header_ms; 0: no head deadline */
     uint32_t response_header_ms; /* timeouts.response_header_ms; 0: no response deadline */
     uint32_t h2_max_header_list_size;
-    bool strip_h3_alt_svc; /* http3_passthrough false: no HTTP/3 in Alt-Svc (docs/http3.md) */
+    bool strip_h3_alt_svc;     /* http3_passthrough false: no HTTP/3 in Alt-Svc (docs/http3.md) */
     uint32_t upstream_idle_ms; /* timeouts.upstream_idle_ms; 0: the upstream stays open */
 };
 

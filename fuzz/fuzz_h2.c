@@ -8,7 +8,9 @@
  *   record: op byte: bit 0 side (0 client, 1 upstream), bits 1-2 op:
  *     0 feed: 2 length bytes (big endian), then that many bytes (cut at the end of input)
  *     1 flush only; with bit 3: soth_h2_relay_release first (an idle relay gives back
- *       memory; a busy one must refuse)
+ *       memory; a busy one must refuse); with bit 4: on the client side soth_h2_relay_park
+ *       (an idle relay ends its upstream session; a busy one must refuse), on the upstream
+ *       side soth_h2_relay_unpark, the new connection up when bit 5 is set, else failed
  *     2 transport EOF on side (bit 3: reset)
  *     3 toggle hold on side; with bit 3: graceful shutdown instead
  *   every record is followed by a flush.
@@ -339,6 +341,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 1:
             if (op & 8)
                 (void)soth_h2_relay_release(F.r);
+            if ((op & 16) && side == SOTH_LEG_CLIENT) {
+                struct soth_h2_stats st;
+                soth_h2_relay_stats(F.r, &st);
+                int rc = soth_h2_relay_park(F.r);
+                CHECK(rc == 0 || rc == 1 || rc == SOTH_E_NOMEM);
+                CHECK(rc != 1 || st.streams == 0);
+                CHECK(rc != 1 || soth_h2_relay_parked(F.r));
+            } else if (op & 16) {
+                int rc = soth_h2_relay_unpark(F.r, (op & 32) != 0);
+                CHECK(rc == 0 || rc == SOTH_E_MALFORMED || rc == SOTH_E_NOMEM);
+                CHECK(!soth_h2_relay_parked(F.r) && !soth_h2_relay_waking(F.r));
+            }
             break;
         case 2:
             soth_h2_relay_eof(F.r, side, (op & 8) != 0);

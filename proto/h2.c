@@ -2230,7 +2230,7 @@ ssize_t soth_h2_relay_feed(struct soth_h2_relay *r, enum soth_leg from, const ch
             return SOTH_E_MALFORMED;
         }
         return cbuf_append(r, &r->stash, (const uint8_t *)data, len) < 0 ? SOTH_E_NOMEM
-                                                                          : (ssize_t)len;
+                                                                         : (ssize_t)len;
     }
     if (from == SOTH_LEG_CLIENT)
         return client_feed(r, data, len);

@@ -1627,14 +1627,9 @@ static int load_events(struct soth_jerr *e, struct soth_config *c, const json_t 
 
 static int load_timeouts(struct soth_jerr *e, struct soth_config *c, const json_t *t)
 {
-    static const char *const keys[] = {"connect_ms",
-                                       "tls_handshake_ms",
-                                       "request_header_ms",
-                                       "response_header_ms",
-                                       "idle_ms",
-                                       "drain_ms",
-                                       "upstream_idle_ms",
-                                       NULL};
+    static const char *const keys[] = {
+        "connect_ms", "tls_handshake_ms", "request_header_ms", "response_header_ms",
+        "idle_ms",    "drain_ms",         "upstream_idle_ms",  NULL};
     uint32_t *fields[] = {&c->timeouts.connect_ms,        &c->timeouts.tls_handshake_ms,
                           &c->timeouts.request_header_ms, &c->timeouts.response_header_ms,
                           &c->timeouts.idle_ms,           &c->timeouts.drain_ms,

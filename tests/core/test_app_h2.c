@@ -111,6 +111,7 @@ static struct t *T;
  * the monotonic one when g_fake_clock. */
 static uint32_t g_resp_ms;
 static bool g_fake_clock;
+static uint32_t g_up_idle_ms; /* env.upstream_parkable with timeouts.upstream_idle_ms (0: not) */
 static uint64_t g_now_ns;
 
 static uint64_t fake_clock(void *ctx)
@@ -351,6 +352,24 @@ static int or_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
 
 /* ---- setup */
 
+/* The origin's side of an upstream connection (a new one after the layer parked the last). */
+static void origin_new(struct t *t, uint32_t origin_streams)
+{
+    nghttp2_session_callbacks *cb;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, or_begin);
+    nghttp2_session_callbacks_set_on_header_callback(cb, or_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, or_data);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, or_frame_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, or_close);
+    cr_assert_eq(nghttp2_session_server_new(&t->origin, cb, t), 0);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry or_iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, origin_streams ? origin_streams : 100},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
+    cr_assert_eq(nghttp2_submit_settings(t->origin, NGHTTP2_FLAG_NONE, or_iv, 2), 0);
+}
+
 static void t_setup(uint32_t capture, uint32_t max_header_list, uint32_t origin_streams)
 {
     struct t *t = calloc(1, sizeof(*t));
@@ -366,6 +385,7 @@ static void t_setup(uint32_t capture, uint32_t max_header_list, uint32_t origin_
     c->http2_enabled = true;
     c->http2_max_header_list_size = max_header_list;
     c->timeouts.response_header_ms = g_resp_ms;
+    c->timeouts.upstream_idle_ms = g_up_idle_ms;
     char err[256];
     t->obs.o = soth_observe_new(c, 1, err, sizeof(err));
     cr_assert_not_null(t->obs.o, "%s", err);
@@ -384,7 +404,8 @@ static void t_setup(uint32_t capture, uint32_t max_header_list, uint32_t origin_
                           .client_tls = true,
                           .ctx = t,
                           .send = env_send,
-                          .clock_ns = g_fake_clock ? fake_clock : NULL};
+                          .clock_ns = g_fake_clock ? fake_clock : NULL,
+                          .upstream_parkable = g_up_idle_ms > 0};
     t->a = app_new(APP_H2, &env);
     cr_assert_not_null(t->a);
     cr_assert_eq(t->ev.protocol, SOTH_PROTO_HTTP2);
@@ -400,20 +421,9 @@ static void t_setup(uint32_t capture, uint32_t max_header_list, uint32_t origin_
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, ua_close);
     cr_assert_eq(nghttp2_session_client_new(&t->ua, cb, t), 0);
     nghttp2_session_callbacks_del(cb);
-    nghttp2_session_callbacks_new(&cb);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, or_begin);
-    nghttp2_session_callbacks_set_on_header_callback(cb, or_header);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, or_data);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, or_frame_recv);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, or_close);
-    cr_assert_eq(nghttp2_session_server_new(&t->origin, cb, t), 0);
-    nghttp2_session_callbacks_del(cb);
     nghttp2_settings_entry ua_iv[] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
     cr_assert_eq(nghttp2_submit_settings(t->ua, NGHTTP2_FLAG_NONE, ua_iv, 1), 0);
-    nghttp2_settings_entry or_iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, origin_streams ? origin_streams : 100},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
-    cr_assert_eq(nghttp2_submit_settings(t->origin, NGHTTP2_FLAG_NONE, or_iv, 2), 0);
+    origin_new(t, origin_streams);
 }
 
 static void t_teardown(void)
@@ -1043,6 +1053,65 @@ Test(app_h2, response_head_deadline_follows_the_earliest_waiting_stream)
     cr_assert_eq(app_deadline(t->a), 8400, "idle again");
     cr_assert_geq(t->last_rc, 0);
     g_resp_ms = 0;
+    g_fake_clock = false;
+}
+
+/* docs/http2.md "Idle upstream connection": no stream for timeouts.upstream_idle_ms, and the
+ * layer ends its upstream session (GOAWAY) and asks the worker to close the connection, once;
+ * the next request asks for a new one and waits for it; then it completes on the new session.
+ * When none can be made, the waiting request is refused and the layer finishes. */
+Test(app_h2, idle_upstream_closed_then_made_again_for_the_next_request)
+{
+    g_fake_clock = true;
+    g_up_idle_ms = 2000;
+    g_now_ns = 5000 * MS;
+    t_setup(4096, 65536, 0);
+    struct t *t = T;
+    struct xchg *a = submit(t, "GET", "/get/10", 0, 1);
+    pump(t);
+    cr_assert_eq(a->status, 200);
+    cr_assert_eq(app_deadline(t->a), 6000, "the idle release first");
+    g_now_ns = 6000 * MS;
+    app_rc(t, app_timer(t->a, 6000));
+    cr_assert_eq(app_deadline(t->a), 7000, "then the upstream's close");
+    cr_assert_eq(app_upstream_want(t->a), APP_UP_NONE);
+    g_now_ns = 7000 * MS;
+    app_rc(t, app_timer(t->a, 7000));
+    cr_assert_eq(app_upstream_want(t->a), APP_UP_CLOSE);
+    cr_assert_eq(app_upstream_want(t->a), APP_UP_NONE, "said once");
+    pump(t);
+    cr_assert(t->origin_goaway, "GOAWAY toward the origin");
+    cr_assert_eq(app_deadline(t->a), 0, "nothing due while parked");
+
+    struct xchg *b = submit(t, "POST", "/echo", 30000, 2);
+    pump(t);
+    cr_assert_eq(app_upstream_want(t->a), APP_UP_OPEN);
+    cr_assert_eq(b->status, 0, "waits for the new connection");
+    nghttp2_session_del(t->origin);
+    t->origin_goaway = false;
+    origin_new(t, 0);
+    app_rc(t, app_upstream_opened(t->a, true));
+    pump(t);
+    cr_assert_eq(b->status, 200);
+    cr_assert_eq(b->resp_body.len, 30000);
+    cr_assert(memcmp(b->resp_body.p, b->req_body.p, 30000) == 0, "echo intact");
+    cr_assert(!t->ua_goaway);
+
+    /* Idle again: parked again; this time the connection cannot be made. */
+    cr_assert_eq(app_deadline(t->a), 8000);
+    g_now_ns = 9000 * MS;
+    app_rc(t, app_timer(t->a, 9000));
+    cr_assert_eq(app_upstream_want(t->a), APP_UP_CLOSE);
+    pump(t);
+    struct xchg *c = submit(t, "GET", "/get/10", 0, 3);
+    pump(t);
+    cr_assert_eq(app_upstream_want(t->a), APP_UP_OPEN);
+    app_rc(t, app_upstream_opened(t->a, false));
+    pump(t);
+    cr_assert(c->rst_recv && c->rst_code == NGHTTP2_REFUSED_STREAM);
+    cr_assert(t->ua_goaway && t->ua_goaway_code == NGHTTP2_NO_ERROR);
+    cr_assert(t->done, "the layer finished");
+    g_up_idle_ms = 0;
     g_fake_clock = false;
 }
 

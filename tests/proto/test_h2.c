@@ -1243,6 +1243,94 @@ Test(h2_relay, idle_release_then_more_exchanges_intact)
     h_free(h);
 }
 
+/* docs/http2.md "Idle upstream connection": an idle relay parks its upstream leg (GOAWAY
+ * NO_ERROR, session freed); frames without a stream are answered without it; the next request
+ * waits, in pieces, until a new upstream connection is up, then it and the ones after go
+ * through the new session byte-exact; when the new connection cannot be made, the waiting
+ * request is refused (REFUSED_STREAM: the client may retry) and the client gets GOAWAY. */
+Test(h2_relay, park_then_requests_on_a_new_upstream)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h->lend = true;
+    h_start(h);
+    struct xchg *x = ua_get(h, "/get?n=5");
+    pump(h);
+    cr_assert_eq(x->status, 200);
+    size_t before = h->mem.cur;
+    cr_assert_eq(soth_h2_relay_park(h->r), 1);
+    cr_assert(soth_h2_relay_parked(h->r));
+    cr_assert_lt(h->mem.cur + 2000, before, "the upstream session was freed (%zu -> %zu)", before,
+                 h->mem.cur);
+    pump(h);
+    cr_assert(h->origin_goaway && h->origin_goaway_code == NGHTTP2_NO_ERROR);
+    cr_assert_eq(soth_h2_relay_park(h->r), 0, "parked already");
+
+    /* A PING needs no upstream. */
+    cr_assert_eq(nghttp2_submit_ping(h->ua, NGHTTP2_FLAG_NONE, NULL), 0);
+    pump(h);
+    cr_assert(!soth_h2_relay_waking(h->r));
+
+    /* The next request, fed 7 bytes at a time: it waits (its body too) for a new connection. */
+    h->piece = 7;
+    struct xchg *a = ua_post(h, "/echo", 70000);
+    pump(h);
+    cr_assert(soth_h2_relay_waking(h->r));
+    cr_assert_eq(a->status, 0);
+    h->piece = 0;
+    nghttp2_session_del(h->origin); /* the old connection is gone; a new origin session */
+    h->origin_goaway = false;
+    origin_new(h);
+    cr_assert_eq(soth_h2_relay_unpark(h->r, true), 0);
+    cr_assert(!soth_h2_relay_parked(h->r) && !soth_h2_relay_waking(h->r));
+    pump(h);
+    assert_complete_echo(h, a);
+    for (int i = 0; i < 20; i++)
+        ua_post(h, "/echo", 1000 + (size_t)i * 977);
+    pump(h);
+    for (size_t i = h->nx - 20; i < h->nx; i++)
+        assert_complete_echo(h, &h->x[i]);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.upstream_parked, 1);
+    cr_assert_eq(st.upstream_unparked, 1);
+    cr_assert(!h->ua_goaway);
+
+    /* Parked again; this time no connection can be made. */
+    cr_assert_eq(soth_h2_relay_park(h->r), 1);
+    pump(h);
+    struct xchg *b = ua_get(h, "/get?n=3");
+    pump(h);
+    cr_assert(soth_h2_relay_waking(h->r));
+    cr_assert_eq(soth_h2_relay_unpark(h->r, false), 0);
+    pump(h);
+    cr_assert(b->rst_recv && b->rst_code == NGHTTP2_REFUSED_STREAM, "rst %d code %u",
+              b->rst_recv, b->rst_code);
+    cr_assert(h->ua_goaway && h->ua_goaway_code == NGHTTP2_NO_ERROR);
+    cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_UPSTREAM));
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.streams, 0);
+    h_free(h);
+}
+
+/* Not parked while busy: a stream open, or output held. */
+Test(h2_relay, park_refused_while_busy)
+{
+    struct harness *h = &HS;
+    h_init(h);
+    h_start(h);
+    struct xchg *a = ua_post(h, "/echo", 70000);
+    pump_once(h);
+    cr_assert_eq(soth_h2_relay_park(h->r), 0);
+    pump(h);
+    assert_complete_echo(h, a);
+    soth_h2_relay_hold(h->r, SOTH_LEG_CLIENT, true);
+    cr_assert_eq(soth_h2_relay_park(h->r), 0);
+    soth_h2_relay_hold(h->r, SOTH_LEG_CLIENT, false);
+    cr_assert_eq(soth_h2_relay_park(h->r), 1);
+    h_free(h);
+}
+
 /* A head nghttp2 refuses on receive (a connection-specific field) ends its block with no
  * on_frame_recv: the stream's close ends the block, so the idle relay still gives back its
  * memory (soth_h2_relay_release waits for no block half received). */

@@ -158,8 +158,8 @@ struct soth_h2_stats {
     size_t page_bytes; /* nghttp2's page-aligned per-session buffers (from libc) */
     uint32_t streams;  /* stream slots in use */
     uint32_t streams_peak;
-    uint64_t streams_total;   /* client streams accepted */
-    uint64_t streams_refused; /* client streams refused (limits, GOAWAY, shutdown) */
+    uint64_t streams_total;     /* client streams accepted */
+    uint64_t streams_refused;   /* client streams refused (limits, GOAWAY, shutdown) */
     uint64_t upstream_parked;   /* soth_h2_relay_park ended the upstream session */
     uint64_t upstream_unparked; /* soth_h2_relay_unpark made a new one */
 };
