@@ -1304,8 +1304,8 @@ Test(h2_relay, park_then_requests_on_a_new_upstream)
     cr_assert(soth_h2_relay_waking(h->r));
     cr_assert_eq(soth_h2_relay_unpark(h->r, false), 0);
     pump(h);
-    cr_assert(b->rst_recv && b->rst_code == NGHTTP2_REFUSED_STREAM, "rst %d code %u",
-              b->rst_recv, b->rst_code);
+    cr_assert(b->rst_recv && b->rst_code == NGHTTP2_REFUSED_STREAM, "rst %d code %u", b->rst_recv,
+              b->rst_code);
     cr_assert(h->ua_goaway && h->ua_goaway_code == NGHTTP2_NO_ERROR);
     cr_assert(!soth_h2_relay_want_read(h->r, SOTH_LEG_UPSTREAM));
     soth_h2_relay_stats(h->r, &st);
