@@ -16,6 +16,9 @@
  *       worker (events.ws_turn_idle_ms is 100)
  *     2 app_eof(side, bit 3 = reset)
  *     3 app_hold(side, true); with bit 3: app_shutdown instead
+ * The upstream may be parked (app_env.upstream_parkable, timeouts.upstream_idle_ms 300): when
+ * the layer asks for a new upstream connection (app_upstream_want), the next record's bit 5
+ * says whether it came up (app_upstream_opened); upstream bytes after it are the new one's.
  * At the end: app_eof on both sides, then app_abort(timeout), as the worker's flow_close.
  *
  * Checks, beyond "no crash, leak or UB": the event calls app_h2.c makes (intercepted with the
@@ -244,6 +247,7 @@ static struct soth_config *make_cfg(uint32_t capture, uint32_t max_header_list)
     c->events.ws_turn_idle_ms = 100;
     c->http2_enabled = true;
     c->http2_max_header_list_size = max_header_list;
+    c->timeouts.upstream_idle_ms = 300;
     return c;
 }
 
@@ -306,8 +310,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     soth_ev_connect_received(&G.flow, SOTH_IOV_LIT("CONNECT"), SOTH_IOV_LIT("a:443"));
     soth_ev_connect_decision(&G.flow, SOTH_ACTION_INTERCEPT, SOTH_REASON_DEFAULT, SOTH_IOV_NULL);
     G.active = true;
-    struct app_env env = {
-        .cfg = cfg, .ev = &G.flow, .client_tls = true, .send = on_send, .clock_ns = clock_ns};
+    struct app_env env = {.cfg = cfg,
+                          .ev = &G.flow,
+                          .client_tls = true,
+                          .send = on_send,
+                          .clock_ns = clock_ns,
+                          .upstream_parkable = true};
     G.now_ns = 1000000000000ull;
     struct app *a = app_new(APP_H2, &env);
     CHECK(a != NULL);
@@ -318,9 +326,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if ((flags & 2) && !done)
         done = settle(app_input(a, SOTH_LEG_UPSTREAM, preface_origin, sizeof(preface_origin) - 1));
     size_t i = 0;
+    bool wake = false;
     while (i < size && !done) {
         uint8_t op = data[i++];
         unsigned side = op & 1;
+        if (wake) {
+            wake = false;
+            done = settle(app_upstream_opened(a, (op & 32) != 0));
+            if (done)
+                break;
+        }
         switch ((op >> 1) & 3) {
         case 0: {
             size_t n = 0;
@@ -358,6 +373,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         }
         (void)app_want_write(a, side);
+        enum app_upstream_want want = app_upstream_want(a);
+        CHECK(app_upstream_want(a) == APP_UP_NONE); /* said once */
+        if (want == APP_UP_OPEN)
+            wake = true;
     }
     if (!done && !settle(app_eof(a, SOTH_LEG_UPSTREAM, false)))
         (void)app_eof(a, SOTH_LEG_CLIENT, false);

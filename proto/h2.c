@@ -2461,8 +2461,8 @@ int soth_h2_relay_unpark(struct soth_h2_relay *r, bool ok)
 {
     struct leg *u = &r->leg[SOTH_LEG_UPSTREAM];
     if (u->st != LEG_PARKED)
-        return 0;
-    if (ok) {
+        ok = false; /* gone meanwhile (an EOF, the relay's end): a waiting request is refused */
+    else if (ok) {
         int rc = leg_init(r, SOTH_LEG_UPSTREAM);
         if (rc < 0) {
             if (u->s != NULL)
@@ -2474,7 +2474,7 @@ int soth_h2_relay_unpark(struct soth_h2_relay *r, bool ok)
             r->st.upstream_unparked++;
         }
     }
-    if (!ok) /* the waiting request is refused (REFUSED_STREAM: the client may retry) */
+    if (!ok && u->st == LEG_PARKED) /* the waiting request is refused (REFUSED_STREAM) */
         leg_down(r, SOTH_LEG_UPSTREAM, SOTH_H2_UPSTREAM_ABORTED, "upstream_reconnect_failed");
     if (!r->waking)
         return 0;

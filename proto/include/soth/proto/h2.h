@@ -272,7 +272,8 @@ bool soth_h2_relay_waking(const struct soth_h2_relay *r);
  * A new upstream transport is up (ok: a new session, its preface queued, then what waited is
  * read) or could not be made (not ok: the upstream leg is gone as after soth_h2_relay_eof, so
  * the waiting request is refused with REFUSED_STREAM and the client gets GOAWAY(NO_ERROR)).
- * No-op unless parked. Returns 0 or a negative error as soth_h2_relay_feed; call flush next.
+ * No-op unless parked or waking. Returns 0 or a negative error as soth_h2_relay_feed; call flush
+ * next.
  */
 int soth_h2_relay_unpark(struct soth_h2_relay *r, bool ok);
 
