@@ -822,6 +822,7 @@ static void relay_park(struct worker *w, struct flow *f)
     struct conn *u = &f->c[SOTH_LEG_UPSTREAM];
     SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, f->ev.flow_id,
              "idle HTTP/2 upstream connection: closing it until the next request");
+    w->trim.parks++; /* what it frees is given back by the worker's next trim */
     if (f->tls[SOTH_LEG_UPSTREAM] != NULL) {
         if (leg_uncork(w, f, SOTH_LEG_UPSTREAM) < 0) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);

@@ -172,6 +172,10 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 #define TRIM_DIRTY_FLOWS 64u    /* flow slots used above the last trim: worth a trim */
 #define TRIM_DIRTY_BUFS  256u   /* buffers received since the last trim (4 MiB): the same */
 #define TRIM_KEEP_CHUNKS 0u     /* owned chunks kept pooled (see app_thread_done) */
+/* Idle HTTP/2 upstream connections closed since the last trim (each frees ~12 KiB of TLS and
+ * HTTP/2 state amid live connections' memory, docs/http2.md "Idle upstream connection"): worth
+ * a trim even while many (idle) flows are live. */
+#define TRIM_DIRTY_PARKS 256u
 
 static uint64_t thread_cpu_ns(void)
 {
@@ -225,6 +229,7 @@ static void worker_trim(struct worker *w, uint64_t now)
     w->trim.n++;
     w->trim.last_ms = now;
     w->trim.hw_trim = w->ft.hw;
+    w->trim.parks_trim = w->trim.parks;
     if (ring || !w->trim.ring_ok) /* else the receive buffers are due again after TRIM_GAP_MS */
         w->trim.pub_trim = w->io.published;
     w->trim.quiet_since_ms = 0;
@@ -245,8 +250,9 @@ static void trim_check(struct worker *w, uint64_t now)
     w->trim.next_ms = now + TRIM_CHECK_MS;
     uint64_t pub = w->io.published;
     uint32_t live = w->ft.n_live;
+    bool parked = w->trim.parks - w->trim.parks_trim >= TRIM_DIRTY_PARKS;
     bool busy = pub - w->trim.pub_last > TRIM_BUSY_BUFS ||
-                (live > TRIM_FEW_LIVE && live > w->ft.hw / 2) || w->stopping;
+                (!parked && live > TRIM_FEW_LIVE && live > w->ft.hw / 2) || w->stopping;
     w->trim.pub_last = pub;
     if (busy) {
         w->trim.quiet_since_ms = 0;
@@ -255,7 +261,7 @@ static void trim_check(struct worker *w, uint64_t now)
     if (w->trim.quiet_since_ms == 0)
         w->trim.quiet_since_ms = now;
     if (now - w->trim.quiet_since_ms >= TRIM_QUIET_MS && now - w->trim.last_ms >= TRIM_GAP_MS &&
-        trim_dirty(w))
+        (trim_dirty(w) || parked))
         worker_trim(w, now);
 }
 

@@ -119,6 +119,8 @@ struct worker {
         uint64_t pub_trim;       /* io.published at the last trim */
         uint32_t hw_trim;        /* ft.hw after the last trim */
         uint32_t n;              /* trims so far */
+        uint32_t parks;          /* idle HTTP/2 upstream connections closed (core/relay.c) */
+        uint32_t parks_trim;     /* parks at the last trim */
         bool ring_ok;            /* DEFER_TASKRUN: the kernel fills buffers only in our enters */
     } trim;
 

@@ -6,7 +6,7 @@ first), then the heap tree at the peak divided by N, per site of its callers. Pe
 leaf cache, free lists of lent buffers) is listed too: only sites under a connection's set-up
 (client_leg_start, upstream_leg_start, relay_start, the handshake) are per connection.
 
-  /usr/bin/python3 bench/peers/massif_idle.py --build build --conns 300 [--h2] [--out DIR]
+  /usr/bin/python3 bench/peers/massif_idle.py --build build --conns 300 [--h2] [--hold S] [--out DIR]
 
 valgrind 3.19 keeps its thread lock across io_uring_enter, so an idle worker starves the other
 threads: the proxy gets a fixed port (its "listening" line may come late), and it is stopped with
@@ -74,6 +74,9 @@ def main():
     ap.add_argument("--conns", type=int, default=300)
     ap.add_argument("--h2", action="store_true")
     ap.add_argument("--out", default=None, help="keep massif.out here")
+    ap.add_argument("--hold", type=float, default=2.0,
+                    help="seconds the connections are held before the heap is read (past "
+                    "timeouts.upstream_idle_ms, 5 s, for HTTP/2 connections as they stay idle)")
     ap.add_argument("--last", action="store_true",
                     help="report the last detailed snapshot (every snapshot detailed), not the "
                     "peak, which can fall inside the burst of set-ups: what the held "
@@ -137,7 +140,7 @@ def main():
             R.idle_open(a.conns, port, op, True, time.time() + 900, h2=a.h2))
         if err or len(held) != a.conns:
             sys.exit(f"{len(held)} of {a.conns} connections: {err}")
-        loop.run_until_complete(asyncio.sleep(2))
+        loop.run_until_complete(asyncio.sleep(a.hold))
         os.kill(p.pid, signal.SIGABRT)
         for _ in range(40):
             if p.poll() is not None:
