@@ -151,6 +151,7 @@ void app_h2_thread_done(void)
     soth_buf_pool_drain(&h2_tables);
     soth_buf_pool_drain(&h2_outs);
     soth_buf_pool_drain(&h2_chunks);
+    soth_h2_thread_trim();
 }
 
 static struct app_h2 *h2_of(struct app *a)

@@ -27,6 +27,7 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "soth/blockcache.h"
 #include "soth/proto/h2.h"
 #include "soth/proto/headers.h"
 
@@ -126,9 +127,83 @@ struct trailers {
 #define PB_FRAMEBUF (16384u + FRAME_HD + 1u) /* nghttp2's NGHTTP2_FRAMEBUF_CHUNKLEN */
 
 struct pblock {
-    char *p;  /* page-aligned, from posix_memalign */
+    char *p;  /* page-aligned, from the thread's slabs (or posix_memalign) */
     size_t n; /* bytes nghttp2 asked for */
 };
+
+/*
+ * Where page blocks come from: slabs of anonymous memory of this thread (mmap), not the heap,
+ * so that the sessions' big buffers never sit between the heap's small objects (with them
+ * there, the small chunks glibc's per-thread cache keeps after a burst pin pages that
+ * malloc_trim could otherwise give back: docs/performance.md, "Memory after bursts"). A freed
+ * block goes onto its size's free list; beyond PBT_WARM of them its pages go back to the kernel
+ * at once (they read as zeros and fault back in when reused), and soth_h2_thread_trim gives
+ * back the warm ones too. Slabs are never unmapped: address space only, bounded by the most
+ * blocks ever in use at once. Sanitizer (and BC_OFF) builds take posix_memalign, which their
+ * checks see.
+ */
+#define PBT_SLAB    (256u * 1024u)
+#define PBT_CLASSES 8u  /* blocks of 1 to 8 pages; larger ones take posix_memalign */
+#define PBT_WARM    32u /* free blocks per class kept resident */
+
+struct pbt_class {
+    char **v; /* free blocks; those at index >= PBT_WARM have been given back */
+    size_t n, cap;
+};
+
+static __thread struct {
+    char *cur; /* the unused part of the newest slab */
+    size_t left;
+    struct pbt_class cls[PBT_CLASSES];
+} pbt;
+
+static char *pbt_get(size_t pages)
+{
+    struct pbt_class *c = &pbt.cls[pages - 1];
+    if (c->n > 0)
+        return c->v[--c->n];
+    size_t need = pages * PB_PAGE;
+    if (pbt.left < need) {
+        void *s = mmap(NULL, PBT_SLAB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (s == MAP_FAILED)
+            return NULL;
+        pbt.cur = s;
+        pbt.left = PBT_SLAB;
+    }
+    char *p = pbt.cur;
+    pbt.cur += need;
+    pbt.left -= need;
+    return p;
+}
+
+/* Onto its free list (without room there, it is only given back to the kernel: lost to
+ * reuse, not to memory). */
+static void pbt_put(char *p, size_t pages)
+{
+    struct pbt_class *c = &pbt.cls[pages - 1];
+    if (c->n >= PBT_WARM)
+        (void)madvise(p, pages * PB_PAGE, MADV_DONTNEED);
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        char **v = realloc(c->v, cap * sizeof(*v));
+        if (v == NULL) {
+            (void)madvise(p, pages * PB_PAGE, MADV_DONTNEED);
+            return;
+        }
+        c->v = v;
+        c->cap = cap;
+    }
+    c->v[c->n++] = p;
+}
+
+void soth_h2_thread_trim(void)
+{
+    for (size_t k = 0; k < PBT_CLASSES; k++) {
+        struct pbt_class *c = &pbt.cls[k];
+        for (size_t i = 0; i < c->n && i < PBT_WARM; i++)
+            (void)madvise(c->v[i], (k + 1) * PB_PAGE, MADV_DONTNEED);
+    }
+}
 
 /* ---- streams */
 
@@ -326,8 +401,15 @@ static void *pb_new(struct soth_h2_relay *r, size_t n)
     /* From libc, not the relay's allocator: memalign puts what it skips to reach the page
      * boundary back on malloc's free lists, where a block of our own allocator rounded up by
      * hand would keep it, and the page of its header resident. */
-    void *p;
-    if (r->n_pb == PB_MAX || posix_memalign(&p, PB_PAGE, n) != 0)
+    void *p = NULL;
+    size_t pages = (n + PB_PAGE - 1) / PB_PAGE;
+    if (r->n_pb == PB_MAX)
+        return r->umem.malloc_fn(n, r->lctx);
+    if (pages <= PBT_CLASSES && soth_bc_enabled())
+        p = pbt_get(pages);
+    else if (posix_memalign(&p, PB_PAGE, n) != 0)
+        p = NULL;
+    if (p == NULL)
         return r->umem.malloc_fn(n, r->lctx);
     r->pb[r->n_pb++] = (struct pblock){p, n};
     r->st.page_bytes += n;
@@ -345,7 +427,11 @@ static struct pblock *pb_find(struct soth_h2_relay *r, const void *p)
 static void pb_del(struct soth_h2_relay *r, struct pblock *b)
 {
     r->st.page_bytes -= b->n;
-    free(b->p);
+    size_t pages = (b->n + PB_PAGE - 1) / PB_PAGE;
+    if (pages <= PBT_CLASSES && soth_bc_enabled())
+        pbt_put(b->p, pages);
+    else
+        free(b->p);
     *b = r->pb[--r->n_pb];
 }
 

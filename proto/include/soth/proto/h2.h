@@ -117,7 +117,7 @@ struct soth_h2_cbs {
 #define SOTH_H2_CHUNK_BYTES 4096
 
 /** Optional allocator for the relay and both nghttp2 sessions (same shape as nghttp2_mem).
- *  Except: each session's frame buffer and stream map, page-aligned from libc
+ *  Except: each session's frame buffer and stream map, page-aligned blocks from the thread's slabs
  *  (soth_h2_relay_release; counted in soth_h2_stats.page_bytes). */
 struct soth_h2_mem {
     void *ctx;
@@ -276,6 +276,10 @@ bool soth_h2_relay_waking(const struct soth_h2_relay *r);
  * next.
  */
 int soth_h2_relay_unpark(struct soth_h2_relay *r, bool ok);
+
+/** Give back the pages of the free page blocks this thread keeps warm for new sessions (a
+ *  worker's quiet trim; docs/http2.md, "Memory"). */
+void soth_h2_thread_trim(void);
 
 /** Fill *out with the relay's counters. */
 void soth_h2_relay_stats(const struct soth_h2_relay *r, struct soth_h2_stats *out);
