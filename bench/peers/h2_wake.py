@@ -116,18 +116,8 @@ def main():
                     help="timeouts.upstream_idle_ms for the run that closes idle upstreams")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="soth-h2wake-")
-    R.make_certs(d)
-    os.makedirs(f"{d}/www", exist_ok=True)
-    os.makedirs(f"{d}/origin-tmp", exist_ok=True)
-    with open(f"{d}/www/small", "wb") as f:
-        f.write(R.SMALL_BODY)
-    op = R.free_port()
-    with open(f"{d}/origin.conf", "w") as f:
-        f.write(R.nginx_origin_conf(d, op))
-    origin = R.spawn([R.NGINX, "-c", f"{d}/origin.conf", "-p", d], R.LOAD_CPU, f"{d}/origin.out")
     try:
-        if not R.wait_port(op, proc=origin):
-            sys.exit("origin nginx did not start")
+        op = R.small_origin(d)
         for idle_ms in (a.idle_ms, 0):
             first, warm, cold = run_one(a, d, op, idle_ms)
             what = f"upstream_idle_ms {idle_ms}" + (" (kept)" if idle_ms == 0 else "")

@@ -85,17 +85,7 @@ def main():
     d = tempfile.mkdtemp(prefix="soth-massif-")
     out = a.out or d
     os.makedirs(out, exist_ok=True)
-    R.make_certs(d)
-    os.makedirs(f"{d}/www", exist_ok=True)
-    os.makedirs(f"{d}/origin-tmp", exist_ok=True)
-    with open(f"{d}/www/small", "wb") as f:
-        f.write(R.SMALL_BODY)
-    op = R.free_port()
-    with open(f"{d}/origin.conf", "w") as f:
-        f.write(R.nginx_origin_conf(d, op))
-    origin = R.spawn([R.NGINX, "-c", f"{d}/origin.conf", "-p", d], R.LOAD_CPU, f"{d}/origin.out")
-    if not R.wait_port(op, proc=origin):
-        sys.exit("origin nginx did not start")
+    op = R.small_origin(d)
     with open(f"{d}/p.json", "w") as f:
         json.dump({"tls": {"upstream_ca_file": f"{d}/ca.pem", "learning": {"enabled": False}},
                    "resolve": {"origin.test": "127.0.0.1"}, "timeouts": {"idle_ms": 600000}}, f)

@@ -228,6 +228,23 @@ def sh(argv, **kw):
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
 
+def small_origin(d):
+    """For the side tools (massif_idle.py, h2_wake.py): certificates in d and the benchmark's
+    nginx origin serving /small on a free port. Returns the port; exits if it did not start."""
+    make_certs(d)
+    os.makedirs(f"{d}/www", exist_ok=True)
+    os.makedirs(f"{d}/origin-tmp", exist_ok=True)
+    with open(f"{d}/www/small", "wb") as f:
+        f.write(SMALL_BODY)
+    op = free_port()
+    with open(f"{d}/origin.conf", "w") as f:
+        f.write(nginx_origin_conf(d, op))
+    origin = spawn([NGINX, "-c", f"{d}/origin.conf", "-p", d], LOAD_CPU, f"{d}/origin.out")
+    if not wait_port(op, proc=origin):
+        sys.exit("origin nginx did not start")
+    return op
+
+
 def make_certs(d):
     """bench CA (RSA-2048); origin cert RSA-2048 (origin.test, 127.0.0.1); front cert for the
     peer proxies ECDSA P-256 (the kind of leaf soth-mitm mints), both signed by the CA."""
