@@ -864,6 +864,10 @@ static void relay_park_step(struct worker *w, struct flow *f)
     u->recv_paused = u->recv_wait_buf = false;
     f->up_park_fin = false;
     f->up_redial = UP_REDIAL_PARKED;
+    if (f->app_done) {
+        relay_check_done(w, f); /* the layer finished while the socket was closing */
+        return;
+    }
     if (f->up_wake_wanted) {
         f->up_wake_wanted = false;
         relay_wake(w, f);

@@ -143,7 +143,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
         f->pending--;
         if (f->up_redial == UP_REDIAL_CONNECT)
             relay_redial_connected(w, f, cqe->res); /* a pooled leg's retry (core/relay.c) */
-        else if (f->state == FS_RELAY)
+        else if (f->up_dialing)
             relay_park_connected(w, f); /* a failed wake's connect (core/relay.c) */
         else
             upstream_connected(w, f, cqe->res);
