@@ -37,8 +37,8 @@ table shows medians over repetitions and the sum of errors):
   idle         N idle intercepted connections (CONNECT or reverse TLS handshake + one request,
                then held), RSS per connection; fd limit permitting
   idle-h2      the same over HTTP/2 (ALPN h2 toward the target, which speaks h2 to the origin):
-               preface, SETTINGS, one GET on stream 1, then held (--idle-h2-hold: 7 s, past
-               soth-mitm's upstream_idle_ms)
+               preface, SETTINGS, one GET on stream 1, then held (--idle-h2-hold: 13 s, past
+               soth-mitm's upstream_idle_ms and the trim after it)
   instructions soth-mitm reverse and nginx under valgrind --tool=callgrind, a fixed number of
                h1 keep-alive requests: instructions per request (perf stat cannot count here)
 
@@ -1401,11 +1401,12 @@ def main():
     ap.add_argument("--idle-hold", type=float, default=1.0,
                     help="seconds the idle connections are held, after the last is set up, "
                     "before memory is read")
-    ap.add_argument("--idle-h2-hold", type=float, default=7.0,
+    ap.add_argument("--idle-h2-hold", type=float, default=13.0,
                     help="the same for idle-h2: past soth-mitm's timeouts.upstream_idle_ms "
-                    "(5 s by default) and the 1 s the closing upstream lingers, so the row "
-                    "reads connections as they stay idle (docs/http2.md, 'Idle upstream "
-                    "connection'); 1 reads them before that")
+                    "(5 s by default) and its worker's trim of what the closed upstreams "
+                    "freed (10 s after the set-ups end), so the row reads connections as they "
+                    "stay idle (docs/http2.md, 'Idle upstream connection'); 1 reads them "
+                    "before that")
     ap.add_argument("--tunnel-mib", type=int, default=512)
     ap.add_argument("--callgrind-requests", type=int, default=2000)
     ap.add_argument("--no-callgrind", action="store_true")
