@@ -526,6 +526,26 @@ static void check_magic(struct app_h2 *h, const char *p, size_t n)
     h->magic_off += k;
 }
 
+/* What reading bytes into the relay returned (soth_h2_relay_feed, soth_h2_relay_unpark).
+ * SOTH_E_NOMEM: the layer ends (its GOAWAY, when it can still go). SOTH_E_MALFORMED (bad
+ * preface, flood): fatal for that leg only; its terminating GOAWAY goes out with the next flush
+ * and the relay winds the other leg down gracefully (502s or CANCELs, GOAWAY NO_ERROR); the
+ * flow ends when the client leg is finished. SOTH_E_CLOSED: bytes after the leg stopped
+ * reading (its GOAWAY is done): dropped. Returns the layer's error, else 0. */
+static int fed(struct app_h2 *h, ssize_t rc)
+{
+    if (rc == SOTH_E_NOMEM) {
+        set_reason(h, SOTH_CLOSE_RELAY_ERROR);
+        (void)soth_h2_relay_flush(h->r);
+        finish(h);
+        h->err = SOTH_E_NOMEM;
+        return h->err;
+    }
+    if (rc == SOTH_E_MALFORMED)
+        note_relay_cause(h);
+    return 0;
+}
+
 static int h2_input(struct app *a, unsigned side, const char *p, size_t n)
 {
     struct app_h2 *h = h2_of(a);
@@ -535,20 +555,8 @@ static int h2_input(struct app *a, unsigned side, const char *p, size_t n)
         return APP_DONE;
     if (side == SOTH_LEG_CLIENT && h->magic_off < H2_MAGIC_LEN && !h->bad_preface && n > 0)
         check_magic(h, p, n);
-    ssize_t rc = soth_h2_relay_feed(h->r, side, p, n);
-    if (rc == SOTH_E_NOMEM) {
-        set_reason(h, SOTH_CLOSE_RELAY_ERROR);
-        (void)soth_h2_relay_flush(h->r); /* the GOAWAY, when it can still go */
-        finish(h);
-        h->err = SOTH_E_NOMEM;
+    if (fed(h, soth_h2_relay_feed(h->r, side, p, n)) < 0)
         return h->err;
-    }
-    /* SOTH_E_MALFORMED (bad preface, flood): fatal for that leg only. The terminating GOAWAY
-     * goes out with this flush and the relay winds the other leg down gracefully (502s or
-     * CANCELs, GOAWAY NO_ERROR); the flow ends when the client leg is finished.
-     * SOTH_E_CLOSED: bytes after the leg stopped reading (its GOAWAY is done): dropped. */
-    if (rc == SOTH_E_MALFORMED)
-        note_relay_cause(h);
     if (side == SOTH_LEG_CLIENT && !h->wake_asked && soth_h2_relay_waking(h->r)) {
         h->wake_asked = true;
         h->base.up_want = APP_UP_OPEN; /* the worker connects, then h2_upstream_opened */
@@ -734,16 +742,8 @@ static int h2_upstream_opened(struct app *a, bool ok)
         return h->err;
     if (h->done)
         return APP_DONE;
-    int rc = soth_h2_relay_unpark(h->r, ok);
-    if (rc == SOTH_E_NOMEM) {
-        set_reason(h, SOTH_CLOSE_RELAY_ERROR);
-        (void)soth_h2_relay_flush(h->r);
-        finish(h);
-        h->err = rc;
-        return rc;
-    }
-    if (rc == SOTH_E_MALFORMED)
-        note_relay_cause(h);
+    if (fed(h, soth_h2_relay_unpark(h->r, ok)) < 0)
+        return h->err;
     /* A stream came and went while waiting (refused): idle again from now. */
     if (ok && h->n_streams == 0 && h->parkable)
         h->park_since_ms = app_clock_ns(&h->base) / 1000000u;

@@ -78,6 +78,13 @@ bool leg_queue_tls(struct worker *w, struct flow *f, unsigned side)
     return true;
 }
 
+int leg_close_notify(struct worker *w, struct flow *f, unsigned side)
+{
+    int rc = leg_uncork(w, f, side);
+    soth_tls_conn_shutdown(f->tls[side]);
+    return rc;
+}
+
 bool leg_flush(struct worker *w, struct flow *f, unsigned side)
 {
     if (!leg_queue_tls(w, f, side))

@@ -33,6 +33,9 @@ struct leg_cork {
 /** Move the ciphertext f->tls[side] has ready into side's send queue (nothing is sent yet).
  *  False when chunks ran out. */
 bool leg_queue_tls(struct worker *w, struct flow *f, unsigned side);
+/** close_notify into side's TLS session, after what the worker's cork holds for it. Returns
+ *  leg_uncork's result (a failure there fails the session's shutdown too). */
+int leg_close_notify(struct worker *w, struct flow *f, unsigned side);
 
 /** leg_queue_tls, then send what is queued toward side. False when chunks ran out. */
 bool leg_flush(struct worker *w, struct flow *f, unsigned side);

@@ -49,8 +49,7 @@ static bool relay_pump_app(struct worker *w, struct flow *f, unsigned from)
                 f->first_eof = (uint8_t)from;
             rc = app_eof(f->app, from, false);
             if (rc == APP_HALF_CLOSE) {
-                (void)leg_uncork(w, f, from ^ 1); /* a failure fails the session's shutdown */
-                soth_tls_conn_shutdown(f->tls[from ^ 1]);
+                (void)leg_close_notify(w, f, from ^ 1);
                 f->c[from ^ 1].shut_pending = true;
                 rc = APP_AGAIN;
             }
@@ -117,12 +116,9 @@ static void relay_finish(struct worker *w, struct flow *f)
         struct conn *c = &f->c[s];
         if (s == SOTH_LEG_UPSTREAM && f->up_keep)
             continue;
-        if (f->tls[s] != NULL && !c->shut_done) {
-            if (leg_uncork(w, f, s) < 0) {
-                flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-                return;
-            }
-            soth_tls_conn_shutdown(f->tls[s]);
+        if (f->tls[s] != NULL && !c->shut_done && leg_close_notify(w, f, s) < 0) {
+            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
+            return;
         }
         if (!leg_flush(w, f, s)) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
@@ -407,8 +403,7 @@ void relay_eof(struct worker *w, struct flow *f, unsigned side)
     }
     if (f->tls[side ^ 1] != NULL && !o->shut_done && !o->shut_pending) {
         /* A FIN without close_notify: close the other leg cleanly all the same. */
-        (void)leg_uncork(w, f, side ^ 1); /* a failure fails the session's shutdown */
-        soth_tls_conn_shutdown(f->tls[side ^ 1]);
+        (void)leg_close_notify(w, f, side ^ 1);
         leg_flush(w, f, side ^ 1);
     }
     if (!o->shut_done) {
@@ -824,12 +819,8 @@ static void relay_park(struct worker *w, struct flow *f)
              "idle HTTP/2 upstream connection: closing it until the next request");
     w->trim.parks++; /* what it frees is given back by the worker's next trim */
     if (f->tls[SOTH_LEG_UPSTREAM] != NULL) {
-        if (leg_uncork(w, f, SOTH_LEG_UPSTREAM) < 0) {
-            flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
-            return;
-        }
-        soth_tls_conn_shutdown(f->tls[SOTH_LEG_UPSTREAM]);
-        if (!leg_queue_tls(w, f, SOTH_LEG_UPSTREAM)) {
+        if (leg_close_notify(w, f, SOTH_LEG_UPSTREAM) < 0 ||
+            !leg_queue_tls(w, f, SOTH_LEG_UPSTREAM)) {
             flow_close(w, f, SOTH_CLOSE_RELAY_ERROR);
             return;
         }

@@ -157,6 +157,13 @@ static __thread struct {
     struct pbt_class cls[PBT_CLASSES];
 } pbt;
 
+/* The pages of a block of n bytes from the slabs, 0 when it takes posix_memalign instead. */
+static size_t pbt_pages(size_t n)
+{
+    size_t pages = (n + PB_PAGE - 1) / PB_PAGE;
+    return pages <= PBT_CLASSES && soth_bc_enabled() ? pages : 0;
+}
+
 static char *pbt_get(size_t pages)
 {
     struct pbt_class *c = &pbt.cls[pages - 1];
@@ -402,10 +409,10 @@ static void *pb_new(struct soth_h2_relay *r, size_t n)
      * boundary back on malloc's free lists, where a block of our own allocator rounded up by
      * hand would keep it, and the page of its header resident. */
     void *p = NULL;
-    size_t pages = (n + PB_PAGE - 1) / PB_PAGE;
+    size_t pages = pbt_pages(n);
     if (r->n_pb == PB_MAX)
         return r->umem.malloc_fn(n, r->lctx);
-    if (pages <= PBT_CLASSES && soth_bc_enabled())
+    if (pages > 0)
         p = pbt_get(pages);
     else if (posix_memalign(&p, PB_PAGE, n) != 0)
         p = NULL;
@@ -427,8 +434,8 @@ static struct pblock *pb_find(struct soth_h2_relay *r, const void *p)
 static void pb_del(struct soth_h2_relay *r, struct pblock *b)
 {
     r->st.page_bytes -= b->n;
-    size_t pages = (b->n + PB_PAGE - 1) / PB_PAGE;
-    if (pages <= PBT_CLASSES && soth_bc_enabled())
+    size_t pages = pbt_pages(b->n);
+    if (pages > 0)
         pbt_put(b->p, pages);
     else
         free(b->p);
@@ -2504,18 +2511,10 @@ int soth_h2_relay_park(struct soth_h2_relay *r)
     if (nghttp2_submit_goaway(u->s, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0) != 0)
         return SOTH_E_NOMEM;
     u->goaway_ours++;
-    for (;;) {
-        const uint8_t *p;
-        ssize_t n = nghttp2_session_mem_send(u->s, &p);
-        if (n < 0)
-            return SOTH_E_NOMEM;
-        if (n == 0)
-            break;
-        int rc = out_append(r, u, p, (size_t)n);
-        if (rc < 0)
-            return rc;
-    }
-    int rc = out_emit(r, u);
+    bool progress = false;
+    int rc = pump(r, u, &progress);
+    if (rc == 0)
+        rc = out_emit(r, u);
     if (rc < 0)
         return rc;
     nghttp2_session_del(u->s); /* frees its page blocks through n_free */
