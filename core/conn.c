@@ -1,5 +1,7 @@
 /* One leg's socket (core/conn.h): its send queue, sendmsg, multishot recv and backpressure. */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 
 #include "conn.h"
@@ -231,7 +233,17 @@ void conn_try_send(struct worker *w, struct flow *f, unsigned side)
     io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, side, f->slot, f->gen));
     c->send_inflight = true;
+    c->rx_since_tx = 0; /* the kernel may treat the socket as interactive again */
     f->pending++;
+}
+
+void conn_quickack(const struct conn *c)
+{
+    /* A plain system call: io_uring's socket commands (Linux 6.7) are not on Debian 12's
+     * kernel, and this runs once per 64 KiB received at most. A failure (not TCP) changes
+     * nothing. */
+    int one = 1;
+    (void)setsockopt(c->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 }
 
 void conn_arm_recv(struct worker *w, struct flow *f, unsigned side)

@@ -28,6 +28,8 @@
 #define SOTH_HIGH_WM    (256u * 1024) /* ...or this many unsent bytes */
 #define SOTH_LOW_WM     (64u * 1024)  /* resume the source below this */
 #define SOTH_SEND_IOV   8u            /* segments per sendmsg */
+/* Received since our last send on a socket, then acknowledge at once (conn_note_recv) */
+#define SOTH_QUICKACK_AFTER (64u * 1024)
 
 #define SEG_STATIC (-2) /* base points to static memory */
 #define SEG_CHUNK  (-1) /* base is an owned chunk, freed when sent */
@@ -59,6 +61,7 @@ struct conn {
      * the client's bytes, which wait for its answer: core/upstream.c) */
     bool send_capped;
     uint32_t send_cap;
+    uint32_t rx_since_tx; /* bytes received since our last send, up to SOTH_QUICKACK_AFTER */
     struct msghdr msg;
     struct iovec iov[SOTH_SEND_IOV];
 };
@@ -113,6 +116,27 @@ void conn_q_pop(struct seg_pool *p, struct conn *c);
 void conn_q_clear(struct seg_pool *p, struct conn *c);
 /** n bytes from the front of c's queue were sent. */
 void conn_q_sent(struct seg_pool *p, struct conn *c, uint64_t n);
+
+/** Ask the kernel to acknowledge what c received at once, and from now on whenever the
+ *  receive queue is read empty, until our next send (conn_note_recv). */
+void conn_quickack(const struct conn *c);
+
+/**
+ * n bytes were received on c. Once SOTH_QUICKACK_AFTER came in since our last send, the
+ * socket leaves the kernel's "interactive" delayed-ACK mode (TCP_QUICKACK): a response (or an
+ * upload) is arriving in bulk, and a sender that restarted its congestion window after idle
+ * may be waiting for the ACK of a full-sized segment that an interactive socket delays by
+ * 40 ms (docs/performance.md, "Delayed ACKs of a response"). One system call per 64 KiB
+ * received at most, none for small exchanges.
+ */
+static inline void conn_note_recv(struct conn *c, uint32_t n)
+{
+    if (c->rx_since_tx >= SOTH_QUICKACK_AFTER)
+        return;
+    c->rx_since_tx += n;
+    if (c->rx_since_tx >= SOTH_QUICKACK_AFTER)
+        conn_quickack(c);
+}
 
 /** The queue toward c is full enough to stop reading its source. */
 static inline bool over_high(const struct conn *c)

@@ -149,6 +149,7 @@ void flow_on_recv(struct worker *w, struct flow *f, unsigned side, struct io_uri
     }
     if (cqe->res > 0) {
         SOTH_BUG_ON(!(cqe->flags & IORING_CQE_F_BUFFER));
+        conn_note_recv(c, (uint32_t)cqe->res);
         unsigned bid = buf_take(&w->io, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
         if (f->state == FS_CLOSING)
             buf_put(&w->io, bid);

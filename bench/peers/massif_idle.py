@@ -132,7 +132,7 @@ def main():
             sys.exit(f"{len(held)} of {a.conns} connections: {err}")
         loop.run_until_complete(asyncio.sleep(a.hold))
         os.kill(p.pid, signal.SIGABRT)
-        for _ in range(40):
+        for _ in range(240):  # massif writes every detailed snapshot on the way out (--last)
             if p.poll() is not None:
                 break
             try:

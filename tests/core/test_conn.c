@@ -1,11 +1,17 @@
 /*
  * core/conn.c send queues: segments carry provided buffers, owned chunks or static text toward a
  * socket; what is sent or dropped goes back where it came from; the high and low marks that
- * pause and resume the source. No socket and no io_uring instance: only the queue functions.
+ * pause and resume the source. No io_uring instance: only the queue functions, and the one
+ * socket option a leg sets (TCP_QUICKACK) on a loopback pair.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "conn.h"
 
@@ -238,4 +244,69 @@ Test(conn, a_chunk_without_a_segment_is_a_bug, .signal = SIGABRT)
     cr_assert_eq(seg_pool_init(&pool, &io, 1), 0);
     conn_queue(&pool, &c, text, 0, 1, SEG_STATIC);
     conn_queue(&pool, &c, chunk_get(&io), 0, 1, SEG_CHUNK);
+}
+
+/* A connected loopback TCP pair: *ours and *peer. */
+static void tcp_pair(int *ours, int *peer)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(l, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(listen(l, 1), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&a, &len), 0);
+    *ours = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(*ours, (struct sockaddr *)&a, sizeof(a)), 0);
+    *peer = accept(l, NULL, NULL);
+    cr_assert_geq(*peer, 0);
+    close(l);
+}
+
+/* TCP_QUICKACK reads back 0 while the kernel treats the socket as interactive (it delays
+ * ACKs, hoping to send them with its next reply), 1 otherwise. */
+static int quickack(int fd)
+{
+    int v = -1;
+    socklen_t len = sizeof(v);
+    cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &v, &len), 0);
+    return v;
+}
+
+/* docs/performance.md, "Delayed ACKs of a response": a socket that answered what it received
+ * (an upstream leg sending requests, as the kernel sees it) becomes interactive and would
+ * delay the ACK the origin's next full-sized segment waits for; once 64 KiB arrived since our
+ * last send the leg takes it out of that mode, not before, and only once. */
+Test(conn, a_bulk_of_received_bytes_leaves_the_interactive_mode)
+{
+    int ours, peer;
+    tcp_pair(&ours, &peer);
+    char b[64];
+    for (int i = 0; i < 4; i++) { /* request and response, at once each time */
+        cr_assert_eq(write(ours, "GET", 3), 3);
+        cr_assert_eq(read(peer, b, sizeof(b)), 3);
+        cr_assert_eq(write(peer, "200", 3), 3);
+        cr_assert_eq(read(ours, b, sizeof(b)), 3);
+        cr_assert_eq(write(ours, "GET", 3), 3); /* a reply within the ACK delay */
+        cr_assert_eq(read(peer, b, sizeof(b)), 3);
+    }
+    cr_assert_eq(quickack(ours), 0, "the kernel did not treat the socket as interactive");
+    c.fd = ours;
+    conn_note_recv(&c, SOTH_QUICKACK_AFTER - 1);
+    cr_assert_eq(quickack(ours), 0);
+    conn_note_recv(&c, 1);
+    cr_assert_eq(quickack(ours), 1);
+    cr_assert_eq(c.rx_since_tx, SOTH_QUICKACK_AFTER);
+    /* interactive again (a reply); more received bytes without a send of ours in between
+     * change nothing: one system call per bulk */
+    cr_assert_eq(write(peer, "200", 3), 3);
+    cr_assert_eq(read(ours, b, sizeof(b)), 3);
+    cr_assert_eq(write(ours, "GET", 3), 3);
+    cr_assert_eq(quickack(ours), 0);
+    conn_note_recv(&c, 16384);
+    cr_assert_eq(quickack(ours), 0);
+    cr_assert_eq(c.rx_since_tx, SOTH_QUICKACK_AFTER);
+    c.fd = -1;
+    close(ours);
+    close(peer);
 }
