@@ -176,6 +176,10 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
  * HTTP/2 state amid live connections' memory, docs/http2.md "Idle upstream connection"): worth
  * a trim even while many (idle) flows are live. */
 #define TRIM_DIRTY_PARKS 256u
+/* Quiet this long is enough once TRIM_DIRTY_PARKS upstreams closed: those connections are
+ * idle by definition (their own closing is the last traffic), and what they freed is only
+ * given back by the trim. */
+#define TRIM_QUIET_PARKED_MS 2000u
 
 static uint64_t thread_cpu_ns(void)
 {
@@ -260,7 +264,8 @@ static void trim_check(struct worker *w, uint64_t now)
     }
     if (w->trim.quiet_since_ms == 0)
         w->trim.quiet_since_ms = now;
-    if (now - w->trim.quiet_since_ms >= TRIM_QUIET_MS && now - w->trim.last_ms >= TRIM_GAP_MS &&
+    uint64_t quiet_ms = parked ? TRIM_QUIET_PARKED_MS : TRIM_QUIET_MS;
+    if (now - w->trim.quiet_since_ms >= quiet_ms && now - w->trim.last_ms >= TRIM_GAP_MS &&
         (trim_dirty(w) || parked))
         worker_trim(w, now);
 }
