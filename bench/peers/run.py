@@ -796,6 +796,12 @@ def wl_hey(conns, keepalive=True):
     return run
 
 
+def hey_paced_argv(a, ctx, target, conns, qps, path):
+    """hey at qps requests a second per connection for a.seconds (run it with run_load)."""
+    return ["hey", "-c", str(conns), "-q", str(qps), "-z", f"{int(a.seconds)}s", "-t", "10",
+            "-host", "origin.test", url_for(target, ctx["origin_port"], path)]
+
+
 def wl_hey_paced(conns, qps, path):
     """Reverse targets and direct at one fixed rate (hey -q, per connection): the latency
     spread of each at the same load, so that a target that is faster does not load CPU 0 (the
@@ -805,8 +811,7 @@ def wl_hey_paced(conns, qps, path):
             return None, "n/a"
         if target.mode == "regular":
             return None, "regular mode: this workload paces reverse targets only"
-        argv = ["hey", "-c", str(conns), "-q", str(qps), "-z", f"{int(a.seconds)}s", "-t", "10",
-                "-host", "origin.test", url_for(target, ctx["origin_port"], path)]
+        argv = hey_paced_argv(a, ctx, target, conns, qps, path)
 
         def go():
             t0 = time.time()

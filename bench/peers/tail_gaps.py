@@ -94,17 +94,15 @@ def main():
         for rnd in range(a.rounds):
             for name in names:
                 t = targets[name]
-                argv = ["taskset", "-c", R.LOAD_CPU, "hey", "-c", "8", "-q", "50", "-z",
-                        f"{int(a.seconds)}s", "-t", "10", "-host", "origin.test",
-                        R.url_for(t, ctx["origin_port"], "/1m")]
+                argv = R.hey_paced_argv(a, ctx, t, 8, 50, "/1m")  # as run.py's h1-1m-paced
                 subprocess.run(["nstat", "-n"], check=False)
                 t0 = time.time()
-                out = subprocess.run(argv, capture_output=True, text=True,
-                                     timeout=a.seconds + 60)
+                out, err = R.run_load(argv, a.seconds + 40)
                 t1 = time.time()
                 ns = dict(re.findall(r"^(\w+)\s+(\d+)", subprocess.run(
                     ["nstat", "-z"], capture_output=True, text=True).stdout, re.M))
-                r, err = R.parse_hey(out, t1 - t0)
+                if out is not None:
+                    r, err = R.parse_hey(out, t1 - t0)
                 if err:
                     print(f"== {name} round {rnd}: {err}")
                     continue
