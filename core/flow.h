@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 
 #include "soth/base.h"
@@ -70,6 +71,25 @@ static inline bool up_redialing(uint8_t st)
     return st == UP_REDIAL_DRAIN || st == UP_REDIAL_CONNECT || st == UP_REDIAL_TLS;
 }
 
+/* A flow's two addresses are TCP ones, IPv4 or IPv6: 28 bytes, not sockaddr_storage's 128
+ * (a flow slot is held for every open connection: docs/performance.md, "Idle connections"). */
+union flow_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+};
+
+/* Copy an address into a flow_addr: false (nothing copied) when it is not one that fits. */
+static inline bool flow_addr_set(union flow_addr *dst, socklen_t *dst_len, const void *src,
+                                 socklen_t len)
+{
+    if (len > sizeof(*dst))
+        return false;
+    memcpy(dst, src, len);
+    *dst_len = len;
+    return true;
+}
+
 struct flow {
     uint32_t slot, gen;
     uint8_t state;   /* enum flow_state */
@@ -98,11 +118,9 @@ struct flow {
     char *answer;                 /* our 502 after an upstream TLS failure (owned chunk) */
     struct soth_gbuf pre;         /* a plain client's bytes beyond `head` before its relay starts */
     uint32_t answer_len;
-    uint8_t leaf_name_len; /* reverse mode: the name our leaf is for (client SNI) */
-    char leaf_name[SOTH_TLS_MAX_NAME_LEN + 1];
     uint32_t head_len;
     uint16_t upstream_port;
-    struct sockaddr_storage upstream_addr;
+    union flow_addr upstream_addr;
     socklen_t upstream_addr_len;
     /* docs/config.md "Routes": the upstream proxy the flow goes through (NULL = direct), owned
      * by pol, a reference the flow holds so a reload cannot free it (core/decide.c); pol also
@@ -121,7 +139,7 @@ struct flow {
     int16_t budget_slot;     /* the decision's rule budget, -1 = none */
     uint32_t budget_retry_s; /* over budget at the decision: the 429's Retry-After, else 0 */
     struct soth_budget *bgt; /* the table the flow counts in (its policy's, at the decision) */
-    struct sockaddr_storage peer; /* the client's address (identities.networks) */
+    union flow_addr peer;    /* the client's address (identities.networks) */
     socklen_t peer_len;
     /* docs/http1.md "Upstream connection pool" (core/upool.c) */
     bool up_defer;    /* connect deferred to the ClientHello: the pool may have a connection */

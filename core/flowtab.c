@@ -65,7 +65,6 @@ struct flow *flow_table_alloc(struct flow_table *ft, struct worker *w)
     f->client_plain = false;
     f->app_done = false;
     f->app_held[0] = f->app_held[1] = false;
-    f->leaf_name_len = 0;
     f->answer = NULL;
     f->answer_len = 0;
     f->pre = (struct soth_gbuf){0};

@@ -128,17 +128,19 @@ static void upstream_leg_ready(struct worker *w, struct flow *f)
 /** Start our server half toward the client: a leaf for the name, `alpn` selected. */
 static void client_leg_start(struct worker *w, struct flow *f, struct soth_iov alpn)
 {
-    struct soth_iov name = f->leaf_name_len > 0
-                               ? soth_iov(f->leaf_name, f->leaf_name_len)
-                               : soth_iov(f->ev.server_host, f->ev.server_host_len);
     struct soth_tls_conn *c = NULL;
     struct soth_tls_leaf_cache_stats st;
     /* The client's JA4 (docs/tls.md, "Fingerprints"), from the ClientHello still held. */
     struct soth_tls_client_hello ch;
     char ja4[SOTH_TLS_JA4_LEN + 1];
     memset(&ch, 0, sizeof(ch));
-    bool fp = soth_tls_peek_client_hello(f->head, f->head_len, &ch) >= 0 &&
-              soth_tls_ja4(&ch, false, ja4, sizeof(ja4)) > 0;
+    bool parsed = soth_tls_peek_client_hello(f->head, f->head_len, &ch) >= 0;
+    bool fp = parsed && soth_tls_ja4(&ch, false, ja4, sizeof(ja4)) > 0;
+    /* Our leaf's name: the client's SNI in reverse mode (the origin is the configured one),
+     * else the flow's server name, which intercept_hello set to the SNI when there is one. */
+    struct soth_iov name = f->is_reverse && parsed && ch.has_sni && ch.sni.len > 0
+                               ? ch.sni
+                               : soth_iov(f->ev.server_host, f->ev.server_host_len);
     soth_ev_tls_handshake_started_fp(&f->ev, SOTH_LEG_CLIENT, name,
                                      fp ? soth_iov(ja4, SOTH_TLS_JA4_LEN) : SOTH_IOV_NULL);
     int rc = soth_tls_conn_new_server(w->tls, name, alpn, &c);
@@ -333,12 +335,8 @@ void intercept_hello(struct worker *w, struct flow *f)
         alpn[n_alpn++] = SOTH_IOV_LIT("http/1.1");
     }
     if (f->is_reverse) {
-        /* Our leaf is for the name the client asked for; the origin is the configured one. */
-        struct soth_iov leaf = ch.has_sni && ch.sni.len > 0
-                                   ? ch.sni
-                                   : soth_iov(f->ev.server_host, f->ev.server_host_len);
-        memcpy(f->leaf_name, leaf.base, leaf.len);
-        f->leaf_name_len = (uint8_t)leaf.len;
+        /* Our leaf is for the name the client asked for (client_leg_start reads it from the
+         * ClientHello again); the origin is the configured one. */
         if (!w->cfg->reverse_tls) {
             /* Plain HTTP origin: we terminate TLS and speak HTTP/1.1 to it. */
             client_leg_start(w, f, offers_h1 ? SOTH_IOV_LIT("http/1.1") : SOTH_IOV_NULL);

@@ -13,8 +13,8 @@ void upool_count(struct upool *p, enum upool_result r)
         SOTH_METRIC_ADD(p->m->upstream_pool[r], 1);
 }
 
-void upool_key_set(struct upool_key *k, const struct sockaddr_storage *addr, socklen_t addr_len,
-                   const char *alpn, uint8_t alpn_len)
+void upool_key_set(struct upool_key *k, const void *addr, socklen_t addr_len, const char *alpn,
+                   uint8_t alpn_len)
 {
     memset(k, 0, sizeof(*k));
     memcpy(&k->addr, addr, addr_len);
@@ -115,13 +115,12 @@ void upool_dispose(struct upool *p)
     p->free = NULL;
 }
 
-static bool addr_eq(const struct sockaddr_storage *a, socklen_t al,
-                    const struct sockaddr_storage *b, socklen_t bl)
+static bool addr_eq(const void *a, socklen_t al, const void *b, socklen_t bl)
 {
     return al == bl && memcmp(a, b, al) == 0;
 }
 
-bool upool_has_addr(const struct upool *p, const struct sockaddr_storage *addr, socklen_t len)
+bool upool_has_addr(const struct upool *p, const void *addr, socklen_t len)
 {
     for (const struct upool_ent *e = p->head; e != NULL; e = e->next)
         if (addr_eq(&e->key.addr, e->key.addr_len, addr, len))

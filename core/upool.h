@@ -54,8 +54,8 @@ struct upool {
 };
 
 /** The key of a connection dialled to addr with the ALPN offer alpn (wire format). */
-void upool_key_set(struct upool_key *k, const struct sockaddr_storage *addr, socklen_t addr_len,
-                   const char *alpn, uint8_t alpn_len);
+void upool_key_set(struct upool_key *k, const void *addr, socklen_t addr_len, const char *alpn,
+                   uint8_t alpn_len);
 
 /** Set up (no entries when max_idle is 0). Returns 0 or SOTH_E_NOMEM. */
 int upool_init(struct upool *p, uint32_t max_idle, uint32_t idle_ms, uint32_t max_requests,
@@ -65,7 +65,7 @@ void upool_close_all(struct upool *p);
 /** Close every idle connection and free the entries. */
 void upool_dispose(struct upool *p);
 /** Whether an idle connection to this address is kept (any ALPN offer). */
-bool upool_has_addr(const struct upool *p, const struct sockaddr_storage *addr, socklen_t len);
+bool upool_has_addr(const struct upool *p, const void *addr, socklen_t len);
 /**
  * Take the most recently used live connection for key: true with *fd, *tls and *requests
  * moved to the caller. Dead ones met on the way (FIN, unexpected bytes, error) are closed and

@@ -116,14 +116,14 @@ bool upstream_poolable(const struct worker *w, const struct flow *f)
 
 int upstream_dial(struct worker *w, struct flow *f)
 {
-    int fd = socket(f->upstream_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(f->upstream_addr.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1)
         return -errno;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     f->c[SOTH_LEG_UPSTREAM].fd = fd;
     struct io_uring_sqe *sqe = get_sqe(w);
-    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&f->upstream_addr, f->upstream_addr_len);
+    io_uring_prep_connect(sqe, fd, &f->upstream_addr.sa, f->upstream_addr_len);
     io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, SOTH_LEG_UPSTREAM, f->slot, f->gen));
     f->pending++;
     return 0;
@@ -143,8 +143,10 @@ void upstream_connect(struct worker *w, struct flow *f)
 void upstream_start(struct worker *w, struct flow *f)
 {
     struct soth_iov host = dial_host(f);
-    if (resolve_fast(w->cfg, &w->dns, host, dial_port(f), &f->upstream_addr,
-                     &f->upstream_addr_len)) {
+    struct sockaddr_storage ss;
+    socklen_t sl = 0;
+    if (resolve_fast(w->cfg, &w->dns, host, dial_port(f), &ss, &sl) &&
+        flow_addr_set(&f->upstream_addr, &f->upstream_addr_len, &ss, sl)) {
         if (upstream_poolable(w, f) &&
             upool_has_addr(&w->pool, &f->upstream_addr, f->upstream_addr_len)) {
             /* The pool may have a connection for the ALPN offer the ClientHello brings: no
@@ -181,8 +183,10 @@ void upstream_resolved(struct worker *w, const struct resolve_resp *rs)
         return;
     }
     dns_cache_put(&w->dns, dial_host(f), &rs->addr, rs->addr_len, now_ms());
-    memcpy(&f->upstream_addr, &rs->addr, rs->addr_len);
-    f->upstream_addr_len = rs->addr_len;
+    if (!flow_addr_set(&f->upstream_addr, &f->upstream_addr_len, &rs->addr, rs->addr_len)) {
+        upstream_failed(w, f, -EAFNOSUPPORT, false);
+        return;
+    }
     upstream_connect(w, f);
 }
 

@@ -338,9 +338,12 @@ struct soth_h2_relay {
     struct scan scan;   /* client frames, before nghttp2 reads them */
     void *lctx;         /* umem's context for nghttp2's allocations */
     bool pb_on;         /* a session is being made: its large allocations are page blocks */
+    bool up_on;         /* ... and it is the upstream leg's: its small ones go to up_page */
     uint8_t n_pb;
     struct pblock pb[PB_MAX];
-    char *alt; /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
+    char *up_page;    /* the upstream session's page (below), NULL when there is none */
+    uint32_t up_used; /* bytes of it handed out */
+    char *alt;        /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
     size_t altcap;
     /* docs/http2.md "Idle upstream connection": a request came while the upstream leg was
      * parked; nghttp2 paused in its head and the client bytes it did not read wait here,
@@ -423,6 +426,46 @@ static void *pb_new(struct soth_h2_relay *r, size_t n)
     return p;
 }
 
+/*
+ * The upstream session's page: while the upstream leg's session is made, its small
+ * allocations (the session struct, 2,928 bytes in nghttp2 1.52, and what fits after it: one
+ * HPACK ring buffer of 1 KiB) are carved from one page of the thread's slabs instead of the
+ * heap, and that page goes back whole when the session is deleted (an idle upstream is closed
+ * after timeouts.upstream_idle_ms, docs/http2.md "Idle upstream connection"). On the heap they
+ * left holes amid the client legs' live objects that malloc_trim could not give back
+ * (docs/performance.md, "The upstream session on a page of its own"). Frees into the page are
+ * ignored; nghttp2 reallocates none of these objects. Sanitizer and BC_OFF builds have no slabs
+ * and keep the heap.
+ */
+static bool in_up_page(const struct soth_h2_relay *r, const void *p)
+{
+    return (uintptr_t)p - (uintptr_t)r->up_page < PB_PAGE;
+}
+
+static void *up_page_take(struct soth_h2_relay *r, size_t n)
+{
+    size_t need = (n + 15u) & ~(size_t)15u;
+    if (r->up_page == NULL) {
+        if (pbt_pages(1) == 0 || (r->up_page = pbt_get(1)) == NULL)
+            return NULL;
+        r->up_used = 0;
+    }
+    if (need > PB_PAGE - r->up_used)
+        return NULL;
+    void *p = r->up_page + r->up_used;
+    r->up_used += (uint32_t)need;
+    return p;
+}
+
+/* After the upstream session is deleted (its frees into the page were ignored). */
+static void up_page_drop(struct soth_h2_relay *r)
+{
+    if (r->up_page != NULL)
+        pbt_put(r->up_page, 1);
+    r->up_page = NULL;
+    r->up_used = 0;
+}
+
 static struct pblock *pb_find(struct soth_h2_relay *r, const void *p)
 {
     for (unsigned i = 0; i < r->n_pb; i++)
@@ -446,9 +489,16 @@ static void pb_del(struct soth_h2_relay *r, struct pblock *b)
  * fast paths below stay a test and a jump to the relay's allocator. */
 static __attribute__((noinline)) void *pb_malloc(struct soth_h2_relay *r, size_t n, bool zero)
 {
-    if (n < PB_PAGE)
+    void *p;
+    if (n < PB_PAGE) {
+        if (r->up_on && (p = up_page_take(r, n)) != NULL) {
+            if (zero)
+                memset(p, 0, n);
+            return p;
+        }
         return zero ? r->umem.calloc_fn(1, n, r->lctx) : r->umem.malloc_fn(n, r->lctx);
-    void *p = pb_new(r, n);
+    }
+    p = pb_new(r, n);
     if (p != NULL && zero)
         memset(p, 0, n);
     return p;
@@ -456,6 +506,8 @@ static __attribute__((noinline)) void *pb_malloc(struct soth_h2_relay *r, size_t
 
 static __attribute__((noinline)) void pb_free(struct soth_h2_relay *r, void *p)
 {
+    if (in_up_page(r, p))
+        return;
     struct pblock *b = pb_find(r, p);
     if (b != NULL)
         pb_del(r, b);
@@ -491,7 +543,7 @@ static void *n_malloc(size_t n, void *ctx)
 static void n_free(void *p, void *ctx)
 {
     struct soth_h2_relay *r = ctx;
-    if (__builtin_expect(page_aligned(p), 0)) /* NULL included */
+    if (__builtin_expect(page_aligned(p) || in_up_page(r, p), 0)) /* NULL included */
         pb_free(r, p);
     else
         r->umem.free_fn(p, r->lctx);
@@ -511,6 +563,14 @@ static void *n_realloc(void *p, size_t n, void *ctx)
     struct soth_h2_relay *r = ctx;
     if (p == NULL)
         return n_malloc(n, ctx);
+    if (__builtin_expect(in_up_page(r, p), 0)) {
+        /* Not done by nghttp2 1.52 (as pb_realloc); the old object's size is not known. */
+        void *q = r->umem.malloc_fn(n, r->lctx);
+        size_t room = PB_PAGE - (size_t)((char *)p - r->up_page);
+        if (q != NULL)
+            memcpy(q, p, n < room ? n : room);
+        return q;
+    }
     struct pblock *b = page_aligned(p) ? pb_find(r, p) : NULL;
     if (__builtin_expect(b != NULL, 0))
         return pb_realloc(r, b, n);
@@ -1905,9 +1965,11 @@ static int leg_init(struct soth_h2_relay *r, enum soth_leg side)
         nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
     }
     r->pb_on = true;
+    r->up_on = side == SOTH_LEG_UPSTREAM;
     int rc = side == SOTH_LEG_CLIENT ? nghttp2_session_server_new3(&l->s, cb, l, opt, &r->nmem)
                                      : nghttp2_session_client_new3(&l->s, cb, l, opt, &r->nmem);
     r->pb_on = false;
+    r->up_on = false;
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rc != 0)
@@ -2011,6 +2073,8 @@ void soth_h2_relay_free(struct soth_h2_relay *r)
         /* nghttp2_session_del fires no callbacks. */
         if (r->leg[i].s != NULL)
             nghttp2_session_del(r->leg[i].s);
+        if (i == SOTH_LEG_UPSTREAM)
+            up_page_drop(r);
         hb_free(r, &r->leg[i].hb);
         lent_free_all(r, &r->leg[i]);
         if (r->leg[i].out != NULL) {
@@ -2519,6 +2583,7 @@ int soth_h2_relay_park(struct soth_h2_relay *r)
         return rc;
     nghttp2_session_del(u->s); /* frees its page blocks through n_free */
     u->s = NULL;
+    up_page_drop(r);
     hb_free(r, &u->hb);
     if (u->out != NULL && !r->lend) {
         rfree(r, u->out);
@@ -2553,6 +2618,7 @@ int soth_h2_relay_unpark(struct soth_h2_relay *r, bool ok)
             if (u->s != NULL)
                 nghttp2_session_del(u->s);
             u->s = NULL;
+            up_page_drop(r);
             u->st = LEG_PARKED;
             ok = false;
         } else {

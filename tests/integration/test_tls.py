@@ -239,6 +239,31 @@ sys.exit(0 if san == ["origin.test"] else 3)
             self.assertEqual(out.returncode, 0, out.stderr)
             p.checked_events()
 
+    def test_reverse_mode_leaf_is_for_the_clients_sni(self):
+        """Reverse mode: the leaf is for the name the client asked for (its SNI), while the
+        origin stays the configured one; a client without SNI gets the origin's name."""
+        with Proxy(mode=f"reverse:https://origin.test:{self.origin.port}",
+                   config=self.config()) as p:
+            ca = os.path.join(p.tmp, "ca", "soth-mitm-ca.pem")
+            for sni, want in (("shop.example", "shop.example"), (None, "origin.test")):
+                ctx = ssl.create_default_context(cafile=ca)
+                if sni is None:
+                    ctx.check_hostname = False
+                s = socket.create_connection(p.addr(), timeout=10)
+                t = ctx.wrap_socket(s, server_hostname=sni)
+                cert = t.getpeercert()
+                self.assertEqual([v for k, v in cert["subjectAltName"] if k == "DNS"], [want])
+                t.sendall(b"GET / HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+                got = read_all(t)
+                t.close()
+                self.assertTrue(got.startswith(b"HTTP/1.1 200"), got[:200])
+                self.assertTrue(got.endswith(self.origin.body))
+            evs = p.checked_events()
+            started = [e for e in evs if e["type"] == "tls_handshake_started" and
+                       e.get("side") == "client"]
+            self.assertEqual([e.get("sni") for e in started], ["shop.example", "origin.test"],
+                             started)
+
     def leaf_der(self, p, ctx):
         """One intercepted connection: the DER of the leaf the proxy presented, after a GET."""
         s, head = connect_tunnel(p, "origin.test", self.origin.port)
