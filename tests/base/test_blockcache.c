@@ -38,8 +38,8 @@ Test(blockcache, every_size_comes_back_to_its_own_class)
         cr_assert_gt(soth_bc_cached_bytes(), 0, "size %zu cached", n);
         void *q = soth_bc_malloc(n);
         cr_assert_eq(q, p, "size %zu: the freed block is found again", n);
-        cr_assert_leq(malloc_usable_size(q), n + n / 4 + 24,
-                      "size %zu: rounded up at most a quarter", n);
+        cr_assert_leq(malloc_usable_size(q), n + n / 8 + 24,
+                      "size %zu: rounded up at most an eighth", n);
         soth_bc_free(q);
     }
     soth_bc_trim();

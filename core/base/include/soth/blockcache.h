@@ -8,7 +8,7 @@
  * own lists; a block may be freed on another thread than the one that allocated it.
  *
  * Sizes up to SOTH_BC_MAX are rounded up to a class: below 1 KiB to what glibc's malloc
- * would hand out anyway (16 k + 8 bytes), above it four per power of two (at most a quarter
+ * would hand out anyway (16 k + 8 bytes), above it eight per power of two (at most an eighth
  * more than asked); larger requests go straight to malloc. Frees take the size from
  * malloc_usable_size, so any malloc'd block can be freed here. Built with a sanitizer, every
  * call goes straight to libc (its checks of use after free stay whole).
