@@ -454,6 +454,7 @@ static void *up_page_take(struct soth_h2_relay *r, size_t n)
         return NULL;
     void *p = r->up_page + r->up_used;
     r->up_used += (uint32_t)need;
+    r->st.up_page_bytes = r->up_used;
     return p;
 }
 
@@ -464,6 +465,7 @@ static void up_page_drop(struct soth_h2_relay *r)
         pbt_put(r->up_page, 1);
     r->up_page = NULL;
     r->up_used = 0;
+    r->st.up_page_bytes = 0;
 }
 
 static struct pblock *pb_find(struct soth_h2_relay *r, const void *p)

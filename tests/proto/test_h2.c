@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "soth/blockcache.h"
 #include "soth/proto/h2.h"
 
 #define MAXX 1100 /* exchanges per test */
@@ -1186,8 +1187,14 @@ Test(h2_relay, lent_buffers_only_while_in_use)
         fprintf(stderr, "idle relay with a lender: %zu bytes, and %zu in page blocks\n", h->mem.cur,
                 st.page_bytes);
     cr_assert_eq(st.page_bytes, 2 * (16384 + 10 + 4096));
-    cr_assert_lt(h->mem.cur + st.page_bytes, 64 * 1024, "idle relay holds %zu + %zu bytes",
-                 h->mem.cur, st.page_bytes);
+    /* The upstream session's struct (2,928 bytes in nghttp2 1.52) is on a page of its own,
+     * not among the relay's heap bytes (docs/http2.md "Memory"). */
+    if (soth_bc_enabled())
+        cr_assert(st.up_page_bytes > 2900 && st.up_page_bytes <= 4096, "%zu", st.up_page_bytes);
+    else
+        cr_assert_eq(st.up_page_bytes, 0);
+    cr_assert_lt(h->mem.cur + st.page_bytes + st.up_page_bytes, 64 * 1024,
+                 "idle relay holds %zu + %zu bytes", h->mem.cur, st.page_bytes);
     h_free(h);
 }
 
@@ -1260,8 +1267,11 @@ Test(h2_relay, park_then_requests_on_a_new_upstream)
     size_t before = h->mem.cur;
     cr_assert_eq(soth_h2_relay_park(h->r), 1);
     cr_assert(soth_h2_relay_parked(h->r));
-    cr_assert_lt(h->mem.cur + 2000, before, "the upstream session was freed (%zu -> %zu)", before,
+    cr_assert_lt(h->mem.cur + 1000, before, "the upstream session was freed (%zu -> %zu)", before,
                  h->mem.cur);
+    struct soth_h2_stats st;
+    soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.up_page_bytes, 0, "the upstream session's page went with it");
     pump(h);
     cr_assert(h->origin_goaway && h->origin_goaway_code == NGHTTP2_NO_ERROR);
     cr_assert_eq(soth_h2_relay_park(h->r), 0, "parked already");
@@ -1290,8 +1300,8 @@ Test(h2_relay, park_then_requests_on_a_new_upstream)
     pump(h);
     for (size_t i = h->nx - 20; i < h->nx; i++)
         assert_complete_echo(h, &h->x[i]);
-    struct soth_h2_stats st;
     soth_h2_relay_stats(h->r, &st);
+    cr_assert_eq(st.up_page_bytes > 0, soth_bc_enabled(), "the new session has a page again");
     cr_assert_eq(st.upstream_parked, 1);
     cr_assert_eq(st.upstream_unparked, 1);
     cr_assert(!h->ua_goaway);

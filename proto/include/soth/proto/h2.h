@@ -162,6 +162,8 @@ struct soth_h2_stats {
     uint64_t streams_refused;   /* client streams refused (limits, GOAWAY, shutdown) */
     uint64_t upstream_parked;   /* soth_h2_relay_park ended the upstream session */
     uint64_t upstream_unparked; /* soth_h2_relay_unpark made a new one */
+    size_t up_page_bytes;       /* the upstream session's struct and what fits after it, carved from
+                                   one page of the thread's (0: no session, or a sanitizer build) */
 };
 
 /**
