@@ -433,9 +433,8 @@ static void *pb_new(struct soth_h2_relay *r, size_t n)
  * heap, and that page goes back whole when the session is deleted (an idle upstream is closed
  * after timeouts.upstream_idle_ms, docs/http2.md "Idle upstream connection"). On the heap they
  * left holes amid the client legs' live objects that malloc_trim could not give back
- * (docs/performance.md, "The upstream session on a page of its own"). Frees into the page are
- * ignored; nghttp2 reallocates none of these objects. Sanitizer and BC_OFF builds have no slabs
- * and keep the heap.
+ * (docs/http2.md "Memory"). Frees into the page are ignored; nghttp2 reallocates none of these
+ * objects. Sanitizer and BC_OFF builds have no slabs and keep the heap.
  */
 static bool in_up_page(const struct soth_h2_relay *r, const void *p)
 {

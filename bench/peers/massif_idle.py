@@ -7,6 +7,13 @@ leaf cache, free lists of lent buffers) is listed too: only sites under a connec
 (client_leg_start, upstream_leg_start, relay_start, the handshake) are per connection.
 
   /usr/bin/python3 bench/peers/massif_idle.py --build build --conns 300 [--h2] [--hold S] [--out DIR]
+      [--heaptrack [--upstream-idle-ms MS]]
+
+--heaptrack runs it under heaptrack (Debian's heaptrack) instead: no lock of valgrind's, so the
+held state is the real one (idle HTTP/2 upstreams closed after --upstream-idle-ms, the trim
+done); the proxy is killed with SIGKILL at the end, so what heaptrack reports as leaked is what
+was live then, by allocation site (sites called at least once per connection are the
+connection's).
 
 valgrind 3.19 keeps its thread lock across io_uring_enter, so an idle worker starves the other
 threads: the proxy gets a fixed port (its "listening" line may come late), and it is stopped with
@@ -19,6 +26,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +76,46 @@ def report(root, n, what, min_bytes_per_conn=20):
             print(f"{k['b'] / n:9.1f}  {chain(k)}")
 
 
+def leaks(path):
+    """heaptrack_print's leak list as (bytes, calls, [frames]) per call stack."""
+    out = subprocess.run(["heaptrack_print", "-f", path, "-l", "1", "-p", "0", "-a", "0", "-T",
+                          "0", "-n", "400", "-s", "60"], capture_output=True, text=True).stdout
+    unit = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
+    res, top, cur = [], None, None
+    for l in out.split("\n"):
+        m = re.match(r"^(\S+) leaked over (\d+) calls from(:?)$", l.strip())
+        if m:
+            v = re.match(r"([\d.]+)([KMG]?)", m.group(1))
+            b = float(v.group(1)) * unit[v.group(2)]
+            if m.group(3):  # one call stack under the site named after the site's header
+                cur = [b, int(m.group(2)), [top]]
+                res.append(cur)
+            else:
+                top, cur = None, None
+            continue
+        if top is None and l and not l.startswith(" "):
+            top = l.strip()
+        elif cur is not None and re.match(r"^    \S", l) and not l.strip().startswith(("at ", "in ")):
+            cur[2].append(l.strip())
+    return res
+
+
+def heaptrack_report(path, n):
+    per, worker = 0.0, 0.0
+    print(f"live at the end, by allocation site, bytes per connection (/ {n}); * = called at "
+          "least once per connection:")
+    for b, calls, fr in sorted(leaks(path), key=lambda x: -x[0]):
+        mine = calls >= n
+        if mine:
+            per += b
+        else:
+            worker += b
+        if b / n >= 8:
+            print(f"{b / n:9.1f} {'*' if mine else ' '} {' < '.join(fr[:7])}")
+    print(f"per connection {per / n:,.0f} bytes (page blocks included: address space, given "
+          f"back while idle); per worker {worker / 1e6:.1f} MB")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
@@ -81,6 +129,10 @@ def main():
                     help="report the last detailed snapshot (every snapshot detailed), not the "
                     "peak, which can fall inside the burst of set-ups: what the held "
                     "connections keep")
+    ap.add_argument("--heaptrack", action="store_true",
+                    help="under heaptrack, killed at the end: what is live then, by site")
+    ap.add_argument("--upstream-idle-ms", type=int, default=None,
+                    help="timeouts.upstream_idle_ms for the run (default: the proxy's)")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="soth-massif-")
     out = a.out or d
@@ -88,7 +140,10 @@ def main():
     op = R.small_origin(d)
     with open(f"{d}/p.json", "w") as f:
         json.dump({"tls": {"upstream_ca_file": f"{d}/ca.pem", "learning": {"enabled": False}},
-                   "resolve": {"origin.test": "127.0.0.1"}, "timeouts": {"idle_ms": 600000}}, f)
+                   "resolve": {"origin.test": "127.0.0.1"},
+                   "timeouts": {"idle_ms": 600000, **({} if a.upstream_idle_ms is None else
+                                                      {"upstream_idle_ms": a.upstream_idle_ms})}},
+                  f)
     port = R.free_port()
     argv = [os.path.join(a.build, "soth-mitm"), "--listen", f"127.0.0.1:{port}", "--workers", "1",
             "--mode", "regular", "--config", f"{d}/p.json", "--ca-dir", f"{d}/soth-ca",
@@ -98,6 +153,8 @@ def main():
     R.stop_proc(pre)
     if not ok:
         sys.exit("soth-mitm did not start: " + open(f"{d}/pre.log").read()[-500:])
+    if a.heaptrack:
+        return run_heaptrack(a, argv, port, op, d, out)
     p = R.spawn(["valgrind", "--tool=massif", "--pages-as-heap=no", "--threshold=0.01",
                  "--depth=40", f"--massif-out-file={out}/massif.out", "--vgdb=no",
                  "--peak-inaccuracy=0.5"] + (["--detailed-freq=1"] if a.last else []) + argv,
@@ -145,6 +202,45 @@ def main():
     finally:
         R.kill_all()
     report(heap_tree(f"{out}/massif.out", a.last), a.conns, "last detailed" if a.last else "peak")
+    return 0
+
+
+def run_heaptrack(a, argv, port, op, d, out):
+    p = R.spawn(["heaptrack", "-o", f"{out}/heaptrack"] + argv, R.PROXY_CPU, f"{d}/proxy.log")
+    try:
+        if not R.wait_port(port, 60, p):
+            sys.exit("soth-mitm did not start under heaptrack")
+        loop = asyncio.new_event_loop()
+        held, err = loop.run_until_complete(
+            R.idle_open(32, port, op, True, time.time() + 600, h2=a.h2))
+        if err:
+            sys.exit(f"warm-up: {err}")
+        for w in held:
+            w.transport.abort()
+        loop.run_until_complete(asyncio.sleep(2))
+        held, err = loop.run_until_complete(
+            R.idle_open(a.conns, port, op, True, time.time() + 900, h2=a.h2))
+        if err or len(held) != a.conns:
+            sys.exit(f"{len(held)} of {a.conns} connections: {err}")
+        loop.run_until_complete(asyncio.sleep(a.hold))
+        def exe(pid):
+            try:
+                return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+            except OSError:
+                return ""
+        proxy = [pid for pid in R.tree_pids(p.pid) if exe(pid) == "soth-mitm"]
+        if len(proxy) != 1:
+            sys.exit(f"soth-mitm under heaptrack: pids {proxy}")
+        os.kill(proxy[0], signal.SIGKILL)
+        p.wait(120)  # heaptrack writes its file once the process is gone
+        for w in held:
+            w.transport.abort()
+    finally:
+        R.kill_all()
+    files = [f for f in os.listdir(out) if f.startswith("heaptrack")]
+    if len(files) != 1:
+        sys.exit(f"heaptrack's file: {files}")
+    heaptrack_report(os.path.join(out, files[0]), a.conns)
     return 0
 
 
