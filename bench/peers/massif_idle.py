@@ -208,8 +208,11 @@ def main():
 def run_heaptrack(a, argv, port, op, d, out):
     p = R.spawn(["heaptrack", "-o", f"{out}/heaptrack"] + argv, R.PROXY_CPU, f"{d}/proxy.log")
     try:
-        if not R.wait_port(port, 60, p):
-            sys.exit("soth-mitm did not start under heaptrack")
+        deadline = time.time() + 60  # its line, not the port: the first proxy's may linger
+        while "listening on" not in open(f"{d}/proxy.log").read():
+            if p.poll() is not None or time.time() > deadline:
+                sys.exit("soth-mitm did not start under heaptrack")
+            time.sleep(0.1)
         loop = asyncio.new_event_loop()
         held, err = loop.run_until_complete(
             R.idle_open(32, port, op, True, time.time() + 600, h2=a.h2))
