@@ -116,6 +116,25 @@ def heaptrack_report(path, n):
           f"back while idle); per worker {worker / 1e6:.1f} MB")
 
 
+def open_and_hold(a, port, op):
+    """32 connections opened and closed, then a.conns opened and held a.hold seconds: the
+    writers."""
+    loop = asyncio.new_event_loop()
+    held, err = loop.run_until_complete(
+        R.idle_open(32, port, op, True, time.time() + 600, h2=a.h2))
+    if err:
+        sys.exit(f"warm-up: {err}")
+    for w in held:
+        w.transport.abort()
+    loop.run_until_complete(asyncio.sleep(2))
+    held, err = loop.run_until_complete(
+        R.idle_open(a.conns, port, op, True, time.time() + 900, h2=a.h2))
+    if err or len(held) != a.conns:
+        sys.exit(f"{len(held)} of {a.conns} connections: {err}")
+    loop.run_until_complete(asyncio.sleep(a.hold))
+    return held
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
@@ -175,19 +194,7 @@ def main():
             time.sleep(0.2)
         if not R.wait_port(port, 60, p):
             sys.exit("soth-mitm did not start under valgrind")
-        loop = asyncio.new_event_loop()
-        held, err = loop.run_until_complete(
-            R.idle_open(32, port, op, True, time.time() + 600, h2=a.h2))
-        if err:
-            sys.exit(f"warm-up: {err}")
-        for w in held:
-            w.transport.abort()
-        loop.run_until_complete(asyncio.sleep(2))
-        held, err = loop.run_until_complete(
-            R.idle_open(a.conns, port, op, True, time.time() + 900, h2=a.h2))
-        if err or len(held) != a.conns:
-            sys.exit(f"{len(held)} of {a.conns} connections: {err}")
-        loop.run_until_complete(asyncio.sleep(a.hold))
+        held = open_and_hold(a, port, op)
         os.kill(p.pid, signal.SIGABRT)
         for _ in range(240):  # massif writes every detailed snapshot on the way out (--last)
             if p.poll() is not None:
@@ -213,19 +220,8 @@ def run_heaptrack(a, argv, port, op, d, out):
             if p.poll() is not None or time.time() > deadline:
                 sys.exit("soth-mitm did not start under heaptrack")
             time.sleep(0.1)
-        loop = asyncio.new_event_loop()
-        held, err = loop.run_until_complete(
-            R.idle_open(32, port, op, True, time.time() + 600, h2=a.h2))
-        if err:
-            sys.exit(f"warm-up: {err}")
-        for w in held:
-            w.transport.abort()
-        loop.run_until_complete(asyncio.sleep(2))
-        held, err = loop.run_until_complete(
-            R.idle_open(a.conns, port, op, True, time.time() + 900, h2=a.h2))
-        if err or len(held) != a.conns:
-            sys.exit(f"{len(held)} of {a.conns} connections: {err}")
-        loop.run_until_complete(asyncio.sleep(a.hold))
+        held = open_and_hold(a, port, op)
+
         def exe(pid):
             try:
                 return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
