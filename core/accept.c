@@ -96,8 +96,11 @@ void accept_on_cqe(struct worker *w, struct io_uring_cqe *cqe)
     struct sockaddr_storage peer;
     socklen_t plen = sizeof(peer);
     if (getpeername(fd, (struct sockaddr *)&peer, &plen) == -1 ||
-        !flow_addr_set(&f->peer, &f->peer_len, &peer, plen))
+        !flow_addr_set(&f->peer, &f->peer_len, &peer, plen)) {
+        plen = 0; /* getpeername leaves it as it was on failure (a client gone already) */
+        peer.ss_family = AF_UNSPEC;
         f->peer_len = 0;
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     f->c[SOTH_LEG_CLIENT].fd = fd;

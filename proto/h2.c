@@ -443,7 +443,7 @@ static bool in_up_page(const struct soth_h2_relay *r, const void *p)
 
 static void *up_page_take(struct soth_h2_relay *r, size_t n)
 {
-    size_t need = (n + 15u) & ~(size_t)15u;
+    size_t need = n == 0 ? 16u : (n + 15u) & ~(size_t)15u; /* never the page's end */
     if (r->up_page == NULL) {
         if (pbt_pages(1) == 0 || (r->up_page = pbt_get(1)) == NULL)
             return NULL;

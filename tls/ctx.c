@@ -120,8 +120,13 @@ static int ctx_common(WOLFSSL_CTX *ctx, bool client)
             wolfSSL_CTX_UseSupportedCurve(ctx, WOLFSSL_ECC_SECP256R1) != WOLFSSL_SUCCESS)
             return -1;
     }
-    /* The global session cache takes a lock per handshake: tickets carry the state instead. */
-    wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_OFF);
+    /* The global session cache takes a lock per handshake: tickets carry the state instead.
+     * "Off" alone does not keep a server's session out of it once a ticket was made (wolfSSL
+     * 5.5.4 with OPENSSL_EXTRA: AddSession copies it in under the cache row's mutex whenever
+     * the client sent a legacy session id, as OpenSSL clients and browsers do); no internal
+     * store does (docs/tls.md). */
+    wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_OFF |
+                                                WOLFSSL_SESS_CACHE_NO_INTERNAL_STORE);
     wolfSSL_CTX_SetIORecv(ctx, tls_on_recv);
     wolfSSL_CTX_SetIOSend(ctx, tls_on_send);
     return 0;

@@ -2,9 +2,27 @@
  * Our server conns against Debian's python ssl (OpenSSL 3) over loopback: a client that
  * trusts our CA with check_hostname=True succeeds, one that does not fails with an unknown-CA
  * verification error, and a ticket issued by one worker context resumes on another (the
- * shared ticket key).
+ * shared ticket key). And our side of a handshake with such a client takes no lock.
  */
+#include <dlfcn.h>
+#include <pthread.h>
+
 #include "tls_sock.h"
+
+/* Counted on the thread that sets `counting` (docs/performance.md, "Atomics and locks
+ * reachable from the data path"): this binary's pthread_mutex_lock goes before libc's. */
+static _Thread_local bool counting;
+static _Thread_local unsigned n_locks;
+
+int pthread_mutex_lock(pthread_mutex_t *m)
+{
+    static int (*real)(pthread_mutex_t *);
+    if (real == NULL)
+        real = (int (*)(pthread_mutex_t *))dlsym(RTLD_NEXT, "pthread_mutex_lock");
+    if (counting)
+        n_locks++;
+    return real(m);
+}
 
 #define PEERS "/usr/bin/python3 tests/tls/tls_peers.py"
 
@@ -33,7 +51,9 @@ static bool serve_one(int ls, struct soth_tls_ctx *t, bool *resumed)
     struct soth_tls_conn *c;
     cr_assert_eq(soth_tls_conn_new_server(t, SOTH_IOV_LIT("origin.test"), SOTH_IOV_NULL, &c), 0);
     enum soth_tls_transport k;
+    counting = true;
     bool ok = tu_sock_handshake(fd, c, 5000, &k) == TU_DONE;
+    counting = false;
     if (ok) {
         char ping[4];
         ok = tu_sock_read(fd, c, ping, 4, 5000) == 4 && memcmp(ping, "ping", 4) == 0;
@@ -70,6 +90,21 @@ Test(tls_interop, python_trusting_our_ca_verifies_hostname)
     char out[512];
     cr_assert_eq(run_client("trusting", port, out, sizeof(out), env.t, ls), 0, "%s", out);
     cr_assert(strstr(out, "pong TLSv1.3") != NULL, "%s", out);
+    close(ls);
+}
+
+/* OpenSSL's client sends a legacy session id (middlebox compatibility): wolfSSL 5.5.4 then
+ * copied the session it had made a ticket for into its global cache, under the cache row's
+ * mutex, with the cache "off" (tls/ctx.c). No lock, no shared state: only the ticket. */
+Test(tls_interop, our_side_of_a_handshake_takes_no_lock)
+{
+    uint16_t port;
+    int ls = tu_listen(&port);
+    char out[512];
+    n_locks = 0;
+    cr_assert_eq(run_client("trusting", port, out, sizeof(out), env.t, ls), 0, "%s", out);
+    cr_assert(strstr(out, "pong TLSv1.3") != NULL, "%s", out);
+    cr_assert_eq(n_locks, 0, "our server conn's handshake took %u locks", n_locks);
     close(ls);
 }
 
