@@ -72,7 +72,8 @@ static inline bool up_redialing(uint8_t st)
 }
 
 /* A flow's two addresses are TCP ones, IPv4 or IPv6: 28 bytes, not sockaddr_storage's 128
- * (a flow slot is held for every open connection: docs/performance.md, "Idle connections"). */
+ * (a flow slot is held for every open connection: docs/performance.md, "Idle connections hold
+ * less"). */
 union flow_addr {
     struct sockaddr sa;
     struct sockaddr_in in;

@@ -341,9 +341,9 @@ struct soth_h2_relay {
     bool up_on;         /* ... and it is the upstream leg's: its small ones go to up_page */
     uint8_t n_pb;
     struct pblock pb[PB_MAX];
-    char *up_page;    /* the upstream session's page (below), NULL when there is none */
-    uint32_t up_used; /* bytes of it handed out */
-    char *alt;        /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
+    char *up_page; /* the upstream session's page (below), NULL when there is none; the bytes
+                      handed out of it are st.up_page_bytes */
+    char *alt;     /* strip_h3_alt_svc: rewritten Alt-Svc values (grown, kept) */
     size_t altcap;
     /* docs/http2.md "Idle upstream connection": a request came while the upstream leg was
      * parked; nghttp2 paused in its head and the client bytes it did not read wait here,
@@ -444,16 +444,12 @@ static bool in_up_page(const struct soth_h2_relay *r, const void *p)
 static void *up_page_take(struct soth_h2_relay *r, size_t n)
 {
     size_t need = n == 0 ? 16u : (n + 15u) & ~(size_t)15u; /* never the page's end */
-    if (r->up_page == NULL) {
-        if (pbt_pages(1) == 0 || (r->up_page = pbt_get(1)) == NULL)
-            return NULL;
-        r->up_used = 0;
-    }
-    if (need > PB_PAGE - r->up_used)
+    if (r->up_page == NULL && (pbt_pages(1) == 0 || (r->up_page = pbt_get(1)) == NULL))
         return NULL;
-    void *p = r->up_page + r->up_used;
-    r->up_used += (uint32_t)need;
-    r->st.up_page_bytes = r->up_used;
+    if (need > PB_PAGE - r->st.up_page_bytes)
+        return NULL;
+    void *p = r->up_page + r->st.up_page_bytes;
+    r->st.up_page_bytes += need;
     return p;
 }
 
@@ -463,7 +459,6 @@ static void up_page_drop(struct soth_h2_relay *r)
     if (r->up_page != NULL)
         pbt_put(r->up_page, 1);
     r->up_page = NULL;
-    r->up_used = 0;
     r->st.up_page_bytes = 0;
 }
 
