@@ -2,7 +2,7 @@
 # Installs what the peer benchmark (bench/peers/run.py) needs on Debian 12, idempotently:
 # the build dependencies (ci/setup.sh), the peers (nginx-light, haproxy, squid-openssl,
 # mitmproxy), the load tools (wrk, h2load from nghttp2-client, hey), valgrind for instruction
-# counts, and perf for profiles. Debian packages only. Run as root (or with sudo available).
+# counts, perf for profiles, and heaptrack for massif_idle.py --heaptrack. Debian packages only. Run as root (or with sudo available).
 #
 #   bash bench/setup.sh
 set -euo pipefail
@@ -12,7 +12,7 @@ bash ci/setup.sh
 SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS=(nginx-light haproxy squid-openssl mitmproxy wrk nghttp2-client hey valgrind linux-perf openssl
-    python3 procps util-linux)
+    heaptrack python3 procps util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
