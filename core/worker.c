@@ -278,8 +278,10 @@ static int ring_setup(struct worker *w)
 {
     struct io_uring_params p;
     const unsigned flag_sets[] = {
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-        IORING_SETUP_COOP_TASKRUN,
+        /* TASKRUN_FLAG: the kernel marks the SQ ring's flags when completions wait for us to
+         * enter, which is what worker_wait's busy poll watches without a system call */
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         0,
     };
     int rc = -EINVAL;
@@ -361,6 +363,48 @@ static void signal_ready(struct worker *w, int err)
     pthread_mutex_unlock(&e->start_mu);
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Submit what the pass queued and wait for the next completion (at most ts when timed).
+ *
+ * With busy_poll_us set, the worker first watches its rings for up to that long before it
+ * sleeps, but only while the recent waits were shorter than that on average (a loaded worker):
+ * a worker that sleeps is woken by the CPU that received its packet (an inter-processor
+ * interrupt, and on a virtual machine the host waking a halted vCPU), which costs that CPU and
+ * the request more than a short watch costs this one (docs/performance.md, "Waking the
+ * worker"). A quiet worker never polls: its waits are long, and one wait that ends in a sleep
+ * adds its whole length to the average. The watch reads the ring's memory only (completions
+ * already posted, or the kernel's IORING_SQ_TASKRUN mark for deferred ones): no system call. */
+static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __kernel_timespec *ts)
+{
+    uint64_t window = w->poll.window_ns;
+    if (window == 0)
+        return io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
+    uint64_t t0 = soth_mono_ns(), t = t0;
+    if (w->poll.gap_ns < window) {
+        if (io_uring_sq_ready(&w->ring) > 0)
+            io_uring_submit(&w->ring);
+        const unsigned *kflags = w->ring.sq.kflags;
+        while (io_uring_cq_ready(&w->ring) == 0 &&
+               !(IO_URING_READ_ONCE(*kflags) & IORING_SQ_TASKRUN) && t - t0 < window) {
+            cpu_relax();
+            t = soth_mono_ns();
+        }
+    }
+    int rc = io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
+    if (t - t0 >= window || w->poll.gap_ns >= window)
+        t = soth_mono_ns(); /* it slept (or did not poll): the wait's length is the sleep's */
+    w->poll.gap_ns = w->poll.gap_ns - w->poll.gap_ns / 8 + (t - t0) / 8;
+    return rc;
+}
+
 void *soth_worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -392,6 +436,8 @@ void *soth_worker_main(void *arg)
         worker_teardown(w);
         return NULL;
     }
+    w->poll.window_ns = (uint64_t)c->busy_poll_us * 1000u;
+    w->poll.gap_ns = 1000000000u; /* not polling until the waits have been short */
     accept_arm(w);
     arm_eventfd(w);
     io_uring_submit(&w->ring);
@@ -409,7 +455,7 @@ void *soth_worker_main(void *arg)
             ts = (struct __kernel_timespec){.tv_sec = TRIM_CHECK_MS / 1000};
             timed = true;
         }
-        rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, timed ? &ts : NULL, NULL);
+        rc = worker_wait(w, &cqe, timed ? &ts : NULL);
         if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             SOTH_LOG(SOTH_LOG_ERROR, (int)w->idx, 0, "io_uring_submit_and_wait: %s",
                      soth_strerror(rc));

@@ -124,6 +124,13 @@ struct worker {
         bool ring_ok;            /* DEFER_TASKRUN: the kernel fills buffers only in our enters */
     } trim;
 
+    /* Busy polling between loop passes (busy_poll_us; core/worker.c, worker_wait;
+     * docs/performance.md "Waking the worker"). */
+    struct {
+        uint64_t window_ns; /* the config's busy_poll_us; 0 = off */
+        uint64_t gap_ns;    /* moving average of the recent waits' lengths (1/8 weight each) */
+    } poll;
+
     struct soth_spsc *rq, *rs; /* resolver requests / responses */
     struct dns_cache dns;      /* resolver answers (core/resolver.c) */
 

@@ -385,6 +385,8 @@ def start_soth(a, d, name, mode, extra_cfg=None):
     # (TLS learning off: the benchmark measures interception, failures must not make tunnels)
     if extra_cfg:
         cfg.update(extra_cfg)
+    if getattr(a, "soth_config", None):
+        cfg.update(json.loads(a.soth_config))
     tag = name.replace(" ", "-")
     with open(f"{d}/{tag}.json", "w") as f:
         json.dump(cfg, f)
@@ -1391,6 +1393,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--no-upstream-pool", action="store_true",
                     help="soth-mitm rev without its upstream connection pool")
+    ap.add_argument("--soth-config", default=None, metavar="JSON",
+                    help="top-level config keys for every soth-mitm target, e.g. "
+                         "'{\"busy_poll_us\": 0}' (docs/config.md)")
     ap.add_argument("--quick", action="store_true",
                     help="1 repetition of 2 s, 1000 idle connections, fewer callgrind requests")
     ap.add_argument("--gate", action="store_true", help="CI perf gate (see docs/performance.md)")

@@ -144,6 +144,8 @@ struct soth_config {
     size_t n_rules;
     struct soth_identities identities; /* docs/config.md "identities" */
 
+    uint32_t busy_poll_us; /* a loaded worker watches its rings this long before it sleeps */
+
     bool http2_enabled;
     uint32_t http2_max_header_list_size;
     bool http3_passthrough;
