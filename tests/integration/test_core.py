@@ -3,6 +3,7 @@ reverse mode, upstream failures, drain on SIGTERM."""
 import concurrent.futures
 import http.server
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,11 +18,15 @@ from harness import (EchoServer, Proxy, by_flow, connect_tunnel, free_port, read
 class HTTPOrigin:
     """A tiny HTTP/1.1 origin (python http.server) answering GET with a known body."""
 
-    def __init__(self):
+    def __init__(self, one_write=False):
         body = b"hello from origin\n" * 100
 
         class H(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # one_write: the response leaves in one write (buffered, flushed after the
+            # handler), not the head and the body apart (whose second write Nagle holds for
+            # the ACK of the first)
+            wbufsize = -1 if one_write else 0
 
             def do_GET(self):
                 self.send_response(200)
@@ -424,6 +429,82 @@ class ReverseTests(unittest.TestCase):
                                  timeout=20)
             self.assertEqual(out.stdout, b"502")
             p.checked_events()
+
+
+def worker_thread(p):
+    """(voluntary context switches, CPU seconds) of the proxy's worker thread soth-worker-0."""
+    task = f"/proc/{p.proc.pid}/task"
+    for tid in os.listdir(task):
+        with open(f"{task}/{tid}/status") as f:
+            st = f.read()
+        if re.search(r"^Name:\s+soth-worker-0$", st, re.M):
+            vol = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", st, re.M).group(1))
+            with open(f"{task}/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return vol, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    raise AssertionError("no soth-worker-0 thread")
+
+
+class BusyPollTests(unittest.TestCase):
+    """busy_poll_us (docs/config.md; docs/performance.md, "Waking the worker"): a loaded worker
+    watches its rings before it sleeps; a quiet one sleeps at once."""
+
+    def get_many(self, port, n, gap_s=0.0):
+        """n GETs on one keep-alive connection, each answered whole before the next."""
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        f = s.makefile("rb")
+        try:
+            for i in range(n):
+                s.sendall(f"GET /r{i} HTTP/1.1\r\nHost: o\r\n\r\n".encode())
+                status = f.readline()
+                self.assertEqual(status, b"HTTP/1.1 200 OK\r\n")
+                length = None
+                for line in iter(f.readline, b"\r\n"):
+                    k, _, v = line.decode().partition(":")
+                    if k.lower() == "content-length":
+                        length = int(v)
+                    if k.lower() == "x-path":
+                        self.assertEqual(v.strip(), f"/r{i}")
+                self.assertEqual(f.read(length), self.origin.body)
+                if gap_s:
+                    time.sleep(gap_s)
+        finally:
+            f.close()
+            s.close()
+
+    def setUp(self):
+        self.origin = HTTPOrigin(one_write=True)
+
+    def tearDown(self):
+        self.origin.close()
+
+    def switches_for(self, poll_us, n):
+        with Proxy(mode=f"reverse:http://127.0.0.1:{self.origin.port}",
+                   config={"busy_poll_us": poll_us}) as p:
+            self.get_many(p.port, 20)  # the waits' average settles
+            v0, _ = worker_thread(p)
+            self.get_many(p.port, n)
+            v1, _ = worker_thread(p)
+        return v1 - v0
+
+    def test_loaded_worker_polls_instead_of_sleeping(self):
+        n = 300
+        off = self.switches_for(0, n)
+        on = self.switches_for(5000, n)
+        # without polling the worker sleeps at least once per request (waiting for the client,
+        # then for the origin); polling 5 ms, the waits of this closed loop all end in the watch
+        self.assertGreaterEqual(off, n)
+        self.assertLess(on, off / 4, f"sleeps per {n} requests: {on} polling, {off} not")
+
+    def test_quiet_worker_does_not_poll(self):
+        with Proxy(mode=f"reverse:http://127.0.0.1:{self.origin.port}",
+                   config={"busy_poll_us": 10000}) as p:
+            _, c0 = worker_thread(p)
+            # a request every 100 ms: a worker that watched 10 ms before each of its sleeps
+            # would spend 20 x 3 x 10 ms = 0.6 s of CPU on it
+            self.get_many(p.port, 20, gap_s=0.1)
+            _, c1 = worker_thread(p)
+        self.assertLess(c1 - c0, 0.15, "CPU seconds of the worker over 20 requests in 2 s")
 
 
 class BackpressureTests(unittest.TestCase):
