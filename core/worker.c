@@ -385,9 +385,12 @@ static inline void cpu_relax(void)
 static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __kernel_timespec *ts)
 {
     uint64_t window = w->poll.window_ns;
-    if (window == 0)
+    if (window == 0) {
+        SOTH_METRIC_ADD(w->m->waits_blocked, 1);
         return io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
+    }
     uint64_t t0 = soth_mono_ns(), t = t0;
+    bool polled = false;
     if (w->poll.gap_ns < window) {
         if (io_uring_sq_ready(&w->ring) > 0)
             io_uring_submit(&w->ring);
@@ -397,10 +400,16 @@ static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __ker
             cpu_relax();
             t = soth_mono_ns();
         }
+        SOTH_METRIC_ADD(w->m->busy_poll_ns, t - t0);
+        polled = t - t0 < window;
     }
     int rc = io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
-    if (t - t0 >= window || w->poll.gap_ns >= window)
-        t = soth_mono_ns(); /* it slept (or did not poll): the wait's length is the sleep's */
+    if (polled) {
+        SOTH_METRIC_ADD(w->m->waits_polled, 1);
+    } else {
+        SOTH_METRIC_ADD(w->m->waits_blocked, 1);
+        t = soth_mono_ns(); /* the wait's length is the sleep's */
+    }
     w->poll.gap_ns = w->poll.gap_ns - w->poll.gap_ns / 8 + (t - t0) / 8;
     return rc;
 }

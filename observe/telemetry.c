@@ -985,6 +985,20 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
     metric_type(b, "soth_upstream_pool_idle", "gauge",
                 "Idle upstream connections kept by the pool, all workers.");
     metric_line(b, "soth_upstream_pool_idle", "", pool_idle > 0 ? (uint64_t)pool_idle : 0);
+    metric_type(b, "soth_worker_waits_total", "counter",
+                "Waits of the workers for work: seen by the busy poll, or in the kernel.");
+    metric_line(b, "soth_worker_waits_total", "{result=\"polled\"}", SUM(waits_polled));
+    metric_line(b, "soth_worker_waits_total", "{result=\"blocked\"}", SUM(waits_blocked));
+    metric_type(b, "soth_busy_poll_seconds_total", "counter",
+                "Time the workers spent in the busy poll's watch (busy_poll_us).");
+    {
+        uint64_t ns = SUM(busy_poll_ns);
+        char line[96];
+        int n = snprintf(line, sizeof(line), "soth_busy_poll_seconds_total %llu.%09llu\n",
+                         (unsigned long long)(ns / 1000000000u),
+                         (unsigned long long)(ns % 1000000000u));
+        jbuf_put(b, line, (size_t)n);
+    }
     metric_type(b, "soth_events_dropped_total", "counter",
                 "Events dropped by workers on a full event ring.");
     metric_line(b, "soth_events_dropped_total", "", SUM(events_dropped));

@@ -1145,7 +1145,9 @@ def instructions(a, ctx, d):
                 f.write(conf)
             prog = [NGINX, "-c", f"{d}/cg.conf", "-p", d]
         else:
-            cfg = {"tls": {"upstream_ca_file": f"{d}/ca.pem"}}
+            # busy_poll_us 0: the count is of the work; what a busy poll's watch executes
+            # depends on how long the load tool takes (docs/performance.md, "Waking the worker")
+            cfg = {"tls": {"upstream_ca_file": f"{d}/ca.pem"}, "busy_poll_us": 0}
             with open(f"{d}/cg.json", "w") as f:
                 json.dump(cfg, f)
             prog = [os.path.join(a.build, "soth-mitm"), "--listen", f"127.0.0.1:{port}",

@@ -77,7 +77,7 @@ static void expect_json_eq(json_t *got, json_t *want, const char *what)
 
 /* The embedded defaults (docs/config.md), as --check-config prints them for an empty file. */
 static const char *const defaults_json =
-    "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"busy_poll_us\":50,"
+    "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"busy_poll_us\":0,"
     "\"ignore_hosts\":[],"
     "\"policy\":{\"default\":\"intercept\",\"default_route\":\"direct\",\"rules\":[]},"
     "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},\"http2_enabled\":true,"
@@ -759,7 +759,7 @@ Test(config, spec_example_round_trips)
 {
     const char *text =
         "{\"listen\":\"[::1]:8443\",\"mode\":\"reverse:https://origin.test:9443\",\"workers\":2,"
-        "\"busy_poll_us\":0,"
+        "\"busy_poll_us\":200,"
         "\"ignore_hosts\":[\"^.*\\\\.internal:443$\"],"
         "\"policy\":{\"default\":\"tunnel\",\"default_route\":\"upstream:http://[::1]:3128\","
         "\"rules\":[{\"host\":\"*.bank.example\",\"action\":\"tunnel\",\"route\":\"direct\"},"

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import unittest
+import urllib.request
 
 from harness import (EchoServer, Proxy, by_flow, connect_tunnel, free_port, read_all,
                      read_head)
@@ -479,22 +480,37 @@ class BusyPollTests(unittest.TestCase):
         self.origin.close()
 
     def switches_for(self, poll_us, n):
+        """The worker's sleeps over n requests, and its metrics after them."""
+        mport = free_port()
         with Proxy(mode=f"reverse:http://127.0.0.1:{self.origin.port}",
-                   config={"busy_poll_us": poll_us}) as p:
+                   config={"busy_poll_us": poll_us,
+                           "metrics": {"listen": f"127.0.0.1:{mport}"}}) as p:
             self.get_many(p.port, 20)  # the waits' average settles
             v0, _ = worker_thread(p)
             self.get_many(p.port, n)
             v1, _ = worker_thread(p)
-        return v1 - v0
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+                m = dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines()
+                         if line and not line.startswith("#"))
+        return v1 - v0, m
 
     def test_loaded_worker_polls_instead_of_sleeping(self):
         n = 300
-        off = self.switches_for(0, n)
-        on = self.switches_for(5000, n)
+        off, m_off = self.switches_for(0, n)
+        on, m_on = self.switches_for(5000, n)
         # without polling the worker sleeps at least once per request (waiting for the client,
         # then for the origin); polling 5 ms, the waits of this closed loop all end in the watch
         self.assertGreaterEqual(off, n)
         self.assertLess(on, off / 4, f"sleeps per {n} requests: {on} polling, {off} not")
+        # and the metrics say so (docs/metrics.md)
+        polled = 'soth_worker_waits_total{result="polled"}'
+        blocked = 'soth_worker_waits_total{result="blocked"}'
+        self.assertEqual(int(m_off[polled]), 0)
+        self.assertGreaterEqual(int(m_off[blocked]), 2 * n)
+        self.assertEqual(float(m_off["soth_busy_poll_seconds_total"]), 0)
+        self.assertGreaterEqual(int(m_on[polled]), 2 * n)
+        self.assertGreater(float(m_on["soth_busy_poll_seconds_total"]), 0)
+        self.assertLess(float(m_on["soth_busy_poll_seconds_total"]), 60)
 
     def test_quiet_worker_does_not_poll(self):
         with Proxy(mode=f"reverse:http://127.0.0.1:{self.origin.port}",

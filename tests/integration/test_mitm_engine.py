@@ -411,6 +411,7 @@ class MitmEngineTests(unittest.TestCase):
         for key, value, name in [("tls", {"leaf_cache_size": 5}, "tls.leaf_cache_size"),
                                  ("timeouts", {"connect_ms": 500}, "timeouts.connect_ms"),
                                  ("workers", 2, "workers"),
+                                 ("busy_poll_us", 50, "busy_poll_us"),
                                  ("identities", {"networks": [{"id": "lo", "cidrs":
                                                                ["127.0.0.0/8"]}]}, "identities"),
                                  ("policy", {"rules": [{"host": "a.test", "action": "tunnel",

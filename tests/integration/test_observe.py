@@ -18,7 +18,7 @@ def scrape(port):
     for line in text.splitlines():
         if line and not line.startswith("#"):
             k, v = line.rsplit(" ", 1)
-            out[k] = int(v)
+            out[k] = float(v) if "." in v else int(v)  # seconds counters have a fraction
     return out
 
 
