@@ -278,16 +278,20 @@ static int ring_setup(struct worker *w)
 {
     struct io_uring_params p;
     const unsigned flag_sets[] = {
-        /* TASKRUN_FLAG: the kernel marks the SQ ring's flags when completions wait for us to
-         * enter, which is what worker_wait's busy poll watches without a system call */
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
-        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN,
         0,
     };
+    /* With busy polling, TASKRUN_FLAG: the kernel marks the SQ ring's flags when completions
+     * wait for us to enter, which is what worker_wait watches. Only then: with it, liburing's
+     * io_uring_submit also runs deferred completions (get_sqe's flush of a full SQ). */
+    unsigned taskrun = w->cfg->busy_poll_us > 0 ? IORING_SETUP_TASKRUN_FLAG : 0;
     int rc = -EINVAL;
     for (size_t i = 0; i < SOTH_ARRAY_LEN(flag_sets); i++) {
         memset(&p, 0, sizeof(p));
         p.flags = flag_sets[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+        if (flag_sets[i] != 0)
+            p.flags |= taskrun; /* TASKRUN_FLAG needs DEFER_TASKRUN or COOP_TASKRUN */
         p.cq_entries = 16384;
         rc = io_uring_queue_init_params(2048, &w->ring, &p);
         if (rc == 0) {
@@ -372,45 +376,62 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/* Work the kernel holds for us without a CQE in the ring yet: deferred completions
+ * (IORING_SQ_TASKRUN, set with IORING_SETUP_TASKRUN_FLAG) or an overflowed CQ. */
+static inline bool ring_pending(const struct worker *w)
+{
+    return io_uring_cq_ready(&w->ring) > 0 ||
+           (IO_URING_READ_ONCE(*w->ring.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
+}
+
 /* Submit what the pass queued and wait for the next completion (at most ts when timed).
  *
  * With busy_poll_us set, the worker first watches its rings for up to that long before it
- * sleeps, but only while the recent waits were shorter than that on average (a loaded worker):
+ * sleeps, but only while its recent waits were shorter than that on average (a loaded worker):
  * a worker that sleeps is woken by the CPU that received its packet (an inter-processor
  * interrupt, and on a virtual machine the host waking a halted vCPU), which costs that CPU and
  * the request more than a short watch costs this one (docs/performance.md, "Waking the
- * worker"). A quiet worker never polls: its waits are long, and one wait that ends in a sleep
- * adds its whole length to the average. The watch reads the ring's memory only (completions
- * already posted, or the kernel's IORING_SQ_TASKRUN mark for deferred ones): no system call. */
+ * worker"). The average counts only waits that had to wait (work already there is no wait), a
+ * wait that ends in a sleep with its whole length: a quiet worker stops watching after its
+ * first long wait. The watch reads memory only (ring_pending, the clock through the vDSO);
+ * the queued SQEs are submitted before it, and what it sees is collected by the usual wait,
+ * which returns at once. */
 static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __kernel_timespec *ts)
 {
     uint64_t window = w->poll.window_ns;
-    if (window == 0) {
-        SOTH_METRIC_ADD(w->m->waits_blocked, 1);
+    if (window == 0 || ring_pending(w)) {
+        if (!ring_pending(w))
+            SOTH_METRIC_ADD(w->m->waits_blocked, 1);
         return io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
     }
     uint64_t t0 = soth_mono_ns(), t = t0;
-    bool polled = false;
-    if (w->poll.gap_ns < window) {
+    struct __kernel_timespec left;
+    bool watched = w->poll.gap_ns < window;
+    if (watched) {
         if (io_uring_sq_ready(&w->ring) > 0)
             io_uring_submit(&w->ring);
-        const unsigned *kflags = w->ring.sq.kflags;
-        while (io_uring_cq_ready(&w->ring) == 0 &&
-               !(IO_URING_READ_ONCE(*kflags) & IORING_SQ_TASKRUN) && t - t0 < window) {
+        while (!ring_pending(w) && t - t0 < window) {
             cpu_relax();
             t = soth_mono_ns();
         }
         SOTH_METRIC_ADD(w->m->busy_poll_ns, t - t0);
-        polled = t - t0 < window;
+        if (ts != NULL) { /* the timers' deadline does not move by the watch */
+            int64_t ns = ts->tv_sec * 1000000000ll + ts->tv_nsec - (int64_t)(t - t0);
+            ns = ns > 0 ? ns : 0;
+            left = (struct __kernel_timespec){.tv_sec = ns / 1000000000ll,
+                                              .tv_nsec = ns % 1000000000ll};
+            ts = &left;
+        }
     }
     int rc = io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
-    if (polled) {
+    uint64_t t1 = soth_mono_ns();
+    /* polled: the watch saw the work and the wait then collected it without sleeping (the mark
+     * can outlive the work it announced; the wait then slept, and counts as blocked) */
+    if (watched && t - t0 < window && t1 - t < window)
         SOTH_METRIC_ADD(w->m->waits_polled, 1);
-    } else {
+    else
         SOTH_METRIC_ADD(w->m->waits_blocked, 1);
-        t = soth_mono_ns(); /* the wait's length is the sleep's */
-    }
-    w->poll.gap_ns = w->poll.gap_ns - w->poll.gap_ns / 8 + (t - t0) / 8;
+    w->poll.gap_ns = w->poll.gap_ns - w->poll.gap_ns / 8 + (t1 - t0) / 8;
     return rc;
 }
 

@@ -156,7 +156,8 @@ def main():
                 c0 = cpu_ticks()
                 th0 = thread_switches(t.pids)
                 if small:  # context switches on the load CPU and the proxy's
-                    ps = subprocess.Popen(["perf", "stat", "-x", ",", "-A", "-C", "0,1", "-e",
+                    ps = subprocess.Popen(["perf", "stat", "-x", ",", "-A", "-C",
+                                           f"{R.LOAD_CPU},{R.PROXY_CPU}", "-e",
                                            "context-switches", "--", "sleep",
                                            str(a.seconds + 1)], stderr=subprocess.PIPE,
                                           text=True)
@@ -185,7 +186,7 @@ def main():
                     print("   per request: " + ", ".join(
                         f"CPU {c} busy {(c1[c][0] - c0[c][0]) / hz / r['requests'] * 1e6:.1f} us"
                         + (f" {cs[c] / r['requests']:.2f} context switches" if c in cs else "")
-                        for c in ("0", "1")))
+                        for c in (R.LOAD_CPU, R.PROXY_CPU)))
                 if small and r.get("requests") and th1:
                     print("   context switches per request, by thread: " + ", ".join(
                         f"{k} {(th1[k] - th0.get(k, 0)) / r['requests']:.3f}"

@@ -228,6 +228,9 @@ Test(metrics, scrape_sums_workers)
         SOTH_METRIC_ADD(m->leaf_cache_hits, 10);
         SOTH_METRIC_ADD(m->leaf_cache_misses, 2);
         SOTH_METRIC_ADD(m->events_dropped, 5);
+        SOTH_METRIC_ADD(m->waits_polled, 4 + w);
+        SOTH_METRIC_ADD(m->waits_blocked, 1);
+        SOTH_METRIC_ADD(m->busy_poll_ns, 500000002u + w);
     }
     SOTH_METRIC_ADD(soth_observe_metrics(o, 1)->active_connections, -1);
     char *r = http_get(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -250,6 +253,10 @@ Test(metrics, scrape_sums_workers)
     cr_expect_eq(metric(body, "soth_leaf_cache_hits_total"), 20);
     cr_expect_eq(metric(body, "soth_leaf_cache_misses_total"), 4);
     cr_expect_eq(metric(body, "soth_events_dropped_total"), 10);
+    cr_expect_eq(metric(body, "soth_worker_waits_total{result=\"polled\"}"), 9);
+    cr_expect_eq(metric(body, "soth_worker_waits_total{result=\"blocked\"}"), 2);
+    /* seconds with the nanoseconds as the fraction: 500000002 + 500000003 ns */
+    cr_expect(strstr(body, "\nsoth_busy_poll_seconds_total 1.000000005\n") != NULL, "%s", body);
     /* Per sink (soth_sink_dropped_total{sink="jsonl:0"}, ...): none configured here. */
     cr_expect(strstr(body, "# TYPE soth_sink_dropped_total counter\n") != NULL);
     cr_expect(strstr(body, "\nsoth_sink_dropped_total") == NULL);
