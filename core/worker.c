@@ -399,8 +399,9 @@ static inline bool ring_pending(const struct worker *w)
 static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __kernel_timespec *ts)
 {
     uint64_t window = w->poll.window_ns;
-    if (window == 0 || ring_pending(w)) {
-        if (!ring_pending(w))
+    bool ready = ring_pending(w);
+    if (window == 0 || ready) {
+        if (!ready)
             SOTH_METRIC_ADD(w->m->waits_blocked, 1);
         return io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
     }

@@ -734,6 +734,12 @@ def url_for(target, origin_port, path):
     return f"https://127.0.0.1:{port}{path}"
 
 
+def wrk_argv(a, url, conns, extra=(), threads=1):
+    """wrk for --seconds with latencies and the p99.9 script (parse_wrk reads its output)."""
+    return ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{int(a.seconds)}s", "--latency",
+            "--timeout", "10s", "-s", WRK_P999_LUA, *extra, url]
+
+
 def wl_wrk(conns, path, extra=(), threads=1):
     def run(a, ctx, target):
         if target.mode == "tunnel":
@@ -743,9 +749,7 @@ def wl_wrk(conns, path, extra=(), threads=1):
         url = url_for(target, ctx["origin_port"], path)
 
         def go():
-            out, err = run_load(["wrk", "-t", str(threads), "-c", str(conns), "-d",
-                                 f"{int(a.seconds)}s", "--latency", "--timeout", "10s", "-s",
-                                 WRK_P999_LUA, *extra, url], a.seconds + 30)
+            out, err = run_load(wrk_argv(a, url, conns, extra, threads), a.seconds + 30)
             return (None, err) if out is None else parse_wrk(out)
         return measure(target, go)
     return run

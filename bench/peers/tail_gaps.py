@@ -11,13 +11,13 @@ With --workload h1-small, run.py's h1-small instead (wrk -c50 keep-alive, 100-by
 gives each exchange's upstream window (request head in to response head in: the origin's
 leg, both sends and the origin's queue) and what is left inside the proxy after it (response
 head in to the exchange's completion), so a tail can be placed on the origin's side or ours
-(docs/performance.md, "The h1 small tail").
+(docs/performance.md, "Waking the worker").
 
   /usr/bin/python3 bench/peers/tail_gaps.py --build B [--targets "soth-mitm rev,haproxy"]
       [--rounds 2] [--seconds 8] [--gap-ms 10] [--workload h1-1m-paced|h1-small]
       [--soth-config '{"busy_poll_us": 0}']
 
-Loopback only, bounded: each run is one hey of --seconds."""
+Loopback only, bounded: each run is one hey (or wrk) of --seconds."""
 import argparse
 import collections
 import json
@@ -87,14 +87,14 @@ def report_ring(xs, gap_ms):
 
 
 def cpu_ticks():
-    """{cpu: (busy, total)} in USER_HZ ticks from /proc/stat (busy: all but idle and iowait)."""
+    """{cpu: busy USER_HZ ticks} from /proc/stat (busy: all but idle and iowait)."""
     out = {}
     with open("/proc/stat") as f:
         for line in f:
             m = re.match(r"cpu(\d+) (.*)", line)
             if m:
                 v = [int(x) for x in m.group(2).split()]
-                out[m.group(1)] = (sum(v) - v[3] - v[4], sum(v))
+                out[m.group(1)] = sum(v) - v[3] - v[4]
     return out
 
 
@@ -147,9 +147,7 @@ def main():
             for name in names:
                 t = targets[name]
                 if small:  # as run.py's h1-small
-                    argv = ["wrk", "-t", "1", "-c", "50", "-d", f"{int(a.seconds)}s", "--latency",
-                            "--timeout", "10s", "-s", R.WRK_P999_LUA,
-                            R.url_for(t, ctx["origin_port"], "/small")]
+                    argv = R.wrk_argv(a, R.url_for(t, ctx["origin_port"], "/small"), 50)
                 else:  # as run.py's h1-1m-paced
                     argv = R.hey_paced_argv(a, ctx, t, 8, 50, "/1m")
                 subprocess.run(["nstat", "-n"], check=False)
@@ -184,7 +182,7 @@ def main():
                 if small and r.get("requests"):
                     hz = os.sysconf("SC_CLK_TCK")
                     print("   per request: " + ", ".join(
-                        f"CPU {c} busy {(c1[c][0] - c0[c][0]) / hz / r['requests'] * 1e6:.1f} us"
+                        f"CPU {c} busy {(c1[c] - c0[c]) / hz / r['requests'] * 1e6:.1f} us"
                         + (f" {cs[c] / r['requests']:.2f} context switches" if c in cs else "")
                         for c in (R.LOAD_CPU, R.PROXY_CPU)))
                 if small and r.get("requests") and th1:
