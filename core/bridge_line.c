@@ -806,7 +806,8 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
     }
 
     /* Per type: parse and check everything, then emit. */
-    struct soth_iov s1, s2, s3, s4, s5;
+    struct soth_iov s1 = SOTH_IOV_NULL, s2 = SOTH_IOV_NULL, s3 = SOTH_IOV_NULL, s4 = SOTH_IOV_NULL,
+                    s5 = SOTH_IOV_NULL;
     bool n1 = false, n2 = false, n3 = false;
     uint64_t u1 = 0, u2 = 0;
     int e1 = 0, e2 = 0, e3 = 0;
@@ -1137,8 +1138,9 @@ static int handle_event(struct soth_bline *b, json_t *o, const char *key, size_t
         break;
     case SOTH_EV_PAYLOAD_PARSED:
         fill_list(b, o, "decoders", nl);
+        /* n3: no error, so the value (s2) is there; exactly one of the two is passed. */
         soth_ev_payload_parsed(f, s->id, (enum soth_leg)e1, b->list, nl, n1,
-                               n2 ? SOTH_IOV_NULL : s1, n3 ? SOTH_IOV_NULL : s2,
+                               n2 ? SOTH_IOV_NULL : s1, n3 ? s2 : SOTH_IOV_NULL,
                                n3 ? SOTH_IOV_NULL : s3);
         break;
     case SOTH_EV_STREAM_CLOSED:

@@ -299,6 +299,72 @@ Test(bridge_event, a_whole_exchange_and_refusals_out_of_order)
     json_decref(arr);
 }
 
+/* payload_parsed carries its value or its error, never the other (a fuzzer-found regression:
+ * the value was dropped and, with an error, stale stack bytes were emitted as the value). */
+Test(bridge_event, payload_parsed_carries_its_value_or_its_error)
+{
+    struct env e;
+    env_init(&e, false, 0);
+    cr_assert_eq(line(&e, EV("7", "\"connect_received\",\"method\":\"CONNECT\",\"target\":"
+                                  "\"a.test:443\",\"server_host\":\"a.test\",\"server_port\":443,"
+                                  "\"client_addr\":\"127.0.0.1:1\"")),
+                 0);
+    cr_assert_eq(line(&e, EV("7", "\"connect_decision\",\"decision\":\"intercept\","
+                                  "\"reason\":\"default\"")),
+                 0);
+    cr_assert_eq(line(&e, EV("7", "\"request_headers\",\"stream_id\":1,\"method\":\"POST\","
+                                  "\"scheme\":\"https\",\"authority\":\"a.test\",\"path\":\"/\","
+                                  "\"http_version\":\"1.1\",\"headers\":[]")),
+                 0);
+    cr_assert_eq(
+        line(&e, EV("7", "\"payload_parsed\",\"stream_id\":1,\"direction\":"
+                         "\"client_to_server\",\"decoders\":[\"gzip\",\"json\"],"
+                         "\"sanitized\":false,\"format\":\"json\",\"value\":{\"a\":[1,2]}")),
+        0);
+    cr_assert_eq(line(&e, EV("7", "\"response_headers\",\"stream_id\":1,\"status\":200,"
+                                  "\"http_version\":\"1.1\",\"headers\":[]")),
+                 0);
+    cr_assert_eq(line(&e, EV("7", "\"payload_parsed\",\"stream_id\":1,\"direction\":"
+                                  "\"server_to_client\",\"decoders\":[\"json\"],\"sanitized\":"
+                                  "true,\"format\":null,\"error\":\"json: bad token\"")),
+                 0);
+    /* both, or neither */
+    cr_assert_eq(line(&e, EV("7", "\"payload_parsed\",\"stream_id\":1,\"direction\":"
+                                  "\"server_to_client\",\"decoders\":[],\"sanitized\":false,"
+                                  "\"format\":null,\"value\":1,\"error\":\"x\"")),
+                 SOTH_BRIDGE_R_SCHEMA);
+    cr_assert_eq(line(&e, EV("7", "\"payload_parsed\",\"stream_id\":1,\"direction\":"
+                                  "\"server_to_client\",\"decoders\":[],\"sanitized\":false,"
+                                  "\"format\":null")),
+                 SOTH_BRIDGE_R_SCHEMA);
+    cr_assert_eq(line(&e, EV("7", "\"exchange_completed\",\"stream_id\":1,\"outcome\":"
+                                  "\"complete\",\"request_bytes\":0,\"response_bytes\":0")),
+                 0);
+    cr_assert_eq(line(&e, EV("7", "\"stream_closed\",\"reason_code\":\"client_eof\"")), 0);
+    json_t *arr = env_events(&e);
+    static const char *const want[] = {"connect_received",   "connect_decision", "request_headers",
+                                       "payload_parsed",     "response_headers", "payload_parsed",
+                                       "exchange_completed", "stream_closed"};
+    expect_types(arr, want, 8);
+    json_t *v = json_array_get(arr, 3);
+    cr_assert_str_eq(str(v, "direction"), "client_to_server");
+    cr_assert_eq(json_array_size(json_object_get(v, "decoders")), 2);
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(v, "decoders"), 1)), "json");
+    cr_assert_str_eq(str(v, "format"), "json");
+    json_t *want_value = json_pack("{s:[i,i]}", "a", 1, 2);
+    cr_assert(json_equal(json_object_get(v, "value"), want_value), "value: %s",
+              json_dumps(json_object_get(v, "value"), JSON_ENCODE_ANY));
+    json_decref(want_value);
+    cr_assert_null(json_object_get(v, "error"));
+    json_t *x = json_array_get(arr, 5);
+    cr_assert_str_eq(str(x, "error"), "json: bad token");
+    cr_assert(json_is_true(json_object_get(x, "sanitized")));
+    cr_assert(json_is_null(json_object_get(x, "format")));
+    cr_assert_null(json_object_get(x, "value"));
+    cr_assert_null(json_object_get(x, "value_invalid_b64"));
+    json_decref(arr);
+}
+
 Test(bridge_event, a_tunnelled_connect_has_no_tls_or_http_events)
 {
     struct env e;
