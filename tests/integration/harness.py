@@ -111,8 +111,14 @@ class Proxy:
         try:
             r = subprocess.run([TAIL_BIN, "--from-start", "--once", self.ring],
                                capture_output=True, timeout=30)
-            out += [f"---- soth-mitm events (last {n})"]
-            out += r.stdout.decode(errors="replace").splitlines()[-n:]
+            lines = r.stdout.decode(errors="replace").splitlines()
+            # how each earlier flow ended (a flow that ended before the tail is otherwise not
+            # there to see)
+            closed = [x for x in lines[:-n] if '"type":"stream_closed"' in x]
+            if closed:
+                out += [f"---- soth-mitm stream_closed events before those (last 20 of "
+                        f"{len(closed)})"] + closed[-20:]
+            out += [f"---- soth-mitm events (last {n})"] + lines[-n:]
         except (OSError, subprocess.SubprocessError) as e:
             out.append(f"(events unavailable: {e})")
         return "\n".join(out)
@@ -248,3 +254,50 @@ def wait_port(port, timeout=20):
         except OSError:
             time.sleep(0.05)
     return False
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+class Nginx:
+    """nginx serving a 16-byte /s over plain HTTP/1.1, keep-alive without a request limit."""
+
+    def __init__(self, tmp):
+        d = os.path.join(tmp, "nginx")
+        os.makedirs(os.path.join(d, "www"))
+        with open(os.path.join(d, "www", "s"), "w") as f:
+            f.write("0123456789abcdef")
+        self.port = free_port()
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/t_body;
+    proxy_temp_path {d}/t_proxy;
+    fastcgi_temp_path {d}/t_fcgi;
+    uwsgi_temp_path {d}/t_uwsgi;
+    scgi_temp_path {d}/t_scgi;
+    keepalive_requests 100000000;
+    server {{ listen 127.0.0.1:{self.port}; root {d}/www; }}
+}}
+""")
+        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
+                                      os.path.join(d, "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_port(self.port), "nginx did not start"
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -131,7 +131,7 @@ class H1Conns:
         buf = self.bufs[i]
         while b"\r\n\r\n" not in buf:
             d = s.recv(65536)
-            assert d, "connection closed mid-response"
+            assert d, f"connection {i} of {len(self.socks)} closed mid-response"
             buf += d
         head, rest = buf.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 200 "), head[:200]

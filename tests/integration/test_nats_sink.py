@@ -25,11 +25,10 @@ import time
 import unittest
 import urllib.request
 
-from harness import BUILD, PROXY_BIN, TAIL_BIN, free_port, wait_port
+from harness import BUILD, NGINX, PROXY_BIN, TAIL_BIN, Nginx, free_port, wait_port
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 NATS_READ = os.path.join(BUILD, "nats-read")
-NGINX = "/usr/sbin/nginx"
 WRK = "/usr/bin/wrk"
 EVENTS = int(os.environ.get("SOTH_NATS_EVENTS", "50000"))
 READY_RE = re.compile(r"soth-mitm: listening on \S+:(\d+) ")
@@ -70,50 +69,6 @@ class NatsServer:
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class Nginx:
-    """nginx serving a 16-byte /s over plain HTTP/1.1, keep-alive without a request limit."""
-
-    def __init__(self, tmp):
-        d = os.path.join(tmp, "nginx")
-        os.makedirs(os.path.join(d, "www"))
-        with open(os.path.join(d, "www", "s"), "w") as f:
-            f.write("0123456789abcdef")
-        self.port = free_port()
-        conf = os.path.join(d, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/t_body;
-    proxy_temp_path {d}/t_proxy;
-    fastcgi_temp_path {d}/t_fcgi;
-    uwsgi_temp_path {d}/t_uwsgi;
-    scgi_temp_path {d}/t_scgi;
-    keepalive_requests 100000000;
-    server {{ listen 127.0.0.1:{self.port}; root {d}/www; }}
-}}
-""")
-        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
-                                      os.path.join(d, "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_port(self.port), "nginx did not start"
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
