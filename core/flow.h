@@ -149,6 +149,8 @@ struct flow {
     bool up_poolable; /* an HTTP/1.1 leg the pool may keep when the flow ends */
     bool up_keep;     /* the HTTP layer left the upstream reusable: kept at flow_free */
     uint8_t up_alpn_len;
+    uint8_t seen_epoch;   /* the worker's activity epoch of its last receive (wake batching;
+                           * here where it fills padding) */
     uint32_t up_requests; /* requests the upstream connection carried before this flow */
     char up_alpn[32];     /* UPOOL_ALPN_MAX, wire format */
     /* docs/http1.md "Upstream connection pool", retry: a pooled leg that closes before

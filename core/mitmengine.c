@@ -47,6 +47,8 @@ int soth_mitmengine_check(const struct soth_config *cfg, char *err, size_t err_l
         key = "workers", why = " (mitmdump is one process)";
     else if (cfg->busy_poll_us != d->busy_poll_us)
         key = "busy_poll_us", why = " (no workers of ours carry the traffic)";
+    else if (cfg->wake_batch_us != d->wake_batch_us)
+        key = "wake_batch_us", why = " (no workers of ours carry the traffic)";
     else if (cfg->http2_max_header_list_size != d->http2_max_header_list_size)
         key = "http2_max_header_list_size";
     else if (cfg->mode == SOTH_MODE_TRANSPARENT && cfg->http3_passthrough)

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -134,6 +135,11 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
     }
     switch (op) {
     case OP_RECV:
+        w->poll.recvs++; /* how far apart each flow's receives are (worker_wait) */
+        if (f->seen_epoch != w->poll.epoch) {
+            f->seen_epoch = w->poll.epoch;
+            w->poll.active++;
+        }
         flow_on_recv(w, f, side, cqe);
         break;
     case OP_SEND:
@@ -274,6 +280,10 @@ static void trim_check(struct worker *w, uint64_t now)
  * set-up and the loop
  * ------------------------------------------------------------------------------------------ */
 
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15) /* Linux 6.13: newer than Debian 12's headers */
+#endif
+
 static int ring_setup(struct worker *w)
 {
     struct io_uring_params p;
@@ -282,10 +292,12 @@ static int ring_setup(struct worker *w)
         IORING_SETUP_COOP_TASKRUN,
         0,
     };
-    /* With busy polling, TASKRUN_FLAG: the kernel marks the SQ ring's flags when completions
-     * wait for us to enter, which is what worker_wait watches. Only then: with it, liburing's
+    /* With busy polling or wake batching, TASKRUN_FLAG: the kernel marks the SQ ring's flags
+     * when completions wait for us to enter, which is what worker_wait looks at before it
+     * watches or batches. Only then: with it, liburing's
      * io_uring_submit also runs deferred completions (get_sqe's flush of a full SQ). */
-    unsigned taskrun = w->cfg->busy_poll_us > 0 ? IORING_SETUP_TASKRUN_FLAG : 0;
+    unsigned taskrun =
+        w->cfg->busy_poll_us > 0 || w->cfg->wake_batch_us > 0 ? IORING_SETUP_TASKRUN_FLAG : 0;
     int rc = -EINVAL;
     for (size_t i = 0; i < SOTH_ARRAY_LEN(flag_sets); i++) {
         memset(&p, 0, sizeof(p));
@@ -312,6 +324,17 @@ static int ring_setup(struct worker *w)
         return rc;
     iobuf_fill(&w->io);
     w->trim.ring_ok = (w->ring.flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+    /* Wake batching needs the kernel's min_wait (Linux 6.13) and, to save wake-ups, deferred
+     * completions: the kernel wakes a deferred-taskrun waiter only once as many completions
+     * as it waits for are in (docs/performance.md, "Batching the wake-ups"). */
+    if (w->cfg->wake_batch_us > 0) {
+        if ((p.features & IORING_FEAT_MIN_TIMEOUT) && w->trim.ring_ok)
+            w->poll.batch_ns = (uint64_t)w->cfg->wake_batch_us * 1000u;
+        else
+            SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, 0,
+                     "wake_batch_us: this kernel has no io_uring min_wait with deferred task "
+                     "runs (Linux 6.13); waking per completion");
+    }
     w->trim.pub_trim = w->trim.pub_last = w->io.published; /* the fill is not a burst */
 
     rc = flow_table_init(&w->ft);
@@ -384,30 +407,76 @@ static inline bool ring_pending(const struct worker *w)
            (IO_URING_READ_ONCE(*w->ring.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
 }
 
+/* A batched wait ends early once this many completions are in (else at wake_batch_us). */
+#define BATCH_NR 16
+/* While batching is off, every this many waits is batched anyway to see what it would bring. */
+#define BATCH_PROBE 64
+/* Batching only while each active flow's receives come at least this many wake_batch_us
+ * apart: holding one up by wake_batch_us then costs its exchange little, where a few clients
+ * each sending the next request at once would wait on every hop (docs/performance.md). */
+#define BATCH_FLOW_GAP 10
+#define BATCH_EPOCH_NS 1000000u /* the activity epoch over which that is measured */
+
+/* Submit what the pass queued and wait for BATCH_NR completions, but no longer than
+ * wake_batch_us if at least one is in (and no longer than ts in any case): the kernel's
+ * min_wait. liburing 2.3 has no call that passes min_wait (its io_uring_getevents_arg names
+ * that field pad), so the SQ tail is published as io_uring_submit publishes it (io_uring(7))
+ * and the kernel entered directly. An untimed wait gets a 1 s bound: min_wait without a
+ * timeout would end at min_wait even with nothing in. */
+static int wait_batched(struct worker *w, struct __kernel_timespec *ts)
+{
+    struct io_uring_sq *sq = &w->ring.sq;
+    unsigned tail = sq->sqe_tail;
+    if (sq->sqe_head != tail) {
+        sq->sqe_head = tail;
+        io_uring_smp_store_release(sq->ktail, tail);
+    }
+    unsigned submit = tail - IO_URING_READ_ONCE(*sq->khead);
+    struct __kernel_timespec second = {.tv_sec = 1};
+    struct io_uring_getevents_arg arg = {
+        .sigmask = 0,
+        .sigmask_sz = _NSIG / 8,
+        .pad = (uint32_t)(w->poll.batch_ns / 1000u), /* min_wait_usec since Linux 6.13 */
+        .ts = (uint64_t)(uintptr_t)(ts != NULL ? ts : &second)};
+    return io_uring_enter2((unsigned)w->ring.ring_fd, submit, BATCH_NR,
+                           IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, (sigset_t *)&arg,
+                           sizeof(arg));
+}
+
 /* Submit what the pass queued and wait for the next completion (at most ts when timed).
  *
- * With busy_poll_us set, the worker first watches its rings for up to that long before it
- * sleeps, but only while its recent waits were shorter than that on average (a loaded worker):
- * a worker that sleeps is woken by the CPU that received its packet (an inter-processor
+ * A worker that sleeps is woken by the CPU that received its packet (an inter-processor
  * interrupt, and on a virtual machine the host waking a halted vCPU), which costs that CPU and
- * the request more than a short watch costs this one (docs/performance.md, "Waking the
- * worker"). The average counts only waits that had to wait (work already there is no wait), a
- * wait that ends in a sleep with its whole length: a quiet worker stops watching after its
- * first long wait. The watch reads memory only (ring_pending, the clock through the vDSO);
- * the queued SQEs are submitted before it, and what it sees is collected by the usual wait,
- * which returns at once. */
+ * the request more than the work it wakes us for (docs/performance.md, "Waking the worker").
+ * Two ways to wake less, both only for a loaded worker (its recent waits shorter than the
+ * option on average; the average counts only waits that had to wait, work already there is no
+ * wait, and a wait that ends in a sleep counts its whole length, so a quiet worker stops after
+ * its first long wait):
+ *
+ * - busy_poll_us: the worker first watches its rings for up to that long before it sleeps.
+ *   The watch reads memory only (ring_pending, the clock through the vDSO); the queued SQEs
+ *   are submitted before it, and what it sees is collected by the usual wait, which returns at
+ *   once.
+ * - wake_batch_us (docs/performance.md, "Batching the wake-ups"): the wait lets completions
+ *   gather for up to that long (wait_batched), so that one wake-up, ended by our own CPU's
+ *   timer, collects several. Loaded here means waits shorter than twice the option; and only
+ *   while each active flow's receives come BATCH_FLOW_GAP windows apart or more (flow_gap_ns:
+ *   a few clients each sending the next request at once would wait a window on every hop)
+ *   and batched waits bring two completions or more on average (per_batch, looked at again
+ *   every BATCH_PROBE waits while off); never with work already in (it would be held up). */
 static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __kernel_timespec *ts)
 {
-    uint64_t window = w->poll.window_ns;
+    uint64_t window = w->poll.window_ns, batch = w->poll.batch_ns;
     bool ready = ring_pending(w);
-    if (window == 0 || ready) {
+    w->poll.batched = false;
+    if ((window == 0 && batch == 0) || ready) {
         if (!ready)
             SOTH_METRIC_ADD(w->m->waits_blocked, 1);
         return io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
     }
     uint64_t t0 = soth_mono_ns(), t = t0;
     struct __kernel_timespec left;
-    bool watched = w->poll.gap_ns < window;
+    bool watched = window != 0 && w->poll.gap_ns < window;
     if (watched) {
         if (io_uring_sq_ready(&w->ring) > 0)
             io_uring_submit(&w->ring);
@@ -424,15 +493,44 @@ static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __ker
             ts = &left;
         }
     }
-    int rc = io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
+    bool batched = batch != 0 && w->poll.gap_ns < 2 * batch &&
+                   w->poll.flow_gap_ns >= BATCH_FLOW_GAP * batch &&
+                   (w->poll.per_batch >= 2 * 16 || ++w->poll.probe >= BATCH_PROBE) &&
+                   !(watched && ring_pending(w));
+    int rc;
+    if (batched) {
+        w->poll.probe = 0;
+        w->poll.batched = true;
+        rc = wait_batched(w, ts);
+        if (rc == -EINVAL) { /* a kernel that announced min_wait and refuses it: do without */
+            SOTH_LOG(SOTH_LOG_WARN, (int)w->idx, 0,
+                     "wake_batch_us: the kernel refused io_uring's min_wait; waking per "
+                     "completion");
+            w->poll.batch_ns = 0;
+            w->poll.batched = false;
+            rc = io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
+        }
+    } else {
+        rc = io_uring_submit_and_wait_timeout(&w->ring, cqe, 1, ts, NULL);
+    }
     uint64_t t1 = soth_mono_ns();
     /* polled: the watch saw the work and the wait then collected it without sleeping (the mark
      * can outlive the work it announced; the wait then slept, and counts as blocked) */
-    if (watched && t - t0 < window && t1 - t < window)
+    if (batched)
+        SOTH_METRIC_ADD(w->m->waits_batched, 1);
+    else if (watched && t - t0 < window && t1 - t < window)
         SOTH_METRIC_ADD(w->m->waits_polled, 1);
     else
         SOTH_METRIC_ADD(w->m->waits_blocked, 1);
     w->poll.gap_ns = w->poll.gap_ns - w->poll.gap_ns / 8 + (t1 - t0) / 8;
+    if (batch != 0 && t1 - w->poll.epoch_ns >= BATCH_EPOCH_NS) {
+        /* each active flow's receives were this far apart on average */
+        w->poll.flow_gap_ns =
+            w->poll.recvs > 0 ? (t1 - w->poll.epoch_ns) * w->poll.active / w->poll.recvs : 0;
+        w->poll.epoch++;
+        w->poll.epoch_ns = t1;
+        w->poll.active = w->poll.recvs = 0;
+    }
     return rc;
 }
 
@@ -499,6 +597,9 @@ void *soth_worker_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
+        if (w->poll.batched) /* what batching brings (x16, 1/8 weight) */
+            w->poll.per_batch =
+                w->poll.per_batch - w->poll.per_batch / 8 + (n < 4096 ? n : 4096) * 2;
         uint64_t now = now_ms();
         timer_run(&w->timers, now, flow_on_timer, w);
         quic_turn(w);

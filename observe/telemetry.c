@@ -986,9 +986,11 @@ static void render_metrics(struct soth_observe *o, struct jbuf *b)
                 "Idle upstream connections kept by the pool, all workers.");
     metric_line(b, "soth_upstream_pool_idle", "", pool_idle > 0 ? (uint64_t)pool_idle : 0);
     metric_type(b, "soth_worker_waits_total", "counter",
-                "Waits of the workers for work: seen by the busy poll, or in the kernel.");
+                "Waits of the workers for work: seen by the busy poll, in the kernel, or in "
+                "the kernel batched.");
     metric_line(b, "soth_worker_waits_total", "{result=\"polled\"}", SUM(waits_polled));
     metric_line(b, "soth_worker_waits_total", "{result=\"blocked\"}", SUM(waits_blocked));
+    metric_line(b, "soth_worker_waits_total", "{result=\"batched\"}", SUM(waits_batched));
     metric_type(b, "soth_busy_poll_seconds_total", "counter",
                 "Time the workers spent in the busy poll's watch (busy_poll_us).");
     {

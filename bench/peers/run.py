@@ -23,6 +23,8 @@ Workloads (targets interleaved within each repetition; each point repeated --rep
 table shows medians over repetitions and the sum of errors):
 
   h1-small     wrk -t1 -c50, keep-alive, GET /small
+  h1-lone      wrk -t1 -c1, keep-alive, GET /small: one client, each request after the last
+               (latency where nothing queues; what wake_batch_us must not hold up)
   h1-1m        wrk -t1 -c8, keep-alive, GET /1m
   h1-1m-paced  hey -c8 -q50 (400 req/s), GET /1m: reverse targets and direct at one fixed rate,
                so that latency is compared at the same load on CPU 0
@@ -1481,6 +1483,8 @@ def main():
                       f"https://127.0.0.1:{t.port}/small"], 60)
     workloads = [
         ("h1-small", "wrk -t1 -c50 keep-alive, 100-byte body", wl_wrk(50, "/small")),
+        ("h1-lone", "wrk -t1 -c1 keep-alive, 100-byte body: one client's latency",
+         wl_wrk(1, "/small")),
         ("h1-1m", "wrk -t1 -c8 keep-alive, 1 MiB body", wl_wrk(8, "/1m")),
         ("h2-small", "h2load -t1 -c50 -m10, 100-byte body", wl_h2load(50, 10, "/small")),
         ("h1-1m-paced", "hey -c8 -q50: 1 MiB bodies at 400 req/s for every target",

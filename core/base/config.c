@@ -585,6 +585,7 @@ static struct soth_config *config_defaults(void)
     c->mode = SOTH_MODE_REGULAR;
     c->workers = 0;
     c->busy_poll_us = 0;
+    c->wake_batch_us = 0;
     c->policy_default = SOTH_ACTION_INTERCEPT;
     if (soth_route_parse("direct", &c->default_route, why, sizeof(why)) < 0) {
         config_free(c);
@@ -1700,6 +1701,7 @@ static int load_json(struct soth_jerr *e, struct soth_config *c, const json_t *r
                                        "mode",
                                        "workers",
                                        "busy_poll_us",
+                                       "wake_batch_us",
                                        "ignore_hosts",
                                        "policy",
                                        "http2_enabled",
@@ -1740,6 +1742,9 @@ static int load_json(struct soth_jerr *e, struct soth_config *c, const json_t *r
         return rc;
     if ((v = json_object_get(root, "busy_poll_us")) &&
         (rc = get_uint(e, "busy_poll_us", v, 0, 10000, &c->busy_poll_us)))
+        return rc;
+    if ((v = json_object_get(root, "wake_batch_us")) &&
+        (rc = get_uint(e, "wake_batch_us", v, 0, 1000, &c->wake_batch_us)))
         return rc;
     if ((v = json_object_get(root, "ignore_hosts"))) {
         if (!json_is_array(v))
@@ -2220,6 +2225,7 @@ static char *config_to_json(const struct soth_config *c, bool secrets)
     put(&ok, r, "mode", json_string(c->mode_text));
     put(&ok, r, "workers", json_integer(c->workers));
     put(&ok, r, "busy_poll_us", json_integer(c->busy_poll_us));
+    put(&ok, r, "wake_batch_us", json_integer(c->wake_batch_us));
     json_t *ih = json_array();
     for (size_t i = 0; i < c->n_ignore_hosts; i++)
         push(&ok, ih, json_string(c->ignore_hosts[i]));

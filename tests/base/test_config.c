@@ -78,7 +78,7 @@ static void expect_json_eq(json_t *got, json_t *want, const char *what)
 /* The embedded defaults (docs/config.md), as --check-config prints them for an empty file. */
 static const char *const defaults_json =
     "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"busy_poll_us\":0,"
-    "\"ignore_hosts\":[],"
+    "\"wake_batch_us\":0,\"ignore_hosts\":[],"
     "\"policy\":{\"default\":\"intercept\",\"default_route\":\"direct\",\"rules\":[]},"
     "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"
@@ -205,6 +205,7 @@ static const struct bad_case bad_cases[] = {
     {"{\"http2_enabled\": \"yes\"}", "config: http2_enabled: expected boolean, got string"},
     {"{\"busy_poll_us\": 10001}", "config: busy_poll_us: expected integer <= 10000, got 10001"},
     {"{\"busy_poll_us\": -1}", "config: busy_poll_us: expected integer >= 0, got -1"},
+    {"{\"wake_batch_us\": 1001}", "config: wake_batch_us: expected integer <= 1000, got 1001"},
     {"{\"http3_passthrough\": 1}", "config: http3_passthrough: expected boolean, got integer"},
     {"{\"quic\": {\"idle_ms\": 0}}", "config: quic.idle_ms: expected integer >= 1, got 0"},
     {"{\"quic\": {\"max_flows\": 4194305}}",
@@ -595,6 +596,7 @@ Test(config, effective_json_has_spec_key_order)
                                         "\"mode\"",
                                         "\"workers\"",
                                         "\"busy_poll_us\"",
+                                        "\"wake_batch_us\"",
                                         "\"ignore_hosts\"",
                                         "\"policy\"",
                                         "\"default\"",
@@ -759,7 +761,7 @@ Test(config, spec_example_round_trips)
 {
     const char *text =
         "{\"listen\":\"[::1]:8443\",\"mode\":\"reverse:https://origin.test:9443\",\"workers\":2,"
-        "\"busy_poll_us\":200,"
+        "\"busy_poll_us\":200,\"wake_batch_us\":40,"
         "\"ignore_hosts\":[\"^.*\\\\.internal:443$\"],"
         "\"policy\":{\"default\":\"tunnel\",\"default_route\":\"upstream:http://[::1]:3128\","
         "\"rules\":[{\"host\":\"*.bank.example\",\"action\":\"tunnel\",\"route\":\"direct\"},"

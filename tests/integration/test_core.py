@@ -3,16 +3,19 @@ reverse mode, upstream failures, drain on SIGTERM."""
 import concurrent.futures
 import http.server
 import os
+import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
 import urllib.request
 
-from harness import (EchoServer, Proxy, by_flow, connect_tunnel, free_port, read_all,
+from harness import (EchoServer, Nginx, Proxy, by_flow, connect_tunnel, free_port, read_all,
                      read_head)
 
 
@@ -522,6 +525,91 @@ class BusyPollTests(unittest.TestCase):
             self.get_many(p.port, 20, gap_s=0.1)
             _, c1 = worker_thread(p)
         self.assertLess(c1 - c0, 0.15, "CPU seconds of the worker over 20 requests in 2 s")
+
+
+def kernel_has_min_wait():
+    """Linux 6.13 or later: io_uring's min_wait, which wake_batch_us needs (docs/config.md)."""
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (6, 13)
+
+
+def scrape(mport):
+    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+        return dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines()
+                    if line and not line.startswith("#"))
+
+
+class WakeBatchTests(unittest.TestCase):
+    """wake_batch_us (docs/config.md; docs/performance.md, "Batching the wake-ups"): a loaded
+    worker lets completions gather before it wakes; a lone client is not held up. On a kernel
+    without min_wait (before Linux 6.13) the option is inert, and that is what is checked."""
+
+    WRK = shutil.which("wrk") or "/usr/bin/wrk"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="soth-wb-")
+        cls.nginx = Nginx(cls.tmp)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.nginx.close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def wrk(self, port, conns, secs):
+        """Requests wrk completed; every one answered 200 with nginx's 16 bytes."""
+        out = subprocess.run([self.WRK, "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "5s",
+                              f"http://127.0.0.1:{port}/s"],
+                             capture_output=True, timeout=secs + 30, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertNotIn("Non-2xx", out.stdout)
+        self.assertNotIn("Socket errors", out.stdout)
+        m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(\w+) read", out.stdout)
+        self.assertIsNotNone(m, out.stdout)
+        return int(m.group(1))
+
+    def load(self, batch_us, conns, secs=2):
+        """(requests, the worker's sleeps, the waits by result) under wrk -c conns."""
+        mport = free_port()
+        with Proxy(mode=f"reverse:http://127.0.0.1:{self.nginx.port}",
+                   config={"wake_batch_us": batch_us,
+                           "metrics": {"listen": f"127.0.0.1:{mport}"}}) as p:
+            self.wrk(p.port, conns, 1)  # the waits' averages settle
+            m0 = scrape(mport)
+            v0, _ = worker_thread(p)
+            n = self.wrk(p.port, conns, secs)
+            v1, _ = worker_thread(p)
+            m1 = scrape(mport)
+        waits = {r: int(m1[f'soth_worker_waits_total{{result="{r}"}}']) -
+                 int(m0[f'soth_worker_waits_total{{result="{r}"}}'])
+                 for r in ("batched", "blocked", "polled")}
+        return n, v1 - v0, waits
+
+    def test_loaded_worker_batches_its_wake_ups(self):
+        n_off, sleeps_off, w_off = self.load(0, 50)
+        n_on, sleeps_on, w_on = self.load(50, 50)
+        self.assertEqual(w_off["batched"], 0)
+        self.assertEqual(w_off["polled"] + w_on["polled"], 0)
+        self.assertGreater(w_off["blocked"], 0)
+        if not kernel_has_min_wait():
+            self.assertEqual(w_on["batched"], 0, f"{platform.release()}: no min_wait here")
+            return
+        # most waits of a loaded worker are batched, and it sleeps less per request
+        self.assertGreater(w_on["batched"], w_on["blocked"], w_on)
+        per_off, per_on = sleeps_off / n_off, sleeps_on / n_on
+        self.assertLess(per_on, per_off * 0.8,
+                        f"worker sleeps per request: {per_on:.3f} batching, {per_off:.3f} not "
+                        f"({n_on} and {n_off} requests)")
+
+    def test_few_clients_are_not_held_up(self):
+        # one connection, then four, each sending its next request as the last answer comes:
+        # a batched wait would hold every hop up, so the worker does not batch (each flow's
+        # receives come well under ten windows apart)
+        for conns in (1, 4):
+            n, _, w = self.load(50, conns)
+            total = sum(w.values())
+            self.assertGreater(n, 500)
+            self.assertLessEqual(w["batched"], total / 100, f"{conns} connections: {w}")
 
 
 class BackpressureTests(unittest.TestCase):

@@ -230,6 +230,7 @@ Test(metrics, scrape_sums_workers)
         SOTH_METRIC_ADD(m->events_dropped, 5);
         SOTH_METRIC_ADD(m->waits_polled, 4 + w);
         SOTH_METRIC_ADD(m->waits_blocked, 1);
+        SOTH_METRIC_ADD(m->waits_batched, 30 + w);
         SOTH_METRIC_ADD(m->busy_poll_ns, 500000002u + w);
     }
     SOTH_METRIC_ADD(soth_observe_metrics(o, 1)->active_connections, -1);
@@ -255,6 +256,7 @@ Test(metrics, scrape_sums_workers)
     cr_expect_eq(metric(body, "soth_events_dropped_total"), 10);
     cr_expect_eq(metric(body, "soth_worker_waits_total{result=\"polled\"}"), 9);
     cr_expect_eq(metric(body, "soth_worker_waits_total{result=\"blocked\"}"), 2);
+    cr_expect_eq(metric(body, "soth_worker_waits_total{result=\"batched\"}"), 61);
     /* seconds with the nanoseconds as the fraction: 500000002 + 500000003 ns */
     cr_expect(strstr(body, "\nsoth_busy_poll_seconds_total 1.000000005\n") != NULL, "%s", body);
     /* Per sink (soth_sink_dropped_total{sink="jsonl:0"}, ...): none configured here. */

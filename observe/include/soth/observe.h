@@ -425,9 +425,9 @@ struct soth_metrics {
      * kept */
     _Atomic uint64_t upstream_pool[7];
     _Atomic int64_t upstream_pool_idle;
-    /* docs/metrics.md: soth_worker_waits_total (work seen by the busy poll's watch, or the
-     * kernel's wait entered) and soth_busy_poll_seconds_total (ns here) */
-    _Atomic uint64_t waits_polled, waits_blocked, busy_poll_ns;
+    /* docs/metrics.md: soth_worker_waits_total (work seen by the busy poll's watch, the
+     * kernel's wait entered, or entered batched) and soth_busy_poll_seconds_total (ns here) */
+    _Atomic uint64_t waits_polled, waits_blocked, busy_poll_ns, waits_batched;
 } __attribute__((aligned(SOTH_CACHELINE)));
 
 /** The worker's counters (owned by obs). */
