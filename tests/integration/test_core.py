@@ -594,12 +594,18 @@ class WakeBatchTests(unittest.TestCase):
         if not kernel_has_min_wait():
             self.assertEqual(w_on["batched"], 0, f"{platform.release()}: no min_wait here")
             return
-        # most waits of a loaded worker are batched, and it sleeps less per request
-        self.assertGreater(w_on["batched"], w_on["blocked"], w_on)
         per_off, per_on = sleeps_off / n_off, sleeps_on / n_on
-        self.assertLess(per_on, per_off * 0.8,
-                        f"worker sleeps per request: {per_on:.3f} batching, {per_off:.3f} not "
-                        f"({n_on} and {n_off} requests)")
+        print(f"\nworker sleeps per request: {per_on:.3f} batching, {per_off:.3f} not "
+              f"({n_on} and {n_off} requests); waits batching {w_on}")
+        self.assertGreater(w_on["batched"], 0, w_on)
+        if per_off < 0.2:
+            # a worker slower than its clients (a sanitizer's build) hardly sleeps anyway:
+            # nothing for batching to take away, and no share of it to hold it to
+            return
+        # a worker that sleeps for every few requests sleeps less per request (batched waits
+        # collect several completions per wake-up; `blocked` counts waits entered, many of
+        # which find a send's completion at once, not sleeps)
+        self.assertLess(per_on, per_off * 0.8)
 
     def test_few_clients_are_not_held_up(self):
         # one connection, then four, each sending its next request as the last answer comes:
