@@ -124,8 +124,9 @@ struct worker {
         bool ring_ok;            /* DEFER_TASKRUN: the kernel fills buffers only in our enters */
     } trim;
 
-    /* Busy polling between loop passes (busy_poll_us; core/worker.c, worker_wait;
-     * docs/performance.md "Waking the worker"). */
+    /* Busy polling and wake batching between loop passes (busy_poll_us, wake_batch_us;
+     * core/worker.c, worker_wait; docs/performance.md "Waking the worker", "Batching the
+     * wake-ups"). */
     struct {
         uint64_t window_ns;    /* the config's busy_poll_us; 0 = off */
         uint64_t gap_ns;       /* moving average of the recent waits' lengths (1/8 weight each) */
@@ -133,7 +134,7 @@ struct worker {
         uint32_t per_batch;    /* moving average of the receives a batched wait brought, x16 */
         uint32_t probe;        /* waits since the last batched one, while batching is off */
         bool batched;          /* the last wait was batched (per_batch follows it) */
-        uint8_t epoch;         /* activity epoch (about 1 ms): flows stamp it at a receive */
+        uint8_t epoch;         /* activity epoch (epoch_len_ns): flows stamp it at a receive */
         uint32_t active;       /* flows with a receive in this epoch */
         uint32_t recvs;        /* flows' receive completions in this epoch */
         uint64_t epoch_ns;     /* when this epoch began */

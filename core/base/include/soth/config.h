@@ -145,7 +145,7 @@ struct soth_config {
     struct soth_identities identities; /* docs/config.md "identities" */
 
     uint32_t busy_poll_us;  /* a loaded worker watches its rings this long before it sleeps */
-    uint32_t wake_batch_us; /* a loaded worker lets completions gather this long (Linux 6.13) */
+    uint32_t wake_batch_us; /* a loaded worker lets completions gather this long (Linux 6.12) */
 
     bool http2_enabled;
     uint32_t http2_max_header_list_size;
