@@ -23,7 +23,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 # Every Python module the tests import and every program they run comes from a package here
 # (docs/dependencies.md): a test must not pass only because some other
 # setup (bench/setup.sh) happened to pull a module in as a dependency.
-PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git
+PKGS=(build-essential cmake pkg-config clang clang-format libclang-rt-14-dev git python3-pyflakes
     liburing-dev libnghttp2-dev libxxhash-dev libcriterion-dev node-llhttp libjansson-dev
     autoconf automake libtool dpkg-dev patch
     curl nghttp2-client wrk nginx-light openssl ca-certificates

@@ -37,6 +37,14 @@ done <<<"$sources"
 echo "format check: $checked files"
 [ "$bad" = 0 ]
 
+step "Python check (pyflakes)"
+# The tests and benchmarks in Python: unused imports and variables, undefined names.
+pysources=$(git ls-files -- '*.py') || { echo "python check: git ls-files failed" >&2; exit 1; }
+[ -n "$pysources" ] || { echo "python check: git ls-files lists no Python file" >&2; exit 1; }
+# shellcheck disable=SC2086 # one argument per file; no path here holds a space
+python3 -m pyflakes $pysources
+echo "python check: $(printf '%s\n' "$pysources" | wc -l) files"
+
 step "Release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"

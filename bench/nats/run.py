@@ -360,7 +360,6 @@ def main():
             nats.wait(30)
     if rc_on != 0 or rc_off != 0:
         sys.exit(f"proxy exit status {rc_on}/{rc_off}: {err_on}{err_off}")
-    md = statistics.median
     if rates:
         lines = rate_report(a, rates, rate_res, events, requests, dropped, ir)
     else:

@@ -54,7 +54,6 @@ import atexit
 import json
 import os
 import re
-import resource
 import select
 import shutil
 import signal
@@ -945,7 +944,6 @@ def wl_tunnel(kind):
             args += ["127.0.0.1", str(target.port)]
 
         def go():
-            t0 = time.time()
             out, err = run_load([tb] + args, 120)
             if out is None:
                 return None, err
@@ -955,7 +953,6 @@ def wl_tunnel(kind):
             for line in out.stdout.splitlines():
                 k1, k2, v = line.split()
                 vals[(k1, k2)] = float(v)
-            wall = time.time() - t0
             if kind == "throughput":
                 mbps = vals[("throughput", "MB/s")]
                 # one "request" = one MiB relayed: CPU us per MiB

@@ -200,6 +200,20 @@ Test(bridge_tls_op, established_carries_the_optional_fields_and_refuses_a_second
 
 #define EV(conn, rest) "{\"kind\":\"event\",\"conn\":" conn ",\"type\":" rest "}"
 
+/* A flow opened as every engine opens one: connect_received for a.test:443, then the decision
+ * (`decision`, `reason`); `conn` is the line's conn value as JSON. */
+static void open_flow(struct env *e, const char *conn, const char *decision, const char *reason)
+{
+    char l[512];
+    snprintf(l, sizeof(l),
+             EV("%s", "\"connect_received\",\"method\":\"CONNECT\",\"target\":\"a.test:443\""),
+             conn);
+    cr_assert_eq(line(e, l), 0, "%s", l);
+    snprintf(l, sizeof(l), EV("%s", "\"connect_decision\",\"decision\":\"%s\",\"reason\":\"%s\""),
+             conn, decision, reason);
+    cr_assert_eq(line(e, l), 0, "%s", l);
+}
+
 Test(bridge_event, a_whole_exchange_and_refusals_out_of_order)
 {
     struct env e;
@@ -305,13 +319,7 @@ Test(bridge_event, payload_parsed_carries_its_value_or_its_error)
 {
     struct env e;
     env_init(&e, false, 0);
-    cr_assert_eq(line(&e, EV("7", "\"connect_received\",\"method\":\"CONNECT\",\"target\":"
-                                  "\"a.test:443\",\"server_host\":\"a.test\",\"server_port\":443,"
-                                  "\"client_addr\":\"127.0.0.1:1\"")),
-                 0);
-    cr_assert_eq(line(&e, EV("7", "\"connect_decision\",\"decision\":\"intercept\","
-                                  "\"reason\":\"default\"")),
-                 0);
+    open_flow(&e, "7", "intercept", "default");
     cr_assert_eq(line(&e, EV("7", "\"request_headers\",\"stream_id\":1,\"method\":\"POST\","
                                   "\"scheme\":\"https\",\"authority\":\"a.test\",\"path\":\"/\","
                                   "\"http_version\":\"1.1\",\"headers\":[]")),
@@ -369,12 +377,7 @@ Test(bridge_event, a_tunnelled_connect_has_no_tls_or_http_events)
 {
     struct env e;
     env_init(&e, false, 0);
-    cr_assert_eq(line(&e, EV("\"t\"", "\"connect_received\",\"method\":\"CONNECT\",\"target\":"
-                                      "\"a.test:443\"")),
-                 0);
-    cr_assert_eq(line(&e, EV("\"t\"", "\"connect_decision\",\"decision\":\"tunnel\","
-                                      "\"reason\":\"ignore_hosts\"")),
-                 0);
+    open_flow(&e, "\"t\"", "tunnel", "ignore_hosts");
     cr_assert_eq(line(&e, EV("\"t\"", "\"request_headers\",\"stream_id\":1,\"method\":\"GET\","
                                       "\"scheme\":null,\"authority\":null,\"path\":\"/\","
                                       "\"http_version\":\"1.1\",\"headers\":[]")),
@@ -422,12 +425,7 @@ Test(bridge_event, open_streams_and_turns_are_ended_before_stream_closed)
 {
     struct env e;
     env_init(&e, false, 0);
-    cr_assert_eq(line(&e, EV("\"w\"", "\"connect_received\",\"method\":\"CONNECT\",\"target\":"
-                                      "\"a.test:443\"")),
-                 0);
-    cr_assert_eq(line(&e, EV("\"w\"", "\"connect_decision\",\"decision\":\"intercept\","
-                                      "\"reason\":\"default\"")),
-                 0);
+    open_flow(&e, "\"w\"", "intercept", "default");
     cr_assert_eq(line(&e, EV("\"w\"", "\"request_headers\",\"stream_id\":1,\"method\":\"GET\","
                                       "\"scheme\":\"https\",\"authority\":\"a.test\",\"path\":"
                                       "\"/ws\",\"http_version\":\"1.1\",\"headers\":[]")),

@@ -15,7 +15,10 @@ import tempfile
 import threading
 import time
 
-from eventcheck import by_flow, check_events  # noqa: F401 (re-exported for tests)
+import eventcheck
+from eventcheck import check_events
+
+by_flow = eventcheck.by_flow  # re-exported: tests import it from here
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("SOTH_BUILD_DIR", os.path.join(REPO, "build"))
@@ -260,38 +263,66 @@ NGINX = "/usr/sbin/nginx"
 
 
 class Nginx:
-    """nginx serving a 16-byte /s over plain HTTP/1.1, keep-alive without a request limit."""
+    """Debian's nginx on a free loopback port, one worker, its files under `tmp`/`name`.
 
-    def __init__(self, tmp):
-        d = os.path.join(tmp, "nginx")
+    By default plain HTTP/1.1 serving a 16-byte /s, keep-alive without a request limit. A test
+    gives what it needs on top: `files` ({name: bytes} under www/), `listen` (after the
+    address: "ssl http2"), `http` and `server` (directives of those blocks: certificates,
+    keep-alive limits), `main` (top-level directives), `worker_connections`, and `log_format`
+    (each request's line, nginx variables, written to `self.log`; off otherwise)."""
+
+    def __init__(self, tmp, files=None, listen="", http="keepalive_requests 100000000;",
+                 server="", main="", worker_connections=1024, log_format=None, name="nginx",
+                 timeout=20):
+        self.dir = d = os.path.join(tmp, name)
         os.makedirs(os.path.join(d, "www"))
-        with open(os.path.join(d, "www", "s"), "w") as f:
-            f.write("0123456789abcdef")
+        for fname, data in (files if files is not None else {"s": b"0123456789abcdef"}).items():
+            with open(os.path.join(d, "www", fname), "wb") as f:
+                f.write(data)
+        self.log = os.path.join(d, "access.log") if log_format else None
+        access = (f"log_format t '{log_format}';\n    access_log {self.log} t;"
+                  if log_format else "access_log off;")
         self.port = free_port()
+        self.error_log = os.path.join(d, "error.log")
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
             f.write(f"""
 daemon off;
 master_process off;
 worker_processes 1;
+{main}
 pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
+error_log {self.error_log} warn;
+events {{ worker_connections {worker_connections}; }}
 http {{
-    access_log off;
+    {access}
     client_body_temp_path {d}/t_body;
     proxy_temp_path {d}/t_proxy;
     fastcgi_temp_path {d}/t_fcgi;
     uwsgi_temp_path {d}/t_uwsgi;
     scgi_temp_path {d}/t_scgi;
-    keepalive_requests 100000000;
-    server {{ listen 127.0.0.1:{self.port}; root {d}/www; }}
+    default_type application/octet-stream;
+    {http}
+    server {{
+        listen 127.0.0.1:{self.port} {listen};
+        root {d}/www;
+        {server}
+    }}
 }}
 """)
-        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
-                                      os.path.join(d, "error.log")],
+        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e", self.error_log],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_port(self.port), "nginx did not start"
+        if not wait_port(self.port, timeout):
+            self.close()
+            raise AssertionError("nginx did not start: " + self.errors())
+
+    def errors(self):
+        """What nginx wrote to its error log (start-up failures, warnings)."""
+        try:
+            with open(self.error_log, errors="replace") as f:
+                return f.read()[-4000:]
+        except OSError:
+            return "(no error log)"
 
     def close(self):
         if self.proc.poll() is None:

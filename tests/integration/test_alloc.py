@@ -17,7 +17,6 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import tempfile
 import time
 import unittest
@@ -25,7 +24,7 @@ import unittest
 import hpack
 
 from h2_origin import make_origin_pki
-from harness import BUILD, Proxy, free_port
+from harness import BUILD, Nginx, Proxy
 
 SHIM = os.path.join(BUILD, "libsoth_alloc_count.so")
 REQUESTS = 10000
@@ -46,34 +45,6 @@ CHUNKS = 4
 WORKER_BOUND = {"h1": CHUNKS, "h2": CHUNKS + 12, "connect": CHUNKS}
 H2_PER_CONN_SECOND = 4  # 2 tables x (entry + its copy), rounded up
 TELEMETRY_BOUND = {"h1": 0, "h2": 0, "connect": 0}
-
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx.err error;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp-body;
-    proxy_temp_path {d}/tmp-proxy;
-    fastcgi_temp_path {d}/tmp-fastcgi;
-    uwsgi_temp_path {d}/tmp-uwsgi;
-    scgi_temp_path {d}/tmp-scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 600s;
-    http2_max_requests 1000000;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port} ssl http2;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        root {d}/www;
-    }}
-}}
-"""
-
 
 class Counts:
     """The shim's table (tests/alloc/alloc_count.c): a 64-byte header, then 64-byte slots."""
@@ -246,35 +217,17 @@ class AllocTests(unittest.TestCase):
         assert shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"), "nginx missing"
         cls.d = tempfile.mkdtemp(prefix="soth-alloc-")
         cls.ca, cert, key = make_origin_pki(cls.d)
-        os.makedirs(os.path.join(cls.d, "www"))
-        with open(os.path.join(cls.d, "www", "small"), "wb") as f:
-            f.write(BODY)
-        cls.port = free_port()
-        with open(os.path.join(cls.d, "nginx.conf"), "w") as f:
-            f.write(NGINX_CONF.format(d=cls.d, port=cls.port, cert=cert, key=key))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        cls.nginx = subprocess.Popen([nginx, "-p", cls.d, "-c", os.path.join(cls.d, "nginx.conf"),
-                                      "-e", os.path.join(cls.d, "nginx.err")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), timeout=1).close()
-                break
-            except OSError:
-                assert cls.nginx.poll() is None, cls.nginx.stderr.read().decode(errors="replace")
-                time.sleep(0.05)
-        else:
-            raise AssertionError("nginx did not start")
+        # keep-alive and HTTP/2 without request limits: 10,000 requests on the same connections
+        cls.nginx = Nginx(cls.d, files={"small": BODY}, listen="ssl http2",
+                          worker_connections=256,
+                          http="keepalive_requests 1000000; keepalive_timeout 600s; "
+                               "http2_max_requests 1000000;",
+                          server=f"ssl_certificate {cert}; ssl_certificate_key {key};")
+        cls.port = cls.nginx.port
 
     @classmethod
     def tearDownClass(cls):
-        cls.nginx.terminate()
-        try:
-            cls.nginx.wait(10)
-        except subprocess.TimeoutExpired:
-            cls.nginx.kill()
-            cls.nginx.wait()
+        cls.nginx.close()
         shutil.rmtree(cls.d, ignore_errors=True)
 
     def proxy(self, mode, workers=2):

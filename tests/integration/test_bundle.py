@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 import unittest
 
-from harness import PROXY_BIN, EchoServer, Proxy, connect_tunnel, read_head
+from harness import PROXY_BIN, EchoServer, Proxy, connect_tunnel
 from test_http1 import BLOB, Conn, Origin, make_origin_ca, read_response
 
 NAMES = ["origin.test", "echo.bank.test", "ads.test", "other.test", "ignored.test"]

@@ -1,7 +1,6 @@
 """The soth-mitm command line as docs/cli.md gives it."""
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess

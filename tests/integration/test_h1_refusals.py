@@ -11,13 +11,12 @@ docs/answers.md):
   head parser), a later plain request and an intercepted request (the exchange engine).
 """
 import os
-import socket
 import subprocess
 import unittest
 
 import test_http1 as h1
 from eventcheck import by_stream
-from harness import by_flow, read_head
+from harness import by_flow
 
 BLOB = h1.BLOB
 

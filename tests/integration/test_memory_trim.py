@@ -22,8 +22,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -31,11 +29,10 @@ import time
 import unittest
 
 from h2_origin import make_origin_pki
-from harness import Proxy, free_port, wait_port
+from harness import Nginx, Proxy
 from test_memory_ceiling import h2_get, h2_response, raise_nofile
 from test_tls_soak import asan_build, status_kib
 
-NGINX = "/usr/sbin/nginx"
 BURST = 2000
 OPEN_AT_ONCE = 64
 FLOOD_GETS = 64
@@ -46,60 +43,19 @@ IDLE_MARGIN_MIB = 2.0  # docs/performance.md, "Memory after bursts"
 SMALL = b"soth-mitm memory trim test: a small body.\n"
 
 
-class NginxH2:
+class NginxH2(Nginx):
     """nginx over TLS (h2 and http/1.1 by ALPN): /small is SMALL, /1m is 1 MiB of random bytes."""
 
     def __init__(self, tmp):
-        d = os.path.join(tmp, "nginx")
-        os.makedirs(os.path.join(d, "www"))
-        self.ca, cert, key = make_origin_pki(d)
-        with open(os.path.join(d, "www", "small"), "wb") as f:
-            f.write(SMALL)
+        pki = os.path.join(tmp, "pki")
+        os.makedirs(pki)
+        self.ca, cert, key = make_origin_pki(pki)
         big = os.urandom(1 << 20)
         self.big_sha = hashlib.sha256(big).hexdigest()
-        with open(os.path.join(d, "www", "1m"), "wb") as f:
-            f.write(big)
-        self.port = free_port()
-        conf = os.path.join(d, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile 8192;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/t_body;
-    proxy_temp_path {d}/t_proxy;
-    fastcgi_temp_path {d}/t_fcgi;
-    uwsgi_temp_path {d}/t_uwsgi;
-    scgi_temp_path {d}/t_scgi;
-    keepalive_timeout 600s;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{self.port} ssl http2 backlog=4096;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        root {d}/www;
-    }}
-}}
-""")
-        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
-                                      os.path.join(d, "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_port(self.port, timeout=10), "nginx did not start"
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(tmp, files={"small": SMALL, "1m": big}, listen="ssl http2 backlog=4096",
+                         main="worker_rlimit_nofile 8192;", worker_connections=4096,
+                         http="keepalive_timeout 600s;",
+                         server=f"ssl_certificate {cert}; ssl_certificate_key {key};", timeout=10)
 
 
 def anon_mib(pid):

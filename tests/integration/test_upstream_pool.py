@@ -9,7 +9,6 @@ many requests and never a `Connection: close`; without it one connection per req
 """
 import os
 import re
-import signal
 import socket
 import ssl
 import struct
@@ -21,9 +20,9 @@ import types
 import unittest
 import urllib.request
 
-from harness import Proxy, close_listener, free_port, wait_port
+from h2_origin import make_origin_pki
+from harness import Nginx, Proxy, close_listener, free_port
 
-NGINX = "/usr/sbin/nginx"
 BODY = bytes(range(256)) * 16 + b"pooled upstream\n"
 BIG = bytes(range(256)) * 8192
 # /big: BIG, then zeros to 64 MiB (sparse). Still on its way when the client resets: more than
@@ -32,72 +31,21 @@ BIG = bytes(range(256)) * 8192
 BIG_SIZE = 64 << 20
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certs(d):
-    """A test CA (ca.pem) and origin.test's key and certificate (o.key, o.pem) in d."""
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pool test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign", cwd=d)
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "o.key", "-out", "o.csr", "-subj", "/CN=origin.test", cwd=d)
-    with open(os.path.join(d, "ext.cnf"), "w") as f:
-        f.write("subjectAltName=DNS:origin.test\nbasicConstraints=CA:FALSE\n"
-                "extendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "o.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "o.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-
-
-class Origin:
-    """nginx on loopback (TLS, origin.test signed by its own test CA) serving /r."""
+class Origin(Nginx):
+    """nginx on loopback (TLS, origin.test signed by its own test CA) serving /r and /big."""
 
     def __init__(self, keepalive_timeout="75s", keepalive_requests=100000):
-        self.dir = d = tempfile.mkdtemp(prefix="soth-upool-")
-        make_certs(d)
-        self.ca = os.path.join(d, "ca.pem")
-        os.makedirs(os.path.join(d, "www"))
-        with open(os.path.join(d, "www", "r"), "wb") as f:
-            f.write(BODY)
-        with open(os.path.join(d, "www", "big"), "wb") as f:
+        self.tmp = tempfile.mkdtemp(prefix="soth-upool-")
+        self.ca, cert, key = make_origin_pki(self.tmp)
+        super().__init__(self.tmp, files={"r": BODY}, listen="ssl",
+                         http=f"keepalive_timeout {keepalive_timeout}; "
+                              f"keepalive_requests {keepalive_requests};",
+                         server=f"ssl_certificate {cert}; ssl_certificate_key {key};",
+                         log_format='$connection $connection_requests "$http_connection" '
+                                    '$status $request_uri')
+        with open(os.path.join(self.dir, "www", "big"), "wb") as f:  # read per request
             f.write(BIG)
             f.truncate(BIG_SIZE)
-        self.log = os.path.join(d, "access.log")
-        self.port = free_port()
-        conf = os.path.join(d, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    log_format pool '$connection $connection_requests "$http_connection" $status $request_uri';
-    access_log {self.log} pool;
-    client_body_temp_path {d}/t_body;
-    proxy_temp_path {d}/t_proxy;
-    fastcgi_temp_path {d}/t_fcgi;
-    uwsgi_temp_path {d}/t_uwsgi;
-    scgi_temp_path {d}/t_scgi;
-    default_type application/octet-stream;
-    keepalive_timeout {keepalive_timeout};
-    keepalive_requests {keepalive_requests};
-    server {{
-        listen 127.0.0.1:{self.port} ssl;
-        ssl_certificate {d}/o.pem;
-        ssl_certificate_key {d}/o.key;
-        root {d}/www;
-    }}
-}}
-""")
-        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
-                                      os.path.join(d, "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_port(self.port), "nginx did not start"
 
     def requests(self):
         """(connection, connection_requests, Connection field, status, uri) per request."""
@@ -110,14 +58,8 @@ http {{
         return out
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        subprocess.run(["rm", "-rf", self.dir], check=False)
+        super().close()
+        subprocess.run(["rm", "-rf", self.tmp], check=False)
 
 
 class DroppingOrigin:
@@ -136,13 +78,12 @@ class DroppingOrigin:
 
     def __init__(self, how="fin", stop_listening=False, later="answer"):
         self.dir = d = tempfile.mkdtemp(prefix="soth-upool-py-")
-        make_certs(d)
-        self.ca = os.path.join(d, "ca.pem")
+        self.ca, cert, key = make_origin_pki(d)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(os.path.join(d, "o.pem"), os.path.join(d, "o.key"))
+        self.ctx.load_cert_chain(cert, key)
         self.ctx.set_alpn_protocols(["http/1.1"])
         self.h2ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.h2ctx.load_cert_chain(os.path.join(d, "o.pem"), os.path.join(d, "o.key"))
+        self.h2ctx.load_cert_chain(cert, key)
         self.h2ctx.set_alpn_protocols(["h2"])
         self.how, self.stop_listening, self.later = how, stop_listening, later
         self.log, self.bodies, self.closed = [], [], []

@@ -9,8 +9,6 @@ upstream connections, resumed themselves, are closed before the origin's NewSess
 read, which is the case wolfSSL 5.5.4 got wrong (the kept session paired the old ticket with the
 new connection's resumption secret, so the next resumption failed with alert 47; see
 docs/dependencies.md, "wolfSSL patches")."""
-import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -18,73 +16,26 @@ import tempfile
 import time
 import unittest
 
-from harness import Proxy, free_port, wait_port
+from h2_origin import make_origin_pki
+from harness import Nginx, Proxy
 
-NGINX = "/usr/sbin/nginx"
 REQUESTS = 1000
 LEAVE_EVERY = 10  # a client that rejects our leaf before every 10th request
 BODY = b"resumed upstream TLS 1.3\n" * 4
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-class TLS13Origin:
+class TLS13Origin(Nginx):
     """nginx on loopback, TLSv1.3 only unless protocols says otherwise, origin.test signed by
     its own test CA; each request's
     `$ssl_protocol $ssl_session_reused $status $request_uri` goes to access.log."""
 
     def __init__(self, protocols="TLSv1.3"):
-        self.dir = d = tempfile.mkdtemp(prefix="soth-resume-")
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=resume test CA",
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign", cwd=d)
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "o.key", "-out", "o.csr", "-subj", "/CN=origin.test", cwd=d)
-        with open(os.path.join(d, "ext.cnf"), "w") as f:
-            f.write("subjectAltName=DNS:origin.test\nbasicConstraints=CA:FALSE\n"
-                    "extendedKeyUsage=serverAuth\n")
-        openssl("x509", "-req", "-in", "o.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", "o.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-        self.ca = os.path.join(d, "ca.pem")
-        os.makedirs(os.path.join(d, "www"))
-        with open(os.path.join(d, "www", "r"), "wb") as f:
-            f.write(BODY)
-        self.log = os.path.join(d, "access.log")
-        self.port = free_port()
-        conf = os.path.join(d, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    log_format resume '$ssl_protocol $ssl_session_reused $status $request_uri';
-    access_log {self.log} resume;
-    client_body_temp_path {d}/t_body;
-    proxy_temp_path {d}/t_proxy;
-    fastcgi_temp_path {d}/t_fcgi;
-    uwsgi_temp_path {d}/t_uwsgi;
-    scgi_temp_path {d}/t_scgi;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{self.port} ssl;
-        ssl_protocols {protocols};
-        ssl_certificate {d}/o.pem;
-        ssl_certificate_key {d}/o.key;
-        root {d}/www;
-    }}
-}}
-""")
-        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", conf, "-e",
-                                      os.path.join(d, "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_port(self.port), "nginx did not start"
+        self.tmp = tempfile.mkdtemp(prefix="soth-resume-")
+        self.ca, cert, key = make_origin_pki(self.tmp)
+        super().__init__(self.tmp, files={"r": BODY}, listen="ssl", http="",
+                         server=f"ssl_protocols {protocols}; ssl_certificate {cert}; "
+                                f"ssl_certificate_key {key};",
+                         log_format="$ssl_protocol $ssl_session_reused $status $request_uri")
 
     def requests(self):
         """The access log's records, flushed: nginx writes each one as the request ends."""
@@ -92,14 +43,8 @@ http {{
             return [line.split() for line in f.read().splitlines()]
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        subprocess.run(["rm", "-rf", self.dir], check=False)
+        super().close()
+        subprocess.run(["rm", "-rf", self.tmp], check=False)
 
 
 def get_once(addr):

@@ -26,7 +26,6 @@ import unittest
 
 import websockets
 
-from eventcheck import by_stream
 from harness import Proxy, by_flow, close_listener, read_head
 from test_http1 import make_origin_ca
 
