@@ -585,7 +585,7 @@ static struct soth_config *config_defaults(void)
     c->mode = SOTH_MODE_REGULAR;
     c->workers = 0;
     c->busy_poll_us = 0;
-    c->wake_batch_us = 0;
+    c->wake_batch_us = 50; /* inert before Linux 6.12 (docs/config.md) */
     c->policy_default = SOTH_ACTION_INTERCEPT;
     if (soth_route_parse("direct", &c->default_route, why, sizeof(why)) < 0) {
         config_free(c);

@@ -78,7 +78,7 @@ static void expect_json_eq(json_t *got, json_t *want, const char *what)
 /* The embedded defaults (docs/config.md), as --check-config prints them for an empty file. */
 static const char *const defaults_json =
     "{\"listen\":\"127.0.0.1:8080\",\"mode\":\"regular\",\"workers\":0,\"busy_poll_us\":0,"
-    "\"wake_batch_us\":0,\"ignore_hosts\":[],"
+    "\"wake_batch_us\":50,\"ignore_hosts\":[],"
     "\"policy\":{\"default\":\"intercept\",\"default_route\":\"direct\",\"rules\":[]},"
     "\"identities\":{\"require\":false,\"users\":[],\"networks\":[]},\"http2_enabled\":true,"
     "\"http2_max_header_list_size\":65536,\"http3_passthrough\":true,"

@@ -412,7 +412,7 @@ class MitmEngineTests(unittest.TestCase):
                                  ("timeouts", {"connect_ms": 500}, "timeouts.connect_ms"),
                                  ("workers", 2, "workers"),
                                  ("busy_poll_us", 50, "busy_poll_us"),
-                                 ("wake_batch_us", 50, "wake_batch_us"),
+                                 ("wake_batch_us", 20, "wake_batch_us"),
                                  ("identities", {"networks": [{"id": "lo", "cidrs":
                                                                ["127.0.0.0/8"]}]}, "identities"),
                                  ("policy", {"rules": [{"host": "a.test", "action": "tunnel",
