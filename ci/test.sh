@@ -42,7 +42,7 @@ step "Python check (pyflakes)"
 pysources=$(git ls-files -- '*.py') || { echo "python check: git ls-files failed" >&2; exit 1; }
 [ -n "$pysources" ] || { echo "python check: git ls-files lists no Python file" >&2; exit 1; }
 # shellcheck disable=SC2086 # one argument per file; no path here holds a space
-python3 -m pyflakes $pysources
+/usr/bin/python3 -m pyflakes $pysources
 echo "python check: $(printf '%s\n' "$pysources" | wc -l) files"
 
 step "Release build"
