@@ -14,7 +14,7 @@ SOTH_DEPS_DIR=${SOTH_DEPS_DIR:-$HOME/.cache/soth-mitm/deps}
 ci_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WOLFSSL_PREFIX=$SOTH_DEPS_DIR/wolfssl
 # Bump when the configure line or ci/patches change so cached builds are redone.
-WOLFSSL_STAMP="wolfssl-5.5.4-cfg13"
+WOLFSSL_STAMP="wolfssl-5.5.4-cfg14"
 WOLFSSL_MIN_SOURCE="5.5.4-2+deb12u3"
 
 SUDO=

@@ -9,7 +9,9 @@
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <malloc.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -852,4 +854,66 @@ Test(wolfssl_build, record_reserve_builds_records_in_the_callers_room)
     cr_assert_eq(wolfSSL_get_error(c, 0), WOLFSSL_ERROR_ZERO_RETURN);
     rec_pair_free(sctx, cctx, c, s);
 #endif
+}
+
+/* ---- a read that would block formats no error text */
+
+/* Every snprintf of this test program comes here, the static wolfSSL's included (its
+ * XSNPRINTF is snprintf): wolfSSL's error texts are counted, and every call is passed on. */
+static int g_error_texts;
+
+int snprintf(char *restrict s, size_t n, const char *restrict fmt, ...)
+{
+    if (strncmp(fmt, "wolfSSL error occurred", 22) == 0)
+        g_error_texts++;
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vsnprintf(s, n, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/*
+ * wolfSSL 5.5.4 formatted "wolfSSL error occurred, error = %d" for every read or write that
+ * would block, a text only its debug log reads: once per record read to its end, in a
+ * worker's every request (docs/performance.md, "wolfSSL formats no text for a read that would
+ * block"). ci/patches/wolfssl-want-io-unformatted.patch formats it only with DEBUG_WOLFSSL.
+ * A real error still gets its text (which shows that the count sees wolfSSL's calls).
+ */
+Test(wolfssl_build, a_read_that_would_block_formats_no_error_text)
+{
+    WOLFSSL_CTX *sctx, *cctx;
+    mem_ctx_pair(wolfTLSv1_3_server_method(), wolfTLSv1_3_client_method(), &sctx, &cctx);
+    static struct pipe_buf to_s, to_c;
+    struct mem_end ce = {&to_c, &to_s}, se = {&to_s, &to_c};
+    WOLFSSL *c, *s;
+    mem_ssl_pair(cctx, sctx, &ce, &se, &c, &s);
+    cr_assert(mem_handshake(c, s));
+    char b[64];
+    cr_assert_eq(wolfSSL_write(s, "hello", 5), 5);
+    g_error_texts = 0;
+    for (int i = 0; i < 3; i++) {
+        int n = wolfSSL_read(c, b, sizeof(b));
+        if (n > 0) /* the NewSessionTicket is read first, then the data */
+            cr_assert(n == 5 && memcmp(b, "hello", 5) == 0);
+        else
+            cr_assert_eq(wolfSSL_get_error(c, n), WOLFSSL_ERROR_WANT_READ);
+    }
+    cr_assert_eq(wolfSSL_read(c, b, sizeof(b)), WOLFSSL_FATAL_ERROR);
+    cr_assert_eq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+    cr_assert_eq(g_error_texts, 0, "%d error texts formatted for reads that would block",
+                 g_error_texts);
+    /* a record that does not authenticate: a real error, with its text */
+    static const unsigned char bad[] = {0x17, 0x03, 0x03, 0x00, 0x15, 1,  2,  3,  4,
+                                        5,    6,    7,    8,    9,    10, 11, 12, 13,
+                                        14,   15,   16,   17,   18,   19, 20, 21};
+    memcpy(to_c.b, bad, sizeof(bad));
+    to_c.len = sizeof(bad);
+    cr_assert_eq(wolfSSL_read(c, b, sizeof(b)), WOLFSSL_FATAL_ERROR);
+    cr_assert_neq(wolfSSL_get_error(c, WOLFSSL_FATAL_ERROR), WOLFSSL_ERROR_WANT_READ);
+    cr_assert_gt(g_error_texts, 0, "no error text for a record that does not authenticate");
+    wolfSSL_free(c);
+    wolfSSL_free(s);
+    wolfSSL_CTX_free(cctx);
+    wolfSSL_CTX_free(sctx);
 }
