@@ -24,8 +24,8 @@ root=${1:-$(mktemp -d /var/tmp/soth-fresh-root.XXXXXX)}
 # mktemp makes it 0700: the root's "/" must be 0755, as on any machine, or every user but root
 # is refused everywhere in it (squid, which the tests run, drops to user proxy: "Permission
 # denied" for its cache.log in a 0777 directory and its segments in /dev/shm).
-chmod 0755 "$root"
 mkdir -p "$root"
+chmod 0755 "$root"
 
 if ! command -v debootstrap >/dev/null; then
     apt-get update -q
